@@ -1,0 +1,223 @@
+//! Secondary index definitions and the index keys a document produces.
+
+use crate::storage::Tree;
+use crate::value::{encode_value_into, FieldPath};
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// What a secondary index indexes.
+///
+/// ```
+/// use remodel::IndexSpec;
+/// let by_city = IndexSpec::field("address.city");
+/// let by_name = IndexSpec::compound(["last_name", "first_name"]);
+/// let by_tag = IndexSpec::multi("tags");
+/// # let _ = (by_city, by_name, by_tag);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexSpec {
+    fields: Vec<String>,
+    compound: bool,
+    multi: bool,
+}
+
+impl IndexSpec {
+    /// An index on one (possibly nested, dotted) field.
+    pub fn field(path: impl Into<String>) -> Self {
+        IndexSpec {
+            fields: vec![path.into()],
+            compound: false,
+            multi: false,
+        }
+    }
+
+    /// A compound index: the array of the fields' values, ordered lexicographically.
+    /// A document missing any of the fields is not in the index.
+    pub fn compound<S: Into<String>>(paths: impl IntoIterator<Item = S>) -> Self {
+        IndexSpec {
+            fields: paths.into_iter().map(Into::into).collect(),
+            compound: true,
+            multi: false,
+        }
+    }
+
+    /// A multi index: an array field gives one index entry per distinct element.
+    pub fn multi(path: impl Into<String>) -> Self {
+        IndexSpec {
+            fields: vec![path.into()],
+            compound: false,
+            multi: true,
+        }
+    }
+
+    /// The indexed field paths, as written.
+    pub fn fields(&self) -> &[String] {
+        &self.fields
+    }
+
+    /// Whether this is a compound index.
+    pub fn is_compound(&self) -> bool {
+        self.compound
+    }
+
+    /// Whether this is a multi index.
+    pub fn is_multi(&self) -> bool {
+        self.multi
+    }
+
+    pub(crate) fn compile(&self) -> Result<CompiledIndex> {
+        if self.fields.is_empty() {
+            return Err(Error::query("an index needs at least one field"));
+        }
+        if self.compound && self.multi {
+            return Err(Error::query("an index cannot be both compound and multi"));
+        }
+        let paths = self
+            .fields
+            .iter()
+            .map(|f| FieldPath::parse(f))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(CompiledIndex {
+            paths,
+            compound: self.compound,
+            multi: self.multi,
+        })
+    }
+}
+
+/// An index spec with parsed paths, ready to extract values from documents.
+#[derive(Clone, Debug)]
+pub(crate) struct CompiledIndex {
+    paths: Vec<FieldPath>,
+    compound: bool,
+    multi: bool,
+}
+
+impl CompiledIndex {
+    /// The values under which `doc` is indexed (none when the field is missing or null).
+    pub(crate) fn values(&self, doc: &Value) -> Vec<Value> {
+        if self.compound {
+            let mut parts = Vec::with_capacity(self.paths.len());
+            for p in &self.paths {
+                match p.get(doc) {
+                    None | Some(Value::Null) => return Vec::new(),
+                    Some(v) => parts.push(v.clone()),
+                }
+            }
+            return vec![Value::Array(parts)];
+        }
+        match self.paths[0].get(doc) {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) if self.multi => {
+                let mut out: Vec<Value> = Vec::with_capacity(items.len());
+                for item in items {
+                    if !item.is_null() && !out.contains(item) {
+                        out.push(item.clone());
+                    }
+                }
+                out
+            }
+            Some(v) => vec![v.clone()],
+        }
+    }
+
+    /// The index tree keys of `doc`: `encode(value) ++ encoded primary key`, sorted.
+    pub(crate) fn keys(&self, doc: &Value, pk: &[u8]) -> Vec<Vec<u8>> {
+        let mut keys: Vec<Vec<u8>> = self
+            .values(doc)
+            .iter()
+            .map(|v| {
+                let mut k = Vec::with_capacity(24 + pk.len());
+                encode_value_into(v, &mut k);
+                k.extend_from_slice(pk);
+                k
+            })
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+}
+
+/// A live secondary index of an open table.
+pub(crate) struct IndexState {
+    pub name: String,
+    pub spec: IndexSpec,
+    pub compiled: CompiledIndex,
+    pub tree: Tree,
+    ready: AtomicBool,
+}
+
+impl IndexState {
+    pub(crate) fn new(name: String, spec: IndexSpec, tree: Tree, ready: bool) -> Result<Self> {
+        let compiled = spec.compile()?;
+        Ok(IndexState {
+            name,
+            spec,
+            compiled,
+            tree,
+            ready: AtomicBool::new(ready),
+        })
+    }
+
+    pub(crate) fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release)
+    }
+}
+
+/// The status of a secondary index, as reported by `index_status`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct IndexStatus {
+    /// The index name.
+    pub name: String,
+    /// What it indexes.
+    pub spec: IndexSpec,
+    /// False while the backfill of existing documents runs.
+    pub ready: bool,
+    /// Number of entries in the index.
+    pub entries: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn missing_and_null_fields_are_not_indexed() {
+        let ix = IndexSpec::field("a.b").compile().unwrap();
+        assert!(ix.values(&json!({"a": {}})).is_empty());
+        assert!(ix.values(&json!({"a": {"b": null}})).is_empty());
+        assert_eq!(ix.values(&json!({"a": {"b": 1}})), vec![json!(1)]);
+    }
+
+    #[test]
+    fn multi_gives_one_entry_per_distinct_element() {
+        let ix = IndexSpec::multi("tags").compile().unwrap();
+        assert_eq!(
+            ix.values(&json!({"tags": ["a", "b", "a", null]})),
+            vec![json!("a"), json!("b")]
+        );
+        assert_eq!(ix.values(&json!({"tags": "x"})), vec![json!("x")]);
+    }
+
+    #[test]
+    fn compound_needs_every_field() {
+        let ix = IndexSpec::compound(["a", "b"]).compile().unwrap();
+        assert_eq!(ix.values(&json!({"a": 1, "b": "x"})), vec![json!([1, "x"])]);
+        assert!(ix.values(&json!({"a": 1})).is_empty());
+        assert!(IndexSpec {
+            fields: vec![],
+            compound: true,
+            multi: false
+        }
+        .compile()
+        .is_err());
+    }
+}

@@ -1,0 +1,145 @@
+//! Open tables: their trees, indexes and counters.
+
+use super::index::IndexState;
+use crate::storage::Tree;
+use crate::value::encode_key;
+use crate::{Error, Result};
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// What the catalog stores about a table.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct TableMeta {
+    pub primary_key: String,
+    pub indexes: Vec<IndexMeta>,
+}
+
+/// What the catalog stores about an index.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct IndexMeta {
+    pub name: String,
+    pub spec: crate::IndexSpec,
+    pub ready: bool,
+}
+
+/// An open table.
+pub(crate) struct TableState {
+    pub name: String,
+    pub primary_key: String,
+    pub docs: Tree,
+    pub indexes: RwLock<Vec<Arc<IndexState>>>,
+    pub reads: AtomicU64,
+    pub writes: AtomicU64,
+    dropped: AtomicBool,
+}
+
+impl TableState {
+    pub(crate) fn new(name: String, primary_key: String, docs: Tree) -> Self {
+        TableState {
+            name,
+            primary_key,
+            docs,
+            indexes: RwLock::new(Vec::new()),
+            reads: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            dropped: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn meta(&self) -> TableMeta {
+        TableMeta {
+            primary_key: self.primary_key.clone(),
+            indexes: self
+                .indexes
+                .read()
+                .iter()
+                .map(|i| IndexMeta {
+                    name: i.name.clone(),
+                    spec: i.spec.clone(),
+                    ready: i.is_ready(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The index with this name, which must be ready to be queried.
+    pub(crate) fn index(&self, name: &str) -> Result<Arc<IndexState>> {
+        let ix = self
+            .indexes
+            .read()
+            .iter()
+            .find(|i| i.name == name)
+            .cloned()
+            .ok_or_else(|| Error::NoSuchIndex {
+                table: self.name.clone(),
+                index: name.to_string(),
+            })?;
+        if !ix.is_ready() {
+            return Err(Error::IndexNotReady {
+                table: self.name.clone(),
+                index: name.to_string(),
+            });
+        }
+        Ok(ix)
+    }
+
+    /// True when `name` is the primary key (which can be used wherever an index is expected).
+    pub(crate) fn is_primary(&self, index: Option<&str>) -> bool {
+        index.is_none_or(|i| i == self.primary_key)
+    }
+
+    /// The primary key of a document, encoded; errors when missing or invalid.
+    pub(crate) fn key_of(&self, doc: &Value) -> Result<Vec<u8>> {
+        match doc.get(&self.primary_key) {
+            Some(k) => encode_key(k),
+            None => Err(Error::InvalidDocument {
+                reason: format!("document has no primary key field `{}`", self.primary_key),
+            }),
+        }
+    }
+
+    pub(crate) fn parse_doc(&self, bytes: &[u8]) -> Result<Value> {
+        serde_json::from_slice(bytes).map_err(|e| {
+            Error::Serialization(format!(
+                "stored document in table `{}` is unreadable: {e}",
+                self.name
+            ))
+        })
+    }
+
+    pub(crate) fn get_doc(&self, key: &[u8]) -> Result<Option<Value>> {
+        match self.docs.get(key)? {
+            Some(bytes) => {
+                self.reads.fetch_add(1, Ordering::Relaxed);
+                Ok(Some(self.parse_doc(&bytes)?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) fn mark_dropped(&self) {
+        self.dropped.store(true, Ordering::Release)
+    }
+
+    pub(crate) fn is_dropped(&self) -> bool {
+        self.dropped.load(Ordering::Acquire)
+    }
+}
+
+/// Table and index names: 1 to 64 ASCII letters, digits or `_`.
+pub(crate) fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidName {
+            name: name.to_string(),
+            reason: "names are 1 to 64 ASCII letters, digits or `_`".into(),
+        })
+    }
+}

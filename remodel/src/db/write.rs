@@ -1,0 +1,480 @@
+//! The write path: every committed write goes through [`DbInner::commit`], which applies
+//! documents and index entries in one atomic storage batch, numbers each change in commit
+//! order, and hands it to the changefeed hub, all under the commit lock.
+
+use super::{Database, DbInner, TableState};
+use crate::storage::WriteBatch;
+use crate::value::encode_key;
+use crate::{Error, Result};
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// When a write is acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// After the data reached the disk (fsync). Survives a crash once acknowledged.
+    #[default]
+    Hard,
+    /// At once; the data is flushed within the configured flush interval.
+    Soft,
+}
+
+/// What an insert does when a document with the same primary key exists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Conflict {
+    /// Count an error for that document and keep the stored one (the default).
+    #[default]
+    Error,
+    /// Replace the stored document with the new one.
+    Replace,
+    /// Merge the new document into the stored one, like an update.
+    Update,
+}
+
+/// A change to a document: how it looked before and after a write.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ChangePair {
+    /// The document before the write (`None` for an insert).
+    pub old_val: Option<Value>,
+    /// The document after the write (`None` for a delete).
+    pub new_val: Option<Value>,
+}
+
+/// What a write did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WriteResult {
+    /// Documents inserted.
+    pub inserted: u64,
+    /// Documents replaced or updated with a different value.
+    pub replaced: u64,
+    /// Documents written with the value they already had (no change anywhere).
+    pub unchanged: u64,
+    /// Documents deleted.
+    pub deleted: u64,
+    /// Updates, replaces or deletes of documents that did not exist.
+    pub skipped: u64,
+    /// Documents that could not be written (the first error is in `first_error`).
+    pub errors: u64,
+    /// The primary keys generated for documents inserted without one.
+    pub generated_keys: Vec<Value>,
+    /// The first per-document error.
+    pub first_error: Option<Error>,
+    /// The `{old_val, new_val}` of each write, when asked for with `return_changes`.
+    pub changes: Vec<ChangePair>,
+}
+
+impl WriteResult {
+    /// Turns a result with per-document errors into `Err(first error)`.
+    pub fn check(self) -> Result<Self> {
+        match self.first_error {
+            Some(e) => Err(e),
+            None => Ok(self),
+        }
+    }
+
+    fn error(&mut self, e: Error) {
+        self.errors += 1;
+        if self.first_error.is_none() {
+            self.first_error = Some(e);
+        }
+    }
+}
+
+/// How an update changes a document.
+#[derive(Clone)]
+pub enum Patch {
+    /// Merge this object into the document: nested objects merge, other values replace.
+    Merge(Value),
+    /// Compute the object to merge from the current document. It runs under the commit lock,
+    /// so a read-modify-write through it never loses a concurrent update.
+    With(Arc<dyn Fn(&Value) -> Result<Value> + Send + Sync>),
+}
+
+impl Patch {
+    /// A patch computed from the current document (see [`Patch::With`]).
+    ///
+    /// ```
+    /// use remodel::Patch;
+    /// use serde_json::json;
+    /// let bump = Patch::with(|doc| Ok(json!({"score": doc["score"].as_i64().unwrap_or(0) + 1})));
+    /// # let _ = bump;
+    /// ```
+    pub fn with(f: impl Fn(&Value) -> Result<Value> + Send + Sync + 'static) -> Self {
+        Patch::With(Arc::new(f))
+    }
+
+    fn apply(&self, table: &TableState, doc: &Value) -> Result<Value> {
+        let patch_owned;
+        let patch = match self {
+            Patch::Merge(v) => v,
+            Patch::With(f) => {
+                patch_owned = f(doc)?;
+                &patch_owned
+            }
+        };
+        if !patch.is_object() {
+            return Err(Error::InvalidDocument {
+                reason: format!("an update must be an object, got {patch}"),
+            });
+        }
+        let mut out = doc.clone();
+        merge(&mut out, patch);
+        if out.get(&table.primary_key) != doc.get(&table.primary_key) {
+            return Err(Error::InvalidDocument {
+                reason: format!(
+                    "the primary key `{}` of a document cannot be changed (from {} to {})",
+                    table.primary_key,
+                    doc.get(&table.primary_key).unwrap_or(&Value::Null),
+                    out.get(&table.primary_key).unwrap_or(&Value::Null)
+                ),
+            });
+        }
+        Ok(out)
+    }
+}
+
+impl fmt::Debug for Patch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Patch::Merge(v) => f.debug_tuple("Merge").field(v).finish(),
+            Patch::With(_) => f.write_str("With(<function>)"),
+        }
+    }
+}
+
+impl From<Value> for Patch {
+    fn from(v: Value) -> Self {
+        Patch::Merge(v)
+    }
+}
+
+/// Merges `patch` into `doc`: nested objects merge recursively, other values replace.
+pub(crate) fn merge(doc: &mut Value, patch: &Value) {
+    match (doc, patch) {
+        (Value::Object(d), Value::Object(p)) => {
+            for (k, v) in p {
+                match d.get_mut(k) {
+                    Some(existing) if existing.is_object() && v.is_object() => merge(existing, v),
+                    _ => {
+                        d.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (d, p) => *d = p.clone(),
+    }
+}
+
+/// One write of one document.
+#[derive(Debug)]
+pub(crate) enum WriteOp {
+    /// Insert a validated document (its key is set).
+    Insert { doc: Value, conflict: Conflict },
+    /// Merge a patch into the document with this key.
+    Update { key: Vec<u8>, patch: Patch },
+    /// Replace the document with this key (the new one has the same key).
+    Replace { key: Vec<u8>, doc: Value },
+    /// Delete the document with this key.
+    Delete { key: Vec<u8> },
+}
+
+/// A committed change, as handed to the changefeed hub.
+#[derive(Clone, Debug)]
+pub(crate) struct Committed {
+    pub seq: u64,
+    pub key: Vec<u8>,
+    pub old: Option<Arc<Value>>,
+    pub new: Option<Arc<Value>>,
+}
+
+/// How many documents go into one atomic storage batch.
+const CHUNK: usize = 4096;
+
+impl DbInner {
+    /// Applies `ops` to `table`. Each chunk of up to 4,096 documents is atomic: its documents
+    /// and index entries all reach storage together or not at all.
+    pub(crate) fn commit(
+        &self,
+        table: &Arc<TableState>,
+        ops: Vec<WriteOp>,
+        return_changes: bool,
+    ) -> Result<WriteResult> {
+        let mut result = WriteResult::default();
+        let mut ops = ops.into_iter().peekable();
+        while ops.peek().is_some() {
+            let chunk: Vec<WriteOp> = ops.by_ref().take(CHUNK).collect();
+            let mut seq = self.writer.lock();
+            if table.is_dropped() {
+                return Err(Error::NoSuchTable(table.name.clone()));
+            }
+            self.commit_chunk(table, chunk, return_changes, &mut result, &mut seq)?;
+        }
+        Ok(result)
+    }
+
+    /// Commits one chunk; the caller holds the commit lock (`seq`).
+    pub(crate) fn commit_chunk(
+        &self,
+        table: &Arc<TableState>,
+        ops: Vec<WriteOp>,
+        return_changes: bool,
+        result: &mut WriteResult,
+        seq: &mut u64,
+    ) -> Result<()> {
+        // The state of each touched key: before this chunk, and staged by it.
+        let mut staged: HashMap<Vec<u8>, (Option<Arc<Value>>, Option<Arc<Value>>)> = HashMap::new();
+        let mut order: Vec<Vec<u8>> = Vec::new();
+
+        for op in ops {
+            let key = match &op {
+                WriteOp::Insert { doc, .. } => table.key_of(doc)?,
+                WriteOp::Update { key, .. }
+                | WriteOp::Replace { key, .. }
+                | WriteOp::Delete { key } => key.clone(),
+            };
+            let current = match staged.get(&key) {
+                Some((_, new)) => new.clone(),
+                None => {
+                    let before = table.get_doc(&key)?.map(Arc::new);
+                    staged.insert(key.clone(), (before.clone(), before.clone()));
+                    order.push(key.clone());
+                    before
+                }
+            };
+            let next: Option<Arc<Value>> = match (op, &current) {
+                (WriteOp::Insert { doc, .. }, None) => {
+                    result.inserted += 1;
+                    Some(Arc::new(doc))
+                }
+                (WriteOp::Insert { doc, conflict }, Some(cur)) => {
+                    let new = match conflict {
+                        Conflict::Error => {
+                            let key = doc.get(&table.primary_key).cloned().unwrap_or(Value::Null);
+                            result.error(Error::KeyConflict {
+                                table: table.name.clone(),
+                                key,
+                            });
+                            continue;
+                        }
+                        Conflict::Replace => doc,
+                        Conflict::Update => match Patch::Merge(doc).apply(table, cur) {
+                            Ok(v) => v,
+                            Err(e) => {
+                                result.error(e);
+                                continue;
+                            }
+                        },
+                    };
+                    count_replace(result, cur, new)
+                }
+                (WriteOp::Update { patch, .. }, Some(cur)) => match patch.apply(table, cur) {
+                    Ok(new) => count_replace(result, cur, new),
+                    Err(e) => {
+                        result.error(e);
+                        continue;
+                    }
+                },
+                (WriteOp::Replace { doc, .. }, Some(cur)) => count_replace(result, cur, doc),
+                (WriteOp::Delete { .. }, Some(_)) => {
+                    result.deleted += 1;
+                    None
+                }
+                (
+                    WriteOp::Update { .. } | WriteOp::Replace { .. } | WriteOp::Delete { .. },
+                    None,
+                ) => {
+                    result.skipped += 1;
+                    continue;
+                }
+            };
+            if current.as_ref().map(Arc::as_ptr) == next.as_ref().map(Arc::as_ptr) {
+                continue; // unchanged: counted, nothing to write
+            }
+            if return_changes {
+                result.changes.push(ChangePair {
+                    old_val: current.as_deref().cloned(),
+                    new_val: next.as_deref().cloned(),
+                });
+            }
+            staged.get_mut(&key).expect("staged above").1 = next;
+        }
+
+        // Net effect per key, in first-touch order.
+        let mut batch = WriteBatch::default();
+        let mut committed = Vec::with_capacity(order.len());
+        let indexes = table.indexes.read();
+        for key in order {
+            let (old, new) = staged.remove(&key).expect("every ordered key is staged");
+            if old == new {
+                continue;
+            }
+            match &new {
+                Some(doc) => batch.insert(&table.docs, key.clone(), serde_json::to_vec(&**doc)?),
+                None => batch.remove(&table.docs, key.clone()),
+            }
+            for ix in indexes.iter() {
+                let before = old
+                    .as_deref()
+                    .map(|d| ix.compiled.keys(d, &key))
+                    .unwrap_or_default();
+                let after = new
+                    .as_deref()
+                    .map(|d| ix.compiled.keys(d, &key))
+                    .unwrap_or_default();
+                for k in &before {
+                    if after.binary_search(k).is_err() {
+                        batch.remove(&ix.tree, k.clone());
+                    }
+                }
+                for k in after {
+                    if before.binary_search(&k).is_err() {
+                        batch.insert(&ix.tree, k, key.clone());
+                    }
+                }
+            }
+            committed.push(Committed {
+                seq: 0,
+                key,
+                old,
+                new,
+            });
+        }
+        drop(indexes);
+        if committed.is_empty() {
+            return Ok(());
+        }
+        self.storage.apply(&batch)?;
+        for c in &mut committed {
+            *seq += 1;
+            c.seq = *seq;
+        }
+        table
+            .writes
+            .fetch_add(committed.len() as u64, Ordering::Relaxed);
+        self.hub.publish(table, &committed);
+        Ok(())
+    }
+}
+
+/// Counts a replace of `cur` by `new`; returns the staged value (`cur` itself when unchanged,
+/// so that the caller sees that nothing changed).
+fn count_replace(result: &mut WriteResult, cur: &Arc<Value>, new: Value) -> Option<Arc<Value>> {
+    if **cur == new {
+        result.unchanged += 1;
+        Some(cur.clone())
+    } else {
+        result.replaced += 1;
+        Some(Arc::new(new))
+    }
+}
+
+impl Database {
+    /// Validates documents for insertion: objects only, with a valid key (generated when
+    /// missing). Nothing is written when one of them is invalid.
+    pub(crate) fn prepare_inserts(
+        &self,
+        table: &TableState,
+        docs: Vec<Value>,
+        conflict: Conflict,
+        generated: &mut Vec<Value>,
+    ) -> Result<Vec<WriteOp>> {
+        docs.into_iter()
+            .enumerate()
+            .map(|(i, mut doc)| {
+                let Value::Object(map) = &mut doc else {
+                    return Err(Error::InvalidDocument {
+                        reason: format!("document #{i} is not a JSON object: {doc}"),
+                    });
+                };
+                match map.get(&table.primary_key) {
+                    Some(k) => {
+                        encode_key(k)?;
+                    }
+                    None => {
+                        let id = Value::String(uuid::Uuid::new_v4().to_string());
+                        map.insert(table.primary_key.clone(), id.clone());
+                        generated.push(id);
+                    }
+                }
+                Ok(WriteOp::Insert { doc, conflict })
+            })
+            .collect()
+    }
+
+    /// Runs a write and waits for the requested durability. Large writes run on a blocking
+    /// thread so that they do not hold up the async workers.
+    pub(crate) async fn run_write(
+        &self,
+        table: Arc<TableState>,
+        ops: Vec<WriteOp>,
+        return_changes: bool,
+        durability: Option<Durability>,
+    ) -> Result<WriteResult> {
+        let result = if ops.len() > 64 {
+            let inner = self.inner.clone();
+            super::spawn_blocking(move || inner.commit(&table, ops, return_changes)).await?
+        } else {
+            self.inner.commit(&table, ops, return_changes)?
+        };
+        self.settle(durability).await?;
+        Ok(result)
+    }
+
+    /// Waits for the durability a write asked for (or the database default).
+    pub(crate) async fn settle(&self, durability: Option<Durability>) -> Result<()> {
+        if durability.unwrap_or(self.inner.config.durability) == Durability::Hard {
+            self.inner.storage.flush().await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn merge_is_deep_for_objects_only() {
+        let mut doc = json!({"a": {"b": 1, "c": 2}, "l": [1, 2], "x": 1});
+        merge(&mut doc, &json!({"a": {"b": 5}, "l": [3], "y": null}));
+        assert_eq!(
+            doc,
+            json!({"a": {"b": 5, "c": 2}, "l": [3], "x": 1, "y": null})
+        );
+    }
+}
+
+impl DbInner {
+    /// Writes every row selected by `plan`, selecting and writing under one hold of the commit
+    /// lock (each chunk of 4,096 documents is atomic).
+    pub(crate) fn commit_selected(
+        &self,
+        plan: &crate::query::plan::Plan,
+        make_op: impl Fn(Vec<u8>) -> WriteOp,
+        return_changes: bool,
+    ) -> Result<WriteResult> {
+        let mut seq = self.writer.lock();
+        if plan.table.is_dropped() {
+            return Err(Error::NoSuchTable(plan.table.name.clone()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut keys = Vec::new();
+        for row in plan.rows() {
+            let key = row?.key.to_vec();
+            if seen.insert(key.clone()) {
+                keys.push(key);
+            }
+        }
+        let mut result = WriteResult::default();
+        for chunk in keys.chunks(CHUNK) {
+            let ops = chunk.iter().map(|k| make_op(k.clone())).collect();
+            self.commit_chunk(&plan.table, ops, return_changes, &mut result, &mut seq)?;
+        }
+        Ok(result)
+    }
+}

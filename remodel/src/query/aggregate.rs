@@ -1,0 +1,304 @@
+//! Aggregates (count, sum, avg, min, max), grouping and joins.
+
+use super::Query;
+use crate::value::{compare, encode_key, FieldPath};
+use crate::{Error, Result};
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::cmp::Ordering;
+
+/// Sums the numbers at `path`; rows without the field are skipped, other values are an error.
+fn add_numbers(
+    total: &mut f64,
+    count: &mut u64,
+    doc: &Value,
+    path: &FieldPath,
+    what: &str,
+) -> Result<()> {
+    match path.get(doc) {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::Number(n)) => {
+            *total += n.as_f64().unwrap_or(0.0);
+            *count += 1;
+            Ok(())
+        }
+        Some(other) => Err(Error::query(format!(
+            "{what} of `{path}`: {other} is not a number"
+        ))),
+    }
+}
+
+/// Keeps the row whose value at `path` is the smallest (or largest); ties keep the first.
+fn pick(best: &mut Option<(Value, Value)>, doc: Value, path: &FieldPath, want: Ordering) {
+    let Some(v) = path.get(&doc).cloned() else {
+        return;
+    };
+    if best.as_ref().is_none_or(|(b, _)| compare(&v, b) == want) {
+        *best = Some((v, doc));
+    }
+}
+
+impl Query {
+    /// The number of rows.
+    pub async fn count(&self) -> Result<u64> {
+        let mut n = 0;
+        for row in self.plan()?.rows() {
+            row?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// The sum of the numbers in `field` (rows without it are skipped).
+    pub async fn sum(&self, field: &str) -> Result<f64> {
+        let path = FieldPath::parse(field)?;
+        let (mut total, mut n) = (0.0, 0);
+        for row in self.plan()?.rows() {
+            add_numbers(&mut total, &mut n, &row?.doc, &path, "sum")?;
+        }
+        Ok(total)
+    }
+
+    /// The average of the numbers in `field`; `None` when no row has one.
+    pub async fn avg(&self, field: &str) -> Result<Option<f64>> {
+        let path = FieldPath::parse(field)?;
+        let (mut total, mut n) = (0.0, 0);
+        for row in self.plan()?.rows() {
+            add_numbers(&mut total, &mut n, &row?.doc, &path, "avg")?;
+        }
+        Ok((n > 0).then(|| total / n as f64))
+    }
+
+    /// The row with the smallest value in `field` (in the total order of values).
+    pub async fn min(&self, field: &str) -> Result<Option<Value>> {
+        self.extreme(field, Ordering::Less)
+    }
+
+    /// The row with the largest value in `field`.
+    pub async fn max(&self, field: &str) -> Result<Option<Value>> {
+        self.extreme(field, Ordering::Greater)
+    }
+
+    fn extreme(&self, field: &str, want: Ordering) -> Result<Option<Value>> {
+        let path = FieldPath::parse(field)?;
+        let mut best = None;
+        for row in self.plan()?.rows() {
+            pick(&mut best, row?.doc, &path, want);
+        }
+        Ok(best.map(|(_, doc)| doc))
+    }
+
+    /// Groups the rows by the value of `field` (rows without it form the group `null`); follow
+    /// with an aggregation.
+    pub fn group(&self, field: &str) -> Grouped {
+        Grouped {
+            query: self.clone(),
+            by: field.to_string(),
+            multi: false,
+        }
+    }
+
+    /// Groups the rows by a secondary index's values: a multi index puts a row in one group
+    /// per value.
+    pub fn group_by_index(&self, index: &str) -> Grouped {
+        Grouped {
+            query: self.clone(),
+            by: index.to_string(),
+            multi: true,
+        }
+    }
+
+    /// Joins each row's `field` to the primary key of table `other` (or, with
+    /// [`Join::index`], to one of its secondary indexes). Rows without a match are dropped.
+    pub fn eq_join(&self, field: &str, other: &str) -> Join {
+        Join {
+            query: self.clone(),
+            field: field.to_string(),
+            other: other.to_string(),
+            index: None,
+        }
+    }
+}
+
+/// One group of a grouped aggregation.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Group {
+    /// The group's value.
+    pub group: Value,
+    /// The aggregation of the group's rows.
+    pub reduction: Value,
+}
+
+/// Rows grouped by a field or an index, waiting for an aggregation.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use remodel::Database;
+/// use serde_json::json;
+/// let db = Database::temporary().await?;
+/// db.create_table("crew").await?;
+/// db.table("crew").insert_many(vec![
+///     json!({"name": "Data", "species": "android"}),
+///     json!({"name": "Picard", "species": "human"}),
+///     json!({"name": "Troi", "species": "human"}),
+/// ]).await?;
+/// let by_species = db.table("crew").query().group("species").count().await?;
+/// assert_eq!(by_species[1].group, json!("human"));
+/// assert_eq!(by_species[1].reduction, json!(2));
+/// # Ok::<(), remodel::Error>(())
+/// # }).unwrap();
+/// ```
+#[derive(Clone, Debug)]
+pub struct Grouped {
+    query: Query,
+    by: String,
+    multi: bool,
+}
+
+enum Reduce {
+    Count,
+    Sum(FieldPath),
+    Avg(FieldPath),
+    Min(FieldPath),
+    Max(FieldPath),
+}
+
+impl Grouped {
+    /// The number of rows in each group.
+    pub async fn count(&self) -> Result<Vec<Group>> {
+        self.reduce(Reduce::Count)
+    }
+    /// The sum of `field` in each group.
+    pub async fn sum(&self, field: &str) -> Result<Vec<Group>> {
+        self.reduce(Reduce::Sum(FieldPath::parse(field)?))
+    }
+    /// The average of `field` in each group (`null` when no row has it).
+    pub async fn avg(&self, field: &str) -> Result<Vec<Group>> {
+        self.reduce(Reduce::Avg(FieldPath::parse(field)?))
+    }
+    /// The row with the smallest `field` in each group.
+    pub async fn min(&self, field: &str) -> Result<Vec<Group>> {
+        self.reduce(Reduce::Min(FieldPath::parse(field)?))
+    }
+    /// The row with the largest `field` in each group.
+    pub async fn max(&self, field: &str) -> Result<Vec<Group>> {
+        self.reduce(Reduce::Max(FieldPath::parse(field)?))
+    }
+
+    fn reduce(&self, how: Reduce) -> Result<Vec<Group>> {
+        let plan = self.query.plan()?;
+        let keys_of: Box<dyn Fn(&Value) -> Vec<Value>> = if self.multi {
+            let ix = plan.table.index(&self.by)?;
+            Box::new(move |doc| ix.compiled.values(doc))
+        } else {
+            let path = FieldPath::parse(&self.by)?;
+            Box::new(move |doc| vec![path.get(doc).cloned().unwrap_or(Value::Null)])
+        };
+        // Groups keyed by the order-preserving encoding of their value: sorted and exact.
+        struct Acc {
+            group: Value,
+            count: u64,
+            total: f64,
+            best: Option<(Value, Value)>,
+        }
+        let mut groups: std::collections::BTreeMap<Vec<u8>, Acc> = Default::default();
+        for row in plan.rows() {
+            let doc = row?.doc;
+            for g in keys_of(&doc) {
+                let k = crate::value::encode_value(&g);
+                let acc = groups.entry(k).or_insert(Acc {
+                    group: g,
+                    count: 0,
+                    total: 0.0,
+                    best: None,
+                });
+                match &how {
+                    Reduce::Count => acc.count += 1,
+                    Reduce::Sum(p) => add_numbers(&mut acc.total, &mut acc.count, &doc, p, "sum")?,
+                    Reduce::Avg(p) => add_numbers(&mut acc.total, &mut acc.count, &doc, p, "avg")?,
+                    Reduce::Min(p) => pick(&mut acc.best, doc.clone(), p, Ordering::Less),
+                    Reduce::Max(p) => pick(&mut acc.best, doc.clone(), p, Ordering::Greater),
+                }
+            }
+        }
+        Ok(groups
+            .into_values()
+            .map(|a| Group {
+                reduction: match &how {
+                    Reduce::Count => json!(a.count),
+                    Reduce::Sum(_) => json!(a.total),
+                    Reduce::Avg(_) if a.count == 0 => Value::Null,
+                    Reduce::Avg(_) => json!(a.total / a.count as f64),
+                    Reduce::Min(_) | Reduce::Max(_) => {
+                        a.best.map(|(_, d)| d).unwrap_or(Value::Null)
+                    }
+                },
+                group: a.group,
+            })
+            .collect())
+    }
+}
+
+/// An equi-join of a query with another table (see [`Query::eq_join`]).
+#[derive(Clone, Debug)]
+pub struct Join {
+    query: Query,
+    field: String,
+    other: String,
+    index: Option<String>,
+}
+
+impl Join {
+    /// Matches against this secondary index of the other table instead of its primary key.
+    pub fn index(mut self, name: &str) -> Self {
+        self.index = Some(name.to_string());
+        self
+    }
+
+    /// The joined rows, each `{"left": row, "right": matching row}`.
+    pub async fn run(&self) -> Result<Vec<Value>> {
+        let path = FieldPath::parse(&self.field)?;
+        let plan = self.query.plan()?;
+        let other = self.query.db.table_state(&self.other)?;
+        let ix = match &self.index {
+            Some(name) if !other.is_primary(Some(name)) => Some(other.index(name)?),
+            _ => None,
+        };
+        let mut out = Vec::new();
+        for row in plan.rows() {
+            let left = row?.doc;
+            let Some(v) = path.get(&left) else { continue };
+            match &ix {
+                None => {
+                    let Ok(k) = encode_key(v) else { continue };
+                    if let Some(right) = other.get_doc(&k)? {
+                        out.push(json!({"left": left, "right": right}));
+                    }
+                }
+                Some(ix) => {
+                    for entry in ix.tree.scan_prefix(&crate::value::encode_value(v)) {
+                        let (_, pk) = entry?;
+                        if let Some(right) = other.get_doc(&pk)? {
+                            out.push(json!({"left": left.clone(), "right": right}));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The joined rows with each right row's fields merged into its left row.
+    pub async fn zip(&self) -> Result<Vec<Value>> {
+        Ok(self
+            .run()
+            .await?
+            .into_iter()
+            .map(|mut pair| {
+                let mut left = pair["left"].take();
+                crate::db::write::merge(&mut left, &pair["right"]);
+                left
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,260 @@
+//! The query layer: tables, selections, ordering, transforms, aggregates, joins and writes,
+//! in the spirit of RethinkDB's ReQL.
+
+mod aggregate;
+pub(crate) mod plan;
+pub(crate) mod predicate;
+mod table;
+mod write;
+
+pub use aggregate::{Group, Grouped, Join};
+pub use predicate::{field, has_fields, Field, Predicate};
+pub use table::{Get, Table};
+pub use write::{Insert, Write};
+
+use crate::db::Database;
+use crate::{Error, Result};
+use futures_core::Stream;
+use serde_json::Value;
+use std::ops::Bound;
+
+/// Where the rows of a query come from.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Source {
+    /// Every document of the table.
+    Table,
+    /// Documents whose primary key (or index value) is one of `keys`.
+    GetAll {
+        keys: Vec<Value>,
+        index: Option<String>,
+    },
+    /// Documents whose primary key (or index value) lies between the bounds.
+    Between {
+        lo: Bound<Value>,
+        hi: Bound<Value>,
+        index: Option<String>,
+    },
+    /// The rows of the read-only `stats` system table.
+    Stats,
+}
+
+/// One step of a query after its source.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Step {
+    Filter(Predicate),
+    OrderBy(Order),
+    Skip(usize),
+    Limit(usize),
+    Pluck(Vec<String>),
+    Without(Vec<String>),
+}
+
+/// What an `order_by` sorts on.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum OrderKey {
+    Field(String),
+    Index(String),
+}
+
+/// An ordering: by a field (sorted in memory) or by an index (streamed from the index).
+///
+/// Ties are broken by primary key; descending order reverses both. Rows that lack the field
+/// of a field ordering come last; rows missing from an index are not in an index ordering.
+///
+/// ```
+/// use remodel::{asc, desc, Order};
+/// let by_name = asc("name");
+/// let best_first = Order::index("score").desc();
+/// # let _ = (by_name, best_first, desc("age"));
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct Order {
+    pub(crate) key: OrderKey,
+    pub(crate) descending: bool,
+}
+
+impl Order {
+    /// Ascending order of a secondary index (or of the primary key, by its field name).
+    pub fn index(name: impl Into<String>) -> Self {
+        Order {
+            key: OrderKey::Index(name.into()),
+            descending: false,
+        }
+    }
+
+    /// The same ordering, descending.
+    pub fn desc(mut self) -> Self {
+        self.descending = true;
+        self
+    }
+
+    /// The same ordering, ascending.
+    pub fn asc(mut self) -> Self {
+        self.descending = false;
+        self
+    }
+}
+
+/// Ascending order of a field.
+pub fn asc(field: impl Into<String>) -> Order {
+    Order {
+        key: OrderKey::Field(field.into()),
+        descending: false,
+    }
+}
+
+/// Descending order of a field.
+pub fn desc(field: impl Into<String>) -> Order {
+    Order {
+        key: OrderKey::Field(field.into()),
+        descending: true,
+    }
+}
+
+/// A query on one table: a source (the table, `get_all`, `between`) followed by steps.
+///
+/// Queries are values: building one does no I/O; `run`, `iter`, `stream`, the aggregates
+/// and the writes execute it. Errors in how it was built come back when it runs.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use remodel::{field, asc, Database};
+/// use serde_json::json;
+/// let db = Database::temporary().await?;
+/// db.create_table("crew").await?;
+/// let crew = db.table("crew");
+/// crew.insert_many(vec![
+///     json!({"id": 1, "name": "Data", "rank": "lieutenant commander"}),
+///     json!({"id": 2, "name": "Picard", "rank": "captain"}),
+///     json!({"id": 3, "name": "Troi", "rank": "commander"}),
+/// ]).await?;
+/// let names: Vec<_> = crew.filter(field("rank").ne("captain")).order_by(asc("name"))
+///     .pluck(["name"]).run().await?;
+/// assert_eq!(names, vec![json!({"name": "Data"}), json!({"name": "Troi"})]);
+/// # Ok::<(), remodel::Error>(())
+/// # }).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct Query {
+    pub(crate) db: Database,
+    pub(crate) table: String,
+    pub(crate) source: Source,
+    pub(crate) steps: Vec<Step>,
+    pub(crate) error: Option<Error>,
+}
+
+impl std::fmt::Debug for Query {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Query")
+            .field("table", &self.table)
+            .field("source", &self.source)
+            .field("steps", &self.steps)
+            .finish()
+    }
+}
+
+impl Query {
+    pub(crate) fn new(db: Database, table: String, source: Source) -> Self {
+        Query {
+            db,
+            table,
+            source,
+            steps: Vec::new(),
+            error: None,
+        }
+    }
+
+    fn step(mut self, s: Step) -> Self {
+        self.steps.push(s);
+        self
+    }
+
+    /// Reads `get_all` or `between` through the secondary index `name` instead of the
+    /// primary key. Only valid right after `get_all` or `between`.
+    pub fn index(mut self, name: impl Into<String>) -> Self {
+        let name = name.into();
+        match (&mut self.source, self.steps.is_empty()) {
+            (Source::GetAll { index, .. } | Source::Between { index, .. }, true) => {
+                *index = Some(name)
+            }
+            _ => {
+                self.error.get_or_insert(Error::query(format!(
+                    "index(`{name}`) applies only right after get_all or between"
+                )));
+            }
+        }
+        self
+    }
+
+    /// Keeps the rows for which the predicate holds.
+    pub fn filter(self, predicate: Predicate) -> Self {
+        self.step(Step::Filter(predicate))
+    }
+
+    /// Orders the rows (see [`Order`]).
+    pub fn order_by(self, order: Order) -> Self {
+        self.step(Step::OrderBy(order))
+    }
+
+    /// Skips the first `n` rows.
+    pub fn skip(self, n: usize) -> Self {
+        self.step(Step::Skip(n))
+    }
+
+    /// Keeps at most `n` rows.
+    pub fn limit(self, n: usize) -> Self {
+        self.step(Step::Limit(n))
+    }
+
+    /// Keeps only these (possibly nested) fields of each row.
+    pub fn pluck<S: Into<String>>(self, fields: impl IntoIterator<Item = S>) -> Self {
+        self.step(Step::Pluck(fields.into_iter().map(Into::into).collect()))
+    }
+
+    /// Removes these (possibly nested) fields from each row.
+    pub fn without<S: Into<String>>(self, fields: impl IntoIterator<Item = S>) -> Self {
+        self.step(Step::Without(fields.into_iter().map(Into::into).collect()))
+    }
+
+    pub(crate) fn plan(&self) -> Result<plan::Plan> {
+        if let Some(e) = &self.error {
+            return Err(e.clone());
+        }
+        if self.source == Source::Stats {
+            self.db.check_open()?;
+            let rows = self.db.inner.stats.rows(&self.db);
+            return plan::plan(
+                self.db.inner.stats_table.clone(),
+                &self.source,
+                &self.steps,
+                Some(rows),
+            );
+        }
+        let table = self.db.table_state(&self.table)?;
+        plan::plan(table, &self.source, &self.steps, None)
+    }
+
+    /// Runs the query lazily: rows are read from storage as the iterator is advanced.
+    pub fn iter(&self) -> Result<impl Iterator<Item = Result<Value>> + Send + 'static> {
+        Ok(self.plan()?.rows().map(|r| r.map(|row| row.doc)))
+    }
+
+    /// Runs the query and collects its rows.
+    pub async fn run(&self) -> Result<Vec<Value>> {
+        self.iter()?.collect()
+    }
+
+    /// Runs the query as a lazy stream of rows.
+    pub fn stream(&self) -> impl Stream<Item = Result<Value>> + Send + 'static {
+        let rows: Box<dyn Iterator<Item = Result<Value>> + Send> = match self.iter() {
+            Ok(it) => Box::new(it),
+            Err(e) => Box::new(std::iter::once(Err(e))),
+        };
+        futures_util::stream::iter(rows)
+    }
+
+    /// The first row, if any.
+    pub async fn first(&self) -> Result<Option<Value>> {
+        self.iter()?.next().transpose()
+    }
+}

@@ -1,0 +1,185 @@
+//! The table handle and point reads.
+
+use super::{Insert, Order, Predicate, Query, Source, Write};
+use crate::db::{Database, IndexSpec, IndexStatus, Patch};
+use crate::value::encode_key;
+use crate::{Error, Result};
+use serde_json::Value;
+use std::future::{Future, IntoFuture};
+use std::ops::Bound;
+use std::pin::Pin;
+
+/// A handle to a table. Getting one does no I/O; a missing table is reported when the handle
+/// is used ([`Error::NoSuchTable`]).
+#[derive(Clone)]
+pub struct Table {
+    pub(crate) db: Database,
+    pub(crate) name: String,
+}
+
+impl Database {
+    /// A handle to the table called `name`.
+    pub fn table(&self, name: impl Into<String>) -> Table {
+        Table {
+            db: self.clone(),
+            name: name.into(),
+        }
+    }
+}
+
+impl Table {
+    /// The table's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The name of the primary key field.
+    pub fn primary_key(&self) -> Result<String> {
+        Ok(self.db.table_state(&self.name)?.primary_key.clone())
+    }
+
+    /// Creates a secondary index and fills it from the existing documents. Returns once the
+    /// index is ready; writes that run during the build are indexed too.
+    pub async fn create_index(&self, name: &str, spec: IndexSpec) -> Result<()> {
+        self.db.create_index(&self.name, name, spec).await
+    }
+
+    /// Creates the index unless an index of that name with the same spec exists; returns
+    /// whether it was created. An index of that name with another spec is an error.
+    pub async fn ensure_index(&self, name: &str, spec: IndexSpec) -> Result<bool> {
+        let existing = self.index_status()?.into_iter().find(|s| s.name == name);
+        match existing {
+            Some(s) if s.spec == spec => Ok(false),
+            Some(_) => Err(Error::IndexExists {
+                table: self.name.clone(),
+                index: name.to_string(),
+            }),
+            None => match self.create_index(name, spec.clone()).await {
+                Err(Error::IndexExists { .. }) => Box::pin(self.ensure_index(name, spec)).await,
+                other => other.map(|()| true),
+            },
+        }
+    }
+
+    /// Drops a secondary index. Changefeeds that read it end with [`Error::FeedAborted`].
+    pub async fn drop_index(&self, name: &str) -> Result<()> {
+        self.db.drop_index(&self.name, name).await
+    }
+
+    /// The secondary indexes, their specs and whether they are ready.
+    pub fn index_status(&self) -> Result<Vec<IndexStatus>> {
+        self.db.index_status(&self.name)
+    }
+
+    /// The names of the secondary indexes.
+    pub fn index_names(&self) -> Result<Vec<String>> {
+        Ok(self.index_status()?.into_iter().map(|s| s.name).collect())
+    }
+
+    /// The document with this primary key: `.await` it to read, or update, replace, delete it.
+    pub fn get(&self, key: impl Into<Value>) -> Get {
+        Get {
+            table: self.clone(),
+            key: key.into(),
+        }
+    }
+
+    /// Every document of the table, as a query.
+    pub fn query(&self) -> Query {
+        Query::new(self.db.clone(), self.name.clone(), Source::Table)
+    }
+
+    /// The documents with one of these primary keys (or, after `.index(name)`, these index
+    /// values). A key given twice returns its documents twice.
+    pub fn get_all<V: Into<Value>>(&self, keys: impl IntoIterator<Item = V>) -> Query {
+        let keys = keys.into_iter().map(Into::into).collect();
+        Query::new(
+            self.db.clone(),
+            self.name.clone(),
+            Source::GetAll { keys, index: None },
+        )
+    }
+
+    /// The documents whose primary key (or, after `.index(name)`, index value) is within the
+    /// bounds. The usual range is `Included(lo)` to `Excluded(hi)`.
+    pub fn between(&self, lo: Bound<Value>, hi: Bound<Value>) -> Query {
+        Query::new(
+            self.db.clone(),
+            self.name.clone(),
+            Source::Between {
+                lo,
+                hi,
+                index: None,
+            },
+        )
+    }
+
+    /// The table filtered by a predicate.
+    pub fn filter(&self, predicate: Predicate) -> Query {
+        self.query().filter(predicate)
+    }
+
+    /// The table in an order.
+    pub fn order_by(&self, order: Order) -> Query {
+        self.query().order_by(order)
+    }
+
+    /// Every document of the table.
+    pub async fn run(&self) -> Result<Vec<Value>> {
+        self.query().run().await
+    }
+
+    /// The number of documents.
+    pub async fn count(&self) -> Result<u64> {
+        self.query().count().await
+    }
+
+    /// Inserts one document (a JSON object). Without a primary key it gets a UUID.
+    pub fn insert(&self, doc: Value) -> Insert {
+        Insert::new(self.clone(), vec![doc])
+    }
+
+    /// Inserts many documents.
+    pub fn insert_many(&self, docs: impl IntoIterator<Item = Value>) -> Insert {
+        Insert::new(self.clone(), docs.into_iter().collect())
+    }
+}
+
+/// A document by primary key: `.await` reads it (`None` when missing); `update`, `replace`
+/// and `delete` write it.
+#[derive(Clone)]
+pub struct Get {
+    pub(crate) table: Table,
+    pub(crate) key: Value,
+}
+
+impl Get {
+    /// Reads the document.
+    pub async fn run(&self) -> Result<Option<Value>> {
+        let t = self.table.db.table_state(&self.table.name)?;
+        t.get_doc(&encode_key(&self.key)?)
+    }
+
+    /// Merges a patch into the document (see [`Patch`]); a missing document is skipped.
+    pub fn update(&self, patch: impl Into<Patch>) -> Write {
+        Write::update_key(self.table.clone(), self.key.clone(), patch.into())
+    }
+
+    /// Replaces the document; the new one's primary key must be absent or the same.
+    pub fn replace(&self, doc: Value) -> Write {
+        Write::replace_key(self.table.clone(), self.key.clone(), doc)
+    }
+
+    /// Deletes the document; a missing document is skipped.
+    pub fn delete(&self) -> Write {
+        Write::delete_key(self.table.clone(), self.key.clone())
+    }
+}
+
+impl IntoFuture for Get {
+    type Output = Result<Option<Value>>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move { self.run().await })
+    }
+}

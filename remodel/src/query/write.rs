@@ -1,0 +1,253 @@
+//! Write builders: inserts, and updates, replaces and deletes by key or by query.
+
+use super::{Query, Table};
+use crate::db::write::WriteOp;
+use crate::db::{Conflict, Durability, Patch, WriteResult};
+use crate::value::encode_key;
+use crate::{Error, Result};
+use serde_json::Value;
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// An insert of one or more documents; `.await` it to run it.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use remodel::{Conflict, Database, Durability};
+/// use serde_json::json;
+/// let db = Database::temporary().await?;
+/// db.create_table("scores").await?;
+/// let t = db.table("scores");
+/// t.insert(json!({"id": "kim", "score": 1})).await?;
+/// let r = t.insert(json!({"id": "kim", "score": 2}))
+///     .conflict(Conflict::Replace)
+///     .durability(Durability::Soft)
+///     .return_changes(true)
+///     .await?;
+/// assert_eq!(r.replaced, 1);
+/// assert_eq!(r.changes[0].old_val, Some(json!({"id": "kim", "score": 1})));
+/// # Ok::<(), remodel::Error>(())
+/// # }).unwrap();
+/// ```
+#[must_use = "an insert does nothing until it is awaited"]
+pub struct Insert {
+    table: Table,
+    docs: Vec<Value>,
+    conflict: Conflict,
+    opts: Options,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Options {
+    return_changes: bool,
+    durability: Option<Durability>,
+}
+
+impl Insert {
+    pub(crate) fn new(table: Table, docs: Vec<Value>) -> Self {
+        Insert {
+            table,
+            docs,
+            conflict: Conflict::Error,
+            opts: Options::default(),
+        }
+    }
+
+    /// What to do when the primary key exists (default: count an error).
+    pub fn conflict(mut self, c: Conflict) -> Self {
+        self.conflict = c;
+        self
+    }
+
+    /// Also return the `{old_val, new_val}` of each write.
+    pub fn return_changes(mut self, yes: bool) -> Self {
+        self.opts.return_changes = yes;
+        self
+    }
+
+    /// The durability of this write (default: the database's).
+    pub fn durability(mut self, d: Durability) -> Self {
+        self.opts.durability = Some(d);
+        self
+    }
+
+    async fn run(self) -> Result<WriteResult> {
+        let db = self.table.db.clone();
+        let t = db.table_state(&self.table.name)?;
+        let mut generated = Vec::new();
+        let ops = db.prepare_inserts(&t, self.docs, self.conflict, &mut generated)?;
+        let mut result = db
+            .run_write(t, ops, self.opts.return_changes, self.opts.durability)
+            .await?;
+        result.generated_keys = generated;
+        Ok(result)
+    }
+}
+
+impl IntoFuture for Insert {
+    type Output = Result<WriteResult>;
+    type IntoFuture = BoxFuture<Self::Output>;
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.run())
+    }
+}
+
+enum Target {
+    Key(Table, Value),
+    Query(Query),
+}
+
+enum Action {
+    Update(Patch),
+    Replace(Value),
+    Delete,
+}
+
+/// An update, replace or delete, of one document or of every row of a query; `.await` it.
+///
+/// Writes by query select their rows under the commit lock, so the selection and the write
+/// see the same data.
+#[must_use = "a write does nothing until it is awaited"]
+pub struct Write {
+    target: Target,
+    action: Action,
+    opts: Options,
+}
+
+impl Write {
+    pub(crate) fn update_key(t: Table, key: Value, patch: Patch) -> Self {
+        Write {
+            target: Target::Key(t, key),
+            action: Action::Update(patch),
+            opts: Options::default(),
+        }
+    }
+    pub(crate) fn replace_key(t: Table, key: Value, doc: Value) -> Self {
+        Write {
+            target: Target::Key(t, key),
+            action: Action::Replace(doc),
+            opts: Options::default(),
+        }
+    }
+    pub(crate) fn delete_key(t: Table, key: Value) -> Self {
+        Write {
+            target: Target::Key(t, key),
+            action: Action::Delete,
+            opts: Options::default(),
+        }
+    }
+
+    /// Also return the `{old_val, new_val}` of each write.
+    pub fn return_changes(mut self, yes: bool) -> Self {
+        self.opts.return_changes = yes;
+        self
+    }
+
+    /// The durability of this write (default: the database's).
+    pub fn durability(mut self, d: Durability) -> Self {
+        self.opts.durability = Some(d);
+        self
+    }
+
+    fn op(action: &Action, key: Vec<u8>) -> WriteOp {
+        match action {
+            Action::Update(p) => WriteOp::Update {
+                key,
+                patch: p.clone(),
+            },
+            Action::Replace(d) => WriteOp::Replace {
+                key,
+                doc: d.clone(),
+            },
+            Action::Delete => WriteOp::Delete { key },
+        }
+    }
+
+    async fn run(self) -> Result<WriteResult> {
+        match self.target {
+            Target::Key(table, key) => {
+                let db = table.db.clone();
+                let t = db.table_state(&table.name)?;
+                let enc = encode_key(&key)?;
+                let action = match self.action {
+                    Action::Replace(mut doc) => {
+                        let Value::Object(map) = &mut doc else {
+                            return Err(Error::InvalidDocument {
+                                reason: format!("a replacement must be a JSON object, got {doc}"),
+                            });
+                        };
+                        match map.get(&t.primary_key) {
+                            None => {
+                                map.insert(t.primary_key.clone(), key.clone());
+                            }
+                            Some(k) if encode_key(k)? != enc => {
+                                return Err(Error::InvalidDocument {
+                                    reason: format!(
+                                        "a replacement cannot change the primary key (from {key} to {k})"
+                                    ),
+                                })
+                            }
+                            Some(_) => {}
+                        }
+                        Action::Replace(doc)
+                    }
+                    a => a,
+                };
+                let ops = vec![Self::op(&action, enc)];
+                db.run_write(t, ops, self.opts.return_changes, self.opts.durability)
+                    .await
+            }
+            Target::Query(q) => {
+                if matches!(self.action, Action::Replace(_)) {
+                    return Err(Error::query(
+                        "replace applies to one document (get(key).replace)",
+                    ));
+                }
+                if q.source == super::Source::Stats {
+                    return Err(Error::query("the stats table is read-only"));
+                }
+                let db = q.db.clone();
+                let plan = q.plan()?;
+                let action = self.action;
+                let return_changes = self.opts.return_changes;
+                let inner = db.inner.clone();
+                let result = crate::db::spawn_blocking(move || {
+                    inner.commit_selected(&plan, |key| Self::op(&action, key), return_changes)
+                })
+                .await?;
+                db.settle(self.opts.durability).await?;
+                Ok(result)
+            }
+        }
+    }
+}
+
+impl IntoFuture for Write {
+    type Output = Result<WriteResult>;
+    type IntoFuture = BoxFuture<Self::Output>;
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.run())
+    }
+}
+
+impl Query {
+    /// Merges a patch into every row of the query (see [`Patch`]).
+    pub fn update(&self, patch: impl Into<Patch>) -> Write {
+        Write {
+            target: Target::Query(self.clone()),
+            action: Action::Update(patch.into()),
+            opts: Options::default(),
+        }
+    }
+
+    /// Deletes every row of the query.
+    pub fn delete(&self) -> Write {
+        Write {
+            target: Target::Query(self.clone()),
+            action: Action::Delete,
+            opts: Options::default(),
+        }
+    }
+}

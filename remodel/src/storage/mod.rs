@@ -1,0 +1,216 @@
+//! The narrow storage interface the store is built on.
+//!
+//! Everything above this module sees named trees of ordered byte keys, atomic multi-tree
+//! write batches, and flushes; nothing else of sled leaks out. That keeps the engine
+//! replaceable (sled 0.34 has known crash-consistency reports; another engine may be added
+//! beside it) and keeps the write path in one place.
+
+use crate::Result;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use std::ops::Bound;
+use std::path::Path;
+
+/// Bytes handed out by the engine (cheap to clone, derefs to `[u8]`).
+pub(crate) type Bytes = sled::IVec;
+
+/// Engine settings taken from the database configuration.
+pub(crate) struct EngineConfig<'a> {
+    pub path: Option<&'a Path>,
+    pub cache_bytes: u64,
+    pub flush_every_ms: Option<u64>,
+}
+
+/// An open storage engine.
+#[derive(Clone)]
+pub(crate) struct Storage {
+    db: sled::Db,
+}
+
+/// One ordered tree of byte keys.
+#[derive(Clone)]
+pub(crate) struct Tree {
+    inner: sled::Tree,
+}
+
+impl Storage {
+    pub(crate) fn open(cfg: EngineConfig<'_>) -> Result<Self> {
+        let mut sc = sled::Config::new()
+            .cache_capacity(cfg.cache_bytes)
+            .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(cfg.flush_every_ms);
+        sc = match cfg.path {
+            Some(p) => sc.path(p),
+            None => sc.temporary(true),
+        };
+        Ok(Storage { db: sc.open()? })
+    }
+
+    pub(crate) fn tree(&self, name: &str) -> Result<Tree> {
+        Ok(Tree {
+            inner: self.db.open_tree(name)?,
+        })
+    }
+
+    pub(crate) fn drop_tree(&self, name: &str) -> Result<()> {
+        self.db.drop_tree(name)?;
+        Ok(())
+    }
+
+    /// Applies all writes of the batch atomically: after a crash either all or none are there.
+    pub(crate) fn apply(&self, batch: &WriteBatch) -> Result<()> {
+        use sled::Transactional;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let trees: Vec<&sled::Tree> = batch.trees.iter().map(|t| &t.inner).collect();
+        let res: std::result::Result<(), TransactionError<()>> =
+            trees.as_slice().transaction(|txs| {
+                for (i, key, value) in &batch.ops {
+                    match value {
+                        Some(v) => txs[*i].insert(key.as_slice(), v.as_slice())?,
+                        None => txs[*i].remove(key.as_slice())?,
+                    };
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
+        match res {
+            Ok(()) => Ok(()),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+            Err(TransactionError::Abort(())) => unreachable!("write batches never abort"),
+        }
+    }
+
+    /// Waits until everything written so far is on disk, without blocking the async runtime
+    /// (sled runs the fsync on its own thread pool).
+    pub(crate) async fn flush(&self) -> Result<()> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Flushes on the calling thread.
+    pub(crate) fn flush_blocking(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+impl Tree {
+    pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
+        Ok(self.inner.get(key)?)
+    }
+
+    /// Iterates the keys in `(lo, hi)`, in key order (reverse it for descending order).
+    pub(crate) fn range(
+        &self,
+        lo: Bound<Vec<u8>>,
+        hi: Bound<Vec<u8>>,
+    ) -> impl DoubleEndedIterator<Item = Result<(Bytes, Bytes)>> + Send + 'static {
+        self.inner
+            .range::<Vec<u8>, _>((lo, hi))
+            .map(|r| r.map_err(Into::into))
+    }
+
+    pub(crate) fn scan_prefix(
+        &self,
+        prefix: &[u8],
+    ) -> impl DoubleEndedIterator<Item = Result<(Bytes, Bytes)>> + Send + 'static {
+        self.inner
+            .scan_prefix(prefix)
+            .map(|r| r.map_err(Into::into))
+    }
+
+    pub(crate) fn iter(
+        &self,
+    ) -> impl DoubleEndedIterator<Item = Result<(Bytes, Bytes)>> + Send + 'static {
+        self.inner.iter().map(|r| r.map_err(Into::into))
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.inner.len()
+    }
+}
+
+/// Writes to several trees, applied together by [`Storage::apply`].
+#[derive(Default)]
+pub(crate) struct WriteBatch {
+    trees: Vec<Tree>,
+    ops: Vec<(usize, Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl WriteBatch {
+    fn slot(&mut self, tree: &Tree) -> usize {
+        match self
+            .trees
+            .iter()
+            .position(|t| t.inner.name() == tree.inner.name())
+        {
+            Some(i) => i,
+            None => {
+                self.trees.push(tree.clone());
+                self.trees.len() - 1
+            }
+        }
+    }
+
+    pub(crate) fn insert(&mut self, tree: &Tree, key: Vec<u8>, value: Vec<u8>) {
+        let i = self.slot(tree);
+        self.ops.push((i, key, Some(value)));
+    }
+
+    pub(crate) fn remove(&mut self, tree: &Tree, key: Vec<u8>) {
+        let i = self.slot(tree);
+        self.ops.push((i, key, None));
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp() -> Storage {
+        Storage::open(EngineConfig {
+            path: None,
+            cache_bytes: 1 << 20,
+            flush_every_ms: None,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn batch_spans_trees() {
+        let s = temp();
+        let a = s.tree("a").unwrap();
+        let b = s.tree("b").unwrap();
+        let mut batch = WriteBatch::default();
+        batch.insert(&a, b"k".to_vec(), b"1".to_vec());
+        batch.insert(&b, b"k".to_vec(), b"2".to_vec());
+        s.apply(&batch).unwrap();
+        assert_eq!(a.get(b"k").unwrap().as_deref(), Some(&b"1"[..]));
+        assert_eq!(b.get(b"k").unwrap().as_deref(), Some(&b"2"[..]));
+        let mut batch = WriteBatch::default();
+        batch.remove(&a, b"k".to_vec());
+        s.apply(&batch).unwrap();
+        assert_eq!(a.get(b"k").unwrap(), None);
+    }
+
+    #[test]
+    fn ranges_are_ordered_both_ways() {
+        let s = temp();
+        let t = s.tree("t").unwrap();
+        let mut batch = WriteBatch::default();
+        for k in [b"a", b"b", b"c"] {
+            batch.insert(&t, k.to_vec(), vec![]);
+        }
+        s.apply(&batch).unwrap();
+        let keys: Vec<_> = t
+            .range(Bound::Included(b"b".to_vec()), Bound::Unbounded)
+            .rev()
+            .map(|r| r.unwrap().0.to_vec())
+            .collect();
+        assert_eq!(keys, vec![b"c".to_vec(), b"b".to_vec()]);
+    }
+}
