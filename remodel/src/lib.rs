@@ -33,7 +33,7 @@
 
 mod db;
 mod error;
-mod feed;
+pub mod feed;
 mod query;
 mod storage;
 pub mod value;
@@ -42,6 +42,7 @@ pub use db::{
     ChangePair, Config, Conflict, Database, Durability, IndexSpec, IndexStatus, Patch, WriteResult,
 };
 pub use error::{Error, Result};
+pub use feed::{Change, ChangeKind, Changes, Feed, FeedOptions, FeedState, Squash};
 pub use query::{
     asc, desc, field, has_fields, Field, Get, Group, Grouped, Insert, Join, Order, Predicate,
     Query, Table, Write,

@@ -48,7 +48,7 @@ pub struct Config {
     path: Option<PathBuf>,
     cache_bytes: u64,
     durability: Durability,
-    feed_queue_size: usize,
+    pub(crate) feed_queue_size: usize,
     flush_interval: Duration,
 }
 
@@ -128,7 +128,7 @@ pub(crate) struct DbInner {
     tables: RwLock<HashMap<String, Arc<TableState>>>,
     /// Serialises commits: one database, one commit order. Holds the last sequence number.
     pub writer: Mutex<u64>,
-    pub hub: Hub,
+    pub hub: Arc<Hub>,
     pub stats: Stats,
     /// The (empty, never written) table that stands for the `stats` system table in plans.
     pub stats_table: Arc<TableState>,
@@ -191,7 +191,7 @@ impl Database {
             catalog,
             tables: RwLock::new(HashMap::new()),
             writer: Mutex::new(0),
-            hub: Hub::default(),
+            hub: Arc::default(),
             stats: Stats::default(),
             stats_table,
             closed: AtomicBool::new(false),

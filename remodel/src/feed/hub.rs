@@ -1,0 +1,471 @@
+//! The hub: where committed changes meet the feeds that watch them.
+//!
+//! Feeds that watch the same query share one group: its matching, filtering and transforms
+//! run once per write, and the resulting items are pushed to each member's queue. Groups are
+//! found by route, so that routing a write costs in proportion to the feeds it concerns:
+//! point and `get_all` feeds by key or index value, filter feeds with an equality conjunct by
+//! that field's value. Only the rest (range, top-N, and unindexable filter feeds) are checked
+//! one by one.
+//!
+//! Everything here that changes routes or sees a change runs under the commit lock, so a
+//! feed's initial snapshot and its first change are separated by no gap and no overlap.
+
+use super::change::Change;
+use super::queue::Subscriber;
+use super::spec::{FeedPlan, Matcher, View};
+use super::topn::TopN;
+use crate::db::write::Committed;
+use crate::db::TableState;
+use crate::value::{encode_value, FieldPath};
+use crate::{Error, Result};
+use parking_lot::{Mutex, RwLock};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+#[derive(Default)]
+pub(crate) struct Hub {
+    tables: RwLock<HashMap<String, Arc<TableFeeds>>>,
+    /// Every open feed, stats feeds included (a fast "no feeds at all" check for writers).
+    open: AtomicUsize,
+}
+
+#[derive(Default)]
+pub(crate) struct TableFeeds {
+    routes: Mutex<Routes>,
+    open: AtomicUsize,
+}
+
+type GroupId = u64;
+
+#[derive(Default)]
+struct Routes {
+    next_id: u64,
+    groups: HashMap<GroupId, Group>,
+    by_signature: HashMap<String, GroupId>,
+    by_key: HashMap<Vec<u8>, Vec<GroupId>>,
+    by_index_value: HashMap<String, IndexRoutes>,
+    by_eq: HashMap<FieldPath, HashMap<Vec<u8>, Vec<GroupId>>>,
+    /// Groups checked on every write of the table.
+    scan: Vec<GroupId>,
+}
+
+struct IndexRoutes {
+    ix: Arc<crate::db::IndexState>,
+    values: HashMap<Vec<u8>, Vec<GroupId>>,
+}
+
+enum Route {
+    Keys(Vec<Vec<u8>>),
+    IndexValues { index: String, values: Vec<Vec<u8>> },
+    Eq { path: FieldPath, value: Vec<u8> },
+    Scan,
+}
+
+enum Kind {
+    Rows { matcher: Matcher, view: View },
+    TopN(TopN),
+}
+
+struct Group {
+    signature: String,
+    kind: Kind,
+    route: Route,
+    /// The index this group reads, if any (dropping it aborts the group).
+    index: Option<String>,
+    subs: Vec<(u64, Arc<Subscriber>)>,
+}
+
+/// A feed's membership in a group; dropping it leaves the group.
+pub(crate) struct Registration {
+    table: Arc<TableFeeds>,
+    hub_open: Arc<Hub>,
+    group: GroupId,
+    sub: u64,
+}
+
+fn add_route<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Vec<GroupId>>, k: K, g: GroupId) {
+    map.entry(k).or_default().push(g);
+}
+
+fn remove_route<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Vec<GroupId>>, k: &K, g: GroupId) {
+    if let Some(v) = map.get_mut(k) {
+        v.retain(|x| *x != g);
+        if v.is_empty() {
+            map.remove(k);
+        }
+    }
+}
+
+impl Routes {
+    fn unroute(&mut self, id: GroupId, route: &Route) {
+        match route {
+            Route::Keys(keys) => keys
+                .iter()
+                .for_each(|k| remove_route(&mut self.by_key, k, id)),
+            Route::IndexValues { index, values } => {
+                if let Some(r) = self.by_index_value.get_mut(index) {
+                    values
+                        .iter()
+                        .for_each(|v| remove_route(&mut r.values, v, id));
+                    if r.values.is_empty() {
+                        self.by_index_value.remove(index);
+                    }
+                }
+            }
+            Route::Eq { path, value } => {
+                if let Some(m) = self.by_eq.get_mut(path) {
+                    remove_route(m, value, id);
+                    if m.is_empty() {
+                        self.by_eq.remove(path);
+                    }
+                }
+            }
+            Route::Scan => self.scan.retain(|x| *x != id),
+        }
+    }
+
+    fn remove_group(&mut self, id: GroupId) -> Option<Group> {
+        let g = self.groups.remove(&id)?;
+        self.by_signature.remove(&g.signature);
+        self.unroute(id, &g.route);
+        Some(g)
+    }
+
+    /// The groups a change may concern.
+    fn candidates(&self, c: &Committed, out: &mut Vec<GroupId>) {
+        out.clear();
+        if let Some(g) = self.by_key.get(&c.key) {
+            out.extend_from_slice(g);
+        }
+        let docs = [c.old.as_deref(), c.new.as_deref()];
+        for r in self.by_index_value.values() {
+            for doc in docs.into_iter().flatten() {
+                for v in r.ix.compiled.values(doc) {
+                    if let Some(g) = r.values.get(&encode_value(&v)) {
+                        out.extend_from_slice(g);
+                    }
+                }
+            }
+        }
+        for (path, values) in &self.by_eq {
+            for doc in docs.into_iter().flatten() {
+                if let Some(v) = path.get(doc) {
+                    if let Some(g) = values.get(&encode_value(v)) {
+                        out.extend_from_slice(g);
+                    }
+                }
+            }
+        }
+        out.extend_from_slice(&self.scan);
+        if out.len() > 1 {
+            out.sort_unstable();
+            out.dedup();
+        }
+    }
+}
+
+impl Group {
+    /// The items this group's feeds get for a change.
+    fn items(&mut self, table: &TableState, c: &Committed) -> Result<Vec<Change>> {
+        let (matcher, view) = match &mut self.kind {
+            Kind::TopN(t) => return t.apply(table, c),
+            Kind::Rows { matcher, view } => (matcher, view),
+        };
+        let side = |doc: &Option<Arc<Value>>| -> (usize, Option<Arc<Value>>) {
+            let Some(doc) = doc else { return (0, None) };
+            let n = matcher.count(&c.key, doc);
+            if n == 0 {
+                return (0, None);
+            }
+            match view.apply(doc) {
+                Some(seen) => (n, Some(seen)),
+                None => (0, None),
+            }
+        };
+        let (old_n, old) = side(&c.old);
+        let (new_n, new) = side(&c.new);
+        if old_n == 0 && new_n == 0 {
+            return Ok(Vec::new());
+        }
+        let key: Arc<[u8]> = Arc::from(&c.key[..]);
+        let both = old_n.min(new_n);
+        let mut out = Vec::with_capacity(old_n.max(new_n));
+        if old != new {
+            for _ in 0..both {
+                out.push(Change::row(Some(key.clone()), old.clone(), new.clone()));
+            }
+        }
+        for _ in both..old_n {
+            out.push(Change::row(Some(key.clone()), old.clone(), None));
+        }
+        for _ in both..new_n {
+            out.push(Change::row(Some(key.clone()), None, new.clone()));
+        }
+        Ok(out)
+    }
+}
+
+/// What a new subscription starts from.
+pub(crate) enum Initial {
+    /// The rows to deliver first (already transformed), best first for top-N feeds.
+    Rows(Vec<Arc<Value>>),
+    /// Nothing was asked for.
+    None,
+}
+
+impl Hub {
+    /// True when no feed is open anywhere (writers skip the hub).
+    pub(crate) fn is_idle(&self) -> bool {
+        self.open.load(Ordering::Acquire) == 0
+    }
+
+    /// Delivers committed changes to the feeds that watch them. Called by the write path
+    /// under the commit lock, in commit order.
+    pub(crate) fn publish(&self, table: &Arc<TableState>, changes: &[Committed]) {
+        if self.is_idle() {
+            return;
+        }
+        let Some(feeds) = self.tables.read().get(&table.name).cloned() else {
+            return;
+        };
+        let mut routes = feeds.routes.lock();
+        let mut ids = Vec::new();
+        for c in changes {
+            routes.candidates(c, &mut ids);
+            for id in &ids {
+                let Some(group) = routes.groups.get_mut(id) else {
+                    continue;
+                };
+                match group.items(table, c) {
+                    Ok(items) => {
+                        for item in items {
+                            for (_, sub) in &group.subs {
+                                sub.push(item.clone());
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        // A storage error while refilling a top-N set: its feeds cannot go
+                        // on correctly, so they end with the error.
+                        for (_, sub) in &group.subs {
+                            sub.close(Error::FeedAborted(format!(
+                                "the feed could not be maintained: {e}"
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds a subscriber for `plan`, joining the group of an identical query when there is one.
+    /// The caller holds the commit lock, so `initial` (read here) and the changes that follow
+    /// fit together exactly.
+    pub(crate) fn subscribe(
+        self: &Arc<Self>,
+        plan: FeedPlan,
+        signature: String,
+        sub: Arc<Subscriber>,
+        initial_rows: impl FnOnce() -> Result<Vec<Arc<Value>>>,
+        want_initial: bool,
+    ) -> Result<(Registration, Initial)> {
+        let table = match &plan {
+            FeedPlan::Rows { table, .. } | FeedPlan::TopN { table, .. } => table.clone(),
+            FeedPlan::Stats { .. } => unreachable!("stats feeds are timer feeds"),
+        };
+        let feeds = self
+            .tables
+            .write()
+            .entry(table.name.clone())
+            .or_default()
+            .clone();
+        let mut routes = feeds.routes.lock();
+        let id = match routes.by_signature.get(&signature) {
+            Some(id) => *id,
+            None => {
+                let kind = match plan {
+                    FeedPlan::Rows { matcher, view, .. } => Kind::Rows { matcher, view },
+                    FeedPlan::TopN {
+                        order, view, limit, ..
+                    } => Kind::TopN(TopN::load(&table, order, view, limit)?),
+                    FeedPlan::Stats { .. } => unreachable!("checked above"),
+                };
+                let id = routes.next_id;
+                routes.next_id += 1;
+                let (route, index) = match &kind {
+                    Kind::Rows { matcher, view } => {
+                        let index = matcher.index_name().map(str::to_string);
+                        let route = match matcher {
+                            Matcher::Keys(keys) => Route::Keys(keys.keys().cloned().collect()),
+                            Matcher::IndexValues { ix, values } => Route::IndexValues {
+                                index: ix.name.clone(),
+                                values: values.keys().cloned().collect(),
+                            },
+                            Matcher::All => match view.routing_eq() {
+                                Some((path, value)) => Route::Eq { path, value },
+                                None => Route::Scan,
+                            },
+                            Matcher::PrimaryRange { .. } | Matcher::IndexRange { .. } => {
+                                Route::Scan
+                            }
+                        };
+                        if let Matcher::IndexValues { ix, .. } = matcher {
+                            routes
+                                .by_index_value
+                                .entry(ix.name.clone())
+                                .or_insert_with(|| IndexRoutes {
+                                    ix: ix.clone(),
+                                    values: HashMap::new(),
+                                });
+                        }
+                        (route, index)
+                    }
+                    Kind::TopN(t) => (Route::Scan, t.order.ix.as_ref().map(|ix| ix.name.clone())),
+                };
+                match &route {
+                    Route::Keys(keys) => {
+                        for k in keys {
+                            add_route(&mut routes.by_key, k.clone(), id);
+                        }
+                    }
+                    Route::IndexValues { index, values } => {
+                        let r = routes
+                            .by_index_value
+                            .get_mut(index)
+                            .expect("inserted above");
+                        for v in values {
+                            add_route(&mut r.values, v.clone(), id);
+                        }
+                    }
+                    Route::Eq { path, value } => {
+                        add_route(
+                            routes.by_eq.entry(path.clone()).or_default(),
+                            value.clone(),
+                            id,
+                        );
+                    }
+                    Route::Scan => routes.scan.push(id),
+                }
+                routes.by_signature.insert(signature.clone(), id);
+                routes.groups.insert(
+                    id,
+                    Group {
+                        signature,
+                        kind,
+                        route,
+                        index,
+                        subs: Vec::new(),
+                    },
+                );
+                id
+            }
+        };
+        let sub_id = routes.next_id;
+        routes.next_id += 1;
+        let group = routes.groups.get_mut(&id).expect("group exists");
+        let initial = if want_initial {
+            match &group.kind {
+                Kind::TopN(t) => Initial::Rows(t.rows().cloned().collect()),
+                Kind::Rows { .. } => Initial::Rows(initial_rows()?),
+            }
+        } else {
+            Initial::None
+        };
+        group.subs.push((sub_id, sub));
+        drop(routes);
+        feeds.open.fetch_add(1, Ordering::AcqRel);
+        self.open.fetch_add(1, Ordering::AcqRel);
+        Ok((
+            Registration {
+                table: feeds,
+                hub_open: self.clone(),
+                group: id,
+                sub: sub_id,
+            },
+            initial,
+        ))
+    }
+
+    /// Counts a feed that is not routed through a table (stats feeds).
+    pub(crate) fn count_timer_feed(&self, delta: isize) {
+        if delta > 0 {
+            self.open.fetch_add(1, Ordering::AcqRel);
+        } else {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Ends the feeds of a dropped table.
+    pub(crate) fn abort_table(&self, table: &str, why: &str) {
+        if let Some(feeds) = self.tables.write().remove(table) {
+            let mut routes = feeds.routes.lock();
+            let ids: Vec<GroupId> = routes.groups.keys().copied().collect();
+            for id in ids {
+                if let Some(g) = routes.remove_group(id) {
+                    g.subs
+                        .iter()
+                        .for_each(|(_, s)| s.close(Error::FeedAborted(why.to_string())));
+                }
+            }
+        }
+    }
+
+    /// Ends the feeds that read a dropped index.
+    pub(crate) fn abort_index(&self, table: &str, index: &str, why: &str) {
+        let Some(feeds) = self.tables.read().get(table).cloned() else {
+            return;
+        };
+        let mut routes = feeds.routes.lock();
+        let ids: Vec<GroupId> = routes
+            .groups
+            .iter()
+            .filter(|(_, g)| g.index.as_deref() == Some(index))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some(g) = routes.remove_group(id) {
+                g.subs
+                    .iter()
+                    .for_each(|(_, s)| s.close(Error::FeedAborted(why.to_string())));
+            }
+        }
+        routes.by_index_value.remove(index);
+    }
+
+    /// Ends every feed (the database is closing).
+    pub(crate) fn abort_all(&self, why: &str) {
+        let tables: Vec<String> = self.tables.read().keys().cloned().collect();
+        for t in tables {
+            self.abort_table(&t, why);
+        }
+    }
+
+    /// Open feeds on `table`, or in the whole database.
+    pub(crate) fn feed_count(&self, table: Option<&str>) -> usize {
+        match table {
+            None => self.open.load(Ordering::Acquire),
+            Some(t) => self
+                .tables
+                .read()
+                .get(t)
+                .map_or(0, |f| f.open.load(Ordering::Acquire)),
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut routes = self.table.routes.lock();
+        if let Some(g) = routes.groups.get_mut(&self.group) {
+            g.subs.retain(|(id, _)| *id != self.sub);
+            if g.subs.is_empty() {
+                routes.remove_group(self.group);
+            }
+        }
+        drop(routes);
+        self.table.open.fetch_sub(1, Ordering::AcqRel);
+        self.hub_open.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}

@@ -1,0 +1,237 @@
+//! A feed's bounded queue: where the hub pushes items and the consumer pulls them.
+//!
+//! Writers never wait on a consumer: a push takes a short lock and, when the queue is full,
+//! discards what is buffered and counts it, so the consumer next gets one overflow error item.
+//! With squash on, a push merges into the queued change of the same row.
+
+use super::change::{Change, ChangeKind};
+use crate::Error;
+use futures_util::task::AtomicWaker;
+use parking_lot::Mutex;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+pub(crate) struct Subscriber {
+    queue: Mutex<Queue>,
+    waker: AtomicWaker,
+    capacity: usize,
+    squash: bool,
+}
+
+#[derive(Default)]
+struct Queue {
+    /// Queued items; `None` marks a squashed-away entry.
+    items: VecDeque<Option<Change>>,
+    /// Number of `Some` items.
+    live: usize,
+    /// Position (counted from `base`) of each row's queued change, when squashing.
+    by_key: HashMap<Arc<[u8]>, u64>,
+    /// How many items were ever popped from the front (positions are absolute).
+    base: u64,
+    skipped: u64,
+    /// When the oldest queued item arrived (for squash windows).
+    since: Option<Instant>,
+    closed: Option<Error>,
+}
+
+/// What the consumer gets next.
+pub(crate) enum Next {
+    Item(Change),
+    Overflow(u64),
+    Closed(Error),
+    Empty,
+}
+
+impl Subscriber {
+    pub(crate) fn new(capacity: usize, squash: bool) -> Self {
+        Subscriber {
+            queue: Mutex::new(Queue::default()),
+            waker: AtomicWaker::new(),
+            capacity: capacity.max(1),
+            squash,
+        }
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Queues an item (called by writers; never blocks on the consumer).
+    pub(crate) fn push(&self, item: Change) {
+        {
+            let mut q = self.queue.lock();
+            if q.closed.is_some() {
+                return;
+            }
+            if self.squash && self.merge(&mut q, &item) {
+                drop(q);
+                self.waker.wake();
+                return;
+            }
+            if q.live >= self.capacity {
+                q.skipped += q.live as u64;
+                q.base += q.items.len() as u64;
+                q.items.clear();
+                q.by_key.clear();
+                q.live = 0;
+            }
+            if q.live == 0 {
+                q.since = Some(Instant::now());
+            }
+            if self.squash {
+                if let Some(k) = &item.key {
+                    let pos = q.base + q.items.len() as u64;
+                    q.by_key.insert(k.clone(), pos);
+                }
+            }
+            q.items.push_back(Some(item));
+            q.live += 1;
+        }
+        self.waker.wake();
+    }
+
+    /// Merges `item` into the queued change of the same row: oldest `old_val`, newest
+    /// `new_val`; an entry whose net effect is nothing is dropped. Returns false when there is
+    /// nothing to merge with.
+    fn merge(&self, q: &mut Queue, item: &Change) -> bool {
+        let Some(key) = &item.key else { return false };
+        let Some(&pos) = q.by_key.get(key) else {
+            return false;
+        };
+        let idx = (pos - q.base) as usize;
+        let Some(Some(queued)) = q.items.get_mut(idx) else {
+            return false;
+        };
+        let old = queued.old_val.clone();
+        let new = item.new_val.clone();
+        if old == new {
+            q.items[idx] = None;
+            q.live -= 1;
+            q.by_key.remove(key);
+        } else {
+            queued.kind = ChangeKind::of(old.is_some(), new.is_some());
+            queued.new_val = new;
+        }
+        true
+    }
+
+    /// Ends the feed: the consumer gets `why` after the queued items, then the end.
+    pub(crate) fn close(&self, why: Error) {
+        self.queue.lock().closed.get_or_insert(why);
+        self.waker.wake();
+    }
+
+    pub(crate) fn register(&self, waker: &std::task::Waker) {
+        self.waker.register(waker);
+    }
+
+    /// Takes the next item.
+    pub(crate) fn pop(&self) -> Next {
+        let mut q = self.queue.lock();
+        if q.skipped > 0 {
+            let n = std::mem::take(&mut q.skipped);
+            return Next::Overflow(n);
+        }
+        while let Some(slot) = q.items.pop_front() {
+            q.base += 1;
+            if let Some(item) = slot {
+                q.live -= 1;
+                if let Some(k) = &item.key {
+                    if q.by_key.get(k) == Some(&(q.base - 1)) {
+                        q.by_key.remove(k);
+                    }
+                }
+                if q.live == 0 {
+                    q.since = None;
+                }
+                return Next::Item(item);
+            }
+        }
+        match &q.closed {
+            Some(e) => Next::Closed(e.clone()),
+            None => Next::Empty,
+        }
+    }
+
+    /// Moves every queued item out at once (a squash window's batch).
+    pub(crate) fn drain(&self, out: &mut VecDeque<Change>) -> Option<u64> {
+        let mut q = self.queue.lock();
+        if q.skipped > 0 {
+            return Some(std::mem::take(&mut q.skipped));
+        }
+        q.base += q.items.len() as u64;
+        out.extend(q.items.drain(..).flatten());
+        q.by_key.clear();
+        q.live = 0;
+        q.since = None;
+        None
+    }
+
+    /// How many items wait, and since when the oldest of them waits.
+    pub(crate) fn pending(&self) -> (usize, Option<Instant>, bool) {
+        let q = self.queue.lock();
+        (q.live, q.since, q.closed.is_some() || q.skipped > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn change(key: &str, old: Option<i64>, new: Option<i64>) -> Change {
+        let k: Arc<[u8]> = Arc::from(key.as_bytes());
+        Change::row(
+            Some(k),
+            old.map(|v| Arc::new(json!(v))),
+            new.map(|v| Arc::new(json!(v))),
+        )
+    }
+
+    fn next_item(s: &Subscriber) -> Option<Change> {
+        match s.pop() {
+            Next::Item(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn overflow_discards_and_counts() {
+        let s = Subscriber::new(2, false);
+        for i in 0..5 {
+            s.push(change("a", None, Some(i)));
+        }
+        // 2 queued, third push discards them; fourth fills; fifth discards 2 more.
+        assert!(matches!(s.pop(), Next::Overflow(4)));
+        assert_eq!(next_item(&s).unwrap().new_val.as_deref(), Some(&json!(4)));
+        assert!(matches!(s.pop(), Next::Empty));
+    }
+
+    #[test]
+    fn squash_merges_per_row_and_drops_no_ops() {
+        let s = Subscriber::new(10, true);
+        s.push(change("a", None, Some(1)));
+        s.push(change("b", Some(1), Some(2)));
+        s.push(change("a", Some(1), Some(2)));
+        s.push(change("b", Some(2), Some(1))); // back to where it was: nothing
+        let a = next_item(&s).unwrap();
+        assert_eq!(
+            (a.kind, a.old_val, a.new_val.as_deref()),
+            (ChangeKind::Add, None, Some(&json!(2)))
+        );
+        assert!(matches!(s.pop(), Next::Empty));
+        s.push(change("c", None, Some(1)));
+        s.push(change("c", Some(1), None)); // insert then delete: nothing
+        assert!(matches!(s.pop(), Next::Empty));
+    }
+
+    #[test]
+    fn close_comes_after_queued_items() {
+        let s = Subscriber::new(10, false);
+        s.push(change("a", None, Some(1)));
+        s.close(Error::FeedAborted("gone".into()));
+        assert!(next_item(&s).is_some());
+        assert!(matches!(s.pop(), Next::Closed(Error::FeedAborted(_))));
+    }
+}

@@ -1,0 +1,322 @@
+//! Which queries can be watched, and how: a query's plan is turned into a feed plan that says
+//! which rows belong to the result (matcher), how a row is seen (filters and transforms), and
+//! how writes are routed to it.
+
+use crate::db::{IndexState, TableState};
+use crate::query::plan::{Access, Op, Plan};
+use crate::storage::Bytes;
+use crate::value::encode_value;
+use crate::{Error, Result};
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::ops::Bound;
+use std::sync::Arc;
+
+/// Whether `k` lies within the bounds.
+fn in_range(lo: &Bound<Vec<u8>>, hi: &Bound<Vec<u8>>, k: &[u8]) -> bool {
+    let above = match lo {
+        Bound::Unbounded => true,
+        Bound::Included(l) => k >= l.as_slice(),
+        Bound::Excluded(l) => k > l.as_slice(),
+    };
+    above
+        && match hi {
+            Bound::Unbounded => true,
+            Bound::Included(h) => k <= h.as_slice(),
+            Bound::Excluded(h) => k < h.as_slice(),
+        }
+}
+
+/// Which rows of the table a feed's source selects, and how many times (a key given twice to
+/// `get_all` selects its row twice).
+pub(crate) enum Matcher {
+    All,
+    Keys(HashMap<Vec<u8>, usize>),
+    IndexValues {
+        ix: Arc<IndexState>,
+        values: HashMap<Vec<u8>, usize>,
+    },
+    PrimaryRange {
+        lo: Bound<Vec<u8>>,
+        hi: Bound<Vec<u8>>,
+    },
+    IndexRange {
+        ix: Arc<IndexState>,
+        lo: Bound<Vec<u8>>,
+        hi: Bound<Vec<u8>>,
+    },
+}
+
+impl Matcher {
+    /// How many times the document (with encoded primary key `key`) is in the source.
+    pub(crate) fn count(&self, key: &[u8], doc: &Value) -> usize {
+        match self {
+            Matcher::All => 1,
+            Matcher::Keys(keys) => keys.get(key).copied().unwrap_or(0),
+            Matcher::IndexValues { ix, values } => ix
+                .compiled
+                .values(doc)
+                .iter()
+                .map(|v| values.get(&encode_value(v)).copied().unwrap_or(0))
+                .sum(),
+            Matcher::PrimaryRange { lo, hi } => usize::from(in_range(lo, hi, key)),
+            Matcher::IndexRange { ix, lo, hi } => ix
+                .compiled
+                .keys(doc, key)
+                .iter()
+                .filter(|k| in_range(lo, hi, k))
+                .count(),
+        }
+    }
+
+    pub(crate) fn index_name(&self) -> Option<&str> {
+        match self {
+            Matcher::IndexValues { ix, .. } | Matcher::IndexRange { ix, .. } => Some(&ix.name),
+            _ => None,
+        }
+    }
+}
+
+/// The row view of a query: its filters and transforms, in order.
+pub(crate) struct View {
+    ops: Vec<Op>,
+}
+
+impl View {
+    /// The row as the query sees it, or `None` when a filter rejects it.
+    pub(crate) fn apply(&self, doc: &Arc<Value>) -> Option<Arc<Value>> {
+        let mut cur: Option<Value> = None; // copied on the first transform only
+        for op in &self.ops {
+            let seen = cur.as_ref().unwrap_or(doc);
+            match op {
+                Op::Filter(p) => {
+                    if !p.eval(seen) {
+                        return None;
+                    }
+                }
+                Op::Pluck(paths) => {
+                    let mut out = Map::new();
+                    for p in paths {
+                        p.copy_into(seen, &mut out);
+                    }
+                    cur = Some(Value::Object(out));
+                }
+                Op::Without(paths) => {
+                    let mut v = seen.clone();
+                    for p in paths {
+                        p.remove_from(&mut v);
+                    }
+                    cur = Some(v);
+                }
+                Op::Sort { .. } | Op::Skip(_) | Op::Limit(_) => {
+                    unreachable!("rejected by FeedPlan::new")
+                }
+            }
+        }
+        Some(match cur {
+            Some(v) => Arc::new(v),
+            None => doc.clone(),
+        })
+    }
+
+    /// The equality conjuncts of the filters that see the raw document (before any transform).
+    pub(crate) fn routing_eq(&self) -> Option<(crate::value::FieldPath, Vec<u8>)> {
+        for op in &self.ops {
+            match op {
+                Op::Filter(p) => {
+                    if let Some((path, value)) = p.eq_conjuncts().first() {
+                        return Some(((*path).clone(), encode_value(value)));
+                    }
+                }
+                _ => return None,
+            }
+        }
+        None
+    }
+}
+
+/// A watchable query.
+pub(crate) enum FeedPlan {
+    /// Table, point, get_all and between feeds (with filters and transforms).
+    Rows {
+        table: Arc<TableState>,
+        matcher: Matcher,
+        view: View,
+    },
+    /// `order_by(index).limit(n)` feeds.
+    TopN {
+        table: Arc<TableState>,
+        order: OrderedIndex,
+        view: View,
+        limit: usize,
+    },
+    /// The stats system table.
+    Stats { view: View },
+}
+
+/// An index (or the primary key) read in a direction, for top-N feeds.
+#[derive(Clone)]
+pub(crate) struct OrderedIndex {
+    /// `None` for the primary key.
+    pub ix: Option<Arc<IndexState>>,
+    pub desc: bool,
+    pub lo: Bound<Vec<u8>>,
+    pub hi: Bound<Vec<u8>>,
+}
+
+impl OrderedIndex {
+    /// The keys under which `doc` sits in this ordering.
+    pub(crate) fn keys(&self, key: &[u8], doc: &Value) -> Vec<Vec<u8>> {
+        let keys = match &self.ix {
+            None => vec![key.to_vec()],
+            Some(ix) => ix.compiled.keys(doc, key),
+        };
+        keys.into_iter()
+            .filter(|k| in_range(&self.lo, &self.hi, k))
+            .collect()
+    }
+
+    /// Rows after `after` (exclusive) in this ordering, as (order key, primary key, doc bytes).
+    pub(crate) fn scan_after(
+        &self,
+        table: &TableState,
+        after: Option<&[u8]>,
+    ) -> Box<dyn Iterator<Item = Result<(Vec<u8>, Bytes, Value)>> + Send> {
+        let (mut lo, mut hi) = (self.lo.clone(), self.hi.clone());
+        if let Some(a) = after {
+            if self.desc {
+                hi = Bound::Excluded(a.to_vec());
+            } else {
+                lo = Bound::Excluded(a.to_vec());
+            }
+        }
+        let tree = match &self.ix {
+            None => table.docs.clone(),
+            Some(ix) => ix.tree.clone(),
+        };
+        let it = tree.range(lo, hi);
+        let it: Box<dyn Iterator<Item = _> + Send> = if self.desc {
+            Box::new(it.rev())
+        } else {
+            Box::new(it)
+        };
+        let primary = self.ix.is_none();
+        let docs = table.docs.clone();
+        let name = table.name.clone();
+        Box::new(it.filter_map(move |r| {
+            let (k, v) = match r {
+                Ok(kv) => kv,
+                Err(e) => return Some(Err(e)),
+            };
+            let (pk, bytes) = if primary {
+                (k.clone(), v)
+            } else {
+                match docs.get(&v) {
+                    Ok(Some(b)) => (v, b),
+                    Ok(None) => return None,
+                    Err(e) => return Some(Err(e)),
+                }
+            };
+            Some(
+                serde_json::from_slice(&bytes)
+                    .map(|doc| (k.to_vec(), pk, doc))
+                    .map_err(|e| {
+                        Error::Serialization(format!(
+                            "stored document in `{name}` is unreadable: {e}"
+                        ))
+                    }),
+            )
+        }))
+    }
+}
+
+impl FeedPlan {
+    pub(crate) fn new(plan: Plan, stats: bool) -> Result<Self> {
+        let Plan {
+            table,
+            access,
+            ops,
+            index_order,
+        } = plan;
+        let mut view_ops = Vec::new();
+        let mut limit = None;
+        for op in ops {
+            if limit.is_some() {
+                return Err(Error::query(
+                    "cannot watch a query with a transform or filter after limit",
+                ));
+            }
+            match op {
+                Op::Filter(_) | Op::Pluck(_) | Op::Without(_) => view_ops.push(op),
+                Op::Limit(n) if index_order.is_some() => limit = Some(n),
+                Op::Limit(_) => {
+                    return Err(Error::query(
+                        "cannot watch the first elements of an unordered stream: use order_by(Order::index(..)).limit(n)",
+                    ))
+                }
+                Op::Sort { .. } => {
+                    return Err(Error::query("cannot watch an order_by without an index: use order_by(Order::index(..))"))
+                }
+                Op::Skip(_) => return Err(Error::query("cannot watch a query with skip")),
+            }
+        }
+        let view = View { ops: view_ops };
+        if stats {
+            return Ok(FeedPlan::Stats { view });
+        }
+        if let Some(order) = index_order {
+            let Some(limit) = limit else {
+                return Err(Error::query(
+                    "cannot watch an order_by(index) without a limit",
+                ));
+            };
+            let (ix, lo, hi, desc) = match access {
+                Access::Primary { lo, hi, desc } => (None, lo, hi, desc),
+                Access::IndexRange { ix, lo, hi, desc } => {
+                    if ix.spec.is_multi() {
+                        return Err(Error::query(format!(
+                            "cannot watch order_by on the multi index `{}`",
+                            ix.name
+                        )));
+                    }
+                    (Some(ix), lo, hi, desc)
+                }
+                _ => unreachable!("order_by(index) plans read an ordered range"),
+            };
+            debug_assert_eq!(desc, order.descending);
+            return Ok(FeedPlan::TopN {
+                table,
+                order: OrderedIndex { ix, desc, lo, hi },
+                view,
+                limit,
+            });
+        }
+        let counted = |keys: Vec<Vec<u8>>| {
+            let mut m = HashMap::new();
+            for k in keys {
+                *m.entry(k).or_insert(0) += 1;
+            }
+            m
+        };
+        let matcher = match access {
+            Access::Primary {
+                lo: Bound::Unbounded,
+                hi: Bound::Unbounded,
+                ..
+            } => Matcher::All,
+            Access::Primary { lo, hi, .. } => Matcher::PrimaryRange { lo, hi },
+            Access::Keys(keys) => Matcher::Keys(counted(keys)),
+            Access::IndexRange { ix, lo, hi, .. } => Matcher::IndexRange { ix, lo, hi },
+            Access::IndexValues { ix, values } => Matcher::IndexValues {
+                ix,
+                values: counted(values),
+            },
+            Access::Rows(_) => unreachable!("only the stats table reads rows from memory"),
+        };
+        Ok(FeedPlan::Rows {
+            table,
+            matcher,
+            view,
+        })
+    }
+}
