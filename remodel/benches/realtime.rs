@@ -1,1 +1,725 @@
-fn main() {}
+//! The benchmark program of `shared/spec/benchmarks.md`: every figure is measured side by side
+//! in one run (ours against a baseline doing the same work), each ratio as the median of
+//! several alternating A/B pairs.
+//!
+//! `cargo bench -p remodel --bench realtime [-- --quick] [-- --json]`
+
+use futures::StreamExt;
+use remodel::{field, json, Config, Database, Durability, IndexSpec, Order, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Sizes {
+    quick: bool,
+    reps: usize,
+    inserts: usize,
+    gets: usize,
+    topn_rows: usize,
+    idle_feeds: usize,
+    latency_secs: f64,
+    fanout_writes: usize,
+}
+
+struct Figure {
+    metric: &'static str,
+    value: f64,
+    unit: &'static str,
+    target: f64,
+    /// `>=` for ratios and throughputs, `<=` for latencies and bytes.
+    at_least: bool,
+    note: String,
+}
+
+impl Figure {
+    fn ok(&self) -> bool {
+        if self.at_least {
+            self.value >= self.target
+        } else {
+            self.value <= self.target
+        }
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// A document of about 200 bytes.
+fn doc(i: u64, score: u64) -> Value {
+    json!({
+        "id": i,
+        "name": format!("member-{i:08}"),
+        "email": format!("member{i}@starfleet.example"),
+        "score": score,
+        "rank": "lieutenant",
+        "bio": "Served on several ships of the line; fond of Earl Grey, hot, and holodeck novels.",
+    })
+}
+
+/// A cheap deterministic pseudo-random sequence (xorshift), so runs are comparable.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn soft_db(rt: &tokio::runtime::Runtime) -> Database {
+    rt.block_on(Config::temporary().durability(Durability::Soft).open())
+        .unwrap()
+}
+
+/// Inserts `n` documents with ids from `start`, one write each; returns inserts per second.
+async fn insert_rate(t: &remodel::Table, start: u64, n: usize, rng: &mut Rng) -> f64 {
+    let begin = Instant::now();
+    for i in 0..n as u64 {
+        t.insert(doc(start + i, rng.next() % 1_000_000))
+            .durability(Durability::Soft)
+            .await
+            .unwrap();
+    }
+    n as f64 / begin.elapsed().as_secs_f64()
+}
+
+fn insert_vs_sled(rt: &tokio::runtime::Runtime, s: &Sizes) -> Figure {
+    use sled::Transactional;
+    let db = soft_db(rt);
+    let raw = sled::Config::new()
+        .temporary(true)
+        .mode(sled::Mode::HighThroughput)
+        .open()
+        .unwrap();
+    let mut ratios = Vec::new();
+    let mut rng = Rng(7);
+    for rep in 0..s.reps {
+        let name = format!("ins{rep}");
+        rt.block_on(async {
+            db.create_table(&name).await.unwrap();
+            db.table(&name)
+                .create_index("score", IndexSpec::field("score"))
+                .await
+                .unwrap();
+        });
+        let docs: Vec<Value> = (0..s.inserts as u64)
+            .map(|i| doc(i, rng.next() % 1_000_000))
+            .collect();
+
+        // B: raw sled, the same bytes into a document tree and an index tree, one transaction each.
+        let dt = raw.open_tree(format!("d{rep}")).unwrap();
+        let it = raw.open_tree(format!("i{rep}")).unwrap();
+        let begin = Instant::now();
+        for d in &docs {
+            let key = remodel::value::encode_value(&d["id"]);
+            let bytes = serde_json::to_vec(d).unwrap();
+            let mut ikey = remodel::value::encode_value(&d["score"]);
+            ikey.extend_from_slice(&key);
+            (&dt, &it)
+                .transaction(|(dt, it)| {
+                    dt.insert(key.as_slice(), bytes.as_slice())?;
+                    it.insert(ikey.as_slice(), key.as_slice())?;
+                    Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+                })
+                .unwrap();
+        }
+        let sled_rate = docs.len() as f64 / begin.elapsed().as_secs_f64();
+
+        // A: Remodel.
+        let t = db.table(&name);
+        let begin = Instant::now();
+        rt.block_on(async {
+            for d in &docs {
+                t.insert(d.clone())
+                    .durability(Durability::Soft)
+                    .await
+                    .unwrap();
+            }
+        });
+        let ours = docs.len() as f64 / begin.elapsed().as_secs_f64();
+        ratios.push(ours / sled_rate);
+    }
+    Figure {
+        metric: "insert_vs_sled",
+        value: median(ratios),
+        unit: "ratio",
+        target: 0.7,
+        at_least: true,
+        note: String::new(),
+    }
+}
+
+fn get_vs_sled(rt: &tokio::runtime::Runtime, s: &Sizes) -> Figure {
+    let db = soft_db(rt);
+    let raw = sled::Config::new().temporary(true).open().unwrap();
+    let tree = raw.open_tree("docs").unwrap();
+    let n = s.inserts as u64;
+    rt.block_on(async {
+        db.create_table("g").await.unwrap();
+        db.table("g")
+            .insert_many((0..n).map(|i| doc(i, i)))
+            .durability(Durability::Soft)
+            .await
+            .unwrap();
+    });
+    for i in 0..n {
+        tree.insert(
+            remodel::value::encode_value(&json!(i)),
+            serde_json::to_vec(&doc(i, i)).unwrap(),
+        )
+        .unwrap();
+    }
+    let t = db.table("g");
+    let mut ratios = Vec::new();
+    for rep in 0..s.reps {
+        let keys: Vec<u64> = {
+            let mut rng = Rng(11 + rep as u64);
+            (0..s.gets).map(|_| rng.next() % n).collect()
+        };
+        let begin = Instant::now();
+        let mut found = 0;
+        for k in &keys {
+            let bytes = tree
+                .get(remodel::value::encode_value(&json!(*k)))
+                .unwrap()
+                .unwrap();
+            let v: Value = serde_json::from_slice(&bytes).unwrap();
+            found += v.is_object() as usize;
+        }
+        let sled_rate = keys.len() as f64 / begin.elapsed().as_secs_f64();
+        let begin = Instant::now();
+        rt.block_on(async {
+            for k in &keys {
+                let v = t.get(*k).await.unwrap().unwrap();
+                found += v.is_object() as usize;
+            }
+        });
+        let ours = keys.len() as f64 / begin.elapsed().as_secs_f64();
+        assert_eq!(found, 2 * keys.len());
+        ratios.push(ours / sled_rate);
+    }
+    Figure {
+        metric: "get_vs_sled",
+        value: median(ratios),
+        unit: "ratio",
+        target: 0.8,
+        at_least: true,
+        note: String::new(),
+    }
+}
+
+/// Runs `reps` alternating pairs: inserts into `plain` (no feeds) and into `watched`.
+fn feeds_vs_none(
+    rt: &tokio::runtime::Runtime,
+    s: &Sizes,
+    plain: &remodel::Table,
+    watched: &remodel::Table,
+    first_id: u64,
+) -> f64 {
+    let mut ratios = Vec::new();
+    let mut rng = Rng(3);
+    let mut next = first_id;
+    for _ in 0..s.reps {
+        let none = rt.block_on(insert_rate(plain, next, s.inserts, &mut rng));
+        let with = rt.block_on(insert_rate(watched, next, s.inserts, &mut rng));
+        next += s.inserts as u64;
+        ratios.push(with / none);
+    }
+    median(ratios)
+}
+
+fn key_feeds(rt: &tokio::runtime::Runtime, s: &Sizes) -> Figure {
+    let db = soft_db(rt);
+    let feeds = rt.block_on(async {
+        for t in ["plain", "watched"] {
+            db.create_table(t).await.unwrap();
+            db.table(t)
+                .create_index("name", IndexSpec::field("name"))
+                .await
+                .unwrap();
+        }
+        let w = db.table("watched");
+        let mut feeds = Vec::new();
+        for i in 0..5_000u64 {
+            feeds.push(w.get(10_000_000 + i).changes().await.unwrap());
+            feeds.push(
+                w.get_all([format!("nobody-{i}")])
+                    .index("name")
+                    .changes()
+                    .await
+                    .unwrap(),
+            );
+        }
+        feeds
+    });
+    let value = feeds_vs_none(rt, s, &db.table("plain"), &db.table("watched"), 0);
+    drop(feeds);
+    Figure {
+        metric: "insert_10k_key_feeds_vs_none",
+        value,
+        unit: "ratio",
+        target: 0.9,
+        at_least: true,
+        note: "5,000 point + 5,000 get_all(index) feeds on other keys".into(),
+    }
+}
+
+fn eq_filter_feeds(rt: &tokio::runtime::Runtime, s: &Sizes) -> Figure {
+    let db = soft_db(rt);
+    let feeds = rt.block_on(async {
+        db.create_table("plain").await.unwrap();
+        db.create_table("watched").await.unwrap();
+        let w = db.table("watched");
+        let mut feeds = Vec::new();
+        for i in 0..1_000u64 {
+            // Documents have scores 0..1,000,000: one feed in a thousand values matches.
+            feeds.push(
+                w.filter(field("score").eq(i * 1000))
+                    .changes()
+                    .await
+                    .unwrap(),
+            );
+        }
+        feeds
+    });
+    let value = feeds_vs_none(rt, s, &db.table("plain"), &db.table("watched"), 0);
+    drop(feeds);
+    Figure {
+        metric: "insert_1k_eq_filter_feeds_vs_none",
+        value,
+        unit: "ratio",
+        target: 0.8,
+        at_least: true,
+        note: "1,000 distinct `score == v` feeds".into(),
+    }
+}
+
+fn topn_feeds(rt: &tokio::runtime::Runtime, s: &Sizes) -> Figure {
+    let db = soft_db(rt);
+    let rows = s.topn_rows as u64;
+    let feeds = rt.block_on(async {
+        for t in ["plain", "watched"] {
+            db.create_table(t).await.unwrap();
+            let table = db.table(t);
+            table
+                .create_index("score", IndexSpec::field("score"))
+                .await
+                .unwrap();
+            let mut rng = Rng(5);
+            for chunk in (0..rows).collect::<Vec<_>>().chunks(10_000) {
+                let docs: Vec<Value> = chunk
+                    .iter()
+                    .map(|&i| doc(1_000_000_000 + i, rng.next() % 1_000_000))
+                    .collect();
+                table
+                    .insert_many(docs)
+                    .durability(Durability::Soft)
+                    .await
+                    .unwrap();
+            }
+        }
+        let w = db.table("watched");
+        let mut feeds = Vec::new();
+        for i in 0..100u64 {
+            // 100 distinct queries (no two share a group): half best-first, half worst-first,
+            // each excluding a different name so that none can share another's work.
+            let order = if i % 2 == 0 {
+                Order::index("score").desc()
+            } else {
+                Order::index("score")
+            };
+            let q = w
+                .order_by(order)
+                .filter(field("name").ne(format!("x{i}")))
+                .limit(10);
+            feeds.push(q.changes().await.unwrap());
+        }
+        feeds
+    });
+    let value = feeds_vs_none(rt, s, &db.table("plain"), &db.table("watched"), 0);
+    drop(feeds);
+    Figure {
+        metric: "insert_100_topn_feeds_vs_none",
+        value,
+        unit: "ratio",
+        target: 0.8,
+        at_least: true,
+        note: format!("100 distinct order_by(index).limit(10) feeds, {rows} rows"),
+    }
+}
+
+fn multi_rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn latency(s: &Sizes) -> (Figure, Figure) {
+    let rt = multi_rt();
+    let db = soft_db(&rt);
+    let samples = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let epoch = Instant::now();
+    rt.block_on(async {
+        db.create_table("lat").await.unwrap();
+        let t = db.table("lat");
+        let mut consumers = Vec::new();
+        for k in 0..1_000u64 {
+            let mut feed = t.get(k).changes().await.unwrap();
+            let samples = samples.clone();
+            consumers.push(tokio::spawn(async move {
+                while let Some(Ok(c)) = feed.next().await {
+                    let Some(new) = c.new_val() else { continue };
+                    let sent = new["sent_ns"].as_u64().unwrap();
+                    let now = epoch.elapsed().as_nanos() as u64;
+                    samples.lock().push((now - sent) as f64 / 1000.0);
+                }
+            }));
+        }
+        // Steady writes: 5,000 per second, round robin over the watched keys.
+        let writes = (s.latency_secs * 5_000.0) as u64;
+        let mut tick = tokio::time::interval(Duration::from_micros(200));
+        for i in 0..writes {
+            tick.tick().await;
+            let sent = epoch.elapsed().as_nanos() as u64;
+            t.insert(json!({"id": i % 1000, "sent_ns": sent}))
+                .conflict(remodel::Conflict::Replace)
+                .durability(Durability::Soft)
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        db.drop_table("lat").await.unwrap();
+        for c in consumers {
+            c.await.unwrap();
+        }
+    });
+    let mut v = samples.lock().clone();
+    v.sort_by(f64::total_cmp);
+    let pct = |p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)];
+    let note = format!(
+        "{} samples, 1,000 point feeds each read by its own task, 5,000 writes/s",
+        v.len()
+    );
+    (
+        Figure {
+            metric: "feed_latency_p50_us",
+            value: pct(0.50),
+            unit: "us",
+            target: 1_000.0,
+            at_least: false,
+            note: note.clone(),
+        },
+        Figure {
+            metric: "feed_latency_p99_us",
+            value: pct(0.99),
+            unit: "us",
+            target: 1_000.0,
+            at_least: false,
+            note,
+        },
+    )
+}
+
+fn matching_feeds(s: &Sizes) -> Figure {
+    let rt = multi_rt();
+    let db = soft_db(&rt);
+    let mut ratios = Vec::new();
+    let mut rng = Rng(9);
+    let n = s.inserts / 4;
+    for rep in 0..s.reps {
+        let plain = format!("plain{rep}");
+        let watched = format!("watched{rep}");
+        let (none, with) = rt.block_on(async {
+            db.create_table(&plain).await.unwrap();
+            db.create_table(&watched).await.unwrap();
+            let none = insert_rate(&db.table(&plain), 0, n, &mut rng).await;
+            let received = Arc::new(AtomicU64::new(0));
+            let mut consumers = Vec::new();
+            for _ in 0..1_000 {
+                let mut feed = db.table(&watched).changes().await.unwrap();
+                let received = received.clone();
+                consumers.push(tokio::spawn(async move {
+                    let mut last = None;
+                    for _ in 0..n {
+                        let c = feed.next().await.unwrap().unwrap();
+                        let id = c.new_val().unwrap()["id"].as_u64().unwrap();
+                        assert!(last.is_none_or(|l| l < id), "commit order");
+                        last = Some(id);
+                    }
+                    received.fetch_add(n as u64, Ordering::Relaxed);
+                }));
+            }
+            let begin = Instant::now();
+            for i in 0..n as u64 {
+                db.table(&watched)
+                    .insert(doc(i, rng.next()))
+                    .durability(Durability::Soft)
+                    .await
+                    .unwrap();
+            }
+            for c in consumers {
+                c.await.unwrap();
+            }
+            assert_eq!(received.load(Ordering::Relaxed), 1_000 * n as u64);
+            (none, n as f64 / begin.elapsed().as_secs_f64())
+        });
+        ratios.push(with / none);
+    }
+    Figure {
+        metric: "insert_1k_matching_feeds_vs_none",
+        value: median(ratios),
+        unit: "ratio",
+        target: 0.3,
+        at_least: true,
+        note: "every write delivered to 1,000 table feeds, each read by its own task, until all have read".into(),
+    }
+}
+
+fn fanout(s: &Sizes) -> Figure {
+    let rt = multi_rt();
+    let db = soft_db(&rt);
+    let m = s.fanout_writes;
+    let mut ratios = Vec::new();
+    let mut rates = Vec::new();
+    for rep in 0..s.reps {
+        let ours = rt.block_on(async {
+            let name = format!("f{rep}");
+            db.create_table(&name).await.unwrap();
+            let t = db.table(&name);
+            let mut consumers = Vec::new();
+            for _ in 0..1_000 {
+                let mut feed = t.get(1).changes().await.unwrap();
+                consumers.push(tokio::spawn(async move {
+                    for _ in 0..m {
+                        feed.next().await.unwrap().unwrap();
+                    }
+                }));
+            }
+            // The writer is a task, as an application's request handler would be.
+            let begin = Instant::now();
+            tokio::spawn(async move {
+                for i in 0..m {
+                    t.insert(json!({"id": 1, "n": i}))
+                        .conflict(remodel::Conflict::Replace)
+                        .durability(Durability::Soft)
+                        .await
+                        .unwrap();
+                }
+            })
+            .await
+            .unwrap();
+            for c in consumers {
+                c.await.unwrap();
+            }
+            (m * 1_000) as f64 / begin.elapsed().as_secs_f64()
+        });
+        // The baseline does the same writes (on a table nobody watches) and sends each
+        // written document through a tokio broadcast channel to 1,000 receivers.
+        if std::env::var_os("FANOUT_OURS_ONLY").is_some() {
+            ratios.push(1.0);
+            rates.push((ours, 1.0));
+            continue;
+        }
+        let broadcast = rt.block_on(async {
+            let name = format!("b{rep}");
+            db.create_table(&name).await.unwrap();
+            let t = db.table(&name);
+            let (tx, _) = tokio::sync::broadcast::channel::<Arc<Value>>(m);
+            let mut consumers = Vec::new();
+            for _ in 0..1_000 {
+                let mut rx = tx.subscribe();
+                consumers.push(tokio::spawn(async move {
+                    for _ in 0..m {
+                        rx.recv().await.unwrap();
+                    }
+                }));
+            }
+            let begin = Instant::now();
+            tokio::spawn(async move {
+                for i in 0..m {
+                    let r = t
+                        .insert(json!({"id": 1, "n": i}))
+                        .conflict(remodel::Conflict::Replace)
+                        .durability(Durability::Soft)
+                        .return_changes(true)
+                        .await
+                        .unwrap();
+                    tx.send(Arc::new(r.changes[0].new_val.clone().unwrap()))
+                        .unwrap();
+                }
+            })
+            .await
+            .unwrap();
+            for c in consumers {
+                c.await.unwrap();
+            }
+            (m * 1_000) as f64 / begin.elapsed().as_secs_f64()
+        });
+        ratios.push(ours / broadcast);
+        rates.push((ours, broadcast));
+    }
+    rates.sort_by(|a, b| (a.0 / a.1).total_cmp(&(b.0 / b.1)));
+    let (ours, broadcast) = rates[rates.len() / 2];
+    Figure {
+        metric: "fanout_vs_broadcast",
+        value: median(ratios),
+        unit: "ratio",
+        target: 0.5,
+        at_least: true,
+                note: format!(
+                        "one document, 1,000 feeds: {:.2} M deliveries/s vs the same writes + tokio broadcast to 1,000 receivers {:.2} M/s",
+            ours / 1e6,
+            broadcast / 1e6
+        ),
+    }
+}
+
+fn rss_bytes() -> f64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: f64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0.0);
+    pages * 4096.0
+}
+
+fn idle_feeds(rt: &tokio::runtime::Runtime, s: &Sizes) -> Figure {
+    let db = soft_db(rt);
+    rt.block_on(db.create_table("idle")).unwrap();
+    let t = db.table("idle");
+    let before = rss_bytes();
+    let feeds: Vec<_> = rt.block_on(async {
+        let mut v = Vec::with_capacity(s.idle_feeds);
+        for k in 0..s.idle_feeds as u64 {
+            v.push(t.get(k).changes().await.unwrap());
+        }
+        v
+    });
+    let after = rss_bytes();
+    let per = (after - before) / feeds.len() as f64;
+    drop(feeds);
+    Figure {
+        metric: "idle_feed_bytes",
+        value: per.round(),
+        unit: "bytes",
+        target: 2_048.0,
+        at_least: false,
+        note: format!(
+            "{} distinct point feeds (no sharing), resident memory delta",
+            s.idle_feeds
+        ),
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let json_out = args.iter().any(|a| a == "--json");
+    // `--only NAME` runs the figures whose metric starts with NAME (for profiling one of them).
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let wanted = |metric: &str| only.as_ref().is_none_or(|o| metric.starts_with(o.as_str()));
+    let s = if quick {
+        Sizes {
+            quick,
+            reps: 3,
+            inserts: 3_000,
+            gets: 20_000,
+            topn_rows: 10_000,
+            idle_feeds: 20_000,
+            latency_secs: 1.0,
+            fanout_writes: 300,
+        }
+    } else {
+        Sizes {
+            quick,
+            reps: 7,
+            inserts: 10_000,
+            gets: 100_000,
+            topn_rows: 100_000,
+            idle_feeds: 100_000,
+            latency_secs: 3.0,
+            fanout_writes: 1_000,
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let mut figures = Vec::new();
+    let mut run = |name: &str, f: &mut dyn FnMut() -> Vec<Figure>| {
+        if !wanted(name) {
+            return;
+        }
+        for fig in f() {
+            if json_out {
+                println!(
+                    "{}",
+                    json!({"metric": fig.metric, "value": (fig.value * 1000.0).round() / 1000.0, "unit": fig.unit, "target": fig.target, "ok": fig.ok()})
+                );
+            } else {
+                eprintln!(
+                    "  {:<36} {:>12.3} {:<6} (target {} {})",
+                    fig.metric,
+                    fig.value,
+                    fig.unit,
+                    if fig.at_least { ">=" } else { "<=" },
+                    fig.target
+                );
+            }
+            figures.push(fig);
+        }
+    };
+    // Memory first, on a fresh heap.
+    run("idle_feed_bytes", &mut || vec![idle_feeds(&rt, &s)]);
+    run("insert_vs_sled", &mut || vec![insert_vs_sled(&rt, &s)]);
+    run("get_vs_sled", &mut || vec![get_vs_sled(&rt, &s)]);
+    run("insert_10k_key_feeds_vs_none", &mut || {
+        vec![key_feeds(&rt, &s)]
+    });
+    run("insert_1k_eq_filter_feeds_vs_none", &mut || {
+        vec![eq_filter_feeds(&rt, &s)]
+    });
+    run("insert_100_topn_feeds_vs_none", &mut || {
+        vec![topn_feeds(&rt, &s)]
+    });
+    run("feed_latency", &mut || {
+        let (a, b) = latency(&s);
+        vec![a, b]
+    });
+    run("insert_1k_matching_feeds_vs_none", &mut || {
+        vec![matching_feeds(&s)]
+    });
+    run("fanout_vs_broadcast", &mut || vec![fanout(&s)]);
+    if !json_out {
+        println!(
+            "\nRemodel realtime benchmark ({}, {:.0} s)\n",
+            if s.quick { "quick" } else { "full" },
+            started.elapsed().as_secs_f64()
+        );
+        println!("| metric | value | unit | target | ok | what |");
+        println!("|---|---:|---|---|---|---|");
+        for f in &figures {
+            println!(
+                "| `{}` | {:.3} | {} | {} {} | {} | {} |",
+                f.metric,
+                f.value,
+                f.unit,
+                if f.at_least { "≥" } else { "≤" },
+                f.target,
+                if f.ok() { "yes" } else { "**no**" },
+                f.note
+            );
+        }
+    }
+}

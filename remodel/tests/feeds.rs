@@ -33,8 +33,8 @@ fn pairs(feed: &mut Feed) -> Vec<(Value, Value)> {
         .map(|r| {
             let c = r.expect("a change, not an error");
             (
-                c.old_val.as_deref().cloned().unwrap_or(Value::Null),
-                c.new_val.as_deref().cloned().unwrap_or(Value::Null),
+                c.old_val().cloned().unwrap_or(Value::Null),
+                c.new_val().cloned().unwrap_or(Value::Null),
             )
         })
         .collect()
@@ -233,10 +233,10 @@ fn offsets(feed: &mut Feed) -> Vec<Value> {
         .map(|c| {
             let c = c.unwrap();
             json!([
-                c.old_val.as_ref().map(|v| v["id"].clone()),
-                c.new_val.as_ref().map(|v| v["id"].clone()),
-                c.old_offset,
-                c.new_offset
+                c.old_val().map(|v| v["id"].clone()),
+                c.new_val().map(|v| v["id"].clone()),
+                c.old_offset(),
+                c.new_offset()
             ])
         })
         .collect()
@@ -368,7 +368,10 @@ async fn squash_window_hands_over_batches() {
     let mut feed = t.changes().squash_window(0.5).await.unwrap();
     t.insert(json!({"id": 1, "v": 1})).await.unwrap();
     // The first batch is not delayed.
-    assert_eq!(feed.next().await.unwrap().unwrap().new_val.unwrap()["v"], 1);
+    assert_eq!(
+        feed.next().await.unwrap().unwrap().new_val().unwrap()["v"],
+        1
+    );
     t.get(1).update(json!({"v": 2})).await.unwrap();
     t.get(1).update(json!({"v": 3})).await.unwrap();
     assert!(
@@ -380,8 +383,8 @@ async fn squash_window_hands_over_batches() {
     assert!(start.elapsed() >= std::time::Duration::from_millis(400));
     assert_eq!(
         (
-            c.old_val.unwrap()["v"].clone(),
-            c.new_val.unwrap()["v"].clone()
+            c.old_val().unwrap()["v"].clone(),
+            c.new_val().unwrap()["v"].clone()
         ),
         (json!(1), json!(3))
     );
@@ -403,7 +406,7 @@ async fn overflow_is_reported_and_the_feed_goes_on() {
         &Error::FeedOverflow { skipped: 9 }
     );
     assert_eq!(
-        items[1].as_ref().unwrap().new_val.as_deref(),
+        items[1].as_ref().unwrap().new_val(),
         Some(&json!({"id": 9}))
     );
     t.insert(json!({"id": 10})).await.unwrap();
@@ -517,25 +520,25 @@ async fn stats_feed_emits_changed_rows_about_once_a_second() {
         .await
         .unwrap();
     let initial = feed.next().await.unwrap().unwrap();
-    assert_eq!(initial.kind, ChangeKind::Initial);
-    assert_eq!(initial.new_val.unwrap()["writes_total"], 0);
+    assert_eq!(initial.kind(), ChangeKind::Initial);
+    assert_eq!(initial.new_val().unwrap()["writes_total"], 0);
     db.table("t").insert(json!({"id": 1})).await.unwrap();
     let c = tokio::time::timeout(std::time::Duration::from_secs(3), feed.next())
         .await
         .unwrap()
         .unwrap()
         .unwrap();
-    assert_eq!(c.new_val.unwrap()["writes_total"], 1);
+    assert_eq!(c.new_val().unwrap()["writes_total"], 1);
 }
 
 // ---- the include_initial invariant under concurrent writes ----
 
 fn apply(map: &mut BTreeMap<String, Value>, c: &Change) {
-    if let Some(old) = &c.old_val {
+    if let Some(old) = c.old_val() {
         map.remove(&old["id"].to_string());
     }
-    if let Some(new) = &c.new_val {
-        map.insert(new["id"].to_string(), (**new).clone());
+    if let Some(new) = c.new_val() {
+        map.insert(new["id"].to_string(), new.clone());
     }
 }
 
@@ -658,11 +661,11 @@ async fn top_n_initial_rows_then_offsets_equal_the_query_under_concurrent_writes
     for (q, mut feed, mut list) in feeds {
         for item in drain(&mut feed) {
             let c = item.unwrap();
-            if let Some(i) = c.old_offset {
+            if let Some(i) = c.old_offset() {
                 list.remove(i);
             }
-            if let (Some(i), Some(v)) = (c.new_offset, &c.new_val) {
-                list.insert(i, (**v).clone());
+            if let (Some(i), Some(v)) = (c.new_offset(), c.new_val()) {
+                list.insert(i, v.clone());
             }
         }
         assert_eq!(list, q.run().await.unwrap(), "feed on {q:?}");

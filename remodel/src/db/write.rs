@@ -207,11 +207,22 @@ impl DbInner {
         let mut ops = ops.into_iter().peekable();
         while ops.peek().is_some() {
             let chunk: Vec<WriteOp> = ops.by_ref().take(CHUNK).collect();
+            let mut wakes = Vec::new();
             let mut seq = self.writer.lock();
             if table.is_dropped() {
                 return Err(Error::NoSuchTable(table.name.clone()));
             }
-            self.commit_chunk(table, chunk, return_changes, &mut result, &mut seq)?;
+            let committed = self.commit_chunk(
+                table,
+                chunk,
+                return_changes,
+                &mut result,
+                &mut seq,
+                &mut wakes,
+            );
+            drop(seq);
+            wakes.drain(..).for_each(std::task::Waker::wake);
+            committed?;
         }
         Ok(result)
     }
@@ -224,6 +235,7 @@ impl DbInner {
         return_changes: bool,
         result: &mut WriteResult,
         seq: &mut u64,
+        wakes: &mut Vec<std::task::Waker>,
     ) -> Result<()> {
         // The state of each touched key: before this chunk, and staged by it.
         let mut staged: HashMap<Vec<u8>, (Option<Arc<Value>>, Option<Arc<Value>>)> = HashMap::new();
@@ -355,7 +367,7 @@ impl DbInner {
         table
             .writes
             .fetch_add(committed.len() as u64, Ordering::Relaxed);
-        self.hub.publish(table, &committed);
+        self.hub.publish(table, &committed, wakes);
         Ok(())
     }
 }
@@ -471,10 +483,25 @@ impl DbInner {
             }
         }
         let mut result = WriteResult::default();
+        let mut wakes = Vec::new();
         for chunk in keys.chunks(CHUNK) {
             let ops = chunk.iter().map(|k| make_op(k.clone())).collect();
-            self.commit_chunk(&plan.table, ops, return_changes, &mut result, &mut seq)?;
+            let committed = self.commit_chunk(
+                &plan.table,
+                ops,
+                return_changes,
+                &mut result,
+                &mut seq,
+                &mut wakes,
+            );
+            if let Err(e) = committed {
+                drop(seq);
+                wakes.drain(..).for_each(std::task::Waker::wake);
+                return Err(e);
+            }
         }
+        drop(seq);
+        wakes.drain(..).for_each(std::task::Waker::wake);
         Ok(result)
     }
 }

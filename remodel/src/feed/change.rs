@@ -56,30 +56,51 @@ pub enum FeedState {
 /// One item of a changefeed: a row's value before and after a write, as the query sees it
 /// (after `pluck`/`without`), or a state marker.
 ///
-/// Values are shared (`Arc`) between every feed that receives the same change.
-#[derive(Clone, Debug, PartialEq)]
+/// An item is shared (one allocation, reference counted) between every feed that receives
+/// the same change, so cloning it is cheap.
+#[derive(Clone, Debug)]
 pub struct Change {
-    /// What happened.
-    pub kind: ChangeKind,
-    /// The row before (`None` when it entered the result).
-    pub old_val: Option<Arc<Value>>,
-    /// The row after (`None` when it left the result).
-    pub new_val: Option<Arc<Value>>,
-    /// Top-N feeds: the position the old row had (delete there first).
-    pub old_offset: Option<usize>,
-    /// Top-N feeds: the position the new row has (then insert there).
-    pub new_offset: Option<usize>,
-    /// The state, for [`ChangeKind::State`] items.
-    pub state: Option<FeedState>,
-    /// The primary key (encoded) of the row, used to squash changes.
-    pub(crate) key: Option<Arc<[u8]>>,
+    data: Arc<ChangeData>,
     /// Whether `to_json` shows `type` (the feed's `include_types`).
-    pub(crate) show_type: bool,
+    show_type: bool,
+    /// Whether offsets are shown (the feed's `include_offsets`).
+    show_offsets: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct ChangeData {
+    kind: ChangeKind,
+    old_val: Option<Arc<Value>>,
+    new_val: Option<Arc<Value>>,
+    old_offset: Option<usize>,
+    new_offset: Option<usize>,
+    state: Option<FeedState>,
+    /// The primary key (encoded) of the row, used to squash changes.
+    key: Option<Arc<[u8]>>,
+}
+
+impl PartialEq for Change {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind() == other.kind()
+            && self.old_val() == other.old_val()
+            && self.new_val() == other.new_val()
+            && self.old_offset() == other.old_offset()
+            && self.new_offset() == other.new_offset()
+            && self.state() == other.state()
+    }
 }
 
 impl Change {
-    pub(crate) fn state(s: FeedState) -> Self {
+    fn new(data: ChangeData) -> Self {
         Change {
+            data: Arc::new(data),
+            show_type: false,
+            show_offsets: true,
+        }
+    }
+
+    pub(crate) fn state_marker(s: FeedState) -> Self {
+        Change::new(ChangeData {
             kind: ChangeKind::State,
             old_val: None,
             new_val: None,
@@ -87,12 +108,11 @@ impl Change {
             new_offset: None,
             state: Some(s),
             key: None,
-            show_type: false,
-        }
+        })
     }
 
     pub(crate) fn initial(new: Option<Arc<Value>>, offset: Option<usize>) -> Self {
-        Change {
+        Change::new(ChangeData {
             kind: ChangeKind::Initial,
             old_val: None,
             new_val: new,
@@ -100,8 +120,7 @@ impl Change {
             new_offset: offset,
             state: None,
             key: None,
-            show_type: false,
-        }
+        })
     }
 
     pub(crate) fn row(
@@ -109,7 +128,7 @@ impl Change {
         old: Option<Arc<Value>>,
         new: Option<Arc<Value>>,
     ) -> Self {
-        Change {
+        Change::new(ChangeData {
             kind: ChangeKind::of(old.is_some(), new.is_some()),
             old_val: old,
             new_val: new,
@@ -117,8 +136,71 @@ impl Change {
             new_offset: None,
             state: None,
             key,
-            show_type: false,
-        }
+        })
+    }
+
+    /// Sets the offsets of a top-N item (only while the item is not shared yet).
+    pub(crate) fn with_offsets(mut self, old: Option<usize>, new: Option<usize>) -> Self {
+        let d = Arc::make_mut(&mut self.data);
+        d.old_offset = old;
+        d.new_offset = new;
+        self
+    }
+
+    /// Replaces the new value, keeping the old one (squashing). Copies the item if another
+    /// feed shares it.
+    pub(crate) fn squash_into(&mut self, new: Option<Arc<Value>>) {
+        let d = Arc::make_mut(&mut self.data);
+        d.kind = ChangeKind::of(d.old_val.is_some(), new.is_some());
+        d.new_val = new;
+    }
+
+    pub(crate) fn shown(mut self, types: bool, offsets: bool) -> Self {
+        self.show_type = types;
+        self.show_offsets = offsets;
+        self
+    }
+
+    pub(crate) fn key(&self) -> Option<&Arc<[u8]>> {
+        self.data.key.as_ref()
+    }
+
+    pub(crate) fn old_arc(&self) -> Option<&Arc<Value>> {
+        self.data.old_val.as_ref()
+    }
+
+    pub(crate) fn new_arc(&self) -> Option<&Arc<Value>> {
+        self.data.new_val.as_ref()
+    }
+
+    /// What happened.
+    pub fn kind(&self) -> ChangeKind {
+        self.data.kind
+    }
+
+    /// The row before the write (`None` when it entered the result, and for initial rows).
+    pub fn old_val(&self) -> Option<&Value> {
+        self.data.old_val.as_deref()
+    }
+
+    /// The row after the write (`None` when it left the result).
+    pub fn new_val(&self) -> Option<&Value> {
+        self.data.new_val.as_deref()
+    }
+
+    /// Top-N feeds with `include_offsets`: the position the old row had (delete there first).
+    pub fn old_offset(&self) -> Option<usize> {
+        self.data.old_offset.filter(|_| self.show_offsets)
+    }
+
+    /// Top-N feeds with `include_offsets`: the position the new row has (then insert there).
+    pub fn new_offset(&self) -> Option<usize> {
+        self.data.new_offset.filter(|_| self.show_offsets)
+    }
+
+    /// The state, for [`ChangeKind::State`] items.
+    pub fn state(&self) -> Option<FeedState> {
+        self.data.state
     }
 
     /// The item in RethinkDB's JSON form: `{"old_val": .., "new_val": ..}`, plus `type` when
@@ -141,7 +223,7 @@ impl Change {
     /// ```
     pub fn to_json(&self) -> Value {
         let mut m = Map::new();
-        if let Some(s) = self.state {
+        if let Some(s) = self.state() {
             m.insert(
                 "state".into(),
                 json!(match s {
@@ -150,25 +232,25 @@ impl Change {
                 }),
             );
         } else {
-            if self.kind != ChangeKind::Initial {
+            if self.kind() != ChangeKind::Initial {
                 m.insert(
                     "old_val".into(),
-                    self.old_val.as_deref().cloned().unwrap_or(Value::Null),
+                    self.old_val().cloned().unwrap_or(Value::Null),
                 );
             }
             m.insert(
                 "new_val".into(),
-                self.new_val.as_deref().cloned().unwrap_or(Value::Null),
+                self.new_val().cloned().unwrap_or(Value::Null),
             );
-            if let Some(o) = self.old_offset {
+            if let Some(o) = self.old_offset() {
                 m.insert("old_offset".into(), json!(o));
             }
-            if let Some(o) = self.new_offset {
+            if let Some(o) = self.new_offset() {
                 m.insert("new_offset".into(), json!(o));
             }
         }
         if self.show_type {
-            m.insert("type".into(), json!(self.kind.as_str()));
+            m.insert("type".into(), json!(self.kind().as_str()));
         }
         Value::Object(m)
     }

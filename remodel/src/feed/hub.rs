@@ -11,6 +11,7 @@
 //! feed's initial snapshot and its first change are separated by no gap and no overlap.
 
 use super::change::Change;
+use super::log::{Log, Reader};
 use super::queue::Subscriber;
 use super::spec::{FeedPlan, Matcher, View};
 use super::topn::TopN;
@@ -20,9 +21,11 @@ use crate::value::{encode_value, FieldPath};
 use crate::{Error, Result};
 use parking_lot::{Mutex, RwLock};
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::ops::Bound;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::Waker;
 
 #[derive(Default)]
 pub(crate) struct Hub {
@@ -49,6 +52,41 @@ struct Routes {
     by_eq: HashMap<FieldPath, HashMap<Vec<u8>, Vec<GroupId>>>,
     /// Groups checked on every write of the table.
     scan: Vec<GroupId>,
+    /// Top-N groups by (index, descending), found by the boundary a write's key beats.
+    topn: HashMap<(Option<String>, bool), TopRoutes>,
+    /// Top-N groups by the primary keys of the rows in their sets.
+    topn_members: HashMap<Vec<u8>, Vec<GroupId>>,
+}
+
+struct TopRoutes {
+    ix: Option<Arc<crate::db::IndexState>>,
+    /// Groups whose set is full, by the order key of their last row.
+    bounds: BTreeSet<(Vec<u8>, GroupId)>,
+    /// Groups whose set holds every qualifying row: any qualifying write enters.
+    open: Vec<GroupId>,
+}
+
+/// Where a top-N group is registered: its boundary (`None`: open) and its rows' keys.
+struct TopReg {
+    bound: Option<Vec<u8>>,
+    members: Vec<Arc<[u8]>>,
+}
+
+/// Per-change work shared by every group: candidate groups, and the new document's keys in
+/// each index that top-N feeds read (computed once, not once per feed).
+#[derive(Default)]
+struct Scratch {
+    ids: Vec<GroupId>,
+    keys: Vec<(Option<String>, Vec<Vec<u8>>)>,
+}
+
+impl Scratch {
+    fn keys_for(&self, index: &Option<String>) -> &[Vec<u8>] {
+        self.keys
+            .iter()
+            .find(|(i, _)| i == index)
+            .map_or(&[], |(_, k)| k.as_slice())
+    }
 }
 
 struct IndexRoutes {
@@ -61,6 +99,7 @@ enum Route {
     IndexValues { index: String, values: Vec<Vec<u8>> },
     Eq { path: FieldPath, value: Vec<u8> },
     Scan,
+    TopN,
 }
 
 enum Kind {
@@ -74,7 +113,50 @@ struct Group {
     route: Route,
     /// The index this group reads, if any (dropping it aborts the group).
     index: Option<String>,
-    subs: Vec<(u64, Arc<Subscriber>)>,
+    /// Top-N groups: where the group is registered in the top-N routes.
+    topn_reg: Option<TopReg>,
+    members: Members,
+}
+
+/// The feeds of a group: readers of the shared log, and feeds with a private queue (those
+/// that squash, since merging is per consumer).
+#[derive(Default)]
+struct Members {
+    log: Option<Arc<Log>>,
+    shared: usize,
+    own: Vec<(u64, Arc<Subscriber>)>,
+}
+
+impl Members {
+    fn deliver(&self, item: Change, wakes: &mut Vec<Waker>) {
+        if let Some(log) = &self.log {
+            log.push(item.clone(), wakes);
+        }
+        for (_, sub) in &self.own {
+            if sub.push(item.clone()) {
+                wakes.extend(sub.take_waker());
+            }
+        }
+    }
+
+    fn close(&self, why: &Error) {
+        if let Some(log) = &self.log {
+            log.close(why.clone());
+        }
+        self.own.iter().for_each(|(_, s)| s.close(why.clone()));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.shared == 0 && self.own.is_empty()
+    }
+}
+
+/// How a new feed receives its items.
+pub(crate) enum Join {
+    /// Through the group's shared log, with this queue size.
+    Shared(usize),
+    /// Through its own queue.
+    Own(Arc<Subscriber>),
 }
 
 /// A feed's membership in a group; dropping it leaves the group.
@@ -82,7 +164,8 @@ pub(crate) struct Registration {
     table: Arc<TableFeeds>,
     hub_open: Arc<Hub>,
     group: GroupId,
-    sub: u64,
+    /// The private queue's id, or `None` for a reader of the shared log.
+    own: Option<u64>,
 }
 
 fn add_route<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Vec<GroupId>>, k: K, g: GroupId) {
@@ -123,19 +206,112 @@ impl Routes {
                 }
             }
             Route::Scan => self.scan.retain(|x| *x != id),
+            Route::TopN => {}
         }
     }
 
+    fn topn_key(g: &Group) -> Option<(Option<String>, bool)> {
+        match &g.kind {
+            Kind::TopN(t) => Some((t.order.ix.as_ref().map(|ix| ix.name.clone()), t.order.desc)),
+            Kind::Rows { .. } => None,
+        }
+    }
+
+    /// Removes a top-N group's boundary and members from the routes.
+    fn unregister_topn(&mut self, id: GroupId, key: &(Option<String>, bool), reg: &TopReg) {
+        if let Some(tr) = self.topn.get_mut(key) {
+            match &reg.bound {
+                Some(b) => {
+                    tr.bounds.remove(&(b.clone(), id));
+                }
+                None => tr.open.retain(|x| *x != id),
+            }
+            if tr.bounds.is_empty() && tr.open.is_empty() {
+                self.topn.remove(key);
+            }
+        }
+        for pk in &reg.members {
+            remove_route(&mut self.topn_members, &pk.to_vec(), id);
+        }
+    }
+
+    /// (Re-)registers a top-N group under its current boundary and members.
+    fn register_topn(&mut self, id: GroupId) {
+        let Some(g) = self.groups.get_mut(&id) else {
+            return;
+        };
+        let Kind::TopN(t) = &g.kind else { return };
+        let key = (t.order.ix.as_ref().map(|ix| ix.name.clone()), t.order.desc);
+        let reg = TopReg {
+            bound: t.boundary().map(<[u8]>::to_vec),
+            members: t.members().cloned().collect(),
+        };
+        let ix = t.order.ix.clone();
+        if let Some(old) = g.topn_reg.take() {
+            self.unregister_topn(id, &key, &old);
+        }
+        let tr = self.topn.entry(key).or_insert_with(|| TopRoutes {
+            ix,
+            bounds: BTreeSet::new(),
+            open: Vec::new(),
+        });
+        match &reg.bound {
+            Some(b) => {
+                tr.bounds.insert((b.clone(), id));
+            }
+            None => tr.open.push(id),
+        }
+        for pk in &reg.members {
+            add_route(&mut self.topn_members, pk.to_vec(), id);
+        }
+        self.groups.get_mut(&id).expect("looked up above").topn_reg = Some(reg);
+    }
+
     fn remove_group(&mut self, id: GroupId) -> Option<Group> {
-        let g = self.groups.remove(&id)?;
+        let mut g = self.groups.remove(&id)?;
         self.by_signature.remove(&g.signature);
         self.unroute(id, &g.route);
+        if let (Some(key), Some(reg)) = (Self::topn_key(&g), g.topn_reg.take()) {
+            self.unregister_topn(id, &key, &reg);
+        }
         Some(g)
     }
 
     /// The groups a change may concern.
-    fn candidates(&self, c: &Committed, out: &mut Vec<GroupId>) {
+    fn candidates(&self, c: &Committed, scratch: &mut Scratch) {
+        let out = &mut scratch.ids;
         out.clear();
+        scratch.keys.clear();
+        if !self.topn.is_empty() {
+            if let Some(g) = self.topn_members.get(&c.key) {
+                out.extend_from_slice(g);
+            }
+            for ((index, desc), tr) in &self.topn {
+                out.extend_from_slice(&tr.open);
+                let Some(doc) = c.new.as_deref() else {
+                    continue;
+                };
+                if !scratch.keys.iter().any(|(i, _)| i == index) {
+                    let keys = super::spec::OrderedIndex::index_keys(tr.ix.as_deref(), &c.key, doc);
+                    scratch.keys.push((index.clone(), keys));
+                }
+                let keys = scratch
+                    .keys
+                    .iter()
+                    .find(|(i, _)| i == index)
+                    .map(|(_, k)| k)
+                    .expect("pushed above");
+                for k in keys {
+                    // Ascending sets take keys below their boundary, descending ones above.
+                    if *desc {
+                        out.extend(tr.bounds.range(..(k.clone(), 0)).map(|(_, g)| *g));
+                    } else {
+                        let from = Bound::Excluded((k.clone(), GroupId::MAX));
+                        out.extend(tr.bounds.range((from, Bound::Unbounded)).map(|(_, g)| *g));
+                    }
+                }
+            }
+        }
         if let Some(g) = self.by_key.get(&c.key) {
             out.extend_from_slice(g);
         }
@@ -168,9 +344,17 @@ impl Routes {
 
 impl Group {
     /// The items this group's feeds get for a change.
-    fn items(&mut self, table: &TableState, c: &Committed) -> Result<Vec<Change>> {
+    fn items(
+        &mut self,
+        table: &TableState,
+        c: &Committed,
+        scratch: &Scratch,
+    ) -> Result<(Vec<Change>, bool)> {
         let (matcher, view) = match &mut self.kind {
-            Kind::TopN(t) => return t.apply(table, c),
+            Kind::TopN(t) => {
+                let keys = scratch.keys_for(&t.order.ix.as_ref().map(|ix| ix.name.clone()));
+                return t.apply(table, c, keys);
+            }
             Kind::Rows { matcher, view } => (matcher, view),
         };
         let side = |doc: &Option<Arc<Value>>| -> (usize, Option<Arc<Value>>) {
@@ -187,7 +371,7 @@ impl Group {
         let (old_n, old) = side(&c.old);
         let (new_n, new) = side(&c.new);
         if old_n == 0 && new_n == 0 {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), false));
         }
         let key: Arc<[u8]> = Arc::from(&c.key[..]);
         let both = old_n.min(new_n);
@@ -203,7 +387,7 @@ impl Group {
         for _ in both..new_n {
             out.push(Change::row(Some(key.clone()), None, new.clone()));
         }
-        Ok(out)
+        Ok((out, false))
     }
 }
 
@@ -223,7 +407,14 @@ impl Hub {
 
     /// Delivers committed changes to the feeds that watch them. Called by the write path
     /// under the commit lock, in commit order.
-    pub(crate) fn publish(&self, table: &Arc<TableState>, changes: &[Committed]) {
+    /// The consumers to wake are added to `wakes`; the caller wakes them after releasing
+    /// the commit lock, so that writers do not hold it while tasks are scheduled.
+    pub(crate) fn publish(
+        &self,
+        table: &Arc<TableState>,
+        changes: &[Committed],
+        wakes: &mut Vec<Waker>,
+    ) {
         if self.is_idle() {
             return;
         }
@@ -231,29 +422,28 @@ impl Hub {
             return;
         };
         let mut routes = feeds.routes.lock();
-        let mut ids = Vec::new();
+        let mut scratch = Scratch::default();
         for c in changes {
-            routes.candidates(c, &mut ids);
-            for id in &ids {
+            routes.candidates(c, &mut scratch);
+            for id in &scratch.ids {
                 let Some(group) = routes.groups.get_mut(id) else {
                     continue;
                 };
-                match group.items(table, c) {
-                    Ok(items) => {
+                match group.items(table, c, &scratch) {
+                    Ok((items, moved)) => {
                         for item in items {
-                            for (_, sub) in &group.subs {
-                                sub.push(item.clone());
-                            }
+                            group.members.deliver(item, wakes);
+                        }
+                        if moved {
+                            routes.register_topn(*id);
                         }
                     }
                     Err(e) => {
                         // A storage error while refilling a top-N set: its feeds cannot go
                         // on correctly, so they end with the error.
-                        for (_, sub) in &group.subs {
-                            sub.close(Error::FeedAborted(format!(
-                                "the feed could not be maintained: {e}"
-                            )));
-                        }
+                        group.members.close(&Error::FeedAborted(format!(
+                            "the feed could not be maintained: {e}"
+                        )));
                     }
                 }
             }
@@ -267,10 +457,10 @@ impl Hub {
         self: &Arc<Self>,
         plan: FeedPlan,
         signature: String,
-        sub: Arc<Subscriber>,
+        join: Join,
         initial_rows: impl FnOnce() -> Result<Vec<Arc<Value>>>,
         want_initial: bool,
-    ) -> Result<(Registration, Initial)> {
+    ) -> Result<(Registration, Initial, Option<(Arc<Log>, Reader)>)> {
         let table = match &plan {
             FeedPlan::Rows { table, .. } | FeedPlan::TopN { table, .. } => table.clone(),
             FeedPlan::Stats { .. } => unreachable!("stats feeds are timer feeds"),
@@ -322,7 +512,7 @@ impl Hub {
                         }
                         (route, index)
                     }
-                    Kind::TopN(t) => (Route::Scan, t.order.ix.as_ref().map(|ix| ix.name.clone())),
+                    Kind::TopN(t) => (Route::TopN, t.order.ix.as_ref().map(|ix| ix.name.clone())),
                 };
                 match &route {
                     Route::Keys(keys) => {
@@ -347,7 +537,9 @@ impl Hub {
                         );
                     }
                     Route::Scan => routes.scan.push(id),
+                    Route::TopN => {}
                 }
+                let is_topn = matches!(route, Route::TopN);
                 routes.by_signature.insert(signature.clone(), id);
                 routes.groups.insert(
                     id,
@@ -356,9 +548,13 @@ impl Hub {
                         kind,
                         route,
                         index,
-                        subs: Vec::new(),
+                        topn_reg: None,
+                        members: Members::default(),
                     },
                 );
+                if is_topn {
+                    routes.register_topn(id);
+                }
                 id
             }
         };
@@ -373,7 +569,22 @@ impl Hub {
         } else {
             Initial::None
         };
-        group.subs.push((sub_id, sub));
+        let (own, reader) = match join {
+            Join::Own(sub) => {
+                group.members.own.push((sub_id, sub));
+                (Some(sub_id), None)
+            }
+            Join::Shared(capacity) => {
+                let log = group
+                    .members
+                    .log
+                    .get_or_insert_with(Default::default)
+                    .clone();
+                group.members.shared += 1;
+                let reader = log.join(capacity);
+                (None, Some((log, reader)))
+            }
+        };
         drop(routes);
         feeds.open.fetch_add(1, Ordering::AcqRel);
         self.open.fetch_add(1, Ordering::AcqRel);
@@ -382,9 +593,10 @@ impl Hub {
                 table: feeds,
                 hub_open: self.clone(),
                 group: id,
-                sub: sub_id,
+                own,
             },
             initial,
+            reader,
         ))
     }
 
@@ -404,9 +616,7 @@ impl Hub {
             let ids: Vec<GroupId> = routes.groups.keys().copied().collect();
             for id in ids {
                 if let Some(g) = routes.remove_group(id) {
-                    g.subs
-                        .iter()
-                        .for_each(|(_, s)| s.close(Error::FeedAborted(why.to_string())));
+                    g.members.close(&Error::FeedAborted(why.to_string()));
                 }
             }
         }
@@ -426,9 +636,7 @@ impl Hub {
             .collect();
         for id in ids {
             if let Some(g) = routes.remove_group(id) {
-                g.subs
-                    .iter()
-                    .for_each(|(_, s)| s.close(Error::FeedAborted(why.to_string())));
+                g.members.close(&Error::FeedAborted(why.to_string()));
             }
         }
         routes.by_index_value.remove(index);
@@ -459,8 +667,11 @@ impl Drop for Registration {
     fn drop(&mut self) {
         let mut routes = self.table.routes.lock();
         if let Some(g) = routes.groups.get_mut(&self.group) {
-            g.subs.retain(|(id, _)| *id != self.sub);
-            if g.subs.is_empty() {
+            match self.own {
+                Some(own) => g.members.own.retain(|(id, _)| *id != own),
+                None => g.members.shared -= 1,
+            }
+            if g.members.is_empty() {
                 routes.remove_group(self.group);
             }
         }

@@ -18,29 +18,32 @@
 //! // The top 2, live: initial rows first, then changes of the top 2 only.
 //! let mut top = scores.order_by(Order::index("points").desc()).limit(2)
 //!     .changes().include_initial(true).await?;
-//! assert_eq!(top.next().await.unwrap()?.new_val.unwrap()["id"], "kim");
+//! assert_eq!(top.next().await.unwrap()?.new_val().unwrap()["id"], "kim");
 //! scores.insert(json!({"id": "ann", "points": 30})).await?;
 //! let c = top.next().await.unwrap()?;
-//! assert_eq!((c.old_val, c.new_val.unwrap()["id"].clone()), (None, json!("ann")));
+//! assert_eq!((c.old_val(), &c.new_val().unwrap()["id"]), (None, &json!("ann")));
 //! # Ok::<(), remodel::Error>(())
 //! # }).unwrap();
 //! ```
 
 mod change;
 pub(crate) mod hub;
+mod log;
 mod queue;
 mod spec;
 mod topn;
 
 pub use change::{Change, ChangeKind, FeedState};
 pub(crate) use hub::Hub;
+pub(crate) use queue::Subscriber;
 
 use crate::db::Database;
 use crate::query::{Get, Query, Source, Table};
 use crate::{Error, Result};
 use futures_core::Stream;
-use hub::{Initial, Registration};
-use queue::{Next, Subscriber};
+use hub::{Initial, Join, Registration};
+use log::{Log, Reader};
+use queue::Next;
 use serde_json::Value;
 use spec::{FeedPlan, View};
 use std::collections::{HashMap, VecDeque};
@@ -219,12 +222,15 @@ impl Changes {
         // Top-N items pair two rows, so merging them per row would break offsets: top-N feeds
         // batch (with a window) but do not merge.
         let merge = opts.squash != Squash::Off && !top_n;
-        let sub = Arc::new(Subscriber::new(capacity, merge));
+        // Feeds that squash (and timer feeds) need a queue of their own; the others read
+        // their group's shared log.
+        let own_queue = opts.squash != Squash::Off || stats;
+        let sub = Arc::new(Subscriber::new(capacity, merge, window.is_some()));
         let is_point = matches!(&query.source, Source::GetAll { keys, index: None } if keys.len() == 1)
             && query.steps.is_empty();
 
         let mut feed = Feed {
-            sub: sub.clone(),
+            inbox: Inbox::Own(sub.clone()),
             front: VecDeque::new(),
             batch: VecDeque::new(),
             registration: None,
@@ -238,7 +244,8 @@ impl Changes {
         };
         // Without initial rows there is nothing to initialise: the first state is `ready`.
         if opts.include_states && opts.include_initial {
-            feed.front.push_back(Change::state(FeedState::Initializing));
+            feed.front
+                .push_back(Change::state_marker(FeedState::Initializing));
         }
 
         let initial_rows = match plan {
@@ -255,7 +262,7 @@ impl Changes {
                     feed.front.extend(
                         initial
                             .into_iter()
-                            .map(|c| Change::initial(c.new_val, None)),
+                            .map(|c| Change::initial(c.new_arc().cloned(), None)),
                     );
                 }
                 db.inner.hub.count_timer_feed(1);
@@ -274,11 +281,19 @@ impl Changes {
                 // Under the commit lock: the snapshot and the subscription see the same commit.
                 let _commit = db.inner.writer.lock();
                 db.check_open()?;
-                let (reg, initial) =
+                let join = if own_queue {
+                    Join::Own(sub)
+                } else {
+                    Join::Shared(capacity)
+                };
+                let (reg, initial, reader) =
                     db.inner
                         .hub
-                        .subscribe(plan, signature, sub, rows, opts.include_initial)?;
+                        .subscribe(plan, signature, join, rows, opts.include_initial)?;
                 feed.registration = Some(reg);
+                if let Some((log, reader)) = reader {
+                    feed.inbox = Inbox::Shared(log, reader);
+                }
                 match initial {
                     Initial::Rows(rows) => Some(rows),
                     Initial::None => None,
@@ -295,7 +310,7 @@ impl Changes {
             }
         }
         if opts.include_states {
-            feed.front.push_back(Change::state(FeedState::Ready));
+            feed.front.push_back(Change::state_marker(FeedState::Ready));
         }
         Ok(feed)
     }
@@ -381,7 +396,7 @@ impl StatsTimer {
 /// and [`Error::FeedAborted`] when the table or index went away or the database closed (the
 /// feed then ends). Dropping the feed unsubscribes it.
 pub struct Feed {
-    sub: Arc<Subscriber>,
+    inbox: Inbox,
     /// State markers and initial rows, delivered before anything else.
     front: VecDeque<Change>,
     /// A squash window's batch being handed over.
@@ -399,26 +414,56 @@ pub struct Feed {
 impl std::fmt::Debug for Feed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Feed")
-            .field("queue_size", &self.sub.capacity())
+            .field("queue_size", &self.inbox.capacity())
             .finish_non_exhaustive()
     }
 }
 
-impl Feed {
-    fn decorate(&self, mut c: Change) -> Change {
-        c.show_type = self.include_types;
-        if !self.include_offsets {
-            c.old_offset = None;
-            c.new_offset = None;
+/// Where a feed's items wait for it.
+enum Inbox {
+    /// A queue of its own (squashing and timer feeds).
+    Own(Arc<Subscriber>),
+    /// The group's shared log, at this reader's cursor.
+    Shared(Arc<Log>, Reader),
+}
+
+impl Inbox {
+    fn capacity(&self) -> usize {
+        match self {
+            Inbox::Own(s) => s.capacity(),
+            Inbox::Shared(_, r) => r.capacity(),
         }
-        c
     }
 
+    /// The next item; with nothing there, arranges for `cx` to be woken by the next one.
+    fn next(&mut self, cx: &Context<'_>, more: &mut VecDeque<Change>) -> Next {
+        match self {
+            Inbox::Shared(log, reader) => log.next(reader, cx.waker(), more),
+            Inbox::Own(sub) => match sub.pop() {
+                Next::Empty => {
+                    // Register, then look once more so that a push in between is not missed.
+                    sub.register(cx.waker());
+                    sub.pop()
+                }
+                next => next,
+            },
+        }
+    }
+}
+
+impl Feed {
+    fn decorate(&self, c: Change) -> Change {
+        c.shown(self.include_types, self.include_offsets)
+    }
+
+    /// The stats table's timer: recomputes the rows about once a second and queues the
+    /// changed ones.
     fn poll_timer(&mut self, cx: &mut Context<'_>) {
-        let Some(timer) = &mut self.timer else { return };
+        let (Some(timer), Inbox::Own(sub)) = (&mut self.timer, &self.inbox) else {
+            return;
+        };
         if timer.db.check_open().is_err() {
-            self.sub
-                .close(Error::FeedAborted("the database was closed".into()));
+            sub.close(Error::FeedAborted("the database was closed".into()));
             return;
         }
         let mut interval = timer.interval.take().unwrap_or_else(|| {
@@ -430,7 +475,8 @@ impl Feed {
         while interval.poll_tick(cx).is_ready() {
             let rows = timer.db.inner.stats.rows(&timer.db);
             for c in timer.diff(rows) {
-                self.sub.push(c);
+                // Pushed from the consumer's own poll: no wake-up needed.
+                sub.push(c);
             }
         }
         timer.interval = Some(interval);
@@ -451,13 +497,15 @@ impl Stream for Feed {
         if let Some(c) = this.batch.pop_front() {
             return Poll::Ready(Some(Ok(this.decorate(c))));
         }
-        this.poll_timer(cx);
-        this.sub.register(cx.waker());
-        if let Some(window) = this.window {
-            let (waiting, since, urgent) = this.sub.pending();
+        if this.timer.is_some() {
+            this.poll_timer(cx);
+        }
+        if let (Some(window), Inbox::Own(sub)) = (this.window, &this.inbox) {
+            sub.register(cx.waker());
+            let (waiting, since, urgent) = sub.pending();
             if waiting > 0 && !urgent {
                 let due = since.map_or(Instant::now(), |s| s + window);
-                let early = !this.handed_first || waiting * 2 > this.sub.capacity();
+                let early = !this.handed_first || waiting * 2 > sub.capacity();
                 if !early && Instant::now() < due {
                     let deadline = tokio::time::Instant::from_std(due);
                     let sleep = this
@@ -469,7 +517,7 @@ impl Stream for Feed {
                     }
                 }
                 this.handed_first = true;
-                if let Some(skipped) = this.sub.drain(&mut this.batch) {
+                if let Some(skipped) = sub.drain(&mut this.batch) {
                     return Poll::Ready(Some(Err(Error::FeedOverflow { skipped })));
                 }
                 if let Some(c) = this.batch.pop_front() {
@@ -477,7 +525,7 @@ impl Stream for Feed {
                 }
             }
         }
-        match this.sub.pop() {
+        match this.inbox.next(cx, &mut this.batch) {
             Next::Item(c) => {
                 this.handed_first = true;
                 Poll::Ready(Some(Ok(this.decorate(c))))
@@ -495,6 +543,9 @@ impl Stream for Feed {
 
 impl Drop for Feed {
     fn drop(&mut self) {
+        if let Inbox::Shared(log, reader) = &self.inbox {
+            log.leave(reader);
+        }
         if let Some(timer) = &self.timer {
             timer.db.inner.hub.count_timer_feed(-1);
         }

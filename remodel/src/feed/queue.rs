@@ -4,7 +4,7 @@
 //! discards what is buffered and counts it, so the consumer next gets one overflow error item.
 //! With squash on, a push merges into the queued change of the same row.
 
-use super::change::{Change, ChangeKind};
+use super::change::Change;
 use crate::Error;
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
@@ -17,6 +17,8 @@ pub(crate) struct Subscriber {
     waker: AtomicWaker,
     capacity: usize,
     squash: bool,
+    /// Whether the arrival time of the oldest item is kept (squash windows need it).
+    timed: bool,
 }
 
 #[derive(Default)]
@@ -44,12 +46,13 @@ pub(crate) enum Next {
 }
 
 impl Subscriber {
-    pub(crate) fn new(capacity: usize, squash: bool) -> Self {
+    pub(crate) fn new(capacity: usize, squash: bool, timed: bool) -> Self {
         Subscriber {
             queue: Mutex::new(Queue::default()),
             waker: AtomicWaker::new(),
             capacity: capacity.max(1),
             squash,
+            timed,
         }
     }
 
@@ -57,45 +60,50 @@ impl Subscriber {
         self.capacity
     }
 
-    /// Queues an item (called by writers; never blocks on the consumer).
-    pub(crate) fn push(&self, item: Change) {
-        {
-            let mut q = self.queue.lock();
-            if q.closed.is_some() {
-                return;
-            }
-            if self.squash && self.merge(&mut q, &item) {
-                drop(q);
-                self.waker.wake();
-                return;
-            }
-            if q.live >= self.capacity {
-                q.skipped += q.live as u64;
-                q.base += q.items.len() as u64;
-                q.items.clear();
-                q.by_key.clear();
-                q.live = 0;
-            }
-            if q.live == 0 {
-                q.since = Some(Instant::now());
-            }
-            if self.squash {
-                if let Some(k) = &item.key {
-                    let pos = q.base + q.items.len() as u64;
-                    q.by_key.insert(k.clone(), pos);
-                }
-            }
-            q.items.push_back(Some(item));
-            q.live += 1;
+    /// Queues an item (called by writers; never blocks on the consumer). Returns true when
+    /// the consumer may be waiting for it: the queue was empty, so the caller must
+    /// [`Subscriber::wake`] it (writers do that after releasing the commit lock). While the
+    /// queue holds items, an earlier push has already arranged a wake-up.
+    pub(crate) fn push(&self, item: Change) -> bool {
+        let mut q = self.queue.lock();
+        if q.closed.is_some() {
+            return false;
         }
-        self.waker.wake();
+        if self.squash && self.merge(&mut q, &item) {
+            return false;
+        }
+        let was_empty = q.live == 0 && q.skipped == 0;
+        if q.live >= self.capacity {
+            q.skipped += q.live as u64;
+            q.base += q.items.len() as u64;
+            q.items.clear();
+            q.by_key.clear();
+            q.live = 0;
+        }
+        if q.live == 0 && self.timed {
+            q.since = Some(Instant::now());
+        }
+        if self.squash {
+            if let Some(k) = item.key() {
+                let pos = q.base + q.items.len() as u64;
+                q.by_key.insert(k.clone(), pos);
+            }
+        }
+        q.items.push_back(Some(item));
+        q.live += 1;
+        was_empty
+    }
+
+    /// The consumer's waker, to wake it later (after the commit lock is released).
+    pub(crate) fn take_waker(&self) -> Option<std::task::Waker> {
+        self.waker.take()
     }
 
     /// Merges `item` into the queued change of the same row: oldest `old_val`, newest
     /// `new_val`; an entry whose net effect is nothing is dropped. Returns false when there is
     /// nothing to merge with.
     fn merge(&self, q: &mut Queue, item: &Change) -> bool {
-        let Some(key) = &item.key else { return false };
+        let Some(key) = item.key() else { return false };
         let Some(&pos) = q.by_key.get(key) else {
             return false;
         };
@@ -103,15 +111,14 @@ impl Subscriber {
         let Some(Some(queued)) = q.items.get_mut(idx) else {
             return false;
         };
-        let old = queued.old_val.clone();
-        let new = item.new_val.clone();
+        let old = queued.old_arc().cloned();
+        let new = item.new_arc().cloned();
         if old == new {
             q.items[idx] = None;
             q.live -= 1;
             q.by_key.remove(key);
         } else {
-            queued.kind = ChangeKind::of(old.is_some(), new.is_some());
-            queued.new_val = new;
+            queued.squash_into(new);
         }
         true
     }
@@ -137,7 +144,7 @@ impl Subscriber {
             q.base += 1;
             if let Some(item) = slot {
                 q.live -= 1;
-                if let Some(k) = &item.key {
+                if let Some(k) = item.key().filter(|_| self.squash) {
                     if q.by_key.get(k) == Some(&(q.base - 1)) {
                         q.by_key.remove(k);
                     }
@@ -177,6 +184,7 @@ impl Subscriber {
 
 #[cfg(test)]
 mod tests {
+    use super::super::change::ChangeKind;
     use super::*;
     use serde_json::json;
 
@@ -198,26 +206,31 @@ mod tests {
 
     #[test]
     fn overflow_discards_and_counts() {
-        let s = Subscriber::new(2, false);
+        let s = Subscriber::new(2, false, false);
         for i in 0..5 {
-            s.push(change("a", None, Some(i)));
+            let must_wake = s.push(change("a", None, Some(i)));
+            assert_eq!(
+                must_wake,
+                i == 0,
+                "only a push into an empty queue needs a wake-up"
+            );
         }
         // 2 queued, third push discards them; fourth fills; fifth discards 2 more.
         assert!(matches!(s.pop(), Next::Overflow(4)));
-        assert_eq!(next_item(&s).unwrap().new_val.as_deref(), Some(&json!(4)));
+        assert_eq!(next_item(&s).unwrap().new_val(), Some(&json!(4)));
         assert!(matches!(s.pop(), Next::Empty));
     }
 
     #[test]
     fn squash_merges_per_row_and_drops_no_ops() {
-        let s = Subscriber::new(10, true);
+        let s = Subscriber::new(10, true, false);
         s.push(change("a", None, Some(1)));
         s.push(change("b", Some(1), Some(2)));
         s.push(change("a", Some(1), Some(2)));
         s.push(change("b", Some(2), Some(1))); // back to where it was: nothing
         let a = next_item(&s).unwrap();
         assert_eq!(
-            (a.kind, a.old_val, a.new_val.as_deref()),
+            (a.kind(), a.old_val(), a.new_val()),
             (ChangeKind::Add, None, Some(&json!(2)))
         );
         assert!(matches!(s.pop(), Next::Empty));
@@ -228,7 +241,7 @@ mod tests {
 
     #[test]
     fn close_comes_after_queued_items() {
-        let s = Subscriber::new(10, false);
+        let s = Subscriber::new(10, false, false);
         s.push(change("a", None, Some(1)));
         s.close(Error::FeedAborted("gone".into()));
         assert!(next_item(&s).is_some());

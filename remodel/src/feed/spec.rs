@@ -165,15 +165,17 @@ pub(crate) struct OrderedIndex {
 }
 
 impl OrderedIndex {
-    /// The keys under which `doc` sits in this ordering.
-    pub(crate) fn keys(&self, key: &[u8], doc: &Value) -> Vec<Vec<u8>> {
-        let keys = match &self.ix {
+    /// The keys under which `doc` sits in the index (whatever the range).
+    pub(crate) fn index_keys(ix: Option<&IndexState>, key: &[u8], doc: &Value) -> Vec<Vec<u8>> {
+        match ix {
             None => vec![key.to_vec()],
             Some(ix) => ix.compiled.keys(doc, key),
-        };
-        keys.into_iter()
-            .filter(|k| in_range(&self.lo, &self.hi, k))
-            .collect()
+        }
+    }
+
+    /// Whether an order key lies within this ordering's range.
+    pub(crate) fn contains(&self, okey: &[u8]) -> bool {
+        in_range(&self.lo, &self.hi, okey)
     }
 
     /// Rows after `after` (exclusive) in this ordering, as (order key, primary key, doc bytes).

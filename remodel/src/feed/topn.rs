@@ -85,27 +85,50 @@ impl TopN {
         self.set.iter().map(|s| &s.seen)
     }
 
-    /// Applies a committed change; returns the items to deliver.
-    pub(crate) fn apply(&mut self, table: &TableState, c: &Committed) -> Result<Vec<Change>> {
-        let old_pos = self.set.iter().position(|s| *s.pk == *c.key);
-        let entering = c.new.as_ref().and_then(|doc| {
-            let okey = self.order.keys(&c.key, doc).into_iter().next()?;
-            self.view.apply(doc).map(|seen| (okey, seen))
-        });
-        let boundary = if self.complete {
+    /// Where the set ends: a write whose order key comes before this may enter it. `None`
+    /// when the set holds every qualifying row, so any qualifying write enters.
+    pub(crate) fn boundary(&self) -> Option<&[u8]> {
+        if self.complete {
             None
         } else {
-            self.set.last().map(|s| s.okey.clone())
-        };
-        let enters = |t: &Self, okey: &[u8]| match &boundary {
+            self.set.last().map(|s| s.okey.as_slice())
+        }
+    }
+
+    /// The primary keys of the rows in the set.
+    pub(crate) fn members(&self) -> impl Iterator<Item = &Arc<[u8]>> {
+        self.set.iter().map(|s| &s.pk)
+    }
+
+    /// Applies a committed change, given the new document's keys in this index (`new_keys`,
+    /// computed once per change for every feed on the index). Returns the items to deliver
+    /// and whether the set changed.
+    pub(crate) fn apply(
+        &mut self,
+        table: &TableState,
+        c: &Committed,
+        new_keys: &[Vec<u8>],
+    ) -> Result<(Vec<Change>, bool)> {
+        let old_pos = self.set.iter().position(|s| *s.pk == *c.key);
+        let new_okey = new_keys.iter().find(|k| self.order.contains(k));
+        let enters = |t: &Self, okey: &[u8]| match t.boundary() {
             None => true,
             Some(b) => t.before(okey, b),
         };
-        // The common case: a write that neither touches nor enters the set.
-        if old_pos.is_none() && entering.as_ref().is_none_or(|(k, _)| !enters(self, k)) {
-            return Ok(Vec::new());
+        // The common case: a write that neither touches nor enters the set costs a comparison.
+        if old_pos.is_none() && new_okey.is_none_or(|k| !enters(self, k)) {
+            return Ok((Vec::new(), false));
         }
-
+        let entering = match (new_okey, &c.new) {
+            (Some(k), Some(doc)) if enters(self, k) => {
+                self.view.apply(doc).map(|seen| (k.clone(), seen))
+            }
+            _ => None,
+        };
+        if old_pos.is_none() && entering.is_none() {
+            return Ok((Vec::new(), false));
+        }
+        let boundary = self.boundary().map(<[u8]>::to_vec);
         let before: Vec<(Arc<[u8]>, Arc<Value>)> = self
             .set
             .iter()
@@ -115,17 +138,15 @@ impl TopN {
             self.set.remove(p);
         }
         if let Some((okey, seen)) = entering {
-            if enters(self, &okey) {
-                let at = self.set.partition_point(|s| self.before(&s.okey, &okey));
-                self.set.insert(
-                    at,
-                    Slot {
-                        okey,
-                        pk: Arc::from(&c.key[..]),
-                        seen,
-                    },
-                );
-            }
+            let at = self.set.partition_point(|s| self.before(&s.okey, &okey));
+            self.set.insert(
+                at,
+                Slot {
+                    okey,
+                    pk: Arc::from(&c.key[..]),
+                    seen,
+                },
+            );
         }
         if self.set.len() > self.limit {
             self.set.pop();
@@ -134,7 +155,7 @@ impl TopN {
         if self.set.len() < self.limit && !self.complete {
             self.refill(table, boundary)?;
         }
-        Ok(self.diff(&before, &c.key))
+        Ok((self.diff(&before, &c.key), true))
     }
 
     /// The items that turn the list `before` into the current set: rows that left paired with
@@ -158,38 +179,27 @@ impl TopN {
             .collect();
         let mut out = Vec::new();
         let mut entered_it = entered.into_iter();
+        let row = |j: usize| (Some(self.set[j].pk.clone()), Some(self.set[j].seen.clone()));
         for i in left {
-            let mut c = Change::row(Some(before[i].0.clone()), Some(before[i].1.clone()), None);
-            c.old_offset = Some(i);
-            if let Some(j) = entered_it.next() {
-                c = Change::row(
-                    Some(self.set[j].pk.clone()),
-                    Some(before[i].1.clone()),
-                    Some(self.set[j].seen.clone()),
-                );
-                c.old_offset = Some(i);
-                c.new_offset = Some(j);
-            }
-            out.push(c);
+            let (old_pk, old) = (Some(before[i].0.clone()), Some(before[i].1.clone()));
+            out.push(match entered_it.next() {
+                // The row that left is replaced by the one that entered.
+                Some(j) => {
+                    let (pk, new) = row(j);
+                    Change::row(pk, old, new).with_offsets(Some(i), Some(j))
+                }
+                None => Change::row(old_pk, old, None).with_offsets(Some(i), None),
+            });
         }
         for j in entered_it {
-            let mut c = Change::row(
-                Some(self.set[j].pk.clone()),
-                None,
-                Some(self.set[j].seen.clone()),
-            );
-            c.new_offset = Some(j);
-            out.push(c);
+            let (pk, new) = row(j);
+            out.push(Change::row(pk, None, new).with_offsets(None, Some(j)));
         }
         for (i, j) in changed {
-            let mut c = Change::row(
-                Some(self.set[j].pk.clone()),
-                Some(before[i].1.clone()),
-                Some(self.set[j].seen.clone()),
+            let (pk, new) = row(j);
+            out.push(
+                Change::row(pk, Some(before[i].1.clone()), new).with_offsets(Some(i), Some(j)),
             );
-            c.old_offset = Some(i);
-            c.new_offset = Some(j);
-            out.push(c);
         }
         out
     }

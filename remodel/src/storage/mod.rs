@@ -59,8 +59,20 @@ impl Storage {
     /// Applies all writes of the batch atomically: after a crash either all or none are there.
     pub(crate) fn apply(&self, batch: &WriteBatch) -> Result<()> {
         use sled::Transactional;
-        if batch.is_empty() {
-            return Ok(());
+        match batch.ops.as_slice() {
+            [] => return Ok(()),
+            // One key is atomic by itself. Skipping the transaction matters: every sled
+            // transaction rolls the log buffer and hands it to sled's I/O threads, waking
+            // them all; a single write does not.
+            [(i, key, value)] => {
+                let tree = &batch.trees[*i].inner;
+                match value {
+                    Some(v) => tree.insert(key.as_slice(), v.as_slice())?,
+                    None => tree.remove(key.as_slice())?,
+                };
+                return Ok(());
+            }
+            _ => {}
         }
         let trees: Vec<&sled::Tree> = batch.trees.iter().map(|t| &t.inner).collect();
         let res: std::result::Result<(), TransactionError<()>> =
@@ -160,10 +172,6 @@ impl WriteBatch {
     pub(crate) fn remove(&mut self, tree: &Tree, key: Vec<u8>) {
         let i = self.slot(tree);
         self.ops.push((i, key, None));
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.ops.is_empty()
     }
 }
 
