@@ -46,7 +46,7 @@ type GroupId = u64;
 struct Routes {
     next_id: u64,
     groups: HashMap<GroupId, Group>,
-    by_signature: HashMap<String, GroupId>,
+    by_signature: HashMap<Arc<str>, GroupId>,
     by_key: HashMap<Vec<u8>, Vec<GroupId>>,
     by_index_value: HashMap<String, IndexRoutes>,
     by_eq: HashMap<FieldPath, HashMap<Vec<u8>, Vec<GroupId>>>,
@@ -94,9 +94,10 @@ struct IndexRoutes {
     values: HashMap<Vec<u8>, Vec<GroupId>>,
 }
 
+/// How a group is found (keys and index values are the group matcher's own).
 enum Route {
-    Keys(Vec<Vec<u8>>),
-    IndexValues { index: String, values: Vec<Vec<u8>> },
+    Keys,
+    IndexValues,
     Eq { path: FieldPath, value: Vec<u8> },
     Scan,
     TopN,
@@ -108,7 +109,7 @@ enum Kind {
 }
 
 struct Group {
-    signature: String,
+    signature: Arc<str>,
     kind: Kind,
     route: Route,
     /// The index this group reads, if any (dropping it aborts the group).
@@ -182,22 +183,27 @@ fn remove_route<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Vec<GroupId>>, k: 
 }
 
 impl Routes {
-    fn unroute(&mut self, id: GroupId, route: &Route) {
-        match route {
-            Route::Keys(keys) => keys
+    fn unroute(&mut self, id: GroupId, g: &Group) {
+        let matcher = match &g.kind {
+            Kind::Rows { matcher, .. } => Some(matcher),
+            Kind::TopN(_) => None,
+        };
+        match (&g.route, matcher) {
+            (Route::Keys, Some(Matcher::Keys(keys))) => keys
                 .iter()
-                .for_each(|k| remove_route(&mut self.by_key, k, id)),
-            Route::IndexValues { index, values } => {
-                if let Some(r) = self.by_index_value.get_mut(index) {
+                .for_each(|(k, _)| remove_route(&mut self.by_key, k, id)),
+            (Route::IndexValues, Some(Matcher::IndexValues { ix, values })) => {
+                if let Some(r) = self.by_index_value.get_mut(&ix.name) {
                     values
                         .iter()
-                        .for_each(|v| remove_route(&mut r.values, v, id));
+                        .for_each(|(v, _)| remove_route(&mut r.values, v, id));
                     if r.values.is_empty() {
-                        self.by_index_value.remove(index);
+                        self.by_index_value.remove(&ix.name);
                     }
                 }
             }
-            Route::Eq { path, value } => {
+            (Route::Keys | Route::IndexValues, _) => unreachable!("routes follow matchers"),
+            (Route::Eq { path, value }, _) => {
                 if let Some(m) = self.by_eq.get_mut(path) {
                     remove_route(m, value, id);
                     if m.is_empty() {
@@ -205,8 +211,8 @@ impl Routes {
                     }
                 }
             }
-            Route::Scan => self.scan.retain(|x| *x != id),
-            Route::TopN => {}
+            (Route::Scan, _) => self.scan.retain(|x| *x != id),
+            (Route::TopN, _) => {}
         }
     }
 
@@ -270,7 +276,7 @@ impl Routes {
     fn remove_group(&mut self, id: GroupId) -> Option<Group> {
         let mut g = self.groups.remove(&id)?;
         self.by_signature.remove(&g.signature);
-        self.unroute(id, &g.route);
+        self.unroute(id, &g);
         if let (Some(key), Some(reg)) = (Self::topn_key(&g), g.topn_reg.take()) {
             self.unregister_topn(id, &key, &reg);
         }
@@ -472,6 +478,7 @@ impl Hub {
             .or_default()
             .clone();
         let mut routes = feeds.routes.lock();
+        let signature: Arc<str> = signature.into();
         let id = match routes.by_signature.get(&signature) {
             Some(id) => *id,
             None => {
@@ -488,11 +495,8 @@ impl Hub {
                     Kind::Rows { matcher, view } => {
                         let index = matcher.index_name().map(str::to_string);
                         let route = match matcher {
-                            Matcher::Keys(keys) => Route::Keys(keys.keys().cloned().collect()),
-                            Matcher::IndexValues { ix, values } => Route::IndexValues {
-                                index: ix.name.clone(),
-                                values: values.keys().cloned().collect(),
-                            },
+                            Matcher::Keys(_) => Route::Keys,
+                            Matcher::IndexValues { .. } => Route::IndexValues,
                             Matcher::All => match view.routing_eq() {
                                 Some((path, value)) => Route::Eq { path, value },
                                 None => Route::Scan,
@@ -514,30 +518,43 @@ impl Hub {
                     }
                     Kind::TopN(t) => (Route::TopN, t.order.ix.as_ref().map(|ix| ix.name.clone())),
                 };
-                match &route {
-                    Route::Keys(keys) => {
-                        for k in keys {
+                match (&route, &kind) {
+                    (
+                        Route::Keys,
+                        Kind::Rows {
+                            matcher: Matcher::Keys(keys),
+                            ..
+                        },
+                    ) => {
+                        for (k, _) in keys {
                             add_route(&mut routes.by_key, k.clone(), id);
                         }
                     }
-                    Route::IndexValues { index, values } => {
+                    (
+                        Route::IndexValues,
+                        Kind::Rows {
+                            matcher: Matcher::IndexValues { ix, values },
+                            ..
+                        },
+                    ) => {
                         let r = routes
                             .by_index_value
-                            .get_mut(index)
+                            .get_mut(&ix.name)
                             .expect("inserted above");
-                        for v in values {
+                        for (v, _) in values {
                             add_route(&mut r.values, v.clone(), id);
                         }
                     }
-                    Route::Eq { path, value } => {
+                    (Route::Keys | Route::IndexValues, _) => unreachable!("routes follow matchers"),
+                    (Route::Eq { path, value }, _) => {
                         add_route(
                             routes.by_eq.entry(path.clone()).or_default(),
                             value.clone(),
                             id,
                         );
                     }
-                    Route::Scan => routes.scan.push(id),
-                    Route::TopN => {}
+                    (Route::Scan, _) => routes.scan.push(id),
+                    (Route::TopN, _) => {}
                 }
                 let is_topn = matches!(route, Route::TopN);
                 routes.by_signature.insert(signature.clone(), id);

@@ -266,7 +266,7 @@ impl Changes {
                     );
                 }
                 db.inner.hub.count_timer_feed(1);
-                feed.timer = Some(timer);
+                feed.timer = Some(Box::new(timer));
                 None
             }
             plan => {
@@ -402,7 +402,7 @@ pub struct Feed {
     /// A squash window's batch being handed over.
     batch: VecDeque<Change>,
     registration: Option<Registration>,
-    timer: Option<StatsTimer>,
+    timer: Option<Box<StatsTimer>>,
     include_types: bool,
     include_offsets: bool,
     window: Option<Duration>,

@@ -8,7 +8,6 @@ use crate::storage::Bytes;
 use crate::value::encode_value;
 use crate::{Error, Result};
 use serde_json::{Map, Value};
-use std::collections::HashMap;
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -27,14 +26,22 @@ fn in_range(lo: &Bound<Vec<u8>>, hi: &Bound<Vec<u8>>, k: &[u8]) -> bool {
         }
 }
 
+/// How many times `key` occurs in a sorted, counted list.
+fn times(list: &[(Vec<u8>, usize)], key: &[u8]) -> usize {
+    list.binary_search_by(|(k, _)| k.as_slice().cmp(key))
+        .map_or(0, |i| list[i].1)
+}
+
 /// Which rows of the table a feed's source selects, and how many times (a key given twice to
 /// `get_all` selects its row twice).
 pub(crate) enum Matcher {
     All,
-    Keys(HashMap<Vec<u8>, usize>),
+    /// Primary keys, sorted, each with how many times it was given.
+    Keys(Vec<(Vec<u8>, usize)>),
+    /// Index values, sorted, each with how many times it was given.
     IndexValues {
         ix: Arc<IndexState>,
-        values: HashMap<Vec<u8>, usize>,
+        values: Vec<(Vec<u8>, usize)>,
     },
     PrimaryRange {
         lo: Bound<Vec<u8>>,
@@ -52,12 +59,12 @@ impl Matcher {
     pub(crate) fn count(&self, key: &[u8], doc: &Value) -> usize {
         match self {
             Matcher::All => 1,
-            Matcher::Keys(keys) => keys.get(key).copied().unwrap_or(0),
+            Matcher::Keys(keys) => times(keys, key),
             Matcher::IndexValues { ix, values } => ix
                 .compiled
                 .values(doc)
                 .iter()
-                .map(|v| values.get(&encode_value(v)).copied().unwrap_or(0))
+                .map(|v| times(values, &encode_value(v)))
                 .sum(),
             Matcher::PrimaryRange { lo, hi } => usize::from(in_range(lo, hi, key)),
             Matcher::IndexRange { ix, lo, hi } => ix
@@ -293,12 +300,16 @@ impl FeedPlan {
                 limit,
             });
         }
-        let counted = |keys: Vec<Vec<u8>>| {
-            let mut m = HashMap::new();
+        let counted = |mut keys: Vec<Vec<u8>>| {
+            keys.sort();
+            let mut out: Vec<(Vec<u8>, usize)> = Vec::with_capacity(keys.len());
             for k in keys {
-                *m.entry(k).or_insert(0) += 1;
+                match out.last_mut() {
+                    Some((last, n)) if *last == k => *n += 1,
+                    _ => out.push((k, 1)),
+                }
             }
-            m
+            out
         };
         let matcher = match access {
             Access::Primary {
