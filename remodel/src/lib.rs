@@ -48,5 +48,10 @@ pub use query::{
     Query, Table, Write,
 };
 
+/// The README's examples, compiled as doctests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+mod readme {}
+
 /// Re-exported so that callers can build documents with `json!` without another dependency.
 pub use serde_json::{json, Value};

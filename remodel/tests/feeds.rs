@@ -548,7 +548,7 @@ async fn initial_rows_then_changes_equal_the_query_under_concurrent_writes() {
     let db = db_with("t").await;
     let t = db.table("t");
     t.create_index("v", IndexSpec::field("v")).await.unwrap();
-    let queries = vec![
+    let queries = [
         t.query(),
         t.filter(field("v").gt(50)),
         t.filter(field("g").eq(1)),

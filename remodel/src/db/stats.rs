@@ -15,9 +15,12 @@ pub(crate) struct Stats {
     sampler: Mutex<Sampler>,
 }
 
+/// Read and write totals per table (`""` for the database), taken at an instant.
+type Sample = (Instant, HashMap<String, (u64, u64)>);
+
 #[derive(Default)]
 struct Sampler {
-    last: Option<(Instant, HashMap<String, (u64, u64)>)>,
+    last: Option<Sample>,
     rates: HashMap<String, (f64, f64)>,
 }
 

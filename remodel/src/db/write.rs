@@ -84,6 +84,9 @@ impl WriteResult {
     }
 }
 
+/// A function computing a patch from the current document (see [`Patch::With`]).
+pub type PatchFn = dyn Fn(&Value) -> Result<Value> + Send + Sync;
+
 /// How an update changes a document.
 #[derive(Clone)]
 pub enum Patch {
@@ -91,7 +94,7 @@ pub enum Patch {
     Merge(Value),
     /// Compute the object to merge from the current document. It runs under the commit lock,
     /// so a read-modify-write through it never loses a concurrent update.
-    With(Arc<dyn Fn(&Value) -> Result<Value> + Send + Sync>),
+    With(Arc<PatchFn>),
 }
 
 impl Patch {
@@ -191,6 +194,9 @@ pub(crate) struct Committed {
     pub new: Option<Arc<Value>>,
 }
 
+/// A key touched by a chunk: its document before the chunk, and as staged by it.
+type Staged = (Option<Arc<Value>>, Option<Arc<Value>>);
+
 /// How many documents go into one atomic storage batch.
 const CHUNK: usize = 4096;
 
@@ -238,7 +244,7 @@ impl DbInner {
         wakes: &mut Vec<std::task::Waker>,
     ) -> Result<()> {
         // The state of each touched key: before this chunk, and staged by it.
-        let mut staged: HashMap<Vec<u8>, (Option<Arc<Value>>, Option<Arc<Value>>)> = HashMap::new();
+        let mut staged: HashMap<Vec<u8>, Staged> = HashMap::new();
         let mut order: Vec<Vec<u8>> = Vec::new();
 
         for op in ops {
@@ -445,22 +451,6 @@ impl Database {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn merge_is_deep_for_objects_only() {
-        let mut doc = json!({"a": {"b": 1, "c": 2}, "l": [1, 2], "x": 1});
-        merge(&mut doc, &json!({"a": {"b": 5}, "l": [3], "y": null}));
-        assert_eq!(
-            doc,
-            json!({"a": {"b": 5, "c": 2}, "l": [3], "x": 1, "y": null})
-        );
-    }
-}
-
 impl DbInner {
     /// Writes every row selected by `plan`, selecting and writing under one hold of the commit
     /// lock (each chunk of 4,096 documents is atomic).
@@ -503,5 +493,21 @@ impl DbInner {
         drop(seq);
         wakes.drain(..).for_each(std::task::Waker::wake);
         Ok(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn merge_is_deep_for_objects_only() {
+        let mut doc = json!({"a": {"b": 1, "c": 2}, "l": [1, 2], "x": 1});
+        merge(&mut doc, &json!({"a": {"b": 5}, "l": [3], "y": null}));
+        assert_eq!(
+            doc,
+            json!({"a": {"b": 5, "c": 2}, "l": [3], "x": 1, "y": null})
+        );
     }
 }

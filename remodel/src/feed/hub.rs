@@ -397,6 +397,14 @@ impl Group {
     }
 }
 
+/// A new subscription: its membership, its initial rows, and (for readers of the group's
+/// shared log) the log and its reader position.
+pub(crate) struct Subscribed {
+    pub registration: Registration,
+    pub initial: Initial,
+    pub reader: Option<(Arc<Log>, Reader)>,
+}
+
 /// What a new subscription starts from.
 pub(crate) enum Initial {
     /// The rows to deliver first (already transformed), best first for top-N feeds.
@@ -466,7 +474,7 @@ impl Hub {
         join: Join,
         initial_rows: impl FnOnce() -> Result<Vec<Arc<Value>>>,
         want_initial: bool,
-    ) -> Result<(Registration, Initial, Option<(Arc<Log>, Reader)>)> {
+    ) -> Result<Subscribed> {
         let table = match &plan {
             FeedPlan::Rows { table, .. } | FeedPlan::TopN { table, .. } => table.clone(),
             FeedPlan::Stats { .. } => unreachable!("stats feeds are timer feeds"),
@@ -605,8 +613,8 @@ impl Hub {
         drop(routes);
         feeds.open.fetch_add(1, Ordering::AcqRel);
         self.open.fetch_add(1, Ordering::AcqRel);
-        Ok((
-            Registration {
+        Ok(Subscribed {
+            registration: Registration {
                 table: feeds,
                 hub_open: self.clone(),
                 group: id,
@@ -614,7 +622,7 @@ impl Hub {
             },
             initial,
             reader,
-        ))
+        })
     }
 
     /// Counts a feed that is not routed through a table (stats feeds).

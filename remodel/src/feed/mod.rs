@@ -272,11 +272,11 @@ impl Changes {
             plan => {
                 let signature = format!("{:?}|{:?}", query.source, query.steps);
                 let rows = || -> Result<Vec<Arc<Value>>> {
-                    Ok(query
+                    query
                         .plan()?
                         .rows()
                         .map(|r| r.map(|row| Arc::new(row.doc)))
-                        .collect::<Result<_>>()?)
+                        .collect()
                 };
                 // Under the commit lock: the snapshot and the subscription see the same commit.
                 let _commit = db.inner.writer.lock();
@@ -286,15 +286,15 @@ impl Changes {
                 } else {
                     Join::Shared(capacity)
                 };
-                let (reg, initial, reader) =
+                let sub =
                     db.inner
                         .hub
                         .subscribe(plan, signature, join, rows, opts.include_initial)?;
-                feed.registration = Some(reg);
-                if let Some((log, reader)) = reader {
+                feed.registration = Some(sub.registration);
+                if let Some((log, reader)) = sub.reader {
                     feed.inbox = Inbox::Shared(log, reader);
                 }
-                match initial {
+                match sub.initial {
                     Initial::Rows(rows) => Some(rows),
                     Initial::None => None,
                 }

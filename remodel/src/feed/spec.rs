@@ -161,6 +161,9 @@ pub(crate) enum FeedPlan {
     Stats { view: View },
 }
 
+/// Rows in an ordering: (order key, primary key, document).
+pub(crate) type OrderedRows = Box<dyn Iterator<Item = Result<(Vec<u8>, Bytes, Value)>> + Send>;
+
 /// An index (or the primary key) read in a direction, for top-N feeds.
 #[derive(Clone)]
 pub(crate) struct OrderedIndex {
@@ -186,11 +189,7 @@ impl OrderedIndex {
     }
 
     /// Rows after `after` (exclusive) in this ordering, as (order key, primary key, doc bytes).
-    pub(crate) fn scan_after(
-        &self,
-        table: &TableState,
-        after: Option<&[u8]>,
-    ) -> Box<dyn Iterator<Item = Result<(Vec<u8>, Bytes, Value)>> + Send> {
+    pub(crate) fn scan_after(&self, table: &TableState, after: Option<&[u8]>) -> OrderedRows {
         let (mut lo, mut hi) = (self.lo.clone(), self.hi.clone());
         if let Some(a) = after {
             if self.desc {

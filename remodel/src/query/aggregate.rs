@@ -187,12 +187,18 @@ impl Grouped {
 
     fn reduce(&self, how: Reduce) -> Result<Vec<Group>> {
         let plan = self.query.plan()?;
-        let keys_of: Box<dyn Fn(&Value) -> Vec<Value>> = if self.multi {
-            let ix = plan.table.index(&self.by)?;
-            Box::new(move |doc| ix.compiled.values(doc))
+        enum By {
+            Index(std::sync::Arc<crate::db::IndexState>),
+            Field(FieldPath),
+        }
+        let by = if self.multi {
+            By::Index(plan.table.index(&self.by)?)
         } else {
-            let path = FieldPath::parse(&self.by)?;
-            Box::new(move |doc| vec![path.get(doc).cloned().unwrap_or(Value::Null)])
+            By::Field(FieldPath::parse(&self.by)?)
+        };
+        let keys_of = |doc: &Value| match &by {
+            By::Index(ix) => ix.compiled.values(doc),
+            By::Field(path) => vec![path.get(doc).cloned().unwrap_or(Value::Null)],
         };
         // Groups keyed by the order-preserving encoding of their value: sorted and exact.
         struct Acc {

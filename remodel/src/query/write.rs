@@ -96,7 +96,7 @@ impl IntoFuture for Insert {
 
 enum Target {
     Key(Table, Value),
-    Query(Query),
+    Query(Box<Query>),
 }
 
 enum Action {
@@ -236,7 +236,7 @@ impl Query {
     /// Merges a patch into every row of the query (see [`Patch`]).
     pub fn update(&self, patch: impl Into<Patch>) -> Write {
         Write {
-            target: Target::Query(self.clone()),
+            target: Target::Query(Box::new(self.clone())),
             action: Action::Update(patch.into()),
             opts: Options::default(),
         }
@@ -245,7 +245,7 @@ impl Query {
     /// Deletes every row of the query.
     pub fn delete(&self) -> Write {
         Write {
-            target: Target::Query(self.clone()),
+            target: Target::Query(Box::new(self.clone())),
             action: Action::Delete,
             opts: Options::default(),
         }
