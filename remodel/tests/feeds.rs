@@ -533,12 +533,21 @@ async fn stats_feed_emits_changed_rows_about_once_a_second() {
 
 // ---- the include_initial invariant under concurrent writes ----
 
+/// Applies an item to the consumer's copy of the result, checking that it fits exactly: a
+/// change's `old_val` is the row the consumer has (no gap), and a row that enters is not
+/// there yet (no duplicate).
 fn apply(map: &mut BTreeMap<String, Value>, c: &Change) {
     if let Some(old) = c.old_val() {
-        map.remove(&old["id"].to_string());
+        let had = map.remove(&old["id"].to_string());
+        assert_eq!(
+            had.as_ref(),
+            Some(old),
+            "old_val must be the row the consumer has"
+        );
     }
     if let Some(new) = c.new_val() {
-        map.insert(new["id"].to_string(), new.clone());
+        let had = map.insert(new["id"].to_string(), new.clone());
+        assert_eq!(had, None, "a row that enters must not be there yet: {new}");
     }
 }
 
@@ -606,6 +615,75 @@ async fn initial_rows_then_changes_equal_the_query_under_concurrent_writes() {
             .into_iter()
             .map(|d| (d["id"].to_string(), d))
             .collect();
+        assert_eq!(map, expected, "feed on {q:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_initial_rows_of_a_large_table_fit_the_changes_exactly() {
+    use rand::{Rng, SeedableRng};
+    let db = db_with("t").await;
+    let t = db.table("t");
+    // Several chunks of initial rows, with writers running while they are read.
+    t.insert_many((0..3_000).map(|i| json!({"id": i, "v": i % 100})))
+        .await
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..2)
+        .map(|w| {
+            let (t, stop) = (t.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(w);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let id = rng.gen_range(0..3_500);
+                    if rng.gen_bool(0.2) {
+                        t.get(id).delete().await.unwrap();
+                    } else {
+                        t.insert(json!({"id": id, "v": rng.gen_range(0..100)}))
+                            .conflict(remodel::Conflict::Replace)
+                            .durability(remodel::Durability::Soft)
+                            .await
+                            .unwrap();
+                    }
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    let queries = [
+        t.query(),
+        t.filter(field("v").lt(30)),
+        t.between(Bound::Included(json!(500)), Bound::Unbounded),
+    ];
+    let mut feeds = Vec::new();
+    for q in queries {
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        let squashing = q
+            .changes()
+            .include_initial(true)
+            .squash(true)
+            .await
+            .unwrap();
+        let plain = q.changes().include_initial(true).await.unwrap();
+        feeds.push((q.clone(), plain, BTreeMap::new()));
+        feeds.push((q, squashing, BTreeMap::new()));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    for (q, mut feed, mut map) in feeds {
+        for item in drain(&mut feed) {
+            apply(&mut map, &item.unwrap());
+        }
+        let expected: BTreeMap<String, Value> = q
+            .run()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| (d["id"].to_string(), d))
+            .collect();
+        assert_eq!(map.len(), expected.len(), "feed on {q:?}");
         assert_eq!(map, expected, "feed on {q:?}");
     }
 }

@@ -89,11 +89,42 @@ pub(crate) struct Reader {
     cursor: u64,
     /// The log epoch in which this reader's waker was listed, and that waker.
     listed: Option<(u64, Waker)>,
+    /// While the feed's initial rows are read in chunks: from which log position on each
+    /// scan frontier holds (the last primary key read, or `None` once the scan is done).
+    /// An item about a row the scan has not reached yet is skipped: the scan reads the row
+    /// as it is after that item.
+    frontier: Vec<(u64, Option<Vec<u8>>)>,
 }
 
 impl Reader {
     pub(crate) fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// Records that, from the log's current end on, the initial scan has read every row up
+    /// to `last` (`None`: all of them).
+    pub(crate) fn scanned(&mut self, log: &Log, last: Option<Vec<u8>>) {
+        self.frontier.push((log.tail.load(Ordering::Acquire), last));
+    }
+
+    fn visible(&self, seq: u64, item: &Change) -> bool {
+        let Some((_, last)) = self.frontier.iter().rev().find(|(from, _)| *from <= seq) else {
+            return self.frontier.is_empty();
+        };
+        match (last, item.key()) {
+            (None, _) => true,
+            (Some(last), Some(key)) => **key <= **last,
+            (Some(_), None) => true,
+        }
+    }
+
+    /// Forgets the frontier once the reader is past the end of the scan.
+    fn settle_frontier(&mut self) {
+        if let Some((from, None)) = self.frontier.last() {
+            if self.cursor >= *from {
+                self.frontier.clear();
+            }
+        }
     }
 }
 
@@ -119,6 +150,7 @@ impl Log {
             capacity: capacity.max(1),
             cursor,
             listed: None,
+            frontier: Vec::new(),
         }
     }
 
@@ -175,15 +207,18 @@ impl Log {
         }
         let mut s = self.state.lock();
         let tail = s.tail();
-        let behind = tail - r.cursor;
-        if behind > r.capacity as u64 {
-            // Discard whole queues' worth, as a private queue would have on overflow.
-            let skipped = ((behind - 1) / r.capacity as u64) * r.capacity as u64;
-            r.cursor += skipped;
-            s.readers[r.slot] = Some((r.cursor, r.capacity));
-            return Next::Overflow(skipped);
-        }
-        if behind > 0 {
+        loop {
+            let behind = tail - r.cursor;
+            if behind > r.capacity as u64 {
+                // Discard whole queues' worth, as a private queue would have on overflow.
+                let skipped = ((behind - 1) / r.capacity as u64) * r.capacity as u64;
+                r.cursor += skipped;
+                s.readers[r.slot] = Some((r.cursor, r.capacity));
+                return Next::Overflow(skipped);
+            }
+            if behind == 0 {
+                break;
+            }
             let Some(at) = r.cursor.checked_sub(s.head) else {
                 // Trimmed past this reader (cannot happen while queue sizes hold, but a
                 // reader must never read a wrong item): report the gap as skipped.
@@ -196,15 +231,26 @@ impl Log {
             // need no lock.
             let take = behind.min(MAX_BATCH) as usize;
             let at = at as usize;
-            let item = s.items[at].clone();
-            more.extend(s.items.range(at + 1..at + take).cloned());
-            r.cursor += take as u64;
-            s.readers[r.slot] = Some((r.cursor, r.capacity));
-            if r.cursor == tail {
-                // The last item: list the waker now, which spares the next poll the lock.
-                Self::list(&mut s, r, waker);
+            let mut first = None;
+            for (i, item) in s.items.range(at..at + take).enumerate() {
+                if !r.visible(r.cursor + i as u64, item) {
+                    continue;
+                }
+                match first {
+                    None => first = Some(item.clone()),
+                    Some(_) => more.push_back(item.clone()),
+                }
             }
-            return Next::Item(item);
+            r.cursor += take as u64;
+            r.settle_frontier();
+            s.readers[r.slot] = Some((r.cursor, r.capacity));
+            if let Some(item) = first {
+                if r.cursor == tail {
+                    // The last item: list the waker now, which spares the next poll the lock.
+                    Self::list(&mut s, r, waker);
+                }
+                return Next::Item(item);
+            }
         }
         if let Some(e) = &s.closed {
             return Next::Closed(e.clone());

@@ -48,6 +48,7 @@ use serde_json::Value;
 use spec::{FeedPlan, View};
 use std::collections::{HashMap, VecDeque};
 use std::future::{Future, IntoFuture};
+use std::ops::Bound;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -271,32 +272,49 @@ impl Changes {
             }
             plan => {
                 let signature = format!("{:?}|{:?}", query.source, query.steps);
-                let rows = || -> Result<Vec<Arc<Value>>> {
-                    query
-                        .plan()?
-                        .rows()
-                        .map(|r| r.map(|row| Arc::new(row.doc)))
-                        .collect()
-                };
-                // Under the commit lock: the snapshot and the subscription see the same commit.
-                let _commit = db.inner.writer.lock();
-                db.check_open()?;
                 let join = if own_queue {
                     Join::Own(sub)
                 } else {
                     Join::Shared(capacity)
                 };
-                let sub =
-                    db.inner
-                        .hub
-                        .subscribe(plan, signature, join, rows, opts.include_initial)?;
-                feed.registration = Some(sub.registration);
-                if let Some((log, reader)) = sub.reader {
-                    feed.inbox = Inbox::Shared(log, reader);
-                }
-                match sub.initial {
-                    Initial::Rows(rows) => Some(rows),
-                    Initial::None => None,
+                match plan.primary_range().filter(|_| opts.include_initial) {
+                    // A table (or primary key range) can be large: its initial rows are read
+                    // in chunks, releasing the commit lock in between, so writers wait for
+                    // one chunk at most.
+                    Some((table, lo, hi)) => {
+                        let view = FeedPlan::new(query.plan()?, false)?
+                            .into_view()
+                            .ok_or_else(|| Error::query("a primary range feed has a row view"))?;
+                        Some(feed.subscribe_chunked(
+                            &db,
+                            plan,
+                            signature,
+                            join,
+                            (table, lo, hi),
+                            &view,
+                        )?)
+                    }
+                    None => {
+                        let rows = || -> Result<Vec<Arc<Value>>> {
+                            query
+                                .plan()?
+                                .rows()
+                                .map(|r| r.map(|row| Arc::new(row.doc)))
+                                .collect()
+                        };
+                        // Under the commit lock: the snapshot and the subscription see the
+                        // same commit.
+                        let _commit = db.inner.writer.lock();
+                        db.check_open()?;
+                        let sub = db.inner.hub.subscribe(
+                            plan,
+                            signature,
+                            join,
+                            rows,
+                            opts.include_initial,
+                        )?;
+                        feed.join(sub)
+                    }
                 }
             }
         };
@@ -451,7 +469,81 @@ impl Inbox {
     }
 }
 
+/// How many rows a chunk of a chunked initial read holds.
+const INITIAL_CHUNK: usize = 512;
+
 impl Feed {
+    /// Takes a new subscription's membership and inbox; returns its initial rows.
+    fn join(&mut self, sub: hub::Subscribed) -> Option<Vec<Arc<Value>>> {
+        self.registration = Some(sub.registration);
+        if let Some((log, reader)) = sub.reader {
+            self.inbox = Inbox::Shared(log, reader);
+        }
+        match sub.initial {
+            Initial::Rows(rows) => Some(rows),
+            Initial::None => None,
+        }
+    }
+
+    /// Subscribes and reads the initial rows of a primary key range in chunks. Each chunk is
+    /// read under the commit lock; after it, the inbox learns how far the scan got, so that
+    /// changes to rows the scan has already read are delivered and changes to rows it has
+    /// not reached are dropped (the scan reads those rows later, as they are then). Every
+    /// row is thus seen once: in the initial rows, or through changes, never both, never
+    /// neither.
+    fn subscribe_chunked(
+        &mut self,
+        db: &Database,
+        plan: FeedPlan,
+        signature: String,
+        join: Join,
+        (table, lo, hi): (Arc<crate::db::TableState>, Bound<Vec<u8>>, Bound<Vec<u8>>),
+        view: &View,
+    ) -> Result<Vec<Arc<Value>>> {
+        let mut plan = Some((plan, signature, join));
+        let mut rows = Vec::new();
+        let mut from = lo;
+        loop {
+            let _commit = db.inner.writer.lock();
+            db.check_open()?;
+            if table.is_dropped() {
+                return Err(Error::NoSuchTable(table.name.clone()));
+            }
+            if let Some((plan, signature, join)) = plan.take() {
+                let sub =
+                    db.inner
+                        .hub
+                        .subscribe(plan, signature, join, || Ok(Vec::new()), false)?;
+                self.join(sub);
+            }
+            let mut last = None;
+            let mut read = 0;
+            for entry in table
+                .docs
+                .range(from.clone(), hi.clone())
+                .take(INITIAL_CHUNK)
+            {
+                let (key, bytes) = entry?;
+                let doc = Arc::new(table.parse_doc(&bytes)?);
+                if let Some(seen) = view.apply(&doc) {
+                    rows.push(seen);
+                }
+                last = Some(key.to_vec());
+                read += 1;
+            }
+            let done = read < INITIAL_CHUNK;
+            let frontier = if done { None } else { last.clone() };
+            match &mut self.inbox {
+                Inbox::Shared(log, reader) => reader.scanned(log, frontier),
+                Inbox::Own(sub) => sub.scanned(frontier),
+            }
+            match (done, last) {
+                (false, Some(k)) => from = Bound::Excluded(k),
+                _ => return Ok(rows),
+            }
+        }
+    }
+
     fn decorate(&self, c: Change) -> Change {
         c.shown(self.include_types, self.include_offsets)
     }

@@ -34,6 +34,9 @@ struct Queue {
     skipped: u64,
     /// When the oldest queued item arrived (for squash windows).
     since: Option<Instant>,
+    /// While the initial rows are read in chunks: the last primary key read. Changes of
+    /// rows past it are dropped (the scan will read those rows as they are then).
+    scanned: Option<Vec<u8>>,
     closed: Option<Error>,
 }
 
@@ -69,6 +72,11 @@ impl Subscriber {
         if q.closed.is_some() {
             return false;
         }
+        if let (Some(last), Some(key)) = (&q.scanned, item.key()) {
+            if **key > **last {
+                return false;
+            }
+        }
         if self.squash && self.merge(&mut q, &item) {
             return false;
         }
@@ -92,6 +100,12 @@ impl Subscriber {
         q.items.push_back(Some(item));
         q.live += 1;
         was_empty
+    }
+
+    /// Records how far the initial scan has read (`None`: all rows). Called under the
+    /// commit lock, like `push`.
+    pub(crate) fn scanned(&self, last: Option<Vec<u8>>) {
+        self.queue.lock().scanned = last;
     }
 
     /// The consumer's waker, to wake it later (after the commit lock is released).

@@ -239,6 +239,34 @@ impl OrderedIndex {
 }
 
 impl FeedPlan {
+    /// For feeds over a primary key range (table feeds, `between` on the primary key), the
+    /// range: their initial rows can be read in chunks.
+    pub(crate) fn primary_range(
+        &self,
+    ) -> Option<(Arc<TableState>, Bound<Vec<u8>>, Bound<Vec<u8>>)> {
+        match self {
+            FeedPlan::Rows {
+                table,
+                matcher: Matcher::All,
+                ..
+            } => Some((table.clone(), Bound::Unbounded, Bound::Unbounded)),
+            FeedPlan::Rows {
+                table,
+                matcher: Matcher::PrimaryRange { lo, hi },
+                ..
+            } => Some((table.clone(), lo.clone(), hi.clone())),
+            _ => None,
+        }
+    }
+
+    /// The row view of a rows feed.
+    pub(crate) fn into_view(self) -> Option<View> {
+        match self {
+            FeedPlan::Rows { view, .. } => Some(view),
+            _ => None,
+        }
+    }
+
     pub(crate) fn new(plan: Plan, stats: bool) -> Result<Self> {
         let Plan {
             table,
