@@ -284,10 +284,9 @@ async fn top_n_ties_are_broken_by_primary_key_and_empty_sets_shrink() {
     t.insert_many(vec![json!({"id": "y", "p": 1}), json!({"id": "x", "p": 1})])
         .await
         .unwrap();
-    // Ascending, limit 1 (a live min): the tie goes to the smaller key.
+    // A live min (order_by(index).limit(1)): the tie goes to the smaller key.
     let mut min = t
-        .order_by(Order::index("p"))
-        .limit(1)
+        .min_by_index("p")
         .changes()
         .include_initial(true)
         .await

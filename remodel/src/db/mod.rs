@@ -98,8 +98,11 @@ impl Config {
 
     /// Opens the database. Opening a path that is already open in this process returns
     /// the handle that is already open (the configuration of the first open stays).
+    ///
+    /// Opening reads the catalog, lets sled recover its log, and finishes index builds that a
+    /// crash interrupted; all of that runs on a blocking thread, not on the async workers.
     pub async fn open(self) -> Result<Database> {
-        Database::open_with(self)
+        spawn_blocking(move || Database::open_with(self)).await
     }
 }
 

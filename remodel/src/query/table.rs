@@ -114,6 +114,17 @@ impl Table {
         )
     }
 
+    /// The row with the smallest value of an index (ties: the smallest primary key), as a
+    /// query: `.run()` it, or watch it with `.changes()` (a top-1 feed).
+    pub fn min_by_index(&self, index: &str) -> Query {
+        self.order_by(Order::index(index)).limit(1)
+    }
+
+    /// The row with the largest value of an index, as a query (see [`Table::min_by_index`]).
+    pub fn max_by_index(&self, index: &str) -> Query {
+        self.order_by(Order::index(index).desc()).limit(1)
+    }
+
     /// The table filtered by a predicate.
     pub fn filter(&self, predicate: Predicate) -> Query {
         self.query().filter(predicate)
