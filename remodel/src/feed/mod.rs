@@ -45,7 +45,7 @@ use hub::{Initial, Join, Registration};
 use log::{Log, Reader};
 use queue::Next;
 use serde_json::Value;
-use spec::{FeedPlan, View};
+use spec::{FeedPlan, ScanRange, View};
 use std::collections::{HashMap, VecDeque};
 use std::future::{Future, IntoFuture};
 use std::ops::Bound;
@@ -281,18 +281,11 @@ impl Changes {
                     // A table (or primary key range) can be large: its initial rows are read
                     // in chunks, releasing the commit lock in between, so writers wait for
                     // one chunk at most.
-                    Some((table, lo, hi)) => {
+                    Some(range) => {
                         let view = FeedPlan::new(query.plan()?, false)?
                             .into_view()
                             .ok_or_else(|| Error::query("a primary range feed has a row view"))?;
-                        Some(feed.subscribe_chunked(
-                            &db,
-                            plan,
-                            signature,
-                            join,
-                            (table, lo, hi),
-                            &view,
-                        )?)
+                        Some(feed.subscribe_chunked(&db, plan, signature, join, range, &view)?)
                     }
                     None => {
                         let rows = || -> Result<Vec<Arc<Value>>> {
@@ -497,7 +490,7 @@ impl Feed {
         plan: FeedPlan,
         signature: String,
         join: Join,
-        (table, lo, hi): (Arc<crate::db::TableState>, Bound<Vec<u8>>, Bound<Vec<u8>>),
+        ScanRange { table, lo, hi }: ScanRange,
         view: &View,
     ) -> Result<Vec<Arc<Value>>> {
         let mut plan = Some((plan, signature, join));

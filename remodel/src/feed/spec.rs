@@ -142,6 +142,13 @@ impl View {
     }
 }
 
+/// A range of a table's primary keys, to read in order.
+pub(crate) struct ScanRange {
+    pub table: Arc<TableState>,
+    pub lo: Bound<Vec<u8>>,
+    pub hi: Bound<Vec<u8>>,
+}
+
 /// A watchable query.
 pub(crate) enum FeedPlan {
     /// Table, point, get_all and between feeds (with filters and transforms).
@@ -241,22 +248,25 @@ impl OrderedIndex {
 impl FeedPlan {
     /// For feeds over a primary key range (table feeds, `between` on the primary key), the
     /// range: their initial rows can be read in chunks.
-    pub(crate) fn primary_range(
-        &self,
-    ) -> Option<(Arc<TableState>, Bound<Vec<u8>>, Bound<Vec<u8>>)> {
-        match self {
+    pub(crate) fn primary_range(&self) -> Option<ScanRange> {
+        let (table, lo, hi) = match self {
             FeedPlan::Rows {
                 table,
                 matcher: Matcher::All,
                 ..
-            } => Some((table.clone(), Bound::Unbounded, Bound::Unbounded)),
+            } => (table, Bound::Unbounded, Bound::Unbounded),
             FeedPlan::Rows {
                 table,
                 matcher: Matcher::PrimaryRange { lo, hi },
                 ..
-            } => Some((table.clone(), lo.clone(), hi.clone())),
-            _ => None,
-        }
+            } => (table, lo.clone(), hi.clone()),
+            _ => return None,
+        };
+        Some(ScanRange {
+            table: table.clone(),
+            lo,
+            hi,
+        })
     }
 
     /// The row view of a rows feed.
