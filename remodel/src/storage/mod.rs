@@ -5,10 +5,15 @@
 //! replaceable (sled 0.34 has known crash-consistency reports; another engine may be added
 //! beside it) and keeps the write path in one place.
 
+mod journal;
+
 use crate::Result;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+const JOURNAL_TREE: &str = "__remodel_journal";
 
 /// Bytes handed out by the engine (cheap to clone, derefs to `[u8]`).
 pub(crate) type Bytes = sled::IVec;
@@ -24,12 +29,16 @@ pub(crate) struct EngineConfig<'a> {
 #[derive(Clone)]
 pub(crate) struct Storage {
     db: sled::Db,
+    /// Intent records of multi-key batches (see `journal`).
+    journal: sled::Tree,
+    journal_seq: Arc<AtomicU64>,
 }
 
 /// One ordered tree of byte keys.
 #[derive(Clone)]
 pub(crate) struct Tree {
     inner: sled::Tree,
+    name: String,
 }
 
 impl Storage {
@@ -42,12 +51,22 @@ impl Storage {
             Some(p) => sc.path(p),
             None => sc.temporary(true),
         };
-        Ok(Storage { db: sc.open()? })
+        let db = sc.open()?;
+        let journal = db.open_tree(JOURNAL_TREE)?;
+        let mut storage = Storage {
+            db,
+            journal,
+            journal_seq: Arc::new(AtomicU64::new(0)),
+        };
+        let next = storage.replay_journal()?;
+        storage.journal_seq = Arc::new(AtomicU64::new(next));
+        Ok(storage)
     }
 
     pub(crate) fn tree(&self, name: &str) -> Result<Tree> {
         Ok(Tree {
             inner: self.db.open_tree(name)?,
+            name: name.to_string(),
         })
     }
 
@@ -58,38 +77,43 @@ impl Storage {
 
     /// Applies all writes of the batch atomically: after a crash either all or none are there.
     pub(crate) fn apply(&self, batch: &WriteBatch) -> Result<()> {
-        use sled::Transactional;
         match batch.ops.as_slice() {
-            [] => return Ok(()),
-            // One key is atomic by itself. Skipping the transaction matters: every sled
-            // transaction rolls the log buffer and hands it to sled's I/O threads, waking
-            // them all; a single write does not.
-            [(i, key, value)] => {
-                let tree = &batch.trees[*i].inner;
-                match value {
-                    Some(v) => tree.insert(key.as_slice(), v.as_slice())?,
-                    None => tree.remove(key.as_slice())?,
-                };
-                return Ok(());
-            }
-            _ => {}
-        }
-        let trees: Vec<&sled::Tree> = batch.trees.iter().map(|t| &t.inner).collect();
-        let res: std::result::Result<(), TransactionError<()>> =
-            trees.as_slice().transaction(|txs| {
-                for (i, key, value) in &batch.ops {
-                    match value {
-                        Some(v) => txs[*i].insert(key.as_slice(), v.as_slice())?,
-                        None => txs[*i].remove(key.as_slice())?,
-                    };
+            [] => Ok(()),
+            // One key is atomic by itself.
+            [(i, key, value)] => batch.trees[*i].write(key, value.as_deref()),
+            ops => {
+                // Several keys: through the journal (see `journal`).
+                let id = self
+                    .journal_seq
+                    .fetch_add(1, Ordering::Relaxed)
+                    .to_be_bytes();
+                let entry =
+                    journal::encode(ops.iter().map(|(i, k, v)| {
+                        (batch.trees[*i].name.as_str(), k.as_slice(), v.as_deref())
+                    }));
+                self.journal.insert(id, entry)?;
+                for (i, key, value) in ops {
+                    batch.trees[*i].write(key, value.as_deref())?;
                 }
-                Ok::<(), ConflictableTransactionError<()>>(())
-            });
-        match res {
-            Ok(()) => Ok(()),
-            Err(TransactionError::Storage(e)) => Err(e.into()),
-            Err(TransactionError::Abort(())) => unreachable!("write batches never abort"),
+                self.journal.remove(id)?;
+                Ok(())
+            }
         }
+    }
+
+    /// Applies the batches a crash left in the journal, oldest first.
+    fn replay_journal(&self) -> Result<u64> {
+        let mut next = 0;
+        for entry in self.journal.iter() {
+            let (id, bytes) = entry?;
+            for (tree, key, value) in journal::decode(&bytes)? {
+                self.tree(&tree)?.write(&key, value.as_deref())?;
+            }
+            self.journal.remove(&id)?;
+            next = u64::from_be_bytes(id.as_ref().try_into().unwrap_or([0; 8])) + 1;
+        }
+        self.db.flush()?;
+        Ok(next)
     }
 
     /// Waits until everything written so far is on disk, without blocking the async runtime
@@ -107,6 +131,14 @@ impl Storage {
 }
 
 impl Tree {
+    fn write(&self, key: &[u8], value: Option<&[u8]>) -> Result<()> {
+        match value {
+            Some(v) => self.inner.insert(key, v)?,
+            None => self.inner.remove(key)?,
+        };
+        Ok(())
+    }
+
     pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
         Ok(self.inner.get(key)?)
     }
@@ -203,6 +235,45 @@ mod tests {
         batch.remove(&a, b"k".to_vec());
         s.apply(&batch).unwrap();
         assert_eq!(a.get(b"k").unwrap(), None);
+    }
+
+    #[test]
+    fn a_batch_left_in_the_journal_is_applied_on_open() {
+        let dir = std::env::temp_dir().join(format!("remodel-journal-{}", std::process::id()));
+        let cfg = || EngineConfig {
+            path: Some(&dir),
+            cache_bytes: 1 << 20,
+            flush_every_ms: None,
+        };
+        {
+            let s = Storage::open(cfg()).unwrap();
+            let t = s.tree("t").unwrap();
+            t.write(b"gone", Some(b"x")).unwrap();
+            // As if the process died right after writing the intent record.
+            let ops: Vec<journal::Op> = vec![
+                ("t", b"k", Some(b"v")),
+                ("u", b"k2", Some(b"w")),
+                ("t", b"gone", None),
+            ];
+            s.journal
+                .insert(7u64.to_be_bytes(), journal::encode(ops.into_iter()))
+                .unwrap();
+            s.db.flush().unwrap();
+        }
+        let s = Storage::open(cfg()).unwrap();
+        assert_eq!(
+            s.tree("t").unwrap().get(b"k").unwrap().as_deref(),
+            Some(&b"v"[..])
+        );
+        assert_eq!(
+            s.tree("u").unwrap().get(b"k2").unwrap().as_deref(),
+            Some(&b"w"[..])
+        );
+        assert_eq!(s.tree("t").unwrap().get(b"gone").unwrap(), None);
+        assert_eq!(s.journal.len(), 0);
+        assert_eq!(s.journal_seq.load(Ordering::Relaxed), 8);
+        drop(s);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
