@@ -123,6 +123,22 @@ impl CompiledIndex {
         }
     }
 
+    /// Calls `f` with each value under which `doc` is indexed, without copying single
+    /// values (a multi index may repeat an element; callers that care deduplicate).
+    pub(crate) fn each_value(&self, doc: &Value, mut f: impl FnMut(&Value)) {
+        if self.compound {
+            self.values(doc).iter().for_each(f);
+            return;
+        }
+        match self.paths[0].get(doc) {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(items)) if self.multi => {
+                items.iter().filter(|v| !v.is_null()).for_each(f)
+            }
+            Some(v) => f(v),
+        }
+    }
+
     /// The index tree keys of `doc`: `encode(value) ++ encoded primary key`, sorted.
     pub(crate) fn keys(&self, doc: &Value, pk: &[u8]) -> Vec<Vec<u8>> {
         let mut keys: Vec<Vec<u8>> = self

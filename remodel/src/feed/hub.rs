@@ -17,7 +17,7 @@ use super::spec::{FeedPlan, Matcher, View};
 use super::topn::TopN;
 use crate::db::write::Committed;
 use crate::db::TableState;
-use crate::value::{encode_value, FieldPath};
+use crate::value::{encode_value_into, FieldPath};
 use crate::{Error, Result};
 use parking_lot::{Mutex, RwLock};
 use serde_json::Value;
@@ -78,6 +78,8 @@ struct TopReg {
 struct Scratch {
     ids: Vec<GroupId>,
     keys: Vec<(Option<String>, Vec<Vec<u8>>)>,
+    /// Reused for encoding values to look up.
+    buf: Vec<u8>,
 }
 
 impl Scratch {
@@ -322,19 +324,24 @@ impl Routes {
             out.extend_from_slice(g);
         }
         let docs = [c.old.as_deref(), c.new.as_deref()];
+        let buf = &mut scratch.buf;
         for r in self.by_index_value.values() {
             for doc in docs.into_iter().flatten() {
-                for v in r.ix.compiled.values(doc) {
-                    if let Some(g) = r.values.get(&encode_value(&v)) {
+                r.ix.compiled.each_value(doc, |v| {
+                    buf.clear();
+                    encode_value_into(v, buf);
+                    if let Some(g) = r.values.get(buf.as_slice()) {
                         out.extend_from_slice(g);
                     }
-                }
+                });
             }
         }
         for (path, values) in &self.by_eq {
             for doc in docs.into_iter().flatten() {
                 if let Some(v) = path.get(doc) {
-                    if let Some(g) = values.get(&encode_value(v)) {
+                    buf.clear();
+                    encode_value_into(v, buf);
+                    if let Some(g) = values.get(buf.as_slice()) {
                         out.extend_from_slice(g);
                     }
                 }
