@@ -96,6 +96,26 @@ async fn point_feed_initial_on_missing_key_and_states() {
 }
 
 #[tokio::test]
+async fn a_batch_that_writes_a_row_back_to_its_value_emits_nothing() {
+    let db = db_with("t").await;
+    let t = db.table("t");
+    t.insert(json!({"id": 1, "v": 1})).await.unwrap();
+    let mut feed = t.changes().await.unwrap();
+    let r = t
+        .insert_many(vec![
+            json!({"id": 1, "v": 2}),
+            json!({"id": 1, "v": 1}),
+            json!({"id": 2}),
+        ])
+        .conflict(remodel::Conflict::Replace)
+        .await
+        .unwrap();
+    assert_eq!((r.replaced, r.inserted), (2, 1));
+    // One batch commits once: row 1 ends where it started, row 2 is new.
+    assert_eq!(pairs(&mut feed), vec![(Value::Null, json!({"id": 2}))]);
+}
+
+#[tokio::test]
 async fn table_feed_with_types() {
     let db = db_with("t").await;
     let t = db.table("t");

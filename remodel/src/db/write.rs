@@ -194,8 +194,9 @@ pub(crate) struct Committed {
     pub new: Option<Arc<Value>>,
 }
 
-/// A key touched by a chunk: its document before the chunk, and as staged by it.
-type Staged = (Option<Arc<Value>>, Option<Arc<Value>>);
+/// A key touched by a chunk: its document before the chunk, as staged by it, and whether
+/// more than one write of the chunk changed it.
+type Staged = (Option<Arc<Value>>, Option<Arc<Value>>, bool);
 
 /// How many documents go into one atomic storage batch.
 const CHUNK: usize = 4096;
@@ -255,10 +256,10 @@ impl DbInner {
                 | WriteOp::Delete { key } => key.clone(),
             };
             let current = match staged.get(&key) {
-                Some((_, new)) => new.clone(),
+                Some((_, new, _)) => new.clone(),
                 None => {
                     let before = table.get_doc(&key)?.map(Arc::new);
-                    staged.insert(key.clone(), (before.clone(), before.clone()));
+                    staged.insert(key.clone(), (before.clone(), before.clone(), false));
                     order.push(key.clone());
                     before
                 }
@@ -318,7 +319,9 @@ impl DbInner {
                     new_val: next.as_deref().cloned(),
                 });
             }
-            staged.get_mut(&key).expect("staged above").1 = next;
+            let entry = staged.get_mut(&key).expect("staged above");
+            entry.2 = !same(&entry.0, &entry.1); // a second change of this key
+            entry.1 = next;
         }
 
         // Net effect per key, in first-touch order.
@@ -326,8 +329,10 @@ impl DbInner {
         let mut committed = Vec::with_capacity(order.len());
         let indexes = table.indexes.read();
         for key in order {
-            let (old, new) = staged.remove(&key).expect("every ordered key is staged");
-            if old == new {
+            let (old, new, rewritten) = staged.remove(&key).expect("every ordered key is staged");
+            // Each write was already compared with the value it replaced; only a key written
+            // twice can come back to where it started.
+            if same(&old, &new) || (rewritten && old == new) {
                 continue;
             }
             match &new {
@@ -375,6 +380,15 @@ impl DbInner {
             .fetch_add(committed.len() as u64, Ordering::Relaxed);
         self.hub.publish(table, &committed, wakes);
         Ok(())
+    }
+}
+
+/// Whether two staged values are the same allocation (or both absent).
+fn same(a: &Option<Arc<Value>>, b: &Option<Arc<Value>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
     }
 }
 
