@@ -3,6 +3,28 @@
 //! Call `.changes()` on a table, a `get`, or a query, set options, and `.await` it to get a
 //! [`Feed`], a `futures::Stream` of [`Change`] items. Dropping the feed unsubscribes.
 //!
+//! | query | feed |
+//! |---|---|
+//! | `table` | every row |
+//! | `get(key)` | one row (a missing row is `new_val: None` among the initial rows) |
+//! | `get_all(keys)`, optionally `.index(name)` | rows by key or index value (a key given twice, twice) |
+//! | `between(lo, hi)`, optionally `.index(name)` | rows in a range; rows moving in or out are reported |
+//! | any of those + `filter` / `pluck` / `without` | the same, as the query sees the rows |
+//! | `order_by(Order::index(..)).limit(n)` (also `min_by_index`, `max_by_index`) | the top `n`, maintained incrementally |
+//! | `db.stats()` | changed stats rows, about once a second |
+//!
+//! Anything else is refused when the feed is created, with [`crate::Error::InvalidQuery`]
+//! saying why: `limit` without an index ordering ("cannot watch the first elements of an
+//! unordered stream"), an `order_by` on a field, an index ordering without `limit`, `skip`,
+//! anything after `limit`. Aggregates and terminals (`count`, `group`, `sum`, ...) return
+//! values, not queries, so they cannot be watched by construction.
+//!
+//! Items come in commit order. With `include_initial`, the current rows come first, and
+//! no change is missing or repeated between them and the changes that follow: the
+//! subscription is registered and the rows are read under the commit lock (tables and
+//! primary key ranges are read in chunks, with a scan frontier that tells which changes the
+//! scan has already seen, so writers never wait for a whole table to be read).
+//!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 //! use futures_util::StreamExt;
@@ -182,7 +204,10 @@ impl Changes {
         self.opts.include_offsets = yes;
         self
     }
-    /// Merge changes that pile up while the consumer is not reading.
+    /// Merge changes that pile up while the consumer is not reading: one item per row, with
+    /// its oldest `old_val` and newest `new_val`; a row whose changes cancel out disappears.
+    /// Top-N items pair two rows (and carry offsets), so top-N feeds are not merged; with a
+    /// window they are still handed over in batches.
     pub fn squash(mut self, yes: bool) -> Self {
         self.opts.squash = if yes { Squash::Merge } else { Squash::Off };
         self
