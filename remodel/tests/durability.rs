@@ -5,7 +5,8 @@
 //!
 //! The child is this test binary itself, started with `REMODEL_CRASH_DIR` set.
 
-use remodel::value::compare;
+mod common;
+
 use remodel::{json, Conflict, Database, IndexSpec, Order, Value};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -146,37 +147,10 @@ async fn check_indexes(db: &Database, docs: &BTreeMap<String, Value>) {
     let t = db.table("docs");
     let status = t.index_status().unwrap();
     for (name, spec) in indexes() {
-        // What the index must hold: one entry per (value, document).
-        let mut expected: Vec<(Value, String)> = Vec::new();
-        for (id, d) in docs {
-            let get = |f: &str| {
-                f.split('.')
-                    .try_fold(d, |v, s| v.get(s))
-                    .filter(|v| !v.is_null())
-                    .cloned()
-            };
-            let fields = spec.fields();
-            if spec.is_compound() {
-                if let Some(parts) = fields.iter().map(|f| get(f)).collect::<Option<Vec<_>>>() {
-                    expected.push((Value::Array(parts), id.clone()));
-                }
-            } else if let Some(v) = get(&fields[0]) {
-                match v {
-                    Value::Array(items) if spec.is_multi() => {
-                        let mut seen: Vec<Value> = Vec::new();
-                        for item in items.into_iter().filter(|v| !v.is_null()) {
-                            if !seen.contains(&item) {
-                                seen.push(item.clone());
-                                expected.push((item, id.clone()));
-                            }
-                        }
-                    }
-                    v => expected.push((v, id.clone())),
-                }
-            }
-        }
-        expected
-            .sort_by(|a, b| compare(&a.0, &b.0).then_with(|| compare(&json!(a.1), &json!(b.1))));
+        let want: Vec<String> = common::expected_index_entries(docs.values(), &spec)
+            .into_iter()
+            .map(|(_, id)| id.as_str().unwrap().to_string())
+            .collect();
         let got: Vec<String> = t
             .order_by(Order::index(name))
             .run()
@@ -185,7 +159,6 @@ async fn check_indexes(db: &Database, docs: &BTreeMap<String, Value>) {
             .into_iter()
             .map(|d| d["id"].as_str().unwrap().to_string())
             .collect();
-        let want: Vec<String> = expected.iter().map(|(_, id)| id.clone()).collect();
         assert_eq!(got, want, "index `{name}` disagrees with the documents");
         let entries = status.iter().find(|s| s.name == name).unwrap().entries;
         assert_eq!(entries, want.len(), "index `{name}` has stray entries");

@@ -552,6 +552,51 @@ async fn stats_feed_emits_changed_rows_about_once_a_second() {
 
 // ---- the include_initial invariant under concurrent writes ----
 
+/// Random writers for the concurrency tests: each task upserts (`v` below `values`) or
+/// deletes (one time in four) rows with ids below `ids`, `writes` times or until `stop`.
+struct Writers {
+    tasks: u64,
+    seed: u64,
+    ids: i64,
+    values: i64,
+    writes: usize,
+    stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+}
+
+fn spawn_writers(t: &remodel::Table, w: Writers) -> Vec<tokio::task::JoinHandle<()>> {
+    use rand::{Rng, SeedableRng};
+    (0..w.tasks)
+        .map(|task| {
+            let t = t.clone();
+            let stop = w.stop.clone();
+            let (seed, ids, values, writes) = (w.seed + task, w.ids, w.values, w.writes);
+            tokio::spawn(async move {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+                for _ in 0..writes {
+                    if stop
+                        .as_ref()
+                        .is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed))
+                    {
+                        break;
+                    }
+                    let id = rng.gen_range(0..ids);
+                    if rng.gen_bool(0.25) {
+                        t.get(id).delete().await.unwrap();
+                    } else {
+                        let v = rng.gen_range(0..values);
+                        t.insert(json!({"id": id, "v": v, "g": v % 3}))
+                            .conflict(remodel::Conflict::Replace)
+                            .durability(remodel::Durability::Soft)
+                            .await
+                            .unwrap();
+                    }
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect()
+}
+
 /// Applies an item to the consumer's copy of the result, checking that it fits exactly: a
 /// change's `old_val` is the row the consumer has (no gap), and a row that enters is not
 /// there yet (no duplicate).
@@ -584,29 +629,17 @@ async fn initial_rows_then_changes_equal_the_query_under_concurrent_writes() {
             .index("v"),
         t.get_all([json!(3), json!(7)]).index("v"),
     ];
-    let writers: Vec<_> = (0..3)
-        .map(|w| {
-            let t = t.clone();
-            tokio::spawn(async move {
-                let mut rng = rand::rngs::StdRng::seed_from_u64(w);
-                for _ in 0..400 {
-                    let id = rng.gen_range(0..60);
-                    let v = rng.gen_range(0..100);
-                    match rng.gen_range(0..4) {
-                        0 => drop(t.get(id).delete().await.unwrap()),
-                        _ => drop(
-                            t.insert(json!({"id": id, "v": v, "g": v % 3}))
-                                .conflict(remodel::Conflict::Replace)
-                                .durability(remodel::Durability::Soft)
-                                .await
-                                .unwrap(),
-                        ),
-                    }
-                    tokio::task::yield_now().await;
-                }
-            })
-        })
-        .collect();
+    let writers = spawn_writers(
+        &t,
+        Writers {
+            tasks: 3,
+            seed: 0,
+            ids: 60,
+            values: 100,
+            writes: 400,
+            stop: None,
+        },
+    );
     let mut feeds = Vec::new();
     let mut rng = rand::rngs::StdRng::seed_from_u64(99);
     for round in 0..10 {
@@ -640,7 +673,6 @@ async fn initial_rows_then_changes_equal_the_query_under_concurrent_writes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_initial_rows_of_a_large_table_fit_the_changes_exactly() {
-    use rand::{Rng, SeedableRng};
     let db = db_with("t").await;
     let t = db.table("t");
     // Several chunks of initial rows, with writers running while they are read.
@@ -648,27 +680,17 @@ async fn chunked_initial_rows_of_a_large_table_fit_the_changes_exactly() {
         .await
         .unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writers: Vec<_> = (0..2)
-        .map(|w| {
-            let (t, stop) = (t.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut rng = rand::rngs::StdRng::seed_from_u64(w);
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let id = rng.gen_range(0..3_500);
-                    if rng.gen_bool(0.2) {
-                        t.get(id).delete().await.unwrap();
-                    } else {
-                        t.insert(json!({"id": id, "v": rng.gen_range(0..100)}))
-                            .conflict(remodel::Conflict::Replace)
-                            .durability(remodel::Durability::Soft)
-                            .await
-                            .unwrap();
-                    }
-                    tokio::task::yield_now().await;
-                }
-            })
-        })
-        .collect();
+    let writers = spawn_writers(
+        &t,
+        Writers {
+            tasks: 2,
+            seed: 0,
+            ids: 3_500,
+            values: 100,
+            writes: usize::MAX,
+            stop: Some(stop.clone()),
+        },
+    );
     let queries = [
         t.query(),
         t.filter(field("v").lt(30)),
@@ -709,31 +731,20 @@ async fn chunked_initial_rows_of_a_large_table_fit_the_changes_exactly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn top_n_initial_rows_then_offsets_equal_the_query_under_concurrent_writes() {
-    use rand::{Rng, SeedableRng};
     let db = db_with("t").await;
     let t = db.table("t");
     t.create_index("v", IndexSpec::field("v")).await.unwrap();
-    let writers: Vec<_> = (0..3)
-        .map(|w| {
-            let t = t.clone();
-            tokio::spawn(async move {
-                let mut rng = rand::rngs::StdRng::seed_from_u64(w + 10);
-                for _ in 0..400 {
-                    let id = rng.gen_range(0..40);
-                    if rng.gen_bool(0.25) {
-                        t.get(id).delete().await.unwrap();
-                    } else {
-                        t.insert(json!({"id": id, "v": rng.gen_range(0..50)}))
-                            .conflict(remodel::Conflict::Replace)
-                            .durability(remodel::Durability::Soft)
-                            .await
-                            .unwrap();
-                    }
-                    tokio::task::yield_now().await;
-                }
-            })
-        })
-        .collect();
+    let writers = spawn_writers(
+        &t,
+        Writers {
+            tasks: 3,
+            seed: 10,
+            ids: 40,
+            values: 50,
+            writes: 400,
+            stop: None,
+        },
+    );
     let queries = [
         t.order_by(Order::index("v").desc()).limit(5),
         t.order_by(Order::index("v"))

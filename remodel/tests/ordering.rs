@@ -1,6 +1,8 @@
 //! Properties: the key encoding preserves the total order of arbitrary JSON values, and every
 //! index agrees with a full scan after random writes.
 
+mod common;
+
 use proptest::prelude::*;
 use remodel::value::{compare, decode_value, encode_value};
 use remodel::{json, Config, Conflict, Durability, IndexSpec, Order, Value};
@@ -103,41 +105,6 @@ fn write() -> impl Strategy<Value = Write> {
     ]
 }
 
-/// What an index must hold for `docs`: (value, primary key) entries, in index order.
-fn expected_entries(docs: &[Value], spec: &IndexSpec) -> Vec<(Value, Value)> {
-    let get = |d: &Value, f: &str| {
-        f.split('.')
-            .try_fold(d, |v, s| v.get(s))
-            .filter(|v| !v.is_null())
-            .cloned()
-    };
-    let mut out = Vec::new();
-    for d in docs {
-        let id = d["id"].clone();
-        let fields = spec.fields();
-        if spec.is_compound() {
-            if let Some(parts) = fields.iter().map(|f| get(d, f)).collect::<Option<Vec<_>>>() {
-                out.push((Value::Array(parts), id));
-            }
-        } else if let Some(v) = get(d, &fields[0]) {
-            match v {
-                Value::Array(items) if spec.is_multi() => {
-                    let mut seen: Vec<Value> = Vec::new();
-                    for item in items.into_iter().filter(|i| !i.is_null()) {
-                        if !seen.contains(&item) {
-                            seen.push(item.clone());
-                            out.push((item, id.clone()));
-                        }
-                    }
-                }
-                v => out.push((v, id)),
-            }
-        }
-    }
-    out.sort_by(|x, y| compare(&x.0, &y.0).then_with(|| compare(&x.1, &y.1)));
-    out
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
@@ -176,7 +143,7 @@ proptest! {
             let docs = t.run().await.unwrap();
             let status = t.index_status().unwrap();
             for (name, spec) in &specs {
-                let want: Vec<Value> = expected_entries(&docs, spec).into_iter().map(|(_, id)| id).collect();
+                let want: Vec<Value> = common::expected_index_entries(&docs, spec).into_iter().map(|(_, id)| id).collect();
                 let got: Vec<Value> = t.order_by(Order::index(*name)).run().await.unwrap().into_iter().map(|d| d["id"].clone()).collect();
                 assert_eq!(got, want, "index {name}");
                 let entries = status.iter().find(|s| s.name == *name).unwrap().entries;
