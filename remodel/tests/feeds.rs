@@ -507,6 +507,8 @@ async fn unwatchable_queries_and_bad_options_are_refused() {
     assert!(reason(t.query().skip(1).changes().await).contains("skip"));
     assert!(reason(t.changes().include_offsets(true).await).contains("include_offsets"));
     assert!(reason(t.changes().squash_window(-1.0).await).contains("non-negative"));
+    assert!(reason(t.changes().squash_window(f64::NAN).await).contains("non-negative"));
+    assert!(reason(t.changes().squash_window(1e300).await).contains("non-negative"));
     assert!(reason(t.changes().queue_size(0).await).contains("at least 1"));
     assert!(matches!(
         db.table("nope").changes().await,

@@ -534,6 +534,26 @@ async fn ordering_skip_limit_pluck_without() {
     );
     assert_eq!(ids(&t.query().skip(4).run().await.unwrap()), vec![5, 6]);
     assert!(t.query().limit(0).run().await.unwrap().is_empty());
+    assert_eq!(
+        ids(&t
+            .order_by(asc("id"))
+            .skip(usize::MAX)
+            .limit(usize::MAX)
+            .run()
+            .await
+            .unwrap()),
+        Vec::<i64>::new()
+    );
+    assert_eq!(
+        ids(&t
+            .order_by(asc("id"))
+            .skip(5)
+            .limit(usize::MAX)
+            .run()
+            .await
+            .unwrap()),
+        vec![6]
+    );
     let plucked = t
         .get_all([1])
         .pluck(["name", "home.city"])

@@ -163,7 +163,7 @@ impl FeedOptions {
 
     fn validate(&self) -> Result<()> {
         if let Squash::Window(s) = self.squash {
-            if !(s.is_finite() && s >= 0.0) {
+            if !(s.is_finite() && s >= 0.0) || Duration::try_from_secs_f64(s).is_err() {
                 return Err(Error::query(format!(
                     "squash must be a non-negative number of seconds, got {s}"
                 )));

@@ -206,7 +206,7 @@ pub(crate) fn plan(
                 // A limit right after the sort (possibly after a skip) bounds it to a top-k.
                 let top = match (steps.get(i + 1), steps.get(i + 2)) {
                     (Some(Step::Limit(l)), _) => Some(*l),
-                    (Some(Step::Skip(s)), Some(Step::Limit(l))) => Some(s + l),
+                    (Some(Step::Skip(s)), Some(Step::Limit(l))) => Some(s.saturating_add(*l)),
                     _ => None,
                 };
                 Op::Sort {
