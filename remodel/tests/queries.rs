@@ -52,8 +52,16 @@ async fn tables_are_created_listed_and_dropped() {
     );
     assert!(!db.ensure_table("a").await.unwrap());
     assert!(db.ensure_table("c").await.unwrap());
+    // A handle outlives its table: after a drop it reports the missing table, and after a
+    // re-create it sees the new, empty one.
+    let b = db.table("b");
+    b.insert(json!({"id": 1})).await.unwrap();
     db.drop_table("b").await.unwrap();
     assert_eq!(db.table_names().unwrap(), vec!["a", "c"]);
+    assert_eq!(b.get(1).await, Err(Error::NoSuchTable("b".into())));
+    db.create_table("b").await.unwrap();
+    assert_eq!(b.get(1).await, Ok(None));
+    db.drop_table("b").await.unwrap();
     assert_eq!(
         db.drop_table("b").await,
         Err(Error::NoSuchTable("b".into()))

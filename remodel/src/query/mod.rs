@@ -17,6 +17,7 @@ use crate::{Error, Result};
 use futures_core::Stream;
 use serde_json::Value;
 use std::ops::Bound;
+use std::sync::Arc;
 
 /// Where the rows of a query come from.
 #[derive(Clone, Debug, PartialEq)]
@@ -137,7 +138,7 @@ pub fn desc(field: impl Into<String>) -> Order {
 #[derive(Clone)]
 pub struct Query {
     pub(crate) db: Database,
-    pub(crate) table: String,
+    pub(crate) table: Arc<str>,
     pub(crate) source: Source,
     pub(crate) steps: Vec<Step>,
     pub(crate) error: Option<Error>,
@@ -154,7 +155,7 @@ impl std::fmt::Debug for Query {
 }
 
 impl Query {
-    pub(crate) fn new(db: Database, table: String, source: Source) -> Self {
+    pub(crate) fn new(db: Database, table: Arc<str>, source: Source) -> Self {
         Query {
             db,
             table,

@@ -1,20 +1,22 @@
 //! The table handle and point reads.
 
 use super::{Insert, Order, Predicate, Query, Source, Write};
-use crate::db::{Database, IndexSpec, IndexStatus, Patch};
+use crate::db::{Database, IndexSpec, IndexStatus, Patch, TableState};
 use crate::value::encode_key;
 use crate::{Error, Result};
 use serde_json::Value;
-use std::future::{Future, IntoFuture};
+use std::future::IntoFuture;
 use std::ops::Bound;
-use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 
 /// A handle to a table. Getting one does no I/O; a missing table is reported when the handle
 /// is used ([`Error::NoSuchTable`]).
 #[derive(Clone)]
 pub struct Table {
     pub(crate) db: Database,
-    pub(crate) name: String,
+    pub(crate) name: Arc<str>,
+    /// The open table, remembered after the first lookup (looked up again if it was dropped).
+    cached: OnceLock<Arc<TableState>>,
 }
 
 impl Database {
@@ -22,12 +24,28 @@ impl Database {
     pub fn table(&self, name: impl Into<String>) -> Table {
         Table {
             db: self.clone(),
-            name: name.into(),
+            name: Arc::from(name.into()),
+            cached: OnceLock::new(),
         }
     }
 }
 
 impl Table {
+    /// The open table behind this handle.
+    pub(crate) fn state(&self) -> Result<Arc<TableState>> {
+        match self.cached.get() {
+            Some(t) if !t.is_dropped() => {
+                self.db.check_open()?;
+                Ok(t.clone())
+            }
+            _ => {
+                let t = self.db.table_state(&self.name)?;
+                let _ = self.cached.set(t.clone());
+                Ok(t)
+            }
+        }
+    }
+
     /// The table's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -35,7 +53,7 @@ impl Table {
 
     /// The name of the primary key field.
     pub fn primary_key(&self) -> Result<String> {
-        Ok(self.db.table_state(&self.name)?.primary_key.clone())
+        Ok(self.state()?.primary_key.clone())
     }
 
     /// Creates a secondary index and fills it from the existing documents. Returns once the
@@ -51,7 +69,7 @@ impl Table {
         match existing {
             Some(s) if s.spec == spec => Ok(false),
             Some(_) => Err(Error::IndexExists {
-                table: self.name.clone(),
+                table: self.name.to_string(),
                 index: name.to_string(),
             }),
             None => match self.create_index(name, spec.clone()).await {
@@ -167,7 +185,12 @@ pub struct Get {
 impl Get {
     /// Reads the document.
     pub async fn run(&self) -> Result<Option<Value>> {
-        let t = self.table.db.table_state(&self.table.name)?;
+        self.read()
+    }
+
+    /// A point read is one storage lookup: it runs in place, with no future to allocate.
+    fn read(&self) -> Result<Option<Value>> {
+        let t = self.table.state()?;
         t.get_doc(&encode_key(&self.key)?)
     }
 
@@ -189,8 +212,8 @@ impl Get {
 
 impl IntoFuture for Get {
     type Output = Result<Option<Value>>;
-    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
+    type IntoFuture = std::future::Ready<Self::Output>;
     fn into_future(self) -> Self::IntoFuture {
-        Box::pin(async move { self.run().await })
+        std::future::ready(self.read())
     }
 }

@@ -75,7 +75,7 @@ impl Insert {
 
     async fn run(self) -> Result<WriteResult> {
         let db = self.table.db.clone();
-        let t = db.table_state(&self.table.name)?;
+        let t = self.table.state()?;
         let mut generated = Vec::new();
         let ops = db.prepare_inserts(&t, self.docs, self.conflict, &mut generated)?;
         let mut result = db
@@ -169,7 +169,7 @@ impl Write {
         match self.target {
             Target::Key(table, key) => {
                 let db = table.db.clone();
-                let t = db.table_state(&table.name)?;
+                let t = table.state()?;
                 let enc = encode_key(&key)?;
                 let action = match self.action {
                     Action::Replace(mut doc) => {
