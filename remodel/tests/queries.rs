@@ -903,6 +903,48 @@ async fn large_batches() {
 }
 
 #[tokio::test]
+async fn results_stream_lazily() {
+    let db = db().await;
+    db.create_table("t").await.unwrap();
+    let t = db.table("t");
+    t.create_index("n", IndexSpec::field("n")).await.unwrap();
+    t.insert_many((0..20_000).map(|i| json!({"id": i, "n": i})))
+        .await
+        .unwrap();
+    let reads = || async {
+        db.stats()
+            .filter(field("type").eq("table"))
+            .run()
+            .await
+            .unwrap()[0]["reads_total"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = reads().await;
+    let first: Vec<Value> = t
+        .query()
+        .iter()
+        .unwrap()
+        .take(5)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(ids(&first), vec![0, 1, 2, 3, 4]);
+    let top = t
+        .order_by(Order::index("n").desc())
+        .limit(3)
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(ids(&top), vec![19_999, 19_998, 19_997]);
+    // 5 + 3 documents read, not 40,000: nothing was loaded that was not asked for.
+    assert!(
+        reads().await - before <= 10,
+        "read {} documents",
+        reads().await - before
+    );
+}
+
+#[tokio::test]
 async fn an_index_built_on_existing_data_is_backfilled() {
     let db = db().await;
     db.create_table("t").await.unwrap();
