@@ -333,6 +333,57 @@ async fn top_n_ties_are_broken_by_primary_key_and_empty_sets_shrink() {
 }
 
 #[tokio::test]
+async fn top_n_on_the_primary_key_and_within_a_range() {
+    let db = scores_table().await;
+    let t = db.table("scores");
+    // The two largest ids.
+    let mut by_id = t
+        .order_by(Order::index("id").desc())
+        .limit(2)
+        .changes()
+        .include_initial(true)
+        .await
+        .unwrap();
+    assert_eq!(
+        offsets(&mut by_id),
+        vec![
+            json!([null, "d", null, null]),
+            json!([null, "c", null, null])
+        ]
+    );
+    // The two lowest scores from 15 up (between + order_by on the same index).
+    let mut ranged = t
+        .between(Bound::Included(json!(15)), Bound::Unbounded)
+        .index("points")
+        .order_by(Order::index("points"))
+        .limit(2)
+        .changes()
+        .include_initial(true)
+        .include_offsets(true)
+        .await
+        .unwrap();
+    assert_eq!(
+        offsets(&mut ranged),
+        vec![json!([null, "b", null, 0]), json!([null, "c", null, 1])]
+    );
+    t.insert(json!({"id": "e", "points": 12})).await.unwrap(); // below the range: nothing
+    t.insert(json!({"id": "f", "points": 16})).await.unwrap(); // enters, evicts c
+    t.insert(json!({"id": "z", "points": 1})).await.unwrap(); // enters the id feed only
+    assert_eq!(offsets(&mut ranged), vec![json!(["c", "f", 1, 0])]);
+    // Each new largest id evicts the last of the two.
+    assert_eq!(
+        offsets(&mut by_id),
+        vec![
+            json!(["c", "e", null, null]),
+            json!(["d", "f", null, null]),
+            json!(["e", "z", null, null])
+        ]
+    );
+    t.get("b").delete().await.unwrap(); // leaves; c comes back from the index
+    assert_eq!(offsets(&mut ranged), vec![json!(["b", "c", 1, 1])]);
+}
+
+#[tokio::test]
 async fn identical_feeds_share_work_and_each_gets_every_item() {
     let db = scores_table().await;
     let t = db.table("scores");
