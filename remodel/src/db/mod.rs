@@ -181,6 +181,13 @@ impl Database {
             path: canonical.as_deref(),
             cache_bytes: config.cache_bytes,
             flush_every_ms: Some(config.flush_interval.as_millis().max(1) as u64),
+        })
+        .map_err(|e| match &canonical {
+            Some(p) => Error::Storage(format!(
+                "cannot open the database at {} (is another process using it?): {e}",
+                p.display()
+            )),
+            None => e,
         })?;
         let catalog = storage.tree(CATALOG_TREE)?;
         let stats_table = Arc::new(TableState::new(
