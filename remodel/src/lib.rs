@@ -44,8 +44,8 @@ pub use db::{
 pub use error::{Error, Result};
 pub use feed::{Change, ChangeKind, Changes, Feed, FeedOptions, FeedState, Squash};
 pub use query::{
-    asc, desc, field, has_fields, Field, Get, Group, Grouped, Insert, Join, Order, Predicate,
-    Query, Table, Write,
+    asc, desc, field, has_fields, Batch, Field, Get, Group, Grouped, Insert, Join, Order,
+    Predicate, Query, Table, Write,
 };
 
 /// The README's examples, compiled as doctests so that they stay true.

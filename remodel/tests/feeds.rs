@@ -832,3 +832,40 @@ async fn top_n_initial_rows_then_offsets_equal_the_query_under_concurrent_writes
         assert_eq!(list, q.run().await.unwrap(), "feed on {q:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_arrive_in_commit_order_with_no_gaps() {
+    let db = db_with("t").await;
+    let t = db.table("t");
+    let mut feed = t.changes().await.unwrap();
+    let writers = spawn_writers(
+        &t,
+        Writers {
+            tasks: 4,
+            seed: 77,
+            ids: 30,
+            values: 10,
+            writes: 300,
+            stop: None,
+        },
+    );
+    for w in writers {
+        w.await.unwrap();
+    }
+    let items: Vec<Change> = drain(&mut feed).into_iter().map(|c| c.unwrap()).collect();
+    let seqs: Vec<u64> = items.iter().map(|c| c.seq().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "commit order");
+    // Every committed change is there: replaying them gives the table.
+    let mut map = BTreeMap::new();
+    for c in &items {
+        apply(&mut map, c);
+    }
+    let expected: BTreeMap<String, Value> = t
+        .run()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| (d["id"].to_string(), d))
+        .collect();
+    assert_eq!(map, expected);
+}

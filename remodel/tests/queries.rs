@@ -2,8 +2,8 @@
 //! edge cases (missing fields, mixed types, ties, bounds, conflicts, no-ops, bad input).
 
 use remodel::{
-    asc, desc, field, has_fields, json, Config, Conflict, Database, Durability, Error, IndexSpec,
-    Order, Patch, Predicate, Value,
+    asc, desc, field, has_fields, json, Change, Config, Conflict, Database, Durability, Error,
+    IndexSpec, Order, Patch, Predicate, Value,
 };
 use std::ops::Bound::{Excluded, Included, Unbounded};
 
@@ -1081,4 +1081,103 @@ async fn data_and_indexes_persist_and_one_path_shares_one_handle() {
     assert_eq!(t.index_names().unwrap(), vec!["v"]);
     drop(db);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+// ---- batches across tables ----
+
+#[tokio::test]
+async fn a_batch_over_several_tables_commits_all_or_nothing() {
+    let db = crew().await;
+    db.create_table("ships").await.unwrap();
+    db.table("ships")
+        .insert(json!({"id": "enterprise", "crew": 3}))
+        .await
+        .unwrap();
+    let mut crew_feed = db.table("crew").changes().await.unwrap();
+    let mut ship_feed = db.table("ships").changes().await.unwrap();
+
+    // Moving Data to a new ship: three writes in two tables, one commit.
+    let r = db
+        .batch()
+        .insert("ships", json!({"id": "sutherland", "crew": 1}))
+        .update(
+            "ships",
+            "enterprise",
+            Patch::with(|s| Ok(json!({"crew": s["crew"].as_i64().unwrap() - 1}))),
+        )
+        .update("crew", 2, json!({"ship": "sutherland"}))
+        .delete("crew", 99) // missing: skipped, not a failure
+        .return_changes(true)
+        .await
+        .unwrap();
+    assert_eq!((r.inserted, r.replaced, r.skipped, r.errors), (1, 2, 1, 0));
+    assert_eq!(r.changes.len(), 3);
+    assert_eq!(
+        db.table("ships").get("enterprise").await.unwrap().unwrap()["crew"],
+        2
+    );
+    assert_eq!(
+        db.table("crew").get(2).await.unwrap().unwrap()["ship"],
+        "sutherland"
+    );
+
+    // One failing write (a key conflict) and nothing is written at all.
+    let failed = db
+        .batch()
+        .delete("ships", "enterprise")
+        .update("crew", 1, json!({"ship": "none"}))
+        .insert("crew", json!({"id": 3, "name": "duplicate"}))
+        .await;
+    assert_eq!(
+        failed,
+        Err(Error::KeyConflict {
+            table: "crew".into(),
+            key: json!(3)
+        })
+    );
+    assert!(db.table("ships").get("enterprise").await.unwrap().is_some());
+    assert_eq!(
+        db.table("crew").get(1).await.unwrap().unwrap()["ship"],
+        "enterprise"
+    );
+
+    // Bad input is refused before anything is written.
+    assert!(matches!(
+        db.batch()
+            .insert("ships", json!({"id": "x"}))
+            .insert("nope", json!({}))
+            .await,
+        Err(Error::NoSuchTable(_))
+    ));
+    assert!(matches!(
+        db.batch()
+            .insert("ships", json!({"id": "y"}))
+            .insert("ships", json!(1))
+            .await,
+        Err(Error::InvalidDocument { .. })
+    ));
+    assert!(db.table("ships").get("x").await.unwrap().is_none());
+
+    // Feeds saw the committed batch, in commit order, and nothing of the failed one.
+    let crew_items: Vec<Change> = std::iter::from_fn(|| {
+        futures::FutureExt::now_or_never(futures::StreamExt::next(&mut crew_feed)).flatten()
+    })
+    .map(|c| c.unwrap())
+    .collect();
+    let ship_items: Vec<Change> = std::iter::from_fn(|| {
+        futures::FutureExt::now_or_never(futures::StreamExt::next(&mut ship_feed)).flatten()
+    })
+    .map(|c| c.unwrap())
+    .collect();
+    assert_eq!(crew_items.len(), 1);
+    assert_eq!(ship_items.len(), 2);
+    let seqs: Vec<u64> = ship_items
+        .iter()
+        .chain(&crew_items)
+        .map(|c| c.seq().unwrap())
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "one commit order across tables: {seqs:?}"
+    );
 }

@@ -213,54 +213,80 @@ impl DbInner {
         let mut result = WriteResult::default();
         let mut ops = ops.into_iter().peekable();
         while ops.peek().is_some() {
-            let chunk: Vec<WriteOp> = ops.by_ref().take(CHUNK).collect();
-            let mut wakes = Vec::new();
-            let mut seq = self.writer.lock();
-            if table.is_dropped() {
-                return Err(Error::NoSuchTable(table.name.clone()));
-            }
-            let committed = self.commit_chunk(
-                table,
+            let chunk = ops
+                .by_ref()
+                .take(CHUNK)
+                .map(|op| (table.clone(), op))
+                .collect();
+            self.commit_locked(
                 chunk,
-                return_changes,
+                Commit {
+                    return_changes,
+                    all_or_nothing: false,
+                },
                 &mut result,
-                &mut seq,
-                &mut wakes,
-            );
-            drop(seq);
-            wakes.drain(..).for_each(std::task::Waker::wake);
-            committed?;
+            )?;
         }
         Ok(result)
     }
 
-    /// Commits one chunk; the caller holds the commit lock (`seq`).
+    /// Takes the commit lock, commits one chunk, and wakes the feeds it fed once the lock is
+    /// released.
+    pub(crate) fn commit_locked(
+        &self,
+        ops: Vec<(Arc<TableState>, WriteOp)>,
+        how: Commit,
+        result: &mut WriteResult,
+    ) -> Result<()> {
+        let mut wakes = Vec::new();
+        let mut seq = self.writer.lock();
+        let committed = self.commit_chunk(ops, how, result, &mut seq, &mut wakes);
+        drop(seq);
+        wakes.drain(..).for_each(std::task::Waker::wake);
+        committed
+    }
+
+    /// Commits one chunk of writes, possibly to several tables, as one atomic storage batch;
+    /// the caller holds the commit lock (`seq`).
     pub(crate) fn commit_chunk(
         &self,
-        table: &Arc<TableState>,
-        ops: Vec<WriteOp>,
-        return_changes: bool,
+        ops: Vec<(Arc<TableState>, WriteOp)>,
+        how: Commit,
         result: &mut WriteResult,
         seq: &mut u64,
         wakes: &mut Vec<std::task::Waker>,
     ) -> Result<()> {
-        // The state of each touched key: before this chunk, and staged by it.
-        let mut staged: HashMap<Vec<u8>, Staged> = HashMap::new();
-        let mut order: Vec<Vec<u8>> = Vec::new();
+        // The tables written, and the state of each touched (table, key): before this chunk,
+        // and as staged by it.
+        let mut tables: Vec<Arc<TableState>> = Vec::new();
+        let mut staged: HashMap<(usize, Vec<u8>), Staged> = HashMap::new();
+        let mut order: Vec<(usize, Vec<u8>)> = Vec::new();
+        let errors_before = result.errors;
 
-        for op in ops {
+        for (table, op) in ops {
+            if table.is_dropped() {
+                return Err(Error::NoSuchTable(table.name.clone()));
+            }
+            let slot = match tables.iter().position(|t| Arc::ptr_eq(t, &table)) {
+                Some(i) => i,
+                None => {
+                    tables.push(table.clone());
+                    tables.len() - 1
+                }
+            };
             let key = match &op {
                 WriteOp::Insert { doc, .. } => table.key_of(doc)?,
                 WriteOp::Update { key, .. }
                 | WriteOp::Replace { key, .. }
                 | WriteOp::Delete { key } => key.clone(),
             };
-            let current = match staged.get(&key) {
+            let id = (slot, key);
+            let current = match staged.get(&id) {
                 Some((_, new, _)) => new.clone(),
                 None => {
-                    let before = table.get_doc(&key)?.map(Arc::new);
-                    staged.insert(key.clone(), (before.clone(), before.clone(), false));
-                    order.push(key.clone());
+                    let before = table.get_doc(&id.1)?.map(Arc::new);
+                    staged.insert(id.clone(), (before.clone(), before.clone(), false));
+                    order.push(id.clone());
                     before
                 }
             };
@@ -280,7 +306,7 @@ impl DbInner {
                             continue;
                         }
                         Conflict::Replace => doc,
-                        Conflict::Update => match Patch::Merge(doc).apply(table, cur) {
+                        Conflict::Update => match Patch::Merge(doc).apply(&table, cur) {
                             Ok(v) => v,
                             Err(e) => {
                                 result.error(e);
@@ -290,7 +316,7 @@ impl DbInner {
                     };
                     count_replace(result, cur, new)
                 }
-                (WriteOp::Update { patch, .. }, Some(cur)) => match patch.apply(table, cur) {
+                (WriteOp::Update { patch, .. }, Some(cur)) => match patch.apply(&table, cur) {
                     Ok(new) => count_replace(result, cur, new),
                     Err(e) => {
                         result.error(e);
@@ -310,36 +336,45 @@ impl DbInner {
                     continue;
                 }
             };
-            if current.as_ref().map(Arc::as_ptr) == next.as_ref().map(Arc::as_ptr) {
+            if same(&current, &next) {
                 continue; // unchanged: counted, nothing to write
             }
-            if return_changes {
+            if how.return_changes {
                 result.changes.push(ChangePair {
                     old_val: current.as_deref().cloned(),
                     new_val: next.as_deref().cloned(),
                 });
             }
-            let entry = staged.get_mut(&key).expect("staged above");
+            let entry = staged.get_mut(&id).expect("staged above");
             entry.2 = !same(&entry.0, &entry.1); // a second change of this key
             entry.1 = next;
+        }
+        if how.all_or_nothing && result.errors > errors_before {
+            // Nothing was written: the whole chunk fails with its first error.
+            return Err(result
+                .first_error
+                .clone()
+                .unwrap_or_else(|| Error::query("a write of the batch failed")));
         }
 
         // Net effect per key, in first-touch order.
         let mut batch = WriteBatch::default();
-        let mut committed = Vec::with_capacity(order.len());
-        let indexes = table.indexes.read();
-        for key in order {
-            let (old, new, rewritten) = staged.remove(&key).expect("every ordered key is staged");
+        let mut committed: Vec<Vec<Committed>> = tables.iter().map(|_| Vec::new()).collect();
+        for (slot, key) in order {
+            let (old, new, rewritten) = staged
+                .remove(&(slot, key.clone()))
+                .expect("every ordered key is staged");
             // Each write was already compared with the value it replaced; only a key written
             // twice can come back to where it started.
             if same(&old, &new) || (rewritten && old == new) {
                 continue;
             }
+            let table = &tables[slot];
             match &new {
                 Some(doc) => batch.insert(&table.docs, key.clone(), serde_json::to_vec(&**doc)?),
                 None => batch.remove(&table.docs, key.clone()),
             }
-            for ix in indexes.iter() {
+            for ix in table.indexes.read().iter() {
                 let before = old
                     .as_deref()
                     .map(|d| ix.compiled.keys(d, &key))
@@ -359,28 +394,37 @@ impl DbInner {
                     }
                 }
             }
-            committed.push(Committed {
-                seq: 0,
+            *seq += 1;
+            committed[slot].push(Committed {
+                seq: *seq,
                 key,
                 old,
                 new,
             });
         }
-        drop(indexes);
-        if committed.is_empty() {
+        if committed.iter().all(Vec::is_empty) {
             return Ok(());
         }
         self.storage.apply(&batch)?;
-        for c in &mut committed {
-            *seq += 1;
-            c.seq = *seq;
+        for (table, changes) in tables.iter().zip(&committed) {
+            if !changes.is_empty() {
+                table
+                    .writes
+                    .fetch_add(changes.len() as u64, Ordering::Relaxed);
+                self.hub.publish(table, changes, wakes);
+            }
         }
-        table
-            .writes
-            .fetch_add(committed.len() as u64, Ordering::Relaxed);
-        self.hub.publish(table, &committed, wakes);
         Ok(())
     }
+}
+
+/// How a chunk commits.
+#[derive(Clone, Copy)]
+pub(crate) struct Commit {
+    /// Collect the `{old_val, new_val}` of each write.
+    pub return_changes: bool,
+    /// Write nothing if any write of the chunk fails (conflict, bad patch).
+    pub all_or_nothing: bool,
 }
 
 /// Whether two staged values are the same allocation (or both absent).
@@ -488,16 +532,16 @@ impl DbInner {
         }
         let mut result = WriteResult::default();
         let mut wakes = Vec::new();
+        let how = Commit {
+            return_changes,
+            all_or_nothing: false,
+        };
         for chunk in keys.chunks(CHUNK) {
-            let ops = chunk.iter().map(|k| make_op(k.clone())).collect();
-            let committed = self.commit_chunk(
-                &plan.table,
-                ops,
-                return_changes,
-                &mut result,
-                &mut seq,
-                &mut wakes,
-            );
+            let ops = chunk
+                .iter()
+                .map(|k| (plan.table.clone(), make_op(k.clone())))
+                .collect();
+            let committed = self.commit_chunk(ops, how, &mut result, &mut seq, &mut wakes);
             if let Err(e) = committed {
                 drop(seq);
                 wakes.drain(..).for_each(std::task::Waker::wake);

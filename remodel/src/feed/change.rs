@@ -77,6 +77,8 @@ pub(crate) struct ChangeData {
     state: Option<FeedState>,
     /// The primary key (encoded) of the row, used to squash changes.
     key: Option<Arc<[u8]>>,
+    /// The commit sequence number of the write.
+    seq: Option<u64>,
 }
 
 impl PartialEq for Change {
@@ -108,6 +110,7 @@ impl Change {
             new_offset: None,
             state: Some(s),
             key: None,
+            seq: None,
         })
     }
 
@@ -120,6 +123,7 @@ impl Change {
             new_offset: offset,
             state: None,
             key: None,
+            seq: None,
         })
     }
 
@@ -136,7 +140,15 @@ impl Change {
             new_offset: None,
             state: None,
             key,
+            seq: None,
         })
+    }
+
+    /// Stamps the item with the commit sequence number of its write (only while the item
+    /// is not shared yet).
+    pub(crate) fn at(mut self, seq: u64) -> Self {
+        Arc::make_mut(&mut self.data).seq = Some(seq);
+        self
     }
 
     /// Sets the offsets of a top-N item (only while the item is not shared yet).
@@ -149,10 +161,11 @@ impl Change {
 
     /// Replaces the new value, keeping the old one (squashing). Copies the item if another
     /// feed shares it.
-    pub(crate) fn squash_into(&mut self, new: Option<Arc<Value>>) {
+    pub(crate) fn squash_into(&mut self, later: &Change) {
         let d = Arc::make_mut(&mut self.data);
-        d.kind = ChangeKind::of(d.old_val.is_some(), new.is_some());
-        d.new_val = new;
+        d.new_val = later.data.new_val.clone();
+        d.kind = ChangeKind::of(d.old_val.is_some(), d.new_val.is_some());
+        d.seq = later.data.seq.or(d.seq);
     }
 
     pub(crate) fn shown(mut self, types: bool, offsets: bool) -> Self {
@@ -201,6 +214,13 @@ impl Change {
     /// The state, for [`ChangeKind::State`] items.
     pub fn state(&self) -> Option<FeedState> {
         self.data.state
+    }
+
+    /// The commit sequence number of the write behind this change: one database, one order,
+    /// so these increase along every feed. `None` for initial rows, state markers and stats
+    /// rows. A squashed item carries the number of its last change.
+    pub fn seq(&self) -> Option<u64> {
+        self.data.seq
     }
 
     /// The item in RethinkDB's JSON form: `{"old_val": .., "new_val": ..}`, plus `type` when

@@ -453,7 +453,7 @@ impl Hub {
                 match group.items(table, c, &scratch) {
                     Ok((items, moved)) => {
                         for item in items {
-                            group.members.deliver(item, wakes);
+                            group.members.deliver(item.at(c.seq), wakes);
                         }
                         if moved {
                             routes.register_topn(*id);

@@ -132,7 +132,7 @@ impl Subscriber {
             q.live -= 1;
             q.by_key.remove(key);
         } else {
-            queued.squash_into(new);
+            queued.squash_into(item);
         }
         true
     }

@@ -10,7 +10,7 @@ mod write;
 pub use aggregate::{Group, Grouped, Join};
 pub use predicate::{field, has_fields, Field, Predicate};
 pub use table::{Get, Table};
-pub use write::{Insert, Write};
+pub use write::{Batch, Insert, Write};
 
 use crate::db::Database;
 use crate::{Error, Result};

@@ -1,8 +1,8 @@
 //! Write builders: inserts, and updates, replaces and deletes by key or by query.
 
 use super::{Query, Table};
-use crate::db::write::WriteOp;
-use crate::db::{Conflict, Durability, Patch, WriteResult};
+use crate::db::write::{Commit, WriteOp};
+use crate::db::{Conflict, Database, Durability, Patch, TableState, WriteResult};
 use crate::value::encode_key;
 use crate::{Error, Result};
 use serde_json::Value;
@@ -172,27 +172,7 @@ impl Write {
                 let t = table.state()?;
                 let enc = encode_key(&key)?;
                 let action = match self.action {
-                    Action::Replace(mut doc) => {
-                        let Value::Object(map) = &mut doc else {
-                            return Err(Error::InvalidDocument {
-                                reason: format!("a replacement must be a JSON object, got {doc}"),
-                            });
-                        };
-                        match map.get(&t.primary_key) {
-                            None => {
-                                map.insert(t.primary_key.clone(), key.clone());
-                            }
-                            Some(k) if encode_key(k)? != enc => {
-                                return Err(Error::InvalidDocument {
-                                    reason: format!(
-                                        "a replacement cannot change the primary key (from {key} to {k})"
-                                    ),
-                                })
-                            }
-                            Some(_) => {}
-                        }
-                        Action::Replace(doc)
-                    }
+                    Action::Replace(doc) => Action::Replace(replacement(&t, &key, &enc, doc)?),
                     a => a,
                 };
                 let ops = vec![Self::op(&action, enc)];
@@ -224,6 +204,28 @@ impl Write {
     }
 }
 
+/// Checks a replacement document: an object whose primary key is absent (it gets `key`) or
+/// equal to `key`.
+fn replacement(t: &TableState, key: &Value, enc: &[u8], mut doc: Value) -> Result<Value> {
+    let Value::Object(map) = &mut doc else {
+        return Err(Error::InvalidDocument {
+            reason: format!("a replacement must be a JSON object, got {doc}"),
+        });
+    };
+    match map.get(&t.primary_key) {
+        None => {
+            map.insert(t.primary_key.clone(), key.clone());
+        }
+        Some(k) if encode_key(k)? != enc => {
+            return Err(Error::InvalidDocument {
+                reason: format!("a replacement cannot change the primary key (from {key} to {k})"),
+            })
+        }
+        Some(_) => {}
+    }
+    Ok(doc)
+}
+
 impl IntoFuture for Write {
     type Output = Result<WriteResult>;
     type IntoFuture = BoxFuture<Self::Output>;
@@ -249,5 +251,159 @@ impl Query {
             action: Action::Delete,
             opts: Options::default(),
         }
+    }
+}
+
+/// Writes to one or more tables that commit together: all of them, or none.
+///
+/// The writes run in order under one hold of the commit lock and reach storage as one atomic
+/// batch; changefeeds see them in that order. If any write fails (a key conflict, a patch
+/// that does not apply), nothing is written and the batch returns that error. Updates and
+/// deletes of missing documents are not failures: they count as `skipped`. A batch holds at
+/// most 4,096 writes.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use remodel::{Database, Error};
+/// use serde_json::json;
+/// let db = Database::temporary().await?;
+/// db.create_table("ships").await?;
+/// db.create_table("crew").await?;
+/// db.batch()
+///     .insert("ships", json!({"id": "defiant"}))
+///     .insert("crew", json!({"id": "worf", "ship": "defiant"}))
+///     .await?;
+/// // A conflict anywhere writes nothing.
+/// let failed = db.batch()
+///     .delete("ships", "defiant")
+///     .insert("crew", json!({"id": "worf"}))
+///     .await;
+/// assert!(matches!(failed, Err(Error::KeyConflict { .. })));
+/// assert!(db.table("ships").get("defiant").await?.is_some());
+/// # Ok::<(), remodel::Error>(())
+/// # }).unwrap();
+/// ```
+#[must_use = "a batch does nothing until it is awaited"]
+pub struct Batch {
+    db: Database,
+    ops: Vec<(String, BatchOp)>,
+    opts: Options,
+}
+
+enum BatchOp {
+    Insert(Value, Conflict),
+    Update(Value, Patch),
+    Replace(Value, Value),
+    Delete(Value),
+}
+
+impl Database {
+    /// Starts a batch of writes that commit together (see [`Batch`]).
+    pub fn batch(&self) -> Batch {
+        Batch {
+            db: self.clone(),
+            ops: Vec::new(),
+            opts: Options::default(),
+        }
+    }
+}
+
+impl Batch {
+    fn push(mut self, table: &str, op: BatchOp) -> Self {
+        self.ops.push((table.to_string(), op));
+        self
+    }
+
+    /// Inserts a document; a document with the same key fails the batch.
+    pub fn insert(self, table: &str, doc: Value) -> Self {
+        self.push(table, BatchOp::Insert(doc, Conflict::Error))
+    }
+
+    /// Inserts a document with a conflict policy.
+    pub fn insert_with(self, table: &str, doc: Value, conflict: Conflict) -> Self {
+        self.push(table, BatchOp::Insert(doc, conflict))
+    }
+
+    /// Merges a patch into the document with this key.
+    pub fn update(self, table: &str, key: impl Into<Value>, patch: impl Into<Patch>) -> Self {
+        self.push(table, BatchOp::Update(key.into(), patch.into()))
+    }
+
+    /// Replaces the document with this key.
+    pub fn replace(self, table: &str, key: impl Into<Value>, doc: Value) -> Self {
+        self.push(table, BatchOp::Replace(key.into(), doc))
+    }
+
+    /// Deletes the document with this key.
+    pub fn delete(self, table: &str, key: impl Into<Value>) -> Self {
+        self.push(table, BatchOp::Delete(key.into()))
+    }
+
+    /// Also return the `{old_val, new_val}` of each write.
+    pub fn return_changes(mut self, yes: bool) -> Self {
+        self.opts.return_changes = yes;
+        self
+    }
+
+    /// The durability of this batch (default: the database's).
+    pub fn durability(mut self, d: Durability) -> Self {
+        self.opts.durability = Some(d);
+        self
+    }
+
+    async fn run(self) -> Result<WriteResult> {
+        const MAX: usize = 4096;
+        if self.ops.len() > MAX {
+            return Err(Error::query(format!(
+                "a batch holds at most {MAX} writes, got {}",
+                self.ops.len()
+            )));
+        }
+        let db = self.db;
+        let mut generated = Vec::new();
+        let mut ops = Vec::with_capacity(self.ops.len());
+        // Everything is checked before anything is written.
+        for (name, op) in self.ops {
+            let t = db.table(name.as_str()).state()?;
+            let op = match op {
+                BatchOp::Insert(doc, conflict) => db
+                    .prepare_inserts(&t, vec![doc], conflict, &mut generated)?
+                    .remove(0),
+                BatchOp::Update(key, patch) => WriteOp::Update {
+                    key: encode_key(&key)?,
+                    patch,
+                },
+                BatchOp::Replace(key, doc) => {
+                    let enc = encode_key(&key)?;
+                    let doc = replacement(&t, &key, &enc, doc)?;
+                    WriteOp::Replace { key: enc, doc }
+                }
+                BatchOp::Delete(key) => WriteOp::Delete {
+                    key: encode_key(&key)?,
+                },
+            };
+            ops.push((t, op));
+        }
+        let how = Commit {
+            return_changes: self.opts.return_changes,
+            all_or_nothing: true,
+        };
+        let inner = db.inner.clone();
+        let mut result = crate::db::spawn_blocking(move || {
+            let mut result = WriteResult::default();
+            inner.commit_locked(ops, how, &mut result).map(|()| result)
+        })
+        .await?;
+        db.settle(self.opts.durability).await?;
+        result.generated_keys = generated;
+        Ok(result)
+    }
+}
+
+impl IntoFuture for Batch {
+    type Output = Result<WriteResult>;
+    type IntoFuture = BoxFuture<Self::Output>;
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.run())
     }
 }
