@@ -551,10 +551,6 @@ fn fanout(s: &Sizes) -> Figure {
         });
         // The baseline does the same writes (on a table nobody watches) and sends each
         // written document through a tokio broadcast channel to 1,000 receivers.
-        if std::env::var_os("FANOUT_OURS_ONLY").is_some() {
-            pairs.push(ours, 1.0);
-            continue;
-        }
         let broadcast = rt.block_on(async {
             let name = format!("b{rep}");
             db.create_table(&name).await.unwrap();
