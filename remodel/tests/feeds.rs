@@ -460,6 +460,28 @@ async fn squash_window_hands_over_batches() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_squash_window_hands_a_half_full_queue_over_early() {
+    let db = db_with("t").await;
+    let t = db.table("t");
+    let mut feed = t.changes().squash_window(60.0).queue_size(4).await.unwrap();
+    t.insert(json!({"id": 0})).await.unwrap();
+    assert!(
+        feed.next().await.unwrap().is_ok(),
+        "the first batch is not delayed"
+    );
+    t.insert(json!({"id": 1})).await.unwrap();
+    t.insert(json!({"id": 2})).await.unwrap();
+    assert!(
+        feed.next().now_or_never().is_none(),
+        "half full: still waiting for the window"
+    );
+    t.insert(json!({"id": 3})).await.unwrap();
+    // More than half of the queue: handed over now, not in a minute.
+    let batch = pairs(&mut feed);
+    assert_eq!(batch.len(), 3);
+}
+
 #[tokio::test]
 async fn overflow_is_reported_and_the_feed_goes_on() {
     let db = db_with("t").await;
