@@ -468,7 +468,9 @@ fn matching_feeds(s: &Sizes) -> Figure {
             db.create_table(&watched).await.unwrap();
             // Writers are tasks, as an application's request handlers would be.
             let (t, mut r) = (db.table(&plain), Rng(rng.next()));
-            let none = tokio::spawn(async move { insert_rate(&t, 0, n, &mut r).await }).await.unwrap();
+            let none = tokio::spawn(async move { insert_rate(&t, 0, n, &mut r).await })
+                .await
+                .unwrap();
             let received = Arc::new(AtomicU64::new(0));
             let mut consumers = Vec::new();
             for _ in 0..1_000 {
@@ -487,7 +489,9 @@ fn matching_feeds(s: &Sizes) -> Figure {
             }
             let (t, mut r) = (db.table(&watched), Rng(rng.next()));
             let begin = Instant::now();
-            tokio::spawn(async move { insert_rate(&t, 0, n, &mut r).await }).await.unwrap();
+            tokio::spawn(async move { insert_rate(&t, 0, n, &mut r).await })
+                .await
+                .unwrap();
             for c in consumers {
                 c.await.unwrap();
             }

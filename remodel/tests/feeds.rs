@@ -559,6 +559,18 @@ async fn dropping_tables_and_indexes_or_closing_aborts_feeds() {
 }
 
 #[tokio::test]
+async fn dropping_the_last_database_handle_ends_its_feeds() {
+    let db = db_with("t").await;
+    let mut feed = db.table("t").changes().await.unwrap();
+    drop(db);
+    assert!(matches!(
+        feed.next().await,
+        Some(Err(Error::FeedAborted(_)))
+    ));
+    assert!(feed.next().await.is_none());
+}
+
+#[tokio::test]
 async fn unwatchable_queries_and_bad_options_are_refused() {
     let db = scores_table().await;
     let t = db.table("scores");
