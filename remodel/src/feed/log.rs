@@ -42,6 +42,10 @@ struct State {
     /// Incremented whenever `waiters` is handed out, so a reader knows whether it is listed.
     epoch: u64,
     closed: Option<Error>,
+    /// The largest queue size of the readers (items beyond it are dropped).
+    cap: usize,
+    /// The log position at which the next scan of cursors may run.
+    scan_at: u64,
 }
 
 impl State {
@@ -49,24 +53,16 @@ impl State {
         self.head + self.items.len() as u64
     }
 
-    fn max_capacity(&self) -> usize {
-        self.readers
-            .iter()
-            .flatten()
-            .map(|r| r.1)
-            .max()
-            .unwrap_or(0)
-    }
-
     /// Drops items every reader has passed, and items beyond the largest queue size. The
-    /// scan of cursors runs once per `live / 16` pushes, so it costs little per write.
+    /// scan of cursors runs at most once per `live / 16` pushes (also when a slow reader
+    /// keeps items alive), so it costs a constant per write however many readers there are.
     fn trim(&mut self) {
-        let cap = self.max_capacity();
-        while self.items.len() > cap {
+        while self.items.len() > self.cap {
             self.items.pop_front();
             self.head += 1;
         }
-        if self.items.len() > (self.live / 16).max(1) {
+        let every = (self.live / 16).max(1) as u64;
+        if self.items.len() as u64 > every && self.tail() >= self.scan_at {
             let min = self
                 .readers
                 .iter()
@@ -77,6 +73,7 @@ impl State {
             while self.head < min && self.items.pop_front().is_some() {
                 self.head += 1;
             }
+            self.scan_at = self.tail() + every;
         }
     }
 }
@@ -144,6 +141,7 @@ impl Log {
             }
         };
         s.live += 1;
+        s.cap = s.cap.max(capacity.max(1));
         let cursor = s.tail();
         Reader {
             slot,
@@ -159,6 +157,7 @@ impl Log {
         s.readers[r.slot] = None;
         s.free.push(r.slot);
         s.live -= 1;
+        s.cap = s.readers.iter().flatten().map(|r| r.1).max().unwrap_or(0);
         s.waiters.retain(|(slot, _)| *slot != r.slot);
         s.trim();
     }
