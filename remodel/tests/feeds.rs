@@ -903,3 +903,95 @@ async fn changes_arrive_in_commit_order_with_no_gaps() {
         .collect();
     assert_eq!(map, expected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feeds_come_and_go_while_writers_and_ddl_run() {
+    use rand::{Rng, SeedableRng};
+    // A soak of everything at once: nothing may deadlock, panic, or hang.
+    let db = db_with("t").await;
+    let t = db.table("t");
+    t.create_index("v", IndexSpec::field("v")).await.unwrap();
+    let writers = spawn_writers(
+        &t,
+        Writers {
+            tasks: 3,
+            seed: 5,
+            ids: 50,
+            values: 20,
+            writes: 600,
+            stop: None,
+        },
+    );
+    let churn = tokio::spawn({
+        let t = t.clone();
+        async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+            let mut feeds = Vec::new();
+            for round in 0..200 {
+                let q = match rng.gen_range(0..5) {
+                    0 => t.query(),
+                    1 => t.get_all([json!(rng.gen_range(0..20))]).index("v"),
+                    2 => t.order_by(Order::index("v").desc()).limit(3),
+                    3 => t.filter(field("v").eq(rng.gen_range(0..20))),
+                    _ => t
+                        .between(Bound::Included(json!(5)), Bound::Excluded(json!(9)))
+                        .index("v"),
+                };
+                let opts = remodel::FeedOptions {
+                    include_initial: rng.gen_bool(0.5),
+                    squash: if rng.gen_bool(0.3) {
+                        remodel::Squash::Merge
+                    } else {
+                        remodel::Squash::Off
+                    },
+                    queue_size: Some(rng.gen_range(1..50)),
+                    ..Default::default()
+                };
+                match q.changes().options(opts).await {
+                    Ok(feed) => feeds.push(feed),
+                    Err(Error::NoSuchIndex { .. } | Error::IndexNotReady { .. }) => {}
+                    Err(e) => panic!("{e}"),
+                }
+                // Read a little from some, drop others.
+                for f in feeds.iter_mut().take(3) {
+                    drop(f.next().now_or_never());
+                }
+                if feeds.len() > 20 {
+                    let i = rng.gen_range(0..feeds.len());
+                    drop(feeds.swap_remove(i));
+                }
+                if round % 50 == 25 {
+                    // Drop and rebuild the index the feeds read.
+                    t.drop_index("v").await.unwrap();
+                    t.create_index("v", IndexSpec::field("v")).await.unwrap();
+                }
+                tokio::task::yield_now().await;
+            }
+            feeds
+        }
+    });
+    for w in writers {
+        w.await.unwrap();
+    }
+    let feeds = tokio::time::timeout(std::time::Duration::from_secs(60), churn)
+        .await
+        .expect("no hang")
+        .unwrap();
+    // The feeds still open end cleanly when the table goes.
+    db.drop_table("t").await.unwrap();
+    for mut f in feeds {
+        let rest: Vec<_> = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            let mut items = Vec::new();
+            while let Some(item) = f.next().await {
+                items.push(item);
+            }
+            items
+        })
+        .await
+        .expect("every feed ends");
+        assert!(
+            rest.iter().any(|i| matches!(i, Err(Error::FeedAborted(_)))),
+            "ends with an abort item"
+        );
+    }
+}
