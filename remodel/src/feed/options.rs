@@ -1,0 +1,105 @@
+//! Feed options: what `include_*`, `squash` and `queue_size` mean, and their JSON form.
+
+use crate::{Error, Result};
+use serde_json::Value;
+use std::time::Duration;
+
+/// How a feed squashes changes.
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+pub enum Squash {
+    /// Every change is delivered (the default).
+    #[default]
+    Off,
+    /// Changes that pile up while the consumer is not reading are merged per row.
+    Merge,
+    /// Like `Merge`, and a batch is handed over at most this many seconds after its first
+    /// change arrived (the first batch is not delayed; a queue more than half full is handed
+    /// over early).
+    Window(f64),
+}
+
+/// The options of a changefeed. They can also be read from RethinkDB-style JSON
+/// (`{"include_initial": true, "squash": 0.05, "queue_size": 1000}`) with
+/// [`FeedOptions::from_json`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FeedOptions {
+    /// First deliver the current result as `initial` items.
+    pub include_initial: bool,
+    /// Deliver `initializing` / `ready` state items.
+    pub include_states: bool,
+    /// Include `type` in [`crate::Change::to_json`].
+    pub include_types: bool,
+    /// Deliver `old_offset` / `new_offset` (top-N feeds only).
+    pub include_offsets: bool,
+    /// Squash changes (see [`Squash`]).
+    pub squash: Squash,
+    /// The feed's buffer (default: the database's `feed_queue_size`, 100,000).
+    pub queue_size: Option<usize>,
+}
+
+impl FeedOptions {
+    /// Reads options from JSON, rejecting unknown options and values of the wrong type
+    /// (for example a negative or non-number `squash`).
+    ///
+    /// ```
+    /// use remodel::feed::{FeedOptions, Squash};
+    /// use serde_json::json;
+    /// let o = FeedOptions::from_json(&json!({"squash": 0.5, "include_initial": true})).unwrap();
+    /// assert_eq!(o.squash, Squash::Window(0.5));
+    /// assert!(FeedOptions::from_json(&json!({"squash": -1})).is_err());
+    /// assert!(FeedOptions::from_json(&json!({"squash": "soon"})).is_err());
+    /// ```
+    pub fn from_json(v: &Value) -> Result<Self> {
+        let obj = v
+            .as_object()
+            .ok_or_else(|| Error::query(format!("feed options must be an object, got {v}")))?;
+        let mut o = FeedOptions::default();
+        for (k, v) in obj {
+            let flag = || {
+                v.as_bool().ok_or_else(|| {
+                    Error::query(format!("feed option `{k}` must be a boolean, got {v}"))
+                })
+            };
+            match k.as_str() {
+                "include_initial" => o.include_initial = flag()?,
+                "include_states" => o.include_states = flag()?,
+                "include_types" => o.include_types = flag()?,
+                "include_offsets" => o.include_offsets = flag()?,
+                "squash" => {
+                    o.squash = match v {
+                        Value::Bool(true) => Squash::Merge,
+                        Value::Bool(false) => Squash::Off,
+                        Value::Number(n) => Squash::Window(n.as_f64().unwrap_or(-1.0)),
+                        other => {
+                            return Err(Error::query(format!(
+                                "squash must be true, false or a number of seconds, got {other}"
+                            )))
+                        }
+                    }
+                }
+                "queue_size" => {
+                    o.queue_size = Some(v.as_u64().ok_or_else(|| {
+                        Error::query(format!("queue_size must be a positive integer, got {v}"))
+                    })? as usize)
+                }
+                other => return Err(Error::query(format!("unknown feed option `{other}`"))),
+            }
+        }
+        o.validate()?;
+        Ok(o)
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if let Squash::Window(s) = self.squash {
+            if !(s.is_finite() && s >= 0.0) || Duration::try_from_secs_f64(s).is_err() {
+                return Err(Error::query(format!(
+                    "squash must be a non-negative number of seconds, got {s}"
+                )));
+            }
+        }
+        if self.queue_size == Some(0) {
+            return Err(Error::query("queue_size must be at least 1"));
+        }
+        Ok(())
+    }
+}

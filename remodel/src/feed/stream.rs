@@ -1,0 +1,297 @@
+//! The feed as a stream: where its items wait (a private queue or the group's shared log),
+//! initial rows, squash windows, the stats timer, and unsubscribing on drop.
+
+use super::change::Change;
+use super::hub::{self, Initial, Join, Registration};
+use super::log::{Log, Reader};
+use super::queue::{Next, Subscriber};
+use super::spec::{FeedPlan, ScanRange, View};
+use crate::db::Database;
+use crate::{Error, Result};
+use futures_core::Stream;
+use serde_json::Value;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::ops::Bound;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+/// The stats table's feed: recomputed about once a second, changed rows only.
+pub(super) struct StatsTimer {
+    pub(super) db: Database,
+    pub(super) view: View,
+    pub(super) last: HashMap<Vec<u8>, Arc<Value>>,
+    pub(super) interval: Option<tokio::time::Interval>,
+}
+
+impl StatsTimer {
+    pub(super) fn diff(&mut self, rows: Vec<Value>) -> Vec<Change> {
+        let mut next = HashMap::with_capacity(rows.len());
+        let mut out = Vec::new();
+        for row in rows {
+            let key = crate::value::encode_value(&row["id"]);
+            if let Some(seen) = self.view.apply(&Arc::new(row)) {
+                next.insert(key, seen);
+            }
+        }
+        for (k, new) in &next {
+            let old = self.last.get(k);
+            if old != Some(new) {
+                out.push(Change::row(
+                    Some(Arc::from(&k[..])),
+                    old.cloned(),
+                    Some(new.clone()),
+                ));
+            }
+        }
+        for (k, old) in &self.last {
+            if !next.contains_key(k) {
+                out.push(Change::row(
+                    Some(Arc::from(&k[..])),
+                    Some(old.clone()),
+                    None,
+                ));
+            }
+        }
+        self.last = next;
+        out
+    }
+}
+
+/// A live query: a stream of [`Change`] items, in commit order.
+///
+/// Error items: [`Error::FeedOverflow`] when the consumer fell behind (the feed goes on),
+/// and [`Error::FeedAborted`] when the table or index went away or the database closed (the
+/// feed then ends). Dropping the feed unsubscribes it.
+pub struct Feed {
+    pub(super) inbox: Inbox,
+    /// State markers and initial rows, delivered before anything else.
+    pub(super) front: VecDeque<Change>,
+    /// A squash window's batch being handed over.
+    pub(super) batch: VecDeque<Change>,
+    pub(super) registration: Option<Registration>,
+    pub(super) timer: Option<Box<StatsTimer>>,
+    pub(super) include_types: bool,
+    pub(super) include_offsets: bool,
+    pub(super) window: Option<Duration>,
+    pub(super) handed_first: bool,
+    pub(super) sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    pub(super) done: bool,
+}
+
+impl std::fmt::Debug for Feed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Feed")
+            .field("queue_size", &self.inbox.capacity())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a feed's items wait for it.
+pub(super) enum Inbox {
+    /// A queue of its own (squashing and timer feeds).
+    Own(Arc<Subscriber>),
+    /// The group's shared log, at this reader's cursor.
+    Shared(Arc<Log>, Reader),
+}
+
+impl Inbox {
+    fn capacity(&self) -> usize {
+        match self {
+            Inbox::Own(s) => s.capacity(),
+            Inbox::Shared(_, r) => r.capacity(),
+        }
+    }
+
+    /// The next item; with nothing there, arranges for `cx` to be woken by the next one.
+    fn next(&mut self, cx: &Context<'_>, more: &mut VecDeque<Change>) -> Next {
+        match self {
+            Inbox::Shared(log, reader) => log.next(reader, cx.waker(), more),
+            Inbox::Own(sub) => match sub.pop() {
+                Next::Empty => {
+                    // Register, then look once more so that a push in between is not missed.
+                    sub.register(cx.waker());
+                    sub.pop()
+                }
+                next => next,
+            },
+        }
+    }
+}
+
+/// How many rows a chunk of a chunked initial read holds.
+const INITIAL_CHUNK: usize = 512;
+
+impl Feed {
+    /// Takes a new subscription's membership and inbox; returns its initial rows.
+    pub(super) fn join(&mut self, sub: hub::Subscribed) -> Option<Vec<Arc<Value>>> {
+        self.registration = Some(sub.registration);
+        if let Some((log, reader)) = sub.reader {
+            self.inbox = Inbox::Shared(log, reader);
+        }
+        match sub.initial {
+            Initial::Rows(rows) => Some(rows),
+            Initial::None => None,
+        }
+    }
+
+    /// Subscribes and reads the initial rows of a primary key range in chunks. Each chunk is
+    /// read under the commit lock; after it, the inbox learns how far the scan got, so that
+    /// changes to rows the scan has already read are delivered and changes to rows it has
+    /// not reached are dropped (the scan reads those rows later, as they are then). Every
+    /// row is thus seen once: in the initial rows, or through changes, never both, never
+    /// neither.
+    pub(super) fn subscribe_chunked(
+        &mut self,
+        db: &Database,
+        plan: FeedPlan,
+        signature: String,
+        join: Join,
+        ScanRange { table, lo, hi }: ScanRange,
+        view: &View,
+    ) -> Result<Vec<Arc<Value>>> {
+        let mut plan = Some((plan, signature, join));
+        let mut rows = Vec::new();
+        let mut from = lo;
+        loop {
+            let _commit = db.inner.writer.lock();
+            db.check_open()?;
+            if table.is_dropped() {
+                return Err(Error::NoSuchTable(table.name.clone()));
+            }
+            if let Some((plan, signature, join)) = plan.take() {
+                let sub =
+                    db.inner
+                        .hub
+                        .subscribe(plan, signature, join, || Ok(Vec::new()), false)?;
+                self.join(sub);
+            }
+            let mut last = None;
+            let mut read = 0;
+            for entry in table
+                .docs
+                .range(from.clone(), hi.clone())
+                .take(INITIAL_CHUNK)
+            {
+                let (key, bytes) = entry?;
+                let doc = Arc::new(table.parse_doc(&bytes)?);
+                if let Some(seen) = view.apply(&doc) {
+                    rows.push(seen);
+                }
+                last = Some(key.to_vec());
+                read += 1;
+            }
+            let done = read < INITIAL_CHUNK;
+            let frontier = if done { None } else { last.clone() };
+            match &mut self.inbox {
+                Inbox::Shared(log, reader) => reader.scanned(log, frontier),
+                Inbox::Own(sub) => sub.scanned(frontier),
+            }
+            match (done, last) {
+                (false, Some(k)) => from = Bound::Excluded(k),
+                _ => return Ok(rows),
+            }
+        }
+    }
+
+    fn decorate(&self, c: Change) -> Change {
+        c.shown(self.include_types, self.include_offsets)
+    }
+
+    /// The stats table's timer: recomputes the rows about once a second and queues the
+    /// changed ones.
+    fn poll_timer(&mut self, cx: &mut Context<'_>) {
+        let (Some(timer), Inbox::Own(sub)) = (&mut self.timer, &self.inbox) else {
+            return;
+        };
+        if timer.db.check_open().is_err() {
+            sub.close(Error::FeedAborted("the database was closed".into()));
+            return;
+        }
+        let mut interval = timer.interval.take().unwrap_or_else(|| {
+            let start = tokio::time::Instant::now() + Duration::from_secs(1);
+            let mut i = tokio::time::interval_at(start, Duration::from_secs(1));
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        });
+        while interval.poll_tick(cx).is_ready() {
+            let rows = timer.db.inner.stats.rows(&timer.db);
+            for c in timer.diff(rows) {
+                // Pushed from the consumer's own poll: no wake-up needed.
+                sub.push(c);
+            }
+        }
+        timer.interval = Some(interval);
+    }
+}
+
+impl Stream for Feed {
+    type Item = Result<Change>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if let Some(c) = this.front.pop_front() {
+            return Poll::Ready(Some(Ok(this.decorate(c))));
+        }
+        if let Some(c) = this.batch.pop_front() {
+            return Poll::Ready(Some(Ok(this.decorate(c))));
+        }
+        if this.timer.is_some() {
+            this.poll_timer(cx);
+        }
+        if let (Some(window), Inbox::Own(sub)) = (this.window, &this.inbox) {
+            sub.register(cx.waker());
+            let (waiting, since, urgent) = sub.pending();
+            if waiting > 0 && !urgent {
+                let due = since.map_or(Instant::now(), |s| s + window);
+                let early = !this.handed_first || waiting * 2 > sub.capacity();
+                if !early && Instant::now() < due {
+                    let deadline = tokio::time::Instant::from_std(due);
+                    let sleep = this
+                        .sleep
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                    sleep.as_mut().reset(deadline);
+                    if sleep.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                }
+                this.handed_first = true;
+                if let Some(skipped) = sub.drain(&mut this.batch) {
+                    return Poll::Ready(Some(Err(Error::FeedOverflow { skipped })));
+                }
+                if let Some(c) = this.batch.pop_front() {
+                    return Poll::Ready(Some(Ok(this.decorate(c))));
+                }
+            }
+        }
+        match this.inbox.next(cx, &mut this.batch) {
+            Next::Item(c) => {
+                this.handed_first = true;
+                Poll::Ready(Some(Ok(this.decorate(c))))
+            }
+            Next::Overflow(skipped) => Poll::Ready(Some(Err(Error::FeedOverflow { skipped }))),
+            Next::Closed(e) => {
+                this.done = true;
+                this.registration = None;
+                Poll::Ready(Some(Err(e)))
+            }
+            Next::Empty => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        if let Inbox::Shared(log, reader) = &self.inbox {
+            log.leave(reader);
+        }
+        if let Some(timer) = &self.timer {
+            timer.db.inner.hub.count_timer_feed(-1);
+        }
+    }
+}
