@@ -64,6 +64,9 @@ pub enum Error {
     /// A query that cannot be run (or watched), with the reason.
     #[error("invalid query: {0}")]
     InvalidQuery(String),
+    /// A batch's precondition did not hold (see `Batch::require_empty`); nothing was written.
+    #[error("precondition failed: {0}")]
+    Precondition(String),
     /// An index that is still being built was queried.
     #[error("index `{index}` on table `{table}` is not ready yet (backfill in progress)")]
     IndexNotReady {

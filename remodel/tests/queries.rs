@@ -1181,3 +1181,71 @@ async fn a_batch_over_several_tables_commits_all_or_nothing() {
         "one commit order across tables: {seqs:?}"
     );
 }
+
+#[tokio::test]
+async fn batches_select_under_the_commit_lock_for_cascades_and_checks() {
+    let db = crew().await;
+    db.create_table("ships").await.unwrap();
+    db.table("ships")
+        .insert_many(vec![
+            json!({"id": "enterprise"}),
+            json!({"id": "defiant"}),
+            json!({"id": "voyager"}),
+        ])
+        .await
+        .unwrap();
+    let crew = db.table("crew");
+    crew.create_index("ship", IndexSpec::field("ship"))
+        .await
+        .unwrap();
+    let aboard = |ship: &str| crew.get_all([ship]).index("ship");
+
+    // restrict: refused while a crew is aboard, and nothing is written.
+    let refused = db
+        .batch()
+        .require_empty(&aboard("defiant"), "the defiant still has a crew")
+        .delete("ships", "defiant")
+        .await;
+    assert_eq!(
+        refused,
+        Err(Error::Precondition("the defiant still has a crew".into()))
+    );
+    assert!(db.table("ships").get("defiant").await.unwrap().is_some());
+
+    // nullify: the crew loses its ship, in the same commit as the ship's deletion.
+    let r = db
+        .batch()
+        .update_where(&aboard("defiant"), json!({"ship": null}))
+        .delete("ships", "defiant")
+        .await
+        .unwrap();
+    assert_eq!((r.replaced, r.deleted), (2, 1));
+    assert_eq!(
+        crew.filter(field("ship").eq(Value::Null))
+            .count()
+            .await
+            .unwrap(),
+        2
+    );
+
+    // cascade: the crew goes with the ship.
+    let r = db
+        .batch()
+        .delete_where(&aboard("enterprise"))
+        .delete("ships", "enterprise")
+        .await
+        .unwrap();
+    assert_eq!(r.deleted, 4);
+    assert_eq!(ids(&crew.run().await.unwrap()), vec![4, 5, 6]);
+
+    // An empty selection is fine; a read-only table is not.
+    db.batch()
+        .require_empty(&aboard("enterprise"), "gone")
+        .delete("ships", "voyager")
+        .await
+        .unwrap();
+    assert!(matches!(
+        db.batch().delete_where(&db.stats()).await,
+        Err(Error::InvalidQuery(_))
+    ));
+}

@@ -219,7 +219,7 @@ impl DbInner {
                 .map(|op| (table.clone(), op))
                 .collect();
             self.commit_locked(
-                chunk,
+                || Ok(chunk),
                 Commit {
                     return_changes,
                     all_or_nothing: false,
@@ -232,15 +232,17 @@ impl DbInner {
 
     /// Takes the commit lock, commits one chunk, and wakes the feeds it fed once the lock is
     /// released.
+    /// `ops` runs first, under the lock: it may read the store to decide what to write.
     pub(crate) fn commit_locked(
         &self,
-        ops: Vec<(Arc<TableState>, WriteOp)>,
+        ops: impl FnOnce() -> Result<Vec<(Arc<TableState>, WriteOp)>>,
         how: Commit,
         result: &mut WriteResult,
     ) -> Result<()> {
         let mut wakes = Vec::new();
         let mut seq = self.writer.lock();
-        let committed = self.commit_chunk(ops, how, result, &mut seq, &mut wakes);
+        let committed =
+            ops().and_then(|ops| self.commit_chunk(ops, how, result, &mut seq, &mut wakes));
         drop(seq);
         wakes.drain(..).for_each(std::task::Waker::wake);
         committed

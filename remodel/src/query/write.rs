@@ -1,5 +1,6 @@
 //! Write builders: inserts, and updates, replaces and deletes by key or by query.
 
+use super::plan::Plan;
 use super::{Query, Table};
 use crate::db::write::{Commit, WriteOp};
 use crate::db::{Conflict, Database, Durability, Patch, TableState, WriteResult};
@@ -8,6 +9,7 @@ use crate::{Error, Result};
 use serde_json::Value;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
+use std::sync::Arc;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -295,6 +297,9 @@ enum BatchOp {
     Update(Value, Patch),
     Replace(Value, Value),
     Delete(Value),
+    UpdateWhere(Box<Query>, Patch),
+    DeleteWhere(Box<Query>),
+    RequireEmpty(Box<Query>, String),
 }
 
 impl Database {
@@ -339,6 +344,33 @@ impl Batch {
         self.push(table, BatchOp::Delete(key.into()))
     }
 
+    /// Merges a patch into every row of `query` (selected when the batch commits, from the
+    /// data as it was before the batch).
+    pub fn update_where(self, query: &Query, patch: impl Into<Patch>) -> Self {
+        let table = query.table.to_string();
+        self.push(
+            &table,
+            BatchOp::UpdateWhere(Box::new(query.clone()), patch.into()),
+        )
+    }
+
+    /// Deletes every row of `query` (selected when the batch commits, from the data as it was
+    /// before the batch).
+    pub fn delete_where(self, query: &Query) -> Self {
+        let table = query.table.to_string();
+        self.push(&table, BatchOp::DeleteWhere(Box::new(query.clone())))
+    }
+
+    /// Fails the whole batch with [`Error::Precondition`] (`why`) if `query` has any row when
+    /// the batch commits: a check and the writes that depend on it, in one commit.
+    pub fn require_empty(self, query: &Query, why: impl Into<String>) -> Self {
+        let table = query.table.to_string();
+        self.push(
+            &table,
+            BatchOp::RequireEmpty(Box::new(query.clone()), why.into()),
+        )
+    }
+
     /// Also return the `{old_val, new_val}` of each write.
     pub fn return_changes(mut self, yes: bool) -> Self {
         self.opts.return_changes = yes;
@@ -352,37 +384,50 @@ impl Batch {
     }
 
     async fn run(self) -> Result<WriteResult> {
-        const MAX: usize = 4096;
-        if self.ops.len() > MAX {
+        if self.ops.len() > BATCH_MAX {
             return Err(Error::query(format!(
-                "a batch holds at most {MAX} writes, got {}",
+                "a batch holds at most {BATCH_MAX} writes, got {}",
                 self.ops.len()
             )));
         }
         let db = self.db;
         let mut generated = Vec::new();
-        let mut ops = Vec::with_capacity(self.ops.len());
-        // Everything is checked before anything is written.
+        let mut steps = Vec::with_capacity(self.ops.len());
+        // Everything is checked before anything is written; queries are planned here and run
+        // under the commit lock.
         for (name, op) in self.ops {
-            let t = db.table(name.as_str()).state()?;
-            let op = match op {
-                BatchOp::Insert(doc, conflict) => db
-                    .prepare_inserts(&t, vec![doc], conflict, &mut generated)?
-                    .remove(0),
-                BatchOp::Update(key, patch) => WriteOp::Update {
-                    key: encode_key(&key)?,
-                    patch,
-                },
-                BatchOp::Replace(key, doc) => {
-                    let enc = encode_key(&key)?;
-                    let doc = replacement(&t, &key, &enc, doc)?;
-                    WriteOp::Replace { key: enc, doc }
+            let table = || db.table(name.as_str()).state();
+            let step = match op {
+                BatchOp::Insert(doc, conflict) => {
+                    let t = table()?;
+                    let op = db
+                        .prepare_inserts(&t, vec![doc], conflict, &mut generated)?
+                        .remove(0);
+                    Step::Write(t, op)
                 }
-                BatchOp::Delete(key) => WriteOp::Delete {
-                    key: encode_key(&key)?,
-                },
+                BatchOp::Update(key, patch) => Step::Write(
+                    table()?,
+                    WriteOp::Update {
+                        key: encode_key(&key)?,
+                        patch,
+                    },
+                ),
+                BatchOp::Replace(key, doc) => {
+                    let (t, enc) = (table()?, encode_key(&key)?);
+                    let doc = replacement(&t, &key, &enc, doc)?;
+                    Step::Write(t, WriteOp::Replace { key: enc, doc })
+                }
+                BatchOp::Delete(key) => Step::Write(
+                    table()?,
+                    WriteOp::Delete {
+                        key: encode_key(&key)?,
+                    },
+                ),
+                BatchOp::UpdateWhere(q, patch) => Step::Where(planned(&q)?, Some(patch)),
+                BatchOp::DeleteWhere(q) => Step::Where(planned(&q)?, None),
+                BatchOp::RequireEmpty(q, why) => Step::RequireEmpty(planned(&q)?, why),
             };
-            ops.push((t, op));
+            steps.push(step);
         }
         let how = Commit {
             return_changes: self.opts.return_changes,
@@ -391,13 +436,71 @@ impl Batch {
         let inner = db.inner.clone();
         let mut result = crate::db::spawn_blocking(move || {
             let mut result = WriteResult::default();
-            inner.commit_locked(ops, how, &mut result).map(|()| result)
+            inner
+                .commit_locked(|| expand(steps), how, &mut result)
+                .map(|()| result)
         })
         .await?;
         db.settle(self.opts.durability).await?;
         result.generated_keys = generated;
         Ok(result)
     }
+}
+
+/// The most writes one batch commits.
+const BATCH_MAX: usize = 4096;
+
+/// A batch write, ready to commit.
+enum Step {
+    Write(Arc<TableState>, WriteOp),
+    /// Update (with the patch) or delete every row of the plan.
+    Where(Plan, Option<Patch>),
+    RequireEmpty(Plan, String),
+}
+
+fn planned(q: &Query) -> Result<Plan> {
+    if q.source == super::Source::Stats {
+        return Err(Error::query("the stats table is read-only"));
+    }
+    q.plan()
+}
+
+/// Turns the steps into writes, running their queries (under the commit lock).
+fn expand(steps: Vec<Step>) -> Result<Vec<(Arc<TableState>, WriteOp)>> {
+    let mut ops = Vec::with_capacity(steps.len());
+    for step in steps {
+        match step {
+            Step::Write(t, op) => ops.push((t, op)),
+            Step::Where(plan, patch) => {
+                let mut seen = std::collections::HashSet::new();
+                for row in plan.rows() {
+                    let key = row?.key.to_vec();
+                    if seen.insert(key.clone()) {
+                        let op = match &patch {
+                            Some(p) => WriteOp::Update {
+                                key,
+                                patch: p.clone(),
+                            },
+                            None => WriteOp::Delete { key },
+                        };
+                        ops.push((plan.table.clone(), op));
+                    }
+                }
+            }
+            Step::RequireEmpty(plan, why) => {
+                if plan.rows().next().transpose()?.is_some() {
+                    return Err(Error::Precondition(why));
+                }
+            }
+        }
+    }
+    if ops.len() > BATCH_MAX {
+        return Err(Error::query(format!(
+            "a batch holds at most {BATCH_MAX} writes; its queries selected {}",
+            ops.len()
+        )));
+    }
+    Ok(ops)
 }
 
 impl IntoFuture for Batch {
