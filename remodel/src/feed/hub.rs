@@ -1,11 +1,12 @@
 //! The hub: where committed changes meet the feeds that watch them.
 //!
 //! Feeds that watch the same query share one group: its matching, filtering and transforms
-//! run once per write, and the resulting items are pushed to each member's queue. Groups are
-//! found by route, so that routing a write costs in proportion to the feeds it concerns:
-//! point and `get_all` feeds by key or index value, filter feeds with an equality conjunct by
-//! that field's value. Only the rest (range, top-N, and unindexable filter feeds) are checked
-//! one by one.
+//! run once per write, and each resulting item is appended once to the group's shared log
+//! (squashing members, which merge per consumer, get it in their own queue). Groups are found
+//! by route, so that routing a write costs in proportion to the feeds it concerns: point and
+//! `get_all` feeds by key or index value, filter feeds with an equality conjunct by that
+//! field's value, top-N feeds by the boundary the written key beats and by the rows they hold.
+//! Only range feeds and filters without an equality conjunct are checked one by one.
 //!
 //! Everything here that changes routes or sees a change runs under the commit lock, so a
 //! feed's initial snapshot and its first change are separated by no gap and no overlap.
