@@ -1,4 +1,5 @@
-//! A feed's bounded queue: where the hub pushes items and the consumer pulls them.
+//! A feed's own bounded queue, for feeds that squash (merging is per consumer) and for the
+//! stats timer feed; the other feeds read their group's shared log (`log.rs`).
 //!
 //! Writers never wait on a consumer: a push takes a short lock and, when the queue is full,
 //! discards what is buffered and counts it, so the consumer next gets one overflow error item.
