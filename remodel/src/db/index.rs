@@ -113,7 +113,9 @@ impl CompiledIndex {
             Some(Value::Array(items)) if self.multi => {
                 let mut out: Vec<Value> = Vec::with_capacity(items.len());
                 for item in items {
-                    if !item.is_null() && !out.contains(item) {
+                    if !item.is_null()
+                        && !out.iter().any(|o| crate::value::compare(o, item).is_eq())
+                    {
                         out.push(item.clone());
                     }
                 }

@@ -177,11 +177,26 @@ impl Database {
                 }
             }
         }
-        let storage = Storage::open(EngineConfig {
-            path: canonical.as_deref(),
-            cache_bytes: config.cache_bytes,
-            flush_every_ms: Some(config.flush_interval.as_millis().max(1) as u64),
-        })
+        // A handle of this process that was just dropped may still hold the file lock for a
+        // moment (sled's I/O threads release it last): retry for a bounded time.
+        let was_open_here = canonical.as_ref().is_some_and(|p| registry.contains_key(p));
+        let mut attempts = 0;
+        let storage = loop {
+            let opened = Storage::open(EngineConfig {
+                path: canonical.as_deref(),
+                cache_bytes: config.cache_bytes,
+                flush_every_ms: Some(config.flush_interval.as_millis().max(1) as u64),
+            });
+            match opened {
+                Err(Error::Storage(m))
+                    if was_open_here && attempts < 500 && m.contains("could not acquire lock") =>
+                {
+                    attempts += 1;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                other => break other,
+            }
+        }
         .map_err(|e| match &canonical {
             Some(p) => Error::Storage(format!(
                 "cannot open the database at {} (is another process using it?): {e}",

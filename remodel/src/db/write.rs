@@ -126,7 +126,17 @@ impl Patch {
         }
         let mut out = doc.clone();
         merge(&mut out, patch);
-        if out.get(&table.primary_key) != doc.get(&table.primary_key) {
+        let same_key = match (out.get(&table.primary_key), doc.get(&table.primary_key)) {
+            (Some(a), Some(b)) => crate::value::compare(a, b) == std::cmp::Ordering::Equal,
+            (None, None) => true,
+            _ => false,
+        };
+        if same_key {
+            // Keep the stored spelling of the key (1 stays 1 when the patch says 1.0).
+            if let (Some(k), Value::Object(m)) = (doc.get(&table.primary_key), &mut out) {
+                m.insert(table.primary_key.clone(), k.clone());
+            }
+        } else {
             return Err(Error::InvalidDocument {
                 reason: format!(
                     "the primary key `{}` of a document cannot be changed (from {} to {})",

@@ -116,10 +116,15 @@ impl Storage {
         Ok(next)
     }
 
-    /// Waits until everything written so far is on disk, without blocking the async runtime
-    /// (sled runs the fsync on its own thread pool).
+    /// Waits until everything written so far is on disk, without blocking the async runtime.
+    /// The fsync runs on tokio's blocking pool, not with sled's `flush_async`: that one runs on
+    /// sled's small global I/O pool, and seven concurrent flushes there wait forever for a log
+    /// write queued behind them on the same pool (sled#1241).
     pub(crate) async fn flush(&self) -> Result<()> {
-        self.db.flush_async().await?;
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| crate::Error::Storage(format!("flush task failed: {e}")))??;
         Ok(())
     }
 
