@@ -14,6 +14,9 @@
 //!   indexed value of each document, in (value, primary key) order, and `index_status`
 //!   counts as many entries.
 
+mod common;
+
+use common::{index_values, merge};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use remodel::value::compare;
@@ -194,23 +197,6 @@ async fn child(dir: PathBuf, round: u64) {
 /// Acknowledged state: documents by id.
 type Docs = BTreeMap<String, Value>;
 
-/// Merge as documented: nested objects merge, other values (null included) replace.
-fn merge(doc: &mut Value, patch: &Value) {
-    match (doc, patch) {
-        (Value::Object(d), Value::Object(p)) => {
-            for (k, v) in p {
-                match d.get_mut(k) {
-                    Some(old) if old.is_object() && v.is_object() => merge(old, v),
-                    _ => {
-                        d.insert(k.clone(), v.clone());
-                    }
-                }
-            }
-        }
-        (d, p) => *d = p.clone(),
-    }
-}
-
 fn id_of(doc: &Value) -> String {
     doc["id"].as_str().expect("string ids").to_string()
 }
@@ -244,34 +230,6 @@ fn touched(op: &Value) -> Vec<String> {
         "ins" => op["docs"].as_array().unwrap().iter().map(id_of).collect(),
         "rep" => vec![id_of(&op["doc"])],
         _ => vec![op["id"].as_str().unwrap().to_string()],
-    }
-}
-
-fn path_get<'a>(doc: &'a Value, path: &str) -> Option<&'a Value> {
-    path.split('.').try_fold(doc, |d, s| d.as_object()?.get(s))
-}
-
-/// The values under which a document is in an index, per the spec.
-fn index_values(spec: &IndexSpec, doc: &Value) -> Vec<Value> {
-    let get = |f: &str| path_get(doc, f).filter(|v| !v.is_null());
-    if spec.is_compound() {
-        return match spec.fields().iter().map(|f| get(f).cloned()).collect() {
-            Some(parts) => vec![Value::Array(parts)],
-            None => Vec::new(),
-        };
-    }
-    match get(&spec.fields()[0]) {
-        None => Vec::new(),
-        Some(Value::Array(items)) if spec.is_multi() => {
-            let mut out: Vec<Value> = Vec::new();
-            for i in items.iter().filter(|i| !i.is_null()) {
-                if !out.iter().any(|o| compare(o, i).is_eq()) {
-                    out.push(i.clone());
-                }
-            }
-            out
-        }
-        Some(v) => vec![v.clone()],
     }
 }
 

@@ -1,45 +1,52 @@
-//! Helpers shared by the integration tests.
+//! The documented rules, written independently of the store, that the model-based tests
+//! check it against.
 
 use remodel::value::compare;
 use remodel::{IndexSpec, Value};
 
-/// What an index must hold for `docs`: one `(value, primary key)` entry per indexed value,
-/// sorted in index order. Written from the documented rules, independently of the store:
-/// a missing or null field is not indexed, a compound index needs every field, a multi
-/// index has one entry per distinct non-null element.
-pub fn expected_index_entries<'a>(
-    docs: impl IntoIterator<Item = &'a Value>,
-    spec: &IndexSpec,
-) -> Vec<(Value, Value)> {
-    let get = |d: &Value, f: &str| {
-        f.split('.')
-            .try_fold(d, |v, s| v.get(s))
-            .filter(|v| !v.is_null())
-            .cloned()
-    };
-    let mut out = Vec::new();
-    for d in docs {
-        let id = d["id"].clone();
-        let fields = spec.fields();
-        if spec.is_compound() {
-            if let Some(parts) = fields.iter().map(|f| get(d, f)).collect::<Option<Vec<_>>>() {
-                out.push((Value::Array(parts), id));
-            }
-        } else if let Some(v) = get(d, &fields[0]) {
-            match v {
-                Value::Array(items) if spec.is_multi() => {
-                    let mut seen: Vec<Value> = Vec::new();
-                    for item in items.into_iter().filter(|i| !i.is_null()) {
-                        if !seen.contains(&item) {
-                            seen.push(item.clone());
-                            out.push((item, id.clone()));
-                        }
+/// The value at a dotted path.
+pub fn path_get<'a>(doc: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(doc, |d, s| d.as_object()?.get(s))
+}
+
+/// Merge as documented: nested objects merge, other values (null included) replace.
+pub fn merge(doc: &mut Value, patch: &Value) {
+    match (doc, patch) {
+        (Value::Object(d), Value::Object(p)) => {
+            for (k, v) in p {
+                match d.get_mut(k) {
+                    Some(old) if old.is_object() && v.is_object() => merge(old, v),
+                    _ => {
+                        d.insert(k.clone(), v.clone());
                     }
                 }
-                v => out.push((v, id)),
             }
         }
+        (d, p) => *d = p.clone(),
     }
-    out.sort_by(|x, y| compare(&x.0, &y.0).then_with(|| compare(&x.1, &y.1)));
-    out
+}
+
+/// The values under which a document is in an index, per the spec: none for a missing or null
+/// field; compound: every field present and non-null; multi: each distinct non-null element.
+pub fn index_values(spec: &IndexSpec, doc: &Value) -> Vec<Value> {
+    let get = |f: &str| path_get(doc, f).filter(|v| !v.is_null());
+    if spec.is_compound() {
+        return match spec.fields().iter().map(|f| get(f).cloned()).collect() {
+            Some(parts) => vec![Value::Array(parts)],
+            None => Vec::new(),
+        };
+    }
+    match get(&spec.fields()[0]) {
+        None => Vec::new(),
+        Some(Value::Array(items)) if spec.is_multi() => {
+            let mut out: Vec<Value> = Vec::new();
+            for i in items.iter().filter(|i| !i.is_null()) {
+                if !out.iter().any(|o| compare(o, i).is_eq()) {
+                    out.push(i.clone());
+                }
+            }
+            out
+        }
+        Some(v) => vec![v.clone()],
+    }
 }
