@@ -574,9 +574,15 @@ async fn dropping_the_last_database_handle_ends_its_feeds() {
 async fn unwatchable_queries_and_bad_options_are_refused() {
     let db = scores_table().await;
     let t = db.table("scores");
+    // Each cause has its own variant: a query that cannot be watched, an option that
+    // cannot be honoured.
     let reason = |r: Result<Feed, Error>| match r {
-        Err(Error::InvalidQuery(m)) => m,
-        other => panic!("expected InvalidQuery, got {other:?}"),
+        Err(Error::Unwatchable(m)) => m,
+        other => panic!("expected Unwatchable, got {other:?}"),
+    };
+    let option = |r: Result<Feed, Error>| match r {
+        Err(Error::InvalidFeedOption(m)) => m,
+        other => panic!("expected InvalidFeedOption, got {other:?}"),
     };
     assert!(reason(t.query().limit(3).changes().await).contains("unordered stream"));
     assert!(reason(t.order_by(remodel::asc("points")).changes().await).contains("without an index"));
@@ -590,11 +596,11 @@ async fn unwatchable_queries_and_bad_options_are_refused() {
     )
     .contains("after limit"));
     assert!(reason(t.query().skip(1).changes().await).contains("skip"));
-    assert!(reason(t.changes().include_offsets(true).await).contains("include_offsets"));
-    assert!(reason(t.changes().squash_window(-1.0).await).contains("non-negative"));
-    assert!(reason(t.changes().squash_window(f64::NAN).await).contains("non-negative"));
-    assert!(reason(t.changes().squash_window(1e300).await).contains("non-negative"));
-    assert!(reason(t.changes().queue_size(0).await).contains("at least 1"));
+    assert!(option(t.changes().include_offsets(true).await).contains("include_offsets"));
+    assert!(option(t.changes().squash_window(-1.0).await).contains("non-negative"));
+    assert!(option(t.changes().squash_window(f64::NAN).await).contains("non-negative"));
+    assert!(option(t.changes().squash_window(1e300).await).contains("non-negative"));
+    assert!(option(t.changes().queue_size(0).await).contains("at least 1"));
     assert!(matches!(
         db.table("nope").changes().await,
         Err(Error::NoSuchTable(_))

@@ -186,6 +186,15 @@ impl Change {
         self.data.new_val.as_ref()
     }
 
+    /// The offsets of a top-N item, whether or not the feed shows them.
+    pub(crate) fn raw_old_offset(&self) -> Option<usize> {
+        self.data.old_offset
+    }
+
+    pub(crate) fn raw_new_offset(&self) -> Option<usize> {
+        self.data.new_offset
+    }
+
     /// What happened.
     pub fn kind(&self) -> ChangeKind {
         self.data.kind

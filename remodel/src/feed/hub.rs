@@ -83,15 +83,6 @@ struct Scratch {
     buf: Vec<u8>,
 }
 
-impl Scratch {
-    fn keys_for(&self, index: &Option<String>) -> &[Vec<u8>] {
-        self.keys
-            .iter()
-            .find(|(i, _)| i == index)
-            .map_or(&[], |(_, k)| k.as_slice())
-    }
-}
-
 struct IndexRoutes {
     ix: Arc<crate::db::IndexState>,
     values: HashMap<Vec<u8>, Vec<GroupId>>,
@@ -357,18 +348,10 @@ impl Routes {
 }
 
 impl Group {
-    /// The items this group's feeds get for a change.
-    fn items(
-        &mut self,
-        table: &TableState,
-        c: &Committed,
-        scratch: &Scratch,
-    ) -> Result<(Vec<Change>, bool)> {
+    /// The items a rows group's feeds get for a change.
+    fn items(&mut self, c: &Committed) -> Vec<Change> {
         let (matcher, view) = match &mut self.kind {
-            Kind::TopN(t) => {
-                let keys = scratch.keys_for(&t.order.ix.as_ref().map(|ix| ix.name.clone()));
-                return t.apply(table, c, keys);
-            }
+            Kind::TopN(_) => unreachable!("top-N groups take a commit at a time"),
             Kind::Rows { matcher, view } => (matcher, view),
         };
         let side = |doc: &Option<Arc<Value>>| -> (usize, Option<Arc<Value>>) {
@@ -385,7 +368,7 @@ impl Group {
         let (old_n, old) = side(&c.old);
         let (new_n, new) = side(&c.new);
         if old_n == 0 && new_n == 0 {
-            return Ok((Vec::new(), false));
+            return Vec::new();
         }
         let key: Arc<[u8]> = Arc::from(&c.key[..]);
         let both = old_n.min(new_n);
@@ -401,7 +384,7 @@ impl Group {
         for _ in both..new_n {
             out.push(Change::row(Some(key.clone()), None, new.clone()));
         }
-        Ok((out, false))
+        out
     }
 }
 
@@ -445,28 +428,51 @@ impl Hub {
         };
         let mut routes = feeds.routes.lock();
         let mut scratch = Scratch::default();
+        // Top-N groups see the commit as one step: their changes are collected here and
+        // applied together once every change of the commit has been routed.
+        let mut topn: Vec<(GroupId, Vec<&Committed>)> = Vec::new();
         for c in changes {
             routes.candidates(c, &mut scratch);
             for id in &scratch.ids {
                 let Some(group) = routes.groups.get_mut(id) else {
                     continue;
                 };
-                match group.items(table, c, &scratch) {
-                    Ok((items, moved)) => {
-                        for item in items {
-                            group.members.deliver(item.at(c.seq), wakes);
-                        }
-                        if moved {
-                            routes.register_topn(*id);
-                        }
+                if let Kind::TopN(_) = group.kind {
+                    match topn.iter_mut().find(|(g, _)| g == id) {
+                        Some((_, cs)) => cs.push(c),
+                        None => topn.push((*id, vec![c])),
                     }
-                    Err(e) => {
-                        // A storage error while refilling a top-N set: its feeds cannot go
-                        // on correctly, so they end with the error.
-                        group.members.close(&Error::FeedAborted(format!(
-                            "the feed could not be maintained: {e}"
-                        )));
+                    continue;
+                }
+                for item in group.items(c) {
+                    group.members.deliver(item.at(c.seq), wakes);
+                }
+            }
+        }
+        // The items of a top-N group carry the sequence number of the commit's last change.
+        let last_seq = changes.last().map_or(0, |c| c.seq);
+        for (id, cs) in topn {
+            let Some(group) = routes.groups.get_mut(&id) else {
+                continue;
+            };
+            let Kind::TopN(t) = &mut group.kind else {
+                continue;
+            };
+            match t.apply_commit(table, &cs) {
+                Ok((items, moved)) => {
+                    for item in items {
+                        group.members.deliver(item.at(last_seq), wakes);
                     }
+                    if moved {
+                        routes.register_topn(id);
+                    }
+                }
+                Err(e) => {
+                    // A storage error while refilling a top-N set: its feeds cannot go on
+                    // correctly, so they end with the error.
+                    group.members.close(&Error::FeedAborted(format!(
+                        "the feed could not be maintained: {e}"
+                    )));
                 }
             }
         }
@@ -604,6 +610,11 @@ impl Hub {
         };
         let (own, reader) = match join {
             Join::Own(sub) => {
+                if let Kind::TopN(t) = &group.kind {
+                    // A squashing top-N feed reports batches as the difference between the
+                    // set its consumer knows and the set now, starting from this one.
+                    sub.track_list(t.list());
+                }
                 group.members.own.push((sub_id, sub));
                 (Some(sub_id), None)
             }

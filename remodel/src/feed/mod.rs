@@ -49,6 +49,7 @@
 //! ```
 
 mod change;
+mod edits;
 pub(crate) mod hub;
 mod log;
 mod options;
@@ -63,7 +64,7 @@ pub use options::{FeedOptions, Squash};
 pub(crate) use queue::Subscriber;
 pub use stream::Feed;
 
-use crate::query::{Get, Query, Source, Table};
+use crate::query::{Get, PointQuery, Query, Source, Table};
 use crate::{Error, Result};
 use hub::Join;
 use serde_json::Value;
@@ -80,6 +81,9 @@ use stream::{Inbox, StatsTimer};
 pub struct Changes {
     query: Query,
     opts: FeedOptions,
+    /// A point feed (`get(k)`, possibly with transforms): a missing row is one `null`
+    /// initial item.
+    point: bool,
 }
 
 impl Changes {
@@ -105,8 +109,8 @@ impl Changes {
     }
     /// Merge changes that pile up while the consumer is not reading: one item per row, with
     /// its oldest `old_val` and newest `new_val`; a row whose changes cancel out disappears.
-    /// Top-N items pair two rows (and carry offsets), so top-N feeds are not merged; with a
-    /// window they are still handed over in batches.
+    /// A top-N feed hands over the net difference between its set when the batch started and
+    /// when it is handed over (still valid list edits with `include_offsets`).
     pub fn squash(mut self, yes: bool) -> Self {
         self.opts.squash = if yes { Squash::Merge } else { Squash::Off };
         self
@@ -128,14 +132,14 @@ impl Changes {
     }
 
     fn start(self) -> Result<Feed> {
-        let Changes { query, opts } = self;
+        let Changes { query, opts, point } = self;
         opts.validate()?;
         let db = query.db.clone();
         let stats = query.source == Source::Stats;
         let plan = FeedPlan::new(query.plan()?, stats)?;
         let top_n = matches!(plan, FeedPlan::TopN { .. });
         if opts.include_offsets && !top_n {
-            return Err(Error::query(
+            return Err(Error::feed_option(
                 "include_offsets applies only to order_by(index).limit(n) feeds",
             ));
         }
@@ -144,15 +148,13 @@ impl Changes {
             Squash::Window(s) if s > 0.0 => Some(Duration::from_secs_f64(s)),
             _ => None,
         };
-        // Top-N items pair two rows, so merging them per row would break offsets: top-N feeds
-        // batch (with a window) but do not merge.
-        let merge = opts.squash != Squash::Off && !top_n;
+        // Squashing feeds merge per row; squashing top-N feeds hand over the net difference
+        // of the set per batch (see `queue::ListSquash`).
+        let merge = opts.squash != Squash::Off;
         // Feeds that squash (and timer feeds) need a queue of their own; the others read
         // their group's shared log.
         let own_queue = opts.squash != Squash::Off || stats;
         let sub = Arc::new(Subscriber::new(capacity, merge, window.is_some()));
-        let is_point = matches!(&query.source, Source::GetAll { keys, index: None } if keys.len() == 1)
-            && query.steps.is_empty();
 
         let mut feed = Feed {
             inbox: Inbox::Own(sub.clone()),
@@ -223,6 +225,9 @@ impl Changes {
                         // same commit.
                         let _commit = db.inner.writer.lock();
                         db.check_open()?;
+                        // The table (or index) may have been dropped since the plan was
+                        // made: a feed opens on a live table or not at all.
+                        plan.check_live()?;
                         let sub = db.inner.hub.subscribe(
                             plan,
                             signature,
@@ -236,7 +241,7 @@ impl Changes {
             }
         };
         if let Some(rows) = initial_rows {
-            if rows.is_empty() && is_point {
+            if rows.is_empty() && point {
                 feed.front.push_back(Change::initial(None, None));
             }
             for (i, row) in rows.into_iter().enumerate() {
@@ -265,6 +270,18 @@ impl Query {
         Changes {
             query: self.clone(),
             opts: FeedOptions::default(),
+            point: false,
+        }
+    }
+}
+
+impl PointQuery {
+    /// Watches the document as the transforms see it (a point feed): a row that stops
+    /// passing the filter is reported as leaving.
+    pub fn changes(&self) -> Changes {
+        Changes {
+            point: true,
+            ..self.query.changes()
         }
     }
 }
@@ -279,6 +296,9 @@ impl Table {
 impl Get {
     /// Watches one document (a point feed).
     pub fn changes(&self) -> Changes {
-        self.table.get_all([self.key.clone()]).changes()
+        Changes {
+            point: true,
+            ..self.table.get_all([self.key_for_write()]).changes()
+        }
     }
 }

@@ -4,6 +4,9 @@ use crate::{Error, Result};
 use serde_json::Value;
 use std::time::Duration;
 
+/// The longest squash window, in seconds (a day).
+pub const MAX_SQUASH_WINDOW_SECS: f64 = 86_400.0;
+
 /// How a feed squashes changes.
 #[derive(Clone, Copy, Debug, PartialEq, Default)]
 pub enum Squash {
@@ -14,7 +17,7 @@ pub enum Squash {
     Merge,
     /// Like `Merge`, and a batch is handed over at most this many seconds after its first
     /// change arrived (the first batch is not delayed; a queue more than half full is handed
-    /// over early).
+    /// over early). At most [`MAX_SQUASH_WINDOW_SECS`].
     Window(f64),
 }
 
@@ -52,12 +55,12 @@ impl FeedOptions {
     pub fn from_json(v: &Value) -> Result<Self> {
         let obj = v
             .as_object()
-            .ok_or_else(|| Error::query(format!("feed options must be an object, got {v}")))?;
+            .ok_or_else(|| Error::feed_option(format!("feed options must be an object, got {v}")))?;
         let mut o = FeedOptions::default();
         for (k, v) in obj {
             let flag = || {
                 v.as_bool().ok_or_else(|| {
-                    Error::query(format!("feed option `{k}` must be a boolean, got {v}"))
+                    Error::feed_option(format!("feed option `{k}` must be a boolean, got {v}"))
                 })
             };
             match k.as_str() {
@@ -71,7 +74,7 @@ impl FeedOptions {
                         Value::Bool(false) => Squash::Off,
                         Value::Number(n) => Squash::Window(n.as_f64().unwrap_or(-1.0)),
                         other => {
-                            return Err(Error::query(format!(
+                            return Err(Error::feed_option(format!(
                                 "squash must be true, false or a number of seconds, got {other}"
                             )))
                         }
@@ -79,10 +82,10 @@ impl FeedOptions {
                 }
                 "queue_size" => {
                     o.queue_size = Some(v.as_u64().ok_or_else(|| {
-                        Error::query(format!("queue_size must be a positive integer, got {v}"))
+                        Error::feed_option(format!("queue_size must be a positive integer, got {v}"))
                     })? as usize)
                 }
-                other => return Err(Error::query(format!("unknown feed option `{other}`"))),
+                other => return Err(Error::feed_option(format!("unknown feed option `{other}`"))),
             }
         }
         o.validate()?;
@@ -92,13 +95,19 @@ impl FeedOptions {
     pub(crate) fn validate(&self) -> Result<()> {
         if let Squash::Window(s) = self.squash {
             if !(s.is_finite() && s >= 0.0) || Duration::try_from_secs_f64(s).is_err() {
-                return Err(Error::query(format!(
+                return Err(Error::feed_option(format!(
                     "squash must be a non-negative number of seconds, got {s}"
+                )));
+            }
+            // A window is added to the clock: one too long to add cannot be honoured.
+            if s > MAX_SQUASH_WINDOW_SECS {
+                return Err(Error::feed_option(format!(
+                    "a squash window is at most {MAX_SQUASH_WINDOW_SECS} seconds (a day), got {s}"
                 )));
             }
         }
         if self.queue_size == Some(0) {
-            return Err(Error::query("queue_size must be at least 1"));
+            return Err(Error::feed_option("queue_size must be at least 1"));
         }
         Ok(())
     }

@@ -6,6 +6,7 @@
 //! With squash on, a push merges into the queued change of the same row.
 
 use super::change::Change;
+use super::edits::{apply_edit, list_edits, ListRow};
 use crate::Error;
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
@@ -39,6 +40,21 @@ struct Queue {
     /// rows past it are dropped (the scan will read those rows as they are then).
     scanned: Option<Vec<u8>>,
     closed: Option<Error>,
+    /// Squashing top-N feeds: changes are not queued but applied to a list (see
+    /// [`Subscriber::track_list`]).
+    list: Option<ListSquash>,
+}
+
+/// A squashing top-N feed's state: the list as its consumer will have it after the queued
+/// items, and the set as it is now. The next batch is the edits between the two, so rows
+/// that entered and left in between produce nothing. Its size is bounded by the limit, so
+/// such a feed never overflows.
+struct ListSquash {
+    shown: Vec<ListRow>,
+    current: Vec<ListRow>,
+    /// Changes applied to `current` since the last batch.
+    pending: usize,
+    seq: Option<u64>,
 }
 
 /// What the consumer gets next.
@@ -73,6 +89,18 @@ impl Subscriber {
         if q.closed.is_some() {
             return false;
         }
+        let timed = self.timed;
+        let queued = q.live;
+        if let Some(list) = &mut q.list {
+            apply_edit(&mut list.current, &item);
+            list.seq = item.seq().or(list.seq);
+            list.pending += 1;
+            let first = list.pending == 1;
+            if first && queued == 0 && timed {
+                q.since = Some(Instant::now());
+            }
+            return first && queued == 0;
+        }
         if let (Some(last), Some(key)) = (&q.scanned, item.key()) {
             if **key > **last {
                 return false;
@@ -101,6 +129,19 @@ impl Subscriber {
         q.items.push_back(Some(item));
         q.live += 1;
         was_empty
+    }
+
+    /// Makes this (squashing) queue track a top-N set instead of queueing its changes,
+    /// starting from the set's rows at subscription. Called under the commit lock.
+    pub(crate) fn track_list(&self, rows: Vec<ListRow>) {
+        if self.squash {
+            self.queue.lock().list = Some(ListSquash {
+                shown: rows.clone(),
+                current: rows,
+                pending: 0,
+                seq: None,
+            });
+        }
     }
 
     /// Records how far the initial scan has read (`None`: all rows). Called under the
@@ -151,6 +192,9 @@ impl Subscriber {
     /// Takes the next item.
     pub(crate) fn pop(&self) -> Next {
         let mut q = self.queue.lock();
+        if q.items.is_empty() {
+            q.take_list_batch();
+        }
         if q.skipped > 0 {
             let n = std::mem::take(&mut q.skipped);
             return Next::Overflow(n);
@@ -179,6 +223,7 @@ impl Subscriber {
     /// Moves every queued item out at once (a squash window's batch).
     pub(crate) fn drain(&self, out: &mut VecDeque<Change>) -> Option<u64> {
         let mut q = self.queue.lock();
+        q.take_list_batch();
         if q.skipped > 0 {
             return Some(std::mem::take(&mut q.skipped));
         }
@@ -193,7 +238,34 @@ impl Subscriber {
     /// How many items wait, and since when the oldest of them waits.
     pub(crate) fn pending(&self) -> (usize, Option<Instant>, bool) {
         let q = self.queue.lock();
-        (q.live, q.since, q.closed.is_some() || q.skipped > 0)
+        let listed = q.list.as_ref().map_or(0, |l| l.pending);
+        (q.live + listed, q.since, q.closed.is_some() || q.skipped > 0)
+    }
+}
+
+impl Queue {
+    /// A squashing top-N feed: turns the changes applied since the last batch into the
+    /// edits from the consumer's list to the current set, and queues them.
+    fn take_list_batch(&mut self) {
+        let Some(list) = &mut self.list else { return };
+        if list.pending == 0 {
+            return;
+        }
+        list.pending = 0;
+        let seq = list.seq;
+        let edits = list_edits(&list.shown, &list.current);
+        list.shown.clone_from(&list.current);
+        for item in edits {
+            let item = match seq {
+                Some(s) => item.at(s),
+                None => item,
+            };
+            self.items.push_back(Some(item));
+            self.live += 1;
+        }
+        if self.live == 0 {
+            self.since = None;
+        }
     }
 }
 

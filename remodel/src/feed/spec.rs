@@ -246,6 +246,34 @@ impl OrderedIndex {
 }
 
 impl FeedPlan {
+    /// Refuses a plan whose table or index was dropped after it was made. Called under the
+    /// commit lock, where drops happen, so a feed that passes is seen by the drop's abort.
+    pub(crate) fn check_live(&self) -> Result<()> {
+        let (table, ix) = match self {
+            FeedPlan::Rows { table, matcher, .. } => (
+                table,
+                match matcher {
+                    Matcher::IndexValues { ix, .. } | Matcher::IndexRange { ix, .. } => Some(ix),
+                    _ => None,
+                },
+            ),
+            FeedPlan::TopN { table, order, .. } => (table, order.ix.as_ref()),
+            FeedPlan::Stats { .. } => return Ok(()),
+        };
+        if table.is_dropped() {
+            return Err(Error::NoSuchTable(table.name.clone()));
+        }
+        if let Some(ix) = ix {
+            if !table.indexes.read().iter().any(|i| Arc::ptr_eq(i, ix)) {
+                return Err(Error::NoSuchIndex {
+                    table: table.name.clone(),
+                    index: ix.name.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// For feeds over a primary key range (table feeds, `between` on the primary key), the
     /// range: their initial rows can be read in chunks.
     pub(crate) fn primary_range(&self) -> Option<ScanRange> {
@@ -288,7 +316,7 @@ impl FeedPlan {
         let mut limit = None;
         for op in ops {
             if limit.is_some() {
-                return Err(Error::query(
+                return Err(Error::unwatchable(
                     "cannot watch a query with a transform or filter after limit",
                 ));
             }
@@ -296,14 +324,14 @@ impl FeedPlan {
                 Op::Filter(_) | Op::Pluck(_) | Op::Without(_) => view_ops.push(op),
                 Op::Limit(n) if index_order.is_some() => limit = Some(n),
                 Op::Limit(_) => {
-                    return Err(Error::query(
+                    return Err(Error::unwatchable(
                         "cannot watch the first elements of an unordered stream: use order_by(Order::index(..)).limit(n)",
                     ))
                 }
                 Op::Sort { .. } => {
-                    return Err(Error::query("cannot watch an order_by without an index: use order_by(Order::index(..))"))
+                    return Err(Error::unwatchable("cannot watch an order_by without an index: use order_by(Order::index(..))"))
                 }
-                Op::Skip(_) => return Err(Error::query("cannot watch a query with skip")),
+                Op::Skip(_) => return Err(Error::unwatchable("cannot watch a query with skip")),
             }
         }
         let view = View { ops: view_ops };
@@ -312,7 +340,7 @@ impl FeedPlan {
         }
         if let Some(order) = index_order {
             let Some(limit) = limit else {
-                return Err(Error::query(
+                return Err(Error::unwatchable(
                     "cannot watch an order_by(index) without a limit",
                 ));
             };
@@ -320,7 +348,7 @@ impl FeedPlan {
                 Access::Primary { lo, hi, desc } => (None, lo, hi, desc),
                 Access::IndexRange { ix, lo, hi, desc } => {
                     if ix.spec.is_multi() {
-                        return Err(Error::query(format!(
+                        return Err(Error::unwatchable(format!(
                             "cannot watch order_by on the multi index `{}`",
                             ix.name
                         )));

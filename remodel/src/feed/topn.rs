@@ -6,11 +6,13 @@
 //! The query is never re-run.
 
 use super::change::Change;
+use super::edits::{list_edits, ListRow};
 use super::spec::{OrderedIndex, View};
 use crate::db::write::Committed;
 use crate::db::TableState;
 use crate::Result;
 use serde_json::Value;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 struct Slot {
@@ -100,44 +102,46 @@ impl TopN {
         self.set.iter().map(|s| &s.pk)
     }
 
-    /// Applies a committed change, given the new document's keys in this index (`new_keys`,
-    /// computed once per change for every feed on the index). Returns the items to deliver
-    /// and whether the set changed.
-    pub(crate) fn apply(
+    /// Applies one commit's changes to this table (each key at most once, with its document
+    /// before and after the commit), as one step: the set before the commit and the set after
+    /// it are compared, so no row that was in no committed result is ever reported. Storage
+    /// holds exactly this commit's state when this runs (the hub is called under the commit
+    /// lock, right after the commit), so a refill reads the rows as they are after it.
+    /// Returns the items to deliver and whether the set (or its boundary) changed.
+    pub(crate) fn apply_commit(
         &mut self,
         table: &TableState,
-        c: &Committed,
-        new_keys: &[Vec<u8>],
+        changes: &[&Committed],
     ) -> Result<(Vec<Change>, bool)> {
-        let old_pos = self.set.iter().position(|s| *s.pk == *c.key);
-        let new_okey = new_keys.iter().find(|k| self.order.contains(k));
-        let enters = |t: &Self, okey: &[u8]| match t.boundary() {
-            None => true,
-            Some(b) => t.before(okey, b),
-        };
-        // The common case: a write that neither touches nor enters the set costs a comparison.
-        if old_pos.is_none() && new_okey.is_none_or(|k| !enters(self, k)) {
-            return Ok((Vec::new(), false));
-        }
-        let entering = match (new_okey, &c.new) {
-            (Some(k), Some(doc)) if enters(self, k) => {
-                self.view.apply(doc).map(|seen| (k.clone(), seen))
-            }
-            _ => None,
-        };
-        if old_pos.is_none() && entering.is_none() {
-            return Ok((Vec::new(), false));
-        }
+        // Where the set ended before the commit: a row at or before it may be in the set
+        // after the commit; rows past it are read from the index when the set needs them.
         let boundary = self.boundary().map(<[u8]>::to_vec);
-        let before: Vec<(Arc<[u8]>, Arc<Value>)> = self
+        let may_enter = |t: &Self, okey: &[u8]| match &boundary {
+            None => true,
+            Some(b) => okey == b.as_slice() || t.before(okey, b),
+        };
+        let keys: HashSet<&[u8]> = changes.iter().map(|c| c.key.as_slice()).collect();
+        let touched = |pk: &[u8]| keys.contains(pk);
+        let before: Vec<ListRow> = self
             .set
             .iter()
             .map(|s| (s.pk.clone(), s.seen.clone()))
             .collect();
-        if let Some(p) = old_pos {
-            self.set.remove(p);
-        }
-        if let Some((okey, seen)) = entering {
+        let len_before = self.set.len();
+        self.set.retain(|s| !touched(&s.pk));
+        let mut changed = self.set.len() != len_before;
+        for c in changes {
+            let Some(doc) = &c.new else { continue };
+            let keys = OrderedIndex::index_keys(self.order.ix.as_deref(), &c.key, doc);
+            let Some(okey) = keys.into_iter().find(|k| self.order.contains(k)) else {
+                continue;
+            };
+            if !may_enter(self, &okey) {
+                continue;
+            }
+            let Some(seen) = self.view.apply(doc) else {
+                continue;
+            };
             let at = self.set.partition_point(|s| self.before(&s.okey, &okey));
             self.set.insert(
                 at,
@@ -147,60 +151,31 @@ impl TopN {
                     seen,
                 },
             );
+            changed = true;
+        }
+        if !changed {
+            return Ok((Vec::new(), false));
         }
         if self.set.len() > self.limit {
-            self.set.pop();
+            self.set.truncate(self.limit);
             self.complete = false;
         }
         if self.set.len() < self.limit && !self.complete {
             self.refill(table, boundary)?;
         }
-        Ok((self.diff(&before, &c.key), true))
+        let after: Vec<ListRow> = self
+            .set
+            .iter()
+            .map(|s| (s.pk.clone(), s.seen.clone()))
+            .collect();
+        Ok((list_edits(&before, &after), true))
     }
 
-    /// The items that turn the list `before` into the current set: rows that left paired with
-    /// rows that entered, and the written row (`written`) when it changed or moved. Other rows
-    /// only shift, which deleting and inserting at the offsets already accounts for.
-    fn diff(&self, before: &[(Arc<[u8]>, Arc<Value>)], written: &[u8]) -> Vec<Change> {
-        let after_pos = |pk: &[u8]| self.set.iter().position(|s| *s.pk == *pk);
-        let mut left = Vec::new();
-        let mut changed = Vec::new();
-        for (i, (pk, seen)) in before.iter().enumerate() {
-            match after_pos(pk) {
-                None => left.push(i),
-                Some(j) if **pk == *written && (j != i || self.set[j].seen != *seen) => {
-                    changed.push((i, j))
-                }
-                Some(_) => {}
-            }
-        }
-        let entered: Vec<usize> = (0..self.set.len())
-            .filter(|&j| !before.iter().any(|(pk, _)| *pk == self.set[j].pk))
-            .collect();
-        let mut out = Vec::new();
-        let mut entered_it = entered.into_iter();
-        let row = |j: usize| (Some(self.set[j].pk.clone()), Some(self.set[j].seen.clone()));
-        for i in left {
-            let (old_pk, old) = (Some(before[i].0.clone()), Some(before[i].1.clone()));
-            out.push(match entered_it.next() {
-                // The row that left is replaced by the one that entered.
-                Some(j) => {
-                    let (pk, new) = row(j);
-                    Change::row(pk, old, new).with_offsets(Some(i), Some(j))
-                }
-                None => Change::row(old_pk, old, None).with_offsets(Some(i), None),
-            });
-        }
-        for j in entered_it {
-            let (pk, new) = row(j);
-            out.push(Change::row(pk, None, new).with_offsets(None, Some(j)));
-        }
-        for (i, j) in changed {
-            let (pk, new) = row(j);
-            out.push(
-                Change::row(pk, Some(before[i].1.clone()), new).with_offsets(Some(i), Some(j)),
-            );
-        }
-        out
+    /// The rows of the set with their keys, best first.
+    pub(crate) fn list(&self) -> Vec<ListRow> {
+        self.set
+            .iter()
+            .map(|s| (s.pk.clone(), s.seen.clone()))
+            .collect()
     }
 }

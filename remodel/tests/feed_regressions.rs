@@ -1,0 +1,331 @@
+//! One test per changefeed defect found by the conformance suite and the adversarial review
+//! (issue 6). Each failed before its fix; the class of each is covered by `feed_oracle.rs`.
+
+use futures::{FutureExt, StreamExt};
+use remodel::{json, Change, Database, Error, Feed, IndexSpec, Order, Value};
+use std::time::Duration;
+
+async fn db_with(table: &str) -> Database {
+    let db = remodel::Config::temporary()
+        .durability(remodel::Durability::Soft)
+        .open()
+        .await
+        .unwrap();
+    db.create_table(table).await.unwrap();
+    db
+}
+
+/// Items already delivered (soft writes are delivered at commit).
+fn drain(feed: &mut Feed) -> Vec<Change> {
+    let mut out = Vec::new();
+    while let Some(Some(item)) = feed.next().now_or_never() {
+        out.push(item.expect("a change, not an error"));
+    }
+    out
+}
+
+fn pair(c: &Change) -> (Value, Value) {
+    (
+        c.old_val().cloned().unwrap_or(Value::Null),
+        c.new_val().cloned().unwrap_or(Value::Null),
+    )
+}
+
+/// Applies offset items to a list the way the README's leaderboard does.
+fn apply(list: &mut Vec<Value>, items: &[Change]) {
+    for c in items {
+        if let Some(i) = c.old_offset() {
+            list.remove(i);
+        }
+        if let (Some(i), Some(v)) = (c.new_offset(), c.new_val()) {
+            list.insert(i, v.clone());
+        }
+    }
+}
+
+async fn top(db: &Database, n: usize, desc: bool) -> Vec<Value> {
+    let order = if desc {
+        Order::index("a").desc()
+    } else {
+        Order::index("a")
+    };
+    db.table("t").order_by(order).limit(n).run().await.unwrap()
+}
+
+/// Defect 1: the boundary member updated without moving stayed in the set.
+#[tokio::test]
+async fn a_boundary_member_updated_in_place_is_reported_as_itself() {
+    let db = db_with("t").await;
+    let t = db.table("t");
+    t.create_index("a", IndexSpec::field("a")).await.unwrap();
+    t.insert_many(vec![json!({"id": 1, "a": 1}), json!({"id": 2, "a": 2})])
+        .await
+        .unwrap();
+    let mut feed = t
+        .order_by(Order::index("a"))
+        .limit(1)
+        .changes()
+        .await
+        .unwrap();
+    t.get(1).update(json!({"b": true})).await.unwrap();
+    let items = drain(&mut feed);
+    assert_eq!(items.len(), 1);
+    assert_eq!(
+        pair(&items[0]),
+        (json!({"id": 1, "a": 1}), json!({"id": 1, "a": 1, "b": true}))
+    );
+    // Same order value: still itself.
+    t.get(1).update(json!({"a": 1, "c": 1})).await.unwrap();
+    let items = drain(&mut feed);
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].new_val().unwrap()["id"], 1);
+    assert_eq!(items[0].old_offset(), None, "offsets are off");
+}
+
+/// Defect 2: a squashed top-N feed hands over the net difference of the set.
+#[tokio::test]
+async fn squashed_top_n_feeds_hand_over_the_net_difference() {
+    let db = db_with("t").await;
+    let t = db.table("t");
+    t.create_index("a", IndexSpec::field("a")).await.unwrap();
+    t.insert_many((0..5).map(|i| json!({"id": i, "a": i * 10})))
+        .await
+        .unwrap();
+    let mut feed = t
+        .order_by(Order::index("a"))
+        .limit(3)
+        .changes()
+        .include_initial(true)
+        .include_offsets(true)
+        .squash(true)
+        .await
+        .unwrap();
+    let mut list = Vec::new();
+    apply(&mut list, &drain(&mut feed));
+    assert_eq!(list, top(&db, 3, false).await);
+    // Enters and leaves before the consumer reads: nothing.
+    t.insert(json!({"id": 9, "a": -1})).await.unwrap();
+    t.get(9).delete().await.unwrap();
+    // Deleted and re-inserted identically: nothing.
+    t.get(1).delete().await.unwrap();
+    t.insert(json!({"id": 1, "a": 10})).await.unwrap();
+    assert!(drain(&mut feed).is_empty());
+    // Several changes of one member, and a row that enters (evicting another): two items.
+    t.get(1).update(json!({"a": 11})).await.unwrap();
+    t.get(1).update(json!({"a": 12})).await.unwrap();
+    t.insert(json!({"id": 7, "a": 5})).await.unwrap();
+    let items = drain(&mut feed);
+    assert_eq!(items.len(), 2, "{items:?}");
+    apply(&mut list, &items);
+    assert_eq!(list, top(&db, 3, false).await);
+}
+
+/// Defect 3: one atomic batch is one step for a top-N feed.
+#[tokio::test]
+async fn a_batch_is_one_step_for_top_n_feeds() {
+    let db = db_with("t").await;
+    let t = db.table("t");
+    t.create_index("a", IndexSpec::field("a")).await.unwrap();
+    t.insert_many((0..3).map(|i| json!({"id": i, "a": 100 + i})))
+        .await
+        .unwrap();
+    let mut feed = t
+        .order_by(Order::index("a").desc())
+        .limit(3)
+        .changes()
+        .include_offsets(true)
+        .await
+        .unwrap();
+    let mut list = top(&db, 3, true).await;
+    // Delete a member and insert ten rows that would each beat the boundary; then, in the same
+    // commit, delete nine of them again.
+    let mut batch = db.batch().delete("t", 0);
+    for i in 10..20 {
+        batch = batch.insert("t", json!({"id": i, "a": 1000 + i}));
+    }
+    let batch = (10..19).fold(batch, |b, i| b.delete("t", i));
+    batch.await.unwrap();
+    let items = drain(&mut feed);
+    assert_eq!(items.len(), 1, "only the net change: {items:?}");
+    assert_eq!(
+        pair(&items[0]),
+        (json!({"id": 0, "a": 100}), json!({"id": 19, "a": 1019}))
+    );
+    apply(&mut list, &items);
+    assert_eq!(list, top(&db, 3, true).await);
+}
+
+/// Defect 4: a commit touching two rows near the boundary refilled from a later state.
+#[tokio::test]
+async fn a_commit_touching_several_members_refills_from_its_own_state() {
+    let db = db_with("t").await;
+    let t = db.table("t");
+    t.create_index("a", IndexSpec::field("a")).await.unwrap();
+    t.insert_many(vec![
+        json!({"id": "d", "a": 8}),
+        json!({"id": "b", "a": 8}),
+        json!({"id": "a", "a": 8}),
+        json!({"id": "e", "a": 2}),
+        json!({"id": "c", "a": 2}),
+    ])
+    .await
+    .unwrap();
+    let mut feed = t
+        .order_by(Order::index("a").desc())
+        .limit(3)
+        .changes()
+        .include_initial(true)
+        .include_offsets(true)
+        .await
+        .unwrap();
+    let mut list = Vec::new();
+    apply(&mut list, &drain(&mut feed));
+    db.batch()
+        .update("t", "b", json!({"a": 4}))
+        .update("t", "d", json!({"a": 4}))
+        .await
+        .unwrap();
+    apply(&mut list, &drain(&mut feed));
+    assert_eq!(list, top(&db, 3, true).await);
+    // The same through an update by query and an insert_many.
+    t.filter(remodel::field("a").lt(5))
+        .update(json!({"a": 9}))
+        .await
+        .unwrap();
+    apply(&mut list, &drain(&mut feed));
+    assert_eq!(list, top(&db, 3, true).await);
+    t.insert_many(vec![json!({"id": "x", "a": 9}), json!({"id": "y", "a": 10})])
+        .await
+        .unwrap();
+    apply(&mut list, &drain(&mut feed));
+    assert_eq!(list, top(&db, 3, true).await);
+}
+
+/// Defect 5: a feed set up while its table is dropped either fails or ends with an abort.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feeds_opened_while_a_table_is_dropped_never_hang() {
+    for round in 0..30 {
+        let db = db_with("t").await;
+        db.table("t").insert(json!({"id": 1})).await.unwrap();
+        let opener = {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let mut feeds = Vec::new();
+                for _ in 0..20 {
+                    match db.table("t").changes().await {
+                        Ok(f) => feeds.push(f),
+                        Err(Error::NoSuchTable(_) | Error::Closed) => {}
+                        Err(e) => panic!("unexpected error {e}"),
+                    }
+                    tokio::task::yield_now().await;
+                }
+                feeds
+            })
+        };
+        tokio::task::yield_now().await;
+        db.drop_table("t").await.unwrap();
+        let feeds = opener.await.unwrap();
+        // A table of the same name: no old feed may see its rows.
+        db.create_table("t").await.unwrap();
+        db.table("t").insert(json!({"id": "new"})).await.unwrap();
+        for mut f in feeds {
+            let first = tokio::time::timeout(Duration::from_secs(5), f.next())
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: a feed hung"));
+            assert!(
+                matches!(first, Some(Err(Error::FeedAborted(_)))),
+                "round {round}: {first:?}"
+            );
+        }
+    }
+}
+
+/// Defect 5, closing: feeds set up while the database closes end too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feeds_opened_while_the_database_closes_never_hang() {
+    for _ in 0..30 {
+        let db = db_with("t").await;
+        let opener = {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let mut feeds = Vec::new();
+                for _ in 0..20 {
+                    if let Ok(f) = db.table("t").changes().await {
+                        feeds.push(f);
+                    }
+                    tokio::task::yield_now().await;
+                }
+                feeds
+            })
+        };
+        tokio::task::yield_now().await;
+        db.close().await.unwrap();
+        for mut f in opener.await.unwrap() {
+            let first = tokio::time::timeout(Duration::from_secs(5), f.next())
+                .await
+                .expect("a feed hung");
+            assert!(matches!(first, Some(Err(Error::FeedAborted(_)))));
+        }
+    }
+}
+
+/// Defect 6: a squash window too large to add to a clock is refused, not a panic later.
+#[tokio::test]
+async fn a_huge_squash_window_is_refused() {
+    let db = db_with("t").await;
+    for s in [1e19, 1e12, f64::MAX, f64::INFINITY, -1.0, f64::NAN] {
+        let r = db.table("t").changes().squash_window(s).await;
+        assert!(
+            matches!(r, Err(Error::InvalidFeedOption(_))),
+            "{s}: {:?}",
+            r.err()
+        );
+    }
+    assert!(db.table("t").changes().squash_window(0.05).await.is_ok());
+}
+
+/// Defect 7: point feeds take transforms; a missing key gives one `null` initial item for a
+/// point feed and none for `get_all`.
+#[tokio::test]
+async fn point_feeds_take_transforms_and_initial_nulls_are_exact() {
+    let db = db_with("t").await;
+    let t = db.table("t");
+    let mut plain = t.get(1).changes().include_initial(true).await.unwrap();
+    let mut plucked = t
+        .get(1)
+        .pluck(["v"])
+        .changes()
+        .include_initial(true)
+        .await
+        .unwrap();
+    let mut filtered = t
+        .get(1)
+        .filter(remodel::field("v").gt(1))
+        .without(["w"])
+        .changes()
+        .include_initial(true)
+        .await
+        .unwrap();
+    let mut all = t.get_all([1]).changes().include_initial(true).await.unwrap();
+    for f in [&mut plain, &mut plucked, &mut filtered] {
+        let items = drain(f);
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].new_val(), None);
+    }
+    assert!(drain(&mut all).is_empty(), "get_all: no initial item");
+    t.insert(json!({"id": 1, "v": 1, "w": 0})).await.unwrap();
+    t.get(1).update(json!({"v": 2})).await.unwrap();
+    let p: Vec<_> = drain(&mut plucked).iter().map(pair).collect();
+    assert_eq!(
+        p,
+        vec![
+            (Value::Null, json!({"v": 1})),
+            (json!({"v": 1}), json!({"v": 2}))
+        ]
+    );
+    let f: Vec<_> = drain(&mut filtered).iter().map(pair).collect();
+    assert_eq!(f, vec![(Value::Null, json!({"id": 1, "v": 2}))]);
+    // A point query with a transform reads like one.
+    assert_eq!(t.get(1).pluck(["v"]).run().await.unwrap(), Some(json!({"v": 2})));
+    assert_eq!(t.get(2).pluck(["v"]).run().await.unwrap(), None);
+}
