@@ -95,6 +95,11 @@ pub enum Error {
     /// A stored value could not be (de)serialized.
     #[error("serialization error: {0}")]
     Serialization(String),
+    /// A model-layer error (see [`crate::model::ModelError`]): a document that does not fit
+    /// its struct, a relation on an unsaved model, a model missing from the schema, a hook
+    /// that refused.
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
 }
 
 /// `Result` with Remodel's [`Error`].

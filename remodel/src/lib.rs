@@ -34,6 +34,7 @@
 mod db;
 mod error;
 pub mod feed;
+pub mod model;
 mod query;
 mod storage;
 pub mod value;
@@ -42,10 +43,13 @@ pub use db::{
     ChangePair, Config, Conflict, Database, Durability, IndexSpec, IndexStatus, Patch, WriteResult,
 };
 pub use error::{Error, Result};
+pub use model::Model;
+/// `#[derive(Model)]`: see [`model`] and the `remodel-derive` crate.
+pub use remodel_derive::Model;
 pub use feed::{Change, ChangeKind, Changes, Feed, FeedOptions, FeedState, Squash};
 pub use query::{
     asc, desc, field, has_fields, Batch, Field, Get, Group, Grouped, Insert, Join, Order,
-    Predicate, Query, Table, Write,
+    PointQuery, Predicate, Query, Table, Write,
 };
 
 /// The README's examples, compiled as doctests so that they stay true.

@@ -1,0 +1,377 @@
+//! The `#[remodel(...)]` attributes as written, parsed with darling.
+//!
+//! Nothing here decides whether the attributes make sense together: that is [`super::check`].
+//! Every value keeps its span so that errors point at what the user wrote.
+
+use darling::ast::NestedMeta;
+use darling::util::{Flag, SpannedValue};
+use darling::{Error, FromDeriveInput, FromField, FromMeta, Result};
+use proc_macro2::Span;
+use syn::spanned::Spanned;
+use syn::{Attribute, Expr, Ident, Lit, Meta, Path, Type, Visibility};
+
+/// The attributes of the struct.
+#[derive(FromDeriveInput)]
+#[darling(attributes(remodel), supports(struct_named), forward_attrs(serde))]
+pub struct ContainerAttr {
+    pub ident: Ident,
+    pub vis: Visibility,
+    pub generics: syn::Generics,
+    pub data: darling::ast::Data<darling::util::Ignored, FieldAttr>,
+    pub attrs: Vec<Attribute>,
+    /// `table = "name"`: the table name instead of the snake_case plural of the type.
+    #[darling(default)]
+    pub table: Option<SpannedValue<String>>,
+    #[darling(multiple)]
+    pub has_many: Vec<RelationAttr>,
+    #[darling(multiple)]
+    pub has_one: Vec<RelationAttr>,
+    #[darling(multiple)]
+    pub belongs_to: Vec<RelationAttr>,
+    #[darling(multiple)]
+    pub has_and_belongs_to_many: Vec<RelationAttr>,
+    /// `index(name = "..", fields(a, b))`: compound indexes.
+    #[darling(multiple)]
+    pub index: Vec<CompoundIndexAttr>,
+    /// `callbacks`: the model implements `remodel::model::Callbacks`.
+    pub callbacks: Flag,
+}
+
+/// The attributes of one field.
+#[derive(FromField)]
+#[darling(attributes(remodel), forward_attrs(serde))]
+pub struct FieldAttr {
+    pub ident: Option<Ident>,
+    pub ty: Type,
+    pub attrs: Vec<Attribute>,
+    /// `primary_key`: this field is the primary key (default: the field called `id`).
+    pub primary_key: Flag,
+    /// `index`, `index(multi)`, `index(name = "..", path = "nested.path")`.
+    #[darling(default)]
+    pub index: Option<FieldIndexAttr>,
+}
+
+/// `on_delete = nullify | cascade | restrict`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnDelete {
+    Nullify,
+    Cascade,
+    Restrict,
+}
+
+/// One relation attribute: `has_many(Target, accessor = "..", foreign_key = "..", ...)`.
+pub struct RelationAttr {
+    /// The whole attribute, for errors about it.
+    pub span: Span,
+    pub target: Path,
+    pub accessor: Option<SpannedValue<String>>,
+    pub foreign_key: Option<SpannedValue<String>>,
+    pub association_foreign_key: Option<SpannedValue<String>>,
+    pub join_table: Option<SpannedValue<String>>,
+    pub on_delete: Option<SpannedValue<OnDelete>>,
+}
+
+const RELATION_OPTIONS: &[&str] = &[
+    "accessor",
+    "foreign_key",
+    "association_foreign_key",
+    "join_table",
+    "on_delete",
+];
+
+/// A string option: `name = "value"` (or a bare identifier, `name = value`).
+fn string_value(nv: &syn::MetaNameValue) -> Result<SpannedValue<String>> {
+    let span = nv.value.span();
+    let s = match &nv.value {
+        Expr::Lit(l) => match &l.lit {
+            Lit::Str(s) => s.value(),
+            other => {
+                return Err(Error::custom(format!(
+                    "expected a string here, like `{} = \"name\"`",
+                    path_name(&nv.path)
+                ))
+                .with_span(other))
+            }
+        },
+        Expr::Path(p) if p.path.get_ident().is_some() => p.path.get_ident().unwrap().to_string(),
+        other => {
+            return Err(Error::custom(format!(
+                "expected a string here, like `{} = \"name\"`",
+                path_name(&nv.path)
+            ))
+            .with_span(other))
+        }
+    };
+    Ok(SpannedValue::new(s, span))
+}
+
+fn path_name(p: &Path) -> String {
+    p.segments
+        .iter()
+        .map(|s| s.ident.to_string())
+        .collect::<Vec<_>>()
+        .join("::")
+}
+
+impl FromMeta for RelationAttr {
+    fn from_meta(item: &Meta) -> Result<Self> {
+        let span = item.span();
+        let kind = path_name(item.path());
+        let list = match item {
+            Meta::List(l) => l,
+            _ => {
+                return Err(Error::custom(format!(
+                    "name the related model: write `{kind}(OtherModel)`"
+                ))
+                .with_span(item))
+            }
+        };
+        let items = NestedMeta::parse_meta_list(list.tokens.clone())?;
+        let mut iter = items.iter();
+        let target = match iter.next() {
+            Some(NestedMeta::Meta(Meta::Path(p))) => p.clone(),
+            Some(other) => {
+                return Err(Error::custom(format!(
+                    "the first item is the related model's type: write `{kind}(OtherModel, ...)`"
+                ))
+                .with_span(other))
+            }
+            None => {
+                return Err(Error::custom(format!(
+                    "name the related model: write `{kind}(OtherModel)`"
+                ))
+                .with_span(item))
+            }
+        };
+        let mut rel = RelationAttr {
+            span,
+            target,
+            accessor: None,
+            foreign_key: None,
+            association_foreign_key: None,
+            join_table: None,
+            on_delete: None,
+        };
+        let mut errors = Error::accumulator();
+        for nested in iter {
+            let nv = match nested {
+                NestedMeta::Meta(Meta::NameValue(nv)) => nv,
+                other => {
+                    errors.push(
+                        Error::custom(format!(
+                            "expected an option like `accessor = \"name\"`; the options of \
+                             `{kind}` are: {}",
+                            RELATION_OPTIONS.join(", ")
+                        ))
+                        .with_span(other),
+                    );
+                    continue;
+                }
+            };
+            let name = path_name(&nv.path);
+            let slot = match name.as_str() {
+                "accessor" => &mut rel.accessor,
+                "foreign_key" => &mut rel.foreign_key,
+                "association_foreign_key" => &mut rel.association_foreign_key,
+                "join_table" => &mut rel.join_table,
+                "on_delete" => {
+                    if let Some(v) = errors.handle(string_value(nv)) {
+                        let parsed = match v.as_str() {
+                            "nullify" => Some(OnDelete::Nullify),
+                            "cascade" => Some(OnDelete::Cascade),
+                            "restrict" => Some(OnDelete::Restrict),
+                            _ => None,
+                        };
+                        match parsed {
+                            Some(p) => rel.on_delete = Some(SpannedValue::new(p, v.span())),
+                            None => errors.push(
+                                Error::custom(format!(
+                                    "unknown on_delete `{}`: write `on_delete = \"nullify\"` \
+                                     (the default), `\"cascade\"` or `\"restrict\"`",
+                                    v.as_str()
+                                ))
+                                .with_span(&v.span()),
+                            ),
+                        }
+                    }
+                    continue;
+                }
+                _ => {
+                    errors.push(
+                        Error::unknown_field_with_alts(&name, RELATION_OPTIONS.iter())
+                            .with_span(&nv.path),
+                    );
+                    continue;
+                }
+            };
+            if slot.is_some() {
+                errors.push(Error::duplicate_field(&name).with_span(&nv.path));
+                continue;
+            }
+            if let Some(v) = errors.handle(string_value(nv)) {
+                *slot = Some(v);
+            }
+        }
+        errors.finish_with(rel)
+    }
+}
+
+/// `#[remodel(index ...)]` on a field.
+#[derive(Default)]
+pub struct FieldIndexAttr {
+    pub span: Option<Span>,
+    pub name: Option<SpannedValue<String>>,
+    /// A path inside the field (`path = "city"` on `address` indexes `address.city`).
+    pub path: Option<SpannedValue<String>>,
+    pub multi: bool,
+}
+
+const FIELD_INDEX_OPTIONS: &[&str] = &["name", "path", "multi"];
+
+impl FromMeta for FieldIndexAttr {
+    fn from_meta(item: &Meta) -> Result<Self> {
+        let mut attr = match item {
+            Meta::Path(_) => FieldIndexAttr::default(),
+            Meta::List(l) => {
+                let items = NestedMeta::parse_meta_list(l.tokens.clone())?;
+                let mut attr = FieldIndexAttr::default();
+                let mut errors = Error::accumulator();
+                for nested in &items {
+                    match nested {
+                        NestedMeta::Meta(Meta::Path(p)) if p.is_ident("multi") => {
+                            attr.multi = true
+                        }
+                        NestedMeta::Meta(Meta::NameValue(nv)) if nv.path.is_ident("name") => {
+                            attr.name = errors.handle(string_value(nv))
+                        }
+                        NestedMeta::Meta(Meta::NameValue(nv)) if nv.path.is_ident("path") => {
+                            attr.path = errors.handle(string_value(nv))
+                        }
+                        NestedMeta::Meta(m) => errors.push(
+                            Error::unknown_field_with_alts(
+                                &path_name(m.path()),
+                                FIELD_INDEX_OPTIONS.iter(),
+                            )
+                            .with_span(m.path()),
+                        ),
+                        other => errors.push(
+                            Error::custom(
+                                "expected `multi`, `name = \"..\"` or `path = \"..\"` here",
+                            )
+                            .with_span(other),
+                        ),
+                    }
+                }
+                errors.finish_with(attr)?
+            }
+            Meta::NameValue(nv) => {
+                return Err(Error::custom(
+                    "write `index`, `index(multi)` or `index(name = \"..\", path = \"..\")`",
+                )
+                .with_span(nv))
+            }
+        };
+        attr.span = Some(item.span());
+        Ok(attr)
+    }
+}
+
+/// `#[remodel(index(name = "..", fields(a, b)))]` on the struct: a compound index.
+pub struct CompoundIndexAttr {
+    pub span: Span,
+    pub name: Option<SpannedValue<String>>,
+    pub fields: Vec<Ident>,
+}
+
+impl FromMeta for CompoundIndexAttr {
+    fn from_meta(item: &Meta) -> Result<Self> {
+        const HINT: &str =
+            "a struct-level index is compound: write `index(name = \"rank_species\", fields(rank, species))`; \
+             put `#[remodel(index)]` on a field for a simple one";
+        let list = match item {
+            Meta::List(l) => l,
+            _ => return Err(Error::custom(HINT).with_span(item)),
+        };
+        let items = NestedMeta::parse_meta_list(list.tokens.clone())?;
+        let mut attr = CompoundIndexAttr {
+            span: item.span(),
+            name: None,
+            fields: Vec::new(),
+        };
+        let mut errors = Error::accumulator();
+        for nested in &items {
+            match nested {
+                NestedMeta::Meta(Meta::NameValue(nv)) if nv.path.is_ident("name") => {
+                    attr.name = errors.handle(string_value(nv))
+                }
+                NestedMeta::Meta(Meta::List(l)) if l.path.is_ident("fields") => {
+                    match NestedMeta::parse_meta_list(l.tokens.clone()) {
+                        Ok(fs) => {
+                            for f in fs {
+                                match f {
+                                    NestedMeta::Meta(Meta::Path(p)) if p.get_ident().is_some() => {
+                                        attr.fields.push(p.get_ident().unwrap().clone())
+                                    }
+                                    other => errors.push(
+                                        Error::custom("expected a field name, like `rank`")
+                                            .with_span(&other),
+                                    ),
+                                }
+                            }
+                        }
+                        Err(e) => errors.push(e.into()),
+                    }
+                }
+                other => errors.push(Error::custom(HINT).with_span(other)),
+            }
+        }
+        if attr.fields.len() < 2 {
+            errors.push(Error::custom(HINT).with_span(item));
+        }
+        errors.finish_with(attr)
+    }
+}
+
+/// The name serde stores a field under: `#[serde(rename = "..")]`, or the field's name.
+pub fn serde_rename(attrs: &[Attribute]) -> Result<Option<String>> {
+    let mut out = None;
+    for attr in attrs.iter().filter(|a| a.path().is_ident("serde")) {
+        let Meta::List(list) = &attr.meta else {
+            continue;
+        };
+        for nested in NestedMeta::parse_meta_list(list.tokens.clone())? {
+            if let NestedMeta::Meta(Meta::NameValue(nv)) = nested {
+                if nv.path.is_ident("rename") {
+                    if let Expr::Lit(l) = &nv.value {
+                        if let Lit::Str(s) = &l.lit {
+                            out = Some(s.value());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Container-level serde attributes that change stored field names, which the model layer
+/// does not follow: reported as errors rather than silently producing wrong field names.
+pub fn serde_container_renames(attrs: &[Attribute]) -> Result<()> {
+    for attr in attrs.iter().filter(|a| a.path().is_ident("serde")) {
+        let Meta::List(list) = &attr.meta else {
+            continue;
+        };
+        for nested in NestedMeta::parse_meta_list(list.tokens.clone())? {
+            if let NestedMeta::Meta(m) = &nested {
+                if m.path().is_ident("rename_all") {
+                    return Err(Error::custom(
+                        "#[derive(Model)] does not follow `#[serde(rename_all)]`: rename the \
+                         fields one by one with `#[serde(rename = \"..\")]`",
+                    )
+                    .with_span(m));
+                }
+            }
+        }
+    }
+    Ok(())
+}

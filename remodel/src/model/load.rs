@@ -1,0 +1,184 @@
+//! Batched (eager) loading: a relation for many rows at once, in a constant number of store
+//! queries (one, or two for many-to-many), never one per row.
+//!
+//! The derive generates `load_<accessor>(db, rows)` for every relation, returning the related
+//! models aligned with `rows`:
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use remodel::model::{create_schema, Id};
+//! use remodel::{Database, Model};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Model, Serialize, Deserialize, Debug)]
+//! struct Ship { id: Option<Id>, name: String }
+//!
+//! #[derive(Model, Serialize, Deserialize, Debug)]
+//! #[remodel(belongs_to(Ship))]
+//! struct Captain { id: Option<Id>, name: String, ship_id: Option<Id> }
+//!
+//! let db = Database::temporary().await?;
+//! create_schema(&db).await?;
+//! let defiant = Ship { id: None, name: "Defiant".into() }.create(&db).await?;
+//! let mut sisko = Captain { id: None, name: "Sisko".into(), ship_id: None };
+//! sisko.set_ship(Some(&defiant))?;
+//! sisko.create(&db).await?;
+//!
+//! let captains = Captain::all(&db).await?;
+//! let ships = Captain::load_ship(&db, &captains).await?; // one query for all ships
+//! assert_eq!(ships[0].as_ref().unwrap().name, "Defiant");
+//! # Ok::<(), remodel::Error>(())
+//! # }).unwrap();
+//! ```
+
+use super::codec::{self, key_text};
+use super::{Model, RelationDef};
+use crate::{Database, Result};
+use serde_json::Value;
+use std::collections::HashMap;
+
+/// The distinct non-null values, in first-seen order.
+fn distinct(values: impl IntoIterator<Item = Value>) -> Vec<Value> {
+    let mut seen = std::collections::HashSet::new();
+    values
+        .into_iter()
+        .filter(|v| !v.is_null() && seen.insert(key_text(v)))
+        .collect()
+}
+
+/// Documents by the text of one of their fields.
+fn by_field(docs: Vec<Value>, field: &str) -> HashMap<String, Vec<Value>> {
+    let mut out: HashMap<String, Vec<Value>> = HashMap::new();
+    for d in docs {
+        if let Some(v) = d.get(field) {
+            out.entry(key_text(v)).or_default().push(d);
+        }
+    }
+    out
+}
+
+/// belongs_to: each row's owner (one query for all owners).
+pub async fn belongs_to<C: Model, P: Model>(
+    db: &Database,
+    rel: &'static RelationDef,
+    rows: &[C],
+) -> Result<Vec<Option<P>>> {
+    let fks: Vec<Option<Value>> = rows
+        .iter()
+        .map(|r| r.field_value(rel.foreign_key).filter(|v| !v.is_null()))
+        .collect();
+    let keys = distinct(fks.iter().flatten().cloned());
+    let owners = if keys.is_empty() {
+        HashMap::new()
+    } else {
+        by_field(
+            P::table(db).get_all(keys).run().await?,
+            P::schema().primary_key,
+        )
+    };
+    fks.into_iter()
+        .map(|fk| match fk.and_then(|k| owners.get(&key_text(&k))) {
+            Some(docs) => codec::decode::<P>(docs[0].clone()).map(Some),
+            None => Ok(None),
+        })
+        .collect()
+}
+
+/// has_many: each row's children (one query through the foreign-key index).
+pub async fn has_many<P: Model, C: Model>(
+    db: &Database,
+    rel: &'static RelationDef,
+    rows: &[P],
+) -> Result<Vec<Vec<C>>> {
+    let keys = distinct(rows.iter().filter_map(Model::key));
+    let mut children = if keys.is_empty() {
+        HashMap::new()
+    } else {
+        by_field(
+            C::table(db)
+                .get_all(keys)
+                .index(rel.foreign_key)
+                .run()
+                .await?,
+            rel.foreign_key,
+        )
+    };
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let docs = match r.key() {
+            // A parent given twice gets its children twice: they are cloned, not moved, then.
+            Some(k) => {
+                let t = key_text(&k);
+                if rows.iter().filter(|o| o.key().as_ref() == Some(&k)).count() > 1 {
+                    children.get(&t).cloned().unwrap_or_default()
+                } else {
+                    children.remove(&t).unwrap_or_default()
+                }
+            }
+            None => Vec::new(),
+        };
+        out.push(codec::decode_all(docs)?);
+    }
+    Ok(out)
+}
+
+/// has_one: each row's child (one query through the foreign-key index).
+pub async fn has_one<P: Model, C: Model>(
+    db: &Database,
+    rel: &'static RelationDef,
+    rows: &[P],
+) -> Result<Vec<Option<C>>> {
+    Ok(has_many::<P, C>(db, rel, rows)
+        .await?
+        .into_iter()
+        .map(|v| v.into_iter().next())
+        .collect())
+}
+
+/// Many-to-many: each row's related rows (two queries: the join rows, then the rows).
+pub async fn many_to_many<P: Model, C: Model>(
+    db: &Database,
+    rel: &'static RelationDef,
+    rows: &[P],
+) -> Result<Vec<Vec<C>>> {
+    let keys = distinct(rows.iter().filter_map(Model::key));
+    if keys.is_empty() {
+        return Ok(rows.iter().map(|_| Vec::new()).collect());
+    }
+    let join = rel.join_table_of(P::schema());
+    let links = db
+        .table(join.as_str())
+        .get_all(keys)
+        .index(rel.foreign_key)
+        .run()
+        .await?;
+    let others = distinct(
+        links
+            .iter()
+            .filter_map(|l| l.get(rel.association_key).cloned()),
+    );
+    let related = if others.is_empty() {
+        HashMap::new()
+    } else {
+        by_field(
+            C::table(db).get_all(others).run().await?,
+            C::schema().primary_key,
+        )
+    };
+    let links = by_field(links, rel.foreign_key);
+    rows.iter()
+        .map(|r| {
+            let Some(k) = r.key() else {
+                return Ok(Vec::new());
+            };
+            links
+                .get(&key_text(&k))
+                .into_iter()
+                .flatten()
+                .filter_map(|l| l.get(rel.association_key))
+                .filter_map(|o| related.get(&key_text(o)))
+                .map(|docs| codec::decode::<C>(docs[0].clone()))
+                .collect()
+        })
+        .collect()
+}

@@ -1,0 +1,539 @@
+//! The model layer (ODM): plain serde structs become models with `#[derive(Model)]`, with
+//! their tables, indexes, relations, typed field names and live subscriptions.
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use remodel::model::{create_schema, Id};
+//! use remodel::{Database, Model};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Model, Serialize, Deserialize, Clone, Debug)]
+//! #[remodel(has_many(Crewmember))]
+//! struct Starship { id: Option<Id>, name: String }
+//!
+//! #[derive(Model, Serialize, Deserialize, Clone, Debug)]
+//! #[remodel(belongs_to(Starship))]
+//! struct Crewmember {
+//!     id: Option<Id>,
+//!     name: String,
+//!     #[remodel(index)]
+//!     species: String,
+//!     starship_id: Option<Id>,
+//! }
+//!
+//! let db = Database::temporary().await?;
+//! create_schema(&db).await?; // every table and index of the program's models
+//! let voyager = Starship { id: None, name: "Voyager".into() }.create(&db).await?;
+//! voyager.crewmembers(&db).create(Crewmember {
+//!     id: None, name: "Tuvok".into(), species: "vulcan".into(), starship_id: None,
+//! }).await?;
+//! let f = Crewmember::fields();
+//! let vulcans = voyager.crewmembers(&db).filter(f.species.eq("vulcan")).run().await?;
+//! assert_eq!(vulcans[0].name, "Tuvok");
+//! assert_eq!(vulcans[0].starship(&db).await?.unwrap().name, "Voyager");
+//! # Ok::<(), remodel::Error>(())
+//! # }).unwrap();
+//! ```
+//!
+//! - [`Model`]: the trait the derive implements: CRUD (`create`, `save`, `update`,
+//!   `delete`, `get`, `find`, `filter`, `all`, `count`, `get_or_create`), the model's
+//!   [`Table`] for raw queries, and live feeds (`changes`, `watch`).
+//! - [`create_schema`] / [`SchemaSet`]: tables and indexes, idempotently.
+//! - Relations: [`HasMany`], [`HasOne`], [`BelongsTo`], [`ManyToMany`], and batched loading
+//!   (`load_<accessor>` methods, see [`load`]).
+//! - [`ModelQuery`]: typed queries; [`Field`]: typed field names; [`Change`]: typed changes.
+//! - [`Callbacks`]: hooks around saving, deleting and loading.
+
+mod codec;
+mod error;
+mod feed;
+mod field;
+pub mod load;
+mod query;
+mod relation;
+mod schema;
+
+pub use error::ModelError;
+pub use feed::{Change, ModelChanges, ModelFeed};
+pub use field::Field;
+pub use query::ModelQuery;
+pub use relation::{BelongsTo, HasMany, HasOne, ManyToMany};
+pub use schema::{
+    create_schema, drop_schema, registered, IndexDef, IndexKind, OnDelete, Registration,
+    RelationDef, RelationKind, Schema, SchemaSet, TablePlan,
+};
+
+use crate::{Conflict, Database, Error, Predicate, Result, Table};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::fmt;
+use std::future::Future;
+
+/// A primary key made by the store: a UUID string, generated when a model without one is
+/// created. Any serde type can be a key field; `Option<Id>` is the usual one.
+///
+/// ```
+/// use remodel::model::Id;
+/// let id = Id::from("voyager");
+/// assert_eq!(id.as_str(), "voyager");
+/// assert_eq!(serde_json::to_value(&id).unwrap(), "voyager");
+/// assert_ne!(Id::generate(), Id::generate());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Id(String);
+
+impl Id {
+    /// A new random key (a UUID v4), the kind the store generates.
+    pub fn generate() -> Self {
+        Id(uuid::Uuid::new_v4().to_string())
+    }
+
+    /// The key as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for Id {
+    fn from(s: &str) -> Self {
+        Id(s.to_string())
+    }
+}
+
+impl From<String> for Id {
+    fn from(s: String) -> Self {
+        Id(s)
+    }
+}
+
+impl From<Id> for Value {
+    fn from(id: Id) -> Self {
+        Value::String(id.0)
+    }
+}
+
+impl From<&Id> for Value {
+    fn from(id: &Id) -> Self {
+        Value::String(id.0.clone())
+    }
+}
+
+/// Hooks around a model's life. Implement it and add `#[remodel(callbacks)]` to the struct;
+/// every method has a no-op default.
+///
+/// Hooks run in the calling task, never while the store's commit lock is held. A `before_`
+/// hook that returns an error aborts the operation: nothing is written. `after_load` runs on
+/// every model decoded from the store (reads, relation loads, feed items), after all its
+/// fields are set.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use remodel::model::{create_schema, Callbacks, Id, ModelError};
+/// use remodel::{Database, Model};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Model, Serialize, Deserialize, Debug)]
+/// #[remodel(callbacks)]
+/// struct Note { id: Option<Id>, text: String }
+///
+/// impl Callbacks for Note {
+///     fn before_save(&mut self) -> remodel::Result<()> {
+///         if self.text.is_empty() {
+///             return Err(ModelError::Rejected("a note needs text".into()).into());
+///         }
+///         self.text = self.text.trim().to_string();
+///         Ok(())
+///     }
+/// }
+///
+/// let db = Database::temporary().await?;
+/// create_schema(&db).await?;
+/// assert!(Note { id: None, text: String::new() }.create(&db).await.is_err());
+/// assert_eq!(Note::count(&db).await?, 0);
+/// let n = Note { id: None, text: " hi ".into() }.create(&db).await?;
+/// assert_eq!(n.text, "hi");
+/// # Ok::<(), remodel::Error>(())
+/// # }).unwrap();
+/// ```
+pub trait Callbacks {
+    /// Before `create`, `save`, `update` and relation writes of this model. May change the
+    /// model (what it leaves is what is written); an error aborts the write.
+    fn before_save(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// After the model was written.
+    fn after_save(&self) {}
+    /// Before `delete`; an error aborts it (nothing is deleted, no relation is touched).
+    fn before_delete(&self) -> Result<()> {
+        Ok(())
+    }
+    /// After the model and its relation effects were deleted.
+    fn after_delete(&self) {}
+    /// After the model was decoded from the store, with every field set.
+    fn after_load(&mut self) {}
+}
+
+/// A model: a serde struct stored as one document of its table. Implemented by
+/// `#[derive(Model)]` (see the [module docs](self)); the provided methods are the ODM.
+///
+/// Every method that reads or writes takes the [`Database`]; the futures they return own
+/// what they need and are `Send`, so they can run in spawned tasks and web handlers.
+///
+/// **What `save` does with stored fields the struct does not know:** it keeps them. `save`
+/// reads the stored document, replaces the fields the struct has and leaves the others as
+/// they were (another program's or a newer version's fields survive). `update` and relation
+/// writes merge, so they keep unknown fields too.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a model",
+    label = "not a model",
+    note = "add `#[derive(remodel::Model)]` to `{Self}`, or relate to a type that has it"
+)]
+pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
+    /// The generated struct of typed field names (`<Name>Fields`).
+    type Fields: Copy;
+
+    /// The model's table, key, indexes and relations.
+    fn schema() -> &'static Schema;
+
+    /// The typed field names, for predicates: `Crewmember::fields().species.eq("human")`.
+    fn fields() -> Self::Fields;
+
+    /// The primary key, if the model has one (a model that was never saved may not).
+    fn key(&self) -> Option<Value>;
+
+    /// Sets the primary key (as the store returned it).
+    fn set_key(&mut self, key: Value) -> Result<()>;
+
+    /// A field's value by its stored name (`None` for an unknown name).
+    fn field_value(&self, name: &str) -> Option<Value>;
+
+    /// Sets a field by its stored name; `Ok(false)` for an unknown name.
+    fn set_field_value(&mut self, name: &str, value: Value) -> Result<bool>;
+
+    /// See [`Callbacks::before_save`] (generated: delegates with `#[remodel(callbacks)]`).
+    fn before_save(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// See [`Callbacks::after_save`].
+    fn after_save(&self) {}
+    /// See [`Callbacks::before_delete`].
+    fn before_delete(&self) -> Result<()> {
+        Ok(())
+    }
+    /// See [`Callbacks::after_delete`].
+    fn after_delete(&self) {}
+    /// See [`Callbacks::after_load`].
+    fn after_load(&mut self) {}
+
+    /// The model's table, for raw queries (`group`, `eq_join`, `pluck`, ...): the
+    /// counterpart of Remodel's ReQL passthrough. Read rows back as models with
+    /// [`Model::from_json`].
+    fn table(db: &Database) -> Table {
+        db.table(Self::schema().table)
+    }
+
+    /// Every row, as a typed query to refine (`filter`, `order_by`, `limit`, `changes`).
+    fn query(db: &Database) -> ModelQuery<Self> {
+        ModelQuery::table(db)
+    }
+
+    /// The model with this key; `Ok(None)` when there is none.
+    fn get(db: &Database, key: impl Into<Value>) -> impl Future<Output = Result<Option<Self>>> + Send {
+        let table = Self::table(db);
+        let key = key.into();
+        async move {
+            match table.get(key).await? {
+                Some(doc) => codec::decode::<Self>(doc).map(Some),
+                None => Ok(None),
+            }
+        }
+    }
+
+    /// The models with these keys, in the order of the keys (missing ones are left out).
+    /// No keys, no models.
+    fn get_many<K: Into<Value>>(
+        db: &Database,
+        keys: impl IntoIterator<Item = K>,
+    ) -> impl Future<Output = Result<Vec<Self>>> + Send {
+        let keys: Vec<Value> = keys.into_iter().map(Into::into).collect();
+        let table = Self::table(db);
+        async move {
+            if keys.is_empty() {
+                return Ok(Vec::new());
+            }
+            codec::decode_all(table.get_all(keys).run().await?)
+        }
+    }
+
+    /// The first model for which `predicate` holds (through an index when the predicate
+    /// has an equality on an indexed field).
+    fn find(db: &Database, predicate: Predicate) -> impl Future<Output = Result<Option<Self>>> + Send {
+        let q = ModelQuery::<Self>::table(db).filter(predicate);
+        async move { q.first().await }
+    }
+
+    /// The models for which `predicate` holds, as a query (see [`ModelQuery`]).
+    fn filter(db: &Database, predicate: Predicate) -> ModelQuery<Self> {
+        ModelQuery::table(db).filter(predicate)
+    }
+
+    /// Every model of the table.
+    fn all(db: &Database) -> impl Future<Output = Result<Vec<Self>>> + Send {
+        let q = ModelQuery::<Self>::table(db);
+        async move { q.run().await }
+    }
+
+    /// The number of models in the table.
+    fn count(db: &Database) -> impl Future<Output = Result<u64>> + Send {
+        let table = Self::table(db);
+        async move { table.count().await }
+    }
+
+    /// The first model matching `predicate`, or a new one made by `make` and created, all
+    /// in one commit: two concurrent calls create one row. Returns the model and whether it
+    /// was created. The new model should match `predicate`.
+    fn get_or_create(
+        db: &Database,
+        predicate: Predicate,
+        make: impl FnOnce() -> Self + Send,
+    ) -> impl Future<Output = Result<(Self, bool)>> + Send {
+        let db = db.clone();
+        async move {
+            let q = ModelQuery::<Self>::table(&db).filter(predicate);
+            if let Some(found) = q.first().await? {
+                return Ok((found, false));
+            }
+            let mut model = make();
+            model.before_save()?;
+            codec::ensure_key(&mut model)?;
+            let doc = codec::to_doc(&model)?;
+            let schema = Self::schema();
+            let raw = q.raw()?;
+            let written = db
+                .batch()
+                .require_empty(&raw, format!("a matching {} exists", schema.model))
+                .insert(schema.table, doc)
+                .await;
+            match written {
+                Ok(_) => {
+                    model.after_save();
+                    Ok((model, true))
+                }
+                Err(Error::Precondition(_)) => match q.first().await? {
+                    Some(found) => Ok((found, false)),
+                    None => Err(ModelError::Invalid(format!(
+                        "get_or_create on `{}`: a matching row existed and is gone again",
+                        schema.table
+                    ))
+                    .into()),
+                },
+                Err(e) => Err(e),
+            }
+        }
+    }
+
+    /// Watches the whole table: typed changes (see [`ModelChanges`] for the options).
+    fn changes(db: &Database) -> ModelChanges<Self> {
+        ModelChanges::new(Ok(Self::table(db).changes()))
+    }
+
+    /// Inserts the model and returns it saved, with its key (generated when it had none).
+    /// A model whose key exists already is an error ([`Error::KeyConflict`]).
+    fn create(mut self, db: &Database) -> impl Future<Output = Result<Self>> + Send {
+        let table = Self::table(db);
+        async move {
+            self.before_save()?;
+            let doc = codec::to_doc(&self)?;
+            let result = table.insert(doc).await?.check()?;
+            if let Some(key) = result.generated_keys.into_iter().next() {
+                self.set_key(key)?;
+            }
+            self.after_save();
+            Ok(self)
+        }
+    }
+
+    /// Inserts the model, or writes it back over the stored one. Stored fields the struct
+    /// does not know are kept (see the [trait docs](Model)).
+    fn save<'a>(&'a mut self, db: &Database) -> impl Future<Output = Result<()>> + Send + 'a {
+        let table = Self::table(db);
+        async move {
+            self.before_save()?;
+            let mut doc = codec::to_doc(self)?;
+            match self.key() {
+                None => {
+                    let result = table.insert(doc).await?.check()?;
+                    if let Some(key) = result.generated_keys.into_iter().next() {
+                        self.set_key(key)?;
+                    }
+                }
+                Some(key) => {
+                    if let Some(Value::Object(stored)) = table.get(key).await? {
+                        codec::keep_unknown(Self::schema(), &mut doc, stored);
+                    }
+                    table.insert(doc).conflict(Conflict::Replace).await?.check()?;
+                }
+            }
+            self.after_save();
+            Ok(())
+        }
+    }
+
+    /// Changes some fields with `change` and writes only the fields that changed (merged
+    /// into the stored document). The model must be saved.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// # use remodel::model::{create_schema, Id};
+    /// # use remodel::{Database, Model};
+    /// # use serde::{Deserialize, Serialize};
+    /// #[derive(Model, Serialize, Deserialize, Debug)]
+    /// struct Officer { id: Option<Id>, name: String, rank: String }
+    /// # let db = Database::temporary().await?;
+    /// # create_schema(&db).await?;
+    /// let mut troi = Officer { id: None, name: "Troi".into(), rank: "commander".into() }
+    ///     .create(&db).await?;
+    /// troi.update(&db, |o| o.rank = "captain".into()).await?;
+    /// let stored = Officer::get(&db, troi.id.clone().unwrap()).await?.unwrap();
+    /// assert_eq!(stored.rank, "captain");
+    /// # Ok::<(), remodel::Error>(())
+    /// # }).unwrap();
+    /// ```
+    fn update<'a>(
+        &'a mut self,
+        db: &Database,
+        change: impl FnOnce(&mut Self) + Send + 'a,
+    ) -> impl Future<Output = Result<()>> + Send + 'a {
+        let table = Self::table(db);
+        async move {
+            let key = self
+                .key()
+                .ok_or_else(|| ModelError::not_saved(Self::schema(), "update"))?;
+            let before = codec::to_doc(self)?;
+            change(self);
+            self.before_save()?;
+            let after = codec::to_doc(self)?;
+            match codec::diff(&before, &after) {
+                codec::Diff::None => {}
+                codec::Diff::Merge(patch) => {
+                    table
+                        .get(key)
+                        .update(crate::Patch::Merge(patch))
+                        .await?
+                        .check()?;
+                }
+                // An object-valued field changed: merging would keep its removed entries,
+                // so the document is written whole (unknown top-level fields kept).
+                codec::Diff::Whole => {
+                    let mut doc = after;
+                    if let Some(Value::Object(stored)) = table.get(key).await? {
+                        codec::keep_unknown(Self::schema(), &mut doc, stored);
+                    }
+                    table.insert(doc).conflict(Conflict::Replace).await?.check()?;
+                }
+            }
+            self.after_save();
+            Ok(())
+        }
+    }
+
+    /// Deletes the model and, in the same commit, applies every relation's `on_delete`
+    /// (nullify children's keys, cascade, or refuse with [`Error::Precondition`] for
+    /// restrict) and removes its join rows.
+    fn delete<'a>(&'a self, db: &Database) -> impl Future<Output = Result<()>> + Send + 'a {
+        let db = db.clone();
+        async move {
+            let schema = Self::schema();
+            let key = self
+                .key()
+                .ok_or_else(|| ModelError::not_saved(schema, "delete"))?;
+            self.before_delete()?;
+            let batch = db.batch().delete(schema.table, key.clone());
+            let batch = relation::delete_effects(&db, schema, vec![key], batch).await?;
+            batch.await?.check()?;
+            self.after_delete();
+            Ok(())
+        }
+    }
+
+    /// Watches this saved model's own row (a point feed). Errors when it is not saved.
+    fn watch(&self, db: &Database) -> ModelChanges<Self> {
+        let changes = match self.key() {
+            Some(k) => Ok(Self::table(db).get(k).changes()),
+            None => Err(ModelError::not_saved(Self::schema(), "watch").into()),
+        };
+        ModelChanges::new(changes)
+    }
+
+    /// Decodes a stored document (for example a row of a raw query). A document that does
+    /// not fit gives [`ModelError::Decode`] naming the table, the key and the field.
+    fn from_json(doc: Value) -> Result<Self> {
+        codec::decode(doc)
+    }
+
+    /// The document the model is stored as.
+    fn to_json(&self) -> Result<Value> {
+        codec::to_doc(self)
+    }
+}
+
+/// Support for generated code; not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use inventory;
+
+    use super::{Model, ModelError, RelationDef};
+    use crate::Result;
+    use serde::de::DeserializeOwned;
+    use serde::Serialize;
+    use serde_json::Value;
+
+    /// A field's value as JSON (`None` when it cannot be represented).
+    pub fn to_value<T: Serialize>(v: &T) -> Option<Value> {
+        serde_json::to_value(v).ok()
+    }
+
+    /// A primary key field as a key: `None` when it is null (`Option::None`).
+    pub fn key_of<T: Serialize>(v: &T) -> Option<Value> {
+        match serde_json::to_value(v) {
+            Ok(Value::Null) | Err(_) => None,
+            Ok(k) => Some(k),
+        }
+    }
+
+    /// A field from a JSON value, with an error naming the table and field.
+    pub fn field_from_value<F: DeserializeOwned>(table: &str, field: &str, v: Value) -> Result<F> {
+        let key = v.clone();
+        serde_json::from_value(v).map_err(|e| {
+            ModelError::Decode {
+                table: table.to_string(),
+                key,
+                field: field.to_string(),
+                reason: e.to_string(),
+            }
+            .into()
+        })
+    }
+
+    /// The value of a belongs_to foreign key pointing at `owner` (or at nothing).
+    pub fn owner_key<F: DeserializeOwned, P: Model>(
+        rel: &'static RelationDef,
+        owner: Option<&P>,
+    ) -> Result<F> {
+        let v = match owner {
+            None => Value::Null,
+            Some(p) => p
+                .key()
+                .ok_or_else(|| ModelError::not_saved(P::schema(), rel.accessor))?,
+        };
+        field_from_value(P::schema().table, rel.foreign_key, v)
+    }
+}

@@ -1,0 +1,1 @@
+//! Shared models for the end-to-end tests of the model layer.
