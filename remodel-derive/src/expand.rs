@@ -183,9 +183,10 @@ pub fn expand(m: &Model) -> TokenStream {
         // pointed at the relation attribute).
         if let Some(tf) = &r.target_field {
             let span = r.span;
+            let check = format_ident!("__remodel_check_foreign_key_{}", i);
             checks.push(quote_spanned! {span=>
-                #[allow(dead_code, clippy::no_effect_underscore_binding)]
-                fn __remodel_check_foreign_key(f: <#target as ::remodel::model::Model>::Fields) {
+                #[allow(dead_code, non_snake_case)]
+                fn #check(f: <#target as ::remodel::model::Model>::Fields) {
                     let _ = f.#tf;
                 }
             });
