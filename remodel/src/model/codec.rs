@@ -28,16 +28,15 @@ fn decode_error(
         .unwrap_or(Value::Null);
     let path = e.path().to_string();
     let reason = e.into_inner().to_string();
-    let field = if path == "." || path.is_empty() {
-        // "missing field `rank`": serde names the field only in the message.
-        reason
-            .split('`')
-            .nth(1)
-            .filter(|_| reason.starts_with("missing field"))
-            .unwrap_or(".")
-            .to_string()
-    } else {
-        path
+    // "missing field `zip`": serde names a missing field only in the message, below the
+    // path of the struct that lacks it.
+    let missing = reason
+        .strip_prefix("missing field `")
+        .and_then(|r| r.split('`').next());
+    let field = match (path.as_str(), missing) {
+        ("." | "", Some(m)) => m.to_string(),
+        (p, Some(m)) => format!("{p}.{m}"),
+        (p, None) => p.to_string(),
     };
     ModelError::Decode {
         table: schema.table.to_string(),

@@ -1,5 +1,6 @@
 //! Typed field names: a field of model `M` holding a `T`, to build predicates and orders.
 
+use super::Id;
 use crate::{Order, Predicate};
 use serde::Serialize;
 use serde_json::Value;
@@ -49,11 +50,46 @@ fn json<V: Serialize>(v: V) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
+/// A value that can be compared with a field holding a `T`: a `T`, a `T` for an
+/// `Option<T>` field, and `&str` / `&Id` / `&String` where the field holds a `String` or an
+/// [`Id`]. Integer and float literals take the field's type.
+pub trait FieldValue<T> {
+    /// The value as JSON.
+    fn into_json(self) -> Value;
+}
+
+impl<T: Serialize> FieldValue<T> for T {
+    fn into_json(self) -> Value {
+        json(self)
+    }
+}
+
+impl<T: Serialize> FieldValue<Option<T>> for T {
+    fn into_json(self) -> Value {
+        json(self)
+    }
+}
+
+macro_rules! borrowed {
+    ($($from:ty => $to:ty),*) => {$(
+        impl FieldValue<$to> for $from {
+            fn into_json(self) -> Value {
+                json(self)
+            }
+        }
+    )*};
+}
+
+borrowed! {
+    &str => String, &str => Option<String>, &String => String, &String => Option<String>,
+    &str => Id, &str => Option<Id>, &Id => Id, &Id => Option<Id>
+}
+
 macro_rules! comparisons {
     ($($(#[$doc:meta])* $name:ident),*) => {$(
         $(#[$doc])*
-        pub fn $name(self, value: impl Into<T>) -> Predicate {
-            self.raw().$name(json(value.into()))
+        pub fn $name(self, value: impl FieldValue<T>) -> Predicate {
+            self.raw().$name(value.into_json())
         }
     )*};
 }
@@ -98,7 +134,7 @@ impl<M, T: Serialize> Field<M, T> {
     }
 
     /// The field equals one of the values. No values, no match (never "everything").
-    pub fn one_of<V: Into<T>>(self, values: impl IntoIterator<Item = V>) -> Predicate {
+    pub fn one_of<V: FieldValue<T>>(self, values: impl IntoIterator<Item = V>) -> Predicate {
         Predicate::Or {
             any: values.into_iter().map(|v| self.eq(v)).collect(),
         }
@@ -132,8 +168,8 @@ impl<M, T: Serialize> Field<M, T> {
 
 impl<M, E: Serialize> Field<M, Vec<E>> {
     /// The array field has an element equal to `value`.
-    pub fn contains(self, value: impl Into<E>) -> Predicate {
-        self.raw().contains(json(value.into()))
+    pub fn contains(self, value: impl FieldValue<E>) -> Predicate {
+        self.raw().contains(value.into_json())
     }
 }
 

@@ -55,7 +55,7 @@ mod schema;
 
 pub use error::ModelError;
 pub use feed::{Change, ModelChanges, ModelFeed};
-pub use field::Field;
+pub use field::{Field, FieldValue};
 pub use query::ModelQuery;
 pub use relation::{BelongsTo, HasMany, HasOne, ManyToMany};
 pub use schema::{
