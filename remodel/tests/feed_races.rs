@@ -1,0 +1,314 @@
+//! Feeds opened at random moments while their table is dropped and re-created under the same
+//! name, and while the database closes.
+//!
+//! Every row carries the generation of the table it was written to. A feed must open on a
+//! table that was live while it opened (or fail with `NoSuchTable`/`Closed`), see the rows of
+//! that one table only (never those of a newer table with the same name), and end with
+//! `FeedAborted` within a bound once that table is dropped or the database closes. A feed
+//! that neither ends nor errors is a hang.
+//!
+//! `REMODEL_RACE_ROUNDS=N` runs N drop/re-create rounds instead of the CI default;
+//! `REMODEL_RACE_SEED=S` replays one schedule of random choices (the timing is still real).
+
+use futures::StreamExt;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use remodel::{field, json, Config, Conflict, Database, Durability, Error, Order, Value};
+use std::collections::BTreeSet;
+use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::RwLock;
+
+/// How long a feed may take to end once its table is dropped or the database closes, and how
+/// long opening a feed may take.
+const BOUND: Duration = Duration::from_secs(5);
+const OPENERS_PER_ROUND: usize = 10;
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// What one feed did.
+#[derive(Debug)]
+struct Outcome {
+    what: String,
+    /// The generation current when the open began and when it returned.
+    gen_before: u64,
+    gen_after: u64,
+    /// `Ok(rows' generations)` if it opened, else the open's error.
+    opened: Result<(), String>,
+    gens: BTreeSet<u64>,
+    /// When the feed ended, and how (`None`: still running when the reader was stopped).
+    ended: Option<(Instant, Result<(), String>)>,
+}
+
+fn gen_of(v: &Value) -> Option<u64> {
+    v.get("gen").and_then(Value::as_u64)
+}
+
+/// Opens a random feed on `r` after a random short delay, then reads it until it ends.
+async fn open_and_read(db: Database, gen: Arc<AtomicU64>, seed: u64) -> Outcome {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let delay = Duration::from_micros(rng.gen_range(0..3000));
+    let kind = rng.gen_range(0..6);
+    let initial = rng.gen_bool(0.6);
+    let squash = rng.gen_range(0..4);
+    tokio::time::sleep(delay).await;
+    let t = db.table("r");
+    let (what, q) = match kind {
+        0 => ("t", t.query()),
+        1 => ("t.get(0)", t.get_all([0])),
+        2 => ("t.get_all([1, 2])", t.get_all([1, 2])),
+        3 => (
+            "t.between(1, 3)",
+            t.between(Bound::Included(json!(1)), Bound::Excluded(json!(3))),
+        ),
+        4 => ("t.filter(gen >= 0)", t.filter(field("gen").ge(0))),
+        _ => (
+            "t.order_by(index(id)).limit(2)",
+            t.order_by(Order::index("id")).limit(2),
+        ),
+    };
+    let changes = if kind == 1 {
+        t.get(0).changes()
+    } else {
+        q.changes()
+    };
+    let changes = changes.include_initial(initial);
+    let changes = match squash {
+        0 => changes.squash(true),
+        1 => changes.squash_window(0.001),
+        _ => changes,
+    };
+    let what = format!("{what} include_initial({initial}) squash#{squash} (seed {seed})");
+    let gen_before = gen.load(Ordering::SeqCst);
+    let opened = tokio::time::timeout(BOUND, changes).await;
+    let gen_after = gen.load(Ordering::SeqCst);
+    let mut out = Outcome {
+        what,
+        gen_before,
+        gen_after,
+        opened: Ok(()),
+        gens: BTreeSet::new(),
+        ended: None,
+    };
+    let mut feed = match opened {
+        Err(_) => {
+            out.opened = Err(format!("opening took more than {BOUND:?}"));
+            return out;
+        }
+        Ok(Err(e @ (Error::NoSuchTable(_) | Error::Closed | Error::FeedAborted(_)))) => {
+            out.opened = Err(format!("refused: {e}"));
+            out.ended = Some((Instant::now(), Ok(())));
+            return out;
+        }
+        Ok(Err(e)) => {
+            out.opened = Err(format!("unexpected error: {e:?}"));
+            return out;
+        }
+        Ok(Ok(feed)) => feed,
+    };
+    while let Some(item) = feed.next().await {
+        match item {
+            Ok(c) => {
+                for v in [c.old_val(), c.new_val()].into_iter().flatten() {
+                    match gen_of(v) {
+                        Some(g) => {
+                            out.gens.insert(g);
+                        }
+                        None => {
+                            out.ended =
+                                Some((Instant::now(), Err(format!("a row without gen: {v}"))));
+                            return out;
+                        }
+                    }
+                }
+            }
+            Err(Error::FeedAborted(_)) => {
+                out.ended = Some((Instant::now(), Ok(())));
+                break;
+            }
+            Err(Error::FeedOverflow { .. }) => {}
+            Err(e) => {
+                out.ended = Some((Instant::now(), Err(format!("an error item: {e:?}"))));
+                return out;
+            }
+        }
+    }
+    if out.ended.is_none() {
+        out.ended = Some((
+            Instant::now(),
+            Err("the stream ended without FeedAborted".into()),
+        ));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feeds_opened_during_drops_recreates_and_close_end_and_never_see_a_new_table() {
+    let rounds = env("REMODEL_RACE_ROUNDS", 100);
+    let seed = env("REMODEL_RACE_SEED", rand::random::<u32>() as u64);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let db = Config::temporary()
+        .durability(Durability::Soft)
+        .open()
+        .await
+        .unwrap();
+    let gen = Arc::new(AtomicU64::new(0));
+    // Writers hold it shared while they read the generation and write, the dropper
+    // exclusively while it drops, bumps the generation and re-creates: a row always carries
+    // the generation of the table it went to. Feed openers never take it.
+    let ddl = Arc::new(RwLock::new(()));
+    db.create_table("r").await.unwrap();
+    db.table("r")
+        .insert_many([json!({"id": 0, "gen": 0}), json!({"id": 1, "gen": 0})])
+        .await
+        .unwrap();
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (db, gen, ddl, stop) = (db.clone(), gen.clone(), ddl.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                {
+                    let _w = ddl.read().await;
+                    let g = gen.load(Ordering::SeqCst);
+                    let _ = db
+                        .table("r")
+                        .insert(json!({"id": i % 4, "gen": g, "i": i}))
+                        .conflict(Conflict::Replace)
+                        .await;
+                }
+                i += 1;
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+        })
+    };
+
+    let mut readers = Vec::new();
+    // When the table of each generation was dropped (index = generation).
+    let mut dropped_at: Vec<Instant> = Vec::new();
+    for _ in 0..rounds {
+        for _ in 0..OPENERS_PER_ROUND {
+            readers.push(tokio::spawn(open_and_read(
+                db.clone(),
+                gen.clone(),
+                rng.gen(),
+            )));
+        }
+        tokio::time::sleep(Duration::from_micros(rng.gen_range(0..3000))).await;
+        {
+            let _x = ddl.write().await;
+            db.drop_table("r").await.unwrap();
+            dropped_at.push(Instant::now());
+            let g = gen.fetch_add(1, Ordering::SeqCst) + 1;
+            db.create_table("r").await.unwrap();
+            db.table("r")
+                .insert_many([json!({"id": 0, "gen": g}), json!({"id": 1, "gen": g})])
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_micros(rng.gen_range(0..2000))).await;
+    }
+    // The last round races with close instead.
+    for _ in 0..OPENERS_PER_ROUND {
+        readers.push(tokio::spawn(open_and_read(
+            db.clone(),
+            gen.clone(),
+            rng.gen(),
+        )));
+    }
+    tokio::time::sleep(Duration::from_micros(rng.gen_range(0..3000))).await;
+    let closing = Instant::now();
+    db.close().await.unwrap();
+    stop.store(true, Ordering::SeqCst);
+    writer.await.unwrap();
+    let last_gen = gen.load(Ordering::SeqCst);
+
+    let mut problems = Vec::new();
+    let deadline = Instant::now() + BOUND;
+    let mut opened = 0;
+    for r in readers {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let o = match tokio::time::timeout(left, r).await {
+            Ok(o) => o.unwrap(),
+            Err(_) => {
+                problems.push(format!(
+                    "a feed neither ended nor failed within {BOUND:?} of the close"
+                ));
+                continue;
+            }
+        };
+        if o.opened.is_ok() {
+            opened += 1;
+        }
+        let mut bad = |why: String| {
+            problems.push(format!(
+                "{}: {why} (opened while generation {}..={} was current; rows seen of {:?})",
+                o.what, o.gen_before, o.gen_after, o.gens
+            ))
+        };
+        if let Err(e) = &o.opened {
+            if !e.starts_with("refused") {
+                bad(e.clone());
+            }
+            continue;
+        }
+        if o.gens.len() > 1 {
+            bad(format!(
+                "rows of several tables named `r`: generations {:?}",
+                o.gens
+            ));
+        }
+        let on = o.gens.iter().next().copied();
+        if let Some(g) = on {
+            if g < o.gen_before || g > o.gen_after {
+                bad(format!(
+                    "rows of generation {g}, but the table was of generation {}..={} while the feed opened",
+                    o.gen_before, o.gen_after
+                ));
+            }
+        }
+        // Which table the feed is on (unknown without rows: at latest gen_after's).
+        let g = on.unwrap_or(o.gen_after);
+        match &o.ended {
+            None => bad("never ended".into()),
+            Some((_, Err(why))) => bad(why.clone()),
+            Some((at, Ok(()))) => {
+                if g < last_gen {
+                    let dropped = dropped_at[g as usize];
+                    // Dropping the table queues the abort before drop_table returns; half a
+                    // second is ample for the reader to see it.
+                    let late = *at > dropped + BOUND
+                        || (*at >= closing && closing > dropped + Duration::from_millis(500));
+                    if late {
+                        bad(format!(
+                            "its table (generation {g}) was dropped, but the feed ended only {:?} \
+                             later{}",
+                            at.saturating_duration_since(dropped),
+                            if *at >= closing {
+                                ", with the close"
+                            } else {
+                                ""
+                            }
+                        ));
+                    }
+                } else if *at > closing + BOUND {
+                    bad("ended more than the bound after the close".into());
+                }
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "seed {seed} ({rounds} rounds, {opened} feeds opened), {} problem(s):\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+}
