@@ -3,15 +3,17 @@
 mod index;
 mod stats;
 mod table;
+mod visibility;
 pub(crate) mod write;
 
 pub(crate) use index::IndexState;
-pub use index::{IndexSpec, IndexStatus};
+pub use index::{IndexSpec, IndexStatus, MAX_MULTI_ELEMENTS};
 pub(crate) use table::TableState;
+pub(crate) use visibility::Visibility;
 pub use write::{ChangePair, Conflict, Durability, Patch, WriteResult};
 
 use crate::feed::Hub;
-use crate::storage::{EngineConfig, Storage, Tree, WriteBatch};
+use crate::storage::{EngineConfig, Liveness, OpenFailure, Storage, Tree, WriteBatch};
 use crate::{Error, Result};
 use parking_lot::{Mutex, RwLock};
 use stats::Stats;
@@ -131,6 +133,12 @@ pub(crate) struct DbInner {
     tables: RwLock<HashMap<String, Arc<TableState>>>,
     /// Serialises commits: one database, one commit order. Holds the last sequence number.
     pub writer: Mutex<u64>,
+    /// Sequence numbers up to here are reserved on disk (see `reserve_seq`).
+    seq_reserved: std::sync::atomic::AtomicU64,
+    /// Where the sequence reservation is kept.
+    meta: Tree,
+    /// The sequence numbers feeds may show (hard writes once on disk).
+    pub visibility: Arc<Visibility>,
     pub hub: Arc<Hub>,
     pub stats: Stats,
     /// The (empty, never written) table that stands for the `stats` system table in plans.
@@ -140,9 +148,116 @@ pub(crate) struct DbInner {
     ddl: tokio::sync::Mutex<()>,
 }
 
-fn open_registry() -> &'static Mutex<HashMap<PathBuf, Weak<DbInner>>> {
-    static REG: OnceLock<Mutex<HashMap<PathBuf, Weak<DbInner>>>> = OnceLock::new();
+/// What the registry of open paths keeps about a database opened in this process.
+struct Registered {
+    db: Weak<DbInner>,
+    /// Alive while anything of its storage is (a table or iterator outliving the handle).
+    storage: Liveness,
+}
+
+fn open_registry() -> &'static Mutex<HashMap<PathBuf, Registered>> {
+    static REG: OnceLock<Mutex<HashMap<PathBuf, Registered>>> = OnceLock::new();
     REG.get_or_init(Default::default)
+}
+
+/// The smallest page cache accepted (sled panics with none).
+const MIN_CACHE_BYTES: u64 = 64 * 1024;
+
+/// Where temporary databases go: shared memory when there is some (fast, as sled's own
+/// temporary files), else the system's temporary folder. Each is a folder named after its
+/// process, so that the next `temporary()` can remove those of processes that died without
+/// cleaning up (sled removes a temporary database only when it is dropped).
+fn temporary_dir() -> Result<PathBuf> {
+    use std::sync::atomic::AtomicU64;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    const PREFIX: &str = "remodel-tmp-";
+    let shm = Path::new("/dev/shm");
+    let base = if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    // Where process ids can be checked (Linux), clean up after dead processes.
+    if Path::new("/proc/self").exists() {
+        if let Ok(entries) = std::fs::read_dir(&base) {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(PREFIX)) else {
+                    continue;
+                };
+                let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+                    continue;
+                };
+                if !Path::new(&format!("/proc/{pid}")).exists() {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = base.join(format!("{PREFIX}{}-{nanos}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| {
+        Error::Storage(format!(
+            "cannot create a temporary database in {}: {e}",
+            base.display()
+        ))
+    })?;
+    Ok(dir)
+}
+
+/// Refuses a database folder whose data file is missing or empty although its `conf` says a
+/// database was created there: sled would silently start an empty database over it.
+fn check_files(path: &Path) -> Result<()> {
+    if !path.join("conf").exists() {
+        return Ok(()); // a new database
+    }
+    let damaged = |reason: &str| Error::Damaged {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    };
+    match std::fs::metadata(path.join("db")) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(damaged(
+            "its data file `db` is missing (its `conf` file is there)",
+        )),
+        Err(e) => Err(Error::Storage(format!(
+            "cannot read the data file of the database at {}: {e}",
+            path.display()
+        ))),
+        Ok(m) if m.len() == 0 => Err(damaged("its data file `db` is empty (0 bytes)")),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// The error for a failed open, naming its cause.
+fn open_error(path: Option<&Path>, failure: OpenFailure, here: bool) -> Error {
+    let at = path.map_or_else(
+        || "a temporary database".into(),
+        |p| p.display().to_string(),
+    );
+    match failure {
+        OpenFailure::Locked if here => Error::Storage(format!(
+            "cannot open the database at {at}: it is still open in this process (a handle, \
+             table, iterator or feed of an earlier open is alive; drop it, or keep using it)"
+        )),
+        OpenFailure::Locked => Error::Storage(format!(
+            "cannot open the database at {at}: another process has it open"
+        )),
+        OpenFailure::Io(e) => {
+            use std::io::ErrorKind;
+            let cause = match e.kind() {
+                ErrorKind::StorageFull => "the disk is full",
+                ErrorKind::ReadOnlyFilesystem => "the file system is read-only",
+                ErrorKind::PermissionDenied => "permission denied",
+                _ => "an I/O error",
+            };
+            Error::Storage(format!("cannot open the database at {at}: {cause} ({e})"))
+        }
+        OpenFailure::Damaged(reason) => Error::Damaged { path: at, reason },
+    }
 }
 
 impl Database {
@@ -157,65 +272,90 @@ impl Database {
     }
 
     fn open_with(config: Config) -> Result<Database> {
+        if config.cache_bytes < MIN_CACHE_BYTES {
+            return Err(Error::InvalidConfig(format!(
+                "cache_bytes must be at least {MIN_CACHE_BYTES}, got {}",
+                config.cache_bytes
+            )));
+        }
         let canonical = match &config.path {
             Some(p) => {
                 std::fs::create_dir_all(p)
                     .map_err(|e| Error::Storage(format!("cannot create {}: {e}", p.display())))?;
-                Some(
-                    p.canonicalize().map_err(|e| {
-                        Error::Storage(format!("cannot resolve {}: {e}", p.display()))
-                    })?,
-                )
+                let p = p
+                    .canonicalize()
+                    .map_err(|e| Error::Storage(format!("cannot resolve {}: {e}", p.display())))?;
+                Some(p)
             }
             None => None,
         };
         let mut registry = open_registry().lock();
+        let mut here = false;
         if let Some(path) = &canonical {
-            if let Some(inner) = registry.get(path).and_then(Weak::upgrade) {
-                if !inner.closed.load(Ordering::Acquire) {
-                    return Ok(Database { inner });
+            if let Some(reg) = registry.get(path) {
+                if let Some(inner) = reg.db.upgrade() {
+                    if !inner.closed.load(Ordering::Acquire) && !inner.storage.has_failed() {
+                        return Ok(Database { inner });
+                    }
                 }
+                here = reg.storage.in_use();
             }
+            if here {
+                // Waiting would not help: what holds the files is alive in this process.
+                return Err(open_error(Some(path), OpenFailure::Locked, true));
+            }
+            check_files(path)?;
         }
         // A handle of this process that was just dropped may still hold the file lock for a
         // moment (sled's I/O threads release it last): retry for a bounded time.
         let was_open_here = canonical.as_ref().is_some_and(|p| registry.contains_key(p));
+        let temporary = match &canonical {
+            Some(_) => None,
+            None => Some(temporary_dir()?),
+        };
+        let path = canonical.as_deref().or(temporary.as_deref());
         let mut attempts = 0;
         let storage = loop {
             let opened = Storage::open(EngineConfig {
-                path: canonical.as_deref(),
+                path,
+                temporary: temporary.is_some(),
                 cache_bytes: config.cache_bytes,
                 flush_every_ms: Some(config.flush_interval.as_millis().max(1) as u64),
             });
             match opened {
-                Err(Error::Storage(m))
-                    if was_open_here && attempts < 500 && m.contains("could not acquire lock") =>
-                {
+                Err(OpenFailure::Locked) if was_open_here && attempts < 500 => {
                     attempts += 1;
                     std::thread::sleep(Duration::from_millis(2));
                 }
                 other => break other,
             }
         }
-        .map_err(|e| match &canonical {
-            Some(p) => Error::Storage(format!(
-                "cannot open the database at {} (is another process using it?): {e}",
-                p.display()
-            )),
-            None => e,
-        })?;
+        .map_err(|f| open_error(canonical.as_deref(), f, false))?;
         let catalog = storage.tree(CATALOG_TREE)?;
         let stats_table = Arc::new(TableState::new(
             "stats".into(),
             "id".into(),
             storage.tree("__remodel_stats")?,
         ));
+        let liveness = storage.liveness();
+        let meta = storage.tree(META_TREE)?;
+        // Sequence numbers go on from where the last run had reserved them (a crash may skip
+        // some, never reuse one).
+        let seq = match meta.get(SEQ_RESERVED_KEY)? {
+            Some(b) => u64::from_be_bytes(b.as_ref().try_into().map_err(|_| {
+                Error::Storage("the stored sequence reservation is damaged".into())
+            })?),
+            None => 0,
+        };
         let inner = Arc::new(DbInner {
             storage,
             config,
             catalog,
             tables: RwLock::new(HashMap::new()),
-            writer: Mutex::new(0),
+            writer: Mutex::new(seq),
+            seq_reserved: std::sync::atomic::AtomicU64::new(seq),
+            meta,
+            visibility: Arc::new(Visibility::new(seq)),
             hub: Arc::default(),
             stats: Stats::default(),
             stats_table,
@@ -223,15 +363,31 @@ impl Database {
             ddl: tokio::sync::Mutex::new(()),
         });
         let db = Database { inner };
+        db.inner.reserve_seq(seq)?;
         let unfinished = db.load_catalog()?;
         if let Some(path) = canonical {
-            registry.retain(|_, w| w.strong_count() > 0);
-            registry.insert(path, Arc::downgrade(&db.inner));
+            registry.retain(|_, r| r.db.strong_count() > 0 || r.storage.in_use());
+            registry.insert(
+                path,
+                Registered {
+                    db: Arc::downgrade(&db.inner),
+                    storage: liveness,
+                },
+            );
         }
         drop(registry);
         // Index builds interrupted by a crash start again from scratch (they are idempotent).
+        // One that fails again is removed, as a failed create_index is: the rest of the
+        // database opens.
         for (table, index) in unfinished {
-            db.backfill_blocking(&table, &index)?;
+            if let Err(e) = db.backfill_blocking(&table, &index) {
+                tracing::warn!(
+                    "index `{}` of table `{}` could not be built and was removed: {e}",
+                    index.name,
+                    table.name
+                );
+                db.abandon_index(&table, &index);
+            }
         }
         Ok(db)
     }
@@ -245,10 +401,10 @@ impl Database {
             let (name, meta) = entry?;
             let name = String::from_utf8_lossy(&name).into_owned();
             let meta: TableMeta = serde_json::from_slice(&meta)?;
-            let docs = self.inner.storage.tree(&docs_tree_name(&name))?;
+            let docs = self.inner.docs_tree(&name)?;
             let table = Arc::new(TableState::new(name.clone(), meta.primary_key, docs));
             for im in meta.indexes {
-                let tree = self.inner.storage.tree(&index_tree_name(&name, &im.name))?;
+                let tree = self.inner.index_tree(&name, &im.name)?;
                 let ix = Arc::new(IndexState::new(im.name, im.spec, tree, im.ready)?);
                 if !im.ready {
                     unfinished.push((table.clone(), ix.clone()));
@@ -307,7 +463,7 @@ impl Database {
         let tree_name = docs_tree_name(name);
         // A tree left behind by a crash in the middle of a drop is cleared first.
         self.inner.storage.drop_tree(&tree_name)?;
-        let docs = self.inner.storage.tree(&tree_name)?;
+        let docs = self.inner.docs_tree(name)?;
         let table = Arc::new(TableState::new(
             name.to_string(),
             primary_key.to_string(),
@@ -389,7 +545,7 @@ impl Database {
             }
             let tree_name = index_tree_name(table, name);
             self.inner.storage.drop_tree(&tree_name)?;
-            let tree = self.inner.storage.tree(&tree_name)?;
+            let tree = self.inner.index_tree(table, name)?;
             ix = Arc::new(IndexState::new(name.to_string(), spec, tree, false)?);
             // From here on every write maintains the new index; the backfill below adds the
             // documents that were there before.
@@ -398,7 +554,47 @@ impl Database {
             self.save_meta(&t)?;
         }
         let db = self.clone();
-        spawn_blocking(move || db.backfill_blocking(&t, &ix)).await
+        spawn_blocking(move || {
+            let built = db.backfill_blocking(&t, &ix);
+            if built.is_err() {
+                // A failed build must not stay in the catalog (the next open would try it
+                // again, and fail the same way).
+                db.abandon_index(&t, &ix);
+            }
+            built
+        })
+        .await
+    }
+
+    /// Removes an index whose build failed: from the table, the catalog and storage. Does
+    /// nothing if it was dropped meanwhile.
+    fn abandon_index(&self, table: &Arc<TableState>, ix: &Arc<IndexState>) {
+        // Under the DDL lock: a create_index of the same name must not get its tree dropped.
+        let _ddl = self.inner.ddl.blocking_lock();
+        {
+            let _w = self.inner.writer.lock();
+            let mut list = table.indexes.write();
+            let Some(pos) = list.iter().position(|i| Arc::ptr_eq(i, ix)) else {
+                return;
+            };
+            list.remove(pos);
+            drop(list);
+            ix.mark_dropped();
+            if table.is_dropped() {
+                return; // drop_table removes its trees
+            }
+            if let Err(e) = self.save_meta(table) {
+                tracing::warn!("could not remove index `{}` from the catalog: {e}", ix.name);
+            }
+        }
+        let removed = self
+            .inner
+            .storage
+            .drop_tree(&index_tree_name(&table.name, &ix.name))
+            .and_then(|()| self.inner.storage.flush_blocking());
+        if let Err(e) = removed {
+            tracing::warn!("could not remove the tree of index `{}`: {e}", ix.name);
+        }
     }
 
     /// Fills `ix` from the documents of `table`, in chunks, each under the commit lock so
@@ -411,6 +607,13 @@ impl Database {
             let _w = self.inner.writer.lock();
             if table.is_dropped() {
                 return Err(Error::NoSuchTable(table.name.clone()));
+            }
+            if ix.is_dropped() {
+                // drop_index ran during the build: not one more write into its tree.
+                return Err(Error::NoSuchIndex {
+                    table: table.name.clone(),
+                    index: ix.name.clone(),
+                });
             }
             let mut batch = WriteBatch::default();
             let mut last = None;
@@ -447,7 +650,7 @@ impl Database {
                         table: table.to_string(),
                         index: name.to_string(),
                     })?;
-            list.remove(pos);
+            list.remove(pos).mark_dropped();
             drop(list);
             self.save_meta(&t)?;
         }
@@ -500,21 +703,78 @@ impl Database {
     /// Waits until everything written so far is on disk.
     pub async fn sync(&self) -> Result<()> {
         self.check_open()?;
-        self.inner.storage.flush().await
+        let upto = self.inner.visibility.last();
+        self.inner.storage.flush().await?;
+        self.inner.visibility.durable(upto);
+        Ok(())
     }
 
     /// Closes the database: flushes it, ends every changefeed with [`Error::FeedAborted`],
     /// and makes every later call on any handle return [`Error::Closed`].
     pub async fn close(&self) -> Result<()> {
-        if self.inner.closed.swap(true, Ordering::AcqRel) {
-            return Ok(());
+        {
+            // Under the commit lock, where feeds are set up: a feed either sees the database
+            // closed, or is registered before `abort_all` below ends it.
+            let _w = self.inner.writer.lock();
+            if self.inner.closed.swap(true, Ordering::AcqRel) {
+                return Ok(());
+            }
         }
         self.inner.hub.abort_all("the database was closed");
         self.inner.storage.flush().await
     }
 }
 
+/// The tree of database-wide settings, and the key of the sequence reservation in it.
+const META_TREE: &str = "__remodel_meta";
+const SEQ_RESERVED_KEY: &[u8] = b"seq_reserved";
+/// How many sequence numbers one reservation covers: a reservation is one small durable
+/// write, so this many commits pass between two of them.
+const SEQ_BLOCK: u64 = 1 << 20;
+
 impl DbInner {
+    /// Makes the sequence numbers after `seq` (up to `seq + SEQ_BLOCK`) durable before any
+    /// of them is used, so that numbers stay strictly increasing across restarts and crashes
+    /// (a restart continues after the reservation). The caller holds the commit lock or is
+    /// opening the database.
+    pub(crate) fn reserve_seq(&self, seq: u64) -> Result<()> {
+        let upto = seq.saturating_add(SEQ_BLOCK);
+        let mut batch = WriteBatch::default();
+        batch.insert(
+            &self.meta,
+            SEQ_RESERVED_KEY.to_vec(),
+            upto.to_be_bytes().to_vec(),
+        );
+        self.storage.apply(&batch)?;
+        self.storage.flush_blocking()?;
+        self.seq_reserved.store(upto, Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether sequence numbers up to `seq` are reserved.
+    pub(crate) fn seq_reserved_for(&self, seq: u64) -> bool {
+        seq <= self.seq_reserved.load(Ordering::Acquire)
+    }
+
+    /// The documents tree of a table; once dropped, it reports [`Error::NoSuchTable`].
+    fn docs_tree(&self, table: &str) -> Result<Tree> {
+        Ok(self
+            .storage
+            .tree(&docs_tree_name(table))?
+            .on_missing(Error::NoSuchTable(table.to_string())))
+    }
+
+    /// The tree of an index; once dropped, it reports [`Error::NoSuchIndex`].
+    fn index_tree(&self, table: &str, index: &str) -> Result<Tree> {
+        Ok(self
+            .storage
+            .tree(&index_tree_name(table, index))?
+            .on_missing(Error::NoSuchIndex {
+                table: table.to_string(),
+                index: index.to_string(),
+            }))
+    }
+
     fn catalog_insert(&self, name: &str, bytes: Vec<u8>) -> Result<()> {
         let mut batch = WriteBatch::default();
         batch.insert(&self.catalog, name.as_bytes().to_vec(), bytes);

@@ -110,12 +110,22 @@ impl Patch {
         Patch::With(Arc::new(f))
     }
 
+    /// Checks a merge patch against the depth limit (a `with` closure's result is checked
+    /// when it runs).
+    pub(crate) fn check_depth(&self) -> Result<()> {
+        match self {
+            Patch::Merge(v) => crate::value::check_depth(v, "patch"),
+            Patch::With(_) => Ok(()),
+        }
+    }
+
     fn apply(&self, table: &TableState, doc: &Value) -> Result<Value> {
         let patch_owned;
         let patch = match self {
             Patch::Merge(v) => v,
             Patch::With(f) => {
-                patch_owned = f(doc)?;
+                patch_owned =
+                    crate::value::admit(f(doc)?, "the patch a Patch::with closure returned")?;
                 &patch_owned
             }
         };
@@ -126,6 +136,7 @@ impl Patch {
         }
         let mut out = doc.clone();
         merge(&mut out, patch);
+        table.check_index_limits(&out)?;
         let same_key = match (out.get(&table.primary_key), doc.get(&table.primary_key)) {
             (Some(a), Some(b)) => crate::value::compare(a, b) == std::cmp::Ordering::Equal,
             (None, None) => true,
@@ -219,6 +230,7 @@ impl DbInner {
         table: &Arc<TableState>,
         ops: Vec<WriteOp>,
         return_changes: bool,
+        hard: bool,
     ) -> Result<WriteResult> {
         let mut result = WriteResult::default();
         let mut ops = ops.into_iter().peekable();
@@ -233,6 +245,7 @@ impl DbInner {
                 Commit {
                     return_changes,
                     all_or_nothing: false,
+                    hard,
                 },
                 &mut result,
             )?;
@@ -286,6 +299,13 @@ impl DbInner {
                     tables.len() - 1
                 }
             };
+            if let WriteOp::Insert { doc, .. } | WriteOp::Replace { doc, .. } = &op {
+                // Bounds the index work done under the commit lock (updates: `Patch::apply`).
+                if let Err(e) = table.check_index_limits(doc) {
+                    result.error(e);
+                    continue;
+                }
+            }
             let key = match &op {
                 WriteOp::Insert { doc, .. } => table.key_of(doc)?,
                 WriteOp::Update { key, .. }
@@ -417,7 +437,13 @@ impl DbInner {
         if committed.iter().all(Vec::is_empty) {
             return Ok(());
         }
+        if !self.seq_reserved_for(*seq) {
+            // Once per `SEQ_BLOCK` numbers: the next ones are made durable before use.
+            self.reserve_seq(*seq)?;
+        }
         self.storage.apply(&batch)?;
+        // Feeds show this commit at once (soft) or once it is on disk (hard).
+        self.visibility.committed(*seq, how.hard);
         for (table, changes) in tables.iter().zip(&committed) {
             if !changes.is_empty() {
                 table
@@ -437,6 +463,8 @@ pub(crate) struct Commit {
     pub return_changes: bool,
     /// Write nothing if any write of the chunk fails (conflict, bad patch).
     pub all_or_nothing: bool,
+    /// A hard-durability write: feeds show it once it is on disk.
+    pub hard: bool,
 }
 
 /// Whether two staged values are the same allocation (or both absent).
@@ -470,6 +498,14 @@ impl Database {
         conflict: Conflict,
         generated: &mut Vec<Value>,
     ) -> Result<Vec<WriteOp>> {
+        // The depth limit first: nothing else may walk (print, clone) a too-deep document.
+        if let Some(i) = docs
+            .iter()
+            .position(|d| crate::value::deeper_than(d, crate::value::MAX_DEPTH))
+        {
+            docs.into_iter().for_each(crate::value::drop_deep);
+            return Err(crate::value::too_deep(&format!("document #{i}")));
+        }
         docs.into_iter()
             .enumerate()
             .map(|(i, mut doc)| {
@@ -502,11 +538,12 @@ impl Database {
         return_changes: bool,
         durability: Option<Durability>,
     ) -> Result<WriteResult> {
+        let hard = self.is_hard(durability);
         let result = if ops.len() > 64 {
             let inner = self.inner.clone();
-            super::spawn_blocking(move || inner.commit(&table, ops, return_changes)).await?
+            super::spawn_blocking(move || inner.commit(&table, ops, return_changes, hard)).await?
         } else {
-            self.inner.commit(&table, ops, return_changes)?
+            self.inner.commit(&table, ops, return_changes, hard)?
         };
         self.settle(durability).await?;
         Ok(result)
@@ -514,10 +551,17 @@ impl Database {
 
     /// Waits for the durability a write asked for (or the database default).
     pub(crate) async fn settle(&self, durability: Option<Durability>) -> Result<()> {
-        if durability.unwrap_or(self.inner.config.durability) == Durability::Hard {
+        if self.is_hard(durability) {
+            let upto = self.inner.visibility.last();
             self.inner.storage.flush().await?;
+            self.inner.visibility.durable(upto);
         }
         Ok(())
+    }
+
+    /// Whether a write with this durability (or the database default) is a hard one.
+    pub(crate) fn is_hard(&self, durability: Option<Durability>) -> bool {
+        durability.unwrap_or(self.inner.config.durability) == Durability::Hard
     }
 }
 
@@ -529,6 +573,7 @@ impl DbInner {
         plan: &crate::query::plan::Plan,
         make_op: impl Fn(Vec<u8>) -> WriteOp,
         return_changes: bool,
+        hard: bool,
     ) -> Result<WriteResult> {
         let mut seq = self.writer.lock();
         if plan.table.is_dropped() {
@@ -547,6 +592,7 @@ impl DbInner {
         let how = Commit {
             return_changes,
             all_or_nothing: false,
+            hard,
         };
         for chunk in keys.chunks(CHUNK) {
             let ops = chunk

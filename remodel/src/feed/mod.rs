@@ -168,6 +168,9 @@ impl Changes {
             handed_first: opts.include_initial,
             sleep: None,
             done: false,
+            visibility: db.inner.visibility.clone(),
+            held: None,
+            snapshot_seq: None,
         };
         // Without initial rows there is nothing to initialise: the first state is `ready`.
         if opts.include_states && opts.include_initial {
@@ -223,7 +226,8 @@ impl Changes {
                         };
                         // Under the commit lock: the snapshot and the subscription see the
                         // same commit.
-                        let _commit = db.inner.writer.lock();
+                        let commit = db.inner.writer.lock();
+                        feed.snapshot_seq = Some(*commit);
                         db.check_open()?;
                         // The table (or index) may have been dropped since the plan was
                         // made: a feed opens on a live table or not at all.

@@ -6,7 +6,7 @@ use super::hub::{self, Initial, Join, Registration};
 use super::log::{Log, Reader};
 use super::queue::{Next, Subscriber};
 use super::spec::{FeedPlan, ScanRange, View};
-use crate::db::Database;
+use crate::db::{Database, Visibility};
 use crate::{Error, Result};
 use futures_core::Stream;
 use serde_json::Value;
@@ -79,6 +79,13 @@ pub struct Feed {
     pub(super) handed_first: bool,
     pub(super) sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     pub(super) done: bool,
+    /// What may be shown yet: items of hard writes wait until those are on disk.
+    pub(super) visibility: Arc<Visibility>,
+    /// An item that waits to become visible (everything after it waits too).
+    pub(super) held: Option<Change>,
+    /// The sequence number the initial rows were read at: they are shown once it is
+    /// visible (they may include hard writes not yet on disk).
+    pub(super) snapshot_seq: Option<u64>,
 }
 
 impl std::fmt::Debug for Feed {
@@ -156,7 +163,8 @@ impl Feed {
         let mut rows = Vec::new();
         let mut from = lo;
         loop {
-            let _commit = db.inner.writer.lock();
+            let commit = db.inner.writer.lock();
+            self.snapshot_seq = Some(*commit);
             db.check_open()?;
             if table.is_dropped() {
                 return Err(Error::NoSuchTable(table.name.clone()));
@@ -200,6 +208,32 @@ impl Feed {
         c.shown(self.include_types, self.include_offsets)
     }
 
+    /// Hands `c` over, or holds it (and what follows) until its commit may be shown: a hard
+    /// write's items wait for its fsync; initial rows wait for the commit they were read at.
+    fn show(&mut self, c: Change, cx: &Context<'_>) -> Poll<Option<Result<Change>>> {
+        let gate = match c.kind() {
+            super::ChangeKind::Initial => self.snapshot_seq,
+            _ => c.seq(),
+        };
+        if let Some(seq) = gate.filter(|s| !self.visibility.shows(*s)) {
+            self.visibility.register(cx.waker());
+            // Look again: the flush may have finished in between.
+            if !self.visibility.shows(seq) {
+                self.held = Some(c);
+                return Poll::Pending;
+            }
+        }
+        Poll::Ready(Some(Ok(self.decorate(c))))
+    }
+
+    /// The commit sequence number at which the feed's initial rows were read (for feeds
+    /// over a table or a primary key range, read in chunks: the number when the last chunk
+    /// was read). Every change numbered above it is delivered as a change. `None` for timer
+    /// feeds (stats).
+    pub fn snapshot_seq(&self) -> Option<u64> {
+        self.snapshot_seq
+    }
+
     /// The stats table's timer: recomputes the rows about once a second and queues the
     /// changed ones.
     fn poll_timer(&mut self, cx: &mut Context<'_>) {
@@ -235,11 +269,14 @@ impl Stream for Feed {
         if this.done {
             return Poll::Ready(None);
         }
+        if let Some(c) = this.held.take() {
+            return this.show(c, cx);
+        }
         if let Some(c) = this.front.pop_front() {
-            return Poll::Ready(Some(Ok(this.decorate(c))));
+            return this.show(c, cx);
         }
         if let Some(c) = this.batch.pop_front() {
-            return Poll::Ready(Some(Ok(this.decorate(c))));
+            return this.show(c, cx);
         }
         if this.timer.is_some() {
             this.poll_timer(cx);
@@ -265,14 +302,14 @@ impl Stream for Feed {
                     return Poll::Ready(Some(Err(Error::FeedOverflow { skipped })));
                 }
                 if let Some(c) = this.batch.pop_front() {
-                    return Poll::Ready(Some(Ok(this.decorate(c))));
+                    return this.show(c, cx);
                 }
             }
         }
         match this.inbox.next(cx, &mut this.batch) {
             Next::Item(c) => {
                 this.handed_first = true;
-                Poll::Ready(Some(Ok(this.decorate(c))))
+                this.show(c, cx)
             }
             Next::Overflow(skipped) => Poll::Ready(Some(Err(Error::FeedOverflow { skipped }))),
             Next::Closed(e) => {

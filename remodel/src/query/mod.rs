@@ -9,7 +9,7 @@ mod write;
 
 pub use aggregate::{Group, Grouped, Join};
 pub use predicate::{field, has_fields, Field, Predicate};
-pub use table::{Get, Table};
+pub use table::{Get, PointQuery, Table};
 pub use write::{Batch, Insert, Write};
 
 use crate::db::Database;
@@ -188,7 +188,13 @@ impl Query {
     }
 
     /// Keeps the rows for which the predicate holds.
-    pub fn filter(self, predicate: Predicate) -> Self {
+    pub fn filter(mut self, predicate: Predicate) -> Self {
+        // A too-deep predicate is refused here, before a clone of the query could walk it.
+        if let Err(e) = predicate::check_depth(&predicate) {
+            predicate::drop_deep(predicate);
+            self.error.get_or_insert(e);
+            return self;
+        }
         self.step(Step::Filter(predicate))
     }
 

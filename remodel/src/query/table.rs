@@ -110,7 +110,17 @@ impl Table {
     /// The documents with one of these primary keys (or, after `.index(name)`, these index
     /// values). A key given twice returns its documents twice.
     pub fn get_all<V: Into<Value>>(&self, keys: impl IntoIterator<Item = V>) -> Query {
-        let keys = keys.into_iter().map(Into::into).collect();
+        let mut keys: Vec<Value> = keys.into_iter().map(Into::into).collect();
+        // Too-deep values are refused here, before a clone of the query could walk them.
+        let deep = keys
+            .iter()
+            .position(|k| crate::value::deeper_than(k, crate::value::MAX_DEPTH));
+        if let Some(i) = deep {
+            keys.drain(..).for_each(crate::value::drop_deep);
+            let mut q = Query::new(self.db.clone(), self.name.clone(), Source::Table);
+            q.error = Some(crate::value::too_deep(&format!("get_all value #{i}")));
+            return q;
+        }
         Query::new(
             self.db.clone(),
             self.name.clone(),
@@ -121,6 +131,22 @@ impl Table {
     /// The documents whose primary key (or, after `.index(name)`, index value) is within the
     /// bounds. The usual range is `Included(lo)` to `Excluded(hi)`.
     pub fn between(&self, lo: Bound<Value>, hi: Bound<Value>) -> Query {
+        let deep = |b: &Bound<Value>| match b {
+            Bound::Included(v) | Bound::Excluded(v) => {
+                crate::value::deeper_than(v, crate::value::MAX_DEPTH)
+            }
+            Bound::Unbounded => false,
+        };
+        if deep(&lo) || deep(&hi) {
+            for b in [lo, hi] {
+                if let Bound::Included(v) | Bound::Excluded(v) = b {
+                    crate::value::drop_deep(v);
+                }
+            }
+            let mut q = Query::new(self.db.clone(), self.name.clone(), Source::Table);
+            q.error = Some(crate::value::too_deep("a between bound"));
+            return q;
+        }
         Query::new(
             self.db.clone(),
             self.name.clone(),
@@ -194,19 +220,42 @@ impl Get {
         t.get_doc(&encode_key(&self.key)?)
     }
 
+    /// The key for a write: a copy, or when the key is too deep to copy safely, a small
+    /// stand-in that the write refuses with [`crate::Error::TooDeep`] as it would the key.
+    pub(crate) fn key_for_write(&self) -> Value {
+        if crate::value::deeper_than(&self.key, crate::value::MAX_DEPTH) {
+            let mut v = Value::Null;
+            for _ in 0..=crate::value::MAX_DEPTH {
+                v = Value::Array(vec![v]);
+            }
+            v
+        } else {
+            self.key.clone()
+        }
+    }
+
     /// Merges a patch into the document (see [`Patch`]); a missing document is skipped.
     pub fn update(&self, patch: impl Into<Patch>) -> Write {
-        Write::update_key(self.table.clone(), self.key.clone(), patch.into())
+        Write::update_key(self.table.clone(), self.key_for_write(), patch.into())
     }
 
     /// Replaces the document; the new one's primary key must be absent or the same.
     pub fn replace(&self, doc: Value) -> Write {
-        Write::replace_key(self.table.clone(), self.key.clone(), doc)
+        Write::replace_key(self.table.clone(), self.key_for_write(), doc)
     }
 
     /// Deletes the document; a missing document is skipped.
     pub fn delete(&self) -> Write {
-        Write::delete_key(self.table.clone(), self.key.clone())
+        Write::delete_key(self.table.clone(), self.key_for_write())
+    }
+}
+
+impl Drop for Get {
+    fn drop(&mut self) {
+        // A key too deep to be used is also too deep to drop recursively.
+        if crate::value::deeper_than(&self.key, crate::value::MAX_DEPTH) {
+            crate::value::drop_deep(std::mem::take(&mut self.key));
+        }
     }
 }
 
@@ -215,5 +264,79 @@ impl IntoFuture for Get {
     type IntoFuture = std::future::Ready<Self::Output>;
     fn into_future(self) -> Self::IntoFuture {
         std::future::ready(self.read())
+    }
+}
+
+impl Get {
+    /// The document seen through row transforms: keeps it only when the predicate holds.
+    /// A point query stays a point query: it reads one row (`None` when missing or filtered
+    /// out) and can be watched as a point feed.
+    pub fn filter(&self, predicate: Predicate) -> PointQuery {
+        PointQuery::of(self).filter(predicate)
+    }
+
+    /// The document with only these (possibly nested) fields.
+    pub fn pluck<S: Into<String>>(&self, fields: impl IntoIterator<Item = S>) -> PointQuery {
+        PointQuery::of(self).pluck(fields)
+    }
+
+    /// The document without these (possibly nested) fields.
+    pub fn without<S: Into<String>>(&self, fields: impl IntoIterator<Item = S>) -> PointQuery {
+        PointQuery::of(self).without(fields)
+    }
+}
+
+/// A document by primary key seen through `filter`, `pluck` or `without`: `run` reads it
+/// (`None` when it is missing or filtered out) and `changes` watches it as a point feed.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use remodel::Database;
+/// use serde_json::json;
+/// let db = Database::temporary().await?;
+/// db.create_table("crew").await?;
+/// db.table("crew").insert(json!({"id": "data", "rank": "commander", "ship": "enterprise"})).await?;
+/// let rank = db.table("crew").get("data").pluck(["rank"]).run().await?;
+/// assert_eq!(rank, Some(json!({"rank": "commander"})));
+/// # Ok::<(), remodel::Error>(())
+/// # }).unwrap();
+/// ```
+#[derive(Clone, Debug)]
+pub struct PointQuery {
+    /// `get_all([key])` followed by the transforms.
+    pub(crate) query: Query,
+}
+
+impl PointQuery {
+    fn of(get: &Get) -> Self {
+        PointQuery {
+            query: get.table.get_all([get.key.clone()]),
+        }
+    }
+
+    /// Keeps the document only when the predicate holds.
+    pub fn filter(self, predicate: Predicate) -> Self {
+        PointQuery {
+            query: self.query.filter(predicate),
+        }
+    }
+
+    /// Keeps only these (possibly nested) fields.
+    pub fn pluck<S: Into<String>>(self, fields: impl IntoIterator<Item = S>) -> Self {
+        PointQuery {
+            query: self.query.pluck(fields),
+        }
+    }
+
+    /// Removes these (possibly nested) fields.
+    pub fn without<S: Into<String>>(self, fields: impl IntoIterator<Item = S>) -> Self {
+        PointQuery {
+            query: self.query.without(fields),
+        }
+    }
+
+    /// Reads the document as the transforms see it.
+    pub async fn run(&self) -> Result<Option<Value>> {
+        Ok(self.query.iter()?.next().transpose()?)
     }
 }

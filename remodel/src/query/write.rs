@@ -167,7 +167,38 @@ impl Write {
         }
     }
 
+    /// The depth-limit error of a key, patch or document of this write, if any.
+    fn too_deep(&self) -> Option<Error> {
+        let key = match &self.target {
+            Target::Key(_, key) => Some(key),
+            Target::Query(_) => None, // its predicates were checked when it was built
+        };
+        let checked = key
+            .map_or(Ok(()), |k| crate::value::check_depth(k, "primary key"))
+            .and_then(|()| match &self.action {
+                Action::Update(p) => p.check_depth(),
+                Action::Replace(d) => crate::value::check_depth(d, "replacement document"),
+                Action::Delete => Ok(()),
+            });
+        checked.err()
+    }
+
+    /// Drops a refused write without recursing through its values.
+    fn dispose(self) {
+        if let Target::Key(_, key) = self.target {
+            crate::value::drop_deep(key);
+        }
+        match self.action {
+            Action::Update(Patch::Merge(v)) | Action::Replace(v) => crate::value::drop_deep(v),
+            Action::Update(Patch::With(_)) | Action::Delete => {}
+        }
+    }
+
     async fn run(self) -> Result<WriteResult> {
+        if let Some(e) = self.too_deep() {
+            self.dispose();
+            return Err(e);
+        }
         match self.target {
             Target::Key(table, key) => {
                 let db = table.db.clone();
@@ -194,9 +225,10 @@ impl Write {
                 let plan = q.plan()?;
                 let action = self.action;
                 let return_changes = self.opts.return_changes;
+                let hard = db.is_hard(self.opts.durability);
                 let inner = db.inner.clone();
                 let result = crate::db::spawn_blocking(move || {
-                    inner.commit_selected(&plan, |key| Self::op(&action, key), return_changes)
+                    inner.commit_selected(&plan, |key| Self::op(&action, key), return_changes, hard)
                 })
                 .await?;
                 db.settle(self.opts.durability).await?;
@@ -208,7 +240,8 @@ impl Write {
 
 /// Checks a replacement document: an object whose primary key is absent (it gets `key`) or
 /// equal to `key`.
-fn replacement(t: &TableState, key: &Value, enc: &[u8], mut doc: Value) -> Result<Value> {
+fn replacement(t: &TableState, key: &Value, enc: &[u8], doc: Value) -> Result<Value> {
+    let mut doc = crate::value::admit(doc, "replacement document")?;
     let Value::Object(map) = &mut doc else {
         return Err(Error::InvalidDocument {
             reason: format!("a replacement must be a JSON object, got {doc}"),
@@ -383,7 +416,56 @@ impl Batch {
         self
     }
 
+    /// The depth-limit error of a document, key or patch of the batch, if any.
+    fn too_deep(&self) -> Option<Error> {
+        use crate::value::check_depth;
+        self.ops.iter().enumerate().find_map(|(i, (_, op))| {
+            let what = |w: &str| format!("{w} of write #{i} of the batch");
+            let checked = match op {
+                BatchOp::Insert(doc, _) => check_depth(doc, &what("document")),
+                BatchOp::Update(key, patch) => {
+                    check_depth(key, &what("primary key")).and_then(|()| patch.check_depth())
+                }
+                BatchOp::Replace(key, doc) => check_depth(key, &what("primary key"))
+                    .and_then(|()| check_depth(doc, &what("document"))),
+                BatchOp::Delete(key) => check_depth(key, &what("primary key")),
+                BatchOp::UpdateWhere(_, patch) => patch.check_depth(),
+                BatchOp::DeleteWhere(_) | BatchOp::RequireEmpty(..) => Ok(()),
+            };
+            checked.err()
+        })
+    }
+
+    /// Drops a refused batch without recursing through its values.
+    fn dispose(self) {
+        use crate::value::drop_deep;
+        let merge = |p: Patch| {
+            if let Patch::Merge(v) = p {
+                drop_deep(v)
+            }
+        };
+        for (_, op) in self.ops {
+            match op {
+                BatchOp::Insert(doc, _) | BatchOp::Delete(doc) => drop_deep(doc),
+                BatchOp::Update(key, patch) => {
+                    drop_deep(key);
+                    merge(patch);
+                }
+                BatchOp::Replace(key, doc) => {
+                    drop_deep(key);
+                    drop_deep(doc);
+                }
+                BatchOp::UpdateWhere(_, patch) => merge(patch),
+                BatchOp::DeleteWhere(_) | BatchOp::RequireEmpty(..) => {}
+            }
+        }
+    }
+
     async fn run(self) -> Result<WriteResult> {
+        if let Some(e) = self.too_deep() {
+            self.dispose();
+            return Err(e);
+        }
         if self.ops.len() > BATCH_MAX {
             return Err(Error::query(format!(
                 "a batch holds at most {BATCH_MAX} writes, got {}",
@@ -432,6 +514,7 @@ impl Batch {
         let how = Commit {
             return_changes: self.opts.return_changes,
             all_or_nothing: true,
+            hard: db.is_hard(self.opts.durability),
         };
         let inner = db.inner.clone();
         let mut result = crate::db::spawn_blocking(move || {
