@@ -61,9 +61,17 @@ pub enum Error {
         /// The key that already exists.
         key: Value,
     },
-    /// A query that cannot be run (or watched), with the reason.
+    /// A query that cannot be run, with the reason.
     #[error("invalid query: {0}")]
     InvalidQuery(String),
+    /// A query that can be run but not watched (`limit` without an index ordering, `skip`,
+    /// a transform after `limit`, ...), with the reason.
+    #[error("cannot watch this query: {0}")]
+    Unwatchable(String),
+    /// A changefeed option that cannot be honoured (a negative or too long squash window, a
+    /// queue size of 0, offsets on a feed that has no order, an unknown option).
+    #[error("invalid feed option: {0}")]
+    InvalidFeedOption(String),
     /// A batch's precondition did not hold (see `Batch::require_empty`); nothing was written.
     #[error("precondition failed: {0}")]
     Precondition(String),
@@ -86,6 +94,45 @@ pub enum Error {
         /// How many changes were discarded.
         skipped: u64,
     },
+    /// A value nests arrays and objects deeper than the store accepts
+    /// ([`crate::value::MAX_DEPTH`] levels): a document, patch, key, predicate or index bound.
+    /// Nothing was written.
+    #[error("{what} is nested deeper than the limit of {limit} levels")]
+    TooDeep {
+        /// What was refused (`document #0`, `primary key`, `predicate`, ...).
+        what: String,
+        /// The limit, [`crate::value::MAX_DEPTH`].
+        limit: usize,
+    },
+    /// A write is larger than a documented limit (see the README's "Limits"); nothing of it
+    /// was written.
+    #[error("{what}: {size} is over the limit of {limit}")]
+    TooLarge {
+        /// What was counted (`elements of the multi index `tags``, ...).
+        what: String,
+        /// How many there were.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The database cannot be used any more: a write to disk failed (a full disk, an I/O
+    /// error) and what is in memory may differ from what is on disk. Every call fails with
+    /// this error, so that nobody reads a write that was not acknowledged; drop every handle
+    /// and open the database again to recover from what is on disk.
+    #[error("the database cannot be used after a failed write ({0}); drop every handle and open it again")]
+    Unusable(String),
+    /// The files of a database are damaged or missing: it was not opened, and nothing was
+    /// replaced by an empty database.
+    #[error("the database at {path} is damaged: {reason}")]
+    Damaged {
+        /// The database folder.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A [`crate::Config`] setting that cannot work; nothing was opened.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
     /// The database was closed.
     #[error("the database is closed")]
     Closed,
@@ -107,7 +154,14 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl From<sled::Error> for Error {
     fn from(e: sled::Error) -> Self {
-        Error::Storage(e.to_string())
+        match e {
+            // sled prints the tree name as a list of bytes.
+            sled::Error::CollectionNotFound(name) => Error::Storage(format!(
+                "tree `{}` does not exist",
+                String::from_utf8_lossy(&name)
+            )),
+            e => Error::Storage(e.to_string()),
+        }
     }
 }
 
@@ -120,5 +174,13 @@ impl From<serde_json::Error> for Error {
 impl Error {
     pub(crate) fn query(reason: impl Into<String>) -> Self {
         Error::InvalidQuery(reason.into())
+    }
+
+    pub(crate) fn unwatchable(reason: impl Into<String>) -> Self {
+        Error::Unwatchable(reason.into())
+    }
+
+    pub(crate) fn feed_option(reason: impl Into<String>) -> Self {
+        Error::InvalidFeedOption(reason.into())
     }
 }

@@ -41,6 +41,7 @@ pub mod value;
 
 pub use db::{
     ChangePair, Config, Conflict, Database, Durability, IndexSpec, IndexStatus, Patch, WriteResult,
+    MAX_MULTI_ELEMENTS,
 };
 pub use error::{Error, Result};
 pub use model::Model;

@@ -95,8 +95,14 @@ pub(crate) struct CompiledIndex {
     multi: bool,
 }
 
+/// The most elements of one document's array that a multi index takes: a write of a longer
+/// array fails with [`Error::TooLarge`] (its index entries are computed under the commit lock,
+/// which every writer waits for).
+pub const MAX_MULTI_ELEMENTS: usize = 10_000;
+
 impl CompiledIndex {
-    /// The values under which `doc` is indexed (none when the field is missing or null).
+    /// The values under which `doc` is indexed (none when the field is missing or null); a
+    /// multi index gives each distinct element once, in the order of first occurrence.
     pub(crate) fn values(&self, doc: &Value) -> Vec<Value> {
         if self.compound {
             let mut parts = Vec::with_capacity(self.paths.len());
@@ -110,17 +116,10 @@ impl CompiledIndex {
         }
         match self.paths[0].get(doc) {
             None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(items)) if self.multi => {
-                let mut out: Vec<Value> = Vec::with_capacity(items.len());
-                for item in items {
-                    if !item.is_null()
-                        && !out.iter().any(|o| crate::value::compare(o, item).is_eq())
-                    {
-                        out.push(item.clone());
-                    }
-                }
-                out
-            }
+            Some(Value::Array(items)) if self.multi => distinct(items)
+                .into_iter()
+                .map(|i| items[i].clone())
+                .collect(),
             Some(v) => vec![v.clone()],
         }
     }
@@ -141,22 +140,57 @@ impl CompiledIndex {
         }
     }
 
-    /// The index tree keys of `doc`: `encode(value) ++ encoded primary key`, sorted.
+    /// The index tree keys of `doc`: `encode(value) ++ encoded primary key`, sorted and
+    /// distinct. O(n log n) in the elements of a multi index: equal values (in the total
+    /// order) have equal encodings, so sorting the keys also de-duplicates the elements.
     pub(crate) fn keys(&self, doc: &Value, pk: &[u8]) -> Vec<Vec<u8>> {
-        let mut keys: Vec<Vec<u8>> = self
-            .values(doc)
-            .iter()
-            .map(|v| {
-                let mut k = Vec::with_capacity(24 + pk.len());
-                encode_value_into(v, &mut k);
-                k.extend_from_slice(pk);
-                k
-            })
-            .collect();
-        keys.sort();
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        self.each_value(doc, |v| {
+            let mut k = Vec::with_capacity(24 + pk.len());
+            encode_value_into(v, &mut k);
+            k.extend_from_slice(pk);
+            keys.push(k);
+        });
+        keys.sort_unstable();
         keys.dedup();
         keys
     }
+
+    /// Checks that `doc` is within the limits of this index ([`MAX_MULTI_ELEMENTS`]).
+    pub(crate) fn check_limits(&self, doc: &Value, index: &str) -> Result<()> {
+        if !self.multi {
+            return Ok(());
+        }
+        match self.paths[0].get(doc) {
+            Some(Value::Array(items)) if items.len() > MAX_MULTI_ELEMENTS => Err(Error::TooLarge {
+                what: format!(
+                    "elements in the array `{}` of the multi index `{index}`",
+                    self.paths[0]
+                ),
+                size: items.len(),
+                limit: MAX_MULTI_ELEMENTS,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The positions of the distinct non-null elements of `items` (first occurrences, in order),
+/// in O(n log n): elements are compared by their order-preserving encoding, which is equal
+/// exactly when the values are equal in the total order.
+fn distinct(items: &[Value]) -> Vec<usize> {
+    let mut encoded: Vec<(Vec<u8>, usize)> = items
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| !v.is_null())
+        .map(|(i, v)| (crate::value::encode_value(v), i))
+        .collect();
+    // Sorting by (encoding, position) puts each value's first occurrence first.
+    encoded.sort_unstable();
+    encoded.dedup_by(|b, a| a.0 == b.0);
+    let mut positions: Vec<usize> = encoded.into_iter().map(|(_, i)| i).collect();
+    positions.sort_unstable();
+    positions
 }
 
 /// A live secondary index of an open table.
@@ -166,6 +200,8 @@ pub(crate) struct IndexState {
     pub compiled: CompiledIndex,
     pub tree: Tree,
     ready: AtomicBool,
+    /// Set (under the commit lock) when the index is dropped: a running backfill stops.
+    dropped: AtomicBool,
 }
 
 impl IndexState {
@@ -177,6 +213,7 @@ impl IndexState {
             compiled,
             tree,
             ready: AtomicBool::new(ready),
+            dropped: AtomicBool::new(false),
         })
     }
 
@@ -186,6 +223,14 @@ impl IndexState {
 
     pub(crate) fn set_ready(&self) {
         self.ready.store(true, Ordering::Release)
+    }
+
+    pub(crate) fn mark_dropped(&self) {
+        self.dropped.store(true, Ordering::Release)
+    }
+
+    pub(crate) fn is_dropped(&self) -> bool {
+        self.dropped.load(Ordering::Acquire)
     }
 }
 
@@ -223,6 +268,34 @@ mod tests {
             vec![json!("a"), json!("b")]
         );
         assert_eq!(ix.values(&json!({"tags": "x"})), vec![json!("x")]);
+        assert_eq!(
+            ix.values(&json!({"tags": [2, 1.0, 1, 2.0, "a", [1], [1.0]]})),
+            vec![json!(2), json!(1.0), json!("a"), json!([1])]
+        );
+    }
+
+    #[test]
+    fn a_large_multi_array_is_indexed_in_n_log_n() {
+        let ix = IndexSpec::multi("tags").compile().unwrap();
+        let n = 200_000;
+        let tags: Vec<Value> = (0..n).map(|i| json!(i % (n / 2))).collect();
+        let doc = json!({ "tags": tags });
+        let t = std::time::Instant::now();
+        assert_eq!(ix.keys(&doc, b"pk").len(), n / 2);
+        assert_eq!(ix.values(&doc).len(), n / 2);
+        // Quadratic, this took minutes; n log n takes well under a second even in debug.
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(matches!(
+            ix.check_limits(&doc, "tags"),
+            Err(Error::TooLarge {
+                limit: MAX_MULTI_ELEMENTS,
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -101,6 +101,15 @@ impl TableState {
         }
     }
 
+    /// Checks a document about to be written against the limits of the table's indexes
+    /// (see [`super::MAX_MULTI_ELEMENTS`]).
+    pub(crate) fn check_index_limits(&self, doc: &Value) -> Result<()> {
+        self.indexes
+            .read()
+            .iter()
+            .try_for_each(|ix| ix.compiled.check_limits(doc, &ix.name))
+    }
+
     pub(crate) fn parse_doc(&self, bytes: &[u8]) -> Result<Value> {
         serde_json::from_slice(bytes).map_err(|e| {
             Error::Serialization(format!(

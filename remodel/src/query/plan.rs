@@ -157,6 +157,9 @@ pub(crate) fn plan(
             desc,
         },
         (Source::GetAll { keys, index }, _) => {
+            for k in keys {
+                crate::value::check_depth(k, "get_all value")?;
+            }
             if table.is_primary(index.as_deref()) {
                 Access::Keys(keys.iter().map(encode_key).collect::<Result<_>>()?)
             } else {
@@ -168,6 +171,11 @@ pub(crate) fn plan(
             }
         }
         (Source::Between { lo, hi, index }, _) => {
+            for b in [lo, hi] {
+                if let Bound::Included(v) | Bound::Excluded(v) = b {
+                    crate::value::check_depth(v, "a between bound")?;
+                }
+            }
             if table.is_primary(index.as_deref()) {
                 Access::Primary {
                     lo: primary_bound(lo),
@@ -237,6 +245,19 @@ pub(crate) fn plan(
     })
 }
 
+/// Ends a row iterator after its first error: the error of a dropped table (or a failed
+/// storage) would otherwise come again for every row that remains.
+fn until_error(rows: Rows) -> Rows {
+    let mut failed = false;
+    Box::new(rows.map_while(move |r| {
+        if failed {
+            return None;
+        }
+        failed = r.is_err();
+        Some(r)
+    }))
+}
+
 impl Plan {
     /// Rows straight from the access, before any step.
     pub(crate) fn source_rows(&self) -> Rows {
@@ -292,7 +313,7 @@ impl Plan {
 
     /// The rows of the whole query.
     pub(crate) fn rows(&self) -> Rows {
-        let mut rows = self.source_rows();
+        let mut rows = until_error(self.source_rows());
         for op in self.ops.clone() {
             rows = match op {
                 Op::Filter(p) => {

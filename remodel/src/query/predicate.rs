@@ -1,7 +1,7 @@
 //! Filter predicates: plain data that can be inspected, compared, serialised and analysed
 //! (the changefeed core routes writes by a predicate's equality conjuncts).
 
-use crate::value::{compare, FieldPath};
+use crate::value::{compare, FieldPath, MAX_DEPTH};
 use crate::{Error, Result};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
@@ -149,6 +149,12 @@ impl Predicate {
 
     /// Checks the predicate and prepares it for evaluation (parses paths, compiles regexes).
     pub(crate) fn compile(&self) -> Result<Compiled> {
+        check_depth(self)?;
+        self.compile_checked()
+    }
+
+    /// [`Predicate::compile`] of a predicate within the depth limit.
+    fn compile_checked(&self) -> Result<Compiled> {
         let path = |f: &str| FieldPath::parse(f);
         let cmp = |f: &str, op: CmpOp, v: &Value| -> Result<Compiled> {
             Ok(Compiled::Cmp {
@@ -195,14 +201,72 @@ impl Predicate {
                     )))
                 }
             },
-            Predicate::And { all } => {
-                Compiled::And(all.iter().map(Predicate::compile).collect::<Result<_>>()?)
-            }
-            Predicate::Or { any } => {
-                Compiled::Or(any.iter().map(Predicate::compile).collect::<Result<_>>()?)
-            }
-            Predicate::Not { not } => Compiled::Not(Box::new(not.compile()?)),
+            Predicate::And { all } => Compiled::And(
+                all.iter()
+                    .map(Predicate::compile_checked)
+                    .collect::<Result<_>>()?,
+            ),
+            Predicate::Or { any } => Compiled::Or(
+                any.iter()
+                    .map(Predicate::compile_checked)
+                    .collect::<Result<_>>()?,
+            ),
+            Predicate::Not { not } => Compiled::Not(Box::new(not.compile_checked()?)),
         })
+    }
+}
+
+/// Whether `p` nests `and`/`or`/`not` deeper than `limit`, or has an operand nested deeper
+/// than [`MAX_DEPTH`]. Stops one level past the limit (bounded recursion).
+fn deeper_than(p: &Predicate, limit: usize) -> bool {
+    use crate::value::deeper_than as value_deeper;
+    match p {
+        Predicate::Eq { value, .. }
+        | Predicate::Ne { value, .. }
+        | Predicate::Lt { value, .. }
+        | Predicate::Le { value, .. }
+        | Predicate::Gt { value, .. }
+        | Predicate::Ge { value, .. }
+        | Predicate::Contains { value, .. } => value_deeper(value, MAX_DEPTH),
+        Predicate::StartsWith { prefix: value, .. } | Predicate::Matches { pattern: value, .. } => {
+            value_deeper(value, MAX_DEPTH)
+        }
+        Predicate::HasFields { .. } => false,
+        Predicate::And { all: ps } | Predicate::Or { any: ps } => {
+            limit == 0 || ps.iter().any(|p| deeper_than(p, limit - 1))
+        }
+        Predicate::Not { not } => limit == 0 || deeper_than(not, limit - 1),
+    }
+}
+
+/// Checks that a predicate nests at most [`MAX_DEPTH`] levels of `and`, `or` and `not`, and
+/// that its operands are within the depth limit of values.
+pub(crate) fn check_depth(p: &Predicate) -> Result<()> {
+    if deeper_than(p, MAX_DEPTH) {
+        Err(crate::value::too_deep("predicate"))
+    } else {
+        Ok(())
+    }
+}
+
+/// Drops a predicate of any depth without recursion (see [`crate::value::drop_deep`]).
+pub(crate) fn drop_deep(p: Predicate) {
+    let mut stack = vec![p];
+    while let Some(p) = stack.pop() {
+        match p {
+            Predicate::Eq { value, .. }
+            | Predicate::Ne { value, .. }
+            | Predicate::Lt { value, .. }
+            | Predicate::Le { value, .. }
+            | Predicate::Gt { value, .. }
+            | Predicate::Ge { value, .. }
+            | Predicate::Contains { value, .. }
+            | Predicate::StartsWith { prefix: value, .. }
+            | Predicate::Matches { pattern: value, .. } => crate::value::drop_deep(value),
+            Predicate::HasFields { .. } => {}
+            Predicate::And { all: ps } | Predicate::Or { any: ps } => stack.extend(ps),
+            Predicate::Not { not } => stack.push(*not),
+        }
     }
 }
 

@@ -7,11 +7,11 @@
 
 mod journal;
 
-use crate::Result;
+use crate::{Error, Result};
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 
 const JOURNAL_TREE: &str = "__remodel_journal";
 
@@ -21,8 +21,71 @@ pub(crate) type Bytes = sled::IVec;
 /// Engine settings taken from the database configuration.
 pub(crate) struct EngineConfig<'a> {
     pub path: Option<&'a Path>,
+    /// Remove the files when the engine is dropped (temporary databases).
+    pub temporary: bool,
     pub cache_bytes: u64,
     pub flush_every_ms: Option<u64>,
+}
+
+/// What every handle on one open engine shares: whether it failed, and (by its reference
+/// count) whether anything of it (a tree, an iterator) is still alive.
+#[derive(Default)]
+struct Shared {
+    /// Set when a write or a flush failed in a way that leaves memory and disk disagreeing:
+    /// from then on every operation fails, so that no reader sees what was not acknowledged.
+    failed: OnceLock<String>,
+}
+
+impl Shared {
+    fn check(&self) -> Result<()> {
+        match self.failed.get() {
+            Some(cause) => Err(Error::Unusable(cause.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn fail(&self, cause: String) -> Error {
+        let _ = self.failed.set(cause);
+        Error::Unusable(self.failed.get().cloned().unwrap_or_default())
+    }
+}
+
+/// Why an engine did not open.
+#[derive(Debug)]
+pub(crate) enum OpenFailure {
+    /// Another open engine holds the lock on the files.
+    Locked,
+    /// The file system refused (full, read-only, permission denied, ...).
+    Io(std::io::Error),
+    /// The files are damaged or of an unsupported kind.
+    Damaged(String),
+}
+
+impl OpenFailure {
+    fn from_sled(e: sled::Error) -> Self {
+        match e {
+            sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+                OpenFailure::Locked
+            }
+            sled::Error::Io(io) => OpenFailure::Io(io),
+            sled::Error::Corruption { at, .. } => OpenFailure::Damaged(match at {
+                Some(at) => format!("the storage engine found damaged data at {at:?}"),
+                None => "the storage engine found damaged data (its conf file?)".into(),
+            }),
+            e => OpenFailure::Damaged(format!("the storage engine refused it: {e}")),
+        }
+    }
+}
+
+/// Tells whether anything of an engine (a handle, tree or iterator) is still alive.
+#[derive(Clone, Default)]
+pub(crate) struct Liveness(Weak<Shared>);
+
+impl Liveness {
+    /// True while any handle, tree or iterator of the engine is alive: its files stay locked.
+    pub(crate) fn in_use(&self) -> bool {
+        self.0.strong_count() > 0
+    }
 }
 
 /// An open storage engine.
@@ -32,6 +95,7 @@ pub(crate) struct Storage {
     /// Intent records of multi-key batches (see `journal`).
     journal: sled::Tree,
     journal_seq: Arc<AtomicU64>,
+    shared: Arc<Shared>,
 }
 
 /// One ordered tree of byte keys.
@@ -39,48 +103,97 @@ pub(crate) struct Storage {
 pub(crate) struct Tree {
     inner: sled::Tree,
     name: String,
+    shared: Arc<Shared>,
+    /// The error for "this tree was dropped" (which table or index it was).
+    missing: Error,
 }
 
 impl Storage {
-    pub(crate) fn open(cfg: EngineConfig<'_>) -> Result<Self> {
+    /// Opens the engine; a failure says what kind it is, so that the caller can name it.
+    pub(crate) fn open(cfg: EngineConfig<'_>) -> Result<Self, OpenFailure> {
+        // sled panics on some damaged files (and on some settings): a typed error instead.
+        let opened =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Self::open_sled(cfg)));
+        match opened {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => Err(OpenFailure::from_sled(e)),
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "no message".into());
+                Err(OpenFailure::Damaged(format!(
+                    "the storage engine failed while reading it ({msg})"
+                )))
+            }
+        }
+    }
+
+    fn open_sled(cfg: EngineConfig<'_>) -> sled::Result<Self> {
         let mut sc = sled::Config::new()
             .cache_capacity(cfg.cache_bytes)
             .mode(sled::Mode::HighThroughput)
-            .flush_every_ms(cfg.flush_every_ms);
-        sc = match cfg.path {
-            Some(p) => sc.path(p),
-            None => sc.temporary(true),
-        };
+            .flush_every_ms(cfg.flush_every_ms)
+            .temporary(cfg.temporary);
+        if let Some(p) = cfg.path {
+            sc = sc.path(p);
+        }
         let db = sc.open()?;
         let journal = db.open_tree(JOURNAL_TREE)?;
         let mut storage = Storage {
             db,
             journal,
             journal_seq: Arc::new(AtomicU64::new(0)),
+            shared: Arc::default(),
         };
         let next = storage.replay_journal()?;
         storage.journal_seq = Arc::new(AtomicU64::new(next));
         Ok(storage)
     }
 
+    /// Whether anything of this engine is still alive, for the registry of open paths.
+    pub(crate) fn liveness(&self) -> Liveness {
+        Liveness(Arc::downgrade(&self.shared))
+    }
+
+    /// Fails when an earlier write or flush failed (see [`Shared::failed`]).
+    pub(crate) fn check(&self) -> Result<()> {
+        self.shared.check()
+    }
+
+    /// Whether an earlier write or flush failed.
+    pub(crate) fn has_failed(&self) -> bool {
+        self.shared.failed.get().is_some()
+    }
+
     pub(crate) fn tree(&self, name: &str) -> Result<Tree> {
         Ok(Tree {
             inner: self.db.open_tree(name)?,
             name: name.to_string(),
+            shared: self.shared.clone(),
+            missing: Error::Storage(format!("tree `{name}` does not exist")),
         })
     }
 
     pub(crate) fn drop_tree(&self, name: &str) -> Result<()> {
+        self.check()?;
         self.db.drop_tree(name)?;
         Ok(())
     }
 
     /// Applies all writes of the batch atomically: after a crash either all or none are there.
+    /// A batch that fails part way is undone before the error returns, and leaves no journal
+    /// entry: a later open must never apply it to other trees of the same names.
     pub(crate) fn apply(&self, batch: &WriteBatch) -> Result<()> {
+        self.check()?;
         match batch.ops.as_slice() {
             [] => Ok(()),
             // One key is atomic by itself.
-            [(i, key, value)] => batch.trees[*i].write(key, value.as_deref()),
+            [(i, key, value)] => {
+                let tree = &batch.trees[*i];
+                tree.write(key, value.as_deref()).map(drop)
+            }
             ops => {
                 // Several keys: through the journal (see `journal`).
                 let id = self
@@ -92,22 +205,64 @@ impl Storage {
                         (batch.trees[*i].name.as_str(), k.as_slice(), v.as_deref())
                     }));
                 self.journal.insert(id, entry)?;
+                let mut undo: Vec<(usize, &[u8], Option<Bytes>)> = Vec::with_capacity(ops.len());
                 for (i, key, value) in ops {
-                    batch.trees[*i].write(key, value.as_deref())?;
+                    match batch.trees[*i].write(key, value.as_deref()) {
+                        Ok(previous) => undo.push((*i, key, previous)),
+                        Err(e) => return Err(self.undo(batch, id, undo, e)),
+                    }
                 }
-                self.journal.remove(id)?;
+                if let Err(e) = self.journal.remove(id) {
+                    // The entry stays: nothing may be written after it, or the next open
+                    // would apply it on top of later writes.
+                    return Err(self.shared.fail(format!(
+                        "removing a journal entry failed: {}",
+                        Error::from(e)
+                    )));
+                }
                 Ok(())
             }
         }
     }
 
+    /// Undoes the applied part of a failed batch, newest first, and removes its journal
+    /// entry; returns the error to report. When the undo fails too, the engine is marked
+    /// failed (the entry stays and the next open completes the batch).
+    fn undo(
+        &self,
+        batch: &WriteBatch,
+        id: [u8; 8],
+        undo: Vec<(usize, &[u8], Option<Bytes>)>,
+        cause: Error,
+    ) -> Error {
+        let undone = undo
+            .iter()
+            .rev()
+            .try_for_each(|(i, key, previous)| {
+                batch.trees[*i].write(key, previous.as_deref()).map(drop)
+            })
+            .and_then(|()| self.journal.remove(id).map(drop).map_err(Error::from));
+        match undone {
+            Ok(()) => cause,
+            Err(e) => self.shared.fail(format!(
+                "a write failed ({cause}) and could not be undone ({e})"
+            )),
+        }
+    }
+
     /// Applies the batches a crash left in the journal, oldest first.
-    fn replay_journal(&self) -> Result<u64> {
+    fn replay_journal(&self) -> sled::Result<u64> {
         let mut next = 0;
         for entry in self.journal.iter() {
             let (id, bytes) = entry?;
-            for (tree, key, value) in journal::decode(&bytes)? {
-                self.tree(&tree)?.write(&key, value.as_deref())?;
+            let ops = journal::decode(&bytes)
+                .map_err(|_| sled::Error::Unsupported("a journal entry is damaged".into()))?;
+            for (tree, key, value) in ops {
+                let tree = self.db.open_tree(&tree)?;
+                match value {
+                    Some(v) => tree.insert(key, v)?,
+                    None => tree.remove(key)?,
+                };
             }
             self.journal.remove(&id)?;
             next = u64::from_be_bytes(id.as_ref().try_into().unwrap_or([0; 8])) + 1;
@@ -121,61 +276,131 @@ impl Storage {
     /// sled's small global I/O pool, and seven concurrent flushes there wait forever for a log
     /// write queued behind them on the same pool (sled#1241).
     pub(crate) async fn flush(&self) -> Result<()> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
+        let storage = self.clone();
+        tokio::task::spawn_blocking(move || storage.flush_blocking())
             .await
-            .map_err(|e| crate::Error::Storage(format!("flush task failed: {e}")))??;
-        Ok(())
+            .map_err(|e| Error::Storage(format!("flush task failed: {e}")))?
     }
 
-    /// Flushes on the calling thread.
+    /// Flushes on the calling thread. A failed flush marks the engine failed: what it did not
+    /// write is still in memory, and readers must not see writes that were not acknowledged.
     pub(crate) fn flush_blocking(&self) -> Result<()> {
-        self.db.flush()?;
+        self.check()?;
+        self.db.flush().map_err(|e| {
+            self.shared
+                .fail(format!("writing to disk failed: {}", Error::from(e)))
+        })?;
         Ok(())
     }
 }
 
 impl Tree {
-    fn write(&self, key: &[u8], value: Option<&[u8]>) -> Result<()> {
+    /// The same tree, reporting `missing` when it was dropped (a table's or index's error).
+    pub(crate) fn on_missing(mut self, missing: Error) -> Self {
+        self.missing = missing;
+        self
+    }
+
+    fn err(&self, e: sled::Error) -> Error {
+        match e {
+            sled::Error::CollectionNotFound(_) => self.missing.clone(),
+            e => e.into(),
+        }
+    }
+
+    /// Writes one key; returns its previous value.
+    fn write(&self, key: &[u8], value: Option<&[u8]>) -> Result<Option<Bytes>> {
         match value {
-            Some(v) => self.inner.insert(key, v)?,
-            None => self.inner.remove(key)?,
-        };
-        Ok(())
+            Some(v) => self.inner.insert(key, v),
+            None => self.inner.remove(key),
+        }
+        .map_err(|e| self.err(e))
     }
 
     pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
-        Ok(self.inner.get(key)?)
+        self.shared.check()?;
+        self.inner.get(key).map_err(|e| self.err(e))
+    }
+
+    fn wrap(&self, inner: sled::Iter) -> Iter {
+        Iter {
+            inner,
+            shared: self.shared.clone(),
+            missing: self.missing.clone(),
+            done: false,
+        }
     }
 
     /// Iterates the keys in `(lo, hi)`, in key order (reverse it for descending order).
-    pub(crate) fn range(
-        &self,
-        lo: Bound<Vec<u8>>,
-        hi: Bound<Vec<u8>>,
-    ) -> impl DoubleEndedIterator<Item = Result<(Bytes, Bytes)>> + Send + 'static {
-        self.inner
-            .range::<Vec<u8>, _>((lo, hi))
-            .map(|r| r.map_err(Into::into))
+    pub(crate) fn range(&self, lo: Bound<Vec<u8>>, hi: Bound<Vec<u8>>) -> Iter {
+        self.wrap(self.inner.range::<Vec<u8>, _>((lo, hi)))
     }
 
-    pub(crate) fn scan_prefix(
-        &self,
-        prefix: &[u8],
-    ) -> impl DoubleEndedIterator<Item = Result<(Bytes, Bytes)>> + Send + 'static {
-        self.inner
-            .scan_prefix(prefix)
-            .map(|r| r.map_err(Into::into))
+    pub(crate) fn scan_prefix(&self, prefix: &[u8]) -> Iter {
+        self.wrap(self.inner.scan_prefix(prefix))
     }
 
-    pub(crate) fn iter(
-        &self,
-    ) -> impl DoubleEndedIterator<Item = Result<(Bytes, Bytes)>> + Send + 'static {
-        self.inner.iter().map(|r| r.map_err(Into::into))
+    pub(crate) fn iter(&self) -> Iter {
+        self.wrap(self.inner.iter())
     }
 
     pub(crate) fn len(&self) -> usize {
         self.inner.len()
+    }
+}
+
+/// An iterator over a tree. It ends after its first error: a dropped tree gives one
+/// `NoSuchTable`/`NoSuchIndex` error, not an error per call forever.
+pub(crate) struct Iter {
+    inner: sled::Iter,
+    shared: Arc<Shared>,
+    missing: Error,
+    done: bool,
+}
+
+impl Iter {
+    fn step(
+        &mut self,
+        item: Option<sled::Result<(Bytes, Bytes)>>,
+    ) -> Option<Result<(Bytes, Bytes)>> {
+        if self.done {
+            return None;
+        }
+        if let Err(e) = self.shared.check() {
+            self.done = true;
+            return Some(Err(e));
+        }
+        match item? {
+            Ok(kv) => Some(Ok(kv)),
+            Err(e) => {
+                self.done = true;
+                Some(Err(match e {
+                    sled::Error::CollectionNotFound(_) => self.missing.clone(),
+                    e => e.into(),
+                }))
+            }
+        }
+    }
+}
+
+impl Iterator for Iter {
+    type Item = Result<(Bytes, Bytes)>;
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let item = self.inner.next();
+        self.step(item)
+    }
+}
+
+impl DoubleEndedIterator for Iter {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let item = self.inner.next_back();
+        self.step(item)
     }
 }
 
@@ -219,6 +444,7 @@ mod tests {
     fn temp() -> Storage {
         Storage::open(EngineConfig {
             path: None,
+            temporary: true,
             cache_bytes: 1 << 20,
             flush_every_ms: None,
         })
@@ -247,6 +473,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("remodel-journal-{}", std::process::id()));
         let cfg = || EngineConfig {
             path: Some(&dir),
+            temporary: false,
             cache_bytes: 1 << 20,
             flush_every_ms: None,
         };

@@ -110,8 +110,10 @@ fn encode_str_body(s: &str, out: &mut Vec<u8>) {
 /// Validates a primary key and returns its encoding.
 ///
 /// Keys are strings, numbers, booleans, or arrays of those; null and objects are rejected, and
-/// so is a key whose encoding is longer than 1,024 bytes.
+/// so is a key whose encoding is longer than 1,024 bytes or that nests arrays deeper than
+/// [`MAX_DEPTH`](super::MAX_DEPTH) ([`Error::TooDeep`], checked before anything else walks it).
 pub fn encode_key(key: &Value) -> Result<Vec<u8>> {
+    super::check_depth(key, "primary key")?;
     fn check(key: &Value, top: &Value) -> Result<()> {
         match key {
             Value::Null => Err(Error::InvalidKey {
@@ -145,7 +147,11 @@ pub fn encode_key(key: &Value) -> Result<Vec<u8>> {
 /// Numbers come back as integers when they are whole and fit, otherwise as doubles; the result
 /// compares equal (in the total order) to what was encoded.
 pub fn decode_value(bytes: &[u8]) -> Result<(Value, usize)> {
-    let mut d = Decoder { bytes, pos: 0 };
+    let mut d = Decoder {
+        bytes,
+        pos: 0,
+        depth: 0,
+    };
     let v = d.value()?;
     Ok((v, d.pos))
 }
@@ -153,6 +159,8 @@ pub fn decode_value(bytes: &[u8]) -> Result<(Value, usize)> {
 struct Decoder<'a> {
     bytes: &'a [u8],
     pos: usize,
+    /// Arrays and objects open at `pos`: damaged bytes must not recurse without bound.
+    depth: usize,
 }
 
 impl Decoder<'_> {
@@ -192,7 +200,23 @@ impl Decoder<'_> {
     }
 
     fn value(&mut self) -> Result<Value> {
-        Ok(match self.byte()? {
+        let tag = self.byte()?;
+        if matches!(tag, ARRAY | OBJECT) {
+            // Index keys wrap a document's value (depth <= MAX_DEPTH) in a compound array.
+            if self.depth > super::MAX_DEPTH + 1 {
+                return Err(self.corrupt());
+            }
+            self.depth += 1;
+        }
+        let v = self.value_tagged(tag);
+        if matches!(tag, ARRAY | OBJECT) {
+            self.depth -= 1;
+        }
+        v
+    }
+
+    fn value_tagged(&mut self, tag: u8) -> Result<Value> {
+        Ok(match tag {
             ARRAY => {
                 let mut items = Vec::new();
                 while self.bytes.get(self.pos) != Some(&END) {
@@ -301,5 +325,17 @@ mod tests {
         ));
         assert!(encode_key(&json!("x".repeat(2000))).is_err());
         assert!(encode_key(&json!([1, "a", true])).is_ok());
+    }
+
+    #[test]
+    fn deep_keys_and_damaged_bytes_are_errors() {
+        let mut deep = json!(1);
+        for _ in 0..200 {
+            deep = Value::Array(vec![deep]);
+        }
+        assert!(matches!(encode_key(&deep), Err(Error::TooDeep { .. })));
+        // 100,000 array tags: damaged bytes, not a stack overflow.
+        let bytes = vec![ARRAY; 100_000];
+        assert!(decode_value(&bytes).is_err());
     }
 }

@@ -1,0 +1,404 @@
+//! One test per defect of issue 8 ("the store never loses a table to bad input, a race or a
+//! damaged file"). Each failed before its fix.
+//!
+//! Values nested 10,000 and 100,000 levels deep are built, handed to the store and never
+//! dropped or cloned by the test itself (a recursive drop of such a value overflows a 2 MiB
+//! stack): the store must refuse them without walking them recursively, and drop them
+//! without recursion.
+
+use remodel::value::{drop_deep, MAX_DEPTH};
+use remodel::{field, json, Database, Error, IndexSpec, Order, Patch, Predicate, Value};
+use std::ops::Bound;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "remodel-robustness-{name}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Arrays (and, every `object_every` levels, objects) nested `depth` levels around a leaf.
+fn nested(depth: usize, object_every: usize) -> Value {
+    let mut v = json!("leaf");
+    for i in 0..depth {
+        v = if object_every > 0 && i % object_every == 0 {
+            // (json! would copy `v` recursively)
+            let mut m = serde_json::Map::new();
+            m.insert("k".into(), v);
+            Value::Object(m)
+        } else {
+            Value::Array(vec![v])
+        };
+    }
+    v
+}
+
+fn too_deep<T: std::fmt::Debug>(r: Result<T, Error>) -> bool {
+    matches!(
+        r,
+        Err(Error::TooDeep {
+            limit: MAX_DEPTH,
+            ..
+        })
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. One deep document bricks the database
+// ---------------------------------------------------------------------------------------------
+
+/// A document nested 130 levels (and a key of 200 nested arrays) is refused with a typed
+/// error; one at the limit is stored, read, filtered, indexed, deleted, and the database
+/// reopens.
+#[tokio::test]
+async fn d1_the_depth_limit_is_enforced_at_the_door_and_what_passes_is_readable() {
+    let dir = scratch("d1");
+    {
+        let db = Database::open(&dir).await.unwrap();
+        db.create_table("t").await.unwrap();
+        let t = db.table("t");
+        // 130 levels, as in the report: refused, nothing written.
+        let deep = json!({"id": "deep", "v": nested(129, 3)});
+        assert!(too_deep(t.insert(deep).await));
+        // A primary key of 200 nested arrays, under the key-length limit.
+        let key = nested(200, 0);
+        assert!(too_deep(t.insert(json!({ "id": key })).await));
+        assert!(too_deep(t.get(nested(200, 0)).run().await));
+        // Exactly at the limit: the document (depth 1) holds a value of depth MAX_DEPTH - 1.
+        let at_limit = json!({"id": "ok", "v": nested(MAX_DEPTH - 1, 4)});
+        t.insert(at_limit.clone()).await.unwrap();
+        t.insert(json!({"id": "plain", "v": 1})).await.unwrap();
+        assert_eq!(t.count().await.unwrap(), 2);
+        assert_eq!(t.get("ok").await.unwrap(), Some(at_limit.clone()));
+        assert_eq!(
+            t.filter(field("v").eq(nested(MAX_DEPTH - 1, 4)))
+                .count()
+                .await
+                .unwrap(),
+            1
+        );
+        t.create_index("v", IndexSpec::field("v")).await.unwrap();
+        assert_eq!(t.order_by(Order::index("v")).run().await.unwrap().len(), 2);
+        // One level more through an update is refused too.
+        let patch = json!({ "v": nested(MAX_DEPTH, 4) });
+        assert!(too_deep(t.get("plain").update(patch).await));
+        db.close().await.unwrap();
+    }
+    let db = Database::open(&dir).await.unwrap();
+    let t = db.table("t");
+    assert_eq!(t.count().await.unwrap(), 2);
+    assert_eq!(t.get("ok").delete().await.unwrap().deleted, 1);
+    assert_eq!(t.count().await.unwrap(), 1);
+    db.close().await.unwrap();
+    drop(db);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Depth 10,000 and 100,000, arrays and objects, on every entry point: documents, keys,
+/// patches (merge and closure), replacements, batches, predicates (operands and nesting),
+/// get_all and between values, feeds. Each is refused with `TooDeep`; nothing overflows the
+/// 2 MiB stacks of the runtime's workers or of this test's thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d1_very_deep_values_are_refused_on_every_path_without_a_stack_overflow() {
+    let db = Database::temporary().await.unwrap();
+    db.create_table("t").await.unwrap();
+    let t = db.table("t");
+    t.create_index("v", IndexSpec::field("v")).await.unwrap();
+    t.create_index("m", IndexSpec::multi("m")).await.unwrap();
+    t.insert(json!({"id": 1, "v": 1})).await.unwrap();
+    t.insert(json!({"id": 4, "m": [1, 2]})).await.unwrap();
+    for depth in [10_000, 100_000] {
+        for object_every in [0, 2] {
+            let v = || nested(depth, object_every);
+            let wrap = |v: Value| {
+                let mut doc = serde_json::Map::new();
+                doc.insert("id".into(), json!(2));
+                doc.insert("v".into(), v);
+                Value::Object(doc)
+            };
+            assert!(too_deep(t.insert(wrap(v())).await));
+            assert!(too_deep(t.insert(v()).await));
+            assert!(too_deep(
+                t.insert_many(vec![json!({"id": 3}), wrap(v())]).await
+            ));
+            assert!(too_deep(t.get(v()).run().await));
+            assert!(too_deep(t.get(v()).delete().await));
+            assert!(too_deep(t.get(1).update(wrap(v())).await));
+            assert!(too_deep(t.get(1).replace(wrap(v())).await));
+            // (json! would copy the value recursively: build the patch by hand.)
+            let make = std::sync::Mutex::new(Some(wrap(v())));
+            let closure =
+                Patch::with(move |_| Ok(make.lock().unwrap().take().unwrap_or(json!({}))));
+            assert!(too_deep(
+                t.get(1).update(closure).await.and_then(|r| r.check())
+            ));
+            assert!(too_deep(t.filter(field("v").eq(v())).run().await));
+            assert!(too_deep(t.filter(field("m").contains(v())).count().await));
+            assert!(too_deep(t.get_all([v()]).run().await));
+            assert!(too_deep(t.get_all([v()]).index("v").run().await));
+            assert!(too_deep(
+                t.between(Bound::Included(v()), Bound::Unbounded)
+                    .index("v")
+                    .run()
+                    .await
+            ));
+            assert!(too_deep(t.query().update(wrap(v())).await));
+            assert!(too_deep(db.batch().insert("t", wrap(v())).await));
+            assert!(too_deep(db.batch().delete("t", v()).await));
+            assert!(too_deep(t.filter(field("v").eq(v())).changes().await));
+            assert!(too_deep(t.get(v()).changes().await));
+        }
+        // Predicates nested 10,000 / 100,000 levels deep.
+        let mut p = field("v").eq(1);
+        for _ in 0..depth {
+            p = !p;
+        }
+        assert!(too_deep(t.filter(p).run().await));
+        let mut p: Predicate = field("v").eq(1);
+        for _ in 0..depth {
+            p = Predicate::And { all: vec![p] };
+        }
+        assert!(too_deep(t.filter(p).count().await));
+    }
+    // Nothing was written, and the table and its indexes are intact.
+    let rows = t.run().await.unwrap();
+    assert_eq!(
+        rows,
+        vec![json!({"id": 1, "v": 1}), json!({"id": 4, "m": [1, 2]})]
+    );
+    assert_eq!(t.order_by(Order::index("m")).count().await.unwrap(), 2);
+    // The public helper drops what the test built itself.
+    drop_deep(nested(100_000, 2));
+}
+
+/// A row a legacy version could store but not read back (130 levels, written to the engine
+/// directly) makes `create_index` fail: the failed index is removed from the catalog, and the
+/// database, and every other table, open again.
+#[tokio::test]
+async fn d1_a_failed_create_index_does_not_stay_in_the_catalog() {
+    let dir = scratch("d1-legacy");
+    {
+        let db = Database::open(&dir).await.unwrap();
+        db.create_table("t").await.unwrap();
+        db.create_table("other").await.unwrap();
+        db.table("t")
+            .insert(json!({"id": 1, "v": 1}))
+            .await
+            .unwrap();
+        db.table("other").insert(json!({"id": 1})).await.unwrap();
+        db.close().await.unwrap();
+    }
+    {
+        // As an older version stored it: 130 nested levels, not readable by serde_json.
+        let raw = sled::open(&dir).unwrap();
+        let docs = raw.open_tree("t/t").unwrap();
+        let text = format!(r#"{{"id":2,"v":{}1{}}}"#, "[".repeat(129), "]".repeat(129));
+        docs.insert(
+            remodel::value::encode_key(&json!(2)).unwrap(),
+            text.as_bytes(),
+        )
+        .unwrap();
+        raw.flush().unwrap();
+    }
+    let reopen = || async {
+        let mut tries = 0;
+        loop {
+            match Database::open(&dir).await {
+                Ok(db) => return db,
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("reopen: {e}"),
+            }
+        }
+    };
+    {
+        let db = reopen().await;
+        let t = db.table("t");
+        assert!(t.create_index("v", IndexSpec::field("v")).await.is_err());
+        assert_eq!(t.index_names().unwrap(), Vec::<String>::new());
+        db.close().await.unwrap();
+    }
+    let db = reopen().await;
+    assert_eq!(db.table("other").count().await.unwrap(), 1);
+    assert_eq!(db.table("t").index_names().unwrap(), Vec::<String>::new());
+    db.close().await.unwrap();
+    drop(db);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. drop_index during its backfill
+// ---------------------------------------------------------------------------------------------
+
+/// `drop_index` while the index is being built, then a new index of the same name: after a
+/// reopen, the new index holds exactly one entry per document (no stale entries of the old
+/// one replayed from the journal).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d2_drop_index_during_its_backfill_leaves_nothing_for_a_later_index() {
+    let dir = scratch("d2");
+    const N: i64 = 20_000;
+    for round in 0..3 {
+        {
+            let db = Database::open(&dir).await.unwrap();
+            if round == 0 {
+                db.create_table("t").await.unwrap();
+                let docs: Vec<Value> = (0..N).map(|i| json!({"id": i, "a": i, "b": -i})).collect();
+                db.table("t").insert_many(docs).await.unwrap();
+            }
+            let t = db.table("t");
+            // The old index indexes `a`; the new one of the same name indexes `b`.
+            let build = {
+                let t = t.clone();
+                tokio::spawn(async move { t.create_index("x", IndexSpec::field("a")).await })
+            };
+            // Drop it once its backfill has started.
+            loop {
+                if t.index_names().unwrap().contains(&"x".to_string()) {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            tokio::time::sleep(Duration::from_millis(5 + 10 * round)).await;
+            t.drop_index("x").await.unwrap();
+            let built = build.await.unwrap();
+            assert!(
+                built.is_ok() || matches!(built, Err(Error::NoSuchIndex { .. })),
+                "{built:?}"
+            );
+            t.create_index("x", IndexSpec::field("b")).await.unwrap();
+            db.close().await.unwrap();
+        }
+        let db = Database::open(&dir).await.unwrap();
+        let t = db.table("t");
+        let rows = t.order_by(Order::index("x")).run().await.unwrap();
+        assert_eq!(rows.len() as i64, N, "round {round}");
+        assert_eq!(rows[0]["id"], json!(N - 1));
+        let status = t.index_status().unwrap();
+        assert_eq!(status[0].entries as i64, N, "round {round}: stale entries");
+        t.drop_index("x").await.unwrap();
+        db.close().await.unwrap();
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. A large array on a multi index freezes every writer
+// ---------------------------------------------------------------------------------------------
+
+/// A multi-index array over the limit is refused with `TooLarge` (on insert, replace and
+/// update); one at the limit is indexed in well under a second, and a one-row write to
+/// another table does not wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d3_multi_index_arrays_are_bounded_and_fast() {
+    use remodel::MAX_MULTI_ELEMENTS;
+    let db = Database::temporary().await.unwrap();
+    db.create_table("t").await.unwrap();
+    db.create_table("other").await.unwrap();
+    let t = db.table("t");
+    t.create_index("tags", IndexSpec::multi("tags"))
+        .await
+        .unwrap();
+    let over: Vec<Value> = (0..MAX_MULTI_ELEMENTS + 1).map(|i| json!(i)).collect();
+    let r = t
+        .insert(json!({"id": 1, "tags": over.clone()}))
+        .await
+        .unwrap();
+    assert!(matches!(
+        r.first_error,
+        Some(Error::TooLarge { limit: MAX_MULTI_ELEMENTS, size, .. }) if size == MAX_MULTI_ELEMENTS + 1
+    ));
+    assert_eq!(t.count().await.unwrap(), 0);
+    // At the limit, with every element twice (the de-duplication used to be quadratic).
+    let at: Vec<Value> = (0..MAX_MULTI_ELEMENTS)
+        .map(|i| json!(format!("tag{}", i / 2)))
+        .collect();
+    let started = Instant::now();
+    let writer = {
+        let t = t.clone();
+        tokio::spawn(async move { t.insert(json!({"id": 2, "tags": at})).await })
+    };
+    let other = Instant::now();
+    db.table("other").insert(json!({"id": 1})).await.unwrap();
+    let other = other.elapsed();
+    writer.await.unwrap().unwrap().check().unwrap();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "a 10,000-element write took {took:?}"
+    );
+    assert!(
+        other < Duration::from_secs(5),
+        "another table waited {other:?}"
+    );
+    assert_eq!(t.index_status().unwrap()[0].entries, MAX_MULTI_ELEMENTS / 2);
+    // Growing it past the limit by update or replace is refused as well.
+    let r = t
+        .get(2)
+        .update(json!({ "tags": over.clone() }))
+        .await
+        .unwrap();
+    assert!(matches!(r.first_error, Some(Error::TooLarge { .. })));
+    let r = t
+        .get(2)
+        .replace(json!({"id": 2, "tags": over}))
+        .await
+        .unwrap();
+    assert!(matches!(r.first_error, Some(Error::TooLarge { .. })));
+    assert_eq!(t.index_status().unwrap()[0].entries, MAX_MULTI_ELEMENTS / 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. An iterator over a dropped table yields errors forever
+// ---------------------------------------------------------------------------------------------
+
+/// An iterator over a table (and one over an index) that is dropped while it runs ends with
+/// one `NoSuchTable` error, whose message names the table, not tree bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d4_an_iterator_over_a_dropped_table_ends_with_one_error() {
+    let db = Database::temporary().await.unwrap();
+    db.create_table("gone").await.unwrap();
+    let t = db.table("gone");
+    t.create_index("n", IndexSpec::field("n")).await.unwrap();
+    let docs: Vec<Value> = (0..5000).map(|i| json!({"id": i, "n": i})).collect();
+    t.insert_many(docs).await.unwrap();
+    let mut rows = t.query().iter().unwrap();
+    let mut by_index = t.order_by(Order::index("n")).iter().unwrap();
+    assert!(rows.next().unwrap().is_ok());
+    assert!(by_index.next().unwrap().is_ok());
+    db.drop_table("gone").await.unwrap();
+    for it in [&mut rows as &mut dyn Iterator<Item = _>, &mut by_index] {
+        let mut errors = Vec::new();
+        let mut seen = 0;
+        for item in (&mut *it).take(100_000) {
+            seen += 1;
+            if let Err(e) = item {
+                errors.push(e);
+            }
+        }
+        assert!(seen < 100_000, "the iterator never ended");
+        assert!(
+            errors.len() <= 1,
+            "{} errors: {:?}",
+            errors.len(),
+            &errors[..2]
+        );
+        if let Some(e) = errors.first() {
+            assert!(
+                matches!(e, Error::NoSuchTable(name) if name == "gone"),
+                "{e}"
+            );
+        }
+        assert!(it.next().is_none());
+    }
+}
