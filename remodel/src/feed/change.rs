@@ -77,6 +77,9 @@ pub(crate) struct ChangeData {
     state: Option<FeedState>,
     /// The primary key (encoded) of the row, used to squash changes.
     key: Option<Arc<[u8]>>,
+    /// Which of the row's places in the result this item is about, when a row is there more
+    /// than once (a multi index, a key given twice): squashing merges per row and place.
+    occurrence: u32,
     /// The commit sequence number of the write.
     seq: Option<u64>,
 }
@@ -110,6 +113,7 @@ impl Change {
             new_offset: None,
             state: Some(s),
             key: None,
+            occurrence: 0,
             seq: None,
         })
     }
@@ -123,6 +127,7 @@ impl Change {
             new_offset: offset,
             state: None,
             key: None,
+            occurrence: 0,
             seq: None,
         })
     }
@@ -140,6 +145,7 @@ impl Change {
             new_offset: None,
             state: None,
             key,
+            occurrence: 0,
             seq: None,
         })
     }
@@ -176,6 +182,18 @@ impl Change {
 
     pub(crate) fn key(&self) -> Option<&Arc<[u8]>> {
         self.data.key.as_ref()
+    }
+
+    /// What squashing merges on: the row and which of its places in the result.
+    pub(crate) fn squash_key(&self) -> Option<(Arc<[u8]>, u32)> {
+        Some((self.data.key.clone()?, self.data.occurrence))
+    }
+
+    /// Marks the item as being about the row's `n`th place in the result (only while the
+    /// item is not shared yet).
+    pub(crate) fn nth(mut self, n: usize) -> Self {
+        Arc::make_mut(&mut self.data).occurrence = u32::try_from(n).unwrap_or(u32::MAX);
+        self
     }
 
     pub(crate) fn old_arc(&self) -> Option<&Arc<Value>> {

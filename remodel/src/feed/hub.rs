@@ -373,16 +373,18 @@ impl Group {
         let key: Arc<[u8]> = Arc::from(&c.key[..]);
         let both = old_n.min(new_n);
         let mut out = Vec::with_capacity(old_n.max(new_n));
+        // The row's places in the result, numbered: place i is there before the write when
+        // i < old_n and after it when i < new_n (squashing merges per row and place).
         if old != new {
-            for _ in 0..both {
-                out.push(Change::row(Some(key.clone()), old.clone(), new.clone()));
+            for i in 0..both {
+                out.push(Change::row(Some(key.clone()), old.clone(), new.clone()).nth(i));
             }
         }
-        for _ in both..old_n {
-            out.push(Change::row(Some(key.clone()), old.clone(), None));
+        for i in both..old_n {
+            out.push(Change::row(Some(key.clone()), old.clone(), None).nth(i));
         }
-        for _ in both..new_n {
-            out.push(Change::row(Some(key.clone()), None, new.clone()));
+        for i in both..new_n {
+            out.push(Change::row(Some(key.clone()), None, new.clone()).nth(i));
         }
         out
     }

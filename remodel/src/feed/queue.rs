@@ -30,7 +30,7 @@ struct Queue {
     /// Number of `Some` items.
     live: usize,
     /// Position (counted from `base`) of each row's queued change, when squashing.
-    by_key: HashMap<Arc<[u8]>, u64>,
+    by_key: HashMap<(Arc<[u8]>, u32), u64>,
     /// How many items were ever popped from the front (positions are absolute).
     base: u64,
     skipped: u64,
@@ -121,9 +121,9 @@ impl Subscriber {
             q.since = Some(Instant::now());
         }
         if self.squash {
-            if let Some(k) = item.key() {
+            if let Some(k) = item.squash_key() {
                 let pos = q.base + q.items.len() as u64;
-                q.by_key.insert(k.clone(), pos);
+                q.by_key.insert(k, pos);
             }
         }
         q.items.push_back(Some(item));
@@ -159,8 +159,10 @@ impl Subscriber {
     /// `new_val`; an entry whose net effect is nothing is dropped. Returns false when there is
     /// nothing to merge with.
     fn merge(&self, q: &mut Queue, item: &Change) -> bool {
-        let Some(key) = item.key() else { return false };
-        let Some(&pos) = q.by_key.get(key) else {
+        let Some(key) = item.squash_key() else {
+            return false;
+        };
+        let Some(&pos) = q.by_key.get(&key) else {
             return false;
         };
         let idx = (pos - q.base) as usize;
@@ -172,7 +174,7 @@ impl Subscriber {
         if old == new {
             q.items[idx] = None;
             q.live -= 1;
-            q.by_key.remove(key);
+            q.by_key.remove(&key);
         } else {
             queued.squash_into(item);
         }
@@ -203,9 +205,9 @@ impl Subscriber {
             q.base += 1;
             if let Some(item) = slot {
                 q.live -= 1;
-                if let Some(k) = item.key().filter(|_| self.squash) {
-                    if q.by_key.get(k) == Some(&(q.base - 1)) {
-                        q.by_key.remove(k);
+                if let Some(k) = item.squash_key().filter(|_| self.squash) {
+                    if q.by_key.get(&k) == Some(&(q.base - 1)) {
+                        q.by_key.remove(&k);
                     }
                 }
                 if q.live == 0 {
