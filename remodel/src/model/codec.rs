@@ -3,6 +3,22 @@
 use super::{Id, Model, ModelError, Schema};
 use crate::{Error, Result};
 use serde_json::{Map, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Store queries issued by the model layer in this process.
+static QUERIES: AtomicU64 = AtomicU64::new(0);
+
+/// Counts one store query (a read the model layer sends to the store).
+pub(crate) fn count_query() {
+    QUERIES.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The number of store reads (point reads and queries) the model layer has issued in this
+/// process: a diagnostic, used to check that batched loading takes a constant number of
+/// queries whatever the number of rows.
+pub fn store_queries() -> u64 {
+    QUERIES.load(Ordering::Relaxed)
+}
 
 /// Decodes a stored document into a model and runs its `after_load` hook (on the complete
 /// model: every field is set before the hook sees it).

@@ -31,7 +31,7 @@
 //! # }).unwrap();
 //! ```
 
-use super::codec::{self, key_text};
+use super::codec::{self, count_query, key_text};
 use super::{Model, RelationDef};
 use crate::{Database, Result};
 use serde_json::Value;
@@ -71,6 +71,7 @@ pub async fn belongs_to<C: Model, P: Model>(
     let owners = if keys.is_empty() {
         HashMap::new()
     } else {
+        count_query();
         by_field(
             P::table(db).get_all(keys).run().await?,
             P::schema().primary_key,
@@ -94,6 +95,7 @@ pub async fn has_many<P: Model, C: Model>(
     let mut children = if keys.is_empty() {
         HashMap::new()
     } else {
+        count_query();
         by_field(
             C::table(db)
                 .get_all(keys)
@@ -146,6 +148,7 @@ pub async fn many_to_many<P: Model, C: Model>(
         return Ok(rows.iter().map(|_| Vec::new()).collect());
     }
     let join = rel.join_table_of(P::schema());
+    count_query();
     let links = db
         .table(join.as_str())
         .get_all(keys)
@@ -160,6 +163,7 @@ pub async fn many_to_many<P: Model, C: Model>(
     let related = if others.is_empty() {
         HashMap::new()
     } else {
+        count_query();
         by_field(
             C::table(db).get_all(others).run().await?,
             C::schema().primary_key,

@@ -53,6 +53,7 @@ mod query;
 mod relation;
 mod schema;
 
+pub use codec::store_queries;
 pub use error::ModelError;
 pub use feed::{Change, ModelChanges, ModelFeed};
 pub use field::{Field, FieldValue};
@@ -250,6 +251,7 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
         let table = Self::table(db);
         let key = key.into();
         async move {
+            codec::count_query();
             match table.get(key).await? {
                 Some(doc) => codec::decode::<Self>(doc).map(Some),
                 None => Ok(None),
@@ -269,6 +271,7 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
             if keys.is_empty() {
                 return Ok(Vec::new());
             }
+            codec::count_query();
             codec::decode_all(table.get_all(keys).run().await?)
         }
     }
@@ -294,7 +297,10 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
     /// The number of models in the table.
     fn count(db: &Database) -> impl Future<Output = Result<u64>> + Send {
         let table = Self::table(db);
-        async move { table.count().await }
+        async move {
+            codec::count_query();
+            table.count().await
+        }
     }
 
     /// The first model matching `predicate`, or a new one made by `make` and created, all

@@ -198,6 +198,7 @@ impl<T: Model> ModelQuery<T> {
         if self.empty_source() {
             return Ok(Vec::new());
         }
+        codec::count_query();
         codec::decode_all(self.raw()?.run().await?)
     }
 
@@ -206,6 +207,7 @@ impl<T: Model> ModelQuery<T> {
         if self.empty_source() {
             return Ok(None);
         }
+        codec::count_query();
         match self.raw()?.first().await? {
             Some(doc) => codec::decode(doc).map(Some),
             None => Ok(None),
@@ -217,6 +219,7 @@ impl<T: Model> ModelQuery<T> {
         if self.empty_source() {
             return Ok(0);
         }
+        codec::count_query();
         self.raw()?.count().await
     }
 
@@ -225,6 +228,7 @@ impl<T: Model> ModelQuery<T> {
         if self.empty_source() {
             return Ok(Vec::new());
         }
+        codec::count_query();
         self.raw()?.run().await
     }
 

@@ -360,6 +360,7 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
 
     /// The keys of the related rows.
     pub async fn keys(&self) -> Result<Vec<Value>> {
+        codec::count_query();
         let rows = self.links(self.key()?).run().await?;
         Ok(rows
             .into_iter()
@@ -384,6 +385,7 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
             .table(C::schema().table)
             .get_all(keys)
             .filter(predicate);
+        codec::count_query();
         codec::decode_all(q.run().await?)
     }
 
@@ -399,6 +401,7 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
 
     /// The number of related rows.
     pub async fn count(&self) -> Result<u64> {
+        codec::count_query();
         self.links(self.key()?).count().await
     }
 
