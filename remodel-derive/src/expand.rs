@@ -86,6 +86,8 @@ pub fn expand(m: &Model) -> TokenStream {
             }
         });
         let rel = quote! { &<#ident as ::remodel::model::Model>::schema().relations[#i] };
+        // Errors about the target (not a model) point at the user's attribute.
+        let tspan = target.span();
         let load = format_ident!("load_{}", acc);
         let model_doc = format!("[`{}`]", quote!(#target).to_string().replace(' ', ""));
         match r.kind {
@@ -97,7 +99,7 @@ pub fn expand(m: &Model) -> TokenStream {
                 let ldoc = format!(
                     "The `{acc_name}` of every row at once (one store query), aligned with `rows`."
                 );
-                methods.push(quote! {
+                methods.push(quote_spanned! {tspan=>
                     #[doc = #doc]
                     pub fn #acc(&self, db: &::remodel::Database) -> ::remodel::model::HasMany<#ident, #target> {
                         ::remodel::model::HasMany::new(db, self, #rel)
@@ -116,7 +118,7 @@ pub fn expand(m: &Model) -> TokenStream {
                 let ldoc = format!(
                     "The `{acc_name}` of every row at once (one store query), aligned with `rows`."
                 );
-                methods.push(quote! {
+                methods.push(quote_spanned! {tspan=>
                     #[doc = #doc]
                     pub fn #acc(&self, db: &::remodel::Database) -> ::remodel::model::HasOne<#ident, #target> {
                         ::remodel::model::HasOne::new(db, self, #rel)
@@ -142,7 +144,7 @@ pub fn expand(m: &Model) -> TokenStream {
                 let ldoc = format!(
                     "The `{acc_name}` of every row at once (one store query), aligned with `rows`."
                 );
-                methods.push(quote! {
+                methods.push(quote_spanned! {tspan=>
                     #[doc = #doc]
                     pub fn #acc(&self, db: &::remodel::Database) -> ::remodel::model::BelongsTo<#ident, #target> {
                         ::remodel::model::BelongsTo::new(db, self, #rel)
@@ -167,7 +169,7 @@ pub fn expand(m: &Model) -> TokenStream {
                 let ldoc = format!(
                     "The `{acc_name}` of every row at once (two store queries), aligned with `rows`."
                 );
-                methods.push(quote! {
+                methods.push(quote_spanned! {tspan=>
                     #[doc = #doc]
                     pub fn #acc(&self, db: &::remodel::Database) -> ::remodel::model::ManyToMany<#ident, #target> {
                         ::remodel::model::ManyToMany::new(db, self, #rel)

@@ -1,0 +1,17 @@
+use remodel::model::Id;
+use remodel::Model;
+use serde::{Deserialize, Serialize};
+
+#[derive(Model, Serialize, Deserialize)]
+#[remodel(has_many(Crewmember))]
+struct Starship {
+    id: Option<Id>,
+}
+
+#[derive(Model, Serialize, Deserialize)]
+struct Crewmember {
+    id: Option<Id>,
+    ship_id: Option<Id>,
+}
+
+fn main() {}
