@@ -226,6 +226,8 @@ pub fn expand(m: &Model) -> TokenStream {
         quote! {}
     } else {
         quote! {
+            // Generated for every relation: a program need not use them all.
+            #[allow(dead_code)]
             impl #ident {
                 #(#methods)*
             }

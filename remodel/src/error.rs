@@ -145,8 +145,9 @@ pub enum Error {
     /// A model-layer error (see [`crate::model::ModelError`]): a document that does not fit
     /// its struct, a relation on an unsaved model, a model missing from the schema, a hook
     /// that refused.
+    /// Boxed, so that results stay small.
     #[error(transparent)]
-    Model(#[from] crate::model::ModelError),
+    Model(Box<crate::model::ModelError>),
 }
 
 /// `Result` with Remodel's [`Error`].

@@ -98,8 +98,8 @@ async fn table_and_instance_feeds() -> remodel::Result<()> {
 
     let unsaved = Starship { id: None, name: "Phoenix".into() };
     assert!(matches!(
-        unsaved.watch(&db).await.unwrap_err(),
-        Error::Model(ModelError::NotSaved { .. })
+        unsaved.watch(&db).await.unwrap_err().as_model(),
+        Some(ModelError::NotSaved { .. })
     ));
     Ok(())
 }
@@ -148,8 +148,8 @@ async fn has_one_and_belongs_to_feeds() -> remodel::Result<()> {
 
     let drifter = Captain { id: None, name: "Nobody".into(), starship_id: None };
     assert!(matches!(
-        drifter.starship(&db).changes().await.unwrap_err(),
-        Error::Model(ModelError::NoOwner { .. })
+        drifter.starship(&db).changes().await.unwrap_err().as_model(),
+        Some(ModelError::NoOwner { .. })
     ));
     Ok(())
 }
@@ -213,9 +213,9 @@ async fn query_feeds_with_options_and_lazy_decoding() -> remodel::Result<()> {
     db.table("crewmembers")
         .insert(json!({"id": "broken", "name": 7, "rank": "ensign"}))
         .await?;
-    match next(&mut ensigns).await {
-        Err(Error::Model(ModelError::Decode { key, field, .. })) => {
-            assert_eq!((key, field.as_str()), (json!("broken"), "name"));
+    match next(&mut ensigns).await.as_ref().map_err(Error::as_model) {
+        Err(Some(ModelError::Decode { key, field, .. })) => {
+            assert_eq!((key, field.as_str()), (&json!("broken"), "name"));
         }
         other => panic!("expected a decode error, got {other:?}"),
     }

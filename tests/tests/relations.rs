@@ -2,6 +2,9 @@
 //! (shared join table, self-referencing), two relations to the same model, on_delete
 //! nullify / cascade / restrict, and the errors of unsaved parents.
 
+// Two relations to the same model repeat its name in two attributes.
+#![allow(clippy::duplicated_attributes)]
+
 use remodel::model::{create_schema, Id, ModelError};
 use remodel::{Database, Error, Model};
 use serde::{Deserialize, Serialize};
@@ -219,7 +222,7 @@ async fn belongs_to_fetches_sets_and_reports_unsaved_owners() -> remodel::Result
 
     let unsaved = Starship { id: None, name: "Phoenix".into() };
     let err = member.set_starship(Some(&unsaved)).unwrap_err();
-    assert!(matches!(err, Error::Model(ModelError::NotSaved { .. })), "{err}");
+    assert!(matches!(err.as_model(), Some(ModelError::NotSaved { .. })), "{err}");
     member.set_starship(None)?;
     assert_eq!(member.starship_id, None);
     Ok(())
@@ -229,7 +232,7 @@ async fn belongs_to_fetches_sets_and_reports_unsaved_owners() -> remodel::Result
 async fn relation_handles_need_a_saved_parent() -> remodel::Result<()> {
     let (db, _, _) = setup().await?;
     let unsaved = Starship { id: None, name: "Phoenix".into() };
-    let not_saved = |e: Error| matches!(e, Error::Model(ModelError::NotSaved { ref operation, .. }) if operation == "crewmembers");
+    let not_saved = |e: Error| matches!(e.as_model(), Some(ModelError::NotSaved { operation, .. }) if operation == "crewmembers");
     assert!(not_saved(unsaved.crewmembers(&db).all().await.unwrap_err()));
     assert!(not_saved(unsaved.crewmembers(&db).count().await.unwrap_err()));
     assert!(not_saved(unsaved.crewmembers(&db).create(crew("X", "y")).await.unwrap_err()));

@@ -1,7 +1,30 @@
 //! The model layer's errors, carried by [`crate::Error::Model`].
 
 use super::Schema;
+use crate::Error;
 use serde_json::Value;
+
+impl From<ModelError> for Error {
+    fn from(e: ModelError) -> Self {
+        Error::Model(Box::new(e))
+    }
+}
+
+impl Error {
+    /// The model-layer error inside, if this is one ([`Error::Model`]).
+    ///
+    /// ```
+    /// use remodel::model::ModelError;
+    /// let e: remodel::Error = ModelError::Invalid("no".into()).into();
+    /// assert_eq!(e.as_model(), Some(&ModelError::Invalid("no".into())));
+    /// ```
+    pub fn as_model(&self) -> Option<&ModelError> {
+        match self {
+            Error::Model(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// What can go wrong in the model layer (as [`crate::Error::Model`]).
 ///
@@ -9,7 +32,7 @@ use serde_json::Value;
 /// use remodel::model::ModelError;
 /// use remodel::Error;
 /// let e: Error = ModelError::Rejected("names are required".into()).into();
-/// assert!(matches!(e, Error::Model(ModelError::Rejected(_))));
+/// assert!(matches!(e.as_model(), Some(ModelError::Rejected(_))));
 /// ```
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]

@@ -14,10 +14,10 @@ use std::pin::Pin;
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The key of `P` for a relation handle, or the error to give when it is used unsaved.
-fn parent_key<P: Model>(parent: &P, rel: &RelationDef) -> std::result::Result<Value, ModelError> {
+fn parent_key<P: Model>(parent: &P, rel: &RelationDef) -> Result<Value> {
     parent
         .key()
-        .ok_or_else(|| ModelError::not_saved(P::schema(), rel.accessor))
+        .ok_or_else(|| ModelError::not_saved(P::schema(), rel.accessor).into())
 }
 
 /// `!(pk == k1 or pk == k2 ...)`: rows other than these.
@@ -57,7 +57,7 @@ fn prepare_children<C: Model>(
 /// [`ModelError::NotSaved`].
 pub struct HasMany<P, C> {
     db: Database,
-    key: std::result::Result<Value, ModelError>,
+    key: Result<Value>,
     rel: &'static RelationDef,
     _t: PhantomData<fn() -> (P, C)>,
 }
@@ -74,7 +74,7 @@ impl<P: Model, C: Model> HasMany<P, C> {
     }
 
     fn key(&self) -> Result<Value> {
-        self.key.clone().map_err(Into::into)
+        self.key.clone()
     }
 
     fn fk(&self) -> &'static str {
@@ -329,7 +329,7 @@ pub(crate) fn join_id(mine_col: &str, mine: &Value, other_col: &str, other: &Val
 /// their other parents.
 pub struct ManyToMany<P, C> {
     db: Database,
-    key: std::result::Result<Value, ModelError>,
+    key: Result<Value>,
     rel: &'static RelationDef,
     join: String,
     _t: PhantomData<fn() -> (P, C)>,
@@ -348,7 +348,7 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
     }
 
     fn key(&self) -> Result<Value> {
-        self.key.clone().map_err(Into::into)
+        self.key.clone()
     }
 
     fn links(&self, parent: Value) -> crate::Query {

@@ -169,7 +169,7 @@ pub async fn drop_schema(db: &Database) -> Result<()> {
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 /// use remodel::model::{Id, ModelError, SchemaSet};
-/// use remodel::{Database, Error, Model};
+/// use remodel::{Database, Model};
 /// use serde::{Deserialize, Serialize};
 ///
 /// #[derive(Model, Serialize, Deserialize)]
@@ -180,7 +180,7 @@ pub async fn drop_schema(db: &Database) -> Result<()> {
 ///
 /// let db = Database::temporary().await?;
 /// let missing = SchemaSet::new().with::<Planet>().create(&db).await;
-/// assert!(matches!(missing, Err(Error::Model(ModelError::Unregistered { .. }))));
+/// assert!(matches!(missing.unwrap_err().as_model(), Some(ModelError::Unregistered { .. })));
 /// SchemaSet::new().with::<Planet>().with::<Moon>().create(&db).await?;
 /// SchemaSet::new().with::<Planet>().with::<Moon>().create(&db).await?; // changes nothing
 /// assert_eq!(db.table("moons").index_names()?, ["planet_id"]);
