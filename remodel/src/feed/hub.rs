@@ -5,8 +5,9 @@
 //! (squashing members, which merge per consumer, get it in their own queue). Groups are found
 //! by route, so that routing a write costs in proportion to the feeds it concerns: point and
 //! `get_all` feeds by key or index value, filter feeds with an equality conjunct by that
-//! field's value, top-N feeds by the boundary the written key beats and by the rows they hold.
-//! Only range feeds and filters without an equality conjunct are checked one by one.
+//! field's value, range feeds by the key they contain (`ranges.rs`), top-N feeds by the
+//! boundary the written key beats and by the rows they hold. Only filters without an equality
+//! conjunct (on a whole table) are checked one by one.
 //!
 //! Everything here that changes routes or sees a change runs under the commit lock, so a
 //! feed's initial snapshot and its first change are separated by no gap and no overlap.
@@ -14,6 +15,7 @@
 use super::change::Change;
 use super::log::{Log, Reader};
 use super::queue::Subscriber;
+use super::ranges::RangeIndex;
 use super::spec::{FeedPlan, Matcher, View};
 use super::topn::TopN;
 use crate::db::write::Committed;
@@ -51,6 +53,8 @@ struct Routes {
     by_key: HashMap<Vec<u8>, Vec<GroupId>>,
     by_index_value: HashMap<String, IndexRoutes>,
     by_eq: HashMap<FieldPath, HashMap<Vec<u8>, Vec<GroupId>>>,
+    /// Range groups by the primary key range (`None`) or index key range they watch.
+    by_range: HashMap<Option<String>, RangeRoutes>,
     /// Groups checked on every write of the table.
     scan: Vec<GroupId>,
     /// Top-N groups by (index, descending), found by the boundary a write's key beats.
@@ -83,6 +87,12 @@ struct Scratch {
     buf: Vec<u8>,
 }
 
+/// The range groups of one key space: the primary keys, or an index's keys.
+struct RangeRoutes {
+    ix: Option<Arc<crate::db::IndexState>>,
+    ranges: RangeIndex,
+}
+
 struct IndexRoutes {
     ix: Arc<crate::db::IndexState>,
     values: HashMap<Vec<u8>, Vec<GroupId>>,
@@ -93,6 +103,7 @@ enum Route {
     Keys,
     IndexValues,
     Eq { path: FieldPath, value: Vec<u8> },
+    Range,
     Scan,
     TopN,
 }
@@ -205,8 +216,30 @@ impl Routes {
                     }
                 }
             }
+            (Route::Range, Some(Matcher::PrimaryRange { lo, hi })) => {
+                self.unroute_range(None, lo, hi, id)
+            }
+            (Route::Range, Some(Matcher::IndexRange { ix, lo, hi })) => {
+                self.unroute_range(Some(ix.name.clone()), lo, hi, id)
+            }
+            (Route::Range, _) => unreachable!("range routes follow range matchers"),
             (Route::Scan, _) => self.scan.retain(|x| *x != id),
             (Route::TopN, _) => {}
+        }
+    }
+
+    fn unroute_range(
+        &mut self,
+        space: Option<String>,
+        lo: &Bound<Vec<u8>>,
+        hi: &Bound<Vec<u8>>,
+        id: GroupId,
+    ) {
+        if let Some(r) = self.by_range.get_mut(&space) {
+            r.ranges.remove(lo, hi, id);
+            if r.ranges.is_empty() {
+                self.by_range.remove(&space);
+            }
         }
     }
 
@@ -335,6 +368,18 @@ impl Routes {
                     encode_value_into(v, buf);
                     if let Some(g) = values.get(buf.as_slice()) {
                         out.extend_from_slice(g);
+                    }
+                }
+            }
+        }
+        for r in self.by_range.values() {
+            match &r.ix {
+                None => r.ranges.stab(&c.key, out),
+                Some(ix) => {
+                    for doc in docs.into_iter().flatten() {
+                        for k in ix.compiled.keys(doc, &c.key) {
+                            r.ranges.stab(&k, out);
+                        }
                     }
                 }
             }
@@ -526,7 +571,7 @@ impl Hub {
                                 None => Route::Scan,
                             },
                             Matcher::PrimaryRange { .. } | Matcher::IndexRange { .. } => {
-                                Route::Scan
+                                Route::Range
                             }
                         };
                         if let Matcher::IndexValues { ix, .. } = matcher {
@@ -577,6 +622,37 @@ impl Hub {
                             id,
                         );
                     }
+                    (
+                        Route::Range,
+                        Kind::Rows {
+                            matcher: Matcher::PrimaryRange { lo, hi },
+                            ..
+                        },
+                    ) => routes
+                        .by_range
+                        .entry(None)
+                        .or_insert_with(|| RangeRoutes {
+                            ix: None,
+                            ranges: RangeIndex::default(),
+                        })
+                        .ranges
+                        .insert(lo, hi, id),
+                    (
+                        Route::Range,
+                        Kind::Rows {
+                            matcher: Matcher::IndexRange { ix, lo, hi },
+                            ..
+                        },
+                    ) => routes
+                        .by_range
+                        .entry(Some(ix.name.clone()))
+                        .or_insert_with(|| RangeRoutes {
+                            ix: Some(ix.clone()),
+                            ranges: RangeIndex::default(),
+                        })
+                        .ranges
+                        .insert(lo, hi, id),
+                    (Route::Range, _) => unreachable!("range routes follow range matchers"),
                     (Route::Scan, _) => routes.scan.push(id),
                     (Route::TopN, _) => {}
                 }

@@ -54,6 +54,7 @@ pub(crate) mod hub;
 mod log;
 mod options;
 mod queue;
+mod ranges;
 mod spec;
 mod stream;
 mod topn;
