@@ -762,6 +762,7 @@ impl Watch {
         t: &Table,
         case: Case,
         null_initial_fails: bool,
+        shown: Option<u64>,
     ) -> Result<Option<Watch>, String> {
         let multi_top_n = matches!(
             case.kind,
@@ -779,8 +780,8 @@ impl Watch {
                 Held::Bag(Vec::new())
             },
             case,
+            last_seq: feed.snapshot_seq(),
             feed,
-            last_seq: None,
             null_initial_fails,
         };
         let now = expected(t, &w.case.kind).await?;
@@ -789,7 +790,16 @@ impl Watch {
             None => false,
         };
         let items = drain(&mut w.feed);
-        w.opening(&items, &now, exists)
+        // The snapshot is numbered: the changes after it are those numbered above it.
+        let snapshot = match (w.last_seq, shown) {
+            (None, _) => Err("the feed has no snapshot_seq".to_string()),
+            (Some(s), Some(shown)) if s < shown => Err(format!(
+                "snapshot_seq {s} is below commit {shown}, which a feed had already shown"
+            )),
+            _ => Ok(()),
+        };
+        snapshot
+            .and_then(|()| w.opening(&items, &now, exists))
             .map_err(|why| w.report("opening the feed", &items, None, &now, &why))?;
         Ok(Some(w))
     }
@@ -1130,10 +1140,10 @@ async fn scenario(
     seed: Vec<Doc>,
     cases: Vec<Case>,
     ops: Vec<Op>,
-    null_initial_fails: bool,
+    rules: Rules,
 ) -> Result<(), String> {
     let db = Config::temporary()
-        .durability(Durability::Soft)
+        .durability(rules.durability)
         .open()
         .await
         .map_err(err)?;
@@ -1160,7 +1170,10 @@ async fn scenario(
         // Feeds due now (the last ones, due after the end, are opened and checked last).
         for case in cases.iter().filter(|c| c.open_before.min(ops.len()) == i) {
             for _ in 0..if case.twice { 2 } else { 1 } {
-                watches.extend(Watch::open(&t, case.clone(), null_initial_fails).await?);
+                // Every commit some feed has shown precedes this feed's snapshot.
+                let shown = watches.iter().filter_map(|w: &Watch| w.last_seq).max();
+                watches
+                    .extend(Watch::open(&t, case.clone(), rules.null_initial_fails, shown).await?);
             }
         }
         let Some(op) = ops.get(i) else { break };
@@ -1180,25 +1193,50 @@ async fn scenario(
     Ok(())
 }
 
-fn run(
-    seed: Vec<Doc>,
-    cases: Vec<Case>,
-    ops: Vec<Op>,
+/// What a property checks beyond the common rules, and how it writes.
+#[derive(Clone, Copy)]
+struct Rules {
+    /// Whether a `{new_val: null}` initial item on a non-point feed fails the case.
     null_initial_fails: bool,
-) -> Result<(), TestCaseError> {
+    /// The database's durability (every write uses it).
+    durability: Durability,
+}
+
+const LENIENT: Rules = Rules {
+    null_initial_fails: false,
+    durability: Durability::Soft,
+};
+
+const STRICT: Rules = Rules {
+    null_initial_fails: true,
+    durability: Durability::Soft,
+};
+
+/// Every write waits for the disk, and feeds show a hard write only once it is there.
+const HARD: Rules = Rules {
+    null_initial_fails: false,
+    durability: Durability::Hard,
+};
+
+fn run(seed: Vec<Doc>, cases: Vec<Case>, ops: Vec<Op>, rules: Rules) -> Result<(), TestCaseError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a runtime");
-    rt.block_on(scenario(seed, cases, ops, null_initial_fails))
+    rt.block_on(scenario(seed, cases, ops, rules))
         .map_err(TestCaseError::fail)
 }
 
 fn config(default_cases: u32) -> ProptestConfig {
+    config_scaled(default_cases, 1)
+}
+
+/// `default_cases`, or `REMODEL_ORACLE_CASES / divisor` (for slower properties).
+fn config_scaled(default_cases: u32, divisor: u32) -> ProptestConfig {
     let cases = std::env::var("REMODEL_ORACLE_CASES")
         .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default_cases);
+        .and_then(|s| s.parse::<u32>().ok())
+        .map_or(default_cases, |n| (n / divisor).max(1));
     ProptestConfig {
         cases,
         max_shrink_iters: 4096,
@@ -1458,7 +1496,7 @@ proptest! {
         cases in vec(case(rows_kind(true), unsquashed(), true), 1..4),
         ops in vec(any_op(), 1..14),
     ) {
-        run(seed, cases, ops, false)?;
+        run(seed, cases, ops, LENIENT)?;
     }
 
     /// The same feeds with include_initial (and states): initial rows, then changes.
@@ -1468,7 +1506,7 @@ proptest! {
         cases in vec(case(rows_kind(true), unsquashed(), true), 1..4),
         ops in vec(any_op(), 0..10),
     ) {
-        run(seed, cases, ops, true)?;
+        run(seed, cases, ops, STRICT)?;
     }
 
     /// The same feeds, squashed (true, or a small window), on results that hold each row
@@ -1479,7 +1517,7 @@ proptest! {
         cases in vec(case(rows_kind(false), squashed(), true), 1..4),
         ops in vec(any_op(), 1..12),
     ) {
-        run(seed, cases, ops, false)?;
+        run(seed, cases, ops, LENIENT)?;
     }
 
     /// Squashed feeds whose result holds a row twice (`get_all([k, k])`, a multi index):
@@ -1491,7 +1529,7 @@ proptest! {
         cases in vec(case(rows_kind(true), squashed(), true), 1..4),
         ops in vec(any_op(), 1..12),
     ) {
-        run(seed, cases, ops, false)?;
+        run(seed, cases, ops, LENIENT)?;
     }
 
     /// Top-N feeds (and min/max) under single-row writes.
@@ -1501,7 +1539,7 @@ proptest! {
         cases in vec(case(top_n_kind(), unsquashed(), true), 1..4),
         ops in vec(single_op(), 1..14),
     ) {
-        run(seed, cases, ops, false)?;
+        run(seed, cases, ops, LENIENT)?;
     }
 
     /// Top-N feeds under commits that insert and delete several rows at once (no row is
@@ -1512,7 +1550,7 @@ proptest! {
         cases in vec(case(top_n_kind(), unsquashed(), true), 1..4),
         ops in vec(insert_delete_commit(), 1..10),
     ) {
-        run(seed, cases, ops, false)?;
+        run(seed, cases, ops, LENIENT)?;
     }
 
     /// Top-N feeds under any commit: batches, insert_many, update and delete by query.
@@ -1522,7 +1560,7 @@ proptest! {
         cases in vec(case(top_n_kind(), unsquashed(), true), 1..4),
         ops in vec(prop_oneof![1 => single_op(), 2 => multi_op()], 1..10),
     ) {
-        run(seed, cases, ops, false)?;
+        run(seed, cases, ops, LENIENT)?;
     }
 
     /// Top-N feeds on a multi index (`order_by(index("tags")).limit(n)`, min/max), where a
@@ -1534,7 +1572,7 @@ proptest! {
         cases in vec(case(top_n_kind_on(true), prop_oneof![2 => Just(Sq::Off), 1 => Just(Sq::Merge)].boxed(), true), 1..4),
         ops in vec(any_op(), 1..10),
     ) {
-        run(seed, cases, ops, false)?;
+        run(seed, cases, ops, LENIENT)?;
     }
 
     /// Squashed top-N feeds: per batch, the net difference of the set (as valid list edits
@@ -1545,7 +1583,7 @@ proptest! {
         cases in vec(case(top_n_kind(), squashed(), true), 1..4),
         ops in vec(any_op(), 1..10),
     ) {
-        run(seed, cases, ops, false)?;
+        run(seed, cases, ops, LENIENT)?;
     }
 }
 
@@ -1578,7 +1616,7 @@ proptest! {
         ),
         ops in vec(any_op(), 0..12),
     ) {
-        run(seed, cases, ops, false)?;
+        run(seed, cases, ops, LENIENT)?;
     }
 }
 
@@ -1637,7 +1675,7 @@ fn a_4096_row_insert_many_is_one_step_for_top_n_feeds() {
                     open_before: 0,
                     twice: false,
                 };
-                watches.extend(Watch::open(&t, case, true).await.unwrap());
+                watches.extend(Watch::open(&t, case, true, None).await.unwrap());
             }
         }
         let mut before = Vec::new();
@@ -1763,7 +1801,7 @@ fn get_all_of_a_missing_key_has_no_initial_item() {
             },
         ],
         Vec::new(),
-        true,
+        STRICT,
     ));
     if let Err(e) = r {
         panic!("{e}");
@@ -1817,9 +1855,32 @@ fn a_batch_moving_two_members_refills_from_the_committed_state() {
             BOp::Update(1, patch.clone()),
             BOp::Update(3, patch),
         ])],
-        true,
+        STRICT,
     ));
     if let Err(e) = r {
         panic!("{e}");
+    }
+}
+
+proptest! {
+    #![proptest_config(config_scaled(128, 2))]
+
+    /// Hard durability: a feed shows a write only once it is on disk, and by the time the
+    /// acknowledged write returns, its changes are there to read. Row and top-N feeds,
+    /// squashed or not.
+    #[test]
+    fn feeds_with_hard_durability_equal_their_query(
+        seed in seed(),
+        cases in vec(
+            case(
+                prop_oneof![rows_kind(false), top_n_kind()].boxed(),
+                prop_oneof![2 => Just(Sq::Off), 1 => Just(Sq::Merge)].boxed(),
+                true,
+            ),
+            1..3,
+        ),
+        ops in vec(any_op(), 1..8),
+    ) {
+        run(seed, cases, ops, HARD)?;
     }
 }
