@@ -323,6 +323,108 @@ fn eq_filter_feeds(rt: &tokio::runtime::Runtime, s: &Sizes) -> Figure {
     }
 }
 
+/// Two tables with a `score` index, for range feeds.
+fn scored_tables(rt: &tokio::runtime::Runtime) -> Database {
+    let db = soft_db(rt);
+    rt.block_on(async {
+        for t in ["plain", "watched"] {
+            db.create_table(t).await.unwrap();
+            db.table(t)
+                .create_index("score", IndexSpec::field("score"))
+                .await
+                .unwrap();
+        }
+    });
+    db
+}
+
+fn idle_range_feeds(rt: &tokio::runtime::Runtime, s: &Sizes) -> Figure {
+    use std::ops::Bound::{Excluded, Included};
+    let db = scored_tables(rt);
+    let feeds = rt.block_on(async {
+        let w = db.table("watched");
+        let mut feeds = Vec::new();
+        // Scores written are below 1,000,000: these ranges are never written.
+        for i in 0..10_000u64 {
+            let lo = 2_000_000 + i * 10;
+            feeds.push(
+                w.between(Included(json!(lo)), Excluded(json!(lo + 5)))
+                    .index("score")
+                    .changes()
+                    .await
+                    .unwrap(),
+            );
+        }
+        feeds
+    });
+    let pairs = feeds_vs_none(rt, s, &db.table("plain"), &db.table("watched"), 0);
+    drop(feeds);
+    Figure {
+        metric: "insert_10k_idle_range_feeds_vs_none",
+        value: pairs.ratio(),
+        unit: "ratio",
+        target: 0.9,
+        at_least: true,
+        note: pairs.note(
+            "inserts with 10,000 `between` feeds on index ranges never written",
+            "no feeds",
+        ),
+    }
+}
+
+fn distinct_range_feeds(rt: &tokio::runtime::Runtime, s: &Sizes) -> Figure {
+    use futures::FutureExt;
+    use std::ops::Bound::{Excluded, Included};
+    let db = scored_tables(rt);
+    let mut feeds = rt.block_on(async {
+        let w = db.table("watched");
+        let mut feeds = Vec::new();
+        // Distinct ranges (no two share a group), each containing every score written.
+        for i in 0..1_000i64 {
+            feeds.push(
+                w.between(Included(json!(-i)), Excluded(json!(2_000_000 + i)))
+                    .index("score")
+                    .changes()
+                    .await
+                    .unwrap(),
+            );
+        }
+        feeds
+    });
+    let n = s.inserts / 4;
+    let mut pairs = Pairs::default();
+    let mut rng = Rng(5);
+    let mut next = 0u64;
+    for _ in 0..s.reps {
+        let none = rt.block_on(insert_rate(&db.table("plain"), next, n, &mut rng));
+        let begin = Instant::now();
+        rt.block_on(async {
+            insert_rate(&db.table("watched"), next, n, &mut rng).await;
+            // One consumer reads every item of every feed.
+            for f in feeds.iter_mut() {
+                for _ in 0..n {
+                    let item = f.next().now_or_never().flatten().expect("delivered");
+                    item.unwrap();
+                }
+            }
+        });
+        let with = n as f64 / begin.elapsed().as_secs_f64();
+        next += n as u64;
+        pairs.push(with, none);
+    }
+    Figure {
+        metric: "insert_1k_distinct_range_feeds_vs_none",
+        value: pairs.ratio(),
+        unit: "ratio",
+        target: 0.15,
+        at_least: true,
+        note: pairs.note(
+            "inserts with 1,000 distinct `between` feeds that all contain every write, all items read by one consumer",
+            "no feeds",
+        ),
+    }
+}
+
 fn topn_feeds(rt: &tokio::runtime::Runtime, s: &Sizes) -> Figure {
     let db = soft_db(rt);
     let rows = s.topn_rows as u64;
@@ -702,6 +804,231 @@ fn idle_feeds(rt: &tokio::runtime::Runtime, s: &Sizes) -> Figure {
     }
 }
 
+/// The model layer's figures (`#[derive(Model)]` against the raw JSON API it is built on).
+mod model_figures {
+    use super::{soft_db, Figure, Pairs, Sizes};
+    use remodel::model::{create_schema, Id, ModelFeed};
+    use remodel::Model;
+    use serde::{Deserialize, Serialize};
+    use std::time::Instant;
+
+    #[derive(Model, Serialize, Deserialize, Clone, Debug)]
+    #[remodel(has_many(Crewmember))]
+    struct Starship {
+        id: Option<Id>,
+        name: String,
+    }
+
+    /// The same ~200-byte document as the raw figures.
+    #[derive(Model, Serialize, Deserialize, Clone, Debug)]
+    #[remodel(belongs_to(Starship))]
+    struct Crewmember {
+        id: Option<Id>,
+        name: String,
+        email: String,
+        score: u64,
+        rank: String,
+        bio: String,
+        starship_id: Option<Id>,
+    }
+
+    fn member(i: u64, ship: Option<Id>) -> Crewmember {
+        Crewmember {
+            id: None,
+            name: format!("member-{i:08}"),
+            email: format!("member{i}@starfleet.example"),
+            score: i % 1000,
+            rank: "lieutenant".into(),
+            bio: "Served on several ships of the line; fond of Earl Grey, hot, and holodeck novels."
+                .into(),
+            starship_id: ship,
+        }
+    }
+
+    pub(super) fn figures(rt: &tokio::runtime::Runtime, s: &Sizes) -> Vec<Figure> {
+        let n = s.inserts as u64;
+        // Typed create vs raw insert of the same document (both let the store make the key).
+        let db = soft_db(rt);
+        rt.block_on(create_schema(&db)).unwrap();
+        let raw = db.table("crewmembers");
+        let mut create = Pairs::default();
+        for rep in 0..s.reps as u64 {
+            let base = rep * 2 * n;
+            let raw_run = || {
+                let begin = Instant::now();
+                rt.block_on(async {
+                    for i in 0..n {
+                        raw.insert(member(base + i, None).to_json().unwrap()).await.unwrap();
+                    }
+                });
+                n as f64 / begin.elapsed().as_secs_f64()
+            };
+            let typed_run = || {
+                let begin = Instant::now();
+                rt.block_on(async {
+                    for i in 0..n {
+                        member(base + n + i, None).create(&db).await.unwrap();
+                    }
+                });
+                n as f64 / begin.elapsed().as_secs_f64()
+            };
+            // Alternate which side runs first (the table grows during the run).
+            let (typed, raw_rate) = if rep % 2 == 0 {
+                let r = raw_run();
+                (typed_run(), r)
+            } else {
+                let t = typed_run();
+                (t, raw_run())
+            };
+            create.push(typed, raw_rate);
+        }
+
+        // Typed get vs raw get of the same keys.
+        let keys: Vec<remodel::Value> = rt
+            .block_on(raw.query().pluck(["id"]).limit(s.gets.min(20_000)).run())
+            .unwrap()
+            .into_iter()
+            .map(|r| r["id"].clone())
+            .collect();
+        let mut get = Pairs::default();
+        for _ in 0..s.reps {
+            let begin = Instant::now();
+            rt.block_on(async {
+                for k in &keys {
+                    assert!(raw.get(k.clone()).await.unwrap().is_some());
+                }
+            });
+            let raw_rate = keys.len() as f64 / begin.elapsed().as_secs_f64();
+            let begin = Instant::now();
+            rt.block_on(async {
+                for k in &keys {
+                    assert!(Crewmember::get(&db, k.clone()).await.unwrap().is_some());
+                }
+            });
+            get.push(keys.len() as f64 / begin.elapsed().as_secs_f64(), raw_rate);
+        }
+
+        // 1,000 captains with their ships: one batched load vs one get per row.
+        let db = soft_db(rt);
+        let captains: Vec<Crewmember> = rt.block_on(async {
+            create_schema(&db).await.unwrap();
+            let mut out = Vec::new();
+            for i in 0..1000 {
+                let ship = Starship { id: None, name: format!("ship {i}") }
+                    .create(&db)
+                    .await
+                    .unwrap();
+                out.push(member(i, ship.id.clone()).create(&db).await.unwrap());
+            }
+            out
+        });
+        let rounds = if s.quick { 5 } else { 20 };
+        let mut batched = Pairs::default();
+        for _ in 0..s.reps {
+            let begin = Instant::now();
+            rt.block_on(async {
+                for _ in 0..rounds {
+                    let ships = Crewmember::load_starship(&db, &captains).await.unwrap();
+                    assert!(ships.iter().all(Option::is_some));
+                }
+            });
+            let batched_rate = rounds as f64 / begin.elapsed().as_secs_f64();
+            let begin = Instant::now();
+            rt.block_on(async {
+                for _ in 0..rounds {
+                    for c in &captains {
+                        assert!(c.starship(&db).await.unwrap().is_some());
+                    }
+                }
+            });
+            batched.push(batched_rate, rounds as f64 / begin.elapsed().as_secs_f64());
+        }
+
+        // Inserts with 10,000 open relation feeds on other ships vs none.
+        let plain = soft_db(rt);
+        let watched = soft_db(rt);
+        let (target_plain, target_watched, _feeds) = rt.block_on(async {
+            create_schema(&plain).await.unwrap();
+            create_schema(&watched).await.unwrap();
+            let mut feeds: Vec<ModelFeed<Crewmember>> = Vec::with_capacity(10_000);
+            for i in 0..10_000 {
+                let ship = Starship { id: None, name: format!("ship {i}") }
+                    .create(&watched)
+                    .await
+                    .unwrap();
+                feeds.push(ship.crewmembers(&watched).changes().await.unwrap());
+            }
+            let a = Starship { id: None, name: "plain".into() }.create(&plain).await.unwrap();
+            let b = Starship { id: None, name: "unwatched".into() }
+                .create(&watched)
+                .await
+                .unwrap();
+            (a, b, feeds)
+        });
+        let mut feeds = Pairs::default();
+        for rep in 0..s.reps as u64 {
+            let rate = |db: &remodel::Database, ship: &Starship| {
+                let begin = Instant::now();
+                rt.block_on(async {
+                    for i in 0..n {
+                        member(rep * n + i, ship.id.clone()).create(db).await.unwrap();
+                    }
+                });
+                n as f64 / begin.elapsed().as_secs_f64()
+            };
+            let (none, with) = if rep % 2 == 0 {
+                let none = rate(&plain, &target_plain);
+                (none, rate(&watched, &target_watched))
+            } else {
+                let with = rate(&watched, &target_watched);
+                (rate(&plain, &target_plain), with)
+            };
+            feeds.push(with, none);
+        }
+
+        vec![
+            Figure {
+                metric: "model_create_vs_insert",
+                value: create.ratio(),
+                unit: "ratio",
+                target: 0.85,
+                at_least: true,
+                note: create.note("typed `create` of a ~200-byte model", "raw JSON insert"),
+            },
+            Figure {
+                metric: "model_get_vs_get",
+                value: get.ratio(),
+                unit: "ratio",
+                target: 0.85,
+                at_least: true,
+                note: get.note("typed `get` (decoded into the struct)", "raw JSON get"),
+            },
+            Figure {
+                metric: "batched_load_vs_per_row",
+                value: batched.ratio(),
+                unit: "ratio",
+                target: 10.0,
+                at_least: true,
+                note: batched.note(
+                    "1,000 captains with their ships, `load_starship` (one query)",
+                    "one `starship()` get per row",
+                ),
+            },
+            Figure {
+                metric: "relation_feeds_10k_vs_none",
+                value: feeds.ratio(),
+                unit: "ratio",
+                target: 0.9,
+                at_least: true,
+                note: feeds.note(
+                    "typed inserts with 10,000 `ship.crewmembers().changes()` feeds on other ships",
+                    "no feeds",
+                ),
+            },
+        ]
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
@@ -775,6 +1102,12 @@ fn main() {
     run("insert_1k_eq_filter_feeds_vs_none", &mut || {
         vec![eq_filter_feeds(&rt, &s)]
     });
+    run("insert_10k_idle_range_feeds_vs_none", &mut || {
+        vec![idle_range_feeds(&rt, &s)]
+    });
+    run("insert_1k_distinct_range_feeds_vs_none", &mut || {
+        vec![distinct_range_feeds(&rt, &s)]
+    });
     run("insert_100_topn_feeds_vs_none", &mut || {
         vec![topn_feeds(&rt, &s)]
     });
@@ -787,6 +1120,7 @@ fn main() {
         vec![matching_feeds(&s)]
     });
     run("fanout_vs_broadcast", &mut || vec![fanout(&s)]);
+    run("model", &mut || model_figures::figures(&rt, &s));
     if !json_out {
         println!(
             "\nRemodel realtime benchmark ({}, {:.0} s)\n",

@@ -19,7 +19,7 @@ use super::ranges::RangeIndex;
 use super::spec::{FeedPlan, Matcher, View};
 use super::topn::TopN;
 use crate::db::write::Committed;
-use crate::db::TableState;
+use crate::db::{IndexState, TableState};
 use crate::value::{encode_value_into, FieldPath};
 use crate::{Error, Result};
 use parking_lot::{Mutex, RwLock};
@@ -45,10 +45,32 @@ pub(crate) struct TableFeeds {
 
 type GroupId = u64;
 
+/// Hashes group ids (small sequential integers) as themselves: group lookups are on the
+/// write path, once per group a change reaches.
+#[derive(Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        // Spread sequential ids over the table's buckets (Fibonacci hashing).
+        self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type ById<V> = HashMap<GroupId, V, std::hash::BuildHasherDefault<IdHasher>>;
+
 #[derive(Default)]
 struct Routes {
     next_id: u64,
-    groups: HashMap<GroupId, Group>,
+    groups: ById<Group>,
     by_signature: HashMap<Arc<str>, GroupId>,
     by_key: HashMap<Vec<u8>, Vec<GroupId>>,
     by_index_value: HashMap<String, IndexRoutes>,
@@ -135,13 +157,13 @@ struct Members {
 
 impl Members {
     fn deliver(&self, item: Change, wakes: &mut Vec<Waker>) {
-        if let Some(log) = &self.log {
-            log.push(item.clone(), wakes);
-        }
         for (_, sub) in &self.own {
             if sub.push(item.clone()) {
                 wakes.extend(sub.take_waker());
             }
+        }
+        if let Some(log) = &self.log {
+            log.push(item, wakes);
         }
     }
 
@@ -311,7 +333,7 @@ impl Routes {
     }
 
     /// The groups a change may concern.
-    fn candidates(&self, c: &Committed, scratch: &mut Scratch) {
+    fn candidates(&self, c: &Committed, scratch: &mut Scratch, ctx: &mut ChangeCtx<'_>) {
         let out = &mut scratch.ids;
         out.clear();
         scratch.keys.clear();
@@ -376,9 +398,9 @@ impl Routes {
             match &r.ix {
                 None => r.ranges.stab(&c.key, out),
                 Some(ix) => {
-                    for doc in docs.into_iter().flatten() {
-                        for k in ix.compiled.keys(doc, &c.key) {
-                            r.ranges.stab(&k, out);
+                    for new in [false, true] {
+                        for k in ctx.keys(ix, new) {
+                            r.ranges.stab(k, out);
                         }
                     }
                 }
@@ -392,46 +414,137 @@ impl Routes {
     }
 }
 
+/// Per-change work shared by every rows group the change reaches: the row's key, the old
+/// and new documents' keys in each index a range group reads, and the items of groups that
+/// see whole rows (identical for all of them, so one allocation is shared).
+struct ChangeCtx<'a> {
+    c: &'a Committed,
+    key: Arc<[u8]>,
+    /// (index, keys of the old document, keys of the new one).
+    index_keys: Vec<(*const IndexState, Vec<Vec<u8>>, Vec<Vec<u8>>)>,
+    /// Items of untransformed groups, by (row before, row after) presence.
+    plain: [Option<Change>; 3],
+}
+
+impl<'a> ChangeCtx<'a> {
+    fn new(c: &'a Committed) -> Self {
+        ChangeCtx {
+            c,
+            key: Arc::from(&c.key[..]),
+            index_keys: Vec::new(),
+            plain: [None, None, None],
+        }
+    }
+
+    /// The keys of the old (`new: false`) or new document in `ix`, computed once.
+    fn keys(&mut self, ix: &IndexState, new: bool) -> &[Vec<u8>] {
+        let id = ix as *const IndexState;
+        let at = match self.index_keys.iter().position(|(p, _, _)| *p == id) {
+            Some(at) => at,
+            None => {
+                let of = |d: &Option<Arc<Value>>| {
+                    d.as_deref()
+                        .map(|d| ix.compiled.keys(d, &self.c.key))
+                        .unwrap_or_default()
+                };
+                self.index_keys.push((id, of(&self.c.old), of(&self.c.new)));
+                self.index_keys.len() - 1
+            }
+        };
+        let (_, old, newk) = &self.index_keys[at];
+        if new {
+            newk
+        } else {
+            old
+        }
+    }
+
+    /// How many times the old or new document is in the matcher's rows.
+    fn count(&mut self, matcher: &Matcher, new: bool) -> usize {
+        let doc = if new { &self.c.new } else { &self.c.old };
+        let Some(d) = doc else { return 0 };
+        match matcher {
+            Matcher::IndexRange { ix, .. } => {
+                let keys = self.keys(ix, new);
+                matcher.count_keys(keys)
+            }
+            _ => matcher.count(&self.c.key, d),
+        }
+    }
+
+    /// The shared item of an untransformed row entering, leaving or changing.
+    fn plain(&mut self, old: bool, new: bool) -> Change {
+        let slot = match (old, new) {
+            (true, true) => 0,
+            (true, false) => 1,
+            _ => 2,
+        };
+        let (c, key) = (self.c, &self.key);
+        self.plain[slot]
+            .get_or_insert_with(|| {
+                Change::row(
+                    Some(key.clone()),
+                    c.old.clone().filter(|_| old),
+                    c.new.clone().filter(|_| new),
+                )
+                .at(c.seq)
+            })
+            .clone()
+    }
+}
+
 impl Group {
     /// The items a rows group's feeds get for a change.
-    fn items(&mut self, c: &Committed) -> Vec<Change> {
+    fn items(&mut self, ctx: &mut ChangeCtx<'_>, out: &mut Vec<Change>) {
         let (matcher, view) = match &mut self.kind {
             Kind::TopN(_) => unreachable!("top-N groups take a commit at a time"),
             Kind::Rows { matcher, view } => (matcher, view),
         };
-        let side = |doc: &Option<Arc<Value>>| -> (usize, Option<Arc<Value>>) {
-            let Some(doc) = doc else { return (0, None) };
-            let n = matcher.count(&c.key, doc);
-            if n == 0 {
-                return (0, None);
-            }
-            match view.apply(doc) {
-                Some(seen) => (n, Some(seen)),
-                None => (0, None),
-            }
-        };
-        let (old_n, old) = side(&c.old);
-        let (new_n, new) = side(&c.new);
+        let old_n = ctx.count(matcher, false);
+        let new_n = ctx.count(matcher, true);
         if old_n == 0 && new_n == 0 {
-            return Vec::new();
+            return;
         }
-        let key: Arc<[u8]> = Arc::from(&c.key[..]);
+        if view.is_identity() && old_n <= 1 && new_n <= 1 {
+            // The common case: whole rows, each once. Every such group delivers the same item.
+            out.push(ctx.plain(old_n == 1, new_n == 1));
+            return;
+        }
+        let c = ctx.c;
+        let seen = |n: usize, doc: &Option<Arc<Value>>| match doc {
+            Some(d) if n > 0 => view.apply(d),
+            _ => None,
+        };
+        let (old, new) = (seen(old_n, &c.old), seen(new_n, &c.new));
+        let old_n = if old.is_some() { old_n } else { 0 };
+        let new_n = if new.is_some() { new_n } else { 0 };
+        let key = &ctx.key;
         let both = old_n.min(new_n);
-        let mut out = Vec::with_capacity(old_n.max(new_n));
         // The row's places in the result, numbered: place i is there before the write when
         // i < old_n and after it when i < new_n (squashing merges per row and place).
         if old != new {
             for i in 0..both {
-                out.push(Change::row(Some(key.clone()), old.clone(), new.clone()).nth(i));
+                out.push(
+                    Change::row(Some(key.clone()), old.clone(), new.clone())
+                        .nth(i)
+                        .at(c.seq),
+                );
             }
         }
         for i in both..old_n {
-            out.push(Change::row(Some(key.clone()), old.clone(), None).nth(i));
+            out.push(
+                Change::row(Some(key.clone()), old.clone(), None)
+                    .nth(i)
+                    .at(c.seq),
+            );
         }
         for i in both..new_n {
-            out.push(Change::row(Some(key.clone()), None, new.clone()).nth(i));
+            out.push(
+                Change::row(Some(key.clone()), None, new.clone())
+                    .nth(i)
+                    .at(c.seq),
+            );
         }
-        out
     }
 }
 
@@ -478,8 +591,10 @@ impl Hub {
         // Top-N groups see the commit as one step: their changes are collected here and
         // applied together once every change of the commit has been routed.
         let mut topn: Vec<(GroupId, Vec<&Committed>)> = Vec::new();
+        let mut items = Vec::new();
         for c in changes {
-            routes.candidates(c, &mut scratch);
+            let mut ctx = ChangeCtx::new(c);
+            routes.candidates(c, &mut scratch, &mut ctx);
             for id in &scratch.ids {
                 let Some(group) = routes.groups.get_mut(id) else {
                     continue;
@@ -491,8 +606,9 @@ impl Hub {
                     }
                     continue;
                 }
-                for item in group.items(c) {
-                    group.members.deliver(item.at(c.seq), wakes);
+                group.items(&mut ctx, &mut items);
+                for item in items.drain(..) {
+                    group.members.deliver(item, wakes);
                 }
             }
         }

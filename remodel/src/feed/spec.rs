@@ -76,6 +76,16 @@ impl Matcher {
         }
     }
 
+    /// For an index range: how many of the document's index keys (`keys`) lie in it.
+    pub(crate) fn count_keys(&self, keys: &[Vec<u8>]) -> usize {
+        match self {
+            Matcher::IndexRange { lo, hi, .. } => {
+                keys.iter().filter(|k| in_range(lo, hi, k)).count()
+            }
+            _ => 0,
+        }
+    }
+
     pub(crate) fn index_name(&self) -> Option<&str> {
         match self {
             Matcher::IndexValues { ix, .. } | Matcher::IndexRange { ix, .. } => Some(&ix.name),
@@ -90,6 +100,11 @@ pub(crate) struct View {
 }
 
 impl View {
+    /// Whether rows are seen whole (no filter, no transform).
+    pub(crate) fn is_identity(&self) -> bool {
+        self.ops.is_empty()
+    }
+
     /// The row as the query sees it, or `None` when a filter rejects it.
     pub(crate) fn apply(&self, doc: &Arc<Value>) -> Option<Arc<Value>> {
         let mut cur: Option<Value> = None; // copied on the first transform only
