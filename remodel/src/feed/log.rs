@@ -242,6 +242,10 @@ impl Log {
                     Some(_) => more.push_back(item.clone()),
                 }
             }
+            if r.cursor == s.head {
+                // The oldest reader moves on: the next push may trim again.
+                s.scan_at = s.tail();
+            }
             r.cursor += take as u64;
             r.settle_frontier();
             s.readers[r.slot] = Some((r.cursor, r.capacity));
