@@ -73,9 +73,7 @@ impl State {
             while self.head < min && self.items.pop_front().is_some() {
                 self.head += 1;
             }
-            // While a slow reader keeps items alive, scan again only once the log has grown
-            // by half: scans stay amortised O(1) per push.
-            self.scan_at = self.tail() + every.max(self.items.len() as u64 / 2);
+            self.scan_at = self.tail() + every;
         }
     }
 }
@@ -241,10 +239,6 @@ impl Log {
                     None => first = Some(item.clone()),
                     Some(_) => more.push_back(item.clone()),
                 }
-            }
-            if r.cursor == s.head {
-                // The oldest reader moves on: the next push may trim again.
-                s.scan_at = s.tail();
             }
             r.cursor += take as u64;
             r.settle_frontier();
