@@ -616,6 +616,58 @@ fn hard_latency(s: &Sizes) -> Figure {
     }
 }
 
+/// Group commit: hard-durability inserts per second from 8 concurrent tasks ÷ from one.
+fn hard_writers(s: &Sizes) -> Figure {
+    let rt = multi_rt();
+    let db = rt
+        .block_on(remodel::Config::temporary().durability(Durability::Hard).open())
+        .unwrap();
+    rt.block_on(db.create_table("hard")).unwrap();
+    let per_round = if s.quick { 200 } else { 800 };
+    let rate = |tasks: u64, start: u64| {
+        let t = db.table("hard");
+        rt.block_on(async move {
+            let begin = Instant::now();
+            let per_task = per_round / tasks;
+            let handles: Vec<_> = (0..tasks)
+                .map(|w| {
+                    let t = t.clone();
+                    tokio::spawn(async move {
+                        for i in 0..per_task {
+                            let id = start + w * per_task + i;
+                            t.insert(doc(id, id)).await.unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.await.unwrap();
+            }
+            (per_task * tasks) as f64 / begin.elapsed().as_secs_f64()
+        })
+    };
+    let mut pairs = Pairs::default();
+    let mut next = 0;
+    for _ in 0..s.reps.min(5) {
+        let eight = rate(8, next);
+        next += per_round;
+        let one = rate(1, next);
+        next += per_round;
+        pairs.push(eight, one);
+    }
+    Figure {
+        metric: "hard_8_writers_vs_1",
+        value: pairs.ratio(),
+        unit: "ratio",
+        target: 5.0,
+        at_least: true,
+        note: pairs.note(
+            "hard-durability inserts from 8 concurrent tasks (group commit)",
+            "from one task",
+        ),
+    }
+}
+
 fn matching_feeds(s: &Sizes) -> Figure {
     let rt = multi_rt();
     let db = soft_db(&rt);
@@ -1116,6 +1168,7 @@ fn main() {
         vec![a, b]
     });
     run("hard_feed_latency", &mut || vec![hard_latency(&s)]);
+    run("hard_8_writers_vs_1", &mut || vec![hard_writers(&s)]);
     run("insert_1k_matching_feeds_vs_none", &mut || {
         vec![matching_feeds(&s)]
     });

@@ -2,6 +2,7 @@
 
 mod index;
 mod stats;
+mod group_flush;
 mod table;
 mod visibility;
 pub(crate) mod write;
@@ -10,6 +11,7 @@ pub(crate) use index::IndexState;
 pub use index::{IndexSpec, IndexStatus, MAX_MULTI_ELEMENTS};
 pub(crate) use table::TableState;
 pub(crate) use visibility::Visibility;
+use group_flush::GroupFlush;
 pub use write::{ChangePair, Conflict, Durability, Patch, WriteResult};
 
 use crate::feed::Hub;
@@ -139,6 +141,8 @@ pub(crate) struct DbInner {
     meta: Tree,
     /// The sequence numbers feeds may show (hard writes once on disk).
     pub visibility: Arc<Visibility>,
+    /// Hard writes of many tasks share fsyncs.
+    flusher: GroupFlush,
     pub hub: Arc<Hub>,
     pub stats: Stats,
     /// The (empty, never written) table that stands for the `stats` system table in plans.
@@ -219,6 +223,16 @@ fn check_files(path: &Path) -> Result<()> {
         path: path.display().to_string(),
         reason: reason.to_string(),
     };
+    // sled's conf: `key: value` lines, then a 4-byte checksum; sled reports a bad one only
+    // as "corruption" without saying where.
+    if let Ok(conf) = std::fs::read(path.join("conf")) {
+        let text = conf.get(..conf.len().saturating_sub(4)).unwrap_or_default();
+        let readable = std::str::from_utf8(text)
+            .is_ok_and(|t| t.lines().all(|l| l.is_empty() || l.contains(": ")));
+        if conf.len() > 8 && !readable {
+            return Err(damaged("its `conf` file is damaged"));
+        }
+    }
     match std::fs::metadata(path.join("db")) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(damaged(
             "its data file `db` is missing (its `conf` file is there)",
@@ -356,6 +370,7 @@ impl Database {
             seq_reserved: std::sync::atomic::AtomicU64::new(seq),
             meta,
             visibility: Arc::new(Visibility::new(seq)),
+            flusher: GroupFlush::new(seq),
             hub: Arc::default(),
             stats: Stats::default(),
             stats_table,
@@ -448,6 +463,7 @@ impl Database {
 
     /// Creates a table whose primary key is the top-level field `primary_key`.
     pub async fn create_table_with_key(&self, name: &str, primary_key: &str) -> Result<()> {
+        check_not_in_patch()?;
         check_name(name)?;
         if primary_key.is_empty() || primary_key.contains('.') {
             return Err(Error::InvalidName {
@@ -486,6 +502,7 @@ impl Database {
     /// Drops a table with its documents and indexes. Its changefeeds end with
     /// [`Error::FeedAborted`].
     pub async fn drop_table(&self, name: &str) -> Result<()> {
+        check_not_in_patch()?;
         let _ddl = self.inner.ddl.lock().await;
         let table = self.table_state(name)?;
         {
@@ -530,6 +547,7 @@ impl Database {
         name: &str,
         spec: IndexSpec,
     ) -> Result<()> {
+        check_not_in_patch()?;
         check_name(name)?;
         spec.compile()?;
         let ix;
@@ -638,6 +656,7 @@ impl Database {
     }
 
     pub(crate) async fn drop_index(&self, table: &str, name: &str) -> Result<()> {
+        check_not_in_patch()?;
         let _ddl = self.inner.ddl.lock().await;
         let t = self.table_state(table)?;
         {
@@ -703,10 +722,7 @@ impl Database {
     /// Waits until everything written so far is on disk.
     pub async fn sync(&self) -> Result<()> {
         self.check_open()?;
-        let upto = self.inner.visibility.last();
-        self.inner.storage.flush().await?;
-        self.inner.visibility.durable(upto);
-        Ok(())
+        self.inner.flush_committed().await
     }
 
     /// Closes the database: flushes it, ends every changefeed with [`Error::FeedAborted`],
@@ -751,6 +767,15 @@ impl DbInner {
         Ok(())
     }
 
+    /// Waits until everything committed so far is on disk (sharing the fsync with other
+    /// tasks that wait for the same).
+    pub(crate) async fn flush_committed(&self) -> Result<()> {
+        let upto = self.visibility.last();
+        self.flusher
+            .flush_upto(upto, &self.storage, &self.visibility)
+            .await
+    }
+
     /// Whether sequence numbers up to `seq` are reserved.
     pub(crate) fn seq_reserved_for(&self, seq: u64) -> bool {
         seq <= self.seq_reserved.load(Ordering::Acquire)
@@ -791,6 +816,36 @@ impl DbInner {
 impl Drop for DbInner {
     fn drop(&mut self) {
         self.hub.abort_all("the database was closed");
+    }
+}
+
+thread_local! {
+    /// Set while this thread runs a `Patch::with` closure, under the commit lock.
+    static IN_PATCH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs a `Patch::with` closure, marking this thread as holding the commit lock for it: a
+/// write the closure starts fails with [`Error::WriteInPatch`] instead of waiting forever for
+/// the lock its own thread holds.
+pub(crate) fn in_patch<T>(f: impl FnOnce() -> T) -> T {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            IN_PATCH.with(|c| c.set(self.0));
+        }
+    }
+    let _reset = Reset(IN_PATCH.with(|c| c.replace(true)));
+    f()
+}
+
+/// Fails when called from a `Patch::with` closure (see [`in_patch`]): every write and DDL
+/// entry point checks it before it takes the commit lock (on the caller's thread, before any
+/// hand-off to a blocking thread).
+pub(crate) fn check_not_in_patch() -> Result<()> {
+    if IN_PATCH.with(std::cell::Cell::get) {
+        Err(Error::WriteInPatch)
+    } else {
+        Ok(())
     }
 }
 

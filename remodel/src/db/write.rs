@@ -124,8 +124,10 @@ impl Patch {
         let patch = match self {
             Patch::Merge(v) => v,
             Patch::With(f) => {
-                patch_owned =
-                    crate::value::admit(f(doc)?, "the patch a Patch::with closure returned")?;
+                patch_owned = crate::value::admit(
+                    super::in_patch(|| f(doc))?,
+                    "the patch a Patch::with closure returned",
+                )?;
                 &patch_owned
             }
         };
@@ -262,6 +264,7 @@ impl DbInner {
         how: Commit,
         result: &mut WriteResult,
     ) -> Result<()> {
+        super::check_not_in_patch()?;
         let mut wakes = Vec::new();
         let mut seq = self.writer.lock();
         let committed =
@@ -538,6 +541,9 @@ impl Database {
         return_changes: bool,
         durability: Option<Durability>,
     ) -> Result<WriteResult> {
+        // Here too: a large write goes on to a blocking thread, where the check would not see
+        // the closure's thread.
+        super::check_not_in_patch()?;
         let hard = self.is_hard(durability);
         let result = if ops.len() > 64 {
             let inner = self.inner.clone();
@@ -552,9 +558,11 @@ impl Database {
     /// Waits for the durability a write asked for (or the database default).
     pub(crate) async fn settle(&self, durability: Option<Durability>) -> Result<()> {
         if self.is_hard(durability) {
-            let upto = self.inner.visibility.last();
-            self.inner.storage.flush().await?;
-            self.inner.visibility.durable(upto);
+            self.inner.flush_committed().await?;
+        } else {
+            // A soft write may complete without ever waiting: let a loop of them give the
+            // scheduler its turn once the task's budget is spent (timers, other tasks).
+            tokio::task::coop::consume_budget().await;
         }
         Ok(())
     }
@@ -575,6 +583,7 @@ impl DbInner {
         return_changes: bool,
         hard: bool,
     ) -> Result<WriteResult> {
+        super::check_not_in_patch()?;
         let mut seq = self.writer.lock();
         if plan.table.is_dropped() {
             return Err(Error::NoSuchTable(plan.table.name.clone()));
