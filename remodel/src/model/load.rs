@@ -37,12 +37,28 @@ use crate::{Database, Result};
 use serde_json::Value;
 use std::collections::HashMap;
 
+/// A key to look values up by, borrowing string keys (the usual kind) instead of copying.
+#[derive(PartialEq, Eq, Hash)]
+enum KeyRef<'a> {
+    Str(&'a str),
+    /// Any other value, by its JSON text.
+    Text(String),
+}
+
+fn key_ref(v: &Value) -> KeyRef<'_> {
+    match v {
+        Value::String(s) => KeyRef::Str(s),
+        other => KeyRef::Text(other.to_string()),
+    }
+}
+
 /// The distinct non-null values, in first-seen order.
-fn distinct(values: impl IntoIterator<Item = Value>) -> Vec<Value> {
+fn distinct<'a>(values: impl IntoIterator<Item = &'a Value>) -> Vec<Value> {
     let mut seen = std::collections::HashSet::new();
     values
         .into_iter()
-        .filter(|v| !v.is_null() && seen.insert(key_text(v)))
+        .filter(|v| !v.is_null() && seen.insert(key_ref(v)))
+        .cloned()
         .collect()
 }
 
@@ -67,19 +83,20 @@ pub async fn belongs_to<C: Model, P: Model>(
         .iter()
         .map(|r| r.field_value(rel.foreign_key).filter(|v| !v.is_null()))
         .collect();
-    let keys = distinct(fks.iter().flatten().cloned());
-    let owners = if keys.is_empty() {
-        HashMap::new()
-    } else {
-        count_query();
-        by_field(
-            P::table(db).get_all(keys).run().await?,
-            P::schema().primary_key,
-        )
-    };
-    fks.into_iter()
-        .map(|fk| match fk.and_then(|k| owners.get(&key_text(&k))) {
-            Some(docs) => codec::decode::<P>(docs[0].clone()).map(Some),
+    let keys = distinct(fks.iter().flatten());
+    if keys.is_empty() {
+        return Ok(rows.iter().map(|_| None).collect());
+    }
+    count_query();
+    let docs = P::table(db).get_all(keys).run().await?;
+    let pk = P::schema().primary_key;
+    let owners: HashMap<KeyRef<'_>, &Value> = docs
+        .iter()
+        .filter_map(|d| d.get(pk).map(|k| (key_ref(k), d)))
+        .collect();
+    fks.iter()
+        .map(|fk| match fk.as_ref().and_then(|k| owners.get(&key_ref(k))) {
+            Some(doc) => codec::decode_ref::<P>(doc).map(Some),
             None => Ok(None),
         })
         .collect()
@@ -91,7 +108,8 @@ pub async fn has_many<P: Model, C: Model>(
     rel: &'static RelationDef,
     rows: &[P],
 ) -> Result<Vec<Vec<C>>> {
-    let keys = distinct(rows.iter().filter_map(Model::key));
+    let keys: Vec<Value> = rows.iter().filter_map(Model::key).collect();
+    let keys = distinct(keys.iter());
     let mut children = if keys.is_empty() {
         HashMap::new()
     } else {
@@ -143,7 +161,8 @@ pub async fn many_to_many<P: Model, C: Model>(
     rel: &'static RelationDef,
     rows: &[P],
 ) -> Result<Vec<Vec<C>>> {
-    let keys = distinct(rows.iter().filter_map(Model::key));
+    let keys: Vec<Value> = rows.iter().filter_map(Model::key).collect();
+    let keys = distinct(keys.iter());
     if keys.is_empty() {
         return Ok(rows.iter().map(|_| Vec::new()).collect());
     }
@@ -155,11 +174,7 @@ pub async fn many_to_many<P: Model, C: Model>(
         .index(rel.foreign_key)
         .run()
         .await?;
-    let others = distinct(
-        links
-            .iter()
-            .filter_map(|l| l.get(rel.association_key).cloned()),
-    );
+    let others = distinct(links.iter().filter_map(|l| l.get(rel.association_key)));
     let related = if others.is_empty() {
         HashMap::new()
     } else {
@@ -181,7 +196,7 @@ pub async fn many_to_many<P: Model, C: Model>(
                 .flatten()
                 .filter_map(|l| l.get(rel.association_key))
                 .filter_map(|o| related.get(&key_text(o)))
-                .map(|docs| codec::decode::<C>(docs[0].clone()))
+                .map(|docs| codec::decode_ref::<C>(&docs[0]))
                 .collect()
         })
         .collect()
