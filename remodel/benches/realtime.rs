@@ -891,8 +891,9 @@ mod model_figures {
             email: format!("member{i}@starfleet.example"),
             score: i % 1000,
             rank: "lieutenant".into(),
-            bio: "Served on several ships of the line; fond of Earl Grey, hot, and holodeck novels."
-                .into(),
+            bio:
+                "Served on several ships of the line; fond of Earl Grey, hot, and holodeck novels."
+                    .into(),
             starship_id: ship,
         }
     }
@@ -910,7 +911,9 @@ mod model_figures {
                 let begin = Instant::now();
                 rt.block_on(async {
                     for i in 0..n {
-                        raw.insert(member(base + i, None).to_json().unwrap()).await.unwrap();
+                        raw.insert(member(base + i, None).to_json().unwrap())
+                            .await
+                            .unwrap();
                     }
                 });
                 n as f64 / begin.elapsed().as_secs_f64()
@@ -966,10 +969,13 @@ mod model_figures {
             create_schema(&db).await.unwrap();
             let mut out = Vec::new();
             for i in 0..1000 {
-                let ship = Starship { id: None, name: format!("ship {i}") }
-                    .create(&db)
-                    .await
-                    .unwrap();
+                let ship = Starship {
+                    id: None,
+                    name: format!("ship {i}"),
+                }
+                .create(&db)
+                .await
+                .unwrap();
                 out.push(member(i, ship.id.clone()).create(&db).await.unwrap());
             }
             out
@@ -1004,17 +1010,29 @@ mod model_figures {
             create_schema(&watched).await.unwrap();
             let mut feeds: Vec<ModelFeed<Crewmember>> = Vec::with_capacity(10_000);
             for i in 0..10_000 {
-                let ship = Starship { id: None, name: format!("ship {i}") }
-                    .create(&watched)
-                    .await
-                    .unwrap();
-                feeds.push(ship.crewmembers(&watched).changes().await.unwrap());
-            }
-            let a = Starship { id: None, name: "plain".into() }.create(&plain).await.unwrap();
-            let b = Starship { id: None, name: "unwatched".into() }
+                let ship = Starship {
+                    id: None,
+                    name: format!("ship {i}"),
+                }
                 .create(&watched)
                 .await
                 .unwrap();
+                feeds.push(ship.crewmembers(&watched).changes().await.unwrap());
+            }
+            let a = Starship {
+                id: None,
+                name: "plain".into(),
+            }
+            .create(&plain)
+            .await
+            .unwrap();
+            let b = Starship {
+                id: None,
+                name: "unwatched".into(),
+            }
+            .create(&watched)
+            .await
+            .unwrap();
             (a, b, feeds)
         });
         let mut feeds = Pairs::default();
@@ -1023,7 +1041,10 @@ mod model_figures {
                 let begin = Instant::now();
                 rt.block_on(async {
                     for i in 0..n {
-                        member(rep * n + i, ship.id.clone()).create(db).await.unwrap();
+                        member(rep * n + i, ship.id.clone())
+                            .create(db)
+                            .await
+                            .unwrap();
                     }
                 });
                 n as f64 / begin.elapsed().as_secs_f64()

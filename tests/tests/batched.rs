@@ -23,7 +23,12 @@ struct Crewmember {
 }
 
 async fn reads_of(db: &Database, table: &str) -> u64 {
-    let rows = db.stats().filter(field("table").eq(table)).run().await.unwrap();
+    let rows = db
+        .stats()
+        .filter(field("table").eq(table))
+        .run()
+        .await
+        .unwrap();
     rows[0]["reads_total"].as_u64().unwrap()
 }
 
@@ -39,7 +44,10 @@ async fn batched_loading_takes_a_constant_number_of_queries() -> remodel::Result
     let mut batch = db.batch();
     for i in 0..1000 {
         let id = Id::generate();
-        batch = batch.insert("starships", serde_json::json!({"id": id, "name": format!("ship {i}")}));
+        batch = batch.insert(
+            "starships",
+            serde_json::json!({"id": id, "name": format!("ship {i}")}),
+        );
         batch = batch.insert(
             "crewmembers",
             serde_json::json!({"id": format!("captain {i}"), "name": format!("captain {i}"), "starship_id": id}),
@@ -66,7 +74,11 @@ async fn batched_loading_takes_a_constant_number_of_queries() -> remodel::Result
     let ship_reads = reads_of(&db, "starships").await;
     let loaded = Crewmember::load_starship(&db, &captains).await?;
     assert_eq!(store_queries() - before, 1);
-    assert_eq!(reads_of(&db, "starships").await - ship_reads, 1000, "each ship read once");
+    assert_eq!(
+        reads_of(&db, "starships").await - ship_reads,
+        1000,
+        "each ship read once"
+    );
     for (c, s) in captains.iter().zip(&loaded) {
         assert_eq!(s.as_ref().unwrap().id, c.starship_id);
     }

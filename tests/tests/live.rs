@@ -54,21 +54,39 @@ async fn quiet<T: Model + std::fmt::Debug>(feed: &mut ModelFeed<T>) {
 }
 
 fn member(name: &str, rank: &str) -> Crewmember {
-    Crewmember { id: None, name: name.into(), rank: rank.into(), starship_id: None }
+    Crewmember {
+        id: None,
+        name: name.into(),
+        rank: rank.into(),
+        starship_id: None,
+    }
 }
 
 async fn setup() -> remodel::Result<(Database, Starship, Starship)> {
     let db = Database::temporary().await?;
     create_schema(&db).await?;
-    let voyager = Starship { id: None, name: "Voyager".into() }.create(&db).await?;
-    let defiant = Starship { id: None, name: "Defiant".into() }.create(&db).await?;
+    let voyager = Starship {
+        id: None,
+        name: "Voyager".into(),
+    }
+    .create(&db)
+    .await?;
+    let defiant = Starship {
+        id: None,
+        name: "Defiant".into(),
+    }
+    .create(&db)
+    .await?;
     Ok((db, voyager, defiant))
 }
 
 #[tokio::test]
 async fn table_and_instance_feeds() -> remodel::Result<()> {
     let (db, voyager, _) = setup().await?;
-    let mut table = Starship::changes(&db).include_initial(true).include_states(true).await?;
+    let mut table = Starship::changes(&db)
+        .include_initial(true)
+        .include_states(true)
+        .await?;
     let mut one = voyager.watch(&db).include_types(true).await?;
     let first = next(&mut table).await?;
     assert_eq!(first.state, Some(FeedState::Initializing));
@@ -92,11 +110,19 @@ async fn table_and_instance_feeds() -> remodel::Result<()> {
     let t = next(&mut table).await?;
     assert_eq!(t.new.unwrap().name, "USS Voyager");
 
-    Starship { id: None, name: "Enterprise".into() }.create(&db).await?;
+    Starship {
+        id: None,
+        name: "Enterprise".into(),
+    }
+    .create(&db)
+    .await?;
     assert_eq!(next(&mut table).await?.kind, ChangeKind::Add);
     quiet(&mut one).await;
 
-    let unsaved = Starship { id: None, name: "Phoenix".into() };
+    let unsaved = Starship {
+        id: None,
+        name: "Phoenix".into(),
+    };
     assert!(matches!(
         unsaved.watch(&db).await.unwrap_err().as_model(),
         Some(ModelError::NotSaved { .. })
@@ -108,8 +134,15 @@ async fn table_and_instance_feeds() -> remodel::Result<()> {
 async fn has_many_feed_sees_members_move_in_and_out() -> remodel::Result<()> {
     let (db, voyager, defiant) = setup().await?;
     let mut v_feed = voyager.crewmembers(&db).changes().await?;
-    let mut d_feed = defiant.crewmembers(&db).changes().include_initial(true).await?;
-    let mut worf = defiant.crewmembers(&db).create(member("Worf", "lieutenant")).await?;
+    let mut d_feed = defiant
+        .crewmembers(&db)
+        .changes()
+        .include_initial(true)
+        .await?;
+    let mut worf = defiant
+        .crewmembers(&db)
+        .create(member("Worf", "lieutenant"))
+        .await?;
     assert_eq!(next(&mut d_feed).await?.new.unwrap().name, "Worf");
     quiet(&mut v_feed).await;
 
@@ -135,7 +168,11 @@ async fn has_many_feed_sees_members_move_in_and_out() -> remodel::Result<()> {
 async fn has_one_and_belongs_to_feeds() -> remodel::Result<()> {
     let (db, voyager, _) = setup().await?;
     let mut captain_feed = voyager.captain(&db).changes().await?;
-    let mut janeway = Captain { id: None, name: "Janeway".into(), starship_id: None };
+    let mut janeway = Captain {
+        id: None,
+        name: "Janeway".into(),
+        starship_id: None,
+    };
     voyager.captain(&db).set(&mut janeway).await?;
     let c = next(&mut captain_feed).await?;
     assert_eq!(c.new.unwrap().name, "Janeway");
@@ -146,9 +183,18 @@ async fn has_one_and_belongs_to_feeds() -> remodel::Result<()> {
     let c = next(&mut ship_feed).await?;
     assert_eq!(c.new.unwrap().name, "Voyager-A");
 
-    let drifter = Captain { id: None, name: "Nobody".into(), starship_id: None };
+    let drifter = Captain {
+        id: None,
+        name: "Nobody".into(),
+        starship_id: None,
+    };
     assert!(matches!(
-        drifter.starship(&db).changes().await.unwrap_err().as_model(),
+        drifter
+            .starship(&db)
+            .changes()
+            .await
+            .unwrap_err()
+            .as_model(),
         Some(ModelError::NoOwner { .. })
     ));
     Ok(())
@@ -158,8 +204,21 @@ async fn has_one_and_belongs_to_feeds() -> remodel::Result<()> {
 async fn a_top_five_leaderboard_feed() -> remodel::Result<()> {
     let db = Database::temporary().await?;
     create_schema(&db).await?;
-    for (p, s) in [("ana", 10), ("bo", 20), ("cy", 30), ("di", 40), ("ed", 50), ("fy", 5)] {
-        Score { id: None, player: p.into(), points: s }.create(&db).await?;
+    for (p, s) in [
+        ("ana", 10),
+        ("bo", 20),
+        ("cy", 30),
+        ("di", 40),
+        ("ed", 50),
+        ("fy", 5),
+    ] {
+        Score {
+            id: None,
+            player: p.into(),
+            points: s,
+        }
+        .create(&db)
+        .await?;
     }
     let f = Score::fields();
     let mut top = Score::query(&db)
@@ -178,7 +237,13 @@ async fn a_top_five_leaderboard_feed() -> remodel::Result<()> {
     assert_eq!(players(&board), ["ed", "di", "cy", "bo", "ana"]);
 
     // A score entering the top five evicts the last one.
-    Score { id: None, player: "gus".into(), points: 45 }.create(&db).await?;
+    Score {
+        id: None,
+        player: "gus".into(),
+        points: 45,
+    }
+    .create(&db)
+    .await?;
     let c = next(&mut top).await?;
     assert_eq!(c.old.as_ref().unwrap().player, "ana");
     assert_eq!(c.new.as_ref().unwrap().player, "gus");
@@ -187,7 +252,13 @@ async fn a_top_five_leaderboard_feed() -> remodel::Result<()> {
     assert_eq!(players(&board), ["ed", "gus", "di", "cy", "bo"]);
 
     // A write below the boundary is not reported.
-    Score { id: None, player: "hal".into(), points: 1 }.create(&db).await?;
+    Score {
+        id: None,
+        player: "hal".into(),
+        points: 1,
+    }
+    .create(&db)
+    .await?;
     quiet(&mut top).await;
     Ok(())
 }
@@ -201,7 +272,10 @@ async fn query_feeds_with_options_and_lazy_decoding() -> remodel::Result<()> {
         .squash(true)
         .queue_size(1000)
         .await?;
-    let mut kim = voyager.crewmembers(&db).create(member("Kim", "ensign")).await?;
+    let mut kim = voyager
+        .crewmembers(&db)
+        .create(member("Kim", "ensign"))
+        .await?;
     kim.update(&db, |m| m.name = "Harry Kim".into()).await?;
     // Squashed: one add with the newest value (the consumer was not reading).
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -219,7 +293,10 @@ async fn query_feeds_with_options_and_lazy_decoding() -> remodel::Result<()> {
         }
         other => panic!("expected a decode error, got {other:?}"),
     }
-    voyager.crewmembers(&db).create(member("Rollins", "ensign")).await?;
+    voyager
+        .crewmembers(&db)
+        .create(member("Rollins", "ensign"))
+        .await?;
     assert_eq!(next(&mut ensigns).await?.new.unwrap().name, "Rollins");
     Ok(())
 }
@@ -231,17 +308,27 @@ async fn many_relation_feeds_only_receive_their_own_rows() -> remodel::Result<()
     let mut ships = Vec::new();
     let mut feeds = Vec::new();
     for i in 0..50 {
-        let s = Starship { id: None, name: format!("ship {i}") }.create(&db).await?;
+        let s = Starship {
+            id: None,
+            name: format!("ship {i}"),
+        }
+        .create(&db)
+        .await?;
         feeds.push(s.crewmembers(&db).changes().await?);
         ships.push(s);
     }
-    ships[7].crewmembers(&db).create(member("Seven", "ensign")).await?;
+    ships[7]
+        .crewmembers(&db)
+        .create(member("Seven", "ensign"))
+        .await?;
     let c = next(&mut feeds[7]).await?;
     assert_eq!(c.new.unwrap().name, "Seven");
     for (i, f) in feeds.iter_mut().enumerate() {
         if i != 7 {
             assert!(
-                tokio::time::timeout(Duration::from_millis(5), f.next()).await.is_err(),
+                tokio::time::timeout(Duration::from_millis(5), f.next())
+                    .await
+                    .is_err(),
                 "feed {i} got another ship's change"
             );
         }

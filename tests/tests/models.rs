@@ -42,7 +42,10 @@ struct Toy {
 
 /// A custom table and primary key, and a compound index.
 #[derive(Model, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[remodel(table = "registry", index(name = "class_number", fields(class, number)))]
+#[remodel(
+    table = "registry",
+    index(name = "class_number", fields(class, number))
+)]
 struct Registration {
     #[remodel(primary_key)]
     code: String,
@@ -64,7 +67,10 @@ struct Log {
 
 impl Callbacks for Log {
     fn before_save(&mut self) -> remodel::Result<()> {
-        EVENTS.lock().unwrap().push(format!("before_save {}", self.text));
+        EVENTS
+            .lock()
+            .unwrap()
+            .push(format!("before_save {}", self.text));
         if self.text.contains("forbidden") {
             return Err(ModelError::Rejected("forbidden text".into()).into());
         }
@@ -72,17 +78,26 @@ impl Callbacks for Log {
         Ok(())
     }
     fn after_save(&self) {
-        EVENTS.lock().unwrap().push(format!("after_save {}", self.text));
+        EVENTS
+            .lock()
+            .unwrap()
+            .push(format!("after_save {}", self.text));
     }
     fn before_delete(&self) -> remodel::Result<()> {
-        EVENTS.lock().unwrap().push(format!("before_delete {}", self.text));
+        EVENTS
+            .lock()
+            .unwrap()
+            .push(format!("before_delete {}", self.text));
         if self.text == "keep" {
             return Err(ModelError::Rejected("kept".into()).into());
         }
         Ok(())
     }
     fn after_delete(&self) {
-        EVENTS.lock().unwrap().push(format!("after_delete {}", self.text));
+        EVENTS
+            .lock()
+            .unwrap()
+            .push(format!("after_delete {}", self.text));
     }
     fn after_load(&mut self) {
         // Runs with every field set: it can read them.
@@ -116,7 +131,10 @@ fn naming_rules() {
     assert_eq!(FavoriteCub::schema().table, "favorite_cubs");
     assert_eq!(Toy::schema().table, "toys");
     assert_eq!(Toy::schema().relations[0].foreign_key, "favorite_cub_id");
-    assert_eq!(FavoriteCub::schema().relations[0].foreign_key, "favorite_cub_id");
+    assert_eq!(
+        FavoriteCub::schema().relations[0].foreign_key,
+        "favorite_cub_id"
+    );
     assert_eq!(FavoriteCub::schema().relations[0].accessor, "toys");
     assert_eq!(Toy::schema().relations[0].accessor, "favorite_cub");
     assert_eq!(Registration::schema().table, "registry");
@@ -139,7 +157,13 @@ async fn crud() -> remodel::Result<()> {
 
     odo.update(&db, |p| p.address.city = "DS9".into()).await?;
     let stored = Person::get(&db, key.clone()).await?.unwrap();
-    assert_eq!(stored.address, Address { city: "DS9".into(), zip: "00000".into() });
+    assert_eq!(
+        stored.address,
+        Address {
+            city: "DS9".into(),
+            zip: "00000".into()
+        }
+    );
 
     // save of a new model inserts it.
     let mut quark = person("Quark", 40, "Ferenginar");
@@ -164,9 +188,13 @@ async fn custom_primary_key_and_compound_index() -> remodel::Result<()> {
     let db = db().await?;
     assert_eq!(db.table("registry").primary_key()?, "code");
     assert_eq!(db.table("registry").index_names()?, ["class_number"]);
-    let r = Registration { code: "NCC-1701".into(), class: "Constitution".into(), number: 1701 }
-        .create(&db)
-        .await?;
+    let r = Registration {
+        code: "NCC-1701".into(),
+        class: "Constitution".into(),
+        number: 1701,
+    }
+    .create(&db)
+    .await?;
     assert_eq!(Registration::get(&db, "NCC-1701").await?, Some(r));
     let by_compound = Registration::table(&db)
         .get_all([json!(["Constitution", 1701])])
@@ -180,7 +208,11 @@ async fn custom_primary_key_and_compound_index() -> remodel::Result<()> {
 #[tokio::test]
 async fn typed_queries_use_indexes() -> remodel::Result<()> {
     let db = db().await?;
-    for (n, age, city) in [("Odo", 300, "Bajor"), ("Kira", 30, "Bajor"), ("Rom", 45, "Ferenginar")] {
+    for (n, age, city) in [
+        ("Odo", 300, "Bajor"),
+        ("Kira", 30, "Bajor"),
+        ("Rom", 45, "Ferenginar"),
+    ] {
         person(n, age, city).create(&db).await?;
     }
     let f = Person::fields();
@@ -195,8 +227,15 @@ async fn typed_queries_use_indexes() -> remodel::Result<()> {
         .order_by(f.age.asc())
         .run()
         .await?;
-    assert_eq!(bajorans.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["Kira", "Odo"]);
-    let oldest = Person::query(&db).order_by(f.age.desc()).limit(1).first().await?;
+    assert_eq!(
+        bajorans.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+        ["Kira", "Odo"]
+    );
+    let oldest = Person::query(&db)
+        .order_by(f.age.desc())
+        .limit(1)
+        .first()
+        .await?;
     assert_eq!(oldest.unwrap().name, "Odo");
     let json_rows = Person::filter(&db, f.age.lt(50)).json().await?;
     assert_eq!(json_rows.len(), 2);
@@ -208,7 +247,11 @@ async fn typed_queries_use_indexes() -> remodel::Result<()> {
     assert_eq!(Person::find(&db, f.name.eq("Rom")).await?.unwrap().age, 45);
     assert_eq!(Person::find(&db, f.name.eq("Worf")).await?, None);
     // The raw query builder of the model's table, read back as models.
-    let grouped = Person::table(&db).query().group("address.city").count().await?;
+    let grouped = Person::table(&db)
+        .query()
+        .group("address.city")
+        .count()
+        .await?;
     assert_eq!(grouped.len(), 2);
     Ok(())
 }
@@ -220,15 +263,30 @@ async fn a_document_that_does_not_fit_names_table_key_and_field() -> remodel::Re
         .insert(json!({"id": "bad", "name": "Garak", "age": "unknown", "tags": [], "address": {"city": "Cardassia", "zip": "1"}}))
         .await?;
     db.table("people")
-        .insert(json!({"id": "partial", "name": "Weyoun", "tags": [], "address": {"city": "Kurill"}}))
+        .insert(
+            json!({"id": "partial", "name": "Weyoun", "tags": [], "address": {"city": "Kurill"}}),
+        )
         .await?;
-    match Person::get(&db, "bad").await.as_ref().map_err(Error::as_model) {
-        Err(Some(ModelError::Decode { table, key, field, .. })) => {
-            assert_eq!((table.as_str(), key, field.as_str()), ("people", &json!("bad"), "age"));
+    match Person::get(&db, "bad")
+        .await
+        .as_ref()
+        .map_err(Error::as_model)
+    {
+        Err(Some(ModelError::Decode {
+            table, key, field, ..
+        })) => {
+            assert_eq!(
+                (table.as_str(), key, field.as_str()),
+                ("people", &json!("bad"), "age")
+            );
         }
         other => panic!("expected a decode error, got {other:?}"),
     }
-    match Person::get(&db, "partial").await.as_ref().map_err(Error::as_model) {
+    match Person::get(&db, "partial")
+        .await
+        .as_ref()
+        .map_err(Error::as_model)
+    {
         Err(Some(ModelError::Decode { key, field, .. })) => {
             assert_eq!(key, &json!("partial"));
             assert!(field == "age" || field == "address.zip", "{field}");
@@ -253,7 +311,9 @@ async fn save_and_update_keep_fields_the_struct_does_not_know() -> remodel::Resu
     assert_eq!(raw["emissary"], true);
     assert_eq!(raw["age"], 41);
     sisko.update(&db, |p| p.tags.push("captain".into())).await?;
-    sisko.update(&db, |p| p.address.zip = "70113".into()).await?;
+    sisko
+        .update(&db, |p| p.address.zip = "70113".into())
+        .await?;
     let raw = db.table("people").get("sisko").await?.unwrap();
     assert_eq!(raw["emissary"], true);
     assert_eq!(raw["tags"], json!(["captain"]));
@@ -287,20 +347,38 @@ async fn get_or_create_creates_one_row_under_concurrency() -> remodel::Result<()
 }
 
 #[tokio::test]
-async fn a_relation_to_an_unlisted_model_is_an_error_when_the_schema_is_created() -> remodel::Result<()> {
+async fn a_relation_to_an_unlisted_model_is_an_error_when_the_schema_is_created(
+) -> remodel::Result<()> {
     let db = Database::temporary().await?;
-    let err = SchemaSet::new().with::<Toy>().create(&db).await.unwrap_err();
+    let err = SchemaSet::new()
+        .with::<Toy>()
+        .create(&db)
+        .await
+        .unwrap_err();
     match err.as_model() {
-        Some(ModelError::Unregistered { model, referenced_by, relation }) => {
-            assert_eq!((model.as_str(), referenced_by.as_str(), relation.as_str()), ("FavoriteCub", "Toy", "favorite_cub"));
+        Some(ModelError::Unregistered {
+            model,
+            referenced_by,
+            relation,
+        }) => {
+            assert_eq!(
+                (model.as_str(), referenced_by.as_str(), relation.as_str()),
+                ("FavoriteCub", "Toy", "favorite_cub")
+            );
         }
         other => panic!("{other:?}"),
     }
     assert!(db.table_names()?.is_empty(), "nothing was created");
     // Every registered model is in the registry.
-    let registered: Vec<&str> = remodel::model::registered().iter().map(|s| s.model).collect();
+    let registered: Vec<&str> = remodel::model::registered()
+        .iter()
+        .map(|s| s.model)
+        .collect();
     for m in ["Person", "FavoriteCub", "Toy", "Registration", "Log"] {
-        assert!(registered.contains(&m), "{m} not registered: {registered:?}");
+        assert!(
+            registered.contains(&m),
+            "{m} not registered: {registered:?}"
+        );
     }
     Ok(())
 }
@@ -309,28 +387,46 @@ async fn a_relation_to_an_unlisted_model_is_an_error_when_the_schema_is_created(
 async fn callbacks_run_in_order_and_before_hooks_abort() -> remodel::Result<()> {
     let db = db().await?;
     EVENTS.lock().unwrap().clear();
-    let mut log = Log { id: None, text: "  hello ".into(), loaded_with: String::new() }
-        .create(&db)
-        .await?;
+    let mut log = Log {
+        id: None,
+        text: "  hello ".into(),
+        loaded_with: String::new(),
+    }
+    .create(&db)
+    .await?;
     assert_eq!(log.text, "hello", "before_save may change the model");
-    let err = Log { id: None, text: "forbidden".into(), loaded_with: String::new() }
-        .create(&db)
-        .await
-        .unwrap_err();
+    let err = Log {
+        id: None,
+        text: "forbidden".into(),
+        loaded_with: String::new(),
+    }
+    .create(&db)
+    .await
+    .unwrap_err();
     assert!(matches!(err.as_model(), Some(ModelError::Rejected(_))));
     assert_eq!(Log::count(&db).await?, 1, "a refused save writes nothing");
 
-    let err = log.update(&db, |l| l.text = "forbidden now".into()).await.unwrap_err();
+    let err = log
+        .update(&db, |l| l.text = "forbidden now".into())
+        .await
+        .unwrap_err();
     assert!(matches!(err.as_model(), Some(ModelError::Rejected(_))));
     let stored = Log::get(&db, log.id.clone().unwrap()).await?.unwrap();
     assert_eq!(stored.text, "hello", "a refused update writes nothing");
     assert_eq!(stored.loaded_with, "hello", "after_load sees every field");
 
-    let keep = Log { id: None, text: "keep".into(), loaded_with: String::new() }
-        .create(&db)
-        .await?;
+    let keep = Log {
+        id: None,
+        text: "keep".into(),
+        loaded_with: String::new(),
+    }
+    .create(&db)
+    .await?;
     assert!(keep.delete(&db).await.is_err());
-    assert!(Log::get(&db, keep.id.clone().unwrap()).await?.is_some(), "a refused delete deletes nothing");
+    assert!(
+        Log::get(&db, keep.id.clone().unwrap()).await?.is_some(),
+        "a refused delete deletes nothing"
+    );
     stored.delete(&db).await?;
     let events = EVENTS.lock().unwrap().clone();
     assert_eq!(

@@ -83,8 +83,18 @@ fn names(rows: &[Crewmember]) -> BTreeSet<String> {
 async fn setup() -> remodel::Result<(Database, Starship, Starship)> {
     let db = Database::temporary().await?;
     create_schema(&db).await?;
-    let a = Starship { id: None, name: "Voyager".into() }.create(&db).await?;
-    let b = Starship { id: None, name: "Defiant".into() }.create(&db).await?;
+    let a = Starship {
+        id: None,
+        name: "Voyager".into(),
+    }
+    .create(&db)
+    .await?;
+    let b = Starship {
+        id: None,
+        name: "Defiant".into(),
+    }
+    .create(&db)
+    .await?;
     Ok((db, a, b))
 }
 
@@ -95,12 +105,17 @@ async fn setup() -> remodel::Result<(Database, Starship, Starship)> {
 async fn no_global_connection_two_databases_stay_apart() -> remodel::Result<()> {
     let (db1, ship1, _) = setup().await?;
     let db2 = Database::temporary().await?;
-    assert!(db2.table_names()?.is_empty(), "creating db1's schema touched nothing else");
+    assert!(
+        db2.table_names()?.is_empty(),
+        "creating db1's schema touched nothing else"
+    );
     create_schema(&db2).await?;
     ship1.crewmembers(&db1).create(crew("Janeway")).await?;
     assert_eq!(Crewmember::count(&db1).await?, 1);
     assert_eq!(Crewmember::count(&db2).await?, 0);
-    assert!(Starship::get(&db2, ship1.id.clone().unwrap()).await?.is_none());
+    assert!(Starship::get(&db2, ship1.id.clone().unwrap())
+        .await?
+        .is_none());
     Ok(())
 }
 
@@ -113,7 +128,10 @@ async fn many_to_many_remove_detaches_from_this_parent_only() -> remodel::Result
     b.away_team(&db).add(&mut tuvok).await?;
     assert_eq!(a.away_team(&db).remove(&tuvok).await?, 1);
     assert!(a.away_team(&db).all().await?.is_empty());
-    assert_eq!(names(&b.away_team(&db).all().await?), BTreeSet::from(["Tuvok".to_string()]));
+    assert_eq!(
+        names(&b.away_team(&db).all().await?),
+        BTreeSet::from(["Tuvok".to_string()])
+    );
     Ok(())
 }
 
@@ -144,7 +162,10 @@ async fn relation_lookups_read_through_the_foreign_key_index() -> remodel::Resul
     b.crewmembers(&db).add(&mut many).await?;
     a.crewmembers(&db).create(crew("Kim")).await?;
     let q = a.crewmembers(&db).query().raw()?;
-    assert!(format!("{q:?}").contains("index: Some(\"starship_id\")"), "{q:?}");
+    assert!(
+        format!("{q:?}").contains("index: Some(\"starship_id\")"),
+        "{q:?}"
+    );
     let reads = || async {
         let rows = db
             .stats()
@@ -179,21 +200,46 @@ async fn detaching_children_is_one_commit() -> remodel::Result<()> {
         seqs.push(c.seq.unwrap());
     }
     seqs.sort();
-    assert_eq!(seqs[99] - seqs[0], 99, "one commit numbers its changes consecutively");
+    assert_eq!(
+        seqs[99] - seqs[0],
+        99,
+        "one commit numbers its changes consecutively"
+    );
 
     // All or nothing: a restricting relation refuses the delete, and the students that the
     // same delete would have nullified keep their school.
     let school = School { id: None }.create(&db).await?;
-    let mut students: Vec<Student> = (0..50).map(|_| Student { id: None, school_id: None }).collect();
+    let mut students: Vec<Student> = (0..50)
+        .map(|_| Student {
+            id: None,
+            school_id: None,
+        })
+        .collect();
     school.students(&db).add(&mut students).await?;
-    let mut teacher = school.teachers(&db).create(Teacher { id: None, school_id: None }).await?;
+    let mut teacher = school
+        .teachers(&db)
+        .create(Teacher {
+            id: None,
+            school_id: None,
+        })
+        .await?;
     let err = school.delete(&db).await.unwrap_err();
     assert!(matches!(err, Error::Precondition(_)), "{err}");
     assert_eq!(school.students(&db).count().await?, 50);
-    assert!(School::get(&db, school.id.clone().unwrap()).await?.is_some());
-    school.teachers(&db).remove(std::slice::from_mut(&mut teacher)).await?;
+    assert!(School::get(&db, school.id.clone().unwrap())
+        .await?
+        .is_some());
+    school
+        .teachers(&db)
+        .remove(std::slice::from_mut(&mut teacher))
+        .await?;
     school.delete(&db).await?;
-    assert_eq!(Student::filter(&db, Student::fields().school_id.is_null()).count().await?, 50);
+    assert_eq!(
+        Student::filter(&db, Student::fields().school_id.is_null())
+            .count()
+            .await?,
+        50
+    );
     Ok(())
 }
 
@@ -202,13 +248,25 @@ async fn detaching_children_is_one_commit() -> remodel::Result<()> {
 #[tokio::test]
 async fn a_refused_replacement_leaves_the_relation_as_it_was() -> remodel::Result<()> {
     let (db, a, _) = setup().await?;
-    a.crewmembers(&db).add(&mut [crew("Janeway"), crew("Chakotay")]).await?;
+    a.crewmembers(&db)
+        .add(&mut [crew("Janeway"), crew("Chakotay")])
+        .await?;
     let mut replacement = vec![crew("Seven"), crew("")];
     let err = a.crewmembers(&db).set(&mut replacement).await.unwrap_err();
-    assert!(matches!(err.as_model(), Some(ModelError::Rejected(_))), "{err}");
+    assert!(
+        matches!(err.as_model(), Some(ModelError::Rejected(_))),
+        "{err}"
+    );
     let kept = names(&a.crewmembers(&db).all().await?);
-    assert_eq!(kept, BTreeSet::from(["Chakotay".to_string(), "Janeway".to_string()]));
-    assert_eq!(Crewmember::count(&db).await?, 2, "Seven was not created either");
+    assert_eq!(
+        kept,
+        BTreeSet::from(["Chakotay".to_string(), "Janeway".to_string()])
+    );
+    assert_eq!(
+        Crewmember::count(&db).await?,
+        2,
+        "Seven was not created either"
+    );
     let err = a.away_team(&db).set(&mut replacement).await.unwrap_err();
     assert!(matches!(err.as_model(), Some(ModelError::Rejected(_))));
     Ok(())
@@ -219,10 +277,19 @@ async fn a_refused_replacement_leaves_the_relation_as_it_was() -> remodel::Resul
 #[tokio::test]
 async fn an_empty_filter_list_matches_nothing() -> remodel::Result<()> {
     let (db, a, _) = setup().await?;
-    a.crewmembers(&db).add(&mut [crew("Janeway"), crew("Tuvok")]).await?;
+    a.crewmembers(&db)
+        .add(&mut [crew("Janeway"), crew("Tuvok")])
+        .await?;
     let f = Crewmember::fields();
-    assert_eq!(Crewmember::filter(&db, f.name.one_of(Vec::<String>::new())).count().await?, 0);
-    assert!(Crewmember::get_many(&db, Vec::<Id>::new()).await?.is_empty());
+    assert_eq!(
+        Crewmember::filter(&db, f.name.one_of(Vec::<String>::new()))
+            .count()
+            .await?,
+        0
+    );
+    assert!(Crewmember::get_many(&db, Vec::<Id>::new())
+        .await?
+        .is_empty());
     assert!(Crewmember::load_starship(&db, &[]).await?.is_empty());
     assert!(Starship::load_crewmembers(&db, &[]).await?.is_empty());
     assert_eq!(a.away_team(&db).remove(&[]).await?, 0);
@@ -241,10 +308,19 @@ async fn after_load_sees_every_field() -> remodel::Result<()> {
     let got = Crewmember::get(&db, m.id.clone().unwrap()).await?.unwrap();
     assert_eq!(got.seen_in_after_load.as_deref(), Some(expected.as_str()));
     let via_relation = a.crewmembers(&db).all().await?;
-    assert_eq!(via_relation[0].seen_in_after_load.as_deref(), Some(expected.as_str()));
+    assert_eq!(
+        via_relation[0].seen_in_after_load.as_deref(),
+        Some(expected.as_str())
+    );
     let via_load = Starship::load_crewmembers(&db, std::slice::from_ref(&a)).await?;
-    assert_eq!(via_load[0][0].seen_in_after_load.as_deref(), Some(expected.as_str()));
+    assert_eq!(
+        via_load[0][0].seen_in_after_load.as_deref(),
+        Some(expected.as_str())
+    );
     let via_feed = feed.next().await.unwrap()?.new.unwrap();
-    assert_eq!(via_feed.seen_in_after_load.as_deref(), Some(expected.as_str()));
+    assert_eq!(
+        via_feed.seen_in_after_load.as_deref(),
+        Some(expected.as_str())
+    );
     Ok(())
 }

@@ -117,8 +117,18 @@ fn names<T>(rows: &[T], f: impl Fn(&T) -> &str) -> Vec<String> {
 async fn setup() -> remodel::Result<(Database, Starship, Starship)> {
     let db = Database::temporary().await?;
     create_schema(&db).await?;
-    let voyager = Starship { id: None, name: "Voyager".into() }.create(&db).await?;
-    let defiant = Starship { id: None, name: "Defiant".into() }.create(&db).await?;
+    let voyager = Starship {
+        id: None,
+        name: "Voyager".into(),
+    }
+    .create(&db)
+    .await?;
+    let defiant = Starship {
+        id: None,
+        name: "Defiant".into(),
+    }
+    .create(&db)
+    .await?;
     Ok((db, voyager, defiant))
 }
 
@@ -127,10 +137,23 @@ async fn schema_creates_foreign_key_indexes_and_join_tables() -> remodel::Result
     let (db, _, _) = setup().await?;
     let tables = db.table_names()?;
     for t in [
-        "starships", "crewmembers", "crewmembers_starships", "people", "people_people", "fleets",
-        "vessels", "decks", "academies", "cadets", "stations", "commanders",
+        "starships",
+        "crewmembers",
+        "crewmembers_starships",
+        "people",
+        "people_people",
+        "fleets",
+        "vessels",
+        "decks",
+        "academies",
+        "cadets",
+        "stations",
+        "commanders",
     ] {
-        assert!(tables.contains(&t.to_string()), "missing table {t}: {tables:?}");
+        assert!(
+            tables.contains(&t.to_string()),
+            "missing table {t}: {tables:?}"
+        );
     }
     assert_eq!(
         db.table("crewmembers").index_names()?,
@@ -159,30 +182,38 @@ async fn has_many_all_filter_get_count_create_add_remove_clear() -> remodel::Res
     let crew_v = voyager.crewmembers(&db);
     let mut members = vec![crew("Janeway", "human"), crew("Tuvok", "vulcan")];
     crew_v.add(&mut members).await?;
-    assert!(members.iter().all(|m| m.id.is_some() && m.starship_id == voyager.id));
+    assert!(members
+        .iter()
+        .all(|m| m.id.is_some() && m.starship_id == voyager.id));
     let kes = crew_v.create(crew("Kes", "ocampa")).await?;
     assert_eq!(crew_v.count().await?, 3);
-    assert_eq!(names(&crew_v.all().await?, |m| &m.name), ["Janeway", "Kes", "Tuvok"]);
+    assert_eq!(
+        names(&crew_v.all().await?, |m| &m.name),
+        ["Janeway", "Kes", "Tuvok"]
+    );
     let f = Crewmember::fields();
     let vulcans = crew_v.filter(f.species.eq("vulcan")).run().await?;
     assert_eq!(names(&vulcans, |m| &m.name), ["Tuvok"]);
 
     // get: only this parent's children.
-    let mut sisko = defiant.crewmembers(&db).create(crew("Sisko", "human")).await?;
+    let mut sisko = defiant
+        .crewmembers(&db)
+        .create(crew("Sisko", "human"))
+        .await?;
     assert!(crew_v.get(kes.id.clone().unwrap()).await?.is_some());
     assert!(crew_v.get(sisko.id.clone().unwrap()).await?.is_none());
 
     // remove only detaches rows of this parent.
-    let detached = crew_v
-        .remove(std::slice::from_mut(&mut sisko))
-        .await?;
+    let detached = crew_v.remove(std::slice::from_mut(&mut sisko)).await?;
     assert_eq!(detached, 0);
     assert_eq!(sisko.starship_id, defiant.id);
     assert_eq!(defiant.crewmembers(&db).count().await?, 1);
     let mut tuvok = members.pop().unwrap();
     assert_eq!(crew_v.remove(std::slice::from_mut(&mut tuvok)).await?, 1);
     assert_eq!(tuvok.starship_id, None);
-    let stored = Crewmember::get(&db, tuvok.id.clone().unwrap()).await?.unwrap();
+    let stored = Crewmember::get(&db, tuvok.id.clone().unwrap())
+        .await?
+        .unwrap();
     assert_eq!(stored.starship_id, None);
 
     // clear detaches all, deletes none.
@@ -200,8 +231,13 @@ async fn has_many_set_replaces_the_children_atomically() -> remodel::Result<()> 
     crew_v.add(&mut old).await?;
     let mut new = vec![old[0].clone(), crew("Seven", "human")];
     crew_v.set(&mut new).await?;
-    assert_eq!(names(&crew_v.all().await?, |m| &m.name), ["Janeway", "Seven"]);
-    let neelix = Crewmember::get(&db, old[1].id.clone().unwrap()).await?.unwrap();
+    assert_eq!(
+        names(&crew_v.all().await?, |m| &m.name),
+        ["Janeway", "Seven"]
+    );
+    let neelix = Crewmember::get(&db, old[1].id.clone().unwrap())
+        .await?
+        .unwrap();
     assert_eq!(neelix.starship_id, None);
     Ok(())
 }
@@ -220,9 +256,15 @@ async fn belongs_to_fetches_sets_and_reports_unsaved_owners() -> remodel::Result
     assert_eq!(voyager.crewmembers(&db).count().await?, 1);
     assert_eq!(defiant.crewmembers(&db).count().await?, 0);
 
-    let unsaved = Starship { id: None, name: "Phoenix".into() };
+    let unsaved = Starship {
+        id: None,
+        name: "Phoenix".into(),
+    };
     let err = member.set_starship(Some(&unsaved)).unwrap_err();
-    assert!(matches!(err.as_model(), Some(ModelError::NotSaved { .. })), "{err}");
+    assert!(
+        matches!(err.as_model(), Some(ModelError::NotSaved { .. })),
+        "{err}"
+    );
     member.set_starship(None)?;
     assert_eq!(member.starship_id, None);
     Ok(())
@@ -231,12 +273,25 @@ async fn belongs_to_fetches_sets_and_reports_unsaved_owners() -> remodel::Result
 #[tokio::test]
 async fn relation_handles_need_a_saved_parent() -> remodel::Result<()> {
     let (db, _, _) = setup().await?;
-    let unsaved = Starship { id: None, name: "Phoenix".into() };
+    let unsaved = Starship {
+        id: None,
+        name: "Phoenix".into(),
+    };
     let not_saved = |e: Error| matches!(e.as_model(), Some(ModelError::NotSaved { operation, .. }) if operation == "crewmembers");
     assert!(not_saved(unsaved.crewmembers(&db).all().await.unwrap_err()));
-    assert!(not_saved(unsaved.crewmembers(&db).count().await.unwrap_err()));
-    assert!(not_saved(unsaved.crewmembers(&db).create(crew("X", "y")).await.unwrap_err()));
-    assert!(not_saved(unsaved.crewmembers(&db).changes().await.unwrap_err()));
+    assert!(not_saved(
+        unsaved.crewmembers(&db).count().await.unwrap_err()
+    ));
+    assert!(not_saved(
+        unsaved
+            .crewmembers(&db)
+            .create(crew("X", "y"))
+            .await
+            .unwrap_err()
+    ));
+    assert!(not_saved(
+        unsaved.crewmembers(&db).changes().await.unwrap_err()
+    ));
     assert!(unsaved.away_team(&db).all().await.is_err());
     assert!(unsaved.delete(&db).await.is_err());
     assert_eq!(Crewmember::count(&db).await?, 0);
@@ -252,9 +307,15 @@ async fn two_relations_to_the_same_model_keep_separate_keys() -> remodel::Result
     let paris = paris.create(&db).await?;
     let kim = defiant.trainees(&db).create(crew("Kim", "human")).await?;
 
-    assert_eq!(names(&voyager.crewmembers(&db).all().await?, |m| &m.name), ["Paris"]);
+    assert_eq!(
+        names(&voyager.crewmembers(&db).all().await?, |m| &m.name),
+        ["Paris"]
+    );
     assert!(voyager.trainees(&db).all().await?.is_empty());
-    assert_eq!(names(&defiant.trainees(&db).all().await?, |m| &m.name), ["Kim", "Paris"]);
+    assert_eq!(
+        names(&defiant.trainees(&db).all().await?, |m| &m.name),
+        ["Kim", "Paris"]
+    );
     assert!(defiant.crewmembers(&db).all().await?.is_empty());
     assert_eq!(paris.starship(&db).await?.unwrap().name, "Voyager");
     assert_eq!(paris.training_ship(&db).await?.unwrap().name, "Defiant");
@@ -271,7 +332,9 @@ async fn two_relations_to_the_same_model_keep_separate_keys() -> remodel::Result
 
     // Deleting Defiant nullifies the training key only.
     defiant.delete(&db).await?;
-    let paris = Crewmember::get(&db, paris.id.clone().unwrap()).await?.unwrap();
+    let paris = Crewmember::get(&db, paris.id.clone().unwrap())
+        .await?
+        .unwrap();
     assert_eq!(paris.training_ship_id, None);
     assert_eq!(paris.starship_id, voyager.id);
     Ok(())
@@ -285,7 +348,9 @@ async fn on_delete_nullify_is_the_default() -> remodel::Result<()> {
         .add(&mut [crew("Janeway", "human"), crew("Chakotay", "human")])
         .await?;
     voyager.delete(&db).await?;
-    assert!(Starship::get(&db, voyager.id.clone().unwrap()).await?.is_none());
+    assert!(Starship::get(&db, voyager.id.clone().unwrap())
+        .await?
+        .is_none());
     let all = Crewmember::all(&db).await?;
     assert_eq!(all.len(), 2);
     assert!(all.iter().all(|m| m.starship_id.is_none()));
@@ -296,14 +361,50 @@ async fn on_delete_nullify_is_the_default() -> remodel::Result<()> {
 async fn on_delete_cascade_deletes_children_and_grandchildren() -> remodel::Result<()> {
     let db = Database::temporary().await?;
     create_schema(&db).await?;
-    let fleet = Fleet { id: None, name: "Seventh".into() }.create(&db).await?;
-    let other = Fleet { id: None, name: "Ninth".into() }.create(&db).await?;
-    let v1 = fleet.vessels(&db).create(Vessel { id: None, name: "A".into(), fleet_id: None }).await?;
-    let v2 = other.vessels(&db).create(Vessel { id: None, name: "B".into(), fleet_id: None }).await?;
-    for n in 1..=3 {
-        v1.decks(&db).create(Deck { id: None, number: n, vessel_id: None }).await?;
+    let fleet = Fleet {
+        id: None,
+        name: "Seventh".into(),
     }
-    v2.decks(&db).create(Deck { id: None, number: 1, vessel_id: None }).await?;
+    .create(&db)
+    .await?;
+    let other = Fleet {
+        id: None,
+        name: "Ninth".into(),
+    }
+    .create(&db)
+    .await?;
+    let v1 = fleet
+        .vessels(&db)
+        .create(Vessel {
+            id: None,
+            name: "A".into(),
+            fleet_id: None,
+        })
+        .await?;
+    let v2 = other
+        .vessels(&db)
+        .create(Vessel {
+            id: None,
+            name: "B".into(),
+            fleet_id: None,
+        })
+        .await?;
+    for n in 1..=3 {
+        v1.decks(&db)
+            .create(Deck {
+                id: None,
+                number: n,
+                vessel_id: None,
+            })
+            .await?;
+    }
+    v2.decks(&db)
+        .create(Deck {
+            id: None,
+            number: 1,
+            vessel_id: None,
+        })
+        .await?;
     fleet.delete(&db).await?;
     assert_eq!(Fleet::count(&db).await?, 1);
     assert_eq!(names(&Vessel::all(&db).await?, |v| &v.name), ["B"]);
@@ -316,16 +417,31 @@ async fn on_delete_cascade_deletes_children_and_grandchildren() -> remodel::Resu
 async fn on_delete_restrict_refuses_and_writes_nothing() -> remodel::Result<()> {
     let db = Database::temporary().await?;
     create_schema(&db).await?;
-    let academy = Academy { id: None, name: "Starfleet Academy".into() }.create(&db).await?;
+    let academy = Academy {
+        id: None,
+        name: "Starfleet Academy".into(),
+    }
+    .create(&db)
+    .await?;
     let mut cadet = academy
         .cadets(&db)
-        .create(Cadet { id: None, name: "Nog".into(), academy_id: None })
+        .create(Cadet {
+            id: None,
+            name: "Nog".into(),
+            academy_id: None,
+        })
         .await?;
     let err = academy.delete(&db).await.unwrap_err();
-    assert!(matches!(err, Error::Precondition(ref why) if why.contains("restrict")), "{err}");
+    assert!(
+        matches!(err, Error::Precondition(ref why) if why.contains("restrict")),
+        "{err}"
+    );
     assert_eq!(Academy::count(&db).await?, 1);
     assert_eq!(academy.cadets(&db).count().await?, 1);
-    academy.cadets(&db).remove(std::slice::from_mut(&mut cadet)).await?;
+    academy
+        .cadets(&db)
+        .remove(std::slice::from_mut(&mut cadet))
+        .await?;
     academy.delete(&db).await?;
     assert_eq!(Academy::count(&db).await?, 0);
     Ok(())
@@ -335,15 +451,30 @@ async fn on_delete_restrict_refuses_and_writes_nothing() -> remodel::Result<()> 
 async fn has_one_gets_sets_and_clears() -> remodel::Result<()> {
     let db = Database::temporary().await?;
     create_schema(&db).await?;
-    let ds9 = Station { id: None, name: "Deep Space Nine".into() }.create(&db).await?;
+    let ds9 = Station {
+        id: None,
+        name: "Deep Space Nine".into(),
+    }
+    .create(&db)
+    .await?;
     assert!(ds9.commander(&db).await?.is_none());
-    let mut kira = Commander { id: None, name: "Kira".into(), station_id: None };
+    let mut kira = Commander {
+        id: None,
+        name: "Kira".into(),
+        station_id: None,
+    };
     ds9.commander(&db).set(&mut kira).await?;
     assert_eq!(ds9.commander(&db).await?.unwrap().name, "Kira");
-    let mut sisko = Commander { id: None, name: "Sisko".into(), station_id: None };
+    let mut sisko = Commander {
+        id: None,
+        name: "Sisko".into(),
+        station_id: None,
+    };
     ds9.commander(&db).set(&mut sisko).await?;
     assert_eq!(ds9.commander(&db).await?.unwrap().name, "Sisko");
-    let kira = Commander::get(&db, kira.id.clone().unwrap()).await?.unwrap();
+    let kira = Commander::get(&db, kira.id.clone().unwrap())
+        .await?
+        .unwrap();
     assert_eq!(kira.station_id, None, "the previous child was detached");
     assert_eq!(sisko.station(&db).await?.unwrap().name, "Deep Space Nine");
     let loaded = Station::load_commander(&db, std::slice::from_ref(&ds9)).await?;
@@ -364,18 +495,35 @@ async fn many_to_many_through_one_shared_join_table() -> remodel::Result<()> {
     // Adding again changes nothing.
     defiant.away_team(&db).add(&mut team[1..]).await?;
 
-    assert_eq!(names(&voyager.away_team(&db).all().await?, |m| &m.name), ["Janeway", "Tuvok"]);
-    assert_eq!(names(&defiant.away_team(&db).all().await?, |m| &m.name), ["Dax", "Tuvok"]);
+    assert_eq!(
+        names(&voyager.away_team(&db).all().await?, |m| &m.name),
+        ["Janeway", "Tuvok"]
+    );
+    assert_eq!(
+        names(&defiant.away_team(&db).all().await?, |m| &m.name),
+        ["Dax", "Tuvok"]
+    );
     assert_eq!(defiant.away_team(&db).count().await?, 2);
     // The other side reads the same join table.
     let missions = team[1].away_missions(&db).all().await?;
     assert_eq!(names(&missions, |s| &s.name), ["Defiant", "Voyager"]);
     assert_eq!(db.table("crewmembers_starships").count().await?, 4);
     let f = Crewmember::fields();
-    let vulcans = voyager.away_team(&db).filter(f.species.eq("vulcan")).await?;
+    let vulcans = voyager
+        .away_team(&db)
+        .filter(f.species.eq("vulcan"))
+        .await?;
     assert_eq!(names(&vulcans, |m| &m.name), ["Tuvok"]);
-    assert!(voyager.away_team(&db).get(dax.id.clone().unwrap()).await?.is_none());
-    assert!(defiant.away_team(&db).get(dax.id.clone().unwrap()).await?.is_some());
+    assert!(voyager
+        .away_team(&db)
+        .get(dax.id.clone().unwrap())
+        .await?
+        .is_none());
+    assert!(defiant
+        .away_team(&db)
+        .get(dax.id.clone().unwrap())
+        .await?
+        .is_some());
 
     // Batched: every ship's away team in two queries.
     let ships = vec![voyager.clone(), defiant.clone()];
@@ -386,13 +534,23 @@ async fn many_to_many_through_one_shared_join_table() -> remodel::Result<()> {
     // set: exactly these.
     let mut only = vec![team[0].clone()];
     voyager.away_team(&db).set(&mut only).await?;
-    assert_eq!(names(&voyager.away_team(&db).all().await?, |m| &m.name), ["Janeway"]);
-    assert_eq!(names(&defiant.away_team(&db).all().await?, |m| &m.name), ["Dax", "Tuvok"]);
+    assert_eq!(
+        names(&voyager.away_team(&db).all().await?, |m| &m.name),
+        ["Janeway"]
+    );
+    assert_eq!(
+        names(&defiant.away_team(&db).all().await?, |m| &m.name),
+        ["Dax", "Tuvok"]
+    );
 
     // clear: only Defiant's links.
     assert_eq!(defiant.away_team(&db).clear().await?, 2);
     assert_eq!(voyager.away_team(&db).count().await?, 1);
-    assert_eq!(Crewmember::count(&db).await?, 3, "clear deletes links, not rows");
+    assert_eq!(
+        Crewmember::count(&db).await?,
+        3,
+        "clear deletes links, not rows"
+    );
 
     // Deleting a member deletes its links (declared on either side).
     team[0].delete(&db).await?;
@@ -406,17 +564,39 @@ async fn self_referencing_many_to_many() -> remodel::Result<()> {
     create_schema(&db).await?;
     let mut people = Vec::new();
     for n in ["Quark", "Rom", "Nog", "Odo"] {
-        people.push(Person { id: None, name: n.into() }.create(&db).await?);
+        people.push(
+            Person {
+                id: None,
+                name: n.into(),
+            }
+            .create(&db)
+            .await?,
+        );
     }
     let (quark, rest) = people.split_first_mut().unwrap();
     quark.friends(&db).add(&mut rest[..2]).await?;
-    rest[2].friends(&db).add(std::slice::from_mut(quark)).await?;
-    assert_eq!(names(&quark.friends(&db).all().await?, |p| &p.name), ["Nog", "Rom"]);
-    assert_eq!(names(&quark.followers(&db).all().await?, |p| &p.name), ["Odo"]);
-    assert_eq!(names(&rest[0].followers(&db).all().await?, |p| &p.name), ["Quark"]);
+    rest[2]
+        .friends(&db)
+        .add(std::slice::from_mut(quark))
+        .await?;
+    assert_eq!(
+        names(&quark.friends(&db).all().await?, |p| &p.name),
+        ["Nog", "Rom"]
+    );
+    assert_eq!(
+        names(&quark.followers(&db).all().await?, |p| &p.name),
+        ["Odo"]
+    );
+    assert_eq!(
+        names(&rest[0].followers(&db).all().await?, |p| &p.name),
+        ["Quark"]
+    );
     assert!(rest[0].friends(&db).all().await?.is_empty());
     // A person related to themself.
-    quark.friends(&db).add(std::slice::from_mut(&mut quark.clone())).await?;
+    quark
+        .friends(&db)
+        .add(std::slice::from_mut(&mut quark.clone()))
+        .await?;
     assert_eq!(quark.friends(&db).count().await?, 3);
     // Deleting Quark removes the links on both columns.
     quark.delete(&db).await?;

@@ -63,10 +63,15 @@ async fn tutorial() -> remodel::Result<()> {
     // Idempotent: a second run changes nothing.
     create_schema(&db).await?;
     assert_eq!(db.table_names()?, ["crewmembers", "starships"]);
-    assert_eq!(db.table("crewmembers").index_names()?, ["rank", "starship_id"]);
+    assert_eq!(
+        db.table("crewmembers").index_names()?,
+        ["rank", "starship_id"]
+    );
 
     let voyager = ship("Voyager", "Intrepid", "NCC-74656").create(&db).await?;
-    let enterprise = ship("Enterprise", "Galaxy", "NCC-1701-D").create(&db).await?;
+    let enterprise = ship("Enterprise", "Galaxy", "NCC-1701-D")
+        .create(&db)
+        .await?;
     let defiant = ship("Defiant", "Defiant", "NX-74205").create(&db).await?;
     assert!(voyager.id.is_some());
 
@@ -168,7 +173,10 @@ async fn tutorial() -> remodel::Result<()> {
     assert_eq!(updated.old.unwrap().rank, "ensign");
     assert_eq!(updated.new.unwrap().rank, "lieutenant");
 
-    voyager.crewmembers(&db).remove(std::slice::from_mut(&mut kim)).await?;
+    voyager
+        .crewmembers(&db)
+        .remove(std::slice::from_mut(&mut kim))
+        .await?;
     let removed = next(&mut feed).await;
     assert_eq!(removed.kind, ChangeKind::Remove);
     assert_eq!(removed.old.unwrap().name, "Kim");
@@ -178,6 +186,8 @@ async fn tutorial() -> remodel::Result<()> {
 
     // Kim is still stored, just no longer on Voyager.
     assert_eq!(voyager.crewmembers(&db).count().await?, 3);
-    assert!(Crewmember::get(&db, kim.id.clone().unwrap()).await?.is_some());
+    assert!(Crewmember::get(&db, kim.id.clone().unwrap())
+        .await?
+        .is_some());
     Ok(())
 }

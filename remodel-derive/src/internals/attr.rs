@@ -238,9 +238,7 @@ impl FromMeta for FieldIndexAttr {
                 let mut errors = Error::accumulator();
                 for nested in &items {
                     match nested {
-                        NestedMeta::Meta(Meta::Path(p)) if p.is_ident("multi") => {
-                            attr.multi = true
-                        }
+                        NestedMeta::Meta(Meta::Path(p)) if p.is_ident("multi") => attr.multi = true,
                         NestedMeta::Meta(Meta::NameValue(nv)) if nv.path.is_ident("name") => {
                             attr.name = errors.handle(string_value(nv))
                         }

@@ -10,9 +10,29 @@ use syn::{Data, DeriveInput, Fields, Ident};
 /// Methods of the `Model` trait and names the derive generates: an accessor with one of these
 /// names would shadow them.
 const RESERVED: &[&str] = &[
-    "create", "save", "update", "delete", "get", "get_many", "find", "filter", "all", "count",
-    "query", "table", "changes", "watch", "get_or_create", "schema", "fields", "key", "set_key",
-    "field_value", "set_field_value", "from_json", "to_json",
+    "create",
+    "save",
+    "update",
+    "delete",
+    "get",
+    "get_many",
+    "find",
+    "filter",
+    "all",
+    "count",
+    "query",
+    "table",
+    "changes",
+    "watch",
+    "get_or_create",
+    "schema",
+    "fields",
+    "key",
+    "set_key",
+    "field_value",
+    "set_field_value",
+    "from_json",
+    "to_json",
 ];
 
 /// Parses and checks the derive input.
@@ -22,7 +42,9 @@ pub fn checked(input: &DeriveInput) -> Result<Model> {
     let mut errors = Error::accumulator();
     errors.handle(rule_no_generics(&container));
     errors.handle(attr::serde_container_renames(&container.attrs));
-    let fields = errors.handle(collect_fields(&container)).unwrap_or_default();
+    let fields = errors
+        .handle(collect_fields(&container))
+        .unwrap_or_default();
     let table = rule_table_name(&container, &mut errors);
     let primary_key = errors.handle(rule_primary_key(&container, &fields));
     let indexes = rule_indexes(&container, &fields, &mut errors);
@@ -182,8 +204,10 @@ fn rule_indexes(
             Some(p) => {
                 if p.is_empty() || p.split('.').any(str::is_empty) {
                     errors.push(
-                        Error::custom("write a dotted path inside the field, like `path = \"city\"`")
-                            .with_span(&p.span()),
+                        Error::custom(
+                            "write a dotted path inside the field, like `path = \"city\"`",
+                        )
+                        .with_span(&p.span()),
                     );
                 }
                 (
@@ -193,7 +217,11 @@ fn rule_indexes(
             }
             None => (field.stored.clone(), field.stored.clone()),
         };
-        let name = ix.name.as_ref().map(|n| n.to_string()).unwrap_or(default_name);
+        let name = ix
+            .name
+            .as_ref()
+            .map(|n| n.to_string())
+            .unwrap_or(default_name);
         let kind = if ix.multi {
             IndexKind::Multi
         } else {
@@ -453,10 +481,13 @@ fn rule_distinct_keys(rels: &[Relation], errors: &mut darling::error::Accumulato
             if last_ident(&o.target) != target || o.accessor == r.accessor {
                 continue;
             }
-            let same_side = |k: RelationKind| matches!(k, RelationKind::HasMany | RelationKind::HasOne);
+            let same_side =
+                |k: RelationKind| matches!(k, RelationKind::HasMany | RelationKind::HasOne);
             let clash = match (o.kind, r.kind) {
                 (a, b) if same_side(a) && same_side(b) => o.foreign_key == r.foreign_key,
-                (RelationKind::BelongsTo, RelationKind::BelongsTo) => o.foreign_key == r.foreign_key,
+                (RelationKind::BelongsTo, RelationKind::BelongsTo) => {
+                    o.foreign_key == r.foreign_key
+                }
                 (RelationKind::ManyToMany, RelationKind::ManyToMany) => {
                     o.join_table == r.join_table
                         && o.foreign_key == r.foreign_key

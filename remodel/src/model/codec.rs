@@ -46,10 +46,7 @@ fn decode_error(
     doc: &Value,
     e: serde_path_to_error::Error<serde_json::Error>,
 ) -> Error {
-    let key = doc
-        .get(schema.primary_key)
-        .cloned()
-        .unwrap_or(Value::Null);
+    let key = doc.get(schema.primary_key).cloned().unwrap_or(Value::Null);
     let path = e.path().to_string();
     let reason = e.into_inner().to_string();
     // "missing field `zip`": serde names a missing field only in the message, below the

@@ -139,7 +139,9 @@ pub struct ModelFeed<T> {
 
 impl<T> std::fmt::Debug for ModelFeed<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ModelFeed").field("feed", &self.feed).finish()
+        f.debug_struct("ModelFeed")
+            .field("feed", &self.feed)
+            .finish()
     }
 }
 

@@ -95,10 +95,12 @@ pub async fn belongs_to<C: Model, P: Model>(
         .filter_map(|d| d.get(pk).map(|k| (key_ref(k), d)))
         .collect();
     fks.iter()
-        .map(|fk| match fk.as_ref().and_then(|k| owners.get(&key_ref(k))) {
-            Some(doc) => codec::decode_ref::<P>(doc).map(Some),
-            None => Ok(None),
-        })
+        .map(
+            |fk| match fk.as_ref().and_then(|k| owners.get(&key_ref(k))) {
+                Some(doc) => codec::decode_ref::<P>(doc).map(Some),
+                None => Ok(None),
+            },
+        )
         .collect()
 }
 

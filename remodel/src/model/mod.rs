@@ -247,7 +247,10 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
     }
 
     /// The model with this key; `Ok(None)` when there is none.
-    fn get(db: &Database, key: impl Into<Value>) -> impl Future<Output = Result<Option<Self>>> + Send {
+    fn get(
+        db: &Database,
+        key: impl Into<Value>,
+    ) -> impl Future<Output = Result<Option<Self>>> + Send {
         let table = Self::table(db);
         let key = key.into();
         async move {
@@ -278,7 +281,10 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
 
     /// The first model for which `predicate` holds (through an index when the predicate
     /// has an equality on an indexed field).
-    fn find(db: &Database, predicate: Predicate) -> impl Future<Output = Result<Option<Self>>> + Send {
+    fn find(
+        db: &Database,
+        predicate: Predicate,
+    ) -> impl Future<Output = Result<Option<Self>>> + Send {
         let q = ModelQuery::<Self>::table(db).filter(predicate);
         async move { q.first().await }
     }
@@ -385,7 +391,11 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
                     if let Some(Value::Object(stored)) = table.get(key).await? {
                         codec::keep_unknown(Self::schema(), &mut doc, stored);
                     }
-                    table.insert(doc).conflict(Conflict::Replace).await?.check()?;
+                    table
+                        .insert(doc)
+                        .conflict(Conflict::Replace)
+                        .await?
+                        .check()?;
                 }
             }
             self.after_save();
@@ -443,7 +453,11 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
                     if let Some(Value::Object(stored)) = table.get(key).await? {
                         codec::keep_unknown(Self::schema(), &mut doc, stored);
                     }
-                    table.insert(doc).conflict(Conflict::Replace).await?.check()?;
+                    table
+                        .insert(doc)
+                        .conflict(Conflict::Replace)
+                        .await?
+                        .check()?;
                 }
             }
             self.after_save();

@@ -23,7 +23,10 @@ fn parent_key<P: Model>(parent: &P, rel: &RelationDef) -> Result<Value> {
 /// `!(pk == k1 or pk == k2 ...)`: rows other than these.
 fn not_one_of(field: &str, keys: &[Value]) -> Predicate {
     !Predicate::Or {
-        any: keys.iter().map(|k| crate::field(field).eq(k.clone())).collect(),
+        any: keys
+            .iter()
+            .map(|k| crate::field(field).eq(k.clone()))
+            .collect(),
     }
 }
 
@@ -268,9 +271,7 @@ impl<C: Model, P: Model> BelongsTo<C, P> {
     pub fn new(db: &Database, child: &C, rel: &'static RelationDef) -> Self {
         BelongsTo {
             db: db.clone(),
-            owner: child
-                .field_value(rel.foreign_key)
-                .filter(|v| !v.is_null()),
+            owner: child.field_value(rel.foreign_key).filter(|v| !v.is_null()),
             rel,
             _t: PhantomData,
         }
@@ -392,7 +393,12 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
     /// The related row with this key, if it is related to this parent.
     pub async fn get(&self, key: impl Into<Value>) -> Result<Option<C>> {
         let key = key.into();
-        let id = join_id(self.rel.foreign_key, &self.key()?, self.rel.association_key, &key);
+        let id = join_id(
+            self.rel.foreign_key,
+            &self.key()?,
+            self.rel.association_key,
+            &key,
+        );
         if self.db.table(self.join.as_str()).get(id).await?.is_none() {
             return Ok(None);
         }
@@ -438,9 +444,11 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
         let table = C::schema().table;
         let mut batch = self.db.batch();
         for (k, doc) in prepared {
-            batch = batch
-                .insert_with(table, doc, Conflict::Update)
-                .insert_with(&self.join, self.link(&parent, &k), Conflict::Replace);
+            batch = batch.insert_with(table, doc, Conflict::Update).insert_with(
+                &self.join,
+                self.link(&parent, &k),
+                Conflict::Replace,
+            );
         }
         batch.await?.check()?;
         children.iter().for_each(|c| c.after_save());
@@ -482,9 +490,11 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
         let table = C::schema().table;
         let mut batch = self.db.batch().delete_where(&others);
         for (k, doc) in prepared {
-            batch = batch
-                .insert_with(table, doc, Conflict::Update)
-                .insert_with(&self.join, self.link(&parent, &k), Conflict::Replace);
+            batch = batch.insert_with(table, doc, Conflict::Update).insert_with(
+                &self.join,
+                self.link(&parent, &k),
+                Conflict::Replace,
+            );
         }
         batch.await?.check()?;
         children.iter().for_each(|c| c.after_save());
@@ -549,7 +559,10 @@ pub(crate) fn delete_effects<'a>(
                 RelationKind::ManyToMany => {
                     let join = rel.join_table_of(schema);
                     if !done.contains(&(join.clone(), rel.foreign_key.to_string())) {
-                        let q = db.table(join.as_str()).get_all(keys.clone()).index(rel.foreign_key);
+                        let q = db
+                            .table(join.as_str())
+                            .get_all(keys.clone())
+                            .index(rel.foreign_key);
                         batch = batch.delete_where(&q);
                         done.push((join, rel.foreign_key.to_string()));
                     }
@@ -569,9 +582,7 @@ pub(crate) fn delete_effects<'a>(
                     RelationKind::ManyToMany => (rel.join_table_of(other), rel.association_key),
                     _ => continue,
                 };
-                if done.contains(&(table.clone(), column.to_string()))
-                    || !tables.contains(&table)
-                {
+                if done.contains(&(table.clone(), column.to_string())) || !tables.contains(&table) {
                     continue;
                 }
                 let q = db.table(table.as_str()).get_all(keys.clone()).index(column);

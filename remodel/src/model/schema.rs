@@ -234,7 +234,11 @@ impl SchemaSet {
     /// relation's target is in the set.
     pub fn plan(&self) -> Result<Vec<TablePlan>> {
         let mut tables: Vec<TablePlan> = Vec::new();
-        fn table<'a>(tables: &'a mut Vec<TablePlan>, name: &str, pk: &str) -> Result<&'a mut TablePlan> {
+        fn table<'a>(
+            tables: &'a mut Vec<TablePlan>,
+            name: &str,
+            pk: &str,
+        ) -> Result<&'a mut TablePlan> {
             match tables.iter().position(|t| t.name == name) {
                 Some(i) => {
                     if tables[i].primary_key != pk {
@@ -300,7 +304,11 @@ impl SchemaSet {
                     RelationKind::ManyToMany => {
                         let t = table(&mut tables, &rel.join_table_of(m), "id")?;
                         index(t, rel.foreign_key, IndexSpec::field(rel.foreign_key))?;
-                        index(t, rel.association_key, IndexSpec::field(rel.association_key))?;
+                        index(
+                            t,
+                            rel.association_key,
+                            IndexSpec::field(rel.association_key),
+                        )?;
                     }
                 }
             }
