@@ -668,6 +668,74 @@ fn hard_writers(s: &Sizes) -> Figure {
     }
 }
 
+/// Point reads stay fast while other tasks scan: p99 of gets on a 2-worker runtime while two
+/// tasks run full-table aggregates over 100,000 rows ÷ p99 with no scans.
+fn gets_during_scans(s: &Sizes) -> Figure {
+    let rt = multi_rt();
+    let db = soft_db(&rt);
+    let rows = if s.quick { 20_000 } else { 100_000 };
+    rt.block_on(async {
+        db.create_table("big").await.unwrap();
+        let t = db.table("big");
+        for chunk in (0..rows as u64).collect::<Vec<_>>().chunks(4096) {
+            t.insert_many(chunk.iter().map(|&i| doc(i, i)))
+                .durability(Durability::Soft)
+                .await
+                .unwrap();
+        }
+    });
+    let p99_of_gets = |scanning: bool| {
+        let t = db.table("big");
+        rt.block_on(async move {
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let scanners: Vec<_> = (0..if scanning { 2 } else { 0 })
+                .map(|_| {
+                    let (t, stop) = (t.clone(), stop.clone());
+                    tokio::spawn(async move {
+                        while !stop.load(Ordering::Relaxed) {
+                            t.query().sum("score").await.unwrap();
+                        }
+                    })
+                })
+                .collect();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let mut lat = Vec::new();
+            let mut rng = Rng(11);
+            for _ in 0..2_000 {
+                let k = rng.next() % rows as u64;
+                let begin = Instant::now();
+                t.get(k).await.unwrap().unwrap();
+                lat.push(begin.elapsed().as_secs_f64() * 1e6);
+                // A request arrives every 100 µs or so, not back to back.
+                tokio::time::sleep(Duration::from_micros(100)).await;
+            }
+            stop.store(true, Ordering::Relaxed);
+            for sc in scanners {
+                sc.await.unwrap();
+            }
+            lat.sort_by(f64::total_cmp);
+            lat[lat.len() * 99 / 100]
+        })
+    };
+    let mut pairs = Pairs::default();
+    for _ in 0..s.reps.min(3) {
+        let busy = p99_of_gets(true);
+        let idle = p99_of_gets(false);
+        pairs.push(busy, idle);
+    }
+    let (busy, idle) = pairs.median();
+    Figure {
+        metric: "get_p99_during_scans_vs_idle",
+        value: pairs.ratio(),
+        unit: "ratio",
+        target: 5.0,
+        at_least: false,
+        note: format!(
+            "p99 of point gets on a 2-worker runtime while 2 tasks sum a {rows}-row table: {busy:.0} µs vs {idle:.0} µs idle"
+        ),
+    }
+}
+
 fn matching_feeds(s: &Sizes) -> Figure {
     let rt = multi_rt();
     let db = soft_db(&rt);
@@ -1188,6 +1256,7 @@ fn main() {
         let (a, b) = latency(&s);
         vec![a, b]
     });
+    run("get_p99_during_scans_vs_idle", &mut || vec![gets_during_scans(&s)]);
     run("hard_feed_latency", &mut || vec![hard_latency(&s)]);
     run("hard_8_writers_vs_1", &mut || vec![hard_writers(&s)]);
     run("insert_1k_matching_feeds_vs_none", &mut || {

@@ -255,6 +255,33 @@ impl DbInner {
         Ok(result)
     }
 
+    /// Commits `ops` (one chunk) if the commit lock is free right now; gives them back when
+    /// it is not, so that the caller can wait for it elsewhere.
+    pub(crate) fn try_commit_now(
+        &self,
+        table: &Arc<TableState>,
+        ops: Vec<WriteOp>,
+        return_changes: bool,
+        hard: bool,
+    ) -> std::result::Result<Result<WriteResult>, Vec<WriteOp>> {
+        debug_assert!(ops.len() <= CHUNK);
+        let Some(mut seq) = self.writer.try_lock() else {
+            return Err(ops);
+        };
+        let mut result = WriteResult::default();
+        let mut wakes = Vec::new();
+        let chunk = ops.into_iter().map(|op| (table.clone(), op)).collect();
+        let how = Commit {
+            return_changes,
+            all_or_nothing: false,
+            hard,
+        };
+        let committed = self.commit_chunk(chunk, how, &mut result, &mut seq, &mut wakes);
+        drop(seq);
+        wakes.drain(..).for_each(std::task::Waker::wake);
+        Ok(committed.map(|()| result))
+    }
+
     /// Takes the commit lock, commits one chunk, and wakes the feeds it fed once the lock is
     /// released.
     /// `ops` runs first, under the lock: it may read the store to decide what to write.
@@ -545,12 +572,23 @@ impl Database {
         // the closure's thread.
         super::check_not_in_patch()?;
         let hard = self.is_hard(durability);
-        let result = if ops.len() > 64 {
-            let inner = self.inner.clone();
-            super::spawn_blocking(move || inner.commit(&table, ops, return_changes, hard)).await?
-        } else {
-            self.inner.commit(&table, ops, return_changes, hard)?
+        // A small write commits in place when the commit lock is free; a large one, or one
+        // that would wait for the lock, runs on a blocking thread: an async worker never
+        // waits on the commit lock.
+        let ops = match ops.len() {
+            0..=64 => match self.inner.try_commit_now(&table, ops, return_changes, hard) {
+                Ok(done) => {
+                    let result = done?;
+                    self.settle(durability).await?;
+                    return Ok(result);
+                }
+                Err(ops) => ops,
+            },
+            _ => ops,
         };
+        let inner = self.inner.clone();
+        let result =
+            super::spawn_blocking(move || inner.commit(&table, ops, return_changes, hard)).await?;
         self.settle(durability).await?;
         Ok(result)
     }

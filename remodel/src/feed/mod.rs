@@ -265,7 +265,21 @@ impl IntoFuture for Changes {
     type Output = Result<Feed>;
     type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
     fn into_future(self) -> Self::IntoFuture {
-        Box::pin(async move { self.start() })
+        Box::pin(async move {
+            // Reading initial rows (or filling a top-N set) may read many rows: that runs on
+            // a blocking thread, never on the async workers.
+            let reads = self.opts.include_initial
+                || self
+                    .query
+                    .steps
+                    .iter()
+                    .any(|s| matches!(s, crate::query::Step::Limit(_)));
+            if reads {
+                crate::db::spawn_blocking(move || self.start()).await
+            } else {
+                self.start()
+            }
+        })
     }
 }
 

@@ -41,42 +41,55 @@ fn pick(best: &mut Option<(Value, Value)>, doc: Value, path: &FieldPath, want: O
 impl Query {
     /// The number of rows.
     pub async fn count(&self) -> Result<u64> {
-        let mut n = 0;
-        for row in self.plan()?.rows() {
-            row?;
-            n += 1;
-        }
-        Ok(n)
+        self.offload(|q| {
+            let mut n = 0;
+            for row in q.plan()?.rows() {
+                row?;
+                n += 1;
+            }
+            Ok(n)
+        })
+        .await
     }
 
     /// The sum of the numbers in `field` (rows without it are skipped).
     pub async fn sum(&self, field: &str) -> Result<f64> {
         let path = FieldPath::parse(field)?;
-        let (mut total, mut n) = (0.0, 0);
-        for row in self.plan()?.rows() {
-            add_numbers(&mut total, &mut n, &row?.doc, &path, "sum")?;
-        }
-        Ok(total)
+        self.offload(move |q| {
+            let (mut total, mut n) = (0.0, 0);
+            for row in q.plan()?.rows() {
+                add_numbers(&mut total, &mut n, &row?.doc, &path, "sum")?;
+            }
+            Ok(total)
+        })
+        .await
     }
 
     /// The average of the numbers in `field`; `None` when no row has one.
     pub async fn avg(&self, field: &str) -> Result<Option<f64>> {
         let path = FieldPath::parse(field)?;
-        let (mut total, mut n) = (0.0, 0);
-        for row in self.plan()?.rows() {
-            add_numbers(&mut total, &mut n, &row?.doc, &path, "avg")?;
-        }
-        Ok((n > 0).then(|| total / n as f64))
+        self.offload(move |q| {
+            let (mut total, mut n) = (0.0, 0);
+            for row in q.plan()?.rows() {
+                add_numbers(&mut total, &mut n, &row?.doc, &path, "avg")?;
+            }
+            Ok((n > 0).then(|| total / n as f64))
+        })
+        .await
     }
 
     /// The row with the smallest value in `field` (in the total order of values).
     pub async fn min(&self, field: &str) -> Result<Option<Value>> {
-        self.extreme(field, Ordering::Less)
+        let field = field.to_string();
+        self.offload(move |q| q.extreme(&field, Ordering::Less))
+            .await
     }
 
     /// The row with the largest value in `field`.
     pub async fn max(&self, field: &str) -> Result<Option<Value>> {
-        self.extreme(field, Ordering::Greater)
+        let field = field.to_string();
+        self.offload(move |q| q.extreme(&field, Ordering::Greater))
+            .await
     }
 
     fn extreme(&self, field: &str, want: Ordering) -> Result<Option<Value>> {
@@ -166,23 +179,31 @@ enum Reduce {
 impl Grouped {
     /// The number of rows in each group.
     pub async fn count(&self) -> Result<Vec<Group>> {
-        self.reduce(Reduce::Count)
+        self.offload(Reduce::Count).await
     }
     /// The sum of `field` in each group.
     pub async fn sum(&self, field: &str) -> Result<Vec<Group>> {
-        self.reduce(Reduce::Sum(FieldPath::parse(field)?))
+        self.offload(Reduce::Sum(FieldPath::parse(field)?)).await
     }
     /// The average of `field` in each group (`null` when no row has it).
     pub async fn avg(&self, field: &str) -> Result<Vec<Group>> {
-        self.reduce(Reduce::Avg(FieldPath::parse(field)?))
+        self.offload(Reduce::Avg(FieldPath::parse(field)?)).await
     }
     /// The row with the smallest `field` in each group.
     pub async fn min(&self, field: &str) -> Result<Vec<Group>> {
-        self.reduce(Reduce::Min(FieldPath::parse(field)?))
+        self.offload(Reduce::Min(FieldPath::parse(field)?)).await
     }
     /// The row with the largest `field` in each group.
     pub async fn max(&self, field: &str) -> Result<Vec<Group>> {
-        self.reduce(Reduce::Max(FieldPath::parse(field)?))
+        self.offload(Reduce::Max(FieldPath::parse(field)?)).await
+    }
+
+    /// Groups and reduces off the async workers (see [`Query::run`]).
+    async fn offload(&self, how: Reduce) -> Result<Vec<Group>> {
+        let grouped = self.clone();
+        self.query
+            .offload(move |_| grouped.reduce(how))
+            .await
     }
 
     fn reduce(&self, how: Reduce) -> Result<Vec<Group>> {
@@ -263,6 +284,11 @@ impl Join {
 
     /// The joined rows, each `{"left": row, "right": matching row}`.
     pub async fn run(&self) -> Result<Vec<Value>> {
+        let join = self.clone();
+        self.query.offload(move |_| join.run_blocking()).await
+    }
+
+    fn run_blocking(&self) -> Result<Vec<Value>> {
         let path = FieldPath::parse(&self.field)?;
         let plan = self.query.plan()?;
         let other = self.query.db.table_state(&self.other)?;

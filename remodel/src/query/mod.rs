@@ -19,6 +19,11 @@ use serde_json::Value;
 use std::ops::Bound;
 use std::sync::Arc;
 
+/// The most primary keys a `get_all` may name to run in place (see [`Query::offload`]).
+const SMALL_READ: usize = 16;
+/// How many rows [`Query::stream`] reads per batch.
+const STREAM_BATCH: usize = 256;
+
 /// Where the rows of a query come from.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Source {
@@ -241,27 +246,78 @@ impl Query {
         plan::plan(table, &self.source, &self.steps, None)
     }
 
-    /// Runs the query lazily: rows are read from storage as the iterator is advanced.
+    /// Runs the query lazily: rows are read from storage as the iterator is advanced (on
+    /// the calling thread: in async code, prefer [`Query::stream`] or [`Query::run`]).
     pub fn iter(&self) -> Result<impl Iterator<Item = Result<Value>> + Send + 'static> {
         Ok(self.plan()?.rows().map(|r| r.map(|row| row.doc)))
     }
 
-    /// Runs the query and collects its rows.
-    pub async fn run(&self) -> Result<Vec<Value>> {
-        self.iter()?.collect()
+    /// Whether the query reads a few documents by primary key (or the in-memory stats
+    /// table): such a query runs in place; any other may read many rows and runs on a
+    /// blocking thread, so that it never holds up the async workers.
+    fn is_small(&self) -> bool {
+        match &self.source {
+            Source::GetAll { keys, index: None } => keys.len() <= SMALL_READ,
+            Source::Stats => true,
+            _ => false,
+        }
     }
 
-    /// Runs the query as a lazy stream of rows.
+    /// Runs `f` on this query: in place for small reads, else on a blocking thread.
+    pub(crate) async fn offload<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Query) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        if self.is_small() {
+            return f(self);
+        }
+        let q = self.clone();
+        crate::db::spawn_blocking(move || f(&q)).await
+    }
+
+    /// Runs the query and collects its rows.
+    pub async fn run(&self) -> Result<Vec<Value>> {
+        self.offload(|q| q.iter()?.collect()).await
+    }
+
+    /// Runs the query as a lazy stream of rows. Rows are read in batches on a blocking
+    /// thread (a filter that skips most of a large table does not hold up the async
+    /// workers), one batch ahead of the consumer at most.
     pub fn stream(&self) -> impl Stream<Item = Result<Value>> + Send + 'static {
-        let rows: Box<dyn Iterator<Item = Result<Value>> + Send> = match self.iter() {
+        type Rows = Box<dyn Iterator<Item = Result<Value>> + Send>;
+        let rows: Rows = match self.iter() {
             Ok(it) => Box::new(it),
             Err(e) => Box::new(std::iter::once(Err(e))),
         };
-        futures_util::stream::iter(rows)
+        let small = self.is_small();
+        let batches = futures_util::stream::unfold(Some(rows), move |rows| async move {
+            let mut rows = rows?;
+            let read = move || {
+                let batch: Vec<Result<Value>> = rows.by_ref().take(STREAM_BATCH).collect();
+                (batch, rows)
+            };
+            let (batch, rows) = if small {
+                read()
+            } else {
+                match tokio::task::spawn_blocking(read).await {
+                    Ok(done) => done,
+                    Err(e) => {
+                        let failed = Error::Storage(format!("storage task failed: {e}"));
+                        return Some((vec![Err(failed)], None));
+                    }
+                }
+            };
+            if batch.is_empty() {
+                return None;
+            }
+            let more = (batch.len() == STREAM_BATCH).then_some(rows);
+            Some((batch, more))
+        });
+        futures_util::StreamExt::flat_map(batches, futures_util::stream::iter)
     }
 
     /// The first row, if any.
     pub async fn first(&self) -> Result<Option<Value>> {
-        self.iter()?.next().transpose()
+        self.offload(|q| q.iter()?.next().transpose()).await
     }
 }

@@ -337,6 +337,6 @@ impl PointQuery {
 
     /// Reads the document as the transforms see it.
     pub async fn run(&self) -> Result<Option<Value>> {
-        Ok(self.query.iter()?.next().transpose()?)
+        self.query.iter()?.next().transpose()
     }
 }

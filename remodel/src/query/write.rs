@@ -195,6 +195,7 @@ impl Write {
     }
 
     async fn run(self) -> Result<WriteResult> {
+        crate::db::check_not_in_patch()?;
         if let Some(e) = self.too_deep() {
             self.dispose();
             return Err(e);
@@ -462,6 +463,7 @@ impl Batch {
     }
 
     async fn run(self) -> Result<WriteResult> {
+        crate::db::check_not_in_patch()?;
         if let Some(e) = self.too_deep() {
             self.dispose();
             return Err(e);
