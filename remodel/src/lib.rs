@@ -44,14 +44,14 @@ pub use db::{
     MAX_MULTI_ELEMENTS,
 };
 pub use error::{Error, Result};
-pub use model::Model;
-/// `#[derive(Model)]`: see [`model`] and the `remodel-derive` crate.
-pub use remodel_derive::Model;
 pub use feed::{Change, ChangeKind, Changes, Feed, FeedOptions, FeedState, Squash};
+pub use model::Model;
 pub use query::{
     asc, desc, field, has_fields, Batch, Field, Get, Group, Grouped, Insert, Join, Order,
     PointQuery, Predicate, Query, Table, Write,
 };
+/// `#[derive(Model)]`: see [`model`] and the `remodel-derive` crate.
+pub use remodel_derive::Model;
 
 /// The README's examples, compiled as doctests so that they stay true.
 #[cfg(doctest)]
