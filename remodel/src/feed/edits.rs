@@ -202,7 +202,7 @@ mod tests {
         ) {
             let order = |m: &std::collections::BTreeMap<u8, i64>, s: u64| {
                 let mut v: Vec<(u8, i64)> = m.iter().map(|(k, v)| (*k, *v)).collect();
-                v.sort_by_key(|(k, _)| (u64::from(*k) * 0x9E37_79B9 ^ s) % 1009);
+                v.sort_by_key(|(k, _)| ((u64::from(*k) * 0x9E37_79B9) ^ s) % 1009);
                 rows(&v)
             };
             let (before, after) = (order(&a, shuffle_a), order(&b, shuffle_b));

@@ -182,7 +182,8 @@ mod tests {
             ops in proptest::collection::vec((0u8..3, 0u8..6, 0u8..3, 0u8..6, any::<bool>()), 1..40),
         ) {
             let mut index = RangeIndex::default();
-            let mut live: Vec<(Bound<Vec<u8>>, Bound<Vec<u8>>, GroupId)> = Vec::new();
+            type Live = (Bound<Vec<u8>>, Bound<Vec<u8>>, GroupId);
+            let mut live: Vec<Live> = Vec::new();
             for (n, (lk, l, hk, h, remove)) in ops.into_iter().enumerate() {
                 if remove && !live.is_empty() {
                     let (lo, hi, id) = live.remove(n % live.len());

@@ -1,0 +1,201 @@
+//! A group of identical feeds: what it watches, the items it makes of a change (once for all
+//! its feeds), and its members.
+
+use super::routes::{Route, TopReg};
+use crate::db::write::Committed;
+use crate::db::IndexState;
+use crate::feed::change::Change;
+use crate::feed::log::Log;
+use crate::feed::queue::Subscriber;
+use crate::feed::spec::{Matcher, View};
+use crate::feed::topn::TopN;
+use crate::Error;
+use serde_json::Value;
+use std::sync::Arc;
+use std::task::Waker;
+
+pub(super) enum Kind {
+    Rows { matcher: Matcher, view: View },
+    TopN(TopN),
+}
+
+pub(super) struct Group {
+    pub(super) signature: Arc<str>,
+    pub(super) kind: Kind,
+    pub(super) route: Route,
+    /// The index this group reads, if any (dropping it aborts the group).
+    pub(super) index: Option<String>,
+    /// Top-N groups: where the group is registered in the top-N routes.
+    pub(super) topn_reg: Option<TopReg>,
+    pub(super) members: Members,
+}
+
+/// The feeds of a group: readers of the shared log, and feeds with a private queue (those
+/// that squash, since merging is per consumer).
+#[derive(Default)]
+pub(super) struct Members {
+    pub(super) log: Option<Arc<Log>>,
+    pub(super) shared: usize,
+    pub(super) own: Vec<(u64, Arc<Subscriber>)>,
+}
+
+impl Members {
+    pub(super) fn deliver(&self, item: Change, wakes: &mut Vec<Waker>) {
+        for (_, sub) in &self.own {
+            if sub.push(item.clone()) {
+                wakes.extend(sub.take_waker());
+            }
+        }
+        if let Some(log) = &self.log {
+            log.push(item, wakes);
+        }
+    }
+
+    pub(super) fn close(&self, why: &Error) {
+        if let Some(log) = &self.log {
+            log.close(why.clone());
+        }
+        self.own.iter().for_each(|(_, s)| s.close(why.clone()));
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.shared == 0 && self.own.is_empty()
+    }
+}
+
+/// An index (by address: it lives as long as the change), and the keys of the old and of
+/// the new document in it.
+pub(super) type DocKeys = (*const IndexState, Vec<Vec<u8>>, Vec<Vec<u8>>);
+
+/// Per-change work shared by every rows group the change reaches: the row's key, the old
+/// and new documents' keys in each index a range group reads, and the items of groups that
+/// see whole rows (identical for all of them, so one allocation is shared).
+pub(super) struct ChangeCtx<'a> {
+    pub(super) c: &'a Committed,
+    pub(super) key: Arc<[u8]>,
+    pub(super) index_keys: Vec<DocKeys>,
+    /// Items of untransformed groups, by (row before, row after) presence.
+    pub(super) plain: [Option<Change>; 3],
+}
+
+impl<'a> ChangeCtx<'a> {
+    pub(super) fn new(c: &'a Committed) -> Self {
+        ChangeCtx {
+            c,
+            key: Arc::from(&c.key[..]),
+            index_keys: Vec::new(),
+            plain: [None, None, None],
+        }
+    }
+
+    /// The keys of the old (`new: false`) or new document in `ix`, computed once.
+    pub(super) fn keys(&mut self, ix: &IndexState, new: bool) -> &[Vec<u8>] {
+        let id = ix as *const IndexState;
+        let at = match self.index_keys.iter().position(|(p, _, _)| *p == id) {
+            Some(at) => at,
+            None => {
+                let of = |d: &Option<Arc<Value>>| {
+                    d.as_deref()
+                        .map(|d| ix.compiled.keys(d, &self.c.key))
+                        .unwrap_or_default()
+                };
+                self.index_keys.push((id, of(&self.c.old), of(&self.c.new)));
+                self.index_keys.len() - 1
+            }
+        };
+        let (_, old, newk) = &self.index_keys[at];
+        if new {
+            newk
+        } else {
+            old
+        }
+    }
+
+    /// How many times the old or new document is in the matcher's rows.
+    pub(super) fn count(&mut self, matcher: &Matcher, new: bool) -> usize {
+        let doc = if new { &self.c.new } else { &self.c.old };
+        let Some(d) = doc else { return 0 };
+        match matcher {
+            Matcher::IndexRange { ix, .. } => {
+                let keys = self.keys(ix, new);
+                matcher.count_keys(keys)
+            }
+            _ => matcher.count(&self.c.key, d),
+        }
+    }
+
+    /// The shared item of an untransformed row entering, leaving or changing.
+    pub(super) fn plain(&mut self, old: bool, new: bool) -> Change {
+        let slot = match (old, new) {
+            (true, true) => 0,
+            (true, false) => 1,
+            _ => 2,
+        };
+        let (c, key) = (self.c, &self.key);
+        self.plain[slot]
+            .get_or_insert_with(|| {
+                Change::row(
+                    Some(key.clone()),
+                    c.old.clone().filter(|_| old),
+                    c.new.clone().filter(|_| new),
+                )
+                .at(c.seq)
+            })
+            .clone()
+    }
+}
+
+impl Group {
+    /// The items a rows group's feeds get for a change.
+    pub(super) fn items(&mut self, ctx: &mut ChangeCtx<'_>, out: &mut Vec<Change>) {
+        let (matcher, view) = match &mut self.kind {
+            Kind::TopN(_) => unreachable!("top-N groups take a commit at a time"),
+            Kind::Rows { matcher, view } => (matcher, view),
+        };
+        let old_n = ctx.count(matcher, false);
+        let new_n = ctx.count(matcher, true);
+        if old_n == 0 && new_n == 0 {
+            return;
+        }
+        if view.is_identity() && old_n <= 1 && new_n <= 1 {
+            // The common case: whole rows, each once. Every such group delivers the same item.
+            out.push(ctx.plain(old_n == 1, new_n == 1));
+            return;
+        }
+        let c = ctx.c;
+        let seen = |n: usize, doc: &Option<Arc<Value>>| match doc {
+            Some(d) if n > 0 => view.apply(d),
+            _ => None,
+        };
+        let (old, new) = (seen(old_n, &c.old), seen(new_n, &c.new));
+        let old_n = if old.is_some() { old_n } else { 0 };
+        let new_n = if new.is_some() { new_n } else { 0 };
+        let key = &ctx.key;
+        let both = old_n.min(new_n);
+        // The row's places in the result, numbered: place i is there before the write when
+        // i < old_n and after it when i < new_n (squashing merges per row and place).
+        if old != new {
+            for i in 0..both {
+                out.push(
+                    Change::row(Some(key.clone()), old.clone(), new.clone())
+                        .nth(i)
+                        .at(c.seq),
+                );
+            }
+        }
+        for i in both..old_n {
+            out.push(
+                Change::row(Some(key.clone()), old.clone(), None)
+                    .nth(i)
+                    .at(c.seq),
+            );
+        }
+        for i in both..new_n {
+            out.push(
+                Change::row(Some(key.clone()), None, new.clone())
+                    .nth(i)
+                    .at(c.seq),
+            );
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! The hub: where committed changes meet the feeds that watch them.
+//!
+//! Feeds that watch the same query share one group: its matching, filtering and transforms
+//! run once per write, and each resulting item is appended once to the group's shared log
+//! (squashing members, which merge per consumer, get it in their own queue). Groups are found
+//! by route, so that routing a write costs in proportion to the feeds it concerns: point and
+//! `get_all` feeds by key or index value, filter feeds with an equality conjunct by that
+//! field's value, range feeds by the key they contain (`ranges.rs`), top-N feeds by the
+//! boundary the written key beats and by the rows they hold. Only filters without an equality
+//! conjunct (on a whole table) are checked one by one.
+//!
+//! Everything here that changes routes or sees a change runs under the commit lock, so a
+//! feed's initial snapshot and its first change are separated by no gap and no overlap.
+
+mod group;
+mod routes;
+
+use super::log::{Log, Reader};
+use super::queue::Subscriber;
+use super::spec::FeedPlan;
+use super::topn::TopN;
+use crate::db::write::Committed;
+use crate::db::TableState;
+use crate::{Error, Result};
+use group::{ChangeCtx, Kind};
+use parking_lot::{Mutex, RwLock};
+use routes::{GroupId, Routes, Scratch};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::Waker;
+
+#[derive(Default)]
+pub(crate) struct Hub {
+    tables: RwLock<HashMap<String, Arc<TableFeeds>>>,
+    /// Every open feed, stats feeds included (a fast "no feeds at all" check for writers).
+    open: AtomicUsize,
+}
+
+#[derive(Default)]
+pub(crate) struct TableFeeds {
+    routes: Mutex<Routes>,
+    open: AtomicUsize,
+}
+
+/// How a new feed receives its items.
+pub(crate) enum Join {
+    /// Through the group's shared log, with this queue size.
+    Shared(usize),
+    /// Through its own queue.
+    Own(Arc<Subscriber>),
+}
+
+/// A feed's membership in a group; dropping it leaves the group.
+pub(crate) struct Registration {
+    table: Arc<TableFeeds>,
+    hub_open: Arc<Hub>,
+    group: GroupId,
+    /// The private queue's id, or `None` for a reader of the shared log.
+    own: Option<u64>,
+}
+
+/// A new subscription: its membership, its initial rows, and (for readers of the group's
+/// shared log) the log and its reader position.
+pub(crate) struct Subscribed {
+    pub registration: Registration,
+    pub initial: Initial,
+    pub reader: Option<(Arc<Log>, Reader)>,
+}
+
+/// What a new subscription starts from.
+pub(crate) enum Initial {
+    /// The rows to deliver first (already transformed), best first for top-N feeds.
+    Rows(Vec<Arc<Value>>),
+    /// Nothing was asked for.
+    None,
+}
+
+impl Hub {
+    /// True when no feed is open anywhere (writers skip the hub).
+    pub(crate) fn is_idle(&self) -> bool {
+        self.open.load(Ordering::Acquire) == 0
+    }
+
+    /// Delivers committed changes to the feeds that watch them. Called by the write path
+    /// under the commit lock, in commit order.
+    /// The consumers to wake are added to `wakes`; the caller wakes them after releasing
+    /// the commit lock, so that writers do not hold it while tasks are scheduled.
+    pub(crate) fn publish(
+        &self,
+        table: &Arc<TableState>,
+        changes: &[Committed],
+        wakes: &mut Vec<Waker>,
+    ) {
+        if self.is_idle() {
+            return;
+        }
+        let Some(feeds) = self.tables.read().get(&table.name).cloned() else {
+            return;
+        };
+        let mut routes = feeds.routes.lock();
+        let mut scratch = Scratch::default();
+        // Top-N groups see the commit as one step: their changes are collected here and
+        // applied together once every change of the commit has been routed.
+        let mut topn: Vec<(GroupId, Vec<&Committed>)> = Vec::new();
+        let mut items = Vec::new();
+        for c in changes {
+            let mut ctx = ChangeCtx::new(c);
+            routes.candidates(c, &mut scratch, &mut ctx);
+            for id in &scratch.ids {
+                let Some(group) = routes.groups.get_mut(id) else {
+                    continue;
+                };
+                if let Kind::TopN(_) = group.kind {
+                    match topn.iter_mut().find(|(g, _)| g == id) {
+                        Some((_, cs)) => cs.push(c),
+                        None => topn.push((*id, vec![c])),
+                    }
+                    continue;
+                }
+                group.items(&mut ctx, &mut items);
+                for item in items.drain(..) {
+                    group.members.deliver(item, wakes);
+                }
+            }
+        }
+        // The items of a top-N group carry the sequence number of the commit's last change.
+        let last_seq = changes.last().map_or(0, |c| c.seq);
+        for (id, cs) in topn {
+            let Some(group) = routes.groups.get_mut(&id) else {
+                continue;
+            };
+            let Kind::TopN(t) = &mut group.kind else {
+                continue;
+            };
+            match t.apply_commit(table, &cs) {
+                Ok((items, moved)) => {
+                    for item in items {
+                        group.members.deliver(item.at(last_seq), wakes);
+                    }
+                    if moved {
+                        routes.register_topn(id);
+                    }
+                }
+                Err(e) => {
+                    // A storage error while refilling a top-N set: its feeds cannot go on
+                    // correctly, so they end with the error.
+                    group.members.close(&Error::FeedAborted(format!(
+                        "the feed could not be maintained: {e}"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Adds a subscriber for `plan`, joining the group of an identical query when there is one.
+    /// The caller holds the commit lock, so `initial` (read here) and the changes that follow
+    /// fit together exactly.
+    pub(crate) fn subscribe(
+        self: &Arc<Self>,
+        plan: FeedPlan,
+        signature: String,
+        join: Join,
+        initial_rows: impl FnOnce() -> Result<Vec<Arc<Value>>>,
+        want_initial: bool,
+    ) -> Result<Subscribed> {
+        let table = match &plan {
+            FeedPlan::Rows { table, .. } | FeedPlan::TopN { table, .. } => table.clone(),
+            FeedPlan::Stats { .. } => unreachable!("stats feeds are timer feeds"),
+        };
+        let feeds = self
+            .tables
+            .write()
+            .entry(table.name.clone())
+            .or_default()
+            .clone();
+        let mut routes = feeds.routes.lock();
+        let signature: Arc<str> = signature.into();
+        let id = match routes.by_signature.get(&signature) {
+            Some(id) => *id,
+            None => {
+                let kind = match plan {
+                    FeedPlan::Rows { matcher, view, .. } => Kind::Rows { matcher, view },
+                    FeedPlan::TopN {
+                        order, view, limit, ..
+                    } => Kind::TopN(TopN::load(&table, order, view, limit)?),
+                    FeedPlan::Stats { .. } => unreachable!("checked above"),
+                };
+                routes.add_group(signature, kind)
+            }
+        };
+        let sub_id = routes.next_id;
+        routes.next_id += 1;
+        let group = routes.groups.get_mut(&id).expect("group exists");
+        let initial = if want_initial {
+            match &group.kind {
+                Kind::TopN(t) => Initial::Rows(t.rows().cloned().collect()),
+                Kind::Rows { .. } => Initial::Rows(initial_rows()?),
+            }
+        } else {
+            Initial::None
+        };
+        let (own, reader) = match join {
+            Join::Own(sub) => {
+                if let Kind::TopN(t) = &group.kind {
+                    // A squashing top-N feed reports batches as the difference between the
+                    // set its consumer knows and the set now, starting from this one.
+                    sub.track_list(t.list());
+                }
+                group.members.own.push((sub_id, sub));
+                (Some(sub_id), None)
+            }
+            Join::Shared(capacity) => {
+                let log = group
+                    .members
+                    .log
+                    .get_or_insert_with(Default::default)
+                    .clone();
+                group.members.shared += 1;
+                let reader = log.join(capacity);
+                (None, Some((log, reader)))
+            }
+        };
+        drop(routes);
+        feeds.open.fetch_add(1, Ordering::AcqRel);
+        self.open.fetch_add(1, Ordering::AcqRel);
+        Ok(Subscribed {
+            registration: Registration {
+                table: feeds,
+                hub_open: self.clone(),
+                group: id,
+                own,
+            },
+            initial,
+            reader,
+        })
+    }
+
+    /// Counts a feed that is not routed through a table (stats feeds).
+    pub(crate) fn count_timer_feed(&self, delta: isize) {
+        if delta > 0 {
+            self.open.fetch_add(1, Ordering::AcqRel);
+        } else {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Ends the feeds of a dropped table.
+    pub(crate) fn abort_table(&self, table: &str, why: &str) {
+        if let Some(feeds) = self.tables.write().remove(table) {
+            let mut routes = feeds.routes.lock();
+            let ids: Vec<GroupId> = routes.groups.keys().copied().collect();
+            for id in ids {
+                if let Some(g) = routes.remove_group(id) {
+                    g.members.close(&Error::FeedAborted(why.to_string()));
+                }
+            }
+        }
+    }
+
+    /// Ends the feeds that read a dropped index.
+    pub(crate) fn abort_index(&self, table: &str, index: &str, why: &str) {
+        let Some(feeds) = self.tables.read().get(table).cloned() else {
+            return;
+        };
+        let mut routes = feeds.routes.lock();
+        let ids: Vec<GroupId> = routes
+            .groups
+            .iter()
+            .filter(|(_, g)| g.index.as_deref() == Some(index))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some(g) = routes.remove_group(id) {
+                g.members.close(&Error::FeedAborted(why.to_string()));
+            }
+        }
+        routes.by_index_value.remove(index);
+    }
+
+    /// Ends every feed (the database is closing).
+    pub(crate) fn abort_all(&self, why: &str) {
+        let tables: Vec<String> = self.tables.read().keys().cloned().collect();
+        for t in tables {
+            self.abort_table(&t, why);
+        }
+    }
+
+    /// Open feeds on `table`, or in the whole database.
+    pub(crate) fn feed_count(&self, table: Option<&str>) -> usize {
+        match table {
+            None => self.open.load(Ordering::Acquire),
+            Some(t) => self
+                .tables
+                .read()
+                .get(t)
+                .map_or(0, |f| f.open.load(Ordering::Acquire)),
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut routes = self.table.routes.lock();
+        if let Some(g) = routes.groups.get_mut(&self.group) {
+            match self.own {
+                Some(own) => g.members.own.retain(|(id, _)| *id != own),
+                None => g.members.shared -= 1,
+            }
+            if g.members.is_empty() {
+                routes.remove_group(self.group);
+            }
+        }
+        drop(routes);
+        self.table.open.fetch_sub(1, Ordering::AcqRel);
+        self.hub_open.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
