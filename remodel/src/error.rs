@@ -130,6 +130,11 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A `Patch::with` closure tried to write to the database (or change its tables). The
+    /// closure runs under the commit lock, so the write would wait for itself forever;
+    /// compute the patch in the closure and write afterwards.
+    #[error("a Patch::with closure cannot write to the database (it runs under the commit lock)")]
+    WriteInPatch,
     /// A [`crate::Config`] setting that cannot work; nothing was opened.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),

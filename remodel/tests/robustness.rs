@@ -7,7 +7,10 @@
 //! without recursion.
 
 use remodel::value::{drop_deep, MAX_DEPTH};
-use remodel::{field, json, Database, Error, IndexSpec, Order, Patch, Predicate, Value};
+use remodel::{
+    field, json, Config, Database, Durability, Error, IndexSpec, Order, Patch, Predicate, Value,
+};
+use std::future::IntoFuture;
 use std::ops::Bound;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -401,4 +404,430 @@ async fn d4_an_iterator_over_a_dropped_table_ends_with_one_error() {
         }
         assert!(it.next().is_none());
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. A damaged data file opens as an empty database, or panics inside sled
+// ---------------------------------------------------------------------------------------------
+
+async fn make_db(dir: &std::path::Path, docs: i64) {
+    let db = Database::open(dir).await.unwrap();
+    db.create_table("t").await.unwrap();
+    let rows: Vec<Value> = (0..docs)
+        .map(|i| json!({"id": i, "pad": "x".repeat(200)}))
+        .collect();
+    db.table("t").insert_many(rows).await.unwrap();
+    db.close().await.unwrap();
+}
+
+/// Opens `dir`, retrying while a handle of this process that was just dropped still holds
+/// the files.
+async fn open_retry(dir: &std::path::Path) -> Result<Database, Error> {
+    let mut tries = 0;
+    loop {
+        match Database::open(dir).await {
+            Err(Error::Storage(m)) if m.contains("still open in this process") && tries < 100 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A data file truncated to 0 bytes, or missing, is refused with `Damaged` and left as it is;
+/// flipped bytes give a typed error or a database, never a panic; `cache_bytes(0)` is refused
+/// before anything is opened.
+#[tokio::test]
+async fn d5_a_damaged_data_file_is_refused_not_replaced() {
+    let dir = scratch("d5");
+    make_db(&dir, 2000).await;
+    let db_file = dir.join("db");
+    let original = std::fs::read(&db_file).unwrap();
+    assert!(!original.is_empty());
+
+    std::fs::write(&db_file, b"").unwrap();
+    let e = open_retry(&dir)
+        .await
+        .err()
+        .expect("an empty data file must not open");
+    assert!(
+        matches!(&e, Error::Damaged { reason, .. } if reason.contains("empty")),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::metadata(&db_file).unwrap().len(),
+        0,
+        "the file was replaced"
+    );
+
+    std::fs::remove_file(&db_file).unwrap();
+    let e = open_retry(&dir)
+        .await
+        .err()
+        .expect("a missing data file must not open");
+    assert!(
+        matches!(&e, Error::Damaged { reason, .. } if reason.contains("missing")),
+        "{e}"
+    );
+    assert!(!db_file.exists(), "a new data file was created");
+
+    // Flipped bytes: whatever sled makes of them, no panic comes out.
+    use rand::{Rng, SeedableRng};
+    for seed in 0..12u64 {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut bytes = original.clone();
+        for _ in 0..(1 + seed * 4) {
+            let at = rng.gen_range(0..bytes.len());
+            bytes[at] ^= 1 << rng.gen_range(0..8);
+        }
+        std::fs::write(&db_file, &bytes).unwrap();
+        match open_retry(&dir).await {
+            Ok(db) => {
+                // Whatever opened answers queries with values or typed errors.
+                let _ = db.table("t").count().await;
+                db.close().await.unwrap();
+            }
+            Err(Error::Damaged { .. }) => {}
+            Err(e) => assert!(!e.to_string().contains("panicked"), "seed {seed}: {e}"),
+        }
+    }
+
+    std::fs::write(&db_file, &original).unwrap();
+    let e = Config::new(&dir).cache_bytes(0).open().await.err().unwrap();
+    assert!(matches!(e, Error::InvalidConfig(_)), "{e}");
+    let db = open_retry(&dir).await.unwrap();
+    assert_eq!(db.table("t").count().await.unwrap(), 2000);
+    db.close().await.unwrap();
+    drop(db);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Open errors that name the wrong cause
+// ---------------------------------------------------------------------------------------------
+
+/// A small tmpfs mounted for one test; `None` (with a message) where this machine does not
+/// allow mounting one.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(name: &str, size: &str) -> Option<Tmpfs> {
+        let dir = scratch(name);
+        std::fs::create_dir_all(&dir).ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            Some(Tmpfs(dir))
+        } else {
+            println!("SKIPPED: cannot mount a tmpfs here (needs root and mount rights)");
+            let _ = std::fs::remove_dir(&dir);
+            None
+        }
+    }
+
+    fn remount_read_only(&self) -> bool {
+        std::process::Command::new("mount")
+            .args(["-o", "remount,ro"])
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Fills the file system up to the last byte.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let path = self.0.join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+        while f.write_all(&[0]).is_ok() {}
+        let _ = f.sync_all();
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Each open failure names its cause: a full disk, a read-only file system, a damaged `conf`
+/// file, and a database still held in this process by an earlier handle's table or iterator
+/// (refused at once, not after a second of retries). A lock held by another process is
+/// covered by durability.rs.
+#[tokio::test]
+async fn d6_open_errors_name_their_cause() {
+    // Still held in this process.
+    let dir = scratch("d6");
+    make_db(&dir, 10).await;
+    {
+        let db = open_retry(&dir).await.unwrap();
+        let t = db.table("t");
+        let rows = t.query().iter().unwrap();
+        db.close().await.unwrap();
+        drop(db);
+        let mut t = Some(t);
+        for holder in ["table and iterator", "iterator"] {
+            let started = Instant::now();
+            let e = Database::open(&dir)
+                .await
+                .err()
+                .expect("must not open twice");
+            assert!(
+                e.to_string().contains("still open in this process"),
+                "{holder}: {e}"
+            );
+            assert!(
+                started.elapsed() < Duration::from_millis(500),
+                "{holder}: waited"
+            );
+            t = None; // then only the iterator holds it
+        }
+        drop((t, rows));
+    }
+    // A damaged conf file.
+    let conf = dir.join("conf");
+    let good = std::fs::read(&conf).unwrap();
+    std::fs::write(
+        &conf,
+        b"this is not a sled configuration file\n\x00\x01\x02\x03",
+    )
+    .unwrap();
+    let e = open_retry(&dir)
+        .await
+        .err()
+        .expect("a damaged conf must not open");
+    assert!(
+        matches!(&e, Error::Damaged { reason, .. } if reason.contains("conf")),
+        "{e}"
+    );
+    std::fs::write(&conf, good).unwrap();
+    let db = open_retry(&dir).await.unwrap();
+    assert_eq!(db.table("t").count().await.unwrap(), 10);
+    db.close().await.unwrap();
+    drop(db);
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let Some(fs) = Tmpfs::mount("d6-fs", "4m") else {
+        return;
+    };
+    // Read-only.
+    let ro = fs.0.join("ro");
+    make_db(&ro, 10).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    if fs.remount_read_only() {
+        let e = open_retry(&ro)
+            .await
+            .err()
+            .expect("read-only must not open");
+        assert!(e.to_string().contains("read-only"), "{e}");
+        assert!(!e.to_string().contains("another process"), "{e}");
+    } else {
+        println!("SKIPPED: cannot remount the tmpfs read-only");
+    }
+    drop(fs);
+    // Full.
+    let Some(fs) = Tmpfs::mount("d6-full", "1m") else {
+        return;
+    };
+    fs.fill();
+    let e = Database::open(fs.0.join("full"))
+        .await
+        .err()
+        .expect("a full disk must not open");
+    assert!(e.to_string().contains("disk is full"), "{e}");
+    assert!(!e.to_string().contains("another process"), "{e}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Smaller ones
+// ---------------------------------------------------------------------------------------------
+
+/// A hard write that failed because the disk is full is not readable afterwards in the same
+/// process (the handle refuses every call with `Unusable`); after a reopen, every acknowledged
+/// write is there.
+#[tokio::test]
+async fn d7_a_hard_write_that_failed_on_a_full_disk_is_not_readable() {
+    let Some(fs) = Tmpfs::mount("d7-full", "4m") else {
+        return;
+    };
+    let dir = fs.0.join("db");
+    let db = Database::open(&dir).await.unwrap();
+    db.create_table("t").await.unwrap();
+    let t = db.table("t");
+    for i in 0..20 {
+        t.insert(json!({"id": i})).await.unwrap();
+    }
+    let filler = fs.fill();
+    let mut failed = None;
+    for i in 20..2000 {
+        let doc = json!({"id": i, "pad": "y".repeat(4000)});
+        if let Err(e) = t.insert(doc).durability(Durability::Hard).await {
+            failed = Some((i, e));
+            break;
+        }
+    }
+    let (key, e) = failed.expect("a full disk must fail a hard write");
+    assert!(matches!(e, Error::Unusable(_) | Error::Storage(_)), "{e}");
+    // Not readable, by key or by scan.
+    match t.get(key).await {
+        Ok(Some(doc)) => panic!("a failed write is readable: {}", doc["id"]),
+        Ok(None) | Err(Error::Unusable(_)) => {}
+        Err(e) => panic!("{e}"),
+    }
+    assert!(matches!(t.count().await, Err(Error::Unusable(_))));
+    assert!(matches!(
+        t.insert(json!({"id": -1})).await,
+        Err(Error::Unusable(_))
+    ));
+    // The same path does not hand out the failed handle again.
+    drop((t, db));
+    std::fs::remove_file(filler).unwrap();
+    let db = open_retry(&dir).await.unwrap();
+    let t = db.table("t");
+    for i in 0..20 {
+        assert!(
+            t.get(i).await.unwrap().is_some(),
+            "acknowledged write {i} lost"
+        );
+    }
+    db.close().await.unwrap();
+}
+
+/// A loop of soft writes lets a timer of the same (single-threaded) runtime fire on time.
+#[tokio::test(flavor = "current_thread")]
+async fn d7_a_loop_of_soft_writes_yields_to_the_scheduler() {
+    let db = Config::temporary()
+        .durability(Durability::Soft)
+        .open()
+        .await
+        .unwrap();
+    db.create_table("t").await.unwrap();
+    let t = db.table("t");
+    let started = Instant::now();
+    let writer = tokio::spawn(async move {
+        let mut i = 0;
+        while started.elapsed() < Duration::from_secs(2) {
+            t.insert(json!({"id": i})).await.unwrap();
+            t.get(i).update(json!({"n": 1})).await.unwrap();
+            i += 1;
+        }
+        i
+    });
+    // This task sleeps; the writer runs. The timer can fire only when the writer yields.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let late = started.elapsed();
+    let written = writer.await.unwrap();
+    assert!(written > 0);
+    assert!(
+        late < Duration::from_millis(1000),
+        "a 100 ms timer fired after {late:?}"
+    );
+}
+
+/// A `Patch::with` closure that writes to the database gets `WriteInPatch` (its write would
+/// wait forever for the commit lock its own thread holds); later writes go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d7_a_patch_closure_that_writes_gets_an_error_not_a_deadlock() {
+    let db = Database::temporary().await.unwrap();
+    db.create_table("t").await.unwrap();
+    db.create_table("log").await.unwrap();
+    let t = db.table("t");
+    t.insert(json!({"id": 1, "n": 0})).await.unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (log, inner_db, seen2) = (db.table("log"), db.clone(), seen.clone());
+    let patch = Patch::with(move |doc| {
+        let mut seen = seen2.lock().unwrap();
+        type Pending = std::pin::Pin<
+            Box<dyn std::future::Future<Output = remodel::Result<remodel::WriteResult>> + Send>,
+        >;
+        let block_on = |f: Pending| futures::executor::block_on(f).map(drop);
+        seen.push(block_on(log.insert(json!({"id": 1})).into_future()));
+        let many: Vec<Value> = (0..100).map(|i| json!({"id": 100 + i})).collect();
+        seen.push(block_on(log.insert_many(many).into_future()));
+        seen.push(block_on(log.query().delete().into_future()));
+        seen.push(block_on(inner_db.batch().delete("log", 1).into_future()));
+        seen.push(futures::executor::block_on(inner_db.create_table("x")));
+        Ok(json!({"n": doc["n"].as_i64().unwrap_or(0) + 1}))
+    });
+    let done = tokio::time::timeout(Duration::from_secs(10), t.get(1).update(patch)).await;
+    let r = done.expect("deadlock: the update never finished").unwrap();
+    assert_eq!(r.replaced, 1);
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 5);
+    for s in seen.iter() {
+        assert!(matches!(s, Err(Error::WriteInPatch)), "{s:?}");
+    }
+    let later = tokio::time::timeout(Duration::from_secs(10), t.insert(json!({"id": 2}))).await;
+    later.expect("later writes wait forever").unwrap();
+    assert_eq!(db.table("log").count().await.unwrap(), 0);
+}
+
+const ENV_TMP_CHILD: &str = "REMODEL_ROBUSTNESS_TMP_CHILD";
+
+/// The child of `d7_temporary_databases_of_a_killed_process_are_cleaned_up`.
+#[tokio::test]
+async fn d7_temporary_child() {
+    if std::env::var_os(ENV_TMP_CHILD).is_none() {
+        return;
+    }
+    let db = Database::temporary().await.unwrap();
+    db.create_table("t").await.unwrap();
+    db.table("t").insert(json!({"id": 1})).await.unwrap();
+    println!("@@ ready");
+    tokio::time::sleep(Duration::from_secs(60)).await;
+}
+
+/// The temporary database of a process killed with SIGKILL is removed by the next
+/// `Database::temporary()` of another process.
+#[tokio::test]
+async fn d7_temporary_databases_of_a_killed_process_are_cleaned_up() {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "d7_temporary_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(ENV_TMP_CHILD, "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = std::io::BufReader::new(child.stdout.take().unwrap());
+    for line in out.lines() {
+        if line.unwrap().contains("@@ ready") {
+            break;
+        }
+    }
+    let pid = child.id();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let leftovers = || -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        for base in [PathBuf::from("/dev/shm"), std::env::temp_dir()] {
+            for e in std::fs::read_dir(base).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&format!("remodel-tmp-{pid}-")) {
+                    found.push(e.path());
+                }
+            }
+        }
+        found
+    };
+    assert_eq!(leftovers().len(), 1, "the child's temporary database");
+    let db = Database::temporary().await.unwrap();
+    assert_eq!(leftovers(), Vec::<PathBuf>::new());
+    drop(db);
 }

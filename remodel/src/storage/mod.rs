@@ -70,7 +70,7 @@ impl OpenFailure {
             sled::Error::Io(io) => OpenFailure::Io(io),
             sled::Error::Corruption { at, .. } => OpenFailure::Damaged(match at {
                 Some(at) => format!("the storage engine found damaged data at {at:?}"),
-                None => "the storage engine found damaged data (its conf file?)".into(),
+                None => "the storage engine found damaged data in its files".into(),
             }),
             e => OpenFailure::Damaged(format!("the storage engine refused it: {e}")),
         }
