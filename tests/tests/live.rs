@@ -260,6 +260,15 @@ async fn a_top_five_leaderboard_feed() -> remodel::Result<()> {
     .create(&db)
     .await?;
     quiet(&mut top).await;
+
+    // A filtered leaderboard: the filter applies to the rows in index order.
+    let not_ed = Score::filter(&db, f.player.ne("ed"))
+        .order_by(f.points.index().desc())
+        .limit(2);
+    let best: Vec<String> = not_ed.run().await?.into_iter().map(|s| s.player).collect();
+    assert_eq!(best, ["gus", "di"]);
+    let mut live = not_ed.changes().include_initial(true).await?;
+    assert_eq!(next(&mut live).await?.new.unwrap().player, "gus");
     Ok(())
 }
 

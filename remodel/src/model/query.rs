@@ -169,6 +169,7 @@ impl<T: Model> ModelQuery<T> {
             .steps
             .iter()
             .any(|s| matches!(s, Step::Order(o) if is_index_order(o)));
+        let mut steps = self.steps.iter().peekable();
         let mut q = match &self.source {
             Source::Index(ix, values) => table.get_all(values.clone()).index(*ix),
             Source::Table => match self.filter.as_ref().and_then(|p| indexable(schema, p)) {
@@ -176,10 +177,18 @@ impl<T: Model> ModelQuery<T> {
                 _ => table.query(),
             },
         };
+        // An index order reads the table through that index, so the store wants it right
+        // after the table: the filter then applies to the ordered rows (a filtered top-N).
+        if let (Source::Table, Some(Step::Order(o))) = (&self.source, steps.peek()) {
+            if is_index_order(o) {
+                q = q.order_by(o.clone());
+                steps.next();
+            }
+        }
         if let Some(p) = &self.filter {
             q = q.filter(p.clone());
         }
-        for s in &self.steps {
+        for s in steps {
             q = match s {
                 Step::Order(o) => q.order_by(o.clone()),
                 Step::Skip(n) => q.skip(*n),
