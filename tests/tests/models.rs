@@ -321,7 +321,7 @@ async fn save_and_update_keep_fields_the_struct_does_not_know() -> remodel::Resu
     Ok(())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_or_create_creates_one_row_under_concurrency() -> remodel::Result<()> {
     let db = db().await?;
     let f = Person::fields();
@@ -444,5 +444,26 @@ async fn callbacks_run_in_order_and_before_hooks_abort() -> remodel::Result<()> 
         ]
     );
     assert!(LOADS.load(Ordering::SeqCst) >= 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn schema_conflicts_are_errors_not_silent_changes() -> remodel::Result<()> {
+    // A table of the same name with another primary key.
+    let db = Database::temporary().await?;
+    db.create_table_with_key("registry", "serial").await?;
+    let err = create_schema(&db).await.unwrap_err();
+    assert!(
+        matches!(err.as_model(), Some(ModelError::Invalid(m)) if m.contains("serial")),
+        "{err}"
+    );
+    // An index of the same name with another definition.
+    let db = Database::temporary().await?;
+    db.create_table("people").await?;
+    db.table("people")
+        .create_index("name", remodel::IndexSpec::field("nickname"))
+        .await?;
+    let err = create_schema(&db).await.unwrap_err();
+    assert!(matches!(err, Error::IndexExists { .. }), "{err}");
     Ok(())
 }
