@@ -117,13 +117,10 @@ impl<P: Model, C: Model> HasMany<P, C> {
     /// Creates `child` as a child of this parent and returns it saved.
     pub async fn create(&self, mut child: C) -> Result<C> {
         let parent = self.key()?;
-        let docs = prepare_children(std::slice::from_mut(&mut child), self.fk(), &parent)?;
-        let table = C::schema().table;
-        let mut batch = self.db.batch();
-        for d in docs {
-            batch = batch.insert(table, d);
-        }
-        batch.await?.check()?;
+        let mut docs = prepare_children(std::slice::from_mut(&mut child), self.fk(), &parent)?;
+        // One document: a plain insert (a batch would add a hop to a blocking thread).
+        let doc = docs.pop().expect("one child, one document");
+        C::table(&self.db).insert(doc).await?.check()?;
         child.after_save();
         Ok(child)
     }
