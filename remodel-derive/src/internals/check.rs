@@ -47,7 +47,7 @@ pub fn checked(input: &DeriveInput) -> Result<Model> {
         .unwrap_or_default();
     let table = rule_table_name(&container, &mut errors);
     let primary_key = errors.handle(rule_primary_key(&container, &fields));
-    let indexes = rule_indexes(&container, &fields, &mut errors);
+    let indexes = rule_indexes(&container, &fields, primary_key, &mut errors);
     let relations = rule_relations(&container, &fields, &mut errors);
     rule_unique_accessors(&relations, &mut errors);
     rule_distinct_keys(&relations, &mut errors);
@@ -193,6 +193,7 @@ fn rule_primary_key(c: &ContainerAttr, fields: &[Field]) -> Result<usize> {
 fn rule_indexes(
     c: &ContainerAttr,
     fields: &[Field],
+    primary_key: Option<usize>,
     errors: &mut darling::error::Accumulator,
 ) -> Vec<Index> {
     let raw = c.data.as_ref().take_struct().expect("named struct").fields;
@@ -271,10 +272,7 @@ fn rule_indexes(
             ci.span,
         ));
     }
-    let pk = fields
-        .iter()
-        .position(|f| f.stored == "id")
-        .map(|i| fields[i].stored.clone());
+    let pk = primary_key.map(|i| fields[i].stored.clone());
     for i in 0..out.len() {
         if out[..i].iter().any(|(o, _)| o.name == out[i].0.name) {
             errors.push(

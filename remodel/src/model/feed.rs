@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 /// `old` is `None` for a row that entered the result (and for initial rows), `new` is `None`
 /// for one that left it; both are `None` for state markers. [`Change::raw`] is the store's
 /// item (its JSON form for a browser: [`crate::Change::to_json`]).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Change<T> {
     /// The model before the write.
     pub old: Option<T>,
