@@ -178,6 +178,22 @@ async fn relation_lookups_read_through_the_foreign_key_index() -> remodel::Resul
     let before = reads().await;
     assert_eq!(a.crewmembers(&db).all().await?.len(), 1);
     assert_eq!(reads().await - before, 1, "one row read, not a scan of 201");
+    // A model filter on a foreign key uses its index too.
+    let f = Crewmember::fields();
+    let before = reads().await;
+    let on_a = Crewmember::filter(&db, f.starship_id.eq(a.id.clone()))
+        .run()
+        .await?;
+    assert_eq!(on_a.len(), 1);
+    assert_eq!(reads().await - before, 1, "through the starship_id index");
+    // An equality with null is not read through the index (indexes leave nulls out), so it
+    // still finds every member without a training ship.
+    assert_eq!(
+        Crewmember::filter(&db, f.training_ship_id.eq(None::<Id>))
+            .count()
+            .await?,
+        201
+    );
     Ok(())
 }
 

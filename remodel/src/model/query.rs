@@ -1,6 +1,6 @@
 //! Typed queries on a model's table.
 
-use super::{codec, IndexKind, Model, ModelChanges, Schema};
+use super::{codec, IndexKind, Model, ModelChanges, RelationKind, Schema};
 use crate::{Database, Error, Order, Predicate, Query, Result};
 use serde_json::Value;
 use std::fmt;
@@ -81,25 +81,58 @@ impl<T: Model> fmt::Debug for ModelQuery<T> {
     }
 }
 
-/// An equality on a field that has a simple index (or `contains` on a multi index), to read
-/// through the index. Looks at the predicate itself and at the conjuncts of an `and`.
-fn indexable(schema: &Schema, p: &Predicate) -> Option<(&'static str, Value)> {
-    let index_on = |field: &str, multi: bool| {
-        schema.indexes.iter().find(|ix| {
+/// An equality on a field that has a simple index (a declared one or a foreign-key index),
+/// or `contains` on a multi index, to read through the index. Looks at the predicate itself
+/// and at the conjuncts of an `and`. An equality with `null` is not read through an index
+/// (indexes leave out null values).
+fn indexable(schema: &'static Schema, p: &Predicate) -> Option<(&'static str, Value)> {
+    let index_on = |field: &str, multi: bool| -> Option<&'static str> {
+        let declared = schema.indexes.iter().find(|ix| {
             ix.paths.len() == 1
                 && ix.paths[0] == field
                 && (ix.kind == IndexKind::Multi) == multi
                 && ix.kind != IndexKind::Compound
-        })
+        });
+        match declared {
+            Some(ix) => Some(ix.name),
+            None if !multi => foreign_key_index(schema, field),
+            None => None,
+        }
     };
     match p {
-        Predicate::Eq { field, value } => index_on(field, false).map(|ix| (ix.name, value.clone())),
-        Predicate::Contains { field, value } => {
-            index_on(field, true).map(|ix| (ix.name, value.clone()))
+        Predicate::Eq { field, value } if !value.is_null() => {
+            index_on(field, false).map(|ix| (ix, value.clone()))
+        }
+        Predicate::Contains { field, value } if !value.is_null() => {
+            index_on(field, true).map(|ix| (ix, value.clone()))
         }
         Predicate::And { all } => all.iter().find_map(|c| indexable(schema, c)),
         _ => None,
     }
+}
+
+/// The foreign-key index of `schema`'s table on `field`, if a relation gives it one: its own
+/// belongs_to, or another model's has_many / has_one pointing at it (the index is named after
+/// the key).
+fn foreign_key_index(schema: &'static Schema, field: &str) -> Option<&'static str> {
+    let own = schema
+        .relations
+        .iter()
+        .find(|r| r.kind == RelationKind::BelongsTo && r.foreign_key == field);
+    if let Some(r) = own {
+        return Some(r.foreign_key);
+    }
+    for r in inventory::iter::<super::Registration> {
+        for rel in r.schema().relations {
+            if matches!(rel.kind, RelationKind::HasMany | RelationKind::HasOne)
+                && rel.foreign_key == field
+                && std::ptr::eq(rel.target(), schema)
+            {
+                return Some(rel.foreign_key);
+            }
+        }
+    }
+    None
 }
 
 impl<T: Model> ModelQuery<T> {

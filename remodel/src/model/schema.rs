@@ -131,6 +131,11 @@ impl Registration {
     pub const fn of<M: Model>() -> Self {
         Registration { schema: M::schema }
     }
+
+    /// The registered model.
+    pub fn schema(&self) -> &'static Schema {
+        (self.schema)()
+    }
 }
 
 inventory::collect!(Registration);
