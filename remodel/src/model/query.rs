@@ -111,6 +111,20 @@ fn indexable(schema: &'static Schema, p: &Predicate) -> Option<(&'static str, Va
     }
 }
 
+/// Whether the index can be used: declared indexes and the model's own foreign keys are
+/// created with its table; another model's has_many index exists only if that model's schema
+/// was created too, so it is looked up.
+fn has_index(schema: &Schema, table: &crate::Table, ix: &str) -> bool {
+    schema.indexes.iter().any(|i| i.name == ix)
+        || schema
+            .relations
+            .iter()
+            .any(|r| r.kind == RelationKind::BelongsTo && r.foreign_key == ix)
+        || table
+            .index_names()
+            .is_ok_and(|names| names.iter().any(|n| n == ix))
+}
+
 /// The foreign-key index of `schema`'s table on `field`, if a relation gives it one: its own
 /// belongs_to, or another model's has_many / has_one pointing at it (the index is named after
 /// the key).
@@ -206,7 +220,9 @@ impl<T: Model> ModelQuery<T> {
         let mut q = match &self.source {
             Source::Index(ix, values) => table.get_all(values.clone()).index(*ix),
             Source::Table => match self.filter.as_ref().and_then(|p| indexable(schema, p)) {
-                Some((ix, v)) if !ordered_by_index => table.get_all([v]).index(ix),
+                Some((ix, v)) if !ordered_by_index && has_index(schema, &table, ix) => {
+                    table.get_all([v]).index(ix)
+                }
                 _ => table.query(),
             },
         };
