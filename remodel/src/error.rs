@@ -72,6 +72,24 @@ pub enum Error {
     /// queue size of 0, offsets on a feed that has no order, an unknown option).
     #[error("invalid feed option: {0}")]
     InvalidFeedOption(String),
+    /// A batch that lists more writes than one batch may hold.
+    #[error("a batch holds at most {max} writes, got {got}")]
+    BatchTooLarge {
+        /// The most writes a batch may list.
+        max: usize,
+        /// How many it listed.
+        got: usize,
+    },
+    /// A feed was asked to resume from a cursor older than the change log keeps (or the
+    /// database keeps no change log): the changes after it cannot all be delivered. Re-read
+    /// the result with `include_initial` instead.
+    #[error("cannot resume from cursor {cursor}: {reason}; re-read with include_initial")]
+    CursorExpired {
+        /// The cursor given.
+        cursor: String,
+        /// Why (older than the retention, no change log).
+        reason: String,
+    },
     /// A batch's precondition did not hold (see `Batch::require_empty`); nothing was written.
     #[error("precondition failed: {0}")]
     Precondition(String),

@@ -285,6 +285,12 @@ impl DbInner {
     /// Takes the commit lock, commits one chunk, and wakes the feeds it fed once the lock is
     /// released.
     /// `ops` runs first, under the lock: it may read the store to decide what to write.
+    ///
+    /// One write path for every write that selects its rows when it commits (writes by
+    /// query, batches with `update_where` / `delete_where` / `require_empty`): an
+    /// all-or-nothing commit is one atomic storage batch however many rows it selected; any
+    /// other commits atomically per chunk of 4,096 rows, under one hold of the lock (no other
+    /// writer runs in between).
     pub(crate) fn commit_locked(
         &self,
         ops: impl FnOnce() -> Result<Vec<(Arc<TableState>, WriteOp)>>,
@@ -294,8 +300,17 @@ impl DbInner {
         super::check_not_in_patch()?;
         let mut wakes = Vec::new();
         let mut seq = self.writer.lock();
-        let committed =
-            ops().and_then(|ops| self.commit_chunk(ops, how, result, &mut seq, &mut wakes));
+        let committed = ops().and_then(|ops| {
+            if how.all_or_nothing {
+                return self.commit_chunk(ops, how, result, &mut seq, &mut wakes);
+            }
+            let mut ops = ops.into_iter().peekable();
+            while ops.peek().is_some() {
+                let chunk = ops.by_ref().take(CHUNK).collect();
+                self.commit_chunk(chunk, how, result, &mut seq, &mut wakes)?;
+            }
+            Ok(())
+        });
         drop(seq);
         wakes.drain(..).for_each(std::task::Waker::wake);
         committed
@@ -432,8 +447,16 @@ impl DbInner {
                 continue;
             }
             let table = &tables[slot];
+            // The stored bytes, kept for the change log (serialized once).
+            let mut bytes = None;
             match &new {
-                Some(doc) => batch.insert(&table.docs, key.clone(), serde_json::to_vec(&**doc)?),
+                Some(doc) => {
+                    let b = serde_json::to_vec(&**doc)?;
+                    if self.changelog.is_some() {
+                        bytes = Some(b.clone());
+                    }
+                    batch.insert(&table.docs, key.clone(), b)
+                }
                 None => batch.remove(&table.docs, key.clone()),
             }
             for ix in table.indexes.read().iter() {
@@ -457,6 +480,17 @@ impl DbInner {
                 }
             }
             *seq += 1;
+            if let Some(log) = &self.changelog {
+                // In the same atomic batch: the log holds exactly the committed changes.
+                log.append(
+                    &mut batch,
+                    *seq,
+                    &table.name,
+                    &key,
+                    old.as_deref(),
+                    bytes.as_deref(),
+                )?;
+            }
             committed[slot].push(Committed {
                 seq: *seq,
                 key,
@@ -472,6 +506,14 @@ impl DbInner {
             self.reserve_seq(*seq)?;
         }
         self.storage.apply(&batch)?;
+        if let Some(log) = &self.changelog {
+            let n = committed.iter().map(|c| c.len() as u64).sum();
+            // Trimming is housekeeping: the commit is done, and a failed trim is retried
+            // with the next one.
+            if let Err(e) = log.committed(&self.storage, n) {
+                tracing::warn!("the change log could not be trimmed: {e}");
+            }
+        }
         // Feeds show this commit at once (soft) or once it is on disk (hard).
         self.visibility.committed(*seq, how.hard);
         for (table, changes) in tables.iter().zip(&committed) {
@@ -608,54 +650,6 @@ impl Database {
     /// Whether a write with this durability (or the database default) is a hard one.
     pub(crate) fn is_hard(&self, durability: Option<Durability>) -> bool {
         durability.unwrap_or(self.inner.config.durability) == Durability::Hard
-    }
-}
-
-impl DbInner {
-    /// Writes every row selected by `plan`, selecting and writing under one hold of the commit
-    /// lock (each chunk of 4,096 documents is atomic).
-    pub(crate) fn commit_selected(
-        &self,
-        plan: &crate::query::plan::Plan,
-        make_op: impl Fn(Vec<u8>) -> WriteOp,
-        return_changes: bool,
-        hard: bool,
-    ) -> Result<WriteResult> {
-        super::check_not_in_patch()?;
-        let mut seq = self.writer.lock();
-        if plan.table.is_dropped() {
-            return Err(Error::NoSuchTable(plan.table.name.clone()));
-        }
-        let mut seen = std::collections::HashSet::new();
-        let mut keys = Vec::new();
-        for row in plan.rows() {
-            let key = row?.key.to_vec();
-            if seen.insert(key.clone()) {
-                keys.push(key);
-            }
-        }
-        let mut result = WriteResult::default();
-        let mut wakes = Vec::new();
-        let how = Commit {
-            return_changes,
-            all_or_nothing: false,
-            hard,
-        };
-        for chunk in keys.chunks(CHUNK) {
-            let ops = chunk
-                .iter()
-                .map(|k| (plan.table.clone(), make_op(k.clone())))
-                .collect();
-            let committed = self.commit_chunk(ops, how, &mut result, &mut seq, &mut wakes);
-            if let Err(e) = committed {
-                drop(seq);
-                wakes.drain(..).for_each(std::task::Waker::wake);
-                return Err(e);
-            }
-        }
-        drop(seq);
-        wakes.drain(..).for_each(std::task::Waker::wake);
-        Ok(result)
     }
 }
 

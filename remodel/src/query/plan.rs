@@ -294,7 +294,7 @@ impl Plan {
                 } else {
                     Box::new(it)
                 };
-                Box::new(it.filter_map(move |r| fetch_entry(&table, r)))
+                Box::new(it.filter_map(move |r| fetch_entry(&table, &ix, r)))
             }
             Access::Rows(rows) => Box::new((0..rows.len()).map(move |i| {
                 Ok(Row {
@@ -304,9 +304,10 @@ impl Plan {
             })),
             Access::IndexValues { ix, values } => Box::new(values.into_iter().flat_map(move |v| {
                 let table = table.clone();
+                let ix2 = ix.clone();
                 ix.tree
                     .scan_prefix(&v)
-                    .filter_map(move |r| fetch_entry(&table, r))
+                    .filter_map(move |r| fetch_entry(&table, &ix2, r))
             })),
         }
     }
@@ -346,17 +347,30 @@ impl Plan {
     }
 }
 
-/// Reads the document an index entry points to. An entry whose document was deleted since the
-/// entry was read is skipped (reads are not snapshot-isolated).
-fn fetch_entry(table: &TableState, r: Result<(Bytes, Bytes)>) -> Option<Result<Row>> {
-    let (_, pk) = match r {
+/// Reads the document an index entry points to. Reads are not snapshot-isolated: between
+/// reading the entry and the document, a commit may have deleted the document or moved it
+/// elsewhere in the index. Such a stale entry is skipped, so a row returned through an index
+/// always satisfies the index condition when it is returned.
+fn fetch_entry(
+    table: &TableState,
+    ix: &IndexState,
+    r: Result<(Bytes, Bytes)>,
+) -> Option<Result<Row>> {
+    let (entry, pk) = match r {
         Ok(kv) => kv,
         Err(e) => return Some(Err(e)),
     };
-    table
-        .get_doc(&pk)
-        .transpose()
-        .map(|r| r.map(|doc| Row { key: pk, doc }))
+    match table.get_doc(&pk) {
+        Err(e) => Some(Err(e)),
+        Ok(None) => None,
+        Ok(Some(doc)) => {
+            let current = ix.compiled.keys(&doc, &pk);
+            current
+                .iter()
+                .any(|k| k.as_slice() == &entry[..])
+                .then_some(Ok(Row { key: pk, doc }))
+        }
+    }
 }
 
 /// A row with its sort value; ordered by (value, primary key), missing values last.

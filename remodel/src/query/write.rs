@@ -75,7 +75,17 @@ impl Insert {
         self
     }
 
-    async fn run(self) -> Result<WriteResult> {
+    async fn run(mut self) -> Result<WriteResult> {
+        // The depth limit before anything else, so that no error path drops (recursively) a
+        // document too deep to be dropped that way.
+        let deep = self
+            .docs
+            .iter()
+            .position(|d| crate::value::deeper_than(d, crate::value::MAX_DEPTH));
+        if let Some(i) = deep {
+            self.docs.drain(..).for_each(crate::value::drop_deep);
+            return Err(crate::value::too_deep(&format!("document #{i}")));
+        }
         let db = self.table.db.clone();
         let t = self.table.state()?;
         let mut generated = Vec::new();
@@ -224,12 +234,21 @@ impl Write {
                 }
                 let db = q.db.clone();
                 let plan = q.plan()?;
-                let action = self.action;
-                let return_changes = self.opts.return_changes;
-                let hard = db.is_hard(self.opts.durability);
+                let patch = match self.action {
+                    Action::Update(p) => Some(p),
+                    _ => None,
+                };
+                let how = Commit {
+                    return_changes: self.opts.return_changes,
+                    all_or_nothing: false,
+                    hard: db.is_hard(self.opts.durability),
+                };
                 let inner = db.inner.clone();
                 let result = crate::db::spawn_blocking(move || {
-                    inner.commit_selected(&plan, |key| Self::op(&action, key), return_changes, hard)
+                    let mut result = WriteResult::default();
+                    inner
+                        .commit_locked(|| expand(vec![Step::Where(plan, patch)]), how, &mut result)
+                        .map(|()| result)
                 })
                 .await?;
                 db.settle(self.opts.durability).await?;
@@ -292,11 +311,23 @@ impl Query {
 
 /// Writes to one or more tables that commit together: all of them, or none.
 ///
-/// The writes run in order under one hold of the commit lock and reach storage as one atomic
-/// batch; changefeeds see them in that order. If any write fails (a key conflict, a patch
-/// that does not apply), nothing is written and the batch returns that error. Updates and
-/// deletes of missing documents are not failures: they count as `skipped`. A batch holds at
-/// most 4,096 writes.
+/// The writes run in order under one hold of the commit lock and reach storage as one
+/// crash-atomic batch: after a crash, all of it is there or none of it. If any write fails (a
+/// key conflict, a patch that does not apply), nothing is written and the batch returns that
+/// error. Updates and deletes of missing documents are not failures: they count as
+/// `skipped`. A batch lists at most 4,096 writes ([`Error::BatchTooLarge`]); the rows that
+/// its `update_where` / `delete_where` select are not limited (a delete that cascades to
+/// 100,000 children is one batch).
+///
+/// What others observe of a batch while it commits:
+/// - **Writers** never interleave with it (one commit lock).
+/// - **Changefeeds** see it whole, as one step: per row, its value before the batch and
+///   after it (see the crate README's feed guarantees).
+/// - **Readers** (`get`, queries) are not isolated from it: storage applies the batch's keys
+///   one after the other, so a read that runs during the commit may see some of the batch's
+///   documents changed and others not yet. Each document is read whole, and a row returned
+///   through a secondary index always satisfies the index condition when it is returned.
+///   Read through a feed (or after the batch returns) for a consistent view.
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -469,10 +500,10 @@ impl Batch {
             return Err(e);
         }
         if self.ops.len() > BATCH_MAX {
-            return Err(Error::query(format!(
-                "a batch holds at most {BATCH_MAX} writes, got {}",
-                self.ops.len()
-            )));
+            return Err(Error::BatchTooLarge {
+                max: BATCH_MAX,
+                got: self.ops.len(),
+            });
         }
         let db = self.db;
         let mut generated = Vec::new();
@@ -578,12 +609,6 @@ fn expand(steps: Vec<Step>) -> Result<Vec<(Arc<TableState>, WriteOp)>> {
                 }
             }
         }
-    }
-    if ops.len() > BATCH_MAX {
-        return Err(Error::query(format!(
-            "a batch holds at most {BATCH_MAX} writes; its queries selected {}",
-            ops.len()
-        )));
     }
     Ok(ops)
 }
