@@ -17,16 +17,16 @@ pub fn expand(m: &Model) -> TokenStream {
     let pk_stored = &pk.stored;
 
     // The typed field names.
-    let field_decls = m.fields.iter().map(|f| {
+    let field_decls = m.stored_fields().map(|f| {
         let (fi, ty) = (&f.ident, &f.ty);
         let doc = format!("The stored field `{}`.", f.stored);
         quote! { #[doc = #doc] pub #fi: ::remodel::model::Field<#ident, #ty> }
     });
-    let field_inits = m.fields.iter().map(|f| {
+    let field_inits = m.stored_fields().map(|f| {
         let (fi, stored) = (&f.ident, &f.stored);
         quote! { #fi: ::remodel::model::Field::new(#stored) }
     });
-    let stored_names = m.fields.iter().map(|f| &f.stored);
+    let stored_names = m.stored_fields().map(|f| &f.stored);
     let fields_doc = format!(
         "The typed field names of [`{model_name}`], for predicates: \
          `<{model_name} as remodel::Model>::fields().{}.eq(..)`.",
@@ -196,11 +196,11 @@ pub fn expand(m: &Model) -> TokenStream {
     }
 
     // Field access by stored name (foreign keys, batched loading).
-    let get_arms = m.fields.iter().map(|f| {
+    let get_arms = m.stored_fields().map(|f| {
         let (fi, stored) = (&f.ident, &f.stored);
         quote! { #stored => ::remodel::model::__private::to_value(&self.#fi) }
     });
-    let set_arms = m.fields.iter().map(|f| {
+    let set_arms = m.stored_fields().map(|f| {
         let (fi, stored) = (&f.ident, &f.stored);
         quote! {
             #stored => {

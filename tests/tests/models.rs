@@ -467,3 +467,48 @@ async fn schema_conflicts_are_errors_not_silent_changes() -> remodel::Result<()>
     assert!(matches!(err, Error::IndexExists { .. }), "{err}");
     Ok(())
 }
+
+/// Fields serde skips are not stored: no typed field name, not in the schema's fields, and
+/// `save` leaves a stored field of that name alone (it is unknown to the model).
+#[derive(Model, Serialize, Deserialize, Clone, Debug, PartialEq)]
+struct Cached {
+    id: Option<Id>,
+    #[serde(rename = "title")]
+    name: String,
+    #[serde(skip)]
+    memo: Option<String>,
+}
+
+#[tokio::test]
+async fn renamed_and_skipped_fields() -> remodel::Result<()> {
+    assert_eq!(Cached::schema().fields, ["id", "title"]);
+    assert_eq!(Cached::fields().name.name(), "title");
+    let db = db().await?;
+    let mut c = Cached {
+        id: None,
+        name: "a".into(),
+        memo: Some("not stored".into()),
+    }
+    .create(&db)
+    .await?;
+    let raw = db
+        .table("cacheds")
+        .get(c.id.clone().unwrap())
+        .await?
+        .unwrap();
+    assert_eq!(raw, json!({"id": c.id, "title": "a"}));
+    assert_eq!(
+        Cached::find(&db, Cached::fields().name.eq("a"))
+            .await?
+            .unwrap()
+            .memo,
+        None
+    );
+    c.name = "b".into();
+    c.save(&db).await?;
+    assert_eq!(
+        Cached::get(&db, c.id.clone().unwrap()).await?.unwrap().name,
+        "b"
+    );
+    Ok(())
+}

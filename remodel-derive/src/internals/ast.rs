@@ -32,6 +32,11 @@ impl Model {
     pub fn primary_key(&self) -> &Field {
         &self.fields[self.primary_key]
     }
+
+    /// The fields stored in the document (not skipped by serde).
+    pub fn stored_fields(&self) -> impl Iterator<Item = &Field> {
+        self.fields.iter().filter(|f| !f.skipped)
+    }
 }
 
 /// One field of the struct.
@@ -40,6 +45,8 @@ pub struct Field {
     pub ty: Type,
     /// The name the field is stored under (serde's `rename`, or the field's name).
     pub stored: String,
+    /// serde skips it: not a stored field (no typed field name, not in the schema).
+    pub skipped: bool,
 }
 
 /// What kind of secondary index.

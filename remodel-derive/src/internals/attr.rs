@@ -330,19 +330,45 @@ impl FromMeta for CompoundIndexAttr {
     }
 }
 
-/// The name serde stores a field under: `#[serde(rename = "..")]`, or the field's name.
-pub fn serde_rename(attrs: &[Attribute]) -> Result<Option<String>> {
-    let mut out = None;
+/// What serde's field attributes change about where a field is stored.
+#[derive(Default)]
+pub struct SerdeField {
+    /// `#[serde(rename = "..")]`.
+    pub rename: Option<String>,
+    /// `skip`, `skip_serializing` or `skip_deserializing`: a field that is not written (or
+    /// not read) is not a stored field the model layer can rely on.
+    pub skip: bool,
+}
+
+/// Reads serde's field attributes; `flatten` is refused (its fields are stored at the top
+/// level under names the derive cannot see).
+pub fn serde_field(attrs: &[Attribute]) -> Result<SerdeField> {
+    let mut out = SerdeField::default();
     for attr in attrs.iter().filter(|a| a.path().is_ident("serde")) {
         let Meta::List(list) = &attr.meta else {
             continue;
         };
         for nested in NestedMeta::parse_meta_list(list.tokens.clone())? {
-            if let NestedMeta::Meta(Meta::NameValue(nv)) = nested {
+            let NestedMeta::Meta(m) = nested else {
+                continue;
+            };
+            let path = m.path();
+            if path.is_ident("skip")
+                || path.is_ident("skip_serializing")
+                || path.is_ident("skip_deserializing")
+            {
+                out.skip = true;
+            } else if path.is_ident("flatten") {
+                return Err(Error::custom(
+                    "#[derive(Model)] does not follow `#[serde(flatten)]`: write the flattened \
+                     fields in the model, or keep them nested (without flatten)",
+                )
+                .with_span(&m));
+            } else if let Meta::NameValue(nv) = &m {
                 if nv.path.is_ident("rename") {
                     if let Expr::Lit(l) = &nv.value {
                         if let Lit::Str(s) = &l.lit {
-                            out = Some(s.value());
+                            out.rename = Some(s.value());
                         }
                     }
                 }

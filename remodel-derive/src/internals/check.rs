@@ -42,15 +42,14 @@ pub fn checked(input: &DeriveInput) -> Result<Model> {
     let mut errors = Error::accumulator();
     errors.handle(rule_no_generics(&container));
     errors.handle(attr::serde_container_renames(&container.attrs));
-    let fields = errors
-        .handle(collect_fields(&container))
-        .unwrap_or_default();
+    let fields = collect_fields(&container, &mut errors);
     let table = rule_table_name(&container, &mut errors);
     let primary_key = errors.handle(rule_primary_key(&container, &fields));
     let indexes = rule_indexes(&container, &fields, primary_key, &mut errors);
     let relations = rule_relations(&container, &fields, &mut errors);
     rule_unique_accessors(&relations, &mut errors);
     rule_distinct_keys(&relations, &mut errors);
+    rule_keys_are_stored(&fields, primary_key, &relations, &mut errors);
     errors.finish()?;
     Ok(Model {
         ident: container.ident.clone(),
@@ -122,12 +121,17 @@ fn rule_no_generics(c: &ContainerAttr) -> Result<()> {
     }
 }
 
-fn collect_fields(c: &ContainerAttr) -> Result<Vec<Field>> {
+fn collect_fields(c: &ContainerAttr, errors: &mut darling::error::Accumulator) -> Vec<Field> {
     let fields = c.data.as_ref().take_struct().expect("named struct").fields;
     let mut out = Vec::new();
     for f in fields {
         let ident = f.ident.clone().expect("named fields");
-        let stored = attr::serde_rename(&f.attrs)?.unwrap_or_else(|| {
+        // A refused serde attribute is reported; the field still counts (so that no other
+        // rule reports it missing).
+        let serde = errors
+            .handle(attr::serde_field(&f.attrs))
+            .unwrap_or_default();
+        let stored = serde.rename.unwrap_or_else(|| {
             let s = ident.to_string();
             s.strip_prefix("r#").map(str::to_string).unwrap_or(s)
         });
@@ -135,9 +139,10 @@ fn collect_fields(c: &ContainerAttr) -> Result<Vec<Field>> {
             ident,
             ty: f.ty.clone(),
             stored,
+            skipped: serde.skip,
         });
     }
-    Ok(out)
+    out
 }
 
 /// Rule: the table name is the snake_case plural of the type unless given; a given one must
@@ -200,6 +205,12 @@ fn rule_indexes(
     let mut out: Vec<(Index, proc_macro2::Span)> = Vec::new();
     for (f, field) in raw.iter().zip(fields) {
         let Some(ix) = &f.index else { continue };
+        if field.skipped {
+            errors.push(
+                Error::custom("a field serde skips is not stored, so it cannot be indexed: remove `#[remodel(index)]` or the skip")
+                    .with_span(&ix.span.unwrap_or_else(|| field.ident.span())),
+            );
+        }
         let span = ix.span.unwrap_or_else(|| field.ident.span());
         let (path, default_name) = match &ix.path {
             Some(p) => {
@@ -400,7 +411,10 @@ fn rule_relations(
                 }
             }
             let own_field = if kind == RelationKind::BelongsTo {
-                let found = fields.iter().position(|f| f.stored == foreign_key);
+                let found = fields
+                    .iter()
+                    .position(|f| f.stored == foreign_key && !f.skipped)
+                    .or_else(|| fields.iter().position(|f| f.stored == foreign_key));
                 if found.is_none() {
                     let hint = if r.foreign_key.is_some() {
                         format!("add a field `{foreign_key}: Option<remodel::model::Id>` to `{me}`")
@@ -452,6 +466,29 @@ fn rule_relations(
 
 fn foreign_key_of(target: &str) -> String {
     foreign_key(target)
+}
+
+/// Rule: the primary key and belongs_to foreign keys are stored fields (not `serde(skip)`).
+fn rule_keys_are_stored(
+    fields: &[Field],
+    primary_key: Option<usize>,
+    rels: &[Relation],
+    errors: &mut darling::error::Accumulator,
+) {
+    let keys = primary_key
+        .into_iter()
+        .chain(rels.iter().filter_map(|r| r.own_field));
+    for i in keys {
+        if fields[i].skipped {
+            errors.push(
+                Error::custom(format!(
+                    "`{}` is a key, so it must be stored: remove its `#[serde(skip..)]`",
+                    fields[i].ident
+                ))
+                .with_span(&fields[i].ident),
+            );
+        }
+    }
 }
 
 /// Rule: accessors (and the `set_` / `load_` methods made from them) are unique.
