@@ -35,6 +35,27 @@
 //! # }).unwrap();
 //! ```
 //!
+//! ## Attributes of `#[derive(Model)]`
+//!
+//! | where | attribute | meaning |
+//! |---|---|---|
+//! | struct | `table = "name"` | the table (default: snake_case plural, `Person` → `people`, `FavoriteCub` → `favorite_cubs`) |
+//! | struct | `has_many(T, accessor = "..", foreign_key = "..", on_delete = "..")` | `T` rows hold this model's key in `foreign_key` (default `<this type>_id`, e.g. `favorite_cub_id`) |
+//! | struct | `has_one(T, ...)` | the same, one child |
+//! | struct | `belongs_to(T, accessor = "..", foreign_key = "..")` | this model's field `foreign_key` (default `<T>_id`) holds the owner's key |
+//! | struct | `has_and_belongs_to_many(T, accessor, foreign_key, association_foreign_key, join_table)` | many-to-many through one join table shared by both sides (default name: the two tables sorted, joined by `_`) |
+//! | struct | `index(name = "..", fields(a, b))` | a compound index |
+//! | struct | `callbacks` | the hooks call the model's [`Callbacks`] impl |
+//! | field | `primary_key` | the primary key (default: the field `id`) |
+//! | field | `index`, `index(multi)`, `index(name = "..", path = "nested.path")` | a secondary index (named after the field) |
+//!
+//! `on_delete` is `"nullify"` (default), `"cascade"` or `"restrict"`. Foreign keys are
+//! indexed for you. serde's `rename` on a field is followed, `skip` makes a field unstored,
+//! `flatten` and `rename_all` are refused. Every mistake is a compile error at the attribute
+//! that says what to write instead.
+//!
+//! ## What a model can do
+//!
 //! - [`Model`]: the trait the derive implements: CRUD (`create`, `save`, `update`,
 //!   `delete`, `get`, `find`, `filter`, `all`, `count`, `get_or_create`), the model's
 //!   [`Table`] for raw queries, and live feeds (`changes`, `watch`).
