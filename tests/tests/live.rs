@@ -10,6 +10,7 @@ use std::time::Duration;
 
 #[derive(Model, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[remodel(has_many(Crewmember), has_one(Captain))]
+#[remodel(has_and_belongs_to_many(Crewmember, accessor = "away_team"))]
 struct Starship {
     id: Option<Id>,
     name: String,
@@ -342,5 +343,33 @@ async fn many_relation_feeds_only_receive_their_own_rows() -> remodel::Result<()
             );
         }
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn many_to_many_link_feed() -> remodel::Result<()> {
+    let (db, voyager, defiant) = setup().await?;
+    let mut links = voyager.away_team(&db).link_changes()?.await?;
+    let mut team = vec![member("Tuvok", "lieutenant commander")];
+    voyager.away_team(&db).add(&mut team).await?;
+    defiant.away_team(&db).add(&mut team).await?;
+    let c = tokio::time::timeout(Duration::from_secs(5), links.next())
+        .await
+        .unwrap()
+        .unwrap()?;
+    assert_eq!(c.kind(), ChangeKind::Add);
+    assert_eq!(c.new_val().unwrap()["crewmember_id"], json!(team[0].id));
+    voyager.away_team(&db).remove(&team).await?;
+    let c = tokio::time::timeout(Duration::from_secs(5), links.next())
+        .await
+        .unwrap()
+        .unwrap()?;
+    assert_eq!(c.kind(), ChangeKind::Remove);
+    // Defiant's link was not in Voyager's feed.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), links.next())
+            .await
+            .is_err()
+    );
     Ok(())
 }

@@ -452,6 +452,13 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
         Ok(())
     }
 
+    /// Watches this parent's links (the join rows `{id, <this>_id, <other>_id}`): a row
+    /// related or unrelated arrives as an add or a remove, untyped. Changes of the related
+    /// rows themselves are not in this feed (that is a live join).
+    pub fn link_changes(&self) -> Result<crate::Changes> {
+        Ok(self.links(self.key()?).changes())
+    }
+
     /// Unrelates these rows from this parent only (their other relations stay), in one
     /// commit. Returns how many links were removed.
     pub async fn remove(&self, children: &[C]) -> Result<u64> {
