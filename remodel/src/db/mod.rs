@@ -3,8 +3,10 @@
 mod index;
 mod stats;
 mod group_flush;
+mod sink;
 mod table;
 mod visibility;
+pub(crate) mod changelog;
 pub(crate) mod write;
 
 pub(crate) use index::IndexState;
@@ -12,9 +14,10 @@ pub use index::{IndexSpec, IndexStatus, MAX_MULTI_ELEMENTS};
 pub(crate) use table::TableState;
 pub(crate) use visibility::Visibility;
 use group_flush::GroupFlush;
+pub(crate) use sink::ChangeSink;
+pub use changelog::ChangeLogRetention;
 pub use write::{ChangePair, Conflict, Durability, Patch, WriteResult};
 
-use crate::feed::Hub;
 use crate::storage::{EngineConfig, Liveness, OpenFailure, Storage, Tree, WriteBatch};
 use crate::{Error, Result};
 use parking_lot::{Mutex, RwLock};
@@ -54,6 +57,8 @@ pub struct Config {
     durability: Durability,
     pub(crate) feed_queue_size: usize,
     flush_interval: Duration,
+    /// The durable change log's retention (`None`: no log).
+    change_log: Option<ChangeLogRetention>,
 }
 
 impl Config {
@@ -73,6 +78,7 @@ impl Config {
             durability: Durability::Hard,
             feed_queue_size: 100_000,
             flush_interval: Duration::from_millis(500),
+            change_log: None,
         }
     }
 
@@ -91,6 +97,15 @@ impl Config {
     /// The default queue size of changefeeds (default 100,000; at least 1).
     pub fn feed_queue_size(mut self, n: usize) -> Self {
         self.feed_queue_size = n.max(1);
+        self
+    }
+
+    /// Keeps a durable change log with this retention, so that feeds can resume from a
+    /// cursor after a disconnect or a restart (see [`crate::Changes::resume_from`]). Off by
+    /// default: the log writes every change a second time (with its old document), which
+    /// costs writes that no feed resumes from.
+    pub fn change_log(mut self, retention: ChangeLogRetention) -> Self {
+        self.change_log = Some(retention);
         self
     }
 
@@ -143,7 +158,10 @@ pub(crate) struct DbInner {
     pub visibility: Arc<Visibility>,
     /// Hard writes of many tasks share fsyncs.
     flusher: GroupFlush,
-    pub hub: Arc<Hub>,
+    /// Where committed changes go (the feed layer, once something watches).
+    sink: OnceLock<Arc<dyn ChangeSink>>,
+    /// The durable change log, when configured.
+    pub changelog: Option<changelog::ChangeLog>,
     pub stats: Stats,
     /// The (empty, never written) table that stands for the `stats` system table in plans.
     pub stats_table: Arc<TableState>,
@@ -361,7 +379,22 @@ impl Database {
             })?),
             None => 0,
         };
+        let changelog = match config.change_log {
+            Some(retention) => {
+                if retention.max_changes == Some(0) {
+                    return Err(Error::InvalidConfig(
+                        "a change log keeps at least 1 change (max_changes: Some(0))".into(),
+                    ));
+                }
+                Some(changelog::ChangeLog::open(&storage, retention, seq)?)
+            }
+            None => {
+                changelog::ChangeLog::disable(&storage)?;
+                None
+            }
+        };
         let inner = Arc::new(DbInner {
+            changelog,
             storage,
             config,
             catalog,
@@ -371,7 +404,7 @@ impl Database {
             meta,
             visibility: Arc::new(Visibility::new(seq)),
             flusher: GroupFlush::new(seq),
-            hub: Arc::default(),
+            sink: OnceLock::new(),
             stats: Stats::default(),
             stats_table,
             closed: AtomicBool::new(false),
@@ -512,9 +545,9 @@ impl Database {
             table.mark_dropped();
             self.inner.catalog_remove(name)?;
         }
-        self.inner
-            .hub
-            .abort_table(name, &format!("table `{name}` was dropped"));
+        if let Some(sink) = self.inner.sink() {
+            sink.table_dropped(name, &format!("table `{name}` was dropped"));
+        }
         let storage = self.inner.storage.clone();
         let indexes: Vec<String> = table
             .indexes
@@ -673,11 +706,13 @@ impl Database {
             drop(list);
             self.save_meta(&t)?;
         }
-        self.inner.hub.abort_index(
-            table,
-            name,
-            &format!("index `{name}` of table `{table}` was dropped"),
-        );
+        if let Some(sink) = self.inner.sink() {
+            sink.index_dropped(
+                table,
+                name,
+                &format!("index `{name}` of table `{table}` was dropped"),
+            );
+        }
         let storage = self.inner.storage.clone();
         let tree = index_tree_name(table, name);
         spawn_blocking(move || {
@@ -687,6 +722,18 @@ impl Database {
         .await
     }
 
+    /// The name and spec of every secondary index of `table`, from the catalog in memory
+    /// (no index is read).
+    pub(crate) fn index_specs(&self, table: &str) -> Result<Vec<(String, IndexSpec)>> {
+        let t = self.table_state(table)?;
+        let list = t.indexes.read();
+        Ok(list
+            .iter()
+            .map(|i| (i.name.clone(), i.spec.clone()))
+            .collect())
+    }
+
+    /// Every index's status with its entry count: counting reads the whole index.
     pub(crate) fn index_status(&self, table: &str) -> Result<Vec<IndexStatus>> {
         let t = self.table_state(table)?;
         let list = t.indexes.read();
@@ -699,24 +746,6 @@ impl Database {
                 entries: i.tree.len(),
             })
             .collect())
-    }
-
-    /// The read-only `stats` system table, as a query: one row for the database
-    /// (`id: ["database"]`) and one per table (`id: ["table", name]`) with totals and
-    /// per-second rates of documents read and written, and the number of open changefeeds.
-    ///
-    /// ```
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-    /// use remodel::{field, Database};
-    /// let db = Database::temporary().await?;
-    /// db.create_table("logs").await?;
-    /// let rows = db.stats().filter(field("type").eq("table")).run().await?;
-    /// assert_eq!(rows[0]["table"], "logs");
-    /// # Ok::<(), remodel::Error>(())
-    /// # }).unwrap();
-    /// ```
-    pub fn stats(&self) -> crate::Query {
-        crate::Query::new(self.clone(), "stats".into(), crate::query::Source::Stats)
     }
 
     /// Waits until everything written so far is on disk.
@@ -736,7 +765,9 @@ impl Database {
                 return Ok(());
             }
         }
-        self.inner.hub.abort_all("the database was closed");
+        if let Some(sink) = self.inner.sink() {
+            sink.closed("the database was closed");
+        }
         self.inner.storage.flush().await
     }
 }
@@ -815,7 +846,9 @@ impl DbInner {
 
 impl Drop for DbInner {
     fn drop(&mut self) {
-        self.hub.abort_all("the database was closed");
+        if let Some(sink) = self.sink() {
+            sink.closed("the database was closed");
+        }
     }
 }
 

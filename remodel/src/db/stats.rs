@@ -79,7 +79,7 @@ impl Stats {
             "reads_per_sec": r,
             "writes_per_sec": w,
             "tables": tables.len(),
-            "feeds": db.inner.hub.feed_count(None),
+            "feeds": db.inner.open_feeds(None),
         }));
         let mut names: Vec<&String> = tables.keys().collect();
         names.sort();
@@ -94,7 +94,7 @@ impl Stats {
                 "writes_total": tot.1,
                 "reads_per_sec": r,
                 "writes_per_sec": w,
-                "feeds": db.inner.hub.feed_count(Some(name)),
+                "feeds": db.inner.open_feeds(Some(name)),
             }));
         }
         rows

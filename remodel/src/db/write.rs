@@ -1,6 +1,6 @@
 //! The write path: every committed write goes through [`DbInner::commit`], which applies
 //! documents and index entries in one atomic storage batch, numbers each change in commit
-//! order, and hands it to the changefeed hub, all under the commit lock.
+//! order, and hands it to the change sink (the feed layer), all under the commit lock.
 
 use super::{Database, DbInner, TableState};
 use crate::storage::WriteBatch;
@@ -208,7 +208,7 @@ pub(crate) enum WriteOp {
     Delete { key: Vec<u8> },
 }
 
-/// A committed change, as handed to the changefeed hub.
+/// A committed change, as handed to the change sink.
 #[derive(Clone, Debug)]
 pub(crate) struct Committed {
     pub seq: u64,
@@ -521,7 +521,9 @@ impl DbInner {
                 table
                     .writes
                     .fetch_add(changes.len() as u64, Ordering::Relaxed);
-                self.hub.publish(table, changes, wakes);
+                if let Some(sink) = self.sink().filter(|s| !s.is_idle()) {
+                    sink.publish(table, changes, wakes);
+                }
             }
         }
         Ok(())

@@ -55,6 +55,8 @@ mod log;
 mod options;
 mod queue;
 mod ranges;
+mod sink;
+mod resume;
 mod spec;
 mod stream;
 mod topn;
@@ -63,6 +65,7 @@ pub use change::{Change, ChangeKind, FeedState};
 pub(crate) use hub::Hub;
 pub use options::{FeedOptions, Squash};
 pub(crate) use queue::Subscriber;
+pub use resume::Cursor;
 pub use stream::Feed;
 
 use crate::query::{Get, PointQuery, Query, Source, Table};
@@ -85,6 +88,8 @@ pub struct Changes {
     /// A point feed (`get(k)`, possibly with transforms): a missing row is one `null`
     /// initial item.
     point: bool,
+    /// Resume after this cursor (`resume_from`).
+    resume: Option<Cursor>,
 }
 
 impl Changes {
@@ -126,6 +131,18 @@ impl Changes {
         self.opts.queue_size = Some(n);
         self
     }
+    /// Delivers exactly the changes after `cursor` (taken from an item of this or another
+    /// feed of the database, see [`Change::cursor`]), read from the durable change log, then
+    /// goes on live: nothing is missed or delivered twice in between, across a disconnect or
+    /// a restart. Row feeds only (table, `get`, `get_all`, `between`, with `filter` /
+    /// `pluck` / `without`); other feeds are refused with [`Error::Unwatchable`]. A cursor
+    /// older than the log's retention, or a database without a change log, gives
+    /// [`Error::CursorExpired`]: re-read with `include_initial` instead (the two options
+    /// exclude each other).
+    pub fn resume_from(mut self, cursor: Cursor) -> Self {
+        self.resume = Some(cursor);
+        self
+    }
     /// Sets every option at once.
     pub fn options(mut self, opts: FeedOptions) -> Self {
         self.opts = opts;
@@ -133,11 +150,27 @@ impl Changes {
     }
 
     fn start(self) -> Result<Feed> {
-        let Changes { query, opts, point } = self;
+        let Changes {
+            query,
+            opts,
+            point,
+            resume,
+        } = self;
         opts.validate()?;
+        if resume.is_some() && opts.include_initial {
+            return Err(Error::feed_option(
+                "resume_from and include_initial exclude each other: a resumed feed delivers \
+                 the changes after its cursor, a fresh one the current rows",
+            ));
+        }
         let db = query.db.clone();
         let stats = query.source == Source::Stats;
         let plan = FeedPlan::new(query.plan()?, stats)?;
+        if stats && resume.is_some() {
+            return Err(Error::unwatchable(
+                "the stats feed cannot resume from a cursor (its rows are not logged changes)",
+            ));
+        }
         let top_n = matches!(plan, FeedPlan::TopN { .. });
         if opts.include_offsets && !top_n {
             return Err(Error::feed_option(
@@ -196,7 +229,7 @@ impl Changes {
                             .map(|c| Change::initial(c.new_arc().cloned(), None)),
                     );
                 }
-                db.inner.hub.count_timer_feed(1);
+                db.inner.sink_as::<Hub>().count_timer_feed(1);
                 feed.timer = Some(Box::new(timer));
                 None
             }
@@ -207,40 +240,49 @@ impl Changes {
                 } else {
                     Join::Shared(capacity)
                 };
-                match plan.primary_range().filter(|_| opts.include_initial) {
-                    // A table (or primary key range) can be large: its initial rows are read
-                    // in chunks, releasing the commit lock in between, so writers wait for
-                    // one chunk at most.
-                    Some(range) => {
-                        let view = FeedPlan::new(query.plan()?, false)?
-                            .into_view()
-                            .ok_or_else(|| Error::query("a primary range feed has a row view"))?;
-                        Some(feed.subscribe_chunked(&db, plan, signature, join, range, &view)?)
-                    }
-                    None => {
-                        let rows = || -> Result<Vec<Arc<Value>>> {
-                            query
-                                .plan()?
-                                .rows()
-                                .map(|r| r.map(|row| Arc::new(row.doc)))
-                                .collect()
-                        };
-                        // Under the commit lock: the snapshot and the subscription see the
-                        // same commit.
-                        let commit = db.inner.writer.lock();
-                        feed.snapshot_seq = Some(*commit);
-                        db.check_open()?;
-                        // The table (or index) may have been dropped since the plan was
-                        // made: a feed opens on a live table or not at all.
-                        plan.check_live()?;
-                        let sub = db.inner.hub.subscribe(
-                            plan,
-                            signature,
-                            join,
-                            rows,
-                            opts.include_initial,
-                        )?;
-                        feed.join(sub)
+                if let Some(cursor) = resume {
+                    let replay = FeedPlan::new(query.plan()?, false)?;
+                    feed.subscribe_resumed(&db, (plan, replay), signature, join, cursor)?;
+                    None
+                } else {
+                    match plan.primary_range().filter(|_| opts.include_initial) {
+                        // A table (or primary key range) can be large: its initial rows are read
+                        // in chunks, releasing the commit lock in between, so writers wait for
+                        // one chunk at most.
+                        Some(range) => {
+                            let view = FeedPlan::new(query.plan()?, false)?
+                                .into_view()
+                                .ok_or_else(|| {
+                                    Error::query("a primary range feed has a row view")
+                                })?;
+                            Some(feed.subscribe_chunked(&db, plan, signature, join, range, &view)?)
+                        }
+                        None => {
+                            let rows = || -> Result<Vec<Arc<Value>>> {
+                                query
+                                    .plan()?
+                                    .rows()
+                                    .map(|r| r.map(|row| Arc::new(row.doc)))
+                                    .collect()
+                            };
+                            // Under the commit lock: the snapshot and the subscription see the
+                            // same commit.
+                            let sub = db.inner.with_commit_lock(|seq| {
+                                feed.snapshot_seq = Some(seq);
+                                db.check_open()?;
+                                // The table (or index) may have been dropped since the plan
+                                // was made: a feed opens on a live table or not at all.
+                                plan.check_live()?;
+                                db.inner.sink_as::<Hub>().subscribe(
+                                    plan,
+                                    signature,
+                                    join,
+                                    rows,
+                                    opts.include_initial,
+                                )
+                            })?;
+                            feed.join(sub)
+                        }
                     }
                 }
             }
@@ -269,6 +311,7 @@ impl IntoFuture for Changes {
             // Reading initial rows (or filling a top-N set) may read many rows: that runs on
             // a blocking thread, never on the async workers.
             let reads = self.opts.include_initial
+                || self.resume.is_some()
                 || self
                     .query
                     .steps
@@ -290,6 +333,7 @@ impl Query {
             query: self.clone(),
             opts: FeedOptions::default(),
             point: false,
+            resume: None,
         }
     }
 }

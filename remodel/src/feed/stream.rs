@@ -163,43 +163,44 @@ impl Feed {
         let mut rows = Vec::new();
         let mut from = lo;
         loop {
-            let commit = db.inner.writer.lock();
-            self.snapshot_seq = Some(*commit);
-            db.check_open()?;
-            if table.is_dropped() {
-                return Err(Error::NoSuchTable(table.name.clone()));
-            }
-            if let Some((plan, signature, join)) = plan.take() {
-                let sub =
-                    db.inner
-                        .hub
-                        .subscribe(plan, signature, join, || Ok(Vec::new()), false)?;
-                self.join(sub);
-            }
-            let mut last = None;
-            let mut read = 0;
-            for entry in table
-                .docs
-                .range(from.clone(), hi.clone())
-                .take(INITIAL_CHUNK)
-            {
-                let (key, bytes) = entry?;
-                let doc = Arc::new(table.parse_doc(&bytes)?);
-                if let Some(seen) = view.apply(&doc) {
-                    rows.push(seen);
+            // One chunk under the commit lock; writers run between chunks.
+            let next = db.inner.with_commit_lock(|seq| -> Result<Option<Vec<u8>>> {
+                self.snapshot_seq = Some(seq);
+                db.check_open()?;
+                if table.is_dropped() {
+                    return Err(Error::NoSuchTable(table.name.clone()));
                 }
-                last = Some(key.to_vec());
-                read += 1;
-            }
-            let done = read < INITIAL_CHUNK;
-            let frontier = if done { None } else { last.clone() };
-            match &mut self.inbox {
-                Inbox::Shared(log, reader) => reader.scanned(log, frontier),
-                Inbox::Own(sub) => sub.scanned(frontier),
-            }
-            match (done, last) {
-                (false, Some(k)) => from = Bound::Excluded(k),
-                _ => return Ok(rows),
+                if let Some((plan, signature, join)) = plan.take() {
+                    let hub = db.inner.sink_as::<super::Hub>();
+                    let sub = hub.subscribe(plan, signature, join, || Ok(Vec::new()), false)?;
+                    self.join(sub);
+                }
+                let mut last = None;
+                let mut read = 0;
+                for entry in table
+                    .docs
+                    .range(from.clone(), hi.clone())
+                    .take(INITIAL_CHUNK)
+                {
+                    let (key, bytes) = entry?;
+                    let doc = Arc::new(table.parse_doc(&bytes)?);
+                    if let Some(seen) = view.apply(&doc) {
+                        rows.push(seen);
+                    }
+                    last = Some(key.to_vec());
+                    read += 1;
+                }
+                let done = read < INITIAL_CHUNK;
+                let frontier = if done { None } else { last.clone() };
+                match &mut self.inbox {
+                    Inbox::Shared(log, reader) => reader.scanned(log, frontier),
+                    Inbox::Own(sub) => sub.scanned(frontier),
+                }
+                Ok(last.filter(|_| !done))
+            })?;
+            match next {
+                Some(k) => from = Bound::Excluded(k),
+                None => return Ok(rows),
             }
         }
     }
@@ -328,7 +329,7 @@ impl Drop for Feed {
             log.leave(reader);
         }
         if let Some(timer) = &self.timer {
-            timer.db.inner.hub.count_timer_feed(-1);
+            timer.db.inner.sink_as::<super::Hub>().count_timer_feed(-1);
         }
     }
 }

@@ -20,6 +20,24 @@ pub struct Table {
 }
 
 impl Database {
+    /// The read-only `stats` system table, as a query: one row for the database
+    /// (`id: ["database"]`) and one per table (`id: ["table", name]`) with totals and
+    /// per-second rates of documents read and written, and the number of open changefeeds.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use remodel::{field, Database};
+    /// let db = Database::temporary().await?;
+    /// db.create_table("logs").await?;
+    /// let rows = db.stats().filter(field("type").eq("table")).run().await?;
+    /// assert_eq!(rows[0]["table"], "logs");
+    /// # Ok::<(), remodel::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn stats(&self) -> Query {
+        Query::new(self.clone(), "stats".into(), Source::Stats)
+    }
+
     /// A handle to the table called `name`.
     pub fn table(&self, name: impl Into<String>) -> Table {
         Table {
@@ -65,9 +83,14 @@ impl Table {
     /// Creates the index unless an index of that name with the same spec exists; returns
     /// whether it was created. An index of that name with another spec is an error.
     pub async fn ensure_index(&self, name: &str, spec: IndexSpec) -> Result<bool> {
-        let existing = self.index_status()?.into_iter().find(|s| s.name == name);
+        // From the catalog in memory: an index that exists is not read.
+        let existing = self
+            .db
+            .index_specs(&self.name)?
+            .into_iter()
+            .find(|(n, _)| n == name);
         match existing {
-            Some(s) if s.spec == spec => Ok(false),
+            Some((_, s)) if s == spec => Ok(false),
             Some(_) => Err(Error::IndexExists {
                 table: self.name.to_string(),
                 index: name.to_string(),
@@ -84,14 +107,21 @@ impl Table {
         self.db.drop_index(&self.name, name).await
     }
 
-    /// The secondary indexes, their specs and whether they are ready.
+    /// The secondary indexes, their specs, whether they are ready, and how many entries each
+    /// holds. Counting entries reads every index (on the calling thread): to list indexes, use
+    /// [`Table::index_names`], which reads nothing.
     pub fn index_status(&self) -> Result<Vec<IndexStatus>> {
         self.db.index_status(&self.name)
     }
 
     /// The names of the secondary indexes.
     pub fn index_names(&self) -> Result<Vec<String>> {
-        Ok(self.index_status()?.into_iter().map(|s| s.name).collect())
+        Ok(self
+            .db
+            .index_specs(&self.name)?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect())
     }
 
     /// The document with this primary key: `.await` it to read, or update, replace, delete it.

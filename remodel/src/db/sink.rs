@@ -1,0 +1,66 @@
+//! The seam between the database and the layer that watches it.
+//!
+//! The database knows nothing of changefeeds: it hands every commit's changes to a
+//! [`ChangeSink`], under the commit lock and in commit order, and tells it when tables and
+//! indexes go away and when the database closes. The feed layer implements the sink and
+//! installs it on first use ([`DbInner::sink_as`]); a database nobody watches has none, and
+//! its writes skip this step entirely. The feed layer reaches back only through
+//! [`DbInner::with_commit_lock`], which runs a closure under the commit lock with the current
+//! sequence number (what a feed's snapshot and its first change are separated by).
+
+use super::write::Committed;
+use super::{DbInner, TableState};
+use std::any::Any;
+use std::sync::Arc;
+use std::task::Waker;
+
+/// Receives what the database commits (implemented by the feed layer's hub).
+pub(crate) trait ChangeSink: Send + Sync + 'static {
+    /// True when nothing watches anything: writers skip [`ChangeSink::publish`].
+    fn is_idle(&self) -> bool;
+    /// One commit's changes to `table`, under the commit lock, in commit order. Consumers
+    /// to wake go to `wakes`; the writer wakes them once the lock is released.
+    fn publish(&self, table: &Arc<TableState>, changes: &[Committed], wakes: &mut Vec<Waker>);
+    /// The table was dropped (what watches it ends).
+    fn table_dropped(&self, table: &str, why: &str);
+    /// The index was dropped (what reads it ends).
+    fn index_dropped(&self, table: &str, index: &str, why: &str);
+    /// The database closed (everything ends).
+    fn closed(&self, why: &str);
+    /// How many feeds are open on `table` (or anywhere), for the stats table.
+    fn open_feeds(&self, table: Option<&str>) -> usize;
+    /// For [`DbInner::sink_as`].
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
+}
+
+impl DbInner {
+    /// The installed sink, if any.
+    pub(super) fn sink(&self) -> Option<&Arc<dyn ChangeSink>> {
+        self.sink.get()
+    }
+
+    /// The sink of type `S`, installed by the first caller. One database has one sink type
+    /// (the feed layer's).
+    pub(crate) fn sink_as<S: ChangeSink + Default>(&self) -> Arc<S> {
+        let sink = self
+            .sink
+            .get_or_init(|| Arc::new(S::default()) as Arc<dyn ChangeSink>)
+            .clone();
+        match sink.into_any().downcast::<S>() {
+            Ok(s) => s,
+            Err(_) => unreachable!("a database has one kind of change sink"),
+        }
+    }
+
+    /// Open feeds on `table` (or anywhere): 0 when nothing watches.
+    pub(crate) fn open_feeds(&self, table: Option<&str>) -> usize {
+        self.sink().map_or(0, |s| s.open_feeds(table))
+    }
+
+    /// Runs `f` under the commit lock with the last committed sequence number: no commit
+    /// runs meanwhile, so what `f` reads and registers fits exactly between two commits.
+    pub(crate) fn with_commit_lock<T>(&self, f: impl FnOnce(u64) -> T) -> T {
+        let seq = self.writer.lock();
+        f(*seq)
+    }
+}
