@@ -40,11 +40,11 @@ mod storage;
 pub mod value;
 
 pub use db::{
-    ChangePair, Config, Conflict, Database, Durability, IndexSpec, IndexStatus, Patch, WriteResult,
-    MAX_MULTI_ELEMENTS,
+    ChangeLogRetention, ChangePair, Config, Conflict, Database, Durability, IndexSpec,
+    IndexStatus, Patch, WriteResult, MAX_MULTI_ELEMENTS,
 };
 pub use error::{Error, Result};
-pub use feed::{Change, ChangeKind, Changes, Feed, FeedOptions, FeedState, Squash};
+pub use feed::{Change, ChangeKind, Changes, Cursor, Feed, FeedOptions, FeedState, Squash};
 pub use model::Model;
 pub use query::{
     asc, desc, field, has_fields, Batch, Field, Get, Group, Grouped, Insert, Join, Order,

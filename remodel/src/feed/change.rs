@@ -80,6 +80,9 @@ pub(crate) struct ChangeData {
     /// Which of the row's places in the result this item is about, when a row is there more
     /// than once (a multi index, a key given twice): squashing merges per row and place.
     occurrence: u32,
+    /// Which of the feed's items for one change (or, in a top-N feed, one commit) this is:
+    /// the second half of its cursor.
+    ordinal: u32,
     /// The commit sequence number of the write.
     seq: Option<u64>,
 }
@@ -114,6 +117,7 @@ impl Change {
             state: Some(s),
             key: None,
             occurrence: 0,
+            ordinal: 0,
             seq: None,
         })
     }
@@ -128,6 +132,7 @@ impl Change {
             state: None,
             key: None,
             occurrence: 0,
+            ordinal: 0,
             seq: None,
         })
     }
@@ -146,6 +151,7 @@ impl Change {
             state: None,
             key,
             occurrence: 0,
+            ordinal: 0,
             seq: None,
         })
     }
@@ -172,6 +178,7 @@ impl Change {
         d.new_val = later.data.new_val.clone();
         d.kind = ChangeKind::of(d.old_val.is_some(), d.new_val.is_some());
         d.seq = later.data.seq.or(d.seq);
+        d.ordinal = later.data.ordinal;
     }
 
     pub(crate) fn shown(mut self, types: bool, offsets: bool) -> Self {
@@ -192,8 +199,22 @@ impl Change {
     /// Marks the item as being about the row's `n`th place in the result (only while the
     /// item is not shared yet).
     pub(crate) fn nth(mut self, n: usize) -> Self {
-        Arc::make_mut(&mut self.data).occurrence = u32::try_from(n).unwrap_or(u32::MAX);
+        let d = Arc::make_mut(&mut self.data);
+        d.occurrence = u32::try_from(n).unwrap_or(u32::MAX);
+        d.ordinal = d.occurrence;
         self
+    }
+
+    /// Numbers the item among the items of one commit (top-N feeds), for its cursor (only
+    /// while the item is not shared yet).
+    pub(crate) fn numbered(mut self, n: usize) -> Self {
+        Arc::make_mut(&mut self.data).ordinal = u32::try_from(n).unwrap_or(u32::MAX);
+        self
+    }
+
+    /// The second half of the item's cursor (see `numbered`).
+    pub(crate) fn occurrence(&self) -> u32 {
+        self.data.ordinal
     }
 
     pub(crate) fn old_arc(&self) -> Option<&Arc<Value>> {

@@ -152,50 +152,61 @@ impl Group {
             Kind::TopN(_) => unreachable!("top-N groups take a commit at a time"),
             Kind::Rows { matcher, view } => (matcher, view),
         };
-        let old_n = ctx.count(matcher, false);
-        let new_n = ctx.count(matcher, true);
-        if old_n == 0 && new_n == 0 {
-            return;
-        }
-        if view.is_identity() && old_n <= 1 && new_n <= 1 {
-            // The common case: whole rows, each once. Every such group delivers the same item.
-            out.push(ctx.plain(old_n == 1, new_n == 1));
-            return;
-        }
-        let c = ctx.c;
-        let seen = |n: usize, doc: &Option<Arc<Value>>| match doc {
-            Some(d) if n > 0 => view.apply(d),
-            _ => None,
-        };
-        let (old, new) = (seen(old_n, &c.old), seen(new_n, &c.new));
-        let old_n = if old.is_some() { old_n } else { 0 };
-        let new_n = if new.is_some() { new_n } else { 0 };
-        let key = &ctx.key;
-        let both = old_n.min(new_n);
-        // The row's places in the result, numbered: place i is there before the write when
-        // i < old_n and after it when i < new_n (squashing merges per row and place).
-        if old != new {
-            for i in 0..both {
-                out.push(
-                    Change::row(Some(key.clone()), old.clone(), new.clone())
-                        .nth(i)
-                        .at(c.seq),
-                );
-            }
-        }
-        for i in both..old_n {
+        row_items(matcher, view, ctx, out);
+    }
+}
+
+/// The items a rows feed (matcher and view) gets for a change: live, or replayed from the
+/// change log when a feed resumes.
+pub(super) fn row_items(
+    matcher: &Matcher,
+    view: &View,
+    ctx: &mut ChangeCtx<'_>,
+    out: &mut Vec<Change>,
+) {
+    let old_n = ctx.count(matcher, false);
+    let new_n = ctx.count(matcher, true);
+    if old_n == 0 && new_n == 0 {
+        return;
+    }
+    if view.is_identity() && old_n <= 1 && new_n <= 1 {
+        // The common case: whole rows, each once. Every such group delivers the same item.
+        out.push(ctx.plain(old_n == 1, new_n == 1));
+        return;
+    }
+    let c = ctx.c;
+    let seen = |n: usize, doc: &Option<Arc<Value>>| match doc {
+        Some(d) if n > 0 => view.apply(d),
+        _ => None,
+    };
+    let (old, new) = (seen(old_n, &c.old), seen(new_n, &c.new));
+    let old_n = if old.is_some() { old_n } else { 0 };
+    let new_n = if new.is_some() { new_n } else { 0 };
+    let key = &ctx.key;
+    let both = old_n.min(new_n);
+    // The row's places in the result, numbered: place i is there before the write when
+    // i < old_n and after it when i < new_n (squashing merges per row and place).
+    if old != new {
+        for i in 0..both {
             out.push(
-                Change::row(Some(key.clone()), old.clone(), None)
+                Change::row(Some(key.clone()), old.clone(), new.clone())
                     .nth(i)
                     .at(c.seq),
             );
         }
-        for i in both..new_n {
-            out.push(
-                Change::row(Some(key.clone()), None, new.clone())
-                    .nth(i)
-                    .at(c.seq),
-            );
-        }
+    }
+    for i in both..old_n {
+        out.push(
+            Change::row(Some(key.clone()), old.clone(), None)
+                .nth(i)
+                .at(c.seq),
+        );
+    }
+    for i in both..new_n {
+        out.push(
+            Change::row(Some(key.clone()), None, new.clone())
+                .nth(i)
+                .at(c.seq),
+        );
     }
 }

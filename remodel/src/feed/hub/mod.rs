@@ -136,8 +136,8 @@ impl Hub {
             };
             match t.apply_commit(table, &cs) {
                 Ok((items, moved)) => {
-                    for item in items {
-                        group.members.deliver(item.at(last_seq), wakes);
+                    for (i, item) in items.into_iter().enumerate() {
+                        group.members.deliver(item.at(last_seq).numbered(i), wakes);
                     }
                     if moved {
                         routes.register_topn(id);
@@ -235,6 +235,15 @@ impl Hub {
             initial,
             reader,
         })
+    }
+
+    /// The items a rows feed of `plan` gets for a change read back from the change log
+    /// (a resuming feed), exactly as the live path makes them.
+    pub(crate) fn replay_items(plan: &FeedPlan, c: &Committed, out: &mut Vec<super::Change>) {
+        if let FeedPlan::Rows { matcher, view, .. } = plan {
+            let mut ctx = ChangeCtx::new(c);
+            group::row_items(matcher, view, &mut ctx, out);
+        }
     }
 
     /// Counts a feed that is not routed through a table (stats feeds).

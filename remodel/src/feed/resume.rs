@@ -1,0 +1,165 @@
+//! Resumable feeds: cursors, and reopening a feed from one by replaying the durable change
+//! log (`Config::change_log`).
+//!
+//! A cursor names a place in the database's one commit order: the sequence number of a
+//! change and which of the feed's items for that change (a row can be in a result more than
+//! once: a key given twice to `get_all`, a multi index). A feed opened with
+//! `resume_from(cursor)` registers its subscription and reads the log after the cursor under
+//! the commit lock, exactly as `include_initial` reads its snapshot: no change is missed or
+//! delivered twice between the replayed items and the live ones.
+//!
+//! Row feeds resume (table, `get`, `get_all`, `between`, with `filter` / `pluck` /
+//! `without`): their items are a function of each change alone. Top-N and aggregate feeds
+//! are refused: their items depend on the whole result at the time, which the log does not
+//! hold; re-read them with `include_initial`.
+
+use super::hub::{Hub, Join};
+use super::spec::FeedPlan;
+use super::stream::Feed;
+use super::Change;
+use crate::db::Database;
+use crate::{Error, Result};
+use std::fmt;
+use std::str::FromStr;
+
+/// A place in a database's change order, carried by every change item
+/// ([`Change::cursor`]). Its text form (`Display` / `FromStr`) is opaque and short, so that it
+/// can travel as an SSE event id or in a URL. Cursors of one database are comparable across
+/// all its feeds: a cursor of one feed may resume another (it then gets that feed's changes
+/// after that place).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Cursor {
+    seq: u64,
+    n: u32,
+}
+
+impl Cursor {
+    pub(crate) fn new(seq: u64, n: u32) -> Self {
+        Cursor { seq, n }
+    }
+
+    /// The commit sequence number of the change this cursor is at.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:x}-{:x}", self.seq, self.n)
+    }
+}
+
+impl FromStr for Cursor {
+    type Err = Error;
+    /// Reads a cursor's text form; anything else is [`Error::InvalidFeedOption`].
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || Error::feed_option(format!("`{s}` is not a feed cursor"));
+        let (seq, n) = s.split_once('-').ok_or_else(bad)?;
+        let hex =
+            |t: &str| !t.is_empty() && t.len() <= 16 && t.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hex(seq) || !hex(n) {
+            return Err(bad());
+        }
+        Ok(Cursor {
+            seq: u64::from_str_radix(seq, 16).map_err(|_| bad())?,
+            n: u32::from_str_radix(n, 16).map_err(|_| bad())?,
+        })
+    }
+}
+
+impl Feed {
+    /// Subscribes `plan` and queues the changes after `cursor` from the change log, both
+    /// under the commit lock. `replay` is a second copy of the plan, used to make the items
+    /// of logged changes as the live path makes them.
+    pub(super) fn subscribe_resumed(
+        &mut self,
+        db: &Database,
+        (plan, replay): (FeedPlan, FeedPlan),
+        signature: String,
+        join: Join,
+        cursor: Cursor,
+    ) -> Result<()> {
+        let FeedPlan::Rows { table, .. } = &replay else {
+            return Err(Error::unwatchable(
+                "only row feeds (table, get, get_all, between, with filter/pluck/without) \
+                 can resume from a cursor; re-read top-N and aggregate feeds with include_initial",
+            ));
+        };
+        let table = table.name.clone();
+        let expired = |reason: String| Error::CursorExpired {
+            cursor: cursor.to_string(),
+            reason,
+        };
+        let Some(log) = &db.inner.changelog else {
+            return Err(expired(
+                "the database keeps no change log (see Config::change_log)".into(),
+            ));
+        };
+        let commit = db.inner.writer.lock();
+        db.check_open()?;
+        if cursor.seq < log.floor() {
+            return Err(expired(format!(
+                "the change log keeps only the changes from {:x} on",
+                log.floor()
+            )));
+        }
+        if cursor.seq > *commit {
+            return Err(Error::feed_option(format!(
+                "cursor {cursor} is ahead of this database's last change: it is from another database"
+            )));
+        }
+        plan.check_live()?;
+        let sub = db.inner.sink_as::<super::Hub>().subscribe(plan, signature, join, || Ok(Vec::new()), false)?;
+        self.join(sub);
+        self.snapshot_seq = Some(cursor.seq);
+        let mut items = Vec::new();
+        // From the cursor's own change on: the feed's later items for it come first.
+        for c in log.read_from(&table, cursor.seq) {
+            let c = c?;
+            Hub::replay_items(&replay, &c, &mut items);
+            for item in items.drain(..) {
+                if item.cursor().is_some_and(|at| at > cursor) {
+                    self.front.push_back(item);
+                }
+            }
+        }
+        drop(commit);
+        Ok(())
+    }
+}
+
+impl Change {
+    /// Where this change is in the database's change order: give it to
+    /// [`crate::Changes::resume_from`] to get the changes after it. `None` for initial
+    /// rows, state markers and stats rows. Items of one commit have distinct cursors.
+    ///
+    /// A squashed item carries the cursor of the last change merged into it; since squashed
+    /// items of different rows are handed over in no particular order, resume a squashing
+    /// feed from the greatest cursor it delivered only once its queue was empty.
+    pub fn cursor(&self) -> Option<Cursor> {
+        match self.kind() {
+            super::ChangeKind::Initial | super::ChangeKind::State => None,
+            _ => Some(Cursor::new(self.seq()?, self.occurrence())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_order() {
+        let c = Cursor::new(0x1234, 2);
+        assert_eq!(c.to_string(), "1234-2");
+        assert_eq!("1234-2".parse::<Cursor>().unwrap(), c);
+        assert!(Cursor::new(5, 9) < Cursor::new(6, 0));
+        for bad in ["", "12", "x-1", "1-", "-1", "1-2-3", "11111111111111111-0"] {
+            assert!(
+                matches!(bad.parse::<Cursor>(), Err(Error::InvalidFeedOption(_))),
+                "{bad}"
+            );
+        }
+    }
+}

@@ -1,0 +1,441 @@
+//! Resumable feeds: a feed reopened from the cursor of the last item it delivered gets
+//! exactly the changes it missed, in order, then goes on live; across a drop, a reopen of the
+//! database and a SIGKILL of the writer process. Cursors older than the change log's
+//! retention give `Error::CursorExpired`.
+
+use futures::StreamExt;
+use remodel::feed::Cursor;
+use remodel::{
+    json, Change, ChangeLogRetention, Config, Database, Durability, Error, Feed, IndexSpec, Order,
+};
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+async fn logged_db() -> Database {
+    Config::temporary()
+        .durability(Durability::Soft)
+        .change_log(ChangeLogRetention::default())
+        .open()
+        .await
+        .unwrap()
+}
+
+async fn take(feed: &mut Feed, n: usize) -> Vec<Change> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let item = tokio::time::timeout(Duration::from_secs(10), feed.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} items came", out.len()))
+            .expect("the feed goes on")
+            .expect("not an error");
+        out.push(item);
+    }
+    out
+}
+
+async fn quiet(feed: &mut Feed) {
+    let next = tokio::time::timeout(Duration::from_millis(150), feed.next()).await;
+    assert!(next.is_err(), "no more items expected, got {next:?}");
+}
+
+fn pairs(items: &[Change]) -> Vec<(Option<remodel::Value>, Option<remodel::Value>)> {
+    items
+        .iter()
+        .map(|c| (c.old_val().cloned(), c.new_val().cloned()))
+        .collect()
+}
+
+/// Inserts, updates and deletes touching keys 0..20.
+async fn writes(t: &remodel::Table, round: u64) {
+    for i in 0..20u64 {
+        t.insert(json!({"id": i, "round": round, "v": i * round}))
+            .conflict(remodel::Conflict::Replace)
+            .await
+            .unwrap();
+    }
+    for i in (0..20u64).step_by(3) {
+        t.get(i).delete().await.unwrap();
+    }
+    t.get(1).update(json!({"v": -1})).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_dropped_feed_resumes_with_exactly_the_changes_it_missed() {
+    let db = logged_db().await;
+    db.create_table("t").await.unwrap();
+    let t = db.table("t");
+    // The witness never disconnects: it sees every change.
+    let mut witness = t.changes().await.unwrap();
+    let mut feed = t.changes().await.unwrap();
+    writes(&t, 1).await;
+    let all_round1 = take(&mut witness, 28).await;
+    let seen = take(&mut feed, 11).await;
+    assert_eq!(pairs(&seen), pairs(&all_round1[..11]));
+    let cursor = seen
+        .last()
+        .unwrap()
+        .cursor()
+        .expect("a change has a cursor");
+    drop(feed);
+    writes(&t, 2).await;
+    let round2 = take(&mut witness, 28).await;
+    // Through its text form, as a browser would send it back.
+    let cursor: Cursor = cursor.to_string().parse().unwrap();
+    let mut resumed = t.changes().resume_from(cursor).await.unwrap();
+    let missed = take(&mut resumed, 17 + 28).await;
+    let mut expected = all_round1[11..].to_vec();
+    expected.extend(round2);
+    assert_eq!(pairs(&missed), pairs(&expected));
+    assert!(missed.windows(2).all(|w| w[0].cursor() < w[1].cursor()));
+    quiet(&mut resumed).await;
+    // Then live.
+    t.insert(json!({"id": 99})).await.unwrap();
+    let live = take(&mut resumed, 1).await;
+    assert_eq!(live[0].new_val(), Some(&json!({"id": 99})));
+    quiet(&mut resumed).await;
+}
+
+#[tokio::test]
+async fn filtered_and_duplicate_key_feeds_resume_per_item() {
+    let db = logged_db().await;
+    db.create_table("t").await.unwrap();
+    let t = db.table("t");
+    t.create_index("round", IndexSpec::field("round"))
+        .await
+        .unwrap();
+    let queries = [
+        t.get_all([json!(1), json!(1), json!(4)]),
+        t.query()
+            .filter(remodel::field("v").gt(5))
+            .pluck(["id", "v"]),
+        t.between(
+            std::ops::Bound::Included(json!(3)),
+            std::ops::Bound::Excluded(json!(9)),
+        ),
+        t.get_all([json!(2)]).index("round"),
+    ];
+    for q in queries {
+        let mut witness = q.changes().await.unwrap();
+        let mut feed = q.changes().await.unwrap();
+        writes(&t, 1).await;
+        writes(&t, 2).await;
+        let mut all = Vec::new();
+        while let Ok(Some(item)) =
+            tokio::time::timeout(Duration::from_millis(200), witness.next()).await
+        {
+            all.push(item.unwrap());
+        }
+        assert!(all.len() >= 3, "{} items", all.len());
+        // Every cut: resume after item k gives items k+1.. exactly.
+        let seen = take(&mut feed, all.len()).await;
+        drop(feed);
+        for k in [0, 1, all.len() / 2, all.len() - 1] {
+            let cursor = seen[k].cursor().unwrap();
+            let mut resumed = q.changes().resume_from(cursor).await.unwrap();
+            let got = take(&mut resumed, all.len() - k - 1).await;
+            assert_eq!(pairs(&got), pairs(&all[k + 1..]), "cut after item {k}");
+            quiet(&mut resumed).await;
+        }
+        t.query().delete().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn items_of_one_commit_have_distinct_cursors() {
+    let db = logged_db().await;
+    db.create_table("t").await.unwrap();
+    let t = db.table("t");
+    let mut feed = t.get_all([json!(1), json!(1)]).changes().await.unwrap();
+    t.insert(json!({"id": 1})).await.unwrap();
+    let items = take(&mut feed, 2).await;
+    let (a, b) = (items[0].cursor().unwrap(), items[1].cursor().unwrap());
+    assert_ne!(a, b);
+    assert_eq!(a.seq(), b.seq());
+    drop(feed);
+    let mut resumed = t
+        .get_all([json!(1), json!(1)])
+        .changes()
+        .resume_from(a)
+        .await
+        .unwrap();
+    let rest = take(&mut resumed, 1).await;
+    assert_eq!(rest[0].cursor(), Some(b));
+    quiet(&mut resumed).await;
+}
+
+#[tokio::test]
+async fn expired_cursors_and_unresumable_feeds_are_refused() {
+    let db = Config::temporary()
+        .durability(Durability::Soft)
+        .change_log(ChangeLogRetention {
+            max_changes: Some(100),
+            max_age: None,
+        })
+        .open()
+        .await
+        .unwrap();
+    db.create_table("t").await.unwrap();
+    let t = db.table("t");
+    t.create_index("v", IndexSpec::field("v")).await.unwrap();
+    let mut feed = t.changes().await.unwrap();
+    t.insert(json!({"id": 0, "v": 0})).await.unwrap();
+    let first = take(&mut feed, 1).await[0].cursor().unwrap();
+    for i in 1..400 {
+        t.insert(json!({"id": i, "v": i})).await.unwrap();
+    }
+    let all = take(&mut feed, 399).await;
+    let err = t.changes().resume_from(first).await.unwrap_err();
+    assert!(matches!(err, Error::CursorExpired { .. }), "{err:?}");
+    // A recent cursor still resumes.
+    let recent = all[390].cursor().unwrap();
+    let mut resumed = t.changes().resume_from(recent).await.unwrap();
+    assert_eq!(pairs(&take(&mut resumed, 8).await), pairs(&all[391..]));
+    // Feeds whose items are not a function of each change alone.
+    let err = t
+        .order_by(Order::index("v"))
+        .limit(3)
+        .changes()
+        .resume_from(recent)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unwatchable(_)), "{err:?}");
+    let err = db.stats().changes().resume_from(recent).await.unwrap_err();
+    assert!(matches!(err, Error::Unwatchable(_)), "{err:?}");
+    let err = t
+        .changes()
+        .include_initial(true)
+        .resume_from(recent)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidFeedOption(_)), "{err:?}");
+    // A cursor of no change this database made.
+    let future: Cursor = "ffffffff-0".parse().unwrap();
+    let err = t.changes().resume_from(future).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidFeedOption(_)), "{err:?}");
+    // Without a change log, nothing resumes.
+    let plain = Database::temporary().await.unwrap();
+    plain.create_table("t").await.unwrap();
+    let err = plain
+        .table("t")
+        .changes()
+        .resume_from(recent)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::CursorExpired { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn old_changes_expire_by_age() {
+    let db = Config::temporary()
+        .durability(Durability::Soft)
+        .change_log(ChangeLogRetention {
+            max_changes: None,
+            max_age: Some(Duration::from_millis(50)),
+        })
+        .open()
+        .await
+        .unwrap();
+    db.create_table("t").await.unwrap();
+    let t = db.table("t");
+    let mut feed = t.changes().await.unwrap();
+    t.insert(json!({"id": 0})).await.unwrap();
+    let first = take(&mut feed, 1).await[0].cursor().unwrap();
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    // Age is checked every 1,024 changes (amortised).
+    for i in 1..=1100 {
+        t.insert(json!({"id": i})).await.unwrap();
+    }
+    let err = t.changes().resume_from(first).await.unwrap_err();
+    assert!(matches!(err, Error::CursorExpired { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_feed_resumes_across_a_reopen() {
+    let dir = std::env::temp_dir().join(format!("remodel-resume-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let open = || {
+        Config::new(&dir)
+            .change_log(ChangeLogRetention::default())
+            .open()
+    };
+    let cursor;
+    let expected;
+    {
+        let db = open().await.unwrap();
+        db.create_table("t").await.unwrap();
+        let t = db.table("t");
+        let mut witness = t.changes().await.unwrap();
+        writes(&t, 1).await;
+        let all = take(&mut witness, 28).await;
+        cursor = all[9].cursor().unwrap();
+        expected = pairs(&all[10..]);
+        db.close().await.unwrap();
+    }
+    // The first handle is gone once closed and dropped (reopen retries briefly).
+    let db = open().await.unwrap();
+    let t = db.table("t");
+    let mut resumed = t.changes().resume_from(cursor).await.unwrap();
+    assert_eq!(pairs(&take(&mut resumed, 18).await), expected);
+    quiet(&mut resumed).await;
+    t.insert(json!({"id": 500})).await.unwrap();
+    let live = take(&mut resumed, 1).await;
+    assert!(live[0].cursor().unwrap() > cursor);
+    drop((resumed, t, db));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+const ENV_DIR: &str = "REMODEL_RESUME_CRASH_DIR";
+
+/// The child: hard inserts, a feed printing each item's cursor and id. Returns at once
+/// unless started by `a_feed_resumes_after_the_writer_is_killed`.
+#[test]
+fn resume_crash_child() {
+    let Some(dir) = std::env::var_os(ENV_DIR) else {
+        return;
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async move {
+            let db = Config::new(dir)
+                .durability(Durability::Hard)
+                .change_log(ChangeLogRetention::default())
+                .open()
+                .await
+                .unwrap();
+            db.ensure_table("log").await.unwrap();
+            let log = db.table("log");
+            let mut feed = log.changes().await.unwrap();
+            let reader = tokio::spawn(async move {
+                while let Some(item) = feed.next().await {
+                    let c = item.unwrap();
+                    let id = c.new_val().unwrap()["id"].clone();
+                    let mut out = std::io::stdout().lock();
+                    writeln!(out, "@@ seen {} {}", c.cursor().unwrap(), id).unwrap();
+                    out.flush().unwrap();
+                }
+            });
+            let writers: Vec<_> = (0..3)
+                .map(|w| {
+                    let log = log.clone();
+                    tokio::spawn(async move {
+                        for i in 0u64.. {
+                            log.insert(json!({"id": format!("{w}-{i}")})).await.unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for w in writers {
+                w.await.unwrap();
+            }
+            reader.await.unwrap();
+        });
+}
+
+fn run_child(dir: &Path) -> Vec<(Cursor, String)> {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "resume_crash_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(ENV_DIR, dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    // Until 300 items were seen (or 60 s), then SIGKILL mid-stream.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while lines.len() < 300 {
+        match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+            // The harness prints `test resume_crash_child ... ` before the first line.
+            Ok(l) if l.contains("@@ seen") => lines.push(l),
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    reader.join().unwrap();
+    lines.extend(rx.try_iter().filter(|l| l.contains("@@ seen")));
+    lines
+        .iter()
+        .filter_map(|l| {
+            let at = l.find("@@ seen ")?;
+            let mut parts = l[at..].strip_prefix("@@ seen ")?.splitn(2, ' ');
+            let cursor = parts.next()?.parse().ok()?;
+            let id: remodel::Value = serde_json::from_str(parts.next()?).ok()?;
+            Some((cursor, id.as_str()?.to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn a_feed_resumes_after_the_writer_is_killed() {
+    let dir = std::env::temp_dir().join(format!("remodel-resume-crash-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let seen = run_child(&dir);
+    assert!(
+        seen.len() >= 100,
+        "the child delivered {} items",
+        seen.len()
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let db = Config::new(&dir)
+            .change_log(ChangeLogRetention::default())
+            .open()
+            .await
+            .unwrap();
+        let t = db.table("log");
+        let rows = t.count().await.unwrap() as usize;
+        for k in [0, seen.len() / 2, seen.len() - 1] {
+            let (cursor, _) = &seen[k];
+            let mut resumed = t.changes().resume_from(*cursor).await.unwrap();
+            // Every row is one insert: after the cursor come exactly the rows not seen up to
+            // it, the ones seen after it first, in the order they were seen.
+            let mut got = Vec::new();
+            while let Ok(Some(item)) =
+                tokio::time::timeout(Duration::from_millis(500), resumed.next()).await
+            {
+                got.push(item.unwrap());
+            }
+            quiet(&mut resumed).await;
+            let ids: Vec<String> = got
+                .iter()
+                .map(|c| c.new_val().unwrap()["id"].as_str().unwrap().to_string())
+                .collect();
+            let seen_after: Vec<String> = seen[k + 1..].iter().map(|(_, id)| id.clone()).collect();
+            assert_eq!(
+                ids[..seen_after.len()],
+                seen_after[..],
+                "cut after item {k}"
+            );
+            let mut every: Vec<String> = seen[..=k].iter().map(|(_, id)| id.clone()).collect();
+            every.extend(ids);
+            let total = every.len();
+            every.sort();
+            every.dedup();
+            assert_eq!(every.len(), total, "no change delivered twice");
+            assert_eq!(total, rows, "no change lost");
+        }
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
