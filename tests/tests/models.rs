@@ -176,6 +176,21 @@ async fn crud() -> remodel::Result<()> {
     assert!(matches!(dup, Error::KeyConflict { .. }), "{dup}");
 
     odo.delete(&db).await?;
+    assert_eq!(Person::get(&db, key.clone()).await?, None);
+    // An update of a deleted row is an error, and does not bring it back (either path).
+    let err = odo.update(&db, |p| p.age = 1).await.unwrap_err();
+    assert!(
+        matches!(err.as_model(), Some(ModelError::Missing { .. })),
+        "{err}"
+    );
+    let err = odo
+        .update(&db, |p| p.address.zip = "1".into())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.as_model(), Some(ModelError::Missing { .. })),
+        "{err}"
+    );
     assert_eq!(Person::get(&db, key).await?, None);
     assert_eq!(Person::all(&db).await?, vec![quark.clone()]);
     let many = Person::get_many(&db, [quark.id.clone().unwrap(), Id::from("missing")]).await?;

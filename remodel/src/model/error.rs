@@ -57,6 +57,16 @@ pub enum ModelError {
         /// What was asked for (a relation accessor or a method).
         operation: String,
     },
+    /// The model's row is not in its table (deleted since the model was read).
+    #[error("{model} {key} is not in table `{table}` (deleted since it was read?)")]
+    Missing {
+        /// The model's type name.
+        model: String,
+        /// The table.
+        table: String,
+        /// The key.
+        key: Value,
+    },
     /// A belongs_to relation's foreign key is empty, so there is no owner to watch.
     #[error("this {model} has no `{relation}` (its `{foreign_key}` is empty)")]
     NoOwner {
@@ -89,6 +99,14 @@ pub enum ModelError {
 }
 
 impl ModelError {
+    pub(crate) fn missing(schema: &Schema, key: Value) -> Self {
+        ModelError::Missing {
+            model: schema.model.to_string(),
+            table: schema.table.to_string(),
+            key,
+        }
+    }
+
     pub(crate) fn not_saved(schema: &Schema, operation: &str) -> Self {
         ModelError::NotSaved {
             model: schema.model.to_string(),

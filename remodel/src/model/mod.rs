@@ -425,7 +425,8 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
     }
 
     /// Changes some fields with `change` and writes only the fields that changed (merged
-    /// into the stored document). The model must be saved.
+    /// into the stored document). The model must be saved, and still stored
+    /// ([`ModelError::Missing`] otherwise: an update does not bring a deleted row back).
     ///
     /// ```
     /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -461,18 +462,26 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
             match codec::diff(&before, &after) {
                 codec::Diff::None => {}
                 codec::Diff::Merge(patch) => {
-                    table
-                        .get(key)
-                        .update(crate::Patch::Merge(patch))
+                    let written = table
+                        .get(key.clone())
+                        .update(crate::Patch::merge(patch))
                         .await?
                         .check()?;
+                    if written.skipped > 0 {
+                        return Err(ModelError::missing(Self::schema(), key).into());
+                    }
                 }
                 // An object-valued field changed: merging would keep its removed entries,
                 // so the document is written whole (unknown top-level fields kept).
                 codec::Diff::Whole => {
                     let mut doc = after;
-                    if let Some(Value::Object(stored)) = table.get(key).await? {
-                        codec::keep_unknown(Self::schema(), &mut doc, stored);
+                    match table.get(key.clone()).await? {
+                        Some(Value::Object(stored)) => {
+                            codec::keep_unknown(Self::schema(), &mut doc, stored)
+                        }
+                        Some(_) => {}
+                        // An update does not bring a deleted row back.
+                        None => return Err(ModelError::missing(Self::schema(), key).into()),
                     }
                     table
                         .insert(doc)
