@@ -98,6 +98,21 @@ struct Person {
     name: String,
 }
 
+/// A self-referencing has_many / belongs_to: a chain of command, deleted as a tree.
+#[derive(Model, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[remodel(has_many(
+    Officer,
+    accessor = "reports",
+    foreign_key = "superior_id",
+    on_delete = "cascade"
+))]
+#[remodel(belongs_to(Officer, accessor = "superior", foreign_key = "superior_id"))]
+struct Officer {
+    id: Option<Id>,
+    name: String,
+    superior_id: Option<Id>,
+}
+
 fn crew(name: &str, species: &str) -> Crewmember {
     Crewmember {
         id: None,
@@ -602,5 +617,31 @@ async fn self_referencing_many_to_many() -> remodel::Result<()> {
     quark.delete(&db).await?;
     assert_eq!(db.table("people_people").count().await?, 0);
     assert!(rest[2].friends(&db).all().await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn self_referencing_has_many_cascades_down_the_tree() -> remodel::Result<()> {
+    let db = Database::temporary().await?;
+    create_schema(&db).await?;
+    let officer = |n: &str| Officer {
+        id: None,
+        name: n.into(),
+        superior_id: None,
+    };
+    let picard = officer("Picard").create(&db).await?;
+    let riker = picard.reports(&db).create(officer("Riker")).await?;
+    let data = riker.reports(&db).create(officer("Data")).await?;
+    let _lal = data.reports(&db).create(officer("Lal")).await?;
+    let janeway = officer("Janeway").create(&db).await?;
+    assert_eq!(data.superior(&db).await?.unwrap().name, "Riker");
+    assert_eq!(
+        names(&picard.reports(&db).all().await?, |o| &o.name),
+        ["Riker"]
+    );
+    riker.delete(&db).await?;
+    let left = names(&Officer::all(&db).await?, |o| &o.name);
+    assert_eq!(left, ["Janeway", "Picard"]);
+    assert!(janeway.reports(&db).all().await?.is_empty());
     Ok(())
 }
