@@ -1,5 +1,5 @@
-//! Code generation, from the checked model only. Generated code names only `::remodel` paths,
-//! so users depend on the `remodel` crate alone.
+//! Code generation, from the checked model only. Generated code names only `::remodel` paths
+//! (besides `::std` / `::core`), so users depend on the `remodel` crate alone.
 
 use crate::internals::ast::{IndexKind, Model, OnDelete, RelationKind};
 use proc_macro2::TokenStream;
