@@ -108,6 +108,9 @@ impl<T: Model> ModelChanges<T> {
         squash_window(f64),
         /// The feed's buffer size.
         queue_size(usize),
+        /// Deliver the changes after this cursor, then go on live
+        /// (see [`crate::Changes::resume_from`]).
+        resume_from(crate::Cursor),
         /// Every option at once.
         options(FeedOptions)
     }

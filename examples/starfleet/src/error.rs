@@ -1,0 +1,70 @@
+//! The app's errors, and the pages they become.
+
+use crate::templates::Templates;
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use minijinja::context;
+
+/// What can go wrong while serving a request.
+#[derive(Debug)]
+pub enum AppError {
+    /// An unknown ship, member or page: 404.
+    NotFound(String),
+    /// Malformed input (a form, a path): 400 with what was wrong.
+    BadRequest(String),
+    /// The store failed: 500 (the message says why; nothing a visitor types leads here).
+    Store(remodel::Error),
+    /// A template failed to render: 500 (a bug in a template).
+    Template(minijinja::Error),
+}
+
+/// Handlers return this.
+pub type AppResult<T> = Result<T, AppError>;
+
+impl From<remodel::Error> for AppError {
+    fn from(e: remodel::Error) -> Self {
+        AppError::Store(e)
+    }
+}
+
+impl From<minijinja::Error> for AppError {
+    fn from(e: minijinja::Error) -> Self {
+        AppError::Template(e)
+    }
+}
+
+impl From<axum::extract::rejection::FormRejection> for AppError {
+    fn from(e: axum::extract::rejection::FormRejection) -> Self {
+        AppError::BadRequest(format!("the form could not be read: {}", e.body_text()))
+    }
+}
+
+impl AppError {
+    fn status(&self) -> StatusCode {
+        match self {
+            AppError::NotFound(_) => StatusCode::NOT_FOUND,
+            AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AppError::Store(_) | AppError::Template(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            AppError::NotFound(m) | AppError::BadRequest(m) => m.clone(),
+            AppError::Store(e) => format!("the database failed: {e}"),
+            AppError::Template(e) => format!("a page could not be drawn: {e}"),
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let message = self.message();
+        let page = Templates::shared()
+            .render("error.html", context! { status => status.as_u16(), reason => status.canonical_reason(), message })
+            // The error page itself failed: plain text, still the right status.
+            .unwrap_or_else(|_| message.clone());
+        (status, Html(page)).into_response()
+    }
+}

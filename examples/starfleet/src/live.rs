@@ -1,0 +1,358 @@
+//! Live pages: Server-Sent Events streams, each fed by a Remodel feed (never by polling).
+//!
+//! | stream | feed | events |
+//! |---|---|---|
+//! | `/ship/{id}/crew/events` | `ship.crewmembers(&db).changes()` (relation feed) | `reset`, `row` |
+//! | `/ship/{id}/away/events` | `ship.away_team(&db).link_changes()` (join rows) | `reset`, `row` |
+//! | `/events/ships`, `/species/events` | the `crewmembers` table feed; each batch of changes re-reads the group count | `counts`, `html` |
+//! | `/leaderboard/events` | `order_by(points index).limit(5)` (top-N feed) | `html` |
+//!
+//! Every event that follows a change carries the change's cursor as its SSE `id`. A browser
+//! that loses its connection reconnects by itself and sends that id as `Last-Event-ID`: row
+//! streams resume their feed from it (`resume_from`), so the page gets exactly the changes it
+//! missed. A cursor the change log no longer holds (or one that is not a cursor at all) gets
+//! a `reload` event: the page reloads its state. Aggregate and top-N streams send their whole
+//! current state on every (re)connect, so they need no resume.
+
+use crate::error::AppResult;
+use crate::models::{Crewmember, Score, Starship};
+use crate::routes::leaderboard::top_five;
+use crate::routes::ships::crew_counts;
+use crate::routes::species::{draw_chart, species_counts};
+use crate::routes::{find_ship, page};
+use crate::AppState;
+use async_stream::stream;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, KeepAliveStream, Sse};
+use futures::stream::{self, BoxStream, Stream, StreamExt};
+use minijinja::context;
+use remodel::model::{ModelChanges, ModelFeed};
+use remodel::{ChangeKind, Cursor, Error, FeedState, Model};
+use serde_json::{json, Value};
+use std::convert::Infallible;
+use std::future::{Future, IntoFuture};
+use std::time::Duration;
+
+/// What the live handlers return.
+pub type EventStream = Sse<KeepAliveStream<BoxStream<'static, Result<Event, Infallible>>>>;
+
+/// How long a browser waits before reconnecting a cut stream.
+const RETRY: Duration = Duration::from_millis(500);
+
+/// Serves `events` until the client goes away or the app cuts live streams
+/// ([`AppState::disconnect_live_clients`]).
+fn serve(app: &AppState, events: impl Stream<Item = Event> + Send + 'static) -> EventStream {
+    let mut cut = app.cut_signal();
+    let cut = async move {
+        let _ = cut.changed().await;
+    };
+    let events = stream::once(async { Event::default().retry(RETRY) })
+        .chain(events)
+        .take_until(cut)
+        .map(Ok);
+    Sse::new(events.boxed()).keep_alive(KeepAlive::default())
+}
+
+/// A stream of one `reload` event: the page must read its state again.
+fn reload(app: &AppState, why: String) -> EventStream {
+    serve(app, stream::once(async move { Event::default().event("reload").data(why) }))
+}
+
+/// An event of `name` with JSON data, and the cursor of the change behind it.
+fn event(name: &str, data: Value, cursor: Option<Cursor>) -> Event {
+    let e = Event::default().event(name).data(data.to_string());
+    match cursor {
+        Some(c) => e.id(c.to_string()),
+        None => e,
+    }
+}
+
+/// Where a reconnecting browser stopped: `None` for a fresh page, `Err` for a header that
+/// is not a cursor.
+fn last_event_id(headers: &HeaderMap) -> Option<Result<Cursor, String>> {
+    let raw = headers.get("last-event-id")?;
+    let text = raw.to_str().map_err(|_| "Last-Event-ID is not text".to_string());
+    Some(text.and_then(|t| t.parse::<Cursor>().map_err(|e| e.to_string())))
+}
+
+/// What a row stream tells the page.
+enum RowUpdate {
+    /// One row of the current state (rendered), before `Ready`.
+    Initial(String),
+    /// The current state is complete: replace the page's rows with it.
+    Ready,
+    /// A row was added or changed (DOM id, rendered row).
+    Upsert(String, String, Option<Cursor>),
+    /// A row left (DOM id).
+    Remove(String, Option<Cursor>),
+    /// Nothing to tell (a state marker).
+    Skip,
+    /// The feed failed or missed changes: the page must reload.
+    Failed(String),
+}
+
+/// Row updates as SSE events: the initial rows become one `reset` event, then each change
+/// one `row` event `{id, html}` (`html: null`: the row left).
+fn row_events(updates: impl Stream<Item = RowUpdate> + Send + 'static) -> impl Stream<Item = Event> + Send {
+    stream! {
+        let mut initial = String::new();
+        for await update in updates {
+            match update {
+                RowUpdate::Initial(html) => initial.push_str(&html),
+                RowUpdate::Ready => {
+                    yield event("reset", json!({ "html": std::mem::take(&mut initial) }), None)
+                }
+                RowUpdate::Upsert(id, html, at) => yield event("row", json!({ "id": id, "html": html }), at),
+                RowUpdate::Remove(id, at) => yield event("row", json!({ "id": id, "html": null }), at),
+                RowUpdate::Skip => {}
+                RowUpdate::Failed(why) => {
+                    yield Event::default().event("reload").data(why);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// A feed being set up that can start fresh (current rows first) or resume from a cursor:
+/// the store's [`remodel::Changes`] and the model layer's typed [`ModelChanges`].
+trait RowFeed: IntoFuture<Output = remodel::Result<Self::Feed>> + Sized {
+    type Feed;
+    fn fresh(self) -> Self;
+    fn resume(self, cursor: Cursor) -> Self;
+}
+
+impl RowFeed for remodel::Changes {
+    type Feed = remodel::Feed;
+    fn fresh(self) -> Self {
+        self.include_initial(true).include_states(true)
+    }
+    fn resume(self, cursor: Cursor) -> Self {
+        self.resume_from(cursor)
+    }
+}
+
+impl<T: Model> RowFeed for ModelChanges<T> {
+    type Feed = ModelFeed<T>;
+    fn fresh(self) -> Self {
+        self.include_initial(true).include_states(true)
+    }
+    fn resume(self, cursor: Cursor) -> Self {
+        self.resume_from(cursor)
+    }
+}
+
+/// Opens a row feed: resumed from the browser's `Last-Event-ID`, or fresh with the current
+/// rows. `Err` is the `reload` stream for a cursor that cannot be resumed (too old, not a
+/// cursor, from another database).
+async fn open_rows<C: RowFeed>(
+    app: &AppState,
+    headers: &HeaderMap,
+    changes: C,
+) -> AppResult<Result<C::Feed, EventStream>> {
+    let cursor = match last_event_id(headers) {
+        None => return Ok(Ok(changes.fresh().await?)),
+        Some(Err(why)) => return Ok(Err(reload(app, why))),
+        Some(Ok(cursor)) => cursor,
+    };
+    match changes.resume(cursor).await {
+        Ok(feed) => {
+            app.count_resume();
+            Ok(Ok(feed))
+        }
+        Err(e @ (Error::CursorExpired { .. } | Error::InvalidFeedOption(_))) => {
+            Ok(Err(reload(app, e.to_string())))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A feed failure as a row update: the page reloads (an overflow means missed changes).
+fn failed(e: Error) -> RowUpdate {
+    RowUpdate::Failed(e.to_string())
+}
+
+/// `/ship/{id}/crew/events`: the crew, live, through the relation feed.
+pub async fn crew(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> AppResult<EventStream> {
+    let ship = find_ship(&app.db, &id).await?;
+    let ships = Starship::all(&app.db).await?; // for the move buttons; ships never change
+    let feed = match open_rows(&app, &headers, ship.crewmembers(&app.db).changes()).await? {
+        Ok(feed) => feed,
+        Err(reload) => return Ok(reload),
+    };
+    let row = move |m: &Crewmember| render_row("crew_row.html", context! { m, ship, ships });
+    let updates = feed.map(move |item| match item {
+        Err(e) => failed(e),
+        Ok(c) => match (c.kind, c.raw().cursor(), c.new, c.old) {
+            (ChangeKind::State, ..) => ready_or_skip(c.state),
+            (ChangeKind::Initial, _, Some(m), _) => RowUpdate::Initial(row(&m)),
+            (_, at, Some(m), _) => RowUpdate::Upsert(dom_id("crew", &m), row(&m), at),
+            (_, at, None, Some(m)) => RowUpdate::Remove(dom_id("crew", &m), at),
+            (_, _, None, None) => RowUpdate::Skip,
+        },
+    });
+    Ok(serve(&app, row_events(updates)))
+}
+
+/// `/ship/{id}/away/events`: the away team, live, through the feed of the ship's links
+/// in the join table (an officer is read when they join).
+pub async fn away_team(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> AppResult<EventStream> {
+    let ship = find_ship(&app.db, &id).await?;
+    let links = ship.away_team(&app.db).link_changes()?;
+    let feed = match open_rows(&app, &headers, links).await? {
+        Ok(feed) => feed,
+        Err(reload) => return Ok(reload),
+    };
+    let db = app.db.clone();
+    let updates = feed.then(move |item| {
+        let (db, ship) = (db.clone(), ship.clone());
+        async move {
+            let c = match item {
+                Ok(c) => c,
+                Err(e) => return failed(e),
+            };
+            let member_key = |link: Option<&Value>| link.and_then(|l| l.get("crewmember_id")).cloned();
+            let cursor = c.cursor();
+            match (c.kind(), member_key(c.new_val()), member_key(c.old_val())) {
+                (ChangeKind::State, ..) => ready_or_skip(c.state()),
+                (kind, Some(key), _) => match Crewmember::get(&db, key).await {
+                    Ok(Some(m)) => {
+                        let html = render_row("away_row.html", context! { m, ship });
+                        if kind == ChangeKind::Initial {
+                            RowUpdate::Initial(html)
+                        } else {
+                            RowUpdate::Upsert(dom_id("away", &m), html, cursor)
+                        }
+                    }
+                    Ok(None) => RowUpdate::Skip, // deleted since it joined
+                    Err(e) => failed(e),
+                },
+                (_, None, Some(key)) => {
+                    RowUpdate::Remove(format!("away-{}", key.as_str().unwrap_or_default()), cursor)
+                }
+                (_, None, None) => RowUpdate::Skip,
+            }
+        }
+    });
+    Ok(serve(&app, row_events(updates)))
+}
+
+fn ready_or_skip(state: Option<FeedState>) -> RowUpdate {
+    match state {
+        Some(FeedState::Ready) => RowUpdate::Ready,
+        _ => RowUpdate::Skip,
+    }
+}
+
+/// The DOM id of a member's row in one of a ship page's lists.
+fn dom_id(list: &str, m: &Crewmember) -> String {
+    format!("{list}-{}", m.id_str())
+}
+
+/// Renders one row; a template error (a bug) is logged and sends an empty row.
+fn render_row(template: &str, ctx: minijinja::Value) -> String {
+    page(template, ctx).map(|h| h.0).unwrap_or_else(|e| {
+        eprintln!("starfleet: {template}: {e:?}");
+        String::new()
+    })
+}
+
+/// Aggregate streams: `read` the current state now, and again after every batch of changes
+/// of the `crewmembers` table feed (changes that arrive together are read once). The table
+/// feed is opened before the first read, so no change can fall between the two.
+async fn aggregate<F, Fut>(app: &AppState, read: F) -> AppResult<EventStream>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: Future<Output = AppResult<(&'static str, Value)>> + Send,
+{
+    let feed = Crewmember::table(&app.db).changes().await?;
+    let first = read().await?;
+    let events = stream! {
+        yield event(first.0, first.1, None);
+        let mut batches = feed.ready_chunks(1024);
+        while let Some(batch) = batches.next().await {
+            let mut cursor = None;
+            for item in batch {
+                match item {
+                    Ok(change) => cursor = change.cursor().or(cursor),
+                    // Missed changes do not matter here: the state is read again below.
+                    Err(Error::FeedOverflow { .. }) => {}
+                    Err(_) => return, // the database is closing
+                }
+            }
+            match read().await {
+                Ok((name, data)) => yield event(name, data, cursor),
+                Err(e) => eprintln!("starfleet: live aggregate: {e:?}"),
+            }
+        }
+    };
+    Ok(serve(app, events))
+}
+
+/// `/events/ships`: crew counts per ship key, `{"voyager": 3, ...}`.
+pub async fn ship_counts(State(app): State<AppState>) -> AppResult<EventStream> {
+    let state = app.clone();
+    aggregate(&app, move || {
+        let app = state.clone();
+        async move { Ok(("counts", json!(crew_counts(&app).await?))) }
+    })
+    .await
+}
+
+/// `/species/events`: the species chart, redrawn.
+pub async fn species(State(app): State<AppState>) -> AppResult<EventStream> {
+    let db = app.db.clone();
+    aggregate(&app, move || {
+        let db = db.clone();
+        async move {
+            let counts = species_counts(&db).await?;
+            Ok(("html", json!({ "html": draw_chart(&counts)? })))
+        }
+    })
+    .await
+}
+
+/// `/leaderboard/events`: the top five, through the top-N feed: it starts with the current
+/// five, then each change says which row left or entered at which position.
+pub async fn leaderboard(State(app): State<AppState>) -> AppResult<EventStream> {
+    let mut feed = top_five(&app.db)
+        .changes()
+        .include_initial(true)
+        .include_offsets(true)
+        .include_states(true)
+        .await?;
+    let events = stream! {
+        let mut board: Vec<Score> = Vec::new();
+        let mut ready = false;
+        while let Some(item) = feed.next().await {
+            let c = match item {
+                Ok(c) => c,
+                Err(e) => {
+                    yield Event::default().event("reload").data(e.to_string());
+                    break;
+                }
+            };
+            if let Some(i) = c.old_offset.filter(|&i| i < board.len()) {
+                board.remove(i);
+            }
+            if let (Some(i), Some(score)) = (c.new_offset, c.new.clone()) {
+                board.insert(i.min(board.len()), score);
+            }
+            ready |= c.state == Some(FeedState::Ready);
+            if ready && c.kind != ChangeKind::Initial {
+                let html = render_row("scores.html", context! { scores => board });
+                yield event("html", json!({ "html": html }), c.raw().cursor());
+            }
+        }
+    };
+    Ok(serve(&app, events))
+}

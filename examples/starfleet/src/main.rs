@@ -1,0 +1,79 @@
+//! `cargo run --release -p starfleet [-- --addr 127.0.0.1:8090 --data-dir starfleet-data]`
+
+use starfleet::{open_database, router, AppState};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const USAGE: &str = "usage: starfleet [--addr HOST:PORT] [--data-dir DIR]
+  --addr      where to listen (default 127.0.0.1:8090)
+  --data-dir  the database folder, created when missing (default ./starfleet-data)";
+
+/// The command line.
+struct Args {
+    addr: SocketAddr,
+    data_dir: PathBuf,
+}
+
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
+    let mut parsed = Args {
+        addr: SocketAddr::from(([127, 0, 0, 1], 8090)),
+        data_dir: PathBuf::from("starfleet-data"),
+    };
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--addr" => {
+                let v = value()?;
+                parsed.addr = v.parse().map_err(|_| format!("--addr: `{v}` is not HOST:PORT"))?;
+            }
+            "--data-dir" => parsed.data_dir = PathBuf::from(value()?),
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown argument `{other}`")),
+        }
+    }
+    Ok(parsed)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(args) => args,
+        Err(why) => {
+            if !why.is_empty() {
+                eprintln!("starfleet: {why}");
+            }
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("starfleet: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let db = open_database(Some(&args.data_dir)).await?;
+    let state = AppState::new(db.clone());
+    let listener = tokio::net::TcpListener::bind(args.addr).await?;
+    println!(
+        "Starfleet is at http://{} (data in {}; Ctrl-C stops)",
+        listener.local_addr()?,
+        args.data_dir.display()
+    );
+    let shutdown = {
+        let state = state.clone();
+        async move {
+            let _ = tokio::signal::ctrl_c().await;
+            // Open live streams would keep the server waiting: end them.
+            state.disconnect_live_clients();
+        }
+    };
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await?;
+    db.close().await?;
+    Ok(())
+}

@@ -1,0 +1,44 @@
+//! Away teams: a ship's officers on a mission, from any crew (a has_and_belongs_to_many
+//! relation through a join table).
+
+use super::{find_member, find_ship};
+use crate::error::AppResult;
+use crate::AppState;
+use axum::extract::rejection::FormRejection;
+use axum::extract::{Path, State};
+use axum::response::Redirect;
+use axum::Form;
+use serde::Deserialize;
+
+/// The assign form.
+#[derive(Deserialize)]
+pub struct Assign {
+    member_id: String,
+}
+
+/// `POST /ship/{id}/away`: puts a member (of any ship) on this ship's away team.
+pub async fn assign(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    form: Result<Form<Assign>, FormRejection>,
+) -> AppResult<Redirect> {
+    let ship = find_ship(&app.db, &id).await?;
+    let Form(form) = form?;
+    let mut member = find_member(&app.db, form.member_id.trim()).await.map_err(|_| {
+        crate::error::AppError::BadRequest(format!("There is no crew member `{}` to assign.", form.member_id))
+    })?;
+    ship.away_team(&app.db).add(std::slice::from_mut(&mut member)).await?;
+    Ok(Redirect::to(&format!("/ship/{}", ship.id_str())))
+}
+
+/// `POST /ship/{id}/away/{member}/release`: takes a member off this ship's away team (their
+/// other missions stay).
+pub async fn release(
+    State(app): State<AppState>,
+    Path((id, member)): Path<(String, String)>,
+) -> AppResult<Redirect> {
+    let ship = find_ship(&app.db, &id).await?;
+    let member = find_member(&app.db, &member).await?;
+    ship.away_team(&app.db).remove(&[member]).await?;
+    Ok(Redirect::to(&format!("/ship/{}", ship.id_str())))
+}

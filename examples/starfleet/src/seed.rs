@@ -1,0 +1,58 @@
+//! The three crews loaded on first run.
+
+use crate::models::{Crewmember, Starship};
+use remodel::model::Id;
+use remodel::{Database, Model};
+use serde_json::json;
+
+/// The table that remembers that the crews were loaded, so that a restart never loads them
+/// twice (a member deleted by a visitor stays deleted).
+const META_TABLE: &str = "starfleet_meta";
+
+/// `(ship key, name, class, [(member key, name, rank, species)])`
+type Crew = (&'static str, &'static str, &'static str, [(&'static str, &'static str, &'static str, &'static str); 3]);
+
+const CREWS: [Crew; 3] = [
+    ("voyager", "Voyager", "Intrepid", [
+        ("janeway", "Kathryn Janeway", "captain", "human"),
+        ("neelix", "Neelix", "morale officer", "talaxian"),
+        ("tuvok", "Tuvok", "lieutenant commander", "vulcan"),
+    ]),
+    ("enterprise", "Enterprise", "Galaxy", [
+        ("picard", "Jean-Luc Picard", "captain", "human"),
+        ("data", "Data", "lieutenant commander", "android"),
+        ("troi", "Deanna Troi", "commander", "betazoid"),
+    ]),
+    ("defiant", "Defiant", "Defiant", [
+        ("sisko", "Benjamin Sisko", "captain", "human"),
+        ("dax", "Jadzia Dax", "lieutenant commander", "trill"),
+        ("kira", "Kira Nerys", "major", "bajoran"),
+    ]),
+];
+
+/// Loads the crews unless they were loaded before. Returns whether it loaded them.
+///
+/// The seeded rows have fixed keys (`/ship/voyager`, `/member/janeway`), so a first start
+/// interrupted half-way simply writes the same rows again on the next start; the marker row
+/// is written last.
+pub async fn seed_once(db: &Database) -> remodel::Result<bool> {
+    db.ensure_table(META_TABLE).await?;
+    let meta = db.table(META_TABLE);
+    if meta.get("seeded").await?.is_some() {
+        return Ok(false);
+    }
+    for (key, name, category, members) in CREWS {
+        let mut ship = Starship { id: Some(Id::from(key)), name: name.into(), category: category.into() };
+        ship.save(db).await?;
+        let mut crew: Vec<Crewmember> = members
+            .iter()
+            .map(|(key, name, rank, species)| Crewmember {
+                id: Some(Id::from(*key)),
+                ..Crewmember::new(name, rank, species)
+            })
+            .collect();
+        ship.crewmembers(db).add(&mut crew).await?; // one atomic commit per crew
+    }
+    meta.insert(json!({"id": "seeded"})).await?.check()?;
+    Ok(true)
+}

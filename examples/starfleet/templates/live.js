@@ -1,0 +1,38 @@
+// Live updates for Starfleet pages: each element with data-rows, data-html or data-counts
+// names a Server-Sent Events stream. EventSource reconnects by itself after a cut and sends
+// the id of the last event it got (Last-Event-ID): the server resumes the feed from there.
+"use strict";
+window.starfleetLive = [];
+
+function connect(url, handlers) {
+  const es = new EventSource(url);
+  for (const [name, handle] of Object.entries(handlers)) {
+    es.addEventListener(name, (e) => handle(JSON.parse(e.data)));
+  }
+  // The server could not resume (the cursor is too old): read the page's state again.
+  es.addEventListener("reload", () => { es.close(); location.reload(); });
+  window.starfleetLive.push(es);
+}
+
+// A table body of rows with ids: `reset` replaces them all, `row` adds, replaces or removes one.
+document.querySelectorAll("[data-rows]").forEach((body) => connect(body.dataset.rows, {
+  reset: (d) => { body.innerHTML = d.html; },
+  row: (d) => {
+    const old = document.getElementById(d.id);
+    if (d.html === null) { if (old) old.remove(); }
+    else if (old) { old.outerHTML = d.html; }
+    else { body.insertAdjacentHTML("beforeend", d.html); }
+  },
+}));
+
+// A block redrawn whole (the species chart, the leaderboard).
+document.querySelectorAll("[data-html]").forEach((el) => connect(el.dataset.html, {
+  html: (d) => { el.innerHTML = d.html; },
+}));
+
+// Counters by id: {"voyager": 3, ...} sets #count-voyager.
+document.querySelectorAll("[data-counts]").forEach((el) => connect(el.dataset.counts, {
+  counts: (d) => {
+    document.querySelectorAll("[id^=count-]").forEach((c) => { c.textContent = d[c.id.slice(6)] || 0; });
+  },
+}));
