@@ -47,8 +47,8 @@ pub use error::{Error, Result};
 pub use feed::{Change, ChangeKind, Changes, Cursor, Feed, FeedOptions, FeedState, Squash};
 pub use model::Model;
 pub use query::{
-    asc, desc, field, has_fields, Batch, Field, Get, Group, Grouped, Insert, Join, Order,
-    PointQuery, Predicate, Query, Table, Write,
+    asc, desc, field, has_fields, Aggregate, AggregateOutput, Batch, Field, Get, Group, Grouped,
+    Insert, Join, Order, PointQuery, Predicate, Query, Table, Write,
 };
 /// `#[derive(Model)]`: see [`model`] and the `remodel-derive` crate.
 pub use remodel_derive::Model;

@@ -48,6 +48,7 @@
 //! # }).unwrap();
 //! ```
 
+pub(crate) mod aggregate;
 mod change;
 mod edits;
 pub(crate) mod hub;
@@ -90,6 +91,15 @@ pub struct Changes {
     point: bool,
     /// Resume after this cursor (`resume_from`).
     resume: Option<Cursor>,
+    /// A live aggregate of the query's rows: (group by field or index, reduction, field).
+    agg: Option<AggRequest>,
+}
+
+/// An aggregate to watch, as asked for (resolved against the table when the feed starts).
+struct AggRequest {
+    by: Option<(String, bool)>,
+    reduce: aggregate::ReduceKind,
+    field: Option<String>,
 }
 
 impl Changes {
@@ -155,6 +165,7 @@ impl Changes {
             opts,
             point,
             resume,
+            agg,
         } = self;
         opts.validate()?;
         if resume.is_some() && opts.include_initial {
@@ -165,7 +176,32 @@ impl Changes {
         }
         let db = query.db.clone();
         let stats = query.source == Source::Stats;
-        let plan = FeedPlan::new(query.plan()?, stats)?;
+        let mut plan = FeedPlan::new(query.plan()?, stats)?;
+        let mut agg_signature = String::new();
+        if let Some(req) = agg {
+            if resume.is_some() {
+                return Err(Error::unwatchable(
+                    "an aggregate feed cannot resume from a cursor (the log holds changes, not \
+                     the groups): re-read it with include_initial",
+                ));
+            }
+            let FeedPlan::Rows {
+                table, agg: slot, ..
+            } = &mut plan
+            else {
+                return Err(Error::unwatchable(
+                    "only aggregates of a table, get_all or between (with filters) can be \
+                     watched, not of order_by(..).limit(n)",
+                ));
+            };
+            let by = req.by.as_ref().map(|(b, ix)| (b.as_str(), *ix));
+            let def = aggregate::AggDef::resolve(table, by, req.reduce, req.field.as_deref())?;
+            agg_signature = def.signature();
+            *slot = Some(aggregate::AggPlan {
+                def,
+                source: query.clone(),
+            });
+        }
         if stats && resume.is_some() {
             return Err(Error::unwatchable(
                 "the stats feed cannot resume from a cursor (its rows are not logged changes)",
@@ -234,7 +270,7 @@ impl Changes {
                 None
             }
             plan => {
-                let signature = format!("{:?}|{:?}", query.source, query.steps);
+                let signature = format!("{:?}|{:?}{agg_signature}", query.source, query.steps);
                 let join = if own_queue {
                     Join::Own(sub)
                 } else {
@@ -312,6 +348,7 @@ impl IntoFuture for Changes {
             // a blocking thread, never on the async workers.
             let reads = self.opts.include_initial
                 || self.resume.is_some()
+                || self.agg.is_some()
                 || self
                     .query
                     .steps
@@ -334,6 +371,22 @@ impl Query {
             opts: FeedOptions::default(),
             point: false,
             resume: None,
+            agg: None,
+        }
+    }
+}
+
+impl Changes {
+    /// A feed of an aggregate of `query`'s rows (see [`crate::query::Aggregate::changes`]).
+    pub(crate) fn aggregate(
+        query: Query,
+        by: Option<(String, bool)>,
+        reduce: aggregate::ReduceKind,
+        field: Option<String>,
+    ) -> Changes {
+        Changes {
+            agg: Some(AggRequest { by, reduce, field }),
+            ..query.changes()
         }
     }
 }

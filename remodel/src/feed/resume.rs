@@ -96,36 +96,42 @@ impl Feed {
                 "the database keeps no change log (see Config::change_log)".into(),
             ));
         };
-        let commit = db.inner.writer.lock();
-        db.check_open()?;
-        if cursor.seq < log.floor() {
-            return Err(expired(format!(
-                "the change log keeps only the changes from {:x} on",
-                log.floor()
-            )));
-        }
-        if cursor.seq > *commit {
-            return Err(Error::feed_option(format!(
-                "cursor {cursor} is ahead of this database's last change: it is from another database"
-            )));
-        }
-        plan.check_live()?;
-        let sub = db.inner.sink_as::<super::Hub>().subscribe(plan, signature, join, || Ok(Vec::new()), false)?;
-        self.join(sub);
-        self.snapshot_seq = Some(cursor.seq);
-        let mut items = Vec::new();
-        // From the cursor's own change on: the feed's later items for it come first.
-        for c in log.read_from(&table, cursor.seq) {
-            let c = c?;
-            Hub::replay_items(&replay, &c, &mut items);
-            for item in items.drain(..) {
-                if item.cursor().is_some_and(|at| at > cursor) {
-                    self.front.push_back(item);
+        db.inner.with_commit_lock(|last| {
+            db.check_open()?;
+            if cursor.seq < log.floor() {
+                return Err(expired(format!(
+                    "the change log keeps only the changes from {:x} on",
+                    log.floor()
+                )));
+            }
+            if cursor.seq > last {
+                return Err(Error::feed_option(format!(
+                    "cursor {cursor} is ahead of this database's last change: it is from another database"
+                )));
+            }
+            plan.check_live()?;
+            let sub = db.inner.sink_as::<Hub>().subscribe(
+                plan,
+                signature,
+                join,
+                || Ok(Vec::new()),
+                false,
+            )?;
+            self.join(sub);
+            self.snapshot_seq = Some(cursor.seq);
+            let mut items = Vec::new();
+            // From the cursor's own change on: the feed's later items for it come first.
+            for c in log.read_from(&table, cursor.seq) {
+                let c = c?;
+                Hub::replay_items(&replay, &c, &mut items);
+                for item in items.drain(..) {
+                    if item.cursor().is_some_and(|at| at > cursor) {
+                        self.front.push_back(item);
+                    }
                 }
             }
-        }
-        drop(commit);
-        Ok(())
+            Ok(())
+        })
     }
 }
 

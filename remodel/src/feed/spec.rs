@@ -166,11 +166,13 @@ pub(crate) struct ScanRange {
 
 /// A watchable query.
 pub(crate) enum FeedPlan {
-    /// Table, point, get_all and between feeds (with filters and transforms).
+    /// Table, point, get_all and between feeds (with filters and transforms), and
+    /// aggregates of those (`agg`).
     Rows {
         table: Arc<TableState>,
         matcher: Matcher,
         view: View,
+        agg: Option<super::aggregate::AggPlan>,
     },
     /// `order_by(index).limit(n)` feeds.
     TopN {
@@ -296,11 +298,13 @@ impl FeedPlan {
             FeedPlan::Rows {
                 table,
                 matcher: Matcher::All,
+                agg: None,
                 ..
             } => (table, Bound::Unbounded, Bound::Unbounded),
             FeedPlan::Rows {
                 table,
                 matcher: Matcher::PrimaryRange { lo, hi },
+                agg: None,
                 ..
             } => (table, lo.clone(), hi.clone()),
             _ => return None,
@@ -410,6 +414,7 @@ impl FeedPlan {
             table,
             matcher,
             view,
+            agg: None,
         })
     }
 }

@@ -1,11 +1,15 @@
 //! Aggregates (count, sum, avg, min, max), grouping and joins.
 
 use super::Query;
+use crate::feed::aggregate::ReduceKind;
 use crate::value::{compare, encode_key, FieldPath};
 use crate::{Error, Result};
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::cmp::Ordering;
+use std::future::{Future, IntoFuture};
+use std::marker::PhantomData;
+use std::pin::Pin;
 
 /// Sums the numbers at `path`; rows without the field are skipped, other values are an error.
 fn add_numbers(
@@ -39,57 +43,50 @@ fn pick(best: &mut Option<(Value, Value)>, doc: Value, path: &FieldPath, want: O
 }
 
 impl Query {
-    /// The number of rows.
-    pub async fn count(&self) -> Result<u64> {
-        self.offload(|q| {
-            let mut n = 0;
-            for row in q.plan()?.rows() {
-                row?;
-                n += 1;
-            }
-            Ok(n)
-        })
-        .await
+    /// The number of rows. `.await` it for the number, or call `.changes()` on it for a live
+    /// count.
+    pub fn count(&self) -> Aggregate<u64> {
+        Aggregate::new(self, None, ReduceKind::Count, None)
     }
 
-    /// The sum of the numbers in `field` (rows without it are skipped).
-    pub async fn sum(&self, field: &str) -> Result<f64> {
-        let path = FieldPath::parse(field)?;
-        self.offload(move |q| {
-            let (mut total, mut n) = (0.0, 0);
-            for row in q.plan()?.rows() {
-                add_numbers(&mut total, &mut n, &row?.doc, &path, "sum")?;
-            }
-            Ok(total)
-        })
-        .await
+    /// The sum of the numbers in `field` (rows without it are skipped); `.await` it, or
+    /// watch it with `.changes()`.
+    pub fn sum(&self, field: &str) -> Aggregate<f64> {
+        Aggregate::new(self, None, ReduceKind::Sum, Some(field))
     }
 
     /// The average of the numbers in `field`; `None` when no row has one.
-    pub async fn avg(&self, field: &str) -> Result<Option<f64>> {
+    pub fn avg(&self, field: &str) -> Aggregate<Option<f64>> {
+        Aggregate::new(self, None, ReduceKind::Avg, Some(field))
+    }
+
+    /// The row with the smallest value in `field` (in the total order of values). A live
+    /// min needs an index on `field`.
+    pub fn min(&self, field: &str) -> Aggregate<Option<Value>> {
+        Aggregate::new(self, None, ReduceKind::Min, Some(field))
+    }
+
+    /// The row with the largest value in `field`. A live max needs an index on `field`.
+    pub fn max(&self, field: &str) -> Aggregate<Option<Value>> {
+        Aggregate::new(self, None, ReduceKind::Max, Some(field))
+    }
+
+    fn count_now(&self) -> Result<u64> {
+        let mut n = 0;
+        for row in self.plan()?.rows() {
+            row?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn sum_now(&self, field: &str, what: &str) -> Result<(f64, u64)> {
         let path = FieldPath::parse(field)?;
-        self.offload(move |q| {
-            let (mut total, mut n) = (0.0, 0);
-            for row in q.plan()?.rows() {
-                add_numbers(&mut total, &mut n, &row?.doc, &path, "avg")?;
-            }
-            Ok((n > 0).then(|| total / n as f64))
-        })
-        .await
-    }
-
-    /// The row with the smallest value in `field` (in the total order of values).
-    pub async fn min(&self, field: &str) -> Result<Option<Value>> {
-        let field = field.to_string();
-        self.offload(move |q| q.extreme(&field, Ordering::Less))
-            .await
-    }
-
-    /// The row with the largest value in `field`.
-    pub async fn max(&self, field: &str) -> Result<Option<Value>> {
-        let field = field.to_string();
-        self.offload(move |q| q.extreme(&field, Ordering::Greater))
-            .await
+        let (mut total, mut n) = (0.0, 0);
+        for row in self.plan()?.rows() {
+            add_numbers(&mut total, &mut n, &row?.doc, &path, what)?;
+        }
+        Ok((total, n))
     }
 
     fn extreme(&self, field: &str, want: Ordering) -> Result<Option<Value>> {
@@ -142,6 +139,174 @@ pub struct Group {
     pub reduction: Value,
 }
 
+/// An aggregate waiting to be run (`.await`) or watched (`.changes()`): see
+/// [`Query::count`], [`Grouped::count`] and their siblings.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use futures_util::StreamExt;
+/// use remodel::Database;
+/// use serde_json::json;
+/// let db = Database::temporary().await?;
+/// db.create_table("crew").await?;
+/// let crew = db.table("crew");
+/// crew.insert(json!({"id": "data", "species": "android"})).await?;
+/// assert_eq!(crew.query().count().await?, 1);
+/// let mut chart = crew.query().group("species").count().changes().include_initial(true).await?;
+/// let first = chart.next().await.unwrap()?;
+/// assert_eq!(first.new_val(), Some(&json!({"group": "android", "reduction": 1})));
+/// crew.insert(json!({"id": "worf", "species": "klingon"})).await?;
+/// let c = chart.next().await.unwrap()?;
+/// assert_eq!((c.old_val(), c.new_val()), (None, Some(&json!({"group": "klingon", "reduction": 1}))));
+/// # Ok::<(), remodel::Error>(())
+/// # }).unwrap();
+/// ```
+#[must_use = "an aggregate does nothing until it is awaited or watched"]
+pub struct Aggregate<T> {
+    query: Query,
+    /// Grouped by a field (`false`) or an index (`true`).
+    by: Option<(String, bool)>,
+    reduce: ReduceKind,
+    field: Option<String>,
+    _out: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for Aggregate<T> {
+    fn clone(&self) -> Self {
+        Aggregate {
+            query: self.query.clone(),
+            by: self.by.clone(),
+            reduce: self.reduce,
+            field: self.field.clone(),
+            _out: PhantomData,
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Aggregate<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Aggregate")
+            .field("by", &self.by)
+            .field("reduce", &self.reduce)
+            .field("field", &self.field)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> Aggregate<T> {
+    fn new(
+        query: &Query,
+        by: Option<(String, bool)>,
+        reduce: ReduceKind,
+        field: Option<&str>,
+    ) -> Self {
+        Aggregate {
+            query: query.clone(),
+            by,
+            reduce,
+            field: field.map(str::to_string),
+            _out: PhantomData,
+        }
+    }
+
+    /// Watches the aggregate: items are the changed group rows, `{"group": .., "reduction":
+    /// ..}` (a group that appears has no `old_val`, one that empties no `new_val`), or, for
+    /// an ungrouped aggregate, the value itself. Maintained incrementally, per commit; all
+    /// feed options apply (`include_initial` gives the current groups). `min` / `max` need
+    /// an index on their field, and an aggregate cannot resume from a cursor (re-read it
+    /// with `include_initial`).
+    pub fn changes(&self) -> crate::feed::Changes {
+        crate::feed::Changes::aggregate(
+            self.query.clone(),
+            self.by.clone(),
+            self.reduce,
+            self.field.clone(),
+        )
+    }
+}
+
+/// What an aggregate produces when it is run (sealed: `u64`, `f64`, `Option<f64>`,
+/// `Option<Value>`, `Vec<Group>`).
+pub trait AggregateOutput: sealed::Sealed + Sized + Send + 'static {
+    #[doc(hidden)]
+    fn compute(a: &Aggregate<Self>) -> Result<Self>;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for u64 {}
+    impl Sealed for f64 {}
+    impl Sealed for Option<f64> {}
+    impl Sealed for Option<serde_json::Value> {}
+    impl Sealed for Vec<super::Group> {}
+}
+
+impl AggregateOutput for u64 {
+    fn compute(a: &Aggregate<Self>) -> Result<Self> {
+        a.query.count_now()
+    }
+}
+
+impl AggregateOutput for f64 {
+    fn compute(a: &Aggregate<Self>) -> Result<Self> {
+        Ok(a.query
+            .sum_now(a.field.as_deref().unwrap_or_default(), "sum")?
+            .0)
+    }
+}
+
+impl AggregateOutput for Option<f64> {
+    fn compute(a: &Aggregate<Self>) -> Result<Self> {
+        let (total, n) = a
+            .query
+            .sum_now(a.field.as_deref().unwrap_or_default(), "avg")?;
+        Ok((n > 0).then(|| total / n as f64))
+    }
+}
+
+impl AggregateOutput for Option<Value> {
+    fn compute(a: &Aggregate<Self>) -> Result<Self> {
+        let want = if a.reduce == ReduceKind::Min {
+            Ordering::Less
+        } else {
+            Ordering::Greater
+        };
+        a.query
+            .extreme(a.field.as_deref().unwrap_or_default(), want)
+    }
+}
+
+impl AggregateOutput for Vec<Group> {
+    fn compute(a: &Aggregate<Self>) -> Result<Self> {
+        let (by, multi) = a.by.clone().unwrap_or_default();
+        let grouped = Grouped {
+            query: a.query.clone(),
+            by,
+            multi,
+        };
+        let field = || FieldPath::parse(a.field.as_deref().unwrap_or_default());
+        grouped.reduce(match a.reduce {
+            ReduceKind::Count => Reduce::Count,
+            ReduceKind::Sum => Reduce::Sum(field()?),
+            ReduceKind::Avg => Reduce::Avg(field()?),
+            ReduceKind::Min => Reduce::Min(field()?),
+            ReduceKind::Max => Reduce::Max(field()?),
+        })
+    }
+}
+
+impl<T: AggregateOutput> IntoFuture for Aggregate<T> {
+    type Output = Result<T>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Result<T>> + Send>>;
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            // Reading the rows runs off the async workers (see [`Query::run`]).
+            let query = self.query.clone();
+            query.offload(move |_| T::compute(&self)).await
+        })
+    }
+}
+
 /// Rows grouped by a field or an index, waiting for an aggregation.
 ///
 /// ```
@@ -177,33 +342,33 @@ enum Reduce {
 }
 
 impl Grouped {
-    /// The number of rows in each group.
-    pub async fn count(&self) -> Result<Vec<Group>> {
-        self.offload(Reduce::Count).await
+    fn then<T>(&self, reduce: ReduceKind, field: Option<&str>) -> Aggregate<T> {
+        Aggregate::new(
+            &self.query,
+            Some((self.by.clone(), self.multi)),
+            reduce,
+            field,
+        )
+    }
+    /// The number of rows in each group (`.await` it, or watch it with `.changes()`).
+    pub fn count(&self) -> Aggregate<Vec<Group>> {
+        self.then(ReduceKind::Count, None)
     }
     /// The sum of `field` in each group.
-    pub async fn sum(&self, field: &str) -> Result<Vec<Group>> {
-        self.offload(Reduce::Sum(FieldPath::parse(field)?)).await
+    pub fn sum(&self, field: &str) -> Aggregate<Vec<Group>> {
+        self.then(ReduceKind::Sum, Some(field))
     }
     /// The average of `field` in each group (`null` when no row has it).
-    pub async fn avg(&self, field: &str) -> Result<Vec<Group>> {
-        self.offload(Reduce::Avg(FieldPath::parse(field)?)).await
+    pub fn avg(&self, field: &str) -> Aggregate<Vec<Group>> {
+        self.then(ReduceKind::Avg, Some(field))
     }
-    /// The row with the smallest `field` in each group.
-    pub async fn min(&self, field: &str) -> Result<Vec<Group>> {
-        self.offload(Reduce::Min(FieldPath::parse(field)?)).await
+    /// The row with the smallest `field` in each group (live: needs an index on `field`).
+    pub fn min(&self, field: &str) -> Aggregate<Vec<Group>> {
+        self.then(ReduceKind::Min, Some(field))
     }
-    /// The row with the largest `field` in each group.
-    pub async fn max(&self, field: &str) -> Result<Vec<Group>> {
-        self.offload(Reduce::Max(FieldPath::parse(field)?)).await
-    }
-
-    /// Groups and reduces off the async workers (see [`Query::run`]).
-    async fn offload(&self, how: Reduce) -> Result<Vec<Group>> {
-        let grouped = self.clone();
-        self.query
-            .offload(move |_| grouped.reduce(how))
-            .await
+    /// The row with the largest `field` in each group (live: needs an index on `field`).
+    pub fn max(&self, field: &str) -> Aggregate<Vec<Group>> {
+        self.then(ReduceKind::Max, Some(field))
     }
 
     fn reduce(&self, how: Reduce) -> Result<Vec<Group>> {

@@ -7,7 +7,7 @@ pub(crate) mod predicate;
 mod table;
 mod write;
 
-pub use aggregate::{Group, Grouped, Join};
+pub use aggregate::{Aggregate, AggregateOutput, Group, Grouped, Join};
 pub use predicate::{field, has_fields, Field, Predicate};
 pub use table::{Get, PointQuery, Table};
 pub use write::{Batch, Insert, Write};

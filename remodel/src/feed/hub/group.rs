@@ -8,6 +8,7 @@ use crate::feed::change::Change;
 use crate::feed::log::Log;
 use crate::feed::queue::Subscriber;
 use crate::feed::spec::{Matcher, View};
+use crate::feed::aggregate::LiveAgg;
 use crate::feed::topn::TopN;
 use crate::Error;
 use serde_json::Value;
@@ -15,8 +16,20 @@ use std::sync::Arc;
 use std::task::Waker;
 
 pub(super) enum Kind {
-    Rows { matcher: Matcher, view: View },
+    /// Rows feeds; with `agg`, a live aggregate of those rows (applied a commit at a time).
+    Rows {
+        matcher: Matcher,
+        view: View,
+        agg: Option<Box<LiveAgg>>,
+    },
     TopN(TopN),
+}
+
+impl Kind {
+    /// Whether the group takes a commit at a time (top-N sets, aggregates).
+    pub(super) fn per_commit(&self) -> bool {
+        matches!(self, Kind::TopN(_) | Kind::Rows { agg: Some(_), .. })
+    }
 }
 
 pub(super) struct Group {
@@ -150,7 +163,7 @@ impl Group {
     pub(super) fn items(&mut self, ctx: &mut ChangeCtx<'_>, out: &mut Vec<Change>) {
         let (matcher, view) = match &mut self.kind {
             Kind::TopN(_) => unreachable!("top-N groups take a commit at a time"),
-            Kind::Rows { matcher, view } => (matcher, view),
+            Kind::Rows { matcher, view, .. } => (matcher, view),
         };
         row_items(matcher, view, ctx, out);
     }

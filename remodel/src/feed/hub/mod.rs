@@ -18,6 +18,7 @@ mod routes;
 use super::log::{Log, Reader};
 use super::queue::Subscriber;
 use super::spec::FeedPlan;
+use super::aggregate::LiveAgg;
 use super::topn::TopN;
 use crate::db::write::Committed;
 use crate::db::TableState;
@@ -101,8 +102,8 @@ impl Hub {
         };
         let mut routes = feeds.routes.lock();
         let mut scratch = Scratch::default();
-        // Top-N groups see the commit as one step: their changes are collected here and
-        // applied together once every change of the commit has been routed.
+        // Top-N and aggregate groups see the commit as one step: their changes are collected
+        // here and applied together once every change of the commit has been routed.
         let mut topn: Vec<(GroupId, Vec<&Committed>)> = Vec::new();
         let mut items = Vec::new();
         for c in changes {
@@ -112,7 +113,7 @@ impl Hub {
                 let Some(group) = routes.groups.get_mut(id) else {
                     continue;
                 };
-                if let Kind::TopN(_) = group.kind {
+                if group.kind.per_commit() {
                     match topn.iter_mut().find(|(g, _)| g == id) {
                         Some((_, cs)) => cs.push(c),
                         None => topn.push((*id, vec![c])),
@@ -131,8 +132,28 @@ impl Hub {
             let Some(group) = routes.groups.get_mut(&id) else {
                 continue;
             };
-            let Kind::TopN(t) = &mut group.kind else {
-                continue;
+            let t = match &mut group.kind {
+                Kind::TopN(t) => t,
+                Kind::Rows {
+                    matcher,
+                    view,
+                    agg: Some(agg),
+                } => {
+                    match agg.apply_commit((matcher, view), &cs) {
+                        Ok(items) => {
+                            for (i, item) in items.into_iter().enumerate() {
+                                group.members.deliver(item.at(last_seq).numbered(i), wakes);
+                            }
+                        }
+                        // A storage error while refilling a min/max, or a sum of a value
+                        // that is not a number (the query itself now fails too).
+                        Err(e) => group.members.close(&Error::FeedAborted(format!(
+                            "the aggregate could not be maintained: {e}"
+                        ))),
+                    }
+                    continue;
+                }
+                Kind::Rows { .. } => continue,
             };
             match t.apply_commit(table, &cs) {
                 Ok((items, moved)) => {
@@ -181,7 +202,27 @@ impl Hub {
             Some(id) => *id,
             None => {
                 let kind = match plan {
-                    FeedPlan::Rows { matcher, view, .. } => Kind::Rows { matcher, view },
+                    FeedPlan::Rows {
+                        matcher, view, agg, ..
+                    } => {
+                        let agg = match agg {
+                            None => None,
+                            Some(plan) => {
+                                let rows = plan
+                                    .source
+                                    .plan()?
+                                    .rows()
+                                    .map(|r| r.map(|row| (row.key.to_vec(), row.doc)));
+                                Some(Box::new(LiveAgg::load(
+                                    table.clone(),
+                                    (&matcher, &view),
+                                    plan.def,
+                                    rows,
+                                )?))
+                            }
+                        };
+                        Kind::Rows { matcher, view, agg }
+                    }
                     FeedPlan::TopN {
                         order, view, limit, ..
                     } => Kind::TopN(TopN::load(&table, order, view, limit)?),
@@ -196,6 +237,7 @@ impl Hub {
         let initial = if want_initial {
             match &group.kind {
                 Kind::TopN(t) => Initial::Rows(t.rows().cloned().collect()),
+                Kind::Rows { agg: Some(a), .. } => Initial::Rows(a.rows()),
                 Kind::Rows { .. } => Initial::Rows(initial_rows()?),
             }
         } else {

@@ -125,7 +125,7 @@ impl Routes {
         let id = self.next_id;
         self.next_id += 1;
         let (route, index) = match &kind {
-            Kind::Rows { matcher, view } => {
+            Kind::Rows { matcher, view, .. } => {
                 let index = matcher.index_name().map(str::to_string);
                 let route = match matcher {
                     Matcher::Keys(_) => Route::Keys,
