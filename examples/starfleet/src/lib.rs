@@ -82,7 +82,10 @@ pub async fn open_database(data_dir: Option<&Path>) -> remodel::Result<Database>
         Some(dir) => Config::new(dir),
         None => Config::temporary(),
     };
-    let db = config.change_log(ChangeLogRetention::default()).open().await?;
+    let db = config
+        .change_log(ChangeLogRetention::default())
+        .open()
+        .await?;
     remodel::model::create_schema(&db).await?;
     seed::seed_once(&db).await?;
     Ok(db)
@@ -110,7 +113,10 @@ pub fn router(state: AppState) -> Router {
         .route("/species.csv", get(species::csv))
         .route("/species.json", get(species::json))
         .route("/species/events", get(live::species))
-        .route("/leaderboard", get(leaderboard::show).post(leaderboard::post_score))
+        .route(
+            "/leaderboard",
+            get(leaderboard::show).post(leaderboard::post_score),
+        )
         .route("/leaderboard/events", get(live::leaderboard))
         .fallback(routes::not_found)
         .with_state(state)

@@ -56,7 +56,10 @@ fn serve(app: &AppState, events: impl Stream<Item = Event> + Send + 'static) -> 
 
 /// A stream of one `reload` event: the page must read its state again.
 fn reload(app: &AppState, why: String) -> EventStream {
-    serve(app, stream::once(async move { Event::default().event("reload").data(why) }))
+    serve(
+        app,
+        stream::once(async move { Event::default().event("reload").data(why) }),
+    )
 }
 
 /// An event of `name` with JSON data, and the cursor of the change behind it.
@@ -72,7 +75,9 @@ fn event(name: &str, data: Value, cursor: Option<Cursor>) -> Event {
 /// is not a cursor.
 fn last_event_id(headers: &HeaderMap) -> Option<Result<Cursor, String>> {
     let raw = headers.get("last-event-id")?;
-    let text = raw.to_str().map_err(|_| "Last-Event-ID is not text".to_string());
+    let text = raw
+        .to_str()
+        .map_err(|_| "Last-Event-ID is not text".to_string());
     Some(text.and_then(|t| t.parse::<Cursor>().map_err(|e| e.to_string())))
 }
 
@@ -94,7 +99,9 @@ enum RowUpdate {
 
 /// Row updates as SSE events: the initial rows become one `reset` event, then each change
 /// one `row` event `{id, html}` (`html: null`: the row left).
-fn row_events(updates: impl Stream<Item = RowUpdate> + Send + 'static) -> impl Stream<Item = Event> + Send {
+fn row_events(
+    updates: impl Stream<Item = RowUpdate> + Send + 'static,
+) -> impl Stream<Item = Event> + Send {
     stream! {
         let mut initial = String::new();
         for await update in updates {
@@ -220,7 +227,8 @@ pub async fn away_team(
                 Ok(c) => c,
                 Err(e) => return failed(e),
             };
-            let member_key = |link: Option<&Value>| link.and_then(|l| l.get("crewmember_id")).cloned();
+            let member_key =
+                |link: Option<&Value>| link.and_then(|l| l.get("crewmember_id")).cloned();
             let cursor = c.cursor();
             match (c.kind(), member_key(c.new_val()), member_key(c.old_val())) {
                 (ChangeKind::State, ..) => ready_or_skip(c.state()),

@@ -25,7 +25,9 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
         match flag.as_str() {
             "--addr" => {
                 let v = value()?;
-                parsed.addr = v.parse().map_err(|_| format!("--addr: `{v}` is not HOST:PORT"))?;
+                parsed.addr = v
+                    .parse()
+                    .map_err(|_| format!("--addr: `{v}` is not HOST:PORT"))?;
             }
             "--data-dir" => parsed.data_dir = PathBuf::from(value()?),
             "-h" | "--help" => return Err(String::new()),
@@ -73,7 +75,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             state.disconnect_live_clients();
         }
     };
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await?;
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await?;
     db.close().await?;
     Ok(())
 }

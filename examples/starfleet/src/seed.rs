@@ -10,24 +10,44 @@ use serde_json::json;
 const META_TABLE: &str = "starfleet_meta";
 
 /// `(ship key, name, class, [(member key, name, rank, species)])`
-type Crew = (&'static str, &'static str, &'static str, [(&'static str, &'static str, &'static str, &'static str); 3]);
+type Crew = (
+    &'static str,
+    &'static str,
+    &'static str,
+    [(&'static str, &'static str, &'static str, &'static str); 3],
+);
 
 const CREWS: [Crew; 3] = [
-    ("voyager", "Voyager", "Intrepid", [
-        ("janeway", "Kathryn Janeway", "captain", "human"),
-        ("neelix", "Neelix", "morale officer", "talaxian"),
-        ("tuvok", "Tuvok", "lieutenant commander", "vulcan"),
-    ]),
-    ("enterprise", "Enterprise", "Galaxy", [
-        ("picard", "Jean-Luc Picard", "captain", "human"),
-        ("data", "Data", "lieutenant commander", "android"),
-        ("troi", "Deanna Troi", "commander", "betazoid"),
-    ]),
-    ("defiant", "Defiant", "Defiant", [
-        ("sisko", "Benjamin Sisko", "captain", "human"),
-        ("dax", "Jadzia Dax", "lieutenant commander", "trill"),
-        ("kira", "Kira Nerys", "major", "bajoran"),
-    ]),
+    (
+        "voyager",
+        "Voyager",
+        "Intrepid",
+        [
+            ("janeway", "Kathryn Janeway", "captain", "human"),
+            ("neelix", "Neelix", "morale officer", "talaxian"),
+            ("tuvok", "Tuvok", "lieutenant commander", "vulcan"),
+        ],
+    ),
+    (
+        "enterprise",
+        "Enterprise",
+        "Galaxy",
+        [
+            ("picard", "Jean-Luc Picard", "captain", "human"),
+            ("data", "Data", "lieutenant commander", "android"),
+            ("troi", "Deanna Troi", "commander", "betazoid"),
+        ],
+    ),
+    (
+        "defiant",
+        "Defiant",
+        "Defiant",
+        [
+            ("sisko", "Benjamin Sisko", "captain", "human"),
+            ("dax", "Jadzia Dax", "lieutenant commander", "trill"),
+            ("kira", "Kira Nerys", "major", "bajoran"),
+        ],
+    ),
 ];
 
 /// Loads the crews unless they were loaded before. Returns whether it loaded them.
@@ -42,7 +62,11 @@ pub async fn seed_once(db: &Database) -> remodel::Result<bool> {
         return Ok(false);
     }
     for (key, name, category, members) in CREWS {
-        let mut ship = Starship { id: Some(Id::from(key)), name: name.into(), category: category.into() };
+        let mut ship = Starship {
+            id: Some(Id::from(key)),
+            name: name.into(),
+            category: category.into(),
+        };
         ship.save(db).await?;
         let mut crew: Vec<Crewmember> = members
             .iter()

@@ -20,8 +20,14 @@ const SOURCES: &[(&str, &str)] = &[
     ("member.html", include_str!("../templates/member.html")),
     ("captains.html", include_str!("../templates/captains.html")),
     ("species.html", include_str!("../templates/species.html")),
-    ("species_chart.html", include_str!("../templates/species_chart.html")),
-    ("leaderboard.html", include_str!("../templates/leaderboard.html")),
+    (
+        "species_chart.html",
+        include_str!("../templates/species_chart.html"),
+    ),
+    (
+        "leaderboard.html",
+        include_str!("../templates/leaderboard.html"),
+    ),
     ("scores.html", include_str!("../templates/scores.html")),
 ];
 
@@ -34,7 +40,8 @@ impl Templates {
             for (name, source) in SOURCES {
                 // The sources are part of the binary: a syntax error is a bug caught by
                 // every test, not something a visitor can cause.
-                env.add_template(name, source).expect("a template of the app does not parse");
+                env.add_template(name, source)
+                    .expect("a template of the app does not parse");
             }
             Templates { env }
         })

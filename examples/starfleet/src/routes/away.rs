@@ -24,10 +24,17 @@ pub async fn assign(
 ) -> AppResult<Redirect> {
     let ship = find_ship(&app.db, &id).await?;
     let Form(form) = form?;
-    let mut member = find_member(&app.db, form.member_id.trim()).await.map_err(|_| {
-        crate::error::AppError::BadRequest(format!("There is no crew member `{}` to assign.", form.member_id))
-    })?;
-    ship.away_team(&app.db).add(std::slice::from_mut(&mut member)).await?;
+    let mut member = find_member(&app.db, form.member_id.trim())
+        .await
+        .map_err(|_| {
+            crate::error::AppError::BadRequest(format!(
+                "There is no crew member `{}` to assign.",
+                form.member_id
+            ))
+        })?;
+    ship.away_team(&app.db)
+        .add(std::slice::from_mut(&mut member))
+        .await?;
     Ok(Redirect::to(&format!("/ship/{}", ship.id_str())))
 }
 

@@ -12,7 +12,9 @@ use remodel::Model;
 /// `/captains`: the captains (through the `rank` index) and their ships (one batched load).
 pub async fn index(State(app): State<AppState>) -> AppResult<Html<String>> {
     let c = Crewmember::fields();
-    let captains = Crewmember::filter(&app.db, c.rank.eq("captain")).run().await?;
+    let captains = Crewmember::filter(&app.db, c.rank.eq("captain"))
+        .run()
+        .await?;
     let ships = Crewmember::load_starship(&app.db, &captains).await?; // one query for all
     let rows: Vec<_> = captains
         .into_iter()

@@ -16,7 +16,9 @@ use serde::Deserialize;
 /// The top five, best first: read through the `points` index (the live page watches the
 /// same query).
 pub fn top_five(db: &Database) -> ModelQuery<Score> {
-    Score::query(db).order_by(Score::fields().points.index().desc()).limit(5)
+    Score::query(db)
+        .order_by(Score::fields().points.index().desc())
+        .limit(5)
 }
 
 /// `/leaderboard` (kept live by `/leaderboard/events`).
@@ -40,11 +42,22 @@ pub async fn post_score(
     let Form(form) = form?;
     let player = text_field("player", &form.player, 40)?;
     let points: i64 = form.points.trim().parse().map_err(|_| {
-        AppError::BadRequest(format!("The points must be a whole number, not `{}`.", form.points))
+        AppError::BadRequest(format!(
+            "The points must be a whole number, not `{}`.",
+            form.points
+        ))
     })?;
     if !(0..=1_000_000_000).contains(&points) {
-        return Err(AppError::BadRequest("The points must be between 0 and 1,000,000,000.".into()));
+        return Err(AppError::BadRequest(
+            "The points must be between 0 and 1,000,000,000.".into(),
+        ));
     }
-    Score { id: None, player, points }.create(&app.db).await?;
+    Score {
+        id: None,
+        player,
+        points,
+    }
+    .create(&app.db)
+    .await?;
     Ok(Redirect::to("/leaderboard"))
 }

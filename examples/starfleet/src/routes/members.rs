@@ -68,10 +68,15 @@ pub async fn move_to(
     let mut member = find_member(&app.db, &id).await?;
     let Form(form) = form?;
     let ship = find_ship(&app.db, form.ship_id.trim()).await.map_err(|_| {
-        crate::error::AppError::BadRequest(format!("There is no starship `{}` to move to.", form.ship_id))
+        crate::error::AppError::BadRequest(format!(
+            "There is no starship `{}` to move to.",
+            form.ship_id
+        ))
     })?;
     // `add` sets the foreign key and saves: the member leaves its old crew.
-    ship.crewmembers(&app.db).add(std::slice::from_mut(&mut member)).await?;
+    ship.crewmembers(&app.db)
+        .add(std::slice::from_mut(&mut member))
+        .await?;
     Ok(Redirect::to(&format!("/ship/{}", ship.id_str())))
 }
 
@@ -85,7 +90,9 @@ pub async fn remove_from_ship(
     let Some(ship) = member.starship(&app.db).await? else {
         return Ok(Redirect::to(&format!("/member/{}", member.id_str())));
     };
-    ship.crewmembers(&app.db).remove(std::slice::from_mut(&mut member)).await?;
+    ship.crewmembers(&app.db)
+        .remove(std::slice::from_mut(&mut member))
+        .await?;
     Ok(Redirect::to(&format!("/ship/{}", ship.id_str())))
 }
 

@@ -40,7 +40,9 @@ pub async fn find_member(db: &Database, id: &str) -> AppResult<Crewmember> {
 pub fn text_field(field: &str, value: &str, max: usize) -> AppResult<String> {
     let value = value.trim();
     if value.is_empty() {
-        return Err(AppError::BadRequest(format!("The {field} must not be empty.")));
+        return Err(AppError::BadRequest(format!(
+            "The {field} must not be empty."
+        )));
     }
     if value.chars().count() > max {
         return Err(AppError::BadRequest(format!(

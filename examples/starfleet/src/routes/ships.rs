@@ -22,7 +22,11 @@ pub async fn index(State(app): State<AppState>) -> AppResult<Html<String>> {
 
 /// Crew count per ship key (`""`: members without a ship), one group + count query.
 pub async fn crew_counts(app: &AppState) -> AppResult<HashMap<String, u64>> {
-    let groups = Crewmember::table(&app.db).query().group("starship_id").count().await?;
+    let groups = Crewmember::table(&app.db)
+        .query()
+        .group("starship_id")
+        .count()
+        .await?;
     Ok(groups
         .into_iter()
         .map(|g| {

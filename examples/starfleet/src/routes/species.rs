@@ -24,15 +24,27 @@ pub struct SpeciesCount {
 
 /// Crew count per species, most numerous first (ties by name): one group + count query.
 pub async fn species_counts(db: &Database) -> AppResult<Vec<SpeciesCount>> {
-    let groups = Crewmember::table(db).query().group("species").count().await?;
+    let groups = Crewmember::table(db)
+        .query()
+        .group("species")
+        .count()
+        .await?;
     let mut counts: Vec<SpeciesCount> = groups
         .into_iter()
         .map(|g| SpeciesCount {
-            species: g.group.as_str().map(str::to_string).unwrap_or_else(|| g.group.to_string()),
+            species: g
+                .group
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| g.group.to_string()),
             count: g.reduction.as_u64().unwrap_or(0),
         })
         .collect();
-    counts.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.species.cmp(&b.species)));
+    counts.sort_by(|a, b| {
+        b.count
+            .cmp(&a.count)
+            .then_with(|| a.species.cmp(&b.species))
+    });
     Ok(counts)
 }
 
@@ -81,7 +93,11 @@ pub async fn json(State(app): State<AppState>) -> AppResult<Json<Vec<SpeciesCoun
 /// `=`, `+`, `-` or `@` is prefixed with `'` so that a spreadsheet does not run it as a
 /// formula.
 fn csv_field(s: &str) -> String {
-    let s = if s.starts_with(['=', '+', '-', '@']) { format!("'{s}") } else { s.to_string() };
+    let s = if s.starts_with(['=', '+', '-', '@']) {
+        format!("'{s}")
+    } else {
+        s.to_string()
+    };
     if s.contains([',', '"', '\r', '\n']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {

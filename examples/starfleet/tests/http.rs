@@ -1,0 +1,637 @@
+//! HTTP tests of every route, against a temporary database: status codes, content, 404 for
+//! unknown ids, 400 with a message for malformed input, HTML in names shown escaped, and the
+//! live streams (first events, a change, a resume from `Last-Event-ID`, a bad cursor).
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use remodel::Model;
+use starfleet::models::{Crewmember, Starship};
+use starfleet::{open_database, router, AppState};
+use std::time::Duration;
+use tower::ServiceExt;
+
+struct App {
+    state: AppState,
+    router: Router,
+}
+
+async fn app() -> App {
+    let db = open_database(None).await.expect("a temporary database");
+    let state = AppState::new(db);
+    App {
+        router: router(state.clone()),
+        state,
+    }
+}
+
+struct Reply {
+    status: StatusCode,
+    location: Option<String>,
+    body: String,
+}
+
+impl App {
+    async fn send(&self, req: Request<Body>) -> Reply {
+        let res = self.router.clone().oneshot(req).await.unwrap();
+        let status = res.status();
+        let location = res
+            .headers()
+            .get(header::LOCATION)
+            .map(|v| v.to_str().unwrap().to_string());
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        Reply {
+            status,
+            location,
+            body: String::from_utf8(bytes.to_vec()).unwrap(),
+        }
+    }
+
+    async fn get(&self, path: &str) -> Reply {
+        self.send(Request::get(path).body(Body::empty()).unwrap())
+            .await
+    }
+
+    async fn post(&self, path: &str, form: &str) -> Reply {
+        let req = Request::post(path)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(form.to_string()))
+            .unwrap();
+        self.send(req).await
+    }
+
+    async fn member_named(&self, name: &str) -> Crewmember {
+        let c = Crewmember::fields();
+        Crewmember::find(&self.state.db, c.name.eq(name))
+            .await
+            .unwrap()
+            .expect(name)
+    }
+}
+
+/// The crew table of a ship page (the page also lists everyone in the away-team form).
+fn crew_of(page: &str) -> &str {
+    let start = page.find("<tbody id=\"crew\"").expect("a ship page");
+    &page[start..start + page[start..].find("</tbody>").unwrap()]
+}
+
+fn message(body: &str) -> &str {
+    let start = body.find("<p id=\"message\">").expect("an error page") + 16;
+    &body[start..start + body[start..].find("</p>").unwrap()]
+}
+
+#[tokio::test]
+async fn the_ship_list_shows_every_ship_with_its_crew_count() {
+    let app = app().await;
+    let r = app.get("/").await;
+    assert_eq!(r.status, StatusCode::OK);
+    for ship in ["voyager", "enterprise", "defiant"] {
+        assert!(r.body.contains(&format!("href=\"/ship/{ship}\"")), "{ship}");
+        assert!(
+            r.body.contains(&format!("id=\"count-{ship}\">3<")),
+            "{ship}: {}",
+            r.body
+        );
+    }
+    assert!(r.body.contains("data-counts=\"/events/ships\""));
+}
+
+#[tokio::test]
+async fn a_ship_page_shows_its_crew_and_forms() {
+    let app = app().await;
+    let r = app.get("/ship/voyager").await;
+    assert_eq!(r.status, StatusCode::OK);
+    for name in ["Kathryn Janeway", "Neelix", "Tuvok"] {
+        assert!(r.body.contains(name), "{name}");
+    }
+    assert!(!crew_of(&r.body).contains("Picard"));
+    assert!(r.body.contains("action=\"/ship/voyager/crew\""));
+    assert!(r.body.contains("action=\"/member/tuvok/move\""));
+    assert!(r
+        .body
+        .contains("<option value=\"enterprise\">Enterprise</option>"));
+    assert!(r.body.contains("action=\"/member/tuvok/remove\""));
+    assert!(r.body.contains("href=\"/member/tuvok\""));
+
+    let r = app.get("/ship/excelsior").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(message(&r.body), "There is no starship `excelsior`.");
+}
+
+#[tokio::test]
+async fn adding_a_member_shows_html_in_names_as_text() {
+    let app = app().await;
+    let r = app
+        .post(
+            "/ship/voyager/crew",
+            "name=%3Cscript%3Ealert(1)%3C%2Fscript%3E&rank=ensign&species=ocampa",
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.location.as_deref()),
+        (StatusCode::SEE_OTHER, Some("/ship/voyager"))
+    );
+    let page = app.get("/ship/voyager").await.body;
+    assert!(
+        page.contains("&lt;script&gt;alert(1)&lt;&#x2f;script&gt;"),
+        "{page}"
+    );
+    assert!(!page.contains("<script>alert"));
+    let kes = app.member_named("<script>alert(1)</script>").await;
+    assert_eq!(
+        kes.starship_id.as_ref().map(|s| s.as_str()),
+        Some("voyager")
+    );
+    let member_page = app.get(&format!("/member/{}", kes.id_str())).await.body;
+    assert!(!member_page.contains("<script>alert"));
+    assert!(app.get("/").await.body.contains("id=\"count-voyager\">4<"));
+}
+
+#[tokio::test]
+async fn malformed_forms_are_400_pages_that_say_what_is_wrong() {
+    let app = app().await;
+    let cases = [
+        (
+            "/ship/voyager/crew",
+            "name=++&rank=ensign&species=ocampa",
+            "The name must not be empty.",
+        ),
+        (
+            "/ship/voyager/crew",
+            "name=Kes&species=ocampa",
+            "missing field `rank`",
+        ),
+        (
+            "/ship/voyager/crew",
+            &format!("name={}&rank=a&species=b", "x".repeat(81)),
+            "at most 80 characters",
+        ),
+        (
+            "/ship/voyager/crew",
+            "name=K%00es&rank=a&species=b",
+            "control characters",
+        ),
+        (
+            "/member/tuvok",
+            "name=Tuvok&rank=&species=vulcan",
+            "The rank must not be empty.",
+        ),
+        (
+            "/member/tuvok/move",
+            "ship_id=excelsior",
+            "There is no starship `excelsior` to move to.",
+        ),
+        ("/member/tuvok/move", "", "missing field `ship_id`"),
+        (
+            "/ship/voyager/away",
+            "member_id=q",
+            "There is no crew member `q` to assign.",
+        ),
+        (
+            "/leaderboard",
+            "player=Paris&points=lots",
+            "The points must be a whole number, not `lots`.",
+        ),
+        (
+            "/leaderboard",
+            "player=Paris&points=-5",
+            "between 0 and 1,000,000,000",
+        ),
+        (
+            "/leaderboard",
+            "player=Paris&points=99999999999999999999",
+            "whole number",
+        ),
+        (
+            "/leaderboard",
+            "player=&points=5",
+            "The player must not be empty.",
+        ),
+    ];
+    for (path, form, expected) in cases {
+        let r = app.post(path, form).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{path} {form}");
+        assert!(
+            message(&r.body).contains(expected),
+            "{path} {form}: {}",
+            message(&r.body)
+        );
+    }
+    // Not a form at all.
+    let req = Request::post("/ship/voyager/crew")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from("{}"))
+        .unwrap();
+    let r = app.send(req).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(message(&r.body).contains("could not be read"));
+    // Nothing was written.
+    assert_eq!(Crewmember::count(&app.state.db).await.unwrap(), 9);
+}
+
+#[tokio::test]
+async fn unknown_ids_are_404_pages() {
+    let app = app().await;
+    for path in [
+        "/ship/nx-01",
+        "/member/q",
+        "/nowhere",
+        "/ship/voyager/crew/events/x",
+    ] {
+        let r = app.get(path).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}");
+        assert!(r.body.contains("404 Not Found"), "{path}");
+    }
+    let r = app.get("/member/%3Cb%3Eq%3C%2Fb%3E").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        message(&r.body),
+        "There is no crew member `&lt;b&gt;q&lt;&#x2f;b&gt;`."
+    );
+    for (path, form) in [
+        ("/ship/nx-01/crew", "name=a&rank=b&species=c"),
+        ("/member/q", "name=a&rank=b&species=c"),
+        ("/member/q/move", "ship_id=voyager"),
+        ("/member/q/remove", ""),
+        ("/member/q/delete", ""),
+        ("/ship/nx-01/away", "member_id=tuvok"),
+        ("/ship/voyager/away/q/release", ""),
+    ] {
+        assert_eq!(
+            app.post(path, form).await.status,
+            StatusCode::NOT_FOUND,
+            "{path}"
+        );
+    }
+    for path in ["/ship/nx-01/crew/events", "/ship/nx-01/away/events"] {
+        assert_eq!(app.get(path).await.status, StatusCode::NOT_FOUND, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn a_member_page_shows_rank_species_and_ship() {
+    let app = app().await;
+    let r = app.get("/member/tuvok").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.contains("<h1>Tuvok</h1>"));
+    assert!(r.body.contains("<td>lieutenant commander</td>"));
+    assert!(r.body.contains("<td>vulcan</td>"));
+    assert!(r.body.contains("<a href=\"/ship/voyager\">Voyager</a>"));
+    assert!(r.body.contains("action=\"/member/tuvok/delete\""));
+}
+
+#[tokio::test]
+async fn editing_a_member_changes_its_page_and_its_ship_page() {
+    let app = app().await;
+    let r = app
+        .post("/member/tuvok", "name=Tuvok&rank=commander&species=vulcan")
+        .await;
+    assert_eq!(
+        (r.status, r.location.as_deref()),
+        (StatusCode::SEE_OTHER, Some("/member/tuvok"))
+    );
+    assert!(app
+        .get("/member/tuvok")
+        .await
+        .body
+        .contains("<td>commander</td>"));
+    assert!(app
+        .get("/ship/voyager")
+        .await
+        .body
+        .contains("<td>commander</td>"));
+}
+
+#[tokio::test]
+async fn moving_removing_and_deleting_members() {
+    let app = app().await;
+    let r = app.post("/member/tuvok/move", "ship_id=enterprise").await;
+    assert_eq!(
+        (r.status, r.location.as_deref()),
+        (StatusCode::SEE_OTHER, Some("/ship/enterprise"))
+    );
+    assert!(crew_of(&app.get("/ship/enterprise").await.body).contains("Tuvok"));
+    assert!(!crew_of(&app.get("/ship/voyager").await.body).contains("Tuvok"));
+    let index = app.get("/").await.body;
+    assert!(
+        index.contains("id=\"count-enterprise\">4<") && index.contains("id=\"count-voyager\">2<")
+    );
+
+    let r = app.post("/member/tuvok/remove", "").await;
+    assert_eq!(
+        (r.status, r.location.as_deref()),
+        (StatusCode::SEE_OTHER, Some("/ship/enterprise"))
+    );
+    assert!(!crew_of(&app.get("/ship/enterprise").await.body).contains("Tuvok"));
+    assert!(app
+        .get("/member/tuvok")
+        .await
+        .body
+        .contains("<th>Ship</th><td>none</td>"));
+    assert!(app.get("/").await.body.contains("id=\"count-\">1<"));
+
+    let r = app.post("/member/tuvok/delete", "").await;
+    assert_eq!(
+        (r.status, r.location.as_deref()),
+        (StatusCode::SEE_OTHER, Some("/"))
+    );
+    assert_eq!(app.get("/member/tuvok").await.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn captains_come_with_their_ships() {
+    let app = app().await;
+    let r = app.get("/captains").await;
+    assert_eq!(r.status, StatusCode::OK);
+    for (captain, ship) in [
+        ("janeway", "Voyager"),
+        ("picard", "Enterprise"),
+        ("sisko", "Defiant"),
+    ] {
+        let row = format!("<a href=\"/member/{captain}\">");
+        let at = r.body.find(&row).unwrap_or_else(|| panic!("{captain}"));
+        let rest = &r.body[at..];
+        let row_end = rest.find("</tr>").unwrap();
+        assert!(
+            rest[..row_end].contains(&format!(">{ship}</a>")),
+            "{captain}"
+        );
+    }
+    assert!(!r.body.contains("Tuvok"));
+}
+
+#[tokio::test]
+async fn species_as_chart_csv_and_json() {
+    let app = app().await;
+    app.post(
+        "/ship/defiant/crew",
+        "name=Worf&rank=lieutenant+commander&species=klingon",
+    )
+    .await;
+    app.post(
+        "/ship/defiant/crew",
+        "name=Quark&rank=civilian&species=%3Dferengi%2C+mostly",
+    )
+    .await;
+    let r = app.get("/species").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.contains("<svg"));
+    assert!(r.body.contains("data-species=\"human\" data-count=\"3\""));
+    assert!(r.body.contains("data-species=\"klingon\" data-count=\"1\""));
+    assert_eq!(r.body.matches("class=\"bar\"").count(), 9);
+
+    let csv = app.get("/species.csv").await;
+    assert_eq!(csv.status, StatusCode::OK);
+    assert_eq!(
+        csv.body,
+        "species,count\r\nhuman,3\r\n\"'=ferengi, mostly\",1\r\nandroid,1\r\nbajoran,1\r\nbetazoid,1\r\n\
+         klingon,1\r\ntalaxian,1\r\ntrill,1\r\nvulcan,1\r\n"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&app.get("/species.json").await.body).unwrap();
+    assert_eq!(json[0], serde_json::json!({"species": "human", "count": 3}));
+    assert_eq!(json.as_array().unwrap().len(), 9);
+}
+
+#[tokio::test]
+async fn the_leaderboard_keeps_the_top_five() {
+    let app = app().await;
+    assert!(app
+        .get("/leaderboard")
+        .await
+        .body
+        .contains("No scores yet."));
+    for (player, points) in [
+        ("Paris", 40),
+        ("Kim", 10),
+        ("Torres", 70),
+        ("Seven", 90),
+        ("Doctor", 20),
+        ("Chakotay", 5),
+    ] {
+        let r = app
+            .post("/leaderboard", &format!("player={player}&points={points}"))
+            .await;
+        assert_eq!(
+            (r.status, r.location.as_deref()),
+            (StatusCode::SEE_OTHER, Some("/leaderboard"))
+        );
+    }
+    let body = app.get("/leaderboard").await.body;
+    let order: Vec<usize> = ["Seven", "Torres", "Paris", "Doctor", "Kim"]
+        .iter()
+        .map(|p| body.find(p).unwrap())
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{body}");
+    assert!(!body.contains("Chakotay"));
+    assert_eq!(body.matches("class=\"score\"").count(), 5);
+}
+
+#[tokio::test]
+async fn away_teams_assign_and_release() {
+    let app = app().await;
+    let r = app.post("/ship/voyager/away", "member_id=picard").await;
+    assert_eq!(
+        (r.status, r.location.as_deref()),
+        (StatusCode::SEE_OTHER, Some("/ship/voyager"))
+    );
+    app.post("/ship/voyager/away", "member_id=tuvok").await;
+    app.post("/ship/defiant/away", "member_id=tuvok").await;
+    let voyager = app.get("/ship/voyager").await.body;
+    assert!(voyager.contains("id=\"away-picard\"") && voyager.contains("id=\"away-tuvok\""));
+    assert!(voyager.contains("action=\"/ship/voyager/away/picard/release\""));
+    let tuvok = app.get("/member/tuvok").await.body;
+    assert!(
+        tuvok.contains(">Voyager</a>, <a href=\"/ship/defiant\">Defiant</a>")
+            || tuvok.contains(">Defiant</a>, <a href=\"/ship/voyager\">Voyager</a>"),
+        "{tuvok}"
+    );
+    // Picard's own crew is untouched.
+    assert!(crew_of(&app.get("/ship/enterprise").await.body).contains("Jean-Luc Picard"));
+
+    let r = app.post("/ship/voyager/away/tuvok/release", "").await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert!(!app
+        .get("/ship/voyager")
+        .await
+        .body
+        .contains("id=\"away-tuvok\""));
+    // Released from Voyager only: still on the Defiant's away team.
+    assert!(app
+        .get("/ship/defiant")
+        .await
+        .body
+        .contains("id=\"away-tuvok\""));
+}
+
+#[tokio::test]
+async fn the_script_is_served() {
+    let app = app().await;
+    let r = app.get("/live.js").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.contains("new EventSource"));
+}
+
+/// The next SSE event of `body` (`event:`, `id:` and `data:` lines), within 5 s.
+async fn next_event(body: &mut Body, buf: &mut String) -> (String, Option<String>, String) {
+    loop {
+        if let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            let (mut name, mut id, mut data) = (String::new(), None, String::new());
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event: ") {
+                    name = v.to_string();
+                } else if let Some(v) = line.strip_prefix("id: ") {
+                    id = Some(v.to_string());
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    data.push_str(v);
+                }
+            }
+            if name.is_empty() {
+                continue; // the `retry:` preamble
+            }
+            return (name, id, data);
+        }
+        let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
+            .await
+            .expect("an event within 5 s")
+            .expect("the stream goes on")
+            .unwrap();
+        if let Ok(bytes) = frame.into_data() {
+            buf.push_str(std::str::from_utf8(&bytes).unwrap());
+        }
+    }
+}
+
+async fn open_stream(app: &App, path: &str, last_event_id: Option<&str>) -> Body {
+    let mut req = Request::get(path);
+    if let Some(id) = last_event_id {
+        req = req.header("last-event-id", id);
+    }
+    let res = app
+        .router
+        .clone()
+        .oneshot(req.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK, "{path}");
+    assert_eq!(res.headers()[header::CONTENT_TYPE], "text/event-stream");
+    res.into_body()
+}
+
+#[tokio::test]
+async fn the_crew_stream_sends_the_crew_then_changes_and_resumes_from_a_cursor() {
+    let app = app().await;
+    let mut stream = open_stream(&app, "/ship/voyager/crew/events", None).await;
+    let mut buf = String::new();
+    let (name, id, data) = next_event(&mut stream, &mut buf).await;
+    assert_eq!((name.as_str(), id), ("reset", None));
+    assert!(
+        data.contains("crew-janeway") && data.contains("crew-tuvok") && !data.contains("picard")
+    );
+
+    app.post("/ship/voyager/crew", "name=Kes&rank=ensign&species=ocampa")
+        .await;
+    let (name, cursor, data) = next_event(&mut stream, &mut buf).await;
+    assert_eq!(name, "row");
+    assert!(data.contains("Kes"));
+    let cursor = cursor.expect("a change carries its cursor");
+
+    app.post("/member/tuvok/move", "ship_id=defiant").await;
+    let (_, _, data) = next_event(&mut stream, &mut buf).await;
+    let row: serde_json::Value = serde_json::from_str(&data).unwrap();
+    assert_eq!(row, serde_json::json!({"id": "crew-tuvok", "html": null}));
+    drop(stream);
+
+    // A browser that saw Kes and reconnects gets exactly what came after: Tuvok leaving.
+    app.post("/member/neelix", "name=Neelix&rank=chef&species=talaxian")
+        .await;
+    let mut resumed = open_stream(&app, "/ship/voyager/crew/events", Some(&cursor)).await;
+    let mut buf = String::new();
+    let (_, _, first) = next_event(&mut resumed, &mut buf).await;
+    assert!(
+        first.contains("\"crew-tuvok\",\"html\":null") || first.contains("\"html\":null"),
+        "{first}"
+    );
+    let (_, _, second) = next_event(&mut resumed, &mut buf).await;
+    assert!(second.contains("chef"), "{second}");
+    assert_eq!(app.state.resumed_streams(), 1);
+
+    // Not a cursor: the page is told to reload.
+    let mut bad = open_stream(&app, "/ship/voyager/crew/events", Some("<script>")).await;
+    let (name, _, _) = next_event(&mut bad, &mut String::new()).await;
+    assert_eq!(name, "reload");
+}
+
+#[tokio::test]
+async fn the_other_streams_start_with_the_current_state() {
+    let app = app().await;
+    let mut counts = open_stream(&app, "/events/ships", None).await;
+    let mut buf = String::new();
+    let (name, _, data) = next_event(&mut counts, &mut buf).await;
+    assert_eq!(name, "counts");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&data).unwrap()["voyager"],
+        3
+    );
+    app.post("/ship/voyager/crew", "name=Kes&rank=ensign&species=ocampa")
+        .await;
+    let (_, id, data) = next_event(&mut counts, &mut buf).await;
+    assert!(id.is_some());
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&data).unwrap()["voyager"],
+        4
+    );
+
+    let mut species = open_stream(&app, "/species/events", None).await;
+    let (name, _, data) = next_event(&mut species, &mut String::new()).await;
+    assert_eq!(name, "html");
+    assert!(data.contains("data-species=\\\"ocampa\\\""), "{data}");
+
+    let mut board = open_stream(&app, "/leaderboard/events", None).await;
+    let mut buf = String::new();
+    let (name, _, data) = next_event(&mut board, &mut buf).await;
+    assert_eq!(name, "html");
+    assert!(data.contains("No scores yet."));
+    app.post("/leaderboard", "player=Paris&points=40").await;
+    let (_, _, data) = next_event(&mut board, &mut buf).await;
+    assert!(data.contains("Paris"));
+
+    let mut away = open_stream(&app, "/ship/voyager/away/events", None).await;
+    let mut buf = String::new();
+    let (name, _, _) = next_event(&mut away, &mut buf).await;
+    assert_eq!(name, "reset");
+    app.post("/ship/voyager/away", "member_id=picard").await;
+    let (name, _, data) = next_event(&mut away, &mut buf).await;
+    assert_eq!(name, "row");
+    assert!(data.contains("away-picard") && data.contains("Jean-Luc Picard"));
+}
+
+#[tokio::test]
+async fn the_crews_are_loaded_once() {
+    let dir = std::env::temp_dir().join(format!("starfleet-seed-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let db = open_database(Some(&dir)).await.unwrap();
+    assert_eq!(Crewmember::count(&db).await.unwrap(), 9);
+    assert_eq!(Starship::count(&db).await.unwrap(), 3);
+    Crewmember::get(&db, "neelix")
+        .await
+        .unwrap()
+        .unwrap()
+        .delete(&db)
+        .await
+        .unwrap();
+    db.close().await.unwrap();
+    drop(db);
+    let db = open_database(Some(&dir)).await.unwrap();
+    assert_eq!(
+        Crewmember::count(&db).await.unwrap(),
+        8,
+        "a deleted member stays deleted"
+    );
+    assert_eq!(Starship::count(&db).await.unwrap(), 3);
+    db.close().await.unwrap();
+    drop(db);
+    let _ = std::fs::remove_dir_all(&dir);
+}
