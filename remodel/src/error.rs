@@ -72,6 +72,9 @@ pub enum Error {
     /// queue size of 0, offsets on a feed that has no order, an unknown option).
     #[error("invalid feed option: {0}")]
     InvalidFeedOption(String),
+    /// An index spec that cannot be built (no field, compound and multi at once, a bad path).
+    #[error("invalid index spec: {0}")]
+    InvalidIndexSpec(String),
     /// A batch that lists more writes than one batch may hold.
     #[error("a batch holds at most {max} writes, got {got}")]
     BatchTooLarge {

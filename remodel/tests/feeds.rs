@@ -943,16 +943,14 @@ async fn feeds_come_and_go_while_writers_and_ddl_run() {
                         .between(Bound::Included(json!(5)), Bound::Excluded(json!(9)))
                         .index("v"),
                 };
-                let opts = remodel::FeedOptions {
-                    include_initial: rng.gen_bool(0.5),
-                    squash: if rng.gen_bool(0.3) {
-                        remodel::Squash::Merge
-                    } else {
-                        remodel::Squash::Off
-                    },
-                    queue_size: Some(rng.gen_range(1..50)),
-                    ..Default::default()
+                let mut opts = remodel::FeedOptions::default();
+                opts.include_initial = rng.gen_bool(0.5);
+                opts.squash = if rng.gen_bool(0.3) {
+                    remodel::Squash::Merge
+                } else {
+                    remodel::Squash::Off
                 };
+                opts.queue_size = Some(rng.gen_range(1..50));
                 match q.changes().options(opts).await {
                     Ok(feed) => feeds.push(feed),
                     Err(Error::NoSuchIndex { .. } | Error::IndexNotReady { .. }) => {}

@@ -384,7 +384,7 @@ async fn indexes_follow_writes_and_can_be_dropped() {
     assert!(matches!(
         t.create_index("c", IndexSpec::compound(Vec::<String>::new()))
             .await,
-        Err(Error::InvalidQuery(_))
+        Err(Error::InvalidIndexSpec(_))
     ));
 }
 

@@ -74,13 +74,11 @@ async fn crew(db: &Database) -> Table {
     db.create_table("crew").await.unwrap();
     let t = db.table("crew");
     let r = t.insert_many(crew_docs()).await.unwrap();
-    assert_eq!(
-        r,
-        WriteResult {
-            inserted: 7,
-            ..Default::default()
-        }
-    );
+    assert_eq!(r, {
+        let mut w = WriteResult::default();
+        w.inserted = 7;
+        w
+    });
     t.create_index("age", IndexSpec::field("age"))
         .await
         .unwrap();
@@ -230,13 +228,11 @@ async fn custom_primary_key() {
         .insert(json!({"email": "kim@voyager", "name": "Harry"}))
         .await
         .unwrap();
-    assert_eq!(
-        r,
-        WriteResult {
-            inserted: 1,
-            ..Default::default()
-        }
-    );
+    assert_eq!(r, {
+        let mut w = WriteResult::default();
+        w.inserted = 1;
+        w
+    });
     assert_eq!(
         users.get("kim@voyager").await.unwrap(),
         Some(json!({"email": "kim@voyager", "name": "Harry"}))
@@ -1515,38 +1511,18 @@ async fn indexes_are_backfilled_listed_and_reported() {
     let db = db().await;
     let t = crew(&db).await; // every index was created after the documents
     assert_eq!(
-        t.index_status().unwrap(),
+        statuses(&t),
         vec![
-            IndexStatus {
-                name: "age".into(),
-                spec: IndexSpec::field("age"),
-                ready: true,
-                entries: 6
-            },
-            IndexStatus {
-                name: "rank".into(),
-                spec: IndexSpec::field("rank"),
-                ready: true,
-                entries: 7
-            },
-            IndexStatus {
-                name: "tags".into(),
-                spec: IndexSpec::multi("tags"),
-                ready: true,
-                entries: 10
-            },
-            IndexStatus {
-                name: "ship_rank".into(),
-                spec: IndexSpec::compound(["ship", "rank"]),
-                ready: true,
-                entries: 7
-            },
-            IndexStatus {
-                name: "city".into(),
-                spec: IndexSpec::field("home.city"),
-                ready: true,
-                entries: 2
-            },
+            ("age".into(), IndexSpec::field("age"), true, 6),
+            ("rank".into(), IndexSpec::field("rank"), true, 7),
+            ("tags".into(), IndexSpec::multi("tags"), true, 10),
+            (
+                "ship_rank".into(),
+                IndexSpec::compound(["ship", "rank"]),
+                true,
+                7
+            ),
+            ("city".into(), IndexSpec::field("home.city"), true, 2),
         ]
     );
     assert_eq!(
@@ -1698,17 +1674,15 @@ async fn insert_conflicts_error_replace_update() {
         .return_changes(true)
         .await
         .unwrap();
-    assert_eq!(
-        r,
-        WriteResult {
-            inserted: 1,
-            changes: vec![ChangePair {
-                old_val: None,
-                new_val: Some(json!({"id": 1, "v": "a", "o": {"x": 1}}))
-            }],
-            ..Default::default()
-        }
-    );
+    assert_eq!(r, {
+        let mut w = WriteResult::default();
+        w.inserted = 1;
+        w.changes = vec![ChangePair::new(
+            None,
+            Some(json!({"id": 1, "v": "a", "o": {"x": 1}})),
+        )];
+        w
+    });
 
     // Default: an error for that document, the stored one unchanged.
     let r = t
@@ -1716,17 +1690,15 @@ async fn insert_conflicts_error_replace_update() {
         .return_changes(true)
         .await
         .unwrap();
-    assert_eq!(
-        r,
-        WriteResult {
-            errors: 1,
-            first_error: Some(Error::KeyConflict {
-                table: "w".into(),
-                key: json!(1)
-            }),
-            ..Default::default()
-        }
-    );
+    assert_eq!(r, {
+        let mut w = WriteResult::default();
+        w.errors = 1;
+        w.first_error = Some(Error::KeyConflict {
+            table: "w".into(),
+            key: json!(1),
+        });
+        w
+    });
     assert_eq!(
         r.check(),
         Err(Error::KeyConflict {
@@ -1748,17 +1720,15 @@ async fn insert_conflicts_error_replace_update() {
         .return_changes(true)
         .await
         .unwrap();
-    assert_eq!(
-        r,
-        WriteResult {
-            replaced: 1,
-            changes: vec![ChangePair {
-                old_val: Some(json!({"id": 1, "v": "a", "o": {"x": 1}})),
-                new_val: Some(json!({"id": 1, "w": 2}))
-            }],
-            ..Default::default()
-        }
-    );
+    assert_eq!(r, {
+        let mut w = WriteResult::default();
+        w.replaced = 1;
+        w.changes = vec![ChangePair::new(
+            Some(json!({"id": 1, "v": "a", "o": {"x": 1}})),
+            Some(json!({"id": 1, "w": 2})),
+        )];
+        w
+    });
     assert_eq!(t.get(1).await.unwrap(), Some(json!({"id": 1, "w": 2})));
 
     // Update: merged into the stored document.
@@ -1767,13 +1737,11 @@ async fn insert_conflicts_error_replace_update() {
         .conflict(Conflict::Update)
         .await
         .unwrap();
-    assert_eq!(
-        r,
-        WriteResult {
-            replaced: 1,
-            ..Default::default()
-        }
-    );
+    assert_eq!(r, {
+        let mut w = WriteResult::default();
+        w.replaced = 1;
+        w
+    });
     assert_eq!(
         t.get(1).await.unwrap(),
         Some(json!({"id": 1, "w": 2, "x": {"y": 1}}))
@@ -1788,9 +1756,10 @@ async fn insert_conflicts_error_replace_update() {
             .unwrap();
         assert_eq!(
             r,
-            WriteResult {
-                unchanged: 1,
-                ..Default::default()
+            {
+                let mut w = WriteResult::default();
+                w.unchanged = 1;
+                w
             },
             "{c:?}"
         );
@@ -1806,18 +1775,16 @@ async fn insert_conflicts_error_replace_update() {
         ])
         .await
         .unwrap();
-    assert_eq!(
-        r,
-        WriteResult {
-            inserted: 2,
-            errors: 2,
-            first_error: Some(Error::KeyConflict {
-                table: "w".into(),
-                key: json!(1)
-            }),
-            ..Default::default()
-        }
-    );
+    assert_eq!(r, {
+        let mut w = WriteResult::default();
+        w.inserted = 2;
+        w.errors = 2;
+        w.first_error = Some(Error::KeyConflict {
+            table: "w".into(),
+            key: json!(1),
+        });
+        w
+    });
     assert_eq!(
         contents(&t).await,
         vec![
@@ -1835,15 +1802,13 @@ async fn insert_conflicts_error_replace_update() {
         .conflict(Conflict::Replace)
         .await
         .unwrap();
-    assert_eq!(
-        r,
-        WriteResult {
-            inserted: 1,
-            replaced: 1,
-            unchanged: 1,
-            ..Default::default()
-        }
-    );
+    assert_eq!(r, {
+        let mut w = WriteResult::default();
+        w.inserted = 1;
+        w.replaced = 1;
+        w.unchanged = 1;
+        w
+    });
 }
 
 #[tokio::test]
@@ -1892,17 +1857,12 @@ async fn update_merges_nested_objects_and_replaces_arrays() {
         .unwrap();
     let merged = json!({"id": "m", "a": {"b": 5, "c": 2, "d": {"e": 1}}, "l": [3], "x": null,
                         "s": 7, "y": "new"});
-    assert_eq!(
-        r,
-        WriteResult {
-            replaced: 1,
-            changes: vec![ChangePair {
-                old_val: Some(doc),
-                new_val: Some(merged.clone())
-            }],
-            ..Default::default()
-        }
-    );
+    assert_eq!(r, {
+        let mut w = WriteResult::default();
+        w.replaced = 1;
+        w.changes = vec![ChangePair::new(Some(doc), Some(merged.clone()))];
+        w
+    });
     assert_eq!(t.get("m").await.unwrap(), Some(merged.clone()));
 
     // The same patch again changes nothing: unchanged, no change reported.
@@ -1912,13 +1872,11 @@ async fn update_merges_nested_objects_and_replaces_arrays() {
         .return_changes(true)
         .await
         .unwrap();
-    assert_eq!(
-        r,
-        WriteResult {
-            unchanged: 1,
-            ..Default::default()
-        }
-    );
+    assert_eq!(r, {
+        let mut w = WriteResult::default();
+        w.unchanged = 1;
+        w
+    });
     // An empty patch too.
     assert_eq!(t.get("m").update(json!({})).await.unwrap().unchanged, 1);
     // The primary key may be repeated unchanged.
@@ -1931,13 +1889,11 @@ async fn update_merges_nested_objects_and_replaces_arrays() {
         1
     );
     // A missing document is skipped.
-    assert_eq!(
-        t.get("nope").update(json!({"a": 1})).await.unwrap(),
-        WriteResult {
-            skipped: 1,
-            ..Default::default()
-        }
-    );
+    assert_eq!(t.get("nope").update(json!({"a": 1})).await.unwrap(), {
+        let mut w = WriteResult::default();
+        w.skipped = 1;
+        w
+    });
     assert_eq!(t.get("nope").await.unwrap(), None);
     assert_eq!(t.get("m").await.unwrap(), Some(merged));
 }
@@ -1976,14 +1932,12 @@ async fn updates_that_cannot_apply_are_errors_and_change_nothing() {
         .update(Patch::with(|_| Err(Error::InvalidQuery("nope".into()))))
         .await
         .unwrap();
-    assert_eq!(
-        r,
-        WriteResult {
-            errors: 1,
-            first_error: Some(Error::InvalidQuery("nope".into())),
-            ..Default::default()
-        }
-    );
+    assert_eq!(r, {
+        let mut w = WriteResult::default();
+        w.errors = 1;
+        w.first_error = Some(Error::InvalidQuery("nope".into()));
+        w
+    });
     assert_eq!(contents(&t).await, vec![json!({"id": "m", "v": 1})]);
     assert!(matches!(
         t.get(json!(null)).update(json!({"v": 2})).await,
@@ -2008,17 +1962,15 @@ async fn replace_and_delete_by_key() {
         .return_changes(true)
         .await
         .unwrap();
-    assert_eq!(
-        r,
-        WriteResult {
-            replaced: 1,
-            changes: vec![ChangePair {
-                old_val: Some(json!({"id": "m", "v": 1, "other": true})),
-                new_val: Some(json!({"v": 2, "id": "m"}))
-            }],
-            ..Default::default()
-        }
-    );
+    assert_eq!(r, {
+        let mut w = WriteResult::default();
+        w.replaced = 1;
+        w.changes = vec![ChangePair::new(
+            Some(json!({"id": "m", "v": 1, "other": true})),
+            Some(json!({"v": 2, "id": "m"})),
+        )];
+        w
+    });
     assert_eq!(t.get("m").await.unwrap(), Some(json!({"id": "m", "v": 2})));
     assert_eq!(
         sids(&t.get_all([2]).index("v").run().await.unwrap()),
@@ -2031,19 +1983,18 @@ async fn replace_and_delete_by_key() {
             .replace(json!({"id": "m", "v": 2}))
             .await
             .unwrap(),
-        WriteResult {
-            unchanged: 1,
-            ..Default::default()
+        {
+            let mut w = WriteResult::default();
+            w.unchanged = 1;
+            w
         }
     );
     // Of a missing document: skipped.
-    assert_eq!(
-        t.get("nope").replace(json!({"v": 1})).await.unwrap(),
-        WriteResult {
-            skipped: 1,
-            ..Default::default()
-        }
-    );
+    assert_eq!(t.get("nope").replace(json!({"v": 1})).await.unwrap(), {
+        let mut w = WriteResult::default();
+        w.skipped = 1;
+        w
+    });
     assert_eq!(t.get("nope").await.unwrap(), None);
     // Changing the key, or not an object: errors.
     assert!(matches!(
@@ -2058,26 +2009,19 @@ async fn replace_and_delete_by_key() {
 
     // Delete.
     let r = t.get("m").delete().return_changes(true).await.unwrap();
-    assert_eq!(
-        r,
-        WriteResult {
-            deleted: 1,
-            changes: vec![ChangePair {
-                old_val: Some(json!({"id": "m", "v": 2})),
-                new_val: None
-            }],
-            ..Default::default()
-        }
-    );
+    assert_eq!(r, {
+        let mut w = WriteResult::default();
+        w.deleted = 1;
+        w.changes = vec![ChangePair::new(Some(json!({"id": "m", "v": 2})), None)];
+        w
+    });
     assert_eq!(t.get("m").await.unwrap(), None);
     assert_eq!(t.index_status().unwrap()[0].entries, 0);
-    assert_eq!(
-        t.get("m").delete().await.unwrap(),
-        WriteResult {
-            skipped: 1,
-            ..Default::default()
-        }
-    );
+    assert_eq!(t.get("m").delete().await.unwrap(), {
+        let mut w = WriteResult::default();
+        w.skipped = 1;
+        w
+    });
     assert_eq!(t.count().await.unwrap(), 0);
 }
 
@@ -2095,13 +2039,11 @@ async fn update_and_delete_by_query() {
         .update(json!({"fleet": {"flag": true}}))
         .await
         .unwrap();
-    assert_eq!(
-        r,
-        WriteResult {
-            replaced: 3,
-            ..Default::default()
-        }
-    );
+    assert_eq!(r, {
+        let mut w = WriteResult::default();
+        w.replaced = 3;
+        w
+    });
     assert_eq!(
         ids(&t.filter(field("fleet.flag").eq(true)).run().await.unwrap()),
         vec![1, 4, 6]
@@ -2164,14 +2106,8 @@ async fn update_and_delete_by_query() {
     assert_eq!(
         r.changes,
         vec![
-            ChangePair {
-                old_val: Some(crew_docs()[1].clone()),
-                new_val: None
-            },
-            ChangePair {
-                old_val: Some(crew_docs()[2].clone()),
-                new_val: None
-            },
+            ChangePair::new(Some(crew_docs()[1].clone()), None),
+            ChangePair::new(Some(crew_docs()[2].clone()), None),
         ]
     );
     assert_eq!(ids(&contents(&t).await), vec![1, 4, 5, 6, 7]);
@@ -2181,13 +2117,11 @@ async fn update_and_delete_by_query() {
         WriteResult::default()
     );
     // get_all with a key twice deletes it once.
-    assert_eq!(
-        t.get_all([4, 4, 99]).delete().await.unwrap(),
-        WriteResult {
-            deleted: 1,
-            ..Default::default()
-        }
-    );
+    assert_eq!(t.get_all([4, 4, 99]).delete().await.unwrap(), {
+        let mut w = WriteResult::default();
+        w.deleted = 1;
+        w
+    });
     // Indexes agree.
     assert_eq!(
         ids(&t.order_by(Order::index("rank")).run().await.unwrap()),
@@ -2256,13 +2190,11 @@ async fn a_large_batch_in_one_insert() {
         .map(|i| json!({"id": i, "bucket": i % 100, "even": i % 2 == 0}))
         .collect();
     let r = t.insert_many(docs).await.unwrap();
-    assert_eq!(
-        r,
-        WriteResult {
-            inserted: 10_000,
-            ..Default::default()
-        }
-    );
+    assert_eq!(r, {
+        let mut w = WriteResult::default();
+        w.inserted = 10_000;
+        w
+    });
     assert_eq!(t.count().await.unwrap(), 10_000);
     assert_eq!(t.index_status().unwrap()[0].entries, 10_000);
     assert_eq!(
@@ -2326,13 +2258,11 @@ async fn sixteen_tasks_increment_four_documents(durability: Option<Durability>) 
                     None => write,
                 };
                 let r = write.await.unwrap();
-                assert_eq!(
-                    r,
-                    WriteResult {
-                        replaced: 1,
-                        ..Default::default()
-                    }
-                );
+                assert_eq!(r, {
+                    let mut w = WriteResult::default();
+                    w.replaced = 1;
+                    w
+                });
             }
         }));
     }
@@ -2577,20 +2507,10 @@ async fn data_and_indexes_survive_a_reopen() {
         let t = db.table("notes");
         assert_eq!(t.run().await.unwrap(), notes);
         assert_eq!(
-            t.index_status().unwrap(),
+            statuses(&t),
             vec![
-                IndexStatus {
-                    name: "tags".into(),
-                    spec: IndexSpec::multi("tags"),
-                    ready: true,
-                    entries: 3
-                },
-                IndexStatus {
-                    name: "text".into(),
-                    spec: IndexSpec::field("text"),
-                    ready: true,
-                    entries: 3
-                },
+                ("tags".into(), IndexSpec::multi("tags"), true, 3),
+                ("text".into(), IndexSpec::field("text"), true, 3),
             ]
         );
         assert_eq!(
@@ -2723,4 +2643,13 @@ async fn reopening_right_after_the_last_handle_is_dropped_always_works() {
     stop.store(true, Ordering::Relaxed);
     busy.await.unwrap();
     assert_eq!(failures, Vec::<String>::new());
+}
+
+/// Each index's (name, spec, ready, entries), to compare with expected values.
+fn statuses(t: &remodel::Table) -> Vec<(String, IndexSpec, bool, usize)> {
+    t.index_status()
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.name, s.spec, s.ready, s.entries))
+        .collect()
 }

@@ -69,10 +69,14 @@ impl IndexSpec {
 
     pub(crate) fn compile(&self) -> Result<CompiledIndex> {
         if self.fields.is_empty() {
-            return Err(Error::query("an index needs at least one field"));
+            return Err(Error::InvalidIndexSpec(
+                "an index needs at least one field".into(),
+            ));
         }
         if self.compound && self.multi {
-            return Err(Error::query("an index cannot be both compound and multi"));
+            return Err(Error::InvalidIndexSpec(
+                "an index cannot be both compound and multi".into(),
+            ));
         }
         let paths = self
             .fields
@@ -236,6 +240,7 @@ impl IndexState {
 
 /// The status of a secondary index, as reported by `index_status`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct IndexStatus {
     /// The index name.
     pub name: String,

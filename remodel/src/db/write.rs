@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 /// When a write is acknowledged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Durability {
     /// After the data reached the disk (fsync). Survives a crash once acknowledged.
     #[default]
@@ -25,6 +26,7 @@ pub enum Durability {
 
 /// What an insert does when a document with the same primary key exists.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Conflict {
     /// Count an error for that document and keep the stored one (the default).
     #[default]
@@ -37,6 +39,7 @@ pub enum Conflict {
 
 /// A change to a document: how it looked before and after a write.
 #[derive(Clone, Debug, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct ChangePair {
     /// The document before the write (`None` for an insert).
     pub old_val: Option<Value>,
@@ -46,6 +49,7 @@ pub struct ChangePair {
 
 /// What a write did.
 #[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
 pub struct WriteResult {
     /// Documents inserted.
     pub inserted: u64,
@@ -67,6 +71,13 @@ pub struct WriteResult {
     pub changes: Vec<ChangePair>,
 }
 
+impl ChangePair {
+    /// A change from `old_val` to `new_val`.
+    pub fn new(old_val: Option<Value>, new_val: Option<Value>) -> Self {
+        ChangePair { old_val, new_val }
+    }
+}
+
 impl WriteResult {
     /// Turns a result with per-document errors into `Err(first error)`.
     pub fn check(self) -> Result<Self> {
@@ -84,21 +95,37 @@ impl WriteResult {
     }
 }
 
-/// A function computing a patch from the current document (see [`Patch::With`]).
-pub type PatchFn = dyn Fn(&Value) -> Result<Value> + Send + Sync;
+/// A function computing a patch from the current document (see [`Patch::with`]).
+pub(crate) type PatchFn = dyn Fn(&Value) -> Result<Value> + Send + Sync;
 
-/// How an update changes a document.
+/// How an update changes a document: [`Patch::merge`] an object into it, or compute that
+/// object from the current document with [`Patch::with`]. A JSON value converts into a merge
+/// patch (`update(json!({..}))`).
 #[derive(Clone)]
-pub enum Patch {
-    /// Merge this object into the document: nested objects merge, other values replace.
+pub struct Patch(pub(crate) PatchKind);
+
+#[derive(Clone)]
+pub(crate) enum PatchKind {
     Merge(Value),
-    /// Compute the object to merge from the current document. It runs under the commit lock,
-    /// so a read-modify-write through it never loses a concurrent update.
     With(Arc<PatchFn>),
 }
 
 impl Patch {
-    /// A patch computed from the current document (see [`Patch::With`]).
+    /// Merge this object into the document: nested objects merge, other values replace.
+    ///
+    /// ```
+    /// use remodel::Patch;
+    /// use serde_json::json;
+    /// let promote = Patch::merge(json!({"rank": "captain"}));
+    /// # let _ = promote;
+    /// ```
+    pub fn merge(object: Value) -> Self {
+        Patch(PatchKind::Merge(object))
+    }
+
+    /// Compute the object to merge from the current document. It runs under the commit lock,
+    /// so a read-modify-write through it never loses a concurrent update; it must not write
+    /// to the database itself ([`Error::WriteInPatch`]).
     ///
     /// ```
     /// use remodel::Patch;
@@ -107,23 +134,23 @@ impl Patch {
     /// # let _ = bump;
     /// ```
     pub fn with(f: impl Fn(&Value) -> Result<Value> + Send + Sync + 'static) -> Self {
-        Patch::With(Arc::new(f))
+        Patch(PatchKind::With(Arc::new(f)))
     }
 
     /// Checks a merge patch against the depth limit (a `with` closure's result is checked
     /// when it runs).
     pub(crate) fn check_depth(&self) -> Result<()> {
-        match self {
-            Patch::Merge(v) => crate::value::check_depth(v, "patch"),
-            Patch::With(_) => Ok(()),
+        match &self.0 {
+            PatchKind::Merge(v) => crate::value::check_depth(v, "patch"),
+            PatchKind::With(_) => Ok(()),
         }
     }
 
     fn apply(&self, table: &TableState, doc: &Value) -> Result<Value> {
         let patch_owned;
-        let patch = match self {
-            Patch::Merge(v) => v,
-            Patch::With(f) => {
+        let patch = match &self.0 {
+            PatchKind::Merge(v) => v,
+            PatchKind::With(f) => {
                 patch_owned = crate::value::admit(
                     super::in_patch(|| f(doc))?,
                     "the patch a Patch::with closure returned",
@@ -165,16 +192,16 @@ impl Patch {
 
 impl fmt::Debug for Patch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Patch::Merge(v) => f.debug_tuple("Merge").field(v).finish(),
-            Patch::With(_) => f.write_str("With(<function>)"),
+        match &self.0 {
+            PatchKind::Merge(v) => f.debug_tuple("Merge").field(v).finish(),
+            PatchKind::With(_) => f.write_str("With(<function>)"),
         }
     }
 }
 
 impl From<Value> for Patch {
     fn from(v: Value) -> Self {
-        Patch::Merge(v)
+        Patch::merge(v)
     }
 }
 
@@ -383,7 +410,7 @@ impl DbInner {
                             continue;
                         }
                         Conflict::Replace => doc,
-                        Conflict::Update => match Patch::Merge(doc).apply(&table, cur) {
+                        Conflict::Update => match Patch::merge(doc).apply(&table, cur) {
                             Ok(v) => v,
                             Err(e) => {
                                 result.error(e);

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 /// The kind of a change item (RethinkDB's `type` field).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ChangeKind {
     /// A row entered the result (`old_val` is `None`).
     Add,
@@ -46,6 +47,7 @@ impl ChangeKind {
 
 /// The state a feed announces with `include_states`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum FeedState {
     /// Initial rows follow.
     Initializing,

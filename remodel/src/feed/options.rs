@@ -9,6 +9,7 @@ pub const MAX_SQUASH_WINDOW_SECS: f64 = 86_400.0;
 
 /// How a feed squashes changes.
 #[derive(Clone, Copy, Debug, PartialEq, Default)]
+#[non_exhaustive]
 pub enum Squash {
     /// Every change is delivered (the default).
     #[default]
@@ -25,6 +26,7 @@ pub enum Squash {
 /// (`{"include_initial": true, "squash": 0.05, "queue_size": 1000}`) with
 /// [`FeedOptions::from_json`].
 #[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
 pub struct FeedOptions {
     /// First deliver the current result as `initial` items.
     pub include_initial: bool,
@@ -53,9 +55,9 @@ impl FeedOptions {
     /// assert!(FeedOptions::from_json(&json!({"squash": "soon"})).is_err());
     /// ```
     pub fn from_json(v: &Value) -> Result<Self> {
-        let obj = v
-            .as_object()
-            .ok_or_else(|| Error::feed_option(format!("feed options must be an object, got {v}")))?;
+        let obj = v.as_object().ok_or_else(|| {
+            Error::feed_option(format!("feed options must be an object, got {v}"))
+        })?;
         let mut o = FeedOptions::default();
         for (k, v) in obj {
             let flag = || {
@@ -82,7 +84,9 @@ impl FeedOptions {
                 }
                 "queue_size" => {
                     o.queue_size = Some(v.as_u64().ok_or_else(|| {
-                        Error::feed_option(format!("queue_size must be a positive integer, got {v}"))
+                        Error::feed_option(format!(
+                            "queue_size must be a positive integer, got {v}"
+                        ))
                     })? as usize)
                 }
                 other => return Err(Error::feed_option(format!("unknown feed option `{other}`"))),

@@ -2,7 +2,7 @@
 
 use super::plan::Plan;
 use super::{Query, Table};
-use crate::db::write::{Commit, WriteOp};
+use crate::db::write::{Commit, PatchKind, WriteOp};
 use crate::db::{Conflict, Database, Durability, Patch, TableState, WriteResult};
 use crate::value::encode_key;
 use crate::{Error, Result};
@@ -199,8 +199,10 @@ impl Write {
             crate::value::drop_deep(key);
         }
         match self.action {
-            Action::Update(Patch::Merge(v)) | Action::Replace(v) => crate::value::drop_deep(v),
-            Action::Update(Patch::With(_)) | Action::Delete => {}
+            Action::Update(Patch(PatchKind::Merge(v))) | Action::Replace(v) => {
+                crate::value::drop_deep(v)
+            }
+            Action::Update(Patch(PatchKind::With(_))) | Action::Delete => {}
         }
     }
 
@@ -472,7 +474,7 @@ impl Batch {
     fn dispose(self) {
         use crate::value::drop_deep;
         let merge = |p: Patch| {
-            if let Patch::Merge(v) = p {
+            if let Patch(PatchKind::Merge(v)) = p {
                 drop_deep(v)
             }
         };
