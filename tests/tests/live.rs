@@ -373,3 +373,40 @@ async fn many_to_many_link_feed() -> remodel::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_typed_feed_resumes_from_a_cursor() -> remodel::Result<()> {
+    let db = remodel::Config::temporary()
+        .change_log(remodel::ChangeLogRetention::default())
+        .open()
+        .await?;
+    create_schema(&db).await?;
+    let voyager = Starship {
+        id: None,
+        name: "Voyager".into(),
+    }
+    .create(&db)
+    .await?;
+    let mut feed = voyager.crewmembers(&db).changes().await?;
+    voyager
+        .crewmembers(&db)
+        .create(member("Kim", "ensign"))
+        .await?;
+    let first = next(&mut feed).await?;
+    let cursor = first.cursor().expect("a live change has a cursor");
+    drop(feed);
+    // Missed while disconnected:
+    voyager
+        .crewmembers(&db)
+        .create(member("Paris", "lieutenant"))
+        .await?;
+    let mut resumed = voyager
+        .crewmembers(&db)
+        .changes()
+        .resume_from(cursor)
+        .await?;
+    let missed = next(&mut resumed).await?;
+    assert_eq!(missed.new.unwrap().name, "Paris");
+    quiet(&mut resumed).await;
+    Ok(())
+}

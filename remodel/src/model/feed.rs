@@ -40,6 +40,12 @@ impl<T> Change<T> {
         &self.raw
     }
 
+    /// Where this change sits in the database's change order, to resume a feed after it
+    /// ([`ModelChanges::resume_from`]); `None` for initial rows and states.
+    pub fn cursor(&self) -> Option<crate::Cursor> {
+        self.raw.cursor()
+    }
+
     /// The item in RethinkDB's JSON form (`{"old_val": .., "new_val": ..}`).
     pub fn to_json(&self) -> Value {
         self.raw.to_json()
