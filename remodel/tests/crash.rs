@@ -30,6 +30,16 @@ use std::time::{Duration, Instant};
 
 const ENV_DIR: &str = "REMODEL_CRASH_DIR";
 const ENV_ROUND: &str = "REMODEL_CRASH_ROUND";
+/// What the child does besides its writes: `plain`, `ddl` (creates and drops the `scratch`
+/// index over and over) or `full` (writes large documents onto a small file system until a
+/// write fails, then waits to be killed).
+const ENV_MODE: &str = "REMODEL_CRASH_MODE";
+/// The index the `ddl` child creates and drops; when it exists after a kill it must be right.
+const SCRATCH: &str = "scratch";
+
+fn scratch_spec() -> IndexSpec {
+    IndexSpec::field("n")
+}
 const TABLE: &str = "docs";
 const ROUNDS: u64 = 24;
 /// Every how many rounds the child is killed early, while it starts up.
@@ -63,7 +73,11 @@ fn crash_child() {
         .enable_all()
         .build()
         .expect("runtime")
-        .block_on(child(PathBuf::from(dir), round));
+        .block_on(child(
+            PathBuf::from(dir),
+            round,
+            std::env::var(ENV_MODE).unwrap_or_default(),
+        ));
 }
 
 fn say(line: &str) {
@@ -102,7 +116,7 @@ fn new_doc(rng: &mut StdRng, id: &str, n: u64) -> Value {
     d
 }
 
-async fn child(dir: PathBuf, round: u64) {
+async fn child(dir: PathBuf, round: u64, mode: String) {
     let db = Database::open(&dir).await.expect("child: open");
     db.ensure_table(TABLE).await.expect("child: ensure_table");
     let t = db.table(TABLE);
@@ -126,6 +140,21 @@ async fn child(dir: PathBuf, round: u64) {
     let mut rng = StdRng::seed_from_u64(round.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5eed);
     for seq in 0u64.. {
         let n = seq;
+        if mode == "ddl" && seq % 4 == 0 {
+            // Index builds and drops, with the table's documents: a kill lands in one often.
+            let exists = t
+                .index_names()
+                .expect("child: index_names")
+                .contains(&SCRATCH.to_string());
+            say(&format!("ddl {}", if exists { "drop" } else { "create" }));
+            if exists {
+                t.drop_index(SCRATCH).await.expect("child: drop_index");
+            } else {
+                t.create_index(SCRATCH, scratch_spec())
+                    .await
+                    .expect("child: create_index");
+            }
+        }
         let fresh = |i: u64| format!("{round:03}-{n:06}{}", ["", "a", "b"][i as usize]);
         let roll = rng.gen_range(0..100);
         let op = if roll < 15 && !live.is_empty() {
@@ -157,6 +186,20 @@ async fn child(dir: PathBuf, round: u64) {
             live.push(fresh(0));
             json!({"op": "ins", "docs": [new_doc(&mut rng, &fresh(0), n)]})
         };
+        let mut op = op;
+        if mode == "full" {
+            // Large documents fill the small file system in a few hundred writes.
+            let pad = Value::String("p".repeat(3000));
+            match op["op"].as_str() {
+                Some("ins") => {
+                    for d in op["docs"].as_array_mut().unwrap() {
+                        d["pad"] = pad.clone();
+                    }
+                }
+                Some("rep") => op["doc"]["pad"] = pad,
+                _ => {}
+            }
+        }
         say(&format!("try {seq} {op}"));
         let result = match op["op"].as_str().unwrap() {
             "ins" => {
@@ -185,8 +228,16 @@ async fn child(dir: PathBuf, round: u64) {
                 .map(drop),
             other => unreachable!("{other}"),
         };
-        result.expect("child: write");
-        say(&format!("ok {seq}"));
+        match result {
+            Ok(()) => say(&format!("ok {seq}")),
+            Err(e) if mode == "full" => {
+                // The disk is full: this write failed (it may or may not have reached the
+                // disk, all of it or none); nothing more is written. Wait for the kill.
+                say(&format!("fail {seq} {e}"));
+                std::future::pending::<()>().await;
+            }
+            Err(e) => panic!("child: write: {e}"),
+        }
     }
 }
 
@@ -255,6 +306,10 @@ struct Run {
     /// The write started but not acknowledged when the child died.
     in_flight: Option<Value>,
     writes_seen: usize,
+    /// A write failed (disk full) before the kill.
+    failed: bool,
+    /// The index creation or drop the child was in when it was killed (`ddl` mode).
+    ddl_at_kill: Option<String>,
 }
 
 fn parse_lines(lines: &[String]) -> Run {
@@ -263,6 +318,8 @@ fn parse_lines(lines: &[String]) -> Run {
         acked: Vec::new(),
         in_flight: None,
         writes_seen: 0,
+        failed: false,
+        ddl_at_kill: None,
     };
     let mut pending: Option<(u64, Value)> = None;
     for line in lines {
@@ -275,10 +332,16 @@ fn parse_lines(lines: &[String]) -> Run {
         if rest == "ready" {
             run.ready = true;
         } else if let Some(rest) = rest.strip_prefix("try ") {
+            run.ddl_at_kill = None;
             assert!(pending.is_none(), "a try without ok before {line}");
             let (seq, op) = rest.split_once(' ').expect("try <seq> <op>");
             let op: Value = serde_json::from_str(op).expect("op json");
             pending = Some((seq.parse().unwrap(), op));
+        } else if let Some(what) = rest.strip_prefix("ddl ") {
+            run.ddl_at_kill = Some(what.to_string());
+        } else if rest.starts_with("fail ") {
+            // The failed write stays "in flight": all of it or none of it after the kill.
+            run.failed = true;
         } else if let Some(seq) = rest.strip_prefix("ok ") {
             let seq: u64 = seq.parse().unwrap();
             let (want, op) = pending.take().expect("an ok without a try");
@@ -291,11 +354,12 @@ fn parse_lines(lines: &[String]) -> Run {
     run
 }
 
-fn spawn_child(dir: &Path, round: u64) -> Child {
+fn spawn_child(dir: &Path, round: u64, mode: &str) -> Child {
     Command::new(std::env::current_exe().expect("current exe"))
         .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
         .env(ENV_DIR, dir)
         .env(ENV_ROUND, round.to_string())
+        .env(ENV_MODE, mode)
         .env("RUST_BACKTRACE", "0")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -311,9 +375,11 @@ fn run_child(
     round: u64,
     kill_at: Option<Duration>,
     write_for: Duration,
+    mode: &str,
+    kill_on: Option<(&str, Duration)>,
 ) -> (Vec<String>, Option<Duration>) {
     let started = Instant::now();
-    let mut child = spawn_child(dir, round);
+    let mut child = spawn_child(dir, round, mode);
     let stdout = child.stdout.take().expect("piped stdout");
     let (tx, rx) = mpsc::channel::<String>();
     let reader = std::thread::spawn(move || {
@@ -365,7 +431,24 @@ fn run_child(
             Instant::now() + write_for
         }
     };
-    std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+    match kill_on {
+        // Kill `delay` after the child reports `pattern` (or at the deadline).
+        Some((pattern, delay)) => loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    let hit = line.contains(pattern);
+                    lines.push(line);
+                    if hit {
+                        std::thread::sleep(delay);
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        },
+        None => std::thread::sleep(deadline.saturating_duration_since(Instant::now())),
+    }
     if let Some(status) = child.try_wait().expect("try_wait") {
         panic!(
             "round {round}: the child exited by itself ({status}); stderr {}",
@@ -492,47 +575,73 @@ async fn check(
             ));
         }
     }
+    // The `ddl` child's index: there or not, but when there, ready and exact.
+    if let Some(st) = status.iter().find(|s| s.name == SCRATCH) {
+        let want = expected_rows(&actual, &scratch_spec());
+        let got = t
+            .order_by(Order::index(SCRATCH))
+            .run()
+            .await
+            .map_err(|e| format!("order_by({SCRATCH}): {e}"))?;
+        if !st.ready || st.entries != want.len() || got != want {
+            return Err(format!(
+                "index `{SCRATCH}` ({st:?}) disagrees with the documents: {} rows, want {}",
+                got.len(),
+                want.len()
+            ));
+        }
+    }
     Ok(actual.len())
     // `db` and `t` are dropped here: the next child needs sled's file lock.
 }
 
-#[test]
-fn crash_recovery() {
-    if std::env::var_os(ENV_DIR).is_some() {
-        return; // never recurse from a child
-    }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let dir = std::env::temp_dir().join(format!("remodel-crash-{}-{nanos}", std::process::id()));
-    let seed = std::env::var("REMODEL_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(nanos as u64);
-    println!(
-        "crash test: seed {seed} (REMODEL_CRASH_SEED), dir {}",
-        dir.display()
-    );
+/// Runs `rounds` child processes on `dir` in `mode`, killing each with SIGKILL (some early,
+/// while they start up), and checks the database against the model after each. `before`
+/// runs before each child, `between` after each kill, before the check (the full-disk test
+/// makes its reserve file and frees it there);
+/// `fresh` starts each round on an empty model (the full-disk test uses a new folder per
+/// round). Returns (acknowledged writes, writes in flight at a kill, rounds whose child saw
+/// a write fail).
+fn crash_rounds(
+    dir_of: impl Fn(u64) -> PathBuf,
+    mode: &str,
+    rounds: u64,
+    seed: u64,
+    mut before: impl FnMut(u64),
+    mut between: impl FnMut(u64),
+    fresh: bool,
+) -> (usize, usize, usize) {
     let mut rng = StdRng::seed_from_u64(seed);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    let started = Instant::now();
     let mut model = Docs::new();
     let mut setup_done = false;
     let mut ready_latency = Duration::from_millis(150);
     let mut acked_total = 0;
     let mut in_flight_total = 0;
-    for round in 0..ROUNDS {
+    let mut failed_rounds = 0;
+    for round in 0..rounds {
+        before(round);
+        let dir = dir_of(round);
+        if fresh {
+            model.clear();
+            setup_done = false;
+        }
         let early = round % EARLY_EVERY == 0;
         let kill_at = early.then(|| {
             let max = (ready_latency.as_millis() as u64 * 3 / 2).max(20);
             Duration::from_millis(rng.gen_range(5..=max))
         });
-        let write_for = Duration::from_millis(rng.gen_range(50..=400));
-        let (lines, ready_after) = run_child(&dir, round, kill_at, write_for);
+        let write_for = Duration::from_millis(match mode {
+            "full" => rng.gen_range(600..=3000),
+            _ => rng.gen_range(50..=400),
+        });
+        // Half the `ddl` rounds kill the child within 0.6 ms of starting a drop_index.
+        let kill_on = (mode == "ddl" && round % 2 == 1)
+            .then(|| ("@@ ddl drop", Duration::from_micros(rng.gen_range(0..600))));
+        let (lines, ready_after) = run_child(&dir, round, kill_at, write_for, mode, kill_on);
         if let Some(r) = ready_after {
             ready_latency = r;
         }
@@ -543,10 +652,12 @@ fn crash_recovery() {
         setup_done |= run.ready;
         acked_total += run.writes_seen;
         in_flight_total += usize::from(run.in_flight.is_some());
+        failed_rounds += usize::from(run.failed);
+        between(round);
         let result = rt.block_on(check(&dir, &mut model, run.in_flight.as_ref(), setup_done));
         match result {
             Ok(docs) => println!(
-                "round {round:2}: {} after {:?}, {} acknowledged writes{}, {docs} documents",
+                "{mode} round {round:2}: {} after {:?}, {} acknowledged writes{}{}{}, {docs} documents",
                 if early { "early kill" } else { "killed" },
                 kill_at.unwrap_or(write_for),
                 run.writes_seen,
@@ -555,19 +666,148 @@ fn crash_recovery() {
                 } else {
                     ""
                 },
+                if run.failed { " (a write failed)" } else { "" },
+                match &run.ddl_at_kill {
+                    Some(what) => format!(" (killed during the index {what})"),
+                    None => String::new(),
+                },
             ),
             Err(e) => {
                 // Keep the directory for a post-mortem.
-                panic!("round {round} (seed {seed}, dir {}): {e}", dir.display());
+                panic!("{mode} round {round} (seed {seed}, dir {}): {e}", dir.display());
             }
         }
     }
+    assert!(setup_done || fresh, "the child never got to write");
+    assert!(acked_total > 0, "no write was acknowledged");
+    (acked_total, in_flight_total, failed_rounds)
+}
+
+fn test_dir(what: &str) -> (PathBuf, u64) {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let dir = std::env::temp_dir().join(format!("remodel-{what}-{}-{nanos}", std::process::id()));
+    let seed = std::env::var("REMODEL_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(nanos as u64);
     println!(
-        "crash test: {ROUNDS} rounds, {acked_total} acknowledged writes, \
-         {in_flight_total} in flight at a kill, {:?}",
+        "{what}: seed {seed} (REMODEL_CRASH_SEED), dir {}",
+        dir.display()
+    );
+    (dir, seed)
+}
+
+#[test]
+fn crash_recovery() {
+    if std::env::var_os(ENV_DIR).is_some() {
+        return; // never recurse from a child
+    }
+    let (dir, seed) = test_dir("crash");
+    let started = Instant::now();
+    let (acked, in_flight, _) = crash_rounds(
+        |_| dir.clone(),
+        "plain",
+        ROUNDS,
+        seed,
+        |_| {},
+        |_| {},
+        false,
+    );
+    println!(
+        "crash test: {ROUNDS} rounds, {acked} acknowledged writes, \
+         {in_flight} in flight at a kill, {:?}",
         started.elapsed()
     );
-    assert!(setup_done, "the child never got to write");
-    assert!(acked_total > 0, "no write was acknowledged");
     std::fs::remove_dir_all(&dir).expect("remove the test directory");
+}
+
+/// Kills during `create_index` backfills and `drop_index` (the child creates and drops the
+/// `scratch` index every four writes): after each kill the index is either gone or ready and
+/// exact, the four others are exact, and no entry of a dropped build shows up in a later
+/// index of the same name.
+#[test]
+fn crash_recovery_during_index_drops() {
+    if std::env::var_os(ENV_DIR).is_some() {
+        return;
+    }
+    let (dir, seed) = test_dir("crash-ddl");
+    let (acked, in_flight, _) =
+        crash_rounds(|_| dir.clone(), "ddl", 16, seed, |_| {}, |_| {}, false);
+    println!("ddl crash test: {acked} acknowledged writes, {in_flight} in flight at a kill");
+    std::fs::remove_dir_all(&dir).expect("remove the test directory");
+}
+
+/// A small tmpfs for the full-disk test, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).ok()?;
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if mounted {
+            Some(Tmpfs(dir.to_path_buf()))
+        } else {
+            let _ = std::fs::remove_dir(dir);
+            None
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Kills during failing writes: each round's child writes large documents onto a 12 MiB
+/// tmpfs until a hard write fails with "no space left on device" (then waits), or is killed
+/// before. A 2 MiB reserve file is removed after the kill, and the database must reopen with
+/// every acknowledged write, the failed one all or nothing, and exact indexes. Skipped (with
+/// a message) where this machine does not allow mounting a tmpfs.
+#[test]
+fn crash_recovery_on_a_full_disk() {
+    if std::env::var_os(ENV_DIR).is_some() {
+        return;
+    }
+    let (dir, seed) = test_dir("crash-full");
+    let Some(fs) = Tmpfs::mount(&dir, "12m") else {
+        println!("SKIPPED: cannot mount a tmpfs here (needs root and mount rights)");
+        return;
+    };
+    let reserve = fs.0.join("reserve");
+    let round_dir = |round: u64| fs.0.join(format!("db{round}"));
+    let (acked, in_flight, failed) = crash_rounds(
+        round_dir,
+        "full",
+        6,
+        seed,
+        |round| {
+            // A new database per round, and a reserve to free for its recovery.
+            if round > 0 {
+                let _ = std::fs::remove_dir_all(round_dir(round - 1));
+            }
+            std::fs::write(&reserve, vec![0u8; 2 << 20]).expect("reserve");
+        },
+        |_| {
+            let _ = std::fs::remove_file(&reserve);
+        },
+        true,
+    );
+    println!(
+        "full-disk crash test: {acked} acknowledged writes, {in_flight} in flight at a kill, \
+         {failed} rounds with a failed write"
+    );
+    assert!(
+        failed > 0,
+        "the disk never filled up: the test tested nothing"
+    );
 }

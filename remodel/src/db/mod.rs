@@ -1,21 +1,21 @@
 //! The database handle: configuration, the catalog of tables and indexes, and DDL.
 
-mod index;
-mod stats;
+pub(crate) mod changelog;
 mod group_flush;
+mod index;
 mod sink;
+mod stats;
 mod table;
 mod visibility;
-pub(crate) mod changelog;
 pub(crate) mod write;
 
+pub use changelog::ChangeLogRetention;
+use group_flush::GroupFlush;
 pub(crate) use index::IndexState;
 pub use index::{IndexSpec, IndexStatus, MAX_MULTI_ELEMENTS};
+pub(crate) use sink::ChangeSink;
 pub(crate) use table::TableState;
 pub(crate) use visibility::Visibility;
-use group_flush::GroupFlush;
-pub(crate) use sink::ChangeSink;
-pub use changelog::ChangeLogRetention;
 pub use write::{ChangePair, Conflict, Durability, Patch, WriteResult};
 
 use crate::storage::{EngineConfig, Liveness, OpenFailure, Storage, Tree, WriteBatch};
@@ -231,11 +231,16 @@ fn temporary_dir() -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// Refuses a database folder whose data file is missing or empty although its `conf` says a
-/// database was created there: sled would silently start an empty database over it.
+/// The file that says a database was opened (and so may hold data) in a folder: written on
+/// the first successful open. Without it, an empty or missing data file is a creation that a
+/// crash interrupted, not a loss.
+const MARKER_FILE: &str = "remodel.opened";
+
+/// Refuses a database folder whose data file is missing or empty although a database was
+/// opened there before: sled would silently start an empty database over it.
 fn check_files(path: &Path) -> Result<()> {
-    if !path.join("conf").exists() {
-        return Ok(()); // a new database
+    if !path.join(MARKER_FILE).exists() {
+        return Ok(()); // a new database, or one whose creation a crash interrupted
     }
     let damaged = |reason: &str| Error::Damaged {
         path: path.display().to_string(),
@@ -252,15 +257,32 @@ fn check_files(path: &Path) -> Result<()> {
         }
     }
     match std::fs::metadata(path.join("db")) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(damaged(
-            "its data file `db` is missing (its `conf` file is there)",
-        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(damaged("its data file `db` is missing"))
+        }
         Err(e) => Err(Error::Storage(format!(
             "cannot read the data file of the database at {}: {e}",
             path.display()
         ))),
         Ok(m) if m.len() == 0 => Err(damaged("its data file `db` is empty (0 bytes)")),
         Ok(_) => Ok(()),
+    }
+}
+
+/// Writes the [`MARKER_FILE`] of a database folder that opened (once).
+fn mark_opened(path: &Path) {
+    let marker = path.join(MARKER_FILE);
+    if marker.exists() {
+        return;
+    }
+    let written = std::fs::File::create(&marker).and_then(|mut f| {
+        use std::io::Write;
+        f.write_all(b"a Remodel database was opened in this folder\n")?;
+        f.sync_all()
+    });
+    if let Err(e) = written {
+        // Only the detection of a lost data file depends on it.
+        tracing::warn!("cannot write {}: {e}", marker.display());
     }
 }
 
@@ -413,6 +435,9 @@ impl Database {
         let db = Database { inner };
         db.inner.reserve_seq(seq)?;
         let unfinished = db.load_catalog()?;
+        if let Some(path) = &canonical {
+            mark_opened(path);
+        }
         if let Some(path) = canonical {
             registry.retain(|_, r| r.db.strong_count() > 0 || r.storage.in_use());
             registry.insert(
