@@ -796,9 +796,29 @@ fn ensure_index_big(rt: &tokio::runtime::Runtime, s: &Sizes) -> Figure {
     }
 }
 
+/// A soft-durability database in a folder on disk (not in memory, as temporary ones may be),
+/// removed when the guard is dropped.
+fn disk_db(rt: &tokio::runtime::Runtime, name: &str) -> (Database, DirGuard) {
+    let dir = std::env::temp_dir().join(format!("remodel-bench-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let db = rt
+        .block_on(Config::new(&dir).durability(Durability::Soft).open())
+        .unwrap();
+    (db, DirGuard(dir))
+}
+
+struct DirGuard(std::path::PathBuf);
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What a web app with a feed per browser tab does: 1,000 identical table feeds, each drained
+/// by its own task, on a database on disk with one index, ~200-byte documents, soft writes.
 fn matching_feeds(s: &Sizes) -> Figure {
     let rt = multi_rt();
-    let db = soft_db(&rt);
+    let (db, _dir) = disk_db(&rt, "matching");
     let mut pairs = Pairs::default();
     let mut rng = Rng(9);
     let n = s.inserts / 4;
@@ -806,8 +826,13 @@ fn matching_feeds(s: &Sizes) -> Figure {
         let plain = format!("plain{rep}");
         let watched = format!("watched{rep}");
         let (none, with) = rt.block_on(async {
-            db.create_table(&plain).await.unwrap();
-            db.create_table(&watched).await.unwrap();
+            for t in [&plain, &watched] {
+                db.create_table(t).await.unwrap();
+                db.table(t.as_str())
+                    .create_index("score", IndexSpec::field("score"))
+                    .await
+                    .unwrap();
+            }
             // Writers are tasks, as an application's request handlers would be.
             let (t, mut r) = (db.table(&plain), Rng(rng.next()));
             let none = tokio::spawn(async move { insert_rate(&t, 0, n, &mut r).await })
@@ -846,10 +871,10 @@ fn matching_feeds(s: &Sizes) -> Figure {
         metric: "insert_1k_matching_feeds_vs_none",
         value: pairs.ratio(),
         unit: "ratio",
-        target: 0.3,
+        target: 0.2,
         at_least: true,
         note: pairs.note(
-            "inserts, every one delivered to 1,000 table feeds each read by its own task",
+            "inserts (database on disk, one index, ~200-byte documents), every one delivered to 1,000 table feeds each read by its own task",
             "no feeds",
         ),
     }
