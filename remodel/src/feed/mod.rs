@@ -52,6 +52,7 @@ pub(crate) mod aggregate;
 mod change;
 mod edits;
 pub(crate) mod hub;
+pub(crate) mod join;
 mod log;
 mod options;
 mod queue;
@@ -93,6 +94,8 @@ pub struct Changes {
     resume: Option<Cursor>,
     /// A live aggregate of the query's rows: (group by field or index, reduction, field).
     agg: Option<AggRequest>,
+    /// A live join of the query's rows: (field, other table, its index).
+    join: Option<(String, String, Option<String>)>,
 }
 
 /// An aggregate to watch, as asked for (resolved against the table when the feed starts).
@@ -166,6 +169,7 @@ impl Changes {
             point,
             resume,
             agg,
+            join,
         } = self;
         opts.validate()?;
         if resume.is_some() && opts.include_initial {
@@ -198,6 +202,35 @@ impl Changes {
             let def = aggregate::AggDef::resolve(table, by, req.reduce, req.field.as_deref())?;
             agg_signature = def.signature();
             *slot = Some(aggregate::AggPlan {
+                def,
+                source: query.clone(),
+            });
+        }
+        if let Some((field, other, index)) = join {
+            if resume.is_some() {
+                return Err(Error::unwatchable(
+                    "a join feed cannot resume from a cursor (its pairs depend on both tables \
+                     at the time): re-read it with include_initial",
+                ));
+            }
+            let FeedPlan::Rows { join: slot, .. } = &mut plan else {
+                return Err(Error::unwatchable(
+                    "only joins of a table, get_all or between (with filters) can be watched, \
+                     not of order_by(..).limit(n)",
+                ));
+            };
+            let right = db.table_state(&other)?;
+            let index = match &index {
+                Some(name) if !right.is_primary(Some(name)) => Some(right.index(name)?),
+                _ => None,
+            };
+            let def = join::JoinDef {
+                field: crate::value::FieldPath::parse(&field)?,
+                right,
+                index,
+            };
+            agg_signature.push_str(&def.signature());
+            *slot = Some(join::JoinPlan {
                 def,
                 source: query.clone(),
             });
@@ -349,6 +382,7 @@ impl IntoFuture for Changes {
             let reads = self.opts.include_initial
                 || self.resume.is_some()
                 || self.agg.is_some()
+                || self.join.is_some()
                 || self
                     .query
                     .steps
@@ -372,6 +406,7 @@ impl Query {
             point: false,
             resume: None,
             agg: None,
+            join: None,
         }
     }
 }
@@ -386,6 +421,15 @@ impl Changes {
     ) -> Changes {
         Changes {
             agg: Some(AggRequest { by, reduce, field }),
+            ..query.changes()
+        }
+    }
+
+    /// A feed of the `eq_join` of `query`'s rows with table `other` (see
+    /// [`crate::Join::changes`]).
+    pub(crate) fn join(query: Query, field: String, other: String, index: Option<String>) -> Changes {
+        Changes {
+            join: Some((field, other, index)),
             ..query.changes()
         }
     }

@@ -173,6 +173,7 @@ pub(crate) enum FeedPlan {
         matcher: Matcher,
         view: View,
         agg: Option<super::aggregate::AggPlan>,
+        join: Option<super::join::JoinPlan>,
     },
     /// `order_by(index).limit(n)` feeds.
     TopN {
@@ -299,12 +300,14 @@ impl FeedPlan {
                 table,
                 matcher: Matcher::All,
                 agg: None,
+                join: None,
                 ..
             } => (table, Bound::Unbounded, Bound::Unbounded),
             FeedPlan::Rows {
                 table,
                 matcher: Matcher::PrimaryRange { lo, hi },
                 agg: None,
+                join: None,
                 ..
             } => (table, lo.clone(), hi.clone()),
             _ => return None,
@@ -415,6 +418,7 @@ impl FeedPlan {
             matcher,
             view,
             agg: None,
+            join: None,
         })
     }
 }

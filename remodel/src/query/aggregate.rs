@@ -447,6 +447,20 @@ impl Join {
         self
     }
 
+    /// Watches the join: items are `{"left": .., "right": ..}` pairs, which appear when a
+    /// left row starts to match a right row (either one moved), change when either row
+    /// changes, and go away when one of them leaves. Routed by the join keys (a write to
+    /// either table costs the pairs it touches); all feed options apply (`include_initial`
+    /// gives the current pairs). A join feed cannot resume from a cursor.
+    pub fn changes(&self) -> crate::feed::Changes {
+        crate::feed::Changes::join(
+            self.query.clone(),
+            self.field.clone(),
+            self.other.clone(),
+            self.index.clone(),
+        )
+    }
+
     /// The joined rows, each `{"left": row, "right": matching row}`.
     pub async fn run(&self) -> Result<Vec<Value>> {
         let join = self.clone();

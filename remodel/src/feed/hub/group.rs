@@ -4,11 +4,12 @@
 use super::routes::{Route, TopReg};
 use crate::db::write::Committed;
 use crate::db::IndexState;
+use crate::feed::aggregate::LiveAgg;
 use crate::feed::change::Change;
+use crate::feed::join::LiveJoin;
 use crate::feed::log::Log;
 use crate::feed::queue::Subscriber;
 use crate::feed::spec::{Matcher, View};
-use crate::feed::aggregate::LiveAgg;
 use crate::feed::topn::TopN;
 use crate::Error;
 use serde_json::Value;
@@ -21,6 +22,8 @@ pub(super) enum Kind {
         matcher: Matcher,
         view: View,
         agg: Option<Box<LiveAgg>>,
+        /// A live join of those rows with another table (applied a commit at a time).
+        join: Option<Box<LiveJoin>>,
     },
     TopN(TopN),
 }
@@ -28,7 +31,10 @@ pub(super) enum Kind {
 impl Kind {
     /// Whether the group takes a commit at a time (top-N sets, aggregates).
     pub(super) fn per_commit(&self) -> bool {
-        matches!(self, Kind::TopN(_) | Kind::Rows { agg: Some(_), .. })
+        matches!(
+            self,
+            Kind::TopN(_) | Kind::Rows { agg: Some(_), .. } | Kind::Rows { join: Some(_), .. }
+        )
     }
 }
 

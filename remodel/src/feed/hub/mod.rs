@@ -15,10 +15,11 @@
 mod group;
 mod routes;
 
+use super::aggregate::LiveAgg;
+use super::join::{JoinSpace, LiveJoin, RouteDelta};
 use super::log::{Log, Reader};
 use super::queue::Subscriber;
 use super::spec::FeedPlan;
-use super::aggregate::LiveAgg;
 use super::topn::TopN;
 use crate::db::write::Committed;
 use crate::db::TableState;
@@ -37,6 +38,17 @@ pub(crate) struct Hub {
     tables: RwLock<HashMap<String, Arc<TableFeeds>>>,
     /// Every open feed, stats feeds included (a fast "no feeds at all" check for writers).
     open: AtomicUsize,
+    /// Live joins by the right table's key space: join key -> (left table, group).
+    joins: Mutex<HashMap<JoinSpace, JoinRoutes>>,
+    /// Open join groups (writers skip the join routes when there are none).
+    joins_open: AtomicUsize,
+}
+
+/// The join routes of one key space of a right table.
+struct JoinRoutes {
+    /// The right table's index (`None`: its primary key).
+    ix: Option<Arc<crate::db::IndexState>>,
+    by_key: HashMap<Vec<u8>, Vec<(String, GroupId)>>,
 }
 
 #[derive(Default)]
@@ -56,6 +68,8 @@ pub(crate) enum Join {
 /// A feed's membership in a group; dropping it leaves the group.
 pub(crate) struct Registration {
     table: Arc<TableFeeds>,
+    /// The table's name (a join group's routes are kept under it).
+    name: String,
     hub_open: Arc<Hub>,
     group: GroupId,
     /// The private queue's id, or `None` for a reader of the shared log.
@@ -97,6 +111,9 @@ impl Hub {
         if self.is_idle() {
             return;
         }
+        if self.joins_open.load(Ordering::Acquire) > 0 {
+            self.publish_right(table, changes, wakes);
+        }
         let Some(feeds) = self.tables.read().get(&table.name).cloned() else {
             return;
         };
@@ -105,6 +122,7 @@ impl Hub {
         // Top-N and aggregate groups see the commit as one step: their changes are collected
         // here and applied together once every change of the commit has been routed.
         let mut topn: Vec<(GroupId, Vec<&Committed>)> = Vec::new();
+        let mut join_deltas: Vec<(JoinSpace, GroupId, Vec<RouteDelta>)> = Vec::new();
         let mut items = Vec::new();
         for c in changes {
             let mut ctx = ChangeCtx::new(c);
@@ -137,7 +155,30 @@ impl Hub {
                 Kind::Rows {
                     matcher,
                     view,
+                    join: Some(j),
+                    ..
+                } => {
+                    let mut deltas = Vec::new();
+                    match j.apply_left((matcher, view), &cs, &mut deltas) {
+                        Ok(items) => {
+                            for (i, (seq, item)) in items.into_iter().enumerate() {
+                                group.members.deliver(item.at(seq).numbered(i), wakes);
+                            }
+                        }
+                        Err(e) => group.members.close(&Error::FeedAborted(format!(
+                            "the join could not be maintained: {e}"
+                        ))),
+                    }
+                    if !deltas.is_empty() {
+                        join_deltas.push((j.def.space(), id, deltas));
+                    }
+                    continue;
+                }
+                Kind::Rows {
+                    matcher,
+                    view,
                     agg: Some(agg),
+                    ..
                 } => {
                     match agg.apply_commit((matcher, view), &cs) {
                         Ok(items) => {
@@ -173,6 +214,79 @@ impl Hub {
                 }
             }
         }
+        drop(routes);
+        let left = &table.name;
+        for (space, id, deltas) in join_deltas {
+            self.route_join(&space, left, id, deltas);
+        }
+    }
+
+    /// Applies a commit's changes of a right table to the live joins that route its keys.
+    fn publish_right(
+        &self,
+        table: &Arc<TableState>,
+        changes: &[Committed],
+        wakes: &mut Vec<Waker>,
+    ) {
+        // The targets first, then the groups: the join routes and a table's routes are
+        // never locked together in this order (subscribing locks them the other way).
+        let mut targets: Vec<(String, GroupId, &Committed)> = Vec::new();
+        {
+            let joins = self.joins.lock();
+            for ((right, _), routes) in joins.iter() {
+                if *right != table.name {
+                    continue;
+                }
+                for c in changes {
+                    // Every key space's keys of the old and new document; a group reached
+                    // by several is applied once.
+                    let first = targets.len();
+                    let mut keys = Vec::new();
+                    for d in [&c.old, &c.new].into_iter().flatten() {
+                        match &routes.ix {
+                            None => keys.push(c.key.clone()),
+                            Some(ix) => keys.extend(
+                                ix.compiled.values(d).iter().map(crate::value::encode_value),
+                            ),
+                        }
+                    }
+                    for k in keys {
+                        if let Some(gs) = routes.by_key.get(&k) {
+                            for (left, gid) in gs {
+                                if !targets[first..]
+                                    .iter()
+                                    .any(|(l, g, _)| l == left && g == gid)
+                                {
+                                    targets.push((left.clone(), *gid, c));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if targets.is_empty() {
+            return;
+        }
+        let tables = self.tables.read().clone();
+        for (left, gid, c) in targets {
+            let Some(feeds) = tables.get(&left) else {
+                continue;
+            };
+            let mut routes = feeds.routes.lock();
+            let Some(group) = routes.groups.get_mut(&gid) else {
+                continue;
+            };
+            let Kind::Rows { join: Some(j), .. } = &group.kind else {
+                continue;
+            };
+            if j.def.right.name != table.name {
+                continue;
+            }
+            for (i, item) in j.apply_right(c).into_iter().enumerate() {
+                group.members.deliver(item.at(c.seq).numbered(i), wakes);
+            }
+        }
     }
 
     /// Adds a subscriber for `plan`, joining the group of an identical query when there is one.
@@ -198,13 +312,32 @@ impl Hub {
             .clone();
         let mut routes = feeds.routes.lock();
         let signature: Arc<str> = signature.into();
+        // A new join group's keys, routed once the group has its id.
+        let mut new_join_keys = None;
         let id = match routes.by_signature.get(&signature) {
             Some(id) => *id,
             None => {
                 let kind = match plan {
                     FeedPlan::Rows {
-                        matcher, view, agg, ..
+                        matcher,
+                        view,
+                        agg,
+                        join,
+                        ..
                     } => {
+                        let join = match join {
+                            None => None,
+                            Some(plan) => {
+                                let rows = plan
+                                    .source
+                                    .plan()?
+                                    .rows()
+                                    .map(|r| r.map(|row| (row.key.to_vec(), row.doc)));
+                                let (j, keys) = LiveJoin::load(plan.def, rows)?;
+                                new_join_keys = Some(keys);
+                                Some(Box::new(j))
+                            }
+                        };
                         let agg = match agg {
                             None => None,
                             Some(plan) => {
@@ -221,14 +354,40 @@ impl Hub {
                                 )?))
                             }
                         };
-                        Kind::Rows { matcher, view, agg }
+                        Kind::Rows {
+                            matcher,
+                            view,
+                            agg,
+                            join,
+                        }
                     }
                     FeedPlan::TopN {
                         order, view, limit, ..
                     } => Kind::TopN(TopN::load(&table, order, view, limit)?),
                     FeedPlan::Stats { .. } => unreachable!("checked above"),
                 };
-                routes.add_group(signature, kind)
+                let space = match &kind {
+                    Kind::Rows { join: Some(j), .. } => Some((j.def.space(), j.def.index.clone())),
+                    _ => None,
+                };
+                let id = routes.add_group(signature, kind);
+                if let (Some((space, ix)), Some(keys)) = (space, new_join_keys.take()) {
+                    // Under the table's routes, then the join routes (never the other way
+                    // round while both are held).
+                    let mut joins = self.joins.lock();
+                    let r = joins.entry(space).or_insert_with(|| JoinRoutes {
+                        ix,
+                        by_key: HashMap::new(),
+                    });
+                    for k in keys {
+                        r.by_key
+                            .entry(k)
+                            .or_default()
+                            .push((table.name.clone(), id));
+                    }
+                    self.joins_open.fetch_add(1, Ordering::AcqRel);
+                }
+                id
             }
         };
         let sub_id = routes.next_id;
@@ -238,6 +397,7 @@ impl Hub {
             match &group.kind {
                 Kind::TopN(t) => Initial::Rows(t.rows().cloned().collect()),
                 Kind::Rows { agg: Some(a), .. } => Initial::Rows(a.rows()),
+                Kind::Rows { join: Some(j), .. } => Initial::Rows(j.rows()?),
                 Kind::Rows { .. } => Initial::Rows(initial_rows()?),
             }
         } else {
@@ -269,6 +429,7 @@ impl Hub {
         self.open.fetch_add(1, Ordering::AcqRel);
         Ok(Subscribed {
             registration: Registration {
+                name: table.name.clone(),
                 table: feeds,
                 hub_open: self.clone(),
                 group: id,
@@ -286,6 +447,38 @@ impl Hub {
             let mut ctx = ChangeCtx::new(c);
             group::row_items(matcher, view, &mut ctx, out);
         }
+    }
+
+    /// Applies a join group's route changes.
+    fn route_join(&self, space: &JoinSpace, left: &str, id: GroupId, deltas: Vec<RouteDelta>) {
+        let mut joins = self.joins.lock();
+        let Some(r) = joins.get_mut(space) else {
+            return;
+        };
+        for d in deltas {
+            match d {
+                RouteDelta::Add(k) => r.by_key.entry(k).or_default().push((left.to_string(), id)),
+                RouteDelta::Remove(k) => {
+                    if let Some(v) = r.by_key.get_mut(&k) {
+                        v.retain(|(l, g)| !(l == left && *g == id));
+                        if v.is_empty() {
+                            r.by_key.remove(&k);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Removes a closed join group's routes.
+    fn unroute_join(&self, space: &JoinSpace, left: &str, id: GroupId, keys: Vec<Vec<u8>>) {
+        self.route_join(
+            space,
+            left,
+            id,
+            keys.into_iter().map(RouteDelta::Remove).collect(),
+        );
+        self.joins_open.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Counts a feed that is not routed through a table (stats feeds).
@@ -360,7 +553,17 @@ impl Drop for Registration {
                 None => g.members.shared -= 1,
             }
             if g.members.is_empty() {
-                routes.remove_group(self.group);
+                if let Some(g) = routes.remove_group(self.group) {
+                    if let Kind::Rows { join: Some(j), .. } = &g.kind {
+                        let (space, keys) = (j.def.space(), j.keys());
+                        drop(routes);
+                        self.hub_open
+                            .unroute_join(&space, &self.name, self.group, keys);
+                        self.table.open.fetch_sub(1, Ordering::AcqRel);
+                        self.hub_open.open.fetch_sub(1, Ordering::AcqRel);
+                        return;
+                    }
+                }
             }
         }
         drop(routes);
