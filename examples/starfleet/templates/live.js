@@ -36,3 +36,9 @@ document.querySelectorAll("[data-counts]").forEach((el) => connect(el.dataset.co
     document.querySelectorAll("[id^=count-]").forEach((c) => { c.textContent = d[c.id.slice(6)] || 0; });
   },
 }));
+
+// Browsers allow few connections per host (six over HTTP/1.1): a page left for another
+// closes its streams at once instead of keeping them in the back-forward cache, and reads
+// its state again if it is brought back from there.
+window.addEventListener("pagehide", () => window.starfleetLive.forEach((es) => es.close()));
+window.addEventListener("pageshow", (e) => { if (e.persisted) location.reload(); });
