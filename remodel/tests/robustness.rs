@@ -763,9 +763,9 @@ async fn d7_a_patch_closure_that_writes_gets_an_error_not_a_deadlock() {
     let done = tokio::time::timeout(Duration::from_secs(10), t.get(1).update(patch)).await;
     let r = done.expect("deadlock: the update never finished").unwrap();
     assert_eq!(r.replaced, 1);
-    let seen = seen.lock().unwrap();
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
     assert_eq!(seen.len(), 5);
-    for s in seen.iter() {
+    for s in &seen {
         assert!(matches!(s, Err(Error::WriteInPatch)), "{s:?}");
     }
     let later = tokio::time::timeout(Duration::from_secs(10), t.insert(json!({"id": 2}))).await;
