@@ -6,7 +6,7 @@
 use futures::StreamExt;
 use remodel::{
     asc, desc, field, has_fields, json, ChangePair, Conflict, Database, Durability, Error,
-    IndexSpec, IndexStatus, Order, Patch, Predicate, Table, Value, WriteResult,
+    IndexSpec, Order, Patch, Predicate, Table, Value, WriteResult,
 };
 use std::ops::Bound::{Excluded, Included, Unbounded};
 use std::path::{Path, PathBuf};

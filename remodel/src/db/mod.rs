@@ -3,11 +3,13 @@
 pub(crate) mod changelog;
 mod group_flush;
 mod index;
+mod patch;
 mod sink;
 mod stats;
 mod table;
 mod visibility;
 pub(crate) mod write;
+mod write_types;
 
 pub use changelog::ChangeLogRetention;
 use group_flush::GroupFlush;
@@ -16,7 +18,8 @@ pub use index::{IndexSpec, IndexStatus, MAX_MULTI_ELEMENTS};
 pub(crate) use sink::ChangeSink;
 pub(crate) use table::TableState;
 pub(crate) use visibility::Visibility;
-pub use write::{ChangePair, Conflict, Durability, Patch, WriteResult};
+pub use patch::Patch;
+pub use write_types::{ChangePair, Conflict, Durability, WriteResult};
 
 use crate::storage::{EngineConfig, Liveness, OpenFailure, Storage, Tree, WriteBatch};
 use crate::{Error, Result};

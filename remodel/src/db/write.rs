@@ -1,226 +1,19 @@
-//! The write path: every committed write goes through [`DbInner::commit`], which applies
-//! documents and index entries in one atomic storage batch, numbers each change in commit
-//! order, and hands it to the change sink (the feed layer), all under the commit lock.
+//! The commit engine: every committed write goes through [`DbInner::commit_chunk`], which
+//! applies documents and index entries in one crash-atomic storage batch, numbers each change
+//! in commit order, and hands them to the change sink (the feed layer), all under the commit
+//! lock. The public types of writes are in `write_types.rs` and `patch.rs`.
+
+pub(crate) use super::patch::{merge, PatchKind};
+use super::{ChangePair, Conflict, Durability, Patch, WriteResult};
 
 use super::{Database, DbInner, TableState};
 use crate::storage::WriteBatch;
 use crate::value::encode_key;
 use crate::{Error, Result};
-use serde::Serialize;
 use serde_json::Value;
 use std::collections::HashMap;
-use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-
-/// When a write is acknowledged.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum Durability {
-    /// After the data reached the disk (fsync). Survives a crash once acknowledged.
-    #[default]
-    Hard,
-    /// At once; the data is flushed within the configured flush interval.
-    Soft,
-}
-
-/// What an insert does when a document with the same primary key exists.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum Conflict {
-    /// Count an error for that document and keep the stored one (the default).
-    #[default]
-    Error,
-    /// Replace the stored document with the new one.
-    Replace,
-    /// Merge the new document into the stored one, like an update.
-    Update,
-}
-
-/// A change to a document: how it looked before and after a write.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[non_exhaustive]
-pub struct ChangePair {
-    /// The document before the write (`None` for an insert).
-    pub old_val: Option<Value>,
-    /// The document after the write (`None` for a delete).
-    pub new_val: Option<Value>,
-}
-
-/// What a write did.
-#[derive(Clone, Debug, Default, PartialEq)]
-#[non_exhaustive]
-pub struct WriteResult {
-    /// Documents inserted.
-    pub inserted: u64,
-    /// Documents replaced or updated with a different value.
-    pub replaced: u64,
-    /// Documents written with the value they already had (no change anywhere).
-    pub unchanged: u64,
-    /// Documents deleted.
-    pub deleted: u64,
-    /// Updates, replaces or deletes of documents that did not exist.
-    pub skipped: u64,
-    /// Documents that could not be written (the first error is in `first_error`).
-    pub errors: u64,
-    /// The primary keys generated for documents inserted without one.
-    pub generated_keys: Vec<Value>,
-    /// The first per-document error.
-    pub first_error: Option<Error>,
-    /// The `{old_val, new_val}` of each write, when asked for with `return_changes`.
-    pub changes: Vec<ChangePair>,
-}
-
-impl ChangePair {
-    /// A change from `old_val` to `new_val`.
-    pub fn new(old_val: Option<Value>, new_val: Option<Value>) -> Self {
-        ChangePair { old_val, new_val }
-    }
-}
-
-impl WriteResult {
-    /// Turns a result with per-document errors into `Err(first error)`.
-    pub fn check(self) -> Result<Self> {
-        match self.first_error {
-            Some(e) => Err(e),
-            None => Ok(self),
-        }
-    }
-
-    fn error(&mut self, e: Error) {
-        self.errors += 1;
-        if self.first_error.is_none() {
-            self.first_error = Some(e);
-        }
-    }
-}
-
-/// A function computing a patch from the current document (see [`Patch::with`]).
-pub(crate) type PatchFn = dyn Fn(&Value) -> Result<Value> + Send + Sync;
-
-/// How an update changes a document: [`Patch::merge`] an object into it, or compute that
-/// object from the current document with [`Patch::with`]. A JSON value converts into a merge
-/// patch (`update(json!({..}))`).
-#[derive(Clone)]
-pub struct Patch(pub(crate) PatchKind);
-
-#[derive(Clone)]
-pub(crate) enum PatchKind {
-    Merge(Value),
-    With(Arc<PatchFn>),
-}
-
-impl Patch {
-    /// Merge this object into the document: nested objects merge, other values replace.
-    ///
-    /// ```
-    /// use remodel::Patch;
-    /// use serde_json::json;
-    /// let promote = Patch::merge(json!({"rank": "captain"}));
-    /// # let _ = promote;
-    /// ```
-    pub fn merge(object: Value) -> Self {
-        Patch(PatchKind::Merge(object))
-    }
-
-    /// Compute the object to merge from the current document. It runs under the commit lock,
-    /// so a read-modify-write through it never loses a concurrent update; it must not write
-    /// to the database itself ([`Error::WriteInPatch`]).
-    ///
-    /// ```
-    /// use remodel::Patch;
-    /// use serde_json::json;
-    /// let bump = Patch::with(|doc| Ok(json!({"score": doc["score"].as_i64().unwrap_or(0) + 1})));
-    /// # let _ = bump;
-    /// ```
-    pub fn with(f: impl Fn(&Value) -> Result<Value> + Send + Sync + 'static) -> Self {
-        Patch(PatchKind::With(Arc::new(f)))
-    }
-
-    /// Checks a merge patch against the depth limit (a `with` closure's result is checked
-    /// when it runs).
-    pub(crate) fn check_depth(&self) -> Result<()> {
-        match &self.0 {
-            PatchKind::Merge(v) => crate::value::check_depth(v, "patch"),
-            PatchKind::With(_) => Ok(()),
-        }
-    }
-
-    fn apply(&self, table: &TableState, doc: &Value) -> Result<Value> {
-        let patch_owned;
-        let patch = match &self.0 {
-            PatchKind::Merge(v) => v,
-            PatchKind::With(f) => {
-                patch_owned = crate::value::admit(
-                    super::in_patch(|| f(doc))?,
-                    "the patch a Patch::with closure returned",
-                )?;
-                &patch_owned
-            }
-        };
-        if !patch.is_object() {
-            return Err(Error::InvalidDocument {
-                reason: format!("an update must be an object, got {patch}"),
-            });
-        }
-        let mut out = doc.clone();
-        merge(&mut out, patch);
-        table.check_index_limits(&out)?;
-        let same_key = match (out.get(&table.primary_key), doc.get(&table.primary_key)) {
-            (Some(a), Some(b)) => crate::value::compare(a, b) == std::cmp::Ordering::Equal,
-            (None, None) => true,
-            _ => false,
-        };
-        if same_key {
-            // Keep the stored spelling of the key (1 stays 1 when the patch says 1.0).
-            if let (Some(k), Value::Object(m)) = (doc.get(&table.primary_key), &mut out) {
-                m.insert(table.primary_key.clone(), k.clone());
-            }
-        } else {
-            return Err(Error::InvalidDocument {
-                reason: format!(
-                    "the primary key `{}` of a document cannot be changed (from {} to {})",
-                    table.primary_key,
-                    doc.get(&table.primary_key).unwrap_or(&Value::Null),
-                    out.get(&table.primary_key).unwrap_or(&Value::Null)
-                ),
-            });
-        }
-        Ok(out)
-    }
-}
-
-impl fmt::Debug for Patch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.0 {
-            PatchKind::Merge(v) => f.debug_tuple("Merge").field(v).finish(),
-            PatchKind::With(_) => f.write_str("With(<function>)"),
-        }
-    }
-}
-
-impl From<Value> for Patch {
-    fn from(v: Value) -> Self {
-        Patch::merge(v)
-    }
-}
-
-/// Merges `patch` into `doc`: nested objects merge recursively, other values replace.
-pub(crate) fn merge(doc: &mut Value, patch: &Value) {
-    match (doc, patch) {
-        (Value::Object(d), Value::Object(p)) => {
-            for (k, v) in p {
-                match d.get_mut(k) {
-                    Some(existing) if existing.is_object() && v.is_object() => merge(existing, v),
-                    _ => {
-                        d.insert(k.clone(), v.clone());
-                    }
-                }
-            }
-        }
-        (d, p) => *d = p.clone(),
-    }
-}
 
 /// One write of one document.
 #[derive(Debug)]
@@ -679,21 +472,5 @@ impl Database {
     /// Whether a write with this durability (or the database default) is a hard one.
     pub(crate) fn is_hard(&self, durability: Option<Durability>) -> bool {
         durability.unwrap_or(self.inner.config.durability) == Durability::Hard
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn merge_is_deep_for_objects_only() {
-        let mut doc = json!({"a": {"b": 1, "c": 2}, "l": [1, 2], "x": 1});
-        merge(&mut doc, &json!({"a": {"b": 5}, "l": [3], "y": null}));
-        assert_eq!(
-            doc,
-            json!({"a": {"b": 5, "c": 2}, "l": [3], "x": 1, "y": null})
-        );
     }
 }

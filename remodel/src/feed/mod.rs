@@ -65,7 +65,7 @@ mod topn;
 
 pub use change::{Change, ChangeKind, FeedState};
 pub(crate) use hub::Hub;
-pub use options::{FeedOptions, Squash};
+pub use options::{FeedOptions, Squash, MAX_SQUASH_WINDOW_SECS};
 pub(crate) use queue::Subscriber;
 pub use resume::Cursor;
 pub use stream::Feed;
