@@ -1572,7 +1572,7 @@ async fn indexes_are_backfilled_listed_and_reported() {
     assert!(matches!(
         t.create_index("empty", IndexSpec::compound(Vec::<String>::new()))
             .await,
-        Err(Error::InvalidQuery(_))
+        Err(Error::InvalidIndexSpec(_))
     ));
     assert_eq!(t.index_names().unwrap().len(), 5);
 }
