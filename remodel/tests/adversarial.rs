@@ -14,8 +14,8 @@
 //! - at checkpoints and after every reopen, each table equals the model, and every index
 //!   equals what a scan of the model gives (`order_by(index)` and `index_status`).
 //!
-//! Bounded to run in about a minute in debug builds (600 cases) (`ADVERSARIAL_CASES` overrides the number
-//! of cases).
+//! Bounded to run in about a minute in debug builds: 600 cases (`ADVERSARIAL_CASES` overrides
+//! the number).
 
 mod common;
 
