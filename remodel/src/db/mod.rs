@@ -147,27 +147,27 @@ pub struct Database {
 }
 
 pub(crate) struct DbInner {
-    pub storage: Storage,
-    pub config: Config,
+    storage: Storage,
+    config: Config,
     catalog: Tree,
     tables: RwLock<HashMap<String, Arc<TableState>>>,
     /// Serialises commits: one database, one commit order. Holds the last sequence number.
-    pub writer: Mutex<u64>,
+    writer: Mutex<u64>,
     /// Sequence numbers up to here are reserved on disk (see `reserve_seq`).
     seq_reserved: std::sync::atomic::AtomicU64,
     /// Where the sequence reservation is kept.
     meta: Tree,
     /// The sequence numbers feeds may show (hard writes once on disk).
-    pub visibility: Arc<Visibility>,
+    visibility: Arc<Visibility>,
     /// Hard writes of many tasks share fsyncs.
     flusher: GroupFlush,
     /// Where committed changes go (the feed layer, once something watches).
     sink: OnceLock<Arc<dyn ChangeSink>>,
     /// The durable change log, when configured.
-    pub changelog: Option<changelog::ChangeLog>,
-    pub stats: Stats,
+    changelog: Option<changelog::ChangeLog>,
+    stats: Stats,
     /// The (empty, never written) table that stands for the `stats` system table in plans.
-    pub stats_table: Arc<TableState>,
+    stats_table: Arc<TableState>,
     closed: AtomicBool,
     /// Serialises DDL (create/drop of tables and indexes).
     ddl: tokio::sync::Mutex<()>,
@@ -797,6 +797,35 @@ impl Database {
             sink.closed("the database was closed");
         }
         self.inner.storage.flush().await
+    }
+}
+
+impl DbInner {
+    /// The default queue size of feeds.
+    pub(crate) fn feed_queue_size(&self) -> usize {
+        self.config.feed_queue_size
+    }
+
+    /// What feeds may show (hard writes once on disk).
+    pub(crate) fn visibility(&self) -> &Arc<Visibility> {
+        &self.visibility
+    }
+
+    /// The durable change log, when configured.
+    pub(crate) fn changelog(&self) -> Option<&changelog::ChangeLog> {
+        self.changelog.as_ref()
+    }
+
+    /// The table that stands for the `stats` system table in plans.
+    pub(crate) fn stats_table(&self) -> &Arc<TableState> {
+        &self.stats_table
+    }
+}
+
+impl Database {
+    /// The current rows of the `stats` system table.
+    pub(crate) fn stats_rows(&self) -> Vec<serde_json::Value> {
+        self.inner.stats.rows(self)
     }
 }
 

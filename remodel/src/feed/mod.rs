@@ -246,7 +246,7 @@ impl Changes {
                 "include_offsets applies only to order_by(index).limit(n) feeds",
             ));
         }
-        let capacity = opts.queue_size.unwrap_or(db.inner.config.feed_queue_size);
+        let capacity = opts.queue_size.unwrap_or(db.inner.feed_queue_size());
         let window = match opts.squash {
             Squash::Window(s) if s > 0.0 => Some(Duration::from_secs_f64(s)),
             _ => None,
@@ -271,7 +271,7 @@ impl Changes {
             handed_first: opts.include_initial,
             sleep: None,
             done: false,
-            visibility: db.inner.visibility.clone(),
+            visibility: db.inner.visibility().clone(),
             held: None,
             snapshot_seq: None,
         };
@@ -283,7 +283,7 @@ impl Changes {
 
         let initial_rows = match plan {
             FeedPlan::Stats { view } => {
-                let rows = db.inner.stats.rows(&db);
+                let rows = db.stats_rows();
                 let mut timer = StatsTimer {
                     db: db.clone(),
                     view,

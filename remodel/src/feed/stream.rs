@@ -252,7 +252,7 @@ impl Feed {
             i
         });
         while interval.poll_tick(cx).is_ready() {
-            let rows = timer.db.inner.stats.rows(&timer.db);
+            let rows = timer.db.stats_rows();
             for c in timer.diff(rows) {
                 // Pushed from the consumer's own poll: no wake-up needed.
                 sub.push(c);

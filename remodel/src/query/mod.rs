@@ -234,9 +234,9 @@ impl Query {
         }
         if self.source == Source::Stats {
             self.db.check_open()?;
-            let rows = self.db.inner.stats.rows(&self.db);
+            let rows = self.db.stats_rows();
             return plan::plan(
-                self.db.inner.stats_table.clone(),
+                self.db.inner.stats_table().clone(),
                 &self.source,
                 &self.steps,
                 Some(rows),
