@@ -1,4 +1,4 @@
-//! The benchmark program of `shared/spec/benchmarks.md`: every figure is measured side by side
+//! The benchmark program behind `BENCHMARKS.md` (its figures and their targets): every figure is measured side by side
 //! in one run (ours against a baseline doing the same work), each ratio as the median of
 //! several alternating A/B pairs.
 //!
@@ -646,10 +646,19 @@ fn hard_writers(s: &Sizes) -> Figure {
             (per_task * tasks) as f64 / begin.elapsed().as_secs_f64()
         })
     };
+    let flushes = || {
+        rt.block_on(db.stats().run()).unwrap()[0]["flushes_total"]
+            .as_u64()
+            .unwrap()
+    };
     let mut pairs = Pairs::default();
     let mut next = 0;
+    let (mut eight_writes, mut eight_flushes) = (0, 0);
     for _ in 0..s.reps.min(5) {
+        let before = flushes();
         let eight = rate(8, next);
+        eight_flushes += flushes() - before;
+        eight_writes += per_round;
         next += per_round;
         let one = rate(1, next);
         next += per_round;
@@ -661,9 +670,13 @@ fn hard_writers(s: &Sizes) -> Figure {
         unit: "ratio",
         target: 5.0,
         at_least: true,
-        note: pairs.note(
-            "hard-durability inserts from 8 concurrent tasks (group commit)",
-            "from one task",
+        note: format!(
+            "{}; with 8 tasks {:.2} fsyncs per write",
+            pairs.note(
+                "hard-durability inserts from 8 concurrent tasks (group commit)",
+                "from one task",
+            ),
+            eight_flushes as f64 / eight_writes as f64
         ),
     }
 }
@@ -1255,6 +1268,316 @@ mod model_figures {
     }
 }
 
+/// Issue 10's figures: live aggregates, live joins, the change log and resuming.
+mod beyond_figures {
+    use super::*;
+    use futures::FutureExt;
+    use remodel::{ChangeLogRetention, Feed};
+
+    /// Rows with a `group` field of 20 values, in batches.
+    async fn grouped_rows(t: &remodel::Table, rows: u64) {
+        let mut rng = Rng(11);
+        for chunk in (0..rows).collect::<Vec<_>>().chunks(10_000) {
+            let docs: Vec<Value> = chunk
+                .iter()
+                .map(|&i| {
+                    let mut d = doc(2_000_000_000 + i, rng.next() % 1_000_000);
+                    d["group"] = json!(i % 20);
+                    d
+                })
+                .collect();
+            t.insert_many(docs)
+                .durability(Durability::Soft)
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Takes every item a feed has ready.
+    fn drain(feed: &mut Feed) -> usize {
+        let mut n = 0;
+        while let Some(Some(item)) = feed.next().now_or_never() {
+            item.unwrap();
+            n += 1;
+        }
+        n
+    }
+
+    /// Inserts with a `group` field, one write each; returns inserts per second.
+    async fn grouped_inserts(t: &remodel::Table, start: u64, n: usize) -> f64 {
+        let begin = Instant::now();
+        for i in 0..n as u64 {
+            let mut d = doc(start + i, i);
+            d["group"] = json!(i % 20);
+            t.insert(d).durability(Durability::Soft).await.unwrap();
+        }
+        n as f64 / begin.elapsed().as_secs_f64()
+    }
+
+    /// `live_group_count_vs_requery`: 100 consumers of `group("group").count()` on a large
+    /// table, live (feeds, drained after the writes) ÷ re-running the aggregate after each
+    /// write.
+    pub(super) fn live_group_count(rt: &tokio::runtime::Runtime, s: &Sizes) -> Figure {
+        let db = soft_db(rt);
+        let rows = if s.quick { 10_000 } else { 100_000 };
+        let t = db.table("big");
+        let mut feeds = rt.block_on(async {
+            db.create_table("big").await.unwrap();
+            grouped_rows(&t, rows).await;
+            let mut feeds = Vec::new();
+            for _ in 0..100 {
+                feeds.push(t.query().group("group").count().changes().await.unwrap());
+            }
+            feeds
+        });
+        let mut pairs = Pairs::default();
+        let mut next = 0;
+        let live_n = s.inserts.min(2_000);
+        let requery_n = 1;
+        for _ in 0..s.reps.min(3) {
+            let live = rt.block_on(async {
+                let begin = Instant::now();
+                for i in 0..live_n as u64 {
+                    let mut d = doc(next + i, i);
+                    d["group"] = json!(i % 20);
+                    t.insert(d).durability(Durability::Soft).await.unwrap();
+                }
+                for f in &mut feeds {
+                    drain(f);
+                }
+                live_n as f64 / begin.elapsed().as_secs_f64()
+            });
+            next += live_n as u64;
+            let requery = rt.block_on(async {
+                let begin = Instant::now();
+                for i in 0..requery_n as u64 {
+                    let mut d = doc(next + i, i);
+                    d["group"] = json!(i % 20);
+                    t.insert(d).durability(Durability::Soft).await.unwrap();
+                    for _ in 0..100 {
+                        t.query().group("group").count().await.unwrap();
+                    }
+                }
+                requery_n as f64 / begin.elapsed().as_secs_f64()
+            });
+            next += requery_n as u64;
+            pairs.push(live, requery);
+        }
+        drop(feeds);
+        Figure {
+            metric: "live_group_count_vs_requery",
+            value: pairs.ratio(),
+            unit: "ratio",
+            target: 100.0,
+            at_least: true,
+            note: pairs.note(
+                &format!("inserts with 100 consumers of group(field).count() on {rows} rows (the 100 identical feeds share one maintained group)"),
+                "re-running it 100 times per write",
+            ),
+        }
+    }
+
+    /// `insert_100_group_feeds_vs_none`: 100 open (idle) `group(field).count()` feeds.
+    pub(super) fn group_feeds(rt: &tokio::runtime::Runtime, s: &Sizes) -> Figure {
+        let db = soft_db(rt);
+        let feeds = rt.block_on(async {
+            let mut feeds = Vec::new();
+            for t in ["plain", "watched"] {
+                db.create_table(t).await.unwrap();
+                grouped_rows(&db.table(t), s.topn_rows as u64 / 10).await;
+            }
+            let w = db.table("watched");
+            for i in 0..100 {
+                // Five shapes (20 feeds each): count, sum, avg by group, the total count,
+                // and a filtered count.
+                let q = w.query();
+                let f = match i % 5 {
+                    0 => q.group("group").count().changes(),
+                    1 => q.group("group").sum("score").changes(),
+                    2 => q.group("group").avg("score").changes(),
+                    3 => q.count().changes(),
+                    _ => q.filter(field("rank").eq("lieutenant")).group("group").count().changes(),
+                };
+                feeds.push(f.await.unwrap());
+            }
+            feeds
+        });
+        let mut pairs = Pairs::default();
+        let mut next = 0;
+        for _ in 0..s.reps {
+            let none = rt.block_on(grouped_inserts(&db.table("plain"), next, s.inserts));
+            let with = rt.block_on(grouped_inserts(&db.table("watched"), next, s.inserts));
+            next += s.inserts as u64;
+            pairs.push(with, none);
+        }
+        drop(feeds);
+        Figure {
+            metric: "insert_100_group_feeds_vs_none",
+            value: pairs.ratio(),
+            unit: "ratio",
+            target: 0.8,
+            at_least: true,
+            note: pairs.note(
+                "inserts with 100 aggregate feeds (5 distinct aggregates, 20 feeds each)",
+                "no feeds",
+            ),
+        }
+    }
+
+    /// `insert_1k_join_feeds_vs_none`: 1,000 `get_all(ship).index("ship").eq_join("officer",
+    /// "officers")` feeds (a ship's crew list through a join table); every insert of a join
+    /// row enters one of them and reads its officer.
+    pub(super) fn join_feeds(rt: &tokio::runtime::Runtime, s: &Sizes) -> Figure {
+        let db = soft_db(rt);
+        let feeds = rt.block_on(async {
+            db.create_table("officers").await.unwrap();
+            let officers: Vec<Value> = (0..5_000)
+                .map(|i| json!({"id": format!("o-{i}"), "name": format!("officer {i}")}))
+                .collect();
+            db.table("officers").insert_many(officers).await.unwrap();
+            for t in ["plain", "watched"] {
+                db.create_table(t).await.unwrap();
+                db.table(t)
+                    .create_index("ship", IndexSpec::field("ship"))
+                    .await
+                    .unwrap();
+            }
+            let w = db.table("watched");
+            let mut feeds = Vec::new();
+            for i in 0..1_000 {
+                let q = w
+                    .get_all([format!("ship-{i}")])
+                    .index("ship")
+                    .eq_join("officer", "officers");
+                feeds.push(q.changes().await.unwrap());
+            }
+            feeds
+        });
+        async fn assignments(t: &remodel::Table, start: u64, n: usize) -> f64 {
+            let begin = Instant::now();
+            for i in start..start + n as u64 {
+                let d = json!({"id": i, "ship": format!("ship-{}", i % 1_000), "officer": format!("o-{}", i % 5_000)});
+                t.insert(d).durability(Durability::Soft).await.unwrap();
+            }
+            n as f64 / begin.elapsed().as_secs_f64()
+        }
+        let mut pairs = Pairs::default();
+        let mut next = 0;
+        for _ in 0..s.reps {
+            let none = rt.block_on(assignments(&db.table("plain"), next, s.inserts));
+            let with = rt.block_on(assignments(&db.table("watched"), next, s.inserts));
+            next += s.inserts as u64;
+            pairs.push(with, none);
+        }
+        drop(feeds);
+        Figure {
+            metric: "insert_1k_join_feeds_vs_none",
+            value: pairs.ratio(),
+            unit: "ratio",
+            target: 0.8,
+            at_least: true,
+            note: pairs.note(
+                "join-row inserts, each entering one of 1,000 eq_join feeds (which reads its officer)",
+                "no feeds",
+            ),
+        }
+    }
+
+    fn logged_db(rt: &tokio::runtime::Runtime) -> Database {
+        rt.block_on(
+            Config::temporary()
+                .durability(Durability::Soft)
+                .change_log(ChangeLogRetention::default())
+                .open(),
+        )
+        .unwrap()
+    }
+
+    /// `insert_with_change_log_vs_without`: the same inserts into a database with the
+    /// durable change log (default retention: 100,000 changes, trimmed as it goes) and one
+    /// without.
+    pub(super) fn change_log(rt: &tokio::runtime::Runtime, s: &Sizes) -> Figure {
+        let plain = soft_db(rt);
+        let logged = logged_db(rt);
+        rt.block_on(async {
+            plain.create_table("t").await.unwrap();
+            logged.create_table("t").await.unwrap();
+        });
+        let mut pairs = Pairs::default();
+        let mut rng = Rng(7);
+        let mut next = 0;
+        // Enough rounds for the log to pass its retention and be trimmed.
+        for _ in 0..s.reps {
+            let none = rt.block_on(insert_rate(&plain.table("t"), next, s.inserts, &mut rng));
+            let with = rt.block_on(insert_rate(&logged.table("t"), next, s.inserts, &mut rng));
+            next += s.inserts as u64;
+            pairs.push(with, none);
+        }
+        Figure {
+            metric: "insert_with_change_log_vs_without",
+            value: pairs.ratio(),
+            unit: "ratio",
+            target: 0.8,
+            at_least: true,
+            note: pairs.note("inserts with the change log", "without"),
+        }
+    }
+
+    /// `resume_10k_missed_ms`: resuming a table feed that missed 10,000 changes (open it
+    /// from the cursor and read them all) ÷ reading the same 10,000 changes from a feed that
+    /// was open while they were written.
+    pub(super) fn resume(rt: &tokio::runtime::Runtime, s: &Sizes) -> Figure {
+        let db = logged_db(rt);
+        let t = db.table("t");
+        let mut ratios = Vec::new();
+        let mut notes = Vec::new();
+        rt.block_on(async {
+            db.create_table("t").await.unwrap();
+            let mut rng = Rng(9);
+            let mut next = 0;
+            for _ in 0..s.reps.min(5) {
+                let mut live = t.changes().await.unwrap();
+                t.insert(doc(next, 0)).await.unwrap();
+                let cursor = live.next().await.unwrap().unwrap().cursor().unwrap();
+                next += 1;
+                insert_rate(&t, next, 10_000, &mut rng).await;
+                next += 10_000;
+                let begin = Instant::now();
+                let mut n = 0;
+                while n < 10_000 {
+                    live.next().await.unwrap().unwrap();
+                    n += 1;
+                }
+                let live_t = begin.elapsed().as_secs_f64();
+                let begin = Instant::now();
+                let mut resumed = t.changes().resume_from(cursor).await.unwrap();
+                let mut n = 0;
+                while n < 10_000 {
+                    resumed.next().await.unwrap().unwrap();
+                    n += 1;
+                }
+                let resume_t = begin.elapsed().as_secs_f64();
+                ratios.push(resume_t / live_t);
+                notes.push((resume_t * 1e3, live_t * 1e3));
+            }
+        });
+        let mut order: Vec<usize> = (0..ratios.len()).collect();
+        order.sort_by(|a, b| ratios[*a].total_cmp(&ratios[*b]));
+        let mid = order[order.len() / 2];
+        Figure {
+            metric: "resume_10k_missed_ms",
+            value: ratios[mid],
+            unit: "ratio",
+            target: 2.0,
+            at_least: false,
+            note: format!(
+                "resuming a feed that missed 10,000 changes: {:.1} ms vs reading them live from an open feed {:.1} ms",
+                notes[mid].0, notes[mid].1
+            ),
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
@@ -1350,6 +1673,19 @@ fn main() {
     });
     run("fanout_vs_broadcast", &mut || vec![fanout(&s)]);
     run("model", &mut || model_figures::figures(&rt, &s));
+    run("live_group_count_vs_requery", &mut || {
+        vec![beyond_figures::live_group_count(&rt, &s)]
+    });
+    run("insert_100_group_feeds_vs_none", &mut || {
+        vec![beyond_figures::group_feeds(&rt, &s)]
+    });
+    run("insert_1k_join_feeds_vs_none", &mut || {
+        vec![beyond_figures::join_feeds(&rt, &s)]
+    });
+    run("insert_with_change_log_vs_without", &mut || {
+        vec![beyond_figures::change_log(&rt, &s)]
+    });
+    run("resume_10k_missed_ms", &mut || vec![beyond_figures::resume(&rt, &s)]);
     if !json_out {
         println!(
             "\nRemodel realtime benchmark ({}, {:.0} s)\n",

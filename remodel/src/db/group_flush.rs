@@ -9,12 +9,15 @@
 use super::Visibility;
 use crate::storage::Storage;
 use crate::{Error, Result};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::watch;
 
 pub(crate) struct GroupFlush {
     /// Everything committed up to this number is on disk, and whether a flush is running.
     state: watch::Sender<Flushed>,
+    /// Flushes run so far.
+    runs: AtomicU64,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -30,7 +33,13 @@ impl GroupFlush {
                 upto: seq,
                 running: false,
             }),
+            runs: AtomicU64::new(0),
         }
+    }
+
+    /// How many flushes ran.
+    pub(crate) fn runs(&self) -> u64 {
+        self.runs.load(Ordering::Relaxed)
     }
 
     /// Waits until every commit up to `seq` is on disk, flushing when no running flush
@@ -55,6 +64,7 @@ impl GroupFlush {
             if start {
                 // This flush covers every commit made before it starts.
                 let target = visibility.last();
+                self.runs.fetch_add(1, Ordering::Relaxed);
                 let storage = storage.clone();
                 let flushed = tokio::task::spawn_blocking(move || storage.flush_blocking())
                     .await

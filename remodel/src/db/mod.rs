@@ -801,6 +801,11 @@ impl Database {
 }
 
 impl DbInner {
+    /// How many fsyncs hard writes and `sync` have run.
+    pub(crate) fn flushes(&self) -> u64 {
+        self.flusher.runs()
+    }
+
     /// The default queue size of feeds.
     pub(crate) fn feed_queue_size(&self) -> usize {
         self.config.feed_queue_size

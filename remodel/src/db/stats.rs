@@ -80,6 +80,8 @@ impl Stats {
             "writes_per_sec": w,
             "tables": tables.len(),
             "feeds": db.inner.open_feeds(None),
+            // fsyncs that hard writes waited for (group commit shares them).
+            "flushes_total": db.inner.flushes(),
         }));
         let mut names: Vec<&String> = tables.keys().collect();
         names.sort();
