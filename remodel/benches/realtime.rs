@@ -1,6 +1,6 @@
-//! The benchmark program behind `BENCHMARKS.md` (its figures and their targets): every figure is measured side by side
-//! in one run (ours against a baseline doing the same work), each ratio as the median of
-//! several alternating A/B pairs.
+//! The benchmark program behind `BENCHMARKS.md` (its figures and their targets): every figure
+//! is measured side by side in one run (ours against a baseline doing the same work), each
+//! ratio as the median of several alternating A/B pairs.
 //!
 //! `cargo bench -p remodel --bench realtime [-- --quick] [-- --json]`
 

@@ -575,7 +575,7 @@ fn doc_valid(d: &Doc) -> bool {
         && d.key.as_ref().is_none_or(key_valid)
 }
 
-/// The rows an index should return, in order: `(value, primary key)` per the spec.
+/// The rows an index should return, in order: `(value, primary key)`, as documented.
 fn expected_index(t: &TableModel, spec: &IndexSpec) -> Vec<Value> {
     let mut entries: Vec<(Value, &Vec<u8>, &Value)> = Vec::new();
     for (pk, doc) in &t.docs {

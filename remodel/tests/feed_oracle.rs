@@ -757,7 +757,7 @@ struct Watch {
 
 impl Watch {
     /// Opens the feed and checks its first items; `None` when the feed is refused as
-    /// unwatchable and may be (top-N on a multi index: the spec does not say).
+    /// unwatchable and may be (top-N on a multi index: the documentation does not say).
     async fn open(
         t: &Table,
         case: Case,
@@ -1521,8 +1521,9 @@ proptest! {
     }
 
     /// Squashed feeds whose result holds a row twice (`get_all([k, k])`, a multi index):
-    /// the spec says such a feed delivers each change twice, and that squashing keeps one
-    /// entry per primary key; the consumer must still end up with the query's result.
+    /// as documented (the `remodel::feed` module and `Change`), such a feed delivers each
+    /// change twice, and squashing keeps one entry per primary key; the consumer must still end
+    /// up with the query's result.
     #[test]
     fn squashed_feeds_with_duplicate_rows_equal_their_query(
         seed in seed(),

@@ -10,7 +10,9 @@
 //!    returns exactly the documents the documented rules put in it, in
 //!    `(index value, primary key)` order, and `index_status` counts its entries.
 //!
-//! The model is written from the spec (store.md), independently of the store's own code.
+//! The model is written from the documented rules (the total order in README.md's design
+//! section, the docs of `IndexSpec` in `db/index.rs` and of `Patch`), independently of the
+//! store's own code.
 
 mod common;
 

@@ -1,5 +1,9 @@
-//! One regression test for each mistake of the Python Remodel listed at the end of
-//! `models.md`.
+//! One regression test for each known mistake of the Python Remodel: a global connection and
+//! registry, a many-to-many `remove` that detached from every parent, relation caches shared
+//! between two relations to one model, unindexed foreign-key lookups, one write per detached
+//! child, clearing a relation before validating its replacement, `filter([])` matching every
+//! row, and hooks that saw an object before its fields were loaded (each test's doc comment
+//! names its mistake).
 
 // Two relations to the same model repeat its name in two attributes.
 #![allow(clippy::duplicated_attributes)]

@@ -26,8 +26,9 @@ pub fn merge(doc: &mut Value, patch: &Value) {
     }
 }
 
-/// The values under which a document is in an index, per the spec: none for a missing or null
-/// field; compound: every field present and non-null; multi: each distinct non-null element.
+/// The values under which a document is in an index, as `remodel/src/db/index.rs` documents
+/// them (`IndexSpec` and its compiled form): none for a missing or null field; compound: every
+/// field present and non-null; multi: each distinct non-null element.
 pub fn index_values(spec: &IndexSpec, doc: &Value) -> Vec<Value> {
     let get = |f: &str| path_get(doc, f).filter(|v| !v.is_null());
     if spec.is_compound() {
