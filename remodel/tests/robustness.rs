@@ -359,6 +359,41 @@ async fn d3_multi_index_arrays_are_bounded_and_fast() {
         .unwrap();
     assert!(matches!(r.first_error, Some(Error::TooLarge { .. })));
     assert_eq!(t.index_status().unwrap()[0].entries, MAX_MULTI_ELEMENTS / 2);
+
+    // Many documents at the limit: an insert commits them in several bounded commits (other
+    // writers get the lock in between); one batch of them, being one commit, is refused.
+    let many = |from: usize| -> Vec<Value> {
+        (from..from + 30)
+            .map(|i| {
+                let tags: Vec<Value> = (0..MAX_MULTI_ELEMENTS).map(|j| json!(j)).collect();
+                json!({"id": i, "tags": tags})
+            })
+            .collect()
+    };
+    let mut batch = db.batch();
+    for d in many(100) {
+        batch = batch.insert("t", d);
+    }
+    assert!(matches!(batch.await, Err(Error::TooLarge { .. })));
+    let started = Instant::now();
+    let writer = {
+        let t = t.clone();
+        let docs = many(200);
+        tokio::spawn(async move { t.insert_many(docs).await })
+    };
+    let mut worst = Duration::ZERO;
+    while !writer.is_finished() {
+        let one = Instant::now();
+        db.table("other").insert(json!({})).await.unwrap();
+        worst = worst.max(one.elapsed());
+    }
+    assert_eq!(writer.await.unwrap().unwrap().inserted, 30);
+    let whole = started.elapsed();
+    println!("a 30 x 10,000-element insert took {whole:?}; the longest one-row insert beside it {worst:?}");
+    assert!(
+        worst * 2 < whole,
+        "another table waited {worst:?} of the {whole:?} the large insert took"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -104,7 +104,20 @@ pub(crate) struct CompiledIndex {
 /// which every writer waits for).
 pub const MAX_MULTI_ELEMENTS: usize = 10_000;
 
+/// The most index entries one atomic commit computes under the commit lock (a few hundred
+/// milliseconds of work in a release build, seconds in a debug one): a larger insert is split
+/// into more commits, a larger batch is refused with [`Error::TooLarge`].
+pub(crate) const MAX_COMMIT_INDEX_WORK: usize = 10 * MAX_MULTI_ELEMENTS;
+
 impl CompiledIndex {
+    /// About how many index entries `doc` gives (an upper bound: duplicates count).
+    pub(crate) fn work(&self, doc: &Value) -> usize {
+        match self.paths[0].get(doc) {
+            Some(Value::Array(items)) if self.multi => items.len().max(1),
+            _ => 1,
+        }
+    }
+
     /// The values under which `doc` is indexed (none when the field is missing or null); a
     /// multi index gives each distinct element once, in the order of first occurrence.
     pub(crate) fn values(&self, doc: &Value) -> Vec<Value> {

@@ -110,6 +110,16 @@ impl TableState {
             .try_for_each(|ix| ix.compiled.check_limits(doc, &ix.name))
     }
 
+    /// About how many index entries writing `doc` computes (see
+    /// [`super::index::MAX_COMMIT_INDEX_WORK`]).
+    pub(crate) fn index_work(&self, doc: &Value) -> usize {
+        self.indexes
+            .read()
+            .iter()
+            .map(|ix| ix.compiled.work(doc))
+            .sum()
+    }
+
     pub(crate) fn parse_doc(&self, bytes: &[u8]) -> Result<Value> {
         serde_json::from_slice(bytes).map_err(|e| {
             Error::Serialization(format!(

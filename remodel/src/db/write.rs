@@ -57,11 +57,19 @@ impl DbInner {
         let mut result = WriteResult::default();
         let mut ops = ops.into_iter().peekable();
         while ops.peek().is_some() {
-            let chunk = ops
-                .by_ref()
-                .take(CHUNK)
-                .map(|op| (table.clone(), op))
-                .collect();
+            // Up to CHUNK writes, and up to MAX_COMMIT_INDEX_WORK index entries: what one
+            // hold of the commit lock costs every other writer stays bounded.
+            let mut chunk = Vec::new();
+            let mut work = 0;
+            while let Some(op) = ops.peek() {
+                let w = op_index_work(table, op);
+                let full = chunk.len() == CHUNK || work + w > super::index::MAX_COMMIT_INDEX_WORK;
+                if full && !chunk.is_empty() {
+                    break;
+                }
+                work += w;
+                chunk.push((table.clone(), ops.next().expect("peeked")));
+            }
             self.commit_locked(
                 || Ok(chunk),
                 Commit {
@@ -361,6 +369,17 @@ pub(crate) struct Commit {
     pub hard: bool,
 }
 
+pub(crate) use super::index::MAX_COMMIT_INDEX_WORK;
+
+/// About how many index entries a write computes (updates: as many as the table has indexes;
+/// their documents are known only under the lock).
+pub(crate) fn op_index_work(table: &TableState, op: &WriteOp) -> usize {
+    match op {
+        WriteOp::Insert { doc, .. } | WriteOp::Replace { doc, .. } => table.index_work(doc),
+        WriteOp::Update { .. } | WriteOp::Delete { .. } => table.indexes.read().len(),
+    }
+}
+
 /// Whether two staged values are the same allocation (or both absent).
 fn same(a: &Option<Arc<Value>>, b: &Option<Arc<Value>>) -> bool {
     match (a, b) {
@@ -439,8 +458,16 @@ impl Database {
         // A small write commits in place when the commit lock is free; a large one, or one
         // that would wait for the lock, runs on a blocking thread: an async worker never
         // waits on the commit lock.
-        let ops = match ops.len() {
-            0..=64 => match self.inner.try_commit_now(&table, ops, return_changes, hard) {
+        // Small also in index work: a document with a large multi-index array is computed off
+        // the workers, in commits bounded by MAX_COMMIT_INDEX_WORK.
+        let small = ops.len() <= 64
+            && ops
+                .iter()
+                .map(|op| op_index_work(&table, op))
+                .sum::<usize>()
+                <= 1024;
+        let ops = match small {
+            true => match self.inner.try_commit_now(&table, ops, return_changes, hard) {
                 Ok(done) => {
                     let result = done?;
                     self.settle(durability).await?;
@@ -448,7 +475,7 @@ impl Database {
                 }
                 Err(ops) => ops,
             },
-            _ => ops,
+            false => ops,
         };
         let inner = self.inner.clone();
         let result =

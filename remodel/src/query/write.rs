@@ -546,6 +546,22 @@ impl Batch {
             };
             steps.push(step);
         }
+        // A batch is one atomic commit: its index work under the commit lock is bounded.
+        let work: usize = steps
+            .iter()
+            .map(|s| match s {
+                Step::Write(t, op) => crate::db::write::op_index_work(t, op),
+                Step::Where(..) | Step::RequireEmpty(..) => 0,
+            })
+            .sum();
+        let max = crate::db::write::MAX_COMMIT_INDEX_WORK;
+        if work > max {
+            return Err(Error::TooLarge {
+                what: "index entries written by one batch".into(),
+                size: work,
+                limit: max,
+            });
+        }
         let how = Commit {
             return_changes: self.opts.return_changes,
             all_or_nothing: true,
