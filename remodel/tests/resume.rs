@@ -439,3 +439,30 @@ fn a_feed_resumes_after_the_writer_is_killed() {
     });
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_cursor_older_than_the_in_memory_tail_resumes_from_disk() {
+    let db = logged_db().await;
+    db.create_table("t").await.unwrap();
+    let t = db.table("t");
+    let mut feed = t.changes().await.unwrap();
+    t.insert(json!({"id": -1})).await.unwrap();
+    let cursor = take(&mut feed, 1).await[0].cursor().unwrap();
+    drop(feed);
+    // More changes than the log keeps in memory (16,384), fewer than it keeps on disk.
+    let docs: Vec<remodel::Value> = (0..20_000).map(|i| json!({"id": i})).collect();
+    t.insert_many(docs).await.unwrap();
+    db.create_table("other").await.unwrap();
+    db.table("other").insert(json!({"id": 1})).await.unwrap();
+    let mut resumed = t.changes().resume_from(cursor).await.unwrap();
+    let got = take(&mut resumed, 20_000).await;
+    for (i, c) in got.iter().enumerate() {
+        assert_eq!(c.new_val(), Some(&json!({"id": i})));
+    }
+    quiet(&mut resumed).await;
+    // From a recent cursor, the same changes come from memory.
+    let recent = got[19_000].cursor().unwrap();
+    let mut resumed = t.changes().resume_from(recent).await.unwrap();
+    assert_eq!(pairs(&take(&mut resumed, 999).await), pairs(&got[19_001..]));
+    quiet(&mut resumed).await;
+}

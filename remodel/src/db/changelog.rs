@@ -11,7 +11,9 @@
 use super::write::Committed;
 use crate::storage::{Storage, Tree, WriteBatch};
 use crate::{Error, Result};
+use parking_lot::Mutex;
 use serde_json::Value;
+use std::collections::VecDeque;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -53,7 +55,13 @@ pub(crate) struct ChangeLog {
     count: AtomicU64,
     /// Entries written since the last age check.
     since_check: AtomicU64,
+    /// The newest changes, in memory, as committed (shared with the feeds' items): a feed
+    /// resuming from a recent cursor (a reconnect) reads them without touching the disk.
+    tail: Mutex<VecDeque<(Arc<str>, Committed)>>,
 }
+
+/// How many of the newest changes the log keeps in memory as well.
+const TAIL: usize = 16_384;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -170,6 +178,7 @@ impl ChangeLog {
             retention,
             floor: AtomicU64::new(floor),
             since_check: AtomicU64::new(0),
+            tail: Mutex::new(VecDeque::new()),
         };
         Ok(log)
     }
@@ -199,6 +208,18 @@ impl ChangeLog {
         let entry = encode(table, key, old, new)?;
         batch.insert(&self.tree, seq.to_be_bytes().to_vec(), entry);
         Ok(())
+    }
+
+    /// Remembers a commit's changes to `table` in the in-memory tail, once they are in
+    /// storage (the caller holds the commit lock).
+    pub(crate) fn remember(&self, table: &Arc<str>, changes: &[Committed]) {
+        let mut tail = self.tail.lock();
+        for c in changes {
+            if tail.len() == TAIL {
+                tail.pop_front();
+            }
+            tail.push_back((table.clone(), c.clone()));
+        }
     }
 
     /// Every change numbered this or above is in the log.
@@ -261,17 +282,33 @@ impl ChangeLog {
         &self,
         table: &str,
         from: u64,
-    ) -> impl Iterator<Item = Result<Committed>> + '_ {
+    ) -> Box<dyn Iterator<Item = Result<Committed>> + '_> {
+        {
+            // The tail holds every change from its first one on: a cursor at or after that
+            // one reads from memory.
+            let tail = self.tail.lock();
+            if tail.front().is_some_and(|(_, c)| c.seq <= from) {
+                let at = tail.partition_point(|(_, c)| c.seq < from);
+                let out: Vec<Result<Committed>> = tail
+                    .range(at..)
+                    .filter(|(t, _)| &**t == table)
+                    .map(|(_, c)| Ok(c.clone()))
+                    .collect();
+                return Box::new(out.into_iter());
+            }
+        }
         let table = table.to_string();
-        self.tree
-            .range(
-                Bound::Included(from.to_be_bytes().to_vec()),
-                Bound::Unbounded,
-            )
-            .filter_map(move |entry| {
-                let decoded = entry.and_then(|(k, v)| decode(be_u64(&k)?, &v, &table));
-                decoded.transpose()
-            })
+        Box::new(
+            self.tree
+                .range(
+                    Bound::Included(from.to_be_bytes().to_vec()),
+                    Bound::Unbounded,
+                )
+                .filter_map(move |entry| {
+                    let decoded = entry.and_then(|(k, v)| decode(be_u64(&k)?, &v, &table));
+                    decoded.transpose()
+                }),
+        )
     }
 }
 

@@ -335,6 +335,11 @@ impl DbInner {
         }
         self.storage.apply(&batch)?;
         if let Some(log) = &self.changelog {
+            for (table, changes) in tables.iter().zip(&committed) {
+                if !changes.is_empty() {
+                    log.remember(&Arc::from(table.name.as_str()), changes);
+                }
+            }
             let n = committed.iter().map(|c| c.len() as u64).sum();
             // Trimming is housekeeping: the commit is done, and a failed trim is retried
             // with the next one.
