@@ -30,8 +30,10 @@ use minijinja::context;
 use remodel::model::{ModelChanges, ModelFeed};
 use remodel::{ChangeKind, Cursor, Error, FeedState, Model};
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::{Future, IntoFuture};
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// What the live handlers return.
@@ -81,16 +83,47 @@ fn last_event_id(headers: &HeaderMap) -> Option<Result<Cursor, String>> {
     Some(text.and_then(|t| t.parse::<Cursor>().map_err(|e| e.to_string())))
 }
 
+/// Events already made, by the change behind them and the list they are for: a change seen
+/// by hundreds of open ship pages (each with its own feed) is rendered once, since rendering
+/// is most of what a delivery costs. The most recent changes are kept.
+#[derive(Default)]
+pub(crate) struct EventCache {
+    events: Mutex<BTreeMap<(Cursor, String), Event>>,
+}
+
+impl EventCache {
+    const KEEP: usize = 4096;
+
+    /// The event of the change at `at` for `list`, made by `make` if no stream made it yet.
+    fn get_or_make(&self, at: Option<Cursor>, list: String, make: impl FnOnce() -> Event) -> Event {
+        let Some(at) = at else { return make() };
+        let key = (at, list);
+        if let Some(e) = self
+            .events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return e.clone();
+        }
+        let event = make();
+        let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        events.insert(key, event.clone());
+        while events.len() > Self::KEEP {
+            events.pop_first();
+        }
+        event
+    }
+}
+
 /// What a row stream tells the page.
 enum RowUpdate {
     /// One row of the current state (rendered), before `Ready`.
     Initial(String),
     /// The current state is complete: replace the page's rows with it.
     Ready,
-    /// A row was added or changed (DOM id, rendered row).
-    Upsert(String, String, Option<Cursor>),
-    /// A row left (DOM id).
-    Remove(String, Option<Cursor>),
+    /// A row was added, changed or removed: a `row` event (see [`row_event`]).
+    Change(Event),
     /// Nothing to tell (a state marker).
     Skip,
     /// The feed failed or missed changes: the page must reload.
@@ -110,8 +143,7 @@ fn row_events(
                 RowUpdate::Ready => {
                     yield event("reset", json!({ "html": std::mem::take(&mut initial) }), None)
                 }
-                RowUpdate::Upsert(id, html, at) => yield event("row", json!({ "id": id, "html": html }), at),
-                RowUpdate::Remove(id, at) => yield event("row", json!({ "id": id, "html": null }), at),
+                RowUpdate::Change(e) => yield e,
                 RowUpdate::Skip => {}
                 RowUpdate::Failed(why) => {
                     yield Event::default().event("reload").data(why);
@@ -148,6 +180,24 @@ impl<T: Model> RowFeed for ModelChanges<T> {
     fn resume(self, cursor: Cursor) -> Self {
         self.resume_from(cursor)
     }
+}
+
+/// A `row` event: `{id, html}` with the row's DOM id, and `html: null` for a row that left.
+/// Made once per change and list, whatever the number of streams (see [`EventCache`]).
+fn row_event(
+    app: &AppState,
+    list: &str,
+    id: String,
+    at: Option<Cursor>,
+    html: impl FnOnce() -> Option<String>,
+) -> RowUpdate {
+    let e = app
+        .inner
+        .events
+        .get_or_make(at, format!("{list}/{id}"), || {
+            event("row", json!({ "id": id, "html": html() }), at)
+        });
+    RowUpdate::Change(e)
 }
 
 /// Opens a row feed: resumed from the browser's `Last-Event-ID`, or fresh with the current
@@ -192,18 +242,20 @@ pub async fn crew(
         Ok(feed) => feed,
         Err(reload) => return Ok(reload),
     };
+    let state = app.clone();
+    let list = format!("crew/{}", ship.id_str());
     let row = move |m: &Crewmember| render_row("crew_row.html", context! { m, ship, ships });
     let updates = feed.map(move |item| match item {
         Err(e) => failed(e),
         Ok(c) => match (c.kind, c.raw().cursor(), c.new, c.old) {
             (ChangeKind::State, ..) => ready_or_skip(c.state),
             (ChangeKind::Initial, _, Some(m), _) => RowUpdate::Initial(row(&m)),
-            (_, at, Some(m), _) => RowUpdate::Upsert(dom_id("crew", &m), row(&m), at),
-            (_, at, None, Some(m)) => RowUpdate::Remove(dom_id("crew", &m), at),
+            (_, at, Some(m), _) => row_event(&app, &list, dom_id("crew", &m), at, || Some(row(&m))),
+            (_, at, None, Some(m)) => row_event(&app, &list, dom_id("crew", &m), at, || None),
             (_, _, None, None) => RowUpdate::Skip,
         },
     });
-    Ok(serve(&app, row_events(updates)))
+    Ok(serve(&state, row_events(updates)))
 }
 
 /// `/ship/{id}/away/events`: the away team, live, through the feed of the ship's links
@@ -219,9 +271,10 @@ pub async fn away_team(
         Ok(feed) => feed,
         Err(reload) => return Ok(reload),
     };
-    let db = app.db.clone();
+    let state = app.clone();
+    let list = format!("away/{}", ship.id_str());
     let updates = feed.then(move |item| {
-        let (db, ship) = (db.clone(), ship.clone());
+        let (app, ship, list) = (app.clone(), ship.clone(), list.clone());
         async move {
             let c = match item {
                 Ok(c) => c,
@@ -232,26 +285,27 @@ pub async fn away_team(
             let cursor = c.cursor();
             match (c.kind(), member_key(c.new_val()), member_key(c.old_val())) {
                 (ChangeKind::State, ..) => ready_or_skip(c.state()),
-                (kind, Some(key), _) => match Crewmember::get(&db, key).await {
+                (kind, Some(key), _) => match Crewmember::get(&app.db, key).await {
                     Ok(Some(m)) => {
-                        let html = render_row("away_row.html", context! { m, ship });
+                        let html = || render_row("away_row.html", context! { m, ship });
                         if kind == ChangeKind::Initial {
-                            RowUpdate::Initial(html)
+                            RowUpdate::Initial(html())
                         } else {
-                            RowUpdate::Upsert(dom_id("away", &m), html, cursor)
+                            row_event(&app, &list, dom_id("away", &m), cursor, || Some(html()))
                         }
                     }
                     Ok(None) => RowUpdate::Skip, // deleted since it joined
                     Err(e) => failed(e),
                 },
                 (_, None, Some(key)) => {
-                    RowUpdate::Remove(format!("away-{}", key.as_str().unwrap_or_default()), cursor)
+                    let id = format!("away-{}", key.as_str().unwrap_or_default());
+                    row_event(&app, &list, id, cursor, || None)
                 }
                 (_, None, None) => RowUpdate::Skip,
             }
         }
     });
-    Ok(serve(&app, row_events(updates)))
+    Ok(serve(&state, row_events(updates)))
 }
 
 fn ready_or_skip(state: Option<FeedState>) -> RowUpdate {

@@ -81,3 +81,26 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     db.close().await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_args;
+
+    fn parse(args: &[&str]) -> Result<(String, String), String> {
+        let a = parse_args(args.iter().map(|s| s.to_string()))?;
+        Ok((a.addr.to_string(), a.data_dir.display().to_string()))
+    }
+
+    #[test]
+    fn flags_and_defaults() {
+        assert_eq!(parse(&[]), Ok(("127.0.0.1:8090".into(), "starfleet-data".into())));
+        assert_eq!(
+            parse(&["--addr", "0.0.0.0:9000", "--data-dir", "/tmp/sf"]),
+            Ok(("0.0.0.0:9000".into(), "/tmp/sf".into()))
+        );
+        assert!(parse(&["--addr", "nowhere"]).unwrap_err().contains("not HOST:PORT"));
+        assert!(parse(&["--data-dir"]).unwrap_err().contains("needs a value"));
+        assert!(parse(&["--port", "1"]).unwrap_err().contains("unknown argument"));
+        assert_eq!(parse(&["--help"]), Err(String::new()));
+    }
+}
