@@ -140,6 +140,8 @@ struct Acc {
     best: Option<Best>,
     /// The best row left: refill from the index after the commit.
     stale: bool,
+    /// The group's row as last shown (rebuilt once per commit that touches the group).
+    shown: Option<Arc<Value>>,
 }
 
 /// A live aggregate's state.
@@ -175,6 +177,7 @@ impl LiveAgg {
                     total: 0.0,
                     best: None,
                     stale: false,
+                    shown: None,
                 },
             );
         }
@@ -185,6 +188,10 @@ impl LiveAgg {
         }
         if agg.groups.values().any(|a| a.stale) {
             agg.refill(matcher, view)?;
+        }
+        let keys: Vec<Vec<u8>> = agg.groups.keys().cloned().collect();
+        for k in keys {
+            agg.reshow(&k);
         }
         Ok(agg)
     }
@@ -259,6 +266,7 @@ impl LiveAgg {
                 total: 0.0,
                 best: None,
                 stale: false,
+                shown: None,
             });
             acc.rows += 1;
             match self.def.reduce {
@@ -423,11 +431,18 @@ impl LiveAgg {
         }
     }
 
+    /// Rebuilds a group's shown row; returns it (`None`: the group is gone).
+    fn reshow(&mut self, k: &[u8]) -> Option<Arc<Value>> {
+        let row = Arc::new(self.row(self.groups.get(k)?));
+        self.groups.get_mut(k)?.shown = Some(row.clone());
+        Some(row)
+    }
+
     /// The current groups, in group order.
     pub(crate) fn rows(&self) -> Vec<Arc<Value>> {
         self.groups
             .values()
-            .map(|a| Arc::new(self.row(a)))
+            .map(|a| a.shown.clone().unwrap_or_else(|| Arc::new(self.row(a))))
             .collect()
     }
 
@@ -439,13 +454,14 @@ impl LiveAgg {
         (matcher, view): (&Matcher, &View),
         changes: &[&Committed],
     ) -> Result<Vec<Change>> {
-        let mut before: BTreeMap<Vec<u8>, Option<Value>> = BTreeMap::new();
+        let mut before: BTreeMap<Vec<u8>, Option<Arc<Value>>> = BTreeMap::new();
         let touched = |agg: &Self, seen: &Value, before: &mut BTreeMap<_, _>| {
             for g in agg.groups_of(seen) {
                 let k = agg.key_of(&g);
-                before
-                    .entry(k.clone())
-                    .or_insert_with(|| agg.groups.get(&k).map(|a| agg.row(a)));
+                if !before.contains_key(&k) {
+                    let shown = agg.groups.get(&k).and_then(|a| a.shown.clone());
+                    before.insert(k, shown);
+                }
             }
         };
         for c in changes {
@@ -476,15 +492,11 @@ impl LiveAgg {
         }
         let mut out = Vec::new();
         for (k, old) in before {
-            let new = self.groups.get(&k).map(|a| self.row(a));
+            let new = self.reshow(&k);
             if old == new {
                 continue;
             }
-            out.push(Change::row(
-                Some(Arc::from(&k[..])),
-                old.map(Arc::new),
-                new.map(Arc::new),
-            ));
+            out.push(Change::row(Some(Arc::from(&k[..])), old, new));
         }
         Ok(out)
     }
