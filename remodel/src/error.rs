@@ -179,19 +179,6 @@ pub enum Error {
 /// `Result` with Remodel's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-impl From<sled::Error> for Error {
-    fn from(e: sled::Error) -> Self {
-        match e {
-            // sled prints the tree name as a list of bytes.
-            sled::Error::CollectionNotFound(name) => Error::Storage(format!(
-                "tree `{}` does not exist",
-                String::from_utf8_lossy(&name)
-            )),
-            e => Error::Storage(e.to_string()),
-        }
-    }
-}
-
 impl From<serde_json::Error> for Error {
     fn from(e: serde_json::Error) -> Self {
         Error::Serialization(e.to_string())

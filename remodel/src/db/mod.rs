@@ -15,10 +15,10 @@ pub use changelog::ChangeLogRetention;
 use group_flush::GroupFlush;
 pub(crate) use index::IndexState;
 pub use index::{IndexSpec, IndexStatus, MAX_MULTI_ELEMENTS};
+pub use patch::Patch;
 pub(crate) use sink::ChangeSink;
 pub(crate) use table::TableState;
 pub(crate) use visibility::Visibility;
-pub use patch::Patch;
 pub use write_types::{ChangePair, Conflict, Durability, WriteResult};
 
 use crate::storage::{EngineConfig, Liveness, OpenFailure, Storage, Tree, WriteBatch};
@@ -239,37 +239,14 @@ fn temporary_dir() -> Result<PathBuf> {
 /// crash interrupted, not a loss.
 const MARKER_FILE: &str = "remodel.opened";
 
-/// Refuses a database folder whose data file is missing or empty although a database was
-/// opened there before: sled would silently start an empty database over it.
+/// Refuses a database folder whose data files are missing or damaged although a database was
+/// opened there before: the engine would silently start an empty database over it.
 fn check_files(path: &Path) -> Result<()> {
     if !path.join(MARKER_FILE).exists() {
         return Ok(()); // a new database, or one whose creation a crash interrupted
     }
-    let damaged = |reason: &str| Error::Damaged {
-        path: path.display().to_string(),
-        reason: reason.to_string(),
-    };
-    // sled's conf: `key: value` lines, then a 4-byte checksum; sled reports a bad one only
-    // as "corruption" without saying where.
-    if let Ok(conf) = std::fs::read(path.join("conf")) {
-        let text = conf.get(..conf.len().saturating_sub(4)).unwrap_or_default();
-        let readable = std::str::from_utf8(text)
-            .is_ok_and(|t| t.lines().all(|l| l.is_empty() || l.contains(": ")));
-        if conf.len() > 8 && !readable {
-            return Err(damaged("its `conf` file is damaged"));
-        }
-    }
-    match std::fs::metadata(path.join("db")) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Err(damaged("its data file `db` is missing"))
-        }
-        Err(e) => Err(Error::Storage(format!(
-            "cannot read the data file of the database at {}: {e}",
-            path.display()
-        ))),
-        Ok(m) if m.len() == 0 => Err(damaged("its data file `db` is empty (0 bytes)")),
-        Ok(_) => Ok(()),
-    }
+    // Which files must be there is the engine's business.
+    crate::storage::check_files(path)
 }
 
 /// Writes the [`MARKER_FILE`] of a database folder that opened (once).

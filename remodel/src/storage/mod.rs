@@ -1,11 +1,19 @@
 //! The narrow storage interface the store is built on.
 //!
-//! Everything above this module sees named trees of ordered byte keys, atomic multi-tree
-//! write batches, and flushes; nothing else of sled leaks out. That keeps the engine
-//! replaceable (sled 0.34 has known crash-consistency reports; another engine may be added
-//! beside it) and keeps the write path in one place.
+//! Everything above this module sees named trees of ordered byte keys, crash-atomic
+//! multi-tree write batches, and flushes; no engine type leaks out. The engine itself is
+//! behind two small traits (`engine.rs`: named trees with single-key atomic writes, and a
+//! flush); sled implements them (`sled_engine.rs`). What the store needs beyond that is built
+//! here once for every engine: multi-key crash atomicity through an intent journal, failure
+//! tracking (a failed write or flush makes the storage unusable rather than inconsistent),
+//! and the errors of dropped trees.
 
+mod engine;
 mod journal;
+mod sled_engine;
+
+pub(crate) use engine::Bytes;
+use engine::{Engine, EngineError, EngineIter, EngineTree};
 
 use crate::{Error, Result};
 use std::ops::Bound;
@@ -14,9 +22,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 const JOURNAL_TREE: &str = "__remodel_journal";
-
-/// Bytes handed out by the engine (cheap to clone, derefs to `[u8]`).
-pub(crate) type Bytes = sled::IVec;
 
 /// Engine settings taken from the database configuration.
 pub(crate) struct EngineConfig<'a> {
@@ -61,19 +66,18 @@ pub(crate) enum OpenFailure {
     Damaged(String),
 }
 
-impl OpenFailure {
-    fn from_sled(e: sled::Error) -> Self {
-        match e {
-            sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
-                OpenFailure::Locked
-            }
-            sled::Error::Io(io) => OpenFailure::Io(io),
-            sled::Error::Corruption { at, .. } => OpenFailure::Damaged(match at {
-                Some(at) => format!("the storage engine found damaged data at {at:?}"),
-                None => "the storage engine found damaged data in its files".into(),
-            }),
-            e => OpenFailure::Damaged(format!("the storage engine refused it: {e}")),
-        }
+/// Refuses a database folder whose data files are missing or damaged (the caller knows a
+/// database was opened there before).
+pub(crate) fn check_files(path: &Path) -> Result<()> {
+    sled_engine::check_files(path)
+}
+
+/// An engine failure as the store reports it: a dropped tree as the error of what it was (a
+/// table's or an index's), anything else as a storage error saying what happened.
+fn engine_error(e: EngineError, missing: &Error) -> Error {
+    match e {
+        EngineError::MissingTree => missing.clone(),
+        e => Error::Storage(e.to_string()),
     }
 }
 
@@ -91,9 +95,9 @@ impl Liveness {
 /// An open storage engine.
 #[derive(Clone)]
 pub(crate) struct Storage {
-    db: sled::Db,
+    engine: Arc<dyn Engine>,
     /// Intent records of multi-key batches (see `journal`).
-    journal: sled::Tree,
+    journal: Tree,
     journal_seq: Arc<AtomicU64>,
     shared: Arc<Shared>,
 }
@@ -101,7 +105,7 @@ pub(crate) struct Storage {
 /// One ordered tree of byte keys.
 #[derive(Clone)]
 pub(crate) struct Tree {
-    inner: sled::Tree,
+    inner: Arc<dyn EngineTree>,
     name: String,
     shared: Arc<Shared>,
     /// The error for "this tree was dropped" (which table or index it was).
@@ -110,44 +114,30 @@ pub(crate) struct Tree {
 
 impl Storage {
     /// Opens the engine; a failure says what kind it is, so that the caller can name it.
+    /// Batches a crash left in the journal are completed first.
     pub(crate) fn open(cfg: EngineConfig<'_>) -> Result<Self, OpenFailure> {
-        // sled panics on some damaged files (and on some settings): a typed error instead.
-        let opened =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Self::open_sled(cfg)));
-        match opened {
-            Ok(Ok(s)) => Ok(s),
-            Ok(Err(e)) => Err(OpenFailure::from_sled(e)),
-            Err(panic) => {
-                let msg = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "no message".into());
-                Err(OpenFailure::Damaged(format!(
-                    "the storage engine failed while reading it ({msg})"
-                )))
-            }
-        }
-    }
-
-    fn open_sled(cfg: EngineConfig<'_>) -> sled::Result<Self> {
-        let mut sc = sled::Config::new()
-            .cache_capacity(cfg.cache_bytes)
-            .mode(sled::Mode::HighThroughput)
-            .flush_every_ms(cfg.flush_every_ms)
-            .temporary(cfg.temporary);
-        if let Some(p) = cfg.path {
-            sc = sc.path(p);
-        }
-        let db = sc.open()?;
-        let journal = db.open_tree(JOURNAL_TREE)?;
+        let engine: Arc<dyn Engine> = Arc::new(sled_engine::SledEngine::open(&cfg)?);
+        let shared = Arc::new(Shared::default());
+        let failed = |e: EngineError| match e {
+            EngineError::Io(io) => OpenFailure::Io(io),
+            e => OpenFailure::Damaged(format!("the storage engine refused it: {e}")),
+        };
+        let journal = Tree {
+            inner: engine.open_tree(JOURNAL_TREE).map_err(failed)?,
+            name: JOURNAL_TREE.to_string(),
+            shared: shared.clone(),
+            missing: Error::Storage(format!("tree `{JOURNAL_TREE}` does not exist")),
+        };
         let mut storage = Storage {
-            db,
+            engine,
             journal,
             journal_seq: Arc::new(AtomicU64::new(0)),
-            shared: Arc::default(),
+            shared,
         };
-        let next = storage.replay_journal()?;
+        let next = storage.replay_journal().map_err(|e| match e {
+            Error::Storage(m) => OpenFailure::Damaged(m),
+            e => OpenFailure::Damaged(e.to_string()),
+        })?;
         storage.journal_seq = Arc::new(AtomicU64::new(next));
         Ok(storage)
     }
@@ -168,17 +158,24 @@ impl Storage {
     }
 
     pub(crate) fn tree(&self, name: &str) -> Result<Tree> {
+        let missing = Error::Storage(format!("tree `{name}` does not exist"));
         Ok(Tree {
-            inner: self.db.open_tree(name)?,
+            inner: self
+                .engine
+                .open_tree(name)
+                .map_err(|e| engine_error(e, &missing))?,
             name: name.to_string(),
             shared: self.shared.clone(),
-            missing: Error::Storage(format!("tree `{name}` does not exist")),
+            missing,
         })
     }
 
     pub(crate) fn drop_tree(&self, name: &str) -> Result<()> {
         self.check()?;
-        self.db.drop_tree(name)?;
+        let missing = Error::Storage(format!("tree `{name}` does not exist"));
+        self.engine
+            .drop_tree(name)
+            .map_err(|e| engine_error(e, &missing))?;
         Ok(())
     }
 
@@ -204,7 +201,7 @@ impl Storage {
                     journal::encode(ops.iter().map(|(i, k, v)| {
                         (batch.trees[*i].name.as_str(), k.as_slice(), v.as_deref())
                     }));
-                self.journal.insert(id, entry)?;
+                self.journal.write(&id, Some(&entry))?;
                 let mut undo: Vec<(usize, &[u8], Option<Bytes>)> = Vec::with_capacity(ops.len());
                 for (i, key, value) in ops {
                     match batch.trees[*i].write(key, value.as_deref()) {
@@ -212,13 +209,12 @@ impl Storage {
                         Err(e) => return Err(self.undo(batch, id, undo, e)),
                     }
                 }
-                if let Err(e) = self.journal.remove(id) {
+                if let Err(e) = self.journal.write(&id, None) {
                     // The entry stays: nothing may be written after it, or the next open
                     // would apply it on top of later writes.
-                    return Err(self.shared.fail(format!(
-                        "removing a journal entry failed: {}",
-                        Error::from(e)
-                    )));
+                    return Err(self
+                        .shared
+                        .fail(format!("removing a journal entry failed: {e}")));
                 }
                 Ok(())
             }
@@ -241,7 +237,7 @@ impl Storage {
             .try_for_each(|(i, key, previous)| {
                 batch.trees[*i].write(key, previous.as_deref()).map(drop)
             })
-            .and_then(|()| self.journal.remove(id).map(drop).map_err(Error::from));
+            .and_then(|()| self.journal.write(&id, None).map(drop));
         match undone {
             Ok(()) => cause,
             Err(e) => self.shared.fail(format!(
@@ -251,23 +247,21 @@ impl Storage {
     }
 
     /// Applies the batches a crash left in the journal, oldest first.
-    fn replay_journal(&self) -> sled::Result<u64> {
+    fn replay_journal(&self) -> Result<u64> {
         let mut next = 0;
         for entry in self.journal.iter() {
             let (id, bytes) = entry?;
             let ops = journal::decode(&bytes)
-                .map_err(|_| sled::Error::Unsupported("a journal entry is damaged".into()))?;
+                .map_err(|_| Error::Storage("a journal entry is damaged".into()))?;
             for (tree, key, value) in ops {
-                let tree = self.db.open_tree(&tree)?;
-                match value {
-                    Some(v) => tree.insert(key, v)?,
-                    None => tree.remove(key)?,
-                };
+                self.tree(&tree)?.write(&key, value.as_deref())?;
             }
-            self.journal.remove(&id)?;
-            next = u64::from_be_bytes(id.as_ref().try_into().unwrap_or([0; 8])) + 1;
+            self.journal.write(&id, None)?;
+            next = u64::from_be_bytes((&*id).try_into().unwrap_or([0; 8])) + 1;
         }
-        self.db.flush()?;
+        self.engine
+            .flush()
+            .map_err(|e| Error::Storage(format!("writing to disk failed: {e}")))?;
         Ok(next)
     }
 
@@ -286,10 +280,9 @@ impl Storage {
     /// write is still in memory, and readers must not see writes that were not acknowledged.
     pub(crate) fn flush_blocking(&self) -> Result<()> {
         self.check()?;
-        self.db.flush().map_err(|e| {
-            self.shared
-                .fail(format!("writing to disk failed: {}", Error::from(e)))
-        })?;
+        self.engine
+            .flush()
+            .map_err(|e| self.shared.fail(format!("writing to disk failed: {e}")))?;
         Ok(())
     }
 }
@@ -301,20 +294,13 @@ impl Tree {
         self
     }
 
-    fn err(&self, e: sled::Error) -> Error {
-        match e {
-            sled::Error::CollectionNotFound(_) => self.missing.clone(),
-            e => e.into(),
-        }
+    fn err(&self, e: EngineError) -> Error {
+        engine_error(e, &self.missing)
     }
 
     /// Writes one key; returns its previous value.
     fn write(&self, key: &[u8], value: Option<&[u8]>) -> Result<Option<Bytes>> {
-        match value {
-            Some(v) => self.inner.insert(key, v),
-            None => self.inner.remove(key),
-        }
-        .map_err(|e| self.err(e))
+        self.inner.write(key, value).map_err(|e| self.err(e))
     }
 
     pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
@@ -322,7 +308,7 @@ impl Tree {
         self.inner.get(key).map_err(|e| self.err(e))
     }
 
-    fn wrap(&self, inner: sled::Iter) -> Iter {
+    fn wrap(&self, inner: EngineIter) -> Iter {
         Iter {
             inner,
             shared: self.shared.clone(),
@@ -333,7 +319,7 @@ impl Tree {
 
     /// Iterates the keys in `(lo, hi)`, in key order (reverse it for descending order).
     pub(crate) fn range(&self, lo: Bound<Vec<u8>>, hi: Bound<Vec<u8>>) -> Iter {
-        self.wrap(self.inner.range::<Vec<u8>, _>((lo, hi)))
+        self.wrap(self.inner.range(lo, hi))
     }
 
     pub(crate) fn scan_prefix(&self, prefix: &[u8]) -> Iter {
@@ -341,7 +327,7 @@ impl Tree {
     }
 
     pub(crate) fn iter(&self) -> Iter {
-        self.wrap(self.inner.iter())
+        self.wrap(self.inner.range(Bound::Unbounded, Bound::Unbounded))
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -352,7 +338,7 @@ impl Tree {
 /// An iterator over a tree. It ends after its first error: a dropped tree gives one
 /// `NoSuchTable`/`NoSuchIndex` error, not an error per call forever.
 pub(crate) struct Iter {
-    inner: sled::Iter,
+    inner: EngineIter,
     shared: Arc<Shared>,
     missing: Error,
     done: bool,
@@ -361,7 +347,7 @@ pub(crate) struct Iter {
 impl Iter {
     fn step(
         &mut self,
-        item: Option<sled::Result<(Bytes, Bytes)>>,
+        item: Option<Result<(Bytes, Bytes), EngineError>>,
     ) -> Option<Result<(Bytes, Bytes)>> {
         if self.done {
             return None;
@@ -374,10 +360,7 @@ impl Iter {
             Ok(kv) => Some(Ok(kv)),
             Err(e) => {
                 self.done = true;
-                Some(Err(match e {
-                    sled::Error::CollectionNotFound(_) => self.missing.clone(),
-                    e => e.into(),
-                }))
+                Some(Err(engine_error(e, &self.missing)))
             }
         }
     }
@@ -413,11 +396,7 @@ pub(crate) struct WriteBatch {
 
 impl WriteBatch {
     fn slot(&mut self, tree: &Tree) -> usize {
-        match self
-            .trees
-            .iter()
-            .position(|t| t.inner.name() == tree.inner.name())
-        {
+        match self.trees.iter().position(|t| t.name == tree.name) {
             Some(i) => i,
             None => {
                 self.trees.push(tree.clone());
@@ -488,9 +467,9 @@ mod tests {
                 ("t", b"gone", None),
             ];
             s.journal
-                .insert(7u64.to_be_bytes(), journal::encode(ops.into_iter()))
+                .write(&7u64.to_be_bytes(), Some(&journal::encode(ops.into_iter())))
                 .unwrap();
-            s.db.flush().unwrap();
+            s.flush_blocking().unwrap();
         }
         let s = Storage::open(cfg()).unwrap();
         assert_eq!(

@@ -1,0 +1,152 @@
+//! The sled engine: the only file of Remodel that names sled.
+
+use super::engine::{Bytes, Engine, EngineError, EngineIter, EngineResult, EngineTree};
+use super::{EngineConfig, OpenFailure};
+use crate::{Error, Result};
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::Arc;
+
+pub(crate) struct SledEngine {
+    db: sled::Db,
+}
+
+impl SledEngine {
+    /// Opens sled with the database's settings. sled panics on some damaged files (and on
+    /// some settings): those become a typed failure too.
+    pub(crate) fn open(cfg: &EngineConfig<'_>) -> Result<Self, OpenFailure> {
+        let open = || {
+            let mut sc = sled::Config::new()
+                .cache_capacity(cfg.cache_bytes)
+                .mode(sled::Mode::HighThroughput)
+                .flush_every_ms(cfg.flush_every_ms)
+                .temporary(cfg.temporary);
+            if let Some(p) = cfg.path {
+                sc = sc.path(p);
+            }
+            sc.open()
+        };
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(open)) {
+            Ok(Ok(db)) => Ok(SledEngine { db }),
+            Ok(Err(e)) => Err(open_failure(e)),
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "no message".into());
+                Err(OpenFailure::Damaged(format!(
+                    "the storage engine failed while reading it ({msg})"
+                )))
+            }
+        }
+    }
+}
+
+fn open_failure(e: sled::Error) -> OpenFailure {
+    match e {
+        sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+            OpenFailure::Locked
+        }
+        sled::Error::Io(io) => OpenFailure::Io(io),
+        sled::Error::Corruption { at, .. } => OpenFailure::Damaged(match at {
+            Some(at) => format!("the storage engine found damaged data at {at:?}"),
+            None => "the storage engine found damaged data in its files".into(),
+        }),
+        e => OpenFailure::Damaged(format!("the storage engine refused it: {e}")),
+    }
+}
+
+fn engine_error(e: sled::Error) -> EngineError {
+    match e {
+        sled::Error::CollectionNotFound(_) => EngineError::MissingTree,
+        sled::Error::Io(io) => EngineError::Io(io),
+        sled::Error::Corruption { .. } => EngineError::Corruption(e.to_string()),
+        e => EngineError::Other(e.to_string()),
+    }
+}
+
+impl Engine for SledEngine {
+    fn open_tree(&self, name: &str) -> EngineResult<Arc<dyn EngineTree>> {
+        let tree = self.db.open_tree(name).map_err(engine_error)?;
+        Ok(Arc::new(SledTree(tree)))
+    }
+
+    fn drop_tree(&self, name: &str) -> EngineResult<bool> {
+        self.db.drop_tree(name).map_err(engine_error)
+    }
+
+    fn flush(&self) -> EngineResult<()> {
+        self.db.flush().map(drop).map_err(engine_error)
+    }
+}
+
+struct SledTree(sled::Tree);
+
+fn entries(it: sled::Iter) -> EngineIter {
+    Box::new(it.map(|r| {
+        r.map(|(k, v)| (Bytes::from_sled(k), Bytes::from_sled(v)))
+            .map_err(engine_error)
+    }))
+}
+
+impl EngineTree for SledTree {
+    fn get(&self, key: &[u8]) -> EngineResult<Option<Bytes>> {
+        self.0
+            .get(key)
+            .map(|v| v.map(Bytes::from_sled))
+            .map_err(engine_error)
+    }
+
+    fn write(&self, key: &[u8], value: Option<&[u8]>) -> EngineResult<Option<Bytes>> {
+        match value {
+            Some(v) => self.0.insert(key, v),
+            None => self.0.remove(key),
+        }
+        .map(|v| v.map(Bytes::from_sled))
+        .map_err(engine_error)
+    }
+
+    fn range(&self, lo: Bound<Vec<u8>>, hi: Bound<Vec<u8>>) -> EngineIter {
+        entries(self.0.range::<Vec<u8>, _>((lo, hi)))
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> EngineIter {
+        entries(self.0.scan_prefix(prefix))
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// Refuses a folder whose sled files are missing or damaged (the caller knows a database was
+/// opened there): sled would silently start an empty database over a missing or empty data
+/// file, and reports a damaged `conf` only as "corruption" without saying where.
+pub(crate) fn check_files(path: &Path) -> Result<()> {
+    let damaged = |reason: &str| Error::Damaged {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    };
+    // sled's conf: `key: value` lines, then a 4-byte checksum; sled reports a bad one only
+    // as "corruption" without saying where.
+    if let Ok(conf) = std::fs::read(path.join("conf")) {
+        let text = conf.get(..conf.len().saturating_sub(4)).unwrap_or_default();
+        let readable = std::str::from_utf8(text)
+            .is_ok_and(|t| t.lines().all(|l| l.is_empty() || l.contains(": ")));
+        if conf.len() > 8 && !readable {
+            return Err(damaged("its `conf` file is damaged"));
+        }
+    }
+    match std::fs::metadata(path.join("db")) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(damaged("its data file `db` is missing"))
+        }
+        Err(e) => Err(Error::Storage(format!(
+            "cannot read the data file of the database at {}: {e}",
+            path.display()
+        ))),
+        Ok(m) if m.len() == 0 => Err(damaged("its data file `db` is empty (0 bytes)")),
+        Ok(_) => Ok(()),
+    }
+}
