@@ -1,6 +1,6 @@
 //! Load program: 1,000 concurrent SSE clients on ship pages.
 //!
-//! `cargo run --release -p starfleet --bin load [-- --clients 1000 --posts 600 --latency-writes 150]`
+//! `cargo run --release -p starfleet --bin load [-- --rounds 5 --clients 1000 --posts 600 --latency-writes 150]`
 //!
 //! Starts the app on its own runtime (a fresh database under `target/`), then, side by side
 //! in one run:
@@ -31,6 +31,7 @@ const SHIPS: [&str; 3] = ["voyager", "enterprise", "defiant"];
 const POSTERS: usize = 8;
 
 struct Options {
+    rounds: usize,
     clients: usize,
     posts: usize,
     latency_writes: usize,
@@ -38,6 +39,7 @@ struct Options {
 
 fn options() -> Result<Options, String> {
     let mut o = Options {
+        rounds: 5,
         clients: 1000,
         posts: 600,
         latency_writes: 150,
@@ -50,6 +52,7 @@ fn options() -> Result<Options, String> {
             .ok_or(format!("{flag} needs a number"))?;
         match flag.as_str() {
             "--clients" => o.clients = value,
+            "--rounds" => o.rounds = value.max(1),
             "--posts" => o.posts = value,
             "--latency-writes" => o.latency_writes = value,
             other => return Err(format!("unknown argument `{other}`")),
@@ -76,7 +79,19 @@ async fn post(addr: SocketAddr, path: &str, form: &str) {
     );
 }
 
-/// Posts `n` members (named `{prefix}-{i}`) from [`POSTERS`] concurrent posters; posts/s.
+/// The seeded members, three per ship, in ship order (`MEMBERS[i] is on SHIPS[i % 3]`).
+const MEMBERS: [&str; 9] = [
+    "janeway", "picard", "sisko", "neelix", "data", "dax", "tuvok", "troi", "kira",
+];
+
+/// Edits member `i % 9` (its name becomes `{name}`): a change on that ship's page.
+async fn edit(addr: SocketAddr, i: usize, name: &str) {
+    let form = format!("name={name}&rank=ensign&species=human");
+    post(addr, &format!("/member/{}", MEMBERS[i % 9]), &form).await;
+}
+
+/// `n` edits (names `{prefix}-{i}`) from [`POSTERS`] concurrent posters; posts per second.
+/// Edits keep the crews at their size, so that every round costs the same.
 async fn posts_per_second(addr: SocketAddr, n: usize, prefix: &str) -> f64 {
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
@@ -89,9 +104,7 @@ async fn posts_per_second(addr: SocketAddr, n: usize, prefix: &str) -> f64 {
                     if i >= n {
                         break;
                     }
-                    let ship = SHIPS[i % 3];
-                    let form = format!("name={prefix}-{i}&rank=ensign&species=human");
-                    post(addr, &format!("/ship/{ship}/crew"), &form).await;
+                    edit(addr, i, &format!("{prefix}-{i}")).await;
                 }
             })
         })
@@ -183,27 +196,61 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/starfleet-load-data");
     let _ = std::fs::remove_dir_all(&dir);
-    let addr = server.block_on(async {
-        let db = open_database(Some(&dir)).await?;
+    let (addr, state) = server.block_on(async {
+        let state = AppState::new(open_database(Some(&dir)).await?);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        tokio::spawn(async move { axum::serve(listener, router(AppState::new(db))).await });
-        Ok::<_, Box<dyn std::error::Error>>(addr)
+        let app = router(state.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok::<_, Box<dyn std::error::Error>>((addr, state))
     })?;
     let clients = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("clients")
         .enable_all()
         .build()?;
-    clients.block_on(run(addr, o))?;
+    clients.block_on(run(addr, state, o))?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
-async fn run(addr: SocketAddr, o: Options) -> Result<(), Box<dyn std::error::Error>> {
-    let none = posts_per_second(addr, o.posts, "a").await;
-    println!("writes_none_per_s: {none:.0}");
+/// Opens `n` SSE clients and waits until each has its first event.
+async fn connect(
+    addr: SocketAddr,
+    n: usize,
+    d: &Arc<Deliveries>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, String> {
+    d.ready.store(0, Ordering::Relaxed);
+    let started = Instant::now();
+    let clients = (0..n)
+        .map(|i| tokio::spawn(client(addr, SHIPS[i % 3], d.clone())))
+        .collect();
+    while d.ready.load(Ordering::Relaxed) < n {
+        if started.elapsed() > Duration::from_secs(120) {
+            return Err(format!(
+                "only {} of {n} clients connected",
+                d.ready.load(Ordering::Relaxed)
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "clients_connected: {n} in {} ms",
+        started.elapsed().as_millis()
+    );
+    Ok(clients)
+}
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+async fn run(
+    addr: SocketAddr,
+    state: AppState,
+    o: Options,
+) -> Result<(), Box<dyn std::error::Error>> {
     let d = Arc::new(Deliveries {
         base: Instant::now(),
         sent: (0..o.latency_writes).map(|_| AtomicU64::new(0)).collect(),
@@ -212,39 +259,30 @@ async fn run(addr: SocketAddr, o: Options) -> Result<(), Box<dyn std::error::Err
         each: Mutex::new(Vec::new()),
         ready: AtomicUsize::new(0),
     });
-    let started = Instant::now();
-    for i in 0..o.clients {
-        tokio::spawn(client(addr, SHIPS[i % 3], d.clone()));
-    }
-    while d.ready.load(Ordering::Relaxed) < o.clients {
-        if started.elapsed() > Duration::from_secs(120) {
-            return Err(format!(
-                "only {} of {} clients connected",
-                d.ready.load(Ordering::Relaxed),
-                o.clients
-            )
-            .into());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    println!(
-        "clients_connected: {} in {} ms",
-        o.clients,
-        started.elapsed().as_millis()
-    );
+    posts_per_second(addr, o.posts / 4, "warm").await;
 
+    // Throughput: alternating pairs (none, then with the clients), median ratio.
+    let mut ratios = Vec::new();
+    for round in 0..o.rounds {
+        let none = posts_per_second(addr, o.posts, "a").await;
+        let clients = connect(addr, o.clients, &d).await?;
+        let with = posts_per_second(addr, o.posts, "b").await;
+        println!("round {round}: writes_none_per_s {none:.0}, writes_with_1k_sse_per_s {with:.0}, ratio {:.3}", with / none);
+        ratios.push(with / none);
+        if round + 1 < o.rounds {
+            // The app ends its streams; the clients' sockets close.
+            state.disconnect_live_clients();
+            clients.iter().for_each(|c| c.abort());
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    // Latency, with the clients of the last round: one write at a time.
     for i in 0..o.latency_writes {
-        let ship = SHIPS[i % 3];
         d.sent[i].store(d.base.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        post(
-            addr,
-            &format!("/ship/{ship}/crew"),
-            &format!("name=lat-{i}&rank=ensign&species=human"),
-        )
-        .await;
+        edit(addr, i, &format!("lat-{i}")).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Let the last deliveries arrive.
     let watching = |i: usize| (0..o.clients).filter(|c| c % 3 == i % 3).count();
     let waited = Instant::now();
     while (0..o.latency_writes).any(|i| d.received[i].load(Ordering::Relaxed) < watching(i))
@@ -262,24 +300,22 @@ async fn run(addr: SocketAddr, o: Options) -> Result<(), Box<dyn std::error::Err
                 .saturating_sub(d.sent[i].load(Ordering::Relaxed))
         })
         .collect();
+    let mut sorted = per_write.clone();
+    sorted.sort_unstable();
+    println!("sse_delivery_p99_ms: {:.1}", p99(per_write));
     println!(
-        "sse_delivery_p99_ms: {:.1} (every client of the ship has the event; {} writes)",
-        p99(per_write.clone()),
-        o.latency_writes
+        "sse_delivery_p50_ms: {:.1}",
+        sorted[sorted.len() / 2] as f64 / 1e6
     );
-    println!("sse_delivery_p50_ms: {:.1}", {
-        let mut v = per_write;
-        v.sort_unstable();
-        v[v.len() / 2] as f64 / 1e6
-    });
     println!(
         "sse_single_delivery_p99_ms: {:.1}",
         p99(d.each.lock().unwrap().clone())
     );
     println!("sse_deliveries_missing: {missing}");
-
-    let with = posts_per_second(addr, o.posts, "b").await;
-    println!("writes_with_1k_sse_per_s: {with:.0}");
-    println!("writes_with_1k_sse_vs_none: {:.2}", with / none);
+    println!(
+        "writes_with_1k_sse_vs_none: {:.3} (median of {} pairs)",
+        median(ratios),
+        o.rounds
+    );
     Ok(())
 }
