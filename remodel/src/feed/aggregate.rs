@@ -458,9 +458,9 @@ impl LiveAgg {
         let touched = |agg: &Self, seen: &Value, before: &mut BTreeMap<_, _>| {
             for g in agg.groups_of(seen) {
                 let k = agg.key_of(&g);
-                if !before.contains_key(&k) {
-                    let shown = agg.groups.get(&k).and_then(|a| a.shown.clone());
-                    before.insert(k, shown);
+                if let std::collections::btree_map::Entry::Vacant(e) = before.entry(k) {
+                    let shown = agg.groups.get(e.key()).and_then(|a| a.shown.clone());
+                    e.insert(shown);
                 }
             }
         };

@@ -215,7 +215,7 @@ impl Change {
     }
 
     /// The second half of the item's cursor (see `numbered`).
-    pub(crate) fn occurrence(&self) -> u32 {
+    pub(crate) fn ordinal(&self) -> u32 {
         self.data.ordinal
     }
 

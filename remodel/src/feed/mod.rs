@@ -201,10 +201,10 @@ impl Changes {
             let by = req.by.as_ref().map(|(b, ix)| (b.as_str(), *ix));
             let def = aggregate::AggDef::resolve(table, by, req.reduce, req.field.as_deref())?;
             agg_signature = def.signature();
-            *slot = Some(aggregate::AggPlan {
+            *slot = Some(Box::new(aggregate::AggPlan {
                 def,
                 source: query.clone(),
-            });
+            }));
         }
         if let Some((field, other, index)) = join {
             if resume.is_some() {
@@ -230,10 +230,10 @@ impl Changes {
                 index,
             };
             agg_signature.push_str(&def.signature());
-            *slot = Some(join::JoinPlan {
+            *slot = Some(Box::new(join::JoinPlan {
                 def,
                 source: query.clone(),
-            });
+            }));
         }
         if stats && resume.is_some() {
             return Err(Error::unwatchable(

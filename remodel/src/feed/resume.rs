@@ -146,7 +146,7 @@ impl Change {
     pub fn cursor(&self) -> Option<Cursor> {
         match self.kind() {
             super::ChangeKind::Initial | super::ChangeKind::State => None,
-            _ => Some(Cursor::new(self.seq()?, self.occurrence())),
+            _ => Some(Cursor::new(self.seq()?, self.ordinal())),
         }
     }
 }

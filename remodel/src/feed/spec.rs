@@ -172,8 +172,8 @@ pub(crate) enum FeedPlan {
         table: Arc<TableState>,
         matcher: Matcher,
         view: View,
-        agg: Option<super::aggregate::AggPlan>,
-        join: Option<super::join::JoinPlan>,
+        agg: Option<Box<super::aggregate::AggPlan>>,
+        join: Option<Box<super::join::JoinPlan>>,
     },
     /// `order_by(index).limit(n)` feeds.
     TopN {
