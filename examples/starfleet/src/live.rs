@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `/ship/{id}/crew/events` | `ship.crewmembers(&db).changes()` (relation feed) | `reset`, `row` |
 //! | `/ship/{id}/away/events` | `ship.away_team(&db).link_changes()` (join rows) | `reset`, `row` |
-//! | `/events/ships`, `/species/events` | the `crewmembers` table feed; each batch of changes re-reads the group count | `counts`, `html` |
+//! | `/events/ships`, `/species/events` | the live aggregate `group("starship_id" / "species").count().changes()` | `counts`, `html` |
 //! | `/leaderboard/events` | `order_by(points index).limit(5)` (top-N feed) | `html` |
 //!
 //! Every event that follows a change carries the change's cursor as its SSE `id`. A browser
@@ -17,8 +17,7 @@
 use crate::error::AppResult;
 use crate::models::{Crewmember, Score, Starship};
 use crate::routes::leaderboard::top_five;
-use crate::routes::ships::crew_counts;
-use crate::routes::species::{draw_chart, species_counts};
+use crate::routes::species::{draw_chart, sorted_counts};
 use crate::routes::{find_ship, page};
 use crate::AppState;
 use async_stream::stream;
@@ -32,7 +31,7 @@ use remodel::{ChangeKind, Cursor, Error, FeedState, Model};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::future::{Future, IntoFuture};
+use std::future::IntoFuture;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -328,57 +327,80 @@ fn render_row(template: &str, ctx: minijinja::Value) -> String {
     })
 }
 
-/// Aggregate streams: `read` the current state now, and again after every batch of changes
-/// of the `crewmembers` table feed (changes that arrive together are read once). The table
-/// feed is opened before the first read, so no change can fall between the two.
-async fn aggregate<F, Fut>(app: &AppState, read: F) -> AppResult<EventStream>
+/// Crew counts by `field`, live: the store's live aggregate `group(field).count()`, kept
+/// as a map from group to count. `show` turns the map into the event sent once the current
+/// groups are in, and again after every batch of changed groups (changes that arrive
+/// together are drawn once). An aggregate feed does not resume from a cursor: a reconnecting
+/// page gets the whole current state again, which is all it shows.
+async fn live_counts<F>(app: &AppState, field: &str, show: F) -> AppResult<EventStream>
 where
-    F: Fn() -> Fut + Send + 'static,
-    Fut: Future<Output = AppResult<(&'static str, Value)>> + Send,
+    F: Fn(&BTreeMap<String, u64>) -> AppResult<(&'static str, Value)> + Send + 'static,
 {
-    let feed = Crewmember::table(&app.db).changes().await?;
-    let first = read().await?;
+    let feed = Crewmember::table(&app.db)
+        .query()
+        .group(field)
+        .count()
+        .changes()
+        .include_initial(true)
+        .include_states(true)
+        .await?;
     let events = stream! {
-        yield event(first.0, first.1, None);
+        let mut groups = BTreeMap::new();
+        let mut ready = false;
         let mut batches = feed.ready_chunks(1024);
         while let Some(batch) = batches.next().await {
             let mut cursor = None;
             for item in batch {
-                match item {
-                    Ok(change) => cursor = change.cursor().or(cursor),
-                    // Missed changes do not matter here: the state is read again below.
-                    Err(Error::FeedOverflow { .. }) => {}
-                    Err(_) => return, // the database is closing
+                let c = match item {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Missed group changes (an overflow) or a closing database.
+                        yield Event::default().event("reload").data(e.to_string());
+                        return;
+                    }
+                };
+                ready |= c.state() == Some(FeedState::Ready);
+                if let Some((group, _)) = c.old_val().and_then(group_count) {
+                    groups.remove(&group);
                 }
+                if let Some((group, n)) = c.new_val().and_then(group_count) {
+                    groups.insert(group, n);
+                }
+                cursor = c.cursor().or(cursor);
             }
-            match read().await {
-                Ok((name, data)) => yield event(name, data, cursor),
-                Err(e) => eprintln!("starfleet: live aggregate: {e:?}"),
+            if ready {
+                match show(&groups) {
+                    Ok((name, data)) => yield event(name, data, cursor),
+                    Err(e) => eprintln!("starfleet: live counts: {e:?}"),
+                }
             }
         }
     };
     Ok(serve(app, events))
 }
 
+/// A group row `{"group": .., "reduction": n}` as (group as text, count); a missing group
+/// value (a member without a ship) is `""`.
+fn group_count(row: &Value) -> Option<(String, u64)> {
+    let group = match row.get("group")? {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    let n = row.get("reduction")?;
+    Some((group, n.as_u64().or_else(|| n.as_f64().map(|f| f as u64))?))
+}
+
 /// `/events/ships`: crew counts per ship key, `{"voyager": 3, ...}`.
 pub async fn ship_counts(State(app): State<AppState>) -> AppResult<EventStream> {
-    let state = app.clone();
-    aggregate(&app, move || {
-        let app = state.clone();
-        async move { Ok(("counts", json!(crew_counts(&app).await?))) }
-    })
-    .await
+    live_counts(&app, "starship_id", |groups| Ok(("counts", json!(groups)))).await
 }
 
 /// `/species/events`: the species chart, redrawn.
 pub async fn species(State(app): State<AppState>) -> AppResult<EventStream> {
-    let db = app.db.clone();
-    aggregate(&app, move || {
-        let db = db.clone();
-        async move {
-            let counts = species_counts(&db).await?;
-            Ok(("html", json!({ "html": draw_chart(&counts)? })))
-        }
+    live_counts(&app, "species", |groups| {
+        let counts = sorted_counts(groups.iter().map(|(s, n)| (s.clone(), *n)));
+        Ok(("html", json!({ "html": draw_chart(&counts)? })))
     })
     .await
 }

@@ -93,14 +93,23 @@ mod tests {
 
     #[test]
     fn flags_and_defaults() {
-        assert_eq!(parse(&[]), Ok(("127.0.0.1:8090".into(), "starfleet-data".into())));
+        assert_eq!(
+            parse(&[]),
+            Ok(("127.0.0.1:8090".into(), "starfleet-data".into()))
+        );
         assert_eq!(
             parse(&["--addr", "0.0.0.0:9000", "--data-dir", "/tmp/sf"]),
             Ok(("0.0.0.0:9000".into(), "/tmp/sf".into()))
         );
-        assert!(parse(&["--addr", "nowhere"]).unwrap_err().contains("not HOST:PORT"));
-        assert!(parse(&["--data-dir"]).unwrap_err().contains("needs a value"));
-        assert!(parse(&["--port", "1"]).unwrap_err().contains("unknown argument"));
+        assert!(parse(&["--addr", "nowhere"])
+            .unwrap_err()
+            .contains("not HOST:PORT"));
+        assert!(parse(&["--data-dir"])
+            .unwrap_err()
+            .contains("needs a value"));
+        assert!(parse(&["--port", "1"])
+            .unwrap_err()
+            .contains("unknown argument"));
         assert_eq!(parse(&["--help"]), Err(String::new()));
     }
 }

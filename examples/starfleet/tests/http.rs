@@ -635,3 +635,39 @@ async fn the_crews_are_loaded_once() {
     drop(db);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn live_counts_follow_moves_and_groups_that_empty() {
+    let app = app().await;
+    let mut counts = open_stream(&app, "/events/ships", None).await;
+    let mut species = open_stream(&app, "/species/events", None).await;
+    let (mut cb, mut sb) = (String::new(), String::new());
+    next_event(&mut counts, &mut cb).await;
+    let (_, _, chart) = next_event(&mut species, &mut sb).await;
+    assert!(chart.contains("data-species=\\\"talaxian\\\""));
+
+    app.post("/member/neelix/move", "ship_id=defiant").await;
+    let (_, _, data) = next_event(&mut counts, &mut cb).await;
+    let c: serde_json::Value = serde_json::from_str(&data).unwrap();
+    assert_eq!(
+        (c["voyager"].as_u64(), c["defiant"].as_u64()),
+        (Some(2), Some(4))
+    );
+
+    // Neelix's species changes: the talaxian bar goes, human grows to 4.
+    app.post("/member/neelix", "name=Neelix&rank=chef&species=human")
+        .await;
+    let (_, id, chart) = next_event(&mut species, &mut sb).await;
+    assert!(id.is_some(), "a change carries its cursor");
+    assert!(!chart.contains("talaxian"), "{chart}");
+    assert!(
+        chart.contains("data-species=\\\"human\\\" data-count=\\\"4\\\""),
+        "{chart}"
+    );
+
+    // Off every ship: counted under "".
+    app.post("/member/neelix/remove", "").await;
+    let (_, _, data) = next_event(&mut counts, &mut cb).await;
+    let c: serde_json::Value = serde_json::from_str(&data).unwrap();
+    assert_eq!((c["defiant"].as_u64(), c[""].as_u64()), (Some(3), Some(1)));
+}

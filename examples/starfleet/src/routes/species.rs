@@ -29,23 +29,27 @@ pub async fn species_counts(db: &Database) -> AppResult<Vec<SpeciesCount>> {
         .group("species")
         .count()
         .await?;
+    Ok(sorted_counts(groups.into_iter().map(|g| {
+        let species = g
+            .group
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| g.group.to_string());
+        (species, g.reduction.as_u64().unwrap_or(0))
+    })))
+}
+
+/// `(species, count)` pairs as the chart shows them: most numerous first, ties by name.
+pub fn sorted_counts(groups: impl Iterator<Item = (String, u64)>) -> Vec<SpeciesCount> {
     let mut counts: Vec<SpeciesCount> = groups
-        .into_iter()
-        .map(|g| SpeciesCount {
-            species: g
-                .group
-                .as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| g.group.to_string()),
-            count: g.reduction.as_u64().unwrap_or(0),
-        })
+        .map(|(species, count)| SpeciesCount { species, count })
         .collect();
     counts.sort_by(|a, b| {
         b.count
             .cmp(&a.count)
             .then_with(|| a.species.cmp(&b.species))
     });
-    Ok(counts)
+    counts
 }
 
 /// The chart as an SVG fragment (also sent, redrawn, to live pages).
