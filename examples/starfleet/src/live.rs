@@ -3,16 +3,17 @@
 //! | stream | feed | events |
 //! |---|---|---|
 //! | `/ship/{id}/crew/events` | `ship.crewmembers(&db).changes()` (relation feed) | `reset`, `row` |
-//! | `/ship/{id}/away/events` | `ship.away_team(&db).link_changes()` (join rows) | `reset`, `row` |
+//! | `/ship/{id}/away/events` | `ship.away_team(&db).join_changes()` (a live join) | `reset`, `row` |
 //! | `/events/ships`, `/species/events` | the live aggregate `group("starship_id" / "species").count().changes()` | `counts`, `html` |
 //! | `/leaderboard/events` | `order_by(points index).limit(5)` (top-N feed) | `html` |
 //!
 //! Every event that follows a change carries the change's cursor as its SSE `id`. A browser
-//! that loses its connection reconnects by itself and sends that id as `Last-Event-ID`: row
-//! streams resume their feed from it (`resume_from`), so the page gets exactly the changes it
-//! missed. A cursor the change log no longer holds (or one that is not a cursor at all) gets
-//! a `reload` event: the page reloads its state. Aggregate and top-N streams send their whole
-//! current state on every (re)connect, so they need no resume.
+//! that loses its connection reconnects by itself and sends that id as `Last-Event-ID`: the
+//! crew stream resumes its feed from it (`resume_from`), so the page gets exactly the changes
+//! it missed. A cursor the change log no longer holds (or one that is not a cursor at all)
+//! gets a `reload` event: the page reloads its state. Join, aggregate and top-N feeds cannot
+//! resume (their items depend on the whole result at the time): their streams send the whole
+//! current state on every (re)connect, which is all those parts of a page show.
 
 use crate::error::AppResult;
 use crate::models::{Crewmember, Score, Starship};
@@ -153,22 +154,12 @@ fn row_events(
     }
 }
 
-/// A feed being set up that can start fresh (current rows first) or resume from a cursor:
-/// the store's [`remodel::Changes`] and the model layer's typed [`ModelChanges`].
+/// A feed being set up that can start fresh (current rows first) or resume from a cursor
+/// (the model layer's typed [`ModelChanges`]; a trait so that other row feeds can join).
 trait RowFeed: IntoFuture<Output = remodel::Result<Self::Feed>> + Sized {
     type Feed;
     fn fresh(self) -> Self;
     fn resume(self, cursor: Cursor) -> Self;
-}
-
-impl RowFeed for remodel::Changes {
-    type Feed = remodel::Feed;
-    fn fresh(self) -> Self {
-        self.include_initial(true).include_states(true)
-    }
-    fn resume(self, cursor: Cursor) -> Self {
-        self.resume_from(cursor)
-    }
 }
 
 impl<T: Model> RowFeed for ModelChanges<T> {
@@ -257,51 +248,39 @@ pub async fn crew(
     Ok(serve(&state, row_events(updates)))
 }
 
-/// `/ship/{id}/away/events`: the away team, live, through the feed of the ship's links
-/// in the join table (an officer is read when they join).
+/// `/ship/{id}/away/events`: the away team, live, through a live join of the ship's links
+/// (the many-to-many join table) with the crew: an officer appears when assigned, changes
+/// when edited, and goes when released or deleted. A join feed does not resume from a
+/// cursor, so every (re)connect starts with the current team (`reset`).
 pub async fn away_team(
     State(app): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> AppResult<EventStream> {
     let ship = find_ship(&app.db, &id).await?;
-    let links = ship.away_team(&app.db).link_changes()?;
-    let feed = match open_rows(&app, &headers, links).await? {
-        Ok(feed) => feed,
-        Err(reload) => return Ok(reload),
-    };
+    let feed = ship
+        .away_team(&app.db)
+        .join_changes()?
+        .include_initial(true)
+        .include_states(true)
+        .await?;
     let state = app.clone();
     let list = format!("away/{}", ship.id_str());
-    let updates = feed.then(move |item| {
-        let (app, ship, list) = (app.clone(), ship.clone(), list.clone());
-        async move {
-            let c = match item {
-                Ok(c) => c,
-                Err(e) => return failed(e),
-            };
-            let member_key =
-                |link: Option<&Value>| link.and_then(|l| l.get("crewmember_id")).cloned();
-            let cursor = c.cursor();
-            match (c.kind(), member_key(c.new_val()), member_key(c.old_val())) {
-                (ChangeKind::State, ..) => ready_or_skip(c.state()),
-                (kind, Some(key), _) => match Crewmember::get(&app.db, key).await {
-                    Ok(Some(m)) => {
-                        let html = || render_row("away_row.html", context! { m, ship });
-                        if kind == ChangeKind::Initial {
-                            RowUpdate::Initial(html())
-                        } else {
-                            row_event(&app, &list, dom_id("away", &m), cursor, || Some(html()))
-                        }
-                    }
-                    Ok(None) => RowUpdate::Skip, // deleted since it joined
-                    Err(e) => failed(e),
-                },
-                (_, None, Some(key)) => {
-                    let id = format!("away-{}", key.as_str().unwrap_or_default());
-                    row_event(&app, &list, id, cursor, || None)
-                }
-                (_, None, None) => RowUpdate::Skip,
-            }
+    let officer = |pair: Option<&Value>| {
+        pair.and_then(|p| Crewmember::from_json(p.get("right")?.clone()).ok())
+    };
+    let row = move |m: &Crewmember| render_row("away_row.html", context! { m, ship });
+    let updates = feed.map(move |item| {
+        let c = match item {
+            Ok(c) => c,
+            Err(e) => return failed(e),
+        };
+        let at = c.cursor();
+        match (c.kind(), officer(c.new_val()), officer(c.old_val())) {
+            (ChangeKind::State, ..) => ready_or_skip(c.state()),
+            (ChangeKind::Initial, Some(m), _) => RowUpdate::Initial(row(&m)),
+            (_, Some(m), _) => row_event(&app, &list, dom_id("away", &m), at, || Some(row(&m))),
+            (_, None, Some(m)) => row_event(&app, &list, dom_id("away", &m), at, || None),
+            (_, None, None) => RowUpdate::Skip,
         }
     });
     Ok(serve(&state, row_events(updates)))

@@ -606,6 +606,19 @@ async fn the_other_streams_start_with_the_current_state() {
     let (name, _, data) = next_event(&mut away, &mut buf).await;
     assert_eq!(name, "row");
     assert!(data.contains("away-picard") && data.contains("Jean-Luc Picard"));
+    // The away team is a live join: an edit of the officer shows too, and so does a release.
+    app.post("/member/picard", "name=Locutus&rank=drone&species=borg")
+        .await;
+    let (_, id, data) = next_event(&mut away, &mut buf).await;
+    assert!(id.is_some());
+    assert!(
+        data.contains("away-picard") && data.contains("Locutus"),
+        "{data}"
+    );
+    app.post("/ship/voyager/away/picard/release", "").await;
+    let (_, _, data) = next_event(&mut away, &mut buf).await;
+    let row: serde_json::Value = serde_json::from_str(&data).unwrap();
+    assert_eq!(row, serde_json::json!({"id": "away-picard", "html": null}));
 }
 
 #[tokio::test]

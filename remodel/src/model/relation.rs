@@ -459,6 +459,16 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
         Ok(self.links(self.key()?).changes())
     }
 
+    /// Watches the related rows themselves: a live join of this parent's links with the
+    /// related table. Items are `{"left": join row, "right": related row}` pairs (read the
+    /// model with `C::from_json(pair["right"].clone())`): a row arrives when it is related,
+    /// changes when it is edited, and leaves when it is unrelated or deleted. A join feed
+    /// cannot resume from a cursor: reopen it with `include_initial`.
+    pub fn join_changes(&self) -> Result<crate::Changes> {
+        let links = self.links(self.key()?);
+        Ok(links.eq_join(self.rel.association_key, C::schema().table).changes())
+    }
+
     /// Unrelates these rows from this parent only (their other relations stay), in one
     /// commit. Returns how many links were removed.
     pub async fn remove(&self, children: &[C]) -> Result<u64> {
