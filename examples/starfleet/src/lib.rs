@@ -85,10 +85,13 @@ pub async fn open_database(data_dir: Option<&Path>) -> remodel::Result<Database>
         Some(dir) => Config::new(dir),
         None => Config::temporary(),
     };
-    let db = config
-        .change_log(ChangeLogRetention::default())
-        .open()
-        .await?;
+    open_with(config.change_log(ChangeLogRetention::default())).await
+}
+
+/// [`open_database`] with a configuration of your own (without a change log, reconnecting
+/// pages reload their state instead of resuming).
+pub async fn open_with(config: Config) -> remodel::Result<Database> {
+    let db = config.open().await?;
     remodel::model::create_schema(&db).await?;
     seed::seed_once(&db).await?;
     Ok(db)

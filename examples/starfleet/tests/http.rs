@@ -7,8 +7,9 @@ use axum::http::{header, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
 use remodel::Model;
+use remodel::{ChangeLogRetention, Config};
 use starfleet::models::{Crewmember, Starship};
-use starfleet::{open_database, router, AppState};
+use starfleet::{open_database, open_with, router, AppState};
 use std::time::Duration;
 use tower::ServiceExt;
 
@@ -683,4 +684,37 @@ async fn live_counts_follow_moves_and_groups_that_empty() {
     let (_, _, data) = next_event(&mut counts, &mut cb).await;
     let c: serde_json::Value = serde_json::from_str(&data).unwrap();
     assert_eq!((c["defiant"].as_u64(), c[""].as_u64()), (Some(3), Some(1)));
+}
+
+#[tokio::test]
+async fn a_cursor_older_than_the_change_log_makes_the_page_reload() {
+    let retention = ChangeLogRetention {
+        max_changes: Some(10),
+        max_age: None,
+    };
+    let db = open_with(Config::temporary().change_log(retention))
+        .await
+        .unwrap();
+    let state = AppState::new(db);
+    let app = App {
+        router: router(state.clone()),
+        state,
+    };
+    let mut stream = open_stream(&app, "/ship/voyager/crew/events", None).await;
+    let mut buf = String::new();
+    next_event(&mut stream, &mut buf).await; // reset
+    app.post("/member/tuvok", "name=Tuvok&rank=commander&species=vulcan")
+        .await;
+    let (_, cursor, _) = next_event(&mut stream, &mut buf).await;
+    drop(stream);
+    // The log trims in steps (at least 64 changes past its retention).
+    for i in 0..150 {
+        app.post("/leaderboard", &format!("player=p{i}&points={i}"))
+            .await;
+    }
+    let mut stale = open_stream(&app, "/ship/voyager/crew/events", cursor.as_deref()).await;
+    let (name, _, data) = next_event(&mut stale, &mut String::new()).await;
+    assert_eq!(name, "reload");
+    assert!(data.contains("change log"), "{data}");
+    assert_eq!(app.state.resumed_streams(), 0);
 }
