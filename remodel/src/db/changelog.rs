@@ -69,17 +69,24 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Entry layout: timestamp (ms, u64 BE), table name length (u16 BE) and name, key length
-/// (u32 BE) and key, flags (bit 0: old, bit 1: new), old length (u32 BE) and old JSON, then
-/// the new JSON to the end. The table name comes first so that replay skips other tables
-/// without parsing any JSON.
-fn encode(table: &str, key: &[u8], old: Option<&Value>, new: Option<&[u8]>) -> Result<Vec<u8>> {
+/// Entry layout: timestamp (ms, u64 BE), the first sequence number of its commit (u64 BE),
+/// table name length (u16 BE) and name, key length (u32 BE) and key, flags (bit 0: old,
+/// bit 1: new), old length (u32 BE) and old JSON, then the new JSON to the end. The table
+/// name comes before the documents so that replay skips other tables without parsing JSON.
+fn encode(
+    commit: u64,
+    table: &str,
+    key: &[u8],
+    old: Option<&Value>,
+    new: Option<&[u8]>,
+) -> Result<Vec<u8>> {
     let old = old.map(serde_json::to_vec).transpose()?;
     let name = table.as_bytes();
     let mut out = Vec::with_capacity(
-        19 + name.len() + key.len() + old.as_ref().map_or(0, Vec::len) + new.map_or(0, <[u8]>::len),
+        27 + name.len() + key.len() + old.as_ref().map_or(0, Vec::len) + new.map_or(0, <[u8]>::len),
     );
     out.extend_from_slice(&now_ms().to_be_bytes());
+    out.extend_from_slice(&commit.to_be_bytes());
     out.extend_from_slice(&(name.len() as u16).to_be_bytes());
     out.extend_from_slice(name);
     out.extend_from_slice(&(key.len() as u32).to_be_bytes());
@@ -117,8 +124,20 @@ fn timestamp(entry: &[u8]) -> Result<u64> {
 }
 
 /// Decodes an entry of `table` (`None` for an entry of another table).
+/// The commit an entry belongs to (its first sequence number).
+fn commit_of(entry: &[u8]) -> Result<u64> {
+    be_u64(entry.get(8..16).ok_or_else(damaged)?)
+}
+
+/// The table an entry is about.
+fn table_of(mut b: &[u8]) -> Result<String> {
+    take(&mut b, 16)?;
+    let n = u16::from_be_bytes(take(&mut b, 2)?.try_into().map_err(|_| damaged())?) as usize;
+    Ok(String::from_utf8_lossy(take(&mut b, n)?).into_owned())
+}
+
 fn decode(seq: u64, mut b: &[u8], table: &str) -> Result<Option<Committed>> {
-    take(&mut b, 8)?;
+    take(&mut b, 16)?;
     let n = u16::from_be_bytes(take(&mut b, 2)?.try_into().map_err(|_| damaged())?) as usize;
     if take(&mut b, n)? != table.as_bytes() {
         return Ok(None);
@@ -195,18 +214,77 @@ impl ChangeLog {
         Ok(())
     }
 
-    /// Adds one change to the commit's batch. `new` is the new document's stored bytes.
+    /// Adds one change of the commit whose first sequence number is `commit` to the log's
+    /// batch. `new` is the new document's stored bytes.
+    ///
+    /// The log's batch is applied just before the documents' (and removed again if those
+    /// fail): after a crash between the two, [`ChangeLog::recover`] finds the last commit's
+    /// entries without their documents and removes them. So the log holds exactly the
+    /// committed changes, at the cost of one more storage write per commit rather than
+    /// making every single-document commit a journaled multi-key batch.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn append(
         &self,
         batch: &mut WriteBatch,
+        commit: u64,
         seq: u64,
         table: &str,
         key: &[u8],
         old: Option<&Value>,
         new: Option<&[u8]>,
     ) -> Result<()> {
-        let entry = encode(table, key, old, new)?;
+        let entry = encode(commit, table, key, old, new)?;
         batch.insert(&self.tree, seq.to_be_bytes().to_vec(), entry);
+        Ok(())
+    }
+
+    /// Removes the entries `from..=to` of a commit whose documents could not be written.
+    pub(crate) fn unwrite(&self, storage: &Storage, from: u64, to: u64) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        for seq in from..=to {
+            batch.remove(&self.tree, seq.to_be_bytes().to_vec());
+        }
+        storage.apply(&batch)
+    }
+
+    /// After a crash: the last commit's entries may have reached the disk without its
+    /// documents (they are written first). Its first change says which: when the document
+    /// is not as the entry has it (`current` reads it), the commit did not happen and its
+    /// entries go. Earlier commits are complete (the storage keeps a prefix of its writes).
+    /// `current` gives `None` for a table that no longer exists (its entries stay: it was
+    /// dropped after the commit).
+    pub(crate) fn recover(
+        &self,
+        storage: &Storage,
+        current: impl Fn(&str, &[u8]) -> Result<Option<Option<Value>>>,
+    ) -> Result<()> {
+        let Some(last) = self.tree.iter().next_back() else {
+            return Ok(());
+        };
+        let commit = commit_of(&last?.1)?;
+        let from = || Bound::Included(commit.to_be_bytes().to_vec());
+        let Some(first) = self.tree.range(from(), Bound::Unbounded).next() else {
+            return Ok(());
+        };
+        let (k, v) = first?;
+        let table = table_of(&v)?;
+        let Some(c) = decode(be_u64(&k)?, &v, &table)? else {
+            return Ok(());
+        };
+        match current(&table, &c.key)? {
+            None => return Ok(()),
+            Some(doc) if doc.as_ref() == c.new.as_deref() => return Ok(()),
+            Some(_) => {}
+        }
+        let mut batch = WriteBatch::default();
+        let mut n = 0;
+        for entry in self.tree.range(from(), Bound::Unbounded) {
+            batch.remove(&self.tree, entry?.0.to_vec());
+            n += 1;
+        }
+        storage.apply(&batch)?;
+        storage.flush_blocking()?;
+        self.count.fetch_sub(n, Ordering::AcqRel);
         Ok(())
     }
 
@@ -315,19 +393,64 @@ impl ChangeLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::EngineConfig;
     use serde_json::json;
+
+    #[test]
+    fn recovery_removes_the_last_commit_when_its_documents_are_missing() {
+        let storage = Storage::open(EngineConfig {
+            path: None,
+            temporary: true,
+            cache_bytes: 1 << 20,
+            flush_every_ms: None,
+        })
+        .unwrap();
+        let log = ChangeLog::open(&storage, ChangeLogRetention::default(), 0).unwrap();
+        let doc = |i: i64| serde_json::to_vec(&json!({"id": i})).unwrap();
+        let mut batch = WriteBatch::default();
+        log.append(&mut batch, 1, 1, "t", b"a", None, Some(&doc(1)))
+            .unwrap();
+        storage.apply(&batch).unwrap();
+        // A two-change commit whose documents never made it.
+        let mut batch = WriteBatch::default();
+        log.append(&mut batch, 2, 2, "t", b"b", None, Some(&doc(2)))
+            .unwrap();
+        log.append(&mut batch, 2, 3, "t", b"c", None, Some(&doc(3)))
+            .unwrap();
+        storage.apply(&batch).unwrap();
+        let seqs = |log: &ChangeLog| -> Vec<u64> {
+            log.read_from("t", 0).map(|c| c.unwrap().seq).collect()
+        };
+        // Its document is as the entry says: the commit happened, nothing goes.
+        log.recover(&storage, |_, k| {
+            Ok(Some((k == b"b").then(|| json!({"id": 2}))))
+        })
+        .unwrap();
+        assert_eq!(seqs(&log), [1, 2, 3]);
+        // A table that is gone: nothing goes either.
+        log.recover(&storage, |_, _| Ok(None)).unwrap();
+        assert_eq!(seqs(&log), [1, 2, 3]);
+        // Not there: the whole last commit goes, the one before stays.
+        log.recover(&storage, |_, _| Ok(Some(None))).unwrap();
+        assert_eq!(seqs(&log), [1]);
+        log.recover(&storage, |_, k| {
+            Ok(Some((k == b"a").then(|| json!({"id": 1}))))
+        })
+        .unwrap();
+        assert_eq!(seqs(&log), [1]);
+    }
 
     #[test]
     fn entries_round_trip_and_skip_other_tables() {
         let new = serde_json::to_vec(&json!({"id": 1, "x": 2})).unwrap();
-        let e = encode("t", b"k1", Some(&json!({"id": 1})), Some(&new)).unwrap();
+        let e = encode(7, "t", b"k1", Some(&json!({"id": 1})), Some(&new)).unwrap();
         let c = decode(7, &e, "t").unwrap().unwrap();
         assert_eq!(c.seq, 7);
         assert_eq!(c.key, b"k1");
         assert_eq!(c.old.as_deref(), Some(&json!({"id": 1})));
         assert_eq!(c.new.as_deref(), Some(&json!({"id": 1, "x": 2})));
         assert!(decode(7, &e, "other").unwrap().is_none());
-        let d = encode("t", b"k1", None, None).unwrap();
+        let d = encode(8, "t", b"k1", None, None).unwrap();
         let c = decode(8, &d, "t").unwrap().unwrap();
         assert!(c.old.is_none() && c.new.is_none());
         assert!(decode(9, &e[..12], "t").is_err());

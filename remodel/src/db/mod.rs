@@ -415,6 +415,14 @@ impl Database {
         let db = Database { inner };
         db.inner.reserve_seq(seq)?;
         let unfinished = db.load_catalog()?;
+        if let Some(log) = &db.inner.changelog {
+            // A crash may have left the last commit's log entries without its documents.
+            let tables = db.inner.tables.read().clone();
+            log.recover(&db.inner.storage, |table, key| match tables.get(table) {
+                Some(t) => t.get_doc(key).map(Some),
+                None => Ok(None),
+            })?;
+        }
         if let Some(path) = &canonical {
             mark_opened(path);
         }

@@ -264,6 +264,9 @@ impl DbInner {
 
         // Net effect per key, in first-touch order.
         let mut batch = WriteBatch::default();
+        // The change log's entries of this commit, numbered from `commit_first`.
+        let mut log_batch = WriteBatch::default();
+        let commit_first = *seq + 1;
         let mut committed: Vec<Vec<Committed>> = tables.iter().map(|_| Vec::new()).collect();
         for (slot, key) in order {
             let (old, new, rewritten) = staged
@@ -309,9 +312,10 @@ impl DbInner {
             }
             *seq += 1;
             if let Some(log) = &self.changelog {
-                // In the same atomic batch: the log holds exactly the committed changes.
+                // Written just before the documents (see `ChangeLog::append`).
                 log.append(
-                    &mut batch,
+                    &mut log_batch,
+                    commit_first,
                     *seq,
                     &table.name,
                     &key,
@@ -333,7 +337,20 @@ impl DbInner {
             // Once per `SEQ_BLOCK` numbers: the next ones are made durable before use.
             self.reserve_seq(*seq)?;
         }
-        self.storage.apply(&batch)?;
+        if let Some(log) = &self.changelog {
+            self.storage.apply(&log_batch)?;
+            if let Err(e) = self.storage.apply(&batch) {
+                // The commit did not happen: neither may its log entries.
+                if let Err(undo) = log.unwrite(&self.storage, commit_first, *seq) {
+                    tracing::warn!(
+                        "the change log could not be undone after a failed write: {undo}"
+                    );
+                }
+                return Err(e);
+            }
+        } else {
+            self.storage.apply(&batch)?;
+        }
         if let Some(log) = &self.changelog {
             for (table, changes) in tables.iter().zip(&committed) {
                 if !changes.is_empty() {
