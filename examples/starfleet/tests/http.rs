@@ -718,3 +718,28 @@ async fn a_cursor_older_than_the_change_log_makes_the_page_reload() {
     assert!(data.contains("change log"), "{data}");
     assert_eq!(app.state.resumed_streams(), 0);
 }
+
+#[tokio::test]
+async fn odd_ids_are_404_not_500() {
+    let app = app().await;
+    let long = "x".repeat(5000);
+    for id in [long.as_str(), "%00", "%20", "..", "%E2%80%AE", "a%2Fb"] {
+        for path in [format!("/member/{id}"), format!("/ship/{id}")] {
+            let r = app.get(&path).await;
+            assert_eq!(
+                r.status,
+                StatusCode::NOT_FOUND,
+                "{}",
+                &path[..path.len().min(40)]
+            );
+        }
+        let r = app
+            .post("/member/tuvok/move", &format!("ship_id={id}"))
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        let r = app
+            .post("/ship/voyager/away", &format!("member_id={id}"))
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    }
+}

@@ -23,16 +23,26 @@ pub fn page(name: &str, ctx: minijinja::Value) -> AppResult<Html<String>> {
 
 /// The ship with this key, or a 404.
 pub async fn find_ship(db: &Database, id: &str) -> AppResult<Starship> {
-    Starship::get(db, id)
-        .await?
-        .ok_or_else(|| AppError::NotFound(format!("There is no starship `{id}`.")))
+    found(Starship::get(db, id).await, || {
+        format!("There is no starship `{id}`.")
+    })
 }
 
 /// The crew member with this key, or a 404.
 pub async fn find_member(db: &Database, id: &str) -> AppResult<Crewmember> {
-    Crewmember::get(db, id)
-        .await?
-        .ok_or_else(|| AppError::NotFound(format!("There is no crew member `{id}`.")))
+    found(Crewmember::get(db, id).await, || {
+        format!("There is no crew member `{id}`.")
+    })
+}
+
+/// A row read by a key from the address bar: missing is a 404, and so is a key the store
+/// refuses (too long, say), since no row can have it.
+fn found<T>(row: remodel::Result<Option<T>>, missing: impl FnOnce() -> String) -> AppResult<T> {
+    match row {
+        Ok(Some(row)) => Ok(row),
+        Ok(None) | Err(remodel::Error::InvalidKey { .. }) => Err(AppError::NotFound(missing())),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// A text field of a form: trimmed, not empty, at most `max` characters, no control
