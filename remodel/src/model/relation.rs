@@ -466,7 +466,9 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
     /// cannot resume from a cursor: reopen it with `include_initial`.
     pub fn join_changes(&self) -> Result<crate::Changes> {
         let links = self.links(self.key()?);
-        Ok(links.eq_join(self.rel.association_key, C::schema().table).changes())
+        Ok(links
+            .eq_join(self.rel.association_key, C::schema().table)
+            .changes())
     }
 
     /// Unrelates these rows from this parent only (their other relations stay), in one
