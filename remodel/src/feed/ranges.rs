@@ -11,6 +11,7 @@
 //! past it, so `[a, b)` covers positions from `(a, AT)` up to `(b, AT)` and `(a, b]` from
 //! `(a, AFTER)` up to `(b, AFTER)`. A range is then one half-open span of positions.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
@@ -45,6 +46,9 @@ pub(crate) struct RangeIndex {
     /// start of the space.
     segments: BTreeMap<Pos, Vec<GroupId>>,
     ranges: usize,
+    /// The position a stab looks up, kept to spare an allocation per write (routes are used
+    /// under their lock, one caller at a time).
+    probe: RefCell<Pos>,
 }
 
 impl Default for RangeIndex {
@@ -54,6 +58,7 @@ impl Default for RangeIndex {
         RangeIndex {
             segments,
             ranges: 0,
+            probe: RefCell::new((Vec::new(), AT)),
         }
     }
 }
@@ -128,7 +133,11 @@ impl RangeIndex {
             if cut.0.is_empty() && cut.1 == AT {
                 continue;
             }
-            let before = self.segments.range(..cut.clone()).next_back().map(|(_, g)| g);
+            let before = self
+                .segments
+                .range(..cut.clone())
+                .next_back()
+                .map(|(_, g)| g);
             if before.is_some() && before == self.segments.get(&cut) {
                 self.segments.remove(&cut);
             }
@@ -137,12 +146,11 @@ impl RangeIndex {
 
     /// Adds to `out` the groups whose range contains `key`.
     pub(crate) fn stab(&self, key: &[u8], out: &mut Vec<GroupId>) {
+        let mut probe = self.probe.borrow_mut();
+        probe.0.clear();
+        probe.0.extend_from_slice(key);
         // The last segment starting at or before (key, AT).
-        let found = self
-            .segments
-            .range(..=(key.to_vec(), AT))
-            .next_back()
-            .map(|(_, g)| g);
+        let found = self.segments.range(..=&*probe).next_back().map(|(_, g)| g);
         if let Some(groups) = found {
             out.extend_from_slice(groups);
         }

@@ -91,7 +91,8 @@ pub(super) type DocKeys = (*const IndexState, Vec<Vec<u8>>, Vec<Vec<u8>>);
 /// see whole rows (identical for all of them, so one allocation is shared).
 pub(super) struct ChangeCtx<'a> {
     pub(super) c: &'a Committed,
-    pub(super) key: Arc<[u8]>,
+    /// The row's key as items carry it, made when the first item is.
+    key: Option<Arc<[u8]>>,
     pub(super) index_keys: Vec<DocKeys>,
     /// Items of untransformed groups, by (row before, row after) presence.
     pub(super) plain: [Option<Change>; 3],
@@ -101,10 +102,18 @@ impl<'a> ChangeCtx<'a> {
     pub(super) fn new(c: &'a Committed) -> Self {
         ChangeCtx {
             c,
-            key: Arc::from(&c.key[..]),
+            key: None,
             index_keys: Vec::new(),
             plain: [None, None, None],
         }
+    }
+
+    /// The row's key as items carry it (shared by all of them).
+    pub(super) fn key(&mut self) -> Arc<[u8]> {
+        let c = self.c;
+        self.key
+            .get_or_insert_with(|| Arc::from(&c.key[..]))
+            .clone()
     }
 
     /// The keys of the old (`new: false`) or new document in `ix`, computed once.
@@ -150,7 +159,8 @@ impl<'a> ChangeCtx<'a> {
             (true, false) => 1,
             _ => 2,
         };
-        let (c, key) = (self.c, &self.key);
+        let c = self.c;
+        let key = self.key();
         self.plain[slot]
             .get_or_insert_with(|| {
                 Change::row(
@@ -201,7 +211,7 @@ pub(super) fn row_items(
     let (old, new) = (seen(old_n, &c.old), seen(new_n, &c.new));
     let old_n = if old.is_some() { old_n } else { 0 };
     let new_n = if new.is_some() { new_n } else { 0 };
-    let key = &ctx.key;
+    let key = &ctx.key();
     let both = old_n.min(new_n);
     // The row's places in the result, numbered: place i is there before the write when
     // i < old_n and after it when i < new_n (squashing merges per row and place).
