@@ -66,7 +66,12 @@ fn crash_feeds_child() {
 /// (sequence number, id) of every item its subscriber printed.
 fn run_child(dir: &Path, kill_after: Duration) -> Vec<(u64, String)> {
     let mut child = Command::new(std::env::current_exe().expect("current exe"))
-        .args(["--exact", "crash_feeds_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "crash_feeds_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(ENV_DIR, dir)
         .env("RUST_BACKTRACE", "0")
         .stdin(Stdio::null())
@@ -132,7 +137,10 @@ fn seen_items_survive_a_crash() {
     let mut highest_seen = 0;
     for round in 0..6 {
         let seen = run_child(&dir, Duration::from_millis(rng.gen_range(20..400)));
-        assert!(!seen.is_empty(), "round {round}: the child delivered nothing");
+        assert!(
+            !seen.is_empty(),
+            "round {round}: the child delivered nothing"
+        );
         let max_seen = seen.iter().map(|(s, _)| *s).max().unwrap();
         assert!(
             seen.iter().all(|(s, _)| *s > highest_seen),

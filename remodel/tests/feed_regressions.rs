@@ -72,7 +72,10 @@ async fn a_boundary_member_updated_in_place_is_reported_as_itself() {
     assert_eq!(items.len(), 1);
     assert_eq!(
         pair(&items[0]),
-        (json!({"id": 1, "a": 1}), json!({"id": 1, "a": 1, "b": true}))
+        (
+            json!({"id": 1, "a": 1}),
+            json!({"id": 1, "a": 1, "b": true})
+        )
     );
     // Same order value: still itself.
     t.get(1).update(json!({"a": 1, "c": 1})).await.unwrap();
@@ -194,9 +197,12 @@ async fn a_commit_touching_several_members_refills_from_its_own_state() {
         .unwrap();
     apply(&mut list, &drain(&mut feed));
     assert_eq!(list, top(&db, 3, true).await);
-    t.insert_many(vec![json!({"id": "x", "a": 9}), json!({"id": "y", "a": 10})])
-        .await
-        .unwrap();
+    t.insert_many(vec![
+        json!({"id": "x", "a": 9}),
+        json!({"id": "y", "a": 10}),
+    ])
+    .await
+    .unwrap();
     apply(&mut list, &drain(&mut feed));
     assert_eq!(list, top(&db, 3, true).await);
 }
@@ -306,7 +312,12 @@ async fn point_feeds_take_transforms_and_initial_nulls_are_exact() {
         .include_initial(true)
         .await
         .unwrap();
-    let mut all = t.get_all([1]).changes().include_initial(true).await.unwrap();
+    let mut all = t
+        .get_all([1])
+        .changes()
+        .include_initial(true)
+        .await
+        .unwrap();
     for f in [&mut plain, &mut plucked, &mut filtered] {
         let items = drain(f);
         assert_eq!(items.len(), 1);
@@ -326,7 +337,10 @@ async fn point_feeds_take_transforms_and_initial_nulls_are_exact() {
     let f: Vec<_> = drain(&mut filtered).iter().map(pair).collect();
     assert_eq!(f, vec![(Value::Null, json!({"id": 1, "v": 2}))]);
     // A point query with a transform reads like one.
-    assert_eq!(t.get(1).pluck(["v"]).run().await.unwrap(), Some(json!({"v": 2})));
+    assert_eq!(
+        t.get(1).pluck(["v"]).run().await.unwrap(),
+        Some(json!({"v": 2}))
+    );
     assert_eq!(t.get(2).pluck(["v"]).run().await.unwrap(), None);
 }
 
@@ -351,12 +365,7 @@ async fn sequence_numbers_survive_a_restart_and_snapshots_are_numbered() {
     let db = Database::open(&dir).await.unwrap();
     let second = seq_of_a_write(db.clone(), 2).await;
     assert!(second > first, "{second} after {first}");
-    let feed = db
-        .table("t")
-        .changes()
-        .include_initial(true)
-        .await
-        .unwrap();
+    let feed = db.table("t").changes().include_initial(true).await.unwrap();
     assert!(feed.snapshot_seq().unwrap() >= second);
     db.close().await.unwrap();
     drop((db, feed));

@@ -164,40 +164,42 @@ impl Feed {
         let mut from = lo;
         loop {
             // One chunk under the commit lock; writers run between chunks.
-            let next = db.inner.with_commit_lock(|seq| -> Result<Option<Vec<u8>>> {
-                self.snapshot_seq = Some(seq);
-                db.check_open()?;
-                if table.is_dropped() {
-                    return Err(Error::NoSuchTable(table.name.clone()));
-                }
-                if let Some((plan, signature, join)) = plan.take() {
-                    let hub = db.inner.sink_as::<super::Hub>();
-                    let sub = hub.subscribe(plan, signature, join, || Ok(Vec::new()), false)?;
-                    self.join(sub);
-                }
-                let mut last = None;
-                let mut read = 0;
-                for entry in table
-                    .docs
-                    .range(from.clone(), hi.clone())
-                    .take(INITIAL_CHUNK)
-                {
-                    let (key, bytes) = entry?;
-                    let doc = Arc::new(table.parse_doc(&bytes)?);
-                    if let Some(seen) = view.apply(&doc) {
-                        rows.push(seen);
+            let next = db
+                .inner
+                .with_commit_lock(|seq| -> Result<Option<Vec<u8>>> {
+                    self.snapshot_seq = Some(seq);
+                    db.check_open()?;
+                    if table.is_dropped() {
+                        return Err(Error::NoSuchTable(table.name.clone()));
                     }
-                    last = Some(key.to_vec());
-                    read += 1;
-                }
-                let done = read < INITIAL_CHUNK;
-                let frontier = if done { None } else { last.clone() };
-                match &mut self.inbox {
-                    Inbox::Shared(log, reader) => reader.scanned(log, frontier),
-                    Inbox::Own(sub) => sub.scanned(frontier),
-                }
-                Ok(last.filter(|_| !done))
-            })?;
+                    if let Some((plan, signature, join)) = plan.take() {
+                        let hub = db.inner.sink_as::<super::Hub>();
+                        let sub = hub.subscribe(plan, signature, join, || Ok(Vec::new()), false)?;
+                        self.join(sub);
+                    }
+                    let mut last = None;
+                    let mut read = 0;
+                    for entry in table
+                        .docs
+                        .range(from.clone(), hi.clone())
+                        .take(INITIAL_CHUNK)
+                    {
+                        let (key, bytes) = entry?;
+                        let doc = Arc::new(table.parse_doc(&bytes)?);
+                        if let Some(seen) = view.apply(&doc) {
+                            rows.push(seen);
+                        }
+                        last = Some(key.to_vec());
+                        read += 1;
+                    }
+                    let done = read < INITIAL_CHUNK;
+                    let frontier = if done { None } else { last.clone() };
+                    match &mut self.inbox {
+                        Inbox::Shared(log, reader) => reader.scanned(log, frontier),
+                        Inbox::Own(sub) => sub.scanned(frontier),
+                    }
+                    Ok(last.filter(|_| !done))
+                })?;
             match next {
                 Some(k) => from = Bound::Excluded(k),
                 None => return Ok(rows),
