@@ -1370,10 +1370,14 @@ mod beyond_figures {
             unit: "ratio",
             target: 100.0,
             at_least: true,
-            note: pairs.note(
-                &format!("inserts with 100 consumers of group(field).count() on {rows} rows (the 100 identical feeds share one maintained group)"),
-                "re-running it 100 times per write",
-            ),
+            note: {
+                let (live, requery) = pairs.median();
+                format!(
+                    "writes with 100 consumers of group(field).count() on {rows} rows: live \
+                     (100 identical feeds, one maintained group, drained) {live:.0}/s vs the \
+                     100 consumers re-running it after each write {requery:.3}/s"
+                )
+            },
         }
     }
 

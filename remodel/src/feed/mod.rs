@@ -12,12 +12,18 @@
 //! | any of those + `filter` / `pluck` / `without` | the same, as the query sees the rows |
 //! | `order_by(Order::index(..)).limit(n)` (also `min_by_index`, `max_by_index`) | the top `n`, maintained incrementally |
 //! | `db.stats()` | changed stats rows, about once a second |
+//! | `count()`, `sum/avg/min/max(field)`, `group(field)` / `group_by_index(name)` + any of them, over a table, `get_all` or `between` (with filters) | changed groups `{group, reduction}` (ungrouped: the value), maintained per commit; `min`/`max` need an index on the field |
+//! | `eq_join(field, other)`, optionally `.index(name)` | `{left, right}` pairs, following both tables |
 //!
-//! Anything else is refused when the feed is created, with [`crate::Error::InvalidQuery`]
+//! Anything else is refused when the feed is created, with [`crate::Error::Unwatchable`]
 //! saying why: `limit` without an index ordering ("cannot watch the first elements of an
 //! unordered stream"), an `order_by` on a field, an index ordering without `limit`, `skip`,
-//! anything after `limit`. Aggregates and terminals (`count`, `group`, `sum`, ...) return
-//! values, not queries, so they cannot be watched by construction.
+//! anything after `limit`, an aggregate or join of a top-N query, a live `min`/`max`
+//! without an index on its field.
+//!
+//! Row feeds (the first four lines, with their transforms) can resume from a cursor after a
+//! disconnect or a restart when the database keeps a change log
+//! ([`crate::Config::change_log`], [`Changes::resume_from`]).
 //!
 //! Items come in commit order. With `include_initial`, the current rows come first, and
 //! no change is missing or repeated between them and the changes that follow: the
