@@ -442,6 +442,9 @@ async fn away_teams_assign_and_release() {
     let voyager = app.get("/ship/voyager").await.body;
     assert!(voyager.contains("id=\"away-picard\"") && voyager.contains("id=\"away-tuvok\""));
     assert!(voyager.contains("action=\"/ship/voyager/away/picard/release\""));
+    // The assign form offers only officers not on the team yet.
+    assert!(!voyager.contains("<option value=\"picard\">"));
+    assert!(voyager.contains("<option value=\"data\">Data</option>"));
     let tuvok = app.get("/member/tuvok").await.body;
     assert!(
         tuvok.contains(">Voyager</a>, <a href=\"/ship/defiant\">Defiant</a>")

@@ -43,8 +43,10 @@ pub async fn show(State(app): State<AppState>, Path(id): Path<String>) -> AppRes
     let crew = ship.crewmembers(&app.db).all().await?;
     let away = ship.away_team(&app.db).all().await?;
     let ships = Starship::all(&app.db).await?;
-    let everyone = Crewmember::all(&app.db).await?;
-    page("ship.html", context! { ship, crew, away, ships, everyone })
+    // The assign form offers the officers not on this away team yet.
+    let mut others = Crewmember::all(&app.db).await?;
+    others.retain(|m| !away.iter().any(|a| a.id == m.id));
+    page("ship.html", context! { ship, crew, away, ships, others })
 }
 
 /// The add-member form.
