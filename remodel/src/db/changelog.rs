@@ -354,39 +354,40 @@ impl ChangeLog {
         Ok(())
     }
 
-    /// The changes of `table` numbered `from` and above, in order (the caller holds the
-    /// commit lock, so nothing is appended meanwhile).
-    pub(crate) fn read_from(
+    /// Calls `f` with each change of `table` numbered `from` and above, in order (the
+    /// caller holds the commit lock, so nothing is appended meanwhile). Recent changes are
+    /// read from memory, older ones from the disk.
+    pub(crate) fn for_each_from(
         &self,
         table: &str,
         from: u64,
-    ) -> Box<dyn Iterator<Item = Result<Committed>> + '_> {
+        mut f: impl FnMut(&Committed) -> Result<()>,
+    ) -> Result<()> {
         {
             // The tail holds every change from its first one on: a cursor at or after that
             // one reads from memory.
             let tail = self.tail.lock();
             if tail.front().is_some_and(|(_, c)| c.seq <= from) {
                 let at = tail.partition_point(|(_, c)| c.seq < from);
-                let out: Vec<Result<Committed>> = tail
-                    .range(at..)
-                    .filter(|(t, _)| &**t == table)
-                    .map(|(_, c)| Ok(c.clone()))
-                    .collect();
-                return Box::new(out.into_iter());
+                for (t, c) in tail.range(at..) {
+                    if &**t == table {
+                        f(c)?;
+                    }
+                }
+                return Ok(());
             }
         }
-        let table = table.to_string();
-        Box::new(
-            self.tree
-                .range(
-                    Bound::Included(from.to_be_bytes().to_vec()),
-                    Bound::Unbounded,
-                )
-                .filter_map(move |entry| {
-                    let decoded = entry.and_then(|(k, v)| decode(be_u64(&k)?, &v, &table));
-                    decoded.transpose()
-                }),
-        )
+        let entries = self.tree.range(
+            Bound::Included(from.to_be_bytes().to_vec()),
+            Bound::Unbounded,
+        );
+        for entry in entries {
+            let (k, v) = entry?;
+            if let Some(c) = decode(be_u64(&k)?, &v, table)? {
+                f(&c)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -419,7 +420,13 @@ mod tests {
             .unwrap();
         storage.apply(&batch).unwrap();
         let seqs = |log: &ChangeLog| -> Vec<u64> {
-            log.read_from("t", 0).map(|c| c.unwrap().seq).collect()
+            let mut seqs = Vec::new();
+            log.for_each_from("t", 0, |c| {
+                seqs.push(c.seq);
+                Ok(())
+            })
+            .unwrap();
+            seqs
         };
         // Its document is as the entry says: the commit happened, nothing goes.
         log.recover(&storage, |_, k| {

@@ -121,16 +121,16 @@ impl Feed {
             self.snapshot_seq = Some(cursor.seq);
             let mut items = Vec::new();
             // From the cursor's own change on: the feed's later items for it come first.
-            for c in log.read_from(&table, cursor.seq) {
-                let c = c?;
-                Hub::replay_items(&replay, &c, &mut items);
+            let front = &mut self.front;
+            log.for_each_from(&table, cursor.seq, |c| {
+                Hub::replay_items(&replay, c, &mut items);
                 for item in items.drain(..) {
                     if item.cursor().is_some_and(|at| at > cursor) {
-                        self.front.push_back(item);
+                        front.push_back(item);
                     }
                 }
-            }
-            Ok(())
+                Ok(())
+            })
         })
     }
 }
