@@ -255,3 +255,35 @@ async fn a_right_row_update_reaches_every_joined_left_row() {
         .unwrap_err();
     assert!(matches!(err, Error::NoSuchTable(_)), "{err:?}");
 }
+
+#[tokio::test]
+async fn dropping_either_table_ends_the_join_feed() {
+    for dropped in ["crew", "ships"] {
+        let db = Database::temporary().await.unwrap();
+        db.create_table("crew").await.unwrap();
+        db.create_table("ships").await.unwrap();
+        db.table("ships").insert(json!({"id": 1})).await.unwrap();
+        db.table("crew")
+            .insert(json!({"id": "a", "ship": 1}))
+            .await
+            .unwrap();
+        let mut feed = db
+            .table("crew")
+            .query()
+            .eq_join("ship", "ships")
+            .changes()
+            .await
+            .unwrap();
+        db.drop_table(dropped).await.unwrap();
+        let end = tokio::time::timeout(std::time::Duration::from_secs(5), feed.next())
+            .await
+            .expect("the feed ends");
+        assert!(
+            matches!(end, Some(Err(Error::FeedAborted(_)))),
+            "{dropped}: {end:?}"
+        );
+        // Writes to the other table go on without the ended feed.
+        let other = if dropped == "crew" { "ships" } else { "crew" };
+        db.table(other).insert(json!({"id": 7})).await.unwrap();
+    }
+}

@@ -490,14 +490,57 @@ impl Hub {
         }
     }
 
-    /// Ends the feeds of a dropped table.
+    /// Ends the feeds of a dropped table, and the joins that read it as their right table.
     pub(crate) fn abort_table(&self, table: &str, why: &str) {
+        let mut unroute = Vec::new();
         if let Some(feeds) = self.tables.write().remove(table) {
             let mut routes = feeds.routes.lock();
             let ids: Vec<GroupId> = routes.groups.keys().copied().collect();
             for id in ids {
                 if let Some(g) = routes.remove_group(id) {
                     g.members.close(&Error::FeedAborted(why.to_string()));
+                    forget_join(table, id, &g, &mut unroute);
+                }
+            }
+        }
+        self.abort_joins_on(table, None, why, &mut unroute);
+        for (space, left, id, keys) in unroute {
+            self.unroute_join(&space, &left, id, keys);
+        }
+    }
+
+    /// Ends the join groups whose right side is `table` (its key space `index`, or any).
+    fn abort_joins_on(
+        &self,
+        table: &str,
+        index: Option<&str>,
+        why: &str,
+        unroute: &mut Vec<(JoinSpace, String, GroupId, Vec<Vec<u8>>)>,
+    ) {
+        let mut targets: Vec<(String, GroupId)> = Vec::new();
+        for ((right, space), r) in self.joins.lock().iter() {
+            if right == table && index.is_none_or(|i| space.as_deref() == Some(i)) {
+                for gs in r.by_key.values() {
+                    targets.extend(gs.iter().cloned());
+                }
+            }
+        }
+        targets.sort();
+        targets.dedup();
+        let tables = self.tables.read().clone();
+        for (left, id) in targets {
+            let Some(feeds) = tables.get(&left) else {
+                continue;
+            };
+            let mut routes = feeds.routes.lock();
+            let is_join_on = matches!(
+                routes.groups.get(&id).map(|g| &g.kind),
+                Some(Kind::Rows { join: Some(j), .. }) if j.def.right.name == table
+            );
+            if is_join_on {
+                if let Some(g) = routes.remove_group(id) {
+                    g.members.close(&Error::FeedAborted(why.to_string()));
+                    forget_join(&left, id, &g, unroute);
                 }
             }
         }
@@ -515,12 +558,19 @@ impl Hub {
             .filter(|(_, g)| g.index.as_deref() == Some(index))
             .map(|(id, _)| *id)
             .collect();
+        let mut unroute = Vec::new();
         for id in ids {
             if let Some(g) = routes.remove_group(id) {
                 g.members.close(&Error::FeedAborted(why.to_string()));
+                forget_join(table, id, &g, &mut unroute);
             }
         }
         routes.by_index_value.remove(index);
+        drop(routes);
+        self.abort_joins_on(table, Some(index), why, &mut unroute);
+        for (space, left, id, keys) in unroute {
+            self.unroute_join(&space, &left, id, keys);
+        }
     }
 
     /// Ends every feed (the database is closing).
@@ -541,6 +591,18 @@ impl Hub {
                 .get(t)
                 .map_or(0, |f| f.open.load(Ordering::Acquire)),
         }
+    }
+}
+
+/// Notes a removed join group's routes, to remove once the table's routes are released.
+fn forget_join(
+    table: &str,
+    id: GroupId,
+    g: &group::Group,
+    out: &mut Vec<(JoinSpace, String, GroupId, Vec<Vec<u8>>)>,
+) {
+    if let Kind::Rows { join: Some(j), .. } = &g.kind {
+        out.push((j.def.space(), table.to_string(), id, j.keys()));
     }
 }
 
