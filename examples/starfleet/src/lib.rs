@@ -39,8 +39,8 @@ struct Shared {
     cut: watch::Sender<u64>,
     /// How many SSE streams resumed from a browser's `Last-Event-ID`.
     resumed: AtomicU64,
-    /// Events already rendered, shared by the streams of every open page.
-    events: live::EventCache,
+    /// Rows already rendered, shared by the streams of every open page.
+    rows: live::RowCache,
 }
 
 impl AppState {
@@ -51,7 +51,7 @@ impl AppState {
             inner: Arc::new(Shared {
                 cut: watch::channel(0).0,
                 resumed: AtomicU64::new(0),
-                events: live::EventCache::default(),
+                rows: live::RowCache::default(),
             }),
         }
     }

@@ -2,8 +2,8 @@
 //!
 //! | stream | feed | events |
 //! |---|---|---|
-//! | `/ship/{id}/crew/events` | `ship.crewmembers(&db).changes()` (relation feed) | `reset`, `row` |
-//! | `/ship/{id}/away/events` | `ship.away_team(&db).join_changes()` (a live join) | `reset`, `row` |
+//! | `/ship/{id}/crew/events` | `ship.crewmembers(&db).changes()` (relation feed) | `reset`, `rows` |
+//! | `/ship/{id}/away/events` | `ship.away_team(&db).join_changes()` (a live join) | `reset`, `rows` |
 //! | `/events/ships`, `/species/events` | the live aggregate `group("starship_id" / "species").count().changes()` | `counts`, `html` |
 //! | `/leaderboard/events` | `order_by(points index).limit(5)` (top-N feed) | `html` |
 //!
@@ -33,7 +33,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::IntoFuture;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// What the live handlers return.
@@ -83,36 +83,41 @@ fn last_event_id(headers: &HeaderMap) -> Option<Result<Cursor, String>> {
     Some(text.and_then(|t| t.parse::<Cursor>().map_err(|e| e.to_string())))
 }
 
-/// Events already made, by the change behind them and the list they are for: a change seen
-/// by hundreds of open ship pages (each with its own feed) is rendered once, since rendering
-/// is most of what a delivery costs. The most recent changes are kept.
+/// Rows already rendered, by the change behind them and the list they are for: a change
+/// seen by hundreds of open ship pages (each with its own feed) is rendered once, since
+/// rendering is most of what a delivery costs. The most recent changes are kept.
 #[derive(Default)]
-pub(crate) struct EventCache {
-    events: Mutex<BTreeMap<(Cursor, String), Event>>,
+pub(crate) struct RowCache {
+    rows: Mutex<BTreeMap<(Cursor, String), Arc<str>>>,
 }
 
-impl EventCache {
+impl RowCache {
     const KEEP: usize = 4096;
 
-    /// The event of the change at `at` for `list`, made by `make` if no stream made it yet.
-    fn get_or_make(&self, at: Option<Cursor>, list: String, make: impl FnOnce() -> Event) -> Event {
-        let Some(at) = at else { return make() };
+    /// The JSON row of the change at `at` for `list`, made by `make` if no stream made it yet.
+    fn get_or_make(
+        &self,
+        at: Option<Cursor>,
+        list: String,
+        make: impl FnOnce() -> String,
+    ) -> Arc<str> {
+        let Some(at) = at else { return make().into() };
         let key = (at, list);
-        if let Some(e) = self
-            .events
+        if let Some(row) = self
+            .rows
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&key)
         {
-            return e.clone();
+            return row.clone();
         }
-        let event = make();
-        let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
-        events.insert(key, event.clone());
-        while events.len() > Self::KEEP {
-            events.pop_first();
+        let row: Arc<str> = make().into();
+        let mut rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+        rows.insert(key, row.clone());
+        while rows.len() > Self::KEEP {
+            rows.pop_first();
         }
-        event
+        row
     }
 }
 
@@ -122,33 +127,59 @@ enum RowUpdate {
     Initial(String),
     /// The current state is complete: replace the page's rows with it.
     Ready,
-    /// A row was added, changed or removed: a `row` event (see [`row_event`]).
-    Change(Event),
+    /// A row was added, changed or removed: its JSON (see [`row_update`]) and cursor.
+    Change(Arc<str>, Option<Cursor>),
     /// Nothing to tell (a state marker).
     Skip,
     /// The feed failed or missed changes: the page must reload.
     Failed(String),
 }
 
-/// Row updates as SSE events: the initial rows become one `reset` event, then each change
-/// one `row` event `{id, html}` (`html: null`: the row left).
+/// Row updates as SSE events: the initial rows become one `reset` event; then the changes
+/// that are ready together (a burst, or a page catching up after a reconnect) become one
+/// `rows` event, `[{id, html}, ...]` in commit order (`html: null`: the row left), whose id
+/// is the cursor of its last change. Fewer, larger events: one socket write per burst
+/// instead of one per change.
 fn row_events(
     updates: impl Stream<Item = RowUpdate> + Send + 'static,
 ) -> impl Stream<Item = Event> + Send {
+    fn rows(batch: &mut Vec<Arc<str>>, at: Option<Cursor>) -> Event {
+        let e = Event::default()
+            .event("rows")
+            .data(format!("[{}]", batch.join(",")));
+        batch.clear();
+        match at {
+            Some(c) => e.id(c.to_string()),
+            None => e,
+        }
+    }
     stream! {
         let mut initial = String::new();
-        for await update in updates {
-            match update {
-                RowUpdate::Initial(html) => initial.push_str(&html),
-                RowUpdate::Ready => {
-                    yield event("reset", json!({ "html": std::mem::take(&mut initial) }), None)
+        let (mut batch, mut last) = (Vec::new(), None);
+        let mut updates = std::pin::pin!(updates.ready_chunks(256));
+        while let Some(chunk) = updates.next().await {
+            for update in chunk {
+                match update {
+                    RowUpdate::Initial(html) => initial.push_str(&html),
+                    RowUpdate::Ready => {
+                        yield event("reset", json!({ "html": std::mem::take(&mut initial) }), None)
+                    }
+                    RowUpdate::Change(row, at) => {
+                        batch.push(row);
+                        last = at.or(last);
+                    }
+                    RowUpdate::Skip => {}
+                    RowUpdate::Failed(why) => {
+                        if !batch.is_empty() {
+                            yield rows(&mut batch, last);
+                        }
+                        yield Event::default().event("reload").data(why);
+                        return;
+                    }
                 }
-                RowUpdate::Change(e) => yield e,
-                RowUpdate::Skip => {}
-                RowUpdate::Failed(why) => {
-                    yield Event::default().event("reload").data(why);
-                    break;
-                }
+            }
+            if !batch.is_empty() {
+                yield rows(&mut batch, last);
             }
         }
     }
@@ -172,22 +203,21 @@ impl<T: Model> RowFeed for ModelChanges<T> {
     }
 }
 
-/// A `row` event: `{id, html}` with the row's DOM id, and `html: null` for a row that left.
-/// Made once per change and list, whatever the number of streams (see [`EventCache`]).
-fn row_event(
+/// A row change, `{id, html}` with the row's DOM id (`html: null` for a row that left).
+/// Made once per change and list, whatever the number of streams (see [`RowCache`]).
+fn row_update(
     app: &AppState,
     list: &str,
     id: String,
     at: Option<Cursor>,
     html: impl FnOnce() -> Option<String>,
 ) -> RowUpdate {
-    let e = app
+    let key = format!("{list}/{id}");
+    let row = app
         .inner
-        .events
-        .get_or_make(at, format!("{list}/{id}"), || {
-            event("row", json!({ "id": id, "html": html() }), at)
-        });
-    RowUpdate::Change(e)
+        .rows
+        .get_or_make(at, key, || json!({ "id": id, "html": html() }).to_string());
+    RowUpdate::Change(row, at)
 }
 
 /// Opens a row feed: resumed from the browser's `Last-Event-ID`, or fresh with the current
@@ -240,8 +270,10 @@ pub async fn crew(
         Ok(c) => match (c.kind, c.raw().cursor(), c.new, c.old) {
             (ChangeKind::State, ..) => ready_or_skip(c.state),
             (ChangeKind::Initial, _, Some(m), _) => RowUpdate::Initial(row(&m)),
-            (_, at, Some(m), _) => row_event(&app, &list, dom_id("crew", &m), at, || Some(row(&m))),
-            (_, at, None, Some(m)) => row_event(&app, &list, dom_id("crew", &m), at, || None),
+            (_, at, Some(m), _) => {
+                row_update(&app, &list, dom_id("crew", &m), at, || Some(row(&m)))
+            }
+            (_, at, None, Some(m)) => row_update(&app, &list, dom_id("crew", &m), at, || None),
             (_, _, None, None) => RowUpdate::Skip,
         },
     });
@@ -278,8 +310,8 @@ pub async fn away_team(
         match (c.kind(), officer(c.new_val()), officer(c.old_val())) {
             (ChangeKind::State, ..) => ready_or_skip(c.state()),
             (ChangeKind::Initial, Some(m), _) => RowUpdate::Initial(row(&m)),
-            (_, Some(m), _) => row_event(&app, &list, dom_id("away", &m), at, || Some(row(&m))),
-            (_, None, Some(m)) => row_event(&app, &list, dom_id("away", &m), at, || None),
+            (_, Some(m), _) => row_update(&app, &list, dom_id("away", &m), at, || Some(row(&m))),
+            (_, None, Some(m)) => row_update(&app, &list, dom_id("away", &m), at, || None),
             (_, None, None) => RowUpdate::Skip,
         }
     });

@@ -14,15 +14,16 @@ function connect(url, handlers) {
   window.starfleetLive.push(es);
 }
 
-// A table body of rows with ids: `reset` replaces them all, `row` adds, replaces or removes one.
+// A table body of rows with ids: `reset` replaces them all; `rows` lists changes in commit
+// order, each adding, replacing or removing (html: null) one row.
 document.querySelectorAll("[data-rows]").forEach((body) => connect(body.dataset.rows, {
   reset: (d) => { body.innerHTML = d.html; },
-  row: (d) => {
+  rows: (list) => list.forEach((d) => {
     const old = document.getElementById(d.id);
     if (d.html === null) { if (old) old.remove(); }
     else if (old) { old.outerHTML = d.html; }
     else { body.insertAdjacentHTML("beforeend", d.html); }
-  },
+  }),
 }));
 
 // A block redrawn whole (the species chart, the leaderboard).
