@@ -34,6 +34,16 @@ enum Op {
     Scrap {
         id: u8,
     },
+    /// One commit writing both tables (in either order): a crew member moves, a ship is
+    /// replaced.
+    Both {
+        crew_first: bool,
+        id: u8,
+        ship: u8,
+        ship_id: u8,
+        class: u8,
+        name: u8,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -45,6 +55,9 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0..4u8, 0..2u8, 0..3u8).prop_map(|(id, class, name)| Op::Ship { id, class, name }),
         2 => (0..4u8, 0..3u8).prop_map(|(id, name)| Op::Rename { id, name }),
         1 => (0..4u8).prop_map(|id| Op::Scrap { id }),
+        2 => (any::<bool>(), 0..8u8, 0..4u8, 0..4u8, 0..2u8, 0..3u8).prop_map(
+            |(crew_first, id, ship, ship_id, class, name)| Op::Both { crew_first, id, ship, ship_id, class, name }
+        ),
     ]
 }
 
@@ -81,6 +94,28 @@ async fn apply(db: &Database, op: &Op) {
         }
         Op::Scrap { id } => {
             ships.get(*id).delete().await.unwrap();
+        }
+        Op::Both {
+            crew_first,
+            id,
+            ship,
+            ship_id,
+            class,
+            name,
+        } => {
+            let crew_doc = json!({"id": id, "ship": ship, "cls": class, "b": 0});
+            let ship_doc = json!({"id": ship_id, "class": class, "name": format!("n{name}")});
+            let batch = db.batch();
+            let batch = if *crew_first {
+                batch
+                    .insert_with("crew", crew_doc, replace)
+                    .insert_with("ships", ship_doc, replace)
+            } else {
+                batch
+                    .insert_with("ships", ship_doc, replace)
+                    .insert_with("crew", crew_doc, replace)
+            };
+            batch.await.unwrap();
         }
     }
 }

@@ -10,8 +10,9 @@
 //!
 //! Items are `{"left": .., "right": ..}` pairs: a pair appears when a left row starts to
 //! join a right row (either moved), changes when either row changes, and goes away when one
-//! leaves. A commit that writes both tables at once is applied one table after the other
-//! (the pairs are right once both are applied).
+//! leaves. The right rows under each routed key are kept as last reported, and pairs are
+//! made from them: a commit that writes both tables gives the same items whichever table is
+//! applied first, and a left row joining an already known key reads nothing.
 
 use super::change::Change;
 use super::spec::{Matcher, View};
@@ -111,12 +112,20 @@ struct Left {
     key: Option<Vec<u8>>,
 }
 
+/// The right rows under one join key, as the join's consumers know them.
+type Rights = Vec<(Vec<u8>, Arc<Value>)>;
+
 /// A live join's state.
 pub(crate) struct LiveJoin {
     pub def: JoinDef,
     left: HashMap<Vec<u8>, Left>,
     /// Join key -> the left rows joining on it.
     reverse: HashMap<Vec<u8>, Vec<Vec<u8>>>,
+    /// Join key -> the right rows under it, as last reported (read from storage when a key
+    /// gets its first left row, then kept up to date by the right table's changes). Pairs
+    /// are made from these, so a commit that writes both tables gives the same items in
+    /// whichever order its two tables are applied.
+    rights: HashMap<Vec<u8>, Rights>,
 }
 
 fn pair(l: &Value, r: &Value) -> Arc<Value> {
@@ -170,6 +179,7 @@ impl LiveJoin {
             def,
             left: HashMap::new(),
             reverse: HashMap::new(),
+            rights: HashMap::new(),
         };
         let mut deltas = Vec::new();
         for row in rows {
@@ -180,7 +190,7 @@ impl LiveJoin {
             }
             let seen = Arc::new(doc);
             let key = j.def.key_of(&seen);
-            j.enter(&pk, key.clone(), &mut deltas);
+            j.enter(&pk, key.clone(), &mut deltas)?;
             j.left.insert(
                 pk,
                 Left {
@@ -200,14 +210,22 @@ impl LiveJoin {
         Ok((j, keys))
     }
 
-    fn enter(&mut self, pk: &[u8], key: Option<Vec<u8>>, deltas: &mut Vec<RouteDelta>) {
+    fn enter(
+        &mut self,
+        pk: &[u8],
+        key: Option<Vec<u8>>,
+        deltas: &mut Vec<RouteDelta>,
+    ) -> Result<()> {
         if let Some(k) = key {
-            let list = self.reverse.entry(k.clone()).or_default();
-            if list.is_empty() {
-                deltas.push(RouteDelta::Add(k));
+            if !self.reverse.contains_key(&k) {
+                // The key's first left row: its right rows as they are now.
+                let rows = self.def.right_rows(&k)?;
+                self.rights.insert(k.clone(), rows);
+                deltas.push(RouteDelta::Add(k.clone()));
             }
-            list.push(pk.to_vec());
+            self.reverse.entry(k).or_default().push(pk.to_vec());
         }
+        Ok(())
     }
 
     fn leave(&mut self, pk: &[u8], key: &Option<Vec<u8>>, deltas: &mut Vec<RouteDelta>) {
@@ -216,6 +234,7 @@ impl LiveJoin {
                 list.retain(|p| p != pk);
                 if list.is_empty() {
                     self.reverse.remove(k);
+                    self.rights.remove(k);
                     deltas.push(RouteDelta::Remove(k.clone()));
                 }
             }
@@ -235,13 +254,22 @@ impl LiveJoin {
         for pk in pks {
             let l = &self.left[pk];
             let Some(k) = &l.key else { continue };
-            for (_, r) in self.def.right_rows(k)? {
+            for (_, r) in self.rights.get(k).into_iter().flatten() {
                 for _ in 0..l.times {
-                    out.push(pair(&l.seen, &r));
+                    out.push(pair(&l.seen, r));
                 }
             }
         }
         Ok(out)
+    }
+
+    /// The right rows a left row is joined to, as last reported.
+    fn rights_of(&self, l: &Option<Left>) -> Rights {
+        l.as_ref()
+            .and_then(|l| l.key.as_ref())
+            .and_then(|k| self.rights.get(k))
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Applies changes of the left table: each one's items (with its sequence number), and
@@ -270,19 +298,14 @@ impl LiveJoin {
                 }
                 None => None,
             };
+            let r_old = self.rights_of(&before);
             if let Some(b) = &before {
                 self.leave(&c.key, &b.key, deltas);
             }
             if let Some(a) = &after {
-                self.enter(&c.key, a.key.clone(), deltas);
+                self.enter(&c.key, a.key.clone(), deltas)?;
             }
-            let rights = |l: &Option<Left>| -> Result<Vec<(Vec<u8>, Arc<Value>)>> {
-                match l.as_ref().and_then(|l| l.key.as_ref()) {
-                    Some(k) => self.def.right_rows(k),
-                    None => Ok(Vec::new()),
-                }
-            };
-            let (r_old, r_new) = (rights(&before)?, rights(&after)?);
+            let r_new = self.rights_of(&after);
             let mut right_pks: Vec<&Vec<u8>> =
                 r_old.iter().chain(r_new.iter()).map(|(k, _)| k).collect();
             right_pks.sort();
@@ -305,39 +328,46 @@ impl LiveJoin {
         Ok(out)
     }
 
-    /// Applies a change of the right table (routed here by one of its keys).
-    pub(crate) fn apply_right(&self, c: &Committed) -> Vec<Change> {
+    /// Applies a change of the right table (routed here by one of its keys): every left row
+    /// joined under a key the right row had or has gets its pair's change.
+    pub(crate) fn apply_right(&mut self, c: &Committed) -> Vec<Change> {
         let keys_of = |d: &Option<Arc<Value>>| {
             d.as_deref()
                 .map(|d| self.def.right_keys(&c.key, d))
                 .unwrap_or_default()
         };
         let (old_keys, new_keys) = (keys_of(&c.old), keys_of(&c.new));
-        let mut lefts: Vec<&Vec<u8>> = old_keys
-            .iter()
-            .chain(new_keys.iter())
-            .filter_map(|k| self.reverse.get(k))
-            .flatten()
-            .collect();
-        lefts.sort();
-        lefts.dedup();
+        let mut keys: Vec<&Vec<u8>> = old_keys.iter().chain(new_keys.iter()).collect();
+        keys.sort();
+        keys.dedup();
         let mut out = Vec::new();
-        for lpk in lefts {
-            let Some(l) = self.left.get(lpk) else {
+        for k in keys {
+            let Some(rows) = self.rights.get_mut(k) else {
                 continue;
             };
-            let Some(k) = &l.key else { continue };
-            let old = c
-                .old
-                .as_ref()
-                .filter(|_| old_keys.contains(k))
-                .map(|r| pair(&l.seen, r));
-            let new = c
-                .new
-                .as_ref()
-                .filter(|_| new_keys.contains(k))
-                .map(|r| pair(&l.seen, r));
-            pair_items(pair_key(lpk, &c.key), old, l.times, new, l.times, &mut out);
+            // As the consumers know it, and as it is now.
+            let old = rows
+                .iter()
+                .position(|(pk, _)| *pk == c.key)
+                .map(|i| rows.remove(i).1);
+            let new = c.new.clone().filter(|_| new_keys.contains(k));
+            if let Some(n) = &new {
+                rows.push((c.key.clone(), n.clone()));
+                rows.sort_by(|a, b| a.0.cmp(&b.0));
+            }
+            for lpk in self.reverse.get(k).into_iter().flatten() {
+                let Some(l) = self.left.get(lpk) else {
+                    continue;
+                };
+                pair_items(
+                    pair_key(lpk, &c.key),
+                    old.as_ref().map(|r| pair(&l.seen, r)),
+                    l.times,
+                    new.as_ref().map(|r| pair(&l.seen, r)),
+                    l.times,
+                    &mut out,
+                );
+            }
         }
         out
     }

@@ -277,7 +277,7 @@ impl Hub {
             let Some(group) = routes.groups.get_mut(&gid) else {
                 continue;
             };
-            let Kind::Rows { join: Some(j), .. } = &group.kind else {
+            let Kind::Rows { join: Some(j), .. } = &mut group.kind else {
                 continue;
             };
             if j.def.right.name != table.name {
