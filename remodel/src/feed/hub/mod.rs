@@ -122,6 +122,8 @@ impl Hub {
         // Top-N and aggregate groups see the commit as one step: their changes are collected
         // here and applied together once every change of the commit has been routed.
         let mut topn: Vec<(GroupId, Vec<&Committed>)> = Vec::new();
+        // Where each per-commit group's entry is in `topn` (a large commit reaches them often).
+        let mut topn_at: HashMap<GroupId, usize> = HashMap::new();
         let mut join_deltas: Vec<(JoinSpace, GroupId, Vec<RouteDelta>)> = Vec::new();
         let mut items = Vec::new();
         for c in changes {
@@ -132,9 +134,12 @@ impl Hub {
                     continue;
                 };
                 if group.kind.per_commit() {
-                    match topn.iter_mut().find(|(g, _)| g == id) {
-                        Some((_, cs)) => cs.push(c),
-                        None => topn.push((*id, vec![c])),
+                    match topn_at.get(id) {
+                        Some(&at) => topn[at].1.push(c),
+                        None => {
+                            topn_at.insert(*id, topn.len());
+                            topn.push((*id, vec![c]));
+                        }
                     }
                     continue;
                 }
