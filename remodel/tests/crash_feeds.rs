@@ -26,11 +26,19 @@ fn crash_feeds_child() {
         .build()
         .expect("runtime")
         .block_on(async move {
-            let db = Config::new(dir)
-                .durability(Durability::Hard)
-                .open()
-                .await
-                .expect("open");
+            // The parent's last handle may still hold the files for a moment after its
+            // close: retry for a bounded time.
+            let mut tries = 0;
+            let db = loop {
+                match Config::new(&dir).durability(Durability::Hard).open().await {
+                    Ok(db) => break db,
+                    Err(_) if tries < 200 => {
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(25)).await;
+                    }
+                    Err(e) => panic!("open: {e}"),
+                }
+            };
             db.ensure_table("log").await.expect("table");
             let log = db.table("log");
             let mut feed = log.changes().await.expect("feed");
@@ -101,7 +109,7 @@ fn run_child(dir: &Path, kill_after: Duration) -> Vec<(u64, String)> {
     // Wait for the first delivery, then let it run a little longer.
     while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
         lines.push(line);
-        if lines.iter().any(|l| l.starts_with("@@ seen")) {
+        if lines.iter().any(|l| l.contains("@@ seen")) {
             break;
         }
     }
@@ -116,7 +124,9 @@ fn run_child(dir: &Path, kill_after: Duration) -> Vec<(u64, String)> {
     lines
         .iter()
         .filter_map(|l| {
-            let mut parts = l.trim().strip_prefix("@@ seen ")?.splitn(2, ' ');
+            // The first line may follow the test harness's own `test ... ` on the same line.
+            let at = l.find("@@ seen ")?;
+            let mut parts = l[at..].trim().strip_prefix("@@ seen ")?.splitn(2, ' ');
             let seq = parts.next()?.parse().ok()?;
             let id: serde_json::Value = serde_json::from_str(parts.next()?).ok()?;
             Some((seq, id.as_str()?.to_string()))
