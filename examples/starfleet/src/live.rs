@@ -2,8 +2,8 @@
 //!
 //! | stream | feed | events |
 //! |---|---|---|
-//! | `/ship/{id}/crew/events` | `ship.crewmembers(&db).changes()` (relation feed) | `reset`, `rows` |
-//! | `/ship/{id}/away/events` | `ship.away_team(&db).join_changes()` (a live join) | `reset`, `rows` |
+//! | `/ship/{id}/events` | `ship.crewmembers(&db).changes()` (relation feed) | `crew-reset`, `crew-rows` |
+//! | (the same stream) | `ship.away_team(&db).join_changes()` (a live join) | `away-reset`, `away-rows` |
 //! | `/events/ships`, `/species/events` | the live aggregate `group("starship_id" / "species").count().changes()` | `counts`, `html` |
 //! | `/leaderboard/events` | `order_by(points index).limit(5)` (top-N feed) | `html` |
 //!
@@ -135,24 +135,26 @@ enum RowUpdate {
     Failed(String),
 }
 
-/// Row updates as SSE events: the initial rows become one `reset` event; then the changes
-/// that are ready together (a burst, or a page catching up after a reconnect) become one
-/// `rows` event, `[{id, html}, ...]` in commit order (`html: null`: the row left), whose id
-/// is the cursor of its last change. Fewer, larger events: one socket write per burst
-/// instead of one per change.
+/// Row updates of one list of a page as SSE events: the initial rows become one
+/// `{list}-reset` event; then the changes that are ready together (a burst, or a page
+/// catching up after a reconnect) become one `{list}-rows` event, `[{id, html}, ...]` in
+/// commit order (`html: null`: the row left). With `ids`, its SSE id is the cursor of its
+/// last change (the stream's `Last-Event-ID` on reconnect).
 fn row_events(
+    list: &'static str,
+    ids: bool,
     updates: impl Stream<Item = RowUpdate> + Send + 'static,
 ) -> impl Stream<Item = Event> + Send {
-    fn rows(batch: &mut Vec<Arc<str>>, at: Option<Cursor>) -> Event {
+    let rows = move |batch: &mut Vec<Arc<str>>, at: Option<Cursor>| {
         let e = Event::default()
-            .event("rows")
+            .event(format!("{list}-rows"))
             .data(format!("[{}]", batch.join(",")));
         batch.clear();
-        match at {
+        match at.filter(|_| ids) {
             Some(c) => e.id(c.to_string()),
             None => e,
         }
-    }
+    };
     stream! {
         let mut initial = String::new();
         let (mut batch, mut last) = (Vec::new(), None);
@@ -162,7 +164,8 @@ fn row_events(
                 match update {
                     RowUpdate::Initial(html) => initial.push_str(&html),
                     RowUpdate::Ready => {
-                        yield event("reset", json!({ "html": std::mem::take(&mut initial) }), None)
+                        let html = std::mem::take(&mut initial);
+                        yield event(&format!("{list}-reset"), json!({ "html": html }), None)
                     }
                     RowUpdate::Change(row, at) => {
                         batch.push(row);
@@ -250,22 +253,44 @@ fn failed(e: Error) -> RowUpdate {
     RowUpdate::Failed(e.to_string())
 }
 
-/// `/ship/{id}/crew/events`: the crew, live, through the relation feed.
-pub async fn crew(
+/// `/ship/{id}/events`: the ship page's two lists, live, on one connection (browsers allow
+/// few per host): `crew-*` events from the relation feed, resumed from `Last-Event-ID`, and
+/// `away-*` events from the away team's live join, which starts from the current team on
+/// every (re)connect. Only crew events carry ids, so `Last-Event-ID` is always a crew cursor.
+pub async fn ship(
     State(app): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> AppResult<EventStream> {
     let ship = find_ship(&app.db, &id).await?;
-    let ships = Starship::all(&app.db).await?; // for the move buttons; ships never change
-    let feed = match open_rows(&app, &headers, ship.crewmembers(&app.db).changes()).await? {
-        Ok(feed) => feed,
+    let crew = match crew(&app, &ship, &headers).await? {
+        Ok(crew) => crew,
         Err(reload) => return Ok(reload),
     };
-    let state = app.clone();
+    let away = away_team(&app, &ship).await?;
+    let events = stream::select(
+        row_events("crew", true, crew),
+        row_events("away", false, away),
+    );
+    Ok(serve(&app, events))
+}
+
+/// The crew, through the relation feed `ship.crewmembers(&db).changes()`. `Err` is the
+/// `reload` stream for a `Last-Event-ID` that cannot be resumed.
+async fn crew(
+    app: &AppState,
+    ship: &Starship,
+    headers: &HeaderMap,
+) -> AppResult<Result<impl Stream<Item = RowUpdate> + Send + 'static, EventStream>> {
+    let feed = match open_rows(app, headers, ship.crewmembers(&app.db).changes()).await? {
+        Ok(feed) => feed,
+        Err(reload) => return Ok(Err(reload)),
+    };
+    let ships = Starship::all(&app.db).await?; // for the move buttons; ships never change
+    let (app, ship) = (app.clone(), ship.clone());
     let list = format!("crew/{}", ship.id_str());
     let row = move |m: &Crewmember| render_row("crew_row.html", context! { m, ship, ships });
-    let updates = feed.map(move |item| match item {
+    Ok(Ok(feed.map(move |item| match item {
         Err(e) => failed(e),
         Ok(c) => match (c.kind, c.raw().cursor(), c.new, c.old) {
             (ChangeKind::State, ..) => ready_or_skip(c.state),
@@ -276,32 +301,30 @@ pub async fn crew(
             (_, at, None, Some(m)) => row_update(&app, &list, dom_id("crew", &m), at, || None),
             (_, _, None, None) => RowUpdate::Skip,
         },
-    });
-    Ok(serve(&state, row_events(updates)))
+    })))
 }
 
-/// `/ship/{id}/away/events`: the away team, live, through a live join of the ship's links
-/// (the many-to-many join table) with the crew: an officer appears when assigned, changes
-/// when edited, and goes when released or deleted. A join feed does not resume from a
-/// cursor, so every (re)connect starts with the current team (`reset`).
-pub async fn away_team(
-    State(app): State<AppState>,
-    Path(id): Path<String>,
-) -> AppResult<EventStream> {
-    let ship = find_ship(&app.db, &id).await?;
+/// The away team, through a live join of the ship's links (the many-to-many join table)
+/// with the crew: an officer appears when assigned, changes when edited, and goes when
+/// released or deleted. A join feed does not resume from a cursor: it starts from the
+/// current team.
+async fn away_team(
+    app: &AppState,
+    ship: &Starship,
+) -> AppResult<impl Stream<Item = RowUpdate> + Send + 'static> {
     let feed = ship
         .away_team(&app.db)
         .join_changes()?
         .include_initial(true)
         .include_states(true)
         .await?;
-    let state = app.clone();
+    let (app, ship) = (app.clone(), ship.clone());
     let list = format!("away/{}", ship.id_str());
     let officer = |pair: Option<&Value>| {
         pair.and_then(|p| Crewmember::from_json(p.get("right")?.clone()).ok())
     };
     let row = move |m: &Crewmember| render_row("away_row.html", context! { m, ship });
-    let updates = feed.map(move |item| {
+    Ok(feed.map(move |item| {
         let c = match item {
             Ok(c) => c,
             Err(e) => return failed(e),
@@ -314,8 +337,7 @@ pub async fn away_team(
             (_, None, Some(m)) => row_update(&app, &list, dom_id("away", &m), at, || None),
             (_, None, None) => RowUpdate::Skip,
         }
-    });
-    Ok(serve(&state, row_events(updates)))
+    }))
 }
 
 fn ready_or_skip(state: Option<FeedState>) -> RowUpdate {

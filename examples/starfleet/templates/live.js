@@ -14,17 +14,22 @@ function connect(url, handlers) {
   window.starfleetLive.push(es);
 }
 
-// A table body of rows with ids: `reset` replaces them all; `rows` lists changes in commit
+// A page with lists (data-events on a container, data-list on each table body): one stream
+// for them all. `{list}-reset` replaces a list's rows; `{list}-rows` lists changes in commit
 // order, each adding, replacing or removing (html: null) one row.
-document.querySelectorAll("[data-rows]").forEach((body) => connect(body.dataset.rows, {
-  reset: (d) => { body.innerHTML = d.html; },
-  rows: (list) => list.forEach((d) => {
-    const old = document.getElementById(d.id);
-    if (d.html === null) { if (old) old.remove(); }
-    else if (old) { old.outerHTML = d.html; }
-    else { body.insertAdjacentHTML("beforeend", d.html); }
-  }),
-}));
+document.querySelectorAll("[data-events]").forEach((page) => {
+  const handlers = {};
+  page.querySelectorAll("[data-list]").forEach((body) => {
+    handlers[body.dataset.list + "-reset"] = (d) => { body.innerHTML = d.html; };
+    handlers[body.dataset.list + "-rows"] = (list) => list.forEach((d) => {
+      const old = document.getElementById(d.id);
+      if (d.html === null) { if (old) old.remove(); }
+      else if (old) { old.outerHTML = d.html; }
+      else { body.insertAdjacentHTML("beforeend", d.html); }
+    });
+  });
+  connect(page.dataset.events, handlers);
+});
 
 // A block redrawn whole (the species chart, the leaderboard).
 document.querySelectorAll("[data-html]").forEach((el) => connect(el.dataset.html, {

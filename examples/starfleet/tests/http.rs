@@ -238,7 +238,7 @@ async fn unknown_ids_are_404_pages() {
         "/ship/nx-01",
         "/member/q",
         "/nowhere",
-        "/ship/voyager/crew/events/x",
+        "/ship/voyager/events/x",
     ] {
         let r = app.get(path).await;
         assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}");
@@ -265,7 +265,7 @@ async fn unknown_ids_are_404_pages() {
             "{path}"
         );
     }
-    for path in ["/ship/nx-01/crew/events", "/ship/nx-01/away/events"] {
+    for path in ["/ship/nx-01/events"] {
         assert_eq!(app.get(path).await.status, StatusCode::NOT_FOUND, "{path}");
     }
 }
@@ -508,15 +508,35 @@ async fn next_event(body: &mut Body, buf: &mut String) -> (String, Option<String
     }
 }
 
-/// The row changes of the next `rows` events, until there are `n`.
-async fn next_rows(body: &mut Body, buf: &mut String, n: usize) -> Vec<serde_json::Value> {
+/// The next event of a ship page's stream for `list` (`crew` or `away`), or a `reload`.
+async fn next_of(
+    body: &mut Body,
+    buf: &mut String,
+    list: &str,
+) -> (String, Option<String>, String) {
+    loop {
+        let e = next_event(body, buf).await;
+        if e.0 == "reload" || e.0.starts_with(&format!("{list}-")) {
+            return e;
+        }
+    }
+}
+
+/// The row changes of the next `{list}-rows` events, until there are `n`.
+async fn next_rows(
+    body: &mut Body,
+    buf: &mut String,
+    list: &str,
+    n: usize,
+) -> Vec<serde_json::Value> {
     let mut rows = Vec::new();
     while rows.len() < n {
-        let (name, id, data) = next_event(body, buf).await;
-        assert_eq!(name, "rows");
-        assert!(
+        let (name, id, data) = next_of(body, buf, list).await;
+        assert_eq!(name, format!("{list}-rows"));
+        assert_eq!(
             id.is_some(),
-            "a batch of changes carries the cursor of its last one"
+            list == "crew",
+            "crew changes carry their cursor, away changes none"
         );
         rows.extend(serde_json::from_str::<Vec<serde_json::Value>>(&data).unwrap());
     }
@@ -542,23 +562,23 @@ async fn open_stream(app: &App, path: &str, last_event_id: Option<&str>) -> Body
 #[tokio::test]
 async fn the_crew_stream_sends_the_crew_then_changes_and_resumes_from_a_cursor() {
     let app = app().await;
-    let mut stream = open_stream(&app, "/ship/voyager/crew/events", None).await;
+    let mut stream = open_stream(&app, "/ship/voyager/events", None).await;
     let mut buf = String::new();
-    let (name, id, data) = next_event(&mut stream, &mut buf).await;
-    assert_eq!((name.as_str(), id), ("reset", None));
+    let (name, id, data) = next_of(&mut stream, &mut buf, "crew").await;
+    assert_eq!((name.as_str(), id), ("crew-reset", None));
     assert!(
         data.contains("crew-janeway") && data.contains("crew-tuvok") && !data.contains("picard")
     );
 
     app.post("/ship/voyager/crew", "name=Kes&rank=ensign&species=ocampa")
         .await;
-    let (name, cursor, data) = next_event(&mut stream, &mut buf).await;
-    assert_eq!(name, "rows");
+    let (name, cursor, data) = next_of(&mut stream, &mut buf, "crew").await;
+    assert_eq!(name, "crew-rows");
     assert!(data.contains("Kes"));
     let cursor = cursor.expect("a change carries its cursor");
 
     app.post("/member/tuvok/move", "ship_id=defiant").await;
-    let rows = next_rows(&mut stream, &mut buf, 1).await;
+    let rows = next_rows(&mut stream, &mut buf, "crew", 1).await;
     assert_eq!(
         rows,
         [serde_json::json!({"id": "crew-tuvok", "html": null})]
@@ -569,9 +589,9 @@ async fn the_crew_stream_sends_the_crew_then_changes_and_resumes_from_a_cursor()
     // leaving, Neelix's edit.
     app.post("/member/neelix", "name=Neelix&rank=chef&species=talaxian")
         .await;
-    let mut resumed = open_stream(&app, "/ship/voyager/crew/events", Some(&cursor)).await;
+    let mut resumed = open_stream(&app, "/ship/voyager/events", Some(&cursor)).await;
     let mut buf = String::new();
-    let rows = next_rows(&mut resumed, &mut buf, 2).await;
+    let rows = next_rows(&mut resumed, &mut buf, "crew", 2).await;
     assert_eq!(
         rows[0],
         serde_json::json!({"id": "crew-tuvok", "html": null})
@@ -581,7 +601,7 @@ async fn the_crew_stream_sends_the_crew_then_changes_and_resumes_from_a_cursor()
     assert_eq!(app.state.resumed_streams(), 1);
 
     // Not a cursor: the page is told to reload.
-    let mut bad = open_stream(&app, "/ship/voyager/crew/events", Some("<script>")).await;
+    let mut bad = open_stream(&app, "/ship/voyager/events", Some("<script>")).await;
     let (name, _, _) = next_event(&mut bad, &mut String::new()).await;
     assert_eq!(name, "reload");
 }
@@ -620,25 +640,25 @@ async fn the_other_streams_start_with_the_current_state() {
     let (_, _, data) = next_event(&mut board, &mut buf).await;
     assert!(data.contains("Paris"));
 
-    let mut away = open_stream(&app, "/ship/voyager/away/events", None).await;
+    let mut away = open_stream(&app, "/ship/voyager/events", None).await;
     let mut buf = String::new();
-    let (name, _, _) = next_event(&mut away, &mut buf).await;
-    assert_eq!(name, "reset");
+    let (name, _, _) = next_of(&mut away, &mut buf, "away").await;
+    assert_eq!(name, "away-reset");
     app.post("/ship/voyager/away", "member_id=picard").await;
-    let (name, _, data) = next_event(&mut away, &mut buf).await;
-    assert_eq!(name, "rows");
+    let (name, _, data) = next_of(&mut away, &mut buf, "away").await;
+    assert_eq!(name, "away-rows");
     assert!(data.contains("away-picard") && data.contains("Jean-Luc Picard"));
     // The away team is a live join: an edit of the officer shows too, and so does a release.
     app.post("/member/picard", "name=Locutus&rank=drone&species=borg")
         .await;
-    let (_, id, data) = next_event(&mut away, &mut buf).await;
-    assert!(id.is_some());
+    let (_, id, data) = next_of(&mut away, &mut buf, "away").await;
+    assert!(id.is_none(), "away events leave Last-Event-ID to the crew");
     assert!(
         data.contains("away-picard") && data.contains("Locutus"),
         "{data}"
     );
     app.post("/ship/voyager/away/picard/release", "").await;
-    let rows = next_rows(&mut away, &mut buf, 1).await;
+    let rows = next_rows(&mut away, &mut buf, "away", 1).await;
     assert_eq!(
         rows,
         [serde_json::json!({"id": "away-picard", "html": null})]
@@ -723,19 +743,19 @@ async fn a_cursor_older_than_the_change_log_makes_the_page_reload() {
         router: router(state.clone()),
         state,
     };
-    let mut stream = open_stream(&app, "/ship/voyager/crew/events", None).await;
+    let mut stream = open_stream(&app, "/ship/voyager/events", None).await;
     let mut buf = String::new();
-    next_event(&mut stream, &mut buf).await; // reset
+    next_of(&mut stream, &mut buf, "crew").await; // crew-reset
     app.post("/member/tuvok", "name=Tuvok&rank=commander&species=vulcan")
         .await;
-    let (_, cursor, _) = next_event(&mut stream, &mut buf).await;
+    let (_, cursor, _) = next_of(&mut stream, &mut buf, "crew").await;
     drop(stream);
     // The log trims in steps (at least 64 changes past its retention).
     for i in 0..150 {
         app.post("/leaderboard", &format!("player=p{i}&points={i}"))
             .await;
     }
-    let mut stale = open_stream(&app, "/ship/voyager/crew/events", cursor.as_deref()).await;
+    let mut stale = open_stream(&app, "/ship/voyager/events", cursor.as_deref()).await;
     let (name, _, data) = next_event(&mut stale, &mut String::new()).await;
     assert_eq!(name, "reload");
     assert!(data.contains("change log"), "{data}");

@@ -8,7 +8,7 @@
 //! 1. `writes_none`: form posts per second (adding crew members through `POST
 //!    /ship/{id}/crew`, 8 posters) with no live client;
 //! 2. opens `--clients` SSE streams, spread over the three ship pages
-//!    (`/ship/{id}/crew/events`), and waits until each has its first event;
+//!    (`/ship/{id}/events`), and waits until each has its first event;
 //! 3. `sse_delivery_p99_ms`: writes one member at a time (one every 20 ms, rotating ships)
 //!    and measures, per write, the time from sending the POST until every client watching
 //!    that ship has the event (the POST includes the commit and its fsync, so this is an
@@ -131,7 +131,7 @@ struct Deliveries {
 async fn client(addr: SocketAddr, ship: &str, d: Arc<Deliveries>) {
     let mut s = TcpStream::connect(addr).await.expect("connect");
     let req = format!(
-        "GET /ship/{ship}/crew/events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
+        "GET /ship/{ship}/events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
     );
     s.write_all(req.as_bytes()).await.expect("send");
     let mut seen = HashSet::new();
@@ -150,7 +150,7 @@ async fn client(addr: SocketAddr, ship: &str, d: Arc<Deliveries>) {
             continue;
         };
         let events = &buf[..end];
-        if !ready && find(events, b"event: reset").is_some() {
+        if !ready && find(events, b"event: crew-reset").is_some() {
             ready = true;
             d.ready.fetch_add(1, Ordering::Relaxed);
         }
