@@ -125,6 +125,11 @@ async fn open(client: &Client, addr: SocketAddr, path: &str) {
     let started = Instant::now();
     client.goto(&format!("http://{addr}{path}")).await.unwrap();
     println!("{path}: loaded in {} ms", started.elapsed().as_millis());
+    // Pages left behind must have closed their streams (six connections per host).
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{path}: the page load stalled"
+    );
     let connected = "window.starfleetLive && window.starfleetLive.length > 0 \
                      && window.starfleetLive.every(es => es.readyState === 1)";
     assert!(
