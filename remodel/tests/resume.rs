@@ -466,3 +466,31 @@ async fn a_cursor_older_than_the_in_memory_tail_resumes_from_disk() {
     assert_eq!(pairs(&take(&mut resumed, 999).await), pairs(&got[19_001..]));
     quiet(&mut resumed).await;
 }
+
+#[tokio::test]
+async fn a_cursor_from_before_a_table_was_recreated_has_expired() {
+    let db = logged_db().await;
+    db.create_table("t").await.unwrap();
+    let t = db.table("t");
+    let mut feed = t.changes().await.unwrap();
+    t.insert(json!({"id": 1, "old": true})).await.unwrap();
+    let old = take(&mut feed, 1).await[0].cursor().unwrap();
+    t.insert(json!({"id": 2, "old": true})).await.unwrap();
+    drop(feed);
+    db.drop_table("t").await.unwrap();
+    db.create_table("t").await.unwrap();
+    let t = db.table("t");
+    let mut feed = t.changes().await.unwrap();
+    t.insert(json!({"id": 3})).await.unwrap();
+    let new = take(&mut feed, 1).await[0].cursor().unwrap();
+    // The old table's changes must not come back as the new table's.
+    let err = t.changes().resume_from(old).await.unwrap_err();
+    assert!(matches!(err, Error::CursorExpired { .. }), "{err:?}");
+    t.insert(json!({"id": 4})).await.unwrap();
+    let mut resumed = t.changes().resume_from(new).await.unwrap();
+    assert_eq!(
+        take(&mut resumed, 1).await[0].new_val(),
+        Some(&json!({"id": 4}))
+    );
+    quiet(&mut resumed).await;
+}

@@ -13,7 +13,7 @@ use crate::storage::{Storage, Tree, WriteBatch};
 use crate::{Error, Result};
 use parking_lot::Mutex;
 use serde_json::Value;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -58,7 +58,12 @@ pub(crate) struct ChangeLog {
     /// The newest changes, in memory, as committed (shared with the feeds' items): a feed
     /// resuming from a recent cursor (a reconnect) reads them without touching the disk.
     tail: Mutex<VecDeque<(Arc<str>, Committed)>>,
+    /// Tables created while the log was on: the last sequence number before each was made.
+    created: Mutex<HashMap<String, u64>>,
 }
+
+/// Where the creation numbers of tables are kept in the meta tree.
+const CREATED_PREFIX: &[u8] = b"created/";
 
 /// How many of the newest changes the log keeps in memory as well.
 const TAIL: usize = 16_384;
@@ -102,7 +107,7 @@ fn encode(
 }
 
 fn damaged() -> Error {
-    Error::Storage("an entry of the change log is damaged".into())
+    Error::storage("an entry of the change log is damaged")
 }
 
 /// Splits `n` bytes off the front of `b`.
@@ -148,9 +153,9 @@ fn decode(seq: u64, mut b: &[u8], table: &str) -> Result<Option<Committed>> {
     let n = u32::from_be_bytes(take(&mut b, 4)?.try_into().map_err(|_| damaged())?) as usize;
     let old = take(&mut b, n)?;
     let parse = |bytes: &[u8]| -> Result<Arc<Value>> {
-        serde_json::from_slice(bytes)
-            .map(Arc::new)
-            .map_err(|e| Error::Serialization(format!("a change log entry is unreadable: {e}")))
+        serde_json::from_slice(bytes).map(Arc::new).map_err(|e| {
+            Error::serialization_from(format!("a change log entry is unreadable: {e}"), e)
+        })
     };
     Ok(Some(Committed {
         seq,
@@ -198,7 +203,13 @@ impl ChangeLog {
             floor: AtomicU64::new(floor),
             since_check: AtomicU64::new(0),
             tail: Mutex::new(VecDeque::new()),
+            created: Mutex::new(HashMap::new()),
         };
+        for entry in log.meta.scan_prefix(CREATED_PREFIX) {
+            let (k, v) = entry?;
+            let name = String::from_utf8_lossy(&k[CREATED_PREFIX.len()..]).into_owned();
+            log.created.lock().insert(name, be_u64(&v)?);
+        }
         Ok(log)
     }
 
@@ -298,6 +309,22 @@ impl ChangeLog {
             }
             tail.push_back((table.clone(), c.clone()));
         }
+    }
+
+    /// Records that `table` was created after change `seq`.
+    pub(crate) fn table_created(&self, storage: &Storage, table: &str, seq: u64) -> Result<()> {
+        let mut key = CREATED_PREFIX.to_vec();
+        key.extend_from_slice(table.as_bytes());
+        let mut batch = WriteBatch::default();
+        batch.insert(&self.meta, key, seq.to_be_bytes().to_vec());
+        storage.apply(&batch)?;
+        self.created.lock().insert(table.to_string(), seq);
+        Ok(())
+    }
+
+    /// The last change before `table` was created (0: before the log knew).
+    pub(crate) fn created(&self, table: &str) -> u64 {
+        self.created.lock().get(table).copied().unwrap_or(0)
     }
 
     /// Every change numbered this or above is in the log.

@@ -532,6 +532,12 @@ impl Database {
             docs,
         ));
         self.save_meta(&table)?;
+        if let Some(log) = &self.inner.changelog {
+            // Cursors from before this table existed (an earlier table of the same name) must
+            // not resume into it.
+            let seq = self.inner.with_commit_lock(|seq| seq);
+            log.table_created(&self.inner.storage, name, seq)?;
+        }
         self.inner.tables.write().insert(name.to_string(), table);
         self.inner.storage.flush().await
     }

@@ -104,6 +104,11 @@ impl Feed {
                     log.floor()
                 )));
             }
+            if cursor.seq < log.created(&table) {
+                return Err(expired(format!(
+                    "table `{table}` was created after it (an earlier table of that name had it)"
+                )));
+            }
             if cursor.seq > last {
                 return Err(Error::feed_option(format!(
                     "cursor {cursor} is ahead of this database's last change: it is from another database"
