@@ -1,6 +1,7 @@
 //! The one error type of Remodel.
 
 use serde_json::Value;
+use std::sync::Arc;
 
 /// Every error a Remodel operation can return.
 ///
@@ -162,12 +163,26 @@ pub enum Error {
     /// The database was closed.
     #[error("the database is closed")]
     Closed,
-    /// The underlying storage engine failed.
-    #[error("storage error: {0}")]
-    Storage(String),
-    /// A stored value could not be (de)serialized.
-    #[error("serialization error: {0}")]
-    Serialization(String),
+    /// The underlying storage engine failed: what happened, and the engine's or the file
+    /// system's own error when there is one ([`std::error::Error::source`]).
+    #[error("storage error: {message}")]
+    Storage {
+        /// What failed, in words.
+        message: String,
+        /// The error behind it.
+        #[source]
+        source: Option<Source>,
+    },
+    /// A stored value could not be (de)serialized: what, and the parser's own error when
+    /// there is one.
+    #[error("serialization error: {message}")]
+    Serialization {
+        /// What failed, in words.
+        message: String,
+        /// The error behind it.
+        #[source]
+        source: Option<Source>,
+    },
     /// A model-layer error (see [`crate::model::ModelError`]): a document that does not fit
     /// its struct, a relation on an unsaved model, a model missing from the schema, a hook
     /// that refused.
@@ -181,11 +196,92 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl From<serde_json::Error> for Error {
     fn from(e: serde_json::Error) -> Self {
-        Error::Serialization(e.to_string())
+        Error::Serialization {
+            message: e.to_string(),
+            source: Some(Source::new(e)),
+        }
+    }
+}
+
+/// The error behind a storage or serialization failure, shared so that [`Error`] stays
+/// `Clone`. Two sources are equal when they say the same.
+#[derive(Clone)]
+pub struct Source(Arc<dyn std::error::Error + Send + Sync>);
+
+impl Source {
+    pub(crate) fn new(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Source(Arc::new(e))
+    }
+
+    /// The underlying error.
+    pub fn get(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.0
+    }
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+impl std::error::Error for Source {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl PartialEq for Source {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_string() == other.0.to_string()
     }
 }
 
 impl Error {
+    /// A storage failure described by `message`.
+    pub(crate) fn storage(message: impl Into<String>) -> Self {
+        Error::Storage {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A storage failure described by `message`, caused by `source`.
+    pub(crate) fn storage_from(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::Storage {
+            message: message.into(),
+            source: Some(Source::new(source)),
+        }
+    }
+
+    /// A value that could not be (de)serialized, described by `message`.
+    pub(crate) fn serialization(message: impl Into<String>) -> Self {
+        Error::Serialization {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A value that could not be (de)serialized, caused by `source`.
+    pub(crate) fn serialization_from(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::Serialization {
+            message: message.into(),
+            source: Some(Source::new(source)),
+        }
+    }
+
     pub(crate) fn query(reason: impl Into<String>) -> Self {
         Error::InvalidQuery(reason.into())
     }

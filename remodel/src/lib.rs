@@ -43,7 +43,7 @@ pub use db::{
     ChangeLogRetention, ChangePair, Config, Conflict, Database, Durability, IndexSpec,
     IndexStatus, Patch, WriteResult, MAX_MULTI_ELEMENTS,
 };
-pub use error::{Error, Result};
+pub use error::{Error, Result, Source};
 pub use feed::{Change, ChangeKind, Changes, Cursor, Feed, FeedOptions, FeedState, Squash};
 pub use model::Model;
 pub use query::{

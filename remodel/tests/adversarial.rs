@@ -525,8 +525,8 @@ fn check_typed(what: &str, e: &Error) -> Result<(), TestCaseError> {
         return Err(fail(format!("{what}: a panic: {text}")));
     }
     match e {
-        Error::Storage(_)
-        | Error::Serialization(_)
+        Error::Storage { .. }
+        | Error::Serialization { .. }
         | Error::Unusable(_)
         | Error::Damaged { .. } => Err(fail(format!("{what}: the store broke: {text}"))),
         _ => Ok(()),

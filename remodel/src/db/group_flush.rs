@@ -68,7 +68,7 @@ impl GroupFlush {
                 let storage = storage.clone();
                 let flushed = tokio::task::spawn_blocking(move || storage.flush_blocking())
                     .await
-                    .map_err(|e| Error::Storage(format!("flush task failed: {e}")))
+                    .map_err(|e| Error::storage(format!("flush task failed: {e}")))
                     .and_then(|r| r);
                 self.state.send_modify(|s| {
                     s.running = false;

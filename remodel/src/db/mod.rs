@@ -226,10 +226,13 @@ fn temporary_dir() -> Result<PathBuf> {
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let dir = base.join(format!("{PREFIX}{}-{nanos}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| {
-        Error::Storage(format!(
-            "cannot create a temporary database in {}: {e}",
-            base.display()
-        ))
+        Error::storage_from(
+            format!(
+                "cannot create a temporary database in {}: {e}",
+                base.display()
+            ),
+            e,
+        )
     })?;
     Ok(dir)
 }
@@ -273,11 +276,11 @@ fn open_error(path: Option<&Path>, failure: OpenFailure, here: bool) -> Error {
         |p| p.display().to_string(),
     );
     match failure {
-        OpenFailure::Locked if here => Error::Storage(format!(
+        OpenFailure::Locked if here => Error::storage(format!(
             "cannot open the database at {at}: it is still open in this process (a handle, \
              table, iterator or feed of an earlier open is alive; drop it, or keep using it)"
         )),
-        OpenFailure::Locked => Error::Storage(format!(
+        OpenFailure::Locked => Error::storage(format!(
             "cannot open the database at {at}: another process has it open"
         )),
         OpenFailure::Io(e) => {
@@ -288,7 +291,7 @@ fn open_error(path: Option<&Path>, failure: OpenFailure, here: bool) -> Error {
                 ErrorKind::PermissionDenied => "permission denied",
                 _ => "an I/O error",
             };
-            Error::Storage(format!("cannot open the database at {at}: {cause} ({e})"))
+            Error::storage_from(format!("cannot open the database at {at}: {cause} ({e})"), e)
         }
         OpenFailure::Damaged(reason) => Error::Damaged { path: at, reason },
     }
@@ -315,10 +318,10 @@ impl Database {
         let canonical = match &config.path {
             Some(p) => {
                 std::fs::create_dir_all(p)
-                    .map_err(|e| Error::Storage(format!("cannot create {}: {e}", p.display())))?;
+                    .map_err(|e| Error::storage_from(format!("cannot create {}: {e}", p.display()), e))?;
                 let p = p
                     .canonicalize()
-                    .map_err(|e| Error::Storage(format!("cannot resolve {}: {e}", p.display())))?;
+                    .map_err(|e| Error::storage_from(format!("cannot resolve {}: {e}", p.display()), e))?;
                 Some(p)
             }
             None => None,
@@ -377,7 +380,7 @@ impl Database {
         // some, never reuse one).
         let seq = match meta.get(SEQ_RESERVED_KEY)? {
             Some(b) => u64::from_be_bytes(b.as_ref().try_into().map_err(|_| {
-                Error::Storage("the stored sequence reservation is damaged".into())
+                Error::storage("the stored sequence reservation is damaged")
             })?),
             None => 0,
         };
@@ -941,5 +944,5 @@ pub(crate) async fn spawn_blocking<T: Send + 'static>(
 ) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| Error::Storage(format!("storage task failed: {e}")))?
+        .map_err(|e| Error::storage(format!("storage task failed: {e}")))?
 }

@@ -122,10 +122,13 @@ impl TableState {
 
     pub(crate) fn parse_doc(&self, bytes: &[u8]) -> Result<Value> {
         serde_json::from_slice(bytes).map_err(|e| {
-            Error::Serialization(format!(
-                "stored document in table `{}` is unreadable: {e}",
-                self.name
-            ))
+            Error::serialization_from(
+                format!(
+                    "stored document in table `{}` is unreadable: {e}",
+                    self.name
+                ),
+                e,
+            )
         })
     }
 

@@ -241,7 +241,11 @@ impl Subscriber {
     pub(crate) fn pending(&self) -> (usize, Option<Instant>, bool) {
         let q = self.queue.lock();
         let listed = q.list.as_ref().map_or(0, |l| l.pending);
-        (q.live + listed, q.since, q.closed.is_some() || q.skipped > 0)
+        (
+            q.live + listed,
+            q.since,
+            q.closed.is_some() || q.skipped > 0,
+        )
     }
 }
 

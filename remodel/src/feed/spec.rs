@@ -254,9 +254,10 @@ impl OrderedIndex {
                 serde_json::from_slice(&bytes)
                     .map(|doc| (k.to_vec(), pk, doc))
                     .map_err(|e| {
-                        Error::Serialization(format!(
-                            "stored document in `{name}` is unreadable: {e}"
-                        ))
+                        Error::serialization_from(
+                            format!("stored document in `{name}` is unreadable: {e}"),
+                            e,
+                        )
                     }),
             )
         }))

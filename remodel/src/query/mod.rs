@@ -302,7 +302,7 @@ impl Query {
                 match tokio::task::spawn_blocking(read).await {
                     Ok(done) => done,
                     Err(e) => {
-                        let failed = Error::Storage(format!("storage task failed: {e}"));
+                        let failed = Error::storage(format!("storage task failed: {e}"));
                         return Some((vec![Err(failed)], None));
                     }
                 }

@@ -92,6 +92,15 @@ impl fmt::Display for EngineError {
     }
 }
 
+impl std::error::Error for EngineError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            EngineError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 pub(crate) type EngineResult<T> = std::result::Result<T, EngineError>;
 
 /// Entries of a tree, in key order either way.

@@ -48,7 +48,7 @@ pub(crate) type Decoded = Vec<(String, Vec<u8>, Option<Vec<u8>>)>;
 
 /// Decodes a journal entry written by [`encode`].
 pub(crate) fn decode(bytes: &[u8]) -> Result<Decoded> {
-    let corrupt = || Error::Storage("corrupt journal entry".into());
+    let corrupt = || Error::storage("corrupt journal entry");
     let mut pos = 0;
     let mut take = |n: usize| -> Result<&[u8]> {
         let s = bytes.get(pos..pos + n).ok_or_else(corrupt)?;

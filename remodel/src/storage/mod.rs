@@ -77,7 +77,7 @@ pub(crate) fn check_files(path: &Path) -> Result<()> {
 fn engine_error(e: EngineError, missing: &Error) -> Error {
     match e {
         EngineError::MissingTree => missing.clone(),
-        e => Error::Storage(e.to_string()),
+        e => Error::storage_from(e.to_string(), e),
     }
 }
 
@@ -126,7 +126,7 @@ impl Storage {
             inner: engine.open_tree(JOURNAL_TREE).map_err(failed)?,
             name: JOURNAL_TREE.to_string(),
             shared: shared.clone(),
-            missing: Error::Storage(format!("tree `{JOURNAL_TREE}` does not exist")),
+            missing: Error::storage(format!("tree `{JOURNAL_TREE}` does not exist")),
         };
         let mut storage = Storage {
             engine,
@@ -135,7 +135,7 @@ impl Storage {
             shared,
         };
         let next = storage.replay_journal().map_err(|e| match e {
-            Error::Storage(m) => OpenFailure::Damaged(m),
+            Error::Storage { message, .. } => OpenFailure::Damaged(message),
             e => OpenFailure::Damaged(e.to_string()),
         })?;
         storage.journal_seq = Arc::new(AtomicU64::new(next));
@@ -158,7 +158,7 @@ impl Storage {
     }
 
     pub(crate) fn tree(&self, name: &str) -> Result<Tree> {
-        let missing = Error::Storage(format!("tree `{name}` does not exist"));
+        let missing = Error::storage(format!("tree `{name}` does not exist"));
         Ok(Tree {
             inner: self
                 .engine
@@ -172,7 +172,7 @@ impl Storage {
 
     pub(crate) fn drop_tree(&self, name: &str) -> Result<()> {
         self.check()?;
-        let missing = Error::Storage(format!("tree `{name}` does not exist"));
+        let missing = Error::storage(format!("tree `{name}` does not exist"));
         self.engine
             .drop_tree(name)
             .map_err(|e| engine_error(e, &missing))?;
@@ -252,7 +252,7 @@ impl Storage {
         for entry in self.journal.iter() {
             let (id, bytes) = entry?;
             let ops = journal::decode(&bytes)
-                .map_err(|_| Error::Storage("a journal entry is damaged".into()))?;
+                .map_err(|_| Error::storage("a journal entry is damaged"))?;
             for (tree, key, value) in ops {
                 self.tree(&tree)?.write(&key, value.as_deref())?;
             }
@@ -261,7 +261,7 @@ impl Storage {
         }
         self.engine
             .flush()
-            .map_err(|e| Error::Storage(format!("writing to disk failed: {e}")))?;
+            .map_err(|e| Error::storage(format!("writing to disk failed: {e}")))?;
         Ok(next)
     }
 
@@ -273,7 +273,7 @@ impl Storage {
         let storage = self.clone();
         tokio::task::spawn_blocking(move || storage.flush_blocking())
             .await
-            .map_err(|e| Error::Storage(format!("flush task failed: {e}")))?
+            .map_err(|e| Error::storage(format!("flush task failed: {e}")))?
     }
 
     /// Flushes on the calling thread. A failed flush marks the engine failed: what it did not

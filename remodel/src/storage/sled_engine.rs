@@ -142,10 +142,13 @@ pub(crate) fn check_files(path: &Path) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             Err(damaged("its data file `db` is missing"))
         }
-        Err(e) => Err(Error::Storage(format!(
-            "cannot read the data file of the database at {}: {e}",
-            path.display()
-        ))),
+        Err(e) => Err(Error::storage_from(
+            format!(
+                "cannot read the data file of the database at {}: {e}",
+                path.display()
+            ),
+            e,
+        )),
         Ok(m) if m.len() == 0 => Err(damaged("its data file `db` is empty (0 bytes)")),
         Ok(_) => Ok(()),
     }

@@ -165,7 +165,7 @@ struct Decoder<'a> {
 
 impl Decoder<'_> {
     fn corrupt(&self) -> Error {
-        Error::Serialization(format!("corrupt key encoding at byte {}", self.pos))
+        Error::serialization(format!("corrupt key encoding at byte {}", self.pos))
     }
 
     fn byte(&mut self) -> Result<u8> {
