@@ -110,6 +110,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ship/{id}/away", post(away::assign))
         .route("/ship/{id}/away/{member}/release", post(away::release))
         .route("/member/{id}", get(members::show).post(members::edit))
+        .route("/member/{id}/events", get(live::member))
         .route("/member/{id}/move", post(members::move_to))
         .route("/member/{id}/remove", post(members::remove_from_ship))
         .route("/member/{id}/delete", post(members::delete))

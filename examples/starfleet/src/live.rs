@@ -5,6 +5,7 @@
 //! | `/ship/{id}/events` | `ship.crewmembers(&db).changes()` (relation feed) | `crew-reset`, `crew-rows` |
 //! | (the same stream) | `ship.away_team(&db).join_changes()` (a live join) | `away-reset`, `away-rows` |
 //! | `/events/ships`, `/species/events` | the live aggregate `group("starship_id" / "species").count().changes()` | `counts`, `html` |
+//! | `/member/{id}/events` | `member.watch(&db)` (point feed) | `html` |
 //! | `/leaderboard/events` | `order_by(points index).limit(5)` (top-N feed) | `html` |
 //!
 //! Every event that follows a change carries the change's cursor as its SSE `id`. A browser
@@ -19,7 +20,7 @@ use crate::error::AppResult;
 use crate::models::{Crewmember, Score, Starship};
 use crate::routes::leaderboard::top_five;
 use crate::routes::species::{draw_chart, sorted_counts};
-use crate::routes::{find_ship, page};
+use crate::routes::{find_member, find_ship, page};
 use crate::AppState;
 use async_stream::stream;
 use axum::extract::{Path, State};
@@ -436,6 +437,41 @@ pub async fn species(State(app): State<AppState>) -> AppResult<EventStream> {
         Ok(("html", json!({ "html": draw_chart(&counts)? })))
     })
     .await
+}
+
+/// `/member/{id}/events`: the member's details, redrawn on each change of the row
+/// (`member.watch(&db)`, a point feed; its ship and missions are read again then).
+pub async fn member(State(app): State<AppState>, Path(id): Path<String>) -> AppResult<EventStream> {
+    let member = find_member(&app.db, &id).await?;
+    // With the current row first: a change between the page and this stream is not lost.
+    let mut feed = member.watch(&app.db).include_initial(true).await?;
+    let db = app.db.clone();
+    let events = stream! {
+        while let Some(item) = feed.next().await {
+            let c = match item {
+                Ok(c) => c,
+                Err(e) => {
+                    yield Event::default().event("reload").data(e.to_string());
+                    break;
+                }
+            };
+            let at = c.raw().cursor();
+            let Some(member) = c.new else {
+                yield event("html", json!({ "html": render_row("member_details.html", context! {}) }), at);
+                continue;
+            };
+            let details = async {
+                let ship = member.starship(&db).await?;
+                let missions = member.away_missions(&db).all().await?;
+                Ok::<_, Error>(render_row("member_details.html", context! { member, ship, missions }))
+            };
+            match details.await {
+                Ok(html) => yield event("html", json!({ "html": html }), at),
+                Err(e) => eprintln!("starfleet: member page: {e:?}"),
+            }
+        }
+    };
+    Ok(serve(&app, events))
 }
 
 /// `/leaderboard/events`: the top five, through the top-N feed: it starts with the current

@@ -18,6 +18,10 @@ const SOURCES: &[(&str, &str)] = &[
     ("crew_row.html", include_str!("../templates/crew_row.html")),
     ("away_row.html", include_str!("../templates/away_row.html")),
     ("member.html", include_str!("../templates/member.html")),
+    (
+        "member_details.html",
+        include_str!("../templates/member_details.html"),
+    ),
     ("captains.html", include_str!("../templates/captains.html")),
     ("species.html", include_str!("../templates/species.html")),
     (

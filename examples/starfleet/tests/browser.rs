@@ -232,6 +232,21 @@ async fn pages_show_changes_without_reload() {
     shows_live(&client, "away team", &row_with("away", "Picard")).await;
     screenshot(&client, "ship-after").await;
 
+    // A member's page follows edits made elsewhere.
+    open(&client, addr, "/member/kira").await;
+    post(
+        addr,
+        "/member/kira",
+        "name=Kira+Nerys&rank=first+officer&species=bajoran",
+    )
+    .await;
+    shows_live(
+        &client,
+        "member page",
+        "document.getElementById('details').textContent.includes('first officer')",
+    )
+    .await;
+
     // The leaderboard.
     open(&client, addr, "/leaderboard").await;
     post(addr, "/leaderboard", "player=Seven&points=90").await;

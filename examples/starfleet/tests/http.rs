@@ -786,3 +786,24 @@ async fn odd_ids_are_404_not_500() {
         assert_eq!(r.status, StatusCode::BAD_REQUEST);
     }
 }
+
+#[tokio::test]
+async fn the_member_stream_redraws_the_details() {
+    let app = app().await;
+    assert_eq!(
+        app.get("/member/q/events").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let mut stream = open_stream(&app, "/member/tuvok/events", None).await;
+    let mut buf = String::new();
+    let (name, _, data) = next_event(&mut stream, &mut buf).await;
+    assert_eq!(name, "html");
+    assert!(data.contains("lieutenant commander"), "{data}");
+    app.post("/member/tuvok/move", "ship_id=defiant").await;
+    let (_, id, data) = next_event(&mut stream, &mut buf).await;
+    assert!(id.is_some());
+    assert!(data.contains("Defiant"), "{data}");
+    app.post("/member/tuvok/delete", "").await;
+    let (_, _, data) = next_event(&mut stream, &mut buf).await;
+    assert!(data.contains("was deleted"), "{data}");
+}
