@@ -33,7 +33,6 @@ use remodel::{ChangeKind, Cursor, Error, FeedState, Model};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::future::IntoFuture;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -189,24 +188,6 @@ fn row_events(
     }
 }
 
-/// A feed being set up that can start fresh (current rows first) or resume from a cursor
-/// (the model layer's typed [`ModelChanges`]; a trait so that other row feeds can join).
-trait RowFeed: IntoFuture<Output = remodel::Result<Self::Feed>> + Sized {
-    type Feed;
-    fn fresh(self) -> Self;
-    fn resume(self, cursor: Cursor) -> Self;
-}
-
-impl<T: Model> RowFeed for ModelChanges<T> {
-    type Feed = ModelFeed<T>;
-    fn fresh(self) -> Self {
-        self.include_initial(true).include_states(true)
-    }
-    fn resume(self, cursor: Cursor) -> Self {
-        self.resume_from(cursor)
-    }
-}
-
 /// A row change, `{id, html}` with the row's DOM id (`html: null` for a row that left).
 /// Made once per change and list, whatever the number of streams (see [`RowCache`]).
 fn row_update(
@@ -227,17 +208,20 @@ fn row_update(
 /// Opens a row feed: resumed from the browser's `Last-Event-ID`, or fresh with the current
 /// rows. `Err` is the `reload` stream for a cursor that cannot be resumed (too old, not a
 /// cursor, from another database).
-async fn open_rows<C: RowFeed>(
+async fn open_rows<T: Model>(
     app: &AppState,
     headers: &HeaderMap,
-    changes: C,
-) -> AppResult<Result<C::Feed, EventStream>> {
+    changes: ModelChanges<T>,
+) -> AppResult<Result<ModelFeed<T>, EventStream>> {
     let cursor = match last_event_id(headers) {
-        None => return Ok(Ok(changes.fresh().await?)),
+        None => {
+            let fresh = changes.include_initial(true).include_states(true);
+            return Ok(Ok(fresh.await?));
+        }
         Some(Err(why)) => return Ok(Err(reload(app, why))),
         Some(Ok(cursor)) => cursor,
     };
-    match changes.resume(cursor).await {
+    match changes.resume_from(cursor).await {
         Ok(feed) => {
             app.count_resume();
             Ok(Ok(feed))
