@@ -22,15 +22,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Arc;
 
-/// What an aggregate reduces its rows (or each group) to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum ReduceKind {
-    Count,
-    Sum,
-    Avg,
-    Min,
-    Max,
-}
+pub(crate) use crate::query::ReduceKind;
 
 /// How rows are grouped.
 #[derive(Clone)]

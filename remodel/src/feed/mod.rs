@@ -63,8 +63,8 @@ mod log;
 mod options;
 mod queue;
 mod ranges;
-mod sink;
 mod resume;
+mod sink;
 mod spec;
 mod stream;
 mod topn;
@@ -433,11 +433,49 @@ impl Changes {
 
     /// A feed of the `eq_join` of `query`'s rows with table `other` (see
     /// [`crate::Join::changes`]).
-    pub(crate) fn join(query: Query, field: String, other: String, index: Option<String>) -> Changes {
+    pub(crate) fn join(
+        query: Query,
+        field: String,
+        other: String,
+        index: Option<String>,
+    ) -> Changes {
         Changes {
             join: Some((field, other, index)),
             ..query.changes()
         }
+    }
+}
+
+impl<T> crate::query::Aggregate<T> {
+    /// Watches the aggregate: items are the changed group rows, `{"group": .., "reduction":
+    /// ..}` (a group that appears has no `old_val`, one that empties no `new_val`), or, for
+    /// an ungrouped aggregate, the value itself. Maintained incrementally, per commit; all
+    /// feed options apply (`include_initial` gives the current groups). `min` / `max` need
+    /// an index on their field, and an aggregate cannot resume from a cursor (re-read it
+    /// with `include_initial`).
+    pub fn changes(&self) -> Changes {
+        Changes::aggregate(
+            self.query.clone(),
+            self.by.clone(),
+            self.reduce,
+            self.field.clone(),
+        )
+    }
+}
+
+impl crate::query::Join {
+    /// Watches the join: items are `{"left": .., "right": ..}` pairs, which appear when a
+    /// left row starts to match a right row (either one moved), change when either row
+    /// changes, and go away when one of them leaves. Routed by the join keys (a write to
+    /// either table costs the pairs it touches); all feed options apply (`include_initial`
+    /// gives the current pairs). A join feed cannot resume from a cursor.
+    pub fn changes(&self) -> Changes {
+        Changes::join(
+            self.query.clone(),
+            self.field.clone(),
+            self.other.clone(),
+            self.index.clone(),
+        )
     }
 }
 

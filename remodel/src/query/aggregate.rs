@@ -1,7 +1,6 @@
 //! Aggregates (count, sum, avg, min, max), grouping and joins.
 
 use super::Query;
-use crate::feed::aggregate::ReduceKind;
 use crate::value::{compare, encode_key, FieldPath};
 use crate::{Error, Result};
 use serde::Serialize;
@@ -163,11 +162,11 @@ pub struct Group {
 /// ```
 #[must_use = "an aggregate does nothing until it is awaited or watched"]
 pub struct Aggregate<T> {
-    query: Query,
+    pub(crate) query: Query,
     /// Grouped by a field (`false`) or an index (`true`).
-    by: Option<(String, bool)>,
-    reduce: ReduceKind,
-    field: Option<String>,
+    pub(crate) by: Option<(String, bool)>,
+    pub(crate) reduce: ReduceKind,
+    pub(crate) field: Option<String>,
     _out: PhantomData<fn() -> T>,
 }
 
@@ -208,21 +207,16 @@ impl<T> Aggregate<T> {
             _out: PhantomData,
         }
     }
+}
 
-    /// Watches the aggregate: items are the changed group rows, `{"group": .., "reduction":
-    /// ..}` (a group that appears has no `old_val`, one that empties no `new_val`), or, for
-    /// an ungrouped aggregate, the value itself. Maintained incrementally, per commit; all
-    /// feed options apply (`include_initial` gives the current groups). `min` / `max` need
-    /// an index on their field, and an aggregate cannot resume from a cursor (re-read it
-    /// with `include_initial`).
-    pub fn changes(&self) -> crate::feed::Changes {
-        crate::feed::Changes::aggregate(
-            self.query.clone(),
-            self.by.clone(),
-            self.reduce,
-            self.field.clone(),
-        )
-    }
+/// What an aggregate reduces its rows (or each group) to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ReduceKind {
+    Count,
+    Sum,
+    Avg,
+    Min,
+    Max,
 }
 
 /// What an aggregate produces when it is run (sealed: `u64`, `f64`, `Option<f64>`,
@@ -434,10 +428,10 @@ impl Grouped {
 /// An equi-join of a query with another table (see [`Query::eq_join`]).
 #[derive(Clone, Debug)]
 pub struct Join {
-    query: Query,
-    field: String,
-    other: String,
-    index: Option<String>,
+    pub(crate) query: Query,
+    pub(crate) field: String,
+    pub(crate) other: String,
+    pub(crate) index: Option<String>,
 }
 
 impl Join {
@@ -445,20 +439,6 @@ impl Join {
     pub fn index(mut self, name: &str) -> Self {
         self.index = Some(name.to_string());
         self
-    }
-
-    /// Watches the join: items are `{"left": .., "right": ..}` pairs, which appear when a
-    /// left row starts to match a right row (either one moved), change when either row
-    /// changes, and go away when one of them leaves. Routed by the join keys (a write to
-    /// either table costs the pairs it touches); all feed options apply (`include_initial`
-    /// gives the current pairs). A join feed cannot resume from a cursor.
-    pub fn changes(&self) -> crate::feed::Changes {
-        crate::feed::Changes::join(
-            self.query.clone(),
-            self.field.clone(),
-            self.other.clone(),
-            self.index.clone(),
-        )
     }
 
     /// The joined rows, each `{"left": row, "right": matching row}`.

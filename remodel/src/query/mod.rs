@@ -7,6 +7,7 @@ pub(crate) mod predicate;
 mod table;
 mod write;
 
+pub(crate) use aggregate::ReduceKind;
 pub use aggregate::{Aggregate, AggregateOutput, Group, Grouped, Join};
 pub use predicate::{field, has_fields, Field, Predicate};
 pub use table::{Get, PointQuery, Table};
