@@ -319,3 +319,18 @@ async fn a_group_that_empties_has_no_new_val_and_squash_merges_per_group() {
     );
     assert!(squashed.next().now_or_never().is_none());
 }
+
+#[tokio::test]
+async fn dropping_the_index_a_live_min_reads_ends_it() {
+    let db = Database::temporary().await.unwrap();
+    db.create_table("t").await.unwrap();
+    let t = db.table("t");
+    t.create_index("a", IndexSpec::field("a")).await.unwrap();
+    t.insert(json!({"id": 1, "a": 5})).await.unwrap();
+    let mut feed = t.query().min("a").changes().await.unwrap();
+    t.drop_index("a").await.unwrap();
+    let end = tokio::time::timeout(std::time::Duration::from_secs(5), feed.next())
+        .await
+        .expect("the feed ends");
+    assert!(matches!(end, Some(Err(Error::FeedAborted(_)))), "{end:?}");
+}

@@ -188,6 +188,11 @@ impl LiveAgg {
         Ok(agg)
     }
 
+    /// The index a live min/max refills from.
+    pub(crate) fn extreme_index(&self) -> Option<&str> {
+        self.def.extreme.as_ref().map(|ix| ix.name.as_str())
+    }
+
     fn ungrouped(&self) -> bool {
         self.def.by.is_none()
     }

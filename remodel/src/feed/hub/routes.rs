@@ -125,8 +125,15 @@ impl Routes {
         let id = self.next_id;
         self.next_id += 1;
         let (route, index) = match &kind {
-            Kind::Rows { matcher, view, .. } => {
-                let index = matcher.index_name().map(str::to_string);
+            Kind::Rows {
+                matcher, view, agg, ..
+            } => {
+                // The index the group reads (dropping it ends the group): its matcher's, or
+                // the one a live min/max refills from.
+                let index = matcher
+                    .index_name()
+                    .or_else(|| agg.as_ref().and_then(|a| a.extreme_index()))
+                    .map(str::to_string);
                 let route = match matcher {
                     Matcher::Keys(_) => Route::Keys,
                     Matcher::IndexValues { .. } => Route::IndexValues,
