@@ -562,7 +562,11 @@ fn latency(s: &Sizes) -> (Figure, Figure) {
 fn hard_latency(s: &Sizes) -> Figure {
     let rt = multi_rt();
     let db = rt
-        .block_on(remodel::Config::temporary().durability(Durability::Hard).open())
+        .block_on(
+            remodel::Config::temporary()
+                .durability(Durability::Hard)
+                .open(),
+        )
         .unwrap();
     let samples = Arc::new(parking_lot::Mutex::new(Vec::new()));
     let epoch = Instant::now();
@@ -620,7 +624,11 @@ fn hard_latency(s: &Sizes) -> Figure {
 fn hard_writers(s: &Sizes) -> Figure {
     let rt = multi_rt();
     let db = rt
-        .block_on(remodel::Config::temporary().durability(Durability::Hard).open())
+        .block_on(
+            remodel::Config::temporary()
+                .durability(Durability::Hard)
+                .open(),
+        )
         .unwrap();
     rt.block_on(db.create_table("hard")).unwrap();
     let per_round = if s.quick { 200 } else { 800 };
@@ -1661,8 +1669,12 @@ fn main() {
         let (a, b) = latency(&s);
         vec![a, b]
     });
-    run("get_p99_during_scans_vs_idle", &mut || vec![gets_during_scans(&s)]);
-    run("ensure_index_1m_vs_empty", &mut || vec![ensure_index_big(&rt, &s)]);
+    run("get_p99_during_scans_vs_idle", &mut || {
+        vec![gets_during_scans(&s)]
+    });
+    run("ensure_index_1m_vs_empty", &mut || {
+        vec![ensure_index_big(&rt, &s)]
+    });
     run("hard_feed_latency", &mut || vec![hard_latency(&s)]);
     run("hard_8_writers_vs_1", &mut || vec![hard_writers(&s)]);
     run("insert_1k_matching_feeds_vs_none", &mut || {
@@ -1682,7 +1694,9 @@ fn main() {
     run("insert_with_change_log_vs_without", &mut || {
         vec![beyond_figures::change_log(&rt, &s)]
     });
-    run("resume_10k_missed_ms", &mut || vec![beyond_figures::resume(&rt, &s)]);
+    run("resume_10k_missed_ms", &mut || {
+        vec![beyond_figures::resume(&rt, &s)]
+    });
     if !json_out {
         println!(
             "\nRemodel realtime benchmark ({}, {:.0} s)\n",

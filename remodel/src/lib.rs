@@ -40,8 +40,8 @@ mod storage;
 pub mod value;
 
 pub use db::{
-    ChangeLogRetention, ChangePair, Config, Conflict, Database, Durability, IndexSpec,
-    IndexStatus, Patch, WriteResult, MAX_MULTI_ELEMENTS,
+    ChangeLogRetention, ChangePair, Config, Conflict, Database, Durability, IndexSpec, IndexStatus,
+    Patch, WriteResult, MAX_MULTI_ELEMENTS,
 };
 pub use error::{Error, Result, Source};
 pub use feed::{Change, ChangeKind, Changes, Cursor, Feed, FeedOptions, FeedState, Squash};

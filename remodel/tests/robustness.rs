@@ -461,7 +461,9 @@ async fn open_retry(dir: &std::path::Path) -> Result<Database, Error> {
     let mut tries = 0;
     loop {
         match Database::open(dir).await {
-            Err(Error::Storage { message: m, .. }) if m.contains("still open in this process") && tries < 100 => {
+            Err(Error::Storage { message: m, .. })
+                if m.contains("still open in this process") && tries < 100 =>
+            {
                 tries += 1;
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -713,7 +715,10 @@ async fn d7_a_hard_write_that_failed_on_a_full_disk_is_not_readable() {
         }
     }
     let (key, e) = failed.expect("a full disk must fail a hard write");
-    assert!(matches!(e, Error::Unusable(_) | Error::Storage { .. }), "{e}");
+    assert!(
+        matches!(e, Error::Unusable(_) | Error::Storage { .. }),
+        "{e}"
+    );
     // Not readable, by key or by scan.
     match t.get(key).await {
         Ok(Some(doc)) => panic!("a failed write is readable: {}", doc["id"]),

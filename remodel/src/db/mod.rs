@@ -291,7 +291,10 @@ fn open_error(path: Option<&Path>, failure: OpenFailure, here: bool) -> Error {
                 ErrorKind::PermissionDenied => "permission denied",
                 _ => "an I/O error",
             };
-            Error::storage_from(format!("cannot open the database at {at}: {cause} ({e})"), e)
+            Error::storage_from(
+                format!("cannot open the database at {at}: {cause} ({e})"),
+                e,
+            )
         }
         OpenFailure::Damaged(reason) => Error::Damaged { path: at, reason },
     }
@@ -317,11 +320,12 @@ impl Database {
         }
         let canonical = match &config.path {
             Some(p) => {
-                std::fs::create_dir_all(p)
-                    .map_err(|e| Error::storage_from(format!("cannot create {}: {e}", p.display()), e))?;
-                let p = p
-                    .canonicalize()
-                    .map_err(|e| Error::storage_from(format!("cannot resolve {}: {e}", p.display()), e))?;
+                std::fs::create_dir_all(p).map_err(|e| {
+                    Error::storage_from(format!("cannot create {}: {e}", p.display()), e)
+                })?;
+                let p = p.canonicalize().map_err(|e| {
+                    Error::storage_from(format!("cannot resolve {}: {e}", p.display()), e)
+                })?;
                 Some(p)
             }
             None => None,
@@ -379,9 +383,11 @@ impl Database {
         // Sequence numbers go on from where the last run had reserved them (a crash may skip
         // some, never reuse one).
         let seq = match meta.get(SEQ_RESERVED_KEY)? {
-            Some(b) => u64::from_be_bytes(b.as_ref().try_into().map_err(|_| {
-                Error::storage("the stored sequence reservation is damaged")
-            })?),
+            Some(b) => u64::from_be_bytes(
+                b.as_ref()
+                    .try_into()
+                    .map_err(|_| Error::storage("the stored sequence reservation is damaged"))?,
+            ),
             None => 0,
         };
         let changelog = match config.change_log {
