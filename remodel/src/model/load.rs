@@ -125,18 +125,22 @@ pub async fn has_many<P: Model, C: Model>(
             rel.foreign_key,
         )
     };
+    // How many times each parent is given (counted once: a quadratic count would dominate
+    // the load of a thousand rows).
+    let row_keys: Vec<Option<String>> =
+        rows.iter().map(|r| r.key().map(|k| key_text(&k))).collect();
+    let mut times: HashMap<&str, usize> = HashMap::new();
+    for t in row_keys.iter().flatten() {
+        *times.entry(t.as_str()).or_default() += 1;
+    }
     let mut out = Vec::with_capacity(rows.len());
-    for r in rows {
-        let docs = match r.key() {
+    for t in &row_keys {
+        let docs = match t {
             // A parent given twice gets its children twice: they are cloned, not moved, then.
-            Some(k) => {
-                let t = key_text(&k);
-                if rows.iter().filter(|o| o.key().as_ref() == Some(&k)).count() > 1 {
-                    children.get(&t).cloned().unwrap_or_default()
-                } else {
-                    children.remove(&t).unwrap_or_default()
-                }
+            Some(t) if times.get(t.as_str()).copied().unwrap_or(0) > 1 => {
+                children.get(t).cloned().unwrap_or_default()
             }
+            Some(t) => children.remove(t).unwrap_or_default(),
             None => Vec::new(),
         };
         out.push(codec::decode_all(docs)?);
