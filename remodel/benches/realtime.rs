@@ -490,27 +490,41 @@ fn multi_rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+type Samples = Arc<parking_lot::Mutex<Vec<f64>>>;
+
+/// Point feeds on keys `0..n`, each read by its own task, recording commit → delivery in µs
+/// (documents carry the time they were sent as `sent_ns`, counted from `epoch`).
+async fn latency_consumers(
+    t: &remodel::Table,
+    n: u64,
+    epoch: Instant,
+    samples: &Samples,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut consumers = Vec::new();
+    for k in 0..n {
+        let mut feed = t.get(k).changes().await.unwrap();
+        let samples = samples.clone();
+        consumers.push(tokio::spawn(async move {
+            while let Some(Ok(c)) = feed.next().await {
+                let Some(new) = c.new_val() else { continue };
+                let sent = new["sent_ns"].as_u64().unwrap();
+                let now = epoch.elapsed().as_nanos() as u64;
+                samples.lock().push((now - sent) as f64 / 1000.0);
+            }
+        }));
+    }
+    consumers
+}
+
 fn latency(s: &Sizes) -> (Figure, Figure) {
     let rt = multi_rt();
     let db = soft_db(&rt);
-    let samples = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let samples: Samples = Arc::default();
     let epoch = Instant::now();
     rt.block_on(async {
         db.create_table("lat").await.unwrap();
         let t = db.table("lat");
-        let mut consumers = Vec::new();
-        for k in 0..1_000u64 {
-            let mut feed = t.get(k).changes().await.unwrap();
-            let samples = samples.clone();
-            consumers.push(tokio::spawn(async move {
-                while let Some(Ok(c)) = feed.next().await {
-                    let Some(new) = c.new_val() else { continue };
-                    let sent = new["sent_ns"].as_u64().unwrap();
-                    let now = epoch.elapsed().as_nanos() as u64;
-                    samples.lock().push((now - sent) as f64 / 1000.0);
-                }
-            }));
-        }
+        let consumers = latency_consumers(&t, 1_000, epoch, &samples).await;
         // Steady writes: 5,000 per second, round robin over the watched keys.
         let writes = (s.latency_secs * 5_000.0) as u64;
         let mut tick = tokio::time::interval(Duration::from_micros(200));
@@ -568,24 +582,12 @@ fn hard_latency(s: &Sizes) -> Figure {
                 .open(),
         )
         .unwrap();
-    let samples = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let samples: Samples = Arc::default();
     let epoch = Instant::now();
     rt.block_on(async {
         db.create_table("lat").await.unwrap();
         let t = db.table("lat");
-        let mut consumers = Vec::new();
-        for k in 0..100u64 {
-            let mut feed = t.get(k).changes().await.unwrap();
-            let samples = samples.clone();
-            consumers.push(tokio::spawn(async move {
-                while let Some(Ok(c)) = feed.next().await {
-                    let Some(new) = c.new_val() else { continue };
-                    let sent = new["sent_ns"].as_u64().unwrap();
-                    let now = epoch.elapsed().as_nanos() as u64;
-                    samples.lock().push((now - sent) as f64 / 1000.0);
-                }
-            }));
-        }
+        let consumers = latency_consumers(&t, 100, epoch, &samples).await;
         let until = Instant::now() + Duration::from_secs_f64(s.latency_secs);
         let mut i = 0u64;
         while Instant::now() < until {
