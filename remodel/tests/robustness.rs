@@ -6,6 +6,7 @@
 //! stack): the store must refuse them without walking them recursively, and drop them
 //! without recursion.
 
+use futures::StreamExt;
 use remodel::value::{drop_deep, MAX_DEPTH};
 use remodel::{
     field, json, Config, Database, Durability, Error, IndexSpec, Order, Patch, Predicate, Value,
@@ -705,6 +706,8 @@ async fn d7_a_hard_write_that_failed_on_a_full_disk_is_not_readable() {
     for i in 0..20 {
         t.insert(json!({"id": i})).await.unwrap();
     }
+    // A subscriber must never see the write that failed, and must not wait for it forever.
+    let mut feed = t.changes().await.unwrap();
     let filler = fs.fill();
     let mut failed = None;
     for i in 20..2000 {
@@ -718,6 +721,25 @@ async fn d7_a_hard_write_that_failed_on_a_full_disk_is_not_readable() {
     assert!(
         matches!(e, Error::Unusable(_) | Error::Storage { .. }),
         "{e}"
+    );
+    let mut ended = false;
+    while let Ok(Some(item)) = tokio::time::timeout(Duration::from_secs(5), feed.next()).await {
+        match item {
+            Ok(c) => assert_ne!(
+                c.new_val().map(|d| d["id"].clone()),
+                Some(json!(key)),
+                "a subscriber saw the write that failed"
+            ),
+            Err(Error::FeedAborted(_)) => {
+                ended = true;
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(
+        ended,
+        "the feed must end, not wait for a write that never reached the disk"
     );
     // Not readable, by key or by scan.
     match t.get(key).await {

@@ -864,9 +864,19 @@ impl DbInner {
     /// tasks that wait for the same).
     pub(crate) async fn flush_committed(&self) -> Result<()> {
         let upto = self.visibility.last();
-        self.flusher
+        let flushed = self
+            .flusher
             .flush_upto(upto, &self.storage, &self.visibility)
-            .await
+            .await;
+        if let (Err(e), Some(sink)) = (&flushed, self.sink()) {
+            if self.storage.has_failed() {
+                // Hard writes that waited for this flush will never be shown: the storage
+                // refuses everything from now on, so what watches it ends instead of waiting.
+                self.visibility.fail();
+                sink.closed(&format!("the database can no longer write to disk: {e}"));
+            }
+        }
+        flushed
     }
 
     /// Whether sequence numbers up to `seq` are reserved.

@@ -17,6 +17,8 @@ use std::task::Waker;
 #[derive(Default)]
 pub(crate) struct Visibility {
     visible: AtomicU64,
+    /// Set when the storage failed to flush: what waits for the disk will never be shown.
+    failed: std::sync::atomic::AtomicBool,
     state: Mutex<State>,
     waiters: Mutex<Vec<Waker>>,
 }
@@ -42,7 +44,20 @@ impl Visibility {
                 hard: seq,
             }),
             waiters: Mutex::default(),
+            failed: Default::default(),
         }
+    }
+
+    /// The disk will not catch up (a flush failed): wakes everything that waits for it.
+    pub(crate) fn fail(&self) {
+        self.failed.store(true, Ordering::Release);
+        let waiters = std::mem::take(&mut *self.waiters.lock());
+        waiters.into_iter().for_each(Waker::wake);
+    }
+
+    /// Whether a flush failed, so that numbers not yet visible never will be.
+    pub(crate) fn failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
     }
 
     /// A commit numbered up to `seq` is applied (called under the commit lock, before its

@@ -222,6 +222,15 @@ impl Feed {
             self.visibility.register(cx.waker());
             // Look again: the flush may have finished in between.
             if !self.visibility.shows(seq) {
+                if self.visibility.failed() {
+                    // The write never reached the disk and never will: it is not shown, and
+                    // the feed ends.
+                    self.done = true;
+                    self.registration = None;
+                    return Poll::Ready(Some(Err(Error::FeedAborted(
+                        "the database can no longer write to disk".into(),
+                    ))));
+                }
                 self.held = Some(c);
                 return Poll::Pending;
             }
