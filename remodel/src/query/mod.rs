@@ -22,6 +22,8 @@ use std::sync::Arc;
 
 /// The most primary keys a `get_all` may name to run in place (see [`Query::offload`]).
 const SMALL_READ: usize = 16;
+/// How many primary-key lookups a `get_all` makes between two turns of the scheduler.
+const KEYED_CHUNK: usize = 64;
 /// How many rows [`Query::stream`] reads per batch.
 const STREAM_BATCH: usize = 256;
 
@@ -278,7 +280,29 @@ impl Query {
 
     /// Runs the query and collects its rows.
     pub async fn run(&self) -> Result<Vec<Value>> {
+        if self.is_keyed() {
+            // Reads by primary key cost a lookup each: they run in place, a chunk at a time,
+            // giving the scheduler its turn in between (no thread handoff for a batched load).
+            let mut out = Vec::new();
+            let mut rows = self.iter()?;
+            loop {
+                for _ in 0..KEYED_CHUNK {
+                    match rows.next() {
+                        Some(row) => out.push(row?),
+                        None => return Ok(out),
+                    }
+                }
+                tokio::task::yield_now().await;
+            }
+        }
         self.offload(|q| q.iter()?.collect()).await
+    }
+
+    /// A `get_all` on the primary key with no in-memory sort: each row is one lookup, and the
+    /// rows can be read a chunk at a time.
+    fn is_keyed(&self) -> bool {
+        matches!(&self.source, Source::GetAll { index: None, .. })
+            && !self.steps.iter().any(|s| matches!(s, Step::OrderBy(_)))
     }
 
     /// Runs the query as a lazy stream of rows. Rows are read in batches on a blocking
