@@ -62,6 +62,19 @@ impl Pairs {
         a / b
     }
 
+    /// A ratio figure that must reach `target`: ours ÷ the baseline, with the median pair in
+    /// words.
+    fn figure(&self, metric: &'static str, target: f64, what: &str, baseline: &str) -> Figure {
+        Figure {
+            metric,
+            value: self.ratio(),
+            unit: "ratio",
+            target,
+            at_least: true,
+            note: self.note(what, baseline),
+        }
+    }
+
     /// The median pair in words, e.g. "ours 95,000/s vs raw sled 110,000/s".
     fn note(&self, what: &str, baseline: &str) -> String {
         let (a, b) = self.median();
@@ -165,14 +178,7 @@ fn insert_vs_sled(rt: &tokio::runtime::Runtime, s: &Sizes) -> Figure {
         let ours = docs.len() as f64 / begin.elapsed().as_secs_f64();
         pairs.push(ours, sled_rate);
     }
-    Figure {
-        metric: "insert_vs_sled",
-        value: pairs.ratio(),
-        unit: "ratio",
-        target: 0.7,
-        at_least: true,
-        note: pairs.note("inserts", "raw sled transaction"),
-    }
+    pairs.figure("insert_vs_sled", 0.7, "inserts", "raw sled transaction")
 }
 
 fn get_vs_sled(rt: &tokio::runtime::Runtime, s: &Sizes) -> Figure {
@@ -224,14 +230,7 @@ fn get_vs_sled(rt: &tokio::runtime::Runtime, s: &Sizes) -> Figure {
         assert_eq!(found, 2 * keys.len());
         pairs.push(ours, sled_rate);
     }
-    Figure {
-        metric: "get_vs_sled",
-        value: pairs.ratio(),
-        unit: "ratio",
-        target: 0.8,
-        at_least: true,
-        note: pairs.note("gets", "raw sled get + parse"),
-    }
+    pairs.figure("get_vs_sled", 0.8, "gets", "raw sled get + parse")
 }
 
 /// Runs `reps` alternating pairs: inserts into `plain` (no feeds) and into `watched`.
@@ -280,17 +279,12 @@ fn key_feeds(rt: &tokio::runtime::Runtime, s: &Sizes) -> Figure {
     });
     let pairs = feeds_vs_none(rt, s, &db.table("plain"), &db.table("watched"), 0);
     drop(feeds);
-    Figure {
-        metric: "insert_10k_key_feeds_vs_none",
-        value: pairs.ratio(),
-        unit: "ratio",
-        target: 0.9,
-        at_least: true,
-        note: pairs.note(
-            "inserts with 5,000 point + 5,000 get_all(index) feeds on other keys",
-            "no feeds",
-        ),
-    }
+    pairs.figure(
+        "insert_10k_key_feeds_vs_none",
+        0.9,
+        "inserts with 5,000 point + 5,000 get_all(index) feeds on other keys",
+        "no feeds",
+    )
 }
 
 fn eq_filter_feeds(rt: &tokio::runtime::Runtime, s: &Sizes) -> Figure {
@@ -313,14 +307,12 @@ fn eq_filter_feeds(rt: &tokio::runtime::Runtime, s: &Sizes) -> Figure {
     });
     let pairs = feeds_vs_none(rt, s, &db.table("plain"), &db.table("watched"), 0);
     drop(feeds);
-    Figure {
-        metric: "insert_1k_eq_filter_feeds_vs_none",
-        value: pairs.ratio(),
-        unit: "ratio",
-        target: 0.8,
-        at_least: true,
-        note: pairs.note("inserts with 1,000 distinct `score == v` feeds", "no feeds"),
-    }
+    pairs.figure(
+        "insert_1k_eq_filter_feeds_vs_none",
+        0.8,
+        "inserts with 1,000 distinct `score == v` feeds",
+        "no feeds",
+    )
 }
 
 /// Two tables with a `score` index, for range feeds.
@@ -359,17 +351,12 @@ fn idle_range_feeds(rt: &tokio::runtime::Runtime, s: &Sizes) -> Figure {
     });
     let pairs = feeds_vs_none(rt, s, &db.table("plain"), &db.table("watched"), 0);
     drop(feeds);
-    Figure {
-        metric: "insert_10k_idle_range_feeds_vs_none",
-        value: pairs.ratio(),
-        unit: "ratio",
-        target: 0.9,
-        at_least: true,
-        note: pairs.note(
-            "inserts with 10,000 `between` feeds on index ranges never written",
-            "no feeds",
-        ),
-    }
+    pairs.figure(
+        "insert_10k_idle_range_feeds_vs_none",
+        0.9,
+        "inserts with 10,000 `between` feeds on index ranges never written",
+        "no feeds",
+    )
 }
 
 fn distinct_range_feeds(rt: &tokio::runtime::Runtime, s: &Sizes) -> Figure {
@@ -412,17 +399,8 @@ fn distinct_range_feeds(rt: &tokio::runtime::Runtime, s: &Sizes) -> Figure {
         next += n as u64;
         pairs.push(with, none);
     }
-    Figure {
-        metric: "insert_1k_distinct_range_feeds_vs_none",
-        value: pairs.ratio(),
-        unit: "ratio",
-        target: 0.15,
-        at_least: true,
-        note: pairs.note(
-            "inserts with 1,000 distinct `between` feeds that all contain every write, all items read by one consumer",
-            "no feeds",
-        ),
-    }
+    pairs.figure("insert_1k_distinct_range_feeds_vs_none", 0.15, "inserts with 1,000 distinct `between` feeds that all contain every write, all items read by one consumer",
+            "no feeds")
 }
 
 fn topn_feeds(rt: &tokio::runtime::Runtime, s: &Sizes) -> Figure {
@@ -890,17 +868,8 @@ fn matching_feeds(s: &Sizes) -> Figure {
         });
         pairs.push(with, none);
     }
-    Figure {
-        metric: "insert_1k_matching_feeds_vs_none",
-        value: pairs.ratio(),
-        unit: "ratio",
-        target: 0.2,
-        at_least: true,
-        note: pairs.note(
-            "inserts (database on disk, one index, ~200-byte documents), every one delivered to 1,000 table feeds each read by its own task",
-            "no feeds",
-        ),
-    }
+    pairs.figure("insert_1k_matching_feeds_vs_none", 0.2, "inserts (database on disk, one index, ~200-byte documents), every one delivered to 1,000 table feeds each read by its own task",
+            "no feeds")
 }
 
 fn fanout(s: &Sizes) -> Figure {
@@ -1236,44 +1205,30 @@ mod model_figures {
         }
 
         vec![
-            Figure {
-                metric: "model_create_vs_insert",
-                value: create.ratio(),
-                unit: "ratio",
-                target: 0.85,
-                at_least: true,
-                note: create.note("typed `create` of a ~200-byte model", "raw JSON insert"),
-            },
-            Figure {
-                metric: "model_get_vs_get",
-                value: get.ratio(),
-                unit: "ratio",
-                target: 0.85,
-                at_least: true,
-                note: get.note("typed `get` (decoded into the struct)", "raw JSON get"),
-            },
-            Figure {
-                metric: "batched_load_vs_per_row",
-                value: batched.ratio(),
-                unit: "ratio",
-                target: 10.0,
-                at_least: true,
-                note: batched.note(
-                    "1,000 captains with their ships, `load_starship` (one query)",
-                    "one `starship()` get per row",
-                ),
-            },
-            Figure {
-                metric: "relation_feeds_10k_vs_none",
-                value: feeds.ratio(),
-                unit: "ratio",
-                target: 0.9,
-                at_least: true,
-                note: feeds.note(
-                    "typed inserts with 10,000 `ship.crewmembers().changes()` feeds on other ships",
-                    "no feeds",
-                ),
-            },
+            create.figure(
+                "model_create_vs_insert",
+                0.85,
+                "typed `create` of a ~200-byte model",
+                "raw JSON insert",
+            ),
+            get.figure(
+                "model_get_vs_get",
+                0.85,
+                "typed `get` (decoded into the struct)",
+                "raw JSON get",
+            ),
+            batched.figure(
+                "batched_load_vs_per_row",
+                10.0,
+                "1,000 captains with their ships, `load_starship` (one query)",
+                "one `starship()` get per row",
+            ),
+            feeds.figure(
+                "relation_feeds_10k_vs_none",
+                0.9,
+                "typed inserts with 10,000 `ship.crewmembers().changes()` feeds on other ships",
+                "no feeds",
+            ),
         ]
     }
 }
@@ -1418,17 +1373,12 @@ mod beyond_figures {
             pairs.push(with, none);
         }
         drop(feeds);
-        Figure {
-            metric: "insert_100_group_feeds_vs_none",
-            value: pairs.ratio(),
-            unit: "ratio",
-            target: 0.8,
-            at_least: true,
-            note: pairs.note(
-                "inserts with 100 open group(field).count() feeds (one shared group)",
-                "no feeds",
-            ),
-        }
+        pairs.figure(
+            "insert_100_group_feeds_vs_none",
+            0.8,
+            "inserts with 100 open group(field).count() feeds (one shared group)",
+            "no feeds",
+        )
     }
 
     /// `insert_1k_join_feeds_vs_none`: 1,000 `get_all(ship).index("ship").eq_join("officer",
@@ -1477,17 +1427,12 @@ mod beyond_figures {
             pairs.push(with, none);
         }
         drop(feeds);
-        Figure {
-            metric: "insert_1k_join_feeds_vs_none",
-            value: pairs.ratio(),
-            unit: "ratio",
-            target: 0.8,
-            at_least: true,
-            note: pairs.note(
-                "join-row inserts, each entering one of 1,000 eq_join feeds (which reads its officer)",
-                "no feeds",
-            ),
-        }
+        pairs.figure(
+            "insert_1k_join_feeds_vs_none",
+            0.8,
+            "join-row inserts, each entering one of 1,000 eq_join feeds (which reads its officer)",
+            "no feeds",
+        )
     }
 
     fn logged_db(rt: &tokio::runtime::Runtime) -> Database {
@@ -1520,14 +1465,12 @@ mod beyond_figures {
             next += s.inserts as u64;
             pairs.push(with, none);
         }
-        Figure {
-            metric: "insert_with_change_log_vs_without",
-            value: pairs.ratio(),
-            unit: "ratio",
-            target: 0.8,
-            at_least: true,
-            note: pairs.note("inserts with the change log", "without"),
-        }
+        pairs.figure(
+            "insert_with_change_log_vs_without",
+            0.8,
+            "inserts with the change log",
+            "without",
+        )
     }
 
     /// `resume_10k_missed_ms`: resuming a table feed that missed 10,000 changes (open it

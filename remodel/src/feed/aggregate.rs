@@ -136,6 +136,21 @@ struct Acc {
     shown: Option<Arc<Value>>,
 }
 
+impl Acc {
+    /// An empty group.
+    fn new(group: Value) -> Self {
+        Acc {
+            group,
+            rows: 0,
+            count: 0,
+            total: 0.0,
+            best: None,
+            stale: false,
+            shown: None,
+        }
+    }
+}
+
 /// A live aggregate's state.
 pub(crate) struct LiveAgg {
     table: Arc<TableState>,
@@ -160,18 +175,7 @@ impl LiveAgg {
         };
         if agg.ungrouped() {
             // An ungrouped aggregate always has its one value (0, null), rows or not.
-            agg.groups.insert(
-                Vec::new(),
-                Acc {
-                    group: Value::Null,
-                    rows: 0,
-                    count: 0,
-                    total: 0.0,
-                    best: None,
-                    stale: false,
-                    shown: None,
-                },
-            );
+            agg.groups.insert(Vec::new(), Acc::new(Value::Null));
         }
         for row in rows {
             let (pk, doc) = row?;
@@ -256,15 +260,7 @@ impl LiveAgg {
         };
         for g in self.groups_of(seen) {
             let k = self.key_of(&g);
-            let acc = self.groups.entry(k.clone()).or_insert_with(|| Acc {
-                group: g,
-                rows: 0,
-                count: 0,
-                total: 0.0,
-                best: None,
-                stale: false,
-                shown: None,
-            });
+            let acc = self.groups.entry(k.clone()).or_insert_with(|| Acc::new(g));
             acc.rows += 1;
             match self.def.reduce {
                 ReduceKind::Count => acc.count += 1,

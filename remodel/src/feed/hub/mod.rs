@@ -333,11 +333,7 @@ impl Hub {
                         let join = match join {
                             None => None,
                             Some(plan) => {
-                                let rows = plan
-                                    .source
-                                    .plan()?
-                                    .rows()
-                                    .map(|r| r.map(|row| (row.key.to_vec(), row.doc)));
+                                let rows = keyed_rows(&plan.source)?;
                                 let (j, keys) = LiveJoin::load(plan.def, rows)?;
                                 new_join_keys = Some(keys);
                                 Some(Box::new(j))
@@ -346,11 +342,7 @@ impl Hub {
                         let agg = match agg {
                             None => None,
                             Some(plan) => {
-                                let rows = plan
-                                    .source
-                                    .plan()?
-                                    .rows()
-                                    .map(|r| r.map(|row| (row.key.to_vec(), row.doc)));
+                                let rows = keyed_rows(&plan.source)?;
                                 Some(Box::new(LiveAgg::load(
                                     table.clone(),
                                     (&matcher, &view),
@@ -637,4 +629,14 @@ impl Drop for Registration {
         self.table.open.fetch_sub(1, Ordering::AcqRel);
         self.hub_open.open.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// The rows of the query a live join or aggregate starts from, with their primary keys.
+fn keyed_rows(
+    source: &crate::query::Query,
+) -> Result<impl Iterator<Item = Result<(Vec<u8>, Value)>>> {
+    Ok(source
+        .plan()?
+        .rows()
+        .map(|r| r.map(|row| (row.key.to_vec(), row.doc))))
 }
