@@ -228,10 +228,12 @@ impl Change {
     }
 
     /// The offsets of a top-N item, whether or not the feed shows them.
+    #[cfg(test)]
     pub(crate) fn raw_old_offset(&self) -> Option<usize> {
         self.data.old_offset
     }
 
+    #[cfg(test)]
     pub(crate) fn raw_new_offset(&self) -> Option<usize> {
         self.data.new_offset
     }

@@ -126,6 +126,7 @@ fn longest_increasing(pairs: &[(usize, usize)]) -> Vec<usize> {
 }
 
 /// Applies an item's edit to a list (what a consumer with offsets does).
+#[cfg(test)]
 pub(crate) fn apply_edit(list: &mut Vec<ListRow>, item: &Change) {
     if let Some(o) = item.raw_old_offset() {
         if o < list.len() {

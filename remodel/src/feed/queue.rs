@@ -6,7 +6,7 @@
 //! With squash on, a push merges into the queued change of the same row.
 
 use super::change::Change;
-use super::edits::{apply_edit, list_edits, ListRow};
+use super::edits::{list_edits, ListRow};
 use crate::Error;
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
@@ -46,7 +46,8 @@ struct Queue {
 }
 
 /// A squashing top-N feed's state: the list as its consumer will have it after the queued
-/// items, and the set as it is now. The next batch is the edits between the two, so rows
+/// items, and the set as it is now (given by the hub after every commit that changes it, so
+/// it never drifts from the group's own set). The next batch is the edits between the two, so rows
 /// that entered and left in between produce nothing. Its size is bounded by the limit, so
 /// such a feed never overflows.
 struct ListSquash {
@@ -92,7 +93,7 @@ impl Subscriber {
         let timed = self.timed;
         let queued = q.live;
         if let Some(list) = &mut q.list {
-            apply_edit(&mut list.current, &item);
+            // The set itself comes with `set_list` after the commit's items.
             list.seq = item.seq().or(list.seq);
             list.pending += 1;
             let first = list.pending == 1;
@@ -141,6 +142,14 @@ impl Subscriber {
                 pending: 0,
                 seq: None,
             });
+        }
+    }
+
+    /// A squashing top-N feed: the group's set after the commit whose items were just pushed
+    /// (the next batch is the difference between what the consumer has and this).
+    pub(crate) fn set_list(&self, rows: Vec<ListRow>) {
+        if let Some(list) = &mut self.queue.lock().list {
+            list.current = rows;
         }
     }
 

@@ -206,6 +206,13 @@ impl Hub {
                     for (i, item) in items.into_iter().enumerate() {
                         group.members.deliver(item.at(last_seq).numbered(i), wakes);
                     }
+                    if moved && !group.members.own.is_empty() {
+                        // Squashing members diff against the set itself.
+                        let list = t.list();
+                        for (_, sub) in &group.members.own {
+                            sub.set_list(list.clone());
+                        }
+                    }
                     if moved {
                         routes.register_topn(id);
                     }
