@@ -8,11 +8,20 @@
 //! | `/member/{id}/events` | `member.watch(&db)` (point feed) | `html` |
 //! | `/leaderboard/events` | `order_by(points index).limit(5)` (top-N feed) | `html` |
 //!
-//! Every event that follows a change carries the change's cursor as its SSE `id`. A browser
-//! that loses its connection reconnects by itself and sends that id as `Last-Event-ID`: the
-//! crew stream resumes its feed from it (`resume_from`), so the page gets exactly the changes
-//! it missed. A cursor the change log no longer holds (or one that is not a cursor at all)
-//! gets a `reload` event: the page reloads its state. Join, aggregate and top-N feeds cannot
+//! **At most one event per [`THROTTLE`].** A change that finds its stream idle is sent at
+//! once. After an event, a stream sleeps until [`THROTTLE`] has passed, without reading its
+//! feed (the changes wait in the feed), then takes everything that is ready in one go and
+//! sends its net effect as one event: the latest state of each row that changed (a row that
+//! changed twice is rendered and sent once; one that came and went is a removal). An idle
+//! page thus sees a change one commit after it happens, and a busy one costs the server at
+//! most 25 events a second per page, however fast the writes come.
+//!
+//! Every event that follows changes carries the cursor of the newest change in it as its
+//! SSE `id`. A browser that loses its connection reconnects by itself and sends that id as
+//! `Last-Event-ID`: the crew stream resumes its feed from it (`resume_from`). Since an event
+//! holds the net effect of every change up to its id, the page gets exactly what it missed.
+//! A cursor the change log no longer holds (or one that is not a cursor at all) gets a
+//! `reload` event: the page reloads its state. Join, aggregate and top-N feeds cannot
 //! resume (their items depend on the whole result at the time): their streams send the whole
 //! current state on every (re)connect, which is all those parts of a page show.
 
@@ -29,11 +38,12 @@ use axum::response::sse::{Event, KeepAlive, KeepAliveStream, Sse};
 use futures::stream::{self, BoxStream, Stream, StreamExt};
 use minijinja::context;
 use remodel::model::{ModelChanges, ModelFeed};
-use remodel::{ChangeKind, Cursor, Error, FeedState, Model};
+use remodel::{Change, ChangeKind, Cursor, Error, FeedState, Model};
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 /// What the live handlers return.
@@ -41,6 +51,16 @@ pub type EventStream = Sse<KeepAliveStream<BoxStream<'static, Result<Event, Infa
 
 /// How long a browser waits before reconnecting a cut stream.
 const RETRY: Duration = Duration::from_millis(500);
+
+/// The least time between two events of one live stream. Each event costs a socket write,
+/// a wake-up and a read in the browser, whatever it carries: sending one per change made
+/// 1,000 open pages cost the server 20 times the writes themselves. 40 ms caps that at 25
+/// events a second per page, and keeps a change's delivery well within the 100 ms that
+/// feels instant (a change to an idle page goes out at once).
+pub const THROTTLE: Duration = Duration::from_millis(40);
+
+/// The most items one event gathers (a page resuming after a long cut gets several).
+const MOST_PER_EVENT: usize = 8192;
 
 /// Serves `events` until the client goes away or the app cuts live streams
 /// ([`AppState::disconnect_live_clients`]).
@@ -56,21 +76,63 @@ fn serve(app: &AppState, events: impl Stream<Item = Event> + Send + 'static) -> 
     Sse::new(events.boxed()).keep_alive(KeepAlive::default())
 }
 
-/// A stream of one `reload` event: the page must read its state again.
-fn reload(app: &AppState, why: String) -> EventStream {
-    serve(
-        app,
-        stream::once(async move { Event::default().event("reload").data(why) }),
-    )
+/// A `reload` event: the page must read its state again.
+fn reload_event(why: String) -> Event {
+    Event::default().event("reload").data(why)
 }
 
-/// An event of `name` with JSON data, and the cursor of the change behind it.
+/// A stream of one `reload` event.
+fn reload(app: &AppState, why: String) -> EventStream {
+    serve(app, stream::once(async move { reload_event(why) }))
+}
+
+/// An event of `name` with JSON data, and the cursor of the newest change behind it.
 fn event(name: &str, data: Value, cursor: Option<Cursor>) -> Event {
     let e = Event::default().event(name).data(data.to_string());
     match cursor {
         Some(c) => e.id(c.to_string()),
         None => e,
     }
+}
+
+/// `items` in batches, at most one batch per [`THROTTLE`]: waits for an item, takes what
+/// else is ready with it, hands the batch over; then sleeps until [`THROTTLE`] has passed
+/// since, without reading `items`, so that what comes meanwhile piles up in the feed and is
+/// taken as the next batch.
+fn throttled<S>(items: S) -> impl Stream<Item = Vec<S::Item>> + Send
+where
+    S: Stream + Send + 'static,
+    S::Item: Send,
+{
+    stream! {
+        let mut items = Box::pin(items);
+        while let Some(first) = items.next().await {
+            let mut batch = vec![first];
+            // Polled with this task's waker: once empty, the feed wakes the task again.
+            let ended = std::future::poll_fn(|cx| loop {
+                if batch.len() >= MOST_PER_EVENT {
+                    return Poll::Ready(false);
+                }
+                match items.as_mut().poll_next(cx) {
+                    Poll::Ready(Some(item)) => batch.push(item),
+                    Poll::Ready(None) => return Poll::Ready(true),
+                    Poll::Pending => return Poll::Ready(false),
+                }
+            })
+            .await;
+            let sent = tokio::time::Instant::now();
+            yield batch;
+            if ended {
+                break;
+            }
+            tokio::time::sleep_until(sent + THROTTLE).await;
+        }
+    }
+}
+
+/// The newest cursor of `items` (commit order: the largest).
+fn newest(items: impl IntoIterator<Item = Option<Cursor>>) -> Option<Cursor> {
+    items.into_iter().flatten().max()
 }
 
 /// Where a reconnecting browser stopped: `None` for a fresh page, `Err` for a header that
@@ -121,88 +183,127 @@ impl RowCache {
     }
 }
 
-/// What a row stream tells the page.
-enum RowUpdate {
-    /// One row of the current state (rendered), before `Ready`.
-    Initial(String),
-    /// The current state is complete: replace the page's rows with it.
-    Ready,
-    /// A row was added, changed or removed: its JSON (see [`row_update`]) and cursor.
-    Change(Arc<str>, Option<Cursor>),
-    /// Nothing to tell (a state marker).
-    Skip,
-    /// The feed failed or missed changes: the page must reload.
-    Failed(String),
+/// One list of a ship page (the crew, the away team), as its stream needs it.
+struct RowList {
+    /// `crew` or `away`: the prefix of its events and of its rows' DOM ids.
+    name: &'static str,
+    /// Its key in the [`RowCache`], e.g. `crew/voyager`.
+    key: String,
+    /// Whether its events carry their cursor as SSE id (only a resumable feed's do).
+    ids: bool,
+    /// The member a row of the feed is about: the row itself, or the right side of a pair.
+    member: fn(&Value) -> Option<&Value>,
+    /// Renders the HTML of a row (`None`: a row that does not decode, shown as gone).
+    render: RenderRow,
 }
 
-/// Row updates of one list of a page as SSE events: the initial rows become one
-/// `{list}-reset` event; then the changes that are ready together (a burst, or a page
-/// catching up after a reconnect) become one `{list}-rows` event, `[{id, html}, ...]` in
-/// commit order (`html: null`: the row left). With `ids`, its SSE id is the cursor of its
-/// last change (the stream's `Last-Event-ID` on reconnect).
-fn row_events(
-    list: &'static str,
-    ids: bool,
-    updates: impl Stream<Item = RowUpdate> + Send + 'static,
-) -> impl Stream<Item = Event> + Send {
-    let rows = move |batch: &mut Vec<Arc<str>>, at: Option<Cursor>| {
-        let e = Event::default()
-            .event(format!("{list}-rows"))
-            .data(format!("[{}]", batch.join(",")));
-        batch.clear();
-        match at.filter(|_| ids) {
-            Some(c) => e.id(c.to_string()),
-            None => e,
+/// Renders a feed's row as HTML (`None`: a row that does not decode).
+type RenderRow = Box<dyn Fn(&Value) -> Option<String> + Send>;
+
+impl RowList {
+    /// The member id of a change's row (after the change, or before it for a removal).
+    fn id_of<'c>(&self, c: &'c Change) -> Option<&'c str> {
+        let row = c.new_val().or(c.old_val())?;
+        (self.member)(row)?.get("id")?.as_str()
+    }
+}
+
+/// The net effect of a batch of row changes: the latest change of each row (in the order
+/// the rows were first changed) and the newest cursor of them all.
+#[derive(Default)]
+struct NetRows {
+    latest: Vec<(String, Change)>,
+    index: HashMap<String, usize>,
+    newest: Option<Cursor>,
+}
+
+impl NetRows {
+    /// Folds in `c`, a later change than those folded so far.
+    fn fold(&mut self, list: &RowList, c: Change) {
+        let Some(id) = list.id_of(&c) else { return };
+        self.newest = self.newest.max(c.cursor());
+        match self.index.get(id) {
+            Some(&i) => self.latest[i].1 = c,
+            None => {
+                let id = id.to_string();
+                self.index.insert(id.clone(), self.latest.len());
+                self.latest.push((id, c));
+            }
         }
-    };
-    stream! {
-        let mut initial = String::new();
-        let (mut batch, mut last) = (Vec::new(), None);
-        let mut updates = std::pin::pin!(updates.ready_chunks(256));
-        while let Some(chunk) = updates.next().await {
-            for update in chunk {
-                match update {
-                    RowUpdate::Initial(html) => initial.push_str(&html),
-                    RowUpdate::Ready => {
-                        let html = std::mem::take(&mut initial);
-                        yield event(&format!("{list}-reset"), json!({ "html": html }), None)
-                    }
-                    RowUpdate::Change(row, at) => {
-                        batch.push(row);
-                        last = at.or(last);
-                    }
-                    RowUpdate::Skip => {}
-                    RowUpdate::Failed(why) => {
-                        if !batch.is_empty() {
-                            yield rows(&mut batch, last);
-                        }
-                        yield Event::default().event("reload").data(why);
-                        return;
-                    }
-                }
-            }
-            if !batch.is_empty() {
-                yield rows(&mut batch, last);
-            }
+    }
+
+    /// The `{list}-rows` event of what was folded, `[{id, html}, ...]` (`html: null`: the
+    /// row left), with the newest cursor as its id; `None` if nothing was. Empties `self`.
+    fn take_event(&mut self, app: &AppState, list: &RowList) -> Option<Event> {
+        if self.latest.is_empty() {
+            return None;
+        }
+        self.index.clear();
+        let rows: Vec<Arc<str>> = self
+            .latest
+            .drain(..)
+            .map(|(id, c)| {
+                let key = format!("{}/{id}", list.key);
+                app.inner.rows.get_or_make(c.cursor(), key, || {
+                    let html = c.new_val().and_then(|row| (list.render)(row));
+                    json!({ "id": format!("{}-{id}", list.name), "html": html }).to_string()
+                })
+            })
+            .collect();
+        let e = Event::default()
+            .event(format!("{}-rows", list.name))
+            .data(format!("[{}]", rows.join(",")));
+        match self.newest.take().filter(|_| list.ids) {
+            Some(c) => Some(e.id(c.to_string())),
+            None => Some(e),
         }
     }
 }
 
-/// A row change, `{id, html}` with the row's DOM id (`html: null` for a row that left).
-/// Made once per change and list, whatever the number of streams (see [`RowCache`]).
-fn row_update(
-    app: &AppState,
-    list: &str,
-    id: String,
-    at: Option<Cursor>,
-    html: impl FnOnce() -> Option<String>,
-) -> RowUpdate {
-    let key = format!("{list}/{id}");
-    let row = app
-        .inner
-        .rows
-        .get_or_make(at, key, || json!({ "id": id, "html": html() }).to_string());
-    RowUpdate::Change(row, at)
+/// A ship page's list as SSE events: the initial rows become one `{list}-reset` event;
+/// then each throttled batch of changes becomes one `{list}-rows` event of its net effect.
+/// A feed error (missed changes, a closing database) ends the stream with `reload`.
+fn row_events(
+    app: AppState,
+    list: RowList,
+    feed: impl Stream<Item = remodel::Result<Change>> + Send + 'static,
+) -> impl Stream<Item = Event> + Send {
+    stream! {
+        let mut initial = String::new();
+        let mut net = NetRows::default();
+        let mut batches = Box::pin(throttled(feed));
+        while let Some(batch) = batches.next().await {
+            for item in batch {
+                let c = match item {
+                    Ok(c) => c,
+                    Err(e) => {
+                        if let Some(rows) = net.take_event(&app, &list) {
+                            yield rows;
+                        }
+                        yield reload_event(e.to_string());
+                        return;
+                    }
+                };
+                match c.kind() {
+                    ChangeKind::State if c.state() == Some(FeedState::Ready) => {
+                        let html = std::mem::take(&mut initial);
+                        let name = format!("{}-reset", list.name);
+                        yield event(&name, json!({ "html": html }), None);
+                    }
+                    ChangeKind::State => {}
+                    ChangeKind::Initial => {
+                        if let Some(html) = c.new_val().and_then(|row| (list.render)(row)) {
+                            initial.push_str(&html);
+                        }
+                    }
+                    _ => net.fold(&list, c),
+                }
+            }
+            if let Some(rows) = net.take_event(&app, &list) {
+                yield rows;
+            }
+        }
+    }
 }
 
 /// Opens a row feed: resumed from the browser's `Last-Event-ID`, or fresh with the current
@@ -233,11 +334,6 @@ async fn open_rows<T: Model>(
     }
 }
 
-/// A feed failure as a row update: the page reloads (an overflow means missed changes).
-fn failed(e: Error) -> RowUpdate {
-    RowUpdate::Failed(e.to_string())
-}
-
 /// `/ship/{id}/events`: the ship page's two lists, live, on one connection (browsers allow
 /// few per host): `crew-*` events from the relation feed, resumed from `Last-Event-ID`, and
 /// `away-*` events from the away team's live join, which starts from the current team on
@@ -253,40 +349,36 @@ pub async fn ship(
         Err(reload) => return Ok(reload),
     };
     let away = away_team(&app, &ship).await?;
-    let events = stream::select(
-        row_events("crew", true, crew),
-        row_events("away", false, away),
-    );
-    Ok(serve(&app, events))
+    Ok(serve(&app, stream::select(crew, away)))
 }
 
 /// The crew, through the relation feed `ship.crewmembers(&db).changes()`. `Err` is the
-/// `reload` stream for a `Last-Event-ID` that cannot be resumed.
+/// `reload` stream for a `Last-Event-ID` that cannot be resumed. The feed is read undecoded
+/// (`into_raw`): a row is decoded only when it is rendered, once per change for all pages.
 async fn crew(
     app: &AppState,
     ship: &Starship,
     headers: &HeaderMap,
-) -> AppResult<Result<impl Stream<Item = RowUpdate> + Send + 'static, EventStream>> {
+) -> AppResult<Result<impl Stream<Item = Event> + Send + 'static, EventStream>> {
     let feed = match open_rows(app, headers, ship.crewmembers(&app.db).changes()).await? {
-        Ok(feed) => feed,
+        Ok(feed) => feed.into_raw(),
         Err(reload) => return Ok(Err(reload)),
     };
-    let ships = Starship::all(&app.db).await?; // for the move buttons; ships never change
-    let (app, ship) = (app.clone(), ship.clone());
-    let list = format!("crew/{}", ship.id_str());
-    let row = move |m: &Crewmember| render_row("crew_row.html", context! { m, ship, ships });
-    Ok(Ok(feed.map(move |item| match item {
-        Err(e) => failed(e),
-        Ok(c) => match (c.kind, c.raw().cursor(), c.new, c.old) {
-            (ChangeKind::State, ..) => ready_or_skip(c.state),
-            (ChangeKind::Initial, _, Some(m), _) => RowUpdate::Initial(row(&m)),
-            (_, at, Some(m), _) => {
-                row_update(&app, &list, dom_id("crew", &m), at, || Some(row(&m)))
-            }
-            (_, at, None, Some(m)) => row_update(&app, &list, dom_id("crew", &m), at, || None),
-            (_, _, None, None) => RowUpdate::Skip,
+    let ships = Starship::all(&app.db).await?; // for the move forms; ships never change
+    let list = RowList {
+        name: "crew",
+        key: format!("crew/{}", ship.id_str()),
+        ids: true,
+        member: |row| Some(row),
+        render: {
+            let ship = ship.clone();
+            Box::new(move |row| {
+                let m = decode_member(row)?;
+                Some(render_row("crew_row.html", context! { m, ship, ships }))
+            })
         },
-    })))
+    };
+    Ok(Ok(row_events(app.clone(), list, feed)))
 }
 
 /// The away team, through a live join of the ship's links (the many-to-many join table)
@@ -296,45 +388,34 @@ async fn crew(
 async fn away_team(
     app: &AppState,
     ship: &Starship,
-) -> AppResult<impl Stream<Item = RowUpdate> + Send + 'static> {
+) -> AppResult<impl Stream<Item = Event> + Send + 'static> {
     let feed = ship
         .away_team(&app.db)
         .join_changes()?
         .include_initial(true)
         .include_states(true)
         .await?;
-    let (app, ship) = (app.clone(), ship.clone());
-    let list = format!("away/{}", ship.id_str());
-    let officer = |pair: Option<&Value>| {
-        pair.and_then(|p| Crewmember::from_json(p.get("right")?.clone()).ok())
+    let list = RowList {
+        name: "away",
+        key: format!("away/{}", ship.id_str()),
+        ids: false,
+        member: |pair| pair.get("right"),
+        render: {
+            let ship = ship.clone();
+            Box::new(move |pair| {
+                let m = decode_member(pair.get("right")?)?;
+                Some(render_row("away_row.html", context! { m, ship }))
+            })
+        },
     };
-    let row = move |m: &Crewmember| render_row("away_row.html", context! { m, ship });
-    Ok(feed.map(move |item| {
-        let c = match item {
-            Ok(c) => c,
-            Err(e) => return failed(e),
-        };
-        let at = c.cursor();
-        match (c.kind(), officer(c.new_val()), officer(c.old_val())) {
-            (ChangeKind::State, ..) => ready_or_skip(c.state()),
-            (ChangeKind::Initial, Some(m), _) => RowUpdate::Initial(row(&m)),
-            (_, Some(m), _) => row_update(&app, &list, dom_id("away", &m), at, || Some(row(&m))),
-            (_, None, Some(m)) => row_update(&app, &list, dom_id("away", &m), at, || None),
-            (_, None, None) => RowUpdate::Skip,
-        }
-    }))
+    Ok(row_events(app.clone(), list, feed))
 }
 
-fn ready_or_skip(state: Option<FeedState>) -> RowUpdate {
-    match state {
-        Some(FeedState::Ready) => RowUpdate::Ready,
-        _ => RowUpdate::Skip,
-    }
-}
-
-/// The DOM id of a member's row in one of a ship page's lists.
-fn dom_id(list: &str, m: &Crewmember) -> String {
-    format!("{list}-{}", m.id_str())
+/// A crew member from a feed's row; one that does not decode (a bug) is logged.
+fn decode_member(row: &Value) -> Option<Crewmember> {
+    Crewmember::from_json(row.clone())
+        .map_err(|e| eprintln!("starfleet: a crew row: {e}"))
+        .ok()
 }
 
 /// Renders one row; a template error (a bug) is logged and sends an empty row.
@@ -347,9 +428,9 @@ fn render_row(template: &str, ctx: minijinja::Value) -> String {
 
 /// Crew counts by `field`, live: the store's live aggregate `group(field).count()`, kept
 /// as a map from group to count. `show` turns the map into the event sent once the current
-/// groups are in, and again after every batch of changed groups (changes that arrive
-/// together are drawn once). An aggregate feed does not resume from a cursor: a reconnecting
-/// page gets the whole current state again, which is all it shows.
+/// groups are in, and again after every throttled batch of changed groups. An aggregate
+/// feed does not resume from a cursor: a reconnecting page gets the whole current state
+/// again, which is all it shows.
 async fn live_counts<F>(app: &AppState, field: &str, show: F) -> AppResult<EventStream>
 where
     F: Fn(&BTreeMap<String, u64>) -> AppResult<(&'static str, Value)> + Send + 'static,
@@ -365,7 +446,7 @@ where
     let events = stream! {
         let mut groups = BTreeMap::new();
         let mut ready = false;
-        let mut batches = feed.ready_chunks(1024);
+        let mut batches = Box::pin(throttled(feed));
         while let Some(batch) = batches.next().await {
             let mut cursor = None;
             for item in batch {
@@ -373,7 +454,7 @@ where
                     Ok(c) => c,
                     Err(e) => {
                         // Missed group changes (an overflow) or a closing database.
-                        yield Event::default().event("reload").data(e.to_string());
+                        yield reload_event(e.to_string());
                         return;
                     }
                 };
@@ -384,7 +465,7 @@ where
                 if let Some((group, n)) = c.new_val().and_then(group_count) {
                     groups.insert(group, n);
                 }
-                cursor = c.cursor().or(cursor);
+                cursor = newest([cursor, c.cursor()]);
             }
             if ready {
                 match show(&groups) {
@@ -423,24 +504,32 @@ pub async fn species(State(app): State<AppState>) -> AppResult<EventStream> {
     .await
 }
 
-/// `/member/{id}/events`: the member's details, redrawn on each change of the row
-/// (`member.watch(&db)`, a point feed; its ship and missions are read again then).
+/// `/member/{id}/events`: the member's details, redrawn as the row is after each throttled
+/// batch of its changes (`member.watch(&db)`, a point feed; its ship and missions are read
+/// again then).
 pub async fn member(State(app): State<AppState>, Path(id): Path<String>) -> AppResult<EventStream> {
     let member = find_member(&app.db, &id).await?;
     // With the current row first: a change between the page and this stream is not lost.
-    let mut feed = member.watch(&app.db).include_initial(true).await?;
+    let feed = member.watch(&app.db).include_initial(true).await?;
     let db = app.db.clone();
     let events = stream! {
-        while let Some(item) = feed.next().await {
-            let c = match item {
-                Ok(c) => c,
-                Err(e) => {
-                    yield Event::default().event("reload").data(e.to_string());
-                    break;
+        let mut batches = Box::pin(throttled(feed));
+        while let Some(batch) = batches.next().await {
+            let mut latest = None;
+            for item in batch {
+                match item {
+                    Ok(c) => {
+                        let at = newest([latest.as_ref().and_then(|(at, _)| *at), c.cursor()]);
+                        latest = Some((at, c.new));
+                    }
+                    Err(e) => {
+                        yield reload_event(e.to_string());
+                        return;
+                    }
                 }
-            };
-            let at = c.raw().cursor();
-            let Some(member) = c.new else {
+            }
+            let Some((at, member)) = latest else { continue };
+            let Some(member) = member else {
                 yield event("html", json!({ "html": render_row("member_details.html", context! {}) }), at);
                 continue;
             };
@@ -459,9 +548,10 @@ pub async fn member(State(app): State<AppState>, Path(id): Path<String>) -> AppR
 }
 
 /// `/leaderboard/events`: the top five, through the top-N feed: it starts with the current
-/// five, then each change says which row left or entered at which position.
+/// five, then each change says which row left or entered at which position. The board is
+/// redrawn once per throttled batch of changes.
 pub async fn leaderboard(State(app): State<AppState>) -> AppResult<EventStream> {
-    let mut feed = top_five(&app.db)
+    let feed = top_five(&app.db)
         .changes()
         .include_initial(true)
         .include_offsets(true)
@@ -470,24 +560,30 @@ pub async fn leaderboard(State(app): State<AppState>) -> AppResult<EventStream> 
     let events = stream! {
         let mut board: Vec<Score> = Vec::new();
         let mut ready = false;
-        while let Some(item) = feed.next().await {
-            let c = match item {
-                Ok(c) => c,
-                Err(e) => {
-                    yield Event::default().event("reload").data(e.to_string());
-                    break;
+        let mut batches = Box::pin(throttled(feed));
+        while let Some(batch) = batches.next().await {
+            let (mut changed, mut at) = (false, None);
+            for item in batch {
+                let c = match item {
+                    Ok(c) => c,
+                    Err(e) => {
+                        yield reload_event(e.to_string());
+                        return;
+                    }
+                };
+                if let Some(i) = c.old_offset.filter(|&i| i < board.len()) {
+                    board.remove(i);
                 }
-            };
-            if let Some(i) = c.old_offset.filter(|&i| i < board.len()) {
-                board.remove(i);
+                if let (Some(i), Some(score)) = (c.new_offset, c.new.clone()) {
+                    board.insert(i.min(board.len()), score);
+                }
+                ready |= c.state == Some(FeedState::Ready);
+                changed |= c.kind != ChangeKind::Initial;
+                at = newest([at, c.cursor()]);
             }
-            if let (Some(i), Some(score)) = (c.new_offset, c.new.clone()) {
-                board.insert(i.min(board.len()), score);
-            }
-            ready |= c.state == Some(FeedState::Ready);
-            if ready && c.kind != ChangeKind::Initial {
+            if ready && changed {
                 let html = render_row("scores.html", context! { scores => board });
-                yield event("html", json!({ "html": html }), c.raw().cursor());
+                yield event("html", json!({ "html": html }), at);
             }
         }
     };
