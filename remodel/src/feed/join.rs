@@ -13,15 +13,21 @@
 //! leaves. The right rows under each routed key are kept as last reported, and pairs are
 //! made from them: a commit that writes both tables gives the same items whichever table is
 //! applied first, and a left row joining an already known key reads nothing.
+//!
+//! The write path is kept to what a change needs: rows are held as the `Arc`s the changes
+//! carry (never copied), a primary key is one shared allocation for every map naming the
+//! row, a key's left rows and right rows are one entry (one lookup per change), and a pair's
+//! value is built only for the items that carry it (a change that leaves a pair as it was
+//! builds nothing).
 
 use super::change::Change;
 use super::spec::{Matcher, View};
 use crate::db::write::Committed;
 use crate::db::{IndexState, TableState};
-use crate::value::{encode_key, encode_value, FieldPath};
+use crate::value::{encode_key, encode_value, encode_value_into, FieldPath};
 use crate::Result;
-use serde_json::{json, Value};
-use std::collections::HashMap;
+use serde_json::{Map, Value};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 /// What a join matches: the left rows' `field` against the right table's primary key or
@@ -66,34 +72,51 @@ impl JoinDef {
         )
     }
 
-    /// The key a left row joins on (`None`: it joins nothing).
-    fn key_of(&self, seen: &Value) -> Option<Vec<u8>> {
-        let v = self.field.get(seen)?;
+    /// Writes the key a left row joins on into `out`; false when it joins nothing.
+    fn key_of(&self, seen: &Value, out: &mut Vec<u8>) -> bool {
+        out.clear();
+        let Some(v) = self.field.get(seen) else {
+            return false;
+        };
         match &self.index {
-            None => encode_key(v).ok(),
-            Some(_) => Some(encode_value(v)),
+            None => match encode_key(v) {
+                Ok(k) => {
+                    *out = k;
+                    true
+                }
+                // Not a valid primary key (null, an object, too long): no right row has it.
+                Err(_) => false,
+            },
+            Some(_) => {
+                encode_value_into(v, out);
+                true
+            }
         }
     }
 
-    /// The right rows under a join key, as they are now.
-    fn right_rows(&self, key: &[u8]) -> Result<Vec<(Vec<u8>, Arc<Value>)>> {
+    /// The right rows under a join key, as they are now, in primary key order.
+    fn right_rows(&self, key: &[u8]) -> Result<Rights> {
+        let mut out = Vec::new();
         match &self.index {
-            None => Ok(self
-                .right
-                .get_doc(key)?
-                .map(|d| vec![(key.to_vec(), Arc::new(d))])
-                .unwrap_or_default()),
+            None => {
+                if let Some(d) = self.right.get_doc(key)? {
+                    out.push((Pk::from(key), Arc::new(d)));
+                }
+            }
             Some(ix) => {
-                let mut out = Vec::new();
                 for entry in ix.tree.scan_prefix(key) {
                     let (_, pk) = entry?;
                     if let Some(d) = self.right.get_doc(&pk)? {
-                        out.push((pk.to_vec(), Arc::new(d)));
+                        out.push((Pk::from(&pk[..]), Arc::new(d)));
                     }
                 }
-                Ok(out)
+                // Index entries are the value then the primary key, so they come in primary
+                // key order already; sorting keeps the invariant whatever the tree returns.
+                out.sort_by(|a, b| a.0.cmp(&b.0));
+                out.dedup_by(|a, b| a.0 == b.0);
             }
         }
+        Ok(out)
     }
 
     /// The join keys a right document is found under.
@@ -105,31 +128,52 @@ impl JoinDef {
     }
 }
 
+/// A primary key (encoded), one allocation shared by every map that names the row.
+type Pk = Arc<[u8]>;
+
 struct Left {
     seen: Arc<Value>,
     /// How many times the row is in the left result (a key given twice to `get_all`).
     times: usize,
-    key: Option<Vec<u8>>,
+    /// The join key (shared with its entry in `LiveJoin::keys`).
+    key: Option<Arc<[u8]>>,
 }
 
-/// The right rows under one join key, as the join's consumers know them.
-type Rights = Vec<(Vec<u8>, Arc<Value>)>;
+/// The right rows under one join key, as the join's consumers know them, sorted by primary
+/// key.
+type Rights = Vec<(Pk, Arc<Value>)>;
+
+/// One routed join key: the left rows joining on it and the right rows under it.
+struct Joined {
+    /// The key itself (shared by the left rows that join on it).
+    key: Arc<[u8]>,
+    /// Ordered, so that a right change reports its pairs in left key order and a left row
+    /// leaves a popular key in logarithmic time.
+    lefts: BTreeSet<Pk>,
+    /// Shared (not copied) while a left change pairs its row with them.
+    rights: Arc<Rights>,
+}
 
 /// A live join's state.
 pub(crate) struct LiveJoin {
     pub def: JoinDef,
-    left: HashMap<Vec<u8>, Left>,
-    /// Join key -> the left rows joining on it.
-    reverse: HashMap<Vec<u8>, Vec<Vec<u8>>>,
-    /// Join key -> the right rows under it, as last reported (read from storage when a key
-    /// gets its first left row, then kept up to date by the right table's changes). Pairs
-    /// are made from these, so a commit that writes both tables gives the same items in
-    /// whichever order its two tables are applied.
-    rights: HashMap<Vec<u8>, Rights>,
+    left: HashMap<Pk, Left>,
+    /// Join key -> the left rows joining on it and the right rows under it, as last
+    /// reported (read from storage when a key gets its first left row, then kept up to date
+    /// by the right table's changes). Pairs are made from these, so a commit that writes
+    /// both tables gives the same items in whichever order its two tables are applied.
+    keys: HashMap<Arc<[u8]>, Joined>,
+    /// Reused for encoding the join key of a left row.
+    buf: Vec<u8>,
 }
 
+/// The pair of a left row as seen and a right row.
 fn pair(l: &Value, r: &Value) -> Arc<Value> {
-    Arc::new(json!({"left": l, "right": r}))
+    // Built as a map directly: `json!` would run both rows through the serializer.
+    let mut m = Map::with_capacity(2);
+    m.insert("left".to_owned(), l.clone());
+    m.insert("right".to_owned(), r.clone());
+    Arc::new(Value::Object(m))
 }
 
 /// The squash key of a pair: its left and right primary keys.
@@ -141,30 +185,83 @@ fn pair_key(l: &[u8], r: &[u8]) -> Arc<[u8]> {
     Arc::from(k)
 }
 
-/// Items for a pair seen `old_n` times before and `new_n` times after (numbered places).
-fn pair_items(
-    key: Arc<[u8]>,
-    old: Option<Arc<Value>>,
-    old_n: usize,
-    new: Option<Arc<Value>>,
-    new_n: usize,
-    out: &mut Vec<Change>,
-) {
-    let (old_n, new_n) = (
-        if old.is_some() { old_n } else { 0 },
-        if new.is_some() { new_n } else { 0 },
-    );
+/// A pair on one side of a change: the left row as seen, the right row, and how many times
+/// the left row is in the result.
+type Side<'a> = Option<(&'a Arc<Value>, &'a Arc<Value>, usize)>;
+
+fn same(a: &Arc<Value>, b: &Arc<Value>) -> bool {
+    Arc::ptr_eq(a, b) || a == b
+}
+
+/// Items for the pair of `lpk` and `rpk` as it was (`old`) and is (`new`), each place
+/// numbered. The pair values are built only when an item carries them.
+fn pair_items(lpk: &[u8], rpk: &[u8], old: Side<'_>, new: Side<'_>, out: &mut Vec<Change>) {
+    let old_n = old.map_or(0, |s| s.2);
+    let new_n = new.map_or(0, |s| s.2);
     let both = old_n.min(new_n);
-    if old != new {
-        for i in 0..both {
-            out.push(Change::row(Some(key.clone()), old.clone(), new.clone()).nth(i));
-        }
+    let unchanged = match (old, new) {
+        (Some((ol, or, _)), Some((nl, nr, _))) => same(ol, nl) && same(or, nr),
+        _ => false,
+    };
+    let changed = if unchanged { 0 } else { both };
+    if changed == 0 && old_n == both && new_n == both {
+        return;
+    }
+    let key = pair_key(lpk, rpk);
+    let old_pair = old
+        .filter(|_| changed > 0 || old_n > both)
+        .map(|(l, r, _)| pair(l, r));
+    let new_pair = new
+        .filter(|_| changed > 0 || new_n > both)
+        .map(|(l, r, _)| pair(l, r));
+    for i in 0..changed {
+        out.push(Change::row(Some(key.clone()), old_pair.clone(), new_pair.clone()).nth(i));
     }
     for i in both..old_n {
-        out.push(Change::row(Some(key.clone()), old.clone(), None).nth(i));
+        out.push(Change::row(Some(key.clone()), old_pair.clone(), None).nth(i));
     }
     for i in both..new_n {
-        out.push(Change::row(Some(key.clone()), None, new.clone()).nth(i));
+        out.push(Change::row(Some(key.clone()), None, new_pair.clone()).nth(i));
+    }
+}
+
+/// Items for a left row's pairs with the right rows it joined (`old`, against the row as it
+/// was) and joins (`new`, against the row as it is): both lists sorted by primary key, so one
+/// walk pairs a right row on both sides (a change) and reports the others as they come.
+fn left_items(
+    lpk: &[u8],
+    old: Option<(&Left, &Rights)>,
+    new: Option<(&Left, &Rights)>,
+    out: &mut Vec<Change>,
+) {
+    let empty: &Rights = &Vec::new();
+    let (os, ol) = old.map_or((empty, None), |(l, rs)| (rs, Some(l)));
+    let (ns, nl) = new.map_or((empty, None), |(l, rs)| (rs, Some(l)));
+    fn side<'a>(l: Option<&'a Left>, r: &'a (Pk, Arc<Value>)) -> Side<'a> {
+        l.map(|l| (&l.seen, &r.1, l.times))
+    }
+    let (mut i, mut j) = (0, 0);
+    while i < os.len() || j < ns.len() {
+        let ord = match (os.get(i), ns.get(j)) {
+            (Some(o), Some(n)) => o.0.cmp(&n.0),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            _ => std::cmp::Ordering::Greater,
+        };
+        match ord {
+            std::cmp::Ordering::Less => {
+                pair_items(lpk, &os[i].0, side(ol, &os[i]), None, out);
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                pair_items(lpk, &ns[j].0, None, side(nl, &ns[j]), out);
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                pair_items(lpk, &os[i].0, side(ol, &os[i]), side(nl, &ns[j]), out);
+                i += 1;
+                j += 1;
+            }
+        }
     }
 }
 
@@ -178,19 +275,19 @@ impl LiveJoin {
         let mut j = LiveJoin {
             def,
             left: HashMap::new(),
-            reverse: HashMap::new(),
-            rights: HashMap::new(),
+            keys: HashMap::new(),
+            buf: Vec::new(),
         };
         let mut deltas = Vec::new();
         for row in rows {
             let (pk, doc) = row?;
-            if let Some(l) = j.left.get_mut(&pk) {
+            if let Some(l) = j.left.get_mut(&pk[..]) {
                 l.times += 1;
                 continue;
             }
+            let pk = Pk::from(pk);
             let seen = Arc::new(doc);
-            let key = j.def.key_of(&seen);
-            j.enter(&pk, key.clone(), &mut deltas)?;
+            let key = j.enter(&pk, &seen, &mut deltas)?;
             j.left.insert(
                 pk,
                 Left {
@@ -210,66 +307,77 @@ impl LiveJoin {
         Ok((j, keys))
     }
 
+    /// Adds left row `pk` (as `seen`) under the key it joins on, reading the key's right
+    /// rows if it is new here; returns the key.
     fn enter(
         &mut self,
-        pk: &[u8],
-        key: Option<Vec<u8>>,
+        pk: &Pk,
+        seen: &Value,
         deltas: &mut Vec<RouteDelta>,
-    ) -> Result<()> {
-        if let Some(k) = key {
-            if !self.reverse.contains_key(&k) {
-                // The key's first left row: its right rows as they are now.
-                let rows = self.def.right_rows(&k)?;
-                self.rights.insert(k.clone(), rows);
-                deltas.push(RouteDelta::Add(k.clone()));
+    ) -> Result<Option<Arc<[u8]>>> {
+        let mut buf = std::mem::take(&mut self.buf);
+        let joins = self.def.key_of(seen, &mut buf);
+        let out = if !joins {
+            Ok(None)
+        } else if let Some(j) = self.keys.get_mut(&buf[..]) {
+            j.lefts.insert(pk.clone());
+            Ok(Some(j.key.clone()))
+        } else {
+            // The key's first left row: its right rows as they are now.
+            match self.def.right_rows(&buf) {
+                Ok(rights) => {
+                    let key: Arc<[u8]> = Arc::from(&buf[..]);
+                    self.keys.insert(
+                        key.clone(),
+                        Joined {
+                            key: key.clone(),
+                            lefts: BTreeSet::from([pk.clone()]),
+                            rights: Arc::new(rights),
+                        },
+                    );
+                    deltas.push(RouteDelta::Add(buf.clone()));
+                    Ok(Some(key))
+                }
+                Err(e) => Err(e),
             }
-            self.reverse.entry(k).or_default().push(pk.to_vec());
-        }
-        Ok(())
+        };
+        self.buf = buf;
+        out
     }
 
-    fn leave(&mut self, pk: &[u8], key: &Option<Vec<u8>>, deltas: &mut Vec<RouteDelta>) {
-        if let Some(k) = key {
-            if let Some(list) = self.reverse.get_mut(k) {
-                list.retain(|p| p != pk);
-                if list.is_empty() {
-                    self.reverse.remove(k);
-                    self.rights.remove(k);
-                    deltas.push(RouteDelta::Remove(k.clone()));
-                }
-            }
+    /// Removes left row `pk` from under `key`; returns the key's right rows.
+    fn leave(&mut self, pk: &[u8], key: &[u8], deltas: &mut Vec<RouteDelta>) -> Arc<Rights> {
+        let Some(j) = self.keys.get_mut(key) else {
+            return Arc::default();
+        };
+        j.lefts.remove(pk);
+        if !j.lefts.is_empty() {
+            return j.rights.clone();
         }
+        let j = self.keys.remove(key).expect("looked up above");
+        deltas.push(RouteDelta::Remove(key.to_vec()));
+        j.rights
     }
 
     /// The join keys routed for this group (to unroute it).
     pub(crate) fn keys(&self) -> Vec<Vec<u8>> {
-        self.reverse.keys().cloned().collect()
+        self.keys.keys().map(|k| k.to_vec()).collect()
     }
 
     /// The current pairs.
     pub(crate) fn rows(&self) -> Result<Vec<Arc<Value>>> {
         let mut out = Vec::new();
-        let mut pks: Vec<&Vec<u8>> = self.left.keys().collect();
+        let mut pks: Vec<&Pk> = self.left.keys().collect();
         pks.sort();
         for pk in pks {
             let l = &self.left[pk];
             let Some(k) = &l.key else { continue };
-            for (_, r) in self.rights.get(k).into_iter().flatten() {
-                for _ in 0..l.times {
-                    out.push(pair(&l.seen, r));
-                }
+            for (_, r) in self.keys.get(k).into_iter().flat_map(|j| j.rights.iter()) {
+                let p = pair(&l.seen, r);
+                out.extend(std::iter::repeat_n(p, l.times));
             }
         }
         Ok(out)
-    }
-
-    /// The right rows a left row is joined to, as last reported.
-    fn rights_of(&self, l: &Option<Left>) -> Rights {
-        l.as_ref()
-            .and_then(|l| l.key.as_ref())
-            .and_then(|k| self.rights.get(k))
-            .cloned()
-            .unwrap_or_default()
     }
 
     /// Applies changes of the left table: each one's items (with its sequence number), and
@@ -283,47 +391,81 @@ impl LiveJoin {
         let mut out = Vec::new();
         let mut items = Vec::new();
         for c in changes {
-            let before = self.left.remove(&c.key);
-            let after = match &c.new {
+            let before = self.left.remove_entry(&c.key[..]);
+            let seen = match &c.new {
                 Some(d) => {
                     let n = matcher.count(&c.key, d);
-                    match (n > 0).then(|| view.apply(d)).flatten() {
-                        Some(seen) => Some(Left {
-                            key: self.def.key_of(&seen),
-                            seen,
-                            times: n,
-                        }),
-                        None => None,
-                    }
+                    (n > 0).then(|| view.apply(d)).flatten().map(|s| (s, n))
                 }
                 None => None,
             };
-            let r_old = self.rights_of(&before);
-            if let Some(b) = &before {
-                self.leave(&c.key, &b.key, deltas);
-            }
-            if let Some(a) = &after {
-                self.enter(&c.key, a.key.clone(), deltas)?;
-            }
-            let r_new = self.rights_of(&after);
-            let mut right_pks: Vec<&Vec<u8>> =
-                r_old.iter().chain(r_new.iter()).map(|(k, _)| k).collect();
-            right_pks.sort();
-            right_pks.dedup();
-            for rpk in right_pks {
-                let find = |rs: &[(Vec<u8>, Arc<Value>)], l: &Option<Left>| {
-                    let l = l.as_ref()?;
-                    let r = rs.iter().find(|(k, _)| k == rpk)?;
-                    Some((pair(&l.seen, &r.1), l.times))
-                };
-                let (o, on) = find(&r_old, &before).map_or((None, 0), |(p, n)| (Some(p), n));
-                let (n, nn) = find(&r_new, &after).map_or((None, 0), |(p, n)| (Some(p), n));
-                pair_items(pair_key(&c.key, rpk), o, on, n, nn, &mut items);
-            }
+            let Some((seen, times)) = seen else {
+                // The row leaves (or was never in) the result.
+                if let Some((pk, b)) = before {
+                    if let Some(k) = &b.key {
+                        let rights = self.leave(&pk, k, deltas);
+                        left_items(&pk, Some((&b, &rights)), None, &mut items);
+                    }
+                }
+                out.extend(items.drain(..).map(|i| (c.seq, i)));
+                continue;
+            };
+            let (pk, before) = match before {
+                Some((pk, b)) => (pk, Some(b)),
+                None => (Pk::from(&c.key[..]), None),
+            };
+            // Where the row joins now: under the key it had (the common update), or another.
+            let stays = match before.as_ref().and_then(|b| b.key.as_ref()) {
+                Some(k) => {
+                    let mut buf = std::mem::take(&mut self.buf);
+                    let joins = self.def.key_of(&seen, &mut buf);
+                    let stays = joins && buf[..] == k[..];
+                    self.buf = buf;
+                    stays.then(|| k.clone())
+                }
+                None => None,
+            };
+            let after = match stays {
+                Some(k) => {
+                    let after = Left {
+                        seen,
+                        times,
+                        key: Some(k.clone()),
+                    };
+                    let b = before.as_ref().expect("a kept key is the row's before");
+                    if let Some(j) = self.keys.get(&k) {
+                        left_items(
+                            &pk,
+                            Some((b, &j.rights)),
+                            Some((&after, &j.rights)),
+                            &mut items,
+                        );
+                    }
+                    after
+                }
+                None => {
+                    let r_old = match before.as_ref().and_then(|b| b.key.as_ref()) {
+                        Some(k) => Some(self.leave(&pk, k, deltas)),
+                        None => None,
+                    };
+                    let key = self.enter(&pk, &seen, deltas)?;
+                    let after = Left { seen, times, key };
+                    let r_new = after
+                        .key
+                        .as_ref()
+                        .and_then(|k| self.keys.get(k))
+                        .map(|j| &j.rights);
+                    left_items(
+                        &pk,
+                        before.as_ref().zip(r_old.as_deref()),
+                        r_new.map(|r| (&after, &**r)),
+                        &mut items,
+                    );
+                    after
+                }
+            };
             out.extend(items.drain(..).map(|i| (c.seq, i)));
-            if let Some(a) = after {
-                self.left.insert(c.key.clone(), a);
-            }
+            self.left.insert(pk, after);
         }
         Ok(out)
     }
@@ -342,29 +484,31 @@ impl LiveJoin {
         keys.dedup();
         let mut out = Vec::new();
         for k in keys {
-            let Some(rows) = self.rights.get_mut(k) else {
+            let Some(j) = self.keys.get_mut(&k[..]) else {
                 continue;
             };
             // As the consumers know it, and as it is now.
-            let old = rows
-                .iter()
-                .position(|(pk, _)| *pk == c.key)
-                .map(|i| rows.remove(i).1);
-            let new = c.new.clone().filter(|_| new_keys.contains(k));
-            if let Some(n) = &new {
-                rows.push((c.key.clone(), n.clone()));
-                rows.sort_by(|a, b| a.0.cmp(&b.0));
-            }
-            for lpk in self.reverse.get(k).into_iter().flatten() {
+            let rows = Arc::make_mut(&mut j.rights);
+            let at = rows.binary_search_by(|(pk, _)| pk[..].cmp(&c.key[..]));
+            let new = c.new.as_ref().filter(|_| new_keys.contains(k));
+            let old = match (at, new) {
+                (Ok(i), Some(n)) => Some(std::mem::replace(&mut rows[i].1, n.clone())),
+                (Ok(i), None) => Some(rows.remove(i).1),
+                (Err(i), Some(n)) => {
+                    rows.insert(i, (Pk::from(&c.key[..]), n.clone()));
+                    None
+                }
+                (Err(_), None) => None,
+            };
+            for lpk in &j.lefts {
                 let Some(l) = self.left.get(lpk) else {
                     continue;
                 };
                 pair_items(
-                    pair_key(lpk, &c.key),
-                    old.as_ref().map(|r| pair(&l.seen, r)),
-                    l.times,
-                    new.as_ref().map(|r| pair(&l.seen, r)),
-                    l.times,
+                    lpk,
+                    &c.key,
+                    old.as_ref().map(|r| (&l.seen, r, l.times)),
+                    new.map(|r| (&l.seen, r, l.times)),
                     &mut out,
                 );
             }
