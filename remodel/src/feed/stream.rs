@@ -113,9 +113,9 @@ impl Inbox {
     }
 
     /// The next item; with nothing there, arranges for `cx` to be woken by the next one.
-    fn next(&mut self, cx: &Context<'_>, more: &mut VecDeque<Change>) -> Next {
+    fn next(&mut self, cx: &Context<'_>) -> Next {
         match self {
-            Inbox::Shared(log, reader) => log.next(reader, cx.waker(), more),
+            Inbox::Shared(log, reader) => log.next(reader, cx.waker()),
             Inbox::Own(sub) => match sub.pop() {
                 Next::Empty => {
                     // Register, then look once more so that a push in between is not missed.
@@ -318,7 +318,7 @@ impl Stream for Feed {
                 }
             }
         }
-        match this.inbox.next(cx, &mut this.batch) {
+        match this.inbox.next(cx) {
             Next::Item(c) => {
                 this.handed_first = true;
                 this.show(c, cx)

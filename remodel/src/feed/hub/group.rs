@@ -7,7 +7,7 @@ use crate::db::IndexState;
 use crate::feed::aggregate::LiveAgg;
 use crate::feed::change::Change;
 use crate::feed::join::LiveJoin;
-use crate::feed::log::Log;
+use crate::feed::log::Producer;
 use crate::feed::queue::Subscriber;
 use crate::feed::spec::{Matcher, View};
 use crate::feed::topn::TopN;
@@ -53,26 +53,44 @@ pub(super) struct Group {
 /// that squash, since merging is per consumer).
 #[derive(Default)]
 pub(super) struct Members {
-    pub(super) log: Option<Arc<Log>>,
+    pub(super) log: Option<Producer>,
     pub(super) shared: usize,
     pub(super) own: Vec<(u64, Arc<Subscriber>)>,
 }
 
 impl Members {
-    pub(super) fn deliver(&self, item: Change, wakes: &mut Vec<Waker>) {
+    pub(super) fn deliver(&mut self, item: Change, wakes: &mut Vec<Waker>) {
         for (_, sub) in &self.own {
             if sub.push(item.clone()) {
                 wakes.extend(sub.take_waker());
             }
         }
-        if let Some(log) = &self.log {
+        if let Some(log) = &mut self.log {
             log.push(item, wakes);
+        }
+    }
+
+    /// [`Members::deliver`] without looking for waiting readers of the log; returns
+    /// whether the log took the item, in which case the caller runs `fence(SeqCst)` and
+    /// then [`Members::wake_waiting`] (once for every group a change reached).
+    pub(super) fn deliver_deferred(&mut self, item: Change, wakes: &mut Vec<Waker>) -> bool {
+        for (_, sub) in &self.own {
+            if sub.push(item.clone()) {
+                wakes.extend(sub.take_waker());
+            }
+        }
+        self.log.as_mut().is_some_and(|log| log.append(item))
+    }
+
+    pub(super) fn wake_waiting(&self, wakes: &mut Vec<Waker>) {
+        if let Some(log) = &self.log {
+            log.wake_waiting(wakes);
         }
     }
 
     pub(super) fn close(&self, why: &Error) {
         if let Some(log) = &self.log {
-            log.close(why.clone());
+            log.log().close(why.clone());
         }
         self.own.iter().for_each(|(_, s)| s.close(why.clone()));
     }
@@ -159,18 +177,19 @@ impl<'a> ChangeCtx<'a> {
             (true, false) => 1,
             _ => 2,
         };
-        let c = self.c;
-        let key = self.key();
-        self.plain[slot]
-            .get_or_insert_with(|| {
-                Change::row(
-                    Some(key.clone()),
-                    c.old.clone().filter(|_| old),
-                    c.new.clone().filter(|_| new),
-                )
-                .at(c.seq)
-            })
-            .clone()
+        if self.plain[slot].is_none() {
+            // Only the first group to need this item makes it (and clones the key): a clone
+            // is an atomic add that waits for the cache misses before it, once per group.
+            let c = self.c;
+            let item = Change::row(
+                Some(self.key()),
+                c.old.clone().filter(|_| old),
+                c.new.clone().filter(|_| new),
+            )
+            .at(c.seq);
+            self.plain[slot] = Some(item);
+        }
+        self.plain[slot].clone().expect("made above")
     }
 }
 

@@ -126,6 +126,9 @@ impl Hub {
         let mut topn_at: HashMap<GroupId, usize> = HashMap::new();
         let mut join_deltas: Vec<(JoinSpace, GroupId, Vec<RouteDelta>)> = Vec::new();
         let mut items = Vec::new();
+        // Groups whose log took an item: their waiting readers are looked for once, after
+        // one fence for all of them (see `feed::log`).
+        let mut appended: Vec<GroupId> = Vec::new();
         for c in changes {
             let mut ctx = ChangeCtx::new(c);
             routes.candidates(c, &mut scratch, &mut ctx);
@@ -145,7 +148,17 @@ impl Hub {
                 }
                 group.items(&mut ctx, &mut items);
                 for item in items.drain(..) {
-                    group.members.deliver(item, wakes);
+                    if group.members.deliver_deferred(item, wakes) {
+                        appended.push(*id);
+                    }
+                }
+            }
+        }
+        if !appended.is_empty() {
+            std::sync::atomic::fence(Ordering::SeqCst);
+            for id in &appended {
+                if let Some(group) = routes.groups.get(id) {
+                    group.members.wake_waiting(wakes);
                 }
             }
         }
@@ -422,6 +435,7 @@ impl Hub {
                     .members
                     .log
                     .get_or_insert_with(Default::default)
+                    .log()
                     .clone();
                 group.members.shared += 1;
                 let reader = log.join(capacity);
