@@ -1,7 +1,7 @@
 //! What a changefeed delivers.
 
 use serde_json::{json, Map, Value};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// The kind of a change item (RethinkDB's `type` field).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -69,11 +69,63 @@ pub struct Change {
     show_offsets: bool,
 }
 
+/// A value an item carries: a row as the query sees it, or a live join's `{left, right}`
+/// pair, made from its two rows the first time it is read (by a consumer, not by the writer
+/// under the commit lock; once, however many feeds share the item).
+#[derive(Clone, Debug)]
+pub(crate) enum Val {
+    Row(Arc<Value>),
+    Pair(Arc<LazyPair>),
+}
+
+/// The two rows of a join pair, and the pair once made.
+#[derive(Debug)]
+pub(crate) struct LazyPair {
+    left: Arc<Value>,
+    right: Arc<Value>,
+    made: OnceLock<Arc<Value>>,
+}
+
+impl Val {
+    /// The pair of a live join's left row (as its query sees it) and right row.
+    pub(crate) fn pair(left: Arc<Value>, right: Arc<Value>) -> Self {
+        Val::Pair(Arc::new(LazyPair {
+            left,
+            right,
+            made: OnceLock::new(),
+        }))
+    }
+
+    fn arc(&self) -> &Arc<Value> {
+        match self {
+            Val::Row(v) => v,
+            Val::Pair(p) => p.made.get_or_init(|| {
+                let mut m = Map::with_capacity(2);
+                m.insert("left".to_owned(), Value::clone(&p.left));
+                m.insert("right".to_owned(), Value::clone(&p.right));
+                Arc::new(Value::Object(m))
+            }),
+        }
+    }
+}
+
+impl PartialEq for Val {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            // Pairs are equal when their rows are (without making either).
+            (Val::Pair(a), Val::Pair(b)) => {
+                Arc::ptr_eq(a, b) || (a.left == b.left && a.right == b.right)
+            }
+            _ => self.arc() == other.arc(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct ChangeData {
     kind: ChangeKind,
-    old_val: Option<Arc<Value>>,
-    new_val: Option<Arc<Value>>,
+    old_val: Option<Val>,
+    new_val: Option<Val>,
     old_offset: Option<usize>,
     new_offset: Option<usize>,
     state: Option<FeedState>,
@@ -128,7 +180,7 @@ impl Change {
         Change::new(ChangeData {
             kind: ChangeKind::Initial,
             old_val: None,
-            new_val: new,
+            new_val: new.map(Val::Row),
             old_offset: None,
             new_offset: offset,
             state: None,
@@ -144,6 +196,11 @@ impl Change {
         old: Option<Arc<Value>>,
         new: Option<Arc<Value>>,
     ) -> Self {
+        Change::row_of(key, old.map(Val::Row), new.map(Val::Row))
+    }
+
+    /// A row item whose values may be pairs made on first read ([`Val::pair`]).
+    pub(crate) fn row_of(key: Option<Arc<[u8]>>, old: Option<Val>, new: Option<Val>) -> Self {
         Change::new(ChangeData {
             kind: ChangeKind::of(old.is_some(), new.is_some()),
             old_val: old,
@@ -220,11 +277,11 @@ impl Change {
     }
 
     pub(crate) fn old_arc(&self) -> Option<&Arc<Value>> {
-        self.data.old_val.as_ref()
+        self.data.old_val.as_ref().map(Val::arc)
     }
 
     pub(crate) fn new_arc(&self) -> Option<&Arc<Value>> {
-        self.data.new_val.as_ref()
+        self.data.new_val.as_ref().map(Val::arc)
     }
 
     /// The offsets of a top-N item, whether or not the feed shows them.
@@ -245,12 +302,12 @@ impl Change {
 
     /// The row before the write (`None` when it entered the result, and for initial rows).
     pub fn old_val(&self) -> Option<&Value> {
-        self.data.old_val.as_deref()
+        self.old_arc().map(|v| &**v)
     }
 
     /// The row after the write (`None` when it left the result).
     pub fn new_val(&self) -> Option<&Value> {
-        self.data.new_val.as_deref()
+        self.new_arc().map(|v| &**v)
     }
 
     /// Top-N feeds with `include_offsets`: the position the old row had (delete there first).

@@ -20,14 +20,14 @@
 //! value is built only for the items that carry it (a change that leaves a pair as it was
 //! builds nothing).
 
-use super::change::Change;
+use super::change::{Change, Val};
 use super::spec::{Matcher, View};
 use crate::db::write::Committed;
 use crate::db::{IndexState, TableState};
 use crate::value::{encode_key, encode_value, encode_value_into, FieldPath};
 use crate::Result;
 use serde_json::{Map, Value};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// What a join matches: the left rows' `field` against the right table's primary key or
@@ -147,9 +147,9 @@ type Rights = Vec<(Pk, Arc<Value>)>;
 struct Joined {
     /// The key itself (shared by the left rows that join on it).
     key: Arc<[u8]>,
-    /// Ordered, so that a right change reports its pairs in left key order and a left row
-    /// leaves a popular key in logarithmic time.
-    lefts: BTreeSet<Pk>,
+    /// A set, so that a left row leaves a popular key in constant time (a right change
+    /// sorts them, to report its pairs in left key order).
+    lefts: HashSet<Pk>,
     /// Shared (not copied) while a left change pairs its row with them.
     rights: Arc<Rights>,
 }
@@ -167,7 +167,7 @@ pub(crate) struct LiveJoin {
     buf: Vec<u8>,
 }
 
-/// The pair of a left row as seen and a right row.
+/// The pair of a left row as seen and a right row, made now (initial rows).
 fn pair(l: &Value, r: &Value) -> Arc<Value> {
     // Built as a map directly: `json!` would run both rows through the serializer.
     let mut m = Map::with_capacity(2);
@@ -194,8 +194,9 @@ fn same(a: &Arc<Value>, b: &Arc<Value>) -> bool {
 }
 
 /// Items for the pair of `lpk` and `rpk` as it was (`old`) and is (`new`), each place
-/// numbered. The pair values are built only when an item carries them.
-fn pair_items(lpk: &[u8], rpk: &[u8], old: Side<'_>, new: Side<'_>, out: &mut Vec<Change>) {
+/// numbered. The pair values are only referred to (made when a consumer reads them), and
+/// only when an item carries them.
+fn pair_items(lpk: &[u8], rpk: &[u8], old: Side<'_>, new: Side<'_>, out: &mut impl FnMut(Change)) {
     let old_n = old.map_or(0, |s| s.2);
     let new_n = new.map_or(0, |s| s.2);
     let both = old_n.min(new_n);
@@ -210,18 +211,30 @@ fn pair_items(lpk: &[u8], rpk: &[u8], old: Side<'_>, new: Side<'_>, out: &mut Ve
     let key = pair_key(lpk, rpk);
     let old_pair = old
         .filter(|_| changed > 0 || old_n > both)
-        .map(|(l, r, _)| pair(l, r));
+        .map(|(l, r, _)| Val::pair(l.clone(), r.clone()));
     let new_pair = new
         .filter(|_| changed > 0 || new_n > both)
-        .map(|(l, r, _)| pair(l, r));
+        .map(|(l, r, _)| Val::pair(l.clone(), r.clone()));
+    // Place 0 is what an item is about unless numbered (`nth` would re-check the item's
+    // sharing for nothing).
+    let nth = |c: Change, i: usize| if i == 0 { c } else { c.nth(i) };
     for i in 0..changed {
-        out.push(Change::row(Some(key.clone()), old_pair.clone(), new_pair.clone()).nth(i));
+        out(nth(
+            Change::row_of(Some(key.clone()), old_pair.clone(), new_pair.clone()),
+            i,
+        ));
     }
     for i in both..old_n {
-        out.push(Change::row(Some(key.clone()), old_pair.clone(), None).nth(i));
+        out(nth(
+            Change::row_of(Some(key.clone()), old_pair.clone(), None),
+            i,
+        ));
     }
     for i in both..new_n {
-        out.push(Change::row(Some(key.clone()), None, new_pair.clone()).nth(i));
+        out(nth(
+            Change::row_of(Some(key.clone()), None, new_pair.clone()),
+            i,
+        ));
     }
 }
 
@@ -232,7 +245,7 @@ fn left_items(
     lpk: &[u8],
     old: Option<(&Left, &Rights)>,
     new: Option<(&Left, &Rights)>,
-    out: &mut Vec<Change>,
+    out: &mut impl FnMut(Change),
 ) {
     let empty: &Rights = &Vec::new();
     let (os, ol) = old.map_or((empty, None), |(l, rs)| (rs, Some(l)));
@@ -331,7 +344,7 @@ impl LiveJoin {
                         key.clone(),
                         Joined {
                             key: key.clone(),
-                            lefts: BTreeSet::from([pk.clone()]),
+                            lefts: HashSet::from([pk.clone()]),
                             rights: Arc::new(rights),
                         },
                     );
@@ -389,7 +402,6 @@ impl LiveJoin {
         deltas: &mut Vec<RouteDelta>,
     ) -> Result<Vec<(u64, Change)>> {
         let mut out = Vec::new();
-        let mut items = Vec::new();
         for c in changes {
             let before = self.left.remove_entry(&c.key[..]);
             let seen = match &c.new {
@@ -404,10 +416,11 @@ impl LiveJoin {
                 if let Some((pk, b)) = before {
                     if let Some(k) = &b.key {
                         let rights = self.leave(&pk, k, deltas);
-                        left_items(&pk, Some((&b, &rights)), None, &mut items);
+                        left_items(&pk, Some((&b, &rights)), None, &mut |i| {
+                            out.push((c.seq, i))
+                        });
                     }
                 }
-                out.extend(items.drain(..).map(|i| (c.seq, i)));
                 continue;
             };
             let (pk, before) = match before {
@@ -438,7 +451,7 @@ impl LiveJoin {
                             &pk,
                             Some((b, &j.rights)),
                             Some((&after, &j.rights)),
-                            &mut items,
+                            &mut |i| out.push((c.seq, i)),
                         );
                     }
                     after
@@ -459,12 +472,11 @@ impl LiveJoin {
                         &pk,
                         before.as_ref().zip(r_old.as_deref()),
                         r_new.map(|r| (&after, &**r)),
-                        &mut items,
+                        &mut |i| out.push((c.seq, i)),
                     );
                     after
                 }
             };
-            out.extend(items.drain(..).map(|i| (c.seq, i)));
             self.left.insert(pk, after);
         }
         Ok(out)
@@ -500,7 +512,9 @@ impl LiveJoin {
                 }
                 (Err(_), None) => None,
             };
-            for lpk in &j.lefts {
+            let mut lefts: Vec<&Pk> = j.lefts.iter().collect();
+            lefts.sort_unstable();
+            for lpk in lefts {
                 let Some(l) = self.left.get(lpk) else {
                     continue;
                 };
@@ -509,7 +523,7 @@ impl LiveJoin {
                     &c.key,
                     old.as_ref().map(|r| (&l.seen, r, l.times)),
                     new.map(|r| (&l.seen, r, l.times)),
-                    &mut out,
+                    &mut |i| out.push(i),
                 );
             }
         }
