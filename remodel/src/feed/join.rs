@@ -27,7 +27,7 @@ use crate::db::{IndexState, TableState};
 use crate::value::{encode_key, encode_value, encode_value_into, FieldPath};
 use crate::Result;
 use serde_json::{Map, Value};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// What a join matches: the left rows' `field` against the right table's primary key or
@@ -137,6 +137,8 @@ struct Left {
     times: usize,
     /// The join key (shared with its entry in `LiveJoin::keys`).
     key: Option<Arc<[u8]>>,
+    /// Where the row is in its key's `Joined::lefts`.
+    slot: usize,
 }
 
 /// The right rows under one join key, as the join's consumers know them, sorted by primary
@@ -147,9 +149,10 @@ type Rights = Vec<(Pk, Arc<Value>)>;
 struct Joined {
     /// The key itself (shared by the left rows that join on it).
     key: Arc<[u8]>,
-    /// A set, so that a left row leaves a popular key in constant time (a right change
-    /// sorts them, to report its pairs in left key order).
-    lefts: HashSet<Pk>,
+    /// In no order: a left row enters by a push and leaves by a swap with the last one (its
+    /// `Left::slot` says where it is), so a popular key costs nothing more per change; a
+    /// right change sorts them, to report its pairs in left key order.
+    lefts: Vec<Pk>,
     /// Shared (not copied) while a left change pairs its row with them.
     rights: Arc<Rights>,
 }
@@ -300,13 +303,14 @@ impl LiveJoin {
             }
             let pk = Pk::from(pk);
             let seen = Arc::new(doc);
-            let key = j.enter(&pk, &seen, &mut deltas)?;
+            let (key, slot, _) = j.enter(&pk, &seen, &mut deltas)?;
             j.left.insert(
                 pk,
                 Left {
                     seen,
                     times: 1,
                     key,
+                    slot,
                 },
             );
         }
@@ -321,35 +325,40 @@ impl LiveJoin {
     }
 
     /// Adds left row `pk` (as `seen`) under the key it joins on, reading the key's right
-    /// rows if it is new here; returns the key.
+    /// rows if it is new here; returns the key, the row's slot under it, and its right rows.
     fn enter(
         &mut self,
         pk: &Pk,
         seen: &Value,
         deltas: &mut Vec<RouteDelta>,
-    ) -> Result<Option<Arc<[u8]>>> {
+    ) -> Result<(Option<Arc<[u8]>>, usize, Option<Arc<Rights>>)> {
         let mut buf = std::mem::take(&mut self.buf);
         let joins = self.def.key_of(seen, &mut buf);
         let out = if !joins {
-            Ok(None)
+            Ok((None, 0, None))
         } else if let Some(j) = self.keys.get_mut(&buf[..]) {
-            j.lefts.insert(pk.clone());
-            Ok(Some(j.key.clone()))
+            j.lefts.push(pk.clone());
+            Ok((
+                Some(j.key.clone()),
+                j.lefts.len() - 1,
+                Some(j.rights.clone()),
+            ))
         } else {
             // The key's first left row: its right rows as they are now.
             match self.def.right_rows(&buf) {
                 Ok(rights) => {
                     let key: Arc<[u8]> = Arc::from(&buf[..]);
+                    let rights = Arc::new(rights);
                     self.keys.insert(
                         key.clone(),
                         Joined {
                             key: key.clone(),
-                            lefts: HashSet::from([pk.clone()]),
-                            rights: Arc::new(rights),
+                            lefts: vec![pk.clone()],
+                            rights: rights.clone(),
                         },
                     );
                     deltas.push(RouteDelta::Add(buf.clone()));
-                    Ok(Some(key))
+                    Ok((Some(key), 0, Some(rights)))
                 }
                 Err(e) => Err(e),
             }
@@ -358,12 +367,28 @@ impl LiveJoin {
         out
     }
 
-    /// Removes left row `pk` from under `key`; returns the key's right rows.
-    fn leave(&mut self, pk: &[u8], key: &[u8], deltas: &mut Vec<RouteDelta>) -> Arc<Rights> {
+    /// Removes a left row (no longer in `self.left`) from under its key; returns the key's
+    /// right rows.
+    fn leave(&mut self, l: &Left, deltas: &mut Vec<RouteDelta>) -> Arc<Rights> {
+        let Some(key) = &l.key else {
+            return Arc::default();
+        };
         let Some(j) = self.keys.get_mut(key) else {
             return Arc::default();
         };
-        j.lefts.remove(pk);
+        if l.slot < j.lefts.len() {
+            debug_assert!(
+                self.left.get(&j.lefts[l.slot]).is_none(),
+                "the slot of a row that has left"
+            );
+            j.lefts.swap_remove(l.slot);
+            if let Some(moved) = j.lefts.get(l.slot) {
+                // The last row took the slot.
+                if let Some(m) = self.left.get_mut(moved) {
+                    m.slot = l.slot;
+                }
+            }
+        }
         if !j.lefts.is_empty() {
             return j.rights.clone();
         }
@@ -403,7 +428,12 @@ impl LiveJoin {
     ) -> Result<Vec<(u64, Change)>> {
         let mut out = Vec::new();
         for c in changes {
-            let before = self.left.remove_entry(&c.key[..]);
+            // A row that did not exist before cannot have been in the result (every change
+            // of the left rows comes here): an insert skips the lookup.
+            let before = match c.old {
+                Some(_) => self.left.remove_entry(&c.key[..]),
+                None => None,
+            };
             let seen = match &c.new {
                 Some(d) => {
                     let n = matcher.count(&c.key, d);
@@ -414,8 +444,8 @@ impl LiveJoin {
             let Some((seen, times)) = seen else {
                 // The row leaves (or was never in) the result.
                 if let Some((pk, b)) = before {
-                    if let Some(k) = &b.key {
-                        let rights = self.leave(&pk, k, deltas);
+                    if b.key.is_some() {
+                        let rights = self.leave(&b, deltas);
                         left_items(&pk, Some((&b, &rights)), None, &mut |i| {
                             out.push((c.seq, i))
                         });
@@ -440,12 +470,13 @@ impl LiveJoin {
             };
             let after = match stays {
                 Some(k) => {
+                    let b = before.as_ref().expect("a kept key is the row's before");
                     let after = Left {
                         seen,
                         times,
                         key: Some(k.clone()),
+                        slot: b.slot,
                     };
-                    let b = before.as_ref().expect("a kept key is the row's before");
                     if let Some(j) = self.keys.get(&k) {
                         left_items(
                             &pk,
@@ -457,21 +488,21 @@ impl LiveJoin {
                     after
                 }
                 None => {
-                    let r_old = match before.as_ref().and_then(|b| b.key.as_ref()) {
-                        Some(k) => Some(self.leave(&pk, k, deltas)),
-                        None => None,
+                    let r_old = match &before {
+                        Some(b) if b.key.is_some() => Some(self.leave(b, deltas)),
+                        _ => None,
                     };
-                    let key = self.enter(&pk, &seen, deltas)?;
-                    let after = Left { seen, times, key };
-                    let r_new = after
-                        .key
-                        .as_ref()
-                        .and_then(|k| self.keys.get(k))
-                        .map(|j| &j.rights);
+                    let (key, slot, r_new) = self.enter(&pk, &seen, deltas)?;
+                    let after = Left {
+                        seen,
+                        times,
+                        key,
+                        slot,
+                    };
                     left_items(
                         &pk,
                         before.as_ref().zip(r_old.as_deref()),
-                        r_new.map(|r| (&after, &**r)),
+                        r_new.as_deref().map(|r| (&after, r)),
                         &mut |i| out.push((c.seq, i)),
                     );
                     after
