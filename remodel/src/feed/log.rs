@@ -48,6 +48,15 @@ struct Block {
     /// How many slots (from the first) hold an item: written by the producer after it fills
     /// a slot, read by `Drop` only (readers go by the log's `tail`).
     filled: AtomicUsize,
+    /// Slots from this one on may be read by more than one reader. Below it, a slot was
+    /// appended while the log had at most one reader, and only that reader can ever read it
+    /// (a reader joining later starts at the end), so it moves the item out instead of
+    /// cloning it: no atomic add now and no atomic sub when the block goes, on a line that
+    /// is usually not in the cache any more.
+    shared_from: AtomicUsize,
+    /// The slots the sole reader moved out, `taken.0..taken.1` (written by that reader,
+    /// read by `Drop`).
+    taken: (AtomicUsize, AtomicUsize),
 }
 
 struct Slot(UnsafeCell<MaybeUninit<Change>>);
@@ -59,11 +68,13 @@ struct Slot(UnsafeCell<MaybeUninit<Change>>);
 unsafe impl Sync for Block {}
 
 impl Block {
-    fn new(start: u64) -> Arc<Block> {
+    fn new(start: u64, shared: bool) -> Arc<Block> {
         Arc::new(Block {
             start,
             slots: std::array::from_fn(|_| Slot(UnsafeCell::new(MaybeUninit::uninit()))),
             filled: AtomicUsize::new(0),
+            shared_from: AtomicUsize::new(if shared { 0 } else { BLOCK }),
+            taken: (AtomicUsize::new(0), AtomicUsize::new(0)),
         })
     }
 
@@ -83,12 +94,41 @@ impl Block {
     }
 }
 
+impl Block {
+    /// The item at `pos` for the reader at `pos`: moved out when no other reader can read
+    /// it (see `shared_from`), cloned otherwise.
+    ///
+    /// SAFETY: as for [`Block::get`]; and the caller is a reader at `pos` that never asks
+    /// for a position twice.
+    unsafe fn take(&self, pos: u64) -> Change {
+        let i = (pos - self.start) as usize;
+        let (from, to) = (&self.taken.0, &self.taken.1);
+        let (f, t) = (from.load(Ordering::Relaxed), to.load(Ordering::Relaxed));
+        let contiguous = f == t || t == i;
+        if i < self.shared_from.load(Ordering::Acquire) && contiguous {
+            if f == t {
+                from.store(i, Ordering::Relaxed);
+            }
+            to.store(i + 1, Ordering::Relaxed);
+            // SAFETY: the slot was written (contract), only this reader can read it
+            // (`shared_from`), it reads it once, and `Drop` skips it (`taken`).
+            return unsafe { (*self.slots[i].0.get()).assume_init_read() };
+        }
+        // SAFETY: see the function's contract.
+        unsafe { self.get(pos) }.clone()
+    }
+}
+
 impl Drop for Block {
     fn drop(&mut self) {
         let filled = *self.filled.get_mut();
-        for slot in &mut self.slots[..filled] {
-            // SAFETY: the first `filled` slots were written, and nothing else holds the block.
-            unsafe { slot.0.get_mut().assume_init_drop() };
+        let taken = *self.taken.0.get_mut()..*self.taken.1.get_mut();
+        for (i, slot) in self.slots[..filled].iter_mut().enumerate() {
+            if !taken.contains(&i) {
+                // SAFETY: the first `filled` slots were written, those in `taken` were moved
+                // out (and are not dropped again), and nothing else holds the block.
+                unsafe { slot.0.get_mut().assume_init_drop() };
+            }
         }
     }
 }
@@ -202,8 +242,8 @@ impl Producer {
         let block = match &self.block {
             Some(b) if b.holds(self.tail) => b,
             _ => {
-                let b = Block::new(self.tail);
                 let mut s = log.state.lock();
+                let b = Block::new(self.tail, s.live > 1);
                 s.blocks.push_back(b.clone());
                 s.trim(self.tail);
                 drop(s);
@@ -306,6 +346,13 @@ impl Log {
         };
         s.live += 1;
         s.cap = s.cap.max(capacity);
+        if s.live > 1 {
+            // From here on this block's slots have more than one reader.
+            if let Some(b) = s.blocks.back().filter(|b| b.holds(cursor)) {
+                let at = (cursor - b.start) as usize;
+                b.shared_from.fetch_min(at, Ordering::Release);
+            }
+        }
         Reader {
             slot,
             capacity,
@@ -372,13 +419,14 @@ impl Log {
                     r.block = Some(block);
                 }
                 let block = r.block.as_ref().expect("set above");
-                // SAFETY: `r.cursor < tail` (loaded above) and the block holds `r.cursor`.
-                let item = unsafe { block.get(r.cursor) };
+                // SAFETY: `r.cursor < tail` (loaded above), the block holds `r.cursor`, and
+                // the cursor moves on right after.
+                let item = unsafe { block.take(r.cursor) };
                 let pos = r.cursor;
                 r.cursor += 1;
-                let shown = r.visible(pos, item).then(|| item.clone());
+                let shown = r.visible(pos, &item);
                 r.settle_frontier();
-                if let Some(item) = shown {
+                if shown {
                     return Next::Item(item);
                 }
                 continue;
@@ -524,6 +572,56 @@ mod tests {
         assert!(matches!(log.next(&mut b, &waker), Next::Closed(_)));
         log.leave(&a);
         log.leave(&b);
+    }
+
+    /// Items are moved out to a sole reader and cloned for shared ones: whoever joins,
+    /// leaves or stops reading when, every item is dropped exactly once (a shared value's
+    /// count comes back to one; a double drop would take it below, a leak keep it above).
+    #[test]
+    fn items_moved_or_cloned_are_dropped_once() {
+        let v = Arc::new(json!("row"));
+        let it = || Change::row(None, None, Some(v.clone()));
+        let waker = futures_util::task::noop_waker();
+        let mut wakes = Vec::new();
+        {
+            let mut p = Producer::default();
+            let log = p.log().clone();
+            let mut a = log.join(1000);
+            for _ in 0..10 {
+                p.push(it(), &mut wakes);
+            }
+            // `b` joins in the middle of a block: from here on items are shared.
+            let mut b = log.join(1000);
+            for _ in 0..50 {
+                p.push(it(), &mut wakes);
+            }
+            let mut got = 0;
+            while let Next::Item(_) = log.next(&mut a, &waker) {
+                got += 1;
+            }
+            assert_eq!(got, 60);
+            for _ in 0..20 {
+                assert!(matches!(log.next(&mut b, &waker), Next::Item(_)));
+            }
+            log.leave(&a);
+            // Alone again: `b` moves items out from the next block on; `c` never reads.
+            for _ in 0..70 {
+                p.push(it(), &mut wakes);
+            }
+            let mut got = 0;
+            while let Next::Item(_) = log.next(&mut b, &waker) {
+                got += 1;
+            }
+            assert_eq!(got, 100);
+            let c = log.join(1000);
+            for _ in 0..5 {
+                p.push(it(), &mut wakes);
+            }
+            log.leave(&b);
+            log.leave(&c);
+            drop((a, b, c));
+        }
+        assert_eq!(Arc::strong_count(&v), 1);
     }
 
     /// One producer thread, readers on other threads that park when caught up: every reader
