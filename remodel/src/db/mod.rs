@@ -390,6 +390,7 @@ impl Database {
             ),
             None => 0,
         };
+        let db_dir = path.ok_or_else(|| Error::storage("the database has no directory"))?;
         let changelog = match config.change_log {
             Some(retention) => {
                 if retention.max_changes == Some(0) {
@@ -397,10 +398,10 @@ impl Database {
                         "a change log keeps at least 1 change (max_changes: Some(0))".into(),
                     ));
                 }
-                Some(changelog::ChangeLog::open(&storage, retention, seq)?)
+                Some(changelog::ChangeLog::open(&storage, db_dir, retention, seq)?)
             }
             None => {
-                changelog::ChangeLog::disable(&storage)?;
+                changelog::ChangeLog::disable(&storage, db_dir)?;
                 None
             }
         };
@@ -425,12 +426,9 @@ impl Database {
         db.inner.reserve_seq(seq)?;
         let unfinished = db.load_catalog()?;
         if let Some(log) = &db.inner.changelog {
-            // A crash may have left the last commit's log entries without its documents.
+            // A crash may have lost the newest documents whose records the log has.
             let tables = db.inner.tables.read().clone();
-            log.recover(&db.inner.storage, |table, key| match tables.get(table) {
-                Some(t) => t.get_doc(key).map(Some),
-                None => Ok(None),
-            })?;
+            log.recover(&db.inner.storage, &tables)?;
         }
         if let Some(path) = &canonical {
             mark_opened(path);
@@ -540,13 +538,14 @@ impl Database {
             primary_key.to_string(),
             docs,
         ));
-        self.save_meta(&table)?;
         if let Some(log) = &self.inner.changelog {
             // Cursors from before this table existed (an earlier table of the same name) must
-            // not resume into it.
+            // not resume into it, nor its changes be redone into it after a crash: recorded
+            // before the table is.
             let seq = self.inner.with_commit_lock(|seq| seq);
             log.table_created(&self.inner.storage, name, seq)?;
         }
+        self.save_meta(&table)?;
         self.inner.tables.write().insert(name.to_string(), table);
         self.inner.storage.flush().await
     }

@@ -264,9 +264,9 @@ impl DbInner {
 
         // Net effect per key, in first-touch order.
         let mut batch = WriteBatch::default();
-        // The change log's entries of this commit, numbered from `commit_first`.
-        let mut log_batch = WriteBatch::default();
+        // The change log's record of this commit, numbered from `commit_first`.
         let commit_first = *seq + 1;
+        let mut record = self.changelog.as_ref().map(|log| log.record(commit_first));
         let mut committed: Vec<Vec<Committed>> = tables.iter().map(|_| Vec::new()).collect();
         for (slot, key) in order {
             let (old, new, rewritten) = staged
@@ -278,17 +278,22 @@ impl DbInner {
                 continue;
             }
             let table = &tables[slot];
-            // The stored bytes, kept for the change log (serialized once).
-            let mut bytes = None;
+            *seq += 1;
             match &new {
                 Some(doc) => {
                     let b = serde_json::to_vec(&**doc)?;
-                    if self.changelog.is_some() {
-                        bytes = Some(b.clone());
+                    if let Some(record) = &mut record {
+                        // The stored bytes go into the log as they are (serialized once).
+                        record.push(*seq, &table.name, &key, old.as_deref(), Some(&b))?;
                     }
                     batch.insert(&table.docs, key.clone(), b)
                 }
-                None => batch.remove(&table.docs, key.clone()),
+                None => {
+                    if let Some(record) = &mut record {
+                        record.push(*seq, &table.name, &key, old.as_deref(), None)?;
+                    }
+                    batch.remove(&table.docs, key.clone())
+                }
             }
             for ix in table.indexes.read().iter() {
                 let before = old
@@ -310,19 +315,6 @@ impl DbInner {
                     }
                 }
             }
-            *seq += 1;
-            if let Some(log) = &self.changelog {
-                // Written just before the documents (see `ChangeLog::append`).
-                log.append(
-                    &mut log_batch,
-                    commit_first,
-                    *seq,
-                    &table.name,
-                    &key,
-                    old.as_deref(),
-                    bytes.as_deref(),
-                )?;
-            }
             committed[slot].push(Committed {
                 seq: *seq,
                 key,
@@ -337,32 +329,29 @@ impl DbInner {
             // Once per `SEQ_BLOCK` numbers: the next ones are made durable before use.
             self.reserve_seq(*seq)?;
         }
-        if let Some(log) = &self.changelog {
-            self.storage.apply(&log_batch)?;
-            if let Err(e) = self.storage.apply(&batch) {
-                // The commit did not happen: neither may its log entries.
-                if let Err(undo) = log.unwrite(&self.storage, commit_first, *seq) {
-                    tracing::warn!(
-                        "the change log could not be undone after a failed write: {undo}"
-                    );
+        match (&self.changelog, &mut record) {
+            (Some(log), Some(record)) => {
+                // The record goes first: it redoes the documents if the engine loses them
+                // in a crash (see `changelog`).
+                log.write(&self.storage, record)?;
+                if let Err(e) = self.storage.apply(&batch) {
+                    // The commit did not happen: neither may its record.
+                    log.abort(commit_first, *seq);
+                    return Err(e);
                 }
-                return Err(e);
-            }
-        } else {
-            self.storage.apply(&batch)?;
-        }
-        if let Some(log) = &self.changelog {
-            for (table, changes) in tables.iter().zip(&committed) {
-                if !changes.is_empty() {
-                    log.remember(&Arc::from(table.name.as_str()), changes);
+                for (table, changes) in tables.iter().zip(&committed) {
+                    if !changes.is_empty() {
+                        log.remember(&table.name, changes);
+                    }
+                }
+                let n = committed.iter().map(|c| c.len() as u64).sum();
+                // Closing and trimming segments is housekeeping: the commit is done, and a
+                // failure is retried with the next one.
+                if let Err(e) = log.committed(&self.storage, n) {
+                    tracing::warn!("the change log could not close or trim a segment: {e}");
                 }
             }
-            let n = committed.iter().map(|c| c.len() as u64).sum();
-            // Trimming is housekeeping: the commit is done, and a failed trim is retried
-            // with the next one.
-            if let Err(e) = log.committed(&self.storage, n) {
-                tracing::warn!("the change log could not be trimmed: {e}");
-            }
+            _ => self.storage.apply(&batch)?,
         }
         // Feeds show this commit at once (soft) or once it is on disk (hard).
         self.visibility.committed(*seq, how.hard);

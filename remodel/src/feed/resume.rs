@@ -17,10 +17,13 @@ use super::hub::{Hub, Join};
 use super::spec::FeedPlan;
 use super::stream::Feed;
 use super::Change;
+use crate::db::changelog::Logged;
 use crate::db::Database;
 use crate::{Error, Result};
+use serde_json::Value;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// A place in a database's change order, carried by every change item
 /// ([`Change::cursor`]). Its text form (`Display` / `FromStr`) is opaque and short, so that it
@@ -128,16 +131,57 @@ impl Feed {
             // From the cursor's own change on: the feed's later items for it come first.
             let front = &mut self.front;
             log.for_each_from(&table, cursor.seq, |c| {
-                Hub::replay_items(&replay, c, &mut items);
-                for item in items.drain(..) {
-                    if item.cursor().is_some_and(|at| at > cursor) {
-                        front.push_back(item);
-                    }
+                if !plain_items(&replay, c, &mut items) {
+                    Hub::replay_items(&replay, &c.committed(), &mut items);
+                }
+                if c.seq > cursor.seq {
+                    front.extend(items.drain(..));
+                } else {
+                    front.extend(
+                        items
+                            .drain(..)
+                            .filter(|item| item.cursor().is_some_and(|at| at > cursor)),
+                    );
                 }
                 Ok(())
             })
         })
     }
+}
+
+/// The items of a feed of whole rows (no filter or transform) in which the row is at most
+/// once before and after the change: the plain item the log keeps (shared with every
+/// resuming feed) when the row is in the result both times it exists, else one built as the
+/// live path builds it (`feed::hub::group::row_items`). Returns false for any other feed (the
+/// caller makes its items the general way).
+fn plain_items(plan: &FeedPlan, c: &Logged<'_>, out: &mut Vec<Change>) -> bool {
+    let FeedPlan::Rows { matcher, view, .. } = plan else {
+        return false;
+    };
+    if !view.is_identity() {
+        return false;
+    }
+    let count = |doc: Option<&Arc<Value>>| doc.map_or(0, |d| matcher.count(c.key, d));
+    let (old_n, new_n) = (count(c.old), count(c.new));
+    if old_n > 1 || new_n > 1 {
+        return false;
+    }
+    if old_n == 0 && new_n == 0 {
+        return true;
+    }
+    let (old, new) = (old_n == 1, new_n == 1);
+    match c.plain {
+        Some(item) if old == c.old.is_some() && new == c.new.is_some() => out.push(item.clone()),
+        _ => out.push(
+            Change::row(
+                Some(Arc::from(c.key)),
+                c.old.filter(|_| old).cloned(),
+                c.new.filter(|_| new).cloned(),
+            )
+            .at(c.seq),
+        ),
+    }
+    true
 }
 
 impl Change {

@@ -100,7 +100,12 @@ pub(crate) struct Storage {
     journal: Tree,
     journal_seq: Arc<AtomicU64>,
     shared: Arc<Shared>,
+    /// Runs before every flush of the engine (the change log makes itself durable first).
+    before_flush: Arc<OnceLock<FlushHook>>,
 }
+
+/// What runs before a flush (see [`Storage::before_flush`]).
+pub(crate) type FlushHook = Arc<dyn Fn() -> Result<()> + Send + Sync>;
 
 /// One ordered tree of byte keys.
 #[derive(Clone)]
@@ -133,6 +138,7 @@ impl Storage {
             journal,
             journal_seq: Arc::new(AtomicU64::new(0)),
             shared,
+            before_flush: Arc::new(OnceLock::new()),
         };
         let next = storage.replay_journal().map_err(|e| match e {
             Error::Storage { message, .. } => OpenFailure::Damaged(message),
@@ -276,10 +282,21 @@ impl Storage {
             .map_err(|e| Error::storage(format!("flush task failed: {e}")))?
     }
 
+    /// Sets what runs before every flush (once per open engine): a file whose writes must
+    /// be on disk no later than the engine's (the change log) syncs itself there.
+    pub(crate) fn before_flush(&self, hook: FlushHook) {
+        if self.before_flush.set(hook).is_err() {
+            tracing::warn!("a second flush hook was refused");
+        }
+    }
+
     /// Flushes on the calling thread. A failed flush marks the engine failed: what it did not
     /// write is still in memory, and readers must not see writes that were not acknowledged.
     pub(crate) fn flush_blocking(&self) -> Result<()> {
         self.check()?;
+        if let Some(hook) = self.before_flush.get() {
+            hook()?;
+        }
         self.engine
             .flush()
             .map_err(|e| self.shared.fail(format!("writing to disk failed: {e}")))?;
