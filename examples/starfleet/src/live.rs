@@ -43,7 +43,7 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 /// What the live handlers return.
@@ -95,10 +95,10 @@ fn event(name: &str, data: Value, cursor: Option<Cursor>) -> Event {
     }
 }
 
-/// `items` in batches, at most one batch per [`THROTTLE`]: waits for an item, takes what
-/// else is ready with it, hands the batch over; then sleeps until [`THROTTLE`] has passed
-/// since, without reading `items`, so that what comes meanwhile piles up in the feed and is
-/// taken as the next batch.
+/// `items` in batches, at most one batch per [`THROTTLE`]: takes everything that is
+/// ready (waiting for an item if there is none), hands the batch over, then sleeps until
+/// [`THROTTLE`] has passed since, without reading `items`, so that what comes meanwhile
+/// piles up in the feed and is taken as the next batch.
 fn throttled<S>(items: S) -> impl Stream<Item = Vec<S::Item>> + Send
 where
     S: Stream + Send + 'static,
@@ -106,28 +106,46 @@ where
 {
     stream! {
         let mut items = Box::pin(items);
-        while let Some(first) = items.next().await {
-            let mut batch = vec![first];
-            // Polled with this task's waker: once empty, the feed wakes the task again.
-            let ended = std::future::poll_fn(|cx| loop {
-                if batch.len() >= MOST_PER_EVENT {
-                    return Poll::Ready(false);
+        loop {
+            let mut batch = Vec::new();
+            let mut ended = take_ready(items.as_mut(), &mut batch);
+            if batch.is_empty() && !ended {
+                // Nothing yet: wait with this task's waker, then take the rest with it.
+                match items.next().await {
+                    Some(first) => batch.push(first),
+                    None => break,
                 }
-                match items.as_mut().poll_next(cx) {
-                    Poll::Ready(Some(item)) => batch.push(item),
-                    Poll::Ready(None) => return Poll::Ready(true),
-                    Poll::Pending => return Poll::Ready(false),
-                }
-            })
-            .await;
-            let sent = tokio::time::Instant::now();
-            yield batch;
+                ended = take_ready(items.as_mut(), &mut batch);
+            }
+            if !batch.is_empty() {
+                let sent = tokio::time::Instant::now();
+                yield batch;
+                tokio::time::sleep_until(sent + THROTTLE).await;
+            }
             if ended {
                 break;
             }
-            tokio::time::sleep_until(sent + THROTTLE).await;
         }
     }
+}
+
+/// Moves what `items` has ready into `batch` (up to [`MOST_PER_EVENT`]); `true` if it
+/// ended. Polled with a waker that does nothing: the caller sleeps next anyway, and a feed
+/// left with the task's waker would wake it for nothing on its next item (the caller's
+/// `next()` gives the feed the real waker when it waits).
+fn take_ready<S: Stream + ?Sized>(
+    mut items: std::pin::Pin<&mut S>,
+    batch: &mut Vec<S::Item>,
+) -> bool {
+    let mut idle = Context::from_waker(Waker::noop());
+    while batch.len() < MOST_PER_EVENT {
+        match items.as_mut().poll_next(&mut idle) {
+            Poll::Ready(Some(item)) => batch.push(item),
+            Poll::Ready(None) => return true,
+            Poll::Pending => return false,
+        }
+    }
+    false
 }
 
 /// The newest cursor of `items` (commit order: the largest).
@@ -145,37 +163,47 @@ fn last_event_id(headers: &HeaderMap) -> Option<Result<Cursor, String>> {
     Some(text.and_then(|t| t.parse::<Cursor>().map_err(|e| e.to_string())))
 }
 
-/// Rows already rendered, by the change behind them and the list they are for: a change
-/// seen by hundreds of open ship pages (each with its own feed) is rendered once, since
-/// rendering is most of what a delivery costs. The most recent changes are kept.
+/// Rows already rendered, per list of a page (`crew/voyager`, ...) and change: a change
+/// seen by hundreds of open pages of one ship (each with its own feed) is rendered once,
+/// since rendering is most of what a delivery costs.
 #[derive(Default)]
 pub(crate) struct RowCache {
-    rows: Mutex<BTreeMap<(Cursor, String), Arc<str>>>,
+    lists: Mutex<HashMap<String, Arc<ListRows>>>,
 }
 
 impl RowCache {
-    const KEEP: usize = 4096;
+    /// The rendered rows of `list`, shared by every stream of that list.
+    fn list(&self, list: &str) -> Arc<ListRows> {
+        let mut lists = self.lists.lock().unwrap_or_else(|p| p.into_inner());
+        lists.entry(list.to_string()).or_default().clone()
+    }
+}
 
-    /// The JSON row of the change at `at` for `list`, made by `make` if no stream made it yet.
-    fn get_or_make(
-        &self,
-        at: Option<Cursor>,
-        list: String,
-        make: impl FnOnce() -> String,
-    ) -> Arc<str> {
+/// One list's rendered rows, by the cursor of the change behind them (a cursor names one
+/// item of one feed, and the feeds of a list are the same query). The newest are kept.
+#[derive(Default)]
+struct ListRows {
+    rows: Mutex<BTreeMap<Cursor, Arc<str>>>,
+}
+
+impl ListRows {
+    const KEEP: usize = 1024;
+
+    /// The JSON row of the change at `at`, made by `make` if no stream made it yet.
+    fn get_or_make(&self, at: Option<Cursor>, make: impl FnOnce() -> String) -> Arc<str> {
         let Some(at) = at else { return make().into() };
-        let key = (at, list);
-        if let Some(row) = self
+        let cached = self
             .rows
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
-            return row.clone();
+            .get(&at)
+            .cloned();
+        if let Some(row) = cached {
+            return row;
         }
         let row: Arc<str> = make().into();
         let mut rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
-        rows.insert(key, row.clone());
+        rows.insert(at, row.clone());
         while rows.len() > Self::KEEP {
             rows.pop_first();
         }
@@ -183,12 +211,21 @@ impl RowCache {
     }
 }
 
+/// The field `name` of a JSON object. Rows have few fields: a scan is cheaper than the
+/// map's hashed lookup, and this runs for every change on every open page.
+fn field<'v>(row: &'v Value, name: &str) -> Option<&'v Value> {
+    row.as_object()?
+        .iter()
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
 /// One list of a ship page (the crew, the away team), as its stream needs it.
 struct RowList {
     /// `crew` or `away`: the prefix of its events and of its rows' DOM ids.
     name: &'static str,
-    /// Its key in the [`RowCache`], e.g. `crew/voyager`.
-    key: String,
+    /// Its rows already rendered (the [`RowCache`] entry of, e.g., `crew/voyager`).
+    rendered: Arc<ListRows>,
     /// Whether its events carry their cursor as SSE id (only a resumable feed's do).
     ids: bool,
     /// The member a row of the feed is about: the row itself, or the right side of a pair.
@@ -204,7 +241,7 @@ impl RowList {
     /// The member id of a change's row (after the change, or before it for a removal).
     fn id_of<'c>(&self, c: &'c Change) -> Option<&'c str> {
         let row = c.new_val().or(c.old_val())?;
-        (self.member)(row)?.get("id")?.as_str()
+        field((self.member)(row)?, "id")?.as_str()
     }
 }
 
@@ -213,28 +250,42 @@ impl RowList {
 #[derive(Default)]
 struct NetRows {
     latest: Vec<(String, Change)>,
+    /// Where each row is in `latest`, once there are too many rows for a scan.
     index: HashMap<String, usize>,
     newest: Option<Cursor>,
 }
 
 impl NetRows {
+    /// Rows a scan of `latest` finds faster than a hashed lookup.
+    const SCAN: usize = 16;
+
     /// Folds in `c`, a later change than those folded so far.
     fn fold(&mut self, list: &RowList, c: Change) {
         let Some(id) = list.id_of(&c) else { return };
         self.newest = self.newest.max(c.cursor());
-        match self.index.get(id) {
-            Some(&i) => self.latest[i].1 = c,
+        let at = if self.latest.len() <= Self::SCAN {
+            self.latest.iter().position(|(row, _)| row == id)
+        } else {
+            if self.index.is_empty() {
+                let rows = self.latest.iter().enumerate();
+                self.index = rows.map(|(i, (row, _))| (row.clone(), i)).collect();
+            }
+            self.index.get(id).copied()
+        };
+        match at {
+            Some(i) => self.latest[i].1 = c,
             None => {
-                let id = id.to_string();
-                self.index.insert(id.clone(), self.latest.len());
-                self.latest.push((id, c));
+                if !self.index.is_empty() {
+                    self.index.insert(id.to_string(), self.latest.len());
+                }
+                self.latest.push((id.to_string(), c));
             }
         }
     }
 
     /// The `{list}-rows` event of what was folded, `[{id, html}, ...]` (`html: null`: the
     /// row left), with the newest cursor as its id; `None` if nothing was. Empties `self`.
-    fn take_event(&mut self, app: &AppState, list: &RowList) -> Option<Event> {
+    fn take_event(&mut self, list: &RowList) -> Option<Event> {
         if self.latest.is_empty() {
             return None;
         }
@@ -243,8 +294,7 @@ impl NetRows {
             .latest
             .drain(..)
             .map(|(id, c)| {
-                let key = format!("{}/{id}", list.key);
-                app.inner.rows.get_or_make(c.cursor(), key, || {
+                list.rendered.get_or_make(c.cursor(), || {
                     let html = c.new_val().and_then(|row| (list.render)(row));
                     json!({ "id": format!("{}-{id}", list.name), "html": html }).to_string()
                 })
@@ -264,7 +314,6 @@ impl NetRows {
 /// then each throttled batch of changes becomes one `{list}-rows` event of its net effect.
 /// A feed error (missed changes, a closing database) ends the stream with `reload`.
 fn row_events(
-    app: AppState,
     list: RowList,
     feed: impl Stream<Item = remodel::Result<Change>> + Send + 'static,
 ) -> impl Stream<Item = Event> + Send {
@@ -277,7 +326,7 @@ fn row_events(
                 let c = match item {
                     Ok(c) => c,
                     Err(e) => {
-                        if let Some(rows) = net.take_event(&app, &list) {
+                        if let Some(rows) = net.take_event(&list) {
                             yield rows;
                         }
                         yield reload_event(e.to_string());
@@ -299,7 +348,7 @@ fn row_events(
                     _ => net.fold(&list, c),
                 }
             }
-            if let Some(rows) = net.take_event(&app, &list) {
+            if let Some(rows) = net.take_event(&list) {
                 yield rows;
             }
         }
@@ -367,7 +416,7 @@ async fn crew(
     let ships = Starship::all(&app.db).await?; // for the move forms; ships never change
     let list = RowList {
         name: "crew",
-        key: format!("crew/{}", ship.id_str()),
+        rendered: app.inner.rows.list(&format!("crew/{}", ship.id_str())),
         ids: true,
         member: |row| Some(row),
         render: {
@@ -378,7 +427,7 @@ async fn crew(
             })
         },
     };
-    Ok(Ok(row_events(app.clone(), list, feed)))
+    Ok(Ok(row_events(list, feed)))
 }
 
 /// The away team, through a live join of the ship's links (the many-to-many join table)
@@ -397,9 +446,9 @@ async fn away_team(
         .await?;
     let list = RowList {
         name: "away",
-        key: format!("away/{}", ship.id_str()),
+        rendered: app.inner.rows.list(&format!("away/{}", ship.id_str())),
         ids: false,
-        member: |pair| pair.get("right"),
+        member: |pair| field(pair, "right"),
         render: {
             let ship = ship.clone();
             Box::new(move |pair| {
@@ -408,7 +457,7 @@ async fn away_team(
             })
         },
     };
-    Ok(row_events(app.clone(), list, feed))
+    Ok(row_events(list, feed))
 }
 
 /// A crew member from a feed's row; one that does not decode (a bug) is logged.

@@ -607,6 +607,67 @@ async fn the_crew_stream_sends_the_crew_then_changes_and_resumes_from_a_cursor()
 }
 
 #[tokio::test]
+async fn changes_that_come_together_are_one_event_of_their_net_effect() {
+    let app = app().await;
+    let mut stream = open_stream(&app, "/ship/voyager/events", None).await;
+    let mut buf = String::new();
+    let (name, _, _) = next_of(&mut stream, &mut buf, "crew").await;
+    assert_eq!(name, "crew-reset");
+
+    // A burst while the page's stream is in its throttle window (it sent the reset just
+    // now, and is not read meanwhile): Janeway edited twice, Kes added then moved away,
+    // Tuvok moved away, Neelix edited.
+    let edit = |rank: &str| format!("name=Kathryn+Janeway&rank={rank}&species=human");
+    app.post("/member/janeway", &edit("commodore")).await;
+    app.post("/ship/voyager/crew", "name=Kes&rank=ensign&species=ocampa")
+        .await;
+    app.post("/member/janeway", &edit("admiral")).await;
+    let kes = app.member_named("Kes").await;
+    app.post(&format!("/member/{}/move", kes.id_str()), "ship_id=defiant")
+        .await;
+    app.post("/member/tuvok/move", "ship_id=defiant").await;
+    app.post("/member/neelix", "name=Neelix&rank=chef&species=talaxian")
+        .await;
+
+    // One event: each row once, as it is now, in the order the rows first changed.
+    let (name, id, data) = next_of(&mut stream, &mut buf, "crew").await;
+    assert_eq!(name, "crew-rows");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&data).unwrap();
+    let ids: Vec<&str> = rows.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    let kes_row = format!("crew-{}", kes.id_str());
+    assert_eq!(
+        ids,
+        [
+            "crew-janeway",
+            kes_row.as_str(),
+            "crew-tuvok",
+            "crew-neelix"
+        ]
+    );
+    let janeway = rows[0]["html"].as_str().unwrap();
+    assert!(janeway.contains("admiral") && !janeway.contains("commodore"));
+    assert!(rows[1]["html"].is_null(), "Kes came and went: a removal");
+    assert!(rows[2]["html"].is_null());
+    assert!(rows[3]["html"].as_str().unwrap().contains("chef"));
+    let id = id.expect("the event carries the cursor of its newest change");
+
+    // That id is the newest change's: a page resuming from it misses nothing and gets
+    // nothing twice (the next event holds only what came after).
+    drop(stream);
+    let mut resumed = open_stream(&app, "/ship/voyager/events", Some(&id)).await;
+    let mut buf = String::new();
+    app.post("/member/janeway", &edit("captain")).await;
+    let (name, later, data) = next_of(&mut resumed, &mut buf, "crew").await;
+    assert_eq!(name, "crew-rows");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&data).unwrap();
+    assert_eq!(rows.len(), 1, "{data}");
+    assert_eq!(rows[0]["id"], "crew-janeway");
+    assert!(rows[0]["html"].as_str().unwrap().contains("captain"));
+    let later: remodel::Cursor = later.unwrap().parse().unwrap();
+    assert!(later > id.parse::<remodel::Cursor>().unwrap());
+}
+
+#[tokio::test]
 async fn the_other_streams_start_with_the_current_state() {
     let app = app().await;
     let mut counts = open_stream(&app, "/events/ships", None).await;

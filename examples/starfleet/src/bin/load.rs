@@ -1,27 +1,47 @@
 //! Load program: 1,000 concurrent SSE clients on ship pages.
 //!
-//! `cargo run --release -p starfleet --bin load [-- --rounds 5 --clients 1000 --posts 600 --latency-writes 150]`
+//! `cargo run --release -p starfleet --bin load [-- --rounds 5 --clients 1000 --posts 4000 --latency-writes 150]`
 //!
-//! Starts the app on its own runtime (a fresh database under `target/`), then, side by side
-//! in one run:
+//! Starts the app on its own runtime (a fresh database under `target/`, the app's own
+//! settings), adds one probe member per ship (`probe-{ship}`, edited only by the latency
+//! probe), then, side by side in one run:
 //!
-//! 1. `writes_none`: form posts per second (adding crew members through `POST
-//!    /ship/{id}/crew`, 8 posters) with no live client;
-//! 2. opens `--clients` SSE streams, spread over the three ship pages
-//!    (`/ship/{id}/events`), and waits until each has its first event;
-//! 3. `sse_delivery_p99_ms`: writes one member at a time (one every 20 ms, rotating ships)
-//!    and measures, per write, the time from sending the POST until every client watching
-//!    that ship has the event (the POST includes the commit and its fsync, so this is an
-//!    upper bound of commit → delivered); also the p99 over single deliveries;
-//! 4. `writes_with_1k_sse`: the posts of step 1 again, with the clients connected (each
-//!    post is delivered to a third of them).
+//! 1. `--rounds` alternating pairs of throughput measurements, each the same `--posts`
+//!    form posts (`POST /member/{id}`, editing the 9 seeded members in turn, from 8
+//!    concurrent posters; edits keep every round's work the same):
+//!    - `writes_none`: with no live client;
+//!    - `writes_with_1k_sse`: with `--clients` SSE streams open, spread over the three ship
+//!      pages (`/ship/{id}/events`), each having had its first event; every post changes a
+//!      row on the page of a third of them.
+//!
+//!    During both, a probe edits a ship's probe member every 20 ms (rotating ships; its
+//!    posts are not counted): with the clients connected it gives
+//!    `sse_delivery_under_load_p99_ms`, the delivery time while the posters write. The
+//!    ratio `writes_with_1k_sse_vs_none` is the median of the pairs' ratios.
+//! 2. `sse_delivery_p99_ms`: after a pause, with the clients of the last round, writes one
+//!    member at a time (one every 20 ms, rotating members and so ships) and measures, per
+//!    write, the time from sending the POST until every client watching that ship has it
+//!    (the POST includes the commit and its fsync, so this is an upper bound of commit →
+//!    delivered); also the p99 over single deliveries.
+//!
+//! **Counting deliveries when events are coalesced.** The app sends the changes a page gets
+//! within its throttle window (40 ms) as one event holding the latest state of each row, so
+//! a marked write (`lat-{i}`, `busy-{i}`) can reach a client already overwritten by a later
+//! write of the same member. A marker therefore counts, as delivered at that moment, every
+//! earlier marked write of the same member the client has not seen yet: the page then shows
+//! a state that includes it. Writes to one member are 180 ms apart in step 2 (9 members) and
+//! 60 ms apart in the probe (3 members), both longer than the window, so overwrites should
+//! be rare; a write that was lost would still show, as a delivery late by that much.
 //!
 //! Prints the figures as `name: value` lines.
 
+use memchr::memmem;
+use remodel::model::Id;
+use remodel::Model;
+use starfleet::models::Crewmember;
 use starfleet::{open_database, router, AppState};
-use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,6 +49,10 @@ use tokio::net::TcpStream;
 
 const SHIPS: [&str; 3] = ["voyager", "enterprise", "defiant"];
 const POSTERS: usize = 8;
+/// The time between two latency writes (step 2) or probe writes (step 1).
+const LATENCY_GAP: Duration = Duration::from_millis(20);
+/// The most probe writes the program keeps track of.
+const MAX_PROBES: usize = 5_000;
 
 struct Options {
     rounds: usize,
@@ -41,7 +65,7 @@ fn options() -> Result<Options, String> {
     let mut o = Options {
         rounds: 5,
         clients: 1000,
-        posts: 600,
+        posts: 4000,
         latency_writes: 150,
     };
     let mut args = std::env::args().skip(1);
@@ -54,7 +78,7 @@ fn options() -> Result<Options, String> {
             "--clients" => o.clients = value,
             "--rounds" => o.rounds = value.max(1),
             "--posts" => o.posts = value,
-            "--latency-writes" => o.latency_writes = value,
+            "--latency-writes" => o.latency_writes = value.max(1),
             other => return Err(format!("unknown argument `{other}`")),
         }
     }
@@ -84,17 +108,42 @@ const MEMBERS: [&str; 9] = [
     "janeway", "picard", "sisko", "neelix", "data", "dax", "tuvok", "troi", "kira",
 ];
 
-/// Edits member `i % 9` (its name becomes `{name}`): a change on that ship's page.
-async fn edit(addr: SocketAddr, i: usize, name: &str) {
+/// Renames `member` to `name`: a change of one row on that member's ship page.
+async fn rename(addr: SocketAddr, member: &str, name: &str) {
     let form = format!("name={name}&rank=ensign&species=human");
-    post(addr, &format!("/member/{}", MEMBERS[i % 9]), &form).await;
+    post(addr, &format!("/member/{member}"), &form).await;
 }
 
-/// `n` edits (names `{prefix}-{i}`) from [`POSTERS`] concurrent posters; posts per second.
-/// Edits keep the crews at their size, so that every round costs the same.
-async fn posts_per_second(addr: SocketAddr, n: usize, prefix: &str) -> f64 {
+/// The CPU time this process used so far (all threads: app, clients, storage), in seconds,
+/// from `/proc/self/stat` (0 where there is none).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name (which is in parentheses): utime and stime are the
+    // 12th and 13th of them, in clock ticks (100 a second on Linux).
+    let after = stat.rsplit(')').next().unwrap_or_default();
+    let ticks: Vec<f64> = after
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    ticks
+        .get(11)
+        .zip(ticks.get(12))
+        .map_or(0.0, |(u, s)| (u + s) / 100.0)
+}
+
+/// What one throughput measurement gives: posts per second, and CPU ms per post.
+struct Rate {
+    per_s: f64,
+    cpu_ms: f64,
+}
+
+/// `n` edits (names `{prefix}-{i}`, member `i % 9`) from [`POSTERS`] concurrent posters,
+/// while `probe` writes; posts per second (the probe's not counted).
+async fn posts_per_second(addr: SocketAddr, n: usize, prefix: &str, probe: Probe) -> Rate {
     let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
+    let done = Arc::new(AtomicBool::new(false));
+    let prober = tokio::spawn(probe.run(addr, done.clone()));
+    let (started, cpu) = (Instant::now(), cpu_seconds());
     let posters: Vec<_> = (0..POSTERS)
         .map(|_| {
             let (next, prefix) = (next.clone(), prefix.to_string());
@@ -104,7 +153,7 @@ async fn posts_per_second(addr: SocketAddr, n: usize, prefix: &str) -> f64 {
                     if i >= n {
                         break;
                     }
-                    edit(addr, i, &format!("{prefix}-{i}")).await;
+                    rename(addr, MEMBERS[i % 9], &format!("{prefix}-{i}")).await;
                 }
             })
         })
@@ -112,29 +161,195 @@ async fn posts_per_second(addr: SocketAddr, n: usize, prefix: &str) -> f64 {
     for p in posters {
         p.await.unwrap();
     }
-    n as f64 / started.elapsed().as_secs_f64()
+    let rate = Rate {
+        per_s: n as f64 / started.elapsed().as_secs_f64(),
+        cpu_ms: (cpu_seconds() - cpu) * 1e3 / n as f64,
+    };
+    done.store(true, Ordering::Relaxed);
+    prober.await.unwrap();
+    rate
 }
 
-/// What the clients record of the latency writes.
-struct Deliveries {
+/// The probe of a throughput measurement: every [`LATENCY_GAP`], renames the probe member
+/// of the next ship, marked (`busy-{i}`, timed in `marks`) or not.
+struct Probe {
+    marks: Option<Arc<Shared>>,
+}
+
+impl Probe {
+    async fn run(self, addr: SocketAddr, done: Arc<AtomicBool>) {
+        let mut k = 0;
+        while !done.load(Ordering::Relaxed) {
+            let member = format!("probe-{}", SHIPS[k % 3]);
+            match &self.marks {
+                Some(d) => {
+                    let ship = k % 3;
+                    let watching = d.connected[ship].load(Ordering::Relaxed);
+                    let Some(i) = d.busy.start(|i| i % 3 == ship, watching) else {
+                        break;
+                    };
+                    rename(addr, &member, &format!("busy-{i}")).await;
+                }
+                None => rename(addr, &member, &format!("quiet-{k}")).await,
+            }
+            k += 1;
+            tokio::time::sleep(LATENCY_GAP).await;
+        }
+    }
+}
+
+/// Marked writes and what the clients saw of them.
+struct Marks {
+    /// What a marker starts with in an event (`lat-`, `busy-`).
+    prefix: &'static str,
+    /// How many members the marked writes rotate over: write `i` and `i + period` are of
+    /// the same member.
+    period: usize,
     base: Instant,
-    /// Per latency write: when it was sent, and the latest delivery (ns since `base`).
+    /// How many writes were started.
+    started: AtomicUsize,
+    /// Per write: when it was sent, and the latest delivery (ns since `base`).
     sent: Vec<AtomicU64>,
     last: Vec<AtomicU64>,
+    /// Per write: how many clients had it, and how many watch its ship.
     received: Vec<AtomicUsize>,
+    watching: Vec<AtomicUsize>,
     /// Every single delivery's latency, ns.
     each: Mutex<Vec<u64>>,
-    ready: AtomicUsize,
 }
 
-/// One SSE client: reads its stream and notes each `lat-{i}` marker once.
-async fn client(addr: SocketAddr, ship: &str, d: Arc<Deliveries>) {
+impl Marks {
+    fn new(prefix: &'static str, period: usize, n: usize, base: Instant) -> Self {
+        let zeros = |_| AtomicU64::new(0);
+        Marks {
+            prefix,
+            period,
+            base,
+            started: AtomicUsize::new(0),
+            sent: (0..n).map(zeros).collect(),
+            last: (0..n).map(zeros).collect(),
+            received: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+            watching: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+            each: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.base.elapsed().as_nanos() as u64
+    }
+
+    /// Starts the next write (its number, or `None` when all are used), timed from now,
+    /// for `watching` clients; `fits(i)` says whether write `i` is of the member meant (the
+    /// numbers of other members are skipped).
+    fn start(&self, fits: impl Fn(usize) -> bool, watching: usize) -> Option<usize> {
+        loop {
+            let i = self.started.fetch_add(1, Ordering::Relaxed);
+            if i >= self.sent.len() {
+                return None;
+            }
+            if fits(i) {
+                self.watching[i].store(watching, Ordering::Relaxed);
+                self.sent[i].store(self.now(), Ordering::Relaxed);
+                return Some(i);
+            }
+        }
+    }
+
+    /// A client saw the marker of write `i` at `now`: that write and the earlier ones of
+    /// the same member it may have overwritten are delivered to it. `seen` is the client's
+    /// record; `first` the first write started after it connected (it watches no earlier).
+    fn saw(&self, i: usize, now: u64, seen: &mut [bool], first: usize) {
+        for j in (i % self.period..=i.min(seen.len().saturating_sub(1))).step_by(self.period) {
+            if j < first || seen[j] || self.sent[j].load(Ordering::Relaxed) == 0 {
+                continue;
+            }
+            seen[j] = true;
+            self.last[j].fetch_max(now, Ordering::Relaxed);
+            self.received[j].fetch_add(1, Ordering::Relaxed);
+            let sent = self.sent[j].load(Ordering::Relaxed);
+            self.each.lock().unwrap().push(now.saturating_sub(sent));
+        }
+    }
+
+    /// The started writes' figures: per write (time until the last client watching had it)
+    /// p99 and p50, the p99 of single deliveries, and the deliveries missing.
+    fn figures(&self) -> (f64, f64, f64, usize) {
+        let n = self.started.load(Ordering::Relaxed).min(self.sent.len());
+        let sent: Vec<usize> = (0..n)
+            .filter(|&i| self.sent[i].load(Ordering::Relaxed) != 0)
+            .collect();
+        let missing = sent
+            .iter()
+            .map(|&i| {
+                let watching = self.watching[i].load(Ordering::Relaxed);
+                watching.saturating_sub(self.received[i].load(Ordering::Relaxed))
+            })
+            .sum();
+        let per_write: Vec<u64> = sent
+            .iter()
+            .map(|&i| {
+                let last = self.last[i].load(Ordering::Relaxed);
+                last.saturating_sub(self.sent[i].load(Ordering::Relaxed))
+            })
+            .collect();
+        let each = self.each.lock().unwrap().clone();
+        (
+            quantile(per_write.clone(), 0.99),
+            quantile(per_write, 0.5),
+            quantile(each, 0.99),
+            missing,
+        )
+    }
+
+    /// Whether every started write reached every client watching its ship.
+    fn all_delivered(&self) -> bool {
+        let n = self.started.load(Ordering::Relaxed).min(self.sent.len());
+        (0..n).all(|i| {
+            self.sent[i].load(Ordering::Relaxed) == 0
+                || self.received[i].load(Ordering::Relaxed)
+                    >= self.watching[i].load(Ordering::Relaxed)
+        })
+    }
+}
+
+/// What the clients report to.
+struct Shared {
+    /// Step 2's writes (`lat-{i}`, member `i % 9`).
+    idle: Marks,
+    /// The probe's writes during throughput measurements (`busy-{i}`, ship `i % 3`).
+    busy: Marks,
+    /// How many clients had their first event.
+    ready: AtomicUsize,
+    /// Per ship: how many clients are connected and had their first event.
+    connected: [AtomicUsize; 3],
+}
+
+/// Counts a client as connected to its ship's page while it lives (an aborted client task
+/// drops it).
+struct Connected(Arc<Shared>, usize);
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        self.0.connected[self.1].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One SSE client: reads its stream and notes each marked write's delivery once (see the
+/// module's doc on coalesced events).
+async fn client(addr: SocketAddr, ship: usize, d: Arc<Shared>) {
     let mut s = TcpStream::connect(addr).await.expect("connect");
     let req = format!(
-        "GET /ship/{ship}/events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
+        "GET /ship/{}/events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n",
+        SHIPS[ship]
     );
     s.write_all(req.as_bytes()).await.expect("send");
-    let mut seen = HashSet::new();
+    let marks = [&d.idle, &d.busy];
+    let mut _connected = None;
+    // The first write of each kind this client watches (set once it is connected).
+    let mut first = [usize::MAX; 2];
+    let finders = marks.map(|m| memmem::Finder::new(m.prefix.as_bytes()));
+    let mut seen = marks.map(|m| vec![false; m.sent.len()]);
+    let reset = memmem::Finder::new(b"event: crew-reset");
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut chunk = vec![0u8; 64 * 1024];
     let mut ready = false;
@@ -143,45 +358,39 @@ async fn client(addr: SocketAddr, ship: &str, d: Arc<Deliveries>) {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        let now = d.base.elapsed().as_nanos() as u64;
+        let now = d.idle.now();
         buf.extend_from_slice(&chunk[..n]);
         // Only whole events: an SSE event ends with a blank line.
-        let Some(end) = buf.windows(2).rposition(|w| w == b"\n\n") else {
+        let Some(end) = memmem::rfind(&buf, b"\n\n") else {
             continue;
         };
         let events = &buf[..end];
-        if !ready && find(events, b"event: crew-reset").is_some() {
+        if !ready && reset.find(events).is_some() {
             ready = true;
+            d.connected[ship].fetch_add(1, Ordering::Relaxed);
+            _connected = Some(Connected(d.clone(), ship));
+            first = marks.map(|m| m.started.load(Ordering::Relaxed));
             d.ready.fetch_add(1, Ordering::Relaxed);
         }
-        let mut rest = events;
-        while let Some(at) = find(rest, b"lat-") {
-            rest = &rest[at + 4..];
-            let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-            let Some(i) = std::str::from_utf8(&rest[..digits])
-                .ok()
-                .and_then(|t| t.parse::<usize>().ok())
-            else {
-                continue;
-            };
-            if i < d.sent.len() && seen.insert(i) {
-                d.last[i].fetch_max(now, Ordering::Relaxed);
-                d.received[i].fetch_add(1, Ordering::Relaxed);
-                let sent = d.sent[i].load(Ordering::Relaxed);
-                d.each.lock().unwrap().push(now.saturating_sub(sent));
+        let kinds = marks.iter().zip(&finders).zip(&mut seen).zip(first);
+        for (((m, finder), seen), first) in kinds {
+            for at in finder.find_iter(events) {
+                let rest = &events[at + m.prefix.len()..];
+                let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+                let parsed = std::str::from_utf8(&rest[..digits]).ok();
+                if let Some(i) = parsed.and_then(|t| t.parse::<usize>().ok()) {
+                    m.saw(i, now, seen, first);
+                }
             }
         }
         buf.drain(..end + 2);
     }
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-fn p99(mut v: Vec<u64>) -> f64 {
+/// The `q` quantile of `v` (ns) in ms.
+fn quantile(mut v: Vec<u64>, q: f64) -> f64 {
     v.sort_unstable();
-    let i = ((v.len() as f64 * 0.99).ceil() as usize).clamp(1, v.len().max(1)) - 1;
+    let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len().max(1)) - 1;
     v.get(i).copied().unwrap_or(0) as f64 / 1e6
 }
 
@@ -198,6 +407,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let _ = std::fs::remove_dir_all(&dir);
     let (addr, state) = server.block_on(async {
         let state = AppState::new(open_database(Some(&dir)).await?);
+        for ship in SHIPS {
+            let mut probe = Crewmember::new("probe", "ensign", "human");
+            probe.id = Some(Id::from(format!("probe-{ship}")));
+            probe.starship_id = Some(Id::from(ship));
+            probe.create(&state.db).await?;
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let app = router(state.clone());
@@ -218,12 +433,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 async fn connect(
     addr: SocketAddr,
     n: usize,
-    d: &Arc<Deliveries>,
+    d: &Arc<Shared>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, String> {
     d.ready.store(0, Ordering::Relaxed);
     let started = Instant::now();
     let clients = (0..n)
-        .map(|i| tokio::spawn(client(addr, SHIPS[i % 3], d.clone())))
+        .map(|i| tokio::spawn(client(addr, i % 3, d.clone())))
         .collect();
     while d.ready.load(Ordering::Relaxed) < n {
         if started.elapsed() > Duration::from_secs(120) {
@@ -246,29 +461,50 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Waits (at most 10 s) until every write of `marks` reached every client watching.
+async fn settle(marks: &Marks) {
+    let waited = Instant::now();
+    while !marks.all_delivered() && waited.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn run(
     addr: SocketAddr,
     state: AppState,
     o: Options,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let d = Arc::new(Deliveries {
-        base: Instant::now(),
-        sent: (0..o.latency_writes).map(|_| AtomicU64::new(0)).collect(),
-        last: (0..o.latency_writes).map(|_| AtomicU64::new(0)).collect(),
-        received: (0..o.latency_writes).map(|_| AtomicUsize::new(0)).collect(),
-        each: Mutex::new(Vec::new()),
+    let base = Instant::now();
+    let d = Arc::new(Shared {
+        idle: Marks::new("lat-", MEMBERS.len(), o.latency_writes, base),
+        busy: Marks::new("busy-", SHIPS.len(), MAX_PROBES, base),
         ready: AtomicUsize::new(0),
+        connected: Default::default(),
     });
-    posts_per_second(addr, o.posts / 4, "warm").await;
+    let quiet = || Probe { marks: None };
+    posts_per_second(addr, o.posts / 4, "warm", quiet()).await;
 
     // Throughput: alternating pairs (none, then with the clients), median ratio.
-    let mut ratios = Vec::new();
+    let (mut ratios, mut cpu_ratios) = (Vec::new(), Vec::new());
     for round in 0..o.rounds {
-        let none = posts_per_second(addr, o.posts, "a").await;
+        let none = posts_per_second(addr, o.posts, "a", quiet()).await;
         let clients = connect(addr, o.clients, &d).await?;
-        let with = posts_per_second(addr, o.posts, "b").await;
-        println!("round {round}: writes_none_per_s {none:.0}, writes_with_1k_sse_per_s {with:.0}, ratio {:.3}", with / none);
-        ratios.push(with / none);
+        let probe = Probe {
+            marks: Some(d.clone()),
+        };
+        let with = posts_per_second(addr, o.posts, "b", probe).await;
+        println!(
+            "round {round}: writes_none_per_s {:.0}, writes_with_1k_sse_per_s {:.0}, ratio {:.3} \
+             (cpu ms per post {:.3} vs {:.3})",
+            none.per_s,
+            with.per_s,
+            with.per_s / none.per_s,
+            none.cpu_ms,
+            with.cpu_ms
+        );
+        ratios.push(with.per_s / none.per_s);
+        cpu_ratios.push(none.cpu_ms / with.cpu_ms);
+        settle(&d.busy).await;
         if round + 1 < o.rounds {
             // The app ends its streams; the clients' sockets close.
             state.disconnect_live_clients();
@@ -277,41 +513,34 @@ async fn run(
         }
     }
 
-    // Latency, with the clients of the last round: one write at a time.
+    // Latency, with the clients of the last round, once the last throughput events are out
+    // (a page's first change after a burst may wait for its throttle window): one write at
+    // a time.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     for i in 0..o.latency_writes {
-        d.sent[i].store(d.base.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        edit(addr, i, &format!("lat-{i}")).await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let watching = d.connected[i % 3].load(Ordering::Relaxed);
+        let Some(i) = d.idle.start(|j| j == i, watching) else {
+            break;
+        };
+        rename(addr, MEMBERS[i % 9], &format!("lat-{i}")).await;
+        tokio::time::sleep(LATENCY_GAP).await;
     }
-    let watching = |i: usize| (0..o.clients).filter(|c| c % 3 == i % 3).count();
-    let waited = Instant::now();
-    while (0..o.latency_writes).any(|i| d.received[i].load(Ordering::Relaxed) < watching(i))
-        && waited.elapsed() < Duration::from_secs(10)
-    {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let missing: usize = (0..o.latency_writes)
-        .map(|i| watching(i).saturating_sub(d.received[i].load(Ordering::Relaxed)))
-        .sum();
-    let per_write: Vec<u64> = (0..o.latency_writes)
-        .map(|i| {
-            d.last[i]
-                .load(Ordering::Relaxed)
-                .saturating_sub(d.sent[i].load(Ordering::Relaxed))
-        })
-        .collect();
-    let mut sorted = per_write.clone();
-    sorted.sort_unstable();
-    println!("sse_delivery_p99_ms: {:.1}", p99(per_write));
-    println!(
-        "sse_delivery_p50_ms: {:.1}",
-        sorted[sorted.len() / 2] as f64 / 1e6
-    );
-    println!(
-        "sse_single_delivery_p99_ms: {:.1}",
-        p99(d.each.lock().unwrap().clone())
-    );
+    settle(&d.idle).await;
+    let (p99, p50, single, missing) = d.idle.figures();
+    println!("sse_delivery_p99_ms: {p99:.1}");
+    println!("sse_delivery_p50_ms: {p50:.1}");
+    println!("sse_single_delivery_p99_ms: {single:.1}");
     println!("sse_deliveries_missing: {missing}");
+    let (p99, p50, single, missing) = d.busy.figures();
+    println!("sse_delivery_under_load_p99_ms: {p99:.1}");
+    println!("sse_delivery_under_load_p50_ms: {p50:.1}");
+    println!("sse_single_delivery_under_load_p99_ms: {single:.1}");
+    println!("sse_deliveries_under_load_missing: {missing}");
+    println!(
+        "cpu_per_post_none_vs_with_1k_sse: {:.3} (median of {} pairs)",
+        median(cpu_ratios),
+        o.rounds
+    );
     println!(
         "writes_with_1k_sse_vs_none: {:.3} (median of {} pairs)",
         median(ratios),
