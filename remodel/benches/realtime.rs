@@ -553,13 +553,7 @@ fn latency(s: &Sizes) -> (Figure, Figure) {
 /// request handler would), 100 point feeds each read by its own task.
 fn hard_latency(s: &Sizes) -> Figure {
     let rt = multi_rt();
-    let db = rt
-        .block_on(
-            remodel::Config::temporary()
-                .durability(Durability::Hard)
-                .open(),
-        )
-        .unwrap();
+    let (db, _dir) = disk_db_with(&rt, "hard-latency", Durability::Hard);
     let samples: Samples = Arc::default();
     let epoch = Instant::now();
     rt.block_on(async {
@@ -603,13 +597,7 @@ fn hard_latency(s: &Sizes) -> Figure {
 /// Group commit: hard-durability inserts per second from 8 concurrent tasks ÷ from one.
 fn hard_writers(s: &Sizes) -> Figure {
     let rt = multi_rt();
-    let db = rt
-        .block_on(
-            remodel::Config::temporary()
-                .durability(Durability::Hard)
-                .open(),
-        )
-        .unwrap();
+    let (db, _dir) = disk_db_with(&rt, "hard-writers", Durability::Hard);
     rt.block_on(db.create_table("hard")).unwrap();
     let per_round = if s.quick { 200 } else { 800 };
     let rate = |tasks: u64, start: u64| {
@@ -800,10 +788,21 @@ fn ensure_index_big(rt: &tokio::runtime::Runtime, s: &Sizes) -> Figure {
 /// A soft-durability database in a folder on disk (not in memory, as temporary ones may be),
 /// removed when the guard is dropped.
 fn disk_db(rt: &tokio::runtime::Runtime, name: &str) -> (Database, DirGuard) {
+    disk_db_with(rt, name, Durability::Soft)
+}
+
+/// A database in a folder on disk with the given durability. Hard-durability figures must
+/// be measured here: a temporary database may live in memory (sled puts it under
+/// `/dev/shm`), where an fsync costs nothing.
+fn disk_db_with(
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    durability: Durability,
+) -> (Database, DirGuard) {
     let dir = std::env::temp_dir().join(format!("remodel-bench-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let db = rt
-        .block_on(Config::new(&dir).durability(Durability::Soft).open())
+        .block_on(Config::new(&dir).durability(durability).open())
         .unwrap();
     (db, DirGuard(dir))
 }

@@ -5,19 +5,50 @@
 //! for it to end and for the next one, which one of the waiting writers starts for all of
 //! them. However many writers there are, at most one flush runs and one more is due, so
 //! eight writers cost about two fsyncs per round instead of eight.
+//!
+//! The writer that starts a flush first waits (yielding, for at most as long as the last
+//! flush took) until the writers the last flush released are back, waiting or committing,
+//! along with those that arrived while it ran: without that, the released writers are still
+//! on their way back with their next commit when the next flush starts, and the writers
+//! settle into two groups that take turns, each flush covering half of them. One writer
+//! alone never waits.
 
 use super::Visibility;
 use crate::storage::Storage;
 use crate::{Error, Result};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
+
+/// The longest a flush waits for commits in progress to join it.
+const MAX_GATHER: Duration = Duration::from_millis(2);
 
 pub(crate) struct GroupFlush {
     /// Everything committed up to this number is on disk, and whether a flush is running.
     state: watch::Sender<Flushed>,
     /// Flushes run so far.
     runs: AtomicU64,
+    /// Hard writes that have started but not yet committed (see [`GroupFlush::committing`]).
+    committing: AtomicUsize,
+    /// Writers in `flush_upto`.
+    waiting: AtomicUsize,
+    /// How many writers the last flush covered (were waiting when it started).
+    last_group: AtomicUsize,
+    /// Writers that arrived while a flush was running (the next flush's share).
+    arrived_running: AtomicUsize,
+    /// How long the last flush took, in nanoseconds.
+    last_flush_ns: AtomicU64,
+}
+
+/// A hard write on its way to its commit (see the module doc), dropped once it committed
+/// (or failed); also a writer waiting for a flush.
+pub(crate) struct Committing<'a>(&'a AtomicUsize);
+
+impl Drop for Committing<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 #[derive(Clone, Copy, Default)]
@@ -34,7 +65,43 @@ impl GroupFlush {
                 running: false,
             }),
             runs: AtomicU64::new(0),
+            committing: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            last_group: AtomicUsize::new(0),
+            arrived_running: AtomicUsize::new(0),
+            last_flush_ns: AtomicU64::new(0),
         }
+    }
+
+    /// Marks a hard write as committing until the guard is dropped, which the write does
+    /// right after its commit, before it waits for the flush.
+    pub(crate) fn committing(&self) -> Committing<'_> {
+        self.committing.fetch_add(1, Ordering::AcqRel);
+        Committing(&self.committing)
+    }
+
+    /// Lets the writers of the last group come back before a flush starts (bounded; see
+    /// the module doc). Yields to the scheduler meanwhile, so those writers can run on this
+    /// worker.
+    async fn gather(&self) {
+        let limit =
+            Duration::from_nanos(self.last_flush_ns.load(Ordering::Relaxed)).min(MAX_GATHER);
+        let expected =
+            self.last_group.load(Ordering::Relaxed) + self.arrived_running.load(Ordering::Relaxed);
+        let started = Instant::now();
+        while self.waiting.load(Ordering::Acquire) + self.committing.load(Ordering::Acquire)
+            < expected
+            && started.elapsed() < limit
+        {
+            tokio::task::yield_now().await;
+        }
+        // Commits under way when the group is complete still join it.
+        while self.committing.load(Ordering::Acquire) > 0 && started.elapsed() < limit {
+            tokio::task::yield_now().await;
+        }
+        self.last_group
+            .store(self.waiting.load(Ordering::Acquire), Ordering::Relaxed);
+        self.arrived_running.store(0, Ordering::Relaxed);
     }
 
     /// How many flushes ran.
@@ -50,7 +117,12 @@ impl GroupFlush {
         storage: &Storage,
         visibility: &Arc<Visibility>,
     ) -> Result<()> {
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        let _waiting = Committing(&self.waiting);
         let mut rx = self.state.subscribe();
+        if rx.borrow().running {
+            self.arrived_running.fetch_add(1, Ordering::Relaxed);
+        }
         loop {
             let mut start = false;
             self.state.send_if_modified(|s| {
@@ -62,14 +134,18 @@ impl GroupFlush {
                 true
             });
             if start {
+                self.gather().await;
                 // This flush covers every commit made before it starts.
                 let target = visibility.last();
+                let began = Instant::now();
                 self.runs.fetch_add(1, Ordering::Relaxed);
                 let storage = storage.clone();
                 let flushed = tokio::task::spawn_blocking(move || storage.flush_blocking())
                     .await
                     .map_err(|e| Error::storage(format!("flush task failed: {e}")))
                     .and_then(|r| r);
+                self.last_flush_ns
+                    .store(began.elapsed().as_nanos() as u64, Ordering::Relaxed);
                 self.state.send_modify(|s| {
                     s.running = false;
                     if flushed.is_ok() {

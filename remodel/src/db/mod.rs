@@ -859,6 +859,12 @@ impl DbInner {
         Ok(())
     }
 
+    /// Marks a hard write as on its way to its commit, so that a flush about to start lets
+    /// it join (group commit); drop the guard once the write committed.
+    pub(crate) fn hard_write_committing(&self) -> group_flush::Committing<'_> {
+        self.flusher.committing()
+    }
+
     /// Waits until everything committed so far is on disk (sharing the fsync with other
     /// tasks that wait for the same).
     pub(crate) async fn flush_committed(&self) -> Result<()> {

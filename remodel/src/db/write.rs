@@ -466,6 +466,7 @@ impl Database {
         // the closure's thread.
         super::check_not_in_patch()?;
         let hard = self.is_hard(durability);
+        let committing = hard.then(|| self.inner.hard_write_committing());
         // A small write commits in place when the commit lock is free; a large one, or one
         // that would wait for the lock, runs on a blocking thread: an async worker never
         // waits on the commit lock.
@@ -480,6 +481,7 @@ impl Database {
         let ops = match small {
             true => match self.inner.try_commit_now(&table, ops, return_changes, hard) {
                 Ok(done) => {
+                    drop(committing);
                     let result = done?;
                     self.settle(durability).await?;
                     return Ok(result);
@@ -490,7 +492,9 @@ impl Database {
         };
         let inner = self.inner.clone();
         let result =
-            super::spawn_blocking(move || inner.commit(&table, ops, return_changes, hard)).await?;
+            super::spawn_blocking(move || inner.commit(&table, ops, return_changes, hard)).await;
+        drop(committing);
+        let result = result?;
         self.settle(durability).await?;
         Ok(result)
     }
