@@ -308,7 +308,7 @@ impl LiveJoin {
             }
             let pk = Pk::from(pk);
             let seen = Arc::new(doc);
-            let (key, slot, _) = j.enter(&pk, &seen, &mut deltas)?;
+            let (key, slot) = j.enter(&pk, &seen, &mut deltas)?;
             j.left.insert(
                 pk,
                 Left {
@@ -330,40 +330,35 @@ impl LiveJoin {
     }
 
     /// Adds left row `pk` (as `seen`) under the key it joins on, reading the key's right
-    /// rows if it is new here; returns the key, the row's slot under it, and its right rows.
+    /// rows if it is new here; returns the key and the row's slot under it.
     fn enter(
         &mut self,
         pk: &Pk,
         seen: &Value,
         deltas: &mut Vec<RouteDelta>,
-    ) -> Result<(Option<Arc<[u8]>>, usize, Option<Arc<Rights>>)> {
+    ) -> Result<(Option<Arc<[u8]>>, usize)> {
         let mut buf = std::mem::take(&mut self.buf);
         let joins = self.def.key_of(seen, &mut buf);
         let out = if !joins {
-            Ok((None, 0, None))
+            Ok((None, 0))
         } else if let Some(j) = self.keys.get_mut(&buf[..]) {
             j.lefts.push(pk.clone());
-            Ok((
-                Some(j.key.clone()),
-                j.lefts.len() - 1,
-                Some(j.rights.clone()),
-            ))
+            Ok((Some(j.key.clone()), j.lefts.len() - 1))
         } else {
             // The key's first left row: its right rows as they are now.
             match self.def.right_rows(&buf) {
                 Ok(rights) => {
                     let key: Arc<[u8]> = Arc::from(&buf[..]);
-                    let rights = Arc::new(rights);
                     self.keys.insert(
                         key.clone(),
                         Joined {
                             key: key.clone(),
                             lefts: vec![pk.clone()],
-                            rights: rights.clone(),
+                            rights: Arc::new(rights),
                         },
                     );
                     deltas.push(RouteDelta::Add(buf.clone()));
-                    Ok((Some(key), 0, Some(rights)))
+                    Ok((Some(key), 0))
                 }
                 Err(e) => Err(e),
             }
@@ -497,17 +492,24 @@ impl LiveJoin {
                         Some(b) if b.key.is_some() => Some(self.leave(b, deltas)),
                         _ => None,
                     };
-                    let (key, slot, r_new) = self.enter(&pk, &seen, deltas)?;
+                    let (key, slot) = self.enter(&pk, &seen, deltas)?;
                     let after = Left {
                         seen,
                         times,
                         key,
                         slot,
                     };
+                    // Looked up again rather than shared: the entry was just touched (a
+                    // cheap probe), a shared count is one more cold write and its undoing.
+                    let r_new = after
+                        .key
+                        .as_ref()
+                        .and_then(|k| self.keys.get(k))
+                        .map(|j| &*j.rights);
                     left_items(
                         &pk,
                         before.as_ref().zip(r_old.as_deref()),
-                        r_new.as_deref().map(|r| (&after, r)),
+                        r_new.map(|r| (&after, r)),
                         &mut |i| out.push((c.seq, i)),
                     );
                     after

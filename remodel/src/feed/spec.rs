@@ -60,6 +60,13 @@ impl Matcher {
         match self {
             Matcher::All => 1,
             Matcher::Keys(keys) => times(keys, key),
+            Matcher::IndexValues { ix, values } if !ix.spec.is_multi() => {
+                // One value at most (a plain or compound index): not copied to be counted.
+                let mut n = 0;
+                ix.compiled
+                    .each_value(doc, |v| n += times(values, &encode_value(v)));
+                n
+            }
             Matcher::IndexValues { ix, values } => ix
                 .compiled
                 .values(doc)
