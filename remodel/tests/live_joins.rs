@@ -425,3 +425,62 @@ async fn moving_between_two_keys_of_one_right_row_is_one_change() {
     assert_eq!(c.kind(), remodel::ChangeKind::Remove, "{c:?}");
     assert!(feed.next().now_or_never().is_none());
 }
+
+/// A join key with many left rows (found through a map past a few dozen, searched below):
+/// rows entering, moving away, coming back and leaving it, and its right row changing, keep
+/// the rebuilt pairs equal to the join re-run at every step.
+#[tokio::test]
+async fn a_popular_key_keeps_its_pairs_through_moves_and_deletes() {
+    let db = Config::temporary()
+        .durability(Durability::Soft)
+        .open()
+        .await
+        .unwrap();
+    db.create_table("crew").await.unwrap();
+    db.create_table("ships").await.unwrap();
+    let (crew, ships) = (db.table("crew"), db.table("ships"));
+    for s in 0..3 {
+        ships
+            .insert(json!({"id": s, "name": format!("s{s}")}))
+            .await
+            .unwrap();
+    }
+    let mut w = Watched::new("popular", crew.query().eq_join("ship", "ships")).await;
+    let replace = remodel::Conflict::Replace;
+    // Deterministic but scattered: 80 members, most on ship 0.
+    let mut x: u64 = 7;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for step in 0..400u64 {
+        let id = next() % 80;
+        match next() % 10 {
+            0..=5 => {
+                let ship = if next() % 4 == 0 { next() % 3 } else { 0 };
+                crew.insert(json!({"id": id, "ship": ship, "v": step}))
+                    .conflict(replace)
+                    .await
+                    .unwrap();
+            }
+            6 | 7 => {
+                crew.get(id).delete().await.unwrap();
+            }
+            8 => {
+                crew.get(id).update(json!({"v": step})).await.unwrap();
+            }
+            _ => {
+                ships
+                    .get(next() % 3)
+                    .update(json!({"name": format!("n{step}")}))
+                    .await
+                    .unwrap();
+            }
+        }
+        w.drain();
+        assert_eq!(w.pairs, w.expected().await, "after step {step}");
+    }
+    assert!(w.pairs.len() > 32, "the key was popular: {}", w.pairs.len());
+}

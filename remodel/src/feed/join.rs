@@ -133,46 +133,89 @@ impl JoinDef {
 /// looked up on every change.
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-/// A primary key (encoded), one allocation shared by every map that names the row.
+/// A primary key (encoded), one allocation shared by every place that names the row.
 type Pk = Arc<[u8]>;
 
+/// A left row in the result, kept with the key it joins on (rows joining nothing are not
+/// kept: they pair with nothing, and a change brings the row as it was).
 struct Left {
+    pk: Pk,
     seen: Arc<Value>,
     /// How many times the row is in the left result (a key given twice to `get_all`).
     times: usize,
-    /// The join key (shared with its entry in `LiveJoin::keys`).
-    key: Option<Arc<[u8]>>,
-    /// Where the row is in its key's `Joined::lefts`.
-    slot: usize,
 }
+
+/// A left row as a change has it: as its query sees it, and how many times it is there.
+type Seen = (Arc<Value>, usize);
 
 /// The right rows under one join key, as the join's consumers know them, sorted by primary
 /// key.
 type Rights = Vec<(Pk, Arc<Value>)>;
 
+/// A key with more left rows than this finds them through a map; fewer are searched, so
+/// that a row entering a small key touches nothing but the key's entry.
+const SEARCHED: usize = 32;
+
 /// One routed join key: the left rows joining on it and the right rows under it.
 struct Joined {
-    /// The key itself (shared by the left rows that join on it).
-    key: Arc<[u8]>,
-    /// In no order: a left row enters by a push and leaves by a swap with the last one (its
-    /// `Left::slot` says where it is), so a popular key costs nothing more per change; a
-    /// right change sorts them, to report its pairs in left key order.
-    lefts: Vec<Pk>,
-    /// Shared (not copied) while a left change pairs its row with them.
+    /// In no order: a row enters by a push and leaves by a swap with the last one; a right
+    /// change sorts them, to report its pairs in left key order.
+    lefts: Vec<Left>,
+    /// Where each left row is in `lefts`, once there are more than [`SEARCHED`].
+    at: Option<Map<Pk, usize>>,
+    /// Shared (not copied) while a left change that moves a row pairs it with them.
     rights: Arc<Rights>,
 }
 
-/// A live join's state.
+impl Joined {
+    fn position(&self, pk: &[u8]) -> Option<usize> {
+        match &self.at {
+            // Checked, so that a slot gone wrong can never move another row.
+            Some(at) => at
+                .get(pk)
+                .copied()
+                .filter(|&i| self.lefts.get(i).is_some_and(|l| *l.pk == *pk)),
+            None => self.lefts.iter().position(|l| *l.pk == *pk),
+        }
+    }
+
+    fn push(&mut self, l: Left) {
+        if let Some(at) = &mut self.at {
+            at.insert(l.pk.clone(), self.lefts.len());
+        }
+        self.lefts.push(l);
+        if self.at.is_none() && self.lefts.len() > SEARCHED {
+            let mut at = Map::default();
+            for (i, l) in self.lefts.iter().enumerate() {
+                at.insert(l.pk.clone(), i);
+            }
+            self.at = Some(at);
+        }
+    }
+
+    fn remove(&mut self, pos: usize) -> Left {
+        let l = self.lefts.swap_remove(pos);
+        if let Some(at) = &mut self.at {
+            at.remove(&l.pk);
+            if let Some(moved) = self.lefts.get(pos) {
+                at.insert(moved.pk.clone(), pos);
+            }
+        }
+        l
+    }
+}
+
+/// A live join's state: no map of the left rows (a change brings the row as it was, so
+/// where it was is found from that), only the routed join keys.
 pub(crate) struct LiveJoin {
     pub def: JoinDef,
-    left: Map<Pk, Left>,
     /// Join key -> the left rows joining on it and the right rows under it, as last
     /// reported (read from storage when a key gets its first left row, then kept up to date
     /// by the right table's changes). Pairs are made from these, so a commit that writes
     /// both tables gives the same items in whichever order its two tables are applied.
     keys: Map<Arc<[u8]>, Joined>,
-    /// Reused for encoding the join key of a left row.
-    buf: Vec<u8>,
+    /// Reused for encoding the join keys of a left row before and after a change.
+    bufs: [Vec<u8>; 2],
 }
 
 /// The pair of a left row as seen and a right row, made now (initial rows).
@@ -251,15 +294,15 @@ fn pair_items(lpk: &[u8], rpk: &[u8], old: Side<'_>, new: Side<'_>, out: &mut im
 /// walk pairs a right row on both sides (a change) and reports the others as they come.
 fn left_items(
     lpk: &[u8],
-    old: Option<(&Left, &Rights)>,
-    new: Option<(&Left, &Rights)>,
+    old: Option<(&Seen, &Rights)>,
+    new: Option<(&Seen, &Rights)>,
     out: &mut impl FnMut(Change),
 ) {
     let empty: &Rights = &Vec::new();
     let (os, ol) = old.map_or((empty, None), |(l, rs)| (rs, Some(l)));
     let (ns, nl) = new.map_or((empty, None), |(l, rs)| (rs, Some(l)));
-    fn side<'a>(l: Option<&'a Left>, r: &'a (Pk, Arc<Value>)) -> Side<'a> {
-        l.map(|l| (&l.seen, &r.1, l.times))
+    fn side<'a>(l: Option<&'a Seen>, r: &'a (Pk, Arc<Value>)) -> Side<'a> {
+        l.map(|(seen, times)| (seen, &r.1, *times))
     }
     let (mut i, mut j) = (0, 0);
     while i < os.len() || j < ns.len() {
@@ -286,6 +329,20 @@ fn left_items(
     }
 }
 
+/// A document as the left query sees it, when it is in the result.
+fn seen_of(
+    (matcher, view): (&Matcher, &View),
+    key: &[u8],
+    doc: Option<&Arc<Value>>,
+) -> Option<Seen> {
+    let d = doc?;
+    let n = matcher.count(key, d);
+    if n == 0 {
+        return None;
+    }
+    view.apply(d).map(|s| (s, n))
+}
+
 impl LiveJoin {
     /// Builds the state from the left rows (pk, row as the query sees it, with repeats).
     /// Returns it with the join keys to route.
@@ -295,29 +352,38 @@ impl LiveJoin {
     ) -> Result<(Self, Vec<Vec<u8>>)> {
         let mut j = LiveJoin {
             def,
-            left: Map::default(),
             keys: Map::default(),
-            buf: Vec::new(),
+            bufs: [Vec::new(), Vec::new()],
         };
-        let mut deltas = Vec::new();
+        // The rows with how many times each is there, in the order first seen.
+        let mut order: Vec<Vec<u8>> = Vec::new();
+        let mut rows_of: HashMap<Vec<u8>, Seen> = HashMap::new();
         for row in rows {
             let (pk, doc) = row?;
-            if let Some(l) = j.left.get_mut(&pk[..]) {
-                l.times += 1;
-                continue;
+            match rows_of.get_mut(&pk) {
+                Some((_, n)) => *n += 1,
+                None => {
+                    rows_of.insert(pk.clone(), (Arc::new(doc), 1));
+                    order.push(pk);
+                }
             }
-            let pk = Pk::from(pk);
-            let seen = Arc::new(doc);
-            let (key, slot) = j.enter(&pk, &seen, &mut deltas)?;
-            j.left.insert(
-                pk,
-                Left {
+        }
+        let mut deltas = Vec::new();
+        for pk in order {
+            let (seen, times) = rows_of.remove(&pk).expect("recorded above");
+            let mut key = std::mem::take(&mut j.bufs[0]);
+            if j.def.key_of(&seen, &mut key) {
+                let left = Left {
+                    pk: Pk::from(pk),
                     seen,
-                    times: 1,
-                    key,
-                    slot,
-                },
-            );
+                    times,
+                };
+                let entered = j.enter(&key, left, &mut deltas);
+                j.bufs[0] = key;
+                entered?;
+            } else {
+                j.bufs[0] = key;
+            }
         }
         let keys = deltas
             .into_iter()
@@ -329,65 +395,34 @@ impl LiveJoin {
         Ok((j, keys))
     }
 
-    /// Adds left row `pk` (as `seen`) under the key it joins on, reading the key's right
-    /// rows if it is new here; returns the key and the row's slot under it.
-    fn enter(
-        &mut self,
-        pk: &Pk,
-        seen: &Value,
-        deltas: &mut Vec<RouteDelta>,
-    ) -> Result<(Option<Arc<[u8]>>, usize)> {
-        let mut buf = std::mem::take(&mut self.buf);
-        let joins = self.def.key_of(seen, &mut buf);
-        let out = if !joins {
-            Ok((None, 0))
-        } else if let Some(j) = self.keys.get_mut(&buf[..]) {
-            j.lefts.push(pk.clone());
-            Ok((Some(j.key.clone()), j.lefts.len() - 1))
-        } else {
-            // The key's first left row: its right rows as they are now.
-            match self.def.right_rows(&buf) {
-                Ok(rights) => {
-                    let key: Arc<[u8]> = Arc::from(&buf[..]);
-                    self.keys.insert(
-                        key.clone(),
-                        Joined {
-                            key: key.clone(),
-                            lefts: vec![pk.clone()],
-                            rights: Arc::new(rights),
-                        },
-                    );
-                    deltas.push(RouteDelta::Add(buf.clone()));
-                    Ok((Some(key), 0))
-                }
-                Err(e) => Err(e),
-            }
-        };
-        self.buf = buf;
-        out
+    /// Adds a left row under `key`, reading the key's right rows if it is new here.
+    fn enter(&mut self, key: &[u8], left: Left, deltas: &mut Vec<RouteDelta>) -> Result<()> {
+        if let Some(j) = self.keys.get_mut(key) {
+            j.push(left);
+            return Ok(());
+        }
+        // The key's first left row: its right rows as they are now.
+        let rights = self.def.right_rows(key)?;
+        self.keys.insert(
+            Arc::from(key),
+            Joined {
+                lefts: vec![left],
+                at: None,
+                rights: Arc::new(rights),
+            },
+        );
+        deltas.push(RouteDelta::Add(key.to_vec()));
+        Ok(())
     }
 
-    /// Removes a left row (no longer in `self.left`) from under its key; returns the key's
-    /// right rows.
-    fn leave(&mut self, l: &Left, deltas: &mut Vec<RouteDelta>) -> Arc<Rights> {
-        let Some(key) = &l.key else {
-            return Arc::default();
-        };
+    /// Removes left row `pk` from under `key`; returns the key's right rows (as the row's
+    /// pairs were made with).
+    fn leave(&mut self, key: &[u8], pk: &[u8], deltas: &mut Vec<RouteDelta>) -> Arc<Rights> {
         let Some(j) = self.keys.get_mut(key) else {
             return Arc::default();
         };
-        if l.slot < j.lefts.len() {
-            debug_assert!(
-                self.left.get(&j.lefts[l.slot]).is_none(),
-                "the slot of a row that has left"
-            );
-            j.lefts.swap_remove(l.slot);
-            if let Some(moved) = j.lefts.get(l.slot) {
-                // The last row took the slot.
-                if let Some(m) = self.left.get_mut(moved) {
-                    m.slot = l.slot;
-                }
-            }
+        if let Some(pos) = j.position(pk) {
+            j.remove(pos);
         }
         if !j.lefts.is_empty() {
             return j.rights.clone();
@@ -402,15 +437,17 @@ impl LiveJoin {
         self.keys.keys().map(|k| k.to_vec()).collect()
     }
 
-    /// The current pairs.
+    /// The current pairs, by left primary key.
     pub(crate) fn rows(&self) -> Result<Vec<Arc<Value>>> {
+        let mut lefts: Vec<(&Left, &Rights)> = self
+            .keys
+            .values()
+            .flat_map(|j| j.lefts.iter().map(|l| (l, &*j.rights)))
+            .collect();
+        lefts.sort_by(|a, b| a.0.pk.cmp(&b.0.pk));
         let mut out = Vec::new();
-        let mut pks: Vec<&Pk> = self.left.keys().collect();
-        pks.sort();
-        for pk in pks {
-            let l = &self.left[pk];
-            let Some(k) = &l.key else { continue };
-            for (_, r) in self.keys.get(k).into_iter().flat_map(|j| j.rights.iter()) {
+        for (l, rights) in lefts {
+            for (_, r) in rights {
                 let p = pair(&l.seen, r);
                 out.extend(std::iter::repeat_n(p, l.times));
             }
@@ -427,97 +464,72 @@ impl LiveJoin {
         deltas: &mut Vec<RouteDelta>,
     ) -> Result<Vec<(u64, Change)>> {
         let mut out = Vec::new();
+        let [mut old_key, mut new_key] = std::mem::take(&mut self.bufs);
+        let mut result = Ok(());
         for c in changes {
-            // A row that did not exist before cannot have been in the result (every change
-            // of the left rows comes here): an insert skips the lookup.
-            let before = match c.old {
-                Some(_) => self.left.remove_entry(&c.key[..]),
-                None => None,
-            };
-            let seen = match &c.new {
-                Some(d) => {
-                    let n = matcher.count(&c.key, d);
-                    (n > 0).then(|| view.apply(d)).flatten().map(|s| (s, n))
-                }
-                None => None,
-            };
-            let Some((seen, times)) = seen else {
-                // The row leaves (or was never in) the result.
-                if let Some((pk, b)) = before {
-                    if b.key.is_some() {
-                        let rights = self.leave(&b, deltas);
-                        left_items(&pk, Some((&b, &rights)), None, &mut |i| {
-                            out.push((c.seq, i))
-                        });
+            // The row as it was and is in the result, and the keys it joined and joins on.
+            let old = seen_of((matcher, view), &c.key, c.old.as_ref());
+            let new = seen_of((matcher, view), &c.key, c.new.as_ref());
+            let had = old
+                .as_ref()
+                .is_some_and(|(s, _)| self.def.key_of(s, &mut old_key));
+            let has = new
+                .as_ref()
+                .is_some_and(|(s, _)| self.def.key_of(s, &mut new_key));
+            let mut emit = |i| out.push((c.seq, i));
+            if had && has && old_key == new_key {
+                // The common update: under the same key, with the same right rows.
+                let Some(j) = self.keys.get_mut(&old_key[..]) else {
+                    continue;
+                };
+                let (old, new) = (old.expect("had"), new.expect("has"));
+                match j.position(&c.key) {
+                    Some(pos) => {
+                        let l = &mut j.lefts[pos];
+                        l.seen = new.0.clone();
+                        l.times = new.1;
                     }
+                    None => j.push(Left {
+                        pk: Pk::from(&c.key[..]),
+                        seen: new.0.clone(),
+                        times: new.1,
+                    }),
                 }
+                left_items(
+                    &c.key,
+                    Some((&old, &j.rights)),
+                    Some((&new, &j.rights)),
+                    &mut emit,
+                );
                 continue;
-            };
-            let (pk, before) = match before {
-                Some((pk, b)) => (pk, Some(b)),
-                None => (Pk::from(&c.key[..]), None),
-            };
-            // Where the row joins now: under the key it had (the common update), or another.
-            let stays = match before.as_ref().and_then(|b| b.key.as_ref()) {
-                Some(k) => {
-                    let mut buf = std::mem::take(&mut self.buf);
-                    let joins = self.def.key_of(&seen, &mut buf);
-                    let stays = joins && buf[..] == k[..];
-                    self.buf = buf;
-                    stays.then(|| k.clone())
+            }
+            let r_old = had.then(|| self.leave(&old_key, &c.key, deltas));
+            if has {
+                let (seen, times) = new.clone().expect("has");
+                let left = Left {
+                    pk: Pk::from(&c.key[..]),
+                    seen,
+                    times,
+                };
+                if let Err(e) = self.enter(&new_key, left, deltas) {
+                    result = Err(e);
+                    break;
                 }
-                None => None,
+            }
+            let r_new = if has {
+                self.keys.get(&new_key[..]).map(|j| &*j.rights)
+            } else {
+                None
             };
-            let after = match stays {
-                Some(k) => {
-                    let b = before.as_ref().expect("a kept key is the row's before");
-                    let after = Left {
-                        seen,
-                        times,
-                        key: Some(k.clone()),
-                        slot: b.slot,
-                    };
-                    if let Some(j) = self.keys.get(&k) {
-                        left_items(
-                            &pk,
-                            Some((b, &j.rights)),
-                            Some((&after, &j.rights)),
-                            &mut |i| out.push((c.seq, i)),
-                        );
-                    }
-                    after
-                }
-                None => {
-                    let r_old = match &before {
-                        Some(b) if b.key.is_some() => Some(self.leave(b, deltas)),
-                        _ => None,
-                    };
-                    let (key, slot) = self.enter(&pk, &seen, deltas)?;
-                    let after = Left {
-                        seen,
-                        times,
-                        key,
-                        slot,
-                    };
-                    // Looked up again rather than shared: the entry was just touched (a
-                    // cheap probe), a shared count is one more cold write and its undoing.
-                    let r_new = after
-                        .key
-                        .as_ref()
-                        .and_then(|k| self.keys.get(k))
-                        .map(|j| &*j.rights);
-                    left_items(
-                        &pk,
-                        before.as_ref().zip(r_old.as_deref()),
-                        r_new.map(|r| (&after, r)),
-                        &mut |i| out.push((c.seq, i)),
-                    );
-                    after
-                }
-            };
-            self.left.insert(pk, after);
+            left_items(
+                &c.key,
+                old.as_ref().zip(r_old.as_deref()),
+                new.as_ref().zip(r_new),
+                &mut emit,
+            );
         }
-        Ok(out)
+        self.bufs = [old_key, new_key];
+        result.map(|()| out)
     }
 
     /// Applies a change of the right table (routed here by one of its keys): every left row
@@ -550,14 +562,11 @@ impl LiveJoin {
                 }
                 (Err(_), None) => None,
             };
-            let mut lefts: Vec<&Pk> = j.lefts.iter().collect();
-            lefts.sort_unstable();
-            for lpk in lefts {
-                let Some(l) = self.left.get(lpk) else {
-                    continue;
-                };
+            let mut lefts: Vec<&Left> = j.lefts.iter().collect();
+            lefts.sort_unstable_by(|a, b| a.pk.cmp(&b.pk));
+            for l in lefts {
                 pair_items(
-                    lpk,
+                    &l.pk,
                     &c.key,
                     old.as_ref().map(|r| (&l.seen, r, l.times)),
                     new.map(|r| (&l.seen, r, l.times)),
