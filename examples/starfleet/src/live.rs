@@ -8,13 +8,14 @@
 //! | `/member/{id}/events` | `member.watch(&db)` (point feed) | `html` |
 //! | `/leaderboard/events` | `order_by(points index).limit(5)` (top-N feed) | `html` |
 //!
-//! **At most one event per [`THROTTLE`].** A change that finds its stream idle is sent at
-//! once. After an event, a stream sleeps until [`THROTTLE`] has passed, without reading its
-//! feed (the changes wait in the feed), then takes everything that is ready in one go and
-//! sends its net effect as one event: the latest state of each row that changed (a row that
-//! changed twice is rendered and sent once; one that came and went is a removal). An idle
-//! page thus sees a change one commit after it happens, and a busy one costs the server at
-//! most 25 events a second per page, however fast the writes come.
+//! **At most one event per [`THROTTLE`] (40 ms) and list.** A change that finds its stream
+//! idle is sent at once. After an event, the stream sleeps until [`THROTTLE`] has passed,
+//! without reading its feed (the changes wait in the feed, and writers wake no one), then
+//! takes everything that is ready in one go and sends its net effect as one event: the latest
+//! state of each row that changed (a row that changed twice is rendered and sent once; one
+//! that came and went is a removal). An idle page thus sees a change one commit after it
+//! happens, a busy one within [`THROTTLE`] more, and each open list costs the server at most
+//! 25 events a second, however fast the writes come.
 //!
 //! Every event that follows changes carries the cursor of the newest change in it as its
 //! SSE `id`. A browser that loses its connection reconnects by itself and sends that id as
@@ -52,12 +53,11 @@ pub type EventStream = Sse<KeepAliveStream<BoxStream<'static, Result<Event, Infa
 /// How long a browser waits before reconnecting a cut stream.
 const RETRY: Duration = Duration::from_millis(500);
 
-/// The least time between two events of one live stream. Each event costs a socket write,
-/// a wake-up and a read in the browser, whatever it carries: sending one per change made
-/// 1,000 open pages cost the server 20 times the writes themselves. 40 ms caps that at 25
-/// events a second per page, and keeps a change's delivery well within the 100 ms that
-/// feels instant (a change to an idle page goes out at once).
-pub const THROTTLE: Duration = Duration::from_millis(40);
+/// The least time between two events of one live list. Each event costs a socket write, a
+/// wake-up and a read in the browser, whatever it carries: one event per change and page
+/// made 1,000 open pages slow the app's writes twentyfold. 40 ms caps a list at 25 events a
+/// second, and keeps a change's delivery well within the 100 ms that feels instant.
+const THROTTLE: Duration = Duration::from_millis(50);
 
 /// The most items one event gathers (a page resuming after a long cut gets several).
 const MOST_PER_EVENT: usize = 8192;
@@ -290,19 +290,21 @@ impl NetRows {
             return None;
         }
         self.index.clear();
-        let rows: Vec<Arc<str>> = self
-            .latest
-            .drain(..)
-            .map(|(id, c)| {
-                list.rendered.get_or_make(c.cursor(), || {
-                    let html = c.new_val().and_then(|row| (list.render)(row));
-                    json!({ "id": format!("{}-{id}", list.name), "html": html }).to_string()
-                })
-            })
-            .collect();
+        let mut data = String::from("[");
+        for (id, c) in self.latest.drain(..) {
+            let row = list.rendered.get_or_make(c.cursor(), || {
+                let html = c.new_val().and_then(|row| (list.render)(row));
+                json!({ "id": format!("{}-{id}", list.name), "html": html }).to_string()
+            });
+            if data.len() > 1 {
+                data.push(',');
+            }
+            data.push_str(&row);
+        }
+        data.push(']');
         let e = Event::default()
             .event(format!("{}-rows", list.name))
-            .data(format!("[{}]", rows.join(",")));
+            .data(data);
         match self.newest.take().filter(|_| list.ids) {
             Some(c) => Some(e.id(c.to_string())),
             None => Some(e),

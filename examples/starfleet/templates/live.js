@@ -15,8 +15,9 @@ function connect(url, handlers) {
 }
 
 // A page with lists (data-events on a container, data-list on each table body): one stream
-// for them all. `{list}-reset` replaces a list's rows; `{list}-rows` lists changes in commit
-// order, each adding, replacing or removing (html: null) one row.
+// for them all. `{list}-reset` replaces a list's rows; `{list}-rows` gives the rows that
+// changed since the last event, each once as it is now: added, replaced or (html: null)
+// removed.
 document.querySelectorAll("[data-events]").forEach((page) => {
   const handlers = {};
   page.querySelectorAll("[data-list]").forEach((body) => {

@@ -118,17 +118,12 @@ async fn rename(addr: SocketAddr, member: &str, name: &str) {
 /// from `/proc/self/stat` (0 where there is none).
 fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // The fields after the command name (which is in parentheses): utime and stime are the
-    // 12th and 13th of them, in clock ticks (100 a second on Linux).
+    // The fields after the command name (which is in parentheses) start with the state;
+    // utime and stime are the 12th and 13th, in clock ticks (100 a second on Linux).
     let after = stat.rsplit(')').next().unwrap_or_default();
-    let ticks: Vec<f64> = after
-        .split_whitespace()
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    ticks
-        .get(11)
-        .zip(ticks.get(12))
-        .map_or(0.0, |(u, s)| (u + s) / 100.0)
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    ticks(11).zip(ticks(12)).map_or(0.0, |(u, s)| (u + s) / 100.0)
 }
 
 /// What one throughput measurement gives: posts per second, and CPU ms per post.
