@@ -153,6 +153,9 @@ pub(crate) struct DbInner {
     tables: RwLock<HashMap<String, Arc<TableState>>>,
     /// Serialises commits: one database, one commit order. Holds the last sequence number.
     writer: Mutex<u64>,
+    /// Small writes that found `writer` taken, for its holder to commit (see
+    /// `write::Handoff`).
+    handoffs: Mutex<Vec<write::Handoff>>,
     /// Sequence numbers up to here are reserved on disk (see `reserve_seq`).
     seq_reserved: std::sync::atomic::AtomicU64,
     /// Where the sequence reservation is kept.
@@ -412,6 +415,7 @@ impl Database {
             catalog,
             tables: RwLock::new(HashMap::new()),
             writer: Mutex::new(seq),
+            handoffs: Mutex::new(Vec::new()),
             seq_reserved: std::sync::atomic::AtomicU64::new(seq),
             meta,
             visibility: Arc::new(Visibility::new(seq)),
