@@ -44,8 +44,9 @@ type Staged = (Option<Arc<Value>>, Option<Arc<Value>>, bool);
 /// How many documents go into one atomic storage batch.
 const CHUNK: usize = 4096;
 
-/// The most handed-off writes one holder of the commit lock commits before letting go.
-const MAX_HANDOFFS: usize = 256;
+/// The most handed-off writes one holder of the commit lock commits before letting go: the
+/// holder may be an async worker, which this keeps to well under a millisecond.
+const MAX_HANDOFFS: usize = 32;
 
 /// How often a writer whose write waits for the lock's holder looks at the lock itself (a
 /// holder that is not a write, such as DDL, commits no handoffs).
