@@ -8,14 +8,14 @@
 //! | `/member/{id}/events` | `member.watch(&db)` (point feed) | `html` |
 //! | `/leaderboard/events` | `order_by(points index).limit(5)` (top-N feed) | `html` |
 //!
-//! **At most one event per [`THROTTLE`] (40 ms) and list.** A change that finds its stream
+//! **At most one event per [`THROTTLE`] (50 ms) and list.** A change that finds its stream
 //! idle is sent at once. After an event, the stream sleeps until [`THROTTLE`] has passed,
 //! without reading its feed (the changes wait in the feed, and writers wake no one), then
 //! takes everything that is ready in one go and sends its net effect as one event: the latest
 //! state of each row that changed (a row that changed twice is rendered and sent once; one
 //! that came and went is a removal). An idle page thus sees a change one commit after it
 //! happens, a busy one within [`THROTTLE`] more, and each open list costs the server at most
-//! 25 events a second, however fast the writes come.
+//! 20 events a second, however fast the writes come.
 //!
 //! Every event that follows changes carries the cursor of the newest change in it as its
 //! SSE `id`. A browser that loses its connection reconnects by itself and sends that id as
@@ -55,7 +55,7 @@ const RETRY: Duration = Duration::from_millis(500);
 
 /// The least time between two events of one live list. Each event costs a socket write, a
 /// wake-up and a read in the browser, whatever it carries: one event per change and page
-/// made 1,000 open pages slow the app's writes twentyfold. 40 ms caps a list at 25 events a
+/// made 1,000 open pages slow the app's writes twentyfold. 50 ms caps a list at 20 events a
 /// second, and keeps a change's delivery well within the 100 ms that feels instant.
 const THROTTLE: Duration = Duration::from_millis(50);
 

@@ -1,12 +1,12 @@
 //! Load program: 1,000 concurrent SSE clients on ship pages.
 //!
-//! `cargo run --release -p starfleet --bin load [-- --rounds 5 --clients 1000 --posts 4000 --latency-writes 150]`
+//! `cargo run --release -p starfleet --bin load [-- --rounds 7 --clients 1000 --posts 4000 --latency-writes 150]`
 //!
 //! Starts the app on its own runtime (a fresh database under `target/`, the app's own
 //! settings), adds one probe member per ship (`probe-{ship}`, edited only by the latency
 //! probe), then, side by side in one run:
 //!
-//! 1. `--rounds` alternating pairs of throughput measurements, each the same `--posts`
+//! 1. `--rounds` pairs of throughput measurements (in alternating order), each the same `--posts`
 //!    form posts (`POST /member/{id}`, editing the 9 seeded members in turn, from 8
 //!    concurrent posters; edits keep every round's work the same):
 //!    - `writes_none`: with no live client;
@@ -18,14 +18,18 @@
 //!    posts are not counted): with the clients connected it gives
 //!    `sse_delivery_under_load_p99_ms`, the delivery time while the posters write. The
 //!    ratio `writes_with_1k_sse_vs_none` is the median of the pairs' ratios.
-//! 2. `sse_delivery_p99_ms`: after a pause, with the clients of the last round, writes one
+//! 2. `sse_delivery_p99_ms`: after a pause, with the clients connected, writes one
 //!    member at a time (one every 20 ms, rotating members and so ships) and measures, per
 //!    write, the time from sending the POST until every client watching that ship has it
 //!    (the POST includes the commit and its fsync, so this is an upper bound of commit →
 //!    delivered); also the p99 over single deliveries.
 //!
+//! Each measurement also gives the CPU time the process (app, clients and storage together)
+//! spent per post; `cpu_per_post_none_vs_with_1k_sse` is the median of the pairs' ratios, a
+//! figure less moved by other programs competing for the machine than posts per second.
+//!
 //! **Counting deliveries when events are coalesced.** The app sends the changes a page gets
-//! within its throttle window (40 ms) as one event holding the latest state of each row, so
+//! within its throttle window (50 ms) as one event holding the latest state of each row, so
 //! a marked write (`lat-{i}`, `busy-{i}`) can reach a client already overwritten by a later
 //! write of the same member. A marker therefore counts, as delivered at that moment, every
 //! earlier marked write of the same member the client has not seen yet: the page then shows
@@ -63,7 +67,7 @@ struct Options {
 
 fn options() -> Result<Options, String> {
     let mut o = Options {
-        rounds: 5,
+        rounds: 7,
         clients: 1000,
         posts: 4000,
         latency_writes: 150,
@@ -123,7 +127,9 @@ fn cpu_seconds() -> f64 {
     let after = stat.rsplit(')').next().unwrap_or_default();
     let fields: Vec<&str> = after.split_whitespace().collect();
     let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
-    ticks(11).zip(ticks(12)).map_or(0.0, |(u, s)| (u + s) / 100.0)
+    ticks(11)
+        .zip(ticks(12))
+        .map_or(0.0, |(u, s)| (u + s) / 100.0)
 }
 
 /// What one throughput measurement gives: posts per second, and CPU ms per post.
@@ -456,6 +462,13 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Ends the clients' streams (the app cuts them; their sockets close).
+async fn disconnect(state: &AppState, clients: &mut Vec<tokio::task::JoinHandle<()>>) {
+    state.disconnect_live_clients();
+    clients.drain(..).for_each(|c| c.abort());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
 /// Waits (at most 10 s) until every write of `marks` reached every client watching.
 async fn settle(marks: &Marks) {
     let waited = Instant::now();
@@ -479,15 +492,31 @@ async fn run(
     let quiet = || Probe { marks: None };
     posts_per_second(addr, o.posts / 4, "warm", quiet()).await;
 
-    // Throughput: alternating pairs (none, then with the clients), median ratio.
+    // Throughput: pairs of measurements, none then with the clients in even rounds and the
+    // other way round in odd ones (so that a drift of the machine's load favours neither);
+    // the median of the pairs' ratios.
     let (mut ratios, mut cpu_ratios) = (Vec::new(), Vec::new());
+    let mut clients = Vec::new();
     for round in 0..o.rounds {
-        let none = posts_per_second(addr, o.posts, "a", quiet()).await;
-        let clients = connect(addr, o.clients, &d).await?;
+        let with_first = round % 2 == 1;
+        let none = if with_first {
+            None
+        } else {
+            Some(posts_per_second(addr, o.posts, "a", quiet()).await)
+        };
+        clients = connect(addr, o.clients, &d).await?;
         let probe = Probe {
             marks: Some(d.clone()),
         };
         let with = posts_per_second(addr, o.posts, "b", probe).await;
+        settle(&d.busy).await;
+        if with_first || round + 1 < o.rounds {
+            disconnect(&state, &mut clients).await;
+        }
+        let none = match none {
+            Some(none) => none,
+            None => posts_per_second(addr, o.posts, "a", quiet()).await,
+        };
         println!(
             "round {round}: writes_none_per_s {:.0}, writes_with_1k_sse_per_s {:.0}, ratio {:.3} \
              (cpu ms per post {:.3} vs {:.3})",
@@ -499,16 +528,14 @@ async fn run(
         );
         ratios.push(with.per_s / none.per_s);
         cpu_ratios.push(none.cpu_ms / with.cpu_ms);
-        settle(&d.busy).await;
-        if round + 1 < o.rounds {
-            // The app ends its streams; the clients' sockets close.
-            state.disconnect_live_clients();
-            clients.iter().for_each(|c| c.abort());
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
     }
+    // The latency writes' clients (connected until the end).
+    let _clients = match clients.is_empty() {
+        true => connect(addr, o.clients, &d).await?,
+        false => clients,
+    };
 
-    // Latency, with the clients of the last round, once the last throughput events are out
+    // Latency, with the clients connected, once the last throughput events are out
     // (a page's first change after a burst may wait for its throttle window): one write at
     // a time.
     tokio::time::sleep(Duration::from_millis(200)).await;
