@@ -161,10 +161,12 @@ struct Joined {
     /// In no order: a row enters by a push and leaves by a swap with the last one; a right
     /// change sorts them, to report its pairs in left key order.
     lefts: Vec<Left>,
-    /// Where each left row is in `lefts`, once there are more than [`SEARCHED`].
-    at: Option<Map<Pk, usize>>,
-    /// Shared (not copied) while a left change that moves a row pairs it with them.
-    rights: Arc<Rights>,
+    /// Where each left row is in `lefts`, once there are more than [`SEARCHED`] (boxed:
+    /// the entries stay small, a lookup reads fewer lines).
+    at: Option<Box<Map<Pk, usize>>>,
+    /// In the entry itself (no indirection on the insert path); a row that moves away takes
+    /// a copy of the references, as many as the items it makes of them.
+    rights: Rights,
 }
 
 impl Joined {
@@ -189,7 +191,7 @@ impl Joined {
             for (i, l) in self.lefts.iter().enumerate() {
                 at.insert(l.pk.clone(), i);
             }
-            self.at = Some(at);
+            self.at = Some(Box::new(at));
         }
     }
 
@@ -408,7 +410,7 @@ impl LiveJoin {
             Joined {
                 lefts: vec![left],
                 at: None,
-                rights: Arc::new(rights),
+                rights,
             },
         );
         deltas.push(RouteDelta::Add(key.to_vec()));
@@ -417,9 +419,9 @@ impl LiveJoin {
 
     /// Removes left row `pk` from under `key`; returns the key's right rows (as the row's
     /// pairs were made with).
-    fn leave(&mut self, key: &[u8], pk: &[u8], deltas: &mut Vec<RouteDelta>) -> Arc<Rights> {
+    fn leave(&mut self, key: &[u8], pk: &[u8], deltas: &mut Vec<RouteDelta>) -> Rights {
         let Some(j) = self.keys.get_mut(key) else {
-            return Arc::default();
+            return Rights::new();
         };
         if let Some(pos) = j.position(pk) {
             j.remove(pos);
@@ -442,7 +444,7 @@ impl LiveJoin {
         let mut lefts: Vec<(&Left, &Rights)> = self
             .keys
             .values()
-            .flat_map(|j| j.lefts.iter().map(|l| (l, &*j.rights)))
+            .flat_map(|j| j.lefts.iter().map(|l| (l, &j.rights)))
             .collect();
         lefts.sort_by(|a, b| a.0.pk.cmp(&b.0.pk));
         let mut out = Vec::new();
@@ -517,13 +519,13 @@ impl LiveJoin {
                 }
             }
             let r_new = if has {
-                self.keys.get(&new_key[..]).map(|j| &*j.rights)
+                self.keys.get(&new_key[..]).map(|j| &j.rights)
             } else {
                 None
             };
             left_items(
                 &c.key,
-                old.as_ref().zip(r_old.as_deref()),
+                old.as_ref().zip(r_old.as_ref()),
                 new.as_ref().zip(r_new),
                 &mut emit,
             );
@@ -550,7 +552,7 @@ impl LiveJoin {
                 continue;
             };
             // As the consumers know it, and as it is now.
-            let rows = Arc::make_mut(&mut j.rights);
+            let rows = &mut j.rights;
             let at = rows.binary_search_by(|(pk, _)| pk[..].cmp(&c.key[..]));
             let new = c.new.as_ref().filter(|_| new_keys.contains(k));
             let old = match (at, new) {
