@@ -231,11 +231,10 @@ fn pair(l: &Value, r: &Value) -> Arc<Value> {
 
 /// The squash key of a pair: its left and right primary keys.
 fn pair_key(l: &[u8], r: &[u8]) -> Arc<[u8]> {
-    let mut k = Vec::with_capacity(l.len() + r.len() + 4);
-    k.extend_from_slice(&(l.len() as u32).to_be_bytes());
-    k.extend_from_slice(l);
-    k.extend_from_slice(r);
-    Arc::from(k)
+    // Collected straight into the shared allocation (an exact-size iterator), not into a
+    // vector that `Arc::from` would copy and free.
+    let len = (l.len() as u32).to_be_bytes();
+    len.iter().chain(l).chain(r).copied().collect()
 }
 
 /// A pair on one side of a change: the left row as seen, the right row, and how many times
@@ -577,5 +576,17 @@ impl LiveJoin {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pair_key_is_the_left_key_length_then_both_keys() {
+        assert_eq!(&*pair_key(b"ab", b"c"), &[0, 0, 0, 2, b'a', b'b', b'c']);
+        // Keys that concatenate alike stay apart.
+        assert_ne!(pair_key(b"a", b"bc"), pair_key(b"ab", b"c"));
     }
 }
