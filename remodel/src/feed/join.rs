@@ -14,11 +14,16 @@
 //! made from them: a commit that writes both tables gives the same items whichever table is
 //! applied first, and a left row joining an already known key reads nothing.
 //!
-//! The write path is kept to what a change needs: rows are held as the `Arc`s the changes
-//! carry (never copied), a primary key is one shared allocation for every map naming the
-//! row, a key's left rows and right rows are one entry (one lookup per change), and a pair's
-//! value is built only for the items that carry it (a change that leaves a pair as it was
-//! builds nothing).
+//! The write path is kept to what a change needs (a join-row insert entering one of 1,000
+//! feeds costs about a fifth of the insert; `insert_1k_join_feeds_vs_none`):
+//! - one lookup per change: a key's left rows and right rows are one entry, and there is no
+//!   map of the left rows at all (a change brings the row as it was, so the key it joined
+//!   on is found from it);
+//! - rows are held as the `Arc`s the changes carry, never copied, and a pair's value is not
+//!   made by the writer: an item refers to its two rows and a consumer makes the
+//!   `{left, right}` value on first read ([`Val::pair`]), once for every feed sharing the
+//!   item; a change that leaves a pair as it was makes no item;
+//! - a right change reaches its key's left rows in place, one item each.
 
 use super::change::{Change, Val};
 use super::spec::{Matcher, View};
@@ -158,8 +163,7 @@ const SEARCHED: usize = 32;
 
 /// One routed join key: the left rows joining on it and the right rows under it.
 struct Joined {
-    /// In no order: a row enters by a push and leaves by a swap with the last one; a right
-    /// change sorts them, to report its pairs in left key order.
+    /// In no particular order: a row enters by a push and leaves by a swap with the last one.
     lefts: Vec<Left>,
     /// Where each left row is in `lefts`, once there are more than [`SEARCHED`] (boxed:
     /// the entries stay small, a lookup reads fewer lines).
@@ -563,9 +567,9 @@ impl LiveJoin {
                 }
                 (Err(_), None) => None,
             };
-            let mut lefts: Vec<&Left> = j.lefts.iter().collect();
-            lefts.sort_unstable_by(|a, b| a.pk.cmp(&b.pk));
-            for l in lefts {
+            // In the key's own order (deterministic for a given history): a right row joined
+            // to many left rows costs one item each, nothing more.
+            for l in &j.lefts {
                 pair_items(
                     &l.pk,
                     &c.key,
