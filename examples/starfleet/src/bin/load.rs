@@ -352,16 +352,19 @@ async fn client(addr: SocketAddr, ship: usize, d: Arc<Shared>) {
     let finders = marks.map(|m| memmem::Finder::new(m.prefix.as_bytes()));
     let mut seen = marks.map(|m| vec![false; m.sent.len()]);
     let reset = memmem::Finder::new(b"event: crew-reset");
-    let mut buf = Vec::with_capacity(64 * 1024);
-    let mut chunk = vec![0u8; 64 * 1024];
+    // Read straight into the buffer of what is not parsed yet: 1,000 clients share the
+    // machine with the app, so they should not each keep (and copy through) a large one.
+    let mut buf = Vec::with_capacity(16 * 1024);
     let mut ready = false;
     loop {
-        let n = match s.read(&mut chunk).await {
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(16 * 1024);
+        }
+        match s.read_buf(&mut buf).await {
             Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
+            Ok(_) => {}
+        }
         let now = d.idle.now();
-        buf.extend_from_slice(&chunk[..n]);
         // Only whole events: an SSE event ends with a blank line.
         let Some(end) = memmem::rfind(&buf, b"\n\n") else {
             continue;
