@@ -6,26 +6,29 @@
 //!
 //! Not in the storage engine: a sled key costs 3–6 µs to insert (a node copy, and a split of
 //! the leaf every few keys), as much as the document write itself, which halved the insert
-//! rate. The log is a directory of append-only segment files next to the engine's
-//! (`<db>/changelog/<first seq, 16 hex digits>.log`). Each commit is one framed record
-//! (length, checksum, body), written with one `write(2)` **before** the commit's documents go to
-//! the engine. That makes the log a redo log for the documents:
+//! rate. The log is a directory of segment files next to the engine's
+//! (`<db>/changelog/<first seq, 16 hex digits>.log`), each made with its space reserved and
+//! mapped into memory. Each commit is one framed record (length, checksum, body) copied into
+//! the open segment **before** the commit's documents go to the engine (no system call per
+//! commit). That makes the log a redo log for the documents:
 //!
-//! - The kernel holds the record once `write` returns, so a killed process (`kill -9`) loses
-//!   no record whose documents it had handed to the engine; the engine may lose its newest
-//!   writes, and opening the database re-applies the records after the last *checkpoint*
-//!   (a sequence number the engine's own log says all earlier documents reached: written to the
-//!   engine after them, once per segment and at table creation) to the documents and their
-//!   index entries. So after a crash the log and the documents agree: what a feed delivered
-//!   is in both.
+//! - Once copied, the record is in the kernel's page cache, so a killed process (`kill -9`)
+//!   loses no record whose documents it had handed to the engine; the engine may lose its
+//!   newest writes, and opening the database re-applies the records after the last
+//!   *checkpoint* (a sequence number the engine's own log says all earlier documents reached:
+//!   written to the engine after them, once per segment and at table creation) to the
+//!   documents and their index entries. So after a crash the log and the documents agree:
+//!   what a feed delivered is in both.
 //! - A commit whose documents fail to write gets an *abort* record right after its own, and
 //!   is never replayed or redone.
 //! - A flush of the storage (hard writes, `close`, DDL) first `fsync`s the open segment, so a
 //!   hard write is durable in both. The engine's own timer flush (soft writes) does not: after
 //!   a power loss or an OS crash (not a killed process) the newest soft changes may be in the
 //!   documents but not in the log.
-//! - A torn record at the end of the newest segment (the process died inside `write`) is cut
-//!   off on open: its documents were never written.
+//! - A torn record at the end of the newest segment (the process died while copying it) is
+//!   cut off on open: its documents were never written.
+//!
+//! The format is the first of its kind (no earlier format is read).
 //!
 //! # Retention
 //!
@@ -51,7 +54,6 @@ use parking_lot::Mutex;
 use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -140,20 +142,23 @@ pub(crate) struct Record {
     buf: Vec<u8>,
     count: u32,
     first: u64,
+    time_ms: u64,
 }
 
 impl Record {
-    fn new(first: u64) -> Self {
-        let mut buf = Vec::with_capacity(512);
+    fn new(first: u64, mut buf: Vec<u8>) -> Self {
+        buf.clear();
         buf.resize(FRAME, 0);
+        let time_ms = now_ms();
         buf.push(COMMIT);
         buf.extend_from_slice(&first.to_le_bytes());
-        buf.extend_from_slice(&now_ms().to_le_bytes());
+        buf.extend_from_slice(&time_ms.to_le_bytes());
         buf.extend_from_slice(&0u32.to_le_bytes());
         Record {
             buf,
             count: 0,
             first,
+            time_ms,
         }
     }
 
@@ -208,6 +213,9 @@ fn seal(buf: &mut [u8]) {
     buf[..4].copy_from_slice(&len);
     buf[4..FRAME].copy_from_slice(&crc);
 }
+
+/// The size of an abort record.
+const ABORT_BYTES: usize = FRAME + 1 + 8 + 8;
 
 fn abort_record(from: u64, to: u64) -> Vec<u8> {
     let mut buf = vec![0; FRAME];
@@ -382,17 +390,109 @@ fn segment_name(first: u64) -> String {
 
 /// The open segment and the list of all of them (under the commit lock).
 struct Writer {
-    file: File,
-    /// A second handle on the open segment, for `fsync` without holding the writer.
+    /// The open segment, mapped.
+    map: Mapped,
+    /// A handle on the open segment, for `fsync` without holding the writer.
     sync: Arc<File>,
     /// Bytes of valid records in the open segment.
-    len: u64,
+    len: usize,
     /// Oldest first; the last one is open.
     segments: VecDeque<Segment>,
     total: u64,
-    /// Set when a record could not be written nor cut off again, or an abort record could not
-    /// be written: the log no longer says exactly what happened, so commits stop.
+    /// Set when an abort record could not be written: the log no longer says exactly what
+    /// happened, so commits stop.
     broken: Option<String>,
+    /// The timestamp of the last record written (its commit's time).
+    last_ms: u64,
+}
+
+/// Bytes a segment file is made with (more when one commit's record is larger).
+const SEGMENT_BYTES: usize = 4 << 20;
+
+/// A segment file mapped into memory (shared with the file): a record is copied into it,
+/// with no system call per commit. Once copied it is in the kernel's page cache, so a killed
+/// process loses nothing of it; `fsync` of the file makes it durable. The file's space is
+/// reserved when it is made (`posix_fallocate`), so a write into the mapping does not fail for
+/// want of space where the file system can reserve it.
+struct Mapped {
+    ptr: *mut u8,
+    cap: usize,
+}
+
+// SAFETY: the mapping is plain memory owned by this value; it is only written through
+// `&mut self` (under the writer's mutex) and unmapped once, on drop.
+unsafe impl Send for Mapped {}
+
+impl Mapped {
+    /// Maps the first `cap` bytes of `file` (which is at least that long).
+    fn new(file: &File, cap: usize) -> Result<Self> {
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: a fresh shared mapping of a file we hold open, of a length the file has;
+        // the result is checked before use.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                cap,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io_error("map a segment", std::io::Error::last_os_error()));
+        }
+        Ok(Mapped {
+            ptr: ptr.cast(),
+            cap,
+        })
+    }
+
+    /// Copies `bytes` to offset `at` (the caller checked that they fit).
+    fn write_at(&mut self, at: usize, bytes: &[u8]) {
+        assert!(
+            at + bytes.len() <= self.cap,
+            "a record past its segment's end"
+        );
+        // SAFETY: in bounds (checked above), and the source is not in the mapping.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.add(at), bytes.len()) }
+    }
+
+    /// Zeroes everything from `at` on (a torn record's bytes must not be read after a new
+    /// one).
+    fn clear_from(&mut self, at: usize) {
+        if at < self.cap {
+            // SAFETY: `at..cap` is inside the mapping.
+            unsafe { std::ptr::write_bytes(self.ptr.add(at), 0, self.cap - at) }
+        }
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: mapped in `new` with this length, unmapped only here.
+        unsafe {
+            libc::munmap(self.ptr.cast(), self.cap);
+        }
+    }
+}
+
+/// Makes the file `cap` bytes long with its space reserved (sparse where the file system
+/// cannot reserve).
+fn reserve(file: &File, cap: usize) -> Result<()> {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: a plain system call on a file we hold open.
+    let r = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, cap as libc::off_t) };
+    match r {
+        0 => Ok(()),
+        libc::EOPNOTSUPP | libc::EINVAL => file
+            .set_len(cap as u64)
+            .map_err(|e| io_error("size a segment", e)),
+        e => Err(io_error(
+            "reserve space for a segment",
+            std::io::Error::from_raw_os_error(e),
+        )),
+    }
 }
 
 /// One change in the in-memory tail: the plain item a table feed gets for it (as
@@ -445,6 +545,9 @@ impl Tail {
     }
 }
 
+/// Record buffers up to this size are kept for the next commit.
+const SPARE_MAX: usize = 1 << 16;
+
 /// An open change log.
 pub(crate) struct ChangeLog {
     dir: PathBuf,
@@ -459,6 +562,8 @@ pub(crate) struct ChangeLog {
     floor: AtomicU64,
     writer: Arc<Mutex<Writer>>,
     tail: Mutex<Tail>,
+    /// The buffer of the last record, reused by the next one.
+    spare: Mutex<Vec<u8>>,
     /// Tables created while the log was on: the last sequence number before each was made.
     created: Mutex<HashMap<String, u64>>,
 }
@@ -489,18 +594,36 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>> {
     Ok(firsts)
 }
 
-fn create_segment(dir: &Path, first: u64) -> Result<(File, Arc<File>)> {
+fn create_segment(dir: &Path, first: u64, cap: usize) -> Result<(Mapped, Arc<File>)> {
     let file = OpenOptions::new()
         .create(true)
         .truncate(true)
+        .read(true)
         .write(true)
         .open(dir.join(segment_name(first)))
         .map_err(|e| io_error("create a segment", e))?;
-    let sync = Arc::new(
-        file.try_clone()
-            .map_err(|e| io_error("open a segment", e))?,
-    );
-    Ok((file, sync))
+    reserve(&file, cap)?;
+    Ok((Mapped::new(&file, cap)?, Arc::new(file)))
+}
+
+/// Opens an existing segment to append to, after its first `valid` bytes.
+fn reopen_segment(dir: &Path, first: u64, valid: usize) -> Result<(Mapped, Arc<File>)> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dir.join(segment_name(first)))
+        .map_err(|e| io_error("open a segment", e))?;
+    let size = file
+        .metadata()
+        .map_err(|e| io_error("open a segment", e))?
+        .len() as usize;
+    let cap = size.max(SEGMENT_BYTES);
+    if size < cap {
+        reserve(&file, cap)?;
+    }
+    let mut map = Mapped::new(&file, cap)?;
+    map.clear_from(valid);
+    Ok((map, Arc::new(file)))
 }
 
 impl ChangeLog {
@@ -567,17 +690,8 @@ impl ChangeLog {
             total += seg.entries;
             if i + 1 == firsts.len() {
                 // The process may have died inside a write: its record is cut off (the
-                // commit's documents were never written).
-                open_len = valid as u64;
-                if valid < bytes.len() {
-                    let f = OpenOptions::new()
-                        .write(true)
-                        .open(&path)
-                        .map_err(|e| io_error("open a segment", e))?;
-                    f.set_len(open_len)
-                        .and_then(|()| f.sync_data())
-                        .map_err(|e| io_error("cut off a torn record", e))?;
-                }
+                // commit's documents were never written) when the segment is reopened.
+                open_len = valid;
             }
             segments.push_back(seg);
         }
@@ -586,25 +700,17 @@ impl ChangeLog {
             Some(s) => floor.max(s.first),
             None => seq.saturating_add(1).max(floor),
         };
-        let (file, sync) = if segments.is_empty() {
+        let (map, sync) = if segments.is_empty() {
             segments.push_back(Segment {
                 first: floor,
                 entries: 0,
                 first_ms: 0,
                 last_ms: 0,
             });
-            create_segment(&dir, floor)?
+            create_segment(&dir, floor, SEGMENT_BYTES)?
         } else {
             let first = segments.back().map_or(floor, |s| s.first);
-            let file = OpenOptions::new()
-                .append(true)
-                .open(dir.join(segment_name(first)))
-                .map_err(|e| io_error("open a segment", e))?;
-            let sync = Arc::new(
-                file.try_clone()
-                    .map_err(|e| io_error("open a segment", e))?,
-            );
-            (file, sync)
+            reopen_segment(&dir, first, open_len)?
         };
         let segment_entries = retention
             .max_changes
@@ -617,13 +723,15 @@ impl ChangeLog {
             segment_ms: retention.max_age.map(|a| (a.as_millis() as u64 / 8).max(1)),
             floor: AtomicU64::new(floor),
             writer: Arc::new(Mutex::new(Writer {
-                file,
+                map,
                 sync,
                 len: open_len,
                 segments,
                 total,
                 broken: None,
+                last_ms: 0,
             })),
+            spare: Mutex::new(Vec::new()),
             tail: Mutex::new(Tail::default()),
             created: Mutex::new(HashMap::new()),
         };
@@ -661,14 +769,23 @@ impl ChangeLog {
 
     /// Starts the record of a commit whose first change will be numbered `first`.
     pub(crate) fn record(&self, first: u64) -> Record {
-        Record::new(first)
+        Record::new(first, std::mem::take(&mut *self.spare.lock()))
     }
 
     /// Writes a commit's record, before its documents are written (see the module doc),
     /// first closing the open segment when it is full or old. On an error nothing of it is
     /// in the log, and the commit must not happen.
-    pub(crate) fn write(&self, storage: &Storage, record: &mut Record) -> Result<()> {
-        let first = record.first;
+    pub(crate) fn write(&self, storage: &Storage, mut record: Record) -> Result<()> {
+        let written = self.write_record(storage, &mut record);
+        if record.buf.capacity() <= SPARE_MAX {
+            // The buffer serves the next commit (no allocation per commit).
+            *self.spare.lock() = record.buf;
+        }
+        written
+    }
+
+    fn write_record(&self, storage: &Storage, record: &mut Record) -> Result<()> {
+        let (first, time_ms) = (record.first, record.time_ms);
         let bytes = record.seal();
         let mut w = self.writer.lock();
         if let Some(cause) = &w.broken {
@@ -679,35 +796,29 @@ impl ChangeLog {
         let open = w.segments.back().expect("the open segment is listed");
         let old = self
             .segment_ms
-            .is_some_and(|ms| open.first_ms != 0 && now_ms().saturating_sub(open.first_ms) >= ms);
-        if open.entries >= self.segment_entries || old {
-            self.roll(storage, &mut w, first)?;
+            .is_some_and(|ms| open.first_ms != 0 && time_ms.saturating_sub(open.first_ms) >= ms);
+        // Room for the record and an abort record after it.
+        let fits = w.len + bytes.len() + ABORT_BYTES <= w.map.cap;
+        if open.entries >= self.segment_entries || old || !fits {
+            let cap = SEGMENT_BYTES.max(bytes.len() + ABORT_BYTES);
+            self.roll(storage, &mut w, first, cap)?;
         }
-        match w.file.write_all(bytes) {
-            Ok(()) => {
-                w.len += bytes.len() as u64;
-                Ok(())
-            }
-            Err(e) => {
-                // A part may have been written: cut it off again, or nothing more may go after.
-                let len = w.len;
-                if let Err(cut) = w.file.set_len(len) {
-                    w.broken = Some(format!("a failed write could not be cut off: {cut}"));
-                }
-                Err(io_error("be written", e))
-            }
-        }
+        let at = w.len;
+        w.map.write_at(at, bytes);
+        w.len += bytes.len();
+        w.last_ms = time_ms;
+        Ok(())
     }
 
-    /// Closes the open segment and opens one for the changes from `next` on. The closed one
-    /// is made durable once, and the engine is told that every document before `next` is
-    /// written (the redo checkpoint), after them.
-    fn roll(&self, storage: &Storage, w: &mut Writer, next: u64) -> Result<()> {
-        w.file
+    /// Closes the open segment and opens one (of `cap` bytes) for the changes from `next`
+    /// on. The closed one is made durable once, and the engine is told that every document
+    /// before `next` is written (the redo checkpoint), after them.
+    fn roll(&self, storage: &Storage, w: &mut Writer, next: u64, cap: usize) -> Result<()> {
+        w.sync
             .sync_data()
             .map_err(|e| io_error("be written to disk", e))?;
-        let (file, sync) = create_segment(&self.dir, next)?;
-        w.file = file;
+        let (map, sync) = create_segment(&self.dir, next, cap)?;
+        w.map = map;
         w.sync = sync;
         w.len = 0;
         w.segments.push_back(Segment {
@@ -724,13 +835,15 @@ impl ChangeLog {
     pub(crate) fn abort(&self, from: u64, to: u64) {
         let bytes = abort_record(from, to);
         let mut w = self.writer.lock();
-        match w.file.write_all(&bytes) {
-            Ok(()) => w.len += bytes.len() as u64,
-            Err(e) => {
-                // The record would be redone on the next open: stop writing instead.
-                tracing::warn!("the change log could not record a failed commit: {e}");
-                w.broken = Some(format!("a failed commit could not be recorded: {e}"));
-            }
+        // `write` left room for it.
+        if w.len + bytes.len() <= w.map.cap {
+            let at = w.len;
+            w.map.write_at(at, &bytes);
+            w.len += bytes.len();
+        } else {
+            // The record would be redone on the next open: stop writing instead.
+            tracing::warn!("the change log could not record a failed commit");
+            w.broken = Some("a failed commit could not be recorded".into());
         }
     }
 
@@ -814,6 +927,9 @@ impl ChangeLog {
         let id = tail.id(table);
         for c in changes {
             if tail.entries.len() == TAIL {
+                // This frees the documents of a change 16,384 commits old (out of the cache by
+                // now): keeping the tail costs inserts about a microsecond each (see
+                // BENCHMARKS.md), the price of resuming recent cursors without parsing.
                 tail.entries.pop_front();
             }
             let item =
@@ -852,8 +968,8 @@ impl ChangeLog {
     /// After a commit of `n` changes whose documents are written (under the commit lock):
     /// counts them, and drops the oldest segments past the retention.
     pub(crate) fn committed(&self, storage: &Storage, n: u64) -> Result<()> {
-        let now = now_ms();
         let mut w = self.writer.lock();
+        let now = w.last_ms;
         w.total += n;
         let open = w.segments.back_mut().expect("the open segment is listed");
         open.entries += n;
@@ -1012,12 +1128,86 @@ fn redo(batch: &mut WriteBatch, table: &TableState, e: &RawEntry<'_>) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::EngineConfig;
     use serde_json::json;
+
+    fn storage(dir: &Path) -> Storage {
+        Storage::open(EngineConfig {
+            path: Some(dir),
+            temporary: false,
+            cache_bytes: 1 << 20,
+            flush_every_ms: None,
+        })
+        .unwrap_or_else(|_| panic!("storage did not open"))
+    }
+
+    /// As after a `kill -9` between a commit's record and its documents: reopening redoes
+    /// the documents (not an aborted commit's, nor an earlier table's of the same name), and
+    /// cuts off a torn record.
+    #[test]
+    fn recovery_redoes_the_documents_the_storage_lost() {
+        let dir = std::env::temp_dir().join(format!("remodel-redo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let doc = |i: i64| serde_json::to_vec(&json!({"id": i})).unwrap();
+        let torn_at;
+        {
+            let storage = storage(&dir);
+            let log = ChangeLog::open(&storage, &dir, ChangeLogRetention::default(), 0).unwrap();
+            // Change 1 belongs to an earlier table `t`, created again after it.
+            let mut r = log.record(1);
+            r.push(1, "t", b"old", None, Some(&doc(0))).unwrap();
+            log.write(&storage, r).unwrap();
+            log.table_created(&storage, "t", 1).unwrap();
+            let mut r = log.record(2);
+            r.push(2, "t", b"a", None, Some(&doc(1))).unwrap();
+            r.push(3, "t", b"b", None, Some(&doc(2))).unwrap();
+            log.write(&storage, r).unwrap();
+            // A commit whose documents failed.
+            let mut r = log.record(4);
+            r.push(4, "t", b"c", None, Some(&doc(3))).unwrap();
+            log.write(&storage, r).unwrap();
+            log.abort(4, 4);
+            let mut r = log.record(5);
+            r.push(5, "t", b"a", Some(&json!({"id": 1})), None).unwrap();
+            log.write(&storage, r).unwrap();
+            storage.flush_blocking().unwrap();
+            torn_at = log.writer.lock().len;
+            // A record the process died inside of.
+            let mut r = log.record(6);
+            r.push(6, "t", b"d", None, Some(&doc(4))).unwrap();
+            let bytes = r.seal().to_vec();
+            let mut w = log.writer.lock();
+            w.map.write_at(torn_at, &bytes[..bytes.len() - 2]);
+        }
+        let storage = storage(&dir);
+        let log = ChangeLog::open(&storage, &dir, ChangeLogRetention::default(), 10).unwrap();
+        assert_eq!(log.writer.lock().len, torn_at);
+        let docs = storage.tree("t/t").unwrap();
+        let table = Arc::new(TableState::new("t".into(), "id".into(), docs.clone()));
+        let tables = HashMap::from([("t".to_string(), table)]);
+        log.recover(&storage, &tables).unwrap();
+        let get = |k: &[u8]| docs.get(k).unwrap().map(|b| b.to_vec());
+        assert_eq!(get(b"old"), None, "an earlier table's change");
+        assert_eq!(get(b"a"), None, "deleted by change 5");
+        assert_eq!(get(b"b"), Some(doc(2)));
+        assert_eq!(get(b"c"), None, "an aborted commit");
+        assert_eq!(get(b"d"), None, "a torn record");
+        let mut seqs = Vec::new();
+        log.for_each_from("t", 0, |c| {
+            seqs.push(c.seq);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seqs, [1, 2, 3, 5]);
+        drop((log, storage));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn records_round_trip_and_stop_at_a_torn_end() {
         let new = serde_json::to_vec(&json!({"id": 1, "x": 2})).unwrap();
-        let mut r = Record::new(7);
+        let mut r = Record::new(7, Vec::new());
         r.push(7, "t", b"k1", Some(&json!({"id": 1})), Some(&new))
             .unwrap();
         r.push(8, "u", b"k2", None, None).unwrap();
@@ -1041,7 +1231,7 @@ mod tests {
         bytes.extend_from_slice(&abort_record(7, 8));
         assert!(commits(&bytes).0.is_empty());
         bytes.truncate(whole);
-        let mut again = Record::new(9);
+        let mut again = Record::new(9, Vec::new());
         again.push(9, "t", b"k3", None, Some(b"{}")).unwrap();
         bytes.extend_from_slice(again.seal());
         let full = bytes.len();

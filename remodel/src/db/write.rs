@@ -429,7 +429,7 @@ impl DbInner {
             // Once per `SEQ_BLOCK` numbers: the next ones are made durable before use.
             self.reserve_seq(*seq)?;
         }
-        match (&self.changelog, &mut record) {
+        match (&self.changelog, record) {
             (Some(log), Some(record)) => {
                 // The record goes first: it redoes the documents if the engine loses them
                 // in a crash (see `changelog`).
