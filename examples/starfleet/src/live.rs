@@ -107,7 +107,8 @@ where
     stream! {
         let mut items = Box::pin(items);
         loop {
-            let mut batch = Vec::new();
+            // Sized for a busy window (a few dozen changes), so that it rarely grows.
+            let mut batch = Vec::with_capacity(64);
             let mut ended = take_ready(items.as_mut(), &mut batch);
             if batch.is_empty() && !ended {
                 // Nothing yet: wait with this task's waker, then take the rest with it.
@@ -290,7 +291,8 @@ impl NetRows {
             return None;
         }
         self.index.clear();
-        let mut data = String::from("[");
+        let mut data = String::with_capacity(1024 * self.latest.len());
+        data.push('[');
         for (id, c) in self.latest.drain(..) {
             let row = list.rendered.get_or_make(c.cursor(), || {
                 let html = c.new_val().and_then(|row| (list.render)(row));
