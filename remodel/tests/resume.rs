@@ -494,3 +494,49 @@ async fn a_cursor_from_before_a_table_was_recreated_has_expired() {
     );
     quiet(&mut resumed).await;
 }
+
+/// The in-memory tail is kept only while feeds are open (and for its length after the last
+/// one closed): across a stretch without feeds, longer than the tail, and a feed opened again,
+/// every cursor still resumes with exactly the changes after it (old ones from disk, recent
+/// ones from memory), one at a time or in bulk commits.
+#[tokio::test]
+async fn cursors_resume_across_a_stretch_without_feeds() {
+    let db = logged_db().await;
+    db.create_table("t").await.unwrap();
+    let t = db.table("t");
+    let mut feed = t.changes().await.unwrap();
+    t.insert(json!({"id": -1})).await.unwrap();
+    let first = take(&mut feed, 1).await[0].cursor().unwrap();
+    drop(feed);
+    // No feed open for more changes than the tail holds.
+    let docs: Vec<remodel::Value> = (0..17_000).map(|i| json!({"id": i})).collect();
+    t.insert_many(docs).await.unwrap();
+    for i in 17_000..17_100 {
+        t.insert(json!({"id": i})).await.unwrap();
+    }
+    // A feed again: the tail fills from here on.
+    let mut witness = t.changes().await.unwrap();
+    for i in 17_100..17_110 {
+        t.insert(json!({"id": i})).await.unwrap();
+    }
+    let recent = take(&mut witness, 10).await;
+    drop(witness);
+    for i in 17_110..17_120 {
+        t.insert(json!({"id": i})).await.unwrap();
+    }
+    let mut resumed = t.changes().resume_from(first).await.unwrap();
+    let got = take(&mut resumed, 17_120).await;
+    for (i, c) in got.iter().enumerate() {
+        assert_eq!(c.new_val(), Some(&json!({"id": i})), "item {i}");
+    }
+    quiet(&mut resumed).await;
+    let mut resumed = t
+        .changes()
+        .resume_from(recent[4].cursor().unwrap())
+        .await
+        .unwrap();
+    let got = take(&mut resumed, 15).await;
+    assert_eq!(pairs(&got[..5]), pairs(&recent[5..]));
+    assert_eq!(got[14].new_val(), Some(&json!({"id": 17_119})));
+    quiet(&mut resumed).await;
+}

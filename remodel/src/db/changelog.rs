@@ -41,9 +41,10 @@
 //!
 //! # Reading
 //!
-//! The newest 16,384 changes are also kept in memory, each with the plain feed item a table
-//! feed delivers for it (built once, shared by every feed that resumes over it): a reconnect
-//! reads them without touching the disk or building items. Older cursors read the segments.
+//! The newest 16,384 changes are also kept in memory (while feeds are open, see
+//! [`ChangeLog::keep_tail`]), each with the plain feed item a table feed delivers for it
+//! (built once, shared by every feed that resumes over it): a reconnect reads them without
+//! touching the disk or building items. Older cursors read the segments.
 
 use super::write::Committed;
 use super::TableState;
@@ -562,6 +563,8 @@ pub(crate) struct ChangeLog {
     floor: AtomicU64,
     writer: Arc<Mutex<Writer>>,
     tail: Mutex<Tail>,
+    /// The last change committed while a feed was open (see [`ChangeLog::keep_tail`]).
+    last_watched: AtomicU64,
     /// The buffer of the last record, reused by the next one.
     spare: Mutex<Vec<u8>>,
     /// Tables created while the log was on: the last sequence number before each was made.
@@ -731,6 +734,7 @@ impl ChangeLog {
                 broken: None,
                 last_ms: 0,
             })),
+            last_watched: AtomicU64::new(0),
             spare: Mutex::new(Vec::new()),
             tail: Mutex::new(Tail::default()),
             created: Mutex::new(HashMap::new()),
@@ -920,6 +924,30 @@ impl ChangeLog {
         storage.apply(&batch)
     }
 
+    /// Whether a commit whose last change is numbered `last` goes into the in-memory tail;
+    /// `watched`: a feed is open. The tail serves resuming feeds, whose cursors only feeds
+    /// hand out: a cursor within the tail's length comes from a feed open at most that many
+    /// changes ago. So the tail is filled while a feed is open and for `TAIL` changes after
+    /// the last one closed (every cursor that could read it from memory still does); after
+    /// that it is emptied, and no longer costs the inserts that keep it (about 1.5 µs each:
+    /// the documents of 16,384 changes held, and freed long after they were written).
+    pub(crate) fn keep_tail(&self, watched: bool, last: u64) -> bool {
+        if watched {
+            self.last_watched.store(last, Ordering::Relaxed);
+            return true;
+        }
+        let since = last.saturating_sub(self.last_watched.load(Ordering::Relaxed));
+        if since < TAIL as u64 {
+            return true;
+        }
+        let mut tail = self.tail.lock();
+        if !tail.entries.is_empty() {
+            // Nothing may be left with a gap after it.
+            tail.entries = VecDeque::new();
+        }
+        false
+    }
+
     /// Remembers a commit's changes to `table` in the in-memory tail, once they are in
     /// storage (the caller holds the commit lock).
     pub(crate) fn remember(&self, table: &str, changes: &[Committed]) {
@@ -927,9 +955,8 @@ impl ChangeLog {
         let id = tail.id(table);
         for c in changes {
             if tail.entries.len() == TAIL {
-                // This frees the documents of a change 16,384 commits old (out of the cache by
-                // now): keeping the tail costs inserts about a microsecond each (see
-                // BENCHMARKS.md), the price of resuming recent cursors without parsing.
+                // This frees the documents of a change 16,384 commits old (out of the cache
+                // by now): part of what the tail costs (see `keep_tail`).
                 tail.entries.pop_front();
             }
             let item =

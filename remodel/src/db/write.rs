@@ -439,9 +439,14 @@ impl DbInner {
                     log.abort(commit_first, *seq);
                     return Err(e);
                 }
-                for (table, changes) in tables.iter().zip(&committed) {
-                    if !changes.is_empty() {
-                        log.remember(&table.name, changes);
+                // The in-memory tail serves cursors, which only feeds hand out: it is kept
+                // while feeds are open (see `ChangeLog::keep_tail`).
+                let watched = self.sink().is_some_and(|s| !s.is_idle());
+                if log.keep_tail(watched, *seq) {
+                    for (table, changes) in tables.iter().zip(&committed) {
+                        if !changes.is_empty() {
+                            log.remember(&table.name, changes);
+                        }
                     }
                 }
                 let n = committed.iter().map(|c| c.len() as u64).sum();
