@@ -239,8 +239,12 @@ impl DbInner {
             }
             Ok(())
         });
+        // Writes left for the holder meanwhile go next: between two chunks of a large write,
+        // a small one commits instead of waiting for the whole of it.
+        self.commit_handoffs(&mut seq, &mut wakes);
         drop(seq);
         wakes.drain(..).for_each(std::task::Waker::wake);
+        self.drain_handoffs();
         committed
     }
 
