@@ -822,9 +822,14 @@ impl ChangeLog {
             .sync_data()
             .map_err(|e| io_error("be written to disk", e))?;
         let (map, sync) = create_segment(&self.dir, next, cap)?;
+        // The closed segment gives back the space reserved past its records (after its
+        // mapping is gone: nothing reads or writes there any more).
+        let (closed, len) = (std::mem::replace(&mut w.sync, sync), w.len);
         w.map = map;
-        w.sync = sync;
         w.len = 0;
+        if let Err(e) = closed.set_len(len as u64) {
+            tracing::warn!("a closed segment of the change log could not be shortened: {e}");
+        }
         w.segments.push_back(Segment {
             first: next,
             entries: 0,
