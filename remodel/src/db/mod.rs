@@ -401,7 +401,9 @@ impl Database {
                         "a change log keeps at least 1 change (max_changes: Some(0))".into(),
                     ));
                 }
-                Some(changelog::ChangeLog::open(&storage, db_dir, retention, seq)?)
+                Some(changelog::ChangeLog::open(
+                    &storage, db_dir, retention, seq,
+                )?)
             }
             None => {
                 changelog::ChangeLog::disable(&storage, db_dir)?;
