@@ -862,19 +862,23 @@ impl ChangeLog {
     /// it was dropped after the commit). Writing a document or index entry the engine kept
     /// again is harmless: commits are redone in order, so each key ends as the last one left
     /// it.
+    /// The first change number of each segment, oldest first.
+    fn segment_firsts(&self) -> Vec<u64> {
+        self.writer
+            .lock()
+            .segments
+            .iter()
+            .map(|s| s.first)
+            .collect()
+    }
+
     pub(crate) fn recover(
         &self,
         storage: &Storage,
         tables: &HashMap<String, Arc<TableState>>,
     ) -> Result<()> {
         let checkpoint = read_be(&self.meta, CHECKPOINT_KEY)?.unwrap_or(0);
-        let firsts: Vec<u64> = self
-            .writer
-            .lock()
-            .segments
-            .iter()
-            .map(|s| s.first)
-            .collect();
+        let firsts = self.segment_firsts();
         // The segment holding the change after the checkpoint, and all later ones.
         let from = firsts
             .iter()
@@ -1078,13 +1082,7 @@ impl ChangeLog {
                 return Ok(());
             }
         }
-        let firsts: Vec<u64> = self
-            .writer
-            .lock()
-            .segments
-            .iter()
-            .map(|s| s.first)
-            .collect();
+        let firsts = self.segment_firsts();
         let start = firsts.iter().rposition(|&s| s <= from).unwrap_or(0);
         for &first in &firsts[start..] {
             let bytes = std::fs::read(self.dir.join(segment_name(first)))
