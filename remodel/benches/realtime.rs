@@ -233,20 +233,16 @@ fn get_vs_sled(rt: &tokio::runtime::Runtime, s: &Sizes) -> Figure {
     pairs.figure("get_vs_sled", 0.8, "gets", "raw sled get + parse")
 }
 
-/// Runs `reps` alternating pairs: inserts into `plain` (no feeds) and into `watched`.
-fn feeds_vs_none(
-    rt: &tokio::runtime::Runtime,
-    s: &Sizes,
-    plain: &remodel::Table,
-    watched: &remodel::Table,
-    first_id: u64,
-) -> Pairs {
+/// Runs `reps` alternating pairs: inserts into the database's table `plain` (no feeds) and
+/// into its table `watched` (the figure's feeds).
+fn feeds_vs_none(rt: &tokio::runtime::Runtime, s: &Sizes, db: &Database) -> Pairs {
+    let (plain, watched) = (db.table("plain"), db.table("watched"));
     let mut pairs = Pairs::default();
     let mut rng = Rng(3);
-    let mut next = first_id;
+    let mut next = 0;
     for _ in 0..s.reps {
-        let none = rt.block_on(insert_rate(plain, next, s.inserts, &mut rng));
-        let with = rt.block_on(insert_rate(watched, next, s.inserts, &mut rng));
+        let none = rt.block_on(insert_rate(&plain, next, s.inserts, &mut rng));
+        let with = rt.block_on(insert_rate(&watched, next, s.inserts, &mut rng));
         next += s.inserts as u64;
         pairs.push(with, none);
     }
@@ -277,7 +273,7 @@ fn key_feeds(rt: &tokio::runtime::Runtime, s: &Sizes) -> Figure {
         }
         feeds
     });
-    let pairs = feeds_vs_none(rt, s, &db.table("plain"), &db.table("watched"), 0);
+    let pairs = feeds_vs_none(rt, s, &db);
     drop(feeds);
     pairs.figure(
         "insert_10k_key_feeds_vs_none",
@@ -305,7 +301,7 @@ fn eq_filter_feeds(rt: &tokio::runtime::Runtime, s: &Sizes) -> Figure {
         }
         feeds
     });
-    let pairs = feeds_vs_none(rt, s, &db.table("plain"), &db.table("watched"), 0);
+    let pairs = feeds_vs_none(rt, s, &db);
     drop(feeds);
     pairs.figure(
         "insert_1k_eq_filter_feeds_vs_none",
@@ -349,7 +345,7 @@ fn idle_range_feeds(rt: &tokio::runtime::Runtime, s: &Sizes) -> Figure {
         }
         feeds
     });
-    let pairs = feeds_vs_none(rt, s, &db.table("plain"), &db.table("watched"), 0);
+    let pairs = feeds_vs_none(rt, s, &db);
     drop(feeds);
     pairs.figure(
         "insert_10k_idle_range_feeds_vs_none",
@@ -445,7 +441,7 @@ fn topn_feeds(rt: &tokio::runtime::Runtime, s: &Sizes) -> Figure {
         }
         feeds
     });
-    let pairs = feeds_vs_none(rt, s, &db.table("plain"), &db.table("watched"), 0);
+    let pairs = feeds_vs_none(rt, s, &db);
     drop(feeds);
     Figure {
         metric: "insert_100_topn_feeds_vs_none",

@@ -41,11 +41,18 @@ pub(crate) struct GroupFlush {
     last_flush_ns: AtomicU64,
 }
 
-/// A hard write on its way to its commit (see the module doc), dropped once it committed
-/// (or failed); also a writer waiting for a flush.
-pub(crate) struct Committing<'a>(&'a AtomicUsize);
+/// One unit of a counter of writers (committing, or waiting for a flush) for as long as it
+/// lives.
+pub(crate) struct Counted<'a>(&'a AtomicUsize);
 
-impl Drop for Committing<'_> {
+impl<'a> Counted<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Counted(count)
+    }
+}
+
+impl Drop for Counted<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
@@ -75,9 +82,8 @@ impl GroupFlush {
 
     /// Marks a hard write as committing until the guard is dropped, which the write does
     /// right after its commit, before it waits for the flush.
-    pub(crate) fn committing(&self) -> Committing<'_> {
-        self.committing.fetch_add(1, Ordering::AcqRel);
-        Committing(&self.committing)
+    pub(crate) fn committing(&self) -> Counted<'_> {
+        Counted::new(&self.committing)
     }
 
     /// Lets the writers of the last group come back before a flush starts (bounded; see
@@ -120,8 +126,7 @@ impl GroupFlush {
         storage: &Storage,
         visibility: &Arc<Visibility>,
     ) -> Result<()> {
-        self.waiting.fetch_add(1, Ordering::AcqRel);
-        let _waiting = Committing(&self.waiting);
+        let _waiting = Counted::new(&self.waiting);
         let mut rx = self.state.subscribe();
         if rx.borrow().running {
             self.arrived_running.fetch_add(1, Ordering::Relaxed);

@@ -155,7 +155,7 @@ pub(crate) struct DbInner {
     writer: Mutex<u64>,
     /// Small writes that found `writer` taken, for its holder to commit (see
     /// `write::Handoff`).
-    handoffs: Mutex<Vec<write::Handoff>>,
+    handoffs: write::Handoffs,
     /// Sequence numbers up to here are reserved on disk (see `reserve_seq`).
     seq_reserved: std::sync::atomic::AtomicU64,
     /// Where the sequence reservation is kept.
@@ -417,7 +417,7 @@ impl Database {
             catalog,
             tables: RwLock::new(HashMap::new()),
             writer: Mutex::new(seq),
-            handoffs: Mutex::new(Vec::new()),
+            handoffs: write::Handoffs::default(),
             seq_reserved: std::sync::atomic::AtomicU64::new(seq),
             meta,
             visibility: Arc::new(Visibility::new(seq)),
@@ -867,7 +867,7 @@ impl DbInner {
 
     /// Marks a hard write as on its way to its commit, so that a flush about to start lets
     /// it join (group commit); drop the guard once the write committed.
-    pub(crate) fn hard_write_committing(&self) -> group_flush::Committing<'_> {
+    pub(crate) fn hard_write_committing(&self) -> group_flush::Counted<'_> {
         self.flusher.committing()
     }
 

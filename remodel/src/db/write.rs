@@ -56,12 +56,44 @@ const HANDOFF_RECHECK: std::time::Duration = std::time::Duration::from_millis(1)
 /// right after its own commit (flat combining): the writer neither blocks an async worker
 /// on the lock nor pays a handoff to a blocking thread, and the holder, already running
 /// with the lock and the caches warm, commits it in a few microseconds.
-pub(crate) struct Handoff {
+struct Handoff {
     table: Arc<TableState>,
     ops: Vec<WriteOp>,
     return_changes: bool,
     hard: bool,
     done: tokio::sync::oneshot::Sender<Result<WriteResult>>,
+}
+
+/// The writes left for the commit lock's holder. Every commit looks whether there are any,
+/// so that look is one atomic load, not a lock.
+#[derive(Default)]
+pub(crate) struct Handoffs {
+    left: parking_lot::Mutex<Vec<Handoff>>,
+    count: std::sync::atomic::AtomicUsize,
+}
+
+impl Handoffs {
+    fn leave(&self, h: Handoff) {
+        let mut left = self.left.lock();
+        left.push(h);
+        self.count.store(left.len(), Ordering::SeqCst);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.count.load(Ordering::SeqCst) == 0
+    }
+
+    /// The oldest `n` at most, in the order they were left.
+    fn take(&self, n: usize) -> Vec<Handoff> {
+        if self.is_empty() {
+            return Vec::new();
+        }
+        let mut left = self.left.lock();
+        let n = left.len().min(n);
+        let taken = left.drain(..n).collect();
+        self.count.store(left.len(), Ordering::SeqCst);
+        taken
+    }
 }
 
 impl DbInner {
@@ -113,7 +145,7 @@ impl DbInner {
         hard: bool,
     ) -> Result<WriteResult> {
         let (done, mut result) = tokio::sync::oneshot::channel();
-        self.handoffs.lock().push(Handoff {
+        self.handoffs.leave(Handoff {
             table,
             ops,
             return_changes,
@@ -138,7 +170,7 @@ impl DbInner {
 
     /// Commits the writes left for the lock's holder, if the lock is free now.
     fn drain_handoffs(&self) {
-        if self.handoffs.lock().is_empty() {
+        if self.handoffs.is_empty() {
             return;
         }
         let Some(mut seq) = self.writer.try_lock() else {
@@ -156,11 +188,7 @@ impl DbInner {
     fn commit_handoffs(&self, seq: &mut u64, wakes: &mut Vec<std::task::Waker>) {
         let mut budget = MAX_HANDOFFS;
         while budget > 0 {
-            let taken: Vec<Handoff> = {
-                let mut left = self.handoffs.lock();
-                let n = left.len().min(budget);
-                left.drain(..n).collect()
-            };
+            let taken = self.handoffs.take(budget);
             if taken.is_empty() {
                 return;
             }

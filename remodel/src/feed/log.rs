@@ -222,6 +222,7 @@ impl Producer {
         &self.log
     }
 
+    #[cfg(test)]
     /// Appends an item; adds the wakers of the readers that were waiting to `wakes` (the
     /// caller wakes them after releasing the commit lock).
     pub(crate) fn push(&mut self, item: Change, wakes: &mut Vec<Waker>) {

@@ -1,6 +1,6 @@
 //! A crew member's page: edit, move to another ship, remove from the ship, delete.
 
-use super::{find_member, find_ship, page, text_field};
+use super::{find_member, find_ship, page, MemberForm};
 use crate::error::AppResult;
 use crate::models::Starship;
 use crate::AppState;
@@ -21,27 +21,15 @@ pub async fn show(State(app): State<AppState>, Path(id): Path<String>) -> AppRes
     page("member.html", context! { member, ship, missions, ships })
 }
 
-/// The edit form.
-#[derive(Deserialize)]
-pub struct EditMember {
-    name: String,
-    rank: String,
-    species: String,
-}
-
 /// `POST /member/{id}`: changes name, rank and species (only changed fields are written).
 pub async fn edit(
     State(app): State<AppState>,
     Path(id): Path<String>,
-    form: Result<Form<EditMember>, FormRejection>,
+    form: Result<Form<MemberForm>, FormRejection>,
 ) -> AppResult<Redirect> {
     let mut member = find_member(&app.db, &id).await?;
     let Form(form) = form?;
-    let (name, rank, species) = (
-        text_field("name", &form.name, 80)?,
-        text_field("rank", &form.rank, 40)?,
-        text_field("species", &form.species, 40)?,
-    );
+    let (name, rank, species) = form.fields()?;
     member
         .update(&app.db, |m| {
             m.name = name;

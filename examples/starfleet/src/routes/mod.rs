@@ -67,6 +67,25 @@ pub fn text_field(field: &str, value: &str, max: usize) -> AppResult<String> {
     Ok(value.to_string())
 }
 
+/// A member's fields as the add and edit forms send them.
+#[derive(serde::Deserialize)]
+pub struct MemberForm {
+    name: String,
+    rank: String,
+    species: String,
+}
+
+impl MemberForm {
+    /// The checked name, rank and species (see [`text_field`]).
+    pub fn fields(&self) -> AppResult<(String, String, String)> {
+        Ok((
+            text_field("name", &self.name, 80)?,
+            text_field("rank", &self.rank, 40)?,
+            text_field("species", &self.species, 40)?,
+        ))
+    }
+}
+
 /// The browser side of live updates (no CDN, no framework).
 pub async fn script() -> impl IntoResponse {
     (

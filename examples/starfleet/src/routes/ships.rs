@@ -1,6 +1,6 @@
 //! The ship list, a ship's page, and adding a crew member.
 
-use super::{find_ship, page, text_field};
+use super::{find_ship, page, MemberForm};
 use crate::error::AppResult;
 use crate::models::{Crewmember, Starship};
 use crate::AppState;
@@ -10,7 +10,6 @@ use axum::response::{Html, Redirect};
 use axum::Form;
 use minijinja::context;
 use remodel::Model;
-use serde::Deserialize;
 use std::collections::HashMap;
 
 /// `/`: the starships with their crew counts (kept live by `/events/ships`).
@@ -49,27 +48,16 @@ pub async fn show(State(app): State<AppState>, Path(id): Path<String>) -> AppRes
     page("ship.html", context! { ship, crew, away, ships, others })
 }
 
-/// The add-member form.
-#[derive(Deserialize)]
-pub struct NewMember {
-    name: String,
-    rank: String,
-    species: String,
-}
-
 /// `POST /ship/{id}/crew`: adds a member to the crew, then back to the ship.
 pub async fn add_member(
     State(app): State<AppState>,
     Path(id): Path<String>,
-    form: Result<Form<NewMember>, FormRejection>,
+    form: Result<Form<MemberForm>, FormRejection>,
 ) -> AppResult<Redirect> {
     let ship = find_ship(&app.db, &id).await?;
     let Form(form) = form?;
-    let member = Crewmember::new(
-        &text_field("name", &form.name, 80)?,
-        &text_field("rank", &form.rank, 40)?,
-        &text_field("species", &form.species, 40)?,
-    );
+    let (name, rank, species) = form.fields()?;
+    let member = Crewmember::new(&name, &rank, &species);
     ship.crewmembers(&app.db).create(member).await?;
     Ok(Redirect::to(&format!("/ship/{}", ship.id_str())))
 }

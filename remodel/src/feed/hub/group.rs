@@ -60,13 +60,9 @@ pub(super) struct Members {
 
 impl Members {
     pub(super) fn deliver(&mut self, item: Change, wakes: &mut Vec<Waker>) {
-        for (_, sub) in &self.own {
-            if sub.push(item.clone()) {
-                wakes.extend(sub.take_waker());
-            }
-        }
-        if let Some(log) = &mut self.log {
-            log.push(item, wakes);
+        if self.deliver_deferred(item, wakes) {
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+            self.wake_waiting(wakes);
         }
     }
 
@@ -177,19 +173,19 @@ impl<'a> ChangeCtx<'a> {
             (true, false) => 1,
             _ => 2,
         };
-        if self.plain[slot].is_none() {
-            // Only the first group to need this item makes it (and clones the key): a clone
-            // is an atomic add that waits for the cache misses before it, once per group.
-            let c = self.c;
-            let item = Change::row(
-                Some(self.key()),
-                c.old.clone().filter(|_| old),
-                c.new.clone().filter(|_| new),
-            )
-            .at(c.seq);
-            self.plain[slot] = Some(item);
+        if let Some(item) = &self.plain[slot] {
+            return item.clone();
         }
-        self.plain[slot].clone().expect("made above")
+        // Only the first group to need this item makes it (and clones the key): a clone is
+        // an atomic add that waits for the cache misses before it, once per group.
+        let c = self.c;
+        let item = Change::row(
+            Some(self.key()),
+            c.old.clone().filter(|_| old),
+            c.new.clone().filter(|_| new),
+        )
+        .at(c.seq);
+        self.plain[slot].insert(item).clone()
     }
 }
 
