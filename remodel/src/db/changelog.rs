@@ -72,6 +72,13 @@ const CREATED_PREFIX: &[u8] = b"created/";
 /// The log's directory inside the database's.
 const DIR: &str = "changelog";
 
+/// A redo-only log (see [`ChangeLog::open`]): segments of 1 MiB (it needs no more than a
+/// few on disk), closed by size, and closed segments removed once there are
+/// `REDO_CLOSED_KEPT` (each removal costs a flush of the engine, see `committed`).
+const REDO_SEGMENT_BYTES: usize = 1 << 20;
+const REDO_SEGMENT: u64 = u64::MAX;
+const REDO_CLOSED_KEPT: usize = 4;
+
 /// How many of the newest changes the log keeps in memory as well.
 const TAIL: usize = 16_384;
 
@@ -553,6 +560,10 @@ const SPARE_MAX: usize = 1 << 16;
 pub(crate) struct ChangeLog {
     dir: PathBuf,
     meta: Tree,
+    /// Kept for feeds to resume from (else only as a redo log, see [`ChangeLog::open`]).
+    resumable: bool,
+    /// The size a segment file is made with.
+    segment_bytes: usize,
     retention: ChangeLogRetention,
     /// Changes per segment.
     segment_entries: u64,
@@ -610,7 +621,12 @@ fn create_segment(dir: &Path, first: u64, cap: usize) -> Result<(Mapped, Arc<Fil
 }
 
 /// Opens an existing segment to append to, after its first `valid` bytes.
-fn reopen_segment(dir: &Path, first: u64, valid: usize) -> Result<(Mapped, Arc<File>)> {
+fn reopen_segment(
+    dir: &Path,
+    first: u64,
+    valid: usize,
+    segment_bytes: usize,
+) -> Result<(Mapped, Arc<File>)> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -620,7 +636,7 @@ fn reopen_segment(dir: &Path, first: u64, valid: usize) -> Result<(Mapped, Arc<F
         .metadata()
         .map_err(|e| io_error("open a segment", e))?
         .len() as usize;
-    let cap = size.max(SEGMENT_BYTES);
+    let cap = size.max(segment_bytes);
     if size < cap {
         reserve(&file, cap)?;
     }
@@ -635,12 +651,25 @@ impl ChangeLog {
     /// changes up to there are not in it, so the floor starts after it (and the files of an
     /// earlier run are removed). The records after the checkpoint are redone by
     /// [`ChangeLog::recover`], once the tables are loaded.
+    ///
+    /// `retention: None` opens it as a redo log only (a database whose writes are hard by
+    /// default keeps one, see `group_flush.rs`): it keeps the changes since the last
+    /// checkpoint or two, no in-memory tail, and feeds cannot resume from it.
     pub(crate) fn open(
         storage: &Storage,
         db_dir: &Path,
-        retention: ChangeLogRetention,
+        retention: Option<ChangeLogRetention>,
         seq: u64,
     ) -> Result<Self> {
+        let resumable = retention.is_some();
+        let segment_bytes = match resumable {
+            true => SEGMENT_BYTES,
+            false => REDO_SEGMENT_BYTES,
+        };
+        let retention = retention.unwrap_or(ChangeLogRetention {
+            max_changes: None,
+            max_age: None,
+        });
         let dir = db_dir.join(DIR);
         std::fs::create_dir_all(&dir).map_err(|e| io_error("create its directory", e))?;
         let meta = storage.tree(LOG_META_TREE)?;
@@ -710,17 +739,22 @@ impl ChangeLog {
                 first_ms: 0,
                 last_ms: 0,
             });
-            create_segment(&dir, floor, SEGMENT_BYTES)?
+            create_segment(&dir, floor, segment_bytes)?
         } else {
             let first = segments.back().map_or(floor, |s| s.first);
-            reopen_segment(&dir, first, open_len)?
+            reopen_segment(&dir, first, open_len, segment_bytes)?
         };
-        let segment_entries = retention
-            .max_changes
-            .map_or(16_384, |m| (m / 16).clamp(64, 65_536));
+        let segment_entries = match resumable {
+            true => retention
+                .max_changes
+                .map_or(16_384, |m| (m / 16).clamp(64, 65_536)),
+            false => REDO_SEGMENT,
+        };
         let log = ChangeLog {
             dir,
             meta,
+            resumable,
+            segment_bytes,
             retention,
             segment_entries,
             segment_ms: retention.max_age.map(|a| (a.as_millis() as u64 / 8).max(1)),
@@ -745,14 +779,37 @@ impl ChangeLog {
             let at = u64::from_be_bytes((&*v).try_into().map_err(|_| damaged())?);
             log.created.lock().insert(name, at);
         }
-        // A flush of the storage makes the log durable first (see the module doc).
-        let writer = log.writer.clone();
+        // A flush of the storage makes the log durable first (see the module doc). Weak: a
+        // log opened only to recover (`recover_and_remove`) is gone after that.
+        let writer = Arc::downgrade(&log.writer);
         storage.before_flush(Arc::new(move || {
+            let Some(writer) = writer.upgrade() else {
+                return Ok(());
+            };
             let sync = writer.lock().sync.clone();
             sync.sync_data()
                 .map_err(|e| io_error("be written to disk", e))
         }));
         Ok(log)
+    }
+
+    /// Makes every record written so far durable (one `fdatasync` of the open segment: a
+    /// closed segment was made durable when it was closed).
+    pub(crate) fn sync(&self) -> Result<()> {
+        let sync = self.writer.lock().sync.clone();
+        sync.sync_data()
+            .map_err(|e| io_error("be written to disk", e))
+    }
+
+    /// Whether feeds can resume from this log (it was opened with a retention).
+    pub(crate) fn resumable(&self) -> bool {
+        self.resumable
+    }
+
+    /// Whether the log was on in the last run (its records may hold writes the storage
+    /// lost in a crash: see [`ChangeLog::recover`]).
+    pub(crate) fn was_on(storage: &Storage) -> Result<bool> {
+        Ok(storage.tree(LOG_META_TREE)?.get(FLOOR_KEY)?.is_some())
     }
 
     /// Marks the log as off (the database opened without it) and removes its files: a later
@@ -804,7 +861,7 @@ impl ChangeLog {
         // Room for the record and an abort record after it.
         let fits = w.len + bytes.len() + ABORT_BYTES <= w.map.cap;
         if open.entries >= self.segment_entries || old || !fits {
-            let cap = SEGMENT_BYTES.max(bytes.len() + ABORT_BYTES);
+            let cap = self.segment_bytes.max(bytes.len() + ABORT_BYTES);
             self.roll(storage, &mut w, first, cap)?;
         }
         let at = w.len;
@@ -941,6 +998,9 @@ impl ChangeLog {
     /// that it is emptied, and no longer costs the inserts that keep it (about 1.5 µs each:
     /// the documents of 16,384 changes held, and freed long after they were written).
     pub(crate) fn keep_tail(&self, watched: bool, last: u64) -> bool {
+        if !self.resumable {
+            return false;
+        }
         if watched {
             self.last_watched.store(last, Ordering::Relaxed);
             return true;
@@ -1017,25 +1077,35 @@ impl ChangeLog {
             .retention
             .max_age
             .map(|a| now.saturating_sub(a.as_millis() as u64));
-        let mut gone = Vec::new();
-        while w.segments.len() > 1 {
-            let (first, entries, last_ms) = {
-                let s = &w.segments[0];
-                (s.first, s.entries, s.last_ms)
-            };
-            let by_count = self
-                .retention
-                .max_changes
-                .is_some_and(|m| w.total - entries >= m.max(1));
-            let by_age = cutoff.is_some_and(|c| last_ms < c);
+        // The oldest segments past the retention (a redo-only log keeps no closed one).
+        let (mut drop_n, mut total) = (0usize, w.total);
+        let closed = w.segments.len() - 1;
+        for s in w.segments.iter().take(closed) {
+            let by_count = (!self.resumable && closed >= REDO_CLOSED_KEPT)
+                || self
+                    .retention
+                    .max_changes
+                    .is_some_and(|m| total - s.entries >= m.max(1));
+            let by_age = cutoff.is_some_and(|c| s.last_ms < c);
             if !(by_count || by_age) {
                 break;
             }
-            w.total -= entries;
-            gone.push(first);
-            w.segments.pop_front();
+            total -= s.entries;
+            drop_n += 1;
         }
-        if let Some(s) = w.segments.front().filter(|_| !gone.is_empty()) {
+        if drop_n == 0 {
+            return Ok(());
+        }
+        drop(w);
+        // The checkpoint past these segments was written to the engine when they were
+        // closed; it must be on disk before they go, or a crash could leave the engine's
+        // checkpoint pointing into a deleted segment (and the redo would miss changes).
+        storage.flush_blocking()?;
+        let mut w = self.writer.lock();
+        let gone: Vec<Segment> = w.segments.drain(..drop_n).collect();
+        w.total -= gone.iter().map(|s| s.entries).sum::<u64>();
+        let gone: Vec<u64> = gone.iter().map(|s| s.first).collect();
+        if let Some(s) = w.segments.front() {
             // The floor first: a crash before the files go leaves files below it (removed
             // on open), never a floor below a missing change.
             let floor = s.first;
@@ -1183,7 +1253,8 @@ mod tests {
         let torn_at;
         {
             let storage = storage(&dir);
-            let log = ChangeLog::open(&storage, &dir, ChangeLogRetention::default(), 0).unwrap();
+            let log =
+                ChangeLog::open(&storage, &dir, Some(ChangeLogRetention::default()), 0).unwrap();
             // Change 1 belongs to an earlier table `t`, created again after it.
             let mut r = log.record(1);
             r.push(1, "t", b"old", None, Some(&doc(0))).unwrap();
@@ -1211,7 +1282,7 @@ mod tests {
             w.map.write_at(torn_at, &bytes[..bytes.len() - 2]);
         }
         let storage = storage(&dir);
-        let log = ChangeLog::open(&storage, &dir, ChangeLogRetention::default(), 10).unwrap();
+        let log = ChangeLog::open(&storage, &dir, Some(ChangeLogRetention::default()), 10).unwrap();
         assert_eq!(log.writer.lock().len, torn_at);
         let docs = storage.tree("t/t").unwrap();
         let table = Arc::new(TableState::new("t".into(), "id".into(), docs.clone()));

@@ -167,7 +167,7 @@ pub(crate) struct DbInner {
     /// Where committed changes go (the feed layer, once something watches).
     sink: OnceLock<Arc<dyn ChangeSink>>,
     /// The durable change log, when configured.
-    changelog: Option<changelog::ChangeLog>,
+    changelog: Option<Arc<changelog::ChangeLog>>,
     stats: Stats,
     /// The (empty, never written) table that stands for the `stats` system table in plans.
     stats_table: Arc<TableState>,
@@ -394,23 +394,33 @@ impl Database {
             None => 0,
         };
         let db_dir = path.ok_or_else(|| Error::storage("the database has no directory"))?;
-        let changelog = match config.change_log {
-            Some(retention) => {
-                if retention.max_changes == Some(0) {
-                    return Err(Error::InvalidConfig(
-                        "a change log keeps at least 1 change (max_changes: Some(0))".into(),
-                    ));
-                }
-                Some(changelog::ChangeLog::open(
-                    &storage, db_dir, retention, seq,
-                )?)
-            }
-            None => {
-                changelog::ChangeLog::disable(&storage, db_dir)?;
-                None
-            }
+        if config.change_log.is_some_and(|r| r.max_changes == Some(0)) {
+            return Err(Error::InvalidConfig(
+                "a change log keeps at least 1 change (max_changes: Some(0))".into(),
+            ));
+        }
+        // A database whose writes are hard by default keeps the log at least as a redo log:
+        // a hard write then syncs one file instead of flushing the engine (see
+        // `group_flush.rs`). A log that was on in the last run but is not wanted now is
+        // still opened, to redo what a crash lost, and removed after that.
+        let wanted = config.change_log.is_some() || config.durability == Durability::Hard;
+        let log = if wanted || changelog::ChangeLog::was_on(&storage)? {
+            Some(Arc::new(changelog::ChangeLog::open(
+                &storage,
+                db_dir,
+                config.change_log,
+                seq,
+            )?))
+        } else {
+            None
         };
+        let (changelog, stale_log) = match wanted {
+            true => (log, None),
+            false => (None, log),
+        };
+        let visibility = Arc::new(Visibility::new(seq));
         let inner = Arc::new(DbInner {
+            flusher: GroupFlush::new(seq, storage.clone(), changelog.clone(), visibility.clone()),
             changelog,
             storage,
             config,
@@ -420,8 +430,7 @@ impl Database {
             handoffs: write::Handoffs::default(),
             seq_reserved: std::sync::atomic::AtomicU64::new(seq),
             meta,
-            visibility: Arc::new(Visibility::new(seq)),
-            flusher: GroupFlush::new(seq),
+            visibility,
             sink: OnceLock::new(),
             stats: Stats::default(),
             stats_table,
@@ -435,6 +444,13 @@ impl Database {
             // A crash may have lost the newest documents whose records the log has.
             let tables = db.inner.tables.read().clone();
             log.recover(&db.inner.storage, &tables)?;
+        }
+        if let Some(log) = stale_log {
+            let tables = db.inner.tables.read().clone();
+            log.recover(&db.inner.storage, &tables)?;
+            db.inner.storage.flush_blocking()?;
+            drop(log);
+            changelog::ChangeLog::disable(&db.inner.storage, db_dir)?;
         }
         if let Some(path) = &canonical {
             mark_opened(path);
@@ -821,9 +837,9 @@ impl DbInner {
         &self.visibility
     }
 
-    /// The durable change log, when configured.
-    pub(crate) fn changelog(&self) -> Option<&changelog::ChangeLog> {
-        self.changelog.as_ref()
+    /// The change log feeds resume from, when configured (not a redo-only one).
+    pub(crate) fn resumable_log(&self) -> Option<&changelog::ChangeLog> {
+        self.changelog.as_deref().filter(|log| log.resumable())
     }
 
     /// The table that stands for the `stats` system table in plans.
@@ -865,20 +881,11 @@ impl DbInner {
         Ok(())
     }
 
-    /// Marks a hard write as on its way to its commit, so that a flush about to start lets
-    /// it join (group commit); drop the guard once the write committed.
-    pub(crate) fn hard_write_committing(&self) -> group_flush::Counted<'_> {
-        self.flusher.committing()
-    }
-
     /// Waits until everything committed so far is on disk (sharing the fsync with other
     /// tasks that wait for the same).
     pub(crate) async fn flush_committed(&self) -> Result<()> {
         let upto = self.visibility.last();
-        let flushed = self
-            .flusher
-            .flush_upto(upto, &self.storage, &self.visibility)
-            .await;
+        let flushed = self.flusher.flush_upto(upto).await;
         if let (Err(e), Some(sink)) = (&flushed, self.sink()) {
             if self.storage.has_failed() {
                 // Hard writes that waited for this flush will never be shown: the storage

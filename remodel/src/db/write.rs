@@ -603,7 +603,6 @@ impl Database {
         // the closure's thread.
         super::check_not_in_patch()?;
         let hard = self.is_hard(durability);
-        let committing = hard.then(|| self.inner.hard_write_committing());
         // A small write commits in place when the commit lock is free; a large one, or one
         // that would wait for the lock, runs on a blocking thread: an async worker never
         // waits on the commit lock.
@@ -622,7 +621,6 @@ impl Database {
                     // The lock is taken: its holder commits this write after its own.
                     Err(ops) => self.inner.hand_off(table, ops, return_changes, hard).await,
                 };
-                drop(committing);
                 let result = result?;
                 self.settle(durability).await?;
                 return Ok(result);
@@ -632,7 +630,6 @@ impl Database {
         let inner = self.inner.clone();
         let result =
             super::spawn_blocking(move || inner.commit(&table, ops, return_changes, hard)).await;
-        drop(committing);
         let result = result?;
         self.settle(durability).await?;
         Ok(result)

@@ -94,7 +94,7 @@ impl Feed {
             cursor: cursor.to_string(),
             reason,
         };
-        let Some(log) = db.inner.changelog() else {
+        let Some(log) = db.inner.resumable_log() else {
             return Err(expired(
                 "the database keeps no change log (see Config::change_log)".into(),
             ));

@@ -158,6 +158,12 @@ impl Storage {
         self.shared.check()
     }
 
+    /// Marks the storage failed (what it holds in memory may never reach the disk): every
+    /// later write and flush is refused with `cause`.
+    pub(crate) fn mark_failed(&self, cause: String) -> Error {
+        self.shared.fail(cause)
+    }
+
     /// Whether an earlier write or flush failed.
     pub(crate) fn has_failed(&self) -> bool {
         self.shared.failed.get().is_some()
@@ -436,6 +442,7 @@ impl WriteBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn temp() -> Storage {
         Storage::open(EngineConfig {
@@ -488,7 +495,16 @@ mod tests {
                 .unwrap();
             s.flush_blocking().unwrap();
         }
-        let s = Storage::open(cfg()).unwrap();
+        // sled's I/O threads may hold the dropped engine's file lock a moment longer.
+        let started = std::time::Instant::now();
+        let s = loop {
+            match Storage::open(cfg()) {
+                Err(OpenFailure::Locked) if started.elapsed() < Duration::from_secs(5) => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                r => break r.unwrap(),
+            }
+        };
         assert_eq!(
             s.tree("t").unwrap().get(b"k").unwrap().as_deref(),
             Some(&b"v"[..])
