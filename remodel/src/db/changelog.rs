@@ -21,23 +21,31 @@
 //!   what a feed delivered is in both.
 //! - A commit whose documents fail to write gets an *abort* record right after its own, and
 //!   is never replayed or redone.
-//! - A flush of the storage (hard writes, `close`, DDL) first `fsync`s the open segment, so a
-//!   hard write is durable in both. The engine's own timer flush (soft writes) does not: after
-//!   a power loss or an OS crash (not a killed process) the newest soft changes may be in the
-//!   documents but not in the log.
+//! - A hard write waits for an `fsync` of the open segment only (`group_flush.rs`): once its
+//!   record is on disk, so is the write, whatever the engine has written. Every flush of the
+//!   storage (its timer, `close`, DDL) `fsync`s the open segment first, so the log is never
+//!   behind the engine's files on disk.
 //! - A torn record at the end of the newest segment (the process died while copying it) is
 //!   cut off on open: its documents were never written.
 //!
 //! The format is the first of its kind (no earlier format is read).
+//!
+//! # Redo only
+//!
+//! A database whose writes are hard by default keeps the log even without a retention
+//! configured ([`ChangeLog::open`] with `None`): segments of 1 MiB, no in-memory tail, no
+//! resuming, and closed segments removed once there are a few.
 //!
 //! # Retention
 //!
 //! By count and/or age ([`ChangeLogRetention`]), a whole segment at a time: a segment holds a
 //! sixteenth of the count limit (at least 64 changes) and is closed early when its first change
 //! is older than an eighth of the age limit; the oldest segment is deleted once the others
-//! hold the count limit, or once its newest change is past the age limit. Before a segment goes,
-//! the new floor is written to the engine: every change numbered the floor or above is in the
-//! log, and a cursor below it has expired.
+//! hold the count limit, or once its newest change is past the age limit. A segment goes only
+//! once the checkpoint past it is on disk (a flush of the engine ended after it was written:
+//! usually the timer's, at a later commit), and before it goes the new floor is written to the
+//! engine: every change numbered the floor or above is in the log, and a cursor below it has
+//! expired.
 //!
 //! # Reading
 //!
@@ -78,6 +86,10 @@ const DIR: &str = "changelog";
 const REDO_SEGMENT_BYTES: usize = 1 << 20;
 const REDO_SEGMENT: u64 = u64::MAX;
 const REDO_CLOSED_KEPT: usize = 4;
+
+/// Segments past the retention that wait for the engine's timer flush before they go (see
+/// [`ChangeLog::committed`]); at this many, the commit flushes instead.
+const MAX_UNFLUSHED_DROPS: usize = 16;
 
 /// How many of the newest changes the log keeps in memory as well.
 const TAIL: usize = 16_384;
@@ -387,6 +399,11 @@ fn parse(bytes: &[u8]) -> Result<Arc<Value>> {
 struct Segment {
     first: u64,
     entries: u64,
+    /// The engine's flush epoch right after the checkpoint before `first` was written (when
+    /// this segment was opened; 0 for a segment found on open, whose checkpoint the engine
+    /// recovered): the segments before this one may go once a later flush ended (see
+    /// [`ChangeLog::committed`]).
+    checkpoint_epoch: u64,
     /// Timestamps of its first and last commit (0: none yet).
     first_ms: u64,
     last_ms: u64,
@@ -707,6 +724,7 @@ impl ChangeLog {
             let mut seg = Segment {
                 first,
                 entries: 0,
+                checkpoint_epoch: 0,
                 first_ms: 0,
                 last_ms: 0,
             };
@@ -736,6 +754,7 @@ impl ChangeLog {
             segments.push_back(Segment {
                 first: floor,
                 entries: 0,
+                checkpoint_epoch: 0,
                 first_ms: 0,
                 last_ms: 0,
             });
@@ -887,13 +906,15 @@ impl ChangeLog {
         if let Err(e) = closed.set_len(len as u64) {
             tracing::warn!("a closed segment of the change log could not be shortened: {e}");
         }
+        self.checkpoint(storage, next.saturating_sub(1))?;
         w.segments.push_back(Segment {
             first: next,
             entries: 0,
+            checkpoint_epoch: storage.flush_epoch(),
             first_ms: 0,
             last_ms: 0,
         });
-        self.checkpoint(storage, next.saturating_sub(1))
+        Ok(())
     }
 
     /// The documents of the commit `from..=to` (written by [`ChangeLog::write`]) could not
@@ -1096,12 +1117,19 @@ impl ChangeLog {
         if drop_n == 0 {
             return Ok(());
         }
-        drop(w);
-        // The checkpoint past these segments was written to the engine when they were
-        // closed; it must be on disk before they go, or a crash could leave the engine's
-        // checkpoint pointing into a deleted segment (and the redo would miss changes).
-        storage.flush_blocking()?;
-        let mut w = self.writer.lock();
+        // The checkpoint past these segments was written to the engine when the first kept
+        // one was opened; it must be on disk before they go, or a crash could leave the
+        // engine's checkpoint pointing into a deleted segment (and the redo would miss
+        // changes). The engine's timer flush gets it there (they go at a later commit); a
+        // backlog of them (the timer is slow or off) is flushed here.
+        if storage.flushed_epoch() <= w.segments[drop_n].checkpoint_epoch {
+            if drop_n < MAX_UNFLUSHED_DROPS {
+                return Ok(());
+            }
+            drop(w);
+            storage.flush_blocking()?;
+            w = self.writer.lock();
+        }
         let gone: Vec<Segment> = w.segments.drain(..drop_n).collect();
         w.total -= gone.iter().map(|s| s.entries).sum::<u64>();
         let gone: Vec<u64> = gone.iter().map(|s| s.first).collect();

@@ -92,6 +92,11 @@ impl Config {
     }
 
     /// The durability of writes that do not choose one (default [`Durability::Hard`]).
+    ///
+    /// A database on disk whose writes are hard by default keeps a redo log next to its
+    /// files (each commit copied there before its documents are written, redone on open
+    /// after a crash): a hard write then waits for one `fdatasync` of that log, shared with
+    /// the writes of other tasks, instead of a flush of the whole storage engine.
     pub fn durability(mut self, d: Durability) -> Self {
         self.durability = d;
         self
@@ -105,14 +110,17 @@ impl Config {
 
     /// Keeps a durable change log with this retention, so that feeds can resume from a
     /// cursor after a disconnect or a restart (see [`crate::Changes::resume_from`]). Off by
-    /// default: the log writes every change a second time (with its old document), which
-    /// costs writes that no feed resumes from.
+    /// default: the log keeps every change (with its old document) for the retention, and
+    /// the newest ones in memory while feeds are open. (A database whose writes are hard by
+    /// default keeps the log anyway, as a redo log of the last few megabytes only, see
+    /// [`Config::durability`]; this makes it resumable.)
     pub fn change_log(mut self, retention: ChangeLogRetention) -> Self {
         self.change_log = Some(retention);
         self
     }
 
-    /// How often soft writes are flushed to disk (default 500 ms).
+    /// How often soft writes are flushed to disk (default 500 ms). With the change log or a
+    /// redo log, the flush makes it durable too.
     pub fn flush_interval(mut self, every: Duration) -> Self {
         self.flush_interval = every.max(Duration::from_millis(1));
         self

@@ -18,8 +18,9 @@ use engine::{Engine, EngineError, EngineIter, EngineTree};
 use crate::{Error, Result};
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
 
 const JOURNAL_TREE: &str = "__remodel_journal";
 
@@ -39,6 +40,12 @@ struct Shared {
     /// Set when a write or a flush failed in a way that leaves memory and disk disagreeing:
     /// from then on every operation fails, so that no reader sees what was not acknowledged.
     failed: OnceLock<String>,
+    /// Flushes started, and the highest number of one that ended well: everything written
+    /// before flush `n` started is on disk once `flushed >= n` (see [`Storage::flush_epoch`]).
+    flushes_started: AtomicU64,
+    flushed: AtomicU64,
+    /// Written since the timer's last flush.
+    dirty: AtomicBool,
 }
 
 impl Shared {
@@ -120,7 +127,16 @@ pub(crate) struct Tree {
 impl Storage {
     /// Opens the engine; a failure says what kind it is, so that the caller can name it.
     /// Batches a crash left in the journal are completed first.
+    ///
+    /// With `flush_every_ms`, a thread of its own flushes that often while there are writes
+    /// to flush (not the engine's timer: the flushes are counted, see
+    /// [`Storage::flush_epoch`], and run the [`Storage::before_flush`] hook).
     pub(crate) fn open(cfg: EngineConfig<'_>) -> Result<Self, OpenFailure> {
+        let every = cfg.flush_every_ms.map(Duration::from_millis);
+        let cfg = EngineConfig {
+            flush_every_ms: None,
+            ..cfg
+        };
         let engine: Arc<dyn Engine> = Arc::new(sled_engine::SledEngine::open(&cfg)?);
         let shared = Arc::new(Shared::default());
         let failed = |e: EngineError| match e {
@@ -145,7 +161,62 @@ impl Storage {
             e => OpenFailure::Damaged(e.to_string()),
         })?;
         storage.journal_seq = Arc::new(AtomicU64::new(next));
+        if let Some(every) = every {
+            storage.start_timer(every);
+        }
         Ok(storage)
+    }
+
+    /// Starts the thread that flushes every `every` (see [`Storage::open`]). It holds the
+    /// engine only while it flushes, and ends once the engine is gone.
+    fn start_timer(&self, every: Duration) {
+        let engine = Arc::downgrade(&self.engine);
+        let shared = Arc::downgrade(&self.shared);
+        let hook = Arc::downgrade(&self.before_flush);
+        let spawned = std::thread::Builder::new()
+            .name("remodel-flush".into())
+            .spawn(move || {
+                // Wakes at least every 100 ms to see whether the engine is gone.
+                let tick = every.min(Duration::from_millis(100));
+                let mut since = Duration::ZERO;
+                loop {
+                    std::thread::sleep(tick);
+                    since += tick;
+                    if shared.strong_count() == 0 {
+                        return;
+                    }
+                    if since < every {
+                        continue;
+                    }
+                    since = Duration::ZERO;
+                    let (Some(engine), Some(shared), Some(hook)) =
+                        (engine.upgrade(), shared.upgrade(), hook.upgrade())
+                    else {
+                        return;
+                    };
+                    if !shared.dirty.swap(false, Ordering::AcqRel) {
+                        continue;
+                    }
+                    if let Err(e) = flush_engine(&*engine, &shared, &hook) {
+                        tracing::error!("the timed flush failed: {e}");
+                        return;
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("the flush thread could not start ({e}): soft writes reach the disk at the next hard write or close");
+        }
+    }
+
+    /// The number of flushes started so far. Everything written before a call to this is on
+    /// disk once [`Storage::flushed_epoch`] is above what it returned.
+    pub(crate) fn flush_epoch(&self) -> u64 {
+        self.shared.flushes_started.load(Ordering::SeqCst)
+    }
+
+    /// The highest-numbered flush that ended well (see [`Storage::flush_epoch`]).
+    pub(crate) fn flushed_epoch(&self) -> u64 {
+        self.shared.flushed.load(Ordering::SeqCst)
     }
 
     /// Whether anything of this engine is still alive, for the registry of open paths.
@@ -185,6 +256,7 @@ impl Storage {
     pub(crate) fn drop_tree(&self, name: &str) -> Result<()> {
         self.check()?;
         let missing = Error::storage(format!("tree `{name}` does not exist"));
+        self.shared.dirty.store(true, Ordering::Relaxed);
         self.engine
             .drop_tree(name)
             .map_err(|e| engine_error(e, &missing))?;
@@ -299,15 +371,22 @@ impl Storage {
     /// Flushes on the calling thread. A failed flush marks the engine failed: what it did not
     /// write is still in memory, and readers must not see writes that were not acknowledged.
     pub(crate) fn flush_blocking(&self) -> Result<()> {
-        self.check()?;
-        if let Some(hook) = self.before_flush.get() {
-            hook()?;
-        }
-        self.engine
-            .flush()
-            .map_err(|e| self.shared.fail(format!("writing to disk failed: {e}")))?;
-        Ok(())
+        flush_engine(&*self.engine, &self.shared, &self.before_flush)
     }
+}
+
+/// A flush (see [`Storage::flush_blocking`]), counted in `shared`.
+fn flush_engine(engine: &dyn Engine, shared: &Shared, hook: &OnceLock<FlushHook>) -> Result<()> {
+    shared.check()?;
+    let n = shared.flushes_started.fetch_add(1, Ordering::SeqCst) + 1;
+    if let Some(hook) = hook.get() {
+        hook()?;
+    }
+    engine
+        .flush()
+        .map_err(|e| shared.fail(format!("writing to disk failed: {e}")))?;
+    shared.flushed.fetch_max(n, Ordering::SeqCst);
+    Ok(())
 }
 
 impl Tree {
@@ -323,6 +402,7 @@ impl Tree {
 
     /// Writes one key; returns its previous value.
     fn write(&self, key: &[u8], value: Option<&[u8]>) -> Result<Option<Bytes>> {
+        self.shared.dirty.store(true, Ordering::Relaxed);
         self.inner.write(key, value).map_err(|e| self.err(e))
     }
 
@@ -442,7 +522,6 @@ impl WriteBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn temp() -> Storage {
         Storage::open(EngineConfig {

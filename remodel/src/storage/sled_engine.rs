@@ -99,7 +99,18 @@ impl SledEngine {
             }
             sc.open()
         };
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(open)) {
+        let mut opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(open));
+        if matches!(opened, Ok(Err(sled::Error::Corruption { .. }))) {
+            // sled 0.34 writes a snapshot to `snap.<lsn>.generating`, syncs it and renames it;
+            // a process killed before the rename leaves that file, and the next open takes it
+            // (the newest name) for the snapshot and fails (sled#1527). It is never a complete
+            // snapshot: without it, sled reads the one before and replays its log from there.
+            // (sled holds the files' lock when it reports corruption: no one else writes them.)
+            if cfg.path.is_some_and(remove_unfinished_snapshots) {
+                opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(open));
+            }
+        }
+        match opened {
             Ok(Ok(db)) => {
                 let files = match cfg.path.filter(|_| !cfg.temporary) {
                     Some(dir) => Some(DiskFiles::open(dir).map_err(OpenFailure::Io)?),
@@ -120,6 +131,31 @@ impl SledEngine {
             }
         }
     }
+}
+
+/// Removes the snapshot files sled never finished (see [`SledEngine::open`]); true when there
+/// was one.
+fn remove_unfinished_snapshots(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    let mut removed = false;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    tracing::warn!("removed the unfinished snapshot {name} a crash left");
+                    removed = true;
+                }
+                Err(e) => {
+                    tracing::warn!("the unfinished snapshot {name} could not be removed: {e}")
+                }
+            }
+        }
+    }
+    removed
 }
 
 fn open_failure(e: sled::Error) -> OpenFailure {
