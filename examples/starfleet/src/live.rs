@@ -8,8 +8,9 @@
 //! | `/member/{id}/events` | `member.watch(&db)` (point feed) | `html` |
 //! | `/leaderboard/events` | `order_by(points index).limit(5)` (top-N feed) | `html` |
 //!
-//! **At most one event per [`THROTTLE`] (50 ms) and list.** A change that finds its stream
-//! idle is sent at once. After an event, the stream sleeps until [`THROTTLE`] has passed,
+//! **At most one event per [`THROTTLE`] (50 ms) and list** (up to [`BUSY_THROTTLE`], 200 ms,
+//! while the list changes many times a window, see [`throttled`]). A change that finds its
+//! stream idle is sent at once. After an event, the stream sleeps until the window has passed,
 //! without reading its feed (the changes wait in the feed, and writers wake no one), then
 //! takes everything that is ready in one go and sends its net effect as one event: the latest
 //! state of each row that changed (a row that changed twice is rendered and sent once; one
@@ -59,6 +60,13 @@ const RETRY: Duration = Duration::from_millis(500);
 /// second, and keeps a change's delivery well within the 100 ms that feels instant.
 const THROTTLE: Duration = Duration::from_millis(50);
 
+/// The longest window of a busy list (see [`throttled`]).
+const BUSY_THROTTLE: Duration = Duration::from_millis(200);
+
+/// A window that gathered this many changes was a busy one: the next window is twice as
+/// long (up to [`BUSY_THROTTLE`]). One with at most one change brings it back to [`THROTTLE`].
+const BUSY_BATCH: usize = 4;
+
 /// The most items one event gathers (a page resuming after a long cut gets several).
 const MOST_PER_EVENT: usize = 8192;
 
@@ -95,10 +103,15 @@ fn event(name: &str, data: Value, cursor: Option<Cursor>) -> Event {
     }
 }
 
-/// `items` in batches, at most one batch per [`THROTTLE`]: takes everything that is
-/// ready (waiting for an item if there is none), hands the batch over, then sleeps until
-/// [`THROTTLE`] has passed since, without reading `items`, so that what comes meanwhile
-/// piles up in the feed and is taken as the next batch.
+/// `items` in batches, at most one batch per window: takes everything that is ready
+/// (waiting for an item if there is none), hands the batch over, then sleeps until the
+/// window has passed since, without reading `items`, so that what comes meanwhile piles up
+/// in the feed and is taken as the next batch.
+///
+/// The window is [`THROTTLE`] while changes come one at a time (what a person editing sees:
+/// a change within one window), and doubles after each busy window up to [`BUSY_THROTTLE`]:
+/// when writes pour in, each event costs the same whatever it carries, and a page that
+/// changes dozens of times a second cannot be read faster than five times a second anyway.
 fn throttled<S>(items: S) -> impl Stream<Item = Vec<S::Item>> + Send
 where
     S: Stream + Send + 'static,
@@ -106,6 +119,7 @@ where
 {
     stream! {
         let mut items = Box::pin(items);
+        let mut window = THROTTLE;
         loop {
             // Sized for a busy window (a few dozen changes), so that it rarely grows.
             let mut batch = Vec::with_capacity(64);
@@ -119,9 +133,14 @@ where
                 ended = take_ready(items.as_mut(), &mut batch);
             }
             if !batch.is_empty() {
+                window = match batch.len() {
+                    0 | 1 => THROTTLE,
+                    n if n >= BUSY_BATCH => (window * 2).min(BUSY_THROTTLE),
+                    _ => window,
+                };
                 let sent = tokio::time::Instant::now();
                 yield batch;
-                tokio::time::sleep_until(sent + THROTTLE).await;
+                tokio::time::sleep_until(sent + window).await;
             }
             if ended {
                 break;

@@ -1122,7 +1122,9 @@ impl ChangeLog {
         // engine's checkpoint pointing into a deleted segment (and the redo would miss
         // changes). The engine's timer flush gets it there (they go at a later commit); a
         // backlog of them (the timer is slow or off) is flushed here.
-        if storage.flushed_epoch() <= w.segments[drop_n].checkpoint_epoch {
+        // (A temporary database does not survive a crash: it need not wait.)
+        if !storage.is_temporary() && storage.flushed_epoch() <= w.segments[drop_n].checkpoint_epoch
+        {
             if drop_n < MAX_UNFLUSHED_DROPS {
                 return Ok(());
             }

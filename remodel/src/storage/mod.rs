@@ -46,6 +46,8 @@ struct Shared {
     flushed: AtomicU64,
     /// Written since the timer's last flush.
     dirty: AtomicBool,
+    /// Deleted when dropped: nothing of it survives a crash.
+    temporary: bool,
 }
 
 impl Shared {
@@ -138,7 +140,10 @@ impl Storage {
             ..cfg
         };
         let engine: Arc<dyn Engine> = Arc::new(sled_engine::SledEngine::open(&cfg)?);
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            temporary: cfg.temporary,
+            ..Shared::default()
+        });
         let failed = |e: EngineError| match e {
             EngineError::Io(io) => OpenFailure::Io(io),
             e => OpenFailure::Damaged(format!("the storage engine refused it: {e}")),
@@ -212,6 +217,12 @@ impl Storage {
     /// disk once [`Storage::flushed_epoch`] is above what it returned.
     pub(crate) fn flush_epoch(&self) -> u64 {
         self.shared.flushes_started.load(Ordering::SeqCst)
+    }
+
+    /// Whether the files are deleted when the storage is dropped (nothing of it survives a
+    /// crash, so nothing needs to wait for a flush to survive one).
+    pub(crate) fn is_temporary(&self) -> bool {
+        self.shared.temporary
     }
 
     /// The highest-numbered flush that ended well (see [`Storage::flush_epoch`]).
