@@ -199,6 +199,11 @@ impl Storage {
                     else {
                         return;
                     };
+                    if shared.failed.get().is_some() {
+                        // Nothing more reaches the disk; the failure was reported where it
+                        // happened.
+                        return;
+                    }
                     if !shared.dirty.swap(false, Ordering::AcqRel) {
                         continue;
                     }
