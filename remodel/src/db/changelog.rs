@@ -87,6 +87,9 @@ const REDO_SEGMENT_BYTES: usize = 1 << 20;
 const REDO_SEGMENT: u64 = u64::MAX;
 const REDO_CLOSED_KEPT: usize = 4;
 
+/// The `checkpoint_epoch` of a segment whose checkpoint could not be written.
+const NO_CHECKPOINT: u64 = u64::MAX;
+
 /// Segments past the retention that wait for the engine's timer flush before they go (see
 /// [`ChangeLog::committed`]); at this many, the commit flushes instead.
 const MAX_UNFLUSHED_DROPS: usize = 16;
@@ -634,6 +637,11 @@ fn create_segment(dir: &Path, first: u64, cap: usize) -> Result<(Mapped, Arc<Fil
         .open(dir.join(segment_name(first)))
         .map_err(|e| io_error("create a segment", e))?;
     reserve(&file, cap)?;
+    // A hard write is on disk once its record is: the new file's name must be too (an
+    // `fdatasync` of the file does not promise its directory entry survives a power loss).
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error("make a new segment durable", e))?;
     Ok((Mapped::new(&file, cap)?, Arc::new(file)))
 }
 
@@ -894,9 +902,11 @@ impl ChangeLog {
     /// on. The closed one is made durable once, and the engine is told that every document
     /// before `next` is written (the redo checkpoint), after them.
     fn roll(&self, storage: &Storage, w: &mut Writer, next: u64, cap: usize) -> Result<()> {
-        w.sync
-            .sync_data()
-            .map_err(|e| io_error("be written to disk", e))?;
+        // A failed sync is fatal: Linux reports a failed writeback once, so syncing again
+        // would succeed and acknowledge hard writes whose records never reached the disk.
+        w.sync.sync_data().map_err(|e| {
+            storage.mark_failed(format!("the change log could not be written to disk: {e}"))
+        })?;
         let (map, sync) = create_segment(&self.dir, next, cap)?;
         // The closed segment gives back the space reserved past its records (after its
         // mapping is gone: nothing reads or writes there any more).
@@ -906,14 +916,19 @@ impl ChangeLog {
         if let Err(e) = closed.set_len(len as u64) {
             tracing::warn!("a closed segment of the change log could not be shortened: {e}");
         }
-        self.checkpoint(storage, next.saturating_sub(1))?;
+        // Listed before the checkpoint is written: the records that go into it must be
+        // found (resume, recovery) even if the checkpoint write fails. Until it is written,
+        // no segment before it may go (`NO_CHECKPOINT`).
         w.segments.push_back(Segment {
             first: next,
             entries: 0,
-            checkpoint_epoch: storage.flush_epoch(),
+            checkpoint_epoch: NO_CHECKPOINT,
             first_ms: 0,
             last_ms: 0,
         });
+        self.checkpoint(storage, next.saturating_sub(1))?;
+        let open = w.segments.back_mut().expect("just listed");
+        open.checkpoint_epoch = storage.flush_epoch();
         Ok(())
     }
 
@@ -1123,8 +1138,11 @@ impl ChangeLog {
         // changes). The engine's timer flush gets it there (they go at a later commit); a
         // backlog of them (the timer is slow or off) is flushed here.
         // (A temporary database does not survive a crash: it need not wait.)
-        if !storage.is_temporary() && storage.flushed_epoch() <= w.segments[drop_n].checkpoint_epoch
-        {
+        let epoch = w.segments[drop_n].checkpoint_epoch;
+        if epoch == NO_CHECKPOINT {
+            return Ok(());
+        }
+        if !storage.is_temporary() && storage.flushed_epoch() <= epoch {
             if drop_n < MAX_UNFLUSHED_DROPS {
                 return Ok(());
             }

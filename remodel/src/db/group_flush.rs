@@ -42,6 +42,8 @@ enum SyncerState {
     /// No hard write yet: the thread is started by the first.
     NotStarted(Syncer),
     Running(JoinHandle<()>),
+    /// The thread could not start: every hard write fails with this.
+    Failed(String),
     Stopped,
 }
 
@@ -143,20 +145,27 @@ impl GroupFlush {
 
     fn start_syncer(&self) -> Result<()> {
         let mut state = self.syncer.lock();
-        if !matches!(*state, SyncerState::NotStarted(_)) {
-            return match *state {
-                SyncerState::Stopped => Err(Error::Closed),
-                _ => Ok(()),
-            };
+        match &*state {
+            SyncerState::NotStarted(_) => {}
+            SyncerState::Running(_) => return Ok(()),
+            SyncerState::Failed(why) => return Err(Error::storage(why.clone())),
+            SyncerState::Stopped => return Err(Error::Closed),
         }
         let SyncerState::NotStarted(syncer) = std::mem::replace(&mut *state, SyncerState::Stopped)
         else {
             unreachable!("checked above");
         };
-        let handle = std::thread::Builder::new()
+        let handle = match std::thread::Builder::new()
             .name("remodel-sync".into())
             .spawn(move || syncer.run())
-            .map_err(|e| Error::storage(format!("the sync thread could not start: {e}")))?;
+        {
+            Ok(handle) => handle,
+            Err(e) => {
+                let why = format!("the sync thread could not start: {e}");
+                *state = SyncerState::Failed(why.clone());
+                return Err(Error::storage(why));
+            }
+        };
         let _ = self.shared.thread.set(handle.thread().clone());
         *state = SyncerState::Running(handle);
         Ok(())

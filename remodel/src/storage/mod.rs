@@ -40,14 +40,20 @@ struct Shared {
     /// Set when a write or a flush failed in a way that leaves memory and disk disagreeing:
     /// from then on every operation fails, so that no reader sees what was not acknowledged.
     failed: OnceLock<String>,
-    /// Flushes started, and the highest number of one that ended well: everything written
-    /// before flush `n` started is on disk once `flushed >= n` (see [`Storage::flush_epoch`]).
-    flushes_started: AtomicU64,
-    flushed: AtomicU64,
-    /// Written since the timer's last flush.
-    dirty: AtomicBool,
+    /// Counted flushes (apart: the timer holds them without keeping the engine "alive").
+    flushes: Arc<Flushes>,
     /// Deleted when dropped: nothing of it survives a crash.
     temporary: bool,
+}
+
+/// Flushes started, and the highest number of one that ended well: everything written
+/// before flush `n` started is on disk once `flushed >= n` (see [`Storage::flush_epoch`]).
+#[derive(Default)]
+struct Flushes {
+    started: AtomicU64,
+    flushed: AtomicU64,
+    /// Written since the timer's last flush (set after each write).
+    dirty: AtomicBool,
 }
 
 impl Shared {
@@ -176,7 +182,10 @@ impl Storage {
     /// engine only while it flushes, and ends once the engine is gone.
     fn start_timer(&self, every: Duration) {
         let engine = Arc::downgrade(&self.engine);
+        // Weak, and upgraded only for a moment: the registry of open paths counts the
+        // strong references of `shared` to tell whether the files are still in use.
         let shared = Arc::downgrade(&self.shared);
+        let flushes = self.shared.flushes.clone();
         let hook = Arc::downgrade(&self.before_flush);
         let spawned = std::thread::Builder::new()
             .name("remodel-flush".into())
@@ -194,21 +203,23 @@ impl Storage {
                         continue;
                     }
                     since = Duration::ZERO;
-                    let (Some(engine), Some(shared), Some(hook)) =
-                        (engine.upgrade(), shared.upgrade(), hook.upgrade())
-                    else {
-                        return;
-                    };
-                    if shared.failed.get().is_some() {
-                        // Nothing more reaches the disk; the failure was reported where it
-                        // happened.
+                    if shared.upgrade().is_none_or(|s| s.failed.get().is_some()) {
+                        // Gone, or failed: nothing more reaches the disk (the failure was
+                        // reported where it happened).
                         return;
                     }
-                    if !shared.dirty.swap(false, Ordering::AcqRel) {
+                    if !flushes.dirty.swap(false, Ordering::AcqRel) {
                         continue;
                     }
-                    if let Err(e) = flush_engine(&*engine, &shared, &hook) {
-                        tracing::error!("the timed flush failed: {e}");
+                    let (Some(engine), Some(hook)) = (engine.upgrade(), hook.upgrade()) else {
+                        return;
+                    };
+                    if let Err(e) = flush_counted(&*engine, &flushes, &hook) {
+                        let cause = format!("writing to disk failed: {e}");
+                        tracing::error!("the timed flush failed: {cause}");
+                        if let Some(shared) = shared.upgrade() {
+                            shared.fail(cause);
+                        }
                         return;
                     }
                 }
@@ -221,7 +232,7 @@ impl Storage {
     /// The number of flushes started so far. Everything written before a call to this is on
     /// disk once [`Storage::flushed_epoch`] is above what it returned.
     pub(crate) fn flush_epoch(&self) -> u64 {
-        self.shared.flushes_started.load(Ordering::SeqCst)
+        self.shared.flushes.started.load(Ordering::SeqCst)
     }
 
     /// Whether the files are deleted when the storage is dropped (nothing of it survives a
@@ -232,7 +243,7 @@ impl Storage {
 
     /// The highest-numbered flush that ended well (see [`Storage::flush_epoch`]).
     pub(crate) fn flushed_epoch(&self) -> u64 {
-        self.shared.flushed.load(Ordering::SeqCst)
+        self.shared.flushes.flushed.load(Ordering::SeqCst)
     }
 
     /// Whether anything of this engine is still alive, for the registry of open paths.
@@ -272,10 +283,10 @@ impl Storage {
     pub(crate) fn drop_tree(&self, name: &str) -> Result<()> {
         self.check()?;
         let missing = Error::storage(format!("tree `{name}` does not exist"));
-        self.shared.dirty.store(true, Ordering::Relaxed);
         self.engine
             .drop_tree(name)
             .map_err(|e| engine_error(e, &missing))?;
+        self.shared.flushes.dirty.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -386,22 +397,29 @@ impl Storage {
 
     /// Flushes on the calling thread. A failed flush marks the engine failed: what it did not
     /// write is still in memory, and readers must not see writes that were not acknowledged.
+    ///
+    /// So does a failed hook (the change log's `fdatasync`): Linux reports a failed
+    /// writeback once, so the next sync of the same file would say it succeeded.
     pub(crate) fn flush_blocking(&self) -> Result<()> {
-        flush_engine(&*self.engine, &self.shared, &self.before_flush)
+        self.check()?;
+        flush_counted(&*self.engine, &self.shared.flushes, &self.before_flush)
+            .map_err(|e| self.shared.fail(format!("writing to disk failed: {e}")))
     }
 }
 
-/// A flush (see [`Storage::flush_blocking`]), counted in `shared`.
-fn flush_engine(engine: &dyn Engine, shared: &Shared, hook: &OnceLock<FlushHook>) -> Result<()> {
-    shared.check()?;
-    let n = shared.flushes_started.fetch_add(1, Ordering::SeqCst) + 1;
+/// A flush (see [`Storage::flush_blocking`]), counted in `flushes`; the caller marks the
+/// storage failed on an error.
+fn flush_counted(
+    engine: &dyn Engine,
+    flushes: &Flushes,
+    hook: &OnceLock<FlushHook>,
+) -> std::result::Result<(), String> {
+    let n = flushes.started.fetch_add(1, Ordering::SeqCst) + 1;
     if let Some(hook) = hook.get() {
-        hook()?;
+        hook().map_err(|e| e.to_string())?;
     }
-    engine
-        .flush()
-        .map_err(|e| shared.fail(format!("writing to disk failed: {e}")))?;
-    shared.flushed.fetch_max(n, Ordering::SeqCst);
+    engine.flush().map_err(|e| e.to_string())?;
+    flushes.flushed.fetch_max(n, Ordering::SeqCst);
     Ok(())
 }
 
@@ -418,8 +436,10 @@ impl Tree {
 
     /// Writes one key; returns its previous value.
     fn write(&self, key: &[u8], value: Option<&[u8]>) -> Result<Option<Bytes>> {
-        self.shared.dirty.store(true, Ordering::Relaxed);
-        self.inner.write(key, value).map_err(|e| self.err(e))
+        let written = self.inner.write(key, value).map_err(|e| self.err(e));
+        // After the write: a timer that took the flag before it would flush without it.
+        self.shared.flushes.dirty.store(true, Ordering::Release);
+        written
     }
 
     pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {

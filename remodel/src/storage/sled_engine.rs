@@ -103,9 +103,10 @@ impl SledEngine {
         if matches!(opened, Ok(Err(sled::Error::Corruption { .. }))) {
             // sled 0.34 writes a snapshot to `snap.<lsn>.generating`, syncs it and renames it;
             // a process killed before the rename leaves that file, and the next open takes it
-            // (the newest name) for the snapshot and fails (sled#1527). It is never a complete
-            // snapshot: without it, sled reads the one before and replays its log from there.
-            // (sled holds the files' lock when it reports corruption: no one else writes them.)
+            // (the newest name) for the snapshot and fails (sled#1527). Removing it is safe:
+            // sled deletes the older snapshot only after the rename, so it reads that one and
+            // replays its log from there. (A live sled of another process never leaves such a
+            // file for long: it renames it as soon as it is written.)
             if cfg.path.is_some_and(remove_unfinished_snapshots) {
                 opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(open));
             }
