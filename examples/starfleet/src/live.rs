@@ -134,7 +134,7 @@ where
             }
             if !batch.is_empty() {
                 window = match batch.len() {
-                    0 | 1 => THROTTLE,
+                    1 => THROTTLE,
                     n if n >= BUSY_BATCH => (window * 2).min(BUSY_THROTTLE),
                     _ => window,
                 };

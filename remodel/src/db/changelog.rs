@@ -81,10 +81,10 @@ const CREATED_PREFIX: &[u8] = b"created/";
 const DIR: &str = "changelog";
 
 /// A redo-only log (see [`ChangeLog::open`]): segments of 1 MiB (it needs no more than a
-/// few on disk), closed by size, and closed segments removed once there are
-/// `REDO_CLOSED_KEPT` (each removal costs a flush of the engine, see `committed`).
+/// few on disk), closed by size only (no limit of entries), and the closed ones removed once
+/// there are `REDO_CLOSED_KEPT` (and their checkpoint is on disk, see `committed`).
 const REDO_SEGMENT_BYTES: usize = 1 << 20;
-const REDO_SEGMENT: u64 = u64::MAX;
+const REDO_SEGMENT_ENTRIES: u64 = u64::MAX;
 const REDO_CLOSED_KEPT: usize = 4;
 
 /// The `checkpoint_epoch` of a segment whose checkpoint could not be written.
@@ -645,6 +645,15 @@ fn create_segment(dir: &Path, first: u64, cap: usize) -> Result<(Mapped, Arc<Fil
     Ok((Mapped::new(&file, cap)?, Arc::new(file)))
 }
 
+/// `fdatasync`s a segment. A failure is fatal, and marks `storage` failed: Linux reports a
+/// failed writeback once, so syncing again would succeed and acknowledge hard writes whose
+/// records never reached the disk.
+fn sync_segment(file: &File, storage: &Storage) -> Result<()> {
+    file.sync_data().map_err(|e| {
+        storage.mark_failed(format!("the change log could not be written to disk: {e}"))
+    })
+}
+
 /// Opens an existing segment to append to, after its first `valid` bytes.
 fn reopen_segment(
     dir: &Path,
@@ -775,7 +784,7 @@ impl ChangeLog {
             true => retention
                 .max_changes
                 .map_or(16_384, |m| (m / 16).clamp(64, 65_536)),
-            false => REDO_SEGMENT,
+            false => REDO_SEGMENT_ENTRIES,
         };
         let log = ChangeLog {
             dir,
@@ -807,7 +816,8 @@ impl ChangeLog {
             log.created.lock().insert(name, at);
         }
         // A flush of the storage makes the log durable first (see the module doc). Weak: a
-        // log opened only to recover (`recover_and_remove`) is gone after that.
+        // log opened only to be redone and removed (a database reopened without it) is gone
+        // after that.
         let writer = Arc::downgrade(&log.writer);
         storage.before_flush(Arc::new(move || {
             let Some(writer) = writer.upgrade() else {
@@ -821,11 +831,11 @@ impl ChangeLog {
     }
 
     /// Makes every record written so far durable (one `fdatasync` of the open segment: a
-    /// closed segment was made durable when it was closed).
-    pub(crate) fn sync(&self) -> Result<()> {
+    /// closed segment was made durable when it was closed). A failure marks `storage`
+    /// failed (see [`sync_segment`]).
+    pub(crate) fn sync(&self, storage: &Storage) -> Result<()> {
         let sync = self.writer.lock().sync.clone();
-        sync.sync_data()
-            .map_err(|e| io_error("be written to disk", e))
+        sync_segment(&sync, storage)
     }
 
     /// Whether feeds can resume from this log (it was opened with a retention).
@@ -902,11 +912,7 @@ impl ChangeLog {
     /// on. The closed one is made durable once, and the engine is told that every document
     /// before `next` is written (the redo checkpoint), after them.
     fn roll(&self, storage: &Storage, w: &mut Writer, next: u64, cap: usize) -> Result<()> {
-        // A failed sync is fatal: Linux reports a failed writeback once, so syncing again
-        // would succeed and acknowledge hard writes whose records never reached the disk.
-        w.sync.sync_data().map_err(|e| {
-            storage.mark_failed(format!("the change log could not be written to disk: {e}"))
-        })?;
+        sync_segment(&w.sync, storage)?;
         let (map, sync) = create_segment(&self.dir, next, cap)?;
         // The closed segment gives back the space reserved past its records (after its
         // mapping is gone: nothing reads or writes there any more).
@@ -1137,12 +1143,11 @@ impl ChangeLog {
         // engine's checkpoint pointing into a deleted segment (and the redo would miss
         // changes). The engine's timer flush gets it there (they go at a later commit); a
         // backlog of them (the timer is slow or off) is flushed here.
-        // (A temporary database does not survive a crash: it need not wait.)
         let epoch = w.segments[drop_n].checkpoint_epoch;
         if epoch == NO_CHECKPOINT {
             return Ok(());
         }
-        if !storage.is_temporary() && storage.flushed_epoch() <= epoch {
+        if !storage.flushed_since(epoch) {
             if drop_n < MAX_UNFLUSHED_DROPS {
                 return Ok(());
             }
@@ -1150,9 +1155,12 @@ impl ChangeLog {
             storage.flush_blocking()?;
             w = self.writer.lock();
         }
-        let gone: Vec<Segment> = w.segments.drain(..drop_n).collect();
-        w.total -= gone.iter().map(|s| s.entries).sum::<u64>();
-        let gone: Vec<u64> = gone.iter().map(|s| s.first).collect();
+        let writer = &mut *w;
+        let mut gone = Vec::with_capacity(drop_n);
+        for s in writer.segments.drain(..drop_n) {
+            gone.push(s.first);
+            writer.total -= s.entries;
+        }
         if let Some(s) = w.segments.front() {
             // The floor first: a crash before the files go leaves files below it (removed
             // on open), never a floor below a missing change.

@@ -214,10 +214,7 @@ impl Syncer {
             let target = self.visibility.last();
             shared.runs.fetch_add(1, Ordering::Relaxed);
             let synced = match &self.log {
-                Some(log) => log.sync().map_err(|e| {
-                    self.storage
-                        .mark_failed(format!("writing to disk failed: {e}"))
-                }),
+                Some(log) => log.sync(&self.storage),
                 None => self.storage.flush_blocking(),
             };
             match synced {

@@ -214,8 +214,7 @@ impl Storage {
                     let (Some(engine), Some(hook)) = (engine.upgrade(), hook.upgrade()) else {
                         return;
                     };
-                    if let Err(e) = flush_counted(&*engine, &flushes, &hook) {
-                        let cause = format!("writing to disk failed: {e}");
+                    if let Err(cause) = flush_counted(&*engine, &flushes, &hook) {
                         tracing::error!("the timed flush failed: {cause}");
                         if let Some(shared) = shared.upgrade() {
                             shared.fail(cause);
@@ -229,21 +228,17 @@ impl Storage {
         }
     }
 
-    /// The number of flushes started so far. Everything written before a call to this is on
-    /// disk once [`Storage::flushed_epoch`] is above what it returned.
+    /// The number of flushes started so far: what was written before this call survives a
+    /// crash once [`Storage::flushed_since`] says so for the number.
     pub(crate) fn flush_epoch(&self) -> u64 {
         self.shared.flushes.started.load(Ordering::SeqCst)
     }
 
-    /// Whether the files are deleted when the storage is dropped (nothing of it survives a
-    /// crash, so nothing needs to wait for a flush to survive one).
-    pub(crate) fn is_temporary(&self) -> bool {
-        self.shared.temporary
-    }
-
-    /// The highest-numbered flush that ended well (see [`Storage::flush_epoch`]).
-    pub(crate) fn flushed_epoch(&self) -> u64 {
-        self.shared.flushes.flushed.load(Ordering::SeqCst)
+    /// Whether a flush that started after [`Storage::flush_epoch`] returned `epoch` has
+    /// ended well. Always true for a temporary storage, which no crash leaves behind: what
+    /// waits for its writes to be on disk need not wait.
+    pub(crate) fn flushed_since(&self, epoch: u64) -> bool {
+        self.shared.temporary || self.shared.flushes.flushed.load(Ordering::SeqCst) > epoch
     }
 
     /// Whether anything of this engine is still alive, for the registry of open paths.
@@ -403,22 +398,23 @@ impl Storage {
     pub(crate) fn flush_blocking(&self) -> Result<()> {
         self.check()?;
         flush_counted(&*self.engine, &self.shared.flushes, &self.before_flush)
-            .map_err(|e| self.shared.fail(format!("writing to disk failed: {e}")))
+            .map_err(|cause| self.shared.fail(cause))
     }
 }
 
-/// A flush (see [`Storage::flush_blocking`]), counted in `flushes`; the caller marks the
-/// storage failed on an error.
+/// A flush (see [`Storage::flush_blocking`]), counted in `flushes`. On an error, the cause
+/// the caller marks the storage failed with.
 fn flush_counted(
     engine: &dyn Engine,
     flushes: &Flushes,
     hook: &OnceLock<FlushHook>,
 ) -> std::result::Result<(), String> {
+    let failed = |e: &dyn std::fmt::Display| format!("writing to disk failed: {e}");
     let n = flushes.started.fetch_add(1, Ordering::SeqCst) + 1;
     if let Some(hook) = hook.get() {
-        hook().map_err(|e| e.to_string())?;
+        hook().map_err(|e| failed(&e))?;
     }
-    engine.flush().map_err(|e| e.to_string())?;
+    engine.flush().map_err(|e| failed(&e))?;
     flushes.flushed.fetch_max(n, Ordering::SeqCst);
     Ok(())
 }
@@ -437,8 +433,13 @@ impl Tree {
     /// Writes one key; returns its previous value.
     fn write(&self, key: &[u8], value: Option<&[u8]>) -> Result<Option<Bytes>> {
         let written = self.inner.write(key, value).map_err(|e| self.err(e));
-        // After the write: a timer that took the flag before it would flush without it.
-        self.shared.flushes.dirty.store(true, Ordering::Release);
+        // After the write: a timer that took the flag before it would flush without it. Read
+        // first: the write path stores to the shared line only once per timer flush (a flag
+        // already set stays set until a flush that starts after this write).
+        let dirty = &self.shared.flushes.dirty;
+        if !dirty.load(Ordering::Acquire) {
+            dirty.store(true, Ordering::Release);
+        }
         written
     }
 
