@@ -1288,13 +1288,12 @@ mod tests {
     use serde_json::json;
 
     fn storage(dir: &Path) -> Storage {
-        Storage::open(EngineConfig {
+        Storage::reopen_after_drop(EngineConfig {
             path: Some(dir),
             temporary: false,
             cache_bytes: 1 << 20,
             flush_every_ms: None,
         })
-        .unwrap_or_else(|_| panic!("storage did not open"))
     }
 
     /// As after a `kill -9` between a commit's record and its documents: reopening redoes

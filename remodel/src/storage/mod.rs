@@ -25,6 +25,7 @@ use std::time::Duration;
 const JOURNAL_TREE: &str = "__remodel_journal";
 
 /// Engine settings taken from the database configuration.
+#[derive(Clone, Copy)]
 pub(crate) struct EngineConfig<'a> {
     pub path: Option<&'a Path>,
     /// Remove the files when the engine is dropped (temporary databases).
@@ -133,6 +134,23 @@ pub(crate) struct Tree {
 }
 
 impl Storage {
+    /// Opens the files of an engine this process just dropped: sled's I/O threads may hold
+    /// its file lock a moment longer, so a `Locked` answer is retried for up to 5 s. For
+    /// tests (the database's own open has the same wait, bounded by its registry).
+    #[cfg(test)]
+    pub(crate) fn reopen_after_drop(cfg: EngineConfig<'_>) -> Self {
+        let started = std::time::Instant::now();
+        loop {
+            match Storage::open(cfg) {
+                Err(OpenFailure::Locked) if started.elapsed() < Duration::from_secs(5) => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Ok(s) => return s,
+                Err(e) => panic!("the storage did not open: {e:?}"),
+            }
+        }
+    }
+
     /// Opens the engine; a failure says what kind it is, so that the caller can name it.
     /// Batches a crash left in the journal are completed first.
     ///
@@ -611,16 +629,7 @@ mod tests {
                 .unwrap();
             s.flush_blocking().unwrap();
         }
-        // sled's I/O threads may hold the dropped engine's file lock a moment longer.
-        let started = std::time::Instant::now();
-        let s = loop {
-            match Storage::open(cfg()) {
-                Err(OpenFailure::Locked) if started.elapsed() < Duration::from_secs(5) => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                r => break r.unwrap(),
-            }
-        };
+        let s = Storage::reopen_after_drop(cfg());
         assert_eq!(
             s.tree("t").unwrap().get(b"k").unwrap().as_deref(),
             Some(&b"v"[..])
