@@ -27,7 +27,7 @@
 //! behind the end), each reader holds the one block it is reading, and a block frees its
 //! items when the last holder lets go.
 
-use super::change::Change;
+use super::change::{Change, Item};
 use super::queue::Next;
 use crate::Error;
 use parking_lot::Mutex;
@@ -45,8 +45,9 @@ const BLOCK: usize = 32;
 struct Block {
     start: u64,
     slots: [Slot; BLOCK],
-    /// How many slots (from the first) hold an item: written by the producer after it fills
-    /// a slot, read by `Drop` only (readers go by the log's `tail`).
+    /// How many slots (from the first) hold an item, for `Drop` only (readers go by the
+    /// log's `tail`): written by the producer once, when it leaves the block (full) or is
+    /// dropped, not at every append, since it holds the block until then.
     filled: AtomicUsize,
     /// Slots from this one on may be read by more than one reader. Below it, a slot was
     /// appended while the log had at most one reader, and only that reader can ever read it
@@ -59,7 +60,7 @@ struct Block {
     taken: (AtomicUsize, AtomicUsize),
 }
 
-struct Slot(UnsafeCell<MaybeUninit<Change>>);
+struct Slot(UnsafeCell<MaybeUninit<Item>>);
 
 // SAFETY: a slot is written once, by the log's single producer, before the log's `tail`
 // (stored with sequentially consistent ordering, which includes release) moves past it;
@@ -86,7 +87,7 @@ impl Block {
     ///
     /// SAFETY: the caller has loaded the log's `tail` (acquire) above `pos`, and `pos` is in
     /// this block.
-    unsafe fn get(&self, pos: u64) -> &Change {
+    unsafe fn get(&self, pos: u64) -> &Item {
         let slot = &self.slots[(pos - self.start) as usize];
         // SAFETY: see the function's contract: the slot was written before `tail` passed it
         // and is never written again.
@@ -112,10 +113,10 @@ impl Block {
             to.store(i + 1, Ordering::Relaxed);
             // SAFETY: the slot was written (contract), only this reader can read it
             // (`shared_from`), it reads it once, and `Drop` skips it (`taken`).
-            return unsafe { (*self.slots[i].0.get()).assume_init_read() };
+            return unsafe { (*self.slots[i].0.get()).assume_init_read() }.into_change();
         }
         // SAFETY: see the function's contract.
-        unsafe { self.get(pos) }.clone()
+        unsafe { self.get(pos) }.clone().into_change()
     }
 }
 
@@ -243,6 +244,9 @@ impl Producer {
         let block = match &self.block {
             Some(b) if b.holds(self.tail) => b,
             _ => {
+                if let Some(full) = &self.block {
+                    full.filled.store(BLOCK, Ordering::Release);
+                }
                 let mut s = log.state.lock();
                 let b = Block::new(self.tail, s.live > 1);
                 s.blocks.push_back(b.clone());
@@ -255,8 +259,7 @@ impl Producer {
         // SAFETY: only this producer writes slots (it is unique: appending takes `&mut
         // self`), slot `at` has not been written (positions only grow), and no reader reads
         // it before `tail` passes it, below.
-        unsafe { (*block.slots[at].0.get()).write(item) };
-        block.filled.store(at + 1, Ordering::Release);
+        unsafe { (*block.slots[at].0.get()).write(item.into_item()) };
         self.tail += 1;
         log.tail.store(self.tail, Ordering::Release);
         true
@@ -274,6 +277,16 @@ impl Producer {
                 log.epoch.store(s.epoch, Ordering::Release);
                 wakes.extend(s.waiters.drain(..).map(|(_, w)| w));
             }
+        }
+    }
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        if let Some(block) = &self.block {
+            // The items written into the block the producer was filling.
+            let filled = (self.tail - block.start) as usize;
+            block.filled.store(filled, Ordering::Release);
         }
     }
 }

@@ -64,6 +64,7 @@ mod options;
 mod queue;
 mod ranges;
 mod resume;
+mod shared;
 mod sink;
 mod spec;
 mod stream;

@@ -5,7 +5,7 @@ use super::routes::{Route, TopReg};
 use crate::db::write::Committed;
 use crate::db::IndexState;
 use crate::feed::aggregate::LiveAgg;
-use crate::feed::change::Change;
+use crate::feed::change::{Change, ChangeFanout};
 use crate::feed::join::LiveJoin;
 use crate::feed::log::Producer;
 use crate::feed::queue::Subscriber;
@@ -105,20 +105,37 @@ pub(super) type DocKeys = (*const IndexState, Vec<Vec<u8>>, Vec<Vec<u8>>);
 /// see whole rows (identical for all of them, so one allocation is shared).
 pub(super) struct ChangeCtx<'a> {
     pub(super) c: &'a Committed,
+    /// Whether the groups asked about were found by their routes for this change (live
+    /// delivery), not replayed to one feed (a resuming feed), so that a route's answer may
+    /// stand for the matcher's (see [`ChangeCtx::count`]).
+    routed: bool,
     /// The row's key as items carry it, made when the first item is.
     key: Option<Arc<[u8]>>,
     pub(super) index_keys: Vec<DocKeys>,
     /// Items of untransformed groups, by (row before, row after) presence.
-    pub(super) plain: [Option<Change>; 3],
+    plain: [Option<ChangeFanout>; 3],
+    /// How many groups may take a plain item (see [`ChangeCtx::plain`]).
+    fan_out: usize,
 }
 
 impl<'a> ChangeCtx<'a> {
-    pub(super) fn new(c: &'a Committed) -> Self {
+    /// For groups found by their routes for `c`.
+    pub(super) fn routed(c: &'a Committed) -> Self {
+        ChangeCtx {
+            routed: true,
+            ..ChangeCtx::replayed(c)
+        }
+    }
+
+    /// For a feed that replays `c` whether or not it concerns it.
+    pub(super) fn replayed(c: &'a Committed) -> Self {
         ChangeCtx {
             c,
+            routed: false,
             key: None,
             index_keys: Vec::new(),
             plain: [None, None, None],
+            fan_out: 0,
         }
     }
 
@@ -159,11 +176,27 @@ impl<'a> ChangeCtx<'a> {
         let Some(d) = doc else { return 0 };
         match matcher {
             Matcher::IndexRange { ix, .. } => {
+                if self.routed {
+                    // A range group is routed only by the index keys its range contains, so
+                    // when the change has a single key in this index, that key is in the
+                    // range: the bounds (memory of their own, in every group) need not be
+                    // read. The common case of inserts and deletes.
+                    let (old_n, new_n) = (self.keys(ix, false).len(), self.keys(ix, true).len());
+                    if old_n + new_n == 1 {
+                        return if new { new_n } else { old_n };
+                    }
+                }
                 let keys = self.keys(ix, new);
                 matcher.count_keys(keys)
             }
             _ => matcher.count(&self.c.key, d),
         }
+    }
+
+    /// Says how many groups the change reaches at most: the first plain item made raises
+    /// its reference count for that many at once.
+    pub(super) fn reaches(&mut self, groups: usize) {
+        self.fan_out = groups;
     }
 
     /// The shared item of an untransformed row entering, leaving or changing.
@@ -173,11 +206,12 @@ impl<'a> ChangeCtx<'a> {
             (true, false) => 1,
             _ => 2,
         };
-        if let Some(item) = &self.plain[slot] {
-            return item.clone();
+        if let Some(item) = &mut self.plain[slot] {
+            return item.next();
         }
-        // Only the first group to need this item makes it (and clones the key): a clone is
-        // an atomic add that waits for the cache misses before it, once per group.
+        // Only the first group to need this item makes it (and clones the key), and the
+        // handles of the groups after it are paid for in one atomic add, not one each: an
+        // atomic add waits for the cache misses before it (see `feed::shared`).
         let c = self.c;
         let item = Change::row(
             Some(self.key()),
@@ -185,7 +219,7 @@ impl<'a> ChangeCtx<'a> {
             c.new.clone().filter(|_| new),
         )
         .at(c.seq);
-        self.plain[slot].insert(item).clone()
+        self.plain[slot].insert(item.fan_out(self.fan_out)).next()
     }
 }
 

@@ -130,8 +130,9 @@ impl Hub {
         // one fence for all of them (see `feed::log`).
         let mut appended: Vec<GroupId> = Vec::new();
         for c in changes {
-            let mut ctx = ChangeCtx::new(c);
+            let mut ctx = ChangeCtx::routed(c);
             routes.candidates(c, &mut scratch, &mut ctx);
+            ctx.reaches(scratch.ids.len());
             for id in &scratch.ids {
                 let Some(group) = routes.groups.get_mut(id) else {
                     continue;
@@ -462,7 +463,7 @@ impl Hub {
     /// (a resuming feed), exactly as the live path makes them.
     pub(crate) fn replay_items(plan: &FeedPlan, c: &Committed, out: &mut Vec<super::Change>) {
         if let FeedPlan::Rows { matcher, view, .. } = plan {
-            let mut ctx = ChangeCtx::new(c);
+            let mut ctx = ChangeCtx::replayed(c);
             group::row_items(matcher, view, &mut ctx, out);
         }
     }

@@ -1,0 +1,233 @@
+//! A reference-counted pointer whose count is raised once for many clones.
+//!
+//! One change can reach thousands of feeds that do not share a group (a `between` feed per
+//! browser tab), and each of them keeps its own handle on the item. With `Arc`, each handle
+//! is an atomic add on the same counter inside the writer's loop over the groups, and an
+//! atomic read-modify-write also waits for the stores and cache misses before it, so the
+//! loop cannot overlap the misses of one group with the next. [`Fanout`] raises the count
+//! by the number of handles the loop may hand out, once, and hands them out without
+//! atomics; what it did not hand out is given back in one subtraction when it is dropped.
+//!
+//! Otherwise [`Shared`] is a plain `Arc` without weak references: clones add one, drops
+//! subtract one, and the last drop frees the value (with the same orderings as `Arc`).
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::ops::Deref;
+use std::ptr::NonNull;
+use std::sync::atomic::{fence, AtomicUsize, Ordering};
+
+/// A shared, immutable value (see the module doc).
+pub(crate) struct Shared<T> {
+    ptr: NonNull<Inner<T>>,
+    _owns: PhantomData<Inner<T>>,
+}
+
+struct Inner<T> {
+    count: AtomicUsize,
+    value: T,
+}
+
+/// Past this many handles the count could overflow: abort, as `Arc` does (it takes
+/// `isize::MAX` leaked handles to get there).
+const MAX_COUNT: usize = isize::MAX as usize;
+
+// SAFETY: as for `Arc<T>`: handles on other threads give shared access to `T` (so `T:
+// Sync`) and the last one may drop it on any thread (so `T: Send`).
+unsafe impl<T: Send + Sync> Send for Shared<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send + Sync> Sync for Shared<T> {}
+
+impl<T> Shared<T> {
+    pub(crate) fn new(value: T) -> Self {
+        let inner = Box::new(Inner {
+            count: AtomicUsize::new(1),
+            value,
+        });
+        Shared {
+            ptr: NonNull::from(Box::leak(inner)),
+            _owns: PhantomData,
+        }
+    }
+
+    fn inner(&self) -> &Inner<T> {
+        // SAFETY: the allocation lives while any handle does, and this is one.
+        unsafe { self.ptr.as_ref() }
+    }
+
+    /// Adds `n` to the count (relaxed, like `Arc::clone`: a new handle is made from an
+    /// existing one, which keeps the value alive meanwhile).
+    fn add(&self, n: usize) {
+        let before = self.inner().count.fetch_add(n, Ordering::Relaxed);
+        if before > MAX_COUNT - n.min(MAX_COUNT) {
+            std::process::abort();
+        }
+    }
+
+    /// A handle for which the count was already raised.
+    ///
+    /// # Safety
+    /// The caller has added one to the count for this handle and not used it for another.
+    unsafe fn prepaid(&self) -> Self {
+        Shared {
+            ptr: self.ptr,
+            _owns: PhantomData,
+        }
+    }
+}
+
+impl<T: Clone> Shared<T> {
+    /// A mutable reference to the value, copied first if another handle shares it.
+    pub(crate) fn make_mut(&mut self) -> &mut T {
+        // Acquire: the other handles' last uses happen before this access (they were
+        // dropped with release).
+        if self.inner().count.load(Ordering::Acquire) != 1 {
+            *self = Shared::new(self.inner().value.clone());
+        }
+        // SAFETY: this is the only handle (the count is 1 and this handle is borrowed
+        // mutably, so no clone can be made meanwhile), so nothing else reads the value.
+        unsafe { &mut self.ptr.as_mut().value }
+    }
+}
+
+impl<T> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        self.add(1);
+        // SAFETY: one was just added for it.
+        unsafe { self.prepaid() }
+    }
+}
+
+impl<T> Drop for Shared<T> {
+    fn drop(&mut self) {
+        if self.inner().count.fetch_sub(1, Ordering::Release) != 1 {
+            return;
+        }
+        // Every other handle's drop (release) happens before the value is freed.
+        fence(Ordering::Acquire);
+        // SAFETY: this was the last handle; the allocation came from `Box::leak`.
+        drop(unsafe { Box::from_raw(self.ptr.as_ptr()) });
+    }
+}
+
+impl<T> Deref for Shared<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.inner().value
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for Shared<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        T::fmt(self, f)
+    }
+}
+
+impl<T> Shared<T> {
+    /// Whether both handles are on the same value.
+    #[cfg(test)]
+    fn ptr_eq(a: &Self, b: &Self) -> bool {
+        a.ptr == b.ptr
+    }
+}
+
+/// Hands out handles on one value, the count raised once for up to `n` of them.
+pub(crate) struct Fanout<T> {
+    item: Shared<T>,
+    /// Handles paid for and not handed out yet.
+    left: usize,
+}
+
+impl<T> Fanout<T> {
+    /// Raises the count of `item` for `n` handles to come.
+    pub(crate) fn new(item: Shared<T>, n: usize) -> Self {
+        if n > 0 {
+            item.add(n);
+        }
+        Fanout { item, left: n }
+    }
+
+    /// One more handle: paid for in advance while any are left, otherwise a plain clone.
+    pub(crate) fn next(&mut self) -> Shared<T> {
+        if self.left == 0 {
+            return self.item.clone();
+        }
+        self.left -= 1;
+        // SAFETY: `new` added one to the count for each of the `left` handles.
+        unsafe { self.item.prepaid() }
+    }
+
+    #[cfg(test)]
+    fn get(&self) -> &Shared<T> {
+        &self.item
+    }
+}
+
+impl<T> Drop for Fanout<T> {
+    fn drop(&mut self) {
+        if self.left > 0 {
+            // `self.item` still holds one, so this never takes the count to zero.
+            self.item
+                .inner()
+                .count
+                .fetch_sub(self.left, Ordering::Release);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+
+    /// Counts its drops.
+    #[derive(Clone)]
+    struct Tally(Arc<AtomicUsize>);
+
+    impl Drop for Tally {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn the_value_is_dropped_once_after_the_last_handle() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        for (paid, taken) in [(0, 0), (5, 0), (5, 3), (5, 5), (2, 7)] {
+            drops.store(0, Ordering::SeqCst);
+            let mut fan = Fanout::new(Shared::new(Tally(drops.clone())), paid);
+            let handles: Vec<_> = (0..taken).map(|_| fan.next()).collect();
+            assert!(handles.iter().all(|h| Shared::ptr_eq(h, fan.get())));
+            drop(fan);
+            let out = usize::from(taken > 0);
+            assert_eq!(
+                drops.load(Ordering::SeqCst),
+                1 - out,
+                "dropped with handles out"
+            );
+            let threads: Vec<_> = handles
+                .into_iter()
+                .map(|h| std::thread::spawn(move || drop(h)))
+                .collect();
+            threads.into_iter().for_each(|t| t.join().unwrap());
+            assert_eq!(
+                drops.load(Ordering::SeqCst),
+                1,
+                "{paid} paid, {taken} taken"
+            );
+        }
+    }
+
+    #[test]
+    fn make_mut_copies_only_a_shared_value() {
+        let mut a = Shared::new(vec![1]);
+        let before = a.ptr;
+        a.make_mut().push(2);
+        assert_eq!(a.ptr, before, "unshared: changed in place");
+        let b = a.clone();
+        a.make_mut().push(3);
+        assert_eq!((&a[..], &b[..]), (&[1, 2, 3][..], &[1, 2][..]));
+    }
+}
