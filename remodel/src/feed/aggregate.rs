@@ -18,7 +18,7 @@ use crate::value::{compare, encode_value, FieldPath};
 use crate::{Error, Result};
 use serde_json::{json, Value};
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -130,8 +130,6 @@ struct Acc {
     count: u64,
     total: f64,
     best: Option<Best>,
-    /// The best row left: refill from the index after the commit.
-    stale: bool,
     /// The group's row as last shown (rebuilt once per commit that touches the group).
     shown: Option<Arc<Value>>,
 }
@@ -145,7 +143,6 @@ impl Acc {
             count: 0,
             total: 0.0,
             best: None,
-            stale: false,
             shown: None,
         }
     }
@@ -157,6 +154,10 @@ pub(crate) struct LiveAgg {
     def: AggDef,
     /// Groups by the encoding of their value (one group, keyed by nothing, when ungrouped).
     groups: BTreeMap<Vec<u8>, Acc>,
+    /// The groups whose best row (min, max) left during the commit being applied: refilled
+    /// from the index once the commit is. A set, not a flag per group, so that a commit
+    /// costs in proportion to the groups it touches, not to all of them.
+    stale: BTreeSet<Vec<u8>>,
 }
 
 impl LiveAgg {
@@ -172,6 +173,7 @@ impl LiveAgg {
             table,
             def,
             groups: BTreeMap::new(),
+            stale: BTreeSet::new(),
         };
         if agg.ungrouped() {
             // An ungrouped aggregate always has its one value (0, null), rows or not.
@@ -182,9 +184,7 @@ impl LiveAgg {
             let doc = Arc::new(doc);
             agg.add(&pk, &doc)?;
         }
-        if agg.groups.values().any(|a| a.stale) {
-            agg.refill(matcher, view)?;
-        }
+        agg.refill(matcher, view)?;
         let keys: Vec<Vec<u8>> = agg.groups.keys().cloned().collect();
         for k in keys {
             agg.reshow(&k);
@@ -273,10 +273,10 @@ impl LiveAgg {
                 ReduceKind::Min | ReduceKind::Max => {}
             }
             if let Some(v) = &extreme {
-                let acc = &self.groups[&k];
-                if acc.stale {
+                if self.stale.contains(&k) {
                     continue; // the refill reads the rows as they are after the commit
                 }
+                let acc = &self.groups[&k];
                 let better = acc.best.as_ref().is_none_or(|b| self.beats(v, pk, b));
                 if better {
                     let acc = self.groups.get_mut(&k).expect("inserted above");
@@ -314,18 +314,19 @@ impl LiveAgg {
                 ReduceKind::Min | ReduceKind::Max => {
                     if acc.best.as_ref().is_some_and(|b| b.pk == pk) {
                         acc.best = None;
-                        acc.stale = true;
+                        self.stale.insert(k.clone());
                     }
                 }
             }
             if acc.rows == 0 && !ungrouped {
                 self.groups.remove(&k);
+                self.stale.remove(&k);
             } else if acc.rows == 0 {
                 // The one group of an ungrouped aggregate stays, empty.
                 acc.total = 0.0;
                 acc.count = 0;
                 acc.best = None;
-                acc.stale = false;
+                self.stale.remove(&k);
             }
         }
         Ok(())
@@ -335,16 +336,15 @@ impl LiveAgg {
     /// qualifying row from the extreme end (for max, the smallest key among the largest
     /// values).
     fn refill(&mut self, matcher: &Matcher, view: &View) -> Result<()> {
+        // Taken: whatever this does not refill has no qualifying row left with the field.
+        let mut stale = std::mem::take(&mut self.stale);
+        if stale.is_empty() {
+            return Ok(());
+        }
         let Some(ix) = self.def.extreme.clone() else {
             return Ok(());
         };
         let table = self.table.clone();
-        let mut stale: Vec<Vec<u8>> = self
-            .groups
-            .iter()
-            .filter(|(_, a)| a.stale)
-            .map(|(k, _)| k.clone())
-            .collect();
         let field = self.def.field.clone().expect("min/max have a field");
         let it = ix.tree.range(Bound::Unbounded, Bound::Unbounded);
         let it: Box<dyn Iterator<Item = _>> = if self.def.reduce == ReduceKind::Max {
@@ -379,8 +379,7 @@ impl LiveAgg {
                 match &acc.best {
                     // Descending: a later row of the same value has a smaller key.
                     Some(b) if compare(&b.value, &v) != Ordering::Equal => {
-                        acc.stale = false;
-                        stale.retain(|s| s != &k);
+                        stale.remove(&k);
                         continue;
                     }
                     _ => {}
@@ -391,13 +390,9 @@ impl LiveAgg {
                     doc: seen.clone(),
                 });
                 if self.def.reduce == ReduceKind::Min {
-                    acc.stale = false;
-                    stale.retain(|s| s != &k);
+                    stale.remove(&k);
                 }
             }
-        }
-        for a in self.groups.values_mut() {
-            a.stale = false;
         }
         Ok(())
     }
@@ -480,9 +475,7 @@ impl LiveAgg {
                 }
             }
         }
-        if self.groups.values().any(|a| a.stale) {
-            self.refill(matcher, view)?;
-        }
+        self.refill(matcher, view)?;
         let mut out = Vec::new();
         for (k, old) in before {
             let new = self.reshow(&k);
