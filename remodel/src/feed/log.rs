@@ -120,17 +120,33 @@ impl Block {
     }
 }
 
-impl Drop for Block {
-    fn drop(&mut self) {
-        let filled = *self.filled.get_mut();
+impl Block {
+    /// Drops the items still in the block (those not moved out), leaving it empty.
+    fn clear(&mut self) {
+        let filled = std::mem::take(self.filled.get_mut());
         let taken = *self.taken.0.get_mut()..*self.taken.1.get_mut();
         for (i, slot) in self.slots[..filled].iter_mut().enumerate() {
             if !taken.contains(&i) {
                 // SAFETY: the first `filled` slots were written, those in `taken` were moved
-                // out (and are not dropped again), and nothing else holds the block.
+                // out (and are not dropped again), and nothing else holds the block. With
+                // `filled` now 0, no slot is dropped twice.
                 unsafe { slot.0.get_mut().assume_init_drop() };
             }
         }
+        *self.taken.0.get_mut() = 0;
+        *self.taken.1.get_mut() = 0;
+    }
+
+    /// Makes an emptied block (see [`Block::clear`]) the block from `start` on.
+    fn reuse(&mut self, start: u64, shared: bool) {
+        self.start = start;
+        *self.shared_from.get_mut() = if shared { 0 } else { BLOCK };
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        self.clear();
     }
 }
 
@@ -165,6 +181,10 @@ struct State {
     closed: Option<Error>,
     /// The largest queue size of the readers (older items are dropped).
     cap: usize,
+    /// A trimmed block that nothing else held, emptied, for the producer's next block: a
+    /// log that a write reaches with every change adds a block every [`BLOCK`] items, and
+    /// a thousand of them would otherwise allocate and free one each that often.
+    spare: Option<Arc<Block>>,
     /// The log position at which the next scan of the readers' cursors may run.
     scan_at: u64,
 }
@@ -182,6 +202,30 @@ impl State {
         self.blocks.get(at as usize)
     }
 
+    /// A block for the items from `start` on: the spare one if there is one.
+    fn new_block(&mut self, start: u64, shared: bool) -> Arc<Block> {
+        if let Some(mut b) = self.spare.take() {
+            if let Some(spare) = Arc::get_mut(&mut b) {
+                spare.reuse(start, shared);
+                return b;
+            }
+        }
+        Block::new(start, shared)
+    }
+
+    /// Lets go of the first block; kept as the spare (emptied) if nothing else holds it.
+    fn drop_front(&mut self) {
+        let Some(mut b) = self.blocks.pop_front() else {
+            return;
+        };
+        if self.spare.is_none() {
+            if let Some(empty) = Arc::get_mut(&mut b) {
+                empty.clear();
+                self.spare = Some(b);
+            }
+        }
+    }
+
     /// Drops the blocks no reader can need: those wholly more than the largest queue size
     /// behind `tail`, and those every reader has passed. The scan of cursors runs at most
     /// once per `2 × live` items, so it costs a constant per item however many readers
@@ -189,7 +233,7 @@ impl State {
     fn trim(&mut self, tail: u64) {
         let keep_from = tail.saturating_sub(self.cap as u64);
         while self.blocks.len() > 1 && self.blocks[0].start + BLOCK as u64 <= keep_from {
-            self.blocks.pop_front();
+            self.drop_front();
         }
         if self.blocks.len() > 1 && tail >= self.scan_at {
             let min = self
@@ -200,7 +244,7 @@ impl State {
                 .min()
                 .unwrap_or(u64::MAX);
             while self.blocks.len() > 1 && self.blocks[0].start + BLOCK as u64 <= min {
-                self.blocks.pop_front();
+                self.drop_front();
             }
             self.scan_at = tail + (2 * self.live).max(BLOCK) as u64;
         }
@@ -248,7 +292,8 @@ impl Producer {
                     full.filled.store(BLOCK, Ordering::Release);
                 }
                 let mut s = log.state.lock();
-                let b = Block::new(self.tail, s.live > 1);
+                let shared = s.live > 1;
+                let b = s.new_block(self.tail, shared);
                 s.blocks.push_back(b.clone());
                 s.trim(self.tail);
                 drop(s);
@@ -268,16 +313,7 @@ impl Producer {
     /// Hands out the wakers of waiting readers. Runs after a `fence(SeqCst)` that follows
     /// the appends (see the module doc).
     pub(crate) fn wake_waiting(&self, wakes: &mut Vec<Waker>) {
-        let log = &*self.log;
-        if log.waiting.load(Ordering::Relaxed) {
-            let mut s = log.state.lock();
-            log.waiting.store(false, Ordering::Relaxed);
-            if !s.waiters.is_empty() {
-                s.epoch += 1;
-                log.epoch.store(s.epoch, Ordering::Release);
-                wakes.extend(s.waiters.drain(..).map(|(_, w)| w));
-            }
-        }
+        self.log.wake_waiting(wakes);
     }
 }
 
@@ -341,6 +377,20 @@ impl Reader {
 }
 
 impl Log {
+    /// [`Producer::wake_waiting`], for a caller that kept the log of each producer it
+    /// appended with (the hub, which looks for waiting readers of all of them at once).
+    pub(crate) fn wake_waiting(&self, wakes: &mut Vec<Waker>) {
+        if self.waiting.load(Ordering::Relaxed) {
+            let mut s = self.state.lock();
+            self.waiting.store(false, Ordering::Relaxed);
+            if !s.waiters.is_empty() {
+                s.epoch += 1;
+                self.epoch.store(s.epoch, Ordering::Release);
+                wakes.extend(s.waiters.drain(..).map(|(_, w)| w));
+            }
+        }
+    }
+
     /// Adds a reader that starts with the next item pushed. Called under the routes lock,
     /// which the producer also holds to push, so the end read here is exact.
     pub(crate) fn join(&self, capacity: usize) -> Reader {

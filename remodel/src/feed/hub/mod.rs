@@ -126,9 +126,9 @@ impl Hub {
         let mut topn_at: HashMap<GroupId, usize> = HashMap::new();
         let mut join_deltas: Vec<(JoinSpace, GroupId, Vec<RouteDelta>)> = Vec::new();
         let mut items = Vec::new();
-        // Groups whose log took an item: their waiting readers are looked for once, after
-        // one fence for all of them (see `feed::log`).
-        let mut appended: Vec<GroupId> = Vec::new();
+        // The logs that took an item: their waiting readers are looked for once, after one
+        // fence for all of them (see `feed::log`).
+        let mut appended: Vec<*const Log> = Vec::new();
         for c in changes {
             let mut ctx = ChangeCtx::routed(c);
             routes.candidates(c, &mut scratch, &mut ctx);
@@ -149,18 +149,17 @@ impl Hub {
                 }
                 group.items(&mut ctx, &mut items);
                 for item in items.drain(..) {
-                    if group.members.deliver_deferred(item, wakes) {
-                        appended.push(*id);
-                    }
+                    appended.extend(group.members.deliver_deferred(item, wakes));
                 }
             }
         }
         if !appended.is_empty() {
             std::sync::atomic::fence(Ordering::SeqCst);
-            for id in &appended {
-                if let Some(group) = routes.groups.get(id) {
-                    group.members.wake_waiting(wakes);
-                }
+            for &log in &appended {
+                // SAFETY: each pointer is the log of a group's producer (`Arc::as_ptr`),
+                // and the producer (so its `Arc`) lives as long as the group; groups leave
+                // only under the routes lock, which this function holds throughout.
+                unsafe { &*log }.wake_waiting(wakes);
             }
         }
         // The items of a top-N group carry the sequence number of the commit's last change.
