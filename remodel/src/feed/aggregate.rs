@@ -341,6 +341,21 @@ impl LiveAgg {
         if stale.is_empty() {
             return Ok(());
         }
+        let refilled = self.refill_from_index(&mut stale, matcher, view);
+        if refilled.is_err() {
+            // A storage error part way: the groups not refilled yet stay to be refilled.
+            self.stale = stale;
+        }
+        refilled
+    }
+
+    /// [`LiveAgg::refill`]'s scan: takes the groups it refills out of `stale`.
+    fn refill_from_index(
+        &mut self,
+        stale: &mut BTreeSet<Vec<u8>>,
+        matcher: &Matcher,
+        view: &View,
+    ) -> Result<()> {
         let Some(ix) = self.def.extreme.clone() else {
             return Ok(());
         };

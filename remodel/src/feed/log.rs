@@ -46,8 +46,9 @@ struct Block {
     start: u64,
     slots: [Slot; BLOCK],
     /// How many slots (from the first) hold an item, for `Drop` only (readers go by the
-    /// log's `tail`): written by the producer once, when it leaves the block (full) or is
-    /// dropped, not at every append, since it holds the block until then.
+    /// log's `tail`): written by the producer when it leaves the block (full) or is dropped,
+    /// not at every append, since it holds the block until then (and reset to 0 when the
+    /// emptied block is kept for reuse).
     filled: AtomicUsize,
     /// Slots from this one on may be read by more than one reader. Below it, a slot was
     /// appended while the log had at most one reader, and only that reader can ever read it
@@ -62,8 +63,8 @@ struct Block {
 
 struct Slot(UnsafeCell<MaybeUninit<Item>>);
 
-// SAFETY: a slot is written once, by the log's single producer, before the log's `tail`
-// (stored with sequentially consistent ordering, which includes release) moves past it;
+// SAFETY: a slot is written once (per use of the block), by the log's single producer,
+// before the log's `tail` (stored with release ordering) moves past it;
 // readers read a slot only below a `tail` they loaded (acquire), and never write one. So
 // every access to a slot's item after its write is a read that happens after the write.
 unsafe impl Sync for Block {}

@@ -23,6 +23,9 @@ pub(crate) struct Shared<T> {
     _owns: PhantomData<Inner<T>>,
 }
 
+// `repr(C)`: the count first, then the value's first fields, in one cache line (see
+// `ChangeData`).
+#[repr(C)]
 struct Inner<T> {
     count: AtomicUsize,
     value: T,

@@ -103,22 +103,24 @@ impl Members {
     }
 }
 
-/// An index (by address: it lives as long as the change), and the keys of the old and of
-/// the new document in it.
-pub(super) type DocKeys = (*const IndexState, Vec<Vec<u8>>, Vec<Vec<u8>>);
+/// The keys of a change's old and new document in one index.
+pub(super) struct DocKeys {
+    /// The index, by address (it lives as long as the change).
+    ix: *const IndexState,
+    old: Vec<Vec<u8>>,
+    new: Vec<Vec<u8>>,
+    /// Whether the range routes were looked up with these keys (see [`ChangeCtx::count`]).
+    routed: bool,
+}
 
 /// Per-change work shared by every rows group the change reaches: the row's key, the old
 /// and new documents' keys in each index a range group reads, and the items of groups that
 /// see whole rows (identical for all of them, so one allocation is shared).
 pub(super) struct ChangeCtx<'a> {
     pub(super) c: &'a Committed,
-    /// Whether the groups asked about were found by their routes for this change (live
-    /// delivery), not replayed to one feed (a resuming feed), so that a route's answer may
-    /// stand for the matcher's (see [`ChangeCtx::count`]).
-    routed: bool,
     /// The row's key as items carry it, made when the first item is.
     key: Option<Arc<[u8]>>,
-    pub(super) index_keys: Vec<DocKeys>,
+    index_keys: Vec<DocKeys>,
     /// Items of untransformed groups, by (row before, row after) presence.
     plain: [Option<ChangeFanout>; 3],
     /// How many groups may take a plain item (see [`ChangeCtx::plain`]).
@@ -126,19 +128,9 @@ pub(super) struct ChangeCtx<'a> {
 }
 
 impl<'a> ChangeCtx<'a> {
-    /// For groups found by their routes for `c`.
-    pub(super) fn routed(c: &'a Committed) -> Self {
-        ChangeCtx {
-            routed: true,
-            ..ChangeCtx::replayed(c)
-        }
-    }
-
-    /// For a feed that replays `c` whether or not it concerns it.
-    pub(super) fn replayed(c: &'a Committed) -> Self {
+    pub(super) fn new(c: &'a Committed) -> Self {
         ChangeCtx {
             c,
-            routed: false,
             key: None,
             index_keys: Vec::new(),
             plain: [None, None, None],
@@ -154,10 +146,10 @@ impl<'a> ChangeCtx<'a> {
             .clone()
     }
 
-    /// The keys of the old (`new: false`) or new document in `ix`, computed once.
-    pub(super) fn keys(&mut self, ix: &IndexState, new: bool) -> &[Vec<u8>] {
+    /// The keys of the old and new document in `ix`, computed once.
+    fn doc_keys(&mut self, ix: &IndexState) -> &mut DocKeys {
         let id = ix as *const IndexState;
-        let at = match self.index_keys.iter().position(|(p, _, _)| *p == id) {
+        let at = match self.index_keys.iter().position(|k| k.ix == id) {
             Some(at) => at,
             None => {
                 let of = |d: &Option<Arc<Value>>| {
@@ -165,16 +157,34 @@ impl<'a> ChangeCtx<'a> {
                         .map(|d| ix.compiled.keys(d, &self.c.key))
                         .unwrap_or_default()
                 };
-                self.index_keys.push((id, of(&self.c.old), of(&self.c.new)));
+                self.index_keys.push(DocKeys {
+                    ix: id,
+                    old: of(&self.c.old),
+                    new: of(&self.c.new),
+                    routed: false,
+                });
                 self.index_keys.len() - 1
             }
         };
-        let (_, old, newk) = &self.index_keys[at];
+        &mut self.index_keys[at]
+    }
+
+    /// The keys of the old (`new: false`) or new document in `ix`.
+    fn keys(&mut self, ix: &IndexState, new: bool) -> &[Vec<u8>] {
+        let k = self.doc_keys(ix);
         if new {
-            newk
+            &k.new
         } else {
-            old
+            &k.old
         }
+    }
+
+    /// Both documents' keys in `ix`, to look the range routes of `ix` up with: the groups
+    /// found through them may then trust them (see [`ChangeCtx::count`]).
+    pub(super) fn route_keys(&mut self, ix: &IndexState) -> impl Iterator<Item = &[u8]> {
+        let k = self.doc_keys(ix);
+        k.routed = true;
+        k.old.iter().chain(&k.new).map(Vec::as_slice)
     }
 
     /// How many times the old or new document is in the matcher's rows.
@@ -183,15 +193,16 @@ impl<'a> ChangeCtx<'a> {
         let Some(d) = doc else { return 0 };
         match matcher {
             Matcher::IndexRange { ix, .. } => {
-                if self.routed {
-                    // A range group is routed only by the index keys its range contains, so
-                    // when the change has a single key in this index, that key is in the
-                    // range: the bounds (memory of their own, in every group) need not be
-                    // read. The common case of inserts and deletes.
-                    let (old_n, new_n) = (self.keys(ix, false).len(), self.keys(ix, true).len());
-                    if old_n + new_n == 1 {
-                        return if new { new_n } else { old_n };
-                    }
+                // A range group is found only by the index keys its range contains, so when
+                // the routes were looked up with this very index's keys and the change has a
+                // single one, that key is in the range: the bounds (memory of their own, in
+                // every group) need not be read. The common case of inserts and deletes.
+                // (Keys of another object for an index of the same name, or a feed replaying
+                // the change log, are checked against the bounds.)
+                let k = self.doc_keys(ix);
+                let (old_n, new_n) = (k.old.len(), k.new.len());
+                if k.routed && old_n + new_n == 1 {
+                    return if new { new_n } else { old_n };
                 }
                 let keys = self.keys(ix, new);
                 matcher.count_keys(keys)

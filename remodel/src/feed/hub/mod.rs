@@ -130,7 +130,7 @@ impl Hub {
         // fence for all of them (see `feed::log`).
         let mut appended: Vec<*const Log> = Vec::new();
         for c in changes {
-            let mut ctx = ChangeCtx::routed(c);
+            let mut ctx = ChangeCtx::new(c);
             routes.candidates(c, &mut scratch, &mut ctx);
             ctx.reaches(scratch.ids.len());
             for id in &scratch.ids {
@@ -462,7 +462,7 @@ impl Hub {
     /// (a resuming feed), exactly as the live path makes them.
     pub(crate) fn replay_items(plan: &FeedPlan, c: &Committed, out: &mut Vec<super::Change>) {
         if let FeedPlan::Rows { matcher, view, .. } = plan {
-            let mut ctx = ChangeCtx::replayed(c);
+            let mut ctx = ChangeCtx::new(c);
             group::row_items(matcher, view, &mut ctx, out);
         }
     }

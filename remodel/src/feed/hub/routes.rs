@@ -437,10 +437,8 @@ impl Routes {
             match &r.ix {
                 None => r.ranges.stab(&c.key, out),
                 Some(ix) => {
-                    for new in [false, true] {
-                        for k in ctx.keys(ix, new) {
-                            r.ranges.stab(k, out);
-                        }
+                    for k in ctx.route_keys(ix) {
+                        r.ranges.stab(k, out);
                     }
                 }
             }
