@@ -695,6 +695,18 @@ impl Database {
                 tracing::warn!("could not remove index `{}` from the catalog: {e}", ix.name);
             }
         }
+        // A build can fail after the index was marked ready (saving that, or the flush), so
+        // feeds may already read it: they end as for a dropped index.
+        if let Some(sink) = self.inner.sink() {
+            sink.index_dropped(
+                &table.name,
+                &ix.name,
+                &format!(
+                    "index `{}` of table `{}` could not be built and was removed",
+                    ix.name, table.name
+                ),
+            );
+        }
         let removed = self
             .inner
             .storage
