@@ -1288,12 +1288,15 @@ mod tests {
     use serde_json::json;
 
     fn storage(dir: &Path) -> Storage {
-        Storage::reopen_after_drop(EngineConfig {
+        let cfg = EngineConfig {
             path: Some(dir),
             temporary: false,
             cache_bytes: 1 << 20,
             flush_every_ms: None,
-        })
+        };
+        // The test reopens the files of the engine it just dropped.
+        Storage::open_waiting_for_lock(cfg, std::time::Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("the storage did not open: {e:?}"))
     }
 
     /// As after a `kill -9` between a commit's record and its documents: reopening redoes

@@ -366,22 +366,20 @@ impl Database {
             None => Some(temporary_dir()?),
         };
         let path = canonical.as_deref().or(temporary.as_deref());
-        let mut attempts = 0;
-        let storage = loop {
-            let opened = Storage::open(EngineConfig {
+        let patience = if was_open_here {
+            Duration::from_secs(1)
+        } else {
+            Duration::ZERO
+        };
+        let storage = Storage::open_waiting_for_lock(
+            EngineConfig {
                 path,
                 temporary: temporary.is_some(),
                 cache_bytes: config.cache_bytes,
                 flush_every_ms: Some(config.flush_interval.as_millis().max(1) as u64),
-            });
-            match opened {
-                Err(OpenFailure::Locked) if was_open_here && attempts < 500 => {
-                    attempts += 1;
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                other => break other,
-            }
-        }
+            },
+            patience,
+        )
         .map_err(|f| open_error(canonical.as_deref(), f, false))?;
         let catalog = storage.tree(CATALOG_TREE)?;
         let stats_table = Arc::new(TableState::new(

@@ -136,20 +136,12 @@ impl Item {
 }
 
 /// One item handed to many feeds (see [`Change::fan_out`]).
-pub(crate) struct ChangeFanout {
-    data: Fanout<ChangeData>,
-    show_type: bool,
-    show_offsets: bool,
-}
+pub(crate) struct ChangeFanout(Fanout<ChangeData>);
 
 impl ChangeFanout {
-    /// The item for one more feed.
+    /// The item for one more feed, not shown by it yet.
     pub(crate) fn next(&mut self) -> Change {
-        Change {
-            data: self.data.next(),
-            show_type: self.show_type,
-            show_offsets: self.show_offsets,
-        }
+        Change::of(self.0.next())
     }
 }
 
@@ -287,14 +279,10 @@ impl Change {
         d.ordinal = later.data.ordinal;
     }
 
-    /// Hands this item to up to `n` feeds with one change of its reference count (see
-    /// `feed::shared`).
+    /// Hands this item, not shown by a feed yet, to up to `n` feeds with one change of its
+    /// reference count (see `feed::shared`).
     pub(crate) fn fan_out(self, n: usize) -> ChangeFanout {
-        ChangeFanout {
-            data: Fanout::new(self.data, n),
-            show_type: self.show_type,
-            show_offsets: self.show_offsets,
-        }
+        ChangeFanout(Fanout::new(self.data, n))
     }
 
     pub(crate) fn shown(mut self, types: bool, offsets: bool) -> Self {

@@ -274,12 +274,12 @@ impl Producer {
     pub(crate) fn push(&mut self, item: Change, wakes: &mut Vec<Waker>) {
         if self.append(item) {
             fence(Ordering::SeqCst);
-            self.wake_waiting(wakes);
+            self.log.wake_waiting(wakes);
         }
     }
 
     /// Appends an item without looking for waiting readers; returns whether it was
-    /// appended. The caller must then run `fence(SeqCst)` and [`Producer::wake_waiting`]
+    /// appended. The caller must then run `fence(SeqCst)` and [`Log::wake_waiting`]
     /// (once for all the logs a change reached: the fence is the expensive part).
     pub(crate) fn append(&mut self, item: Change) -> bool {
         let log = &*self.log;
@@ -309,12 +309,6 @@ impl Producer {
         self.tail += 1;
         log.tail.store(self.tail, Ordering::Release);
         true
-    }
-
-    /// Hands out the wakers of waiting readers. Runs after a `fence(SeqCst)` that follows
-    /// the appends (see the module doc).
-    pub(crate) fn wake_waiting(&self, wakes: &mut Vec<Waker>) {
-        self.log.wake_waiting(wakes);
     }
 }
 
@@ -378,8 +372,9 @@ impl Reader {
 }
 
 impl Log {
-    /// [`Producer::wake_waiting`], for a caller that kept the log of each producer it
-    /// appended with (the hub, which looks for waiting readers of all of them at once).
+    /// Hands out the wakers of waiting readers. Runs after a `fence(SeqCst)` that follows
+    /// the appends (see the module doc); the hub runs it once for every log a change
+    /// reached.
     pub(crate) fn wake_waiting(&self, wakes: &mut Vec<Waker>) {
         if self.waiting.load(Ordering::Relaxed) {
             let mut s = self.state.lock();

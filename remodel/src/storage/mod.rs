@@ -134,19 +134,20 @@ pub(crate) struct Tree {
 }
 
 impl Storage {
-    /// Opens the files of an engine this process just dropped: sled's I/O threads may hold
-    /// its file lock a moment longer, so a `Locked` answer is retried for up to 5 s. For
-    /// tests (the database's own open has the same wait, bounded by its registry).
-    #[cfg(test)]
-    pub(crate) fn reopen_after_drop(cfg: EngineConfig<'_>) -> Self {
+    /// [`Storage::open`], retrying for up to `patience` while the files are locked: an
+    /// engine this process just dropped may hold its file lock a moment longer (sled's I/O
+    /// threads release it last).
+    pub(crate) fn open_waiting_for_lock(
+        cfg: EngineConfig<'_>,
+        patience: Duration,
+    ) -> Result<Self, OpenFailure> {
         let started = std::time::Instant::now();
         loop {
             match Storage::open(cfg) {
-                Err(OpenFailure::Locked) if started.elapsed() < Duration::from_secs(5) => {
-                    std::thread::sleep(Duration::from_millis(10))
+                Err(OpenFailure::Locked) if started.elapsed() < patience => {
+                    std::thread::sleep(Duration::from_millis(2))
                 }
-                Ok(s) => return s,
-                Err(e) => panic!("the storage did not open: {e:?}"),
+                opened => return opened,
             }
         }
     }
@@ -629,7 +630,7 @@ mod tests {
                 .unwrap();
             s.flush_blocking().unwrap();
         }
-        let s = Storage::reopen_after_drop(cfg());
+        let s = Storage::open_waiting_for_lock(cfg(), Duration::from_secs(5)).unwrap();
         assert_eq!(
             s.tree("t").unwrap().get(b"k").unwrap().as_deref(),
             Some(&b"v"[..])

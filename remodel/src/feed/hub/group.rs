@@ -87,7 +87,7 @@ impl Members {
 
     pub(super) fn wake_waiting(&self, wakes: &mut Vec<Waker>) {
         if let Some(log) = &self.log {
-            log.wake_waiting(wakes);
+            log.log().wake_waiting(wakes);
         }
     }
 
@@ -169,16 +169,6 @@ impl<'a> ChangeCtx<'a> {
         &mut self.index_keys[at]
     }
 
-    /// The keys of the old (`new: false`) or new document in `ix`.
-    fn keys(&mut self, ix: &IndexState, new: bool) -> &[Vec<u8>] {
-        let k = self.doc_keys(ix);
-        if new {
-            &k.new
-        } else {
-            &k.old
-        }
-    }
-
     /// Both documents' keys in `ix`, to look the range routes of `ix` up with: the groups
     /// found through them may then trust them (see [`ChangeCtx::count`]).
     pub(super) fn route_keys(&mut self, ix: &IndexState) -> impl Iterator<Item = &[u8]> {
@@ -204,8 +194,7 @@ impl<'a> ChangeCtx<'a> {
                 if k.routed && old_n + new_n == 1 {
                     return if new { new_n } else { old_n };
                 }
-                let keys = self.keys(ix, new);
-                matcher.count_keys(keys)
+                matcher.count_keys(if new { &k.new } else { &k.old })
             }
             _ => matcher.count(&self.c.key, d),
         }

@@ -132,7 +132,6 @@ impl Hub {
         for c in changes {
             let mut ctx = ChangeCtx::new(c);
             routes.candidates(c, &mut scratch, &mut ctx);
-            ctx.reaches(scratch.ids.len());
             for id in &scratch.ids {
                 let Some(group) = routes.groups.get_mut(id) else {
                     continue;

@@ -370,7 +370,8 @@ impl Routes {
         Some(g)
     }
 
-    /// The groups a change may concern.
+    /// The groups a change may concern, into `scratch.ids` (and their number into `ctx`,
+    /// for the items it hands out).
     pub(super) fn candidates(&self, c: &Committed, scratch: &mut Scratch, ctx: &mut ChangeCtx<'_>) {
         let out = &mut scratch.ids;
         out.clear();
@@ -448,5 +449,6 @@ impl Routes {
             out.sort_unstable();
             out.dedup();
         }
+        ctx.reaches(out.len());
     }
 }
