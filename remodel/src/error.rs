@@ -97,6 +97,15 @@ pub enum Error {
     /// A batch's precondition did not hold (see `Batch::require_empty`); nothing was written.
     #[error("precondition failed: {0}")]
     Precondition(String),
+    /// A batch required a document that is not there when it commits (see
+    /// `Batch::require_exists`); nothing was written.
+    #[error("no document {key} in table `{table}`")]
+    NotFound {
+        /// The table.
+        table: String,
+        /// The missing document's primary key.
+        key: Value,
+    },
     /// An index that is still being built was queried.
     #[error("index `{index}` on table `{table}` is not ready yet (backfill in progress)")]
     IndexNotReady {

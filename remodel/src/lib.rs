@@ -48,7 +48,7 @@ pub use feed::{Change, ChangeKind, Changes, Cursor, Feed, FeedOptions, FeedState
 pub use model::Model;
 pub use query::{
     asc, desc, field, has_fields, Aggregate, AggregateOutput, Batch, Field, Get, Group, Grouped,
-    Insert, Join, Order, PointQuery, Predicate, Query, Table, Write,
+    Insert, Join, Order, PointQuery, Predicate, Query, ReferenceAction, References, Table, Write,
 };
 /// `#[derive(Model)]`: see [`model`] and the `remodel-derive` crate.
 pub use remodel_derive::Model;

@@ -76,28 +76,77 @@ impl Patch {
         }
         let mut out = doc.clone();
         merge(&mut out, patch);
-        table.check_index_limits(&out)?;
-        let same_key = match (out.get(&table.primary_key), doc.get(&table.primary_key)) {
-            (Some(a), Some(b)) => crate::value::compare(a, b) == std::cmp::Ordering::Equal,
-            (None, None) => true,
-            _ => false,
-        };
-        if same_key {
-            // Keep the stored spelling of the key (1 stays 1 when the patch says 1.0).
-            if let (Some(k), Value::Object(m)) = (doc.get(&table.primary_key), &mut out) {
-                m.insert(table.primary_key.clone(), k.clone());
-            }
-        } else {
-            return Err(Error::InvalidDocument {
-                reason: format!(
-                    "the primary key `{}` of a document cannot be changed (from {} to {})",
-                    table.primary_key,
-                    doc.get(&table.primary_key).unwrap_or(&Value::Null),
-                    out.get(&table.primary_key).unwrap_or(&Value::Null)
-                ),
-            });
+        settle(table, doc, out)
+    }
+}
+
+/// A function computing a whole new document from the stored one, under the commit lock
+/// (see [`crate::Get::replace_with`]).
+pub(crate) type ReplaceFn = dyn Fn(&Value) -> Result<Value> + Send + Sync;
+
+/// A function deciding what an insert writes over a stored document with the same key:
+/// `(stored, new) -> written` (see [`crate::Insert::conflict_with`]).
+pub(crate) type ResolveFn = dyn Fn(&Value, &Value) -> Result<Value> + Send + Sync;
+
+/// Runs a replacement closure on the stored document `doc` and checks what it made.
+pub(super) fn replace_with(table: &TableState, doc: &Value, f: &ReplaceFn) -> Result<Value> {
+    let out = crate::value::admit(
+        super::in_patch(|| f(doc))?,
+        "the document a replace_with closure returned",
+    )?;
+    replaced(table, doc, out)
+}
+
+/// Runs a conflict closure on the stored document `doc` and the inserted one `new`, and
+/// checks what it made.
+pub(super) fn resolve(table: &TableState, doc: &Value, new: &Value, f: &ResolveFn) -> Result<Value> {
+    let out = crate::value::admit(
+        super::in_patch(|| f(doc, new))?,
+        "the document a conflict_with closure returned",
+    )?;
+    replaced(table, doc, out)
+}
+
+/// Checks a whole replacement `out` of the stored `doc`: an object, whose key is absent (it
+/// gets the stored one) or the same.
+fn replaced(table: &TableState, doc: &Value, mut out: Value) -> Result<Value> {
+    let Value::Object(map) = &mut out else {
+        return Err(Error::InvalidDocument {
+            reason: format!("a replacement must be a JSON object, got {out}"),
+        });
+    };
+    if !map.contains_key(&table.primary_key) {
+        if let Some(k) = doc.get(&table.primary_key) {
+            map.insert(table.primary_key.clone(), k.clone());
+        }
+    }
+    settle(table, doc, out)
+}
+
+/// Checks the document `out` that a write made of the stored `doc`: within the index limits,
+/// with the same primary key (kept in its stored spelling).
+fn settle(table: &TableState, doc: &Value, mut out: Value) -> Result<Value> {
+    table.check_index_limits(&out)?;
+    let same_key = match (out.get(&table.primary_key), doc.get(&table.primary_key)) {
+        (Some(a), Some(b)) => crate::value::compare(a, b) == std::cmp::Ordering::Equal,
+        (None, None) => true,
+        _ => false,
+    };
+    if same_key {
+        // Keep the stored spelling of the key (1 stays 1 when the patch says 1.0).
+        if let (Some(k), Value::Object(m)) = (doc.get(&table.primary_key), &mut out) {
+            m.insert(table.primary_key.clone(), k.clone());
         }
         Ok(out)
+    } else {
+        Err(Error::InvalidDocument {
+            reason: format!(
+                "the primary key `{}` of a document cannot be changed (from {} to {})",
+                table.primary_key,
+                doc.get(&table.primary_key).unwrap_or(&Value::Null),
+                out.get(&table.primary_key).unwrap_or(&Value::Null)
+            ),
+        })
     }
 }
 

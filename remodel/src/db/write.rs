@@ -3,7 +3,7 @@
 //! in commit order, and hands them to the change sink (the feed layer), all under the commit
 //! lock. The public types of writes are in `write_types.rs` and `patch.rs`.
 
-pub(crate) use super::patch::{merge, PatchKind};
+pub(crate) use super::patch::{merge, PatchKind, ReplaceFn, ResolveFn};
 use super::{ChangePair, Conflict, Durability, Patch, WriteResult};
 
 use super::{Database, DbInner, TableState};
@@ -16,16 +16,63 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// One write of one document.
-#[derive(Debug)]
 pub(crate) enum WriteOp {
     /// Insert a validated document (its key is set).
-    Insert { doc: Value, conflict: Conflict },
+    Insert { doc: Value, conflict: OnConflict },
     /// Merge a patch into the document with this key.
     Update { key: Vec<u8>, patch: Patch },
     /// Replace the document with this key (the new one has the same key).
     Replace { key: Vec<u8>, doc: Value },
+    /// Replace the document with this key by what the closure makes of it, under the commit
+    /// lock (skipped when there is none).
+    ReplaceWith { key: Vec<u8>, f: Arc<ReplaceFn> },
     /// Delete the document with this key.
     Delete { key: Vec<u8> },
+}
+
+impl std::fmt::Debug for WriteOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WriteOp::Insert { doc, conflict } => f
+                .debug_struct("Insert")
+                .field("doc", doc)
+                .field("conflict", conflict)
+                .finish(),
+            WriteOp::Update { key, patch } => f
+                .debug_struct("Update")
+                .field("key", key)
+                .field("patch", patch)
+                .finish(),
+            WriteOp::Replace { key, doc } => f
+                .debug_struct("Replace")
+                .field("key", key)
+                .field("doc", doc)
+                .finish(),
+            WriteOp::ReplaceWith { key, .. } => f
+                .debug_struct("ReplaceWith")
+                .field("key", key)
+                .finish_non_exhaustive(),
+            WriteOp::Delete { key } => f.debug_struct("Delete").field("key", key).finish(),
+        }
+    }
+}
+
+/// What an insert does over a stored document with the same key.
+#[derive(Clone)]
+pub(crate) enum OnConflict {
+    /// One of the fixed policies.
+    Policy(Conflict),
+    /// The closure decides, from the stored and the new document, under the commit lock.
+    Resolve(Arc<ResolveFn>),
+}
+
+impl std::fmt::Debug for OnConflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OnConflict::Policy(c) => c.fmt(f),
+            OnConflict::Resolve(_) => f.write_str("Resolve(<function>)"),
+        }
+    }
 }
 
 /// A committed change, as handed to the change sink.
@@ -315,6 +362,7 @@ impl DbInner {
                 WriteOp::Insert { doc, .. } => table.key_of(doc)?,
                 WriteOp::Update { key, .. }
                 | WriteOp::Replace { key, .. }
+                | WriteOp::ReplaceWith { key, .. }
                 | WriteOp::Delete { key } => key.clone(),
             };
             let id = (slot, key);
@@ -334,7 +382,16 @@ impl DbInner {
                 }
                 (WriteOp::Insert { doc, conflict }, Some(cur)) => {
                     let new = match conflict {
-                        Conflict::Error => {
+                        OnConflict::Resolve(f) => {
+                            match super::patch::resolve(&table, cur, &doc, &*f) {
+                                Ok(v) => v,
+                                Err(e) => {
+                                    result.error(e);
+                                    continue;
+                                }
+                            }
+                        }
+                        OnConflict::Policy(Conflict::Error) => {
                             let key = doc.get(&table.primary_key).cloned().unwrap_or(Value::Null);
                             result.error(Error::KeyConflict {
                                 table: table.name.clone(),
@@ -342,8 +399,8 @@ impl DbInner {
                             });
                             continue;
                         }
-                        Conflict::Replace => doc,
-                        Conflict::Update => match Patch::merge(doc).apply(&table, cur) {
+                        OnConflict::Policy(Conflict::Replace) => doc,
+                        OnConflict::Policy(Conflict::Update) => match Patch::merge(doc).apply(&table, cur) {
                             Ok(v) => v,
                             Err(e) => {
                                 result.error(e);
@@ -361,12 +418,24 @@ impl DbInner {
                     }
                 },
                 (WriteOp::Replace { doc, .. }, Some(cur)) => count_replace(result, cur, doc),
+                (WriteOp::ReplaceWith { f, .. }, Some(cur)) => {
+                    match super::patch::replace_with(&table, cur, &*f) {
+                        Ok(new) => count_replace(result, cur, new),
+                        Err(e) => {
+                            result.error(e);
+                            continue;
+                        }
+                    }
+                }
                 (WriteOp::Delete { .. }, Some(_)) => {
                     result.deleted += 1;
                     None
                 }
                 (
-                    WriteOp::Update { .. } | WriteOp::Replace { .. } | WriteOp::Delete { .. },
+                    WriteOp::Update { .. }
+                    | WriteOp::Replace { .. }
+                    | WriteOp::ReplaceWith { .. }
+                    | WriteOp::Delete { .. },
                     None,
                 ) => {
                     result.skipped += 1;
@@ -524,7 +593,9 @@ pub(crate) use super::index::MAX_COMMIT_INDEX_WORK;
 pub(crate) fn op_index_work(table: &TableState, op: &WriteOp) -> usize {
     match op {
         WriteOp::Insert { doc, .. } | WriteOp::Replace { doc, .. } => table.index_work(doc),
-        WriteOp::Update { .. } | WriteOp::Delete { .. } => table.indexes.read().len(),
+        WriteOp::Update { .. } | WriteOp::ReplaceWith { .. } | WriteOp::Delete { .. } => {
+            table.indexes.read().len()
+        }
     }
 }
 
@@ -556,7 +627,7 @@ impl Database {
         &self,
         table: &TableState,
         docs: Vec<Value>,
-        conflict: Conflict,
+        conflict: OnConflict,
         generated: &mut Vec<Value>,
     ) -> Result<Vec<WriteOp>> {
         // The depth limit first: nothing else may walk (print, clone) a too-deep document.
@@ -585,7 +656,10 @@ impl Database {
                         generated.push(id);
                     }
                 }
-                Ok(WriteOp::Insert { doc, conflict })
+                Ok(WriteOp::Insert {
+                    doc,
+                    conflict: conflict.clone(),
+                })
             })
             .collect()
     }

@@ -113,51 +113,68 @@ pub(crate) fn ensure_key<T: Model>(model: &mut T) -> Result<Value> {
     }
 }
 
-/// Copies into `doc` the stored fields that the model does not know (so that `save` keeps
-/// them).
-pub(crate) fn keep_unknown(schema: &Schema, doc: &mut Value, stored: Map<String, Value>) {
-    if let Value::Object(m) = doc {
+/// The document `doc` of a model as it is written over the stored one: the model's own
+/// fields as the model has them, and the stored fields that the model does not know, as
+/// they are stored (when the write commits: this runs under the commit lock).
+pub(crate) fn with_unknown(schema: &Schema, doc: &Value, stored: &Value) -> Value {
+    let mut doc = doc.clone();
+    if let (Value::Object(m), Value::Object(stored)) = (&mut doc, stored) {
         for (k, v) in stored {
-            if !schema.fields.contains(&k.as_str()) && !m.contains_key(&k) {
-                m.insert(k, v);
+            if !schema.fields.contains(&k.as_str()) && !m.contains_key(k) {
+                m.insert(k.clone(), v.clone());
             }
         }
     }
+    doc
 }
 
-/// What an update has to write.
-pub(crate) enum Diff {
-    None,
-    /// Only these top-level fields changed, and none of them is an object on either side.
-    Merge(Value),
-    /// Write the whole document.
-    Whole,
+/// The top-level fields a change of a model changed: set to a new value, or gone (a field
+/// that `skip_serializing_if` left out). Applied to the stored document when the write
+/// commits, so that every other field, known or not, stays as it is stored then.
+pub(crate) struct FieldChanges {
+    set: Map<String, Value>,
+    unset: Vec<String>,
 }
 
-pub(crate) fn diff(before: &Value, after: &Value) -> Diff {
-    let (Value::Object(b), Value::Object(a)) = (before, after) else {
-        return Diff::Whole;
-    };
-    let mut patch = Map::new();
-    for (k, v) in a {
-        match b.get(k) {
-            Some(old) if old == v => {}
-            old => {
-                if v.is_object() || old.is_some_and(Value::is_object) {
-                    return Diff::Whole;
-                }
-                patch.insert(k.clone(), v.clone());
-            }
+impl FieldChanges {
+    /// What changed from `before` to `after` (two documents of one model).
+    pub(crate) fn between(before: &Value, after: &Value) -> Self {
+        let empty = Map::new();
+        let b = before.as_object().unwrap_or(&empty);
+        let a = after.as_object().unwrap_or(&empty);
+        FieldChanges {
+            set: a
+                .iter()
+                .filter(|(k, v)| b.get(*k) != Some(*v))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            unset: b.keys().filter(|k| !a.contains_key(*k)).cloned().collect(),
         }
     }
-    // A field that disappeared (skip_serializing_if) must be removed: write it whole.
-    if b.keys().any(|k| !a.contains_key(k)) {
-        return Diff::Whole;
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.unset.is_empty()
     }
-    if patch.is_empty() {
-        Diff::None
-    } else {
-        Diff::Merge(Value::Object(patch))
+
+    /// Sets `field` to `value` as well.
+    pub(crate) fn set(&mut self, field: &str, value: Value) {
+        self.unset.retain(|k| k != field);
+        self.set.insert(field.to_string(), value);
+    }
+
+    /// The stored document with these changes: each changed field replaced whole (an
+    /// object-valued field too: entries the program removed stay removed).
+    pub(crate) fn apply(&self, stored: &Value) -> Value {
+        let mut doc = stored.clone();
+        if let Value::Object(m) = &mut doc {
+            for (k, v) in &self.set {
+                m.insert(k.clone(), v.clone());
+            }
+            for k in &self.unset {
+                m.remove(k);
+            }
+        }
+        doc
     }
 }
 

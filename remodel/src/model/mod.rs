@@ -85,7 +85,7 @@ pub use schema::{
     RelationDef, RelationKind, Schema, SchemaSet, TablePlan,
 };
 
-use crate::{Conflict, Database, Error, Predicate, Result, Table};
+use crate::{Database, Error, Predicate, Result, Table};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -209,10 +209,13 @@ pub trait Callbacks {
 /// Every method that reads or writes takes the [`Database`]; the futures they return own
 /// what they need and are `Send`, so they can run in spawned tasks and web handlers.
 ///
-/// **What `save` does with stored fields the struct does not know:** it keeps them. `save`
-/// reads the stored document, replaces the fields the struct has and leaves the others as
-/// they were (another program's or a newer version's fields survive). `update` and relation
-/// writes merge, so they keep unknown fields too.
+/// **Every write is decided when it commits, against the row as it is then**, never against
+/// a copy read earlier: `update` applies the fields it changed to the stored row (a row
+/// deleted meanwhile is [`ModelError::Missing`], not brought back); `save` writes the
+/// struct's fields and keeps the stored fields the struct does not know **as they are at
+/// commit** (another program's or a newer version's fields survive, even when written
+/// after the model was read); `delete` selects the rows its relations reach in its own
+/// commit.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a model",
     label = "not a model",
@@ -394,13 +397,14 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
         }
     }
 
-    /// Inserts the model, or writes it back over the stored one. Stored fields the struct
-    /// does not know are kept (see the [trait docs](Model)).
+    /// Inserts the model, or writes it over the stored one (inserting it again if it is gone:
+    /// `save` is an upsert). Stored fields the struct does not know are kept as they are when
+    /// the write commits (see the [trait docs](Model)).
     fn save<'a>(&'a mut self, db: &Database) -> impl Future<Output = Result<()>> + Send + 'a {
         let table = Self::table(db);
         async move {
             self.before_save()?;
-            let mut doc = codec::to_doc(self)?;
+            let doc = codec::to_doc(self)?;
             match self.key() {
                 None => {
                     let result = table.insert(doc).await?.check()?;
@@ -408,13 +412,11 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
                         self.set_key(key)?;
                     }
                 }
-                Some(key) => {
-                    if let Some(Value::Object(stored)) = table.get(key).await? {
-                        codec::keep_unknown(Self::schema(), &mut doc, stored);
-                    }
+                Some(_) => {
+                    let schema = Self::schema();
                     table
                         .insert(doc)
-                        .conflict(Conflict::Replace)
+                        .conflict_with(move |stored, new| Ok(codec::with_unknown(schema, new, stored)))
                         .await?
                         .check()?;
                 }
@@ -459,35 +461,17 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
             change(self);
             self.before_save()?;
             let after = codec::to_doc(self)?;
-            match codec::diff(&before, &after) {
-                codec::Diff::None => {}
-                codec::Diff::Merge(patch) => {
-                    let written = table
-                        .get(key.clone())
-                        .update(crate::Patch::merge(patch))
-                        .await?
-                        .check()?;
-                    if written.skipped > 0 {
-                        return Err(ModelError::missing(Self::schema(), key).into());
-                    }
-                }
-                // An object-valued field changed: merging would keep its removed entries,
-                // so the document is written whole (unknown top-level fields kept).
-                codec::Diff::Whole => {
-                    let mut doc = after;
-                    match table.get(key.clone()).await? {
-                        Some(Value::Object(stored)) => {
-                            codec::keep_unknown(Self::schema(), &mut doc, stored)
-                        }
-                        Some(_) => {}
-                        // An update does not bring a deleted row back.
-                        None => return Err(ModelError::missing(Self::schema(), key).into()),
-                    }
-                    table
-                        .insert(doc)
-                        .conflict(Conflict::Replace)
-                        .await?
-                        .check()?;
+            let changes = codec::FieldChanges::between(&before, &after);
+            if !changes.is_empty() {
+                // Applied to the row as it is when the write commits: fields this update did
+                // not change stay as they are then, and a row deleted meanwhile stays deleted.
+                let written = table
+                    .get(key.clone())
+                    .replace_with(move |stored| Ok(changes.apply(stored)))
+                    .await?
+                    .check()?;
+                if written.skipped > 0 {
+                    return Err(ModelError::missing(Self::schema(), key).into());
                 }
             }
             self.after_save();
@@ -497,7 +481,9 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
 
     /// Deletes the model and, in the same commit, applies every relation's `on_delete`
     /// (nullify children's keys, cascade, or refuse with [`Error::Precondition`] for
-    /// restrict) and removes its join rows.
+    /// restrict) and removes its join rows. The rows a relation reaches are selected in that
+    /// commit, so a child written just before it is not left behind. A model whose row is not
+    /// stored (deleted already) is [`ModelError::Missing`], and no hook runs.
     fn delete<'a>(&'a self, db: &Database) -> impl Future<Output = Result<()>> + Send + 'a {
         let db = db.clone();
         async move {
@@ -505,10 +491,18 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
             let key = self
                 .key()
                 .ok_or_else(|| ModelError::not_saved(schema, "delete"))?;
+            let table = Self::table(&db);
+            codec::count_query();
+            if table.get(key.clone()).await?.is_none() {
+                return Err(ModelError::missing(schema, key).into());
+            }
             self.before_delete()?;
-            let batch = db.batch().delete(schema.table, key.clone());
-            let batch = relation::delete_effects(&db, schema, vec![key], batch).await?;
-            batch.await?.check()?;
+            db.batch()
+                .require_exists(schema.table, key.clone())
+                .delete_cascading(schema.table, key, relation::references())
+                .await
+                .map_err(|e| relation::missing_as_model(e, &[schema]))?
+                .check()?;
             self.after_delete();
             Ok(())
         }

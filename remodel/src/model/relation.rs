@@ -5,11 +5,12 @@
 
 use super::{codec, registered, Model, ModelChanges, ModelError, ModelQuery, OnDelete};
 use super::{RelationDef, RelationKind, Schema};
-use crate::{Batch, Conflict, Database, Predicate, Result};
+use crate::{Batch, Conflict, Database, Error, Predicate, ReferenceAction, References, Result};
 use serde_json::{json, Value};
 use std::future::{Future, IntoFuture};
 use std::marker::PhantomData;
 use std::pin::Pin;
+use std::sync::OnceLock;
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -30,27 +31,113 @@ fn not_one_of(field: &str, keys: &[Value]) -> Predicate {
     }
 }
 
+/// The text of the precondition that fails a detaching write when children joined the
+/// relation after they were read (the write is then prepared again).
+const CHILDREN_MOVED_IN: &str = "children joined the relation while it was being written";
+
+/// How many times a detaching write is prepared again when children keep joining.
+const DETACH_ATTEMPTS: usize = 16;
+
+/// A [`Error::NotFound`] of a required row, as the model error that names its model.
+pub(crate) fn missing_as_model(e: Error, schemas: &[&'static Schema]) -> Error {
+    match e {
+        Error::NotFound { table, key } => match schemas.iter().find(|s| s.table == table) {
+            Some(s) => ModelError::missing(s, key).into(),
+            None => Error::NotFound { table, key },
+        },
+        e => e,
+    }
+}
+
+/// A child made ready for a relation write: its key, its document, and whether it had a key
+/// before (then it is a stored row, written back as `save` does and required to exist).
+#[derive(Clone)]
+struct Prepared {
+    key: Value,
+    doc: Value,
+    existing: bool,
+}
+
 /// Runs every child's `before_save`, gives unsaved ones a key, points their foreign key at
-/// `parent` and returns their documents. Nothing is written: a hook that fails stops this
-/// before any write (the replacement is validated before the relation is touched).
+/// the parent (`fk`: the field and the parent's key) and returns their documents. Nothing is
+/// written: a hook that fails stops this before any write.
 fn prepare_children<C: Model>(
     children: &mut [C],
-    foreign_key: &str,
-    parent: &Value,
-) -> Result<Vec<Value>> {
-    let mut docs = Vec::with_capacity(children.len());
+    fk: Option<(&str, &Value)>,
+) -> Result<Vec<Prepared>> {
+    let mut out = Vec::with_capacity(children.len());
     for c in children.iter_mut() {
-        c.set_field_value(foreign_key, parent.clone())?;
-        c.before_save()?;
-        codec::ensure_key(c)?;
-        let mut doc = codec::to_doc(c)?;
-        if let Value::Object(m) = &mut doc {
-            // The key is written even when the struct has no field for it.
-            m.insert(foreign_key.to_string(), parent.clone());
+        let existing = c.key().is_some();
+        if let Some((field, parent)) = fk {
+            c.set_field_value(field, parent.clone())?;
         }
-        docs.push(doc);
+        c.before_save()?;
+        let key = codec::ensure_key(c)?;
+        let mut doc = codec::to_doc(c)?;
+        if let (Some((field, parent)), Value::Object(m)) = (fk, &mut doc) {
+            // The key is written even when the struct has no field for it.
+            m.insert(field.to_string(), parent.clone());
+        }
+        out.push(Prepared { key, doc, existing });
     }
-    Ok(docs)
+    Ok(out)
+}
+
+/// Adds to `batch` the write that stores a prepared child: a new one is inserted; a stored
+/// one (unless `create`) is written back as `save` does (its fields, and the stored fields
+/// it does not know as they are at commit) and must still exist: a row deleted meanwhile
+/// fails the batch instead of coming back.
+fn store<C: Model>(batch: Batch, child: Prepared, create: bool) -> Batch {
+    let schema = C::schema();
+    if child.existing && !create {
+        let doc = child.doc;
+        batch
+            .require_exists(schema.table, child.key.clone())
+            .replace_with(schema.table, child.key, move |stored| {
+                Ok(codec::with_unknown(schema, &doc, stored))
+            })
+    } else {
+        batch.insert(schema.table, child.doc)
+    }
+}
+
+/// Runs a child's hooks for being detached (its foreign key `fk` set to null) and returns
+/// its key and the fields that changed.
+fn detaching<C: Model>(child: &mut C, fk: &str) -> Result<Option<(Value, codec::FieldChanges)>> {
+    let Some(key) = child.key() else {
+        return Ok(None);
+    };
+    let before = codec::to_doc(child)?;
+    child.set_field_value(fk, Value::Null)?;
+    child.before_save()?;
+    let after = codec::to_doc(child)?;
+    let mut changes = codec::FieldChanges::between(&before, &after);
+    // Null even when the struct has no field for it.
+    changes.set(fk, Value::Null);
+    Ok(Some((key, changes)))
+}
+
+/// Adds to `batch` the write that detaches a child from `parent`: its changed fields are
+/// applied to the stored row only if that row still belongs to `parent` when the batch
+/// commits (a child moved to another parent meanwhile stays there).
+fn detach<C: Model>(
+    batch: Batch,
+    fk: &'static str,
+    parent: &Value,
+    key: Value,
+    changes: codec::FieldChanges,
+) -> Batch {
+    let parent = parent.clone();
+    batch.replace_with(C::schema().table, key, move |stored| {
+        let belongs = stored
+            .get(fk)
+            .is_some_and(|k| crate::value::compare(k, &parent).is_eq());
+        Ok(if belongs {
+            changes.apply(stored)
+        } else {
+            stored.clone()
+        })
+    })
 }
 
 /// The children of a has_many relation: `ship.crewmembers(&db)`.
@@ -114,93 +201,130 @@ impl<P: Model, C: Model> HasMany<P, C> {
         self.query().count().await
     }
 
-    /// Creates `child` as a child of this parent and returns it saved.
+    /// Creates `child` as a child of this parent and returns it saved, in one commit that
+    /// requires the parent to be stored ([`ModelError::Missing`] when it was deleted).
     pub async fn create(&self, mut child: C) -> Result<C> {
         let parent = self.key()?;
-        let mut docs = prepare_children(std::slice::from_mut(&mut child), self.fk(), &parent)?;
-        // One document: a plain insert (a batch would add a hop to a blocking thread).
-        let doc = docs.pop().expect("one child, one document");
-        C::table(&self.db).insert(doc).await?.check()?;
+        let prepared = prepare_children(std::slice::from_mut(&mut child), Some((self.fk(), &parent)))?;
+        let mut batch = self.db.batch().require_exists(P::schema().table, parent);
+        for p in prepared {
+            batch = store::<C>(batch, p, true);
+        }
+        self.commit(batch).await?;
         child.after_save();
         Ok(child)
     }
 
-    /// Makes the children belong to this parent and saves them (new ones are created), all in
-    /// one commit. Stored fields the children's struct does not know are kept.
+    /// Commits a relation write, naming a missing parent or child as its model.
+    async fn commit(&self, batch: Batch) -> Result<crate::WriteResult> {
+        batch
+            .await
+            .map_err(|e| missing_as_model(e, &[P::schema(), C::schema()]))?
+            .check()
+    }
+
+    /// Makes the children belong to this parent and saves them, all in one commit. A child
+    /// without a key is created; one with a key is a stored row, written back as `save`
+    /// does (stored fields its struct does not know are kept as they are at commit), and
+    /// [`ModelError::Missing`] if it was deleted (nothing is written then). The parent must
+    /// be stored too.
     pub async fn add(&self, children: &mut [C]) -> Result<()> {
         let parent = self.key()?;
-        let docs = prepare_children(children, self.fk(), &parent)?;
-        let table = C::schema().table;
-        let mut batch = self.db.batch();
-        for d in docs {
-            batch = batch.insert_with(table, d, Conflict::Update);
+        let prepared = prepare_children(children, Some((self.fk(), &parent)))?;
+        let mut batch = self.db.batch().require_exists(P::schema().table, parent);
+        for p in prepared {
+            batch = store::<C>(batch, p, false);
         }
-        batch.await?.check()?;
+        self.commit(batch).await?;
         children.iter().for_each(|c| c.after_save());
         Ok(())
     }
 
-    /// Detaches these children (their foreign key becomes null) in one commit, but only
-    /// those that belong to this parent. Returns how many were detached.
+    /// Detaches these children in one commit, those that belong to this parent: in each
+    /// struct that says so the foreign key becomes null and `before_save` runs (a hook's
+    /// error aborts before anything is written); in the store, the fields that changed are
+    /// written to the rows that still belong to this parent when the commit happens (a child
+    /// moved meanwhile stays where it went). Returns how many were detached.
     pub async fn remove(&self, children: &mut [C]) -> Result<u64> {
         let parent = self.key()?;
-        let keys: Vec<Value> = children.iter().filter_map(Model::key).collect();
-        if keys.is_empty() {
-            return Ok(0);
-        }
-        let q = self
-            .db
-            .table(C::schema().table)
-            .get_all(keys)
-            .filter(crate::field(self.fk()).eq(parent.clone()));
-        let r = self
-            .db
-            .batch()
-            .update_where(&q, json!({ self.fk(): null }))
-            .await?
-            .check()?;
+        let mut writes = Vec::new();
         for c in children.iter_mut() {
-            if c.field_value(self.fk()).as_ref() == Some(&parent) {
-                c.set_field_value(self.fk(), Value::Null)?;
+            let elsewhere = c
+                .field_value(self.fk())
+                .is_some_and(|k| !crate::value::compare(&k, &parent).is_eq());
+            if !elsewhere {
+                writes.extend(detaching(c, self.fk())?);
             }
         }
+        if writes.is_empty() {
+            return Ok(0);
+        }
+        let mut batch = self.db.batch();
+        for (key, changes) in writes {
+            batch = detach::<C>(batch, self.fk(), &parent, key, changes);
+        }
+        let r = self.commit(batch).await?;
+        children.iter().for_each(|c| c.after_save());
         Ok(r.replaced)
     }
 
-    /// Detaches every child (one commit). Returns how many were detached.
+    /// Detaches every child (one commit), running each one's `before_save`. Returns how
+    /// many were detached.
     pub async fn clear(&self) -> Result<u64> {
-        let q = self.query().raw()?;
-        let r = self
-            .db
-            .batch()
-            .update_where(&q, json!({ self.fk(): null }))
-            .await?
-            .check()?;
-        Ok(r.replaced)
+        Ok(self.replace_children(None).await?.replaced)
     }
 
-    /// Makes `children` the children of this parent: the others are detached, these are
-    /// attached and saved, in one commit. Every child is validated (its `before_save`) before
-    /// anything is written, so a refused replacement leaves the relation as it was.
+    /// Makes `children` the children of this parent: the others are detached (with their
+    /// `before_save`, as `remove` does), these are attached and saved (as `add` does), in one
+    /// commit. Every child is validated (its `before_save`) before anything is written, so a
+    /// refused replacement leaves the relation as it was.
     pub async fn set(&self, children: &mut [C]) -> Result<()> {
         let parent = self.key()?;
-        let docs = prepare_children(children, self.fk(), &parent)?;
-        let schema = C::schema();
-        let keys: Vec<Value> = children.iter().filter_map(Model::key).collect();
-        let others = self
-            .query()
-            .raw()?
-            .filter(not_one_of(schema.primary_key, &keys));
-        let mut batch = self
-            .db
-            .batch()
-            .update_where(&others, json!({ self.fk(): null }));
-        for d in docs {
-            batch = batch.insert_with(schema.table, d, Conflict::Update);
-        }
-        batch.await?.check()?;
+        let prepared = prepare_children(children, Some((self.fk(), &parent)))?;
+        self.replace_children(Some(prepared)).await?;
         children.iter().for_each(|c| c.after_save());
         Ok(())
+    }
+
+    /// Detaches every child not in `keep` and stores `keep` (none: detaches every child), in
+    /// one commit. The children to detach are read first, so that their hooks run; the
+    /// commit requires that no other child joined meanwhile, and is prepared again if one
+    /// did.
+    async fn replace_children(&self, keep: Option<Vec<Prepared>>) -> Result<crate::WriteResult> {
+        let parent = self.key()?;
+        let keep = keep.unwrap_or_default();
+        let kept: Vec<Value> = keep.iter().map(|p| p.key.clone()).collect();
+        let pk = C::schema().primary_key;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut others = self.filter(not_one_of(pk, &kept)).run().await?;
+            let mut batch = self.db.batch();
+            if !keep.is_empty() {
+                batch = batch.require_exists(P::schema().table, parent.clone());
+            }
+            let mut known = kept.clone();
+            for c in others.iter_mut() {
+                if let Some((key, changes)) = detaching(c, self.fk())? {
+                    known.push(key.clone());
+                    batch = detach::<C>(batch, self.fk(), &parent, key, changes);
+                }
+            }
+            let newcomers = self.query().raw()?.filter(not_one_of(pk, &known));
+            batch = batch.require_empty(&newcomers, CHILDREN_MOVED_IN);
+            for p in keep.iter().cloned() {
+                batch = store::<C>(batch, p, false);
+            }
+            match self.commit(batch).await {
+                Err(Error::Precondition(why))
+                    if why == CHILDREN_MOVED_IN && attempt < DETACH_ATTEMPTS => {}
+                Ok(r) => {
+                    others.iter().for_each(|c| c.after_save());
+                    return Ok(r);
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Watches the children (an index feed on the foreign key): a child added, changed or
@@ -417,37 +541,37 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
         })
     }
 
-    fn prepare(&self, children: &mut [C]) -> Result<Vec<(Value, Value)>> {
-        let mut out = Vec::with_capacity(children.len());
-        for c in children.iter_mut() {
-            c.before_save()?;
-            let k = codec::ensure_key(c)?;
-            out.push((k, codec::to_doc(c)?));
+    /// Saves the prepared children (created, or written back when `create` is false and they
+    /// had a key) and links them to this parent, in one commit that requires the parent.
+    async fn store_linked(&self, prepared: Vec<Prepared>, create: bool, batch: Batch) -> Result<()> {
+        let parent = self.key()?;
+        let mut batch = batch.require_exists(P::schema().table, parent.clone());
+        for p in prepared {
+            let link = self.link(&parent, &p.key);
+            batch = store::<C>(batch, p, create).insert_with(&self.join, link, Conflict::Replace);
         }
-        Ok(out)
+        batch
+            .await
+            .map_err(|e| missing_as_model(e, &[P::schema(), C::schema()]))?
+            .check()?;
+        Ok(())
     }
 
     /// Creates `child` and relates it to this parent, in one commit.
     pub async fn create(&self, mut child: C) -> Result<C> {
-        self.add(std::slice::from_mut(&mut child)).await?;
+        let prepared = prepare_children(std::slice::from_mut(&mut child), None)?;
+        self.store_linked(prepared, true, self.db.batch()).await?;
+        child.after_save();
         Ok(child)
     }
 
-    /// Saves the children (new ones are created) and relates them to this parent, in one
-    /// commit. Relating a row twice changes nothing.
+    /// Saves the children and relates them to this parent, in one commit. A child without a
+    /// key is created; one with a key is a stored row, written back as `save` does, and
+    /// [`ModelError::Missing`] if it was deleted (nothing is written then). Relating a row
+    /// twice changes nothing.
     pub async fn add(&self, children: &mut [C]) -> Result<()> {
-        let parent = self.key()?;
-        let prepared = self.prepare(children)?;
-        let table = C::schema().table;
-        let mut batch = self.db.batch();
-        for (k, doc) in prepared {
-            batch = batch.insert_with(table, doc, Conflict::Update).insert_with(
-                &self.join,
-                self.link(&parent, &k),
-                Conflict::Replace,
-            );
-        }
-        batch.await?.check()?;
+        let prepared = prepare_children(children, None)?;
+        self.store_linked(prepared, false, self.db.batch()).await?;
         children.iter().for_each(|c| c.after_save());
         Ok(())
     }
@@ -495,121 +619,67 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
     }
 
     /// Makes `children` exactly the related rows: validated first, then in one commit the
-    /// other links are removed and these saved and linked.
+    /// other links are removed and these saved (as `add` does) and linked.
     pub async fn set(&self, children: &mut [C]) -> Result<()> {
         let parent = self.key()?;
-        let prepared = self.prepare(children)?;
-        let keys: Vec<Value> = prepared.iter().map(|(k, _)| k.clone()).collect();
+        let prepared = prepare_children(children, None)?;
+        let keys: Vec<Value> = prepared.iter().map(|p| p.key.clone()).collect();
         let others = self
-            .links(parent.clone())
+            .links(parent)
             .filter(not_one_of(self.rel.association_key, &keys));
-        let table = C::schema().table;
-        let mut batch = self.db.batch().delete_where(&others);
-        for (k, doc) in prepared {
-            batch = batch.insert_with(table, doc, Conflict::Update).insert_with(
-                &self.join,
-                self.link(&parent, &k),
-                Conflict::Replace,
-            );
-        }
-        batch.await?.check()?;
+        let batch = self.db.batch().delete_where(&others);
+        self.store_linked(prepared, false, batch).await?;
         children.iter().for_each(|c| c.after_save());
         Ok(())
     }
 }
 
-/// Adds to `batch` what deleting the rows `keys` of `schema` does to relations, in the same
-/// commit:
-/// - has_many / has_one declared on `schema`: nullify (default), cascade (recursively), or
-///   restrict (the batch fails while children exist);
-/// - belongs_to declared on other models pointing at `schema`, not covered by one of those:
-///   nullify;
-/// - many-to-many (declared on either side): the join rows naming the keys are deleted.
-///
-/// Cascades read the children's keys first, to apply their own relations' effects.
-pub(crate) fn delete_effects<'a>(
-    db: &'a Database,
-    schema: &'static Schema,
-    keys: Vec<Value>,
-    batch: Batch,
-) -> BoxFuture<'a, Result<Batch>> {
-    Box::pin(async move {
-        if keys.is_empty() {
-            return Ok(batch);
-        }
-        let mut batch = batch;
-        // (table, column) pairs already handled, so two declarations of one link act once.
-        let mut done: Vec<(String, String)> = Vec::new();
-        for rel in schema.relations {
-            let target = rel.target();
-            match rel.kind {
-                RelationKind::HasMany | RelationKind::HasOne => {
-                    done.push((target.table.to_string(), rel.foreign_key.to_string()));
-                    let q = db
-                        .table(target.table)
-                        .get_all(keys.clone())
-                        .index(rel.foreign_key);
-                    batch = match rel.on_delete {
-                        OnDelete::Nullify => batch.update_where(&q, json!({ rel.foreign_key: null })),
-                        OnDelete::Restrict => batch.require_empty(
-                            &q,
-                            format!(
-                                "cannot delete this {}: it still has {} (`{}` is on_delete = restrict)",
-                                schema.model, target.table, rel.accessor
-                            ),
-                        ),
-                        OnDelete::Cascade => {
-                            let children: Vec<Value> = q
-                                .clone()
-                                .pluck([target.primary_key])
-                                .run()
-                                .await?
-                                .into_iter()
-                                .filter_map(|mut r| r.get_mut(target.primary_key).map(Value::take))
-                                .collect();
-                            let batch = batch.delete_where(&q);
-                            delete_effects(db, target, children, batch).await?
-                        }
-                    };
-                }
-                RelationKind::ManyToMany => {
-                    let join = rel.join_table_of(schema);
-                    if !done.contains(&(join.clone(), rel.foreign_key.to_string())) {
-                        let q = db
-                            .table(join.as_str())
-                            .get_all(keys.clone())
-                            .index(rel.foreign_key);
-                        batch = batch.delete_where(&q);
-                        done.push((join, rel.foreign_key.to_string()));
+/// What deleting a row of each model does to the rows related to it, from the relations of
+/// every registered model (built once): a has_many / has_one's `on_delete` (nullify,
+/// cascade or restrict); a belongs_to declared on the child, where the owner declares
+/// nothing, nullifies; many-to-many join rows naming the row are deleted. Deletes apply them
+/// in their own commit ([`crate::Batch::delete_cascading`]).
+pub(crate) fn references() -> &'static References {
+    static REFERENCES: OnceLock<References> = OnceLock::new();
+    REFERENCES.get_or_init(|| {
+        let mut refs = References::new();
+        let models = registered();
+        // The owners' declarations first: an owner's on_delete wins over the nullify that a
+        // belongs_to on the child side implies (`References::add` keeps the first).
+        for schema in &models {
+            for rel in schema.relations {
+                let target = rel.target();
+                match rel.kind {
+                    RelationKind::HasMany | RelationKind::HasOne => {
+                        let action = match rel.on_delete {
+                            OnDelete::Nullify => ReferenceAction::Nullify,
+                            OnDelete::Cascade => ReferenceAction::Delete,
+                            OnDelete::Restrict => ReferenceAction::Restrict {
+                                why: format!(
+                                    "cannot delete this {}: it still has {} (`{}` is on_delete = restrict)",
+                                    schema.model, target.table, rel.accessor
+                                ),
+                            },
+                        };
+                        refs.add(schema.table, target.table, rel.foreign_key, action);
                     }
+                    RelationKind::ManyToMany => {
+                        let join = rel.join_table_of(schema);
+                        refs.add(schema.table, &join, rel.foreign_key, ReferenceAction::Delete);
+                        refs.add(target.table, &join, rel.association_key, ReferenceAction::Delete);
+                    }
+                    RelationKind::BelongsTo => {}
                 }
-                RelationKind::BelongsTo => {}
             }
         }
-        // Relations declared on the other side.
-        let tables = db.table_names()?;
-        for other in registered() {
-            for rel in other.relations {
-                if !std::ptr::eq(rel.target(), schema) {
-                    continue;
+        for schema in &models {
+            for rel in schema.relations {
+                if rel.kind == RelationKind::BelongsTo {
+                    let owner = rel.target().table;
+                    refs.add(owner, schema.table, rel.foreign_key, ReferenceAction::Nullify);
                 }
-                let (table, column) = match rel.kind {
-                    RelationKind::BelongsTo => (other.table.to_string(), rel.foreign_key),
-                    RelationKind::ManyToMany => (rel.join_table_of(other), rel.association_key),
-                    _ => continue,
-                };
-                if done.contains(&(table.clone(), column.to_string())) || !tables.contains(&table) {
-                    continue;
-                }
-                let q = db.table(table.as_str()).get_all(keys.clone()).index(column);
-                batch = if rel.kind == RelationKind::BelongsTo {
-                    batch.update_where(&q, json!({ column: null }))
-                } else {
-                    batch.delete_where(&q)
-                };
-                done.push((table, column.to_string()));
             }
         }
-        Ok(batch)
+        refs
     })
 }

@@ -2,6 +2,7 @@
 //! in the spirit of RethinkDB's ReQL.
 
 mod aggregate;
+mod cascade;
 pub(crate) mod plan;
 pub(crate) mod predicate;
 mod table;
@@ -9,6 +10,7 @@ mod write;
 
 pub(crate) use aggregate::ReduceKind;
 pub use aggregate::{Aggregate, AggregateOutput, Group, Grouped, Join};
+pub use cascade::{ReferenceAction, References};
 pub use predicate::{field, has_fields, Field, Predicate};
 pub use table::{Get, PointQuery, Table};
 pub use write::{Batch, Insert, Write};

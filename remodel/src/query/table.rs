@@ -274,6 +274,43 @@ impl Get {
         Write::replace_key(self.table.clone(), self.key_for_write(), doc)
     }
 
+    /// Replaces the document with what `f` makes of it, computed under the commit lock from
+    /// the document stored at that moment (a read-modify-write that loses no concurrent
+    /// write, like [`Patch::with`] but for the whole document: fields can be removed). A
+    /// missing document is skipped (`WriteResult::skipped`): nothing is created. `f` must
+    /// not write to the database ([`crate::Error::WriteInPatch`]); the primary key cannot
+    /// change (a result without one keeps the stored key).
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use remodel::Database;
+    /// use serde_json::json;
+    /// let db = Database::temporary().await?;
+    /// db.create_table("ships").await?;
+    /// let t = db.table("ships");
+    /// t.insert(json!({"id": "defiant", "cloak": true, "crew": 50})).await?;
+    /// t.get("defiant").replace_with(|doc| {
+    ///     let mut doc = doc.clone();
+    ///     doc.as_object_mut().unwrap().remove("cloak");
+    ///     Ok(doc)
+    /// }).await?;
+    /// assert_eq!(t.get("defiant").await?, Some(json!({"id": "defiant", "crew": 50})));
+    /// let r = t.get("nowhere").replace_with(|doc| Ok(doc.clone())).await?;
+    /// assert_eq!(r.skipped, 1);
+    /// # Ok::<(), remodel::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn replace_with(
+        &self,
+        f: impl Fn(&Value) -> crate::Result<Value> + Send + Sync + 'static,
+    ) -> Write {
+        Write::replace_key_with(
+            self.table.clone(),
+            self.key_for_write(),
+            std::sync::Arc::new(f),
+        )
+    }
+
     /// Deletes the document; a missing document is skipped.
     pub fn delete(&self) -> Write {
         Write::delete_key(self.table.clone(), self.key_for_write())

@@ -1,8 +1,8 @@
 //! Write builders: inserts, and updates, replaces and deletes by key or by query.
 
 use super::plan::Plan;
-use super::{Query, Table};
-use crate::db::write::{Commit, PatchKind, WriteOp};
+use super::{Query, References, Table};
+use crate::db::write::{Commit, OnConflict, PatchKind, ReplaceFn, WriteOp};
 use crate::db::{Conflict, Database, Durability, Patch, TableState, WriteResult};
 use crate::value::encode_key;
 use crate::{Error, Result};
@@ -37,7 +37,7 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 pub struct Insert {
     table: Table,
     docs: Vec<Value>,
-    conflict: Conflict,
+    conflict: OnConflict,
     opts: Options,
 }
 
@@ -52,14 +52,48 @@ impl Insert {
         Insert {
             table,
             docs,
-            conflict: Conflict::Error,
+            conflict: OnConflict::Policy(Conflict::Error),
             opts: Options::default(),
         }
     }
 
     /// What to do when the primary key exists (default: count an error).
     pub fn conflict(mut self, c: Conflict) -> Self {
-        self.conflict = c;
+        self.conflict = OnConflict::Policy(c);
+        self
+    }
+
+    /// On a conflict, write what `resolve(stored, new)` returns instead (RethinkDB's
+    /// conflict function). It runs under the commit lock against the document stored at
+    /// that moment, so nothing written in between is lost; like a [`Patch::with`] closure
+    /// it must not write to the database, and it cannot change the primary key (a document
+    /// without one keeps the stored key).
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use remodel::Database;
+    /// use serde_json::json;
+    /// let db = Database::temporary().await?;
+    /// db.create_table("players").await?;
+    /// let t = db.table("players");
+    /// t.insert(json!({"id": "kim", "score": 5, "team": "red"})).await?;
+    /// // Write the new document, but keep the stored team.
+    /// t.insert(json!({"id": "kim", "score": 7}))
+    ///     .conflict_with(|stored, new| {
+    ///         let mut doc = new.clone();
+    ///         doc["team"] = stored["team"].clone();
+    ///         Ok(doc)
+    ///     })
+    ///     .await?;
+    /// assert_eq!(t.get("kim").await?, Some(json!({"id": "kim", "score": 7, "team": "red"})));
+    /// # Ok::<(), remodel::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn conflict_with(
+        mut self,
+        resolve: impl Fn(&Value, &Value) -> Result<Value> + Send + Sync + 'static,
+    ) -> Self {
+        self.conflict = OnConflict::Resolve(Arc::new(resolve));
         self
     }
 
@@ -114,6 +148,7 @@ enum Target {
 enum Action {
     Update(Patch),
     Replace(Value),
+    ReplaceWith(Arc<ReplaceFn>),
     Delete,
 }
 
@@ -140,6 +175,13 @@ impl Write {
         Write {
             target: Target::Key(t, key),
             action: Action::Replace(doc),
+            opts: Options::default(),
+        }
+    }
+    pub(crate) fn replace_key_with(t: Table, key: Value, f: Arc<ReplaceFn>) -> Self {
+        Write {
+            target: Target::Key(t, key),
+            action: Action::ReplaceWith(f),
             opts: Options::default(),
         }
     }
@@ -173,6 +215,7 @@ impl Write {
                 key,
                 doc: d.clone(),
             },
+            Action::ReplaceWith(f) => WriteOp::ReplaceWith { key, f: f.clone() },
             Action::Delete => WriteOp::Delete { key },
         }
     }
@@ -188,7 +231,7 @@ impl Write {
             .and_then(|()| match &self.action {
                 Action::Update(p) => p.check_depth(),
                 Action::Replace(d) => crate::value::check_depth(d, "replacement document"),
-                Action::Delete => Ok(()),
+                Action::ReplaceWith(_) | Action::Delete => Ok(()),
             });
         checked.err()
     }
@@ -202,7 +245,7 @@ impl Write {
             Action::Update(Patch(PatchKind::Merge(v))) | Action::Replace(v) => {
                 crate::value::drop_deep(v)
             }
-            Action::Update(Patch(PatchKind::With(_))) | Action::Delete => {}
+            Action::Update(Patch(PatchKind::With(_))) | Action::ReplaceWith(_) | Action::Delete => {}
         }
     }
 
@@ -226,7 +269,7 @@ impl Write {
                     .await
             }
             Target::Query(q) => {
-                if matches!(self.action, Action::Replace(_)) {
+                if matches!(self.action, Action::Replace(_) | Action::ReplaceWith(_)) {
                     return Err(Error::query(
                         "replace applies to one document (get(key).replace)",
                     ));
@@ -364,9 +407,12 @@ enum BatchOp {
     Update(Value, Patch),
     Replace(Value, Value),
     Delete(Value),
+    ReplaceWith(Value, Arc<ReplaceFn>),
     UpdateWhere(Box<Query>, Patch),
     DeleteWhere(Box<Query>),
+    DeleteCascading(Value, References),
     RequireEmpty(Box<Query>, String),
+    RequireExists(Value),
 }
 
 impl Database {
@@ -411,6 +457,25 @@ impl Batch {
         self.push(table, BatchOp::Delete(key.into()))
     }
 
+    /// Replaces the document with this key by what `f` makes of it, under the commit lock
+    /// (see [`crate::Get::replace_with`]); a missing document is skipped.
+    pub fn replace_with(
+        self,
+        table: &str,
+        key: impl Into<Value>,
+        f: impl Fn(&Value) -> Result<Value> + Send + Sync + 'static,
+    ) -> Self {
+        self.push(table, BatchOp::ReplaceWith(key.into(), Arc::new(f)))
+    }
+
+    /// Deletes the document with this key and applies `refs` to the rows that refer to it,
+    /// recursively (nullify, delete, or fail the batch: see [`References`]). The rows are
+    /// selected when the batch commits, in the same commit: none that refers to a deleted
+    /// row is left behind, whenever it was written.
+    pub fn delete_cascading(self, table: &str, key: impl Into<Value>, refs: &References) -> Self {
+        self.push(table, BatchOp::DeleteCascading(key.into(), refs.clone()))
+    }
+
     /// Merges a patch into every row of `query` (selected when the batch commits, from the
     /// data as it was before the batch).
     pub fn update_where(self, query: &Query, patch: impl Into<Patch>) -> Self {
@@ -438,6 +503,30 @@ impl Batch {
         )
     }
 
+    /// Fails the whole batch with [`Error::NotFound`] if the document with this key is not
+    /// there when the batch commits (before the batch's own writes).
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use remodel::{Database, Error};
+    /// use serde_json::json;
+    /// let db = Database::temporary().await?;
+    /// db.create_table("ships").await?;
+    /// db.create_table("crew").await?;
+    /// // Join a ship's crew only if the ship is still there.
+    /// let joined = db.batch()
+    ///     .require_exists("ships", "defiant")
+    ///     .insert("crew", json!({"id": "worf", "ship": "defiant"}))
+    ///     .await;
+    /// assert!(matches!(joined, Err(Error::NotFound { .. })));
+    /// assert_eq!(db.table("crew").count().await?, 0);
+    /// # Ok::<(), remodel::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn require_exists(self, table: &str, key: impl Into<Value>) -> Self {
+        self.push(table, BatchOp::RequireExists(key.into()))
+    }
+
     /// Also return the `{old_val, new_val}` of each write.
     pub fn return_changes(mut self, yes: bool) -> Self {
         self.opts.return_changes = yes;
@@ -462,7 +551,10 @@ impl Batch {
                 }
                 BatchOp::Replace(key, doc) => check_depth(key, &what("primary key"))
                     .and_then(|()| check_depth(doc, &what("document"))),
-                BatchOp::Delete(key) => check_depth(key, &what("primary key")),
+                BatchOp::Delete(key)
+                | BatchOp::ReplaceWith(key, _)
+                | BatchOp::DeleteCascading(key, _)
+                | BatchOp::RequireExists(key) => check_depth(key, &what("primary key")),
                 BatchOp::UpdateWhere(_, patch) => patch.check_depth(),
                 BatchOp::DeleteWhere(_) | BatchOp::RequireEmpty(..) => Ok(()),
             };
@@ -480,7 +572,11 @@ impl Batch {
         };
         for (_, op) in self.ops {
             match op {
-                BatchOp::Insert(doc, _) | BatchOp::Delete(doc) => drop_deep(doc),
+                BatchOp::Insert(doc, _)
+                | BatchOp::Delete(doc)
+                | BatchOp::ReplaceWith(doc, _)
+                | BatchOp::DeleteCascading(doc, _)
+                | BatchOp::RequireExists(doc) => drop_deep(doc),
                 BatchOp::Update(key, patch) => {
                     drop_deep(key);
                     merge(patch);
@@ -517,6 +613,7 @@ impl Batch {
             let step = match op {
                 BatchOp::Insert(doc, conflict) => {
                     let t = table()?;
+                    let conflict = OnConflict::Policy(conflict);
                     let op = db
                         .prepare_inserts(&t, vec![doc], conflict, &mut generated)?
                         .remove(0);
@@ -540,6 +637,21 @@ impl Batch {
                         key: encode_key(&key)?,
                     },
                 ),
+                BatchOp::ReplaceWith(key, f) => Step::Write(
+                    table()?,
+                    WriteOp::ReplaceWith {
+                        key: encode_key(&key)?,
+                        f,
+                    },
+                ),
+                BatchOp::DeleteCascading(key, refs) => {
+                    encode_key(&key)?;
+                    Step::DeleteCascading(db.clone(), table()?, key, refs)
+                }
+                BatchOp::RequireExists(key) => {
+                    let enc = encode_key(&key)?;
+                    Step::RequireExists(table()?, enc, key)
+                }
                 BatchOp::UpdateWhere(q, patch) => Step::Where(planned(&q)?, Some(patch)),
                 BatchOp::DeleteWhere(q) => Step::Where(planned(&q)?, None),
                 BatchOp::RequireEmpty(q, why) => Step::RequireEmpty(planned(&q)?, why),
@@ -551,7 +663,10 @@ impl Batch {
             .iter()
             .map(|s| match s {
                 Step::Write(t, op) => crate::db::write::op_index_work(t, op),
-                Step::Where(..) | Step::RequireEmpty(..) => 0,
+                Step::Where(..)
+                | Step::DeleteCascading(..)
+                | Step::RequireEmpty(..)
+                | Step::RequireExists(..) => 0,
             })
             .sum();
         let max = crate::db::write::MAX_COMMIT_INDEX_WORK;
@@ -589,7 +704,11 @@ enum Step {
     Write(Arc<TableState>, WriteOp),
     /// Update (with the patch) or delete every row of the plan.
     Where(Plan, Option<Patch>),
+    /// Delete a row and what refers to it.
+    DeleteCascading(Database, Arc<TableState>, Value, References),
     RequireEmpty(Plan, String),
+    /// The document with this (encoded) key must exist.
+    RequireExists(Arc<TableState>, Vec<u8>, Value),
 }
 
 fn planned(q: &Query) -> Result<Plan> {
@@ -621,9 +740,20 @@ fn expand(steps: Vec<Step>) -> Result<Vec<(Arc<TableState>, WriteOp)>> {
                     }
                 }
             }
+            Step::DeleteCascading(db, table, key, refs) => {
+                super::cascade::expand_delete(&db, table, key, &refs, &mut ops)?
+            }
             Step::RequireEmpty(plan, why) => {
                 if plan.rows().next().transpose()?.is_some() {
                     return Err(Error::Precondition(why));
+                }
+            }
+            Step::RequireExists(table, enc, key) => {
+                if table.get_doc(&enc)?.is_none() {
+                    return Err(Error::NotFound {
+                        table: table.name.clone(),
+                        key,
+                    });
                 }
             }
         }

@@ -1,0 +1,177 @@
+//! What deleting a row does to the rows that refer to it, decided in the commit that deletes
+//! it (see [`crate::Batch::delete_cascading`]).
+//!
+//! The rows that refer to a deleted row are selected under the commit lock, in the same
+//! commit as the delete: a row that starts referring to it just before the commit is found
+//! too, and nothing can start referring to it after the commit without seeing it gone. A
+//! cascade follows the references of the rows it deletes, table by table, in that commit.
+
+use super::plan::Row;
+use crate::db::write::WriteOp;
+use crate::db::{Database, Patch, TableState};
+use crate::{Error, Result};
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// What happens to a row that refers to a deleted row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReferenceAction {
+    /// Its reference field becomes `null`.
+    Nullify,
+    /// It is deleted too, and so are the rows that refer to it (following their own
+    /// references).
+    Delete,
+    /// The delete fails with [`Error::Precondition`] (`why`) while such a row exists.
+    Restrict {
+        /// The precondition error's text.
+        why: String,
+    },
+}
+
+/// One reference: rows of `table` hold the key of a row of another table in `field`, which
+/// an index of the same name covers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Reference {
+    table: String,
+    field: String,
+    action: ReferenceAction,
+}
+
+/// The references between tables that a cascading delete follows: for each table, the
+/// fields of other tables that hold its keys, and what deleting a row does to the rows that
+/// refer to it. Cheap to clone (shared).
+///
+/// A reference from a table that does not exist is skipped (it has no rows); a reference
+/// whose index does not exist fails the delete ([`Error::NoSuchIndex`]).
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use remodel::{Database, IndexSpec, ReferenceAction, References};
+/// use serde_json::json;
+/// let db = Database::temporary().await?;
+/// db.create_table("ships").await?;
+/// db.create_table("crew").await?;
+/// db.table("crew").create_index("ship", IndexSpec::field("ship")).await?;
+/// let mut refs = References::new();
+/// refs.add("ships", "crew", "ship", ReferenceAction::Delete);
+/// db.table("ships").insert(json!({"id": "defiant"})).await?;
+/// db.table("crew").insert(json!({"id": "worf", "ship": "defiant"})).await?;
+/// let r = db.batch().delete_cascading("ships", "defiant", &refs).await?;
+/// assert_eq!(r.deleted, 2);
+/// # Ok::<(), remodel::Error>(())
+/// # }).unwrap();
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct References {
+    by_target: Arc<HashMap<String, Vec<Reference>>>,
+}
+
+impl References {
+    /// No references.
+    pub fn new() -> Self {
+        References::default()
+    }
+
+    /// Rows of `table` refer to rows of `target` by their key in `field` (indexed by an
+    /// index named `field`); deleting a row of `target` does `action` to them. Adding the
+    /// same `(target, table, field)` twice keeps the first action.
+    pub fn add(
+        &mut self,
+        target: &str,
+        table: &str,
+        field: &str,
+        action: ReferenceAction,
+    ) -> &mut Self {
+        let refs = Arc::make_mut(&mut self.by_target)
+            .entry(target.to_string())
+            .or_default();
+        if !refs.iter().any(|r| r.table == table && r.field == field) {
+            refs.push(Reference {
+                table: table.to_string(),
+                field: field.to_string(),
+                action,
+            });
+        }
+        self
+    }
+
+    /// Whether a reference from `table.field` to `target` is listed.
+    pub fn contains(&self, target: &str, table: &str, field: &str) -> bool {
+        self.by_target
+            .get(target)
+            .is_some_and(|refs| refs.iter().any(|r| r.table == table && r.field == field))
+    }
+
+    fn of(&self, target: &str) -> &[Reference] {
+        self.by_target.get(target).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// Under the commit lock: the writes that delete `key` of `table` and apply `refs` to
+/// what refers to it, recursively. Every selection reads the data as it was before the
+/// batch (nothing of it is written yet).
+pub(crate) fn expand_delete(
+    db: &Database,
+    table: Arc<TableState>,
+    key: Value,
+    refs: &References,
+    ops: &mut Vec<(Arc<TableState>, WriteOp)>,
+) -> Result<()> {
+    let mut deleted: HashSet<(String, Vec<u8>)> = HashSet::new();
+    let enc = crate::value::encode_key(&key)?;
+    deleted.insert((table.name.clone(), enc.clone()));
+    ops.push((table.clone(), WriteOp::Delete { key: enc }));
+    // Tables whose deleted keys still have references to follow.
+    let mut work: Vec<(Arc<TableState>, Vec<Value>)> = vec![(table, vec![key])];
+    while let Some((target, keys)) = work.pop() {
+        for r in refs.of(&target.name) {
+            let query = db
+                .table(r.table.as_str())
+                .get_all(keys.clone())
+                .index(r.field.as_str());
+            let plan = match query.plan() {
+                Ok(plan) => plan,
+                // No table, no rows that refer.
+                Err(Error::NoSuchTable(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            let referring = &plan.table;
+            match &r.action {
+                ReferenceAction::Restrict { why } => {
+                    if plan.rows().next().transpose()?.is_some() {
+                        return Err(Error::Precondition(why.clone()));
+                    }
+                }
+                ReferenceAction::Nullify => {
+                    let patch = Patch::merge(json!({ r.field.as_str(): null }));
+                    for row in plan.rows() {
+                        let Row { key, .. } = row?;
+                        let op = WriteOp::Update {
+                            key: key.to_vec(),
+                            patch: patch.clone(),
+                        };
+                        ops.push((referring.clone(), op));
+                    }
+                }
+                ReferenceAction::Delete => {
+                    let mut next = Vec::new();
+                    for row in plan.rows() {
+                        let Row { key, doc } = row?;
+                        if deleted.insert((referring.name.clone(), key.to_vec())) {
+                            ops.push((referring.clone(), WriteOp::Delete { key: key.to_vec() }));
+                            if let Some(k) = doc.get(&referring.primary_key) {
+                                next.push(k.clone());
+                            }
+                        }
+                    }
+                    if !next.is_empty() && !refs.of(&referring.name).is_empty() {
+                        work.push((referring.clone(), next));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
