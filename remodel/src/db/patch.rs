@@ -99,7 +99,12 @@ pub(super) fn replace_with(table: &TableState, doc: &Value, f: &ReplaceFn) -> Re
 
 /// Runs a conflict closure on the stored document `doc` and the inserted one `new`, and
 /// checks what it made.
-pub(super) fn resolve(table: &TableState, doc: &Value, new: &Value, f: &ResolveFn) -> Result<Value> {
+pub(super) fn resolve(
+    table: &TableState,
+    doc: &Value,
+    new: &Value,
+    f: &ResolveFn,
+) -> Result<Value> {
     let out = crate::value::admit(
         super::in_patch(|| f(doc, new))?,
         "the document a conflict_with closure returned",

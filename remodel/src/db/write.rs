@@ -400,13 +400,15 @@ impl DbInner {
                             continue;
                         }
                         OnConflict::Policy(Conflict::Replace) => doc,
-                        OnConflict::Policy(Conflict::Update) => match Patch::merge(doc).apply(&table, cur) {
-                            Ok(v) => v,
-                            Err(e) => {
-                                result.error(e);
-                                continue;
+                        OnConflict::Policy(Conflict::Update) => {
+                            match Patch::merge(doc).apply(&table, cur) {
+                                Ok(v) => v,
+                                Err(e) => {
+                                    result.error(e);
+                                    continue;
+                                }
                             }
-                        },
+                        }
                     };
                     count_replace(result, cur, new)
                 }

@@ -416,7 +416,9 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
                     let schema = Self::schema();
                     table
                         .insert(doc)
-                        .conflict_with(move |stored, new| Ok(codec::with_unknown(schema, new, stored)))
+                        .conflict_with(move |stored, new| {
+                            Ok(codec::with_unknown(schema, new, stored))
+                        })
                         .await?
                         .check()?;
                 }

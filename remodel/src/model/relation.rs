@@ -205,7 +205,8 @@ impl<P: Model, C: Model> HasMany<P, C> {
     /// requires the parent to be stored ([`ModelError::Missing`] when it was deleted).
     pub async fn create(&self, mut child: C) -> Result<C> {
         let parent = self.key()?;
-        let prepared = prepare_children(std::slice::from_mut(&mut child), Some((self.fk(), &parent)))?;
+        let prepared =
+            prepare_children(std::slice::from_mut(&mut child), Some((self.fk(), &parent)))?;
         let mut batch = self.db.batch().require_exists(P::schema().table, parent);
         for p in prepared {
             batch = store::<C>(batch, p, true);
@@ -543,7 +544,12 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
 
     /// Saves the prepared children (created, or written back when `create` is false and they
     /// had a key) and links them to this parent, in one commit that requires the parent.
-    async fn store_linked(&self, prepared: Vec<Prepared>, create: bool, batch: Batch) -> Result<()> {
+    async fn store_linked(
+        &self,
+        prepared: Vec<Prepared>,
+        create: bool,
+        batch: Batch,
+    ) -> Result<()> {
         let parent = self.key()?;
         let mut batch = batch.require_exists(P::schema().table, parent.clone());
         for p in prepared {

@@ -245,7 +245,8 @@ impl Write {
             Action::Update(Patch(PatchKind::Merge(v))) | Action::Replace(v) => {
                 crate::value::drop_deep(v)
             }
-            Action::Update(Patch(PatchKind::With(_))) | Action::ReplaceWith(_) | Action::Delete => {}
+            Action::Update(Patch(PatchKind::With(_))) | Action::ReplaceWith(_) | Action::Delete => {
+            }
         }
     }
 
