@@ -166,6 +166,16 @@ pub enum Error {
     /// compute the patch in the closure and write afterwards.
     #[error("a Patch::with closure cannot write to the database (it runs under the commit lock)")]
     WriteInPatch,
+    /// A write gave up waiting for the commit lock: a write's closure (`Patch::with`,
+    /// `replace_with`, `conflict_with`) has held it for `held_ms` milliseconds, longer than
+    /// the 2 s a closure may take. Nothing of this write was written. A closure runs under
+    /// the commit lock and must not wait for anything another write does (that write waits
+    /// for the closure): compute from the document it is given, and return.
+    #[error("a write's closure has held the commit lock for {held_ms} ms (a closure must not wait for other writes); this write was not made")]
+    CommitStalled {
+        /// How long the closure had held the lock.
+        held_ms: u64,
+    },
     /// A [`crate::Config`] setting that cannot work; nothing was opened.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),

@@ -164,6 +164,8 @@ pub(crate) struct DbInner {
     /// Small writes that found `writer` taken, for its holder to commit (see
     /// `write::Handoff`).
     handoffs: write::Handoffs,
+    /// Whether a write's closure (`Patch::with`, ...) runs under `writer`, and since when.
+    closures: write::ClosureWatch,
     /// Sequence numbers up to here are reserved on disk (see `reserve_seq`).
     seq_reserved: std::sync::atomic::AtomicU64,
     /// Where the sequence reservation is kept.
@@ -434,6 +436,7 @@ impl Database {
             tables: RwLock::new(HashMap::new()),
             writer: Mutex::new(seq),
             handoffs: write::Handoffs::default(),
+            closures: write::ClosureWatch::default(),
             seq_reserved: std::sync::atomic::AtomicU64::new(seq),
             meta,
             visibility,

@@ -35,8 +35,14 @@ impl Patch {
     }
 
     /// Compute the object to merge from the current document. It runs under the commit lock,
-    /// so a read-modify-write through it never loses a concurrent update; it must not write
-    /// to the database itself ([`Error::WriteInPatch`]).
+    /// so a read-modify-write through it never loses a concurrent update.
+    ///
+    /// The rule: **compute from the document, and return**. The closure must not write to
+    /// the database itself ([`Error::WriteInPatch`]), nor wait for anything another write
+    /// does: that write waits for the commit lock the closure holds. A closure that holds
+    /// the lock for over 2 s makes the writes waiting behind it fail with
+    /// [`Error::CommitStalled`] (so such a wait ends, with an error, instead of hanging
+    /// every writer).
     ///
     /// ```
     /// use remodel::Patch;

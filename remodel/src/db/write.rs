@@ -95,6 +95,63 @@ const CHUNK: usize = 4096;
 /// holder may be an async worker, which this keeps to well under a millisecond.
 const MAX_HANDOFFS: usize = 32;
 
+/// How long a write's closure (`Patch::with`, `replace_with`, `conflict_with`) may hold the
+/// commit lock before the writes waiting for it give up with [`Error::CommitStalled`]. A
+/// closure runs under the lock, so one that waits for another write (made on another
+/// thread) would otherwise wait forever, and every writer with it: the waiting writes fail
+/// instead, which also ends the closure's wait.
+pub(crate) const CLOSURE_STALL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How long a blocking writer waits for the commit lock between two looks at whether a
+/// closure stalls it.
+const STALL_RECHECK: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Since when a write's closure runs under the commit lock, if one does (see
+/// [`CLOSURE_STALL`]).
+pub(crate) struct ClosureWatch {
+    base: std::time::Instant,
+    /// Microseconds since `base` + 1 when the running closure started; 0 when none runs.
+    since: std::sync::atomic::AtomicU64,
+}
+
+impl Default for ClosureWatch {
+    fn default() -> Self {
+        ClosureWatch {
+            base: std::time::Instant::now(),
+            since: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl ClosureWatch {
+    fn now(&self) -> u64 {
+        self.base.elapsed().as_micros() as u64 + 1
+    }
+
+    /// Runs a write's closure (the caller holds the commit lock), marked as running.
+    fn run<T>(&self, f: impl FnOnce() -> T) -> T {
+        struct Done<'a>(&'a std::sync::atomic::AtomicU64);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.store(0, Ordering::Release);
+            }
+        }
+        self.since.store(self.now(), Ordering::Release);
+        let _done = Done(&self.since);
+        f()
+    }
+
+    /// The error for a writer waiting behind a closure that has held the lock for longer
+    /// than [`CLOSURE_STALL`], if one has.
+    fn stalled(&self) -> Option<Error> {
+        let since = self.since.load(Ordering::Acquire);
+        let held = self.now().saturating_sub(since);
+        (since != 0 && held > CLOSURE_STALL.as_micros() as u64).then(|| Error::CommitStalled {
+            held_ms: held / 1000,
+        })
+    }
+}
+
 /// How often a writer whose write waits for the lock's holder looks at the lock itself (a
 /// holder that is not a write, such as DDL, commits no handoffs).
 const HANDOFF_RECHECK: std::time::Duration = std::time::Duration::from_millis(1);
@@ -104,6 +161,7 @@ const HANDOFF_RECHECK: std::time::Duration = std::time::Duration::from_millis(1)
 /// on the lock nor pays a handoff to a blocking thread, and the holder, already running
 /// with the lock and the caches warm, commits it in a few microseconds.
 struct Handoff {
+    id: u64,
     table: Arc<TableState>,
     ops: Vec<WriteOp>,
     return_changes: bool,
@@ -117,6 +175,8 @@ struct Handoff {
 pub(crate) struct Handoffs {
     left: parking_lot::Mutex<Vec<Handoff>>,
     count: std::sync::atomic::AtomicUsize,
+    /// The next handoff's id.
+    ids: std::sync::atomic::AtomicU64,
 }
 
 impl Handoffs {
@@ -128,6 +188,17 @@ impl Handoffs {
 
     fn is_empty(&self) -> bool {
         self.count.load(Ordering::SeqCst) == 0
+    }
+
+    /// Takes back the handoff `id` if no holder took it yet (then it will never commit).
+    fn withdraw(&self, id: u64) -> bool {
+        let mut left = self.left.lock();
+        let Some(i) = left.iter().position(|h| h.id == id) else {
+            return false;
+        };
+        left.remove(i);
+        self.count.store(left.len(), Ordering::SeqCst);
+        true
     }
 
     /// The oldest `n` at most, in the order they were left.
@@ -192,7 +263,9 @@ impl DbInner {
         hard: bool,
     ) -> Result<WriteResult> {
         let (done, mut result) = tokio::sync::oneshot::channel();
+        let id = self.handoffs.ids.fetch_add(1, Ordering::Relaxed);
         self.handoffs.leave(Handoff {
+            id,
             table,
             ops,
             return_changes,
@@ -209,8 +282,16 @@ impl DbInner {
                         "a write left for the commit lock's holder was lost",
                     ))
                 }
-                // Held by something that takes no handoffs (DDL, a feed opening): look again.
-                Err(_) => continue,
+                // Held by something that takes no handoffs (DDL, a feed opening, a stalled
+                // closure): look again, and give up behind a stalled closure unless the
+                // write was taken already (then its result comes).
+                Err(_) => {
+                    if let Some(e) = self.closures.stalled() {
+                        if self.handoffs.withdraw(id) {
+                            return Err(e);
+                        }
+                    }
+                }
             }
         }
     }
@@ -302,7 +383,7 @@ impl DbInner {
     ) -> Result<()> {
         super::check_not_in_patch()?;
         let mut wakes = Vec::new();
-        let mut seq = self.writer.lock();
+        let mut seq = self.lock_for_commit()?;
         let committed = ops().and_then(|ops| {
             if how.all_or_nothing {
                 return self.commit_chunk(ops, how, result, &mut seq, &mut wakes);
@@ -321,6 +402,27 @@ impl DbInner {
         wakes.drain(..).for_each(std::task::Waker::wake);
         self.drain_handoffs();
         committed
+    }
+
+    /// Applies an update's patch (a closure's marked as running, see [`ClosureWatch`]).
+    fn apply(&self, patch: &Patch, table: &TableState, cur: &Value) -> Result<Value> {
+        match &patch.0 {
+            PatchKind::With(_) => self.closures.run(|| patch.apply(table, cur)),
+            PatchKind::Merge(_) => patch.apply(table, cur),
+        }
+    }
+
+    /// Takes the commit lock, waiting for it unless a write's closure has held it for longer
+    /// than [`CLOSURE_STALL`] (then [`Error::CommitStalled`]).
+    fn lock_for_commit(&self) -> Result<parking_lot::MutexGuard<'_, u64>> {
+        loop {
+            if let Some(seq) = self.writer.try_lock_for(STALL_RECHECK) {
+                return Ok(seq);
+            }
+            if let Some(e) = self.closures.stalled() {
+                return Err(e);
+            }
+        }
     }
 
     /// Commits one chunk of writes, possibly to several tables, as one atomic storage batch;
@@ -383,7 +485,10 @@ impl DbInner {
                 (WriteOp::Insert { doc, conflict }, Some(cur)) => {
                     let new = match conflict {
                         OnConflict::Resolve(f) => {
-                            match super::patch::resolve(&table, cur, &doc, &*f) {
+                            match self
+                                .closures
+                                .run(|| super::patch::resolve(&table, cur, &doc, &*f))
+                            {
                                 Ok(v) => v,
                                 Err(e) => {
                                     result.error(e);
@@ -412,7 +517,8 @@ impl DbInner {
                     };
                     count_replace(result, cur, new)
                 }
-                (WriteOp::Update { patch, .. }, Some(cur)) => match patch.apply(&table, cur) {
+                (WriteOp::Update { patch, .. }, Some(cur)) => match self.apply(&patch, &table, cur)
+                {
                     Ok(new) => count_replace(result, cur, new),
                     Err(e) => {
                         result.error(e);
@@ -421,7 +527,10 @@ impl DbInner {
                 },
                 (WriteOp::Replace { doc, .. }, Some(cur)) => count_replace(result, cur, doc),
                 (WriteOp::ReplaceWith { f, .. }, Some(cur)) => {
-                    match super::patch::replace_with(&table, cur, &*f) {
+                    match self
+                        .closures
+                        .run(|| super::patch::replace_with(&table, cur, &*f))
+                    {
                         Ok(new) => count_replace(result, cur, new),
                         Err(e) => {
                             result.error(e);
