@@ -434,6 +434,16 @@ struct Writer {
     last_ms: u64,
 }
 
+impl Writer {
+    /// Makes the open segment `cap` bytes long (space reserved) and maps all of it; the new
+    /// mapping replaces the old one once it exists.
+    fn grow(&mut self, cap: usize) -> Result<()> {
+        reserve(&self.sync, cap)?;
+        self.map = Mapped::new(&self.sync, cap)?;
+        Ok(())
+    }
+}
+
 /// Bytes a segment file is made with (more when one commit's record is larger).
 const SEGMENT_BYTES: usize = 4 << 20;
 
@@ -897,8 +907,13 @@ impl ChangeLog {
             .is_some_and(|ms| open.first_ms != 0 && time_ms.saturating_sub(open.first_ms) >= ms);
         // Room for the record and an abort record after it.
         let fits = w.len + bytes.len() + ABORT_BYTES <= w.map.cap;
-        if open.entries >= self.segment_entries || old || !fits {
-            let cap = self.segment_bytes.max(bytes.len() + ABORT_BYTES);
+        let cap = self.segment_bytes.max(bytes.len() + ABORT_BYTES);
+        if w.len == 0 && !fits {
+            // Nothing in the open segment yet (a fresh log's first commit): it grows to hold
+            // the record. Rolling would make a segment of the same name (it is named after
+            // its first change, this record's), truncating the file under its own mapping.
+            w.grow(cap)?;
+        } else if open.entries >= self.segment_entries || old || !fits {
             self.roll(storage, &mut w, first, cap)?;
         }
         let at = w.len;

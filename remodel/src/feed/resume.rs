@@ -107,7 +107,10 @@ impl Feed {
                     log.floor()
                 )));
             }
-            if cursor.seq < log.created(&table) {
+            // `created` is the last change before the table was created: a cursor at it (or
+            // before) was taken before this table existed, maybe on an earlier table of the
+            // same name whose drop the log does not record, so it cannot resume here.
+            if cursor.seq <= log.created(&table) {
                 return Err(expired(format!(
                     "table `{table}` was created after it (an earlier table of that name had it)"
                 )));
