@@ -23,7 +23,14 @@ pub type AppResult<T> = Result<T, AppError>;
 
 impl From<remodel::Error> for AppError {
     fn from(e: remodel::Error) -> Self {
-        AppError::Store(e)
+        match e.as_model() {
+            // A row deleted by another request between this one's read and its write (a
+            // member moved while someone deletes it): the write was refused, nothing changed.
+            Some(remodel::model::ModelError::Missing { model, key, .. }) => AppError::NotFound(
+                format!("The {} {key} was deleted meanwhile.", model.to_lowercase()),
+            ),
+            _ => AppError::Store(e),
+        }
     }
 }
 

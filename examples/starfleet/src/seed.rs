@@ -53,8 +53,8 @@ const CREWS: [Crew; 3] = [
 /// Loads the crews unless they were loaded before. Returns whether it loaded them.
 ///
 /// The seeded rows have fixed keys (`/ship/voyager`, `/member/janeway`), so a first start
-/// interrupted half-way simply writes the same rows again on the next start; the marker row
-/// is written last.
+/// interrupted half-way saves the ships again and creates the crews still missing on the next
+/// start; the marker row is written last.
 pub async fn seed_once(db: &Database) -> remodel::Result<bool> {
     db.ensure_table(META_TABLE).await?;
     let meta = db.table(META_TABLE);
@@ -75,7 +75,11 @@ pub async fn seed_once(db: &Database) -> remodel::Result<bool> {
                 ..Crewmember::new(name, rank, species)
             })
             .collect();
-        ship.crewmembers(db).add(&mut crew).await?; // one atomic commit per crew
+        // One atomic commit per crew: a start interrupted before the marker finds each crew
+        // whole or absent.
+        if ship.crewmembers(db).count().await? == 0 {
+            ship.crewmembers(db).create_many(&mut crew).await?;
+        }
     }
     meta.insert(json!({"id": "seeded"})).await?.check()?;
     Ok(true)

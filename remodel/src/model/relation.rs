@@ -216,6 +216,22 @@ impl<P: Model, C: Model> HasMany<P, C> {
         Ok(child)
     }
 
+    /// Creates these children of this parent, all in one commit (a child whose key is taken
+    /// fails it with [`crate::Error::KeyConflict`]; nothing is written then). The way to
+    /// create children that come with keys of their own: `add` takes a child with a key for
+    /// a stored row.
+    pub async fn create_many(&self, children: &mut [C]) -> Result<()> {
+        let parent = self.key()?;
+        let prepared = prepare_children(children, Some((self.fk(), &parent)))?;
+        let mut batch = self.db.batch().require_exists(P::schema().table, parent);
+        for p in prepared {
+            batch = store::<C>(batch, p, true);
+        }
+        self.commit(batch).await?;
+        children.iter().for_each(|c| c.after_save());
+        Ok(())
+    }
+
     /// Commits a relation write, naming a missing parent or child as its model.
     async fn commit(&self, batch: Batch) -> Result<crate::WriteResult> {
         batch
@@ -227,8 +243,9 @@ impl<P: Model, C: Model> HasMany<P, C> {
     /// Makes the children belong to this parent and saves them, all in one commit. A child
     /// without a key is created; one with a key is a stored row, written back as `save`
     /// does (stored fields its struct does not know are kept as they are at commit), and
-    /// [`ModelError::Missing`] if it was deleted (nothing is written then). The parent must
-    /// be stored too.
+    /// [`ModelError::Missing`] if it was deleted (nothing is written then: a row deleted
+    /// meanwhile is not brought back). The parent must be stored too. New children that come
+    /// with keys of their own are created with [`HasMany::create_many`].
     pub async fn add(&self, children: &mut [C]) -> Result<()> {
         let parent = self.key()?;
         let prepared = prepare_children(children, Some((self.fk(), &parent)))?;
@@ -563,6 +580,15 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
         Ok(())
     }
 
+    /// Creates these children and relates them to this parent, in one commit (a taken key
+    /// fails it with [`crate::Error::KeyConflict`]).
+    pub async fn create_many(&self, children: &mut [C]) -> Result<()> {
+        let prepared = prepare_children(children, None)?;
+        self.store_linked(prepared, true, self.db.batch()).await?;
+        children.iter().for_each(|c| c.after_save());
+        Ok(())
+    }
+
     /// Creates `child` and relates it to this parent, in one commit.
     pub async fn create(&self, mut child: C) -> Result<C> {
         let prepared = prepare_children(std::slice::from_mut(&mut child), None)?;
@@ -574,7 +600,7 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
     /// Saves the children and relates them to this parent, in one commit. A child without a
     /// key is created; one with a key is a stored row, written back as `save` does, and
     /// [`ModelError::Missing`] if it was deleted (nothing is written then). Relating a row
-    /// twice changes nothing.
+    /// twice changes nothing. New children with keys of their own: [`ManyToMany::create_many`].
     pub async fn add(&self, children: &mut [C]) -> Result<()> {
         let prepared = prepare_children(children, None)?;
         self.store_linked(prepared, false, self.db.batch()).await?;
