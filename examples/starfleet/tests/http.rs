@@ -868,3 +868,34 @@ async fn the_member_stream_redraws_the_details() {
     let (_, _, data) = next_event(&mut stream, &mut buf).await;
     assert!(data.contains("was deleted"), "{data}");
 }
+
+/// A delete and a move of the same member sent together: whichever commits first, a
+/// deleted member stays deleted (the move is a 404 then), never brought back by the move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_and_a_move_sent_together_never_bring_the_member_back() {
+    let app = std::sync::Arc::new(app().await);
+    let members: Vec<String> = Crewmember::all(&app.state.db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.id.unwrap().to_string())
+        .collect();
+    let mut tasks = Vec::new();
+    for id in &members {
+        let (a, b) = (app.clone(), app.clone());
+        let (d, m) = (format!("/member/{id}/delete"), format!("/member/{id}/move"));
+        tasks.push(tokio::spawn(async move { a.post(&d, "").await.status }));
+        tasks.push(tokio::spawn(async move {
+            b.post(&m, "ship_id=defiant").await.status
+        }));
+    }
+    for t in tasks {
+        let status = t.await.unwrap();
+        assert!(
+            status == StatusCode::SEE_OTHER || status == StatusCode::NOT_FOUND,
+            "{status}"
+        );
+    }
+    let left = Crewmember::count(&app.state.db).await.unwrap();
+    assert_eq!(left, 0, "deleted members came back");
+}
