@@ -1,262 +1,72 @@
-//! Code generation, from the checked model only. Generated code names only `::remodel` paths
-//! (besides `::std` / `::core`), so users depend on the `remodel` crate alone.
+//! Code generation, from the checked model only, one function per generated piece (as
+//! serde_derive's `de.rs`/`ser.rs` do). Generated code names only `::remodel` paths (besides
+//! `::std` / `::core`), so users depend on the `remodel` crate alone.
+//!
+//! The pieces: the struct of typed field names ([`fields_struct`]), the `Model` impl
+//! ([`model_impl`]: schema, keys, field access, hooks), the relation accessors and batched
+//! loaders ([`relation_methods`], shaped by [`RelationShape`]), compile-time checks of foreign
+//! keys ([`foreign_key_check`]) and the schema registration ([`registration`]).
 
-use crate::internals::ast::{IndexKind, Model, OnDelete, RelationKind};
+use crate::internals::ast::{Index, IndexKind, Model, OnDelete, Relation, RelationKind};
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 
+/// Everything `#[derive(Model)]` generates for `m`.
 pub fn expand(m: &Model) -> TokenStream {
-    let ident = &m.ident;
-    let vis = &m.vis;
-    let fields_ident = m.fields_ident();
-    let table = &m.table;
-    let model_name = ident.to_string();
-    let pk = m.primary_key();
-    let pk_ident = &pk.ident;
-    let pk_stored = &pk.stored;
+    let fields = fields_struct(m);
+    let methods = relation_methods(m);
+    let model = model_impl(m);
+    let registration = registration(m);
+    quote! {
+        #fields
+        #methods
+        #model
+        #registration
+    }
+}
 
-    // The typed field names.
-    let field_decls = m.stored_fields().map(|f| {
+/// `<Name>Fields`: one typed field name per stored field.
+fn fields_struct(m: &Model) -> TokenStream {
+    let (ident, vis, fields_ident) = (&m.ident, &m.vis, m.fields_ident());
+    let decls = m.stored_fields().map(|f| {
         let (fi, ty) = (&f.ident, &f.ty);
         let doc = format!("The stored field `{}`.", f.stored);
         quote! { #[doc = #doc] pub #fi: ::remodel::model::Field<#ident, #ty> }
     });
+    let doc = format!(
+        "The typed field names of [`{ident}`], for predicates: \
+         `<{ident} as remodel::Model>::fields().{}.eq(..)`.",
+        m.primary_key().ident
+    );
+    quote! {
+        #[doc = #doc]
+        #[derive(Clone, Copy, Debug)]
+        #[allow(missing_docs)]
+        #vis struct #fields_ident {
+            #(#decls,)*
+        }
+    }
+}
+
+/// `impl remodel::model::Model for Name`.
+fn model_impl(m: &Model) -> TokenStream {
+    let (ident, fields_ident, table) = (&m.ident, m.fields_ident(), &m.table);
+    let pk = m.primary_key();
+    let (pk_ident, pk_stored) = (&pk.ident, &pk.stored);
+    let schema = schema_static(m);
     let field_inits = m.stored_fields().map(|f| {
         let (fi, stored) = (&f.ident, &f.stored);
         quote! { #fi: ::remodel::model::Field::new(#stored) }
     });
-    let stored_names = m.stored_fields().map(|f| &f.stored);
-    let fields_doc = format!(
-        "The typed field names of [`{model_name}`], for predicates: \
-         `<{model_name} as remodel::Model>::fields().{}.eq(..)`.",
-        pk_ident
-    );
-
-    // Indexes.
-    let indexes = m.indexes.iter().map(|ix| {
-        let name = &ix.name;
-        let paths = &ix.paths;
-        let kind = match ix.kind {
-            IndexKind::Simple => quote!(::remodel::model::IndexKind::Simple),
-            IndexKind::Multi => quote!(::remodel::model::IndexKind::Multi),
-            IndexKind::Compound => quote!(::remodel::model::IndexKind::Compound),
-        };
-        quote! { ::remodel::model::IndexDef { name: #name, kind: #kind, paths: &[#(#paths),*] } }
-    });
-
-    // Relations: descriptors, accessors, batched loaders, compile-time checks.
-    let mut relation_defs = Vec::new();
-    let mut methods = Vec::new();
-    let mut checks = Vec::new();
-    for (i, r) in m.relations.iter().enumerate() {
-        let target = &r.target;
-        let acc = &r.accessor;
-        let acc_name = acc.to_string();
-        let fk = &r.foreign_key;
-        let assoc = &r.association_key;
-        let kind = match r.kind {
-            RelationKind::HasMany => quote!(::remodel::model::RelationKind::HasMany),
-            RelationKind::HasOne => quote!(::remodel::model::RelationKind::HasOne),
-            RelationKind::BelongsTo => quote!(::remodel::model::RelationKind::BelongsTo),
-            RelationKind::ManyToMany => quote!(::remodel::model::RelationKind::ManyToMany),
-        };
-        let on_delete = match r.on_delete {
-            OnDelete::Nullify => quote!(::remodel::model::OnDelete::Nullify),
-            OnDelete::Cascade => quote!(::remodel::model::OnDelete::Cascade),
-            OnDelete::Restrict => quote!(::remodel::model::OnDelete::Restrict),
-        };
-        let join_table = match &r.join_table {
-            Some(j) => quote!(::core::option::Option::Some(#j)),
-            None => quote!(::core::option::Option::None),
-        };
-        // Spanned at the user's type: "`X` is not a model" points at the attribute.
-        let target_schema = quote_spanned! {target.span()=>
-            <#target as ::remodel::model::Model>::schema
-        };
-        relation_defs.push(quote! {
-            ::remodel::model::RelationDef {
-                kind: #kind,
-                accessor: #acc_name,
-                target: #target_schema,
-                foreign_key: #fk,
-                association_key: #assoc,
-                join_table: #join_table,
-                on_delete: #on_delete,
-            }
-        });
-        let rel = quote! { &<#ident as ::remodel::model::Model>::schema().relations[#i] };
-        // Errors about the target (not a model) point at the user's attribute.
-        let tspan = target.span();
-        let load = format_ident!("load_{}", acc);
-        let model_doc = format!("[`{}`]", quote!(#target).to_string().replace(' ', ""));
-        match r.kind {
-            RelationKind::HasMany => {
-                let doc = format!(
-                    "The {model_doc} rows of this `{model_name}` (has_many, through the index \
-                     `{fk}`): all, filter, get, count, create, add, remove, clear, set, changes."
-                );
-                let ldoc = format!(
-                    "The `{acc_name}` of every row at once (one store query), aligned with `rows`."
-                );
-                methods.push(quote_spanned! {tspan=>
-                    #[doc = #doc]
-                    pub fn #acc(&self, db: &::remodel::Database) -> ::remodel::model::HasMany<#ident, #target> {
-                        ::remodel::model::HasMany::new(db, self, #rel)
-                    }
-                    #[doc = #ldoc]
-                    pub async fn #load(db: &::remodel::Database, rows: &[#ident]) -> ::remodel::Result<::std::vec::Vec<::std::vec::Vec<#target>>> {
-                        ::remodel::model::load::has_many::<#ident, #target>(db, #rel, rows).await
-                    }
-                });
-            }
-            RelationKind::HasOne => {
-                let doc = format!(
-                    "The {model_doc} of this `{model_name}` (has_one, through the index `{fk}`): \
-                     `.await` it, or set, clear, changes."
-                );
-                let ldoc = format!(
-                    "The `{acc_name}` of every row at once (one store query), aligned with `rows`."
-                );
-                methods.push(quote_spanned! {tspan=>
-                    #[doc = #doc]
-                    pub fn #acc(&self, db: &::remodel::Database) -> ::remodel::model::HasOne<#ident, #target> {
-                        ::remodel::model::HasOne::new(db, self, #rel)
-                    }
-                    #[doc = #ldoc]
-                    pub async fn #load(db: &::remodel::Database, rows: &[#ident]) -> ::remodel::Result<::std::vec::Vec<::std::option::Option<#target>>> {
-                        ::remodel::model::load::has_one::<#ident, #target>(db, #rel, rows).await
-                    }
-                });
-            }
-            RelationKind::BelongsTo => {
-                let set = format_ident!("set_{}", acc);
-                let fk_field = &m.fields[r.own_field.expect("checked")].ident;
-                let doc = format!(
-                    "The {model_doc} this `{model_name}` belongs to (through `{fk}`): `.await` it \
-                     for `Option<{}>`, or watch it with `.changes()`.",
-                    quote!(#target).to_string().replace(' ', "")
-                );
-                let sdoc = format!(
-                    "Points `{fk}` at `owner` (or at nothing); `save` the model to store it. \
-                     Errors if the owner is not saved."
-                );
-                let ldoc = format!(
-                    "The `{acc_name}` of every row at once (one store query), aligned with `rows`."
-                );
-                methods.push(quote_spanned! {tspan=>
-                    #[doc = #doc]
-                    pub fn #acc(&self, db: &::remodel::Database) -> ::remodel::model::BelongsTo<#ident, #target> {
-                        ::remodel::model::BelongsTo::new(db, self, #rel)
-                    }
-                    #[doc = #sdoc]
-                    pub fn #set(&mut self, owner: ::std::option::Option<&#target>) -> ::remodel::Result<()> {
-                        self.#fk_field = ::remodel::model::__private::owner_key(#rel, owner)?;
-                        ::std::result::Result::Ok(())
-                    }
-                    #[doc = #ldoc]
-                    pub async fn #load(db: &::remodel::Database, rows: &[#ident]) -> ::remodel::Result<::std::vec::Vec<::std::option::Option<#target>>> {
-                        ::remodel::model::load::belongs_to::<#ident, #target>(db, #rel, rows).await
-                    }
-                });
-            }
-            RelationKind::ManyToMany => {
-                let doc = format!(
-                    "The {model_doc} rows related to this `{model_name}` through the shared join \
-                     table (has_and_belongs_to_many): all, filter, get, count, create, add, \
-                     remove, clear, set."
-                );
-                let ldoc = format!(
-                    "The `{acc_name}` of every row at once (two store queries), aligned with `rows`."
-                );
-                methods.push(quote_spanned! {tspan=>
-                    #[doc = #doc]
-                    pub fn #acc(&self, db: &::remodel::Database) -> ::remodel::model::ManyToMany<#ident, #target> {
-                        ::remodel::model::ManyToMany::new(db, self, #rel)
-                    }
-                    #[doc = #ldoc]
-                    pub async fn #load(db: &::remodel::Database, rows: &[#ident]) -> ::remodel::Result<::std::vec::Vec<::std::vec::Vec<#target>>> {
-                        ::remodel::model::load::many_to_many::<#ident, #target>(db, #rel, rows).await
-                    }
-                });
-            }
-        }
-        // has_many / has_one: the target must have the foreign-key field (compile-time check,
-        // pointed at the relation attribute).
-        if let Some(tf) = &r.target_field {
-            let span = r.span;
-            let check = format_ident!("__remodel_check_foreign_key_{}", i);
-            checks.push(quote_spanned! {span=>
-                #[allow(dead_code, non_snake_case)]
-                fn #check(f: <#target as ::remodel::model::Model>::Fields) {
-                    let _ = f.#tf;
-                }
-            });
-        }
-    }
-
-    // Field access by stored name (foreign keys, batched loading).
-    let get_arms = m.stored_fields().map(|f| {
-        let (fi, stored) = (&f.ident, &f.stored);
-        quote! { #stored => ::remodel::model::__private::to_value(&self.#fi) }
-    });
-    let set_arms = m.stored_fields().map(|f| {
-        let (fi, stored) = (&f.ident, &f.stored);
-        quote! {
-            #stored => {
-                self.#fi = ::remodel::model::__private::field_from_value(#table, #stored, value)?;
-                ::std::result::Result::Ok(true)
-            }
-        }
-    });
-
-    let hooks = if m.callbacks {
-        quote! {
-            fn before_save(&mut self) -> ::remodel::Result<()> { <Self as ::remodel::model::Callbacks>::before_save(self) }
-            fn after_save(&self) { <Self as ::remodel::model::Callbacks>::after_save(self) }
-            fn before_delete(&self) -> ::remodel::Result<()> { <Self as ::remodel::model::Callbacks>::before_delete(self) }
-            fn after_delete(&self) { <Self as ::remodel::model::Callbacks>::after_delete(self) }
-            fn after_load(&mut self) { <Self as ::remodel::model::Callbacks>::after_load(self) }
-        }
-    } else {
-        quote! {}
-    };
-
-    let methods_block = if methods.is_empty() {
-        quote! {}
-    } else {
-        quote! {
-            // Generated for every relation: a program need not use them all.
-            #[allow(dead_code)]
-            impl #ident {
-                #(#methods)*
-            }
-        }
-    };
-
+    let access = field_access(m);
+    let hooks = hooks(m);
     quote! {
-        #[doc = #fields_doc]
-        #[derive(Clone, Copy, Debug)]
-        #[allow(missing_docs)]
-        #vis struct #fields_ident {
-            #(#field_decls,)*
-        }
-
-        #methods_block
-
         impl ::remodel::model::Model for #ident {
             type Fields = #fields_ident;
 
             fn schema() -> &'static ::remodel::model::Schema {
-                static SCHEMA: ::remodel::model::Schema = ::remodel::model::Schema {
-                    model: #model_name,
-                    table: #table,
-                    primary_key: #pk_stored,
-                    fields: &[#(#stored_names),*],
-                    indexes: &[#(#indexes),*],
-                    relations: &[#(#relation_defs),*],
-                };
-                &SCHEMA
+                #schema
             }
 
             fn fields() -> #fields_ident {
@@ -272,28 +82,293 @@ pub fn expand(m: &Model) -> TokenStream {
                 ::std::result::Result::Ok(())
             }
 
-            fn field_value(&self, name: &str) -> ::std::option::Option<::remodel::Value> {
-                match name {
-                    #(#get_arms,)*
-                    _ => ::std::option::Option::None,
-                }
-            }
-
-            fn set_field_value(&mut self, name: &str, value: ::remodel::Value) -> ::remodel::Result<bool> {
-                match name {
-                    #(#set_arms)*
-                    _ => ::std::result::Result::Ok(false),
-                }
-            }
-
+            #access
             #hooks
         }
+    }
+}
 
+/// The body of `Model::schema`: a static `Schema` (table, key, fields, indexes, relations).
+fn schema_static(m: &Model) -> TokenStream {
+    let model_name = m.ident.to_string();
+    let table = &m.table;
+    let pk_stored = &m.primary_key().stored;
+    let stored_names = m.stored_fields().map(|f| &f.stored);
+    let indexes = m.indexes.iter().map(index_def);
+    let relations = m.relations.iter().map(relation_def);
+    quote! {
+        static SCHEMA: ::remodel::model::Schema = ::remodel::model::Schema {
+            model: #model_name,
+            table: #table,
+            primary_key: #pk_stored,
+            fields: &[#(#stored_names),*],
+            indexes: &[#(#indexes),*],
+            relations: &[#(#relations),*],
+        };
+        &SCHEMA
+    }
+}
+
+/// One `IndexDef`.
+fn index_def(ix: &Index) -> TokenStream {
+    let (name, paths) = (&ix.name, &ix.paths);
+    let kind = match ix.kind {
+        IndexKind::Simple => quote!(Simple),
+        IndexKind::Multi => quote!(Multi),
+        IndexKind::Compound => quote!(Compound),
+    };
+    quote! {
+        ::remodel::model::IndexDef {
+            name: #name,
+            kind: ::remodel::model::IndexKind::#kind,
+            paths: &[#(#paths),*],
+        }
+    }
+}
+
+/// One `RelationDef`.
+fn relation_def(r: &Relation) -> TokenStream {
+    let (target, fk, assoc) = (&r.target, &r.foreign_key, &r.association_key);
+    let accessor = r.accessor.to_string();
+    let kind = format_ident!("{}", RelationShape::of(r.kind).variant);
+    let on_delete = match r.on_delete {
+        OnDelete::Nullify => quote!(Nullify),
+        OnDelete::Cascade => quote!(Cascade),
+        OnDelete::Restrict => quote!(Restrict),
+    };
+    let join_table = match &r.join_table {
+        Some(j) => quote!(::core::option::Option::Some(#j)),
+        None => quote!(::core::option::Option::None),
+    };
+    // Spanned at the user's type: "`X` is not a model" points at the attribute.
+    let target_schema = quote_spanned! {target.span()=>
+        <#target as ::remodel::model::Model>::schema
+    };
+    quote! {
+        ::remodel::model::RelationDef {
+            kind: ::remodel::model::RelationKind::#kind,
+            accessor: #accessor,
+            target: #target_schema,
+            foreign_key: #fk,
+            association_key: #assoc,
+            join_table: #join_table,
+            on_delete: ::remodel::model::OnDelete::#on_delete,
+        }
+    }
+}
+
+/// What one relation kind generates: its runtime handle and loader, the shape of what the
+/// loader returns per row, and the words of the docs. The one place a kind's generated API
+/// is described; the runtime side of each kind is `remodel::model::{HasMany, HasOne,
+/// BelongsTo, ManyToMany}` and `remodel::model::load`.
+struct RelationShape {
+    /// The variant of `remodel::model::RelationKind`, and the handle type of that name in
+    /// `remodel::model`.
+    variant: &'static str,
+    /// The batched loader in `remodel::model::load`.
+    loader: &'static str,
+    /// Whether a row has many related rows (`Vec`) or at most one (`Option`).
+    many: bool,
+    /// How many store queries the loader takes.
+    queries: &'static str,
+    /// What the accessor gives, after "The {target} ".
+    doc: &'static str,
+}
+
+impl RelationShape {
+    fn of(kind: RelationKind) -> Self {
+        match kind {
+            RelationKind::HasMany => RelationShape {
+                variant: "HasMany",
+                loader: "has_many",
+                many: true,
+                queries: "one store query",
+                doc: "rows of this `{model}` (has_many, through the index `{fk}`): all, filter, \
+                      get, count, create, create_many, add, remove, clear, set, changes.",
+            },
+            RelationKind::HasOne => RelationShape {
+                variant: "HasOne",
+                loader: "has_one",
+                many: false,
+                queries: "one store query",
+                doc: "of this `{model}` (has_one, through the index `{fk}`): `.await` it, or \
+                      set, clear, changes.",
+            },
+            RelationKind::BelongsTo => RelationShape {
+                variant: "BelongsTo",
+                loader: "belongs_to",
+                many: false,
+                queries: "one store query",
+                doc: "this `{model}` belongs to (through `{fk}`): `.await` it for an `Option`, \
+                      or watch it with `.changes()`.",
+            },
+            RelationKind::ManyToMany => RelationShape {
+                variant: "ManyToMany",
+                loader: "many_to_many",
+                many: true,
+                queries: "two store queries",
+                doc: "rows related to this `{model}` through the shared join table \
+                      (has_and_belongs_to_many): all, filter, get, count, create, \
+                      create_many, add, remove, clear, set, link_changes, join_changes.",
+            },
+        }
+    }
+}
+
+/// The accessors and batched loaders of every relation, in one `impl` block.
+fn relation_methods(m: &Model) -> TokenStream {
+    if m.relations.is_empty() {
+        return quote! {};
+    }
+    let ident = &m.ident;
+    let methods = m
+        .relations
+        .iter()
+        .enumerate()
+        .map(|(i, r)| relation_accessors(m, i, r));
+    let checks = m
+        .relations
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| foreign_key_check(i, r));
+    quote! {
+        // Generated for every relation: a program need not use them all.
+        #[allow(dead_code)]
+        impl #ident {
+            #(#methods)*
+        }
+        const _: () = {
+            #(#checks)*
+        };
+    }
+}
+
+/// One relation's accessor, its batched loader, and for belongs_to its setter.
+fn relation_accessors(m: &Model, i: usize, r: &Relation) -> TokenStream {
+    let (ident, target, acc) = (&m.ident, &r.target, &r.accessor);
+    let shape = RelationShape::of(r.kind);
+    let rel = quote! { &<#ident as ::remodel::model::Model>::schema().relations[#i] };
+    let handle = format_ident!("{}", shape.variant);
+    let loader = format_ident!("{}", shape.loader);
+    let load = format_ident!("load_{}", acc);
+    let per_row = if shape.many {
+        quote!(::std::vec::Vec<#target>)
+    } else {
+        quote!(::std::option::Option<#target>)
+    };
+    let target_name = quote!(#target).to_string().replace(' ', "");
+    let doc = format!(
+        "The [`{target_name}`] {}",
+        shape
+            .doc
+            .replace("{model}", &ident.to_string())
+            .replace("{fk}", &r.foreign_key)
+    );
+    let load_doc = format!(
+        "The `{acc}` of every row at once ({}), aligned with `rows`.",
+        shape.queries
+    );
+    let setter = (r.kind == RelationKind::BelongsTo).then(|| belongs_to_setter(m, r, &rel));
+    // Errors about the target (not a model) point at the user's attribute.
+    quote_spanned! {target.span()=>
+        #[doc = #doc]
+        pub fn #acc(&self, db: &::remodel::Database) -> ::remodel::model::#handle<#ident, #target> {
+            ::remodel::model::#handle::new(db, self, #rel)
+        }
+        #[doc = #load_doc]
+        pub async fn #load(db: &::remodel::Database, rows: &[#ident]) -> ::remodel::Result<::std::vec::Vec<#per_row>> {
+            ::remodel::model::load::#loader::<#ident, #target>(db, #rel, rows).await
+        }
+        #setter
+    }
+}
+
+/// belongs_to's `set_<accessor>`: points the foreign key at an owner (or at nothing).
+fn belongs_to_setter(m: &Model, r: &Relation, rel: &TokenStream) -> TokenStream {
+    let (target, fk) = (&r.target, &r.foreign_key);
+    let set = format_ident!("set_{}", r.accessor);
+    let fk_field = &m.fields[r.own_field.expect("checked: a belongs_to has its field")].ident;
+    let doc = format!(
+        "Points `{fk}` at `owner` (or at nothing); `save` the model to store it. \
+         Errors if the owner is not saved."
+    );
+    quote_spanned! {target.span()=>
+        #[doc = #doc]
+        pub fn #set(&mut self, owner: ::std::option::Option<&#target>) -> ::remodel::Result<()> {
+            self.#fk_field = ::remodel::model::__private::owner_key(#rel, owner)?;
+            ::std::result::Result::Ok(())
+        }
+    }
+}
+
+/// has_many / has_one: the target must have the foreign-key field (a compile-time check,
+/// pointed at the relation attribute).
+fn foreign_key_check(i: usize, r: &Relation) -> Option<TokenStream> {
+    let (target, tf) = (&r.target, r.target_field.as_ref()?);
+    let check = format_ident!("__remodel_check_foreign_key_{}", i);
+    Some(quote_spanned! {r.span=>
+        #[allow(dead_code, non_snake_case)]
+        fn #check(f: <#target as ::remodel::model::Model>::Fields) {
+            let _ = f.#tf;
+        }
+    })
+}
+
+/// `field_value` / `set_field_value`: a field by its stored name (foreign keys, loaders).
+fn field_access(m: &Model) -> TokenStream {
+    let table = &m.table;
+    let get_arms = m.stored_fields().map(|f| {
+        let (fi, stored) = (&f.ident, &f.stored);
+        quote! { #stored => ::remodel::model::__private::to_value(&self.#fi) }
+    });
+    let set_arms = m.stored_fields().map(|f| {
+        let (fi, stored) = (&f.ident, &f.stored);
+        quote! {
+            #stored => {
+                self.#fi = ::remodel::model::__private::field_from_value(#table, #stored, value)?;
+                ::std::result::Result::Ok(true)
+            }
+        }
+    });
+    quote! {
+        fn field_value(&self, name: &str) -> ::std::option::Option<::remodel::Value> {
+            match name {
+                #(#get_arms,)*
+                _ => ::std::option::Option::None,
+            }
+        }
+
+        fn set_field_value(&mut self, name: &str, value: ::remodel::Value) -> ::remodel::Result<bool> {
+            match name {
+                #(#set_arms)*
+                _ => ::std::result::Result::Ok(false),
+            }
+        }
+    }
+}
+
+/// With `#[remodel(callbacks)]`, the hooks delegate to the model's `Callbacks` impl.
+fn hooks(m: &Model) -> TokenStream {
+    if !m.callbacks {
+        return quote! {};
+    }
+    quote! {
+        fn before_save(&mut self) -> ::remodel::Result<()> { <Self as ::remodel::model::Callbacks>::before_save(self) }
+        fn after_save(&self) { <Self as ::remodel::model::Callbacks>::after_save(self) }
+        fn before_delete(&self) -> ::remodel::Result<()> { <Self as ::remodel::model::Callbacks>::before_delete(self) }
+        fn after_delete(&self) { <Self as ::remodel::model::Callbacks>::after_delete(self) }
+        fn after_load(&mut self) { <Self as ::remodel::model::Callbacks>::after_load(self) }
+    }
+}
+
+/// Registers the model for `create_schema` (through `inventory`).
+fn registration(m: &Model) -> TokenStream {
+    let ident = &m.ident;
+    quote! {
         const _: () = {
             ::remodel::model::__private::inventory::submit! {
                 ::remodel::model::Registration::of::<#ident>()
             }
-            #(#checks)*
         };
     }
 }
