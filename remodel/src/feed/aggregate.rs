@@ -8,16 +8,19 @@
 //!
 //! `min` / `max` keep each group's best row; when it leaves, the group is refilled by reading
 //! an index on the field from its extreme end (the index is required: a feed without one is
-//! refused). Ties go to the row with the smallest primary key.
+//! refused). The index holds no `null` values, which the query's min and max take like any
+//! other value (between booleans and numbers): each group keeps its rows whose field is `null`
+//! (a refill weighs the first of them against what the index offers). Ties go to the row with
+//! the smallest primary key, as in the query ([`ReduceKind::beats`]); sums are exact
+//! ([`ReduceKind::sum_add`]), so that the live value is the query's to the last bit.
 
 use super::change::Change;
 use super::spec::{Matcher, View};
 use crate::db::write::Committed;
 use crate::db::{IndexState, TableState};
-use crate::value::{compare, encode_value, FieldPath};
+use crate::value::{encode_value, FieldPath};
 use crate::{Error, Result};
 use serde_json::{json, Value};
-use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::sync::Arc;
@@ -49,9 +52,11 @@ pub(crate) struct AggDef {
 }
 
 impl AggDef {
-    /// Checks the definition against the table; finds the index min/max need.
+    /// Checks the definition against the table and the rows' view; finds the index min/max
+    /// need.
     pub(crate) fn resolve(
         table: &TableState,
+        view: &View,
         by: Option<(&str, bool)>,
         reduce: ReduceKind,
         field: Option<&str>,
@@ -77,6 +82,15 @@ impl AggDef {
                                     == Some(name.as_str())
                         })
                         .cloned();
+                    if view.reshapes(f) {
+                        // The refill reads the index in the order of the stored values, which
+                        // would not be the order of the values the rows are seen with.
+                        return Err(Error::unwatchable(format!(
+                            "a live min or max of `{name}` cannot follow a pluck or without of a \
+                             field inside `{name}` (its index orders the whole value): pluck \
+                             `{name}` itself, or watch the rows"
+                        )));
+                    }
                     match ix {
                         Some(ix) => Some(ix),
                         None => {
@@ -128,8 +142,12 @@ struct Acc {
     rows: u64,
     /// Rows counted (count) or rows with a number (sum, avg).
     count: u64,
-    total: f64,
+    /// The exact sum of those numbers (sum, avg; see [`ReduceKind::sum_add`]).
+    total: Vec<u64>,
     best: Option<Best>,
+    /// min / max: the group's rows whose field is `null`, by primary key (the index, which
+    /// refills the other values, does not hold them).
+    nulls: BTreeMap<Vec<u8>, Arc<Value>>,
     /// The group's row as last shown (rebuilt once per commit that touches the group).
     shown: Option<Arc<Value>>,
 }
@@ -141,10 +159,21 @@ impl Acc {
             group,
             rows: 0,
             count: 0,
-            total: 0.0,
+            total: Vec::new(),
             best: None,
+            nulls: BTreeMap::new(),
             shown: None,
         }
+    }
+
+    /// The group's first row whose field is `null` (smallest key): its best row when no
+    /// value beyond `null` is left.
+    fn first_null(&self) -> Option<Best> {
+        self.nulls.iter().next().map(|(pk, doc)| Best {
+            value: Value::Null,
+            pk: pk.clone(),
+            doc: doc.clone(),
+        })
     }
 }
 
@@ -218,38 +247,26 @@ impl LiveAgg {
         }
     }
 
+    /// The number a sum or average takes from a row (the query's rule).
     fn number(&self, seen: &Value) -> Result<Option<f64>> {
-        let Some(path) = &self.def.field else {
-            return Ok(None);
-        };
-        match path.get(seen) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Number(n)) => Ok(Some(n.as_f64().unwrap_or(0.0))),
-            Some(other) => Err(Error::query(format!(
-                "{} of `{path}`: {other} is not a number",
-                if self.def.reduce == ReduceKind::Sum {
-                    "sum"
-                } else {
-                    "avg"
-                }
-            ))),
+        match &self.def.field {
+            Some(path) => self.def.reduce.number_at(seen, path),
+            None => Ok(None),
         }
     }
 
-    /// Whether (value, pk) beats the group's best row.
+    /// Whether (value, pk) beats the group's best row (the query's rule).
     fn beats(&self, value: &Value, pk: &[u8], best: &Best) -> bool {
-        let want = if self.def.reduce == ReduceKind::Min {
-            Ordering::Less
-        } else {
-            Ordering::Greater
-        };
-        match compare(value, &best.value) {
-            Ordering::Equal => pk < best.pk.as_slice(),
-            o => o == want,
-        }
+        self.def.reduce.beats(value, pk, (&best.value, &best.pk))
     }
 
     fn add(&mut self, pk: &[u8], seen: &Arc<Value>) -> Result<()> {
+        let groups = self.groups_of(seen);
+        if groups.is_empty() {
+            // In no group (a multi index without values): the query never looks at its
+            // field either, so a value a sum refuses is no error here.
+            return Ok(());
+        }
         let num = match self.def.reduce {
             ReduceKind::Sum | ReduceKind::Avg => self.number(seen)?,
             _ => None,
@@ -258,21 +275,33 @@ impl LiveAgg {
             (ReduceKind::Min | ReduceKind::Max, Some(p)) => p.get(seen).cloned(),
             _ => None,
         };
-        for g in self.groups_of(seen) {
+        for g in groups {
             let k = self.key_of(&g);
-            let acc = self.groups.entry(k.clone()).or_insert_with(|| Acc::new(g));
+            let acc = self.groups.entry(k.clone()).or_insert_with_key(|k| {
+                // Shown as the canonical value of its key, as the query shows it (`1` for
+                // rows holding `1` or `1.0`, whichever came first).
+                let shown = if k.is_empty() {
+                    g
+                } else {
+                    crate::value::decode_value(k).map_or(g, |(v, _)| v)
+                };
+                Acc::new(shown)
+            });
             acc.rows += 1;
             match self.def.reduce {
                 ReduceKind::Count => acc.count += 1,
                 ReduceKind::Sum | ReduceKind::Avg => {
                     if let Some(x) = num {
-                        acc.total += x;
+                        ReduceKind::sum_add(&mut acc.total, x);
                         acc.count += 1;
                     }
                 }
                 ReduceKind::Min | ReduceKind::Max => {}
             }
             if let Some(v) = &extreme {
+                if v.is_null() {
+                    acc.nulls.insert(pk.to_vec(), seen.clone());
+                }
                 if self.stale.contains(&k) {
                     continue; // the refill reads the rows as they are after the commit
                 }
@@ -292,12 +321,16 @@ impl LiveAgg {
     }
 
     fn remove(&mut self, pk: &[u8], seen: &Arc<Value>) -> Result<()> {
+        let groups = self.groups_of(seen);
+        if groups.is_empty() {
+            return Ok(()); // see `add`
+        }
         let num = match self.def.reduce {
             ReduceKind::Sum | ReduceKind::Avg => self.number(seen)?,
             _ => None,
         };
         let ungrouped = self.ungrouped();
-        for g in self.groups_of(seen) {
+        for g in groups {
             let k = self.key_of(&g);
             let Some(acc) = self.groups.get_mut(&k) else {
                 continue;
@@ -307,11 +340,15 @@ impl LiveAgg {
                 ReduceKind::Count => acc.count = acc.count.saturating_sub(1),
                 ReduceKind::Sum | ReduceKind::Avg => {
                     if let Some(x) = num {
-                        acc.total -= x;
+                        // Exactly undoes the add (negating a double is exact).
+                        ReduceKind::sum_add(&mut acc.total, -x);
                         acc.count = acc.count.saturating_sub(1);
                     }
                 }
                 ReduceKind::Min | ReduceKind::Max => {
+                    // A row in the group more than once is removed as often: the first
+                    // removal takes it out of the nulls, the others find nothing.
+                    acc.nulls.remove(pk);
                     if acc.best.as_ref().is_some_and(|b| b.pk == pk) {
                         acc.best = None;
                         self.stale.insert(k.clone());
@@ -323,33 +360,40 @@ impl LiveAgg {
                 self.stale.remove(&k);
             } else if acc.rows == 0 {
                 // The one group of an ungrouped aggregate stays, empty.
-                acc.total = 0.0;
+                acc.total.clear();
                 acc.count = 0;
                 acc.best = None;
+                acc.nulls.clear();
                 self.stale.remove(&k);
             }
         }
         Ok(())
     }
 
-    /// Refills the groups whose best row left, from the index on the field: the first
-    /// qualifying row from the extreme end (for max, the smallest key among the largest
-    /// values).
+    /// Refills the groups whose best row left: the first qualifying row of the index on the
+    /// field from its extreme end (for max, the smallest key among the largest values), or
+    /// the group's first `null` row when no value beyond `null` is left.
     fn refill(&mut self, matcher: &Matcher, view: &View) -> Result<()> {
-        // Taken: whatever this does not refill has no qualifying row left with the field.
         let mut stale = std::mem::take(&mut self.stale);
         if stale.is_empty() {
             return Ok(());
         }
         let refilled = self.refill_from_index(&mut stale, matcher, view);
         if refilled.is_err() {
-            // A storage error part way: the groups not refilled yet stay to be refilled.
+            // A storage error part way: the groups not refilled yet stay to be refilled
+            // (from scratch: a refill starts by forgetting what a failed one found).
             self.stale = stale;
         }
         refilled
     }
 
     /// [`LiveAgg::refill`]'s scan: takes the groups it refills out of `stale`.
+    ///
+    /// In index order from the extreme end, a min group is done at its first row; a max
+    /// group at the first row of a smaller value after its first (the index descends by
+    /// value, then by key: the group's rows of the largest value come largest key first).
+    /// `null` sits between booleans and numbers but is not in the index: a group with
+    /// `null` rows is done, with its first one, when the scan passes where `null` would be.
     fn refill_from_index(
         &mut self,
         stale: &mut BTreeSet<Vec<u8>>,
@@ -357,21 +401,67 @@ impl LiveAgg {
         view: &View,
     ) -> Result<()> {
         let Some(ix) = self.def.extreme.clone() else {
+            stale.clear();
             return Ok(());
         };
-        let table = self.table.clone();
-        let field = self.def.field.clone().expect("min/max have a field");
-        let it = ix.tree.range(Bound::Unbounded, Bound::Unbounded);
-        let it: Box<dyn Iterator<Item = _>> = if self.def.reduce == ReduceKind::Max {
+        let max = self.def.reduce == ReduceKind::Max;
+        stale.retain(|k| self.groups.contains_key(k));
+        for k in stale.iter() {
+            if let Some(acc) = self.groups.get_mut(k) {
+                acc.best = None;
+            }
+        }
+        let null = encode_value(&Value::Null);
+        // Only the part of the index beyond `null` (arrays and booleans for a min; numbers,
+        // objects and strings for a max) can beat a group's `null` rows: when every stale
+        // group has some, only that part is read.
+        let all_have_nulls = stale
+            .iter()
+            .all(|k| self.groups.get(k).is_some_and(|a| !a.nulls.is_empty()));
+        let (lo, hi) = match (all_have_nulls, max) {
+            (false, _) => (Bound::Unbounded, Bound::Unbounded),
+            (true, false) => (Bound::Unbounded, Bound::Excluded(null.clone())),
+            (true, true) => (Bound::Excluded(null.clone()), Bound::Unbounded),
+        };
+        let it = ix.tree.range(lo, hi);
+        let it: Box<dyn Iterator<Item = _>> = if max {
             Box::new(it.rev())
         } else {
             Box::new(it)
         };
+        let table = self.table.clone();
+        let field = self.def.field.clone().expect("min/max have a field");
+        // max: the groups that found their best at the value being read (`at`), still
+        // looking for a smaller key of it.
+        let mut collecting: Vec<Vec<u8>> = Vec::new();
+        let mut at: Vec<u8> = Vec::new();
+        let mut crossed_null = false;
         for entry in it {
             if stale.is_empty() {
                 break;
             }
-            let (_, pk) = entry?;
+            let (key, pk) = entry?;
+            // An index key is the value's encoding followed by the primary key.
+            let value_bytes = &key[..key.len().saturating_sub(pk.len())];
+            if max && value_bytes != at.as_slice() {
+                // A smaller value: the groups of the larger one are done.
+                for k in collecting.drain(..) {
+                    stale.remove(&k);
+                }
+                at = value_bytes.to_vec();
+            }
+            let past_null = if max {
+                value_bytes < null.as_slice()
+            } else {
+                value_bytes > null.as_slice()
+            };
+            if past_null && !crossed_null {
+                crossed_null = true;
+                self.settle_with_nulls(stale, false);
+                if stale.is_empty() {
+                    break;
+                }
+            }
             let Some(bytes) = table.docs.get(&pk)? else {
                 continue;
             };
@@ -391,33 +481,55 @@ impl LiveAgg {
                     continue;
                 }
                 let acc = self.groups.get_mut(&k).expect("stale groups exist");
-                match &acc.best {
-                    // Descending: a later row of the same value has a smaller key.
-                    Some(b) if compare(&b.value, &v) != Ordering::Equal => {
-                        stale.remove(&k);
-                        continue;
-                    }
-                    _ => {}
-                }
+                let first = acc.best.is_none();
                 acc.best = Some(Best {
                     value: v.clone(),
                     pk: pk.to_vec(),
                     doc: seen.clone(),
                 });
-                if self.def.reduce == ReduceKind::Min {
+                if !max {
                     stale.remove(&k);
+                } else if first {
+                    collecting.push(k);
                 }
             }
         }
+        // The scan ended: a max group found its best; the others have no value beyond
+        // `null` left, so their first `null` row if any, else nothing.
+        for k in collecting {
+            stale.remove(&k);
+        }
+        self.settle_with_nulls(stale, true);
         Ok(())
+    }
+
+    /// Where the scan passes `null` (or ends: `end`), gives each group of `stale` that has
+    /// `null` rows and found nothing beyond them its first one, and takes it out of `stale`.
+    /// At the end, the groups that found nothing at all go too (they have no value left).
+    fn settle_with_nulls(&mut self, stale: &mut BTreeSet<Vec<u8>>, end: bool) {
+        stale.retain(|k| {
+            let Some(acc) = self.groups.get_mut(k) else {
+                return false;
+            };
+            if acc.best.is_some() {
+                return !end; // a max still collecting the keys of its value
+            }
+            match acc.first_null() {
+                Some(best) => {
+                    acc.best = Some(best);
+                    false
+                }
+                None => !end,
+            }
+        });
     }
 
     fn reduction(&self, a: &Acc) -> Value {
         match self.def.reduce {
             ReduceKind::Count => json!(a.count),
-            ReduceKind::Sum => json!(a.total),
+            ReduceKind::Sum => json!(ReduceKind::sum_value(&a.total)),
             ReduceKind::Avg if a.count == 0 => Value::Null,
-            ReduceKind::Avg => json!(a.total / a.count as f64),
+            ReduceKind::Avg => json!(ReduceKind::sum_value(&a.total) / a.count as f64),
             ReduceKind::Min | ReduceKind::Max => {
                 a.best.as_ref().map_or(Value::Null, |b| (*b.doc).clone())
             }

@@ -197,7 +197,10 @@ impl Changes {
                 ));
             }
             let FeedPlan::Rows {
-                table, agg: slot, ..
+                table,
+                view,
+                agg: slot,
+                ..
             } = &mut plan
             else {
                 return Err(Error::unwatchable(
@@ -206,7 +209,8 @@ impl Changes {
                 ));
             };
             let by = req.by.as_ref().map(|(b, ix)| (b.as_str(), *ix));
-            let def = aggregate::AggDef::resolve(table, by, req.reduce, req.field.as_deref())?;
+            let def =
+                aggregate::AggDef::resolve(table, view, by, req.reduce, req.field.as_deref())?;
             agg_signature = def.signature();
             *slot = Some(Box::new(aggregate::AggPlan {
                 def,

@@ -148,6 +148,23 @@ impl View {
         })
     }
 
+    /// Whether a transform can change the value at `path` without removing it (a `pluck` or
+    /// `without` of a field inside it): rows are then seen with a value other than the one
+    /// an index on `path` orders them by.
+    pub(crate) fn reshapes(&self, path: &crate::value::FieldPath) -> bool {
+        let path = path.segments();
+        let inside = |p: &crate::value::FieldPath| {
+            p.segments().len() > path.len() && p.segments().starts_with(path)
+        };
+        // A pluck of the field itself (or of a field around it) keeps it whole.
+        let whole = |p: &crate::value::FieldPath| path.starts_with(p.segments());
+        self.ops.iter().any(|op| match op {
+            Op::Pluck(ps) => ps.iter().any(inside) && !ps.iter().any(whole),
+            Op::Without(ps) => ps.iter().any(inside),
+            Op::Filter(_) | Op::Sort { .. } | Op::Skip(_) | Op::Limit(_) => false,
+        })
+    }
+
     /// The equality conjuncts of the filters that see the raw document (before any transform).
     pub(crate) fn routing_eq(&self) -> Option<(crate::value::FieldPath, Vec<u8>)> {
         for op in &self.ops {

@@ -10,34 +10,228 @@ use std::future::{Future, IntoFuture};
 use std::marker::PhantomData;
 use std::pin::Pin;
 
-/// Sums the numbers at `path`; rows without the field are skipped, other values are an error.
-fn add_numbers(
-    total: &mut f64,
-    count: &mut u64,
-    doc: &Value,
-    path: &FieldPath,
-    what: &str,
-) -> Result<()> {
-    match path.get(doc) {
-        None | Some(Value::Null) => Ok(()),
-        Some(Value::Number(n)) => {
-            *total += n.as_f64().unwrap_or(0.0);
-            *count += 1;
-            Ok(())
-        }
-        Some(other) => Err(Error::query(format!(
-            "{what} of `{path}`: {other} is not a number"
-        ))),
+/// The number of 64-bit limbs of an exact sum: a finite double is an integer multiple of
+/// 2^-1074 below 2^1024 (2,098 bits), and 2^64 of them add up to less than 2^2,162; one
+/// more bit for the sign fits in 34 limbs, 35 leave a margin.
+const SUM_LIMBS: usize = 35;
+
+/// A sum of doubles kept exactly, rounded once when read (see [`ReduceKind::sum_add`]).
+///
+/// Why: a running `f64` total depends on the order of its additions and drifts when values
+/// are taken out again (`0.1 + 0.2 + 0.3 - 0.1` is not `0.2 + 0.3`). A live sum adds and
+/// removes rows in commit order while a query adds them in read order: both keep an exact
+/// sum, so they agree to the last bit, whatever the order.
+#[derive(Clone, Debug, Default)]
+struct ExactSum(Vec<u64>);
+
+impl ExactSum {
+    fn add(&mut self, x: f64) {
+        ReduceKind::sum_add(&mut self.0, x);
+    }
+    fn value(&self) -> f64 {
+        ReduceKind::sum_value(&self.0)
     }
 }
 
-/// Keeps the row whose value at `path` is the smallest (or largest); ties keep the first.
-fn pick(best: &mut Option<(Value, Value)>, doc: Value, path: &FieldPath, want: Ordering) {
+/// The arithmetic of exact sums. The limbs are a plain `Vec` and the functions hang on
+/// [`ReduceKind`] because that is the one item of this module the rest of the crate can
+/// name: the feed layer keeps its live sums with the same code as the query.
+impl ReduceKind {
+    /// Adds `x` to the exact sum held in `limbs` (empty: zero; a two's complement
+    /// fixed-point integer counting units of 2^-1074, least significant limb first).
+    /// `sum_add(limbs, -x)` exactly undoes `sum_add(limbs, x)`. Non-finite `x` (which JSON
+    /// cannot hold) is ignored.
+    pub(crate) fn sum_add(limbs: &mut Vec<u64>, x: f64) {
+        if !x.is_finite() || x == 0.0 {
+            return;
+        }
+        if limbs.len() != SUM_LIMBS {
+            limbs.resize(SUM_LIMBS, 0);
+        }
+        let bits = x.to_bits();
+        let exp = ((bits >> 52) & 0x7ff) as u32;
+        let frac = bits & ((1 << 52) - 1);
+        // x = mantissa * 2^(shift - 1074): subnormals have exponent field 0 and no hidden bit.
+        let (mantissa, shift) = if exp == 0 {
+            (frac, 0)
+        } else {
+            (frac | (1 << 52), exp - 1)
+        };
+        let wide = (mantissa as u128) << (shift % 64);
+        let (lo, hi) = (wide as u64, (wide >> 64) as u64);
+        let first = (shift / 64) as usize;
+        // Wrapping at the top limb is the two's complement arithmetic: a total that changes
+        // sign borrows (or carries) through every limb above.
+        if bits >> 63 == 1 {
+            let (d, b1) = limbs[first].overflowing_sub(lo);
+            limbs[first] = d;
+            let (d, b2) = limbs[first + 1].overflowing_sub(hi);
+            let (d, b3) = d.overflowing_sub(u64::from(b1));
+            limbs[first + 1] = d;
+            let mut borrow = b2 || b3;
+            for limb in &mut limbs[first + 2..] {
+                if !borrow {
+                    break;
+                }
+                (*limb, borrow) = limb.overflowing_sub(1);
+            }
+        } else {
+            let (d, c1) = limbs[first].overflowing_add(lo);
+            limbs[first] = d;
+            let (d, c2) = limbs[first + 1].overflowing_add(hi);
+            let (d, c3) = d.overflowing_add(u64::from(c1));
+            limbs[first + 1] = d;
+            let mut carry = c2 || c3;
+            for limb in &mut limbs[first + 2..] {
+                if !carry {
+                    break;
+                }
+                (*limb, carry) = limb.overflowing_add(1);
+            }
+        }
+    }
+
+    /// The exact sum in `limbs`, correctly rounded to the nearest double (ties to even);
+    /// `±inf` beyond the doubles' range, `0.0` for an empty sum.
+    pub(crate) fn sum_value(limbs: &[u64]) -> f64 {
+        let Some(&last) = limbs.last() else {
+            return 0.0;
+        };
+        let negative = last >> 63 == 1;
+        let mut mag = limbs.to_vec();
+        if negative {
+            // Two's complement: the magnitude is the inverse plus one.
+            let mut carry = true;
+            for limb in mag.iter_mut() {
+                (*limb, carry) = (!*limb).overflowing_add(u64::from(carry));
+            }
+        }
+        let Some(top) = mag.iter().rposition(|&l| l != 0) else {
+            return 0.0;
+        };
+        // The position of the highest set bit, counted from 2^-1074.
+        let high = top * 64 + 63 - mag[top].leading_zeros() as usize;
+        let (window, base) = if high < 64 {
+            (mag[0], 0)
+        } else {
+            // The 64 bits from the highest down, and a sticky bit for anything set below
+            // them, so that the one rounding below (u64 to f64) rounds as the exact value
+            // would.
+            let base = high - 63;
+            let (limb, off) = (base / 64, base % 64);
+            let window = if off == 0 {
+                mag[limb]
+            } else {
+                (mag[limb] >> off) | (mag[limb + 1] << (64 - off))
+            };
+            let sticky =
+                mag[..limb].iter().any(|&l| l != 0) || mag[limb] & ((1u64 << off) - 1) != 0;
+            (window | u64::from(sticky), base)
+        };
+        // Exact when the result is subnormal (then `high` < 52: the window holds the whole
+        // value, below 2^52), correctly rounded otherwise.
+        let magnitude = scale(window as f64, base as i32 - 1074);
+        if negative {
+            -magnitude
+        } else {
+            magnitude
+        }
+    }
+}
+
+/// `x * 2^e`, in steps that stay exact whenever the result is representable.
+fn scale(mut x: f64, mut e: i32) -> f64 {
+    let pow2 = |k: i32| f64::from_bits(((k + 1023) as u64) << 52);
+    while e > 1023 {
+        x *= pow2(1023);
+        e -= 1023;
+    }
+    while e < -1022 {
+        x *= pow2(-1022);
+        e += 1022;
+    }
+    x * pow2(e)
+}
+
+/// Adds the number at `path` to `sum` (and counts it) for a sum or an average (`how`).
+fn add_number(
+    sum: &mut ExactSum,
+    count: &mut u64,
+    doc: &Value,
+    path: &FieldPath,
+    how: ReduceKind,
+) -> Result<()> {
+    if let Some(x) = how.number_at(doc, path)? {
+        sum.add(x);
+        *count += 1;
+    }
+    Ok(())
+}
+
+/// The rules every sum, average, min and max follows, the query's and the live feed's alike
+/// (see also the exact sums above).
+impl ReduceKind {
+    /// The number a sum or average takes from a row: `None` when the field is missing or
+    /// `null` (the row is skipped), an error for any other value that is not a number.
+    pub(crate) fn number_at(self, doc: &Value, path: &FieldPath) -> Result<Option<f64>> {
+        match path.get(doc) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => Ok(Some(n.as_f64().unwrap_or(0.0))),
+            Some(other) => Err(Error::query(format!(
+                "{} of `{path}`: {other} is not a number",
+                if self == ReduceKind::Sum {
+                    "sum"
+                } else {
+                    "avg"
+                }
+            ))),
+        }
+    }
+
+    /// Whether a row whose field holds `v`, with encoded primary key `key`, beats the best
+    /// so far, `best` (its value and key), for a min (or a max): values compare in the total
+    /// order (`null` is a value like any other, between booleans and numbers), and ties go
+    /// to the smaller primary key. Ties are broken by key, not by which row came first, so
+    /// that the answer does not depend on the order a plan reads rows in (a `get_all` reads
+    /// them in the order of its keys, a `between` in index order), and so that a live
+    /// min/max, which refills from an index, gives the same row.
+    pub(crate) fn beats(self, v: &Value, key: &[u8], best: (&Value, &[u8])) -> bool {
+        let want = if self == ReduceKind::Min {
+            Ordering::Less
+        } else {
+            Ordering::Greater
+        };
+        match compare(v, best.0) {
+            Ordering::Equal => key < best.1,
+            o => o == want,
+        }
+    }
+}
+
+/// The value a group is shown with: the canonical value of its key (`1` for rows holding
+/// `1` or `1.0`, which are one group), not the first row's, which depends on the order
+/// rows are read in. (The live aggregate shows the same.)
+fn shown_group(key: &[u8], g: Value) -> Value {
+    crate::value::decode_value(key).map_or(g, |(v, _)| v)
+}
+
+/// Keeps the row whose value at `path` is the smallest (`how`: min) or largest (max); rows
+/// without the field are skipped, ties keep the smaller key (see [`ReduceKind::beats`]).
+fn pick(
+    best: &mut Option<(Value, Vec<u8>, Value)>,
+    key: &[u8],
+    doc: Value,
+    path: &FieldPath,
+    how: ReduceKind,
+) {
     let Some(v) = path.get(&doc).cloned() else {
         return;
     };
-    if best.as_ref().is_none_or(|(b, _)| compare(&v, b) == want) {
-        *best = Some((v, doc));
+    if best
+        .as_ref()
+        .is_none_or(|(b, bk, _)| how.beats(&v, key, (b, bk)))
+    {
+        *best = Some((v, key.to_vec(), doc));
     }
 }
 
@@ -48,8 +242,9 @@ impl Query {
         Aggregate::new(self, None, ReduceKind::Count, None)
     }
 
-    /// The sum of the numbers in `field` (rows without it are skipped); `.await` it, or
-    /// watch it with `.changes()`.
+    /// The sum of the numbers in `field` (rows without it, or with `null`, are skipped; any
+    /// other value is an error); `.await` it, or watch it with `.changes()`. The sum is
+    /// exact, rounded once: it does not depend on the order of the rows.
     pub fn sum(&self, field: &str) -> Aggregate<f64> {
         Aggregate::new(self, None, ReduceKind::Sum, Some(field))
     }
@@ -59,13 +254,16 @@ impl Query {
         Aggregate::new(self, None, ReduceKind::Avg, Some(field))
     }
 
-    /// The row with the smallest value in `field` (in the total order of values). A live
+    /// The row with the smallest value in `field`, in the total order of values (arrays <
+    /// booleans < `null` < numbers < objects < strings); rows without the field are skipped,
+    /// and of rows with equal values the one with the smallest primary key is taken. A live
     /// min needs an index on `field`.
     pub fn min(&self, field: &str) -> Aggregate<Option<Value>> {
         Aggregate::new(self, None, ReduceKind::Min, Some(field))
     }
 
-    /// The row with the largest value in `field`. A live max needs an index on `field`.
+    /// The row with the largest value in `field` (the order and ties as for [`Query::min`]).
+    /// A live max needs an index on `field`.
     pub fn max(&self, field: &str) -> Aggregate<Option<Value>> {
         Aggregate::new(self, None, ReduceKind::Max, Some(field))
     }
@@ -79,22 +277,23 @@ impl Query {
         Ok(n)
     }
 
-    fn sum_now(&self, field: &str, what: &str) -> Result<(f64, u64)> {
+    fn sum_now(&self, field: &str, how: ReduceKind) -> Result<(f64, u64)> {
         let path = FieldPath::parse(field)?;
-        let (mut total, mut n) = (0.0, 0);
+        let (mut total, mut n) = (ExactSum::default(), 0);
         for row in self.plan()?.rows() {
-            add_numbers(&mut total, &mut n, &row?.doc, &path, what)?;
+            add_number(&mut total, &mut n, &row?.doc, &path, how)?;
         }
-        Ok((total, n))
+        Ok((total.value(), n))
     }
 
-    fn extreme(&self, field: &str, want: Ordering) -> Result<Option<Value>> {
+    fn extreme(&self, field: &str, how: ReduceKind) -> Result<Option<Value>> {
         let path = FieldPath::parse(field)?;
         let mut best = None;
         for row in self.plan()?.rows() {
-            pick(&mut best, row?.doc, &path, want);
+            let row = row?;
+            pick(&mut best, &row.key, row.doc, &path, how);
         }
-        Ok(best.map(|(_, doc)| doc))
+        Ok(best.map(|(_, _, doc)| doc))
     }
 
     /// Groups the rows by the value of `field` (rows without it form the group `null`); follow
@@ -244,7 +443,7 @@ impl AggregateOutput for u64 {
 impl AggregateOutput for f64 {
     fn compute(a: &Aggregate<Self>) -> Result<Self> {
         Ok(a.query
-            .sum_now(a.field.as_deref().unwrap_or_default(), "sum")?
+            .sum_now(a.field.as_deref().unwrap_or_default(), ReduceKind::Sum)?
             .0)
     }
 }
@@ -253,20 +452,15 @@ impl AggregateOutput for Option<f64> {
     fn compute(a: &Aggregate<Self>) -> Result<Self> {
         let (total, n) = a
             .query
-            .sum_now(a.field.as_deref().unwrap_or_default(), "avg")?;
+            .sum_now(a.field.as_deref().unwrap_or_default(), ReduceKind::Avg)?;
         Ok((n > 0).then(|| total / n as f64))
     }
 }
 
 impl AggregateOutput for Option<Value> {
     fn compute(a: &Aggregate<Self>) -> Result<Self> {
-        let want = if a.reduce == ReduceKind::Min {
-            Ordering::Less
-        } else {
-            Ordering::Greater
-        };
         a.query
-            .extreme(a.field.as_deref().unwrap_or_default(), want)
+            .extreme(a.field.as_deref().unwrap_or_default(), a.reduce)
     }
 }
 
@@ -384,26 +578,30 @@ impl Grouped {
         struct Acc {
             group: Value,
             count: u64,
-            total: f64,
-            best: Option<(Value, Value)>,
+            total: ExactSum,
+            best: Option<(Value, Vec<u8>, Value)>,
         }
         let mut groups: std::collections::BTreeMap<Vec<u8>, Acc> = Default::default();
         for row in plan.rows() {
-            let doc = row?.doc;
+            let super::plan::Row { key, doc } = row?;
             for g in keys_of(&doc) {
                 let k = crate::value::encode_value(&g);
-                let acc = groups.entry(k).or_insert(Acc {
-                    group: g,
+                let acc = groups.entry(k).or_insert_with_key(|k| Acc {
+                    group: shown_group(k, g),
                     count: 0,
-                    total: 0.0,
+                    total: ExactSum::default(),
                     best: None,
                 });
                 match &how {
                     Reduce::Count => acc.count += 1,
-                    Reduce::Sum(p) => add_numbers(&mut acc.total, &mut acc.count, &doc, p, "sum")?,
-                    Reduce::Avg(p) => add_numbers(&mut acc.total, &mut acc.count, &doc, p, "avg")?,
-                    Reduce::Min(p) => pick(&mut acc.best, doc.clone(), p, Ordering::Less),
-                    Reduce::Max(p) => pick(&mut acc.best, doc.clone(), p, Ordering::Greater),
+                    Reduce::Sum(p) => {
+                        add_number(&mut acc.total, &mut acc.count, &doc, p, ReduceKind::Sum)?
+                    }
+                    Reduce::Avg(p) => {
+                        add_number(&mut acc.total, &mut acc.count, &doc, p, ReduceKind::Avg)?
+                    }
+                    Reduce::Min(p) => pick(&mut acc.best, &key, doc.clone(), p, ReduceKind::Min),
+                    Reduce::Max(p) => pick(&mut acc.best, &key, doc.clone(), p, ReduceKind::Max),
                 }
             }
         }
@@ -412,11 +610,11 @@ impl Grouped {
             .map(|a| Group {
                 reduction: match &how {
                     Reduce::Count => json!(a.count),
-                    Reduce::Sum(_) => json!(a.total),
+                    Reduce::Sum(_) => json!(a.total.value()),
                     Reduce::Avg(_) if a.count == 0 => Value::Null,
-                    Reduce::Avg(_) => json!(a.total / a.count as f64),
+                    Reduce::Avg(_) => json!(a.total.value() / a.count as f64),
                     Reduce::Min(_) | Reduce::Max(_) => {
-                        a.best.map(|(_, d)| d).unwrap_or(Value::Null)
+                        a.best.map(|(_, _, d)| d).unwrap_or(Value::Null)
                     }
                 },
                 group: a.group,
@@ -491,5 +689,99 @@ impl Join {
                 left
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sum(xs: &[f64]) -> f64 {
+        let mut s = ExactSum::default();
+        xs.iter().for_each(|&x| s.add(x));
+        s.value()
+    }
+
+    /// A few random doubles of every magnitude (bit patterns), deterministically.
+    fn doubles(n: usize) -> Vec<f64> {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            // splitmix64
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            let x = f64::from_bits(z);
+            if x.is_finite() {
+                out.push(x);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn exact_sums_round_like_one_ieee_addition() {
+        // IEEE addition of two doubles is correctly rounded: so must the exact sum be.
+        let xs = doubles(4000);
+        let specials = [
+            0.0,
+            -0.0,
+            5e-324,
+            -5e-324,
+            f64::MAX,
+            f64::MIN,
+            1.0,
+            0.1,
+            1e-310,
+        ];
+        let mut pairs: Vec<(f64, f64)> = xs.chunks(2).map(|p| (p[0], p[1])).collect();
+        for &a in &specials {
+            for &b in specials.iter().chain(&xs[..50]) {
+                pairs.push((a, b));
+                // Near cancellations and near neighbours.
+                pairs.push((a, -b));
+                pairs.push((b, -f64::from_bits(b.to_bits().wrapping_add(1))));
+            }
+        }
+        for (a, b) in pairs {
+            if !(a.is_finite() && b.is_finite()) {
+                continue;
+            }
+            let got = sum(&[a, b]);
+            assert!(got == a + b, "{a:e} + {b:e}: {got:e}, not {:e}", a + b);
+        }
+    }
+
+    #[test]
+    fn taking_a_value_out_undoes_adding_it() {
+        let xs = doubles(300);
+        let mut s = ExactSum::default();
+        for (i, &x) in xs.iter().enumerate() {
+            s.add(x);
+            if i >= 2 {
+                // Everything but the last two out again: the sum of two, correctly rounded.
+                let mut t = s.clone();
+                xs[..i - 1].iter().for_each(|&y| t.add(-y));
+                assert_eq!(t.value(), xs[i - 1] + xs[i]);
+            }
+        }
+        assert_eq!(sum(&[0.1, 0.2, 0.3, -0.1]), 0.2 + 0.3);
+        assert_eq!(sum(&[1e20, 1.0, -1e20]), 1.0);
+        assert_eq!(sum(&[f64::MAX, f64::MAX]), f64::INFINITY);
+        assert_eq!(sum(&[f64::MAX, f64::MAX, -f64::MAX]), f64::MAX);
+        assert_eq!(sum(&[f64::MIN, f64::MIN]), f64::NEG_INFINITY);
+        assert_eq!(sum(&[5e-324, 5e-324]), 1e-323);
+        assert_eq!(sum(&[]), 0.0);
+        assert_eq!(sum(&[3.0, -3.0]), 0.0);
+    }
+
+    #[test]
+    fn sums_do_not_depend_on_the_order() {
+        let xs = doubles(200);
+        let mut rev = xs.clone();
+        rev.reverse();
+        assert_eq!(sum(&xs).to_bits(), sum(&rev).to_bits());
     }
 }
