@@ -608,3 +608,55 @@ async fn a_live_min_over_a_reshaped_field_is_refused() {
         q.max("v").changes().await.unwrap();
     }
 }
+
+/// Item 15: `get(k)` with a transform (`pluck`, `filter`, `without`) gives, for a missing
+/// row, the same initial item as plain `get(k)` (`{new_val: null}`, RethinkDB's), with every
+/// option; a row its filter rejects reads as missing. (This already held when issue 16 was
+/// checked: the test pins it down for every combination.)
+#[tokio::test]
+async fn point_feeds_with_transforms_start_like_plain_get() {
+    let db = db_with("t").await;
+    let t = db.table("t");
+    t.insert(json!({"id": 2, "v": 0})).await.unwrap();
+    type Build = fn(remodel::Changes) -> remodel::Changes;
+    let options: [(&str, Build); 5] = [
+        ("initial", |c| c.include_initial(true)),
+        ("states", |c| c.include_initial(true).include_states(true)),
+        ("types", |c| c.include_initial(true).include_types(true)),
+        ("squash", |c| c.include_initial(true).squash(true)),
+        ("window", |c| c.include_initial(true).squash_window(0.05)),
+    ];
+    for (how, build) in options {
+        let shown = |items: Vec<Change>| items.iter().map(Change::to_json).collect::<Vec<_>>();
+        let mut plain = build(t.get(1).changes()).await.unwrap();
+        let want = shown(drain(&mut plain));
+        assert!(
+            want.contains(&json!({"new_val": null}))
+                || want.contains(&json!({"new_val": null, "type": "initial"})),
+            "{how}: {want:?}"
+        );
+        let point = |k: i32| t.get(k);
+        for (name, c) in [
+            ("pluck", point(1).pluck(["v"]).changes()),
+            ("without", point(1).without(["v"]).changes()),
+            (
+                "filter",
+                point(1).filter(remodel::field("v").gt(1)).changes(),
+            ),
+            (
+                "filter, without",
+                point(1)
+                    .filter(remodel::field("v").gt(1))
+                    .without(["v"])
+                    .changes(),
+            ),
+            (
+                "filtered out",
+                point(2).filter(remodel::field("v").gt(1)).changes(),
+            ),
+        ] {
+            let mut feed = build(c).await.unwrap();
+            assert_eq!(shown(drain(&mut feed)), want, "{name}, {how}");
+        }
+    }
+}
