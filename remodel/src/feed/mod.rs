@@ -72,7 +72,7 @@ mod topn;
 
 pub use change::{Change, ChangeKind, FeedState};
 pub(crate) use hub::Hub;
-pub use options::{FeedOptions, Squash, MAX_SQUASH_WINDOW_SECS};
+pub use options::{FeedOptions, Squash};
 pub(crate) use queue::Subscriber;
 pub use resume::Cursor;
 pub use stream::Feed;
@@ -86,7 +86,6 @@ use std::collections::{HashMap, VecDeque};
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 use stream::{Inbox, StatsTimer};
 
 /// A changefeed being set up: choose options, then `.await` it to get the [`Feed`].
@@ -258,10 +257,7 @@ impl Changes {
             ));
         }
         let capacity = opts.queue_size.unwrap_or(db.inner.feed_queue_size());
-        let window = match opts.squash {
-            Squash::Window(s) if s > 0.0 => Some(Duration::from_secs_f64(s)),
-            _ => None,
-        };
+        let window = opts.window();
         // Squashing feeds merge per row; squashing top-N feeds hand over the net difference
         // of the set per batch (see `queue::ListSquash`).
         let merge = opts.squash != Squash::Off;

@@ -4,8 +4,12 @@ use crate::{Error, Result};
 use serde_json::Value;
 use std::time::Duration;
 
-/// The longest squash window, in seconds (a day).
-pub const MAX_SQUASH_WINDOW_SECS: f64 = 86_400.0;
+/// The longest wait a squash window is given: about 30 years, as far as a timer is set
+/// into the future. Any longer window (RethinkDB takes any non-negative number of seconds)
+/// means the same in practice: a batch is handed over early (the first one, or a queue more
+/// than half full), never because its time came. Capping also keeps the clock arithmetic
+/// from overflowing.
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
 
 /// How a feed squashes changes.
 #[derive(Clone, Copy, Debug, PartialEq, Default)]
@@ -18,7 +22,8 @@ pub enum Squash {
     Merge,
     /// Like `Merge`, and a batch is handed over at most this many seconds after its first
     /// change arrived (the first batch is not delayed; a queue more than half full is handed
-    /// over early). At most [`MAX_SQUASH_WINDOW_SECS`].
+    /// over early). Any finite non-negative number of seconds; a window longer than about
+    /// 30 years waits as long as one of 30 years.
     Window(f64),
 }
 
@@ -98,15 +103,9 @@ impl FeedOptions {
 
     pub(crate) fn validate(&self) -> Result<()> {
         if let Squash::Window(s) = self.squash {
-            if !(s.is_finite() && s >= 0.0) || Duration::try_from_secs_f64(s).is_err() {
+            if !(s.is_finite() && s >= 0.0) {
                 return Err(Error::feed_option(format!(
-                    "squash must be a non-negative number of seconds, got {s}"
-                )));
-            }
-            // A window is added to the clock: one too long to add cannot be honoured.
-            if s > MAX_SQUASH_WINDOW_SECS {
-                return Err(Error::feed_option(format!(
-                    "a squash window is at most {MAX_SQUASH_WINDOW_SECS} seconds (a day), got {s}"
+                    "squash must be a finite non-negative number of seconds, got {s}"
                 )));
             }
         }
@@ -114,5 +113,58 @@ impl FeedOptions {
             return Err(Error::feed_option("queue_size must be at least 1"));
         }
         Ok(())
+    }
+
+    /// The squash window as a wait (`None`: no window, or a zero one), capped at
+    /// [`FAR_FUTURE`]. Call after [`FeedOptions::validate`] (a negative or non-finite
+    /// window gives `None` here, never a panic).
+    pub(crate) fn window(&self) -> Option<Duration> {
+        match self.squash {
+            Squash::Window(s) if s > 0.0 && s.is_finite() => Some(
+                Duration::try_from_secs_f64(s)
+                    .unwrap_or(FAR_FUTURE)
+                    .min(FAR_FUTURE),
+            ),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_finite_non_negative_window_is_a_wait_that_cannot_overflow() {
+        for s in [0.05, 86_400.0 * 2.0, 1e6, 1e12, 1e18, 1e19, f64::MAX] {
+            let o = FeedOptions {
+                squash: Squash::Window(s),
+                ..FeedOptions::default()
+            };
+            o.validate().unwrap();
+            let w = o.window().unwrap();
+            assert!(w <= FAR_FUTURE && w > Duration::ZERO, "{s}: {w:?}");
+            // The deadline a feed computes from it.
+            assert!(std::time::Instant::now().checked_add(w).is_some(), "{s}");
+        }
+        for s in [0.0, -0.0] {
+            let o = FeedOptions {
+                squash: Squash::Window(s),
+                ..FeedOptions::default()
+            };
+            o.validate().unwrap();
+            assert_eq!(o.window(), None);
+        }
+        for s in [-1.0, -1e-300, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let o = FeedOptions {
+                squash: Squash::Window(s),
+                ..FeedOptions::default()
+            };
+            assert!(
+                matches!(o.validate(), Err(Error::InvalidFeedOption(_))),
+                "{s}"
+            );
+            assert_eq!(o.window(), None);
+        }
     }
 }

@@ -297,9 +297,19 @@ impl Stream for Feed {
             sub.register(cx.waker());
             let (waiting, since, urgent) = sub.pending();
             if waiting > 0 && !urgent {
-                let due = since.map_or(Instant::now(), |s| s + window);
+                // `None`: beyond what the clock can hold, never due (the window is capped far
+                // below that, see `FeedOptions::window`; this only keeps the sum from
+                // panicking on a clock that cannot reach it).
+                let due = match since {
+                    Some(s) => s.checked_add(window),
+                    None => Some(Instant::now()),
+                };
                 let early = !this.handed_first || waiting * 2 > sub.capacity();
-                if !early && Instant::now() < due {
+                if !early && due.is_none_or(|d| Instant::now() < d) {
+                    let Some(due) = due else {
+                        // Woken by the queue (`register` above) when it fills past half.
+                        return Poll::Pending;
+                    };
                     let deadline = tokio::time::Instant::from_std(due);
                     let sleep = this
                         .sleep
