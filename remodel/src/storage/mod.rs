@@ -23,6 +23,11 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 const JOURNAL_TREE: &str = "__remodel_journal";
+/// Where the engine keeps its flush generation (see [`Generation`]).
+const GENERATION_TREE: &str = "__remodel_storage";
+const GENERATION_KEY: &[u8] = b"flush_generation";
+/// The file next to the engine's that records the generation of its last flush.
+const MANIFEST_FILE: &str = "remodel.flushed";
 
 /// Engine settings taken from the database configuration.
 #[derive(Clone, Copy)]
@@ -55,6 +60,152 @@ struct Flushes {
     flushed: AtomicU64,
     /// Written since the timer's last flush (set after each write).
     dirty: AtomicBool,
+}
+
+/// Detects an engine that lost data it had on disk (a data file cut short, or replaced by an
+/// older copy), which the engine itself opens without a word as a smaller or empty database.
+///
+/// Every flush writes its *generation* (a number that grows with each flush, across runs) to
+/// the engine before it flushes, and once the flush ended, to a small file of its own next to
+/// the engine's ([`MANIFEST_FILE`]). So the engine's generation is never below the file's,
+/// whatever the moment a crash stops the process: the file is written only after the engine
+/// has the number on disk. An engine whose generation is below the file's has lost writes
+/// that a flush had made durable, and is refused on open.
+///
+/// The file is written without an `fsync` (one `pwrite` per flush, no sync): after a power
+/// loss it may be older than the engine, which only makes the check weaker, never wrong.
+struct Generation {
+    /// The engine's tree of the number (written directly: it is part of the flush that writes
+    /// it, and does not mark the storage dirty).
+    tree: Arc<dyn EngineTree>,
+    /// The engine's generation when it was opened: flush `n` of this run is `base + n`.
+    base: u64,
+    /// Flushes of this run so far.
+    count: AtomicU64,
+    /// The highest generation written to the engine (under the lock: two flushes at once
+    /// must not leave the lower number there).
+    written: parking_lot::Mutex<u64>,
+    manifest: std::fs::File,
+    /// The highest generation written to the manifest.
+    recorded: AtomicU64,
+}
+
+impl Generation {
+    /// Reads the engine's generation and the manifest's, and refuses an engine that is older
+    /// than its manifest says (see [`Generation`]).
+    fn open(engine: &dyn Engine, dir: &Path) -> Result<Self, OpenFailure> {
+        let tree = engine.open_tree(GENERATION_TREE).map_err(|e| match e {
+            EngineError::Io(io) => OpenFailure::Io(io),
+            e => OpenFailure::Damaged(format!("the storage engine refused it: {e}")),
+        })?;
+        let stored = match tree.get(GENERATION_KEY) {
+            Ok(Some(b)) => match <[u8; 8]>::try_from(&*b) {
+                Ok(b) => u64::from_be_bytes(b),
+                Err(_) => {
+                    return Err(OpenFailure::Damaged(
+                        "its stored flush generation is damaged".into(),
+                    ))
+                }
+            },
+            Ok(None) => 0,
+            Err(EngineError::Io(io)) => return Err(OpenFailure::Io(io)),
+            Err(e) => return Err(OpenFailure::Damaged(e.to_string())),
+        };
+        let path = dir.join(MANIFEST_FILE);
+        let recorded = match std::fs::read(&path) {
+            Ok(bytes) => match decode_manifest(&bytes) {
+                Some(g) => g,
+                None => {
+                    // Torn or damaged: this open cannot tell, the next flush rewrites it.
+                    tracing::warn!(
+                        "{} is unreadable: the data files are not checked against it",
+                        path.display()
+                    );
+                    0
+                }
+            },
+            // An engine made before the file existed, or its first open.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(OpenFailure::Io(e)),
+        };
+        if stored < recorded {
+            return Err(OpenFailure::Damaged(format!(
+                "its data file lost writes that were on disk (it holds those of flush {stored}, \
+                 but flush {recorded} had ended): it was cut short, damaged or replaced by an \
+                 older copy. Restore it from a backup; to open what is left anyway, remove the \
+                 file {MANIFEST_FILE}"
+            )));
+        }
+        let manifest = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(OpenFailure::Io)?;
+        Ok(Generation {
+            tree,
+            base: stored.max(recorded),
+            count: AtomicU64::new(0),
+            written: parking_lot::Mutex::new(stored),
+            manifest,
+            recorded: AtomicU64::new(recorded),
+        })
+    }
+
+    /// Before a flush: writes its generation to the engine (unless a later flush already
+    /// wrote a higher one), and returns it.
+    fn before(&self) -> Result<u64, EngineError> {
+        let generation = self.base + self.count.fetch_add(1, Ordering::AcqRel) + 1;
+        let mut written = self.written.lock();
+        if generation > *written {
+            self.tree
+                .write(GENERATION_KEY, Some(&generation.to_be_bytes()))?;
+            *written = generation;
+        }
+        Ok(generation)
+    }
+
+    /// After the flush of `generation` ended well: the engine has that generation on disk
+    /// (or a higher one), so the manifest may say so. A failure only weakens the check.
+    fn after(&self, generation: u64) {
+        use std::os::unix::fs::FileExt;
+        if self.recorded.fetch_max(generation, Ordering::AcqRel) >= generation {
+            return;
+        }
+        if let Err(e) = self.manifest.write_all_at(&encode_manifest(generation), 0) {
+            tracing::warn!("{MANIFEST_FILE} could not be written: {e}");
+        }
+    }
+}
+
+const MANIFEST_MAGIC: &[u8; 8] = b"RMDLFLSH";
+
+/// The manifest's bytes: magic, generation (u64 LE), and a check of both (u64 LE), so that a
+/// torn or damaged file is told from a real number.
+fn encode_manifest(generation: u64) -> [u8; 24] {
+    let mut b = [0u8; 24];
+    b[..8].copy_from_slice(MANIFEST_MAGIC);
+    b[8..16].copy_from_slice(&generation.to_le_bytes());
+    b[16..].copy_from_slice(&manifest_check(generation).to_le_bytes());
+    b
+}
+
+fn decode_manifest(bytes: &[u8]) -> Option<u64> {
+    // The first 24 bytes: the file is rewritten in place, never shortened.
+    let b: &[u8; 24] = bytes.get(..24)?.try_into().ok()?;
+    if &b[..8] != MANIFEST_MAGIC {
+        return None;
+    }
+    let generation = u64::from_le_bytes(b[8..16].try_into().ok()?);
+    let check = u64::from_le_bytes(b[16..].try_into().ok()?);
+    (check == manifest_check(generation)).then_some(generation)
+}
+
+fn manifest_check(generation: u64) -> u64 {
+    (generation ^ 0x5EED_F1A5_4C0F_FEE5)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .rotate_left(23)
 }
 
 impl Shared {
@@ -165,9 +316,19 @@ impl Storage {
             ..cfg
         };
         let engine: Arc<dyn Engine> = Arc::new(sled_engine::SledEngine::open(&cfg)?);
+        // Before anything is written: an engine that lost data is refused as it is.
+        let generation = match cfg.path.filter(|_| !cfg.temporary) {
+            Some(dir) => Some(Generation::open(&*engine, dir)?),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             temporary: cfg.temporary,
             ..Shared::default()
+        });
+        let engine: Arc<dyn Engine> = Arc::new(Closing {
+            engine,
+            generation,
+            shared: Arc::downgrade(&shared),
         });
         let failed = |e: EngineError| match e {
             EngineError::Io(io) => OpenFailure::Io(io),
@@ -421,6 +582,61 @@ impl Storage {
     }
 }
 
+/// The engine as the storage uses it: each flush writes its [`Generation`] (on disk), and
+/// the last handle's drop flushes once more (a database dropped without `close`: the engine
+/// would flush itself as it closes, but without the generation that lets the next open tell
+/// a truncated data file).
+///
+/// The generation is kept here, not with the flush counters: the flush timer holds those
+/// for as long as it runs, and the engine's tree of the number would keep the engine (and
+/// its file lock) alive that long after the last handle went.
+struct Closing {
+    engine: Arc<dyn Engine>,
+    /// None for a temporary engine, which no crash leaves behind.
+    generation: Option<Generation>,
+    shared: Weak<Shared>,
+}
+
+impl Engine for Closing {
+    fn open_tree(&self, name: &str) -> engine::EngineResult<Arc<dyn EngineTree>> {
+        self.engine.open_tree(name)
+    }
+
+    fn drop_tree(&self, name: &str) -> engine::EngineResult<bool> {
+        self.engine.drop_tree(name)
+    }
+
+    fn flush(&self) -> engine::EngineResult<()> {
+        let Some(generation) = &self.generation else {
+            return self.engine.flush();
+        };
+        let n = generation.before()?;
+        self.engine.flush()?;
+        generation.after(n);
+        Ok(())
+    }
+}
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        // Nothing of a failed storage may reach the disk; a temporary one is deleted; and one
+        // with nothing written since its last flush has its generation on disk. (What
+        // registered a flush hook, the change log, is gone, and synced itself as it went.)
+        if shared.failed.get().is_some()
+            || self.generation.is_none()
+            || !shared.flushes.dirty.load(Ordering::Acquire)
+        {
+            return;
+        }
+        if let Err(e) = self.flush() {
+            tracing::warn!("the last flush of the storage failed: {e}");
+        }
+    }
+}
+
 /// A flush (see [`Storage::flush_blocking`]), counted in `flushes`. On an error, the cause
 /// the caller marks the storage failed with.
 fn flush_counted(
@@ -643,6 +859,41 @@ mod tests {
         assert_eq!(s.journal.len(), 0);
         assert_eq!(s.journal_seq.load(Ordering::Relaxed), 8);
         drop(s);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The manifest records the generation of the last flush; an engine whose own is lower
+    /// (it lost writes a flush had made durable) is refused, one at or above it opens.
+    #[test]
+    fn an_engine_older_than_its_manifest_is_refused() {
+        let dir = std::env::temp_dir().join(format!("remodel-generation-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cfg = || EngineConfig {
+            path: Some(&dir),
+            temporary: false,
+            cache_bytes: 1 << 20,
+            flush_every_ms: None,
+        };
+        let open = || Storage::open_waiting_for_lock(cfg(), Duration::from_secs(5));
+        {
+            let s = open().unwrap();
+            s.tree("t").unwrap().write(b"k", Some(b"v")).unwrap();
+            s.flush_blocking().unwrap();
+            s.flush_blocking().unwrap();
+        }
+        let manifest = dir.join(MANIFEST_FILE);
+        let recorded = decode_manifest(&std::fs::read(&manifest).unwrap()).unwrap();
+        assert!(recorded >= 2, "{recorded}");
+        drop(open().unwrap());
+        // As if the engine had lost its newest flushes.
+        std::fs::write(&manifest, encode_manifest(recorded + 100)).unwrap();
+        assert!(matches!(open(), Err(OpenFailure::Damaged(_))));
+        // A torn or damaged manifest is not a verdict on the engine.
+        std::fs::write(&manifest, b"RMDLFLSH garbage").unwrap();
+        let s = open().unwrap();
+        s.flush_blocking().unwrap();
+        drop(s);
+        assert!(decode_manifest(&std::fs::read(&manifest).unwrap()).unwrap() > recorded);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
