@@ -6,6 +6,7 @@
 pub(crate) use super::patch::{merge, PatchKind, ReplaceFn, ResolveFn};
 use super::{ChangePair, Conflict, Durability, Patch, WriteResult};
 
+use super::changelog::Record;
 use super::{Database, DbInner, TableState};
 use crate::storage::WriteBatch;
 use crate::value::encode_key;
@@ -426,7 +427,8 @@ impl DbInner {
     }
 
     /// Commits one chunk of writes, possibly to several tables, as one atomic storage batch;
-    /// the caller holds the commit lock (`seq`).
+    /// the caller holds the commit lock (`seq`). Stages each write against the current
+    /// document, numbers the net changes, makes them durable, then hands them to the feeds.
     pub(crate) fn commit_chunk(
         &self,
         ops: Vec<(Arc<TableState>, WriteOp)>,
@@ -435,136 +437,10 @@ impl DbInner {
         seq: &mut u64,
         wakes: &mut Vec<std::task::Waker>,
     ) -> Result<()> {
-        // The tables written, and the state of each touched (table, key): before this chunk,
-        // and as staged by it.
-        let mut tables: Vec<Arc<TableState>> = Vec::new();
-        let mut staged: HashMap<(usize, Vec<u8>), Staged> = HashMap::new();
-        let mut order: Vec<(usize, Vec<u8>)> = Vec::new();
         let errors_before = result.errors;
-
+        let mut staging = Staging::default();
         for (table, op) in ops {
-            if table.is_dropped() {
-                return Err(Error::NoSuchTable(table.name.clone()));
-            }
-            let slot = match tables.iter().position(|t| Arc::ptr_eq(t, &table)) {
-                Some(i) => i,
-                None => {
-                    tables.push(table.clone());
-                    tables.len() - 1
-                }
-            };
-            if let WriteOp::Insert { doc, .. } | WriteOp::Replace { doc, .. } = &op {
-                // Bounds the index work done under the commit lock (updates: `Patch::apply`).
-                if let Err(e) = table.check_index_limits(doc) {
-                    result.error(e);
-                    continue;
-                }
-            }
-            let key = match &op {
-                WriteOp::Insert { doc, .. } => table.key_of(doc)?,
-                WriteOp::Update { key, .. }
-                | WriteOp::Replace { key, .. }
-                | WriteOp::ReplaceWith { key, .. }
-                | WriteOp::Delete { key } => key.clone(),
-            };
-            let id = (slot, key);
-            let current = match staged.get(&id) {
-                Some((_, new, _)) => new.clone(),
-                None => {
-                    let before = table.get_doc(&id.1)?.map(Arc::new);
-                    staged.insert(id.clone(), (before.clone(), before.clone(), false));
-                    order.push(id.clone());
-                    before
-                }
-            };
-            let next: Option<Arc<Value>> = match (op, &current) {
-                (WriteOp::Insert { doc, .. }, None) => {
-                    result.inserted += 1;
-                    Some(Arc::new(doc))
-                }
-                (WriteOp::Insert { doc, conflict }, Some(cur)) => {
-                    let new = match conflict {
-                        OnConflict::Resolve(f) => {
-                            match self
-                                .closures
-                                .run(|| super::patch::resolve(&table, cur, &doc, &*f))
-                            {
-                                Ok(v) => v,
-                                Err(e) => {
-                                    result.error(e);
-                                    continue;
-                                }
-                            }
-                        }
-                        OnConflict::Policy(Conflict::Error) => {
-                            let key = doc.get(&table.primary_key).cloned().unwrap_or(Value::Null);
-                            result.error(Error::KeyConflict {
-                                table: table.name.clone(),
-                                key,
-                            });
-                            continue;
-                        }
-                        OnConflict::Policy(Conflict::Replace) => doc,
-                        OnConflict::Policy(Conflict::Update) => {
-                            match Patch::merge(doc).apply(&table, cur) {
-                                Ok(v) => v,
-                                Err(e) => {
-                                    result.error(e);
-                                    continue;
-                                }
-                            }
-                        }
-                    };
-                    count_replace(result, cur, new)
-                }
-                (WriteOp::Update { patch, .. }, Some(cur)) => match self.apply(&patch, &table, cur)
-                {
-                    Ok(new) => count_replace(result, cur, new),
-                    Err(e) => {
-                        result.error(e);
-                        continue;
-                    }
-                },
-                (WriteOp::Replace { doc, .. }, Some(cur)) => count_replace(result, cur, doc),
-                (WriteOp::ReplaceWith { f, .. }, Some(cur)) => {
-                    match self
-                        .closures
-                        .run(|| super::patch::replace_with(&table, cur, &*f))
-                    {
-                        Ok(new) => count_replace(result, cur, new),
-                        Err(e) => {
-                            result.error(e);
-                            continue;
-                        }
-                    }
-                }
-                (WriteOp::Delete { .. }, Some(_)) => {
-                    result.deleted += 1;
-                    None
-                }
-                (
-                    WriteOp::Update { .. }
-                    | WriteOp::Replace { .. }
-                    | WriteOp::ReplaceWith { .. }
-                    | WriteOp::Delete { .. },
-                    None,
-                ) => {
-                    result.skipped += 1;
-                    continue;
-                }
-            };
-            if same(&current, &next) {
-                continue; // unchanged: counted, nothing to write
-            }
-            if how.return_changes {
-                result.changes.push(ChangePair {
-                    old_val: current.as_deref().cloned(),
-                    new_val: next.as_deref().cloned(),
-                });
-            }
-            let entry = staged.get_mut(&id).expect("staged above");
-            entry.2 = !same(&entry.0, &entry.1); // a second change of this key
-            entry.1 = next;
+            self.stage(&mut staging, table, op, how, result)?;
         }
         if how.all_or_nothing && result.errors > errors_before {
             // Nothing was written: the whole chunk fails with its first error.
@@ -573,106 +449,19 @@ impl DbInner {
                 .clone()
                 .unwrap_or_else(|| Error::query("a write of the batch failed")));
         }
-
-        // Net effect per key, in first-touch order.
-        let mut batch = WriteBatch::default();
-        // The change log's record of this commit, numbered from `commit_first`.
         let commit_first = *seq + 1;
-        let mut record = self.changelog.as_ref().map(|log| log.record(commit_first));
-        let mut committed: Vec<Vec<Committed>> = tables.iter().map(|_| Vec::new()).collect();
-        for (slot, key) in order {
-            let (old, new, rewritten) = staged
-                .remove(&(slot, key.clone()))
-                .expect("every ordered key is staged");
-            // Each write was already compared with the value it replaced; only a key written
-            // twice can come back to where it started.
-            if same(&old, &new) || (rewritten && old == new) {
-                continue;
-            }
-            let table = &tables[slot];
-            *seq += 1;
-            match &new {
-                Some(doc) => {
-                    let b = serde_json::to_vec(&**doc)?;
-                    if let Some(record) = &mut record {
-                        // The stored bytes go into the log as they are (serialized once).
-                        record.push(*seq, &table.name, &key, old.as_deref(), Some(&b))?;
-                    }
-                    batch.insert(&table.docs, key.clone(), b)
-                }
-                None => {
-                    if let Some(record) = &mut record {
-                        record.push(*seq, &table.name, &key, old.as_deref(), None)?;
-                    }
-                    batch.remove(&table.docs, key.clone())
-                }
-            }
-            for ix in table.indexes.read().iter() {
-                let before = old
-                    .as_deref()
-                    .map(|d| ix.compiled.keys(d, &key))
-                    .unwrap_or_default();
-                let after = new
-                    .as_deref()
-                    .map(|d| ix.compiled.keys(d, &key))
-                    .unwrap_or_default();
-                for k in &before {
-                    if after.binary_search(k).is_err() {
-                        batch.remove(&ix.tree, k.clone());
-                    }
-                }
-                for k in after {
-                    if before.binary_search(&k).is_err() {
-                        batch.insert(&ix.tree, k, key.clone());
-                    }
-                }
-            }
-            committed[slot].push(Committed {
-                seq: *seq,
-                key,
-                old,
-                new,
-            });
-        }
-        if committed.iter().all(Vec::is_empty) {
+        let (batch, record, committed) = self.number(staging.order_by_first_touch(), seq)?;
+        if committed.iter().all(|(_, c)| c.is_empty()) {
             return Ok(());
         }
         if !self.seq_reserved_for(*seq) {
             // Once per `SEQ_BLOCK` numbers: the next ones are made durable before use.
             self.reserve_seq(*seq)?;
         }
-        match (&self.changelog, record) {
-            (Some(log), Some(record)) => {
-                // The record goes first: it redoes the documents if the engine loses them
-                // in a crash (see `changelog`).
-                log.write(&self.storage, record)?;
-                if let Err(e) = self.storage.apply(&batch) {
-                    // The commit did not happen: neither may its record.
-                    log.abort(commit_first, *seq);
-                    return Err(e);
-                }
-                // The in-memory tail serves cursors, which only feeds hand out: it is kept
-                // while feeds are open (see `ChangeLog::keep_tail`).
-                let watched = self.sink().is_some_and(|s| !s.is_idle());
-                if log.keep_tail(watched, *seq) {
-                    for (table, changes) in tables.iter().zip(&committed) {
-                        if !changes.is_empty() {
-                            log.remember(&table.name, changes);
-                        }
-                    }
-                }
-                let n = committed.iter().map(|c| c.len() as u64).sum();
-                // Closing and trimming segments is housekeeping: the commit is done, and a
-                // failure is retried with the next one.
-                if let Err(e) = log.committed(&self.storage, n) {
-                    tracing::warn!("the change log could not close or trim a segment: {e}");
-                }
-            }
-            _ => self.storage.apply(&batch)?,
-        }
+        self.persist(&batch, record, &committed, commit_first, *seq)?;
         // Feeds show this commit at once (soft) or once it is on disk (hard).
         self.visibility.committed(*seq, how.hard);
-        for (table, changes) in tables.iter().zip(&committed) {
+        for (table, changes) in &committed {
             if !changes.is_empty() {
                 table
                     .writes
@@ -683,6 +472,268 @@ impl DbInner {
             }
         }
         Ok(())
+    }
+
+    /// Stages one write against the key's current document (as stored, or as staged by an
+    /// earlier write of the chunk), counting what it does in `result`.
+    fn stage(
+        &self,
+        staging: &mut Staging,
+        table: Arc<TableState>,
+        op: WriteOp,
+        how: Commit,
+        result: &mut WriteResult,
+    ) -> Result<()> {
+        if table.is_dropped() {
+            return Err(Error::NoSuchTable(table.name.clone()));
+        }
+        if let WriteOp::Insert { doc, .. } | WriteOp::Replace { doc, .. } = &op {
+            // Bounds the index work done under the commit lock (updates: `Patch::apply`).
+            if let Err(e) = table.check_index_limits(doc) {
+                result.error(e);
+                return Ok(());
+            }
+        }
+        let key = match &op {
+            WriteOp::Insert { doc, .. } => table.key_of(doc)?,
+            WriteOp::Update { key, .. }
+            | WriteOp::Replace { key, .. }
+            | WriteOp::ReplaceWith { key, .. }
+            | WriteOp::Delete { key } => key.clone(),
+        };
+        let id = (staging.slot(&table), key);
+        let current = staging.current(&table, &id)?;
+        let Some(next) = self.next_value(&table, op, &current, result) else {
+            return Ok(()); // refused or skipped: counted, nothing to write
+        };
+        if same(&current, &next) {
+            return Ok(()); // unchanged: counted, nothing to write
+        }
+        if how.return_changes {
+            result.changes.push(ChangePair {
+                old_val: current.as_deref().cloned(),
+                new_val: next.as_deref().cloned(),
+            });
+        }
+        staging.set(&id, next);
+        Ok(())
+    }
+
+    /// What one write makes of the current document (`None` inside: deleted), counted in
+    /// `result`; `None` when the write is refused (an error counted) or skipped (no document).
+    fn next_value(
+        &self,
+        table: &TableState,
+        op: WriteOp,
+        current: &Option<Arc<Value>>,
+        result: &mut WriteResult,
+    ) -> Option<Option<Arc<Value>>> {
+        let Some(cur) = current else {
+            return match op {
+                WriteOp::Insert { doc, .. } => {
+                    result.inserted += 1;
+                    Some(Some(Arc::new(doc)))
+                }
+                _ => {
+                    result.skipped += 1;
+                    None
+                }
+            };
+        };
+        let new = match op {
+            WriteOp::Insert { doc, conflict } => match conflict {
+                OnConflict::Resolve(f) => self
+                    .closures
+                    .run(|| super::patch::resolve(table, cur, &doc, &*f)),
+                OnConflict::Policy(Conflict::Error) => Err(Error::KeyConflict {
+                    table: table.name.clone(),
+                    key: doc.get(&table.primary_key).cloned().unwrap_or(Value::Null),
+                }),
+                OnConflict::Policy(Conflict::Replace) => Ok(doc),
+                OnConflict::Policy(Conflict::Update) => Patch::merge(doc).apply(table, cur),
+            },
+            WriteOp::Update { patch, .. } => self.apply(&patch, table, cur),
+            WriteOp::Replace { doc, .. } => Ok(doc),
+            WriteOp::ReplaceWith { f, .. } => self
+                .closures
+                .run(|| super::patch::replace_with(table, cur, &*f)),
+            WriteOp::Delete { .. } => {
+                result.deleted += 1;
+                return Some(None);
+            }
+        };
+        match new {
+            Ok(new) => Some(count_replace(result, cur, new)),
+            Err(e) => {
+                result.error(e);
+                None
+            }
+        }
+    }
+
+    /// Numbers the chunk's net changes in commit order (after `seq`, which ends at the
+    /// last), and builds the storage batch of their documents and index entries and the
+    /// change log's record of them. Keys whose writes cancel out get no number.
+    #[allow(clippy::type_complexity)]
+    fn number(
+        &self,
+        staged: Vec<(Arc<TableState>, Vec<u8>, Staged)>,
+        seq: &mut u64,
+    ) -> Result<(
+        WriteBatch,
+        Option<Record>,
+        Vec<(Arc<TableState>, Vec<Committed>)>,
+    )> {
+        let mut batch = WriteBatch::default();
+        // The change log's record of this commit, numbered from its first change.
+        let mut record = self.changelog.as_ref().map(|log| log.record(*seq + 1));
+        let mut committed: Vec<(Arc<TableState>, Vec<Committed>)> = Vec::new();
+        for (table, key, (old, new, rewritten)) in staged {
+            // Each write was already compared with the value it replaced; only a key written
+            // twice can come back to where it started.
+            if same(&old, &new) || (rewritten && old == new) {
+                continue;
+            }
+            *seq += 1;
+            let b = new.as_deref().map(serde_json::to_vec).transpose()?;
+            if let Some(record) = &mut record {
+                // The stored bytes go into the log as they are (serialized once).
+                record.push(*seq, &table.name, &key, old.as_deref(), b.as_deref())?;
+            }
+            match b {
+                Some(b) => batch.insert(&table.docs, key.clone(), b),
+                None => batch.remove(&table.docs, key.clone()),
+            }
+            index_entries(&mut batch, &table, &key, old.as_deref(), new.as_deref());
+            let change = Committed {
+                seq: *seq,
+                key,
+                old,
+                new,
+            };
+            match committed.iter_mut().find(|(t, _)| Arc::ptr_eq(t, &table)) {
+                Some((_, changes)) => changes.push(change),
+                None => committed.push((table, vec![change])),
+            }
+        }
+        Ok((batch, record, committed))
+    }
+
+    /// Makes a numbered chunk durable: its change-log record first (it redoes the documents
+    /// if the engine loses them in a crash, see `changelog`), then the storage batch.
+    fn persist(
+        &self,
+        batch: &WriteBatch,
+        record: Option<Record>,
+        committed: &[(Arc<TableState>, Vec<Committed>)],
+        first: u64,
+        last: u64,
+    ) -> Result<()> {
+        let (Some(log), Some(record)) = (&self.changelog, record) else {
+            return self.storage.apply(batch);
+        };
+        log.write(&self.storage, record)?;
+        if let Err(e) = self.storage.apply(batch) {
+            // The commit did not happen: neither may its record.
+            log.abort(first, last);
+            return Err(e);
+        }
+        // The in-memory tail serves cursors, which only feeds hand out: it is kept while
+        // feeds are open (see `ChangeLog::keep_tail`).
+        let watched = self.sink().is_some_and(|s| !s.is_idle());
+        if log.keep_tail(watched, last) {
+            for (table, changes) in committed {
+                log.remember(&table.name, changes);
+            }
+        }
+        let n = committed.iter().map(|(_, c)| c.len() as u64).sum();
+        // Closing and trimming segments is housekeeping: the commit is done, and a failure is
+        // retried with the next one.
+        if let Err(e) = log.committed(&self.storage, n) {
+            tracing::warn!("the change log could not close or trim a segment: {e}");
+        }
+        Ok(())
+    }
+}
+
+/// Adds to `batch` the index entries a document's change from `old` to `new` removes and
+/// adds, in every index of `table`.
+fn index_entries(
+    batch: &mut WriteBatch,
+    table: &TableState,
+    key: &[u8],
+    old: Option<&Value>,
+    new: Option<&Value>,
+) {
+    for ix in table.indexes.read().iter() {
+        let before = old.map(|d| ix.compiled.keys(d, key)).unwrap_or_default();
+        let after = new.map(|d| ix.compiled.keys(d, key)).unwrap_or_default();
+        for k in &before {
+            if after.binary_search(k).is_err() {
+                batch.remove(&ix.tree, k.clone());
+            }
+        }
+        for k in after {
+            if before.binary_search(&k).is_err() {
+                batch.insert(&ix.tree, k, key.to_vec());
+            }
+        }
+    }
+}
+
+/// The keys a chunk touched, per table: each one's document before the chunk and as staged
+/// by it, in the order they were first touched.
+#[derive(Default)]
+struct Staging {
+    tables: Vec<Arc<TableState>>,
+    staged: HashMap<(usize, Vec<u8>), Staged>,
+    order: Vec<(usize, Vec<u8>)>,
+}
+
+impl Staging {
+    /// The table's slot (tables are few: a linear look beats hashing).
+    fn slot(&mut self, table: &Arc<TableState>) -> usize {
+        match self.tables.iter().position(|t| Arc::ptr_eq(t, table)) {
+            Some(i) => i,
+            None => {
+                self.tables.push(table.clone());
+                self.tables.len() - 1
+            }
+        }
+    }
+
+    /// The key's document as the chunk has it so far (read from storage on first touch).
+    fn current(&mut self, table: &TableState, id: &(usize, Vec<u8>)) -> Result<Option<Arc<Value>>> {
+        if let Some((_, new, _)) = self.staged.get(id) {
+            return Ok(new.clone());
+        }
+        let before = table.get_doc(&id.1)?.map(Arc::new);
+        self.staged
+            .insert(id.clone(), (before.clone(), before.clone(), false));
+        self.order.push(id.clone());
+        Ok(before)
+    }
+
+    /// Stages the key's new document.
+    fn set(&mut self, id: &(usize, Vec<u8>), next: Option<Arc<Value>>) {
+        let entry = self.staged.get_mut(id).expect("read before it is set");
+        entry.2 = !same(&entry.0, &entry.1); // a second change of this key
+        entry.1 = next;
+    }
+
+    /// Every touched key with its table and states, in first-touch order.
+    fn order_by_first_touch(mut self) -> Vec<(Arc<TableState>, Vec<u8>, Staged)> {
+        let order = std::mem::take(&mut self.order);
+        order
+            .into_iter()
+            .map(|id| {
+                let state = self
+                    .staged
+                    .remove(&id)
+                    .expect("every ordered key is staged");
+                (self.tables[id.0].clone(), id.1, state)
+            })
+            .collect()
     }
 }
 
