@@ -69,7 +69,7 @@ pub enum Error {
     /// a transform after `limit`, ...), with the reason.
     #[error("cannot watch this query: {0}")]
     Unwatchable(String),
-    /// A changefeed option that cannot be honoured (a negative or too long squash window, a
+    /// A changefeed option that cannot be honoured (a negative, NaN or infinite squash window, a
     /// queue size of 0, offsets on a feed that has no order, an unknown option).
     #[error("invalid feed option: {0}")]
     InvalidFeedOption(String),
