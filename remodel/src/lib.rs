@@ -35,6 +35,8 @@ mod db;
 mod error;
 pub mod feed;
 pub mod model;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 mod query;
 mod storage;
 pub mod value;

@@ -1,0 +1,63 @@
+//! The PostgreSQL backend's groundwork (cargo feature `postgres`): how Remodel's changes
+//! travel through a shared PostgreSQL database to every app process.
+//!
+//! The design (`scale-out.md` §5): every write made through Remodel is one PostgreSQL
+//! transaction that writes the rows and, in the same transaction, one transactional logical
+//! message per change ([`record`], emitted with [`writer`]). Each app process runs a
+//! [`pump`]: a temporary logical replication slot on its own replication connection, which
+//! PostgreSQL feeds with the messages of every committed transaction, whole, in commit order,
+//! identical in every process; rolled-back transactions never arrive. A transaction's
+//! position is its commit [`Lsn`].
+//!
+//! - [`record`]: the binary records (`remodel.v1` changes, `remodel.ddl.v1` DDL) and their
+//!   decoder, which returns typed errors on damage and never panics.
+//! - [`pump`]: [`Pump`], the per-process stream of [`CommitBatch`]es.
+//! - [`writer`]: emitting records in the writer's transaction, the publication.
+//! - [`cluster`]: [`TestCluster`], a throwaway PostgreSQL server for tests and benchmarks.
+//!
+//! Requires PostgreSQL 15 or newer (transactional messages over `pgoutput`, and transactions
+//! with no message are not sent at all), with `wal_level = logical` and a free replication
+//! slot and WAL sender per process; and Rust 1.88 (the replication client's minimum).
+
+pub mod cluster;
+pub mod lsn;
+pub mod pump;
+pub mod record;
+pub mod writer;
+
+pub use cluster::{ClusterError, TestCluster, TestDatabase};
+pub use lsn::Lsn;
+pub use pump::{CommitBatch, Pump, PumpConfig, PumpError, PumpHandle, PumpStatus};
+pub use record::{ChangeRecord, DdlRecord, Record, RecordError};
+/// The SQL client whose [`Config`](tokio_postgres::Config) this module's functions take.
+pub use tokio_postgres;
+
+/// Opens a connection with `config` (no TLS); its connection task runs on the current tokio
+/// runtime until the returned client is dropped.
+pub async fn connect(
+    config: &tokio_postgres::Config,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!("postgres connection ended: {e}");
+        }
+    });
+    Ok(client)
+}
+
+/// A tokio-postgres error as one line: the server's message and SQLSTATE when there is one.
+pub(crate) fn error_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!(
+            "{}: {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        ),
+        None => match std::error::Error::source(e) {
+            Some(source) => format!("{e}: {source}"),
+            None => e.to_string(),
+        },
+    }
+}
