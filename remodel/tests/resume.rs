@@ -540,3 +540,88 @@ async fn cursors_resume_across_a_stretch_without_feeds() {
     assert_eq!(got[14].new_val(), Some(&json!({"id": 17_119})));
     quiet(&mut resumed).await;
 }
+
+/// The items of one atomic commit share its position (`Change::seq`), ordered inside it by
+/// `position_in_commit`; positions increase from commit to commit; a cursor taken in the
+/// middle of a commit resumes with the rest of that commit, exactly (issue 16, item 14).
+#[tokio::test]
+async fn items_of_one_commit_share_its_position_and_cursors_inside_it_resume_exactly() {
+    let db = logged_db().await;
+    db.create_table("t").await.unwrap();
+    let t = db.table("t");
+    let mut feed = t.changes().await.unwrap();
+    t.insert(json!({"id": 0})).await.unwrap();
+    let docs: Vec<_> = (1..=5).map(|i| json!({ "id": i })).collect();
+    t.insert_many(docs).await.unwrap();
+    db.batch()
+        .delete("t", 1)
+        .delete("t", 2)
+        .insert("t", json!({"id": 9}))
+        .await
+        .unwrap();
+    let items = take(&mut feed, 9).await;
+    let commits: Vec<Option<u64>> = items.iter().map(Change::seq).collect();
+    let places: Vec<Option<u32>> = items.iter().map(Change::position_in_commit).collect();
+    assert!(commits[0] < commits[1], "{commits:?}");
+    assert!(
+        commits[1..6].iter().all(|c| *c == commits[1]),
+        "{commits:?}"
+    );
+    assert!(
+        commits[6..9].iter().all(|c| *c == commits[6]),
+        "{commits:?}"
+    );
+    assert!(commits[5] < commits[6], "{commits:?}");
+    assert_eq!(
+        places,
+        [0, 0, 1, 2, 3, 4, 0, 1, 2].map(Some).to_vec(),
+        "the place of each item in its commit"
+    );
+    // Resume from every item's cursor, inside commits too: exactly the items after it.
+    for (i, item) in items.iter().enumerate() {
+        let mut resumed = t
+            .changes()
+            .resume_from(item.cursor().unwrap())
+            .await
+            .unwrap();
+        let rest = take(&mut resumed, items.len() - i - 1).await;
+        assert_eq!(rest, items[i + 1..], "resumed from item {i}");
+        let again: Vec<_> = rest
+            .iter()
+            .map(|c| (c.seq(), c.position_in_commit()))
+            .collect();
+        let first: Vec<_> = items[i + 1..]
+            .iter()
+            .map(|c| (c.seq(), c.position_in_commit()))
+            .collect();
+        assert_eq!(again, first, "resumed items keep their positions");
+    }
+}
+
+/// A cascading model delete is one commit: every item it makes shares one position.
+#[tokio::test]
+async fn a_batch_over_tables_is_one_position_in_every_feed() {
+    let db = logged_db().await;
+    db.create_table("ships").await.unwrap();
+    db.create_table("crew").await.unwrap();
+    let (mut ships, mut crew) = (
+        db.table("ships").changes().await.unwrap(),
+        db.table("crew").changes().await.unwrap(),
+    );
+    db.batch()
+        .insert("ships", json!({"id": "a"}))
+        .insert("crew", json!({"id": 1}))
+        .insert("crew", json!({"id": 2}))
+        .insert("ships", json!({"id": "b"}))
+        .await
+        .unwrap();
+    let (s, c) = (take(&mut ships, 2).await, take(&mut crew, 2).await);
+    let all: Vec<_> = s.iter().chain(&c).map(Change::seq).collect();
+    assert!(all.iter().all(|p| *p == all[0]), "{all:?}");
+    let places: Vec<_> = s
+        .iter()
+        .chain(&c)
+        .map(|c| c.position_in_commit().unwrap())
+        .collect();
+    assert_eq!(places, [0, 3, 1, 2]);
+}

@@ -79,7 +79,10 @@ impl std::fmt::Debug for OnConflict {
 /// A committed change, as handed to the change sink.
 #[derive(Clone, Debug)]
 pub(crate) struct Committed {
+    /// The change's own number.
     pub seq: u64,
+    /// The commit's position: the number of its first change (shared by its changes).
+    pub commit: u64,
     pub key: Vec<u8>,
     pub old: Option<Arc<Value>>,
     pub new: Option<Arc<Value>>,
@@ -586,7 +589,8 @@ impl DbInner {
     )> {
         let mut batch = WriteBatch::default();
         // The change log's record of this commit, numbered from its first change.
-        let mut record = self.changelog.as_ref().map(|log| log.record(*seq + 1));
+        let first = *seq + 1;
+        let mut record = self.changelog.as_ref().map(|log| log.record(first));
         let mut committed: Vec<(Arc<TableState>, Vec<Committed>)> = Vec::new();
         for (table, key, (old, new, rewritten)) in staged {
             // Each write was already compared with the value it replaced; only a key written
@@ -607,6 +611,7 @@ impl DbInner {
             index_entries(&mut batch, &table, &key, old.as_deref(), new.as_deref());
             let change = Committed {
                 seq: *seq,
+                commit: first,
                 key,
                 old,
                 new,

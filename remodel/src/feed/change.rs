@@ -151,9 +151,13 @@ impl ChangeFanout {
 #[derive(Clone, Debug, PartialEq)]
 #[repr(C)]
 pub(crate) struct ChangeData {
-    /// The commit sequence number of the write.
+    /// The change's own number in the database's change order (what cursors and the
+    /// visibility gate use).
     seq: Option<u64>,
     kind: ChangeKind,
+    /// Which change of its commit this is (0 for the first): its commit's position is
+    /// `seq - in_commit`. Kept beside `kind`, in what would be padding.
+    in_commit: u32,
     old_val: Option<Val>,
     new_val: Option<Val>,
     old_offset: Option<usize>,
@@ -212,6 +216,7 @@ impl Change {
             occurrence: 0,
             ordinal: 0,
             seq: None,
+            in_commit: 0,
         })
     }
 
@@ -227,6 +232,7 @@ impl Change {
             occurrence: 0,
             ordinal: 0,
             seq: None,
+            in_commit: 0,
         })
     }
 
@@ -251,14 +257,28 @@ impl Change {
             occurrence: 0,
             ordinal: 0,
             seq: None,
+            in_commit: 0,
         })
     }
 
-    /// Stamps the item with the commit sequence number of its write (only while the item
-    /// is not shared yet).
-    pub(crate) fn at(mut self, seq: u64) -> Self {
-        self.data.make_mut().seq = Some(seq);
+    /// Stamps the item with its change's number `seq` in commit `commit` (the number of
+    /// the commit's first change), only while the item is not shared yet.
+    pub(crate) fn at(mut self, seq: u64, commit: u64) -> Self {
+        let d = self.data.make_mut();
+        d.seq = Some(seq);
+        d.in_commit = u32::try_from(seq.saturating_sub(commit)).unwrap_or(u32::MAX);
         self
+    }
+
+    /// The item's change number and its commit's position, if stamped (see [`Change::at`]).
+    pub(crate) fn stamp(&self) -> Option<(u64, u64)> {
+        let seq = self.data.seq?;
+        Some((seq, seq - u64::from(self.data.in_commit)))
+    }
+
+    /// The change's own number in the database's change order (cursors, visibility).
+    pub(crate) fn change_seq(&self) -> Option<u64> {
+        self.data.seq
     }
 
     /// Sets the offsets of a top-N item (only while the item is not shared yet).
@@ -275,7 +295,10 @@ impl Change {
         let d = self.data.make_mut();
         d.new_val = later.data.new_val.clone();
         d.kind = ChangeKind::of(d.old_val.is_some(), d.new_val.is_some());
-        d.seq = later.data.seq.or(d.seq);
+        if later.data.seq.is_some() {
+            d.seq = later.data.seq;
+            d.in_commit = later.data.in_commit;
+        }
         d.ordinal = later.data.ordinal;
     }
 
@@ -370,11 +393,40 @@ impl Change {
         self.data.state
     }
 
-    /// The commit sequence number of the write behind this change: one database, one order,
-    /// so these increase along every feed. `None` for initial rows, state markers and stats
-    /// rows. A squashed item carries the number of its last change.
+    /// The position of the commit behind this change: one database, one order, so positions
+    /// increase along every feed from commit to commit, and **all items of one atomic commit
+    /// share it** (a batch, a cascading delete, an `insert_many` chunk): a consumer sees where
+    /// a commit ends when the position changes. [`Change::position_in_commit`] orders the
+    /// items of one commit. `None` for initial rows, state markers and stats rows. A squashed
+    /// item carries the position of its last change.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use futures::StreamExt;
+    /// use remodel::Database;
+    /// use serde_json::json;
+    /// let db = Database::temporary().await?;
+    /// db.create_table("t").await?;
+    /// let mut feed = db.table("t").changes().await?;
+    /// db.table("t").insert_many(vec![json!({"id": 1}), json!({"id": 2})]).await?;
+    /// db.table("t").insert(json!({"id": 3})).await?;
+    /// let (a, b, c) = (feed.next().await.unwrap()?, feed.next().await.unwrap()?, feed.next().await.unwrap()?);
+    /// assert_eq!(a.seq(), b.seq()); // one commit
+    /// assert_eq!((a.position_in_commit(), b.position_in_commit()), (Some(0), Some(1)));
+    /// assert!(c.seq() > b.seq());
+    /// # Ok::<(), remodel::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub fn seq(&self) -> Option<u64> {
-        self.data.seq
+        self.stamp().map(|(_, commit)| commit)
+    }
+
+    /// Which change of its commit this item is about (0 for the first): with
+    /// [`Change::seq`], the item's place in the database's change order. A top-N, aggregate
+    /// or join item, which is about the whole commit, has the place of the commit's last
+    /// change.
+    pub fn position_in_commit(&self) -> Option<u32> {
+        self.data.seq.map(|_| self.data.in_commit)
     }
 
     /// The item in RethinkDB's JSON form: `{"old_val": .., "new_val": ..}`, plus `type` when

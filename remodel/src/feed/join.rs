@@ -460,14 +460,14 @@ impl LiveJoin {
         Ok(out)
     }
 
-    /// Applies changes of the left table: each one's items (with its sequence number), and
-    /// the route changes.
+    /// Applies changes of the left table: each one's items (with its change number and its
+    /// commit's position), and the route changes.
     pub(crate) fn apply_left(
         &mut self,
         (matcher, view): (&Matcher, &View),
         changes: &[&Committed],
         deltas: &mut Vec<RouteDelta>,
-    ) -> Result<Vec<(u64, Change)>> {
+    ) -> Result<Vec<((u64, u64), Change)>> {
         let mut out = Vec::new();
         let [mut old_key, mut new_key] = std::mem::take(&mut self.bufs);
         let mut result = Ok(());
@@ -481,7 +481,7 @@ impl LiveJoin {
             let has = new
                 .as_ref()
                 .is_some_and(|(s, _)| self.def.key_of(s, &mut new_key));
-            let mut emit = |i| out.push((c.seq, i));
+            let mut emit = |i| out.push(((c.seq, c.commit), i));
             if had && has && old_key == new_key {
                 // The common update: under the same key, with the same right rows.
                 let Some(j) = self.keys.get_mut(&old_key[..]) else {

@@ -55,7 +55,8 @@ struct ListSquash {
     current: Vec<ListRow>,
     /// Changes applied to `current` since the last batch.
     pending: usize,
-    seq: Option<u64>,
+    /// The stamp (change number, commit position) of the last change applied.
+    seq: Option<(u64, u64)>,
 }
 
 /// What the consumer gets next.
@@ -94,7 +95,7 @@ impl Subscriber {
         let queued = q.live;
         if let Some(list) = &mut q.list {
             // The set itself comes with `set_list` after the commit's items.
-            list.seq = item.seq().or(list.seq);
+            list.seq = item.stamp().or(list.seq);
             list.pending += 1;
             let first = list.pending == 1;
             if first && queued == 0 && timed {
@@ -272,7 +273,7 @@ impl Queue {
         list.shown.clone_from(&list.current);
         for item in edits {
             let item = match seq {
-                Some(s) => item.at(s),
+                Some((seq, commit)) => item.at(seq, commit),
                 None => item,
             };
             self.items.push_back(Some(item));

@@ -216,7 +216,7 @@ impl Feed {
     fn show(&mut self, c: Change, cx: &Context<'_>) -> Poll<Option<Result<Change>>> {
         let gate = match c.kind() {
             super::ChangeKind::Initial => self.snapshot_seq,
-            _ => c.seq(),
+            _ => c.change_seq(),
         };
         if let Some(seq) = gate.filter(|s| !self.visibility.shows(*s)) {
             self.visibility.register(cx.waker());

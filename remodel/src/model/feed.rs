@@ -23,7 +23,8 @@ pub struct Change<T> {
     pub new: Option<T>,
     /// What happened (add, remove, change, initial, state).
     pub kind: ChangeKind,
-    /// The commit sequence number (`None` for initial rows and states).
+    /// The position of the commit behind the change, shared by every change of one atomic
+    /// commit (see [`crate::Change::seq`]; `None` for initial rows and states).
     pub seq: Option<u64>,
     /// Top-N feeds with `include_offsets`: the old row's position.
     pub old_offset: Option<usize>,

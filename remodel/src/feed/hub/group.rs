@@ -225,7 +225,7 @@ impl<'a> ChangeCtx<'a> {
             c.old.clone().filter(|_| old),
             c.new.clone().filter(|_| new),
         )
-        .at(c.seq);
+        .at(c.seq, c.commit);
         self.plain[slot].insert(item.fan_out(self.fan_out)).next()
     }
 }
@@ -276,7 +276,7 @@ pub(super) fn row_items(
             out.push(
                 Change::row(Some(key.clone()), old.clone(), new.clone())
                     .nth(i)
-                    .at(c.seq),
+                    .at(c.seq, c.commit),
             );
         }
     }
@@ -284,14 +284,14 @@ pub(super) fn row_items(
         out.push(
             Change::row(Some(key.clone()), old.clone(), None)
                 .nth(i)
-                .at(c.seq),
+                .at(c.seq, c.commit),
         );
     }
     for i in both..new_n {
         out.push(
             Change::row(Some(key.clone()), None, new.clone())
                 .nth(i)
-                .at(c.seq),
+                .at(c.seq, c.commit),
         );
     }
 }

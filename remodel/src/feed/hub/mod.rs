@@ -163,6 +163,7 @@ impl Hub {
         }
         // The items of a top-N group carry the sequence number of the commit's last change.
         let last_seq = changes.last().map_or(0, |c| c.seq);
+        let commit = changes.first().map_or(0, |c| c.commit);
         for (id, cs) in topn {
             let Some(group) = routes.groups.get_mut(&id) else {
                 continue;
@@ -178,8 +179,10 @@ impl Hub {
                     let mut deltas = Vec::new();
                     match j.apply_left((matcher, view), &cs, &mut deltas) {
                         Ok(items) => {
-                            for (i, (seq, item)) in items.into_iter().enumerate() {
-                                group.members.deliver(item.at(seq).numbered(i), wakes);
+                            for (i, ((seq, commit), item)) in items.into_iter().enumerate() {
+                                group
+                                    .members
+                                    .deliver(item.at(seq, commit).numbered(i), wakes);
                             }
                         }
                         Err(e) => group.members.close(&Error::FeedAborted(format!(
@@ -200,7 +203,9 @@ impl Hub {
                     match agg.apply_commit((matcher, view), &cs) {
                         Ok(items) => {
                             for (i, item) in items.into_iter().enumerate() {
-                                group.members.deliver(item.at(last_seq).numbered(i), wakes);
+                                group
+                                    .members
+                                    .deliver(item.at(last_seq, commit).numbered(i), wakes);
                             }
                         }
                         // A storage error while refilling a min/max, or a sum of a value
@@ -216,7 +221,9 @@ impl Hub {
             match t.apply_commit(table, &cs) {
                 Ok((items, moved)) => {
                     for (i, item) in items.into_iter().enumerate() {
-                        group.members.deliver(item.at(last_seq).numbered(i), wakes);
+                        group
+                            .members
+                            .deliver(item.at(last_seq, commit).numbered(i), wakes);
                     }
                     if moved && !group.members.own.is_empty() {
                         // Squashing members diff against the set itself.
@@ -308,7 +315,9 @@ impl Hub {
                 continue;
             }
             for (i, item) in j.apply_right(c).into_iter().enumerate() {
-                group.members.deliver(item.at(c.seq).numbered(i), wakes);
+                group
+                    .members
+                    .deliver(item.at(c.seq, c.commit).numbered(i), wakes);
             }
         }
     }
