@@ -98,6 +98,7 @@ fn primary_bound(b: &Bound<Value>) -> Bound<Vec<u8>> {
     }
 }
 
+/// Plans a query: how its rows are read (`access`), then the operations applied to them.
 pub(crate) fn plan(
     table: Arc<TableState>,
     source: &Source,
@@ -113,25 +114,51 @@ pub(crate) fn plan(
                 ..
             },
         )) => {
-            let ok = match source {
-                Source::Table => true,
-                Source::Between { index, .. } => {
-                    index.as_deref().unwrap_or(&table.primary_key) == name.as_str()
-                }
-                Source::GetAll { .. } | Source::Stats => false,
-            };
-            if !ok {
-                return Err(Error::query(format!(
-                    "order_by(index `{name}`) must follow the table itself or a between on that index"
-                )));
-            }
+            check_index_order(&table, source, name)?;
             steps.next();
             Some(o.clone())
         }
         _ => None,
     };
-    let desc = index_order.as_ref().is_some_and(|o| o.descending);
-    let access = match (source, &index_order) {
+    let access = access(&table, source, index_order.as_ref(), stats)?;
+    let steps: Vec<&Step> = steps.collect();
+    let ops = (0..steps.len())
+        .map(|i| op(&steps, i))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Plan {
+        table,
+        access,
+        ops,
+        index_order,
+    })
+}
+
+/// An `order_by(index)` first is read from the index: only after the table itself or a
+/// `between` on that index.
+fn check_index_order(table: &TableState, source: &Source, name: &str) -> Result<()> {
+    let ok = match source {
+        Source::Table => true,
+        Source::Between { index, .. } => index.as_deref().unwrap_or(&table.primary_key) == name,
+        Source::GetAll { .. } | Source::Stats => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::query(format!(
+            "order_by(index `{name}`) must follow the table itself or a between on that index"
+        )))
+    }
+}
+
+/// How the rows of `source` are read (in the order of `index_order`, when there is one).
+fn access(
+    table: &TableState,
+    source: &Source,
+    index_order: Option<&Order>,
+    stats: Option<Vec<Value>>,
+) -> Result<Access> {
+    let desc = index_order.is_some_and(|o| o.descending);
+    Ok(match (source, index_order) {
         (Source::Stats, _) => Access::Rows(Arc::new(
             stats
                 .unwrap_or_default()
@@ -156,20 +183,7 @@ pub(crate) fn plan(
             hi: Bound::Unbounded,
             desc,
         },
-        (Source::GetAll { keys, index }, _) => {
-            for k in keys {
-                crate::value::check_depth(k, "get_all value")?;
-            }
-            if table.is_primary(index.as_deref()) {
-                Access::Keys(keys.iter().map(encode_key).collect::<Result<_>>()?)
-            } else {
-                let ix = table.index(index.as_deref().unwrap_or_default())?;
-                Access::IndexValues {
-                    ix,
-                    values: keys.iter().map(encode_value).collect(),
-                }
-            }
-        }
+        (Source::GetAll { keys, index }, _) => get_all_access(table, keys, index.as_deref())?,
         (Source::Between { lo, hi, index }, _) => {
             for b in [lo, hi] {
                 if let Bound::Included(v) | Bound::Excluded(v) = b {
@@ -183,65 +197,71 @@ pub(crate) fn plan(
                     desc,
                 }
             } else {
-                let ix = table.index(index.as_deref().unwrap_or_default())?;
                 Access::IndexRange {
-                    ix,
+                    ix: table.index(index.as_deref().unwrap_or_default())?,
                     lo: index_bound(lo, true),
                     hi: index_bound(hi, false),
                     desc,
                 }
             }
         }
-    };
+    })
+}
 
-    let steps: Vec<&Step> = steps.collect();
-    let mut ops = Vec::with_capacity(steps.len());
-    for (i, step) in steps.iter().enumerate() {
-        ops.push(match step {
-            Step::Filter(p) => Op::Filter(Arc::new(p.compile()?)),
-            Step::OrderBy(Order {
-                key: OrderKey::Index(name),
-                ..
-            }) => {
-                return Err(Error::query(format!(
-                    "order_by(index `{name}`) must come first, right after the table or a between"
-                )))
-            }
-            Step::OrderBy(Order {
-                key: OrderKey::Field(f),
-                descending,
-            }) => {
-                // A limit right after the sort (possibly after a skip) bounds it to a top-k.
-                let top = match (steps.get(i + 1), steps.get(i + 2)) {
-                    (Some(Step::Limit(l)), _) => Some(*l),
-                    (Some(Step::Skip(s)), Some(Step::Limit(l))) => Some(s.saturating_add(*l)),
-                    _ => None,
-                };
-                Op::Sort {
-                    path: FieldPath::parse(f)?,
-                    desc: *descending,
-                    top,
-                }
-            }
-            Step::Skip(n) => Op::Skip(*n),
-            Step::Limit(n) => Op::Limit(*n),
-            Step::Pluck(fs) => Op::Pluck(
-                fs.iter()
-                    .map(|f| FieldPath::parse(f))
-                    .collect::<Result<_>>()?,
-            ),
-            Step::Without(fs) => Op::Without(
-                fs.iter()
-                    .map(|f| FieldPath::parse(f))
-                    .collect::<Result<_>>()?,
-            ),
-        });
+/// `get_all`: by primary keys, or by values of a secondary index.
+fn get_all_access(table: &TableState, keys: &[Value], index: Option<&str>) -> Result<Access> {
+    for k in keys {
+        crate::value::check_depth(k, "get_all value")?;
     }
-    Ok(Plan {
-        table,
-        access,
-        ops,
-        index_order,
+    if table.is_primary(index) {
+        Ok(Access::Keys(
+            keys.iter().map(encode_key).collect::<Result<_>>()?,
+        ))
+    } else {
+        Ok(Access::IndexValues {
+            ix: table.index(index.unwrap_or_default())?,
+            values: keys.iter().map(encode_value).collect(),
+        })
+    }
+}
+
+/// The operation of step `i` (a sort looks ahead at a limit that bounds it).
+fn op(steps: &[&Step], i: usize) -> Result<Op> {
+    let paths = |fs: &[String]| {
+        fs.iter()
+            .map(|f| FieldPath::parse(f))
+            .collect::<Result<_>>()
+    };
+    Ok(match steps[i] {
+        Step::Filter(p) => Op::Filter(Arc::new(p.compile()?)),
+        Step::OrderBy(Order {
+            key: OrderKey::Index(name),
+            ..
+        }) => {
+            return Err(Error::query(format!(
+                "order_by(index `{name}`) must come first, right after the table or a between"
+            )))
+        }
+        Step::OrderBy(Order {
+            key: OrderKey::Field(f),
+            descending,
+        }) => {
+            // A limit right after the sort (possibly after a skip) bounds it to a top-k.
+            let top = match (steps.get(i + 1), steps.get(i + 2)) {
+                (Some(Step::Limit(l)), _) => Some(*l),
+                (Some(Step::Skip(s)), Some(Step::Limit(l))) => Some(s.saturating_add(*l)),
+                _ => None,
+            };
+            Op::Sort {
+                path: FieldPath::parse(f)?,
+                desc: *descending,
+                top,
+            }
+        }
+        Step::Skip(n) => Op::Skip(*n),
+        Step::Limit(n) => Op::Limit(*n),
+        Step::Pluck(fs) => Op::Pluck(paths(fs)?),
+        Step::Without(fs) => Op::Without(paths(fs)?),
     })
 }
 
