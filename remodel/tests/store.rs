@@ -2559,15 +2559,19 @@ async fn a_batch_over_several_tables_commits_all_or_nothing() {
     .collect();
     assert_eq!(crew_items.len(), 1);
     assert_eq!(ship_items.len(), 2);
-    let seqs: Vec<u64> = ship_items
+    // One commit: one position for every item, ordered inside it across tables.
+    let places: Vec<(u64, u32)> = ship_items
         .iter()
         .chain(&crew_items)
-        .map(|c| c.seq().unwrap())
+        .map(|c| (c.seq().unwrap(), c.position_in_commit().unwrap()))
         .collect();
     assert!(
-        seqs.windows(2).all(|w| w[0] < w[1]),
-        "one commit order across tables: {seqs:?}"
+        places.iter().all(|p| p.0 == places[0].0),
+        "one commit position: {places:?}"
     );
+    let mut inside: Vec<u32> = places.iter().map(|p| p.1).collect();
+    inside.sort_unstable();
+    assert_eq!(inside, [0, 1, 2], "one commit order across tables: {places:?}");
 }
 
 #[tokio::test]
