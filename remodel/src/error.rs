@@ -202,12 +202,13 @@ pub enum Error {
         #[source]
         source: Option<Source>,
     },
-    /// A model-layer error (see [`crate::model::ModelError`]): a document that does not fit
-    /// its struct, a relation on an unsaved model, a model missing from the schema, a hook
-    /// that refused.
-    /// Boxed, so that results stay small.
+    /// An error of the model layer, which sits above the store: a document that does not fit
+    /// its struct, a row deleted meanwhile, a relation on an unsaved model, a model missing
+    /// from the schema, a hook that refused. Read it with `Error::as_model` (the store's own
+    /// error type does not name the layers above it: each layer's errors are its own,
+    /// converted upward).
     #[error(transparent)]
-    Model(Box<crate::model::ModelError>),
+    Model(Source),
 }
 
 /// `Result` with Remodel's [`Error`].

@@ -121,7 +121,7 @@ impl Rng {
 fn outcome(r: remodel::Result<()>) -> Outcome {
     match r {
         Ok(()) => Outcome::Done,
-        Err(Error::Model(e)) if matches!(*e, ModelError::Missing { .. }) => Outcome::Missing,
+        Err(e) if matches!(e.as_model(), Some(ModelError::Missing { .. })) => Outcome::Missing,
         Err(Error::KeyConflict { .. }) => Outcome::Taken,
         Err(e) => panic!("unexpected error: {e}"),
     }

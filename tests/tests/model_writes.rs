@@ -90,7 +90,7 @@ async fn db() -> Database {
 }
 
 fn is_missing(r: &remodel::Result<impl std::fmt::Debug>) -> bool {
-    matches!(r, Err(Error::Model(e)) if matches!(**e, ModelError::Missing { .. }))
+    matches!(r, Err(e) if matches!(e.as_model(), Some(ModelError::Missing { .. })))
 }
 
 #[tokio::test]

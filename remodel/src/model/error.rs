@@ -6,7 +6,7 @@ use serde_json::Value;
 
 impl From<ModelError> for Error {
     fn from(e: ModelError) -> Self {
-        Error::Model(Box::new(e))
+        Error::Model(crate::Source::new(e))
     }
 }
 
@@ -20,7 +20,7 @@ impl Error {
     /// ```
     pub fn as_model(&self) -> Option<&ModelError> {
         match self {
-            Error::Model(e) => Some(e),
+            Error::Model(e) => e.get().downcast_ref::<ModelError>(),
             _ => None,
         }
     }
