@@ -840,12 +840,13 @@ fn matching_feeds(s: &Sizes) -> Figure {
                 let mut feed = db.table(&watched).changes().await.unwrap();
                 let received = received.clone();
                 consumers.push(tokio::spawn(async move {
-                    // Commit order, checked with the commit sequence numbers.
-                    let mut last = 0;
+                    // Commit order, checked with the commit positions.
+                    let mut last = (0, 0);
                     for _ in 0..n {
-                        let seq = feed.next().await.unwrap().unwrap().seq().unwrap();
-                        assert!(seq > last, "commit order");
-                        last = seq;
+                        let c = feed.next().await.unwrap().unwrap();
+                        let at = (c.seq().unwrap(), c.position_in_commit().unwrap());
+                        assert!(at > last, "commit order");
+                        last = at;
                     }
                     received.fetch_add(n as u64, Ordering::Relaxed);
                 }));
