@@ -160,7 +160,7 @@ fn relation_def(r: &Relation) -> TokenStream {
 /// What one relation kind generates: its runtime handle and loader, the shape of what the
 /// loader returns per row, and the words of the docs. The one place a kind's generated API
 /// is described; the runtime side of each kind is `remodel::model::{HasMany, HasOne,
-/// BelongsTo, ManyToMany}` and `remodel::model::load`.
+/// BelongsTo, ManyToMany}` and the batched loaders behind `remodel::model::__private::load`.
 struct RelationShape {
     /// The variant of `remodel::model::RelationKind`, and the handle type of that name in
     /// `remodel::model`.
@@ -277,7 +277,7 @@ fn relation_accessors(m: &Model, i: usize, r: &Relation) -> TokenStream {
         }
         #[doc = #load_doc]
         pub async fn #load(db: &::remodel::Database, rows: &[#ident]) -> ::remodel::Result<::std::vec::Vec<#per_row>> {
-            ::remodel::model::load::#loader::<#ident, #target>(db, #rel, rows).await
+            ::remodel::model::__private::load::#loader::<#ident, #target>(db, #rel, rows).await
         }
         #setter
     }

@@ -3,7 +3,9 @@
 //!
 //! One test in this binary, so that the process-wide query counter counts only it.
 
-use remodel::model::{create_schema, store_queries, Id};
+// A diagnostic of the model layer, for this test only (not a public API).
+use remodel::model::__private::store_queries;
+use remodel::model::{create_schema, Id};
 use remodel::{field, Database, Durability, Model};
 use serde::{Deserialize, Serialize};
 

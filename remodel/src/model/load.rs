@@ -1,35 +1,6 @@
-//! Batched (eager) loading: a relation for many rows at once, in a constant number of store
-//! queries (one, or two for many-to-many), never one per row.
-//!
-//! The derive generates `load_<accessor>(db, rows)` for every relation, returning the related
-//! models aligned with `rows`:
-//!
-//! ```
-//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-//! use remodel::model::{create_schema, Id};
-//! use remodel::{Database, Model};
-//! use serde::{Deserialize, Serialize};
-//!
-//! #[derive(Model, Serialize, Deserialize, Debug)]
-//! struct Ship { id: Option<Id>, name: String }
-//!
-//! #[derive(Model, Serialize, Deserialize, Debug)]
-//! #[remodel(belongs_to(Ship))]
-//! struct Captain { id: Option<Id>, name: String, ship_id: Option<Id> }
-//!
-//! let db = Database::temporary().await?;
-//! create_schema(&db).await?;
-//! let defiant = Ship { id: None, name: "Defiant".into() }.create(&db).await?;
-//! let mut sisko = Captain { id: None, name: "Sisko".into(), ship_id: None };
-//! sisko.set_ship(Some(&defiant))?;
-//! sisko.create(&db).await?;
-//!
-//! let captains = Captain::all(&db).await?;
-//! let ships = Captain::load_ship(&db, &captains).await?; // one query for all ships
-//! assert_eq!(ships[0].as_ref().unwrap().name, "Defiant");
-//! # Ok::<(), remodel::Error>(())
-//! # }).unwrap();
-//! ```
+//! Batched (eager) loading: what the generated `load_<accessor>(db, rows)` methods call (see
+//! the [module docs](super#batched-loading)). A relation for many rows at once, in a constant
+//! number of store queries (one, or two for many-to-many), never one per row.
 
 use super::codec::{self, count_query, key_text};
 use super::{Model, RelationDef};

@@ -61,20 +61,52 @@
 //!   [`Table`] for raw queries, and live feeds (`changes`, `watch`).
 //! - [`create_schema`] / [`SchemaSet`]: tables and indexes, idempotently.
 //! - Relations: [`HasMany`], [`HasOne`], [`BelongsTo`], [`ManyToMany`], and batched loading
-//!   (`load_<accessor>` methods, see [`load`]).
+//!   (`load_<accessor>` methods, see [below](#batched-loading)).
 //! - [`ModelQuery`]: typed queries; [`Field`]: typed field names; [`Change`]: typed changes.
 //! - [`Callbacks`]: hooks around saving, deleting and loading.
+//!
+//! ## Batched loading
+//!
+//! A relation for many rows at once, in a constant number of store queries (one, or two for
+//! many-to-many), never one per row. The derive generates `load_<accessor>(db, rows)` for every relation, returning the related
+//! models aligned with `rows`:
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use remodel::model::{create_schema, Id};
+//! use remodel::{Database, Model};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Model, Serialize, Deserialize, Debug)]
+//! struct Ship { id: Option<Id>, name: String }
+//!
+//! #[derive(Model, Serialize, Deserialize, Debug)]
+//! #[remodel(belongs_to(Ship))]
+//! struct Captain { id: Option<Id>, name: String, ship_id: Option<Id> }
+//!
+//! let db = Database::temporary().await?;
+//! create_schema(&db).await?;
+//! let defiant = Ship { id: None, name: "Defiant".into() }.create(&db).await?;
+//! let mut sisko = Captain { id: None, name: "Sisko".into(), ship_id: None };
+//! sisko.set_ship(Some(&defiant))?;
+//! sisko.create(&db).await?;
+//!
+//! let captains = Captain::all(&db).await?;
+//! let ships = Captain::load_ship(&db, &captains).await?; // one query for all ships
+//! assert_eq!(ships[0].as_ref().unwrap().name, "Defiant");
+//! # Ok::<(), remodel::Error>(())
+//! # }).unwrap();
+//! ```
 
 mod codec;
 mod error;
 mod feed;
 mod field;
-pub mod load;
+mod load;
 mod query;
 mod relation;
 mod schema;
 
-pub use codec::store_queries;
 pub use error::ModelError;
 pub use feed::{Change, ModelChanges, ModelFeed};
 pub use field::{Field, FieldValue};
@@ -534,7 +566,13 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
 /// Support for generated code; not a public API.
 #[doc(hidden)]
 pub mod __private {
+    pub use super::codec::store_queries;
     pub use inventory;
+
+    /// The batched loaders the generated `load_<accessor>` methods call.
+    pub mod load {
+        pub use super::super::load::{belongs_to, has_many, has_one, many_to_many};
+    }
 
     use super::{Model, ModelError, RelationDef};
     use crate::Result;
