@@ -13,7 +13,7 @@
 //! are refused: their items depend on the whole result at the time, which the log does not
 //! hold; re-read them with `include_initial`.
 
-use super::hub::{Hub, Join};
+use super::hub::{Delivery, Hub};
 use super::spec::FeedPlan;
 use super::stream::Feed;
 use super::Change;
@@ -79,17 +79,16 @@ impl Feed {
         &mut self,
         db: &Database,
         (plan, replay): (FeedPlan, FeedPlan),
-        signature: String,
-        join: Join,
+        delivery: Delivery,
         cursor: Cursor,
     ) -> Result<()> {
-        let FeedPlan::Rows { table, .. } = &replay else {
+        let Some(rows) = replay.rows() else {
             return Err(Error::unwatchable(
                 "only row feeds (table, get, get_all, between, with filter/pluck/without) \
                  can resume from a cursor; re-read top-N and aggregate feeds with include_initial",
             ));
         };
-        let table = table.name.clone();
+        let table = rows.table.name.clone();
         let expired = |reason: String| Error::CursorExpired {
             cursor: cursor.to_string(),
             reason,
@@ -121,14 +120,11 @@ impl Feed {
                 )));
             }
             plan.check_live()?;
-            let sub = db.inner.sink_as::<Hub>().subscribe(
-                plan,
-                signature,
-                join,
-                || Ok(Vec::new()),
-                false,
-            )?;
-            self.join(sub);
+            let sub =
+                db.inner
+                    .sink_as::<Hub>()
+                    .subscribe(plan, delivery, || Ok(Vec::new()), false)?;
+            self.attach(sub);
             self.snapshot_seq = Some(cursor.seq);
             let mut items = Vec::new();
             // From the cursor's own change on: the feed's later items for it come first.
@@ -155,10 +151,10 @@ impl Feed {
 /// The items of a feed of whole rows (no filter or transform) in which the row is at most
 /// once before and after the change: the plain item the log keeps (shared with every
 /// resuming feed) when the row is in the result both times it exists, else one built as the
-/// live path builds it (`feed::hub::group::row_items`). Returns false for any other feed (the
-/// caller makes its items the general way).
+/// live path builds it (`feed::ops::rows::Rows::items`). Returns false for any other feed
+/// (the caller makes its items the general way).
 fn plain_items(plan: &FeedPlan, c: &Logged<'_>, out: &mut Vec<Change>) -> bool {
-    let FeedPlan::Rows { matcher, view, .. } = plan else {
+    let Some(super::ops::rows::Rows { matcher, view, .. }) = plan.rows() else {
         return false;
     };
     if !view.is_identity() {
@@ -181,7 +177,7 @@ fn plain_items(plan: &FeedPlan, c: &Logged<'_>, out: &mut Vec<Change>) -> bool {
                 c.old.filter(|_| old).cloned(),
                 c.new.filter(|_| new).cloned(),
             )
-            .at(c.seq),
+            .at(c.seq, c.commit),
         ),
     }
     true
@@ -198,7 +194,7 @@ impl Change {
     pub fn cursor(&self) -> Option<Cursor> {
         match self.kind() {
             super::ChangeKind::Initial | super::ChangeKind::State => None,
-            _ => Some(Cursor::new(self.seq()?, self.ordinal())),
+            _ => Some(Cursor::new(self.change_seq()?, self.ordinal())),
         }
     }
 }

@@ -1,11 +1,17 @@
-//! Which queries can be watched, and how: a query's plan is turned into a feed plan that says
-//! which rows belong to the result (matcher), how a row is seen (filters and transforms), and
-//! how writes are routed to it.
+//! Which queries can be watched, and how: a query's plan is turned into a feed plan, a plan
+//! of one of the feed operators (`ops`), made of which rows belong to the result (matcher),
+//! how a row is seen (filters and transforms) and, for top-N feeds, the ordering. Matchers
+//! and views also describe themselves structurally ([`MatcherKey`], [`ViewKey`]): feeds
+//! whose plans are described alike share one group.
 
+use super::ops::rows::Rows;
+use super::ops::topn::TopNPlan;
+use super::ops::AnyPlan;
 use crate::db::{IndexState, TableState};
 use crate::query::plan::{Access, Op, Plan};
+use crate::query::predicate::{CmpOp, Compiled};
 use crate::storage::Bytes;
-use crate::value::encode_value;
+use crate::value::{encode_value, FieldPath};
 use crate::{Error, Result};
 use serde_json::{Map, Value};
 use std::ops::Bound;
@@ -93,10 +99,98 @@ impl Matcher {
         }
     }
 
-    pub(crate) fn index_name(&self) -> Option<&str> {
+    /// The index the matcher reads, if any.
+    pub(crate) fn index(&self) -> Option<&Arc<IndexState>> {
         match self {
-            Matcher::IndexValues { ix, .. } | Matcher::IndexRange { ix, .. } => Some(&ix.name),
+            Matcher::IndexValues { ix, .. } | Matcher::IndexRange { ix, .. } => Some(ix),
             _ => None,
+        }
+    }
+
+    pub(crate) fn index_name(&self) -> Option<&str> {
+        self.index().map(|ix| ix.name.as_str())
+    }
+
+    /// The matcher described structurally (indexes by name: the groups of a dropped index
+    /// end with it).
+    pub(crate) fn key(&self) -> MatcherKey {
+        match self {
+            Matcher::All => MatcherKey::All,
+            Matcher::Keys(keys) => MatcherKey::Keys(keys.clone()),
+            Matcher::IndexValues { ix, values } => {
+                MatcherKey::IndexValues(ix.name.clone(), values.clone())
+            }
+            Matcher::PrimaryRange { lo, hi } => MatcherKey::PrimaryRange(lo.clone(), hi.clone()),
+            Matcher::IndexRange { ix, lo, hi } => {
+                MatcherKey::IndexRange(ix.name.clone(), lo.clone(), hi.clone())
+            }
+        }
+    }
+}
+
+/// Which rows of a table a matcher selects, and how many times.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(crate) enum MatcherKey {
+    All,
+    Keys(Vec<(Vec<u8>, usize)>),
+    IndexValues(String, Vec<(Vec<u8>, usize)>),
+    PrimaryRange(Bound<Vec<u8>>, Bound<Vec<u8>>),
+    IndexRange(String, Bound<Vec<u8>>, Bound<Vec<u8>>),
+}
+
+/// How a view sees rows: its filters and transforms, in order.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(crate) struct ViewKey(Vec<ViewOpKey>);
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum ViewOpKey {
+    Filter(PredicateKey),
+    Pluck(Vec<FieldPath>),
+    Without(Vec<FieldPath>),
+}
+
+/// A filter described structurally. Values are kept encoded: two values with the same
+/// encoding compare equal ([`crate::value::encode_value`]), and a filter looks at its values
+/// only through comparisons, so predicates described alike select the same rows.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum PredicateKey {
+    Cmp(FieldPath, u8, Vec<u8>),
+    Contains(FieldPath, Vec<u8>),
+    HasFields(Vec<FieldPath>),
+    StartsWith(FieldPath, String),
+    Matches(FieldPath, String),
+    And(Vec<PredicateKey>),
+    Or(Vec<PredicateKey>),
+    Not(Box<PredicateKey>),
+}
+
+impl PredicateKey {
+    fn of(p: &Compiled) -> Self {
+        match p {
+            Compiled::Cmp { path, op, value } => {
+                let op = match op {
+                    CmpOp::Eq => 0,
+                    CmpOp::Ne => 1,
+                    CmpOp::Lt => 2,
+                    CmpOp::Le => 3,
+                    CmpOp::Gt => 4,
+                    CmpOp::Ge => 5,
+                };
+                PredicateKey::Cmp(path.clone(), op, encode_value(value))
+            }
+            Compiled::Contains { path, value } => {
+                PredicateKey::Contains(path.clone(), encode_value(value))
+            }
+            Compiled::HasFields(paths) => PredicateKey::HasFields(paths.clone()),
+            Compiled::StartsWith { path, prefix } => {
+                PredicateKey::StartsWith(path.clone(), prefix.clone())
+            }
+            Compiled::Matches { path, re } => {
+                PredicateKey::Matches(path.clone(), re.as_str().to_owned())
+            }
+            Compiled::And(all) => PredicateKey::And(all.iter().map(Self::of).collect()),
+            Compiled::Or(any) => PredicateKey::Or(any.iter().map(Self::of).collect()),
+            Compiled::Not(p) => PredicateKey::Not(Box::new(Self::of(p))),
         }
     }
 }
@@ -165,6 +259,23 @@ impl View {
         })
     }
 
+    /// The view described structurally.
+    pub(crate) fn key(&self) -> ViewKey {
+        ViewKey(
+            self.ops
+                .iter()
+                .map(|op| match op {
+                    Op::Filter(p) => ViewOpKey::Filter(PredicateKey::of(p)),
+                    Op::Pluck(paths) => ViewOpKey::Pluck(paths.clone()),
+                    Op::Without(paths) => ViewOpKey::Without(paths.clone()),
+                    Op::Sort { .. } | Op::Skip(_) | Op::Limit(_) => {
+                        unreachable!("rejected by FeedPlan::new")
+                    }
+                })
+                .collect(),
+        )
+    }
+
     /// The equality conjuncts of the filters that see the raw document (before any transform).
     pub(crate) fn routing_eq(&self) -> Option<(crate::value::FieldPath, Vec<u8>)> {
         for op in &self.ops {
@@ -189,24 +300,13 @@ pub(crate) struct ScanRange {
 }
 
 /// A watchable query.
+// Made once per feed opened, and moved a few times: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum FeedPlan {
-    /// Table, point, get_all and between feeds (with filters and transforms), and
-    /// aggregates of those (`agg`).
-    Rows {
-        table: Arc<TableState>,
-        matcher: Matcher,
-        view: View,
-        agg: Option<Box<super::aggregate::AggPlan>>,
-        join: Option<Box<super::join::JoinPlan>>,
-    },
-    /// `order_by(index).limit(n)` feeds.
-    TopN {
-        table: Arc<TableState>,
-        order: OrderedIndex,
-        view: View,
-        limit: usize,
-    },
-    /// The stats system table.
+    /// A feed of a table, through one of the feed operators: a rows or top-N plan as a query
+    /// plans it (aggregates and joins are made from a rows plan, see `Changes`).
+    Table(AnyPlan),
+    /// The stats system table (a timer feed: no group, no routes).
     Stats { view: View },
 }
 
@@ -292,53 +392,44 @@ impl FeedPlan {
     /// Refuses a plan whose table or index was dropped after it was made. Called under the
     /// commit lock, where drops happen, so a feed that passes is seen by the drop's abort.
     pub(crate) fn check_live(&self) -> Result<()> {
-        let (table, ix) = match self {
-            FeedPlan::Rows { table, matcher, .. } => (
-                table,
-                match matcher {
-                    Matcher::IndexValues { ix, .. } | Matcher::IndexRange { ix, .. } => Some(ix),
-                    _ => None,
-                },
-            ),
-            FeedPlan::TopN { table, order, .. } => (table, order.ix.as_ref()),
-            FeedPlan::Stats { .. } => return Ok(()),
-        };
-        if table.is_dropped() {
-            return Err(Error::NoSuchTable(table.name.clone()));
+        match self {
+            FeedPlan::Table(plan) => plan.check_live(),
+            FeedPlan::Stats { .. } => Ok(()),
         }
-        if let Some(ix) = ix {
-            if !table.indexes.read().iter().any(|i| Arc::ptr_eq(i, ix)) {
-                return Err(Error::NoSuchIndex {
-                    table: table.name.clone(),
-                    index: ix.name.clone(),
-                });
-            }
+    }
+
+    /// A rows feed's plan (table, `get`, `get_all`, `between`, with filters and transforms).
+    pub(crate) fn rows(&self) -> Option<&Rows> {
+        match self {
+            FeedPlan::Table(AnyPlan::Rows(rows)) => Some(rows),
+            _ => None,
         }
-        Ok(())
+    }
+
+    /// A rows feed's plan, taken out (to make an aggregate or join of its rows).
+    pub(crate) fn into_rows(self) -> Option<Rows> {
+        match self {
+            FeedPlan::Table(AnyPlan::Rows(rows)) => Some(rows),
+            _ => None,
+        }
+    }
+
+    /// Whether the feed is a top-N feed (its items have offsets).
+    pub(crate) fn is_top_n(&self) -> bool {
+        matches!(self, FeedPlan::Table(AnyPlan::TopN(_)))
     }
 
     /// For feeds over a primary key range (table feeds, `between` on the primary key), the
     /// range: their initial rows can be read in chunks.
     pub(crate) fn primary_range(&self) -> Option<ScanRange> {
-        let (table, lo, hi) = match self {
-            FeedPlan::Rows {
-                table,
-                matcher: Matcher::All,
-                agg: None,
-                join: None,
-                ..
-            } => (table, Bound::Unbounded, Bound::Unbounded),
-            FeedPlan::Rows {
-                table,
-                matcher: Matcher::PrimaryRange { lo, hi },
-                agg: None,
-                join: None,
-                ..
-            } => (table, lo.clone(), hi.clone()),
+        let rows = self.rows()?;
+        let (lo, hi) = match &rows.matcher {
+            Matcher::All => (Bound::Unbounded, Bound::Unbounded),
+            Matcher::PrimaryRange { lo, hi } => (lo.clone(), hi.clone()),
             _ => return None,
         };
         Some(ScanRange {
-            table: table.clone(),
+            table: rows.table.clone(),
             lo,
             hi,
         })
@@ -346,10 +437,7 @@ impl FeedPlan {
 
     /// The row view of a rows feed.
     pub(crate) fn into_view(self) -> Option<View> {
-        match self {
-            FeedPlan::Rows { view, .. } => Some(view),
-            _ => None,
-        }
+        self.into_rows().map(|rows| rows.view)
     }
 
     pub(crate) fn new(plan: Plan, stats: bool) -> Result<Self> {
@@ -405,12 +493,12 @@ impl FeedPlan {
                 _ => unreachable!("order_by(index) plans read an ordered range"),
             };
             debug_assert_eq!(desc, order.descending);
-            return Ok(FeedPlan::TopN {
+            return Ok(FeedPlan::Table(AnyPlan::from(TopNPlan {
                 table,
                 order: OrderedIndex { ix, desc, lo, hi },
                 view,
                 limit,
-            });
+            })));
         }
         let counted = |mut keys: Vec<Vec<u8>>| {
             keys.sort();
@@ -438,12 +526,10 @@ impl FeedPlan {
             },
             Access::Rows(_) => unreachable!("only the stats table reads rows from memory"),
         };
-        Ok(FeedPlan::Rows {
+        Ok(FeedPlan::Table(AnyPlan::from(Rows {
             table,
             matcher,
             view,
-            agg: None,
-            join: None,
-        })
+        })))
     }
 }

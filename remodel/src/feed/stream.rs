@@ -1,8 +1,8 @@
-//! The feed as a stream: where its items wait (a private queue or the group's shared log),
+//! The feed as a stream: where its items wait (a queue of its own or the group's log),
 //! initial rows, squash windows, the stats timer, and unsubscribing on drop.
 
 use super::change::Change;
-use super::hub::{self, Initial, Join, Registration};
+use super::hub::{self, Delivery, Registration};
 use super::log::{Log, Reader};
 use super::queue::{Next, Subscriber};
 use super::spec::{FeedPlan, ScanRange, View};
@@ -99,24 +99,24 @@ impl std::fmt::Debug for Feed {
 /// Where a feed's items wait for it.
 pub(super) enum Inbox {
     /// A queue of its own (squashing and timer feeds).
-    Own(Arc<Subscriber>),
-    /// The group's shared log, at this reader's cursor.
-    Shared(Arc<Log>, Reader),
+    Queue(Arc<Subscriber>),
+    /// The group's log, at this reader's cursor.
+    Log(Arc<Log>, Reader),
 }
 
 impl Inbox {
     fn capacity(&self) -> usize {
         match self {
-            Inbox::Own(s) => s.capacity(),
-            Inbox::Shared(_, r) => r.capacity(),
+            Inbox::Queue(s) => s.capacity(),
+            Inbox::Log(_, r) => r.capacity(),
         }
     }
 
     /// The next item; with nothing there, arranges for `cx` to be woken by the next one.
     fn next(&mut self, cx: &Context<'_>) -> Next {
         match self {
-            Inbox::Shared(log, reader) => log.next(reader, cx.waker()),
-            Inbox::Own(sub) => match sub.pop() {
+            Inbox::Log(log, reader) => log.next(reader, cx.waker()),
+            Inbox::Queue(sub) => match sub.pop() {
                 Next::Empty => {
                     // Register, then look once more so that a push in between is not missed.
                     sub.register(cx.waker());
@@ -133,15 +133,12 @@ const INITIAL_CHUNK: usize = 512;
 
 impl Feed {
     /// Takes a new subscription's membership and inbox; returns its initial rows.
-    pub(super) fn join(&mut self, sub: hub::Subscribed) -> Option<Vec<Arc<Value>>> {
+    pub(super) fn attach(&mut self, sub: hub::Subscribed) -> Option<Vec<Arc<Value>>> {
         self.registration = Some(sub.registration);
         if let Some((log, reader)) = sub.reader {
-            self.inbox = Inbox::Shared(log, reader);
+            self.inbox = Inbox::Log(log, reader);
         }
-        match sub.initial {
-            Initial::Rows(rows) => Some(rows),
-            Initial::None => None,
-        }
+        sub.initial
     }
 
     /// Subscribes and reads the initial rows of a primary key range in chunks. Each chunk is
@@ -154,12 +151,11 @@ impl Feed {
         &mut self,
         db: &Database,
         plan: FeedPlan,
-        signature: String,
-        join: Join,
+        delivery: Delivery,
         ScanRange { table, lo, hi }: ScanRange,
         view: &View,
     ) -> Result<Vec<Arc<Value>>> {
-        let mut plan = Some((plan, signature, join));
+        let mut plan = Some((plan, delivery));
         let mut rows = Vec::new();
         let mut from = lo;
         loop {
@@ -172,10 +168,10 @@ impl Feed {
                     if table.is_dropped() {
                         return Err(Error::NoSuchTable(table.name.clone()));
                     }
-                    if let Some((plan, signature, join)) = plan.take() {
+                    if let Some((plan, delivery)) = plan.take() {
                         let hub = db.inner.sink_as::<super::Hub>();
-                        let sub = hub.subscribe(plan, signature, join, || Ok(Vec::new()), false)?;
-                        self.join(sub);
+                        let sub = hub.subscribe(plan, delivery, || Ok(Vec::new()), false)?;
+                        self.attach(sub);
                     }
                     let mut last = None;
                     let mut read = 0;
@@ -195,8 +191,8 @@ impl Feed {
                     let done = read < INITIAL_CHUNK;
                     let frontier = if done { None } else { last.clone() };
                     match &mut self.inbox {
-                        Inbox::Shared(log, reader) => reader.scanned(log, frontier),
-                        Inbox::Own(sub) => sub.scanned(frontier),
+                        Inbox::Log(log, reader) => reader.scanned(log, frontier),
+                        Inbox::Queue(sub) => sub.scanned(frontier),
                     }
                     Ok(last.filter(|_| !done))
                 })?;
@@ -249,7 +245,7 @@ impl Feed {
     /// The stats table's timer: recomputes the rows about once a second and queues the
     /// changed ones.
     fn poll_timer(&mut self, cx: &mut Context<'_>) {
-        let (Some(timer), Inbox::Own(sub)) = (&mut self.timer, &self.inbox) else {
+        let (Some(timer), Inbox::Queue(sub)) = (&mut self.timer, &self.inbox) else {
             return;
         };
         if timer.db.check_open().is_err() {
@@ -293,7 +289,7 @@ impl Stream for Feed {
         if this.timer.is_some() {
             this.poll_timer(cx);
         }
-        if let (Some(window), Inbox::Own(sub)) = (this.window, &this.inbox) {
+        if let (Some(window), Inbox::Queue(sub)) = (this.window, &this.inbox) {
             sub.register(cx.waker());
             let (waiting, since, urgent) = sub.pending();
             if waiting > 0 && !urgent {
@@ -346,7 +342,7 @@ impl Stream for Feed {
 
 impl Drop for Feed {
     fn drop(&mut self) {
-        if let Inbox::Shared(log, reader) = &self.inbox {
+        if let Inbox::Log(log, reader) = &self.inbox {
             log.leave(reader);
         }
         if let Some(timer) = &self.timer {

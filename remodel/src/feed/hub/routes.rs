@@ -1,11 +1,12 @@
 //! How a write finds the groups it concerns: routes by key, index value, equality conjunct,
-//! key range and top-N boundary, so that routing costs in proportion to the feeds a write
-//! concerns, not to all feeds.
+//! key range and top-N boundary (the [`Route`]s operators declare), so that routing costs
+//! in proportion to the feeds a write concerns, not to all feeds.
 
-use super::group::{ChangeCtx, Group, Kind, Members};
+use super::follow::FollowedEdits;
+use super::group::{Group, Members};
 use crate::db::write::Committed;
+use crate::feed::ops::{AnyOperator, ChangeCtx, GroupKey, Operator, Reroute, Route};
 use crate::feed::ranges::RangeIndex;
-use crate::feed::spec::Matcher;
 use crate::value::{encode_value_into, FieldPath};
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Bound;
@@ -35,82 +36,69 @@ impl std::hash::Hasher for IdHasher {
 
 pub(super) type ById<V> = HashMap<GroupId, V, std::hash::BuildHasherDefault<IdHasher>>;
 
+/// A table's groups, and the routes by which its writes find them.
 #[derive(Default)]
 pub(super) struct Routes {
-    pub(super) next_id: u64,
+    next_id: u64,
     pub(super) groups: ById<Group>,
-    pub(super) by_signature: HashMap<Arc<str>, GroupId>,
-    pub(super) by_key: HashMap<Vec<u8>, Vec<GroupId>>,
-    pub(super) by_index_value: HashMap<String, IndexRoutes>,
-    pub(super) by_eq: HashMap<FieldPath, HashMap<Vec<u8>, Vec<GroupId>>>,
+    /// Groups by what they watch: a feed of a query described like an open group's joins it.
+    by_query: HashMap<Arc<GroupKey>, GroupId>,
+    pub(super) table: RouteTable,
+}
+
+/// The routes of a table's writes, one map per kind of [`Route`].
+#[derive(Default)]
+pub(super) struct RouteTable {
+    /// Point and `get_all` groups by key, top-N groups by the keys of the rows in their sets.
+    by_key: HashMap<Vec<u8>, Vec<GroupId>>,
+    by_index_value: HashMap<String, IndexRoutes>,
+    by_eq: HashMap<FieldPath, HashMap<Vec<u8>, Vec<GroupId>>>,
     /// Range groups by the primary key range (`None`) or index key range they watch.
-    pub(super) by_range: HashMap<Option<String>, RangeRoutes>,
+    by_range: HashMap<Option<String>, RangeRoutes>,
     /// Groups checked on every write of the table.
-    pub(super) scan: Vec<GroupId>,
+    scan: Vec<GroupId>,
     /// Top-N groups by (index, descending), found by the boundary a write's key beats.
-    pub(super) topn: HashMap<(Option<String>, bool), TopRoutes>,
-    /// Top-N groups by the primary keys of the rows in their sets.
-    pub(super) topn_members: HashMap<Vec<u8>, Vec<GroupId>>,
+    before: HashMap<(Option<String>, bool), BeforeRoutes>,
 }
 
-pub(super) struct TopRoutes {
-    pub(super) ix: Option<Arc<crate::db::IndexState>>,
-    /// Groups whose set is full, by the order key of their last row.
-    pub(super) bounds: BTreeSet<(Vec<u8>, GroupId)>,
-    /// Groups whose set holds every qualifying row: any qualifying write enters.
-    pub(super) open: Vec<GroupId>,
-}
-
-/// Where a top-N group is registered: its boundary (`None`: open) and its rows' keys.
-pub(super) struct TopReg {
-    pub(super) bound: Option<Vec<u8>>,
-    pub(super) members: Vec<Arc<[u8]>>,
+struct BeforeRoutes {
+    ix: Option<Arc<crate::db::IndexState>>,
+    /// Groups with a boundary, by it.
+    bounds: BTreeSet<(Vec<u8>, GroupId)>,
+    /// Groups without one: any write enters.
+    open: Vec<GroupId>,
 }
 
 /// Per-change work shared by every group: candidate groups, and the new document's keys in
-/// each index that top-N feeds read (computed once, not once per feed).
+/// each ordering top-N feeds read (computed once, not once per feed).
 #[derive(Default)]
 pub(super) struct Scratch {
     pub(super) ids: Vec<GroupId>,
-    pub(super) keys: Vec<(Option<String>, Vec<Vec<u8>>)>,
+    keys: Vec<(Option<String>, Vec<Vec<u8>>)>,
     /// Reused for encoding values to look up.
-    pub(super) buf: Vec<u8>,
+    buf: Vec<u8>,
 }
 
 /// The range groups of one key space: the primary keys, or an index's keys.
-pub(super) struct RangeRoutes {
-    pub(super) ix: Option<Arc<crate::db::IndexState>>,
-    pub(super) ranges: RangeIndex,
+struct RangeRoutes {
+    ix: Option<Arc<crate::db::IndexState>>,
+    ranges: RangeIndex,
 }
 
-pub(super) struct IndexRoutes {
-    pub(super) ix: Arc<crate::db::IndexState>,
-    pub(super) values: HashMap<Vec<u8>, Vec<GroupId>>,
+struct IndexRoutes {
+    ix: Arc<crate::db::IndexState>,
+    values: HashMap<Vec<u8>, Vec<GroupId>>,
 }
 
-/// How a group is found (keys and index values are the group matcher's own).
-pub(super) enum Route {
-    Keys,
-    IndexValues,
-    Eq { path: FieldPath, value: Vec<u8> },
-    Range,
-    Scan,
-    TopN,
-}
-
-pub(super) fn add_route<K: std::hash::Hash + Eq>(
-    map: &mut HashMap<K, Vec<GroupId>>,
-    k: K,
-    g: GroupId,
-) {
+fn add_route<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Vec<GroupId>>, k: K, g: GroupId) {
     map.entry(k).or_default().push(g);
 }
 
-pub(super) fn remove_route<K: std::hash::Hash + Eq>(
-    map: &mut HashMap<K, Vec<GroupId>>,
-    k: &K,
-    g: GroupId,
-) {
+fn remove_route<K, Q>(map: &mut HashMap<K, Vec<GroupId>>, k: &Q, g: GroupId)
+where
+    K: std::hash::Hash + Eq + std::borrow::Borrow<Q>,
+    Q: std::hash::Hash + Eq + ?Sized,
+{
     if let Some(v) = map.get_mut(k) {
         v.retain(|x| *x != g);
         if v.is_empty() {
@@ -119,255 +107,188 @@ pub(super) fn remove_route<K: std::hash::Hash + Eq>(
     }
 }
 
-impl Routes {
-    /// Registers a new group for `kind` under every route it needs; returns its id.
-    pub(super) fn add_group(&mut self, signature: Arc<str>, kind: Kind) -> GroupId {
-        let id = self.next_id;
-        self.next_id += 1;
-        let (route, index) = match &kind {
-            Kind::Rows {
-                matcher, view, agg, ..
-            } => {
-                // The index the group reads (dropping it ends the group): its matcher's, or
-                // the one a live min/max refills from.
-                let index = matcher
-                    .index_name()
-                    .or_else(|| agg.as_ref().and_then(|a| a.extreme_index()))
-                    .map(str::to_string);
-                let route = match matcher {
-                    Matcher::Keys(_) => Route::Keys,
-                    Matcher::IndexValues { .. } => Route::IndexValues,
-                    Matcher::All => match view.routing_eq() {
-                        Some((path, value)) => Route::Eq { path, value },
-                        None => Route::Scan,
-                    },
-                    Matcher::PrimaryRange { .. } | Matcher::IndexRange { .. } => Route::Range,
-                };
-                if let Matcher::IndexValues { ix, .. } = matcher {
-                    self.by_index_value
-                        .entry(ix.name.clone())
-                        .or_insert_with(|| IndexRoutes {
-                            ix: ix.clone(),
-                            values: HashMap::new(),
-                        });
-                }
-                (route, index)
+/// One group's route changes, through the [`Reroute`] operators change routes with: made in
+/// the table's routes at once; followed routes (another table's) noted for the hub.
+pub(super) struct RouteEdits<'a> {
+    pub(super) table: &'a mut RouteTable,
+    pub(super) id: GroupId,
+    pub(super) followed: &'a mut FollowedEdits,
+}
+
+impl Reroute for RouteEdits<'_> {
+    fn add(&mut self, route: Route<'_>) {
+        match route {
+            Route::Followed { table, ix, key } => {
+                self.followed.push(self.id, true, (table, ix), key)
             }
-            Kind::TopN(t) => (Route::TopN, t.order.ix.as_ref().map(|ix| ix.name.clone())),
-        };
-        match (&route, &kind) {
-            (
-                Route::Keys,
-                Kind::Rows {
-                    matcher: Matcher::Keys(keys),
-                    ..
-                },
-            ) => {
-                for (k, _) in keys {
-                    add_route(&mut self.by_key, k.clone(), id);
-                }
-            }
-            (
-                Route::IndexValues,
-                Kind::Rows {
-                    matcher: Matcher::IndexValues { ix, values },
-                    ..
-                },
-            ) => {
-                let r = self
-                    .by_index_value
-                    .get_mut(&ix.name)
-                    .expect("inserted above");
-                for (v, _) in values {
-                    add_route(&mut r.values, v.clone(), id);
-                }
-            }
-            (Route::Keys | Route::IndexValues, _) => unreachable!("routes follow matchers"),
-            (Route::Eq { path, value }, _) => {
-                add_route(
-                    self.by_eq.entry(path.clone()).or_default(),
-                    value.clone(),
-                    id,
-                );
-            }
-            (
-                Route::Range,
-                Kind::Rows {
-                    matcher: Matcher::PrimaryRange { lo, hi },
-                    ..
-                },
-            ) => self
-                .by_range
-                .entry(None)
-                .or_insert_with(|| RangeRoutes {
-                    ix: None,
-                    ranges: RangeIndex::default(),
-                })
-                .ranges
-                .insert(lo, hi, id),
-            (
-                Route::Range,
-                Kind::Rows {
-                    matcher: Matcher::IndexRange { ix, lo, hi },
-                    ..
-                },
-            ) => self
-                .by_range
-                .entry(Some(ix.name.clone()))
-                .or_insert_with(|| RangeRoutes {
-                    ix: Some(ix.clone()),
-                    ranges: RangeIndex::default(),
-                })
-                .ranges
-                .insert(lo, hi, id),
-            (Route::Range, _) => unreachable!("range routes follow range matchers"),
-            (Route::Scan, _) => self.scan.push(id),
-            (Route::TopN, _) => {}
+            route => self.table.add(self.id, route),
         }
-        let is_topn = matches!(route, Route::TopN);
-        self.by_signature.insert(signature.clone(), id);
+    }
+
+    fn remove(&mut self, route: Route<'_>) {
+        match route {
+            Route::Followed { table, ix, key } => {
+                self.followed.push(self.id, false, (table, ix), key)
+            }
+            route => self.table.remove(self.id, route),
+        }
+    }
+}
+
+impl Routes {
+    /// The open group of a query described by `key`.
+    pub(super) fn find(&self, key: &GroupKey) -> Option<GroupId> {
+        self.by_query.get(key).copied()
+    }
+
+    /// A new id for a group or a member of one.
+    pub(super) fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id - 1
+    }
+
+    /// Adds a group for `op` under every route it declares; returns its id.
+    pub(super) fn add_group(
+        &mut self,
+        key: GroupKey,
+        op: AnyOperator,
+        followed: &mut FollowedEdits,
+    ) -> GroupId {
+        let id = self.next_id();
+        let mut edits = RouteEdits {
+            table: &mut self.table,
+            id,
+            followed,
+        };
+        op.routes(&mut |r| edits.add(r));
+        let key = Arc::new(key);
+        self.by_query.insert(key.clone(), id);
         self.groups.insert(
             id,
             Group {
-                signature,
-                kind,
-                route,
-                index,
-                topn_reg: None,
+                key,
+                op,
                 members: Members::default(),
             },
         );
-        if is_topn {
-            self.register_topn(id);
-        }
         id
     }
 
-    pub(super) fn unroute(&mut self, id: GroupId, g: &Group) {
-        let matcher = match &g.kind {
-            Kind::Rows { matcher, .. } => Some(matcher),
-            Kind::TopN(_) => None,
+    /// Removes a group and its routes.
+    pub(super) fn remove_group(
+        &mut self,
+        id: GroupId,
+        followed: &mut FollowedEdits,
+    ) -> Option<Group> {
+        let g = self.groups.remove(&id)?;
+        self.by_query.remove(&g.key);
+        let mut edits = RouteEdits {
+            table: &mut self.table,
+            id,
+            followed,
         };
-        match (&g.route, matcher) {
-            (Route::Keys, Some(Matcher::Keys(keys))) => keys
-                .iter()
-                .for_each(|(k, _)| remove_route(&mut self.by_key, k, id)),
-            (Route::IndexValues, Some(Matcher::IndexValues { ix, values })) => {
+        g.op.routes(&mut |r| edits.remove(r));
+        Some(g)
+    }
+}
+
+impl RouteTable {
+    fn add(&mut self, id: GroupId, route: Route<'_>) {
+        match route {
+            Route::Key(k) => add_route(&mut self.by_key, k.to_vec(), id),
+            Route::IndexValue(ix, v) => {
+                let r = self
+                    .by_index_value
+                    .entry(ix.name.clone())
+                    .or_insert_with(|| IndexRoutes {
+                        ix: ix.clone(),
+                        values: HashMap::new(),
+                    });
+                add_route(&mut r.values, v.to_vec(), id);
+            }
+            Route::Eq(path, v) => {
+                add_route(self.by_eq.entry(path.clone()).or_default(), v.to_vec(), id)
+            }
+            Route::Range(ix, lo, hi) => self
+                .by_range
+                .entry(ix.map(|ix| ix.name.clone()))
+                .or_insert_with(|| RangeRoutes {
+                    ix: ix.cloned(),
+                    ranges: RangeIndex::default(),
+                })
+                .ranges
+                .insert(lo, hi, id),
+            Route::Scan => self.scan.push(id),
+            Route::Before { ix, desc, bound } => {
+                let r = self
+                    .before
+                    .entry((ix.map(|ix| ix.name.clone()), desc))
+                    .or_insert_with(|| BeforeRoutes {
+                        ix: ix.cloned(),
+                        bounds: BTreeSet::new(),
+                        open: Vec::new(),
+                    });
+                match bound {
+                    Some(b) => {
+                        r.bounds.insert((b.to_vec(), id));
+                    }
+                    None => r.open.push(id),
+                }
+            }
+            Route::Followed { .. } => unreachable!("followed routes are the hub's"),
+        }
+    }
+
+    fn remove(&mut self, id: GroupId, route: Route<'_>) {
+        match route {
+            Route::Key(k) => remove_route(&mut self.by_key, k, id),
+            Route::IndexValue(ix, v) => {
                 if let Some(r) = self.by_index_value.get_mut(&ix.name) {
-                    values
-                        .iter()
-                        .for_each(|(v, _)| remove_route(&mut r.values, v, id));
+                    remove_route(&mut r.values, v, id);
                     if r.values.is_empty() {
                         self.by_index_value.remove(&ix.name);
                     }
                 }
             }
-            (Route::Keys | Route::IndexValues, _) => unreachable!("routes follow matchers"),
-            (Route::Eq { path, value }, _) => {
+            Route::Eq(path, v) => {
                 if let Some(m) = self.by_eq.get_mut(path) {
-                    remove_route(m, value, id);
+                    remove_route(m, v, id);
                     if m.is_empty() {
                         self.by_eq.remove(path);
                     }
                 }
             }
-            (Route::Range, Some(Matcher::PrimaryRange { lo, hi })) => {
-                self.unroute_range(None, lo, hi, id)
-            }
-            (Route::Range, Some(Matcher::IndexRange { ix, lo, hi })) => {
-                self.unroute_range(Some(ix.name.clone()), lo, hi, id)
-            }
-            (Route::Range, _) => unreachable!("range routes follow range matchers"),
-            (Route::Scan, _) => self.scan.retain(|x| *x != id),
-            (Route::TopN, _) => {}
-        }
-    }
-
-    pub(super) fn unroute_range(
-        &mut self,
-        space: Option<String>,
-        lo: &Bound<Vec<u8>>,
-        hi: &Bound<Vec<u8>>,
-        id: GroupId,
-    ) {
-        if let Some(r) = self.by_range.get_mut(&space) {
-            r.ranges.remove(lo, hi, id);
-            if r.ranges.is_empty() {
-                self.by_range.remove(&space);
-            }
-        }
-    }
-
-    pub(super) fn topn_key(g: &Group) -> Option<(Option<String>, bool)> {
-        match &g.kind {
-            Kind::TopN(t) => Some((t.order.ix.as_ref().map(|ix| ix.name.clone()), t.order.desc)),
-            Kind::Rows { .. } => None,
-        }
-    }
-
-    /// Removes a top-N group's boundary and members from the routes.
-    pub(super) fn unregister_topn(
-        &mut self,
-        id: GroupId,
-        key: &(Option<String>, bool),
-        reg: &TopReg,
-    ) {
-        if let Some(tr) = self.topn.get_mut(key) {
-            match &reg.bound {
-                Some(b) => {
-                    tr.bounds.remove(&(b.clone(), id));
+            Route::Range(ix, lo, hi) => {
+                let space = ix.map(|ix| ix.name.clone());
+                if let Some(r) = self.by_range.get_mut(&space) {
+                    r.ranges.remove(lo, hi, id);
+                    if r.ranges.is_empty() {
+                        self.by_range.remove(&space);
+                    }
                 }
-                None => tr.open.retain(|x| *x != id),
             }
-            if tr.bounds.is_empty() && tr.open.is_empty() {
-                self.topn.remove(key);
+            Route::Scan => self.scan.retain(|x| *x != id),
+            Route::Before { ix, desc, bound } => {
+                let space = (ix.map(|ix| ix.name.clone()), desc);
+                if let Some(r) = self.before.get_mut(&space) {
+                    match bound {
+                        Some(b) => {
+                            r.bounds.remove(&(b.to_vec(), id));
+                        }
+                        None => r.open.retain(|x| *x != id),
+                    }
+                    if r.bounds.is_empty() && r.open.is_empty() {
+                        self.before.remove(&space);
+                    }
+                }
             }
-        }
-        for pk in &reg.members {
-            remove_route(&mut self.topn_members, &pk.to_vec(), id);
+            Route::Followed { .. } => unreachable!("followed routes are the hub's"),
         }
     }
 
-    /// (Re-)registers a top-N group under its current boundary and members.
-    pub(super) fn register_topn(&mut self, id: GroupId) {
-        let Some(g) = self.groups.get_mut(&id) else {
-            return;
-        };
-        let Kind::TopN(t) = &g.kind else { return };
-        let key = (t.order.ix.as_ref().map(|ix| ix.name.clone()), t.order.desc);
-        let reg = TopReg {
-            bound: t.boundary().map(<[u8]>::to_vec),
-            members: t.members().cloned().collect(),
-        };
-        let ix = t.order.ix.clone();
-        if let Some(old) = g.topn_reg.take() {
-            self.unregister_topn(id, &key, &old);
-        }
-        let tr = self.topn.entry(key).or_insert_with(|| TopRoutes {
-            ix,
-            bounds: BTreeSet::new(),
-            open: Vec::new(),
-        });
-        match &reg.bound {
-            Some(b) => {
-                tr.bounds.insert((b.clone(), id));
-            }
-            None => tr.open.push(id),
-        }
-        for pk in &reg.members {
-            add_route(&mut self.topn_members, pk.to_vec(), id);
-        }
-        self.groups.get_mut(&id).expect("looked up above").topn_reg = Some(reg);
-    }
-
-    pub(super) fn remove_group(&mut self, id: GroupId) -> Option<Group> {
-        let mut g = self.groups.remove(&id)?;
-        self.by_signature.remove(&g.signature);
-        self.unroute(id, &g);
-        if let (Some(key), Some(reg)) = (Self::topn_key(&g), g.topn_reg.take()) {
-            self.unregister_topn(id, &key, &reg);
-        }
-        Some(g)
+    /// Forgets the routes by values of a dropped index (its groups are gone already).
+    pub(super) fn forget_index(&mut self, index: &str) {
+        self.by_index_value.remove(index);
     }
 
     /// The groups a change may concern, into `scratch.ids` (and their number into `ctx`,
@@ -376,11 +297,8 @@ impl Routes {
         let out = &mut scratch.ids;
         out.clear();
         scratch.keys.clear();
-        if !self.topn.is_empty() {
-            if let Some(g) = self.topn_members.get(&c.key) {
-                out.extend_from_slice(g);
-            }
-            for ((index, desc), tr) in &self.topn {
+        if !self.before.is_empty() {
+            for ((index, desc), tr) in &self.before {
                 out.extend_from_slice(&tr.open);
                 let Some(doc) = c.new.as_deref() else {
                     continue;

@@ -14,10 +14,12 @@
 //! the smallest primary key, as in the query ([`ReduceKind::beats`]); sums are exact
 //! ([`ReduceKind::sum_add`]), so that the live value is the query's to the last bit.
 
-use super::change::Change;
-use super::spec::{Matcher, View};
+use super::rows::{Rows, RowsKey};
+use super::{check_live, keyed_rows, Commit, Operator, Plan, Reroute, Route, Step};
 use crate::db::write::Committed;
 use crate::db::{IndexState, TableState};
+use crate::feed::change::Change;
+use crate::feed::spec::{Matcher, View};
 use crate::value::{encode_value, FieldPath};
 use crate::{Error, Result};
 use serde_json::{json, Value};
@@ -27,18 +29,110 @@ use std::sync::Arc;
 
 pub(crate) use crate::query::ReduceKind;
 
+/// A watched aggregate: the rows it reduces (a rows plan), how, and the query that reads
+/// those rows when its group is made.
+pub(crate) struct AggPlan {
+    pub(crate) rows: Rows,
+    pub(crate) def: AggDef,
+    pub(crate) source: crate::query::Query,
+}
+
+/// What tells aggregates of a table apart: their rows, grouping and reduction.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(crate) struct AggKey {
+    rows: RowsKey,
+    /// Grouped by a field (`false`) or an index (`true`), by its name.
+    by: Option<(bool, String)>,
+    reduce: u8,
+    field: Option<FieldPath>,
+    extreme: Option<String>,
+}
+
+impl Plan for AggPlan {
+    type Operator = Box<Aggregate>;
+    type Key = AggKey;
+
+    fn table(&self) -> &Arc<TableState> {
+        &self.rows.table
+    }
+
+    fn key(&self) -> AggKey {
+        let def = &self.def;
+        AggKey {
+            rows: self.rows.key(),
+            by: def.by.as_ref().map(|by| match by {
+                By::Field(p) => (false, p.to_string()),
+                By::Index(ix) => (true, ix.name.clone()),
+            }),
+            reduce: def.reduce as u8,
+            field: def.field.clone(),
+            extreme: def.extreme.as_ref().map(|ix| ix.name.clone()),
+        }
+    }
+
+    fn check_live(&self) -> Result<()> {
+        self.rows.check_live()?;
+        check_live(&self.rows.table, self.def.extreme.as_ref())
+    }
+
+    fn load(self) -> Result<Box<Aggregate>> {
+        let AggPlan { rows, def, source } = self;
+        let agg = LiveAgg::load(
+            rows.table.clone(),
+            (&rows.matcher, &rows.view),
+            def,
+            keyed_rows(&source)?,
+        )?;
+        Ok(Box::new(Aggregate { rows, agg }))
+    }
+}
+
+/// A live aggregate's group: its rows (routed like a rows feed of them) and its groups.
+pub(crate) struct Aggregate {
+    rows: Rows,
+    agg: LiveAgg,
+}
+
+impl Operator for Aggregate {
+    fn step(&self) -> Step {
+        Step::Commit
+    }
+
+    fn routes(&self, each: &mut dyn FnMut(Route<'_>)) {
+        self.rows.routes(each);
+    }
+
+    /// The index its rows are read by, and the one a live min/max refills from.
+    fn reads_index(&self, name: &str) -> bool {
+        self.rows.reads_index(name) || self.agg.extreme_index() == Some(name)
+    }
+
+    fn apply_commit(
+        &mut self,
+        commit: &Commit<'_>,
+        out: &mut Vec<Change>,
+        _routes: &mut impl Reroute,
+    ) -> Result<()> {
+        let rows = (&self.rows.matcher, &self.rows.view);
+        let items = self.agg.apply_commit(rows, commit.changes)?;
+        out.extend(items.into_iter().map(|item| commit.stamp(item)));
+        Ok(())
+    }
+
+    fn initial(&self, _read: impl FnOnce() -> Result<Vec<Arc<Value>>>) -> Result<Vec<Arc<Value>>> {
+        Ok(self.agg.rows())
+    }
+
+    fn name(&self) -> &'static str {
+        "the aggregate"
+    }
+}
+
 /// How rows are grouped.
 #[derive(Clone)]
 pub(crate) enum By {
     Field(FieldPath),
     Index(Arc<IndexState>),
-}
-
-/// A watched aggregate and the query whose rows it reduces (read when its group is made).
-#[derive(Clone)]
-pub(crate) struct AggPlan {
-    pub def: AggDef,
-    pub source: crate::query::Query,
 }
 
 /// A watchable aggregate: grouping, reduction and (min/max) the index that refills it.
@@ -111,21 +205,6 @@ impl AggDef {
             field,
             extreme,
         })
-    }
-
-    /// What tells this aggregate apart from others over the same rows (group signatures).
-    pub(crate) fn signature(&self) -> String {
-        let by = match &self.by {
-            None => String::new(),
-            Some(By::Field(p)) => format!("field:{p}"),
-            Some(By::Index(ix)) => format!("index:{}", ix.name),
-        };
-        let field = self
-            .field
-            .as_ref()
-            .map(|f| f.to_string())
-            .unwrap_or_default();
-        format!("agg|{:?}|{by}|{field}", self.reduce)
     }
 }
 

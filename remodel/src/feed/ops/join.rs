@@ -25,10 +25,12 @@
 //!   item; a change that leaves a pair as it was makes no item;
 //! - a right change reaches its key's left rows in place, one item each.
 
-use super::change::{Change, Val};
-use super::spec::{Matcher, View};
+use super::rows::{Rows, RowsKey};
+use super::{check_live, keyed_rows, Commit, Operator, Plan, Reroute, Route, Step};
 use crate::db::write::Committed;
 use crate::db::{IndexState, TableState};
+use crate::feed::change::{Change, Val};
+use crate::feed::spec::{Matcher, View};
 use crate::value::{encode_key, encode_value, encode_value_into, FieldPath};
 use crate::Result;
 use serde_json::Value;
@@ -44,37 +46,125 @@ pub(crate) struct JoinDef {
     pub index: Option<Arc<IndexState>>,
 }
 
-/// A watched join and the left query whose rows it joins (read when its group is made).
-#[derive(Clone)]
+/// A watched join: its left rows (a rows plan), what they join, and the query that reads
+/// those rows when its group is made.
 pub(crate) struct JoinPlan {
-    pub def: JoinDef,
-    pub source: crate::query::Query,
+    pub(crate) rows: Rows,
+    pub(crate) def: JoinDef,
+    pub(crate) source: crate::query::Query,
 }
 
-/// Where a join's keys are routed: the right table and its key space (`None`: primary key).
-pub(crate) type JoinSpace = (String, Option<String>);
+/// What tells joins of a table apart: their left rows and what they join on.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(crate) struct JoinKey {
+    rows: RowsKey,
+    field: FieldPath,
+    right: String,
+    index: Option<String>,
+}
 
-/// A change to the join routes of a group: a key gained its first left row, or lost its last.
-pub(crate) enum RouteDelta {
-    Add(Vec<u8>),
-    Remove(Vec<u8>),
+impl Plan for JoinPlan {
+    type Operator = Box<EqJoin>;
+    type Key = JoinKey;
+
+    fn table(&self) -> &Arc<TableState> {
+        &self.rows.table
+    }
+
+    fn key(&self) -> JoinKey {
+        JoinKey {
+            rows: self.rows.key(),
+            field: self.def.field.clone(),
+            right: self.def.right.name.clone(),
+            index: self.def.index.as_ref().map(|ix| ix.name.clone()),
+        }
+    }
+
+    fn check_live(&self) -> Result<()> {
+        self.rows.check_live()?;
+        check_live(&self.def.right, self.def.index.as_ref())
+    }
+
+    fn load(self) -> Result<Box<EqJoin>> {
+        let JoinPlan { rows, def, source } = self;
+        let join = LiveJoin::load(def, keyed_rows(&source)?)?;
+        Ok(Box::new(EqJoin { rows, join }))
+    }
+}
+
+/// A live join's group: its left rows (routed like a rows feed of them) and the join.
+pub(crate) struct EqJoin {
+    rows: Rows,
+    join: LiveJoin,
+}
+
+impl Operator for EqJoin {
+    fn step(&self) -> Step {
+        Step::Commit
+    }
+
+    /// Those of its left rows, and every join key with a left row in the right table.
+    fn routes(&self, each: &mut dyn FnMut(Route<'_>)) {
+        self.rows.routes(each);
+        let def = &self.join.def;
+        for key in self.join.keys.keys() {
+            each(def.followed(key));
+        }
+    }
+
+    fn reads_index(&self, name: &str) -> bool {
+        self.rows.reads_index(name)
+    }
+
+    /// The right table, in its index or primary key (the key space its join keys are in).
+    fn follows(&self, table: &str, index: Option<&str>) -> bool {
+        let def = &self.join.def;
+        let in_space = match index {
+            None => true,
+            Some(name) => def.index.as_ref().is_some_and(|ix| ix.name == name),
+        };
+        def.right.name == table && in_space
+    }
+
+    fn apply_commit(
+        &mut self,
+        commit: &Commit<'_>,
+        out: &mut Vec<Change>,
+        routes: &mut impl Reroute,
+    ) -> Result<()> {
+        let rows = (&self.rows.matcher, &self.rows.view);
+        self.join.apply_left(rows, commit.changes, out, routes)
+    }
+
+    fn apply_followed(&mut self, c: &Committed, out: &mut Vec<Change>) {
+        self.join.apply_right(c, out);
+    }
+
+    fn initial(&self, _read: impl FnOnce() -> Result<Vec<Arc<Value>>>) -> Result<Vec<Arc<Value>>> {
+        self.join.rows()
+    }
+
+    fn name(&self) -> &'static str {
+        "the join"
+    }
+}
+
+/// Route changes nobody follows (a join being loaded: its routes are registered once it is).
+struct Unrouted;
+
+impl Reroute for Unrouted {
+    fn add(&mut self, _route: Route<'_>) {}
+    fn remove(&mut self, _route: Route<'_>) {}
 }
 
 impl JoinDef {
-    pub(crate) fn signature(&self) -> String {
-        format!(
-            "|join:{}:{}:{}",
-            self.field,
-            self.right.name,
-            self.index.as_ref().map_or("", |ix| ix.name.as_str())
-        )
-    }
-
-    pub(crate) fn space(&self) -> JoinSpace {
-        (
-            self.right.name.clone(),
-            self.index.as_ref().map(|ix| ix.name.clone()),
-        )
+    /// The route by which the right table's writes under join key `key` find the join.
+    fn followed<'a>(&'a self, key: &'a [u8]) -> Route<'a> {
+        Route::Followed {
+            table: &self.right.name,
+            ix: self.index.as_ref(),
+            key,
+        }
     }
 
     /// Writes the key a left row joins on into `out`; false when it joins nothing.
@@ -125,7 +215,7 @@ impl JoinDef {
     }
 
     /// The join keys a right document is found under.
-    pub(crate) fn right_keys(&self, pk: &[u8], doc: &Value) -> Vec<Vec<u8>> {
+    fn right_keys(&self, pk: &[u8], doc: &Value) -> Vec<Vec<u8>> {
         match &self.index {
             None => vec![pk.to_vec()],
             Some(ix) => ix.compiled.values(doc).iter().map(encode_value).collect(),
@@ -213,8 +303,8 @@ impl Joined {
 
 /// A live join's state: no map of the left rows (a change brings the row as it was, so
 /// where it was is found from that), only the routed join keys.
-pub(crate) struct LiveJoin {
-    pub def: JoinDef,
+struct LiveJoin {
+    def: JoinDef,
     /// Join key -> the left rows joining on it and the right rows under it, as last
     /// reported (read from storage when a key gets its first left row, then kept up to date
     /// by the right table's changes). Pairs are made from these, so a commit that writes
@@ -350,11 +440,7 @@ fn seen_of(
 
 impl LiveJoin {
     /// Builds the state from the left rows (pk, row as the query sees it, with repeats).
-    /// Returns it with the join keys to route.
-    pub(crate) fn load(
-        def: JoinDef,
-        rows: impl Iterator<Item = Result<(Vec<u8>, Value)>>,
-    ) -> Result<(Self, Vec<Vec<u8>>)> {
+    fn load(def: JoinDef, rows: impl Iterator<Item = Result<(Vec<u8>, Value)>>) -> Result<Self> {
         let mut j = LiveJoin {
             def,
             keys: Map::default(),
@@ -373,7 +459,6 @@ impl LiveJoin {
                 }
             }
         }
-        let mut deltas = Vec::new();
         for pk in order {
             let (seen, times) = rows_of.remove(&pk).expect("recorded above");
             let mut key = std::mem::take(&mut j.bufs[0]);
@@ -383,25 +468,19 @@ impl LiveJoin {
                     seen,
                     times,
                 };
-                let entered = j.enter(&key, left, &mut deltas);
+                let entered = j.enter(&key, left, &mut Unrouted);
                 j.bufs[0] = key;
                 entered?;
             } else {
                 j.bufs[0] = key;
             }
         }
-        let keys = deltas
-            .into_iter()
-            .filter_map(|d| match d {
-                RouteDelta::Add(k) => Some(k),
-                RouteDelta::Remove(_) => None,
-            })
-            .collect();
-        Ok((j, keys))
+        Ok(j)
     }
 
-    /// Adds a left row under `key`, reading the key's right rows if it is new here.
-    fn enter(&mut self, key: &[u8], left: Left, deltas: &mut Vec<RouteDelta>) -> Result<()> {
+    /// Adds a left row under `key`, reading the key's right rows if it is new here (and
+    /// routing the key).
+    fn enter(&mut self, key: &[u8], left: Left, routes: &mut impl Reroute) -> Result<()> {
         if let Some(j) = self.keys.get_mut(key) {
             j.push(left);
             return Ok(());
@@ -416,13 +495,13 @@ impl LiveJoin {
                 rights,
             },
         );
-        deltas.push(RouteDelta::Add(key.to_vec()));
+        routes.add(self.def.followed(key));
         Ok(())
     }
 
-    /// Removes left row `pk` from under `key`; returns the key's right rows (as the row's
-    /// pairs were made with).
-    fn leave(&mut self, key: &[u8], pk: &[u8], deltas: &mut Vec<RouteDelta>) -> Rights {
+    /// Removes left row `pk` from under `key` (unrouting the key when it was the last);
+    /// returns the key's right rows (as the row's pairs were made with).
+    fn leave(&mut self, key: &[u8], pk: &[u8], routes: &mut impl Reroute) -> Rights {
         let Some(j) = self.keys.get_mut(key) else {
             return Rights::new();
         };
@@ -433,17 +512,12 @@ impl LiveJoin {
             return j.rights.clone();
         }
         let j = self.keys.remove(key).expect("looked up above");
-        deltas.push(RouteDelta::Remove(key.to_vec()));
+        routes.remove(self.def.followed(key));
         j.rights
     }
 
-    /// The join keys routed for this group (to unroute it).
-    pub(crate) fn keys(&self) -> Vec<Vec<u8>> {
-        self.keys.keys().map(|k| k.to_vec()).collect()
-    }
-
     /// The current pairs, by left primary key.
-    pub(crate) fn rows(&self) -> Result<Vec<Arc<Value>>> {
+    fn rows(&self) -> Result<Vec<Arc<Value>>> {
         let mut lefts: Vec<(&Left, &Rights)> = self
             .keys
             .values()
@@ -460,15 +534,15 @@ impl LiveJoin {
         Ok(out)
     }
 
-    /// Applies changes of the left table: each one's items (with its change number and its
-    /// commit's position), and the route changes.
-    pub(crate) fn apply_left(
+    /// Applies changes of the left table: each one's items (stamped with the change), and
+    /// the route changes.
+    fn apply_left(
         &mut self,
         (matcher, view): (&Matcher, &View),
         changes: &[&Committed],
-        deltas: &mut Vec<RouteDelta>,
-    ) -> Result<Vec<((u64, u64), Change)>> {
-        let mut out = Vec::new();
+        out: &mut Vec<Change>,
+        routes: &mut impl Reroute,
+    ) -> Result<()> {
         let [mut old_key, mut new_key] = std::mem::take(&mut self.bufs);
         let mut result = Ok(());
         for c in changes {
@@ -481,7 +555,7 @@ impl LiveJoin {
             let has = new
                 .as_ref()
                 .is_some_and(|(s, _)| self.def.key_of(s, &mut new_key));
-            let mut emit = |i| out.push(((c.seq, c.commit), i));
+            let mut emit = |i: Change| out.push(i.at(c.seq, c.commit));
             if had && has && old_key == new_key {
                 // The common update: under the same key, with the same right rows.
                 let Some(j) = self.keys.get_mut(&old_key[..]) else {
@@ -508,7 +582,7 @@ impl LiveJoin {
                 );
                 continue;
             }
-            let r_old = had.then(|| self.leave(&old_key, &c.key, deltas));
+            let r_old = had.then(|| self.leave(&old_key, &c.key, routes));
             if has {
                 let (seen, times) = new.clone().expect("has");
                 let left = Left {
@@ -516,7 +590,7 @@ impl LiveJoin {
                     seen,
                     times,
                 };
-                if let Err(e) = self.enter(&new_key, left, deltas) {
+                if let Err(e) = self.enter(&new_key, left, routes) {
                     result = Err(e);
                     break;
                 }
@@ -534,12 +608,12 @@ impl LiveJoin {
             );
         }
         self.bufs = [old_key, new_key];
-        result.map(|()| out)
+        result
     }
 
     /// Applies a change of the right table (routed here by one of its keys): every left row
-    /// joined under a key the right row had or has gets its pair's change.
-    pub(crate) fn apply_right(&mut self, c: &Committed) -> Vec<Change> {
+    /// joined under a key the right row had or has gets its pair's change (stamped with it).
+    fn apply_right(&mut self, c: &Committed, out: &mut Vec<Change>) {
         let keys_of = |d: &Option<Arc<Value>>| {
             d.as_deref()
                 .map(|d| self.def.right_keys(&c.key, d))
@@ -549,7 +623,6 @@ impl LiveJoin {
         let mut keys: Vec<&Vec<u8>> = old_keys.iter().chain(new_keys.iter()).collect();
         keys.sort();
         keys.dedup();
-        let mut out = Vec::new();
         for k in keys {
             let Some(j) = self.keys.get_mut(&k[..]) else {
                 continue;
@@ -575,11 +648,10 @@ impl LiveJoin {
                     &c.key,
                     old.as_ref().map(|r| (&l.seen, r, l.times)),
                     new.map(|r| (&l.seen, r, l.times)),
-                    &mut |i| out.push(i),
+                    &mut |i: Change| out.push(i.at(c.seq, c.commit)),
                 );
             }
         }
-        out
     }
 }
 

@@ -4,16 +4,144 @@
 //! keys end with the primary key). A write outside the set costs one comparison with the
 //! boundary; a row leaving the set is refilled by reading just past the boundary in the index.
 //! The query is never re-run.
+//!
+//! A group is found by the writes that may change its set: those whose order key beats its
+//! boundary (any qualifying write while the set holds every qualifying row), and those of the
+//! rows in the set. Both move with the set, so the group is re-routed after every commit that
+//! moves it.
 
-use super::change::Change;
-use super::edits::{list_edits, ListRow};
-use super::spec::{OrderedIndex, View};
+use super::{check_live, Commit, Operator, Plan, Reroute, Route, Step};
 use crate::db::write::Committed;
 use crate::db::TableState;
+use crate::feed::change::Change;
+use crate::feed::edits::{list_edits, ListRow};
+use crate::feed::spec::{OrderedIndex, View, ViewKey};
 use crate::Result;
 use serde_json::Value;
 use std::collections::HashSet;
+use std::ops::Bound;
 use std::sync::Arc;
+
+/// An `order_by(index).limit(n)` feed, before its set is read.
+pub(crate) struct TopNPlan {
+    pub(crate) table: Arc<TableState>,
+    pub(crate) order: OrderedIndex,
+    pub(crate) view: View,
+    pub(crate) limit: usize,
+}
+
+/// What tells top-N feeds of a table apart: the ordering (index by name, direction, range),
+/// the view and the limit.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(crate) struct TopNKey {
+    index: Option<String>,
+    desc: bool,
+    lo: Bound<Vec<u8>>,
+    hi: Bound<Vec<u8>>,
+    view: ViewKey,
+    limit: usize,
+}
+
+impl Plan for TopNPlan {
+    type Operator = Box<TopN>;
+    type Key = TopNKey;
+
+    fn table(&self) -> &Arc<TableState> {
+        &self.table
+    }
+
+    fn key(&self) -> TopNKey {
+        TopNKey {
+            index: self.order.ix.as_ref().map(|ix| ix.name.clone()),
+            desc: self.order.desc,
+            lo: self.order.lo.clone(),
+            hi: self.order.hi.clone(),
+            view: self.view.key(),
+            limit: self.limit,
+        }
+    }
+
+    fn check_live(&self) -> Result<()> {
+        check_live(&self.table, self.order.ix.as_ref())
+    }
+
+    fn load(self) -> Result<Box<TopN>> {
+        let TopNPlan {
+            table,
+            order,
+            view,
+            limit,
+        } = self;
+        TopN::load(table, order, view, limit).map(Box::new)
+    }
+}
+
+impl Operator for TopN {
+    fn step(&self) -> Step {
+        Step::Commit
+    }
+
+    /// Its boundary and its rows' keys, as of the last commit that moved the set.
+    fn routes(&self, each: &mut dyn FnMut(Route<'_>)) {
+        each(Route::Before {
+            ix: self.order.ix.as_ref(),
+            desc: self.order.desc,
+            bound: self.routed.bound.as_deref(),
+        });
+        for pk in &self.routed.members {
+            each(Route::Key(pk));
+        }
+    }
+
+    fn reads_index(&self, name: &str) -> bool {
+        self.order.ix.as_ref().is_some_and(|ix| ix.name == name)
+    }
+
+    fn apply_commit(
+        &mut self,
+        commit: &Commit<'_>,
+        out: &mut Vec<Change>,
+        routes: &mut impl Reroute,
+    ) -> Result<()> {
+        let (items, moved) = self.apply_changes(commit.table, commit.changes)?;
+        out.extend(items.into_iter().map(|item| commit.stamp(item)));
+        if moved {
+            self.routes(&mut |r| routes.remove(r));
+            self.routed = Routed::of(self);
+            self.routes(&mut |r| routes.add(r));
+        }
+        Ok(())
+    }
+
+    fn initial(&self, _read: impl FnOnce() -> Result<Vec<Arc<Value>>>) -> Result<Vec<Arc<Value>>> {
+        Ok(self.rows().cloned().collect())
+    }
+
+    fn list(&self) -> Option<Vec<ListRow>> {
+        Some(self.listed())
+    }
+
+    fn name(&self) -> &'static str {
+        "the feed"
+    }
+}
+
+/// Where a top-N group is routed: its boundary (`None`: open) and its rows' keys, as of the
+/// last commit that moved the set (what the hub's routes hold).
+#[derive(Default)]
+struct Routed {
+    bound: Option<Vec<u8>>,
+    members: Vec<Arc<[u8]>>,
+}
+
+impl Routed {
+    fn of(t: &TopN) -> Self {
+        Routed {
+            bound: t.boundary().map(<[u8]>::to_vec),
+            members: t.members().cloned().collect(),
+        }
+    }
+}
 
 struct Slot {
     /// The row's key in the ordering (`encode(value) ++ encode(pk)`, or the pk).
@@ -24,30 +152,28 @@ struct Slot {
 }
 
 pub(crate) struct TopN {
-    pub order: OrderedIndex,
-    pub view: View,
-    pub limit: usize,
+    order: OrderedIndex,
+    view: View,
+    limit: usize,
     set: Vec<Slot>,
     /// True when the set holds every qualifying row (there is nothing past it).
     complete: bool,
+    routed: Routed,
 }
 
 impl TopN {
     /// Reads the first `limit` qualifying rows.
-    pub(crate) fn load(
-        table: &TableState,
-        order: OrderedIndex,
-        view: View,
-        limit: usize,
-    ) -> Result<Self> {
+    fn load(table: Arc<TableState>, order: OrderedIndex, view: View, limit: usize) -> Result<Self> {
         let mut t = TopN {
             order,
             view,
             limit,
             set: Vec::new(),
             complete: false,
+            routed: Routed::default(),
         };
-        t.refill(table, None)?;
+        t.refill(&table, None)?;
+        t.routed = Routed::of(&t);
         Ok(t)
     }
 
@@ -83,13 +209,13 @@ impl TopN {
     }
 
     /// The current rows, best first.
-    pub(crate) fn rows(&self) -> impl Iterator<Item = &Arc<Value>> {
+    fn rows(&self) -> impl Iterator<Item = &Arc<Value>> {
         self.set.iter().map(|s| &s.seen)
     }
 
     /// Where the set ends: a write whose order key comes before this may enter it. `None`
     /// when the set holds every qualifying row, so any qualifying write enters.
-    pub(crate) fn boundary(&self) -> Option<&[u8]> {
+    fn boundary(&self) -> Option<&[u8]> {
         if self.complete {
             None
         } else {
@@ -98,7 +224,7 @@ impl TopN {
     }
 
     /// The primary keys of the rows in the set.
-    pub(crate) fn members(&self) -> impl Iterator<Item = &Arc<[u8]>> {
+    fn members(&self) -> impl Iterator<Item = &Arc<[u8]>> {
         self.set.iter().map(|s| &s.pk)
     }
 
@@ -108,7 +234,7 @@ impl TopN {
     /// holds exactly this commit's state when this runs (the hub is called under the commit
     /// lock, right after the commit), so a refill reads the rows as they are after it.
     /// Returns the items to deliver and whether the set (or its boundary) changed.
-    pub(crate) fn apply_commit(
+    fn apply_changes(
         &mut self,
         table: &TableState,
         changes: &[&Committed],
@@ -172,7 +298,7 @@ impl TopN {
     }
 
     /// The rows of the set with their keys, best first.
-    pub(crate) fn list(&self) -> Vec<ListRow> {
+    fn listed(&self) -> Vec<ListRow> {
         self.set
             .iter()
             .map(|s| (s.pk.clone(), s.seen.clone()))

@@ -1,0 +1,186 @@
+//! Publishing a commit: the steps by which one commit's changes of a table reach the feeds.
+//!
+//! 1. Changes of the table that other tables' groups follow (a join's right rows) are applied
+//!    to those groups, a change at a time ([`Hub::publish_followed`]).
+//! 2. Each change is routed to the groups it concerns; groups that take a change at a time
+//!    make their items, which are appended to their logs and queues right away; the readers
+//!    of every log that took an item are woken after one fence for all of them
+//!    ([`deliver_changes`]).
+//! 3. Groups that take a commit as one step get the changes that reached them together,
+//!    once all of them are routed ([`apply_commit`]), so that none of their items reflects
+//!    part of a commit; their route changes are made before the routes are released.
+
+use super::follow::FollowedEdits;
+use super::group::Group;
+use super::routes::{ById, GroupId, RouteEdits, Routes, Scratch};
+use super::Hub;
+use crate::db::write::Committed;
+use crate::db::TableState;
+use crate::feed::log::Log;
+use crate::feed::ops::{ChangeCtx, Commit, Operator, Step};
+use crate::Error;
+use std::sync::atomic::{fence, Ordering};
+use std::sync::Arc;
+use std::task::Waker;
+
+impl Hub {
+    /// Delivers one commit's changes of a table to the feeds that watch them. Called by the
+    /// write path under the commit lock, in commit order. The consumers to wake are added
+    /// to `wakes`; the caller wakes them after releasing the commit lock, so that writers
+    /// do not hold it while tasks are scheduled.
+    pub(crate) fn publish(
+        &self,
+        table: &Arc<TableState>,
+        changes: &[Committed],
+        wakes: &mut Vec<Waker>,
+    ) {
+        if self.is_idle() {
+            return;
+        }
+        if self.followers.any() {
+            self.publish_followed(table, changes, wakes);
+        }
+        let Some(feeds) = self.feeds_of(&table.name) else {
+            return;
+        };
+        let mut routes = feeds.routes.lock();
+        let reached = deliver_changes(&routes, changes, wakes);
+        if reached.groups.is_empty() {
+            return;
+        }
+        // Items about a whole commit carry the place of its last change.
+        let last_seq = changes.last().map_or(0, |c| c.seq);
+        let position = changes.first().map_or(0, |c| c.commit);
+        let mut followed = FollowedEdits::default();
+        for (id, changes) in reached.groups {
+            let commit = Commit {
+                table,
+                changes: &changes,
+                last_seq,
+                position,
+            };
+            apply_commit(&mut routes, id, &commit, &mut followed, wakes);
+        }
+        // Under the table's routes, then the followers' (see `follow.rs`).
+        self.followers.apply(&table.name, followed);
+    }
+
+    /// Applies changes of a table to the groups (of other tables) that follow it.
+    fn publish_followed(
+        &self,
+        table: &Arc<TableState>,
+        changes: &[Committed],
+        wakes: &mut Vec<Waker>,
+    ) {
+        // The targets first, then the groups: the followers' routes and a table's routes
+        // are never locked together in this order.
+        let targets = self.followers.targets(&table.name, changes);
+        let mut items = Vec::new();
+        for (left, id, c) in targets {
+            let Some(feeds) = self.feeds_of(&left) else {
+                continue;
+            };
+            let mut routes = feeds.routes.lock();
+            let Some(Group { op, members, .. }) = routes.groups.get_mut(&id) else {
+                continue;
+            };
+            if !op.follows(&table.name, None) {
+                continue;
+            }
+            op.apply_followed(c, &mut items);
+            members.deliver_step(std::mem::take(&mut items), || op.list(), wakes);
+        }
+    }
+}
+
+/// The groups a commit reached that take it as one step, with the changes that reached
+/// each, in the order the groups were first reached.
+#[derive(Default)]
+struct Reached<'c> {
+    groups: Vec<(GroupId, Vec<&'c Committed>)>,
+    /// Where each group is in `groups` (a large commit reaches them often).
+    at: ById<usize>,
+}
+
+impl<'c> Reached<'c> {
+    fn add(&mut self, id: GroupId, c: &'c Committed) {
+        match self.at.get(&id) {
+            Some(&at) => self.groups[at].1.push(c),
+            None => {
+                self.at.insert(id, self.groups.len());
+                self.groups.push((id, vec![c]));
+            }
+        }
+    }
+}
+
+/// Routes each change to the groups it concerns and delivers the items of those that take
+/// a change at a time; returns those that take the commit as one step. The hot path: per
+/// change and group, a lookup, the operator's items, and an append; the logs that took an
+/// item are kept (borrowed from the routes) to wake their readers after one fence.
+fn deliver_changes<'c>(
+    routes: &Routes,
+    changes: &'c [Committed],
+    wakes: &mut Vec<Waker>,
+) -> Reached<'c> {
+    let mut scratch = Scratch::default();
+    let mut reached = Reached::default();
+    let mut items = Vec::new();
+    let mut appended: Vec<&Log> = Vec::new();
+    for c in changes {
+        let mut ctx = ChangeCtx::new(c);
+        routes.table.candidates(c, &mut scratch, &mut ctx);
+        for id in &scratch.ids {
+            let Some(group) = routes.groups.get(id) else {
+                continue;
+            };
+            if group.op.step() == Step::Commit {
+                reached.add(*id, c);
+                continue;
+            }
+            group.op.change_items(&mut ctx, &mut items);
+            for item in items.drain(..) {
+                appended.extend(group.members.deliver_deferred(item, wakes));
+            }
+        }
+    }
+    if !appended.is_empty() {
+        // One fence for every log a change reached, then their waiting readers (see
+        // `feed::log`).
+        fence(Ordering::SeqCst);
+        for log in appended {
+            log.wake_waiting(wakes);
+        }
+    }
+    reached
+}
+
+/// Applies a commit to a group that takes it as one step, delivers the items, and makes
+/// its route changes; a group that cannot be maintained ends its feeds.
+fn apply_commit(
+    routes: &mut Routes,
+    id: GroupId,
+    commit: &Commit<'_>,
+    followed: &mut FollowedEdits,
+    wakes: &mut Vec<Waker>,
+) {
+    let Some(Group { op, members, .. }) = routes.groups.get_mut(&id) else {
+        return;
+    };
+    let mut edits = RouteEdits {
+        table: &mut routes.table,
+        id,
+        followed,
+    };
+    let mut items = Vec::new();
+    match op.apply_commit(commit, &mut items, &mut edits) {
+        Ok(()) => members.deliver_step(items, || op.list(), wakes),
+        // A storage error while refilling a top-N set or a min/max, or a sum of a value
+        // that is not a number (the query itself now fails too): its feeds cannot go on
+        // correctly, so they end with the error.
+        Err(e) => members.close(&Error::FeedAborted(format!(
+            "{} could not be maintained: {e}",
+            op.name()
+        ))),
+    }
+}
