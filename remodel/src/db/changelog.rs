@@ -16,9 +16,9 @@
 //!   loses no record whose documents it had handed to the engine; the engine may lose its
 //!   newest writes, and opening the database re-applies the records after the last
 //!   *checkpoint* (a sequence number the engine's own log says all earlier documents reached:
-//!   written to the engine after them, once per segment and at table creation) to the
-//!   documents and their index entries. So after a crash the log and the documents agree:
-//!   what a feed delivered is in both.
+//!   written to the engine after them, at each flush of the engine, once per segment, at
+//!   table creation and when the log closes) to the documents and their index entries. So
+//!   after a crash the log and the documents agree: what a feed delivered is in both.
 //! - A commit whose documents fail to write gets an *abort* record right after its own, and
 //!   is never replayed or redone.
 //! - A hard write waits for an `fsync` of the open segment only (`group_flush.rs`): once its
@@ -28,7 +28,39 @@
 //! - A torn record at the end of the newest segment (the process died while copying it) is
 //!   cut off on open: its documents were never written.
 //!
-//! The format is the first of its kind (no earlier format is read).
+//! # Format
+//!
+//! A segment starts with a header (`HEADER` bytes: a magic, its first change number, and how
+//! many of its bytes, up to which change, were known to be on disk: rewritten after each
+//! `fsync` of it), then its records. A closed segment ends with a *seal* record naming the
+//! segment the log went on in. This is the log's second format: a log of the first (no
+//! header, no seal) is redone on open and then started over (its cursors expire).
+//!
+//! # Damage
+//!
+//! The log is checked when it is opened, so that a damaged one never reads as a shorter one
+//! (which would give resumed feeds a silent gap, or lose writes only the log held):
+//!
+//! - every closed segment must run up to its seal, and the seal must name the next segment
+//!   file (so a truncated, zeroed or damaged closed segment, and a missing one, are seen);
+//! - the open segment must hold at least what was known to be on disk: what its header says
+//!   (rewritten after each sync) and what the engine was told at its last flush and when the
+//!   log was last closed (`SYNCED_KEY`);
+//! - files named like segments but outside the chain of seals (strays) are ignored, as are
+//!   files with other names.
+//!
+//! What is unreadable is a range of change numbers that may be lost. If a part of it is past
+//! the checkpoint (the engine may not have those documents: the log is needed to redo them),
+//! the database does not open: [`Error::Damaged`], naming the damage and how to open it
+//! anyway. Otherwise only resuming is affected: the floor is raised past the damage (its
+//! segments removed), or the log starts over when the damage is in its newest segment, and a
+//! cursor from before it gets [`Error::CursorExpired`], never a gap. A segment damaged while
+//! the database is open is seen when a feed resumes across it (`CursorExpired` as well).
+//!
+//! What cannot be seen: damage to the newest records of the open segment that no `fsync`
+//! had covered before a crash (it reads as a record torn by the crash, and is cut off as one;
+//! those are soft writes the crash could have lost anyway), and damage to the header together
+//! with the records of a segment created after the engine's last flush before a crash.
 //!
 //! # Redo only
 //!
@@ -72,9 +104,15 @@ const LOG_META_TREE: &str = "__remodel_changelog_meta";
 /// The floor (see the module doc), big-endian: every change numbered this or above is in
 /// the log. Absent: the log was off in the last run (its files are stale).
 const FLOOR_KEY: &[u8] = b"floor";
+/// The log's format (see the module doc), big-endian, written with the floor. Absent with a
+/// floor: a log of the first format.
+const FORMAT_KEY: &[u8] = b"format";
+const FORMAT: u64 = 2;
 /// The redo checkpoint, big-endian: the documents of every change numbered this or below
 /// reached the engine (see the module doc).
 const CHECKPOINT_KEY: &[u8] = b"checkpoint";
+/// What the engine knows of the open segment (see [`Synced`]).
+const SYNCED_KEY: &[u8] = b"synced";
 /// Where the creation numbers of tables are kept in the meta tree.
 const CREATED_PREFIX: &[u8] = b"created/";
 /// The log's directory inside the database's.
@@ -100,6 +138,8 @@ const TAIL: usize = 16_384;
 /// Record kinds.
 const COMMIT: u8 = 1;
 const ABORT: u8 = 2;
+/// The last record of a closed segment: the log goes on in the segment it names.
+const SEAL: u8 = 3;
 /// Frame header: body length (u32 LE), checksum of the body (u32 LE).
 const FRAME: usize = 8;
 
@@ -154,6 +194,17 @@ fn io_error(what: &str, e: std::io::Error) -> Error {
     Error::storage_from(format!("the change log could not {what}: {e}"), e)
 }
 
+/// The most bytes one length field of a record holds.
+const MAX_FIELD: usize = u32::MAX as usize;
+
+fn too_large(what: &str, size: usize) -> Error {
+    Error::TooLarge {
+        what: what.to_string(),
+        size,
+        limit: MAX_FIELD,
+    }
+}
+
 /// The records of one commit, built while it is staged and written by [`ChangeLog::write`].
 ///
 /// Body layout: kind (1: commit), first sequence number (u64 LE), timestamp (ms, u64 LE),
@@ -165,6 +216,8 @@ pub(crate) struct Record {
     buf: Vec<u8>,
     count: u32,
     first: u64,
+    /// The number of the last change pushed (`first - 1` before the first).
+    last: u64,
     time_ms: u64,
 }
 
@@ -181,11 +234,13 @@ impl Record {
             buf,
             count: 0,
             first,
+            last: first.saturating_sub(1),
             time_ms,
         }
     }
 
-    /// Adds change `seq` of `table`: `new` is the new document's stored bytes.
+    /// Adds change `seq` of `table`: `new` is the new document's stored bytes. A document of
+    /// 4 GiB or more does not fit a record's length field: [`Error::TooLarge`].
     pub(crate) fn push(
         &mut self,
         seq: u64,
@@ -201,7 +256,8 @@ impl Record {
             .map_err(|_| Error::storage("a table name is too long for the change log"))?;
         b.extend_from_slice(&name_len.to_le_bytes());
         b.extend_from_slice(name);
-        b.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        let key_len = u32::try_from(key.len()).map_err(|_| too_large("a key", key.len()))?;
+        b.extend_from_slice(&key_len.to_le_bytes());
         b.extend_from_slice(key);
         b.push(u8::from(old.is_some()) | (u8::from(new.is_some()) << 1));
         // The old document is written straight into the record (no intermediate buffer).
@@ -210,12 +266,15 @@ impl Record {
         if let Some(old) = old {
             serde_json::to_writer(&mut *b, old)?;
         }
-        let n = (b.len() - at - 4) as u32;
+        let n = b.len() - at - 4;
+        let n = u32::try_from(n).map_err(|_| too_large("an old document", n))?;
         b[at..at + 4].copy_from_slice(&n.to_le_bytes());
         let new = new.unwrap_or_default();
-        b.extend_from_slice(&(new.len() as u32).to_le_bytes());
+        let n = u32::try_from(new.len()).map_err(|_| too_large("a document", new.len()))?;
+        b.extend_from_slice(&n.to_le_bytes());
         b.extend_from_slice(new);
         self.count += 1;
+        self.last = seq;
         Ok(())
     }
 
@@ -228,7 +287,8 @@ impl Record {
     }
 }
 
-/// Writes the frame (length, checksum) of a record whose body follows its first `FRAME` bytes.
+/// Writes the frame (length, checksum) of a record whose body follows its first `FRAME` bytes
+/// (no longer than `MAX_FIELD`: checked by its writer).
 fn seal(buf: &mut [u8]) {
     let body = &buf[FRAME..];
     let len = (body.len() as u32).to_le_bytes();
@@ -247,6 +307,105 @@ fn abort_record(from: u64, to: u64) -> Vec<u8> {
     buf.extend_from_slice(&to.to_le_bytes());
     seal(&mut buf);
     buf
+}
+
+/// The size of a seal record.
+const SEAL_BYTES: usize = FRAME + 1 + 8;
+
+/// The seal of a segment closed for the segment `next`.
+fn seal_record(next: u64) -> Vec<u8> {
+    let mut buf = vec![0; FRAME];
+    buf.push(SEAL);
+    buf.extend_from_slice(&next.to_le_bytes());
+    seal(&mut buf);
+    buf
+}
+
+/// The bytes of a segment's header: magic, first change number, durable length, the last
+/// change number within it, 4 reserved bytes, checksum of the rest (u32).
+const HEADER: usize = 40;
+const MAGIC: &[u8; 8] = b"RMDLLOG2";
+
+/// What a segment's header says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Header {
+    /// The first change number the segment holds (its name).
+    first: u64,
+    /// Its first `durable_len` bytes were on disk (an `fsync` of them had returned)...
+    durable_len: u64,
+    /// ... and held the changes up to this one.
+    durable_seq: u64,
+}
+
+impl Header {
+    /// The header of a segment just made: only the header itself is on disk.
+    fn new(first: u64) -> Self {
+        Header {
+            first,
+            durable_len: HEADER as u64,
+            durable_seq: first.saturating_sub(1),
+        }
+    }
+
+    fn encode(&self) -> [u8; HEADER] {
+        let mut b = [0u8; HEADER];
+        b[..8].copy_from_slice(MAGIC);
+        b[8..16].copy_from_slice(&self.first.to_le_bytes());
+        b[16..24].copy_from_slice(&self.durable_len.to_le_bytes());
+        b[24..32].copy_from_slice(&self.durable_seq.to_le_bytes());
+        let check = checksum(&b[..36]);
+        b[36..].copy_from_slice(&check.to_le_bytes());
+        b
+    }
+
+    /// The header at the start of `bytes`; `None` when there is none, or a damaged or torn
+    /// one (it is rewritten in place after each sync).
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let b = bytes.get(..HEADER)?;
+        let word = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
+        let check = u32::from_le_bytes(b[36..].try_into().expect("4 bytes"));
+        (&b[..8] == MAGIC && checksum(&b[..36]) == check).then(|| Header {
+            first: word(8),
+            durable_len: word(16),
+            durable_seq: word(24),
+        })
+    }
+}
+
+/// What the engine knows of the log's open segment: written to the engine at each flush of
+/// it (after the `fsync` of the segment that the flush starts with), and when the log closes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Synced {
+    /// The segment.
+    first: u64,
+    /// Its first `len` bytes were on disk...
+    len: u64,
+    /// ... holding the changes up to this one.
+    seq: u64,
+    /// The log was closed right after: nothing was written to it after `len`.
+    closed: bool,
+}
+
+impl Synced {
+    fn encode(&self) -> [u8; 25] {
+        let mut b = [0u8; 25];
+        b[..8].copy_from_slice(&self.first.to_be_bytes());
+        b[8..16].copy_from_slice(&self.len.to_be_bytes());
+        b[16..24].copy_from_slice(&self.seq.to_be_bytes());
+        b[24] = u8::from(self.closed);
+        b
+    }
+
+    fn decode(b: &[u8]) -> Option<Self> {
+        let b: &[u8; 25] = b.try_into().ok()?;
+        let word = |at: usize| u64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"));
+        Some(Synced {
+            first: word(0),
+            len: word(8),
+            seq: word(16),
+            closed: b[24] == 1,
+        })
+    }
 }
 
 /// One change read back from a segment (borrowing the file's bytes).
@@ -279,12 +438,18 @@ impl<'a> RawCommit<'a> {
         })
     }
 
-    fn last(&self) -> Result<u64> {
-        let mut last = self.first.saturating_sub(1);
+    /// The number of its last change, once its entries are checked to be numbered upwards
+    /// from its first (`None`: they are not, or unreadable: not a record of this log).
+    fn checked_last(&self) -> Option<u64> {
+        let mut last = self.first.checked_sub(1)?;
         for e in self.entries() {
-            last = e?.seq;
+            let e = e.ok()?;
+            if e.seq <= last {
+                return None;
+            }
+            last = e.seq;
         }
-        Ok(last)
+        Some(last)
     }
 }
 
@@ -335,61 +500,92 @@ enum Raw<'a> {
     Commit(RawCommit<'a>),
     /// The commit whose first change has this number did not happen.
     Abort(u64),
+    /// The segment was closed; the log goes on in the segment of this first change.
+    Seal(u64),
 }
 
-/// Reads the frames of a segment's bytes in order; stops at the first incomplete or damaged
-/// one, with the byte length of the valid prefix (`valid`).
-struct Frames<'a> {
-    bytes: &'a [u8],
-    valid: usize,
-}
-
-impl<'a> Iterator for Frames<'a> {
-    type Item = Raw<'a>;
-    fn next(&mut self) -> Option<Raw<'a>> {
-        let rest = &self.bytes[self.valid..];
-        let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-        let crc = u32::from_le_bytes(rest.get(4..FRAME)?.try_into().ok()?);
-        let body = rest.get(FRAME..FRAME.checked_add(len)?)?;
-        if checksum(body) != crc {
-            return None;
-        }
-        let mut b = body;
-        let raw = match take(&mut b, 1).ok()?[0] {
-            COMMIT => {
-                let first = le_u64(&mut b).ok()?;
-                let time_ms = le_u64(&mut b).ok()?;
-                let count = le_u32(&mut b).ok()?;
-                Raw::Commit(RawCommit {
-                    first,
-                    time_ms,
-                    count,
-                    entries: b,
-                })
-            }
-            ABORT => Raw::Abort(le_u64(&mut b).ok()?),
-            _ => return None,
-        };
-        self.valid += FRAME + len;
-        Some(raw)
+/// The record framed at `at` in `bytes` and where it ends; `None` when there is none there
+/// (the end of the records, or an incomplete or damaged one).
+fn frame_at(bytes: &[u8], at: usize) -> Option<(Raw<'_>, usize)> {
+    let rest = bytes.get(at..)?;
+    let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(rest.get(4..FRAME)?.try_into().ok()?);
+    let body = rest.get(FRAME..FRAME.checked_add(len)?)?;
+    if checksum(body) != crc {
+        return None;
     }
+    let mut b = body;
+    let raw = match take(&mut b, 1).ok()?[0] {
+        COMMIT => {
+            let first = le_u64(&mut b).ok()?;
+            let time_ms = le_u64(&mut b).ok()?;
+            let count = le_u32(&mut b).ok()?;
+            Raw::Commit(RawCommit {
+                first,
+                time_ms,
+                count,
+                entries: b,
+            })
+        }
+        ABORT => Raw::Abort(le_u64(&mut b).ok()?),
+        SEAL => Raw::Seal(le_u64(&mut b).ok()?),
+        _ => return None,
+    };
+    Some((raw, at + FRAME + len))
 }
 
-/// The commits of a segment that happened (an abort record cancels the commit just before it).
-fn commits(bytes: &[u8]) -> (Vec<RawCommit<'_>>, usize) {
-    let mut frames = Frames { bytes, valid: 0 };
-    let mut out: Vec<RawCommit<'_>> = Vec::new();
-    for raw in frames.by_ref() {
+/// The records of a segment as read back.
+struct Parsed<'a> {
+    /// The commits that happened (an abort record cancels the commit just before it).
+    commits: Vec<RawCommit<'a>>,
+    /// Where the valid records end (after the seal, for a sealed segment).
+    valid: usize,
+    /// The segment the log went on in, when this one was closed.
+    seal: Option<u64>,
+    /// The last change number the records used, aborted ones included (`first - 1` when
+    /// there are none).
+    last_seq: u64,
+}
+
+/// Reads the records of the segment named `first` from byte `start` on. It stops at the first
+/// record that is incomplete or damaged, or that does not follow (a change number not above
+/// the last one: not a record of this segment), and after a seal.
+fn parse_segment(bytes: &[u8], start: usize, first: u64) -> Parsed<'_> {
+    let mut p = Parsed {
+        commits: Vec::new(),
+        valid: start.min(bytes.len()),
+        seal: None,
+        last_seq: first.saturating_sub(1),
+    };
+    let mut at = start;
+    while let Some((raw, end)) = frame_at(bytes, at) {
         match raw {
-            Raw::Commit(c) => out.push(c),
-            Raw::Abort(first) => {
-                if out.last().is_some_and(|c| c.first == first) {
-                    out.pop();
+            Raw::Commit(c) => {
+                let Some(last) = c.checked_last() else { break };
+                if c.first <= p.last_seq {
+                    break;
+                }
+                p.last_seq = p.last_seq.max(last);
+                p.commits.push(c);
+            }
+            Raw::Abort(from) => {
+                if p.commits.last().is_some_and(|c| c.first == from) {
+                    p.commits.pop();
                 }
             }
+            Raw::Seal(next) => {
+                if next <= p.last_seq {
+                    break;
+                }
+                p.seal = Some(next);
+                p.valid = end;
+                break;
+            }
         }
+        p.valid = end;
+        at = end;
     }
-    (out, frames.valid)
+    p
 }
 
 fn parse(bytes: &[u8]) -> Result<Arc<Value>> {
@@ -412,8 +608,29 @@ struct Segment {
     last_ms: u64,
 }
 
+impl Segment {
+    fn new(first: u64, checkpoint_epoch: u64) -> Self {
+        Segment {
+            first,
+            entries: 0,
+            checkpoint_epoch,
+            first_ms: 0,
+            last_ms: 0,
+        }
+    }
+}
+
 fn segment_name(first: u64) -> String {
     format!("{first:016x}.log")
+}
+
+/// Where the open segment was at some moment: its first `len` bytes held the changes up to
+/// `seq`.
+#[derive(Clone, Copy)]
+struct Position {
+    first: u64,
+    len: usize,
+    seq: u64,
 }
 
 /// The open segment and the list of all of them (under the commit lock).
@@ -422,7 +639,7 @@ struct Writer {
     map: Mapped,
     /// A handle on the open segment, for `fsync` without holding the writer.
     sync: Arc<File>,
-    /// Bytes of valid records in the open segment.
+    /// Bytes of the open segment in use: its header and valid records.
     len: usize,
     /// Oldest first; the last one is open.
     segments: VecDeque<Segment>,
@@ -432,6 +649,20 @@ struct Writer {
     broken: Option<String>,
     /// The timestamp of the last record written (its commit's time).
     last_ms: u64,
+    /// The last change number a record used (aborted commits' included).
+    last_seq: u64,
+    /// Every commit up to this change number has its documents written (or was aborted):
+    /// what a checkpoint may say (see [`ChangeLog::recover`]). Set once a commit is done
+    /// (`committed`), and by `recover`.
+    applied: u64,
+    /// The highest checkpoint written to the engine (it never goes back).
+    checkpoint: u64,
+    /// The open segment's bytes known to be on disk (what its header says).
+    durable: usize,
+    /// What the engine was last told of the open segment (see [`Synced`]).
+    told: Synced,
+    /// The log's tree in the engine (checkpoint, what it was told).
+    meta: Tree,
 }
 
 impl Writer {
@@ -440,6 +671,74 @@ impl Writer {
     fn grow(&mut self, cap: usize) -> Result<()> {
         reserve(&self.sync, cap)?;
         self.map = Mapped::new(&self.sync, cap)?;
+        Ok(())
+    }
+
+    fn open_first(&self) -> u64 {
+        self.segments.back().map_or(0, |s| s.first)
+    }
+
+    /// Where the open segment is now (taken before an `fsync` that covers it).
+    fn position(&self) -> Position {
+        Position {
+            first: self.open_first(),
+            len: self.len,
+            seq: self.last_seq,
+        }
+    }
+
+    /// After an `fsync` of the open segment that started at `at`: its header says so (read
+    /// on open, see `examine`). A segment closed meanwhile is left as it is (its seal says
+    /// more).
+    fn synced(&mut self, at: Position) {
+        if at.first == self.open_first() && at.len > self.durable {
+            self.durable = at.len;
+            let header = Header {
+                first: at.first,
+                durable_len: at.len as u64,
+                durable_seq: at.seq,
+            };
+            self.map.write_at(0, &header.encode());
+        }
+    }
+
+    /// Writes checkpoint `upto` to the engine, unless a higher one was written (a checkpoint
+    /// never goes back: the segments before a durable one may be gone).
+    fn set_checkpoint(&mut self, storage: &Storage, upto: u64) -> Result<()> {
+        if upto <= self.checkpoint {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::default();
+        batch.insert(
+            &self.meta,
+            CHECKPOINT_KEY.to_vec(),
+            upto.to_be_bytes().to_vec(),
+        );
+        storage.apply(&batch)?;
+        self.checkpoint = upto;
+        Ok(())
+    }
+
+    /// What a flush of the engine makes durable once the open segment is synced up to `at`
+    /// (called by the flush hook, before the engine flushes): the checkpoint of every commit
+    /// that is over, and where the segment was on disk.
+    fn record_flush(&mut self, at: Position) -> Result<()> {
+        self.synced(at);
+        if self.applied > self.checkpoint {
+            self.meta
+                .write_in_flush(CHECKPOINT_KEY, &self.applied.to_be_bytes())?;
+            self.checkpoint = self.applied;
+        }
+        let told = Synced {
+            first: at.first,
+            len: at.len as u64,
+            seq: at.seq,
+            closed: false,
+        };
+        if (told.first, told.len) > (self.told.first, self.told.len) || self.told.closed {
+            self.meta.write_in_flush(SYNCED_KEY, &told.encode())?;
+            self.told = told;
+        }
         Ok(())
     }
 }
@@ -543,6 +842,8 @@ struct TailEntry {
 /// A change read back from the log (see [`ChangeLog::for_each_from`]).
 pub(crate) struct Logged<'a> {
     pub seq: u64,
+    /// The number of its commit's first change.
+    pub commit: u64,
     pub key: &'a [u8],
     pub old: Option<&'a Arc<Value>>,
     pub new: Option<&'a Arc<Value>>,
@@ -556,6 +857,7 @@ impl Logged<'_> {
     pub(crate) fn committed(&self) -> Committed {
         Committed {
             seq: self.seq,
+            commit: self.commit,
             key: self.key.to_vec(),
             old: self.old.cloned(),
             new: self.new.cloned(),
@@ -590,6 +892,8 @@ const SPARE_MAX: usize = 1 << 16;
 pub(crate) struct ChangeLog {
     dir: PathBuf,
     meta: Tree,
+    /// The storage the log redoes into (kept to say, when the log closes, how far it went).
+    storage: Storage,
     /// Kept for feeds to resume from (else only as a redo log, see [`ChangeLog::open`]).
     resumable: bool,
     /// The size a segment file is made with.
@@ -602,6 +906,8 @@ pub(crate) struct ChangeLog {
     segment_ms: Option<u64>,
     /// Every change numbered this or above is in the log.
     floor: AtomicU64,
+    /// Segments of the first format: redone by [`ChangeLog::recover`], then removed.
+    legacy: Mutex<Option<Vec<u64>>>,
     writer: Arc<Mutex<Writer>>,
     tail: Mutex<Tail>,
     /// The last change committed while a feed was open (see [`ChangeLog::keep_tail`]).
@@ -621,24 +927,36 @@ fn read_be(meta: &Tree, key: &[u8]) -> Result<Option<u64>> {
     }
 }
 
-/// The segment files in `dir`, by first sequence number.
+/// The segment files in `dir`, by first sequence number: files named exactly as
+/// [`segment_name`] names them (any other file is not the log's).
 fn list_segments(dir: &Path) -> Result<Vec<u64>> {
     let mut firsts = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| io_error("be listed", e))? {
         let entry = entry.map_err(|e| io_error("be listed", e))?;
         let name = entry.file_name();
-        let Some(hex) = name.to_str().and_then(|n| n.strip_suffix(".log")) else {
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        let Some(hex) = name.strip_suffix(".log") else {
             continue;
         };
         if let Ok(first) = u64::from_str_radix(hex, 16) {
-            firsts.push(first);
+            if segment_name(first) == name {
+                firsts.push(first);
+            }
         }
     }
     firsts.sort_unstable();
     Ok(firsts)
 }
 
+/// Makes the segment file for the changes from `first` on, `cap` bytes long, with its
+/// header. A hard write is on disk once its record is, so the new file's name must be too
+/// (an `fdatasync` of the file does not promise its directory entry survives a power loss).
+/// The header itself needs no sync of its own: the first sync of a record covers it, and a
+/// segment found without a readable one is read all the same (see [`examine`]).
 fn create_segment(dir: &Path, first: u64, cap: usize) -> Result<(Mapped, Arc<File>)> {
+    use std::os::unix::fs::FileExt;
     let file = OpenOptions::new()
         .create(true)
         .truncate(true)
@@ -647,8 +965,8 @@ fn create_segment(dir: &Path, first: u64, cap: usize) -> Result<(Mapped, Arc<Fil
         .open(dir.join(segment_name(first)))
         .map_err(|e| io_error("create a segment", e))?;
     reserve(&file, cap)?;
-    // A hard write is on disk once its record is: the new file's name must be too (an
-    // `fdatasync` of the file does not promise its directory entry survives a power loss).
+    file.write_all_at(&Header::new(first).encode(), 0)
+        .map_err(|e| io_error("write a segment's header", e))?;
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| io_error("make a new segment durable", e))?;
@@ -664,7 +982,8 @@ fn sync_segment(file: &File, storage: &Storage) -> Result<()> {
     })
 }
 
-/// Opens an existing segment to append to, after its first `valid` bytes.
+/// Opens an existing segment to append to after its first `valid` bytes (at least its
+/// header), with room for a record's abort and the segment's seal after them.
 fn reopen_segment(
     dir: &Path,
     first: u64,
@@ -680,7 +999,9 @@ fn reopen_segment(
         .metadata()
         .map_err(|e| io_error("open a segment", e))?
         .len() as usize;
-    let cap = size.max(segment_bytes);
+    let cap = size
+        .max(segment_bytes)
+        .max(valid + ABORT_BYTES + SEAL_BYTES);
     if size < cap {
         reserve(&file, cap)?;
     }
@@ -689,12 +1010,362 @@ fn reopen_segment(
     Ok((map, Arc::new(file)))
 }
 
+/// A segment file as read when the log opens.
+struct Scanned {
+    first: u64,
+    /// Its header, when it has a readable one naming it.
+    header: Option<Header>,
+    /// Where its valid records end (its length, when shorter than a header).
+    valid: usize,
+    /// The file's length.
+    file_len: usize,
+    seal: Option<u64>,
+    /// The last change number its records used.
+    last_seq: u64,
+    /// The first change of its last commit (which an abort record after it, if lost with
+    /// what follows, would have cancelled).
+    last_commit: Option<u64>,
+    entries: u64,
+    first_ms: u64,
+    last_ms: u64,
+    /// Made and never written: nothing but zeros after its header (a readable one, or
+    /// zeros there too).
+    blank: bool,
+    /// Not a segment of this log: no readable header naming it, no valid record, not blank.
+    foreign: bool,
+}
+
+impl Scanned {
+    /// The first change number that may be lost when what follows its valid records is.
+    fn lost_from(&self) -> u64 {
+        self.last_commit.unwrap_or(self.last_seq.saturating_add(1))
+    }
+}
+
+fn scan_segment(dir: &Path, first: u64) -> Result<Scanned> {
+    let bytes =
+        std::fs::read(dir.join(segment_name(first))).map_err(|e| io_error("read a segment", e))?;
+    let header = Header::decode(&bytes);
+    // A readable header that names another segment: the file is not this segment (a torn
+    // header is unreadable, never another one).
+    let misnamed = header.is_some_and(|h| h.first != first);
+    let header = header.filter(|_| !misnamed);
+    let mut p = parse_segment(&bytes, HEADER, first);
+    if misnamed {
+        p = Parsed {
+            commits: Vec::new(),
+            valid: HEADER.min(bytes.len()),
+            seal: None,
+            last_seq: first.saturating_sub(1),
+        };
+    }
+    let zero = |b: &[u8]| b.iter().all(|&x| x == 0);
+    let blank = zero(bytes.get(HEADER..).unwrap_or_default())
+        && (header.is_some() || zero(&bytes[..bytes.len().min(HEADER)]));
+    let mut s = Scanned {
+        first,
+        header,
+        valid: p.valid,
+        file_len: bytes.len(),
+        seal: p.seal,
+        last_seq: p.last_seq,
+        last_commit: p.commits.last().map(|c| c.first),
+        entries: 0,
+        first_ms: 0,
+        last_ms: 0,
+        blank,
+        foreign: !blank && header.is_none() && p.valid <= HEADER,
+    };
+    for c in &p.commits {
+        s.entries += u64::from(c.count);
+        if s.first_ms == 0 {
+            s.first_ms = c.time_ms;
+        }
+        s.last_ms = c.time_ms;
+    }
+    Ok(s)
+}
+
+/// A range of change numbers a damaged log may have lost.
+struct Lost {
+    from: u64,
+    /// `None`: up to its newest change (how far the log went is lost too).
+    upto: Option<u64>,
+    what: String,
+}
+
+impl Lost {
+    fn describe(&self) -> String {
+        match self.upto {
+            Some(upto) => format!("{}: changes {} to {upto} may be lost", self.what, self.from),
+            None => format!(
+                "{}: the changes from {} on may be lost",
+                self.what, self.from
+            ),
+        }
+    }
+}
+
+/// What the log on disk comes to (see [`examine`]).
+enum Plan {
+    /// Open it as it is, or from a raised floor on.
+    Keep(Kept),
+    /// Start over after the database's last change: the log was off in the last run (its
+    /// files are stale), its folder was removed, or its newest part is damaged and none of
+    /// it is needed to redo.
+    Reset,
+    /// A log of the first format (see the module doc): redone, then started over.
+    Legacy,
+    /// Damaged where it may hold writes the engine does not have: not opened, for this
+    /// reason.
+    Refuse(String),
+}
+
+/// A log found intact, or damaged only before its newest segment where nothing of it is
+/// needed to redo.
+struct Kept {
+    floor: u64,
+    /// The chain of segments from the floor on, oldest first; the last one is open.
+    segments: Vec<Scanned>,
+    /// Files to remove: segments below the floor, and one whose making a crash cut short.
+    remove: Vec<u64>,
+    /// The open segment's bytes known to be on disk, up to this change.
+    durable: (usize, u64),
+    /// What the engine was last told of the open segment.
+    told: Option<Synced>,
+}
+
+/// Reads the segments in `dir` and tells what they come to (see the module doc, "Damage"):
+/// the chain of seals from the floor on, the open segment against what was known to be on
+/// disk, and, for what is unreadable, whether any of it may be needed to redo (past the
+/// `checkpoint`).
+fn examine(dir: &Path, floor: u64, checkpoint: u64, synced: Option<Synced>) -> Result<Plan> {
+    let mut firsts = list_segments(dir)?;
+    let mut remove = Vec::new();
+    // Segments wholly below the floor: their removal was cut short.
+    let below = firsts
+        .windows(2)
+        .take_while(|w| w[1] <= floor)
+        .count()
+        .min(firsts.len().saturating_sub(1));
+    remove.extend(firsts.drain(..below));
+    let mut scans = Vec::with_capacity(firsts.len());
+    for &first in &firsts {
+        scans.push(scan_segment(dir, first)?);
+    }
+    // A blank last file that the segment before does not name: the making of a segment (a
+    // roll, or a start over) that a crash cut short. The one a seal names is the open
+    // segment, not written yet.
+    while let [.., before, last] = &scans[..] {
+        if !last.blank || before.seal == Some(last.first) {
+            break;
+        }
+        remove.push(last.first);
+        scans.pop();
+    }
+    // How far the log went, when it was closed last (nothing was written after that).
+    let closed_at = synced.filter(|s| s.closed).map(|s| s.seq);
+    let mut lost: Vec<Lost> = Vec::new();
+    let mut strays: Vec<u64> = Vec::new();
+    let mut chain: Vec<usize> = Vec::new();
+    let mut newest_lost = false;
+    if scans.is_empty() {
+        lost.push(Lost {
+            from: floor,
+            upto: closed_at,
+            what: "every segment file is missing".into(),
+        });
+        newest_lost = true;
+    } else if scans[0].first > floor {
+        lost.push(Lost {
+            from: floor,
+            upto: Some(scans[0].first - 1),
+            what: format!(
+                "the segments before {} are missing",
+                segment_name(scans[0].first)
+            ),
+        });
+    }
+    let mut i = 0;
+    while i < scans.len() {
+        chain.push(i);
+        let s = &scans[i];
+        if let Some(next) = s.seal {
+            // The log went on in `next`: files between are not the log's.
+            if let Some(j) = (i + 1..scans.len()).find(|&j| scans[j].first == next) {
+                strays.extend(scans[i + 1..j].iter().map(|s| s.first));
+                i = j;
+                continue;
+            }
+            let after = (i + 1..scans.len()).find(|&j| scans[j].first > next && !scans[j].foreign);
+            let end = after.unwrap_or(scans.len());
+            strays.extend(scans[i + 1..end].iter().map(|s| s.first));
+            lost.push(Lost {
+                from: next,
+                upto: after.map(|j| scans[j].first - 1).or(closed_at),
+                what: format!("segment {} is missing", segment_name(next)),
+            });
+            match after {
+                Some(j) => {
+                    i = j;
+                    continue;
+                }
+                None => {
+                    newest_lost = true;
+                    break;
+                }
+            }
+        }
+        // Not sealed: the open segment, unless a readable segment follows it.
+        let Some(j) = (i + 1..scans.len()).find(|&j| !scans[j].foreign) else {
+            strays.extend(scans[i + 1..].iter().map(|s| s.first));
+            break;
+        };
+        strays.extend(scans[i + 1..j].iter().map(|s| s.first));
+        lost.push(Lost {
+            from: s.lost_from(),
+            upto: Some(scans[j].first - 1),
+            what: format!(
+                "segment {} ends early ({} of its {} bytes are readable records)",
+                segment_name(s.first),
+                s.valid,
+                s.file_len
+            ),
+        });
+        i = j;
+    }
+    let mut durable = (HEADER, 0);
+    let mut told = None;
+    if let (false, Some(&o)) = (newest_lost, chain.last()) {
+        let s = &scans[o];
+        durable = s.header.map_or((HEADER, s.first.saturating_sub(1)), |h| {
+            (h.durable_len as usize, h.durable_seq)
+        });
+        told = synced.filter(|m| m.first == s.first);
+        if let Some(m) = told {
+            if m.len as usize > durable.0 {
+                durable = (m.len as usize, m.seq);
+            }
+        }
+        if let Some(m) = synced.filter(|m| m.first > s.first) {
+            lost.push(Lost {
+                from: s.lost_from(),
+                upto: closed_at,
+                what: format!("segment {} (the newest) is missing", segment_name(m.first)),
+            });
+            newest_lost = true;
+        } else if s.valid < durable.0 {
+            lost.push(Lost {
+                from: s.lost_from(),
+                upto: told.filter(|m| m.closed).map(|m| m.seq),
+                what: format!(
+                    "segment {} (the newest) ends early: {} of its bytes are readable records, \
+                     {} were on disk",
+                    segment_name(s.first),
+                    s.valid,
+                    durable.0
+                ),
+            });
+            newest_lost = true;
+        }
+    }
+    if let Some(l) = lost
+        .iter()
+        .find(|l| l.upto.is_none_or(|upto| upto > checkpoint))
+    {
+        return Ok(Plan::Refuse(format!(
+            "its change log is damaged ({}), and the data files may not have those writes \
+             (they come after change {checkpoint}, the last the data files are known to \
+             hold): nothing was opened. To open the database anyway, without them, move the \
+             folder `{DIR}` out of its folder",
+            l.describe()
+        )));
+    }
+    for stray in &strays {
+        tracing::warn!(
+            "{} in the change log's folder is not part of the log: it is ignored",
+            segment_name(*stray)
+        );
+    }
+    if !lost.is_empty() {
+        let what: Vec<String> = lost.iter().map(Lost::describe).collect();
+        tracing::warn!(
+            "the change log is damaged, only for resuming feeds (cursors from before the \
+             damage have expired): {}",
+            what.join("; ")
+        );
+    }
+    if newest_lost {
+        return Ok(Plan::Reset);
+    }
+    // Past the damage: cursors before it have expired.
+    let raised = lost
+        .iter()
+        .filter_map(|l| l.upto)
+        .map(|u| u + 1)
+        .max()
+        .unwrap_or(floor)
+        .max(floor);
+    let mut segments: Vec<Scanned> = Vec::with_capacity(chain.len());
+    let mut scans: Vec<Option<Scanned>> = scans.into_iter().map(Some).collect();
+    for &k in &chain {
+        if let Some(s) = scans[k].take() {
+            segments.push(s);
+        }
+    }
+    // Segments wholly below the raised floor go.
+    let gone = segments
+        .windows(2)
+        .take_while(|w| w[1].first <= raised)
+        .count();
+    remove.extend(segments.drain(..gone).map(|s| s.first));
+    Ok(Plan::Keep(Kept {
+        floor: raised,
+        segments,
+        remove,
+        durable,
+        told,
+    }))
+}
+
+/// Starts the log over after change `seq` (see [`Plan::Reset`]): a new segment (its name on
+/// disk) before the floor that names it is written, and the other files removed only after
+/// that (a crash in between leaves a state the next open reads the same way).
+fn start_over(
+    storage: &Storage,
+    meta: &Tree,
+    dir: &Path,
+    seq: u64,
+    segment_bytes: usize,
+) -> Result<(Mapped, Arc<File>)> {
+    let first = seq.saturating_add(1);
+    let made = create_segment(dir, first, segment_bytes)?;
+    let mut batch = WriteBatch::default();
+    batch.insert(meta, FLOOR_KEY.to_vec(), first.to_be_bytes().to_vec());
+    batch.insert(meta, FORMAT_KEY.to_vec(), FORMAT.to_be_bytes().to_vec());
+    // Every change up to `seq` is in the engine, or was lost with the log (see `examine`).
+    batch.insert(meta, CHECKPOINT_KEY.to_vec(), seq.to_be_bytes().to_vec());
+    batch.remove(meta, SYNCED_KEY.to_vec());
+    storage.apply(&batch)?;
+    storage.flush_blocking()?;
+    let others: Vec<u64> = list_segments(dir)?
+        .into_iter()
+        .filter(|&f| f != first)
+        .collect();
+    remove_segments(dir, &others);
+    Ok(made)
+}
+
 impl ChangeLog {
     /// Opens the log kept in `db_dir` (the database's directory). `seq` is the last sequence
     /// number of the database: when the log was not on in the previous run (or never),
     /// changes up to there are not in it, so the floor starts after it (and the files of an
     /// earlier run are removed). The records after the checkpoint are redone by
     /// [`ChangeLog::recover`], once the tables are loaded.
+    ///
+    /// The log is checked first (see the module doc, "Damage"): one damaged where it may
+    /// hold writes the engine does not have is refused with [`Error::Damaged`]; one damaged
+    /// only for resuming opens from past the damage.
     ///
     /// `retention: None` opens it as a redo log only (a database whose writes are hard by
     /// default keeps one, see `group_flush.rs`): it keeps the changes since the last
@@ -715,81 +1386,106 @@ impl ChangeLog {
             max_age: None,
         });
         let dir = db_dir.join(DIR);
+        let had_dir = dir.is_dir();
         std::fs::create_dir_all(&dir).map_err(|e| io_error("create its directory", e))?;
         let meta = storage.tree(LOG_META_TREE)?;
-        let mut firsts = list_segments(&dir)?;
-        let floor = match read_be(&meta, FLOOR_KEY)? {
-            Some(floor) => floor,
-            None => {
-                // Not on in the last run: whatever is left of an older run has a gap after it.
-                remove_segments(&dir, &firsts);
-                firsts.clear();
-                let floor = seq.saturating_add(1);
-                let mut batch = WriteBatch::default();
-                batch.insert(&meta, FLOOR_KEY.to_vec(), floor.to_be_bytes().to_vec());
-                batch.insert(&meta, CHECKPOINT_KEY.to_vec(), seq.to_be_bytes().to_vec());
-                storage.apply(&batch)?;
-                storage.flush_blocking()?;
-                floor
-            }
+        let checkpoint = read_be(&meta, CHECKPOINT_KEY)?.unwrap_or(0);
+        let synced = match meta.get(SYNCED_KEY)? {
+            Some(b) => Some(Synced::decode(&b).ok_or_else(damaged)?),
+            None => None,
         };
-        // Segments wholly below the floor (their deletion was cut short) go.
-        let below = firsts
-            .windows(2)
-            .take_while(|w| w[1] <= floor)
-            .count()
-            .min(firsts.len().saturating_sub(1));
-        remove_segments(&dir, &firsts[..below]);
-        firsts.drain(..below);
-        let mut segments = VecDeque::new();
-        let mut total = 0;
-        let mut open_len = 0;
-        for (i, &first) in firsts.iter().enumerate() {
-            let path = dir.join(segment_name(first));
-            let bytes = std::fs::read(&path).map_err(|e| io_error("read a segment", e))?;
-            let (cs, valid) = commits(&bytes);
-            let mut seg = Segment {
-                first,
-                entries: 0,
-                checkpoint_epoch: 0,
-                first_ms: 0,
-                last_ms: 0,
-            };
-            for c in &cs {
-                seg.entries += u64::from(c.count);
-                seg.first_ms = if seg.first_ms == 0 {
-                    c.time_ms
-                } else {
-                    seg.first_ms
-                };
-                seg.last_ms = c.time_ms;
+        let plan = match (read_be(&meta, FLOOR_KEY)?, read_be(&meta, FORMAT_KEY)?) {
+            // Not on in the last run: whatever is left of an older run has a gap after it.
+            (None, _) => Plan::Reset,
+            (Some(_), _) if !had_dir => {
+                // Moved away (what a refused open says to do): its changes are given up.
+                tracing::warn!(
+                    "the change log's folder is missing: the log starts over, and what only it \
+                     held is lost"
+                );
+                Plan::Reset
             }
-            total += seg.entries;
-            if i + 1 == firsts.len() {
-                // The process may have died inside a write: its record is cut off (the
-                // commit's documents were never written) when the segment is reopened.
-                open_len = valid;
+            (Some(_), None) => Plan::Legacy,
+            (Some(floor), Some(FORMAT)) => examine(&dir, floor, checkpoint, synced)?,
+            (Some(_), Some(other)) => Plan::Refuse(format!(
+                "its change log has format {other}, which this version cannot read"
+            )),
+        };
+        let mut legacy = None;
+        let mut told = Synced::default();
+        let (floor, segments, map, sync, len, durable, last_seq);
+        match plan {
+            Plan::Refuse(reason) => {
+                return Err(Error::Damaged {
+                    path: db_dir.display().to_string(),
+                    reason,
+                })
             }
-            segments.push_back(seg);
+            Plan::Reset => {
+                (map, sync) = start_over(storage, &meta, &dir, seq, segment_bytes)?;
+                floor = seq.saturating_add(1);
+                segments = VecDeque::from([Segment::new(floor, 0)]);
+                (len, durable, last_seq) = (HEADER, HEADER, seq);
+            }
+            Plan::Legacy => {
+                // Its records are redone by `recover` (which then makes this log the only
+                // one); meanwhile commits go to a segment of this format, after them.
+                let first = seq.saturating_add(1);
+                legacy = Some(
+                    list_segments(&dir)?
+                        .into_iter()
+                        .filter(|&f| f < first)
+                        .collect::<Vec<_>>(),
+                );
+                (map, sync) = create_segment(&dir, first, segment_bytes)?;
+                floor = first;
+                segments = VecDeque::from([Segment::new(first, 0)]);
+                (len, durable, last_seq) = (HEADER, HEADER, seq);
+            }
+            Plan::Keep(kept) => {
+                let stored = read_be(&meta, FLOOR_KEY)?.unwrap_or(0);
+                if kept.floor > stored {
+                    // Before the files go: a floor below a missing segment reads as damage.
+                    let mut batch = WriteBatch::default();
+                    batch.insert(&meta, FLOOR_KEY.to_vec(), kept.floor.to_be_bytes().to_vec());
+                    storage.apply(&batch)?;
+                    storage.flush_blocking()?;
+                }
+                remove_segments(&dir, &kept.remove);
+                floor = kept.floor;
+                told = kept.told.unwrap_or_default();
+                let open = kept
+                    .segments
+                    .last()
+                    .expect("a kept log has an open segment");
+                // A torn record at its end (the process died while copying it) is cut off:
+                // its commit's documents were never written.
+                len = open.valid.max(HEADER);
+                let (mut m, s) = reopen_segment(&dir, open.first, len, segment_bytes)?;
+                (durable, last_seq) = (kept.durable.0, open.last_seq);
+                if open.header.is_none() {
+                    // Torn while it was rewritten: what was known stays known.
+                    let header = Header {
+                        first: open.first,
+                        durable_len: durable as u64,
+                        durable_seq: kept.durable.1,
+                    };
+                    m.write_at(0, &header.encode());
+                }
+                (map, sync) = (m, s);
+                segments = kept
+                    .segments
+                    .iter()
+                    .map(|s| Segment {
+                        entries: s.entries,
+                        first_ms: s.first_ms,
+                        last_ms: s.last_ms,
+                        ..Segment::new(s.first, 0)
+                    })
+                    .collect();
+            }
         }
-        // Where every change from on is in the log.
-        let floor = match segments.front() {
-            Some(s) => floor.max(s.first),
-            None => seq.saturating_add(1).max(floor),
-        };
-        let (map, sync) = if segments.is_empty() {
-            segments.push_back(Segment {
-                first: floor,
-                entries: 0,
-                checkpoint_epoch: 0,
-                first_ms: 0,
-                last_ms: 0,
-            });
-            create_segment(&dir, floor, segment_bytes)?
-        } else {
-            let first = segments.back().map_or(floor, |s| s.first);
-            reopen_segment(&dir, first, open_len, segment_bytes)?
-        };
+        let total = segments.iter().map(|s| s.entries).sum();
         let segment_entries = match resumable {
             true => retention
                 .max_changes
@@ -798,21 +1494,30 @@ impl ChangeLog {
         };
         let log = ChangeLog {
             dir,
-            meta,
+            meta: meta.clone(),
+            storage: storage.clone(),
             resumable,
             segment_bytes,
             retention,
             segment_entries,
             segment_ms: retention.max_age.map(|a| (a.as_millis() as u64 / 8).max(1)),
             floor: AtomicU64::new(floor),
+            legacy: Mutex::new(legacy),
             writer: Arc::new(Mutex::new(Writer {
                 map,
                 sync,
-                len: open_len,
+                len,
                 segments,
                 total,
                 broken: None,
                 last_ms: 0,
+                last_seq,
+                // Until `recover` has redone what follows the checkpoint.
+                applied: checkpoint,
+                checkpoint,
+                durable,
+                told,
+                meta,
             })),
             last_watched: AtomicU64::new(0),
             spare: Mutex::new(Vec::new()),
@@ -825,27 +1530,37 @@ impl ChangeLog {
             let at = u64::from_be_bytes((&*v).try_into().map_err(|_| damaged())?);
             log.created.lock().insert(name, at);
         }
-        // A flush of the storage makes the log durable first (see the module doc). Weak: a
-        // log opened only to be redone and removed (a database reopened without it) is gone
-        // after that.
+        // A flush of the storage makes the log durable first (see the module doc), and
+        // records what it makes durable (`Writer::record_flush`). Weak: a log opened only to
+        // be redone and removed (a database reopened without it) is gone after that.
         let writer = Arc::downgrade(&log.writer);
         storage.before_flush(Arc::new(move || {
             let Some(writer) = writer.upgrade() else {
                 return Ok(());
             };
-            let sync = writer.lock().sync.clone();
+            let (sync, at) = {
+                let w = writer.lock();
+                (w.sync.clone(), w.position())
+            };
             sync.sync_data()
-                .map_err(|e| io_error("be written to disk", e))
+                .map_err(|e| io_error("be written to disk", e))?;
+            let recorded = writer.lock().record_flush(at);
+            recorded
         }));
         Ok(log)
     }
 
     /// Makes every record written so far durable (one `fdatasync` of the open segment: a
-    /// closed segment was made durable when it was closed). A failure marks `storage`
-    /// failed (see [`sync_segment`]).
+    /// closed segment was made durable when it was closed), and says so in the segment's
+    /// header. A failure marks `storage` failed (see [`sync_segment`]).
     pub(crate) fn sync(&self, storage: &Storage) -> Result<()> {
-        let sync = self.writer.lock().sync.clone();
-        sync_segment(&sync, storage)
+        let (sync, at) = {
+            let w = self.writer.lock();
+            (w.sync.clone(), w.position())
+        };
+        sync_segment(&sync, storage)?;
+        self.writer.lock().synced(at);
+        Ok(())
     }
 
     /// Whether feeds can resume from this log (it was opened with a retention).
@@ -866,7 +1581,11 @@ impl ChangeLog {
         if meta.get(FLOOR_KEY)?.is_some() {
             let mut batch = WriteBatch::default();
             batch.remove(&meta, FLOOR_KEY.to_vec());
+            batch.remove(&meta, FORMAT_KEY.to_vec());
+            batch.remove(&meta, SYNCED_KEY.to_vec());
             storage.apply(&batch)?;
+            // Before the files go: a floor without its segments reads as a damaged log.
+            storage.flush_blocking()?;
         }
         let dir = db_dir.join(DIR);
         if dir.is_dir() {
@@ -893,7 +1612,11 @@ impl ChangeLog {
     }
 
     fn write_record(&self, storage: &Storage, record: &mut Record) -> Result<()> {
-        let (first, time_ms) = (record.first, record.time_ms);
+        let (first, last, time_ms) = (record.first, record.last, record.time_ms);
+        let body = record.buf.len() - FRAME;
+        if body > MAX_FIELD {
+            return Err(too_large("a commit's record in the change log", body));
+        }
         let bytes = record.seal();
         let mut w = self.writer.lock();
         if let Some(cause) = &w.broken {
@@ -905,10 +1628,11 @@ impl ChangeLog {
         let old = self
             .segment_ms
             .is_some_and(|ms| open.first_ms != 0 && time_ms.saturating_sub(open.first_ms) >= ms);
-        // Room for the record and an abort record after it.
-        let fits = w.len + bytes.len() + ABORT_BYTES <= w.map.cap;
-        let cap = self.segment_bytes.max(bytes.len() + ABORT_BYTES);
-        if w.len == 0 && !fits {
+        // Room for the record, an abort record after it, and the segment's seal.
+        let room = bytes.len() + ABORT_BYTES + SEAL_BYTES;
+        let fits = w.len + room <= w.map.cap;
+        let cap = self.segment_bytes.max(HEADER + room);
+        if w.len <= HEADER && !fits {
             // Nothing in the open segment yet (a fresh log's first commit): it grows to hold
             // the record. Rolling would make a segment of the same name (it is named after
             // its first change, this record's), truncating the file under its own mapping.
@@ -920,34 +1644,44 @@ impl ChangeLog {
         w.map.write_at(at, bytes);
         w.len += bytes.len();
         w.last_ms = time_ms;
+        w.last_seq = w.last_seq.max(last);
         Ok(())
     }
 
     /// Closes the open segment and opens one (of `cap` bytes) for the changes from `next`
-    /// on. The closed one is made durable once, and the engine is told that every document
-    /// before `next` is written (the redo checkpoint), after them.
+    /// on: the new one is made (its name on disk), the closed one sealed with its name and
+    /// made durable once, and the engine is told that every document before `next`
+    /// is written (the redo checkpoint), after them.
     fn roll(&self, storage: &Storage, w: &mut Writer, next: u64, cap: usize) -> Result<()> {
-        sync_segment(&w.sync, storage)?;
         let (map, sync) = create_segment(&self.dir, next, cap)?;
+        let seal = seal_record(next);
+        if w.len + seal.len() > w.map.cap {
+            // `write_record` keeps room for it; a segment of the first format may have none.
+            let need = w.len + seal.len();
+            w.grow(need)?;
+        }
+        let at = w.len;
+        w.map.write_at(at, &seal);
+        w.len += seal.len();
+        if let Err(e) = sync_segment(&w.sync, storage) {
+            // Sealed in memory, maybe not on disk: nothing more goes into it.
+            w.broken = Some(format!("a segment could not be closed: {e}"));
+            return Err(e);
+        }
         // The closed segment gives back the space reserved past its records (after its
         // mapping is gone: nothing reads or writes there any more).
         let (closed, len) = (std::mem::replace(&mut w.sync, sync), w.len);
         w.map = map;
-        w.len = 0;
+        w.len = HEADER;
+        w.durable = HEADER;
         if let Err(e) = closed.set_len(len as u64) {
             tracing::warn!("a closed segment of the change log could not be shortened: {e}");
         }
         // Listed before the checkpoint is written: the records that go into it must be
         // found (resume, recovery) even if the checkpoint write fails. Until it is written,
         // no segment before it may go (`NO_CHECKPOINT`).
-        w.segments.push_back(Segment {
-            first: next,
-            entries: 0,
-            checkpoint_epoch: NO_CHECKPOINT,
-            first_ms: 0,
-            last_ms: 0,
-        });
-        self.checkpoint(storage, next.saturating_sub(1))?;
+        w.segments.push_back(Segment::new(next, NO_CHECKPOINT));
+        w.set_checkpoint(storage, next.saturating_sub(1))?;
         let open = w.segments.back_mut().expect("just listed");
         open.checkpoint_epoch = storage.flush_epoch();
         Ok(())
@@ -970,12 +1704,6 @@ impl ChangeLog {
         }
     }
 
-    /// After a crash: the engine may have lost the newest documents whose records the log
-    /// has. Redoes every commit after the checkpoint on the documents and index entries of
-    /// `tables` (a table that no longer exists, or was created after the change, is skipped:
-    /// it was dropped after the commit). Writing a document or index entry the engine kept
-    /// again is harmless: commits are redone in order, so each key ends as the last one left
-    /// it.
     /// The first change number of each segment, oldest first.
     fn segment_firsts(&self) -> Vec<u64> {
         self.writer
@@ -986,13 +1714,24 @@ impl ChangeLog {
             .collect()
     }
 
+    /// After a crash: the engine may have lost the newest documents whose records the log
+    /// has. Redoes every commit after the checkpoint on the documents and index entries of
+    /// `tables` (a table that no longer exists, or was created after the change, is skipped:
+    /// it was dropped after the commit). Writing a document or index entry the engine kept
+    /// again is harmless: commits are redone in order, so each key ends as the last one left
+    /// it. A log of the first format is redone the same way, and then removed.
     pub(crate) fn recover(
         &self,
         storage: &Storage,
         tables: &HashMap<String, Arc<TableState>>,
     ) -> Result<()> {
-        let checkpoint = read_be(&self.meta, CHECKPOINT_KEY)?.unwrap_or(0);
-        let firsts = self.segment_firsts();
+        let checkpoint = self.writer.lock().checkpoint;
+        let legacy = self.legacy.lock().take();
+        // The segments to read, and where their records start.
+        let (firsts, start) = match &legacy {
+            Some(files) => (files.clone(), 0),
+            None => (self.segment_firsts(), HEADER),
+        };
         // The segment holding the change after the checkpoint, and all later ones.
         let from = firsts
             .iter()
@@ -1000,10 +1739,10 @@ impl ChangeLog {
             .unwrap_or(0);
         let mut redone = 0u64;
         let mut last = checkpoint;
-        for &first in &firsts[from..] {
+        for &first in firsts.get(from..).unwrap_or_default() {
             let bytes = std::fs::read(self.dir.join(segment_name(first)))
                 .map_err(|e| io_error("read a segment", e))?;
-            for c in commits(&bytes).0 {
+            for c in parse_segment(&bytes, start, first).commits {
                 if c.first <= checkpoint {
                     continue;
                 }
@@ -1029,22 +1768,32 @@ impl ChangeLog {
                 tracing::info!("the change log redid {redone} changes the storage had lost");
             }
             storage.flush_blocking()?;
-            self.checkpoint(storage, last)?;
+            self.writer.lock().set_checkpoint(storage, last)?;
             storage.flush_blocking()?;
         }
+        {
+            let mut w = self.writer.lock();
+            w.applied = w.applied.max(last);
+            w.last_seq = w.last_seq.max(last);
+        }
+        if let Some(files) = legacy {
+            // From here on the log is of this format, from the segment `open` made on.
+            let mut batch = WriteBatch::default();
+            batch.insert(
+                &self.meta,
+                FLOOR_KEY.to_vec(),
+                self.floor().to_be_bytes().to_vec(),
+            );
+            batch.insert(
+                &self.meta,
+                FORMAT_KEY.to_vec(),
+                FORMAT.to_be_bytes().to_vec(),
+            );
+            storage.apply(&batch)?;
+            storage.flush_blocking()?;
+            remove_segments(&self.dir, &files);
+        }
         Ok(())
-    }
-
-    /// Records that the documents of every change up to `seq` reached the engine (written
-    /// to the engine after them).
-    fn checkpoint(&self, storage: &Storage, seq: u64) -> Result<()> {
-        let mut batch = WriteBatch::default();
-        batch.insert(
-            &self.meta,
-            CHECKPOINT_KEY.to_vec(),
-            seq.to_be_bytes().to_vec(),
-        );
-        storage.apply(&batch)
     }
 
     /// Whether a commit whose last change is numbered `last` goes into the in-memory tail;
@@ -1085,25 +1834,21 @@ impl ChangeLog {
                 // by now): part of what the tail costs (see `keep_tail`).
                 tail.entries.pop_front();
             }
-            let item =
-                Change::row(Some(Arc::from(&c.key[..])), c.old.clone(), c.new.clone()).at(c.seq);
+            let item = Change::row(Some(Arc::from(&c.key[..])), c.old.clone(), c.new.clone())
+                .at(c.seq, c.commit);
             tail.entries.push_back(TailEntry { table: id, item });
         }
     }
 
-    /// Records that `table` was created after change `seq` (and moves the checkpoint there:
-    /// no change of an earlier table of that name is redone into it).
+    /// Records that `table` was created after change `seq`, and moves the checkpoint there:
+    /// no change of an earlier table of that name is redone into it.
     pub(crate) fn table_created(&self, storage: &Storage, table: &str, seq: u64) -> Result<()> {
         let mut key = CREATED_PREFIX.to_vec();
         key.extend_from_slice(table.as_bytes());
         let mut batch = WriteBatch::default();
         batch.insert(&self.meta, key, seq.to_be_bytes().to_vec());
-        batch.insert(
-            &self.meta,
-            CHECKPOINT_KEY.to_vec(),
-            seq.to_be_bytes().to_vec(),
-        );
         storage.apply(&batch)?;
+        self.writer.lock().set_checkpoint(storage, seq)?;
         self.created.lock().insert(table.to_string(), seq);
         Ok(())
     }
@@ -1122,6 +1867,7 @@ impl ChangeLog {
     /// counts them, and drops the oldest segments past the retention.
     pub(crate) fn committed(&self, storage: &Storage, n: u64) -> Result<()> {
         let mut w = self.writer.lock();
+        w.applied = w.last_seq;
         let now = w.last_ms;
         w.total += n;
         let open = w.segments.back_mut().expect("the open segment is listed");
@@ -1178,7 +1924,9 @@ impl ChangeLog {
         }
         if let Some(s) = w.segments.front() {
             // The floor first: a crash before the files go leaves files below it (removed
-            // on open), never a floor below a missing change.
+            // on open). (One that loses the floor, not yet flushed, after the files went
+            // leaves missing segments below the checkpoint: the open raises the floor past
+            // them, as here.)
             let floor = s.first;
             let mut batch = WriteBatch::default();
             batch.insert(&self.meta, FLOOR_KEY.to_vec(), floor.to_be_bytes().to_vec());
@@ -1189,9 +1937,21 @@ impl ChangeLog {
         Ok(())
     }
 
+    /// The error for a segment found damaged while the log is open (a resume reads it).
+    fn damaged_segment(&self, first: u64, what: &str) -> Error {
+        Error::Damaged {
+            path: self.dir.display().to_string(),
+            reason: format!("segment {} {what}", segment_name(first)),
+        }
+    }
+
     /// Calls `f` with each change of `table` numbered `from` and above, in order (the
     /// caller holds the commit lock, so nothing is appended meanwhile). Recent changes are
     /// read from memory, older ones from the disk.
+    ///
+    /// A segment read from the disk must be whole (a closed one up to the seal that names
+    /// the next, the open one up to what was written): one damaged since the log was opened
+    /// fails with [`Error::Damaged`] rather than ending the changes early.
     pub(crate) fn for_each_from(
         &self,
         table: &str,
@@ -1202,7 +1962,7 @@ impl ChangeLog {
             // The tail holds every change from its first one on: a cursor at or after that
             // one reads from memory.
             let tail = self.tail.lock();
-            let seq = |e: &TailEntry| e.item.seq().unwrap_or(0);
+            let seq = |e: &TailEntry| e.item.change_seq().unwrap_or(0);
             if tail.entries.front().is_some_and(|e| seq(e) <= from) {
                 let Some(id) = tail.names.iter().position(|n| &**n == table) else {
                     return Ok(());
@@ -1213,6 +1973,7 @@ impl ChangeLog {
                     if e.table == id {
                         f(&Logged {
                             seq: seq(e),
+                            commit: e.item.stamp().map_or(0, |(_, commit)| commit),
                             key: e.item.key().map_or(&[][..], |k| &k[..]),
                             old: e.item.old_arc(),
                             new: e.item.new_arc(),
@@ -1223,13 +1984,40 @@ impl ChangeLog {
                 return Ok(());
             }
         }
-        let firsts = self.segment_firsts();
+        let (firsts, open_len) = {
+            let w = self.writer.lock();
+            let firsts: Vec<u64> = w.segments.iter().map(|s| s.first).collect();
+            (firsts, w.len)
+        };
         let start = firsts.iter().rposition(|&s| s <= from).unwrap_or(0);
-        for &first in &firsts[start..] {
-            let bytes = std::fs::read(self.dir.join(segment_name(first)))
-                .map_err(|e| io_error("read a segment", e))?;
-            for c in commits(&bytes).0 {
-                if c.last()? < from {
+        for (k, &first) in firsts.iter().enumerate().skip(start) {
+            let bytes = match std::fs::read(self.dir.join(segment_name(first))) {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(self.damaged_segment(first, "is missing"))
+                }
+                Err(e) => return Err(io_error("read a segment", e)),
+            };
+            let parsed = parse_segment(&bytes, HEADER, first);
+            if Header::decode(&bytes).is_some_and(|h| h.first != first) {
+                return Err(self.damaged_segment(first, "holds another segment"));
+            }
+            let whole = match firsts.get(k + 1) {
+                Some(&next) => parsed.seal == Some(next),
+                None => parsed.valid >= open_len,
+            };
+            if !whole {
+                return Err(self.damaged_segment(
+                    first,
+                    &format!(
+                        "ends early ({} of its {} bytes are readable records)",
+                        parsed.valid,
+                        bytes.len()
+                    ),
+                ));
+            }
+            for c in parsed.commits {
+                if c.checked_last().unwrap_or(u64::MAX) < from {
                     continue;
                 }
                 for e in c.entries() {
@@ -1240,6 +2028,7 @@ impl ChangeLog {
                     let (old, new) = (e.old.map(parse).transpose()?, e.new.map(parse).transpose()?);
                     f(&Logged {
                         seq: e.seq,
+                        commit: c.first,
                         key: e.key,
                         old: old.as_ref(),
                         new: new.as_ref(),
@@ -1249,6 +2038,43 @@ impl ChangeLog {
             }
         }
         Ok(())
+    }
+}
+
+impl Drop for ChangeLog {
+    /// Closing the log: it is made durable, and the engine is told how far it went and that
+    /// nothing follows (so that the next open can tell damage to its newest records from a
+    /// record torn by a crash, see `examine`), and that every commit is over (the
+    /// checkpoint). Skipped when the storage failed: nothing more may reach the disk.
+    fn drop(&mut self) {
+        if self.storage.has_failed() {
+            return;
+        }
+        let mut w = self.writer.lock();
+        if w.broken.is_some() {
+            return;
+        }
+        let at = w.position();
+        if let Err(e) = w.sync.sync_data() {
+            tracing::warn!("the change log could not be written to disk as it closed: {e}");
+            return;
+        }
+        w.synced(at);
+        let told = Synced {
+            first: at.first,
+            len: at.len as u64,
+            seq: at.seq,
+            closed: true,
+        };
+        let applied = w.applied;
+        let written = w.set_checkpoint(&self.storage, applied).and_then(|()| {
+            let mut batch = WriteBatch::default();
+            batch.insert(&w.meta, SYNCED_KEY.to_vec(), told.encode().to_vec());
+            self.storage.apply(&batch)
+        });
+        if let Err(e) = written {
+            tracing::warn!("the change log could not record how far it went as it closed: {e}");
+        }
     }
 }
 
@@ -1378,6 +2204,12 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// The commits of records written from the start of `bytes`, and where they end.
+    fn commits(bytes: &[u8]) -> (Vec<RawCommit<'_>>, usize) {
+        let p = parse_segment(bytes, 0, 1);
+        (p.commits, p.valid)
+    }
+
     #[test]
     fn records_round_trip_and_stop_at_a_torn_end() {
         let new = serde_json::to_vec(&json!({"id": 1, "x": 2})).unwrap();
@@ -1399,7 +2231,7 @@ mod tests {
         );
         assert_eq!(es[0].new, Some(&new[..]));
         assert!(es[1].old.is_none() && es[1].new.is_none());
-        assert_eq!(cs[0].last().unwrap(), 8);
+        assert_eq!(cs[0].checked_last(), Some(8));
         // An aborted commit is not read back; a torn one ends the segment.
         let whole = bytes.len();
         bytes.extend_from_slice(&abort_record(7, 8));
@@ -1416,6 +2248,131 @@ mod tests {
         let mut bad = again.seal().to_vec();
         bad[FRAME + 3] ^= 1;
         assert_eq!(commits(&bad).1, 0);
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("remodel-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn seqs(log: &ChangeLog, table: &str) -> Vec<u64> {
+        let mut seqs = Vec::new();
+        log.for_each_from(table, 0, |c| {
+            seqs.push(c.seq);
+            Ok(())
+        })
+        .unwrap();
+        seqs
+    }
+
+    /// A log of the first format (records from the file's start, no header, no seal, no
+    /// format in the engine) is redone, then started over in this format after the
+    /// database's last change.
+    #[test]
+    fn a_log_of_the_first_format_is_redone_then_started_over() {
+        let dir = temp_dir("legacy-log");
+        let doc = serde_json::to_vec(&json!({"id": 1})).unwrap();
+        {
+            let storage = storage(&dir);
+            let meta = storage.tree(LOG_META_TREE).unwrap();
+            let mut batch = WriteBatch::default();
+            batch.insert(&meta, FLOOR_KEY.to_vec(), 1u64.to_be_bytes().to_vec());
+            batch.insert(&meta, CHECKPOINT_KEY.to_vec(), 0u64.to_be_bytes().to_vec());
+            storage.apply(&batch).unwrap();
+            storage.flush_blocking().unwrap();
+            std::fs::create_dir_all(dir.join(DIR)).unwrap();
+            let mut r = Record::new(1, Vec::new());
+            r.push(1, "t", b"a", None, Some(&doc)).unwrap();
+            let mut bytes = r.seal().to_vec();
+            bytes.resize(4096, 0);
+            std::fs::write(dir.join(DIR).join(segment_name(1)), bytes).unwrap();
+        }
+        let storage = storage(&dir);
+        let log = ChangeLog::open(&storage, &dir, Some(ChangeLogRetention::default()), 10).unwrap();
+        let docs = storage.tree("t/t").unwrap();
+        let table = Arc::new(TableState::new("t".into(), "id".into(), docs.clone()));
+        let tables = HashMap::from([("t".to_string(), table)]);
+        log.recover(&storage, &tables).unwrap();
+        assert_eq!(docs.get(b"a").unwrap().map(|b| b.to_vec()), Some(doc));
+        assert_eq!(list_segments(&dir.join(DIR)).unwrap(), [11]);
+        assert_eq!(read_be(&log.meta, FORMAT_KEY).unwrap(), Some(FORMAT));
+        assert_eq!(read_be(&log.meta, FLOOR_KEY).unwrap(), Some(11));
+        assert_eq!(log.floor(), 11);
+        drop((log, storage, docs, tables));
+        // Opened again, it is a log of this format, whole.
+        let again = self::storage(&dir);
+        let log = ChangeLog::open(&again, &dir, Some(ChangeLogRetention::default()), 20).unwrap();
+        assert_eq!(log.floor(), 11);
+        drop((log, again));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A crash inside a roll (the next segment made, the open one not sealed yet) is not
+    /// damage: the next segment goes, and the log goes on in the one it had.
+    #[test]
+    fn an_interrupted_roll_is_not_damage() {
+        let dir = temp_dir("interrupted-roll");
+        let doc = |i: i64| serde_json::to_vec(&json!({"id": i})).unwrap();
+        let len;
+        {
+            let storage = storage(&dir);
+            let log =
+                ChangeLog::open(&storage, &dir, Some(ChangeLogRetention::default()), 0).unwrap();
+            for i in 1..=5u64 {
+                let mut r = log.record(i);
+                r.push(i, "t", &i.to_be_bytes(), None, Some(&doc(i as i64)))
+                    .unwrap();
+                log.write(&storage, r).unwrap();
+                log.committed(&storage, 1).unwrap();
+            }
+            len = log.writer.lock().len;
+            drop(create_segment(&dir.join(DIR), 6, 1 << 20).unwrap());
+        }
+        let storage = storage(&dir);
+        let log = ChangeLog::open(&storage, &dir, Some(ChangeLogRetention::default()), 5).unwrap();
+        assert_eq!(list_segments(&dir.join(DIR)).unwrap(), [1]);
+        assert_eq!(log.writer.lock().len, len);
+        assert_eq!(log.floor(), 1);
+        assert_eq!(seqs(&log, "t"), [1, 2, 3, 4, 5]);
+        drop((log, storage));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Records the checkpoint does not cover, damaged: the log may hold writes the engine
+    /// does not have, so it is refused (`Error::Damaged`), and nothing is changed on disk.
+    #[test]
+    fn damage_past_the_checkpoint_is_refused() {
+        let dir = temp_dir("refused-log");
+        let doc = |i: i64| serde_json::to_vec(&json!({"id": i})).unwrap();
+        {
+            let storage = storage(&dir);
+            let log =
+                ChangeLog::open(&storage, &dir, Some(ChangeLogRetention::default()), 0).unwrap();
+            for i in 1..=5u64 {
+                let mut r = log.record(i);
+                r.push(i, "t", &i.to_be_bytes(), None, Some(&doc(i as i64)))
+                    .unwrap();
+                log.write(&storage, r).unwrap();
+                // No `committed`: as if the documents never reached the engine.
+            }
+            log.sync(&storage).unwrap();
+        }
+        let path = dir.join(DIR).join(segment_name(1));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[HEADER + 30] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let storage = storage(&dir);
+        let opened = ChangeLog::open(&storage, &dir, Some(ChangeLogRetention::default()), 5);
+        assert!(
+            matches!(opened, Err(Error::Damaged { .. })),
+            "{:?}",
+            opened.err()
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        drop(storage);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

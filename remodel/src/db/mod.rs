@@ -368,10 +368,13 @@ impl Database {
             None => Some(temporary_dir()?),
         };
         let path = canonical.as_deref().or(temporary.as_deref());
+        // A process that just dropped or closed the database (or exited) may hold the lock
+        // a moment longer too (sled's I/O threads release it last, 5 to 40 ms later): a
+        // short wait, so that a real holder is still refused quickly.
         let patience = if was_open_here {
             Duration::from_secs(1)
         } else {
-            Duration::ZERO
+            Duration::from_millis(500)
         };
         let storage = Storage::open_waiting_for_lock(
             EngineConfig {

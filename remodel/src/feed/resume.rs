@@ -144,6 +144,14 @@ impl Feed {
                 }
                 Ok(())
             })
+            // A segment damaged since the log was opened: the changes after the cursor
+            // cannot all be delivered (never some of them, with a gap).
+            .map_err(|e| match e {
+                Error::Damaged { reason, .. } => {
+                    expired(format!("the change log is damaged: {reason}"))
+                }
+                e => e,
+            })
         })
     }
 }

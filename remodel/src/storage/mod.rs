@@ -678,6 +678,18 @@ impl Tree {
         written
     }
 
+    /// Writes one key as part of the flush that is running: for a [`Storage::before_flush`]
+    /// hook recording what that flush makes durable. Unlike [`Storage::apply`] it does not
+    /// mark the storage written since its last flush: the flush that runs the hook covers
+    /// the write, and marking it would make the timer flush again for nothing.
+    pub(crate) fn write_in_flush(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.shared.check()?;
+        self.inner
+            .write(key, Some(value))
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
     pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
         self.shared.check()?;
         self.inner.get(key).map_err(|e| self.err(e))
