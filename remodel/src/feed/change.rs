@@ -422,9 +422,9 @@ impl Change {
     }
 
     /// Which change of its commit this item is about (0 for the first): with
-    /// [`Change::seq`], the item's place in the database's change order. A top-N, aggregate
-    /// or join item, which is about the whole commit, has the place of the commit's last
-    /// change.
+    /// [`Change::seq`], the item's place in the database's change order. A top-N or
+    /// aggregate item, which is about the whole commit, has the place of the commit's last
+    /// change; a join's pair, the place of the change that made it.
     pub fn position_in_commit(&self) -> Option<u32> {
         self.data.seq.map(|_| self.data.in_commit)
     }

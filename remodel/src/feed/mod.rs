@@ -34,9 +34,9 @@
 //! an `insert_many` chunk), so a consumer sees where a commit ends when the position
 //! changes, and [`Change::position_in_commit`] orders the items of one commit. Top-N,
 //! aggregate and join feeds apply each commit as one step (no item reflects part of a
-//! commit): their items are about the whole commit and carry the place of its last change
-//! (a join's pairs that a write of its other table changes carry that write's place).
-//! Initial rows, state markers and stats rows have no position. [`Change::cursor`] names an
+//! commit): top-N and aggregate items are about the whole commit and carry the place of its
+//! last change, a join's pairs the place of the change that made them. Initial rows, state
+//! markers and stats rows have no position. [`Change::cursor`] names an
 //! item's place, to resume a row feed after it ([`Changes::resume_from`], with a change
 //! log: [`crate::Config::change_log`]).
 //!

@@ -83,9 +83,9 @@ impl Subscriber {
     }
 
     /// Queues an item (called by writers; never blocks on the consumer). Returns true when
-    /// the consumer may be waiting for it: the queue was empty, so the caller must
-    /// [`Subscriber::wake`] it (writers do that after releasing the commit lock). While the
-    /// queue holds items, an earlier push has already arranged a wake-up.
+    /// the consumer may be waiting for it: the queue was empty, so the caller must wake it
+    /// ([`Subscriber::take_waker`]; writers wake after releasing the commit lock). While
+    /// the queue holds items, an earlier push has already arranged a wake-up.
     pub(crate) fn push(&self, item: Change) -> bool {
         let mut q = self.queue.lock();
         if q.closed.is_some() {

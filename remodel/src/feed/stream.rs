@@ -62,9 +62,11 @@ impl StatsTimer {
 
 /// A live query: a stream of [`Change`] items, in commit order.
 ///
-/// Error items: [`Error::FeedOverflow`] when the consumer fell behind (the feed goes on),
-/// and [`Error::FeedAborted`] when the table or index went away or the database closed (the
-/// feed then ends). Dropping the feed unsubscribes it.
+/// Error items: [`Error::FeedOverflow`] when the consumer fell more than its queue size
+/// behind (the feed goes on), and [`Error::FeedAborted`] when what it watches went away
+/// (the feed then ends). Dropping the feed unsubscribes it. The [`crate::feed`] module
+/// states the whole contract: order and commit positions, queue size and overflow, squash,
+/// visibility of hard writes, abort.
 pub struct Feed {
     pub(super) inbox: Inbox,
     /// State markers and initial rows, delivered before anything else.

@@ -96,13 +96,15 @@ impl Followers {
         }
         let mut spaces = self.spaces.lock();
         for e in edits.edits {
-            let routes = spaces.entry(e.space.clone()).or_insert_with(|| {
+            if !spaces.contains_key(&e.space) {
                 self.routed.fetch_add(1, Ordering::AcqRel);
-                SpaceRoutes {
+                let routes = SpaceRoutes {
                     ix: e.ix,
                     by_key: HashMap::new(),
-                }
-            });
+                };
+                spaces.insert(e.space.clone(), routes);
+            }
+            let routes = spaces.get_mut(&e.space).expect("inserted above");
             for (add, key) in e.keys {
                 if add {
                     let gs = routes.by_key.entry(key).or_default();

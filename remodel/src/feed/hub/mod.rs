@@ -7,7 +7,7 @@
 //! ([`crate::feed::ops::Route`], `routes.rs`), so that routing a write costs in proportion
 //! to the feeds it concerns; groups that follow another table (joins) are also found by that
 //! table's writes (`follow.rs`). The hub knows groups only through the
-//! [`Operator`](crate::feed::ops::Operator) trait (see `feed::ops`).
+//! [`Operator`] trait (see `feed::ops`).
 //!
 //! Everything here that changes routes or sees a change runs under the commit lock, so a
 //! feed's initial snapshot and its first change are separated by no gap and no overlap.
@@ -108,7 +108,7 @@ impl Hub {
             Some(id) => id,
             None => self.add_group(&mut routes, &name, key, plan.load()?),
         };
-        let initial = match Self::initial(&mut routes, id, initial_rows, want_initial) {
+        let initial = match Self::initial(&routes, id, initial_rows, want_initial) {
             Ok(initial) => initial,
             Err(e) => {
                 self.remove_if_empty(&mut routes, &name, id);
@@ -153,7 +153,7 @@ impl Hub {
 
     /// A new member's initial rows, if it asked for them.
     fn initial(
-        routes: &mut Routes,
+        routes: &Routes,
         id: GroupId,
         initial_rows: impl FnOnce() -> Result<Vec<Arc<Value>>>,
         want_initial: bool,
@@ -291,5 +291,58 @@ impl Drop for Registration {
         drop(routes);
         self.table.open.fetch_sub(1, Ordering::AcqRel);
         self.hub.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{field, Database, Error};
+    use futures_util::StreamExt;
+    use serde_json::json;
+
+    /// How many groups table `table` has.
+    fn groups(db: &Database, table: &str) -> usize {
+        let hub = db.inner.sink_as::<super::Hub>();
+        hub.feeds_of(table)
+            .map_or(0, |f| f.routes.lock().groups.len())
+    }
+
+    #[tokio::test]
+    async fn feeds_of_queries_described_alike_share_one_group() {
+        let db = Database::temporary().await.unwrap();
+        db.create_table("t").await.unwrap();
+        let t = db.table("t");
+        // Built apart; 1 and 1.0 compare equal, so both filters select the same rows.
+        let a = t.filter(field("n").eq(1)).changes().await.unwrap();
+        let b = t.filter(field("n").eq(1.0)).changes().await.unwrap();
+        assert_eq!(groups(&db, "t"), 1);
+        let c = t.filter(field("n").eq(2)).changes().await.unwrap();
+        let d = t.get_all([json!(1), json!(2)]).changes().await.unwrap();
+        let e = t.get_all([json!(2), json!(1)]).changes().await.unwrap();
+        let f = t.get_all([json!(1), json!(1)]).changes().await.unwrap();
+        assert_eq!(groups(&db, "t"), 4, "n == 2, keys {{1, 2}}, key 1 twice");
+        drop((a, b, c));
+        assert_eq!(groups(&db, "t"), 2, "a group goes with its last feed");
+        drop((d, e, f));
+        assert_eq!(groups(&db, "t"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_join_ends_with_its_right_table_even_before_it_joins_anything() {
+        let db = Database::temporary().await.unwrap();
+        db.create_table("l").await.unwrap();
+        db.create_table("r").await.unwrap();
+        let mut pairs = db
+            .table("l")
+            .query()
+            .eq_join("r_id", "r")
+            .changes()
+            .await
+            .unwrap();
+        db.drop_table("r").await.unwrap();
+        let end = pairs.next().await;
+        assert!(matches!(end, Some(Err(Error::FeedAborted(_)))), "{end:?}");
+        assert!(pairs.next().await.is_none());
+        assert_eq!(groups(&db, "l"), 0);
     }
 }

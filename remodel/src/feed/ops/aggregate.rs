@@ -16,7 +16,6 @@
 
 use super::rows::{Rows, RowsKey};
 use super::{check_live, keyed_rows, Commit, Operator, Plan, Reroute, Route, Step};
-use crate::db::write::Committed;
 use crate::db::{IndexState, TableState};
 use crate::feed::change::Change;
 use crate::feed::spec::{Matcher, View};
@@ -114,9 +113,7 @@ impl Operator for Aggregate {
         _routes: &mut impl Reroute,
     ) -> Result<()> {
         let rows = (&self.rows.matcher, &self.rows.view);
-        let items = self.agg.apply_commit(rows, commit.changes)?;
-        out.extend(items.into_iter().map(|item| commit.stamp(item)));
-        Ok(())
+        self.agg.apply_commit(rows, commit, out)
     }
 
     fn initial(&self, _read: impl FnOnce() -> Result<Vec<Arc<Value>>>) -> Result<Vec<Arc<Value>>> {
@@ -641,13 +638,14 @@ impl LiveAgg {
     }
 
     /// Applies one commit's changes (each key once, before and after the commit) as one
-    /// step; returns the changed group rows. Storage holds the commit's state (refills read
-    /// it).
-    pub(crate) fn apply_commit(
+    /// step; the changed group rows go to `out`, stamped with the commit. Storage holds the
+    /// commit's state (refills read it).
+    fn apply_commit(
         &mut self,
         (matcher, view): (&Matcher, &View),
-        changes: &[&Committed],
-    ) -> Result<Vec<Change>> {
+        commit: &Commit<'_>,
+        out: &mut Vec<Change>,
+    ) -> Result<()> {
         let mut before: BTreeMap<Vec<u8>, Option<Arc<Value>>> = BTreeMap::new();
         let touched = |agg: &Self, seen: &Value, before: &mut BTreeMap<_, _>| {
             for g in agg.groups_of(seen) {
@@ -658,7 +656,7 @@ impl LiveAgg {
                 }
             }
         };
-        for c in changes {
+        for c in commit.changes {
             let seen = |doc: &Option<Arc<Value>>| -> Option<(usize, Arc<Value>)> {
                 let d = doc.as_ref()?;
                 let n = matcher.count(&c.key, d);
@@ -682,14 +680,13 @@ impl LiveAgg {
             }
         }
         self.refill(matcher, view)?;
-        let mut out = Vec::new();
         for (k, old) in before {
             let new = self.reshow(&k);
             if old == new {
                 continue;
             }
-            out.push(Change::row(Some(Arc::from(&k[..])), old, new));
+            out.push(commit.stamp(Change::row(Some(Arc::from(&k[..])), old, new)));
         }
-        Ok(out)
+        Ok(())
     }
 }

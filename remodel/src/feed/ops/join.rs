@@ -1,12 +1,12 @@
 //! Live joins: `eq_join(field, other)` feeds (optionally `.index(name)` on the other table).
 //!
 //! A join feed's group lives with its left query (routed like a rows feed of that query) and
-//! keeps, for each left row in the result, the key it joins on; a reverse map from join key
-//! to left rows is registered in the hub's join routes of the right table (per key space:
-//! its primary key or one of its indexes). So a write to the left table costs what a rows
-//! feed costs plus the lookup of its right rows, and a write to the right table finds the
-//! left rows joined to it through the routes, by the keys it had and has: no feed is
-//! scanned.
+//! keeps its left rows under the key each joins on; every such key is a followed route of
+//! the group in the right table ([`Route::Followed`], per key space: the right table's
+//! primary key or one of its indexes), added when a key gets its first left row and removed
+//! when it loses its last. So a write to the left table costs what a rows feed costs plus
+//! the lookup of its right rows, and a write to the right table finds the left rows joined
+//! to it through the routes, by the keys it had and has: no feed is scanned.
 //!
 //! Items are `{"left": .., "right": ..}` pairs: a pair appears when a left row starts to
 //! join a right row (either moved), changes when either row changes, and goes away when one

@@ -11,7 +11,6 @@
 //! moves it.
 
 use super::{check_live, Commit, Operator, Plan, Reroute, Route, Step};
-use crate::db::write::Committed;
 use crate::db::TableState;
 use crate::feed::change::Change;
 use crate::feed::edits::{list_edits, ListRow};
@@ -103,8 +102,7 @@ impl Operator for TopN {
         out: &mut Vec<Change>,
         routes: &mut impl Reroute,
     ) -> Result<()> {
-        let (items, moved) = self.apply_changes(commit.table, commit.changes)?;
-        out.extend(items.into_iter().map(|item| commit.stamp(item)));
+        let moved = self.apply_changes(commit, out)?;
         if moved {
             self.routes(&mut |r| routes.remove(r));
             self.routed = Routed::of(self);
@@ -233,12 +231,10 @@ impl TopN {
     /// it are compared, so no row that was in no committed result is ever reported. Storage
     /// holds exactly this commit's state when this runs (the hub is called under the commit
     /// lock, right after the commit), so a refill reads the rows as they are after it.
-    /// Returns the items to deliver and whether the set (or its boundary) changed.
-    fn apply_changes(
-        &mut self,
-        table: &TableState,
-        changes: &[&Committed],
-    ) -> Result<(Vec<Change>, bool)> {
+    /// The items go to `out` (stamped with the commit); returns whether the set (or its
+    /// boundary) changed.
+    fn apply_changes(&mut self, commit: &Commit<'_>, out: &mut Vec<Change>) -> Result<bool> {
+        let (table, changes) = (commit.table, commit.changes);
         // Where the set ended before the commit: a row at or before it may be in the set
         // after the commit; rows past it are read from the index when the set needs them.
         let boundary = self.boundary().map(<[u8]>::to_vec);
@@ -280,7 +276,7 @@ impl TopN {
             changed = true;
         }
         if !changed {
-            return Ok((Vec::new(), false));
+            return Ok(false);
         }
         if self.set.len() > self.limit {
             self.set.truncate(self.limit);
@@ -294,7 +290,12 @@ impl TopN {
             .iter()
             .map(|s| (s.pk.clone(), s.seen.clone()))
             .collect();
-        Ok((list_edits(&before, &after), true))
+        out.extend(
+            list_edits(&before, &after)
+                .into_iter()
+                .map(|c| commit.stamp(c)),
+        );
+        Ok(true)
     }
 
     /// The rows of the set with their keys, best first.
