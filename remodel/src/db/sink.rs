@@ -1,7 +1,8 @@
 //! The seam between the database and the layer that watches it.
 //!
 //! The database knows nothing of changefeeds: it hands every commit's changes to a
-//! [`ChangeSink`], under the commit lock and in commit order, and tells it when tables and
+//! [`ChangeSink`], under the commit lock and in commit order (to `remember` when it keeps a
+//! resumable change log, to `publish` while something watches), and tells it when tables and
 //! indexes go away and when the database closes. The feed layer implements the sink and
 //! installs it on first use ([`DbInner::sink_as`]); a database nobody watches has none, and
 //! its writes skip this step entirely. The feed layer reaches back only through
@@ -21,6 +22,12 @@ pub(crate) trait ChangeSink: Send + Sync + 'static {
     /// One commit's changes to `table`, under the commit lock, in commit order. Consumers
     /// to wake go to `wakes`; the writer wakes them once the lock is released.
     fn publish(&self, table: &Arc<TableState>, changes: &[Committed], wakes: &mut Vec<Waker>);
+    /// Every commit's changes (per table; `last`: its last change number), once they are
+    /// durable and before they are published, under the commit lock and in commit order,
+    /// whenever the database keeps a resumable change log, idle or not: the feed layer keeps
+    /// the newest ones ready for feeds that resume from a cursor (the log keeps records
+    /// only).
+    fn remember(&self, committed: &[(Arc<TableState>, Vec<Committed>)], last: u64);
     /// The table was dropped (what watches it ends).
     fn table_dropped(&self, table: &str, why: &str);
     /// The index was dropped (what reads it ends).

@@ -643,12 +643,12 @@ impl DbInner {
             log.abort(first, last);
             return Err(e);
         }
-        // The in-memory tail serves cursors, which only feeds hand out: it is kept while
-        // feeds are open (see `ChangeLog::keep_tail`).
-        let watched = self.sink().is_some_and(|s| !s.is_idle());
-        if log.keep_tail(watched, last) {
-            for (table, changes) in committed {
-                log.remember(&table.name, changes);
+        // Resuming feeds read the newest changes from the feed layer's own tail (kept while
+        // feeds are open, and a while after). Cursors come only from feeds: with no sink,
+        // none was handed out.
+        if log.resumable() {
+            if let Some(sink) = self.sink() {
+                sink.remember(committed, last);
             }
         }
         let n = committed.iter().map(|(_, c)| c.len() as u64).sum();

@@ -98,6 +98,7 @@ impl Feed {
                 "the database keeps no change log (see Config::change_log)".into(),
             ));
         };
+        let hub = db.inner.sink_as::<Hub>();
         db.inner.with_commit_lock(|last| {
             db.check_open()?;
             if cursor.seq < log.floor() {
@@ -120,17 +121,14 @@ impl Feed {
                 )));
             }
             plan.check_live()?;
-            let sub =
-                db.inner
-                    .sink_as::<Hub>()
-                    .subscribe(plan, delivery, || Ok(Vec::new()), false)?;
+            let sub = hub.subscribe(plan, delivery, || Ok(Vec::new()), false)?;
             self.attach(sub);
             self.snapshot_seq = Some(cursor.seq);
             let mut items = Vec::new();
             // From the cursor's own change on: the feed's later items for it come first.
             let front = &mut self.front;
-            log.for_each_from(&table, cursor.seq, |c| {
-                if !plain_items(&replay, c, &mut items) {
+            let mut replayed = |c: &Logged<'_>, plain: Option<&Change>| {
+                if !plain_items(&replay, c, plain, &mut items) {
                     Hub::replay_items(&replay, &c.committed(), &mut items);
                 }
                 if c.seq > cursor.seq {
@@ -143,25 +141,49 @@ impl Feed {
                     );
                 }
                 Ok(())
-            })
-            // A segment damaged since the log was opened: the changes after the cursor
-            // cannot all be delivered (never some of them, with a gap).
-            .map_err(|e| match e {
-                Error::Damaged { reason, .. } => {
-                    expired(format!("the change log is damaged: {reason}"))
-                }
-                e => e,
-            })
+            };
+            // Recent changes are in the hub's tail, ready; older ones in the log.
+            let kept = hub.for_each_kept(&table, cursor.seq, |item| {
+                replayed(&logged(item), Some(item))
+            });
+            if let Some(read) = kept {
+                return read;
+            }
+            log.for_each_from(&table, cursor.seq, |c| replayed(c, None))
+                // A segment damaged since the log was opened: the changes after the cursor
+                // cannot all be delivered (never some of them, with a gap).
+                .map_err(|e| match e {
+                    Error::Damaged { reason, .. } => {
+                        expired(format!("the change log is damaged: {reason}"))
+                    }
+                    e => e,
+                })
         })
     }
 }
 
+/// A change kept in the hub's tail, as the log reads one back.
+fn logged(item: &Change) -> Logged<'_> {
+    Logged {
+        seq: item.change_seq().unwrap_or(0),
+        commit: item.stamp().map_or(0, |(_, commit)| commit),
+        key: item.key().map_or(&[][..], |k| &k[..]),
+        old: item.old_arc(),
+        new: item.new_arc(),
+    }
+}
+
 /// The items of a feed of whole rows (no filter or transform) in which the row is at most
-/// once before and after the change: the plain item the log keeps (shared with every
-/// resuming feed) when the row is in the result both times it exists, else one built as the
-/// live path builds it (`feed::ops::rows::Rows::items`). Returns false for any other feed
-/// (the caller makes its items the general way).
-fn plain_items(plan: &FeedPlan, c: &Logged<'_>, out: &mut Vec<Change>) -> bool {
+/// once before and after the change: the `plain` item the hub's tail keeps for it (shared
+/// with every resuming feed) when there is one and the row is in the result both times it
+/// exists, else one built as the live path builds it (`feed::ops::rows::Rows::items`).
+/// Returns false for any other feed (the caller makes its items the general way).
+fn plain_items(
+    plan: &FeedPlan,
+    c: &Logged<'_>,
+    plain: Option<&Change>,
+    out: &mut Vec<Change>,
+) -> bool {
     let Some(super::ops::rows::Rows { matcher, view, .. }) = plan.rows() else {
         return false;
     };
@@ -177,7 +199,7 @@ fn plain_items(plan: &FeedPlan, c: &Logged<'_>, out: &mut Vec<Change>) -> bool {
         return true;
     }
     let (old, new) = (old_n == 1, new_n == 1);
-    match c.plain {
+    match plain {
         Some(item) if old == c.old.is_some() && new == c.new.is_some() => out.push(item.clone()),
         _ => out.push(
             Change::row(

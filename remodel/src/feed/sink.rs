@@ -16,6 +16,10 @@ impl ChangeSink for Hub {
         Hub::publish(self, table, changes, wakes);
     }
 
+    fn remember(&self, committed: &[(Arc<TableState>, Vec<Committed>)], last: u64) {
+        Hub::remember(self, committed, last);
+    }
+
     fn table_dropped(&self, table: &str, why: &str) {
         self.abort_table(table, why);
     }

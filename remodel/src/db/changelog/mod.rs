@@ -65,8 +65,8 @@
 //! # Redo only
 //!
 //! A database whose writes are hard by default keeps the log even without a retention
-//! configured ([`ChangeLog::open`] with `None`): segments of 1 MiB, no in-memory tail, no
-//! resuming, and closed segments removed once there are a few.
+//! configured ([`ChangeLog::open`] with `None`): segments of 1 MiB, no resuming, and closed
+//! segments removed once there are a few.
 //!
 //! # Retention
 //!
@@ -81,10 +81,10 @@
 //!
 //! # Reading
 //!
-//! The newest 16,384 changes are also kept in memory (while feeds are open, see
-//! [`ChangeLog::keep_tail`]), each with the plain feed item a table feed delivers for it
-//! (built once, shared by every feed that resumes over it): a reconnect reads them without
-//! touching the disk or building items. Older cursors read the segments.
+//! [`ChangeLog::for_each_from`] reads the segments back (under the commit lock). The log keeps
+//! records only: the newest changes are also kept in memory by the feed layer, as the items
+//! feeds deliver (told of every commit through [`super::ChangeSink::remember`]), and a
+//! resuming feed reads them there first.
 //!
 //! # Parts
 //!
@@ -93,18 +93,15 @@
 //! - `segment.rs`: the segment files and their memory mapping (all of the log's `unsafe`).
 //! - `recovery.rs`: examining the log on open, carrying out what it comes to, and redoing
 //!   into storage what the engine lost.
-//! - `tail.rs`: the in-memory tail.
 //! - here: the log itself (the write path, rolls, retention, reading back).
 
 mod record;
 mod recovery;
 mod segment;
-mod tail;
 
 pub(crate) use record::Record;
 
 use super::write::Committed;
-use crate::feed::Change;
 use crate::storage::{Storage, Tree, WriteBatch};
 use crate::{Error, Result};
 use parking_lot::Mutex;
@@ -123,7 +120,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tail::Tail;
 
 const LOG_META_TREE: &str = "__remodel_changelog_meta";
 /// The floor (see the module doc), big-endian: every change numbered this or above is in
@@ -343,9 +339,6 @@ pub(crate) struct Logged<'a> {
     pub key: &'a [u8],
     pub old: Option<&'a Arc<Value>>,
     pub new: Option<&'a Arc<Value>>,
-    /// The plain item of a table feed for it, when the log has it at hand (shared: cloning
-    /// it is what a resuming table feed costs per change).
-    pub plain: Option<&'a Change>,
 }
 
 impl Logged<'_> {
@@ -385,9 +378,6 @@ pub(crate) struct ChangeLog {
     /// Segments of the first format: redone by [`ChangeLog::recover`], then removed.
     legacy: Mutex<Option<Vec<u64>>>,
     writer: Arc<Mutex<Writer>>,
-    tail: Mutex<Tail>,
-    /// The last change committed while a feed was open (see [`ChangeLog::keep_tail`]).
-    last_watched: AtomicU64,
     /// The buffer of the last record, reused by the next one.
     spare: Mutex<Vec<u8>>,
     /// Tables created while the log was on: the last sequence number before each was made.
@@ -465,7 +455,7 @@ impl ChangeLog {
     ///
     /// `retention: None` opens it as a redo log only (a database whose writes are hard by
     /// default keeps one, see `group_flush.rs`): it keeps the changes since the last
-    /// checkpoint or two, no in-memory tail, and feeds cannot resume from it.
+    /// checkpoint or two, and feeds cannot resume from it.
     pub(crate) fn open(
         storage: &Storage,
         db_dir: &Path,
@@ -526,9 +516,7 @@ impl ChangeLog {
             floor: AtomicU64::new(floor),
             legacy: Mutex::new(legacy),
             writer: Arc::new(Mutex::new(writer)),
-            last_watched: AtomicU64::new(0),
             spare: Mutex::new(Vec::new()),
-            tail: Mutex::new(Tail::default()),
             created: Mutex::new(created),
         };
         log.sync_before_flush(storage);
@@ -824,9 +812,8 @@ impl ChangeLog {
         }
     }
 
-    /// Calls `f` with each change of `table` numbered `from` and above, in order (the
-    /// caller holds the commit lock, so nothing is appended meanwhile). Recent changes are
-    /// read from memory, older ones from the disk.
+    /// Calls `f` with each change of `table` numbered `from` and above, in order, read from
+    /// the segments (the caller holds the commit lock, so nothing is appended meanwhile).
     ///
     /// A segment read from the disk must be whole (a closed one up to the seal that names
     /// the next, the open one up to what was written): one damaged since the log was opened
@@ -837,9 +824,6 @@ impl ChangeLog {
         from: u64,
         mut f: impl FnMut(&Logged<'_>) -> Result<()>,
     ) -> Result<()> {
-        if let Some(read) = self.tail.lock().for_each_from(table, from, &mut f) {
-            return read;
-        }
         let (firsts, open_len) = {
             let w = self.writer.lock();
             let firsts: Vec<u64> = w.segments.iter().map(|s| s.first).collect();
@@ -888,7 +872,6 @@ impl ChangeLog {
                         key: e.key,
                         old: old.as_ref(),
                         new: new.as_ref(),
-                        plain: None,
                     })?;
                 }
             }

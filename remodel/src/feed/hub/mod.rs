@@ -17,6 +17,7 @@ mod follow;
 mod group;
 mod publish;
 mod routes;
+mod tail;
 
 use super::log::{Log, Reader};
 use super::ops::{AnyOperator, GroupKey, Operator};
@@ -39,6 +40,8 @@ pub(crate) struct Hub {
     open: AtomicUsize,
     /// Routes from writes of one table to the groups of others that follow it.
     followers: Followers,
+    /// The newest changes, ready for feeds that resume (`tail.rs`).
+    tail: tail::Tail,
 }
 
 /// The groups of a table and their routes.
