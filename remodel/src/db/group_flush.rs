@@ -19,7 +19,7 @@
 //! longer than the commits it waits for). Starting at once and letting the late writers form
 //! the next group keeps the disk busy instead.
 //!
-//! What a sync is: with the change log on (see `changelog.rs`, a redo log of every commit),
+//! What a sync is: with the change log on (see `changelog/`, a redo log of every commit),
 //! one `fdatasync` of its open segment; otherwise a flush of the storage engine.
 
 use super::changelog::ChangeLog;
