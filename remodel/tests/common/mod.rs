@@ -1,53 +1,51 @@
-//! The documented rules, written independently of the store, that the model-based tests
-//! check it against.
+//! Fixtures shared by the test binaries of `remodel/tests`, in one place. Each binary is a
+//! folder (`store/`, `queries/`, `feeds/`, `feed_oracle/`, `crashes/`) whose `main.rs`
+//! includes this module with `#[path = "../common/mod.rs"] mod common;`; a binary uses what
+//! it needs of it.
+//!
+//! - [`crew`]: the `crew` table of the store and query tests, and helpers that compare rows;
+//! - [`files`]: databases in folders: unique scratch folders, reopening, small file systems;
+//! - [`feeds`]: a database for one feed, and the items a feed has queued;
+//! - [`rules`]: the documented rules that the model-based tests check the store against;
+//! - here: temporary databases, and [`test_name!`] for tests that re-execute their binary.
 
-use remodel::value::compare;
-use remodel::{IndexSpec, Value};
+// Each binary uses a part of the fixtures.
+#![allow(dead_code, unused_macros)]
 
-/// The value at a dotted path.
-pub fn path_get<'a>(doc: &'a Value, path: &str) -> Option<&'a Value> {
-    path.split('.').try_fold(doc, |d, s| d.as_object()?.get(s))
+pub mod crew;
+pub mod feeds;
+pub mod files;
+pub mod rules;
+
+use remodel::{Config, Database, Durability};
+
+/// A temporary database (hard durability, the default).
+pub async fn db() -> Database {
+    Database::temporary().await.unwrap()
 }
 
-/// Merge as documented: nested objects merge, other values (null included) replace.
-pub fn merge(doc: &mut Value, patch: &Value) {
-    match (doc, patch) {
-        (Value::Object(d), Value::Object(p)) => {
-            for (k, v) in p {
-                match d.get_mut(k) {
-                    Some(old) if old.is_object() && v.is_object() => merge(old, v),
-                    _ => {
-                        d.insert(k.clone(), v.clone());
-                    }
-                }
-            }
+/// A temporary database whose writes default to `Soft` durability, for tests that make
+/// many small writes and check something other than durability.
+pub async fn soft_db() -> Database {
+    Config::temporary()
+        .durability(Durability::Soft)
+        .open()
+        .await
+        .unwrap()
+}
+
+/// The name under which the test harness lists `$test`, a test function of the calling
+/// module (its module path without the binary's name), for a test that runs its own binary
+/// again as a child process with `--exact`. Naming the function makes a typo or a move a
+/// compile error instead of a child that runs no test.
+macro_rules! test_name {
+    ($test:ident) => {{
+        let _ = $test;
+        match module_path!().split_once("::") {
+            Some((_, module)) => format!("{module}::{}", stringify!($test)),
+            None => stringify!($test).to_string(),
         }
-        (d, p) => *d = p.clone(),
-    }
+    }};
 }
-
-/// The values under which a document is in an index, as `remodel/src/db/index.rs` documents
-/// them (`IndexSpec` and its compiled form): none for a missing or null field; compound: every
-/// field present and non-null; multi: each distinct non-null element.
-pub fn index_values(spec: &IndexSpec, doc: &Value) -> Vec<Value> {
-    let get = |f: &str| path_get(doc, f).filter(|v| !v.is_null());
-    if spec.is_compound() {
-        return match spec.fields().iter().map(|f| get(f).cloned()).collect() {
-            Some(parts) => vec![Value::Array(parts)],
-            None => Vec::new(),
-        };
-    }
-    match get(&spec.fields()[0]) {
-        None => Vec::new(),
-        Some(Value::Array(items)) if spec.is_multi() => {
-            let mut out: Vec<Value> = Vec::new();
-            for i in items.iter().filter(|i| !i.is_null()) {
-                if !out.iter().any(|o| compare(o, i).is_eq()) {
-                    out.push(i.clone());
-                }
-            }
-            out
-        }
-        Some(v) => vec![v.clone()],
-    }
-}
+#[allow(unused_imports)]
+pub(crate) use test_name;

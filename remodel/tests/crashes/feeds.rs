@@ -3,6 +3,7 @@
 //! random moment. After reopening, every row a subscriber saw is there, and sequence numbers
 //! continue above every number a subscriber saw.
 
+use crate::common::test_name;
 use futures::StreamExt;
 use rand::{Rng, SeedableRng};
 use remodel::{json, Config, Database, Durability};
@@ -76,7 +77,7 @@ fn run_child(dir: &Path, kill_after: Duration) -> Vec<(u64, String)> {
     let mut child = Command::new(std::env::current_exe().expect("current exe"))
         .args([
             "--exact",
-            "crash_feeds_child",
+            test_name!(crash_feeds_child).as_str(),
             "--nocapture",
             "--test-threads=1",
         ])

@@ -14,9 +14,9 @@
 //!   indexed value of each document, in (value, primary key) order, and `index_status`
 //!   counts as many entries.
 
-mod common;
-
-use common::{index_values, merge};
+use crate::common::files::Tmpfs;
+use crate::common::rules::{index_values, merge};
+use crate::common::test_name;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use remodel::value::compare;
@@ -30,18 +30,22 @@ use std::time::{Duration, Instant};
 
 const ENV_DIR: &str = "REMODEL_CRASH_DIR";
 const ENV_ROUND: &str = "REMODEL_CRASH_ROUND";
+
 /// What the child does besides its writes: `plain`, `ddl` (creates and drops the `scratch`
 /// index over and over) or `full` (writes large documents onto a small file system until a
 /// write fails, then waits to be killed).
 const ENV_MODE: &str = "REMODEL_CRASH_MODE";
+
 /// The index the `ddl` child creates and drops; when it exists after a kill it must be right.
 const SCRATCH: &str = "scratch";
 
 fn scratch_spec() -> IndexSpec {
     IndexSpec::field("n")
 }
+
 const TABLE: &str = "docs";
 const ROUNDS: u64 = 24;
+
 /// Every how many rounds the child is killed early, while it starts up.
 const EARLY_EVERY: u64 = 5;
 
@@ -367,7 +371,12 @@ fn parse_lines(lines: &[String]) -> Run {
 
 fn spawn_child(dir: &Path, round: u64, mode: &str) -> Child {
     Command::new(std::env::current_exe().expect("current exe"))
-        .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            test_name!(crash_child).as_str(),
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(ENV_DIR, dir)
         .env(ENV_ROUND, round.to_string())
         .env(ENV_MODE, mode)
@@ -777,34 +786,6 @@ fn crash_recovery_during_index_drops() {
         crash_rounds(|_| dir.clone(), "ddl", 16, seed, |_| {}, |_| {}, false);
     println!("ddl crash test: {acked} acknowledged writes, {in_flight} in flight at a kill");
     std::fs::remove_dir_all(&dir).expect("remove the test directory");
-}
-
-/// A small tmpfs for the full-disk test, unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
-        std::fs::create_dir_all(dir).ok()?;
-        let mounted = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if mounted {
-            Some(Tmpfs(dir.to_path_buf()))
-        } else {
-            let _ = std::fs::remove_dir(dir);
-            None
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Kills during failing writes: each round's child writes large documents onto a 12 MiB

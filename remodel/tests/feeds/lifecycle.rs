@@ -1,5 +1,7 @@
-//! Feeds opened at random moments while their table is dropped and re-created under the same
-//! name, and while the database closes.
+//! How a feed ends: when its table or index is dropped, when its database closes or its last
+//! handle is dropped (with `FeedAborted`), and when its consumer drops it (unsubscribed).
+//! Feeds opened while that happens never hang; and feeds opened at random moments while their
+//! table is dropped and re-created under the same name, and while the database closes:
 //!
 //! Every row carries the generation of the table it was written to. A feed must open on a
 //! table that was live while it opened (or fail with `NoSuchTable`/`Closed`), see the rows of
@@ -10,6 +12,7 @@
 //! `REMODEL_RACE_ROUNDS=N` runs N drop/re-create rounds instead of the CI default;
 //! `REMODEL_RACE_SEED=S` replays one schedule of random choices (the timing is still real).
 
+use crate::common::feeds::{db_with, scores_table};
 use futures::StreamExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -21,9 +24,133 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::RwLock;
 
+#[tokio::test]
+async fn dropping_tables_and_indexes_or_closing_aborts_feeds() {
+    let db = scores_table().await;
+    let t = db.table("scores");
+    let mut by_index = t
+        .order_by(Order::index("points"))
+        .limit(2)
+        .changes()
+        .await
+        .unwrap();
+    let mut whole = t.changes().await.unwrap();
+    t.drop_index("points").await.unwrap();
+    assert!(
+        matches!(by_index.next().await, Some(Err(Error::FeedAborted(m))) if m.contains("points"))
+    );
+    assert!(by_index.next().await.is_none());
+    db.drop_table("scores").await.unwrap();
+    assert!(
+        matches!(whole.next().await, Some(Err(Error::FeedAborted(m))) if m.contains("dropped"))
+    );
+    assert!(whole.next().await.is_none());
+
+    db.create_table("other").await.unwrap();
+    let mut other = db.table("other").changes().await.unwrap();
+    db.close().await.unwrap();
+    assert!(matches!(other.next().await, Some(Err(Error::FeedAborted(m))) if m.contains("closed")));
+}
+
+#[tokio::test]
+async fn dropping_the_last_database_handle_ends_its_feeds() {
+    let db = db_with("t").await;
+    let mut feed = db.table("t").changes().await.unwrap();
+    drop(db);
+    assert!(matches!(
+        feed.next().await,
+        Some(Err(Error::FeedAborted(_)))
+    ));
+    assert!(feed.next().await.is_none());
+}
+
+#[tokio::test]
+async fn dropping_a_feed_unsubscribes() {
+    let db = db_with("t").await;
+    let t = db.table("t");
+    let feeds_open = || async { db.stats().run().await.unwrap()[0]["feeds"].clone() };
+    let a = t.get(1).changes().await.unwrap();
+    let b = t.get(1).changes().await.unwrap();
+    let c = t.filter(field("x").eq(1)).changes().await.unwrap();
+    assert_eq!(feeds_open().await, json!(3));
+    drop((a, b, c));
+    assert_eq!(feeds_open().await, json!(0));
+    t.insert(json!({"id": 1, "x": 1})).await.unwrap();
+}
+
+/// Issue 6, defect 5: a feed set up while its table is dropped either fails or ends with an
+/// abort.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feeds_opened_while_a_table_is_dropped_never_hang() {
+    for round in 0..30 {
+        let db = db_with("t").await;
+        db.table("t").insert(json!({"id": 1})).await.unwrap();
+        let opener = {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let mut feeds = Vec::new();
+                for _ in 0..20 {
+                    match db.table("t").changes().await {
+                        Ok(f) => feeds.push(f),
+                        Err(Error::NoSuchTable(_) | Error::Closed) => {}
+                        Err(e) => panic!("unexpected error {e}"),
+                    }
+                    tokio::task::yield_now().await;
+                }
+                feeds
+            })
+        };
+        tokio::task::yield_now().await;
+        db.drop_table("t").await.unwrap();
+        let feeds = opener.await.unwrap();
+        // A table of the same name: no old feed may see its rows.
+        db.create_table("t").await.unwrap();
+        db.table("t").insert(json!({"id": "new"})).await.unwrap();
+        for mut f in feeds {
+            let first = tokio::time::timeout(Duration::from_secs(5), f.next())
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: a feed hung"));
+            assert!(
+                matches!(first, Some(Err(Error::FeedAborted(_)))),
+                "round {round}: {first:?}"
+            );
+        }
+    }
+}
+
+/// Issue 6, defect 5, closing: feeds set up while the database closes end too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feeds_opened_while_the_database_closes_never_hang() {
+    for _ in 0..30 {
+        let db = db_with("t").await;
+        let opener = {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let mut feeds = Vec::new();
+                for _ in 0..20 {
+                    if let Ok(f) = db.table("t").changes().await {
+                        feeds.push(f);
+                    }
+                    tokio::task::yield_now().await;
+                }
+                feeds
+            })
+        };
+        tokio::task::yield_now().await;
+        db.close().await.unwrap();
+        for mut f in opener.await.unwrap() {
+            let first = tokio::time::timeout(Duration::from_secs(5), f.next())
+                .await
+                .expect("a feed hung");
+            assert!(matches!(first, Some(Err(Error::FeedAborted(_)))));
+        }
+    }
+}
+
 /// How long a feed may take to end once its table is dropped or the database closes, and how
 /// long opening a feed may take.
 const BOUND: Duration = Duration::from_secs(5);
+
 const OPENERS_PER_ROUND: usize = 10;
 
 fn env(name: &str, default: u64) -> u64 {

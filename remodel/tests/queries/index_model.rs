@@ -1,189 +1,27 @@
-//! Property tests.
-//!
-//! 1. The total order of JSON values and its byte encoding: `encode_value` sorts exactly like
-//!    `compare`, decodes back to an equal value, and is prefix-free (so that
-//!    `encode(value) ++ encode(key)` sorts like the tuple `(value, key)`).
-//! 2. Secondary indexes against a model: after a random sequence of writes (inserts with
-//!    `Conflict::Replace`, one or many; updates and deletes by key; deletes and updates by
-//!    query; multi-write batches that change one key several times), every index (simple,
-//!    nested, compound, multi; two created before the writes, two backfilled part-way)
-//!    returns exactly the documents the documented rules put in it, in
-//!    `(index value, primary key)` order, and `index_status` counts its entries.
+//! Secondary indexes against a model: after a random sequence of writes (inserts with
+//! `Conflict::Replace`, one or many; updates and deletes by key; deletes and updates by
+//! query; multi-write batches that change one key several times), every index (simple,
+//! nested, compound, multi; two created before the writes, two backfilled part-way) returns
+//! exactly the documents the documented rules put in it, in `(index value, primary key)`
+//! order, and `index_status` counts its entries. And doubles survive storage and leave no
+//! stale index entries.
 //!
 //! The model is written from the documented rules (the total order in README.md's design
 //! section, the docs of `IndexSpec` in `db/index.rs` and of `Patch`), independently of the
-//! store's own code.
+//! store's own code (`../common/rules.rs`).
 
-mod common;
-
-use common::{index_values, merge, path_get};
+use crate::common::rules::{index_values, merge, path_get};
+use crate::order::{arb_json, runner_config};
 use proptest::collection::vec;
 use proptest::prelude::*;
-use proptest::test_runner::Config as ProptestConfig;
-use remodel::value::{compare, decode_value, encode_value};
+use remodel::value::{compare, encode_value};
 use remodel::{
     field, has_fields, json, Config, Conflict, Database, Durability, IndexSpec, Order, Predicate,
     Table, Value,
 };
-use serde_json::{Map, Number};
+use serde_json::Map;
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
-
-// ---------------------------------------------------------------------------------------------
-// Strategies
-// ---------------------------------------------------------------------------------------------
-
-/// Strings from a small alphabet (so that values often share prefixes), including NUL, bytes
-/// around it, and multi-byte characters; sometimes any string at all.
-fn arb_string() -> BoxedStrategy<String> {
-    prop_oneof![
-        6 => "[ab\u{0}\u{1}\u{7f}é\u{ff}日\u{10ffff}]{0,4}",
-        1 => any::<String>(),
-    ]
-    .boxed()
-}
-
-/// Numbers: small integers, integral doubles equal to them, the edges of i64/u64 and of the
-/// exactly representable integers (2^53), arbitrary finite doubles.
-fn arb_number() -> BoxedStrategy<Value> {
-    let special = prop::sample::select(vec![
-        0.0,
-        -0.0,
-        0.5,
-        -0.5,
-        1.0,
-        9007199254740992.0,     // 2^53
-        9223372036854775808.0,  // 2^63
-        -9223372036854775808.0, // -2^63
-        18446744073709551616.0, // 2^64
-        1e300,
-        -1e300,
-        f64::MIN_POSITIVE,
-        5e-324,
-        f64::MAX,
-        f64::MIN,
-    ]);
-    prop_oneof![
-        4 => (-3i64..4).prop_map(Value::from),
-        2 => (-3i64..4).prop_map(|i| json!(i as f64)),
-        1 => any::<i64>().prop_map(Value::from),
-        1 => any::<u64>().prop_map(Value::from),
-        1 => ((1u64 << 53) - 3..(1u64 << 53) + 4).prop_map(Value::from),
-        1 => ((1u64 << 53) - 3..(1u64 << 53) + 4).prop_map(|u| json!(u as f64)),
-        1 => (u64::MAX - 3..=u64::MAX).prop_map(Value::from),
-        1 => (i64::MIN..i64::MIN + 4).prop_map(Value::from),
-        1 => (i64::MAX - 3..=i64::MAX).prop_map(Value::from),
-        1 => any::<i64>().prop_map(|i| json!(i as f64)),
-        2 => special.prop_map(|f| json!(f)),
-        2 => any::<f64>().prop_filter_map("finite", |f| Number::from_f64(f).map(Value::Number)),
-    ]
-    .boxed()
-}
-
-fn arb_leaf() -> BoxedStrategy<Value> {
-    prop_oneof![
-        1 => Just(Value::Null),
-        1 => any::<bool>().prop_map(Value::Bool),
-        3 => arb_number(),
-        3 => arb_string().prop_map(Value::String),
-    ]
-    .boxed()
-}
-
-/// Object keys: few and short, so that objects often share keys.
-fn arb_object_key() -> impl Strategy<Value = String> {
-    "[ab\u{0}é]{0,2}"
-}
-
-/// Any JSON value, recursive with bounded depth and size.
-fn arb_json() -> BoxedStrategy<Value> {
-    arb_leaf()
-        .prop_recursive(3, 24, 4, |inner| {
-            prop_oneof![
-                vec(inner.clone(), 0..4).prop_map(Value::Array),
-                vec((arb_object_key(), inner), 0..4)
-                    .prop_map(|kvs| Value::Object(kvs.into_iter().collect())),
-            ]
-        })
-        .boxed()
-}
-
-fn runner_config(cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases,
-        max_shrink_iters: 512,
-        // Failures are reported in the test output; no regression files next to the tests.
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// 1. The order and its encoding
-// ---------------------------------------------------------------------------------------------
-
-proptest! {
-    #![proptest_config(runner_config(512))]
-
-    /// Byte order of encodings is the total order of values, for every pair (the values share
-    /// structure often enough, thanks to the small alphabets, to exercise deep ties).
-    #[test]
-    fn encoding_sorts_like_compare(values in vec(arb_json(), 1..6)) {
-        for a in &values {
-            let ea = encode_value(a);
-            for b in &values {
-                let eb = encode_value(b);
-                prop_assert_eq!(ea.cmp(&eb), compare(a, b), "{} vs {}", a, b);
-                // Antisymmetry of `compare` itself.
-                prop_assert_eq!(compare(a, b), compare(b, a).reverse(), "{} vs {}", a, b);
-                // No encoding is a proper prefix of another.
-                if ea != eb {
-                    prop_assert!(!eb.starts_with(&ea), "{} is a prefix of {}", a, b);
-                }
-            }
-        }
-    }
-
-    /// Decoding gives back an equal value, reads exactly the bytes of one value (even with
-    /// more bytes after it), and re-encodes to the same bytes.
-    #[test]
-    fn decoding_round_trips(a in arb_json(), next in arb_json()) {
-        let enc = encode_value(&a);
-        let (back, used) = decode_value(&enc).expect("decodes");
-        prop_assert_eq!(used, enc.len(), "{}", a);
-        prop_assert_eq!(compare(&back, &a), Ordering::Equal, "{} decoded as {}", a, back);
-        prop_assert_eq!(encode_value(&back), enc.clone(), "{}", a);
-
-        let mut longer = enc.clone();
-        longer.extend_from_slice(&encode_value(&next));
-        let (back2, used2) = decode_value(&longer).expect("decodes with a suffix");
-        prop_assert_eq!(used2, enc.len(), "{} followed by {}", a, next);
-        prop_assert_eq!(compare(&back2, &a), Ordering::Equal);
-        let (back3, used3) = decode_value(&longer[used2..]).expect("decodes the suffix");
-        prop_assert_eq!(used2 + used3, longer.len());
-        prop_assert_eq!(compare(&back3, &next), Ordering::Equal);
-    }
-
-    /// `encode(a) ++ encode(k1)` vs `encode(b) ++ encode(k2)` orders like `(a, k1)` vs
-    /// `(b, k2)`: how index keys break ties by primary key.
-    #[test]
-    fn concatenations_sort_like_tuples(pairs in vec((arb_json(), arb_json()), 2..6)) {
-        for (a, k1) in &pairs {
-            let mut x = encode_value(a);
-            x.extend_from_slice(&encode_value(k1));
-            for (b, k2) in &pairs {
-                let mut y = encode_value(b);
-                y.extend_from_slice(&encode_value(k2));
-                let expected = compare(a, b).then_with(|| compare(k1, k2));
-                prop_assert_eq!(x.cmp(&y), expected, "({}, {}) vs ({}, {})", a, k1, b, k2);
-            }
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// 2. Indexes against a model
-// ---------------------------------------------------------------------------------------------
 
 /// Primary keys of mixed types; `2` and `2.0` are the same key.
 fn key_pool() -> Vec<Value> {
@@ -409,6 +247,7 @@ fn index_specs() -> Vec<(&'static str, IndexSpec)> {
         ("by_pair", IndexSpec::compound(["c", "o.w"])),
     ]
 }
+
 const INDEXES_AT_START: usize = 2;
 
 /// The model: documents by encoded primary key (so that `2` and `2.0` are one key).

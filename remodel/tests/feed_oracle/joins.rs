@@ -1,10 +1,13 @@
 //! Live joins, differentially: after every random write to either table, the multiset of
 //! pairs a consumer rebuilds from an `eq_join` feed's items equals re-running the join.
+//!
+//! The exact items of live joins, example by example, are `feeds/joins.rs`.
 
 use futures::{FutureExt, StreamExt};
 use proptest::collection::vec;
 use proptest::prelude::*;
-use remodel::{field, json, Config, Database, Durability, Error, Feed, IndexSpec, Join, Value};
+use proptest::test_runner::FileFailurePersistence;
+use remodel::{field, json, Config, Database, Durability, Feed, IndexSpec, Join, Value};
 use std::collections::BTreeMap;
 
 #[derive(Clone, Debug)]
@@ -266,7 +269,15 @@ async fn run_case(ops: Vec<Op>) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig {
+        cases: 64,
+        // Failing cases are kept beside this file, as before it moved into a folder with a
+        // main.rs (proptest's default would now use `../proptest-regressions/joins.txt`).
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
+            "proptest-regressions"
+        ))),
+        ..ProptestConfig::default()
+    })]
     #[test]
     fn live_joins_equal_rerunning_them(ops in vec(op(), 4..30)) {
         tokio::runtime::Builder::new_current_thread()
@@ -275,155 +286,6 @@ proptest! {
             .unwrap()
             .block_on(run_case(ops));
     }
-}
-
-#[tokio::test]
-async fn a_right_row_update_reaches_every_joined_left_row() {
-    let db = Config::temporary()
-        .durability(Durability::Soft)
-        .open()
-        .await
-        .unwrap();
-    db.create_table("crew").await.unwrap();
-    db.create_table("ships").await.unwrap();
-    let (crew, ships) = (db.table("crew"), db.table("ships"));
-    ships
-        .insert(json!({"id": "ncc-1701", "name": "Enterprise"}))
-        .await
-        .unwrap();
-    for who in ["kirk", "spock", "mccoy"] {
-        crew.insert(json!({"id": who, "ship": "ncc-1701"}))
-            .await
-            .unwrap();
-    }
-    let mut feed = crew
-        .query()
-        .eq_join("ship", "ships")
-        .changes()
-        .await
-        .unwrap();
-    ships
-        .get("ncc-1701")
-        .update(json!({"name": "Enterprise-A"}))
-        .await
-        .unwrap();
-    let mut lefts = Vec::new();
-    for _ in 0..3 {
-        let c = feed.next().await.unwrap().unwrap();
-        assert_eq!(c.old_val().unwrap()["right"]["name"], "Enterprise");
-        assert_eq!(c.new_val().unwrap()["right"]["name"], "Enterprise-A");
-        lefts.push(c.new_val().unwrap()["left"]["id"].clone());
-    }
-    lefts.sort_by_key(Value::to_string);
-    assert_eq!(lefts, [json!("kirk"), json!("mccoy"), json!("spock")]);
-    assert!(feed.next().now_or_never().is_none());
-    // Unwatchable combinations are refused clearly.
-    let cursor: remodel::Cursor = "1-0".parse().unwrap();
-    let err = crew
-        .query()
-        .eq_join("ship", "ships")
-        .changes()
-        .resume_from(cursor)
-        .await
-        .unwrap_err();
-    assert!(matches!(err, Error::Unwatchable(_)), "{err:?}");
-    let err = crew
-        .query()
-        .eq_join("ship", "nowhere")
-        .changes()
-        .await
-        .unwrap_err();
-    assert!(matches!(err, Error::NoSuchTable(_)), "{err:?}");
-}
-
-#[tokio::test]
-async fn dropping_either_table_ends_the_join_feed() {
-    for dropped in ["crew", "ships"] {
-        let db = Database::temporary().await.unwrap();
-        db.create_table("crew").await.unwrap();
-        db.create_table("ships").await.unwrap();
-        db.table("ships").insert(json!({"id": 1})).await.unwrap();
-        db.table("crew")
-            .insert(json!({"id": "a", "ship": 1}))
-            .await
-            .unwrap();
-        let mut feed = db
-            .table("crew")
-            .query()
-            .eq_join("ship", "ships")
-            .changes()
-            .await
-            .unwrap();
-        db.drop_table(dropped).await.unwrap();
-        let end = tokio::time::timeout(std::time::Duration::from_secs(5), feed.next())
-            .await
-            .expect("the feed ends");
-        assert!(
-            matches!(end, Some(Err(Error::FeedAborted(_)))),
-            "{dropped}: {end:?}"
-        );
-        // Writes to the other table go on without the ended feed.
-        let other = if dropped == "crew" { "ships" } else { "crew" };
-        db.table(other).insert(json!({"id": 7})).await.unwrap();
-    }
-}
-
-/// A left row moving between two join keys that one right row is under stays joined to it:
-/// one change of the pair (not a removal and an addition), and the routes follow the move
-/// (a later write to the right row reaches the pair once, under its new key).
-#[tokio::test]
-async fn moving_between_two_keys_of_one_right_row_is_one_change() {
-    let db = Config::temporary()
-        .durability(Durability::Soft)
-        .open()
-        .await
-        .unwrap();
-    db.create_table("crew").await.unwrap();
-    db.create_table("ships").await.unwrap();
-    let (crew, ships) = (db.table("crew"), db.table("ships"));
-    ships
-        .create_index("classes", IndexSpec::multi("classes"))
-        .await
-        .unwrap();
-    ships
-        .insert(json!({"id": 1, "classes": [0, 1], "name": "Defiant"}))
-        .await
-        .unwrap();
-    crew.insert(json!({"id": "a", "cls": 0})).await.unwrap();
-    let mut feed = crew
-        .query()
-        .eq_join("cls", "ships")
-        .index("classes")
-        .changes()
-        .await
-        .unwrap();
-    crew.get("a").update(json!({"cls": 1})).await.unwrap();
-    let c = feed.next().await.unwrap().unwrap();
-    assert_eq!(c.kind(), remodel::ChangeKind::Change, "{c:?}");
-    assert_eq!(c.old_val().unwrap()["left"]["cls"], 0);
-    assert_eq!(c.new_val().unwrap()["left"]["cls"], 1);
-    assert_eq!(c.new_val().unwrap()["right"]["name"], "Defiant");
-    assert!(feed.next().now_or_never().is_none());
-    // Key 0 has no left row any more; key 1 has "a": a rename reaches the pair once.
-    ships
-        .get(1)
-        .update(json!({"name": "Defiant-A"}))
-        .await
-        .unwrap();
-    let c = feed.next().await.unwrap().unwrap();
-    assert_eq!(
-        (
-            c.old_val().unwrap()["right"]["name"].clone(),
-            c.new_val().unwrap()["right"]["name"].clone()
-        ),
-        (json!("Defiant"), json!("Defiant-A"))
-    );
-    assert!(feed.next().now_or_never().is_none());
-    // The ship leaves key 1: the pair goes.
-    ships.get(1).update(json!({"classes": [0]})).await.unwrap();
-    let c = feed.next().await.unwrap().unwrap();
-    assert_eq!(c.kind(), remodel::ChangeKind::Remove, "{c:?}");
-    assert!(feed.next().now_or_never().is_none());
 }
 
 /// A join key with many left rows (found through a map past a few dozen, searched below):

@@ -1,0 +1,191 @@
+//! Row feeds: a table, a filter, `get_all` on an index, `between` on an index; rows entering
+//! and leaving; a batch that writes a row back to its value emits nothing; identical feeds
+//! share their work; the `stats` feed.
+
+use crate::common::feeds::{db_with, drain, pairs, scores_table};
+use futures::StreamExt;
+use remodel::{field, json, ChangeKind, IndexSpec, Order, Value};
+use std::ops::Bound;
+
+#[tokio::test]
+async fn a_batch_that_writes_a_row_back_to_its_value_emits_nothing() {
+    let db = db_with("t").await;
+    let t = db.table("t");
+    t.insert(json!({"id": 1, "v": 1})).await.unwrap();
+    let mut feed = t.changes().await.unwrap();
+    let r = t
+        .insert_many(vec![
+            json!({"id": 1, "v": 2}),
+            json!({"id": 1, "v": 1}),
+            json!({"id": 2}),
+        ])
+        .conflict(remodel::Conflict::Replace)
+        .await
+        .unwrap();
+    assert_eq!((r.replaced, r.inserted), (2, 1));
+    // One batch commits once: row 1 ends where it started, row 2 is new.
+    assert_eq!(pairs(&mut feed), vec![(Value::Null, json!({"id": 2}))]);
+}
+
+#[tokio::test]
+async fn table_feed_with_types() {
+    let db = db_with("t").await;
+    let t = db.table("t");
+    let mut feed = t.changes().include_types(true).await.unwrap();
+    t.insert(json!({"id": "a"})).await.unwrap();
+    t.get("a").update(json!({"x": 1})).await.unwrap();
+    t.get("a").delete().await.unwrap();
+    let items: Vec<Value> = drain(&mut feed)
+        .into_iter()
+        .map(|c| c.unwrap().to_json())
+        .collect();
+    assert_eq!(
+        items,
+        vec![
+            json!({"old_val": null, "new_val": {"id": "a"}, "type": "add"}),
+            json!({"old_val": {"id": "a"}, "new_val": {"id": "a", "x": 1}, "type": "change"}),
+            json!({"old_val": {"id": "a", "x": 1}, "new_val": null, "type": "remove"}),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn filter_feed_reports_rows_entering_and_leaving() {
+    let db = db_with("t").await;
+    let t = db.table("t");
+    // An equality conjunct (routed by value) and a range conjunct (checked).
+    let mut eq = t
+        .filter(field("team").eq("red").and(field("score").ge(10)))
+        .changes()
+        .await
+        .unwrap();
+    let mut range = t
+        .filter(field("score").ge(10))
+        .pluck(["id", "score"])
+        .changes()
+        .await
+        .unwrap();
+    t.insert(json!({"id": 1, "team": "red", "score": 5}))
+        .await
+        .unwrap(); // matches neither
+    t.get(1).update(json!({"score": 12})).await.unwrap(); // enters both
+    t.get(1).update(json!({"team": "blue"})).await.unwrap(); // leaves eq; range's view unchanged
+    t.get(1).update(json!({"score": 3})).await.unwrap(); // leaves range
+    assert_eq!(
+        pairs(&mut eq),
+        vec![
+            (Value::Null, json!({"id": 1, "team": "red", "score": 12})),
+            (json!({"id": 1, "team": "red", "score": 12}), Value::Null),
+        ]
+    );
+    assert_eq!(
+        pairs(&mut range),
+        vec![
+            (Value::Null, json!({"id": 1, "score": 12})),
+            (json!({"id": 1, "score": 12}), Value::Null)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn get_all_index_feed_follows_index_values_and_duplicates() {
+    let db = db_with("t").await;
+    let t = db.table("t");
+    t.create_index("color", IndexSpec::field("color"))
+        .await
+        .unwrap();
+    let mut feed = t
+        .get_all(["red", "red"])
+        .index("color")
+        .changes()
+        .await
+        .unwrap();
+    t.insert(json!({"id": 1, "color": "blue"})).await.unwrap();
+    t.get(1).update(json!({"color": "red"})).await.unwrap();
+    t.get(1).update(json!({"color": "green"})).await.unwrap();
+    let red = json!({"id": 1, "color": "red"});
+    assert_eq!(
+        pairs(&mut feed),
+        vec![
+            (Value::Null, red.clone()),
+            (Value::Null, red.clone()),
+            (red.clone(), Value::Null),
+            (red, Value::Null)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn between_feed_on_an_index_reports_moves_across_bounds() {
+    let db = db_with("t").await;
+    let t = db.table("t");
+    t.create_index("age", IndexSpec::field("age"))
+        .await
+        .unwrap();
+    let mut feed = t
+        .between(Bound::Included(json!(18)), Bound::Excluded(json!(65)))
+        .index("age")
+        .changes()
+        .await
+        .unwrap();
+    t.insert(json!({"id": "a", "age": 10})).await.unwrap();
+    t.get("a").update(json!({"age": 18})).await.unwrap(); // in (closed lower bound)
+    t.get("a").update(json!({"age": 30})).await.unwrap(); // change inside
+    t.get("a").update(json!({"age": 65})).await.unwrap(); // out (open upper bound)
+    assert_eq!(
+        pairs(&mut feed),
+        vec![
+            (Value::Null, json!({"id": "a", "age": 18})),
+            (json!({"id": "a", "age": 18}), json!({"id": "a", "age": 30})),
+            (json!({"id": "a", "age": 30}), Value::Null),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn identical_feeds_share_work_and_each_gets_every_item() {
+    let db = scores_table().await;
+    let t = db.table("scores");
+    let q = t.order_by(Order::index("points").desc()).limit(3);
+    let mut a = q.changes().await.unwrap();
+    let mut b = q.changes().include_initial(true).await.unwrap();
+    t.insert(json!({"id": "z", "points": 100})).await.unwrap();
+    assert_eq!(
+        pairs(&mut a),
+        vec![(
+            json!({"id": "b", "points": 20}),
+            json!({"id": "z", "points": 100})
+        )]
+    );
+    let items = pairs(&mut b);
+    assert_eq!(items.len(), 4); // 3 initial rows, then the change
+    assert_eq!(
+        items[3],
+        (
+            json!({"id": "b", "points": 20}),
+            json!({"id": "z", "points": 100})
+        )
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn stats_feed_emits_changed_rows_about_once_a_second() {
+    let db = db_with("t").await;
+    let mut feed = db
+        .stats()
+        .filter(field("type").eq("table"))
+        .changes()
+        .include_initial(true)
+        .await
+        .unwrap();
+    let initial = feed.next().await.unwrap().unwrap();
+    assert_eq!(initial.kind(), ChangeKind::Initial);
+    assert_eq!(initial.new_val().unwrap()["writes_total"], 0);
+    db.table("t").insert(json!({"id": 1})).await.unwrap();
+    let c = tokio::time::timeout(std::time::Duration::from_secs(3), feed.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.new_val().unwrap()["writes_total"], 1);
+}
