@@ -3,26 +3,14 @@
 //!
 //! One test in this binary, so that the process-wide query counter counts only it.
 
+#[path = "common/mod.rs"]
+mod common;
+
+use common::{Crewmember, Starship};
 // A diagnostic of the model layer, for this test only (not a public API).
 use remodel::model::__private::store_queries;
 use remodel::model::{create_schema, Id};
 use remodel::{field, Database, Durability, Model};
-use serde::{Deserialize, Serialize};
-
-#[derive(Model, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[remodel(has_many(Crewmember))]
-struct Starship {
-    id: Option<Id>,
-    name: String,
-}
-
-#[derive(Model, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[remodel(belongs_to(Starship))]
-struct Crewmember {
-    id: Option<Id>,
-    name: String,
-    starship_id: Option<Id>,
-}
 
 async fn reads_of(db: &Database, table: &str) -> u64 {
     let rows = db

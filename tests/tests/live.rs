@@ -1,37 +1,18 @@
 //! Live models: typed `Change<T>` feeds on a table, one instance, has_many / has_one /
 //! belongs_to relations and model queries (including an `order_by(index).limit(5)`
 //! leaderboard), with the changefeed options.
+//!
+//! The Starfleet models (`Starship`, `Crewmember`, `Captain`) are in `common/`.
 
+#[path = "common/mod.rs"]
+mod common;
+
+use common::{member, setup, Captain, Crewmember, Starship};
 use futures::StreamExt;
 use remodel::model::{create_schema, Change, Id, ModelError, ModelFeed};
 use remodel::{json, ChangeKind, Database, Error, FeedState, Model};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
-
-#[derive(Model, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[remodel(has_many(Crewmember), has_one(Captain))]
-#[remodel(has_and_belongs_to_many(Crewmember, accessor = "away_team"))]
-struct Starship {
-    id: Option<Id>,
-    name: String,
-}
-
-#[derive(Model, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[remodel(belongs_to(Starship))]
-struct Crewmember {
-    id: Option<Id>,
-    name: String,
-    rank: String,
-    starship_id: Option<Id>,
-}
-
-#[derive(Model, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[remodel(belongs_to(Starship))]
-struct Captain {
-    id: Option<Id>,
-    name: String,
-    starship_id: Option<Id>,
-}
 
 #[derive(Model, Serialize, Deserialize, Clone, Debug, PartialEq)]
 struct Score {
@@ -52,33 +33,6 @@ async fn quiet<T: Model + std::fmt::Debug>(feed: &mut ModelFeed<T>) {
     if let Ok(item) = tokio::time::timeout(Duration::from_millis(100), feed.next()).await {
         panic!("expected no item, got {item:?}");
     }
-}
-
-fn member(name: &str, rank: &str) -> Crewmember {
-    Crewmember {
-        id: None,
-        name: name.into(),
-        rank: rank.into(),
-        starship_id: None,
-    }
-}
-
-async fn setup() -> remodel::Result<(Database, Starship, Starship)> {
-    let db = Database::temporary().await?;
-    create_schema(&db).await?;
-    let voyager = Starship {
-        id: None,
-        name: "Voyager".into(),
-    }
-    .create(&db)
-    .await?;
-    let defiant = Starship {
-        id: None,
-        name: "Defiant".into(),
-    }
-    .create(&db)
-    .await?;
-    Ok((db, voyager, defiant))
 }
 
 #[tokio::test]

@@ -1,6 +1,8 @@
 //! CRUD, typed queries, naming rules, decode errors, unknown fields, get_or_create,
-//! registration errors and callbacks.
+//! registration errors and callbacks; two databases in one process are independent.
 
+use crate::common::{crew, setup, Crewmember, Starship};
+use futures::StreamExt;
 use remodel::model::{create_schema, Callbacks, Id, ModelError, SchemaSet};
 use remodel::{json, Database, Error, Model};
 use serde::{Deserialize, Serialize};
@@ -524,6 +526,80 @@ async fn renamed_and_skipped_fields() -> remodel::Result<()> {
     assert_eq!(
         Cached::get(&db, c.id.clone().unwrap()).await?.unwrap().name,
         "b"
+    );
+    Ok(())
+}
+
+/// The Python Remodel kept one global connection and registry, patched into the driver. Here
+/// models are static descriptions and every call names its database: two databases in one
+/// process are independent.
+#[tokio::test]
+async fn no_global_connection_two_databases_stay_apart() -> remodel::Result<()> {
+    let (db1, ship1, _) = setup().await?;
+    let db2 = Database::temporary().await?;
+    assert!(
+        db2.table_names()?.is_empty(),
+        "creating db1's schema touched nothing else"
+    );
+    create_schema(&db2).await?;
+    ship1.crewmembers(&db1).create(crew("Janeway", "")).await?;
+    assert_eq!(Crewmember::count(&db1).await?, 1);
+    assert_eq!(Crewmember::count(&db2).await?, 0);
+    assert!(Starship::get(&db2, ship1.id.clone().unwrap())
+        .await?
+        .is_none());
+    Ok(())
+}
+
+/// The Python Remodel's `filter([])` returned every row. Empty key lists and empty alternatives
+/// match nothing here.
+#[tokio::test]
+async fn an_empty_filter_list_matches_nothing() -> remodel::Result<()> {
+    let (db, a, _) = setup().await?;
+    a.crewmembers(&db)
+        .add(&mut [crew("Janeway", ""), crew("Tuvok", "")])
+        .await?;
+    let f = Crewmember::fields();
+    assert_eq!(
+        Crewmember::filter(&db, f.name.one_of(Vec::<String>::new()))
+            .count()
+            .await?,
+        0
+    );
+    assert!(Crewmember::get_many(&db, Vec::<Id>::new())
+        .await?
+        .is_empty());
+    assert!(Crewmember::load_starship(&db, &[]).await?.is_empty());
+    assert!(Starship::load_crewmembers(&db, &[]).await?.is_empty());
+    assert_eq!(a.away_team(&db).remove(&[]).await?, 0);
+    assert_eq!(Crewmember::count(&db).await?, 2);
+    Ok(())
+}
+
+/// The Python Remodel ran hooks on objects whose fields were not loaded yet. `after_load` runs
+/// on the complete model, on every path that decodes one.
+#[tokio::test]
+async fn after_load_sees_every_field() -> remodel::Result<()> {
+    let (db, a, _) = setup().await?;
+    let mut feed = a.crewmembers(&db).changes().await?;
+    let m = a.crewmembers(&db).create(crew("Neelix", "")).await?;
+    let expected = format!("Neelix of {:?}", a.id);
+    let got = Crewmember::get(&db, m.id.clone().unwrap()).await?.unwrap();
+    assert_eq!(got.seen_in_after_load.as_deref(), Some(expected.as_str()));
+    let via_relation = a.crewmembers(&db).all().await?;
+    assert_eq!(
+        via_relation[0].seen_in_after_load.as_deref(),
+        Some(expected.as_str())
+    );
+    let via_load = Starship::load_crewmembers(&db, std::slice::from_ref(&a)).await?;
+    assert_eq!(
+        via_load[0][0].seen_in_after_load.as_deref(),
+        Some(expected.as_str())
+    );
+    let via_feed = feed.next().await.unwrap()?.new.unwrap();
+    assert_eq!(
+        via_feed.seen_in_after_load.as_deref(),
+        Some(expected.as_str())
     );
     Ok(())
 }

@@ -1,0 +1,13 @@
+//! Models: CRUD, typed queries, naming rules, decode errors, unknown fields, get_or_create,
+//! schema and registration errors, callbacks, two databases in one process (`crud`); and
+//! writes decided when they commit, against the row as it is then (`writes`). A test that
+//! pins a mistake of the Python Remodel names it in its doc comment.
+//!
+//! Relations are the `relations` binary, live models `live`, concurrent model writes
+//! `model_races`. The Starfleet models the binaries share are in `../common/`.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod crud;
+mod writes;
