@@ -45,6 +45,8 @@ struct Crew {
 }
 
 /// What one task did, as acknowledged.
+// Some fields are read only by `Debug`, in the messages of failed checks (`{op:?}`).
+#[allow(dead_code)]
 #[derive(Clone, Debug)]
 enum Op {
     UpdateShip {
