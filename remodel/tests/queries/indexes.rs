@@ -475,7 +475,7 @@ async fn rows_read_through_an_index_satisfy_it_under_concurrent_moves() {
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     let id = (i * 7 + w) % 200;
-                    let color = if i % 2 == 0 { "blue" } else { "red" };
+                    let color = if i.is_multiple_of(2) { "blue" } else { "red" };
                     // Moves rows across both indexes, in batches (multi-key commits).
                     t.filter(remodel::field("id").eq(id))
                         .update(json!({"color": color, "n": 1000 + i}))
