@@ -45,6 +45,7 @@ impl<'a> ChangeCtx<'a> {
     }
 
     /// The row's key as items carry it (shared by all of them).
+    #[inline]
     pub(crate) fn key(&mut self) -> Arc<[u8]> {
         let c = self.c;
         self.key
@@ -84,6 +85,7 @@ impl<'a> ChangeCtx<'a> {
     }
 
     /// How many times the old or new document is in the matcher's rows.
+    #[inline]
     pub(crate) fn count(&mut self, matcher: &Matcher, new: bool) -> usize {
         let doc = if new { &self.c.new } else { &self.c.old };
         let Some(d) = doc else { return 0 };
@@ -108,11 +110,13 @@ impl<'a> ChangeCtx<'a> {
 
     /// Says how many groups the change reaches at most: the first plain item made raises
     /// its reference count for that many at once.
+    #[inline]
     pub(crate) fn reaches(&mut self, groups: usize) {
         self.fan_out = groups;
     }
 
     /// The shared item of an untransformed row entering, leaving or changing.
+    #[inline]
     pub(crate) fn plain(&mut self, old: bool, new: bool) -> Change {
         let slot = match (old, new) {
             (true, true) => 0,
