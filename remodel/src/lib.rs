@@ -41,6 +41,9 @@ mod query;
 mod storage;
 pub mod value;
 
+#[cfg(test)]
+mod layers;
+
 pub use db::{
     ChangeLogRetention, ChangePair, Config, Conflict, Database, Durability, IndexSpec, IndexStatus,
     Patch, WriteResult, MAX_MULTI_ELEMENTS,
