@@ -60,7 +60,11 @@ fn upward_imports(root: &Path) -> Vec<(String, String, String)> {
                 dirs.push(path);
                 continue;
             }
-            let rel = path.strip_prefix(root).unwrap().to_string_lossy().to_string();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .to_string();
             let layer = rel.split(['/', '.']).next().unwrap_or_default();
             let Some(own) = rank(layer) else { continue };
             let src = code(&std::fs::read_to_string(&path).unwrap());
@@ -98,7 +102,10 @@ fn upward_imports(root: &Path) -> Vec<(String, String, String)> {
 fn no_layer_names_a_higher_one() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let bad = upward_imports(&root);
-    assert!(bad.is_empty(), "upward imports (file, name, layer): {bad:#?}");
+    assert!(
+        bad.is_empty(),
+        "upward imports (file, name, layer): {bad:#?}"
+    );
 }
 
 #[test]
@@ -106,7 +113,11 @@ fn the_check_sees_an_upward_import() {
     let dir = std::env::temp_dir().join(format!("remodel-layers-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("db")).unwrap();
     std::fs::write(dir.join("lib.rs"), "pub use feed::{Changes, Feed};").unwrap();
-    std::fs::write(dir.join("db/x.rs"), "use crate::{Changes};\n// crate::model\n").unwrap();
+    std::fs::write(
+        dir.join("db/x.rs"),
+        "use crate::{Changes};\n// crate::model\n",
+    )
+    .unwrap();
     let bad = upward_imports(&dir);
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(bad, [("db/x.rs".into(), "Changes".into(), "feed".into())]);
