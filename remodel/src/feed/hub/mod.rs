@@ -85,6 +85,7 @@ impl Hub {
     }
 
     /// The groups of a table, if it has any.
+    #[inline]
     fn feeds_of(&self, table: &str) -> Option<Arc<TableFeeds>> {
         self.tables.read().get(table).cloned()
     }
