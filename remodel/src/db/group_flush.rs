@@ -33,7 +33,7 @@ use std::thread::{JoinHandle, Thread};
 use tokio::sync::watch;
 
 pub(crate) struct GroupFlush {
-    shared: Arc<Shared>,
+    shared: Arc<SyncState>,
     /// What the syncer needs, kept until it starts.
     syncer: Mutex<SyncerState>,
 }
@@ -48,7 +48,7 @@ enum SyncerState {
 }
 
 /// What the writers and the syncer share.
-struct Shared {
+struct SyncState {
     /// How far the disk has caught up (and whether a sync failed).
     state: watch::Sender<Synced>,
     /// The highest commit a writer waits for.
@@ -71,7 +71,7 @@ struct Synced {
     failed: Option<Arc<str>>,
 }
 
-impl Shared {
+impl SyncState {
     fn unpark(&self) {
         if let Some(t) = self.thread.get() {
             t.unpark();
@@ -88,7 +88,7 @@ impl GroupFlush {
         log: Option<Arc<ChangeLog>>,
         visibility: Arc<Visibility>,
     ) -> Self {
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(SyncState {
             state: watch::Sender::new(Synced {
                 upto: seq,
                 failed: None,
@@ -186,7 +186,7 @@ impl Drop for GroupFlush {
 
 /// The syncer thread: what it syncs and whom it tells.
 struct Syncer {
-    shared: Arc<Shared>,
+    shared: Arc<SyncState>,
     storage: Storage,
     log: Option<Arc<ChangeLog>>,
     visibility: Arc<Visibility>,

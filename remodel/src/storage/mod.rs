@@ -42,7 +42,7 @@ pub(crate) struct EngineConfig<'a> {
 /// What every handle on one open engine shares: whether it failed, and (by its reference
 /// count) whether anything of it (a tree, an iterator) is still alive.
 #[derive(Default)]
-struct Shared {
+struct EngineHealth {
     /// Set when a write or a flush failed in a way that leaves memory and disk disagreeing:
     /// from then on every operation fails, so that no reader sees what was not acknowledged.
     failed: OnceLock<String>,
@@ -208,7 +208,7 @@ fn manifest_check(generation: u64) -> u64 {
         .rotate_left(23)
 }
 
-impl Shared {
+impl EngineHealth {
     fn check(&self) -> Result<()> {
         match self.failed.get() {
             Some(cause) => Err(Error::Unusable(cause.clone())),
@@ -250,7 +250,7 @@ fn engine_error(e: EngineError, missing: &Error) -> Error {
 
 /// Tells whether anything of an engine (a handle, tree or iterator) is still alive.
 #[derive(Clone, Default)]
-pub(crate) struct Liveness(Weak<Shared>);
+pub(crate) struct Liveness(Weak<EngineHealth>);
 
 impl Liveness {
     /// True while any handle, tree or iterator of the engine is alive: its files stay locked.
@@ -266,7 +266,7 @@ pub(crate) struct Storage {
     /// Intent records of multi-key batches (see `journal`).
     journal: Tree,
     journal_seq: Arc<AtomicU64>,
-    shared: Arc<Shared>,
+    shared: Arc<EngineHealth>,
     /// Runs before every flush of the engine (the change log makes itself durable first).
     before_flush: Arc<OnceLock<FlushHook>>,
 }
@@ -279,7 +279,7 @@ pub(crate) type FlushHook = Arc<dyn Fn() -> Result<()> + Send + Sync>;
 pub(crate) struct Tree {
     inner: Arc<dyn EngineTree>,
     name: String,
-    shared: Arc<Shared>,
+    shared: Arc<EngineHealth>,
     /// The error for "this tree was dropped" (which table or index it was).
     missing: Error,
 }
@@ -321,9 +321,9 @@ impl Storage {
             Some(dir) => Some(Generation::open(&*engine, dir)?),
             None => None,
         };
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(EngineHealth {
             temporary: cfg.temporary,
-            ..Shared::default()
+            ..EngineHealth::default()
         });
         let engine: Arc<dyn Engine> = Arc::new(Closing {
             engine,
@@ -426,7 +426,7 @@ impl Storage {
         Liveness(Arc::downgrade(&self.shared))
     }
 
-    /// Fails when an earlier write or flush failed (see [`Shared::failed`]).
+    /// Fails when an earlier write or flush failed (see [`EngineHealth::failed`]).
     pub(crate) fn check(&self) -> Result<()> {
         self.shared.check()
     }
@@ -594,7 +594,7 @@ struct Closing {
     engine: Arc<dyn Engine>,
     /// None for a temporary engine, which no crash leaves behind.
     generation: Option<Generation>,
-    shared: Weak<Shared>,
+    shared: Weak<EngineHealth>,
 }
 
 impl Engine for Closing {
@@ -726,7 +726,7 @@ impl Tree {
 /// `NoSuchTable`/`NoSuchIndex` error, not an error per call forever.
 pub(crate) struct Iter {
     inner: EngineIter,
-    shared: Arc<Shared>,
+    shared: Arc<EngineHealth>,
     missing: Error,
     done: bool,
 }
