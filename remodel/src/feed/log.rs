@@ -26,20 +26,35 @@
 //! Memory: the log keeps the blocks a reader may still need (at most the largest queue size
 //! behind the end), each reader holds the one block it is reading, and a block frees its
 //! items when the last holder lets go.
+//!
+//! The model checker loom runs this code (`loom_models`, in .ci/run): appends across blocks
+//! with one and two readers, a lagging reader whose blocks are trimmed and reused, a reader
+//! dropped in the middle of a block. Every `unsafe` block states its argument where it is.
 
 use super::change::{Change, Item};
 use super::queue::Next;
 use crate::Error;
-use parking_lot::Mutex;
-use std::cell::UnsafeCell;
 use std::collections::VecDeque;
 use std::mem::MaybeUninit;
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Waker;
+use sync::{fence, AtomicBool, AtomicU64, AtomicUsize, Mutex, UnsafeCell};
+#[cfg(not(loom))]
+use sync::{AtomicAccess, CellAccess};
 
-/// Slots per block: a block is added (under the lock) once per this many items.
-const BLOCK: usize = 32;
+#[cfg(all(test, loom))]
+mod loom_models;
+mod sync;
+
+/// Slots per block: a block is added (under the lock) once per this many items. The model
+/// checker uses blocks of two, so that a few items cross block boundaries.
+const BLOCK: usize = if cfg!(loom) { 2 } else { 32 };
+
+/// A handle on a block: the log's list, the producer and each reader hold one. `Arc` (loom's
+/// under `--cfg loom`, which checks that a block is emptied or reused only after every
+/// other holder let go of it); the log itself is shared by a plain `Arc`.
+type BlockRef = sync::Arc<Block>;
 
 /// A run of [`BLOCK`] consecutive items of the log, from position `start` on.
 struct Block {
@@ -63,15 +78,26 @@ struct Block {
 
 struct Slot(UnsafeCell<MaybeUninit<Item>>);
 
-// SAFETY: a slot is written once (per use of the block), by the log's single producer,
-// before the log's `tail` (stored with release ordering) moves past it;
-// readers read a slot only below a `tail` they loaded (acquire), and never write one. So
-// every access to a slot's item after its write is a read that happens after the write.
+// SAFETY: `Block` is `Sync` but for its slots' `UnsafeCell`s (the other fields are atomics,
+// and `start` changes only through `&mut Block`). Every access to a slot, from any thread:
+// - Written by the log's one producer (appending takes `&mut Producer`) at its position
+//   `tail`, in the block it holds, once per use of the block; the log's `tail` is stored
+//   past the slot (release) only after that write.
+// - Read (cloned) or moved out by a reader at a position below a `tail` it loaded with
+//   acquire, so after the write; never written by a reader. Moved out only by the one
+//   reader that can ever read the slot (below `shared_from`), once, and then skipped by
+//   `clear` (`taken`); cloned otherwise, which leaves the item in place.
+// - Dropped (`clear`) or written again after `reuse` only through `&mut Block`, which the
+//   log gets from `Arc::get_mut` or the last handle's drop: every reader and the producer
+//   have let go of the block, and their accesses happen before (the `Arc`'s release and
+//   acquire).
+// The items are `Send + Sync` (`Shared` of `Send + Sync` data), so reading them on any
+// thread, and moving one out to another, is sound.
 unsafe impl Sync for Block {}
 
 impl Block {
-    fn new(start: u64, shared: bool) -> Arc<Block> {
-        Arc::new(Block {
+    fn new(start: u64, shared: bool) -> BlockRef {
+        sync::Arc::new(Block {
             start,
             slots: std::array::from_fn(|_| Slot(UnsafeCell::new(MaybeUninit::uninit()))),
             filled: AtomicUsize::new(0),
@@ -83,25 +109,17 @@ impl Block {
     fn holds(&self, pos: u64) -> bool {
         pos >= self.start && pos < self.start + BLOCK as u64
     }
-
-    /// The item at `pos`.
-    ///
-    /// SAFETY: the caller has loaded the log's `tail` (acquire) above `pos`, and `pos` is in
-    /// this block.
-    unsafe fn get(&self, pos: u64) -> &Item {
-        let slot = &self.slots[(pos - self.start) as usize];
-        // SAFETY: see the function's contract: the slot was written before `tail` passed it
-        // and is never written again.
-        unsafe { (*slot.0.get()).assume_init_ref() }
-    }
 }
 
 impl Block {
     /// The item at `pos` for the reader at `pos`: moved out when no other reader can read
     /// it (see `shared_from`), cloned otherwise.
     ///
-    /// SAFETY: as for [`Block::get`]; and the caller is a reader at `pos` that never asks
-    /// for a position twice.
+    /// # Safety
+    /// The caller has loaded the log's `tail` with acquire ordering and found it above
+    /// `pos`; `pos` is in this block; the caller is a reader of the log (joined, not left)
+    /// whose cursor is `pos`, and it moves its cursor past `pos` right after, so that it
+    /// never asks for a position twice.
     unsafe fn take(&self, pos: u64) -> Change {
         let i = (pos - self.start) as usize;
         let (from, to) = (&self.taken.0, &self.taken.1);
@@ -112,36 +130,90 @@ impl Block {
                 from.store(i, Ordering::Relaxed);
             }
             to.store(i + 1, Ordering::Relaxed);
-            // SAFETY: the slot was written (contract), only this reader can read it
-            // (`shared_from`), it reads it once, and `Drop` skips it (`taken`).
-            return unsafe { (*self.slots[i].0.get()).assume_init_read() }.into_change();
+            // SAFETY: moving the item out is sound when the slot holds an item, nothing
+            // else reads or drops it afterwards, and nothing writes it meanwhile.
+            // - It holds one: the producer wrote slot `i` before storing a `tail` above
+            //   `pos` (release), and the caller loaded that `tail` (acquire), so the write
+            //   happens before this read. The block is the one the producer filled at `pos`
+            //   (`pos` is in it, and a block is emptied and reused only when no one else
+            //   holds it, which the caller's handle rules out).
+            // - No other reader reads it. A reader can read `pos` only if it joined (and
+            //   has not left) before `pos` was appended: a reader starts at the `tail` of
+            //   its join, and joins and appends are serialised (the hub's routes lock). A
+            //   second reader joining before that append either found this block the last
+            //   one and lowered `shared_from` to its cursor, at or below `i`, or left the
+            //   next blocks to be made shared from their first slot (`live > 1`); both
+            //   happened before the append of `pos`, so before the `tail` the caller
+            //   loaded (acquire), and this load of `shared_from` would see them. So
+            //   `i < shared_from` means the caller is the only reader of `pos`.
+            // - This reader reads it once (the caller's cursor moves past `pos`).
+            // - `clear` skips it: `taken` now covers `i` (the range stays contiguous:
+            //   `contiguous` above), and the reader's stores reach `clear` through the
+            //   block's `Arc` (the reader lets go of its handle before the block is
+            //   emptied).
+            // - Nothing writes the slot until the block is emptied and reused, which needs
+            //   every handle, the caller's too.
+            return self.slots[i]
+                .0
+                .with_mut(|slot| unsafe { (*slot).assume_init_read() })
+                .into_change();
         }
-        // SAFETY: see the function's contract.
-        unsafe { self.get(pos) }.clone().into_change()
+        // SAFETY: reading the item in place is sound when the slot holds an item and no
+        // one moves it out, drops it or writes the slot while the reference lives (it is
+        // cloned at once and the reference dropped).
+        // - It holds one: the producer wrote slot `i` before storing a `tail` above `pos`
+        //   (release), and the caller loaded that `tail` (acquire), so the write happens
+        //   before this read; the block is the one the producer filled at `pos` (`pos` is
+        //   in it, and it is emptied and reused only when no one else holds it).
+        // - Not moved out: a reader moves a slot out only when it finds it below
+        //   `shared_from`. If another reader can read this slot, both joined before its
+        //   append, and the later join made the block shared from this slot or before it
+        //   (or made the block shared from the start) before that append, so before either
+        //   reader's acquire load of a `tail` above it: neither finds it below
+        //   `shared_from`. If no other reader can read it, only the caller could move it
+        //   out, and the caller reads each position once.
+        // - Not dropped or written: `clear` and the producer's write after `reuse` need
+        //   `&mut Block`, that is, no other handle, and the caller holds one.
+        self.slots[i]
+            .0
+            .with(|slot| unsafe { (*slot).assume_init_ref() }.clone())
+            .into_change()
     }
 }
 
 impl Block {
     /// Drops the items still in the block (those not moved out), leaving it empty.
     fn clear(&mut self) {
-        let filled = std::mem::take(self.filled.get_mut());
-        let taken = *self.taken.0.get_mut()..*self.taken.1.get_mut();
-        for (i, slot) in self.slots[..filled].iter_mut().enumerate() {
+        let filled = self.filled.with_mut(std::mem::take);
+        let taken = self.taken.0.with_mut(|f| *f)..self.taken.1.with_mut(|t| *t);
+        for (i, slot) in self.slots[..filled].iter().enumerate() {
             if !taken.contains(&i) {
-                // SAFETY: the first `filled` slots were written, those in `taken` were moved
-                // out (and are not dropped again), and nothing else holds the block. With
-                // `filled` now 0, no slot is dropped twice.
-                unsafe { slot.0.get_mut().assume_init_drop() };
+                // SAFETY: dropping the item in place is sound when the slot holds one that
+                // nothing else reads or drops, now or later.
+                // - It holds one: the first `filled` slots were written. `filled` is stored
+                //   by the producer when it leaves the block (all `BLOCK` written) or is
+                //   dropped (the count it wrote), each time before it lets go of its
+                //   handle; `&mut self` means every handle is gone, and the `Arc`'s release
+                //   and acquire make the producer's writes and that store visible here.
+                // - Not moved out: those in `taken` were, by the block's sole reader (its
+                //   stores of `taken` are visible here likewise), and are skipped.
+                // - Nothing else reads it: `&mut self` (no handle left, no reader).
+                // - Not dropped again: `filled` is now 0, so neither a later `clear` nor
+                //   `Drop` comes back to it, and the producer writes the slot anew only
+                //   after `reuse`.
+                slot.0
+                    .with_mut(|slot| unsafe { (*slot).assume_init_drop() });
             }
         }
-        *self.taken.0.get_mut() = 0;
-        *self.taken.1.get_mut() = 0;
+        self.taken.0.with_mut(|f| *f = 0);
+        self.taken.1.with_mut(|t| *t = 0);
     }
 
     /// Makes an emptied block (see [`Block::clear`]) the block from `start` on.
     fn reuse(&mut self, start: u64, shared: bool) {
         self.start = start;
-        *self.shared_from.get_mut() = if shared { 0 } else { BLOCK };
+        self.shared_from
+            .with_mut(|from| *from = if shared { 0 } else { BLOCK });
     }
 }
 
@@ -169,7 +241,7 @@ pub(crate) struct Log {
 #[derive(Default)]
 struct State {
     /// The blocks a reader may still need, in order; the first one starts at the log's head.
-    blocks: VecDeque<Arc<Block>>,
+    blocks: VecDeque<BlockRef>,
     /// Each reader's cursor as it last told the log (at most its real one) and queue size,
     /// by slot.
     readers: Vec<Option<(u64, usize)>>,
@@ -185,7 +257,7 @@ struct State {
     /// A trimmed block that nothing else held, emptied, for the producer's next block: a
     /// log that a write reaches with every change adds a block every [`BLOCK`] items, and
     /// a thousand of them would otherwise allocate and free one each that often.
-    spare: Option<Arc<Block>>,
+    spare: Option<BlockRef>,
     /// The log position at which the next scan of the readers' cursors may run.
     scan_at: u64,
 }
@@ -197,16 +269,16 @@ impl State {
     }
 
     /// The block holding `pos`, if the log still has it.
-    fn block_at(&self, pos: u64) -> Option<&Arc<Block>> {
+    fn block_at(&self, pos: u64) -> Option<&BlockRef> {
         let first = self.blocks.front()?.start;
         let at = pos.checked_sub(first)? / BLOCK as u64;
         self.blocks.get(at as usize)
     }
 
     /// A block for the items from `start` on: the spare one if there is one.
-    fn new_block(&mut self, start: u64, shared: bool) -> Arc<Block> {
+    fn new_block(&mut self, start: u64, shared: bool) -> BlockRef {
         if let Some(mut b) = self.spare.take() {
-            if let Some(spare) = Arc::get_mut(&mut b) {
+            if let Some(spare) = sync::Arc::get_mut(&mut b) {
                 spare.reuse(start, shared);
                 return b;
             }
@@ -220,7 +292,7 @@ impl State {
             return;
         };
         if self.spare.is_none() {
-            if let Some(empty) = Arc::get_mut(&mut b) {
+            if let Some(empty) = sync::Arc::get_mut(&mut b) {
                 empty.clear();
                 self.spare = Some(b);
             }
@@ -258,7 +330,7 @@ impl State {
 pub(crate) struct Producer {
     log: Arc<Log>,
     /// The block being filled, and the position of the next item.
-    block: Option<Arc<Block>>,
+    block: Option<BlockRef>,
     tail: u64,
 }
 
@@ -302,10 +374,21 @@ impl Producer {
             }
         };
         let at = (self.tail - block.start) as usize;
-        // SAFETY: only this producer writes slots (it is unique: appending takes `&mut
-        // self`), slot `at` has not been written (positions only grow), and no reader reads
-        // it before `tail` passes it, below.
-        unsafe { (*block.slots[at].0.get()).write(item.into_item()) };
+        // SAFETY: writing the slot is sound when nothing else accesses it meanwhile and
+        // no item in it is lost or dropped twice.
+        // - Only this producer writes slots, and it is the log's only one (appending takes
+        //   `&mut self`).
+        // - No reader reads the slot yet: readers read only below a `tail` they loaded, and
+        //   the log's `tail` is `self.tail`, stored past `at` only below, after this write
+        //   (release). A reader still holding this block from an earlier use cannot
+        //   exist: the block was emptied and reused only through `Arc::get_mut`, with no
+        //   other handle. `clear` needs `&mut Block`, and this producer holds a handle.
+        // - The slot holds no item: `at` is `self.tail - start`, positions only grow, so
+        //   the slot was not written since the block was made, or since `clear` emptied it
+        //   for reuse. `write` does not drop what was there.
+        block.slots[at]
+            .0
+            .with_mut(|slot| unsafe { (*slot).write(item.into_item()) });
         self.tail += 1;
         log.tail.store(self.tail, Ordering::Release);
         true
@@ -329,7 +412,7 @@ pub(crate) struct Reader {
     /// The reader's cursor: the position of the next item it reads.
     cursor: u64,
     /// The block holding `cursor`, once the reader has been there.
-    block: Option<Arc<Block>>,
+    block: Option<BlockRef>,
     /// The log epoch in which this reader's waker was listed, and that waker.
     listed: Option<(u64, Waker)>,
     /// While the feed's initial rows are read in chunks: from which log position on each
@@ -479,8 +562,11 @@ impl Log {
                     r.block = Some(block);
                 }
                 let block = r.block.as_ref().expect("set above");
-                // SAFETY: `r.cursor < tail` (loaded above), the block holds `r.cursor`, and
-                // the cursor moves on right after.
+                // SAFETY: `take`'s contract holds: `tail` was loaded above with acquire
+                // ordering and `r.cursor < tail`; the block holds `r.cursor` (checked above,
+                // or found by `block_at` for that position); `r` is a reader of this log
+                // (a `Reader` comes from `join`, and `leave` is its last use), at
+                // `r.cursor`, and the cursor moves past it on the next line.
                 let item = unsafe { block.take(r.cursor) };
                 let pos = r.cursor;
                 r.cursor += 1;
@@ -545,7 +631,7 @@ impl Log {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use serde_json::json;

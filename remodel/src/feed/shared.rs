@@ -10,12 +10,23 @@
 //!
 //! Otherwise [`Shared`] is a plain `Arc` without weak references: clones add one, drops
 //! subtract one, and the last drop frees the value (with the same orderings as `Arc`).
+//!
+//! The count is std's `AtomicUsize`; under `--cfg loom` it is loom's, and the model
+//! checker runs this code (see `loom_models`).
+
+#[cfg(loom)]
+use loom::sync::atomic::{fence, AtomicUsize};
+#[cfg(not(loom))]
+use std::sync::atomic::{fence, AtomicUsize};
 
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::Deref;
 use std::ptr::NonNull;
-use std::sync::atomic::{fence, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
+
+#[cfg(all(test, loom))]
+mod loom_models;
 
 /// A shared, immutable value (see the module doc).
 pub(crate) struct Shared<T> {
@@ -35,10 +46,16 @@ struct Inner<T> {
 /// `isize::MAX` leaked handles to get there).
 const MAX_COUNT: usize = isize::MAX as usize;
 
-// SAFETY: as for `Arc<T>`: handles on other threads give shared access to `T` (so `T:
-// Sync`) and the last one may drop it on any thread (so `T: Send`).
+// SAFETY: sending a handle to another thread lets that thread read the value through it
+// while handles on other threads read it too, so `T: Sync`; and the handle it holds may be
+// the last one, whose drop drops the value there, so `T: Send`; `make_mut` gives `&mut T`
+// only to the last handle (no other thread can reach the value then), which `T: Send`
+// covers. The count is an atomic, so changing it from several threads is sound. These are
+// `Arc<T>`'s bounds for the same reasons.
 unsafe impl<T: Send + Sync> Send for Shared<T> {}
-// SAFETY: as above.
+// SAFETY: `&Shared<T>` on several threads gives shared reads of the value (`T: Sync`) and
+// lets each thread clone a handle it may then drop last, dropping the value on that
+// thread (`T: Send`); the count is changed only atomically.
 unsafe impl<T: Send + Sync> Sync for Shared<T> {}
 
 impl<T> Shared<T> {
@@ -54,7 +71,14 @@ impl<T> Shared<T> {
     }
 
     fn inner(&self) -> &Inner<T> {
-        // SAFETY: the allocation lives while any handle does, and this is one.
+        // SAFETY: `ptr` came from `Box::leak` in `new` and is freed only by the drop that
+        // takes the count from 1 to 0. The count counts every live handle (each made by
+        // `new`, by `clone` after adding one, or by a `Fanout` that added one for it in
+        // advance) plus the handles a `Fanout` paid for and has not handed out (it holds a
+        // handle itself meanwhile), so while `self` lives the count is at least one and
+        // the allocation is not freed. No `&mut` to it is alive meanwhile: `make_mut`
+        // makes one only from the last handle, borrowed mutably, so never while `&self`
+        // is.
         unsafe { self.ptr.as_ref() }
     }
 
@@ -87,8 +111,18 @@ impl<T: Clone> Shared<T> {
         if self.inner().count.load(Ordering::Acquire) != 1 {
             *self = Shared::new(self.inner().value.clone());
         }
-        // SAFETY: this is the only handle (the count is 1 and this handle is borrowed
-        // mutably, so no clone can be made meanwhile), so nothing else reads the value.
+        // SAFETY: a unique reference to the value is sound when nothing else can reach it
+        // while the reference lives, and every earlier access happens before.
+        // - The allocation is live: `self` is a handle (it was just replaced by a fresh
+        //   one if it was not the last).
+        // - Nothing else can reach it: the count is 1 and it counts every handle and every
+        //   handle a `Fanout` may still hand out (the `Fanout` holding a handle of its own
+        //   meanwhile), so `self` is the only handle and no `Fanout` is left. New handles
+        //   come only from existing ones (`clone`, `Fanout::next`), and `self` is borrowed
+        //   mutably for as long as the reference lives, so none is made meanwhile.
+        // - The other handles' reads happen before: each was dropped with a release
+        //   subtraction (a `Fanout` gives back what it did not hand out likewise), and the
+        //   acquire load above read the count they left.
         unsafe { &mut self.ptr.as_mut().value }
     }
 }
@@ -96,7 +130,8 @@ impl<T: Clone> Shared<T> {
 impl<T> Clone for Shared<T> {
     fn clone(&self) -> Self {
         self.add(1);
-        // SAFETY: one was just added for it.
+        // SAFETY: `prepaid`'s contract: one was just added to the count for this handle,
+        // and is used for no other.
         unsafe { self.prepaid() }
     }
 }
@@ -108,7 +143,17 @@ impl<T> Drop for Shared<T> {
         }
         // Every other handle's drop (release) happens before the value is freed.
         fence(Ordering::Acquire);
-        // SAFETY: this was the last handle; the allocation came from `Box::leak`.
+        // SAFETY: freeing the allocation is sound when it came from `Box` and no one else
+        // can reach it, now or later, and every access to it happens before this.
+        // - It came from `Box::leak` in `new` (a `Box<Inner<T>>`), and was not freed yet:
+        //   only the drop that takes the count to zero frees it, and the count reaches
+        //   zero once (at zero no handle is left to raise it again).
+        // - No one else can reach it: this drop took the count from 1 to 0, and the count
+        //   counts every handle and every handle a `Fanout` may still hand out, so this
+        //   was the last handle and no `Fanout` holds one.
+        // - Every other access happens before: each other handle was dropped (and each
+        //   `Fanout` gave back its unused count) with a release subtraction, which this
+        //   thread's acquire fence, after reading the count they left, synchronises with.
         drop(unsafe { Box::from_raw(self.ptr.as_ptr()) });
     }
 }
@@ -129,7 +174,7 @@ impl<T: fmt::Debug> fmt::Debug for Shared<T> {
 
 impl<T> Shared<T> {
     /// Whether both handles are on the same value.
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     fn ptr_eq(a: &Self, b: &Self) -> bool {
         a.ptr == b.ptr
     }
@@ -157,7 +202,9 @@ impl<T> Fanout<T> {
             return self.item.clone();
         }
         self.left -= 1;
-        // SAFETY: `new` added one to the count for each of the `left` handles.
+        // SAFETY: `prepaid`'s contract: `new` added `n` to the count, one for each handle
+        // this `Fanout` hands out while `left > 0`; `left` counts those not handed out
+        // yet and was just lowered for this one, so its one is used for no other.
         unsafe { self.item.prepaid() }
     }
 
@@ -179,7 +226,7 @@ impl<T> Drop for Fanout<T> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
