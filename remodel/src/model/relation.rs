@@ -204,15 +204,7 @@ impl<P: Model, C: Model> HasMany<P, C> {
     /// Creates `child` as a child of this parent and returns it saved, in one commit that
     /// requires the parent to be stored ([`ModelError::Missing`] when it was deleted).
     pub async fn create(&self, mut child: C) -> Result<C> {
-        let parent = self.key()?;
-        let prepared =
-            prepare_children(std::slice::from_mut(&mut child), Some((self.fk(), &parent)))?;
-        let mut batch = self.db.batch().require_exists(P::schema().table, parent);
-        for p in prepared {
-            batch = store::<C>(batch, p, true);
-        }
-        self.commit(batch).await?;
-        child.after_save();
+        self.create_many(std::slice::from_mut(&mut child)).await?;
         Ok(child)
     }
 
@@ -591,9 +583,7 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
 
     /// Creates `child` and relates it to this parent, in one commit.
     pub async fn create(&self, mut child: C) -> Result<C> {
-        let prepared = prepare_children(std::slice::from_mut(&mut child), None)?;
-        self.store_linked(prepared, true, self.db.batch()).await?;
-        child.after_save();
+        self.create_many(std::slice::from_mut(&mut child)).await?;
         Ok(child)
     }
 
