@@ -1,6 +1,7 @@
 //! The database handle: configuration, the catalog of tables and indexes, and DDL (opening a
 //! database: `open.rs`).
 
+pub(crate) mod backend;
 pub(crate) mod changelog;
 mod group_flush;
 mod index;
@@ -186,6 +187,8 @@ pub(crate) struct DbInner {
     closed: AtomicBool,
     /// Serialises DDL (create/drop of tables and indexes).
     ddl: tokio::sync::Mutex<()>,
+    /// The database of record when it is not this store (see `backend.rs`).
+    backend: OnceLock<Arc<dyn backend::Backend>>,
 }
 
 impl Database {
@@ -239,6 +242,19 @@ impl Database {
                 reason: "a primary key is one top-level field name".into(),
             });
         }
+        if let Some(b) = self.backend() {
+            self.check_open()?;
+            let ddl = backend::Ddl::CreateTable {
+                table: name.to_string(),
+                primary_key: primary_key.to_string(),
+            };
+            return b.ddl(self.clone(), ddl).await;
+        }
+        self.create_table_local(name, primary_key).await
+    }
+
+    /// Creates a table in this process's store (checked names).
+    pub(crate) async fn create_table_local(&self, name: &str, primary_key: &str) -> Result<()> {
         let _ddl = self.inner.ddl.lock().await;
         self.check_open()?;
         if self.inner.tables.read().contains_key(name) {
@@ -278,6 +294,18 @@ impl Database {
     /// [`Error::FeedAborted`].
     pub async fn drop_table(&self, name: &str) -> Result<()> {
         check_not_in_patch()?;
+        if let Some(b) = self.backend() {
+            self.table_state(name)?;
+            let ddl = backend::Ddl::DropTable {
+                table: name.to_string(),
+            };
+            return b.ddl(self.clone(), ddl).await;
+        }
+        self.drop_table_local(name).await
+    }
+
+    /// Drops a table of this process's store.
+    pub(crate) async fn drop_table_local(&self, name: &str) -> Result<()> {
         let _ddl = self.inner.ddl.lock().await;
         let table = self.table_state(name)?;
         {
@@ -325,6 +353,31 @@ impl Database {
         check_not_in_patch()?;
         check_name(name)?;
         spec.compile()?;
+        if let Some(b) = self.backend() {
+            let t = self.table_state(table)?;
+            if t.indexes.read().iter().any(|i| i.name == name) {
+                return Err(Error::IndexExists {
+                    table: table.to_string(),
+                    index: name.to_string(),
+                });
+            }
+            let ddl = backend::Ddl::CreateIndex {
+                table: table.to_string(),
+                index: name.to_string(),
+                spec,
+            };
+            return b.ddl(self.clone(), ddl).await;
+        }
+        self.create_index_local(table, name, spec).await
+    }
+
+    /// Creates (and fills) an index of this process's store.
+    pub(crate) async fn create_index_local(
+        &self,
+        table: &str,
+        name: &str,
+        spec: IndexSpec,
+    ) -> Result<()> {
         let ix;
         let t;
         {
@@ -444,6 +497,25 @@ impl Database {
 
     pub(crate) async fn drop_index(&self, table: &str, name: &str) -> Result<()> {
         check_not_in_patch()?;
+        if let Some(b) = self.backend() {
+            let t = self.table_state(table)?;
+            if !t.indexes.read().iter().any(|i| i.name == name) {
+                return Err(Error::NoSuchIndex {
+                    table: table.to_string(),
+                    index: name.to_string(),
+                });
+            }
+            let ddl = backend::Ddl::DropIndex {
+                table: table.to_string(),
+                index: name.to_string(),
+            };
+            return b.ddl(self.clone(), ddl).await;
+        }
+        self.drop_index_local(table, name).await
+    }
+
+    /// Drops an index of this process's store.
+    pub(crate) async fn drop_index_local(&self, table: &str, name: &str) -> Result<()> {
         let _ddl = self.inner.ddl.lock().await;
         let t = self.table_state(table)?;
         {
@@ -503,9 +575,27 @@ impl Database {
     }
 
     /// Waits until everything written so far is on disk.
+    ///
+    /// On a shared database (PostgreSQL), also waits until this process's reads and feeds
+    /// show every commit that any process made before the call.
     pub async fn sync(&self) -> Result<()> {
         self.check_open()?;
+        if let Some(b) = self.backend() {
+            return b.sync().await;
+        }
         self.inner.flush_committed().await
+    }
+
+    /// The database of record, when it is not this process's store.
+    pub(crate) fn backend(&self) -> Option<Arc<dyn backend::Backend>> {
+        self.inner.backend.get().cloned()
+    }
+
+    /// Installs the database of record (once, before the handle is shared).
+    pub(crate) fn set_backend(&self, b: Arc<dyn backend::Backend>) {
+        if self.inner.backend.set(b).is_err() {
+            unreachable!("a database has one backend");
+        }
     }
 
     /// Closes the database: flushes it, ends every changefeed with [`Error::FeedAborted`],
@@ -521,6 +611,9 @@ impl Database {
         }
         if let Some(sink) = self.inner.sink() {
             sink.closed("the database was closed");
+        }
+        if let Some(b) = self.backend() {
+            b.close().await?;
         }
         self.inner.storage.flush().await
     }
@@ -556,7 +649,11 @@ impl DbInner {
 impl Database {
     /// The current rows of the `stats` system table.
     pub(crate) fn stats_rows(&self) -> Vec<serde_json::Value> {
-        self.inner.stats.rows(self)
+        let mut rows = self.inner.stats.rows(self);
+        if let Some(b) = self.backend() {
+            rows.extend(b.stats_rows());
+        }
+        rows
     }
 }
 

@@ -158,6 +158,7 @@ impl DbInner {
             stats: Stats::default(),
             stats_table,
             closed: AtomicBool::new(false),
+            backend: Default::default(),
             ddl: tokio::sync::Mutex::new(()),
         })
     }

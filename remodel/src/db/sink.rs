@@ -66,6 +66,14 @@ impl DbInner {
 
     /// Runs `f` under the commit lock with the last committed sequence number: no commit
     /// runs meanwhile, so what `f` reads and registers fits exactly between two commits.
+    /// Ends every feed with `why` (a backend that stopped following its database of record:
+    /// what the feeds would show next is unknown).
+    pub(crate) fn end_feeds(&self, why: &str) {
+        if let Some(sink) = self.sink() {
+            sink.closed(why);
+        }
+    }
+
     pub(crate) fn with_commit_lock<T>(&self, f: impl FnOnce(u64) -> T) -> T {
         let seq = self.writer.lock();
         f(*seq)

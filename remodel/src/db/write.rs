@@ -31,6 +31,32 @@ pub(crate) enum WriteOp {
     Delete { key: Vec<u8> },
 }
 
+impl Clone for WriteOp {
+    /// A copy for a write that is staged again (a shared database's commit found a row
+    /// changed since it was staged): closures are shared, not copied.
+    fn clone(&self) -> Self {
+        match self {
+            WriteOp::Insert { doc, conflict } => WriteOp::Insert {
+                doc: doc.clone(),
+                conflict: conflict.clone(),
+            },
+            WriteOp::Update { key, patch } => WriteOp::Update {
+                key: key.clone(),
+                patch: patch.clone(),
+            },
+            WriteOp::Replace { key, doc } => WriteOp::Replace {
+                key: key.clone(),
+                doc: doc.clone(),
+            },
+            WriteOp::ReplaceWith { key, f } => WriteOp::ReplaceWith {
+                key: key.clone(),
+                f: f.clone(),
+            },
+            WriteOp::Delete { key } => WriteOp::Delete { key: key.clone() },
+        }
+    }
+}
+
 impl std::fmt::Debug for WriteOp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -661,6 +687,126 @@ impl DbInner {
     }
 }
 
+/// A change of a commit made in the database of record: table, key, document before (as
+/// the commit saw it) and after.
+pub(crate) type ReplicatedChange =
+    (Arc<TableState>, Vec<u8>, Option<Arc<Value>>, Option<Arc<Value>>);
+
+/// A key a write staged for a backend: its table, key, document before (as this store has
+/// it) and after.
+pub(crate) type StagedChange = (Arc<TableState>, Vec<u8>, Option<Arc<Value>>, Option<Arc<Value>>);
+
+impl DbInner {
+    /// For a backend: stages `ops` (one chunk) against this store under the commit lock, as
+    /// a local commit would, and returns the net changes in first-touch order without
+    /// writing them (the backend commits them; [`DbInner::apply_replicated`] writes them
+    /// here once they are committed).
+    pub(crate) fn stage_for_backend(
+        &self,
+        ops: impl FnOnce() -> Result<Vec<(Arc<TableState>, WriteOp)>>,
+        how: Commit,
+        result: &mut WriteResult,
+    ) -> Result<Vec<StagedChange>> {
+        super::check_not_in_patch()?;
+        let _seq = self.lock_for_commit()?;
+        let errors_before = result.errors;
+        let mut staging = Staging::default();
+        for (table, op) in ops()? {
+            self.stage(&mut staging, table, op, how, result)?;
+        }
+        if how.all_or_nothing && result.errors > errors_before {
+            return Err(result
+                .first_error
+                .clone()
+                .unwrap_or_else(|| Error::query("a write of the batch failed")));
+        }
+        Ok(staging
+            .order_by_first_touch()
+            .into_iter()
+            .filter(|(_, _, (old, new, rewritten))| !(same(old, new) || (*rewritten && old == new)))
+            .map(|(t, k, (old, new, _))| (t, k, old, new))
+            .collect())
+    }
+
+    /// Writes a commit of the database of record into this store and publishes it to the
+    /// feeds, numbered from `first` (its changes get `first`, `first + 1`, ...; `first` must
+    /// be past every number used so far). Each change's `old` must be what the store holds:
+    /// anything else means the store is not the replica it should be, and is an error
+    /// (nothing is written).
+    pub(crate) fn apply_replicated(
+        &self,
+        changes: Vec<ReplicatedChange>,
+        first: u64,
+    ) -> Result<()> {
+        let mut wakes = Vec::new();
+        {
+            let mut seq = self.writer.lock();
+            if first <= *seq {
+                return Err(Error::storage(format!(
+                    "a replicated commit at {first:x} is not after the last one ({:x})",
+                    *seq
+                )));
+            }
+            let mut staged = Vec::with_capacity(changes.len());
+            for (table, key, expected, new) in changes {
+                if table.is_dropped() {
+                    return Err(Error::NoSuchTable(table.name.clone()));
+                }
+                let old = table.get_doc(&key)?.map(Arc::new);
+                if old.as_deref() != expected.as_deref() {
+                    return Err(Error::storage(format!(
+                        "this process's replica of table `{}` does not hold what a commit \
+                         changed (a write made outside Remodel?)",
+                        table.name
+                    )));
+                }
+                staged.push((table, key, (old, new, false)));
+            }
+            *seq = first - 1;
+            let (batch, record, committed) = self.number(staged, &mut seq)?;
+            if !committed.iter().all(|(_, c)| c.is_empty()) {
+                self.persist(&batch, record, &committed, first, *seq)?;
+                self.visibility.committed(*seq, false);
+                for (table, changes) in &committed {
+                    if changes.is_empty() {
+                        continue;
+                    }
+                    table
+                        .writes
+                        .fetch_add(changes.len() as u64, Ordering::Relaxed);
+                    if let Some(sink) = self.sink().filter(|s| !s.is_idle()) {
+                        sink.publish(table, changes, &mut wakes);
+                    }
+                }
+            }
+        }
+        wakes.drain(..).for_each(std::task::Waker::wake);
+        Ok(())
+    }
+
+    /// Writes documents into an empty table of a replica that is being loaded (with their
+    /// index entries, in one storage batch): not a commit, so not numbered, logged or
+    /// published. The caller loads before anything can read or watch the table.
+    pub(crate) fn load_rows(&self, table: &TableState, rows: Vec<(Vec<u8>, Value)>) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        for (key, doc) in rows {
+            index_entries(&mut batch, table, &key, None, Some(&doc));
+            batch.insert(&table.docs, key, serde_json::to_vec(&doc)?);
+        }
+        self.storage.apply(&batch)
+    }
+
+    /// Moves the commit numbering to after `last` (a replica starting at a position of the
+    /// database of record). Numbers never go back.
+    pub(crate) fn advance_seq(&self, last: u64) {
+        let mut seq = self.writer.lock();
+        *seq = (*seq).max(last);
+        self.visibility.committed(*seq, false);
+        // A replica's numbers are the database of record's positions: nothing to reserve.
+        self.seq_reserved.store(u64::MAX, Ordering::Release);
+    }
+}
+
 /// Adds to `batch` the index entries a document's change from `old` to `new` removes and
 /// adds, in every index of `table`.
 fn index_entries(
@@ -844,6 +990,15 @@ impl Database {
         // the closure's thread.
         super::check_not_in_patch()?;
         let hard = self.is_hard(durability);
+        if let Some(backend) = self.backend() {
+            let how = Commit {
+                return_changes,
+                all_or_nothing: false,
+                hard,
+            };
+            let job = super::backend::Job::Keys { table, ops };
+            return backend.commit(self.clone(), job, how).await;
+        }
         // A small write commits in place when the commit lock is free; a large one, or one
         // that would wait for the lock, runs on a blocking thread: an async worker never
         // waits on the commit lock.

@@ -19,12 +19,15 @@
 //! with no message are not sent at all), with `wal_level = logical` and a free replication
 //! slot and WAL sender per process; and Rust 1.88 (the replication client's minimum).
 
+pub mod backend;
 pub mod cluster;
 pub mod lsn;
 pub mod pump;
 pub mod record;
+mod schema;
 pub mod writer;
 
+pub use backend::{Connect, MAX_COMMIT_CHANGES};
 pub use cluster::{ClusterError, TestCluster, TestDatabase};
 pub use lsn::Lsn;
 pub use pump::{CommitBatch, Pump, PumpConfig, PumpError, PumpHandle, PumpStatus};

@@ -68,6 +68,8 @@ pub struct PumpConfig {
     pub max_batch_bytes: usize,
     /// How many decoded batches may wait for the caller.
     pub channel_batches: usize,
+    /// Create the slot with an exported snapshot (see [`Pump::start_with_snapshot`]).
+    pub export_snapshot: bool,
 }
 
 impl Default for PumpConfig {
@@ -78,6 +80,7 @@ impl Default for PumpConfig {
             status_interval: Duration::from_secs(1),
             max_batch_bytes: 256 << 20,
             channel_batches: 256,
+            export_snapshot: false,
         }
     }
 }
@@ -304,6 +307,30 @@ impl Pump {
         config: &tokio_postgres::Config,
         options: PumpConfig,
     ) -> Result<Pump, PumpError> {
+        let options = PumpConfig {
+            export_snapshot: false,
+            ..options
+        };
+        let (pump, ()) =
+            Self::start_with_snapshot(config, options, |_, _| async { Ok(()) }).await?;
+        Ok(pump)
+    }
+
+    /// As [`Pump::start`], but the slot is created with an exported snapshot (when
+    /// [`PumpConfig::export_snapshot`] is set) and `read` runs with its name before
+    /// replication starts (with the slot's consistent point): a transaction that sets it (`SET TRANSACTION SNAPSHOT`) reads
+    /// exactly the state the pump's first batch follows, which is how a process loads its
+    /// replica with no gap and no overlap. Without `export_snapshot`, `read` gets an empty
+    /// name. An error of `read` ends the pump before it starts.
+    pub async fn start_with_snapshot<T, F, Fut>(
+        config: &tokio_postgres::Config,
+        options: PumpConfig,
+        read: F,
+    ) -> Result<(Pump, T), PumpError>
+    where
+        F: FnOnce(String, Lsn) -> Fut,
+        Fut: std::future::Future<Output = Result<T, PumpError>>,
+    {
         let started = Instant::now();
         let slot = format!("remodel_{}", uuid::Uuid::new_v4().simple());
         let application_name = format!("remodel_pump_{}", &slot["remodel_".len()..]);
@@ -316,7 +343,7 @@ impl Pump {
         let setup_result =
             tokio::time::timeout_at(deadline.into(), set_up(&mut client, &options, &slot, &step))
                 .await;
-        let (start_lsn, slot_created_in) = match setup_result {
+        let (start_lsn, slot_created_in, snapshot) = match setup_result {
             Ok(Ok(done)) => done,
             Ok(Err(e)) => {
                 client.abort();
@@ -332,6 +359,21 @@ impl Pump {
                 });
             }
         };
+        let value = match read(snapshot, start_lsn).await {
+            Ok(value) => value,
+            Err(e) => {
+                client.abort();
+                return Err(e);
+            }
+        };
+        let begun = async {
+            client.start().await.map_err(|e| setup("start", e))?;
+            client.wait_started().await.map_err(|e| setup("start", e))
+        };
+        if let Err(e) = begun.await {
+            client.abort();
+            return Err(e);
+        }
         client.update_applied_lsn(start_lsn.into());
 
         let (tx, rx) = mpsc::channel(options.channel_batches.max(1));
@@ -365,13 +407,14 @@ impl Pump {
             applied: start_lsn,
         };
         let task = tokio::spawn(task.run());
-        Ok(Pump {
+        let pump = Pump {
             rx,
             handle: PumpHandle { shared },
             stop,
             task: Some(task),
             finished: None,
-        })
+        };
+        Ok((pump, value))
     }
 
     /// The next committed batch, in commit order. After an error (the pump is over) every
@@ -494,14 +537,14 @@ fn setup(step: &'static str, e: pgwire_replication::PgWireError) -> PumpError {
     }
 }
 
-/// Publication, slot, start. Returns the slot's consistent point and how long creating it
-/// took.
+/// Publication and slot. Returns the slot's consistent point, how long creating it took and
+/// the exported snapshot's name (empty when none was asked for).
 async fn set_up(
     client: &mut ReplicationClient,
     options: &PumpConfig,
     slot: &str,
     step: &Step,
-) -> Result<(Lsn, Duration), PumpError> {
+) -> Result<(Lsn, Duration, String), PumpError> {
     step.set("publication");
     client
         .simple_query(&create_publication_sql(&options.publication))
@@ -521,7 +564,12 @@ async fn set_up(
     let t0 = Instant::now();
     let rows = client
         .simple_query(&format!(
-            "CREATE_REPLICATION_SLOT {slot} TEMPORARY LOGICAL pgoutput (SNAPSHOT 'nothing')"
+            "CREATE_REPLICATION_SLOT {slot} TEMPORARY LOGICAL pgoutput (SNAPSHOT '{}')",
+            if options.export_snapshot {
+                "export"
+            } else {
+                "nothing"
+            }
         ))
         .await
         .map_err(|e| setup("slot", e))?;
@@ -537,10 +585,21 @@ async fn set_up(
             step: "slot",
             message: "CREATE_REPLICATION_SLOT returned no consistent point".into(),
         })?;
+    let snapshot = rows
+        .first()
+        .and_then(|row| row.get(2))
+        .and_then(|cell| cell.as_ref())
+        .and_then(|text| std::str::from_utf8(text).ok())
+        .unwrap_or_default()
+        .to_string();
+    if options.export_snapshot && snapshot.is_empty() {
+        return Err(PumpError::Setup {
+            step: "slot",
+            message: "CREATE_REPLICATION_SLOT exported no snapshot".into(),
+        });
+    }
     step.set("start");
-    client.start().await.map_err(|e| setup("start", e))?;
-    client.wait_started().await.map_err(|e| setup("start", e))?;
-    Ok((point, slot_created_in))
+    Ok((point, slot_created_in, snapshot))
 }
 
 /// On a start timeout: the oldest writing transactions (what slot creation waits for), and the

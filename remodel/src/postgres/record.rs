@@ -45,6 +45,10 @@ pub const CHANGE_PREFIX: &str = "remodel.v1";
 /// The message prefix of a [`DdlRecord`].
 pub const DDL_PREFIX: &str = "remodel.ddl.v1";
 
+/// The message prefix of a sync token: a process's barrier (see
+/// `postgres::backend`), carried in a transaction of its own; the body is the token.
+pub const SYNC_PREFIX: &str = "remodel.sync.v1";
+
 /// The format byte of version 1 records (the first byte of each record).
 const FORMAT_V1: u8 = 1;
 const OLD_PRESENT: u8 = 1;
@@ -62,6 +66,8 @@ pub enum Record {
     Change(ChangeRecord),
     /// A table or index created or dropped (prefix [`DDL_PREFIX`]).
     Ddl(DdlRecord),
+    /// A sync token (prefix [`SYNC_PREFIX`]): every commit before it has been delivered.
+    Sync(Vec<u8>),
 }
 
 impl Record {
@@ -70,6 +76,7 @@ impl Record {
         match self {
             Record::Change(_) => CHANGE_PREFIX,
             Record::Ddl(_) => DDL_PREFIX,
+            Record::Sync(_) => SYNC_PREFIX,
         }
     }
 
@@ -78,6 +85,7 @@ impl Record {
         match self {
             Record::Change(c) => c.encode(),
             Record::Ddl(d) => d.encode(),
+            Record::Sync(token) => token.clone(),
         }
     }
 
@@ -87,13 +95,14 @@ impl Record {
         match prefix {
             CHANGE_PREFIX => ChangeRecord::decode(body).map(|c| Some(Record::Change(c))),
             DDL_PREFIX => DdlRecord::decode(body).map(|d| Some(Record::Ddl(d))),
+            SYNC_PREFIX => Ok(Some(Record::Sync(body.to_vec()))),
             _ => Ok(None),
         }
     }
 
     /// Whether `prefix` is one of Remodel's message prefixes.
     pub fn is_remodel_prefix(prefix: &str) -> bool {
-        prefix == CHANGE_PREFIX || prefix == DDL_PREFIX
+        prefix == CHANGE_PREFIX || prefix == DDL_PREFIX || prefix == SYNC_PREFIX
     }
 }
 

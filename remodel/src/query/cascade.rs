@@ -104,6 +104,15 @@ impl References {
             .is_some_and(|refs| refs.iter().any(|r| r.table == table && r.field == field))
     }
 
+    /// Every table named, as a target or as referring (what a cascade may write).
+    pub(crate) fn tables(&self) -> impl Iterator<Item = &str> {
+        self.by_target
+            .iter()
+            .flat_map(|(target, refs)| {
+                std::iter::once(target.as_str()).chain(refs.iter().map(|r| r.table.as_str()))
+            })
+    }
+
     fn of(&self, target: &str) -> &[Reference] {
         self.by_target.get(target).map_or(&[], Vec::as_slice)
     }

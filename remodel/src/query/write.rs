@@ -2,6 +2,7 @@
 
 use super::plan::Plan;
 use super::{Query, References, Table};
+use crate::db::backend::Job;
 use crate::db::write::{Commit, OnConflict, PatchKind, ReplaceFn, WriteOp};
 use crate::db::{Conflict, Database, Durability, Patch, TableState, WriteResult};
 use crate::value::encode_key;
@@ -289,6 +290,13 @@ impl Write {
                     all_or_nothing: false,
                     hard: db.is_hard(self.opts.durability),
                 };
+                if let Some(backend) = db.backend() {
+                    let job = Job::Locked {
+                        tables: vec![plan.table.name.clone()],
+                        select: Box::new(move || expand(vec![Step::Where(plan, patch)])),
+                    };
+                    return backend.commit(db.clone(), job, how).await;
+                }
                 let inner = db.inner.clone();
                 let result = crate::db::spawn_blocking(move || {
                     let mut result = WriteResult::default();
@@ -683,6 +691,15 @@ impl Batch {
             all_or_nothing: true,
             hard: db.is_hard(self.opts.durability),
         };
+        if let Some(backend) = db.backend() {
+            let job = Job::Locked {
+                tables: step_tables(&steps),
+                select: Box::new(move || expand(steps)),
+            };
+            let mut result = backend.commit(db.clone(), job, how).await?;
+            result.generated_keys = generated;
+            return Ok(result);
+        }
         let inner = db.inner.clone();
         let mut result = crate::db::spawn_blocking(move || {
             let mut result = WriteResult::default();
@@ -710,6 +727,26 @@ enum Step {
     RequireEmpty(Plan, String),
     /// The document with this (encoded) key must exist.
     RequireExists(Arc<TableState>, Vec<u8>, Value),
+}
+
+/// The tables a batch's steps may read or write, sorted, once each.
+fn step_tables(steps: &[Step]) -> Vec<String> {
+    let mut names = Vec::new();
+    for step in steps {
+        match step {
+            Step::Write(t, _) | Step::RequireExists(t, ..) => names.push(t.name.clone()),
+            Step::Where(plan, _) | Step::RequireEmpty(plan, _) => {
+                names.push(plan.table.name.clone())
+            }
+            Step::DeleteCascading(_, t, _, refs) => {
+                names.push(t.name.clone());
+                names.extend(refs.tables().map(str::to_string));
+            }
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
 }
 
 fn planned(q: &Query) -> Result<Plan> {

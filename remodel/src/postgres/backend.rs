@@ -1,0 +1,909 @@
+//! The PostgreSQL backend: a [`Database`] whose database of record is a shared PostgreSQL
+//! database, with every app process's reads and feeds following every process's commits.
+//!
+//! # How it works
+//!
+//! Each process keeps a **replica**: its own store (a temporary sled database) holding the
+//! shared database's documents and indexes as of the last commit it has applied. Its
+//! [pump](super::pump) learns of every commit, in PostgreSQL's commit order, from a temporary
+//! logical replication slot, and applies each one to the replica as one local commit, which
+//! the feed router publishes exactly as it publishes an embedded commit. Every read (queries,
+//! a feed's initial rows, top-N refills, join lookups) is a read of the replica, at an exact
+//! commit position: so every feed guarantee of the embedded store holds here as is (one
+//! commit order, no gap or duplicate between initial rows and changes, no state that was in
+//! no committed result), in every process.
+//!
+//! **Start.** The slot is created with an exported snapshot; the replica is loaded in a
+//! transaction that reads at that snapshot, then replication starts at the slot's consistent
+//! point: every commit is either in the loaded rows or in the stream, never both.
+//!
+//! **Writes.** A write is staged against the replica (conflict policies, patches, closures,
+//! exactly as on the embedded store) and sent to the `commit` function
+//! ([`schema`](super::schema)), which locks the rows and commits only if each is still what
+//! was staged against; else the replica catches up ([`Database::sync`]) and the write is
+//! staged again. So each write is decided against the current row, across processes. A
+//! closure (`Patch::with`, `replace_with`, `conflict_with`) may therefore run more than once.
+//! Writes that select their rows when they commit (by query, cascades, `require_empty`) hold
+//! their tables' advisory locks exclusively in one transaction, catch the replica up, select
+//! and commit. A write returns once the replica shows it: a process reads its own writes.
+//!
+//! **Positions.** A change's number is its commit's LSN × 4,096 plus its place in the commit
+//! (a commit holds at most 4,096 changes), the same in every process, so a [`Cursor`] taken
+//! in one process resumes in any process whose replica has followed the database since that
+//! position (replicas keep a resumable change log).
+//!
+//! [`Cursor`]: crate::Cursor
+
+use super::pump::{CommitBatch, Pump, PumpConfig, PumpError, PumpHandle};
+use super::record::{encode_change, DdlRecord, Doc, Record, DDL_PREFIX, SYNC_PREFIX};
+use super::schema::{self, docs_relation, lock_name};
+use crate::db::backend::{Backend, BoxFuture, Ddl, Job};
+use crate::db::write::{Commit, StagedChange, WriteOp};
+use crate::db::{
+    ChangeLogRetention, Config, Database, Durability, IndexSpec, TableState, WriteResult,
+};
+use crate::{Error, Result};
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::sync::{oneshot, watch};
+use tokio_postgres::{Client, Statement};
+
+/// How many bits of a change number hold its place in its commit.
+const OP_BITS: u32 = 12;
+/// The most changes one commit holds on PostgreSQL.
+pub const MAX_COMMIT_CHANGES: usize = 1 << OP_BITS;
+/// How many times a write is staged again when the rows it read changed meanwhile.
+const MAX_RESTAGES: usize = 64;
+/// How many applied transaction ids are remembered for writers that ask after the fact.
+const RECENT_XIDS: usize = 1 << 16;
+/// How long a writer waits for its commit to be applied before it asks with a sync token.
+const APPLY_WAIT: Duration = Duration::from_secs(2);
+
+/// How to connect a [`Database`] to PostgreSQL.
+///
+/// ```no_run
+/// # async fn f() -> remodel::Result<()> {
+/// let db = remodel::postgres::Connect::new("postgresql://app@db.internal/app")
+///     .schema("remodel")
+///     .connections(8)
+///     .open()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Connect {
+    url: String,
+    schema: String,
+    connections: usize,
+    feed_queue_size: usize,
+    retention: ChangeLogRetention,
+}
+
+impl Connect {
+    /// Connects to the database at `url` (a `postgresql://` URL or a `key=value` string).
+    pub fn new(url: impl Into<String>) -> Self {
+        Connect {
+            url: url.into(),
+            schema: "remodel".into(),
+            connections: 4,
+            feed_queue_size: 100_000,
+            retention: ChangeLogRetention::default(),
+        }
+    }
+
+    /// The schema Remodel keeps its tables in (default `remodel`).
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// How many connections writes use (default 4, at least 1), besides the replication
+    /// connection and those of writes that select their rows at commit.
+    pub fn connections(mut self, n: usize) -> Self {
+        self.connections = n.max(1);
+        self
+    }
+
+    /// The default queue size of changefeeds (see [`Config::feed_queue_size`]).
+    pub fn feed_queue_size(mut self, n: usize) -> Self {
+        self.feed_queue_size = n.max(1);
+        self
+    }
+
+    /// How much history this process keeps for feeds that resume from a cursor.
+    pub fn retention(mut self, retention: ChangeLogRetention) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// Connects, creates Remodel's schema if missing, loads this process's replica and starts
+    /// following the database.
+    pub async fn open(self) -> Result<Database> {
+        PgBackend::open(self).await
+    }
+}
+
+impl Database {
+    /// Connects to a shared PostgreSQL database (cargo feature `postgres`): the same tables,
+    /// queries, feeds and models as an embedded database, with every process's feeds seeing
+    /// every process's commits. See [`Connect`] for the options and `postgres::backend` for
+    /// how it works.
+    pub async fn connect(url: &str) -> Result<Database> {
+        Connect::new(url).open().await
+    }
+}
+
+fn pg_error(e: &tokio_postgres::Error) -> Error {
+    Error::storage(format!("postgresql: {}", super::error_text(e)))
+}
+
+fn pump_error(e: &PumpError) -> Error {
+    Error::storage(format!("postgresql replication: {e}"))
+}
+
+/// Whether the error means "staged against a stale row: stage again".
+fn is_restage(e: &tokio_postgres::Error) -> bool {
+    matches!(
+        e.code().map(|c| c.code()),
+        Some("23505" | "40P01" | "40001")
+    )
+}
+
+/// What the pump has applied, and who waits for what.
+#[derive(Default)]
+struct Applied {
+    recent: HashSet<u32>,
+    order: VecDeque<u32>,
+    xid_waiters: HashMap<u32, Vec<oneshot::Sender<()>>>,
+    token_waiters: HashMap<Vec<u8>, oneshot::Sender<()>>,
+    /// Why the replica stopped following the database (then nothing more is applied).
+    failed: Option<String>,
+}
+
+/// One connection for commits, with its prepared statements.
+struct Conn {
+    client: Client,
+    commit: Statement,
+}
+
+pub(crate) struct PgBackend {
+    schema: String,
+    conns: Vec<Conn>,
+    next: AtomicUsize,
+    pool: deadpool_postgres::Pool,
+    applied: Mutex<Applied>,
+    token_prefix: [u8; 16],
+    tokens: AtomicU64,
+    pump: PumpHandle,
+    stop: watch::Sender<bool>,
+    restaged: AtomicU64,
+    commits: AtomicU64,
+}
+
+impl PgBackend {
+    async fn open(options: Connect) -> Result<Database> {
+        let config: tokio_postgres::Config = options
+            .url
+            .parse()
+            .map_err(|e| Error::storage(format!("not a PostgreSQL connection string: {e}")))?;
+        check_schema_name(&options.schema)?;
+        set_up_schema(&config, &options.schema).await?;
+        let db = Config::temporary()
+            .durability(Durability::Soft)
+            .change_log(options.retention)
+            .feed_queue_size(options.feed_queue_size)
+            .open()
+            .await?;
+        let mut conns = Vec::new();
+        for _ in 0..options.connections {
+            let client = super::connect(&config).await.map_err(|e| pg_error(&e))?;
+            let commit = client
+                .prepare(&format!(
+                    "SELECT {}.commit($1::text[], $2::bytea[], $3::text[], $4::text[], $5::bytea[], $6)",
+                    schema::ident(&options.schema)
+                ))
+                .await
+                .map_err(|e| pg_error(&e))?;
+            conns.push(Conn { client, commit });
+        }
+        let pool = deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(
+            config.clone(),
+            tokio_postgres::NoTls,
+        ))
+        .max_size(options.connections.max(2))
+        .build()
+        .map_err(|e| Error::storage(format!("postgresql pool: {e}")))?;
+
+        let pump_options = PumpConfig {
+            export_snapshot: true,
+            ..PumpConfig::default()
+        };
+        let (loader, schema_name) = (db.clone(), options.schema.clone());
+        let load_config = config.clone();
+        let (pump, ()) = Pump::start_with_snapshot(&config, pump_options, |snapshot, point| async move {
+            load_replica(&loader, &load_config, &schema_name, &snapshot, point.0)
+                .await
+                .map_err(|e| PumpError::Setup {
+                    step: "load",
+                    message: e.to_string(),
+                })
+        })
+        .await
+        .map_err(|e| pump_error(&e))?;
+        let (stop, stop_rx) = watch::channel(false);
+        let backend = Arc::new(PgBackend {
+            schema: options.schema,
+            conns,
+            next: AtomicUsize::new(0),
+            pool,
+            applied: Mutex::default(),
+            token_prefix: *uuid::Uuid::new_v4().as_bytes(),
+            tokens: AtomicU64::new(0),
+            pump: pump.handle(),
+            stop,
+            restaged: AtomicU64::new(0),
+            commits: AtomicU64::new(0),
+        });
+        db.set_backend(backend.clone());
+        tokio::spawn(follow(
+            pump,
+            Arc::downgrade(&db.inner),
+            Arc::downgrade(&backend),
+            stop_rx,
+        ));
+        Ok(db)
+    }
+
+    fn conn(&self) -> &Conn {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+        &self.conns[i]
+    }
+
+    fn failed(&self) -> Option<Error> {
+        self.applied
+            .lock()
+            .failed
+            .as_ref()
+            .map(|why| Error::storage(format!("no longer following PostgreSQL: {why}")))
+    }
+
+    /// Waits until the pump has applied the transaction `xid` (its low 32 bits).
+    async fn wait_applied(&self, xid: i64) -> Result<()> {
+        let xid = xid as u32;
+        let rx = {
+            let mut a = self.applied.lock();
+            if a.recent.contains(&xid) {
+                return Ok(());
+            }
+            if let Some(why) = &a.failed {
+                return Err(Error::storage(format!("no longer following PostgreSQL: {why}")));
+            }
+            let (tx, rx) = oneshot::channel();
+            a.xid_waiters.entry(xid).or_default().push(tx);
+            rx
+        };
+        match tokio::time::timeout(APPLY_WAIT, rx).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(self.failed().unwrap_or(Error::Closed)),
+            // Not seen in time (remembered ids are few, the writer slow): a sync token is
+            // exact, whatever happened to this id.
+            Err(_) => self.sync_now().await,
+        }
+    }
+
+    /// Writes a sync token in a transaction of its own and waits for the pump to apply it:
+    /// then every commit before it is applied.
+    async fn sync_now(&self) -> Result<()> {
+        let mut token = self.token_prefix.to_vec();
+        token.extend_from_slice(&self.tokens.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+        let rx = {
+            let mut a = self.applied.lock();
+            if let Some(why) = &a.failed {
+                return Err(Error::storage(format!("no longer following PostgreSQL: {why}")));
+            }
+            let (tx, rx) = oneshot::channel();
+            a.token_waiters.insert(token.clone(), tx);
+            rx
+        };
+        let sent = self
+            .conn()
+            .client
+            .execute(
+                "SELECT pg_logical_emit_message(true, $1::text, $2::bytea)",
+                &[&SYNC_PREFIX, &token],
+            )
+            .await;
+        if let Err(e) = sent {
+            self.applied.lock().token_waiters.remove(&token);
+            return Err(pg_error(&e));
+        }
+        rx.await.map_err(|_| self.failed().unwrap_or(Error::Closed))
+    }
+
+    /// Commits staged changes with the commit function on `client` (an open transaction
+    /// or a connection in autocommit). `Ok(None)`: a row changed since it was staged.
+    async fn commit_staged(
+        &self,
+        client: &impl tokio_postgres::GenericClient,
+        statement: Option<&Statement>,
+        staged: &[StagedChange],
+        hard: bool,
+    ) -> Result<Option<i64>> {
+        if staged.len() > MAX_COMMIT_CHANGES {
+            return Err(Error::TooLarge {
+                what: "changes in one commit on PostgreSQL".into(),
+                size: staged.len(),
+                limit: MAX_COMMIT_CHANGES,
+            });
+        }
+        let text = |d: &Option<Arc<Value>>| d.as_deref().map(serde_json::to_string).transpose();
+        let mut rows = Vec::with_capacity(staged.len());
+        let mut msgs = Vec::with_capacity(staged.len());
+        for (table, key, old, new) in staged {
+            let (old, new) = (text(old)?, text(new)?);
+            let mut body = Vec::new();
+            encode_change(
+                &mut body,
+                &table.name,
+                key,
+                old.as_deref().map(|s| Doc::Json(s.as_bytes())),
+                new.as_deref().map(|s| Doc::Json(s.as_bytes())),
+            );
+            msgs.push(body);
+            rows.push((table.name.as_str(), key.as_slice(), old, new));
+        }
+        rows.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        let tbls: Vec<&str> = rows.iter().map(|r| r.0).collect();
+        let keys: Vec<&[u8]> = rows.iter().map(|r| r.1).collect();
+        let olds: Vec<Option<&str>> = rows.iter().map(|r| r.2.as_deref()).collect();
+        let news: Vec<Option<&str>> = rows.iter().map(|r| r.3.as_deref()).collect();
+        let soft = !hard;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
+            [&tbls, &keys, &olds, &news, &msgs, &soft];
+        let row = match statement {
+            Some(s) => client.query_one(s, &params).await,
+            None => {
+                let sql = format!(
+                    "SELECT {}.commit($1::text[], $2::bytea[], $3::text[], $4::text[], $5::bytea[], $6)",
+                    schema::ident(&self.schema)
+                );
+                client.query_one(sql.as_str(), &params).await
+            }
+        };
+        match row {
+            Ok(row) => {
+                let xid: i64 = row.get(0);
+                Ok((xid >= 0).then_some(xid))
+            }
+            Err(e) if is_restage(&e) => Ok(None),
+            Err(e) if e.code().map(|c| c.code()) == Some("42P01") => {
+                Err(Error::NoSuchTable(staged[0].0.name.clone()))
+            }
+            Err(e) => Err(pg_error(&e)),
+        }
+    }
+
+    async fn commit_keys(
+        &self,
+        db: &Database,
+        table: Arc<TableState>,
+        ops: Vec<WriteOp>,
+        how: Commit,
+    ) -> Result<WriteResult> {
+        let mut total = WriteResult::default();
+        let mut rest = ops;
+        while !rest.is_empty() {
+            let tail = rest.split_off(rest.len().min(MAX_COMMIT_CHANGES));
+            let chunk = std::mem::replace(&mut rest, tail);
+            let mut restages = 0;
+            let result = loop {
+                if let Some(e) = self.failed() {
+                    return Err(e);
+                }
+                let mut result = WriteResult::default();
+                let ops = chunk.iter().map(|op| (table.clone(), op.clone())).collect();
+                let staged = db.inner.stage_for_backend(|| Ok(ops), how, &mut result)?;
+                if staged.is_empty() {
+                    break result;
+                }
+                let conn = self.conn();
+                match self
+                    .commit_staged(&conn.client, Some(&conn.commit), &staged, how.hard)
+                    .await?
+                {
+                    Some(xid) => {
+                        self.commits.fetch_add(1, Ordering::Relaxed);
+                        self.wait_applied(xid).await?;
+                        break result;
+                    }
+                    None if restages < MAX_RESTAGES => {
+                        restages += 1;
+                        self.restaged.fetch_add(1, Ordering::Relaxed);
+                        self.sync_now().await?;
+                    }
+                    None => {
+                        return Err(Error::storage(format!(
+                            "a write to `{}` found its rows changed {MAX_RESTAGES} times in a row",
+                            table.name
+                        )))
+                    }
+                }
+            };
+            merge(&mut total, result);
+        }
+        Ok(total)
+    }
+
+    async fn commit_locked(
+        &self,
+        db: &Database,
+        tables: Vec<String>,
+        select: crate::db::backend::SelectOps,
+        how: Commit,
+    ) -> Result<WriteResult> {
+        let mut conn = self.pool.get().await.map_err(|e| Error::storage(format!("postgresql pool: {e}")))?;
+        let tx = conn.transaction().await.map_err(|e| pg_error(&e))?;
+        for t in &tables {
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                &[&lock_name(&self.schema, t)],
+            )
+            .await
+            .map_err(|e| pg_error(&e))?;
+        }
+        // Every commit to these tables before the locks is in the replica after this.
+        self.sync_now().await?;
+        let mut result = WriteResult::default();
+        let staged = db.inner.stage_for_backend(select, how, &mut result)?;
+        if staged.is_empty() {
+            return Ok(result);
+        }
+        let Some(xid) = self.commit_staged(&*tx, None, &staged, how.hard).await? else {
+            return Err(Error::storage(
+                "a row of a locked table changed under its lock: a write made outside Remodel?",
+            ));
+        };
+        tx.commit().await.map_err(|e| pg_error(&e))?;
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.wait_applied(xid).await?;
+        Ok(result)
+    }
+
+    async fn run_ddl(&self, ddl: Ddl) -> Result<()> {
+        let mut conn = self.pool.get().await.map_err(|e| Error::storage(format!("postgresql pool: {e}")))?;
+        let tx = conn.transaction().await.map_err(|e| pg_error(&e))?;
+        let (table, record) = match &ddl {
+            Ddl::CreateTable { table, primary_key } => (
+                table,
+                DdlRecord::TableCreated {
+                    table: table.clone(),
+                    primary_key: primary_key.clone(),
+                },
+            ),
+            Ddl::DropTable { table } => (table, DdlRecord::TableDropped { table: table.clone() }),
+            Ddl::CreateIndex { table, index, spec } => (
+                table,
+                DdlRecord::IndexCreated {
+                    table: table.clone(),
+                    index: index.clone(),
+                    spec: spec.clone(),
+                },
+            ),
+            Ddl::DropIndex { table, index } => (
+                table,
+                DdlRecord::IndexDropped {
+                    table: table.clone(),
+                    index: index.clone(),
+                },
+            ),
+        };
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+            &[&lock_name(&self.schema, table)],
+        )
+        .await
+        .map_err(|e| pg_error(&e))?;
+        let catalog = format!("{}.catalog", schema::ident(&self.schema));
+        let rel = docs_relation(&self.schema, table);
+        let no_table = || Error::NoSuchTable(table.clone());
+        let changed = match &ddl {
+            Ddl::CreateTable { primary_key, .. } => {
+                if table.len() > schema::MAX_TABLE_NAME {
+                    return Err(Error::InvalidName {
+                        name: table.clone(),
+                        reason: format!(
+                            "on PostgreSQL, table names are at most {} characters",
+                            schema::MAX_TABLE_NAME
+                        ),
+                    });
+                }
+                let n = tx
+                    .execute(
+                        &format!(
+                            "INSERT INTO {catalog} (name, primary_key) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+                        ),
+                        &[table, primary_key],
+                    )
+                    .await
+                    .map_err(|e| pg_error(&e))?;
+                if n == 0 {
+                    return Err(Error::TableExists(table.clone()));
+                }
+                tx.batch_execute(&format!(
+                    "CREATE TABLE {rel} (k bytea PRIMARY KEY, doc json NOT NULL)"
+                ))
+                .await
+                .map_err(|e| pg_error(&e))?;
+                1
+            }
+            Ddl::DropTable { .. } => {
+                let n = tx
+                    .execute(&format!("DELETE FROM {catalog} WHERE name = $1"), &[table])
+                    .await
+                    .map_err(|e| pg_error(&e))?;
+                if n == 0 {
+                    return Err(no_table());
+                }
+                tx.batch_execute(&format!("DROP TABLE IF EXISTS {rel}"))
+                    .await
+                    .map_err(|e| pg_error(&e))?;
+                1
+            }
+            Ddl::CreateIndex { index, spec, .. } => {
+                let spec = serde_json::to_value(spec)?;
+                let n = tx
+                    .execute(
+                        &format!(
+                            "UPDATE {catalog} SET indexes = indexes || jsonb_build_object($2::text, $3::jsonb) \
+                             WHERE name = $1 AND NOT indexes ? $2"
+                        ),
+                        &[table, index, &spec],
+                    )
+                    .await
+                    .map_err(|e| pg_error(&e))?;
+                if n == 0 {
+                    return Err(Error::IndexExists {
+                        table: table.clone(),
+                        index: index.clone(),
+                    });
+                }
+                n
+            }
+            Ddl::DropIndex { index, .. } => {
+                let n = tx
+                    .execute(
+                        &format!(
+                            "UPDATE {catalog} SET indexes = indexes - $2::text WHERE name = $1 AND indexes ? $2"
+                        ),
+                        &[table, index],
+                    )
+                    .await
+                    .map_err(|e| pg_error(&e))?;
+                if n == 0 {
+                    return Err(Error::NoSuchIndex {
+                        table: table.clone(),
+                        index: index.clone(),
+                    });
+                }
+                n
+            }
+        };
+        debug_assert!(changed > 0);
+        let row = tx
+            .query_one(
+                "SELECT pg_logical_emit_message(true, $1::text, $2::bytea)::text, pg_current_xact_id()::text::bigint",
+                &[&DDL_PREFIX, &record.encode()],
+            )
+            .await
+            .map_err(|e| pg_error(&e))?;
+        let xid: i64 = row.get(1);
+        tx.commit().await.map_err(|e| pg_error(&e))?;
+        self.wait_applied(xid).await
+    }
+}
+
+/// Adds what `more` did to `total`.
+fn merge(total: &mut WriteResult, more: WriteResult) {
+    total.inserted += more.inserted;
+    total.replaced += more.replaced;
+    total.unchanged += more.unchanged;
+    total.deleted += more.deleted;
+    total.skipped += more.skipped;
+    total.errors += more.errors;
+    if total.first_error.is_none() {
+        total.first_error = more.first_error;
+    }
+    total.changes.extend(more.changes);
+}
+
+impl Backend for PgBackend {
+    fn commit(
+        self: Arc<Self>,
+        db: Database,
+        job: Job,
+        how: Commit,
+    ) -> BoxFuture<'static, Result<WriteResult>> {
+        Box::pin(async move {
+            match job {
+                Job::Keys { table, ops } => self.commit_keys(&db, table, ops, how).await,
+                Job::Locked { tables, select } => {
+                    self.commit_locked(&db, tables, select, how).await
+                }
+            }
+        })
+    }
+
+    fn ddl(self: Arc<Self>, _db: Database, ddl: Ddl) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async move { self.run_ddl(ddl).await })
+    }
+
+    fn sync(self: Arc<Self>) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async move { self.sync_now().await })
+    }
+
+    fn close(self: Arc<Self>) -> BoxFuture<'static, Result<()>> {
+        let _ = self.stop.send(true);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn stats_rows(&self) -> Vec<Value> {
+        let status = self.pump.status();
+        vec![json!({
+            "id": ["postgres"],
+            "slot": status.slot,
+            "position": status.last_commit_lsn.to_string(),
+            "lag_bytes": status.lag_bytes(),
+            "commits": self.commits.load(Ordering::Relaxed),
+            "restaged": self.restaged.load(Ordering::Relaxed),
+            "following": self.applied.lock().failed.is_none(),
+        })]
+    }
+}
+
+impl Drop for PgBackend {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Schema names are plain identifiers (they are also part of advisory lock names).
+fn check_schema_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !name.as_bytes()[0].is_ascii_digit();
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidName {
+            name: name.to_string(),
+            reason: "a schema name is 1 to 63 lowercase ASCII letters, digits or `_`".into(),
+        })
+    }
+}
+
+/// Creates Remodel's schema, catalog and commit function, once per database however many
+/// processes start together (under an advisory lock).
+async fn set_up_schema(config: &tokio_postgres::Config, schema_name: &str) -> Result<()> {
+    let mut client = super::connect(config).await.map_err(|e| pg_error(&e))?;
+    let tx = client.transaction().await.map_err(|e| pg_error(&e))?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+        &[&format!("remodel:setup:{schema_name}")],
+    )
+    .await
+    .map_err(|e| pg_error(&e))?;
+    tx.batch_execute(&schema::setup_sql(schema_name))
+        .await
+        .map_err(|e| pg_error(&e))?;
+    tx.batch_execute(&super::writer::create_publication_sql(super::writer::PUBLICATION))
+        .await
+        .map_err(|e| pg_error(&e))?;
+    tx.commit().await.map_err(|e| pg_error(&e))
+}
+
+/// Loads the replica with what the exported `snapshot` shows: the catalog's tables and
+/// indexes, then every document. Numbers start after `point` (the slot's consistent point),
+/// so that a cursor from before it does not resume here (this replica has no history
+/// before it).
+async fn load_replica(
+    db: &Database,
+    config: &tokio_postgres::Config,
+    schema_name: &str,
+    snapshot: &str,
+    point: u64,
+) -> Result<()> {
+    db.inner.advance_seq(position(point)?.saturating_sub(1));
+    let mut client = super::connect(config).await.map_err(|e| pg_error(&e))?;
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(|e| pg_error(&e))?;
+    tx.batch_execute(&format!("SET TRANSACTION SNAPSHOT '{}'", snapshot.replace('\'', "")))
+        .await
+        .map_err(|e| pg_error(&e))?;
+    let catalog = tx
+        .query(
+            &format!(
+                "SELECT name, primary_key, indexes::text FROM {}.catalog ORDER BY name",
+                schema::ident(schema_name)
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| pg_error(&e))?;
+    for row in catalog {
+        let (name, primary_key, indexes): (String, String, String) =
+            (row.get(0), row.get(1), row.get(2));
+        db.create_table_local(&name, &primary_key).await?;
+        let indexes: HashMap<String, IndexSpec> = serde_json::from_str(&indexes)?;
+        for (index, spec) in indexes {
+            db.create_index_local(&name, &index, spec).await?;
+        }
+        let table = db.table_state(&name)?;
+        let rows = tx
+            .query_raw(
+                &format!(
+                    "SELECT k, doc::text FROM {} ORDER BY k",
+                    docs_relation(schema_name, &name)
+                ),
+                std::iter::empty::<&str>(),
+            )
+            .await
+            .map_err(|e| pg_error(&e))?;
+        futures_util::pin_mut!(rows);
+        let mut chunk = Vec::new();
+        loop {
+            use futures_util::StreamExt;
+            let next = rows.next().await;
+            let done = next.is_none();
+            if let Some(row) = next {
+                let row = row.map_err(|e| pg_error(&e))?;
+                let key: Vec<u8> = row.get(0);
+                let doc: &str = row.get(1);
+                chunk.push((key, serde_json::from_str(doc)?));
+            }
+            if chunk.len() >= 4096 || (done && !chunk.is_empty()) {
+                db.inner.load_rows(&table, std::mem::take(&mut chunk))?;
+            }
+            if done {
+                break;
+            }
+        }
+    }
+    tx.commit().await.map_err(|e| pg_error(&e))
+}
+
+/// The number of the first change of the commit at `lsn`.
+fn position(lsn: u64) -> Result<u64> {
+    if lsn >> (64 - OP_BITS) != 0 {
+        return Err(Error::storage(format!(
+            "WAL position {lsn:x} is past what change numbers hold (2^52 bytes of WAL)"
+        )));
+    }
+    Ok(lsn << OP_BITS)
+}
+
+/// The pump's task: applies each batch to the replica, in commit order, and tells the
+/// writers waiting for it. Any failure ends every feed and makes later writes fail: the
+/// replica no longer follows the database, and silence would be a gap.
+async fn follow(
+    mut pump: Pump,
+    db: Weak<crate::db::DbInner>,
+    backend: Weak<PgBackend>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let why = loop {
+        let batch = tokio::select! {
+            _ = stop.changed() => break None,
+            batch = pump.next_batch() => batch,
+        };
+        let (Some(inner), Some(backend)) = (db.upgrade(), backend.upgrade()) else {
+            break None;
+        };
+        let db = Database { inner };
+        let batch = match batch {
+            Ok(batch) => batch,
+            Err(e) => break Some((db, backend, pump_error(&e).to_string())),
+        };
+        match apply(&db, &batch).await {
+            Ok(tokens) => {
+                pump.ack(batch.end_lsn);
+                backend.applied(batch.xid, tokens);
+            }
+            Err(e) => break Some((db, backend, e.to_string())),
+        }
+    };
+    if let Some((db, backend, why)) = why {
+        tracing::error!("the replica stopped following PostgreSQL: {why}");
+        {
+            let mut a = backend.applied.lock();
+            a.failed = Some(why.clone());
+            a.xid_waiters.clear();
+            a.token_waiters.clear();
+        }
+        db.inner
+            .end_feeds(&format!("no longer following PostgreSQL: {why}"));
+    }
+    let _ = pump.stop().await;
+}
+
+impl PgBackend {
+    /// The pump applied the transaction `xid` (with these sync tokens).
+    fn applied(&self, xid: u32, tokens: Vec<Vec<u8>>) {
+        let mut a = self.applied.lock();
+        if a.recent.insert(xid) {
+            a.order.push_back(xid);
+            if a.order.len() > RECENT_XIDS {
+                if let Some(old) = a.order.pop_front() {
+                    a.recent.remove(&old);
+                }
+            }
+        }
+        if let Some(waiters) = a.xid_waiters.remove(&xid) {
+            waiters.into_iter().for_each(|w| {
+                let _ = w.send(());
+            });
+        }
+        for token in tokens {
+            if let Some(w) = a.token_waiters.remove(&token) {
+                let _ = w.send(());
+            }
+        }
+    }
+}
+
+/// Applies one committed transaction to the replica; returns its sync tokens.
+async fn apply(db: &Database, batch: &CommitBatch) -> Result<Vec<Vec<u8>>> {
+    let base = position(batch.commit_lsn.0)?;
+    let mut tokens = Vec::new();
+    let mut group = Vec::new();
+    let mut first = base;
+    for (i, record) in batch.changes.iter().enumerate() {
+        match record {
+            Record::Change(c) => {
+                if i >= MAX_COMMIT_CHANGES {
+                    return Err(Error::storage(format!(
+                        "a commit holds more than {MAX_COMMIT_CHANGES} changes"
+                    )));
+                }
+                if group.is_empty() {
+                    first = base + i as u64;
+                }
+                let table = db.table_state(&c.table)?;
+                group.push((table, c.key.clone(), c.old.clone(), c.new.clone()));
+            }
+            Record::Ddl(d) => {
+                if !group.is_empty() {
+                    db.inner.apply_replicated(std::mem::take(&mut group), first)?;
+                }
+                apply_ddl(db, d).await?;
+            }
+            Record::Sync(token) => tokens.push(token.clone()),
+        }
+    }
+    if !group.is_empty() {
+        db.inner.apply_replicated(group, first)?;
+    }
+    Ok(tokens)
+}
+
+async fn apply_ddl(db: &Database, ddl: &DdlRecord) -> Result<()> {
+    match ddl {
+        DdlRecord::TableCreated { table, primary_key } => {
+            db.create_table_local(table, primary_key).await
+        }
+        DdlRecord::TableDropped { table } => db.drop_table_local(table).await,
+        DdlRecord::IndexCreated { table, index, spec } => {
+            db.create_index_local(table, index, spec.clone()).await
+        }
+        DdlRecord::IndexDropped { table, index } => db.drop_index_local(table, index).await,
+    }
+}

@@ -1,0 +1,120 @@
+//! What Remodel keeps in a PostgreSQL database, in a schema of its own (`remodel` unless
+//! chosen otherwise), and the SQL that reads and writes it.
+//!
+//! - `catalog(name text PRIMARY KEY, primary_key text, indexes jsonb)`: every table, its
+//!   primary key field and its secondary indexes (name → [`IndexSpec`](crate::IndexSpec)).
+//! - `"t_<table>"(k bytea PRIMARY KEY, doc json)`: a table's documents. `k` is the primary
+//!   key in Remodel's order-preserving encoding ([`encode_key`](crate::value::encode_key)),
+//!   so the B-tree orders keys as Remodel does; `doc` is the document's JSON text as Remodel
+//!   wrote it (`json` keeps it byte for byte, field order included, and SQL can read it).
+//! - `commit(...)`: the one function every document write goes through (see [`COMMIT_FN`]).
+//!
+//! Secondary indexes are not tables here: every process reads from its own replica
+//! (`postgres::backend`), which builds them from the catalog, so index rows in PostgreSQL
+//! would be written by every commit and read by none.
+
+/// A PostgreSQL identifier, quoted.
+pub(crate) fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The relation holding a table's documents, schema-qualified and quoted.
+pub(crate) fn docs_relation(schema: &str, table: &str) -> String {
+    format!("{}.{}", ident(schema), ident(&format!("t_{table}")))
+}
+
+/// The longest table name a PostgreSQL relation name (63 bytes, `t_` + name) can hold.
+pub(crate) const MAX_TABLE_NAME: usize = 61;
+
+/// The name of a table's advisory lock (hashed with `hashtextextended`): shared by every
+/// commit that writes the table, exclusive for DDL and for writes that select their rows
+/// when they commit.
+pub(crate) fn lock_name(schema: &str, table: &str) -> String {
+    format!("remodel:{schema}.{table}")
+}
+
+/// Creates the schema, the catalog and the commit function (idempotent; `{schema}` is the
+/// quoted schema, `{schema_text}` its name as a string literal body).
+pub(crate) fn setup_sql(schema: &str) -> String {
+    let q = ident(schema);
+    let lit = schema.replace('\'', "''");
+    format!(
+        "CREATE SCHEMA IF NOT EXISTS {q};
+         CREATE TABLE IF NOT EXISTS {q}.catalog (
+             name text PRIMARY KEY,
+             primary_key text NOT NULL,
+             indexes jsonb NOT NULL DEFAULT '{{}}'::jsonb
+         );
+         {commit}",
+        commit = COMMIT_FN
+            .replace("{schema}", &q)
+            .replace("{schema_text}", &lit)
+    )
+}
+
+/// The commit function: `commit(tbls, keys, olds, news, msgs, soft)` commits one staged
+/// chunk. Row `i` says that the document with key `keys[i]` of table `tbls[i]` was
+/// `olds[i]` (JSON text, NULL: absent) when the write was staged and becomes `news[i]`
+/// (NULL: deleted); `msgs` are the change records, in commit order. Rows come sorted by
+/// table and key, so that two commits lock rows in one order.
+///
+/// It takes each table's advisory lock shared, locks the rows (`FOR UPDATE`), and compares
+/// each with what was staged: if one differs (another process wrote it since), it writes
+/// nothing and returns -1, and the caller stages the write again against a caught-up
+/// replica. Else it writes the rows, emits the records as transactional messages, and returns
+/// the transaction's id. A row inserted by another process meanwhile makes the insert fail
+/// with a unique violation (SQLSTATE 23505), which the caller treats as -1.
+const COMMIT_FN: &str = r#"
+CREATE OR REPLACE FUNCTION {schema}.commit(
+    tbls text[], keys bytea[], olds text[], news text[], msgs bytea[], soft boolean
+) RETURNS bigint LANGUAGE plpgsql AS $fn$
+DECLARE
+    t text;
+    rel text;
+    bad bigint;
+    m bytea;
+BEGIN
+    IF soft THEN
+        PERFORM set_config('synchronous_commit', 'off', true);
+    END IF;
+    FOR t IN SELECT DISTINCT x FROM unnest(tbls) AS x ORDER BY 1 LOOP
+        PERFORM pg_advisory_xact_lock_shared(hashtextextended('remodel:{schema_text}.' || t, 0));
+        rel := format('%I.%I', '{schema_text}', 't_' || t);
+        EXECUTE format(
+            'SELECT count(*) FROM (SELECT 1 FROM %s WHERE k = ANY($1) ORDER BY k FOR UPDATE) AS l',
+            rel)
+        USING ARRAY(SELECT u.k FROM unnest(tbls, keys) AS u(tb, k) WHERE u.tb = t);
+        EXECUTE format(
+            'SELECT count(*) FROM unnest($1::text[], $2::bytea[], $3::text[]) AS c(tb, k, old)
+             LEFT JOIN %s AS d ON d.k = c.k
+             WHERE c.tb = $4 AND d.doc::text IS DISTINCT FROM c.old', rel)
+        INTO bad USING tbls, keys, olds, t;
+        IF bad > 0 THEN
+            RETURN -1;
+        END IF;
+    END LOOP;
+    FOR t IN SELECT DISTINCT x FROM unnest(tbls) AS x ORDER BY 1 LOOP
+        rel := format('%I.%I', '{schema_text}', 't_' || t);
+        EXECUTE format(
+            'DELETE FROM %s AS d USING unnest($1::text[], $2::bytea[], $3::text[]) AS c(tb, k, new)
+             WHERE c.tb = $4 AND c.new IS NULL AND d.k = c.k', rel)
+        USING tbls, keys, news, t;
+        EXECUTE format(
+            'UPDATE %s AS d SET doc = c.new::json
+             FROM unnest($1::text[], $2::bytea[], $3::text[], $4::text[]) AS c(tb, k, old, new)
+             WHERE c.tb = $5 AND c.old IS NOT NULL AND c.new IS NOT NULL AND d.k = c.k', rel)
+        USING tbls, keys, olds, news, t;
+        EXECUTE format(
+            'INSERT INTO %s (k, doc)
+             SELECT c.k, c.new::json
+             FROM unnest($1::text[], $2::bytea[], $3::text[], $4::text[]) AS c(tb, k, old, new)
+             WHERE c.tb = $5 AND c.old IS NULL AND c.new IS NOT NULL', rel)
+        USING tbls, keys, olds, news, t;
+    END LOOP;
+    FOREACH m IN ARRAY msgs LOOP
+        PERFORM pg_logical_emit_message(true, 'remodel.v1', m);
+    END LOOP;
+    RETURN pg_current_xact_id()::text::bigint;
+END
+$fn$;
+"#;

@@ -1,0 +1,71 @@
+//! The PostgreSQL backend: two handles on one shared database stand for two app processes
+//! (each has its own replica and replication slot): writes of either are seen by both, in
+//! one order, and writes are decided against the current row across them.
+#![cfg(feature = "postgres")]
+
+use futures::StreamExt;
+use remodel::postgres::{TestCluster, TestDatabase};
+use remodel::{Database, Error};
+use serde_json::json;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn database(test: &str) -> Option<TestDatabase> {
+    let cluster = TestCluster::shared_or_skip(test)?;
+    Some(cluster.create_database().await.expect("a test database"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_see_each_others_writes() {
+    let Some(pg) = database("two_processes_see_each_others_writes").await else {
+        return;
+    };
+    let a = Database::connect(pg.url()).await.expect("a connects");
+    let b = Database::connect(pg.url()).await.expect("b connects");
+    a.create_table("crew").await.unwrap();
+    b.sync().await.unwrap();
+    assert_eq!(b.table_names().unwrap(), vec!["crew".to_string()]);
+    let mut feed = b.table("crew").changes().await.unwrap();
+    a.table("crew")
+        .insert(json!({"id": "kirk", "rank": "captain"}))
+        .await
+        .unwrap();
+    let item = tokio::time::timeout(WAIT, feed.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(item.new_val().unwrap()["rank"], "captain");
+    // A write in b decided against a's row.
+    b.table("crew")
+        .get("kirk")
+        .update(json!({"ship": "enterprise"}))
+        .await
+        .unwrap();
+    a.sync().await.unwrap();
+    let kirk = a.table("crew").get("kirk").await.unwrap().unwrap();
+    assert_eq!(kirk, json!({"id": "kirk", "rank": "captain", "ship": "enterprise"}));
+    // A key conflict across processes.
+    let again = b
+        .table("crew")
+        .insert(json!({"id": "kirk"}))
+        .await
+        .unwrap();
+    assert_eq!(again.errors, 1, "{again:?}");
+    // A third process loads what is there.
+    let c = Database::connect(pg.url()).await.expect("c connects");
+    assert_eq!(c.table("crew").get("kirk").await.unwrap().unwrap(), kirk);
+    a.table("crew").get("kirk").delete().await.unwrap();
+    c.sync().await.unwrap();
+    assert!(c.table("crew").get("kirk").await.unwrap().is_none());
+    a.drop_table("crew").await.unwrap();
+    let end = tokio::time::timeout(WAIT, async {
+        loop {
+            match feed.next().await {
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Some(e),
+                None => return None,
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(matches!(end, Some(Error::FeedAborted(_))), "{end:?}");
+}
