@@ -63,6 +63,7 @@ fn tag_of(batch: &CommitBatch) -> String {
             key.split('/').next().unwrap().to_string()
         }
         Record::Ddl(d) => d.table().to_string(),
+        Record::Sync(token) => String::from_utf8_lossy(token).into_owned(),
     }
 }
 

@@ -502,7 +502,12 @@ fn check_change(
 }
 
 async fn run_races(seed: u64, tasks: usize, per_task: usize) {
-    let db = Database::temporary().await.unwrap();
+    // On PostgreSQL when the suites run there (REMODEL_TEST_BACKEND=postgres).
+    let db = if remodel::postgres::suites_on_postgres() {
+        remodel::postgres::suite_database().await
+    } else {
+        Database::temporary().await.unwrap()
+    };
     setup(&db).await;
     let join = db
         .table_names()

@@ -162,6 +162,28 @@ struct Applied {
     token_waiters: HashMap<Vec<u8>, oneshot::Sender<()>>,
     /// Why the replica stopped following the database (then nothing more is applied).
     failed: Option<String>,
+    /// It stopped because the database was closed (or dropped).
+    closed: bool,
+}
+
+impl Applied {
+    /// The error of a wait that cannot end: the replica no longer follows the database.
+    fn error(&self) -> Option<Error> {
+        if self.closed {
+            return Some(Error::Closed);
+        }
+        self.failed
+            .as_ref()
+            .map(|why| Error::storage(format!("no longer following PostgreSQL: {why}")))
+    }
+
+    /// Ends every wait (their senders are dropped: they see [`Applied::error`]).
+    fn end(&mut self, why: String, closed: bool) {
+        self.failed.get_or_insert(why);
+        self.closed |= closed;
+        self.xid_waiters.clear();
+        self.token_waiters.clear();
+    }
 }
 
 /// One connection for commits, with its prepared statements.
@@ -264,11 +286,7 @@ impl PgBackend {
     }
 
     fn failed(&self) -> Option<Error> {
-        self.applied
-            .lock()
-            .failed
-            .as_ref()
-            .map(|why| Error::storage(format!("no longer following PostgreSQL: {why}")))
+        self.applied.lock().error()
     }
 
     /// Waits until the pump has applied the transaction `xid` (its low 32 bits).
@@ -279,8 +297,8 @@ impl PgBackend {
             if a.recent.contains(&xid) {
                 return Ok(());
             }
-            if let Some(why) = &a.failed {
-                return Err(Error::storage(format!("no longer following PostgreSQL: {why}")));
+            if let Some(e) = a.error() {
+                return Err(e);
             }
             let (tx, rx) = oneshot::channel();
             a.xid_waiters.entry(xid).or_default().push(tx);
@@ -302,8 +320,8 @@ impl PgBackend {
         token.extend_from_slice(&self.tokens.fetch_add(1, Ordering::Relaxed).to_be_bytes());
         let rx = {
             let mut a = self.applied.lock();
-            if let Some(why) = &a.failed {
-                return Err(Error::storage(format!("no longer following PostgreSQL: {why}")));
+            if let Some(e) = a.error() {
+                return Err(e);
             }
             let (tx, rx) = oneshot::channel();
             a.token_waiters.insert(token.clone(), tx);
@@ -394,6 +412,7 @@ impl PgBackend {
         ops: Vec<WriteOp>,
         how: Commit,
     ) -> Result<WriteResult> {
+        db.check_open()?;
         let mut total = WriteResult::default();
         let mut rest = ops;
         while !rest.is_empty() {
@@ -445,6 +464,7 @@ impl PgBackend {
         select: crate::db::backend::SelectOps,
         how: Commit,
     ) -> Result<WriteResult> {
+        db.check_open()?;
         let mut conn = self.pool.get().await.map_err(|e| Error::storage(format!("postgresql pool: {e}")))?;
         let tx = conn.transaction().await.map_err(|e| pg_error(&e))?;
         for t in &tables {
@@ -646,6 +666,9 @@ impl Backend for PgBackend {
     }
 
     fn close(self: Arc<Self>) -> BoxFuture<'static, Result<()>> {
+        self.applied
+            .lock()
+            .end("the database was closed".into(), true);
         let _ = self.stop.send(true);
         Box::pin(async { Ok(()) })
     }
@@ -659,7 +682,7 @@ impl Backend for PgBackend {
             "lag_bytes": status.lag_bytes(),
             "commits": self.commits.load(Ordering::Relaxed),
             "restaged": self.restaged.load(Ordering::Relaxed),
-            "following": self.applied.lock().failed.is_none(),
+            "following": self.applied.lock().error().is_none(),
         })]
     }
 }
@@ -821,16 +844,19 @@ async fn follow(
             Err(e) => break Some((db, backend, e.to_string())),
         }
     };
-    if let Some((db, backend, why)) = why {
-        tracing::error!("the replica stopped following PostgreSQL: {why}");
-        {
-            let mut a = backend.applied.lock();
-            a.failed = Some(why.clone());
-            a.xid_waiters.clear();
-            a.token_waiters.clear();
+    match why {
+        Some((db, backend, why)) => {
+            tracing::error!("the replica stopped following PostgreSQL: {why}");
+            backend.applied.lock().end(why.clone(), false);
+            db.inner
+                .end_feeds(&format!("no longer following PostgreSQL: {why}"));
         }
-        db.inner
-            .end_feeds(&format!("no longer following PostgreSQL: {why}"));
+        // Closed or dropped: writes and syncs still waiting end with `Closed`.
+        None => {
+            if let Some(backend) = backend.upgrade() {
+                backend.applied.lock().end("the database was closed".into(), true);
+            }
+        }
     }
     let _ = pump.stop().await;
 }

@@ -28,7 +28,9 @@ mod schema;
 pub mod writer;
 
 pub use backend::{Connect, MAX_COMMIT_CHANGES};
-pub use cluster::{ClusterError, TestCluster, TestDatabase};
+pub use cluster::{
+    suite_database, suites_on_postgres, ClusterError, TestCluster, TestDatabase, BACKEND_VAR,
+};
 pub use lsn::Lsn;
 pub use pump::{CommitBatch, Pump, PumpConfig, PumpError, PumpHandle, PumpStatus};
 pub use record::{ChangeRecord, DdlRecord, Record, RecordError};

@@ -3,9 +3,17 @@
 use futures::{FutureExt, StreamExt};
 use remodel::{json, Change, Config, Database, Durability, Error, Feed, IndexSpec, Value};
 
-/// A temporary database with one table, `table`, and soft durability: paused-clock tests
-/// must not wait on fsync threads.
+/// A temporary database with one table, `table`, and soft durability (on PostgreSQL when
+/// the suites run there).
 pub async fn db_with(table: &str) -> Database {
+    let db = super::soft_db().await;
+    db.create_table(table).await.unwrap();
+    db
+}
+
+/// As [`db_with`], always embedded: for tests that run on a paused clock, which a network
+/// connection cannot (what they check, feed timers, is the same on every backend).
+pub async fn paused_db_with(table: &str) -> Database {
     let db = Config::temporary()
         .durability(Durability::Soft)
         .open()

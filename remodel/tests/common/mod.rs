@@ -19,14 +19,22 @@ pub mod rules;
 
 use remodel::{Config, Database, Durability};
 
-/// A temporary database (hard durability, the default).
+/// A temporary database (hard durability, the default); on PostgreSQL when the suites run
+/// there (`REMODEL_TEST_BACKEND=postgres`, see `remodel::postgres::suite_database`).
 pub async fn db() -> Database {
+    if remodel::postgres::suites_on_postgres() {
+        return remodel::postgres::suite_database().await;
+    }
     Database::temporary().await.unwrap()
 }
 
 /// A temporary database whose writes default to `Soft` durability, for tests that make
-/// many small writes and check something other than durability.
+/// many small writes and check something other than durability (on PostgreSQL when the
+/// suites run there).
 pub async fn soft_db() -> Database {
+    if remodel::postgres::suites_on_postgres() {
+        return remodel::postgres::suite_database().await;
+    }
     Config::temporary()
         .durability(Durability::Soft)
         .open()
@@ -49,3 +57,12 @@ macro_rules! test_name {
 }
 #[allow(unused_imports)]
 pub(crate) use test_name;
+
+/// A temporary database whose writes default to `durability` (on PostgreSQL when the suites
+/// run there, where durability is per write).
+pub async fn open(durability: Durability) -> remodel::Result<Database> {
+    if remodel::postgres::suites_on_postgres() {
+        return Ok(remodel::postgres::suite_database().await);
+    }
+    Config::temporary().durability(durability).open().await
+}

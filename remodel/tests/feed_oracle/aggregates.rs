@@ -15,7 +15,7 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 use remodel::{
-    field, json, Aggregate, AggregateOutput, Changes, Config, Database, Durability, Error, Feed,
+    field, json, Aggregate, AggregateOutput, Changes, Database, Durability, Error, Feed,
     Group, IndexSpec, Table, Value,
 };
 use std::collections::BTreeMap;
@@ -232,10 +232,7 @@ impl Watched {
 }
 
 async fn run_case(ops: Vec<Op>) {
-    let db = Config::temporary()
-        .durability(Durability::Soft)
-        .open()
-        .await
+    let db = crate::common::open(Durability::Soft).await
         .unwrap();
     db.create_table("t").await.unwrap();
     let t = db.table("t");
@@ -481,10 +478,7 @@ async fn watch_all(name: &str, q: &remodel::Query, out: &mut Vec<Watched>) {
 }
 
 async fn run_typed_case(ops: Vec<TypedOp>) {
-    let db = Config::temporary()
-        .durability(Durability::Soft)
-        .open()
-        .await
+    let db = crate::common::open(Durability::Soft).await
         .unwrap();
     db.create_table("t").await.unwrap();
     let t = db.table("t");

@@ -7,7 +7,7 @@ use futures::{FutureExt, StreamExt};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
-use remodel::{field, json, Config, Database, Durability, Feed, IndexSpec, Join, Value};
+use remodel::{field, json, Database, Durability, Feed, IndexSpec, Join, Value};
 use std::collections::BTreeMap;
 
 #[derive(Clone, Debug)]
@@ -186,10 +186,7 @@ impl Watched {
 }
 
 async fn run_case(ops: Vec<Op>) {
-    let db = Config::temporary()
-        .durability(Durability::Soft)
-        .open()
-        .await
+    let db = crate::common::open(Durability::Soft).await
         .unwrap();
     db.create_table("crew").await.unwrap();
     db.create_table("ships").await.unwrap();
@@ -293,10 +290,7 @@ proptest! {
 /// the rebuilt pairs equal to the join re-run at every step.
 #[tokio::test]
 async fn a_popular_key_keeps_its_pairs_through_moves_and_deletes() {
-    let db = Config::temporary()
-        .durability(Durability::Soft)
-        .open()
-        .await
+    let db = crate::common::open(Durability::Soft).await
         .unwrap();
     db.create_table("crew").await.unwrap();
     db.create_table("ships").await.unwrap();

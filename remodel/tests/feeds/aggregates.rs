@@ -6,11 +6,11 @@
 
 use crate::common::feeds::{db_with, drain_changes};
 use futures::{FutureExt, StreamExt};
-use remodel::{json, Change, Changes, Config, Database, Durability, Error, Feed, IndexSpec, Value};
+use remodel::{json, Change, Changes, Durability, Error, Feed, IndexSpec, Value};
 
 #[tokio::test]
 async fn min_max_without_an_index_and_other_unwatchable_aggregates_are_refused() {
-    let db = Database::temporary().await.unwrap();
+    let db = crate::common::open(remodel::Durability::Hard).await.unwrap();
     db.create_table("t").await.unwrap();
     let t = db.table("t");
     let err = t.query().min("a").changes().await.unwrap_err();
@@ -37,10 +37,7 @@ async fn min_max_without_an_index_and_other_unwatchable_aggregates_are_refused()
 
 #[tokio::test]
 async fn a_group_that_empties_has_no_new_val_and_squash_merges_per_group() {
-    let db = Config::temporary()
-        .durability(Durability::Soft)
-        .open()
-        .await
+    let db = crate::common::open(Durability::Soft).await
         .unwrap();
     db.create_table("t").await.unwrap();
     let t = db.table("t");
@@ -82,7 +79,7 @@ async fn a_group_that_empties_has_no_new_val_and_squash_merges_per_group() {
 
 #[tokio::test]
 async fn dropping_the_index_a_live_min_reads_ends_it() {
-    let db = Database::temporary().await.unwrap();
+    let db = crate::common::open(remodel::Durability::Hard).await.unwrap();
     db.create_table("t").await.unwrap();
     let t = db.table("t");
     t.create_index("a", IndexSpec::field("a")).await.unwrap();

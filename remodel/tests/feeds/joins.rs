@@ -4,14 +4,11 @@
 //! `feed_oracle/joins.rs`.
 
 use futures::{FutureExt, StreamExt};
-use remodel::{json, Config, Database, Durability, Error, IndexSpec, Value};
+use remodel::{json, Durability, Error, IndexSpec, Value};
 
 #[tokio::test]
 async fn a_right_row_update_reaches_every_joined_left_row() {
-    let db = Config::temporary()
-        .durability(Durability::Soft)
-        .open()
-        .await
+    let db = crate::common::open(Durability::Soft).await
         .unwrap();
     db.create_table("crew").await.unwrap();
     db.create_table("ships").await.unwrap();
@@ -68,7 +65,7 @@ async fn a_right_row_update_reaches_every_joined_left_row() {
 #[tokio::test]
 async fn dropping_either_table_ends_the_join_feed() {
     for dropped in ["crew", "ships"] {
-        let db = Database::temporary().await.unwrap();
+        let db = crate::common::open(remodel::Durability::Hard).await.unwrap();
         db.create_table("crew").await.unwrap();
         db.create_table("ships").await.unwrap();
         db.table("ships").insert(json!({"id": 1})).await.unwrap();
@@ -102,10 +99,7 @@ async fn dropping_either_table_ends_the_join_feed() {
 /// (a later write to the right row reaches the pair once, under its new key).
 #[tokio::test]
 async fn moving_between_two_keys_of_one_right_row_is_one_change() {
-    let db = Config::temporary()
-        .durability(Durability::Soft)
-        .open()
-        .await
+    let db = crate::common::open(Durability::Soft).await
         .unwrap();
     db.create_table("crew").await.unwrap();
     db.create_table("ships").await.unwrap();

@@ -16,7 +16,7 @@ use crate::common::feeds::{db_with, scores_table};
 use futures::StreamExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use remodel::{field, json, Config, Conflict, Database, Durability, Error, Order, Value};
+use remodel::{field, json, Conflict, Database, Durability, Error, Order, Value};
 use std::collections::BTreeSet;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -281,10 +281,7 @@ async fn feeds_opened_during_drops_recreates_and_close_end_and_never_see_a_new_t
     let rounds = env("REMODEL_RACE_ROUNDS", 100);
     let seed = env("REMODEL_RACE_SEED", rand::random::<u32>() as u64);
     let mut rng = StdRng::seed_from_u64(seed);
-    let db = Config::temporary()
-        .durability(Durability::Soft)
-        .open()
-        .await
+    let db = crate::common::open(Durability::Soft).await
         .unwrap();
     let gen = Arc::new(AtomicU64::new(0));
     // Writers hold it shared while they read the generation and write, the dropper

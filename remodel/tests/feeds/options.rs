@@ -3,7 +3,7 @@
 //! overflow (reported, the feed goes on; a consumer that never reads does not block
 //! writers), and the typed errors of unwatchable queries and bad options.
 
-use crate::common::feeds::{db_with, drain, pairs, scores_table};
+use crate::common::feeds::{db_with, drain, pairs, paused_db_with, scores_table};
 use futures::{FutureExt, StreamExt};
 use remodel::{json, Error, Feed, Order, Value};
 use std::time::Duration;
@@ -32,7 +32,7 @@ async fn squash_merges_per_row_and_drops_net_no_ops() {
 
 #[tokio::test(start_paused = true)]
 async fn squash_window_hands_over_batches() {
-    let db = db_with("t").await;
+    let db = paused_db_with("t").await;
     let t = db.table("t");
     let mut feed = t.changes().squash_window(0.5).await.unwrap();
     t.insert(json!({"id": 1, "v": 1})).await.unwrap();
@@ -61,7 +61,7 @@ async fn squash_window_hands_over_batches() {
 
 #[tokio::test(start_paused = true)]
 async fn a_squash_window_hands_a_half_full_queue_over_early() {
-    let db = db_with("t").await;
+    let db = paused_db_with("t").await;
     let t = db.table("t");
     let mut feed = t.changes().squash_window(60.0).queue_size(4).await.unwrap();
     t.insert(json!({"id": 0})).await.unwrap();

@@ -2,7 +2,7 @@
 //! and leaving; a batch that writes a row back to its value emits nothing; identical feeds
 //! share their work; the `stats` feed.
 
-use crate::common::feeds::{db_with, drain, pairs, scores_table};
+use crate::common::feeds::{db_with, drain, pairs, paused_db_with, scores_table};
 use futures::StreamExt;
 use remodel::{field, json, ChangeKind, IndexSpec, Order, Value};
 use std::ops::Bound;
@@ -170,7 +170,7 @@ async fn identical_feeds_share_work_and_each_gets_every_item() {
 
 #[tokio::test(start_paused = true)]
 async fn stats_feed_emits_changed_rows_about_once_a_second() {
-    let db = db_with("t").await;
+    let db = paused_db_with("t").await;
     let mut feed = db
         .stats()
         .filter(field("type").eq("table"))

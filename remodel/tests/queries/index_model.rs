@@ -16,7 +16,7 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use remodel::value::{compare, encode_value};
 use remodel::{
-    field, has_fields, json, Config, Conflict, Database, Durability, IndexSpec, Order, Predicate,
+    field, has_fields, json, Conflict, Database, Durability, IndexSpec, Order, Predicate,
     Table, Value,
 };
 use serde_json::Map;
@@ -455,10 +455,7 @@ async fn apply(
 }
 
 async fn run_ops(ops: Vec<Op>, split: usize) -> Result<(), TestCaseError> {
-    let db = Config::temporary()
-        .durability(Durability::Soft)
-        .open()
-        .await
+    let db = crate::common::open(Durability::Soft).await
         .map_err(fail)?;
     db.create_table("t").await.map_err(fail)?;
     let table = db.table("t");
@@ -511,10 +508,7 @@ fn doubles_survive_storage_and_leave_no_stale_index_entries() {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let db = Config::temporary()
-            .durability(Durability::Soft)
-            .open()
-            .await
+        let db = crate::common::open(Durability::Soft).await
             .unwrap();
         db.create_table("t").await.unwrap();
         let t = db.table("t");

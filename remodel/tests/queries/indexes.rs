@@ -7,7 +7,7 @@
 use crate::common::crew::{contents, crew, crew_docs, ids, statuses, NONE};
 use crate::common::files::scratch;
 use crate::common::{db, soft_db};
-use remodel::{field, json, Config, Database, Durability, Error, IndexSpec, Order, Value};
+use remodel::{field, json, Database, Durability, Error, IndexSpec, Order, Value};
 use std::ops::Bound::{self, Excluded, Included, Unbounded};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -453,10 +453,7 @@ async fn drop_index_during_its_backfill_leaves_nothing_for_a_later_index() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_read_through_an_index_satisfy_it_under_concurrent_moves() {
-    let db = Config::temporary()
-        .durability(Durability::Soft)
-        .open()
-        .await
+    let db = crate::common::open(Durability::Soft).await
         .unwrap();
     db.create_table("t").await.unwrap();
     let t = db.table("t");

@@ -6,7 +6,7 @@
 use crate::common::crew::{contents, crew, crew_docs, ids, NONE};
 use crate::common::db;
 use futures::StreamExt;
-use remodel::{desc, field, has_fields, json, Database, Error, IndexSpec, Order, Predicate, Value};
+use remodel::{desc, field, has_fields, json, Error, IndexSpec, Order, Predicate, Value};
 use std::ops::Bound::{Excluded, Included, Unbounded};
 
 #[tokio::test]
@@ -437,7 +437,7 @@ async fn results_stream_lazily() {
 /// one `NoSuchTable` error, whose message names the table, not tree bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_iterator_over_a_dropped_table_ends_with_one_error() {
-    let db = Database::temporary().await.unwrap();
+    let db = crate::common::open(remodel::Durability::Hard).await.unwrap();
     db.create_table("gone").await.unwrap();
     let t = db.table("gone");
     t.create_index("n", IndexSpec::field("n")).await.unwrap();

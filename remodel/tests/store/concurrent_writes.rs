@@ -30,10 +30,7 @@ const PER_TASK: u64 = 300;
 fn every_writer_gets_its_own_result_and_every_write_commits_once_in_order() {
     let rt = runtime();
     rt.block_on(async {
-        let db = Config::temporary()
-            .durability(Durability::Soft)
-            .open()
-            .await
+        let db = crate::common::open(Durability::Soft).await
             .unwrap();
         db.create_table("w").await.unwrap();
         let t = db.table("w");
@@ -85,10 +82,7 @@ fn every_writer_gets_its_own_result_and_every_write_commits_once_in_order() {
 fn writers_are_not_stranded_while_ddl_and_feeds_hold_the_lock() {
     let rt = runtime();
     rt.block_on(async {
-        let db = Config::temporary()
-            .durability(Durability::Hard)
-            .open()
-            .await
+        let db = crate::common::open(Durability::Hard).await
             .unwrap();
         db.create_table("w").await.unwrap();
         let t = db.table("w");
@@ -342,10 +336,7 @@ async fn a_patch_closure_that_writes_gets_an_error_not_a_deadlock() {
 /// A loop of soft writes lets a timer of the same (single-threaded) runtime fire on time.
 #[tokio::test(flavor = "current_thread")]
 async fn a_loop_of_soft_writes_yields_to_the_scheduler() {
-    let db = Config::temporary()
-        .durability(Durability::Soft)
-        .open()
-        .await
+    let db = crate::common::open(Durability::Soft).await
         .unwrap();
     db.create_table("t").await.unwrap();
     let t = db.table("t");

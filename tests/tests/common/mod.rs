@@ -97,10 +97,19 @@ pub fn member(name: &str, rank: &str) -> Crewmember {
     }
 }
 
+/// A temporary database; on PostgreSQL when the suites run there
+/// (`REMODEL_TEST_BACKEND=postgres`, see `remodel::postgres::suite_database`).
+pub async fn db() -> remodel::Result<Database> {
+    if remodel::postgres::suites_on_postgres() {
+        return Ok(remodel::postgres::suite_database().await);
+    }
+    Database::temporary().await
+}
+
 /// A temporary database with the schema of every model of the binary, and two saved
 /// starships: Voyager and Defiant.
 pub async fn setup() -> remodel::Result<(Database, Starship, Starship)> {
-    let db = Database::temporary().await?;
+    let db = db().await?;
     create_schema(&db).await?;
     let voyager = Starship {
         id: None,

@@ -122,7 +122,7 @@ fn person(name: &str, age: u32, city: &str) -> Person {
 }
 
 async fn db() -> remodel::Result<Database> {
-    let db = Database::temporary().await?;
+    let db = crate::common::db().await?;
     create_schema(&db).await?;
     Ok(db)
 }
@@ -366,7 +366,7 @@ async fn get_or_create_creates_one_row_under_concurrency() -> remodel::Result<()
 #[tokio::test]
 async fn a_relation_to_an_unlisted_model_is_an_error_when_the_schema_is_created(
 ) -> remodel::Result<()> {
-    let db = Database::temporary().await?;
+    let db = crate::common::db().await?;
     let err = SchemaSet::new()
         .with::<Toy>()
         .create(&db)
@@ -467,7 +467,7 @@ async fn callbacks_run_in_order_and_before_hooks_abort() -> remodel::Result<()> 
 #[tokio::test]
 async fn schema_conflicts_are_errors_not_silent_changes() -> remodel::Result<()> {
     // A table of the same name with another primary key.
-    let db = Database::temporary().await?;
+    let db = crate::common::db().await?;
     db.create_table_with_key("registry", "serial").await?;
     let err = create_schema(&db).await.unwrap_err();
     assert!(
@@ -475,7 +475,7 @@ async fn schema_conflicts_are_errors_not_silent_changes() -> remodel::Result<()>
         "{err}"
     );
     // An index of the same name with another definition.
-    let db = Database::temporary().await?;
+    let db = crate::common::db().await?;
     db.create_table("people").await?;
     db.table("people")
         .create_index("name", remodel::IndexSpec::field("nickname"))
@@ -536,7 +536,7 @@ async fn renamed_and_skipped_fields() -> remodel::Result<()> {
 #[tokio::test]
 async fn no_global_connection_two_databases_stay_apart() -> remodel::Result<()> {
     let (db1, ship1, _) = setup().await?;
-    let db2 = Database::temporary().await?;
+    let db2 = crate::common::db().await?;
     assert!(
         db2.table_names()?.is_empty(),
         "creating db1's schema touched nothing else"

@@ -84,7 +84,7 @@ fn officer(name: &str) -> Officer {
 }
 
 async fn db() -> Database {
-    let db = Database::temporary().await.unwrap();
+    let db = crate::common::db().await.unwrap();
     create_schema(&db).await.unwrap();
     db
 }

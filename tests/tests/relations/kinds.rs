@@ -347,7 +347,7 @@ async fn two_relations_to_one_model_share_no_cache() -> remodel::Result<()> {
 
 #[tokio::test]
 async fn has_one_gets_sets_and_clears() -> remodel::Result<()> {
-    let db = Database::temporary().await?;
+    let db = crate::common::db().await?;
     create_schema(&db).await?;
     let ds9 = Station {
         id: None,
@@ -474,7 +474,7 @@ async fn many_to_many_remove_detaches_from_this_parent_only() -> remodel::Result
 
 #[tokio::test]
 async fn self_referencing_many_to_many() -> remodel::Result<()> {
-    let db = Database::temporary().await?;
+    let db = crate::common::db().await?;
     create_schema(&db).await?;
     let mut people = Vec::new();
     for n in ["Quark", "Rom", "Nog", "Odo"] {

@@ -101,7 +101,7 @@ async fn on_delete_nullify_is_the_default() -> remodel::Result<()> {
 
 #[tokio::test]
 async fn on_delete_cascade_deletes_children_and_grandchildren() -> remodel::Result<()> {
-    let db = Database::temporary().await?;
+    let db = crate::common::db().await?;
     create_schema(&db).await?;
     let fleet = Fleet {
         id: None,
@@ -157,7 +157,7 @@ async fn on_delete_cascade_deletes_children_and_grandchildren() -> remodel::Resu
 
 #[tokio::test]
 async fn on_delete_restrict_refuses_and_writes_nothing() -> remodel::Result<()> {
-    let db = Database::temporary().await?;
+    let db = crate::common::db().await?;
     create_schema(&db).await?;
     let academy = Academy {
         id: None,
@@ -191,7 +191,7 @@ async fn on_delete_restrict_refuses_and_writes_nothing() -> remodel::Result<()> 
 
 #[tokio::test]
 async fn self_referencing_has_many_cascades_down_the_tree() -> remodel::Result<()> {
-    let db = Database::temporary().await?;
+    let db = crate::common::db().await?;
     create_schema(&db).await?;
     let officer = |n: &str| Officer {
         id: None,

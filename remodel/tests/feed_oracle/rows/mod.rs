@@ -243,10 +243,7 @@ async fn scenario(
     ops: Vec<Op>,
     rules: Rules,
 ) -> Result<(), String> {
-    let db = Config::temporary()
-        .durability(rules.durability)
-        .open()
-        .await
+    let db = crate::common::open(rules.durability).await
         .map_err(err)?;
     db.create_table("t").await.map_err(err)?;
     // Another table: its writes (alone or in a batch with `t`) concern no feed.
@@ -503,10 +500,7 @@ fn a_4096_row_insert_many_is_one_step_for_top_n_feeds() {
         .build()
         .expect("a runtime");
     rt.block_on(async {
-        let db = Config::temporary()
-            .durability(Durability::Soft)
-            .open()
-            .await
+        let db = crate::common::open(Durability::Soft).await
             .unwrap();
         db.create_table("t").await.unwrap();
         let t = db.table("t");
@@ -578,10 +572,7 @@ fn huge_squash_windows_are_refused_or_clamped() {
         .build()
         .expect("a runtime");
     rt.block_on(async {
-        let db = Config::temporary()
-            .durability(Durability::Soft)
-            .open()
-            .await
+        let db = crate::common::open(Durability::Soft).await
             .unwrap();
         db.create_table("t").await.unwrap();
         let t = db.table("t");
