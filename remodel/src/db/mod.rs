@@ -355,7 +355,7 @@ impl Database {
         spec.compile()?;
         if let Some(b) = self.backend() {
             let t = self.table_state(table)?;
-            if t.indexes.read().iter().any(|i| i.name == name) {
+            if name == t.primary_key || t.indexes.read().iter().any(|i| i.name == name) {
                 return Err(Error::IndexExists {
                     table: table.to_string(),
                     index: name.to_string(),
@@ -364,9 +364,26 @@ impl Database {
             let ddl = backend::Ddl::CreateIndex {
                 table: table.to_string(),
                 index: name.to_string(),
-                spec,
+                spec: spec.clone(),
             };
-            return b.ddl(self.clone(), ddl).await;
+            b.clone().ddl(self.clone(), ddl).await?;
+            if t.indexes.read().iter().any(|i| i.name == name) {
+                return Ok(());
+            }
+            // Every process failed to build it (see the backend): say why, and take it out
+            // of the catalog. The build is redone here, on the replica, for its error.
+            let why = self
+                .create_index_local(table, name, spec)
+                .await
+                .err()
+                .unwrap_or_else(|| Error::storage("the index could not be built"));
+            let _ = self.drop_index_local(table, name).await;
+            let drop = backend::Ddl::DropIndex {
+                table: table.to_string(),
+                index: name.to_string(),
+            };
+            let _ = b.ddl(self.clone(), drop).await;
+            return Err(why);
         }
         self.create_index_local(table, name, spec).await
     }

@@ -232,10 +232,16 @@ impl PgBackend {
                 .map_err(|e| pg_error(&e))?;
             conns.push(Conn { client, commit });
         }
-        let pool = deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(
+        // `Clean` recycling ends a returned connection's session state, advisory locks
+        // included: a write cancelled while holding them does not keep them.
+        let manager = deadpool_postgres::Manager::from_config(
             config.clone(),
             tokio_postgres::NoTls,
-        ))
+            deadpool_postgres::ManagerConfig {
+                recycling_method: deadpool_postgres::RecyclingMethod::Clean,
+            },
+        );
+        let pool = deadpool_postgres::Pool::builder(manager)
         .max_size(options.connections.max(2))
         .build()
         .map_err(|e| Error::storage(format!("postgresql pool: {e}")))?;
@@ -372,10 +378,10 @@ impl PgBackend {
                 new.as_deref().map(|s| Doc::Json(s.as_bytes())),
             );
             msgs.push(body);
-            rows.push((table.name.as_str(), key.as_slice(), old, new));
+            rows.push((schema::relation_name(&table.name), key.as_slice(), old, new));
         }
-        rows.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-        let tbls: Vec<&str> = rows.iter().map(|r| r.0).collect();
+        rows.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        let tbls: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
         let keys: Vec<&[u8]> = rows.iter().map(|r| r.1).collect();
         let olds: Vec<Option<&str>> = rows.iter().map(|r| r.2.as_deref()).collect();
         let news: Vec<Option<&str>> = rows.iter().map(|r| r.3.as_deref()).collect();
@@ -457,6 +463,10 @@ impl PgBackend {
         Ok(total)
     }
 
+    /// A write that selects its rows when it commits: takes its tables' advisory locks
+    /// (session-level, on a connection of its own: other processes' commits to them wait),
+    /// catches the replica up, selects and stages against it, and commits in chunks of at
+    /// most [`MAX_COMMIT_CHANGES`] (one chunk when it is all-or-nothing), then lets go.
     async fn commit_locked(
         &self,
         db: &Database,
@@ -465,31 +475,67 @@ impl PgBackend {
         how: Commit,
     ) -> Result<WriteResult> {
         db.check_open()?;
-        let mut conn = self.pool.get().await.map_err(|e| Error::storage(format!("postgresql pool: {e}")))?;
-        let tx = conn.transaction().await.map_err(|e| pg_error(&e))?;
-        for t in &tables {
-            tx.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-                &[&lock_name(&self.schema, t)],
-            )
+        let conn = self
+            .pool
+            .get()
             .await
-            .map_err(|e| pg_error(&e))?;
+            .map_err(|e| Error::storage(format!("postgresql pool: {e}")))?;
+        let client: &Client = &conn;
+        let mut locked = Ok(());
+        for t in &tables {
+            let lock = client
+                .execute(
+                    "SELECT pg_advisory_lock(hashtextextended($1, 0))",
+                    &[&lock_name(&self.schema, t)],
+                )
+                .await;
+            if let Err(e) = lock {
+                locked = Err(pg_error(&e));
+                break;
+            }
         }
+        let result = match locked {
+            Ok(()) => self.commit_selected(db, client, select, how).await,
+            Err(e) => Err(e),
+        };
+        // Also when the job is cancelled: the pool runs the same (recycling method Clean).
+        let unlocked = client.batch_execute("SELECT pg_advisory_unlock_all()").await;
+        let result = result?;
+        unlocked.map_err(|e| pg_error(&e))?;
+        Ok(result)
+    }
+
+    async fn commit_selected(
+        &self,
+        db: &Database,
+        client: &Client,
+        select: crate::db::backend::SelectOps,
+        how: Commit,
+    ) -> Result<WriteResult> {
         // Every commit to these tables before the locks is in the replica after this.
         self.sync_now().await?;
         let mut result = WriteResult::default();
         let staged = db.inner.stage_for_backend(select, how, &mut result)?;
-        if staged.is_empty() {
-            return Ok(result);
+        if how.all_or_nothing && staged.len() > MAX_COMMIT_CHANGES {
+            return Err(Error::TooLarge {
+                what: "changes in one atomic commit on PostgreSQL".into(),
+                size: staged.len(),
+                limit: MAX_COMMIT_CHANGES,
+            });
         }
-        let Some(xid) = self.commit_staged(&*tx, None, &staged, how.hard).await? else {
-            return Err(Error::storage(
-                "a row of a locked table changed under its lock: a write made outside Remodel?",
-            ));
-        };
-        tx.commit().await.map_err(|e| pg_error(&e))?;
-        self.commits.fetch_add(1, Ordering::Relaxed);
-        self.wait_applied(xid).await?;
+        let mut last = None;
+        for chunk in staged.chunks(MAX_COMMIT_CHANGES) {
+            let Some(xid) = self.commit_staged(client, None, chunk, how.hard).await? else {
+                return Err(Error::storage(
+                    "a row of a locked table changed under its lock: a write made outside Remodel?",
+                ));
+            };
+            self.commits.fetch_add(1, Ordering::Relaxed);
+            last = Some(xid);
+        }
+        if let Some(xid) = last {
+            self.wait_applied(xid).await?;
+        }
         Ok(result)
     }
 
@@ -532,15 +578,6 @@ impl PgBackend {
         let no_table = || Error::NoSuchTable(table.clone());
         let changed = match &ddl {
             Ddl::CreateTable { primary_key, .. } => {
-                if table.len() > schema::MAX_TABLE_NAME {
-                    return Err(Error::InvalidName {
-                        name: table.clone(),
-                        reason: format!(
-                            "on PostgreSQL, table names are at most {} characters",
-                            schema::MAX_TABLE_NAME
-                        ),
-                    });
-                }
                 let n = tx
                     .execute(
                         &format!(
@@ -928,8 +965,18 @@ async fn apply_ddl(db: &Database, ddl: &DdlRecord) -> Result<()> {
         }
         DdlRecord::TableDropped { table } => db.drop_table_local(table).await,
         DdlRecord::IndexCreated { table, index, spec } => {
-            db.create_index_local(table, index, spec.clone()).await
+            // A build that fails here (a document the index cannot hold) fails in every
+            // process alike: the index is absent, and the process that created it reports
+            // the error and drops it from the catalog. The replica goes on.
+            if let Err(e) = db.create_index_local(table, index, spec.clone()).await {
+                tracing::warn!("index `{index}` of `{table}` could not be built: {e}");
+            }
+            Ok(())
         }
-        DdlRecord::IndexDropped { table, index } => db.drop_index_local(table, index).await,
+        // Absent where its build failed (see above).
+        DdlRecord::IndexDropped { table, index } => match db.drop_index_local(table, index).await {
+            Err(Error::NoSuchIndex { .. }) => Ok(()),
+            other => other,
+        },
     }
 }

@@ -20,17 +20,31 @@ pub(crate) fn ident(name: &str) -> String {
 
 /// The relation holding a table's documents, schema-qualified and quoted.
 pub(crate) fn docs_relation(schema: &str, table: &str) -> String {
-    format!("{}.{}", ident(schema), ident(&format!("t_{table}")))
+    format!("{}.{}", ident(schema), ident(&relation_name(table)))
 }
 
-/// The longest table name a PostgreSQL relation name (63 bytes, `t_` + name) can hold.
-pub(crate) const MAX_TABLE_NAME: usize = 61;
+/// The longest table name a relation name (63 bytes) holds as `t_<name>`.
+const MAX_PLAIN_NAME: usize = 61;
+
+/// The name of the relation holding a table's documents: `t_<table>`, or for names too long
+/// for PostgreSQL's 63-byte identifiers, `t_<first 40 bytes>_<FNV-1a hash of the name>`
+/// (table names are ASCII; the same in every process and version).
+pub(crate) fn relation_name(table: &str) -> String {
+    if table.len() <= MAX_PLAIN_NAME {
+        return format!("t_{table}");
+    }
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in table.bytes() {
+        hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("t_{}_{hash:016x}", &table[..40])
+}
 
 /// The name of a table's advisory lock (hashed with `hashtextextended`): shared by every
 /// commit that writes the table, exclusive for DDL and for writes that select their rows
 /// when they commit.
 pub(crate) fn lock_name(schema: &str, table: &str) -> String {
-    format!("remodel:{schema}.{table}")
+    format!("remodel:{schema}.{}", relation_name(table))
 }
 
 /// Creates the schema, the catalog and the commit function (idempotent; `{schema}` is the
@@ -52,8 +66,9 @@ pub(crate) fn setup_sql(schema: &str) -> String {
     )
 }
 
-/// The commit function: `commit(tbls, keys, olds, news, msgs, soft)` commits one staged
-/// chunk. Row `i` says that the document with key `keys[i]` of table `tbls[i]` was
+/// The commit function: `commit(rels, keys, olds, news, msgs, soft)` commits one staged
+/// chunk. Row `i` says that the document with key `keys[i]` of the table whose relation is
+/// `rels[i]` ([`relation_name`]) was
 /// `olds[i]` (JSON text, NULL: absent) when the write was staged and becomes `news[i]`
 /// (NULL: deleted); `msgs` are the change records, in commit order. Rows come sorted by
 /// table and key, so that two commits lock rows in one order.
@@ -79,7 +94,7 @@ BEGIN
     END IF;
     FOR t IN SELECT DISTINCT x FROM unnest(tbls) AS x ORDER BY 1 LOOP
         PERFORM pg_advisory_xact_lock_shared(hashtextextended('remodel:{schema_text}.' || t, 0));
-        rel := format('%I.%I', '{schema_text}', 't_' || t);
+        rel := format('%I.%I', '{schema_text}', t);
         EXECUTE format(
             'SELECT count(*) FROM (SELECT 1 FROM %s WHERE k = ANY($1) ORDER BY k FOR UPDATE) AS l',
             rel)
@@ -94,7 +109,7 @@ BEGIN
         END IF;
     END LOOP;
     FOR t IN SELECT DISTINCT x FROM unnest(tbls) AS x ORDER BY 1 LOOP
-        rel := format('%I.%I', '{schema_text}', 't_' || t);
+        rel := format('%I.%I', '{schema_text}', t);
         EXECUTE format(
             'DELETE FROM %s AS d USING unnest($1::text[], $2::bytea[], $3::text[]) AS c(tb, k, new)
              WHERE c.tb = $4 AND c.new IS NULL AND d.k = c.k', rel)

@@ -66,3 +66,13 @@ pub async fn open(durability: Durability) -> remodel::Result<Database> {
     }
     Config::temporary().durability(durability).open().await
 }
+
+/// How many cases a property test runs: `cases` on the embedded store, an eighth (at least 4)
+/// on PostgreSQL, where each case starts a database of its own and a replica of it.
+pub fn scaled_cases(cases: u32) -> u32 {
+    if remodel::postgres::suites_on_postgres() {
+        (cases / 8).max(4)
+    } else {
+        cases
+    }
+}

@@ -267,7 +267,7 @@ async fn run_case(ops: Vec<Op>) {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 64,
+        cases: crate::common::scaled_cases(64),
         // Failing cases are kept beside this file, as before it moved into a folder with a
         // main.rs (proptest's default would now use `../proptest-regressions/joins.txt`).
         failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(

@@ -480,7 +480,7 @@ async fn run_ops(ops: Vec<Op>, split: usize) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(runner_config(96))]
+    #![proptest_config(runner_config(crate::common::scaled_cases(96)))]
 
     /// After any sequence of writes, every index agrees with a full scan of the documents.
     #[test]

@@ -211,8 +211,17 @@ async fn a_delete_that_cascades_to_100k_children_is_one_batch() {
         .batch()
         .delete("ships", "voyager")
         .delete_where(&children)
-        .await
-        .unwrap();
+        .await;
+    if remodel::postgres::suites_on_postgres() {
+        // On PostgreSQL an atomic commit holds at most 4,096 changes (README, Limits).
+        assert!(
+            matches!(r, Err(remodel::Error::TooLarge { limit: 4096, .. })),
+            "{r:?}"
+        );
+        assert_eq!(crew.count().await.unwrap(), n + 1);
+        return;
+    }
+    let r = r.unwrap();
     assert_eq!(r.deleted, n + 1);
     assert_eq!(crew.count().await.unwrap(), 1);
     // One commit: every change of it carries a number of the same commit, in order, and the

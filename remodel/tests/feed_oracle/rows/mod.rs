@@ -336,7 +336,7 @@ fn config_scaled(default_cases: u32, divisor: u32) -> ProptestConfig {
         .and_then(|s| s.parse::<u32>().ok())
         .map_or(default_cases, |n| (n / divisor).max(1));
     ProptestConfig {
-        cases,
+        cases: crate::common::scaled_cases(cases),
         max_shrink_iters: 4096,
         max_shrink_time: 60_000,
         // Counterexamples are printed; no regression files next to the tests.
