@@ -88,6 +88,16 @@ pub async fn open_database(data_dir: Option<&Path>) -> remodel::Result<Database>
     open_with(config.change_log(ChangeLogRetention::default())).await
 }
 
+/// Connects the app to a shared PostgreSQL database at `url` (many app instances may run on
+/// one database: each one's live pages show every instance's changes), creates the tables
+/// and indexes of the models, and loads the three crews if this database never had them.
+pub async fn open_postgres(url: &str) -> remodel::Result<Database> {
+    let db = Database::connect(url).await?;
+    remodel::model::create_schema(&db).await?;
+    seed::seed_once(&db).await?;
+    Ok(db)
+}
+
 /// [`open_database`] with a configuration of your own (without a change log, reconnecting
 /// pages reload their state instead of resuming).
 pub async fn open_with(config: Config) -> remodel::Result<Database> {

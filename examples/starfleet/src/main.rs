@@ -1,24 +1,28 @@
 //! `cargo run --release -p starfleet [-- --addr 127.0.0.1:8090 --data-dir starfleet-data]`
+//! `cargo run --release -p starfleet -- --postgres postgresql://user@host/db` (shared)
 
-use starfleet::{open_database, router, AppState};
+use starfleet::{open_database, open_postgres, router, AppState};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: starfleet [--addr HOST:PORT] [--data-dir DIR]
+const USAGE: &str = "usage: starfleet [--addr HOST:PORT] [--data-dir DIR | --postgres URL]
   --addr      where to listen (default 127.0.0.1:8090)
-  --data-dir  the database folder, created when missing (default ./starfleet-data)";
+  --data-dir  the database folder, created when missing (default ./starfleet-data)
+  --postgres  a shared PostgreSQL database instead (many instances may share it)";
 
 /// The command line.
 struct Args {
     addr: SocketAddr,
     data_dir: PathBuf,
+    postgres: Option<String>,
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut parsed = Args {
         addr: SocketAddr::from(([127, 0, 0, 1], 8090)),
         data_dir: PathBuf::from("starfleet-data"),
+        postgres: None,
     };
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or(format!("{flag} needs a value"));
@@ -30,6 +34,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
                     .map_err(|_| format!("--addr: `{v}` is not HOST:PORT"))?;
             }
             "--data-dir" => parsed.data_dir = PathBuf::from(value()?),
+            "--postgres" => parsed.postgres = Some(value()?),
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument `{other}`")),
         }
@@ -59,13 +64,18 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let db = open_database(Some(&args.data_dir)).await?;
+    let (db, data) = match &args.postgres {
+        Some(url) => (open_postgres(url).await?, "on PostgreSQL".to_string()),
+        None => (
+            open_database(Some(&args.data_dir)).await?,
+            format!("data in {}", args.data_dir.display()),
+        ),
+    };
     let state = AppState::new(db.clone());
     let listener = tokio::net::TcpListener::bind(args.addr).await?;
     println!(
-        "Starfleet is at http://{} (data in {}; Ctrl-C stops)",
+        "Starfleet is at http://{} ({data}; Ctrl-C stops)",
         listener.local_addr()?,
-        args.data_dir.display()
     );
     let shutdown = {
         let state = state.clone();

@@ -195,6 +195,9 @@ struct Conn {
 pub(crate) struct PgBackend {
     schema: String,
     conns: Vec<Conn>,
+    /// Sync tokens only: never behind a statement that waits for a lock (a write waiting
+    /// for a table's lock must not hold up the sync its holder waits for).
+    sync_client: Client,
     next: AtomicUsize,
     pool: deadpool_postgres::Pool,
     applied: Mutex<Applied>,
@@ -241,6 +244,7 @@ impl PgBackend {
                 recycling_method: deadpool_postgres::RecyclingMethod::Clean,
             },
         );
+        let sync_client = super::connect(&config).await.map_err(|e| pg_error(&e))?;
         let pool = deadpool_postgres::Pool::builder(manager)
         .max_size(options.connections.max(2))
         .build()
@@ -266,6 +270,7 @@ impl PgBackend {
         let backend = Arc::new(PgBackend {
             schema: options.schema,
             conns,
+            sync_client,
             next: AtomicUsize::new(0),
             pool,
             applied: Mutex::default(),
@@ -334,8 +339,7 @@ impl PgBackend {
             rx
         };
         let sent = self
-            .conn()
-            .client
+            .sync_client
             .execute(
                 "SELECT pg_logical_emit_message(true, $1::text, $2::bytea)",
                 &[&SYNC_PREFIX, &token],
@@ -714,6 +718,7 @@ impl Backend for PgBackend {
         let status = self.pump.status();
         vec![json!({
             "id": ["postgres"],
+            "type": "postgres",
             "slot": status.slot,
             "position": status.last_commit_lsn.to_string(),
             "lag_bytes": status.lag_bytes(),

@@ -290,7 +290,7 @@ async fn stats_rows_are_queryable_and_read_only() {
 
     let rows = db.stats().run().await.unwrap();
     // On PostgreSQL, one more row: the replica's replication (`id: ["postgres"]`).
-    let rows: Vec<_> = rows.into_iter().filter(|r| r["id"][0] != "postgres").collect();
+    let rows: Vec<_> = rows.into_iter().filter(|r| r["type"] != "postgres").collect();
     assert_eq!(rows.len(), 3);
     for row in &rows {
         for rate in ["reads_per_sec", "writes_per_sec"] {
@@ -299,15 +299,18 @@ async fn stats_rows_are_queryable_and_read_only() {
     }
     // `flushes_total` counts the fsyncs hard writes waited for: the two hard writes above ran
     // one after the other, so each waited for its own.
+    // (On PostgreSQL, durability is the server's: this process flushes nothing.)
+    let pg = remodel::postgres::suites_on_postgres();
     assert_eq!(
         db.stats()
+            .filter(field("type").ne("postgres"))
             .without(["reads_per_sec", "writes_per_sec"])
             .run()
             .await
             .unwrap(),
         vec![
             json!({"id": ["database"], "type": "database", "reads_total": 4, "writes_total": 4,
-                   "flushes_total": 2, "tables": 2, "feeds": 0}),
+                   "flushes_total": if pg { 0 } else { 2 }, "tables": 2, "feeds": 0}),
             json!({"id": ["table", "a"], "type": "table", "table": "a", "reads_total": 4,
                    "writes_total": 3, "feeds": 0}),
             json!({"id": ["table", "b"], "type": "table", "table": "b", "reads_total": 0,
