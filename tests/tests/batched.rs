@@ -24,10 +24,14 @@ async fn reads_of(db: &Database, table: &str) -> u64 {
 
 #[tokio::test]
 async fn batched_loading_takes_a_constant_number_of_queries() -> remodel::Result<()> {
-    let db = remodel::Config::temporary()
-        .durability(Durability::Soft)
-        .open()
-        .await?;
+    let db = if remodel::postgres::suites_on_postgres() {
+        common::db().await?
+    } else {
+        remodel::Config::temporary()
+            .durability(Durability::Soft)
+            .open()
+            .await?
+    };
     create_schema(&db).await?;
     // 1,000 ships, each with one captain; and 3 of them with 1,000 more crew between them.
     let mut ships = Vec::new();
