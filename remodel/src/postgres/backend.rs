@@ -145,6 +145,14 @@ fn pump_error(e: &PumpError) -> Error {
     Error::storage(format!("postgresql replication: {e}"))
 }
 
+/// A commit's error: the table gone, or the server's message.
+fn commit_error(e: &tokio_postgres::Error, table: &str) -> Error {
+    match e.code().map(|c| c.code()) {
+        Some("42P01") => Error::NoSuchTable(table.to_string()),
+        _ => pg_error(e),
+    }
+}
+
 /// Whether the error means "staged against a stale row: stage again".
 fn is_restage(e: &tokio_postgres::Error) -> bool {
     matches!(
@@ -190,6 +198,8 @@ impl Applied {
 struct Conn {
     client: Client,
     commit: Statement,
+    /// Per table: its prepared single-table commit ([`schema::single_table_commit_sql`]).
+    single: Mutex<HashMap<String, Statement>>,
 }
 
 pub(crate) struct PgBackend {
@@ -233,7 +243,11 @@ impl PgBackend {
                 ))
                 .await
                 .map_err(|e| pg_error(&e))?;
-            conns.push(Conn { client, commit });
+            conns.push(Conn {
+                client,
+                commit,
+                single: Mutex::default(),
+            });
         }
         // `Clean` recycling ends a returned connection's session state, advisory locks
         // included: a write cancelled while holding them does not keep them.
@@ -357,6 +371,7 @@ impl PgBackend {
     async fn commit_staged(
         &self,
         client: &impl tokio_postgres::GenericClient,
+        single: Option<&Conn>,
         statement: Option<&Statement>,
         staged: &[StagedChange],
         hard: bool,
@@ -390,6 +405,36 @@ impl PgBackend {
         let olds: Vec<Option<&str>> = rows.iter().map(|r| r.2.as_deref()).collect();
         let news: Vec<Option<&str>> = rows.iter().map(|r| r.3.as_deref()).collect();
         let soft = !hard;
+        let table = &staged[0].0.name;
+        if let (Some(conn), true) = (single, staged.iter().all(|s| &s.0.name == table)) {
+            let lock = lock_name(&self.schema, table);
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
+                [&keys, &olds, &news, &msgs, &soft, &lock];
+            let cached = conn.single.lock().get(table).cloned();
+            let statement = match cached {
+                Some(s) => s,
+                None => {
+                    let sql = schema::single_table_commit_sql(&self.schema, table);
+                    let s = conn.client.prepare(&sql).await;
+                    let s = s.map_err(|e| commit_error(&e, table))?;
+                    conn.single.lock().insert(table.clone(), s.clone());
+                    s
+                }
+            };
+            let row = conn.client.query_one(&statement, &params).await;
+            return match row {
+                Ok(row) => {
+                    let xid: i64 = row.get(0);
+                    Ok((xid >= 0).then_some(xid))
+                }
+                Err(e) if is_restage(&e) => Ok(None),
+                Err(e) => {
+                    // A table dropped and made again: prepare anew next time.
+                    conn.single.lock().remove(table);
+                    Err(commit_error(&e, table))
+                }
+            };
+        }
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
             [&tbls, &keys, &olds, &news, &msgs, &soft];
         let row = match statement {
@@ -408,10 +453,7 @@ impl PgBackend {
                 Ok((xid >= 0).then_some(xid))
             }
             Err(e) if is_restage(&e) => Ok(None),
-            Err(e) if e.code().map(|c| c.code()) == Some("42P01") => {
-                Err(Error::NoSuchTable(staged[0].0.name.clone()))
-            }
-            Err(e) => Err(pg_error(&e)),
+            Err(e) => Err(commit_error(&e, table)),
         }
     }
 
@@ -441,7 +483,7 @@ impl PgBackend {
                 }
                 let conn = self.conn();
                 match self
-                    .commit_staged(&conn.client, Some(&conn.commit), &staged, how.hard)
+                    .commit_staged(&conn.client, Some(conn), Some(&conn.commit), &staged, how.hard)
                     .await?
                 {
                     Some(xid) => {
@@ -529,7 +571,7 @@ impl PgBackend {
         }
         let mut last = None;
         for chunk in staged.chunks(MAX_COMMIT_CHANGES) {
-            let Some(xid) = self.commit_staged(client, None, chunk, how.hard).await? else {
+            let Some(xid) = self.commit_staged(client, None, None, chunk, how.hard).await? else {
                 return Err(Error::storage(
                     "a row of a locked table changed under its lock: a write made outside Remodel?",
                 ));

@@ -133,3 +133,42 @@ BEGIN
 END
 $fn$;
 "#;
+
+/// The commit of a chunk that writes one table: what [`COMMIT_FN`] does, as one statement
+/// that each connection prepares once per table (no PL/pgSQL, no SQL planned per commit).
+/// Parameters: `$1` keys, `$2` the documents as staged against (JSON text, NULL: absent),
+/// `$3` the new documents (NULL: deleted), `$4` the change records in commit order, `$5`
+/// soft (asynchronous commit), `$6` the table's advisory lock name ([`lock_name`]). Returns
+/// the transaction id, or -1 (nothing written) when a row is not what was staged against.
+///
+/// One snapshot serves the statement: the rows are locked `FOR UPDATE` (which reads their
+/// newest committed version), compared, and every write is conditional on no row differing.
+/// A row inserted by another process since the snapshot makes the insert fail with a unique
+/// violation (stage again), one deleted makes the comparison fail.
+pub(crate) fn single_table_commit_sql(schema: &str, table: &str) -> String {
+    let rel = docs_relation(schema, table);
+    format!(
+        "WITH lk AS (SELECT pg_advisory_xact_lock_shared(hashtextextended($6::text, 0)) AS l),
+         cfg AS (SELECT CASE WHEN $5::bool THEN set_config('synchronous_commit', 'off', true) END AS c),
+         input AS (SELECT u.k, u.old, u.new FROM unnest($1::bytea[], $2::text[], $3::text[]) AS u(k, old, new)),
+         locked AS (SELECT d.k, d.doc::text AS cur FROM {rel} d
+                    WHERE d.k = ANY($1::bytea[]) AND (SELECT count(*) FROM lk) = 1
+                    ORDER BY d.k FOR UPDATE),
+         bad AS (SELECT count(*) AS n FROM input i LEFT JOIN locked l ON l.k = i.k
+                 WHERE l.cur IS DISTINCT FROM i.old),
+         del AS (DELETE FROM {rel} d USING input i
+                 WHERE (SELECT n FROM bad) = 0 AND i.new IS NULL AND d.k = i.k RETURNING 1),
+         upd AS (UPDATE {rel} d SET doc = i.new::json FROM input i
+                 WHERE (SELECT n FROM bad) = 0 AND i.old IS NOT NULL AND i.new IS NOT NULL
+                   AND d.k = i.k RETURNING 1),
+         ins AS (INSERT INTO {rel} (k, doc) SELECT i.k, i.new::json FROM input i
+                 WHERE (SELECT n FROM bad) = 0 AND i.old IS NULL AND i.new IS NOT NULL RETURNING 1),
+         msg AS (SELECT count(*) AS n FROM (
+                   SELECT pg_logical_emit_message(true, 'remodel.v1', u.m)
+                   FROM unnest($4::bytea[]) WITH ORDINALITY AS u(m, o)
+                   WHERE (SELECT n FROM bad) = 0 ORDER BY u.o) AS e)
+         SELECT CASE WHEN (SELECT n FROM bad) = 0 THEN pg_current_xact_id()::text::bigint ELSE -1 END,
+                (SELECT n FROM msg), (SELECT count(*) FROM cfg),
+                (SELECT count(*) FROM del) + (SELECT count(*) FROM upd) + (SELECT count(*) FROM ins)"
+    )
+}
