@@ -81,6 +81,7 @@ pub struct Connect {
     connections: usize,
     feed_queue_size: usize,
     retention: ChangeLogRetention,
+    durability: Durability,
 }
 
 impl Connect {
@@ -92,6 +93,7 @@ impl Connect {
             connections: 4,
             feed_queue_size: 100_000,
             retention: ChangeLogRetention::default(),
+            durability: Durability::Hard,
         }
     }
 
@@ -111,6 +113,16 @@ impl Connect {
     /// The default queue size of changefeeds (see [`Config::feed_queue_size`]).
     pub fn feed_queue_size(mut self, n: usize) -> Self {
         self.feed_queue_size = n.max(1);
+        self
+    }
+
+    /// The durability of writes that do not choose one (default [`Durability::Hard`]): hard
+    /// writes commit synchronously (`synchronous_commit = on`), soft ones asynchronously
+    /// (`off`: the server flushes them within `wal_writer_delay`, and only then does any
+    /// process, the writer's included, see them; a write returns once its process sees it,
+    /// so on PostgreSQL a soft write saves the server a flush, not the writer time).
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
         self
     }
 
@@ -227,8 +239,10 @@ impl PgBackend {
             .map_err(|e| Error::storage(format!("not a PostgreSQL connection string: {e}")))?;
         check_schema_name(&options.schema)?;
         set_up_schema(&config, &options.schema).await?;
+        // The replica's own writes are never waited for (it is rebuilt on every start); its
+        // default durability is the one writes to PostgreSQL get.
         let db = Config::temporary()
-            .durability(Durability::Soft)
+            .durability(options.durability)
             .change_log(options.retention)
             .feed_queue_size(options.feed_queue_size)
             .open()
