@@ -140,7 +140,14 @@ async fn insert_ratio(cluster: &TestCluster, conns: usize, n: u64) -> Figure {
     other.sync().await.unwrap();
     let mut feeds = Vec::new();
     for k in 0..100u64 {
-        feeds.push(other.table("crew").get(1_000_000_000 + k).changes().await.unwrap());
+        feeds.push(
+            other
+                .table("crew")
+                .get(1_000_000_000 + k)
+                .changes()
+                .await
+                .unwrap(),
+        );
     }
     let admin = pg.connect().await.unwrap();
     admin
@@ -223,7 +230,12 @@ async fn latencies(writer: &Database, watchers: &[Database], rate: u64, secs: f6
     t.insert(json!({"id": "stop", "stop": true})).await.unwrap();
     let mut all = Vec::new();
     for c in collectors {
-        all.extend(tokio::time::timeout(Duration::from_secs(60), c).await.unwrap().unwrap());
+        all.extend(
+            tokio::time::timeout(Duration::from_secs(60), c)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
     }
     t.get("stop").delete().await.unwrap();
     all.sort_by(f64::total_cmp);
@@ -440,9 +452,9 @@ async fn main() {
                 Some(false) => "MISS",
                 None => "reported",
             };
-            let target = f
-                .target
-                .map_or(String::new(), |t| format!(" (target {} {t})", if f.at_least { ">=" } else { "<=" }));
+            let target = f.target.map_or(String::new(), |t| {
+                format!(" (target {} {t})", if f.at_least { ">=" } else { "<=" })
+            });
             println!(
                 "{:<34} {:>10.3} {:<8}{target} {verdict}\n    {}",
                 f.metric, f.value, f.unit, f.note

@@ -31,7 +31,11 @@ async fn two_processes_see_each_others_writes() {
         .insert(json!({"id": "kirk", "rank": "captain"}))
         .await
         .unwrap();
-    let item = tokio::time::timeout(WAIT, feed.next()).await.unwrap().unwrap().unwrap();
+    let item = tokio::time::timeout(WAIT, feed.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(item.new_val().unwrap()["rank"], "captain");
     // A write in b decided against a's row.
     b.table("crew")
@@ -41,13 +45,12 @@ async fn two_processes_see_each_others_writes() {
         .unwrap();
     a.sync().await.unwrap();
     let kirk = a.table("crew").get("kirk").await.unwrap().unwrap();
-    assert_eq!(kirk, json!({"id": "kirk", "rank": "captain", "ship": "enterprise"}));
+    assert_eq!(
+        kirk,
+        json!({"id": "kirk", "rank": "captain", "ship": "enterprise"})
+    );
     // A key conflict across processes.
-    let again = b
-        .table("crew")
-        .insert(json!({"id": "kirk"}))
-        .await
-        .unwrap();
+    let again = b.table("crew").insert(json!({"id": "kirk"})).await.unwrap();
     assert_eq!(again.errors, 1, "{again:?}");
     // A third process loads what is there.
     let c = Database::connect(pg.url()).await.expect("c connects");

@@ -16,7 +16,7 @@
 
 use futures::StreamExt;
 use remodel::postgres::{TestCluster, TestDatabase};
-use remodel::{Change, ChangeKind, Cursor, Database, Error, IndexSpec, Order, Value};
+use remodel::{Change, Cursor, Database, Error, IndexSpec, Order, Value};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -223,7 +223,9 @@ fn apply(result: &mut BTreeMap<String, Value>, items: &[Value]) {
 }
 
 fn keyed(rows: &[Value]) -> BTreeMap<String, Value> {
-    rows.iter().map(|r| (r["id"].to_string(), r.clone())).collect()
+    rows.iter()
+        .map(|r| (r["id"].to_string(), r.clone()))
+        .collect()
 }
 
 /// The top-5 of a state by `n` descending (ties: greater key first, as a descending index
@@ -232,7 +234,8 @@ fn top_of(state: &BTreeMap<String, Value>) -> BTreeMap<String, Value> {
     let mut rows: Vec<&Value> = state.values().collect();
     rows.sort_by(|a, b| {
         let (na, nb) = (a["n"].as_i64().unwrap(), b["n"].as_i64().unwrap());
-        nb.cmp(&na).then_with(|| b["id"].as_u64().cmp(&a["id"].as_u64()))
+        nb.cmp(&na)
+            .then_with(|| b["id"].as_u64().cmp(&a["id"].as_u64()))
     });
     rows.into_iter()
         .take(TOP)
@@ -260,7 +263,9 @@ async fn feeds_across_processes_agree_with_the_query_at_every_commit() {
             .await
             .unwrap();
     }
-    let outs: Vec<_> = (0..3).map(|i| dir.join(format!("watcher{i}.jsonl"))).collect();
+    let outs: Vec<_> = (0..3)
+        .map(|i| dir.join(format!("watcher{i}.jsonl")))
+        .collect();
     let watchers = vec![
         spawn("watcher", &pg, Some(&outs[0]), 0),
         spawn("watcher", &pg, Some(&outs[1]), 0),
@@ -276,7 +281,9 @@ async fn feeds_across_processes_agree_with_the_query_at_every_commit() {
     tokio::time::timeout(WAIT, async {
         while read_lines(&outs[2])
             .iter()
-            .filter(|l| l["feed"] == "all" && l["item"]["kind"] != "Initial" && l.get("item").is_some())
+            .filter(|l| {
+                l["feed"] == "all" && l["item"]["kind"] != "Initial" && l.get("item").is_some()
+            })
             .count()
             < 50
         {
@@ -300,7 +307,9 @@ async fn feeds_across_processes_agree_with_the_query_at_every_commit() {
         .unwrap();
     let mut resumed = t.changes().resume_from(last).await.unwrap();
     for w in writers {
-        tokio::task::spawn_blocking(move || wait_exit(w, "a writer")).await.unwrap();
+        tokio::task::spawn_blocking(move || wait_exit(w, "a writer"))
+            .await
+            .unwrap();
     }
     parent.sync().await.unwrap();
     let final_rows: Vec<Value> = t.query().run().await.unwrap();
@@ -314,14 +323,23 @@ async fn feeds_across_processes_agree_with_the_query_at_every_commit() {
         }
     }
     for w in watchers {
-        tokio::task::spawn_blocking(move || wait_exit(w, "a watcher")).await.unwrap();
+        tokio::task::spawn_blocking(move || wait_exit(w, "a watcher"))
+            .await
+            .unwrap();
     }
 
     // One order: both watchers' table feeds agree change for change.
     let lines: Vec<Vec<Value>> = outs[..2].iter().map(|o| read_lines(o)).collect();
     let all: Vec<Replayed> = lines.iter().map(|l| replayed(l, "all")).collect();
-    assert_eq!(all[0].commits, all[1].commits, "two processes saw different changes");
-    assert!(all[0].commits.len() > 100, "too few commits: {}", all[0].commits.len());
+    assert_eq!(
+        all[0].commits, all[1].commits,
+        "two processes saw different changes"
+    );
+    assert!(
+        all[0].commits.len() > 100,
+        "too few commits: {}",
+        all[0].commits.len()
+    );
     for (i, lines) in lines.iter().enumerate() {
         let rows = &all[i];
         let top = replayed(lines, "top");
@@ -340,7 +358,11 @@ async fn feeds_across_processes_agree_with_the_query_at_every_commit() {
         }
         assert!(top.commits.keys().all(|s| rows.commits.contains_key(s)));
         assert!(checked > 10, "the top-5 feed changed only {checked} times");
-        assert_eq!(state, keyed(&final_rows), "the table feed replayed != the table");
+        assert_eq!(
+            state,
+            keyed(&final_rows),
+            "the table feed replayed != the table"
+        );
     }
     // Kill -9 and resume elsewhere: exactly the changes after the victim's start.
     let everything: Vec<Value> = all[0]
@@ -349,7 +371,11 @@ async fn feeds_across_processes_agree_with_the_query_at_every_commit() {
         .flatten()
         .filter(|i| {
             let c: Cursor = i["cursor"].as_str().unwrap().parse().unwrap();
-            c > victim_items[0]["cursor"].as_str().unwrap().parse::<Cursor>().unwrap()
+            c > victim_items[0]["cursor"]
+                .as_str()
+                .unwrap()
+                .parse::<Cursor>()
+                .unwrap()
         })
         .cloned()
         .collect();
@@ -363,7 +389,11 @@ async fn feeds_across_processes_agree_with_the_query_at_every_commit() {
             .map(|i| (i["cursor"].clone(), i["old"].clone(), i["new"].clone()))
             .collect()
     };
-    assert_eq!(strip(&seen), strip(&everything), "missed or repeated across the kill");
+    assert_eq!(
+        strip(&seen),
+        strip(&everything),
+        "missed or repeated across the kill"
+    );
     eprintln!(
         "{} commits seen alike by 2 processes; the victim saw {} changes before SIGKILL, the \
          resumed feed {} after",

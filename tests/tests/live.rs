@@ -10,7 +10,7 @@ mod common;
 use common::{member, setup, Captain, Crewmember, Starship};
 use futures::StreamExt;
 use remodel::model::{create_schema, Change, Id, ModelError, ModelFeed};
-use remodel::{json, ChangeKind, Database, Error, FeedState, Model};
+use remodel::{json, ChangeKind, Error, FeedState, Model};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 

@@ -12,9 +12,6 @@ use starfleet::{open_database, open_with, router, AppState};
 mod common;
 use common::*;
 
-
-
-
 /// The crew table of a ship page (the page also lists everyone in the away-team form).
 fn crew_of(page: &str) -> &str {
     let start = page.find("<tbody id=\"crew\"").expect("a ship page");
@@ -421,8 +418,6 @@ async fn the_script_is_served() {
     assert!(r.body.contains("new EventSource"));
 }
 
-
-
 /// The row changes of the next `{list}-rows` events, until there are `n`.
 async fn next_rows(
     body: &mut Body,
@@ -443,7 +438,6 @@ async fn next_rows(
     }
     rows
 }
-
 
 #[tokio::test]
 async fn the_crew_stream_sends_the_crew_then_changes_and_resumes_from_a_cursor() {

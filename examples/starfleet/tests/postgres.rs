@@ -38,8 +38,11 @@ async fn a_change_posted_to_one_instance_is_live_in_the_other() {
     // A browser of instance A that saw Kes reconnects to instance B: it gets what came
     // after, posted to B.
     drop(on_a);
-    b.post("/ship/voyager/crew", "name=Neelix&rank=chef&species=talaxian")
-        .await;
+    b.post(
+        "/ship/voyager/crew",
+        "name=Neelix&rank=chef&species=talaxian",
+    )
+    .await;
     let mut resumed = open_stream(&b, "/ship/voyager/events", cursor_a.as_deref()).await;
     let mut buf = String::new();
     let (name, _, data) = next_of(&mut resumed, &mut buf, "crew").await;

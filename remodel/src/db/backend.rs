@@ -56,10 +56,22 @@ pub(crate) enum Job {
 /// A table or index created or dropped.
 #[derive(Debug, Clone)]
 pub(crate) enum Ddl {
-    CreateTable { table: String, primary_key: String },
-    DropTable { table: String },
-    CreateIndex { table: String, index: String, spec: IndexSpec },
-    DropIndex { table: String, index: String },
+    CreateTable {
+        table: String,
+        primary_key: String,
+    },
+    DropTable {
+        table: String,
+    },
+    CreateIndex {
+        table: String,
+        index: String,
+        spec: IndexSpec,
+    },
+    DropIndex {
+        table: String,
+        index: String,
+    },
 }
 
 /// A database of record other than this process's store (see the module doc).

@@ -689,12 +689,21 @@ impl DbInner {
 
 /// A change of a commit made in the database of record: table, key, document before (as
 /// the commit saw it) and after.
-pub(crate) type ReplicatedChange =
-    (Arc<TableState>, Vec<u8>, Option<Arc<Value>>, Option<Arc<Value>>);
+pub(crate) type ReplicatedChange = (
+    Arc<TableState>,
+    Vec<u8>,
+    Option<Arc<Value>>,
+    Option<Arc<Value>>,
+);
 
 /// A key a write staged for a backend: its table, key, document before (as this store has
 /// it) and after.
-pub(crate) type StagedChange = (Arc<TableState>, Vec<u8>, Option<Arc<Value>>, Option<Arc<Value>>);
+pub(crate) type StagedChange = (
+    Arc<TableState>,
+    Vec<u8>,
+    Option<Arc<Value>>,
+    Option<Arc<Value>>,
+);
 
 impl DbInner {
     /// For a backend: stages `ops` (one chunk) against this store under the commit lock, as

@@ -274,9 +274,9 @@ impl PgBackend {
         );
         let sync_client = super::connect(&config).await.map_err(|e| pg_error(&e))?;
         let pool = deadpool_postgres::Pool::builder(manager)
-        .max_size(options.connections.max(2))
-        .build()
-        .map_err(|e| Error::storage(format!("postgresql pool: {e}")))?;
+            .max_size(options.connections.max(2))
+            .build()
+            .map_err(|e| Error::storage(format!("postgresql pool: {e}")))?;
 
         let pump_options = PumpConfig {
             export_snapshot: true,
@@ -284,16 +284,17 @@ impl PgBackend {
         };
         let (loader, schema_name) = (db.clone(), options.schema.clone());
         let load_config = config.clone();
-        let (pump, ()) = Pump::start_with_snapshot(&config, pump_options, |snapshot, point| async move {
-            load_replica(&loader, &load_config, &schema_name, &snapshot, point.0)
-                .await
-                .map_err(|e| PumpError::Setup {
-                    step: "load",
-                    message: e.to_string(),
-                })
-        })
-        .await
-        .map_err(|e| pump_error(&e))?;
+        let (pump, ()) =
+            Pump::start_with_snapshot(&config, pump_options, |snapshot, point| async move {
+                load_replica(&loader, &load_config, &schema_name, &snapshot, point.0)
+                    .await
+                    .map_err(|e| PumpError::Setup {
+                        step: "load",
+                        message: e.to_string(),
+                    })
+            })
+            .await
+            .map_err(|e| pump_error(&e))?;
         let (stop, stop_rx) = watch::channel(false);
         let backend = Arc::new(PgBackend {
             schema: options.schema,
@@ -497,7 +498,13 @@ impl PgBackend {
                 }
                 let conn = self.conn();
                 match self
-                    .commit_staged(&conn.client, Some(conn), Some(&conn.commit), &staged, how.hard)
+                    .commit_staged(
+                        &conn.client,
+                        Some(conn),
+                        Some(&conn.commit),
+                        &staged,
+                        how.hard,
+                    )
                     .await?
                 {
                     Some(xid) => {
@@ -559,7 +566,9 @@ impl PgBackend {
             Err(e) => Err(e),
         };
         // Also when the job is cancelled: the pool runs the same (recycling method Clean).
-        let unlocked = client.batch_execute("SELECT pg_advisory_unlock_all()").await;
+        let unlocked = client
+            .batch_execute("SELECT pg_advisory_unlock_all()")
+            .await;
         let result = result?;
         unlocked.map_err(|e| pg_error(&e))?;
         Ok(result)
@@ -585,7 +594,10 @@ impl PgBackend {
         }
         let mut last = None;
         for chunk in staged.chunks(MAX_COMMIT_CHANGES) {
-            let Some(xid) = self.commit_staged(client, None, None, chunk, how.hard).await? else {
+            let Some(xid) = self
+                .commit_staged(client, None, None, chunk, how.hard)
+                .await?
+            else {
                 return Err(Error::storage(
                     "a row of a locked table changed under its lock: a write made outside Remodel?",
                 ));
@@ -600,7 +612,11 @@ impl PgBackend {
     }
 
     async fn run_ddl(&self, ddl: Ddl) -> Result<()> {
-        let mut conn = self.pool.get().await.map_err(|e| Error::storage(format!("postgresql pool: {e}")))?;
+        let mut conn = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| Error::storage(format!("postgresql pool: {e}")))?;
         let tx = conn.transaction().await.map_err(|e| pg_error(&e))?;
         let (table, record) = match &ddl {
             Ddl::CreateTable { table, primary_key } => (
@@ -610,7 +626,12 @@ impl PgBackend {
                     primary_key: primary_key.clone(),
                 },
             ),
-            Ddl::DropTable { table } => (table, DdlRecord::TableDropped { table: table.clone() }),
+            Ddl::DropTable { table } => (
+                table,
+                DdlRecord::TableDropped {
+                    table: table.clone(),
+                },
+            ),
             Ddl::CreateIndex { table, index, spec } => (
                 table,
                 DdlRecord::IndexCreated {
@@ -795,7 +816,9 @@ impl Drop for PgBackend {
 fn check_schema_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         && !name.as_bytes()[0].is_ascii_digit();
     if ok {
         Ok(())
@@ -821,9 +844,11 @@ async fn set_up_schema(config: &tokio_postgres::Config, schema_name: &str) -> Re
     tx.batch_execute(&schema::setup_sql(schema_name))
         .await
         .map_err(|e| pg_error(&e))?;
-    tx.batch_execute(&super::writer::create_publication_sql(super::writer::PUBLICATION))
-        .await
-        .map_err(|e| pg_error(&e))?;
+    tx.batch_execute(&super::writer::create_publication_sql(
+        super::writer::PUBLICATION,
+    ))
+    .await
+    .map_err(|e| pg_error(&e))?;
     tx.commit().await.map_err(|e| pg_error(&e))
 }
 
@@ -847,9 +872,12 @@ async fn load_replica(
         .start()
         .await
         .map_err(|e| pg_error(&e))?;
-    tx.batch_execute(&format!("SET TRANSACTION SNAPSHOT '{}'", snapshot.replace('\'', "")))
-        .await
-        .map_err(|e| pg_error(&e))?;
+    tx.batch_execute(&format!(
+        "SET TRANSACTION SNAPSHOT '{}'",
+        snapshot.replace('\'', "")
+    ))
+    .await
+    .map_err(|e| pg_error(&e))?;
     let catalog = tx
         .query(
             &format!(
@@ -952,7 +980,10 @@ async fn follow(
         // Closed or dropped: writes and syncs still waiting end with `Closed`.
         None => {
             if let Some(backend) = backend.upgrade() {
-                backend.applied.lock().end("the database was closed".into(), true);
+                backend
+                    .applied
+                    .lock()
+                    .end("the database was closed".into(), true);
             }
         }
     }
@@ -1006,7 +1037,8 @@ async fn apply(db: &Database, batch: &CommitBatch) -> Result<Vec<Vec<u8>>> {
             }
             Record::Ddl(d) => {
                 if !group.is_empty() {
-                    db.inner.apply_replicated(std::mem::take(&mut group), first)?;
+                    db.inner
+                        .apply_replicated(std::mem::take(&mut group), first)?;
                 }
                 apply_ddl(db, d).await?;
             }

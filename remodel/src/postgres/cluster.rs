@@ -782,6 +782,38 @@ fn start_watchdog(owned: &Owned) {
     }
 }
 
+/// The environment variable that makes [`suite_database`] (and the test suites that use it)
+/// run on PostgreSQL: `REMODEL_TEST_BACKEND=postgres`.
+pub const BACKEND_VAR: &str = "REMODEL_TEST_BACKEND";
+
+/// Whether the test suites run on PostgreSQL (see [`BACKEND_VAR`]).
+pub fn suites_on_postgres() -> bool {
+    std::env::var(BACKEND_VAR).is_ok_and(|v| v == "postgres")
+}
+
+/// For a test suite parameterised by backend: a [`Database`](crate::Database) on a new
+/// database of the shared [`TestCluster`]. The database lives until the cluster is removed
+/// (the end of the test binary). Panics when no cluster can be started: a suite asked to run
+/// on PostgreSQL must not pass without it.
+pub async fn suite_database() -> crate::Database {
+    let cluster = match TestCluster::shared() {
+        Ok(cluster) => cluster,
+        Err(e) => panic!("{BACKEND_VAR}=postgres, but no PostgreSQL server: {e}"),
+    };
+    let pg = cluster
+        .create_database()
+        .await
+        .unwrap_or_else(|e| panic!("a test database: {e}"));
+    let db = super::Connect::new(pg.url())
+        .connections(2)
+        .open()
+        .await
+        .unwrap_or_else(|e| panic!("connecting to the test database: {e}"));
+    // Dropped with the cluster: the database may outlive this handle's feeds by a moment.
+    std::mem::forget(pg);
+    db
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -814,36 +846,4 @@ mod tests {
         assert_eq!(back.get_password(), Some(&b"p@ss"[..]));
         assert_eq!(back.get_hosts(), c.get_hosts());
     }
-}
-
-/// The environment variable that makes [`suite_database`] (and the test suites that use it)
-/// run on PostgreSQL: `REMODEL_TEST_BACKEND=postgres`.
-pub const BACKEND_VAR: &str = "REMODEL_TEST_BACKEND";
-
-/// Whether the test suites run on PostgreSQL (see [`BACKEND_VAR`]).
-pub fn suites_on_postgres() -> bool {
-    std::env::var(BACKEND_VAR).is_ok_and(|v| v == "postgres")
-}
-
-/// For a test suite parameterised by backend: a [`Database`](crate::Database) on a new
-/// database of the shared [`TestCluster`]. The database lives until the cluster is removed
-/// (the end of the test binary). Panics when no cluster can be started: a suite asked to run
-/// on PostgreSQL must not pass without it.
-pub async fn suite_database() -> crate::Database {
-    let cluster = match TestCluster::shared() {
-        Ok(cluster) => cluster,
-        Err(e) => panic!("{BACKEND_VAR}=postgres, but no PostgreSQL server: {e}"),
-    };
-    let pg = cluster
-        .create_database()
-        .await
-        .unwrap_or_else(|e| panic!("a test database: {e}"));
-    let db = super::Connect::new(pg.url())
-        .connections(2)
-        .open()
-        .await
-        .unwrap_or_else(|e| panic!("connecting to the test database: {e}"));
-    // Dropped with the cluster: the database may outlive this handle's feeds by a moment.
-    std::mem::forget(pg);
-    db
 }

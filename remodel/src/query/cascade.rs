@@ -106,11 +106,9 @@ impl References {
 
     /// Every table named, as a target or as referring (what a cascade may write).
     pub(crate) fn tables(&self) -> impl Iterator<Item = &str> {
-        self.by_target
-            .iter()
-            .flat_map(|(target, refs)| {
-                std::iter::once(target.as_str()).chain(refs.iter().map(|r| r.table.as_str()))
-            })
+        self.by_target.iter().flat_map(|(target, refs)| {
+            std::iter::once(target.as_str()).chain(refs.iter().map(|r| r.table.as_str()))
+        })
     }
 
     fn of(&self, target: &str) -> &[Reference] {

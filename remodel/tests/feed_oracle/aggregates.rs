@@ -15,8 +15,8 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 use remodel::{
-    field, json, Aggregate, AggregateOutput, Changes, Database, Durability, Error, Feed,
-    Group, IndexSpec, Table, Value,
+    field, json, Aggregate, AggregateOutput, Changes, Database, Durability, Error, Feed, Group,
+    IndexSpec, Table, Value,
 };
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -232,8 +232,7 @@ impl Watched {
 }
 
 async fn run_case(ops: Vec<Op>) {
-    let db = crate::common::open(Durability::Soft).await
-        .unwrap();
+    let db = crate::common::open(Durability::Soft).await.unwrap();
     db.create_table("t").await.unwrap();
     let t = db.table("t");
     t.create_index("a", IndexSpec::field("a")).await.unwrap();
@@ -478,8 +477,7 @@ async fn watch_all(name: &str, q: &remodel::Query, out: &mut Vec<Watched>) {
 }
 
 async fn run_typed_case(ops: Vec<TypedOp>) {
-    let db = crate::common::open(Durability::Soft).await
-        .unwrap();
+    let db = crate::common::open(Durability::Soft).await.unwrap();
     db.create_table("t").await.unwrap();
     let t = db.table("t");
     t.create_index("v", IndexSpec::field("v")).await.unwrap();

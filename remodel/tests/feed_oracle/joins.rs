@@ -186,8 +186,7 @@ impl Watched {
 }
 
 async fn run_case(ops: Vec<Op>) {
-    let db = crate::common::open(Durability::Soft).await
-        .unwrap();
+    let db = crate::common::open(Durability::Soft).await.unwrap();
     db.create_table("crew").await.unwrap();
     db.create_table("ships").await.unwrap();
     db.table("ships")
@@ -290,8 +289,7 @@ proptest! {
 /// the rebuilt pairs equal to the join re-run at every step.
 #[tokio::test]
 async fn a_popular_key_keeps_its_pairs_through_moves_and_deletes() {
-    let db = crate::common::open(Durability::Soft).await
-        .unwrap();
+    let db = crate::common::open(Durability::Soft).await.unwrap();
     db.create_table("crew").await.unwrap();
     db.create_table("ships").await.unwrap();
     let (crew, ships) = (db.table("crew"), db.table("ships"));

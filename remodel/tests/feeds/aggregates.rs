@@ -10,7 +10,9 @@ use remodel::{json, Change, Changes, Durability, Error, Feed, IndexSpec, Value};
 
 #[tokio::test]
 async fn min_max_without_an_index_and_other_unwatchable_aggregates_are_refused() {
-    let db = crate::common::open(remodel::Durability::Hard).await.unwrap();
+    let db = crate::common::open(remodel::Durability::Hard)
+        .await
+        .unwrap();
     db.create_table("t").await.unwrap();
     let t = db.table("t");
     let err = t.query().min("a").changes().await.unwrap_err();
@@ -37,8 +39,7 @@ async fn min_max_without_an_index_and_other_unwatchable_aggregates_are_refused()
 
 #[tokio::test]
 async fn a_group_that_empties_has_no_new_val_and_squash_merges_per_group() {
-    let db = crate::common::open(Durability::Soft).await
-        .unwrap();
+    let db = crate::common::open(Durability::Soft).await.unwrap();
     db.create_table("t").await.unwrap();
     let t = db.table("t");
     let mut feed = t.query().group("s").count().changes().await.unwrap();
@@ -79,7 +80,9 @@ async fn a_group_that_empties_has_no_new_val_and_squash_merges_per_group() {
 
 #[tokio::test]
 async fn dropping_the_index_a_live_min_reads_ends_it() {
-    let db = crate::common::open(remodel::Durability::Hard).await.unwrap();
+    let db = crate::common::open(remodel::Durability::Hard)
+        .await
+        .unwrap();
     db.create_table("t").await.unwrap();
     let t = db.table("t");
     t.create_index("a", IndexSpec::field("a")).await.unwrap();

@@ -398,7 +398,9 @@ async fn sequence_numbers_survive_a_restart_and_snapshots_are_numbered() {
 /// the same database interleaved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hard_and_soft_writes_are_delivered_in_commit_order() {
-    let db = crate::common::open(remodel::Durability::Hard).await.unwrap();
+    let db = crate::common::open(remodel::Durability::Hard)
+        .await
+        .unwrap();
     db.create_table("t").await.unwrap();
     let t = db.table("t");
     let mut feed = t.changes().await.unwrap();

@@ -8,8 +8,7 @@ use remodel::{json, Durability, Error, IndexSpec, Value};
 
 #[tokio::test]
 async fn a_right_row_update_reaches_every_joined_left_row() {
-    let db = crate::common::open(Durability::Soft).await
-        .unwrap();
+    let db = crate::common::open(Durability::Soft).await.unwrap();
     db.create_table("crew").await.unwrap();
     db.create_table("ships").await.unwrap();
     let (crew, ships) = (db.table("crew"), db.table("ships"));
@@ -65,7 +64,9 @@ async fn a_right_row_update_reaches_every_joined_left_row() {
 #[tokio::test]
 async fn dropping_either_table_ends_the_join_feed() {
     for dropped in ["crew", "ships"] {
-        let db = crate::common::open(remodel::Durability::Hard).await.unwrap();
+        let db = crate::common::open(remodel::Durability::Hard)
+            .await
+            .unwrap();
         db.create_table("crew").await.unwrap();
         db.create_table("ships").await.unwrap();
         db.table("ships").insert(json!({"id": 1})).await.unwrap();
@@ -99,8 +100,7 @@ async fn dropping_either_table_ends_the_join_feed() {
 /// (a later write to the right row reaches the pair once, under its new key).
 #[tokio::test]
 async fn moving_between_two_keys_of_one_right_row_is_one_change() {
-    let db = crate::common::open(Durability::Soft).await
-        .unwrap();
+    let db = crate::common::open(Durability::Soft).await.unwrap();
     db.create_table("crew").await.unwrap();
     db.create_table("ships").await.unwrap();
     let (crew, ships) = (db.table("crew"), db.table("ships"));

@@ -281,8 +281,7 @@ async fn feeds_opened_during_drops_recreates_and_close_end_and_never_see_a_new_t
     let rounds = env("REMODEL_RACE_ROUNDS", 100);
     let seed = env("REMODEL_RACE_SEED", rand::random::<u32>() as u64);
     let mut rng = StdRng::seed_from_u64(seed);
-    let db = crate::common::open(Durability::Soft).await
-        .unwrap();
+    let db = crate::common::open(Durability::Soft).await.unwrap();
     let gen = Arc::new(AtomicU64::new(0));
     // Writers hold it shared while they read the generation and write, the dropper
     // exclusively while it drops, bumps the generation and re-creates: a row always carries

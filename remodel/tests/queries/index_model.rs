@@ -16,8 +16,8 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use remodel::value::{compare, encode_value};
 use remodel::{
-    field, has_fields, json, Conflict, Database, Durability, IndexSpec, Order, Predicate,
-    Table, Value,
+    field, has_fields, json, Conflict, Database, Durability, IndexSpec, Order, Predicate, Table,
+    Value,
 };
 use serde_json::Map;
 use std::cmp::Ordering;
@@ -455,8 +455,7 @@ async fn apply(
 }
 
 async fn run_ops(ops: Vec<Op>, split: usize) -> Result<(), TestCaseError> {
-    let db = crate::common::open(Durability::Soft).await
-        .map_err(fail)?;
+    let db = crate::common::open(Durability::Soft).await.map_err(fail)?;
     db.create_table("t").await.map_err(fail)?;
     let table = db.table("t");
     let total = index_specs().len();
@@ -508,8 +507,7 @@ fn doubles_survive_storage_and_leave_no_stale_index_entries() {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let db = crate::common::open(Durability::Soft).await
-            .unwrap();
+        let db = crate::common::open(Durability::Soft).await.unwrap();
         db.create_table("t").await.unwrap();
         let t = db.table("t");
         t.create_index("by_v", IndexSpec::field("v")).await.unwrap();

@@ -453,8 +453,7 @@ async fn drop_index_during_its_backfill_leaves_nothing_for_a_later_index() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_read_through_an_index_satisfy_it_under_concurrent_moves() {
-    let db = crate::common::open(Durability::Soft).await
-        .unwrap();
+    let db = crate::common::open(Durability::Soft).await.unwrap();
     db.create_table("t").await.unwrap();
     let t = db.table("t");
     t.create_index("color", IndexSpec::field("color"))

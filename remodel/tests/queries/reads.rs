@@ -437,7 +437,9 @@ async fn results_stream_lazily() {
 /// one `NoSuchTable` error, whose message names the table, not tree bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_iterator_over_a_dropped_table_ends_with_one_error() {
-    let db = crate::common::open(remodel::Durability::Hard).await.unwrap();
+    let db = crate::common::open(remodel::Durability::Hard)
+        .await
+        .unwrap();
     db.create_table("gone").await.unwrap();
     let t = db.table("gone");
     t.create_index("n", IndexSpec::field("n")).await.unwrap();

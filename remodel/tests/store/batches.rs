@@ -5,7 +5,7 @@
 use crate::common::crew::{crew, ids};
 use crate::common::db;
 use futures::StreamExt;
-use remodel::{field, json, Change, Config, Durability, Error, IndexSpec, Patch, Value};
+use remodel::{field, json, Change, Durability, Error, IndexSpec, Patch, Value};
 
 #[tokio::test]
 async fn a_batch_over_several_tables_commits_all_or_nothing() {
@@ -184,8 +184,7 @@ async fn batches_select_under_the_commit_lock_for_cascades_and_checks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delete_that_cascades_to_100k_children_is_one_batch() {
-    let db = crate::common::open(Durability::Soft).await
-        .unwrap();
+    let db = crate::common::open(Durability::Soft).await.unwrap();
     db.create_table("ships").await.unwrap();
     db.create_table("crew").await.unwrap();
     let crew = db.table("crew");
@@ -243,8 +242,7 @@ async fn a_delete_that_cascades_to_100k_children_is_one_batch() {
 
 #[tokio::test]
 async fn a_batch_listing_too_many_writes_is_refused_with_its_own_error() {
-    let db = crate::common::open(Durability::Soft).await
-        .unwrap();
+    let db = crate::common::open(Durability::Soft).await.unwrap();
     db.create_table("t").await.unwrap();
     let batch = (0..4097).fold(db.batch(), |b, i| b.insert("t", json!({"id": i})));
     assert!(matches!(

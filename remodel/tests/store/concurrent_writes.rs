@@ -10,7 +10,7 @@
 use crate::common::crew::contents;
 use crate::common::{db, test_name};
 use futures::StreamExt;
-use remodel::{json, Config, Database, Durability, Error, IndexSpec, Patch, Value, WriteResult};
+use remodel::{json, Database, Durability, Error, IndexSpec, Patch, Value, WriteResult};
 use std::collections::HashSet;
 use std::future::IntoFuture;
 use std::time::{Duration, Instant};
@@ -30,8 +30,7 @@ const PER_TASK: u64 = 300;
 fn every_writer_gets_its_own_result_and_every_write_commits_once_in_order() {
     let rt = runtime();
     rt.block_on(async {
-        let db = crate::common::open(Durability::Soft).await
-            .unwrap();
+        let db = crate::common::open(Durability::Soft).await.unwrap();
         db.create_table("w").await.unwrap();
         let t = db.table("w");
         let mut feed = t.changes().await.unwrap();
@@ -82,8 +81,7 @@ fn every_writer_gets_its_own_result_and_every_write_commits_once_in_order() {
 fn writers_are_not_stranded_while_ddl_and_feeds_hold_the_lock() {
     let rt = runtime();
     rt.block_on(async {
-        let db = crate::common::open(Durability::Hard).await
-            .unwrap();
+        let db = crate::common::open(Durability::Hard).await.unwrap();
         db.create_table("w").await.unwrap();
         let t = db.table("w");
         let writers: Vec<_> = (0..TASKS)
@@ -336,8 +334,7 @@ async fn a_patch_closure_that_writes_gets_an_error_not_a_deadlock() {
 /// A loop of soft writes lets a timer of the same (single-threaded) runtime fire on time.
 #[tokio::test(flavor = "current_thread")]
 async fn a_loop_of_soft_writes_yields_to_the_scheduler() {
-    let db = crate::common::open(Durability::Soft).await
-        .unwrap();
+    let db = crate::common::open(Durability::Soft).await.unwrap();
     db.create_table("t").await.unwrap();
     let t = db.table("t");
     let started = Instant::now();

@@ -290,7 +290,10 @@ async fn stats_rows_are_queryable_and_read_only() {
 
     let rows = db.stats().run().await.unwrap();
     // On PostgreSQL, one more row: the replica's replication (`id: ["postgres"]`).
-    let rows: Vec<_> = rows.into_iter().filter(|r| r["type"] != "postgres").collect();
+    let rows: Vec<_> = rows
+        .into_iter()
+        .filter(|r| r["type"] != "postgres")
+        .collect();
     assert_eq!(rows.len(), 3);
     for row in &rows {
         for rate in ["reads_per_sec", "writes_per_sec"] {

@@ -8,7 +8,7 @@
 
 use crate::common::{crew, names, setup, Crewmember, Starship};
 use remodel::model::{create_schema, Id, ModelError};
-use remodel::{Database, Error, Model};
+use remodel::{Error, Model};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 

@@ -5,7 +5,7 @@
 use crate::common::{crew, names, setup, Crewmember, Starship};
 use futures::StreamExt;
 use remodel::model::{create_schema, Id};
-use remodel::{Database, Error, Model};
+use remodel::{Error, Model};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 

@@ -39,7 +39,7 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
 use remodel::{
-    field, json, Change, ChangeKind, Changes, Config, Conflict, Database, Durability, Error, Feed,
+    field, json, Change, ChangeKind, Changes, Conflict, Database, Durability, Error, Feed,
     FeedState, IndexSpec, Order, Predicate, Query, Table, Value,
 };
 use std::collections::BTreeMap;
@@ -243,8 +243,7 @@ async fn scenario(
     ops: Vec<Op>,
     rules: Rules,
 ) -> Result<(), String> {
-    let db = crate::common::open(rules.durability).await
-        .map_err(err)?;
+    let db = crate::common::open(rules.durability).await.map_err(err)?;
     db.create_table("t").await.map_err(err)?;
     // Another table: its writes (alone or in a batch with `t`) concern no feed.
     db.create_table("u").await.map_err(err)?;
@@ -500,8 +499,7 @@ fn a_4096_row_insert_many_is_one_step_for_top_n_feeds() {
         .build()
         .expect("a runtime");
     rt.block_on(async {
-        let db = crate::common::open(Durability::Soft).await
-            .unwrap();
+        let db = crate::common::open(Durability::Soft).await.unwrap();
         db.create_table("t").await.unwrap();
         let t = db.table("t");
         t.create_index("a", IndexSpec::field("a")).await.unwrap();
@@ -572,8 +570,7 @@ fn huge_squash_windows_are_refused_or_clamped() {
         .build()
         .expect("a runtime");
     rt.block_on(async {
-        let db = crate::common::open(Durability::Soft).await
-            .unwrap();
+        let db = crate::common::open(Durability::Soft).await.unwrap();
         db.create_table("t").await.unwrap();
         let t = db.table("t");
         for w in [
