@@ -19,7 +19,7 @@
 //!
 //! **Writes.** A write is staged against the replica (conflict policies, patches, closures,
 //! exactly as on the embedded store) and sent to the `commit` function
-//! ([`schema`](super::schema)), which locks the rows and commits only if each is still what
+//! (the `schema` module), which locks the rows and commits only if each is still what
 //! was staged against; else the replica catches up ([`Database::sync`]) and the write is
 //! staged again. So each write is decided against the current row, across processes. A
 //! closure (`Patch::with`, `replace_with`, `conflict_with`) may therefore run more than once.
