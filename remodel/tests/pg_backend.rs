@@ -72,3 +72,75 @@ async fn two_processes_see_each_others_writes() {
     .unwrap();
     assert!(matches!(end, Some(Error::FeedAborted(_))), "{end:?}");
 }
+
+/// The next item of `feed`, or its error, within the wait.
+async fn next(feed: &mut remodel::Feed) -> Option<Result<remodel::Change, Error>> {
+    tokio::time::timeout(WAIT, feed.next())
+        .await
+        .expect("an item within the wait")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_resumes_in_processes_that_followed_it_and_expires_in_others() {
+    let Some(pg) = database("a_cursor_resumes_in_processes_that_followed_it").await else {
+        return;
+    };
+    let a = Database::connect(pg.url()).await.unwrap();
+    a.create_table("t").await.unwrap();
+    let b = Database::connect(pg.url()).await.unwrap();
+    let mut feed = a.table("t").changes().await.unwrap();
+    a.table("t").insert(json!({"id": 1})).await.unwrap();
+    let first = next(&mut feed).await.unwrap().unwrap().cursor().unwrap();
+    a.table("t").insert(json!({"id": 2})).await.unwrap();
+    // b followed the database since before the cursor: it resumes there.
+    b.sync().await.unwrap();
+    let mut resumed = b.table("t").changes().resume_from(first).await.unwrap();
+    let item = next(&mut resumed).await.unwrap().unwrap();
+    assert_eq!(item.new_val().unwrap()["id"], 2);
+    // c started after it: its replica has no history that far back.
+    let c = Database::connect(pg.url()).await.unwrap();
+    let refused = c.table("t").changes().resume_from(first).await;
+    assert!(
+        matches!(refused, Err(Error::CursorExpired { .. })),
+        "{:?}",
+        refused.err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_replication_connection_ends_feeds_and_fails_writes() {
+    let Some(pg) = database("a_lost_replication_connection_ends_feeds").await else {
+        return;
+    };
+    let a = Database::connect(pg.url()).await.unwrap();
+    a.create_table("t").await.unwrap();
+    let mut feed = a.table("t").changes().await.unwrap();
+    let admin = pg.connect().await.unwrap();
+    let killed = admin
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND backend_type = 'walsender'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(killed.len(), 1, "one replication connection");
+    // The feed ends with a typed error, never silently.
+    loop {
+        match next(&mut feed).await {
+            Some(Ok(_)) => continue,
+            Some(Err(Error::FeedAborted(why))) => {
+                assert!(why.contains("PostgreSQL"), "{why}");
+                break;
+            }
+            other => panic!("the feed ended with {other:?}"),
+        }
+    }
+    // Writes fail (they could not be shown to this process) instead of hanging.
+    let write = tokio::time::timeout(WAIT, a.table("t").insert(json!({"id": 1}))).await;
+    assert!(matches!(write, Ok(Err(Error::Storage { .. }))), "{write:?}");
+    // Another process is unaffected, and sees the database as it is.
+    let b = Database::connect(pg.url()).await.unwrap();
+    b.table("t").insert(json!({"id": 2})).await.unwrap();
+    assert_eq!(b.table("t").count().await.unwrap(), 1);
+}
