@@ -50,9 +50,12 @@ fn lcg(state: &mut u64) -> u64 {
     *state >> 33
 }
 
-async fn writer(db: Database, seed: u64) {
+/// Makes random writes; writes down how many increments and deletes were acknowledged as
+/// done (the history must hold exactly these).
+async fn writer(db: Database, seed: u64, out: &str) {
     let t = db.table("crew");
     let mut rng = seed;
+    let (mut increments, mut deletes) = (0u64, 0u64);
     for _ in 0..OPS_PER_WRITER {
         let key = lcg(&mut rng) % KEYS;
         let n = (lcg(&mut rng) % 1000) as i64;
@@ -65,20 +68,24 @@ async fn writer(db: Database, seed: u64) {
                     .unwrap();
             }
             1 => {
-                t.get(key).delete().await.unwrap();
+                deletes += t.get(key).delete().await.unwrap().deleted;
             }
             _ => {
                 // Read-modify-write at commit: racing processes must not lose increments.
-                t.get(key)
+                let r = t
+                    .get(key)
                     .update(remodel::Patch::with(|doc| {
                         let n = doc["n"].as_i64().unwrap_or(0);
-                        Ok(json!({"n": n + 1}))
+                        Ok(json!({"n": n + 1, "last": "inc"}))
                     }))
                     .await
                     .unwrap();
+                increments += r.replaced;
             }
         }
     }
+    let done = json!({"increments": increments, "deletes": deletes});
+    std::fs::write(out, done.to_string()).unwrap();
 }
 
 /// Watches both feeds until the table is dropped; writes everything down.
@@ -129,7 +136,10 @@ async fn child_role() {
     let url = std::env::var(URL).unwrap();
     let db = Database::connect(&url).await.unwrap();
     match role.as_str() {
-        "writer" => writer(db, std::env::var(SEED).unwrap().parse().unwrap()).await,
+        "writer" => {
+            let seed = std::env::var(SEED).unwrap().parse().unwrap();
+            writer(db, seed, &std::env::var(OUT).unwrap()).await
+        }
         "watcher" => watcher(db, &std::env::var(OUT).unwrap(), false).await,
         "victim" => watcher(db, &std::env::var(OUT).unwrap(), true).await,
         other => panic!("unknown role {other}"),
@@ -276,7 +286,12 @@ async fn feeds_across_processes_agree_with_the_query_at_every_commit() {
     }
     // The parent's own resume target: a feed opened before the writers start keeps this
     // replica's history from here on.
-    let writers: Vec<Child> = (1..=3).map(|s| spawn("writer", &pg, None, s)).collect();
+    let done: Vec<_> = (1..=3)
+        .map(|i| dir.join(format!("writer{i}.json")))
+        .collect();
+    let writers: Vec<Child> = (1..=3)
+        .map(|s| spawn("writer", &pg, Some(&done[s as usize - 1]), s))
+        .collect();
     // Kill the victim once it has seen some changes.
     tokio::time::timeout(WAIT, async {
         while read_lines(&outs[2])
@@ -364,6 +379,52 @@ async fn feeds_across_processes_agree_with_the_query_at_every_commit() {
             "the table feed replayed != the table"
         );
     }
+    // Every change was decided against the row as it was (its `old` is the state before it),
+    // and the history holds exactly the increments and deletes acknowledged to the writers.
+    let mut state = keyed(&all[0].initial);
+    let (mut increments, mut deletes) = (0, 0);
+    for items in all[0].commits.values() {
+        for item in items {
+            let key = item["old"]["id"].to_string();
+            let key = if item["old"].is_null() {
+                item["new"]["id"].to_string()
+            } else {
+                key
+            };
+            assert_eq!(
+                state.get(&key).cloned().unwrap_or(Value::Null),
+                item["old"],
+                "a change not decided against the current row"
+            );
+            match item["new"].as_object() {
+                Some(new) => {
+                    if new.get("last") == Some(&json!("inc")) && !item["old"].is_null() {
+                        assert_eq!(new["n"], json!(item["old"]["n"].as_i64().unwrap() + 1));
+                        increments += 1;
+                    }
+                    state.insert(key, item["new"].clone());
+                }
+                None => {
+                    deletes += 1;
+                    state.remove(&key);
+                }
+            }
+        }
+    }
+    let acknowledged = |what: &str| -> u64 {
+        done.iter()
+            .map(|f| {
+                let v: Value = serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap();
+                v[what].as_u64().unwrap()
+            })
+            .sum()
+    };
+    assert_eq!(
+        increments,
+        acknowledged("increments"),
+        "increments lost or invented"
+    );
+    assert_eq!(deletes, acknowledged("deletes"), "deletes lost or invented");
     // Kill -9 and resume elsewhere: exactly the changes after the victim's start.
     let everything: Vec<Value> = all[0]
         .commits
@@ -395,8 +456,8 @@ async fn feeds_across_processes_agree_with_the_query_at_every_commit() {
         "missed or repeated across the kill"
     );
     eprintln!(
-        "{} commits seen alike by 2 processes; the victim saw {} changes before SIGKILL, the \
-         resumed feed {} after",
+        "{} commits seen alike by 2 processes ({increments} increments, {deletes} deletes); \
+         the victim saw {} changes before SIGKILL, the resumed feed {} after",
         all[0].commits.len(),
         victim_items.len(),
         seen.len() + 1 - victim_items.len()
