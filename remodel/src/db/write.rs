@@ -16,7 +16,9 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-/// One write of one document.
+/// One write of one document. (Cloned for a write that is staged again, when a shared
+/// database's commit found a row changed since it was staged: closures are shared.)
+#[derive(Clone)]
 pub(crate) enum WriteOp {
     /// Insert a validated document (its key is set).
     Insert { doc: Value, conflict: OnConflict },
@@ -29,32 +31,6 @@ pub(crate) enum WriteOp {
     ReplaceWith { key: Vec<u8>, f: Arc<ReplaceFn> },
     /// Delete the document with this key.
     Delete { key: Vec<u8> },
-}
-
-impl Clone for WriteOp {
-    /// A copy for a write that is staged again (a shared database's commit found a row
-    /// changed since it was staged): closures are shared, not copied.
-    fn clone(&self) -> Self {
-        match self {
-            WriteOp::Insert { doc, conflict } => WriteOp::Insert {
-                doc: doc.clone(),
-                conflict: conflict.clone(),
-            },
-            WriteOp::Update { key, patch } => WriteOp::Update {
-                key: key.clone(),
-                patch: patch.clone(),
-            },
-            WriteOp::Replace { key, doc } => WriteOp::Replace {
-                key: key.clone(),
-                doc: doc.clone(),
-            },
-            WriteOp::ReplaceWith { key, f } => WriteOp::ReplaceWith {
-                key: key.clone(),
-                f: f.clone(),
-            },
-            WriteOp::Delete { key } => WriteOp::Delete { key: key.clone() },
-        }
-    }
 }
 
 impl std::fmt::Debug for WriteOp {

@@ -34,26 +34,24 @@
 //!
 //! [`Cursor`]: crate::Cursor
 
-use super::pump::{CommitBatch, Pump, PumpConfig, PumpError, PumpHandle};
-use super::record::{encode_change, DdlRecord, Doc, Record, DDL_PREFIX, SYNC_PREFIX};
+use super::pump::{Pump, PumpConfig, PumpError, PumpHandle};
+use super::record::{encode_change, DdlRecord, Doc, DDL_PREFIX, SYNC_PREFIX};
 use super::schema::{self, docs_relation, lock_name};
 use crate::db::backend::{Backend, BoxFuture, Ddl, Job};
 use crate::db::write::{Commit, StagedChange, WriteOp};
-use crate::db::{
-    ChangeLogRetention, Config, Database, Durability, IndexSpec, TableState, WriteResult,
-};
+use crate::db::{ChangeLogRetention, Config, Database, Durability, TableState, WriteResult};
 use crate::{Error, Result};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use tokio_postgres::{Client, Statement};
 
 /// How many bits of a change number hold its place in its commit.
-const OP_BITS: u32 = 12;
+pub(super) const OP_BITS: u32 = 12;
 /// The most changes one commit holds on PostgreSQL.
 pub const MAX_COMMIT_CHANGES: usize = 1 << OP_BITS;
 /// How many times a write is staged again when the rows it read changed meanwhile.
@@ -149,11 +147,11 @@ impl Database {
     }
 }
 
-fn pg_error(e: &tokio_postgres::Error) -> Error {
+pub(super) fn pg_error(e: &tokio_postgres::Error) -> Error {
     Error::storage(format!("postgresql: {}", super::error_text(e)))
 }
 
-fn pump_error(e: &PumpError) -> Error {
+pub(super) fn pump_error(e: &PumpError) -> Error {
     Error::storage(format!("postgresql replication: {e}"))
 }
 
@@ -286,12 +284,18 @@ impl PgBackend {
         let load_config = config.clone();
         let (pump, ()) =
             Pump::start_with_snapshot(&config, pump_options, |snapshot, point| async move {
-                load_replica(&loader, &load_config, &schema_name, &snapshot, point.0)
-                    .await
-                    .map_err(|e| PumpError::Setup {
-                        step: "load",
-                        message: e.to_string(),
-                    })
+                super::replica::load_replica(
+                    &loader,
+                    &load_config,
+                    &schema_name,
+                    &snapshot,
+                    point.0,
+                )
+                .await
+                .map_err(|e| PumpError::Setup {
+                    step: "load",
+                    message: e.to_string(),
+                })
             })
             .await
             .map_err(|e| pump_error(&e))?;
@@ -311,7 +315,7 @@ impl PgBackend {
             commits: AtomicU64::new(0),
         });
         db.set_backend(backend.clone());
-        tokio::spawn(follow(
+        tokio::spawn(super::replica::follow(
             pump,
             Arc::downgrade(&db.inner),
             Arc::downgrade(&backend),
@@ -654,10 +658,26 @@ impl PgBackend {
         )
         .await
         .map_err(|e| pg_error(&e))?;
+        self.change_catalog(&tx, &ddl).await?;
+        let row = tx
+            .query_one(
+                "SELECT pg_logical_emit_message(true, $1::text, $2::bytea)::text, pg_current_xact_id()::text::bigint",
+                &[&DDL_PREFIX, &record.encode()],
+            )
+            .await
+            .map_err(|e| pg_error(&e))?;
+        let xid: i64 = row.get(1);
+        tx.commit().await.map_err(|e| pg_error(&e))?;
+        self.wait_applied(xid).await
+    }
+
+    /// The catalog and relation changes of `ddl`, in its transaction (the table's lock held).
+    async fn change_catalog(&self, tx: &tokio_postgres::Transaction<'_>, ddl: &Ddl) -> Result<()> {
+        let table = ddl_table(ddl);
         let catalog = format!("{}.catalog", schema::ident(&self.schema));
         let rel = docs_relation(&self.schema, table);
         let no_table = || Error::NoSuchTable(table.clone());
-        let changed = match &ddl {
+        match ddl {
             Ddl::CreateTable { primary_key, .. } => {
                 let n = tx
                     .execute(
@@ -676,7 +696,6 @@ impl PgBackend {
                 ))
                 .await
                 .map_err(|e| pg_error(&e))?;
-                1
             }
             Ddl::DropTable { .. } => {
                 let n = tx
@@ -689,7 +708,6 @@ impl PgBackend {
                 tx.batch_execute(&format!("DROP TABLE IF EXISTS {rel}"))
                     .await
                     .map_err(|e| pg_error(&e))?;
-                1
             }
             Ddl::CreateIndex { index, spec, .. } => {
                 let spec = serde_json::to_value(spec)?;
@@ -709,7 +727,6 @@ impl PgBackend {
                         index: index.clone(),
                     });
                 }
-                n
             }
             Ddl::DropIndex { index, .. } => {
                 let n = tx
@@ -727,20 +744,19 @@ impl PgBackend {
                         index: index.clone(),
                     });
                 }
-                n
             }
-        };
-        debug_assert!(changed > 0);
-        let row = tx
-            .query_one(
-                "SELECT pg_logical_emit_message(true, $1::text, $2::bytea)::text, pg_current_xact_id()::text::bigint",
-                &[&DDL_PREFIX, &record.encode()],
-            )
-            .await
-            .map_err(|e| pg_error(&e))?;
-        let xid: i64 = row.get(1);
-        tx.commit().await.map_err(|e| pg_error(&e))?;
-        self.wait_applied(xid).await
+        }
+        Ok(())
+    }
+}
+
+/// The table a DDL statement is about.
+fn ddl_table(ddl: &Ddl) -> &String {
+    match ddl {
+        Ddl::CreateTable { table, .. }
+        | Ddl::DropTable { table }
+        | Ddl::CreateIndex { table, .. }
+        | Ddl::DropIndex { table, .. } => table,
     }
 }
 
@@ -852,147 +868,15 @@ async fn set_up_schema(config: &tokio_postgres::Config, schema_name: &str) -> Re
     tx.commit().await.map_err(|e| pg_error(&e))
 }
 
-/// Loads the replica with what the exported `snapshot` shows: the catalog's tables and
-/// indexes, then every document. Numbers start after `point` (the slot's consistent point),
-/// so that a cursor from before it does not resume here (this replica has no history
-/// before it).
-async fn load_replica(
-    db: &Database,
-    config: &tokio_postgres::Config,
-    schema_name: &str,
-    snapshot: &str,
-    point: u64,
-) -> Result<()> {
-    db.inner.advance_seq(position(point)?.saturating_sub(1));
-    let mut client = super::connect(config).await.map_err(|e| pg_error(&e))?;
-    let tx = client
-        .build_transaction()
-        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await
-        .map_err(|e| pg_error(&e))?;
-    tx.batch_execute(&format!(
-        "SET TRANSACTION SNAPSHOT '{}'",
-        snapshot.replace('\'', "")
-    ))
-    .await
-    .map_err(|e| pg_error(&e))?;
-    let catalog = tx
-        .query(
-            &format!(
-                "SELECT name, primary_key, indexes::text FROM {}.catalog ORDER BY name",
-                schema::ident(schema_name)
-            ),
-            &[],
-        )
-        .await
-        .map_err(|e| pg_error(&e))?;
-    for row in catalog {
-        let (name, primary_key, indexes): (String, String, String) =
-            (row.get(0), row.get(1), row.get(2));
-        db.create_table_local(&name, &primary_key).await?;
-        let indexes: HashMap<String, IndexSpec> = serde_json::from_str(&indexes)?;
-        for (index, spec) in indexes {
-            db.create_index_local(&name, &index, spec).await?;
-        }
-        let table = db.table_state(&name)?;
-        let rows = tx
-            .query_raw(
-                &format!(
-                    "SELECT k, doc::text FROM {} ORDER BY k",
-                    docs_relation(schema_name, &name)
-                ),
-                std::iter::empty::<&str>(),
-            )
-            .await
-            .map_err(|e| pg_error(&e))?;
-        futures_util::pin_mut!(rows);
-        let mut chunk = Vec::new();
-        loop {
-            use futures_util::StreamExt;
-            let next = rows.next().await;
-            let done = next.is_none();
-            if let Some(row) = next {
-                let row = row.map_err(|e| pg_error(&e))?;
-                let key: Vec<u8> = row.get(0);
-                let doc: &str = row.get(1);
-                chunk.push((key, serde_json::from_str(doc)?));
-            }
-            if chunk.len() >= 4096 || (done && !chunk.is_empty()) {
-                db.inner.load_rows(&table, std::mem::take(&mut chunk))?;
-            }
-            if done {
-                break;
-            }
-        }
-    }
-    tx.commit().await.map_err(|e| pg_error(&e))
-}
-
-/// The number of the first change of the commit at `lsn`.
-fn position(lsn: u64) -> Result<u64> {
-    if lsn >> (64 - OP_BITS) != 0 {
-        return Err(Error::storage(format!(
-            "WAL position {lsn:x} is past what change numbers hold (2^52 bytes of WAL)"
-        )));
-    }
-    Ok(lsn << OP_BITS)
-}
-
-/// The pump's task: applies each batch to the replica, in commit order, and tells the
-/// writers waiting for it. Any failure ends every feed and makes later writes fail: the
-/// replica no longer follows the database, and silence would be a gap.
-async fn follow(
-    mut pump: Pump,
-    db: Weak<crate::db::DbInner>,
-    backend: Weak<PgBackend>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let why = loop {
-        let batch = tokio::select! {
-            _ = stop.changed() => break None,
-            batch = pump.next_batch() => batch,
-        };
-        let (Some(inner), Some(backend)) = (db.upgrade(), backend.upgrade()) else {
-            break None;
-        };
-        let db = Database { inner };
-        let batch = match batch {
-            Ok(batch) => batch,
-            Err(e) => break Some((db, backend, pump_error(&e).to_string())),
-        };
-        match apply(&db, &batch).await {
-            Ok(tokens) => {
-                pump.ack(batch.end_lsn);
-                backend.applied(batch.xid, tokens);
-            }
-            Err(e) => break Some((db, backend, e.to_string())),
-        }
-    };
-    match why {
-        Some((db, backend, why)) => {
-            tracing::error!("the replica stopped following PostgreSQL: {why}");
-            backend.applied.lock().end(why.clone(), false);
-            db.inner
-                .end_feeds(&format!("no longer following PostgreSQL: {why}"));
-        }
-        // Closed or dropped: writes and syncs still waiting end with `Closed`.
-        None => {
-            if let Some(backend) = backend.upgrade() {
-                backend
-                    .applied
-                    .lock()
-                    .end("the database was closed".into(), true);
-            }
-        }
-    }
-    let _ = pump.stop().await;
-}
-
 impl PgBackend {
+    /// The replica stopped following the database: every wait ends (with `Closed` when it
+    /// was closed).
+    pub(super) fn ended(&self, why: String, closed: bool) {
+        self.applied.lock().end(why, closed);
+    }
+
     /// The pump applied the transaction `xid` (with these sync tokens).
-    fn applied(&self, xid: u32, tokens: Vec<Vec<u8>>) {
+    pub(super) fn applied(&self, xid: u32, tokens: Vec<Vec<u8>>) {
         let mut a = self.applied.lock();
         if a.recent.insert(xid) {
             a.order.push_back(xid);
@@ -1012,64 +896,5 @@ impl PgBackend {
                 let _ = w.send(());
             }
         }
-    }
-}
-
-/// Applies one committed transaction to the replica; returns its sync tokens.
-async fn apply(db: &Database, batch: &CommitBatch) -> Result<Vec<Vec<u8>>> {
-    let base = position(batch.commit_lsn.0)?;
-    let mut tokens = Vec::new();
-    let mut group = Vec::new();
-    let mut first = base;
-    for (i, record) in batch.changes.iter().enumerate() {
-        match record {
-            Record::Change(c) => {
-                if i >= MAX_COMMIT_CHANGES {
-                    return Err(Error::storage(format!(
-                        "a commit holds more than {MAX_COMMIT_CHANGES} changes"
-                    )));
-                }
-                if group.is_empty() {
-                    first = base + i as u64;
-                }
-                let table = db.table_state(&c.table)?;
-                group.push((table, c.key.clone(), c.old.clone(), c.new.clone()));
-            }
-            Record::Ddl(d) => {
-                if !group.is_empty() {
-                    db.inner
-                        .apply_replicated(std::mem::take(&mut group), first)?;
-                }
-                apply_ddl(db, d).await?;
-            }
-            Record::Sync(token) => tokens.push(token.clone()),
-        }
-    }
-    if !group.is_empty() {
-        db.inner.apply_replicated(group, first)?;
-    }
-    Ok(tokens)
-}
-
-async fn apply_ddl(db: &Database, ddl: &DdlRecord) -> Result<()> {
-    match ddl {
-        DdlRecord::TableCreated { table, primary_key } => {
-            db.create_table_local(table, primary_key).await
-        }
-        DdlRecord::TableDropped { table } => db.drop_table_local(table).await,
-        DdlRecord::IndexCreated { table, index, spec } => {
-            // A build that fails here (a document the index cannot hold) fails in every
-            // process alike: the index is absent, and the process that created it reports
-            // the error and drops it from the catalog. The replica goes on.
-            if let Err(e) = db.create_index_local(table, index, spec.clone()).await {
-                tracing::warn!("index `{index}` of `{table}` could not be built: {e}");
-            }
-            Ok(())
-        }
-        // Absent where its build failed (see above).
-        DdlRecord::IndexDropped { table, index } => match db.drop_index_local(table, index).await {
-            Err(Error::NoSuchIndex { .. }) => Ok(()),
-            other => other,
-        },
     }
 }

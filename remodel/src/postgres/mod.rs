@@ -24,9 +24,11 @@ pub mod cluster;
 pub mod lsn;
 pub mod pump;
 pub mod record;
+mod replica;
 mod schema;
 pub mod writer;
 
+use backend::{pg_error, pump_error};
 pub use backend::{Connect, MAX_COMMIT_CHANGES};
 pub use cluster::{
     suite_database, suites_on_postgres, ClusterError, TestCluster, TestDatabase, BACKEND_VAR,

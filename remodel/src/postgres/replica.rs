@@ -1,0 +1,208 @@
+//! A process's replica of the shared database: loading it at an exported snapshot, and
+//! following the database from there (the pump's task), commit by commit, in commit order.
+//! See `backend.rs` for why every process keeps one.
+
+use super::backend::{PgBackend, MAX_COMMIT_CHANGES, OP_BITS};
+use super::pump::{CommitBatch, Pump};
+use super::record::{DdlRecord, Record};
+use super::schema::{self, docs_relation};
+use super::{pg_error, pump_error};
+use crate::db::{Database, IndexSpec};
+use crate::{Error, Result};
+use std::collections::HashMap;
+use std::sync::Weak;
+use tokio::sync::watch;
+
+/// Loads the replica with what the exported `snapshot` shows: the catalog's tables and
+/// indexes, then every document. Numbers start after `point` (the slot's consistent point),
+/// so that a cursor from before it does not resume here (this replica has no history
+/// before it).
+pub(super) async fn load_replica(
+    db: &Database,
+    config: &tokio_postgres::Config,
+    schema_name: &str,
+    snapshot: &str,
+    point: u64,
+) -> Result<()> {
+    db.inner.advance_seq(position(point)?.saturating_sub(1));
+    let mut client = super::connect(config).await.map_err(|e| pg_error(&e))?;
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(|e| pg_error(&e))?;
+    tx.batch_execute(&format!(
+        "SET TRANSACTION SNAPSHOT '{}'",
+        snapshot.replace('\'', "")
+    ))
+    .await
+    .map_err(|e| pg_error(&e))?;
+    let catalog = tx
+        .query(
+            &format!(
+                "SELECT name, primary_key, indexes::text FROM {}.catalog ORDER BY name",
+                schema::ident(schema_name)
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| pg_error(&e))?;
+    for row in catalog {
+        let (name, primary_key, indexes): (String, String, String) =
+            (row.get(0), row.get(1), row.get(2));
+        db.create_table_local(&name, &primary_key).await?;
+        let indexes: HashMap<String, IndexSpec> = serde_json::from_str(&indexes)?;
+        for (index, spec) in indexes {
+            db.create_index_local(&name, &index, spec).await?;
+        }
+        let table = db.table_state(&name)?;
+        let rows = tx
+            .query_raw(
+                &format!(
+                    "SELECT k, doc::text FROM {} ORDER BY k",
+                    docs_relation(schema_name, &name)
+                ),
+                std::iter::empty::<&str>(),
+            )
+            .await
+            .map_err(|e| pg_error(&e))?;
+        futures_util::pin_mut!(rows);
+        let mut chunk = Vec::new();
+        loop {
+            use futures_util::StreamExt;
+            let next = rows.next().await;
+            let done = next.is_none();
+            if let Some(row) = next {
+                let row = row.map_err(|e| pg_error(&e))?;
+                let key: Vec<u8> = row.get(0);
+                let doc: &str = row.get(1);
+                chunk.push((key, serde_json::from_str(doc)?));
+            }
+            if chunk.len() >= 4096 || (done && !chunk.is_empty()) {
+                db.inner.load_rows(&table, std::mem::take(&mut chunk))?;
+            }
+            if done {
+                break;
+            }
+        }
+    }
+    tx.commit().await.map_err(|e| pg_error(&e))
+}
+
+/// The number of the first change of the commit at `lsn`.
+pub(super) fn position(lsn: u64) -> Result<u64> {
+    if lsn >> (64 - OP_BITS) != 0 {
+        return Err(Error::storage(format!(
+            "WAL position {lsn:x} is past what change numbers hold (2^52 bytes of WAL)"
+        )));
+    }
+    Ok(lsn << OP_BITS)
+}
+
+/// The pump's task: applies each batch to the replica, in commit order, and tells the
+/// writers waiting for it. Any failure ends every feed and makes later writes fail: the
+/// replica no longer follows the database, and silence would be a gap.
+pub(super) async fn follow(
+    mut pump: Pump,
+    db: Weak<crate::db::DbInner>,
+    backend: Weak<PgBackend>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let why = loop {
+        let batch = tokio::select! {
+            _ = stop.changed() => break None,
+            batch = pump.next_batch() => batch,
+        };
+        let (Some(inner), Some(backend)) = (db.upgrade(), backend.upgrade()) else {
+            break None;
+        };
+        let db = Database { inner };
+        let batch = match batch {
+            Ok(batch) => batch,
+            Err(e) => break Some((db, backend, pump_error(&e).to_string())),
+        };
+        match apply(&db, &batch).await {
+            Ok(tokens) => {
+                pump.ack(batch.end_lsn);
+                backend.applied(batch.xid, tokens);
+            }
+            Err(e) => break Some((db, backend, e.to_string())),
+        }
+    };
+    match why {
+        Some((db, backend, why)) => {
+            tracing::error!("the replica stopped following PostgreSQL: {why}");
+            backend.ended(why.clone(), false);
+            db.inner
+                .end_feeds(&format!("no longer following PostgreSQL: {why}"));
+        }
+        // Closed or dropped: writes and syncs still waiting end with `Closed`.
+        None => {
+            if let Some(backend) = backend.upgrade() {
+                backend.ended("the database was closed".into(), true);
+            }
+        }
+    }
+    let _ = pump.stop().await;
+}
+
+/// Applies one committed transaction to the replica; returns its sync tokens.
+async fn apply(db: &Database, batch: &CommitBatch) -> Result<Vec<Vec<u8>>> {
+    let base = position(batch.commit_lsn.0)?;
+    let mut tokens = Vec::new();
+    let mut group = Vec::new();
+    let mut first = base;
+    for (i, record) in batch.changes.iter().enumerate() {
+        match record {
+            Record::Change(c) => {
+                if i >= MAX_COMMIT_CHANGES {
+                    return Err(Error::storage(format!(
+                        "a commit holds more than {MAX_COMMIT_CHANGES} changes"
+                    )));
+                }
+                if group.is_empty() {
+                    first = base + i as u64;
+                }
+                let table = db.table_state(&c.table)?;
+                group.push((table, c.key.clone(), c.old.clone(), c.new.clone()));
+            }
+            Record::Ddl(d) => {
+                if !group.is_empty() {
+                    db.inner
+                        .apply_replicated(std::mem::take(&mut group), first)?;
+                }
+                apply_ddl(db, d).await?;
+            }
+            Record::Sync(token) => tokens.push(token.clone()),
+        }
+    }
+    if !group.is_empty() {
+        db.inner.apply_replicated(group, first)?;
+    }
+    Ok(tokens)
+}
+
+async fn apply_ddl(db: &Database, ddl: &DdlRecord) -> Result<()> {
+    match ddl {
+        DdlRecord::TableCreated { table, primary_key } => {
+            db.create_table_local(table, primary_key).await
+        }
+        DdlRecord::TableDropped { table } => db.drop_table_local(table).await,
+        DdlRecord::IndexCreated { table, index, spec } => {
+            // A build that fails here (a document the index cannot hold) fails in every
+            // process alike: the index is absent, and the process that created it reports
+            // the error and drops it from the catalog. The replica goes on.
+            if let Err(e) = db.create_index_local(table, index, spec.clone()).await {
+                tracing::warn!("index `{index}` of `{table}` could not be built: {e}");
+            }
+            Ok(())
+        }
+        // Absent where its build failed (see above).
+        DdlRecord::IndexDropped { table, index } => match db.drop_index_local(table, index).await {
+            Err(Error::NoSuchIndex { .. }) => Ok(()),
+            other => other,
+        },
+    }
+}
