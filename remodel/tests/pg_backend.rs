@@ -92,8 +92,8 @@ async fn a_cursor_resumes_in_processes_that_followed_it_and_expires_in_others() 
     a.table("t").insert(json!({"id": 1})).await.unwrap();
     let first = next(&mut feed).await.unwrap().unwrap().cursor().unwrap();
     a.table("t").insert(json!({"id": 2})).await.unwrap();
-    // b followed the database since before the cursor: it resumes there.
-    b.sync().await.unwrap();
+    // b followed the database since before the cursor: it resumes there (catching up first:
+    // the cursor may be ahead of b's replica by a moment).
     let mut resumed = b.table("t").changes().resume_from(first).await.unwrap();
     let item = next(&mut resumed).await.unwrap().unwrap();
     assert_eq!(item.new_val().unwrap()["id"], 2);
@@ -136,11 +136,40 @@ async fn a_lost_replication_connection_ends_feeds_and_fails_writes() {
             other => panic!("the feed ended with {other:?}"),
         }
     }
-    // Writes fail (they could not be shown to this process) instead of hanging.
+    // The handle is over: writes (they could not be shown to this process) and reads (of a
+    // replica that no longer follows) fail instead of hanging or answering stale.
     let write = tokio::time::timeout(WAIT, a.table("t").insert(json!({"id": 1}))).await;
-    assert!(matches!(write, Ok(Err(Error::Storage { .. }))), "{write:?}");
+    assert!(matches!(write, Ok(Err(Error::Closed))), "{write:?}");
+    assert!(matches!(a.table("t").count().await, Err(Error::Closed)));
+    assert!(matches!(a.table("t").changes().await, Err(Error::Closed)));
     // Another process is unaffected, and sees the database as it is.
     let b = Database::connect(pg.url()).await.unwrap();
     b.table("t").insert(json!({"id": 2})).await.unwrap();
     assert_eq!(b.table("t").count().await.unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_that_change_nothing_are_decided_against_the_row_at_commit() {
+    let Some(pg) = database("writes_that_change_nothing_are_decided").await else {
+        return;
+    };
+    let a = Database::connect(pg.url()).await.unwrap();
+    a.create_table("t").await.unwrap();
+    let b = Database::connect(pg.url()).await.unwrap();
+    b.sync().await.unwrap();
+    // b writes; a, at once and without waiting to see it, writes the same row: a's replica
+    // may not have it yet, but the outcome must be the row's at commit.
+    for i in 0..100 {
+        b.table("t").insert(json!({"id": i, "n": 0})).await.unwrap();
+        let r = a.table("t").get(i).update(json!({"n": 1})).await.unwrap();
+        assert_eq!((r.replaced, r.skipped), (1, 0), "update of row {i}");
+        let r = b.table("t").get(i).delete().await.unwrap();
+        assert_eq!(r.deleted, 1);
+        let again = a.table("t").insert(json!({"id": i, "n": 2})).await.unwrap();
+        assert_eq!((again.inserted, again.errors), (1, 0), "insert of row {i}");
+        let r = b.table("t").get(i).delete().await.unwrap();
+        assert_eq!(r.deleted, 1, "b's delete of row {i}");
+    }
+    a.sync().await.unwrap();
+    assert_eq!(a.table("t").count().await.unwrap(), 0);
 }

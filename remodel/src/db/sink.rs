@@ -66,9 +66,13 @@ impl DbInner {
 
     /// Runs `f` under the commit lock with the last committed sequence number: no commit
     /// runs meanwhile, so what `f` reads and registers fits exactly between two commits.
-    /// Ends every feed with `why` (a backend that stopped following its database of record:
-    /// what the feeds would show next is unknown).
+    /// Ends every feed with `why` and closes the database (a backend that stopped following
+    /// its database of record: what the feeds would show next is unknown).
+    /// Later calls on any handle get [`Error::Closed`](crate::Error::Closed): its reads
+    /// would be of a replica that no longer follows.
     pub(crate) fn end_feeds(&self, why: &str) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
         if let Some(sink) = self.sink() {
             sink.closed(why);
         }

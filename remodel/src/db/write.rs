@@ -672,6 +672,18 @@ pub(crate) type ReplicatedChange = (
     Option<Arc<Value>>,
 );
 
+/// What a write staged for a backend: the keys it changes, and the keys it read and left
+/// as they were (skipped, unchanged or refused), each with its document as read, which the
+/// backend checks are still so at commit: a write's outcome is decided against the rows as
+/// they are at commit, also where it writes nothing.
+pub(crate) struct BackendStaging {
+    pub changes: Vec<StagedChange>,
+    pub checks: Vec<StagedCheck>,
+}
+
+/// A key a write read and left as it was: its table, key and document as read.
+pub(crate) type StagedCheck = (Arc<TableState>, Vec<u8>, Option<Arc<Value>>);
+
 /// A key a write staged for a backend: its table, key, document before (as this store has
 /// it) and after.
 pub(crate) type StagedChange = (
@@ -683,15 +695,15 @@ pub(crate) type StagedChange = (
 
 impl DbInner {
     /// For a backend: stages `ops` (one chunk) against this store under the commit lock, as
-    /// a local commit would, and returns the net changes in first-touch order without
-    /// writing them (the backend commits them; [`DbInner::apply_replicated`] writes them
+    /// a local commit would, and returns the net changes in first-touch order (and the keys
+    /// read but left as they were) without writing them (the backend commits them; [`DbInner::apply_replicated`] writes them
     /// here once they are committed).
     pub(crate) fn stage_for_backend(
         &self,
         ops: impl FnOnce() -> Result<Vec<(Arc<TableState>, WriteOp)>>,
         how: Commit,
         result: &mut WriteResult,
-    ) -> Result<Vec<StagedChange>> {
+    ) -> Result<BackendStaging> {
         super::check_not_in_patch()?;
         let _seq = self.lock_for_commit()?;
         let errors_before = result.errors;
@@ -705,12 +717,16 @@ impl DbInner {
                 .clone()
                 .unwrap_or_else(|| Error::query("a write of the batch failed")));
         }
-        Ok(staging
-            .order_by_first_touch()
-            .into_iter()
-            .filter(|(_, _, (old, new, rewritten))| !(same(old, new) || (*rewritten && old == new)))
-            .map(|(t, k, (old, new, _))| (t, k, old, new))
-            .collect())
+        let mut changes = Vec::new();
+        let mut checks = Vec::new();
+        for (t, k, (old, new, rewritten)) in staging.order_by_first_touch() {
+            if same(&old, &new) || (rewritten && old == new) {
+                checks.push((t, k, old));
+            } else {
+                changes.push((t, k, old, new));
+            }
+        }
+        Ok(BackendStaging { changes, checks })
     }
 
     /// Writes a commit of the database of record into this store and publishes it to the

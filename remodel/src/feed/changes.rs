@@ -350,6 +350,12 @@ impl IntoFuture for Changes {
     type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(async move {
+            // On a shared database, a cursor from another process may be ahead of this
+            // process's replica by a moment: catch up first (a cursor of another database is
+            // still refused below).
+            if self.resume.is_some() && self.query.db.backend().is_some() {
+                self.query.db.sync().await?;
+            }
             // Reading initial rows (or filling a top-N set) may read many rows: that runs on
             // a blocking thread, never on the async workers.
             let reads = self.opts.include_initial

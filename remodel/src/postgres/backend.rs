@@ -37,8 +37,8 @@
 use super::pump::{Pump, PumpConfig, PumpError, PumpHandle};
 use super::record::{encode_change, DdlRecord, Doc, DDL_PREFIX, SYNC_PREFIX};
 use super::schema::{self, docs_relation, lock_name};
-use crate::db::backend::{Backend, BoxFuture, Ddl, Job};
-use crate::db::write::{Commit, StagedChange, WriteOp};
+use crate::db::backend::{Backend, BoxFuture, Ddl, Job, SelectOps};
+use crate::db::write::{BackendStaging, Commit, WriteOp};
 use crate::db::{ChangeLogRetention, Config, Database, Durability, TableState, WriteResult};
 use crate::{Error, Result};
 use parking_lot::Mutex;
@@ -46,7 +46,7 @@ use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 use tokio_postgres::{Client, Statement};
 
@@ -54,10 +54,13 @@ use tokio_postgres::{Client, Statement};
 pub(super) const OP_BITS: u32 = 12;
 /// The most changes one commit holds on PostgreSQL.
 pub const MAX_COMMIT_CHANGES: usize = 1 << OP_BITS;
-/// How many times a write is staged again when the rows it read changed meanwhile.
-const MAX_RESTAGES: usize = 64;
-/// How many applied transaction ids are remembered for writers that ask after the fact.
+/// How many times a write is staged again when the rows it read changed meanwhile, before it
+/// takes its table's lock instead (then it cannot be overtaken).
+const RESTAGES_BEFORE_LOCKING: usize = 8;
+/// How many applied transaction ids are remembered for writers that ask after the fact, and
+/// for how long.
 const RECENT_XIDS: usize = 1 << 16;
+const RECENT_FOR: Duration = Duration::from_secs(10);
 /// How long a writer waits for its commit to be applied before it asks with a sync token.
 const APPLY_WAIT: Duration = Duration::from_secs(2);
 
@@ -175,7 +178,9 @@ fn is_restage(e: &tokio_postgres::Error) -> bool {
 #[derive(Default)]
 struct Applied {
     recent: HashSet<u32>,
-    order: VecDeque<u32>,
+    /// When each remembered id was applied: ids are 32-bit and wrap, so one is remembered
+    /// only for a while (a writer asks within moments of its commit).
+    order: VecDeque<(u32, Instant)>,
     xid_waiters: HashMap<u32, Vec<oneshot::Sender<()>>>,
     token_waiters: HashMap<Vec<u8>, oneshot::Sender<()>>,
     /// Why the replica stopped following the database (then nothing more is applied).
@@ -204,10 +209,19 @@ impl Applied {
     }
 }
 
+/// A row of a commit: table, key, document staged against, new document, written (or only
+/// checked).
+type CommitRow<'a> = (
+    &'a Arc<TableState>,
+    &'a [u8],
+    Option<String>,
+    Option<String>,
+    bool,
+);
+
 /// One connection for commits, with its prepared statements.
 struct Conn {
     client: Client,
-    commit: Statement,
     /// Per table: its prepared single-table commit ([`schema::single_table_commit_sql`]).
     single: Mutex<HashMap<String, Statement>>,
 }
@@ -248,16 +262,8 @@ impl PgBackend {
         let mut conns = Vec::new();
         for _ in 0..options.connections {
             let client = super::connect(&config).await.map_err(|e| pg_error(&e))?;
-            let commit = client
-                .prepare(&format!(
-                    "SELECT {}.commit($1::text[], $2::bytea[], $3::text[], $4::text[], $5::bytea[], $6)",
-                    schema::ident(&options.schema)
-                ))
-                .await
-                .map_err(|e| pg_error(&e))?;
             conns.push(Conn {
                 client,
-                commit,
                 single: Mutex::default(),
             });
         }
@@ -353,7 +359,21 @@ impl PgBackend {
             Ok(Err(_)) => Err(self.failed().unwrap_or(Error::Closed)),
             // Not seen in time (remembered ids are few, the writer slow): a sync token is
             // exact, whatever happened to this id.
-            Err(_) => self.sync_now().await,
+            Err(_) => {
+                self.forget_closed_waiters(xid);
+                self.sync_now().await
+            }
+        }
+    }
+
+    /// Drops the waiters of `xid` that stopped waiting.
+    fn forget_closed_waiters(&self, xid: u32) {
+        let mut a = self.applied.lock();
+        if let Some(waiters) = a.xid_waiters.get_mut(&xid) {
+            waiters.retain(|w| !w.is_closed());
+            if waiters.is_empty() {
+                a.xid_waiters.remove(&xid);
+            }
         }
     }
 
@@ -385,27 +405,30 @@ impl PgBackend {
         rx.await.map_err(|_| self.failed().unwrap_or(Error::Closed))
     }
 
-    /// Commits staged changes with the commit function on `client` (an open transaction
-    /// or a connection in autocommit). `Ok(None)`: a row changed since it was staged.
+    /// Commits staged changes on `client` (an open transaction or a connection in
+    /// autocommit): with the prepared single-table statement of `single` when the changes are
+    /// of one table (the keys in `checks` are then checked too), else with the commit
+    /// function. `Ok(None)`: a row is not what it was staged against; `Ok(Some(0))`: nothing
+    /// to write, and every checked row as it was.
     async fn commit_staged(
         &self,
         client: &impl tokio_postgres::GenericClient,
         single: Option<&Conn>,
-        statement: Option<&Statement>,
-        staged: &[StagedChange],
+        staged: &BackendStaging,
         hard: bool,
     ) -> Result<Option<i64>> {
-        if staged.len() > MAX_COMMIT_CHANGES {
+        let changes = &staged.changes;
+        if changes.len() > MAX_COMMIT_CHANGES {
             return Err(Error::TooLarge {
                 what: "changes in one commit on PostgreSQL".into(),
-                size: staged.len(),
+                size: changes.len(),
                 limit: MAX_COMMIT_CHANGES,
             });
         }
         let text = |d: &Option<Arc<Value>>| d.as_deref().map(serde_json::to_string).transpose();
-        let mut rows = Vec::with_capacity(staged.len());
-        let mut msgs = Vec::with_capacity(staged.len());
-        for (table, key, old, new) in staged {
+        let mut rows = Vec::with_capacity(changes.len() + staged.checks.len());
+        let mut msgs = Vec::with_capacity(changes.len());
+        for (table, key, old, new) in changes {
             let (old, new) = (text(old)?, text(new)?);
             let mut body = Vec::new();
             encode_change(
@@ -416,63 +439,95 @@ impl PgBackend {
                 new.as_deref().map(|s| Doc::Json(s.as_bytes())),
             );
             msgs.push(body);
-            rows.push((schema::relation_name(&table.name), key.as_slice(), old, new));
+            rows.push((table, key.as_slice(), old, new, true));
         }
+        let first = changes
+            .first()
+            .map(|c| &c.0)
+            .or(staged.checks.first().map(|c| &c.0));
+        let Some(table) = first.map(|t| t.name.clone()) else {
+            return Ok(Some(0));
+        };
+        let one_table = rows.iter().all(|r| r.0.name == table)
+            && staged.checks.iter().all(|c| c.0.name == table);
+        if let (Some(conn), true) = (single, one_table) {
+            for (t, key, old) in &staged.checks {
+                let old = text(old)?;
+                rows.push((t, key.as_slice(), old.clone(), old, false));
+            }
+            rows.sort_by(|a, b| a.1.cmp(b.1));
+            return self
+                .commit_one_table(conn, &table, &rows, &msgs, hard)
+                .await;
+        }
+        if changes.is_empty() {
+            return Ok(Some(0));
+        }
+        let mut rows: Vec<_> = rows
+            .into_iter()
+            .map(|(t, k, old, new, _)| (schema::relation_name(&t.name), k, old, new))
+            .collect();
         rows.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
         let tbls: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
         let keys: Vec<&[u8]> = rows.iter().map(|r| r.1).collect();
         let olds: Vec<Option<&str>> = rows.iter().map(|r| r.2.as_deref()).collect();
         let news: Vec<Option<&str>> = rows.iter().map(|r| r.3.as_deref()).collect();
         let soft = !hard;
-        let table = &staged[0].0.name;
-        if let (Some(conn), true) = (single, staged.iter().all(|s| &s.0.name == table)) {
-            let lock = lock_name(&self.schema, table);
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
-                [&keys, &olds, &news, &msgs, &soft, &lock];
-            let cached = conn.single.lock().get(table).cloned();
-            let statement = match cached {
-                Some(s) => s,
-                None => {
-                    let sql = schema::single_table_commit_sql(&self.schema, table);
-                    let s = conn.client.prepare(&sql).await;
-                    let s = s.map_err(|e| commit_error(&e, table))?;
-                    conn.single.lock().insert(table.clone(), s.clone());
-                    s
-                }
-            };
-            let row = conn.client.query_one(&statement, &params).await;
-            return match row {
-                Ok(row) => {
-                    let xid: i64 = row.get(0);
-                    Ok((xid >= 0).then_some(xid))
-                }
-                Err(e) if is_restage(&e) => Ok(None),
-                Err(e) => {
-                    // A table dropped and made again: prepare anew next time.
-                    conn.single.lock().remove(table);
-                    Err(commit_error(&e, table))
-                }
-            };
-        }
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
             [&tbls, &keys, &olds, &news, &msgs, &soft];
-        let row = match statement {
-            Some(s) => client.query_one(s, &params).await,
-            None => {
-                let sql = format!(
-                    "SELECT {}.commit($1::text[], $2::bytea[], $3::text[], $4::text[], $5::bytea[], $6)",
-                    schema::ident(&self.schema)
-                );
-                client.query_one(sql.as_str(), &params).await
-            }
-        };
-        match row {
+        let sql = format!(
+            "SELECT {}.commit($1::text[], $2::bytea[], $3::text[], $4::text[], $5::bytea[], $6)",
+            schema::ident(&self.schema)
+        );
+        match client.query_one(sql.as_str(), &params).await {
             Ok(row) => {
                 let xid: i64 = row.get(0);
                 Ok((xid >= 0).then_some(xid))
             }
             Err(e) if is_restage(&e) => Ok(None),
-            Err(e) => Err(commit_error(&e, table)),
+            Err(e) => Err(commit_error(&e, &table)),
+        }
+    }
+
+    /// [`PgBackend::commit_staged`] of one table's rows (sorted by key), with the statement
+    /// `conn` prepared for the table.
+    async fn commit_one_table(
+        &self,
+        conn: &Conn,
+        table: &str,
+        rows: &[CommitRow<'_>],
+        msgs: &[Vec<u8>],
+        hard: bool,
+    ) -> Result<Option<i64>> {
+        let keys: Vec<&[u8]> = rows.iter().map(|r| r.1).collect();
+        let olds: Vec<Option<&str>> = rows.iter().map(|r| r.2.as_deref()).collect();
+        let news: Vec<Option<&str>> = rows.iter().map(|r| r.3.as_deref()).collect();
+        let writes: Vec<bool> = rows.iter().map(|r| r.4).collect();
+        let (soft, lock) = (!hard, lock_name(&self.schema, table));
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
+            [&keys, &olds, &news, &msgs, &soft, &lock, &writes];
+        let cached = conn.single.lock().get(table).cloned();
+        let statement = match cached {
+            Some(s) => s,
+            None => {
+                let sql = schema::single_table_commit_sql(&self.schema, table);
+                let s = conn.client.prepare(&sql).await;
+                let s = s.map_err(|e| commit_error(&e, table))?;
+                conn.single.lock().insert(table.to_string(), s.clone());
+                s
+            }
+        };
+        match conn.client.query_one(&statement, &params).await {
+            Ok(row) => {
+                let xid: i64 = row.get(0);
+                Ok((xid >= 0).then_some(xid))
+            }
+            Err(e) if is_restage(&e) => Ok(None),
+            Err(e) => {
+                // A table dropped and made again: prepare anew next time.
+                conn.single.lock().remove(table);
+                Err(commit_error(&e, table))
+            }
         }
     }
 
@@ -494,38 +549,34 @@ impl PgBackend {
                 if let Some(e) = self.failed() {
                     return Err(e);
                 }
+                if restages == RESTAGES_BEFORE_LOCKING {
+                    // A hot row: take the table's lock, as writes that select rows do, and
+                    // commit against the caught-up replica (no one else writes meanwhile).
+                    let (t, ops) = (table.clone(), chunk.clone());
+                    let select: SelectOps =
+                        Box::new(move || Ok(ops.into_iter().map(|op| (t.clone(), op)).collect()));
+                    let tables = vec![table.name.clone()];
+                    break self.commit_locked(db, tables, select, how).await?;
+                }
                 let mut result = WriteResult::default();
                 let ops = chunk.iter().map(|op| (table.clone(), op.clone())).collect();
                 let staged = db.inner.stage_for_backend(|| Ok(ops), how, &mut result)?;
-                if staged.is_empty() {
-                    break result;
-                }
                 let conn = self.conn();
                 match self
-                    .commit_staged(
-                        &conn.client,
-                        Some(conn),
-                        Some(&conn.commit),
-                        &staged,
-                        how.hard,
-                    )
+                    .commit_staged(&conn.client, Some(conn), &staged, how.hard)
                     .await?
                 {
                     Some(xid) => {
-                        self.commits.fetch_add(1, Ordering::Relaxed);
-                        self.wait_applied(xid).await?;
+                        if xid > 0 {
+                            self.commits.fetch_add(1, Ordering::Relaxed);
+                            self.wait_applied(xid).await?;
+                        }
                         break result;
                     }
-                    None if restages < MAX_RESTAGES => {
+                    None => {
                         restages += 1;
                         self.restaged.fetch_add(1, Ordering::Relaxed);
                         self.sync_now().await?;
-                    }
-                    None => {
-                        return Err(Error::storage(format!(
-                            "a write to `{}` found its rows changed {MAX_RESTAGES} times in a row",
-                            table.name
-                        )))
                     }
                 }
             };
@@ -542,7 +593,7 @@ impl PgBackend {
         &self,
         db: &Database,
         tables: Vec<String>,
-        select: crate::db::backend::SelectOps,
+        select: SelectOps,
         how: Commit,
     ) -> Result<WriteResult> {
         db.check_open()?;
@@ -551,7 +602,11 @@ impl PgBackend {
             .get()
             .await
             .map_err(|e| Error::storage(format!("postgresql pool: {e}")))?;
-        let client: &Client = &conn;
+        // Until the locks are let go below, a cancelled write (its future dropped) closes
+        // this connection instead of returning it to the pool: its session, and every lock
+        // it holds or waits for, ends with it.
+        let mut held = LockedConnection(Some(conn));
+        let client: &Client = held.0.as_ref().expect("held");
         let mut locked = Ok(());
         for t in &tables {
             let lock = client
@@ -569,10 +624,12 @@ impl PgBackend {
             Ok(()) => self.commit_selected(db, client, select, how).await,
             Err(e) => Err(e),
         };
-        // Also when the job is cancelled: the pool runs the same (recycling method Clean).
         let unlocked = client
             .batch_execute("SELECT pg_advisory_unlock_all()")
             .await;
+        if unlocked.is_ok() {
+            held.0.take(); // back to the pool, unlocked
+        }
         let result = result?;
         unlocked.map_err(|e| pg_error(&e))?;
         Ok(result)
@@ -582,13 +639,16 @@ impl PgBackend {
         &self,
         db: &Database,
         client: &Client,
-        select: crate::db::backend::SelectOps,
+        select: SelectOps,
         how: Commit,
     ) -> Result<WriteResult> {
         // Every commit to these tables before the locks is in the replica after this.
         self.sync_now().await?;
         let mut result = WriteResult::default();
-        let staged = db.inner.stage_for_backend(select, how, &mut result)?;
+        let staged = db
+            .inner
+            .stage_for_backend(select, how, &mut result)?
+            .changes;
         if how.all_or_nothing && staged.len() > MAX_COMMIT_CHANGES {
             return Err(Error::TooLarge {
                 what: "changes in one atomic commit on PostgreSQL".into(),
@@ -598,10 +658,12 @@ impl PgBackend {
         }
         let mut last = None;
         for chunk in staged.chunks(MAX_COMMIT_CHANGES) {
-            let Some(xid) = self
-                .commit_staged(client, None, None, chunk, how.hard)
-                .await?
-            else {
+            // Under the tables' locks, against the caught-up replica: nothing to check.
+            let chunk = BackendStaging {
+                changes: chunk.to_vec(),
+                checks: Vec::new(),
+            };
+            let Some(xid) = self.commit_staged(client, None, &chunk, how.hard).await? else {
                 return Err(Error::storage(
                     "a row of a locked table changed under its lock: a write made outside Remodel?",
                 ));
@@ -615,7 +677,22 @@ impl PgBackend {
         Ok(result)
     }
 
+    /// Runs DDL, again when PostgreSQL picked it as a deadlock's victim (a drop waits for
+    /// the writes to its table, which take the table's relation lock before its advisory
+    /// lock: the other order).
     async fn run_ddl(&self, ddl: Ddl) -> Result<()> {
+        let mut tries = 0;
+        loop {
+            match self.run_ddl_once(ddl.clone()).await {
+                Err(Error::Storage { message, .. }) if message.contains("40P01") && tries < 5 => {
+                    tries += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn run_ddl_once(&self, ddl: Ddl) -> Result<()> {
         let mut conn = self
             .pool
             .get()
@@ -760,6 +837,18 @@ fn ddl_table(ddl: &Ddl) -> &String {
     }
 }
 
+/// A pooled connection that may hold session advisory locks: dropped while it still holds
+/// one, it is closed rather than returned to the pool.
+struct LockedConnection(Option<deadpool_postgres::Object>);
+
+impl Drop for LockedConnection {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            drop(deadpool_postgres::Object::take(conn));
+        }
+    }
+}
+
 /// Adds what `more` did to `total`.
 fn merge(total: &mut WriteResult, more: WriteResult) {
     total.inserted += more.inserted;
@@ -878,13 +967,16 @@ impl PgBackend {
     /// The pump applied the transaction `xid` (with these sync tokens).
     pub(super) fn applied(&self, xid: u32, tokens: Vec<Vec<u8>>) {
         let mut a = self.applied.lock();
+        let now = Instant::now();
         if a.recent.insert(xid) {
-            a.order.push_back(xid);
-            if a.order.len() > RECENT_XIDS {
-                if let Some(old) = a.order.pop_front() {
-                    a.recent.remove(&old);
-                }
+            a.order.push_back((xid, now));
+        }
+        while let Some(&(old, at)) = a.order.front() {
+            if a.order.len() <= RECENT_XIDS && now.duration_since(at) < RECENT_FOR {
+                break;
             }
+            a.order.pop_front();
+            a.recent.remove(&old);
         }
         if let Some(waiters) = a.xid_waiters.remove(&xid) {
             waiters.into_iter().for_each(|w| {

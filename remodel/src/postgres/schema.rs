@@ -138,8 +138,10 @@ $fn$;
 /// that each connection prepares once per table (no PL/pgSQL, no SQL planned per commit).
 /// Parameters: `$1` keys, `$2` the documents as staged against (JSON text, NULL: absent),
 /// `$3` the new documents (NULL: deleted), `$4` the change records in commit order, `$5`
-/// soft (asynchronous commit), `$6` the table's advisory lock name ([`lock_name`]). Returns
-/// the transaction id, or -1 (nothing written) when a row is not what was staged against.
+/// soft (asynchronous commit), `$6` the table's advisory lock name ([`lock_name`]), `$7`
+/// whether each row is written (false: only checked, a key the write read and left as it
+/// was). Returns the transaction id (0 when nothing is written), or -1 (nothing written)
+/// when a row is not what was staged against.
 ///
 /// One snapshot serves the statement: the rows are locked `FOR UPDATE` (which reads their
 /// newest committed version), compared, and every write is conditional on no row differing.
@@ -150,24 +152,28 @@ pub(crate) fn single_table_commit_sql(schema: &str, table: &str) -> String {
     format!(
         "WITH lk AS (SELECT pg_advisory_xact_lock_shared(hashtextextended($6::text, 0)) AS l),
          cfg AS (SELECT CASE WHEN $5::bool THEN set_config('synchronous_commit', 'off', true) END AS c),
-         input AS (SELECT u.k, u.old, u.new FROM unnest($1::bytea[], $2::text[], $3::text[]) AS u(k, old, new)),
+         input AS (SELECT u.k, u.old, u.new, u.w
+                   FROM unnest($1::bytea[], $2::text[], $3::text[], $7::bool[]) AS u(k, old, new, w)),
          locked AS (SELECT d.k, d.doc::text AS cur FROM {rel} d
                     WHERE d.k = ANY($1::bytea[]) AND (SELECT count(*) FROM lk) = 1
                     ORDER BY d.k FOR UPDATE),
          bad AS (SELECT count(*) AS n FROM input i LEFT JOIN locked l ON l.k = i.k
                  WHERE l.cur IS DISTINCT FROM i.old),
          del AS (DELETE FROM {rel} d USING input i
-                 WHERE (SELECT n FROM bad) = 0 AND i.new IS NULL AND d.k = i.k RETURNING 1),
+                 WHERE (SELECT n FROM bad) = 0 AND i.w AND i.new IS NULL AND d.k = i.k RETURNING 1),
          upd AS (UPDATE {rel} d SET doc = i.new::json FROM input i
-                 WHERE (SELECT n FROM bad) = 0 AND i.old IS NOT NULL AND i.new IS NOT NULL
+                 WHERE (SELECT n FROM bad) = 0 AND i.w AND i.old IS NOT NULL AND i.new IS NOT NULL
                    AND d.k = i.k RETURNING 1),
          ins AS (INSERT INTO {rel} (k, doc) SELECT i.k, i.new::json FROM input i
-                 WHERE (SELECT n FROM bad) = 0 AND i.old IS NULL AND i.new IS NOT NULL RETURNING 1),
+                 WHERE (SELECT n FROM bad) = 0 AND i.w AND i.old IS NULL AND i.new IS NOT NULL
+                 RETURNING 1),
          msg AS (SELECT count(*) AS n FROM (
                    SELECT pg_logical_emit_message(true, 'remodel.v1', u.m)
                    FROM unnest($4::bytea[]) WITH ORDINALITY AS u(m, o)
                    WHERE (SELECT n FROM bad) = 0 ORDER BY u.o) AS e)
-         SELECT CASE WHEN (SELECT n FROM bad) = 0 THEN pg_current_xact_id()::text::bigint ELSE -1 END,
+         SELECT CASE WHEN (SELECT n FROM bad) > 0 THEN -1
+                     WHEN cardinality($4::bytea[]) = 0 THEN 0
+                     ELSE pg_current_xact_id()::text::bigint END,
                 (SELECT n FROM msg), (SELECT count(*) FROM cfg),
                 (SELECT count(*) FROM del) + (SELECT count(*) FROM upd) + (SELECT count(*) FROM ins)"
     )
