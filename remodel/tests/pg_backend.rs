@@ -173,3 +173,45 @@ async fn writes_that_change_nothing_are_decided_against_the_row_at_commit() {
     a.sync().await.unwrap();
     assert_eq!(a.table("t").count().await.unwrap(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_commit_connections_are_replaced() {
+    let Some(pg) = database("lost_commit_connections_are_replaced").await else {
+        return;
+    };
+    let a = Database::connect(pg.url()).await.unwrap();
+    a.create_table("t").await.unwrap();
+    a.table("t").insert(json!({"id": 0})).await.unwrap();
+    let admin = pg.connect().await.unwrap();
+    // Every connection of the database but this one and the replication connection.
+    let killed = admin
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND backend_type = 'client backend' \
+               AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(killed.len() >= 2, "{} connections", killed.len());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A write may meet a connection as it dies (an error, never a wrong answer); each
+    // connection is replaced once found closed, and the writes go on.
+    let mut done = 0;
+    for i in 1..=20 {
+        match a.table("t").insert(json!({"id": i})).await {
+            Ok(r) => done += r.inserted,
+            Err(Error::Storage { .. }) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(
+        done >= 15,
+        "only {done} of 20 writes after the connections were lost"
+    );
+    a.sync().await.unwrap();
+    assert_eq!(a.table("t").count().await.unwrap(), done + 1);
+    let mut feed = a.table("t").changes().await.unwrap();
+    a.table("t").insert(json!({"id": 100})).await.unwrap();
+    assert!(next(&mut feed).await.unwrap().is_ok());
+}

@@ -228,10 +228,14 @@ struct Conn {
 
 pub(crate) struct PgBackend {
     schema: String,
-    conns: Vec<Conn>,
+    /// Replaced by a new connection when one is found closed (a server restart, an idle
+    /// timeout, a proxy): writes pipeline on these.
+    conns: Vec<Mutex<Arc<Conn>>>,
+    /// For new connections.
+    config: tokio_postgres::Config,
     /// Sync tokens only: never behind a statement that waits for a lock (a write waiting
     /// for a table's lock must not hold up the sync its holder waits for).
-    sync_client: Client,
+    sync_client: Mutex<Arc<Client>>,
     next: AtomicUsize,
     pool: deadpool_postgres::Pool,
     applied: Mutex<Applied>,
@@ -262,10 +266,10 @@ impl PgBackend {
         let mut conns = Vec::new();
         for _ in 0..options.connections {
             let client = super::connect(&config).await.map_err(|e| pg_error(&e))?;
-            conns.push(Conn {
+            conns.push(Mutex::new(Arc::new(Conn {
                 client,
                 single: Mutex::default(),
-            });
+            })));
         }
         // `Clean` recycling ends a returned connection's session state, advisory locks
         // included: a write cancelled while holding them does not keep them.
@@ -309,7 +313,8 @@ impl PgBackend {
         let backend = Arc::new(PgBackend {
             schema: options.schema,
             conns,
-            sync_client,
+            sync_client: Mutex::new(Arc::new(sync_client)),
+            config: config.clone(),
             next: AtomicUsize::new(0),
             pool,
             applied: Mutex::default(),
@@ -330,9 +335,37 @@ impl PgBackend {
         Ok(db)
     }
 
-    fn conn(&self) -> &Conn {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
-        &self.conns[i]
+    /// A connection for a commit (round robin); a closed one is replaced first.
+    async fn conn(&self) -> Result<Arc<Conn>> {
+        let slot = &self.conns[self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len()];
+        let conn = slot.lock().clone();
+        if !conn.client.is_closed() {
+            return Ok(conn);
+        }
+        let client = super::connect(&self.config)
+            .await
+            .map_err(|e| pg_error(&e))?;
+        let fresh = Arc::new(Conn {
+            client,
+            single: Mutex::default(),
+        });
+        *slot.lock() = fresh.clone();
+        Ok(fresh)
+    }
+
+    /// The connection for sync tokens; a closed one is replaced first.
+    async fn sync_client(&self) -> Result<Arc<Client>> {
+        let client = self.sync_client.lock().clone();
+        if !client.is_closed() {
+            return Ok(client);
+        }
+        let fresh = Arc::new(
+            super::connect(&self.config)
+                .await
+                .map_err(|e| pg_error(&e))?,
+        );
+        *self.sync_client.lock() = fresh.clone();
+        Ok(fresh)
     }
 
     fn failed(&self) -> Option<Error> {
@@ -380,6 +413,7 @@ impl PgBackend {
     /// Writes a sync token in a transaction of its own and waits for the pump to apply it:
     /// then every commit before it is applied.
     async fn sync_now(&self) -> Result<()> {
+        let client = self.sync_client().await?;
         let mut token = self.token_prefix.to_vec();
         token.extend_from_slice(&self.tokens.fetch_add(1, Ordering::Relaxed).to_be_bytes());
         let rx = {
@@ -391,8 +425,7 @@ impl PgBackend {
             a.token_waiters.insert(token.clone(), tx);
             rx
         };
-        let sent = self
-            .sync_client
+        let sent = client
             .execute(
                 "SELECT pg_logical_emit_message(true, $1::text, $2::bytea)",
                 &[&SYNC_PREFIX, &token],
@@ -561,9 +594,9 @@ impl PgBackend {
                 let mut result = WriteResult::default();
                 let ops = chunk.iter().map(|op| (table.clone(), op.clone())).collect();
                 let staged = db.inner.stage_for_backend(|| Ok(ops), how, &mut result)?;
-                let conn = self.conn();
+                let conn = self.conn().await?;
                 match self
-                    .commit_staged(&conn.client, Some(conn), &staged, how.hard)
+                    .commit_staged(&conn.client, Some(&conn), &staged, how.hard)
                     .await?
                 {
                     Some(xid) => {
