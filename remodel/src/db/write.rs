@@ -442,18 +442,7 @@ impl DbInner {
         seq: &mut u64,
         wakes: &mut Vec<std::task::Waker>,
     ) -> Result<()> {
-        let errors_before = result.errors;
-        let mut staging = Staging::default();
-        for (table, op) in ops {
-            self.stage(&mut staging, table, op, how, result)?;
-        }
-        if how.all_or_nothing && result.errors > errors_before {
-            // Nothing was written: the whole chunk fails with its first error.
-            return Err(result
-                .first_error
-                .clone()
-                .unwrap_or_else(|| Error::query("a write of the batch failed")));
-        }
+        let staging = self.stage_all(ops, how, result)?;
         let commit_first = *seq + 1;
         let (batch, record, committed) = self.number(staging.order_by_first_touch(), seq)?;
         if committed.iter().all(|(_, c)| c.is_empty()) {
@@ -477,6 +466,28 @@ impl DbInner {
             }
         }
         Ok(())
+    }
+
+    /// Stages a chunk's writes in order; an all-or-nothing chunk with a refused write fails
+    /// whole with its first error (nothing is written).
+    fn stage_all(
+        &self,
+        ops: Vec<(Arc<TableState>, WriteOp)>,
+        how: Commit,
+        result: &mut WriteResult,
+    ) -> Result<Staging> {
+        let errors_before = result.errors;
+        let mut staging = Staging::default();
+        for (table, op) in ops {
+            self.stage(&mut staging, table, op, how, result)?;
+        }
+        if how.all_or_nothing && result.errors > errors_before {
+            return Err(result
+                .first_error
+                .clone()
+                .unwrap_or_else(|| Error::query("a write of the batch failed")));
+        }
+        Ok(staging)
     }
 
     /// Stages one write against the key's current document (as stored, or as staged by an
@@ -706,17 +717,7 @@ impl DbInner {
     ) -> Result<BackendStaging> {
         super::check_not_in_patch()?;
         let _seq = self.lock_for_commit()?;
-        let errors_before = result.errors;
-        let mut staging = Staging::default();
-        for (table, op) in ops()? {
-            self.stage(&mut staging, table, op, how, result)?;
-        }
-        if how.all_or_nothing && result.errors > errors_before {
-            return Err(result
-                .first_error
-                .clone()
-                .unwrap_or_else(|| Error::query("a write of the batch failed")));
-        }
+        let staging = self.stage_all(ops()?, how, result)?;
         let mut changes = Vec::new();
         let mut checks = Vec::new();
         for (t, k, (old, new, rewritten)) in staging.order_by_first_touch() {
