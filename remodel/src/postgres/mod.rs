@@ -1,19 +1,25 @@
-//! The PostgreSQL backend's groundwork (cargo feature `postgres`): how Remodel's changes
-//! travel through a shared PostgreSQL database to every app process.
+//! The PostgreSQL backend (cargo feature `postgres`): the same tables, queries, feeds and
+//! models on a shared PostgreSQL database, with every app process's feeds seeing every
+//! process's commits in one order. Start with [`Database::connect`](crate::Database::connect)
+//! or [`Connect`]; [`backend`] says how it works.
 //!
-//! The design (`scale-out.md` §5): every write made through Remodel is one PostgreSQL
-//! transaction that writes the rows and, in the same transaction, one transactional logical
-//! message per change ([`record`], emitted with [`writer`]). Each app process runs a
-//! [`pump`]: a temporary logical replication slot on its own replication connection, which
-//! PostgreSQL feeds with the messages of every committed transaction, whole, in commit order,
-//! identical in every process; rolled-back transactions never arrive. A transaction's
-//! position is its commit [`Lsn`].
+//! Every write made through Remodel is one PostgreSQL transaction that writes the rows and,
+//! in the same transaction, one transactional logical message per change ([`record`]). Each
+//! app process runs a [`pump`]: a temporary logical replication slot on its own replication
+//! connection, which PostgreSQL feeds with the messages of every committed transaction,
+//! whole, in commit order, identical in every process; rolled-back transactions never
+//! arrive. The pump applies each one to the process's replica, which its reads and feeds
+//! use. A transaction's position is its commit [`Lsn`].
 //!
-//! - [`record`]: the binary records (`remodel.v1` changes, `remodel.ddl.v1` DDL) and their
-//!   decoder, which returns typed errors on damage and never panics.
+//! - [`backend`]: [`Connect`], the backend (writes, DDL, sync) and its design.
+//! - `replica` (private): loading a process's replica, and following the database.
+//! - `schema` (private): what Remodel keeps in PostgreSQL, and the commit statement.
+//! - [`record`]: the binary records (`remodel.v1` changes, `remodel.ddl.v1` DDL, sync
+//!   tokens) and their decoder, which returns typed errors on damage and never panics.
 //! - [`pump`]: [`Pump`], the per-process stream of [`CommitBatch`]es.
-//! - [`writer`]: emitting records in the writer's transaction, the publication.
-//! - [`cluster`]: [`TestCluster`], a throwaway PostgreSQL server for tests and benchmarks.
+//! - [`writer`]: emitting records in a transaction of one's own, the publication.
+//! - [`cluster`]: [`TestCluster`], a throwaway PostgreSQL server for tests and benchmarks,
+//!   and [`suite_database`] for the suites parameterised by backend.
 //!
 //! Requires PostgreSQL 15 or newer (transactional messages over `pgoutput`, and transactions
 //! with no message are not sent at all), with `wal_level = logical` and a free replication
