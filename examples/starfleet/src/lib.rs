@@ -92,16 +92,17 @@ pub async fn open_database(data_dir: Option<&Path>) -> remodel::Result<Database>
 /// one database: each one's live pages show every instance's changes), creates the tables
 /// and indexes of the models, and loads the three crews if this database never had them.
 pub async fn open_postgres(url: &str) -> remodel::Result<Database> {
-    let db = Database::connect(url).await?;
-    remodel::model::create_schema(&db).await?;
-    seed::seed_once(&db).await?;
-    Ok(db)
+    prepare(Database::connect(url).await?).await
 }
 
 /// [`open_database`] with a configuration of your own (without a change log, reconnecting
 /// pages reload their state instead of resuming).
 pub async fn open_with(config: Config) -> remodel::Result<Database> {
-    let db = config.open().await?;
+    prepare(config.open().await?).await
+}
+
+/// The models' tables and indexes, and the three crews if this database never had them.
+async fn prepare(db: Database) -> remodel::Result<Database> {
     remodel::model::create_schema(&db).await?;
     seed::seed_once(&db).await?;
     Ok(db)

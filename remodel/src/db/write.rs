@@ -452,10 +452,25 @@ impl DbInner {
             // Once per `SEQ_BLOCK` numbers: the next ones are made durable before use.
             self.reserve_seq(*seq)?;
         }
-        self.persist(&batch, record, &committed, commit_first, *seq)?;
-        // Feeds show this commit at once (soft) or once it is on disk (hard).
-        self.visibility.committed(*seq, how.hard);
-        for (table, changes) in &committed {
+        let numbers = (commit_first, *seq);
+        self.persist_and_publish(&batch, record, &committed, numbers, how.hard, wakes)
+    }
+
+    /// The tail of every commit, local or replicated: makes a numbered commit (changes
+    /// `numbers.0..=numbers.1`) durable, then hands it to the feeds, which show it at once
+    /// (soft) or once it is on disk (hard).
+    fn persist_and_publish(
+        &self,
+        batch: &WriteBatch,
+        record: Option<Record>,
+        committed: &[(Arc<TableState>, Vec<Committed>)],
+        (first, last): (u64, u64),
+        hard: bool,
+        wakes: &mut Vec<std::task::Waker>,
+    ) -> Result<()> {
+        self.persist(batch, record, committed, first, last)?;
+        self.visibility.committed(last, hard);
+        for (table, changes) in committed {
             if !changes.is_empty() {
                 table
                     .writes
@@ -767,19 +782,8 @@ impl DbInner {
             *seq = first - 1;
             let (batch, record, committed) = self.number(staged, &mut seq)?;
             if !committed.iter().all(|(_, c)| c.is_empty()) {
-                self.persist(&batch, record, &committed, first, *seq)?;
-                self.visibility.committed(*seq, false);
-                for (table, changes) in &committed {
-                    if changes.is_empty() {
-                        continue;
-                    }
-                    table
-                        .writes
-                        .fetch_add(changes.len() as u64, Ordering::Relaxed);
-                    if let Some(sink) = self.sink().filter(|s| !s.is_idle()) {
-                        sink.publish(table, changes, &mut wakes);
-                    }
-                }
+                let numbers = (first, *seq);
+                self.persist_and_publish(&batch, record, &committed, numbers, false, &mut wakes)?;
             }
         }
         wakes.drain(..).for_each(std::task::Waker::wake);

@@ -717,21 +717,20 @@ impl PgBackend {
         let mut tries = 0;
         loop {
             match self.run_ddl_once(ddl.clone()).await {
-                Err(Error::Storage { message, .. }) if message.contains("40P01") && tries < 5 => {
-                    tries += 1;
-                }
-                other => return other,
+                Ok(()) => return Ok(()),
+                Err(DdlFailure::Deadlock(_)) if tries < 5 => tries += 1,
+                Err(DdlFailure::Deadlock(e) | DdlFailure::Error(e)) => return Err(e),
             }
         }
     }
 
-    async fn run_ddl_once(&self, ddl: Ddl) -> Result<()> {
+    async fn run_ddl_once(&self, ddl: Ddl) -> std::result::Result<(), DdlFailure> {
         let mut conn = self
             .pool
             .get()
             .await
             .map_err(|e| Error::storage(format!("postgresql pool: {e}")))?;
-        let tx = conn.transaction().await.map_err(|e| pg_error(&e))?;
+        let tx = conn.transaction().await.map_err(DdlFailure::of)?;
         let (table, record) = match &ddl {
             Ddl::CreateTable { table, primary_key } => (
                 table,
@@ -767,7 +766,7 @@ impl PgBackend {
             &[&lock_name(&self.schema, table)],
         )
         .await
-        .map_err(|e| pg_error(&e))?;
+        .map_err(DdlFailure::of)?;
         self.change_catalog(&tx, &ddl).await?;
         let row = tx
             .query_one(
@@ -775,14 +774,18 @@ impl PgBackend {
                 &[&DDL_PREFIX, &record.encode()],
             )
             .await
-            .map_err(|e| pg_error(&e))?;
+            .map_err(DdlFailure::of)?;
         let xid: i64 = row.get(1);
-        tx.commit().await.map_err(|e| pg_error(&e))?;
-        self.wait_applied(xid).await
+        tx.commit().await.map_err(DdlFailure::of)?;
+        Ok(self.wait_applied(xid).await?)
     }
 
     /// The catalog and relation changes of `ddl`, in its transaction (the table's lock held).
-    async fn change_catalog(&self, tx: &tokio_postgres::Transaction<'_>, ddl: &Ddl) -> Result<()> {
+    async fn change_catalog(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        ddl: &Ddl,
+    ) -> std::result::Result<(), DdlFailure> {
         let table = ddl_table(ddl);
         let catalog = format!("{}.catalog", schema::ident(&self.schema));
         let rel = docs_relation(&self.schema, table);
@@ -797,30 +800,30 @@ impl PgBackend {
                         &[table, primary_key],
                     )
                     .await
-                    .map_err(|e| pg_error(&e))?;
+                    .map_err(DdlFailure::of)?;
                 if n == 0 {
-                    return Err(Error::TableExists(table.clone()));
+                    return Err(Error::TableExists(table.clone()).into());
                 }
                 tx.batch_execute(&format!(
                     "CREATE TABLE {rel} (k bytea PRIMARY KEY, doc json NOT NULL)"
                 ))
                 .await
-                .map_err(|e| pg_error(&e))?;
+                .map_err(DdlFailure::of)?;
             }
             Ddl::DropTable { .. } => {
                 let n = tx
                     .execute(&format!("DELETE FROM {catalog} WHERE name = $1"), &[table])
                     .await
-                    .map_err(|e| pg_error(&e))?;
+                    .map_err(DdlFailure::of)?;
                 if n == 0 {
-                    return Err(no_table());
+                    return Err(no_table().into());
                 }
                 tx.batch_execute(&format!("DROP TABLE IF EXISTS {rel}"))
                     .await
-                    .map_err(|e| pg_error(&e))?;
+                    .map_err(DdlFailure::of)?;
             }
             Ddl::CreateIndex { index, spec, .. } => {
-                let spec = serde_json::to_value(spec)?;
+                let spec = serde_json::to_value(spec).map_err(Error::from)?;
                 let n = tx
                     .execute(
                         &format!(
@@ -830,12 +833,13 @@ impl PgBackend {
                         &[table, index, &spec],
                     )
                     .await
-                    .map_err(|e| pg_error(&e))?;
+                    .map_err(DdlFailure::of)?;
                 if n == 0 {
                     return Err(Error::IndexExists {
                         table: table.clone(),
                         index: index.clone(),
-                    });
+                    }
+                    .into());
                 }
             }
             Ddl::DropIndex { index, .. } => {
@@ -847,16 +851,39 @@ impl PgBackend {
                         &[table, index],
                     )
                     .await
-                    .map_err(|e| pg_error(&e))?;
+                    .map_err(DdlFailure::of)?;
                 if n == 0 {
                     return Err(Error::NoSuchIndex {
                         table: table.clone(),
                         index: index.clone(),
-                    });
+                    }
+                    .into());
                 }
             }
         }
         Ok(())
+    }
+}
+
+/// Why a DDL transaction failed: as PostgreSQL's pick of a deadlock's victim (run it again),
+/// or for good.
+enum DdlFailure {
+    Deadlock(Error),
+    Error(Error),
+}
+
+impl DdlFailure {
+    fn of(e: tokio_postgres::Error) -> Self {
+        match e.code().map(|c| c.code()) {
+            Some("40P01") => DdlFailure::Deadlock(pg_error(&e)),
+            _ => DdlFailure::Error(pg_error(&e)),
+        }
+    }
+}
+
+impl From<Error> for DdlFailure {
+    fn from(e: Error) -> Self {
+        DdlFailure::Error(e)
     }
 }
 
