@@ -21,8 +21,10 @@ use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::sync::Arc;
 
-/// A changefeed being set up: choose options, then `.await` it to get the [`Feed`].
+/// A changefeed being set up: choose options, then `.await` it to get the [`Feed`]. Cloning
+/// it copies the setup (a server reopens the same feed from a clone after a reconnect).
 #[must_use = "a changefeed does nothing until it is awaited"]
+#[derive(Clone)]
 pub struct Changes {
     query: Query,
     opts: FeedOptions,
@@ -37,6 +39,7 @@ pub struct Changes {
 
 /// What a feed watches of a query's rows other than the rows themselves, as asked for
 /// (resolved against the tables when the feed starts).
+#[derive(Clone)]
 enum OfRows {
     /// A live aggregate: grouped by field or index (`true`), reduction, field.
     Aggregate {

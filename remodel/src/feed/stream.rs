@@ -244,6 +244,14 @@ impl Feed {
         self.snapshot_seq
     }
 
+    /// Where the feed's initial rows stand in the change order: a feed resumed from this
+    /// cursor ([`crate::Changes::resume_from`]) gets every change after those rows, none of
+    /// them twice. `None` for timer feeds (stats) and feeds opened without a snapshot.
+    pub fn snapshot_cursor(&self) -> Option<super::Cursor> {
+        self.snapshot_seq
+            .map(|seq| super::Cursor::new(seq, u32::MAX))
+    }
+
     /// The stats table's timer: recomputes the rows about once a second and queues the
     /// changed ones.
     fn poll_timer(&mut self, cx: &mut Context<'_>) {

@@ -100,6 +100,12 @@ impl<T: Model> ModelChanges<T> {
         }
     }
 
+    /// The untyped feed being set up (items as JSON, not decoded into `T`): what a layer that
+    /// serves any model's feed (such as a web publication) holds.
+    pub fn into_changes(self) -> Result<Changes> {
+        self.inner
+    }
+
     option! {
         /// First deliver the current result (as `initial` items).
         include_initial(bool),

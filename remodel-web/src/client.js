@@ -1,0 +1,408 @@
+// remodel-web browser client: live subscriptions and method calls multiplexed on one
+// WebSocket per tab. Speaks the protocol described in src/protocol.rs. One ES module, no
+// dependencies, no build step.
+
+/** A connection that stayed live this long resets the reconnect backoff: it was not a flap. */
+const STABLE_MS = 5000;
+/** Assumed until the server's `hello` says otherwise (so the first pings go every 10 s). */
+const DEFAULT_IDLE_MS = 30000;
+
+/**
+ * Opens the tab's connection to a remodel-web server.
+ * @param {{url?: string, minBackoffMs?: number, maxBackoffMs?: number}} [options]
+ *   `url` defaults to `ws(s)://<location.host>/remodel/ws` (wss when the page is https).
+ * @returns {Live}
+ */
+export function connect(options = {}) {
+  return new Live(options);
+}
+
+/**
+ * Escapes `& < > " '` so text from documents can be put into HTML; null/undefined give "".
+ * @param {*} s
+ * @returns {string}
+ */
+export function escapeHtml(s) {
+  const map = { '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' };
+  return String(s ?? '').replace(/[&<>"']/g, (c) => map[c]);
+}
+
+/** Map key of a row key: strings as is, anything else by its JSON. */
+const mapKey = (key) => (typeof key === 'string' ? key : JSON.stringify(key));
+
+const offline = () => typeof navigator !== 'undefined' && navigator.onLine === false;
+
+function callError(code, message) {
+  const e = new Error(message ?? code);
+  e.code = code ?? 'unknown';
+  return e;
+}
+
+// Total order on JSON values: null/undefined < booleans < numbers < strings < arrays <
+// objects. Strings compare by code unit (plain < and >), not by locale, like the server.
+const rank = (v) => (v == null ? 0 : typeof v === 'boolean' ? 1 : typeof v === 'number' ? 2
+  : typeof v === 'string' ? 3 : Array.isArray(v) ? 4 : 5);
+function compareValues(a, b) {
+  const ra = rank(a), rb = rank(b);
+  if (ra !== rb) return ra - rb;
+  if (ra === 0) return 0;
+  if (ra === 4) { // composite keys: element by element, then shorter first
+    for (let i = 0; i < a.length && i < b.length; i++) {
+      const c = compareValues(a[i], b[i]);
+      if (c) return c;
+    }
+    return a.length - b.length;
+  }
+  if (ra === 5) { a = JSON.stringify(a); b = JSON.stringify(b); }
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+/**
+ * One live query. `rows` is always the current result in the publication's order.
+ * @property {number} id
+ * @property {string} name
+ * @property {*} params
+ * @property {Map<string, *>} byKey document by key (non-string keys by their JSON.stringify)
+ * @property {?{code: string, message: string}} error set once the server ended it
+ * @property {?string} cursor the last cursor received, sent back when resubscribing
+ */
+class Subscription {
+  constructor(live, id, name, params, onUpdate) {
+    this.id = id;
+    this.name = name;
+    this.params = params;
+    this.error = null;
+    this.cursor = null;
+    this.byKey = new Map();
+    this._keys = new Map(); // map key -> original key, for keys() and the tie-break
+    this._order = null; // [[field, "asc"|"desc"], ...] of the latest reset
+    this._sorted = null; // cached [key, doc] pairs in order; null when stale
+    this._live = live;
+    this._onUpdate = onUpdate;
+    this._closed = false;
+  }
+
+  /** @returns {Array<[*, *]>} `[key, document]` pairs in order. */
+  entries() {
+    if (!this._sorted) {
+      const order = this._order || [];
+      this._sorted = [...this._keys.entries()]
+        .map(([mk, key]) => [key, this.byKey.get(mk)])
+        .sort(([ka, da], [kb, db]) => {
+          for (const [field, dir] of order) {
+            const c = compareValues(da?.[field], db?.[field]);
+            if (c) return dir === 'desc' ? -c : c;
+          }
+          return compareValues(ka, kb);
+        });
+    }
+    return this._sorted;
+  }
+  /** @returns {Array<*>} the documents, in order. */
+  get rows() { return this.entries().map((e) => e[1]); }
+  /** @returns {Array<*>} the keys, in order. */
+  keys() { return this.entries().map((e) => e[0]); }
+  /** @returns {*} the document of `key`, or undefined. */
+  get(key) { return this.byKey.get(mapKey(key)); }
+
+  /** Ends the subscription: tells the server (when connected) and forgets it. */
+  close() {
+    if (this._closed) return;
+    this._closed = true;
+    const live = this._live;
+    if (live._subs.get(this.id) === this) {
+      live._subs.delete(this.id);
+      live._send({ op: 'unsub', id: this.id });
+    }
+  }
+
+  _set(key, doc) {
+    const mk = mapKey(key);
+    if (doc == null) { this.byKey.delete(mk); this._keys.delete(mk); }
+    else { this.byKey.set(mk, doc); this._keys.set(mk, key); }
+  }
+  _reset(msg) {
+    checkRows(msg.rows);
+    this.byKey.clear();
+    this._keys.clear();
+    this._order = Array.isArray(msg.order) ? msg.order : null;
+    for (const [key, doc] of msg.rows) this._set(key, doc);
+    this.cursor = msg.cursor ?? null; // null: the feed cannot resume, resubscribe from scratch
+    this._changed();
+  }
+  _change(msg) {
+    checkRows(msg.rows);
+    for (const [key, doc] of msg.rows) this._set(key, doc);
+    if ('cursor' in msg) this.cursor = msg.cursor;
+    this._changed();
+  }
+  _end(msg) {
+    this._live._subs.delete(this.id); // never resubscribed, later messages ignored
+    this.error = { code: msg.error?.code ?? 'unknown', message: msg.error?.message ?? '' };
+    this.byKey.clear();
+    this._keys.clear();
+    this._changed();
+  }
+  _changed() {
+    this._sorted = null;
+    if (!this._onUpdate) return;
+    // A throwing page callback must not break the message loop (or other subscriptions).
+    try { this._onUpdate(this.rows, this); } catch (e) { console.error('remodel: onUpdate threw', e); }
+  }
+}
+
+// Validate before mutating, so a malformed frame leaves the subscription as it was.
+function checkRows(rows) {
+  if (!Array.isArray(rows) || !rows.every((r) => Array.isArray(r) && r.length === 2)) {
+    throw new Error('rows must be [key, document] pairs');
+  }
+}
+
+/**
+ * The tab's connection. `state` is "connecting" | "live" | "reconnecting" | "offline".
+ */
+class Live {
+  constructor(options) {
+    this.url = options.url ?? defaultUrl();
+    this._minBackoff = options.minBackoffMs ?? 250;
+    this._maxBackoff = options.maxBackoffMs ?? 10000;
+    this._state = null;
+    this._stateFns = new Set();
+    this._errorFns = new Set();
+    this._subs = new Map(); // id -> open Subscription
+    this._nextSub = 1;
+    this._calls = new Map(); // id -> {frame, resolve, reject, sent}; unsent ones are queued
+    this._nextCall = 1;
+    this._ws = null;
+    this._isLive = false; // the socket is open
+    this._everLive = false; // tells "connecting" from "reconnecting"
+    this._closed = false;
+    this._attempt = 0;
+    this._retryTimer = null;
+    this._pingTimer = null;
+    this._idleMs = DEFAULT_IDLE_MS;
+    this._pingSentAt = 0; // time of the oldest ping not followed by any message; 0 if none
+    this._lastRecv = 0;
+    this._openedAt = 0;
+    // The network is back: don't sit out the backoff.
+    this._onOnline = () => { this._attempt = 0; if (!this._ws && !this._closed) this._open(); };
+    // The network is gone: the socket is dead even if the browser has not noticed yet.
+    this._onOffline = () => { if (this._ws) this._drop(); else this._updateState(); };
+    if (typeof window !== 'undefined' && window.addEventListener) {
+      window.addEventListener('online', this._onOnline);
+      window.addEventListener('offline', this._onOffline);
+    }
+    this._open();
+  }
+
+  /** @returns {"connecting"|"live"|"reconnecting"|"offline"} */
+  get state() { return this._state; }
+
+  /**
+   * Subscribes to the publication `name`.
+   * @param {string} name
+   * @param {object} [params]
+   * @param {(rows: Array<*>, sub: Subscription) => void} [onUpdate] called after each reset, change or end
+   * @returns {Subscription}
+   */
+  subscribe(name, params = {}, onUpdate) {
+    const sub = new Subscription(this, this._nextSub++, name, params, onUpdate);
+    if (this._closed) sub.error = { code: 'closed', message: 'the connection was closed' };
+    else { this._subs.set(sub.id, sub); this._sendSub(sub); }
+    return sub;
+  }
+
+  /**
+   * Calls the method `name`. Waits for the connection when disconnected; never retried.
+   * @param {string} name
+   * @param {object} [params]
+   * @returns {Promise<*>} the `ok` value; rejects with an Error carrying `.code`
+   *   ("disconnected" if the connection dropped before the answer: it may or may not have run)
+   */
+  call(name, params = {}) {
+    if (this._closed) return Promise.reject(callError('closed', 'the connection was closed'));
+    const id = this._nextCall++;
+    return new Promise((resolve, reject) => {
+      const c = { frame: { op: 'call', id, name, params }, resolve, reject, sent: false };
+      this._calls.set(id, c);
+      if (this._isLive) { c.sent = true; this._send(c.frame); }
+    });
+  }
+
+  /** @param {(state: string) => void} fn @returns {() => void} unsubscribe */
+  onState(fn) { this._stateFns.add(fn); return () => this._stateFns.delete(fn); }
+
+  /** @param {(error: {code: string, message: string}) => void} fn @returns {() => void} unsubscribe */
+  onError(fn) { this._errorFns.add(fn); return () => this._errorFns.delete(fn); }
+
+  /** Closes for good: no reconnect; pending calls are rejected. */
+  close() {
+    if (this._closed) return;
+    this._closed = true;
+    if (typeof window !== 'undefined' && window.removeEventListener) {
+      window.removeEventListener('online', this._onOnline);
+      window.removeEventListener('offline', this._onOffline);
+    }
+    clearTimeout(this._retryTimer);
+    this._drop(); // rejects the calls in flight with "disconnected"
+    for (const c of this._calls.values()) c.reject(callError('closed', 'the connection was closed'));
+    this._calls.clear();
+    this._subs.clear();
+    this._updateState();
+  }
+
+  _open() {
+    clearTimeout(this._retryTimer);
+    this._retryTimer = null;
+    let ws;
+    try { ws = new WebSocket(this.url); } catch (e) {
+      console.warn('remodel: cannot open', this.url, e);
+      this._scheduleReconnect();
+      return;
+    }
+    this._ws = ws;
+    // Handlers check `ws === this._ws`: events of a socket we already gave up on are ignored.
+    ws.onopen = () => { if (ws === this._ws) this._onOpen(); };
+    ws.onmessage = (ev) => { if (ws === this._ws) this._onMessage(ev.data); };
+    ws.onclose = () => { if (ws === this._ws) this._drop(); };
+    this._updateState();
+  }
+
+  _onOpen() {
+    this._isLive = this._everLive = true;
+    this._openedAt = this._lastRecv = Date.now();
+    this._idleMs = DEFAULT_IDLE_MS;
+    this._startPing();
+    // Resume every open subscription under its id, from its last cursor.
+    for (const sub of this._subs.values()) this._sendSub(sub);
+    for (const c of this._calls.values()) if (!c.sent) { c.sent = true; this._send(c.frame); }
+    this._updateState();
+  }
+
+  // The socket is gone (closed, silent, or the network went away): clean up and retry.
+  _drop() {
+    const ws = this._ws;
+    if (!ws) return;
+    this._ws = null;
+    this._isLive = false;
+    ws.onopen = ws.onmessage = ws.onclose = null;
+    try { ws.close(); } catch { /* already closing */ }
+    clearInterval(this._pingTimer);
+    if (this._openedAt && Date.now() - this._openedAt >= STABLE_MS) this._attempt = 0;
+    this._openedAt = 0;
+    for (const [id, c] of this._calls) {
+      if (!c.sent) continue; // still queued: it goes out on the next connection
+      this._calls.delete(id);
+      c.reject(callError('disconnected', 'the connection dropped before the answer'));
+    }
+    if (!this._closed) this._scheduleReconnect();
+    this._updateState();
+  }
+
+  _scheduleReconnect() {
+    clearTimeout(this._retryTimer);
+    // Exponential backoff, half of it random so that tabs do not reconnect in lockstep. While
+    // offline, still try slowly: navigator.onLine can be wrong (e.g. a server on localhost).
+    const base = Math.min(this._maxBackoff, this._minBackoff * 2 ** this._attempt++);
+    const delay = offline() ? this._maxBackoff : base / 2 + (Math.random() * base) / 2;
+    this._retryTimer = setTimeout(() => this._open(), delay);
+  }
+
+  _startPing() {
+    clearInterval(this._pingTimer);
+    this._pingSentAt = 0;
+    this._pingTimer = setInterval(() => this._tick(), this._idleMs / 3);
+  }
+
+  _tick() {
+    const now = Date.now();
+    const unanswered = this._pingSentAt && this._lastRecv < this._pingSentAt;
+    // Measured from the ping, not from the last message, so a tab whose timers were throttled
+    // is not judged dead for pings it never sent.
+    if (unanswered && now - this._pingSentAt >= this._idleMs * 1.5) {
+      console.warn('remodel: no answer to ping, reconnecting');
+      this._drop();
+      return;
+    }
+    if (!unanswered) this._pingSentAt = now;
+    this._send({ op: 'ping' });
+  }
+
+  _sendSub(sub) {
+    const frame = { op: 'sub', id: sub.id, name: sub.name, params: sub.params };
+    if (sub.cursor != null) frame.cursor = sub.cursor;
+    this._send(frame);
+  }
+
+  // Frames are only sent on an open socket; subscriptions and calls are replayed on open.
+  _send(frame) {
+    if (this._isLive) this._ws.send(JSON.stringify(frame));
+  }
+
+  _onMessage(data) {
+    this._lastRecv = Date.now(); // any message proves the socket alive
+    let msg;
+    try { msg = JSON.parse(data); } catch {
+      console.warn('remodel: unparsable frame', data);
+      return;
+    }
+    try { this._dispatch(msg); } catch (e) { console.warn('remodel: bad frame', msg, e); }
+  }
+
+  _dispatch(msg) {
+    switch (msg?.t) {
+      case 'hello':
+        if (typeof msg.idle_ms === 'number' && msg.idle_ms > 0) {
+          this._idleMs = msg.idle_ms;
+          this._startPing();
+        }
+        return;
+      case 'pong':
+        return;
+      case 'reset':
+      case 'change':
+      case 'end': {
+        const sub = this._subs.get(msg.sub);
+        if (sub) sub['_' + msg.t](msg); // unknown id: a late message after unsub
+        return;
+      }
+      case 'result': {
+        const c = this._calls.get(msg.call);
+        if (!c) return;
+        this._calls.delete(msg.call);
+        if (msg.error != null) c.reject(callError(msg.error.code, msg.error.message));
+        else c.resolve(msg.ok);
+        return;
+      }
+      case 'error': {
+        const err = { code: msg.error?.code ?? 'unknown', message: msg.error?.message ?? '' };
+        if (!this._errorFns.size) console.warn('remodel: server error', err);
+        for (const fn of this._errorFns) {
+          try { fn(err); } catch (e) { console.error('remodel: onError listener threw', e); }
+        }
+        return;
+      }
+      default:
+        console.warn('remodel: unknown frame', msg);
+    }
+  }
+
+  _updateState() {
+    const s = this._closed ? 'offline'
+      : this._isLive ? 'live'
+      : offline() ? 'offline'
+      : this._everLive ? 'reconnecting' : 'connecting';
+    if (s === this._state) return;
+    this._state = s;
+    if (typeof document !== 'undefined' && document.documentElement) {
+      document.documentElement.dataset.remodelState = s; // lets pages style a badge in CSS
+    }
+    for (const fn of this._stateFns) {
+      try { fn(s); } catch (e) { console.error('remodel: onState listener threw', e); }
+    }
+  }
+}
+
+function defaultUrl() {
+  return `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/remodel/ws`;
+}

@@ -1,0 +1,49 @@
+//! What one connection may cost the server.
+
+use std::time::Duration;
+
+/// Limits that protect the server from any one connection. Every refusal they cause is a
+/// typed message to that client ([`crate::ErrorCode`]).
+///
+/// ```
+/// use remodel_web::Limits;
+/// use std::time::Duration;
+/// let limits = Limits {
+///     subscriptions: 50,
+///     ..Limits::default()
+/// };
+/// assert_eq!(limits.idle_timeout, Duration::from_secs(30));
+/// ```
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// The largest frame (and message) a client may send, in bytes (default 64 KiB). A larger
+    /// one closes the connection with [`crate::ErrorCode::FrameTooLarge`].
+    pub max_frame_bytes: usize,
+    /// Open subscriptions per connection (default 100).
+    pub subscriptions: usize,
+    /// Method calls per second per connection, with bursts of as many (default 20).
+    pub calls_per_second: u32,
+    /// A connection from which nothing came for this long is closed (default 30 s; the
+    /// JavaScript client pings at a third of it).
+    pub idle_timeout: Duration,
+    /// A client that takes longer than this to accept one frame is disconnected (default
+    /// 10 s): a client that never reads costs the server one frame, not a growing queue.
+    pub write_timeout: Duration,
+    /// The most changes a subscription's feed holds for a client that does not keep up
+    /// (default 1,024). Beyond it, the subscription resynchronises: the client gets the whole
+    /// current result again once it reads. Writers never wait for a client.
+    pub feed_queue: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_bytes: 64 * 1024,
+            subscriptions: 100,
+            calls_per_second: 20,
+            idle_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(10),
+            feed_queue: 1024,
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! [`Live`]: what a publication serves — a feed, and how its rows are keyed, filtered by rules,
+//! shown and ordered.
+
+use crate::Refusal;
+use remodel::model::ModelChanges;
+use remodel::{Changes, Model, Value};
+use std::sync::Arc;
+
+type KeyFn = dyn Fn(&Value) -> Option<Value> + Send + Sync;
+type RuleFn = dyn Fn(&Value) -> bool + Send + Sync;
+type ViewFn = dyn Fn(Value) -> Value + Send + Sync;
+
+/// Anything a publication may serve: a feed set up and not yet opened.
+pub trait IntoChanges {
+    /// The untyped feed.
+    fn into_changes(self) -> remodel::Result<Changes>;
+}
+
+impl IntoChanges for Changes {
+    fn into_changes(self) -> remodel::Result<Changes> {
+        Ok(self)
+    }
+}
+
+impl<T: Model> IntoChanges for ModelChanges<T> {
+    fn into_changes(self) -> remodel::Result<Changes> {
+        ModelChanges::into_changes(self)
+    }
+}
+
+impl IntoChanges for remodel::Result<Changes> {
+    fn into_changes(self) -> remodel::Result<Changes> {
+        self
+    }
+}
+
+/// Which way a field sorts a result on the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Smallest first.
+    Asc,
+    /// Largest first.
+    Desc,
+}
+
+/// A live result as a publication declares it: the feed it follows, and
+///
+/// - the **key** of each row (default its `id` field): the client holds one row per key;
+/// - **rules**: rows for which a rule says no are not sent, in the initial result or later (a
+///   row that stops passing leaves the client's result, one that starts passing enters it);
+/// - a **view**: what of a row the client sees (drop the fields it may not);
+/// - an **order** the client keeps the rows in;
+/// - **guards**: feeds of what the publication's own decision depended on (the caller's
+///   membership, a ship's captain). When one of them changes, the publication is asked again:
+///   if it now refuses, the subscription ends with its refusal; otherwise the client gets the
+///   result it now gives.
+///
+/// Rules and views run on every row the feed delivers, so they see the row and whatever the
+/// publication captured (the caller's identity), never a copy read earlier.
+///
+/// ```
+/// use remodel_web::Live;
+/// # async fn f(db: remodel::Database, me: String) -> remodel::Result<()> {
+/// let live = Live::new(db.table("logs").query().changes())
+///     .rule(move |row| row["author"] == me.as_str())
+///     .view(|mut row| {
+///         row.as_object_mut().map(|o| o.remove("secret"));
+///         row
+///     })
+///     .sort_by("at");
+/// # Ok(()) }
+/// ```
+#[must_use = "a Live is what a publication returns"]
+pub struct Live {
+    pub(crate) changes: remodel::Result<Changes>,
+    key: Arc<KeyFn>,
+    rules: Vec<Arc<RuleFn>>,
+    view: Option<Arc<ViewFn>>,
+    pub(crate) order: Vec<(String, Direction)>,
+    pub(crate) guards: Vec<remodel::Result<Changes>>,
+}
+
+impl Live {
+    /// A live result following `changes` (a query's `.changes()`, a model's or relation's).
+    /// Options set on it (squash, queue size) are kept; the server sets the initial rows and
+    /// resume options itself.
+    pub fn new(changes: impl IntoChanges) -> Self {
+        Live {
+            changes: changes.into_changes(),
+            key: Arc::new(|row| row.get("id").cloned()),
+            rules: Vec::new(),
+            view: None,
+            order: Vec::new(),
+            guards: Vec::new(),
+        }
+    }
+
+    /// Keys rows by `field` instead of `id` (a grouped aggregate's `group`, say).
+    pub fn key(self, field: &str) -> Self {
+        let field = field.to_string();
+        self.key_with(move |row| row.get(&field).cloned())
+    }
+
+    /// Keys rows by what `f` makes of them (a join's pair of keys, say); `None` is a row the
+    /// publication cannot key, which ends the subscription with [`crate::ErrorCode::Internal`].
+    pub fn key_with(mut self, f: impl Fn(&Value) -> Option<Value> + Send + Sync + 'static) -> Self {
+        self.key = Arc::new(f);
+        self
+    }
+
+    /// Shows only rows for which `f` is true (all rules must pass).
+    pub fn rule(mut self, f: impl Fn(&Value) -> bool + Send + Sync + 'static) -> Self {
+        self.rules.push(Arc::new(f));
+        self
+    }
+
+    /// Shows `f(row)` instead of the row (after the rules, which see the whole row).
+    pub fn view(mut self, f: impl Fn(Value) -> Value + Send + Sync + 'static) -> Self {
+        self.view = Some(Arc::new(f));
+        self
+    }
+
+    /// The client keeps rows in ascending order of `field` (ties by key). Called again, the
+    /// next field breaks ties of the ones before.
+    pub fn sort_by(mut self, field: &str) -> Self {
+        self.order.push((field.to_string(), Direction::Asc));
+        self
+    }
+
+    /// [`Live::sort_by`], largest first.
+    pub fn sort_by_desc(mut self, field: &str) -> Self {
+        self.order.push((field.to_string(), Direction::Desc));
+        self
+    }
+
+    /// Asks the publication again whenever `changes` delivers a change (see [`Live`]).
+    pub fn guard(mut self, changes: impl IntoChanges) -> Self {
+        self.guards.push(changes.into_changes());
+        self
+    }
+
+    /// The key and shown form of `row`, or `None` when a rule hides it.
+    pub(crate) fn visible(&self, row: Option<&Value>) -> Result<Option<(Value, Value)>, Refusal> {
+        let Some(row) = row.filter(|r| !r.is_null()) else {
+            return Ok(None);
+        };
+        if !self.rules.iter().all(|rule| rule(row)) {
+            return Ok(None);
+        }
+        let key = (self.key)(row).filter(|k| !k.is_null()).ok_or_else(|| {
+            Refusal::new(
+                crate::ErrorCode::Internal,
+                "the publication's rows have no key (see Live::key)",
+            )
+        })?;
+        let shown = match &self.view {
+            Some(view) => view(row.clone()),
+            None => row.clone(),
+        };
+        Ok(Some((key, shown)))
+    }
+}

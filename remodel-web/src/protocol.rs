@@ -1,0 +1,113 @@
+//! The wire protocol between a page and the server: JSON text frames over one WebSocket per
+//! tab, multiplexing every subscription and method call of the page.
+//!
+//! # Client → server
+//!
+//! | frame | meaning |
+//! |---|---|
+//! | `{"op":"sub","id":7,"name":"crew","params":{…},"cursor":"1f-0"}` | subscribe to the publication `name` with `params` as subscription `id` (a number the client picks, unique among its open subscriptions); `cursor` (optional) is the last cursor the client received for this subscription: the server resumes after it |
+//! | `{"op":"unsub","id":7}` | end subscription `id` |
+//! | `{"op":"call","id":3,"name":"add_log","params":{…}}` | call the method `name`; `id` pairs the answer with the call |
+//! | `{"op":"ping"}` | keeps the connection from the idle timeout; answered by `pong` |
+//!
+//! # Server → client
+//!
+//! | frame | meaning |
+//! |---|---|
+//! | `{"t":"hello","idle_ms":30000}` | sent once on open: the client must send something (a `ping`) at least every `idle_ms` |
+//! | `{"t":"reset","sub":7,"rows":[["k1",{…}],…],"order":[["name","asc"]],"cursor":"1f-ffffffff"}` | the whole current result of subscription 7: replace what the client holds. `rows` are `[key, document]` pairs; `order` is how the publication sorts them (fields, `asc`/`desc`; ties by key); `cursor` (or `null` for a feed that cannot resume) is where the result stands |
+//! | `{"t":"change","sub":7,"rows":[["k1",{…}],["k2",null]],"cursor":"20-1"}` | the net effect of one or more commits: each key's new document, or `null` when the row left the result. `cursor`: resume after it on reconnect |
+//! | `{"t":"end","sub":7,"error":{"code":"forbidden","message":"…"}}` | the subscription ended (refused when asked, or later: its rows were deleted from under it, a rule now refuses it); the client drops its rows |
+//! | `{"t":"result","call":3,"ok":…}` / `{"t":"result","call":3,"error":{…}}` | a method call's answer |
+//! | `{"t":"error","error":{"code":"bad_frame","message":"…"}}` | a frame that could not be understood (no subscription or call to pin it on); the connection goes on |
+//! | `{"t":"pong"}` | the answer to `ping` |
+//!
+//! Every refusal carries one of the codes of [`ErrorCode`]. A change message carries the
+//! cursor of the newest change in it; a reconnecting client sends it back with `sub`, and gets
+//! exactly the changes after it (as `change` messages), or a `reset` when the server no longer
+//! holds them (the cursor expired, or the publication's feed cannot resume: top-N, aggregates,
+//! joins). Messages of one subscription arrive in commit order.
+
+use crate::live::Direction;
+use crate::Refusal;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use crate::ErrorCode;
+
+/// A frame from the client.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+pub(crate) enum ClientFrame {
+    Sub {
+        id: u32,
+        name: String,
+        #[serde(default)]
+        params: Value,
+        #[serde(default)]
+        cursor: Option<String>,
+    },
+    Unsub {
+        id: u32,
+    },
+    Call {
+        id: u32,
+        name: String,
+        #[serde(default)]
+        params: Value,
+    },
+    Ping,
+}
+
+/// A frame to the client.
+#[derive(Debug, Serialize)]
+#[serde(tag = "t", rename_all = "lowercase")]
+pub(crate) enum ServerFrame<'a> {
+    Hello {
+        idle_ms: u64,
+    },
+    Reset {
+        sub: u32,
+        rows: Vec<(Value, Value)>,
+        order: &'a [(String, Direction)],
+        cursor: Option<String>,
+    },
+    Change {
+        sub: u32,
+        rows: Vec<(Value, Option<Value>)>,
+        cursor: Option<String>,
+    },
+    End {
+        sub: u32,
+        error: Refusal,
+    },
+    Result {
+        call: u32,
+        #[serde(flatten)]
+        outcome: Outcome,
+    },
+    Error {
+        error: Refusal,
+    },
+    Pong,
+}
+
+/// A method call's answer.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Outcome {
+    Ok(Value),
+    Error(Refusal),
+}
+
+impl ServerFrame<'_> {
+    /// The frame as a WebSocket text message.
+    pub(crate) fn message(&self) -> axum::extract::ws::Message {
+        // Serialising plain JSON values and strings cannot fail.
+        let text = serde_json::to_string(self).unwrap_or_else(|_| {
+            r#"{"t":"error","error":{"code":"internal","message":"a frame could not be written"}}"#
+                .to_string()
+        });
+        axum::extract::ws::Message::Text(text.into())
+    }
+}

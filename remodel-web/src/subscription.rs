@@ -1,0 +1,282 @@
+//! One subscription: asks its publication for a [`Live`] result, opens its feed (resumed
+//! from the client's cursor, or with its initial rows), and turns the feed's changes into
+//! frames: each rule and view applied, the net effect of every change ready within a window
+//! in one frame.
+//!
+//! It starts over (asks the publication again, sends the whole result) when its feed
+//! overflowed (the client did not keep up: its frames waited while the feed filled) and
+//! when one of the result's guards changed (what the publication decided with changed).
+//! It ends with a refusal when the publication refuses, and with [`ErrorCode::Aborted`] when
+//! its feed is aborted (the table was dropped).
+
+use crate::live::Live;
+use crate::protocol::ServerFrame;
+use crate::socket::Outbox;
+use crate::{Caller, ErrorCode, PublishFn, Refusal, Shared};
+use futures::stream::{SelectAll, StreamExt};
+use futures::FutureExt;
+use remodel::{ChangeKind, Cursor, Error, Feed, Value};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// The most changes one frame gathers (a client resuming after a long cut gets several).
+const MOST_PER_FRAME: usize = 4096;
+
+pub(crate) struct Subscription<I> {
+    pub(crate) id: u32,
+    /// Set when the subscription ends by itself, before the client hears of it.
+    pub(crate) ended: Arc<AtomicBool>,
+    pub(crate) shared: Arc<Shared<I>>,
+    pub(crate) caller: Caller<I>,
+    pub(crate) publish: Arc<PublishFn<I>>,
+    pub(crate) params: Value,
+    pub(crate) out: Outbox,
+}
+
+/// Why following a feed stopped.
+enum Stop {
+    /// Ask the publication again and send the whole result.
+    Restart,
+    /// Tell the client the subscription ended.
+    End(Refusal),
+    /// The connection is gone.
+    Gone,
+}
+
+/// Counts a subscription as open while it lives.
+struct Counted<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl<I: Clone + Send + Sync + 'static> Subscription<I> {
+    pub(crate) async fn run(self, mut cursor: Option<Cursor>) {
+        self.shared.subscriptions.fetch_add(1, Ordering::Relaxed);
+        let _open = Counted(&self.shared.subscriptions);
+        loop {
+            let stop = match self.open(cursor.take()).await {
+                Ok((live, feed, guards)) => self.follow(&live, feed, guards).await,
+                Err(stop) => stop,
+            };
+            match stop {
+                Stop::Restart => continue,
+                Stop::End(why) => {
+                    self.ended.store(true, Ordering::Release);
+                    let end = ServerFrame::End {
+                        sub: self.id,
+                        error: why,
+                    };
+                    let _ = self.out.send(end.message()).await;
+                    return;
+                }
+                Stop::Gone => return,
+            }
+        }
+    }
+
+    async fn send(&self, frame: ServerFrame<'_>) -> Result<(), Stop> {
+        self.out.send(frame.message()).await.map_err(|_| Stop::Gone)
+    }
+
+    /// Asks the publication, opens the guards and the feed, and sends the initial rows when
+    /// the feed does not resume from `cursor`.
+    async fn open(&self, cursor: Option<Cursor>) -> Result<(Live, Feed, SelectAll<Feed>), Stop> {
+        let live = (self.publish)(self.caller.clone(), self.params.clone())
+            .await
+            .map_err(Stop::End)?;
+        let changes = match &live.changes {
+            Ok(c) => c.clone().queue_size(self.shared.limits.feed_queue),
+            Err(e) => return Err(Stop::End(refusal(e))),
+        };
+        // The guards first: a change to what the publication decided with, from here on,
+        // restarts the subscription.
+        let mut guards = SelectAll::new();
+        for guard in &live.guards {
+            let guard = guard.as_ref().map_err(|e| Stop::End(refusal(e)))?;
+            guards.push(guard.clone().await.map_err(|e| Stop::End(refusal(&e)))?);
+        }
+        if let Some(cursor) = cursor {
+            match changes.clone().resume_from(cursor).await {
+                Ok(feed) => return Ok((live, feed, guards)),
+                Err(e @ (Error::NoSuchTable(_) | Error::Closed)) => {
+                    return Err(Stop::End(refusal(&e)))
+                }
+                // Expired, from another database, or a feed that cannot resume (top-N,
+                // aggregates, joins): the whole result, read afresh.
+                Err(_) => {}
+            }
+        }
+        let mut feed = changes
+            .include_initial(true)
+            .include_states(true)
+            .await
+            .map_err(|e| Stop::End(refusal(&e)))?;
+        let mut rows = Vec::new();
+        while let Some(item) = feed.next().await {
+            let change = item.map_err(|e| stop_for(&e))?;
+            match change.kind() {
+                ChangeKind::Initial => {
+                    if let Some(row) = live.visible(change.new_val()).map_err(Stop::End)? {
+                        rows.push(row);
+                    }
+                }
+                ChangeKind::State => {
+                    if change.state() == Some(remodel::FeedState::Ready) {
+                        break;
+                    }
+                }
+                // Initial rows come before any change; a feed that has none goes straight on.
+                _ => {
+                    return Err(Stop::End(Refusal::new(
+                        ErrorCode::Internal,
+                        "the feed changed before its initial rows were read",
+                    )))
+                }
+            }
+        }
+        let reset = ServerFrame::Reset {
+            sub: self.id,
+            rows,
+            order: &live.order,
+            cursor: feed.snapshot_cursor().map(|c| c.to_string()),
+        };
+        self.send(reset).await?;
+        Ok((live, feed, guards))
+    }
+
+    /// Sends the feed's changes, one frame per window, until something stops it.
+    async fn follow(&self, live: &Live, mut feed: Feed, mut guards: SelectAll<Feed>) -> Stop {
+        let window = self.shared.window;
+        loop {
+            let first = tokio::select! {
+                item = feed.next() => item,
+                // Any item of a guard (a change, or the guard's end) means: decide again.
+                _ = guards.next(), if !guards.is_empty() => return Stop::Restart,
+            };
+            let mut batch = Batch::default();
+            let mut item = first;
+            loop {
+                match item {
+                    None => {
+                        let why = Refusal::new(ErrorCode::Aborted, "the feed ended");
+                        return Stop::End(why);
+                    }
+                    Some(Err(e)) => return stop_for(&e),
+                    Some(Ok(change)) => {
+                        if let Err(why) = batch.add(live, &change) {
+                            return Stop::End(why);
+                        }
+                    }
+                }
+                if batch.len >= MOST_PER_FRAME {
+                    break;
+                }
+                match feed.next().now_or_never() {
+                    Some(next) => item = next,
+                    None => break,
+                }
+            }
+            if !batch.rows.is_empty() {
+                let frame = ServerFrame::Change {
+                    sub: self.id,
+                    rows: batch.rows.into_values().collect(),
+                    cursor: batch.cursor.map(|c| c.to_string()),
+                };
+                if let Err(stop) = self.send(frame).await {
+                    return stop;
+                }
+                if !window.is_zero() {
+                    tokio::time::sleep(window).await;
+                }
+            }
+        }
+    }
+}
+
+/// The net effect of a run of changes: each key's last shown row, or `None` when it left.
+#[derive(Default)]
+struct Batch {
+    rows: indexed::Rows,
+    len: usize,
+    cursor: Option<Cursor>,
+}
+
+impl Batch {
+    fn add(&mut self, live: &Live, change: &remodel::Change) -> Result<(), Refusal> {
+        if change.kind() == ChangeKind::State {
+            return Ok(());
+        }
+        self.len += 1;
+        if let Some(c) = change.cursor() {
+            self.cursor = self.cursor.max(Some(c));
+        }
+        let old = live.visible(change.old_val())?;
+        let new = live.visible(change.new_val())?;
+        match (old, new) {
+            (Some((old_key, _)), Some((key, row))) if old_key == key => {
+                self.rows.set(key, Some(row))
+            }
+            (old, new) => {
+                // A row that left (or that a rule now hides), and a different one that came
+                // (a top-N's entering row).
+                if let Some((key, _)) = old {
+                    self.rows.set(key, None);
+                }
+                if let Some((key, row)) = new {
+                    self.rows.set(key, Some(row));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+mod indexed {
+    use super::*;
+
+    /// Rows by key, in the order their keys first came.
+    #[derive(Default)]
+    pub(super) struct Rows {
+        at: HashMap<String, usize>,
+        rows: Vec<(Value, Option<Value>)>,
+    }
+
+    impl Rows {
+        pub(super) fn set(&mut self, key: Value, row: Option<Value>) {
+            let text = key.to_string();
+            match self.at.get(&text) {
+                Some(&i) => self.rows[i].1 = row,
+                None => {
+                    self.at.insert(text, self.rows.len());
+                    self.rows.push((key, row));
+                }
+            }
+        }
+
+        pub(super) fn is_empty(&self) -> bool {
+            self.rows.is_empty()
+        }
+
+        pub(super) fn into_values(self) -> impl Iterator<Item = (Value, Option<Value>)> {
+            self.rows.into_iter()
+        }
+    }
+}
+
+/// What a feed's error item means for the subscription.
+fn stop_for(e: &Error) -> Stop {
+    match e {
+        // The client fell behind: its feed dropped changes. Start over with the whole result.
+        Error::FeedOverflow { .. } => Stop::Restart,
+        e => Stop::End(refusal(e)),
+    }
+}
+
+/// A store error ending a subscription.
+fn refusal(e: &Error) -> Refusal {
+    Refusal::from(e)
+}

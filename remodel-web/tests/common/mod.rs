@@ -1,0 +1,303 @@
+//! A test app on 127.0.0.1 (members of ships, a private log per member, a top-3 by points),
+//! and a WebSocket client that rebuilds each subscription's result from the frames, as the
+//! JavaScript client does.
+//!
+//! Rules of the app: a member's log is read by the member and by the captain of the member's
+//! ship (the captain does not see the `secret` field); `add_log` writes to the caller's own
+//! log, at most 200 characters.
+
+#![allow(dead_code)]
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use futures::{SinkExt, StreamExt};
+use remodel::{json, ChangeLogRetention, Config, Database, IndexSpec, Order, Value};
+use remodel_web::{Caller, Limits, Live, Refusal, Web};
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Who is asking: the `x-user` header (a stand-in for the app's signed session).
+#[derive(Clone, Debug)]
+pub struct User(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for User {
+    type Rejection = StatusCode;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, StatusCode> {
+        let user = parts.headers.get("x-user").and_then(|v| v.to_str().ok());
+        user.map(|u| User(u.to_string()))
+            .ok_or(StatusCode::UNAUTHORIZED)
+    }
+}
+
+pub struct App {
+    pub addr: SocketAddr,
+    pub db: Database,
+    pub web: Web<User>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Member {
+    member: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewLog {
+    text: String,
+}
+
+static CLOCK: AtomicU64 = AtomicU64::new(1);
+
+/// May `caller` read `member`'s log? The member, or the captain of the member's ship.
+/// Returns the member's ship.
+async fn may_read(caller: &Caller<User>, member: &str) -> Result<String, Refusal> {
+    let db = &caller.db;
+    let m = db.table("members").get(member).run().await?;
+    let m = m.ok_or_else(|| Refusal::not_found("no such member"))?;
+    let ship = m["ship"].as_str().unwrap_or_default().to_string();
+    if caller.identity.0 == member {
+        return Ok(ship);
+    }
+    let s = db.table("ships").get(ship.as_str()).run().await?;
+    match s {
+        Some(s) if s["captain"] == caller.identity.0.as_str() => Ok(ship),
+        _ => Err(Refusal::forbidden(
+            "only the member and their captain read this log",
+        )),
+    }
+}
+
+pub async fn start(limits: Limits) -> App {
+    start_with(limits, Duration::from_millis(20)).await
+}
+
+pub async fn start_with(limits: Limits, window: Duration) -> App {
+    let db = Config::temporary()
+        .change_log(ChangeLogRetention::default())
+        .open()
+        .await
+        .unwrap();
+    for t in ["members", "ships", "logs"] {
+        db.create_table(t).await.unwrap();
+    }
+    db.table("logs")
+        .create_index("owner", IndexSpec::field("owner"))
+        .await
+        .unwrap();
+    db.table("members")
+        .create_index("points", IndexSpec::field("points"))
+        .await
+        .unwrap();
+    db.table("ships")
+        .insert_many([
+            json!({"id": "enterprise", "captain": "kirk"}),
+            json!({"id": "voyager", "captain": "janeway"}),
+        ])
+        .await
+        .unwrap();
+    db.table("members")
+        .insert_many([
+            json!({"id": "kirk", "name": "Kirk", "ship": "enterprise", "points": 5}),
+            json!({"id": "spock", "name": "Spock", "ship": "enterprise", "points": 9}),
+            json!({"id": "uhura", "name": "Uhura", "ship": "enterprise", "points": 7}),
+            json!({"id": "janeway", "name": "Janeway", "ship": "voyager", "points": 8}),
+        ])
+        .await
+        .unwrap();
+    let web = Web::<User>::builder(db.clone())
+        .limits(limits)
+        .window(window)
+        .publish("members", |caller, (): ()| async move {
+            Ok(Live::new(caller.db.table("members").query().changes()).sort_by("name"))
+        })
+        .publish("top", |caller, (): ()| async move {
+            let top = caller
+                .db
+                .table("members")
+                .order_by(Order::index("points").desc())
+                .limit(3);
+            Ok(Live::new(top.changes()).sort_by_desc("points"))
+        })
+        .publish("logs", |caller, p: Member| async move {
+            let ship = may_read(&caller, &p.member).await?;
+            let own = caller.identity.0 == p.member;
+            let db = &caller.db;
+            let member = p.member.clone();
+            let logs = db.table("logs").get_all([p.member.as_str()]).index("owner");
+            Ok(Live::new(logs.changes())
+                .rule(move |row| row["owner"] == member.as_str())
+                .view(move |mut row| {
+                    if !own {
+                        row.as_object_mut().map(|o| o.remove("secret"));
+                    }
+                    row
+                })
+                .sort_by("at")
+                // A member who moves, or a ship with a new captain: decide again.
+                .guard(db.table("members").get(p.member.as_str()).changes())
+                .guard(db.table("ships").get(ship.as_str()).changes()))
+        })
+        .method("add_log", |caller, p: NewLog| async move {
+            if p.text.is_empty() || p.text.chars().count() > 200 {
+                return Err(Refusal::invalid("a log entry has 1 to 200 characters"));
+            }
+            let at = CLOCK.fetch_add(1, Ordering::Relaxed);
+            let doc = json!({"owner": caller.identity.0, "text": p.text, "at": at, "secret": "s"});
+            let written = caller.db.table("logs").insert(doc).await?;
+            Ok(written.generated_keys.first().cloned())
+        })
+        .build();
+    let router = axum::Router::new().merge(web.router());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, router).await.unwrap();
+    });
+    App { addr, db, web }
+}
+
+pub type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A client: one socket, and each subscription's rows as rebuilt from its frames.
+pub struct Client {
+    pub ws: Socket,
+    /// Rows by subscription, keyed by the key's JSON text.
+    pub rows: HashMap<u32, BTreeMap<String, Value>>,
+    pub cursors: HashMap<u32, Option<String>>,
+    pub ended: HashMap<u32, Value>,
+    pub resets: HashMap<u32, usize>,
+}
+
+pub async fn handshake(
+    addr: SocketAddr,
+    user: Option<&str>,
+    origin: Option<&str>,
+) -> Result<Socket, tokio_tungstenite::tungstenite::Error> {
+    let mut req = format!("ws://{addr}/remodel/ws")
+        .into_client_request()
+        .unwrap();
+    if let Some(u) = user {
+        req.headers_mut().insert("x-user", u.parse().unwrap());
+    }
+    if let Some(o) = origin {
+        req.headers_mut().insert("origin", o.parse().unwrap());
+    }
+    tokio_tungstenite::connect_async(req)
+        .await
+        .map(|(ws, _)| ws)
+}
+
+impl Client {
+    pub async fn connect(app: &App, user: &str) -> Client {
+        let ws = handshake(app.addr, Some(user), None).await.unwrap();
+        let mut c = Client {
+            ws,
+            rows: HashMap::new(),
+            cursors: HashMap::new(),
+            ended: HashMap::new(),
+            resets: HashMap::new(),
+        };
+        let hello = c.recv().await.expect("hello");
+        assert_eq!(hello["t"], "hello");
+        c
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.ws.send(Message::text(v.to_string())).await.unwrap();
+    }
+
+    pub async fn sub(&mut self, id: u32, name: &str, params: Value) {
+        self.send(json!({"op": "sub", "id": id, "name": name, "params": params}))
+            .await;
+    }
+
+    /// The next JSON frame (applied to the results), `None` when the server closed.
+    pub async fn recv(&mut self) -> Option<Value> {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), self.ws.next())
+                .await
+                .expect("a frame within 10 s");
+            match msg {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return None,
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(&t).expect("frames are JSON");
+                    if std::env::var("SHOW_FRAMES").is_ok() {
+                        eprintln!("<- {v}");
+                    }
+                    self.apply(&v);
+                    return Some(v);
+                }
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// Reads frames until one matches `pred`, and returns it.
+    pub async fn until(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let v = self.recv().await.expect("the connection is open");
+            if pred(&v) {
+                return v;
+            }
+        }
+    }
+
+    fn apply(&mut self, v: &Value) {
+        let sub = v["sub"].as_u64().map(|s| s as u32);
+        match (v["t"].as_str(), sub) {
+            (Some("reset"), Some(s)) => {
+                let rows = v["rows"].as_array().unwrap();
+                let map = rows
+                    .iter()
+                    .map(|r| (r[0].to_string(), r[1].clone()))
+                    .collect();
+                self.rows.insert(s, map);
+                self.cursors
+                    .insert(s, v["cursor"].as_str().map(String::from));
+                *self.resets.entry(s).or_default() += 1;
+            }
+            (Some("change"), Some(s)) => {
+                let map = self
+                    .rows
+                    .get_mut(&s)
+                    .expect("a change after a reset or resume");
+                for r in v["rows"].as_array().unwrap() {
+                    match &r[1] {
+                        Value::Null => map.remove(&r[0].to_string()),
+                        doc => map.insert(r[0].to_string(), doc.clone()),
+                    };
+                }
+                if let Some(c) = v["cursor"].as_str() {
+                    self.cursors.insert(s, Some(c.to_string()));
+                }
+            }
+            (Some("end"), Some(s)) => {
+                self.rows.remove(&s);
+                self.ended.insert(s, v["error"].clone());
+            }
+            _ => {}
+        }
+    }
+
+    /// Sorted rows of subscription `sub`.
+    pub fn docs(&self, sub: u32) -> Vec<Value> {
+        self.rows
+            .get(&sub)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// `rows` as the rebuilt map compares them: by id.
+pub fn by_id(mut rows: Vec<Value>) -> Vec<Value> {
+    rows.sort_by_key(|r| r["id"].to_string());
+    rows
+}

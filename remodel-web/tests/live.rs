@@ -1,0 +1,247 @@
+//! Live results against an oracle: after random writes, the rows a client rebuilt from its
+//! frames equal the publication's query re-run through its rules; a client that reconnects
+//! with its cursors resumes exactly.
+
+mod common;
+
+use common::{by_id, start, start_with, Client};
+use remodel::{json, Order, Value};
+use remodel_web::Limits;
+use std::time::Duration;
+
+/// A small deterministic generator (no dependency for a test's random writes).
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+const OWNERS: [&str; 3] = ["kirk", "spock", "uhura"];
+
+/// One random write to the logs: insert, update (possibly to another owner) or delete.
+async fn random_write(db: &remodel::Database, rng: &mut Rng, n: u64) {
+    let id = format!("l{}", rng.below(40));
+    let owner = OWNERS[rng.below(3) as usize];
+    let t = db.table("logs");
+    match rng.below(4) {
+        0 | 1 => {
+            let doc =
+                json!({"id": id, "owner": owner, "text": format!("t{n}"), "at": n, "secret": n});
+            t.insert(doc)
+                .conflict(remodel::Conflict::Replace)
+                .await
+                .unwrap();
+        }
+        2 => {
+            t.get(id.as_str())
+                .update(json!({"owner": owner, "at": n}))
+                .await
+                .unwrap();
+        }
+        _ => {
+            t.get(id.as_str()).delete().await.unwrap();
+        }
+    }
+}
+
+/// The oracle: `member`'s log as `viewer` may see it, read now.
+async fn expected(db: &remodel::Database, member: &str, viewer: &str) -> Vec<Value> {
+    let rows = db.table("logs").query().run().await.unwrap();
+    by_id(
+        rows.into_iter()
+            .filter(|r| r["owner"] == member)
+            .map(|mut r| {
+                if viewer != member {
+                    r.as_object_mut().unwrap().remove("secret");
+                }
+                r
+            })
+            .collect(),
+    )
+}
+
+/// Writes a marker row of `member` and reads until the client's subscription has it: every
+/// write before it has then been delivered.
+async fn settle(db: &remodel::Database, c: &mut Client, sub: u32, member: &str, n: u64) {
+    let id = format!("marker{n}");
+    db.table("logs")
+        .insert(json!({"id": id, "owner": member, "at": n}))
+        .await
+        .unwrap();
+    while !c
+        .rows
+        .get(&sub)
+        .is_some_and(|m| m.contains_key(&json!(id).to_string()))
+    {
+        c.recv().await.expect("open");
+    }
+    db.table("logs").get(id.as_str()).delete().await.unwrap();
+    while c
+        .rows
+        .get(&sub)
+        .is_some_and(|m| m.contains_key(&json!(id).to_string()))
+    {
+        c.recv().await.expect("open");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuilt_results_equal_the_query_through_the_rules() {
+    for seed in 1..=4u64 {
+        let app = start_with(Limits::default(), Duration::from_millis(5 * seed)).await;
+        let db = app.db.clone();
+        let mut rng = Rng(0x9E37_79B9 ^ seed);
+        // Kirk watches his own log and (as captain) Spock's; Spock his own.
+        let mut kirk = Client::connect(&app, "kirk").await;
+        kirk.sub(1, "logs", json!({"member": "kirk"})).await;
+        kirk.sub(2, "logs", json!({"member": "spock"})).await;
+        let mut spock = Client::connect(&app, "spock").await;
+        spock.sub(1, "logs", json!({"member": "spock"})).await;
+        let mut n = 0;
+        for round in 0..6 {
+            for _ in 0..40 {
+                n += 1;
+                random_write(&db, &mut rng, n).await;
+            }
+            n += 1;
+            settle(&db, &mut kirk, 1, "kirk", n).await;
+            settle(&db, &mut kirk, 2, "spock", n + 1000).await;
+            settle(&db, &mut spock, 1, "spock", n + 2000).await;
+            assert_eq!(
+                by_id(kirk.docs(1)),
+                expected(&db, "kirk", "kirk").await,
+                "seed {seed} round {round}"
+            );
+            assert_eq!(
+                by_id(kirk.docs(2)),
+                expected(&db, "spock", "kirk").await,
+                "seed {seed} round {round}"
+            );
+            assert_eq!(
+                by_id(spock.docs(1)),
+                expected(&db, "spock", "spock").await,
+                "seed {seed} round {round}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnecting_client_resumes_each_subscription_exactly() {
+    let app = start(Limits::default()).await;
+    let db = app.db.clone();
+    let mut rng = Rng(77);
+    let mut kirk = Client::connect(&app, "kirk").await;
+    kirk.sub(1, "logs", json!({"member": "kirk"})).await;
+    kirk.sub(2, "logs", json!({"member": "spock"})).await;
+    let mut n = 0;
+    for cut in 0..5 {
+        for _ in 0..30 {
+            n += 1;
+            random_write(&db, &mut rng, n).await;
+        }
+        n += 1;
+        settle(&db, &mut kirk, 1, "kirk", n).await;
+        settle(&db, &mut kirk, 2, "spock", n + 1000).await;
+        // The connection drops; writes go on meanwhile.
+        let (rows, cursors) = (kirk.rows.clone(), kirk.cursors.clone());
+        let resets_before = kirk.resets.clone();
+        drop(kirk);
+        for _ in 0..30 {
+            n += 1;
+            random_write(&db, &mut rng, n).await;
+        }
+        kirk = Client::connect(&app, "kirk").await;
+        kirk.rows = rows;
+        kirk.resets = resets_before.clone();
+        for sub in [1u32, 2] {
+            let member = if sub == 1 { "kirk" } else { "spock" };
+            let cursor = cursors[&sub].clone().expect("a cursor");
+            kirk.send(json!({"op": "sub", "id": sub, "name": "logs", "params": {"member": member}, "cursor": cursor}))
+                .await;
+        }
+        n += 1;
+        settle(&db, &mut kirk, 1, "kirk", n).await;
+        settle(&db, &mut kirk, 2, "spock", n + 1000).await;
+        assert_eq!(kirk.resets, resets_before, "cut {cut}: resumed, not reset");
+        assert_eq!(
+            by_id(kirk.docs(1)),
+            expected(&db, "kirk", "kirk").await,
+            "cut {cut}"
+        );
+        assert_eq!(
+            by_id(kirk.docs(2)),
+            expected(&db, "spock", "kirk").await,
+            "cut {cut}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_top_n_result_follows_the_query_and_resets_on_reconnect() {
+    let app = start(Limits::default()).await;
+    let db = app.db.clone();
+    let mut c = Client::connect(&app, "kirk").await;
+    c.sub(1, "top", json!(null)).await;
+    let reset = c.until(|v| v["t"] == "reset").await;
+    assert_eq!(reset["order"], json!([["points", "desc"]]));
+    let mut rng = Rng(5);
+    let members = db.table("members");
+    for i in 0..200u64 {
+        let who = ["kirk", "spock", "uhura", "janeway"][rng.below(4) as usize];
+        members
+            .get(who)
+            .update(json!({"points": rng.below(50)}))
+            .await
+            .unwrap();
+        if i % 40 == 39 {
+            members
+                .get("kirk")
+                .update(json!({"mark": i}))
+                .await
+                .unwrap();
+            let top = members
+                .order_by(Order::index("points").desc())
+                .limit(3)
+                .run()
+                .await
+                .unwrap();
+            // Wait until the client shows this state (its frames come in commit order).
+            let want = by_id(top);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while by_id(c.docs(1)) != want {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{:?} != {want:?}",
+                    c.docs(1)
+                );
+                let _ = tokio::time::timeout(Duration::from_millis(200), c.recv()).await;
+            }
+        }
+    }
+    // A top-N cannot resume: a reconnect with its cursor gets the whole result again.
+    let cursor = c.cursors[&1].clone();
+    drop(c);
+    let mut c = Client::connect(&app, "kirk").await;
+    c.send(json!({"op": "sub", "id": 1, "name": "top", "params": null, "cursor": cursor.unwrap_or_default()}))
+        .await;
+    let v = c.until(|v| v["sub"] == 1).await;
+    assert_eq!(v["t"], "reset");
+    assert_eq!(c.docs(1).len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_table_ends_its_subscriptions() {
+    let app = start(Limits::default()).await;
+    let mut c = Client::connect(&app, "kirk").await;
+    c.sub(1, "logs", json!({"member": "kirk"})).await;
+    c.until(|v| v["t"] == "reset").await;
+    app.db.drop_table("logs").await.unwrap();
+    let v = c.until(|v| v["t"] == "end").await;
+    assert_eq!(v["error"]["code"], "aborted");
+}
