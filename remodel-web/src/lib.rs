@@ -115,6 +115,32 @@ pub struct WebBuilder<I> {
     window: Duration,
 }
 
+/// The parameters of a publication or method that takes none: `null`, `{}` or `[]` (what a
+/// client sends for "nothing"); anything else is [`ErrorCode::BadParams`].
+///
+/// ```
+/// use remodel_web::NoParams;
+/// for none in ["null", "{}", "[]"] {
+///     assert!(serde_json::from_str::<NoParams>(none).is_ok());
+/// }
+/// assert!(serde_json::from_str::<NoParams>(r#"{"table": "logs"}"#).is_err());
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NoParams;
+
+impl<'de> serde::Deserialize<'de> for NoParams {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Value::deserialize(d)? {
+            Value::Null => Ok(NoParams),
+            Value::Object(o) if o.is_empty() => Ok(NoParams),
+            Value::Array(a) if a.is_empty() => Ok(NoParams),
+            other => Err(serde::de::Error::custom(format!(
+                "this takes no parameters, not {other}"
+            ))),
+        }
+    }
+}
+
 /// Parameters as the declared type, or [`ErrorCode::BadParams`].
 fn params<P: DeserializeOwned>(v: Value) -> Result<P, Refusal> {
     serde_json::from_value(v).map_err(|e| Refusal::new(ErrorCode::BadParams, e.to_string()))
@@ -195,6 +221,7 @@ impl<I: Clone + Send + Sync + 'static> WebBuilder<I> {
                 window: self.window,
                 connections: AtomicUsize::new(0),
                 subscriptions: AtomicUsize::new(0),
+                cut: tokio::sync::watch::channel(0).0,
             }),
         }
     }
@@ -210,6 +237,8 @@ pub(crate) struct Shared<I> {
     pub(crate) window: Duration,
     pub(crate) connections: AtomicUsize,
     pub(crate) subscriptions: AtomicUsize,
+    /// Bumped to close every connection ([`Web::disconnect_all`]).
+    pub(crate) cut: tokio::sync::watch::Sender<u64>,
 }
 
 /// The live-query server: publications and methods over one WebSocket per tab. Cheap to
@@ -286,6 +315,13 @@ impl<I: Clone + Send + Sync + 'static> Web<I> {
             .read_buffer_size(4096)
             .write_buffer_size(0)
             .on_upgrade(move |socket| socket::serve(shared, identity, socket))
+    }
+
+    /// Closes every open connection ("going away", as on shutdown: open WebSockets would
+    /// keep a graceful shutdown waiting). Clients reconnect by themselves and resume their
+    /// subscriptions, on this server or another.
+    pub fn disconnect_all(&self) {
+        self.shared.cut.send_modify(|n| *n += 1);
     }
 
     /// How many connections and subscriptions are open now.

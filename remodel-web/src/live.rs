@@ -148,7 +148,8 @@ impl Live {
         if !self.rules.iter().all(|rule| rule(row)) {
             return Ok(None);
         }
-        let key = (self.key)(row).filter(|k| !k.is_null()).ok_or_else(|| {
+        // `null` is a key like any other (a group of rows whose field is null).
+        let key = (self.key)(row).ok_or_else(|| {
             Refusal::new(
                 crate::ErrorCode::Internal,
                 "the publication's rows have no key (see Live::key)",

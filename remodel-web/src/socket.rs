@@ -106,10 +106,18 @@ pub(crate) async fn serve<I: Clone + Send + Sync + 'static>(
     };
     let idle_ms = u64::try_from(shared.limits.idle_timeout.as_millis()).unwrap_or(u64::MAX);
     let _ = out.send(ServerFrame::Hello { idle_ms }.message()).await;
+    let mut cut = shared.cut.subscribe();
     loop {
         let frame = tokio::select! {
             frame = tokio::time::timeout(shared.limits.idle_timeout, stream.next()) => frame,
             _ = &mut writer => break,
+            _ = cut.changed() => {
+                let _ = out.try_send(Message::Close(Some(CloseFrame {
+                    code: 1001,
+                    reason: "the server is going away".into(),
+                })));
+                break;
+            }
         };
         let closing = match frame {
             Err(_) => Some(Refusal::new(

@@ -12,6 +12,10 @@ pub enum AppError {
     NotFound(String),
     /// Malformed input (a form, a path): 400 with what was wrong.
     BadRequest(String),
+    /// A rule refused the signed-in member (or no one is signed in): 403.
+    Forbidden(String),
+    /// The row changed since the form was drawn: 409, nothing written.
+    Conflict(String),
     /// The store failed: 500 (the message says why; nothing a visitor types leads here).
     Store(remodel::Error),
     /// A template failed to render: 500 (a bug in a template).
@@ -51,13 +55,18 @@ impl AppError {
         match self {
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AppError::Forbidden(_) => StatusCode::FORBIDDEN,
+            AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::Store(_) | AppError::Template(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     fn message(&self) -> String {
         match self {
-            AppError::NotFound(m) | AppError::BadRequest(m) => m.clone(),
+            AppError::NotFound(m)
+            | AppError::BadRequest(m)
+            | AppError::Forbidden(m)
+            | AppError::Conflict(m) => m.clone(),
             AppError::Store(e) => format!("the database failed: {e}"),
             AppError::Template(e) => format!("a page could not be drawn: {e}"),
         }

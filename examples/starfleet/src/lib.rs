@@ -1,79 +1,74 @@
 //! The Starfleet web app: Remodel's models, relations, aggregates and live feeds, served to
-//! a browser with axum, minijinja templates and Server-Sent Events.
+//! a browser with axum, minijinja templates and remodel-web.
 //!
 //! [`open_database`] opens (or creates) the app's database and loads the crews on first run;
 //! [`router`] is the whole app as an axum `Router`, which `main.rs` serves and the tests call
-//! directly. One module per concern:
+//! directly. Pages are drawn on the server; their live parts subscribe to the publications of
+//! [`publications`] through remodel-web's client (one WebSocket per tab) and redraw
+//! themselves from the live results (`templates/starfleet.js`). One module per concern:
 //!
 //! - [`models`]: the `#[derive(Model)]` structs;
-//! - `routes::ships`, `routes::members`, `routes::away`: the pages and forms of ships,
-//!   members and away teams; `routes::captains`, `routes::species`, `routes::leaderboard`;
-//! - `live`: the Server-Sent Events streams, each fed by a Remodel feed;
+//! - [`publications`]: what a page may watch and the log's methods, with their rules;
+//! - [`session`]: who is signed in (a signed cookie);
+//! - `routes::ships`, `routes::members`, `routes::away`, `routes::signin`: the pages and
+//!   forms; `routes::captains`, `routes::species`, `routes::leaderboard`;
 //! - [`templates`]: the HTML templates, compiled in; [`error`]: errors as 404 / 400 pages.
 
 pub mod error;
-mod live;
 pub mod models;
+pub mod publications;
 mod routes;
 pub mod seed;
+pub mod session;
 pub mod templates;
 
+use axum::extract::FromRef;
 use axum::routing::{get, post};
 use axum::Router;
+use axum_extra::extract::cookie::Key;
 use remodel::{ChangeLogRetention, Config, Database};
+use remodel_web::Web;
+use session::Session;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio::sync::watch;
 
-/// What every handler shares: the database, and the switch that ends live streams.
+/// What every handler shares: the database, the live-query server, the cookie key.
 #[derive(Clone)]
 pub struct AppState {
     /// The app's database.
     pub db: Database,
-    inner: Arc<Shared>,
+    /// The publications and methods, served on `/remodel/ws`.
+    pub web: Web<Session>,
+    key: Arc<Key>,
 }
 
-struct Shared {
-    /// Bumped to end every open SSE stream (see [`AppState::disconnect_live_clients`]).
-    cut: watch::Sender<u64>,
-    /// How many SSE streams resumed from a browser's `Last-Event-ID`.
-    resumed: AtomicU64,
-    /// Rows already rendered, shared by the streams of every open page.
-    rows: live::RowCache,
+impl FromRef<AppState> for Key {
+    fn from_ref(app: &AppState) -> Key {
+        (*app.key).clone()
+    }
 }
 
 impl AppState {
-    /// The state of an app on `db`.
-    pub fn new(db: Database) -> Self {
-        AppState {
+    /// The state of an app on `db` (reads the cookie key kept in it, making one if none).
+    pub async fn new(db: Database) -> remodel::Result<Self> {
+        let key = session::cookie_key(&db).await?;
+        Ok(AppState {
+            web: publications::web(db.clone()),
             db,
-            inner: Arc::new(Shared {
-                cut: watch::channel(0).0,
-                resumed: AtomicU64::new(0),
-                rows: live::RowCache::default(),
-            }),
-        }
+            key: Arc::new(key),
+        })
     }
 
-    /// Ends every open live stream. Browsers reconnect by themselves, sending the id of the
-    /// last event they received, and their feeds resume from it. Used on shutdown (open
-    /// streams would otherwise keep the server alive) and by the reconnect test.
+    /// The key that signs session cookies.
+    pub fn key(&self) -> &Key {
+        &self.key
+    }
+
+    /// Closes every open live connection. Browsers reconnect by themselves and resume each
+    /// subscription from its cursor. Used on shutdown (open connections would otherwise keep
+    /// the server alive) and by the reconnect tests.
     pub fn disconnect_live_clients(&self) {
-        self.inner.cut.send_modify(|n| *n += 1);
-    }
-
-    /// How many live streams so far resumed from a cursor (a reconnecting browser).
-    pub fn resumed_streams(&self) -> u64 {
-        self.inner.resumed.load(Ordering::Relaxed)
-    }
-
-    fn cut_signal(&self) -> watch::Receiver<u64> {
-        self.inner.cut.subscribe()
-    }
-
-    fn count_resume(&self) {
-        self.inner.resumed.fetch_add(1, Ordering::Relaxed);
+        self.web.disconnect_all();
     }
 }
 
@@ -96,7 +91,7 @@ pub async fn open_postgres(url: &str) -> remodel::Result<Database> {
 }
 
 /// [`open_database`] with a configuration of your own (without a change log, reconnecting
-/// pages reload their state instead of resuming).
+/// pages read their results afresh instead of resuming).
 pub async fn open_with(config: Config) -> remodel::Result<Database> {
     prepare(config.open().await?).await
 }
@@ -108,33 +103,33 @@ async fn prepare(db: Database) -> remodel::Result<Database> {
     Ok(db)
 }
 
-/// The whole app: every page, form and live stream.
+/// The whole app: every page, form and the live connection.
 pub fn router(state: AppState) -> Router {
-    use routes::{away, captains, leaderboard, members, ships, species};
+    use routes::{away, captains, leaderboard, members, ships, signin, species};
     Router::new()
         .route("/", get(ships::index))
-        .route("/live.js", get(routes::script))
-        .route("/events/ships", get(live::ship_counts))
+        .route("/starfleet.js", get(routes::script))
         .route("/ship/{id}", get(ships::show))
         .route("/ship/{id}/crew", post(ships::add_member))
-        .route("/ship/{id}/events", get(live::ship))
         .route("/ship/{id}/away", post(away::assign))
         .route("/ship/{id}/away/{member}/release", post(away::release))
         .route("/member/{id}", get(members::show).post(members::edit))
-        .route("/member/{id}/events", get(live::member))
         .route("/member/{id}/move", post(members::move_to))
         .route("/member/{id}/remove", post(members::remove_from_ship))
         .route("/member/{id}/delete", post(members::delete))
+        .route("/member/{id}/log", post(members::add_log))
         .route("/captains", get(captains::index))
         .route("/species", get(species::chart))
         .route("/species.csv", get(species::csv))
         .route("/species.json", get(species::json))
-        .route("/species/events", get(live::species))
         .route(
             "/leaderboard",
             get(leaderboard::show).post(leaderboard::post_score),
         )
-        .route("/leaderboard/events", get(live::leaderboard))
+        .route("/signin", get(signin::show).post(signin::sign_in))
+        .route("/signout", post(signin::sign_out))
+        .merge(state.web.router())
+        .method_not_allowed_fallback(routes::form_only)
         .fallback(routes::not_found)
         .with_state(state)
 }

@@ -2,7 +2,6 @@
 //! `cargo run --release -p starfleet -- --postgres postgresql://user@host/db` (shared)
 
 use starfleet::{open_database, open_postgres, router, AppState};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -13,14 +12,15 @@ const USAGE: &str = "usage: starfleet [--addr HOST:PORT] [--data-dir DIR | --pos
 
 /// The command line.
 struct Args {
-    addr: SocketAddr,
+    /// `HOST:PORT`: an IP address or a name (`localhost:8090`), resolved when binding.
+    addr: String,
     data_dir: PathBuf,
     postgres: Option<String>,
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut parsed = Args {
-        addr: SocketAddr::from(([127, 0, 0, 1], 8090)),
+        addr: "127.0.0.1:8090".to_string(),
         data_dir: PathBuf::from("starfleet-data"),
         postgres: None,
     };
@@ -29,9 +29,13 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
         match flag.as_str() {
             "--addr" => {
                 let v = value()?;
-                parsed.addr = v
-                    .parse()
-                    .map_err(|_| format!("--addr: `{v}` is not HOST:PORT"))?;
+                let port = v
+                    .rsplit_once(':')
+                    .map(|(host, port)| (host, port.parse::<u16>()));
+                match port {
+                    Some((host, Ok(_))) if !host.is_empty() => parsed.addr = v,
+                    _ => return Err(format!("--addr: `{v}` is not HOST:PORT")),
+                }
             }
             "--data-dir" => parsed.data_dir = PathBuf::from(value()?),
             "--postgres" => parsed.postgres = Some(value()?),
@@ -71,8 +75,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             format!("data in {}", args.data_dir.display()),
         ),
     };
-    let state = AppState::new(db.clone());
-    let listener = tokio::net::TcpListener::bind(args.addr).await?;
+    let state = AppState::new(db.clone()).await?;
+    let listener = tokio::net::TcpListener::bind(&args.addr)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;
     println!(
         "Starfleet is at http://{} ({data}; Ctrl-C stops)",
         listener.local_addr()?,
@@ -81,7 +87,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         let state = state.clone();
         async move {
             let _ = tokio::signal::ctrl_c().await;
-            // Open live streams would keep the server waiting: end them.
+            // Open live connections would keep the server waiting: close them (browsers
+            // reconnect to the next server and resume).
             state.disconnect_live_clients();
         }
     };
@@ -98,7 +105,7 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<(String, String), String> {
         let a = parse_args(args.iter().map(|s| s.to_string()))?;
-        Ok((a.addr.to_string(), a.data_dir.display().to_string()))
+        Ok((a.addr, a.data_dir.display().to_string()))
     }
 
     #[test]
@@ -111,9 +118,22 @@ mod tests {
             parse(&["--addr", "0.0.0.0:9000", "--data-dir", "/tmp/sf"]),
             Ok(("0.0.0.0:9000".into(), "/tmp/sf".into()))
         );
-        assert!(parse(&["--addr", "nowhere"])
-            .unwrap_err()
-            .contains("not HOST:PORT"));
+        assert_eq!(
+            parse(&["--addr", "localhost:8091"]),
+            Ok(("localhost:8091".into(), "starfleet-data".into()))
+        );
+        assert_eq!(
+            parse(&["--addr", "[::1]:8091"]),
+            Ok(("[::1]:8091".into(), "starfleet-data".into()))
+        );
+        for bad in ["nowhere", "localhost:", ":80", "localhost:http", "h:99999"] {
+            assert!(
+                parse(&["--addr", bad])
+                    .unwrap_err()
+                    .contains("not HOST:PORT"),
+                "{bad}"
+            );
+        }
         assert!(parse(&["--data-dir"])
             .unwrap_err()
             .contains("needs a value"));

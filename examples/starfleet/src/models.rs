@@ -3,7 +3,8 @@
 //! Each `#[derive(Model)]` gives a table (`starships`, `crewmembers`, `scores`), the indexes
 //! its attributes ask for, and typed relation handles: `ship.crewmembers(&db)` (has_many,
 //! through the `starship_id` index) and `ship.away_team(&db)` (many-to-many, through a join
-//! table shared with `member.away_missions(&db)`).
+//! table shared with `member.away_missions(&db)`), and `member.logs(&db)` (has_many: a
+//! member's personal log, deleted with the member).
 
 use remodel::model::Id;
 use remodel::Model;
@@ -29,7 +30,8 @@ pub struct Starship {
 #[derive(Model, Serialize, Deserialize, Clone, Debug)]
 #[remodel(
     belongs_to(Starship),
-    has_and_belongs_to_many(Starship, accessor = "away_missions")
+    has_and_belongs_to_many(Starship, accessor = "away_missions"),
+    has_many(Log, on_delete = "cascade")
 )]
 pub struct Crewmember {
     /// The key (generated on create).
@@ -55,6 +57,23 @@ pub struct Score {
     /// The points (indexed: the leaderboard is `order_by(points index).limit(5)`).
     #[remodel(index)]
     pub points: i64,
+}
+
+/// An entry of a member's personal log: only the member and their ship's captain read and
+/// write it (the rules are in `publications.rs`).
+#[derive(Model, Serialize, Deserialize, Clone, Debug)]
+#[remodel(belongs_to(Crewmember))]
+pub struct Log {
+    /// The key (generated on create).
+    pub id: Option<Id>,
+    /// Whose log it is (belongs_to: indexed for you).
+    pub crewmember_id: Option<Id>,
+    /// Who wrote it: the member, or their captain.
+    pub author: String,
+    /// What was written.
+    pub text: String,
+    /// When, in milliseconds since 1970 (the log is shown newest first).
+    pub at: u64,
 }
 
 impl Crewmember {

@@ -33,6 +33,7 @@ const SOURCES: &[(&str, &str)] = &[
         include_str!("../templates/leaderboard.html"),
     ),
     ("scores.html", include_str!("../templates/scores.html")),
+    ("signin.html", include_str!("../templates/signin.html")),
 ];
 
 impl Templates {

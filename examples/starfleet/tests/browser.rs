@@ -1,8 +1,9 @@
 //! The browser test: headless Chromium (Debian's `chromium` and `chromium-driver`, driven
 //! through chromedriver with fantoccini) shows changes made by other HTTP requests without
 //! reloading: a member added, edited, moved between two open ship pages, a score on the
-//! leaderboard, a bar of the species chart; and after its live connections are cut, it
-//! reconnects, resumes from the last event id and shows every write made meanwhile.
+//! leaderboard, a bar of the species chart; eight tabs live at once (one WebSocket each);
+//! personal logs seen only by their member; and after the server restarts, every page
+//! reconnects, resumes each subscription from its cursor and shows every write made meanwhile.
 //! Screenshots go to `target/starfleet-screenshots/`.
 //!
 //! Skips (with a message) when `/usr/bin/chromium` or `/usr/bin/chromedriver` is missing;
@@ -119,30 +120,30 @@ async fn wait_for(client: &Client, condition: &str, within: Duration) -> Option<
     None
 }
 
-/// Opens `path` and waits until each of its live streams is connected. Marks the page, so
-/// that [`still_same_page`] can tell it was not reloaded.
+/// Opens `path` and waits until its live connection is up and every live part drew its first
+/// result. Marks the page, so that [`still_same_page`] can tell it was not reloaded.
 async fn open(client: &Client, addr: SocketAddr, path: &str) {
     let started = Instant::now();
     client.goto(&format!("http://{addr}{path}")).await.unwrap();
     println!("{path}: loaded in {} ms", started.elapsed().as_millis());
-    // Pages left behind must have closed their streams (six connections per host).
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "{path}: the page load stalled"
     );
-    let connected = "window.starfleetLive && window.starfleetLive.length > 0 \
-                     && window.starfleetLive.every(es => es.readyState === 1)";
+    let connected = "window.starfleet && window.starfleet.live.state === 'live' \
+                     && (Object.keys(window.starfleet.redraws).length > 0 || !document.body.dataset.page) \
+                     && document.getElementById('live-state').textContent === 'live'";
     assert!(
         wait_for(client, connected, Duration::from_secs(5))
             .await
             .is_some(),
-        "{path}: live streams"
+        "{path}: live"
     );
     client
         .execute("window.notReloaded = true;", vec![])
         .await
         .unwrap();
-    println!("{path}: connected in {} ms", started.elapsed().as_millis());
+    println!("{path}: live in {} ms", started.elapsed().as_millis());
 }
 
 async fn still_same_page(client: &Client) -> bool {
@@ -175,6 +176,41 @@ fn row_with(body: &str, text: &str) -> String {
     format!("[...document.querySelectorAll('#{body} tr')].some(tr => tr.textContent.includes({text:?}))")
 }
 
+/// The app served on `addr` (127.0.0.1:0 for any port) until `stop` fires: then its live
+/// connections are closed (as `main.rs` does on Ctrl-C) and it stops listening.
+async fn serve(
+    db: remodel::Database,
+    addr: SocketAddr,
+) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let state = AppState::new(db).await.unwrap();
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let web = state.clone();
+    let shutdown = async move {
+        let _ = stopped.await;
+        web.disconnect_live_clients();
+    };
+    tokio::spawn(
+        axum::serve(listener, router(state))
+            .with_graceful_shutdown(shutdown)
+            .into_future(),
+    );
+    (addr, stop)
+}
+
+/// Clicks the element `css` (a form's button) and waits for the page the form leads to.
+async fn click(client: &Client, css: &str, lands_on: &str) {
+    let el = client.find(fantoccini::Locator::Css(css)).await.unwrap();
+    el.click().await.unwrap();
+    let landed =
+        format!("location.pathname === {lands_on:?} && document.readyState === 'complete'");
+    assert!(
+        wait_for(client, &landed, LIVE).await.is_some(),
+        "{css} did not lead to {lands_on}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_show_changes_without_reload() {
     if !Path::new(CHROMIUM).exists() || !Path::new(CHROMEDRIVER).exists() {
@@ -182,16 +218,13 @@ async fn pages_show_changes_without_reload() {
         return;
     }
     let db = open_database(None).await.unwrap();
-    let state = AppState::new(db);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(axum::serve(listener, router(state.clone())).into_future());
+    let (addr, stop) = serve(db.clone(), "127.0.0.1:0".parse().unwrap()).await;
 
     let profile = std::env::temp_dir().join(format!("starfleet-chromium-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&profile);
     let (_driver, client) = browser(&profile).await;
 
-    // A member added by someone else appears on the open ship page.
+    // A member added by someone else appears on the open ship page, in name order.
     open(&client, addr, "/ship/voyager").await;
     screenshot(&client, "ship-before").await;
     post(
@@ -201,6 +234,15 @@ async fn pages_show_changes_without_reload() {
     )
     .await;
     shows_live(&client, "add", &row_with("crew", "Kes")).await;
+    let order = "[...document.querySelectorAll('#crew tr td:first-child')].map(td => td.textContent).join('|')";
+    assert_eq!(
+        client
+            .execute(&format!("return {order};"), vec![])
+            .await
+            .unwrap(),
+        json!("Kathryn Janeway|Kes|Neelix|Tuvok"),
+        "the crew in name order"
+    );
 
     // An edit.
     post(
@@ -219,7 +261,8 @@ async fn pages_show_changes_without_reload() {
     open(&client, addr, "/ship/enterprise").await;
     post(addr, "/member/tuvok/move", "ship_id=enterprise").await;
     shows_live(&client, "move (arrives)", &row_with("crew", "Tuvok")).await;
-    client.switch_to_window(voyager).await.unwrap();
+    client.close_window().await.unwrap();
+    client.switch_to_window(voyager.clone()).await.unwrap();
     shows_live(
         &client,
         "move (leaves)",
@@ -227,12 +270,50 @@ async fn pages_show_changes_without_reload() {
     )
     .await;
 
-    // An away-team assignment (many-to-many).
+    // An away-team assignment (many-to-many): in the table, and out of the picker.
+    let in_picker =
+        "[...document.querySelectorAll('#assign-member option')].some(o => o.value === 'picard')";
+    if wait_for(&client, in_picker, LIVE).await.is_none() {
+        let html = client.execute("return document.getElementById('assign-member').outerHTML + JSON.stringify(window.starfleet.redraws) + JSON.stringify([...document.querySelectorAll('#away tr')].map(t => t.textContent));", vec![]).await.unwrap();
+        panic!("picard is not in the picker: {html}");
+    }
     post(addr, "/ship/voyager/away", "member_id=picard").await;
     shows_live(&client, "away team", &row_with("away", "Picard")).await;
+    shows_live(&client, "away picker", &format!("!{in_picker}")).await;
     screenshot(&client, "ship-after").await;
 
-    // A member's page follows edits made elsewhere.
+    // Eight tabs of the app in one browser, all live (one WebSocket each; event streams
+    // stalled the seventh).
+    let mut tabs = vec![voyager.clone()];
+    for _ in 0..7 {
+        let tab = client.new_window(true).await.unwrap();
+        client.switch_to_window(tab.handle.clone()).await.unwrap();
+        open(&client, addr, "/ship/voyager").await;
+        tabs.push(tab.handle);
+    }
+    post(
+        addr,
+        "/ship/voyager/crew",
+        "name=Icheb&rank=cadet&species=brunali",
+    )
+    .await;
+    for (i, tab) in tabs.iter().enumerate() {
+        client.switch_to_window(tab.clone()).await.unwrap();
+        shows_live(
+            &client,
+            &format!("tab {}", i + 1),
+            &row_with("crew", "Icheb"),
+        )
+        .await;
+    }
+    for tab in &tabs[1..] {
+        client.switch_to_window(tab.clone()).await.unwrap();
+        client.close_window().await.unwrap();
+    }
+    client.switch_to_window(voyager).await.unwrap();
+
+    // A member's page follows edits made elsewhere, warns the editor, and hides its
+    // controls once the member is deleted.
     open(&client, addr, "/member/kira").await;
     post(
         addr,
@@ -244,6 +325,20 @@ async fn pages_show_changes_without_reload() {
         &client,
         "member page",
         "document.getElementById('details').textContent.includes('first officer')",
+    )
+    .await;
+    shows_live(
+        &client,
+        "edit warning",
+        "!document.getElementById('changed').hidden",
+    )
+    .await;
+    screenshot(&client, "member-changed").await;
+    post(addr, "/member/kira/delete", "").await;
+    shows_live(
+        &client,
+        "member deleted",
+        "!document.getElementById('deleted').hidden && document.querySelector('.controls').hidden",
     )
     .await;
 
@@ -287,12 +382,53 @@ async fn pages_show_changes_without_reload() {
     shows_live(
         &client,
         "ship counts",
-        "document.getElementById('count-defiant').textContent === '5'",
+        "document.getElementById('count-defiant').textContent === '4'",
+    )
+    .await;
+    screenshot(&client, "ships").await;
+
+    // Personal logs: signed in as Tuvok, he writes to his own log and cannot read Neelix's;
+    // signed in as Neelix, the reverse.
+    open(&client, addr, "/signin").await;
+    click(&client, "#signin-tuvok", "/member/tuvok").await;
+    open(&client, addr, "/member/tuvok").await;
+    let write = "document.getElementById('log-text').value = 'Stardate 1: logic prevails.'; \
+                 document.getElementById('log-form').requestSubmit(); return true;";
+    client.execute(write, vec![]).await.unwrap();
+    shows_live(
+        &client,
+        "own log",
+        "document.getElementById('log').textContent.includes('logic prevails')",
+    )
+    .await;
+    screenshot(&client, "member-log").await;
+    open(&client, addr, "/member/neelix").await;
+    assert!(
+        wait_for(&client, "document.getElementById('log-locked')", LIVE)
+            .await
+            .is_some()
+    );
+    click(&client, "header form button", "/").await; // sign out
+    open(&client, addr, "/signin").await;
+    click(&client, "#signin-neelix", "/member/neelix").await;
+    open(&client, addr, "/member/tuvok").await;
+    assert!(
+        wait_for(&client, "document.getElementById('log-locked')", LIVE)
+            .await
+            .is_some()
+    );
+    let body = client.source().await.unwrap();
+    assert!(!body.contains("logic prevails"), "Neelix reads Tuvok's log");
+    open(&client, addr, "/member/neelix").await;
+    shows_live(
+        &client,
+        "neelix's own log",
+        "document.getElementById('log-form')",
     )
     .await;
 
-    // Reconnect: the page gets an event (and so an id), its connections are cut, writes
-    // happen while it is away; it reconnects with Last-Event-ID and shows them all.
+    // The server restarts: the page shows it is reconnecting, then resumes every
+    // subscription (cursors) and shows the writes made while it was down, unreloaded.
     open(&client, addr, "/ship/defiant").await;
     post(
         addr,
@@ -300,40 +436,41 @@ async fn pages_show_changes_without_reload() {
         "name=Ezri&rank=ensign&species=trill",
     )
     .await;
-    shows_live(&client, "before the cut", &row_with("crew", "Ezri")).await;
-    let resumed = state.resumed_streams();
-    state.disconnect_live_clients();
-    post(
-        addr,
-        "/ship/defiant/crew",
-        "name=Garak&rank=tailor&species=cardassian",
+    shows_live(&client, "before the restart", &row_with("crew", "Ezri")).await;
+    let _ = stop.send(());
+    shows_live(
+        &client,
+        "reconnecting badge",
+        "document.documentElement.dataset.remodelState !== 'live'",
     )
     .await;
-    post(
-        addr,
-        "/member/kira",
-        "name=Kira+Nerys&rank=colonel&species=bajoran",
-    )
-    .await;
-    post(addr, "/member/dax/move", "ship_id=voyager").await;
+    screenshot(&client, "reconnecting").await;
+    // Writes while no server runs.
+    use remodel::Model;
+    use starfleet::models::{Crewmember, Starship};
+    let defiant = Starship::get(&db, "defiant").await.unwrap().unwrap();
+    defiant
+        .crewmembers(&db)
+        .create(Crewmember::new("Garak", "tailor", "cardassian"))
+        .await
+        .unwrap();
+    let dax = Crewmember::get(&db, "dax").await.unwrap().unwrap();
+    dax.delete(&db).await.unwrap();
+    let (again, _stop) = serve(db.clone(), addr).await;
+    assert_eq!(again, addr);
     let all = format!(
-        "{} && {} && !{}",
+        "{} && !{} && document.documentElement.dataset.remodelState === 'live'",
         row_with("crew", "Garak"),
-        row_with("crew", "colonel"),
         row_with("crew", "Jadzia Dax")
     );
-    let took = wait_for(&client, &all, Duration::from_secs(5)).await;
+    let took = wait_for(&client, &all, Duration::from_secs(15)).await;
     assert!(
         took.is_some(),
-        "after a reconnect the page shows every write made meanwhile"
+        "after the restart the page shows every write made meanwhile"
     );
     assert!(still_same_page(&client).await, "resumed, not reloaded");
-    assert!(
-        state.resumed_streams() > resumed,
-        "the browser resumed from its Last-Event-ID"
-    );
     println!(
-        "reconnect: all writes shown after {} ms",
+        "restart: all writes shown after {} ms",
         took.unwrap().as_millis()
     );
     screenshot(&client, "reconnected").await;

@@ -1,8 +1,9 @@
 //! Starfleet on PostgreSQL: two app instances on one shared database. A crew member posted
-//! to one appears live in a ship page's stream served by the other, and a browser that
-//! reconnects to the other instance resumes from the cursor the first one gave it.
+//! to one appears live on a page connected to the other, and a page that reconnects to the
+//! other instance resumes from the cursor the first one gave it.
 
 use remodel::postgres::TestCluster;
+use serde_json::json;
 
 mod common;
 use common::*;
@@ -13,39 +14,48 @@ async fn a_change_posted_to_one_instance_is_live_in_the_other() {
         return;
     };
     let pg = cluster.create_database().await.unwrap();
-    let a = app_on(starfleet::open_postgres(pg.url()).await.unwrap());
-    let b = app_on(starfleet::open_postgres(pg.url()).await.unwrap());
-    // The second instance found the crews the first one loaded.
+    let a = app_on(starfleet::open_postgres(pg.url()).await.unwrap()).await;
+    let b = app_on(starfleet::open_postgres(pg.url()).await.unwrap()).await;
+    // The second instance found the crews the first one loaded, and signs sessions alike.
     assert!(b.get("/ship/voyager").await.body.contains("Janeway"));
+    let cookie = a.cookie_of("tuvok").await;
+    assert!(b.get_as("/", &cookie).await.body.contains("Signed in as"));
+    let (addr_a, addr_b) = (a.serve().await, b.serve().await);
 
-    let mut on_a = open_stream(&a, "/ship/voyager/events", None).await;
-    let mut on_b = open_stream(&b, "/ship/voyager/events", None).await;
-    let (mut buf_a, mut buf_b) = (String::new(), String::new());
-    assert_eq!(next_of(&mut on_a, &mut buf_a, "crew").await.0, "crew-reset");
-    assert_eq!(next_of(&mut on_b, &mut buf_b, "crew").await.0, "crew-reset");
-
+    let mut on_a = Live::connect(addr_a, None).await;
+    let mut on_b = Live::connect(addr_b, None).await;
+    for page in [&mut on_a, &mut on_b] {
+        page.sub(1, "crew", json!({"ship": "voyager"}), None).await;
+        page.until(1, |rows| rows.len() == 3).await;
+    }
     let r = a
         .post("/ship/voyager/crew", "name=Kes&rank=ensign&species=ocampa")
         .await;
     assert!(r.status.is_redirection(), "{}", r.body);
-    let (name, cursor_b, data) = next_of(&mut on_b, &mut buf_b, "crew").await;
-    assert_eq!(name, "crew-rows");
-    assert!(data.contains("Kes"), "{data}");
-    let (_, cursor_a, data_a) = next_of(&mut on_a, &mut buf_a, "crew").await;
-    assert!(data_a.contains("Kes"));
-    assert_eq!(cursor_a, cursor_b, "one position in every process");
+    on_b.until(1, |rows| rows.iter().any(|m| m["name"] == "Kes"))
+        .await;
+    on_a.until(1, |rows| rows.iter().any(|m| m["name"] == "Kes"))
+        .await;
+    assert_eq!(
+        on_a.cursors[&1], on_b.cursors[&1],
+        "one position in every process"
+    );
 
-    // A browser of instance A that saw Kes reconnects to instance B: it gets what came
-    // after, posted to B.
+    // A page of instance A that saw Kes reconnects to instance B: it gets what came after,
+    // posted to B.
+    let cursor = on_a.cursors[&1].clone().unwrap();
     drop(on_a);
     b.post(
         "/ship/voyager/crew",
-        "name=Neelix&rank=chef&species=talaxian",
+        "name=Neelix2&rank=chef&species=talaxian",
     )
     .await;
-    let mut resumed = open_stream(&b, "/ship/voyager/events", cursor_a.as_deref()).await;
-    let mut buf = String::new();
-    let (name, _, data) = next_of(&mut resumed, &mut buf, "crew").await;
-    assert_eq!(name, "crew-rows");
-    assert!(data.contains("Neelix") && !data.contains("Kes"), "{data}");
+    let mut resumed = Live::connect(addr_b, None).await;
+    resumed
+        .sub(1, "crew", json!({"ship": "voyager"}), Some(&cursor))
+        .await;
+    let v = resumed.frame_of(1, |_| true).await;
+    assert_eq!(v["t"], "change", "resumed: {v}");
+    let rows = v["rows"].to_string();
+    assert!(rows.contains("Neelix2") && !rows.contains("Kes"), "{rows}");
 }

@@ -13,7 +13,7 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use futures::{SinkExt, StreamExt};
 use remodel::{json, ChangeLogRetention, Config, Database, IndexSpec, Order, Value};
-use remodel_web::{Caller, Limits, Live, Refusal, Web};
+use remodel_web::{Caller, Limits, Live, NoParams, Refusal, Web};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -114,10 +114,10 @@ pub async fn start_with(limits: Limits, window: Duration) -> App {
     let web = Web::<User>::builder(db.clone())
         .limits(limits)
         .window(window)
-        .publish("members", |caller, (): ()| async move {
+        .publish("members", |caller, _: NoParams| async move {
             Ok(Live::new(caller.db.table("members").query().changes()).sort_by("name"))
         })
-        .publish("top", |caller, (): ()| async move {
+        .publish("top", |caller, _: NoParams| async move {
             let top = caller
                 .db
                 .table("members")

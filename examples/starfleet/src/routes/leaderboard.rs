@@ -1,8 +1,9 @@
 //! The holodeck leaderboard: the top five scores, and a form to post one.
 
-use super::{page, text_field};
+use super::{page, text_field, Viewer};
 use crate::error::{AppError, AppResult};
 use crate::models::Score;
+use crate::session::Session;
 use crate::AppState;
 use axum::extract::rejection::FormRejection;
 use axum::extract::State;
@@ -21,10 +22,11 @@ pub fn top_five(db: &Database) -> ModelQuery<Score> {
         .limit(5)
 }
 
-/// `/leaderboard` (kept live by `/leaderboard/events`).
-pub async fn show(State(app): State<AppState>) -> AppResult<Html<String>> {
+/// `/leaderboard` (kept live by the `leaderboard` publication).
+pub async fn show(State(app): State<AppState>, s: Session) -> AppResult<Html<String>> {
+    let me = Viewer::of(&app.db, &s).await?;
     let scores = top_five(&app.db).run().await?;
-    page("leaderboard.html", context! { scores })
+    page(&me, "leaderboard.html", context! { scores })
 }
 
 /// The score form (points as text, to say what is wrong with them).

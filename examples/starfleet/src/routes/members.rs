@@ -1,42 +1,132 @@
-//! A crew member's page: edit, move to another ship, remove from the ship, delete.
+//! A crew member's page: details, personal log, edit, move to another ship, remove from the
+//! ship, delete.
 
-use super::{find_member, find_ship, page, MemberForm};
-use crate::error::AppResult;
-use crate::models::Starship;
+use super::{find_member, find_ship, page, text_field, MemberForm, Viewer};
+use crate::error::{AppError, AppResult};
+use crate::models::{Crewmember, Starship};
+use crate::publications::{self, may_use_log};
+use crate::session::Session;
 use crate::AppState;
 use axum::extract::rejection::FormRejection;
 use axum::extract::{Path, State};
 use axum::response::{Html, Redirect};
 use axum::Form;
 use minijinja::context;
-use remodel::Model;
+use remodel::{json, Model, Patch};
 use serde::Deserialize;
 
-/// `/member/{id}`: rank, species, the ship (a link back), and the forms.
-pub async fn show(State(app): State<AppState>, Path(id): Path<String>) -> AppResult<Html<String>> {
+/// `/member/{id}`: rank, species, the ship (a link back), the personal log (for the member and
+/// their captain), and the forms.
+pub async fn show(
+    State(app): State<AppState>,
+    session: Session,
+    Path(id): Path<String>,
+) -> AppResult<Html<String>> {
+    let me = Viewer::of(&app.db, &session).await?;
     let member = find_member(&app.db, &id).await?;
     let ship = member.starship(&app.db).await?; // belongs_to: None without a ship
     let missions = member.away_missions(&app.db).all().await?;
-    let ships = Starship::all(&app.db).await?;
-    page("member.html", context! { member, ship, missions, ships })
+    let mut ships = Starship::all(&app.db).await?;
+    ships.sort_by(|a, b| a.name.cmp(&b.name));
+    // The log, newest first, if the rules let this viewer read it.
+    let logs = match may_use_log(&app.db, &session, &id).await {
+        Ok(_) => {
+            let mut logs = member.logs(&app.db).all().await?;
+            logs.sort_by(|a, b| b.at.cmp(&a.at));
+            Some(logs)
+        }
+        Err(_) => None,
+    };
+    page(
+        &me,
+        "member.html",
+        context! { member, ship, missions, ships, logs, max_log => publications::MAX_LOG },
+    )
 }
 
-/// `POST /member/{id}`: changes name, rank and species (only changed fields are written).
+/// The edit form: the new fields, and the ones the form was drawn with.
+#[derive(Deserialize)]
+pub struct EditForm {
+    name: String,
+    rank: String,
+    species: String,
+    was_name: Option<String>,
+    was_rank: Option<String>,
+    was_species: Option<String>,
+}
+
+/// `POST /member/{id}`: changes name, rank and species, only if nobody changed them since the
+/// form was drawn (decided at commit, against the stored row): no silent overwrite. A form
+/// without the fields it was drawn with (an old page) writes as asked.
 pub async fn edit(
     State(app): State<AppState>,
     Path(id): Path<String>,
-    form: Result<Form<MemberForm>, FormRejection>,
+    form: Result<Form<EditForm>, FormRejection>,
 ) -> AppResult<Redirect> {
-    let mut member = find_member(&app.db, &id).await?;
+    let member = find_member(&app.db, &id).await?;
     let Form(form) = form?;
-    let (name, rank, species) = form.fields()?;
-    member
-        .update(&app.db, |m| {
-            m.name = name;
-            m.rank = rank;
-            m.species = species;
-        })
-        .await?;
+    let (name, rank, species) = MemberForm::new(form.name, form.rank, form.species).fields()?;
+    let was = [form.was_name, form.was_rank, form.was_species];
+    let patch = Patch::with(move |doc| {
+        let unchanged = ["name", "rank", "species"]
+            .iter()
+            .zip(&was)
+            .all(|(field, was)| was.as_deref().is_none_or(|w| doc[*field] == w.trim()));
+        if !unchanged {
+            return Err(remodel::Error::Precondition(format!(
+                "someone else changed this member since the form was drawn (now: {}, {}, {})",
+                doc["name"].as_str().unwrap_or_default(),
+                doc["rank"].as_str().unwrap_or_default(),
+                doc["species"].as_str().unwrap_or_default(),
+            )));
+        }
+        Ok(json!({"name": name, "rank": rank, "species": species}))
+    });
+    let written = Crewmember::table(&app.db)
+        .get(member.id_str())
+        .update(patch)
+        .await;
+    // The closure's refusal is the write's error (per row, as every write reports them).
+    let written = written.and_then(|w| match w.first_error {
+        Some(e) => Err(e),
+        None => Ok(w),
+    });
+    match written {
+        Ok(w) if w.skipped > 0 => Err(AppError::NotFound(format!(
+            "The crew member `{id}` was deleted meanwhile."
+        ))),
+        Ok(_) => Ok(Redirect::to(&format!("/member/{}", member.id_str()))),
+        Err(remodel::Error::Precondition(why)) => Err(AppError::Conflict(format!(
+            "Not saved: {why}. Open the page again to edit what is there now."
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The log form.
+#[derive(Deserialize)]
+pub struct LogForm {
+    text: String,
+}
+
+/// `POST /member/{id}/log`: writes to the member's log (the page's script calls the
+/// `add_log` method instead; both check the same rule), then back to the member.
+pub async fn add_log(
+    State(app): State<AppState>,
+    session: Session,
+    Path(id): Path<String>,
+    form: Result<Form<LogForm>, FormRejection>,
+) -> AppResult<Redirect> {
+    let member = find_member(&app.db, &id).await?;
+    let Form(form) = form?;
+    let text = text_field("log entry", &form.text, publications::MAX_LOG)?;
+    publications::add_log(&app.db, &session, member.id_str(), &text)
+        .await
+        .map_err(|r| match r.code() {
+            remodel_web::ErrorCode::Forbidden => AppError::Forbidden(r.message().to_string()),
+            remodel_web::ErrorCode::NotFound => AppError::NotFound(r.message().to_string()),
+            _ => AppError::BadRequest(r.message().to_string()),
+        })?;
     Ok(Redirect::to(&format!("/member/{}", member.id_str())))
 }
 
@@ -56,7 +146,7 @@ pub async fn move_to(
     let mut member = find_member(&app.db, &id).await?;
     let Form(form) = form?;
     let ship = find_ship(&app.db, form.ship_id.trim()).await.map_err(|_| {
-        crate::error::AppError::BadRequest(format!(
+        AppError::BadRequest(format!(
             "There is no starship `{}` to move to.",
             form.ship_id
         ))
@@ -84,10 +174,10 @@ pub async fn remove_from_ship(
     Ok(Redirect::to(&format!("/ship/{}", ship.id_str())))
 }
 
-/// `POST /member/{id}/delete`: deletes the member (and their away-team links, in the same
-/// commit). Back to the ship list.
+/// `POST /member/{id}/delete`: deletes the member (with their away-team links and their log,
+/// in the same commit). Back to the ship list.
 pub async fn delete(State(app): State<AppState>, Path(id): Path<String>) -> AppResult<Redirect> {
-    let member = find_member(&app.db, &id).await?;
+    let member: Crewmember = find_member(&app.db, &id).await?;
     member.delete(&app.db).await?;
     Ok(Redirect::to("/"))
 }

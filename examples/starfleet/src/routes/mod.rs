@@ -7,18 +7,40 @@ pub mod captains;
 pub mod leaderboard;
 pub mod members;
 pub mod ships;
+pub mod signin;
 pub mod species;
 
 use crate::error::{AppError, AppResult};
 use crate::models::{Crewmember, Starship};
+use crate::session::Session;
 use crate::templates::Templates;
-use axum::http::header;
+use axum::http::{header, StatusCode, Uri};
 use axum::response::{Html, IntoResponse};
+use minijinja::context;
 use remodel::{Database, Model};
 
-/// Renders a page.
-pub fn page(name: &str, ctx: minijinja::Value) -> AppResult<Html<String>> {
+/// Renders a page for the signed-in member `me` (shown in the header).
+pub fn page(me: &Viewer, name: &str, ctx: minijinja::Value) -> AppResult<Html<String>> {
+    let ctx = context! { me => me.0, ..ctx };
     Ok(Html(Templates::shared().render(name, ctx)?))
+}
+
+/// Who reads the page: the signed-in member, if any (a session naming a member deleted since
+/// is no one).
+pub struct Viewer(pub Option<Crewmember>);
+
+impl Viewer {
+    /// The viewer of a request with `session`.
+    pub async fn of(db: &Database, session: &Session) -> AppResult<Viewer> {
+        let Some(id) = session.member.as_deref() else {
+            return Ok(Viewer(None));
+        };
+        match Crewmember::get(db, id).await {
+            Ok(m) => Ok(Viewer(m)),
+            Err(remodel::Error::InvalidKey { .. }) => Ok(Viewer(None)),
+            Err(e) => Err(e.into()),
+        }
+    }
 }
 
 /// The ship with this key, or a 404.
@@ -76,6 +98,15 @@ pub struct MemberForm {
 }
 
 impl MemberForm {
+    /// The form's fields as sent.
+    pub fn new(name: String, rank: String, species: String) -> Self {
+        MemberForm {
+            name,
+            rank,
+            species,
+        }
+    }
+
     /// The checked name, rank and species (see [`text_field`]).
     pub fn fields(&self) -> AppResult<(String, String, String)> {
         Ok((
@@ -86,12 +117,35 @@ impl MemberForm {
     }
 }
 
-/// The browser side of live updates (no CDN, no framework).
+/// The browser side of live pages (an ES module over remodel-web's client; no CDN, no
+/// framework).
 pub async fn script() -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
-        include_str!("../../templates/live.js"),
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("../../templates/starfleet.js"),
     )
+}
+
+/// A form's address opened as a page (a GET after a reload, a bookmark): a page that says
+/// where to go, with 405 as HTTP wants.
+pub async fn form_only(uri: Uri) -> impl IntoResponse {
+    // The page the form is on: the address up to the ship's or member's key.
+    let path = uri.path();
+    let back = match path.split('/').collect::<Vec<_>>().as_slice() {
+        ["", kind @ ("ship" | "member"), id, ..] => format!("/{kind}/{id}"),
+        _ => "/".to_string(),
+    };
+    let message = "This address takes a form; it is not a page of its own.";
+    let page = Templates::shared()
+        .render(
+            "error.html",
+            context! { status => 405, reason => "Method Not Allowed", message, back },
+        )
+        .unwrap_or_else(|_| message.to_string());
+    (StatusCode::METHOD_NOT_ALLOWED, Html(page))
 }
 
 /// Any other address.

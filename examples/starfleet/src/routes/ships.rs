@@ -1,8 +1,9 @@
 //! The ship list, a ship's page, and adding a crew member.
 
-use super::{find_ship, page, MemberForm};
+use super::{find_ship, page, MemberForm, Viewer};
 use crate::error::AppResult;
 use crate::models::{Crewmember, Starship};
+use crate::session::Session;
 use crate::AppState;
 use axum::extract::rejection::FormRejection;
 use axum::extract::{Path, State};
@@ -12,11 +13,13 @@ use minijinja::context;
 use remodel::Model;
 use std::collections::HashMap;
 
-/// `/`: the starships with their crew counts (kept live by `/events/ships`).
-pub async fn index(State(app): State<AppState>) -> AppResult<Html<String>> {
-    let ships = Starship::all(&app.db).await?;
+/// `/`: the starships with their crew counts (kept live by the `ship_counts` publication).
+pub async fn index(State(app): State<AppState>, s: Session) -> AppResult<Html<String>> {
+    let me = Viewer::of(&app.db, &s).await?;
+    let mut ships = Starship::all(&app.db).await?;
+    ships.sort_by(|a, b| a.name.cmp(&b.name));
     let counts = crew_counts(&app).await?;
-    page("index.html", context! { ships, counts })
+    page(&me, "index.html", context! { ships, counts })
 }
 
 /// Crew count per ship key (`""`: members without a ship), one group + count query.
@@ -35,17 +38,31 @@ pub async fn crew_counts(app: &AppState) -> AppResult<HashMap<String, u64>> {
         .collect())
 }
 
-/// `/ship/{id}`: the crew, the away team, and their forms (kept live by the two event
-/// streams of the page).
-pub async fn show(State(app): State<AppState>, Path(id): Path<String>) -> AppResult<Html<String>> {
+/// `/ship/{id}`: the crew and the away team by name, and their forms (kept live by the
+/// `crew`, `away`, `members` and `ships` publications).
+pub async fn show(
+    State(app): State<AppState>,
+    s: Session,
+    Path(id): Path<String>,
+) -> AppResult<Html<String>> {
+    let me = Viewer::of(&app.db, &s).await?;
     let ship = find_ship(&app.db, &id).await?;
-    let crew = ship.crewmembers(&app.db).all().await?;
-    let away = ship.away_team(&app.db).all().await?;
-    let ships = Starship::all(&app.db).await?;
+    let by_name = |a: &Crewmember, b: &Crewmember| a.name.cmp(&b.name).then(a.id.cmp(&b.id));
+    let mut crew = ship.crewmembers(&app.db).all().await?;
+    crew.sort_by(by_name);
+    let mut away = ship.away_team(&app.db).all().await?;
+    away.sort_by(by_name);
+    let mut ships = Starship::all(&app.db).await?;
+    ships.sort_by(|a, b| a.name.cmp(&b.name));
     // The assign form offers the officers not on this away team yet.
     let mut others = Crewmember::all(&app.db).await?;
     others.retain(|m| !away.iter().any(|a| a.id == m.id));
-    page("ship.html", context! { ship, crew, away, ships, others })
+    others.sort_by(by_name);
+    page(
+        &me,
+        "ship.html",
+        context! { ship, crew, away, ships, others },
+    )
 }
 
 /// `POST /ship/{id}/crew`: adds a member to the crew, then back to the ship.

@@ -1,8 +1,9 @@
 //! The crew count by species: a bar chart (SVG drawn here, on the server), CSV and JSON.
 
-use super::page;
+use super::{page, Viewer};
 use crate::error::AppResult;
 use crate::models::Crewmember;
+use crate::session::Session;
 use crate::templates::Templates;
 use crate::AppState;
 use axum::extract::State;
@@ -52,10 +53,18 @@ pub fn sorted_counts(groups: impl Iterator<Item = (String, u64)>) -> Vec<Species
     counts
 }
 
-/// The chart as an SVG fragment (also sent, redrawn, to live pages).
+/// The chart as an SVG fragment (the page's script redraws it the same way, see
+/// `starfleet.js`). The label column is as wide as the longest species name (about 8.5 px a
+/// character at 14 px), so that no label is cut off.
 pub fn draw_chart(counts: &[SpeciesCount]) -> AppResult<String> {
     const BAR: u64 = 28; // px per row
     let max = counts.iter().map(|c| c.count).max().unwrap_or(1).max(1);
+    let longest = counts
+        .iter()
+        .map(|c| c.species.chars().count())
+        .max()
+        .unwrap_or(0);
+    let label = (longest as u64 * 17 / 2 + 12).clamp(60, 400);
     let bars: Vec<_> = counts
         .iter()
         .enumerate()
@@ -69,14 +78,19 @@ pub fn draw_chart(counts: &[SpeciesCount]) -> AppResult<String> {
         })
         .collect();
     let height = (counts.len() as u64 * BAR).max(BAR);
-    Ok(Templates::shared().render("species_chart.html", context! { bars, height })?)
+    let width = label + 10 + 400 + 60;
+    Ok(Templates::shared().render(
+        "species_chart.html",
+        context! { bars, height, label, width },
+    )?)
 }
 
-/// `/species`: the bar chart (kept live by `/species/events`).
-pub async fn chart(State(app): State<AppState>) -> AppResult<Html<String>> {
+/// `/species`: the bar chart (kept live by the `species` publication).
+pub async fn chart(State(app): State<AppState>, s: Session) -> AppResult<Html<String>> {
+    let me = Viewer::of(&app.db, &s).await?;
     let counts = species_counts(&app.db).await?;
     let chart = draw_chart(&counts)?;
-    page("species.html", context! { chart, counts })
+    page(&me, "species.html", context! { chart, counts })
 }
 
 /// `/species.csv`

@@ -1,4 +1,5 @@
-//! What the HTTP tests share: the app behind a router, requests, and reading live streams.
+//! What the HTTP tests share: the app behind a router, requests, the app served on
+//! 127.0.0.1, and a WebSocket client of its publications.
 
 #![allow(dead_code)]
 
@@ -6,10 +7,11 @@ use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
-use remodel::Database;
-use remodel::Model;
+use remodel::{Database, Model, Value};
 use starfleet::models::Crewmember;
 use starfleet::{open_database, router, AppState};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::time::Duration;
 use tower::ServiceExt;
 
@@ -20,11 +22,7 @@ pub struct App {
 
 pub async fn app() -> App {
     let db = open_database(None).await.expect("a temporary database");
-    let state = AppState::new(db);
-    App {
-        router: router(state.clone()),
-        state,
-    }
+    app_on(db).await
 }
 
 pub struct Reply {
@@ -71,72 +69,170 @@ impl App {
     }
 }
 
-/// The next SSE event of `body` (`event:`, `id:` and `data:` lines), within 5 s.
-pub async fn next_event(body: &mut Body, buf: &mut String) -> (String, Option<String>, String) {
-    loop {
-        if let Some(end) = buf.find("\n\n") {
-            let block: String = buf.drain(..end + 2).collect();
-            let (mut name, mut id, mut data) = (String::new(), None, String::new());
-            for line in block.lines() {
-                if let Some(v) = line.strip_prefix("event: ") {
-                    name = v.to_string();
-                } else if let Some(v) = line.strip_prefix("id: ") {
-                    id = Some(v.to_string());
-                } else if let Some(v) = line.strip_prefix("data: ") {
-                    data.push_str(v);
-                }
-            }
-            if name.is_empty() {
-                continue; // the `retry:` preamble
-            }
-            return (name, id, data);
-        }
-        let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
-            .await
-            .expect("an event within 5 s")
-            .expect("the stream goes on")
-            .unwrap();
-        if let Ok(bytes) = frame.into_data() {
-            buf.push_str(std::str::from_utf8(&bytes).unwrap());
-        }
-    }
-}
-
-/// The next event of a ship page's stream for `list` (`crew` or `away`), or a `reload`.
-pub async fn next_of(
-    body: &mut Body,
-    buf: &mut String,
-    list: &str,
-) -> (String, Option<String>, String) {
-    loop {
-        let e = next_event(body, buf).await;
-        if e.0 == "reload" || e.0.starts_with(&format!("{list}-")) {
-            return e;
-        }
-    }
-}
-
-pub async fn open_stream(app: &App, path: &str, last_event_id: Option<&str>) -> Body {
-    let mut req = Request::get(path);
-    if let Some(id) = last_event_id {
-        req = req.header("last-event-id", id);
-    }
-    let res = app
-        .router
-        .clone()
-        .oneshot(req.body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK, "{path}");
-    assert_eq!(res.headers()[header::CONTENT_TYPE], "text/event-stream");
-    res.into_body()
-}
-
 /// The app on a database of its own choosing.
-pub fn app_on(db: Database) -> App {
-    let state = AppState::new(db);
+pub async fn app_on(db: Database) -> App {
+    let state = AppState::new(db).await.expect("the cookie key");
     App {
         router: router(state.clone()),
         state,
+    }
+}
+
+impl App {
+    /// Serves the app on 127.0.0.1 (for WebSocket clients); the address.
+    pub async fn serve(&self) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = self.router.clone();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        addr
+    }
+
+    /// The session cookie of `member` (signing in through the picker).
+    pub async fn cookie_of(&self, member: &str) -> String {
+        let req = Request::post("/signin")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(format!("member_id={member}")))
+            .unwrap();
+        let res = self.router.clone().oneshot(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::SEE_OTHER);
+        let set = res.headers()[header::SET_COOKIE].to_str().unwrap();
+        set.split(';').next().unwrap().to_string()
+    }
+
+    /// A GET with a session cookie.
+    pub async fn get_as(&self, path: &str, cookie: &str) -> Reply {
+        let req = Request::get(path)
+            .header(header::COOKIE, cookie)
+            .body(Body::empty())
+            .unwrap();
+        self.send(req).await
+    }
+
+    /// A form POST with a session cookie.
+    pub async fn post_as(&self, path: &str, form: &str, cookie: &str) -> Reply {
+        let req = Request::post(path)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::COOKIE, cookie)
+            .body(Body::from(form.to_string()))
+            .unwrap();
+        self.send(req).await
+    }
+}
+
+/// A page's WebSocket, with each subscription's rows as the frames left them.
+pub struct Live {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    /// Rows by subscription and key (the key's JSON text).
+    pub rows: HashMap<u32, BTreeMap<String, Value>>,
+    pub cursors: HashMap<u32, Option<String>>,
+    pub ended: HashMap<u32, Value>,
+}
+
+impl Live {
+    /// Opens the app's live connection at `addr` with a session `cookie` (or none).
+    pub async fn connect(addr: SocketAddr, cookie: Option<&str>) -> Live {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = format!("ws://{addr}/remodel/ws")
+            .into_client_request()
+            .unwrap();
+        if let Some(c) = cookie {
+            req.headers_mut().insert("cookie", c.parse().unwrap());
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        Live {
+            ws,
+            rows: HashMap::new(),
+            cursors: HashMap::new(),
+            ended: HashMap::new(),
+        }
+    }
+
+    pub async fn sub(&mut self, id: u32, name: &str, params: Value, cursor: Option<&str>) {
+        let mut frame = serde_json::json!({"op": "sub", "id": id, "name": name, "params": params});
+        if let Some(c) = cursor {
+            frame["cursor"] = c.into();
+        }
+        self.send(frame).await;
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        use futures::SinkExt;
+        let text = tokio_tungstenite::tungstenite::Message::text(frame.to_string());
+        self.ws.send(text).await.unwrap();
+    }
+
+    /// The next frame (applied to the rows), within 5 s.
+    pub async fn next(&mut self) -> Value {
+        use futures::StreamExt;
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(5), self.ws.next())
+                .await
+                .expect("a frame within 5 s")
+                .expect("the connection is open")
+                .unwrap();
+            let Ok(text) = msg.into_text() else { continue };
+            let Ok(v) = serde_json::from_str::<Value>(&text) else {
+                continue;
+            };
+            if std::env::var("SHOW_FRAMES").is_ok() {
+                eprintln!("<- {}", &text[..text.len().min(300)]);
+            }
+            let sub = v["sub"].as_u64().map(|s| s as u32);
+            match (v["t"].as_str(), sub) {
+                (Some("reset"), Some(s)) => {
+                    let rows = v["rows"].as_array().unwrap().iter();
+                    let map = rows.map(|r| (r[0].to_string(), r[1].clone())).collect();
+                    self.rows.insert(s, map);
+                    self.cursors
+                        .insert(s, v["cursor"].as_str().map(String::from));
+                }
+                (Some("change"), Some(s)) => {
+                    let map = self.rows.entry(s).or_default();
+                    for r in v["rows"].as_array().unwrap() {
+                        match &r[1] {
+                            Value::Null => map.remove(&r[0].to_string()),
+                            doc => map.insert(r[0].to_string(), doc.clone()),
+                        };
+                    }
+                    if let Some(c) = v["cursor"].as_str() {
+                        self.cursors.insert(s, Some(c.to_string()));
+                    }
+                }
+                (Some("end"), Some(s)) => {
+                    self.rows.remove(&s);
+                    self.ended.insert(s, v["error"].clone());
+                }
+                _ => {}
+            }
+            return v;
+        }
+    }
+
+    /// Reads frames until `sub`'s rows satisfy `pred`.
+    pub async fn until(&mut self, sub: u32, pred: impl Fn(&[Value]) -> bool) {
+        while !pred(&self.docs(sub)) {
+            self.next().await;
+        }
+    }
+
+    /// Reads frames until one of `sub` matches `pred`; returns it.
+    pub async fn frame_of(&mut self, sub: u32, pred: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let v = self.next().await;
+            if v["sub"] == sub && pred(&v) {
+                return v;
+            }
+        }
+    }
+
+    /// `sub`'s rows (in key order).
+    pub fn docs(&self, sub: u32) -> Vec<Value> {
+        self.rows
+            .get(&sub)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
     }
 }

@@ -1,0 +1,200 @@
+//! What a browser may watch and change, declared with remodel-web: every live part of every
+//! page is one of these publications, and the personal log's writes are methods. Nothing else
+//! reaches the database from a page's WebSocket.
+//!
+//! | publication | parameters | result |
+//! |---|---|---|
+//! | `ships` | — | every ship, by name |
+//! | `members` | — | every crew member, by name (the away-team picker, names) |
+//! | `crew` | `{ship}` | a ship's crew, by name (`ship.crewmembers(&db)`, has_many) |
+//! | `away` | `{ship}` | a ship's away-team links (`ship.away_team(&db).link_changes()`) |
+//! | `missions` | `{member}` | a member's away-mission links |
+//! | `member` | `{member}` | one member (a point feed: empty once deleted) |
+//! | `ship_counts`, `species` | — | live aggregates: crew count per ship, per species |
+//! | `leaderboard` | — | the top five scores (an incremental top-N) |
+//! | `logs` | `{member}` | a member's personal log, newest first: **only for the member and the captain of the member's ship** |
+//!
+//! | method | parameters | checks |
+//! |---|---|---|
+//! | `add_log` | `{member, text}` | the caller may write that log (as above); 1 to 500 characters |
+//! | `delete_log` | `{id}` | the caller may write the log the entry is in |
+
+use crate::models::{Crewmember, Log, Starship};
+use crate::routes::leaderboard::top_five;
+use crate::session::Session;
+use remodel::model::Id;
+use remodel::{Database, Model};
+use remodel_web::{Caller, Live, NoParams, Refusal, Web};
+use serde::Deserialize;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShipParam {
+    ship: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemberParam {
+    member: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewLog {
+    member: String,
+    text: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogId {
+    id: String,
+}
+
+/// The longest log entry, in characters.
+pub const MAX_LOG: usize = 500;
+
+async fn ship(db: &Database, id: &str) -> Result<Starship, Refusal> {
+    let ship = Starship::get(db, id).await.ok().flatten();
+    ship.ok_or_else(|| Refusal::not_found("no such starship"))
+}
+
+async fn member(db: &Database, id: &str) -> Result<Crewmember, Refusal> {
+    let member = Crewmember::get(db, id).await.ok().flatten();
+    member.ok_or_else(|| Refusal::not_found("no such crew member"))
+}
+
+/// The rule of personal logs: who may read and write `member`'s log? The member, and the
+/// captain of the member's ship (a member whose rank is `captain`, on the same ship).
+/// Gives the member whose log it is.
+pub async fn may_use_log(
+    db: &Database,
+    session: &Session,
+    member: &str,
+) -> Result<Crewmember, Refusal> {
+    let Some(me) = session.member.as_deref() else {
+        return Err(Refusal::forbidden("sign in to read a personal log"));
+    };
+    let target = self::member(db, member).await?;
+    if me == member {
+        return Ok(target);
+    }
+    let me = self::member(db, me).await?;
+    let captain = me.rank.eq_ignore_ascii_case("captain")
+        && me.starship_id.is_some()
+        && me.starship_id == target.starship_id;
+    match captain {
+        true => Ok(target),
+        false => Err(Refusal::forbidden(
+            "only the member and their ship's captain read this log",
+        )),
+    }
+}
+
+fn now_ms() -> u64 {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Writes an entry to `member`'s log as the signed-in member, after the log's rule and the
+/// entry's checks (shared by the `add_log` method and the page's form).
+pub async fn add_log(
+    db: &Database,
+    session: &Session,
+    member: &str,
+    text: &str,
+) -> Result<Log, Refusal> {
+    may_use_log(db, session, member).await?;
+    let text = text.trim();
+    if text.is_empty() || text.chars().count() > MAX_LOG || text.chars().any(char::is_control) {
+        return Err(Refusal::invalid(format!(
+            "a log entry has 1 to {MAX_LOG} characters, none of them control characters"
+        )));
+    }
+    let log = Log {
+        id: None,
+        crewmember_id: Some(Id::from(member)),
+        author: session.member.clone().unwrap_or_default(),
+        text: text.to_string(),
+        at: now_ms(),
+    };
+    Ok(log.create(db).await?)
+}
+
+/// The app's publications and methods.
+pub fn web(db: Database) -> Web<Session> {
+    Web::builder(db)
+        .publish("ships", |c: Caller<Session>, _: NoParams| async move {
+            Ok(Live::new(Starship::query(&c.db).changes()).sort_by("name"))
+        })
+        .publish("members", |c, _: NoParams| async move {
+            Ok(Live::new(Crewmember::query(&c.db).changes()).sort_by("name"))
+        })
+        .publish("crew", |c, p: ShipParam| async move {
+            let ship = ship(&c.db, &p.ship).await?;
+            Ok(Live::new(ship.crewmembers(&c.db).changes()).sort_by("name"))
+        })
+        .publish("away", |c, p: ShipParam| async move {
+            let ship = ship(&c.db, &p.ship).await?;
+            Ok(Live::new(ship.away_team(&c.db).link_changes()))
+        })
+        .publish("missions", |c, p: MemberParam| async move {
+            let member = member(&c.db, &p.member).await?;
+            Ok(Live::new(member.away_missions(&c.db).link_changes()))
+        })
+        .publish("member", |c, p: MemberParam| async move {
+            let feed = Crewmember::table(&c.db).get(p.member.as_str()).changes();
+            Ok(Live::new(feed))
+        })
+        .publish("ship_counts", |c, _: NoParams| async move {
+            let counts = Crewmember::table(&c.db)
+                .query()
+                .group("starship_id")
+                .count();
+            Ok(Live::new(counts.changes()).key("group"))
+        })
+        .publish("species", |c, _: NoParams| async move {
+            let counts = Crewmember::table(&c.db).query().group("species").count();
+            Ok(Live::new(counts.changes())
+                .key("group")
+                .sort_by_desc("reduction")
+                .sort_by("group"))
+        })
+        .publish("leaderboard", |c, _: NoParams| async move {
+            Ok(Live::new(top_five(&c.db).changes()).sort_by_desc("points"))
+        })
+        .publish("logs", |c, p: MemberParam| async move {
+            let target = may_use_log(&c.db, &c.identity, &p.member).await?;
+            let owner = p.member.clone();
+            let mut live = Live::new(target.logs(&c.db).changes())
+                .rule(move |row| row["crewmember_id"] == owner.as_str())
+                .sort_by_desc("at")
+                // A move to another ship, a new rank: decide again.
+                .guard(Crewmember::table(&c.db).get(p.member.as_str()).changes());
+            if let Some(me) = c.identity.member.as_deref() {
+                live = live.guard(Crewmember::table(&c.db).get(me).changes());
+            }
+            Ok(live)
+        })
+        .method("add_log", |c, p: NewLog| async move {
+            let log = add_log(&c.db, &c.identity, &p.member, &p.text).await?;
+            Ok(log.id)
+        })
+        .method("delete_log", |c, p: LogId| async move {
+            let log = Log::get(&c.db, p.id.as_str()).await?;
+            let log = log.ok_or_else(|| Refusal::not_found("no such log entry"))?;
+            let owner = log
+                .crewmember_id
+                .as_ref()
+                .map(Id::as_str)
+                .unwrap_or_default();
+            may_use_log(&c.db, &c.identity, owner).await?;
+            log.delete(&c.db).await?;
+            Ok(())
+        })
+        .build()
+}
