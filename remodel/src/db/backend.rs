@@ -22,6 +22,9 @@
 //! initial rows, a top-N refill, a join lookup) is of a committed state, as on one machine:
 //! the feed machinery does not know which backend runs.
 
+// The fields are read by the PostgreSQL backend (feature `postgres`), the seam's only user.
+#![cfg_attr(not(feature = "postgres"), allow(dead_code))]
+
 use super::write::{Commit, WriteOp};
 use super::{Database, IndexSpec, TableState, WriteResult};
 use crate::Result;

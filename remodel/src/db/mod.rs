@@ -609,6 +609,7 @@ impl Database {
     }
 
     /// Installs the database of record (once, before the handle is shared).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))] // used by the PostgreSQL backend
     pub(crate) fn set_backend(&self, b: Arc<dyn backend::Backend>) {
         if self.inner.backend.set(b).is_err() {
             unreachable!("a database has one backend");

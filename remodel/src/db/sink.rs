@@ -70,6 +70,7 @@ impl DbInner {
     /// its database of record: what the feeds would show next is unknown).
     /// Later calls on any handle get [`Error::Closed`](crate::Error::Closed): its reads
     /// would be of a replica that no longer follows.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))] // used by the PostgreSQL backend
     pub(crate) fn end_feeds(&self, why: &str) {
         self.closed
             .store(true, std::sync::atomic::Ordering::Release);

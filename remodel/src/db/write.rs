@@ -691,6 +691,7 @@ impl DbInner {
 
 /// A change of a commit made in the database of record: table, key, document before (as
 /// the commit saw it) and after.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))] // used by the PostgreSQL backend
 pub(crate) type ReplicatedChange = (
     Arc<TableState>,
     Vec<u8>,
@@ -702,16 +703,19 @@ pub(crate) type ReplicatedChange = (
 /// as they were (skipped, unchanged or refused), each with its document as read, which the
 /// backend checks are still so at commit: a write's outcome is decided against the rows as
 /// they are at commit, also where it writes nothing.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))] // used by the PostgreSQL backend
 pub(crate) struct BackendStaging {
     pub changes: Vec<StagedChange>,
     pub checks: Vec<StagedCheck>,
 }
 
 /// A key a write read and left as it was: its table, key and document as read.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))] // used by the PostgreSQL backend
 pub(crate) type StagedCheck = (Arc<TableState>, Vec<u8>, Option<Arc<Value>>);
 
 /// A key a write staged for a backend: its table, key, document before (as this store has
 /// it) and after.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))] // used by the PostgreSQL backend
 pub(crate) type StagedChange = (
     Arc<TableState>,
     Vec<u8>,
@@ -719,6 +723,8 @@ pub(crate) type StagedChange = (
     Option<Arc<Value>>,
 );
 
+// Used by the PostgreSQL backend only.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 impl DbInner {
     /// For a backend: stages `ops` (one chunk) against this store under the commit lock, as
     /// a local commit would, and returns the net changes in first-touch order (and the keys
