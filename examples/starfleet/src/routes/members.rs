@@ -32,7 +32,7 @@ pub async fn show(
     let logs = match may_use_log(&app.db, &session, &id).await {
         Ok(_) => {
             let mut logs = member.logs(&app.db).all().await?;
-            logs.sort_by(|a, b| b.at.cmp(&a.at));
+            logs.sort_by_key(|l| std::cmp::Reverse(l.at));
             Some(logs)
         }
         Err(_) => None,
