@@ -105,7 +105,7 @@ async fn prepare(db: Database) -> remodel::Result<Database> {
 
 /// The whole app: every page, form and the live connection.
 pub fn router(state: AppState) -> Router {
-    use routes::{away, captains, leaderboard, members, ships, signin, species};
+    use routes::{away, captains, leaderboard, map, members, ships, signin, species};
     Router::new()
         .route("/", get(ships::index))
         .route("/starfleet.js", get(routes::script))
@@ -126,6 +126,8 @@ pub fn router(state: AppState) -> Router {
             "/leaderboard",
             get(leaderboard::show).post(leaderboard::post_score),
         )
+        .route("/map", get(map::show))
+        .route("/stats", get(map::stats))
         .route("/signin", get(signin::show).post(signin::sign_in))
         .route("/signout", post(signin::sign_out))
         .merge(state.web.router())

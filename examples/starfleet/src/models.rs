@@ -24,7 +24,19 @@ pub struct Starship {
     pub name: String,
     /// The ship's class, e.g. "Intrepid".
     pub category: String,
+    /// Where the ship is on the sector map (0 to [`MAP_WIDTH`]; rows stored before the map
+    /// existed read as 0 and are placed by the map page).
+    #[serde(default)]
+    pub x: f64,
+    /// The map's other coordinate (0 to [`MAP_HEIGHT`]).
+    #[serde(default)]
+    pub y: f64,
 }
+
+/// The sector map's width, in map units.
+pub const MAP_WIDTH: f64 = 800.0;
+/// The sector map's height, in map units.
+pub const MAP_HEIGHT: f64 = 500.0;
 
 /// A member of a crew (or of none: `starship_id` empty).
 #[derive(Model, Serialize, Deserialize, Clone, Debug)]

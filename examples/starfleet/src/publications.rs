@@ -13,13 +13,17 @@
 //! | `ship_counts`, `species` | — | live aggregates: crew count per ship, per species |
 //! | `leaderboard` | — | the top five scores (an incremental top-N) |
 //! | `logs` | `{member}` | a member's personal log, newest first: **only for the member and the captain of the member's ship** |
+//! | `map` | — | every ship's position on the sector map (at most one frame per 50 ms: the net effect of a drag's writes) |
+//! | `stats` | — | the database's own `stats` table (reads and writes per second), about once a second |
 //!
 //! | method | parameters | checks |
 //! |---|---|---|
 //! | `add_log` | `{member, text}` | the caller may write that log (as above); 1 to 500 characters |
 //! | `delete_log` | `{id}` | the caller may write the log the entry is in |
+//! | `move_ship` | `{ship, x, y}` | a ship that exists; finite coordinates on the map (last write wins) |
+//! | `traffic` | — | none: 100 writes and 400 reads of a scratch table, so that the stats page moves |
 
-use crate::models::{Crewmember, Log, Starship};
+use crate::models::{Crewmember, Log, Starship, MAP_HEIGHT, MAP_WIDTH};
 use crate::routes::leaderboard::top_five;
 use crate::session::Session;
 use remodel::model::Id;
@@ -51,6 +55,53 @@ struct NewLog {
 #[serde(deny_unknown_fields)]
 struct LogId {
     id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShipAt {
+    ship: String,
+    x: f64,
+    y: f64,
+}
+
+/// The scratch table the `traffic` method writes.
+const TRAFFIC: &str = "starfleet_traffic";
+
+/// Moves `ship` to (`x`, `y`) on the sector map: one write, decided at commit (two people
+/// dragging the same ship: the last write wins, and every map shows it).
+pub async fn move_ship(db: &Database, ship: &str, x: f64, y: f64) -> Result<(), Refusal> {
+    let on_map = |v: f64, max: f64| v.is_finite() && (0.0..=max).contains(&v);
+    if !on_map(x, MAP_WIDTH) || !on_map(y, MAP_HEIGHT) {
+        return Err(Refusal::invalid(format!(
+            "a position is within 0..{MAP_WIDTH} × 0..{MAP_HEIGHT}"
+        )));
+    }
+    let written = Starship::table(db)
+        .get(ship)
+        .update(serde_json::json!({"x": x, "y": y}))
+        .await?;
+    match written.skipped {
+        0 => Ok(()),
+        _ => Err(Refusal::not_found("no such starship")),
+    }
+}
+
+/// Some traffic for the stats page: 100 writes and 400 point reads of a scratch table.
+async fn traffic(db: &Database) -> Result<(), Refusal> {
+    db.ensure_table(TRAFFIC).await?;
+    let table = db.table(TRAFFIC);
+    for i in 0..100u32 {
+        let doc = serde_json::json!({"id": i % 10, "n": i});
+        table
+            .insert(doc)
+            .conflict(remodel::Conflict::Replace)
+            .await?;
+        for k in 0..4u32 {
+            table.get((i + k) % 10).await?;
+        }
+    }
+    Ok(())
 }
 
 /// The longest log entry, in characters.
@@ -180,6 +231,19 @@ pub fn web(db: Database) -> Web<Session> {
             }
             Ok(live)
         })
+        .publish("map", |c, _: NoParams| async move {
+            Ok(Live::new(Starship::query(&c.db).changes()))
+        })
+        .publish("stats", |c, _: NoParams| async move {
+            Ok(Live::new(c.db.stats().changes()).key_with(|row| row.get("id").cloned()))
+        })
+        .method("move_ship", |c, p: ShipAt| async move {
+            move_ship(&c.db, &p.ship, p.x, p.y).await
+        })
+        .method(
+            "traffic",
+            |c, _: NoParams| async move { traffic(&c.db).await },
+        )
         .method("add_log", |c, p: NewLog| async move {
             let log = add_log(&c.db, &c.identity, &p.member, &p.text).await?;
             Ok(log.id)

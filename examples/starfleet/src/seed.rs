@@ -61,11 +61,14 @@ pub async fn seed_once(db: &Database) -> remodel::Result<bool> {
     if meta.get("seeded").await?.is_some() {
         return Ok(false);
     }
-    for (key, name, category, members) in CREWS {
+    for (i, (key, name, category, members)) in CREWS.into_iter().enumerate() {
         let mut ship = Starship {
             id: Some(Id::from(key)),
             name: name.into(),
             category: category.into(),
+            // Spread over the sector map.
+            x: 160.0 + 240.0 * i as f64,
+            y: 150.0 + 100.0 * (i % 2) as f64,
         };
         ship.save(db).await?;
         let mut crew: Vec<Crewmember> = members

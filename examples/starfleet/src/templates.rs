@@ -34,6 +34,8 @@ const SOURCES: &[(&str, &str)] = &[
     ),
     ("scores.html", include_str!("../templates/scores.html")),
     ("signin.html", include_str!("../templates/signin.html")),
+    ("map.html", include_str!("../templates/map.html")),
+    ("stats.html", include_str!("../templates/stats.html")),
 ];
 
 impl Templates {

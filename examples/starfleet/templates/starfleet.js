@@ -172,6 +172,111 @@ const pages = {
     });
   },
 
+  // The sector map: ships move as anyone drags them. Positions come from the `map`
+  // publication (at most one frame per 50 ms, each holding the latest position of every ship
+  // that moved); a drag writes through the `move_ship` method, at most one write per 60 ms
+  // (the connection may make 20 calls a second) and the final position on release.
+  map() {
+    const svg = document.getElementById("map");
+    const NS = "http://www.w3.org/2000/svg";
+    const shapes = new Map(); // ship id -> <g>
+    let dragging = null; // {id, g, x, y, dx, dy}
+    let lastSent = 0, timer = null;
+    const place = (g, x, y) => g.setAttribute("transform", `translate(${x},${y})`);
+    svg.querySelectorAll("g.ship").forEach((g) => shapes.set(g.dataset.ship, g));
+    live.subscribe("map", {}, (rows) => {
+      const seen = new Set();
+      rows.forEach((s, i) => {
+        seen.add(s.id);
+        let g = shapes.get(s.id);
+        if (!g) {
+          g = document.createElementNS(NS, "g");
+          g.classList.add("ship");
+          g.dataset.ship = s.id;
+          g.style.cursor = "grab";
+          g.innerHTML = `<circle r="22" fill="#2f4b85" stroke="#ffcc66" stroke-width="2"></circle><text y="42" text-anchor="middle" fill="#e8ecf5" font-size="14">${h(s.name)}</text>`;
+          svg.appendChild(g);
+          shapes.set(s.id, g);
+        }
+        // Rows stored before the map existed have no position: a slot of their own.
+        const x = s.x || 80 + (i % 8) * 90, y = s.y || 60 + Math.floor(i / 8) * 90;
+        g.dataset.x = x; g.dataset.y = y;
+        // The ship being dragged here follows the pointer, not the echo of its own writes.
+        if (!dragging || dragging.id !== s.id) place(g, x, y);
+      });
+      for (const [id, g] of shapes) if (!seen.has(id)) { g.remove(); shapes.delete(id); }
+      redrawn("map");
+    });
+    const at = (e) => {
+      const p = new DOMPoint(e.clientX, e.clientY).matrixTransform(svg.getScreenCTM().inverse());
+      return { x: p.x, y: p.y };
+    };
+    const clamp = (v, max) => Math.min(max, Math.max(0, Math.round(v)));
+    const send = () => {
+      if (!dragging) return;
+      clearTimeout(timer); timer = null;
+      lastSent = performance.now();
+      const { id, x, y } = dragging;
+      live.call("move_ship", { ship: id, x, y }).catch((e) => console.warn("move_ship", e.code, e.message));
+    };
+    svg.addEventListener("pointerdown", (e) => {
+      const g = e.target.closest("g.ship");
+      if (!g) return;
+      const p = at(e);
+      dragging = { id: g.dataset.ship, g, x: +g.dataset.x, y: +g.dataset.y, dx: p.x - g.dataset.x, dy: p.y - g.dataset.y };
+      svg.setPointerCapture(e.pointerId);
+      g.style.cursor = "grabbing";
+    });
+    svg.addEventListener("pointermove", (e) => {
+      if (!dragging) return;
+      const p = at(e);
+      dragging.x = clamp(p.x - dragging.dx, svg.viewBox.baseVal.width);
+      dragging.y = clamp(p.y - dragging.dy, svg.viewBox.baseVal.height);
+      place(dragging.g, dragging.x, dragging.y);
+      const wait = 60 - (performance.now() - lastSent);
+      if (wait <= 0) send();
+      else if (!timer) timer = setTimeout(send, wait);
+    });
+    const drop = () => {
+      if (!dragging) return;
+      send(); // the final position, whatever the throttle
+      dragging.g.style.cursor = "grab";
+      dragging = null;
+    };
+    svg.addEventListener("pointerup", drop);
+    svg.addEventListener("pointercancel", drop);
+  },
+
+  // The database's reads and writes per second, a point per stats change (about a second).
+  stats() {
+    const chart = document.getElementById("stats-chart");
+    const points = [];
+    const W = 640, H = 240, PAD = 36, KEEP = 60;
+    live.subscribe("stats", {}, (rows) => {
+      const d = rows.find((r) => r.type === "database");
+      if (!d) return;
+      points.push({ r: d.reads_per_sec || 0, w: d.writes_per_sec || 0 });
+      if (points.length > KEEP) points.shift();
+      document.getElementById("reads-now").textContent = Math.round(points.at(-1).r);
+      document.getElementById("writes-now").textContent = Math.round(points.at(-1).w);
+      const max = Math.max(1, ...points.map((p) => Math.max(p.r, p.w))) * 1.1;
+      const xAt = (i) => PAD + (i * (W - PAD - 8)) / (KEEP - 1);
+      const yAt = (v) => H - PAD + 8 - (v * (H - PAD)) / max;
+      const line = (key, colour) =>
+        `<polyline fill="none" stroke="${colour}" stroke-width="2" points="${points.map((p, i) => `${xAt(i).toFixed(1)},${yAt(p[key]).toFixed(1)}`).join(" ")}"></polyline>`;
+      chart.innerHTML = `<line x1="${PAD}" y1="${H - PAD + 8}" x2="${W - 8}" y2="${H - PAD + 8}" stroke="#2a3658"></line>
+<text x="4" y="16" fill="#98a3bd" font-size="12">${Math.round(max)}/s</text>
+<text x="4" y="${H - PAD + 12}" fill="#98a3bd" font-size="12">0</text>
+<text x="${W - 8}" y="${H - 6}" text-anchor="end" fill="#98a3bd" font-size="12">last ${KEEP} points</text>
+${line("r", "#8fc1ff")}${line("w", "#ffcc66")}`;
+      chart.dataset.points = points.length;
+      chart.dataset.maxWrites = Math.max(+(chart.dataset.maxWrites || 0), points.at(-1).w);
+      redrawn("stats");
+    });
+    document.getElementById("traffic").addEventListener("click", () =>
+      live.call("traffic", {}).catch((e) => console.warn("traffic", e.code, e.message)));
+  },
+
   // The holodeck's top five.
   leaderboard() {
     const scores = document.getElementById("scores");

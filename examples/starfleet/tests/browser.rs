@@ -478,3 +478,131 @@ async fn pages_show_changes_without_reload() {
     client.close().await.unwrap();
     let _ = std::fs::remove_dir_all(&profile);
 }
+
+/// The position the map in `client` shows for `ship`, and how many times it was redrawn.
+async fn map_state(client: &Client, ship: &str) -> (String, u64) {
+    let script = format!(
+        "return [document.querySelector('#map g[data-ship={ship}]').getAttribute('transform'), \
+         window.starfleet.redraws.map || 0];"
+    );
+    let v = client.execute(&script, vec![]).await.unwrap();
+    (v[0].as_str().unwrap().to_string(), v[1].as_u64().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_map_moves_live_and_the_stats_chart_grows() {
+    use fantoccini::actions::{InputSource, MouseActions, PointerAction, MOUSE_BUTTON_LEFT};
+    use remodel::Model;
+    if !Path::new(CHROMIUM).exists() || !Path::new(CHROMEDRIVER).exists() {
+        println!("SKIPPED: {CHROMIUM} or {CHROMEDRIVER} is missing (apt-get install chromium chromium-driver)");
+        return;
+    }
+    let db = open_database(None).await.unwrap();
+    let (addr, _stop) = serve(db.clone(), "127.0.0.1:0".parse().unwrap()).await;
+    let dir = std::env::temp_dir();
+    let (one, two) = (
+        dir.join(format!("starfleet-map-a-{}", std::process::id())),
+        dir.join(format!("starfleet-map-b-{}", std::process::id())),
+    );
+    let _ = (std::fs::remove_dir_all(&one), std::fs::remove_dir_all(&two));
+    // Two browsers: the test watches the second while the first drags.
+    let (_driver_a, dragger) = browser(&one).await;
+    let (_driver_b, watcher) = browser(&two).await;
+    open(&dragger, addr, "/map").await;
+    open(&watcher, addr, "/map").await;
+    let (before, redraws_before) = map_state(&watcher, "voyager").await;
+
+    // A 1.5 s drag of Voyager, 30 steps of 50 ms.
+    let ship = dragger
+        .find(fantoccini::Locator::Css("#map g[data-ship=voyager] circle"))
+        .await
+        .unwrap();
+    let mut drag = MouseActions::new("mouse".into())
+        .then(PointerAction::MoveToElement {
+            element: ship,
+            duration: None,
+            x: 0.0,
+            y: 0.0,
+        })
+        .then(PointerAction::Down {
+            button: MOUSE_BUTTON_LEFT,
+        });
+    for _ in 0..30 {
+        drag = drag.then(PointerAction::MoveBy {
+            duration: Some(Duration::from_millis(50)),
+            x: 8.0,
+            y: -3.0,
+        });
+    }
+    drag = drag.then(PointerAction::Up {
+        button: MOUSE_BUTTON_LEFT,
+    });
+    let started = Instant::now();
+    let dragging = {
+        let dragger = dragger.clone();
+        tokio::spawn(async move { dragger.perform_actions(drag).await })
+    };
+    // The other map shows the ship moving within a second of the drag's start.
+    let mut moved_after = None;
+    while started.elapsed() < Duration::from_secs(3) {
+        if map_state(&watcher, "voyager").await.0 != before {
+            moved_after = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let moved_after = moved_after.expect("the other map shows the drag");
+    println!(
+        "map: the other window moved after {} ms",
+        moved_after.as_millis()
+    );
+    assert!(moved_after < Duration::from_secs(1), "{moved_after:?}");
+    dragging.await.unwrap().unwrap();
+    let drag_time = started.elapsed();
+    // Both maps settle on the stored position.
+    let stored = || async {
+        let s = starfleet::models::Starship::get(&db, "voyager")
+            .await
+            .unwrap()
+            .unwrap();
+        format!("translate({},{})", s.x, s.y)
+    };
+    let mut settled = false;
+    for _ in 0..100 {
+        let want = stored().await;
+        let (a, b) = (
+            map_state(&dragger, "voyager").await.0,
+            map_state(&watcher, "voyager").await.0,
+        );
+        if a == want && b == want && want != before {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(settled, "both maps show the stored position");
+    let redraws = map_state(&watcher, "voyager").await.1 - redraws_before;
+    let most = drag_time.as_millis() as u64 / 50 + 2;
+    println!(
+        "map: {redraws} redraws of the other window during a {} ms drag (at most {most})",
+        drag_time.as_millis()
+    );
+    assert!(redraws <= most, "{redraws} redraws");
+    screenshot(&watcher, "map").await;
+
+    // The stats chart gains points while writes happen.
+    open(&watcher, addr, "/stats").await;
+    click(&watcher, "#traffic", "/stats").await;
+    let grows = "+(document.getElementById('stats-chart').dataset.points || 0) >= 3 \
+                 && +(document.getElementById('stats-chart').dataset.maxWrites || 0) > 0";
+    let took = wait_for(&watcher, grows, Duration::from_secs(10)).await;
+    assert!(
+        took.is_some(),
+        "the stats chart gains points while writes happen"
+    );
+    screenshot(&watcher, "stats").await;
+
+    dragger.close().await.unwrap();
+    watcher.close().await.unwrap();
+    let _ = (std::fs::remove_dir_all(&one), std::fs::remove_dir_all(&two));
+}

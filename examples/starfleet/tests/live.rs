@@ -263,3 +263,69 @@ async fn signing_in_shows_who_and_a_picker() {
     let forged = cookie.replace("tuvok", "janeway");
     assert!(!app.get_as("/", &forged).await.body.contains("Signed in as"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_map_and_the_stats_follow_their_methods() {
+    let app = app().await;
+    let addr = app.serve().await;
+    let mut page = Live::connect(addr, None).await;
+    page.sub(1, "map", json!({}), None).await;
+    page.sub(2, "stats", json!({}), None).await;
+    page.until(1, |rows| rows.len() == 3).await;
+    page.until(2, |rows| rows.iter().any(|r| r["type"] == "database"))
+        .await;
+    // Moves: refused off the map or for a ship that is not there; the last write wins.
+    for (id, params, code) in [
+        (
+            1,
+            json!({"ship": "voyager", "x": -1.0, "y": 10.0}),
+            Some("invalid"),
+        ),
+        (
+            2,
+            json!({"ship": "voyager", "x": 10.0, "y": 1e9}),
+            Some("invalid"),
+        ),
+        (
+            3,
+            json!({"ship": "nx-01", "x": 10.0, "y": 10.0}),
+            Some("not_found"),
+        ),
+        (4, json!({"ship": "voyager", "x": 10.0, "y": 20.0}), None),
+        (5, json!({"ship": "voyager", "x": 30.0, "y": 40.0}), None),
+    ] {
+        page.send(json!({"op": "call", "id": id, "name": "move_ship", "params": params}))
+            .await;
+        let v = loop {
+            let v = page.next().await;
+            if v["t"] == "result" && v["call"] == id {
+                break v;
+            }
+        };
+        assert_eq!(v["error"]["code"].as_str(), code, "{v}");
+    }
+    page.until(1, |rows| {
+        rows.iter()
+            .any(|s| s["id"] == "voyager" && s["x"] == 30.0 && s["y"] == 40.0)
+    })
+    .await;
+    // Traffic shows in the stats within a few seconds.
+    page.send(json!({"op": "call", "id": 9, "name": "traffic", "params": {}}))
+        .await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let db = page
+            .docs(2)
+            .into_iter()
+            .find(|r| r["type"] == "database")
+            .unwrap();
+        if db["writes_per_sec"].as_f64().unwrap_or(0.0) > 0.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no writes in the stats: {db}"
+        );
+        page.next().await;
+    }
+}

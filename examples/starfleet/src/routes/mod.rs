@@ -5,6 +5,7 @@
 pub mod away;
 pub mod captains;
 pub mod leaderboard;
+pub mod map;
 pub mod members;
 pub mod ships;
 pub mod signin;
