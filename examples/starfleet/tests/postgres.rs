@@ -58,4 +58,30 @@ async fn a_change_posted_to_one_instance_is_live_in_the_other() {
     assert_eq!(v["t"], "change", "resumed: {v}");
     let rows = v["rows"].to_string();
     assert!(rows.contains("Neelix2") && !rows.contains("Kes"), "{rows}");
+
+    // The sector map: a ship dragged on instance A moves on a map of instance B.
+    let mut map_b = Live::connect(addr_b, None).await;
+    map_b.sub(1, "map", json!({}), None).await;
+    map_b.until(1, |rows| rows.len() == 3).await;
+    let mut map_a = Live::connect(addr_a, None).await;
+    for (i, x) in [100.0, 200.0, 300.0].into_iter().enumerate() {
+        let params = json!({"ship": "defiant", "x": x, "y": 50.0});
+        map_a
+            .send(json!({"op": "call", "id": i, "name": "move_ship", "params": params}))
+            .await;
+        // One at a time: calls in flight together commit in any order.
+        let v = loop {
+            let v = map_a.next().await;
+            if v["t"] == "result" {
+                break v;
+            }
+        };
+        assert!(v.get("error").is_none(), "{v}");
+    }
+    map_b
+        .until(1, |rows| {
+            rows.iter()
+                .any(|s| s["id"] == "defiant" && s["x"] == 300.0 && s["y"] == 50.0)
+        })
+        .await;
 }
