@@ -30,7 +30,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Ok(())
         })
         .build();
-    let app = Router::new().route("/", get(|| async { Html(PAGE) })).merge(web.router());
+    let app = Router::new()
+        .route("/", get(|| async { Html(PAGE) }))
+        .merge(web.router());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
     Ok(axum::serve(listener, app).await?)
 }

@@ -27,8 +27,9 @@ export function escapeHtml(s) {
   return String(s ?? '').replace(/[&<>"']/g, (c) => map[c]);
 }
 
-/** Map key of a row key: strings as is, anything else by its JSON. */
-const mapKey = (key) => (typeof key === 'string' ? key : JSON.stringify(key));
+/** Map key of a row key: its JSON, so that keys differing only in type (`"5"` and `5`,
+ * `"null"` and `null`) stay distinct rows. */
+const mapKey = (key) => JSON.stringify(key);
 
 const offline = () => typeof navigator !== 'undefined' && navigator.onLine === false;
 
@@ -62,7 +63,7 @@ function compareValues(a, b) {
  * @property {number} id
  * @property {string} name
  * @property {*} params
- * @property {Map<string, *>} byKey document by key (non-string keys by their JSON.stringify)
+ * @property {Map<string, *>} byKey document by key (keyed by the key's JSON.stringify; use get(key))
  * @property {?{code: string, message: string}} error set once the server ended it
  * @property {?string} cursor the last cursor received, sent back when resubscribing
  */

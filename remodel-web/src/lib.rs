@@ -63,6 +63,7 @@ mod error;
 mod limits;
 mod live;
 mod origin;
+mod outbox;
 pub mod protocol;
 mod socket;
 mod subscription;
@@ -310,10 +311,12 @@ impl<I: Clone + Send + Sync + 'static> Web<I> {
         upgrade
             .max_message_size(limits.max_frame_bytes)
             .max_frame_size(limits.max_frame_bytes)
-            // A small read buffer: most frames are a few hundred bytes, and each idle
+            // A small read buffer: client frames are a few hundred bytes, and each idle
             // connection keeps its buffer.
-            .read_buffer_size(4096)
-            .write_buffer_size(0)
+            .read_buffer_size(1024)
+            // Frames are written in batches (the writer feeds what is queued, then flushes
+            // once): one system call for a burst instead of one per frame.
+            .write_buffer_size(16 * 1024)
             .on_upgrade(move |socket| socket::serve(shared, identity, socket))
     }
 

@@ -23,11 +23,16 @@ pub struct Limits {
     pub subscriptions: usize,
     /// Method calls per second per connection, with bursts of as many (default 20).
     pub calls_per_second: u32,
+    /// Subscriptions opened per second per connection, with bursts of as many (default 50):
+    /// each runs its publication and reads its whole result, so churning through them
+    /// (subscribe, unsubscribe, again) costs as much as holding many.
+    pub subscribes_per_second: u32,
     /// A connection from which nothing came for this long is closed (default 30 s; the
     /// JavaScript client pings at a third of it).
     pub idle_timeout: Duration,
-    /// A client that takes longer than this to accept one frame is disconnected (default
-    /// 10 s): a client that never reads costs the server one frame, not a growing queue.
+    /// A client that takes longer than this to accept a batch of frames is disconnected
+    /// (default 10 s). Until then a client that does not read holds at most a queue of frames
+    /// (1 MiB) and one initial result being read, never a growing backlog.
     pub write_timeout: Duration,
     /// The most changes a subscription's feed holds for a client that does not keep up
     /// (default 1,024). Beyond it, the subscription resynchronises: the client gets the whole
@@ -41,6 +46,7 @@ impl Default for Limits {
             max_frame_bytes: 64 * 1024,
             subscriptions: 100,
             calls_per_second: 20,
+            subscribes_per_second: 50,
             idle_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(10),
             feed_queue: 1024,

@@ -27,6 +27,10 @@
 //! exactly the changes after it (as `change` messages), or a `reset` when the server no longer
 //! holds them (the cursor expired, or the publication's feed cannot resume: top-N, aggregates,
 //! joins). Messages of one subscription arrive in commit order.
+//!
+//! After an `unsub`, nothing more of that subscription is sent; frames of it already on their
+//! way may still arrive (a client that reuses the id ignores them until the new
+//! subscription's `reset` or `end`, which comes after them).
 
 use crate::live::Direction;
 use crate::Refusal;

@@ -8,23 +8,25 @@
 //! full waits without reading its feed, so its feed (not the server's memory) absorbs the
 //! backlog, and overflows into a resynchronisation.
 
+use crate::outbox::{Inbox, Outbox};
 use crate::protocol::{ClientFrame, Outcome, ServerFrame};
 use crate::subscription::Subscription;
 use crate::{Caller, ErrorCode, Refusal, Shared};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures::{SinkExt, StreamExt};
+use futures::stream::SplitSink;
+use futures::{FutureExt, SinkExt, StreamExt};
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-/// Frames waiting for the client, per connection.
-const OUTGOING: usize = 32;
-
-/// The outgoing queue of a connection.
-pub(crate) type Outbox = mpsc::Sender<Message>;
+/// The most frames the writer hands the socket before one flush (one system call for a
+/// burst of frames instead of one each).
+const BATCH: usize = 64;
 
 /// Counts a connection as open while it lives.
 struct Counted<'a>(&'a std::sync::atomic::AtomicUsize);
@@ -42,8 +44,8 @@ impl Drop for Counted<'_> {
     }
 }
 
-/// Method calls a connection may make: a token bucket refilled at `rate` a second, holding
-/// at most `rate`.
+/// Actions a connection may take per second: a token bucket refilled at `rate` a second,
+/// holding at most `rate`.
 struct Bucket {
     rate: f64,
     tokens: f64,
@@ -73,6 +75,37 @@ impl Bucket {
     }
 }
 
+/// Writes the queued frames to the socket, a batch per flush, until the queue closes, a
+/// close frame went out, or the client does not take a batch within `timeout`.
+async fn write(mut sink: SplitSink<WebSocket, Message>, mut queue: Inbox, timeout: Duration) {
+    'frames: while let Some(first) = queue.next().await {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match queue.ready() {
+                Some(m) => batch.push(m),
+                None => break,
+            }
+        }
+        let mut close = false;
+        let sent = tokio::time::timeout(timeout, async {
+            for message in batch {
+                close = matches!(message, Message::Close(_));
+                sink.feed(message).await?;
+                if close {
+                    break;
+                }
+            }
+            sink.flush().await
+        })
+        .await;
+        if !matches!(sent, Ok(Ok(()))) || close {
+            break 'frames;
+        }
+    }
+    // Closing writes a frame too: a client that does not read gets no longer for it.
+    let _ = tokio::time::timeout(timeout, sink.close()).await;
+}
+
 /// Serves one WebSocket until the client goes, idles out, or breaks the protocol's limits.
 pub(crate) async fn serve<I: Clone + Send + Sync + 'static>(
     shared: Arc<Shared<I>>,
@@ -81,19 +114,9 @@ pub(crate) async fn serve<I: Clone + Send + Sync + 'static>(
 ) {
     let _open = Counted::new(&shared.connections);
     let limits = shared.limits.clone();
-    let (mut sink, mut stream) = socket.split();
-    let (out, mut outgoing) = mpsc::channel::<Message>(OUTGOING);
-    let mut writer = tokio::spawn(async move {
-        while let Some(message) = outgoing.recv().await {
-            let close = matches!(message, Message::Close(_));
-            match tokio::time::timeout(limits.write_timeout, sink.send(message)).await {
-                Ok(Ok(())) if !close => {}
-                _ => break,
-            }
-        }
-        // Closing writes a frame too: a client that does not read gets no longer for it.
-        let _ = tokio::time::timeout(limits.write_timeout, sink.close()).await;
-    });
+    let (sink, mut stream) = socket.split();
+    let (out, queue) = Outbox::new();
+    let mut writer = tokio::spawn(write(sink, queue, limits.write_timeout));
     let mut conn = Connection {
         caller: Caller {
             identity,
@@ -102,17 +125,23 @@ pub(crate) async fn serve<I: Clone + Send + Sync + 'static>(
         shared: shared.clone(),
         out: out.clone(),
         subs: HashMap::new(),
-        calls: Bucket::new(shared.limits.calls_per_second),
+        calls: Bucket::new(limits.calls_per_second),
+        subscribes: Bucket::new(limits.subscribes_per_second),
+        resets: Arc::new(Semaphore::new(1)),
     };
-    let idle_ms = u64::try_from(shared.limits.idle_timeout.as_millis()).unwrap_or(u64::MAX);
-    let _ = out.send(ServerFrame::Hello { idle_ms }.message()).await;
+    let idle_ms = u64::try_from(limits.idle_timeout.as_millis()).unwrap_or(u64::MAX);
+    let _ = out.send(&ServerFrame::Hello { idle_ms }).await;
     let mut cut = shared.cut.subscribe();
+    let mut writer_done = false;
     loop {
         let frame = tokio::select! {
-            frame = tokio::time::timeout(shared.limits.idle_timeout, stream.next()) => frame,
-            _ = &mut writer => break,
+            frame = tokio::time::timeout(limits.idle_timeout, stream.next()) => frame,
+            _ = &mut writer => {
+                writer_done = true;
+                break;
+            }
             _ = cut.changed() => {
-                let _ = out.try_send(Message::Close(Some(CloseFrame {
+                out.try_send(Message::Close(Some(CloseFrame {
                     code: 1001,
                     reason: "the server is going away".into(),
                 })));
@@ -139,18 +168,22 @@ pub(crate) async fn serve<I: Clone + Send + Sync + 'static>(
         };
         if let Some(why) = closing {
             // Say why, then close (best effort: the client may be gone).
-            let _ = out.try_send(ServerFrame::Error { error: why.clone() }.message());
-            let _ = out.try_send(Message::Close(Some(CloseFrame {
+            out.try_send(ServerFrame::Error { error: why.clone() }.message());
+            out.try_send(Message::Close(Some(CloseFrame {
                 code: close_code(why.code()),
                 reason: why.message().chars().take(100).collect::<String>().into(),
             })));
             break;
         }
     }
+    // Every sender of the queue goes (the subscriptions' tasks are aborted with their
+    // senders), so the writer ends once it has written what is queued (the closing frames).
     conn.end();
+    drop(conn);
     drop(out);
-    // The writer sends what is queued (the closing frames) within its write timeout.
-    let _ = tokio::time::timeout(shared.limits.write_timeout, writer).await;
+    if !writer_done {
+        let _ = tokio::time::timeout(limits.write_timeout, writer).await;
+    }
 }
 
 /// A read error as a refusal: a frame over the limit, or anything else the WebSocket layer
@@ -179,6 +212,9 @@ struct Connection<I> {
     out: Outbox,
     subs: HashMap<u32, Running>,
     calls: Bucket,
+    subscribes: Bucket,
+    /// One initial result is read and queued at a time per connection (each can be large).
+    resets: Arc<Semaphore>,
 }
 
 /// A subscription's task, and whether it ended by itself (set before its `end` frame is
@@ -190,7 +226,7 @@ struct Running {
 
 impl<I: Clone + Send + Sync + 'static> Connection<I> {
     async fn send(&self, frame: ServerFrame<'_>) {
-        let _ = self.out.send(frame.message()).await;
+        let _ = self.out.send(&frame).await;
     }
 
     async fn refuse(&self, code: ErrorCode, message: &str) {
@@ -217,6 +253,7 @@ impl<I: Clone + Send + Sync + 'static> Connection<I> {
                 cursor,
             } => self.subscribe(id, &name, params, cursor).await,
             ClientFrame::Unsub { id } => {
+                self.out.close(id);
                 if let Some(sub) = self.subs.remove(&id) {
                     sub.task.abort();
                 }
@@ -240,13 +277,24 @@ impl<I: Clone + Send + Sync + 'static> Connection<I> {
             let why = Refusal::new(ErrorCode::DuplicateId, "this subscription id is in use");
             return self.send(ServerFrame::Error { error: why }).await;
         }
-        if self.subs.len() >= self.shared.limits.subscriptions {
+        let limits = &self.shared.limits;
+        if self.subs.len() >= limits.subscriptions {
             let why = format!(
                 "at most {} subscriptions per connection",
-                self.shared.limits.subscriptions
+                limits.subscriptions
+            );
+            let why = Refusal::new(ErrorCode::TooManySubscriptions, why);
+            return self.send(end(why)).await;
+        }
+        if !self.subscribes.take() {
+            // Each subscription runs its publication and reads its result: churning through
+            // them is as costly as holding many.
+            let why = format!(
+                "at most {} subscriptions a second",
+                limits.subscribes_per_second
             );
             return self
-                .send(end(Refusal::new(ErrorCode::TooManySubscriptions, why)))
+                .send(end(Refusal::new(ErrorCode::RateLimited, why)))
                 .await;
         }
         let Some(publish) = self.shared.publications.get(name).cloned() else {
@@ -261,16 +309,39 @@ impl<I: Clone + Send + Sync + 'static> Connection<I> {
             }
         };
         let ended = Arc::new(AtomicBool::new(false));
+        let generation = self.out.open(id);
         let sub = Subscription {
             id,
+            generation,
             ended: ended.clone(),
             shared: self.shared.clone(),
             caller: self.caller.clone(),
             publish,
             params,
             out: self.out.clone(),
+            resets: self.resets.clone(),
         };
-        let task = tokio::spawn(sub.run(cursor));
+        let (out, gone) = (self.out.clone(), ended.clone());
+        let task = tokio::spawn(async move {
+            // A publication that panics ends its subscription, with a word to the client.
+            if AssertUnwindSafe(sub.run(cursor))
+                .catch_unwind()
+                .await
+                .is_err()
+            {
+                gone.store(true, Ordering::Release);
+                let why = Refusal::new(ErrorCode::Internal, "the publication failed");
+                let _ = out
+                    .send_from(
+                        (id, generation),
+                        &ServerFrame::End {
+                            sub: id,
+                            error: why,
+                        },
+                    )
+                    .await;
+            }
+        });
         let task = task.abort_handle();
         self.subs.insert(id, Running { task, ended });
     }
@@ -292,13 +363,16 @@ impl<I: Clone + Send + Sync + 'static> Connection<I> {
         let (caller, out) = (self.caller.clone(), self.out.clone());
         // A call runs to its end even if the client goes meanwhile (it may be writing).
         tokio::spawn(async move {
-            let outcome = match method(caller, params).await {
-                Ok(v) => Outcome::Ok(v),
-                Err(why) => Outcome::Error(why),
+            let outcome = match AssertUnwindSafe(method(caller, params))
+                .catch_unwind()
+                .await
+            {
+                Ok(Ok(v)) => Outcome::Ok(v),
+                Ok(Err(why)) => Outcome::Error(why),
+                // A method that panics still answers (its client would wait forever).
+                Err(_) => Outcome::Error(Refusal::new(ErrorCode::Internal, "the method failed")),
             };
-            let _ = out
-                .send(ServerFrame::Result { call: id, outcome }.message())
-                .await;
+            let _ = out.send(&ServerFrame::Result { call: id, outcome }).await;
         });
     }
 

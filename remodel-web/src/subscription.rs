@@ -10,8 +10,8 @@
 //! its feed is aborted (the table was dropped).
 
 use crate::live::Live;
+use crate::outbox::Outbox;
 use crate::protocol::ServerFrame;
-use crate::socket::Outbox;
 use crate::{Caller, ErrorCode, PublishFn, Refusal, Shared};
 use futures::stream::{SelectAll, StreamExt};
 use futures::FutureExt;
@@ -19,12 +19,15 @@ use remodel::{ChangeKind, Cursor, Error, Feed, Value};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use tokio::sync::Semaphore;
 
 /// The most changes one frame gathers (a client resuming after a long cut gets several).
 const MOST_PER_FRAME: usize = 4096;
 
 pub(crate) struct Subscription<I> {
     pub(crate) id: u32,
+    /// Which opening of the id this is (see [`Outbox`]).
+    pub(crate) generation: u64,
     /// Set when the subscription ends by itself, before the client hears of it.
     pub(crate) ended: Arc<AtomicBool>,
     pub(crate) shared: Arc<Shared<I>>,
@@ -32,6 +35,8 @@ pub(crate) struct Subscription<I> {
     pub(crate) publish: Arc<PublishFn<I>>,
     pub(crate) params: Value,
     pub(crate) out: Outbox,
+    /// The connection's turn to read and queue an initial result.
+    pub(crate) resets: Arc<Semaphore>,
 }
 
 /// Why following a feed stopped.
@@ -70,7 +75,7 @@ impl<I: Clone + Send + Sync + 'static> Subscription<I> {
                         sub: self.id,
                         error: why,
                     };
-                    let _ = self.out.send(end.message()).await;
+                    let _ = self.send(end).await;
                     return;
                 }
                 Stop::Gone => return,
@@ -79,27 +84,46 @@ impl<I: Clone + Send + Sync + 'static> Subscription<I> {
     }
 
     async fn send(&self, frame: ServerFrame<'_>) -> Result<(), Stop> {
-        self.out.send(frame.message()).await.map_err(|_| Stop::Gone)
+        let from = (self.id, self.generation);
+        self.out
+            .send_from(from, &frame)
+            .await
+            .map_err(|_| Stop::Gone)
     }
 
     /// Asks the publication, opens the guards and the feed, and sends the initial rows when
     /// the feed does not resume from `cursor`.
+    ///
+    /// The guards watch from before the decision: from the database's position taken before
+    /// the publication reads anything (or from the client's cursor, when it resumes: a guard
+    /// that changed since then means the rows it missed were decided otherwise, and it gets
+    /// the whole result again instead). A change to what the publication decided with is
+    /// thus never missed, however close to the decision it comes. Without a change log
+    /// (guards cannot resume), the publication decides again once its guards watch.
     async fn open(&self, cursor: Option<Cursor>) -> Result<(Live, Feed, SelectAll<Feed>), Stop> {
-        let live = (self.publish)(self.caller.clone(), self.params.clone())
-            .await
-            .map_err(Stop::End)?;
+        let since = cursor.unwrap_or_else(|| self.caller.db.position());
+        let mut live = self.decide().await?;
+        let mut guards = SelectAll::new();
+        let mut watched_late = false;
+        for guard in &live.guards {
+            let guard = guard.as_ref().map_err(|e| Stop::End(refusal(e)))?;
+            let feed = match guard.clone().resume_from(since).await {
+                Ok(feed) => feed,
+                Err(_) => {
+                    watched_late = true;
+                    guard.clone().await.map_err(|e| Stop::End(refusal(&e)))?
+                }
+            };
+            guards.push(feed);
+        }
+        if watched_late {
+            live = self.decide().await?;
+        }
         let changes = match &live.changes {
             Ok(c) => c.clone().queue_size(self.shared.limits.feed_queue),
             Err(e) => return Err(Stop::End(refusal(e))),
         };
-        // The guards first: a change to what the publication decided with, from here on,
-        // restarts the subscription.
-        let mut guards = SelectAll::new();
-        for guard in &live.guards {
-            let guard = guard.as_ref().map_err(|e| Stop::End(refusal(e)))?;
-            guards.push(guard.clone().await.map_err(|e| Stop::End(refusal(&e)))?);
-        }
-        if let Some(cursor) = cursor {
+        if let Some(cursor) = cursor.filter(|_| !watched_late && !guards_moved(&mut guards)) {
             match changes.clone().resume_from(cursor).await {
                 Ok(feed) => return Ok((live, feed, guards)),
                 Err(e @ (Error::NoSuchTable(_) | Error::Closed)) => {
@@ -110,6 +134,14 @@ impl<I: Clone + Send + Sync + 'static> Subscription<I> {
                 Err(_) => {}
             }
         }
+        // Guards that moved since the client's cursor are spent (the reset below follows
+        // a decision made after them): watch afresh from here.
+        if cursor.is_some() {
+            return Err(Stop::Restart);
+        }
+        // One initial result at a time per connection: each may be large, and a client that
+        // does not read must not make the server hold many.
+        let _turn = self.resets.acquire().await.map_err(|_| Stop::Gone)?;
         let mut feed = changes
             .include_initial(true)
             .include_states(true)
@@ -138,6 +170,9 @@ impl<I: Clone + Send + Sync + 'static> Subscription<I> {
                 }
             }
         }
+        if guards_moved(&mut guards) {
+            return Err(Stop::Restart);
+        }
         let reset = ServerFrame::Reset {
             sub: self.id,
             rows,
@@ -148,18 +183,32 @@ impl<I: Clone + Send + Sync + 'static> Subscription<I> {
         Ok((live, feed, guards))
     }
 
-    /// Sends the feed's changes, one frame per window, until something stops it.
+    /// The publication's answer for this caller and these parameters.
+    async fn decide(&self) -> Result<Live, Stop> {
+        (self.publish)(self.caller.clone(), self.params.clone())
+            .await
+            .map_err(Stop::End)
+    }
+
+    /// Sends the feed's changes, one frame per window, until something stops it. Before each
+    /// change it takes and before each frame it sends, it looks at the guards: a change to
+    /// what the publication decided with stops it, and what the feed had after that change
+    /// is never sent under the old decision.
     async fn follow(&self, live: &Live, mut feed: Feed, mut guards: SelectAll<Feed>) -> Stop {
         let window = self.shared.window;
         loop {
             let first = tokio::select! {
-                item = feed.next() => item,
+                biased;
                 // Any item of a guard (a change, or the guard's end) means: decide again.
                 _ = guards.next(), if !guards.is_empty() => return Stop::Restart,
+                item = feed.next() => item,
             };
             let mut batch = Batch::default();
             let mut item = first;
             loop {
+                if guards_moved(&mut guards) {
+                    return Stop::Restart;
+                }
                 match item {
                     None => {
                         let why = Refusal::new(ErrorCode::Aborted, "the feed ended");
@@ -180,6 +229,9 @@ impl<I: Clone + Send + Sync + 'static> Subscription<I> {
                     None => break,
                 }
             }
+            if guards_moved(&mut guards) {
+                return Stop::Restart;
+            }
             if !batch.rows.is_empty() {
                 let frame = ServerFrame::Change {
                     sub: self.id,
@@ -195,6 +247,11 @@ impl<I: Clone + Send + Sync + 'static> Subscription<I> {
             }
         }
     }
+}
+
+/// Whether a guard has an item ready (a change, or its end).
+fn guards_moved(guards: &mut SelectAll<Feed>) -> bool {
+    !guards.is_empty() && guards.next().now_or_never().is_some()
 }
 
 /// The net effect of a run of changes: each key's last shown row, or `None` when it left.

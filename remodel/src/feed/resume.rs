@@ -71,6 +71,34 @@ impl FromStr for Cursor {
     }
 }
 
+impl Database {
+    /// Where the database stands in its change order now: a feed resumed from this cursor
+    /// ([`crate::Changes::resume_from`], with a change log) gets every change committed after
+    /// the call. A server takes it before deciding something from what it reads, then resumes
+    /// a feed of what it read from it: any change since the decision arrives, none is missed.
+    /// (It waits for a commit in progress, a moment.)
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use remodel::{json, ChangeLogRetention, Config};
+    /// use futures::StreamExt;
+    /// let db = Config::temporary().change_log(ChangeLogRetention::default()).open().await?;
+    /// db.create_table("ships").await?;
+    /// db.table("ships").insert(json!({"id": "defiant"})).await?;
+    /// let at = db.position();
+    /// db.table("ships").insert(json!({"id": "voyager"})).await?;
+    /// let mut feed = db.table("ships").get("voyager").changes().resume_from(at).await?;
+    /// let c = feed.next().await.unwrap()?;
+    /// assert_eq!(c.new_val().unwrap()["id"], "voyager");
+    /// # Ok::<(), remodel::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn position(&self) -> Cursor {
+        self.inner
+            .with_commit_lock(|seq| Cursor::new(seq, u32::MAX))
+    }
+}
+
 impl Feed {
     /// Subscribes `plan` and queues the changes after `cursor` from the change log, both
     /// under the commit lock. `replay` is a second copy of the plan, used to make the items
