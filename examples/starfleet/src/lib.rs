@@ -9,7 +9,7 @@
 //!
 //! - [`models`]: the `#[derive(Model)]` structs;
 //! - [`publications`]: what a page may watch and the log's methods, with their rules;
-//! - [`session`]: who is signed in (a signed cookie);
+//! - [`session`]: who is signed in (a signed cookie); [`rules`]: who may change whom;
 //! - `routes::ships`, `routes::members`, `routes::away`, `routes::signin`: the pages and
 //!   forms; `routes::captains`, `routes::species`, `routes::leaderboard`;
 //! - [`templates`]: the HTML templates, compiled in; [`error`]: errors as 404 / 400 pages.
@@ -18,6 +18,7 @@ pub mod error;
 pub mod models;
 pub mod publications;
 mod routes;
+pub mod rules;
 pub mod seed;
 pub mod session;
 pub mod templates;
@@ -133,5 +134,6 @@ pub fn router(state: AppState) -> Router {
         .merge(state.web.router())
         .method_not_allowed_fallback(routes::form_only)
         .fallback(routes::not_found)
+        .layer(axum::middleware::from_fn(routes::same_origin_posts))
         .with_state(state)
 }

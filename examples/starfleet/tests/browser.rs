@@ -89,17 +89,41 @@ async fn browser(profile: &Path) -> (Driver, Client) {
     }
 }
 
-/// A form POST over a real connection, as another browser would send it.
-async fn post(addr: SocketAddr, path: &str, form: &str) {
+/// A raw POST; the reply.
+async fn raw_post(addr: SocketAddr, path: &str, form: &str, cookie: Option<&str>) -> String {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let cookie = cookie
+        .map(|c| format!("Cookie: {c}\r\n"))
+        .unwrap_or_default();
     let request = format!(
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{form}",
+         {cookie}Content-Length: {}\r\nConnection: close\r\n\r\n{form}",
         form.len()
     );
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut reply = String::new();
     stream.read_to_string(&mut reply).await.unwrap();
+    reply
+}
+
+/// A form POST over a real connection, as another browser would send it, signed in as `who`
+/// (the app's rules decide who may change whom).
+async fn post(addr: SocketAddr, who: Option<&str>, path: &str, form: &str) {
+    let cookie = match who {
+        Some(who) => {
+            let reply = raw_post(addr, "/signin", &format!("member_id={who}"), None).await;
+            let line = reply
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("set-cookie: ")
+                        .or_else(|| l.strip_prefix("Set-Cookie: "))
+                })
+                .unwrap_or_else(|| panic!("signed in as {who}: {reply}"));
+            Some(line.split(';').next().unwrap_or_default().to_string())
+        }
+        None => None,
+    };
+    let reply = raw_post(addr, path, form, cookie.as_deref()).await;
     assert!(
         reply.starts_with("HTTP/1.1 303"),
         "POST {path} {form}: {reply}"
@@ -229,6 +253,7 @@ async fn pages_show_changes_without_reload() {
     screenshot(&client, "ship-before").await;
     post(
         addr,
+        Some("janeway"),
         "/ship/voyager/crew",
         "name=Kes&rank=ensign&species=ocampa",
     )
@@ -247,6 +272,7 @@ async fn pages_show_changes_without_reload() {
     // An edit.
     post(
         addr,
+        Some("janeway"),
         "/member/tuvok",
         "name=Tuvok&rank=commander&species=vulcan",
     )
@@ -259,7 +285,13 @@ async fn pages_show_changes_without_reload() {
     let tab = client.new_window(true).await.unwrap();
     client.switch_to_window(tab.handle.clone()).await.unwrap();
     open(&client, addr, "/ship/enterprise").await;
-    post(addr, "/member/tuvok/move", "ship_id=enterprise").await;
+    post(
+        addr,
+        Some("janeway"),
+        "/member/tuvok/move",
+        "ship_id=enterprise",
+    )
+    .await;
     shows_live(&client, "move (arrives)", &row_with("crew", "Tuvok")).await;
     client.close_window().await.unwrap();
     client.switch_to_window(voyager.clone()).await.unwrap();
@@ -277,7 +309,7 @@ async fn pages_show_changes_without_reload() {
         let html = client.execute("return document.getElementById('assign-member').outerHTML + JSON.stringify(window.starfleet.redraws) + JSON.stringify([...document.querySelectorAll('#away tr')].map(t => t.textContent));", vec![]).await.unwrap();
         panic!("picard is not in the picker: {html}");
     }
-    post(addr, "/ship/voyager/away", "member_id=picard").await;
+    post(addr, None, "/ship/voyager/away", "member_id=picard").await;
     shows_live(&client, "away team", &row_with("away", "Picard")).await;
     shows_live(&client, "away picker", &format!("!{in_picker}")).await;
     screenshot(&client, "ship-after").await;
@@ -293,6 +325,7 @@ async fn pages_show_changes_without_reload() {
     }
     post(
         addr,
+        Some("janeway"),
         "/ship/voyager/crew",
         "name=Icheb&rank=cadet&species=brunali",
     )
@@ -317,6 +350,7 @@ async fn pages_show_changes_without_reload() {
     open(&client, addr, "/member/kira").await;
     post(
         addr,
+        Some("sisko"),
         "/member/kira",
         "name=Kira+Nerys&rank=first+officer&species=bajoran",
     )
@@ -334,7 +368,7 @@ async fn pages_show_changes_without_reload() {
     )
     .await;
     screenshot(&client, "member-changed").await;
-    post(addr, "/member/kira/delete", "").await;
+    post(addr, Some("sisko"), "/member/kira/delete", "").await;
     shows_live(
         &client,
         "member deleted",
@@ -344,9 +378,9 @@ async fn pages_show_changes_without_reload() {
 
     // The leaderboard.
     open(&client, addr, "/leaderboard").await;
-    post(addr, "/leaderboard", "player=Seven&points=90").await;
+    post(addr, None, "/leaderboard", "player=Seven&points=90").await;
     shows_live(&client, "leaderboard", &row_with("scores", "Seven")).await;
-    post(addr, "/leaderboard", "player=Paris&points=95").await;
+    post(addr, None, "/leaderboard", "player=Paris&points=95").await;
     shows_live(
         &client,
         "leaderboard order",
@@ -359,6 +393,7 @@ async fn pages_show_changes_without_reload() {
     open(&client, addr, "/species").await;
     post(
         addr,
+        Some("sisko"),
         "/ship/defiant/crew",
         "name=Worf&rank=lieutenant+commander&species=klingon",
     )
@@ -375,6 +410,7 @@ async fn pages_show_changes_without_reload() {
     open(&client, addr, "/").await;
     post(
         addr,
+        Some("sisko"),
         "/ship/defiant/crew",
         "name=Nog&rank=ensign&species=ferengi",
     )
@@ -432,6 +468,7 @@ async fn pages_show_changes_without_reload() {
     open(&client, addr, "/ship/defiant").await;
     post(
         addr,
+        Some("sisko"),
         "/ship/defiant/crew",
         "name=Ezri&rank=ensign&species=trill",
     )

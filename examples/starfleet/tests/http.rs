@@ -67,7 +67,8 @@ async fn a_ship_page_shows_its_crew_and_forms() {
 async fn adding_a_member_shows_html_in_names_as_text() {
     let app = app().await;
     let r = app
-        .post(
+        .post_by(
+            "janeway",
             "/ship/voyager/crew",
             "name=%3Cscript%3Ealert(1)%3C%2Fscript%3E&rank=ensign&species=ocampa",
         )
@@ -243,7 +244,11 @@ async fn a_member_page_shows_rank_species_and_ship() {
 async fn editing_a_member_changes_its_page_and_its_ship_page() {
     let app = app().await;
     let r = app
-        .post("/member/tuvok", "name=Tuvok&rank=commander&species=vulcan")
+        .post_by(
+            "janeway",
+            "/member/tuvok",
+            "name=Tuvok&rank=commander&species=vulcan",
+        )
         .await;
     assert_eq!(
         (r.status, r.location.as_deref()),
@@ -264,7 +269,20 @@ async fn editing_a_member_changes_its_page_and_its_ship_page() {
 #[tokio::test]
 async fn moving_removing_and_deleting_members() {
     let app = app().await;
-    let r = app.post("/member/tuvok/move", "ship_id=enterprise").await;
+    // Anonymous, or not his captain: refused.
+    for who in [None, Some("picard"), Some("neelix")] {
+        let r = match who {
+            Some(who) => {
+                app.post_by(who, "/member/tuvok/move", "ship_id=enterprise")
+                    .await
+            }
+            None => app.post("/member/tuvok/move", "ship_id=enterprise").await,
+        };
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{who:?}");
+    }
+    let r = app
+        .post_by("janeway", "/member/tuvok/move", "ship_id=enterprise")
+        .await;
     assert_eq!(
         (r.status, r.location.as_deref()),
         (StatusCode::SEE_OTHER, Some("/ship/enterprise"))
@@ -277,7 +295,14 @@ async fn moving_removing_and_deleting_members() {
             && index.contains("data-count=\"voyager\">2<")
     );
 
-    let r = app.post("/member/tuvok/remove", "").await;
+    // His captain now is Picard.
+    assert_eq!(
+        app.post_by("janeway", "/member/tuvok/remove", "")
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    let r = app.post_by("picard", "/member/tuvok/remove", "").await;
     assert_eq!(
         (r.status, r.location.as_deref()),
         (StatusCode::SEE_OTHER, Some("/ship/enterprise"))
@@ -290,7 +315,8 @@ async fn moving_removing_and_deleting_members() {
         .contains("<th>Ship</th><td id=\"member-ship\">none</td>"));
     assert!(app.get("/").await.body.contains("data-count=\"\">1<"));
 
-    let r = app.post("/member/tuvok/delete", "").await;
+    // Without a ship, he decides for himself.
+    let r = app.post_by("tuvok", "/member/tuvok/delete", "").await;
     assert_eq!(
         (r.status, r.location.as_deref()),
         (StatusCode::SEE_OTHER, Some("/"))
@@ -323,12 +349,14 @@ async fn captains_come_with_their_ships() {
 #[tokio::test]
 async fn species_as_chart_csv_and_json() {
     let app = app().await;
-    app.post(
+    app.post_by(
+        "sisko",
         "/ship/defiant/crew",
         "name=Worf&rank=lieutenant+commander&species=klingon",
     )
     .await;
-    app.post(
+    app.post_by(
+        "sisko",
         "/ship/defiant/crew",
         "name=Quark&rank=civilian&species=%3Dferengi%2C+mostly",
     )
@@ -491,19 +519,38 @@ async fn a_delete_and_a_move_sent_together_never_bring_the_member_back() {
         .into_iter()
         .map(|m| m.id.unwrap().to_string())
         .collect();
+    // Each member deletes themself while their captain moves them (a captain deleted
+    // first can no longer move anyone: 403).
+    let captain = |id: &str| match id {
+        "janeway" | "neelix" | "tuvok" => "janeway",
+        "picard" | "data" | "troi" => "picard",
+        _ => "sisko",
+    };
+    let mut cookies = std::collections::HashMap::new();
+    for id in &members {
+        cookies.insert(id.clone(), app.cookie_of(id).await);
+    }
     let mut tasks = Vec::new();
     for id in &members {
         let (a, b) = (app.clone(), app.clone());
         let (d, m) = (format!("/member/{id}/delete"), format!("/member/{id}/move"));
-        tasks.push(tokio::spawn(async move { a.post(&d, "").await.status }));
+        let (me, cap) = (cookies[id].clone(), cookies[captain(id)].clone());
+        tasks.push(tokio::spawn(
+            async move { a.post_as(&d, "", &me).await.status },
+        ));
         tasks.push(tokio::spawn(async move {
-            b.post(&m, "ship_id=defiant").await.status
+            b.post_as(&m, "ship_id=defiant", &cap).await.status
         }));
     }
     for t in tasks {
         let status = t.await.unwrap();
         assert!(
-            status == StatusCode::SEE_OTHER || status == StatusCode::NOT_FOUND,
+            [
+                StatusCode::SEE_OTHER,
+                StatusCode::NOT_FOUND,
+                StatusCode::FORBIDDEN
+            ]
+            .contains(&status),
             "{status}"
         );
     }

@@ -32,10 +32,15 @@ async fn a_ship_page_follows_its_crew_and_away_team_and_resumes() {
     );
     assert_eq!(names(&page.docs(1)), ["Kathryn Janeway", "Neelix", "Tuvok"]);
 
-    app.post("/ship/voyager/crew", "name=Kes&rank=ensign&species=ocampa")
-        .await;
+    app.post_by(
+        "janeway",
+        "/ship/voyager/crew",
+        "name=Kes&rank=ensign&species=ocampa",
+    )
+    .await;
     page.until(1, |rows| rows.len() == 4).await;
-    app.post("/member/tuvok/move", "ship_id=defiant").await;
+    app.post_by("janeway", "/member/tuvok/move", "ship_id=defiant")
+        .await;
     page.until(1, |rows| rows.len() == 3).await;
     assert_eq!(names(&page.docs(1)), ["Kathryn Janeway", "Kes", "Neelix"]);
 
@@ -51,7 +56,7 @@ async fn a_ship_page_follows_its_crew_and_away_team_and_resumes() {
     // Cut, writes meanwhile, then resume from the cursor: only what was missed comes.
     let cursor = page.cursors[&1].clone().unwrap();
     drop(page);
-    app.post("/member/neelix/delete", "").await;
+    app.post_by("janeway", "/member/neelix/delete", "").await;
     let mut page = Live::connect(addr, None).await;
     page.sub(1, "crew", json!({"ship": "voyager"}), Some(&cursor))
         .await;
@@ -83,7 +88,7 @@ async fn counts_members_and_the_leaderboard_are_live() {
             .map(|g| g["reduction"].clone())
     };
     page.until(1, |rows| rows.len() == 3).await;
-    app.post("/member/tuvok/remove", "").await;
+    app.post_by("janeway", "/member/tuvok/remove", "").await;
     // A group that appears (members without a ship: `group` null) and one that shrinks.
     page.until(1, |rows| rows.len() == 4).await;
     assert_eq!(count(&page, json!(null)), Some(json!(1)));
@@ -92,7 +97,7 @@ async fn counts_members_and_the_leaderboard_are_live() {
         rows.first().is_some_and(|m| m["starship_id"].is_null())
     })
     .await;
-    app.post("/member/tuvok/delete", "").await;
+    app.post_by("tuvok", "/member/tuvok/delete", "").await;
     page.until(2, |rows| rows.is_empty()).await;
     page.until(1, |rows| rows.len() == 3).await;
     page.until(4, |rows| !rows.iter().any(|g| g["group"] == "vulcan"))
@@ -183,7 +188,8 @@ async fn a_personal_log_reaches_only_its_member_and_their_captain() {
 
     // The rule changes mid-stream: Tuvok moves to the Defiant; Janeway is no longer his
     // captain, and her subscription ends before anything more of his log reaches her.
-    app.post("/member/tuvok/move", "ship_id=defiant").await;
+    app.post_by("janeway", "/member/tuvok/move", "ship_id=defiant")
+        .await;
     let v = captain.frame_of(1, |v| v["t"] == "end").await;
     assert_eq!(v["error"]["code"], "forbidden");
     own.send(json!({"op": "call", "id": 8, "name": "add_log", "params": {"member": "tuvok", "text": "secret"}}))
@@ -210,17 +216,21 @@ async fn an_edit_over_someone_elses_change_is_refused() {
     let page = app.get("/member/tuvok").await.body;
     assert!(page.contains("name=\"was_rank\" value=\"lieutenant commander\""));
     // Someone else promotes Tuvok meanwhile.
-    app.post("/member/tuvok", "name=Tuvok&rank=commander&species=vulcan")
-        .await;
+    app.post_by(
+        "janeway",
+        "/member/tuvok",
+        "name=Tuvok&rank=commander&species=vulcan",
+    )
+    .await;
     let form = "name=Tuvok&rank=ensign&species=vulcan&was_name=Tuvok&was_rank=lieutenant+commander&was_species=vulcan";
-    let r = app.post("/member/tuvok", form).await;
+    let r = app.post_by("janeway", "/member/tuvok", form).await;
     assert_eq!(r.status, StatusCode::CONFLICT);
     assert!(r.body.contains("someone else changed"), "{}", r.body);
     assert!(app.get("/member/tuvok").await.body.contains(">commander<"));
     // From the current values, it saves.
     let form = "name=Tuvok&rank=captain&species=vulcan&was_name=Tuvok&was_rank=commander&was_species=vulcan";
     assert_eq!(
-        app.post("/member/tuvok", form).await.status,
+        app.post_by("janeway", "/member/tuvok", form).await.status,
         StatusCode::SEE_OTHER
     );
 }

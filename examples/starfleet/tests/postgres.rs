@@ -29,7 +29,11 @@ async fn a_change_posted_to_one_instance_is_live_in_the_other() {
         page.until(1, |rows| rows.len() == 3).await;
     }
     let r = a
-        .post("/ship/voyager/crew", "name=Kes&rank=ensign&species=ocampa")
+        .post_by(
+            "janeway",
+            "/ship/voyager/crew",
+            "name=Kes&rank=ensign&species=ocampa",
+        )
         .await;
     assert!(r.status.is_redirection(), "{}", r.body);
     on_b.until(1, |rows| rows.iter().any(|m| m["name"] == "Kes"))
@@ -45,7 +49,8 @@ async fn a_change_posted_to_one_instance_is_live_in_the_other() {
     // posted to B.
     let cursor = on_a.cursors[&1].clone().unwrap();
     drop(on_a);
-    b.post(
+    b.post_by(
+        "janeway",
         "/ship/voyager/crew",
         "name=Neelix2&rank=chef&species=talaxian",
     )

@@ -5,6 +5,7 @@ use super::{find_member, find_ship, page, text_field, MemberForm, Viewer};
 use crate::error::{AppError, AppResult};
 use crate::models::{Crewmember, Starship};
 use crate::publications::{self, may_use_log};
+use crate::rules;
 use crate::session::Session;
 use crate::AppState;
 use axum::extract::rejection::FormRejection;
@@ -60,14 +61,24 @@ pub struct EditForm {
 /// without the fields it was drawn with (an old page) writes as asked.
 pub async fn edit(
     State(app): State<AppState>,
+    session: Session,
     Path(id): Path<String>,
     form: Result<Form<EditForm>, FormRejection>,
 ) -> AppResult<Redirect> {
     let member = find_member(&app.db, &id).await?;
     let Form(form) = form?;
     let (name, rank, species) = MemberForm::new(form.name, form.rank, form.species).fields()?;
+    let me = rules::signed_in(&app.db, &session, "edit a member").await?;
+    rules::may_edit(&me, &member, rank != member.rank)?;
+    // The rank the rule allowed is the rank it saw: a rank changed since is refused below.
+    let rank_was = member.rank.clone();
     let was = [form.was_name, form.was_rank, form.was_species];
     let patch = Patch::with(move |doc| {
+        if doc["rank"] != rank_was.as_str() {
+            return Err(remodel::Error::Precondition(
+                "the member's rank changed since this request was checked".into(),
+            ));
+        }
         let unchanged = ["name", "rank", "species"]
             .iter()
             .zip(&was)
@@ -140,6 +151,7 @@ pub struct MoveTo {
 /// ship page and appears on the other, live). Back to the new ship.
 pub async fn move_to(
     State(app): State<AppState>,
+    session: Session,
     Path(id): Path<String>,
     form: Result<Form<MoveTo>, FormRejection>,
 ) -> AppResult<Redirect> {
@@ -151,6 +163,8 @@ pub async fn move_to(
             form.ship_id
         ))
     })?;
+    let me = rules::signed_in(&app.db, &session, "move a member").await?;
+    rules::may_move(&me, &member, ship.id.as_ref())?;
     // `add` sets the foreign key and saves: the member leaves its old crew.
     ship.crewmembers(&app.db)
         .add(std::slice::from_mut(&mut member))
@@ -162,9 +176,12 @@ pub async fn move_to(
 /// without a ship). Back to the ship they left.
 pub async fn remove_from_ship(
     State(app): State<AppState>,
+    session: Session,
     Path(id): Path<String>,
 ) -> AppResult<Redirect> {
     let mut member = find_member(&app.db, &id).await?;
+    let me = rules::signed_in(&app.db, &session, "take a member off their ship").await?;
+    rules::may_release(&me, &member)?;
     let Some(ship) = member.starship(&app.db).await? else {
         return Ok(Redirect::to(&format!("/member/{}", member.id_str())));
     };
@@ -176,8 +193,14 @@ pub async fn remove_from_ship(
 
 /// `POST /member/{id}/delete`: deletes the member (with their away-team links and their log,
 /// in the same commit). Back to the ship list.
-pub async fn delete(State(app): State<AppState>, Path(id): Path<String>) -> AppResult<Redirect> {
+pub async fn delete(
+    State(app): State<AppState>,
+    session: Session,
+    Path(id): Path<String>,
+) -> AppResult<Redirect> {
     let member: Crewmember = find_member(&app.db, &id).await?;
+    let me = rules::signed_in(&app.db, &session, "delete a member").await?;
+    rules::may_release(&me, &member)?;
     member.delete(&app.db).await?;
     Ok(Redirect::to("/"))
 }

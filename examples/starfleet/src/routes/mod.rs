@@ -153,3 +153,37 @@ pub async fn form_only(uri: Uri) -> impl IntoResponse {
 pub async fn not_found() -> AppError {
     AppError::NotFound("There is no such page.".into())
 }
+
+/// Forms come from the app's own pages: a POST whose `Origin` is another origin (or that the
+/// browser marks as sent from another site) is refused with a 403 page. The session cookie is
+/// `SameSite=Lax`, which stops other sites from sending it along, but not other origins of the
+/// same site (another port of the same host, a sibling subdomain).
+pub async fn same_origin_posts(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if req.method() == axum::http::Method::POST {
+        let headers = req.headers();
+        let text = |name| {
+            headers
+                .get(name)
+                .and_then(|v: &header::HeaderValue| v.to_str().ok())
+        };
+        let host = text(header::HOST);
+        let cross = match text(header::ORIGIN) {
+            Some(origin) => !origin.split_once("://").is_some_and(|(scheme, rest)| {
+                matches!(scheme, "http" | "https")
+                    && host.is_some_and(|h| rest.eq_ignore_ascii_case(h))
+            }),
+            None => matches!(
+                text(header::HeaderName::from_static("sec-fetch-site")),
+                Some("cross-site" | "same-site")
+            ),
+        };
+        if cross {
+            let why = "This form may only be sent from the app's own pages.";
+            return AppError::Forbidden(why.into()).into_response();
+        }
+    }
+    next.run(req).await
+}

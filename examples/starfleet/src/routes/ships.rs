@@ -68,12 +68,15 @@ pub async fn show(
 /// `POST /ship/{id}/crew`: adds a member to the crew, then back to the ship.
 pub async fn add_member(
     State(app): State<AppState>,
+    s: Session,
     Path(id): Path<String>,
     form: Result<Form<MemberForm>, FormRejection>,
 ) -> AppResult<Redirect> {
     let ship = find_ship(&app.db, &id).await?;
     let Form(form) = form?;
     let (name, rank, species) = form.fields()?;
+    let me = crate::rules::signed_in(&app.db, &s, "add to a crew").await?;
+    crate::rules::may_add_to(&me, ship.id.as_ref())?;
     let member = Crewmember::new(&name, &rank, &species);
     ship.crewmembers(&app.db).create(member).await?;
     Ok(Redirect::to(&format!("/ship/{}", ship.id_str())))

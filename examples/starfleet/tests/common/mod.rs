@@ -109,6 +109,12 @@ impl App {
         self.send(req).await
     }
 
+    /// A form POST signed in as `member` (the app's rules decide who may change whom).
+    pub async fn post_by(&self, member: &str, path: &str, form: &str) -> Reply {
+        let cookie = self.cookie_of(member).await;
+        self.post_as(path, form, &cookie).await
+    }
+
     /// A form POST with a session cookie.
     pub async fn post_as(&self, path: &str, form: &str, cookie: &str) -> Reply {
         let req = Request::post(path)
