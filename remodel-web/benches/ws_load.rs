@@ -89,7 +89,7 @@ fn raise_nofile() -> (u64, u64) {
         lim.rlim_cur = lim.rlim_max;
         libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        (lim.rlim_cur as u64, lim.rlim_max as u64)
+        (lim.rlim_cur, lim.rlim_max)
     }
 }
 
@@ -234,7 +234,7 @@ mod server {
         async fn write(&mut self) -> (u64, u32) {
             self.seq += 1;
             let w = self.seq;
-            if w % BOARD_EVERY == 0 {
+            if w.is_multiple_of(BOARD_EVERY) {
                 let j = (w / BOARD_EVERY) % BOARD_ROWS;
                 self.db
                     .table("board")
@@ -1095,7 +1095,8 @@ mod clients {
     fn report(recs: &[Mutex<Vec<Rec>>], n: usize, log: &[(u64, u32, u64)]) -> String {
         // Per client: (sub, row) → receipts sorted by w, with the earliest time of any
         // receipt at that w or later.
-        let index: Vec<HashMap<(u8, u32), (Vec<u32>, Vec<u64>)>> = recs
+        type Receipts = HashMap<(u8, u32), (Vec<u32>, Vec<u64>)>;
+        let index: Vec<Receipts> = recs
             .iter()
             .map(|r| {
                 let mut by: HashMap<(u8, u32), Vec<(u32, u64)>> = HashMap::new();

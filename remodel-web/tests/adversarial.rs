@@ -14,7 +14,7 @@ use remodel_web::{Caller, Limits, Live, NoParams, Refusal, Web};
 use serde::Deserialize;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -53,14 +53,14 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 /// The memory test runs alone (the others share); every test takes one of these first.
-static SERIAL: RwLock<()> = RwLock::new(());
+static SERIAL: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
-fn shared() -> RwLockReadGuard<'static, ()> {
-    SERIAL.read().unwrap_or_else(|e| e.into_inner())
+async fn shared() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    SERIAL.read().await
 }
 
-fn alone() -> RwLockWriteGuard<'static, ()> {
-    SERIAL.write().unwrap_or_else(|e| e.into_inner())
+async fn alone() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    SERIAL.write().await
 }
 
 fn code(v: &Value) -> &str {
@@ -151,7 +151,7 @@ async fn may_read(caller: &Caller<User>, member: &str) -> Result<String, Refusal
 /// (the entry among them) before it looks at the guards again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_committed_after_a_guard_change_reaches_the_old_viewer() {
-    let _serial = shared();
+    let _serial = shared().await;
     let app = start_with(Limits::default(), Duration::from_millis(300)).await;
     let db = app.db.clone();
     let mut kirk = Client::connect(&app, "kirk").await;
@@ -201,7 +201,7 @@ async fn nothing_committed_after_a_guard_change_reaches_the_old_viewer() {
 /// that no longer holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_while_the_publication_decides_is_not_missed() {
-    let _serial = shared();
+    let _serial = shared().await;
     let base = start(Limits::default()).await;
     let web = Web::<User>::builder(base.db.clone())
         .window(Duration::from_millis(10))
@@ -258,7 +258,7 @@ async fn a_change_while_the_publication_decides_is_not_missed() {
 /// read the log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resuming_does_not_replay_what_was_written_while_the_caller_was_not_allowed() {
-    let _serial = shared();
+    let _serial = shared().await;
     let app = start(Limits::default()).await;
     let db = app.db.clone();
     let mut kirk = Client::connect(&app, "kirk").await;
@@ -306,7 +306,7 @@ async fn resuming_does_not_replay_what_was_written_while_the_caller_was_not_allo
 /// each ends the subscriptions it concerns, and nothing more of the log is sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demoted_captains_and_deleted_members_lose_the_log_at_once() {
-    let _serial = shared();
+    let _serial = shared().await;
     let app = start(Limits::default()).await;
     let db = app.db.clone();
     let mut kirk = Client::connect(&app, "kirk").await;
@@ -351,7 +351,7 @@ async fn demoted_captains_and_deleted_members_lose_the_log_at_once() {
 /// resumes nothing for someone the publication refuses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cursor_of_another_caller_or_publication_gives_only_what_the_rules_allow() {
-    let _serial = shared();
+    let _serial = shared().await;
     let app = start(Limits::default()).await;
     let db = app.db.clone();
     let mut spock = Client::connect(&app, "spock").await;
@@ -391,8 +391,9 @@ async fn a_cursor_of_another_caller_or_publication_gives_only_what_the_rules_all
 /// client's promise never settles. A publication that panics leaves its subscription without
 /// an `end`, and its id "in use" and its slot taken until the connection closes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::unnecessary_literal_unwrap)] // the careless code under test
 async fn a_panicking_method_or_publication_still_answers() {
-    let _serial = shared();
+    let _serial = shared().await;
     let base = start(Limits::default()).await;
     let web = Web::<User>::builder(base.db.clone())
         .publish("boom", |_caller, _: NoParams| async move {
@@ -437,7 +438,7 @@ async fn a_panicking_method_or_publication_still_answers() {
 /// and read its whole result every time, as fast as it sends 60-byte frames.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscription_churn_is_limited() {
-    let _serial = shared();
+    let _serial = shared().await;
     let base = start(Limits::default()).await;
     let runs = Arc::new(AtomicUsize::new(0));
     let counted = runs.clone();
@@ -483,7 +484,7 @@ async fn subscription_churn_is_limited() {
 /// (and a user may open any number of connections).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_costs_bounded_memory() {
-    let _serial = alone();
+    let _serial = alone().await;
     let app = start(Limits::default()).await;
     let pad = "x".repeat(1000);
     let rows: Vec<Value> = (0..600)
@@ -522,7 +523,7 @@ async fn a_client_that_never_reads_costs_bounded_memory() {
 /// `sub`. The client then holds the old publication's rows under the new subscription.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_of_an_unsubscribed_subscription_comes_after_the_unsub() {
-    let _serial = shared();
+    let _serial = shared().await;
     let app = start(Limits {
         feed_queue: 4,
         ..Limits::default()
@@ -563,7 +564,7 @@ async fn nothing_of_an_unsubscribed_subscription_comes_after_the_unsub() {
 /// connection's state goes, the server serves on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_in_flight_when_the_socket_drops_run_once() {
-    let _serial = shared();
+    let _serial = shared().await;
     let app = start(Limits::default()).await;
     let mut c = Client::connect(&app, "kirk").await;
     c.sub(1, "logs", json!({"member": "kirk"})).await;
@@ -593,7 +594,7 @@ async fn calls_in_flight_when_the_socket_drops_run_once() {
 /// once its queue is full, and cuts it off after the write timeout; others are served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ping_flood_from_a_client_that_never_reads_is_cut_off() {
-    let _serial = shared();
+    let _serial = shared().await;
     let app = start(Limits {
         write_timeout: Duration::from_millis(500),
         ..Limits::default()
@@ -636,7 +637,7 @@ async fn a_ping_flood_from_a_client_that_never_reads_is_cut_off() {
 /// frame that is not UTF-8: typed refusals, and the server serves on.
 #[tokio::test]
 async fn nested_parameters_and_non_utf8_text_are_refused() {
-    let _serial = shared();
+    let _serial = shared().await;
     let app = start(Limits::default()).await;
     let mut c = Client::connect(&app, "kirk").await;
     let nested = |depth: usize| format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
@@ -674,7 +675,7 @@ async fn nested_parameters_and_non_utf8_text_are_refused() {
 /// origin (scheme, host and port as the browser sent the request) gets through.
 #[tokio::test]
 async fn odd_origins_and_hosts_are_refused() {
-    let _serial = shared();
+    let _serial = shared().await;
     let app = start(Limits::default()).await;
     let port = app.addr.port();
     let with = |host: &str, origin: &str| {
@@ -784,7 +785,7 @@ main().then((out) => {{ console.log(JSON.stringify(out)); process.exit(0); }},
 /// subscription ended and empty, and never resubscribes it.
 #[test]
 fn the_client_ignores_frames_after_end() {
-    let _serial = shared();
+    let _serial = SERIAL.blocking_read();
     let Some(out) = run_node(
         r#"
 const live = connect({ url: 'ws://test/remodel/ws', minBackoffMs: 1, maxBackoffMs: 2 });
@@ -815,7 +816,7 @@ return { ...after, resent };
 /// resumes from its last cursor.
 #[test]
 fn the_client_settles_calls_and_resumes_on_a_drop() {
-    let _serial = shared();
+    let _serial = SERIAL.blocking_read();
     let Some(out) = run_node(
         r#"
 const live = connect({ url: 'ws://test/remodel/ws', minBackoffMs: 1, maxBackoffMs: 2 });
@@ -854,7 +855,7 @@ return { settled, cursor: subs[0].cursor, calls: calls.length, answer, rows: sub
 /// and by JSON text for the rest, so the two collide and one row is lost.
 #[test]
 fn the_client_keeps_rows_whose_keys_differ_only_in_type() {
-    let _serial = shared();
+    let _serial = SERIAL.blocking_read();
     let Some(out) = run_node(
         r#"
 const live = connect({ url: 'ws://test/remodel/ws' });
