@@ -1234,7 +1234,8 @@ mod clients {
                             }
                             record(&recs[c], &v, t);
                         }
-                        Some("change") => record(&recs[c], &v, t),
+                        // The rest of a large reset (resets count once, by their first frame).
+                        Some("change" | "more") => record(&recs[c], &v, t),
                         Some("end") => {
                             eprintln!("client {c}: {v}");
                             counters.ends.fetch_add(1, Ordering::Relaxed);

@@ -129,7 +129,16 @@ class Subscription {
     this._order = Array.isArray(msg.order) ? msg.order : null;
     for (const [key, doc] of msg.rows) this._set(key, doc);
     this.cursor = msg.cursor ?? null; // null: the feed cannot resume, resubscribe from scratch
-    this._changed();
+    // A large result continues in `more` frames: shown once whole (a part was never a result).
+    this._partial = msg.more === true;
+    if (!this._partial) this._changed();
+  }
+  _more(msg) {
+    if (!this._partial) return; // not inside a reset: ignore
+    checkRows(msg.rows);
+    for (const [key, doc] of msg.rows) this._set(key, doc);
+    this._partial = msg.more === true;
+    if (!this._partial) this._changed();
   }
   _change(msg) {
     checkRows(msg.rows);
@@ -361,6 +370,7 @@ class Live {
       case 'pong':
         return;
       case 'reset':
+      case 'more':
       case 'change':
       case 'end': {
         const sub = this._subs.get(msg.sub);

@@ -315,8 +315,9 @@ impl<I: Clone + Send + Sync + 'static> Web<I> {
             // connection keeps its buffer.
             .read_buffer_size(1024)
             // Frames are written in batches (the writer feeds what is queued, then flushes
-            // once): one system call for a burst instead of one per frame.
-            .write_buffer_size(16 * 1024)
+            // once): one system call for a burst instead of one per frame. Small, since the
+            // buffer keeps its largest size for the connection's life.
+            .write_buffer_size(4096)
             .on_upgrade(move |socket| socket::serve(shared, identity, socket))
     }
 

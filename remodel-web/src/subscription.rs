@@ -63,7 +63,9 @@ impl<I: Clone + Send + Sync + 'static> Subscription<I> {
         self.shared.subscriptions.fetch_add(1, Ordering::Relaxed);
         let _open = Counted(&self.shared.subscriptions);
         loop {
-            let stop = match self.open(cursor.take()).await {
+            // Boxed: opening holds much more state than following, and a task is as large as
+            // its largest state for its whole life.
+            let stop = match Box::pin(self.open(cursor.take())).await {
                 Ok((live, feed, guards)) => self.follow(&live, feed, guards).await,
                 Err(stop) => stop,
             };
@@ -173,13 +175,26 @@ impl<I: Clone + Send + Sync + 'static> Subscription<I> {
         if guards_moved(&mut guards) {
             return Err(Stop::Restart);
         }
+        let cursor = feed.snapshot_cursor().map(|c| c.to_string());
+        let mut chunks = chunked(rows).into_iter().peekable();
+        let first = chunks.next().unwrap_or_default();
         let reset = ServerFrame::Reset {
             sub: self.id,
-            rows,
+            rows: first,
             order: &live.order,
-            cursor: feed.snapshot_cursor().map(|c| c.to_string()),
+            cursor,
+            more: chunks.peek().is_some(),
         };
         self.send(reset).await?;
+        while let Some(rows) = chunks.next() {
+            let more = chunks.peek().is_some();
+            self.send(ServerFrame::More {
+                sub: self.id,
+                rows,
+                more,
+            })
+            .await?;
+        }
         Ok((live, feed, guards))
     }
 
@@ -238,15 +253,39 @@ impl<I: Clone + Send + Sync + 'static> Subscription<I> {
                     rows: batch.rows.into_values().collect(),
                     cursor: batch.cursor.map(|c| c.to_string()),
                 };
-                if let Err(stop) = self.send(frame).await {
+                // Boxed, as the sleep: a subscription's task spends its life waiting for its
+                // feed, and is as large as its largest state (a frame on its way out).
+                if let Err(stop) = Box::pin(self.send(frame)).await {
                     return stop;
                 }
                 if !window.is_zero() {
-                    tokio::time::sleep(window).await;
+                    Box::pin(tokio::time::sleep(window)).await;
                 }
             }
         }
     }
+}
+
+/// The most JSON text of rows one frame of an initial result carries (at least one row).
+/// The WebSocket layer keeps a buffer as large as the largest frame it ever wrote, for the
+/// connection's life: a 1,000-row result sent whole would pin ~100 KB per connection.
+const RESET_CHUNK: usize = 2048;
+
+/// `rows` in runs of at most [`RESET_CHUNK`] bytes of JSON (at least one row each).
+fn chunked(rows: Vec<(Value, Value)>) -> Vec<Vec<(Value, Value)>> {
+    let mut chunks = Vec::new();
+    let (mut chunk, mut bytes) = (Vec::new(), 0);
+    for row in rows {
+        let size = serde_json::to_vec(&row).map_or(0, |v| v.len()) + 1;
+        if !chunk.is_empty() && bytes + size > RESET_CHUNK {
+            chunks.push(std::mem::take(&mut chunk));
+            bytes = 0;
+        }
+        bytes += size;
+        chunk.push(row);
+    }
+    chunks.push(chunk);
+    chunks
 }
 
 /// Whether a guard has an item ready (a change, or its end).

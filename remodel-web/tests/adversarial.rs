@@ -873,3 +873,32 @@ return n;
     };
     assert_eq!(out, json!(4));
 }
+
+/// A large result in `more` frames: the client shows it once, whole, and a `more` that comes
+/// outside a reset changes nothing.
+#[test]
+fn the_client_shows_a_result_in_parts_once_whole() {
+    let _serial = SERIAL.blocking_read();
+    let Some(out) = run_node(
+        r#"
+const live = connect({ url: 'ws://test/remodel/ws' });
+const ws = sockets[0]; open(ws);
+const seen = [];
+const sub = live.subscribe('logs', {}, (rows) => seen.push(rows.length));
+message(ws, { t: 'more', sub: sub.id, rows: [['x', { id: 'x' }]], more: false });
+message(ws, { t: 'reset', sub: sub.id, order: [], cursor: '1-0', more: true, rows: [['a', { id: 'a' }]] });
+message(ws, { t: 'more', sub: sub.id, rows: [['b', { id: 'b' }]], more: true });
+message(ws, { t: 'more', sub: sub.id, rows: [['c', { id: 'c' }]], more: false });
+message(ws, { t: 'change', sub: sub.id, rows: [['d', { id: 'd' }]], cursor: '2-0' });
+const out = { seen, rows: sub.rows.map((r) => r.id), cursor: sub.cursor };
+live.close();
+return out;
+"#,
+    ) else {
+        return;
+    };
+    assert_eq!(
+        out,
+        json!({"seen": [3, 4], "rows": ["a", "b", "c", "d"], "cursor": "2-0"})
+    );
+}

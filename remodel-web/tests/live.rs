@@ -245,3 +245,48 @@ async fn a_dropped_table_ends_its_subscriptions() {
     let v = c.until(|v| v["t"] == "end").await;
     assert_eq!(v["error"]["code"], "aborted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_result_comes_whole_in_frames_of_bounded_size() {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let app = start(Limits::default()).await;
+    let rows: Vec<Value> = (0..300)
+        .map(|i| json!({"id": format!("l{i:03}"), "owner": "kirk", "at": i, "text": "x".repeat(100)}))
+        .collect();
+    app.db.table("logs").insert_many(rows).await.unwrap();
+    let mut c = common::handshake(app.addr, Some("kirk"), None)
+        .await
+        .unwrap();
+    use futures::SinkExt;
+    let sub = json!({"op": "sub", "id": 1, "name": "logs", "params": {"member": "kirk"}});
+    c.send(Message::text(sub.to_string())).await.unwrap();
+    let (mut frames, mut ids) = (Vec::new(), Vec::new());
+    loop {
+        let Some(Ok(Message::Text(t))) = c.next().await else {
+            panic!("the connection closed")
+        };
+        let v: Value = serde_json::from_str(&t).unwrap();
+        if v["t"] == "hello" {
+            continue;
+        }
+        assert!(t.len() < 4096, "a frame of {} bytes", t.len());
+        for r in v["rows"].as_array().unwrap() {
+            ids.push(r[0].as_str().unwrap().to_string());
+        }
+        let more = v["more"] == true;
+        frames.push(v);
+        if !more {
+            break;
+        }
+    }
+    assert!(frames.len() > 10, "{} frames", frames.len());
+    assert_eq!(frames[0]["t"], "reset");
+    assert!(frames[0]["cursor"].is_string());
+    assert!(frames[1..]
+        .iter()
+        .all(|f| f["t"] == "more" && f["sub"] == 1));
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 300, "every row once");
+}

@@ -82,7 +82,7 @@ async fn main() {
                 let Ok(v) = serde_json::from_str::<Value>(&text) else {
                     continue;
                 };
-                if v["t"] != "change" && v["t"] != "reset" {
+                if v["t"] != "change" && v["t"] != "reset" && v["t"] != "more" {
                     continue;
                 }
                 mine.frames

@@ -228,9 +228,20 @@ impl Client {
             match msg {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return None,
                 Some(Ok(Message::Text(t))) => {
-                    let v: Value = serde_json::from_str(&t).expect("frames are JSON");
-                    if std::env::var("SHOW_FRAMES").is_ok() {
-                        eprintln!("<- {v}");
+                    let mut v: Value = serde_json::from_str(&t).expect("frames are JSON");
+                    // A large reset continues in `more` frames: returned whole, as one reset.
+                    while v["t"] == "reset" && v["more"] == true {
+                        let Some(Ok(Message::Text(t))) = self.ws.next().await else {
+                            return None;
+                        };
+                        let more: Value = serde_json::from_str(&t).expect("frames are JSON");
+                        assert_eq!(
+                            (&more["t"], &more["sub"]),
+                            (&Value::from("more"), &v["sub"])
+                        );
+                        let rows = more["rows"].as_array().cloned().unwrap_or_default();
+                        v["rows"].as_array_mut().expect("rows").extend(rows);
+                        v["more"] = more["more"].clone();
                     }
                     self.apply(&v);
                     return Some(v);

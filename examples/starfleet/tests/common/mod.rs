@@ -180,11 +180,20 @@ impl Live {
                 .expect("the connection is open")
                 .unwrap();
             let Ok(text) = msg.into_text() else { continue };
-            let Ok(v) = serde_json::from_str::<Value>(&text) else {
+            let Ok(mut v) = serde_json::from_str::<Value>(&text) else {
                 continue;
             };
-            if std::env::var("SHOW_FRAMES").is_ok() {
-                eprintln!("<- {}", &text[..text.len().min(300)]);
+            // A large reset continues in `more` frames: taken whole, as one reset.
+            while v["t"] == "reset" && v["more"] == true {
+                let msg = tokio::time::timeout(Duration::from_secs(5), self.ws.next())
+                    .await
+                    .expect("the rest of a reset within 5 s")
+                    .expect("the connection is open")
+                    .unwrap();
+                let more: Value = serde_json::from_str(&msg.into_text().unwrap()).unwrap();
+                let rows = more["rows"].as_array().cloned().unwrap_or_default();
+                v["rows"].as_array_mut().unwrap().extend(rows);
+                v["more"] = more["more"].clone();
             }
             let sub = v["sub"].as_u64().map(|s| s as u32);
             match (v["t"].as_str(), sub) {
