@@ -7,10 +7,10 @@
 
 mod common;
 
-use common::{handshake, start, start_with, App, Client, User};
+use common::{handshake, may_read, start, start_with, App, Client, User};
 use futures::{SinkExt, StreamExt};
 use remodel::{json, Value};
-use remodel_web::{Caller, Limits, Live, NoParams, Refusal, Web};
+use remodel_web::{Limits, Live, NoParams, Web};
 use serde::Deserialize;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -121,22 +121,6 @@ struct Member {
     member: String,
 }
 
-/// The common app's rule (the member, or the captain of the member's ship), as a
-/// publication of this file can use it. Gives the member's ship.
-async fn may_read(caller: &Caller<User>, member: &str) -> Result<String, Refusal> {
-    let db = &caller.db;
-    let m = db.table("members").get(member).run().await?;
-    let m = m.ok_or_else(|| Refusal::not_found("no such member"))?;
-    let ship = m["ship"].as_str().unwrap_or_default().to_string();
-    if caller.identity.0 == member {
-        return Ok(ship);
-    }
-    let s = db.table("ships").get(ship.as_str()).run().await?;
-    match s {
-        Some(s) if s["captain"] == caller.identity.0.as_str() => Ok(ship),
-        _ => Err(Refusal::forbidden("only the member and their captain")),
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // Leaks through rules and guards

@@ -57,7 +57,7 @@ static CLOCK: AtomicU64 = AtomicU64::new(1);
 
 /// May `caller` read `member`'s log? The member, or the captain of the member's ship.
 /// Returns the member's ship.
-async fn may_read(caller: &Caller<User>, member: &str) -> Result<String, Refusal> {
+pub async fn may_read(caller: &Caller<User>, member: &str) -> Result<String, Refusal> {
     let db = &caller.db;
     let m = db.table("members").get(member).run().await?;
     let m = m.ok_or_else(|| Refusal::not_found("no such member"))?;
