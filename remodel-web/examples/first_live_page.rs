@@ -23,7 +23,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Ok(Live::new(c.db.table("notes").query().changes()).sort_by("text"))
         })
         .method("add", |c, text: String| async move {
-            if text.trim().is_empty() || text.len() > 200 {
+            if text.trim().is_empty() || text.chars().count() > 200 {
                 return Err(Refusal::invalid("a note has 1 to 200 characters"));
             }
             c.db.table("notes").insert(json!({ "text": text })).await?;

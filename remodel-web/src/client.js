@@ -128,17 +128,23 @@ class Subscription {
     this._keys.clear();
     this._order = Array.isArray(msg.order) ? msg.order : null;
     for (const [key, doc] of msg.rows) this._set(key, doc);
-    this.cursor = msg.cursor ?? null; // null: the feed cannot resume, resubscribe from scratch
-    // A large result continues in `more` frames: shown once whole (a part was never a result).
+    // A large result continues in `more` frames: shown once whole (a part was never a
+    // result), and its cursor holds only then (a reconnect in between starts afresh).
     this._partial = msg.more === true;
-    if (!this._partial) this._changed();
+    this._pendingCursor = msg.cursor ?? null; // null: the feed cannot resume
+    if (this._partial) this.cursor = null;
+    else this._whole();
   }
   _more(msg) {
     if (!this._partial) return; // not inside a reset: ignore
     checkRows(msg.rows);
     for (const [key, doc] of msg.rows) this._set(key, doc);
     this._partial = msg.more === true;
-    if (!this._partial) this._changed();
+    if (!this._partial) this._whole();
+  }
+  _whole() {
+    this.cursor = this._pendingCursor;
+    this._changed();
   }
   _change(msg) {
     checkRows(msg.rows);

@@ -21,9 +21,10 @@ pub enum ErrorCode {
     BadCursor,
     /// The connection already has [`crate::Limits::subscriptions`] open subscriptions.
     TooManySubscriptions,
-    /// More method calls than [`crate::Limits::calls_per_second`].
+    /// More method calls than [`crate::Limits::calls_per_second`], or subscriptions than
+    /// [`crate::Limits::subscribes_per_second`].
     RateLimited,
-    /// A subscription or call id already in use on this connection.
+    /// A subscription id already in use on this connection.
     DuplicateId,
     /// A frame that is not one of the protocol's.
     BadFrame,
@@ -41,7 +42,9 @@ pub enum ErrorCode {
 }
 
 /// A typed refusal: a publication, rule or method said no, or the server refused a frame.
-/// Sent to the client as `{"code": …, "message": …}`; nothing else of the server's state is.
+/// Sent to the client as `{"code": …, "message": …}`. A store error the caller did not
+/// cause is [`ErrorCode::Internal`] with the store's words (logged too): a publication or
+/// method that must not show them maps its errors to refusals of its own.
 ///
 /// ```
 /// use remodel_web::{ErrorCode, Refusal};

@@ -195,7 +195,8 @@ impl<I: Clone + Send + Sync + 'static> WebBuilder<I> {
     }
 
     /// Accepts handshakes from pages of `origin` (`https://app.example`). With none declared,
-    /// only pages of the host the request was sent to may connect.
+    /// only pages of the host the request was sent to may connect; once one is declared, only
+    /// the declared ones may (declare the app's own too).
     pub fn allow_origin(mut self, origin: &str) -> Self {
         self.origins.push(origin.trim_end_matches('/').to_string());
         self

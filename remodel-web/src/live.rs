@@ -83,7 +83,8 @@ pub struct Live {
 
 impl Live {
     /// A live result following `changes` (a query's `.changes()`, a model's or relation's).
-    /// Options set on it (squash, queue size) are kept; the server sets the initial rows and
+    /// Options set on it (squash) are kept; the server sets the queue size
+    /// ([`crate::Limits::feed_queue`]), the initial rows and
     /// resume options itself.
     pub fn new(changes: impl IntoChanges) -> Self {
         Live {

@@ -18,9 +18,9 @@
 //! | `{"t":"reset","sub":7,"rows":[["k1",{…}],…],"order":[["name","asc"]],"cursor":"1f-ffffffff"}` | the whole current result of subscription 7: replace what the client holds. `rows` are `[key, document]` pairs; `order` is how the publication sorts them (fields, `asc`/`desc`; ties by key); `cursor` (or `null` for a feed that cannot resume) is where the result stands |
 //! | `{"t":"more","sub":7,"rows":[…],"more":false}` | the rest of a large result: a `reset` whose rows do not fit in one frame says `"more":true`, and its rows continue in `more` frames until one says `"more":false`. The result is whole only then (show it then: a part of it was never a result) |
 //! | `{"t":"change","sub":7,"rows":[["k1",{…}],["k2",null]],"cursor":"20-1"}` | the net effect of one or more commits: each key's new document, or `null` when the row left the result. `cursor`: resume after it on reconnect |
-//! | `{"t":"end","sub":7,"error":{"code":"forbidden","message":"…"}}` | the subscription ended (refused when asked, or later: its rows were deleted from under it, a rule now refuses it); the client drops its rows |
+//! | `{"t":"end","sub":7,"error":{"code":"forbidden","message":"…"}}` | the subscription ended (refused when asked, or later: its table was dropped, a guard changed and the publication now refuses, it kept restarting); the client drops its rows |
 //! | `{"t":"result","call":3,"ok":…}` / `{"t":"result","call":3,"error":{…}}` | a method call's answer |
-//! | `{"t":"error","error":{"code":"bad_frame","message":"…"}}` | a frame that could not be understood (no subscription or call to pin it on); the connection goes on |
+//! | `{"t":"error","error":{"code":"bad_frame","message":"…"}}` | a frame that could not be understood (no subscription or call to pin it on); the connection goes on, except after `frame_too_large`, `idle_timeout` and an unreadable frame, which close it |
 //! | `{"t":"pong"}` | the answer to `ping` |
 //!
 //! Every refusal carries one of the codes of [`ErrorCode`]. A change message carries the

@@ -182,7 +182,13 @@ pub(crate) async fn serve<I: Clone + Send + Sync + 'static>(
     drop(conn);
     drop(out);
     if !writer_done {
-        let _ = tokio::time::timeout(limits.write_timeout, writer).await;
+        // Method calls still running hold the queue too: past the timeout, the writer goes.
+        if tokio::time::timeout(limits.write_timeout, &mut writer)
+            .await
+            .is_err()
+        {
+            writer.abort();
+        }
     }
 }
 

@@ -13,16 +13,20 @@ use crate::live::Live;
 use crate::outbox::Outbox;
 use crate::protocol::ServerFrame;
 use crate::{Caller, ErrorCode, PublishFn, Refusal, Shared};
-use futures::stream::{SelectAll, StreamExt};
+use futures::stream::StreamExt;
 use futures::FutureExt;
 use remodel::{ChangeKind, Cursor, Error, Feed, Value};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::Semaphore;
 
 /// The most changes one frame gathers (a client resuming after a long cut gets several).
 const MOST_PER_FRAME: usize = 4096;
+
+/// Restarts in a row that sent nothing before a subscription ends.
+const MOST_RESTARTS: u32 = 8;
 
 pub(crate) struct Subscription<I> {
     pub(crate) id: u32,
@@ -62,15 +66,39 @@ impl<I: Clone + Send + Sync + 'static> Subscription<I> {
     pub(crate) async fn run(self, mut cursor: Option<Cursor>) {
         self.shared.subscriptions.fetch_add(1, Ordering::Relaxed);
         let _open = Counted(&self.shared.subscriptions);
+        // Restarts in a row that sent nothing: each waits longer, and there is an end to them
+        // (a guard that changes all the time, a feed that overflows while its result is read).
+        let mut fruitless = 0u32;
         loop {
             // Boxed: opening holds much more state than following, and a task is as large as
             // its largest state for its whole life.
-            let stop = match Box::pin(self.open(cursor.take())).await {
-                Ok((live, feed, guards)) => self.follow(&live, feed, guards).await,
-                Err(stop) => stop,
+            let (stop, followed) = match Box::pin(self.open(cursor.take())).await {
+                Ok((live, feed, guards)) => (self.follow(&live, feed, guards).await, true),
+                Err(stop) => (stop, false),
             };
             match stop {
-                Stop::Restart => continue,
+                Stop::Restart if followed => fruitless = 0,
+                Stop::Restart if fruitless >= MOST_RESTARTS => {
+                    let why = "the subscription's result kept changing under it; subscribe again";
+                    self.ended.store(true, Ordering::Release);
+                    let error = Refusal::new(ErrorCode::Aborted, why);
+                    let _ = self
+                        .send(ServerFrame::End {
+                            sub: self.id,
+                            error,
+                        })
+                        .await;
+                    return;
+                }
+                Stop::Restart => {
+                    // The first goes at once (a resume that must be a reset, say).
+                    if fruitless > 0 {
+                        let step = self.shared.window.max(Duration::from_millis(10));
+                        let wait = step * 2u32.pow(fruitless - 1);
+                        tokio::time::sleep(wait.min(Duration::from_secs(5))).await;
+                    }
+                    fruitless += 1;
+                }
                 Stop::End(why) => {
                     self.ended.store(true, Ordering::Release);
                     let end = ServerFrame::End {
@@ -102,18 +130,25 @@ impl<I: Clone + Send + Sync + 'static> Subscription<I> {
     /// the whole result again instead). A change to what the publication decided with is
     /// thus never missed, however close to the decision it comes. Without a change log
     /// (guards cannot resume), the publication decides again once its guards watch.
-    async fn open(&self, cursor: Option<Cursor>) -> Result<(Live, Feed, SelectAll<Feed>), Stop> {
+    async fn open(&self, cursor: Option<Cursor>) -> Result<(Live, Feed, Vec<Feed>), Stop> {
         let since = cursor.unwrap_or_else(|| self.caller.db.position());
         let mut live = self.decide().await?;
-        let mut guards = SelectAll::new();
+        let mut guards = Vec::new();
         let mut watched_late = false;
         for guard in &live.guards {
             let guard = guard.as_ref().map_err(|e| Stop::End(refusal(e)))?;
+            // A guard's every item means a change: no initial rows, no state markers, and no
+            // squashing (which would hold a change back), whatever the publication asked.
+            let guard = guard
+                .clone()
+                .include_initial(false)
+                .include_states(false)
+                .squash(false);
             let feed = match guard.clone().resume_from(since).await {
                 Ok(feed) => feed,
                 Err(_) => {
                     watched_late = true;
-                    guard.clone().await.map_err(|e| Stop::End(refusal(&e)))?
+                    guard.await.map_err(|e| Stop::End(refusal(&e)))?
                 }
             };
             guards.push(feed);
@@ -209,13 +244,14 @@ impl<I: Clone + Send + Sync + 'static> Subscription<I> {
     /// change it takes and before each frame it sends, it looks at the guards: a change to
     /// what the publication decided with stops it, and what the feed had after that change
     /// is never sent under the old decision.
-    async fn follow(&self, live: &Live, mut feed: Feed, mut guards: SelectAll<Feed>) -> Stop {
+    async fn follow(&self, live: &Live, mut feed: Feed, mut guards: Vec<Feed>) -> Stop {
         let window = self.shared.window;
         loop {
             let first = tokio::select! {
                 biased;
-                // Any item of a guard (a change, or the guard's end) means: decide again.
-                _ = guards.next(), if !guards.is_empty() => return Stop::Restart,
+                // Any item of a guard (a change, or an error such as its table's drop) means:
+                // decide again.
+                _ = any_item(&mut guards), if !guards.is_empty() => return Stop::Restart,
                 item = feed.next() => item,
             };
             let mut batch = Batch::default();
@@ -289,8 +325,24 @@ fn chunked(rows: Vec<(Value, Value)>) -> Vec<Vec<(Value, Value)>> {
 }
 
 /// Whether a guard has an item ready (a change, or its end).
-fn guards_moved(guards: &mut SelectAll<Feed>) -> bool {
-    !guards.is_empty() && guards.next().now_or_never().is_some()
+///
+/// Each guard is polled itself (not only those whose waker fired): a writer wakes a feed's
+/// consumer after the commit, so a guard can hold a change its waker has not announced yet.
+fn guards_moved(guards: &mut [Feed]) -> bool {
+    guards.iter_mut().any(|g| g.next().now_or_never().is_some())
+}
+
+/// The next item of any of `feeds` (each polled every time: there are a few).
+async fn any_item(feeds: &mut [Feed]) {
+    std::future::poll_fn(|cx| {
+        for feed in feeds.iter_mut() {
+            if feed.poll_next_unpin(cx).is_ready() {
+                return std::task::Poll::Ready(());
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 /// The net effect of a run of changes: each key's last shown row, or `None` when it left.

@@ -121,7 +121,6 @@ struct Member {
     member: String,
 }
 
-
 // ---------------------------------------------------------------------------------------
 // Leaks through rules and guards
 

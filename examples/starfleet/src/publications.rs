@@ -133,10 +133,7 @@ pub async fn may_use_log(
         return Ok(target);
     }
     let me = self::member(db, me).await?;
-    let captain = me.rank.eq_ignore_ascii_case("captain")
-        && me.starship_id.is_some()
-        && me.starship_id == target.starship_id;
-    match captain {
+    match crate::rules::captain_of(&me, target.starship_id.as_ref()) {
         true => Ok(target),
         false => Err(Refusal::forbidden(
             "only the member and their ship's captain read this log",

@@ -8,7 +8,11 @@
 //!   captain only (no one promotes themself).
 //! - Moving a member to another ship, taking them off their ship, deleting them: their
 //!   captain; a member without a ship moves themself (or a captain takes them on), and a
-//!   member may leave their ship or delete themself.
+//!   member may leave their ship or delete themself. A captain is never moved (on another
+//!   ship they would be its captain, and read its crew's logs).
+//!
+//! A move writes the member's ship only, at commit, and only if their rank and ship are
+//! still those the rule saw.
 //!
 //! Every rule is checked against the rows as they are when the request comes, with the
 //! signed-in member of the request's session; no one signed in may change no one.
@@ -55,8 +59,13 @@ pub fn may_edit(me: &Crewmember, member: &Crewmember, rank_changes: bool) -> App
     }
 }
 
-/// `me` may move `member` to the ship `to`.
+/// `me` may move `member` to the ship `to`. A captain is never moved (on another ship they
+/// would be its captain too, and read its crew's logs): a captain leaves their ship first
+/// (and stays without one), or is demoted by their captain.
 pub fn may_move(me: &Crewmember, member: &Crewmember, to: Option<&Id>) -> AppResult<()> {
+    if member.rank.eq_ignore_ascii_case("captain") {
+        return Err(refused("members who are not captains move between ships"));
+    }
     let allowed = match &member.starship_id {
         Some(ship) => captain_of(me, Some(ship)),
         None => me.id == member.id || captain_of(me, to),

@@ -199,7 +199,7 @@ const pages = {
           shapes.set(s.id, g);
         }
         // Rows stored before the map existed have no position: a slot of their own.
-        const x = s.x || 80 + (i % 8) * 90, y = s.y || 60 + Math.floor(i / 8) * 90;
+        const x = s.x ?? 80 + (i % 8) * 90, y = s.y ?? 60 + Math.floor(i / 8) * 90;
         g.dataset.x = x; g.dataset.y = y;
         // The ship being dragged here follows the pointer, not the echo of its own writes.
         if (!dragging || dragging.id !== s.id) place(g, x, y);

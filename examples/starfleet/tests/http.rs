@@ -557,3 +557,33 @@ async fn a_delete_and_a_move_sent_together_never_bring_the_member_back() {
     let left = Crewmember::count(&app.state.db).await.unwrap();
     assert_eq!(left, 0, "deleted members came back");
 }
+
+#[tokio::test]
+async fn a_captain_moves_onto_no_other_ship() {
+    let app = app().await;
+    // On another ship she would be its captain too, and read its crew's logs: a captain is
+    // never moved, not by herself, not by another captain; nor promoted by a crewmate.
+    for (who, path) in [
+        ("janeway", "/member/janeway/move"),
+        ("picard", "/member/janeway/move"),
+        ("sisko", "/member/janeway/move"),
+    ] {
+        let r = app.post_by(who, path, "ship_id=defiant").await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{who}");
+    }
+    let r = app
+        .post_by(
+            "neelix",
+            "/member/neelix",
+            "name=Neelix&rank=captain&species=talaxian",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // Without a ship, she still cannot take herself onto one.
+    let r = app.post_by("janeway", "/member/janeway/remove", "").await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let r = app
+        .post_by("janeway", "/member/janeway/move", "ship_id=enterprise")
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+}

@@ -235,6 +235,12 @@ impl Client {
                             return None;
                         };
                         let more: Value = serde_json::from_str(&t).expect("frames are JSON");
+                        // A new reset of the id (its subscription ended, the id was reused)
+                        // starts over; anything else is a `more` of this one.
+                        if more["t"] == "reset" && more["sub"] == v["sub"] {
+                            v = more;
+                            continue;
+                        }
                         assert_eq!(
                             (&more["t"], &more["sub"]),
                             (&Value::from("more"), &v["sub"])

@@ -598,6 +598,30 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
         Ok(())
     }
 
+    /// Relates the stored rows with these keys to this parent, in one commit, without
+    /// writing the rows themselves (unlike [`ManyToMany::add`], which writes back the models
+    /// it is given: a copy read earlier would undo a change made since). A row deleted
+    /// meanwhile (or never stored) is [`ModelError::Missing`], and nothing is written;
+    /// relating a row twice changes nothing.
+    pub async fn relate(&self, keys: &[Value]) -> Result<()> {
+        let parent = self.key()?;
+        let mut batch = self
+            .db
+            .batch()
+            .require_exists(P::schema().table, parent.clone());
+        for key in keys {
+            let link = self.link(&parent, key);
+            batch = batch
+                .require_exists(C::schema().table, key.clone())
+                .insert_with(&self.join, link, Conflict::Replace);
+        }
+        batch
+            .await
+            .map_err(|e| missing_as_model(e, &[P::schema(), C::schema()]))?
+            .check()?;
+        Ok(())
+    }
+
     /// Watches this parent's links (the join rows `{id, <this>_id, <other>_id}`): a row
     /// related or unrelated arrives as an add or a remove, untyped. Changes of the related
     /// rows themselves are not in this feed (that is a live join).

@@ -24,7 +24,7 @@ pub async fn assign(
 ) -> AppResult<Redirect> {
     let ship = find_ship(&app.db, &id).await?;
     let Form(form) = form?;
-    let mut member = find_member(&app.db, form.member_id.trim())
+    let member = find_member(&app.db, form.member_id.trim())
         .await
         .map_err(|_| {
             crate::error::AppError::BadRequest(format!(
@@ -32,9 +32,10 @@ pub async fn assign(
                 form.member_id
             ))
         })?;
-    ship.away_team(&app.db)
-        .add(std::slice::from_mut(&mut member))
-        .await?;
+    // The link only: the member's own row is not written (a copy read a moment ago would
+    // undo a move or a new rank made meanwhile).
+    let key = remodel::Value::from(member.id_str());
+    ship.away_team(&app.db).relate(&[key]).await?;
     Ok(Redirect::to(&format!("/ship/{}", ship.id_str())))
 }
 

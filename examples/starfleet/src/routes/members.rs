@@ -70,30 +70,48 @@ pub async fn edit(
     let (name, rank, species) = MemberForm::new(form.name, form.rank, form.species).fields()?;
     let me = rules::signed_in(&app.db, &session, "edit a member").await?;
     rules::may_edit(&me, &member, rank != member.rank)?;
-    // The rank the rule allowed is the rank it saw: a rank changed since is refused below.
-    let rank_was = member.rank.clone();
     let was = [form.was_name, form.was_rank, form.was_species];
-    let patch = Patch::with(move |doc| {
-        if doc["rank"] != rank_was.as_str() {
-            return Err(remodel::Error::Precondition(
-                "the member's rank changed since this request was checked".into(),
-            ));
-        }
+    let fields = json!({"name": name, "rank": rank, "species": species});
+    write_checked(&app.db, &member, fields, move |doc| {
         let unchanged = ["name", "rank", "species"]
             .iter()
             .zip(&was)
             .all(|(field, was)| was.as_deref().is_none_or(|w| doc[*field] == w.trim()));
-        if !unchanged {
-            return Err(remodel::Error::Precondition(format!(
+        match unchanged {
+            true => Ok(()),
+            false => Err(format!(
                 "someone else changed this member since the form was drawn (now: {}, {}, {})",
                 doc["name"].as_str().unwrap_or_default(),
                 doc["rank"].as_str().unwrap_or_default(),
                 doc["species"].as_str().unwrap_or_default(),
-            )));
+            )),
         }
-        Ok(json!({"name": name, "rank": rank, "species": species}))
+    })
+    .await?;
+    Ok(Redirect::to(&format!("/member/{}", member.id_str())))
+}
+
+/// Writes `fields` to `member`'s row, decided at commit against the stored row: only if the
+/// member's rank and ship are still those the rules were checked against (a new rank or a
+/// move since changes who may do this) and `check` passes; else a 409 page saying why, and
+/// nothing is written. A member deleted meanwhile is a 404. Only `fields` are written: a
+/// copy of the member read earlier never overwrites what others changed.
+async fn write_checked(
+    db: &remodel::Database,
+    member: &Crewmember,
+    fields: remodel::Value,
+    check: impl Fn(&remodel::Value) -> Result<(), String> + Send + Sync + 'static,
+) -> AppResult<()> {
+    let seen = (json!(member.rank), json!(member.starship_id));
+    let patch = Patch::with(move |doc| {
+        if (&doc["rank"], &doc["starship_id"]) != (&seen.0, &seen.1) {
+            let why = "the member's rank or ship changed since this request was checked";
+            return Err(remodel::Error::Precondition(why.into()));
+        }
+        check(doc).map_err(remodel::Error::Precondition)?;
+        Ok(fields.clone())
     });
-    let written = Crewmember::table(&app.db)
+    let written = Crewmember::table(db)
         .get(member.id_str())
         .update(patch)
         .await;
@@ -104,11 +122,12 @@ pub async fn edit(
     });
     match written {
         Ok(w) if w.skipped > 0 => Err(AppError::NotFound(format!(
-            "The crew member `{id}` was deleted meanwhile."
+            "The crew member `{}` was deleted meanwhile.",
+            member.id_str()
         ))),
-        Ok(_) => Ok(Redirect::to(&format!("/member/{}", member.id_str()))),
+        Ok(_) => Ok(()),
         Err(remodel::Error::Precondition(why)) => Err(AppError::Conflict(format!(
-            "Not saved: {why}. Open the page again to edit what is there now."
+            "Not saved: {why}. Open the page again to see what is there now."
         ))),
         Err(e) => Err(e.into()),
     }
@@ -155,7 +174,7 @@ pub async fn move_to(
     Path(id): Path<String>,
     form: Result<Form<MoveTo>, FormRejection>,
 ) -> AppResult<Redirect> {
-    let mut member = find_member(&app.db, &id).await?;
+    let member = find_member(&app.db, &id).await?;
     let Form(form) = form?;
     let ship = find_ship(&app.db, form.ship_id.trim()).await.map_err(|_| {
         AppError::BadRequest(format!(
@@ -165,10 +184,9 @@ pub async fn move_to(
     })?;
     let me = rules::signed_in(&app.db, &session, "move a member").await?;
     rules::may_move(&me, &member, ship.id.as_ref())?;
-    // `add` sets the foreign key and saves: the member leaves its old crew.
-    ship.crewmembers(&app.db)
-        .add(std::slice::from_mut(&mut member))
-        .await?;
+    // The member's ship only: the member leaves its old crew.
+    let fields = json!({"starship_id": ship.id_str()});
+    write_checked(&app.db, &member, fields, |_| Ok(())).await?;
     Ok(Redirect::to(&format!("/ship/{}", ship.id_str())))
 }
 
@@ -179,15 +197,13 @@ pub async fn remove_from_ship(
     session: Session,
     Path(id): Path<String>,
 ) -> AppResult<Redirect> {
-    let mut member = find_member(&app.db, &id).await?;
+    let member = find_member(&app.db, &id).await?;
     let me = rules::signed_in(&app.db, &session, "take a member off their ship").await?;
     rules::may_release(&me, &member)?;
     let Some(ship) = member.starship(&app.db).await? else {
         return Ok(Redirect::to(&format!("/member/{}", member.id_str())));
     };
-    ship.crewmembers(&app.db)
-        .remove(std::slice::from_mut(&mut member))
-        .await?;
+    write_checked(&app.db, &member, json!({"starship_id": null}), |_| Ok(())).await?;
     Ok(Redirect::to(&format!("/ship/{}", ship.id_str())))
 }
 
