@@ -71,6 +71,19 @@ mod subscription;
 pub use error::{ErrorCode, Refusal};
 pub use limits::Limits;
 pub use live::{Direction, IntoChanges, Live};
+/// Whether a request with these headers comes from a page the app serves: no `Origin` (not a
+/// browser), or an `Origin` among `allowed` (`scheme://host[:port]`), or, with none given,
+/// naming the host the request was sent to. The check of the WebSocket handshake; an app
+/// makes the same one of its cookie-authenticated form posts.
+///
+/// ```
+/// use axum::http::HeaderMap;
+/// let mut h = HeaderMap::new();
+/// h.insert("host", "app.test".parse().unwrap());
+/// h.insert("origin", "https://evil.test".parse().unwrap());
+/// assert!(!remodel_web::same_origin(&h, &[]));
+/// ```
+pub use origin::allowed as same_origin;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::FromRequestParts;

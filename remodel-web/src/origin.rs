@@ -8,7 +8,9 @@ use axum::http::HeaderMap;
 /// Whether a handshake with `headers` may proceed. With no `Origin` header (not a browser:
 /// nothing a cross-site page can cause) it may. Otherwise the origin must be one of `allowed`
 /// (`scheme://host[:port]`), or, with none declared, name the host the request was sent to.
-pub(crate) fn allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+///
+/// Public as [`crate::same_origin`], for an app's own checks of its form posts.
+pub fn allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
     let Some(origin) = headers.get(ORIGIN) else {
         return true;
     };

@@ -131,7 +131,16 @@ impl<I: Clone + Send + Sync + 'static> Subscription<I> {
     /// thus never missed, however close to the decision it comes. Without a change log
     /// (guards cannot resume), the publication decides again once its guards watch.
     async fn open(&self, cursor: Option<Cursor>) -> Result<(Live, Feed, Vec<Feed>), Stop> {
-        let since = cursor.unwrap_or_else(|| self.caller.db.position());
+        let since = match cursor {
+            Some(cursor) => cursor,
+            // The position waits for a commit in progress: off the runtime's threads.
+            None => {
+                let db = self.caller.db.clone();
+                tokio::task::spawn_blocking(move || db.position())
+                    .await
+                    .map_err(|_| Stop::End(Refusal::new(ErrorCode::Internal, "no position")))?
+            }
+        };
         let mut live = self.decide().await?;
         let mut guards = Vec::new();
         let mut watched_late = false;

@@ -87,8 +87,25 @@ pub async fn move_ship(db: &Database, ship: &str, x: f64, y: f64) -> Result<(), 
     }
 }
 
-/// Some traffic for the stats page: 100 writes and 400 point reads of a scratch table.
+/// Some traffic for the stats page: 100 writes and 400 point reads of a scratch table. One
+/// call at a time in the whole app (anyone may press the button; no one may make it a load
+/// generator).
 async fn traffic(db: &Database) -> Result<(), Refusal> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static RUNNING: AtomicBool = AtomicBool::new(false);
+    if RUNNING.swap(true, Ordering::AcqRel) {
+        return Err(Refusal::new(
+            remodel_web::ErrorCode::RateLimited,
+            "traffic is being made already",
+        ));
+    }
+    struct Done;
+    impl Drop for Done {
+        fn drop(&mut self) {
+            RUNNING.store(false, Ordering::Release);
+        }
+    }
+    let _done = Done;
     db.ensure_table(TRAFFIC).await?;
     let table = db.table(TRAFFIC);
     for i in 0..100u32 {

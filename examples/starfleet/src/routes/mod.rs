@@ -164,21 +164,11 @@ pub async fn same_origin_posts(
 ) -> axum::response::Response {
     if req.method() == axum::http::Method::POST {
         let headers = req.headers();
-        let text = |name| {
-            headers
-                .get(name)
-                .and_then(|v: &header::HeaderValue| v.to_str().ok())
-        };
-        let host = text(header::HOST);
-        let cross = match text(header::ORIGIN) {
-            Some(origin) => !origin.split_once("://").is_some_and(|(scheme, rest)| {
-                matches!(scheme, "http" | "https")
-                    && host.is_some_and(|h| rest.eq_ignore_ascii_case(h))
-            }),
-            None => matches!(
-                text(header::HeaderName::from_static("sec-fetch-site")),
-                Some("cross-site" | "same-site")
-            ),
+        // No `Origin`: a browser that sends none still says where the request came from.
+        let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+        let cross = match headers.contains_key(header::ORIGIN) {
+            true => !remodel_web::same_origin(headers, &[]),
+            false => matches!(fetch_site, Some("cross-site" | "same-site")),
         };
         if cross {
             let why = "This form may only be sent from the app's own pages.";
