@@ -65,6 +65,7 @@ mod live;
 mod origin;
 mod outbox;
 pub mod protocol;
+mod results;
 mod socket;
 mod subscription;
 
@@ -84,6 +85,7 @@ pub use live::{Direction, IntoChanges, Live};
 /// assert!(!remodel_web::same_origin(&h, &[]));
 /// ```
 pub use origin::allowed as same_origin;
+pub use results::Results;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::FromRequestParts;

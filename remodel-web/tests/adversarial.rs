@@ -247,7 +247,7 @@ async fn resuming_does_not_replay_what_was_written_while_the_caller_was_not_allo
     let mut kirk = Client::connect(&app, "kirk").await;
     kirk.sub(1, "logs", json!({"member": "spock"})).await;
     kirk.until(|v| v["t"] == "reset").await;
-    let cursor = kirk.cursors[&1].clone().expect("a resumable cursor");
+    let cursor = kirk.cursor(1).expect("a resumable cursor");
     drop(kirk);
 
     let members = db.table("members");
@@ -273,7 +273,6 @@ async fn resuming_does_not_replay_what_was_written_while_the_caller_was_not_allo
 
     // Kirk is Spock's captain again, and resumes.
     let mut kirk = Client::connect(&app, "kirk").await;
-    kirk.rows.insert(1, Default::default());
     kirk.send(json!({"op": "sub", "id": 1, "name": "logs", "params": {"member": "spock"}, "cursor": cursor}))
         .await;
     while kirk.docs(1).len() < 4200 {
@@ -342,15 +341,14 @@ async fn a_cursor_of_another_caller_or_publication_gives_only_what_the_rules_all
     spock.sub(2, "members", json!(null)).await;
     spock.until(|v| v["t"] == "reset" && v["sub"] == 1).await;
     spock.until(|v| v["t"] == "reset" && v["sub"] == 2).await;
-    let own = spock.cursors[&1].clone().unwrap();
-    let of_members = spock.cursors[&2].clone().unwrap();
+    let own = spock.cursor(1).unwrap();
+    let of_members = spock.cursor(2).unwrap();
     db.table("logs")
         .insert(json!({"id": "s1", "owner": "spock", "text": "t", "at": 1, "secret": "s"}))
         .await
         .unwrap();
     let mut kirk = Client::connect(&app, "kirk").await;
     for (id, cursor) in [(1u32, &own), (2, &of_members)] {
-        kirk.rows.insert(id, Default::default());
         kirk.send(json!({"op": "sub", "id": id, "name": "logs", "params": {"member": "spock"}, "cursor": cursor}))
             .await;
         let v = kirk.until(|v| v["sub"] == id).await;

@@ -212,7 +212,7 @@ async fn forged_and_garbage_cursors() {
     }
     // A cursor into another member's log gives nothing of it: the publication decides first.
     let mut spock = Client::connect(&app, "spock").await;
-    let cursor = c.cursors[&5].clone().unwrap();
+    let cursor = c.cursor(5).unwrap();
     spock
         .send(json!({"op": "sub", "id": 1, "name": "logs", "params": {"member": "kirk"}, "cursor": cursor}))
         .await;

@@ -73,19 +73,11 @@ async fn settle(db: &remodel::Database, c: &mut Client, sub: u32, member: &str, 
         .insert(json!({"id": id, "owner": member, "at": n}))
         .await
         .unwrap();
-    while !c
-        .rows
-        .get(&sub)
-        .is_some_and(|m| m.contains_key(&json!(id).to_string()))
-    {
+    while !c.results.contains(sub, &json!(id)) {
         c.recv().await.expect("open");
     }
     db.table("logs").get(id.as_str()).delete().await.unwrap();
-    while c
-        .rows
-        .get(&sub)
-        .is_some_and(|m| m.contains_key(&json!(id).to_string()))
-    {
+    while c.results.contains(sub, &json!(id)) {
         c.recv().await.expect("open");
     }
 }
@@ -149,26 +141,27 @@ async fn a_reconnecting_client_resumes_each_subscription_exactly() {
         settle(&db, &mut kirk, 1, "kirk", n).await;
         settle(&db, &mut kirk, 2, "spock", n + 1000).await;
         // The connection drops; writes go on meanwhile.
-        let (rows, cursors) = (kirk.rows.clone(), kirk.cursors.clone());
-        let resets_before = kirk.resets.clone();
+        let before = kirk.results.clone();
         drop(kirk);
         for _ in 0..30 {
             n += 1;
             random_write(&db, &mut rng, n).await;
         }
         kirk = Client::connect(&app, "kirk").await;
-        kirk.rows = rows;
-        kirk.resets = resets_before.clone();
+        kirk.results = before.clone();
         for sub in [1u32, 2] {
             let member = if sub == 1 { "kirk" } else { "spock" };
-            let cursor = cursors[&sub].clone().expect("a cursor");
+            let cursor = before.cursor(sub).expect("a cursor");
             kirk.send(json!({"op": "sub", "id": sub, "name": "logs", "params": {"member": member}, "cursor": cursor}))
                 .await;
         }
         n += 1;
         settle(&db, &mut kirk, 1, "kirk", n).await;
         settle(&db, &mut kirk, 2, "spock", n + 1000).await;
-        assert_eq!(kirk.resets, resets_before, "cut {cut}: resumed, not reset");
+        for sub in [1, 2] {
+            let resets = (kirk.results.resets(sub), before.resets(sub));
+            assert_eq!(resets.0, resets.1, "cut {cut}: resumed, not reset");
+        }
         assert_eq!(
             by_id(kirk.docs(1)),
             expected(&db, "kirk", "kirk").await,
@@ -225,7 +218,7 @@ async fn a_top_n_result_follows_the_query_and_resets_on_reconnect() {
         }
     }
     // A top-N cannot resume: a reconnect with its cursor gets the whole result again.
-    let cursor = c.cursors[&1].clone();
+    let cursor = c.cursor(1);
     drop(c);
     let mut c = Client::connect(&app, "kirk").await;
     c.send(json!({"op": "sub", "id": 1, "name": "top", "params": null, "cursor": cursor.unwrap_or_default()}))

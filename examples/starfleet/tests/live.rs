@@ -54,7 +54,7 @@ async fn a_ship_page_follows_its_crew_and_away_team_and_resumes() {
     .await;
 
     // Cut, writes meanwhile, then resume from the cursor: only what was missed comes.
-    let cursor = page.cursors[&1].clone().unwrap();
+    let cursor = page.cursor(1).unwrap();
     drop(page);
     app.post_by("janeway", "/member/neelix/delete", "").await;
     let mut page = Live::connect(addr, None).await;

@@ -41,13 +41,14 @@ async fn a_change_posted_to_one_instance_is_live_in_the_other() {
     on_a.until(1, |rows| rows.iter().any(|m| m["name"] == "Kes"))
         .await;
     assert_eq!(
-        on_a.cursors[&1], on_b.cursors[&1],
+        on_a.cursor(1),
+        on_b.cursor(1),
         "one position in every process"
     );
 
     // A page of instance A that saw Kes reconnects to instance B: it gets what came after,
     // posted to B.
-    let cursor = on_a.cursors[&1].clone().unwrap();
+    let cursor = on_a.cursor(1).unwrap();
     drop(on_a);
     b.post_by(
         "janeway",

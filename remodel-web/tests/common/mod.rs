@@ -13,9 +13,8 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use futures::{SinkExt, StreamExt};
 use remodel::{json, ChangeLogRetention, Config, Database, IndexSpec, Order, Value};
-use remodel_web::{Caller, Limits, Live, NoParams, Refusal, Web};
+use remodel_web::{Caller, Limits, Live, NoParams, Refusal, Results, Web};
 use serde::Deserialize;
-use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -169,11 +168,8 @@ pub type Socket =
 /// A client: one socket, and each subscription's rows as rebuilt from its frames.
 pub struct Client {
     pub ws: Socket,
-    /// Rows by subscription, keyed by the key's JSON text.
-    pub rows: HashMap<u32, BTreeMap<String, Value>>,
-    pub cursors: HashMap<u32, Option<String>>,
-    pub ended: HashMap<u32, Value>,
-    pub resets: HashMap<u32, usize>,
+    /// Each subscription's rows, as the frames left them.
+    pub results: Results,
 }
 
 pub async fn handshake(
@@ -200,10 +196,7 @@ impl Client {
         let ws = handshake(app.addr, Some(user), None).await.unwrap();
         let mut c = Client {
             ws,
-            rows: HashMap::new(),
-            cursors: HashMap::new(),
-            ended: HashMap::new(),
-            resets: HashMap::new(),
+            results: Results::default(),
         };
         let hello = c.recv().await.expect("hello");
         assert_eq!(hello["t"], "hello");
@@ -268,48 +261,17 @@ impl Client {
     }
 
     fn apply(&mut self, v: &Value) {
-        let sub = v["sub"].as_u64().map(|s| s as u32);
-        match (v["t"].as_str(), sub) {
-            (Some("reset"), Some(s)) => {
-                let rows = v["rows"].as_array().unwrap();
-                let map = rows
-                    .iter()
-                    .map(|r| (r[0].to_string(), r[1].clone()))
-                    .collect();
-                self.rows.insert(s, map);
-                self.cursors
-                    .insert(s, v["cursor"].as_str().map(String::from));
-                *self.resets.entry(s).or_default() += 1;
-            }
-            (Some("change"), Some(s)) => {
-                let map = self
-                    .rows
-                    .get_mut(&s)
-                    .expect("a change after a reset or resume");
-                for r in v["rows"].as_array().unwrap() {
-                    match &r[1] {
-                        Value::Null => map.remove(&r[0].to_string()),
-                        doc => map.insert(r[0].to_string(), doc.clone()),
-                    };
-                }
-                if let Some(c) = v["cursor"].as_str() {
-                    self.cursors.insert(s, Some(c.to_string()));
-                }
-            }
-            (Some("end"), Some(s)) => {
-                self.rows.remove(&s);
-                self.ended.insert(s, v["error"].clone());
-            }
-            _ => {}
-        }
+        self.results.apply(v);
     }
 
-    /// Sorted rows of subscription `sub`.
+    /// Rows of subscription `sub`, by key.
     pub fn docs(&self, sub: u32) -> Vec<Value> {
-        self.rows
-            .get(&sub)
-            .map(|m| m.values().cloned().collect())
-            .unwrap_or_default()
+        self.results.rows(sub)
+    }
+
+    /// The cursor subscription `sub` would resume from.
+    pub fn cursor(&self, sub: u32) -> Option<String> {
+        self.results.cursor(sub).map(String::from)
     }
 }
 

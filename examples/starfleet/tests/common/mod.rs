@@ -10,7 +10,6 @@ use http_body_util::BodyExt;
 use remodel::{Database, Model, Value};
 use starfleet::models::Crewmember;
 use starfleet::{open_database, router, AppState};
-use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tower::ServiceExt;
@@ -131,10 +130,8 @@ pub struct Live {
     ws: tokio_tungstenite::WebSocketStream<
         tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
     >,
-    /// Rows by subscription and key (the key's JSON text).
-    pub rows: HashMap<u32, BTreeMap<String, Value>>,
-    pub cursors: HashMap<u32, Option<String>>,
-    pub ended: HashMap<u32, Value>,
+    /// Each subscription's rows, as the frames left them.
+    pub results: remodel_web::Results,
 }
 
 impl Live {
@@ -150,9 +147,7 @@ impl Live {
         let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
         Live {
             ws,
-            rows: HashMap::new(),
-            cursors: HashMap::new(),
-            ended: HashMap::new(),
+            results: remodel_web::Results::default(),
         }
     }
 
@@ -195,33 +190,7 @@ impl Live {
                 v["rows"].as_array_mut().unwrap().extend(rows);
                 v["more"] = more["more"].clone();
             }
-            let sub = v["sub"].as_u64().map(|s| s as u32);
-            match (v["t"].as_str(), sub) {
-                (Some("reset"), Some(s)) => {
-                    let rows = v["rows"].as_array().unwrap().iter();
-                    let map = rows.map(|r| (r[0].to_string(), r[1].clone())).collect();
-                    self.rows.insert(s, map);
-                    self.cursors
-                        .insert(s, v["cursor"].as_str().map(String::from));
-                }
-                (Some("change"), Some(s)) => {
-                    let map = self.rows.entry(s).or_default();
-                    for r in v["rows"].as_array().unwrap() {
-                        match &r[1] {
-                            Value::Null => map.remove(&r[0].to_string()),
-                            doc => map.insert(r[0].to_string(), doc.clone()),
-                        };
-                    }
-                    if let Some(c) = v["cursor"].as_str() {
-                        self.cursors.insert(s, Some(c.to_string()));
-                    }
-                }
-                (Some("end"), Some(s)) => {
-                    self.rows.remove(&s);
-                    self.ended.insert(s, v["error"].clone());
-                }
-                _ => {}
-            }
+            self.results.apply(&v);
             return v;
         }
     }
@@ -245,9 +214,11 @@ impl Live {
 
     /// `sub`'s rows (in key order).
     pub fn docs(&self, sub: u32) -> Vec<Value> {
-        self.rows
-            .get(&sub)
-            .map(|m| m.values().cloned().collect())
-            .unwrap_or_default()
+        self.results.rows(sub)
+    }
+
+    /// The cursor subscription `sub` would resume from.
+    pub fn cursor(&self, sub: u32) -> Option<String> {
+        self.results.cursor(sub).map(String::from)
     }
 }
