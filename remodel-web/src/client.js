@@ -149,6 +149,8 @@ class Subscription {
   _change(msg) {
     checkRows(msg.rows);
     for (const [key, doc] of msg.rows) this._set(key, doc);
+    // A large change comes in parts: shown after the last, which carries the cursor.
+    if (msg.more === true) return;
     if ('cursor' in msg) this.cursor = msg.cursor;
     this._changed();
   }

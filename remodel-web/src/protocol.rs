@@ -17,7 +17,7 @@
 //! | `{"t":"hello","idle_ms":30000}` | sent once on open: the client must send something (a `ping`) at least every `idle_ms` |
 //! | `{"t":"reset","sub":7,"rows":[["k1",{…}],…],"order":[["name","asc"]],"cursor":"1f-ffffffff"}` | the whole current result of subscription 7: replace what the client holds. `rows` are `[key, document]` pairs; `order` is how the publication sorts them (fields, `asc`/`desc`; ties by key); `cursor` (or `null` for a feed that cannot resume) is where the result stands |
 //! | `{"t":"more","sub":7,"rows":[…],"more":false}` | the rest of a large result: a `reset` whose rows do not fit in one frame says `"more":true`, and its rows continue in `more` frames until one says `"more":false`. The result is whole only then (show it then: a part of it was never a result) |
-//! | `{"t":"change","sub":7,"rows":[["k1",{…}],["k2",null]],"cursor":"20-1"}` | the net effect of one or more commits: each key's new document, or `null` when the row left the result. `cursor`: resume after it on reconnect |
+//! | `{"t":"change","sub":7,"rows":[["k1",{…}],["k2",null]],"cursor":"20-1"}` | the net effect of one or more commits: each key's new document, or `null` when the row left the result. `cursor`: resume after it on reconnect. A large one comes in several `change` frames, all but the last saying `"more":true` and carrying no cursor: apply them all, show the result after the last |
 //! | `{"t":"end","sub":7,"error":{"code":"forbidden","message":"…"}}` | the subscription ended (refused when asked, or later: its table was dropped, a guard changed and the publication now refuses, it kept restarting); the client drops its rows |
 //! | `{"t":"result","call":3,"ok":…}` / `{"t":"result","call":3,"error":{…}}` | a method call's answer |
 //! | `{"t":"error","error":{"code":"bad_frame","message":"…"}}` | a frame that could not be understood (no subscription or call to pin it on); the connection goes on, except after `frame_too_large`, `idle_timeout` and an unreadable frame, which close it |
@@ -87,7 +87,10 @@ pub(crate) enum ServerFrame<'a> {
     Change {
         sub: u32,
         rows: Vec<(Value, Option<Value>)>,
+        #[serde(skip_serializing_if = "Option::is_none")]
         cursor: Option<String>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        more: bool,
     },
     End {
         sub: u32,

@@ -293,15 +293,23 @@ impl<I: Clone + Send + Sync + 'static> Subscription<I> {
                 return Stop::Restart;
             }
             if !batch.rows.is_empty() {
-                let frame = ServerFrame::Change {
-                    sub: self.id,
-                    rows: batch.rows.into_values().collect(),
-                    cursor: batch.cursor.map(|c| c.to_string()),
-                };
-                // Boxed, as the sleep: a subscription's task spends its life waiting for its
-                // feed, and is as large as its largest state (a frame on its way out).
-                if let Err(stop) = Box::pin(self.send(frame)).await {
-                    return stop;
+                // In frames of bounded size (as initial results): the cursor on the last.
+                let mut chunks = chunked(batch.rows.into_values().collect())
+                    .into_iter()
+                    .peekable();
+                while let Some(rows) = chunks.next() {
+                    let more = chunks.peek().is_some();
+                    let frame = ServerFrame::Change {
+                        sub: self.id,
+                        rows,
+                        cursor: batch.cursor.filter(|_| !more).map(|c| c.to_string()),
+                        more,
+                    };
+                    // Boxed, as the sleep: a subscription's task spends its life waiting for
+                    // its feed, and is as large as its largest state (a frame on its way out).
+                    if let Err(stop) = Box::pin(self.send(frame)).await {
+                        return stop;
+                    }
                 }
                 if !window.is_zero() {
                     Box::pin(tokio::time::sleep(window)).await;
@@ -311,13 +319,14 @@ impl<I: Clone + Send + Sync + 'static> Subscription<I> {
     }
 }
 
-/// The most JSON text of rows one frame of an initial result carries (at least one row).
+/// The most JSON text of rows one frame carries (at least one row), initial results and
+/// changes alike.
 /// The WebSocket layer keeps a buffer as large as the largest frame it ever wrote, for the
 /// connection's life: a 1,000-row result sent whole would pin ~100 KB per connection.
 const RESET_CHUNK: usize = 2048;
 
 /// `rows` in runs of at most [`RESET_CHUNK`] bytes of JSON (at least one row each).
-fn chunked(rows: Vec<(Value, Value)>) -> Vec<Vec<(Value, Value)>> {
+fn chunked<T: serde::Serialize>(rows: Vec<T>) -> Vec<Vec<T>> {
     let mut chunks = Vec::new();
     let (mut chunk, mut bytes) = (Vec::new(), 0);
     for row in rows {

@@ -883,3 +883,31 @@ return out;
         json!({"seen": [3, 4], "rows": ["a", "b", "c", "d"], "cursor": "2-0"})
     );
 }
+
+/// A large change in parts: the client shows it once, after the last part, whose cursor it
+/// keeps.
+#[test]
+fn the_client_shows_a_change_in_parts_once_whole() {
+    let _serial = SERIAL.blocking_read();
+    let Some(out) = run_node(
+        r#"
+const live = connect({ url: 'ws://test/remodel/ws' });
+const ws = sockets[0]; open(ws);
+const seen = [];
+const sub = live.subscribe('logs', {}, (rows) => seen.push(rows.length));
+message(ws, { t: 'reset', sub: sub.id, order: [], cursor: '1-0', rows: [] });
+message(ws, { t: 'change', sub: sub.id, rows: [['a', { id: 'a' }]], more: true });
+const during = sub.cursor;
+message(ws, { t: 'change', sub: sub.id, rows: [['b', { id: 'b' }]], cursor: '2-0' });
+const out = { seen, during, cursor: sub.cursor };
+live.close();
+return out;
+"#,
+    ) else {
+        return;
+    };
+    assert_eq!(
+        out,
+        json!({"seen": [0, 2], "during": "1-0", "cursor": "2-0"})
+    );
+}

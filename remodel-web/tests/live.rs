@@ -283,3 +283,54 @@ async fn a_large_result_comes_whole_in_frames_of_bounded_size() {
     ids.dedup();
     assert_eq!(ids.len(), 300, "every row once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_change_comes_in_frames_of_bounded_size_with_one_cursor() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let app = start(Limits::default()).await;
+    let mut c = common::handshake(app.addr, Some("kirk"), None)
+        .await
+        .unwrap();
+    let sub = json!({"op": "sub", "id": 1, "name": "logs", "params": {"member": "kirk"}});
+    c.send(Message::text(sub.to_string())).await.unwrap();
+    loop {
+        let Some(Ok(Message::Text(t))) = c.next().await else {
+            panic!("closed")
+        };
+        if serde_json::from_str::<Value>(&t).unwrap()["t"] == "reset" {
+            break;
+        }
+    }
+    // One commit of 300 rows.
+    let rows: Vec<Value> = (0..300)
+        .map(|i| json!({"id": format!("l{i:03}"), "owner": "kirk", "at": i, "text": "x".repeat(100)}))
+        .collect();
+    app.db.table("logs").insert_many(rows).await.unwrap();
+    let mut frames = Vec::new();
+    loop {
+        let Some(Ok(Message::Text(t))) = c.next().await else {
+            panic!("closed")
+        };
+        assert!(t.len() < 4096, "a frame of {} bytes", t.len());
+        let v: Value = serde_json::from_str(&t).unwrap();
+        let last = v["more"] != true;
+        frames.push(v);
+        if last {
+            break;
+        }
+    }
+    assert!(frames.len() > 10, "{} frames", frames.len());
+    assert!(frames.iter().all(|f| f["t"] == "change"));
+    let (parts, last) = frames.split_at(frames.len() - 1);
+    assert!(
+        parts.iter().all(|f| f.get("cursor").is_none()),
+        "parts carry no cursor"
+    );
+    assert!(last[0]["cursor"].is_string(), "the last carries the cursor");
+    let n: usize = frames
+        .iter()
+        .map(|f| f["rows"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(n, 300);
+}
