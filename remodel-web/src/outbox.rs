@@ -83,6 +83,19 @@ impl Outbox {
         from: (u32, u64),
         frame: &ServerFrame<'_>,
     ) -> Result<(), Gone> {
+        self.send_sized(Some(from), frame).await
+    }
+
+    /// Queues a frame that may be large (a method's result), once its bytes fit.
+    pub(crate) async fn send_result(&self, frame: &ServerFrame<'_>) -> Result<(), Gone> {
+        self.send_sized(None, frame).await
+    }
+
+    async fn send_sized(
+        &self,
+        from: Option<(u32, u64)>,
+        frame: &ServerFrame<'_>,
+    ) -> Result<(), Gone> {
         let message = frame.message();
         let size = match &message {
             Message::Text(t) => t.len(),
@@ -95,7 +108,7 @@ impl Outbox {
             .acquire_many_owned(permits)
             .await
             .map_err(|_| Gone)?;
-        self.queue(message, Some(from), Some(bytes)).await
+        self.queue(message, from, Some(bytes)).await
     }
 
     async fn queue(

@@ -378,7 +378,9 @@ impl<I: Clone + Send + Sync + 'static> Connection<I> {
                 // A method that panics still answers (its client would wait forever).
                 Err(_) => Outcome::Error(Refusal::new(ErrorCode::Internal, "the method failed")),
             };
-            let _ = out.send(&ServerFrame::Result { call: id, outcome }).await;
+            let _ = out
+                .send_result(&ServerFrame::Result { call: id, outcome })
+                .await;
         });
     }
 
