@@ -99,6 +99,11 @@ enum Op {
         crew: String,
         doc: Value,
     },
+    /// `relate`: the link only, by key (the crew row is not written).
+    AwayRelate {
+        ship: String,
+        crew: String,
+    },
 }
 
 /// The outcome of an operation: written, or refused because a row it needed is gone.
@@ -139,7 +144,7 @@ const CREWS: usize = 27;
 async fn random_op(db: &Database, rng: &mut Rng, tag: u64) -> Option<(Op, Outcome)> {
     let ship = format!("ship{}", rng.below(SHIPS));
     let crew = format!("crew{}", rng.below(CREWS));
-    let r = match rng.below(14) {
+    let r = match rng.below(15) {
         0 => {
             let mut s = Ship::get(db, ship.as_str()).await.unwrap()?;
             let r = s
@@ -266,6 +271,12 @@ async fn random_op(db: &Database, rng: &mut Rng, tag: u64) -> Option<(Op, Outcom
             let c = Crew::get(db, crew.as_str()).await.unwrap()?;
             tokio::task::yield_now().await;
             (Op::DeleteCrew { crew }, outcome(c.delete(db).await))
+        }
+        14 => {
+            let s = Ship::get(db, ship.as_str()).await.unwrap()?;
+            tokio::task::yield_now().await;
+            let r = s.away_team(db).relate(&[json!(crew)]).await;
+            (Op::AwayRelate { ship, crew }, outcome(r))
         }
         _ => {
             let s = Ship::get(db, ship.as_str()).await.unwrap()?;

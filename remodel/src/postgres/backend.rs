@@ -639,7 +639,10 @@ impl PgBackend {
         // this connection instead of returning it to the pool: its session, and every lock
         // it holds or waits for, ends with it.
         let mut held = LockedConnection(Some(conn));
-        let client: &Client = held.0.as_ref().expect("held");
+        let Some(client) = held.0.as_ref() else {
+            return Err(Error::Unusable("the locked connection was lost".into()));
+        };
+        let client: &Client = client;
         let mut locked = Ok(());
         for t in &tables {
             let lock = client

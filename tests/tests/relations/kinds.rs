@@ -518,3 +518,33 @@ async fn self_referencing_many_to_many() -> remodel::Result<()> {
     assert!(rest[2].friends(&db).all().await?.is_empty());
     Ok(())
 }
+
+#[tokio::test]
+async fn relate_links_stored_rows_without_writing_them() -> remodel::Result<()> {
+    let (db, voyager, _defiant) = setup().await?;
+    let mut team = vec![crew("Janeway", "human"), crew("Tuvok", "vulcan")];
+    voyager.crewmembers(&db).add(&mut team).await?;
+    let (janeway, tuvok) = (team[0].clone(), team[1].clone());
+    // Someone else edits Tuvok meanwhile: relating him keeps that edit (add would write the
+    // copy read earlier back).
+    let key = tuvok.key().unwrap();
+    db.table("crewmembers")
+        .get(key.clone())
+        .update(remodel::json!({"species": "romulan?"}))
+        .await?;
+    voyager.away_team(&db).relate(&[key.clone()]).await?;
+    voyager.away_team(&db).relate(&[key.clone()]).await?; // twice: one link
+    assert_eq!(voyager.away_team(&db).count().await?, 1);
+    let stored = Crewmember::get(&db, key.clone()).await?.unwrap();
+    assert_eq!(stored.species, "romulan?");
+    // A row that is gone: Missing, and nothing more is linked.
+    janeway.delete(&db).await?;
+    let both = [tuvok.key().unwrap(), janeway.key().unwrap()];
+    let err = voyager.away_team(&db).relate(&both).await.unwrap_err();
+    assert!(
+        matches!(err.as_model(), Some(ModelError::Missing { .. })),
+        "{err}"
+    );
+    assert_eq!(voyager.away_team(&db).count().await?, 1);
+    Ok(())
+}
