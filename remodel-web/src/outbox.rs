@@ -78,29 +78,17 @@ impl Outbox {
     }
 
     /// Queues a frame of subscription `from` (id, generation), once its bytes fit.
-    pub(crate) async fn send_from(
-        &self,
-        from: (u32, u64),
-        frame: &ServerFrame<'_>,
-    ) -> Result<(), Gone> {
-        self.send_sized(Some(from), frame).await
+    pub(crate) async fn send_from(&self, from: (u32, u64), message: Message) -> Result<(), Gone> {
+        self.send_sized(Some(from), message).await
     }
 
     /// Queues a frame that may be large (a method's result), once its bytes fit.
     pub(crate) async fn send_result(&self, frame: &ServerFrame<'_>) -> Result<(), Gone> {
-        self.send_sized(None, frame).await
+        self.send_sized(None, frame.message()).await
     }
 
-    async fn send_sized(
-        &self,
-        from: Option<(u32, u64)>,
-        frame: &ServerFrame<'_>,
-    ) -> Result<(), Gone> {
-        let message = frame.message();
-        let size = match &message {
-            Message::Text(t) => t.len(),
-            _ => 0,
-        };
+    async fn send_sized(&self, from: Option<(u32, u64)>, message: Message) -> Result<(), Gone> {
+        let size = text_len(&message);
         let permits = u32::try_from(size.clamp(1, BYTES)).unwrap_or(u32::MAX);
         let bytes = self
             .bytes
@@ -170,5 +158,13 @@ impl Inbox {
         };
         let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         open.get(&id) == Some(&generation)
+    }
+}
+
+/// The bytes of a text frame (0 for the others).
+pub(crate) fn text_len(message: &Message) -> usize {
+    match message {
+        Message::Text(t) => t.len(),
+        _ => 0,
     }
 }

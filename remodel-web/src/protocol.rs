@@ -73,7 +73,7 @@ pub(crate) enum ServerFrame<'a> {
     },
     Reset {
         sub: u32,
-        rows: Vec<(Value, Value)>,
+        rows: &'a [(Value, Value)],
         order: &'a [(String, Direction)],
         cursor: Option<String>,
         #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -81,12 +81,12 @@ pub(crate) enum ServerFrame<'a> {
     },
     More {
         sub: u32,
-        rows: Vec<(Value, Value)>,
+        rows: &'a [(Value, Value)],
         more: bool,
     },
     Change {
         sub: u32,
-        rows: Vec<(Value, Option<Value>)>,
+        rows: &'a [(Value, Option<Value>)],
         #[serde(skip_serializing_if = "Option::is_none")]
         cursor: Option<String>,
         #[serde(skip_serializing_if = "std::ops::Not::not")]

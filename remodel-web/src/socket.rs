@@ -337,15 +337,11 @@ impl<I: Clone + Send + Sync + 'static> Connection<I> {
             {
                 gone.store(true, Ordering::Release);
                 let why = Refusal::new(ErrorCode::Internal, "the publication failed");
-                let _ = out
-                    .send_from(
-                        (id, generation),
-                        &ServerFrame::End {
-                            sub: id,
-                            error: why,
-                        },
-                    )
-                    .await;
+                let end = ServerFrame::End {
+                    sub: id,
+                    error: why,
+                };
+                let _ = out.send_from((id, generation), end.message()).await;
             }
         });
         let task = task.abort_handle();

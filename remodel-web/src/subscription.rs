@@ -116,7 +116,7 @@ impl<I: Clone + Send + Sync + 'static> Subscription<I> {
     async fn send(&self, frame: ServerFrame<'_>) -> Result<(), Stop> {
         let from = (self.id, self.generation);
         self.out
-            .send_from(from, &frame)
+            .send_from(from, frame.message())
             .await
             .map_err(|_| Stop::Gone)
     }
@@ -220,26 +220,46 @@ impl<I: Clone + Send + Sync + 'static> Subscription<I> {
             return Err(Stop::Restart);
         }
         let cursor = feed.snapshot_cursor().map(|c| c.to_string());
-        let mut chunks = chunked(rows).into_iter().peekable();
-        let first = chunks.next().unwrap_or_default();
-        let reset = ServerFrame::Reset {
-            sub: self.id,
-            rows: first,
-            order: &live.order,
-            cursor,
-            more: chunks.peek().is_some(),
-        };
-        self.send(reset).await?;
-        while let Some(rows) = chunks.next() {
-            let more = chunks.peek().is_some();
-            self.send(ServerFrame::More {
-                sub: self.id,
+        let (sub, order) = (self.id, &live.order[..]);
+        self.send_split(&rows, |rows, first, more| match first {
+            true => ServerFrame::Reset {
+                sub,
                 rows,
+                order,
+                cursor: cursor.clone(),
                 more,
-            })
-            .await?;
-        }
+            },
+            false => ServerFrame::More { sub, rows, more },
+        })
+        .await?;
         Ok((live, feed, guards))
+    }
+
+    /// Sends `rows` as `frame(rows, first, more)`: one frame, serialised once, when its text
+    /// is under [`FRAME_BYTES`]; else in runs of at most [`RESET_CHUNK`] bytes of rows, all
+    /// but the last saying `more`.
+    async fn send_split<'r, T: serde::Serialize>(
+        &self,
+        rows: &'r [T],
+        frame: impl Fn(&'r [T], bool, bool) -> ServerFrame<'r>,
+    ) -> Result<(), Stop> {
+        let from = (self.id, self.generation);
+        let whole = frame(rows, true, false).message();
+        if crate::outbox::text_len(&whole) < FRAME_BYTES {
+            return self
+                .out
+                .send_from(from, whole)
+                .await
+                .map_err(|_| Stop::Gone);
+        }
+        let ends = runs(rows);
+        let mut start = 0;
+        for (i, &end) in ends.iter().enumerate() {
+            let more = i + 1 < ends.len();
+            self.send(frame(&rows[start..end], i == 0, more)).await?;
+            start = end;
+        }
+        Ok(())
     }
 
     /// The publication's answer for this caller and these parameters.
@@ -293,23 +313,19 @@ impl<I: Clone + Send + Sync + 'static> Subscription<I> {
                 return Stop::Restart;
             }
             if !batch.rows.is_empty() {
-                // In frames of bounded size (as initial results): the cursor on the last.
-                let mut chunks = chunked(batch.rows.into_values().collect())
-                    .into_iter()
-                    .peekable();
-                while let Some(rows) = chunks.next() {
-                    let more = chunks.peek().is_some();
-                    let frame = ServerFrame::Change {
-                        sub: self.id,
-                        rows,
-                        cursor: batch.cursor.filter(|_| !more).map(|c| c.to_string()),
-                        more,
-                    };
-                    // Boxed, as the sleep: a subscription's task spends its life waiting for
-                    // its feed, and is as large as its largest state (a frame on its way out).
-                    if let Err(stop) = Box::pin(self.send(frame)).await {
-                        return stop;
-                    }
+                // The cursor on the last frame, when it goes in several.
+                let rows: Vec<_> = batch.rows.into_values().collect();
+                let (sub, cursor) = (self.id, batch.cursor.map(|c| c.to_string()));
+                let frames = |rows, _first, more: bool| ServerFrame::Change {
+                    sub,
+                    rows,
+                    cursor: cursor.clone().filter(|_| !more),
+                    more,
+                };
+                // Boxed, as the sleep: a subscription's task spends its life waiting for its
+                // feed, and is as large as its largest state (a frame on its way out).
+                if let Err(stop) = Box::pin(self.send_split(&rows, frames)).await {
+                    return stop;
                 }
                 if !window.is_zero() {
                     Box::pin(tokio::time::sleep(window)).await;
@@ -325,21 +341,24 @@ impl<I: Clone + Send + Sync + 'static> Subscription<I> {
 /// connection's life: a 1,000-row result sent whole would pin ~100 KB per connection.
 const RESET_CHUNK: usize = 2048;
 
-/// `rows` in runs of at most [`RESET_CHUNK`] bytes of JSON (at least one row each).
-fn chunked<T: serde::Serialize>(rows: Vec<T>) -> Vec<Vec<T>> {
-    let mut chunks = Vec::new();
-    let (mut chunk, mut bytes) = (Vec::new(), 0);
-    for row in rows {
-        let size = serde_json::to_vec(&row).map_or(0, |v| v.len()) + 1;
-        if !chunk.is_empty() && bytes + size > RESET_CHUNK {
-            chunks.push(std::mem::take(&mut chunk));
+/// A frame under this size goes whole (the usual case: serialised once).
+const FRAME_BYTES: usize = 2 * RESET_CHUNK;
+
+/// The ends of the runs of `rows` of at most [`RESET_CHUNK`] bytes of JSON (at least one
+/// row each). Each row is serialised to be measured: only frames too large to go whole pay it.
+fn runs<T: serde::Serialize>(rows: &[T]) -> Vec<usize> {
+    let mut ends = Vec::new();
+    let mut bytes = 0;
+    for (i, row) in rows.iter().enumerate() {
+        let size = serde_json::to_vec(row).map_or(0, |v| v.len()) + 1;
+        if i > 0 && bytes + size > RESET_CHUNK {
+            ends.push(i);
             bytes = 0;
         }
         bytes += size;
-        chunk.push(row);
     }
-    chunks.push(chunk);
-    chunks
+    ends.push(rows.len());
+    ends
 }
 
 /// Whether a guard has an item ready (a change, or its end).
