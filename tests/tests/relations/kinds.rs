@@ -532,8 +532,14 @@ async fn relate_links_stored_rows_without_writing_them() -> remodel::Result<()> 
         .get(key.clone())
         .update(remodel::json!({"species": "romulan?"}))
         .await?;
-    voyager.away_team(&db).relate(std::slice::from_ref(&key)).await?;
-    voyager.away_team(&db).relate(std::slice::from_ref(&key)).await?; // twice: one link
+    voyager
+        .away_team(&db)
+        .relate(std::slice::from_ref(&key))
+        .await?;
+    voyager
+        .away_team(&db)
+        .relate(std::slice::from_ref(&key))
+        .await?; // twice: one link
     assert_eq!(voyager.away_team(&db).count().await?, 1);
     let stored = Crewmember::get(&db, key.clone()).await?.unwrap();
     assert_eq!(stored.species, "romulan?");
