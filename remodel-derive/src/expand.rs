@@ -61,9 +61,11 @@ fn model_impl(m: &Model) -> TokenStream {
     });
     let access = field_access(m);
     let hooks = hooks(m);
+    let key = key_methods(m);
     quote! {
         impl ::remodel::model::Model for #ident {
             type Fields = #fields_ident;
+            #key
 
             fn schema() -> &'static ::remodel::model::Schema {
                 #schema
@@ -71,10 +73,6 @@ fn model_impl(m: &Model) -> TokenStream {
 
             fn fields() -> #fields_ident {
                 #fields_ident { #(#field_inits,)* }
-            }
-
-            fn key(&self) -> ::std::option::Option<::remodel::Value> {
-                ::remodel::model::__private::key_of(&self.#pk_ident)
             }
 
             fn set_key(&mut self, key: ::remodel::Value) -> ::remodel::Result<()> {
@@ -85,6 +83,56 @@ fn model_impl(m: &Model) -> TokenStream {
             #access
             #hooks
         }
+    }
+}
+
+/// `type Key` and `key` / `clear_key`: the key type is the primary-key field's type, or `T`
+/// for an `Option<T>` field (which a delete empties).
+fn key_methods(m: &Model) -> TokenStream {
+    let pk = m.primary_key();
+    let pk_ident = &pk.ident;
+    match option_inner(&pk.ty) {
+        Some(inner) => quote_spanned! {pk.ty.span()=>
+            type Key = #inner;
+
+            fn key(&self) -> ::std::option::Option<#inner> {
+                ::std::clone::Clone::clone(&self.#pk_ident)
+            }
+
+            fn clear_key(&mut self) {
+                self.#pk_ident = ::std::option::Option::None;
+            }
+        },
+        None => {
+            let ty = &pk.ty;
+            quote_spanned! {pk.ty.span()=>
+                type Key = #ty;
+
+                fn key(&self) -> ::std::option::Option<#ty> {
+                    ::std::option::Option::Some(::std::clone::Clone::clone(&self.#pk_ident))
+                }
+
+                fn clear_key(&mut self) {}
+            }
+        }
+    }
+}
+
+/// `T` when `ty` is written `Option<T>` (or `std::option::Option<T>`).
+fn option_inner(ty: &syn::Type) -> Option<&syn::Type> {
+    let syn::Type::Path(p) = ty else {
+        return None;
+    };
+    let last = p.path.segments.last()?;
+    if last.ident != "Option" {
+        return None;
+    }
+    match &last.arguments {
+        syn::PathArguments::AngleBracketed(args) if args.args.len() == 1 => match &args.args[0] {
+            syn::GenericArgument::Type(t) => Some(t),
+            _ => None,
+        },
+        _ => None,
     }
 }
 

@@ -110,11 +110,14 @@ impl From<&remodel::Error> for Refusal {
         use remodel::model::ModelError;
         use remodel::Error as E;
         match e {
-            E::NotFound { .. } => Refusal::not_found(e.to_string()),
-            _ if matches!(e.as_model(), Some(ModelError::Missing { .. })) => {
+            E::NotFound { .. } | E::Model(ModelError::NotFound { .. }) => {
                 Refusal::not_found(e.to_string())
             }
-            E::KeyConflict { .. } | E::InvalidDocument { .. } | E::InvalidKey { .. } => {
+            E::KeyConflict { .. }
+            | E::InvalidDocument { .. }
+            | E::InvalidKey { .. }
+            | E::Restricted { .. }
+            | E::Model(ModelError::Restricted { .. } | ModelError::Rejected(_)) => {
                 Refusal::invalid(e.to_string())
             }
             E::FeedAborted(why) => Refusal::new(ErrorCode::Aborted, why.clone()),

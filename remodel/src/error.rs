@@ -202,13 +202,121 @@ pub enum Error {
         #[source]
         source: Option<Source>,
     },
-    /// An error of the model layer, which sits above the store: a document that does not fit
-    /// its struct, a row deleted meanwhile, a relation on an unsaved model, a model missing
-    /// from the schema, a hook that refused. Read it with `Error::as_model` (the store's own
-    /// error type does not name the layers above it: each layer's errors are its own,
-    /// converted upward).
+    /// A delete refused by a reference that restricts it (`ReferenceAction::Restrict`):
+    /// rows of `referenced_by` still hold the deleted row's key in `field`; nothing was
+    /// written.
+    #[error("precondition failed: {why}")]
+    Restricted {
+        /// The table of the row whose delete was refused.
+        table: String,
+        /// The table whose rows refer to it.
+        referenced_by: String,
+        /// Their field holding the key.
+        field: String,
+        /// How many rows refer to it.
+        rows: u64,
+        /// The reference's own explanation.
+        why: String,
+    },
+    /// An error of the model layer (`#[derive(Model)]`): a document that does not fit its
+    /// struct, a row deleted meanwhile, a relation on an unsaved model, a delete a relation
+    /// restricts, a hook that refused. Match on it directly:
+    /// `Err(Error::Model(ModelError::NotFound { .. }))`.
     #[error(transparent)]
-    Model(Source),
+    Model(ModelError),
+}
+
+/// What can go wrong in the model layer (as [`Error::Model`]; also `remodel::model::ModelError`).
+///
+/// It lives beside [`Error`] (not in the model module) so that a program matches it
+/// without unwrapping a boxed error; the store never produces it.
+///
+/// ```
+/// use remodel::model::ModelError;
+/// use remodel::Error;
+/// let e: Error = ModelError::Rejected("names are required".into()).into();
+/// assert!(matches!(e, Error::Model(ModelError::Rejected(_))));
+/// ```
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ModelError {
+    /// A stored document does not fit the model's struct.
+    #[error("document {key} of table `{table}` does not fit the model: field `{field}`: {reason}")]
+    Decode {
+        /// The table read from.
+        table: String,
+        /// The document's primary key (`null` when it has none).
+        key: Value,
+        /// The field that does not fit (a dotted path for nested fields).
+        field: String,
+        /// What serde said.
+        reason: String,
+    },
+    /// A relation (or an update, delete or feed) needs a saved model, one with a key.
+    #[error("this {model} is not saved (it has no key yet): save it before `{operation}`")]
+    NotSaved {
+        /// The model's type name.
+        model: String,
+        /// What was asked for (a relation accessor or a method).
+        operation: String,
+    },
+    /// The model's row is not in its table (deleted since the model was read); nothing was
+    /// written and no hook ran.
+    #[error("{model} {key} is not in table `{table}` (deleted since it was read?)")]
+    NotFound {
+        /// The model's type name.
+        model: String,
+        /// The table.
+        table: String,
+        /// The key.
+        key: Value,
+    },
+    /// A delete refused because children still refer to the model through a relation with
+    /// `on_delete = restrict`; nothing was written.
+    #[error("cannot delete this {model}: {children} row(s) of `{relation}` still refer to it (on_delete = restrict)")]
+    Restricted {
+        /// The model's type name.
+        model: String,
+        /// The relation's accessor that restricts the delete.
+        relation: String,
+        /// How many children refer to it, counted in the commit that refused.
+        children: u64,
+    },
+    /// A belongs_to relation's foreign key is empty, so there is no owner to watch.
+    #[error("this {model} has no `{relation}` (its `{foreign_key}` is empty)")]
+    NoOwner {
+        /// The model's type name.
+        model: String,
+        /// The relation's accessor.
+        relation: String,
+        /// The empty foreign key field.
+        foreign_key: String,
+    },
+    /// A relation names a model that is not part of the schema being created.
+    #[error(
+        "`{referenced_by}.{relation}` relates to `{model}`, which is not in the schema: add it \
+         (derive Model on it, or list it in the SchemaSet)"
+    )]
+    Unregistered {
+        /// The missing model.
+        model: String,
+        /// The model whose relation names it.
+        referenced_by: String,
+        /// The relation's accessor.
+        relation: String,
+    },
+    /// A hook refused the operation (return this from a `before_` hook); nothing was written.
+    #[error("rejected: {0}")]
+    Rejected(String),
+    /// Anything else the model layer refuses, with the reason.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl From<ModelError> for Error {
+    fn from(e: ModelError) -> Self {
+        Error::Model(e)
+    }
 }
 
 /// `Result` with Remodel's [`Error`].

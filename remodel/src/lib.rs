@@ -48,7 +48,7 @@ pub use db::{
     ChangeLogRetention, ChangePair, Config, Conflict, Database, Durability, IndexSpec, IndexStatus,
     Patch, WriteResult, MAX_MULTI_ELEMENTS,
 };
-pub use error::{Error, Result, Source};
+pub use error::{Error, ModelError, Result, Source};
 pub use feed::{Change, ChangeKind, Changes, Cursor, Feed, FeedOptions, FeedState, Squash};
 pub use model::Model;
 pub use query::{

@@ -87,7 +87,7 @@ async fn table_and_instance_feeds() -> remodel::Result<()> {
 
 #[tokio::test]
 async fn has_many_feed_sees_members_move_in_and_out() -> remodel::Result<()> {
-    let (db, voyager, defiant) = setup().await?;
+    let (db, mut voyager, defiant) = setup().await?;
     let mut v_feed = voyager.crewmembers(&db).changes().await?;
     let mut d_feed = defiant
         .crewmembers(&db)

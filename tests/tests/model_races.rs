@@ -128,7 +128,7 @@ impl Rng {
 fn outcome(r: remodel::Result<()>) -> Outcome {
     match r {
         Ok(()) => Outcome::Done,
-        Err(e) if matches!(e.as_model(), Some(ModelError::Missing { .. })) => Outcome::Missing,
+        Err(e) if matches!(e.as_model(), Some(ModelError::NotFound { .. })) => Outcome::Missing,
         Err(Error::KeyConflict { .. }) => Outcome::Taken,
         Err(e) => panic!("unexpected error: {e}"),
     }
@@ -186,13 +186,13 @@ async fn random_op(db: &Database, rng: &mut Rng, tag: u64) -> Option<(Op, Outcom
             (Op::Note { table, key }, Outcome::Done)
         }
         3 => {
-            let s = Ship::get(db, ship.as_str()).await.unwrap()?;
+            let mut s = Ship::get(db, ship.as_str()).await.unwrap()?;
             tokio::task::yield_now().await;
             (Op::DeleteShip { ship }, outcome(s.delete(db).await))
         }
         4 if rng.below(6) == 0 => {
             let fleet = format!("fleet{}", rng.below(FLEETS));
-            let f = Fleet::get(db, fleet.as_str()).await.unwrap()?;
+            let mut f = Fleet::get(db, fleet.as_str()).await.unwrap()?;
             tokio::task::yield_now().await;
             (Op::DeleteFleet { fleet }, outcome(f.delete(db).await))
         }
@@ -268,14 +268,14 @@ async fn random_op(db: &Database, rng: &mut Rng, tag: u64) -> Option<(Op, Outcom
             (Op::UpdateCrew { crew }, outcome(r))
         }
         10 => {
-            let c = Crew::get(db, crew.as_str()).await.unwrap()?;
+            let mut c = Crew::get(db, crew.as_str()).await.unwrap()?;
             tokio::task::yield_now().await;
             (Op::DeleteCrew { crew }, outcome(c.delete(db).await))
         }
         14 => {
             let s = Ship::get(db, ship.as_str()).await.unwrap()?;
             tokio::task::yield_now().await;
-            let r = s.away_team(db).relate(&[json!(crew)]).await;
+            let r = s.away_team(db).relate(&[Id::from(crew.as_str())]).await;
             (Op::AwayRelate { ship, crew }, outcome(r))
         }
         _ => {

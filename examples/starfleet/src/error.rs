@@ -30,7 +30,7 @@ impl From<remodel::Error> for AppError {
         match e.as_model() {
             // A row deleted by another request between this one's read and its write (a
             // member moved while someone deletes it): the write was refused, nothing changed.
-            Some(remodel::model::ModelError::Missing { model, key, .. }) => AppError::NotFound(
+            Some(remodel::model::ModelError::NotFound { model, key, .. }) => AppError::NotFound(
                 format!("The {} {key} was deleted meanwhile.", model.to_lowercase()),
             ),
             _ => AppError::Store(e),

@@ -264,7 +264,7 @@ pub fn web(db: Database) -> Web<Session> {
         })
         .method("delete_log", |c, p: LogId| async move {
             let log = Log::get(&c.db, p.id.as_str()).await?;
-            let log = log.ok_or_else(|| Refusal::not_found("no such log entry"))?;
+            let mut log = log.ok_or_else(|| Refusal::not_found("no such log entry"))?;
             let owner = log
                 .crewmember_id
                 .as_ref()

@@ -491,7 +491,7 @@ async fn pages_show_changes_without_reload() {
         .create(Crewmember::new("Garak", "tailor", "cardassian"))
         .await
         .unwrap();
-    let dax = Crewmember::get(&db, "dax").await.unwrap().unwrap();
+    let mut dax = Crewmember::get(&db, "dax").await.unwrap().unwrap();
     dax.delete(&db).await.unwrap();
     let (again, _stop) = serve(db.clone(), addr).await;
     assert_eq!(again, addr);

@@ -102,8 +102,23 @@ pub(crate) fn to_doc<T: Model>(model: &T) -> Result<Value> {
 
 /// Gives a model without a key a new one ([`Id::generate`]), so that writes in one batch
 /// can refer to it.
+/// A typed key as the store holds it.
+pub(crate) fn key_to_value<T: Model>(key: &T::Key) -> Result<Value> {
+    match serde_json::to_value(key) {
+        Ok(Value::Null) => {
+            Err(ModelError::Invalid(format!("a {} key cannot be null", T::schema().model)).into())
+        }
+        Ok(v) => Ok(v),
+        Err(e) => Err(ModelError::Invalid(format!(
+            "a {} key cannot be stored: {e}",
+            T::schema().model
+        ))
+        .into()),
+    }
+}
+
 pub(crate) fn ensure_key<T: Model>(model: &mut T) -> Result<Value> {
-    match model.key() {
+    match model.key_value() {
         Some(k) => Ok(k),
         None => {
             let k = Value::from(Id::generate());

@@ -35,6 +35,14 @@ pub struct Change<T> {
     raw: crate::Change,
 }
 
+impl<T: Model> Change<T> {
+    /// The key of the row this change is about (its new version's, else its old one's),
+    /// typed; `None` for a state marker.
+    pub fn key(&self) -> Option<T::Key> {
+        self.new.as_ref().or(self.old.as_ref()).and_then(Model::key)
+    }
+}
+
 impl<T> Change<T> {
     /// The store's change item behind this one.
     pub fn raw(&self) -> &crate::Change {

@@ -81,7 +81,7 @@ pub async fn has_many<P: Model, C: Model>(
     rel: &'static RelationDef,
     rows: &[P],
 ) -> Result<Vec<Vec<C>>> {
-    let keys: Vec<Value> = rows.iter().filter_map(Model::key).collect();
+    let keys: Vec<Value> = rows.iter().filter_map(Model::key_value).collect();
     let keys = distinct(keys.iter());
     let mut children = if keys.is_empty() {
         HashMap::new()
@@ -98,8 +98,10 @@ pub async fn has_many<P: Model, C: Model>(
     };
     // How many times each parent is given (counted once: a quadratic count would dominate
     // the load of a thousand rows).
-    let row_keys: Vec<Option<String>> =
-        rows.iter().map(|r| r.key().map(|k| key_text(&k))).collect();
+    let row_keys: Vec<Option<String>> = rows
+        .iter()
+        .map(|r| r.key_value().map(|k| key_text(&k)))
+        .collect();
     let mut times: HashMap<&str, usize> = HashMap::new();
     for t in row_keys.iter().flatten() {
         *times.entry(t.as_str()).or_default() += 1;
@@ -138,7 +140,7 @@ pub async fn many_to_many<P: Model, C: Model>(
     rel: &'static RelationDef,
     rows: &[P],
 ) -> Result<Vec<Vec<C>>> {
-    let keys: Vec<Value> = rows.iter().filter_map(Model::key).collect();
+    let keys: Vec<Value> = rows.iter().filter_map(Model::key_value).collect();
     let keys = distinct(keys.iter());
     if keys.is_empty() {
         return Ok(rows.iter().map(|_| Vec::new()).collect());
@@ -164,7 +166,7 @@ pub async fn many_to_many<P: Model, C: Model>(
     let links = by_field(links, rel.foreign_key);
     rows.iter()
         .map(|r| {
-            let Some(k) = r.key() else {
+            let Some(k) = r.key_value() else {
                 return Ok(Vec::new());
             };
             links

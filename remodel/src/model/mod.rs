@@ -180,6 +180,62 @@ impl From<&Id> for Value {
     }
 }
 
+/// What [`Model::get`] and the relation handles accept as a key of type `K`: a `K`, a `&K`,
+/// and for `String` and [`Id`] keys a `&str`. Anything else is a compile error: a string given for a
+/// `u64` key, an `Id` given for another model's `u64` key.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use remodel::model::{create_schema, Id};
+/// use remodel::{Database, Model};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Model, Serialize, Deserialize, Debug, PartialEq)]
+/// struct Deck { id: u64, name: String }
+///
+/// let db = Database::temporary().await?;
+/// create_schema(&db).await?;
+/// Deck { id: 7, name: "Ten Forward".into() }.create(&db).await?;
+/// assert_eq!(Deck::get(&db, 7).await?.unwrap().name, "Ten Forward");
+/// assert_eq!(Deck::get(&db, &8).await?, None);
+/// // Deck::get(&db, "7") does not compile: a Deck's key is a u64.
+/// # Ok::<(), remodel::Error>(())
+/// # }).unwrap();
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a key of this model: its key type is `{K}`",
+    label = "expected a `{K}` (or a `&{K}`)",
+    note = "a model's key type is its primary-key field's type (`T` for `Option<T>`)"
+)]
+pub trait IntoKey<K> {
+    /// The key.
+    fn into_key(self) -> K;
+}
+
+impl<K> IntoKey<K> for K {
+    fn into_key(self) -> K {
+        self
+    }
+}
+
+impl<K: Clone> IntoKey<K> for &K {
+    fn into_key(self) -> K {
+        self.clone()
+    }
+}
+
+impl IntoKey<String> for &str {
+    fn into_key(self) -> String {
+        self.to_string()
+    }
+}
+
+impl IntoKey<Id> for &str {
+    fn into_key(self) -> Id {
+        Id::from(self)
+    }
+}
+
 /// Hooks around a model's life. Implement it and add `#[remodel(callbacks)]` to the struct;
 /// every method has a no-op default.
 ///
@@ -243,7 +299,7 @@ pub trait Callbacks {
 ///
 /// **Every write is decided when it commits, against the row as it is then**, never against
 /// a copy read earlier: `update` applies the fields it changed to the stored row (a row
-/// deleted meanwhile is [`ModelError::Missing`], not brought back); `save` writes the
+/// deleted meanwhile is [`ModelError::NotFound`], not brought back); `save` writes the
 /// struct's fields and keeps the stored fields the struct does not know **as they are at
 /// commit** (another program's or a newer version's fields survive, even when written
 /// after the model was read); `delete` selects the rows its relations reach in its own
@@ -263,11 +319,28 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
     /// The typed field names, for predicates: `Crewmember::fields().species.eq("human")`.
     fn fields() -> Self::Fields;
 
-    /// The primary key, if the model has one (a model that was never saved may not).
-    fn key(&self) -> Option<Value>;
+    /// The model's key type: the primary-key field's own type (`u64`, `String`, a
+    /// newtype), or `T` for an `Option<T>` field ([`Id`] for generated keys). [`Model::get`],
+    /// relation handles and change items take and give keys of this type.
+    type Key: Serialize + DeserializeOwned + Clone + fmt::Debug + PartialEq + Send + Sync + 'static;
+
+    /// The primary key, if the model has one (a model that was never saved, or was
+    /// deleted, has none when its key field is an `Option`).
+    fn key(&self) -> Option<Self::Key>;
 
     /// Sets the primary key (as the store returned it).
+    #[doc(hidden)]
     fn set_key(&mut self, key: Value) -> Result<()>;
+
+    /// Empties an `Option` key field (after a delete: the model no longer looks saved); a
+    /// key field that is not an `Option` keeps its value.
+    #[doc(hidden)]
+    fn clear_key(&mut self);
+
+    /// The primary key as the store holds it (JSON).
+    fn key_value(&self) -> Option<Value> {
+        self.key().and_then(|k| __private::key_of(&k))
+    }
 
     /// A field's value by its stored name (`None` for an unknown name).
     fn field_value(&self, name: &str) -> Option<Value>;
@@ -302,14 +375,16 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
         ModelQuery::table(db)
     }
 
-    /// The model with this key; `Ok(None)` when there is none.
+    /// The model with this key (of the model's key type: `Id`, `&Id`, a `u64`, a `&str`
+    /// for a `String` key); `Ok(None)` when there is none.
     fn get(
         db: &Database,
-        key: impl Into<Value>,
+        key: impl IntoKey<Self::Key>,
     ) -> impl Future<Output = Result<Option<Self>>> + Send {
         let table = Self::table(db);
-        let key = key.into();
+        let key = codec::key_to_value::<Self>(&key.into_key());
         async move {
+            let key = key?;
             codec::count_query();
             match table.get(key).await? {
                 Some(doc) => codec::decode::<Self>(doc).map(Some),
@@ -320,13 +395,17 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
 
     /// The models with these keys, in the order of the keys (missing ones are left out).
     /// No keys, no models.
-    fn get_many<K: Into<Value>>(
+    fn get_many<K: IntoKey<Self::Key>>(
         db: &Database,
         keys: impl IntoIterator<Item = K>,
     ) -> impl Future<Output = Result<Vec<Self>>> + Send {
-        let keys: Vec<Value> = keys.into_iter().map(Into::into).collect();
+        let keys: Result<Vec<Value>> = keys
+            .into_iter()
+            .map(|k| codec::key_to_value::<Self>(&k.into_key()))
+            .collect();
         let table = Self::table(db);
         async move {
+            let keys = keys?;
             if keys.is_empty() {
                 return Ok(Vec::new());
             }
@@ -437,7 +516,7 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
         async move {
             self.before_save()?;
             let doc = codec::to_doc(self)?;
-            match self.key() {
+            match self.key_value() {
                 None => {
                     let result = table.insert(doc).await?.check()?;
                     if let Some(key) = result.generated_keys.into_iter().next() {
@@ -462,7 +541,7 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
 
     /// Changes some fields with `change` and writes only the fields that changed (merged
     /// into the stored document). The model must be saved, and still stored
-    /// ([`ModelError::Missing`] otherwise: an update does not bring a deleted row back).
+    /// ([`ModelError::NotFound`] otherwise: an update does not bring a deleted row back).
     ///
     /// ```
     /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -489,7 +568,7 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
         let table = Self::table(db);
         async move {
             let key = self
-                .key()
+                .key_value()
                 .ok_or_else(|| ModelError::not_saved(Self::schema(), "update"))?;
             let before = codec::to_doc(self)?;
             change(self);
@@ -514,16 +593,19 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
     }
 
     /// Deletes the model and, in the same commit, applies every relation's `on_delete`
-    /// (nullify children's keys, cascade, or refuse with [`Error::Precondition`] for
-    /// restrict) and removes its join rows. The rows a relation reaches are selected in that
-    /// commit, so a child written just before it is not left behind. A model whose row is not
-    /// stored (deleted already) is [`ModelError::Missing`], and no hook runs.
-    fn delete<'a>(&'a self, db: &Database) -> impl Future<Output = Result<()>> + Send + 'a {
+    /// (nullify children's keys, cascade, or refuse with [`ModelError::Restricted`] for
+    /// restrict, naming the relation and how many children block it) and removes its join
+    /// rows. The rows a relation reaches are selected in that commit, so a child written just
+    /// before it is not left behind. A model whose row is not stored (deleted already) is
+    /// [`ModelError::NotFound`], and no hook runs. Once deleted, the model's key is cleared
+    /// (when its key field is an `Option`): it no longer looks saved, and saving it again
+    /// creates a new row.
+    fn delete<'a>(&'a mut self, db: &Database) -> impl Future<Output = Result<()>> + Send + 'a {
         let db = db.clone();
         async move {
             let schema = Self::schema();
             let key = self
-                .key()
+                .key_value()
                 .ok_or_else(|| ModelError::not_saved(schema, "delete"))?;
             let table = Self::table(&db);
             codec::count_query();
@@ -537,6 +619,7 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
                 .await
                 .map_err(|e| relation::missing_as_model(e, &[schema]))?
                 .check()?;
+            self.clear_key();
             self.after_delete();
             Ok(())
         }
@@ -544,7 +627,7 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
 
     /// Watches this saved model's own row (a point feed). Errors when it is not saved.
     fn watch(&self, db: &Database) -> ModelChanges<Self> {
-        let changes = match self.key() {
+        let changes = match self.key_value() {
             Some(k) => Ok(Self::table(db).get(k).changes()),
             None => Err(ModelError::not_saved(Self::schema(), "watch").into()),
         };
@@ -615,7 +698,7 @@ pub mod __private {
         let v = match owner {
             None => Value::Null,
             Some(p) => p
-                .key()
+                .key_value()
                 .ok_or_else(|| ModelError::not_saved(P::schema(), rel.accessor))?,
         };
         field_from_value(P::schema().table, rel.foreign_key, v)

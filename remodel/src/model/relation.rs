@@ -3,7 +3,7 @@
 //! many-to-many, the join table's indexes), and every write that touches several rows is one
 //! atomic [`crate::Batch`].
 
-use super::{codec, registered, Model, ModelChanges, ModelError, ModelQuery, OnDelete};
+use super::{codec, registered, IntoKey, Model, ModelChanges, ModelError, ModelQuery, OnDelete};
 use super::{RelationDef, RelationKind, Schema};
 use crate::{Batch, Conflict, Database, Error, Predicate, ReferenceAction, References, Result};
 use serde_json::{json, Value};
@@ -17,7 +17,7 @@ type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// The key of `P` for a relation handle, or the error to give when it is used unsaved.
 fn parent_key<P: Model>(parent: &P, rel: &RelationDef) -> Result<Value> {
     parent
-        .key()
+        .key_value()
         .ok_or_else(|| ModelError::not_saved(P::schema(), rel.accessor).into())
 }
 
@@ -39,12 +39,47 @@ const CHILDREN_MOVED_IN: &str = "children joined the relation while it was being
 const DETACH_ATTEMPTS: usize = 16;
 
 /// A [`Error::NotFound`] of a required row, as the model error that names its model.
+/// The store's errors about models as the model layer's: a missing row of one of `schemas`
+/// is [`ModelError::NotFound`], a delete refused by a restricting relation is
+/// [`ModelError::Restricted`] naming the relation.
 pub(crate) fn missing_as_model(e: Error, schemas: &[&'static Schema]) -> Error {
     match e {
         Error::NotFound { table, key } => match schemas.iter().find(|s| s.table == table) {
             Some(s) => ModelError::missing(s, key).into(),
             None => Error::NotFound { table, key },
         },
+        Error::Restricted {
+            table,
+            referenced_by,
+            field,
+            rows,
+            why,
+        } => {
+            let restricting = registered().into_iter().find_map(|s| {
+                let rel = s.relations.iter().find(|r| {
+                    matches!(r.kind, RelationKind::HasMany | RelationKind::HasOne)
+                        && r.on_delete == OnDelete::Restrict
+                        && r.foreign_key == field
+                        && r.target().table == referenced_by
+                })?;
+                (s.table == table).then_some((s.model, rel.accessor))
+            });
+            match restricting {
+                Some((model, relation)) => ModelError::Restricted {
+                    model: model.to_string(),
+                    relation: relation.to_string(),
+                    children: rows,
+                }
+                .into(),
+                None => Error::Restricted {
+                    table,
+                    referenced_by,
+                    field,
+                    rows,
+                    why,
+                },
+            }
+        }
         e => e,
     }
 }
@@ -67,7 +102,7 @@ fn prepare_children<C: Model>(
 ) -> Result<Vec<Prepared>> {
     let mut out = Vec::with_capacity(children.len());
     for c in children.iter_mut() {
-        let existing = c.key().is_some();
+        let existing = c.key_value().is_some();
         if let Some((field, parent)) = fk {
             c.set_field_value(field, parent.clone())?;
         }
@@ -104,7 +139,7 @@ fn store<C: Model>(batch: Batch, child: Prepared, create: bool) -> Batch {
 /// Runs a child's hooks for being detached (its foreign key `fk` set to null) and returns
 /// its key and the fields that changed.
 fn detaching<C: Model>(child: &mut C, fk: &str) -> Result<Option<(Value, codec::FieldChanges)>> {
-    let Some(key) = child.key() else {
+    let Some(key) = child.key_value() else {
         return Ok(None);
     };
     let before = codec::to_doc(child)?;
@@ -163,7 +198,7 @@ impl<P: Model, C: Model> HasMany<P, C> {
         }
     }
 
-    fn key(&self) -> Result<Value> {
+    fn parent(&self) -> Result<Value> {
         self.key.clone()
     }
 
@@ -173,7 +208,7 @@ impl<P: Model, C: Model> HasMany<P, C> {
 
     /// The children, as a typed query (through the foreign-key index).
     pub fn query(&self) -> ModelQuery<C> {
-        match self.key() {
+        match self.parent() {
             Ok(k) => ModelQuery::by_index(&self.db, self.fk(), vec![k]),
             Err(e) => ModelQuery::failed(&self.db, e),
         }
@@ -190,8 +225,8 @@ impl<P: Model, C: Model> HasMany<P, C> {
     }
 
     /// The child with this key, if it is a child of this parent.
-    pub async fn get(&self, key: impl Into<Value>) -> Result<Option<C>> {
-        let parent = self.key()?;
+    pub async fn get(&self, key: impl IntoKey<C::Key>) -> Result<Option<C>> {
+        let parent = self.parent()?;
         let child = C::get(&self.db, key).await?;
         Ok(child.filter(|c| c.field_value(self.fk()).as_ref() == Some(&parent)))
     }
@@ -202,7 +237,7 @@ impl<P: Model, C: Model> HasMany<P, C> {
     }
 
     /// Creates `child` as a child of this parent and returns it saved, in one commit that
-    /// requires the parent to be stored ([`ModelError::Missing`] when it was deleted).
+    /// requires the parent to be stored ([`ModelError::NotFound`] when it was deleted).
     pub async fn create(&self, mut child: C) -> Result<C> {
         self.create_many(std::slice::from_mut(&mut child)).await?;
         Ok(child)
@@ -213,7 +248,7 @@ impl<P: Model, C: Model> HasMany<P, C> {
     /// create children that come with keys of their own: `add` takes a child with a key for
     /// a stored row.
     pub async fn create_many(&self, children: &mut [C]) -> Result<()> {
-        let parent = self.key()?;
+        let parent = self.parent()?;
         let prepared = prepare_children(children, Some((self.fk(), &parent)))?;
         let mut batch = self.db.batch().require_exists(P::schema().table, parent);
         for p in prepared {
@@ -235,11 +270,11 @@ impl<P: Model, C: Model> HasMany<P, C> {
     /// Makes the children belong to this parent and saves them, all in one commit. A child
     /// without a key is created; one with a key is a stored row, written back as `save`
     /// does (stored fields its struct does not know are kept as they are at commit), and
-    /// [`ModelError::Missing`] if it was deleted (nothing is written then: a row deleted
+    /// [`ModelError::NotFound`] if it was deleted (nothing is written then: a row deleted
     /// meanwhile is not brought back). The parent must be stored too. New children that come
     /// with keys of their own are created with [`HasMany::create_many`].
     pub async fn add(&self, children: &mut [C]) -> Result<()> {
-        let parent = self.key()?;
+        let parent = self.parent()?;
         let prepared = prepare_children(children, Some((self.fk(), &parent)))?;
         let mut batch = self.db.batch().require_exists(P::schema().table, parent);
         for p in prepared {
@@ -256,7 +291,7 @@ impl<P: Model, C: Model> HasMany<P, C> {
     /// written to the rows that still belong to this parent when the commit happens (a child
     /// moved meanwhile stays where it went). Returns how many were detached.
     pub async fn remove(&self, children: &mut [C]) -> Result<u64> {
-        let parent = self.key()?;
+        let parent = self.parent()?;
         let mut writes = Vec::new();
         for c in children.iter_mut() {
             let elsewhere = c
@@ -289,7 +324,7 @@ impl<P: Model, C: Model> HasMany<P, C> {
     /// commit. Every child is validated (its `before_save`) before anything is written, so a
     /// refused replacement leaves the relation as it was.
     pub async fn set(&self, children: &mut [C]) -> Result<()> {
-        let parent = self.key()?;
+        let parent = self.parent()?;
         let prepared = prepare_children(children, Some((self.fk(), &parent)))?;
         self.replace_children(Some(prepared)).await?;
         children.iter().for_each(|c| c.after_save());
@@ -301,7 +336,7 @@ impl<P: Model, C: Model> HasMany<P, C> {
     /// commit requires that no other child joined meanwhile, and is prepared again if one
     /// did.
     async fn replace_children(&self, keep: Option<Vec<Prepared>>) -> Result<crate::WriteResult> {
-        let parent = self.key()?;
+        let parent = self.parent()?;
         let keep = keep.unwrap_or_default();
         let kept: Vec<Value> = keep.iter().map(|p| p.key.clone()).collect();
         let pk = C::schema().primary_key;
@@ -409,15 +444,23 @@ impl<C: Model, P: Model> BelongsTo<C, P> {
     }
 
     /// The owner's key, if the foreign key is set.
-    pub fn key(&self) -> Option<&Value> {
-        self.owner.as_ref()
+    pub fn key(&self) -> Option<P::Key> {
+        self.owner
+            .clone()
+            .and_then(|k| serde_json::from_value(k).ok())
     }
 
     /// The owner (`None` when the foreign key is empty or points at nothing).
     pub async fn get(&self) -> Result<Option<P>> {
         match &self.owner {
             None => Ok(None),
-            Some(k) => P::get(&self.db, k.clone()).await,
+            Some(k) => {
+                codec::count_query();
+                match P::table(&self.db).get(k.clone()).await? {
+                    Some(doc) => codec::decode::<P>(doc).map(Some),
+                    None => Ok(None),
+                }
+            }
         }
     }
 
@@ -479,7 +522,7 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
         }
     }
 
-    fn key(&self) -> Result<Value> {
+    fn parent(&self) -> Result<Value> {
         self.key.clone()
     }
 
@@ -491,9 +534,28 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
     }
 
     /// The keys of the related rows.
-    pub async fn keys(&self) -> Result<Vec<Value>> {
+    pub async fn keys(&self) -> Result<Vec<C::Key>> {
+        self.key_values()
+            .await?
+            .into_iter()
+            .map(|k| {
+                serde_json::from_value(k.clone()).map_err(|e| {
+                    ModelError::Decode {
+                        table: self.join.clone(),
+                        key: k,
+                        field: self.rel.association_key.to_string(),
+                        reason: e.to_string(),
+                    }
+                    .into()
+                })
+            })
+            .collect()
+    }
+
+    /// The keys of the related rows as the join table holds them.
+    async fn key_values(&self) -> Result<Vec<Value>> {
         codec::count_query();
-        let rows = self.links(self.key()?).run().await?;
+        let rows = self.links(self.parent()?).run().await?;
         Ok(rows
             .into_iter()
             .filter_map(|mut r| r.get_mut(self.rel.association_key).map(Value::take))
@@ -502,13 +564,17 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
 
     /// Every related row.
     pub async fn all(&self) -> Result<Vec<C>> {
-        let keys = self.keys().await?;
-        C::get_many(&self.db, keys).await
+        let keys = self.key_values().await?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        codec::count_query();
+        codec::decode_all(C::table(&self.db).get_all(keys).run().await?)
     }
 
     /// The related rows for which `predicate` holds.
     pub async fn filter(&self, predicate: Predicate) -> Result<Vec<C>> {
-        let keys = self.keys().await?;
+        let keys = self.key_values().await?;
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -522,24 +588,28 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
     }
 
     /// The related row with this key, if it is related to this parent.
-    pub async fn get(&self, key: impl Into<Value>) -> Result<Option<C>> {
-        let key = key.into();
+    pub async fn get(&self, key: impl IntoKey<C::Key>) -> Result<Option<C>> {
+        let key = codec::key_to_value::<C>(&key.into_key())?;
         let id = join_id(
             self.rel.foreign_key,
-            &self.key()?,
+            &self.parent()?,
             self.rel.association_key,
             &key,
         );
         if self.db.table(self.join.as_str()).get(id).await?.is_none() {
             return Ok(None);
         }
-        C::get(&self.db, key).await
+        codec::count_query();
+        match C::table(&self.db).get(key).await? {
+            Some(doc) => codec::decode::<C>(doc).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The number of related rows.
     pub async fn count(&self) -> Result<u64> {
         codec::count_query();
-        self.links(self.key()?).count().await
+        self.links(self.parent()?).count().await
     }
 
     fn link(&self, parent: &Value, other: &Value) -> Value {
@@ -559,7 +629,7 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
         create: bool,
         batch: Batch,
     ) -> Result<()> {
-        let parent = self.key()?;
+        let parent = self.parent()?;
         let mut batch = batch.require_exists(P::schema().table, parent.clone());
         for p in prepared {
             let link = self.link(&parent, &p.key);
@@ -589,7 +659,7 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
 
     /// Saves the children and relates them to this parent, in one commit. A child without a
     /// key is created; one with a key is a stored row, written back as `save` does, and
-    /// [`ModelError::Missing`] if it was deleted (nothing is written then). Relating a row
+    /// [`ModelError::NotFound`] if it was deleted (nothing is written then). Relating a row
     /// twice changes nothing. New children with keys of their own: [`ManyToMany::create_many`].
     pub async fn add(&self, children: &mut [C]) -> Result<()> {
         let prepared = prepare_children(children, None)?;
@@ -601,15 +671,19 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
     /// Relates the stored rows with these keys to this parent, in one commit, without
     /// writing the rows themselves (unlike [`ManyToMany::add`], which writes back the models
     /// it is given: a copy read earlier would undo a change made since). A row deleted
-    /// meanwhile (or never stored) is [`ModelError::Missing`], and nothing is written;
+    /// meanwhile (or never stored) is [`ModelError::NotFound`], and nothing is written;
     /// relating a row twice changes nothing.
-    pub async fn relate(&self, keys: &[Value]) -> Result<()> {
-        let parent = self.key()?;
+    pub async fn relate(&self, keys: &[C::Key]) -> Result<()> {
+        let keys: Vec<Value> = keys
+            .iter()
+            .map(codec::key_to_value::<C>)
+            .collect::<Result<_>>()?;
+        let parent = self.parent()?;
         let mut batch = self
             .db
             .batch()
             .require_exists(P::schema().table, parent.clone());
-        for key in keys {
+        for key in &keys {
             let link = self.link(&parent, key);
             batch = batch
                 .require_exists(C::schema().table, key.clone())
@@ -626,7 +700,7 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
     /// related or unrelated arrives as an add or a remove, untyped. Changes of the related
     /// rows themselves are not in this feed (that is a live join).
     pub fn link_changes(&self) -> Result<crate::Changes> {
-        Ok(self.links(self.key()?).changes())
+        Ok(self.links(self.parent()?).changes())
     }
 
     /// Watches the related rows themselves: a live join of this parent's links with the
@@ -635,7 +709,7 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
     /// changes when it is edited, and leaves when it is unrelated or deleted. A join feed
     /// cannot resume from a cursor: reopen it with `include_initial`.
     pub fn join_changes(&self) -> Result<crate::Changes> {
-        let links = self.links(self.key()?);
+        let links = self.links(self.parent()?);
         Ok(links
             .eq_join(self.rel.association_key, C::schema().table)
             .changes())
@@ -644,10 +718,10 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
     /// Unrelates these rows from this parent only (their other relations stay), in one
     /// commit. Returns how many links were removed.
     pub async fn remove(&self, children: &[C]) -> Result<u64> {
-        let parent = self.key()?;
+        let parent = self.parent()?;
         let mut batch = self.db.batch();
         let mut any = false;
-        for k in children.iter().filter_map(Model::key) {
+        for k in children.iter().filter_map(Model::key_value) {
             let id = join_id(self.rel.foreign_key, &parent, self.rel.association_key, &k);
             batch = batch.delete(&self.join, id);
             any = true;
@@ -660,14 +734,14 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
 
     /// Unrelates every row from this parent (one commit). Returns how many links were removed.
     pub async fn clear(&self) -> Result<u64> {
-        let q = self.links(self.key()?);
+        let q = self.links(self.parent()?);
         Ok(self.db.batch().delete_where(&q).await?.check()?.deleted)
     }
 
     /// Makes `children` exactly the related rows: validated first, then in one commit the
     /// other links are removed and these saved (as `add` does) and linked.
     pub async fn set(&self, children: &mut [C]) -> Result<()> {
-        let parent = self.key()?;
+        let parent = self.parent()?;
         let prepared = prepare_children(children, None)?;
         let keys: Vec<Value> = prepared.iter().map(|p| p.key.clone()).collect();
         let others = self

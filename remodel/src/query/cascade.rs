@@ -23,7 +23,8 @@ pub enum ReferenceAction {
     /// It is deleted too, and so are the rows that refer to it (following their own
     /// references).
     Delete,
-    /// The delete fails with [`Error::Precondition`] (`why`) while such a row exists.
+    /// The delete fails with [`Error::Restricted`] (saying `why`, and how many rows refer to
+    /// it) while such a row exists.
     Restrict {
         /// The precondition error's text.
         why: String,
@@ -147,8 +148,19 @@ pub(crate) fn expand_delete(
             let referring = &plan.table;
             match &r.action {
                 ReferenceAction::Restrict { why } => {
-                    if plan.rows().next().transpose()?.is_some() {
-                        return Err(Error::Precondition(why.clone()));
+                    let mut rows = 0;
+                    for row in plan.rows() {
+                        row?;
+                        rows += 1;
+                    }
+                    if rows > 0 {
+                        return Err(Error::Restricted {
+                            table: target.name.clone(),
+                            referenced_by: r.table.clone(),
+                            field: r.field.clone(),
+                            rows,
+                            why: why.clone(),
+                        });
                     }
                 }
                 ReferenceAction::Nullify => {

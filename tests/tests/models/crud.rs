@@ -177,12 +177,22 @@ async fn crud() -> remodel::Result<()> {
     let dup = odo.clone().create(&db).await.unwrap_err();
     assert!(matches!(dup, Error::KeyConflict { .. }), "{dup}");
 
+    let mut stale = odo.clone();
     odo.delete(&db).await?;
     assert_eq!(Person::get(&db, key.clone()).await?, None);
-    // An update of a deleted row is an error, and does not bring it back (either path).
+    // A deleted model no longer looks saved: its key is cleared.
+    assert_eq!(odo.id, None);
     let err = odo.update(&db, |p| p.age = 1).await.unwrap_err();
     assert!(
-        matches!(err.as_model(), Some(ModelError::Missing { .. })),
+        matches!(err, Error::Model(ModelError::NotSaved { .. })),
+        "{err}"
+    );
+    let mut odo = stale;
+    // An update of a deleted row (through a copy read before the delete) is an error, and
+    // does not bring it back (either path).
+    let err = odo.update(&db, |p| p.age = 1).await.unwrap_err();
+    assert!(
+        matches!(err.as_model(), Some(ModelError::NotFound { .. })),
         "{err}"
     );
     let err = odo
@@ -190,7 +200,7 @@ async fn crud() -> remodel::Result<()> {
         .await
         .unwrap_err();
     assert!(
-        matches!(err.as_model(), Some(ModelError::Missing { .. })),
+        matches!(err.as_model(), Some(ModelError::NotFound { .. })),
         "{err}"
     );
     assert_eq!(Person::get(&db, key).await?, None);
@@ -428,11 +438,11 @@ async fn callbacks_run_in_order_and_before_hooks_abort() -> remodel::Result<()> 
         .await
         .unwrap_err();
     assert!(matches!(err.as_model(), Some(ModelError::Rejected(_))));
-    let stored = Log::get(&db, log.id.clone().unwrap()).await?.unwrap();
+    let mut stored = Log::get(&db, log.id.clone().unwrap()).await?.unwrap();
     assert_eq!(stored.text, "hello", "a refused update writes nothing");
     assert_eq!(stored.loaded_with, "hello", "after_load sees every field");
 
-    let keep = Log {
+    let mut keep = Log {
         id: None,
         text: "keep".into(),
         loaded_with: String::new(),

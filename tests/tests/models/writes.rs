@@ -90,14 +90,14 @@ async fn db() -> Database {
 }
 
 fn is_missing(r: &remodel::Result<impl std::fmt::Debug>) -> bool {
-    matches!(r, Err(e) if matches!(e.as_model(), Some(ModelError::Missing { .. })))
+    matches!(r, Err(e) if matches!(e.as_model(), Some(ModelError::NotFound { .. })))
 }
 
 #[tokio::test]
 async fn update_of_a_deleted_row_is_missing_and_does_not_bring_it_back() {
     let db = db().await;
     let mut o = officer("Worf").create(&db).await.unwrap();
-    let copy = o.clone();
+    let mut copy = o.clone();
     copy.delete(&db).await.unwrap();
     // A field that merges and one written whole: neither brings the row back.
     let r = o.update(&db, |o| o.name = "Worf, son of Mogh".into()).await;
@@ -277,18 +277,28 @@ async fn relation_writes_store_the_child_as_save_does() {
 #[tokio::test]
 async fn a_second_delete_is_missing_and_runs_no_hook() {
     let db = db().await;
-    let ship = Vessel {
+    let mut ship = Vessel {
         id: None,
         name: "Enterprise".into(),
     }
     .create(&db)
     .await
     .unwrap();
+    let mut copy = ship.clone();
     let before = DELETED.load(Ordering::SeqCst);
     ship.delete(&db).await.unwrap();
     assert_eq!(DELETED.load(Ordering::SeqCst), before + 1);
+    // The deleted model's key is cleared: it is no longer saved.
+    assert_eq!(ship.id, None);
     let r = ship.delete(&db).await;
+    assert!(
+        matches!(r, Err(Error::Model(ModelError::NotSaved { .. }))),
+        "{r:?}"
+    );
+    // A copy read before the delete still has the key: NotFound, and no hook runs.
+    let r = copy.delete(&db).await;
     assert!(is_missing(&r), "{r:?}");
+    assert!(copy.id.is_some(), "a failed delete keeps the key");
     assert_eq!(
         DELETED.load(Ordering::SeqCst),
         before + 1,
@@ -354,7 +364,7 @@ async fn a_cascade_selects_its_rows_in_its_own_commit() {
             .await
             .unwrap();
         let d = db.clone();
-        let y = yard.clone();
+        let mut y = yard.clone();
         let deleting = tokio::spawn(async move { y.delete(&d).await });
         let d = db.clone();
         let creating = tokio::spawn(async move {

@@ -259,7 +259,7 @@ async fn belongs_to_fetches_sets_and_reports_unsaved_owners() -> remodel::Result
 #[tokio::test]
 async fn relation_handles_need_a_saved_parent() -> remodel::Result<()> {
     let (db, _, _) = setup().await?;
-    let unsaved = Starship {
+    let mut unsaved = Starship {
         id: None,
         name: "Phoenix".into(),
     };
@@ -286,7 +286,7 @@ async fn relation_handles_need_a_saved_parent() -> remodel::Result<()> {
 
 #[tokio::test]
 async fn two_relations_to_the_same_model_keep_separate_keys() -> remodel::Result<()> {
-    let (db, voyager, defiant) = setup().await?;
+    let (db, voyager, mut defiant) = setup().await?;
     let mut paris = crew("Paris", "human");
     paris.set_starship(Some(&voyager))?;
     paris.set_training_ship(Some(&defiant))?;
@@ -524,7 +524,7 @@ async fn relate_links_stored_rows_without_writing_them() -> remodel::Result<()> 
     let (db, voyager, _defiant) = setup().await?;
     let mut team = vec![crew("Janeway", "human"), crew("Tuvok", "vulcan")];
     voyager.crewmembers(&db).add(&mut team).await?;
-    let (janeway, tuvok) = (team[0].clone(), team[1].clone());
+    let (mut janeway, tuvok) = (team[0].clone(), team[1].clone());
     // Someone else edits Tuvok meanwhile: relating him keeps that edit (add would write the
     // copy read earlier back).
     let key = tuvok.key().unwrap();
@@ -544,11 +544,12 @@ async fn relate_links_stored_rows_without_writing_them() -> remodel::Result<()> 
     let stored = Crewmember::get(&db, key.clone()).await?.unwrap();
     assert_eq!(stored.species, "romulan?");
     // A row that is gone: Missing, and nothing more is linked.
+    let janeway_key = janeway.key().unwrap();
     janeway.delete(&db).await?;
-    let both = [tuvok.key().unwrap(), janeway.key().unwrap()];
+    let both = [tuvok.key().unwrap(), janeway_key];
     let err = voyager.away_team(&db).relate(&both).await.unwrap_err();
     assert!(
-        matches!(err.as_model(), Some(ModelError::Missing { .. })),
+        matches!(err.as_model(), Some(ModelError::NotFound { .. })),
         "{err}"
     );
     assert_eq!(voyager.away_team(&db).count().await?, 1);

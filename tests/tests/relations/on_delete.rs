@@ -4,7 +4,7 @@
 
 use crate::common::{crew, names, setup, Crewmember, Starship};
 use futures::StreamExt;
-use remodel::model::{create_schema, Id};
+use remodel::model::{create_schema, Id, ModelError};
 use remodel::{Error, Model};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -84,15 +84,14 @@ struct Teacher {
 
 #[tokio::test]
 async fn on_delete_nullify_is_the_default() -> remodel::Result<()> {
-    let (db, voyager, _) = setup().await?;
+    let (db, mut voyager, _) = setup().await?;
     voyager
         .crewmembers(&db)
         .add(&mut [crew("Janeway", "human"), crew("Chakotay", "human")])
         .await?;
+    let key = voyager.id.clone().unwrap();
     voyager.delete(&db).await?;
-    assert!(Starship::get(&db, voyager.id.clone().unwrap())
-        .await?
-        .is_none());
+    assert!(Starship::get(&db, key).await?.is_none());
     let all = Crewmember::all(&db).await?;
     assert_eq!(all.len(), 2);
     assert!(all.iter().all(|m| m.starship_id.is_none()));
@@ -103,7 +102,7 @@ async fn on_delete_nullify_is_the_default() -> remodel::Result<()> {
 async fn on_delete_cascade_deletes_children_and_grandchildren() -> remodel::Result<()> {
     let db = crate::common::db().await?;
     create_schema(&db).await?;
-    let fleet = Fleet {
+    let mut fleet = Fleet {
         id: None,
         name: "Seventh".into(),
     }
@@ -159,7 +158,7 @@ async fn on_delete_cascade_deletes_children_and_grandchildren() -> remodel::Resu
 async fn on_delete_restrict_refuses_and_writes_nothing() -> remodel::Result<()> {
     let db = crate::common::db().await?;
     create_schema(&db).await?;
-    let academy = Academy {
+    let mut academy = Academy {
         id: None,
         name: "Starfleet Academy".into(),
     }
@@ -174,10 +173,14 @@ async fn on_delete_restrict_refuses_and_writes_nothing() -> remodel::Result<()> 
         })
         .await?;
     let err = academy.delete(&db).await.unwrap_err();
+    // A typed refusal naming the relation and how many children block it.
     assert!(
-        matches!(err, Error::Precondition(ref why) if why.contains("restrict")),
-        "{err}"
+        matches!(err, Error::Model(ModelError::Restricted { ref model, ref relation, children: 1 })
+            if model == "Academy" && relation == "cadets"),
+        "{err:?}"
     );
+    assert!(err.to_string().contains("restrict"), "{err}");
+    assert!(academy.id.is_some(), "a refused delete keeps the key");
     assert_eq!(Academy::count(&db).await?, 1);
     assert_eq!(academy.cadets(&db).count().await?, 1);
     academy
@@ -199,7 +202,7 @@ async fn self_referencing_has_many_cascades_down_the_tree() -> remodel::Result<(
         superior_id: None,
     };
     let picard = officer("Picard").create(&db).await?;
-    let riker = picard.reports(&db).create(officer("Riker")).await?;
+    let mut riker = picard.reports(&db).create(officer("Riker")).await?;
     let data = riker.reports(&db).create(officer("Data")).await?;
     let _lal = data.reports(&db).create(officer("Lal")).await?;
     let janeway = officer("Janeway").create(&db).await?;
@@ -219,7 +222,7 @@ async fn self_referencing_has_many_cascades_down_the_tree() -> remodel::Result<(
 /// nullifying every child is one commit: all or nothing, every change at one commit position.
 #[tokio::test]
 async fn detaching_children_is_one_commit() -> remodel::Result<()> {
-    let (db, a, _) = setup().await?;
+    let (db, mut a, _) = setup().await?;
     let mut many: Vec<Crewmember> = (0..100).map(|i| crew(&format!("crew {i}"), "")).collect();
     a.crewmembers(&db).add(&mut many).await?;
     let mut feed = Crewmember::changes(&db).await?;
@@ -240,7 +243,7 @@ async fn detaching_children_is_one_commit() -> remodel::Result<()> {
 
     // All or nothing: a restricting relation refuses the delete, and the students that the
     // same delete would have nullified keep their school.
-    let school = School { id: None }.create(&db).await?;
+    let mut school = School { id: None }.create(&db).await?;
     let mut students: Vec<Student> = (0..50)
         .map(|_| Student {
             id: None,
@@ -256,7 +259,13 @@ async fn detaching_children_is_one_commit() -> remodel::Result<()> {
         })
         .await?;
     let err = school.delete(&db).await.unwrap_err();
-    assert!(matches!(err, Error::Precondition(_)), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::Model(ModelError::Restricted { children: 1, .. })
+        ),
+        "{err}"
+    );
     assert_eq!(school.students(&db).count().await?, 50);
     assert!(School::get(&db, school.id.clone().unwrap())
         .await?

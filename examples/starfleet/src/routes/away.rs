@@ -8,6 +8,7 @@ use axum::extract::rejection::FormRejection;
 use axum::extract::{Path, State};
 use axum::response::Redirect;
 use axum::Form;
+use remodel::Model;
 use serde::Deserialize;
 
 /// The assign form.
@@ -34,7 +35,9 @@ pub async fn assign(
         })?;
     // The link only: the member's own row is not written (a copy read a moment ago would
     // undo a move or a new rank made meanwhile).
-    let key = remodel::Value::from(member.id_str());
+    let key = member.key().ok_or_else(|| {
+        crate::error::AppError::BadRequest("That crew member is not saved.".into())
+    })?;
     ship.away_team(&app.db).relate(&[key]).await?;
     Ok(Redirect::to(&format!("/ship/{}", ship.id_str())))
 }

@@ -214,7 +214,7 @@ pub async fn delete(
     session: Session,
     Path(id): Path<String>,
 ) -> AppResult<Redirect> {
-    let member: Crewmember = find_member(&app.db, &id).await?;
+    let mut member: Crewmember = find_member(&app.db, &id).await?;
     let me = rules::signed_in(&app.db, &session, "delete a member").await?;
     rules::may_release(&me, &member)?;
     member.delete(&app.db).await?;
