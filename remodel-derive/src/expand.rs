@@ -144,6 +144,7 @@ fn schema_static(m: &Model) -> TokenStream {
     let stored_names = m.stored_fields().map(|f| &f.stored);
     let indexes = m.indexes.iter().map(index_def);
     let relations = m.relations.iter().map(relation_def);
+    let hooks = m.callbacks;
     quote! {
         static SCHEMA: ::remodel::model::Schema = ::remodel::model::Schema {
             model: #model_name,
@@ -152,6 +153,7 @@ fn schema_static(m: &Model) -> TokenStream {
             fields: &[#(#stored_names),*],
             indexes: &[#(#indexes),*],
             relations: &[#(#relations),*],
+            hooks: #hooks,
         };
         &SCHEMA
     }

@@ -106,12 +106,14 @@ mod load;
 mod query;
 mod relation;
 mod schema;
+mod transaction;
 
 pub use error::ModelError;
 pub use feed::{Change, ModelChanges, ModelFeed};
 pub use field::{Field, FieldValue};
 pub use query::ModelQuery;
 pub use relation::{BelongsTo, HasMany, HasOne, ManyToMany};
+pub use transaction::Transaction;
 pub use schema::{
     create_schema, drop_schema, registered, IndexDef, IndexKind, OnDelete, Registration,
     RelationDef, RelationKind, Schema, SchemaSet, TablePlan,

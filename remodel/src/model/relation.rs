@@ -274,15 +274,24 @@ impl<P: Model, C: Model> HasMany<P, C> {
     /// meanwhile is not brought back). The parent must be stored too. New children that come
     /// with keys of their own are created with [`HasMany::create_many`].
     pub async fn add(&self, children: &mut [C]) -> Result<()> {
-        let parent = self.parent()?;
-        let prepared = prepare_children(children, Some((self.fk(), &parent)))?;
-        let mut batch = self.db.batch().require_exists(P::schema().table, parent);
-        for p in prepared {
-            batch = store::<C>(batch, p, false);
-        }
+        let batch = self.stage_add(children)?(self.db.batch());
         self.commit(batch).await?;
         children.iter().for_each(|c| c.after_save());
         Ok(())
+    }
+
+    /// `add`'s writes, to append to a batch (the `before_save` hooks run now: an error
+    /// leaves nothing to append).
+    pub(crate) fn stage_add(&self, children: &mut [C]) -> Result<impl FnOnce(Batch) -> Batch> {
+        let parent = self.parent()?;
+        let prepared = prepare_children(children, Some((self.fk(), &parent)))?;
+        Ok(move |batch: Batch| {
+            let mut batch = batch.require_exists(P::schema().table, parent);
+            for p in prepared {
+                batch = store::<C>(batch, p, false);
+            }
+            batch
+        })
     }
 
     /// Detaches these children in one commit, those that belong to this parent: in each
@@ -629,13 +638,7 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
         create: bool,
         batch: Batch,
     ) -> Result<()> {
-        let parent = self.parent()?;
-        let mut batch = batch.require_exists(P::schema().table, parent.clone());
-        for p in prepared {
-            let link = self.link(&parent, &p.key);
-            batch = store::<C>(batch, p, create).insert_with(&self.join, link, Conflict::Replace);
-        }
-        batch
+        self.link_prepared(self.parent()?, prepared, create)(batch)
             .await
             .map_err(|e| missing_as_model(e, &[P::schema(), C::schema()]))?
             .check()?;
@@ -668,32 +671,64 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
         Ok(())
     }
 
+    /// `add`'s writes, to append to a batch (the `before_save` hooks run now: an error
+    /// leaves nothing to append).
+    pub(crate) fn stage_add(&self, children: &mut [C]) -> Result<impl FnOnce(Batch) -> Batch + '_> {
+        let parent = self.parent()?;
+        let prepared = prepare_children(children, None)?;
+        Ok(self.link_prepared(parent, prepared, false))
+    }
+
+    /// The children's writes and their links, to append to a batch.
+    fn link_prepared(
+        &self,
+        parent: Value,
+        prepared: Vec<Prepared>,
+        create: bool,
+    ) -> impl FnOnce(Batch) -> Batch + '_ {
+        move |batch: Batch| {
+            let mut batch = batch.require_exists(P::schema().table, parent.clone());
+            for p in prepared {
+                let link = self.link(&parent, &p.key);
+                batch =
+                    store::<C>(batch, p, create).insert_with(&self.join, link, Conflict::Replace);
+            }
+            batch
+        }
+    }
+
     /// Relates the stored rows with these keys to this parent, in one commit, without
     /// writing the rows themselves (unlike [`ManyToMany::add`], which writes back the models
     /// it is given: a copy read earlier would undo a change made since). A row deleted
     /// meanwhile (or never stored) is [`ModelError::NotFound`], and nothing is written;
     /// relating a row twice changes nothing.
     pub async fn relate(&self, keys: &[C::Key]) -> Result<()> {
-        let keys: Vec<Value> = keys
-            .iter()
-            .map(codec::key_to_value::<C>)
-            .collect::<Result<_>>()?;
-        let parent = self.parent()?;
-        let mut batch = self
-            .db
-            .batch()
-            .require_exists(P::schema().table, parent.clone());
-        for key in &keys {
-            let link = self.link(&parent, key);
-            batch = batch
-                .require_exists(C::schema().table, key.clone())
-                .insert_with(&self.join, link, Conflict::Replace);
-        }
-        batch
+        self.stage_relate(keys)?(self.db.batch())
             .await
             .map_err(|e| missing_as_model(e, &[P::schema(), C::schema()]))?
             .check()?;
         Ok(())
+    }
+
+    /// `relate`'s checks and links, to append to a batch.
+    pub(crate) fn stage_relate(&self, keys: &[C::Key]) -> Result<impl FnOnce(Batch) -> Batch + '_> {
+        let parent = self.parent()?;
+        let keys: Vec<Value> = keys
+            .iter()
+            .map(codec::key_to_value::<C>)
+            .collect::<Result<_>>()?;
+        Ok(move |batch: Batch| {
+            let mut batch = batch.require_exists(P::schema().table, parent.clone());
+            for key in keys {
+                let link = self.link(&parent, &key);
+                batch = batch.require_exists(C::schema().table, key).insert_with(
+                    &self.join,
+                    link,
+                    Conflict::Replace,
+                );
+            }
+            batch
+        })
     }
 
     /// Watches this parent's links (the join rows `{id, <this>_id, <other>_id}`): a row

@@ -19,6 +19,9 @@ pub struct Schema {
     pub indexes: &'static [IndexDef],
     /// The relations declared on the model.
     pub relations: &'static [RelationDef],
+    /// Whether the model's hooks are its own (`#[remodel(callbacks)]`): without them the
+    /// `after_` hooks do nothing, and a transaction skips rebuilding the model to run them.
+    pub hooks: bool,
 }
 
 /// A declared secondary index.

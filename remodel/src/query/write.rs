@@ -412,7 +412,7 @@ pub struct Batch {
 }
 
 enum BatchOp {
-    Insert(Value, Conflict),
+    Insert(Value, OnConflict),
     Update(Value, Patch),
     Replace(Value, Value),
     Delete(Value),
@@ -443,12 +443,51 @@ impl Batch {
 
     /// Inserts a document; a document with the same key fails the batch.
     pub fn insert(self, table: &str, doc: Value) -> Self {
-        self.push(table, BatchOp::Insert(doc, Conflict::Error))
+        self.push(
+            table,
+            BatchOp::Insert(doc, OnConflict::Policy(Conflict::Error)),
+        )
     }
 
     /// Inserts a document with a conflict policy.
     pub fn insert_with(self, table: &str, doc: Value, conflict: Conflict) -> Self {
-        self.push(table, BatchOp::Insert(doc, conflict))
+        self.push(table, BatchOp::Insert(doc, OnConflict::Policy(conflict)))
+    }
+
+    /// Inserts a document; when one with the same key is stored at commit, stores what
+    /// `resolve(stored, new)` makes of them instead (as [`crate::Insert::conflict_with`]:
+    /// decided under the commit lock, against the row as it is then).
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use remodel::Database;
+    /// use serde_json::json;
+    /// let db = Database::temporary().await?;
+    /// db.create_table("crew").await?;
+    /// db.table("crew").insert(json!({"id": "kim", "score": 1, "team": "red"})).await?;
+    /// db.batch()
+    ///     .insert_resolving("crew", json!({"id": "kim", "score": 7}), |stored, new| {
+    ///         let mut doc = new.clone();
+    ///         doc["team"] = stored["team"].clone();
+    ///         Ok(doc)
+    ///     })
+    ///     .insert_resolving("crew", json!({"id": "tom", "score": 2}), |_, new| Ok(new.clone()))
+    ///     .await?;
+    /// assert_eq!(db.table("crew").get("kim").await?, Some(json!({"id": "kim", "score": 7, "team": "red"})));
+    /// assert_eq!(db.table("crew").count().await?, 2);
+    /// # Ok::<(), remodel::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn insert_resolving(
+        self,
+        table: &str,
+        doc: Value,
+        resolve: impl Fn(&Value, &Value) -> Result<Value> + Send + Sync + 'static,
+    ) -> Self {
+        self.push(
+            table,
+            BatchOp::Insert(doc, OnConflict::Resolve(Arc::new(resolve))),
+        )
     }
 
     /// Merges a patch into the document with this key.
@@ -622,7 +661,6 @@ impl Batch {
             let step = match op {
                 BatchOp::Insert(doc, conflict) => {
                     let t = table()?;
-                    let conflict = OnConflict::Policy(conflict);
                     let op = db
                         .prepare_inserts(&t, vec![doc], conflict, &mut generated)?
                         .remove(0);

@@ -177,7 +177,7 @@ async fn crud() -> remodel::Result<()> {
     let dup = odo.clone().create(&db).await.unwrap_err();
     assert!(matches!(dup, Error::KeyConflict { .. }), "{dup}");
 
-    let mut stale = odo.clone();
+    let stale = odo.clone();
     odo.delete(&db).await?;
     assert_eq!(Person::get(&db, key.clone()).await?, None);
     // A deleted model no longer looks saved: its key is cleared.

@@ -1,6 +1,6 @@
 //! Models: CRUD, typed queries, naming rules, decode errors, unknown fields, get_or_create,
 //! schema and registration errors, callbacks, two databases in one process (`crud`); and
-//! writes decided when they commit, against the row as it is then (`writes`). A test that
+//! writes decided when they commit, against the row as it is then (`writes`); transactions across models (`transactions`). A test that
 //! pins a mistake of the Python Remodel names it in its doc comment.
 //!
 //! Relations are the `relations` binary, live models `live`, concurrent model writes
@@ -10,4 +10,5 @@
 mod common;
 
 mod crud;
+mod transactions;
 mod writes;
