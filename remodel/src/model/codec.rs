@@ -149,6 +149,9 @@ pub(crate) fn with_unknown(schema: &Schema, doc: &Value, stored: &Value) -> Valu
 pub(crate) struct FieldChanges {
     set: Map<String, Value>,
     unset: Vec<String>,
+    /// The model's fields as it stores them: written where the stored row lacks them (a
+    /// field the struct defaults), so that an update stores what a save would.
+    fill: Map<String, Value>,
 }
 
 impl FieldChanges {
@@ -164,11 +167,8 @@ impl FieldChanges {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             unset: b.keys().filter(|k| !a.contains_key(*k)).cloned().collect(),
+            fill: a.clone(),
         }
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.set.is_empty() && self.unset.is_empty()
     }
 
     /// Sets `field` to `value` as well.
@@ -187,6 +187,11 @@ impl FieldChanges {
             }
             for k in &self.unset {
                 m.remove(k);
+            }
+            for (k, v) in &self.fill {
+                if !m.contains_key(k) && !self.unset.contains(k) {
+                    m.insert(k.clone(), v.clone());
+                }
             }
         }
         doc

@@ -577,17 +577,17 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
             self.before_save()?;
             let after = codec::to_doc(self)?;
             let changes = codec::FieldChanges::between(&before, &after);
-            if !changes.is_empty() {
-                // Applied to the row as it is when the write commits: fields this update did
-                // not change stay as they are then, and a row deleted meanwhile stays deleted.
-                let written = table
-                    .get(key.clone())
-                    .replace_with(move |stored| Ok(changes.apply(stored)))
-                    .await?
-                    .check()?;
-                if written.skipped > 0 {
-                    return Err(ModelError::missing(Self::schema(), key).into());
-                }
+            // Applied to the row as it is when the write commits: fields this update did not
+            // change stay as they are then, and a row deleted meanwhile stays deleted. Written
+            // even when no field changed: fields the struct defaults and the row lacks are
+            // filled in (as `save` stores them), and a deleted row is NotFound.
+            let written = table
+                .get(key.clone())
+                .replace_with(move |stored| Ok(changes.apply(stored)))
+                .await?
+                .check()?;
+            if written.skipped > 0 {
+                return Err(ModelError::missing(Self::schema(), key).into());
             }
             self.after_save();
             Ok(())

@@ -164,12 +164,11 @@ impl Transaction {
         self.after_save::<T>(&after)?;
         let changes = codec::FieldChanges::between(&before, &after);
         self.stage(schema, |b| {
-            let b = b.require_exists(schema.table, key.clone());
-            if changes.is_empty() {
-                b
-            } else {
-                b.replace_with(schema.table, key, move |stored| Ok(changes.apply(stored)))
-            }
+            b.require_exists(schema.table, key.clone()).replace_with(
+                schema.table,
+                key,
+                move |stored| Ok(changes.apply(stored)),
+            )
         });
         Ok(())
     }

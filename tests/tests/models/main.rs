@@ -11,4 +11,5 @@ mod common;
 
 mod crud;
 mod transactions;
+mod write_paths;
 mod writes;
