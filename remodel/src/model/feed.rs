@@ -87,6 +87,8 @@ impl<T> Change<T> {
 #[must_use = "a changefeed does nothing until it is awaited"]
 pub struct ModelChanges<T> {
     inner: Result<Changes>,
+    /// The part of each item that is the model (`"right"` of a join's pairs), if not all.
+    part: Option<&'static str>,
     _t: PhantomData<fn() -> T>,
 }
 
@@ -104,6 +106,16 @@ impl<T: Model> ModelChanges<T> {
     pub(crate) fn new(inner: Result<Changes>) -> Self {
         ModelChanges {
             inner,
+            part: None,
+            _t: PhantomData,
+        }
+    }
+
+    /// A feed whose items hold the model in a field (`"right"` of a live join's pairs).
+    pub(crate) fn part_of(inner: Result<Changes>, part: &'static str) -> Self {
+        ModelChanges {
+            inner,
+            part: Some(part),
             _t: PhantomData,
         }
     }
@@ -145,6 +157,7 @@ impl<T: Model> IntoFuture for ModelChanges<T> {
             let feed = self.inner?.await?;
             Ok(ModelFeed {
                 feed,
+                part: self.part,
                 _t: PhantomData,
             })
         })
@@ -158,6 +171,7 @@ impl<T: Model> IntoFuture for ModelChanges<T> {
 /// [`super::ModelError::Decode`] for a row that does not fit `T` (the feed goes on).
 pub struct ModelFeed<T> {
     feed: Feed,
+    part: Option<&'static str>,
     _t: PhantomData<fn() -> T>,
 }
 
@@ -176,9 +190,16 @@ impl<T: Model> ModelFeed<T> {
     }
 }
 
-fn typed<T: Model>(raw: crate::Change) -> Result<Change<T>> {
-    let old = raw.old_val().cloned().map(codec::decode::<T>).transpose()?;
-    let new = raw.new_val().cloned().map(codec::decode::<T>).transpose()?;
+fn typed<T: Model>(raw: crate::Change, part: Option<&str>) -> Result<Change<T>> {
+    let model = |v: Option<&Value>| -> Result<Option<T>> {
+        match (v, part) {
+            (None, _) => Ok(None),
+            (Some(v), None) => codec::decode_ref::<T>(v).map(Some),
+            (Some(v), Some(p)) => v.get(p).map(codec::decode_ref::<T>).transpose(),
+        }
+    };
+    let old = model(raw.old_val())?;
+    let new = model(raw.new_val())?;
     Ok(Change {
         old,
         new,
@@ -196,7 +217,7 @@ impl<T: Model> Stream for ModelFeed<T> {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         match self.feed.poll_next_unpin(cx) {
-            Poll::Ready(Some(Ok(c))) => Poll::Ready(Some(typed(c))),
+            Poll::Ready(Some(Ok(c))) => Poll::Ready(Some(typed(c, self.part))),
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,

@@ -386,6 +386,48 @@ impl<P: Model, C: Model> HasMany<P, C> {
     pub fn changes(&self) -> ModelChanges<C> {
         self.query().changes()
     }
+
+    /// The first child matching `predicate`, or a new one made by `make` and created in
+    /// this relation, in one commit that checks no matching child exists: two concurrent
+    /// calls create one row. Returns the child and whether it was created (its
+    /// `before_save` ran then). The new child should match `predicate`.
+    pub async fn get_or_create(
+        &self,
+        predicate: Predicate,
+        make: impl FnOnce() -> C,
+    ) -> Result<(C, bool)> {
+        let parent = self.parent()?;
+        let q = self.filter(predicate);
+        if let Some(found) = q.first().await? {
+            return Ok((found, false));
+        }
+        let mut child = make();
+        let mut prepared =
+            prepare_children(std::slice::from_mut(&mut child), Some((self.fk(), &parent)))?;
+        let raw = q.raw()?;
+        let why = format!("a matching {} exists", C::schema().model);
+        let batch = self
+            .db
+            .batch()
+            .require_exists(P::schema().table, parent)
+            .require_empty(&raw, why)
+            .insert(C::schema().table, prepared.remove(0).doc);
+        match self.commit(batch).await {
+            Ok(_) => {
+                child.after_save();
+                Ok((child, true))
+            }
+            Err(Error::Precondition(_)) => match q.first().await? {
+                Some(found) => Ok((found, false)),
+                None => Err(ModelError::Invalid(format!(
+                    "get_or_create on `{}`: a matching row existed and is gone again",
+                    self.rel.accessor
+                ))
+                .into()),
+            },
+            Err(e) => Err(e),
+        }
+    }
 }
 
 /// The single child of a has_one relation: `.await` it for `Option<C>`, or `set`, `clear`,
@@ -748,6 +790,70 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
         Ok(links
             .eq_join(self.rel.association_key, C::schema().table)
             .changes())
+    }
+
+    /// Watches the related rows, typed (as [`HasMany::changes`]): a row arrives when it is
+    /// related, changes when it is edited, and leaves when it is unrelated or deleted (a
+    /// live join of the links with the related table, read as its related side). Like every
+    /// join feed it cannot resume from a cursor: reopen it with `include_initial`.
+    pub fn changes(&self) -> ModelChanges<C> {
+        ModelChanges::part_of(self.join_changes(), "right")
+    }
+
+    /// The first related row matching `predicate`, or a new one made by `make`, created
+    /// and related in one commit that checks the relation gained no link since it was
+    /// read (else it reads again): two concurrent calls create one row. Returns the row
+    /// and whether it was created (its `before_save` ran then, once per attempt). The new
+    /// row should match `predicate`.
+    pub async fn get_or_create(
+        &self,
+        predicate: Predicate,
+        make: impl FnOnce() -> C,
+    ) -> Result<(C, bool)> {
+        let parent = self.parent()?;
+        let mut make = Some(make);
+        let mut made: Option<C> = None;
+        for _ in 0..DETACH_ATTEMPTS {
+            let keys = self.key_values().await?;
+            if !keys.is_empty() {
+                codec::count_query();
+                let q = C::table(&self.db)
+                    .get_all(keys.clone())
+                    .filter(predicate.clone())
+                    .limit(1);
+                if let Some(doc) = q.run().await?.into_iter().next() {
+                    return Ok((codec::decode::<C>(doc)?, false));
+                }
+            }
+            if made.is_none() {
+                made = make.take().map(|f| f());
+            }
+            let Some(child) = made.as_mut() else {
+                break;
+            };
+            let prepared = prepare_children(std::slice::from_mut(child), None)?;
+            let newcomers = self
+                .links(parent.clone())
+                .filter(not_one_of(self.rel.association_key, &keys));
+            let batch = self.db.batch().require_empty(&newcomers, CHILDREN_MOVED_IN);
+            match self.link_prepared(parent.clone(), prepared, true)(batch).await {
+                Ok(r) => {
+                    r.check()?;
+                    child.after_save();
+                    if let Some(created) = made {
+                        return Ok((created, true));
+                    }
+                    break;
+                }
+                Err(Error::Precondition(why)) if why == CHILDREN_MOVED_IN => {}
+                Err(e) => return Err(missing_as_model(e, &[P::schema(), C::schema()])),
+            }
+        }
+        Err(ModelError::Invalid(format!(
+            "get_or_create on `{}`: the relation kept changing while it was read",
+            self.rel.accessor
+        ))
+        .into())
     }
 
     /// Unrelates these rows from this parent only (their other relations stay), in one

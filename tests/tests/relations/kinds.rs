@@ -555,3 +555,61 @@ async fn relate_links_stored_rows_without_writing_them() -> remodel::Result<()> 
     assert_eq!(voyager.away_team(&db).count().await?, 1);
     Ok(())
 }
+
+/// Both to-many handles: `get_or_create` is one commit, so concurrent calls make one row;
+/// and `changes()` is typed on both (a many-to-many feed gives the related models).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn to_many_handles_share_get_or_create_and_typed_changes() -> remodel::Result<()> {
+    use futures::StreamExt;
+    let (db, voyager, _) = setup().await?;
+    let f = Crewmember::fields();
+
+    // has_many: eight concurrent calls, one row.
+    let mut calls = Vec::new();
+    for _ in 0..8 {
+        let (db, voyager) = (db.clone(), voyager.clone());
+        calls.push(tokio::spawn(async move {
+            voyager
+                .crewmembers(&db)
+                .get_or_create(f.name.eq("Tuvok"), || crew("Tuvok", "vulcan"))
+                .await
+        }));
+    }
+    let mut created = 0;
+    for c in calls {
+        let (tuvok, made) = c.await.unwrap()?;
+        assert_eq!(tuvok.starship_id, voyager.id);
+        created += made as usize;
+    }
+    assert_eq!(created, 1);
+    assert_eq!(voyager.crewmembers(&db).count().await?, 1);
+
+    // many-to-many: the same, and the typed feed sees the row arrive.
+    let mut feed = voyager.away_team(&db).changes().await?;
+    let mut calls = Vec::new();
+    for _ in 0..8 {
+        let (db, voyager) = (db.clone(), voyager.clone());
+        calls.push(tokio::spawn(async move {
+            voyager
+                .away_team(&db)
+                .get_or_create(f.name.eq("Neelix"), || crew("Neelix", "talaxian"))
+                .await
+        }));
+    }
+    let mut made = Vec::new();
+    for c in calls {
+        let (neelix, new) = c.await.unwrap()?;
+        if new {
+            made.push(neelix);
+        }
+    }
+    assert_eq!(made.len(), 1, "two concurrent calls created two rows");
+    assert_eq!(voyager.away_team(&db).count().await?, 1);
+    let c = tokio::time::timeout(std::time::Duration::from_secs(5), feed.next())
+        .await
+        .expect("the typed many-to-many feed saw nothing")
+        .unwrap()?;
+    assert_eq!(c.new.as_ref().map(|m| m.name.as_str()), Some("Neelix"));
+    assert_eq!(c.key(), made[0].id);
+    Ok(())
+}
