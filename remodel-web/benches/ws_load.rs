@@ -212,6 +212,8 @@ mod server {
         /// How long clients are left alone before memory is read, and after each burst.
         settle: Duration,
         memory_only: bool,
+        /// Measures only the store's feeds, as remodel-web opens them (no WebSocket).
+        feed_memory: bool,
         /// The subscriptions of each client (all three unless `REMODEL_WS_SUBS` names some).
         subs: Vec<&'static str>,
     }
@@ -709,6 +711,7 @@ mod server {
             reps: if quick { 2 } else { 3 },
             settle: Duration::from_secs(if quick { 1 } else { 2 }),
             memory_only: args.iter().any(|a| a == "--memory-only"),
+            feed_memory: args.iter().any(|a| a == "--feed-memory"),
             subs,
         };
         if let Some(n) = arg("--clients") {
@@ -720,6 +723,46 @@ mod server {
             .build()
             .unwrap();
         rt.block_on(run(opts));
+    }
+
+    /// The live heap one store feed holds once its initial rows were read, per kind of the
+    /// clients' subscriptions, opened as remodel-web opens them: the part of
+    /// `ws_client_bytes` that is the store's.
+    async fn feed_memory(db: &Database, n: usize) {
+        use futures::StreamExt;
+        for kind in ["me", "group", "board"] {
+            let before = heap_bytes();
+            let mut feeds = Vec::with_capacity(n);
+            for c in 0..n {
+                let changes = match kind {
+                    "me" => db.table("players").get(format!("p{c}")).changes(),
+                    "group" => db
+                        .table("players")
+                        .get_all([format!("g{}", c / GROUP).as_str()])
+                        .index("group")
+                        .changes(),
+                    _ => db.table("board").query().changes(),
+                };
+                let mut feed = changes
+                    .queue_size(1024)
+                    .include_initial(true)
+                    .include_states(true)
+                    .await
+                    .unwrap();
+                while let Some(Ok(item)) = feed.next().await {
+                    if item.state() == Some(remodel::FeedState::Ready) {
+                        break;
+                    }
+                }
+                feeds.push(feed);
+            }
+            let per = (heap_bytes() as f64 - before as f64) / n as f64;
+            println!(
+                "{}",
+                json!({"name": "feed_bytes", "kind": kind, "feeds": n, "value": per.round()})
+            );
+            drop(feeds);
+        }
     }
 
     fn loadavg() -> String {
@@ -783,6 +826,10 @@ mod server {
         writer.burst(opts.burst_writes).await;
         writer.burst_unwatched(opts.burst_writes).await;
 
+        if opts.feed_memory {
+            feed_memory(&db, n).await;
+            return;
+        }
         if opts.memory_only {
             let p = phase(&mut writer, &web50, addr50, 50, &opts).await;
             let per = |a: u64, b: u64| (a as f64 - b as f64) / n as f64;

@@ -330,10 +330,12 @@ impl<I: Clone + Send + Sync + 'static> Web<I> {
             // A small read buffer: client frames are a few hundred bytes, and each idle
             // connection keeps its buffer.
             .read_buffer_size(1024)
-            // Frames are written in batches (the writer feeds what is queued, then flushes
-            // once): one system call for a burst instead of one per frame. Small, since the
-            // buffer keeps its largest size for the connection's life.
-            .write_buffer_size(4096)
+            // Each frame is written as it comes: the write buffer keeps its largest size for
+            // the connection's life, and gathering frames up to a target size made it that
+            // size plus a frame (~8 KB an idle connection held after its initial results);
+            // written at once, it holds one frame at most. Frames are already gathered (a
+            // window's changes, 2 KB of rows).
+            .write_buffer_size(0)
             .on_upgrade(move |socket| socket::serve(shared, identity, socket))
     }
 

@@ -3,7 +3,7 @@
 
 use crate::Refusal;
 use remodel::model::ModelChanges;
-use remodel::{Changes, Model, Value};
+use remodel::{Change, Changes, Model, Value};
 use std::sync::Arc;
 
 type KeyFn = dyn Fn(&Value) -> Option<Value> + Send + Sync;
@@ -73,7 +73,8 @@ pub enum Direction {
 /// ```
 #[must_use = "a Live is what a publication returns"]
 pub struct Live {
-    pub(crate) changes: remodel::Result<Changes>,
+    /// Taken when the feed is opened (a followed result keeps only what it shows rows with).
+    pub(crate) changes: Option<remodel::Result<Changes>>,
     key: Arc<KeyFn>,
     rules: Vec<Arc<RuleFn>>,
     view: Option<Arc<ViewFn>>,
@@ -88,7 +89,7 @@ impl Live {
     /// resume options itself.
     pub fn new(changes: impl IntoChanges) -> Self {
         Live {
-            changes: changes.into_changes(),
+            changes: Some(changes.into_changes()),
             key: Arc::new(|row| row.get("id").cloned()),
             rules: Vec::new(),
             view: None,
@@ -141,8 +142,8 @@ impl Live {
         self
     }
 
-    /// The key and shown form of `row`, or `None` when a rule hides it.
-    pub(crate) fn visible(&self, row: Option<&Value>) -> Result<Option<(Value, Value)>, Refusal> {
+    /// The key of `row`, or `None` when there is no row or a rule hides it.
+    pub(crate) fn key_of(&self, row: Option<&Value>) -> Result<Option<Value>, Refusal> {
         let Some(row) = row.filter(|r| !r.is_null()) else {
             return Ok(None);
         };
@@ -156,10 +157,38 @@ impl Live {
                 "the publication's rows have no key (see Live::key)",
             )
         })?;
-        let shown = match &self.view {
-            Some(view) => view(row.clone()),
-            None => row.clone(),
+        Ok(Some(key))
+    }
+
+    /// The key and shown form of `change`'s new row, or `None` when a rule hides it. Without
+    /// a view the row is not copied: the change (shared by every feed of its group) is kept
+    /// and its row serialised from it.
+    pub(crate) fn visible(&self, change: &Change) -> Result<Option<(Value, Shown)>, Refusal> {
+        let Some(key) = self.key_of(change.new_val())? else {
+            return Ok(None);
+        };
+        let shown = match (&self.view, change.new_val()) {
+            (Some(view), Some(row)) => Shown::Owned(view(row.clone())),
+            _ => Shown::New(change.clone()),
         };
         Ok(Some((key, shown)))
+    }
+}
+
+/// A row as the client is shown it.
+#[derive(Debug)]
+pub(crate) enum Shown {
+    /// The new row of a change, as it is.
+    New(Change),
+    /// What the publication's view made of it.
+    Owned(Value),
+}
+
+impl serde::Serialize for Shown {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Shown::New(change) => change.new_val().serialize(s),
+            Shown::Owned(v) => v.serialize(s),
+        }
     }
 }

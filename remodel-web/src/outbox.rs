@@ -1,18 +1,26 @@
-//! A connection's outgoing frames: one bounded queue, drained by the connection's writer task.
+//! A connection's outgoing frames: one bounded queue, drained by the connection's driver task
+//! (which also follows the subscriptions' feeds and writes their changes itself).
 //!
-//! The queue is bounded twice: by count, and by the bytes its frames hold ([`BYTES`]): a
-//! subscription waits for room before it queues a frame, without reading its feed meanwhile,
-//! so that a client that does not read costs the server one queue's worth of frames, and its
+//! The queue is bounded twice: by count, and by the bytes its frames hold ([`BYTES`]): an
+//! opening subscription waits for room before it queues a frame of its initial result, so
+//! that a client that does not read costs the server one queue's worth of frames, and its
 //! feeds (never a writer) absorb the rest. Each subscription frame carries the subscription's
-//! id and generation; the writer drops the frames of a subscription the client has ended
+//! id and generation; the driver drops the frames of a subscription the client has ended
 //! since (an `unsub`, or the id reused), so nothing of it arrives after the client moved on.
+//!
+//! The queue also carries the hand-over of an opened subscription to the driver
+//! ([`Item::Follow`]): after its initial frames, so that no change of it goes out before them.
 
 use crate::protocol::ServerFrame;
+use crate::subscription::Following;
 use axum::extract::ws::Message;
+use futures::task::AtomicWaker;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Context;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::task::AbortHandle;
 
 /// Frames waiting for the client, per connection.
 const FRAMES: usize = 32;
@@ -25,42 +33,87 @@ pub(crate) const BYTES: usize = 1 << 20;
 pub(crate) struct Outgoing {
     pub(crate) message: Message,
     /// The subscription (id, generation) it belongs to, if any.
-    from: Option<(u32, u64)>,
+    pub(crate) from: Option<(u32, u64)>,
     /// Its share of [`BYTES`], returned once it is written.
     _bytes: Option<OwnedSemaphorePermit>,
+}
+
+/// What the queue carries. Boxed in the channel: the channel allocates its slots in blocks
+/// of 32 up front, and every idle connection keeps one (32 pointers, not 32 frames).
+pub(crate) enum Item<I> {
+    Frame(Outgoing),
+    /// A subscription whose initial result is queued: the driver follows its feed now.
+    Follow(Following<I>),
 }
 
 /// The connection is gone.
 #[derive(Debug)]
 pub(crate) struct Gone;
 
-/// The sending side of a connection's queue.
-#[derive(Clone)]
-pub(crate) struct Outbox {
-    tx: mpsc::Sender<Outgoing>,
+/// A subscription id the client has open.
+pub(crate) struct Entry {
+    /// Which opening of the id this is: frames of an earlier one are dropped.
+    pub(crate) generation: u64,
+    /// Ended by itself (refused, aborted): its `end` frame may still go out, and the client
+    /// may reuse the id on it.
+    pub(crate) ended: bool,
+    /// The task opening it, while one does (aborted with an `unsub`).
+    pub(crate) task: Option<AbortHandle>,
+}
+
+/// What the senders and the driver share.
+pub(crate) struct Common {
     bytes: Arc<Semaphore>,
-    /// The generation of each subscription id the client has open.
-    open: Arc<Mutex<HashMap<u32, u64>>>,
-    generations: Arc<AtomicU64>,
+    subs: Mutex<HashMap<u32, Entry>>,
+    generations: AtomicU64,
+    /// One initial result is read and queued at a time per connection (each can be large).
+    pub(crate) resets: Arc<Semaphore>,
+    /// Set when subscriptions were closed: the driver drops those it follows.
+    closed: AtomicBool,
+    driver: AtomicWaker,
 }
 
-/// The receiving side, for the writer.
-pub(crate) struct Inbox {
-    rx: mpsc::Receiver<Outgoing>,
-    open: Arc<Mutex<HashMap<u32, u64>>>,
+/// The sending side of a connection's queue.
+pub(crate) struct Outbox<I> {
+    tx: mpsc::Sender<Box<Item<I>>>,
+    pub(crate) common: Arc<Common>,
 }
 
-impl Outbox {
-    pub(crate) fn new() -> (Outbox, Inbox) {
+impl<I> Clone for Outbox<I> {
+    fn clone(&self) -> Self {
+        Outbox {
+            tx: self.tx.clone(),
+            common: self.common.clone(),
+        }
+    }
+}
+
+/// The receiving side, for the driver. It holds no sender: the queue closes once the
+/// connection and its opening subscriptions and calls are gone; `weak` makes a sender again
+/// to reopen a subscription while the connection lives.
+pub(crate) struct Inbox<I> {
+    rx: mpsc::Receiver<Box<Item<I>>>,
+    weak: mpsc::WeakSender<Box<Item<I>>>,
+    pub(crate) common: Arc<Common>,
+}
+
+impl<I> Outbox<I> {
+    pub(crate) fn new() -> (Outbox<I>, Inbox<I>) {
         let (tx, rx) = mpsc::channel(FRAMES);
-        let open = Arc::new(Mutex::new(HashMap::new()));
-        let outbox = Outbox {
-            tx,
+        let common = Arc::new(Common {
             bytes: Arc::new(Semaphore::new(BYTES)),
-            open: open.clone(),
-            generations: Arc::new(AtomicU64::new(0)),
+            subs: Mutex::new(HashMap::new()),
+            generations: AtomicU64::new(0),
+            resets: Arc::new(Semaphore::new(1)),
+            closed: AtomicBool::new(false),
+            driver: AtomicWaker::new(),
+        });
+        let inbox = Inbox {
+            weak: tx.downgrade(),
+            rx,
+            common: common.clone(),
         };
-        (outbox, Inbox { rx, open })
+        (Outbox { tx, common }, inbox)
     }
 
     /// Queues a frame of the connection's own (hello, pong, a result, an error).
@@ -70,11 +123,11 @@ impl Outbox {
 
     /// Queues `message` if there is room now (closing frames: best effort).
     pub(crate) fn try_send(&self, message: Message) {
-        let _ = self.tx.try_send(Outgoing {
+        let _ = self.tx.try_send(Box::new(Item::Frame(Outgoing {
             message,
             from: None,
             _bytes: None,
-        });
+        })));
     }
 
     /// Queues a frame of subscription `from` (id, generation), once its bytes fit.
@@ -87,10 +140,17 @@ impl Outbox {
         self.send_sized(None, frame.message()).await
     }
 
+    /// Hands an opened subscription to the driver, after the frames queued before.
+    pub(crate) async fn follow(&self, following: Following<I>) -> Result<(), Gone> {
+        let item = Box::new(Item::Follow(following));
+        self.tx.send(item).await.map_err(|_| Gone)
+    }
+
     async fn send_sized(&self, from: Option<(u32, u64)>, message: Message) -> Result<(), Gone> {
         let size = text_len(&message);
         let permits = u32::try_from(size.clamp(1, BYTES)).unwrap_or(u32::MAX);
         let bytes = self
+            .common
             .bytes
             .clone()
             .acquire_many_owned(permits)
@@ -110,54 +170,124 @@ impl Outbox {
             from,
             _bytes: bytes,
         };
-        self.tx.send(out).await.map_err(|_| Gone)
+        let item = Box::new(Item::Frame(out));
+        self.tx.send(item).await.map_err(|_| Gone)
+    }
+}
+
+impl Common {
+    /// The subscriptions the client has open, those that ended by themselves forgotten.
+    pub(crate) fn open_count(&self) -> usize {
+        let mut subs = self.lock();
+        subs.retain(|_, e| !e.ended);
+        subs.len()
+    }
+
+    pub(crate) fn is_open(&self, id: u32) -> bool {
+        self.lock().get(&id).is_some_and(|e| !e.ended)
     }
 
     /// Opens subscription `id`: its new generation (an earlier one's frames are dropped).
     pub(crate) fn open(&self, id: u32) -> u64 {
         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
-        self.lock().insert(id, generation);
+        let entry = Entry {
+            generation,
+            ended: false,
+            task: None,
+        };
+        if let Some(old) = self.lock().insert(id, entry) {
+            self.closed(old);
+        }
         generation
     }
 
-    /// Closes subscription `id`: frames of it still queued are dropped.
+    /// Notes the task opening subscription `from`, or aborts it when the client has closed
+    /// the subscription meanwhile.
+    pub(crate) fn opening(&self, from: (u32, u64), task: AbortHandle) {
+        let mut subs = self.lock();
+        match subs.get_mut(&from.0).filter(|e| e.generation == from.1) {
+            Some(entry) => entry.task = Some(task),
+            None => task.abort(),
+        }
+    }
+
+    /// Subscription `from` ended by itself (its `end` frame still goes out).
+    pub(crate) fn ended(&self, from: (u32, u64)) {
+        let mut subs = self.lock();
+        if let Some(entry) = subs.get_mut(&from.0).filter(|e| e.generation == from.1) {
+            entry.ended = true;
+            entry.task = None;
+        }
+    }
+
+    /// Closes subscription `id`: frames of it still queued are dropped, its opening task is
+    /// aborted, and the driver stops following it.
     pub(crate) fn close(&self, id: u32) {
-        self.lock().remove(&id);
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, u64>> {
-        // A panic while the lock was held left a plain map behind: still usable.
-        self.open.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-impl Inbox {
-    /// The next frame to write (waiting for one), skipping frames of closed subscriptions.
-    pub(crate) async fn next(&mut self) -> Option<Message> {
-        loop {
-            let out = self.rx.recv().await?;
-            if self.current(out.from) {
-                return Some(out.message);
-            }
+        let old = self.lock().remove(&id);
+        if let Some(old) = old {
+            self.closed(old);
         }
     }
 
-    /// A frame that is ready now, if any.
-    pub(crate) fn ready(&mut self) -> Option<Message> {
-        loop {
-            let out = self.rx.try_recv().ok()?;
-            if self.current(out.from) {
-                return Some(out.message);
-            }
+    /// Closes every subscription (the connection ends).
+    pub(crate) fn close_all(&self) {
+        let all: Vec<Entry> = self.lock().drain().map(|(_, e)| e).collect();
+        for entry in all {
+            self.closed(entry);
         }
+        // Even with none open: the driver drops what it follows.
+        self.closed.store(true, Ordering::Release);
+        self.driver.wake();
     }
 
-    fn current(&self, from: Option<(u32, u64)>) -> bool {
+    fn closed(&self, entry: Entry) {
+        if let Some(task) = entry.task {
+            task.abort();
+        }
+        self.closed.store(true, Ordering::Release);
+        self.driver.wake();
+    }
+
+    /// Whether frames of `from` may go out (no subscription: the connection's own).
+    pub(crate) fn current(&self, from: Option<(u32, u64)>) -> bool {
         let Some((id, generation)) = from else {
             return true;
         };
-        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        open.get(&id) == Some(&generation)
+        self.lock()
+            .get(&id)
+            .is_some_and(|e| e.generation == generation)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Entry>> {
+        // A panic while the lock was held left a plain map behind: still usable.
+        self.subs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl<I> Inbox<I> {
+    /// The next item, if one is ready; `Ready(None)` once every sender is gone. Registers
+    /// the driver's waker for closed subscriptions too.
+    pub(crate) fn poll_next(&mut self, cx: &mut Context<'_>) -> std::task::Poll<Option<Item<I>>> {
+        self.common.driver.register(cx.waker());
+        self.rx.poll_recv(cx).map(|item| item.map(|b| *b))
+    }
+
+    /// A frame that is ready now, if any (the next item stays if it is not a frame).
+    pub(crate) fn ready(&mut self) -> Option<Item<I>> {
+        self.rx.try_recv().ok().map(|b| *b)
+    }
+
+    /// Whether subscriptions were closed since the last call.
+    pub(crate) fn take_closed(&self) -> bool {
+        self.common.closed.swap(false, Ordering::AcqRel)
+    }
+
+    /// A sender, while the connection lives (to reopen a subscription).
+    pub(crate) fn outbox(&self) -> Option<Outbox<I>> {
+        Some(Outbox {
+            tx: self.weak.upgrade()?,
+            common: self.common.clone(),
+        })
     }
 }
 
@@ -166,5 +296,12 @@ pub(crate) fn text_len(message: &Message) -> usize {
     match message {
         Message::Text(t) => t.len(),
         _ => 0,
+    }
+}
+
+impl Outgoing {
+    /// The frame, and its share of the byte budget (returned once it is dropped).
+    pub(crate) fn into_parts(self) -> (Message, Option<OwnedSemaphorePermit>) {
+        (self.message, self._bytes)
     }
 }

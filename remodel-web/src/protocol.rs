@@ -33,7 +33,7 @@
 //! way may still arrive (a client that reuses the id ignores them until the new
 //! subscription's `reset` or `end`, which comes after them).
 
-use crate::live::Direction;
+use crate::live::{Direction, Shown};
 use crate::Refusal;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -73,7 +73,7 @@ pub(crate) enum ServerFrame<'a> {
     },
     Reset {
         sub: u32,
-        rows: &'a [(Value, Value)],
+        rows: &'a [(Value, Shown)],
         order: &'a [(String, Direction)],
         cursor: Option<String>,
         #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -81,12 +81,12 @@ pub(crate) enum ServerFrame<'a> {
     },
     More {
         sub: u32,
-        rows: &'a [(Value, Value)],
+        rows: &'a [(Value, Shown)],
         more: bool,
     },
     Change {
         sub: u32,
-        rows: &'a [(Value, Option<Value>)],
+        rows: &'a [(Value, Option<Shown>)],
         #[serde(skip_serializing_if = "Option::is_none")]
         cursor: Option<String>,
         #[serde(skip_serializing_if = "std::ops::Not::not")]

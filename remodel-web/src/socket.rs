@@ -1,31 +1,31 @@
 //! One connection: reads the client's frames, starts and stops its subscriptions, runs its
-//! method calls, and writes every outgoing frame from one queue.
+//! method calls; its driver follows its subscriptions' feeds and writes every outgoing frame.
 //!
-//! Reading and writing are separate tasks, so that a client that does not read cannot stop
+//! Reading and driving are separate tasks, so that a client that does not read cannot stop
 //! the server from reading it (and noticing it went idle), and a slow write times out
-//! ([`crate::Limits::write_timeout`]) instead of holding the connection forever. Subscriptions
-//! and calls put their frames in the bounded outgoing queue; a subscription that finds it
-//! full waits without reading its feed, so its feed (not the server's memory) absorbs the
-//! backlog, and overflows into a resynchronisation.
+//! ([`crate::Limits::write_timeout`]) instead of holding the connection forever. Opening
+//! subscriptions and calls put their frames in the bounded outgoing queue; the driver writes
+//! them, and the changes of the subscriptions it follows, itself. While a write waits for the
+//! client, the driver reads no feed, so the feeds (not the server's memory) absorb the
+//! backlog, and overflow into a resynchronisation.
 
-use crate::outbox::{Inbox, Outbox};
+use crate::outbox::{Inbox, Item, Outbox};
 use crate::protocol::{ClientFrame, Outcome, ServerFrame};
-use crate::subscription::Subscription;
+use crate::subscription::{Following, Step, Stop, Subscription};
 use crate::{Caller, ErrorCode, Refusal, Shared};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures::stream::SplitSink;
 use futures::{FutureExt, SinkExt, StreamExt};
-use std::collections::HashMap;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
-use tokio::sync::Semaphore;
-use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-/// The most frames the writer hands the socket before one flush (one system call for a
-/// burst of frames instead of one each).
+/// The most queued frames the driver hands the socket before one flush.
 const BATCH: usize = 64;
 
 /// Counts a connection as open while it lives.
@@ -75,34 +75,138 @@ impl Bucket {
     }
 }
 
-/// Writes the queued frames to the socket, a batch per flush, until the queue closes, a
-/// close frame went out, or the client does not take a batch within `timeout`.
-async fn write(mut sink: SplitSink<WebSocket, Message>, mut queue: Inbox, timeout: Duration) {
-    'frames: while let Some(first) = queue.next().await {
-        let mut batch = vec![first];
-        while batch.len() < BATCH {
-            match queue.ready() {
-                Some(m) => batch.push(m),
-                None => break,
+/// Something for the driver to do.
+enum Event<I> {
+    Item(Item<I>),
+    /// Every sender of the queue is gone: the connection ended.
+    Closed,
+    /// A followed subscription has something, or the window timer fired.
+    Ready,
+}
+
+/// The connection's driver: writes the queued frames, and follows the feeds of the
+/// connection's open subscriptions, writing their changes, until the queue closes, a close
+/// frame went out, or the client does not take a write within `timeout`.
+async fn drive<I: Clone + Send + Sync + 'static>(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut inbox: Inbox<I>,
+    timeout: Duration,
+    window: Duration,
+) {
+    let mut following: Vec<Following<I>> = Vec::new();
+    // The end of the earliest window a gathered frame waits for (one timer per connection,
+    // and none while changes come slower than the window).
+    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    loop {
+        if inbox.take_closed() {
+            // Unsubscribed, or the connection ends: dropping a subscription drops its feeds.
+            following.retain(|f| inbox.common.current(Some(f.from())));
+        }
+        let event = std::future::poll_fn(|cx| {
+            match inbox.poll_next(cx) {
+                Poll::Ready(Some(item)) => return Poll::Ready(Event::Item(item)),
+                Poll::Ready(None) => return Poll::Ready(Event::Closed),
+                Poll::Pending => {}
+            }
+            if let Some(t) = timer.as_mut() {
+                if t.as_mut().poll(cx).is_ready() {
+                    timer = None;
+                    return Poll::Ready(Event::Ready);
+                }
+            }
+            for f in following.iter_mut() {
+                if f.poll_ready(cx) {
+                    return Poll::Ready(Event::Ready);
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        let mut frames = Vec::new();
+        let mut close = false;
+        match event {
+            Event::Closed => break,
+            Event::Item(item) => {
+                let mut item = Some(item);
+                // The queued frames that are ready, written together.
+                while let Some(next) = item.take() {
+                    match next {
+                        Item::Frame(out) if inbox.common.current(out.from) => {
+                            close = matches!(out.message, Message::Close(_));
+                            // The frame's share of the byte budget goes once it is written.
+                            frames.push(out.into_parts());
+                            if close || frames.len() >= BATCH {
+                                break;
+                            }
+                        }
+                        Item::Frame(_) => {}
+                        Item::Follow(f) => {
+                            if inbox.common.current(Some(f.from())) {
+                                following.push(f);
+                            }
+                        }
+                    }
+                    item = inbox.ready();
+                }
+            }
+            Event::Ready => {
+                let now = Instant::now();
+                let mut i = 0;
+                while i < following.len() {
+                    let f = &mut following[i];
+                    let step =
+                        match std::panic::catch_unwind(AssertUnwindSafe(|| f.step(now, window))) {
+                            Ok(step) => step,
+                            // A rule, view or key that panics ends its subscription.
+                            Err(_) => Step::Stop(Stop::End(Refusal::new(
+                                ErrorCode::Internal,
+                                "the publication failed",
+                            ))),
+                        };
+                    match step {
+                        Step::Idle => i += 1,
+                        Step::Frames(messages) => {
+                            // Unsubscribed meanwhile (the reader runs beside): nothing more.
+                            if inbox.common.current(Some(f.from())) {
+                                frames.extend(messages.into_iter().map(|m| (m, None)));
+                            }
+                            i += 1;
+                        }
+                        Step::Stop(stop) => {
+                            let f = following.swap_remove(i);
+                            match stop {
+                                Stop::Restart => f.restart(&inbox),
+                                Stop::End(why) => {
+                                    if inbox.common.current(Some(f.from())) {
+                                        frames.push((f.end(&inbox, why), None));
+                                    }
+                                }
+                                Stop::Gone => {}
+                            }
+                        }
+                    }
+                }
+                let due = following.iter().filter_map(|f| f.due()).min();
+                timer = due.map(|d| Box::pin(tokio::time::sleep_until(d)));
             }
         }
-        let mut close = false;
+        if frames.is_empty() {
+            continue;
+        }
         let sent = tokio::time::timeout(timeout, async {
-            for message in batch {
-                close = matches!(message, Message::Close(_));
+            for (message, permit) in frames {
                 sink.feed(message).await?;
-                if close {
-                    break;
-                }
+                drop(permit);
             }
             sink.flush().await
         })
         .await;
         if !matches!(sent, Ok(Ok(()))) || close {
-            break 'frames;
+            break;
         }
     }
     // Closing writes a frame too: a client that does not read gets no longer for it.
+    drop(following);
     let _ = tokio::time::timeout(timeout, sink.close()).await;
 }
 
@@ -116,7 +220,7 @@ pub(crate) async fn serve<I: Clone + Send + Sync + 'static>(
     let limits = shared.limits.clone();
     let (sink, mut stream) = socket.split();
     let (out, queue) = Outbox::new();
-    let mut writer = tokio::spawn(write(sink, queue, limits.write_timeout));
+    let mut writer = tokio::spawn(drive(sink, queue, limits.write_timeout, shared.window));
     let mut conn = Connection {
         caller: Caller {
             identity,
@@ -124,10 +228,8 @@ pub(crate) async fn serve<I: Clone + Send + Sync + 'static>(
         },
         shared: shared.clone(),
         out: out.clone(),
-        subs: HashMap::new(),
         calls: Bucket::new(limits.calls_per_second),
         subscribes: Bucket::new(limits.subscribes_per_second),
-        resets: Arc::new(Semaphore::new(1)),
     };
     let idle_ms = u64::try_from(limits.idle_timeout.as_millis()).unwrap_or(u64::MAX);
     let _ = out.send(&ServerFrame::Hello { idle_ms }).await;
@@ -176,8 +278,9 @@ pub(crate) async fn serve<I: Clone + Send + Sync + 'static>(
             break;
         }
     }
-    // Every sender of the queue goes (the subscriptions' tasks are aborted with their
-    // senders), so the writer ends once it has written what is queued (the closing frames).
+    // Every sender of the queue goes (the opening subscriptions' tasks are aborted with their
+    // senders, the driver drops those it follows), so the driver ends once it has written
+    // what is queued (the closing frames).
     conn.end();
     drop(conn);
     drop(out);
@@ -211,23 +314,14 @@ fn close_code(code: ErrorCode) -> u16 {
     }
 }
 
-/// A connection's state.
+/// A connection's state. Its subscriptions are in its outbox's map (see
+/// [`crate::outbox::Common`]): the reader opens and closes them, the driver follows them.
 struct Connection<I> {
     caller: Caller<I>,
     shared: Arc<Shared<I>>,
-    out: Outbox,
-    subs: HashMap<u32, Running>,
+    out: Outbox<I>,
     calls: Bucket,
     subscribes: Bucket,
-    /// One initial result is read and queued at a time per connection (each can be large).
-    resets: Arc<Semaphore>,
-}
-
-/// A subscription's task, and whether it ended by itself (set before its `end` frame is
-/// sent, so that a client reusing the id on that frame finds it free).
-struct Running {
-    task: AbortHandle,
-    ended: Arc<AtomicBool>,
 }
 
 impl<I: Clone + Send + Sync + 'static> Connection<I> {
@@ -258,12 +352,7 @@ impl<I: Clone + Send + Sync + 'static> Connection<I> {
                 params,
                 cursor,
             } => self.subscribe(id, &name, params, cursor).await,
-            ClientFrame::Unsub { id } => {
-                self.out.close(id);
-                if let Some(sub) = self.subs.remove(&id) {
-                    sub.task.abort();
-                }
-            }
+            ClientFrame::Unsub { id } => self.out.common.close(id),
             ClientFrame::Call { id, name, params } => self.call(id, &name, params).await,
         }
     }
@@ -276,15 +365,14 @@ impl<I: Clone + Send + Sync + 'static> Connection<I> {
         cursor: Option<String>,
     ) {
         // Subscriptions that ended by themselves (refused, aborted) no longer count.
-        self.subs
-            .retain(|_, sub| !sub.ended.load(Ordering::Acquire));
+        let open = self.out.common.open_count();
         let end = |error| ServerFrame::End { sub: id, error };
-        if self.subs.contains_key(&id) {
+        if self.out.common.is_open(id) {
             let why = Refusal::new(ErrorCode::DuplicateId, "this subscription id is in use");
             return self.send(ServerFrame::Error { error: why }).await;
         }
         let limits = &self.shared.limits;
-        if self.subs.len() >= limits.subscriptions {
+        if open >= limits.subscriptions {
             let why = format!(
                 "at most {} subscriptions per connection",
                 limits.subscriptions
@@ -314,38 +402,16 @@ impl<I: Clone + Send + Sync + 'static> Connection<I> {
                 return self.send(end(why)).await;
             }
         };
-        let ended = Arc::new(AtomicBool::new(false));
-        let generation = self.out.open(id);
+        let generation = self.out.common.open(id);
         let sub = Subscription {
             id,
             generation,
-            ended: ended.clone(),
             shared: self.shared.clone(),
             caller: self.caller.clone(),
             publish,
             params,
-            out: self.out.clone(),
-            resets: self.resets.clone(),
         };
-        let (out, gone) = (self.out.clone(), ended.clone());
-        let task = tokio::spawn(async move {
-            // A publication that panics ends its subscription, with a word to the client.
-            if AssertUnwindSafe(sub.run(cursor))
-                .catch_unwind()
-                .await
-                .is_err()
-            {
-                gone.store(true, Ordering::Release);
-                let why = Refusal::new(ErrorCode::Internal, "the publication failed");
-                let end = ServerFrame::End {
-                    sub: id,
-                    error: why,
-                };
-                let _ = out.send_from((id, generation), end.message()).await;
-            }
-        });
-        let task = task.abort_handle();
-        self.subs.insert(id, Running { task, ended });
+        sub.start(self.out.clone(), cursor);
     }
 
     async fn call(&mut self, id: u32, name: &str, params: remodel::Value) {
@@ -380,10 +446,9 @@ impl<I: Clone + Send + Sync + 'static> Connection<I> {
         });
     }
 
-    /// Ends every subscription of the connection (their feeds are dropped with their tasks).
+    /// Ends every subscription of the connection (opening tasks are aborted, the driver
+    /// drops those it follows, and their feeds with them).
     fn end(&mut self) {
-        for (_, sub) in self.subs.drain() {
-            sub.task.abort();
-        }
+        self.out.common.close_all();
     }
 }

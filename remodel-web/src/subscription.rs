@@ -3,24 +3,34 @@
 //! frames: each rule and view applied, the net effect of every change ready within a window
 //! in one frame.
 //!
+//! Opening runs in a task of its own (it asks the publication, reads the initial rows and
+//! queues them, and may wait long for each); once open, the subscription is handed to its
+//! connection's driver ([`Following`]), which follows the feeds of all the connection's
+//! subscriptions and writes their changes itself. An idle subscription is then a small
+//! struct, not a task (a task is as large as its largest state, ~3 KB), and a change costs
+//! one wake-up of the connection, not one of the subscription and another of its writer.
+//!
 //! It starts over (asks the publication again, sends the whole result) when its feed
 //! overflowed (the client did not keep up: its frames waited while the feed filled) and
 //! when one of the result's guards changed (what the publication decided with changed).
 //! It ends with a refusal when the publication refuses, and with [`ErrorCode::Aborted`] when
 //! its feed is aborted (the table was dropped).
 
-use crate::live::Live;
-use crate::outbox::Outbox;
+use crate::live::{Live, Shown};
+use crate::outbox::{Inbox, Outbox};
 use crate::protocol::ServerFrame;
 use crate::{Caller, ErrorCode, PublishFn, Refusal, Shared};
+use axum::extract::ws::Message;
 use futures::stream::StreamExt;
 use futures::FutureExt;
 use remodel::{ChangeKind, Cursor, Error, Feed, Value};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
 /// The most changes one frame gathers (a client resuming after a long cut gets several).
 const MOST_PER_FRAME: usize = 4096;
@@ -28,23 +38,27 @@ const MOST_PER_FRAME: usize = 4096;
 /// Restarts in a row that sent nothing before a subscription ends.
 const MOST_RESTARTS: u32 = 8;
 
+/// What a subscription is, opening or followed.
 pub(crate) struct Subscription<I> {
     pub(crate) id: u32,
     /// Which opening of the id this is (see [`Outbox`]).
     pub(crate) generation: u64,
-    /// Set when the subscription ends by itself, before the client hears of it.
-    pub(crate) ended: Arc<AtomicBool>,
     pub(crate) shared: Arc<Shared<I>>,
     pub(crate) caller: Caller<I>,
     pub(crate) publish: Arc<PublishFn<I>>,
     pub(crate) params: Value,
-    pub(crate) out: Outbox,
-    /// The connection's turn to read and queue an initial result.
-    pub(crate) resets: Arc<Semaphore>,
+}
+
+impl<I> Drop for Subscription<I> {
+    /// Counted as open from [`Subscription::start`] until it is dropped (ended, aborted, or
+    /// its connection gone).
+    fn drop(&mut self) {
+        self.shared.subscriptions.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Why following a feed stopped.
-enum Stop {
+pub(crate) enum Stop {
     /// Ask the publication again and send the whole result.
     Restart,
     /// Tell the client the subscription ended.
@@ -53,59 +67,90 @@ enum Stop {
     Gone,
 }
 
-/// Counts a subscription as open while it lives.
-struct Counted<'a>(&'a std::sync::atomic::AtomicUsize);
-
-impl Drop for Counted<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
+/// A subscription opening: the task that runs this owns it.
+struct Opening<I> {
+    sub: Subscription<I>,
+    out: Outbox<I>,
 }
 
 impl<I: Clone + Send + Sync + 'static> Subscription<I> {
-    pub(crate) async fn run(self, mut cursor: Option<Cursor>) {
+    /// Opens the subscription in a task of its own (resumed from `cursor`), which hands it to
+    /// the connection's driver once its initial frames are queued.
+    pub(crate) fn start(self, out: Outbox<I>, cursor: Option<Cursor>) {
         self.shared.subscriptions.fetch_add(1, Ordering::Relaxed);
-        let _open = Counted(&self.shared.subscriptions);
+        self.reopen(out, cursor);
+    }
+
+    /// Opens it again (it was counted when started).
+    fn reopen(self, out: Outbox<I>, cursor: Option<Cursor>) {
+        let from = (self.id, self.generation);
+        let common = out.common.clone();
+        let opening = Opening { sub: self, out };
+        let task = tokio::spawn(async move {
+            let (id, out) = (opening.sub.id, opening.out.clone());
+            // A publication that panics ends its subscription, with a word to the client.
+            if AssertUnwindSafe(opening.run(cursor))
+                .catch_unwind()
+                .await
+                .is_err()
+            {
+                out.common.ended(from);
+                let why = Refusal::new(ErrorCode::Internal, "the publication failed");
+                let end = ServerFrame::End {
+                    sub: id,
+                    error: why,
+                };
+                let _ = out.send_from(from, end.message()).await;
+            }
+        });
+        common.opening(from, task.abort_handle());
+    }
+}
+
+impl<I: Clone + Send + Sync + 'static> Opening<I> {
+    async fn run(self, mut cursor: Option<Cursor>) {
         // Restarts in a row that sent nothing: each waits longer, and there is an end to them
         // (a guard that changes all the time, a feed that overflows while its result is read).
         let mut fruitless = 0u32;
         loop {
-            // Boxed: opening holds much more state than following, and a task is as large as
+            // Boxed: opening holds much more state than waiting, and a task is as large as
             // its largest state for its whole life.
-            let (stop, followed) = match Box::pin(self.open(cursor.take())).await {
-                Ok((live, feed, guards)) => (self.follow(&live, feed, guards).await, true),
-                Err(stop) => (stop, false),
+            let stop = match Box::pin(self.open(cursor.take())).await {
+                Ok((live, feed, guards)) => {
+                    let Opening { sub, out } = self;
+                    let following = Following {
+                        sub,
+                        live,
+                        feed,
+                        guards,
+                        first: None,
+                        due: None,
+                        last_sent: None,
+                        moved: false,
+                    };
+                    // The driver takes it from here (or drops it: the client unsubscribed).
+                    let _ = out.follow(following).await;
+                    return;
+                }
+                Err(stop) => stop,
             };
             match stop {
-                Stop::Restart if followed => fruitless = 0,
                 Stop::Restart if fruitless >= MOST_RESTARTS => {
                     let why = "the subscription's result kept changing under it; subscribe again";
-                    self.ended.store(true, Ordering::Release);
-                    let error = Refusal::new(ErrorCode::Aborted, why);
-                    let _ = self
-                        .send(ServerFrame::End {
-                            sub: self.id,
-                            error,
-                        })
-                        .await;
+                    let _ = self.end(Refusal::new(ErrorCode::Aborted, why)).await;
                     return;
                 }
                 Stop::Restart => {
                     // The first goes at once (a resume that must be a reset, say).
                     if fruitless > 0 {
-                        let step = self.shared.window.max(Duration::from_millis(10));
+                        let step = self.sub.shared.window.max(Duration::from_millis(10));
                         let wait = step * 2u32.pow(fruitless - 1);
                         tokio::time::sleep(wait.min(Duration::from_secs(5))).await;
                     }
                     fruitless += 1;
                 }
                 Stop::End(why) => {
-                    self.ended.store(true, Ordering::Release);
-                    let end = ServerFrame::End {
-                        sub: self.id,
-                        error: why,
-                    };
-                    let _ = self.send(end).await;
+                    let _ = self.end(why).await;
                     return;
                 }
                 Stop::Gone => return,
@@ -113,8 +158,19 @@ impl<I: Clone + Send + Sync + 'static> Subscription<I> {
         }
     }
 
+    /// Ends the subscription with `why` (the client may reuse its id on this frame).
+    async fn end(&self, why: Refusal) -> Result<(), Stop> {
+        let from = (self.sub.id, self.sub.generation);
+        self.out.common.ended(from);
+        self.send(ServerFrame::End {
+            sub: self.sub.id,
+            error: why,
+        })
+        .await
+    }
+
     async fn send(&self, frame: ServerFrame<'_>) -> Result<(), Stop> {
-        let from = (self.id, self.generation);
+        let from = (self.sub.id, self.sub.generation);
         self.out
             .send_from(from, frame.message())
             .await
@@ -131,11 +187,12 @@ impl<I: Clone + Send + Sync + 'static> Subscription<I> {
     /// thus never missed, however close to the decision it comes. Without a change log
     /// (guards cannot resume), the publication decides again once its guards watch.
     async fn open(&self, cursor: Option<Cursor>) -> Result<(Live, Feed, Vec<Feed>), Stop> {
+        let sub = &self.sub;
         let since = match cursor {
             Some(cursor) => cursor,
             // The position waits for a commit in progress: off the runtime's threads.
             None => {
-                let db = self.caller.db.clone();
+                let db = sub.caller.db.clone();
                 tokio::task::spawn_blocking(move || db.position())
                     .await
                     .map_err(|_| Stop::End(Refusal::new(ErrorCode::Internal, "no position")))?
@@ -165,9 +222,15 @@ impl<I: Clone + Send + Sync + 'static> Subscription<I> {
         if watched_late {
             live = self.decide().await?;
         }
-        let changes = match &live.changes {
-            Ok(c) => c.clone().queue_size(self.shared.limits.feed_queue),
-            Err(e) => return Err(Stop::End(refusal(e))),
+        // The followed result keeps no query of its feed or guards (a restart asks anew).
+        live.guards = Vec::new();
+        let changes = match live.changes.take() {
+            Some(Ok(c)) => c.queue_size(sub.shared.limits.feed_queue),
+            Some(Err(e)) => return Err(Stop::End(refusal(&e))),
+            None => {
+                let why = Refusal::new(ErrorCode::Internal, "the result has no feed");
+                return Err(Stop::End(why));
+            }
         };
         if let Some(cursor) = cursor.filter(|_| !watched_late && !guards_moved(&mut guards)) {
             match changes.clone().resume_from(cursor).await {
@@ -187,7 +250,8 @@ impl<I: Clone + Send + Sync + 'static> Subscription<I> {
         }
         // One initial result at a time per connection: each may be large, and a client that
         // does not read must not make the server hold many.
-        let _turn = self.resets.acquire().await.map_err(|_| Stop::Gone)?;
+        let resets = self.out.common.resets.clone();
+        let _turn = resets.acquire().await.map_err(|_| Stop::Gone)?;
         let mut feed = changes
             .include_initial(true)
             .include_states(true)
@@ -198,7 +262,7 @@ impl<I: Clone + Send + Sync + 'static> Subscription<I> {
             let change = item.map_err(|e| stop_for(&e))?;
             match change.kind() {
                 ChangeKind::Initial => {
-                    if let Some(row) = live.visible(change.new_val()).map_err(Stop::End)? {
+                    if let Some(row) = live.visible(&change).map_err(Stop::End)? {
                         rows.push(row);
                     }
                 }
@@ -220,118 +284,185 @@ impl<I: Clone + Send + Sync + 'static> Subscription<I> {
             return Err(Stop::Restart);
         }
         let cursor = feed.snapshot_cursor().map(|c| c.to_string());
-        let (sub, order) = (self.id, &live.order[..]);
-        self.send_split(&rows, |rows, first, more| match first {
+        let (id, order) = (sub.id, &live.order[..]);
+        let frames = split(&rows, |rows, first, more| match first {
             true => ServerFrame::Reset {
-                sub,
+                sub: id,
                 rows,
                 order,
                 cursor: cursor.clone(),
                 more,
             },
-            false => ServerFrame::More { sub, rows, more },
-        })
-        .await?;
-        Ok((live, feed, guards))
-    }
-
-    /// Sends `rows` as `frame(rows, first, more)`: one frame, serialised once, when its text
-    /// is under [`FRAME_BYTES`]; else in runs of at most [`RESET_CHUNK`] bytes of rows, all
-    /// but the last saying `more`.
-    async fn send_split<'r, T: serde::Serialize>(
-        &self,
-        rows: &'r [T],
-        frame: impl Fn(&'r [T], bool, bool) -> ServerFrame<'r>,
-    ) -> Result<(), Stop> {
-        let from = (self.id, self.generation);
-        let whole = frame(rows, true, false).message();
-        if crate::outbox::text_len(&whole) < FRAME_BYTES {
-            return self
-                .out
-                .send_from(from, whole)
+            false => ServerFrame::More {
+                sub: id,
+                rows,
+                more,
+            },
+        });
+        let from = (sub.id, sub.generation);
+        for frame in frames {
+            self.out
+                .send_from(from, frame)
                 .await
-                .map_err(|_| Stop::Gone);
+                .map_err(|_| Stop::Gone)?;
         }
-        let ends = runs(rows);
-        let mut start = 0;
-        for (i, &end) in ends.iter().enumerate() {
-            let more = i + 1 < ends.len();
-            self.send(frame(&rows[start..end], i == 0, more)).await?;
-            start = end;
-        }
-        Ok(())
+        Ok((live, feed, guards))
     }
 
     /// The publication's answer for this caller and these parameters.
     async fn decide(&self) -> Result<Live, Stop> {
-        (self.publish)(self.caller.clone(), self.params.clone())
+        let sub = &self.sub;
+        (sub.publish)(sub.caller.clone(), sub.params.clone())
             .await
             .map_err(Stop::End)
     }
+}
 
-    /// Sends the feed's changes, one frame per window, until something stops it. Before each
-    /// change it takes and before each frame it sends, it looks at the guards: a change to
-    /// what the publication decided with stops it, and what the feed had after that change
-    /// is never sent under the old decision.
-    async fn follow(&self, live: &Live, mut feed: Feed, mut guards: Vec<Feed>) -> Stop {
-        let window = self.shared.window;
-        loop {
-            let first = tokio::select! {
-                biased;
-                // Any item of a guard (a change, or an error such as its table's drop) means:
-                // decide again.
-                _ = any_item(&mut guards), if !guards.is_empty() => return Stop::Restart,
-                item = feed.next() => item,
-            };
-            let mut batch = Batch::default();
-            let mut item = first;
-            loop {
-                if guards_moved(&mut guards) {
-                    return Stop::Restart;
-                }
-                match item {
-                    None => {
-                        let why = Refusal::new(ErrorCode::Aborted, "the feed ended");
-                        return Stop::End(why);
-                    }
-                    Some(Err(e)) => return stop_for(&e),
-                    Some(Ok(change)) => {
-                        if let Err(why) = batch.add(live, &change) {
-                            return Stop::End(why);
-                        }
-                    }
-                }
-                if batch.len >= MOST_PER_FRAME {
-                    break;
-                }
-                match feed.next().now_or_never() {
-                    Some(next) => item = next,
-                    None => break,
-                }
-            }
-            if guards_moved(&mut guards) {
-                return Stop::Restart;
-            }
-            if !batch.rows.is_empty() {
-                // The cursor on the last frame, when it goes in several.
-                let rows: Vec<_> = batch.rows.into_values().collect();
-                let (sub, cursor) = (self.id, batch.cursor.map(|c| c.to_string()));
-                let frames = |rows, _first, more: bool| ServerFrame::Change {
-                    sub,
-                    rows,
-                    cursor: cursor.clone().filter(|_| !more),
-                    more,
-                };
-                // Boxed, as the sleep: a subscription's task spends its life waiting for its
-                // feed, and is as large as its largest state (a frame on its way out).
-                if let Err(stop) = Box::pin(self.send_split(&rows, frames)).await {
-                    return stop;
-                }
-                if !window.is_zero() {
-                    Box::pin(tokio::time::sleep(window)).await;
-                }
+/// An open subscription, followed by its connection's driver: its result's feed and guards,
+/// and the frame it is gathering.
+pub(crate) struct Following<I> {
+    sub: Subscription<I>,
+    live: Live,
+    feed: Feed,
+    guards: Vec<Feed>,
+    /// The first item of the next frame, read while the window of the last one was open.
+    first: Option<Option<remodel::Result<remodel::Change>>>,
+    /// When the gathered frame may go (the end of the last frame's window).
+    due: Option<Instant>,
+    /// When the last frame went.
+    last_sent: Option<Instant>,
+    /// A guard had an item: what the publication decided with changed.
+    moved: bool,
+}
+
+/// What a followed subscription has for its driver.
+pub(crate) enum Step {
+    /// Nothing to send now.
+    Idle,
+    /// Frames to write.
+    Frames(Vec<Message>),
+    Stop(Stop),
+}
+
+impl<I: Clone + Send + Sync + 'static> Following<I> {
+    /// Its (id, generation).
+    pub(crate) fn from(&self) -> (u32, u64) {
+        (self.sub.id, self.sub.generation)
+    }
+
+    /// When its gathered frame is due, if it waits for the end of its window.
+    pub(crate) fn due(&self) -> Option<Instant> {
+        self.due
+    }
+
+    /// Whether it has something to do (a guard moved, or its feed has an item): registers
+    /// `cx` with its guards and feed otherwise. A subscription waiting for the end of its
+    /// window reads nothing meanwhile (its feed holds what comes).
+    pub(crate) fn poll_ready(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.first.is_some() || self.moved {
+            return false;
+        }
+        // Any item of a guard (a change, or an error such as its table's drop) means: decide
+        // again; `step` sees it (`guards_moved` polls each guard again).
+        for guard in &mut self.guards {
+            if let Poll::Ready(item) = guard.poll_next_unpin(cx) {
+                // The item itself is spent: what matters is that it came.
+                drop(item);
+                self.moved = true;
+                return true;
             }
         }
+        match self.feed.poll_next_unpin(cx) {
+            Poll::Ready(item) => {
+                self.first = Some(item);
+                true
+            }
+            Poll::Pending => false,
+        }
+    }
+
+    /// Gathers what its feed has ready into frames, once its window allows (at `now`).
+    /// Before each change it takes and before the frame, it looks at the guards: a change to
+    /// what the publication decided with stops it, and what the feed had after that change
+    /// is never sent under the old decision.
+    pub(crate) fn step(&mut self, now: Instant, window: Duration) -> Step {
+        if self.moved {
+            return Step::Stop(Stop::Restart);
+        }
+        let Some(first) = self.first.take() else {
+            return Step::Idle;
+        };
+        // At most one frame per window: the first change after a quiet spell goes at once
+        // (no timer for it), later ones wait for the end of the window and go together.
+        if let Some(due) = self.last_sent.map(|last| last + window) {
+            if now < due {
+                self.due = Some(due);
+                self.first = Some(first);
+                return Step::Idle;
+            }
+        }
+        self.due = None;
+        let mut batch = Batch::default();
+        let mut item = first;
+        loop {
+            if guards_moved(&mut self.guards) {
+                return Step::Stop(Stop::Restart);
+            }
+            match item {
+                None => {
+                    let why = Refusal::new(ErrorCode::Aborted, "the feed ended");
+                    return Step::Stop(Stop::End(why));
+                }
+                Some(Err(e)) => return Step::Stop(stop_for(&e)),
+                Some(Ok(change)) => {
+                    if let Err(why) = batch.add(&self.live, &change) {
+                        return Step::Stop(Stop::End(why));
+                    }
+                }
+            }
+            if batch.len >= MOST_PER_FRAME {
+                break;
+            }
+            match self.feed.next().now_or_never() {
+                Some(next) => item = next,
+                None => break,
+            }
+        }
+        if guards_moved(&mut self.guards) {
+            return Step::Stop(Stop::Restart);
+        }
+        if batch.rows.is_empty() {
+            return Step::Idle;
+        }
+        self.last_sent = Some(now);
+        // The cursor on the last frame, when it goes in several.
+        let rows: Vec<_> = batch.rows.into_values().collect();
+        let (sub, cursor) = (self.sub.id, batch.cursor.map(|c| c.to_string()));
+        Step::Frames(split(&rows, |rows, _first, more: bool| {
+            ServerFrame::Change {
+                sub,
+                rows,
+                cursor: cursor.clone().filter(|_| !more),
+                more,
+            }
+        }))
+    }
+
+    /// Opens it again (a guard changed, its feed overflowed), while its connection lives.
+    pub(crate) fn restart(self, inbox: &Inbox<I>) {
+        if let Some(out) = inbox.outbox() {
+            self.sub.reopen(out, None);
+        }
+    }
+
+    /// Its `end` frame (it ended by itself: the client may reuse its id on it).
+    pub(crate) fn end(self, inbox: &Inbox<I>, why: Refusal) -> Message {
+        inbox.common.ended(self.from());
+        ServerFrame::End {
+            sub: self.sub.id,
+            error: why,
+        }
+        .message()
     }
 }
 
@@ -343,6 +474,28 @@ const RESET_CHUNK: usize = 2048;
 
 /// A frame under this size goes whole (the usual case: serialised once).
 const FRAME_BYTES: usize = 2 * RESET_CHUNK;
+
+/// `rows` as `frame(rows, first, more)`: one frame, serialised once, when its text is under
+/// [`FRAME_BYTES`]; else in runs of at most [`RESET_CHUNK`] bytes of rows, all but the last
+/// saying `more`.
+fn split<'r, T: serde::Serialize>(
+    rows: &'r [T],
+    frame: impl Fn(&'r [T], bool, bool) -> ServerFrame<'r>,
+) -> Vec<Message> {
+    let whole = frame(rows, true, false).message();
+    if crate::outbox::text_len(&whole) < FRAME_BYTES {
+        return vec![whole];
+    }
+    let ends = runs(rows);
+    let mut start = 0;
+    let mut frames = Vec::with_capacity(ends.len());
+    for (i, &end) in ends.iter().enumerate() {
+        let more = i + 1 < ends.len();
+        frames.push(frame(&rows[start..end], i == 0, more).message());
+        start = end;
+    }
+    frames
+}
 
 /// The ends of the runs of `rows` of at most [`RESET_CHUNK`] bytes of JSON (at least one
 /// row each). Each row is serialised to be measured: only frames too large to go whole pay it.
@@ -369,19 +522,6 @@ fn guards_moved(guards: &mut [Feed]) -> bool {
     guards.iter_mut().any(|g| g.next().now_or_never().is_some())
 }
 
-/// The next item of any of `feeds` (each polled every time: there are a few).
-async fn any_item(feeds: &mut [Feed]) {
-    std::future::poll_fn(|cx| {
-        for feed in feeds.iter_mut() {
-            if feed.poll_next_unpin(cx).is_ready() {
-                return std::task::Poll::Ready(());
-            }
-        }
-        std::task::Poll::Pending
-    })
-    .await
-}
-
 /// The net effect of a run of changes: each key's last shown row, or `None` when it left.
 #[derive(Default)]
 struct Batch {
@@ -399,16 +539,14 @@ impl Batch {
         if let Some(c) = change.cursor() {
             self.cursor = self.cursor.max(Some(c));
         }
-        let old = live.visible(change.old_val())?;
-        let new = live.visible(change.new_val())?;
+        let old = live.key_of(change.old_val())?;
+        let new = live.visible(change)?;
         match (old, new) {
-            (Some((old_key, _)), Some((key, row))) if old_key == key => {
-                self.rows.set(key, Some(row))
-            }
+            (Some(old_key), Some((key, row))) if old_key == key => self.rows.set(key, Some(row)),
             (old, new) => {
                 // A row that left (or that a rule now hides), and a different one that came
                 // (a top-N's entering row).
-                if let Some((key, _)) = old {
+                if let Some(key) = old {
                     self.rows.set(key, None);
                 }
                 if let Some((key, row)) = new {
@@ -423,15 +561,33 @@ impl Batch {
 mod indexed {
     use super::*;
 
+    /// Up to this many rows, a key is found by comparing (no map, no key text).
+    const SCAN: usize = 16;
+
     /// Rows by key, in the order their keys first came.
     #[derive(Default)]
     pub(super) struct Rows {
+        /// By the key's JSON text, once there are more than [`SCAN`] rows.
         at: HashMap<String, usize>,
-        rows: Vec<(Value, Option<Value>)>,
+        rows: Vec<(Value, Option<Shown>)>,
     }
 
     impl Rows {
-        pub(super) fn set(&mut self, key: Value, row: Option<Value>) {
+        pub(super) fn set(&mut self, key: Value, row: Option<Shown>) {
+            if self.rows.len() < SCAN {
+                // Value equality tells keys of different types apart (`1` and `"1"`), as
+                // their texts do.
+                match self.rows.iter().position(|(k, _)| *k == key) {
+                    Some(i) => self.rows[i].1 = row,
+                    None => self.rows.push((key, row)),
+                }
+                return;
+            }
+            if self.at.is_empty() {
+                for (i, (k, _)) in self.rows.iter().enumerate() {
+                    self.at.insert(k.to_string(), i);
+                }
+            }
             let text = key.to_string();
             match self.at.get(&text) {
                 Some(&i) => self.rows[i].1 = row,
@@ -446,7 +602,7 @@ mod indexed {
             self.rows.is_empty()
         }
 
-        pub(super) fn into_values(self) -> impl Iterator<Item = (Value, Option<Value>)> {
+        pub(super) fn into_values(self) -> impl Iterator<Item = (Value, Option<Shown>)> {
             self.rows.into_iter()
         }
     }
