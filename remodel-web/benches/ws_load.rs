@@ -602,6 +602,11 @@ mod server {
             extra: Value::Null,
         };
         if opts.memory_only {
+            if std::env::var_os("REMODEL_WS_EXIT_IDLE").is_some() {
+                // For a heap profiler: what is still allocated at exit is what the idle
+                // clients hold.
+                std::process::exit(0);
+            }
             clients.quit().await;
             wait_closed(web).await;
             return phase;
@@ -839,7 +844,10 @@ mod server {
                        "value": per(p.rss_subscribed, p.rss_before).round(),
                        "connection_bytes_per_client": per(p.rss_connected, p.rss_before).round(),
                        "subscriptions_bytes_per_client": per(p.rss_subscribed, p.rss_connected).round(),
-                       "after_trim_bytes_per_client": per(p.rss_trimmed, p.rss_before).round()})
+                       "after_trim_bytes_per_client": per(p.rss_trimmed, p.rss_before).round(),
+                       "heap_bytes_per_client": per(p.heap_subscribed, p.heap_before).round(),
+                       "heap_connection_bytes_per_client": per(p.heap_connected, p.heap_before).round(),
+                       "heap_subscriptions_bytes_per_client": per(p.heap_subscribed, p.heap_connected).round()})
             );
             return;
         }

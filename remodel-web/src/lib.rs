@@ -327,9 +327,9 @@ impl<I: Clone + Send + Sync + 'static> Web<I> {
         upgrade
             .max_message_size(limits.max_frame_bytes)
             .max_frame_size(limits.max_frame_bytes)
-            // A small read buffer: client frames are a few hundred bytes, and each idle
-            // connection keeps its buffer.
-            .read_buffer_size(1024)
+            // A small read buffer: client frames are a few hundred bytes at most (a larger
+            // one is read whole all the same), and each idle connection keeps its buffer.
+            .read_buffer_size(256)
             // Each frame is written as it comes: the write buffer keeps its largest size for
             // the connection's life, and gathering frames up to a target size made it that
             // size plus a frame (~8 KB an idle connection held after its initial results);

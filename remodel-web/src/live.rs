@@ -74,7 +74,8 @@ pub enum Direction {
 #[must_use = "a Live is what a publication returns"]
 pub struct Live {
     /// Taken when the feed is opened (a followed result keeps only what it shows rows with).
-    pub(crate) changes: Option<remodel::Result<Changes>>,
+    /// Boxed: a query is ~450 bytes, and every open subscription keeps its `Live`.
+    pub(crate) changes: Option<Box<remodel::Result<Changes>>>,
     key: Arc<KeyFn>,
     rules: Vec<Arc<RuleFn>>,
     view: Option<Arc<ViewFn>>,
@@ -89,7 +90,7 @@ impl Live {
     /// resume options itself.
     pub fn new(changes: impl IntoChanges) -> Self {
         Live {
-            changes: Some(changes.into_changes()),
+            changes: Some(Box::new(changes.into_changes())),
             key: Arc::new(|row| row.get("id").cloned()),
             rules: Vec::new(),
             view: None,

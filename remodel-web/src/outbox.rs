@@ -43,7 +43,7 @@ pub(crate) struct Outgoing {
 pub(crate) enum Item<I> {
     Frame(Outgoing),
     /// A subscription whose initial result is queued: the driver follows its feed now.
-    Follow(Following<I>),
+    Follow(Box<Following<I>>),
 }
 
 /// The connection is gone.
@@ -141,7 +141,7 @@ impl<I> Outbox<I> {
     }
 
     /// Hands an opened subscription to the driver, after the frames queued before.
-    pub(crate) async fn follow(&self, following: Following<I>) -> Result<(), Gone> {
+    pub(crate) async fn follow(&self, following: Box<Following<I>>) -> Result<(), Gone> {
         let item = Box::new(Item::Follow(following));
         self.tx.send(item).await.map_err(|_| Gone)
     }
@@ -208,6 +208,14 @@ impl Common {
         match subs.get_mut(&from.0).filter(|e| e.generation == from.1) {
             Some(entry) => entry.task = Some(task),
             None => task.abort(),
+        }
+    }
+
+    /// Subscription `from` is open: its opening task ends (and its handle goes with it).
+    pub(crate) fn opened(&self, from: (u32, u64)) {
+        let mut subs = self.lock();
+        if let Some(entry) = subs.get_mut(&from.0).filter(|e| e.generation == from.1) {
+            entry.task = None;
         }
     }
 

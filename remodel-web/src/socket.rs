@@ -93,7 +93,7 @@ async fn drive<I: Clone + Send + Sync + 'static>(
     timeout: Duration,
     window: Duration,
 ) {
-    let mut following: Vec<Following<I>> = Vec::new();
+    let mut following: Vec<Box<Following<I>>> = Vec::new();
     // The end of the earliest window a gathered frame waits for (one timer per connection,
     // and none while changes come slower than the window).
     let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
@@ -257,7 +257,9 @@ pub(crate) async fn serve<I: Clone + Send + Sync + 'static>(
             )),
             Ok(None) | Ok(Some(Ok(Message::Close(_)))) => break,
             Ok(Some(Ok(Message::Text(text)))) => {
-                conn.frame(text.as_str()).await;
+                // Boxed: handling a frame holds more than waiting for one, and the
+                // connection's task is as large as its largest state for its whole life.
+                Box::pin(conn.frame(text.as_str())).await;
                 None
             }
             Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => None,
@@ -409,7 +411,7 @@ impl<I: Clone + Send + Sync + 'static> Connection<I> {
             shared: self.shared.clone(),
             caller: self.caller.clone(),
             publish,
-            params,
+            params: params.to_string().into(),
         };
         sub.start(self.out.clone(), cursor);
     }

@@ -46,7 +46,10 @@ pub(crate) struct Subscription<I> {
     pub(crate) shared: Arc<Shared<I>>,
     pub(crate) caller: Caller<I>,
     pub(crate) publish: Arc<PublishFn<I>>,
-    pub(crate) params: Value,
+    /// The parameters as the client sent them, as JSON text: parsed again when the
+    /// publication decides again (a parsed object is ~300 bytes, and an open subscription
+    /// keeps them).
+    pub(crate) params: Box<str>,
 }
 
 impl<I> Drop for Subscription<I> {
@@ -86,7 +89,11 @@ impl<I: Clone + Send + Sync + 'static> Subscription<I> {
         let from = (self.id, self.generation);
         let common = out.common.clone();
         let opening = Opening { sub: self, out };
+        // The task waits until its abort handle is noted (so that it can take it back when
+        // it is done: a handle keeps a finished task's memory, ~3 KB, allocated).
+        let (noted, note) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
+            let _ = note.await;
             let (id, out) = (opening.sub.id, opening.out.clone());
             // A publication that panics ends its subscription, with a word to the client.
             if AssertUnwindSafe(opening.run(cursor))
@@ -104,6 +111,7 @@ impl<I: Clone + Send + Sync + 'static> Subscription<I> {
             }
         });
         common.opening(from, task.abort_handle());
+        let _ = noted.send(());
     }
 }
 
@@ -118,16 +126,18 @@ impl<I: Clone + Send + Sync + 'static> Opening<I> {
             let stop = match Box::pin(self.open(cursor.take())).await {
                 Ok((live, feed, guards)) => {
                     let Opening { sub, out } = self;
-                    let following = Following {
+                    // Done opening: nothing to abort any more (the driver drops it instead).
+                    out.common.opened((sub.id, sub.generation));
+                    let following = Box::new(Following {
                         sub,
                         live,
                         feed,
                         guards,
                         first: None,
+                        stop: None,
                         due: None,
                         last_sent: None,
-                        moved: false,
-                    };
+                    });
                     // The driver takes it from here (or drops it: the client unsubscribed).
                     let _ = out.follow(following).await;
                     return;
@@ -224,7 +234,7 @@ impl<I: Clone + Send + Sync + 'static> Opening<I> {
         }
         // The followed result keeps no query of its feed or guards (a restart asks anew).
         live.guards = Vec::new();
-        let changes = match live.changes.take() {
+        let changes = match live.changes.take().map(|c| *c) {
             Some(Ok(c)) => c.queue_size(sub.shared.limits.feed_queue),
             Some(Err(e)) => return Err(Stop::End(refusal(&e))),
             None => {
@@ -312,7 +322,9 @@ impl<I: Clone + Send + Sync + 'static> Opening<I> {
     /// The publication's answer for this caller and these parameters.
     async fn decide(&self) -> Result<Live, Stop> {
         let sub = &self.sub;
-        (sub.publish)(sub.caller.clone(), sub.params.clone())
+        // The text was made from a parsed value: it parses.
+        let params = serde_json::from_str(&sub.params).unwrap_or(Value::Null);
+        (sub.publish)(sub.caller.clone(), params)
             .await
             .map_err(Stop::End)
     }
@@ -325,14 +337,14 @@ pub(crate) struct Following<I> {
     live: Live,
     feed: Feed,
     guards: Vec<Feed>,
-    /// The first item of the next frame, read while the window of the last one was open.
-    first: Option<Option<remodel::Result<remodel::Change>>>,
+    /// The first change of the next frame, read while the window of the last one was open.
+    first: Option<remodel::Change>,
+    /// Why it stops (a guard moved, its feed failed or ended), seen by `poll_ready`.
+    stop: Option<Stop>,
     /// When the gathered frame may go (the end of the last frame's window).
     due: Option<Instant>,
     /// When the last frame went.
     last_sent: Option<Instant>,
-    /// A guard had an item: what the publication decided with changed.
-    moved: bool,
 }
 
 /// What a followed subscription has for its driver.
@@ -359,7 +371,7 @@ impl<I: Clone + Send + Sync + 'static> Following<I> {
     /// `cx` with its guards and feed otherwise. A subscription waiting for the end of its
     /// window reads nothing meanwhile (its feed holds what comes).
     pub(crate) fn poll_ready(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.first.is_some() || self.moved {
+        if self.first.is_some() || self.stop.is_some() {
             return false;
         }
         // Any item of a guard (a change, or an error such as its table's drop) means: decide
@@ -368,17 +380,17 @@ impl<I: Clone + Send + Sync + 'static> Following<I> {
             if let Poll::Ready(item) = guard.poll_next_unpin(cx) {
                 // The item itself is spent: what matters is that it came.
                 drop(item);
-                self.moved = true;
+                self.stop = Some(Stop::Restart);
                 return true;
             }
         }
         match self.feed.poll_next_unpin(cx) {
-            Poll::Ready(item) => {
-                self.first = Some(item);
-                true
-            }
-            Poll::Pending => false,
+            Poll::Ready(Some(Ok(change))) => self.first = Some(change),
+            Poll::Ready(Some(Err(e))) => self.stop = Some(stop_for(&e)),
+            Poll::Ready(None) => self.stop = Some(feed_ended()),
+            Poll::Pending => return false,
         }
+        true
     }
 
     /// Gathers what its feed has ready into frames, once its window allows (at `now`).
@@ -386,8 +398,8 @@ impl<I: Clone + Send + Sync + 'static> Following<I> {
     /// what the publication decided with stops it, and what the feed had after that change
     /// is never sent under the old decision.
     pub(crate) fn step(&mut self, now: Instant, window: Duration) -> Step {
-        if self.moved {
-            return Step::Stop(Stop::Restart);
+        if let Some(stop) = self.stop.take() {
+            return Step::Stop(stop);
         }
         let Some(first) = self.first.take() else {
             return Step::Idle;
@@ -403,16 +415,13 @@ impl<I: Clone + Send + Sync + 'static> Following<I> {
         }
         self.due = None;
         let mut batch = Batch::default();
-        let mut item = first;
+        let mut item = Some(Ok(first));
         loop {
             if guards_moved(&mut self.guards) {
                 return Step::Stop(Stop::Restart);
             }
             match item {
-                None => {
-                    let why = Refusal::new(ErrorCode::Aborted, "the feed ended");
-                    return Step::Stop(Stop::End(why));
-                }
+                None => return Step::Stop(feed_ended()),
                 Some(Err(e)) => return Step::Stop(stop_for(&e)),
                 Some(Ok(change)) => {
                     if let Err(why) = batch.add(&self.live, &change) {
@@ -469,8 +478,9 @@ impl<I: Clone + Send + Sync + 'static> Following<I> {
 /// The most JSON text of rows one frame carries (at least one row), initial results and
 /// changes alike.
 /// The WebSocket layer keeps a buffer as large as the largest frame it ever wrote, for the
-/// connection's life: a 1,000-row result sent whole would pin ~100 KB per connection.
-const RESET_CHUNK: usize = 2048;
+/// connection's life: a 1,000-row result sent whole would pin ~100 KB per connection, and
+/// every connection keeps ~2 KB with frames of at most 2 KB (which a 100-row result fills).
+const RESET_CHUNK: usize = 1024;
 
 /// A frame under this size goes whole (the usual case: serialised once).
 const FRAME_BYTES: usize = 2 * RESET_CHUNK;
@@ -606,6 +616,11 @@ mod indexed {
             self.rows.into_iter()
         }
     }
+}
+
+/// A feed that ends ends its subscription.
+fn feed_ended() -> Stop {
+    Stop::End(Refusal::new(ErrorCode::Aborted, "the feed ended"))
 }
 
 /// What a feed's error item means for the subscription.
