@@ -132,14 +132,19 @@ impl TableState {
         })
     }
 
-    pub(crate) fn get_doc(&self, key: &[u8]) -> Result<Option<Value>> {
-        match self.docs.get(key)? {
-            Some(bytes) => {
-                self.reads.fetch_add(1, Ordering::Relaxed);
-                Ok(Some(self.parse_doc(&bytes)?))
-            }
-            None => Ok(None),
+    /// The stored bytes of the document with this encoded key (counted as a read).
+    pub(crate) fn get_raw(&self, key: &[u8]) -> Result<Option<crate::storage::Bytes>> {
+        let bytes = self.docs.get(key)?;
+        if bytes.is_some() {
+            self.reads.fetch_add(1, Ordering::Relaxed);
         }
+        Ok(bytes)
+    }
+
+    pub(crate) fn get_doc(&self, key: &[u8]) -> Result<Option<Value>> {
+        self.get_raw(key)?
+            .map(|bytes| self.parse_doc(&bytes))
+            .transpose()
     }
 
     pub(crate) fn mark_dropped(&self) {

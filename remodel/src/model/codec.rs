@@ -69,6 +69,38 @@ fn decode_error(
 }
 
 /// Decodes every document.
+/// A stored document's bytes decoded straight into the model (no `Value` in between); a
+/// document that does not fit is explained as [`decode_ref`] does.
+pub(crate) fn decode_bytes<T: Model>(bytes: &[u8]) -> Result<T> {
+    match serde_json::from_slice::<T>(bytes) {
+        Ok(mut model) => {
+            model.after_load();
+            Ok(model)
+        }
+        Err(e) => {
+            let doc: Value = serde_json::from_slice(bytes).map_err(|_| {
+                Error::serialization_from(
+                    format!(
+                        "stored document in table `{}` is unreadable: {e}",
+                        T::schema().table
+                    ),
+                    e,
+                )
+            })?;
+            decode_ref(&doc)
+        }
+    }
+}
+
+/// The model with this key, read and decoded straight from the stored bytes.
+pub(crate) fn get_model<T: Model>(table: &crate::Table, key: &Value) -> Result<Option<T>> {
+    count_query();
+    table
+        .get_raw(key)?
+        .map(|bytes| decode_bytes::<T>(&bytes))
+        .transpose()
+}
+
 pub(crate) fn decode_all<T: Model>(docs: Vec<Value>) -> Result<Vec<T>> {
     docs.into_iter().map(decode).collect()
 }

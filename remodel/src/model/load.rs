@@ -6,7 +6,10 @@ use super::codec::{self, count_query, key_text};
 use super::{Model, RelationDef};
 use crate::{Database, Result};
 use serde_json::Value;
-use std::collections::HashMap;
+/// The loaders' maps, keyed by short keys they build per row: a fast seeded hash (SipHash
+/// was a tenth of a batched load).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 /// A key to look values up by, borrowing string keys (the usual kind) instead of copying.
 #[derive(PartialEq, Eq, Hash)]
@@ -25,7 +28,7 @@ fn key_ref(v: &Value) -> KeyRef<'_> {
 
 /// The distinct non-null values, in first-seen order.
 fn distinct<'a>(values: impl IntoIterator<Item = &'a Value>) -> Vec<Value> {
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = HashSet::default();
     values
         .into_iter()
         .filter(|v| !v.is_null() && seen.insert(key_ref(v)))
@@ -35,7 +38,7 @@ fn distinct<'a>(values: impl IntoIterator<Item = &'a Value>) -> Vec<Value> {
 
 /// Documents by the text of one of their fields.
 fn by_field(docs: Vec<Value>, field: &str) -> HashMap<String, Vec<Value>> {
-    let mut out: HashMap<String, Vec<Value>> = HashMap::new();
+    let mut out: HashMap<String, Vec<Value>> = HashMap::default();
     for d in docs {
         if let Some(v) = d.get(field) {
             out.entry(key_text(v)).or_default().push(d);
@@ -54,24 +57,32 @@ pub async fn belongs_to<C: Model, P: Model>(
         .iter()
         .map(|r| r.field_value(rel.foreign_key).filter(|v| !v.is_null()))
         .collect();
-    let keys = distinct(fks.iter().flatten());
+    // Each distinct owner once (an owner of many rows is read once), found again by its
+    // place: one hash per row.
+    let mut places: HashMap<KeyRef<'_>, usize> = HashMap::default();
+    let mut keys: Vec<&Value> = Vec::new();
+    let at: Vec<Option<usize>> = fks
+        .iter()
+        .map(|fk| {
+            fk.as_ref().map(|k| {
+                *places.entry(key_ref(k)).or_insert_with(|| {
+                    keys.push(k);
+                    keys.len() - 1
+                })
+            })
+        })
+        .collect();
     if keys.is_empty() {
         return Ok(rows.iter().map(|_| None).collect());
     }
     count_query();
-    let docs = P::table(db).get_all(keys).run().await?;
-    let pk = P::schema().primary_key;
-    let owners: HashMap<KeyRef<'_>, &Value> = docs
-        .iter()
-        .filter_map(|d| d.get(pk).map(|k| (key_ref(k), d)))
-        .collect();
-    fks.iter()
-        .map(
-            |fk| match fk.as_ref().and_then(|k| owners.get(&key_ref(k))) {
-                Some(doc) => codec::decode_ref::<P>(doc).map(Some),
-                None => Ok(None),
-            },
-        )
+    // Read as stored and decoded straight into the owners (no JSON `Value` in between).
+    let docs = P::table(db).get_raw_many(&keys).await?;
+    at.iter()
+        .map(|i| match i.and_then(|i| docs[i].as_ref()) {
+            Some(doc) => codec::decode_bytes::<P>(doc).map(Some),
+            None => Ok(None),
+        })
         .collect()
 }
 
@@ -84,7 +95,7 @@ pub async fn has_many<P: Model, C: Model>(
     let keys: Vec<Value> = rows.iter().filter_map(Model::key_value).collect();
     let keys = distinct(keys.iter());
     let mut children = if keys.is_empty() {
-        HashMap::new()
+        HashMap::default()
     } else {
         count_query();
         by_field(
@@ -102,7 +113,7 @@ pub async fn has_many<P: Model, C: Model>(
         .iter()
         .map(|r| r.key_value().map(|k| key_text(&k)))
         .collect();
-    let mut times: HashMap<&str, usize> = HashMap::new();
+    let mut times: HashMap<&str, usize> = HashMap::default();
     for t in row_keys.iter().flatten() {
         *times.entry(t.as_str()).or_default() += 1;
     }
@@ -155,7 +166,7 @@ pub async fn many_to_many<P: Model, C: Model>(
         .await?;
     let others = distinct(links.iter().filter_map(|l| l.get(rel.association_key)));
     let related = if others.is_empty() {
-        HashMap::new()
+        HashMap::default()
     } else {
         count_query();
         by_field(

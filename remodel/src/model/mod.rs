@@ -385,14 +385,7 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
     ) -> impl Future<Output = Result<Option<Self>>> + Send {
         let table = Self::table(db);
         let key = codec::key_to_value::<Self>(&key.into_key());
-        async move {
-            let key = key?;
-            codec::count_query();
-            match table.get(key).await? {
-                Some(doc) => codec::decode::<Self>(doc).map(Some),
-                None => Ok(None),
-            }
-        }
+        async move { codec::get_model::<Self>(&table, &key?) }
     }
 
     /// The models with these keys, in the order of the keys (missing ones are left out).

@@ -505,13 +505,7 @@ impl<C: Model, P: Model> BelongsTo<C, P> {
     pub async fn get(&self) -> Result<Option<P>> {
         match &self.owner {
             None => Ok(None),
-            Some(k) => {
-                codec::count_query();
-                match P::table(&self.db).get(k.clone()).await? {
-                    Some(doc) => codec::decode::<P>(doc).map(Some),
-                    None => Ok(None),
-                }
-            }
+            Some(k) => codec::get_model::<P>(&P::table(&self.db), k),
         }
     }
 
@@ -650,11 +644,7 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
         if self.db.table(self.join.as_str()).get(id).await?.is_none() {
             return Ok(None);
         }
-        codec::count_query();
-        match C::table(&self.db).get(key).await? {
-            Some(doc) => codec::decode::<C>(doc).map(Some),
-            None => Ok(None),
-        }
+        codec::get_model::<C>(&C::table(&self.db), &key)
     }
 
     /// The number of related rows.
