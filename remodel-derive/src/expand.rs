@@ -145,6 +145,7 @@ fn schema_static(m: &Model) -> TokenStream {
     let indexes = m.indexes.iter().map(index_def);
     let relations = m.relations.iter().map(relation_def);
     let hooks = m.callbacks;
+    let retired = m.stored_fields().flat_map(|f| &f.aliases);
     quote! {
         static SCHEMA: ::remodel::model::Schema = ::remodel::model::Schema {
             model: #model_name,
@@ -154,6 +155,7 @@ fn schema_static(m: &Model) -> TokenStream {
             indexes: &[#(#indexes),*],
             relations: &[#(#relations),*],
             hooks: #hooks,
+            retired: &[#(#retired),*],
         };
         &SCHEMA
     }

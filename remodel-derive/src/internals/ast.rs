@@ -47,6 +47,8 @@ pub struct Field {
     pub stored: String,
     /// serde skips it: not a stored field (no typed field name, not in the schema).
     pub skipped: bool,
+    /// serde's `alias` names: where older rows hold the field (a rename).
+    pub aliases: Vec<String>,
 }
 
 /// What kind of secondary index.

@@ -335,6 +335,8 @@ impl FromMeta for CompoundIndexAttr {
 pub struct SerdeField {
     /// `#[serde(rename = "..")]`.
     pub rename: Option<String>,
+    /// `#[serde(alias = "..")]`: older names the field is read from (a renamed field).
+    pub aliases: Vec<String>,
     /// `skip`, `skip_serializing` or `skip_deserializing`: a field that is not written (or
     /// not read) is not a stored field the model layer can rely on.
     pub skip: bool,
@@ -365,10 +367,12 @@ pub fn serde_field(attrs: &[Attribute]) -> Result<SerdeField> {
                 )
                 .with_span(&m));
             } else if let Meta::NameValue(nv) = &m {
-                if nv.path.is_ident("rename") {
-                    if let Expr::Lit(l) = &nv.value {
-                        if let Lit::Str(s) = &l.lit {
+                if let Expr::Lit(l) = &nv.value {
+                    if let Lit::Str(s) = &l.lit {
+                        if nv.path.is_ident("rename") {
                             out.rename = Some(s.value());
+                        } else if nv.path.is_ident("alias") {
+                            out.aliases.push(s.value());
                         }
                     }
                 }

@@ -142,6 +142,7 @@ fn collect_fields(c: &ContainerAttr, errors: &mut darling::error::Accumulator) -
             ty: f.ty.clone(),
             stored,
             skipped: serde.skip,
+            aliases: serde.aliases,
         });
     }
     out

@@ -167,7 +167,8 @@ pub(crate) fn with_unknown(schema: &Schema, doc: &Value, stored: &Value) -> Valu
     let mut doc = doc.clone();
     if let (Value::Object(m), Value::Object(stored)) = (&mut doc, stored) {
         for (k, v) in stored {
-            if !schema.fields.contains(&k.as_str()) && !m.contains_key(k) {
+            let known = schema.fields.contains(&k.as_str()) || schema.retired.contains(&k.as_str());
+            if !known && !m.contains_key(k) {
                 m.insert(k.clone(), v.clone());
             }
         }
@@ -188,7 +189,7 @@ pub(crate) struct FieldChanges {
 
 impl FieldChanges {
     /// What changed from `before` to `after` (two documents of one model).
-    pub(crate) fn between(before: &Value, after: &Value) -> Self {
+    pub(crate) fn between(schema: &Schema, before: &Value, after: &Value) -> Self {
         let empty = Map::new();
         let b = before.as_object().unwrap_or(&empty);
         let a = after.as_object().unwrap_or(&empty);
@@ -198,7 +199,12 @@ impl FieldChanges {
                 .filter(|(k, v)| b.get(*k) != Some(*v))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
-            unset: b.keys().filter(|k| !a.contains_key(*k)).cloned().collect(),
+            unset: b
+                .keys()
+                .filter(|k| !a.contains_key(*k))
+                .cloned()
+                .chain(schema.retired.iter().map(|r| r.to_string()))
+                .collect(),
             fill: a.clone(),
         }
     }

@@ -115,7 +115,7 @@ pub use query::ModelQuery;
 pub use relation::{BelongsTo, HasMany, HasOne, ManyToMany};
 pub use transaction::Transaction;
 pub use schema::{
-    create_schema, drop_schema, registered, IndexDef, IndexKind, OnDelete, Registration,
+    create_schema, drop_schema, prune_indexes, registered, IndexDef, IndexKind, OnDelete, Registration,
     RelationDef, RelationKind, Schema, SchemaSet, TablePlan,
 };
 
@@ -569,7 +569,7 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
             change(self);
             self.before_save()?;
             let after = codec::to_doc(self)?;
-            let changes = codec::FieldChanges::between(&before, &after);
+            let changes = codec::FieldChanges::between(Self::schema(), &before, &after);
             // Applied to the row as it is when the write commits: fields this update did not
             // change stay as they are then, and a row deleted meanwhile stays deleted. Written
             // even when no field changed: fields the struct defaults and the row lacks are

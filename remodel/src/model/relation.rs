@@ -146,7 +146,7 @@ fn detaching<C: Model>(child: &mut C, fk: &str) -> Result<Option<(Value, codec::
     child.set_field_value(fk, Value::Null)?;
     child.before_save()?;
     let after = codec::to_doc(child)?;
-    let mut changes = codec::FieldChanges::between(&before, &after);
+    let mut changes = codec::FieldChanges::between(C::schema(), &before, &after);
     // Null even when the struct has no field for it.
     changes.set(fk, Value::Null);
     Ok(Some((key, changes)))

@@ -22,6 +22,9 @@ pub struct Schema {
     /// Whether the model's hooks are its own (`#[remodel(callbacks)]`): without them the
     /// `after_` hooks do nothing, and a transaction skips rebuilding the model to run them.
     pub hooks: bool,
+    /// Names stored fields were renamed from (serde's `alias`): read from older rows, and
+    /// removed from a row when the model writes it (the field is stored under its new name).
+    pub retired: &'static [&'static str],
 }
 
 /// A declared secondary index.
@@ -161,6 +164,12 @@ pub fn registered() -> Vec<&'static Schema> {
 /// idempotently: see [`SchemaSet::create`].
 pub async fn create_schema(db: &Database) -> Result<()> {
     SchemaSet::registered().create(db).await
+}
+
+/// Drops the indexes that no model of the program declares on its tables, only when asked:
+/// see [`SchemaSet::prune_indexes`].
+pub async fn prune_indexes(db: &Database) -> Result<Vec<(String, String)>> {
+    SchemaSet::registered().prune_indexes(db).await
 }
 
 /// Drops the tables of every model of the program (and their join tables).
@@ -326,7 +335,10 @@ impl SchemaSet {
 
     /// Creates every table and index the set needs; what exists already is left as it is,
     /// so running it again changes nothing. An existing table with another primary key, or
-    /// an index of the same name with another definition, is an error.
+    /// an index of the same name with another definition, is an error. An index a model
+    /// declares on a table that already has rows is built from them; indexes that no model
+    /// declares any more are left in place (and kept up to date by writes) until
+    /// [`SchemaSet::prune_indexes`] drops them.
     pub async fn create(&self, db: &Database) -> Result<()> {
         let plan = self.plan()?;
         for t in &plan {
@@ -353,6 +365,48 @@ impl SchemaSet {
             }
         }
         Ok(())
+    }
+
+    /// Drops the secondary indexes of the set's tables that no model of the set declares
+    /// (an index a model stopped declaring, or one made by hand), and returns them as
+    /// `(table, index)` pairs. Only when asked: [`SchemaSet::create`] never drops anything.
+    /// Tables of the set that do not exist are skipped.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use remodel::model::{Id, SchemaSet};
+    /// use remodel::{Database, IndexSpec, Model};
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Model, Serialize, Deserialize)]
+    /// struct Probe { id: Option<Id>, #[remodel(index)] depth: u64, name: String }
+    ///
+    /// let db = Database::temporary().await?;
+    /// let set = SchemaSet::new().with::<Probe>();
+    /// set.create(&db).await?;
+    /// Probe::table(&db).create_index("name", IndexSpec::field("name")).await?;
+    /// assert_eq!(set.prune_indexes(&db).await?, vec![("probes".to_string(), "name".to_string())]);
+    /// assert_eq!(Probe::table(&db).index_names()?, vec!["depth".to_string()]);
+    /// # Ok::<(), remodel::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn prune_indexes(&self, db: &Database) -> Result<Vec<(String, String)>> {
+        let mut dropped = Vec::new();
+        for t in self.plan()? {
+            let table = db.table(t.name.as_str());
+            let names = match table.index_names() {
+                Ok(names) => names,
+                Err(Error::NoSuchTable(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            for name in names {
+                if !t.indexes.iter().any(|(declared, _)| *declared == name) {
+                    table.drop_index(&name).await?;
+                    dropped.push((t.name.clone(), name));
+                }
+            }
+        }
+        Ok(dropped)
     }
 
     /// Drops every table of the set (models' and join tables); missing ones are skipped.

@@ -162,7 +162,7 @@ impl Transaction {
         model.before_save()?;
         let after = codec::to_doc(model)?;
         self.after_save::<T>(&after)?;
-        let changes = codec::FieldChanges::between(&before, &after);
+        let changes = codec::FieldChanges::between(schema, &before, &after);
         self.stage(schema, |b| {
             b.require_exists(schema.table, key.clone()).replace_with(
                 schema.table,
