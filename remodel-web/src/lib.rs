@@ -68,6 +68,7 @@ pub mod protocol;
 mod results;
 mod socket;
 mod subscription;
+mod text;
 
 pub use error::{ErrorCode, Refusal};
 pub use limits::Limits;

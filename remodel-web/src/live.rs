@@ -4,6 +4,7 @@
 use crate::Refusal;
 use remodel::model::ModelChanges;
 use remodel::{Change, Changes, Model, Value};
+use std::borrow::Cow;
 use std::sync::Arc;
 
 type KeyFn = dyn Fn(&Value) -> Option<Value> + Send + Sync;
@@ -76,7 +77,7 @@ pub struct Live {
     /// Taken when the feed is opened (a followed result keeps only what it shows rows with).
     /// Boxed: a query is ~450 bytes, and every open subscription keeps its `Live`.
     pub(crate) changes: Option<Box<remodel::Result<Changes>>>,
-    key: Arc<KeyFn>,
+    key: Key,
     rules: Vec<Arc<RuleFn>>,
     view: Option<Arc<ViewFn>>,
     pub(crate) order: Vec<(String, Direction)>,
@@ -91,7 +92,7 @@ impl Live {
     pub fn new(changes: impl IntoChanges) -> Self {
         Live {
             changes: Some(Box::new(changes.into_changes())),
-            key: Arc::new(|row| row.get("id").cloned()),
+            key: Key::Field("id".into()),
             rules: Vec::new(),
             view: None,
             order: Vec::new(),
@@ -100,15 +101,15 @@ impl Live {
     }
 
     /// Keys rows by `field` instead of `id` (a grouped aggregate's `group`, say).
-    pub fn key(self, field: &str) -> Self {
-        let field = field.to_string();
-        self.key_with(move |row| row.get(&field).cloned())
+    pub fn key(mut self, field: &str) -> Self {
+        self.key = Key::Field(field.into());
+        self
     }
 
     /// Keys rows by what `f` makes of them (a join's pair of keys, say); `None` is a row the
     /// publication cannot key, which ends the subscription with [`crate::ErrorCode::Internal`].
     pub fn key_with(mut self, f: impl Fn(&Value) -> Option<Value> + Send + Sync + 'static) -> Self {
-        self.key = Arc::new(f);
+        self.key = Key::With(Arc::new(f));
         self
     }
 
@@ -143,8 +144,12 @@ impl Live {
         self
     }
 
-    /// The key of `row`, or `None` when there is no row or a rule hides it.
-    pub(crate) fn key_of(&self, row: Option<&Value>) -> Result<Option<Value>, Refusal> {
+    /// The key of `row`, or `None` when there is no row or a rule hides it. A key that is a
+    /// field is borrowed (it is compared, and copied only when it goes in a frame).
+    pub(crate) fn key_of<'r>(
+        &self,
+        row: Option<&'r Value>,
+    ) -> Result<Option<Cow<'r, Value>>, Refusal> {
         let Some(row) = row.filter(|r| !r.is_null()) else {
             return Ok(None);
         };
@@ -152,7 +157,11 @@ impl Live {
             return Ok(None);
         }
         // `null` is a key like any other (a group of rows whose field is null).
-        let key = (self.key)(row).ok_or_else(|| {
+        let key = match &self.key {
+            Key::Field(field) => row.get(&**field).map(Cow::Borrowed),
+            Key::With(f) => f(row).map(Cow::Owned),
+        };
+        let key = key.ok_or_else(|| {
             Refusal::new(
                 crate::ErrorCode::Internal,
                 "the publication's rows have no key (see Live::key)",
@@ -168,12 +177,21 @@ impl Live {
         let Some(key) = self.key_of(change.new_val())? else {
             return Ok(None);
         };
+        let key = key.into_owned();
         let shown = match (&self.view, change.new_val()) {
             (Some(view), Some(row)) => Shown::Owned(view(row.clone())),
             _ => Shown::New(change.clone()),
         };
         Ok(Some((key, shown)))
     }
+}
+
+/// How a result's rows are keyed.
+enum Key {
+    /// By a field of the row.
+    Field(Box<str>),
+    /// By what a function makes of the row.
+    With(Arc<KeyFn>),
 }
 
 /// A row as the client is shown it.

@@ -302,12 +302,14 @@ impl<I: Clone + Send + Sync + 'static> Opening<I> {
                 order,
                 cursor: cursor.clone(),
                 more,
-            },
+            }
+            .message(),
             false => ServerFrame::More {
                 sub: id,
                 rows,
                 more,
-            },
+            }
+            .message(),
         });
         let from = (sub.id, sub.generation);
         for frame in frames {
@@ -448,12 +450,8 @@ impl<I: Clone + Send + Sync + 'static> Following<I> {
         let rows: Vec<_> = batch.rows.into_values().collect();
         let (sub, cursor) = (self.sub.id, batch.cursor.map(|c| c.to_string()));
         Step::Frames(split(&rows, |rows, _first, more: bool| {
-            ServerFrame::Change {
-                sub,
-                rows,
-                cursor: cursor.clone().filter(|_| !more),
-                more,
-            }
+            let cursor = cursor.as_deref().filter(|_| !more);
+            Message::Text(crate::text::change_frame(sub, rows, cursor, more).into())
         }))
     }
 
@@ -490,9 +488,9 @@ const FRAME_BYTES: usize = 2 * RESET_CHUNK;
 /// saying `more`.
 fn split<'r, T: serde::Serialize>(
     rows: &'r [T],
-    frame: impl Fn(&'r [T], bool, bool) -> ServerFrame<'r>,
+    frame: impl Fn(&'r [T], bool, bool) -> Message,
 ) -> Vec<Message> {
-    let whole = frame(rows, true, false).message();
+    let whole = frame(rows, true, false);
     if crate::outbox::text_len(&whole) < FRAME_BYTES {
         return vec![whole];
     }
@@ -501,7 +499,7 @@ fn split<'r, T: serde::Serialize>(
     let mut frames = Vec::with_capacity(ends.len());
     for (i, &end) in ends.iter().enumerate() {
         let more = i + 1 < ends.len();
-        frames.push(frame(&rows[start..end], i == 0, more).message());
+        frames.push(frame(&rows[start..end], i == 0, more));
         start = end;
     }
     frames
@@ -552,12 +550,12 @@ impl Batch {
         let old = live.key_of(change.old_val())?;
         let new = live.visible(change)?;
         match (old, new) {
-            (Some(old_key), Some((key, row))) if old_key == key => self.rows.set(key, Some(row)),
+            (Some(old_key), Some((key, row))) if *old_key == key => self.rows.set(key, Some(row)),
             (old, new) => {
                 // A row that left (or that a rule now hides), and a different one that came
                 // (a top-N's entering row).
                 if let Some(key) = old {
-                    self.rows.set(key, None);
+                    self.rows.set(key.into_owned(), None);
                 }
                 if let Some((key, row)) = new {
                     self.rows.set(key, Some(row));
@@ -570,42 +568,49 @@ impl Batch {
 
 mod indexed {
     use super::*;
+    use std::hash::{Hash, Hasher};
 
-    /// Up to this many rows, a key is found by comparing (no map, no key text).
+    /// Up to this many rows, a key is found by comparing (no map).
     const SCAN: usize = 16;
 
     /// Rows by key, in the order their keys first came.
     #[derive(Default)]
     pub(super) struct Rows {
-        /// By the key's JSON text, once there are more than [`SCAN`] rows.
-        at: HashMap<String, usize>,
+        /// A row by the hash of its key, once there are more than [`SCAN`] rows (a key whose
+        /// hash another key has is found by comparing).
+        at: HashMap<u64, usize>,
         rows: Vec<(Value, Option<Shown>)>,
     }
 
     impl Rows {
         pub(super) fn set(&mut self, key: Value, row: Option<Shown>) {
-            if self.rows.len() < SCAN {
-                // Value equality tells keys of different types apart (`1` and `"1"`), as
-                // their texts do.
-                match self.rows.iter().position(|(k, _)| *k == key) {
-                    Some(i) => self.rows[i].1 = row,
-                    None => self.rows.push((key, row)),
+            let found = if self.rows.len() < SCAN {
+                self.scan(&key)
+            } else {
+                if self.at.is_empty() {
+                    for (i, (k, _)) in self.rows.iter().enumerate() {
+                        self.at.entry(hash(k)).or_insert(i);
+                    }
                 }
-                return;
-            }
-            if self.at.is_empty() {
-                for (i, (k, _)) in self.rows.iter().enumerate() {
-                    self.at.insert(k.to_string(), i);
+                let h = hash(&key);
+                match self.at.get(&h) {
+                    Some(&i) if self.rows[i].0 == key => Some(i),
+                    Some(_) => self.scan(&key),
+                    None => {
+                        self.at.insert(h, self.rows.len());
+                        None
+                    }
                 }
+            };
+            match found {
+                Some(i) => self.rows[i].1 = row,
+                None => self.rows.push((key, row)),
             }
-            let text = key.to_string();
-            match self.at.get(&text) {
-                Some(&i) => self.rows[i].1 = row,
-                None => {
-                    self.at.insert(text, self.rows.len());
-                    self.rows.push((key, row));
-                }
-            }
+        }
+
+        /// Value equality tells keys of different types apart (`1` and `"1"`).
+        fn scan(&self, key: &Value) -> Option<usize> {
+            self.rows.iter().position(|(k, _)| k == key)
         }
 
         pub(super) fn is_empty(&self) -> bool {
@@ -614,6 +619,84 @@ mod indexed {
 
         pub(super) fn into_values(self) -> impl Iterator<Item = (Value, Option<Shown>)> {
             self.rows.into_iter()
+        }
+    }
+
+    /// A hash of a key, equal for equal values (`Value`'s equality: numbers by kind and
+    /// value, objects whatever their fields' order), without writing it out as text.
+    fn hash(v: &Value) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        feed(v, &mut h);
+        h.finish()
+    }
+
+    fn feed(v: &Value, h: &mut impl Hasher) {
+        match v {
+            Value::Null => 0u8.hash(h),
+            Value::Bool(b) => (1u8, b).hash(h),
+            Value::Number(n) => {
+                2u8.hash(h);
+                if let Some(u) = n.as_u64() {
+                    (0u8, u).hash(h)
+                } else if let Some(i) = n.as_i64() {
+                    (1u8, i).hash(h)
+                } else {
+                    // `0.0 == -0.0`: one hash for both.
+                    let f = n.as_f64().map(|f| if f == 0.0 { 0.0 } else { f });
+                    (2u8, f.map(f64::to_bits)).hash(h)
+                }
+            }
+            Value::String(s) => (3u8, s).hash(h),
+            Value::Array(a) => {
+                (4u8, a.len()).hash(h);
+                for x in a {
+                    feed(x, h);
+                }
+            }
+            Value::Object(o) => {
+                // Fields in any order: the sum of each field's own hash.
+                let mut sum = 0u64;
+                for (k, x) in o {
+                    let mut f = std::collections::hash_map::DefaultHasher::new();
+                    k.hash(&mut f);
+                    feed(x, &mut f);
+                    sum = sum.wrapping_add(f.finish());
+                }
+                (5u8, o.len(), sum).hash(h);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use serde_json::json;
+
+        #[test]
+        fn keys_are_told_apart_by_value_and_type() {
+            let mut rows = Rows::default();
+            let keys: Vec<Value> = (0..40)
+                .flat_map(|i| [json!(i), json!(i.to_string()), json!([i]), json!({"a": i})])
+                .collect();
+            for (i, k) in keys.iter().enumerate() {
+                rows.set(k.clone(), Some(Shown::Owned(json!(i))));
+            }
+            // Again: each key finds its row.
+            for (i, k) in keys.iter().enumerate() {
+                rows.set(k.clone(), Some(Shown::Owned(json!(i + 1000))));
+            }
+            let got: Vec<_> = rows.into_values().collect();
+            assert_eq!(got.len(), keys.len());
+            for (i, (k, row)) in got.iter().enumerate() {
+                assert_eq!(k, &keys[i]);
+                assert!(matches!(row, Some(Shown::Owned(v)) if *v == json!(i + 1000)));
+            }
+            let mut rows = Rows::default();
+            for i in 0..20 {
+                rows.set(json!({"a": i, "b": 1}), None);
+            }
+            rows.set(serde_json::from_str(r#"{"b": 1, "a": 19}"#).unwrap(), None);
+            assert_eq!(rows.into_values().count(), 20, "fields in another order");
         }
     }
 }
