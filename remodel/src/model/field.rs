@@ -94,6 +94,13 @@ macro_rules! comparisons {
     )*};
 }
 
+impl<M, T> Field<M, T> {
+    /// The stored name of the field (also the name of its index, when it has one).
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
 impl<M, T: Serialize> Field<M, T> {
     /// The field called `name` (its stored name). The derive makes these.
     pub const fn new(name: &'static str) -> Self {
@@ -101,11 +108,6 @@ impl<M, T: Serialize> Field<M, T> {
             name,
             _types: PhantomData,
         }
-    }
-
-    /// The stored name of the field (also the name of its index, when it has one).
-    pub fn name(&self) -> &'static str {
-        self.name
     }
 
     /// The untyped field, for the store's predicates.
@@ -131,6 +133,17 @@ impl<M, T: Serialize> Field<M, T> {
         gt,
         /// `field >= value`
         ge
+    }
+
+    /// An assignment of this field, for [`super::ModelQuery::update`]:
+    /// `q.update(f.rank.set("captain").and(f.ship_id.set(None::<Id>)))`.
+    pub fn set(self, value: impl FieldValue<T>) -> Set<M> {
+        let mut fields = serde_json::Map::new();
+        fields.insert(self.name.to_string(), value.into_json());
+        Set {
+            fields,
+            _model: PhantomData,
+        }
     }
 
     /// The field equals one of the values. No values, no match (never "everything").
@@ -184,3 +197,41 @@ impl<M> Field<M, String> {
         self.raw().matches(pattern)
     }
 }
+
+/// Field assignments of a model `M` (made by [`Field::set`]), for a bulk update.
+#[derive(Clone, Debug)]
+#[must_use = "an assignment does nothing until it is given to `update`"]
+pub struct Set<M> {
+    fields: serde_json::Map<String, Value>,
+    _model: PhantomData<fn() -> M>,
+}
+
+impl<M> Set<M> {
+    /// This assignment and another (of the same model; the later wins for one field).
+    pub fn and(mut self, other: Set<M>) -> Set<M> {
+        self.fields.extend(other.fields);
+        self
+    }
+
+    /// The assignments as a merge patch of the stored documents.
+    pub(crate) fn into_patch(self) -> crate::Patch {
+        crate::Patch::merge(Value::Object(self.fields))
+    }
+}
+
+/// Field types that [`super::ModelQuery::sum`] and [`super::ModelQuery::avg`] add up: the
+/// numbers, and `Option`s of them (rows holding `null` are skipped).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a number: sums and averages take numeric fields",
+    label = "not a numeric field"
+)]
+pub trait Numeric {}
+
+macro_rules! numeric {
+    ($($t:ty),*) => {$(
+        impl Numeric for $t {}
+        impl Numeric for Option<$t> {}
+    )*};
+}
+
+numeric!(i8, i16, i32, i64, i128, isize, u8, u16, u32, u64, u128, usize, f32, f64);

@@ -110,8 +110,8 @@ mod transaction;
 
 pub use error::ModelError;
 pub use feed::{Change, ModelChanges, ModelFeed};
-pub use field::{Field, FieldValue};
-pub use query::ModelQuery;
+pub use field::{Field, FieldValue, Numeric, Set};
+pub use query::{ModelGroups, ModelQuery};
 pub use relation::{BelongsTo, HasMany, HasOne, ManyToMany};
 pub use transaction::Transaction;
 pub use schema::{
@@ -407,6 +407,19 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
             codec::count_query();
             codec::decode_all(table.get_all(keys).run().await?)
         }
+    }
+
+    /// The models with these keys, as a query to refine (`filter`, `count`, `update`,
+    /// `delete`, ...): `Ship::with_keys(&db, &keys).filter(f.active.eq(true))`.
+    fn with_keys<K: IntoKey<Self::Key>>(
+        db: &Database,
+        keys: impl IntoIterator<Item = K>,
+    ) -> ModelQuery<Self> {
+        let keys = keys
+            .into_iter()
+            .map(|k| codec::key_to_value::<Self>(&k.into_key()))
+            .collect();
+        ModelQuery::by_keys(db, keys)
     }
 
     /// The first model for which `predicate` holds (through an index when the predicate

@@ -1,7 +1,9 @@
 //! Typed queries on a model's table.
 
-use super::{codec, IndexKind, Model, ModelChanges, RelationKind, Schema};
+use super::field::Numeric;
+use super::{codec, Field, IndexKind, Model, ModelChanges, RelationKind, Schema};
 use crate::{Database, Error, Order, Predicate, Query, Result};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::fmt;
 use std::marker::PhantomData;
@@ -13,6 +15,8 @@ enum Source {
     Table,
     /// The rows with these values of an index (relations: the foreign-key index).
     Index(&'static str, Vec<Value>),
+    /// The rows with these primary keys.
+    Keys(Vec<Value>),
 }
 
 #[derive(Clone)]
@@ -170,6 +174,16 @@ impl<T: Model> ModelQuery<T> {
     }
 
     /// A query that fails with `error` when it runs (a relation of an unsaved model).
+    pub(crate) fn by_keys(db: &Database, keys: Result<Vec<Value>>) -> Self {
+        match keys {
+            Ok(keys) => ModelQuery {
+                source: Source::Keys(keys),
+                ..Self::table(db)
+            },
+            Err(e) => Self::failed(db, e),
+        }
+    }
+
     pub(crate) fn failed(db: &Database, error: Error) -> Self {
         ModelQuery {
             error: Some(error),
@@ -219,6 +233,7 @@ impl<T: Model> ModelQuery<T> {
         let mut steps = self.steps.iter().peekable();
         let mut q = match &self.source {
             Source::Index(ix, values) => table.get_all(values.clone()).index(*ix),
+            Source::Keys(keys) => table.get_all(keys.clone()),
             Source::Table => match self.filter.as_ref().and_then(|p| indexable(schema, p)) {
                 Some((ix, v)) if !ordered_by_index && has_index(schema, &table, ix) => {
                     table.get_all([v]).index(ix)
@@ -248,7 +263,8 @@ impl<T: Model> ModelQuery<T> {
     }
 
     fn empty_source(&self) -> bool {
-        self.error.is_none() && matches!(&self.source, Source::Index(_, v) if v.is_empty())
+        self.error.is_none()
+            && matches!(&self.source, Source::Index(_, v) | Source::Keys(v) if v.is_empty())
     }
 
     /// Runs the query: the matching models.
@@ -293,6 +309,187 @@ impl<T: Model> ModelQuery<T> {
     /// Watches the query's result: typed [`super::Change`] items (see [`ModelChanges`]).
     pub fn changes(&self) -> ModelChanges<T> {
         ModelChanges::new(self.raw().map(|q| q.changes()))
+    }
+
+    /// Sets fields of every matching row, in one commit that selects the rows (so a row
+    /// that matches when it commits is updated, whenever it was written); returns how many
+    /// rows changed. A bulk write: the models' hooks do not run.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use remodel::model::{create_schema, Id};
+    /// use remodel::{Database, Model};
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Model, Serialize, Deserialize, Debug)]
+    /// struct Cadet { id: Option<Id>, name: String, year: u32, rank: String }
+    ///
+    /// let db = Database::temporary().await?;
+    /// create_schema(&db).await?;
+    /// for (name, year) in [("Nog", 4), ("Wesley", 4), ("Sito", 2)] {
+    ///     Cadet { id: None, name: name.into(), year, rank: "cadet".into() }.create(&db).await?;
+    /// }
+    /// let f = Cadet::fields();
+    /// let graduated = Cadet::filter(&db, f.year.eq(4)).update(f.rank.set("ensign")).await?;
+    /// assert_eq!(graduated, 2);
+    /// assert_eq!(Cadet::filter(&db, f.rank.eq("ensign")).count().await?, 2);
+    /// // Sums, averages and groups on typed fields, with typed results.
+    /// assert_eq!(Cadet::query(&db).sum(f.year).await?, 10.0);
+    /// let by_rank: Vec<(String, u64)> = Cadet::query(&db).group(f.rank).count().await?;
+    /// assert_eq!(by_rank, vec![("cadet".to_string(), 1), ("ensign".to_string(), 2)]);
+    /// assert_eq!(Cadet::query(&db).max(f.year).await?.unwrap().year, 4);
+    /// // Deleting by predicate applies the model's relations, in the same commit.
+    /// assert_eq!(Cadet::filter(&db, f.rank.eq("cadet")).delete().await?, 1);
+    /// # Ok::<(), remodel::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn update(&self, set: super::field::Set<T>) -> Result<u64> {
+        if self.empty_source() {
+            return Ok(0);
+        }
+        let q = self.raw()?;
+        let r = self
+            .db
+            .batch()
+            .update_where(&q, set.into_patch())
+            .await?
+            .check()?;
+        Ok(r.replaced)
+    }
+
+    /// Deletes every matching row and applies the model's relations (`on_delete`: nullify,
+    /// cascade, restrict; join rows removed) to what refers to them, in one commit that
+    /// selects all of them; returns how many rows were deleted, rows a cascade deleted
+    /// included. A relation that restricts the delete fails it with
+    /// [`super::ModelError::Restricted`], and nothing is written. A bulk write: the models'
+    /// hooks do not run.
+    pub async fn delete(&self) -> Result<u64> {
+        if self.empty_source() {
+            return Ok(0);
+        }
+        let q = self.raw()?;
+        let r = self
+            .db
+            .batch()
+            .delete_where_cascading(&q, super::relation::references())
+            .await
+            .map_err(|e| super::relation::missing_as_model(e, &[T::schema()]))?
+            .check()?;
+        Ok(r.deleted)
+    }
+
+    /// The sum of a numeric field over the matching rows (rows holding `null` skipped).
+    pub async fn sum<F: Numeric>(&self, field: Field<T, F>) -> Result<f64> {
+        if self.empty_source() {
+            return Ok(0.0);
+        }
+        codec::count_query();
+        self.raw()?.sum(field.name()).await
+    }
+
+    /// The average of a numeric field over the matching rows; `None` when none has one.
+    pub async fn avg<F: Numeric>(&self, field: Field<T, F>) -> Result<Option<f64>> {
+        if self.empty_source() {
+            return Ok(None);
+        }
+        codec::count_query();
+        self.raw()?.avg(field.name()).await
+    }
+
+    /// The matching model with the smallest value of `field` (ties: the smallest key).
+    pub async fn min<F>(&self, field: Field<T, F>) -> Result<Option<T>> {
+        if self.empty_source() {
+            return Ok(None);
+        }
+        codec::count_query();
+        self.raw()?
+            .min(field.name())
+            .await?
+            .map(codec::decode)
+            .transpose()
+    }
+
+    /// The matching model with the largest value of `field` (ties: the smallest key).
+    pub async fn max<F>(&self, field: Field<T, F>) -> Result<Option<T>> {
+        if self.empty_source() {
+            return Ok(None);
+        }
+        codec::count_query();
+        self.raw()?
+            .max(field.name())
+            .await?
+            .map(codec::decode)
+            .transpose()
+    }
+
+    /// The matching rows grouped by the value of `field`, for a typed aggregation per group:
+    /// `.count()`, `.sum(other)`, `.avg(other)`, each giving `(value, result)` pairs in the
+    /// order of the values.
+    pub fn group<F: DeserializeOwned>(&self, field: Field<T, F>) -> ModelGroups<T, F> {
+        ModelGroups {
+            query: self.clone(),
+            field: field.name(),
+            _t: PhantomData,
+        }
+    }
+}
+
+/// A model query's rows grouped by a field of type `F` (see [`ModelQuery::group`]).
+pub struct ModelGroups<T, F> {
+    query: ModelQuery<T>,
+    field: &'static str,
+    _t: PhantomData<fn() -> F>,
+}
+
+impl<T: Model, F: DeserializeOwned> ModelGroups<T, F> {
+    async fn groups(
+        &self,
+        of: impl FnOnce(crate::Grouped) -> crate::Aggregate<Vec<crate::Group>>,
+    ) -> Result<Vec<(F, Value)>> {
+        if self.query.empty_source() {
+            return Ok(Vec::new());
+        }
+        codec::count_query();
+        let groups = of(self.query.raw()?.group(self.field)).await?;
+        let schema = T::schema();
+        groups
+            .into_iter()
+            .map(|g| {
+                let value = serde_json::from_value::<F>(g.group.clone()).map_err(|e| {
+                    Error::from(super::ModelError::Decode {
+                        table: schema.table.to_string(),
+                        key: Value::Null,
+                        field: self.field.to_string(),
+                        reason: format!("a group's value {}: {e}", g.group),
+                    })
+                })?;
+                Ok((value, g.reduction))
+            })
+            .collect()
+    }
+
+    /// How many rows each value has.
+    pub async fn count(&self) -> Result<Vec<(F, u64)>> {
+        let groups = self.groups(|g| g.count()).await?;
+        Ok(groups
+            .into_iter()
+            .map(|(v, n)| (v, n.as_u64().unwrap_or(0)))
+            .collect())
+    }
+
+    /// The sum of a numeric field per value.
+    pub async fn sum<N: Numeric>(&self, field: Field<T, N>) -> Result<Vec<(F, f64)>> {
+        let groups = self.groups(|g| g.sum(field.name())).await?;
+        Ok(groups
+            .into_iter()
+            .map(|(v, s)| (v, s.as_f64().unwrap_or(0.0)))
+            .collect())
+    }
+
+    /// The average of a numeric field per value (`None` where no row of the value has one).
+    pub async fn avg<N: Numeric>(&self, field: Field<T, N>) -> Result<Vec<(F, Option<f64>)>> {
+        let groups = self.groups(|g| g.avg(field.name())).await?;
+        Ok(groups.into_iter().map(|(v, a)| (v, a.as_f64())).collect())
     }
 }
 

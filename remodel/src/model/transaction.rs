@@ -46,7 +46,7 @@
 //! tx.create(Crewmember { id: None, name: "Dax".into(), starship_id: None })?;
 //! tx.update(&mut stale, |s| s.name = "Defiant II".into())?;
 //! assert!(tx.commit().await.is_err()); // the ship is gone: NotFound
-//! assert_eq!(Crewmember::count(&db).await?, 0); // Dax was not created either
+//! assert_eq!(Crewmember::count(&db).await?, 2); // Sisko and Worf: Dax was not created
 //! # Ok::<(), remodel::Error>(())
 //! # }).unwrap();
 //! ```

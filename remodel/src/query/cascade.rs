@@ -127,12 +127,32 @@ pub(crate) fn expand_delete(
     refs: &References,
     ops: &mut Vec<(Arc<TableState>, WriteOp)>,
 ) -> Result<()> {
+    expand_deletes(db, table, vec![key], refs, ops)
+}
+
+/// [`expand_delete`] for several keys of one table at once (each row deleted once, however
+/// many ways the cascade reaches it).
+pub(crate) fn expand_deletes(
+    db: &Database,
+    table: Arc<TableState>,
+    keys: Vec<Value>,
+    refs: &References,
+    ops: &mut Vec<(Arc<TableState>, WriteOp)>,
+) -> Result<()> {
     let mut deleted: HashSet<(String, Vec<u8>)> = HashSet::new();
-    let enc = crate::value::encode_key(&key)?;
-    deleted.insert((table.name.clone(), enc.clone()));
-    ops.push((table.clone(), WriteOp::Delete { key: enc }));
+    let mut first = Vec::with_capacity(keys.len());
+    for key in keys {
+        let enc = crate::value::encode_key(&key)?;
+        if deleted.insert((table.name.clone(), enc.clone())) {
+            ops.push((table.clone(), WriteOp::Delete { key: enc }));
+            first.push(key);
+        }
+    }
+    if first.is_empty() {
+        return Ok(());
+    }
     // Tables whose deleted keys still have references to follow.
-    let mut work: Vec<(Arc<TableState>, Vec<Value>)> = vec![(table, vec![key])];
+    let mut work: Vec<(Arc<TableState>, Vec<Value>)> = vec![(table, first)];
     while let Some((target, keys)) = work.pop() {
         for r in refs.of(&target.name) {
             let query = db

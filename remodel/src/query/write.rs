@@ -420,6 +420,7 @@ enum BatchOp {
     UpdateWhere(Box<Query>, Patch),
     DeleteWhere(Box<Query>),
     DeleteCascading(Value, References),
+    DeleteWhereCascading(Box<Query>, References),
     RequireEmpty(Box<Query>, String),
     RequireExists(Value),
 }
@@ -541,6 +542,37 @@ impl Batch {
         self.push(&table, BatchOp::DeleteWhere(Box::new(query.clone())))
     }
 
+    /// Deletes every row of `query` and applies `refs` to the rows that refer to them, as
+    /// [`Batch::delete_cascading`] does for one key: the rows and what refers to them are
+    /// selected when the batch commits, in that commit.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use remodel::{field, Database, IndexSpec, ReferenceAction, References};
+    /// use serde_json::json;
+    /// let db = Database::temporary().await?;
+    /// db.create_table("ships").await?;
+    /// db.create_table("crew").await?;
+    /// db.table("crew").create_index("ship", IndexSpec::field("ship")).await?;
+    /// let mut refs = References::new();
+    /// refs.add("ships", "crew", "ship", ReferenceAction::Delete);
+    /// db.table("ships").insert_many([json!({"id": "a", "old": true}), json!({"id": "b"})]).await?;
+    /// db.table("crew").insert_many([json!({"id": 1, "ship": "a"}), json!({"id": 2, "ship": "b"})]).await?;
+    /// let old = db.table("ships").filter(field("old").eq(true));
+    /// db.batch().delete_where_cascading(&old, &refs).await?;
+    /// assert_eq!(db.table("ships").count().await?, 1);
+    /// assert_eq!(db.table("crew").run().await?, vec![json!({"id": 2, "ship": "b"})]);
+    /// # Ok::<(), remodel::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn delete_where_cascading(self, query: &Query, refs: &References) -> Self {
+        let table = query.table.to_string();
+        self.push(
+            &table,
+            BatchOp::DeleteWhereCascading(Box::new(query.clone()), refs.clone()),
+        )
+    }
+
     /// Fails the whole batch with [`Error::Precondition`] (`why`) if `query` has any row when
     /// the batch commits: a check and the writes that depend on it, in one commit.
     pub fn require_empty(self, query: &Query, why: impl Into<String>) -> Self {
@@ -604,7 +636,9 @@ impl Batch {
                 | BatchOp::DeleteCascading(key, _)
                 | BatchOp::RequireExists(key) => check_depth(key, &what("primary key")),
                 BatchOp::UpdateWhere(_, patch) => patch.check_depth(),
-                BatchOp::DeleteWhere(_) | BatchOp::RequireEmpty(..) => Ok(()),
+                BatchOp::DeleteWhere(_)
+                | BatchOp::DeleteWhereCascading(..)
+                | BatchOp::RequireEmpty(..) => Ok(()),
             };
             checked.err()
         })
@@ -634,7 +668,9 @@ impl Batch {
                     drop_deep(doc);
                 }
                 BatchOp::UpdateWhere(_, patch) => merge(patch),
-                BatchOp::DeleteWhere(_) | BatchOp::RequireEmpty(..) => {}
+                BatchOp::DeleteWhere(_)
+                | BatchOp::DeleteWhereCascading(..)
+                | BatchOp::RequireEmpty(..) => {}
             }
         }
     }
@@ -701,6 +737,9 @@ impl Batch {
                 }
                 BatchOp::UpdateWhere(q, patch) => Step::Where(planned(&q)?, Some(patch)),
                 BatchOp::DeleteWhere(q) => Step::Where(planned(&q)?, None),
+                BatchOp::DeleteWhereCascading(q, refs) => {
+                    Step::WhereCascading(db.clone(), planned(&q)?, refs)
+                }
                 BatchOp::RequireEmpty(q, why) => Step::RequireEmpty(planned(&q)?, why),
             };
             steps.push(step);
@@ -712,6 +751,7 @@ impl Batch {
                 Step::Write(t, op) => crate::db::write::op_index_work(t, op),
                 Step::Where(..)
                 | Step::DeleteCascading(..)
+                | Step::WhereCascading(..)
                 | Step::RequireEmpty(..)
                 | Step::RequireExists(..) => 0,
             })
@@ -762,6 +802,8 @@ enum Step {
     Where(Plan, Option<Patch>),
     /// Delete a row and what refers to it.
     DeleteCascading(Database, Arc<TableState>, Value, References),
+    /// Delete every row of the plan and what refers to them.
+    WhereCascading(Database, Plan, References),
     RequireEmpty(Plan, String),
     /// The document with this (encoded) key must exist.
     RequireExists(Arc<TableState>, Vec<u8>, Value),
@@ -778,6 +820,10 @@ fn step_tables(steps: &[Step]) -> Vec<String> {
             }
             Step::DeleteCascading(_, t, _, refs) => {
                 names.push(t.name.clone());
+                names.extend(refs.tables().map(str::to_string));
+            }
+            Step::WhereCascading(_, plan, refs) => {
+                names.push(plan.table.name.clone());
                 names.extend(refs.tables().map(str::to_string));
             }
         }
@@ -818,6 +864,17 @@ fn expand(steps: Vec<Step>) -> Result<Vec<(Arc<TableState>, WriteOp)>> {
             }
             Step::DeleteCascading(db, table, key, refs) => {
                 super::cascade::expand_delete(&db, table, key, &refs, &mut ops)?
+            }
+            Step::WhereCascading(db, plan, refs) => {
+                let pk = plan.table.primary_key.clone();
+                let mut keys = Vec::new();
+                for row in plan.rows() {
+                    let row = row?;
+                    if let Some(k) = row.doc.get(&pk) {
+                        keys.push(k.clone());
+                    }
+                }
+                super::cascade::expand_deletes(&db, plan.table.clone(), keys, &refs, &mut ops)?
             }
             Step::RequireEmpty(plan, why) => {
                 if plan.rows().next().transpose()?.is_some() {

@@ -12,5 +12,6 @@ mod common;
 mod crud;
 mod evolution;
 mod transactions;
+mod typed_paths;
 mod write_paths;
 mod writes;
