@@ -868,6 +868,237 @@ fn matching_feeds(s: &Sizes) -> Figure {
             "no feeds")
 }
 
+/// Inserts `n` documents with ids from `start` into `table` from a plain thread outside the
+/// runtime (each write waits for its commit, as a request handler on another thread would).
+fn thread_writer(
+    handle: &tokio::runtime::Handle,
+    db: &Database,
+    table: &str,
+    start: u64,
+    n: usize,
+    seed: u64,
+) -> std::thread::JoinHandle<()> {
+    let (handle, t) = (handle.clone(), db.table(table));
+    let thread = std::thread::Builder::new().name("writer".into());
+    thread
+        .spawn(move || {
+            let mut rng = Rng(seed);
+            for i in 0..n as u64 {
+                let insert = t
+                    .insert(doc(start + i, rng.next() % 1_000_000))
+                    .durability(Durability::Soft);
+                handle.block_on(async { insert.await }).unwrap();
+            }
+        })
+        .unwrap()
+}
+
+/// Issue 21: 1,000 table feeds each drained by its own task (a WebSocket server's shape)
+/// against the same 1,000 feeds drained by one thread, and against no feeds. The writer is a
+/// plain thread outside the 2-worker runtime; the rate is writes ÷ the time until every feed
+/// has read every item.
+fn task_feeds(s: &Sizes) -> Vec<Figure> {
+    use std::task::Poll;
+    const FEEDS: usize = 1_000;
+    let rt = multi_rt();
+    let (db, _dir) = disk_db(&rt, "task-feeds");
+    let n = s.inserts / 4;
+    let (mut vs_one, mut vs_none) = (Pairs::default(), Pairs::default());
+    let mut rng = Rng(21);
+    let open = |name: &str| -> Vec<remodel::Feed> {
+        rt.block_on(async {
+            db.create_table(name).await.unwrap();
+            let t = db.table(name);
+            t.create_index("score", IndexSpec::field("score"))
+                .await
+                .unwrap();
+            let mut feeds = Vec::with_capacity(FEEDS);
+            for _ in 0..FEEDS {
+                feeds.push(t.changes().await.unwrap());
+            }
+            feeds
+        })
+    };
+    for rep in 0..s.reps {
+        // No feeds.
+        let plain = format!("plain{rep}");
+        rt.block_on(async {
+            db.create_table(&plain).await.unwrap();
+            let t = db.table(&plain);
+            t.create_index("score", IndexSpec::field("score"))
+                .await
+                .unwrap();
+        });
+        let begin = Instant::now();
+        thread_writer(rt.handle(), &db, &plain, 0, n, rng.next())
+            .join()
+            .unwrap();
+        let none = n as f64 / begin.elapsed().as_secs_f64();
+
+        // One thread drains all 1,000 feeds: each wake-up reads every feed until it is empty.
+        let one_name = format!("one{rep}");
+        let mut feeds = open(&one_name);
+        let begin = Instant::now();
+        let writer = thread_writer(rt.handle(), &db, &one_name, 0, n, rng.next());
+        let reader = std::thread::Builder::new().name("one-reader".into());
+        let reader = reader.spawn(move || {
+            let mut read = vec![0usize; feeds.len()];
+            futures::executor::block_on(std::future::poll_fn(|cx| {
+                let mut done = true;
+                for (feed, read) in feeds.iter_mut().zip(read.iter_mut()) {
+                    while *read < n {
+                        match feed.poll_next_unpin(cx) {
+                            Poll::Ready(Some(c)) => {
+                                c.unwrap();
+                                *read += 1;
+                            }
+                            Poll::Ready(None) => panic!("feed ended"),
+                            Poll::Pending => break,
+                        }
+                    }
+                    done &= *read == n;
+                }
+                if done {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            }));
+        });
+        writer.join().unwrap();
+        reader.unwrap().join().unwrap();
+        let one = n as f64 / begin.elapsed().as_secs_f64();
+
+        // Each feed drained by its own task on the 2-worker runtime.
+        let tasks_name = format!("tasks{rep}");
+        let feeds = open(&tasks_name);
+        let received = Arc::new(AtomicU64::new(0));
+        let begin = Instant::now();
+        let consumers: Vec<_> = feeds
+            .into_iter()
+            .map(|mut feed| {
+                let received = received.clone();
+                rt.spawn(async move {
+                    for _ in 0..n {
+                        feed.next().await.unwrap().unwrap();
+                    }
+                    received.fetch_add(n as u64, Ordering::Relaxed);
+                })
+            })
+            .collect();
+        let writer = thread_writer(rt.handle(), &db, &tasks_name, 0, n, rng.next());
+        writer.join().unwrap();
+        rt.block_on(async {
+            for c in consumers {
+                c.await.unwrap();
+            }
+        });
+        assert_eq!(received.load(Ordering::Relaxed), (FEEDS * n) as u64);
+        let tasks = n as f64 / begin.elapsed().as_secs_f64();
+        vs_one.push(tasks, one);
+        vs_none.push(tasks, none);
+        rt.block_on(async {
+            for t in [plain, one_name, tasks_name] {
+                db.drop_table(&t).await.unwrap();
+            }
+        });
+    }
+    vec![
+        vs_one.figure(
+            "insert_1k_task_feeds_vs_one_reader",
+            0.8,
+            "inserts (on disk, one index, ~200-byte documents, soft; the writer a thread outside the runtime) until 1,000 table feeds have read every item, each feed drained by its own task on a 2-worker runtime",
+            "the same 1,000 feeds drained by one thread",
+        ),
+        vs_none.figure(
+            "insert_1k_task_feeds_vs_none",
+            0.3,
+            "inserts (on disk, one index, ~200-byte documents, soft; the writer a thread outside the runtime) until 1,000 table feeds each drained by its own task have read every item",
+            "no feeds",
+        ),
+    ]
+}
+
+/// Issue 21: a million open feeds in one process, a realistic mix (70% point feeds on
+/// distinct keys, 20% `get_all` on an index value, 10% `between` on a key range; all idle):
+/// how fast they open, resident memory per feed, and writes that concern none of them
+/// against writes to a table without feeds. `--quick` opens 100,000. (`--only open_1m`
+/// runs all three.)
+fn million_feeds(rt: &tokio::runtime::Runtime, s: &Sizes) -> Vec<Figure> {
+    use std::ops::Bound::{Excluded, Included};
+    let total: u64 = if s.quick { 100_000 } else { 1_000_000 };
+    let scale = if s.quick {
+        "100,000 (--quick; 1,000,000 in the full run)"
+    } else {
+        "1,000,000"
+    };
+    let db = soft_db(rt);
+    rt.block_on(async {
+        for t in ["plain", "watched"] {
+            db.create_table(t).await.unwrap();
+            db.table(t)
+                .create_index("name", IndexSpec::field("name"))
+                .await
+                .unwrap();
+        }
+    });
+    let w = db.table("watched");
+    let (points, get_alls) = (total * 7 / 10, total * 2 / 10);
+    let before = rss_bytes();
+    let begin = Instant::now();
+    let feeds: Vec<remodel::Feed> = rt.block_on(async {
+        let mut v = Vec::with_capacity(total as usize);
+        // Written ids and names are below 1e9 + inserts: none of these is ever written.
+        for i in 0..total {
+            let feed = if i < points {
+                w.get(2_000_000_000 + i).changes().await
+            } else if i < points + get_alls {
+                w.get_all([format!("member-{}", 3_000_000_000 + i)])
+                    .index("name")
+                    .changes()
+                    .await
+            } else {
+                let lo = 4_000_000_000 + i * 10;
+                w.between(Included(json!(lo)), Excluded(json!(lo + 5)))
+                    .changes()
+                    .await
+            };
+            v.push(feed.unwrap());
+        }
+        v
+    });
+    let open_rate = total as f64 / begin.elapsed().as_secs_f64();
+    let per = (rss_bytes() - before) / total as f64;
+    let pairs = feeds_vs_none(rt, s, &db);
+    drop(feeds);
+    let left = (rss_bytes() - before) / total as f64;
+    let trimmed = (trimmed_rss_bytes() - before) / total as f64;
+    vec![
+        Figure {
+            metric: "open_1m_feeds_per_s",
+            value: open_rate.round(),
+            unit: "feeds/s",
+            target: 200_000.0,
+            at_least: true,
+            note: format!("{scale} feeds opened one after another on one task (70% `get` on distinct keys, 20% `get_all` of a distinct index value, 10% `between` on a key range)"),
+        },
+        Figure {
+            metric: "idle_feed_bytes_1m",
+            value: per.round(),
+            unit: "bytes",
+            target: 1_024.0,
+            at_least: false,
+            note: format!("resident memory delta per feed with {scale} open (the same mix); after dropping them {left:.0} bytes per feed remain resident, {trimmed:.0} once the allocator gives back its free pages (malloc_trim)"),
+        },
+        pairs.figure(
+            "insert_1m_idle_feeds_vs_none",
+            0.9,
+            &format!("inserts with {scale} idle feeds (the same mix) on the table, none of them concerned"),
+            "no feeds",
+        ),
+    ]
+}
+
 fn fanout(s: &Sizes) -> Figure {
     let rt = multi_rt();
     let db = soft_db(&rt);
@@ -967,6 +1198,23 @@ fn rss_bytes() -> f64 {
         .and_then(|p| p.parse().ok())
         .unwrap_or(0.0);
     pages * 4096.0
+}
+
+/// Resident memory after asking glibc's allocator to give its free pages back (it keeps
+/// freed memory below live allocations otherwise, which would hide whether dropped feeds
+/// gave their memory back).
+fn trimmed_rss_bytes() -> f64 {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn malloc_trim(pad: usize) -> i32;
+        }
+        // SAFETY: glibc's malloc_trim has no preconditions; it only releases free memory.
+        unsafe {
+            malloc_trim(0);
+        }
+    }
+    rss_bytes()
 }
 
 fn idle_feeds(rt: &tokio::runtime::Runtime, s: &Sizes) -> Figure {
@@ -1589,6 +1837,7 @@ fn main() {
     };
     // Memory first, on a fresh heap.
     run("idle_feed_bytes", &mut || vec![idle_feeds(&rt, &s)]);
+    run("open_1m_feeds_per_s", &mut || million_feeds(&rt, &s));
     run("insert_vs_sled", &mut || vec![insert_vs_sled(&rt, &s)]);
     run("get_vs_sled", &mut || vec![get_vs_sled(&rt, &s)]);
     run("insert_10k_key_feeds_vs_none", &mut || {
@@ -1621,6 +1870,7 @@ fn main() {
     run("insert_1k_matching_feeds_vs_none", &mut || {
         vec![matching_feeds(&s)]
     });
+    run("insert_1k_task_feeds", &mut || task_feeds(&s));
     run("fanout_vs_broadcast", &mut || vec![fanout(&s)]);
     run("model", &mut || model_figures::figures(&rt, &s));
     run("live_group_count_vs_requery", &mut || {

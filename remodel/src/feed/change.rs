@@ -133,6 +133,12 @@ impl Item {
     pub(crate) fn into_change(self) -> Change {
         Change::of(self.0)
     }
+
+    /// Another handle on the item, from this thread's handles paid for in advance (a reader
+    /// of a shared log: see `shared.rs`).
+    pub(crate) fn clone_local(&self) -> Item {
+        Item(self.0.clone_local())
+    }
 }
 
 /// One item handed to many feeds (see [`Change::fan_out`]).

@@ -10,7 +10,7 @@ use super::options::{FeedOptions, Squash};
 use super::queue::Subscriber;
 use super::resume::Cursor;
 use super::spec::FeedPlan;
-use super::stream::{Feed, Inbox, StatsTimer};
+use super::stream::{Feed, Inbox, StatsTimer, Window};
 use super::{Change, FeedState};
 use crate::db::Database;
 use crate::query::{Get, PointQuery, Query, Source, Table};
@@ -222,23 +222,29 @@ impl Changes {
         // Squashing feeds merge per row; squashing top-N feeds hand over the net difference
         // of the set per batch (see `queue::ListSquash`).
         let merge = opts.squash != Squash::Off;
-        let sub = Arc::new(Subscriber::new(capacity, merge, window.is_some()));
-        let delivery = if merge || stats {
-            Delivery::Queue(sub.clone())
+        // A reader of its group's log gets its inbox when it joins; only a feed with a queue
+        // of its own makes one here.
+        let (inbox, delivery) = if merge || stats {
+            let sub = Arc::new(Subscriber::new(capacity, merge, window.is_some()));
+            (Inbox::Queue(sub.clone()), Delivery::Queue(sub))
         } else {
-            Delivery::Log(capacity)
+            (Inbox::Unattached, Delivery::Log(capacity))
         };
         let mut feed = Feed {
-            inbox: Inbox::Queue(sub),
+            inbox,
             front: VecDeque::new(),
-            batch: VecDeque::new(),
             registration: None,
             timer: None,
             include_types: opts.include_types,
             include_offsets: opts.include_offsets,
-            window,
+            window: window.map(|length| {
+                Box::new(Window {
+                    length,
+                    batch: VecDeque::new(),
+                    sleep: None,
+                })
+            }),
             handed_first: opts.include_initial,
-            sleep: None,
             done: false,
             visibility: db.inner.visibility().clone(),
             held: None,

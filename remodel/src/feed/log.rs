@@ -176,7 +176,7 @@ impl Block {
         //   `&mut Block`, that is, no other handle, and the caller holds one.
         self.slots[i]
             .0
-            .with(|slot| unsafe { (*slot).assume_init_ref() }.clone())
+            .with(|slot| unsafe { (*slot).assume_init_ref() }.clone_local())
             .into_change()
     }
 }
@@ -245,13 +245,13 @@ struct State {
     /// Each reader's cursor as it last told the log (at most its real one) and queue size,
     /// by slot.
     readers: Vec<Option<(u64, usize)>>,
-    free: Vec<usize>,
     live: usize,
     /// Readers waiting for an item, woken (and cleared) by the next push.
     waiters: Vec<(usize, Waker)>,
     /// Incremented whenever `waiters` is handed out, so a reader knows whether it is listed.
     epoch: u64,
-    closed: Option<Error>,
+    /// Boxed: an error is large, and a log that is never closed should not pay for it.
+    closed: Option<Box<Error>>,
     /// The largest queue size of the readers (older items are dropped).
     cap: usize,
     /// A trimmed block that nothing else held, emptied, for the producer's next block: a
@@ -418,8 +418,9 @@ pub(crate) struct Reader {
     /// While the feed's initial rows are read in chunks: from which log position on each
     /// scan frontier holds (the last primary key read, or `None` once the scan is done).
     /// An item about a row the scan has not reached yet is skipped: the scan reads the row
-    /// as it is after that item.
-    frontier: Vec<(u64, Option<Vec<u8>>)>,
+    /// as it is after that item. Boxed, and only while the scan lasts: a million idle feeds
+    /// should not carry an empty list each.
+    frontier: Option<Box<Vec<(u64, Option<Vec<u8>>)>>>,
 }
 
 impl Reader {
@@ -430,12 +431,17 @@ impl Reader {
     /// Records that, from the log's current end on, the initial scan has read every row up
     /// to `last` (`None`: all of them).
     pub(crate) fn scanned(&mut self, log: &Log, last: Option<Vec<u8>>) {
-        self.frontier.push((log.tail.load(Ordering::Acquire), last));
+        self.frontier
+            .get_or_insert_with(Box::default)
+            .push((log.tail.load(Ordering::Acquire), last));
     }
 
     fn visible(&self, seq: u64, item: &Change) -> bool {
-        let Some((_, last)) = self.frontier.iter().rev().find(|(from, _)| *from <= seq) else {
-            return self.frontier.is_empty();
+        let Some(frontier) = &self.frontier else {
+            return true;
+        };
+        let Some((_, last)) = frontier.iter().rev().find(|(from, _)| *from <= seq) else {
+            return frontier.is_empty();
         };
         match (last, item.key()) {
             (None, _) => true,
@@ -446,9 +452,9 @@ impl Reader {
 
     /// Forgets the frontier once the reader is past the end of the scan.
     fn settle_frontier(&mut self) {
-        if let Some((from, None)) = self.frontier.last() {
+        if let Some((from, None)) = self.frontier.as_ref().and_then(|f| f.last()) {
             if self.cursor >= *from {
-                self.frontier.clear();
+                self.frontier = None;
             }
         }
     }
@@ -477,7 +483,14 @@ impl Log {
         let cursor = self.tail.load(Ordering::Acquire);
         let mut s = self.state.lock();
         let entry = Some((cursor, capacity));
-        let slot = match s.free.pop() {
+        // A free slot, if some reader left (looked for only then: no list of free slots,
+        // which every log of a million would carry).
+        let free = if s.live < s.readers.len() {
+            s.readers.iter().position(Option::is_none)
+        } else {
+            None
+        };
+        let slot = match free {
             Some(i) => {
                 s.readers[i] = entry;
                 i
@@ -502,14 +515,16 @@ impl Log {
             cursor,
             block: None,
             listed: None,
-            frontier: Vec::new(),
+            frontier: None,
         }
     }
 
     pub(crate) fn leave(&self, r: &Reader) {
         let mut s = self.state.lock();
         s.readers[r.slot] = None;
-        s.free.push(r.slot);
+        while s.readers.last().is_some_and(Option::is_none) {
+            s.readers.pop();
+        }
         s.live -= 1;
         s.cap = s.readers.iter().flatten().map(|r| r.1).max().unwrap_or(0);
         s.waiters.retain(|(slot, _)| *slot != r.slot);
@@ -522,7 +537,7 @@ impl Log {
     pub(crate) fn close(&self, why: Error) {
         let waiters: Vec<(usize, Waker)> = {
             let mut s = self.state.lock();
-            s.closed.get_or_insert(why);
+            s.closed.get_or_insert_with(|| Box::new(why));
             self.closed.store(true, Ordering::Release);
             s.epoch += 1;
             self.epoch.store(s.epoch, Ordering::Release);
@@ -588,7 +603,7 @@ impl Log {
             Self::note(&mut s, r);
             if let Some(e) = &s.closed {
                 if self.tail.load(Ordering::Acquire) == r.cursor {
-                    return Next::Closed(e.clone());
+                    return Next::Closed((**e).clone());
                 }
                 continue;
             }
@@ -767,6 +782,8 @@ mod tests {
             log.leave(&c);
             drop((a, b, c));
         }
+        // This thread keeps handles of the last items it read (see `shared.rs`).
+        crate::feed::shared::local::flush();
         assert_eq!(Arc::strong_count(&v), 1);
     }
 

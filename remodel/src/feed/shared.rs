@@ -11,8 +11,20 @@
 //! Otherwise [`Shared`] is a plain `Arc` without weak references: clones add one, drops
 //! subtract one, and the last drop frees the value (with the same orderings as `Arc`).
 //!
+//! A thousand feeds of one group read each item too, each on its own task, and a runtime
+//! runs those tasks on a few worker threads: a clone per reader and a drop per consumer
+//! would move the count's cache line between the workers a thousand times per item (the
+//! cost that made a thousand tasks slower than one thread reading the same feeds). So
+//! readers take their handles with [`Shared::clone_local`]: each thread keeps a few
+//! handles paid for in advance per recent value it read more than once (`local`), hands
+//! them out without atomics, and takes back the handles dropped on it. A value then costs each thread an atomic add
+//! when it reads it a second time and a subtraction when its entry is reused (or the thread
+//! ends): so a thread keeps up to [`local::WAYS`] values it read alive until it reads
+//! others.
+//!
 //! The count is std's `AtomicUsize`; under `--cfg loom` it is loom's, and the model
-//! checker runs this code (see `loom_models`).
+//! checker runs this code (see `loom_models`; the per-thread cache is left out there: it
+//! only moves counts between a thread's handles and the count, with the same orderings).
 
 #[cfg(loom)]
 use loom::sync::atomic::{fence, AtomicUsize};
@@ -127,6 +139,191 @@ impl<T: Clone> Shared<T> {
     }
 }
 
+/// Gives back `n` handles of the `Shared<T>` whose allocation is at `ptr`, freeing the value
+/// if they were the last.
+///
+/// # Safety
+/// `ptr` is the allocation of a live `Shared<T>` of this very `T`, and the caller owns `n`
+/// handles of it (counted, not held by any `Shared`), which it does not use afterwards.
+#[cfg(not(loom))]
+unsafe fn release<T>(ptr: *const (), n: usize) {
+    let inner = ptr.cast::<Inner<T>>();
+    // SAFETY: the caller owns `n >= 1` counted handles, so the allocation is live here.
+    let count = unsafe { &(*inner).count };
+    if count.fetch_sub(n, Ordering::Release) != n {
+        return;
+    }
+    fence(Ordering::Acquire);
+    // SAFETY: as in `Shared::drop`: the count went from `n` to 0, the `n` handles were the
+    // caller's, so no handle is left anywhere and no `Fanout` holds one; every other
+    // handle's drop was a release subtraction, which the acquire fence synchronises with;
+    // the allocation came from `Box::leak` in `Shared::new` as a `Box<Inner<T>>`.
+    drop(unsafe { Box::from_raw(inner.cast_mut()) });
+}
+
+/// The per-thread cache of handles paid for in advance (see the module doc).
+#[cfg(not(loom))]
+pub(crate) mod local {
+    use std::cell::Cell;
+
+    /// How many values a thread may keep handles of: a direct-mapped table, by address, so
+    /// that finding a value's entry is one comparison. Enough for a reader that is a few
+    /// dozen items behind (it reads them in turn, then the next feed reads them again).
+    pub(crate) const WAYS: usize = 32;
+    /// How many handles a thread pays for at once when it reads a value a second time
+    /// (dropped handles come back to it, so a reader that drops what it read rarely pays
+    /// again).
+    pub(super) const BATCH: usize = 32;
+
+    /// `left` handles of the value at `ptr`, owned by this thread, and how to give them
+    /// back (`release::<T>` for the value's `T`). With `left` 0 it owns nothing and only
+    /// records that the thread has read the value at `ptr` once (it may be gone and its
+    /// address reused since: then it is merely a wrong guess).
+    #[derive(Clone, Copy)]
+    pub(super) struct Entry {
+        pub(super) ptr: *const (),
+        pub(super) left: usize,
+        pub(super) release: unsafe fn(*const (), usize),
+    }
+
+    /// No handles.
+    unsafe fn nothing(_: *const (), _: usize) {}
+
+    pub(super) const EMPTY: Entry = Entry {
+        ptr: std::ptr::null(),
+        left: 0,
+        release: nothing,
+    };
+
+    pub(super) struct Cache {
+        pub(super) ways: [Cell<Entry>; WAYS],
+    }
+
+    /// The way of the value at `ptr`.
+    pub(super) fn way(ptr: *const ()) -> usize {
+        // Allocations are 16-byte aligned; spread the rest over the ways (Fibonacci hashing).
+        let h = (ptr as usize >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15_u64 as usize);
+        h >> (usize::BITS - WAYS.trailing_zeros())
+    }
+
+    impl Cache {
+        /// Gives back every handle kept.
+        pub(super) fn flush(&self) {
+            for way in &self.ways {
+                let e = way.replace(EMPTY);
+                if e.left > 0 {
+                    // SAFETY: `release`'s contract: an entry with `left > 0` owns that many
+                    // handles of the live value at `ptr`, made by `Shared::<T>::take_local`
+                    // with `release::<T>` of the same `T`; the entry was emptied above, so
+                    // they are not used again.
+                    unsafe { (e.release)(e.ptr, e.left) };
+                }
+            }
+        }
+    }
+
+    impl Drop for Cache {
+        fn drop(&mut self) {
+            self.flush();
+        }
+    }
+
+    thread_local! {
+        pub(super) static CACHE: Cache = const {
+            Cache {
+                ways: [const { Cell::new(EMPTY) }; WAYS],
+            }
+        };
+    }
+
+    /// Gives back the handles this thread keeps (tests that count a value's owners).
+    #[cfg(test)]
+    pub(crate) fn flush() {
+        let _ = CACHE.try_with(Cache::flush);
+    }
+}
+
+impl<T> Shared<T> {
+    /// A new handle, taken from this thread's handles paid for in advance when it has any
+    /// of this value (see the module doc); a plain clone where the thread's cache is gone
+    /// (while the thread ends) or under loom.
+    pub(crate) fn clone_local(&self) -> Self {
+        #[cfg(not(loom))]
+        if let Ok(handle) = local::CACHE.try_with(|c| self.take_local(c)) {
+            return handle;
+        }
+        self.clone()
+    }
+
+    #[cfg(not(loom))]
+    fn take_local(&self, cache: &local::Cache) -> Self {
+        let ptr = self.ptr.as_ptr() as *const ();
+        let way = &cache.ways[local::way(ptr)];
+        let mut e = way.get();
+        if e.ptr == ptr && e.left > 0 {
+            e.left -= 1;
+            way.set(e);
+            // SAFETY: `prepaid`'s contract: the entry owned `left` handles of this value
+            // (`ptr` is this handle's, and with `left > 0` the entry's value is alive, so it
+            // is this one), and one of them was just taken from it.
+            return unsafe { self.prepaid() };
+        }
+        let again = e.ptr == ptr;
+        // The way is this value's from now on: give back what it kept of another.
+        way.set(local::Entry {
+            ptr,
+            left: 0,
+            release: release::<T>,
+        });
+        if e.left > 0 {
+            // SAFETY: `release`'s contract: the old entry owned `left` handles of the live
+            // value at its `ptr`, made with `release::<T>` of that value's own type; it was
+            // replaced above, so they are not used again.
+            unsafe { (e.release)(e.ptr, e.left) };
+        }
+        if !again {
+            // Read once so far: a plain clone (the entry now records it).
+            return self.clone();
+        }
+        // Read again: pay for this handle and a batch more, kept in the way.
+        self.add(1 + local::BATCH);
+        way.set(local::Entry {
+            ptr,
+            left: local::BATCH,
+            release: release::<T>,
+        });
+        // SAFETY: `prepaid`'s contract: one of the `1 + BATCH` just added is this handle's;
+        // the entry owns the other `BATCH`.
+        unsafe { self.prepaid() }
+    }
+
+    /// Keeps this (dropped) handle in this thread's cache if it keeps handles of the same
+    /// value; returns whether it did.
+    #[cfg(not(loom))]
+    fn give_local(&self) -> bool {
+        let ptr = self.ptr.as_ptr() as *const ();
+        local::CACHE
+            .try_with(|cache| {
+                let way = &cache.ways[local::way(ptr)];
+                let mut e = way.get();
+                if e.ptr != ptr {
+                    return false;
+                }
+                if e.left == 0 {
+                    // The entry owns nothing (and may be about an earlier value at this
+                    // address, of another type): from now on it owns this handle.
+                    e.release = release::<T>;
+                }
+                // With `left > 0` the entry's value is alive, so an equal address is this
+                // value, of this `T`, and its `release` is `release::<T>`.
+                e.left += 1;
+                way.set(e);
+                true
+            })
+            .unwrap_or(false)
+    }
+}
+
 impl<T> Clone for Shared<T> {
     fn clone(&self) -> Self {
         self.add(1);
@@ -138,6 +335,13 @@ impl<T> Clone for Shared<T> {
 
 impl<T> Drop for Shared<T> {
     fn drop(&mut self) {
+        // The handle joins this thread's kept handles of its value, if there are any: its
+        // count stays, owned by the cache, and is given back with them (a release
+        // subtraction after this thread's uses of the value, like the one below).
+        #[cfg(not(loom))]
+        if self.give_local() {
+            return;
+        }
         if self.inner().count.fetch_sub(1, Ordering::Release) != 1 {
             return;
         }
@@ -268,6 +472,36 @@ mod tests {
                 "{paid} paid, {taken} taken"
             );
         }
+    }
+
+    /// Handles taken from a thread's cache and dropped back into it: the value lives while
+    /// the thread keeps handles of it, and goes once they are given back (by `flush`, or
+    /// when the thread ends).
+    #[test]
+    fn handles_kept_per_thread_are_given_back() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let a = Shared::new(Tally(drops.clone()));
+        let handles: Vec<_> = (0..100).map(|_| a.clone_local()).collect();
+        assert!(handles.iter().all(|h| Shared::ptr_eq(h, &a)));
+        drop(handles);
+        drop(a);
+        assert_eq!(drops.load(Ordering::SeqCst), 0, "the thread keeps handles");
+        local::flush();
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+        let b = Shared::new(Tally(drops.clone()));
+        let on_thread = b.clone();
+        std::thread::spawn(move || {
+            let mut here: Vec<_> = (0..10).map(|_| on_thread.clone_local()).collect();
+            // Some dropped on another thread, which keeps none of them.
+            let there = here.split_off(5);
+            std::thread::spawn(move || drop(there)).join().unwrap();
+            drop((here, on_thread));
+        })
+        .join()
+        .unwrap();
+        assert_eq!(drops.load(Ordering::SeqCst), 1, "b is still held here");
+        drop(b);
+        assert_eq!(drops.load(Ordering::SeqCst), 2);
     }
 
     #[test]

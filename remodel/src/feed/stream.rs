@@ -71,15 +71,14 @@ pub struct Feed {
     pub(super) inbox: Inbox,
     /// State markers and initial rows, delivered before anything else.
     pub(super) front: VecDeque<Change>,
-    /// A squash window's batch being handed over.
-    pub(super) batch: VecDeque<Change>,
     pub(super) registration: Option<Registration>,
     pub(super) timer: Option<Box<StatsTimer>>,
     pub(super) include_types: bool,
     pub(super) include_offsets: bool,
-    pub(super) window: Option<Duration>,
+    /// A squash window's state (boxed: few feeds have one, and a process may hold a
+    /// million feeds).
+    pub(super) window: Option<Box<Window>>,
     pub(super) handed_first: bool,
-    pub(super) sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     pub(super) done: bool,
     /// What may be shown yet: items of hard writes wait until those are on disk.
     pub(super) visibility: Arc<Visibility>,
@@ -98,12 +97,23 @@ impl std::fmt::Debug for Feed {
     }
 }
 
+/// A squashing feed's window: its length, the batch being handed over, and the timer of
+/// the next hand-over.
+pub(super) struct Window {
+    pub(super) length: Duration,
+    pub(super) batch: VecDeque<Change>,
+    pub(super) sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
 /// Where a feed's items wait for it.
 pub(super) enum Inbox {
     /// A queue of its own (squashing and timer feeds).
     Queue(Arc<Subscriber>),
     /// The group's log, at this reader's cursor.
     Log(Arc<Log>, Reader),
+    /// A reader of a log that has not joined it yet (only while the feed is being opened:
+    /// a feed that fails to join is not handed out).
+    Unattached,
 }
 
 impl Inbox {
@@ -111,6 +121,7 @@ impl Inbox {
         match self {
             Inbox::Queue(s) => s.capacity(),
             Inbox::Log(_, r) => r.capacity(),
+            Inbox::Unattached => 0,
         }
     }
 
@@ -126,6 +137,7 @@ impl Inbox {
                 }
                 next => next,
             },
+            Inbox::Unattached => Next::Closed(Error::FeedAborted("the feed was not opened".into())),
         }
     }
 }
@@ -195,6 +207,7 @@ impl Feed {
                     match &mut self.inbox {
                         Inbox::Log(log, reader) => reader.scanned(log, frontier),
                         Inbox::Queue(sub) => sub.scanned(frontier),
+                        Inbox::Unattached => {}
                     }
                     Ok(last.filter(|_| !done))
                 })?;
@@ -293,13 +306,14 @@ impl Stream for Feed {
         if let Some(c) = this.front.pop_front() {
             return this.show(c, cx);
         }
-        if let Some(c) = this.batch.pop_front() {
+        if let Some(c) = this.window.as_mut().and_then(|w| w.batch.pop_front()) {
             return this.show(c, cx);
         }
         if this.timer.is_some() {
             this.poll_timer(cx);
         }
-        if let (Some(window), Inbox::Queue(sub)) = (this.window, &this.inbox) {
+        if let (Some(w), Inbox::Queue(sub)) = (this.window.as_deref_mut(), &this.inbox) {
+            let window = w.length;
             sub.register(cx.waker());
             let (waiting, since, urgent) = sub.pending();
             if waiting > 0 && !urgent {
@@ -317,7 +331,7 @@ impl Stream for Feed {
                         return Poll::Pending;
                     };
                     let deadline = tokio::time::Instant::from_std(due);
-                    let sleep = this
+                    let sleep = w
                         .sleep
                         .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                     sleep.as_mut().reset(deadline);
@@ -326,10 +340,10 @@ impl Stream for Feed {
                     }
                 }
                 this.handed_first = true;
-                if let Some(skipped) = sub.drain(&mut this.batch) {
+                if let Some(skipped) = sub.drain(&mut w.batch) {
                     return Poll::Ready(Some(Err(Error::FeedOverflow { skipped })));
                 }
-                if let Some(c) = this.batch.pop_front() {
+                if let Some(c) = w.batch.pop_front() {
                     return this.show(c, cx);
                 }
             }

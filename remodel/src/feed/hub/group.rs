@@ -14,8 +14,10 @@ use std::sync::Arc;
 use std::task::Waker;
 
 pub(super) struct Group {
-    /// What the group's feeds watch (the group is found by it).
-    pub(super) key: Arc<GroupKey>,
+    /// What the group's feeds watch, by which the group is found; `None` for a rows group
+    /// of a point or `get_all` query, found through its first route instead (its operator
+    /// says what it watches): a million point feeds need not keep a million keys twice.
+    pub(super) key: Option<Arc<GroupKey>>,
     pub(super) op: AnyOperator,
     pub(super) members: Members,
 }

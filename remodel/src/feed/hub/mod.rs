@@ -45,8 +45,10 @@ pub(crate) struct Hub {
 }
 
 /// The groups of a table and their routes.
-#[derive(Default)]
 pub(crate) struct TableFeeds {
+    /// The table's name (the followed routes of a group are kept under it), here rather
+    /// than in every feed's registration.
+    name: String,
     routes: Mutex<Routes>,
     open: AtomicUsize,
 }
@@ -63,8 +65,6 @@ pub(crate) enum Delivery {
 /// removes the group and its routes).
 pub(crate) struct Registration {
     table: Arc<TableFeeds>,
-    /// The table's name (the followed routes of a group are kept under it).
-    name: String,
     hub: Arc<Hub>,
     group: GroupId,
     member: Member,
@@ -104,18 +104,35 @@ impl Hub {
         let FeedPlan::Table(plan) = plan else {
             unreachable!("stats feeds are timer feeds")
         };
-        let name = plan.table().name.clone();
-        let feeds = self.tables.write().entry(name.clone()).or_default().clone();
+        let name = &plan.table().name;
+        // The read lock first: feeds are opened far more often than tables get their first.
+        let found = self.tables.read().get(name).cloned();
+        let feeds = match found {
+            Some(feeds) => feeds,
+            None => self
+                .tables
+                .write()
+                .entry(name.clone())
+                .or_insert_with(|| {
+                    Arc::new(TableFeeds {
+                        name: name.clone(),
+                        routes: Mutex::default(),
+                        open: AtomicUsize::new(0),
+                    })
+                })
+                .clone(),
+        };
+        let name = &feeds.name;
         let mut routes = feeds.routes.lock();
         let key = plan.key();
         let id = match routes.find(&key) {
             Some(id) => id,
-            None => self.add_group(&mut routes, &name, key, plan.load()?),
+            None => self.add_group(&mut routes, name, key, plan.load()?),
         };
         let initial = match Self::initial(&routes, id, initial_rows, want_initial) {
             Ok(initial) => initial,
             Err(e) => {
-                self.remove_if_empty(&mut routes, &name, id);
+                self.remove_if_empty(&mut routes, name, id);
                 return Err(e);
             }
         };
@@ -129,7 +146,6 @@ impl Hub {
         Ok(Subscribed {
             registration: Registration {
                 table: feeds,
-                name,
                 hub: self.clone(),
                 group: id,
                 member,
@@ -289,7 +305,7 @@ impl Drop for Registration {
             g.members.leave(&self.member);
             if g.members.is_empty() {
                 self.hub
-                    .remove_if_empty(&mut routes, &self.name, self.group);
+                    .remove_if_empty(&mut routes, &self.table.name, self.group);
             }
         }
         drop(routes);

@@ -81,7 +81,8 @@ impl Hub {
                 continue;
             };
             let mut routes = feeds.routes.lock();
-            let Some(Group { op, members, .. }) = routes.groups.get_mut(&id) else {
+            let Some(Group { op, members, .. }) = routes.groups.get_mut(&id).map(|g| &mut **g)
+            else {
                 continue;
             };
             if !op.follows(&table.name, None) {
@@ -164,7 +165,7 @@ fn apply_commit(
     followed: &mut FollowedEdits,
     wakes: &mut Vec<Waker>,
 ) {
-    let Some(Group { op, members, .. }) = routes.groups.get_mut(&id) else {
+    let Some(Group { op, members, .. }) = routes.groups.get_mut(&id).map(|g| &mut **g) else {
         return;
     };
     let mut edits = RouteEdits {

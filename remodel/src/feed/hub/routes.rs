@@ -5,7 +5,7 @@
 use super::follow::FollowedEdits;
 use super::group::{Group, Members};
 use crate::db::write::Committed;
-use crate::feed::ops::{AnyOperator, ChangeCtx, GroupKey, Operator, Reroute, Route};
+use crate::feed::ops::{AnyOperator, ChangeCtx, GroupKey, Operator, Plan, Reroute, Route};
 use crate::feed::ranges::RangeIndex;
 use crate::value::{encode_value_into, FieldPath};
 use std::collections::{BTreeSet, HashMap};
@@ -36,11 +36,62 @@ impl std::hash::Hasher for IdHasher {
 
 pub(super) type ById<V> = HashMap<GroupId, V, std::hash::BuildHasherDefault<IdHasher>>;
 
+/// The groups on one route. Most routes (a point feed's key, a `get_all` value) lead to one
+/// group, kept inline: with a million such feeds a `Vec` each would be a million small
+/// allocations.
+pub(super) enum Ids {
+    One(GroupId),
+    Many(Vec<GroupId>),
+}
+
+impl Ids {
+    pub(super) fn as_slice(&self) -> &[GroupId] {
+        match self {
+            Ids::One(g) => std::slice::from_ref(g),
+            Ids::Many(v) => v,
+        }
+    }
+
+    fn push(&mut self, g: GroupId) {
+        match self {
+            Ids::One(a) => *self = Ids::Many(vec![*a, g]),
+            Ids::Many(v) => v.push(g),
+        }
+    }
+
+    /// Removes `g`; returns whether no group is left.
+    fn remove(&mut self, g: GroupId) -> bool {
+        match self {
+            Ids::One(a) => *a == g,
+            Ids::Many(v) => {
+                v.retain(|x| *x != g);
+                if let [one] = v[..] {
+                    *self = Ids::One(one);
+                    return false;
+                }
+                v.is_empty()
+            }
+        }
+    }
+}
+
+/// Gives back a map's memory once it is mostly empty (maps never shrink by themselves: a
+/// million feeds opened and dropped would leave their routes' tables allocated).
+pub(super) fn shrink<K: std::hash::Hash + Eq, V, S: std::hash::BuildHasher>(
+    map: &mut HashMap<K, V, S>,
+) {
+    if map.capacity() > 64 && map.len() * 4 < map.capacity() {
+        map.shrink_to(map.len() * 2);
+    }
+}
+
 /// A table's groups, and the routes by which its writes find them.
 #[derive(Default)]
 pub(super) struct Routes {
     next_id: u64,
-    pub(super) groups: ById<Group>,
+    /// Boxed: a million groups in a map that may be half empty after growing would cost
+    /// twice their size; boxed, an empty slot costs a pointer.
+    pub(super) groups: ById<Box<Group>>,
     /// Groups by what they watch: a feed of a query described like an open group's joins it.
     by_query: HashMap<Arc<GroupKey>, GroupId>,
     pub(super) table: RouteTable,
@@ -50,9 +101,9 @@ pub(super) struct Routes {
 #[derive(Default)]
 pub(super) struct RouteTable {
     /// Point and `get_all` groups by key, top-N groups by the keys of the rows in their sets.
-    by_key: HashMap<Vec<u8>, Vec<GroupId>>,
+    by_key: HashMap<Box<[u8]>, Ids>,
     by_index_value: HashMap<String, IndexRoutes>,
-    by_eq: HashMap<FieldPath, HashMap<Vec<u8>, Vec<GroupId>>>,
+    by_eq: HashMap<FieldPath, HashMap<Box<[u8]>, Ids>>,
     /// Range groups by the primary key range (`None`) or index key range they watch.
     by_range: HashMap<Option<String>, RangeRoutes>,
     /// Groups checked on every write of the table.
@@ -87,22 +138,23 @@ struct RangeRoutes {
 
 struct IndexRoutes {
     ix: Arc<crate::db::IndexState>,
-    values: HashMap<Vec<u8>, Vec<GroupId>>,
+    values: HashMap<Box<[u8]>, Ids>,
 }
 
-fn add_route<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Vec<GroupId>>, k: K, g: GroupId) {
-    map.entry(k).or_default().push(g);
+fn add_route(map: &mut HashMap<Box<[u8]>, Ids>, k: &[u8], g: GroupId) {
+    match map.get_mut(k) {
+        Some(ids) => ids.push(g),
+        None => {
+            map.insert(k.into(), Ids::One(g));
+        }
+    }
 }
 
-fn remove_route<K, Q>(map: &mut HashMap<K, Vec<GroupId>>, k: &Q, g: GroupId)
-where
-    K: std::hash::Hash + Eq + std::borrow::Borrow<Q>,
-    Q: std::hash::Hash + Eq + ?Sized,
-{
+fn remove_route(map: &mut HashMap<Box<[u8]>, Ids>, k: &[u8], g: GroupId) {
     if let Some(v) = map.get_mut(k) {
-        v.retain(|x| *x != g);
-        if v.is_empty() {
+        if v.remove(g) {
             map.remove(k);
+            shrink(map);
         }
     }
 }
@@ -135,10 +187,36 @@ impl Reroute for RouteEdits<'_> {
     }
 }
 
+/// The first route of a rows group of a point or `get_all` query (see [`Routes::find`]).
+fn first_route(key: &GroupKey) -> Option<(Option<&str>, &[u8])> {
+    match key {
+        GroupKey::Rows(rows) => rows.first_route(),
+        _ => None,
+    }
+}
+
 impl Routes {
     /// The open group of a query described by `key`.
     pub(super) fn find(&self, key: &GroupKey) -> Option<GroupId> {
-        self.by_query.get(key).copied()
+        let Some(route) = first_route(key) else {
+            return self.by_query.get(key).copied();
+        };
+        // A point or `get_all` group: among the groups on its first route (usually none or
+        // one), the one whose operator watches the same query.
+        let ids = match route {
+            (None, k) => self.table.by_key.get(k),
+            (Some(ix), v) => self
+                .table
+                .by_index_value
+                .get(ix)
+                .and_then(|r| r.values.get(v)),
+        }?;
+        ids.as_slice().iter().copied().find(|id| {
+            self.groups.get(id).is_some_and(|g| match (&g.op, key) {
+                (AnyOperator::Rows(rows), GroupKey::Rows(k)) if g.key.is_none() => rows.key() == *k,
+                _ => false,
+            })
+        })
     }
 
     /// A new id for a group or a member of one.
@@ -161,15 +239,20 @@ impl Routes {
             followed,
         };
         op.routes(&mut |r| edits.add(r));
-        let key = Arc::new(key);
-        self.by_query.insert(key.clone(), id);
+        let key = if first_route(&key).is_some() {
+            None
+        } else {
+            let key = Arc::new(key);
+            self.by_query.insert(key.clone(), id);
+            Some(key)
+        };
         self.groups.insert(
             id,
-            Group {
+            Box::new(Group {
                 key,
                 op,
                 members: Members::default(),
-            },
+            }),
         );
         id
     }
@@ -179,9 +262,13 @@ impl Routes {
         &mut self,
         id: GroupId,
         followed: &mut FollowedEdits,
-    ) -> Option<Group> {
+    ) -> Option<Box<Group>> {
         let g = self.groups.remove(&id)?;
-        self.by_query.remove(&g.key);
+        if let Some(key) = &g.key {
+            self.by_query.remove(key);
+        }
+        shrink(&mut self.groups);
+        shrink(&mut self.by_query);
         let mut edits = RouteEdits {
             table: &mut self.table,
             id,
@@ -195,7 +282,7 @@ impl Routes {
 impl RouteTable {
     fn add(&mut self, id: GroupId, route: Route<'_>) {
         match route {
-            Route::Key(k) => add_route(&mut self.by_key, k.to_vec(), id),
+            Route::Key(k) => add_route(&mut self.by_key, k, id),
             Route::IndexValue(ix, v) => {
                 let r = self
                     .by_index_value
@@ -204,11 +291,9 @@ impl RouteTable {
                         ix: ix.clone(),
                         values: HashMap::new(),
                     });
-                add_route(&mut r.values, v.to_vec(), id);
+                add_route(&mut r.values, v, id);
             }
-            Route::Eq(path, v) => {
-                add_route(self.by_eq.entry(path.clone()).or_default(), v.to_vec(), id)
-            }
+            Route::Eq(path, v) => add_route(self.by_eq.entry(path.clone()).or_default(), v, id),
             Route::Range(ix, lo, hi) => self
                 .by_range
                 .entry(ix.map(|ix| ix.name.clone()))
@@ -325,8 +410,8 @@ impl RouteTable {
                 }
             }
         }
-        if let Some(g) = self.by_key.get(&c.key) {
-            out.extend_from_slice(g);
+        if let Some(g) = self.by_key.get(&c.key[..]) {
+            out.extend_from_slice(g.as_slice());
         }
         let docs = [c.old.as_deref(), c.new.as_deref()];
         let buf = &mut scratch.buf;
@@ -336,7 +421,7 @@ impl RouteTable {
                     buf.clear();
                     encode_value_into(v, buf);
                     if let Some(g) = r.values.get(buf.as_slice()) {
-                        out.extend_from_slice(g);
+                        out.extend_from_slice(g.as_slice());
                     }
                 });
             }
@@ -347,7 +432,7 @@ impl RouteTable {
                     buf.clear();
                     encode_value_into(v, buf);
                     if let Some(g) = values.get(buf.as_slice()) {
-                        out.extend_from_slice(g);
+                        out.extend_from_slice(g.as_slice());
                     }
                 }
             }

@@ -49,15 +49,16 @@ pub(crate) struct AggKey {
 
 impl Plan for AggPlan {
     type Operator = Box<Aggregate>;
-    type Key = AggKey;
+    // Boxed: a group keeps its key, and rows keys (most groups) are much smaller.
+    type Key = Box<AggKey>;
 
     fn table(&self) -> &Arc<TableState> {
         &self.rows.table
     }
 
-    fn key(&self) -> AggKey {
+    fn key(&self) -> Box<AggKey> {
         let def = &self.def;
-        AggKey {
+        Box::new(AggKey {
             rows: self.rows.key(),
             by: def.by.as_ref().map(|by| match by {
                 By::Field(p) => (false, p.to_string()),
@@ -66,7 +67,7 @@ impl Plan for AggPlan {
             reduce: def.reduce as u8,
             field: def.field.clone(),
             extreme: def.extreme.as_ref().map(|ix| ix.name.clone()),
-        }
+        })
     }
 
     fn check_live(&self) -> Result<()> {

@@ -65,19 +65,20 @@ pub(crate) struct JoinKey {
 
 impl Plan for JoinPlan {
     type Operator = Box<EqJoin>;
-    type Key = JoinKey;
+    // Boxed: a group keeps its key, and rows keys (most groups) are much smaller.
+    type Key = Box<JoinKey>;
 
     fn table(&self) -> &Arc<TableState> {
         &self.rows.table
     }
 
-    fn key(&self) -> JoinKey {
-        JoinKey {
+    fn key(&self) -> Box<JoinKey> {
+        Box::new(JoinKey {
             rows: self.rows.key(),
             field: self.def.field.clone(),
             right: self.def.right.name.clone(),
             index: self.def.index.as_ref().map(|ix| ix.name.clone()),
-        }
+        })
     }
 
     fn check_live(&self) -> Result<()> {

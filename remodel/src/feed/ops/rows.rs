@@ -26,6 +26,21 @@ pub(crate) struct RowsKey {
     view: ViewKey,
 }
 
+impl RowsKey {
+    /// The first route of a point or `get_all` feed (the index's name, `None` for primary
+    /// keys, and the key or value), by which the hub finds an open group of the same query
+    /// without keeping its key apart (see `hub::routes`).
+    pub(crate) fn first_route(&self) -> Option<(Option<&str>, &[u8])> {
+        match &self.matcher {
+            MatcherKey::Keys(keys) => keys.first().map(|(k, _)| (None, &k[..])),
+            MatcherKey::IndexValues(ix, values) => {
+                values.first().map(|(v, _)| (Some(ix.as_str()), &v[..]))
+            }
+            _ => None,
+        }
+    }
+}
+
 impl Plan for Rows {
     type Operator = Rows;
     type Key = RowsKey;

@@ -43,21 +43,22 @@ pub(crate) struct TopNKey {
 
 impl Plan for TopNPlan {
     type Operator = Box<TopN>;
-    type Key = TopNKey;
+    // Boxed: a group keeps its key, and rows keys (most groups) are much smaller.
+    type Key = Box<TopNKey>;
 
     fn table(&self) -> &Arc<TableState> {
         &self.table
     }
 
-    fn key(&self) -> TopNKey {
-        TopNKey {
+    fn key(&self) -> Box<TopNKey> {
+        Box::new(TopNKey {
             index: self.order.ix.as_ref().map(|ix| ix.name.clone()),
             desc: self.order.desc,
             lo: self.order.lo.clone(),
             hi: self.order.hi.clone(),
             view: self.view.key(),
             limit: self.limit,
-        }
+        })
     }
 
     fn check_live(&self) -> Result<()> {
