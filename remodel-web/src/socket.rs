@@ -171,6 +171,10 @@ async fn drive<I: Clone + Send + Sync + 'static>(
                                 frames.extend(messages.into_iter().map(|m| (m, None)));
                             }
                             i += 1;
+                            // A connection with many busy subscriptions (each frame up to
+                            // 4,096 changes) yields now and then: other tasks of this
+                            // thread wait for no more than a task's budget of frames.
+                            tokio::task::consume_budget().await;
                         }
                         Step::Stop(stop) => {
                             let f = following.swap_remove(i);
