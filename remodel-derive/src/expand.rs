@@ -405,9 +405,9 @@ fn hooks(m: &Model) -> TokenStream {
         return quote! {};
     }
     quote! {
-        fn before_save(&mut self) -> ::remodel::Result<()> { <Self as ::remodel::model::Callbacks>::before_save(self) }
+        fn before_save(&mut self, db: &::remodel::Database) -> impl ::std::future::Future<Output = ::remodel::Result<()>> + ::std::marker::Send { <Self as ::remodel::model::Callbacks>::before_save(self, db) }
         fn after_save(&self) { <Self as ::remodel::model::Callbacks>::after_save(self) }
-        fn before_delete(&self) -> ::remodel::Result<()> { <Self as ::remodel::model::Callbacks>::before_delete(self) }
+        fn before_delete(&mut self, db: &::remodel::Database) -> impl ::std::future::Future<Output = ::remodel::Result<()>> + ::std::marker::Send { <Self as ::remodel::model::Callbacks>::before_delete(self, db) }
         fn after_delete(&self) { <Self as ::remodel::model::Callbacks>::after_delete(self) }
         fn after_load(&mut self) { <Self as ::remodel::model::Callbacks>::after_load(self) }
     }

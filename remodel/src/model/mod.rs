@@ -113,11 +113,11 @@ pub use feed::{Change, ModelChanges, ModelFeed};
 pub use field::{Field, FieldValue, Numeric, Set};
 pub use query::{ModelGroups, ModelQuery};
 pub use relation::{BelongsTo, HasMany, HasOne, ManyToMany};
-pub use transaction::Transaction;
 pub use schema::{
-    create_schema, drop_schema, prune_indexes, registered, IndexDef, IndexKind, OnDelete, Registration,
-    RelationDef, RelationKind, Schema, SchemaSet, TablePlan,
+    create_schema, drop_schema, prune_indexes, registered, IndexDef, IndexKind, OnDelete,
+    Registration, RelationDef, RelationKind, Schema, SchemaSet, TablePlan,
 };
+pub use transaction::Transaction;
 
 use crate::{Database, Error, Predicate, Result, Table};
 use serde::de::DeserializeOwned;
@@ -241,7 +241,10 @@ impl IntoKey<Id> for &str {
 /// Hooks around a model's life. Implement it and add `#[remodel(callbacks)]` to the struct;
 /// every method has a no-op default.
 ///
-/// Hooks run in the calling task, never while the store's commit lock is held. A `before_`
+/// Hooks run in the calling task, never while the store's commit lock is held. The `before_`
+/// hooks are async and get the database, so they can read other models (in a
+/// [`Transaction`], they see what is committed, not what the transaction staged); they take
+/// `&mut self` and may change the model (what they leave is what is written). A `before_`
 /// hook that returns an error aborts the operation: nothing is written. `after_load` runs on
 /// every model decoded from the store (reads, relation loads, feed items), after all its
 /// fields are set.
@@ -257,9 +260,12 @@ impl IntoKey<Id> for &str {
 /// struct Note { id: Option<Id>, text: String }
 ///
 /// impl Callbacks for Note {
-///     fn before_save(&mut self) -> remodel::Result<()> {
+///     async fn before_save(&mut self, db: &Database) -> remodel::Result<()> {
 ///         if self.text.is_empty() {
 ///             return Err(ModelError::Rejected("a note needs text".into()).into());
+///         }
+///         if Note::count(db).await? >= 100 {
+///             return Err(ModelError::Rejected("the notebook is full".into()).into());
 ///         }
 ///         self.text = self.text.trim().to_string();
 ///         Ok(())
@@ -275,17 +281,21 @@ impl IntoKey<Id> for &str {
 /// # Ok::<(), remodel::Error>(())
 /// # }).unwrap();
 /// ```
-pub trait Callbacks {
+pub trait Callbacks: Send {
     /// Before `create`, `save`, `update` and relation writes of this model. May change the
-    /// model (what it leaves is what is written); an error aborts the write.
-    fn before_save(&mut self) -> Result<()> {
-        Ok(())
+    /// model (what it leaves is what is written) and read other models; an error aborts
+    /// the write.
+    fn before_save(&mut self, db: &Database) -> impl Future<Output = Result<()>> + Send {
+        let _ = db;
+        async { Ok(()) }
     }
     /// After the model was written.
     fn after_save(&self) {}
-    /// Before `delete`; an error aborts it (nothing is deleted, no relation is touched).
-    fn before_delete(&self) -> Result<()> {
-        Ok(())
+    /// Before `delete` of a model whose row is there; an error aborts it (nothing is
+    /// deleted, no relation is touched).
+    fn before_delete(&mut self, db: &Database) -> impl Future<Output = Result<()>> + Send {
+        let _ = db;
+        async { Ok(()) }
     }
     /// After the model and its relation effects were deleted.
     fn after_delete(&self) {}
@@ -351,14 +361,16 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
     fn set_field_value(&mut self, name: &str, value: Value) -> Result<bool>;
 
     /// See [`Callbacks::before_save`] (generated: delegates with `#[remodel(callbacks)]`).
-    fn before_save(&mut self) -> Result<()> {
-        Ok(())
+    fn before_save(&mut self, db: &Database) -> impl Future<Output = Result<()>> + Send {
+        let _ = db;
+        async { Ok(()) }
     }
     /// See [`Callbacks::after_save`].
     fn after_save(&self) {}
     /// See [`Callbacks::before_delete`].
-    fn before_delete(&self) -> Result<()> {
-        Ok(())
+    fn before_delete(&mut self, db: &Database) -> impl Future<Output = Result<()>> + Send {
+        let _ = db;
+        async { Ok(()) }
     }
     /// See [`Callbacks::after_delete`].
     fn after_delete(&self) {}
@@ -467,7 +479,7 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
                 return Ok((found, false));
             }
             let mut model = make();
-            model.before_save()?;
+            model.before_save(&db).await?;
             codec::ensure_key(&mut model)?;
             let doc = codec::to_doc(&model)?;
             let schema = Self::schema();
@@ -504,8 +516,9 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
     /// A model whose key exists already is an error ([`Error::KeyConflict`]).
     fn create(mut self, db: &Database) -> impl Future<Output = Result<Self>> + Send {
         let table = Self::table(db);
+        let db = db.clone();
         async move {
-            self.before_save()?;
+            self.before_save(&db).await?;
             let doc = codec::to_doc(&self)?;
             let result = table.insert(doc).await?.check()?;
             if let Some(key) = result.generated_keys.into_iter().next() {
@@ -521,8 +534,9 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
     /// the write commits (see the [trait docs](Model)).
     fn save<'a>(&'a mut self, db: &Database) -> impl Future<Output = Result<()>> + Send + 'a {
         let table = Self::table(db);
+        let db = db.clone();
         async move {
-            self.before_save()?;
+            self.before_save(&db).await?;
             let doc = codec::to_doc(self)?;
             match self.key_value() {
                 None => {
@@ -574,13 +588,14 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
         change: impl FnOnce(&mut Self) + Send + 'a,
     ) -> impl Future<Output = Result<()>> + Send + 'a {
         let table = Self::table(db);
+        let db = db.clone();
         async move {
             let key = self
                 .key_value()
                 .ok_or_else(|| ModelError::not_saved(Self::schema(), "update"))?;
             let before = codec::to_doc(self)?;
             change(self);
-            self.before_save()?;
+            self.before_save(&db).await?;
             let after = codec::to_doc(self)?;
             let changes = codec::FieldChanges::between(Self::schema(), &before, &after);
             // Applied to the row as it is when the write commits: fields this update did not
@@ -620,7 +635,7 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
             if table.get(key.clone()).await?.is_none() {
                 return Err(ModelError::missing(schema, key).into());
             }
-            self.before_delete()?;
+            self.before_delete(&db).await?;
             db.batch()
                 .require_exists(schema.table, key.clone())
                 .delete_cascading(schema.table, key, relation::references())

@@ -96,7 +96,8 @@ struct Prepared {
 /// Runs every child's `before_save`, gives unsaved ones a key, points their foreign key at
 /// the parent (`fk`: the field and the parent's key) and returns their documents. Nothing is
 /// written: a hook that fails stops this before any write.
-fn prepare_children<C: Model>(
+async fn prepare_children<C: Model>(
+    db: &Database,
     children: &mut [C],
     fk: Option<(&str, &Value)>,
 ) -> Result<Vec<Prepared>> {
@@ -106,7 +107,7 @@ fn prepare_children<C: Model>(
         if let Some((field, parent)) = fk {
             c.set_field_value(field, parent.clone())?;
         }
-        c.before_save()?;
+        c.before_save(db).await?;
         let key = codec::ensure_key(c)?;
         let mut doc = codec::to_doc(c)?;
         if let (Some((field, parent)), Value::Object(m)) = (fk, &mut doc) {
@@ -138,13 +139,17 @@ fn store<C: Model>(batch: Batch, child: Prepared, create: bool) -> Batch {
 
 /// Runs a child's hooks for being detached (its foreign key `fk` set to null) and returns
 /// its key and the fields that changed.
-fn detaching<C: Model>(child: &mut C, fk: &str) -> Result<Option<(Value, codec::FieldChanges)>> {
+async fn detaching<C: Model>(
+    db: &Database,
+    child: &mut C,
+    fk: &str,
+) -> Result<Option<(Value, codec::FieldChanges)>> {
     let Some(key) = child.key_value() else {
         return Ok(None);
     };
     let before = codec::to_doc(child)?;
     child.set_field_value(fk, Value::Null)?;
-    child.before_save()?;
+    child.before_save(db).await?;
     let after = codec::to_doc(child)?;
     let mut changes = codec::FieldChanges::between(C::schema(), &before, &after);
     // Null even when the struct has no field for it.
@@ -249,7 +254,7 @@ impl<P: Model, C: Model> HasMany<P, C> {
     /// a stored row.
     pub async fn create_many(&self, children: &mut [C]) -> Result<()> {
         let parent = self.parent()?;
-        let prepared = prepare_children(children, Some((self.fk(), &parent)))?;
+        let prepared = prepare_children(&self.db, children, Some((self.fk(), &parent))).await?;
         let mut batch = self.db.batch().require_exists(P::schema().table, parent);
         for p in prepared {
             batch = store::<C>(batch, p, true);
@@ -274,7 +279,7 @@ impl<P: Model, C: Model> HasMany<P, C> {
     /// meanwhile is not brought back). The parent must be stored too. New children that come
     /// with keys of their own are created with [`HasMany::create_many`].
     pub async fn add(&self, children: &mut [C]) -> Result<()> {
-        let batch = self.stage_add(children)?(self.db.batch());
+        let batch = self.stage_add(children).await?(self.db.batch());
         self.commit(batch).await?;
         children.iter().for_each(|c| c.after_save());
         Ok(())
@@ -282,9 +287,12 @@ impl<P: Model, C: Model> HasMany<P, C> {
 
     /// `add`'s writes, to append to a batch (the `before_save` hooks run now: an error
     /// leaves nothing to append).
-    pub(crate) fn stage_add(&self, children: &mut [C]) -> Result<impl FnOnce(Batch) -> Batch> {
+    pub(crate) async fn stage_add(
+        &self,
+        children: &mut [C],
+    ) -> Result<impl FnOnce(Batch) -> Batch> {
         let parent = self.parent()?;
-        let prepared = prepare_children(children, Some((self.fk(), &parent)))?;
+        let prepared = prepare_children(&self.db, children, Some((self.fk(), &parent))).await?;
         Ok(move |batch: Batch| {
             let mut batch = batch.require_exists(P::schema().table, parent);
             for p in prepared {
@@ -307,7 +315,7 @@ impl<P: Model, C: Model> HasMany<P, C> {
                 .field_value(self.fk())
                 .is_some_and(|k| !crate::value::compare(&k, &parent).is_eq());
             if !elsewhere {
-                writes.extend(detaching(c, self.fk())?);
+                writes.extend(detaching(&self.db, c, self.fk()).await?);
             }
         }
         if writes.is_empty() {
@@ -334,7 +342,7 @@ impl<P: Model, C: Model> HasMany<P, C> {
     /// refused replacement leaves the relation as it was.
     pub async fn set(&self, children: &mut [C]) -> Result<()> {
         let parent = self.parent()?;
-        let prepared = prepare_children(children, Some((self.fk(), &parent)))?;
+        let prepared = prepare_children(&self.db, children, Some((self.fk(), &parent))).await?;
         self.replace_children(Some(prepared)).await?;
         children.iter().for_each(|c| c.after_save());
         Ok(())
@@ -359,7 +367,7 @@ impl<P: Model, C: Model> HasMany<P, C> {
             }
             let mut known = kept.clone();
             for c in others.iter_mut() {
-                if let Some((key, changes)) = detaching(c, self.fk())? {
+                if let Some((key, changes)) = detaching(&self.db, c, self.fk()).await? {
                     known.push(key.clone());
                     batch = detach::<C>(batch, self.fk(), &parent, key, changes);
                 }
@@ -402,8 +410,12 @@ impl<P: Model, C: Model> HasMany<P, C> {
             return Ok((found, false));
         }
         let mut child = make();
-        let mut prepared =
-            prepare_children(std::slice::from_mut(&mut child), Some((self.fk(), &parent)))?;
+        let mut prepared = prepare_children(
+            &self.db,
+            std::slice::from_mut(&mut child),
+            Some((self.fk(), &parent)),
+        )
+        .await?;
         let raw = q.raw()?;
         let why = format!("a matching {} exists", C::schema().model);
         let batch = self
@@ -680,7 +692,7 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
     /// Creates these children and relates them to this parent, in one commit (a taken key
     /// fails it with [`crate::Error::KeyConflict`]).
     pub async fn create_many(&self, children: &mut [C]) -> Result<()> {
-        let prepared = prepare_children(children, None)?;
+        let prepared = prepare_children(&self.db, children, None).await?;
         self.store_linked(prepared, true, self.db.batch()).await?;
         children.iter().for_each(|c| c.after_save());
         Ok(())
@@ -697,7 +709,7 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
     /// [`ModelError::NotFound`] if it was deleted (nothing is written then). Relating a row
     /// twice changes nothing. New children with keys of their own: [`ManyToMany::create_many`].
     pub async fn add(&self, children: &mut [C]) -> Result<()> {
-        let prepared = prepare_children(children, None)?;
+        let prepared = prepare_children(&self.db, children, None).await?;
         self.store_linked(prepared, false, self.db.batch()).await?;
         children.iter().for_each(|c| c.after_save());
         Ok(())
@@ -705,9 +717,12 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
 
     /// `add`'s writes, to append to a batch (the `before_save` hooks run now: an error
     /// leaves nothing to append).
-    pub(crate) fn stage_add(&self, children: &mut [C]) -> Result<impl FnOnce(Batch) -> Batch + '_> {
+    pub(crate) async fn stage_add(
+        &self,
+        children: &mut [C],
+    ) -> Result<impl FnOnce(Batch) -> Batch + '_> {
         let parent = self.parent()?;
-        let prepared = prepare_children(children, None)?;
+        let prepared = prepare_children(&self.db, children, None).await?;
         Ok(self.link_prepared(parent, prepared, false))
     }
 
@@ -821,7 +836,7 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
             let Some(child) = made.as_mut() else {
                 break;
             };
-            let prepared = prepare_children(std::slice::from_mut(child), None)?;
+            let prepared = prepare_children(&self.db, std::slice::from_mut(child), None).await?;
             let newcomers = self
                 .links(parent.clone())
                 .filter(not_one_of(self.rel.association_key, &keys));
@@ -873,7 +888,7 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
     /// other links are removed and these saved (as `add` does) and linked.
     pub async fn set(&self, children: &mut [C]) -> Result<()> {
         let parent = self.parent()?;
-        let prepared = prepare_children(children, None)?;
+        let prepared = prepare_children(&self.db, children, None).await?;
         let keys: Vec<Value> = prepared.iter().map(|p| p.key.clone()).collect();
         let others = self
             .links(parent)

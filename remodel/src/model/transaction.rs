@@ -2,7 +2,8 @@
 //! several models (and tables) that commit together, or not at all.
 //!
 //! A [`Transaction`] stages each write as it is called (the model's `before_` hook runs then,
-//! and its error aborts: drop the transaction and nothing is written) and commits them as one
+//! seeing the database as committed, and its error aborts: drop the transaction and nothing
+//! is written) and commits them as one
 //! atomic [`crate::Batch`] in [`Transaction::commit`]. Every staged write is decided at
 //! commit, against the rows as they are then, exactly as the single-model methods decide
 //! it: an update applies the fields it changed to the stored row (a row deleted meanwhile
@@ -32,9 +33,9 @@
 //!
 //! // A ship and its crew, in one commit.
 //! let mut tx = Transaction::new(&db);
-//! let ship = tx.create(Starship { id: None, name: "Defiant".into() })?;
+//! let ship = tx.create(Starship { id: None, name: "Defiant".into() }).await?;
 //! for name in ["Sisko", "Worf"] {
-//!     tx.create(Crewmember { id: None, name: name.into(), starship_id: ship.id.clone() })?;
+//!     tx.create(Crewmember { id: None, name: name.into(), starship_id: ship.id.clone() }).await?;
 //! }
 //! tx.commit().await?;
 //! assert_eq!(ship.crewmembers(&db).count().await?, 2);
@@ -43,8 +44,8 @@
 //! let mut stale = ship.clone();
 //! ship.clone().delete(&db).await?;
 //! let mut tx = Transaction::new(&db);
-//! tx.create(Crewmember { id: None, name: "Dax".into(), starship_id: None })?;
-//! tx.update(&mut stale, |s| s.name = "Defiant II".into())?;
+//! tx.create(Crewmember { id: None, name: "Dax".into(), starship_id: None }).await?;
+//! tx.update(&mut stale, |s| s.name = "Defiant II".into()).await?;
 //! assert!(tx.commit().await.is_err()); // the ship is gone: NotFound
 //! assert_eq!(Crewmember::count(&db).await?, 2); // Sisko and Worf: Dax was not created
 //! # Ok::<(), remodel::Error>(())
@@ -116,8 +117,8 @@ impl Transaction {
     /// Stages the creation of `model` (its `before_save` runs now; a model without a key
     /// gets a generated one) and gives it back with its key. A taken key fails the commit
     /// with [`crate::Error::KeyConflict`].
-    pub fn create<T: Model>(&mut self, mut model: T) -> Result<T> {
-        model.before_save()?;
+    pub async fn create<T: Model>(&mut self, mut model: T) -> Result<T> {
+        model.before_save(&self.db).await?;
         codec::ensure_key(&mut model)?;
         let doc = codec::to_doc(&model)?;
         self.after_save::<T>(&doc)?;
@@ -129,8 +130,8 @@ impl Transaction {
     /// Stages a save of `model`, as [`Model::save`] does: created when it has no key (one
     /// is generated now), else written with the stored fields it does not know kept as they
     /// are at commit (and created if its row is not there).
-    pub fn save<T: Model>(&mut self, model: &mut T) -> Result<()> {
-        model.before_save()?;
+    pub async fn save<T: Model>(&mut self, model: &mut T) -> Result<()> {
+        model.before_save(&self.db).await?;
         let existing = model.key_value().is_some();
         codec::ensure_key(model)?;
         let doc = codec::to_doc(model)?;
@@ -152,14 +153,18 @@ impl Transaction {
     /// its `before_save`, and the fields that changed are applied to the stored row at
     /// commit. A row missing at commit fails the transaction with
     /// [`ModelError::NotFound`].
-    pub fn update<T: Model>(&mut self, model: &mut T, change: impl FnOnce(&mut T)) -> Result<()> {
+    pub async fn update<T: Model>(
+        &mut self,
+        model: &mut T,
+        change: impl FnOnce(&mut T),
+    ) -> Result<()> {
         let schema = T::schema();
         let key = model
             .key_value()
             .ok_or_else(|| ModelError::not_saved(schema, "update"))?;
         let before = codec::to_doc(model)?;
         change(model);
-        model.before_save()?;
+        model.before_save(&self.db).await?;
         let after = codec::to_doc(model)?;
         self.after_save::<T>(&after)?;
         let changes = codec::FieldChanges::between(schema, &before, &after);
@@ -177,12 +182,12 @@ impl Transaction {
     /// does (its `before_delete` runs now). A row missing at commit fails the transaction
     /// with [`ModelError::NotFound`]; a restricting relation with
     /// [`ModelError::Restricted`]. The model is consumed: once committed, it is gone.
-    pub fn delete<T: Model>(&mut self, model: T) -> Result<()> {
+    pub async fn delete<T: Model>(&mut self, mut model: T) -> Result<()> {
         let schema = T::schema();
         let key = model
             .key_value()
             .ok_or_else(|| ModelError::not_saved(schema, "delete"))?;
-        model.before_delete()?;
+        model.before_delete(&self.db).await?;
         self.stage(schema, |b| {
             b.require_exists(schema.table, key.clone())
                 .delete_cascading(schema.table, key, relation::references())
@@ -195,12 +200,12 @@ impl Transaction {
 
     /// Stages [`HasMany::add`]: the children join the relation's parent (stored ones written
     /// back as `save` does); the parent must be stored at commit.
-    pub fn add<P: Model, C: Model>(
+    pub async fn add<P: Model, C: Model>(
         &mut self,
         relation: &HasMany<P, C>,
         children: &mut [C],
     ) -> Result<()> {
-        let append = relation.stage_add(children)?;
+        let append = relation.stage_add(children).await?;
         self.children_saved(children)?;
         self.stage(C::schema(), append);
         Ok(())
@@ -208,12 +213,12 @@ impl Transaction {
 
     /// Stages [`ManyToMany::add`]: the children are written (created when new) and related
     /// to the relation's parent.
-    pub fn add_related<P: Model, C: Model>(
+    pub async fn add_related<P: Model, C: Model>(
         &mut self,
         relation: &ManyToMany<P, C>,
         children: &mut [C],
     ) -> Result<()> {
-        let append = relation.stage_add(children)?;
+        let append = relation.stage_add(children).await?;
         self.children_saved(children)?;
         self.stage(C::schema(), append);
         Ok(())

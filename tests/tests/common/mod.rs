@@ -56,7 +56,7 @@ pub struct Crewmember {
 }
 
 impl Callbacks for Crewmember {
-    fn before_save(&mut self) -> remodel::Result<()> {
+    async fn before_save(&mut self, _db: &Database) -> remodel::Result<()> {
         if self.name.is_empty() {
             return Err(ModelError::Rejected("a crew member needs a name".into()).into());
         }

@@ -68,7 +68,7 @@ struct Log {
 }
 
 impl Callbacks for Log {
-    fn before_save(&mut self) -> remodel::Result<()> {
+    async fn before_save(&mut self, _db: &Database) -> remodel::Result<()> {
         EVENTS
             .lock()
             .unwrap()
@@ -85,7 +85,7 @@ impl Callbacks for Log {
             .unwrap()
             .push(format!("after_save {}", self.text));
     }
-    fn before_delete(&self) -> remodel::Result<()> {
+    async fn before_delete(&mut self, _db: &Database) -> remodel::Result<()> {
         EVENTS
             .lock()
             .unwrap()

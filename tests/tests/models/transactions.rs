@@ -24,16 +24,17 @@ fn ship(name: &str) -> Starship {
 async fn a_parent_and_its_children_in_one_commit() -> remodel::Result<()> {
     let db = db().await;
     let mut tx = Transaction::new(&db);
-    let voyager = tx.create(ship("Voyager"))?;
+    let voyager = tx.create(ship("Voyager")).await?;
     assert!(voyager.id.is_some(), "the key is made when staged");
     let mut janeway = crew("Janeway", "human");
     janeway.starship_id = voyager.id.clone();
-    let janeway = tx.create(janeway)?;
+    let janeway = tx.create(janeway).await?;
     tx.create(Captain {
         id: None,
         name: "Janeway".into(),
         starship_id: voyager.id.clone(),
-    })?;
+    })
+    .await?;
     // Nothing is written before the commit.
     assert_eq!(Starship::count(&db).await?, 0);
     tx.commit().await?;
@@ -52,9 +53,9 @@ async fn a_parent_and_its_children_in_one_commit() -> remodel::Result<()> {
 async fn a_hook_error_aborts_and_nothing_is_written() -> remodel::Result<()> {
     let db = db().await;
     let mut tx = Transaction::new(&db);
-    let voyager = tx.create(ship("Voyager"))?;
+    let voyager = tx.create(ship("Voyager")).await?;
     // Crewmember's before_save refuses an empty name.
-    let err = tx.create(crew("", "human")).unwrap_err();
+    let err = tx.create(crew("", "human")).await.unwrap_err();
     assert!(
         matches!(err, Error::Model(ModelError::Rejected(_))),
         "{err}"
@@ -65,9 +66,9 @@ async fn a_hook_error_aborts_and_nothing_is_written() -> remodel::Result<()> {
 
     // A refused write leaves the transaction as it was: the others still commit.
     let mut tx = Transaction::new(&db);
-    tx.create(ship("Defiant"))?;
-    assert!(tx.create(crew("", "human")).is_err());
-    tx.create(crew("Worf", "klingon"))?;
+    tx.create(ship("Defiant")).await?;
+    assert!(tx.create(crew("", "human")).await.is_err());
+    tx.create(crew("Worf", "klingon")).await?;
     tx.commit().await?;
     assert_eq!(Starship::count(&db).await?, 1);
     assert_eq!(Crewmember::count(&db).await?, 1);
@@ -82,8 +83,9 @@ async fn a_write_that_fails_at_commit_fails_them_all() -> remodel::Result<()> {
     voyager.clone().delete(&db).await?;
 
     let mut tx = Transaction::new(&db);
-    tx.create(ship("Defiant"))?;
-    tx.update(&mut stale, |s| s.name = "Voyager-A".into())?;
+    tx.create(ship("Defiant")).await?;
+    tx.update(&mut stale, |s| s.name = "Voyager-A".into())
+        .await?;
     let err = tx.commit().await.unwrap_err();
     assert!(
         matches!(err, Error::Model(ModelError::NotFound { ref model, .. }) if model == "Starship"),
@@ -94,8 +96,8 @@ async fn a_write_that_fails_at_commit_fails_them_all() -> remodel::Result<()> {
     // A taken key: KeyConflict, nothing written.
     let enterprise = ship("Enterprise").create(&db).await?;
     let mut tx = Transaction::new(&db);
-    tx.create(crew("Picard", "human"))?;
-    tx.create(enterprise.clone())?;
+    tx.create(crew("Picard", "human")).await?;
+    tx.create(enterprise.clone()).await?;
     assert!(matches!(tx.commit().await, Err(Error::KeyConflict { .. })));
     assert_eq!(Crewmember::count(&db).await?, 0);
     Ok(())
@@ -119,12 +121,13 @@ async fn saves_updates_deletes_and_relations_together() -> remodel::Result<()> {
 
     let mut tx = Transaction::new(&db);
     voyager.name = "USS Voyager".into();
-    tx.save(&mut voyager)?;
-    tx.update(&mut kim, |k| k.rank = "ensign".into())?;
-    tx.add(&voyager.crewmembers(&db), std::slice::from_mut(&mut kim))?;
+    tx.save(&mut voyager).await?;
+    tx.update(&mut kim, |k| k.rank = "ensign".into()).await?;
+    tx.add(&voyager.crewmembers(&db), std::slice::from_mut(&mut kim))
+        .await?;
     tx.relate(&voyager.away_team(&db), &[tuvok.id.clone().unwrap()])?;
     let doomed = defiant.clone();
-    tx.delete(doomed)?;
+    tx.delete(doomed).await?;
     tx.commit().await?;
 
     let stored = Starship::table(&db)
@@ -157,7 +160,7 @@ async fn a_delete_whose_row_is_gone_fails_the_transaction() -> remodel::Result<(
     let copy = voyager.clone();
     voyager.clone().delete(&db).await?;
     let mut tx = Transaction::new(&db);
-    tx.delete(copy)?;
+    tx.delete(copy).await?;
     let err = tx.commit().await.unwrap_err();
     assert!(
         matches!(err, Error::Model(ModelError::NotFound { .. })),
@@ -211,14 +214,15 @@ async fn concurrent_transactions_equal_a_serial_replay() -> remodel::Result<()> 
                     c.starship_id = to.clone();
                     c.species = tag.clone();
                 })
+                .await
                 .unwrap();
                 if rng % 5 == 0 {
                     // Sometimes the member is deleted in the same transaction as a new one
                     // is created: both or neither.
-                    tx.delete(member.clone()).unwrap();
+                    tx.delete(member.clone()).await.unwrap();
                     let mut new = crew(&format!("n{t}-{}", done.len()), "human");
                     new.starship_id = to.clone();
-                    let new = tx.create(new).unwrap();
+                    let new = tx.create(new).await.unwrap();
                     match tx.commit().await {
                         Ok(_) => done.push((m, s, tag, Some(new.id.unwrap()))),
                         Err(Error::Model(ModelError::NotFound { .. })) => {}

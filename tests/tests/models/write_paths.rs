@@ -6,7 +6,7 @@
 //! random rows with unknown fields and missing defaulted fields.
 
 use remodel::model::{create_schema, Id, Transaction};
-use remodel::{Database, Model};
+use remodel::Model;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
@@ -110,18 +110,19 @@ async fn save_update_add_and_transactions_store_the_same_document() -> remodel::
                 "tx_save" => {
                     edit(&mut r, &mut p);
                     let mut tx = Transaction::new(&db);
-                    tx.save(&mut p)?;
+                    tx.save(&mut p).await?;
                     tx.commit().await?;
                 }
                 "tx_update" => {
                     let mut tx = Transaction::new(&db);
-                    tx.update(&mut p, |p| edit(&mut r, p))?;
+                    tx.update(&mut p, |p| edit(&mut r, p)).await?;
                     tx.commit().await?;
                 }
                 _ => {
                     edit(&mut r, &mut p);
                     let mut tx = Transaction::new(&db);
-                    tx.add(&bench.probes(&db), std::slice::from_mut(&mut p))?;
+                    tx.add(&bench.probes(&db), std::slice::from_mut(&mut p))
+                        .await?;
                     tx.commit().await?;
                 }
             }

@@ -46,7 +46,7 @@ struct Officer {
 }
 
 impl Callbacks for Officer {
-    fn before_save(&mut self) -> remodel::Result<()> {
+    async fn before_save(&mut self, _db: &Database) -> remodel::Result<()> {
         SAVED.fetch_add(1, Ordering::SeqCst);
         self.saves += 1;
         Ok(())
