@@ -1248,7 +1248,7 @@ fn idle_feeds(rt: &tokio::runtime::Runtime, s: &Sizes) -> Figure {
 /// The model layer's figures (`#[derive(Model)]` against the raw JSON API it is built on).
 mod model_figures {
     use super::{soft_db, Figure, Pairs, Sizes};
-    use remodel::model::{create_schema, Id, ModelFeed};
+    use remodel::model::{create_schema, Id, ModelFeed, Transaction};
     use remodel::Model;
     use serde::{Deserialize, Serialize};
     use std::time::Instant;
@@ -1334,6 +1334,10 @@ mod model_figures {
             .into_iter()
             .map(|r| r["id"].clone())
             .collect();
+        let ids: Vec<Id> = keys
+            .iter()
+            .map(|k| Id::from(k.as_str().unwrap_or_default()))
+            .collect();
         let mut get = Pairs::default();
         for _ in 0..s.reps {
             let begin = Instant::now();
@@ -1345,8 +1349,8 @@ mod model_figures {
             let raw_rate = keys.len() as f64 / begin.elapsed().as_secs_f64();
             let begin = Instant::now();
             rt.block_on(async {
-                for k in &keys {
-                    assert!(Crewmember::get(&db, k.clone()).await.unwrap().is_some());
+                for id in &ids {
+                    assert!(Crewmember::get(&db, id).await.unwrap().is_some());
                 }
             });
             get.push(keys.len() as f64 / begin.elapsed().as_secs_f64(), raw_rate);
@@ -1389,6 +1393,51 @@ mod model_figures {
                 }
             });
             batched.push(batched_rate, rounds as f64 / begin.elapsed().as_secs_f64());
+        }
+
+        // A transaction of 10 typed creates vs one raw batch of the same 10 documents.
+        let txn_db = soft_db(rt);
+        rt.block_on(create_schema(&txn_db)).unwrap();
+        let txns = (n / 10).max(1);
+        let mut txn = Pairs::default();
+        for rep in 0..s.reps as u64 {
+            let base = 1_000_000_000 + rep * 20 * txns;
+            let raw_run = || {
+                let begin = Instant::now();
+                rt.block_on(async {
+                    for t in 0..txns {
+                        let mut batch = txn_db.batch();
+                        for i in 0..10 {
+                            let doc = member(base + t * 10 + i, None).to_json().unwrap();
+                            batch = batch.insert("crewmembers", doc);
+                        }
+                        batch.await.unwrap();
+                    }
+                });
+                txns as f64 / begin.elapsed().as_secs_f64()
+            };
+            let typed_run = || {
+                let begin = Instant::now();
+                rt.block_on(async {
+                    for t in 0..txns {
+                        let mut tx = Transaction::new(&txn_db);
+                        for i in 0..10 {
+                            tx.create(member(base + 10 * txns + t * 10 + i, None)).await
+                                .unwrap();
+                        }
+                        tx.commit().await.unwrap();
+                    }
+                });
+                txns as f64 / begin.elapsed().as_secs_f64()
+            };
+            let (typed, raw_rate) = if rep % 2 == 0 {
+                let r = raw_run();
+                (typed_run(), r)
+            } else {
+                let t = typed_run();
+                (t, raw_run())
+            };
+            txn.push(typed, raw_rate);
         }
 
         // Inserts with 10,000 open relation feeds on other ships vs none.
@@ -1472,6 +1521,12 @@ mod model_figures {
                 0.9,
                 "typed inserts with 10,000 `ship.crewmembers().changes()` feeds on other ships",
                 "no feeds",
+            ),
+            txn.figure(
+                "model_txn_10_vs_batch",
+                0.8,
+                "a `Transaction` of 10 typed creates (keys made by the transaction)",
+                "one raw `db.batch()` of the same 10 documents (keys made by the store)",
             ),
         ]
     }
