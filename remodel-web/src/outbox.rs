@@ -280,7 +280,7 @@ impl<I> Inbox<I> {
         self.rx.poll_recv(cx).map(|item| item.map(|b| *b))
     }
 
-    /// A frame that is ready now, if any (the next item stays if it is not a frame).
+    /// An item that is ready now, if any.
     pub(crate) fn ready(&mut self) -> Option<Item<I>> {
         self.rx.try_recv().ok().map(|b| *b)
     }
