@@ -1,9 +1,9 @@
 //! The Remodel tutorial, end to end: Starship and Crewmember, the schema, three ships and
-//! their crews, queries through relations, batched loading, a raw group-count, and a typed
-//! live relation feed.
+//! their crews (one created with its crew in a transaction), queries through relations,
+//! typed keys, batched loading, a typed group-count, and a typed live relation feed.
 
 use futures::StreamExt;
-use remodel::model::{create_schema, Id};
+use remodel::model::{create_schema, Id, Transaction};
 use remodel::{ChangeKind, Database, Model};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -72,7 +72,6 @@ async fn tutorial() -> remodel::Result<()> {
     let enterprise = ship("Enterprise", "Galaxy", "NCC-1701-D")
         .create(&db)
         .await?;
-    let defiant = ship("Defiant", "Defiant", "NX-74205").create(&db).await?;
     assert!(voyager.id.is_some());
 
     voyager
@@ -91,15 +90,24 @@ async fn tutorial() -> remodel::Result<()> {
             member("Troi", "counselor", "betazoid"),
         ])
         .await?;
-    defiant
-        .crewmembers(&db)
-        .add(&mut [
-            member("Sisko", "captain", "human"),
-            member("Dax", "lieutenant", "trill"),
-            member("Kira", "major", "bajoran"),
-        ])
-        .await?;
+    // A ship and its crew in one commit: the transaction makes the ship's key first.
+    let mut tx = Transaction::new(&db);
+    let defiant = tx.create(ship("Defiant", "Defiant", "NX-74205")).await?;
+    for (name, rank, species) in [
+        ("Sisko", "captain", "human"),
+        ("Dax", "lieutenant", "trill"),
+        ("Kira", "major", "bajoran"),
+    ] {
+        let mut m = member(name, rank, species);
+        m.starship_id = defiant.id.clone();
+        tx.create(m).await?;
+    }
+    tx.commit().await?;
     assert_eq!(Crewmember::count(&db).await?, 9);
+
+    // Keys are typed: a Starship's key is an `Id`.
+    let key: Id = defiant.id.clone().unwrap();
+    assert_eq!(Starship::get(&db, &key).await?.unwrap().name, "Defiant");
 
     // Voyager by name (through the `name` index).
     let s = Starship::fields();
@@ -138,17 +146,9 @@ async fn tutorial() -> remodel::Result<()> {
         ]
     );
 
-    // Crew by species, with the raw query builder of the model's table.
-    let by_species = Crewmember::table(&db)
-        .query()
-        .group(c.species.name())
-        .count()
-        .await?;
-    let humans = by_species
-        .iter()
-        .find(|g| g.group == "human")
-        .expect("a human group");
-    assert_eq!(humans.reduction, 3);
+    // Crew by species, typed: (species, count) pairs in the order of the species.
+    let by_species: Vec<(String, u64)> = Crewmember::query(&db).group(c.species).count().await?;
+    assert!(by_species.contains(&("human".to_string(), 3)));
     assert_eq!(by_species.len(), 7);
 
     // A live relation feed: a member added, updated and removed, typed.

@@ -279,7 +279,7 @@ impl<P: Model, C: Model> HasMany<P, C> {
     /// meanwhile is not brought back). The parent must be stored too. New children that come
     /// with keys of their own are created with [`HasMany::create_many`].
     pub async fn add(&self, children: &mut [C]) -> Result<()> {
-        let batch = self.stage_add(children).await?(self.db.batch());
+        let batch = self.stage_add(children, |_, _| false).await?(self.db.batch());
         self.commit(batch).await?;
         children.iter().for_each(|c| c.after_save());
         Ok(())
@@ -287,14 +287,22 @@ impl<P: Model, C: Model> HasMany<P, C> {
 
     /// `add`'s writes, to append to a batch (the `before_save` hooks run now: an error
     /// leaves nothing to append).
+    /// `staged(table, key)` says whether a row is created by the same commit (a transaction's
+    /// own): such a parent is not required to exist before it.
     pub(crate) async fn stage_add(
         &self,
         children: &mut [C],
+        staged: impl Fn(&str, &Value) -> bool,
     ) -> Result<impl FnOnce(Batch) -> Batch> {
         let parent = self.parent()?;
         let prepared = prepare_children(&self.db, children, Some((self.fk(), &parent))).await?;
+        let check = !staged(P::schema().table, &parent);
         Ok(move |batch: Batch| {
-            let mut batch = batch.require_exists(P::schema().table, parent);
+            let mut batch = if check {
+                batch.require_exists(P::schema().table, parent)
+            } else {
+                batch
+            };
             for p in prepared {
                 batch = store::<C>(batch, p, false);
             }
@@ -682,7 +690,7 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
         create: bool,
         batch: Batch,
     ) -> Result<()> {
-        self.link_prepared(self.parent()?, prepared, create)(batch)
+        self.link_prepared(self.parent()?, prepared, create, true)(batch)
             .await
             .map_err(|e| missing_as_model(e, &[P::schema(), C::schema()]))?
             .check()?;
@@ -720,10 +728,12 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
     pub(crate) async fn stage_add(
         &self,
         children: &mut [C],
+        staged: impl Fn(&str, &Value) -> bool,
     ) -> Result<impl FnOnce(Batch) -> Batch + '_> {
         let parent = self.parent()?;
         let prepared = prepare_children(&self.db, children, None).await?;
-        Ok(self.link_prepared(parent, prepared, false))
+        let check = !staged(P::schema().table, &parent);
+        Ok(self.link_prepared(parent, prepared, false, check))
     }
 
     /// The children's writes and their links, to append to a batch.
@@ -732,9 +742,14 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
         parent: Value,
         prepared: Vec<Prepared>,
         create: bool,
+        check_parent: bool,
     ) -> impl FnOnce(Batch) -> Batch + '_ {
         move |batch: Batch| {
-            let mut batch = batch.require_exists(P::schema().table, parent.clone());
+            let mut batch = if check_parent {
+                batch.require_exists(P::schema().table, parent.clone())
+            } else {
+                batch
+            };
             for p in prepared {
                 let link = self.link(&parent, &p.key);
                 batch =
@@ -750,7 +765,7 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
     /// meanwhile (or never stored) is [`ModelError::NotFound`], and nothing is written;
     /// relating a row twice changes nothing.
     pub async fn relate(&self, keys: &[C::Key]) -> Result<()> {
-        self.stage_relate(keys)?(self.db.batch())
+        self.stage_relate(keys, |_, _| false)?(self.db.batch())
             .await
             .map_err(|e| missing_as_model(e, &[P::schema(), C::schema()]))?
             .check()?;
@@ -758,21 +773,33 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
     }
 
     /// `relate`'s checks and links, to append to a batch.
-    pub(crate) fn stage_relate(&self, keys: &[C::Key]) -> Result<impl FnOnce(Batch) -> Batch + '_> {
+    pub(crate) fn stage_relate(
+        &self,
+        keys: &[C::Key],
+        staged: impl Fn(&str, &Value) -> bool,
+    ) -> Result<impl FnOnce(Batch) -> Batch + '_> {
         let parent = self.parent()?;
-        let keys: Vec<Value> = keys
+        let keys: Vec<(Value, bool)> = keys
             .iter()
-            .map(codec::key_to_value::<C>)
+            .map(|k| {
+                let k = codec::key_to_value::<C>(k)?;
+                let check = !staged(C::schema().table, &k);
+                Ok((k, check))
+            })
             .collect::<Result<_>>()?;
+        let check_parent = !staged(P::schema().table, &parent);
         Ok(move |batch: Batch| {
-            let mut batch = batch.require_exists(P::schema().table, parent.clone());
-            for key in keys {
+            let mut batch = if check_parent {
+                batch.require_exists(P::schema().table, parent.clone())
+            } else {
+                batch
+            };
+            for (key, check) in keys {
                 let link = self.link(&parent, &key);
-                batch = batch.require_exists(C::schema().table, key).insert_with(
-                    &self.join,
-                    link,
-                    Conflict::Replace,
-                );
+                if check {
+                    batch = batch.require_exists(C::schema().table, key.clone());
+                }
+                batch = batch.insert_with(&self.join, link, Conflict::Replace);
             }
             batch
         })
@@ -841,7 +868,7 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
                 .links(parent.clone())
                 .filter(not_one_of(self.rel.association_key, &keys));
             let batch = self.db.batch().require_empty(&newcomers, CHILDREN_MOVED_IN);
-            match self.link_prepared(parent.clone(), prepared, true)(batch).await {
+            match self.link_prepared(parent.clone(), prepared, true, true)(batch).await {
                 Ok(r) => {
                     r.check()?;
                     child.after_save();

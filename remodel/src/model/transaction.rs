@@ -70,6 +70,9 @@ pub struct Transaction {
     batch: Option<Batch>,
     /// The models staged, to name them in errors.
     schemas: Vec<&'static Schema>,
+    /// The rows this transaction creates, `(table, key as text)`: a relation write to them
+    /// does not require them to exist before the commit.
+    created: std::collections::HashSet<(&'static str, String)>,
     after: Vec<AfterHook>,
 }
 
@@ -91,6 +94,7 @@ impl Transaction {
             db: db.clone(),
             batch: Some(db.batch()),
             schemas: Vec::new(),
+            created: Default::default(),
             after: Vec::new(),
         }
     }
@@ -100,6 +104,11 @@ impl Transaction {
     fn stage(&mut self, schema: &'static Schema, append: impl FnOnce(Batch) -> Batch) {
         let batch = self.batch.take().unwrap_or_else(|| self.db.batch());
         self.batch = Some(append(batch));
+        self.note(schema);
+    }
+
+    /// Names `schema` among the models whose missing rows are reported as theirs.
+    fn note(&mut self, schema: &'static Schema) {
         if !self.schemas.iter().any(|s| std::ptr::eq(*s, schema)) {
             self.schemas.push(schema);
         }
@@ -123,6 +132,9 @@ impl Transaction {
         let doc = codec::to_doc(&model)?;
         self.after_save::<T>(&doc)?;
         let table = T::schema().table;
+        if let Some(key) = model.key_value() {
+            self.created.insert((table, codec::key_text(&key)));
+        }
         self.stage(T::schema(), |b| b.insert(table, doc));
         Ok(model)
     }
@@ -205,8 +217,10 @@ impl Transaction {
         relation: &HasMany<P, C>,
         children: &mut [C],
     ) -> Result<()> {
-        let append = relation.stage_add(children).await?;
+        let staged = self.staged();
+        let append = relation.stage_add(children, staged).await?;
         self.children_saved(children)?;
+        self.note(P::schema());
         self.stage(C::schema(), append);
         Ok(())
     }
@@ -218,21 +232,32 @@ impl Transaction {
         relation: &ManyToMany<P, C>,
         children: &mut [C],
     ) -> Result<()> {
-        let append = relation.stage_add(children).await?;
+        let staged = self.staged();
+        let append = relation.stage_add(children, staged).await?;
         self.children_saved(children)?;
+        self.note(P::schema());
         self.stage(C::schema(), append);
         Ok(())
     }
 
     /// Stages [`ManyToMany::relate`]: links only, to rows that must be stored at commit.
-    pub fn relate<P: Model, C: Model>(
+    pub async fn relate<P: Model, C: Model>(
         &mut self,
         relation: &ManyToMany<P, C>,
         keys: &[C::Key],
     ) -> Result<()> {
-        let append = relation.stage_relate(keys)?;
+        let staged = self.staged();
+        let append = relation.stage_relate(keys, staged)?;
+        self.note(P::schema());
         self.stage(C::schema(), append);
         Ok(())
+    }
+
+    /// Whether a row is one this transaction creates (a copy of the set: the relation's
+    /// staged write keeps it past the borrow of `self`).
+    fn staged(&self) -> impl Fn(&str, &Value) -> bool + 'static {
+        let created = self.created.clone();
+        move |table, key| created.contains(&(table, codec::key_text(key)))
     }
 
     fn children_saved<C: Model>(&mut self, children: &[C]) -> Result<()> {

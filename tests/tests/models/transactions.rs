@@ -125,7 +125,8 @@ async fn saves_updates_deletes_and_relations_together() -> remodel::Result<()> {
     tx.update(&mut kim, |k| k.rank = "ensign".into()).await?;
     tx.add(&voyager.crewmembers(&db), std::slice::from_mut(&mut kim))
         .await?;
-    tx.relate(&voyager.away_team(&db), &[tuvok.id.clone().unwrap()])?;
+    tx.relate(&voyager.away_team(&db), &[tuvok.id.clone().unwrap()])
+        .await?;
     let doomed = defiant.clone();
     tx.delete(doomed).await?;
     tx.commit().await?;
@@ -291,5 +292,40 @@ async fn concurrent_transactions_equal_a_serial_replay() -> remodel::Result<()> 
         all.len(),
         members.len() - deleted.len() + committed.iter().filter(|c| c.3.is_some()).count()
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn relation_writes_to_rows_the_transaction_creates() -> remodel::Result<()> {
+    let db = db().await;
+    let mut tx = Transaction::new(&db);
+    let voyager = tx.create(ship("Voyager")).await?;
+    let mut crew_ = vec![crew("Janeway", "human"), crew("Tuvok", "vulcan")];
+    // The parent is created by this same commit: not required to exist before it.
+    tx.add(&voyager.crewmembers(&db), &mut crew_).await?;
+    let paris = tx.create(crew("Paris", "human")).await?;
+    tx.relate(&voyager.away_team(&db), &[paris.id.clone().unwrap()])
+        .await?;
+    tx.commit().await?;
+    assert_eq!(voyager.crewmembers(&db).count().await?, 2);
+    assert_eq!(
+        voyager.away_team(&db).keys().await?,
+        vec![paris.id.clone().unwrap()]
+    );
+
+    // A parent neither stored nor staged: NotFound, nothing written.
+    let ghost = Starship {
+        id: Some(remodel::model::Id::from("ghost")),
+        name: "Ghost".into(),
+    };
+    let mut tx = Transaction::new(&db);
+    tx.create(crew("Kes", "ocampa")).await?;
+    tx.add(&ghost.crewmembers(&db), &mut [crew("Neelix", "talaxian")])
+        .await?;
+    assert!(matches!(
+        tx.commit().await,
+        Err(Error::Model(ModelError::NotFound { .. }))
+    ));
+    assert_eq!(Crewmember::count(&db).await?, 3);
     Ok(())
 }
