@@ -420,8 +420,11 @@ pub(crate) struct Reader {
     /// An item about a row the scan has not reached yet is skipped: the scan reads the row
     /// as it is after that item. Boxed, and only while the scan lasts: a million idle feeds
     /// should not carry an empty list each.
-    frontier: Option<Box<Vec<(u64, Option<Vec<u8>>)>>>,
+    frontier: Option<Box<Frontier>>,
 }
+
+/// Scan frontiers: from which log position on, the last primary key read (`None`: all).
+type Frontier = Vec<(u64, Option<Vec<u8>>)>;
 
 impl Reader {
     pub(crate) fn capacity(&self) -> usize {
