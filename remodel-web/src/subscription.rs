@@ -234,13 +234,13 @@ impl<I: Clone + Send + Sync + 'static> Opening<I> {
         }
         // The followed result keeps no query of its feed or guards (a restart asks anew).
         live.guards = Vec::new();
-        let changes = match live.changes.take().map(|c| *c) {
-            Some(Ok(c)) => c.queue_size(sub.shared.limits.feed_queue),
-            Some(Err(e)) => return Err(Stop::End(refusal(&e))),
-            None => {
-                let why = Refusal::new(ErrorCode::Internal, "the result has no feed");
-                return Err(Stop::End(why));
-            }
+        let Some(changes) = live.changes.take() else {
+            let why = Refusal::new(ErrorCode::Internal, "the result has no feed");
+            return Err(Stop::End(why));
+        };
+        let changes = match *changes {
+            Ok(c) => c.queue_size(sub.shared.limits.feed_queue),
+            Err(e) => return Err(Stop::End(refusal(&e))),
         };
         if let Some(cursor) = cursor.filter(|_| !watched_late && !guards_moved(&mut guards)) {
             match changes.clone().resume_from(cursor).await {
