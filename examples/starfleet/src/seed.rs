@@ -1,7 +1,7 @@
 //! The three crews loaded on first run.
 
 use crate::models::{Crewmember, Starship};
-use remodel::model::Id;
+use remodel::model::{Id, Transaction};
 use remodel::{Database, Model};
 use serde_json::json;
 
@@ -52,9 +52,9 @@ const CREWS: [Crew; 3] = [
 
 /// Loads the crews unless they were loaded before. Returns whether it loaded them.
 ///
-/// The seeded rows have fixed keys (`/ship/voyager`, `/member/janeway`), so a first start
-/// interrupted half-way saves the ships again and creates the crews still missing on the next
-/// start; the marker row is written last.
+/// The seeded rows have fixed keys (`/ship/voyager`, `/member/janeway`); each ship is created
+/// with its crew in one transaction, so a first start interrupted half-way creates the ships
+/// still missing on the next start; the marker row is written last.
 pub async fn seed_once(db: &Database) -> remodel::Result<bool> {
     db.ensure_table(META_TABLE).await?;
     let meta = db.table(META_TABLE);
@@ -70,19 +70,22 @@ pub async fn seed_once(db: &Database) -> remodel::Result<bool> {
             x: 160.0 + 240.0 * i as f64,
             y: 150.0 + 100.0 * (i % 2) as f64,
         };
-        ship.save(db).await?;
-        let mut crew: Vec<Crewmember> = members
-            .iter()
-            .map(|(key, name, rank, species)| Crewmember {
-                id: Some(Id::from(*key)),
+        // The ship and its crew in one transaction: a start interrupted before the marker
+        // finds each ship whole with its crew, or absent.
+        if Starship::get(db, key).await?.is_some() {
+            continue;
+        }
+        let mut tx = Transaction::new(db);
+        tx.save(&mut ship).await?;
+        for (key, name, rank, species) in members {
+            tx.create(Crewmember {
+                id: Some(Id::from(key)),
+                starship_id: ship.id.clone(),
                 ..Crewmember::new(name, rank, species)
             })
-            .collect();
-        // One atomic commit per crew: a start interrupted before the marker finds each crew
-        // whole or absent.
-        if ship.crewmembers(db).count().await? == 0 {
-            ship.crewmembers(db).create_many(&mut crew).await?;
+            .await?;
         }
+        tx.commit().await?;
     }
     meta.insert(json!({"id": "seeded"})).await?.check()?;
     Ok(true)

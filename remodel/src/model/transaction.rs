@@ -70,8 +70,8 @@ pub struct Transaction {
     batch: Option<Batch>,
     /// The models staged, to name them in errors.
     schemas: Vec<&'static Schema>,
-    /// The rows this transaction creates, `(table, key as text)`: a relation write to them
-    /// does not require them to exist before the commit.
+    /// The rows this transaction creates or saves, `(table, key as text)`: a relation write
+    /// to them does not require them to exist before the commit.
     created: std::collections::HashSet<(&'static str, String)>,
     after: Vec<AfterHook>,
 }
@@ -149,6 +149,10 @@ impl Transaction {
         let doc = codec::to_doc(model)?;
         self.after_save::<T>(&doc)?;
         let schema = T::schema();
+        if let Some(key) = model.key_value() {
+            // Stored once this commits, whether inserted or written back.
+            self.created.insert((schema.table, codec::key_text(&key)));
+        }
         self.stage(schema, |b| {
             if existing {
                 b.insert_resolving(schema.table, doc, move |stored, new| {

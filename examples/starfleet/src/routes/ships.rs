@@ -24,17 +24,14 @@ pub async fn index(State(app): State<AppState>, s: Session) -> AppResult<Html<St
 
 /// Crew count per ship key (`""`: members without a ship), one group + count query.
 pub async fn crew_counts(app: &AppState) -> AppResult<HashMap<String, u64>> {
-    let groups = Crewmember::table(&app.db)
-        .query()
-        .group("starship_id")
+    let f = Crewmember::fields();
+    let groups = Crewmember::query(&app.db)
+        .group(f.starship_id)
         .count()
         .await?;
     Ok(groups
         .into_iter()
-        .map(|g| {
-            let ship = g.group.as_str().unwrap_or_default().to_string();
-            (ship, g.reduction.as_u64().unwrap_or(0))
-        })
+        .map(|(ship, n)| (ship.map(|s| s.to_string()).unwrap_or_default(), n))
         .collect())
 }
 

@@ -25,19 +25,9 @@ pub struct SpeciesCount {
 
 /// Crew count per species, most numerous first (ties by name): one group + count query.
 pub async fn species_counts(db: &Database) -> AppResult<Vec<SpeciesCount>> {
-    let groups = Crewmember::table(db)
-        .query()
-        .group("species")
-        .count()
-        .await?;
-    Ok(sorted_counts(groups.into_iter().map(|g| {
-        let species = g
-            .group
-            .as_str()
-            .map(str::to_string)
-            .unwrap_or_else(|| g.group.to_string());
-        (species, g.reduction.as_u64().unwrap_or(0))
-    })))
+    let f = Crewmember::fields();
+    let groups = Crewmember::query(db).group(f.species).count().await?;
+    Ok(sorted_counts(groups.into_iter()))
 }
 
 /// `(species, count)` pairs as the chart shows them: most numerous first, ties by name.
