@@ -235,8 +235,9 @@ impl RelationShape {
                 loader: "has_many",
                 many: true,
                 queries: "one store query",
-                doc: "rows of this `{model}` (has_many, through the index `{fk}`): all, filter, \
-                      get, count, create, create_many, add, remove, clear, set, changes.",
+                doc: "rows of this `{model}` (has_many, through the index `{fk}`): query, all, \
+                      filter, get, count, create, create_many, add, remove, clear, set, \
+                      get_or_create, changes.",
             },
             RelationKind::HasOne => RelationShape {
                 variant: "HasOne",
@@ -260,8 +261,9 @@ impl RelationShape {
                 many: true,
                 queries: "two store queries",
                 doc: "rows related to this `{model}` through the shared join table \
-                      (has_and_belongs_to_many): all, filter, get, count, create, \
-                      create_many, add, remove, clear, set, link_changes, join_changes.",
+                      (has_and_belongs_to_many): query, all, filter, get, count, create, \
+                      create_many, add, relate, remove, clear, set, get_or_create, changes \
+                      (typed), link_changes, join_changes.",
             },
         }
     }

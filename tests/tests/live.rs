@@ -313,7 +313,7 @@ async fn many_to_many_link_feed() -> remodel::Result<()> {
         .unwrap()?;
     assert_eq!(c.kind(), ChangeKind::Add);
     assert_eq!(c.new_val().unwrap()["crewmember_id"], json!(team[0].id));
-    voyager.away_team(&db).remove(&team).await?;
+    voyager.away_team(&db).remove(&mut team).await?;
     let c = tokio::time::timeout(Duration::from_secs(5), links.next())
         .await
         .unwrap()

@@ -17,6 +17,22 @@ enum Source {
     Index(&'static str, Vec<Value>),
     /// The rows with these primary keys.
     Keys(Vec<Value>),
+    /// The rows a many-to-many relation links to a parent (keys read from the join table
+    /// when the query runs).
+    Related(Box<Related>),
+}
+
+/// A many-to-many relation's side of a join table, for one parent.
+#[derive(Clone)]
+pub(crate) struct Related {
+    /// The join table.
+    pub(crate) join: String,
+    /// Its column holding the parent's key (and the name of its index).
+    pub(crate) fk: &'static str,
+    /// The parent's key.
+    pub(crate) parent: Value,
+    /// Its column holding the related rows' keys.
+    pub(crate) assoc: &'static str,
 }
 
 #[derive(Clone)]
@@ -174,6 +190,13 @@ impl<T: Model> ModelQuery<T> {
     }
 
     /// A query that fails with `error` when it runs (a relation of an unsaved model).
+    pub(crate) fn related(db: &Database, related: Related) -> Self {
+        ModelQuery {
+            source: Source::Related(Box::new(related)),
+            ..Self::table(db)
+        }
+    }
+
     pub(crate) fn by_keys(db: &Database, keys: Result<Vec<Value>>) -> Self {
         match keys {
             Ok(keys) => ModelQuery {
@@ -234,6 +257,12 @@ impl<T: Model> ModelQuery<T> {
         let mut q = match &self.source {
             Source::Index(ix, values) => table.get_all(values.clone()).index(*ix),
             Source::Keys(keys) => table.get_all(keys.clone()),
+            Source::Related(_) => {
+                return Err(Error::query(
+                    "a many-to-many relation's query reads its keys from the join table when \
+                     it runs: run it (`run`, `count`, ...) rather than asking for its raw query",
+                ))
+            }
             Source::Table => match self.filter.as_ref().and_then(|p| indexable(schema, p)) {
                 Some((ix, v)) if !ordered_by_index && has_index(schema, &table, ix) => {
                     table.get_all([v]).index(ix)
@@ -267,22 +296,56 @@ impl<T: Model> ModelQuery<T> {
             && matches!(&self.source, Source::Index(_, v) | Source::Keys(v) if v.is_empty())
     }
 
-    /// Runs the query: the matching models.
-    pub async fn run(&self) -> Result<Vec<T>> {
+    /// The store query to run, read when the query runs: `None` when no row can match (no
+    /// keys); a many-to-many relation's keys are read from its join table first.
+    async fn resolve(&self) -> Result<Option<Query>> {
         if self.empty_source() {
-            return Ok(Vec::new());
+            return Ok(None);
+        }
+        let Source::Related(r) = &self.source else {
+            return self.raw().map(Some);
+        };
+        if let Some(e) = &self.error {
+            return Err(e.clone());
         }
         codec::count_query();
-        codec::decode_all(self.raw()?.run().await?)
+        let links = self
+            .db
+            .table(r.join.as_str())
+            .get_all([r.parent.clone()])
+            .index(r.fk)
+            .run()
+            .await?;
+        let keys: Vec<Value> = links
+            .into_iter()
+            .filter_map(|mut l| l.get_mut(r.assoc).map(Value::take))
+            .collect();
+        let keyed = ModelQuery {
+            source: Source::Keys(keys),
+            ..self.clone()
+        };
+        if keyed.empty_source() {
+            return Ok(None);
+        }
+        keyed.raw().map(Some)
+    }
+
+    /// Runs the query: the matching models.
+    pub async fn run(&self) -> Result<Vec<T>> {
+        let Some(q) = self.resolve().await? else {
+            return Ok(Vec::new());
+        };
+        codec::count_query();
+        codec::decode_all(q.run().await?)
     }
 
     /// The first matching model.
     pub async fn first(&self) -> Result<Option<T>> {
-        if self.empty_source() {
+        let Some(q) = self.resolve().await? else {
             return Ok(None);
-        }
+        };
         codec::count_query();
-        match self.raw()?.first().await? {
+        match q.first().await? {
             Some(doc) => codec::decode(doc).map(Some),
             None => Ok(None),
         }
@@ -290,25 +353,52 @@ impl<T: Model> ModelQuery<T> {
 
     /// The number of matching models.
     pub async fn count(&self) -> Result<u64> {
-        if self.empty_source() {
+        let Some(q) = self.resolve().await? else {
             return Ok(0);
-        }
+        };
         codec::count_query();
-        self.raw()?.count().await
+        q.count().await
     }
 
     /// The matching documents as JSON, undecoded.
     pub async fn json(&self) -> Result<Vec<Value>> {
-        if self.empty_source() {
+        let Some(q) = self.resolve().await? else {
             return Ok(Vec::new());
-        }
+        };
         codec::count_query();
-        self.raw()?.run().await
+        q.run().await
     }
 
     /// Watches the query's result: typed [`super::Change`] items (see [`ModelChanges`]).
     pub fn changes(&self) -> ModelChanges<T> {
+        if let Source::Related(r) = &self.source {
+            return self.related_changes(r);
+        }
         ModelChanges::new(self.raw().map(|q| q.changes()))
+    }
+
+    /// A many-to-many relation's rows, live: its links joined with the related table, read
+    /// as the related side. Filters and orderings are not followed live there.
+    fn related_changes(&self, r: &Related) -> ModelChanges<T> {
+        if let Some(e) = &self.error {
+            return ModelChanges::new(Err(e.clone()));
+        }
+        if self.filter.is_some() || !self.steps.is_empty() {
+            return ModelChanges::new(Err(Error::Unwatchable(
+                "a many-to-many relation is watched whole (`changes()` on the relation): \
+                 filter its items, or watch a query of the related table"
+                    .into(),
+            )));
+        }
+        let links = self
+            .db
+            .table(r.join.as_str())
+            .get_all([r.parent.clone()])
+            .index(r.fk);
+        ModelChanges::part_of(
+            Ok(links.eq_join(r.assoc, T::schema().table).changes()),
+            "right",
+        )
     }
 
     /// Sets fields of every matching row, in one commit that selects the rows (so a row
@@ -344,10 +434,9 @@ impl<T: Model> ModelQuery<T> {
     /// # }).unwrap();
     /// ```
     pub async fn update(&self, set: super::field::Set<T>) -> Result<u64> {
-        if self.empty_source() {
+        let Some(q) = self.resolve().await? else {
             return Ok(0);
-        }
-        let q = self.raw()?;
+        };
         let r = self
             .db
             .batch()
@@ -364,10 +453,9 @@ impl<T: Model> ModelQuery<T> {
     /// [`super::ModelError::Restricted`], and nothing is written. A bulk write: the models'
     /// hooks do not run.
     pub async fn delete(&self) -> Result<u64> {
-        if self.empty_source() {
+        let Some(q) = self.resolve().await? else {
             return Ok(0);
-        }
-        let q = self.raw()?;
+        };
         let r = self
             .db
             .batch()
@@ -380,46 +468,38 @@ impl<T: Model> ModelQuery<T> {
 
     /// The sum of a numeric field over the matching rows (rows holding `null` skipped).
     pub async fn sum<F: Numeric>(&self, field: Field<T, F>) -> Result<f64> {
-        if self.empty_source() {
+        let Some(q) = self.resolve().await? else {
             return Ok(0.0);
-        }
+        };
         codec::count_query();
-        self.raw()?.sum(field.name()).await
+        q.sum(field.name()).await
     }
 
     /// The average of a numeric field over the matching rows; `None` when none has one.
     pub async fn avg<F: Numeric>(&self, field: Field<T, F>) -> Result<Option<f64>> {
-        if self.empty_source() {
+        let Some(q) = self.resolve().await? else {
             return Ok(None);
-        }
+        };
         codec::count_query();
-        self.raw()?.avg(field.name()).await
+        q.avg(field.name()).await
     }
 
     /// The matching model with the smallest value of `field` (ties: the smallest key).
     pub async fn min<F>(&self, field: Field<T, F>) -> Result<Option<T>> {
-        if self.empty_source() {
+        let Some(q) = self.resolve().await? else {
             return Ok(None);
-        }
+        };
         codec::count_query();
-        self.raw()?
-            .min(field.name())
-            .await?
-            .map(codec::decode)
-            .transpose()
+        q.min(field.name()).await?.map(codec::decode).transpose()
     }
 
     /// The matching model with the largest value of `field` (ties: the smallest key).
     pub async fn max<F>(&self, field: Field<T, F>) -> Result<Option<T>> {
-        if self.empty_source() {
+        let Some(q) = self.resolve().await? else {
             return Ok(None);
-        }
+        };
         codec::count_query();
-        self.raw()?
-            .max(field.name())
-            .await?
-            .map(codec::decode)
-            .transpose()
+        q.max(field.name()).await?.map(codec::decode).transpose()
     }
 
     /// The matching rows grouped by the value of `field`, for a typed aggregation per group:
@@ -446,11 +526,11 @@ impl<T: Model, F: DeserializeOwned> ModelGroups<T, F> {
         &self,
         of: impl FnOnce(crate::Grouped) -> crate::Aggregate<Vec<crate::Group>>,
     ) -> Result<Vec<(F, Value)>> {
-        if self.query.empty_source() {
+        let Some(q) = self.query.resolve().await? else {
             return Ok(Vec::new());
-        }
+        };
         codec::count_query();
-        let groups = of(self.query.raw()?.group(self.field)).await?;
+        let groups = of(q.group(self.field)).await?;
         let schema = T::schema();
         groups
             .into_iter()

@@ -629,27 +629,30 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
 
     /// Every related row.
     pub async fn all(&self) -> Result<Vec<C>> {
-        let keys = self.key_values().await?;
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        codec::count_query();
-        codec::decode_all(C::table(&self.db).get_all(keys).run().await?)
+        self.query().run().await
     }
 
-    /// The related rows for which `predicate` holds.
-    pub async fn filter(&self, predicate: Predicate) -> Result<Vec<C>> {
-        let keys = self.key_values().await?;
-        if keys.is_empty() {
-            return Ok(Vec::new());
+    /// The related rows, as a typed query (as [`HasMany::query`]): chain `filter`,
+    /// `order_by`, `limit`, then `run`, `count`, `update`, `delete`, `changes`, ... Its keys
+    /// are read from the join table when it runs.
+    pub fn query(&self) -> ModelQuery<C> {
+        match self.parent() {
+            Ok(parent) => ModelQuery::related(
+                &self.db,
+                super::query::Related {
+                    join: self.join.clone(),
+                    fk: self.rel.foreign_key,
+                    parent,
+                    assoc: self.rel.association_key,
+                },
+            ),
+            Err(e) => ModelQuery::failed(&self.db, e),
         }
-        let q = self
-            .db
-            .table(C::schema().table)
-            .get_all(keys)
-            .filter(predicate);
-        codec::count_query();
-        codec::decode_all(q.run().await?)
+    }
+
+    /// The related rows for which `predicate` holds, as a query.
+    pub fn filter(&self, predicate: Predicate) -> ModelQuery<C> {
+        self.query().filter(predicate)
     }
 
     /// The related row with this key, if it is related to this parent.
@@ -829,7 +832,7 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
     /// live join of the links with the related table, read as its related side). Like every
     /// join feed it cannot resume from a cursor: reopen it with `include_initial`.
     pub fn changes(&self) -> ModelChanges<C> {
-        ModelChanges::part_of(self.join_changes(), "right")
+        self.query().changes()
     }
 
     /// The first related row matching `predicate`, or a new one made by `make`, created
@@ -890,7 +893,7 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
 
     /// Unrelates these rows from this parent only (their other relations stay), in one
     /// commit. Returns how many links were removed.
-    pub async fn remove(&self, children: &[C]) -> Result<u64> {
+    pub async fn remove(&self, children: &mut [C]) -> Result<u64> {
         let parent = self.parent()?;
         let mut batch = self.db.batch();
         let mut any = false;

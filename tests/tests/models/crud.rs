@@ -581,7 +581,7 @@ async fn an_empty_filter_list_matches_nothing() -> remodel::Result<()> {
         .is_empty());
     assert!(Crewmember::load_starship(&db, &[]).await?.is_empty());
     assert!(Starship::load_crewmembers(&db, &[]).await?.is_empty());
-    assert_eq!(a.away_team(&db).remove(&[]).await?, 0);
+    assert_eq!(a.away_team(&db).remove(&mut []).await?, 0);
     assert_eq!(Crewmember::count(&db).await?, 2);
     Ok(())
 }

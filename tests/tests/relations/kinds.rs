@@ -410,6 +410,7 @@ async fn many_to_many_through_one_shared_join_table() -> remodel::Result<()> {
     let vulcans = voyager
         .away_team(&db)
         .filter(f.species.eq("vulcan"))
+        .run()
         .await?;
     assert_eq!(names(&vulcans, |m| &m.name), ["Tuvok"]);
     assert!(voyager
@@ -463,7 +464,7 @@ async fn many_to_many_remove_detaches_from_this_parent_only() -> remodel::Result
     let mut tuvok = vec![crew("Tuvok", "")];
     a.away_team(&db).add(&mut tuvok).await?;
     b.away_team(&db).add(&mut tuvok).await?;
-    assert_eq!(a.away_team(&db).remove(&tuvok).await?, 1);
+    assert_eq!(a.away_team(&db).remove(&mut tuvok).await?, 1);
     assert!(a.away_team(&db).all().await?.is_empty());
     assert_eq!(
         name_set(&b.away_team(&db).all().await?),
@@ -611,5 +612,85 @@ async fn to_many_handles_share_get_or_create_and_typed_changes() -> remodel::Res
         .unwrap()?;
     assert_eq!(c.new.as_ref().map(|m| m.name.as_str()), Some("Neelix"));
     assert_eq!(c.key(), made[0].id);
+    Ok(())
+}
+
+/// A many-to-many handle's `query()` chains like a has_many's: filter, order, limit, count,
+/// bulk update, typed aggregates; its keys are read from the join table when it runs.
+#[tokio::test]
+async fn a_many_to_many_query_chains_like_a_has_many_one() -> remodel::Result<()> {
+    let (db, voyager, defiant) = setup().await?;
+    let f = Crewmember::fields();
+    let mut team = vec![
+        crew("Tuvok", "vulcan"),
+        crew("Paris", "human"),
+        crew("Kim", "human"),
+    ];
+    voyager.away_team(&db).add(&mut team).await?;
+    defiant
+        .away_team(&db)
+        .add(&mut [crew("Worf", "klingon")])
+        .await?;
+    let humans = voyager
+        .away_team(&db)
+        .filter(f.species.eq("human"))
+        .order_by(f.name.asc())
+        .run()
+        .await?;
+    assert_eq!(names(&humans, |m| &m.name), ["Kim", "Paris"]);
+    assert_eq!(
+        voyager
+            .away_team(&db)
+            .query()
+            .order_by(f.name.desc())
+            .limit(1)
+            .run()
+            .await?[0]
+            .name,
+        "Tuvok"
+    );
+    assert_eq!(
+        voyager
+            .away_team(&db)
+            .filter(f.species.eq("human"))
+            .count()
+            .await?,
+        2
+    );
+    let by_species: Vec<(String, u64)> = voyager
+        .away_team(&db)
+        .query()
+        .group(f.species)
+        .count()
+        .await?;
+    assert_eq!(by_species, vec![("human".into(), 2), ("vulcan".into(), 1)]);
+    // A bulk update reaches only this parent's related rows.
+    let n = voyager
+        .away_team(&db)
+        .query()
+        .update(f.rank.set("ensign"))
+        .await?;
+    assert_eq!(n, 3);
+    assert_eq!(
+        Crewmember::filter(&db, f.rank.eq("ensign")).count().await?,
+        3
+    );
+    // A filtered many-to-many feed is refused with a reason; the whole one is typed.
+    assert!(matches!(
+        voyager
+            .away_team(&db)
+            .filter(f.species.eq("human"))
+            .changes()
+            .await,
+        Err(Error::Unwatchable(_))
+    ));
+    let mut whole = voyager
+        .away_team(&db)
+        .changes()
+        .include_initial(true)
+        .await?;
+    use futures::StreamExt;
+    let first = whole.next().await.unwrap()?;
+    assert!(first.new.is_some());
     Ok(())
 }

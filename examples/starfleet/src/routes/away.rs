@@ -50,6 +50,6 @@ pub async fn release(
 ) -> AppResult<Redirect> {
     let ship = find_ship(&app.db, &id).await?;
     let member = find_member(&app.db, &member).await?;
-    ship.away_team(&app.db).remove(&[member]).await?;
+    ship.away_team(&app.db).remove(&mut [member]).await?;
     Ok(Redirect::to(&format!("/ship/{}", ship.id_str())))
 }
