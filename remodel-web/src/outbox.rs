@@ -63,7 +63,8 @@ pub(crate) struct Entry {
 
 /// What the senders and the driver share.
 pub(crate) struct Common {
-    bytes: Arc<Semaphore>,
+    /// The byte budget of the frames waiting for the client ([`BYTES`]).
+    pub(crate) bytes: Arc<Semaphore>,
     subs: Mutex<HashMap<u32, Entry>>,
     generations: AtomicU64,
     /// One initial result is read and queued at a time per connection (each can be large).

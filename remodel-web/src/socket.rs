@@ -9,23 +9,29 @@
 //! client, the driver reads no feed, so the feeds (not the server's memory) absorb the
 //! backlog, and overflow into a resynchronisation.
 
-use crate::outbox::{Inbox, Item, Outbox};
+use crate::outbox::{text_len, Inbox, Item, Outbox, BYTES};
 use crate::protocol::{ClientFrame, Outcome, ServerFrame};
 use crate::subscription::{Following, Step, Stop, Subscription};
 use crate::{Caller, ErrorCode, Refusal, Shared};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures::stream::SplitSink;
-use futures::{FutureExt, SinkExt, StreamExt};
+use futures::{FutureExt, Sink, SinkExt, StreamExt};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
-/// The most queued frames the driver hands the socket before one flush.
+/// Below this much of the byte budget, the driver reads no feed (a change frame is rarely
+/// larger).
+const LOW: usize = BYTES / 16;
+
+/// The most queued frames the driver takes from the queue at a time.
 const BATCH: usize = 64;
 
 /// Counts a connection as open while it lives.
@@ -78,15 +84,87 @@ impl Bucket {
 /// Something for the driver to do.
 enum Event<I> {
     Item(Item<I>),
-    /// Every sender of the queue is gone: the connection ended.
-    Closed,
     /// A followed subscription has something, or the window timer fired.
     Ready,
+    /// Done: the queue closed (or a close frame went) and everything is written, or the
+    /// socket failed, or the client took nothing within the write timeout.
+    End,
+}
+
+/// Frames on their way to the socket. The driver writes them as the socket takes them and
+/// follows the feeds meanwhile, until they hold [`BYTES`]: a client that reads slowly for a
+/// moment keeps its changes coming instead of having its feeds overflow into a reset; one
+/// that does not read costs this much, then its feeds absorb the rest.
+struct Outgoing {
+    frames: VecDeque<(Message, Option<OwnedSemaphorePermit>)>,
+    bytes: usize,
+    /// Frames were handed to the socket and not flushed yet.
+    unflushed: bool,
+    /// A close frame was handed to the socket: the end, once it is flushed.
+    closing: bool,
+}
+
+impl Outgoing {
+    fn push(&mut self, message: Message, permit: Option<OwnedSemaphorePermit>) {
+        self.bytes += text_len(&message);
+        self.frames.push_back((message, permit));
+    }
+
+    fn idle(&self) -> bool {
+        self.frames.is_empty() && !self.unflushed
+    }
+
+    /// Hands the socket what it takes now and flushes it: `Ready(true)` when it is done
+    /// for good (a close frame went, or it failed), `Ready(false)` on progress.
+    fn poll_write(
+        &mut self,
+        sink: &mut SplitSink<WebSocket, Message>,
+        cx: &mut Context<'_>,
+    ) -> Poll<bool> {
+        let mut progress = false;
+        while !self.closing && !self.frames.is_empty() {
+            match Pin::new(&mut *sink).poll_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return Poll::Ready(true),
+                Poll::Pending => break,
+            }
+            let Some((message, permit)) = self.frames.pop_front() else {
+                break;
+            };
+            self.bytes -= text_len(&message);
+            self.closing = matches!(message, Message::Close(_));
+            if Pin::new(&mut *sink).start_send(message).is_err() {
+                return Poll::Ready(true);
+            }
+            // The frame's share of the queue's byte budget goes once it is written.
+            drop(permit);
+            self.unflushed = true;
+            progress = true;
+        }
+        if self.unflushed {
+            match Pin::new(&mut *sink).poll_flush(cx) {
+                Poll::Ready(Ok(())) => {
+                    self.unflushed = false;
+                    progress = true;
+                }
+                Poll::Ready(Err(_)) => return Poll::Ready(true),
+                Poll::Pending => {}
+            }
+        }
+        if self.closing && !self.unflushed {
+            return Poll::Ready(true);
+        }
+        if progress {
+            Poll::Ready(false)
+        } else {
+            Poll::Pending
+        }
+    }
 }
 
 /// The connection's driver: writes the queued frames, and follows the feeds of the
 /// connection's open subscriptions, writing their changes, until the queue closes, a close
-/// frame went out, or the client does not take a write within `timeout`.
+/// frame went out, or the client takes nothing within `timeout` while frames wait.
 async fn drive<I: Clone + Send + Sync + 'static>(
     mut sink: SplitSink<WebSocket, Message>,
     mut inbox: Inbox<I>,
@@ -97,16 +175,51 @@ async fn drive<I: Clone + Send + Sync + 'static>(
     // The end of the earliest window a gathered frame waits for (one timer per connection,
     // and none while changes come slower than the window).
     let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    let mut out = Outgoing {
+        frames: VecDeque::new(),
+        bytes: 0,
+        unflushed: false,
+        closing: false,
+    };
+    // While frames wait: when the client must have taken something.
+    let mut stalled: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    let mut queue_closed = false;
     loop {
         if inbox.take_closed() {
             // Unsubscribed, or the connection ends: dropping a subscription drops its feeds.
             following.retain(|f| inbox.common.current(Some(f.from())));
         }
         let event = std::future::poll_fn(|cx| {
-            match inbox.poll_next(cx) {
-                Poll::Ready(Some(item)) => return Poll::Ready(Event::Item(item)),
-                Poll::Ready(None) => return Poll::Ready(Event::Closed),
-                Poll::Pending => {}
+            loop {
+                match out.poll_write(&mut sink, cx) {
+                    Poll::Ready(true) => return Poll::Ready(Event::End),
+                    // Progress: the client has as long again.
+                    Poll::Ready(false) => stalled = None,
+                    Poll::Pending => break,
+                }
+            }
+            if out.idle() {
+                stalled = None;
+                if queue_closed {
+                    return Poll::Ready(Event::End);
+                }
+            } else {
+                let stall = stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if stall.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::End);
+                }
+            }
+            if !queue_closed {
+                match inbox.poll_next(cx) {
+                    Poll::Ready(Some(item)) => return Poll::Ready(Event::Item(item)),
+                    Poll::Ready(None) => queue_closed = true,
+                    Poll::Pending => {}
+                }
+            }
+            // A client that does not read: its feeds (not the server's memory) hold what
+            // comes, until they overflow, once its frames hold (nearly) the byte budget.
+            if out.bytes >= BYTES || inbox.common.bytes.available_permits() < LOW || out.closing {
+                return Poll::Pending;
             }
             if let Some(t) = timer.as_mut() {
                 if t.as_mut().poll(cx).is_ready() {
@@ -119,25 +232,22 @@ async fn drive<I: Clone + Send + Sync + 'static>(
                     return Poll::Ready(Event::Ready);
                 }
             }
+            if queue_closed && out.idle() {
+                return Poll::Ready(Event::End);
+            }
             Poll::Pending
         })
         .await;
-        let mut frames = Vec::new();
-        let mut close = false;
         match event {
-            Event::Closed => break,
+            Event::End => break,
             Event::Item(item) => {
                 let mut item = Some(item);
-                // The queued frames that are ready, written together.
+                // The queued items that are ready.
                 while let Some(next) = item.take() {
                     match next {
-                        Item::Frame(out) if inbox.common.current(out.from) => {
-                            close = matches!(out.message, Message::Close(_));
-                            // The frame's share of the byte budget goes once it is written.
-                            frames.push(out.into_parts());
-                            if close || frames.len() >= BATCH {
-                                break;
-                            }
+                        Item::Frame(frame) if inbox.common.current(frame.from) => {
+                            let (message, permit) = frame.into_parts();
+                            out.push(message, permit);
                         }
                         Item::Frame(_) => {}
                         Item::Follow(f) => {
@@ -145,6 +255,9 @@ async fn drive<I: Clone + Send + Sync + 'static>(
                                 following.push(f);
                             }
                         }
+                    }
+                    if out.frames.len() >= BATCH {
+                        break;
                     }
                     item = inbox.ready();
                 }
@@ -168,7 +281,16 @@ async fn drive<I: Clone + Send + Sync + 'static>(
                         Step::Frames(messages) => {
                             // Unsubscribed meanwhile (the reader runs beside): nothing more.
                             if inbox.common.current(Some(f.from())) {
-                                frames.extend(messages.into_iter().map(|m| (m, None)));
+                                for m in messages {
+                                    // Its share of the byte budget, as queued frames have: a
+                                    // subscription restarting for a client that does not
+                                    // read sends its whole result again once it reads.
+                                    let size = text_len(&m).clamp(1, BYTES);
+                                    let permit = u32::try_from(size).ok().and_then(|n| {
+                                        inbox.common.bytes.clone().try_acquire_many_owned(n).ok()
+                                    });
+                                    out.push(m, permit);
+                                }
                             }
                             i += 1;
                             // A connection with many busy subscriptions (each frame up to
@@ -182,7 +304,7 @@ async fn drive<I: Clone + Send + Sync + 'static>(
                                 Stop::Restart => f.restart(&inbox),
                                 Stop::End(why) => {
                                     if inbox.common.current(Some(f.from())) {
-                                        frames.push((f.end(&inbox, why), None));
+                                        out.push(f.end(&inbox, why), None);
                                     }
                                 }
                                 Stop::Gone => {}
@@ -193,20 +315,6 @@ async fn drive<I: Clone + Send + Sync + 'static>(
                 let due = following.iter().filter_map(|f| f.due()).min();
                 timer = due.map(|d| Box::pin(tokio::time::sleep_until(d)));
             }
-        }
-        if frames.is_empty() {
-            continue;
-        }
-        let sent = tokio::time::timeout(timeout, async {
-            for (message, permit) in frames {
-                sink.feed(message).await?;
-                drop(permit);
-            }
-            sink.flush().await
-        })
-        .await;
-        if !matches!(sent, Ok(Ok(()))) || close {
-            break;
         }
     }
     // Closing writes a frame too: a client that does not read gets no longer for it.
