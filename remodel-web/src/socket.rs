@@ -154,6 +154,11 @@ impl Outgoing {
         if self.closing && !self.unflushed {
             return Poll::Ready(true);
         }
+        if self.frames.is_empty() && self.frames.capacity() > 4 {
+            // A burst (an initial result's frames) made it large: an idle connection keeps
+            // none of that.
+            self.frames = VecDeque::new();
+        }
         if progress {
             Poll::Ready(false)
         } else {
@@ -181,8 +186,10 @@ async fn drive<I: Clone + Send + Sync + 'static>(
         unflushed: false,
         closing: false,
     };
-    // While frames wait: when the client must have taken something.
-    let mut stalled: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    // While frames wait: when the client must have taken something (one timer, armed
+    // again rather than made again).
+    let mut stall: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    let mut armed = false;
     let mut queue_closed = false;
     loop {
         if inbox.take_closed() {
@@ -194,18 +201,22 @@ async fn drive<I: Clone + Send + Sync + 'static>(
                 match out.poll_write(&mut sink, cx) {
                     Poll::Ready(true) => return Poll::Ready(Event::End),
                     // Progress: the client has as long again.
-                    Poll::Ready(false) => stalled = None,
+                    Poll::Ready(false) => armed = false,
                     Poll::Pending => break,
                 }
             }
             if out.idle() {
-                stalled = None;
+                armed = false;
                 if queue_closed {
                     return Poll::Ready(Event::End);
                 }
             } else {
-                let stall = stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                if stall.as_mut().poll(cx).is_ready() {
+                let timer = stall.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if !armed {
+                    timer.as_mut().reset(Instant::now() + timeout);
+                    armed = true;
+                }
+                if timer.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Event::End);
                 }
             }
