@@ -245,8 +245,9 @@ pub enum ModelError {
     Decode {
         /// The table read from.
         table: String,
-        /// The document's primary key (`null` when it has none).
-        key: Value,
+        /// The document's primary key (`null` when it has none); boxed, so that every
+        /// `Result` of the crate stays small.
+        key: Box<Value>,
         /// The field that does not fit (a dotted path for nested fields).
         field: String,
         /// What serde said.
@@ -269,7 +270,7 @@ pub enum ModelError {
         /// The table.
         table: String,
         /// The key.
-        key: Value,
+        key: Box<Value>,
     },
     /// A delete refused because children still refer to the model through a relation with
     /// `on_delete = restrict`; nothing was written.

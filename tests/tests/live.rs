@@ -253,7 +253,7 @@ async fn query_feeds_with_options_and_lazy_decoding() -> remodel::Result<()> {
         .await?;
     match next(&mut ensigns).await.as_ref().map_err(Error::as_model) {
         Err(Some(ModelError::Decode { key, field, .. })) => {
-            assert_eq!((key, field.as_str()), (&json!("broken"), "name"));
+            assert_eq!((&**key, field.as_str()), (&json!("broken"), "name"));
         }
         other => panic!("expected a decode error, got {other:?}"),
     }

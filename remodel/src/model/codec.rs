@@ -61,7 +61,7 @@ fn decode_error(
     };
     ModelError::Decode {
         table: schema.table.to_string(),
-        key,
+        key: Box::new(key),
         field,
         reason,
     }

@@ -28,7 +28,7 @@ impl ModelError {
         ModelError::NotFound {
             model: schema.model.to_string(),
             table: schema.table.to_string(),
-            key,
+            key: Box::new(key),
         }
     }
 

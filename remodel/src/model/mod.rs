@@ -705,7 +705,7 @@ pub mod __private {
         serde_json::from_value(v).map_err(|e| {
             ModelError::Decode {
                 table: table.to_string(),
-                key,
+                key: Box::new(key),
                 field: field.to_string(),
                 reason: e.to_string(),
             }

@@ -538,7 +538,7 @@ impl<T: Model, F: DeserializeOwned> ModelGroups<T, F> {
                 let value = serde_json::from_value::<F>(g.group.clone()).map_err(|e| {
                     Error::from(super::ModelError::Decode {
                         table: schema.table.to_string(),
-                        key: Value::Null,
+                        key: Box::new(Value::Null),
                         field: self.field.to_string(),
                         reason: format!("a group's value {}: {e}", g.group),
                     })

@@ -607,7 +607,7 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
                 serde_json::from_value(k.clone()).map_err(|e| {
                     ModelError::Decode {
                         table: self.join.clone(),
-                        key: k,
+                        key: Box::new(k),
                         field: self.rel.association_key.to_string(),
                         reason: e.to_string(),
                     }

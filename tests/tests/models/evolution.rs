@@ -124,7 +124,7 @@ async fn an_added_field_without_a_default_is_a_decode_error_naming_it() -> remod
             table, field, key, ..
         }) => {
             assert_eq!((table.as_str(), field.as_str()), ("evolving_ships", "warp"));
-            assert_eq!(key, json!(old[0].id));
+            assert_eq!(*key, json!(old[0].id));
         }
         e => panic!("{e}"),
     }

@@ -49,17 +49,17 @@ fn stored_row(rng: &mut Rng, key: &str, bench: &Id) -> Value {
     doc.insert("id".into(), json!(key));
     doc.insert("count".into(), json!(rng.next() % 100));
     doc.insert("bench_id".into(), json!(bench));
-    if rng.next() % 2 == 0 {
+    if rng.next().is_multiple_of(2) {
         doc.insert("label".into(), json!(rng.pick(&["a", "b", "c"])));
     }
-    if rng.next() % 2 == 0 {
+    if rng.next().is_multiple_of(2) {
         doc.insert("tags".into(), json!([rng.pick(&["x", "y"])]));
     }
-    if rng.next() % 3 == 0 {
+    if rng.next().is_multiple_of(3) {
         doc.insert("nested".into(), json!({"deep": rng.next() % 5}));
     }
     for name in ["legacy", "added_by_v2", "notes"] {
-        if rng.next() % 2 == 0 {
+        if rng.next().is_multiple_of(2) {
             doc.insert(name.into(), json!(rng.next() % 10));
         }
     }
@@ -74,7 +74,7 @@ fn edit(rng: &mut Rng, p: &mut Probe) {
         2 => p.label = Some(rng.pick(&["d", "e"]).into()),
         _ => p.tags.push("z".into()),
     }
-    if rng.next() % 3 == 0 {
+    if rng.next().is_multiple_of(3) {
         p.nested.insert("k".into(), json!(1));
     }
 }
