@@ -1512,7 +1512,9 @@ mod model_figures {
             ),
             batched.figure(
                 "batched_load_vs_per_row",
-                10.0,
+                // On the embedded store a batched load saves no round trip: it should match
+                // the loop it replaces (issue 21); the ≥ 10 target is the PostgreSQL bench's.
+                1.0,
                 "1,000 captains with their ships, `load_starship` (one query)",
                 "one `starship()` get per row",
             ),
