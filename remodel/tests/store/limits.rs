@@ -188,7 +188,20 @@ async fn a_failed_create_index_does_not_stay_in_the_catalog() {
     }
     {
         // As an older version stored it: 130 nested levels, not readable by serde_json.
-        let raw = sled::open(&dir).unwrap();
+        // The database's last handle lets go of sled's lock file a moment after it is
+        // dropped (sled's own flusher thread holds it until it stops): wait for it.
+        let mut tries = 0;
+        let raw = loop {
+            match sled::open(&dir) {
+                Ok(raw) => break raw,
+                Err(e) if tries < 250 => {
+                    tries += 1;
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("raw open: {e}"),
+            }
+        };
         let docs = raw.open_tree("t/t").unwrap();
         let text = format!(r#"{{"id":2,"v":{}1{}}}"#, "[".repeat(129), "]".repeat(129));
         docs.insert(
@@ -203,7 +216,7 @@ async fn a_failed_create_index_does_not_stay_in_the_catalog() {
         loop {
             match Database::open(&dir).await {
                 Ok(db) => return db,
-                Err(e) if tries < 50 => {
+                Err(e) if tries < 250 => {
                     tries += 1;
                     let _ = e;
                     tokio::time::sleep(Duration::from_millis(20)).await;
