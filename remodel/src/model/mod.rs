@@ -489,21 +489,7 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
                 .require_empty(&raw, format!("a matching {} exists", schema.model))
                 .insert(schema.table, doc)
                 .await;
-            match written {
-                Ok(_) => {
-                    model.after_save();
-                    Ok((model, true))
-                }
-                Err(Error::Precondition(_)) => match q.first().await? {
-                    Some(found) => Ok((found, false)),
-                    None => Err(ModelError::Invalid(format!(
-                        "get_or_create on `{}`: a matching row existed and is gone again",
-                        schema.table
-                    ))
-                    .into()),
-                },
-                Err(e) => Err(e),
-            }
+            created_or_found(written.map(drop), model, &q, schema.table).await
         }
     }
 
@@ -666,6 +652,30 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
     /// The document the model is stored as.
     fn to_json(&self) -> Result<Value> {
         codec::to_doc(self)
+    }
+}
+
+/// The end of a `get_or_create`: the model created (its `after_save` runs), or, when the
+/// commit found a matching row after all (its precondition failed), that row.
+pub(crate) async fn created_or_found<T: Model>(
+    written: Result<()>,
+    created: T,
+    q: &ModelQuery<T>,
+    what: &str,
+) -> Result<(T, bool)> {
+    match written {
+        Ok(()) => {
+            created.after_save();
+            Ok((created, true))
+        }
+        Err(Error::Precondition(_)) => match q.first().await? {
+            Some(found) => Ok((found, false)),
+            None => Err(ModelError::Invalid(format!(
+                "get_or_create on `{what}`: a matching row existed and is gone again"
+            ))
+            .into()),
+        },
+        Err(e) => Err(e),
     }
 }
 

@@ -432,21 +432,8 @@ impl<P: Model, C: Model> HasMany<P, C> {
             .require_exists(P::schema().table, parent)
             .require_empty(&raw, why)
             .insert(C::schema().table, prepared.remove(0).doc);
-        match self.commit(batch).await {
-            Ok(_) => {
-                child.after_save();
-                Ok((child, true))
-            }
-            Err(Error::Precondition(_)) => match q.first().await? {
-                Some(found) => Ok((found, false)),
-                None => Err(ModelError::Invalid(format!(
-                    "get_or_create on `{}`: a matching row existed and is gone again",
-                    self.rel.accessor
-                ))
-                .into()),
-            },
-            Err(e) => Err(e),
-        }
+        let written = self.commit(batch).await.map(drop);
+        super::created_or_found(written, child, &q, self.rel.accessor).await
     }
 }
 

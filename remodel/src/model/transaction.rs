@@ -221,12 +221,8 @@ impl Transaction {
         relation: &HasMany<P, C>,
         children: &mut [C],
     ) -> Result<()> {
-        let staged = self.staged();
-        let append = relation.stage_add(children, staged).await?;
-        self.children_saved(children)?;
-        self.note(P::schema());
-        self.stage(C::schema(), append);
-        Ok(())
+        let append = relation.stage_add(children, self.staged()).await?;
+        self.stage_related::<P, C>(append, children)
     }
 
     /// Stages [`ManyToMany::add`]: the children are written (created when new) and related
@@ -236,12 +232,8 @@ impl Transaction {
         relation: &ManyToMany<P, C>,
         children: &mut [C],
     ) -> Result<()> {
-        let staged = self.staged();
-        let append = relation.stage_add(children, staged).await?;
-        self.children_saved(children)?;
-        self.note(P::schema());
-        self.stage(C::schema(), append);
-        Ok(())
+        let append = relation.stage_add(children, self.staged()).await?;
+        self.stage_related::<P, C>(append, children)
     }
 
     /// Stages [`ManyToMany::relate`]: links only, to rows that must be stored at commit.
@@ -250,8 +242,18 @@ impl Transaction {
         relation: &ManyToMany<P, C>,
         keys: &[C::Key],
     ) -> Result<()> {
-        let staged = self.staged();
-        let append = relation.stage_relate(keys, staged)?;
+        let append = relation.stage_relate(keys, self.staged())?;
+        self.stage_related::<P, C>(append, &[])
+    }
+
+    /// Appends a relation's staged write: its parent named among the models of the
+    /// transaction, the `after_save` hooks of the children it writes kept for the commit.
+    fn stage_related<P: Model, C: Model>(
+        &mut self,
+        append: impl FnOnce(Batch) -> Batch,
+        children: &[C],
+    ) -> Result<()> {
+        self.children_saved(children)?;
         self.note(P::schema());
         self.stage(C::schema(), append);
         Ok(())
