@@ -1422,7 +1422,8 @@ mod model_figures {
                     for t in 0..txns {
                         let mut tx = Transaction::new(&txn_db);
                         for i in 0..10 {
-                            tx.create(member(base + 10 * txns + t * 10 + i, None)).await
+                            tx.create(member(base + 10 * txns + t * 10 + i, None))
+                                .await
                                 .unwrap();
                         }
                         tx.commit().await.unwrap();
