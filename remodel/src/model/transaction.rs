@@ -1,56 +1,4 @@
-//! Transactions across models: creates, saves, updates, deletes and relation writes of
-//! several models (and tables) that commit together, or not at all.
-//!
-//! A [`Transaction`] stages each write as it is called (the model's `before_` hook runs then,
-//! seeing the database as committed, and its error aborts: drop the transaction and nothing
-//! is written) and commits them as one
-//! atomic [`crate::Batch`] in [`Transaction::commit`]. Every staged write is decided at
-//! commit, against the rows as they are then, exactly as the single-model methods decide
-//! it: an update applies the fields it changed to the stored row (a row deleted meanwhile
-//! fails the whole transaction with [`ModelError::NotFound`]); a save keeps the stored
-//! fields the struct does not know; a delete selects the rows its relations reach in the
-//! commit. The `after_` hooks run once the commit succeeded.
-//!
-//! Keys are made when a model is staged (`create` fills in a generated [`super::Id`]), so a
-//! parent created in a transaction can be referred to by the children created with it:
-//!
-//! ```
-//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-//! use remodel::model::{create_schema, Id, Transaction};
-//! use remodel::{Database, Model};
-//! use serde::{Deserialize, Serialize};
-//!
-//! #[derive(Model, Serialize, Deserialize, Clone, Debug)]
-//! #[remodel(has_many(Crewmember))]
-//! struct Starship { id: Option<Id>, name: String }
-//!
-//! #[derive(Model, Serialize, Deserialize, Clone, Debug)]
-//! #[remodel(belongs_to(Starship))]
-//! struct Crewmember { id: Option<Id>, name: String, starship_id: Option<Id> }
-//!
-//! let db = Database::temporary().await?;
-//! create_schema(&db).await?;
-//!
-//! // A ship and its crew, in one commit.
-//! let mut tx = Transaction::new(&db);
-//! let ship = tx.create(Starship { id: None, name: "Defiant".into() }).await?;
-//! for name in ["Sisko", "Worf"] {
-//!     tx.create(Crewmember { id: None, name: name.into(), starship_id: ship.id.clone() }).await?;
-//! }
-//! tx.commit().await?;
-//! assert_eq!(ship.crewmembers(&db).count().await?, 2);
-//!
-//! // All or nothing: a transaction that fails at commit writes nothing.
-//! let mut stale = ship.clone();
-//! ship.clone().delete(&db).await?;
-//! let mut tx = Transaction::new(&db);
-//! tx.create(Crewmember { id: None, name: "Dax".into(), starship_id: None }).await?;
-//! tx.update(&mut stale, |s| s.name = "Defiant II".into()).await?;
-//! assert!(tx.commit().await.is_err()); // the ship is gone: NotFound
-//! assert_eq!(Crewmember::count(&db).await?, 2); // Sisko and Worf: Dax was not created
-//! # Ok::<(), remodel::Error>(())
-//! # }).unwrap();
-//! ```
+//! Transactions across models: [`Transaction`].
 
 use super::relation::{self, HasMany, ManyToMany};
 use super::{codec, Model, ModelError, Schema};
@@ -60,7 +8,59 @@ use serde_json::Value;
 /// An `after_` hook to run once the transaction committed.
 type AfterHook = Box<dyn FnOnce() + Send>;
 
-/// Writes of several models that commit together (see the [module docs](self)).
+/// Transactions across models: creates, saves, updates, deletes and relation writes of
+/// several models (and tables) that commit together, or not at all.
+///
+/// A [`Transaction`] stages each write as it is called (the model's `before_` hook runs then,
+/// seeing the database as committed, and its error aborts: drop the transaction and nothing
+/// is written) and commits them as one
+/// atomic [`crate::Batch`] in [`Transaction::commit`]. Every staged write is decided at
+/// commit, against the rows as they are then, exactly as the single-model methods decide
+/// it: an update applies the fields it changed to the stored row (a row deleted meanwhile
+/// fails the whole transaction with [`ModelError::NotFound`]); a save keeps the stored
+/// fields the struct does not know; a delete selects the rows its relations reach in the
+/// commit. The `after_` hooks run once the commit succeeded.
+///
+/// Keys are made when a model is staged (`create` fills in a generated [`super::Id`]), so a
+/// parent created in a transaction can be referred to by the children created with it:
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use remodel::model::{create_schema, Id, Transaction};
+/// use remodel::{Database, Model};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Model, Serialize, Deserialize, Clone, Debug)]
+/// #[remodel(has_many(Crewmember))]
+/// struct Starship { id: Option<Id>, name: String }
+///
+/// #[derive(Model, Serialize, Deserialize, Clone, Debug)]
+/// #[remodel(belongs_to(Starship))]
+/// struct Crewmember { id: Option<Id>, name: String, starship_id: Option<Id> }
+///
+/// let db = Database::temporary().await?;
+/// create_schema(&db).await?;
+///
+/// // A ship and its crew, in one commit.
+/// let mut tx = Transaction::new(&db);
+/// let ship = tx.create(Starship { id: None, name: "Defiant".into() }).await?;
+/// for name in ["Sisko", "Worf"] {
+///     tx.create(Crewmember { id: None, name: name.into(), starship_id: ship.id.clone() }).await?;
+/// }
+/// tx.commit().await?;
+/// assert_eq!(ship.crewmembers(&db).count().await?, 2);
+///
+/// // All or nothing: a transaction that fails at commit writes nothing.
+/// let mut stale = ship.clone();
+/// ship.clone().delete(&db).await?;
+/// let mut tx = Transaction::new(&db);
+/// tx.create(Crewmember { id: None, name: "Dax".into(), starship_id: None }).await?;
+/// tx.update(&mut stale, |s| s.name = "Defiant II".into()).await?;
+/// assert!(tx.commit().await.is_err()); // the ship is gone: NotFound
+/// assert_eq!(Crewmember::count(&db).await?, 2); // Sisko and Worf: Dax was not created
+/// # Ok::<(), remodel::Error>(())
+/// # }).unwrap();
+/// ```
 ///
 /// Build it with [`Transaction::new`], stage writes, then [`Transaction::commit`]; dropping it
 /// uncommitted writes nothing.
