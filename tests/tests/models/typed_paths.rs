@@ -207,3 +207,171 @@ async fn sums_averages_extremes_and_groups_are_typed() -> remodel::Result<()> {
     assert_eq!(by_seats, vec![(2, 1), (6, 1)]);
     Ok(())
 }
+
+/// Bulk updates by predicate run concurrently with moves and deletes of single rows. The
+/// oracle is the commit history, read from a table feed: replayed in commit order, each bulk
+/// update's commit changed exactly the rows that were on its ship at that commit (none
+/// missed, none extra, no other field touched), each acknowledged bulk update is one commit
+/// (or none when its ship was empty), and the replayed state equals the table at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_bulk_updates_select_their_rows_at_commit() -> remodel::Result<()> {
+    use futures::StreamExt;
+    use std::collections::{BTreeMap, HashMap};
+    let db = db().await;
+    let mut ships = Vec::new();
+    for i in 0..3 {
+        ships.push(
+            Starship {
+                id: None,
+                name: format!("ship{i}"),
+            }
+            .create(&db)
+            .await?,
+        );
+    }
+    let mut members = Vec::new();
+    for i in 0..24 {
+        let mut m = crew(&format!("m{i}"), "human");
+        m.starship_id = ships[i % 3].id.clone();
+        members.push(m.create(&db).await?);
+    }
+    let start: BTreeMap<String, serde_json::Value> = Crewmember::query(&db)
+        .json()
+        .await?
+        .into_iter()
+        .map(|d| (d["id"].as_str().unwrap().to_string(), d))
+        .collect();
+    let mut feed = Crewmember::table(&db)
+        .changes()
+        .queue_size(1_000_000)
+        .await?;
+    let f = Crewmember::fields();
+    let mut tasks = Vec::new();
+    for t in 0..4u64 {
+        let (db, ships, members) = (db.clone(), ships.clone(), members.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut rng = t * 7919 + 3;
+            for n in 0..30 {
+                rng = rng
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let ship = &ships[(rng >> 33) as usize % ships.len()];
+                let member = &members[(rng >> 40) as usize % members.len()];
+                match rng % 6 {
+                    0..=2 => {
+                        let tag = format!("bulk-{t}-{n}");
+                        let count = Crewmember::filter(&db, f.starship_id.eq(ship.id.clone()))
+                            .update(f.species.set(tag.as_str()))
+                            .await
+                            .unwrap();
+                        acked.push((tag, ship.id.clone(), count));
+                    }
+                    3 | 4 => {
+                        Crewmember::with_keys(&db, [member.id.clone().unwrap()])
+                            .update(f.starship_id.set(ship.id.clone()))
+                            .await
+                            .unwrap();
+                    }
+                    _ => {
+                        Crewmember::with_keys(&db, [member.id.clone().unwrap()])
+                            .delete()
+                            .await
+                            .unwrap();
+                    }
+                }
+            }
+            acked
+        }));
+    }
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.unwrap());
+    }
+    // Every commit, in order (items of one commit share their position).
+    let mut commits: Vec<(u64, Vec<remodel::Change>)> = Vec::new();
+    while let Ok(Some(item)) =
+        tokio::time::timeout(std::time::Duration::from_millis(500), feed.next()).await
+    {
+        let item = item?;
+        let seq = item.seq().unwrap();
+        match commits.last_mut() {
+            Some((s, items)) if *s == seq => items.push(item),
+            _ => commits.push((seq, vec![item])),
+        }
+    }
+    let tags: HashMap<&str, (&Option<Id>, u64)> = acked
+        .iter()
+        .map(|(tag, ship, n)| (tag.as_str(), (ship, *n)))
+        .collect();
+    let mut state = start;
+    let mut seen_tags = Vec::new();
+    for (seq, items) in &commits {
+        let tag = items[0]
+            .new_val()
+            .and_then(|v| v["species"].as_str())
+            .filter(|s| s.starts_with("bulk-"))
+            .filter(|s| items[0].old_val().and_then(|v| v["species"].as_str()) != Some(*s));
+        if let Some(tag) = tag {
+            let (ship, count) = tags
+                .get(tag)
+                .unwrap_or_else(|| panic!("commit {seq}: tag {tag} was never acknowledged"));
+            let ship = serde_json::to_value(ship).unwrap();
+            let on_ship: Vec<&String> = state
+                .iter()
+                .filter(|(_, d)| d["starship_id"] == ship)
+                .map(|(k, _)| k)
+                .collect();
+            let changed: Vec<String> = items
+                .iter()
+                .map(|c| c.new_val().unwrap()["id"].as_str().unwrap().to_string())
+                .collect();
+            assert_eq!(
+                changed.len(),
+                on_ship.len(),
+                "commit {seq}: the bulk update {tag} changed {changed:?}, on its ship were {on_ship:?}"
+            );
+            assert_eq!(*count as usize, changed.len(), "{tag}: acknowledged count");
+            for c in items {
+                let (old, new) = (c.old_val().unwrap(), c.new_val().unwrap());
+                let key = new["id"].as_str().unwrap();
+                assert_eq!(state.get(key), Some(old), "commit {seq}: {key} as it was");
+                assert_eq!(
+                    new["starship_id"], ship,
+                    "commit {seq}: {key} not on the ship"
+                );
+                let mut expect = old.clone();
+                expect["species"] = serde_json::json!(tag);
+                assert_eq!(new, &expect, "commit {seq}: another field changed");
+            }
+            seen_tags.push(tag.to_string());
+        }
+        for c in items {
+            match (c.old_val(), c.new_val()) {
+                (_, Some(new)) => {
+                    state.insert(new["id"].as_str().unwrap().to_string(), new.clone());
+                }
+                (Some(old), None) => {
+                    state.remove(old["id"].as_str().unwrap());
+                }
+                (None, None) => {}
+            }
+        }
+    }
+    assert!(
+        seen_tags.len() > 10,
+        "too few bulk commits to check: {seen_tags:?}"
+    );
+    for (tag, _, count) in &acked {
+        let commits_of = seen_tags.iter().filter(|s| *s == tag).count();
+        assert_eq!(commits_of, usize::from(*count > 0), "{tag}: one commit");
+    }
+    let end: BTreeMap<String, serde_json::Value> = Crewmember::query(&db)
+        .json()
+        .await?
+        .into_iter()
+        .map(|d| (d["id"].as_str().unwrap().to_string(), d))
+        .collect();
+    assert_eq!(state, end, "the replayed history is not the table");
+    Ok(())
+}
