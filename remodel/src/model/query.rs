@@ -35,6 +35,30 @@ pub(crate) struct Related {
     pub(crate) assoc: &'static str,
 }
 
+impl Related {
+    /// The parent's join rows.
+    pub(crate) fn links(&self, db: &Database) -> Query {
+        db.table(self.join.as_str())
+            .get_all([self.parent.clone()])
+            .index(self.fk)
+    }
+
+    /// The related rows' keys, as the join table holds them.
+    pub(crate) async fn keys(&self, db: &Database) -> Result<Vec<Value>> {
+        codec::count_query();
+        let links = self.links(db).run().await?;
+        Ok(links
+            .into_iter()
+            .filter_map(|mut l| l.get_mut(self.assoc).map(Value::take))
+            .collect())
+    }
+
+    /// The related rows, live: the links joined with the related table `table`.
+    pub(crate) fn join(&self, db: &Database, table: &str) -> crate::Join {
+        self.links(db).eq_join(self.assoc, table)
+    }
+}
+
 #[derive(Clone)]
 enum Step {
     Order(Order),
@@ -308,18 +332,7 @@ impl<T: Model> ModelQuery<T> {
         if let Some(e) = &self.error {
             return Err(e.clone());
         }
-        codec::count_query();
-        let links = self
-            .db
-            .table(r.join.as_str())
-            .get_all([r.parent.clone()])
-            .index(r.fk)
-            .run()
-            .await?;
-        let keys: Vec<Value> = links
-            .into_iter()
-            .filter_map(|mut l| l.get_mut(r.assoc).map(Value::take))
-            .collect();
+        let keys = r.keys(&self.db).await?;
         let keyed = ModelQuery {
             source: Source::Keys(keys),
             ..self.clone()
@@ -390,15 +403,8 @@ impl<T: Model> ModelQuery<T> {
                     .into(),
             )));
         }
-        let links = self
-            .db
-            .table(r.join.as_str())
-            .get_all([r.parent.clone()])
-            .index(r.fk);
-        ModelChanges::part_of(
-            Ok(links.eq_join(r.assoc, T::schema().table).changes()),
-            "right",
-        )
+        let join = r.join(&self.db, T::schema().table);
+        ModelChanges::part_of(Ok(join.changes()), "right")
     }
 
     /// Sets fields of every matching row, in one commit that selects the rows (so a row

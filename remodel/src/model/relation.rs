@@ -578,11 +578,14 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
         self.key.clone()
     }
 
-    fn links(&self, parent: Value) -> crate::Query {
-        self.db
-            .table(self.join.as_str())
-            .get_all([parent])
-            .index(self.rel.foreign_key)
+    /// This parent's side of the join table.
+    fn related(&self) -> Result<super::query::Related> {
+        Ok(super::query::Related {
+            join: self.join.clone(),
+            fk: self.rel.foreign_key,
+            parent: self.parent()?,
+            assoc: self.rel.association_key,
+        })
     }
 
     /// The keys of the related rows.
@@ -606,12 +609,7 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
 
     /// The keys of the related rows as the join table holds them.
     async fn key_values(&self) -> Result<Vec<Value>> {
-        codec::count_query();
-        let rows = self.links(self.parent()?).run().await?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|mut r| r.get_mut(self.rel.association_key).map(Value::take))
-            .collect())
+        self.related()?.keys(&self.db).await
     }
 
     /// Every related row.
@@ -623,16 +621,8 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
     /// `order_by`, `limit`, then `run`, `count`, `update`, `delete`, `changes`, ... Its keys
     /// are read from the join table when it runs.
     pub fn query(&self) -> ModelQuery<C> {
-        match self.parent() {
-            Ok(parent) => ModelQuery::related(
-                &self.db,
-                super::query::Related {
-                    join: self.join.clone(),
-                    fk: self.rel.foreign_key,
-                    parent,
-                    assoc: self.rel.association_key,
-                },
-            ),
+        match self.related() {
+            Ok(related) => ModelQuery::related(&self.db, related),
             Err(e) => ModelQuery::failed(&self.db, e),
         }
     }
@@ -660,7 +650,7 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
     /// The number of related rows.
     pub async fn count(&self) -> Result<u64> {
         codec::count_query();
-        self.links(self.parent()?).count().await
+        self.related()?.links(&self.db).count().await
     }
 
     fn link(&self, parent: &Value, other: &Value) -> Value {
@@ -799,7 +789,7 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
     /// related or unrelated arrives as an add or a remove, untyped. Changes of the related
     /// rows themselves are not in this feed (that is a live join).
     pub fn link_changes(&self) -> Result<crate::Changes> {
-        Ok(self.links(self.parent()?).changes())
+        Ok(self.related()?.links(&self.db).changes())
     }
 
     /// Watches the related rows themselves: a live join of this parent's links with the
@@ -808,10 +798,7 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
     /// changes when it is edited, and leaves when it is unrelated or deleted. A join feed
     /// cannot resume from a cursor: reopen it with `include_initial`.
     pub fn join_changes(&self) -> Result<crate::Changes> {
-        let links = self.links(self.parent()?);
-        Ok(links
-            .eq_join(self.rel.association_key, C::schema().table)
-            .changes())
+        Ok(self.related()?.join(&self.db, C::schema().table).changes())
     }
 
     /// Watches the related rows, typed (as [`HasMany::changes`]): a row arrives when it is
@@ -832,20 +819,18 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
         predicate: Predicate,
         make: impl FnOnce() -> C,
     ) -> Result<(C, bool)> {
-        let parent = self.parent()?;
+        let related = self.related()?;
+        let parent = related.parent.clone();
         let mut make = Some(make);
         let mut made: Option<C> = None;
         for _ in 0..DETACH_ATTEMPTS {
-            let keys = self.key_values().await?;
-            if !keys.is_empty() {
-                codec::count_query();
-                let q = C::table(&self.db)
-                    .get_all(keys.clone())
-                    .filter(predicate.clone())
-                    .limit(1);
-                if let Some(doc) = q.run().await?.into_iter().next() {
-                    return Ok((codec::decode::<C>(doc)?, false));
-                }
+            let keys = related.keys(&self.db).await?;
+            let found = ModelQuery::<C>::by_keys(&self.db, Ok(keys.clone()))
+                .filter(predicate.clone())
+                .first()
+                .await?;
+            if let Some(found) = found {
+                return Ok((found, false));
             }
             if made.is_none() {
                 made = make.take().map(|f| f());
@@ -854,8 +839,8 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
                 break;
             };
             let prepared = prepare_children(&self.db, std::slice::from_mut(child), None).await?;
-            let newcomers = self
-                .links(parent.clone())
+            let newcomers = related
+                .links(&self.db)
                 .filter(not_one_of(self.rel.association_key, &keys));
             let batch = self.db.batch().require_empty(&newcomers, CHILDREN_MOVED_IN);
             match self.link_prepared(parent.clone(), prepared, true, true)(batch).await {
@@ -897,19 +882,17 @@ impl<P: Model, C: Model> ManyToMany<P, C> {
 
     /// Unrelates every row from this parent (one commit). Returns how many links were removed.
     pub async fn clear(&self) -> Result<u64> {
-        let q = self.links(self.parent()?);
+        let q = self.related()?.links(&self.db);
         Ok(self.db.batch().delete_where(&q).await?.check()?.deleted)
     }
 
     /// Makes `children` exactly the related rows: validated first, then in one commit the
     /// other links are removed and these saved (as `add` does) and linked.
     pub async fn set(&self, children: &mut [C]) -> Result<()> {
-        let parent = self.parent()?;
+        let links = self.related()?.links(&self.db);
         let prepared = prepare_children(&self.db, children, None).await?;
         let keys: Vec<Value> = prepared.iter().map(|p| p.key.clone()).collect();
-        let others = self
-            .links(parent)
-            .filter(not_one_of(self.rel.association_key, &keys));
+        let others = links.filter(not_one_of(self.rel.association_key, &keys));
         let batch = self.db.batch().delete_where(&others);
         self.store_linked(prepared, false, batch).await?;
         children.iter().for_each(|c| c.after_save());

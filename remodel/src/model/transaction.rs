@@ -72,7 +72,8 @@ pub struct Transaction {
     schemas: Vec<&'static Schema>,
     /// The rows this transaction creates or saves, `(table, key as text)`: a relation write
     /// to them does not require them to exist before the commit.
-    created: std::collections::HashSet<(&'static str, String)>,
+    /// Shared with the relation writes staged meanwhile (copied only when written after).
+    created: std::sync::Arc<std::collections::HashSet<(&'static str, String)>>,
     after: Vec<AfterHook>,
 }
 
@@ -133,7 +134,7 @@ impl Transaction {
         self.after_save::<T>(&doc)?;
         let table = T::schema().table;
         if let Some(key) = model.key_value() {
-            self.created.insert((table, codec::key_text(&key)));
+            std::sync::Arc::make_mut(&mut self.created).insert((table, codec::key_text(&key)));
         }
         self.stage(T::schema(), |b| b.insert(table, doc));
         Ok(model)
@@ -151,7 +152,8 @@ impl Transaction {
         let schema = T::schema();
         if let Some(key) = model.key_value() {
             // Stored once this commits, whether inserted or written back.
-            self.created.insert((schema.table, codec::key_text(&key)));
+            std::sync::Arc::make_mut(&mut self.created)
+                .insert((schema.table, codec::key_text(&key)));
         }
         self.stage(schema, |b| {
             if existing {
@@ -259,7 +261,7 @@ impl Transaction {
         Ok(())
     }
 
-    /// Whether a row is one this transaction creates (a copy of the set: the relation's
+    /// Whether a row is one this transaction creates (a handle on the set: the relation's
     /// staged write keeps it past the borrow of `self`).
     fn staged(&self) -> impl Fn(&str, &Value) -> bool + 'static {
         let created = self.created.clone();

@@ -25,7 +25,7 @@ use std::sync::Arc;
 /// The most primary keys a `get_all` may name to run in place (see [`Query::offload`]).
 const SMALL_READ: usize = 16;
 /// How many primary-key lookups a `get_all` makes between two turns of the scheduler.
-const KEYED_CHUNK: usize = 64;
+pub(crate) const KEYED_CHUNK: usize = 64;
 /// How many rows [`Query::stream`] reads per batch.
 const STREAM_BATCH: usize = 256;
 

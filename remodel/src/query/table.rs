@@ -9,10 +9,6 @@ use std::future::IntoFuture;
 use std::ops::Bound;
 use std::sync::{Arc, OnceLock};
 
-/// Point lookups [`Table::get_raw_many`] makes between two turns of the scheduler (about
-/// 0.1 ms of work: tokio's own budget is 128 operations).
-const RAW_CHUNK: usize = 256;
-
 /// A handle to a table. Getting one does no I/O; a missing table is reported when the handle
 /// is used ([`Error::NoSuchTable`]).
 #[derive(Clone)]
@@ -138,15 +134,14 @@ impl Table {
 
     /// The stored documents (JSON bytes) with these primary keys, in their order (`None`
     /// for a key with no document), for loaders that decode them straight into their own
-    /// types. Each is one lookup (about half a microsecond), run in place, giving the
-    /// scheduler its turn every [`RAW_CHUNK`] of them.
+    /// types. Each is one lookup, run in place a chunk at a time as a keyed `get_all` is.
     pub(crate) async fn get_raw_many(
         &self,
         keys: &[&Value],
     ) -> Result<Vec<Option<crate::storage::Bytes>>> {
         let t = self.state()?;
         let mut out = Vec::with_capacity(keys.len());
-        for (i, chunk) in keys.chunks(RAW_CHUNK).enumerate() {
+        for (i, chunk) in keys.chunks(super::KEYED_CHUNK).enumerate() {
             if i > 0 {
                 tokio::task::yield_now().await;
             }
