@@ -13,11 +13,14 @@
 //!    (`listen_addresses = ''`), with `wal_level = logical`, 64 replication slots and WAL
 //!    senders, 200 connections, `fsync` and full-page writes off (nothing here must survive
 //!    a crash of the machine), `synchronous_commit = on` (logical decoding only reads flushed
-//!    WAL), `wal_writer_delay = 10ms` and `max_slot_wal_keep_size = 1GB`.
+//!    WAL), `wal_writer_delay = 10ms`, `max_slot_wal_keep_size = 1GB` and `max_wal_size =
+//!    256MB`.
 //!
 //! [`TestCluster::create_database`] gives each test a database of its own
 //! (`CREATE DATABASE … TEMPLATE template0`): slots, publications and messages are per
-//! database, so tests on one cluster do not see each other's changes.
+//! database, so tests on one cluster do not see each other's changes. A finished test's
+//! database is dropped by a later `create_database` once nothing is connected to it, so a
+//! test binary's cluster stays small on disk (a feed oracle makes hundreds of databases).
 //!
 //! Dropping the cluster stops the server (`pg_ctl stop -m immediate`) and removes the
 //! directory. [`TestCluster::shared`] is one cluster per process, stopped when the process
@@ -104,8 +107,14 @@ pub struct TestCluster {
     admin: Config,
     started_in: Duration,
     databases: AtomicU64,
+    /// Databases of a throwaway cluster whose tests are over, dropped once nothing is
+    /// connected to them (see [`TestCluster::create_database`]).
+    finished: Finished,
     stopped: AtomicBool,
 }
+
+/// Names of test databases no longer needed, shared by the cluster and its databases.
+type Finished = std::sync::Arc<Mutex<Vec<String>>>;
 
 enum Server {
     External,
@@ -161,6 +170,7 @@ impl TestCluster {
                     admin,
                     started_in: t0.elapsed(),
                     databases: AtomicU64::new(0),
+                    finished: Finished::default(),
                     stopped: AtomicBool::new(false),
                 });
             }
@@ -187,6 +197,7 @@ impl TestCluster {
             admin,
             started_in: Duration::ZERO,
             databases: AtomicU64::new(0),
+            finished: Finished::default(),
             stopped: AtomicBool::new(false),
         };
         // From here on, dropping `cluster` on an error removes the directory.
@@ -253,18 +264,20 @@ impl TestCluster {
 
     /// A new, empty database of its own (`CREATE DATABASE … TEMPLATE template0`, about 0.1 s),
     /// for one test. On a server of `REMODEL_PG_URL` it is dropped when the handle is dropped;
-    /// a throwaway cluster goes whole.
+    /// on a throwaway cluster by a later `create_database`, once the handle is dropped and
+    /// nothing is connected to the database any more.
     pub async fn create_database(&self) -> Result<TestDatabase, ClusterError> {
         let n = self.databases.fetch_add(1, Ordering::Relaxed);
         let tag = uuid::Uuid::new_v4().simple().to_string();
         let name = format!("remodel_t{n}_{}", &tag[..8]);
         let client = super::connect(&self.admin)
             .await
-            .map_err(|e| sql_error("connecting to the test server", e))?;
+            .map_err(|e| self.sql_error("connecting to the test server", e))?;
+        self.drop_finished(&client).await;
         client
             .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE template0"))
             .await
-            .map_err(|e| sql_error(&format!("CREATE DATABASE {name}"), e))?;
+            .map_err(|e| self.sql_error(&format!("CREATE DATABASE {name}"), e))?;
         let mut config = self.admin.clone();
         config.dbname(&name);
         Ok(TestDatabase {
@@ -273,7 +286,56 @@ impl TestCluster {
             config,
             admin: self.admin.clone(),
             drop_on_drop: self.is_external(),
+            finished: (!self.is_external()).then(|| self.finished.clone()),
         })
+    }
+
+    /// Drops the finished databases nothing is connected to any more (a later call retries
+    /// the others). Without this a test binary's databases and their WAL fill the disk: a
+    /// feed oracle makes hundreds, and a server out of disk crashes and recovers (refusing
+    /// connections meanwhile). Never forced: a database still in use stays.
+    async fn drop_finished(&self, client: &tokio_postgres::Client) {
+        let names = match self.finished.lock() {
+            Ok(mut finished) => std::mem::take(&mut *finished),
+            Err(_) => return,
+        };
+        if names.is_empty() {
+            return;
+        }
+        let idle = client
+            .query(
+                "SELECT d.datname::text FROM pg_database d WHERE d.datname = ANY($1) \
+                 AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname) \
+                 AND NOT EXISTS (SELECT 1 FROM pg_replication_slots s WHERE s.database = d.datname)",
+                &[&names],
+            )
+            .await
+            .map(|rows| rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>())
+            .unwrap_or_default();
+        let mut kept = Vec::new();
+        for name in names {
+            let dropped = idle.contains(&name)
+                && client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
+                    .await
+                    .is_ok();
+            if !dropped {
+                kept.push(name);
+            }
+        }
+        if let Ok(mut finished) = self.finished.lock() {
+            finished.extend(kept);
+        }
+    }
+
+    /// A SQL error, with the server log's tail when the server refuses connections (it is
+    /// recovering from a crash: the log says why).
+    fn sql_error(&self, what: &str, e: tokio_postgres::Error) -> ClusterError {
+        let mut error = sql_error(what, e);
+        if let (ClusterError::Sql { message, .. }, Some(log)) = (&mut error, self.log_tail(30)) {
+            let _ = write!(message, "; server log: {log}");
+        }
+        error
     }
 
     /// Stops the server and removes its directory (a throwaway cluster; idempotent).
@@ -339,6 +401,8 @@ pub struct TestDatabase {
     config: Config,
     admin: Config,
     drop_on_drop: bool,
+    /// A throwaway cluster's list of finished databases, which this one joins when dropped.
+    finished: Option<Finished>,
 }
 
 impl TestDatabase {
@@ -366,6 +430,11 @@ impl TestDatabase {
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
+        if let Some(finished) = &self.finished {
+            if let Ok(mut finished) = finished.lock() {
+                finished.push(std::mem::take(&mut self.name));
+            }
+        }
         if !self.drop_on_drop {
             return;
         }
@@ -715,7 +784,9 @@ fn init_and_start(owned: &Owned, port: u16) -> Result<(), ClusterError> {
          full_page_writes = off\n\
          synchronous_commit = on\n\
          wal_writer_delay = 10ms\n\
-         max_slot_wal_keep_size = 1GB\n"
+         max_slot_wal_keep_size = 1GB\n\
+         max_wal_size = 256MB\n\
+         min_wal_size = 32MB\n"
     );
     let conf = data.join("postgresql.conf");
     {
@@ -809,8 +880,8 @@ pub async fn suite_database() -> crate::Database {
         .open()
         .await
         .unwrap_or_else(|e| panic!("connecting to the test database: {e}"));
-    // Dropped with the cluster: the database may outlive this handle's feeds by a moment.
-    std::mem::forget(pg);
+    // Dropped by a later `create_database` once `db` (and every connection it holds) is gone.
+    drop(pg);
     db
 }
 
