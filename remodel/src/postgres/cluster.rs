@@ -10,8 +10,8 @@
 //!    refuses to run as root) the directory is given to the `postgres` user and every server
 //!    command runs as `runuser -u postgres -- …`. `initdb -A trust -U postgres -E UTF8
 //!    --locale=C --no-sync`; the server listens on a unix socket in the directory only
-//!    (`listen_addresses = ''`), with `wal_level = logical`, 64 replication slots and WAL
-//!    senders, 200 connections, `fsync` and full-page writes off (nothing here must survive
+//!    (`listen_addresses = ''`), with `wal_level = logical`, 128 replication slots and WAL
+//!    senders, 400 connections, `fsync` and full-page writes off (nothing here must survive
 //!    a crash of the machine), `synchronous_commit = on` (logical decoding only reads flushed
 //!    WAL), `wal_writer_delay = 10ms`, `max_slot_wal_keep_size = 1GB` and `max_wal_size =
 //!    256MB`.
@@ -777,9 +777,9 @@ fn init_and_start(owned: &Owned, port: u16) -> Result<(), ClusterError> {
          unix_socket_directories = '{dir}'\n\
          port = {port}\n\
          wal_level = logical\n\
-         max_replication_slots = 64\n\
-         max_wal_senders = 64\n\
-         max_connections = 200\n\
+         max_replication_slots = 128\n\
+         max_wal_senders = 128\n\
+         max_connections = 400\n\
          fsync = off\n\
          full_page_writes = off\n\
          synchronous_commit = on\n\
