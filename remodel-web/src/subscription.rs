@@ -30,7 +30,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::time::Instant;
 
 /// The most changes one frame gathers (a client resuming after a long cut gets several).
 const MOST_PER_FRAME: usize = 4096;
@@ -135,8 +134,6 @@ impl<I: Clone + Send + Sync + 'static> Opening<I> {
                         guards,
                         first: None,
                         stop: None,
-                        due: None,
-                        last_sent: None,
                     });
                     // The driver takes it from here (or drops it: the client unsubscribed).
                     let _ = out.follow(following).await;
@@ -339,14 +336,10 @@ pub(crate) struct Following<I> {
     live: Live,
     feed: Feed,
     guards: Vec<Feed>,
-    /// The first change of the next frame, read while the window of the last one was open.
+    /// The first change of the next frame, read by `poll_ready`.
     first: Option<remodel::Change>,
     /// Why it stops (a guard moved, its feed failed or ended), seen by `poll_ready`.
     stop: Option<Stop>,
-    /// When the gathered frame may go (the end of the last frame's window).
-    due: Option<Instant>,
-    /// When the last frame went.
-    last_sent: Option<Instant>,
 }
 
 /// What a followed subscription has for its driver.
@@ -364,14 +357,9 @@ impl<I: Clone + Send + Sync + 'static> Following<I> {
         (self.sub.id, self.sub.generation)
     }
 
-    /// When its gathered frame is due, if it waits for the end of its window.
-    pub(crate) fn due(&self) -> Option<Instant> {
-        self.due
-    }
-
     /// Whether it has something to do (a guard moved, or its feed has an item): registers
-    /// `cx` with its guards and feed otherwise. A subscription waiting for the end of its
-    /// window reads nothing meanwhile (its feed holds what comes).
+    /// `cx` with its guards and feed otherwise. The driver calls it only outside its
+    /// connection's window: meanwhile the feed holds what comes, and wakes no one.
     pub(crate) fn poll_ready(&mut self, cx: &mut Context<'_>) -> bool {
         if self.first.is_some() || self.stop.is_some() {
             return false;
@@ -395,27 +383,17 @@ impl<I: Clone + Send + Sync + 'static> Following<I> {
         true
     }
 
-    /// Gathers what its feed has ready into frames, once its window allows (at `now`).
+    /// Gathers what its feed has ready into frames (the connection's window decides when).
     /// Before each change it takes and before the frame, it looks at the guards: a change to
     /// what the publication decided with stops it, and what the feed had after that change
     /// is never sent under the old decision.
-    pub(crate) fn step(&mut self, now: Instant, window: Duration) -> Step {
+    pub(crate) fn step(&mut self) -> Step {
         if let Some(stop) = self.stop.take() {
             return Step::Stop(stop);
         }
         let Some(first) = self.first.take() else {
             return Step::Idle;
         };
-        // At most one frame per window: the first change after a quiet spell goes at once
-        // (no timer for it), later ones wait for the end of the window and go together.
-        if let Some(due) = self.last_sent.map(|last| last + window) {
-            if now < due {
-                self.due = Some(due);
-                self.first = Some(first);
-                return Step::Idle;
-            }
-        }
-        self.due = None;
         let mut batch = Batch::default();
         let mut item = Some(Ok(first));
         loop {
@@ -445,7 +423,6 @@ impl<I: Clone + Send + Sync + 'static> Following<I> {
         if batch.rows.is_empty() {
             return Step::Idle;
         }
-        self.last_sent = Some(now);
         // The cursor on the last frame, when it goes in several.
         let rows: Vec<_> = batch.rows.into_values().collect();
         let (sub, cursor) = (self.sub.id, batch.cursor.map(|c| c.to_string()));

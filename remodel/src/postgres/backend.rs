@@ -34,6 +34,7 @@
 //!
 //! [`Cursor`]: crate::Cursor
 
+use super::group_commit::{GroupCommit, Row, TableCommit};
 use super::pump::{Pump, PumpConfig, PumpError, PumpHandle};
 use super::record::{encode_change, DdlRecord, Doc, DDL_PREFIX, SYNC_PREFIX};
 use super::schema::{self, docs_relation, lock_name};
@@ -45,7 +46,7 @@ use parking_lot::Mutex;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 use tokio_postgres::{Client, Statement};
@@ -209,15 +210,89 @@ impl Applied {
     }
 }
 
-/// A row of a commit: table, key, document staged against, new document, written (or only
-/// checked).
+/// A row of a commit: table, key, document staged against (JSON text), new document.
 type CommitRow<'a> = (
     &'a Arc<TableState>,
     &'a [u8],
     Option<String>,
     Option<String>,
-    bool,
 );
+
+/// The rows of `staged`'s changes as JSON text, and their change records in commit order.
+fn encode(staged: &BackendStaging) -> Result<(Vec<CommitRow<'_>>, Vec<Vec<u8>>)> {
+    let changes = &staged.changes;
+    if changes.len() > MAX_COMMIT_CHANGES {
+        return Err(Error::TooLarge {
+            what: "changes in one commit on PostgreSQL".into(),
+            size: changes.len(),
+            limit: MAX_COMMIT_CHANGES,
+        });
+    }
+    let mut rows = Vec::with_capacity(changes.len());
+    let mut msgs = Vec::with_capacity(changes.len());
+    for (table, key, old, new) in changes {
+        let (old, new) = (json_text(old)?, json_text(new)?);
+        let mut body = Vec::new();
+        encode_change(
+            &mut body,
+            &table.name,
+            key,
+            old.as_deref().map(|s| Doc::Json(s.as_bytes())),
+            new.as_deref().map(|s| Doc::Json(s.as_bytes())),
+        );
+        msgs.push(body);
+        rows.push((table, key.as_slice(), old, new));
+    }
+    Ok((rows, msgs))
+}
+
+fn json_text(doc: &Option<Arc<Value>>) -> Result<Option<String>> {
+    Ok(doc.as_deref().map(serde_json::to_string).transpose()?)
+}
+
+/// `staged` as a commit of one table (its changes, and the rows it only checks), when all
+/// of them are of one table; `None` when they are of several.
+fn one_table(staged: &BackendStaging, hard: bool) -> Result<Option<TableCommit>> {
+    let first = staged
+        .changes
+        .first()
+        .map(|c| &c.0)
+        .or(staged.checks.first().map(|c| &c.0));
+    let Some(table) = first.map(|t| t.name.clone()) else {
+        return Ok(None);
+    };
+    let one = staged.changes.iter().all(|c| c.0.name == table)
+        && staged.checks.iter().all(|c| c.0.name == table);
+    if !one {
+        return Ok(None);
+    }
+    let (written, msgs) = encode(staged)?;
+    let mut rows = Vec::with_capacity(written.len() + staged.checks.len());
+    for (_, key, old, new) in written {
+        rows.push(Row {
+            key: key.to_vec(),
+            old,
+            new,
+            write: true,
+        });
+    }
+    for (_, key, old) in &staged.checks {
+        let old = json_text(old)?;
+        rows.push(Row {
+            key: key.clone(),
+            new: old.clone(),
+            old,
+            write: false,
+        });
+    }
+    rows.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(Some(TableCommit {
+        table,
+        rows,
+        msgs,
+        hard,
+    }))
+}
 
 /// One connection for commits, with its prepared statements.
 struct Conn {
@@ -245,6 +320,9 @@ pub(crate) struct PgBackend {
     stop: watch::Sender<bool>,
     restaged: AtomicU64,
     commits: AtomicU64,
+    /// Single-table writes waiting to be committed in a group.
+    pub(super) groups: GroupCommit,
+    me: Weak<PgBackend>,
 }
 
 impl PgBackend {
@@ -310,7 +388,7 @@ impl PgBackend {
             .await
             .map_err(|e| pump_error(&e))?;
         let (stop, stop_rx) = watch::channel(false);
-        let backend = Arc::new(PgBackend {
+        let backend = Arc::new_cyclic(|me| PgBackend {
             schema: options.schema,
             conns,
             sync_client: Mutex::new(Arc::new(sync_client)),
@@ -324,6 +402,8 @@ impl PgBackend {
             stop,
             restaged: AtomicU64::new(0),
             commits: AtomicU64::new(0),
+            groups: GroupCommit::default(),
+            me: me.clone(),
         });
         db.set_backend(backend.clone());
         tokio::spawn(super::replica::follow(
@@ -368,7 +448,7 @@ impl PgBackend {
         Ok(fresh)
     }
 
-    fn failed(&self) -> Option<Error> {
+    pub(super) fn failed(&self) -> Option<Error> {
         self.applied.lock().error()
     }
 
@@ -438,67 +518,22 @@ impl PgBackend {
         rx.await.map_err(|_| self.failed().unwrap_or(Error::Closed))
     }
 
-    /// Commits staged changes on `client` (an open transaction or a connection in
-    /// autocommit): with the prepared single-table statement of `single` when the changes are
-    /// of one table (the keys in `checks` are then checked too), else with the commit
-    /// function. `Ok(None)`: a row is not what it was staged against; `Ok(Some(0))`: nothing
-    /// to write, and every checked row as it was.
+    /// Commits staged changes of any tables on `client` (an open transaction or a
+    /// connection in autocommit) with the commit function. `Ok(None)`: a row is not what it
+    /// was staged against; `Ok(Some(0))`: nothing to write.
     async fn commit_staged(
         &self,
         client: &impl tokio_postgres::GenericClient,
-        single: Option<&Conn>,
         staged: &BackendStaging,
         hard: bool,
     ) -> Result<Option<i64>> {
-        let changes = &staged.changes;
-        if changes.len() > MAX_COMMIT_CHANGES {
-            return Err(Error::TooLarge {
-                what: "changes in one commit on PostgreSQL".into(),
-                size: changes.len(),
-                limit: MAX_COMMIT_CHANGES,
-            });
-        }
-        let text = |d: &Option<Arc<Value>>| d.as_deref().map(serde_json::to_string).transpose();
-        let mut rows = Vec::with_capacity(changes.len() + staged.checks.len());
-        let mut msgs = Vec::with_capacity(changes.len());
-        for (table, key, old, new) in changes {
-            let (old, new) = (text(old)?, text(new)?);
-            let mut body = Vec::new();
-            encode_change(
-                &mut body,
-                &table.name,
-                key,
-                old.as_deref().map(|s| Doc::Json(s.as_bytes())),
-                new.as_deref().map(|s| Doc::Json(s.as_bytes())),
-            );
-            msgs.push(body);
-            rows.push((table, key.as_slice(), old, new, true));
-        }
-        let first = changes
-            .first()
-            .map(|c| &c.0)
-            .or(staged.checks.first().map(|c| &c.0));
-        let Some(table) = first.map(|t| t.name.clone()) else {
+        let (rows, msgs) = encode(staged)?;
+        let Some(table) = rows.first().map(|r| r.0.name.clone()) else {
             return Ok(Some(0));
         };
-        let one_table = rows.iter().all(|r| r.0.name == table)
-            && staged.checks.iter().all(|c| c.0.name == table);
-        if let (Some(conn), true) = (single, one_table) {
-            for (t, key, old) in &staged.checks {
-                let old = text(old)?;
-                rows.push((t, key.as_slice(), old.clone(), old, false));
-            }
-            rows.sort_by(|a, b| a.1.cmp(b.1));
-            return self
-                .commit_one_table(conn, &table, &rows, &msgs, hard)
-                .await;
-        }
-        if changes.is_empty() {
-            return Ok(Some(0));
-        }
         let mut rows: Vec<_> = rows
             .into_iter()
-            .map(|(t, k, old, new, _)| (schema::relation_name(&t.name), k, old, new))
+            .map(|(t, k, old, new)| (schema::relation_name(&t.name), k, old, new))
             .collect();
         rows.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
         let tbls: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
@@ -522,23 +557,18 @@ impl PgBackend {
         }
     }
 
-    /// [`PgBackend::commit_staged`] of one table's rows (sorted by key), with the statement
-    /// `conn` prepared for the table.
-    async fn commit_one_table(
-        &self,
-        conn: &Conn,
-        table: &str,
-        rows: &[CommitRow<'_>],
-        msgs: &[Vec<u8>],
-        hard: bool,
-    ) -> Result<Option<i64>> {
-        let keys: Vec<&[u8]> = rows.iter().map(|r| r.1).collect();
-        let olds: Vec<Option<&str>> = rows.iter().map(|r| r.2.as_deref()).collect();
-        let news: Vec<Option<&str>> = rows.iter().map(|r| r.3.as_deref()).collect();
-        let writes: Vec<bool> = rows.iter().map(|r| r.4).collect();
-        let (soft, lock) = (!hard, lock_name(&self.schema, table));
+    /// Commits one table's rows with the table's prepared statement, on a commit connection
+    /// (see [`schema::single_table_commit_sql`]).
+    pub(super) async fn commit_table(&self, commit: &TableCommit) -> Result<Option<i64>> {
+        let conn = self.conn().await?;
+        let table = commit.table.as_str();
+        let keys: Vec<&[u8]> = commit.rows.iter().map(|r| r.key.as_slice()).collect();
+        let olds: Vec<Option<&str>> = commit.rows.iter().map(|r| r.old.as_deref()).collect();
+        let news: Vec<Option<&str>> = commit.rows.iter().map(|r| r.new.as_deref()).collect();
+        let writes: Vec<bool> = commit.rows.iter().map(|r| r.write).collect();
+        let (soft, lock) = (!commit.hard, lock_name(&self.schema, table));
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
-            [&keys, &olds, &news, &msgs, &soft, &lock, &writes];
+            [&keys, &olds, &news, &commit.msgs, &soft, &lock, &writes];
         let cached = conn.single.lock().get(table).cloned();
         let statement = match cached {
             Some(s) => s,
@@ -562,6 +592,16 @@ impl PgBackend {
                 Err(commit_error(&e, table))
             }
         }
+    }
+
+    /// The number of commit connections (and of group commit leaders).
+    pub(super) fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// This backend, shared (for the tasks it spawns); `None` once it is being dropped.
+    pub(super) fn me(&self) -> Option<Arc<PgBackend>> {
+        self.me.upgrade()
     }
 
     async fn commit_keys(
@@ -594,11 +634,14 @@ impl PgBackend {
                 let mut result = WriteResult::default();
                 let ops = chunk.iter().map(|op| (table.clone(), op.clone())).collect();
                 let staged = db.inner.stage_for_backend(|| Ok(ops), how, &mut result)?;
-                let conn = self.conn().await?;
-                match self
-                    .commit_staged(&conn.client, Some(&conn), &staged, how.hard)
-                    .await?
-                {
+                let outcome = match one_table(&staged, how.hard)? {
+                    Some(commit) => self.commit_grouped(commit).await?,
+                    None => {
+                        let conn = self.conn().await?;
+                        self.commit_staged(&conn.client, &staged, how.hard).await?
+                    }
+                };
+                match outcome {
                     Some(xid) => {
                         if xid > 0 {
                             self.commits.fetch_add(1, Ordering::Relaxed);
@@ -699,7 +742,7 @@ impl PgBackend {
                 changes: chunk.to_vec(),
                 checks: Vec::new(),
             };
-            let Some(xid) = self.commit_staged(client, None, &chunk, how.hard).await? else {
+            let Some(xid) = self.commit_staged(client, &chunk, how.hard).await? else {
                 return Err(Error::storage(
                     "a row of a locked table changed under its lock: a write made outside Remodel?",
                 ));

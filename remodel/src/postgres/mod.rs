@@ -13,6 +13,7 @@
 //!
 //! - [`backend`]: [`Connect`], the backend (writes, DDL, sync) and its design.
 //! - `replica` (private): loading a process's replica, and following the database.
+//! - `group_commit` (private): the single-table writes of many tasks in one transaction.
 //! - `schema` (private): what Remodel keeps in PostgreSQL, and the commit statement.
 //! - [`record`]: the binary records (`remodel.v1` changes, `remodel.ddl.v1` DDL, sync
 //!   tokens) and their decoder, which returns typed errors on damage and never panics.
@@ -27,6 +28,7 @@
 
 pub mod backend;
 pub mod cluster;
+mod group_commit;
 pub mod lsn;
 pub mod pump;
 pub mod record;

@@ -1,0 +1,274 @@
+//! Group commit: the single-table writes of many tasks in one PostgreSQL transaction.
+//!
+//! Each write is staged on its own (against the replica, as always) and then queued here
+//! instead of being sent as a statement of its own. A *leader* (a task, at most one per
+//! commit connection) takes the queued writes of one table and durability whose keys do not
+//! overlap, up to [`MAX_COMMIT_CHANGES`] changes, and commits them with one execution of
+//! the table's prepared commit statement: one transaction, one commit record and flush, one
+//! batch for every process's pump to decode and apply. Writes that arrive while a group is
+//! being committed form the next group, so the groups grow with the load and an idle
+//! database commits a lone write at once, as before.
+//!
+//! A group is all or nothing on the server, but its writes are not: when a group fails (a
+//! row of one write is no longer what it was staged against, another process inserted one
+//! of its keys, any error), each of its writes is committed again alone, so each gets the
+//! result it would have had without the others: its own success, its own "stage again",
+//! its own error. The writes of a group share their commit's position (their changes are
+//! numbered in queue order within it), as the changes of one commit do.
+//!
+//! A leader is a spawned task: a write whose caller stops waiting (its future dropped)
+//! does not take the other writes of its group with it.
+
+use super::backend::{PgBackend, MAX_COMMIT_CHANGES};
+use crate::{Error, Result};
+use parking_lot::Mutex;
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+/// A row of a single-table commit: key, document staged against (JSON text, `None`:
+/// absent), new document (`None`: deleted), and whether it is written (else only checked).
+#[derive(Clone, Debug)]
+pub(super) struct Row {
+    pub key: Vec<u8>,
+    pub old: Option<String>,
+    pub new: Option<String>,
+    pub write: bool,
+}
+
+/// One staged write of one table, ready to commit: its rows sorted by key, its change
+/// records in commit order.
+#[derive(Debug)]
+pub(super) struct TableCommit {
+    pub table: String,
+    pub rows: Vec<Row>,
+    pub msgs: Vec<Vec<u8>>,
+    pub hard: bool,
+}
+
+/// What a commit came to: `Some(xid)` committed in transaction `xid` (0: nothing to
+/// write), `None`: a row is not what it was staged against (stage again).
+pub(super) type Outcome = Result<Option<i64>>;
+
+struct Queued {
+    commit: TableCommit,
+    done: oneshot::Sender<Outcome>,
+}
+
+/// The queue of writes waiting for a leader, and how many leaders run.
+#[derive(Default)]
+pub(super) struct GroupCommit {
+    queue: Mutex<VecDeque<Queued>>,
+    leaders: AtomicUsize,
+}
+
+impl GroupCommit {
+    /// Takes the next group: the first queued write, and every later one of the same table
+    /// and durability whose keys overlap none taken, while the group holds at most
+    /// [`MAX_COMMIT_CHANGES`] changes. The others stay queued, in order.
+    fn take_group(&self) -> Vec<Queued> {
+        let mut queue = self.queue.lock();
+        let Some(first) = queue.pop_front() else {
+            return Vec::new();
+        };
+        let mut keys: HashSet<Vec<u8>> = first.commit.rows.iter().map(|r| r.key.clone()).collect();
+        let mut changes = first.commit.msgs.len();
+        let mut group = vec![first];
+        let mut kept = VecDeque::with_capacity(queue.len());
+        while let Some(next) = queue.pop_front() {
+            let fits = next.commit.table == group[0].commit.table
+                && next.commit.hard == group[0].commit.hard
+                && changes + next.commit.msgs.len() <= MAX_COMMIT_CHANGES
+                && next.commit.rows.iter().all(|r| !keys.contains(&r.key));
+            if fits {
+                keys.extend(next.commit.rows.iter().map(|r| r.key.clone()));
+                changes += next.commit.msgs.len();
+                group.push(next);
+            } else {
+                kept.push_back(next);
+            }
+        }
+        *queue = kept;
+        group
+    }
+
+    /// Claims a leader's place if fewer than `max` lead.
+    fn claim(&self, max: usize) -> bool {
+        self.leaders
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+}
+
+impl PgBackend {
+    /// Commits `commit` in a group with the writes of other tasks (see the module doc).
+    pub(super) async fn commit_grouped(&self, commit: TableCommit) -> Outcome {
+        let (done, result) = oneshot::channel();
+        self.groups.queue.lock().push_back(Queued { commit, done });
+        if self.groups.claim(self.connections()) {
+            match self.me() {
+                Some(me) => {
+                    tokio::spawn(async move { me.lead().await });
+                }
+                None => {
+                    self.groups.leaders.fetch_sub(1, Ordering::AcqRel);
+                    return Err(Error::Closed);
+                }
+            }
+        }
+        result
+            .await
+            .map_err(|_| self.failed().unwrap_or(Error::Closed))?
+    }
+
+    /// A leader: commits groups until the queue is empty.
+    async fn lead(self: Arc<Self>) {
+        loop {
+            let group = self.groups.take_group();
+            if group.is_empty() {
+                self.groups.leaders.fetch_sub(1, Ordering::AcqRel);
+                // A write queued after the group was taken, by a task that found every
+                // leader's place taken, must not wait for a leader that is gone.
+                if self.groups.queue.lock().is_empty() || !self.groups.claim(self.connections()) {
+                    return;
+                }
+                continue;
+            }
+            self.commit_group(group).await;
+        }
+    }
+
+    /// Commits a group as one transaction, or, when that fails, each write alone.
+    async fn commit_group(&self, mut group: Vec<Queued>) {
+        if group.len() == 1 {
+            let Queued { commit, done } = group.pop().expect("one write");
+            let _ = done.send(self.commit_table(&commit).await);
+            return;
+        }
+        let first = &group[0].commit;
+        let mut whole = TableCommit {
+            table: first.table.clone(),
+            rows: Vec::new(),
+            msgs: Vec::new(),
+            hard: first.hard,
+        };
+        for q in &group {
+            whole.rows.extend(q.commit.rows.iter().cloned());
+            whole.msgs.extend(q.commit.msgs.iter().cloned());
+        }
+        // One order of locking rows for every commit (no deadlock between two groups).
+        whole.rows.sort_by(|a, b| a.key.cmp(&b.key));
+        if let Ok(Some(xid)) = self.commit_table(&whole).await {
+            for q in group {
+                let _ = q.done.send(Ok(Some(xid)));
+            }
+            return;
+        }
+        // Each write alone, pipelined: each gets the result it would have had by itself.
+        let alone = group.iter().map(|q| self.commit_table(&q.commit));
+        let results = futures_util::future::join_all(alone).await;
+        for (q, result) in group.into_iter().zip(results) {
+            let _ = q.done.send(result);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queued(table: &str, keys: &[u8], hard: bool) -> (Queued, oneshot::Receiver<Outcome>) {
+        let (done, rx) = oneshot::channel();
+        let rows = keys
+            .iter()
+            .map(|k| Row {
+                key: vec![*k],
+                old: None,
+                new: Some("{}".into()),
+                write: true,
+            })
+            .collect::<Vec<_>>();
+        let msgs = rows.iter().map(|r| r.key.clone()).collect();
+        let commit = TableCommit {
+            table: table.into(),
+            rows,
+            msgs,
+            hard,
+        };
+        (Queued { commit, done }, rx)
+    }
+
+    fn keys_of(group: &[Queued]) -> Vec<Vec<u8>> {
+        group
+            .iter()
+            .map(|q| q.commit.rows.iter().map(|r| r.key[0]).collect())
+            .collect()
+    }
+
+    #[test]
+    fn a_group_is_one_table_and_durability_with_disjoint_keys_in_queue_order() {
+        let groups = GroupCommit::default();
+        let mut receivers = Vec::new();
+        for (table, keys, hard) in [
+            ("a", &[1u8, 2][..], true),
+            ("b", &[3][..], true),
+            ("a", &[2, 4][..], true),
+            ("a", &[5][..], false),
+            ("a", &[6][..], true),
+            ("a", &[4][..], true),
+        ] {
+            let (q, rx) = queued(table, keys, hard);
+            groups.queue.lock().push_back(q);
+            receivers.push(rx);
+        }
+        assert_eq!(keys_of(&groups.take_group()), vec![vec![1, 2], vec![6]]);
+        // Key 2 overlapped the first group; the next group starts with the oldest left.
+        assert_eq!(keys_of(&groups.take_group()), vec![vec![3]]);
+        assert_eq!(keys_of(&groups.take_group()), vec![vec![2, 4]]);
+        assert_eq!(keys_of(&groups.take_group()), vec![vec![5]]);
+        assert_eq!(keys_of(&groups.take_group()), vec![vec![4]]);
+        assert!(groups.take_group().is_empty());
+    }
+
+    #[test]
+    fn a_group_holds_at_most_one_commit_of_changes() {
+        let groups = GroupCommit::default();
+        let mut receivers = Vec::new();
+        for i in 0..3u16 {
+            let (done, rx) = oneshot::channel();
+            receivers.push(rx);
+            let n = MAX_COMMIT_CHANGES / 2;
+            let rows = (0..n)
+                .map(|j| Row {
+                    key: (u32::from(i) << 16 | j as u32).to_be_bytes().to_vec(),
+                    old: None,
+                    new: None,
+                    write: true,
+                })
+                .collect::<Vec<_>>();
+            let msgs = vec![Vec::new(); n];
+            let commit = TableCommit {
+                table: "t".into(),
+                rows,
+                msgs,
+                hard: true,
+            };
+            groups.queue.lock().push_back(Queued { commit, done });
+        }
+        assert_eq!(groups.take_group().len(), 2);
+        assert_eq!(groups.take_group().len(), 1);
+    }
+
+    #[test]
+    fn leaders_are_at_most_max() {
+        let groups = GroupCommit::default();
+        assert!(groups.claim(2));
+        assert!(groups.claim(2));
+        assert!(!groups.claim(2));
+        groups.leaders.fetch_sub(1, Ordering::AcqRel);
+        assert!(groups.claim(2));
+    }
+}
