@@ -8,6 +8,17 @@
 //! them, and the changes of the subscriptions it follows, itself. While a write waits for the
 //! client, the driver reads no feed, so the feeds (not the server's memory) absorb the
 //! backlog, and overflow into a resynchronisation.
+//!
+//! **Coalescing.** A connection sends its subscriptions' changes at most once per window
+//! (the [`crate::WebBuilder::window`]): a change that finds the connection idle goes at once,
+//! and opens a window; while it is open the driver reads no feed (they hold what comes, and
+//! wake no one), and when it ends, what every subscription gathered meanwhile goes out
+//! together. A window that ended with something to send is followed by one twice as long,
+//! up to [`MOST_DOUBLINGS`] times (50, 100, 200 ms by default): a connection whose changes keep
+//! coming gets fewer, larger frames; one that ends with nothing to send leaves the
+//! connection idle again. Change frames waiting for the socket together (one window's, or
+//! several windows' while a client reads slowly) go as one `batch` message of at most
+//! [`BATCH_BYTES`] (see [`crate::protocol`]).
 
 use crate::outbox::{text_len, Inbox, Item, Outbox, BYTES};
 use crate::protocol::{ClientFrame, Outcome, ServerFrame};
@@ -33,6 +44,19 @@ const LOW: usize = BYTES / 16;
 
 /// The most queued frames the driver takes from the queue at a time.
 const BATCH: usize = 64;
+
+/// How many times a busy connection's window doubles (the window after one that ended with
+/// something to send is twice as long, up to 2^this times the configured window).
+pub(crate) const MOST_DOUBLINGS: u32 = 2;
+
+/// The most text one `batch` message gathers (a frame alone may be larger). The WebSocket
+/// layer keeps a write buffer as large as the largest message it wrote: the size of the
+/// largest single frame (see `subscription::FRAME_BYTES`).
+pub(crate) const BATCH_BYTES: usize = 2048;
+
+/// How a batch's text begins and ends (the frames in it, separated by commas, between).
+const BATCH_OPEN: &str = r#"{"t":"batch","frames":["#;
+const BATCH_CLOSE: &str = "]}";
 
 /// Counts a connection as open while it lives.
 struct Counted<'a>(&'a std::sync::atomic::AtomicUsize);
@@ -84,8 +108,10 @@ impl Bucket {
 /// Something for the driver to do.
 enum Event<I> {
     Item(Item<I>),
-    /// A followed subscription has something, or the window timer fired.
+    /// A followed subscription has something, and the connection was idle.
     Ready,
+    /// The connection's window ended: what its subscriptions gathered meanwhile goes.
+    Window,
     /// Done: the queue closed (or a close frame went) and everything is written, or the
     /// socket failed, or the client took nothing within the write timeout.
     End,
@@ -96,7 +122,9 @@ enum Event<I> {
 /// moment keeps its changes coming instead of having its feeds overflow into a reset; one
 /// that does not read costs this much, then its feeds absorb the rest.
 struct Outgoing {
-    frames: VecDeque<(Message, Option<OwnedSemaphorePermit>)>,
+    /// Each frame, its share of the byte budget, and whether it is a change frame (which
+    /// goes out in a batch with the change frames after it).
+    frames: VecDeque<(Message, Option<OwnedSemaphorePermit>, bool)>,
     bytes: usize,
     /// Frames were handed to the socket and not flushed yet.
     unflushed: bool,
@@ -107,7 +135,58 @@ struct Outgoing {
 impl Outgoing {
     fn push(&mut self, message: Message, permit: Option<OwnedSemaphorePermit>) {
         self.bytes += text_len(&message);
-        self.frames.push_back((message, permit));
+        self.frames.push_back((message, permit, false));
+    }
+
+    /// Queues a change frame (it may go in a batch with the change frames around it).
+    fn push_change(&mut self, message: Message, permit: Option<OwnedSemaphorePermit>) {
+        self.bytes += text_len(&message);
+        self.frames.push_back((message, permit, true));
+    }
+
+    /// `first` (a change frame) and the change frames queued right after it, as many as
+    /// fit in [`BATCH_BYTES`], as one `batch` message with their shares of the byte budget;
+    /// `first` alone when none fits.
+    fn gather(
+        &mut self,
+        first: Message,
+        mut permit: Option<OwnedSemaphorePermit>,
+    ) -> (Message, Option<OwnedSemaphorePermit>) {
+        let Message::Text(text) = &first else {
+            return (first, permit);
+        };
+        let mut size = BATCH_OPEN.len() + text.len() + BATCH_CLOSE.len();
+        let mut n = 0;
+        for (message, _, change) in &self.frames {
+            let len = text_len(message);
+            if !change || !matches!(message, Message::Text(_)) || size + 1 + len > BATCH_BYTES {
+                break;
+            }
+            size += 1 + len;
+            n += 1;
+        }
+        if n == 0 {
+            return (first, permit);
+        }
+        let mut batch = String::with_capacity(size);
+        batch.push_str(BATCH_OPEN);
+        batch.push_str(text.as_str());
+        for (message, p, _) in self.frames.drain(..n) {
+            self.bytes -= text_len(&message);
+            if let Message::Text(t) = &message {
+                batch.push(',');
+                batch.push_str(t.as_str());
+            }
+            permit = match (permit, p) {
+                (Some(mut a), Some(b)) => {
+                    a.merge(b);
+                    Some(a)
+                }
+                (a, b) => a.or(b),
+            };
+        }
+        batch.push_str(BATCH_CLOSE);
+        (Message::Text(batch.into()), permit)
     }
 
     fn idle(&self) -> bool {
@@ -128,10 +207,14 @@ impl Outgoing {
                 Poll::Ready(Err(_)) => return Poll::Ready(true),
                 Poll::Pending => break,
             }
-            let Some((message, permit)) = self.frames.pop_front() else {
+            let Some((message, permit, change)) = self.frames.pop_front() else {
                 break;
             };
             self.bytes -= text_len(&message);
+            let (message, permit) = match change {
+                true => self.gather(message, permit),
+                false => (message, permit),
+            };
             self.closing = matches!(message, Message::Close(_));
             if Pin::new(&mut *sink).start_send(message).is_err() {
                 return Poll::Ready(true);
@@ -177,9 +260,12 @@ async fn drive<I: Clone + Send + Sync + 'static>(
     window: Duration,
 ) {
     let mut following: Vec<Box<Following<I>>> = Vec::new();
-    // The end of the earliest window a gathered frame waits for (one timer per connection,
-    // and none while changes come slower than the window).
+    // The end of the connection's window, while one is open (the timer is kept, and armed
+    // again, while windows follow each other; an idle connection holds none).
     let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    let mut window_open = false;
+    // How many windows in a row ended with something to send (the next is 2^this longer).
+    let mut doublings = 0u32;
     let mut out = Outgoing {
         frames: VecDeque::new(),
         bytes: 0,
@@ -232,14 +318,26 @@ async fn drive<I: Clone + Send + Sync + 'static>(
             if out.bytes >= BYTES || inbox.common.bytes.available_permits() < LOW || out.closing {
                 return Poll::Pending;
             }
-            if let Some(t) = timer.as_mut() {
-                if t.as_mut().poll(cx).is_ready() {
-                    timer = None;
-                    return Poll::Ready(Event::Ready);
+            if window_open {
+                // The feeds hold what comes until the window ends.
+                if let Some(t) = timer.as_mut() {
+                    if t.as_mut().poll(cx).is_ready() {
+                        window_open = false;
+                        // What every subscription gathered meanwhile.
+                        for f in following.iter_mut() {
+                            f.poll_ready(cx);
+                        }
+                        return Poll::Ready(Event::Window);
+                    }
                 }
-            }
-            for f in following.iter_mut() {
-                if f.poll_ready(cx) {
+            } else {
+                // Every subscription is asked (not only up to the first with something):
+                // what they all have now goes together.
+                let mut ready = false;
+                for f in following.iter_mut() {
+                    ready |= f.poll_ready(cx);
+                }
+                if ready {
                     return Poll::Ready(Event::Ready);
                 }
             }
@@ -273,20 +371,21 @@ async fn drive<I: Clone + Send + Sync + 'static>(
                     item = inbox.ready();
                 }
             }
-            Event::Ready => {
+            Event::Ready | Event::Window => {
+                let busy = matches!(event, Event::Window);
                 let now = Instant::now();
+                let mut sent = false;
                 let mut i = 0;
                 while i < following.len() {
                     let f = &mut following[i];
-                    let step =
-                        match std::panic::catch_unwind(AssertUnwindSafe(|| f.step(now, window))) {
-                            Ok(step) => step,
-                            // A rule, view or key that panics ends its subscription.
-                            Err(_) => Step::Stop(Stop::End(Refusal::new(
-                                ErrorCode::Internal,
-                                "the publication failed",
-                            ))),
-                        };
+                    let step = match std::panic::catch_unwind(AssertUnwindSafe(|| f.step())) {
+                        Ok(step) => step,
+                        // A rule, view or key that panics ends its subscription.
+                        Err(_) => Step::Stop(Stop::End(Refusal::new(
+                            ErrorCode::Internal,
+                            "the publication failed",
+                        ))),
+                    };
                     match step {
                         Step::Idle => i += 1,
                         Step::Frames(messages) => {
@@ -300,7 +399,8 @@ async fn drive<I: Clone + Send + Sync + 'static>(
                                     let permit = u32::try_from(size).ok().and_then(|n| {
                                         inbox.common.bytes.clone().try_acquire_many_owned(n).ok()
                                     });
-                                    out.push(m, permit);
+                                    out.push_change(m, permit);
+                                    sent = true;
                                 }
                             }
                             i += 1;
@@ -323,8 +423,24 @@ async fn drive<I: Clone + Send + Sync + 'static>(
                         }
                     }
                 }
-                let due = following.iter().filter_map(|f| f.due()).min();
-                timer = due.map(|d| Box::pin(tokio::time::sleep_until(d)));
+                if sent && !window.is_zero() {
+                    // A window that ended with something to send: the connection is busy,
+                    // the next one is twice as long (a change that found it idle: the first).
+                    doublings = match busy {
+                        true => (doublings + 1).min(MOST_DOUBLINGS),
+                        false => 0,
+                    };
+                    let end = now + window * 2u32.pow(doublings);
+                    match timer.as_mut() {
+                        Some(t) => t.as_mut().reset(end),
+                        None => timer = Some(Box::pin(tokio::time::sleep_until(end))),
+                    }
+                    window_open = true;
+                } else {
+                    // Nothing went: idle, the next change goes at once.
+                    timer = None;
+                    doublings = 0;
+                }
             }
         }
     }

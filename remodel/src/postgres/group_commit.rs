@@ -65,14 +65,18 @@ pub(super) struct GroupCommit {
 
 impl GroupCommit {
     /// Takes the next group: the first queued write, and every later one of the same table
-    /// and durability whose keys overlap none taken, while the group holds at most
-    /// [`MAX_COMMIT_CHANGES`] changes. The others stay queued, in order.
+    /// and durability whose keys overlap none taken and none of an earlier write left
+    /// queued, while the group holds at most [`MAX_COMMIT_CHANGES`] changes. The others
+    /// stay queued, in order.
     fn take_group(&self) -> Vec<Queued> {
         let mut queue = self.queue.lock();
         let Some(first) = queue.pop_front() else {
             return Vec::new();
         };
         let mut keys: HashSet<Vec<u8>> = first.commit.rows.iter().map(|r| r.key.clone()).collect();
+        // Keys of the writes left queued: a later write of one of them is left too, so that
+        // writes of a key reach the server in the order they were queued.
+        let mut passed: HashSet<Vec<u8>> = HashSet::new();
         let mut changes = first.commit.msgs.len();
         let mut group = vec![first];
         let mut kept = VecDeque::with_capacity(queue.len());
@@ -80,12 +84,19 @@ impl GroupCommit {
             let fits = next.commit.table == group[0].commit.table
                 && next.commit.hard == group[0].commit.hard
                 && changes + next.commit.msgs.len() <= MAX_COMMIT_CHANGES
-                && next.commit.rows.iter().all(|r| !keys.contains(&r.key));
+                && next
+                    .commit
+                    .rows
+                    .iter()
+                    .all(|r| !keys.contains(&r.key) && !passed.contains(&r.key));
             if fits {
                 keys.extend(next.commit.rows.iter().map(|r| r.key.clone()));
                 changes += next.commit.msgs.len();
                 group.push(next);
             } else {
+                if next.commit.table == group[0].commit.table {
+                    passed.extend(next.commit.rows.iter().map(|r| r.key.clone()));
+                }
                 kept.push_back(next);
             }
         }
@@ -225,7 +236,8 @@ mod tests {
             receivers.push(rx);
         }
         assert_eq!(keys_of(&groups.take_group()), vec![vec![1, 2], vec![6]]);
-        // Key 2 overlapped the first group; the next group starts with the oldest left.
+        // Key 2 overlapped the first group, and key 4 a write left queued before it; the
+        // next group starts with the oldest left.
         assert_eq!(keys_of(&groups.take_group()), vec![vec![3]]);
         assert_eq!(keys_of(&groups.take_group()), vec![vec![2, 4]]);
         assert_eq!(keys_of(&groups.take_group()), vec![vec![5]]);
