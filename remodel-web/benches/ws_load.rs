@@ -1337,26 +1337,37 @@ mod clients {
                     let t = now_ns();
                     counters.frames.fetch_add(1, Ordering::Relaxed);
                     counters.bytes.fetch_add(text.len() as u64, Ordering::Relaxed);
-                    let v: Value = serde_json::from_str(text.as_str()).expect("frames are JSON");
-                    match v["t"].as_str() {
-                        Some("reset") => {
-                            resets += 1;
-                            if resets > wanted.len() {
-                                counters.resyncs.fetch_add(1, Ordering::Relaxed);
+                    let mut v: Value = serde_json::from_str(text.as_str()).expect("frames are JSON");
+                    // A batch: several frames in one message, applied in order.
+                    let frames = match v["t"] == "batch" {
+                        true => match v["frames"].take() {
+                            Value::Array(frames) => frames,
+                            _ => Vec::new(),
+                        },
+                        false => vec![v],
+                    };
+                    for v in frames {
+                        match v["t"].as_str() {
+                            Some("reset") => {
+                                resets += 1;
+                                if resets > wanted.len() {
+                                    counters.resyncs.fetch_add(1, Ordering::Relaxed);
+                                }
+                                if resets == wanted.len() {
+                                    counters.subscribed.fetch_add(1, Ordering::AcqRel);
+                                    counters.changed.notify_one();
+                                }
+                                record(&recs[c], &v, t);
                             }
-                            if resets == wanted.len() {
-                                counters.subscribed.fetch_add(1, Ordering::AcqRel);
-                                counters.changed.notify_one();
+                            // The rest of a large reset (resets count once, by their first
+                            // frame).
+                            Some("change" | "more") => record(&recs[c], &v, t),
+                            Some("end") => {
+                                eprintln!("client {c}: {v}");
+                                counters.ends.fetch_add(1, Ordering::Relaxed);
                             }
-                            record(&recs[c], &v, t);
+                            _ => {}
                         }
-                        // The rest of a large reset (resets count once, by their first frame).
-                        Some("change" | "more") => record(&recs[c], &v, t),
-                        Some("end") => {
-                            eprintln!("client {c}: {v}");
-                            counters.ends.fetch_add(1, Ordering::Relaxed);
-                        }
-                        _ => {}
                     }
                 }
                 _ = ping.tick() => {

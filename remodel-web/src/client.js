@@ -377,6 +377,15 @@ class Live {
         return;
       case 'pong':
         return;
+      case 'batch':
+        // Several frames in one message, in order, as if each had come alone; one that
+        // fails does not stop the others. A batch holds no batch.
+        if (!Array.isArray(msg.frames)) throw new Error('a batch carries frames');
+        for (const frame of msg.frames) {
+          if (frame?.t === 'batch') continue;
+          try { this._dispatch(frame); } catch (e) { console.warn('remodel: bad frame', frame, e); }
+        }
+        return;
       case 'reset':
       case 'more':
       case 'change':

@@ -218,10 +218,14 @@ impl<I: Clone + Send + Sync + 'static> WebBuilder<I> {
         self
     }
 
-    /// The coalescing window (default 50 ms): a subscription sends at most one message per
-    /// window, carrying the net effect of every change in it (a row changed five times is
-    /// sent once). A change that finds the subscription idle is sent at once. Zero sends
-    /// every batch of ready changes as soon as it is read.
+    /// The coalescing window (default 50 ms): a connection sends its subscriptions' changes
+    /// at most once per window, each subscription's as the net effect of every change in it
+    /// (a row changed five times is sent once), all of them in one message. A change that
+    /// finds the connection idle is sent at once. While changes keep coming, each window is
+    /// twice as long as the last, up to four times this (a busy connection gets fewer, larger
+    /// messages); one that ends with nothing to send makes the connection idle again. Zero
+    /// sends every batch of ready changes as soon as it is read (the change frames waiting
+    /// for a slow socket still go together).
     pub fn window(mut self, window: Duration) -> Self {
         self.window = window;
         self

@@ -18,10 +18,19 @@
 //! | `{"t":"reset","sub":7,"rows":[["k1",{…}],…],"order":[["name","asc"]],"cursor":"1f-ffffffff"}` | the whole current result of subscription 7: replace what the client holds. `rows` are `[key, document]` pairs; `order` is how the publication sorts them (fields, `asc`/`desc`; ties by key); `cursor` (or `null` for a feed that cannot resume) is where the result stands |
 //! | `{"t":"more","sub":7,"rows":[…],"more":false}` | the rest of a large result: a `reset` whose rows do not fit in one frame says `"more":true`, and its rows continue in `more` frames until one says `"more":false`. The result is whole only then (show it then: a part of it was never a result) |
 //! | `{"t":"change","sub":7,"rows":[["k1",{…}],["k2",null]],"cursor":"20-1"}` | the net effect of one or more commits: each key's new document, or `null` when the row left the result. `cursor`: resume after it on reconnect. A large one comes in several `change` frames, all but the last saying `"more":true` and carrying no cursor: apply them all, show the result after the last |
+//! | `{"t":"batch","frames":[{"t":"change","sub":7,…},{"t":"change","sub":9,…}]}` | several frames in one message: apply them in order, as if each had come alone. The server sends a connection's change frames this way when several go at once (the changes of several subscriptions in one window, the parts of a large change, the frames of several windows while the client reads slowly); a batch holds no batch, and a frame alone may come outside any |
 //! | `{"t":"end","sub":7,"error":{"code":"forbidden","message":"…"}}` | the subscription ended (refused when asked, or later: its table was dropped, a guard changed and the publication now refuses, it kept restarting); the client drops its rows |
 //! | `{"t":"result","call":3,"ok":…}` / `{"t":"result","call":3,"error":{…}}` | a method call's answer |
 //! | `{"t":"error","error":{"code":"bad_frame","message":"…"}}` | a frame that could not be understood (no subscription or call to pin it on); the connection goes on, except after `frame_too_large`, `idle_timeout` and an unreadable frame, which close it |
 //! | `{"t":"pong"}` | the answer to `ping` |
+//!
+//! **Coalescing.** A connection's changes go at most once per window (50 ms by default,
+//! [`crate::WebBuilder::window`]): a change that finds the connection idle goes at once;
+//! those that come while a window is open go together when it ends, each subscription's as
+//! one `change` (the net effect: a row changed five times is sent once), all of them in one
+//! `batch`. While a connection's changes keep coming, each window is twice as long as the
+//! last, up to four times the window (50, 100, 200 ms); a window that ends with nothing to
+//! send makes the connection idle again.
 //!
 //! Every refusal carries one of the codes of [`ErrorCode`]. A change message carries the
 //! cursor of the newest change in it; a reconnecting client sends it back with `sub`, and gets

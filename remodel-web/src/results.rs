@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, HashMap};
 
 /// Each subscription's result, rebuilt from the frames a client receives ([`Results::apply`]
 /// every frame, in order): `reset` replaces a result (completed by its `more` frames),
-/// `change` sets or removes rows, `end` drops it and keeps the refusal.
+/// `change` sets or removes rows, `end` drops it and keeps the refusal, `batch` applies the
+/// frames it carries.
 ///
 /// ```
 /// use remodel_web::Results;
@@ -17,6 +18,12 @@ use std::collections::{BTreeMap, HashMap};
 /// r.apply(&json!({"t": "change", "sub": 1, "rows": [["b", {"id": "b"}], ["a", null]], "cursor": "6-0"}));
 /// assert_eq!(r.rows(1), vec![json!({"id": "b"})]);
 /// assert_eq!(r.cursor(1), Some("6-0"));
+/// r.apply(&json!({"t": "batch", "frames": [
+///     {"t": "change", "sub": 1, "rows": [["c", {"id": "c"}]], "cursor": "7-0"},
+///     {"t": "change", "sub": 1, "rows": [["b", null]], "cursor": "8-0"},
+/// ]}));
+/// assert_eq!(r.rows(1), vec![json!({"id": "c"})]);
+/// assert_eq!(r.cursor(1), Some("8-0"));
 /// ```
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Results {
@@ -36,8 +43,15 @@ struct Result {
 }
 
 impl Results {
-    /// Applies one frame of the server's; returns the subscription it was about, if any.
+    /// Applies one frame of the server's; returns the subscription it was about, if any. A
+    /// `batch` applies each of its frames in order, and returns the last one's subscription.
     pub fn apply(&mut self, frame: &Value) -> Option<u32> {
+        if frame["t"] == "batch" {
+            let frames = frame["frames"].as_array()?;
+            // A batch holds no batch: one inside is not applied.
+            let inner = frames.iter().filter(|f| f["t"] != "batch");
+            return inner.fold(None, |last, f| self.apply(f).or(last));
+        }
         let sub = u32::try_from(frame["sub"].as_u64()?).ok()?;
         let rows = frame["rows"].as_array();
         let r = self.subs.entry(sub).or_default();

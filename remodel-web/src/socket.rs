@@ -49,10 +49,12 @@ const BATCH: usize = 64;
 /// something to send is twice as long, up to 2^this times the configured window).
 pub(crate) const MOST_DOUBLINGS: u32 = 2;
 
-/// The most text one `batch` message gathers (a frame alone may be larger). The WebSocket
-/// layer keeps a write buffer as large as the largest message it wrote: the size of the
-/// largest single frame (see `subscription::FRAME_BYTES`).
-pub(crate) const BATCH_BYTES: usize = 2048;
+/// The most text one `batch` message gathers (a frame alone may be larger): room for a
+/// window's changes of a few subscriptions (each frame whole under 2 KB, larger changes in
+/// parts of ~1 KB). The WebSocket layer keeps a write buffer as large as the largest
+/// message it wrote, for the connection's life: a connection that was sent a full batch
+/// keeps 4 KB (one that never was, its largest frame's ~2 KB).
+pub(crate) const BATCH_BYTES: usize = 4096;
 
 /// How a batch's text begins and ends (the frames in it, separated by commas, between).
 const BATCH_OPEN: &str = r#"{"t":"batch","frames":["#;

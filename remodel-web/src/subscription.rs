@@ -1,7 +1,8 @@
 //! One subscription: asks its publication for a [`Live`] result, opens its feed (resumed
 //! from the client's cursor, or with its initial rows), and turns the feed's changes into
-//! frames: each rule and view applied, the net effect of every change ready within a window
-//! in one frame.
+//! frames: each rule and view applied, the net effect of every change its feed holds when
+//! its connection's window ends in one frame (the window is the connection's: see
+//! `socket`).
 //!
 //! Opening runs in a task of its own (it asks the publication, reads the initial rows and
 //! queues them, and may wait long for each); once open, the subscription is handed to its

@@ -911,3 +911,123 @@ return out;
         json!({"seen": [0, 2], "during": "1-0", "cursor": "2-0"})
     );
 }
+
+/// A batch with changes of two subscriptions, a frame in it that cannot be applied, and a
+/// batch inside it: the client applies every good frame in order (each subscription shown
+/// once per change), skips the bad one, and ignores the nested batch.
+#[test]
+fn the_client_applies_each_frame_of_a_batch() {
+    let _serial = SERIAL.blocking_read();
+    let Some(out) = run_node(
+        r#"
+const live = connect({ url: 'ws://test/remodel/ws' });
+const ws = sockets[0]; open(ws);
+const seen = [];
+const a = live.subscribe('logs', {}, (rows) => seen.push(['a', rows.length]));
+const b = live.subscribe('members', {}, (rows) => seen.push(['b', rows.length]));
+message(ws, { t: 'reset', sub: a.id, order: [], cursor: '1-0', rows: [] });
+message(ws, { t: 'reset', sub: b.id, order: [], cursor: '1-0', rows: [['k', { id: 'k' }]] });
+message(ws, { t: 'batch', frames: [
+  { t: 'change', sub: a.id, rows: [['x', { id: 'x' }]], more: true },
+  { t: 'change', sub: b.id, rows: 'not rows', cursor: '9-9' },
+  { t: 'change', sub: a.id, rows: [['y', { id: 'y' }]], cursor: '2-0' },
+  { t: 'batch', frames: [{ t: 'change', sub: b.id, rows: [['n', { id: 'n' }]], cursor: '3-0' }] },
+  { t: 'change', sub: b.id, rows: [['k', null], ['m', { id: 'm' }]], cursor: '2-1' },
+] });
+const out = { seen, a: a.rows.map((r) => r.id), b: b.rows.map((r) => r.id), ca: a.cursor, cb: b.cursor };
+live.close();
+return out;
+"#,
+    ) else {
+        return;
+    };
+    assert_eq!(
+        out,
+        json!({"seen": [["a", 0], ["b", 1], ["a", 2], ["b", 1]], "a": ["x", "y"], "b": ["m"],
+               "ca": "2-0", "cb": "2-1"})
+    );
+}
+
+/// The JavaScript client fed what the server really sends a connection of three
+/// subscriptions (their resets, a change that found the connection idle, then a window's
+/// changes of all three in one batch) holds the rows of the three queries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_applies_the_servers_batches() {
+    let _serial = shared().await;
+    let app = start_with(Limits::default(), Duration::from_millis(1000)).await;
+    let mut ws = handshake(app.addr, Some("kirk"), None).await.unwrap();
+    let subs = [
+        ("members", json!(null)),
+        ("top", json!(null)),
+        ("logs", json!({"member": "kirk"})),
+    ];
+    for (i, (name, params)) in subs.iter().enumerate() {
+        let f = json!({"op": "sub", "id": i + 1, "name": name, "params": params});
+        ws.send(Message::text(f.to_string())).await.unwrap();
+    }
+    let mut texts: Vec<String> = Vec::new();
+    let mut next = async || -> Value {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next()).await;
+        let Ok(Some(Ok(Message::Text(t)))) = msg else {
+            panic!("a frame: {msg:?}")
+        };
+        texts.push(t.to_string());
+        serde_json::from_str(&t).unwrap()
+    };
+    let mut resets = 0;
+    while resets < 3 {
+        resets += usize::from(next().await["t"] == "reset");
+    }
+    let db = &app.db;
+    let members = db.table("members");
+    let chekov = json!({"id": "chekov", "name": "Chekov", "ship": "enterprise", "points": 1});
+    members.insert(chekov).await.unwrap();
+    assert_eq!(next().await["t"], "change", "the first change, alone");
+    members
+        .get("chekov")
+        .update(json!({"points": 20}))
+        .await
+        .unwrap();
+    for i in 0..3 {
+        let doc = json!({"id": format!("w{i}"), "owner": "kirk", "at": i, "text": "t"});
+        db.table("logs").insert(doc).await.unwrap();
+    }
+    let batch = next().await;
+    assert_eq!(batch["t"], "batch", "{batch}");
+    let subs_in: Vec<&Value> = batch["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| &f["sub"])
+        .collect();
+    assert_eq!(
+        subs_in.len(),
+        3,
+        "one change frame per subscription: {batch}"
+    );
+    let body = format!(
+        r#"
+const live = connect({{ url: 'ws://test/remodel/ws' }});
+const ws = sockets[0]; open(ws);
+const subs = [live.subscribe('members', null), live.subscribe('top', null),
+              live.subscribe('logs', {{ member: 'kirk' }})];
+for (const text of {texts}) ws.onmessage({{ data: text }});
+const out = subs.map((s) => s.rows);
+live.close();
+return out;
+"#,
+        texts = serde_json::to_string(&texts).unwrap()
+    );
+    let Some(out) = run_node(&body) else {
+        return;
+    };
+    let by_id = |v: &Value| common::by_id(v.as_array().unwrap().clone());
+    let all = common::by_id(members.query().run().await.unwrap());
+    assert_eq!(by_id(&out[0]), all);
+    let mut top = all.clone();
+    top.sort_by_key(|m| std::cmp::Reverse(m["points"].as_i64()));
+    assert_eq!(by_id(&out[1]), common::by_id(top[..3].to_vec()));
+    let logs = db.table("logs").query().run().await.unwrap();
+    assert_eq!(by_id(&out[2]), common::by_id(logs));
+    assert_eq!(out[2].as_array().unwrap().len(), 3);
+}

@@ -7,7 +7,7 @@ mod common;
 use common::{by_id, start, start_with, Client};
 use remodel::{json, Order, Value};
 use remodel_web::Limits;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A small deterministic generator (no dependency for a test's random writes).
 struct Rng(u64);
@@ -307,20 +307,31 @@ async fn a_large_change_comes_in_frames_of_bounded_size_with_one_cursor() {
         .map(|i| json!({"id": format!("l{i:03}"), "owner": "kirk", "at": i, "text": "x".repeat(100)}))
         .collect();
     app.db.table("logs").insert_many(rows).await.unwrap();
-    let mut frames = Vec::new();
+    let (mut frames, mut messages) = (Vec::new(), 0);
     loop {
         let Some(Ok(Message::Text(t))) = c.next().await else {
             panic!("closed")
         };
-        assert!(t.len() < 4096, "a frame of {} bytes", t.len());
+        // Its parts go several to a message (a batch), each message at most 4 KB.
+        assert!(t.len() <= 4096, "a message of {} bytes", t.len());
+        messages += 1;
         let v: Value = serde_json::from_str(&t).unwrap();
-        let last = v["more"] != true;
-        frames.push(v);
+        let got = match v["t"] == "batch" {
+            true => v["frames"].as_array().unwrap().clone(),
+            false => vec![v],
+        };
+        let last = got.last().unwrap()["more"] != true;
+        frames.extend(got);
         if last {
             break;
         }
     }
     assert!(frames.len() > 10, "{} frames", frames.len());
+    assert!(
+        messages < frames.len(),
+        "{messages} messages for {} frames",
+        frames.len()
+    );
     assert!(frames.iter().all(|f| f["t"] == "change"));
     let (parts, last) = frames.split_at(frames.len() - 1);
     assert!(
@@ -333,4 +344,136 @@ async fn a_large_change_comes_in_frames_of_bounded_size_with_one_cursor() {
         .map(|f| f["rows"].as_array().unwrap().len())
         .sum();
     assert_eq!(n, 300);
+}
+
+/// Kirk's connection follows the members, the top 3 and his log: changes of all three that
+/// come while the connection's window is open reach him in one message (a `batch`), after
+/// the window; the first change after a quiet spell goes at once. His results then equal
+/// the queries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_within_a_window_come_in_one_message() {
+    let window = Duration::from_millis(1500);
+    let app = start_with(Limits::default(), window).await;
+    let db = app.db.clone();
+    let mut c = Client::connect(&app, "kirk").await;
+    c.sub(1, "members", json!(null)).await;
+    c.sub(2, "top", json!(null)).await;
+    c.sub(3, "logs", json!({"member": "kirk"})).await;
+    for _ in 0..3 {
+        c.until(|v| v["t"] == "reset").await;
+    }
+    // Quiet: the first change goes at once (well within the window), alone.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (messages, started) = (c.messages, Instant::now());
+    let members = db.table("members");
+    // (Not one in the top 3, and not Kirk, whose row guards his log's subscription.)
+    let chekov = json!({"id": "chekov", "name": "Chekov", "ship": "enterprise", "points": 1});
+    members.insert(chekov).await.unwrap();
+    c.until(|v| v["t"] == "change" && v["sub"] == 1).await;
+    assert!(
+        started.elapsed() < window * 2 / 3,
+        "the first change after a quiet spell took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(c.messages, messages + 1, "one message");
+    // Within the window: changes to all three results.
+    let during = Instant::now();
+    members
+        .get("chekov")
+        .update(json!({"points": 20}))
+        .await
+        .unwrap();
+    members
+        .get("spock")
+        .update(json!({"name": "S."}))
+        .await
+        .unwrap();
+    db.table("logs")
+        .insert(json!({"id": "w1", "owner": "kirk", "at": 1, "text": "one"}))
+        .await
+        .unwrap();
+    db.table("logs")
+        .insert(json!({"id": "w2", "owner": "kirk", "at": 2, "text": "two"}))
+        .await
+        .unwrap();
+    let (messages, batches) = (c.messages, c.batches);
+    let has = |rows: Vec<Value>, id: &str, field: &str, v: Value| {
+        rows.iter().any(|r| r["id"] == id && r[field] == v)
+    };
+    while c.docs(3).len() < 2
+        || !has(c.docs(1), "chekov", "points", json!(20))
+        || !has(c.docs(1), "spock", "name", json!("S."))
+        || !has(c.docs(2), "chekov", "points", json!(20))
+        || !has(c.docs(2), "spock", "name", json!("S."))
+    {
+        c.recv().await.expect("open");
+    }
+    assert!(
+        during.elapsed() >= window / 2,
+        "changes within the window came after {:?}",
+        during.elapsed()
+    );
+    assert_eq!(
+        c.messages,
+        messages + 1,
+        "the window's changes in one message"
+    );
+    assert_eq!(c.batches, batches + 1, "as a batch");
+    // Nothing else is coming: the results equal the queries.
+    let all = by_id(members.query().run().await.unwrap());
+    assert_eq!(by_id(c.docs(1)), all);
+    let mut top = all.clone();
+    top.sort_by_key(|m| std::cmp::Reverse(m["points"].as_i64()));
+    assert_eq!(by_id(c.docs(2)), by_id(top[..3].to_vec()));
+    assert_eq!(by_id(c.docs(3)), expected(&db, "kirk", "kirk").await);
+}
+
+/// A connection whose changes keep coming gets fewer messages than one a window: each
+/// window after one that had something to send is twice as long (up to four times); every
+/// change still arrives, the last state equal to the query's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_connection_gets_longer_windows() {
+    let window = Duration::from_millis(100);
+    let app = start_with(Limits::default(), window).await;
+    let db = app.db.clone();
+    let mut c = Client::connect(&app, "kirk").await;
+    c.sub(1, "logs", json!({"member": "kirk"})).await;
+    c.until(|v| v["t"] == "reset").await;
+    let messages = c.messages;
+    // 2 s of writes, one every 10 ms: 20 windows of 100 ms, but the windows stretch to
+    // 200 and 400 ms: 1 + 1 (100) + 1 (200) + 4 or 5 (400) messages.
+    let writer = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let mut n = 0;
+            while started.elapsed() < Duration::from_secs(2) {
+                n += 1;
+                let doc = json!({"id": format!("b{}", n % 7), "owner": "kirk", "at": n});
+                db.table("logs")
+                    .insert(doc)
+                    .conflict(remodel::Conflict::Replace)
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            n
+        })
+    };
+    let n = writer.await.unwrap();
+    // Every write arrives (the last one's row shows its `at`).
+    let last = json!(format!("b{}", n % 7));
+    loop {
+        let done = c.docs(1).iter().any(|r| r["id"] == last && r["at"] == n);
+        if done {
+            break;
+        }
+        c.recv().await.expect("open");
+    }
+    let got = c.messages - messages;
+    assert!(
+        got <= 12,
+        "{got} messages for 2 s of changes with a 100 ms window"
+    );
+    assert_eq!(by_id(c.docs(1)), expected(&db, "kirk", "kirk").await);
 }

@@ -80,31 +80,135 @@ async fn next(feed: &mut remodel::Feed) -> Option<Result<remodel::Change, Error>
         .expect("an item within the wait")
 }
 
+/// The `stats` row of the PostgreSQL backend.
+async fn pg_stats(db: &Database) -> serde_json::Value {
+    let rows = db.stats().run().await.unwrap();
+    rows.into_iter()
+        .find(|r| r["type"] == "postgres")
+        .expect("a postgres stats row")
+}
+
+/// Waits until one of `dbs` archives; returns its index.
+async fn archiver(dbs: &[&Database]) -> usize {
+    let begin = std::time::Instant::now();
+    loop {
+        for (i, db) in dbs.iter().enumerate() {
+            if pg_stats(db).await["archiving"] == true {
+                return i;
+            }
+        }
+        assert!(begin.elapsed() < WAIT, "no process archives");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The items of `feed` until none comes for a moment.
+async fn drain_for_a_moment(feed: &mut remodel::Feed) -> Vec<remodel::Change> {
+    let mut items = Vec::new();
+    while let Ok(Some(item)) = tokio::time::timeout(Duration::from_millis(500), feed.next()).await {
+        items.push(item.unwrap());
+    }
+    items
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cursor_resumes_in_processes_that_followed_it_and_expires_in_others() {
-    let Some(pg) = database("a_cursor_resumes_in_processes_that_followed_it").await else {
+async fn a_cursor_resumes_in_any_process_from_the_shared_history() {
+    let Some(pg) = database("a_cursor_resumes_in_any_process").await else {
         return;
     };
     let a = Database::connect(pg.url()).await.unwrap();
     a.create_table("t").await.unwrap();
     let b = Database::connect(pg.url()).await.unwrap();
+    archiver(&[&a, &b]).await;
     let mut feed = a.table("t").changes().await.unwrap();
     a.table("t").insert(json!({"id": 1})).await.unwrap();
     let first = next(&mut feed).await.unwrap().unwrap().cursor().unwrap();
     a.table("t").insert(json!({"id": 2})).await.unwrap();
-    // b followed the database since before the cursor: it resumes there (catching up first:
-    // the cursor may be ahead of b's replica by a moment).
+    b.table("t").get(1).update(json!({"x": 1})).await.unwrap();
+    // b followed the database since before the cursor: it resumes from its own log
+    // (catching up first: the cursor may be ahead of b's replica by a moment).
     let mut resumed = b.table("t").changes().resume_from(first).await.unwrap();
     let item = next(&mut resumed).await.unwrap().unwrap();
     assert_eq!(item.new_val().unwrap()["id"], 2);
-    // c started after it: its replica has no history that far back.
+    // c started after it: its replica has no history that far back; the shared history
+    // has. Exactly the changes after the cursor, then the live ones.
     let c = Database::connect(pg.url()).await.unwrap();
-    let refused = c.table("t").changes().resume_from(first).await;
+    let mut resumed = c.table("t").changes().resume_from(first).await.unwrap();
+    a.table("t").insert(json!({"id": 3})).await.unwrap();
+    let items = drain_for_a_moment(&mut resumed).await;
+    let seen: Vec<_> = items
+        .iter()
+        .map(|c| (c.old_val().cloned(), c.new_val().cloned()))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (None, Some(json!({"id": 2}))),
+            (Some(json!({"id": 1})), Some(json!({"id": 1, "x": 1}))),
+            (None, Some(json!({"id": 3}))),
+        ]
+    );
+    // Cursors carried through: each resumed item's cursor resumes after it, in c too.
+    let mid = items[0].cursor().unwrap();
+    let mut again = c.table("t").changes().resume_from(mid).await.unwrap();
+    let rest = drain_for_a_moment(&mut again).await;
+    assert_eq!(rest.len(), 2);
+    assert_eq!(rest[0].cursor(), items[1].cursor());
+    // A cursor from before the history: expired.
+    let ancient: remodel::Cursor = "1-0".parse().unwrap();
+    let refused = c.table("t").changes().resume_from(ancient).await;
     assert!(
         matches!(refused, Err(Error::CursorExpired { .. })),
         "{:?}",
         refused.err()
     );
+    // A table dropped and made again after the cursor: its cursors expire everywhere.
+    a.drop_table("t").await.unwrap();
+    a.create_table("t").await.unwrap();
+    let d = Database::connect(pg.url()).await.unwrap();
+    let refused = d.table("t").changes().resume_from(first).await;
+    assert!(
+        matches!(refused, Err(Error::CursorExpired { .. })),
+        "{:?}",
+        refused.err()
+    );
+}
+
+/// When the archiving process ends, another takes over where the history stops: a cursor
+/// from before the takeover resumes in a process started after it, with no gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_has_no_gap_across_an_archiver_takeover() {
+    let Some(pg) = database("the_history_has_no_gap_across_an_archiver_takeover").await else {
+        return;
+    };
+    let a = Database::connect(pg.url()).await.unwrap();
+    a.create_table("t").await.unwrap();
+    let b = Database::connect(pg.url()).await.unwrap();
+    let (archiving, other) = match archiver(&[&a, &b]).await {
+        0 => (a, b),
+        _ => (b, a),
+    };
+    let mut feed = other.table("t").changes().await.unwrap();
+    other.table("t").insert(json!({"id": 0})).await.unwrap();
+    let cursor = next(&mut feed).await.unwrap().unwrap().cursor().unwrap();
+    for i in 1..=50 {
+        archiving.table("t").insert(json!({"id": i})).await.unwrap();
+    }
+    // The archiver goes, with writes right behind its last flush.
+    archiving.close().await.unwrap();
+    drop(archiving);
+    for i in 51..=100 {
+        other.table("t").insert(json!({"id": i})).await.unwrap();
+    }
+    assert_eq!(archiver(&[&other]).await, 0);
+    let late = Database::connect(pg.url()).await.unwrap();
+    let mut resumed = late.table("t").changes().resume_from(cursor).await.unwrap();
+    let items = drain_for_a_moment(&mut resumed).await;
+    let ids: Vec<i64> = items
+        .iter()
+        .map(|c| c.new_val().unwrap()["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, (1..=100).collect::<Vec<_>>());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

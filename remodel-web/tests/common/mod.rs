@@ -170,6 +170,12 @@ pub struct Client {
     pub ws: Socket,
     /// Each subscription's rows, as the frames left them.
     pub results: Results,
+    /// The frames of a `batch` not returned yet.
+    pending: std::collections::VecDeque<Value>,
+    /// How many `batch` messages came.
+    pub batches: usize,
+    /// How many text messages came (a batch is one).
+    pub messages: usize,
 }
 
 pub async fn handshake(
@@ -197,6 +203,9 @@ impl Client {
         let mut c = Client {
             ws,
             results: Results::default(),
+            pending: Default::default(),
+            batches: 0,
+            messages: 0,
         };
         let hello = c.recv().await.expect("hello");
         assert_eq!(hello["t"], "hello");
@@ -212,42 +221,60 @@ impl Client {
             .await;
     }
 
-    /// The next JSON frame (applied to the results), `None` when the server closed.
-    pub async fn recv(&mut self) -> Option<Value> {
+    /// The next frame as it came, those of a `batch` one by one; `None` when the server
+    /// closed.
+    pub async fn frame(&mut self) -> Option<Value> {
         loop {
+            if let Some(v) = self.pending.pop_front() {
+                return Some(v);
+            }
             let msg = tokio::time::timeout(Duration::from_secs(10), self.ws.next())
                 .await
                 .expect("a frame within 10 s");
             match msg {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return None,
                 Some(Ok(Message::Text(t))) => {
-                    let mut v: Value = serde_json::from_str(&t).expect("frames are JSON");
-                    // A large reset continues in `more` frames: returned whole, as one reset.
-                    while v["t"] == "reset" && v["more"] == true {
-                        let Some(Ok(Message::Text(t))) = self.ws.next().await else {
-                            return None;
-                        };
-                        let more: Value = serde_json::from_str(&t).expect("frames are JSON");
-                        // A new reset of the id (its subscription ended, the id was reused)
-                        // starts over; anything else is a `more` of this one.
-                        if more["t"] == "reset" && more["sub"] == v["sub"] {
-                            v = more;
-                            continue;
-                        }
-                        assert_eq!(
-                            (&more["t"], &more["sub"]),
-                            (&Value::from("more"), &v["sub"])
-                        );
-                        let rows = more["rows"].as_array().cloned().unwrap_or_default();
-                        v["rows"].as_array_mut().expect("rows").extend(rows);
-                        v["more"] = more["more"].clone();
+                    self.messages += 1;
+                    let v: Value = serde_json::from_str(&t).expect("frames are JSON");
+                    if v["t"] != "batch" {
+                        return Some(v);
                     }
-                    self.apply(&v);
-                    return Some(v);
+                    self.batches += 1;
+                    let frames = v["frames"].as_array().expect("a batch carries frames");
+                    assert!(frames.len() >= 2, "a batch of one frame: {v}");
+                    for f in frames {
+                        assert_ne!(f["t"], "batch", "a batch in a batch: {v}");
+                        assert_eq!(f["t"], "change", "only changes are batched: {v}");
+                        self.pending.push_back(f.clone());
+                    }
                 }
                 Some(Ok(_)) => continue,
             }
         }
+    }
+
+    /// The next JSON frame (applied to the results), `None` when the server closed.
+    pub async fn recv(&mut self) -> Option<Value> {
+        let mut v = self.frame().await?;
+        // A large reset continues in `more` frames: returned whole, as one reset.
+        while v["t"] == "reset" && v["more"] == true {
+            let more = self.frame().await?;
+            // A new reset of the id (its subscription ended, the id was reused) starts over;
+            // anything else is a `more` of this one.
+            if more["t"] == "reset" && more["sub"] == v["sub"] {
+                v = more;
+                continue;
+            }
+            assert_eq!(
+                (&more["t"], &more["sub"]),
+                (&Value::from("more"), &v["sub"])
+            );
+            let rows = more["rows"].as_array().cloned().unwrap_or_default();
+            v["rows"].as_array_mut().expect("rows").extend(rows);
+            v["more"] = more["more"].clone();
+        }
+        self.apply(&v);
+        Some(v)
     }
 
     /// Reads frames until one matches `pred`, and returns it.

@@ -25,7 +25,7 @@
 // The fields are read by the PostgreSQL backend (feature `postgres`), the seam's only user.
 #![cfg_attr(not(feature = "postgres"), allow(dead_code))]
 
-use super::write::{Commit, WriteOp};
+use super::write::{Commit, Committed, WriteOp};
 use super::{Database, IndexSpec, TableState, WriteResult};
 use crate::Result;
 use serde_json::Value;
@@ -55,6 +55,9 @@ pub(crate) enum Job {
         select: SelectOps,
     },
 }
+
+/// What [`Backend::history`] found: the changes, or why it cannot give them all.
+pub(crate) type History = std::result::Result<Vec<Committed>, String>;
 
 /// A table or index created or dropped.
 #[derive(Debug, Clone)]
@@ -95,4 +98,14 @@ pub(crate) trait Backend: Send + Sync + 'static {
     fn close(self: Arc<Self>) -> BoxFuture<'static, Result<()>>;
     /// Rows for the `stats` table (lag, positions).
     fn stats_rows(&self) -> Vec<Value>;
+    /// The changes of `table` numbered from `from` up to (not including) `to`, from the
+    /// database of record's history, for a feed resuming from a cursor older than the
+    /// store's own change log. `Ok(Err(reason))` when the history does not hold them all
+    /// (the cursor has expired).
+    fn history(
+        self: Arc<Self>,
+        table: String,
+        from: u64,
+        to: u64,
+    ) -> BoxFuture<'static, Result<History>>;
 }

@@ -33,6 +33,9 @@ pub struct Changes {
     point: bool,
     /// Resume after this cursor (`resume_from`).
     resume: Option<Cursor>,
+    /// On a shared database, the changes after `resume` older than this process's change
+    /// log, read from the database of record's history before the feed starts.
+    history: Option<super::resume::Older>,
     /// A live aggregate or join of the query's rows.
     of_rows: Option<OfRows>,
 }
@@ -271,7 +274,8 @@ impl Changes {
         let query = &self.query;
         if let Some(cursor) = self.resume {
             let replay = FeedPlan::new(query.plan()?, false)?;
-            feed.subscribe_resumed(db, (plan, replay), delivery, cursor)?;
+            let older = self.history.as_ref();
+            feed.subscribe_resumed(db, (plan, replay), delivery, cursor, older)?;
             return Ok(None);
         }
         let include_initial = self.opts.include_initial;
@@ -357,13 +361,15 @@ impl Feed {
 impl IntoFuture for Changes {
     type Output = Result<Feed>;
     type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
-    fn into_future(self) -> Self::IntoFuture {
+    fn into_future(mut self) -> Self::IntoFuture {
         Box::pin(async move {
             // On a shared database, a cursor from another process may be ahead of this
             // process's replica by a moment: catch up first (a cursor of another database is
-            // still refused below).
-            if self.resume.is_some() && self.query.db.backend().is_some() {
+            // still refused below). A cursor from before this process's change log is read
+            // from the shared history.
+            if let (Some(cursor), Some(backend)) = (self.resume, self.query.db.backend()) {
                 self.query.db.sync().await?;
+                self.history = super::resume::older(&self.query, cursor, backend).await?;
             }
             // Reading initial rows (or filling a top-N set) may read many rows: that runs on
             // a blocking thread, never on the async workers.
@@ -392,6 +398,7 @@ impl Query {
             opts: FeedOptions::default(),
             point: false,
             resume: None,
+            history: None,
             of_rows: None,
         }
     }

@@ -99,16 +99,51 @@ impl Database {
     }
 }
 
+/// The changes after a cursor that are older than this process's change log, read from the
+/// database of record's history (a shared database: see [`older`]): where the log starts
+/// (the first number it holds for the table), and the changes before it, or why the history
+/// does not hold them all.
+pub(crate) type Older = (u64, crate::db::backend::History);
+
+/// Where this process's change log starts for `table`: the first change number it holds of
+/// the table as it is now (not of an earlier table of that name).
+fn log_start(log: &crate::db::changelog::ChangeLog, table: &str) -> u64 {
+    log.floor().max(log.created(table).saturating_add(1))
+}
+
+/// On a shared database, reads from its history the changes of the query's table after
+/// `cursor` that this process's change log does not reach back to (a cursor taken in a
+/// process that ran before this one started): `None` when the log holds them all.
+pub(super) async fn older(
+    query: &crate::Query,
+    cursor: Cursor,
+    backend: Arc<dyn crate::db::backend::Backend>,
+) -> Result<Option<Older>> {
+    let Some(log) = query.db.inner.resumable_log() else {
+        return Ok(None);
+    };
+    let start = log_start(log, &query.table);
+    if cursor.seq >= start {
+        return Ok(None);
+    }
+    let history = backend
+        .history(query.table.to_string(), cursor.seq, start)
+        .await?;
+    Ok(Some((start, history)))
+}
+
 impl Feed {
-    /// Subscribes `plan` and queues the changes after `cursor` from the change log, both
-    /// under the commit lock. `replay` is a second copy of the plan, used to make the items
-    /// of logged changes as the live path makes them.
+    /// Subscribes `plan` and queues the changes after `cursor` from the change log (and,
+    /// before the log's start, from `older`, the database of record's history), both under
+    /// the commit lock. `replay` is a second copy of the plan, used to make the items of
+    /// logged changes as the live path makes them.
     pub(super) fn subscribe_resumed(
         &mut self,
         db: &Database,
         (plan, replay): (FeedPlan, FeedPlan),
         delivery: Delivery,
         cursor: Cursor,
+        older: Option<&Older>,
     ) -> Result<()> {
         let Some(rows) = replay.rows() else {
             return Err(Error::unwatchable(
@@ -129,19 +164,34 @@ impl Feed {
         let hub = db.inner.sink_as::<Hub>();
         db.inner.with_commit_lock(|last| {
             db.check_open()?;
-            if cursor.seq < log.floor() {
-                return Err(expired(format!(
-                    "the change log keeps only the changes from {:x} on",
-                    log.floor()
-                )));
-            }
-            // `created` is the last change before the table was created: a cursor at it (or
-            // before) was taken before this table existed, maybe on an earlier table of the
-            // same name whose drop the log does not record, so it cannot resume here.
-            if cursor.seq <= log.created(&table) {
-                return Err(expired(format!(
-                    "table `{table}` was created after it (an earlier table of that name had it)"
-                )));
+            let start = log_start(log, &table);
+            // The changes before the log's start, from the shared history.
+            let mut history: &[crate::db::write::Committed] = &[];
+            if cursor.seq < start {
+                match older {
+                    Some((from, Ok(changes))) if *from == start => history = changes,
+                    Some((_, Err(reason))) => return Err(expired(reason.clone())),
+                    Some(_) => {
+                        return Err(expired(
+                            "the change log moved on while the shared history was read".into(),
+                        ))
+                    }
+                    None if cursor.seq < log.floor() => {
+                        return Err(expired(format!(
+                            "the change log keeps only the changes from {:x} on",
+                            log.floor()
+                        )))
+                    }
+                    // `created` is the last change before the table was created: a cursor at
+                    // it (or before) was taken before this table existed, maybe on an earlier
+                    // table of that name whose drop the log does not record, so it cannot
+                    // resume here.
+                    None => {
+                        return Err(expired(format!(
+                            "table `{table}` was created after it (an earlier table of that name had it)"
+                        )))
+                    }
+                }
             }
             if cursor.seq > last {
                 return Err(Error::feed_option(format!(
@@ -170,14 +220,23 @@ impl Feed {
                 }
                 Ok(())
             };
+            for c in history {
+                let logged = Logged {
+                    seq: c.seq,
+                    commit: c.commit,
+                    key: &c.key,
+                    old: c.old.as_ref(),
+                    new: c.new.as_ref(),
+                };
+                replayed(&logged, None)?;
+            }
+            let from = cursor.seq.max(start);
             // Recent changes are in the hub's tail, ready; older ones in the log.
-            let kept = hub.for_each_kept(&table, cursor.seq, |item| {
-                replayed(&logged(item), Some(item))
-            });
+            let kept = hub.for_each_kept(&table, from, |item| replayed(&logged(item), Some(item)));
             if let Some(read) = kept {
                 return read;
             }
-            log.for_each_from(&table, cursor.seq, |c| replayed(c, None))
+            log.for_each_from(&table, from, |c| replayed(c, None))
                 // A segment damaged since the log was opened: the changes after the cursor
                 // cannot all be delivered (never some of them, with a gap).
                 .map_err(|e| match e {

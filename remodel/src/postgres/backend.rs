@@ -34,11 +34,12 @@
 //!
 //! [`Cursor`]: crate::Cursor
 
+use super::archive::Archive;
 use super::group_commit::{GroupCommit, Row, TableCommit};
 use super::pump::{Pump, PumpConfig, PumpError, PumpHandle};
 use super::record::{encode_change, DdlRecord, Doc, DDL_PREFIX, SYNC_PREFIX};
 use super::schema::{self, docs_relation, lock_name};
-use crate::db::backend::{Backend, BoxFuture, Ddl, Job, SelectOps};
+use crate::db::backend::{Backend, BoxFuture, Ddl, History, Job, SelectOps};
 use crate::db::write::{BackendStaging, Commit, WriteOp};
 use crate::db::{ChangeLogRetention, Config, Database, Durability, TableState, WriteResult};
 use crate::{Error, Result};
@@ -302,7 +303,7 @@ struct Conn {
 }
 
 pub(crate) struct PgBackend {
-    schema: String,
+    pub(super) schema: String,
     /// Replaced by a new connection when one is found closed (a server restart, an idle
     /// timeout, a proxy): writes pipeline on these.
     conns: Vec<Mutex<Arc<Conn>>>,
@@ -312,7 +313,7 @@ pub(crate) struct PgBackend {
     /// for a table's lock must not hold up the sync its holder waits for).
     sync_client: Mutex<Arc<Client>>,
     next: AtomicUsize,
-    pool: deadpool_postgres::Pool,
+    pub(super) pool: deadpool_postgres::Pool,
     applied: Mutex<Applied>,
     token_prefix: [u8; 16],
     tokens: AtomicU64,
@@ -322,6 +323,8 @@ pub(crate) struct PgBackend {
     commits: AtomicU64,
     /// Single-table writes waiting to be committed in a group.
     pub(super) groups: GroupCommit,
+    /// The shared history: this process's part in writing it (see `archive.rs`).
+    pub(super) archive: Archive,
     me: Weak<PgBackend>,
 }
 
@@ -403,9 +406,16 @@ impl PgBackend {
             restaged: AtomicU64::new(0),
             commits: AtomicU64::new(0),
             groups: GroupCommit::default(),
+            archive: Archive::new(db.inner.with_commit_lock(|last| last), options.retention),
             me: me.clone(),
         });
         db.set_backend(backend.clone());
+        tokio::spawn(super::archive::run(
+            Arc::downgrade(&backend),
+            config.clone(),
+            backend.schema.clone(),
+            stop_rx.clone(),
+        ));
         tokio::spawn(super::replica::follow(
             pump,
             Arc::downgrade(&db.inner),
@@ -994,6 +1004,15 @@ impl Backend for PgBackend {
         Box::pin(async move { self.sync_now().await })
     }
 
+    fn history(
+        self: Arc<Self>,
+        table: String,
+        from: u64,
+        to: u64,
+    ) -> BoxFuture<'static, Result<History>> {
+        Box::pin(async move { self.read_history(&table, from, to).await })
+    }
+
     fn close(self: Arc<Self>) -> BoxFuture<'static, Result<()>> {
         self.applied
             .lock()
@@ -1004,6 +1023,7 @@ impl Backend for PgBackend {
 
     fn stats_rows(&self) -> Vec<Value> {
         let status = self.pump.status();
+        let (archiving, archived) = self.archive.stats();
         vec![json!({
             "id": ["postgres"],
             "type": "postgres",
@@ -1012,6 +1032,8 @@ impl Backend for PgBackend {
             "lag_bytes": status.lag_bytes(),
             "commits": self.commits.load(Ordering::Relaxed),
             "restaged": self.restaged.load(Ordering::Relaxed),
+            "archiving": archiving,
+            "archived_upto": format!("{archived:x}"),
             "following": self.applied.lock().error().is_none(),
         })]
     }
@@ -1053,6 +1075,9 @@ async fn set_up_schema(config: &tokio_postgres::Config, schema_name: &str) -> Re
     .await
     .map_err(|e| pg_error(&e))?;
     tx.batch_execute(&schema::setup_sql(schema_name))
+        .await
+        .map_err(|e| pg_error(&e))?;
+    tx.batch_execute(&super::archive::setup_sql(&schema::ident(schema_name)))
         .await
         .map_err(|e| pg_error(&e))?;
     tx.batch_execute(&super::writer::create_publication_sql(

@@ -12,6 +12,7 @@
 //! use. A transaction's position is its commit [`Lsn`].
 //!
 //! - [`backend`]: [`Connect`], the backend (writes, DDL, sync) and its design.
+//! - `archive` (private): the shared history, from which a cursor resumes in any process.
 //! - `replica` (private): loading a process's replica, and following the database.
 //! - `group_commit` (private): the single-table writes of many tasks in one transaction.
 //! - `schema` (private): what Remodel keeps in PostgreSQL, and the commit statement.
@@ -26,6 +27,7 @@
 //! with no message are not sent at all), with `wal_level = logical` and a free replication
 //! slot and WAL sender per process; and Rust 1.88 (the replication client's minimum).
 
+mod archive;
 pub mod backend;
 pub mod cluster;
 mod group_commit;

@@ -2,6 +2,7 @@
 //! following the database from there (the pump's task), commit by commit, in commit order.
 //! See `backend.rs` for why every process keeps one.
 
+use super::archive::{Archived, Kind};
 use super::backend::{PgBackend, MAX_COMMIT_CHANGES, OP_BITS};
 use super::pump::{CommitBatch, Pump};
 use super::record::{DdlRecord, Record};
@@ -10,7 +11,7 @@ use super::{pg_error, pump_error};
 use crate::db::{Database, IndexSpec};
 use crate::{Error, Result};
 use std::collections::HashMap;
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use tokio::sync::watch;
 
 /// Loads the replica with what the exported `snapshot` shows: the catalog's tables and
@@ -124,8 +125,9 @@ pub(super) async fn follow(
             Err(e) => break Some((db, backend, pump_error(&e).to_string())),
         };
         match apply(&db, &batch).await {
-            Ok(tokens) => {
+            Ok((tokens, base, archived)) => {
                 pump.ack(batch.end_lsn);
+                backend.archive.applied(base, archived);
                 backend.applied(batch.xid, tokens);
             }
             Err(e) => break Some((db, backend, e.to_string())),
@@ -148,13 +150,16 @@ pub(super) async fn follow(
     let _ = pump.stop().await;
 }
 
-/// Applies one committed transaction to the replica; returns its sync tokens.
-async fn apply(db: &Database, batch: &CommitBatch) -> Result<Vec<Vec<u8>>> {
+/// Applies one committed transaction to the replica; returns its sync tokens, its first
+/// number and its rows for the shared history (numbered as the replica numbered them).
+async fn apply(db: &Database, batch: &CommitBatch) -> Result<(Vec<Vec<u8>>, u64, Vec<Archived>)> {
     let base = position(batch.commit_lsn.0)?;
     let mut tokens = Vec::new();
     let mut group = Vec::new();
+    let mut archived = Vec::new();
     let mut first = base;
     for (i, record) in batch.changes.iter().enumerate() {
+        let pos = base + i as u64;
         match record {
             Record::Change(c) => {
                 if i >= MAX_COMMIT_CHANGES {
@@ -163,15 +168,40 @@ async fn apply(db: &Database, batch: &CommitBatch) -> Result<Vec<Vec<u8>>> {
                     )));
                 }
                 if group.is_empty() {
-                    first = base + i as u64;
+                    first = pos;
                 }
                 let table = db.table_state(&c.table)?;
+                archived.push(Archived {
+                    pos,
+                    commit: first,
+                    table: Arc::from(c.table.as_str()),
+                    kind: Kind::Change,
+                    key: c.key.clone(),
+                    old: c.old.clone(),
+                    new: c.new.clone(),
+                });
                 group.push((table, c.key.clone(), c.old.clone(), c.new.clone()));
             }
             Record::Ddl(d) => {
                 if !group.is_empty() {
                     db.inner
                         .apply_replicated(std::mem::take(&mut group), first)?;
+                }
+                let kind = match d {
+                    DdlRecord::TableCreated { table, .. } => Some((table, Kind::TableCreated)),
+                    DdlRecord::TableDropped { table } => Some((table, Kind::TableDropped)),
+                    _ => None,
+                };
+                if let Some((table, kind)) = kind {
+                    archived.push(Archived {
+                        pos,
+                        commit: pos,
+                        table: Arc::from(table.as_str()),
+                        kind,
+                        key: Vec::new(),
+                        old: None,
+                        new: None,
+                    });
                 }
                 apply_ddl(db, d).await?;
             }
@@ -181,7 +211,7 @@ async fn apply(db: &Database, batch: &CommitBatch) -> Result<Vec<Vec<u8>>> {
     if !group.is_empty() {
         db.inner.apply_replicated(group, first)?;
     }
-    Ok(tokens)
+    Ok((tokens, base, archived))
 }
 
 async fn apply_ddl(db: &Database, ddl: &DdlRecord) -> Result<()> {
