@@ -8,9 +8,9 @@
 //!   re-run on the table's state at each commit position (the state rebuilt from the
 //!   table feed, whose final state equals a plain read); the two processes' table feeds
 //!   hold the same changes at the same positions.
-//! - A third feed process is killed with SIGKILL mid-stream; the parent resumes its last
-//!   cursor: the victim's items then the resumed ones are the changes after its start,
-//!   none missed, none twice.
+//! - A third feed process is killed with SIGKILL mid-stream; the parent, and a process
+//!   started after the kill (from the shared history), resume its last cursor: the victim's
+//!   items then the resumed ones are the changes after its start, none missed, none twice.
 //! - Dropping the table ends the feeds of every process with `FeedAborted`.
 #![cfg(feature = "postgres")]
 
@@ -321,6 +321,16 @@ async fn feeds_across_processes_agree_with_the_query_at_every_commit() {
         .parse()
         .unwrap();
     let mut resumed = t.changes().resume_from(last).await.unwrap();
+    // And in a process started after the kill, while the writers write: its replica has no
+    // history that far back; the shared history has (whichever process archived, the
+    // victim included: another takes over where it stopped).
+    let late = Database::connect(pg.url()).await.unwrap();
+    let mut resumed_late = late
+        .table("crew")
+        .changes()
+        .resume_from(last)
+        .await
+        .unwrap();
     for w in writers {
         tokio::task::spawn_blocking(move || wait_exit(w, "a writer"))
             .await
@@ -330,11 +340,17 @@ async fn feeds_across_processes_agree_with_the_query_at_every_commit() {
     let final_rows: Vec<Value> = t.query().run().await.unwrap();
     parent.drop_table("crew").await.unwrap();
     let mut resumed_items = Vec::new();
-    loop {
-        match tokio::time::timeout(WAIT, resumed.next()).await.unwrap() {
-            Some(Ok(c)) => resumed_items.push(item_json(&c)),
-            Some(Err(Error::FeedAborted(_))) | None => break,
-            Some(Err(e)) => panic!("{e}"),
+    let mut late_items = Vec::new();
+    for (feed, items) in [
+        (&mut resumed, &mut resumed_items),
+        (&mut resumed_late, &mut late_items),
+    ] {
+        loop {
+            match tokio::time::timeout(WAIT, feed.next()).await.unwrap() {
+                Some(Ok(c)) => items.push(item_json(&c)),
+                Some(Err(Error::FeedAborted(_))) | None => break,
+                Some(Err(e)) => panic!("{e}"),
+            }
         }
     }
     for w in watchers {
@@ -454,6 +470,16 @@ async fn feeds_across_processes_agree_with_the_query_at_every_commit() {
         strip(&seen),
         strip(&everything),
         "missed or repeated across the kill"
+    );
+    let seen_late: Vec<Value> = victim_items[1..]
+        .iter()
+        .map(|v| (*v).clone())
+        .chain(late_items)
+        .collect();
+    assert_eq!(
+        strip(&seen_late),
+        strip(&everything),
+        "missed or repeated across the kill, resumed in a process started after it"
     );
     eprintln!(
         "{} commits seen alike by 2 processes ({increments} increments, {deletes} deletes); \
