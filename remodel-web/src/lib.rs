@@ -218,14 +218,16 @@ impl<I: Clone + Send + Sync + 'static> WebBuilder<I> {
         self
     }
 
-    /// The coalescing window (default 50 ms): a connection sends its subscriptions' changes
-    /// at most once per window, each subscription's as the net effect of every change in it
-    /// (a row changed five times is sent once), all of them in one message. A change that
-    /// finds the connection idle is sent at once. While changes keep coming, each window is
-    /// twice as long as the last, up to four times this (a busy connection gets fewer, larger
-    /// messages); one that ends with nothing to send makes the connection idle again. Zero
-    /// sends every batch of ready changes as soon as it is read (the change frames waiting
-    /// for a slow socket still go together).
+    /// The coalescing window (default 50 ms), one per connection: a subscription that sent
+    /// within the open window sends again when it ends, the net effect of every change in
+    /// it (a row changed five times is sent once), together with what the connection's other
+    /// subscriptions gathered, in one message. A change of a subscription that has not sent
+    /// within the window, or that finds the connection idle, goes at once (with what the
+    /// others have pending). While changes keep coming, each window is twice as long as the
+    /// last, up to four times this (a busy connection gets fewer, larger messages); one that
+    /// ends with nothing to send makes the connection idle again. Zero sends every batch of
+    /// ready changes as soon as it is read (the change frames waiting for a slow socket still
+    /// go together).
     pub fn window(mut self, window: Duration) -> Self {
         self.window = window;
         self

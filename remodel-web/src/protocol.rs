@@ -24,13 +24,15 @@
 //! | `{"t":"error","error":{"code":"bad_frame","message":"…"}}` | a frame that could not be understood (no subscription or call to pin it on); the connection goes on, except after `frame_too_large`, `idle_timeout` and an unreadable frame, which close it |
 //! | `{"t":"pong"}` | the answer to `ping` |
 //!
-//! **Coalescing.** A connection's changes go at most once per window (50 ms by default,
-//! [`crate::WebBuilder::window`]): a change that finds the connection idle goes at once;
-//! those that come while a window is open go together when it ends, each subscription's as
-//! one `change` (the net effect: a row changed five times is sent once), all of them in one
-//! `batch`. While a connection's changes keep coming, each window is twice as long as the
-//! last, up to four times the window (50, 100, 200 ms); a window that ends with nothing to
-//! send makes the connection idle again.
+//! **Coalescing.** A connection's changes are gathered in windows (50 ms by default,
+//! [`crate::WebBuilder::window`]), one per connection. A change of a subscription that has
+//! not sent within the open window (or that finds the connection idle) goes at once, with
+//! whatever the connection's other subscriptions have pending; a subscription that sent
+//! within the window sends again when it ends, together with what the others gathered: each
+//! subscription's changes as one `change` (the net effect: a row changed five times is sent
+//! once), all of them in one `batch`. While a connection's changes keep coming, each window
+//! is twice as long as the last, up to four times the window (50, 100, 200 ms); a window
+//! that ends with nothing to send makes the connection idle again.
 //!
 //! Every refusal carries one of the codes of [`ErrorCode`]. A change message carries the
 //! cursor of the newest change in it; a reconnecting client sends it back with `sub`, and gets

@@ -9,16 +9,19 @@
 //! client, the driver reads no feed, so the feeds (not the server's memory) absorb the
 //! backlog, and overflow into a resynchronisation.
 //!
-//! **Coalescing.** A connection sends its subscriptions' changes at most once per window
-//! (the [`crate::WebBuilder::window`]): a change that finds the connection idle goes at once,
-//! and opens a window; while it is open the driver reads no feed (they hold what comes, and
-//! wake no one), and when it ends, what every subscription gathered meanwhile goes out
-//! together. A window that ended with something to send is followed by one twice as long,
-//! up to [`MOST_DOUBLINGS`] times (50, 100, 200 ms by default): a connection whose changes keep
-//! coming gets fewer, larger frames; one that ends with nothing to send leaves the
-//! connection idle again. Change frames waiting for the socket together (one window's, or
-//! several windows' while a client reads slowly) go as one `batch` message of at most
-//! [`BATCH_BYTES`] (see [`crate::protocol`]).
+//! **Coalescing.** A connection has one window (the [`crate::WebBuilder::window`]) for all
+//! its subscriptions. A change of a subscription that has not sent within the open window
+//! (or that finds the connection idle) goes at once, and opens the window if none is open;
+//! every other subscription's pending changes go along in the same message, and each that
+//! sent is then *held*: the driver reads its feed no more (it holds what comes, and wakes no
+//! one) until the window ends, when what every subscription gathered goes out together. A
+//! window that ended with something to send is followed by one twice as long, up to
+//! [`MOST_DOUBLINGS`] times (50, 100, 200 ms by default): a connection whose changes keep
+//! coming gets fewer, larger messages; a window that ends with nothing to send leaves the
+//! connection idle again. A subscription's change thus waits at most one window, and only
+//! when the same subscription sent within it. Change frames waiting for the socket together
+//! (those of one window, or of several while a client reads slowly) go as one `batch`
+//! message of at most [`BATCH_BYTES`] (see [`crate::protocol`]).
 
 use crate::outbox::{text_len, Inbox, Item, Outbox, BYTES};
 use crate::protocol::{ClientFrame, Outcome, ServerFrame};
@@ -321,7 +324,6 @@ async fn drive<I: Clone + Send + Sync + 'static>(
                 return Poll::Pending;
             }
             if window_open {
-                // The feeds hold what comes until the window ends.
                 if let Some(t) = timer.as_mut() {
                     if t.as_mut().poll(cx).is_ready() {
                         window_open = false;
@@ -332,16 +334,19 @@ async fn drive<I: Clone + Send + Sync + 'static>(
                         return Poll::Ready(Event::Window);
                     }
                 }
-            } else {
-                // Every subscription is asked (not only up to the first with something):
-                // what they all have now goes together.
-                let mut ready = false;
-                for f in following.iter_mut() {
-                    ready |= f.poll_ready(cx);
+            }
+            // The subscriptions the window does not hold (all, when none is open); every
+            // one is asked, not only up to the first with something.
+            let mut ready = false;
+            for f in following.iter_mut().filter(|f| !f.held) {
+                ready |= f.poll_ready(cx);
+            }
+            if ready {
+                // What the held ones gathered goes along.
+                for f in following.iter_mut().filter(|f| f.held) {
+                    f.poll_ready(cx);
                 }
-                if ready {
-                    return Poll::Ready(Event::Ready);
-                }
+                return Poll::Ready(Event::Ready);
             }
             if queue_closed && out.idle() {
                 return Poll::Ready(Event::End);
@@ -389,8 +394,16 @@ async fn drive<I: Clone + Send + Sync + 'static>(
                         ))),
                     };
                     match step {
-                        Step::Idle => i += 1,
+                        Step::Idle => {
+                            // Nothing within the window that ended: idle again.
+                            if busy {
+                                f.held = false;
+                            }
+                            i += 1;
+                        }
                         Step::Frames(messages) => {
+                            // Its next changes wait for the end of the window.
+                            f.held = !window.is_zero();
                             // Unsubscribed meanwhile (the reader runs beside): nothing more.
                             if inbox.common.current(Some(f.from())) {
                                 for m in messages {
@@ -425,7 +438,7 @@ async fn drive<I: Clone + Send + Sync + 'static>(
                         }
                     }
                 }
-                if sent && !window.is_zero() {
+                if sent && !window_open && !window.is_zero() {
                     // A window that ended with something to send: the connection is busy,
                     // the next one is twice as long (a change that found it idle: the first).
                     doublings = match busy {
@@ -438,8 +451,9 @@ async fn drive<I: Clone + Send + Sync + 'static>(
                         None => timer = Some(Box::pin(tokio::time::sleep_until(end))),
                     }
                     window_open = true;
-                } else {
-                    // Nothing went: idle, the next change goes at once.
+                } else if busy && !sent {
+                    // The window ended with nothing to send: idle, the next change goes at
+                    // once.
                     timer = None;
                     doublings = 0;
                 }

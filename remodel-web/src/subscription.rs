@@ -135,6 +135,7 @@ impl<I: Clone + Send + Sync + 'static> Opening<I> {
                         guards,
                         first: None,
                         stop: None,
+                        held: false,
                     });
                     // The driver takes it from here (or drops it: the client unsubscribed).
                     let _ = out.follow(following).await;
@@ -341,6 +342,9 @@ pub(crate) struct Following<I> {
     first: Option<remodel::Change>,
     /// Why it stops (a guard moved, its feed failed or ended), seen by `poll_ready`.
     stop: Option<Stop>,
+    /// It sent within its connection's open window: its next changes wait for the window's
+    /// end (the driver does not read its feed meanwhile).
+    pub(crate) held: bool,
 }
 
 /// What a followed subscription has for its driver.
@@ -359,8 +363,9 @@ impl<I: Clone + Send + Sync + 'static> Following<I> {
     }
 
     /// Whether it has something to do (a guard moved, or its feed has an item): registers
-    /// `cx` with its guards and feed otherwise. The driver calls it only outside its
-    /// connection's window: meanwhile the feed holds what comes, and wakes no one.
+    /// `cx` with its guards and feed otherwise. The driver does not call it while the
+    /// subscription is held by its connection's window: meanwhile the feed holds what
+    /// comes, and wakes no one.
     pub(crate) fn poll_ready(&mut self, cx: &mut Context<'_>) -> bool {
         if self.first.is_some() || self.stop.is_some() {
             return false;
