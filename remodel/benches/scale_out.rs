@@ -17,6 +17,8 @@
 //!   (point, range, top-10), 1,000 commits/s.
 //! - `pg_resume_10k_missed_ms`: a cursor taken in replica A, resumed in replica B after
 //!   10,000 changes it missed: opening the feed and reading them all.
+//! - `pg_resume_10k_from_history_ms`: the same cursor resumed in a replica started after
+//!   it, whose own log does not reach back: read from the shared history in PostgreSQL.
 //! - `pg_batched_load_vs_per_row`: 1,000 rows read with one `get_all` ÷ one `get` per row
 //!   (what batched loading saves; on PostgreSQL the reads are of the local replica).
 //! - `pg_processes_at_p99_50ms`: the most replicas, each with a feed, for which every one of
@@ -372,6 +374,33 @@ async fn main() {
         target: Some(100.0),
         at_least: false,
         note: "a cursor of replica A resumed in replica B, 10,000 changes read".into(),
+    });
+    // The same cursor in a process started after it: from the shared history.
+    let late = connect(pg.url(), 1).await;
+    let begin = Instant::now();
+    let mut resumed = late
+        .table("crew")
+        .changes()
+        .resume_from(cursor)
+        .await
+        .unwrap();
+    let mut got = 0;
+    while got < 10_000 {
+        resumed.next().await.unwrap().unwrap();
+        got += 1;
+    }
+    let history_ms = begin.elapsed().as_secs_f64() * 1000.0;
+    drop(resumed);
+    drop(late);
+    figures.push(Figure {
+        metric: "pg_resume_10k_from_history_ms".into(),
+        value: history_ms,
+        unit: "ms",
+        target: Some(100.0),
+        at_least: false,
+        note: "the same cursor resumed in a replica started after it (the shared history), \
+               10,000 changes read"
+            .into(),
     });
 
     // Batched reads vs one read per row (of the replica).

@@ -48,7 +48,7 @@ use tokio::sync::watch;
 use tokio_postgres::Client;
 
 /// How often the archiver writes what its replica applied.
-pub(super) const FLUSH_EVERY: Duration = Duration::from_millis(100);
+pub(super) const FLUSH_EVERY: Duration = Duration::from_millis(25);
 /// How often the other processes try to become the archiver.
 pub(super) const TRY_EVERY: Duration = Duration::from_millis(500);
 /// How often the archiver applies the retention.
@@ -157,12 +157,23 @@ impl Archive {
         (rows, last, whole)
     }
 
-    /// Figures for the `stats` row.
-    pub(super) fn stats(&self) -> (bool, u64) {
-        (
-            self.archiving.load(Ordering::Relaxed),
-            self.upto.load(Ordering::Relaxed),
-        )
+    /// Figures for the `stats` row: whether this process archives, the history's `upto`
+    /// as it last saw it, and (archiving) how many changes it applied that the history
+    /// does not hold yet, and since when the oldest of them waits.
+    pub(super) fn stats(&self) -> (bool, u64, usize, Duration) {
+        let archiving = self.archiving.load(Ordering::Relaxed);
+        let upto = self.upto.load(Ordering::Relaxed);
+        if !archiving {
+            return (false, upto, 0, Duration::ZERO);
+        }
+        let ring = self.ring.lock();
+        let from = ring.commits.partition_point(|c| c.end <= upto);
+        let pending = ring.commits.range(from..).map(|c| c.rows.len()).sum();
+        let waiting = ring
+            .commits
+            .get(from)
+            .map_or(Duration::ZERO, |c| c.at.elapsed());
+        (true, upto, pending, waiting)
     }
 }
 

@@ -29,8 +29,20 @@
 //!
 //! **Positions.** A change's number is its commit's LSN × 4,096 plus its place in the commit
 //! (a commit holds at most 4,096 changes), the same in every process, so a [`Cursor`] taken
-//! in one process resumes in any process whose replica has followed the database since that
-//! position (replicas keep a resumable change log).
+//! in one process resumes in any process: from its replica's own change log when that
+//! reaches back to the cursor, else from the shared history in PostgreSQL, which one
+//! process at a time (the archiver) writes (`archive.rs`).
+//!
+//! **Group commit.** Single-table writes of concurrent tasks go to PostgreSQL together, as
+//! one transaction (`group_commit.rs`), each with its own outcome.
+//!
+//! **Stats.** [`Database::stats`] has a row `{"type": "postgres"}`: the replication slot,
+//! the replica's position (`position`) and how far the server's WAL is ahead of it
+//! (`lag_bytes`), commits made and writes staged again (`commits`, `restaged`), whether
+//! this process archives (`archiving`), the history's end as it last saw it
+//! (`archived_upto`), and, archiving, the applied changes not yet in the history and how
+//! long the oldest has waited (`archive_lag_changes`, `archive_lag_ms`), and whether the
+//! replica still follows the database (`following`).
 //!
 //! [`Cursor`]: crate::Cursor
 
@@ -1023,7 +1035,7 @@ impl Backend for PgBackend {
 
     fn stats_rows(&self) -> Vec<Value> {
         let status = self.pump.status();
-        let (archiving, archived) = self.archive.stats();
+        let (archiving, archived, pending, waiting) = self.archive.stats();
         vec![json!({
             "id": ["postgres"],
             "type": "postgres",
@@ -1034,6 +1046,8 @@ impl Backend for PgBackend {
             "restaged": self.restaged.load(Ordering::Relaxed),
             "archiving": archiving,
             "archived_upto": format!("{archived:x}"),
+            "archive_lag_changes": pending,
+            "archive_lag_ms": waiting.as_secs_f64() * 1000.0,
             "following": self.applied.lock().error().is_none(),
         })]
     }

@@ -1,0 +1,457 @@
+//! Adversarial tests of the PostgreSQL shared history (`postgres/archive.rs`): a feed cursor
+//! taken in one app process resumes in any other, including one started later, exactly
+//! (none missed, none twice, same cursors and documents), or fails with a typed error
+//! (`CursorExpired`, or `InvalidFeedOption` for a cursor ahead of the database), never with a
+//! silently shorter stream.
+//!
+//! A `Database::connect` handle stands for an app process (own replica, own slot). The
+//! oracle is always a live feed of the same query opened before the writes: a resumed feed's
+//! items must equal the live feed's items after the cursor.
+//!
+//! Set `REMODEL_HISTORY_SEED` to replay a random run (the seed is printed).
+#![cfg(feature = "postgres")]
+
+use futures::future::join_all;
+use futures::{FutureExt, StreamExt};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use remodel::postgres::{Connect, TestCluster, TestDatabase};
+use remodel::{field, Change, ChangeLogRetention, Conflict, Cursor, Database, Error, Feed, Value};
+use serde_json::json;
+use std::ops::Bound;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(30);
+const LOCK_KEY: &str = "remodel:remodel:archiver";
+
+async fn database(test: &str) -> Option<TestDatabase> {
+    let cluster = TestCluster::shared_or_skip(test)?;
+    Some(cluster.create_database().await.expect("a test database"))
+}
+
+async fn connect(pg: &TestDatabase) -> Database {
+    Database::connect(pg.url())
+        .await
+        .expect("a process connects")
+}
+
+fn seed(test: &str) -> u64 {
+    let seed = std::env::var("REMODEL_HISTORY_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("{test}: REMODEL_HISTORY_SEED={seed}");
+    seed
+}
+
+/// A feed item as compared: where it is, what kind, and its documents as JSON text (so that
+/// key order and number forms count too).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Item {
+    cursor: Cursor,
+    seq: Option<u64>,
+    kind: String,
+    old: Option<String>,
+    new: Option<String>,
+}
+
+fn item(c: &Change) -> Item {
+    Item {
+        cursor: c.cursor().expect("a change item has a cursor"),
+        seq: c.seq(),
+        kind: format!("{:?}", c.kind()),
+        old: c.old_val().map(|v| serde_json::to_string(v).unwrap()),
+        new: c.new_val().map(|v| serde_json::to_string(v).unwrap()),
+    }
+}
+
+/// The `stats` row of the PostgreSQL backend.
+async fn pg_stats(db: &Database) -> Value {
+    let rows = db.stats().run().await.unwrap();
+    rows.into_iter()
+        .find(|r| r["type"] == "postgres")
+        .expect("a postgres stats row")
+}
+
+/// Waits until one of `dbs` archives; returns its index.
+async fn archiver(dbs: &[&Database]) -> usize {
+    let begin = Instant::now();
+    loop {
+        for (i, db) in dbs.iter().enumerate() {
+            if pg_stats(db).await["archiving"] == true {
+                return i;
+            }
+        }
+        assert!(begin.elapsed() < WAIT, "no process archives");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Waits until the history (as `db`, archiving, wrote it) reaches `seq`.
+async fn archived_past(db: &Database, seq: u64) {
+    let begin = Instant::now();
+    loop {
+        let s = pg_stats(db).await;
+        let upto = u64::from_str_radix(s["archived_upto"].as_str().unwrap(), 16).unwrap();
+        if upto >= seq {
+            return;
+        }
+        assert!(begin.elapsed() < WAIT, "the history does not reach {seq:x}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The history's `(upto, floor)`, read in PostgreSQL.
+async fn meta(pg: &TestDatabase) -> (u64, u64) {
+    let client = pg.connect().await.unwrap();
+    let row = client
+        .query_one(
+            "SELECT upto, floor FROM remodel.history_meta WHERE id = 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64)
+}
+
+/// The items of `feed` until `last` says so (within the wait).
+async fn read_until(feed: &mut Feed, mut last: impl FnMut(&Item) -> bool) -> Vec<Item> {
+    let mut items = Vec::new();
+    loop {
+        let next = tokio::time::timeout(WAIT, feed.next())
+            .await
+            .expect("an item within the wait")
+            .expect("the feed goes on")
+            .expect("an item, not an error");
+        let i = item(&next);
+        let done = last(&i);
+        items.push(i);
+        if done {
+            return items;
+        }
+    }
+}
+
+/// The items of `feed` until none comes for a moment.
+async fn drain(feed: &mut Feed, idle: Duration) -> Vec<Item> {
+    let mut items = Vec::new();
+    while let Ok(next) = tokio::time::timeout(idle, feed.next()).await {
+        items.push(item(&next.expect("the feed goes on").expect("an item")));
+    }
+    items
+}
+
+/// Reads a resumed feed: exactly `n` items (each within the wait), then checks that nothing
+/// more is queued. Returns what it read, or the error the feed ended with.
+async fn read_resumed(feed: &mut Feed, n: usize) -> Result<Vec<Item>, String> {
+    let mut items = Vec::with_capacity(n);
+    while items.len() < n {
+        match tokio::time::timeout(WAIT, feed.next()).await {
+            Err(_) => return Err(format!("only {} of {n} items came", items.len())),
+            Ok(None) => return Err(format!("the feed ended after {} of {n}", items.len())),
+            Ok(Some(Err(e))) => return Err(format!("error after {} of {n}: {e}", items.len())),
+            Ok(Some(Ok(c))) => items.push(item(&c)),
+        }
+    }
+    // Anything replayed is queued at once: one more now is one too many.
+    tokio::task::yield_now().await;
+    if let Some(extra) = feed.next().now_or_never() {
+        return Err(format!(
+            "an item more than the {n} expected: {:?} (read {items:?})",
+            extra.map(|r| r.map(|c| item(&c)))
+        ));
+    }
+    Ok(items)
+}
+
+/// The live items after `cursor`.
+fn after(live: &[Item], cursor: Cursor) -> Vec<Item> {
+    live.iter().filter(|i| i.cursor > cursor).cloned().collect()
+}
+
+/// The pid of the session holding the archiver's lock, if any.
+async fn archiver_pid(admin: &tokio_postgres_client::Client) -> Option<i32> {
+    admin
+        .query_opt(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 \
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+               AND ((classid::bigint << 32) | objid::bigint) = hashtextextended($1, 0)",
+            &[&LOCK_KEY],
+        )
+        .await
+        .unwrap()
+        .map(|r| r.get(0))
+}
+
+use remodel::postgres::tokio_postgres as tokio_postgres_client;
+
+fn expired(r: &Result<Feed, Error>) -> bool {
+    matches!(r, Err(Error::CursorExpired { .. }))
+}
+
+fn describe(r: &Result<Feed, Error>) -> String {
+    match r {
+        Ok(_) => "a feed".into(),
+        Err(e) => format!("{e:?}"),
+    }
+}
+
+/// The row feeds of the oracle: (name, how to open it on a handle).
+type Opener = fn(&Database) -> remodel::Changes;
+
+fn oracle_feeds() -> Vec<(&'static str, Opener)> {
+    vec![
+        ("t1 table", |db| db.table("t1").changes()),
+        ("t2 table", |db| db.table("t2").changes()),
+        ("t3 table", |db| db.table("t3").changes()),
+        ("t1 filter n > 500", |db| {
+            db.table("t1").filter(field("n").gt(500)).changes()
+        }),
+        ("t1 get 7", |db| db.table("t1").get(7).changes()),
+        ("t1 between [10, 20)", |db| {
+            db.table("t1")
+                .between(Bound::Included(json!(10)), Bound::Excluded(json!(20)))
+                .changes()
+        }),
+        ("t2 get_all [3, 5, 3]", |db| {
+            db.table("t2").get_all([3, 5, 3]).changes()
+        }),
+        ("t3 pluck id, n", |db| {
+            db.table("t3").query().pluck(["id", "n"]).changes()
+        }),
+        ("t2 filter tag and pluck", |db| {
+            db.table("t2")
+                .filter(field("tag").eq("odd"))
+                .without(["by"])
+                .changes()
+        }),
+    ]
+}
+
+const TABLES: [&str; 3] = ["t1", "t2", "t3"];
+const KEYS: u64 = 30;
+
+fn doc(rng: &mut StdRng, key: u64, by: (usize, usize)) -> Value {
+    let n = rng.gen_range(0..1000);
+    let tag = if n % 2 == 1 { "odd" } else { "even" };
+    match rng.gen_range(0..6) {
+        0 => json!({"id": key, "n": n, "tag": tag, "by": [by.0, by.1],
+                    "s": "ünï©ødé ✓ 🚀 \"q\" \\ \n\t", "nested": {"a": [1, {"b": [null, true, 1.5]}]}}),
+        _ => json!({"id": key, "n": n, "tag": tag, "by": [by.0, by.1]}),
+    }
+}
+
+/// Random writes of one task until `ops` are done.
+async fn random_writes(
+    db: Database,
+    task: usize,
+    seed: u64,
+    ops: usize,
+    marks: Arc<Mutex<Vec<Cursor>>>,
+) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    for i in 0..ops {
+        let table = TABLES[rng.gen_range(0..TABLES.len())];
+        let t = db.table(table);
+        let key = rng.gen_range(0..KEYS);
+        let _ = match rng.gen_range(0..10) {
+            0..=2 => t
+                .insert(doc(&mut rng, key, (task, i)))
+                .conflict(Conflict::Replace)
+                .await
+                .map(|_| ()),
+            3 | 4 => t
+                .get(key)
+                .update(json!({"n": rng.gen_range(0..1000), "u": [task, i]}))
+                .await
+                .map(|_| ()),
+            5 => t.get(key).delete().await.map(|_| ()),
+            6 => {
+                let n = rng.gen_range(2..8);
+                let docs: Vec<Value> = (0..n)
+                    .map(|j| doc(&mut rng, (key + j * 3) % KEYS, (task, i)))
+                    .collect();
+                t.insert_many(docs)
+                    .conflict(Conflict::Replace)
+                    .await
+                    .map(|_| ())
+            }
+            7 => {
+                // One commit across tables.
+                let (a, b) = (doc(&mut rng, key, (task, i)), doc(&mut rng, key, (task, i)));
+                db.batch()
+                    .insert_with("t1", a, Conflict::Replace)
+                    .insert_with("t2", b, Conflict::Replace)
+                    .delete("t3", (key + 1) % KEYS)
+                    .await
+                    .map(|_| ())
+            }
+            8 => {
+                // A write that selects its rows at commit.
+                let lo = rng.gen_range(0..900);
+                t.filter(field("n").gt(lo).and(field("n").lt(lo + 40)))
+                    .delete()
+                    .await
+                    .map(|_| ())
+            }
+            _ => {
+                marks.lock().unwrap().push(db.position());
+                Ok(())
+            }
+        };
+    }
+}
+
+/// Resumes every cursor on every oracle feed in `db`, concurrently; returns the failures.
+async fn resume_all(
+    db: &Database,
+    who: &str,
+    cursors: &[Cursor],
+    live: &[Vec<Item>],
+) -> Vec<String> {
+    let feeds = oracle_feeds();
+    let mut jobs = Vec::new();
+    for &cursor in cursors {
+        for (f, (name, open)) in feeds.iter().enumerate() {
+            let expected = after(&live[f], cursor);
+            let changes = open(db).resume_from(cursor);
+            jobs.push(async move {
+                let mut feed = match changes.await {
+                    Ok(feed) => feed,
+                    Err(e) => return Some(format!("{who}: {name} from {cursor}: refused: {e:?}")),
+                };
+                match read_resumed(&mut feed, expected.len()).await {
+                    Ok(got) if got == expected => None,
+                    Ok(got) => {
+                        let first = got
+                            .iter()
+                            .zip(&expected)
+                            .position(|(g, e)| g != e)
+                            .unwrap_or(got.len().min(expected.len()));
+                        Some(format!(
+                            "{who}: {name} from {cursor}: differs at item {first}: got {:?}, expected {:?}",
+                            got.get(first),
+                            expected.get(first)
+                        ))
+                    }
+                    Err(e) => Some(format!(
+                        "{who}: {name} from {cursor} ({} expected): {e}",
+                        expected.len()
+                    )),
+                }
+            });
+        }
+    }
+    join_all(jobs).await.into_iter().flatten().collect()
+}
+
+/// Random writes of 4 tasks in 2 processes, with table, filtered, point, between, get_all,
+/// pluck and without feeds watching live in a third; then cursors taken at random (items of
+/// every table, and `Database::position` marks taken mid-stream) resume in processes started
+/// after all of it, on every feed: each resumed feed equals the live one after the cursor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_cursors_resume_exactly_in_processes_started_later() {
+    let Some(pg) = database("random_cursors_resume_exactly").await else {
+        return;
+    };
+    let seed = seed("random_cursors_resume_exactly");
+    let a = connect(&pg).await;
+    for t in TABLES {
+        a.create_table(t).await.unwrap();
+    }
+    let b = connect(&pg).await;
+    let w = connect(&pg).await;
+    archiver(&[&a, &b, &w]).await;
+    w.sync().await.unwrap();
+    let feeds = oracle_feeds();
+    let mut live_feeds = Vec::new();
+    for (_, open) in &feeds {
+        live_feeds.push(open(&w).await.unwrap());
+    }
+    let start = w.position();
+    let marks = Arc::new(Mutex::new(vec![start]));
+    let mut tasks = Vec::new();
+    for (task, db) in [&a, &a, &b, &b].into_iter().enumerate() {
+        tasks.push(tokio::spawn(random_writes(
+            db.clone(),
+            task,
+            seed.wrapping_add(task as u64),
+            60,
+            marks.clone(),
+        )));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // The end of every table feed: a sentinel row each.
+    for t in TABLES {
+        w.table(t)
+            .insert(json!({"id": "~end", "n": 999}))
+            .await
+            .unwrap();
+    }
+    let mut live: Vec<Vec<Item>> = Vec::new();
+    for (f, feed) in live_feeds.iter_mut().enumerate() {
+        let items = if f < 3 {
+            read_until(feed, |i| {
+                i.new.as_deref().is_some_and(|n| n.contains("\"~end\""))
+            })
+            .await
+        } else {
+            drain(feed, Duration::from_millis(300)).await
+        };
+        live.push(items);
+    }
+    for (f, items) in live.iter().enumerate() {
+        assert!(
+            items.windows(2).all(|p| p[0].cursor < p[1].cursor),
+            "live feed {} out of order",
+            feeds[f].0
+        );
+    }
+    let t1 = &live[0];
+    assert!(t1.len() > 40, "too few changes: {}", t1.len());
+    // Cursors: random items of each table feed, the first and the last, and the marks.
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
+    let mut cursors: Vec<Cursor> = marks.lock().unwrap().clone();
+    for items in &live[..3] {
+        cursors.push(items[0].cursor);
+        cursors.push(items[items.len() - 1].cursor);
+        for _ in 0..3 {
+            cursors.push(items[rng.gen_range(0..items.len())].cursor);
+        }
+    }
+    // Multi-item changes (get_all with a key twice): a cursor between the two items.
+    if let Some(dup) = live[6].windows(2).find(|p| p[0].seq == p[1].seq) {
+        cursors.push(dup[0].cursor);
+    }
+    cursors.sort();
+    cursors.dedup();
+    // Processes started after it all: the history serves what their logs lack.
+    let late = connect(&pg).await;
+    let later = connect(&pg).await;
+    let mut failures = resume_all(&late, "late", &cursors, &live).await;
+    failures.extend(resume_all(&later, "later", &cursors, &live).await);
+    // And the writers, whose own logs hold it all, agree.
+    failures.extend(resume_all(&b, "b", &cursors[..cursors.len().min(6)], &live).await);
+    assert!(
+        failures.is_empty(),
+        "{} of {} resumes wrong (seed {seed}):\n{}",
+        failures.len(),
+        cursors.len() * feeds.len() * 2,
+        failures.join("\n")
+    );
+    eprintln!(
+        "{} cursors resumed on {} feeds in 2 late processes; {} live table changes",
+        cursors.len(),
+        feeds.len(),
+        live[..3].iter().map(Vec::len).sum::<usize>()
+    );
+}
