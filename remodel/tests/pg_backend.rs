@@ -416,3 +416,82 @@ async fn grouped_writes_each_keep_their_own_outcome() {
         16 * 40
     );
 }
+
+/// Terminates the replication connection of `db`'s pump.
+async fn kill_pump(admin: &tokio_postgres::Client, db: &Database) {
+    let slot = pg_stats(db).await["slot"].as_str().unwrap().to_string();
+    let app = format!("remodel_pump_{}", &slot["remodel_".len()..]);
+    let killed = admin
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            &[&app],
+        )
+        .await
+        .unwrap();
+    assert_eq!(killed.len(), 1, "one replication connection of {slot}");
+}
+
+/// A replication connection lost while another process writes: the replica reconnects
+/// and applies the commits it missed from the shared history (whichever process archived,
+/// this one included: it lets go and another takes over), so its feeds go on with no gap
+/// and no duplicate, and its writes and syncs go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_replication_connection_is_bridged_from_the_shared_history() {
+    let Some(pg) = database("a_lost_replication_connection_is_bridged").await else {
+        return;
+    };
+    let a = Database::connect(pg.url()).await.unwrap();
+    a.create_table("t").await.unwrap();
+    let b = Database::connect(pg.url()).await.unwrap();
+    archiver(&[&a, &b]).await;
+    let admin = pg.connect().await.unwrap();
+    for round in 0..2u64 {
+        let mut watched = a.table("t").changes().await.unwrap();
+        let mut reference = b.table("t").changes().await.unwrap();
+        let writer = {
+            let b = b.clone();
+            tokio::spawn(async move {
+                for i in 0..200u64 {
+                    let id = round * 1000 + i % 50;
+                    if i % 3 == 2 {
+                        b.table("t").get(id).delete().await.unwrap();
+                    } else {
+                        b.table("t")
+                            .insert(json!({"id": id, "i": i}))
+                            .conflict(remodel::Conflict::Replace)
+                            .await
+                            .unwrap();
+                    }
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        kill_pump(&admin, &a).await;
+        writer.await.unwrap();
+        // a's own writes and syncs work again.
+        a.table("t")
+            .insert(json!({"id": format!("a{round}")}))
+            .await
+            .unwrap();
+        b.sync().await.unwrap();
+        a.sync().await.unwrap();
+        let strip = |items: Vec<remodel::Change>| -> Vec<_> {
+            items
+                .into_iter()
+                .map(|c| (c.cursor(), c.old_val().cloned(), c.new_val().cloned()))
+                .collect()
+        };
+        let seen = strip(drain_for_a_moment(&mut watched).await);
+        let expected = strip(drain_for_a_moment(&mut reference).await);
+        assert!(seen.len() > 100, "{} items", seen.len());
+        assert_eq!(
+            seen, expected,
+            "round {round}: a's feed across the lost connection"
+        );
+        assert_eq!(
+            a.table("t").run().await.unwrap().len(),
+            b.table("t").run().await.unwrap().len()
+        );
+        assert_eq!(pg_stats(&a).await["reconnects"], round + 1);
+    }
+}

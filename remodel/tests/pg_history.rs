@@ -455,3 +455,148 @@ async fn random_cursors_resume_exactly_in_processes_started_later() {
         live[..3].iter().map(Vec::len).sum::<usize>()
     );
 }
+
+/// The archiving process goes, again and again, in the middle of a stream of writes (closed,
+/// dropped, or, when it is the watching process, its archiver session killed in
+/// PostgreSQL): another takes over where the history stops. Every cursor taken before each
+/// takeover resumes exactly in a process started after the last one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cursors_resume_exactly_across_repeated_archiver_takeovers() {
+    let Some(pg) = database("cursors_resume_exactly_across_takeovers").await else {
+        return;
+    };
+    let admin = pg.connect().await.unwrap();
+    let first = connect(&pg).await;
+    first.create_table("t").await.unwrap();
+    archiver(&[&first]).await;
+    // The watcher starts after the first archiver took the lock.
+    let w = connect(&pg).await;
+    let mut live = w.table("t").changes().await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    // A stream of writes from the watcher's process, all along.
+    let background = {
+        let (w, stop) = (w.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let t = w.table("t");
+                match i % 3 {
+                    0 => t
+                        .insert(json!({"id": format!("w{i}"), "i": i}))
+                        .await
+                        .unwrap(),
+                    1 => t
+                        .get(format!("w{}", i - 1))
+                        .update(json!({"touched": i}))
+                        .await
+                        .unwrap(),
+                    _ => t.get(format!("w{}", i - 2)).delete().await.unwrap(),
+                };
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+            i
+        })
+    };
+    let mut handles: Vec<Option<Database>> = vec![Some(first)];
+    let mut seen: Vec<Item> = Vec::new();
+    let mut cursors: Vec<Cursor> = Vec::new();
+    let mut kinds = Vec::new();
+    let t0 = Instant::now();
+    for round in 0..5 {
+        // A spare process that can take over; the history reaches past its start (else a
+        // takeover by it would rightly expire older cursors: its ring starts there).
+        let spare = connect(&pg).await;
+        spare
+            .table("t")
+            .insert(json!({"id": format!("spare{round}")}))
+            .await
+            .unwrap();
+        let mark = spare.position().seq();
+        handles.push(Some(spare));
+        let alive: Vec<&Database> = handles.iter().flatten().chain([&w]).collect();
+        let leader = archiver(&alive).await;
+        archived_past(alive[leader], mark).await;
+        // A cursor from before this takeover (the newest item so far).
+        seen.extend(drain(&mut live, Duration::from_millis(50)).await);
+        cursors.push(seen.last().expect("items so far").cursor);
+        let old_pid = archiver_pid(&admin).await.expect("an archiver session");
+        if leader == alive.len() - 1 {
+            // The watcher archives: end its archiver session, not the process.
+            admin
+                .execute("SELECT pg_terminate_backend($1)", &[&old_pid])
+                .await
+                .unwrap();
+            kinds.push("session killed");
+        } else {
+            let index = handles
+                .iter()
+                .position(|h| h.as_ref().is_some_and(|h| std::ptr::eq(h, alive[leader])))
+                .unwrap();
+            let db = handles[index].take().unwrap();
+            // Writes of its own right before it goes: some not flushed yet.
+            for i in 0..20 {
+                db.table("t")
+                    .insert(json!({"id": format!("r{round}-{i}")}))
+                    .await
+                    .unwrap();
+            }
+            if round % 2 == 0 {
+                db.close().await.unwrap();
+                kinds.push("closed");
+            } else {
+                kinds.push("dropped");
+            }
+            drop(db);
+        }
+        // Another session takes the lock.
+        eprintln!("round {round}: {} at {:?}", kinds[round], t0.elapsed());
+        let begin = Instant::now();
+        loop {
+            if let Some(pid) = archiver_pid(&admin).await {
+                if pid != old_pid {
+                    break;
+                }
+            }
+            assert!(begin.elapsed() < WAIT, "no takeover in round {round}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        eprintln!("round {round}: taken over at {:?}", t0.elapsed());
+    }
+    stop.store(true, Ordering::Relaxed);
+    let writes = background.await.unwrap();
+    w.table("t").insert(json!({"id": "~end"})).await.unwrap();
+    seen.extend(
+        read_until(&mut live, |i| {
+            i.new.as_deref().is_some_and(|n| n.contains("~end"))
+        })
+        .await,
+    );
+    let late = connect(&pg).await;
+    let mut failures = Vec::new();
+    for (k, &cursor) in cursors.iter().enumerate() {
+        let expected = after(&seen, cursor);
+        match late.table("t").changes().resume_from(cursor).await {
+            Ok(mut feed) => match read_resumed(&mut feed, expected.len()).await {
+                Ok(got) if got == expected => {}
+                Ok(got) => failures.push(format!(
+                    "cursor {k} ({cursor}, before a takeover by `{}`): {} items differ from the {} live",
+                    kinds[k],
+                    got.iter().zip(&expected).filter(|(g, e)| g != e).count(),
+                    expected.len()
+                )),
+                Err(e) => failures.push(format!("cursor {k} ({cursor}): {e}")),
+            },
+            Err(e) => failures.push(format!(
+                "cursor {k} ({cursor}, before a takeover by `{}`): refused: {e:?}",
+                kinds[k]
+            )),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    eprintln!(
+        "{} takeovers ({kinds:?}) under {writes} background writes; {} live items",
+        kinds.len(),
+        seen.len()
+    );
+}

@@ -6,8 +6,9 @@
 //! `history`, a table every process can read:
 //!
 //! - `history(pos, commit_pos, tbl, kind, key, old, new, at)`: one row per change (`kind`
-//!   0) and per table created (1) or dropped (2), at its position (the change numbers of
-//!   every process: commit LSN × 4,096 + place in the commit);
+//!   0), per table created (1) or dropped (2) and per index created (3) or dropped (4), at
+//!   its position (the change numbers of every process: commit LSN × 4,096 + place in the
+//!   commit);
 //! - `history_meta(upto, floor)`: `history` holds every change numbered `floor` to `upto`.
 //!
 //! **One archiver.** The process holding the session advisory lock `remodel:<schema>:archiver`
@@ -66,6 +67,8 @@ pub(super) enum Kind {
     Change = 0,
     TableCreated = 1,
     TableDropped = 2,
+    IndexCreated = 3,
+    IndexDropped = 4,
 }
 
 /// A row of `history`, as a replica applied it.
@@ -100,6 +103,9 @@ pub(super) struct Ring {
 pub(super) struct Archive {
     ring: Mutex<Ring>,
     archiving: AtomicBool,
+    /// Set when this process's replica lost its replication connection: its archiver lets
+    /// go of the lock, so that another process archives the commits it did not receive.
+    resign: AtomicBool,
     /// The history's `upto` as this process last wrote or read it.
     upto: AtomicU64,
     retention: ChangeLogRetention,
@@ -116,6 +122,7 @@ impl Archive {
                 covered_after: last,
             }),
             archiving: AtomicBool::new(false),
+            resign: AtomicBool::new(false),
             upto: AtomicU64::new(0),
             retention,
         }
@@ -155,6 +162,23 @@ impl Archive {
             last = c.end;
         }
         (rows, last, whole)
+    }
+
+    /// Lets go of the archiver's lock (if held) until [`Archive::rejoin`]: this process
+    /// lost commits it must not be the one to archive.
+    pub(super) fn resign(&self) {
+        self.resign.store(true, Ordering::Release);
+    }
+
+    /// Takes part again, with a ring that starts after change `last` (the commits before
+    /// it were applied from the history, not received).
+    pub(super) fn rejoin(&self, last: u64) {
+        let mut ring = self.ring.lock();
+        ring.commits.clear();
+        ring.changes = 0;
+        ring.covered_after = last;
+        drop(ring);
+        self.resign.store(false, Ordering::Release);
     }
 
     /// Figures for the `stats` row: whether this process archives, the history's `upto`
@@ -222,6 +246,11 @@ pub(super) async fn run(
         }
         let Some(b) = backend.upgrade() else { break };
         let archive = &b.archive;
+        if archive.resign.load(Ordering::Acquire) {
+            session = None;
+            archive.archiving.store(false, Ordering::Relaxed);
+            continue;
+        }
         if session.is_none() {
             session = match try_lead(&config, &schema, archive).await {
                 Ok(s) => s,
@@ -465,7 +494,7 @@ impl PgBackend {
             let ddl = tx
                 .query_opt(
                     &format!(
-                        "SELECT pos FROM {q}.history WHERE tbl = $1 AND kind <> 0 AND pos > $2 LIMIT 1"
+                        "SELECT pos FROM {q}.history WHERE tbl = $1 AND kind IN (1, 2) AND pos > $2 LIMIT 1"
                     ),
                     &[&table, &(from as i64)],
                 )
@@ -500,6 +529,97 @@ impl PgBackend {
                 });
             }
             return Ok(Ok(changes));
+        }
+    }
+}
+
+/// A commit of a gap, read back from the history: its first number and its changes (table,
+/// key, document before and after).
+pub(super) type GapCommit = (
+    u64,
+    Vec<(String, Vec<u8>, Option<Arc<Value>>, Option<Arc<Value>>)>,
+);
+
+impl PgBackend {
+    /// Every commit numbered after `after` and before `before`, of every table, from the
+    /// shared history, once it reaches `before` (waiting for the archiver, a few seconds at
+    /// most); `Err` with the reason when it cannot give them all, or when a table or index
+    /// was created or dropped among them (the replica would need more than changes).
+    pub(super) async fn read_gap(&self, after: u64, before: u64) -> Result<Vec<GapCommit>> {
+        let q = ident(&self.schema);
+        let begin = Instant::now();
+        loop {
+            let mut conn = self
+                .pool
+                .get()
+                .await
+                .map_err(|e| Error::storage(format!("postgresql pool: {e}")))?;
+            let tx = conn
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await
+                .map_err(|e| pg_error(&e))?;
+            let meta = tx
+                .query_opt(
+                    &format!("SELECT upto, floor FROM {q}.history_meta WHERE id = 1"),
+                    &[],
+                )
+                .await
+                .map_err(|e| pg_error(&e))?;
+            let (upto, floor) = meta.map_or((0, u64::MAX), |m| {
+                (m.get::<_, i64>(0) as u64, m.get::<_, i64>(1) as u64)
+            });
+            if floor > after + 1 {
+                return Err(Error::storage(format!(
+                    "the shared history does not reach back to {after:x}"
+                )));
+            }
+            if upto + 1 < before {
+                drop(tx);
+                if begin.elapsed() > CATCH_UP_WAIT + TRY_EVERY {
+                    return Err(Error::storage(format!(
+                        "the shared history reaches only {upto:x}, not {:x} (no other process \
+                         archives)",
+                        before - 1
+                    )));
+                }
+                tokio::time::sleep(FLUSH_EVERY).await;
+                continue;
+            }
+            let rows = tx
+                .query(
+                    &format!(
+                        "SELECT commit_pos, tbl, kind, key, old, new FROM {q}.history
+                         WHERE pos > $1 AND pos < $2 ORDER BY pos"
+                    ),
+                    &[&(after as i64), &(before as i64)],
+                )
+                .await
+                .map_err(|e| pg_error(&e))?;
+            let doc = |text: Option<&str>| -> Result<Option<Arc<Value>>> {
+                Ok(text.map(serde_json::from_str).transpose()?.map(Arc::new))
+            };
+            let mut commits: Vec<GapCommit> = Vec::new();
+            for row in rows {
+                let (commit, table, kind) = (
+                    row.get::<_, i64>(0) as u64,
+                    row.get::<_, String>(1),
+                    row.get::<_, i16>(2),
+                );
+                if kind != Kind::Change as i16 {
+                    return Err(Error::storage(format!(
+                        "a table or index of `{table}` was created or dropped meanwhile"
+                    )));
+                }
+                let change = (table, row.get(3), doc(row.get(4))?, doc(row.get(5))?);
+                match commits.last_mut() {
+                    Some((c, changes)) if *c == commit => changes.push(change),
+                    _ => commits.push((commit, vec![change])),
+                }
+            }
+            return Ok(commits);
         }
     }
 }

@@ -33,6 +33,11 @@
 //! reaches back to the cursor, else from the shared history in PostgreSQL, which one
 //! process at a time (the archiver) writes (`archive.rs`).
 //!
+//! **A lost replication connection** (a network blip, the server restarting) is bridged: a
+//! new pump, and the commits between the last one applied and its start applied from the
+//! shared history, as they were committed (`replica.rs`); when the history cannot, the
+//! replica stops following and the handle is closed.
+//!
 //! **Group commit.** Single-table writes of concurrent tasks go to PostgreSQL together, as
 //! one transaction (`group_commit.rs`), each with its own outcome.
 //!
@@ -320,7 +325,7 @@ pub(crate) struct PgBackend {
     /// timeout, a proxy): writes pipeline on these.
     conns: Vec<Mutex<Arc<Conn>>>,
     /// For new connections.
-    config: tokio_postgres::Config,
+    pub(super) config: tokio_postgres::Config,
     /// Sync tokens only: never behind a statement that waits for a lock (a write waiting
     /// for a table's lock must not hold up the sync its holder waits for).
     sync_client: Mutex<Arc<Client>>,
@@ -329,7 +334,10 @@ pub(crate) struct PgBackend {
     applied: Mutex<Applied>,
     token_prefix: [u8; 16],
     tokens: AtomicU64,
-    pump: PumpHandle,
+    /// The pump's handle (a new pump's after a reconnection).
+    pub(super) pump: Mutex<PumpHandle>,
+    /// Replication connections lost and bridged from the shared history.
+    pub(super) reconnects: AtomicU64,
     stop: watch::Sender<bool>,
     restaged: AtomicU64,
     commits: AtomicU64,
@@ -413,7 +421,8 @@ impl PgBackend {
             applied: Mutex::default(),
             token_prefix: *uuid::Uuid::new_v4().as_bytes(),
             tokens: AtomicU64::new(0),
-            pump: pump.handle(),
+            pump: Mutex::new(pump.handle()),
+            reconnects: AtomicU64::new(0),
             stop,
             restaged: AtomicU64::new(0),
             commits: AtomicU64::new(0),
@@ -491,7 +500,12 @@ impl PgBackend {
         };
         match tokio::time::timeout(APPLY_WAIT, rx).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(self.failed().unwrap_or(Error::Closed)),
+            Ok(Err(_)) => match self.failed() {
+                Some(e) => Err(e),
+                // Its commit fell in a gap bridged from the shared history: a sync token
+                // is exact.
+                None => self.sync_now().await,
+            },
             // Not seen in time (remembered ids are few, the writer slow): a sync token is
             // exact, whatever happened to this id.
             Err(_) => {
@@ -537,7 +551,15 @@ impl PgBackend {
             self.applied.lock().token_waiters.remove(&token);
             return Err(pg_error(&e));
         }
-        rx.await.map_err(|_| self.failed().unwrap_or(Error::Closed))
+        match rx.await {
+            Ok(()) => Ok(()),
+            Err(_) => match self.failed() {
+                Some(e) => Err(e),
+                // The token fell in a gap bridged from the shared history after the
+                // replication connection was lost (the history keeps no tokens): another.
+                None => Box::pin(self.sync_now()).await,
+            },
+        }
     }
 
     /// Commits staged changes of any tables on `client` (an open transaction or a
@@ -1034,7 +1056,7 @@ impl Backend for PgBackend {
     }
 
     fn stats_rows(&self) -> Vec<Value> {
-        let status = self.pump.status();
+        let status = self.pump.lock().status();
         let (archiving, archived, pending, waiting) = self.archive.stats();
         vec![json!({
             "id": ["postgres"],
@@ -1044,6 +1066,7 @@ impl Backend for PgBackend {
             "lag_bytes": status.lag_bytes(),
             "commits": self.commits.load(Ordering::Relaxed),
             "restaged": self.restaged.load(Ordering::Relaxed),
+            "reconnects": self.reconnects.load(Ordering::Relaxed),
             "archiving": archiving,
             "archived_upto": format!("{archived:x}"),
             "archive_lag_changes": pending,
@@ -1107,6 +1130,20 @@ impl PgBackend {
     /// was closed).
     pub(super) fn ended(&self, why: String, closed: bool) {
         self.applied.lock().end(why, closed);
+    }
+
+    /// The replica follows the database through `pump` now (after a lost connection).
+    pub(super) fn reconnected(&self, pump: &Pump) {
+        *self.pump.lock() = pump.handle();
+        self.reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A gap was bridged from the shared history: the ids and tokens of the commits in it
+    /// never arrive, so their waiters ask again (with new sync tokens).
+    pub(super) fn bridged(&self) {
+        let mut a = self.applied.lock();
+        a.xid_waiters.clear();
+        a.token_waiters.clear();
     }
 
     /// The pump applied the transaction `xid` (with these sync tokens).

@@ -4,7 +4,7 @@
 
 use super::archive::{Archived, Kind};
 use super::backend::{PgBackend, MAX_COMMIT_CHANGES, OP_BITS};
-use super::pump::{CommitBatch, Pump};
+use super::pump::{CommitBatch, Pump, PumpConfig, PumpError};
 use super::record::{DdlRecord, Record};
 use super::schema::{self, docs_relation};
 use super::{pg_error, pump_error};
@@ -12,6 +12,7 @@ use crate::db::{Database, IndexSpec};
 use crate::{Error, Result};
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// Loads the replica with what the exported `snapshot` shows: the catalog's tables and
@@ -103,8 +104,10 @@ pub(super) fn position(lsn: u64) -> Result<u64> {
 }
 
 /// The pump's task: applies each batch to the replica, in commit order, and tells the
-/// writers waiting for it. Any failure ends every feed and makes later writes fail: the
-/// replica no longer follows the database, and silence would be a gap.
+/// writers waiting for it. A lost replication connection is bridged from the shared history
+/// ([`reconnect`]); any other failure, and a gap the history cannot bridge, ends every feed
+/// and makes later writes fail: the replica no longer follows the database, and silence
+/// would be a gap.
 pub(super) async fn follow(
     mut pump: Pump,
     db: Weak<crate::db::DbInner>,
@@ -122,6 +125,15 @@ pub(super) async fn follow(
         let db = Database { inner };
         let batch = match batch {
             Ok(batch) => batch,
+            Err(e @ (PumpError::ConnectionLost { .. } | PumpError::Ended)) => {
+                match reconnect(&db, &backend).await {
+                    Ok(new) => {
+                        let _ = std::mem::replace(&mut pump, new).stop().await;
+                        continue;
+                    }
+                    Err(why) => break Some((db, backend, format!("{e}; {why}"))),
+                }
+            }
             Err(e) => break Some((db, backend, pump_error(&e).to_string())),
         };
         match apply(&db, &batch).await {
@@ -148,6 +160,59 @@ pub(super) async fn follow(
         }
     }
     let _ = pump.stop().await;
+}
+
+/// How long a lost replication connection is tried again (the server restarting).
+const RECONNECT_FOR: Duration = Duration::from_secs(30);
+
+/// After the replication connection was lost: a new pump (a new temporary slot, from its
+/// consistent point on), and the commits between the last one applied and that point,
+/// applied from the shared history as they were committed, so that feeds go on with no gap
+/// and no duplicate. This process lets go of the archiver's lock first: it did not receive
+/// those commits, another process archives them. Fails (and the replica stops following)
+/// when the history cannot bridge the gap: no other process archives, or a table or index
+/// was created or dropped in it.
+async fn reconnect(db: &Database, backend: &Arc<PgBackend>) -> Result<Pump> {
+    backend.archive.resign();
+    let begin = Instant::now();
+    let mut wait = Duration::from_millis(50);
+    let pump = loop {
+        match Pump::start(&backend.config, PumpConfig::default()).await {
+            Ok(pump) => break pump,
+            Err(e) if begin.elapsed() < RECONNECT_FOR => {
+                tracing::debug!("reconnecting the replication stream: {e}");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => return Err(pump_error(&e)),
+        }
+    };
+    let last = db.inner.with_commit_lock(|last| last);
+    let start = position(pump.handle().status().start_lsn.0)?;
+    let gap = match backend.read_gap(last, start).await {
+        Ok(gap) => gap,
+        Err(e) => {
+            let _ = pump.stop().await;
+            return Err(e);
+        }
+    };
+    let commits = gap.len();
+    for (first, changes) in gap {
+        let mut group = Vec::with_capacity(changes.len());
+        for (table, key, old, new) in changes {
+            group.push((db.table_state(&table)?, key, old, new));
+        }
+        db.inner.apply_replicated(group, first)?;
+    }
+    db.inner.advance_seq(start.saturating_sub(1));
+    backend.archive.rejoin(start.saturating_sub(1));
+    backend.bridged();
+    backend.reconnected(&pump);
+    tracing::warn!(
+        "the replication connection was lost; {commits} commits were applied from the shared \
+         history and the replica follows the database again"
+    );
+    Ok(pump)
 }
 
 /// Applies one committed transaction to the replica; returns its sync tokens, its first
@@ -187,22 +252,21 @@ async fn apply(db: &Database, batch: &CommitBatch) -> Result<(Vec<Vec<u8>>, u64,
                     db.inner
                         .apply_replicated(std::mem::take(&mut group), first)?;
                 }
-                let kind = match d {
-                    DdlRecord::TableCreated { table, .. } => Some((table, Kind::TableCreated)),
-                    DdlRecord::TableDropped { table } => Some((table, Kind::TableDropped)),
-                    _ => None,
+                let (table, kind) = match d {
+                    DdlRecord::TableCreated { table, .. } => (table, Kind::TableCreated),
+                    DdlRecord::TableDropped { table } => (table, Kind::TableDropped),
+                    DdlRecord::IndexCreated { table, .. } => (table, Kind::IndexCreated),
+                    DdlRecord::IndexDropped { table, .. } => (table, Kind::IndexDropped),
                 };
-                if let Some((table, kind)) = kind {
-                    archived.push(Archived {
-                        pos,
-                        commit: pos,
-                        table: Arc::from(table.as_str()),
-                        kind,
-                        key: Vec::new(),
-                        old: None,
-                        new: None,
-                    });
-                }
+                archived.push(Archived {
+                    pos,
+                    commit: pos,
+                    table: Arc::from(table.as_str()),
+                    kind,
+                    key: Vec::new(),
+                    old: None,
+                    new: None,
+                });
                 apply_ddl(db, d).await?;
             }
             Record::Sync(token) => tokens.push(token.clone()),
