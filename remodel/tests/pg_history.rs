@@ -148,6 +148,15 @@ async fn drain(feed: &mut Feed, idle: Duration) -> Vec<Item> {
     items
 }
 
+/// One item of `feed` (within the wait), then every item queued by now.
+async fn take_ready(feed: &mut Feed) -> Vec<Item> {
+    let mut items = read_until(feed, |_| true).await;
+    while let Some(next) = feed.next().now_or_never() {
+        items.push(item(&next.expect("the feed goes on").expect("an item")));
+    }
+    items
+}
+
 /// Reads a resumed feed: exactly `n` items (each within the wait), then checks that nothing
 /// more is queued. Returns what it read, or the error the feed ended with.
 async fn read_resumed(feed: &mut Feed, n: usize) -> Result<Vec<Item>, String> {
@@ -503,7 +512,7 @@ async fn cursors_resume_exactly_across_repeated_archiver_takeovers() {
     let mut cursors: Vec<Cursor> = Vec::new();
     let mut kinds = Vec::new();
     let t0 = Instant::now();
-    for round in 0..5 {
+    for round in 0..8 {
         // A spare process that can take over; the history reaches past its start (else a
         // takeover by it would rightly expire older cursors: its ring starts there).
         let spare = connect(&pg).await;
@@ -518,7 +527,7 @@ async fn cursors_resume_exactly_across_repeated_archiver_takeovers() {
         let leader = archiver(&alive).await;
         archived_past(alive[leader], mark).await;
         // A cursor from before this takeover (the newest item so far).
-        seen.extend(drain(&mut live, Duration::from_millis(50)).await);
+        seen.extend(take_ready(&mut live).await);
         cursors.push(seen.last().expect("items so far").cursor);
         let old_pid = archiver_pid(&admin).await.expect("an archiver session");
         if leader == alive.len() - 1 {
@@ -599,4 +608,427 @@ async fn cursors_resume_exactly_across_repeated_archiver_takeovers() {
         kinds.len(),
         seen.len()
     );
+}
+
+/// Cursors that cannot resume are refused with a typed error, in an old process and in one
+/// started later: made-up ones (before anything, far ahead), and cursors of a table dropped
+/// (and made again) since, or of a table made after the cursor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cursors_that_cannot_resume_are_refused_typed() {
+    let Some(pg) = database("cursors_that_cannot_resume_are_refused").await else {
+        return;
+    };
+    let a = connect(&pg).await;
+    a.create_table("t").await.unwrap();
+    a.create_table("keep").await.unwrap();
+    let b = connect(&pg).await;
+    archiver(&[&a, &b]).await;
+    let mut feed = a.table("t").changes().await.unwrap();
+    for i in 0..5 {
+        a.table("t").insert(json!({"id": i})).await.unwrap();
+    }
+    let items = read_until(&mut feed, |i| i.new.as_deref() == Some("{\"id\":4}")).await;
+    let old_t = items[1].cursor;
+    let before_u = a.position();
+    a.table("keep").insert(json!({"id": 1})).await.unwrap();
+    let keep_cursor = a.position();
+    // `t` dropped and made again, `u` made after the cursors.
+    a.drop_table("t").await.unwrap();
+    a.create_table("t").await.unwrap();
+    a.create_table("u").await.unwrap();
+    a.table("t").insert(json!({"id": "new"})).await.unwrap();
+    a.table("u").insert(json!({"id": "u"})).await.unwrap();
+    let late = connect(&pg).await;
+    let ahead = |c: Cursor| -> Cursor { format!("{:x}-0", c.seq() + (1 << 20)).parse().unwrap() };
+    let mut failures = Vec::new();
+    for (who, db) in [("a (since before)", &a), ("b", &b), ("late", &late)] {
+        let checks: Vec<(&str, remodel::Changes, Cursor, &str)> = vec![
+            (
+                "1-0",
+                db.table("t").changes(),
+                "1-0".parse().unwrap(),
+                "expired",
+            ),
+            (
+                "0-0",
+                db.table("keep").changes(),
+                "0-0".parse().unwrap(),
+                "expired",
+            ),
+            (
+                "0-ffffffff",
+                db.table("keep").get(1).changes(),
+                "0-ffffffff".parse().unwrap(),
+                "expired",
+            ),
+            (
+                "far future",
+                db.table("t").changes(),
+                "ffffffffffffffff-ffffffff".parse().unwrap(),
+                "ahead",
+            ),
+            // Past this process's last change (a place between two processes' last changes
+            // is a place like any other: it resumes what came after it, nothing).
+            (
+                "just ahead",
+                db.table("keep").changes(),
+                ahead(db.position()),
+                "ahead",
+            ),
+            (
+                "old table t, dropped and made again",
+                db.table("t").changes(),
+                old_t,
+                "expired",
+            ),
+            (
+                "old table t, as a point feed",
+                db.table("t").get("new").changes(),
+                old_t,
+                "expired",
+            ),
+            (
+                "a cursor of `keep` from before `u` was made, on `u`",
+                db.table("u").changes(),
+                before_u,
+                "expired",
+            ),
+            (
+                "a cursor of `keep` after t was made again... before: on t",
+                db.table("t").filter(field("id").eq("new")).changes(),
+                keep_cursor,
+                "expired",
+            ),
+        ];
+        for (what, changes, cursor, want) in checks {
+            let r = changes.resume_from(cursor).await;
+            let ok = match want {
+                "expired" => expired(&r),
+                _ => matches!(r, Err(Error::InvalidFeedOption(_))),
+            };
+            if !ok {
+                failures.push(format!(
+                    "{who}: {what} ({cursor}): wanted {want}, got {}",
+                    describe(&r)
+                ));
+            }
+        }
+        // A cursor of `keep` taken before the drop resumes `keep` exactly (the other
+        // tables' DDL is no reason to refuse it).
+        let mut f = db
+            .table("keep")
+            .changes()
+            .resume_from(before_u)
+            .await
+            .unwrap();
+        let got = read_resumed(&mut f, 1).await.unwrap();
+        assert_eq!(got[0].new.as_deref(), Some("{\"id\":1}"), "{who}");
+        // The new table's own cursors resume.
+        let mut f = db.table("t").changes().resume_from(keep_cursor).await;
+        if let Ok(f) = f.as_mut() {
+            failures.push(format!(
+                "{who}: the recreated table resumed from before its making: {:?}",
+                drain(f, Duration::from_millis(200)).await
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A cursor of another database of the same PostgreSQL cluster: positions are the
+/// cluster's WAL positions, shared by its databases. It must not silently resume this
+/// database's changes after that place (the doc of `Changes`' `into_future` says a cursor of
+/// another database is refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_of_another_database_is_refused() {
+    let Some(pg) = database("a_cursor_of_another_database_is_refused").await else {
+        return;
+    };
+    let Some(other) = database("a_cursor_of_another_database_is_refused").await else {
+        return;
+    };
+    let x = connect(&other).await;
+    x.create_table("t").await.unwrap();
+    let y = connect(&pg).await;
+    y.create_table("t").await.unwrap();
+    archiver(&[&y]).await;
+    archiver(&[&x]).await;
+    let mut feed_x = x.table("t").changes().await.unwrap();
+    // Interleaved: y, x, y.
+    y.table("t").insert(json!({"id": "y1"})).await.unwrap();
+    x.table("t").insert(json!({"id": "x1"})).await.unwrap();
+    let foreign = read_until(&mut feed_x, |_| true).await[0].cursor;
+    y.table("t").insert(json!({"id": "y2"})).await.unwrap();
+    let late = connect(&pg).await;
+    let mut failures = Vec::new();
+    for (who, db) in [("y", &y), ("late", &late)] {
+        let r = db.table("t").changes().resume_from(foreign).await;
+        match r {
+            Err(Error::CursorExpired { .. } | Error::InvalidFeedOption(_)) => {}
+            Err(e) => failures.push(format!("{who}: {e:?}")),
+            Ok(mut f) => failures.push(format!(
+                "{who}: the cursor of another database ({foreign}) resumed this one's changes: {:?}",
+                drain(&mut f, Duration::from_millis(200))
+                    .await
+                    .iter()
+                    .map(|i| i.new.clone())
+                    .collect::<Vec<_>>()
+            )),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Resumes `cursor` on `t`'s table feed in `db`: `Ok(true)` exact, `Ok(false)` expired; any
+/// other outcome (a shorter or different stream, another error) is `Err`.
+async fn exact_or_expired(
+    db: &Database,
+    t: &str,
+    cursor: Cursor,
+    live: &[Item],
+) -> Result<bool, String> {
+    let expected = after(live, cursor);
+    match db.table(t).changes().resume_from(cursor).await {
+        Err(Error::CursorExpired { .. }) => Ok(false),
+        Err(e) => Err(format!("{cursor}: {e:?}")),
+        Ok(mut feed) => match read_resumed(&mut feed, expected.len()).await {
+            Ok(got) if got == expected => Ok(true),
+            Ok(got) => Err(format!("{cursor}: got {got:?}, expected {expected:?}")),
+            Err(e) => Err(format!("{cursor}: {e}")),
+        },
+    }
+}
+
+/// The archiver applies its process's retention to the history (every 10 s): a cursor below
+/// the floor then expires, typed, in a process started later; a cursor at or above it
+/// resumes exactly. By count (the newest 20 changes stay) and by age (nothing older than
+/// 1 s stays), on two databases at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cursors_below_the_retained_history_expire_typed() {
+    let (Some(count_pg), Some(age_pg)) = (
+        database("cursors_below_the_retained_history_expire").await,
+        database("cursors_below_the_retained_history_expire").await,
+    ) else {
+        return;
+    };
+    let by_count = async {
+        let r = Connect::new(count_pg.url())
+            .retention(ChangeLogRetention {
+                max_changes: Some(20),
+                max_age: None,
+            })
+            .open()
+            .await
+            .unwrap();
+        r.create_table("t").await.unwrap();
+        archiver(&[&r]).await;
+        let (_, floor0) = meta(&count_pg).await;
+        let mut feed = r.table("t").changes().await.unwrap();
+        for i in 0..150 {
+            r.table("t").insert(json!({"id": i})).await.unwrap();
+        }
+        let live = read_until(&mut feed, |i| i.new.as_deref() == Some("{\"id\":149}")).await;
+        // The retention pass.
+        let begin = Instant::now();
+        let floor = loop {
+            let (_, floor) = meta(&count_pg).await;
+            if floor > floor0 {
+                break floor;
+            }
+            assert!(begin.elapsed() < WAIT, "no retention pass");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let kept = live.iter().filter(|i| i.cursor.seq() >= floor).count();
+        assert_eq!(kept, 20, "the history keeps the newest 20 changes");
+        let late = connect(&count_pg).await;
+        let mut failures = Vec::new();
+        for (k, i) in live.iter().enumerate() {
+            // Every cursor near the floor, and some further.
+            if !(k % 17 == 0 || (125..135).contains(&k) || k == live.len() - 1) {
+                continue;
+            }
+            match exact_or_expired(&late, "t", i.cursor, &live).await {
+                Ok(resumed) if resumed == (i.cursor.seq() >= floor) => {}
+                Ok(resumed) => failures.push(format!(
+                    "late: item {k} ({}; floor {floor:x}): resumed {resumed}",
+                    i.cursor
+                )),
+                Err(e) => failures.push(format!("late: item {k}: {e}")),
+            }
+            // The archiving process: from its own log or the history, or expired.
+            if let Err(e) = exact_or_expired(&r, "t", i.cursor, &live).await {
+                failures.push(format!("archiver: item {k}: {e}"));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    };
+    let by_age = async {
+        let r = Connect::new(age_pg.url())
+            .retention(ChangeLogRetention {
+                max_changes: None,
+                max_age: Some(Duration::from_secs(1)),
+            })
+            .open()
+            .await
+            .unwrap();
+        r.create_table("t").await.unwrap();
+        archiver(&[&r]).await;
+        let (_, floor0) = meta(&age_pg).await;
+        let mut feed = r.table("t").changes().await.unwrap();
+        for i in 0..30 {
+            r.table("t").insert(json!({"id": i})).await.unwrap();
+        }
+        let mut live = read_until(&mut feed, |i| i.new.as_deref() == Some("{\"id\":29}")).await;
+        let begin = Instant::now();
+        let floor = loop {
+            let (_, floor) = meta(&age_pg).await;
+            if floor > floor0 {
+                break floor;
+            }
+            assert!(begin.elapsed() < WAIT, "no retention pass");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(
+            live.iter().all(|i| i.cursor.seq() < floor),
+            "all older than 1 s"
+        );
+        r.table("t").insert(json!({"id": "after"})).await.unwrap();
+        live.extend(read_until(&mut feed, |_| true).await);
+        let late = connect(&age_pg).await;
+        for i in &live[..live.len() - 1] {
+            assert_eq!(
+                exact_or_expired(&late, "t", i.cursor, &live).await,
+                Ok(false),
+                "{}",
+                i.cursor
+            );
+        }
+        // The newest cursor: no change after it, none before it needed.
+        let newest = live.last().unwrap().cursor;
+        assert_eq!(exact_or_expired(&late, "t", newest, &live).await, Ok(true));
+    };
+    tokio::join!(by_count, by_age);
+}
+
+/// The archiver stalls (its flush waits for a lock on `history_meta` someone else holds):
+/// a resume in a process started later that needs the history waits a few seconds for it,
+/// then expires, typed (the history does not reach the process's log). Once the archiver
+/// goes on, the same cursor resumes exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_behind_a_stalled_archiver_expires_typed_then_resumes() {
+    let Some(pg) = database("a_resume_behind_a_stalled_archiver").await else {
+        return;
+    };
+    let a = connect(&pg).await;
+    a.create_table("t").await.unwrap();
+    archiver(&[&a]).await;
+    let mut feed = a.table("t").changes().await.unwrap();
+    a.table("t").insert(json!({"id": 0})).await.unwrap();
+    let cursor = read_until(&mut feed, |_| true).await[0].cursor;
+    let mut admin = pg.connect().await.unwrap();
+    let stall = admin.transaction().await.unwrap();
+    stall
+        .query("SELECT * FROM remodel.history_meta FOR UPDATE", &[])
+        .await
+        .unwrap();
+    for i in 1..=10 {
+        a.table("t").insert(json!({"id": i})).await.unwrap();
+    }
+    let mut live = read_until(&mut feed, |i| i.new.as_deref() == Some("{\"id\":10}")).await;
+    let late = connect(&pg).await;
+    let begin = Instant::now();
+    let r = late.table("t").changes().resume_from(cursor).await;
+    assert!(expired(&r), "behind a stalled archiver: {}", describe(&r));
+    assert!(
+        begin.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        begin.elapsed()
+    );
+    stall.commit().await.unwrap();
+    a.table("t").insert(json!({"id": 11})).await.unwrap();
+    live.extend(read_until(&mut feed, |_| true).await);
+    let mut f = late.table("t").changes().resume_from(cursor).await.unwrap();
+    assert_eq!(
+        read_resumed(&mut f, 11).await.unwrap(),
+        after(&live, cursor)
+    );
+}
+
+/// Documents of every JSON shape go through the history as they were: unicode (astral,
+/// combining, right-to-left, escapes, U+2028), deep nesting, big and odd numbers, key
+/// order, empty keys, ~100 KB strings and long arrays. The resumed items' JSON text equals
+/// the live items'.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_documents_go_through_the_history_as_they_were() {
+    let Some(pg) = database("odd_documents_go_through_the_history").await else {
+        return;
+    };
+    let a = connect(&pg).await;
+    a.create_table("t").await.unwrap();
+    archiver(&[&a]).await;
+    let mut feed = a.table("t").changes().await.unwrap();
+    let start = a.position();
+    let mut deep = json!("bottom");
+    for i in 0..60 {
+        deep = if i % 2 == 0 {
+            json!([deep])
+        } else {
+            json!({"d": deep})
+        };
+    }
+    let big: String = "ß→🚀ा\u{202e}x\u{2028}".repeat(100_000 / 16);
+    let docs = vec![
+        json!({"id": "unicode", "s": "𝄞 é é (combining) שלום עולם 🇫🇷 \u{feff} \u{7f} \u{1} \"\\/", "k": "\u{10ffff}"}),
+        json!({"id": "order", "z": 1, "a": 2, "m": {"y": 1, "b": 2}, "": "empty key", "é": 0}),
+        json!({"id": "numbers", "u": u64::MAX, "i": i64::MIN, "f": 0.1, "e": 1e300, "tiny": 5e-324,
+               "neg0": -0.0, "third": 1.0 / 3.0, "whole": 2.0, "big": 12345678901234567890u64}),
+        json!({"id": "deep", "v": deep}),
+        json!({"id": "big", "s": big}),
+        json!({"id": "array", "v": (0..10_000).collect::<Vec<_>>()}),
+        json!({"id": ["compound", 1, {"k": true}], "n": null}),
+        json!({"id": 1.5, "float key": true}),
+        json!({"id": -7, "neg key": []}),
+        json!({"id": "emptyish", "o": {}, "a": [], "s": ""}),
+    ];
+    let n = docs.len();
+    a.table("t").insert_many(docs.clone()).await.unwrap();
+    for d in &docs {
+        let mut changed = d.clone();
+        changed["again"] = json!("✓ 2");
+        a.table("t")
+            .get(d["id"].clone())
+            .replace(changed)
+            .await
+            .unwrap();
+    }
+    a.table("t").get("big").delete().await.unwrap();
+    let live = read_until(&mut feed, |i| {
+        i.old.as_deref().is_some_and(|o| o.contains(&big[..40])) && i.new.is_none()
+    })
+    .await;
+    assert_eq!(live.len(), 2 * n + 1);
+    let late = connect(&pg).await;
+    for cursor in [
+        start,
+        live[0].cursor,
+        live[n - 1].cursor,
+        live[n + 3].cursor,
+    ] {
+        let expected = after(&live, cursor);
+        let mut f = late.table("t").changes().resume_from(cursor).await.unwrap();
+        let got = read_resumed(&mut f, expected.len()).await.unwrap();
+        for (g, e) in got.iter().zip(&expected) {
+            assert_eq!(g, e);
+        }
+    }
+    // A point feed on a compound key, resumed from the history.
+    let mut f = late
+        .table("t")
+        .get(json!(["compound", 1, {"k": true}]))
+        .changes()
+        .resume_from(start)
+        .await
+        .unwrap();
+    let got = read_resumed(&mut f, 2).await.unwrap();
+    assert!(got[1].new.as_deref().unwrap().contains("✓ 2"), "{got:?}");
 }

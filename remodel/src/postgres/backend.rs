@@ -43,7 +43,8 @@
 //!
 //! **Stats.** [`Database::stats`] has a row `{"type": "postgres"}`: the replication slot,
 //! the replica's position (`position`) and how far the server's WAL is ahead of it
-//! (`lag_bytes`), commits made and writes staged again (`commits`, `restaged`), whether
+//! (`lag_bytes`), PostgreSQL transactions this process committed (`commits`: a group
+//! commit is one) and writes staged again (`restaged`), whether
 //! this process archives (`archiving`), the history's end as it last saw it
 //! (`archived_upto`), and, archiving, the applied changes not yet in the history and how
 //! long the oldest has waited (`archive_lag_changes`, `archive_lag_ms`), and whether the
@@ -592,10 +593,7 @@ impl PgBackend {
             schema::ident(&self.schema)
         );
         match client.query_one(sql.as_str(), &params).await {
-            Ok(row) => {
-                let xid: i64 = row.get(0);
-                Ok((xid >= 0).then_some(xid))
-            }
+            Ok(row) => Ok(self.committed(row.get(0))),
             Err(e) if is_restage(&e) => Ok(None),
             Err(e) => Err(commit_error(&e, &table)),
         }
@@ -625,10 +623,7 @@ impl PgBackend {
             }
         };
         match conn.client.query_one(&statement, &params).await {
-            Ok(row) => {
-                let xid: i64 = row.get(0);
-                Ok((xid >= 0).then_some(xid))
-            }
+            Ok(row) => Ok(self.committed(row.get(0))),
             Err(e) if is_restage(&e) => Ok(None),
             Err(e) => {
                 // A table dropped and made again: prepare anew next time.
@@ -636,6 +631,15 @@ impl PgBackend {
                 Err(commit_error(&e, table))
             }
         }
+    }
+
+    /// What a commit statement returned: the transaction id (counted when it wrote), or
+    /// `None` (-1) when a row was not what it was staged against.
+    fn committed(&self, xid: i64) -> Option<i64> {
+        if xid > 0 {
+            self.commits.fetch_add(1, Ordering::Relaxed);
+        }
+        (xid >= 0).then_some(xid)
     }
 
     /// The number of commit connections (and of group commit leaders).
@@ -688,7 +692,6 @@ impl PgBackend {
                 match outcome {
                     Some(xid) => {
                         if xid > 0 {
-                            self.commits.fetch_add(1, Ordering::Relaxed);
                             self.wait_applied(xid).await?;
                         }
                         break result;
@@ -791,7 +794,6 @@ impl PgBackend {
                     "a row of a locked table changed under its lock: a write made outside Remodel?",
                 ));
             };
-            self.commits.fetch_add(1, Ordering::Relaxed);
             last = Some(xid);
         }
         if let Some(xid) = last {
