@@ -138,12 +138,15 @@ impl Archive {
             at: now,
             rows,
         });
-        while let Some(oldest) = ring.commits.front() {
-            let old = now.duration_since(oldest.at) > RING_FOR;
-            if !old && ring.changes <= RING_CHANGES {
+        let past = |ring: &Ring| {
+            ring.commits.front().is_some_and(|oldest| {
+                ring.changes > RING_CHANGES || now.duration_since(oldest.at) > RING_FOR
+            })
+        };
+        while past(&ring) {
+            let Some(oldest) = ring.commits.pop_front() else {
                 break;
-            }
-            let oldest = ring.commits.pop_front().expect("a front");
+            };
             ring.changes -= oldest.rows.len();
             ring.covered_after = oldest.end;
         }
@@ -438,15 +441,25 @@ async fn retain(client: &mut Client, schema: &str, retention: ChangeLogRetention
     tx.commit().await.map_err(|e| pg_error(&e))
 }
 
+/// Why the history cannot give what was asked (the reason a cursor expired).
+type Refused = String;
+
+/// The history's bounds in a snapshot: every change numbered `floor` to `upto` is in it.
+struct Bounds {
+    upto: u64,
+    floor: u64,
+}
+
 impl PgBackend {
-    /// The changes of `table` numbered `from` up to before `to`, from the shared history;
-    /// `Ok(Err(reason))` when the history does not hold all of them (see the module doc).
-    pub(super) async fn read_history(
+    /// Runs `read` in a read-only snapshot of the history once it holds every change from
+    /// `from` up to before `to`: waits (a few seconds at most) for the archiver to reach
+    /// `to`; refuses when the history does not reach back to `from`, or is not kept.
+    async fn in_history_snapshot<T>(
         &self,
-        table: &str,
         from: u64,
         to: u64,
-    ) -> Result<crate::db::backend::History> {
+        read: impl for<'t> AsyncFnOnce(&'t tokio_postgres::Transaction<'t>, &'t str) -> Result<T>,
+    ) -> Result<std::result::Result<T, Refused>> {
         let q = ident(&self.schema);
         let begin = Instant::now();
         loop {
@@ -474,23 +487,42 @@ impl PgBackend {
                     "no shared history is kept yet (no process archives)".into()
                 ));
             };
-            let (upto, floor) = (meta.get::<_, i64>(0) as u64, meta.get::<_, i64>(1) as u64);
-            if from < floor {
+            let bounds = Bounds {
+                upto: meta.get::<_, i64>(0) as u64,
+                floor: meta.get::<_, i64>(1) as u64,
+            };
+            if from < bounds.floor {
                 return Ok(Err(format!(
-                    "the shared history keeps only the changes from {floor:x} on"
+                    "the shared history keeps only the changes from {:x} on",
+                    bounds.floor
                 )));
             }
-            if upto + 1 < to {
+            if bounds.upto + 1 < to {
                 drop(tx);
-                if begin.elapsed() > CATCH_UP_WAIT {
+                if begin.elapsed() > CATCH_UP_WAIT + TRY_EVERY {
                     return Ok(Err(format!(
-                        "the shared history reaches only {upto:x}, not {:x} (is an archiver running?)",
+                        "the shared history reaches only {:x}, not {:x} (no process archives \
+                         what this one needs)",
+                        bounds.upto,
                         to - 1
                     )));
                 }
-                tokio::time::sleep(FLUSH_EVERY / 4).await;
+                tokio::time::sleep(FLUSH_EVERY).await;
                 continue;
             }
+            return Ok(Ok(read(&tx, &q).await?));
+        }
+    }
+
+    /// The changes of `table` numbered `from` up to before `to`, from the shared history;
+    /// `Ok(Err(reason))` when the history does not hold all of them (see the module doc).
+    pub(super) async fn read_history(
+        &self,
+        table: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<crate::db::backend::History> {
+        let read = async |tx: &tokio_postgres::Transaction<'_>, q: &str| {
             let ddl = tx
                 .query_opt(
                     &format!(
@@ -515,9 +547,6 @@ impl PgBackend {
                 )
                 .await
                 .map_err(|e| pg_error(&e))?;
-            let doc = |text: Option<&str>| -> Result<Option<Arc<Value>>> {
-                Ok(text.map(serde_json::from_str).transpose()?.map(Arc::new))
-            };
             let mut changes = Vec::with_capacity(rows.len());
             for row in rows {
                 changes.push(Committed {
@@ -528,9 +557,18 @@ impl PgBackend {
                     new: doc(row.get(4))?,
                 });
             }
-            return Ok(Ok(changes));
-        }
+            Ok(Ok(changes))
+        };
+        Ok(self
+            .in_history_snapshot(from, to, read)
+            .await?
+            .and_then(|r| r))
     }
+}
+
+/// A document of the history (JSON text), parsed.
+fn doc(text: Option<&str>) -> Result<Option<Arc<Value>>> {
+    Ok(text.map(serde_json::from_str).transpose()?.map(Arc::new))
 }
 
 /// A commit of a gap, read back from the history: its first number and its changes (table,
@@ -546,48 +584,7 @@ impl PgBackend {
     /// most); `Err` with the reason when it cannot give them all, or when a table or index
     /// was created or dropped among them (the replica would need more than changes).
     pub(super) async fn read_gap(&self, after: u64, before: u64) -> Result<Vec<GapCommit>> {
-        let q = ident(&self.schema);
-        let begin = Instant::now();
-        loop {
-            let mut conn = self
-                .pool
-                .get()
-                .await
-                .map_err(|e| Error::storage(format!("postgresql pool: {e}")))?;
-            let tx = conn
-                .build_transaction()
-                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await
-                .map_err(|e| pg_error(&e))?;
-            let meta = tx
-                .query_opt(
-                    &format!("SELECT upto, floor FROM {q}.history_meta WHERE id = 1"),
-                    &[],
-                )
-                .await
-                .map_err(|e| pg_error(&e))?;
-            let (upto, floor) = meta.map_or((0, u64::MAX), |m| {
-                (m.get::<_, i64>(0) as u64, m.get::<_, i64>(1) as u64)
-            });
-            if floor > after + 1 {
-                return Err(Error::storage(format!(
-                    "the shared history does not reach back to {after:x}"
-                )));
-            }
-            if upto + 1 < before {
-                drop(tx);
-                if begin.elapsed() > CATCH_UP_WAIT + TRY_EVERY {
-                    return Err(Error::storage(format!(
-                        "the shared history reaches only {upto:x}, not {:x} (no other process \
-                         archives)",
-                        before - 1
-                    )));
-                }
-                tokio::time::sleep(FLUSH_EVERY).await;
-                continue;
-            }
+        let read = async |tx: &tokio_postgres::Transaction<'_>, q: &str| {
             let rows = tx
                 .query(
                     &format!(
@@ -598,9 +595,6 @@ impl PgBackend {
                 )
                 .await
                 .map_err(|e| pg_error(&e))?;
-            let doc = |text: Option<&str>| -> Result<Option<Arc<Value>>> {
-                Ok(text.map(serde_json::from_str).transpose()?.map(Arc::new))
-            };
             let mut commits: Vec<GapCommit> = Vec::new();
             for row in rows {
                 let (commit, table, kind) = (
@@ -619,8 +613,11 @@ impl PgBackend {
                     _ => commits.push((commit, vec![change])),
                 }
             }
-            return Ok(commits);
-        }
+            Ok(commits)
+        };
+        self.in_history_snapshot(after + 1, before, read)
+            .await?
+            .map_err(Error::storage)
     }
 }
 

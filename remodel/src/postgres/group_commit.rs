@@ -155,8 +155,9 @@ impl PgBackend {
     /// Commits a group as one transaction, or, when that fails, each write alone.
     async fn commit_group(&self, mut group: Vec<Queued>) {
         if group.len() == 1 {
-            let Queued { commit, done } = group.pop().expect("one write");
-            let _ = done.send(self.commit_table(&commit).await);
+            if let Some(Queued { commit, done }) = group.pop() {
+                let _ = done.send(self.commit_table(&commit).await);
+            }
             return;
         }
         let first = &group[0].commit;
