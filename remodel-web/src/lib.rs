@@ -223,11 +223,10 @@ impl<I: Clone + Send + Sync + 'static> WebBuilder<I> {
     /// it (a row changed five times is sent once), together with what the connection's other
     /// subscriptions gathered, in one message. A change of a subscription that has not sent
     /// within the window, or that finds the connection idle, goes at once (with what the
-    /// others have pending). While changes keep coming, each window is twice as long as the
-    /// last, up to four times this (a busy connection gets fewer, larger messages); one that
-    /// ends with nothing to send makes the connection idle again. Zero sends every batch of
-    /// ready changes as soon as it is read (the change frames waiting for a slow socket still
-    /// go together).
+    /// others have pending). While changes keep coming, a busy connection gets one message
+    /// per window; a window that ends with nothing to send makes it idle again. Zero sends
+    /// every batch of ready changes as soon as it is read (the change frames waiting for a
+    /// slow socket still go together).
     pub fn window(mut self, window: Duration) -> Self {
         self.window = window;
         self

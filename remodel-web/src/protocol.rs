@@ -30,9 +30,8 @@
 //! whatever the connection's other subscriptions have pending; a subscription that sent
 //! within the window sends again when it ends, together with what the others gathered: each
 //! subscription's changes as one `change` (the net effect: a row changed five times is sent
-//! once), all of them in one `batch`. While a connection's changes keep coming, each window
-//! is twice as long as the last, up to four times the window (50, 100, 200 ms); a window
-//! that ends with nothing to send makes the connection idle again.
+//! once), all of them in one `batch`. A window that ends with nothing to send makes the
+//! connection idle again.
 //!
 //! Every refusal carries one of the codes of [`ErrorCode`]. A change message carries the
 //! cursor of the newest change in it; a reconnecting client sends it back with `sub`, and gets

@@ -14,14 +14,18 @@
 //! (or that finds the connection idle) goes at once, and opens the window if none is open;
 //! every other subscription's pending changes go along in the same message, and each that
 //! sent is then *held*: the driver reads its feed no more (it holds what comes, and wakes no
-//! one) until the window ends, when what every subscription gathered goes out together. A
-//! window that ended with something to send is followed by one twice as long, up to
-//! [`MOST_DOUBLINGS`] times (50, 100, 200 ms by default): a connection whose changes keep
-//! coming gets fewer, larger messages; a window that ends with nothing to send leaves the
-//! connection idle again. A subscription's change thus waits at most one window, and only
-//! when the same subscription sent within it. Change frames waiting for the socket together
-//! (those of one window, or of several while a client reads slowly) go as one `batch`
-//! message of at most [`BATCH_BYTES`] (see [`crate::protocol`]).
+//! one) until the window ends, when what every subscription gathered goes out together, and
+//! a new window opens; a window that ends with nothing to send leaves the connection idle
+//! again. A subscription's change thus waits at most one window, and only when the same
+//! subscription sent within it; a busy connection gets one message per window. Change
+//! frames waiting for the socket together (those of one window, or of several while a
+//! client reads slowly) go as one `batch` message of at most [`BATCH_BYTES`] (see
+//! [`crate::protocol`]).
+//!
+//! (Windows that grow while a connection stays busy were tried: under the load of
+//! `benches/ws_load.rs` the server's cycle through its connections is already longer than
+//! the window, so they sent no fewer messages, and they would hold the last change of a
+//! sustained stream, a dragged ship's final position, up to the longest window.)
 
 use crate::outbox::{text_len, Inbox, Item, Outbox, BYTES};
 use crate::protocol::{ClientFrame, Outcome, ServerFrame};
@@ -47,10 +51,6 @@ const LOW: usize = BYTES / 16;
 
 /// The most queued frames the driver takes from the queue at a time.
 const BATCH: usize = 64;
-
-/// How many times a busy connection's window doubles (the window after one that ended with
-/// something to send is twice as long, up to 2^this times the configured window).
-pub(crate) const MOST_DOUBLINGS: u32 = 2;
 
 /// The most text one `batch` message gathers (a frame alone may be larger): room for a
 /// window's changes of a few subscriptions (each frame whole under 2 KB, larger changes in
@@ -269,8 +269,6 @@ async fn drive<I: Clone + Send + Sync + 'static>(
     // again, while windows follow each other; an idle connection holds none).
     let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let mut window_open = false;
-    // How many windows in a row ended with something to send (the next is 2^this longer).
-    let mut doublings = 0u32;
     let mut out = Outgoing {
         frames: VecDeque::new(),
         bytes: 0,
@@ -439,13 +437,9 @@ async fn drive<I: Clone + Send + Sync + 'static>(
                     }
                 }
                 if sent && !window_open && !window.is_zero() {
-                    // A window that ended with something to send: the connection is busy,
-                    // the next one is twice as long (a change that found it idle: the first).
-                    doublings = match busy {
-                        true => (doublings + 1).min(MOST_DOUBLINGS),
-                        false => 0,
-                    };
-                    let end = now + window * 2u32.pow(doublings);
+                    // A window opens (the first, or the next after one that ended with
+                    // something to send).
+                    let end = now + window;
                     match timer.as_mut() {
                         Some(t) => t.as_mut().reset(end),
                         None => timer = Some(Box::pin(tokio::time::sleep_until(end))),
@@ -455,7 +449,6 @@ async fn drive<I: Clone + Send + Sync + 'static>(
                     // The window ended with nothing to send: idle, the next change goes at
                     // once.
                     timer = None;
-                    doublings = 0;
                 }
             }
         }

@@ -10,29 +10,21 @@ use remodel::{Change, Value};
 use std::cell::RefCell;
 use std::sync::Arc;
 
-/// Rows whose text each thread keeps: the rows of the latest changes. A change reaches all
-/// its subscriptions within a moment, but a connection's window gathers many (a busy group's
-/// rows of the last 200 ms), and the connections that show them, one after the other, each
-/// ask for all of them: enough to hold a few windows' worth.
-const KEPT: usize = 256;
+/// Rows whose text each thread keeps: the rows of the latest changes (a change reaches all
+/// its subscriptions within a moment, so a few suffice).
+const KEPT: usize = 8;
 
-/// The text of the latest rows serialised on this thread, by the address of the row, in a
-/// table of [`KEPT`] slots indexed by a hash of the address (a row whose slot another takes
-/// is serialised again when asked for). Each entry holds its change, so the row stays
-/// allocated (and its address is not reused) while its text is kept.
+/// The text of the latest rows serialised on this thread, by the address of the row. Each
+/// entry holds its change, so the row stays allocated (and its address is not reused) while
+/// its text is kept.
 #[derive(Default)]
 struct Kept {
-    rows: Vec<Option<(usize, Change, Arc<str>)>>,
+    rows: Vec<(usize, Change, Arc<str>)>,
+    next: usize,
 }
 
 thread_local! {
     static KEPT_ROWS: RefCell<Kept> = RefCell::new(Kept::default());
-}
-
-/// The slot of the row at `at`.
-fn slot(at: usize) -> usize {
-    // Fibonacci hashing of the address (rows are at least 8-byte aligned).
-    ((at as u64 >> 3).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as usize % KEPT
 }
 
 /// Appends the JSON of the new row of `change` to `out`.
@@ -42,13 +34,12 @@ fn push_row(out: &mut Vec<u8>, change: &Change) {
         return;
     };
     let at = row as *const Value as usize;
-    let i = slot(at);
     let text = KEPT_ROWS.with(|kept| {
         let kept = kept.try_borrow().ok()?;
-        match kept.rows.get(i) {
-            Some(Some((a, _, t))) if *a == at => Some(t.clone()),
-            _ => None,
-        }
+        kept.rows
+            .iter()
+            .find(|(a, _, _)| *a == at)
+            .map(|(_, _, t)| t.clone())
     });
     let text = match text {
         Some(text) => text,
@@ -57,10 +48,14 @@ fn push_row(out: &mut Vec<u8>, change: &Change) {
             let text: Arc<str> = serde_json::to_string(row).unwrap_or_default().into();
             KEPT_ROWS.with(|kept| {
                 if let Ok(mut kept) = kept.try_borrow_mut() {
-                    if kept.rows.is_empty() {
-                        kept.rows.resize_with(KEPT, || None);
+                    let entry = (at, change.clone(), text.clone());
+                    if kept.rows.len() < KEPT {
+                        kept.rows.push(entry);
+                    } else {
+                        let i = kept.next;
+                        kept.rows[i] = entry;
                     }
-                    kept.rows[i] = Some((at, change.clone(), text.clone()));
+                    kept.next = (kept.next + 1) % KEPT;
                 }
             });
             text

@@ -392,7 +392,7 @@ async fn changes_within_a_window_come_in_one_message() {
         "a change within the window came after {:?}",
         during.elapsed()
     );
-    // A window (twice as long) is open, the members held: a change of the members waits,
+    // A window is open again, the members held: a change of the members waits,
     // then one of his log (which has not sent) goes at once, the members' change with it.
     let (messages, batches, during) = (c.messages, c.batches, Instant::now());
     let rename = json!({"name": "P. Chekov"});
@@ -418,20 +418,23 @@ async fn changes_within_a_window_come_in_one_message() {
     assert_eq!(by_id(c.docs(3)), expected(&db, "kirk", "kirk").await);
 }
 
-/// A connection whose changes keep coming gets fewer messages than one a window: each
-/// window after one that had something to send is twice as long (up to four times); every
-/// change still arrives, the last state equal to the query's.
+/// A connection whose two subscriptions' changes keep coming gets one message per window
+/// (not one per subscription and window): every change still arrives, the last state equal
+/// to the queries'.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_busy_connection_gets_longer_windows() {
+async fn a_busy_connection_gets_one_message_per_window() {
     let window = Duration::from_millis(100);
     let app = start_with(Limits::default(), window).await;
     let db = app.db.clone();
     let mut c = Client::connect(&app, "kirk").await;
     c.sub(1, "logs", json!({"member": "kirk"})).await;
-    c.until(|v| v["t"] == "reset").await;
+    c.sub(2, "members", json!(null)).await;
+    for _ in 0..2 {
+        c.until(|v| v["t"] == "reset").await;
+    }
     let messages = c.messages;
-    // 2 s of writes, one every 10 ms: 20 windows of 100 ms, but the windows stretch to
-    // 200 and 400 ms: 1 + 1 (100) + 1 (200) + 4 or 5 (400) messages.
+    // 2 s of writes, one every 10 ms, to his log and to Uhura's row in turn: 20 windows of
+    // 100 ms, each with changes of both subscriptions.
     let writer = {
         let db = db.clone();
         tokio::spawn(async move {
@@ -439,31 +442,52 @@ async fn a_busy_connection_gets_longer_windows() {
             let mut n = 0;
             while started.elapsed() < Duration::from_secs(2) {
                 n += 1;
-                let doc = json!({"id": format!("b{}", n % 7), "owner": "kirk", "at": n});
-                db.table("logs")
-                    .insert(doc)
-                    .conflict(remodel::Conflict::Replace)
-                    .await
-                    .unwrap();
+                if n % 2 == 0 {
+                    let doc = json!({"id": format!("b{}", n % 7), "owner": "kirk", "at": n});
+                    db.table("logs")
+                        .insert(doc)
+                        .conflict(remodel::Conflict::Replace)
+                        .await
+                        .unwrap();
+                } else {
+                    let points = json!({"points": n});
+                    db.table("members")
+                        .get("uhura")
+                        .update(points)
+                        .await
+                        .unwrap();
+                }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             n
         })
     };
     let n = writer.await.unwrap();
-    // Every write arrives (the last one's row shows its `at`).
-    let last = json!(format!("b{}", n % 7));
+    // Every write arrives (the last ones show their `n`).
+    let (log_n, uhura_n) = if n % 2 == 0 { (n, n - 1) } else { (n - 1, n) };
+    let last = json!(format!("b{}", log_n % 7));
     loop {
-        let done = c.docs(1).iter().any(|r| r["id"] == last && r["at"] == n);
-        if done {
+        let log = c
+            .docs(1)
+            .iter()
+            .any(|r| r["id"] == last && r["at"] == log_n);
+        let uhura = c
+            .docs(2)
+            .iter()
+            .any(|r| r["id"] == "uhura" && r["points"] == uhura_n);
+        if log && uhura {
             break;
         }
         c.recv().await.expect("open");
     }
     let got = c.messages - messages;
+    // 1 at once, then one per window: ~21 (one per subscription and window would be ~40).
     assert!(
-        got <= 12,
-        "{got} messages for 2 s of changes with a 100 ms window"
+        got <= 26,
+        "{got} messages for 2 s of changes of 2 subscriptions with a 100 ms window"
     );
+    assert!(c.batches > 0);
     assert_eq!(by_id(c.docs(1)), expected(&db, "kirk", "kirk").await);
+    let members = by_id(db.table("members").query().run().await.unwrap());
+    assert_eq!(by_id(c.docs(2)), members);
 }
