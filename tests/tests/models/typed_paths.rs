@@ -215,8 +215,7 @@ async fn sums_averages_extremes_and_groups_are_typed() -> remodel::Result<()> {
 /// (or none when its ship was empty), and the replayed state equals the table at the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_bulk_updates_select_their_rows_at_commit() -> remodel::Result<()> {
-    use futures::StreamExt;
-    use std::collections::{BTreeMap, HashMap};
+    use std::collections::HashMap;
     let db = db().await;
     let mut ships = Vec::new();
     for i in 0..3 {
@@ -235,12 +234,7 @@ async fn concurrent_bulk_updates_select_their_rows_at_commit() -> remodel::Resul
         m.starship_id = ships[i % 3].id.clone();
         members.push(m.create(&db).await?);
     }
-    let start: BTreeMap<String, serde_json::Value> = Crewmember::query(&db)
-        .json()
-        .await?
-        .into_iter()
-        .map(|d| (d["id"].as_str().unwrap().to_string(), d))
-        .collect();
+    let start = rows_by_id(&db).await?;
     let mut feed = Crewmember::table(&db)
         .changes()
         .queue_size(1_000_000)
@@ -288,18 +282,7 @@ async fn concurrent_bulk_updates_select_their_rows_at_commit() -> remodel::Resul
     for t in tasks {
         acked.extend(t.await.unwrap());
     }
-    // Every commit, in order (items of one commit share their position).
-    let mut commits: Vec<(u64, Vec<remodel::Change>)> = Vec::new();
-    while let Ok(Some(item)) =
-        tokio::time::timeout(std::time::Duration::from_millis(500), feed.next()).await
-    {
-        let item = item?;
-        let seq = item.seq().unwrap();
-        match commits.last_mut() {
-            Some((s, items)) if *s == seq => items.push(item),
-            _ => commits.push((seq, vec![item])),
-        }
-    }
+    let commits = commits_of(&mut feed).await?;
     let tags: HashMap<&str, (&Option<Id>, u64)> = acked
         .iter()
         .map(|(tag, ship, n)| (tag.as_str(), (ship, *n)))
@@ -346,17 +329,7 @@ async fn concurrent_bulk_updates_select_their_rows_at_commit() -> remodel::Resul
             }
             seen_tags.push(tag.to_string());
         }
-        for c in items {
-            match (c.old_val(), c.new_val()) {
-                (_, Some(new)) => {
-                    state.insert(new["id"].as_str().unwrap().to_string(), new.clone());
-                }
-                (Some(old), None) => {
-                    state.remove(old["id"].as_str().unwrap());
-                }
-                (None, None) => {}
-            }
-        }
+        replay(&mut state, items);
     }
     assert!(
         seen_tags.len() > 10,
@@ -366,12 +339,178 @@ async fn concurrent_bulk_updates_select_their_rows_at_commit() -> remodel::Resul
         let commits_of = seen_tags.iter().filter(|s| *s == tag).count();
         assert_eq!(commits_of, usize::from(*count > 0), "{tag}: one commit");
     }
-    let end: BTreeMap<String, serde_json::Value> = Crewmember::query(&db)
+    assert_eq!(
+        state,
+        rows_by_id(&db).await?,
+        "the replayed history is not the table"
+    );
+    Ok(())
+}
+
+/// The crew table's rows by id.
+async fn rows_by_id(
+    db: &Database,
+) -> remodel::Result<std::collections::BTreeMap<String, serde_json::Value>> {
+    Ok(Crewmember::query(db)
         .json()
         .await?
         .into_iter()
         .map(|d| (d["id"].as_str().unwrap().to_string(), d))
-        .collect();
-    assert_eq!(state, end, "the replayed history is not the table");
+        .collect())
+}
+
+/// Every commit a feed delivers until it is quiet for a moment, in order (items of one
+/// commit share their position).
+async fn commits_of(feed: &mut remodel::Feed) -> remodel::Result<Vec<(u64, Vec<remodel::Change>)>> {
+    use futures::StreamExt;
+    let mut commits: Vec<(u64, Vec<remodel::Change>)> = Vec::new();
+    while let Ok(Some(item)) =
+        tokio::time::timeout(std::time::Duration::from_millis(500), feed.next()).await
+    {
+        let item = item?;
+        let seq = item.seq().unwrap();
+        match commits.last_mut() {
+            Some((s, items)) if *s == seq => items.push(item),
+            _ => commits.push((seq, vec![item])),
+        }
+    }
+    Ok(commits)
+}
+
+/// Applies a commit's items to a state of rows by id.
+fn replay(
+    state: &mut std::collections::BTreeMap<String, serde_json::Value>,
+    items: &[remodel::Change],
+) {
+    for c in items {
+        match (c.old_val(), c.new_val()) {
+            (_, Some(new)) => {
+                state.insert(new["id"].as_str().unwrap().to_string(), new.clone());
+            }
+            (Some(old), None) => {
+                state.remove(old["id"].as_str().unwrap());
+            }
+            (None, None) => {}
+        }
+    }
+}
+
+/// Bulk deletes by predicate race moves of single rows and creations of new ones. The
+/// oracle is the commit history, read from a table feed: replayed in commit order, every
+/// commit that deletes is a bulk delete that removed exactly the rows on its ship at that
+/// commit (a selection made before the commit would miss a row moved in, or delete one moved
+/// out); the acknowledged counts match those commits one to one (a delete of an empty ship
+/// commits nothing), and the replayed state equals the table at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_bulk_deletes_select_their_rows_at_commit() -> remodel::Result<()> {
+    let db = db().await;
+    let mut ships = Vec::new();
+    for i in 0..3 {
+        let ship = Starship {
+            id: None,
+            name: format!("ship{i}"),
+        };
+        ships.push(ship.create(&db).await?);
+    }
+    for i in 0..24 {
+        let mut m = crew(&format!("m{i}"), "human");
+        m.id = Some(Id::from(format!("m{i}")));
+        m.starship_id = ships[i % 3].id.clone();
+        m.create(&db).await?;
+    }
+    let start = rows_by_id(&db).await?;
+    let mut feed = Crewmember::table(&db)
+        .changes()
+        .queue_size(1_000_000)
+        .await?;
+    let f = Crewmember::fields();
+    let mut tasks = Vec::new();
+    for t in 0..4u64 {
+        let (db, ships) = (db.clone(), ships.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut rng = t * 7919 + 11;
+            for n in 0..30 {
+                rng = rng
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let ship = &ships[(rng >> 33) as usize % ships.len()];
+                match rng % 6 {
+                    0 | 1 => {
+                        let count = Crewmember::filter(&db, f.starship_id.eq(ship.id.clone()))
+                            .delete()
+                            .await
+                            .unwrap();
+                        acked.push((serde_json::to_string(&ship.id).unwrap(), count));
+                    }
+                    2 | 3 => {
+                        // Any member, maybe deleted already (then nothing is written).
+                        let member = format!("m{}", (rng >> 40) % 24);
+                        Crewmember::with_keys(&db, [Id::from(member)])
+                            .update(f.starship_id.set(ship.id.clone()))
+                            .await
+                            .unwrap();
+                    }
+                    _ => {
+                        let mut m = crew(&format!("t{t}-{n}"), "human");
+                        m.starship_id = ship.id.clone();
+                        m.create(&db).await.unwrap();
+                    }
+                }
+            }
+            acked
+        }));
+    }
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.unwrap());
+    }
+    let commits = commits_of(&mut feed).await?;
+    let mut state = start;
+    let mut deleted = Vec::new();
+    for (seq, items) in &commits {
+        if items.iter().any(|c| c.new_val().is_none()) {
+            assert!(
+                items.iter().all(|c| c.new_val().is_none()),
+                "commit {seq}: a bulk delete's commit writes nothing else"
+            );
+            let ship = items[0].old_val().unwrap()["starship_id"].clone();
+            let gone: std::collections::BTreeSet<String> = items
+                .iter()
+                .map(|c| c.old_val().unwrap()["id"].as_str().unwrap().to_string())
+                .collect();
+            let on_ship: std::collections::BTreeSet<String> = state
+                .iter()
+                .filter(|(_, d)| d["starship_id"] == ship)
+                .map(|(k, _)| k.clone())
+                .collect();
+            assert_eq!(
+                gone, on_ship,
+                "commit {seq}: the bulk delete of {ship} took what was not on it at commit"
+            );
+            for c in items {
+                let old = c.old_val().unwrap();
+                assert_eq!(state.get(old["id"].as_str().unwrap()), Some(old));
+            }
+            deleted.push((ship.to_string(), items.len() as u64));
+        }
+        replay(&mut state, items);
+    }
+    let mut acknowledged: Vec<(String, u64)> = acked.into_iter().filter(|a| a.1 > 0).collect();
+    acknowledged.sort();
+    deleted.sort();
+    assert!(
+        deleted.len() > 5,
+        "too few bulk deletes to check: {deleted:?}"
+    );
+    assert_eq!(
+        deleted, acknowledged,
+        "bulk deletes: commits vs acknowledged counts"
+    );
+    assert_eq!(
+        state,
+        rows_by_id(&db).await?,
+        "the replayed history is not the table"
+    );
     Ok(())
 }
