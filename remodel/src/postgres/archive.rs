@@ -468,11 +468,7 @@ impl PgBackend {
                 .get()
                 .await
                 .map_err(|e| Error::storage(format!("postgresql pool: {e}")))?;
-            let tx = conn
-                .build_transaction()
-                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
+            let tx = super::read_only_snapshot(&mut conn)
                 .await
                 .map_err(|e| pg_error(&e))?;
             let meta = tx

@@ -63,6 +63,19 @@ pub async fn connect(
     Ok(client)
 }
 
+/// Starts a read-only transaction at repeatable read on `client`: every read of it sees one
+/// snapshot.
+pub(crate) async fn read_only_snapshot(
+    client: &mut tokio_postgres::Client,
+) -> Result<tokio_postgres::Transaction<'_>, tokio_postgres::Error> {
+    client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+}
+
 /// A tokio-postgres error as one line: the server's message and SQLSTATE when there is one.
 pub(crate) fn error_text(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {

@@ -28,11 +28,7 @@ pub(super) async fn load_replica(
 ) -> Result<()> {
     db.inner.advance_seq(position(point)?.saturating_sub(1));
     let mut client = super::connect(config).await.map_err(|e| pg_error(&e))?;
-    let tx = client
-        .build_transaction()
-        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
+    let tx = super::read_only_snapshot(&mut client)
         .await
         .map_err(|e| pg_error(&e))?;
     tx.batch_execute(&format!(

@@ -217,23 +217,7 @@ async fn sums_averages_extremes_and_groups_are_typed() -> remodel::Result<()> {
 async fn concurrent_bulk_updates_select_their_rows_at_commit() -> remodel::Result<()> {
     use std::collections::HashMap;
     let db = db().await;
-    let mut ships = Vec::new();
-    for i in 0..3 {
-        ships.push(
-            Starship {
-                id: None,
-                name: format!("ship{i}"),
-            }
-            .create(&db)
-            .await?,
-        );
-    }
-    let mut members = Vec::new();
-    for i in 0..24 {
-        let mut m = crew(&format!("m{i}"), "human");
-        m.starship_id = ships[i % 3].id.clone();
-        members.push(m.create(&db).await?);
-    }
+    let (ships, members) = three_ships_of_eight(&db).await?;
     let start = rows_by_id(&db).await?;
     let mut feed = Crewmember::table(&db)
         .changes()
@@ -347,6 +331,26 @@ async fn concurrent_bulk_updates_select_their_rows_at_commit() -> remodel::Resul
     Ok(())
 }
 
+/// Three ships with eight members each, `m0` to `m23` (member `i` on ship `i % 3`).
+async fn three_ships_of_eight(db: &Database) -> remodel::Result<(Vec<Starship>, Vec<Crewmember>)> {
+    let mut ships = Vec::new();
+    for i in 0..3 {
+        let ship = Starship {
+            id: None,
+            name: format!("ship{i}"),
+        };
+        ships.push(ship.create(db).await?);
+    }
+    let mut members = Vec::new();
+    for i in 0..24 {
+        let mut m = crew(&format!("m{i}"), "human");
+        m.id = Some(Id::from(format!("m{i}")));
+        m.starship_id = ships[i % 3].id.clone();
+        members.push(m.create(db).await?);
+    }
+    Ok((ships, members))
+}
+
 /// The crew table's rows by id.
 async fn rows_by_id(
     db: &Database,
@@ -404,20 +408,7 @@ fn replay(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_bulk_deletes_select_their_rows_at_commit() -> remodel::Result<()> {
     let db = db().await;
-    let mut ships = Vec::new();
-    for i in 0..3 {
-        let ship = Starship {
-            id: None,
-            name: format!("ship{i}"),
-        };
-        ships.push(ship.create(&db).await?);
-    }
-    for i in 0..24 {
-        let mut m = crew(&format!("m{i}"), "human");
-        m.id = Some(Id::from(format!("m{i}")));
-        m.starship_id = ships[i % 3].id.clone();
-        m.create(&db).await?;
-    }
+    let (ships, _) = three_ships_of_eight(&db).await?;
     let start = rows_by_id(&db).await?;
     let mut feed = Crewmember::table(&db)
         .changes()
