@@ -19,7 +19,7 @@
 //! lock, end with it) another takes over within moments.
 //!
 //! **No gap at a takeover.** Every process keeps the commits it applied in the last
-//! [`RING_FOR`] (at most [`RING_CHANGES`] changes) in memory: the new archiver goes on from
+//! [`RING_FOR`] (at most [`RING_CHANGES`] changes and [`RING_BYTES`]) in memory: the new archiver goes on from
 //! `upto` with those. If they do not reach back that far (it started later, or the archiver
 //! fell that far behind), the history has a gap: `floor` is raised past it, and a cursor from
 //! before it gets `CursorExpired`, never a silent gap.
@@ -58,6 +58,9 @@ pub(super) const RETAIN_EVERY: Duration = Duration::from_secs(10);
 pub(super) const RING_FOR: Duration = Duration::from_secs(10);
 /// At most this many changes are kept for a takeover.
 pub(super) const RING_CHANGES: usize = 65_536;
+/// At most this many bytes of changes (as they came from the server) are kept for a
+/// takeover.
+pub(super) const RING_BYTES: usize = 64 << 20;
 /// How long a resume waits for the archiver to reach the replica's log.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(5);
 
@@ -89,12 +92,15 @@ struct Applied {
     end: u64,
     at: Instant,
     rows: Vec<Archived>,
+    /// Its records' size as they came from the server.
+    bytes: usize,
 }
 
 /// The commits this process applied lately (see the module doc).
 pub(super) struct Ring {
     commits: VecDeque<Applied>,
     changes: usize,
+    bytes: usize,
     /// Every commit numbered after this is in `commits`.
     covered_after: u64,
 }
@@ -119,6 +125,7 @@ impl Archive {
             ring: Mutex::new(Ring {
                 commits: VecDeque::new(),
                 changes: 0,
+                bytes: 0,
                 covered_after: last,
             }),
             archiving: AtomicBool::new(false),
@@ -128,19 +135,24 @@ impl Archive {
         }
     }
 
-    /// Keeps a commit the replica applied at `base` (its first number), with its rows.
-    pub(super) fn applied(&self, base: u64, rows: Vec<Archived>) {
+    /// Keeps a commit the replica applied at `base` (its first number), with its rows and
+    /// its records' size.
+    pub(super) fn applied(&self, base: u64, rows: Vec<Archived>, bytes: usize) {
         let now = Instant::now();
         let mut ring = self.ring.lock();
         ring.changes += rows.len();
+        ring.bytes += bytes;
         ring.commits.push_back(Applied {
             end: base | (MAX_COMMIT_CHANGES as u64 - 1),
             at: now,
             rows,
+            bytes,
         });
         let past = |ring: &Ring| {
             ring.commits.front().is_some_and(|oldest| {
-                ring.changes > RING_CHANGES || now.duration_since(oldest.at) > RING_FOR
+                ring.changes > RING_CHANGES
+                    || ring.bytes > RING_BYTES
+                    || now.duration_since(oldest.at) > RING_FOR
             })
         };
         while past(&ring) {
@@ -148,6 +160,7 @@ impl Archive {
                 break;
             };
             ring.changes -= oldest.rows.len();
+            ring.bytes -= oldest.bytes;
             ring.covered_after = oldest.end;
         }
     }
@@ -179,6 +192,7 @@ impl Archive {
         let mut ring = self.ring.lock();
         ring.commits.clear();
         ring.changes = 0;
+        ring.bytes = 0;
         ring.covered_after = last;
         drop(ring);
         self.resign.store(false, Ordering::Release);
@@ -636,9 +650,9 @@ mod tests {
     #[test]
     fn the_ring_says_what_it_holds_after_a_position() {
         let archive = Archive::new(4095, ChangeLogRetention::default());
-        archive.applied(4096, vec![row(4096), row(4097)]);
-        archive.applied(8192, vec![]);
-        archive.applied(12288, vec![row(12288)]);
+        archive.applied(4096, vec![row(4096), row(4097)], 100);
+        archive.applied(8192, vec![], 0);
+        archive.applied(12288, vec![row(12288)], 50);
         let (rows, last, whole) = archive.after(4095);
         assert_eq!(
             rows.iter().map(|r| r.pos).collect::<Vec<_>>(),
@@ -658,7 +672,7 @@ mod tests {
         let per = 4096;
         for c in 1..=(RING_CHANGES / per + 1) as u64 {
             let base = c << 12;
-            archive.applied(base, (0..per as u64).map(|i| row(base + i)).collect());
+            archive.applied(base, (0..per as u64).map(|i| row(base + i)).collect(), 0);
         }
         let (rows, _, whole) = archive.after(0);
         assert!(!whole);
@@ -667,5 +681,16 @@ mod tests {
         let start = archive.ring.lock().covered_after;
         assert_eq!(start, (1 << 12) | 4095);
         assert!(archive.after(start).2);
+    }
+
+    #[test]
+    fn the_ring_lets_go_of_the_oldest_past_its_bytes() {
+        let archive = Archive::new(0, ChangeLogRetention::default());
+        for c in 1..=3u64 {
+            archive.applied(c << 12, vec![row(c << 12)], RING_BYTES / 2);
+        }
+        // Two commits of half the bytes each fit; the first went.
+        assert_eq!(archive.ring.lock().commits.len(), 2);
+        assert_eq!(archive.ring.lock().covered_after, (1 << 12) | 4095);
     }
 }

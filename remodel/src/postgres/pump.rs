@@ -101,6 +101,8 @@ pub struct CommitBatch {
     /// The records, in the order the transaction emitted them (a change's index here is its
     /// position inside the commit).
     pub changes: Vec<Record>,
+    /// The size of the records as they came (encoded).
+    pub bytes: usize,
 }
 
 impl CommitBatch {
@@ -879,6 +881,7 @@ impl Decoder {
                     xid: open.xid,
                     commit_time_micros: commit_time_micros.max(open.commit_time_micros),
                     changes: open.changes,
+                    bytes: open.bytes,
                 };
                 // Counted before it is sent: once a caller has the batch, the status shows it.
                 let s = &self.shared;

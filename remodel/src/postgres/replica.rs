@@ -135,7 +135,7 @@ pub(super) async fn follow(
         match apply(&db, &batch).await {
             Ok((tokens, base, archived)) => {
                 pump.ack(batch.end_lsn);
-                backend.archive.applied(base, archived);
+                backend.archive.applied(base, archived, batch.bytes);
                 backend.applied(batch.xid, tokens);
             }
             Err(e) => break Some((db, backend, e.to_string())),
