@@ -13,10 +13,12 @@
 //! its subscriptions. A change of a subscription that has not sent within the open window
 //! (or that finds the connection idle) goes at once, and opens the window if none is open;
 //! every other subscription's pending changes go along in the same message, and each that
-//! sent is then *held*: the driver reads its feed no more (it holds what comes, and wakes no
-//! one) until the window ends, when what every subscription gathered goes out together, and
-//! a new window opens; a window that ends with nothing to send leaves the connection idle
-//! again. A subscription's change thus waits at most one window, and only when the same
+//! sent is then *held* until the window ends: the first change that comes for it meanwhile
+//! arms the connection's timer for the window's end (once per window), and the driver reads
+//! nothing more of its feed (which holds what comes, and wakes no one) until then, when what
+//! every subscription gathered goes out together, and a new window opens. A window in which
+//! nothing more comes costs no wake-up: the connection is idle again when it ends. A
+//! subscription's change thus waits at most one window, and only when the same
 //! subscription sent within it; a busy connection gets one message per window. Change
 //! frames waiting for the socket together (those of one window, or of several while a
 //! client reads slowly) go as one `batch` message of at most [`BATCH_BYTES`] (see
@@ -113,9 +115,9 @@ impl Bucket {
 /// Something for the driver to do.
 enum Event<I> {
     Item(Item<I>),
-    /// A followed subscription has something, and the connection was idle.
+    /// A subscription has something to send now (it is not held by an open window).
     Ready,
-    /// The connection's window ended: what its subscriptions gathered meanwhile goes.
+    /// The connection's window ended, and a held subscription has something for it.
     Window,
     /// Done: the queue closed (or a close frame went) and everything is written, or the
     /// socket failed, or the client took nothing within the write timeout.
@@ -265,10 +267,12 @@ async fn drive<I: Clone + Send + Sync + 'static>(
     window: Duration,
 ) {
     let mut following: Vec<Box<Following<I>>> = Vec::new();
-    // The end of the connection's window, while one is open (the timer is kept, and armed
-    // again, while windows follow each other; an idle connection holds none).
+    // The end of the connection's window (open until then), and its timer, armed only once
+    // a held subscription has something for the window's end: a window in which nothing
+    // more comes costs no wake-up (an idle connection holds no timer).
+    let mut window_end: Option<Instant> = None;
     let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
-    let mut window_open = false;
+    let mut timer_armed = false;
     let mut out = Outgoing {
         frames: VecDeque::new(),
         bytes: 0,
@@ -321,30 +325,44 @@ async fn drive<I: Clone + Send + Sync + 'static>(
             if out.bytes >= BYTES || inbox.common.bytes.available_permits() < LOW || out.closing {
                 return Poll::Pending;
             }
-            if window_open {
+            if timer_armed {
                 if let Some(t) = timer.as_mut() {
                     if t.as_mut().poll(cx).is_ready() {
-                        window_open = false;
-                        // What every subscription gathered meanwhile.
-                        for f in following.iter_mut() {
-                            f.poll_ready(cx);
-                        }
+                        timer_armed = false;
                         return Poll::Ready(Event::Window);
                     }
                 }
             }
-            // The subscriptions the window does not hold (all, when none is open); every
-            // one is asked, not only up to the first with something.
-            let mut ready = false;
-            for f in following.iter_mut().filter(|f| !f.held) {
-                ready |= f.poll_ready(cx);
-            }
-            if ready {
-                // What the held ones gathered goes along.
-                for f in following.iter_mut().filter(|f| f.held) {
-                    f.poll_ready(cx);
+            let open = window_end.is_some_and(|end| Instant::now() < end);
+            // Every subscription is asked (not only up to the first with something): what
+            // they all have goes together.
+            let (mut now_ready, mut held_ready) = (false, false);
+            for f in following.iter_mut() {
+                f.poll_ready(cx);
+                if f.pending() {
+                    // A held one's change waits for the window's end; a guard that moved
+                    // does not.
+                    if open && f.held && f.has_change() {
+                        held_ready = true;
+                    } else {
+                        now_ready = true;
+                    }
                 }
+            }
+            if now_ready {
+                // What the held ones gathered goes along.
                 return Poll::Ready(Event::Ready);
+            }
+            if held_ready && !timer_armed {
+                if let Some(end) = window_end {
+                    let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(end)));
+                    t.as_mut().reset(end);
+                    timer_armed = true;
+                    if t.as_mut().poll(cx).is_ready() {
+                        timer_armed = false;
+                        return Poll::Ready(Event::Window);
+                    }
+                }
             }
             if queue_closed && out.idle() {
                 return Poll::Ready(Event::End);
@@ -377,8 +395,9 @@ async fn drive<I: Clone + Send + Sync + 'static>(
                 }
             }
             Event::Ready | Event::Window => {
-                let busy = matches!(event, Event::Window);
                 let now = Instant::now();
+                // The window is over (its timer fired, or it ended with nothing more).
+                let open = window_end.is_some_and(|end| now < end);
                 let mut sent = false;
                 let mut i = 0;
                 while i < following.len() {
@@ -393,15 +412,15 @@ async fn drive<I: Clone + Send + Sync + 'static>(
                     };
                     match step {
                         Step::Idle => {
-                            // Nothing within the window that ended: idle again.
-                            if busy {
+                            // Nothing at the window's end: no longer held.
+                            if !open {
                                 f.held = false;
                             }
                             i += 1;
                         }
                         Step::Frames(messages) => {
                             // Its next changes wait for the end of the window.
-                            f.held = !window.is_zero();
+                            f.held = true;
                             // Unsubscribed meanwhile (the reader runs beside): nothing more.
                             if inbox.common.current(Some(f.from())) {
                                 for m in messages {
@@ -436,19 +455,17 @@ async fn drive<I: Clone + Send + Sync + 'static>(
                         }
                     }
                 }
-                if sent && !window_open && !window.is_zero() {
+                if sent && !open {
                     // A window opens (the first, or the next after one that ended with
-                    // something to send).
-                    let end = now + window;
-                    match timer.as_mut() {
-                        Some(t) => t.as_mut().reset(end),
-                        None => timer = Some(Box::pin(tokio::time::sleep_until(end))),
-                    }
-                    window_open = true;
-                } else if busy && !sent {
-                    // The window ended with nothing to send: idle, the next change goes at
-                    // once.
+                    // something to send); its timer is armed once a held subscription has
+                    // something for its end.
+                    window_end = Some(now + window);
+                    timer_armed = false;
+                } else if !sent && !open {
+                    // Nothing went, and no window is open: idle, the next change goes at once.
+                    window_end = None;
                     timer = None;
+                    timer_armed = false;
                 }
             }
         }

@@ -342,8 +342,8 @@ pub(crate) struct Following<I> {
     first: Option<remodel::Change>,
     /// Why it stops (a guard moved, its feed failed or ended), seen by `poll_ready`.
     stop: Option<Stop>,
-    /// It sent within its connection's open window: its next changes wait for the window's
-    /// end (the driver does not read its feed meanwhile).
+    /// It sent within its connection's window: while that is open, its next changes wait
+    /// for the window's end.
     pub(crate) held: bool,
 }
 
@@ -363,9 +363,8 @@ impl<I: Clone + Send + Sync + 'static> Following<I> {
     }
 
     /// Whether it has something to do (a guard moved, or its feed has an item): registers
-    /// `cx` with its guards and feed otherwise. The driver does not call it while the
-    /// subscription is held by its connection's window: meanwhile the feed holds what
-    /// comes, and wakes no one.
+    /// `cx` with its guards and feed otherwise. Once it has, it reads nothing more until
+    /// it is stepped (its feed holds what comes, and wakes no one).
     pub(crate) fn poll_ready(&mut self, cx: &mut Context<'_>) -> bool {
         if self.first.is_some() || self.stop.is_some() {
             return false;
@@ -387,6 +386,16 @@ impl<I: Clone + Send + Sync + 'static> Following<I> {
             Poll::Pending => return false,
         }
         true
+    }
+
+    /// Whether it has an item or a stop waiting to be stepped.
+    pub(crate) fn pending(&self) -> bool {
+        self.first.is_some() || self.stop.is_some()
+    }
+
+    /// Whether it has a change (not a stop) waiting to be stepped.
+    pub(crate) fn has_change(&self) -> bool {
+        self.first.is_some() && self.stop.is_none()
     }
 
     /// Gathers what its feed has ready into frames (the connection's window decides when).
