@@ -2,7 +2,7 @@
 //!
 //! Each write is staged on its own (against the replica, as always) and then queued here
 //! instead of being sent as a statement of its own. A *leader* (a task, at most one per
-//! commit connection) takes the queued writes of one table and durability whose keys do not
+//! commit connection; another starts only when [`ANOTHER_LEADER_AT`] writes wait) takes the queued writes of one table and durability whose keys do not
 //! overlap, up to [`MAX_COMMIT_CHANGES`] changes, and commits them with one execution of
 //! the table's prepared commit statement: one transaction, one commit record and flush, one
 //! batch for every process's pump to decode and apply. Writes that arrive while a group is
@@ -26,6 +26,10 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::oneshot;
+
+/// How many writes must wait before a second (third, ...) leader starts on another
+/// connection.
+const ANOTHER_LEADER_AT: usize = 8;
 
 /// A row of a single-table commit: key, document staged against (JSON text, `None`:
 /// absent), new document (`None`: deleted), and whether it is written (else only checked).
@@ -118,8 +122,16 @@ impl PgBackend {
     /// Commits `commit` in a group with the writes of other tasks (see the module doc).
     pub(super) async fn commit_grouped(&self, commit: TableCommit) -> Outcome {
         let (done, result) = oneshot::channel();
-        self.groups.queue.lock().push_back(Queued { commit, done });
-        if self.groups.claim(self.connections()) {
+        let queued = {
+            let mut queue = self.groups.queue.lock();
+            queue.push_back(Queued { commit, done });
+            queue.len()
+        };
+        // Another leader only for a queue worth a group of its own: more, smaller
+        // transactions would cost every process's pump and replica more than they save.
+        let wanted =
+            self.groups.leaders.load(Ordering::Acquire) == 0 || queued >= ANOTHER_LEADER_AT;
+        if wanted && self.groups.claim(self.connections()) {
             match self.me() {
                 Some(me) => {
                     tokio::spawn(async move { me.lead().await });
