@@ -252,10 +252,11 @@ pub(super) async fn run(
     schema: String,
     mut stop: watch::Receiver<bool>,
 ) {
+    // One session, kept while it works: it tries the lock, and holds it while leading.
     let mut session: Option<Client> = None;
+    let mut leading = false;
     let mut last_retention = Instant::now();
     loop {
-        let leading = session.is_some();
         let wait = if leading { FLUSH_EVERY } else { TRY_EVERY };
         tokio::select! {
             _ = stop.changed() => break,
@@ -264,48 +265,46 @@ pub(super) async fn run(
         let Some(b) = backend.upgrade() else { break };
         let archive = &b.archive;
         if archive.resign.load(Ordering::Acquire) {
-            session = None;
+            // Ending the session lets go of the lock.
+            (session, leading) = (None, false);
             archive.archiving.store(false, Ordering::Relaxed);
             continue;
         }
-        if session.is_none() {
-            session = match try_lead(&config, &schema, archive).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::debug!("the archiver could not take the lead: {e}");
-                    None
-                }
+        let step = async {
+            if session.as_ref().is_none_or(Client::is_closed) {
+                session = Some(super::connect(&config).await.map_err(|e| pg_error(&e))?);
+            }
+            let Some(client) = session.as_mut() else {
+                return Ok(false);
             };
-            archive
-                .archiving
-                .store(session.is_some(), Ordering::Relaxed);
-        }
-        let Some(client) = session.as_mut() else {
-            continue;
+            if !leading && !try_lead(client, &schema, archive).await? {
+                return Ok(false);
+            }
+            flush(client, &schema, archive).await?;
+            if last_retention.elapsed() >= RETAIN_EVERY {
+                last_retention = Instant::now();
+                retain(client, &schema, archive.retention).await?;
+            }
+            Ok::<_, Error>(true)
         };
-        let mut step = flush(client, &schema, archive).await;
-        if step.is_ok() && last_retention.elapsed() >= RETAIN_EVERY {
-            last_retention = Instant::now();
-            step = retain(client, &schema, archive.retention).await;
+        match step.await {
+            Ok(now_leading) => leading = now_leading,
+            Err(e) => {
+                // The session (and the lock with it) may be gone: start over; another
+                // process may lead meanwhile.
+                if leading {
+                    tracing::warn!("the archiver stopped: {e}");
+                }
+                (session, leading) = (None, false);
+            }
         }
-        if let Err(e) = step {
-            // The session (and the lock with it) may be gone: start over; another process
-            // may lead meanwhile.
-            tracing::warn!("the archiver stopped: {e}");
-            session = None;
-            archive.archiving.store(false, Ordering::Relaxed);
-        }
+        archive.archiving.store(leading, Ordering::Relaxed);
     }
 }
 
-/// Connects and tries the archiver's lock: the session when it is taken (and the history's
-/// meta row read, or made), else `None`.
-async fn try_lead(
-    config: &tokio_postgres::Config,
-    schema: &str,
-    archive: &Archive,
-) -> Result<Option<Client>> {
-    let mut client = super::connect(config).await.map_err(|e| pg_error(&e))?;
+/// Tries the archiver's lock on `client`'s session; once taken, reads the history's meta
+/// row (or makes it: the first archiver) and returns true.
+async fn try_lead(client: &mut Client, schema: &str, archive: &Archive) -> Result<bool> {
     let got: bool = client
         .query_one(
             "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
@@ -315,7 +314,7 @@ async fn try_lead(
         .map_err(|e| pg_error(&e))?
         .get(0);
     if !got {
-        return Ok(None);
+        return Ok(false);
     }
     let q = ident(schema);
     let tx = client.transaction().await.map_err(|e| pg_error(&e))?;
@@ -342,7 +341,7 @@ async fn try_lead(
     };
     tx.commit().await.map_err(|e| pg_error(&e))?;
     archive.upto.store(upto, Ordering::Relaxed);
-    Ok(Some(client))
+    Ok(true)
 }
 
 /// Writes the commits the replica applied after the history's `upto`, and moves `upto`.
