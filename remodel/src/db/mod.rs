@@ -281,6 +281,30 @@ impl Database {
         self.inner.storage.flush().await
     }
 
+    /// Ends every feed of every table with `why` (the store stays open): for a replica
+    /// about to be brought to a new state without the commits in between.
+    pub(crate) fn end_all_feeds(&self, why: &str) {
+        let names: Vec<String> = self.inner.tables.read().keys().cloned().collect();
+        if let Some(sink) = self.inner.sink() {
+            for name in &names {
+                sink.table_dropped(name, why);
+            }
+        }
+    }
+
+    /// The store's history restarts after change `seq`: a cursor up to it no longer resumes
+    /// from this store's log, whose changes up to there are not the commits of the database
+    /// of record one by one (a replica brought to a new state at once).
+    pub(crate) fn restart_history(&self, seq: u64) -> Result<()> {
+        if let Some(log) = &self.inner.changelog {
+            let names: Vec<String> = self.inner.tables.read().keys().cloned().collect();
+            for name in &names {
+                log.table_created(&self.inner.storage, name, seq)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Creates the table unless it exists; returns whether it was created.
     pub async fn ensure_table(&self, name: &str) -> Result<bool> {
         match self.create_table(name).await {

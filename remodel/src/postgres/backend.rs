@@ -35,8 +35,9 @@
 //!
 //! **A lost replication connection** (a network blip, the server restarting) is bridged: a
 //! new pump, and the commits between the last one applied and its start applied from the
-//! shared history, as they were committed (`replica.rs`); when the history cannot, the
-//! replica stops following and the handle is closed.
+//! shared history, as they were committed (`replica.rs`); when the history cannot, every
+//! feed of the process ends with `FeedAborted` and the replica is reloaded from a new
+//! snapshot (its differences applied as one commit), and the handle goes on.
 //!
 //! **Group commit.** Single-table writes of concurrent tasks go to PostgreSQL together, as
 //! one transaction (`group_commit.rs`), each with its own outcome.

@@ -10,10 +10,52 @@ use super::schema::{self, docs_relation};
 use super::{pg_error, pump_error};
 use crate::db::{Database, IndexSpec};
 use crate::{Error, Result};
+use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+
+/// A read-only transaction that reads at the exported `snapshot`.
+async fn at_snapshot<'c>(
+    client: &'c mut tokio_postgres::Client,
+    snapshot: &str,
+) -> Result<tokio_postgres::Transaction<'c>> {
+    let tx = super::read_only_snapshot(client)
+        .await
+        .map_err(|e| pg_error(&e))?;
+    tx.batch_execute(&format!(
+        "SET TRANSACTION SNAPSHOT '{}'",
+        snapshot.replace('\'', "")
+    ))
+    .await
+    .map_err(|e| pg_error(&e))?;
+    Ok(tx)
+}
+
+/// The catalog: every table's primary key field and secondary indexes, by name.
+async fn read_catalog(
+    tx: &tokio_postgres::Transaction<'_>,
+    schema_name: &str,
+) -> Result<std::collections::BTreeMap<String, (String, HashMap<String, IndexSpec>)>> {
+    let rows = tx
+        .query(
+            &format!(
+                "SELECT name, primary_key, indexes::text FROM {}.catalog ORDER BY name",
+                schema::ident(schema_name)
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| pg_error(&e))?;
+    let mut catalog = std::collections::BTreeMap::new();
+    for row in rows {
+        let (name, primary_key, indexes): (String, String, String) =
+            (row.get(0), row.get(1), row.get(2));
+        catalog.insert(name, (primary_key, serde_json::from_str(&indexes)?));
+    }
+    Ok(catalog)
+}
 
 /// Loads the replica with what the exported `snapshot` shows: the catalog's tables and
 /// indexes, then every document. Numbers start after `point` (the slot's consistent point),
@@ -28,30 +70,10 @@ pub(super) async fn load_replica(
 ) -> Result<()> {
     db.inner.advance_seq(position(point)?.saturating_sub(1));
     let mut client = super::connect(config).await.map_err(|e| pg_error(&e))?;
-    let tx = super::read_only_snapshot(&mut client)
-        .await
-        .map_err(|e| pg_error(&e))?;
-    tx.batch_execute(&format!(
-        "SET TRANSACTION SNAPSHOT '{}'",
-        snapshot.replace('\'', "")
-    ))
-    .await
-    .map_err(|e| pg_error(&e))?;
-    let catalog = tx
-        .query(
-            &format!(
-                "SELECT name, primary_key, indexes::text FROM {}.catalog ORDER BY name",
-                schema::ident(schema_name)
-            ),
-            &[],
-        )
-        .await
-        .map_err(|e| pg_error(&e))?;
-    for row in catalog {
-        let (name, primary_key, indexes): (String, String, String) =
-            (row.get(0), row.get(1), row.get(2));
+    let tx = at_snapshot(&mut client, snapshot).await?;
+    let catalog = read_catalog(&tx, schema_name).await?;
+    for (name, (primary_key, indexes)) in catalog {
         db.create_table_local(&name, &primary_key).await?;
-        let indexes: HashMap<String, IndexSpec> = serde_json::from_str(&indexes)?;
         for (index, spec) in indexes {
             db.create_index_local(&name, &index, spec).await?;
         }
@@ -101,9 +123,9 @@ pub(super) fn position(lsn: u64) -> Result<u64> {
 
 /// The pump's task: applies each batch to the replica, in commit order, and tells the
 /// writers waiting for it. A lost replication connection is bridged from the shared history
-/// ([`reconnect`]); any other failure, and a gap the history cannot bridge, ends every feed
-/// and makes later writes fail: the replica no longer follows the database, and silence
-/// would be a gap.
+/// ([`reconnect`]), or else the replica is reloaded ([`reload`], ending every feed); any
+/// other failure ends every feed and makes later writes fail: the replica no longer follows
+/// the database, and silence would be a gap.
 pub(super) async fn follow(
     mut pump: Pump,
     db: Weak<crate::db::DbInner>,
@@ -122,7 +144,11 @@ pub(super) async fn follow(
         let batch = match batch {
             Ok(batch) => batch,
             Err(e @ (PumpError::ConnectionLost { .. } | PumpError::Ended)) => {
-                match reconnect(&db, &backend).await {
+                let new = match reconnect(&db, &backend).await {
+                    Ok(new) => Ok(new),
+                    Err(why) => reload(&db, &backend, &format!("{e}; {why}")).await,
+                };
+                match new {
                     Ok(new) => {
                         let _ = std::mem::replace(&mut pump, new).stop().await;
                         continue;
@@ -209,6 +235,154 @@ async fn reconnect(db: &Database, backend: &Arc<PgBackend>) -> Result<Pump> {
          history and the replica follows the database again"
     );
     Ok(pump)
+}
+
+/// When the gap after a lost replication connection cannot be bridged from the shared
+/// history: every feed of the process ends with `FeedAborted` (re-read with
+/// `include_initial`), and the replica is brought to the database's state at a new slot's
+/// exported snapshot by applying the differences as local commits numbered before the new
+/// slot's start (readers see the state before or after, both committed states). Cursors from
+/// before that start no longer resume from this process's log (the shared history, or
+/// `CursorExpired`). The handle goes on: writes, reads and new feeds.
+async fn reload(db: &Database, backend: &Arc<PgBackend>, why: &str) -> Result<Pump> {
+    db.end_all_feeds(&format!(
+        "the replication connection to PostgreSQL was lost and the commits since could not \
+         be read back ({why}): re-read with include_initial"
+    ));
+    let (loader, config, schema_name) =
+        (db.clone(), backend.config.clone(), backend.schema.clone());
+    let options = PumpConfig {
+        export_snapshot: true,
+        ..PumpConfig::default()
+    };
+    let (pump, ()) =
+        Pump::start_with_snapshot(&backend.config, options, |snapshot, point| async move {
+            resync_replica(&loader, &config, &schema_name, &snapshot, point.0)
+                .await
+                .map_err(|e| PumpError::Setup {
+                    step: "load",
+                    message: e.to_string(),
+                })
+        })
+        .await
+        .map_err(|e| pump_error(&e))?;
+    let start = position(pump.handle().status().start_lsn.0)?;
+    db.inner.advance_seq(start.saturating_sub(1));
+    db.restart_history(start.saturating_sub(1))?;
+    backend.archive.rejoin(start.saturating_sub(1));
+    backend.bridged();
+    backend.reconnected(&pump);
+    tracing::warn!("the replication connection was lost; the replica was reloaded");
+    Ok(pump)
+}
+
+/// Brings the replica to what the exported `snapshot` shows: its tables and indexes as in
+/// the catalog, and every document's difference applied (in chunks, as local commits
+/// numbered from the replica's last position on, all before `point`'s).
+async fn resync_replica(
+    db: &Database,
+    config: &tokio_postgres::Config,
+    schema_name: &str,
+    snapshot: &str,
+    point: u64,
+) -> Result<()> {
+    let start = position(point)?;
+    let mut client = super::connect(config).await.map_err(|e| pg_error(&e))?;
+    let tx = at_snapshot(&mut client, snapshot).await?;
+    let catalog = read_catalog(&tx, schema_name).await?;
+    let wanted = catalog;
+    for name in db.table_names()? {
+        let same = wanted
+            .get(&name)
+            .is_some_and(|(pk, _)| db.table_state(&name).is_ok_and(|t| &t.primary_key == pk));
+        if !same {
+            db.drop_table_local(&name).await?;
+        }
+    }
+    let parse =
+        |bytes: &[u8]| -> Result<Arc<Value>> { Ok(Arc::new(serde_json::from_slice(bytes)?)) };
+    let mut changes = Vec::new();
+    for (name, (primary_key, indexes)) in &wanted {
+        if db.table_state(name).is_err() {
+            db.create_table_local(name, primary_key).await?;
+        }
+        for (index, spec) in db.index_specs(name)? {
+            if indexes.get(&index) != Some(&spec) {
+                db.drop_index_local(name, &index).await?;
+            }
+        }
+        let have: Vec<String> = db.index_specs(name)?.into_iter().map(|(n, _)| n).collect();
+        for (index, spec) in indexes {
+            if !have.contains(index) {
+                if let Err(e) = db.create_index_local(name, index, spec.clone()).await {
+                    tracing::warn!("index `{index}` of `{name}` could not be built: {e}");
+                }
+            }
+        }
+        let table = db.table_state(name)?;
+        let rows = tx
+            .query_raw(
+                &format!(
+                    "SELECT k, doc::text FROM {} ORDER BY k",
+                    docs_relation(schema_name, name)
+                ),
+                std::iter::empty::<&str>(),
+            )
+            .await
+            .map_err(|e| pg_error(&e))?;
+        futures_util::pin_mut!(rows);
+        // Both in key order (`bytea` orders as the store does): a merge.
+        let mut local = table.docs.iter();
+        let mut here = local.next().transpose()?;
+        loop {
+            use futures_util::StreamExt;
+            let remote = match rows.next().await {
+                Some(row) => {
+                    let row = row.map_err(|e| pg_error(&e))?;
+                    Some((row.get::<_, Vec<u8>>(0), row.get::<_, String>(1)))
+                }
+                None => None,
+            };
+            // Local documents before the remote one's key are gone from the database.
+            while let Some((key, old)) = &here {
+                if remote
+                    .as_ref()
+                    .is_some_and(|(k, _)| k.as_slice() <= &key[..])
+                {
+                    break;
+                }
+                changes.push((table.clone(), key.to_vec(), Some(parse(old)?), None));
+                here = local.next().transpose()?;
+            }
+            let Some((key, doc)) = remote else { break };
+            let old = match &here {
+                Some((k, v)) if k[..] == key[..] => {
+                    let v = v.clone();
+                    here = local.next().transpose()?;
+                    Some(v)
+                }
+                _ => None,
+            };
+            if old.as_deref() != Some(doc.as_bytes()) {
+                let new = parse(doc.as_bytes())?;
+                let old = old.map(|o| parse(&o)).transpose()?;
+                if old.as_deref() != Some(&*new) {
+                    changes.push((table.clone(), key, old, Some(new)));
+                }
+            }
+        }
+    }
+    // One local commit: a reader sees the state before or after, both committed states.
+    if !changes.is_empty() {
+        let next = db.inner.with_commit_lock(|last| last) + 1;
+        if next + changes.len() as u64 >= start {
+            return Err(Error::storage(
+                "the replica's differences do not fit before the new slot's start",
+            ));
+        }
+        db.inner.apply_replicated(changes, next)?;
+    }
+    tx.commit().await.map_err(|e| pg_error(&e))
 }
 
 /// Applies one committed transaction to the replica; returns its sync tokens, its first
