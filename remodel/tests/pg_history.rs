@@ -1195,3 +1195,168 @@ async fn an_archiver_whose_replica_stopped_following_hands_over() {
         }
     }
 }
+
+/// No process can archive (the archiver's lock is held by a session that writes nothing, as
+/// a frozen archiver process would): a resume in a process started later that needs the
+/// history waits a few seconds for it, then expires, typed (the history does not reach the
+/// process's log), never a shorter stream. Once a process archives again, the same cursor
+/// resumes exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_behind_a_stalled_archiver_expires_typed_then_resumes() {
+    let Some(pg) = database("a_resume_behind_a_stalled_archiver").await else {
+        return;
+    };
+    let a = connect(&pg).await;
+    a.create_table("t").await.unwrap();
+    archiver(&[&a]).await;
+    let mut feed = a.table("t").changes().await.unwrap();
+    a.table("t").insert(json!({"id": 0})).await.unwrap();
+    let cursor = read_until(&mut feed, |_| true).await[0].cursor;
+    archived_past(&a, cursor.seq()).await;
+    // Take the archiver's lock from the archiving process.
+    let admin = pg.connect().await.unwrap();
+    let pid = archiver_pid(&admin).await.unwrap();
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    let begin = Instant::now();
+    loop {
+        let got: bool = admin
+            .query_one(
+                "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+                &[&LOCK_KEY],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if got {
+            break;
+        }
+        assert!(begin.elapsed() < WAIT, "the lock is not free");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for i in 1..=10 {
+        a.table("t").insert(json!({"id": i})).await.unwrap();
+    }
+    let mut live = read_until(&mut feed, |i| i.new.as_deref() == Some("{\"id\":10}")).await;
+    let late = connect(&pg).await;
+    let begin = Instant::now();
+    let r = late.table("t").changes().resume_from(cursor).await;
+    assert!(expired(&r), "behind a stalled archiver: {}", describe(&r));
+    assert!(
+        begin.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        begin.elapsed()
+    );
+    // Archiving again, by the process that applied everything since (a process started
+    // after the stall, such as `late`, would take over with a gap: then the cursor rightly
+    // expires): the history goes on from where it stopped.
+    late.close().await.unwrap();
+    drop(late);
+    drop(admin);
+    archiver(&[&a]).await;
+    a.table("t").insert(json!({"id": 11})).await.unwrap();
+    live.extend(read_until(&mut feed, |_| true).await);
+    let later = connect(&pg).await;
+    let mut f = later
+        .table("t")
+        .changes()
+        .resume_from(cursor)
+        .await
+        .unwrap();
+    assert_eq!(
+        read_resumed(&mut f, 11).await.unwrap(),
+        after(&live, cursor)
+    );
+}
+
+/// At most one process archives at a time, also after the archiver's session was ended
+/// under it (a network blip, an idle timeout, a server-side terminate): the process that
+/// lost its session must take the lock again before it writes the history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_archiver_at_a_time_after_its_session_was_lost() {
+    let Some(pg) = database("one_archiver_at_a_time_after_its_session_was_lost").await else {
+        return;
+    };
+    let a = connect(&pg).await;
+    a.create_table("t").await.unwrap();
+    archiver(&[&a]).await;
+    let b = connect(&pg).await;
+    let admin = pg.connect().await.unwrap();
+    let pid = archiver_pid(&admin).await.unwrap();
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    let begin = Instant::now();
+    while begin.elapsed() < Duration::from_secs(3) {
+        a.table("t")
+            .insert(json!({"id": begin.elapsed().as_nanos() as u64}))
+            .await
+            .unwrap();
+        let (sa, sb) = (pg_stats(&a).await, pg_stats(&b).await);
+        let holder = archiver_pid(&admin).await;
+        assert!(
+            !(sa["archiving"] == true && sb["archiving"] == true),
+            "two processes archive at once (lock held by session {holder:?}, the killed one was {pid})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `Database::position` taken in the first process before it applied any change (a fresh
+/// deployment: the process made its tables, then took the position before its first read):
+/// every change after it is in the shared history (which starts right after it), so it
+/// resumes in a process started later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_position_taken_before_any_change_resumes_in_a_later_process() {
+    let Some(pg) = database("a_position_taken_before_any_change").await else {
+        return;
+    };
+    let a = connect(&pg).await;
+    a.create_table("t").await.unwrap();
+    archiver(&[&a]).await;
+    let at = a.position();
+    let mut feed = a.table("t").changes().await.unwrap();
+    for i in 0..3 {
+        a.table("t").insert(json!({"id": i})).await.unwrap();
+    }
+    let live = read_until(&mut feed, |i| i.new.as_deref() == Some("{\"id\":2}")).await;
+    // In the process itself (its own log): every change after it.
+    let mut own = a.table("t").changes().resume_from(at).await.unwrap();
+    assert_eq!(read_resumed(&mut own, 3).await.unwrap(), live);
+    let (_, floor) = meta(&pg).await;
+    let late = connect(&pg).await;
+    let r = late.table("t").changes().resume_from(at).await;
+    let mut f = r.unwrap_or_else(|e| {
+        panic!("position {at} (history floor {floor:x}: it holds every change after it): {e:?}")
+    });
+    assert_eq!(read_resumed(&mut f, 3).await.unwrap(), live);
+}
+
+/// A process starts while the archiver's flush holds its lock on `history` (a frozen
+/// archiver mid-flush): its start must not wait for it. Setup used to run `CREATE INDEX IF
+/// NOT EXISTS` on `history`, whose lock waits behind the flush's. (The lock is taken here
+/// without a transaction id: a transaction with one would hold up any new logical slot, a
+/// server rule; the archiver's session ends a transaction left idle after 5 s for that.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_starts_while_the_archivers_flush_is_held_up() {
+    let Some(pg) = database("a_process_starts_while_the_archivers_flush").await else {
+        return;
+    };
+    let a = connect(&pg).await;
+    a.create_table("t").await.unwrap();
+    archiver(&[&a]).await;
+    let mut admin = pg.connect().await.unwrap();
+    let hold = admin.transaction().await.unwrap();
+    hold.batch_execute("LOCK TABLE remodel.history IN ROW EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let started = tokio::time::timeout(Duration::from_secs(10), connect(&pg)).await;
+    hold.rollback().await.unwrap();
+    assert!(
+        started.is_ok(),
+        "Database::connect waited 10 s behind a lock on the history"
+    );
+}

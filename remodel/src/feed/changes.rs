@@ -364,9 +364,9 @@ impl IntoFuture for Changes {
     fn into_future(mut self) -> Self::IntoFuture {
         Box::pin(async move {
             // On a shared database, a cursor from another process may be ahead of this
-            // process's replica by a moment: catch up first (a cursor of another database is
-            // still refused below). A cursor from before this process's change log is read
-            // from the shared history.
+            // process's replica by a moment: catch up first (a cursor ahead of every change
+            // is still refused below). A cursor from before this process's change log is
+            // read from the shared history.
             if let (Some(cursor), Some(backend)) = (self.resume, self.query.db.backend()) {
                 self.query.db.sync().await?;
                 self.history = super::resume::older(&self.query, cursor, backend).await?;

@@ -29,7 +29,10 @@ use std::sync::Arc;
 /// ([`Change::cursor`]). Its text form (`Display` / `FromStr`) is opaque and short, so that it
 /// can travel as an SSE event id or in a URL. Cursors of one database are comparable across
 /// all its feeds: a cursor of one feed may resume another (it then gets that feed's changes
-/// after that place).
+/// after that place). A cursor carries no identity of its database: resuming it on another
+/// database is refused only when it is ahead of that database's last change (on PostgreSQL,
+/// databases of one server share one space of positions), so keep cursors with the database
+/// they came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Cursor {
     seq: u64,
@@ -44,6 +47,17 @@ impl Cursor {
     /// The commit sequence number of the change this cursor is at.
     pub fn seq(&self) -> u64 {
         self.seq
+    }
+
+    /// The first change number a resume from this cursor needs: the cursor's own change
+    /// (the feed's later items for it come first), except for a position
+    /// ([`Database::position`]: `n` is `u32::MAX`), which needs nothing of its own number.
+    fn first_needed(&self) -> u64 {
+        if self.n == u32::MAX {
+            self.seq.saturating_add(1)
+        } else {
+            self.seq
+        }
     }
 }
 
@@ -111,6 +125,14 @@ fn log_start(log: &crate::db::changelog::ChangeLog, table: &str) -> u64 {
     log.floor().max(log.created(table).saturating_add(1))
 }
 
+/// Whether this process's change log cannot serve a resume of `table` from `cursor` alone:
+/// the log does not reach back to the first change the cursor needs, or the table was
+/// created at or after the cursor (`created` is the last change before it was: a cursor at
+/// it, a position included, was taken before this table existed).
+fn log_short(log: &crate::db::changelog::ChangeLog, table: &str, cursor: Cursor) -> bool {
+    cursor.seq <= log.created(table) || cursor.first_needed() < log.floor()
+}
+
 /// On a shared database, reads from its history the changes of the query's table after
 /// `cursor` that this process's change log does not reach back to (a cursor taken in a
 /// process that ran before this one started): `None` when the log holds them all.
@@ -122,12 +144,12 @@ pub(super) async fn older(
     let Some(log) = query.db.inner.resumable_log() else {
         return Ok(None);
     };
-    let start = log_start(log, &query.table);
-    if cursor.seq >= start {
+    if !log_short(log, &query.table, cursor) {
         return Ok(None);
     }
+    let start = log_start(log, &query.table);
     let history = backend
-        .history(query.table.to_string(), cursor.seq, start)
+        .history(query.table.to_string(), cursor.first_needed(), start)
         .await?;
     Ok(Some((start, history)))
 }
@@ -164,10 +186,10 @@ impl Feed {
         let hub = db.inner.sink_as::<Hub>();
         db.inner.with_commit_lock(|last| {
             db.check_open()?;
-            let start = log_start(log, &table);
+            let (start, first) = (log_start(log, &table), cursor.first_needed());
             // The changes before the log's start, from the shared history.
             let mut history: &[crate::db::write::Committed] = &[];
-            if cursor.seq < start {
+            if log_short(log, &table, cursor) {
                 match older {
                     Some((from, Ok(changes))) if *from == start => history = changes,
                     Some((_, Err(reason))) => return Err(expired(reason.clone())),
@@ -176,7 +198,7 @@ impl Feed {
                             "the change log moved on while the shared history was read".into(),
                         ))
                     }
-                    None if cursor.seq < log.floor() => {
+                    None if first < log.floor() => {
                         return Err(expired(format!(
                             "the change log keeps only the changes from {:x} on",
                             log.floor()
@@ -230,7 +252,7 @@ impl Feed {
                 };
                 replayed(&logged, None)?;
             }
-            let from = cursor.seq.max(start);
+            let from = first.max(start);
             // Recent changes are in the hub's tail, ready; older ones in the log.
             let kept = hub.for_each_kept(&table, from, |item| replayed(&logged(item), Some(item)));
             if let Some(read) = kept {

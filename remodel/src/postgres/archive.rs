@@ -218,25 +218,35 @@ impl Archive {
     }
 }
 
-/// The SQL that makes the history's tables (idempotent).
-pub(super) fn setup_sql(q: &str) -> String {
+/// The SQL that makes the history's tables when they are missing. Nothing is run on tables
+/// that exist: a `CREATE INDEX IF NOT EXISTS` would take a lock on `history` that waits
+/// behind the archiver's open flush, holding up every process that connects.
+pub(super) fn setup_sql(schema: &str) -> String {
+    let q = ident(schema);
+    let lit = schema.replace('\'', "''");
     format!(
-        "CREATE TABLE IF NOT EXISTS {q}.history (
-             pos bigint PRIMARY KEY,
-             commit_pos bigint NOT NULL,
-             tbl text NOT NULL,
-             kind smallint NOT NULL,
-             key bytea NOT NULL,
-             old text,
-             new text,
-             at timestamptz NOT NULL DEFAULT now()
-         );
-         CREATE INDEX IF NOT EXISTS history_tbl_pos ON {q}.history (tbl, pos);
-         CREATE TABLE IF NOT EXISTS {q}.history_meta (
-             id int PRIMARY KEY CHECK (id = 1),
-             upto bigint NOT NULL,
-             floor bigint NOT NULL
-         );"
+        "DO $setup$ BEGIN
+         IF to_regclass(format('%I.%I', '{lit}', 'history')) IS NULL THEN
+             CREATE TABLE {q}.history (
+                 pos bigint PRIMARY KEY,
+                 commit_pos bigint NOT NULL,
+                 tbl text NOT NULL,
+                 kind smallint NOT NULL,
+                 key bytea NOT NULL,
+                 old text,
+                 new text,
+                 at timestamptz NOT NULL DEFAULT now()
+             );
+             CREATE INDEX history_tbl_pos ON {q}.history (tbl, pos);
+         END IF;
+         IF to_regclass(format('%I.%I', '{lit}', 'history_meta')) IS NULL THEN
+             CREATE TABLE {q}.history_meta (
+                 id int PRIMARY KEY CHECK (id = 1),
+                 upto bigint NOT NULL,
+                 floor bigint NOT NULL
+             );
+         END IF;
+         END $setup$;"
     )
 }
 
@@ -258,9 +268,14 @@ pub(super) async fn run(
     let mut last_retention = Instant::now();
     loop {
         let wait = if leading { FLUSH_EVERY } else { TRY_EVERY };
-        tokio::select! {
-            _ = stop.changed() => break,
-            _ = tokio::time::sleep(wait) => {}
+        // Closing: a last flush (when leading), so that the history holds every commit this
+        // process applied.
+        let closing = tokio::select! {
+            _ = stop.changed() => true,
+            _ = tokio::time::sleep(wait) => false,
+        };
+        if closing && !leading {
+            break;
         }
         let Some(b) = backend.upgrade() else { break };
         let archive = &b.archive;
@@ -272,7 +287,22 @@ pub(super) async fn run(
         }
         let step = async {
             if session.as_ref().is_none_or(Client::is_closed) {
-                session = Some(super::connect(&config).await.map_err(|e| pg_error(&e))?);
+                // A new session holds no lock: lead again only once it takes the lock.
+                leading = false;
+                archive.archiving.store(false, Ordering::Relaxed);
+                let client = super::connect(&config).await.map_err(|e| pg_error(&e))?;
+                // A flush held up by a lock fails within a second, and a transaction of a
+                // frozen archiver ends after 5 s: while one is open no process can create
+                // its slot (a logical slot waits for every transaction in progress), so
+                // none could start.
+                client
+                    .batch_execute(
+                        "SET lock_timeout = '1s'; SET statement_timeout = '30s'; \
+                         SET idle_in_transaction_session_timeout = '5s'",
+                    )
+                    .await
+                    .map_err(|e| pg_error(&e))?;
+                session = Some(client);
             }
             let Some(client) = session.as_mut() else {
                 return Ok(false);
@@ -299,6 +329,9 @@ pub(super) async fn run(
             }
         }
         archive.archiving.store(leading, Ordering::Relaxed);
+        if closing {
+            break;
+        }
     }
 }
 
@@ -535,7 +568,7 @@ impl PgBackend {
             let ddl = tx
                 .query_opt(
                     &format!(
-                        "SELECT pos FROM {q}.history WHERE tbl = $1 AND kind IN (1, 2) AND pos > $2 LIMIT 1"
+                        "SELECT pos FROM {q}.history WHERE tbl = $1 AND kind IN (1, 2) AND pos >= $2 LIMIT 1"
                     ),
                     &[&table, &(from as i64)],
                 )

@@ -82,6 +82,8 @@ const RESTAGES_BEFORE_LOCKING: usize = 8;
 /// for how long.
 const RECENT_XIDS: usize = 1 << 16;
 const RECENT_FOR: Duration = Duration::from_secs(10);
+/// How long `close` waits for the archiver's last flush.
+const CLOSE_FLUSH_WAIT: Duration = Duration::from_secs(2);
 /// How long a writer waits for its commit to be applied before it asks with a sync token.
 const APPLY_WAIT: Duration = Duration::from_secs(2);
 
@@ -347,6 +349,8 @@ pub(crate) struct PgBackend {
     pub(super) groups: GroupCommit,
     /// The shared history: this process's part in writing it (see `archive.rs`).
     pub(super) archive: Archive,
+    /// The archiver task (awaited by `close`, for its last flush).
+    archiver: Mutex<Option<tokio::task::JoinHandle<()>>>,
     me: Weak<PgBackend>,
 }
 
@@ -430,15 +434,17 @@ impl PgBackend {
             commits: AtomicU64::new(0),
             groups: GroupCommit::default(),
             archive: Archive::new(db.inner.with_commit_lock(|last| last), options.retention),
+            archiver: Mutex::new(None),
             me: me.clone(),
         });
         db.set_backend(backend.clone());
-        tokio::spawn(super::archive::run(
+        let archiver = tokio::spawn(super::archive::run(
             Arc::downgrade(&backend),
             config.clone(),
             backend.schema.clone(),
             stop_rx.clone(),
         ));
+        *backend.archiver.lock() = Some(archiver);
         tokio::spawn(super::replica::follow(
             pump,
             Arc::downgrade(&db.inner),
@@ -1055,7 +1061,15 @@ impl Backend for PgBackend {
             .lock()
             .end("the database was closed".into(), true);
         let _ = self.stop.send(true);
-        Box::pin(async { Ok(()) })
+        let archiver = self.archiver.lock().take();
+        Box::pin(async move {
+            // The archiver's last flush (bounded: a server that does not answer does not
+            // hold up the close).
+            if let Some(archiver) = archiver {
+                let _ = tokio::time::timeout(CLOSE_FLUSH_WAIT, archiver).await;
+            }
+            Ok(())
+        })
     }
 
     fn stats_rows(&self) -> Vec<Value> {
@@ -1117,7 +1131,7 @@ async fn set_up_schema(config: &tokio_postgres::Config, schema_name: &str) -> Re
     tx.batch_execute(&schema::setup_sql(schema_name))
         .await
         .map_err(|e| pg_error(&e))?;
-    tx.batch_execute(&super::archive::setup_sql(&schema::ident(schema_name)))
+    tx.batch_execute(&super::archive::setup_sql(schema_name))
         .await
         .map_err(|e| pg_error(&e))?;
     tx.batch_execute(&super::writer::create_publication_sql(

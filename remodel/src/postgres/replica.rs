@@ -437,7 +437,12 @@ async fn apply(db: &Database, batch: &CommitBatch) -> Result<(Vec<Vec<u8>>, u64,
                     old: None,
                     new: None,
                 });
+                // The DDL's own number, as the history has it: a table created here was
+                // created after change `pos - 1` (a cursor there was taken before it), and a
+                // position taken after it is `pos`.
+                db.inner.advance_seq(pos.saturating_sub(1));
                 apply_ddl(db, d).await?;
+                db.inner.advance_seq(pos);
             }
             Record::Sync(token) => tokens.push(token.clone()),
         }
