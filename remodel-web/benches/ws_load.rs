@@ -25,6 +25,8 @@
 //!   acknowledgement (the writer's `await` returned) until the last of its subscriptions, in
 //!   every subscribed client, received it (a later state of the same row counts); p50/p99
 //!   over writes. Measured with the Web's default coalescing window (50 ms) and with 0.
+//!   (`client_frames` in the inputs counts WebSocket messages: a `batch` of several
+//!   subscriptions' changes is one.)
 //! - `writes_with_10k_ws_vs_none`: one writer's soft writes per second with the clients
 //!   connected, subscribed and reading ÷ the same writes with no client (the mean of the runs
 //!   before and after the clients).
