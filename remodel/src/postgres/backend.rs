@@ -609,15 +609,29 @@ impl PgBackend {
     /// Commits one table's rows with the table's prepared statement, on a commit connection
     /// (see [`schema::single_table_commit_sql`]).
     pub(super) async fn commit_table(&self, commit: &TableCommit) -> Result<Option<i64>> {
+        let rows: Vec<&Row> = commit.rows.iter().collect();
+        let msgs: Vec<&[u8]> = commit.msgs.iter().map(Vec::as_slice).collect();
+        self.commit_rows(&commit.table, commit.hard, &rows, &msgs)
+            .await
+    }
+
+    /// [`PgBackend::commit_table`] of rows and records gathered by reference (rows sorted
+    /// by key): a group commit's, with nothing copied.
+    pub(super) async fn commit_rows(
+        &self,
+        table: &str,
+        hard: bool,
+        rows: &[&Row],
+        msgs: &[&[u8]],
+    ) -> Result<Option<i64>> {
         let conn = self.conn().await?;
-        let table = commit.table.as_str();
-        let keys: Vec<&[u8]> = commit.rows.iter().map(|r| r.key.as_slice()).collect();
-        let olds: Vec<Option<&str>> = commit.rows.iter().map(|r| r.old.as_deref()).collect();
-        let news: Vec<Option<&str>> = commit.rows.iter().map(|r| r.new.as_deref()).collect();
-        let writes: Vec<bool> = commit.rows.iter().map(|r| r.write).collect();
-        let (soft, lock) = (!commit.hard, lock_name(&self.schema, table));
+        let keys: Vec<&[u8]> = rows.iter().map(|r| r.key.as_slice()).collect();
+        let olds: Vec<Option<&str>> = rows.iter().map(|r| r.old.as_deref()).collect();
+        let news: Vec<Option<&str>> = rows.iter().map(|r| r.new.as_deref()).collect();
+        let writes: Vec<bool> = rows.iter().map(|r| r.write).collect();
+        let (soft, lock) = (!hard, lock_name(&self.schema, table));
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
-            [&keys, &olds, &news, &commit.msgs, &soft, &lock, &writes];
+            [&keys, &olds, &news, &msgs, &soft, &lock, &writes];
         let cached = conn.single.lock().get(table).cloned();
         let statement = match cached {
             Some(s) => s,

@@ -172,20 +172,20 @@ impl PgBackend {
             }
             return;
         }
+        // One statement for all: the rows (sorted by key: one order of locking rows for
+        // every commit, so no deadlock between two groups) and records, by reference.
         let first = &group[0].commit;
-        let mut whole = TableCommit {
-            table: first.table.clone(),
-            rows: Vec::new(),
-            msgs: Vec::new(),
-            hard: first.hard,
-        };
-        for q in &group {
-            whole.rows.extend(q.commit.rows.iter().cloned());
-            whole.msgs.extend(q.commit.msgs.iter().cloned());
-        }
-        // One order of locking rows for every commit (no deadlock between two groups).
-        whole.rows.sort_by(|a, b| a.key.cmp(&b.key));
-        if let Ok(Some(xid)) = self.commit_table(&whole).await {
+        let mut rows: Vec<&Row> = group.iter().flat_map(|q| &q.commit.rows).collect();
+        rows.sort_by(|a, b| a.key.cmp(&b.key));
+        let msgs: Vec<&[u8]> = group
+            .iter()
+            .flat_map(|q| q.commit.msgs.iter().map(Vec::as_slice))
+            .collect();
+        let whole = self
+            .commit_rows(&first.table, first.hard, &rows, &msgs)
+            .await;
+        drop((rows, msgs));
+        if let Ok(Some(xid)) = whole {
             for q in group {
                 let _ = q.done.send(Ok(Some(xid)));
             }
