@@ -55,7 +55,7 @@
 
 use super::archive::Archive;
 use super::group_commit::{GroupCommit, Row, TableCommit};
-use super::pump::{Pump, PumpConfig, PumpError, PumpHandle};
+use super::pump::{Pump, PumpError, PumpHandle};
 use super::record::{encode_change, DdlRecord, Doc, DDL_PREFIX, SYNC_PREFIX};
 use super::schema::{self, docs_relation, lock_name};
 use crate::db::backend::{Backend, BoxFuture, Ddl, History, Job, SelectOps};
@@ -393,29 +393,13 @@ impl PgBackend {
             .build()
             .map_err(|e| Error::storage(format!("postgresql pool: {e}")))?;
 
-        let pump_options = PumpConfig {
-            export_snapshot: true,
-            ..PumpConfig::default()
-        };
-        let (loader, schema_name) = (db.clone(), options.schema.clone());
-        let load_config = config.clone();
-        let (pump, ()) =
-            Pump::start_with_snapshot(&config, pump_options, |snapshot, point| async move {
-                super::replica::load_replica(
-                    &loader,
-                    &load_config,
-                    &schema_name,
-                    &snapshot,
-                    point.0,
-                )
-                .await
-                .map_err(|e| PumpError::Setup {
-                    step: "load",
-                    message: e.to_string(),
-                })
-            })
-            .await
-            .map_err(|e| pump_error(&e))?;
+        let pump = super::replica::pump_at_snapshot(
+            &db,
+            &config,
+            &options.schema,
+            super::replica::AtSnapshot::Load,
+        )
+        .await?;
         let (stop, stop_rx) = watch::channel(false);
         let backend = Arc::new_cyclic(|me| PgBackend {
             schema: options.schema,

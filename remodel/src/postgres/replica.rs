@@ -57,11 +57,50 @@ async fn read_catalog(
     Ok(catalog)
 }
 
+/// How a replica is brought to a new slot's exported snapshot.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum AtSnapshot {
+    /// A new (empty) replica is loaded ([`load_replica`]).
+    Load,
+    /// A replica that lost its stream is brought up to date ([`resync_replica`]).
+    Resync,
+}
+
+/// A new pump, its temporary slot created with an exported snapshot, and the replica
+/// brought to that snapshot before replication starts: every commit is then either in the
+/// replica or in the stream, never both.
+pub(super) async fn pump_at_snapshot(
+    db: &Database,
+    config: &tokio_postgres::Config,
+    schema_name: &str,
+    how: AtSnapshot,
+) -> Result<Pump> {
+    let options = PumpConfig {
+        export_snapshot: true,
+        ..PumpConfig::default()
+    };
+    let (replica, load_config, schema_name) = (db.clone(), config.clone(), schema_name.to_string());
+    let (pump, ()) = Pump::start_with_snapshot(config, options, |snapshot, point| async move {
+        let (db, config, schema) = (&replica, &load_config, schema_name.as_str());
+        let done = match how {
+            AtSnapshot::Load => load_replica(db, config, schema, &snapshot, point.0).await,
+            AtSnapshot::Resync => resync_replica(db, config, schema, &snapshot, point.0).await,
+        };
+        done.map_err(|e| PumpError::Setup {
+            step: "load",
+            message: e.to_string(),
+        })
+    })
+    .await
+    .map_err(|e| pump_error(&e))?;
+    Ok(pump)
+}
+
 /// Loads the replica with what the exported `snapshot` shows: the catalog's tables and
 /// indexes, then every document. Numbers start after `point` (the slot's consistent point),
 /// so that a cursor from before it does not resume here (this replica has no history
 /// before it).
-pub(super) async fn load_replica(
+async fn load_replica(
     db: &Database,
     config: &tokio_postgres::Config,
     schema_name: &str,
@@ -249,23 +288,7 @@ async fn reload(db: &Database, backend: &Arc<PgBackend>, why: &str) -> Result<Pu
         "the replication connection to PostgreSQL was lost and the commits since could not \
          be read back ({why}): re-read with include_initial"
     ));
-    let (loader, config, schema_name) =
-        (db.clone(), backend.config.clone(), backend.schema.clone());
-    let options = PumpConfig {
-        export_snapshot: true,
-        ..PumpConfig::default()
-    };
-    let (pump, ()) =
-        Pump::start_with_snapshot(&backend.config, options, |snapshot, point| async move {
-            resync_replica(&loader, &config, &schema_name, &snapshot, point.0)
-                .await
-                .map_err(|e| PumpError::Setup {
-                    step: "load",
-                    message: e.to_string(),
-                })
-        })
-        .await
-        .map_err(|e| pump_error(&e))?;
+    let pump = pump_at_snapshot(db, &backend.config, &backend.schema, AtSnapshot::Resync).await?;
     let start = position(pump.handle().status().start_lsn.0)?;
     db.inner.advance_seq(start.saturating_sub(1));
     db.restart_history(start.saturating_sub(1))?;
@@ -277,8 +300,8 @@ async fn reload(db: &Database, backend: &Arc<PgBackend>, why: &str) -> Result<Pu
 }
 
 /// Brings the replica to what the exported `snapshot` shows: its tables and indexes as in
-/// the catalog, and every document's difference applied (in chunks, as local commits
-/// numbered from the replica's last position on, all before `point`'s).
+/// the catalog, and every document's difference applied as one local commit numbered from
+/// the replica's last position on, before `point`'s.
 async fn resync_replica(
     db: &Database,
     config: &tokio_postgres::Config,
