@@ -721,10 +721,12 @@ fn run_node(body: &str) -> Option<Value> {
         eprintln!("node is not installed: the client test is skipped");
         return None;
     }
+    // A directory per run: tests run at once, and each removes its own when done.
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let dir = std::env::temp_dir().join(format!(
         "remodel-web-adv-{}-{}",
         std::process::id(),
-        ALLOCATED.load(Ordering::Relaxed)
+        RUNS.fetch_add(1, Ordering::Relaxed)
     ));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("client.mjs"), remodel_web::CLIENT_JS).unwrap();

@@ -283,6 +283,7 @@ impl Database {
 
     /// Ends every feed of every table with `why` (the store stays open): for a replica
     /// about to be brought to a new state without the commits in between.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))] // used by the PostgreSQL backend
     pub(crate) fn end_all_feeds(&self, why: &str) {
         let names: Vec<String> = self.inner.tables.read().keys().cloned().collect();
         if let Some(sink) = self.inner.sink() {
@@ -295,6 +296,7 @@ impl Database {
     /// The store's history restarts after change `seq`: a cursor up to it no longer resumes
     /// from this store's log, whose changes up to there are not the commits of the database
     /// of record one by one (a replica brought to a new state at once).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))] // used by the PostgreSQL backend
     pub(crate) fn restart_history(&self, seq: u64) -> Result<()> {
         if let Some(log) = &self.inner.changelog {
             let names: Vec<String> = self.inner.tables.read().keys().cloned().collect();
