@@ -416,6 +416,7 @@ async fn apply(db: &Database, batch: &CommitBatch) -> Result<(Vec<Vec<u8>>, u64,
     let mut group = Vec::new();
     let mut archived = Vec::new();
     let mut first = base;
+    let mut last: Option<(Arc<crate::db::TableState>, Arc<str>)> = None;
     for (i, record) in batch.changes.iter().enumerate() {
         let pos = base + i as u64;
         match record {
@@ -428,11 +429,23 @@ async fn apply(db: &Database, batch: &CommitBatch) -> Result<(Vec<Vec<u8>>, u64,
                 if group.is_empty() {
                     first = pos;
                 }
-                let table = db.table_state(&c.table)?;
+                // A commit's changes are mostly of one table: its state and name are
+                // looked up and made once, not per change.
+                let (table, name) = match &last {
+                    Some((t, name)) if **name == *c.table => (t.clone(), name.clone()),
+                    _ => {
+                        let found = (
+                            db.table_state(&c.table)?,
+                            Arc::<str>::from(c.table.as_str()),
+                        );
+                        last = Some(found.clone());
+                        found
+                    }
+                };
                 archived.push(Archived {
                     pos,
                     commit: first,
-                    table: Arc::from(c.table.as_str()),
+                    table: name,
                     kind: Kind::Change,
                     key: c.key.clone(),
                     old: c.old.clone(),
@@ -441,6 +454,8 @@ async fn apply(db: &Database, batch: &CommitBatch) -> Result<(Vec<Vec<u8>>, u64,
                 group.push((table, c.key.clone(), c.old.clone(), c.new.clone()));
             }
             Record::Ddl(d) => {
+                // A table made or dropped here is another table state from now on.
+                last = None;
                 if !group.is_empty() {
                     db.inner
                         .apply_replicated(std::mem::take(&mut group), first)?;
