@@ -189,6 +189,14 @@ fn commit_error(e: &tokio_postgres::Error, table: &str) -> Error {
     }
 }
 
+/// Why a commit statement failed.
+pub(super) struct CommitFailed {
+    pub error: Error,
+    /// Nothing was committed: the statement was never sent, or the server refused it. When
+    /// false, the connection failed after it was sent, and it may have committed.
+    pub rolled_back: bool,
+}
+
 /// Whether the error means "staged against a stale row: stage again".
 fn is_restage(e: &tokio_postgres::Error) -> bool {
     matches!(
@@ -597,6 +605,7 @@ impl PgBackend {
         let msgs: Vec<&[u8]> = commit.msgs.iter().map(Vec::as_slice).collect();
         self.commit_rows(&commit.table, commit.hard, &rows, &msgs)
             .await
+            .map_err(|failed| failed.error)
     }
 
     /// [`PgBackend::commit_table`] of rows and records gathered by reference (rows sorted
@@ -607,8 +616,12 @@ impl PgBackend {
         hard: bool,
         rows: &[&Row],
         msgs: &[&[u8]],
-    ) -> Result<Option<i64>> {
-        let conn = self.conn().await?;
+    ) -> std::result::Result<Option<i64>, CommitFailed> {
+        let unsent = |error| CommitFailed {
+            error,
+            rolled_back: true,
+        };
+        let conn = self.conn().await.map_err(unsent)?;
         let keys: Vec<&[u8]> = rows.iter().map(|r| r.key.as_slice()).collect();
         let olds: Vec<Option<&str>> = rows.iter().map(|r| r.old.as_deref()).collect();
         let news: Vec<Option<&str>> = rows.iter().map(|r| r.new.as_deref()).collect();
@@ -622,7 +635,7 @@ impl PgBackend {
             None => {
                 let sql = schema::single_table_commit_sql(&self.schema, table);
                 let s = conn.client.prepare(&sql).await;
-                let s = s.map_err(|e| commit_error(&e, table))?;
+                let s = s.map_err(|e| unsent(commit_error(&e, table)))?;
                 conn.single.lock().insert(table.to_string(), s.clone());
                 s
             }
@@ -633,7 +646,13 @@ impl PgBackend {
             Err(e) => {
                 // A table dropped and made again: prepare anew next time.
                 conn.single.lock().remove(table);
-                Err(commit_error(&e, table))
+                Err(CommitFailed {
+                    error: commit_error(&e, table),
+                    // The server reports an error of the statement (its implicit transaction
+                    // rolled back); without one, the connection failed with the statement
+                    // sent, and it may have committed.
+                    rolled_back: e.code().is_some(),
+                })
             }
         }
     }

@@ -118,6 +118,31 @@ impl GroupCommit {
     }
 }
 
+/// A leader's place while its task runs. A leader task that ends without giving it back
+/// (a panic, or its runtime shutting down while it waits on the server) gives it back when
+/// dropped; were it the last leader, the writes still queued would wait for one that never
+/// comes (a later write starts a leader only when none runs), so they get an error instead:
+/// they were never sent.
+struct LeaderPlace<'a> {
+    groups: &'a GroupCommit,
+    held: bool,
+}
+
+impl Drop for LeaderPlace<'_> {
+    fn drop(&mut self) {
+        if !self.held || self.groups.leaders.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        let orphans = std::mem::take(&mut *self.groups.queue.lock());
+        for q in orphans {
+            let _ = q.done.send(Err(Error::storage(
+                "the task committing this write's group ended before sending it (a panic, \
+                 or its runtime shut down): the write was not sent",
+            )));
+        }
+    }
+}
+
 impl PgBackend {
     /// Commits `commit` in a group with the writes of other tasks (see the module doc).
     pub(super) async fn commit_grouped(&self, commit: TableCommit) -> Outcome {
@@ -149,15 +174,21 @@ impl PgBackend {
 
     /// A leader: commits groups until the queue is empty.
     async fn lead(self: Arc<Self>) {
+        let mut place = LeaderPlace {
+            groups: &self.groups,
+            held: true,
+        };
         loop {
             let group = self.groups.take_group();
             if group.is_empty() {
+                place.held = false;
                 self.groups.leaders.fetch_sub(1, Ordering::AcqRel);
                 // A write queued after the group was taken, by a task that found every
                 // leader's place taken, must not wait for a leader that is gone.
                 if self.groups.queue.lock().is_empty() || !self.groups.claim(self.connections()) {
                     return;
                 }
+                place.held = true;
                 continue;
             }
             self.commit_group(group).await;
@@ -185,11 +216,23 @@ impl PgBackend {
             .commit_rows(&first.table, first.hard, &rows, &msgs)
             .await;
         drop((rows, msgs));
-        if let Ok(Some(xid)) = whole {
-            for q in group {
-                let _ = q.done.send(Ok(Some(xid)));
+        match whole {
+            Ok(Some(xid)) => {
+                for q in group {
+                    let _ = q.done.send(Ok(Some(xid)));
+                }
+                return;
             }
-            return;
+            // The connection failed with the statement sent: the group may have committed,
+            // and a write committed again alone would be applied twice (or find its own
+            // insert and report a conflict). Each gets the error, as a lone write does.
+            Err(failed) if !failed.rolled_back => {
+                for q in group {
+                    let _ = q.done.send(Err(failed.error.clone()));
+                }
+                return;
+            }
+            Ok(None) | Err(_) => {}
         }
         // Each write alone, pipelined: each gets the result it would have had by itself.
         let alone = group.iter().map(|q| self.commit_table(&q.commit));
@@ -295,5 +338,36 @@ mod tests {
         assert!(!groups.claim(2));
         groups.leaders.fetch_sub(1, Ordering::AcqRel);
         assert!(groups.claim(2));
+    }
+
+    #[test]
+    fn a_leader_gone_without_giving_back_its_place_fails_the_orphaned_writes() {
+        let groups = GroupCommit::default();
+        let (q, mut rx) = queued("a", &[1], false);
+        groups.queue.lock().push_back(q);
+        // Two leaders: the first to vanish leaves the queue to the other.
+        assert!(groups.claim(2) && groups.claim(2));
+        drop(LeaderPlace {
+            groups: &groups,
+            held: true,
+        });
+        assert!(rx.try_recv().is_err(), "still queued for the other leader");
+        assert_eq!(groups.queue.lock().len(), 1);
+        // The last one gone: the queued write is told it was not sent, and a new write
+        // can start a leader again.
+        drop(LeaderPlace {
+            groups: &groups,
+            held: true,
+        });
+        assert!(matches!(rx.try_recv(), Ok(Err(Error::Storage { .. }))));
+        assert!(groups.queue.lock().is_empty());
+        assert_eq!(groups.leaders.load(Ordering::Acquire), 0);
+        // A place given back normally is not given back twice.
+        assert!(groups.claim(1));
+        drop(LeaderPlace {
+            groups: &groups,
+            held: false,
+        });
+        assert_eq!(groups.leaders.load(Ordering::Acquire), 1);
     }
 }
