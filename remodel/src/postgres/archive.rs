@@ -63,6 +63,8 @@ pub(super) const RING_CHANGES: usize = 65_536;
 pub(super) const RING_BYTES: usize = 64 << 20;
 /// How long a resume waits for the archiver to reach the replica's log.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(5);
+/// How long a read of the history waits for a pooled connection.
+const POOL_WAIT: Duration = Duration::from_secs(5);
 
 /// What a row of `history` is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -283,6 +285,9 @@ pub(super) async fn run(
             // Ending the session lets go of the lock.
             (session, leading) = (None, false);
             archive.archiving.store(false, Ordering::Relaxed);
+            if closing {
+                break;
+            }
             continue;
         }
         let step = async {
@@ -294,11 +299,16 @@ pub(super) async fn run(
                 // A flush held up by a lock fails within a second, and a transaction of a
                 // frozen archiver ends after 5 s: while one is open no process can create
                 // its slot (a logical slot waits for every transaction in progress), so
-                // none could start.
+                // none could start. The server probes the connection (TCP keepalives, and
+                // unacknowledged data times out): the session of a process cut off by the
+                // network ends within about 30 s, letting go of the lock, instead of after
+                // the system's keepalive time (hours). Ignored over a Unix socket.
                 client
                     .batch_execute(
                         "SET lock_timeout = '1s'; SET statement_timeout = '30s'; \
-                         SET idle_in_transaction_session_timeout = '5s'",
+                         SET idle_in_transaction_session_timeout = '5s'; \
+                         SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; \
+                         SET tcp_keepalives_count = 3; SET tcp_user_timeout = 30000",
                     )
                     .await
                     .map_err(|e| pg_error(&e))?;
@@ -509,10 +519,16 @@ impl PgBackend {
         let q = ident(&self.schema);
         let begin = Instant::now();
         loop {
-            let mut conn = self
-                .pool
-                .get()
+            // Bounded: the pool's connections may all be held by writes that wait for the
+            // replica, which may itself wait for this read (a reconnect's gap).
+            let mut conn = tokio::time::timeout(POOL_WAIT, self.pool.get())
                 .await
+                .map_err(|_| {
+                    Error::storage(format!(
+                        "postgresql pool: no connection free within {POOL_WAIT:?} to read the \
+                         shared history"
+                    ))
+                })?
                 .map_err(|e| Error::storage(format!("postgresql pool: {e}")))?;
             let tx = super::read_only_snapshot(&mut conn)
                 .await

@@ -33,11 +33,13 @@
 //! reaches back to the cursor, else from the shared history in PostgreSQL, which one
 //! process at a time (the archiver) writes (`archive.rs`).
 //!
-//! **A lost replication connection** (a network blip, the server restarting) is bridged: a
+//! **A lost replication connection** (a network blip, a walsender ended) is bridged: a
 //! new pump, and the commits between the last one applied and its start applied from the
-//! shared history, as they were committed (`replica.rs`); when the history cannot, every
-//! feed of the process ends with `FeedAborted` and the replica is reloaded from a new
-//! snapshot (its differences applied as one commit), and the handle goes on.
+//! shared history, as they were committed (`replica.rs`), when another process archives.
+//! When the history cannot (no other process archives; a table or index created or dropped
+//! in the gap; the server restarted, which ends every process's stream and archiver at
+//! once), every feed of the process ends with `FeedAborted` and the replica is reloaded
+//! from a new snapshot (its differences applied as one commit), and the handle goes on.
 //!
 //! **Group commit.** Single-table writes of concurrent tasks go to PostgreSQL together, as
 //! one transaction (`group_commit.rs`), each with its own outcome.
@@ -187,6 +189,18 @@ fn commit_error(e: &tokio_postgres::Error, table: &str) -> Error {
         Some("42P01") => Error::NoSuchTable(table.to_string()),
         _ => pg_error(e),
     }
+}
+
+/// Writes `token` as a sync record, in a transaction of its own.
+async fn emit_token(client: &Client, token: &[u8]) -> Result<()> {
+    client
+        .execute(
+            "SELECT pg_logical_emit_message(true, $1::text, $2::bytea)",
+            &[&SYNC_PREFIX, &token],
+        )
+        .await
+        .map_err(|e| pg_error(&e))?;
+    Ok(())
 }
 
 /// Why a commit statement failed.
@@ -526,12 +540,26 @@ impl PgBackend {
         }
     }
 
+    /// A sync token no other writes or process use.
+    fn new_token(&self) -> Vec<u8> {
+        let mut token = self.token_prefix.to_vec();
+        token.extend_from_slice(&self.tokens.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+        token
+    }
+
+    /// Writes a sync token nobody waits for: a commit after every one so far, which the
+    /// archiving process archives, so that the shared history reaches past a new slot's
+    /// start even when nothing else is written (see `replica::reconnect`).
+    pub(super) async fn emit_barrier(&self) -> Result<()> {
+        let client = self.sync_client().await?;
+        emit_token(&client, &self.new_token()).await
+    }
+
     /// Writes a sync token in a transaction of its own and waits for the pump to apply it:
     /// then every commit before it is applied.
     async fn sync_now(&self) -> Result<()> {
         let client = self.sync_client().await?;
-        let mut token = self.token_prefix.to_vec();
-        token.extend_from_slice(&self.tokens.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+        let token = self.new_token();
         let rx = {
             let mut a = self.applied.lock();
             if let Some(e) = a.error() {
@@ -541,15 +569,9 @@ impl PgBackend {
             a.token_waiters.insert(token.clone(), tx);
             rx
         };
-        let sent = client
-            .execute(
-                "SELECT pg_logical_emit_message(true, $1::text, $2::bytea)",
-                &[&SYNC_PREFIX, &token],
-            )
-            .await;
-        if let Err(e) = sent {
+        if let Err(e) = emit_token(&client, &token).await {
             self.applied.lock().token_waiters.remove(&token);
-            return Err(pg_error(&e));
+            return Err(e);
         }
         match rx.await {
             Ok(()) => Ok(()),

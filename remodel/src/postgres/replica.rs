@@ -250,6 +250,12 @@ async fn reconnect(db: &Database, backend: &Arc<PgBackend>) -> Result<Pump> {
     };
     let last = db.inner.with_commit_lock(|last| last);
     let start = position(pump.handle().status().start_lsn.0)?;
+    // The archiving process's history reaches a position only once it applies a commit at
+    // or after it: one is made now, so that a quiet database is bridged too. (Should it
+    // fail, the read below waits for other writes, then the replica is reloaded.)
+    if let Err(e) = backend.emit_barrier().await {
+        tracing::debug!("no commit after the new slot's start: {e}");
+    }
     let gap = match backend.read_gap(last, start).await {
         Ok(gap) => gap,
         Err(e) => {
