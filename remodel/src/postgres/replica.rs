@@ -306,8 +306,8 @@ async fn reload(db: &Database, backend: &Arc<PgBackend>, why: &str) -> Result<Pu
 }
 
 /// Brings the replica to what the exported `snapshot` shows: its tables and indexes as in
-/// the catalog, and every document's difference applied as one local commit numbered from
-/// the replica's last position on, before `point`'s.
+/// the catalog, and every document's difference applied as one local commit numbered just
+/// before `point`'s position.
 async fn resync_replica(
     db: &Database,
     config: &tokio_postgres::Config,
@@ -316,6 +316,16 @@ async fn resync_replica(
     point: u64,
 ) -> Result<()> {
     let start = position(point)?;
+    // From now on a cursor from before the new slot's start resumes from the shared history
+    // (which holds the lost commits, or refuses), never from this replica's log, which lacks
+    // them. Feeds opened since the reload began (resumed from that log in the meantime) end
+    // too: they received nothing yet (nothing was applied), and would otherwise go on past
+    // the lost commits as if there were none.
+    db.restart_history(start.saturating_sub(1))?;
+    db.end_all_feeds(
+        "the replica is being reloaded after its replication connection was lost: re-read \
+         with include_initial",
+    );
     let mut client = super::connect(config).await.map_err(|e| pg_error(&e))?;
     let tx = at_snapshot(&mut client, snapshot).await?;
     let catalog = read_catalog(&tx, schema_name).await?;
@@ -401,15 +411,21 @@ async fn resync_replica(
             }
         }
     }
-    // One local commit: a reader sees the state before or after, both committed states.
+    // One local commit: a reader sees the state before or after, both committed states. It
+    // is numbered just below the new slot's start, where no commit of the database can be
+    // (a commit record takes at least 32 bytes of WAL before the slot's consistent point, and
+    // a commit's numbers are its LSN × 4,096 on): a cursor from it, resumed here or in any
+    // process, reads nothing of the shared history before the start, so no commit the
+    // differences already hold comes again.
     if !changes.is_empty() {
-        let next = db.inner.with_commit_lock(|last| last) + 1;
-        if next + changes.len() as u64 >= start {
+        let last = db.inner.with_commit_lock(|last| last);
+        let first = start.checked_sub(changes.len() as u64).unwrap_or(0);
+        if first <= last {
             return Err(Error::storage(
                 "the replica's differences do not fit before the new slot's start",
             ));
         }
-        db.inner.apply_replicated(changes, next)?;
+        db.inner.apply_replicated(changes, first)?;
     }
     tx.commit().await.map_err(|e| pg_error(&e))
 }
