@@ -561,3 +561,103 @@ async fn a_lost_replication_connection_of_a_quiet_database_is_bridged() {
     a.sync().await.unwrap();
     assert_eq!(a.table("t").run().await.unwrap().len(), 2);
 }
+
+/// Rows a write only checks are checked at commit, against the database's newest rows, on
+/// both commit paths (one table, several tables): another process deletes a required row
+/// or inserts one required absent, and this process, without waiting to see it, commits a
+/// write that requires the old state: it must fail, every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_only_checked_are_decided_against_the_row_at_commit() {
+    let Some(pg) = database("rows_only_checked_are_decided").await else {
+        return;
+    };
+    let a = Database::connect(pg.url()).await.unwrap();
+    a.create_table("ships").await.unwrap();
+    a.create_table("crew").await.unwrap();
+    let b = Database::connect(pg.url()).await.unwrap();
+    b.sync().await.unwrap();
+    let admin = pg.connect().await.unwrap();
+    let (mut joined, mut refused) = (0, 0);
+    let rounds = 12;
+    for i in 0..rounds {
+        let ship = format!("s{i}");
+        b.table("ships").insert(json!({"id": ship})).await.unwrap();
+        a.sync().await.unwrap();
+        // a's replica stops following for a moment (its stream is cut; it reconnects), so
+        // that it surely stages against the ship b deletes now.
+        kill_pump(&admin, &a).await;
+        b.table("ships").get(ship.as_str()).delete().await.unwrap();
+        // Several tables: the ship must still be there.
+        let several = a
+            .batch()
+            .require_exists("ships", ship.as_str())
+            .insert("crew", json!({"id": format!("c{i}"), "ship": ship}))
+            .await;
+        // One table: the same.
+        let one = a
+            .batch()
+            .require_exists("ships", ship.as_str())
+            .insert("ships", json!({"id": format!("{ship}-tender")}))
+            .await;
+        for outcome in [several, one] {
+            match outcome {
+                Err(Error::NotFound { .. }) => refused += 1,
+                Ok(_) => joined += 1,
+                Err(e) => panic!("round {i}: {e}"),
+            }
+        }
+    }
+    assert_eq!(joined, 0, "{joined} writes committed against a deleted row");
+    assert_eq!(refused, 2 * rounds);
+    a.sync().await.unwrap();
+    assert_eq!(a.table("crew").count().await.unwrap(), 0);
+}
+
+/// A write that finds its key absent is decided against the rows as they are when it holds
+/// its table's lock, not as they were when its statement began: a row committed while it
+/// waited for the lock (held here by hand, as a write of several rows holds it) makes it
+/// stage again instead of committing "absent".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_found_absent_is_checked_after_the_tables_lock() {
+    let Some(pg) = database("a_key_found_absent_is_checked").await else {
+        return;
+    };
+    let a = Database::connect(pg.url()).await.unwrap();
+    a.create_table("t").await.unwrap();
+    let restaged = |db: &Database| {
+        let db = db.clone();
+        async move { pg_stats(&db).await["restaged"].as_u64().unwrap() }
+    };
+    let before = restaged(&a).await;
+    let mut holder = pg.connect().await.unwrap();
+    let held = holder.transaction().await.unwrap();
+    held.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('remodel:remodel.t_t', 0))",
+        &[],
+    )
+    .await
+    .unwrap();
+    let writer = {
+        let a = a.clone();
+        tokio::spawn(async move { a.table("t").get(1).update(json!({"v": 1})).await })
+    };
+    // The writer's statement now waits for the lock; the row appears before it gets it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let key = remodel::value::encode_key(&json!(1)).unwrap();
+    held.execute(
+        "INSERT INTO remodel.t_t (k, doc) VALUES ($1, $2::text::json)",
+        &[&key, &r#"{"id": 1}"#],
+    )
+    .await
+    .unwrap();
+    held.commit().await.unwrap();
+    tokio::time::timeout(WAIT, writer)
+        .await
+        .expect("the write ends")
+        .unwrap()
+        .unwrap();
+    assert!(
+        restaged(&a).await > before,
+        "the write committed \"absent\" against a row committed before it held the lock"
+    );
+}

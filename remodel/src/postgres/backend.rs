@@ -644,6 +644,11 @@ impl PgBackend {
             rolled_back: true,
         };
         let conn = self.conn().await.map_err(unsent)?;
+        if rows.iter().any(|r| !r.write && r.old.is_none()) {
+            return self
+                .commit_rows_by_function(&conn, table, hard, rows, msgs)
+                .await;
+        }
         let keys: Vec<&[u8]> = rows.iter().map(|r| r.key.as_slice()).collect();
         let olds: Vec<Option<&str>> = rows.iter().map(|r| r.old.as_deref()).collect();
         let news: Vec<Option<&str>> = rows.iter().map(|r| r.new.as_deref()).collect();
@@ -676,6 +681,47 @@ impl PgBackend {
                     rolled_back: e.code().is_some(),
                 })
             }
+        }
+    }
+
+    /// [`PgBackend::commit_rows`] through the commit function, for rows that include a key
+    /// only checked to be absent. The single statement reads every row in the snapshot it
+    /// took when it began, before it waited for the table's lock: a row another process
+    /// inserted while this one waited is invisible to it (`FOR UPDATE` follows only rows it
+    /// sees), so "still absent" would be decided against a row older than the commit. (A
+    /// row written here is safe: an insert meets the unique key, an update or delete the row's
+    /// newest version.) The function's statements each take a new snapshot, after the lock.
+    async fn commit_rows_by_function(
+        &self,
+        conn: &Conn,
+        table: &str,
+        hard: bool,
+        rows: &[&Row],
+        msgs: &[&[u8]],
+    ) -> std::result::Result<Option<i64>, CommitFailed> {
+        let rel = schema::relation_name(table);
+        let tbls: Vec<&str> = rows.iter().map(|_| rel.as_str()).collect();
+        let keys: Vec<&[u8]> = rows.iter().map(|r| r.key.as_slice()).collect();
+        let olds: Vec<Option<&str>> = rows.iter().map(|r| r.old.as_deref()).collect();
+        // A checked row is written as it was (the function writes every row it is given).
+        let news: Vec<Option<&str>> = rows.iter().map(|r| r.new.as_deref()).collect();
+        let soft = !hard;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
+            [&tbls, &keys, &olds, &news, &msgs, &soft];
+        let sql = format!(
+            "SELECT {}.commit($1::text[], $2::bytea[], $3::text[], $4::text[], $5::bytea[], $6)",
+            schema::ident(&self.schema)
+        );
+        match conn.client.query_one(sql.as_str(), &params).await {
+            // Only checked rows: no change record, nothing for the replica to apply (the
+            // transaction reaches no pump), as the single statement's 0 says.
+            Ok(row) if msgs.is_empty() => Ok((row.get::<_, i64>(0) >= 0).then_some(0)),
+            Ok(row) => Ok(self.committed(row.get(0))),
+            Err(e) if is_restage(&e) => Ok(None),
+            Err(e) => Err(CommitFailed {
+                error: commit_error(&e, table),
+                rolled_back: e.code().is_some(),
+            }),
         }
     }
 
