@@ -206,9 +206,28 @@ async fn emit_token(client: &Client, token: &[u8]) -> Result<()> {
 /// Why a commit statement failed.
 pub(super) struct CommitFailed {
     pub error: Error,
-    /// Nothing was committed: the statement was never sent, or the server refused it. When
-    /// false, the connection failed after it was sent, and it may have committed.
-    pub rolled_back: bool,
+    pub how: Failure,
+}
+
+/// How a commit statement failed, which says what may be tried again.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Failure {
+    /// Never sent: no connection could be had.
+    NotSent,
+    /// The server refused it (an error with a SQLSTATE): nothing was committed.
+    Refused,
+    /// The connection failed after it was sent: it may have committed.
+    Unknown,
+}
+
+impl Failure {
+    fn of(e: &tokio_postgres::Error) -> Failure {
+        if e.code().is_some() {
+            Failure::Refused
+        } else {
+            Failure::Unknown
+        }
+    }
 }
 
 /// Whether the error means "staged against a stale row: stage again".
@@ -639,11 +658,10 @@ impl PgBackend {
         rows: &[&Row],
         msgs: &[&[u8]],
     ) -> std::result::Result<Option<i64>, CommitFailed> {
-        let unsent = |error| CommitFailed {
+        let conn = self.conn().await.map_err(|error| CommitFailed {
             error,
-            rolled_back: true,
-        };
-        let conn = self.conn().await.map_err(unsent)?;
+            how: Failure::NotSent,
+        })?;
         if rows.iter().any(|r| !r.write && r.old.is_none()) {
             return self
                 .commit_rows_by_function(&conn, table, hard, rows, msgs)
@@ -662,7 +680,10 @@ impl PgBackend {
             None => {
                 let sql = schema::single_table_commit_sql(&self.schema, table);
                 let s = conn.client.prepare(&sql).await;
-                let s = s.map_err(|e| unsent(commit_error(&e, table)))?;
+                let s = s.map_err(|e| CommitFailed {
+                    error: commit_error(&e, table),
+                    how: Failure::of(&e),
+                })?;
                 conn.single.lock().insert(table.to_string(), s.clone());
                 s
             }
@@ -675,10 +696,7 @@ impl PgBackend {
                 conn.single.lock().remove(table);
                 Err(CommitFailed {
                     error: commit_error(&e, table),
-                    // The server reports an error of the statement (its implicit transaction
-                    // rolled back); without one, the connection failed with the statement
-                    // sent, and it may have committed.
-                    rolled_back: e.code().is_some(),
+                    how: Failure::of(&e),
                 })
             }
         }
@@ -720,7 +738,7 @@ impl PgBackend {
             Err(e) if is_restage(&e) => Ok(None),
             Err(e) => Err(CommitFailed {
                 error: commit_error(&e, table),
-                rolled_back: e.code().is_some(),
+                how: Failure::of(&e),
             }),
         }
     }

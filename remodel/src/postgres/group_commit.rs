@@ -9,17 +9,20 @@
 //! being committed form the next group, so the groups grow with the load and an idle
 //! database commits a lone write at once, as before.
 //!
-//! A group is all or nothing on the server, but its writes are not: when a group fails (a
-//! row of one write is no longer what it was staged against, another process inserted one
-//! of its keys, any error), each of its writes is committed again alone, so each gets the
-//! result it would have had without the others: its own success, its own "stage again",
-//! its own error. The writes of a group share their commit's position (their changes are
+//! A group is all or nothing on the server, but its writes are not: when the server refuses
+//! a group (a row of one write is no longer what it was staged against, another process
+//! inserted one of its keys, any error of the statement), each of its writes is committed
+//! again alone, so each gets the result it would have had without the others: its own
+//! success, its own "stage again", its own error. When the connection fails with the
+//! statement sent (it may have committed) or none can be had, each gets that error, as a
+//! write alone would: none is sent twice. A queued write whose caller stopped waiting is
+//! not sent. The writes of a group share their commit's position (their changes are
 //! numbered in queue order within it), as the changes of one commit do.
 //!
 //! A leader is a spawned task: a write whose caller stops waiting (its future dropped)
 //! does not take the other writes of its group with it.
 
-use super::backend::{PgBackend, MAX_COMMIT_CHANGES};
+use super::backend::{Failure, PgBackend, MAX_COMMIT_CHANGES};
 use crate::{Error, Result};
 use parking_lot::Mutex;
 use std::collections::{HashSet, VecDeque};
@@ -74,6 +77,9 @@ impl GroupCommit {
     /// stay queued, in order.
     fn take_group(&self) -> Vec<Queued> {
         let mut queue = self.queue.lock();
+        // A write whose caller stopped waiting (its future dropped) is not sent: under a
+        // caller that retries on a timeout, the queue would otherwise only grow.
+        queue.retain(|q| !q.done.is_closed());
         let Some(first) = queue.pop_front() else {
             return Vec::new();
         };
@@ -223,16 +229,21 @@ impl PgBackend {
                 }
                 return;
             }
+            // Refused by the server (a row not as staged, a unique key taken, a member's
+            // error): nothing was committed, and each write alone gets its own outcome.
+            Ok(None) => {}
+            Err(failed) if failed.how == Failure::Refused => {}
             // The connection failed with the statement sent: the group may have committed,
             // and a write committed again alone would be applied twice (or find its own
-            // insert and report a conflict). Each gets the error, as a lone write does.
-            Err(failed) if !failed.rolled_back => {
+            // insert and report a conflict). Never sent: no connection could be had, and
+            // each write alone would try for one again, all at once. Either way each gets
+            // the error, as a lone write does.
+            Err(failed) => {
                 for q in group {
                     let _ = q.done.send(Err(failed.error.clone()));
                 }
                 return;
             }
-            Ok(None) | Err(_) => {}
         }
         // Each write alone, pipelined: each gets the result it would have had by itself.
         let alone = group.iter().map(|q| self.commit_table(&q.commit));
@@ -369,5 +380,17 @@ mod tests {
             held: false,
         });
         assert_eq!(groups.leaders.load(Ordering::Acquire), 1);
+    }
+
+    #[test]
+    fn a_write_whose_caller_stopped_waiting_is_not_sent() {
+        let groups = GroupCommit::default();
+        let (gone, rx) = queued("a", &[1], false);
+        groups.queue.lock().push_back(gone);
+        drop(rx);
+        let (kept, _rx) = queued("a", &[2], false);
+        groups.queue.lock().push_back(kept);
+        assert_eq!(keys_of(&groups.take_group()), vec![vec![2]]);
+        assert!(groups.take_group().is_empty());
     }
 }
