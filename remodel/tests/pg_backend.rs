@@ -562,10 +562,11 @@ async fn a_lost_replication_connection_of_a_quiet_database_is_bridged() {
     assert_eq!(a.table("t").run().await.unwrap().len(), 2);
 }
 
-/// Rows a write only checks are checked at commit, against the database's newest rows, on
-/// both commit paths (one table, several tables): another process deletes a required row
-/// or inserts one required absent, and this process, without waiting to see it, commits a
-/// write that requires the old state: it must fail, every time.
+/// Writes are decided at commit against the database's newest rows, whatever this
+/// process's replica has seen: another process deletes a row, and this process, whose
+/// replica stopped following for a moment (so it surely stages against the deleted row),
+/// updates it by key (the single-table, grouped path) and runs batches that require it
+/// (the path that locks its tables): nothing may be written, every time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_only_checked_are_decided_against_the_row_at_commit() {
     let Some(pg) = database("rows_only_checked_are_decided").await else {
@@ -587,6 +588,17 @@ async fn rows_only_checked_are_decided_against_the_row_at_commit() {
         // that it surely stages against the ship b deletes now.
         kill_pump(&admin, &a).await;
         b.table("ships").get(ship.as_str()).delete().await.unwrap();
+        // By key: the row is gone at commit, so nothing is replaced (and nothing revived).
+        let updated = a
+            .table("ships")
+            .get(ship.as_str())
+            .update(json!({"v": 1}))
+            .await
+            .unwrap();
+        assert_eq!(
+            updated.replaced, 0,
+            "round {i}: an update revived a deleted row"
+        );
         // Several tables: the ship must still be there.
         let several = a
             .batch()
@@ -611,6 +623,7 @@ async fn rows_only_checked_are_decided_against_the_row_at_commit() {
     assert_eq!(refused, 2 * rounds);
     a.sync().await.unwrap();
     assert_eq!(a.table("crew").count().await.unwrap(), 0);
+    assert_eq!(a.table("ships").count().await.unwrap(), 0);
 }
 
 /// A write that finds its key absent is decided against the rows as they are when it holds
@@ -656,6 +669,11 @@ async fn a_key_found_absent_is_checked_after_the_tables_lock() {
         .expect("the write ends")
         .unwrap()
         .unwrap();
+    // The row was put there by hand, without a change record, so this replica never learns
+    // of it: the write stages again until it falls back to locking the table, and ends
+    // "skipped". What shows the check is that it staged again at all. (Were the writer's
+    // statement to start only after the row is in, it would stage again too: the pause above
+    // can only hide the bug, never fail a correct build.)
     assert!(
         restaged(&a).await > before,
         "the write committed \"absent\" against a row committed before it held the lock"

@@ -9,8 +9,7 @@
 //! Why a thread of its own: a sync handed to tokio's blocking pool costs two thread hand-offs
 //! besides the fsync (worker → pool thread → worker) for every group, and one of the waiting
 //! tasks has to start it. The syncer is woken once per group (by the first writer that asks),
-//! starts the next sync the moment the last one ends, and wakes the writers through one
-//! `watch` channel.
+//! gathers the group (below), syncs, and wakes the writers through one `watch` channel.
 //!
 //! Gathering a group without a timer: started at the first request, a sync covers only the
 //! writers that happened to be back, and the others form the next group. Eight writers then
@@ -19,7 +18,8 @@
 //! the next one it waits, spinning and yielding its core (never parked: on the virtual
 //! machines this was measured on, a timed park of even 30 µs costs a timer interrupt and two
 //! context switches, and halved the rate of eight writers), until as many have asked again,
-//! for at most half as long as the last sync took. A lone writer is the whole group when it
+//! for at most half as long as the last sync took and never more than
+//! [`MOST_GATHERING`]. A lone writer is the whole group when it
 //! asks and waits for nothing; a writer that stopped writing costs one bounded wait, after
 //! which the group is counted smaller.
 //!
@@ -35,10 +35,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
 /// The longest a sync waits for the rest of its group, whatever the last sync took.
 const MOST_GATHERING: Duration = Duration::from_millis(1);
-use tokio::sync::watch;
 
 pub(crate) struct GroupFlush {
     shared: Arc<SyncState>,
@@ -209,7 +209,8 @@ impl Syncer {
     fn run(self) {
         let shared = &*self.shared;
         let mut upto = shared.state.borrow().upto;
-        // The last sync: how many requests it covered, when it started, how long it took.
+        // The last sync: how many requests it covered, the requests made before it started,
+        // and how long it took.
         let (mut group, mut asked_before, mut took) = (0, 0, Duration::ZERO);
         loop {
             // Parked until a writer waits for a commit the disk does not have.

@@ -212,9 +212,12 @@ pub(super) struct CommitFailed {
 /// How a commit statement failed, which says what may be tried again.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(super) enum Failure {
-    /// Never sent: no connection could be had.
-    NotSent,
-    /// The server refused it (an error with a SQLSTATE): nothing was committed.
+    /// Nothing was committed, and the connection or the server is not available (none could
+    /// be had, or the server says it is shutting down, out of resources or cut off):
+    /// sending the writes again at once would meet the same.
+    Unavailable,
+    /// The server refused the statement itself (a row, a key, a document): nothing was
+    /// committed.
     Refused,
     /// The connection failed after it was sent: it may have committed.
     Unknown,
@@ -222,10 +225,14 @@ pub(super) enum Failure {
 
 impl Failure {
     fn of(e: &tokio_postgres::Error) -> Failure {
-        if e.code().is_some() {
-            Failure::Refused
-        } else {
-            Failure::Unknown
+        match e.code().map(|c| c.code()) {
+            // Classes 08 (connection), 53 (resources), 57 (operator intervention: a
+            // shutdown, a terminated backend) and 58 (system): not the statement's fault.
+            Some(code) if ["08", "53", "57", "58"].iter().any(|c| code.starts_with(c)) => {
+                Failure::Unavailable
+            }
+            Some(_) => Failure::Refused,
+            None => Failure::Unknown,
         }
     }
 }
@@ -362,6 +369,8 @@ struct Conn {
     client: Client,
     /// Per table: its prepared single-table commit ([`schema::single_table_commit_sql`]).
     single: Mutex<HashMap<String, Statement>>,
+    /// The commit function's call, prepared (see [`PgBackend::commit_rows_by_function`]).
+    function: Mutex<Option<Statement>>,
 }
 
 pub(crate) struct PgBackend {
@@ -417,6 +426,7 @@ impl PgBackend {
             conns.push(Mutex::new(Arc::new(Conn {
                 client,
                 single: Mutex::default(),
+                function: Mutex::default(),
             })));
         }
         // `Clean` recycling ends a returned connection's session state, advisory locks
@@ -492,6 +502,7 @@ impl PgBackend {
         let fresh = Arc::new(Conn {
             client,
             single: Mutex::default(),
+            function: Mutex::default(),
         });
         *slot.lock() = fresh.clone();
         Ok(fresh)
@@ -660,7 +671,7 @@ impl PgBackend {
     ) -> std::result::Result<Option<i64>, CommitFailed> {
         let conn = self.conn().await.map_err(|error| CommitFailed {
             error,
-            how: Failure::NotSent,
+            how: Failure::Unavailable,
         })?;
         if rows.iter().any(|r| !r.write && r.old.is_none()) {
             return self
@@ -726,11 +737,23 @@ impl PgBackend {
         let soft = !hard;
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
             [&tbls, &keys, &olds, &news, &msgs, &soft];
-        let sql = format!(
-            "SELECT {}.commit($1::text[], $2::bytea[], $3::text[], $4::text[], $5::bytea[], $6)",
-            schema::ident(&self.schema)
-        );
-        match conn.client.query_one(sql.as_str(), &params).await {
+        let cached = conn.function.lock().clone();
+        let statement = match cached {
+            Some(s) => s,
+            None => {
+                let sql = format!(
+                    "SELECT {}.commit($1::text[], $2::bytea[], $3::text[], $4::text[], $5::bytea[], $6)",
+                    schema::ident(&self.schema)
+                );
+                let s = conn.client.prepare(&sql).await.map_err(|e| CommitFailed {
+                    error: commit_error(&e, table),
+                    how: Failure::of(&e),
+                })?;
+                *conn.function.lock() = Some(s.clone());
+                s
+            }
+        };
+        match conn.client.query_one(&statement, &params).await {
             // Only checked rows: no change record, nothing for the replica to apply (the
             // transaction reaches no pump), as the single statement's 0 says.
             Ok(row) if msgs.is_empty() => Ok((row.get::<_, i64>(0) >= 0).then_some(0)),

@@ -136,10 +136,17 @@ struct LeaderPlace<'a> {
 
 impl Drop for LeaderPlace<'_> {
     fn drop(&mut self) {
-        if !self.held || self.groups.leaders.fetch_sub(1, Ordering::AcqRel) != 1 {
+        if !self.held {
             return;
         }
-        let orphans = std::mem::take(&mut *self.groups.queue.lock());
+        // Under the queue's lock: a write queued after the last place was given back sees
+        // no leader and starts one; one queued before is failed here, none is both.
+        let mut queue = self.groups.queue.lock();
+        if self.groups.leaders.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        let orphans = std::mem::take(&mut *queue);
+        drop(queue);
         for q in orphans {
             let _ = q.done.send(Err(Error::storage(
                 "the task committing this write's group ended before sending it (a panic, \
@@ -235,9 +242,9 @@ impl PgBackend {
             Err(failed) if failed.how == Failure::Refused => {}
             // The connection failed with the statement sent: the group may have committed,
             // and a write committed again alone would be applied twice (or find its own
-            // insert and report a conflict). Never sent: no connection could be had, and
-            // each write alone would try for one again, all at once. Either way each gets
-            // the error, as a lone write does.
+            // insert and report a conflict). Unavailable: no connection could be had, or the
+            // server is going away, and each write alone would try again, all at once.
+            // Either way each gets the error, as a lone write does.
             Err(failed) => {
                 for q in group {
                     let _ = q.done.send(Err(failed.error.clone()));

@@ -416,7 +416,11 @@ async fn resync_replica(
     // (a commit record takes at least 32 bytes of WAL before the slot's consistent point, and
     // a commit's numbers are its LSN × 4,096 on): a cursor from it, resumed here or in any
     // process, reads nothing of the shared history before the start, so no commit the
-    // differences already hold comes again.
+    // differences already hold comes again. (That holds for up to 31 × 4,096 = 126,976
+    // differences; beyond, the first numbers can be a commit's before the start, and a
+    // cursor taken from one of them by a feed opened during the reload may resume with
+    // changes it already has. Left as is: such a reload is rare, and failing it instead
+    // would leave the handle unable to follow at all.)
     if !changes.is_empty() {
         let last = db.inner.with_commit_lock(|last| last);
         let first = start.checked_sub(changes.len() as u64).unwrap_or(0);

@@ -146,7 +146,10 @@ $fn$;
 /// One snapshot serves the statement: the rows are locked `FOR UPDATE` (which reads their
 /// newest committed version), compared, and every write is conditional on no row differing.
 /// A row inserted by another process since the snapshot makes the insert fail with a unique
-/// violation (stage again), one deleted makes the comparison fail.
+/// violation (stage again), one deleted makes the comparison fail. A row only checked to be
+/// absent has no such guard (the snapshot may predate the lock and miss a row committed
+/// since): such commits must go through [`COMMIT_FN`] instead, whose statements each take a
+/// snapshot after its lock.
 pub(crate) fn single_table_commit_sql(schema: &str, table: &str) -> String {
     let rel = docs_relation(schema, table);
     format!(
