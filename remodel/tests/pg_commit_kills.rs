@@ -100,7 +100,7 @@ async fn worker(db: Database, p: u64, task: u64, stop: Arc<AtomicBool>) -> Log {
         let c = rng.next() % COUNTERS;
         let op = format!("i{p}.{task}.{i}");
         let get = db.table("counters").get(c);
-        let write = if task % 2 == 0 {
+        let write = if task.is_multiple_of(2) {
             let op = op.clone();
             get.replace_with(move |doc| Ok(bump(doc, &op)))
         } else {

@@ -423,7 +423,7 @@ async fn resync_replica(
     // would leave the handle unable to follow at all.)
     if !changes.is_empty() {
         let last = db.inner.with_commit_lock(|last| last);
-        let first = start.checked_sub(changes.len() as u64).unwrap_or(0);
+        let first = start.saturating_sub(changes.len() as u64);
         if first <= last {
             return Err(Error::storage(
                 "the replica's differences do not fit before the new slot's start",
