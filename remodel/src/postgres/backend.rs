@@ -203,6 +203,24 @@ async fn emit_token(client: &Client, token: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// TCP keepalives that notice a server gone without a word (a network cut, a host that
+/// died) within about half a minute, and a limit on how long sent data may go unacknowledged:
+/// with the defaults (keepalives after 2 hours, no limit), a commit connection cut off that
+/// way would hold every write queued behind it for hours. Settings the connection string
+/// gives are kept. (Nothing changes over a Unix socket.)
+fn probe_dead_peers(config: &mut tokio_postgres::Config) {
+    const DEFAULT_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
+    if config.get_keepalives() && config.get_keepalives_idle() == DEFAULT_IDLE {
+        config
+            .keepalives_idle(Duration::from_secs(10))
+            .keepalives_interval(Duration::from_secs(5))
+            .keepalives_retries(3);
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(Duration::from_secs(30));
+    }
+}
+
 /// Why a commit statement failed.
 pub(super) struct CommitFailed {
     pub error: Error,
@@ -406,10 +424,11 @@ pub(crate) struct PgBackend {
 
 impl PgBackend {
     async fn open(options: Connect) -> Result<Database> {
-        let config: tokio_postgres::Config = options
+        let mut config: tokio_postgres::Config = options
             .url
             .parse()
             .map_err(|e| Error::storage(format!("not a PostgreSQL connection string: {e}")))?;
+        probe_dead_peers(&mut config);
         check_schema_name(&options.schema)?;
         set_up_schema(&config, &options.schema).await?;
         // The replica's own writes are never waited for (it is rebuilt on every start); its
@@ -1313,5 +1332,29 @@ impl PgBackend {
                 let _ = w.send(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_peers_are_probed_unless_the_connection_string_says_otherwise() {
+        let mut plain: tokio_postgres::Config = "postgres://u@db.example/x".parse().unwrap();
+        probe_dead_peers(&mut plain);
+        assert_eq!(plain.get_keepalives_idle(), Duration::from_secs(10));
+        assert_eq!(plain.get_tcp_user_timeout(), Some(&Duration::from_secs(30)));
+        let mut given: tokio_postgres::Config =
+            "postgres://u@db.example/x?keepalives_idle=60&tcp_user_timeout=5"
+                .parse()
+                .unwrap();
+        probe_dead_peers(&mut given);
+        assert_eq!(given.get_keepalives_idle(), Duration::from_secs(60));
+        assert_eq!(given.get_tcp_user_timeout(), Some(&Duration::from_secs(5)));
+        let mut off: tokio_postgres::Config =
+            "postgres://u@db.example/x?keepalives=0".parse().unwrap();
+        probe_dead_peers(&mut off);
+        assert!(!off.get_keepalives());
     }
 }
