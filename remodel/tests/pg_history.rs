@@ -37,6 +37,15 @@ async fn connect(pg: &TestDatabase) -> Database {
         .expect("a process connects")
 }
 
+/// A test database with one process on it, which made table `t` and archives.
+async fn archiving_process(test: &str) -> Option<(TestDatabase, Database)> {
+    let pg = database(test).await?;
+    let a = connect(&pg).await;
+    a.create_table("t").await.unwrap();
+    archiver(&[&a]).await;
+    Some((pg, a))
+}
+
 fn seed(test: &str) -> u64 {
     let seed = std::env::var("REMODEL_HISTORY_SEED")
         .ok()
@@ -872,12 +881,9 @@ async fn cursors_below_the_retained_history_expire_typed() {
 /// the live items'.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn odd_documents_go_through_the_history_as_they_were() {
-    let Some(pg) = database("odd_documents_go_through_the_history").await else {
+    let Some((pg, a)) = archiving_process("odd_documents_go_through_the_history").await else {
         return;
     };
-    let a = connect(&pg).await;
-    a.create_table("t").await.unwrap();
-    archiver(&[&a]).await;
     let mut feed = a.table("t").changes().await.unwrap();
     a.table("t").insert(json!({"id": "first"})).await.unwrap();
     read_until(&mut feed, |_| true).await;
@@ -955,12 +961,9 @@ async fn odd_documents_go_through_the_history_as_they_were() {
 /// fewer changes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_resumes_at_once_under_ddl_and_a_small_own_log() {
-    let Some(pg) = database("many_resumes_at_once_under_ddl").await else {
+    let Some((pg, a)) = archiving_process("many_resumes_at_once_under_ddl").await else {
         return;
     };
-    let a = connect(&pg).await;
-    a.create_table("t").await.unwrap();
-    archiver(&[&a]).await;
     // A process whose own log keeps little (segments of 64 changes).
     let small = Connect::new(pg.url())
         .retention(ChangeLogRetention {
@@ -1084,12 +1087,9 @@ async fn many_resumes_at_once_under_ddl_and_a_small_own_log() {
 /// resumes exactly or expires, typed; never a shorter stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_every_process_ended_a_cursor_resumes_exactly_or_expires() {
-    let Some(pg) = database("after_every_process_ended").await else {
+    let Some((pg, a)) = archiving_process("after_every_process_ended").await else {
         return;
     };
-    let a = connect(&pg).await;
-    a.create_table("t").await.unwrap();
-    archiver(&[&a]).await;
     let mut feed = a.table("t").changes().await.unwrap();
     for i in 0..20 {
         a.table("t").insert(json!({"id": i})).await.unwrap();
@@ -1113,12 +1113,10 @@ async fn after_every_process_ended_a_cursor_resumes_exactly_or_expires() {
 /// every change once (bridged from the history), or ends with `FeedAborted`: never a gap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_archiver_whose_replica_stopped_following_hands_over() {
-    let Some(pg) = database("an_archiver_whose_replica_stopped_following").await else {
+    let Some((pg, a)) = archiving_process("an_archiver_whose_replica_stopped_following").await
+    else {
         return;
     };
-    let a = connect(&pg).await;
-    a.create_table("t").await.unwrap();
-    archiver(&[&a]).await;
     let b = connect(&pg).await;
     b.sync().await.unwrap();
     let mut a_feed = a.table("t").changes().await.unwrap();
@@ -1203,12 +1201,9 @@ async fn an_archiver_whose_replica_stopped_following_hands_over() {
 /// resumes exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_behind_a_stalled_archiver_expires_typed_then_resumes() {
-    let Some(pg) = database("a_resume_behind_a_stalled_archiver").await else {
+    let Some((pg, a)) = archiving_process("a_resume_behind_a_stalled_archiver").await else {
         return;
     };
-    let a = connect(&pg).await;
-    a.create_table("t").await.unwrap();
-    archiver(&[&a]).await;
     let mut feed = a.table("t").changes().await.unwrap();
     a.table("t").insert(json!({"id": 0})).await.unwrap();
     let cursor = read_until(&mut feed, |_| true).await[0].cursor;
@@ -1276,12 +1271,11 @@ async fn a_resume_behind_a_stalled_archiver_expires_typed_then_resumes() {
 /// lost its session must take the lock again before it writes the history.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_archiver_at_a_time_after_its_session_was_lost() {
-    let Some(pg) = database("one_archiver_at_a_time_after_its_session_was_lost").await else {
+    let Some((pg, a)) =
+        archiving_process("one_archiver_at_a_time_after_its_session_was_lost").await
+    else {
         return;
     };
-    let a = connect(&pg).await;
-    a.create_table("t").await.unwrap();
-    archiver(&[&a]).await;
     let b = connect(&pg).await;
     let admin = pg.connect().await.unwrap();
     let pid = archiver_pid(&admin).await.unwrap();
@@ -1311,12 +1305,9 @@ async fn one_archiver_at_a_time_after_its_session_was_lost() {
 /// resumes in a process started later.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_position_taken_before_any_change_resumes_in_a_later_process() {
-    let Some(pg) = database("a_position_taken_before_any_change").await else {
+    let Some((pg, a)) = archiving_process("a_position_taken_before_any_change").await else {
         return;
     };
-    let a = connect(&pg).await;
-    a.create_table("t").await.unwrap();
-    archiver(&[&a]).await;
     let at = a.position();
     let mut feed = a.table("t").changes().await.unwrap();
     for i in 0..3 {
@@ -1342,12 +1333,11 @@ async fn a_position_taken_before_any_change_resumes_in_a_later_process() {
 /// server rule; the archiver's session ends a transaction left idle after 5 s for that.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_starts_while_the_archivers_flush_is_held_up() {
-    let Some(pg) = database("a_process_starts_while_the_archivers_flush").await else {
+    let Some((pg, _archiving)) =
+        archiving_process("a_process_starts_while_the_archivers_flush").await
+    else {
         return;
     };
-    let a = connect(&pg).await;
-    a.create_table("t").await.unwrap();
-    archiver(&[&a]).await;
     let mut admin = pg.connect().await.unwrap();
     let hold = admin.transaction().await.unwrap();
     hold.batch_execute("LOCK TABLE remodel.history IN ROW EXCLUSIVE MODE")

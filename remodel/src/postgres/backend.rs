@@ -385,10 +385,37 @@ fn one_table(staged: &BackendStaging, hard: bool) -> Result<Option<TableCommit>>
 /// One connection for commits, with its prepared statements.
 struct Conn {
     client: Client,
-    /// Per table: its prepared single-table commit ([`schema::single_table_commit_sql`]).
-    single: Mutex<HashMap<String, Statement>>,
-    /// The commit function's call, prepared (see [`PgBackend::commit_rows_by_function`]).
-    function: Mutex<Option<Statement>>,
+    /// Statements prepared on this connection: per table its single-table commit
+    /// ([`schema::single_table_commit_sql`]), and under [`FUNCTION_CALL`] the commit
+    /// function's call.
+    prepared: Mutex<HashMap<String, Statement>>,
+}
+
+/// The key of the commit function's call among a connection's prepared statements (a table
+/// name is never empty).
+const FUNCTION_CALL: &str = "";
+
+impl Conn {
+    fn new(client: Client) -> Conn {
+        Conn {
+            client,
+            prepared: Mutex::default(),
+        }
+    }
+
+    /// The statement prepared under `key`, preparing `sql()` the first time.
+    async fn prepared(
+        &self,
+        key: &str,
+        sql: impl FnOnce() -> String,
+    ) -> std::result::Result<Statement, tokio_postgres::Error> {
+        if let Some(s) = self.prepared.lock().get(key).cloned() {
+            return Ok(s);
+        }
+        let s = self.client.prepare(&sql()).await?;
+        self.prepared.lock().insert(key.to_string(), s.clone());
+        Ok(s)
+    }
 }
 
 pub(crate) struct PgBackend {
@@ -442,11 +469,7 @@ impl PgBackend {
         let mut conns = Vec::new();
         for _ in 0..options.connections {
             let client = super::connect(&config).await.map_err(|e| pg_error(&e))?;
-            conns.push(Mutex::new(Arc::new(Conn {
-                client,
-                single: Mutex::default(),
-                function: Mutex::default(),
-            })));
+            conns.push(Mutex::new(Arc::new(Conn::new(client))));
         }
         // `Clean` recycling ends a returned connection's session state, advisory locks
         // included: a write cancelled while holding them does not keep them.
@@ -518,11 +541,7 @@ impl PgBackend {
         let client = super::connect(&self.config)
             .await
             .map_err(|e| pg_error(&e))?;
-        let fresh = Arc::new(Conn {
-            client,
-            single: Mutex::default(),
-            function: Mutex::default(),
-        });
+        let fresh = Arc::new(Conn::new(client));
         *slot.lock() = fresh.clone();
         Ok(fresh)
     }
@@ -658,10 +677,7 @@ impl PgBackend {
         let soft = !hard;
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
             [&tbls, &keys, &olds, &news, &msgs, &soft];
-        let sql = format!(
-            "SELECT {}.commit($1::text[], $2::bytea[], $3::text[], $4::text[], $5::bytea[], $6)",
-            schema::ident(&self.schema)
-        );
+        let sql = schema::commit_call_sql(&self.schema);
         match client.query_one(sql.as_str(), &params).await {
             Ok(row) => Ok(self.committed(row.get(0))),
             Err(e) if is_restage(&e) => Ok(None),
@@ -704,30 +720,23 @@ impl PgBackend {
         let (soft, lock) = (!hard, lock_name(&self.schema, table));
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
             [&keys, &olds, &news, &msgs, &soft, &lock, &writes];
-        let cached = conn.single.lock().get(table).cloned();
-        let statement = match cached {
-            Some(s) => s,
-            None => {
-                let sql = schema::single_table_commit_sql(&self.schema, table);
-                let s = conn.client.prepare(&sql).await;
-                let s = s.map_err(|e| CommitFailed {
-                    error: commit_error(&e, table),
-                    how: Failure::of(&e),
-                })?;
-                conn.single.lock().insert(table.to_string(), s.clone());
-                s
-            }
+        let failed = |e: tokio_postgres::Error| CommitFailed {
+            error: commit_error(&e, table),
+            how: Failure::of(&e),
         };
+        let statement = conn
+            .prepared(table, || {
+                schema::single_table_commit_sql(&self.schema, table)
+            })
+            .await
+            .map_err(failed)?;
         match conn.client.query_one(&statement, &params).await {
             Ok(row) => Ok(self.committed(row.get(0))),
             Err(e) if is_restage(&e) => Ok(None),
             Err(e) => {
                 // A table dropped and made again: prepare anew next time.
-                conn.single.lock().remove(table);
-                Err(CommitFailed {
-                    error: commit_error(&e, table),
-                    how: Failure::of(&e),
-                })
+                conn.prepared.lock().remove(table);
+                Err(failed(e))
             }
         }
     }
@@ -756,32 +765,21 @@ impl PgBackend {
         let soft = !hard;
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
             [&tbls, &keys, &olds, &news, &msgs, &soft];
-        let cached = conn.function.lock().clone();
-        let statement = match cached {
-            Some(s) => s,
-            None => {
-                let sql = format!(
-                    "SELECT {}.commit($1::text[], $2::bytea[], $3::text[], $4::text[], $5::bytea[], $6)",
-                    schema::ident(&self.schema)
-                );
-                let s = conn.client.prepare(&sql).await.map_err(|e| CommitFailed {
-                    error: commit_error(&e, table),
-                    how: Failure::of(&e),
-                })?;
-                *conn.function.lock() = Some(s.clone());
-                s
-            }
+        let failed = |e: tokio_postgres::Error| CommitFailed {
+            error: commit_error(&e, table),
+            how: Failure::of(&e),
         };
+        let statement = conn
+            .prepared(FUNCTION_CALL, || schema::commit_call_sql(&self.schema))
+            .await
+            .map_err(failed)?;
         match conn.client.query_one(&statement, &params).await {
             // Only checked rows: no change record, nothing for the replica to apply (the
             // transaction reaches no pump), as the single statement's 0 says.
             Ok(row) if msgs.is_empty() => Ok((row.get::<_, i64>(0) >= 0).then_some(0)),
             Ok(row) => Ok(self.committed(row.get(0))),
             Err(e) if is_restage(&e) => Ok(None),
-            Err(e) => Err(CommitFailed {
-                error: commit_error(&e, table),
-                how: Failure::of(&e),
-            }),
+            Err(e) => Err(failed(e)),
         }
     }
 

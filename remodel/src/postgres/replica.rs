@@ -297,6 +297,8 @@ async fn reload(db: &Database, backend: &Arc<PgBackend>, why: &str) -> Result<Pu
     let pump = pump_at_snapshot(db, &backend.config, &backend.schema, AtSnapshot::Resync).await?;
     let start = position(pump.handle().status().start_lsn.0)?;
     db.inner.advance_seq(start.saturating_sub(1));
+    // Again, for the tables the resync created (the tables it found were marked when it
+    // began, see `resync_replica`).
     db.restart_history(start.saturating_sub(1))?;
     backend.archive.rejoin(start.saturating_sub(1));
     backend.bridged();
@@ -328,8 +330,7 @@ async fn resync_replica(
     );
     let mut client = super::connect(config).await.map_err(|e| pg_error(&e))?;
     let tx = at_snapshot(&mut client, snapshot).await?;
-    let catalog = read_catalog(&tx, schema_name).await?;
-    let wanted = catalog;
+    let wanted = read_catalog(&tx, schema_name).await?;
     for name in db.table_names()? {
         let same = wanted
             .get(&name)

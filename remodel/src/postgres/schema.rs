@@ -134,6 +134,15 @@ END
 $fn$;
 "#;
 
+/// The call of the commit function ([`COMMIT_FN`]): parameters `tbls, keys, olds, news,
+/// msgs, soft`.
+pub(crate) fn commit_call_sql(schema: &str) -> String {
+    format!(
+        "SELECT {}.commit($1::text[], $2::bytea[], $3::text[], $4::text[], $5::bytea[], $6)",
+        ident(schema)
+    )
+}
+
 /// The commit of a chunk that writes one table: what [`COMMIT_FN`] does, as one statement
 /// that each connection prepares once per table (no PL/pgSQL, no SQL planned per commit).
 /// Parameters: `$1` keys, `$2` the documents as staged against (JSON text, NULL: absent),
