@@ -229,10 +229,15 @@ mod server {
             })
             .publish("group", |c, p: Group| async move {
                 let rows = c.db.table("players").get_all([p.group.as_str()]);
-                Ok(Live::new(rows.index("group").changes()).sort_by("id"))
+                // The same rows for every client of the group: one feed for them all.
+                Ok(Live::new(rows.index("group").changes())
+                    .sort_by("id")
+                    .shared())
             })
             .publish("board", |c, (): ()| async move {
-                Ok(Live::new(c.db.table("board").query().changes()).sort_by("id"))
+                Ok(Live::new(c.db.table("board").query().changes())
+                    .sort_by("id")
+                    .shared())
             });
         if let Some(w) = window {
             b = b.window(w);

@@ -62,10 +62,12 @@
 mod error;
 mod limits;
 mod live;
+mod net_effect;
 mod origin;
 mod outbox;
 pub mod protocol;
 mod results;
+mod shared_result;
 mod socket;
 mod subscription;
 mod text;
@@ -245,6 +247,7 @@ impl<I: Clone + Send + Sync + 'static> WebBuilder<I> {
                 connections: AtomicUsize::new(0),
                 subscriptions: AtomicUsize::new(0),
                 cut: tokio::sync::watch::channel(0).0,
+                results: Arc::default(),
             }),
         }
     }
@@ -262,6 +265,8 @@ pub(crate) struct Shared<I> {
     pub(crate) subscriptions: AtomicUsize,
     /// Bumped to close every connection ([`Web::disconnect_all`]).
     pub(crate) cut: tokio::sync::watch::Sender<u64>,
+    /// The shared results being followed ([`Live::shared`]).
+    pub(crate) results: Arc<shared_result::Registry>,
 }
 
 /// The live-query server: publications and methods over one WebSocket per tab. Cheap to
@@ -285,6 +290,8 @@ pub struct WebStats {
     pub connections: usize,
     /// Open subscriptions, over all connections.
     pub subscriptions: usize,
+    /// Results followed once for all their subscribers ([`Live::shared`]).
+    pub shared_results: usize,
 }
 
 impl<I: Clone + Send + Sync + 'static> Web<I> {
@@ -357,6 +364,7 @@ impl<I: Clone + Send + Sync + 'static> Web<I> {
         WebStats {
             connections: self.shared.connections.load(Ordering::Relaxed),
             subscriptions: self.shared.subscriptions.load(Ordering::Relaxed),
+            shared_results: self.shared.results.len(),
         }
     }
 }

@@ -82,6 +82,9 @@ pub struct Live {
     view: Option<Arc<ViewFn>>,
     pub(crate) order: Vec<(String, Direction)>,
     pub(crate) guards: Vec<remodel::Result<Changes>>,
+    /// Set by [`Live::shared`] / [`Live::shared_by`]: what, with the publication and its
+    /// parameters, tells one shared result from another.
+    pub(crate) share: Option<Box<str>>,
 }
 
 impl Live {
@@ -97,6 +100,7 @@ impl Live {
             view: None,
             order: Vec::new(),
             guards: Vec::new(),
+            share: None,
         }
     }
 
@@ -144,6 +148,63 @@ impl Live {
         self
     }
 
+    /// Declares the result the same for every caller with the same parameters: its feed,
+    /// key, rules and view depend on nothing of who asks (the publication may still refuse
+    /// a caller, and its guards are each subscription's own). Every subscription of the
+    /// publication with these parameters then follows **one** feed: each change is read,
+    /// checked and written as text once, and a new subscriber gets the result as it is held,
+    /// without reading the database. A shared board watched by 10,000 pages costs one feed,
+    /// not 10,000.
+    ///
+    /// A subscriber that falls too far behind the shared result (its client does not read)
+    /// gets the whole result again once it reads, as an unshared one whose feed overflowed.
+    ///
+    /// ```
+    /// use remodel_web::Live;
+    /// # fn f(db: remodel::Database) {
+    /// // Every page watching the board shares one feed.
+    /// let board = Live::new(db.table("board").query().changes()).sort_by("rank").shared();
+    /// # }
+    /// ```
+    pub fn shared(self) -> Self {
+        self.shared_by("")
+    }
+
+    /// [`Live::shared`] for results that depend on what `part` says of the caller (a fleet,
+    /// a role): subscriptions share a result only when their parameters and `part` are
+    /// equal. Put in `part` everything of the caller's that the feed, rules or view use.
+    ///
+    /// ```
+    /// use remodel_web::Live;
+    /// # fn f(db: remodel::Database, fleet: String, captain: bool) {
+    /// let ships = Live::new(db.table("ships").get_all([fleet.as_str()]).index("fleet").changes())
+    ///     .view(move |mut ship| {
+    ///         if !captain {
+    ///             ship.as_object_mut().map(|o| o.remove("orders"));
+    ///         }
+    ///         ship
+    ///     })
+    ///     .shared_by(format!("{fleet}/{}", if captain { "captain" } else { "crew" }));
+    /// # }
+    /// ```
+    pub fn shared_by(mut self, part: impl Into<String>) -> Self {
+        self.share = Some(part.into().into_boxed_str());
+        self
+    }
+
+    /// How it shows rows (key, rules, view, order), without its feed and guards.
+    pub(crate) fn shown_copy(&self) -> Live {
+        Live {
+            changes: None,
+            key: self.key.clone(),
+            rules: self.rules.clone(),
+            view: self.view.clone(),
+            order: self.order.clone(),
+            guards: Vec::new(),
+            share: None,
+        }
+    }
+
     /// The key of `row`, or `None` when there is no row or a rule hides it. A key that is a
     /// field is borrowed (it is compared, and copied only when it goes in a frame).
     pub(crate) fn key_of<'r>(
@@ -187,6 +248,7 @@ impl Live {
 }
 
 /// How a result's rows are keyed.
+#[derive(Clone)]
 enum Key {
     /// By a field of the row.
     Field(Box<str>),

@@ -17,15 +17,16 @@
 //! It ends with a refusal when the publication refuses, and with [`ErrorCode::Aborted`] when
 //! its feed is aborted (the table was dropped).
 
-use crate::live::{Live, Shown};
+use crate::live::Live;
+use crate::net_effect::Batch;
 use crate::outbox::{Inbox, Outbox};
 use crate::protocol::ServerFrame;
+use crate::shared_result::{Joined, Member};
 use crate::{Caller, ErrorCode, PublishFn, Refusal, Shared};
 use axum::extract::ws::Message;
 use futures::stream::StreamExt;
 use futures::FutureExt;
-use remodel::{ChangeKind, Cursor, Error, Feed, Value};
-use std::collections::HashMap;
+use remodel::{ChangeKind, Changes, Cursor, Error, Feed, Value};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -124,16 +125,14 @@ impl<I: Clone + Send + Sync + 'static> Opening<I> {
             // Boxed: opening holds much more state than waiting, and a task is as large as
             // its largest state for its whole life.
             let stop = match Box::pin(self.open(cursor.take())).await {
-                Ok((live, feed, guards)) => {
+                Ok((source, guards)) => {
                     let Opening { sub, out } = self;
                     // Done opening: nothing to abort any more (the driver drops it instead).
                     out.common.opened((sub.id, sub.generation));
                     let following = Box::new(Following {
                         sub,
-                        live,
-                        feed,
+                        source,
                         guards,
-                        first: None,
                         stop: None,
                         held: false,
                     });
@@ -195,7 +194,7 @@ impl<I: Clone + Send + Sync + 'static> Opening<I> {
     /// the whole result again instead). A change to what the publication decided with is
     /// thus never missed, however close to the decision it comes. Without a change log
     /// (guards cannot resume), the publication decides again once its guards watch.
-    async fn open(&self, cursor: Option<Cursor>) -> Result<(Live, Feed, Vec<Feed>), Stop> {
+    async fn open(&self, cursor: Option<Cursor>) -> Result<(Source, Vec<Feed>), Stop> {
         let sub = &self.sub;
         let since = match cursor {
             Some(cursor) => cursor,
@@ -241,9 +240,12 @@ impl<I: Clone + Send + Sync + 'static> Opening<I> {
             Ok(c) => c.queue_size(sub.shared.limits.feed_queue),
             Err(e) => return Err(Stop::End(refusal(&e))),
         };
+        if live.share.is_some() {
+            return self.join(live, changes, cursor, watched_late, guards).await;
+        }
         if let Some(cursor) = cursor.filter(|_| !watched_late && !guards_moved(&mut guards)) {
             match changes.clone().resume_from(cursor).await {
-                Ok(feed) => return Ok((live, feed, guards)),
+                Ok(feed) => return Ok((Source::own(live, feed), guards)),
                 Err(e @ (Error::NoSuchTable(_) | Error::Closed)) => {
                     return Err(Stop::End(refusal(&e)))
                 }
@@ -317,7 +319,62 @@ impl<I: Clone + Send + Sync + 'static> Opening<I> {
                 .await
                 .map_err(|_| Stop::Gone)?;
         }
-        Ok((live, feed, guards))
+        Ok((Source::own(live, feed), guards))
+    }
+
+    /// Joins the shared result `live` declared (see [`crate::shared_result`]): follows it
+    /// from the client's cursor when the result still holds every change since, or resumes
+    /// on a feed of its own from the change log; sends the result's rows otherwise.
+    async fn join(
+        &self,
+        mut live: Live,
+        changes: Changes,
+        cursor: Option<Cursor>,
+        watched_late: bool,
+        mut guards: Vec<Feed>,
+    ) -> Result<(Source, Vec<Feed>), Stop> {
+        let sub = &self.sub;
+        let part = live.share.take().unwrap_or_default();
+        let key = (
+            Arc::as_ptr(&sub.publish) as *const () as usize,
+            sub.params.clone(),
+            part,
+        );
+        let cursor = cursor.filter(|_| !watched_late && !guards_moved(&mut guards));
+        let private = cursor.map(|_| (live.shown_copy(), changes.clone()));
+        let queue = sub.shared.limits.feed_queue;
+        // The result's task follows the feed with this decision's key, rules and view (equal
+        // to every other member's: that is what declaring it shared says).
+        let result = sub.shared.results.join(key, live, changes, queue);
+        if let Some(cursor) = cursor {
+            if let Some(Joined::Resumed(member)) = result.clone().join(sub.id, Some(cursor)).await?
+            {
+                return Ok((Source::Shared(member), guards));
+            }
+            // Not held any more: exactly from the change log, on a feed of its own.
+            if let Some((live, changes)) = private {
+                if let Ok(feed) = changes.resume_from(cursor).await {
+                    return Ok((Source::own(live, feed), guards));
+                }
+            }
+        }
+        let resets = self.out.common.resets.clone();
+        let _turn = resets.acquire().await.map_err(|_| Stop::Gone)?;
+        let Some(Joined::Reset(frames, member)) = result.join(sub.id, None).await? else {
+            let why = Refusal::new(ErrorCode::Internal, "the shared result gave no rows");
+            return Err(Stop::End(why));
+        };
+        if guards_moved(&mut guards) {
+            return Err(Stop::Restart);
+        }
+        let from = (sub.id, sub.generation);
+        for frame in frames.iter() {
+            self.out
+                .send_from(from, frame.clone())
+                .await
+                .map_err(|_| Stop::Gone)?;
+        }
+        Ok((Source::Shared(member), guards))
     }
 
     /// The publication's answer for this caller and these parameters.
@@ -331,20 +388,43 @@ impl<I: Clone + Send + Sync + 'static> Opening<I> {
     }
 }
 
-/// An open subscription, followed by its connection's driver: its result's feed and guards,
-/// and the frame it is gathering.
+/// An open subscription, followed by its connection's driver: its result's feed (or shared
+/// result) and guards.
 pub(crate) struct Following<I> {
     sub: Subscription<I>,
-    live: Live,
-    feed: Feed,
+    source: Source,
     guards: Vec<Feed>,
-    /// The first change of the next frame, read by `poll_ready`.
-    first: Option<remodel::Change>,
     /// Why it stops (a guard moved, its feed failed or ended), seen by `poll_ready`.
     stop: Option<Stop>,
     /// It sent within its connection's window: while that is open, its next changes wait
     /// for the window's end.
     pub(crate) held: bool,
+}
+
+/// Where a followed subscription's changes come from.
+pub(crate) enum Source {
+    /// A feed of its own (boxed: a shared result's member is much smaller).
+    Own(Box<OwnFeed>),
+    /// A shared result's batches, as text.
+    Shared(Member),
+}
+
+/// A subscription's own feed, and how its rows are shown.
+pub(crate) struct OwnFeed {
+    live: Live,
+    feed: Feed,
+    /// The first change of the next frame, read by `poll_ready`.
+    first: Option<remodel::Change>,
+}
+
+impl Source {
+    fn own(live: Live, feed: Feed) -> Self {
+        Source::Own(Box::new(OwnFeed {
+            live,
+            feed,
+            first: None,
+        }))
+    }
 }
 
 /// What a followed subscription has for its driver.
@@ -366,7 +446,7 @@ impl<I: Clone + Send + Sync + 'static> Following<I> {
     /// `cx` with its guards and feed otherwise. Once it has, it reads nothing more until
     /// it is stepped (its feed holds what comes, and wakes no one).
     pub(crate) fn poll_ready(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.first.is_some() || self.stop.is_some() {
+        if self.pending() {
             return false;
         }
         // Any item of a guard (a change, or an error such as its table's drop) means: decide
@@ -379,23 +459,34 @@ impl<I: Clone + Send + Sync + 'static> Following<I> {
                 return true;
             }
         }
-        match self.feed.poll_next_unpin(cx) {
-            Poll::Ready(Some(Ok(change))) => self.first = Some(change),
-            Poll::Ready(Some(Err(e))) => self.stop = Some(stop_for(&e)),
-            Poll::Ready(None) => self.stop = Some(feed_ended()),
-            Poll::Pending => return false,
+        match &mut self.source {
+            Source::Own(own) => match own.feed.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(change))) => own.first = Some(change),
+                Poll::Ready(Some(Err(e))) => self.stop = Some(stop_for(&e)),
+                Poll::Ready(None) => self.stop = Some(feed_ended()),
+                Poll::Pending => return false,
+            },
+            Source::Shared(member) => return member.poll(cx),
         }
         true
     }
 
     /// Whether it has an item or a stop waiting to be stepped.
     pub(crate) fn pending(&self) -> bool {
-        self.first.is_some() || self.stop.is_some()
+        self.stop.is_some()
+            || match &self.source {
+                Source::Own(own) => own.first.is_some(),
+                Source::Shared(member) => member.has_news(),
+            }
     }
 
     /// Whether it has a change (not a stop) waiting to be stepped.
     pub(crate) fn has_change(&self) -> bool {
-        self.first.is_some() && self.stop.is_none()
+        self.stop.is_none()
+            && match &self.source {
+                Source::Own(own) => own.first.is_some(),
+                Source::Shared(member) => member.has_change(),
+            }
     }
 
     /// Gathers what its feed has ready into frames (the connection's window decides when).
@@ -406,7 +497,26 @@ impl<I: Clone + Send + Sync + 'static> Following<I> {
         if let Some(stop) = self.stop.take() {
             return Step::Stop(stop);
         }
-        let Some(first) = self.first.take() else {
+        let OwnFeed { live, feed, first } = match &mut self.source {
+            Source::Own(own) => &mut **own,
+            Source::Shared(member) => {
+                if !member.has_news() {
+                    return Step::Idle;
+                }
+                let taken = member.take(self.sub.id);
+                // After the batches are taken: a guard change committed before any change in
+                // them has reached its guard by now (see `guards_moved`).
+                if guards_moved(&mut self.guards) {
+                    return Step::Stop(Stop::Restart);
+                }
+                return match taken {
+                    Ok(frames) if frames.is_empty() => Step::Idle,
+                    Ok(frames) => Step::Frames(frames),
+                    Err(stop) => Step::Stop(stop),
+                };
+            }
+        };
+        let Some(first) = first.take() else {
             return Step::Idle;
         };
         let mut batch = Batch::default();
@@ -419,7 +529,7 @@ impl<I: Clone + Send + Sync + 'static> Following<I> {
                 None => return Step::Stop(feed_ended()),
                 Some(Err(e)) => return Step::Stop(stop_for(&e)),
                 Some(Ok(change)) => {
-                    if let Err(why) = batch.add(&self.live, &change) {
+                    if let Err(why) = batch.add(live, &change) {
                         return Step::Stop(Stop::End(why));
                     }
                 }
@@ -427,7 +537,7 @@ impl<I: Clone + Send + Sync + 'static> Following<I> {
             if batch.len >= MOST_PER_FRAME {
                 break;
             }
-            match self.feed.next().now_or_never() {
+            match feed.next().now_or_never() {
                 Some(next) => item = next,
                 None => break,
             }
@@ -520,177 +630,6 @@ fn runs<T: serde::Serialize>(rows: &[T]) -> Vec<usize> {
 /// consumer after the commit, so a guard can hold a change its waker has not announced yet.
 fn guards_moved(guards: &mut [Feed]) -> bool {
     guards.iter_mut().any(|g| g.next().now_or_never().is_some())
-}
-
-/// The net effect of a run of changes: each key's last shown row, or `None` when it left.
-#[derive(Default)]
-struct Batch {
-    rows: indexed::Rows,
-    len: usize,
-    cursor: Option<Cursor>,
-}
-
-impl Batch {
-    fn add(&mut self, live: &Live, change: &remodel::Change) -> Result<(), Refusal> {
-        if change.kind() == ChangeKind::State {
-            return Ok(());
-        }
-        self.len += 1;
-        if let Some(c) = change.cursor() {
-            self.cursor = self.cursor.max(Some(c));
-        }
-        let old = live.key_of(change.old_val())?;
-        let new = live.visible(change)?;
-        match (old, new) {
-            (Some(old_key), Some((key, row))) if *old_key == key => self.rows.set(key, Some(row)),
-            (old, new) => {
-                // A row that left (or that a rule now hides), and a different one that came
-                // (a top-N's entering row).
-                if let Some(key) = old {
-                    self.rows.set(key.into_owned(), None);
-                }
-                if let Some((key, row)) = new {
-                    self.rows.set(key, Some(row));
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-mod indexed {
-    use super::*;
-    use std::hash::{Hash, Hasher};
-
-    /// Up to this many rows, a key is found by comparing (no map).
-    const SCAN: usize = 16;
-
-    /// Rows by key, in the order their keys first came.
-    #[derive(Default)]
-    pub(super) struct Rows {
-        /// A row by the hash of its key, once there are more than [`SCAN`] rows (a key whose
-        /// hash another key has is found by comparing).
-        at: HashMap<u64, usize>,
-        rows: Vec<(Value, Option<Shown>)>,
-    }
-
-    impl Rows {
-        pub(super) fn set(&mut self, key: Value, row: Option<Shown>) {
-            let found = if self.rows.len() < SCAN {
-                self.scan(&key)
-            } else {
-                if self.at.is_empty() {
-                    for (i, (k, _)) in self.rows.iter().enumerate() {
-                        self.at.entry(hash(k)).or_insert(i);
-                    }
-                }
-                let h = hash(&key);
-                match self.at.get(&h) {
-                    Some(&i) if self.rows[i].0 == key => Some(i),
-                    Some(_) => self.scan(&key),
-                    None => {
-                        self.at.insert(h, self.rows.len());
-                        None
-                    }
-                }
-            };
-            match found {
-                Some(i) => self.rows[i].1 = row,
-                None => self.rows.push((key, row)),
-            }
-        }
-
-        /// Value equality tells keys of different types apart (`1` and `"1"`).
-        fn scan(&self, key: &Value) -> Option<usize> {
-            self.rows.iter().position(|(k, _)| k == key)
-        }
-
-        pub(super) fn is_empty(&self) -> bool {
-            self.rows.is_empty()
-        }
-
-        pub(super) fn into_values(self) -> impl Iterator<Item = (Value, Option<Shown>)> {
-            self.rows.into_iter()
-        }
-    }
-
-    /// A hash of a key, equal for equal values (`Value`'s equality: numbers by kind and
-    /// value, objects whatever their fields' order), without writing it out as text.
-    fn hash(v: &Value) -> u64 {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        feed(v, &mut h);
-        h.finish()
-    }
-
-    fn feed(v: &Value, h: &mut impl Hasher) {
-        match v {
-            Value::Null => 0u8.hash(h),
-            Value::Bool(b) => (1u8, b).hash(h),
-            Value::Number(n) => {
-                2u8.hash(h);
-                if let Some(u) = n.as_u64() {
-                    (0u8, u).hash(h)
-                } else if let Some(i) = n.as_i64() {
-                    (1u8, i).hash(h)
-                } else {
-                    // `0.0 == -0.0`: one hash for both.
-                    let f = n.as_f64().map(|f| if f == 0.0 { 0.0 } else { f });
-                    (2u8, f.map(f64::to_bits)).hash(h)
-                }
-            }
-            Value::String(s) => (3u8, s).hash(h),
-            Value::Array(a) => {
-                (4u8, a.len()).hash(h);
-                for x in a {
-                    feed(x, h);
-                }
-            }
-            Value::Object(o) => {
-                // Fields in any order: the sum of each field's own hash.
-                let mut sum = 0u64;
-                for (k, x) in o {
-                    let mut f = std::collections::hash_map::DefaultHasher::new();
-                    k.hash(&mut f);
-                    feed(x, &mut f);
-                    sum = sum.wrapping_add(f.finish());
-                }
-                (5u8, o.len(), sum).hash(h);
-            }
-        }
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-        use serde_json::json;
-
-        #[test]
-        fn keys_are_told_apart_by_value_and_type() {
-            let mut rows = Rows::default();
-            let keys: Vec<Value> = (0..40)
-                .flat_map(|i| [json!(i), json!(i.to_string()), json!([i]), json!({"a": i})])
-                .collect();
-            for (i, k) in keys.iter().enumerate() {
-                rows.set(k.clone(), Some(Shown::Owned(json!(i))));
-            }
-            // Again: each key finds its row.
-            for (i, k) in keys.iter().enumerate() {
-                rows.set(k.clone(), Some(Shown::Owned(json!(i + 1000))));
-            }
-            let got: Vec<_> = rows.into_values().collect();
-            assert_eq!(got.len(), keys.len());
-            for (i, (k, row)) in got.iter().enumerate() {
-                assert_eq!(k, &keys[i]);
-                assert!(matches!(row, Some(Shown::Owned(v)) if *v == json!(i + 1000)));
-            }
-            let mut rows = Rows::default();
-            for i in 0..20 {
-                rows.set(json!({"a": i, "b": 1}), None);
-            }
-            rows.set(serde_json::from_str(r#"{"b": 1, "a": 19}"#).unwrap(), None);
-            assert_eq!(rows.into_values().count(), 20, "fields in another order");
-        }
-    }
 }
 
 /// A feed that ends ends its subscription.

@@ -106,6 +106,73 @@ pub(crate) fn change_frame(
     String::from_utf8(out).unwrap_or_default()
 }
 
+/// A `change` frame of rows already written as JSON text (`[[key,row],…]`); `cursor` is
+/// the cursor's text, unquoted.
+pub(crate) fn change_frame_of(sub: u32, rows: &str, cursor: Option<&str>, more: bool) -> String {
+    let mut out = String::with_capacity(48 + rows.len());
+    out.push_str(r#"{"t":"change","sub":"#);
+    out.push_str(&sub.to_string());
+    out.push_str(r#","rows":"#);
+    out.push_str(rows);
+    if let Some(cursor) = cursor {
+        out.push_str(r#","cursor":"#);
+        push_str_json(&mut out, cursor);
+    }
+    if more {
+        out.push_str(r#","more":true"#);
+    }
+    out.push('}');
+    out
+}
+
+/// A `reset` frame (`more` with the rest to come) of rows already written as JSON text;
+/// `order` is the order's JSON text.
+pub(crate) fn reset_frame_of(
+    sub: u32,
+    rows: &str,
+    order: &str,
+    cursor: Option<&str>,
+    more: bool,
+) -> String {
+    let mut out = String::with_capacity(64 + rows.len() + order.len());
+    out.push_str(r#"{"t":"reset","sub":"#);
+    out.push_str(&sub.to_string());
+    out.push_str(r#","rows":"#);
+    out.push_str(rows);
+    out.push_str(r#","order":"#);
+    out.push_str(order);
+    out.push_str(r#","cursor":"#);
+    match cursor {
+        Some(cursor) => push_str_json(&mut out, cursor),
+        None => out.push_str("null"),
+    }
+    if more {
+        out.push_str(r#","more":true"#);
+    }
+    out.push('}');
+    out
+}
+
+/// A `more` frame (the rest of a reset) of rows already written as JSON text.
+pub(crate) fn more_frame_of(sub: u32, rows: &str, more: bool) -> String {
+    let mut out = String::with_capacity(48 + rows.len());
+    out.push_str(r#"{"t":"more","sub":"#);
+    out.push_str(&sub.to_string());
+    out.push_str(r#","rows":"#);
+    out.push_str(rows);
+    out.push_str(if more {
+        r#","more":true}"#
+    } else {
+        r#","more":false}"#
+    });
+    out
+}
+
+fn push_str_json(out: &mut String, s: &str) {
+    // Writing a string as JSON cannot fail.
+    out.push_str(&serde_json::to_string(s).unwrap_or_default());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,6 +197,35 @@ mod tests {
             };
             let want = serde_json::to_string(&frame).unwrap();
             assert_eq!(change_frame(7, &rows, cursor, more), want);
+            let text = serde_json::to_string(&rows).unwrap();
+            assert_eq!(change_frame_of(7, &text, cursor, more), want);
+        }
+    }
+
+    #[test]
+    fn reset_and_more_frames_of_text_are_the_frames_serialised() {
+        use crate::live::Direction;
+        let rows = vec![(json!(1), Shown::Owned(json!({"a": "x\"y"})))];
+        let text = serde_json::to_string(&rows).unwrap();
+        let order = vec![("name".to_string(), Direction::Desc)];
+        let order_text = serde_json::to_string(&order).unwrap();
+        for (cursor, more) in [(Some("1f-2"), false), (None, true)] {
+            let frame = ServerFrame::Reset {
+                sub: 3,
+                rows: &rows,
+                order: &order,
+                cursor: cursor.map(str::to_string),
+                more,
+            };
+            let want = serde_json::to_string(&frame).unwrap();
+            assert_eq!(reset_frame_of(3, &text, &order_text, cursor, more), want);
+            let frame = ServerFrame::More {
+                sub: 3,
+                rows: &rows,
+                more,
+            };
+            let want = serde_json::to_string(&frame).unwrap();
+            assert_eq!(more_frame_of(3, &text, more), want);
         }
     }
 }

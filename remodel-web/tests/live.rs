@@ -82,18 +82,25 @@ async fn settle(db: &remodel::Database, c: &mut Client, sub: u32, member: &str, 
     }
 }
 
+/// The feeds open on `db` now.
+async fn open_feeds(db: &remodel::Database) -> u64 {
+    let rows = db.stats().run().await.unwrap();
+    let row = rows.iter().find(|r| r["type"] == "database").unwrap();
+    row["feeds"].as_u64().unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebuilt_results_equal_the_query_through_the_rules() {
-    for seed in 1..=4u64 {
+    for (seed, name) in (1..=4u64).flat_map(|s| [(s, "logs"), (s, "shared_logs")]) {
         let app = start_with(Limits::default(), Duration::from_millis(5 * seed)).await;
         let db = app.db.clone();
         let mut rng = Rng(0x9E37_79B9 ^ seed);
         // Kirk watches his own log and (as captain) Spock's; Spock his own.
         let mut kirk = Client::connect(&app, "kirk").await;
-        kirk.sub(1, "logs", json!({"member": "kirk"})).await;
-        kirk.sub(2, "logs", json!({"member": "spock"})).await;
+        kirk.sub(1, name, json!({"member": "kirk"})).await;
+        kirk.sub(2, name, json!({"member": "spock"})).await;
         let mut spock = Client::connect(&app, "spock").await;
-        spock.sub(1, "logs", json!({"member": "spock"})).await;
+        spock.sub(1, name, json!({"member": "spock"})).await;
         let mut n = 0;
         for round in 0..6 {
             for _ in 0..40 {
@@ -107,17 +114,17 @@ async fn rebuilt_results_equal_the_query_through_the_rules() {
             assert_eq!(
                 by_id(kirk.docs(1)),
                 expected(&db, "kirk", "kirk").await,
-                "seed {seed} round {round}"
+                "{name}: seed {seed} round {round}"
             );
             assert_eq!(
                 by_id(kirk.docs(2)),
                 expected(&db, "spock", "kirk").await,
-                "seed {seed} round {round}"
+                "{name}: seed {seed} round {round}"
             );
             assert_eq!(
                 by_id(spock.docs(1)),
                 expected(&db, "spock", "spock").await,
-                "seed {seed} round {round}"
+                "{name}: seed {seed} round {round}"
             );
         }
     }
@@ -125,12 +132,26 @@ async fn rebuilt_results_equal_the_query_through_the_rules() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnecting_client_resumes_each_subscription_exactly() {
+    for name in ["logs", "shared_logs"] {
+        resume_exactly(name, false).await;
+    }
+    // Another page of Kirk's keeps the shared results running: the one that reconnects
+    // follows them again from the batches they kept.
+    resume_exactly("shared_logs", true).await;
+}
+
+async fn resume_exactly(name: &str, kept_alive: bool) {
     let app = start(Limits::default()).await;
     let db = app.db.clone();
     let mut rng = Rng(77);
+    let mut other_page = Client::connect(&app, "kirk").await;
+    if kept_alive {
+        other_page.sub(1, name, json!({"member": "kirk"})).await;
+        other_page.sub(2, name, json!({"member": "spock"})).await;
+    }
     let mut kirk = Client::connect(&app, "kirk").await;
-    kirk.sub(1, "logs", json!({"member": "kirk"})).await;
-    kirk.sub(2, "logs", json!({"member": "spock"})).await;
+    kirk.sub(1, name, json!({"member": "kirk"})).await;
+    kirk.sub(2, name, json!({"member": "spock"})).await;
     let mut n = 0;
     for cut in 0..5 {
         for _ in 0..30 {
@@ -142,6 +163,7 @@ async fn a_reconnecting_client_resumes_each_subscription_exactly() {
         settle(&db, &mut kirk, 2, "spock", n + 1000).await;
         // The connection drops; writes go on meanwhile.
         let before = kirk.results.clone();
+        let feeds_before = open_feeds(&db).await;
         drop(kirk);
         for _ in 0..30 {
             n += 1;
@@ -152,7 +174,7 @@ async fn a_reconnecting_client_resumes_each_subscription_exactly() {
         for sub in [1u32, 2] {
             let member = if sub == 1 { "kirk" } else { "spock" };
             let cursor = before.cursor(sub).expect("a cursor");
-            kirk.send(json!({"op": "sub", "id": sub, "name": "logs", "params": {"member": member}, "cursor": cursor}))
+            kirk.send(json!({"op": "sub", "id": sub, "name": name, "params": {"member": member}, "cursor": cursor}))
                 .await;
         }
         n += 1;
@@ -160,7 +182,11 @@ async fn a_reconnecting_client_resumes_each_subscription_exactly() {
         settle(&db, &mut kirk, 2, "spock", n + 1000).await;
         for sub in [1, 2] {
             let resets = (kirk.results.resets(sub), before.resets(sub));
-            assert_eq!(resets.0, resets.1, "cut {cut}: resumed, not reset");
+            assert_eq!(resets.0, resets.1, "{name} cut {cut}: resumed, not reset");
+        }
+        if kept_alive {
+            // Followed from the shared results' kept batches: no feed of its own.
+            assert_eq!(open_feeds(&db).await, feeds_before, "cut {cut}");
         }
         assert_eq!(
             by_id(kirk.docs(1)),

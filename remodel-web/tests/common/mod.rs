@@ -116,6 +116,10 @@ pub async fn start_with(limits: Limits, window: Duration) -> App {
         .publish("members", |caller, _: NoParams| async move {
             Ok(Live::new(caller.db.table("members").query().changes()).sort_by("name"))
         })
+        .publish("shared_members", |caller, _: NoParams| async move {
+            let members = caller.db.table("members").query().changes();
+            Ok(Live::new(members).sort_by("name").shared())
+        })
         .publish("top", |caller, _: NoParams| async move {
             let top = caller
                 .db
@@ -142,6 +146,27 @@ pub async fn start_with(limits: Limits, window: Duration) -> App {
                 // A member who moves, or a ship with a new captain: decide again.
                 .guard(db.table("members").get(p.member.as_str()).changes())
                 .guard(db.table("ships").get(ship.as_str()).changes()))
+        })
+        .publish("shared_logs", |caller, p: Member| async move {
+            let ship = may_read(&caller, &p.member).await?;
+            let own = caller.identity.0 == p.member;
+            let db = &caller.db;
+            let member = p.member.clone();
+            let logs = db.table("logs").get_all([p.member.as_str()]).index("owner");
+            Ok(Live::new(logs.changes())
+                .rule(move |row| row["owner"] == member.as_str())
+                .view(move |mut row| {
+                    if !own {
+                        row.as_object_mut().map(|o| o.remove("secret"));
+                    }
+                    row
+                })
+                .sort_by("at")
+                // A member who moves, or a ship with a new captain: decide again.
+                .guard(db.table("members").get(p.member.as_str()).changes())
+                .guard(db.table("ships").get(ship.as_str()).changes())
+                // The view depends on whether the caller is the member.
+                .shared_by(if own { "own" } else { "other" }))
         })
         .method("add_log", |caller, p: NewLog| async move {
             if p.text.is_empty() || p.text.chars().count() > 200 {
