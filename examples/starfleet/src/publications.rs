@@ -191,46 +191,57 @@ pub async fn add_log(
 }
 
 /// The app's publications and methods.
+// Every publication's result is the same for every caller allowed to see it: each is
+// declared shared, so that the pages watching it share one feed.
 pub fn web(db: Database) -> Web<Session> {
     Web::builder(db)
         .publish("ships", |c: Caller<Session>, _: NoParams| async move {
-            Ok(Live::new(Starship::query(&c.db).changes()).sort_by("name"))
+            Ok(Live::new(Starship::query(&c.db).changes())
+                .sort_by("name")
+                .shared())
         })
         .publish("members", |c, _: NoParams| async move {
-            Ok(Live::new(Crewmember::query(&c.db).changes()).sort_by("name"))
+            Ok(Live::new(Crewmember::query(&c.db).changes())
+                .sort_by("name")
+                .shared())
         })
         .publish("crew", |c, p: ShipParam| async move {
             let ship = ship(&c.db, &p.ship).await?;
-            Ok(Live::new(ship.crewmembers(&c.db).changes()).sort_by("name"))
+            Ok(Live::new(ship.crewmembers(&c.db).changes())
+                .sort_by("name")
+                .shared())
         })
         .publish("away", |c, p: ShipParam| async move {
             let ship = ship(&c.db, &p.ship).await?;
-            Ok(Live::new(ship.away_team(&c.db).link_changes()))
+            Ok(Live::new(ship.away_team(&c.db).link_changes()).shared())
         })
         .publish("missions", |c, p: MemberParam| async move {
             let member = member(&c.db, &p.member).await?;
-            Ok(Live::new(member.away_missions(&c.db).link_changes()))
+            Ok(Live::new(member.away_missions(&c.db).link_changes()).shared())
         })
         .publish("member", |c, p: MemberParam| async move {
             let feed = Crewmember::table(&c.db).get(p.member.as_str()).changes();
-            Ok(Live::new(feed))
+            Ok(Live::new(feed).shared())
         })
         .publish("ship_counts", |c, _: NoParams| async move {
             let counts = Crewmember::table(&c.db)
                 .query()
                 .group("starship_id")
                 .count();
-            Ok(Live::new(counts.changes()).key("group"))
+            Ok(Live::new(counts.changes()).key("group").shared())
         })
         .publish("species", |c, _: NoParams| async move {
             let counts = Crewmember::table(&c.db).query().group("species").count();
             Ok(Live::new(counts.changes())
                 .key("group")
                 .sort_by_desc("reduction")
-                .sort_by("group"))
+                .sort_by("group")
+                .shared())
         })
         .publish("leaderboard", |c, _: NoParams| async move {
-            Ok(Live::new(top_five(&c.db).changes()).sort_by_desc("points"))
+            Ok(Live::new(top_five(&c.db).changes())
+                .sort_by_desc("points")
+                .shared())
         })
         .publish("logs", |c, p: MemberParam| async move {
             let target = may_use_log(&c.db, &c.identity, &p.member).await?;
@@ -239,17 +250,22 @@ pub fn web(db: Database) -> Web<Session> {
                 .rule(move |row| row["crewmember_id"] == owner.as_str())
                 .sort_by_desc("at")
                 // A move to another ship, a new rank: decide again.
-                .guard(Crewmember::table(&c.db).get(p.member.as_str()).changes());
+                .guard(Crewmember::table(&c.db).get(p.member.as_str()).changes())
+                // Who may read it is decided above, and each reader's guards are their own;
+                // what it shows depends on the log's member alone.
+                .shared();
             if let Some(me) = c.identity.member.as_deref() {
                 live = live.guard(Crewmember::table(&c.db).get(me).changes());
             }
             Ok(live)
         })
         .publish("map", |c, _: NoParams| async move {
-            Ok(Live::new(Starship::query(&c.db).changes()))
+            Ok(Live::new(Starship::query(&c.db).changes()).shared())
         })
         .publish("stats", |c, _: NoParams| async move {
-            Ok(Live::new(c.db.stats().changes()).key_with(|row| row.get("id").cloned()))
+            Ok(Live::new(c.db.stats().changes())
+                .key_with(|row| row.get("id").cloned())
+                .shared())
         })
         .method("move_ship", |c, p: ShipAt| async move {
             move_ship(&c.db, &p.ship, p.x, p.y).await
