@@ -50,6 +50,11 @@
 //! # }
 //! ```
 //!
+//! **Shared results.** A result that is the same for every caller allowed to see it (a
+//! board, a ship's crew) is declared [`Live::shared`]: all its subscriptions follow one feed,
+//! each change is checked and written as text once, and a new subscriber gets the rows as
+//! they are held. Results that depend on the caller stay each subscription's own.
+//!
 //! **Limits** ([`Limits`]) protect the server: the handshake's `Origin` must be the app's own
 //! (cross-site WebSocket hijacking), frames are bounded, and so are subscriptions per
 //! connection and method calls per second; an idle connection is closed. A client that does
