@@ -156,6 +156,12 @@ impl Live {
     /// without reading the database. A shared board watched by 10,000 pages costs one feed,
     /// not 10,000.
     ///
+    /// Everything the rules and view use besides the row and the parameters goes in
+    /// [`Live::shared_by`]'s part, including what the publication read from the database to
+    /// build them: a result already running keeps the rules and view of the decision that
+    /// started it (a subscription whose guard moved decides again, but joins the same
+    /// result if its part is the same).
+    ///
     /// A subscriber that falls too far behind the shared result (its client does not read)
     /// gets the whole result again once it reads, as an unshared one whose feed overflowed.
     ///
@@ -221,7 +227,8 @@ impl Live {
         let key = match &self.key {
             Key::Field(field) => row.get(&**field).map(Cow::Borrowed),
             Key::With(f) => f(row).map(Cow::Owned),
-        };
+        }
+        .map(canonical_key);
         let key = key.ok_or_else(|| {
             Refusal::new(
                 crate::ErrorCode::Internal,
@@ -244,6 +251,43 @@ impl Live {
             _ => Shown::New(change.clone()),
         };
         Ok(Some((key, shown)))
+    }
+}
+
+/// `key` written so that keys equal as values are equal as text (object fields in order of
+/// name, `-0.0` as `0.0`): a client tells keys apart by their JSON text, and a row whose key
+/// object comes with its fields in another order is the same row.
+pub(crate) fn canonical_key(key: Cow<'_, Value>) -> Cow<'_, Value> {
+    fn needs(v: &Value) -> bool {
+        match v {
+            Value::Object(_) => true,
+            Value::Array(a) => a.iter().any(needs),
+            Value::Number(n) => n.as_f64().is_some_and(|f| f == 0.0 && f.is_sign_negative()),
+            _ => false,
+        }
+    }
+    fn canonical(v: &Value) -> Value {
+        match v {
+            Value::Object(o) => {
+                let mut fields: Vec<_> = o.iter().collect();
+                fields.sort_by(|a, b| a.0.cmp(b.0));
+                Value::Object(
+                    fields
+                        .into_iter()
+                        .map(|(k, v)| (k.clone(), canonical(v)))
+                        .collect(),
+                )
+            }
+            Value::Array(a) => Value::Array(a.iter().map(canonical).collect()),
+            Value::Number(n) if n.as_f64().is_some_and(|f| f == 0.0 && f.is_sign_negative()) => {
+                serde_json::json!(0.0)
+            }
+            v => v.clone(),
+        }
+    }
+    match needs(&key) {
+        true => Cow::Owned(canonical(&key)),
+        false => key,
     }
 }
 
@@ -271,5 +315,25 @@ impl serde::Serialize for Shown {
             Shown::New(change) => change.new_val().serialize(s),
             Shown::Owned(v) => v.serialize(s),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_equal_as_values_are_equal_as_text() {
+        let a: Value = serde_json::from_str(r#"{"a": 1, "b": [{"x": -0.0, "y": 2}]}"#).unwrap();
+        let b: Value = serde_json::from_str(r#"{"b": [{"y": 2, "x": 0.0}], "a": 1}"#).unwrap();
+        assert_eq!(a, b);
+        let text = |v: &Value| serde_json::to_string(&canonical_key(Cow::Borrowed(v))).unwrap();
+        assert_eq!(text(&a), text(&b));
+        let one = serde_json::json!(1);
+        assert!(matches!(
+            canonical_key(Cow::Borrowed(&one)),
+            Cow::Borrowed(_)
+        ));
+        assert_ne!(text(&one), text(&serde_json::json!("1")));
     }
 }

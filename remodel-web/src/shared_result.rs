@@ -31,7 +31,7 @@ use crate::subscription::Stop;
 use crate::{ErrorCode, Refusal};
 use axum::extract::ws::Message;
 use futures::{FutureExt, StreamExt};
-use remodel::{ChangeKind, Changes, Cursor, Error};
+use remodel::{ChangeKind, Changes, Cursor, Error, Value};
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -44,6 +44,9 @@ pub(crate) const KEPT_BATCHES: usize = 256;
 
 /// The most bytes of text the kept batches hold (the newest batch is kept whatever its size).
 pub(crate) const KEPT_BYTES: usize = 256 * 1024;
+
+/// The most subscription ids a batch keeps its frames for (counted in [`KEPT_BYTES`]).
+const FRAME_COPIES: usize = 4;
 
 /// The most changes one batch gathers.
 const MOST_PER_BATCH: usize = 4096;
@@ -76,14 +79,22 @@ impl Registry {
         changes: Changes,
         queue: usize,
     ) -> Arc<Handle> {
+        // An ended result's handle, dropped after the lock (if it is the last one, its drop
+        // takes the lock).
+        let mut _ended = None;
         let mut results = lock(&self.results);
         if let Some(handle) = results.get(&key).and_then(Weak::upgrade) {
             if !handle.inner.ended.load(Ordering::Acquire) {
                 return handle;
             }
+            _ended = Some(handle);
         }
         let inner = Arc::new(Inner::new(&live));
-        let task = tokio::spawn(run(inner.clone(), live, changes.queue_size(queue)));
+        // The result's task reads its feed as changes come; a larger queue than a
+        // subscription's own absorbs a moment without a worker (its overflow restarts every
+        // member).
+        let changes = changes.queue_size(queue.saturating_mul(4));
+        let task = tokio::spawn(run(inner.clone(), live, changes));
         let handle = Arc::new(Handle {
             inner,
             task: task.abort_handle(),
@@ -134,14 +145,34 @@ struct Inner {
     ready: tokio::sync::watch::Sender<bool>,
     state: Mutex<State>,
     /// The drivers of members waiting for the next batch (each once: see [`Member::poll`]).
-    waiting: Mutex<Vec<Waker>>,
+    waiting: Mutex<Waiting>,
     /// The order's JSON text, for resets.
     order: Box<str>,
 }
 
+/// The wakers of the members waiting for the next batch: emptied (all woken) by each batch
+/// and by the end, each emptying a new `round`. A member's entry is its slot in `wakers`
+/// and the round it was left in; a member that goes clears its slot, so that a result that
+/// stays quiet keeps no waker of a member long gone.
+#[derive(Default)]
+struct Waiting {
+    round: u64,
+    wakers: Vec<Option<Waker>>,
+    free: Vec<usize>,
+}
+
+impl Waiting {
+    fn take(&mut self) -> Vec<Option<Waker>> {
+        self.round += 1;
+        self.free.clear();
+        std::mem::take(&mut self.wakers)
+    }
+}
+
 struct State {
-    /// The rows: each key's JSON text and its row's.
-    rows: HashMap<Box<str>, Arc<str>>,
+    /// The rows: each key's JSON text (keys equal as values are written alike: see
+    /// [`crate::live::canonical_key`]) and its row's.
+    rows: HashMap<Arc<str>, Arc<str>>,
     /// Where the rows stand (`None`: the feed cannot resume).
     cursor: Option<Cursor>,
     /// The latest batches, the first numbered `first`.
@@ -185,10 +216,10 @@ struct SharedBatch {
 }
 
 impl SharedBatch {
-    /// The batch's frames for subscription `sub` (built once per id).
+    /// The batch's frames for subscription `sub` (built once per id, for the first
+    /// [`FRAME_COPIES`] ids).
     fn frames(&self, sub: u32) -> Frames {
-        let mut frames = lock(&self.frames);
-        if let Some((_, f)) = frames.iter().find(|(id, _)| *id == sub) {
+        if let Some((_, f)) = lock(&self.frames).iter().find(|(id, _)| *id == sub) {
             return f.clone();
         }
         let last = self.parts.len().saturating_sub(1);
@@ -206,7 +237,8 @@ impl SharedBatch {
             })
             .collect();
         // Pages number their subscriptions alike: a few ids cover most members.
-        if frames.len() < 8 {
+        let mut frames = lock(&self.frames);
+        if frames.len() < FRAME_COPIES && frames.iter().all(|(id, _)| *id != sub) {
             frames.push((sub, built.clone()));
         }
         built
@@ -229,7 +261,7 @@ impl Inner {
                 resets: None,
                 ending: None,
             }),
-            waiting: Mutex::new(Vec::new()),
+            waiting: Mutex::new(Waiting::default()),
             order: serde_json::to_string(&live.order)
                 .unwrap_or_else(|_| "[]".into())
                 .into(),
@@ -237,13 +269,13 @@ impl Inner {
     }
 
     /// Adds a batch and wakes the members waiting for it.
-    fn publish(&self, batch: SharedBatch, changed: Vec<(Box<str>, Option<Arc<str>>)>) {
+    fn publish(&self, batch: SharedBatch, changed: Vec<RowText>) {
         {
             let mut state = lock(&self.state);
-            for (key, row) in changed {
-                match row {
-                    Some(row) => state.rows.insert(key, row),
-                    None => state.rows.remove(&key),
+            for row in changed {
+                match row.row {
+                    Some(text) => state.rows.insert(row.key, text),
+                    None => state.rows.remove(&row.key),
                 };
             }
             if batch.cursor.is_some() {
@@ -260,24 +292,35 @@ impl Inner {
                     state.base = old.cursor;
                 }
             }
+            // Reset frames are of the rows as they stood: none is of these.
+            state.resets = None;
             let seq = state.first + state.kept.len() as u64 - 1;
-            self.seq.store(seq, Ordering::Release);
-        }
-        self.wake();
-    }
-
-    fn wake(&self) {
-        let waiting = std::mem::take(&mut *lock(&self.waiting));
-        for waker in waiting {
-            waker.wake();
+            // The number and the wakers change together (see `Member::poll`).
+            let waiting = {
+                let mut waiting = lock(&self.waiting);
+                self.seq.store(seq, Ordering::Release);
+                waiting.take()
+            };
+            drop(state);
+            wake(waiting);
         }
     }
 
     fn end(&self, ending: Ending) {
         lock(&self.state).ending.get_or_insert(ending);
-        self.ended.store(true, Ordering::Release);
+        let waiting = {
+            let mut waiting = lock(&self.waiting);
+            self.ended.store(true, Ordering::Release);
+            waiting.take()
+        };
         self.ready.send_replace(true);
-        self.wake();
+        wake(waiting);
+    }
+}
+
+fn wake(wakers: Vec<Option<Waker>>) {
+    for waker in wakers.into_iter().flatten() {
+        waker.wake();
     }
 }
 
@@ -323,9 +366,9 @@ async fn follow(inner: &Inner, live: &Live, changes: Changes) -> Ending {
     }
     {
         let mut state = lock(&inner.state);
-        for (key, row) in texts(initial) {
-            if let Some(row) = row {
-                state.rows.insert(key, row);
+        for row in texts(initial) {
+            if let Some(text) = row.row {
+                state.rows.insert(row.key, text);
             }
         }
         state.cursor = feed.snapshot_cursor();
@@ -356,8 +399,9 @@ async fn follow(inner: &Inner, live: &Live, changes: Changes) -> Ending {
         if !batch.rows.is_empty() {
             let cursor = batch.cursor;
             let changed = texts(batch.rows.into_values().collect());
-            let parts = parts(changed.iter().map(|(k, r)| (&**k, r.as_deref())));
-            let bytes = parts.iter().map(String::len).sum();
+            let parts = parts(changed.iter().map(|r| (&*r.key, r.row.as_deref())));
+            // With the copies of its frames it may keep (`SharedBatch::frames`).
+            let bytes = parts.iter().map(String::len).sum::<usize>() * (1 + FRAME_COPIES);
             let shared = SharedBatch {
                 parts,
                 cursor,
@@ -372,14 +416,21 @@ async fn follow(inner: &Inner, live: &Live, changes: Changes) -> Ending {
     }
 }
 
+/// A row of a batch as text.
+struct RowText {
+    /// Its key's JSON text.
+    key: Arc<str>,
+    /// Its shown row's JSON text, or `None` when it left.
+    row: Option<Arc<str>>,
+}
+
 /// Each row's key and shown row as JSON text.
-fn texts(rows: Vec<(remodel::Value, Option<Shown>)>) -> Vec<(Box<str>, Option<Arc<str>>)> {
+fn texts(rows: Vec<(Value, Option<Shown>)>) -> Vec<RowText> {
     rows.into_iter()
-        .map(|(key, row)| {
+        .map(|(key, row)| RowText {
             // Serialising JSON values cannot fail.
-            let key = serde_json::to_string(&key).unwrap_or_default().into();
-            let row = row.map(|r| serde_json::to_string(&r).unwrap_or_default().into());
-            (key, row)
+            key: serde_json::to_string(&key).unwrap_or_default().into(),
+            row: row.map(|r| serde_json::to_string(&r).unwrap_or_default().into()),
         })
         .collect()
 }
@@ -434,9 +485,9 @@ fn feed_ended() -> Ending {
 pub(crate) struct Member {
     handle: Arc<Handle>,
     seen: u64,
-    /// One more than the batch number at which its driver's waker was left with the
-    /// result (0: never): the waker stays there until the next batch, so it is left once.
-    waiting_at: u64,
+    /// Where its driver's waker is in the waiting list, and in which round (see [`Waiting`]):
+    /// it stays there until the round ends, so it is left once a round.
+    slot: Option<(usize, u64)>,
 }
 
 /// How a member starts.
@@ -460,37 +511,65 @@ impl Handle {
         let mut ready = self.inner.ready.subscribe();
         // The sender lives in `inner`, which this handle holds.
         let _ = ready.wait_for(|r| *r).await;
-        let state = lock(&self.inner.state);
-        if let Some(ending) = &state.ending {
-            return Err(ending.stop());
+        let (seq, rows, cursor_now) = {
+            let state = lock(&self.inner.state);
+            if let Some(ending) = &state.ending {
+                return Err(ending.stop());
+            }
+            let seq = state.first + state.kept.len() as u64 - 1;
+            if let Some(cursor) = cursor {
+                let seen = resume_point(&state, cursor);
+                drop(state);
+                return Ok(seen.map(|seen| Joined::Resumed(self.member(seen))));
+            }
+            if let Some(frames) = cached_reset(&state, seq, sub) {
+                drop(state);
+                return Ok(Some(Joined::Reset(frames, self.member(seq))));
+            }
+            // The rows' text is shared: copied out, the frames are written without the lock.
+            let rows: Vec<(Arc<str>, Arc<str>)> = state
+                .rows
+                .iter()
+                .map(|(k, r)| (k.clone(), r.clone()))
+                .collect();
+            (seq, rows, state.cursor)
+        };
+        let frames = reset_frames(&rows, &self.inner.order, cursor_now, sub);
+        let mut state = lock(&self.inner.state);
+        // Made for the rows as they stood at `seq`: kept only if they still do.
+        let current = seq == state.first + state.kept.len() as u64 - 1;
+        match &mut state.resets {
+            Some((at, resets)) if *at == seq => {
+                if resets.len() < FRAME_COPIES && resets.iter().all(|(id, _)| *id != sub) {
+                    resets.push((sub, frames.clone()));
+                }
+            }
+            resets => {
+                if current {
+                    *resets = Some((seq, vec![(sub, frames.clone())]));
+                }
+            }
         }
-        let seq = state.first + state.kept.len() as u64 - 1;
-        if let Some(cursor) = cursor {
-            return Ok(resume_point(&state, cursor).map(|seen| {
-                Joined::Resumed(Member {
-                    handle: self.clone(),
-                    seen,
-                    waiting_at: 0,
-                })
-            }));
+        drop(state);
+        Ok(Some(Joined::Reset(frames, self.member(seq))))
+    }
+
+    /// A member that has sent up to batch `seen`.
+    fn member(self: &Arc<Self>, seen: u64) -> Member {
+        Member {
+            handle: self.clone(),
+            seen,
+            slot: None,
         }
-        let frames = reset_frames(state, &self.inner, seq, sub);
-        Ok(Some(Joined::Reset(
-            frames,
-            Member {
-                handle: self,
-                seen: seq,
-                waiting_at: 0,
-            },
-        )))
     }
 }
 
 /// The number of the last batch that holds nothing after `cursor`, when every batch after
-/// it is kept.
+/// it is kept and the cursor is not past where the result stands (a cursor from elsewhere,
+/// or forged: the caller's own feed from the change log tells).
 fn resume_point(state: &State, cursor: Cursor) -> Option<u64> {
     // A client from before what is kept misses what came between.
-    if state.base? > cursor {
+    if state.base? > cursor || state.cursor? < cursor {
         return None;
     }
     let mut seen = state.first - 1;
@@ -504,61 +583,68 @@ fn resume_point(state: &State, cursor: Cursor) -> Option<u64> {
     Some(seen)
 }
 
-/// The reset frames of the rows as they stand at batch `seq`, for subscription `sub` (made
-/// once per batch number and id).
-fn reset_frames(mut state: MutexGuard<'_, State>, inner: &Inner, seq: u64, sub: u32) -> Frames {
-    if let Some((at, resets)) = &state.resets {
-        if *at == seq {
-            if let Some((_, f)) = resets.iter().find(|(id, _)| *id == sub) {
-                return f.clone();
-            }
-        }
+/// The reset frames made for `sub` of the rows as they stand at batch `seq`, if any.
+fn cached_reset(state: &State, seq: u64, sub: u32) -> Option<Frames> {
+    let (at, resets) = state.resets.as_ref()?;
+    if *at != seq {
+        return None;
     }
-    let parts = parts(state.rows.iter().map(|(k, r)| (&**k, Some(&**r))));
-    let cursor = state.cursor.map(|c| c.to_string());
+    resets
+        .iter()
+        .find(|(id, _)| *id == sub)
+        .map(|(_, f)| f.clone())
+}
+
+/// The reset frames of `rows` (key and row texts) for subscription `sub`.
+fn reset_frames(
+    rows: &[(Arc<str>, Arc<str>)],
+    order: &str,
+    cursor: Option<Cursor>,
+    sub: u32,
+) -> Frames {
+    let parts = parts(rows.iter().map(|(k, r)| (&**k, Some(&**r))));
+    let cursor = cursor.map(|c| c.to_string());
     let last = parts.len() - 1;
-    let frames: Frames = parts
+    parts
         .iter()
         .enumerate()
         .map(|(i, rows)| {
             let text = match i {
-                0 => crate::text::reset_frame_of(
-                    sub,
-                    rows,
-                    &inner.order,
-                    cursor.as_deref(),
-                    last > 0,
-                ),
+                0 => crate::text::reset_frame_of(sub, rows, order, cursor.as_deref(), last > 0),
                 _ => crate::text::more_frame_of(sub, rows, i < last),
             };
             Message::Text(text.into())
         })
-        .collect();
-    match &mut state.resets {
-        Some((at, resets)) if *at == seq => {
-            if resets.len() < 8 {
-                resets.push((sub, frames.clone()));
-            }
-        }
-        resets => *resets = Some((seq, vec![(sub, frames.clone())])),
-    }
-    frames
+        .collect()
 }
 
 impl Member {
     /// Whether it has batches to send (or the result ended); leaves `cx`'s waker with the
-    /// result otherwise (once per batch number).
+    /// result otherwise, once per round of the waiting list (see [`Waiting`]).
     pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> bool {
-        let inner = &self.handle.inner;
         if self.has_news() {
             return true;
         }
-        let seq = inner.seq.load(Ordering::Acquire);
-        if self.waiting_at != seq + 1 {
-            lock(&inner.waiting).push(cx.waker().clone());
-            self.waiting_at = seq + 1;
-            // A batch published before the waker was left woke no one for it.
-            return self.has_news();
+        let inner = &self.handle.inner;
+        // Under the list's lock the batch number cannot move: a batch after this look
+        // empties the list with this waker in it.
+        let mut waiting = lock(&inner.waiting);
+        if self.has_news() {
+            return true;
+        }
+        if self.slot.is_none_or(|(_, round)| round != waiting.round) {
+            let waker = Some(cx.waker().clone());
+            let at = match waiting.free.pop() {
+                Some(at) => {
+                    waiting.wakers[at] = waker;
+                    at
+                }
+                None => {
+                    waiting.wakers.push(waker);
+                    waiting.wakers.len() - 1
+                }
+            };
+            self.slot = Some((at, waiting.round));
         }
         false
     }
@@ -598,8 +684,81 @@ impl Member {
     }
 }
 
+impl Drop for Member {
+    /// A member that goes takes its waker off the list (a quiet result would keep it, and
+    /// the driver's memory with it, until its next batch).
+    fn drop(&mut self) {
+        if let Some((at, round)) = self.slot {
+            let mut waiting = lock(&self.handle.inner.waiting);
+            if waiting.round == round {
+                waiting.wakers[at] = None;
+                waiting.free.push(at);
+            }
+        }
+    }
+}
+
 /// A lock whose holder cannot leave its data half-changed (each critical section here only
 /// pushes, pops and swaps): a poisoned one is used as it is.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::task::noop_waker_ref;
+
+    async fn result(db: &remodel::Database, registry: &Arc<Registry>) -> Arc<Handle> {
+        let mut live = Live::new(db.table("t").query().changes());
+        let changes = match live.changes.take().map(|c| *c) {
+            Some(Ok(changes)) => changes,
+            _ => panic!("a feed"),
+        };
+        registry.join((1, "{}".into(), "".into()), live, changes, 16)
+    }
+
+    #[tokio::test]
+    async fn members_that_go_leave_no_waker_behind_and_the_last_stops_the_result() {
+        let db = remodel::Database::temporary().await.unwrap();
+        db.create_table("t").await.unwrap();
+        let registry = Arc::new(Registry::default());
+        let handle = result(&db, &registry).await;
+        let mut cx = Context::from_waker(noop_waker_ref());
+        // A quiet result: members come, wait and go, one after the other.
+        for _ in 0..100 {
+            let Ok(Some(Joined::Reset(_, mut member))) = handle.clone().join(1, None).await else {
+                panic!("joined with the rows")
+            };
+            assert!(!member.poll(&mut cx), "nothing to send");
+            assert!(!member.poll(&mut cx), "left once a round");
+            drop(member);
+        }
+        {
+            let waiting = lock(&handle.inner.waiting);
+            assert_eq!(waiting.wakers.iter().flatten().count(), 0);
+            assert!(waiting.wakers.len() <= 1, "{} slots", waiting.wakers.len());
+        }
+        // A batch wakes the waiting member, which then finds it.
+        let Ok(Some(Joined::Reset(_, mut member))) = handle.clone().join(1, None).await else {
+            panic!("joined with the rows")
+        };
+        assert!(!member.poll(&mut cx));
+        db.table("t")
+            .insert(remodel::json!({"id": 1}))
+            .await
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !member.has_news() {
+            assert!(std::time::Instant::now() < deadline, "the batch came");
+            tokio::task::yield_now().await;
+        }
+        let frames = member.take(7).unwrap_or_default();
+        assert_eq!(frames.len(), 1);
+        assert!(matches!(&frames[0], Message::Text(t) if t.as_str().contains(r#""sub":7"#)));
+        assert_eq!(registry.len(), 1);
+        drop(member);
+        drop(handle);
+        assert_eq!(registry.len(), 0, "the last member stopped the result");
+    }
 }

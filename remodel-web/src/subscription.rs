@@ -353,10 +353,19 @@ impl<I: Clone + Send + Sync + 'static> Opening<I> {
             }
             // Not held any more: exactly from the change log, on a feed of its own.
             if let Some((live, changes)) = private {
-                if let Ok(feed) = changes.resume_from(cursor).await {
-                    return Ok((Source::own(live, feed), guards));
+                match changes.resume_from(cursor).await {
+                    Ok(feed) => return Ok((Source::own(live, feed), guards)),
+                    Err(e @ (Error::NoSuchTable(_) | Error::Closed)) => {
+                        return Err(Stop::End(refusal(&e)))
+                    }
+                    Err(_) => {}
                 }
             }
+        }
+        // Guards that moved since the client's cursor are spent (the reset follows a
+        // decision made after them): decide again, watching afresh from here.
+        if cursor.is_some() {
+            return Err(Stop::Restart);
         }
         let resets = self.out.common.resets.clone();
         let _turn = resets.acquire().await.map_err(|_| Stop::Gone)?;

@@ -183,6 +183,12 @@ async fn methods_that_break_their_checks_write_nothing() {
 
 #[tokio::test]
 async fn forged_and_garbage_cursors() {
+    for name in ["logs", "shared_logs"] {
+        forged_and_garbage_cursors_of(name).await;
+    }
+}
+
+async fn forged_and_garbage_cursors_of(name: &str) {
     let app = start(Limits::default()).await;
     app.db
         .table("logs")
@@ -190,33 +196,53 @@ async fn forged_and_garbage_cursors() {
         .await
         .unwrap();
     let mut c = Client::connect(&app, "kirk").await;
+    // Running already: a shared result has kept batches a cursor could be followed from.
+    c.sub(10, name, json!({"member": "kirk"})).await;
+    c.until(|v| v["sub"] == 10).await;
     for (id, cursor) in [
         (1, "garbage"),
         (2, "1-2-3"),
         (3, ""),
         (4, "ffffffffffffffffff-0"),
     ] {
-        c.send(json!({"op": "sub", "id": id, "name": "logs", "params": {"member": "kirk"}, "cursor": cursor}))
+        c.send(json!({"op": "sub", "id": id, "name": name, "params": {"member": "kirk"}, "cursor": cursor}))
             .await;
         let v = c.until(|v| v["sub"] == id).await;
-        assert_eq!(code(&v), "bad_cursor", "{cursor}");
+        assert_eq!(code(&v), "bad_cursor", "{name}: {cursor}");
     }
     // A well-formed cursor the server never gave (far ahead, or before the history): the
     // whole result, read afresh through the rules.
     for (id, cursor) in [(5, "ffffffff-0"), (6, "0-0")] {
-        c.send(json!({"op": "sub", "id": id, "name": "logs", "params": {"member": "kirk"}, "cursor": cursor}))
+        c.send(json!({"op": "sub", "id": id, "name": name, "params": {"member": "kirk"}, "cursor": cursor}))
             .await;
         let v = c.until(|v| v["sub"] == id).await;
-        assert_eq!(v["t"], "reset", "{cursor}: {v}");
+        assert_eq!(v["t"], "reset", "{name}: {cursor}: {v}");
         assert_eq!(c.docs(id).len(), 1);
     }
     // A cursor into another member's log gives nothing of it: the publication decides first.
     let mut spock = Client::connect(&app, "spock").await;
     let cursor = c.cursor(5).unwrap();
     spock
-        .send(json!({"op": "sub", "id": 1, "name": "logs", "params": {"member": "kirk"}, "cursor": cursor}))
+        .send(json!({"op": "sub", "id": 1, "name": name, "params": {"member": "kirk"}, "cursor": cursor}))
         .await;
     assert_eq!(code(&spock.until(|v| v["sub"] == 1).await), "forbidden");
+}
+
+/// A shared result without guards, running: a cursor far ahead of the database, or before
+/// what it kept, still gets the whole result (never "resumed" from a place it never was).
+#[tokio::test]
+async fn forged_cursors_on_a_running_shared_result() {
+    let app = start(Limits::default()).await;
+    let mut c = Client::connect(&app, "kirk").await;
+    c.sub(1, "shared_members", json!(null)).await;
+    c.until(|v| v["sub"] == 1).await;
+    for (id, cursor) in [(2, "ffffffff-0"), (3, "0-0")] {
+        c.send(json!({"op": "sub", "id": id, "name": "shared_members", "cursor": cursor}))
+            .await;
+        let v = c.until(|v| v["sub"] == id).await;
+        assert_eq!(v["t"], "reset", "{cursor}: {v}");
+        assert_eq!(c.docs(id).len(), 4);
+    }
 }
 
 #[tokio::test]

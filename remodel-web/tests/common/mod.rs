@@ -120,6 +120,30 @@ pub async fn start_with(limits: Limits, window: Duration) -> App {
             let members = caller.db.table("members").query().changes();
             Ok(Live::new(members).sort_by("name").shared())
         })
+        // Keyed by an object whose fields come in an order that follows the row (a key equal
+        // as a value, written differently).
+        .publish("keyed", |caller, _: NoParams| async move {
+            let members = caller.db.table("members").query().changes();
+            Ok(Live::new(members).key_with(|row| {
+                let id = row["id"].clone();
+                Some(match row["points"].as_u64().unwrap_or(0) % 2 {
+                    0 => json!({"id": id, "kind": "member"}),
+                    _ => json!({"kind": "member", "id": id}),
+                })
+            }))
+        })
+        .publish("shared_keyed", |caller, _: NoParams| async move {
+            let members = caller.db.table("members").query().changes();
+            Ok(Live::new(members)
+                .key_with(|row| {
+                    let id = row["id"].clone();
+                    Some(match row["points"].as_u64().unwrap_or(0) % 2 {
+                        0 => json!({"id": id, "kind": "member"}),
+                        _ => json!({"kind": "member", "id": id}),
+                    })
+                })
+                .shared())
+        })
         .publish("top", |caller, _: NoParams| async move {
             let top = caller
                 .db
