@@ -18,6 +18,10 @@
 //! every client). Writes update one random player row (1 + 100 subscriptions: the row's own
 //! client and its group), and every 50th write a board row instead (every client).
 //!
+//! `REMODEL_WS_SUBS=me,board` keeps only those subscriptions; `REMODEL_WS_WINDOW_MS=250` runs
+//! the judged phase with another window; `REMODEL_WS_WRITER_CPU=1` prints the writer thread's
+//! share of a core in each burst.
+//!
 //! Figures, one JSON object a line on stdout (`name`, `value`, `unit`, `target`, `met`, and
 //! the raw inputs); a table on stderr:
 //!
@@ -338,7 +342,11 @@ mod server {
             let wall = start.elapsed().as_secs_f64();
             if std::env::var_os("REMODEL_WS_WRITER_CPU").is_some() {
                 let cpu = (thread_cpu_ns() - cpu) as f64 / 1e9;
-                eprintln!("writer: {:.0}/s, on a core {:.0}% of the time", n as f64 / wall, 100.0 * cpu / wall);
+                eprintln!(
+                    "writer: {:.0}/s, on a core {:.0}% of the time",
+                    n as f64 / wall,
+                    100.0 * cpu / wall
+                );
             }
             n as f64 / wall
         }
@@ -841,7 +849,15 @@ mod server {
             .collect();
         db.table("other").insert_many(other).await.unwrap();
 
-        let web50 = web(&db, None);
+        // The judged phase runs with the Web's default window, unless REMODEL_WS_WINDOW_MS
+        // sets another (to see what a window changes; the figures' names stay).
+        let window = std::env::var("REMODEL_WS_WINDOW_MS").ok();
+        let web50 = web(
+            &db,
+            window
+                .and_then(|m| m.parse().ok())
+                .map(Duration::from_millis),
+        );
         let web0 = web(&db, Some(Duration::ZERO));
         let addr50 = serve(&web50).await;
         let addr0 = serve(&web0).await;
