@@ -1310,7 +1310,7 @@ mod clients {
         addr: SocketAddr,
         counters: Arc<Counters>,
         recs: Arc<Vec<Mutex<Vec<Rec>>>>,
-        mut cmd: watch::Receiver<Cmd>,
+        cmd: watch::Receiver<Cmd>,
         gate: Arc<Semaphore>,
     ) {
         let req = format!("ws://{addr}/remodel/ws")
@@ -1363,6 +1363,10 @@ mod clients {
         };
         let mut resets = 0usize;
         let mut subscribed = false;
+        // One wait for the next command for as long as none comes: made again on every
+        // message, it would register with and leave the channel every client shares (one
+        // lock for all 10,000), which no browser pays.
+        let mut next_cmd = Box::pin(next_command(cmd));
         loop {
             tokio::select! {
                 msg = ws.next() => {
@@ -1413,11 +1417,12 @@ mod clients {
                         return;
                     }
                 }
-                changed = cmd.changed() => {
+                (changed, rx) = &mut next_cmd => {
                     if changed.is_err() {
                         return;
                     }
-                    let now = *cmd.borrow_and_update();
+                    let now = *rx.borrow();
+                    next_cmd = Box::pin(next_command(rx));
                     match now {
                         Cmd::Subscribe if !subscribed => {
                             subscribed = true;
@@ -1444,6 +1449,15 @@ mod clients {
                 }
             }
         }
+    }
+
+    /// Waits for the driver's next command; gives the receiver back.
+    async fn next_command(
+        mut rx: watch::Receiver<Cmd>,
+    ) -> (Result<(), watch::error::RecvError>, watch::Receiver<Cmd>) {
+        let changed = rx.changed().await;
+        rx.borrow_and_update();
+        (changed, rx)
     }
 
     /// A server frame, as much of it as the clients check: typed and borrowing from the
