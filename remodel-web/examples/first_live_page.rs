@@ -20,7 +20,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     db.create_table("notes").await?;
     let web = Web::<Visitor>::builder(db)
         .publish("notes", |c, _: NoParams| async move {
-            Ok(Live::new(c.db.table("notes").query().changes()).sort_by("text"))
+            // The same notes for every visitor: one feed for all the open pages.
+            Ok(Live::new(c.db.table("notes").query().changes())
+                .sort_by("text")
+                .shared())
         })
         .method("add", |c, text: String| async move {
             if text.trim().is_empty() || text.chars().count() > 200 {

@@ -15,9 +15,12 @@
 //!   the rows as held (one `reset`, its text made once per batch number) and follows from
 //!   that batch. One that resumes from a cursor follows from the first batch after it when
 //!   the result still holds every batch since; otherwise it resumes on a feed of its own
-//!   (exactly, from the change log) or, failing that, gets the rows as held.
+//!   (exactly, from the change log) or, failing that, gets the rows as held. One that
+//!   resumed on a feed of its own joins the result after the first frame it sends that the
+//!   result's kept batches go on from (after a server-wide reconnect, every page resumes on
+//!   its own feed: at the first change they are all members again).
 //! - **Falling behind.** The result keeps its latest batches ([`KEPT_BATCHES`],
-//!   [`KEPT_BYTES`]); a member whose next batch is gone restarts (its client gets the whole
+//!   [`KEPT_BYTES`] of rows' text); a member whose next batch is gone restarts (its client gets the whole
 //!   result again), as an unshared subscription whose feed overflowed. A member never holds
 //!   the result up: the result's task reads its feed as changes come.
 //! - **Ending.** When its feed fails or ends (its table dropped, or the task's own feed
@@ -39,13 +42,16 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Waker};
 use tokio::task::AbortHandle;
 
-/// The most batches a result keeps for members that are behind.
-pub(crate) const KEPT_BATCHES: usize = 256;
+/// The most batches a result keeps for members that are behind: as many changes as an
+/// unshared subscription's feed holds ([`crate::Limits::feed_queue`]'s default), so that a
+/// member that reads, held by its connection's window, is never further behind than that.
+pub(crate) const KEPT_BATCHES: usize = 1024;
 
 /// The most bytes of text the kept batches hold (the newest batch is kept whatever its size).
-pub(crate) const KEPT_BYTES: usize = 256 * 1024;
+pub(crate) const KEPT_BYTES: usize = 1024 * 1024;
 
-/// The most subscription ids a batch keeps its frames for (counted in [`KEPT_BYTES`]).
+/// The most subscription ids a batch keeps its frames for (each a copy of its text, on top
+/// of [`KEPT_BYTES`], made only for ids that members use).
 const FRAME_COPIES: usize = 4;
 
 /// The most changes one batch gathers.
@@ -400,8 +406,7 @@ async fn follow(inner: &Inner, live: &Live, changes: Changes) -> Ending {
             let cursor = batch.cursor;
             let changed = texts(batch.rows.into_values().collect());
             let parts = parts(changed.iter().map(|r| (&*r.key, r.row.as_deref())));
-            // With the copies of its frames it may keep (`SharedBatch::frames`).
-            let bytes = parts.iter().map(String::len).sum::<usize>() * (1 + FRAME_COPIES);
+            let bytes = parts.iter().map(String::len).sum::<usize>();
             let shared = SharedBatch {
                 parts,
                 cursor,
@@ -518,7 +523,7 @@ impl Handle {
             }
             let seq = state.first + state.kept.len() as u64 - 1;
             if let Some(cursor) = cursor {
-                let seen = resume_point(&state, cursor);
+                let seen = resume_point(&state, cursor, false);
                 drop(state);
                 return Ok(seen.map(|seen| Joined::Resumed(self.member(seen))));
             }
@@ -554,6 +559,18 @@ impl Handle {
         Ok(Some(Joined::Reset(frames, self.member(seq))))
     }
 
+    /// A member following from the first kept batch after `cursor` (where a subscription
+    /// that resumed on a feed of its own stands), if every batch since is kept.
+    pub(crate) fn member_after(self: &Arc<Self>, cursor: Cursor) -> Option<Member> {
+        let state = lock(&self.inner.state);
+        if state.ending.is_some() {
+            return None;
+        }
+        let seen = resume_point(&state, cursor, true)?;
+        drop(state);
+        Some(self.member(seen))
+    }
+
     /// A member that has sent up to batch `seen`.
     fn member(self: &Arc<Self>, seen: u64) -> Member {
         Member {
@@ -565,11 +582,13 @@ impl Handle {
 }
 
 /// The number of the last batch that holds nothing after `cursor`, when every batch after
-/// it is kept and the cursor is not past where the result stands (a cursor from elsewhere,
-/// or forged: the caller's own feed from the change log tells).
-fn resume_point(state: &State, cursor: Cursor) -> Option<u64> {
+/// it is kept. A client's cursor must not be past where the result stands (one from
+/// elsewhere, or forged: the caller's own feed from the change log tells); one of the
+/// server's own feeds may be (the result has not read that far yet: what it reads next is
+/// sent again, the rows as they are after it).
+fn resume_point(state: &State, cursor: Cursor, trusted: bool) -> Option<u64> {
     // A client from before what is kept misses what came between.
-    if state.base? > cursor || state.cursor? < cursor {
+    if state.base? > cursor || (!trusted && state.cursor? < cursor) {
         return None;
     }
     let mut seen = state.first - 1;

@@ -21,7 +21,7 @@ use crate::live::Live;
 use crate::net_effect::Batch;
 use crate::outbox::{Inbox, Outbox};
 use crate::protocol::ServerFrame;
-use crate::shared_result::{Joined, Member};
+use crate::shared_result::{Handle, Joined, Member};
 use crate::{Caller, ErrorCode, PublishFn, Refusal, Shared};
 use axum::extract::ws::Message;
 use futures::stream::StreamExt;
@@ -354,7 +354,13 @@ impl<I: Clone + Send + Sync + 'static> Opening<I> {
             // Not held any more: exactly from the change log, on a feed of its own.
             if let Some((live, changes)) = private {
                 match changes.resume_from(cursor).await {
-                    Ok(feed) => return Ok((Source::own(live, feed), guards)),
+                    Ok(feed) => {
+                        let mut source = Source::own(live, feed);
+                        if let Source::Own(own) = &mut source {
+                            own.rejoin = Some(result);
+                        }
+                        return Ok((source, guards));
+                    }
                     Err(e @ (Error::NoSuchTable(_) | Error::Closed)) => {
                         return Err(Stop::End(refusal(&e)))
                     }
@@ -424,6 +430,9 @@ pub(crate) struct OwnFeed {
     feed: Feed,
     /// The first change of the next frame, read by `poll_ready`.
     first: Option<remodel::Change>,
+    /// The shared result it resumed beside (on a feed of its own, since the result did not
+    /// hold what it missed): joined once a frame it sent reaches what the result holds.
+    rejoin: Option<Arc<Handle>>,
 }
 
 impl Source {
@@ -432,6 +441,7 @@ impl Source {
             live,
             feed,
             first: None,
+            rejoin: None,
         }))
     }
 }
@@ -506,7 +516,12 @@ impl<I: Clone + Send + Sync + 'static> Following<I> {
         if let Some(stop) = self.stop.take() {
             return Step::Stop(stop);
         }
-        let OwnFeed { live, feed, first } = match &mut self.source {
+        let OwnFeed {
+            live,
+            feed,
+            first,
+            rejoin,
+        } = match &mut self.source {
             Source::Own(own) => &mut **own,
             Source::Shared(member) => {
                 if !member.has_news() {
@@ -557,13 +572,22 @@ impl<I: Clone + Send + Sync + 'static> Following<I> {
         if batch.rows.is_empty() {
             return Step::Idle;
         }
+        // Caught up with the shared result it resumed beside: a member of it from here.
+        let member = match (rejoin.as_ref(), batch.cursor) {
+            (Some(result), Some(sent)) => result.member_after(sent),
+            _ => None,
+        };
         // The cursor on the last frame, when it goes in several.
         let rows: Vec<_> = batch.rows.into_values().collect();
         let (sub, cursor) = (self.sub.id, batch.cursor.map(|c| c.to_string()));
-        Step::Frames(split(&rows, |rows, _first, more: bool| {
+        let frames = split(&rows, |rows, _first, more: bool| {
             let cursor = cursor.as_deref().filter(|_| !more);
             Message::Text(crate::text::change_frame(sub, rows, cursor, more).into())
-        }))
+        });
+        if let Some(member) = member {
+            self.source = Source::Shared(member);
+        }
+        Step::Frames(frames)
     }
 
     /// Opens it again (a guard changed, its feed overflowed), while its connection lives.
