@@ -493,6 +493,9 @@ pub(crate) struct Member {
     /// Where its driver's waker is in the waiting list, and in which round (see [`Waiting`]):
     /// it stays there until the round ends, so it is left once a round.
     slot: Option<(usize, u64)>,
+    /// Where the feed of its own it came from stood: batches that end at or before it are
+    /// not sent (their rows are older than what was), the first that ends after it is.
+    skip_to: Option<Cursor>,
 }
 
 /// How a member starts.
@@ -568,7 +571,11 @@ impl Handle {
         }
         let seen = resume_point(&state, cursor, true)?;
         drop(state);
-        Some(self.member(seen))
+        let mut member = self.member(seen);
+        // Batches the result has yet to read may end at or before `cursor`: the rows as they
+        // were then, older than what was sent.
+        member.skip_to = Some(cursor);
+        Some(member)
     }
 
     /// A member that has sent up to batch `seen`.
@@ -577,6 +584,7 @@ impl Handle {
             handle: self.clone(),
             seen,
             slot: None,
+            skip_to: None,
         }
     }
 }
@@ -584,8 +592,8 @@ impl Handle {
 /// The number of the last batch that holds nothing after `cursor`, when every batch after
 /// it is kept. A client's cursor must not be past where the result stands (one from
 /// elsewhere, or forged: the caller's own feed from the change log tells); one of the
-/// server's own feeds may be (the result has not read that far yet: what it reads next is
-/// sent again, the rows as they are after it).
+/// server's own feeds may be (the result has not read that far yet: its member skips the
+/// batches that end at or before it, see [`Member::take`]).
 fn resume_point(state: &State, cursor: Cursor, trusted: bool) -> Option<u64> {
     // A client from before what is kept misses what came between.
     if state.base? > cursor || (!trusted && state.cursor? < cursor) {
@@ -697,6 +705,12 @@ impl Member {
         self.seen += batches.len() as u64;
         let mut frames = Vec::new();
         for batch in batches {
+            if let Some(skip_to) = self.skip_to {
+                if batch.cursor.is_some_and(|c| c <= skip_to) {
+                    continue;
+                }
+                self.skip_to = None;
+            }
             frames.extend(batch.frames(sub).iter().cloned());
         }
         Ok(frames)
@@ -779,5 +793,63 @@ mod tests {
         drop(member);
         drop(handle);
         assert_eq!(registry.len(), 0, "the last member stopped the result");
+    }
+
+    /// Waits until `member` has batches to take.
+    async fn news(member: &Member) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !member.has_news() {
+            assert!(std::time::Instant::now() < deadline, "a batch came");
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_member_joining_from_its_own_feed_ahead_of_the_result_sends_nothing_older() {
+        let db = remodel::Database::temporary().await.unwrap();
+        db.create_table("t").await.unwrap();
+        let registry = Arc::new(Registry::default());
+        let handle = result(&db, &registry).await;
+        let Ok(Some(Joined::Reset(_, mut witness))) = handle.clone().join(1, None).await else {
+            panic!("joined with the rows")
+        };
+        // A feed of its own has sent the second of three writes to come; the result has
+        // read none of them.
+        let now = db.position();
+        let sent: Cursor = format!(
+            "{:x}-ffffffff",
+            u64::from_str_radix(now.to_string().split('-').next().unwrap(), 16,).unwrap() + 2
+        )
+        .parse()
+        .unwrap();
+        let mut member = handle
+            .member_after(sent)
+            .expect("a trusted cursor ahead is followed");
+        for v in 1..=3 {
+            db.table("t")
+                .insert(remodel::json!({"id": v, "v": v}))
+                .await
+                .unwrap();
+            // Each write a batch of its own.
+            news(&witness).await;
+            assert!(witness.take(1).is_ok());
+        }
+        news(&member).await;
+        let Ok(frames) = member.take(1) else {
+            panic!("a batch")
+        };
+        let text: Vec<&str> = frames
+            .iter()
+            .filter_map(|m| match m {
+                Message::Text(t) => Some(t.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            text.len(),
+            1,
+            "only the batch after what was sent: {text:?}"
+        );
+        assert!(text[0].contains(r#""v":3"#), "{text:?}");
     }
 }

@@ -1353,8 +1353,8 @@ async fn every_page_dropping_and_resuming_at_once_resumes_exactly() {
 /// The server closes every connection (`Web::disconnect_all`, as on a deploy) and the
 /// twenty pages of one shared board reconnect and resume with their cursors, nothing
 /// written meanwhile: each resumes exactly (on a feed of its own: the result that starts
-/// now holds nothing from before it), and after the next change the board is followed by
-/// one feed again, as before (a shared board watched by many pages costs one feed).
+/// now holds nothing from before it), and after the next change made once every page is
+/// back, the board is followed by one feed again, as before (a shared board watched by many pages costs one feed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_resuming_after_disconnect_all_share_one_feed_again() {
     let app = Arc::new(app(100_000, Limits::default(), Duration::from_millis(5)).await);
@@ -1401,6 +1401,13 @@ async fn pages_resuming_after_disconnect_all_share_one_feed_again() {
         pages.push(b.await.unwrap());
     }
     let (marker, want) = mark(&db, 2).await;
+    for p in pages.iter_mut() {
+        p.settle(1, &marker, &want, Duration::from_secs(5)).await;
+        assert_eq!(p.c.results.resets(1), 1, "{}: resumed, not reset", p.name);
+    }
+    // Every page is open again, and so is the result: the next change is after where it
+    // started, and each page joins it once it has sent that change.
+    let (marker, want) = mark(&db, 3).await;
     for p in pages.iter_mut() {
         p.settle(1, &marker, &want, Duration::from_secs(5)).await;
         assert_eq!(p.c.results.resets(1), 1, "{}: resumed, not reset", p.name);
