@@ -244,14 +244,8 @@ impl<I: Clone + Send + Sync + 'static> Opening<I> {
             return self.join(live, changes, cursor, watched_late, guards).await;
         }
         if let Some(cursor) = cursor.filter(|_| !watched_late && !guards_moved(&mut guards)) {
-            match changes.clone().resume_from(cursor).await {
-                Ok(feed) => return Ok((Source::own(live, feed), guards)),
-                Err(e @ (Error::NoSuchTable(_) | Error::Closed)) => {
-                    return Err(Stop::End(refusal(&e)))
-                }
-                // Expired, from another database, or a feed that cannot resume (top-N,
-                // aggregates, joins): the whole result, read afresh.
-                Err(_) => {}
+            if let Some(feed) = resume_own(changes.clone(), cursor).await? {
+                return Ok((Source::own(live, feed), guards));
             }
         }
         // Guards that moved since the client's cursor are spent (the reset below follows
@@ -353,18 +347,8 @@ impl<I: Clone + Send + Sync + 'static> Opening<I> {
             }
             // Not held any more: exactly from the change log, on a feed of its own.
             if let Some((live, changes)) = private {
-                match changes.resume_from(cursor).await {
-                    Ok(feed) => {
-                        let mut source = Source::own(live, feed);
-                        if let Source::Own(own) = &mut source {
-                            own.rejoin = Some(result);
-                        }
-                        return Ok((source, guards));
-                    }
-                    Err(e @ (Error::NoSuchTable(_) | Error::Closed)) => {
-                        return Err(Stop::End(refusal(&e)))
-                    }
-                    Err(_) => {}
+                if let Some(feed) = resume_own(changes, cursor).await? {
+                    return Ok((Source::own_beside(live, feed, result), guards));
                 }
             }
         }
@@ -443,6 +427,27 @@ impl Source {
             first: None,
             rejoin: None,
         }))
+    }
+
+    /// A feed of its own beside the shared `result`, which it joins once it caught up.
+    fn own_beside(live: Live, feed: Feed, result: Arc<Handle>) -> Self {
+        Source::Own(Box::new(OwnFeed {
+            live,
+            feed,
+            first: None,
+            rejoin: Some(result),
+        }))
+    }
+}
+
+/// `changes` resumed after `cursor` on a feed of its own; `None` when it cannot be (the
+/// cursor expired or is from another database, or the feed cannot resume: top-N, aggregates,
+/// joins), which the caller answers with the whole result, read afresh.
+async fn resume_own(changes: Changes, cursor: Cursor) -> Result<Option<Feed>, Stop> {
+    match changes.resume_from(cursor).await {
+        Ok(feed) => Ok(Some(feed)),
+        Err(e @ (Error::NoSuchTable(_) | Error::Closed)) => Err(Stop::End(refusal(&e))),
+        Err(_) => Ok(None),
     }
 }
 

@@ -4,22 +4,10 @@
 
 mod common;
 
-use common::{by_id, start, start_with, Client};
+use common::{by_id, start, start_with, Client, Rng};
 use remodel::{json, Order, Value};
 use remodel_web::Limits;
 use std::time::{Duration, Instant};
-
-/// A small deterministic generator (no dependency for a test's random writes).
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
 
 const OWNERS: [&str; 3] = ["kirk", "spock", "uhura"];
 

@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{by_id, App, Client, User};
+use common::{by_id, App, Client, Rng, User};
 use remodel::{json, ChangeLogRetention, Config, Database, IndexSpec, Order, Value};
 use remodel_web::{Limits, Live, Refusal, Web};
 use serde::Deserialize;
@@ -26,18 +26,6 @@ use tokio::time::Instant;
 // The app under test: a board (a shared result without rules), the same unshared, a log
 // read by those granted it (shared, a guard per caller), a publication whose rule, view or
 // key panics on a row marked `boom`, and a shared top 3.
-
-/// A small deterministic generator.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -162,6 +150,13 @@ async fn app(retention: u64, limits: Limits, window: Duration) -> App {
 /// The board, read now.
 async fn board(db: &Database) -> Vec<Value> {
     by_id(db.table("board").query().run().await.unwrap())
+}
+
+/// The board's forty first writes (rows padded with `pad`).
+async fn seed_board(db: &Database, rng: &mut Rng, pad: &str) {
+    for n in 0..40 {
+        write_board(db, rng, n, pad).await;
+    }
 }
 
 /// One random write to the board (40 rows): insert or replace, update, or delete; each
@@ -528,9 +523,7 @@ async fn pages_joining_and_leaving_at_random_end_at_the_query() {
     let app = Arc::new(app(100_000, Limits::default(), Duration::from_millis(5)).await);
     let db = app.db.clone();
     let mut rng = Rng(0xC0FFEE);
-    for n in 0..40 {
-        write_board(&db, &mut rng, n, &"p".repeat(150)).await;
-    }
+    seed_board(&db, &mut rng, &"p".repeat(150)).await;
     let mut anchor = Page::open(&app, "janeway", "anchor").await;
     anchor.sub(1, "board", json!(null)).await;
     anchor.joined(1).await;
@@ -1299,9 +1292,7 @@ async fn every_page_dropping_and_resuming_at_once_resumes_exactly() {
     let app = Arc::new(app(100_000, Limits::default(), Duration::from_millis(5)).await);
     let db = app.db.clone();
     let mut rng = Rng(4321);
-    for n in 0..40 {
-        write_board(&db, &mut rng, n, "").await;
-    }
+    seed_board(&db, &mut rng, "").await;
     let mut pages = Vec::new();
     for k in 0..20 {
         let mut p = Page::open(&app, "kirk", format!("page {k}")).await;
@@ -1360,9 +1351,7 @@ async fn pages_resuming_after_disconnect_all_share_one_feed_again() {
     let app = Arc::new(app(100_000, Limits::default(), Duration::from_millis(5)).await);
     let db = app.db.clone();
     let mut rng = Rng(2024);
-    for n in 0..40 {
-        write_board(&db, &mut rng, n, "").await;
-    }
+    seed_board(&db, &mut rng, "").await;
     let mut pages = Vec::new();
     for k in 0..20 {
         let mut p = Page::open(&app, "kirk", format!("page {k}")).await;
@@ -1545,9 +1534,7 @@ async fn a_dropped_table_ends_every_member_and_a_new_one_is_followed() {
     let app = app(100_000, Limits::default(), Duration::from_millis(5)).await;
     let db = app.db.clone();
     let mut rng = Rng(8);
-    for n in 0..40 {
-        write_board(&db, &mut rng, n, "").await;
-    }
+    seed_board(&db, &mut rng, "").await;
     let mut away = Page::open(&app, "kirk", "away").await;
     away.sub(1, "board", json!(null)).await;
     away.joined(1).await;
@@ -1634,9 +1621,7 @@ async fn one_page_with_many_ids_on_one_result() {
     let app = app(100_000, Limits::default(), Duration::from_millis(5)).await;
     let db = app.db.clone();
     let mut rng = Rng(31);
-    for n in 0..40 {
-        write_board(&db, &mut rng, n, &"z".repeat(100)).await;
-    }
+    seed_board(&db, &mut rng, &"z".repeat(100)).await;
     let mut a = Page::open(&app, "kirk", "a").await;
     let mut b = Page::open(&app, "spock", "b").await;
     for id in 1..=7u32 {
@@ -1796,9 +1781,7 @@ async fn the_last_member_leaving_while_batches_come_and_joining_again() {
     let app = app(100_000, Limits::default(), Duration::from_millis(0)).await;
     let db = app.db.clone();
     let mut rng = Rng(77);
-    for n in 0..40 {
-        write_board(&db, &mut rng, n, "").await;
-    }
+    seed_board(&db, &mut rng, "").await;
     let writer = Writer::start(&db, 17, 100, String::new(), Duration::from_millis(1));
     let mut page = Page::open(&app, "kirk", "page").await;
     for round in 0..50u32 {
@@ -1895,9 +1878,7 @@ async fn a_shared_top_three_follows_the_query() {
     let app = app(100_000, Limits::default(), Duration::from_millis(5)).await;
     let db = app.db.clone();
     let mut rng = Rng(55);
-    for n in 0..40 {
-        write_board(&db, &mut rng, n, "").await;
-    }
+    seed_board(&db, &mut rng, "").await;
     let top = |db: Database| async move {
         let rows = db
             .table("board")

@@ -73,6 +73,53 @@ pub async fn may_read(caller: &Caller<User>, member: &str) -> Result<String, Ref
     }
 }
 
+/// A member's log as `caller` may read it (the captain does not see `secret`), decided
+/// again when the member moves or the ship gets a new captain.
+async fn logs(caller: Caller<User>, p: Member) -> Result<Live, Refusal> {
+    let ship = may_read(&caller, &p.member).await?;
+    let own = caller.identity.0 == p.member;
+    let db = &caller.db;
+    let member = p.member.clone();
+    let logs = db.table("logs").get_all([p.member.as_str()]).index("owner");
+    Ok(Live::new(logs.changes())
+        .rule(move |row| row["owner"] == member.as_str())
+        .view(move |mut row| {
+            if !own {
+                row.as_object_mut().map(|o| o.remove("secret"));
+            }
+            row
+        })
+        .sort_by("at")
+        // A member who moves, or a ship with a new captain: decide again.
+        .guard(db.table("members").get(p.member.as_str()).changes())
+        .guard(db.table("ships").get(ship.as_str()).changes()))
+}
+
+/// The members keyed by an object whose fields come in an order that follows the row (a key
+/// equal as a value, written differently).
+fn keyed(caller: &Caller<User>) -> Live {
+    let members = caller.db.table("members").query().changes();
+    Live::new(members).key_with(|row| {
+        let id = row["id"].clone();
+        Some(match row["points"].as_u64().unwrap_or(0) % 2 {
+            0 => json!({"id": id, "kind": "member"}),
+            _ => json!({"kind": "member", "id": id}),
+        })
+    })
+}
+
+/// A small deterministic generator (no dependency for a test's random writes).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
 pub async fn start(limits: Limits) -> App {
     start_with(limits, Duration::from_millis(20)).await
 }
@@ -120,29 +167,12 @@ pub async fn start_with(limits: Limits, window: Duration) -> App {
             let members = caller.db.table("members").query().changes();
             Ok(Live::new(members).sort_by("name").shared())
         })
-        // Keyed by an object whose fields come in an order that follows the row (a key equal
-        // as a value, written differently).
-        .publish("keyed", |caller, _: NoParams| async move {
-            let members = caller.db.table("members").query().changes();
-            Ok(Live::new(members).key_with(|row| {
-                let id = row["id"].clone();
-                Some(match row["points"].as_u64().unwrap_or(0) % 2 {
-                    0 => json!({"id": id, "kind": "member"}),
-                    _ => json!({"kind": "member", "id": id}),
-                })
-            }))
-        })
+        .publish(
+            "keyed",
+            |caller, _: NoParams| async move { Ok(keyed(&caller)) },
+        )
         .publish("shared_keyed", |caller, _: NoParams| async move {
-            let members = caller.db.table("members").query().changes();
-            Ok(Live::new(members)
-                .key_with(|row| {
-                    let id = row["id"].clone();
-                    Some(match row["points"].as_u64().unwrap_or(0) % 2 {
-                        0 => json!({"id": id, "kind": "member"}),
-                        _ => json!({"kind": "member", "id": id}),
-                    })
-                })
-                .shared())
+            Ok(keyed(&caller).shared())
         })
         .publish("top", |caller, _: NoParams| async move {
             let top = caller
@@ -152,44 +182,15 @@ pub async fn start_with(limits: Limits, window: Duration) -> App {
                 .limit(3);
             Ok(Live::new(top.changes()).sort_by_desc("points"))
         })
-        .publish("logs", |caller, p: Member| async move {
-            let ship = may_read(&caller, &p.member).await?;
-            let own = caller.identity.0 == p.member;
-            let db = &caller.db;
-            let member = p.member.clone();
-            let logs = db.table("logs").get_all([p.member.as_str()]).index("owner");
-            Ok(Live::new(logs.changes())
-                .rule(move |row| row["owner"] == member.as_str())
-                .view(move |mut row| {
-                    if !own {
-                        row.as_object_mut().map(|o| o.remove("secret"));
-                    }
-                    row
-                })
-                .sort_by("at")
-                // A member who moves, or a ship with a new captain: decide again.
-                .guard(db.table("members").get(p.member.as_str()).changes())
-                .guard(db.table("ships").get(ship.as_str()).changes()))
-        })
+        .publish(
+            "logs",
+            |caller, p: Member| async move { logs(caller, p).await },
+        )
         .publish("shared_logs", |caller, p: Member| async move {
-            let ship = may_read(&caller, &p.member).await?;
             let own = caller.identity.0 == p.member;
-            let db = &caller.db;
-            let member = p.member.clone();
-            let logs = db.table("logs").get_all([p.member.as_str()]).index("owner");
-            Ok(Live::new(logs.changes())
-                .rule(move |row| row["owner"] == member.as_str())
-                .view(move |mut row| {
-                    if !own {
-                        row.as_object_mut().map(|o| o.remove("secret"));
-                    }
-                    row
-                })
-                .sort_by("at")
-                // A member who moves, or a ship with a new captain: decide again.
-                .guard(db.table("members").get(p.member.as_str()).changes())
-                .guard(db.table("ships").get(ship.as_str()).changes())
-                // The view depends on whether the caller is the member.
+            // The view depends on whether the caller is the member.
+            Ok(logs(caller, p)
+                .await?
                 .shared_by(if own { "own" } else { "other" }))
         })
         .method("add_log", |caller, p: NewLog| async move {
