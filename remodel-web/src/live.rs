@@ -260,7 +260,8 @@ impl Live {
 pub(crate) fn canonical_key(key: Cow<'_, Value>) -> Cow<'_, Value> {
     fn needs(v: &Value) -> bool {
         match v {
-            Value::Object(_) => true,
+            // Fields out of order, or a value inside that needs it.
+            Value::Object(o) => !o.keys().is_sorted() || o.values().any(needs),
             Value::Array(a) => a.iter().any(needs),
             Value::Number(n) => n.as_f64().is_some_and(|f| f == 0.0 && f.is_sign_negative()),
             _ => false,

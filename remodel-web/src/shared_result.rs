@@ -3,8 +3,8 @@
 //!
 //! A shared result is a task that reads the feed once, applies the key, rules and view,
 //! keeps the result's rows as JSON text, and writes each run of changes it reads as a
-//! numbered **batch**: the rows' text, cut in parts of at most 1 KB, and the cursor after
-//! them. Its members (one per subscription, followed by the connection's driver like an
+//! numbered **batch**: the rows' text (in parts of at most 1 KB when it is over 2 KB), and
+//! the cursor after them. Its members (one per subscription, followed by the connection's driver like an
 //! unshared subscription) each hold the number of the last batch they sent; a member
 //! with batches to send builds their frames from the text (frames for the same
 //! subscription id are built once per batch and shared, as most pages number their
@@ -15,12 +15,14 @@
 //!   the rows as held (one `reset`, its text made once per batch number) and follows from
 //!   that batch. One that resumes from a cursor follows from the first batch after it when
 //!   the result still holds every batch since; otherwise it resumes on a feed of its own
-//!   (exactly, from the change log) or, failing that, gets the rows as held. One that
+//!   (exactly, from the change log) or, failing that, is decided again and gets the rows
+//!   as held. One that
 //!   resumed on a feed of its own joins the result after the first frame it sends that the
 //!   result's kept batches go on from (after a server-wide reconnect, every page resumes on
 //!   its own feed: at the first change they are all members again).
-//! - **Falling behind.** The result keeps its latest batches ([`KEPT_BATCHES`],
-//!   [`KEPT_BYTES`] of rows' text); a member whose next batch is gone restarts (its client gets the whole
+//! - **Falling behind.** The result keeps its latest batches (as many as a subscription's
+//!   own feed holds changes, [`crate::Limits::feed_queue`], and at most [`KEPT_BYTES`] of
+//!   rows' text); a member whose next batch is gone restarts (its client gets the whole
 //!   result again), as an unshared subscription whose feed overflowed. A member never holds
 //!   the result up: the result's task reads its feed as changes come.
 //! - **Ending.** When its feed fails or ends (its table dropped, or the task's own feed
@@ -41,11 +43,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Waker};
 use tokio::task::AbortHandle;
-
-/// The most batches a result keeps for members that are behind: as many changes as an
-/// unshared subscription's feed holds ([`crate::Limits::feed_queue`]'s default), so that a
-/// member that reads, held by its connection's window, is never further behind than that.
-pub(crate) const KEPT_BATCHES: usize = 1024;
 
 /// The most bytes of text the kept batches hold (the newest batch is kept whatever its size).
 pub(crate) const KEPT_BYTES: usize = 1024 * 1024;
@@ -95,7 +92,7 @@ impl Registry {
             }
             _ended = Some(handle);
         }
-        let inner = Arc::new(Inner::new(&live));
+        let inner = Arc::new(Inner::new(&live, queue.max(1)));
         // The result's task reads its feed as changes come; a larger queue than a
         // subscription's own absorbs a moment without a worker (its overflow restarts every
         // member).
@@ -154,6 +151,12 @@ struct Inner {
     waiting: Mutex<Waiting>,
     /// The order's JSON text, for resets.
     order: Box<str>,
+    /// The most batches it keeps: as many as a subscription's own feed holds changes, so
+    /// that a member that reads, held by its connection's window, is never further behind
+    /// than an unshared subscription could be.
+    kept_batches: usize,
+    /// The waiting list's round (see [`Waiting`]), readable without its lock.
+    round: AtomicU64,
 }
 
 /// The wakers of the members waiting for the next batch: emptied (all woken) by each batch
@@ -168,10 +171,13 @@ struct Waiting {
 }
 
 impl Waiting {
-    fn take(&mut self) -> Vec<Option<Waker>> {
+    fn take(&mut self, round: &AtomicU64) -> Vec<Option<Waker>> {
         self.round += 1;
+        round.store(self.round, Ordering::Release);
         self.free.clear();
-        std::mem::take(&mut self.wakers)
+        // As many come back for the next batch: room for them, not regrown one by one.
+        let room = Vec::with_capacity(self.wakers.len());
+        std::mem::replace(&mut self.wakers, room)
     }
 }
 
@@ -252,8 +258,10 @@ impl SharedBatch {
 }
 
 impl Inner {
-    fn new(live: &Live) -> Self {
+    fn new(live: &Live, kept_batches: usize) -> Self {
         Inner {
+            kept_batches,
+            round: AtomicU64::new(0),
             seq: AtomicU64::new(0),
             ended: AtomicBool::new(false),
             ready: tokio::sync::watch::channel(false).0,
@@ -290,7 +298,7 @@ impl Inner {
             state.kept_bytes += batch.bytes;
             state.kept.push_back(Arc::new(batch));
             while state.kept.len() > 1
-                && (state.kept.len() > KEPT_BATCHES || state.kept_bytes > KEPT_BYTES)
+                && (state.kept.len() > self.kept_batches || state.kept_bytes > KEPT_BYTES)
             {
                 if let Some(old) = state.kept.pop_front() {
                     state.kept_bytes -= old.bytes;
@@ -305,7 +313,7 @@ impl Inner {
             let waiting = {
                 let mut waiting = lock(&self.waiting);
                 self.seq.store(seq, Ordering::Release);
-                waiting.take()
+                waiting.take(&self.round)
             };
             drop(state);
             wake(waiting);
@@ -317,7 +325,7 @@ impl Inner {
         let waiting = {
             let mut waiting = lock(&self.waiting);
             self.ended.store(true, Ordering::Release);
-            waiting.take()
+            waiting.take(&self.round)
         };
         self.ready.send_replace(true);
         wake(waiting);
@@ -370,9 +378,10 @@ async fn follow(inner: &Inner, live: &Live, changes: Changes) -> Ending {
             }
         }
     }
+    let initial = texts(initial);
     {
         let mut state = lock(&inner.state);
-        for row in texts(initial) {
+        for row in initial {
             if let Some(text) = row.row {
                 state.rows.insert(row.key, text);
             }
@@ -653,6 +662,14 @@ impl Member {
             return true;
         }
         let inner = &self.handle.inner;
+        // Its waker is on the list of this round already: the batch that ends the round
+        // wakes it (no lock for the polls of a driver woken by its other subscriptions).
+        if self
+            .slot
+            .is_some_and(|(_, round)| round == inner.round.load(Ordering::Acquire))
+        {
+            return false;
+        }
         // Under the list's lock the batch number cannot move: a batch after this look
         // empties the list with this waker in it.
         let mut waiting = lock(&inner.waiting);

@@ -334,13 +334,15 @@ impl<I: Clone + Send + Sync + 'static> Opening<I> {
             sub.params.clone(),
             part,
         );
-        let cursor = cursor.filter(|_| !watched_late && !guards_moved(&mut guards));
-        let private = cursor.map(|_| (live.shown_copy(), changes.clone()));
+        // Resumed only when no guard moved since the cursor (a guard's item taken here is
+        // answered below, by deciding again).
+        let resumable = cursor.filter(|_| !watched_late && !guards_moved(&mut guards));
+        let private = resumable.map(|_| (live.shown_copy(), changes.clone()));
         let queue = sub.shared.limits.feed_queue;
         // The result's task follows the feed with this decision's key, rules and view (equal
         // to every other member's: that is what declaring it shared says).
         let result = sub.shared.results.join(key, live, changes, queue);
-        if let Some(cursor) = cursor {
+        if let Some(cursor) = resumable {
             if let Some(Joined::Resumed(member)) = result.clone().join(sub.id, Some(cursor)).await?
             {
                 return Ok((Source::Shared(member), guards));

@@ -241,11 +241,17 @@ async fn a_change_while_the_publication_decides_is_not_missed() {
 /// read the log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resuming_does_not_replay_what_was_written_while_the_caller_was_not_allowed() {
+    for name in ["logs", "shared_logs"] {
+        no_replay_after_a_resume(name).await;
+    }
+}
+
+async fn no_replay_after_a_resume(name: &str) {
     let _serial = shared().await;
     let app = start(Limits::default()).await;
     let db = app.db.clone();
     let mut kirk = Client::connect(&app, "kirk").await;
-    kirk.sub(1, "logs", json!({"member": "spock"})).await;
+    kirk.sub(1, name, json!({"member": "spock"})).await;
     kirk.until(|v| v["t"] == "reset").await;
     let cursor = kirk.cursor(1).expect("a resumable cursor");
     drop(kirk);
@@ -273,13 +279,13 @@ async fn resuming_does_not_replay_what_was_written_while_the_caller_was_not_allo
 
     // Kirk is Spock's captain again, and resumes.
     let mut kirk = Client::connect(&app, "kirk").await;
-    kirk.send(json!({"op": "sub", "id": 1, "name": "logs", "params": {"member": "spock"}, "cursor": cursor}))
+    kirk.send(json!({"op": "sub", "id": 1, "name": name, "params": {"member": "spock"}, "cursor": cursor}))
         .await;
     while kirk.docs(1).len() < 4200 {
         let v = kirk.recv().await.expect("open");
         assert!(
             !v.to_string().contains("for Janeway only"),
-            "replayed to Kirk: an entry written and deleted while he was not Spock's captain"
+            "{name}: replayed to Kirk: an entry written and deleted while he was not Spock's captain"
         );
     }
 }
