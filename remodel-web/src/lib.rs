@@ -374,6 +374,13 @@ impl<I: Clone + Send + Sync + 'static> Web<I> {
     }
 }
 
+/// A lock whose holders leave its data whole at every point a panic could come (each
+/// critical section of this crate only pushes, pops, inserts and swaps): a poisoned one is
+/// used as it is.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 async fn client_js() -> Response {
     (
         [

@@ -268,8 +268,7 @@ impl Common {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Entry>> {
-        // A panic while the lock was held left a plain map behind: still usable.
-        self.subs.lock().unwrap_or_else(|e| e.into_inner())
+        crate::lock(&self.subs)
     }
 }
 

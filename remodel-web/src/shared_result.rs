@@ -32,15 +32,15 @@
 
 use crate::live::{Live, Shown};
 use crate::net_effect::Batch;
-use crate::subscription::Stop;
-use crate::{ErrorCode, Refusal};
+use crate::subscription::{feed_ended, stop_for, Stop, FRAME_BYTES, MOST_PER_FRAME, RESET_CHUNK};
+use crate::{lock, ErrorCode, Refusal};
 use axum::extract::ws::Message;
 use futures::{FutureExt, StreamExt};
-use remodel::{ChangeKind, Changes, Cursor, Error, Value};
+use remodel::{ChangeKind, Changes, Cursor, Value};
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Waker};
 use tokio::task::AbortHandle;
 
@@ -50,15 +50,6 @@ pub(crate) const KEPT_BYTES: usize = 1024 * 1024;
 /// The most subscription ids a batch keeps its frames for (each a copy of its text, on top
 /// of [`KEPT_BYTES`], made only for ids that members use).
 const FRAME_COPIES: usize = 4;
-
-/// The most changes one batch gathers.
-const MOST_PER_BATCH: usize = 4096;
-
-/// The most JSON text of rows in one frame's part (at least one row).
-const PART_BYTES: usize = 1024;
-
-/// Rows under this much text go in one reset frame.
-const WHOLE_BYTES: usize = 2048 - 128;
 
 /// A batch's or reset's frames for one subscription id.
 type Frames = Arc<[Message]>;
@@ -196,28 +187,13 @@ struct State {
     kept_bytes: usize,
     /// The reset frames of the rows as they stand at batch number `.0`, by subscription id.
     resets: Option<(u64, Vec<(u32, Frames)>)>,
-    /// Why it ended.
-    ending: Option<Ending>,
-}
-
-#[derive(Clone)]
-enum Ending {
-    Restart,
-    End(Refusal),
-}
-
-impl Ending {
-    fn stop(&self) -> Stop {
-        match self {
-            Ending::Restart => Stop::Restart,
-            Ending::End(why) => Stop::End(why.clone()),
-        }
-    }
+    /// Why it ended: what each member does (restart, or end with the refusal).
+    ending: Option<Stop>,
 }
 
 /// One run of changes, as text.
 struct SharedBatch {
-    /// The rows' JSON text (`[[key,row],…]`), in parts of at most [`PART_BYTES`].
+    /// The rows' JSON text (`[[key,row],…]`), in parts of at most [`RESET_CHUNK`].
     parts: Vec<String>,
     /// Where the result stands after it.
     cursor: Option<Cursor>,
@@ -320,7 +296,7 @@ impl Inner {
         }
     }
 
-    fn end(&self, ending: Ending) {
+    fn end(&self, ending: Stop) {
         lock(&self.state).ending.get_or_insert(ending);
         let waiting = {
             let mut waiting = lock(&self.waiting);
@@ -347,34 +323,34 @@ async fn run(inner: Arc<Inner>, live: Live, changes: Changes) {
     {
         Ok(ending) => ending,
         // A rule, view or key that panics ends the result's subscriptions.
-        Err(_) => Ending::End(Refusal::new(ErrorCode::Internal, "the publication failed")),
+        Err(_) => Stop::End(Refusal::new(ErrorCode::Internal, "the publication failed")),
     };
     inner.end(ending);
 }
 
-async fn follow(inner: &Inner, live: &Live, changes: Changes) -> Ending {
+async fn follow(inner: &Inner, live: &Live, changes: Changes) -> Stop {
     let mut feed = match changes.include_initial(true).include_states(true).await {
         Ok(feed) => feed,
-        Err(e) => return ending_for(&e),
+        Err(e) => return stop_for(&e),
     };
     let mut initial = Vec::new();
     loop {
         let change = match feed.next().await {
             Some(Ok(change)) => change,
-            Some(Err(e)) => return ending_for(&e),
+            Some(Err(e)) => return stop_for(&e),
             None => return feed_ended(),
         };
         match change.kind() {
             ChangeKind::Initial => match live.visible(&change) {
                 Ok(Some((key, row))) => initial.push((key, Some(row))),
                 Ok(None) => {}
-                Err(why) => return Ending::End(why),
+                Err(why) => return Stop::End(why),
             },
             ChangeKind::State if change.state() == Some(remodel::FeedState::Ready) => break,
             ChangeKind::State => {}
             _ => {
                 let why = "the feed changed before its initial rows were read";
-                return Ending::End(Refusal::new(ErrorCode::Internal, why));
+                return Stop::End(Refusal::new(ErrorCode::Internal, why));
             }
         }
     }
@@ -396,14 +372,14 @@ async fn follow(inner: &Inner, live: &Live, changes: Changes) -> Ending {
         loop {
             match item {
                 None => return feed_ended(),
-                Some(Err(e)) => return ending_for(&e),
+                Some(Err(e)) => return stop_for(&e),
                 Some(Ok(change)) => {
                     if let Err(why) = batch.add(live, &change) {
-                        return Ending::End(why);
+                        return Stop::End(why);
                     }
                 }
             }
-            if batch.len >= MOST_PER_BATCH {
+            if batch.len >= MOST_PER_FRAME {
                 break;
             }
             match feed.next().now_or_never() {
@@ -449,17 +425,17 @@ fn texts(rows: Vec<(Value, Option<Shown>)>) -> Vec<RowText> {
         .collect()
 }
 
-/// `[[key,row],…]` texts of at most [`PART_BYTES`] each (at least one row), or one text when
-/// the rows are under [`WHOLE_BYTES`] in all (`null` for a row that left).
+/// `[[key,row],…]` texts of at most [`RESET_CHUNK`] each (at least one row), or one text when
+/// the rows are under [`FRAME_BYTES`] (less the frame's own fields) in all (`null` for a row that left).
 fn parts<'a>(rows: impl Iterator<Item = (&'a str, Option<&'a str>)> + Clone) -> Vec<String> {
     let total: usize = rows
         .clone()
         .map(|(k, r)| k.len() + r.map_or(4, str::len) + 4)
         .sum();
-    let most = if total < WHOLE_BYTES {
+    let most = if total + 128 < FRAME_BYTES {
         usize::MAX
     } else {
-        PART_BYTES
+        RESET_CHUNK
     };
     let mut parts = Vec::new();
     let mut part = String::from("[");
@@ -481,18 +457,6 @@ fn parts<'a>(rows: impl Iterator<Item = (&'a str, Option<&'a str>)> + Clone) -> 
     part.push(']');
     parts.push(part);
     parts
-}
-
-/// What a feed's error item means for the result's members.
-fn ending_for(e: &Error) -> Ending {
-    match e {
-        Error::FeedOverflow { .. } => Ending::Restart,
-        e => Ending::End(Refusal::from(e)),
-    }
-}
-
-fn feed_ended() -> Ending {
-    Ending::End(Refusal::new(ErrorCode::Aborted, "the feed ended"))
 }
 
 /// A subscription following a shared result: the number of the last batch it sent.
@@ -531,7 +495,7 @@ impl Handle {
         let (seq, rows, cursor_now) = {
             let state = lock(&self.inner.state);
             if let Some(ending) = &state.ending {
-                return Err(ending.stop());
+                return Err(ending.clone());
             }
             let seq = state.first + state.kept.len() as u64 - 1;
             if let Some(cursor) = cursor {
@@ -711,7 +675,7 @@ impl Member {
     pub(crate) fn take(&mut self, sub: u32) -> Result<Vec<Message>, Stop> {
         let state = lock(&self.handle.inner.state);
         if let Some(ending) = &state.ending {
-            return Err(ending.stop());
+            return Err(ending.clone());
         }
         if self.seen + 1 < state.first {
             return Err(Stop::Restart);
@@ -746,12 +710,6 @@ impl Drop for Member {
             }
         }
     }
-}
-
-/// A lock whose holder cannot leave its data half-changed (each critical section here only
-/// pushes, pops and swaps): a poisoned one is used as it is.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

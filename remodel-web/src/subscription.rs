@@ -34,7 +34,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 /// The most changes one frame gathers (a client resuming after a long cut gets several).
-const MOST_PER_FRAME: usize = 4096;
+pub(crate) const MOST_PER_FRAME: usize = 4096;
 
 /// Restarts in a row that sent nothing before a subscription ends.
 const MOST_RESTARTS: u32 = 8;
@@ -62,6 +62,7 @@ impl<I> Drop for Subscription<I> {
 }
 
 /// Why following a feed stopped.
+#[derive(Clone)]
 pub(crate) enum Stop {
     /// Ask the publication again and send the whole result.
     Restart,
@@ -620,10 +621,10 @@ impl<I: Clone + Send + Sync + 'static> Following<I> {
 /// The WebSocket layer keeps a buffer as large as the largest frame it ever wrote, for the
 /// connection's life: a 1,000-row result sent whole would pin ~100 KB per connection, and
 /// every connection keeps ~2 KB with frames of at most 2 KB (which a 100-row result fills).
-const RESET_CHUNK: usize = 1024;
+pub(crate) const RESET_CHUNK: usize = 1024;
 
 /// A frame under this size goes whole (the usual case: serialised once).
-const FRAME_BYTES: usize = 2 * RESET_CHUNK;
+pub(crate) const FRAME_BYTES: usize = 2 * RESET_CHUNK;
 
 /// `rows` as `frame(rows, first, more)`: one frame, serialised once, when its text is under
 /// [`FRAME_BYTES`]; else in runs of at most [`RESET_CHUNK`] bytes of rows, all but the last
@@ -673,12 +674,12 @@ fn guards_moved(guards: &mut [Feed]) -> bool {
 }
 
 /// A feed that ends ends its subscription.
-fn feed_ended() -> Stop {
+pub(crate) fn feed_ended() -> Stop {
     Stop::End(Refusal::new(ErrorCode::Aborted, "the feed ended"))
 }
 
 /// What a feed's error item means for the subscription.
-fn stop_for(e: &Error) -> Stop {
+pub(crate) fn stop_for(e: &Error) -> Stop {
     match e {
         // The client fell behind: its feed dropped changes. Start over with the whole result.
         Error::FeedOverflow { .. } => Stop::Restart,
