@@ -254,7 +254,8 @@ impl Live {
     }
 }
 
-/// `key` written so that keys equal as values are equal as text (object fields in order of
+/// `key` (or a subscription's parameters) written so that values that are equal are equal
+/// as text (object fields in order of
 /// name, `-0.0` as `0.0`): a client tells keys apart by their JSON text, and a row whose key
 /// object comes with its fields in another order is the same row.
 pub(crate) fn canonical_key(key: Cow<'_, Value>) -> Cow<'_, Value> {

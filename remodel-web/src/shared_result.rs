@@ -551,6 +551,11 @@ impl Handle {
         Some(member)
     }
 
+    /// Whether its feed ended or failed (its members stop).
+    pub(crate) fn ended(&self) -> bool {
+        self.inner.ended.load(Ordering::Acquire)
+    }
+
     /// A member that has sent up to batch `seen`.
     fn member(self: &Arc<Self>, seen: u64) -> Member {
         Member {

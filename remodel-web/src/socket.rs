@@ -676,7 +676,11 @@ impl<I: Clone + Send + Sync + 'static> Connection<I> {
             shared: self.shared.clone(),
             caller: self.caller.clone(),
             publish,
-            params: params.to_string().into(),
+            // Written canonically (fields in order of name): equal parameters are the same
+            // text, which is how a shared result is found (`Live::shared`).
+            params: crate::live::canonical_key(std::borrow::Cow::Owned(params))
+                .to_string()
+                .into(),
         };
         sub.start(self.out.clone(), cursor);
     }

@@ -585,6 +585,10 @@ impl<I: Clone + Send + Sync + 'static> Following<I> {
             (Some(result), Some(sent)) => result.member_after(sent),
             _ => None,
         };
+        // A result that ended has no successor to find from here: the feed of its own stays.
+        if rejoin.as_ref().is_some_and(|r| r.ended()) {
+            *rejoin = None;
+        }
         // The cursor on the last frame, when it goes in several.
         let rows: Vec<_> = batch.rows.into_values().collect();
         let (sub, cursor) = (self.sub.id, batch.cursor.map(|c| c.to_string()));

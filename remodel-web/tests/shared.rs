@@ -145,3 +145,26 @@ async fn the_last_subscriber_to_go_stops_the_shared_result() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn equal_parameters_in_any_order_share_one_result() {
+    let app = start_with(Limits::default(), Duration::from_millis(0)).await;
+    let mut a = Client::connect(&app, "kirk").await;
+    a.send(json!({"op": "sub", "id": 1, "name": "shared_points", "params": {"from": 6, "to": 9}}))
+        .await;
+    a.until(|v| v["sub"] == 1 && v["t"] == "reset").await;
+    let mut b = Client::connect(&app, "spock").await;
+    // The same parameters, written in the other order (the text a page sends varies).
+    let text = r#"{"op":"sub","id":1,"name":"shared_points","params":{"to":9,"from":6}}"#;
+    b.send_text(text).await;
+    b.until(|v| v["sub"] == 1 && v["t"] == "reset").await;
+    assert_eq!(by_id(a.docs(1)), by_id(b.docs(1)));
+    assert_eq!(a.docs(1).len(), 2, "Uhura (7) and Janeway (8)");
+    assert_eq!(app.web.stats().shared_results, 1);
+    // Other parameters: a result of their own.
+    let mut c = Client::connect(&app, "uhura").await;
+    c.send(json!({"op": "sub", "id": 1, "name": "shared_points", "params": {"from": 0, "to": 9}}))
+        .await;
+    c.until(|v| v["sub"] == 1 && v["t"] == "reset").await;
+    assert_eq!(app.web.stats().shared_results, 2);
+}

@@ -48,6 +48,13 @@ struct Member {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct Points {
+    from: u64,
+    to: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct NewLog {
     text: String,
 }
@@ -167,6 +174,16 @@ pub async fn start_with(limits: Limits, window: Duration) -> App {
             let members = caller.db.table("members").query().changes();
             Ok(Live::new(members).sort_by("name").shared())
         })
+        // Members with points in [from, to): a result of two parameters.
+        .publish("shared_points", |caller, p: Points| async move {
+            let members = caller.db.table("members").query().changes();
+            Ok(Live::new(members)
+                .rule(move |row| {
+                    let points = row["points"].as_u64().unwrap_or(0);
+                    p.from <= points && points < p.to
+                })
+                .shared())
+        })
         .publish(
             "keyed",
             |caller, _: NoParams| async move { Ok(keyed(&caller)) },
@@ -264,6 +281,11 @@ impl Client {
 
     pub async fn send(&mut self, v: Value) {
         self.ws.send(Message::text(v.to_string())).await.unwrap();
+    }
+
+    /// Sends a frame as it is written.
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).await.unwrap();
     }
 
     pub async fn sub(&mut self, id: u32, name: &str, params: Value) {
