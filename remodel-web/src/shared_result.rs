@@ -30,13 +30,14 @@
 //!   refusal, or restarts); later subscribers start a new result. When its last member goes,
 //!   the task stops and its feed is dropped.
 
-use crate::live::{Live, Shown};
+use crate::live::Live;
 use crate::net_effect::Batch;
-use crate::subscription::{feed_ended, stop_for, Stop, FRAME_BYTES, MOST_PER_FRAME, RESET_CHUNK};
+use crate::subscription::{feed_ended, stop_for, Stop, MOST_PER_FRAME};
+use crate::text::{self, RowText};
 use crate::{lock, ErrorCode, Refusal};
 use axum::extract::ws::Message;
 use futures::{FutureExt, StreamExt};
-use remodel::{ChangeKind, Changes, Cursor, Value};
+use remodel::{ChangeKind, Changes, Cursor};
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -193,7 +194,7 @@ struct State {
 
 /// One run of changes, as text.
 struct SharedBatch {
-    /// The rows' JSON text (`[[key,row],…]`), in parts of at most [`RESET_CHUNK`].
+    /// The rows' JSON text (`[[key,row],…]`), cut in parts ([`text::parts`]).
     parts: Vec<String>,
     /// Where the result stands after it.
     cursor: Option<Cursor>,
@@ -210,20 +211,8 @@ impl SharedBatch {
         if let Some((_, f)) = lock(&self.frames).iter().find(|(id, _)| *id == sub) {
             return f.clone();
         }
-        let last = self.parts.len().saturating_sub(1);
-        let built: Frames = self
-            .parts
-            .iter()
-            .enumerate()
-            .map(|(i, rows)| {
-                let (cursor, more) = match i == last {
-                    true => (self.cursor_text.as_deref(), false),
-                    false => (None, true),
-                };
-                let text = crate::text::change_frame_of(sub, rows, cursor, more);
-                Message::Text(text.into())
-            })
-            .collect();
+        let built: Frames =
+            text::change_frames(sub, &self.parts, self.cursor_text.as_deref()).into();
         // Pages number their subscriptions alike: a few ids cover most members.
         let mut frames = lock(&self.frames);
         if frames.len() < FRAME_COPIES && frames.iter().all(|(id, _)| *id != sub) {
@@ -354,7 +343,7 @@ async fn follow(inner: &Inner, live: &Live, changes: Changes) -> Stop {
             }
         }
     }
-    let initial = texts(initial);
+    let initial = text::row_texts(initial);
     {
         let mut state = lock(&inner.state);
         for row in initial {
@@ -389,8 +378,8 @@ async fn follow(inner: &Inner, live: &Live, changes: Changes) -> Stop {
         }
         if !batch.rows.is_empty() {
             let cursor = batch.cursor;
-            let changed = texts(batch.rows.into_values().collect());
-            let parts = parts(changed.iter().map(|r| (&*r.key, r.row.as_deref())));
+            let changed = text::row_texts(batch.rows.into_values());
+            let parts = text::parts_of(&changed);
             let bytes = parts.iter().map(String::len).sum::<usize>();
             let shared = SharedBatch {
                 parts,
@@ -404,59 +393,6 @@ async fn follow(inner: &Inner, live: &Live, changes: Changes) -> Stop {
         // Other tasks of this thread (the members' drivers) run between batches.
         tokio::task::consume_budget().await;
     }
-}
-
-/// A row of a batch as text.
-struct RowText {
-    /// Its key's JSON text.
-    key: Arc<str>,
-    /// Its shown row's JSON text, or `None` when it left.
-    row: Option<Arc<str>>,
-}
-
-/// Each row's key and shown row as JSON text.
-fn texts(rows: Vec<(Value, Option<Shown>)>) -> Vec<RowText> {
-    rows.into_iter()
-        .map(|(key, row)| RowText {
-            // Serialising JSON values cannot fail.
-            key: serde_json::to_string(&key).unwrap_or_default().into(),
-            row: row.map(|r| serde_json::to_string(&r).unwrap_or_default().into()),
-        })
-        .collect()
-}
-
-/// `[[key,row],…]` texts of at most [`RESET_CHUNK`] each (at least one row), or one text when
-/// the rows are under [`FRAME_BYTES`] (less the frame's own fields) in all (`null` for a row that left).
-fn parts<'a>(rows: impl Iterator<Item = (&'a str, Option<&'a str>)> + Clone) -> Vec<String> {
-    let total: usize = rows
-        .clone()
-        .map(|(k, r)| k.len() + r.map_or(4, str::len) + 4)
-        .sum();
-    let most = if total + 128 < FRAME_BYTES {
-        usize::MAX
-    } else {
-        RESET_CHUNK
-    };
-    let mut parts = Vec::new();
-    let mut part = String::from("[");
-    for (key, row) in rows {
-        let size = key.len() + row.map_or(4, str::len) + 4;
-        if part.len() > 1 && part.len() + size > most {
-            part.push(']');
-            parts.push(std::mem::replace(&mut part, String::from("[")));
-        }
-        if part.len() > 1 {
-            part.push(',');
-        }
-        part.push('[');
-        part.push_str(key);
-        part.push(',');
-        part.push_str(row.unwrap_or("null"));
-        part.push(']');
-    }
-    part.push(']');
-    parts.push(part);
-    parts
 }
 
 /// A subscription following a shared result: the number of the last batch it sent.
@@ -607,20 +543,9 @@ fn reset_frames(
     cursor: Option<Cursor>,
     sub: u32,
 ) -> Frames {
-    let parts = parts(rows.iter().map(|(k, r)| (&**k, Some(&**r))));
+    let parts = text::parts(rows.iter().map(|(k, r)| (&**k, Some(&**r))));
     let cursor = cursor.map(|c| c.to_string());
-    let last = parts.len() - 1;
-    parts
-        .iter()
-        .enumerate()
-        .map(|(i, rows)| {
-            let text = match i {
-                0 => crate::text::reset_frame_of(sub, rows, order, cursor.as_deref(), last > 0),
-                _ => crate::text::more_frame_of(sub, rows, i < last),
-            };
-            Message::Text(text.into())
-        })
-        .collect()
+    text::reset_frames(sub, &parts, order, cursor.as_deref()).into()
 }
 
 impl Member {

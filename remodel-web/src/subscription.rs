@@ -22,6 +22,7 @@ use crate::net_effect::Batch;
 use crate::outbox::{Inbox, Outbox};
 use crate::protocol::ServerFrame;
 use crate::shared_result::{Handle, Joined, Member};
+use crate::text;
 use crate::{Caller, ErrorCode, PublishFn, Refusal, Shared};
 use axum::extract::ws::Message;
 use futures::stream::StreamExt;
@@ -290,23 +291,9 @@ impl<I: Clone + Send + Sync + 'static> Opening<I> {
             return Err(Stop::Restart);
         }
         let cursor = feed.snapshot_cursor().map(|c| c.to_string());
-        let (id, order) = (sub.id, &live.order[..]);
-        let frames = split(&rows, |rows, first, more| match first {
-            true => ServerFrame::Reset {
-                sub: id,
-                rows,
-                order,
-                cursor: cursor.clone(),
-                more,
-            }
-            .message(),
-            false => ServerFrame::More {
-                sub: id,
-                rows,
-                more,
-            }
-            .message(),
-        });
+        let order = serde_json::to_string(&live.order).unwrap_or_else(|_| "[]".into());
+        let rows = text::row_texts(rows.into_iter().map(|(key, row)| (key, Some(row))));
+        let frames = text::reset_frames(sub.id, &text::parts_of(&rows), &order, cursor.as_deref());
         let from = (sub.id, sub.generation);
         for frame in frames {
             self.out
@@ -589,13 +576,9 @@ impl<I: Clone + Send + Sync + 'static> Following<I> {
         if rejoin.as_ref().is_some_and(|r| r.ended()) {
             *rejoin = None;
         }
-        // The cursor on the last frame, when it goes in several.
-        let rows: Vec<_> = batch.rows.into_values().collect();
-        let (sub, cursor) = (self.sub.id, batch.cursor.map(|c| c.to_string()));
-        let frames = split(&rows, |rows, _first, more: bool| {
-            let cursor = cursor.as_deref().filter(|_| !more);
-            Message::Text(crate::text::change_frame(sub, rows, cursor, more).into())
-        });
+        let rows = text::row_texts(batch.rows.into_values());
+        let cursor = batch.cursor.map(|c| c.to_string());
+        let frames = text::change_frames(self.sub.id, &text::parts_of(&rows), cursor.as_deref());
         if let Some(member) = member {
             self.source = Source::Shared(member);
         }
@@ -618,55 +601,6 @@ impl<I: Clone + Send + Sync + 'static> Following<I> {
         }
         .message()
     }
-}
-
-/// The most JSON text of rows one frame carries (at least one row), initial results and
-/// changes alike.
-/// The WebSocket layer keeps a buffer as large as the largest frame it ever wrote, for the
-/// connection's life: a 1,000-row result sent whole would pin ~100 KB per connection, and
-/// every connection keeps ~2 KB with frames of at most 2 KB (which a 100-row result fills).
-pub(crate) const RESET_CHUNK: usize = 1024;
-
-/// A frame under this size goes whole (the usual case: serialised once).
-pub(crate) const FRAME_BYTES: usize = 2 * RESET_CHUNK;
-
-/// `rows` as `frame(rows, first, more)`: one frame, serialised once, when its text is under
-/// [`FRAME_BYTES`]; else in runs of at most [`RESET_CHUNK`] bytes of rows, all but the last
-/// saying `more`.
-fn split<'r, T: serde::Serialize>(
-    rows: &'r [T],
-    frame: impl Fn(&'r [T], bool, bool) -> Message,
-) -> Vec<Message> {
-    let whole = frame(rows, true, false);
-    if crate::outbox::text_len(&whole) < FRAME_BYTES {
-        return vec![whole];
-    }
-    let ends = runs(rows);
-    let mut start = 0;
-    let mut frames = Vec::with_capacity(ends.len());
-    for (i, &end) in ends.iter().enumerate() {
-        let more = i + 1 < ends.len();
-        frames.push(frame(&rows[start..end], i == 0, more));
-        start = end;
-    }
-    frames
-}
-
-/// The ends of the runs of `rows` of at most [`RESET_CHUNK`] bytes of JSON (at least one
-/// row each). Each row is serialised to be measured: only frames too large to go whole pay it.
-fn runs<T: serde::Serialize>(rows: &[T]) -> Vec<usize> {
-    let mut ends = Vec::new();
-    let mut bytes = 0;
-    for (i, row) in rows.iter().enumerate() {
-        let size = serde_json::to_vec(row).map_or(0, |v| v.len()) + 1;
-        if i > 0 && bytes + size > RESET_CHUNK {
-            ends.push(i);
-            bytes = 0;
-        }
-        bytes += size;
-    }
-    ends.push(rows.len());
-    ends
 }
 
 /// Whether a guard has an item ready (a change, or its end).
