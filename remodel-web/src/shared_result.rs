@@ -31,13 +31,12 @@
 //!   the task stops and its feed is dropped.
 
 use crate::live::Live;
-use crate::net_effect::Batch;
-use crate::subscription::{feed_ended, stop_for, Stop, MOST_PER_FRAME};
+use crate::subscription::{gather, initial_rows, stop_for, Stop};
 use crate::text::{self, RowText};
 use crate::{lock, ErrorCode, Refusal};
 use axum::extract::ws::Message;
 use futures::{FutureExt, StreamExt};
-use remodel::{ChangeKind, Changes, Cursor};
+use remodel::{Changes, Cursor};
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -322,27 +321,10 @@ async fn follow(inner: &Inner, live: &Live, changes: Changes) -> Stop {
         Ok(feed) => feed,
         Err(e) => return stop_for(&e),
     };
-    let mut initial = Vec::new();
-    loop {
-        let change = match feed.next().await {
-            Some(Ok(change)) => change,
-            Some(Err(e)) => return stop_for(&e),
-            None => return feed_ended(),
-        };
-        match change.kind() {
-            ChangeKind::Initial => match live.visible(&change) {
-                Ok(Some((key, row))) => initial.push((key, Some(row))),
-                Ok(None) => {}
-                Err(why) => return Stop::End(why),
-            },
-            ChangeKind::State if change.state() == Some(remodel::FeedState::Ready) => break,
-            ChangeKind::State => {}
-            _ => {
-                let why = "the feed changed before its initial rows were read";
-                return Stop::End(Refusal::new(ErrorCode::Internal, why));
-            }
-        }
-    }
+    let initial = match initial_rows(&mut feed, live).await {
+        Ok(rows) => rows.into_iter().map(|(key, row)| (key, Some(row))),
+        Err(stop) => return stop,
+    };
     let initial = text::row_texts(initial);
     {
         let mut state = lock(&inner.state);
@@ -356,26 +338,11 @@ async fn follow(inner: &Inner, live: &Live, changes: Changes) -> Stop {
     }
     inner.ready.send_replace(true);
     loop {
-        let mut batch = Batch::default();
-        let mut item = feed.next().await;
-        loop {
-            match item {
-                None => return feed_ended(),
-                Some(Err(e)) => return stop_for(&e),
-                Some(Ok(change)) => {
-                    if let Err(why) = batch.add(live, &change) {
-                        return Stop::End(why);
-                    }
-                }
-            }
-            if batch.len >= MOST_PER_FRAME {
-                break;
-            }
-            match feed.next().now_or_never() {
-                Some(next) => item = next,
-                None => break,
-            }
-        }
+        let first = feed.next().await;
+        let batch = match gather(&mut feed, first, live, || false) {
+            Ok(batch) => batch,
+            Err(stop) => return stop,
+        };
         if !batch.rows.is_empty() {
             let cursor = batch.cursor;
             let changed = text::row_texts(batch.rows.into_values());

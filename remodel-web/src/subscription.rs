@@ -17,7 +17,7 @@
 //! It ends with a refusal when the publication refuses, and with [`ErrorCode::Aborted`] when
 //! its feed is aborted (the table was dropped).
 
-use crate::live::Live;
+use crate::live::{Live, Shown};
 use crate::net_effect::Batch;
 use crate::outbox::{Inbox, Outbox};
 use crate::protocol::ServerFrame;
@@ -35,7 +35,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 /// The most changes one frame gathers (a client resuming after a long cut gets several).
-pub(crate) const MOST_PER_FRAME: usize = 4096;
+const MOST_PER_FRAME: usize = 4096;
 
 /// Restarts in a row that sent nothing before a subscription ends.
 const MOST_RESTARTS: u32 = 8;
@@ -264,29 +264,7 @@ impl<I: Clone + Send + Sync + 'static> Opening<I> {
             .include_states(true)
             .await
             .map_err(|e| Stop::End(refusal(&e)))?;
-        let mut rows = Vec::new();
-        while let Some(item) = feed.next().await {
-            let change = item.map_err(|e| stop_for(&e))?;
-            match change.kind() {
-                ChangeKind::Initial => {
-                    if let Some(row) = live.visible(&change).map_err(Stop::End)? {
-                        rows.push(row);
-                    }
-                }
-                ChangeKind::State => {
-                    if change.state() == Some(remodel::FeedState::Ready) {
-                        break;
-                    }
-                }
-                // Initial rows come before any change; a feed that has none goes straight on.
-                _ => {
-                    return Err(Stop::End(Refusal::new(
-                        ErrorCode::Internal,
-                        "the feed changed before its initial rows were read",
-                    )))
-                }
-            }
-        }
+        let rows = initial_rows(&mut feed, &live).await?;
         if guards_moved(&mut guards) {
             return Err(Stop::Restart);
         }
@@ -538,29 +516,11 @@ impl<I: Clone + Send + Sync + 'static> Following<I> {
         let Some(first) = first.take() else {
             return Step::Idle;
         };
-        let mut batch = Batch::default();
-        let mut item = Some(Ok(first));
-        loop {
-            if guards_moved(&mut self.guards) {
-                return Step::Stop(Stop::Restart);
-            }
-            match item {
-                None => return Step::Stop(feed_ended()),
-                Some(Err(e)) => return Step::Stop(stop_for(&e)),
-                Some(Ok(change)) => {
-                    if let Err(why) = batch.add(live, &change) {
-                        return Step::Stop(Stop::End(why));
-                    }
-                }
-            }
-            if batch.len >= MOST_PER_FRAME {
-                break;
-            }
-            match feed.next().now_or_never() {
-                Some(next) => item = next,
-                None => break,
-            }
-        }
+        let guards = &mut self.guards;
+        let batch = match gather(feed, Some(Ok(first)), live, || guards_moved(guards)) {
+            Ok(batch) => batch,
+            Err(stop) => return Step::Stop(stop),
+        };
         if guards_moved(&mut self.guards) {
             return Step::Stop(Stop::Restart);
         }
@@ -603,6 +563,68 @@ impl<I: Clone + Send + Sync + 'static> Following<I> {
     }
 }
 
+/// The initial rows of `feed` (opened with its initial rows and state markers) as `live`
+/// shows them, read up to the marker that says they are all there (or the feed's end).
+pub(crate) async fn initial_rows(
+    feed: &mut Feed,
+    live: &Live,
+) -> Result<Vec<(Value, Shown)>, Stop> {
+    let mut rows = Vec::new();
+    while let Some(item) = feed.next().await {
+        let change = item.map_err(|e| stop_for(&e))?;
+        match change.kind() {
+            ChangeKind::Initial => {
+                if let Some(row) = live.visible(&change).map_err(Stop::End)? {
+                    rows.push(row);
+                }
+            }
+            ChangeKind::State => {
+                if change.state() == Some(remodel::FeedState::Ready) {
+                    break;
+                }
+            }
+            // Initial rows come before any change; a feed that has none goes straight on.
+            _ => {
+                return Err(Stop::End(Refusal::new(
+                    ErrorCode::Internal,
+                    "the feed changed before its initial rows were read",
+                )))
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// The net effect of `first` and the changes `feed` has ready after it (at most
+/// [`MOST_PER_FRAME`]). `moved` is asked before each change is taken: when it says so, the
+/// gathering stops, to restart (see [`guards_moved`]).
+pub(crate) fn gather(
+    feed: &mut Feed,
+    first: Option<remodel::Result<remodel::Change>>,
+    live: &Live,
+    mut moved: impl FnMut() -> bool,
+) -> Result<Batch, Stop> {
+    let mut batch = Batch::default();
+    let mut item = first;
+    loop {
+        if moved() {
+            return Err(Stop::Restart);
+        }
+        match item {
+            None => return Err(feed_ended()),
+            Some(Err(e)) => return Err(stop_for(&e)),
+            Some(Ok(change)) => batch.add(live, &change).map_err(Stop::End)?,
+        }
+        if batch.len >= MOST_PER_FRAME {
+            return Ok(batch);
+        }
+        match feed.next().now_or_never() {
+            Some(next) => item = next,
+            None => return Ok(batch),
+        }
+    }
+}
+
 /// Whether a guard has an item ready (a change, or its end).
 ///
 /// Each guard is polled itself (not only those whose waker fired): a writer wakes a feed's
@@ -612,7 +634,7 @@ fn guards_moved(guards: &mut [Feed]) -> bool {
 }
 
 /// A feed that ends ends its subscription.
-pub(crate) fn feed_ended() -> Stop {
+fn feed_ended() -> Stop {
     Stop::End(Refusal::new(ErrorCode::Aborted, "the feed ended"))
 }
 
