@@ -614,21 +614,23 @@ mod tests {
     use super::*;
     use futures::task::noop_waker_ref;
 
-    async fn result(db: &remodel::Database, registry: &Arc<Registry>) -> Arc<Handle> {
+    /// A database with a table `t`, a registry, and a shared result of `t`'s rows in it.
+    async fn result() -> (remodel::Database, Arc<Registry>, Arc<Handle>) {
+        let db = remodel::Database::temporary().await.unwrap();
+        db.create_table("t").await.unwrap();
+        let registry = Arc::new(Registry::default());
         let mut live = Live::new(db.table("t").query().changes());
         let changes = match live.changes.take().map(|c| *c) {
             Some(Ok(changes)) => changes,
             _ => panic!("a feed"),
         };
-        registry.join((1, "{}".into(), "".into()), live, changes, 16)
+        let handle = registry.join((1, "{}".into(), "".into()), live, changes, 16);
+        (db, registry, handle)
     }
 
     #[tokio::test]
     async fn members_that_go_leave_no_waker_behind_and_the_last_stops_the_result() {
-        let db = remodel::Database::temporary().await.unwrap();
-        db.create_table("t").await.unwrap();
-        let registry = Arc::new(Registry::default());
-        let handle = result(&db, &registry).await;
+        let (db, registry, handle) = result().await;
         let mut cx = Context::from_waker(noop_waker_ref());
         // A quiet result: members come, wait and go, one after the other.
         for _ in 0..100 {
@@ -678,10 +680,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_member_joining_from_its_own_feed_ahead_of_the_result_sends_nothing_older() {
-        let db = remodel::Database::temporary().await.unwrap();
-        db.create_table("t").await.unwrap();
-        let registry = Arc::new(Registry::default());
-        let handle = result(&db, &registry).await;
+        let (db, _registry, handle) = result().await;
         let Ok(Some(Joined::Reset(_, mut witness))) = handle.clone().join(1, None).await else {
             panic!("joined with the rows")
         };

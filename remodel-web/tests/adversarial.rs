@@ -102,17 +102,7 @@ async fn still_serves(app: &App) {
 
 /// Serves `web` on 127.0.0.1, on the database of `base` (the test app of `common`).
 async fn serve_on(base: &App, web: Web<User>) -> App {
-    let router = axum::Router::new().merge(web.router());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(listener, router).await.unwrap();
-    });
-    App {
-        addr,
-        db: base.db.clone(),
-        web,
-    }
+    common::serve(&base.db, web).await
 }
 
 #[derive(Deserialize)]

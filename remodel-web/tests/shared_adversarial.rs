@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{by_id, App, Client, Rng, User};
+use common::{by_id, serve, App, Client, Rng, User};
 use remodel::{json, ChangeLogRetention, Config, Database, IndexSpec, Order, Value};
 use remodel_web::{Limits, Live, Refusal, Web};
 use serde::Deserialize;
@@ -124,21 +124,6 @@ fn web(db: &Database, limits: Limits, window: Duration) -> Web<User> {
             Ok(Live::new(top.changes()).sort_by_desc("v").shared())
         })
         .build()
-}
-
-/// Serves `web` on 127.0.0.1.
-async fn serve(db: &Database, web: Web<User>) -> App {
-    let router = axum::Router::new().merge(web.router());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(listener, router).await.unwrap();
-    });
-    App {
-        addr,
-        db: db.clone(),
-        web,
-    }
 }
 
 async fn app(retention: u64, limits: Limits, window: Duration) -> App {

@@ -220,13 +220,22 @@ pub async fn start_with(limits: Limits, window: Duration) -> App {
             Ok(written.generated_keys.first().cloned())
         })
         .build();
+    serve(&db, web).await
+}
+
+/// Serves `web` (on `db`) on 127.0.0.1.
+pub async fn serve(db: &Database, web: Web<User>) -> App {
     let router = axum::Router::new().merge(web.router());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         axum::serve(listener, router).await.unwrap();
     });
-    App { addr, db, web }
+    App {
+        addr,
+        db: db.clone(),
+        web,
+    }
 }
 
 pub type Socket =
