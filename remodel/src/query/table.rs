@@ -140,13 +140,21 @@ impl Table {
         keys: &[&Value],
     ) -> Result<Vec<Option<crate::storage::Bytes>>> {
         let t = self.state()?;
-        let mut out = Vec::with_capacity(keys.len());
-        for (i, chunk) in keys.chunks(super::KEYED_CHUNK).enumerate() {
+        // Read in key order (see `SortedReader`), each found again by its place.
+        let encoded = keys
+            .iter()
+            .map(|k| encode_key(k))
+            .collect::<Result<Vec<_>>>()?;
+        let mut order: Vec<usize> = (0..keys.len()).collect();
+        order.sort_unstable_by(|&a, &b| encoded[a].cmp(&encoded[b]));
+        let mut out = vec![None; keys.len()];
+        let mut reader = t.sorted_reader();
+        for (i, chunk) in order.chunks(super::KEYED_CHUNK).enumerate() {
             if i > 0 {
                 tokio::task::yield_now().await;
             }
-            for k in chunk {
-                out.push(t.get_raw(&encode_key(k)?)?);
+            for &at in chunk {
+                out[at] = reader.get(&encoded[at])?;
             }
         }
         Ok(out)

@@ -694,3 +694,59 @@ async fn a_many_to_many_query_chains_like_a_has_many_one() -> remodel::Result<()
     assert!(first.new.is_some());
     Ok(())
 }
+
+/// A batched load equals one get per row, whatever the keys: owners read in key order (not
+/// the rows' order), rows sharing an owner, owners never made or deleted, keys close together
+/// and far apart in the table, rows with no owner.
+#[tokio::test]
+async fn batched_belongs_to_equals_one_get_per_row() -> remodel::Result<()> {
+    let (db, _, _) = setup().await?;
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let key = |i: u64| Id::from(format!("ship {i:04}").as_str());
+    for i in 0..300 {
+        Starship {
+            id: Some(key(i)),
+            name: format!("ship {i}"),
+        }
+        .create(&db)
+        .await?;
+    }
+    for i in 0..300 {
+        if next(10) < 3 {
+            Starship::get(&db, key(i))
+                .await?
+                .unwrap()
+                .delete(&db)
+                .await?;
+        }
+    }
+    for round in 0..20 {
+        // Some rounds pick owners from a narrow span (neighbours in the tree), others from
+        // the whole table and beyond it (keys of ships never made).
+        let span = if round % 2 == 0 { 20 } else { 400 };
+        let base = next(300);
+        let rows: Vec<Crewmember> = (0..next(200))
+            .map(|i| {
+                let mut c = crew(&format!("crew {i}"), "human");
+                c.starship_id = (next(10) > 0).then(|| key(base + next(span)));
+                c
+            })
+            .collect();
+        let loaded = Crewmember::load_starship(&db, &rows).await?;
+        assert_eq!(loaded.len(), rows.len());
+        for (row, owner) in rows.iter().zip(loaded) {
+            let expected = match &row.starship_id {
+                Some(id) => Starship::get(&db, id.clone()).await?,
+                None => None,
+            };
+            assert_eq!(owner, expected, "round {round}, row {}", row.name);
+        }
+    }
+    Ok(())
+}
