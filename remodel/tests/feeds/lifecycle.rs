@@ -435,3 +435,113 @@ async fn feeds_opened_during_drops_recreates_and_close_end_and_never_see_a_new_t
         problems.join("\n")
     );
 }
+
+/// `for_each_ready` hands over exactly what `next()` gives, in the same order, whatever its
+/// limit and however the writes interleave with the reads: the items of a concurrent writer,
+/// read by one feed with `next()` and by another (of the same query, and of a squashing
+/// kind that reads its own queue) with random limits; then the end of the feed (its abort
+/// item, then 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn for_each_ready_hands_over_what_next_gives() {
+    let db = db_with("t").await;
+    let t = db.table("t");
+    let by_next = t.changes().await.unwrap();
+    let by_runs = t.changes().await.unwrap();
+    let squashed_next = t.changes().squash(true).await.unwrap();
+    let squashed_runs = t.changes().squash(true).await.unwrap();
+    const WRITES: u64 = 300;
+    let writer = {
+        let t = t.clone();
+        tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(7);
+            for i in 0..WRITES {
+                let id = rng.gen_range(0..40);
+                match rng.gen_range(0..4) {
+                    0 => t.get(id).delete().await.map(drop),
+                    1 => t
+                        .insert_many((0..3).map(|k| json!({"id": 100 + i * 3 + k, "n": i})))
+                        .await
+                        .map(drop),
+                    _ => t
+                        .insert(json!({"id": id, "n": i}))
+                        .conflict(Conflict::Replace)
+                        .await
+                        .map(drop),
+                }
+                .unwrap();
+                if rng.gen_range(0..8) == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            t.insert(json!({"id": "end"})).await.unwrap();
+        })
+    };
+    // Each feed read by its own task while the writer runs.
+    let reader = |mut feed: remodel::Feed, runs: Option<usize>| {
+        tokio::spawn(async move {
+            let got = read(&mut feed, runs).await;
+            (feed, got)
+        })
+    };
+    let by_next = reader(by_next, None);
+    let by_runs = reader(by_runs, Some(13));
+    let squashed_next = reader(squashed_next, None);
+    let squashed_runs = reader(squashed_runs, Some(5));
+    writer.await.unwrap();
+    let (_, expected) = by_next.await.unwrap();
+    let (mut by_runs, got) = by_runs.await.unwrap();
+    assert_eq!(got, expected);
+    // Squashed feeds merge what waits in their queue, which depends on when they read:
+    // both must rebuild the table as it is.
+    let table: BTreeSet<String> = t
+        .run()
+        .await
+        .unwrap()
+        .iter()
+        .map(Value::to_string)
+        .collect();
+    for squashed in [squashed_next, squashed_runs] {
+        let (_, items) = squashed.await.unwrap();
+        let mut rows = std::collections::BTreeMap::new();
+        for (old, new) in items {
+            if let Some(id) = old.get("id") {
+                rows.remove(&id.to_string());
+            }
+            if let Some(id) = new.get("id") {
+                rows.insert(id.to_string(), new.to_string());
+            }
+        }
+        assert_eq!(rows.into_values().collect::<BTreeSet<_>>(), table);
+    }
+
+    db.drop_table("t").await.unwrap();
+    let mut items = Vec::new();
+    let handed = by_runs.for_each_ready(10, |c| items.push(c)).await;
+    assert_eq!(handed, 1);
+    assert!(matches!(&items[0], Err(Error::FeedAborted(m)) if m.contains("dropped")));
+    assert_eq!(by_runs.for_each_ready(10, |_| panic!("ended")).await, 0);
+}
+
+/// The items of `feed` up to the row `{"id": "end"}`, read with `next()`, or with
+/// `for_each_ready(limit)`.
+async fn read(feed: &mut remodel::Feed, runs: Option<usize>) -> Vec<(Value, Value)> {
+    use crate::common::feeds::pair;
+    let mut got: Vec<(Value, Value)> = Vec::new();
+    loop {
+        match runs {
+            Some(limit) => {
+                let handed = feed
+                    .for_each_ready(limit, |c| got.push(pair(&c.unwrap())))
+                    .await;
+                assert!(handed > 0 && handed <= limit);
+            }
+            None => got.push(pair(&feed.next().await.unwrap().unwrap())),
+        }
+        if got
+            .last()
+            .is_some_and(|p| p.1.get("id") == Some(&json!("end")))
+        {
+            return got;
+        }
+    }
+}
