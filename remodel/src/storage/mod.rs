@@ -469,6 +469,21 @@ impl Storage {
     /// A batch that fails part way is undone before the error returns, and leaves no journal
     /// entry: a later open must never apply it to other trees of the same names.
     pub(crate) fn apply(&self, batch: &WriteBatch) -> Result<()> {
+        // A temporary storage is gone after a crash: nothing to make whole on open.
+        self.apply_batch(batch, !self.shared.temporary)
+    }
+
+    /// [`Storage::apply`] for a batch that a redo log makes whole after a crash instead of
+    /// the journal: the change log's record of a commit, written before the batch and
+    /// redone on open for every commit past the last checkpoint (see `db::changelog`).
+    /// Skipping the journal saves two engine writes per multi-key commit (its entry, then
+    /// its removal), which were as many engine writes as a document and one index entry.
+    /// A batch that fails part way is still undone before the error returns.
+    pub(crate) fn apply_redone(&self, batch: &WriteBatch) -> Result<()> {
+        self.apply_batch(batch, false)
+    }
+
+    fn apply_batch(&self, batch: &WriteBatch, journaled: bool) -> Result<()> {
         self.check()?;
         match batch.ops.as_slice() {
             [] => Ok(()),
@@ -478,16 +493,19 @@ impl Storage {
                 tree.write(key, value.as_deref()).map(drop)
             }
             ops => {
-                // Several keys: through the journal (see `journal`).
-                let id = self
-                    .journal_seq
-                    .fetch_add(1, Ordering::Relaxed)
-                    .to_be_bytes();
-                let entry =
-                    journal::encode(ops.iter().map(|(i, k, v)| {
+                // Several keys: through the journal (see `journal`) unless the caller's redo
+                // log covers them.
+                let id = journaled.then(|| {
+                    self.journal_seq
+                        .fetch_add(1, Ordering::Relaxed)
+                        .to_be_bytes()
+                });
+                if let Some(id) = &id {
+                    let entry = journal::encode(ops.iter().map(|(i, k, v)| {
                         (batch.trees[*i].name.as_str(), k.as_slice(), v.as_deref())
                     }));
-                self.journal.write(&id, Some(&entry))?;
+                    self.journal.write(id, Some(&entry))?;
+                }
                 let mut undo: Vec<(usize, &[u8], Option<Bytes>)> = Vec::with_capacity(ops.len());
                 for (i, key, value) in ops {
                     match batch.trees[*i].write(key, value.as_deref()) {
@@ -495,12 +513,14 @@ impl Storage {
                         Err(e) => return Err(self.undo(batch, id, undo, e)),
                     }
                 }
-                if let Err(e) = self.journal.write(&id, None) {
-                    // The entry stays: nothing may be written after it, or the next open
-                    // would apply it on top of later writes.
-                    return Err(self
-                        .shared
-                        .fail(format!("removing a journal entry failed: {e}")));
+                if let Some(id) = &id {
+                    if let Err(e) = self.journal.write(id, None) {
+                        // The entry stays: nothing may be written after it, or the next open
+                        // would apply it on top of later writes.
+                        return Err(self
+                            .shared
+                            .fail(format!("removing a journal entry failed: {e}")));
+                    }
                 }
                 Ok(())
             }
@@ -508,12 +528,13 @@ impl Storage {
     }
 
     /// Undoes the applied part of a failed batch, newest first, and removes its journal
-    /// entry; returns the error to report. When the undo fails too, the engine is marked
-    /// failed (the entry stays and the next open completes the batch).
+    /// entry (if it has one); returns the error to report. When the undo fails too, the
+    /// engine is marked failed (a journal entry stays and the next open completes the batch;
+    /// a batch without one is redone by its redo log).
     fn undo(
         &self,
         batch: &WriteBatch,
-        id: [u8; 8],
+        id: Option<[u8; 8]>,
         undo: Vec<(usize, &[u8], Option<Bytes>)>,
         cause: Error,
     ) -> Error {
@@ -523,7 +544,10 @@ impl Storage {
             .try_for_each(|(i, key, previous)| {
                 batch.trees[*i].write(key, previous.as_deref()).map(drop)
             })
-            .and_then(|()| self.journal.write(&id, None).map(drop));
+            .and_then(|()| match &id {
+                Some(id) => self.journal.write(id, None).map(drop),
+                None => Ok(()),
+            });
         match undone {
             Ok(()) => cause,
             Err(e) => self.shared.fail(format!(

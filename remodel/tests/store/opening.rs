@@ -118,9 +118,17 @@ async fn a_damaged_data_file_is_refused_not_replaced() {
     );
     assert!(!db_file.exists(), "a new data file was created");
 
-    // Flipped bytes: whatever sled makes of them, no panic comes out.
+    // Flipped bytes: whatever sled makes of them, no panic comes out. A damaged file that
+    // opens is written to (its close flushes a newer generation), so each try starts from
+    // the folder as it was, not only its data file: the original data file is older than
+    // the generation such a close records, and is rightly refused next to it.
+    std::fs::write(&db_file, &original).unwrap();
+    let saved = dir.with_extension("saved");
+    copy_dir(&dir, &saved);
     use rand::{Rng, SeedableRng};
     for seed in 0..12u64 {
+        std::fs::remove_dir_all(&dir).unwrap();
+        copy_dir(&saved, &dir);
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut bytes = original.clone();
         for _ in 0..(1 + seed * 4) {
@@ -139,7 +147,9 @@ async fn a_damaged_data_file_is_refused_not_replaced() {
         }
     }
 
-    std::fs::write(&db_file, &original).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    copy_dir(&saved, &dir);
+    std::fs::remove_dir_all(&saved).unwrap();
     let e = Config::new(&dir).cache_bytes(0).open().await.err().unwrap();
     assert!(matches!(e, Error::InvalidConfig(_)), "{e}");
     let db = open_retry(&dir).await.unwrap();
@@ -147,6 +157,20 @@ async fn a_damaged_data_file_is_refused_not_replaced() {
     db.close().await.unwrap();
     drop(db);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Copies a database's folder (files and folders in it).
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
 }
 
 /// Pins issue 8, defect 6 (open errors named the wrong cause).
