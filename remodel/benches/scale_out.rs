@@ -1,5 +1,5 @@
 //! The PostgreSQL backend's figures, side by side in one run (`../shared/spec/benchmarks.md`):
-//! `cargo bench -p remodel --bench scale_out [-- --quick] [-- --json]`.
+//! `cargo bench -p remodel --bench scale_out [-- --quick] [-- --json] [-- --only insert]`.
 //!
 //! It starts a throwaway PostgreSQL cluster of its own (`remodel::postgres::TestCluster`:
 //! `fsync=off`, unix socket, on this machine's cores) and stands for app processes with
@@ -297,6 +297,14 @@ async fn main() {
     let n = if quick { 1_000 } else { 5_000 };
     figures.push(insert_ratio(cluster, 1, n).await);
     figures.push(insert_ratio(cluster, 8, n).await);
+    // `--only insert`: the insert figures alone (for profiling them).
+    if args
+        .windows(2)
+        .any(|w| w[0] == "--only" && w[1] == "insert")
+    {
+        print(&figures, as_json);
+        return;
+    }
 
     // End-to-end latency across 4 replicas with 1,000 feeds each.
     let pg = cluster.create_database().await.unwrap();
@@ -468,7 +476,12 @@ async fn main() {
         ),
     });
 
-    for f in &figures {
+    print(&figures, as_json);
+}
+
+/// Prints the figures, as JSON lines or as text.
+fn print(figures: &[Figure], as_json: bool) {
+    for f in figures {
         if as_json {
             println!(
                 "{}",
