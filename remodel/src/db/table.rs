@@ -184,7 +184,11 @@ pub(crate) fn check_name(name: &str) -> Result<()> {
 /// usual case for a batched load: rows made together, keys that sort together) are read by
 /// stepping one iterator, which costs a fraction of a lookup from the root each; a key
 /// further on than a few steps starts a new iterator there, which costs about one lookup.
-/// Each document is read as it stands when it is reached, as with one get per key.
+///
+/// An iterator steps through its copy of a leaf, so a document may be read as it was when
+/// its leaf was reached rather than when its key is: a reader is for one run of reads
+/// without a pause (the caller makes a new one after it yields), as consistent as the same
+/// gets one after another.
 pub(crate) struct SortedReader<'a> {
     table: &'a TableState,
     /// The iterator and the entry it stands on (the first not yet passed).

@@ -666,16 +666,9 @@ impl DbInner {
             return self.storage.apply(batch);
         };
         log.write(&self.storage, record)?;
-        // The record just written makes the batch whole after a crash (it is redone on open
-        // unless a checkpoint says the batch reached the engine), so it needs no journal.
-        if let Err(e) = self.storage.apply_redone(batch) {
-            // The commit did not happen (its part written was undone): neither may its
-            // record. Unless the undo failed too: then the storage refuses everything from
-            // now on, and the next open redoes the commit whole from its record (as the
-            // journal completed such a batch), rather than leave it half written.
-            if !self.storage.has_failed() {
-                log.abort(first, last);
-            }
+        if let Err(e) = self.storage.apply(batch) {
+            // The commit did not happen: neither may its record.
+            log.abort(first, last);
             return Err(e);
         }
         // Resuming feeds read the newest changes from the feed layer's own tail (kept while

@@ -250,8 +250,8 @@ impl Feed {
     }
 
     /// Waits for the feed's next item, then hands every item that is ready with it to `f`,
-    /// in order, up to `limit` in all; returns how many it handed over. `0` means the feed
-    /// has ended (or `limit` is 0). Error items are handed over like changes (after an
+    /// in order, up to `limit` in all (a `limit` of 0 counts as 1); returns how many it
+    /// handed over. `0` means the feed has ended. Error items are handed over like changes (after an
     /// [`Error::FeedOverflow`] the feed goes on; after an [`Error::FeedAborted`] it ends).
     ///
     /// The same items as calling `next()` that many times, for less: a task that serves one
@@ -298,6 +298,8 @@ impl Feed {
         limit: usize,
         f: &mut impl FnMut(Result<Change>),
     ) -> Poll<usize> {
+        // `0` says the feed ended: a limit of 0 must not say so of a live feed.
+        let limit = limit.max(1);
         let mut handed = 0;
         while handed < limit {
             match Pin::new(&mut *self).poll_next(cx) {

@@ -148,11 +148,12 @@ impl Table {
         let mut order: Vec<usize> = (0..keys.len()).collect();
         order.sort_unstable_by(|&a, &b| encoded[a].cmp(&encoded[b]));
         let mut out = vec![None; keys.len()];
-        let mut reader = t.sorted_reader();
         for (i, chunk) in order.chunks(super::KEYED_CHUNK).enumerate() {
             if i > 0 {
                 tokio::task::yield_now().await;
             }
+            // A reader per chunk: what it stands on is read, not kept across the yield.
+            let mut reader = t.sorted_reader();
             for &at in chunk {
                 out[at] = reader.get(&encoded[at])?;
             }

@@ -468,19 +468,15 @@ impl Storage {
     /// Applies all writes of the batch atomically: after a crash either all or none are there.
     /// A batch that fails part way is undone before the error returns, and leaves no journal
     /// entry: a later open must never apply it to other trees of the same names.
+    ///
+    /// A temporary storage, which no crash leaves behind, writes no journal entry: that
+    /// saves two engine writes per multi-key batch (the entry, then its removal), as many as
+    /// a document and one index entry. (A database on disk keeps the journal even for
+    /// commits its change log could redo: the log's record is not on disk before the batch
+    /// is, and the engine writes its own log as its buffers fill, so after a power cut the
+    /// engine could hold part of a batch whose record was lost.)
     pub(crate) fn apply(&self, batch: &WriteBatch) -> Result<()> {
-        // A temporary storage is gone after a crash: nothing to make whole on open.
         self.apply_batch(batch, !self.shared.temporary)
-    }
-
-    /// [`Storage::apply`] for a batch that a redo log makes whole after a crash instead of
-    /// the journal: the change log's record of a commit, written before the batch and
-    /// redone on open for every commit past the last checkpoint (see `db::changelog`).
-    /// Skipping the journal saves two engine writes per multi-key commit (its entry, then
-    /// its removal), which were as many engine writes as a document and one index entry.
-    /// A batch that fails part way is still undone before the error returns.
-    pub(crate) fn apply_redone(&self, batch: &WriteBatch) -> Result<()> {
-        self.apply_batch(batch, false)
     }
 
     fn apply_batch(&self, batch: &WriteBatch, journaled: bool) -> Result<()> {
@@ -493,8 +489,8 @@ impl Storage {
                 tree.write(key, value.as_deref()).map(drop)
             }
             ops => {
-                // Several keys: through the journal (see `journal`) unless the caller's redo
-                // log covers them.
+                // Several keys: through the journal (see `journal`), unless nothing outlives
+                // a crash.
                 let id = journaled.then(|| {
                     self.journal_seq
                         .fetch_add(1, Ordering::Relaxed)
@@ -529,8 +525,7 @@ impl Storage {
 
     /// Undoes the applied part of a failed batch, newest first, and removes its journal
     /// entry (if it has one); returns the error to report. When the undo fails too, the
-    /// engine is marked failed (a journal entry stays and the next open completes the batch;
-    /// a batch without one is redone by its redo log).
+    /// engine is marked failed (the entry stays and the next open completes the batch).
     fn undo(
         &self,
         batch: &WriteBatch,

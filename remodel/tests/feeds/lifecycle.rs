@@ -514,6 +514,12 @@ async fn for_each_ready_hands_over_what_next_gives() {
         assert_eq!(rows.into_values().collect::<BTreeSet<_>>(), table);
     }
 
+    // A limit of 0 counts as 1 (0 says the feed ended).
+    t.insert(json!({"id": "after"})).await.unwrap();
+    let mut after = Vec::new();
+    assert_eq!(by_runs.for_each_ready(0, |c| after.push(c)).await, 1);
+    assert_eq!(after.len(), 1);
+
     db.drop_table("t").await.unwrap();
     let mut items = Vec::new();
     let handed = by_runs.for_each_ready(10, |c| items.push(c)).await;
