@@ -2,7 +2,8 @@
 //!
 //! Call `.changes()` on a table, a `get`, a query, an aggregate or a join, set options, and
 //! `.await` it to get a [`Feed`], a `futures::Stream` of `Result<`[`Change`]`>` items.
-//! Dropping the feed unsubscribes.
+//! Dropping the feed unsubscribes. A task that serves one consumer (a WebSocket, an SSE
+//! stream) reads best with [`Feed::for_each_ready`]: one wake-up, every ready item.
 //!
 //! | query | feed |
 //! |---|---|
