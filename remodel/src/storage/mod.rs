@@ -476,11 +476,8 @@ impl Storage {
     /// is, and the engine writes its own log as its buffers fill, so after a power cut the
     /// engine could hold part of a batch whose record was lost.)
     pub(crate) fn apply(&self, batch: &WriteBatch) -> Result<()> {
-        self.apply_batch(batch, !self.shared.temporary)
-    }
-
-    fn apply_batch(&self, batch: &WriteBatch, journaled: bool) -> Result<()> {
         self.check()?;
+        let journaled = !self.shared.temporary;
         match batch.ops.as_slice() {
             [] => Ok(()),
             // One key is atomic by itself.
