@@ -51,7 +51,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -127,28 +127,55 @@ fn page_size() -> u64 {
     unsafe { libc::sysconf(libc::_SC_PAGESIZE) as u64 }
 }
 
-/// Resident set size of this process, in bytes.
 /// Counts the bytes the program has allocated and not freed: what the server holds, unlike
 /// its resident set, which also keeps what the allocator retained after transient peaks
 /// (each subscription reads its initial rows as documents of its own, then frees them).
+///
+/// Each thread counts in a slot of its own (a cache line each; threads past [`SLOTS`] share
+/// them): one counter for all was one cache line that every allocation of every thread
+/// wrote, and moving it between the cores made the server's allocations, and so the writer
+/// and the delivery it measures, slower with the clients than without.
 struct Counting;
 
-static LIVE_HEAP: AtomicU64 = AtomicU64::new(0);
+const SLOTS: usize = 64;
 
-// SAFETY: every call is forwarded to the system allocator unchanged; the counter only
-// observes sizes.
+#[repr(align(128))]
+struct Slot(AtomicI64);
+
+static LIVE_HEAP: [Slot; SLOTS] = [const { Slot(AtomicI64::new(0)) }; SLOTS];
+static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// This thread's slot (`usize::MAX` until its first allocation). No destructor and no
+    /// allocation: it may be used inside the allocator.
+    static MY_SLOT: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+}
+
+fn my_slot() -> &'static AtomicI64 {
+    let i = MY_SLOT
+        .try_with(|s| {
+            if s.get() == usize::MAX {
+                s.set(NEXT_SLOT.fetch_add(1, Ordering::Relaxed) % SLOTS);
+            }
+            s.get()
+        })
+        .unwrap_or(0);
+    &LIVE_HEAP[i].0
+}
+
+// SAFETY: every call is forwarded to the system allocator unchanged; the counters only
+// observe sizes.
 unsafe impl std::alloc::GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
-        LIVE_HEAP.fetch_add(layout.size() as u64, Ordering::Relaxed);
+        my_slot().fetch_add(layout.size() as i64, Ordering::Relaxed);
         unsafe { std::alloc::System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
-        LIVE_HEAP.fetch_sub(layout.size() as u64, Ordering::Relaxed);
+        my_slot().fetch_sub(layout.size() as i64, Ordering::Relaxed);
         unsafe { std::alloc::System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
-        LIVE_HEAP.fetch_add(new as u64, Ordering::Relaxed);
-        LIVE_HEAP.fetch_sub(layout.size() as u64, Ordering::Relaxed);
+        my_slot().fetch_add(new as i64 - layout.size() as i64, Ordering::Relaxed);
         unsafe { std::alloc::System.realloc(ptr, layout, new) }
     }
 }
@@ -156,10 +183,17 @@ unsafe impl std::alloc::GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
+/// Bytes allocated and not freed, over every thread (a thread may free what another
+/// allocated: only the sum means anything).
 fn heap_bytes() -> u64 {
-    LIVE_HEAP.load(Ordering::Relaxed)
+    LIVE_HEAP
+        .iter()
+        .map(|s| s.0.load(Ordering::Relaxed))
+        .sum::<i64>()
+        .max(0) as u64
 }
 
+/// Resident set size of this process, in bytes.
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
     let pages: u64 = statm
@@ -681,6 +715,19 @@ mod server {
              still counted then",
             t.elapsed().as_secs_f64(),
             phase.lingering
+        );
+        // What is left running once every client is gone (the writer's rate after a phase is
+        // compared with its rate before).
+        let feeds = writer.db.stats().run().await.map_or(-1, |rows| {
+            rows.first().and_then(|r| r["feeds"].as_i64()).unwrap_or(-1)
+        });
+        let s0 = cpu_seconds("self");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        eprintln!(
+            "window {window_ms} ms: after the clients quit: {} shared results, {feeds} feeds open; \
+             over 1 s idle the server used {:.2} s of CPU",
+            web.stats().shared_results,
+            cpu_seconds("self") - s0
         );
         phase.extra = json!({
             "client_frames": field(&stats_line, 1),
