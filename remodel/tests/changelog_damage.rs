@@ -10,6 +10,9 @@
 //!   delivers exactly the changes after its cursor or fails with a typed error; never a gap,
 //!   never a panic.
 
+mod common;
+
+use common::files::copy_into;
 use futures::StreamExt;
 use remodel::{json, Change, ChangeLogRetention, Config, Database, Error, Feed, Value};
 use std::path::{Path, PathBuf};
@@ -277,19 +280,6 @@ async fn a_truncated_data_file_is_refused() {
         }
         let _ = std::fs::remove_dir_all(&dir);
         let _ = std::fs::remove_dir_all(&pristine);
-    }
-}
-
-fn copy_into(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_into(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
     }
 }
 

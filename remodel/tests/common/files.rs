@@ -127,3 +127,18 @@ impl Drop for Tmpfs {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Copies the files and folders in `from` into `to` (made when missing): a database's folder,
+/// to start again from the same bytes.
+pub fn copy_into(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_into(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}

@@ -5,7 +5,7 @@
 //! snapshot left by a crash does not stop the open. (Kills of a writing process are the
 //! `crashes` binary.)
 
-use crate::common::files::{make_db, open_retry, scratch, Tmpfs};
+use crate::common::files::{copy_into, make_db, open_retry, scratch, Tmpfs};
 use crate::common::test_name;
 use remodel::{Config, Database, Error};
 use std::error::Error as _;
@@ -124,11 +124,11 @@ async fn a_damaged_data_file_is_refused_not_replaced() {
     // the generation such a close records, and is rightly refused next to it.
     std::fs::write(&db_file, &original).unwrap();
     let saved = dir.with_extension("saved");
-    copy_dir(&dir, &saved);
+    copy_into(&dir, &saved);
     use rand::{Rng, SeedableRng};
     for seed in 0..12u64 {
         std::fs::remove_dir_all(&dir).unwrap();
-        copy_dir(&saved, &dir);
+        copy_into(&saved, &dir);
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut bytes = original.clone();
         for _ in 0..(1 + seed * 4) {
@@ -148,7 +148,7 @@ async fn a_damaged_data_file_is_refused_not_replaced() {
     }
 
     std::fs::remove_dir_all(&dir).unwrap();
-    copy_dir(&saved, &dir);
+    copy_into(&saved, &dir);
     std::fs::remove_dir_all(&saved).unwrap();
     let e = Config::new(&dir).cache_bytes(0).open().await.err().unwrap();
     assert!(matches!(e, Error::InvalidConfig(_)), "{e}");
@@ -157,20 +157,6 @@ async fn a_damaged_data_file_is_refused_not_replaced() {
     db.close().await.unwrap();
     drop(db);
     std::fs::remove_dir_all(&dir).unwrap();
-}
-
-/// Copies a database's folder (files and folders in it).
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 /// Pins issue 8, defect 6 (open errors named the wrong cause).
