@@ -417,7 +417,16 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
                 return Ok(Vec::new());
             }
             codec::count_query();
-            codec::decode_all(table.get_all(keys).run().await?)
+            // Read as stored (in key order, see `Table::get_raw_many`) and decoded straight
+            // into the models: no JSON `Value` in between.
+            let keys: Vec<&Value> = keys.iter().collect();
+            table
+                .get_raw_many(&keys)
+                .await?
+                .into_iter()
+                .flatten()
+                .map(|doc| codec::decode_bytes::<Self>(&doc))
+                .collect()
         }
     }
 
