@@ -147,6 +147,8 @@ impl TableState {
         SortedReader {
             table: self,
             cursor: None,
+            #[cfg(debug_assertions)]
+            last: Vec::new(),
         }
     }
 
@@ -196,6 +198,10 @@ pub(crate) struct SortedReader<'a> {
         crate::storage::Iter,
         (crate::storage::Bytes, crate::storage::Bytes),
     )>,
+    /// The last key asked for (its callers' order is checked in debug builds: a key below
+    /// it would be answered "absent" by a cursor already past it).
+    #[cfg(debug_assertions)]
+    last: Vec<u8>,
 }
 
 /// Entries an iterator steps over before a new one starts at the key instead: a step costs
@@ -205,6 +211,11 @@ const MAX_SKIP: usize = 4;
 impl SortedReader<'_> {
     /// The document at `key`; `key` is not below the previous call's.
     pub(crate) fn get(&mut self, key: &[u8]) -> Result<Option<crate::storage::Bytes>> {
+        #[cfg(debug_assertions)]
+        {
+            debug_assert!(*key >= *self.last, "keys asked in ascending order");
+            self.last = key.to_vec();
+        }
         let mut skipped = 0;
         while let Some((iter, (k, v))) = self.cursor.as_mut() {
             match (**k).cmp(key) {

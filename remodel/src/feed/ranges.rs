@@ -218,13 +218,28 @@ mod tests {
 
     #[test]
     fn positions_order_as_key_then_side() {
+        let long = |tail: &[u8]| [&[1u8; 16][..], tail].concat();
         let keys: Vec<Vec<u8>> = (0..12)
             .map(key)
-            .chain([vec![], vec![0], vec![1, 0]])
+            .chain([
+                vec![],
+                vec![0],
+                vec![1],
+                vec![1, 0],
+                vec![1, 0, 0],
+                vec![0x80],
+            ])
+            .chain([
+                vec![0xff; 17],
+                long(&[0]),
+                long(&[0, 0]),
+                long(&[0x80]),
+                vec![1; 16],
+            ])
             .collect();
         for a in &keys {
             for b in &keys {
-                for (x, y) in [(AT, AT), (AT, AFTER), (AFTER, AT)] {
+                for (x, y) in [(AT, AT), (AT, AFTER), (AFTER, AT), (AFTER, AFTER)] {
                     let want = (a, x).cmp(&(b, y));
                     let got = Pos::new(a.clone(), x).cmp(&Pos::new(b.clone(), y));
                     assert_eq!(got, want, "{a:?} {x} vs {b:?} {y}");

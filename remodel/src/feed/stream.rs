@@ -260,7 +260,7 @@ impl Feed {
     /// gathered in a buffer on purpose: a change that many feeds share costs a thread
     /// nothing to read again when each reader lets go of it before the next is read, and an
     /// atomic count per item when readers keep runs of them (see the module `shared`). With
-    /// a thousand feeds each read by its own task on two workers, this reads at 0.85–0.92 of
+    /// a thousand feeds each read by its own task on two workers, this reads at 0.85–0.93 of
     /// one thread reading them all, `next()` per item at 0.74–0.82 and a `Vec` of the ready
     /// items at 0.56–0.69 (`BENCHMARKS.md`, issue 21).
     ///

@@ -134,7 +134,8 @@ impl Table {
 
     /// The stored documents (JSON bytes) with these primary keys, in their order (`None`
     /// for a key with no document), for loaders that decode them straight into their own
-    /// types. Each is one lookup, run in place a chunk at a time as a keyed `get_all` is.
+    /// types. Read in key order, a chunk at a time in place, with a yield between chunks
+    /// (see `db::table::SortedReader`).
     pub(crate) async fn get_raw_many(
         &self,
         keys: &[&Value],

@@ -850,6 +850,33 @@ mod tests {
         assert_eq!(a.get(b"k").unwrap(), None);
     }
 
+    /// A multi-key batch goes through the journal on disk (a crash must not leave part of
+    /// it), and not in temporary storage (nothing there outlives a crash).
+    #[test]
+    fn only_storage_on_disk_journals_its_batches() {
+        let dir = std::env::temp_dir().join(format!("remodel-journaled-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let on_disk = Storage::open(EngineConfig {
+            path: Some(&dir),
+            temporary: false,
+            cache_bytes: 1 << 20,
+            flush_every_ms: None,
+        })
+        .unwrap();
+        for (s, journaled) in [(&on_disk, 1), (&temp(), 0)] {
+            let (a, b) = (s.tree("a").unwrap(), s.tree("b").unwrap());
+            let mut batch = WriteBatch::default();
+            batch.insert(&a, b"k".to_vec(), b"1".to_vec());
+            batch.insert(&b, b"k".to_vec(), b"2".to_vec());
+            s.apply(&batch).unwrap();
+            assert_eq!(s.journal_seq.load(Ordering::Relaxed), journaled);
+            assert_eq!(s.journal.len(), 0, "no entry is left behind");
+            assert_eq!(b.get(b"k").unwrap().as_deref(), Some(&b"2"[..]));
+        }
+        drop(on_disk);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn a_batch_left_in_the_journal_is_applied_on_open() {
         let dir = std::env::temp_dir().join(format!("remodel-journal-{}", std::process::id()));

@@ -439,8 +439,9 @@ async fn feeds_opened_during_drops_recreates_and_close_end_and_never_see_a_new_t
 /// `for_each_ready` hands over exactly what `next()` gives, in the same order, whatever its
 /// limit and however the writes interleave with the reads: the items of a concurrent writer,
 /// read by one feed with `next()` and by another (of the same query, and of a squashing
-/// kind that reads its own queue) with random limits; then the end of the feed (its abort
-/// item, then 0).
+/// kind that reads its own queue) with limits of 13 and 5; several items in one call (a
+/// commit of 3 is ready at once); then a limit of 0 (one item), and the end of the feed (its
+/// abort item, then 0).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn for_each_ready_hands_over_what_next_gives() {
     let db = db_with("t").await;
@@ -532,7 +533,7 @@ async fn for_each_ready_hands_over_what_next_gives() {
 /// `for_each_ready(limit)`.
 async fn read(feed: &mut remodel::Feed, runs: Option<usize>) -> Vec<(Value, Value)> {
     use crate::common::feeds::pair;
-    let mut got: Vec<(Value, Value)> = Vec::new();
+    let (mut got, mut most): (Vec<(Value, Value)>, usize) = (Vec::new(), 0);
     loop {
         match runs {
             Some(limit) => {
@@ -540,6 +541,7 @@ async fn read(feed: &mut remodel::Feed, runs: Option<usize>) -> Vec<(Value, Valu
                     .for_each_ready(limit, |c| got.push(pair(&c.unwrap())))
                     .await;
                 assert!(handed > 0 && handed <= limit);
+                most = most.max(handed);
             }
             None => got.push(pair(&feed.next().await.unwrap().unwrap())),
         }
@@ -547,7 +549,26 @@ async fn read(feed: &mut remodel::Feed, runs: Option<usize>) -> Vec<(Value, Valu
             .last()
             .is_some_and(|p| p.1.get("id") == Some(&json!("end")))
         {
+            // Items ready together go in one call (the writer commits runs of 3).
+            assert!(runs.is_none() || most > 1, "one item per call");
             return got;
         }
     }
+}
+
+/// `for_each_ready` on a quiet feed: the items of one commit, a limit's worth per call.
+#[tokio::test]
+async fn for_each_ready_takes_a_limit_at_a_time() {
+    let db = db_with("t").await;
+    let t = db.table("t");
+    let mut feed = t.changes().await.unwrap();
+    t.insert_many((0..5).map(|i| json!({"id": i})))
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    let mut push =
+        |c: remodel::Result<remodel::Change>| ids.push(c.unwrap().new_val().unwrap()["id"].clone());
+    assert_eq!(feed.for_each_ready(3, &mut push).await, 3);
+    assert_eq!(feed.for_each_ready(3, &mut push).await, 2);
+    assert_eq!(ids, [json!(0), json!(1), json!(2), json!(3), json!(4)]);
 }

@@ -697,7 +697,8 @@ async fn a_many_to_many_query_chains_like_a_has_many_one() -> remodel::Result<()
 
 /// A batched load equals one get per row, whatever the keys: owners read in key order (not
 /// the rows' order), rows sharing an owner, owners never made or deleted, keys close together
-/// and far apart in the table, rows with no owner.
+/// and far apart in the table, rows with no owner; and `get_many` (which reads repeated keys
+/// as given) equals one get per key.
 #[tokio::test]
 async fn batched_belongs_to_equals_one_get_per_row() -> remodel::Result<()> {
     let (db, _, _) = setup().await?;
@@ -725,6 +726,16 @@ async fn batched_belongs_to_equals_one_get_per_row() -> remodel::Result<()> {
                 .delete(&db)
                 .await?;
         }
+    }
+    // `get_many` over the same table: keys in any order, repeated, missing or deleted give
+    // what one get per key gives, in the keys' order, missing ones left out.
+    for _ in 0..20 {
+        let keys: Vec<Id> = (0..next(100)).map(|_| key(next(400))).collect();
+        let mut expected = Vec::new();
+        for k in &keys {
+            expected.extend(Starship::get(&db, k.clone()).await?);
+        }
+        assert_eq!(Starship::get_many(&db, keys).await?, expected);
     }
     for round in 0..20 {
         // Some rounds pick owners from a narrow span (neighbours in the tree), others from
