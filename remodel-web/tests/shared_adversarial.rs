@@ -13,7 +13,7 @@
 mod common;
 
 use common::{by_id, serve, App, Client, Rng, User};
-use remodel::{json, ChangeLogRetention, Config, Database, IndexSpec, Order, Value};
+use remodel::{json, ChangeLogRetention, Database, Order, Value};
 use remodel_web::{Limits, Live, Refusal, Web};
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -41,26 +41,12 @@ struct How {
 
 /// A database with the tables of the app (a change log of `retention` changes).
 async fn database(retention: u64) -> Database {
-    let db = Config::temporary()
-        .change_log(ChangeLogRetention {
-            max_changes: Some(retention),
-            max_age: None,
-        })
-        .open()
-        .await
-        .unwrap();
-    for t in ["board", "logs", "grants"] {
-        db.create_table(t).await.unwrap();
-    }
-    db.table("board")
-        .create_index("v", IndexSpec::field("v"))
-        .await
-        .unwrap();
-    db.table("logs")
-        .create_index("owner", IndexSpec::field("owner"))
-        .await
-        .unwrap();
-    db
+    let retention = ChangeLogRetention {
+        max_changes: Some(retention),
+        max_age: None,
+    };
+    let tables = ["board", "logs", "grants"];
+    common::database(retention, &tables, &[("board", "v"), ("logs", "owner")]).await
 }
 
 fn web(db: &Database, limits: Limits, window: Duration) -> Web<User> {

@@ -131,23 +131,37 @@ pub async fn start(limits: Limits) -> App {
     start_with(limits, Duration::from_millis(20)).await
 }
 
-pub async fn start_with(limits: Limits, window: Duration) -> App {
+/// A temporary database with a change log of `retention`, these tables, and an index on
+/// one field of each `(table, field)` (named after the field).
+pub async fn database(
+    retention: ChangeLogRetention,
+    tables: &[&str],
+    indexes: &[(&str, &str)],
+) -> Database {
     let db = Config::temporary()
-        .change_log(ChangeLogRetention::default())
+        .change_log(retention)
         .open()
         .await
         .unwrap();
-    for t in ["members", "ships", "logs"] {
+    for t in tables {
         db.create_table(t).await.unwrap();
     }
-    db.table("logs")
-        .create_index("owner", IndexSpec::field("owner"))
-        .await
-        .unwrap();
-    db.table("members")
-        .create_index("points", IndexSpec::field("points"))
-        .await
-        .unwrap();
+    for &(t, field) in indexes {
+        db.table(t)
+            .create_index(field, IndexSpec::field(field))
+            .await
+            .unwrap();
+    }
+    db
+}
+
+pub async fn start_with(limits: Limits, window: Duration) -> App {
+    let db = database(
+        ChangeLogRetention::default(),
+        &["members", "ships", "logs"],
+        &[("logs", "owner"), ("members", "points")],
+    )
+    .await;
     db.table("ships")
         .insert_many([
             json!({"id": "enterprise", "captain": "kirk"}),
