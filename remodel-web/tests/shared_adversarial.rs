@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{by_id, serve, App, Client, Rng, User};
+use common::{by_id, serve, App, Client, Member, Rng, User};
 use remodel::{json, ChangeLogRetention, Database, Order, Value};
 use remodel_web::{Limits, Live, Refusal, Web};
 use serde::Deserialize;
@@ -26,12 +26,6 @@ use tokio::time::Instant;
 // The app under test: a board (a shared result without rules), the same unshared, a log
 // read by those granted it (shared, a guard per caller), a publication whose rule, view or
 // key panics on a row marked `boom`, and a shared top 3.
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Member {
-    member: String,
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

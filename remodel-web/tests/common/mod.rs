@@ -40,10 +40,11 @@ pub struct App {
     pub web: Web<User>,
 }
 
+/// The parameters of publications about one member.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Member {
-    member: String,
+pub struct Member {
+    pub member: String,
 }
 
 #[derive(Deserialize)]
