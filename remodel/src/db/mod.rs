@@ -65,6 +65,8 @@ pub struct Config {
     flush_interval: Duration,
     /// The durable change log's retention (`None`: no log).
     change_log: Option<ChangeLogRetention>,
+    /// Documents and indexes in memory (temporary databases only).
+    in_memory: bool,
 }
 
 impl Config {
@@ -85,6 +87,33 @@ impl Config {
             feed_queue_size: 100_000,
             flush_interval: Duration::from_millis(500),
             change_log: None,
+            in_memory: false,
+        }
+    }
+
+    /// A temporary database held in this process's memory: its documents and indexes are
+    /// ordered maps in memory instead of a temporary sled store. Everything else is as with
+    /// [`Config::temporary`] (the same queries, feeds, durability options and change log,
+    /// which stays in a temporary folder); writes and reads are faster, and the database is
+    /// bounded by the memory of the process rather than by the disk (`cache_bytes` has no
+    /// effect). For tests, caches, and the replicas of the PostgreSQL backend.
+    ///
+    /// ```
+    /// # tokio_test_block_on(async {
+    /// use remodel::{json, Config};
+    /// let db = Config::in_memory().open().await.unwrap();
+    /// db.create_table("t").await.unwrap();
+    /// db.table("t").insert(json!({"id": 1})).await.unwrap();
+    /// assert_eq!(db.table("t").count().await.unwrap(), 1);
+    /// # });
+    /// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+    /// # }
+    /// ```
+    pub fn in_memory() -> Self {
+        Config {
+            in_memory: true,
+            ..Config::temporary()
         }
     }
 

@@ -3,8 +3,9 @@
 //!
 //! # How it works
 //!
-//! Each process keeps a **replica**: its own store (a temporary sled database) holding the
-//! shared database's documents and indexes as of the last commit it has applied. Its
+//! Each process keeps a **replica**: its own store (an in-memory database by default, see
+//! [`Connect::replica_in_memory`]) holding the shared database's documents and indexes as of
+//! the last commit it has applied. Its
 //! [pump](super::pump) learns of every commit, in PostgreSQL's commit order, from a temporary
 //! logical replication slot, and applies each one to the replica as one local commit, which
 //! the feed router publishes exactly as it publishes an embedded commit. Every read (queries,
@@ -108,6 +109,7 @@ pub struct Connect {
     feed_queue_size: usize,
     retention: ChangeLogRetention,
     durability: Durability,
+    replica_in_memory: bool,
 }
 
 impl Connect {
@@ -120,6 +122,7 @@ impl Connect {
             feed_queue_size: 100_000,
             retention: ChangeLogRetention::default(),
             durability: Durability::Hard,
+            replica_in_memory: true,
         }
     }
 
@@ -155,6 +158,15 @@ impl Connect {
     /// How much history this process keeps for feeds that resume from a cursor.
     pub fn retention(mut self, retention: ChangeLogRetention) -> Self {
         self.retention = retention;
+        self
+    }
+
+    /// Where this process keeps its replica of the shared database: in memory (the default,
+    /// [`Config::in_memory`]), or, with `false`, in a temporary sled store
+    /// ([`Config::temporary`]), slower but bounded by the disk rather than by the process's
+    /// memory, for a database larger than the memory an app process may use.
+    pub fn replica_in_memory(mut self, in_memory: bool) -> Self {
+        self.replica_in_memory = in_memory;
         self
     }
 
@@ -460,7 +472,12 @@ impl PgBackend {
         set_up_schema(&config, &options.schema).await?;
         // The replica's own writes are never waited for (it is rebuilt on every start); its
         // default durability is the one writes to PostgreSQL get.
-        let db = Config::temporary()
+        let store = if options.replica_in_memory {
+            Config::in_memory()
+        } else {
+            Config::temporary()
+        };
+        let db = store
             .durability(options.durability)
             .change_log(options.retention)
             .feed_queue_size(options.feed_queue_size)

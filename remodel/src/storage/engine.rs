@@ -29,6 +29,12 @@ impl Bytes {
     }
 }
 
+impl From<Arc<[u8]>> for Bytes {
+    fn from(v: Arc<[u8]>) -> Self {
+        Bytes(Repr::Shared(v))
+    }
+}
+
 impl From<Vec<u8>> for Bytes {
     fn from(v: Vec<u8>) -> Self {
         Bytes(Repr::Shared(v.into()))
@@ -65,7 +71,10 @@ impl fmt::Debug for Bytes {
 
 impl From<Bytes> for Arc<[u8]> {
     fn from(b: Bytes) -> Self {
-        Arc::from(&*b)
+        match b.0 {
+            Repr::Shared(v) => v,
+            Repr::Sled(v) => Arc::from(&*v),
+        }
     }
 }
 

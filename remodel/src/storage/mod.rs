@@ -10,6 +10,7 @@
 
 mod engine;
 mod journal;
+mod memory_engine;
 mod sled_engine;
 
 pub(crate) use engine::Bytes;
@@ -35,6 +36,9 @@ pub(crate) struct EngineConfig<'a> {
     pub path: Option<&'a Path>,
     /// Remove the files when the engine is dropped (temporary databases).
     pub temporary: bool,
+    /// Keep the trees in memory (`memory_engine.rs`) instead of sled: only for temporary
+    /// databases.
+    pub memory: bool,
     pub cache_bytes: u64,
     pub flush_every_ms: Option<u64>,
 }
@@ -315,7 +319,11 @@ impl Storage {
             flush_every_ms: None,
             ..cfg
         };
-        let engine: Arc<dyn Engine> = Arc::new(sled_engine::SledEngine::open(&cfg)?);
+        let engine: Arc<dyn Engine> = if cfg.memory && cfg.temporary {
+            Arc::new(memory_engine::MemoryEngine::default())
+        } else {
+            Arc::new(sled_engine::SledEngine::open(&cfg)?)
+        };
         // Before anything is written: an engine that lost data is refused as it is.
         let generation = match cfg.path.filter(|_| !cfg.temporary) {
             Some(dir) => Some(Generation::open(&*engine, dir)?),
@@ -827,6 +835,7 @@ mod tests {
         Storage::open(EngineConfig {
             path: None,
             temporary: true,
+            memory: false,
             cache_bytes: 1 << 20,
             flush_every_ms: None,
         })
@@ -859,6 +868,7 @@ mod tests {
         let on_disk = Storage::open(EngineConfig {
             path: Some(&dir),
             temporary: false,
+            memory: false,
             cache_bytes: 1 << 20,
             flush_every_ms: None,
         })
@@ -883,6 +893,7 @@ mod tests {
         let cfg = || EngineConfig {
             path: Some(&dir),
             temporary: false,
+            memory: false,
             cache_bytes: 1 << 20,
             flush_every_ms: None,
         };
@@ -926,6 +937,7 @@ mod tests {
         let cfg = || EngineConfig {
             path: Some(&dir),
             temporary: false,
+            memory: false,
             cache_bytes: 1 << 20,
             flush_every_ms: None,
         };

@@ -721,6 +721,7 @@ mod tests {
         let cfg = EngineConfig {
             path: Some(dir),
             temporary: false,
+            memory: false,
             cache_bytes: 1 << 20,
             flush_every_ms: None,
         };
