@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Every test: the workspace on the embedded store (which includes the PostgreSQL backend's own
 # tests), then the suites parameterised by backend again on PostgreSQL
-# (REMODEL_TEST_BACKEND=postgres: each test gets a database of its own on a throwaway cluster).
+# (REMODEL_TEST_BACKEND=postgres: each test gets a database of its own on a throwaway cluster),
+# and on the in-memory storage engine (REMODEL_TEST_BACKEND=memory: `Config::in_memory()`,
+# which is also what a PostgreSQL replica stands on).
 #
 # The second pass selects the whole workspace too (`--workspace` with `--test` filters): cargo
 # unifies the dependencies' features over the selected packages, so `-p remodel` alone would
@@ -13,5 +15,9 @@ cd "$(dirname "$0")"
 cargo test --workspace "$@"
 echo "== the same suites on PostgreSQL (REMODEL_TEST_BACKEND=postgres)"
 REMODEL_TEST_BACKEND=postgres cargo test --workspace \
+  --test store --test queries --test feeds --test feed_oracle \
+  --test models --test relations --test model_races --test batched --test live_models "$@"
+echo "== the same suites on the in-memory engine (REMODEL_TEST_BACKEND=memory)"
+REMODEL_TEST_BACKEND=memory cargo test --workspace \
   --test store --test queries --test feeds --test feed_oracle \
   --test models --test relations --test model_races --test batched --test live_models "$@"

@@ -27,7 +27,7 @@ async fn batched_loading_takes_a_constant_number_of_queries() -> remodel::Result
     let db = if remodel::postgres::suites_on_postgres() {
         common::db().await?
     } else {
-        remodel::Config::temporary()
+        common::temporary()
             .durability(Durability::Soft)
             .open()
             .await?

@@ -334,7 +334,7 @@ async fn a_typed_feed_resumes_from_a_cursor() -> remodel::Result<()> {
     let db = if remodel::postgres::suites_on_postgres() {
         common::db().await?
     } else {
-        remodel::Config::temporary()
+        common::temporary()
             .change_log(remodel::ChangeLogRetention::default())
             .open()
             .await?

@@ -513,9 +513,12 @@ fn check_change(
 }
 
 async fn run_races(seed: u64, tasks: usize, per_task: usize) {
-    // On PostgreSQL when the suites run there (REMODEL_TEST_BACKEND=postgres).
+    // On PostgreSQL when the suites run there (REMODEL_TEST_BACKEND=postgres), on the
+    // in-memory engine with REMODEL_TEST_BACKEND=memory.
     let db = if remodel::postgres::suites_on_postgres() {
         remodel::postgres::suite_database().await
+    } else if std::env::var("REMODEL_TEST_BACKEND").is_ok_and(|v| v == "memory") {
+        remodel::Config::in_memory().open().await.unwrap()
     } else {
         Database::temporary().await.unwrap()
     };

@@ -25,7 +25,17 @@ pub async fn db() -> Database {
     if remodel::postgres::suites_on_postgres() {
         return remodel::postgres::suite_database().await;
     }
-    Database::temporary().await.unwrap()
+    temporary().open().await.unwrap()
+}
+
+/// The configuration of the suites' temporary databases: `Config::temporary()`, or with
+/// `REMODEL_TEST_BACKEND=memory`, `Config::in_memory()` (the in-memory storage engine).
+pub fn temporary() -> Config {
+    if std::env::var("REMODEL_TEST_BACKEND").is_ok_and(|v| v == "memory") {
+        Config::in_memory()
+    } else {
+        Config::temporary()
+    }
 }
 
 /// A temporary database whose writes default to `Soft` durability, for tests that make
@@ -35,7 +45,7 @@ pub async fn soft_db() -> Database {
     if remodel::postgres::suites_on_postgres() {
         return remodel::postgres::suite_database().await;
     }
-    Config::temporary()
+    temporary()
         .durability(Durability::Soft)
         .open()
         .await
@@ -64,7 +74,7 @@ pub async fn open(durability: Durability) -> remodel::Result<Database> {
     if remodel::postgres::suites_on_postgres() {
         return Ok(remodel::postgres::suite_database().await);
     }
-    Config::temporary().durability(durability).open().await
+    temporary().durability(durability).open().await
 }
 
 /// How many cases a property test runs: `cases` on the embedded store, an eighth (at least 4)

@@ -103,7 +103,17 @@ pub async fn db() -> remodel::Result<Database> {
     if remodel::postgres::suites_on_postgres() {
         return Ok(remodel::postgres::suite_database().await);
     }
-    Database::temporary().await
+    temporary().open().await
+}
+
+/// The configuration of the suites' temporary databases: `Config::temporary()`, or with
+/// `REMODEL_TEST_BACKEND=memory`, `Config::in_memory()` (the in-memory storage engine).
+pub fn temporary() -> remodel::Config {
+    if std::env::var("REMODEL_TEST_BACKEND").is_ok_and(|v| v == "memory") {
+        remodel::Config::in_memory()
+    } else {
+        remodel::Config::temporary()
+    }
 }
 
 /// A temporary database with the schema of every model of the binary, and two saved
