@@ -679,3 +679,62 @@ async fn a_key_found_absent_is_checked_after_the_tables_lock() {
         "the write committed \"absent\" against a row committed before it held the lock"
     );
 }
+
+/// A group that waits (here for a table's lock another session holds, as a write selecting
+/// its rows at commit in another process does) does not hold up the writes queued behind
+/// it: after a short wait they go on another connection. The waiting write commits once the
+/// lock is let go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_group_does_not_hold_up_the_writes_behind_it() {
+    let Some(pg) = database("a_blocked_group_does_not_hold_up_the_writes_behind_it").await else {
+        return;
+    };
+    let db = remodel::postgres::Connect::new(pg.url())
+        .connections(2)
+        .open()
+        .await
+        .unwrap();
+    db.create_table("locked").await.unwrap();
+    db.create_table("free").await.unwrap();
+    // The lock every commit of `locked` takes shared (see `schema::lock_name`), held
+    // exclusively by another session.
+    let admin = pg.connect().await.unwrap();
+    admin
+        .execute(
+            "SELECT pg_advisory_lock(hashtextextended('remodel:remodel.t_locked', 0))",
+            &[],
+        )
+        .await
+        .unwrap();
+    let blocked = tokio::spawn({
+        let db = db.clone();
+        async move { db.table("locked").insert(json!({"id": 1})).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!blocked.is_finished(), "the lock holds the first write");
+    for i in 0..5 {
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            db.table("free").insert(json!({"id": i})),
+        )
+        .await
+        .expect("a write of another table goes on while the first waits")
+        .unwrap();
+    }
+    assert!(!blocked.is_finished());
+    admin
+        .execute(
+            "SELECT pg_advisory_unlock(hashtextextended('remodel:remodel.t_locked', 0))",
+            &[],
+        )
+        .await
+        .unwrap();
+    let r = tokio::time::timeout(WAIT, blocked)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.inserted, 1);
+    assert_eq!(db.table("free").count().await.unwrap(), 5);
+    assert_eq!(db.table("locked").count().await.unwrap(), 1);
+}

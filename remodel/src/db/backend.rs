@@ -1,7 +1,7 @@
 //! The backend seam: where a commit is decided and made, and where DDL runs, when the
 //! database of record is not this process's own store.
 //!
-//! A [`Database`] always reads from its own store (sled, on disk or temporary): queries,
+//! A [`Database`] always reads from its own store (sled, on disk or temporary, or in memory): queries,
 //! feeds and their initial rows, top-N refills, joins. What differs between backends is who
 //! decides and orders the commits:
 //!

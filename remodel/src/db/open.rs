@@ -166,7 +166,8 @@ impl DbInner {
 
 /// Refuses a configuration no database opens with.
 fn check_config(config: &Config) -> Result<()> {
-    if config.cache_bytes < MIN_CACHE_BYTES {
+    // An in-memory database has no page cache.
+    if config.cache_bytes < MIN_CACHE_BYTES && !config.in_memory {
         return Err(Error::InvalidConfig(format!(
             "cache_bytes must be at least {MIN_CACHE_BYTES}, got {}",
             config.cache_bytes
@@ -315,7 +316,7 @@ const MIN_CACHE_BYTES: u64 = 64 * 1024;
 /// Where temporary databases go: shared memory when there is some (fast, as sled's own
 /// temporary files), else the system's temporary folder. Each is a folder named after its
 /// process, so that the next `temporary()` can remove those of processes that died without
-/// cleaning up (sled removes a temporary database only when it is dropped).
+/// cleaning up (the engine removes a temporary database's folder only when it is dropped).
 fn temporary_dir() -> Result<PathBuf> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     const PREFIX: &str = "remodel-tmp-";

@@ -550,7 +550,14 @@ impl PgBackend {
 
     /// A connection for a commit (round robin); a closed one is replaced first.
     async fn conn(&self) -> Result<Arc<Conn>> {
-        let slot = &self.conns[self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len()];
+        self.conn_at(self.next.fetch_add(1, Ordering::Relaxed))
+            .await
+    }
+
+    /// Connection `n` (modulo their number); a closed one is replaced first. Each group
+    /// commit leader commits on its own (see `group_commit.rs`).
+    async fn conn_at(&self, n: usize) -> Result<Arc<Conn>> {
+        let slot = &self.conns[n % self.conns.len()];
         let conn = slot.lock().clone();
         if !conn.client.is_closed() {
             return Ok(conn);
@@ -702,12 +709,16 @@ impl PgBackend {
         }
     }
 
-    /// Commits one table's rows with the table's prepared statement, on a commit connection
-    /// (see [`schema::single_table_commit_sql`]).
-    pub(super) async fn commit_table(&self, commit: &TableCommit) -> Result<Option<i64>> {
+    /// Commits one table's rows with the table's prepared statement, on commit connection
+    /// `conn` (see [`schema::single_table_commit_sql`]).
+    pub(super) async fn commit_table(
+        &self,
+        conn: usize,
+        commit: &TableCommit,
+    ) -> Result<Option<i64>> {
         let rows: Vec<&Row> = commit.rows.iter().collect();
         let msgs: Vec<&[u8]> = commit.msgs.iter().map(Vec::as_slice).collect();
-        self.commit_rows(&commit.table, commit.hard, &rows, &msgs)
+        self.commit_rows(conn, &commit.table, commit.hard, &rows, &msgs)
             .await
             .map_err(|failed| failed.error)
     }
@@ -716,12 +727,13 @@ impl PgBackend {
     /// by key): a group commit's, with nothing copied.
     pub(super) async fn commit_rows(
         &self,
+        conn: usize,
         table: &str,
         hard: bool,
         rows: &[&Row],
         msgs: &[&[u8]],
     ) -> std::result::Result<Option<i64>, CommitFailed> {
-        let conn = self.conn().await.map_err(|error| CommitFailed {
+        let conn = self.conn_at(conn).await.map_err(|error| CommitFailed {
             error,
             how: Failure::Unavailable,
         })?;

@@ -2,7 +2,9 @@
 //!
 //! Each write is staged on its own (against the replica, as always) and then queued here
 //! instead of being sent as a statement of its own. A *leader* (a task, at most one per
-//! commit connection; another starts only when [`ANOTHER_LEADER_AT`] writes wait) takes the queued writes of one table and durability whose keys do not
+//! commit connection; another starts when [`ANOTHER_LEADER_AT`] writes wait, or when a
+//! write has waited [`ANOTHER_LEADER_AFTER`] for its group) takes the queued writes of one
+//! table and durability whose keys do not
 //! overlap, up to [`MAX_COMMIT_CHANGES`] changes, and commits them with one execution of
 //! the table's prepared commit statement: one transaction, one commit record and flush, one
 //! batch for every process's pump to decode and apply. Writes that arrive while a group is
@@ -36,6 +38,12 @@ use tokio::sync::oneshot;
 /// Measured with 64 writing tasks on 8 connections (`scale_out` bench, 20,000 inserts per
 /// round): 8 gave 19,300 inserts/s, 32 gave 25,000/s, 48 (about one leader) 24,000-25,000/s.
 const ANOTHER_LEADER_AT: usize = 32;
+
+/// How long a write waits for its group before it starts another leader (on another
+/// connection, if one is free) whatever the queue's length: a leader whose group waits (for
+/// a table's lock that another process holds, a slow server) must not hold up every write
+/// queued behind it, of that table or any other.
+const ANOTHER_LEADER_AFTER: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// A row of a single-table commit: key, document staged against (JSON text, `None`:
 /// absent), new document (`None`: deleted), and whether it is written (else only checked).
@@ -71,6 +79,9 @@ struct Queued {
 pub(super) struct GroupCommit {
     queue: Mutex<VecDeque<Queued>>,
     leaders: AtomicUsize,
+    /// Which commit connections a leader commits on: each leader has its own, so that a
+    /// group that waits on the server holds up no other leader's statements behind it.
+    busy: Mutex<Vec<bool>>,
 }
 
 impl GroupCommit {
@@ -117,13 +128,25 @@ impl GroupCommit {
         group
     }
 
-    /// Claims a leader's place if fewer than `max` lead.
-    fn claim(&self, max: usize) -> bool {
-        self.leaders
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .is_ok()
+    /// Claims a leader's place if fewer than `max` lead: the connection (below `max`) that
+    /// the leader commits on.
+    fn claim(&self, max: usize) -> Option<usize> {
+        let mut busy = self.busy.lock();
+        if busy.len() < max {
+            busy.resize(max, false);
+        }
+        let conn = busy.iter().take(max).position(|b| !b)?;
+        busy[conn] = true;
+        self.leaders.fetch_add(1, Ordering::AcqRel);
+        Some(conn)
+    }
+
+    /// Gives back the place of the leader on `conn`; returns how many led before.
+    fn release(&self, conn: usize) -> usize {
+        if let Some(b) = self.busy.lock().get_mut(conn) {
+            *b = false;
+        }
+        self.leaders.fetch_sub(1, Ordering::AcqRel)
     }
 }
 
@@ -134,18 +157,19 @@ impl GroupCommit {
 /// they were never sent.
 struct LeaderPlace<'a> {
     groups: &'a GroupCommit,
-    held: bool,
+    /// The leader's connection, while it holds the place.
+    held: Option<usize>,
 }
 
 impl Drop for LeaderPlace<'_> {
     fn drop(&mut self) {
-        if !self.held {
+        let Some(conn) = self.held else {
             return;
-        }
+        };
         // Under the queue's lock: a write queued after the last place was given back sees
         // no leader and starts one; one queued before is failed here, none is both.
         let mut queue = self.groups.queue.lock();
-        if self.groups.leaders.fetch_sub(1, Ordering::AcqRel) != 1 {
+        if self.groups.release(conn) != 1 {
             return;
         }
         let orphans = std::mem::take(&mut *queue);
@@ -172,50 +196,73 @@ impl PgBackend {
         // transactions would cost every process's pump and replica more than they save.
         let wanted =
             self.groups.leaders.load(Ordering::Acquire) == 0 || queued >= ANOTHER_LEADER_AT;
-        if wanted && self.groups.claim(self.connections()) {
-            match self.me() {
-                Some(me) => {
-                    tokio::spawn(async move { me.lead().await });
+        if wanted {
+            self.start_leader()?;
+        }
+        let mut result = result;
+        loop {
+            match tokio::time::timeout(ANOTHER_LEADER_AFTER, &mut result).await {
+                Ok(outcome) => {
+                    return outcome.map_err(|_| self.failed().unwrap_or(Error::Closed))?
                 }
-                None => {
-                    self.groups.leaders.fetch_sub(1, Ordering::AcqRel);
-                    return Err(Error::Closed);
-                }
+                // The leaders are slow (a group waiting for a table's lock that another
+                // process holds, say): another connection takes the queue, if one is free.
+                Err(_) => self.start_leader()?,
             }
         }
-        result
-            .await
-            .map_err(|_| self.failed().unwrap_or(Error::Closed))?
     }
 
-    /// A leader: commits groups until the queue is empty.
-    async fn lead(self: Arc<Self>) {
+    /// Starts a leader if fewer than one per connection lead.
+    fn start_leader(&self) -> Result<()> {
+        let Some(conn) = self.groups.claim(self.connections()) else {
+            return Ok(());
+        };
+        match self.me() {
+            Some(me) => {
+                tokio::spawn(async move { me.lead(conn).await });
+                Ok(())
+            }
+            None => {
+                self.groups.release(conn);
+                Err(Error::Closed)
+            }
+        }
+    }
+
+    /// A leader on commit connection `conn`: commits groups until the queue is empty.
+    async fn lead(self: Arc<Self>, mut conn: usize) {
         let mut place = LeaderPlace {
             groups: &self.groups,
-            held: true,
+            held: Some(conn),
         };
         loop {
             let group = self.groups.take_group();
             if group.is_empty() {
-                place.held = false;
-                self.groups.leaders.fetch_sub(1, Ordering::AcqRel);
+                place.held = None;
+                self.groups.release(conn);
                 // A write queued after the group was taken, by a task that found every
                 // leader's place taken, must not wait for a leader that is gone.
-                if self.groups.queue.lock().is_empty() || !self.groups.claim(self.connections()) {
+                if self.groups.queue.lock().is_empty() {
                     return;
                 }
-                place.held = true;
+                match self.groups.claim(self.connections()) {
+                    Some(c) => {
+                        conn = c;
+                        place.held = Some(c);
+                    }
+                    None => return,
+                }
                 continue;
             }
-            self.commit_group(group).await;
+            self.commit_group(conn, group).await;
         }
     }
 
     /// Commits a group as one transaction, or, when that fails, each write alone.
-    async fn commit_group(&self, mut group: Vec<Queued>) {
+    async fn commit_group(&self, conn: usize, mut group: Vec<Queued>) {
         if group.len() == 1 {
             if let Some(Queued { commit, done }) = group.pop() {
-                let _ = done.send(self.commit_table(&commit).await);
+                let _ = done.send(self.commit_table(conn, &commit).await);
             }
             return;
         }
@@ -229,7 +276,7 @@ impl PgBackend {
             .flat_map(|q| q.commit.msgs.iter().map(Vec::as_slice))
             .collect();
         let whole = self
-            .commit_rows(&first.table, first.hard, &rows, &msgs)
+            .commit_rows(conn, &first.table, first.hard, &rows, &msgs)
             .await;
         drop((rows, msgs));
         match whole {
@@ -256,7 +303,7 @@ impl PgBackend {
             }
         }
         // Each write alone, pipelined: each gets the result it would have had by itself.
-        let alone = group.iter().map(|q| self.commit_table(&q.commit));
+        let alone = group.iter().map(|q| self.commit_table(conn, &q.commit));
         let results = futures_util::future::join_all(alone).await;
         for (q, result) in group.into_iter().zip(results) {
             let _ = q.done.send(result);
@@ -352,13 +399,14 @@ mod tests {
     }
 
     #[test]
-    fn leaders_are_at_most_max() {
+    fn leaders_are_at_most_max_each_on_a_connection_of_its_own() {
         let groups = GroupCommit::default();
-        assert!(groups.claim(2));
-        assert!(groups.claim(2));
-        assert!(!groups.claim(2));
-        groups.leaders.fetch_sub(1, Ordering::AcqRel);
-        assert!(groups.claim(2));
+        assert_eq!(groups.claim(2), Some(0));
+        assert_eq!(groups.claim(2), Some(1));
+        assert_eq!(groups.claim(2), None);
+        assert_eq!(groups.release(0), 2);
+        assert_eq!(groups.claim(2), Some(0), "the connection given back");
+        assert_eq!(groups.claim(3), Some(2), "a connection more");
     }
 
     #[test]
@@ -367,29 +415,31 @@ mod tests {
         let (q, mut rx) = queued("a", &[1], false);
         groups.queue.lock().push_back(q);
         // Two leaders: the first to vanish leaves the queue to the other.
-        assert!(groups.claim(2) && groups.claim(2));
+        let (first, second) = (groups.claim(2), groups.claim(2));
+        assert!(first.is_some() && second.is_some());
         drop(LeaderPlace {
             groups: &groups,
-            held: true,
+            held: first,
         });
         assert!(rx.try_recv().is_err(), "still queued for the other leader");
         assert_eq!(groups.queue.lock().len(), 1);
         // The last one gone: the queued write is told it was not sent, and a new write
-        // can start a leader again.
+        // can start a leader again (on either connection).
         drop(LeaderPlace {
             groups: &groups,
-            held: true,
+            held: second,
         });
         assert!(matches!(rx.try_recv(), Ok(Err(Error::Storage { .. }))));
         assert!(groups.queue.lock().is_empty());
         assert_eq!(groups.leaders.load(Ordering::Acquire), 0);
         // A place given back normally is not given back twice.
-        assert!(groups.claim(1));
+        assert_eq!(groups.claim(1), Some(0));
         drop(LeaderPlace {
             groups: &groups,
-            held: false,
+            held: None,
         });
         assert_eq!(groups.leaders.load(Ordering::Acquire), 1);
+        assert_eq!(groups.claim(1), None);
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! An engine is a set of named, ordered trees of byte keys with single-key atomic writes and
 //! a flush that makes everything written so far durable. That is all the store needs:
 //! multi-key crash atomicity (the journal), failure tracking and the rest of `storage` are
-//! built on top, once, for every engine. sled is the engine today (`sled_engine.rs`); another
-//! (redb, or a networked one) implements these two traits and nothing above `storage`
+//! built on top, once, for every engine. sled is the engine on disk (`sled_engine.rs`),
+//! ordered maps in memory the other (`memory_engine.rs`); another (redb, or a networked one)
+//! implements these two traits and nothing above `storage`
 //! changes.
 
 use std::fmt;

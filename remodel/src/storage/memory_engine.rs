@@ -16,15 +16,47 @@ use super::engine::{Bytes, Engine, EngineError, EngineIter, EngineResult, Engine
 use parking_lot::{Mutex, RwLock};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// How many entries an iterator takes from the map per lock.
+/// The most entries an iterator takes from the map per lock.
 const CHUNK: usize = 64;
+/// The entries an iterator's first refill takes.
+const FIRST_CHUNK: usize = 4;
 
 /// The trees of one in-memory database, by name.
 #[derive(Default)]
 pub(crate) struct MemoryEngine {
     trees: Mutex<HashMap<String, Arc<MemoryTree>>>,
+    folder: Option<Arc<Folder>>,
+}
+
+/// A temporary database's folder (where its change log's files are), removed once the
+/// engine, its trees and their iterators are all gone, as sled removes a temporary
+/// database's.
+struct Folder(PathBuf);
+
+impl Drop for Folder {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(
+                    "a temporary database's folder {} stays: {e}",
+                    self.0.display()
+                );
+            }
+        }
+    }
+}
+
+impl MemoryEngine {
+    /// An empty engine whose temporary folder `dir` (if any) it removes when it goes.
+    pub(crate) fn new(dir: Option<&Path>) -> Self {
+        MemoryEngine {
+            trees: Mutex::default(),
+            folder: dir.map(|d| Arc::new(Folder(d.to_path_buf()))),
+        }
+    }
 }
 
 /// Keys and values shared with what reads them (a read or an iterator step copies nothing).
@@ -36,6 +68,8 @@ type Shared = Arc<RwLock<Option<Map>>>;
 /// One tree (its iterators share its map).
 struct MemoryTree {
     map: Shared,
+    /// Kept while the tree is: the folder goes with the last of the engine's parts.
+    folder: Option<Arc<Folder>>,
 }
 
 impl Engine for MemoryEngine {
@@ -47,6 +81,7 @@ impl Engine for MemoryEngine {
             .or_insert_with(|| {
                 Arc::new(MemoryTree {
                     map: Arc::new(RwLock::new(Some(Map::new()))),
+                    folder: self.folder.clone(),
                 })
             })
             .clone();
@@ -80,12 +115,10 @@ impl EngineTree for MemoryTree {
         let value: Option<Arc<[u8]>> = value.map(Arc::from);
         let mut map = self.map.write();
         let map = map.as_mut().ok_or(EngineError::MissingTree)?;
+        // One descent either way: a key made for an update that finds its key stored is
+        // dropped (an allocation is cheaper than a second search of a large map).
         let old = match value {
-            Some(v) => match map.get_mut(key) {
-                // An update keeps the stored key (no new allocation for it).
-                Some(slot) => Some(std::mem::replace(slot, v)),
-                None => map.insert(Arc::from(key), v),
-            },
+            Some(v) => map.insert(Arc::from(key), v),
             None => map.remove(key),
         };
         Ok(old.map(Bytes::from))
@@ -94,10 +127,12 @@ impl EngineTree for MemoryTree {
     fn range(&self, lo: Bound<Vec<u8>>, hi: Bound<Vec<u8>>) -> EngineIter {
         Box::new(MemoryIter {
             map: self.map.clone(),
+            _folder: self.folder.clone(),
             lo,
             hi,
             front: VecDeque::new(),
             back: VecDeque::new(),
+            chunk: FIRST_CHUNK,
             failed: false,
         })
     }
@@ -133,10 +168,14 @@ fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
 /// cover what is still in the map, so the three never overlap.
 struct MemoryIter {
     map: Shared,
+    _folder: Option<Arc<Folder>>,
     lo: Bound<Vec<u8>>,
     hi: Bound<Vec<u8>>,
     front: VecDeque<(Bytes, Bytes)>,
     back: VecDeque<(Bytes, Bytes)>,
+    /// Entries the next refill takes: a few at first (a reader that wants one row copies
+    /// little), doubling up to [`CHUNK`].
+    chunk: usize,
     /// The tree was found dropped: the error was returned, nothing follows.
     failed: bool,
 }
@@ -153,7 +192,9 @@ impl MemoryIter {
         let bounds = (as_slice(&self.lo), as_slice(&self.hi));
         let mut range = map.range::<[u8], _>(bounds);
         let mut last = None;
-        for _ in 0..CHUNK {
+        let take = self.chunk;
+        self.chunk = (self.chunk * 2).min(CHUNK);
+        for _ in 0..take {
             let entry = if ascending {
                 range.next()
             } else {
@@ -195,14 +236,21 @@ impl MemoryIter {
             match self.refill(ascending) {
                 Ok(true) => continue,
                 // The map has nothing left between the bounds: what remains was taken by the
-                // other end.
+                // other end. This end's bound moves past what it hands over, so that a key
+                // written behind it later is not returned out of order.
                 Ok(false) => {
-                    return if ascending {
+                    let item = if ascending {
                         self.back.pop_back()
                     } else {
                         self.front.pop_back()
+                    }?;
+                    let past = Bound::Excluded(item.0.to_vec());
+                    if ascending {
+                        self.lo = past;
+                    } else {
+                        self.hi = past;
                     }
-                    .map(Ok)
+                    return Some(Ok(item));
                 }
                 Err(e) => {
                     self.failed = true;
@@ -334,6 +382,73 @@ mod tests {
             reversed.reverse();
             prop_assert_eq!(reversed, want);
         }
+    }
+
+    proptest! {
+        /// Both ends in a random interleaving with writes between the steps: the front only
+        /// ascends, the back only descends, they never cross, and every key present from the
+        /// start to the end of the iteration is returned once (as sled's iterators do).
+        #[test]
+        fn both_ends_stay_in_order_under_writes(
+            start in proptest::collection::btree_set(0u8..64, 0..40),
+            steps in proptest::collection::vec((any::<bool>(), 0u8..64, any::<bool>()), 0..120),
+        ) {
+            let engine = MemoryEngine::default();
+            let t = tree(&engine);
+            for k in &start {
+                t.write(&[*k], Some(b"")).unwrap();
+            }
+            let mut it = t.range(Bound::Unbounded, Bound::Unbounded);
+            let (mut front, mut back): (Vec<u8>, Vec<u8>) = (Vec::new(), Vec::new());
+            let mut touched = std::collections::BTreeSet::new();
+            let mut ended = false;
+            for (from_front, k, insert) in steps.iter().copied().chain(
+                std::iter::repeat((true, 0, true)).take(200)) {
+                let next = if from_front { it.next() } else { it.next_back() };
+                match next {
+                    Some(r) => {
+                        let got = r.unwrap().0[0];
+                        if from_front { front.push(got) } else { back.push(got) }
+                    }
+                    None => { ended = true; break }
+                }
+                if !ended && steps.len() > front.len() + back.len() {
+                    // A write between steps (not once the tail of plain steps runs).
+                    touched.insert(k);
+                    t.write(&[k], insert.then_some(&b""[..])).unwrap();
+                }
+            }
+            prop_assert!(ended);
+            prop_assert!(front.windows(2).all(|w| w[0] < w[1]), "front ascends: {:?}", front);
+            prop_assert!(back.windows(2).all(|w| w[0] > w[1]), "back descends: {:?}", back);
+            if let (Some(f), Some(b)) = (front.last(), back.last()) {
+                prop_assert!(f < b, "the ends never cross: {:?} {:?}", front, back);
+            }
+            for k in start.iter().filter(|k| !touched.contains(*k)) {
+                prop_assert_eq!(
+                    front.iter().chain(&back).filter(|g| *g == k).count(), 1,
+                    "key {} kept throughout is returned once", k
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_folder_goes_with_the_engine() {
+        let dir =
+            std::env::temp_dir().join(format!("remodel-memory-engine-test-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("changelog")).unwrap();
+        let engine = MemoryEngine::new(Some(&dir));
+        let t = tree(&engine);
+        t.write(b"k", Some(b"v")).unwrap();
+        let it = t.range(Bound::Unbounded, Bound::Unbounded);
+        drop((engine, t));
+        assert!(dir.exists(), "an iterator still reads the database");
+        drop(it);
+        assert!(
+            !dir.exists(),
+            "removed as sled removes a temporary database"
+        );
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! Everything above this module sees named trees of ordered byte keys, crash-atomic
 //! multi-tree write batches, and flushes; no engine type leaks out. The engine itself is
 //! behind two small traits (`engine.rs`: named trees with single-key atomic writes, and a
-//! flush); sled implements them (`sled_engine.rs`). What the store needs beyond that is built
+//! flush); sled implements them (`sled_engine.rs`) for databases on disk and temporary ones,
+//! and ordered maps in memory (`memory_engine.rs`) for in-memory ones. What the store needs beyond that is built
 //! here once for every engine: multi-key crash atomicity through an intent journal, failure
 //! tracking (a failed write or flush makes the storage unusable rather than inconsistent),
 //! and the errors of dropped trees.
@@ -34,7 +35,7 @@ const MANIFEST_FILE: &str = "remodel.flushed";
 #[derive(Clone, Copy)]
 pub(crate) struct EngineConfig<'a> {
     pub path: Option<&'a Path>,
-    /// Remove the files when the engine is dropped (temporary databases).
+    /// Remove the folder when the engine is dropped (temporary databases, in memory or not).
     pub temporary: bool,
     /// Keep the trees in memory (`memory_engine.rs`) instead of sled: only for temporary
     /// databases.
@@ -320,7 +321,7 @@ impl Storage {
             ..cfg
         };
         let engine: Arc<dyn Engine> = if cfg.memory && cfg.temporary {
-            Arc::new(memory_engine::MemoryEngine::default())
+            Arc::new(memory_engine::MemoryEngine::new(cfg.path))
         } else {
             Arc::new(sled_engine::SledEngine::open(&cfg)?)
         };
@@ -857,6 +858,34 @@ mod tests {
         batch.remove(&a, b"k".to_vec());
         s.apply(&batch).unwrap();
         assert_eq!(a.get(b"k").unwrap(), None);
+    }
+
+    /// In-memory storage holds batches like any other, and its temporary folder (where the
+    /// database keeps its change log) goes when the last handle does, trees included.
+    #[test]
+    fn in_memory_storage_keeps_batches_and_removes_its_folder() {
+        let dir = std::env::temp_dir().join(format!("remodel-in-memory-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let s = Storage::open(EngineConfig {
+            path: Some(&dir),
+            temporary: true,
+            memory: true,
+            cache_bytes: 1 << 20,
+            flush_every_ms: Some(1),
+        })
+        .unwrap();
+        let (a, b) = (s.tree("a").unwrap(), s.tree("b").unwrap());
+        let mut batch = WriteBatch::default();
+        batch.insert(&a, b"k".to_vec(), b"1".to_vec());
+        batch.insert(&b, b"k".to_vec(), b"2".to_vec());
+        s.apply(&batch).unwrap();
+        s.flush_blocking().unwrap();
+        assert_eq!(a.get(b"k").unwrap().as_deref(), Some(&b"1"[..]));
+        assert_eq!(b.iter().count(), 1);
+        drop((s, batch));
+        assert!(dir.exists(), "a tree still refers to the storage");
+        drop((a, b));
+        assert!(!dir.exists());
     }
 
     /// A multi-key batch goes through the journal on disk (a crash must not leave part of
