@@ -361,7 +361,7 @@ mod tests {
             // the range, once each, in order.
             let mut it = t.range(lo, hi);
             let (mut front, mut back) = (Vec::new(), Vec::new());
-            for &from_front in steps.iter().chain(std::iter::repeat(&true).take(want.len() + 1)) {
+            for &from_front in steps.iter().chain(std::iter::repeat_n(&true, want.len() + 1)) {
                 let next = if from_front { it.next() } else { it.next_back() };
                 match next {
                     Some(r) => {
@@ -403,7 +403,7 @@ mod tests {
             let mut touched = std::collections::BTreeSet::new();
             let mut ended = false;
             for (from_front, k, insert) in steps.iter().copied().chain(
-                std::iter::repeat((true, 0, true)).take(200)) {
+                std::iter::repeat_n((true, 0, true), 200)) {
                 let next = if from_front { it.next() } else { it.next_back() };
                 match next {
                     Some(r) => {
@@ -461,7 +461,7 @@ mod tests {
         let mut it = t.range(Bound::Unbounded, Bound::Unbounded);
         let mut seen = Vec::new();
         let mut i = 0u32;
-        while let Some(r) = it.next() {
+        for r in it.by_ref() {
             seen.push(u32::from_be_bytes((*r.unwrap().0).try_into().unwrap()));
             // Writes behind and ahead of the iterator, and removals of entries ahead.
             if i < 1_000 {
