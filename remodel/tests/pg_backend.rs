@@ -22,7 +22,12 @@ async fn two_processes_see_each_others_writes() {
         return;
     };
     let a = Database::connect(pg.url()).await.expect("a connects");
-    let b = Database::connect(pg.url()).await.expect("b connects");
+    // b keeps its replica in a temporary sled store rather than in memory.
+    let b = remodel::postgres::Connect::new(pg.url())
+        .replica_in_memory(false)
+        .open()
+        .await
+        .expect("b connects");
     a.create_table("crew").await.unwrap();
     b.sync().await.unwrap();
     assert_eq!(b.table_names().unwrap(), vec!["crew".to_string()]);
