@@ -24,8 +24,33 @@ use std::sync::Arc;
 
 /// The most primary keys a `get_all` may name to run in place (see [`Query::offload`]).
 const SMALL_READ: usize = 16;
-/// How many primary-key lookups a `get_all` makes between two turns of the scheduler.
+/// How many primary-key lookups a `get_all` makes between two looks at the clock (see
+/// [`Turns`]).
 pub(crate) const KEYED_CHUNK: usize = 64;
+/// How long a read by keys runs in place before it gives the scheduler a turn.
+const TURN: std::time::Duration = std::time::Duration::from_micros(200);
+
+/// Turns given to the scheduler by a long read that runs in place: one every [`TURN`] of
+/// reading, not one per chunk. On a busy runtime each turn runs other tasks inside the
+/// read (a process's pumps, feeds, other requests), so a read of a few hundred keys that
+/// yields per chunk takes several times as long as the same gets one after another, which
+/// yield none; measured at the clock, a short batched read yields at most once or twice and
+/// a long one still every 200 µs.
+pub(crate) struct Turns(std::time::Instant);
+
+impl Turns {
+    pub(crate) fn new() -> Self {
+        Turns(std::time::Instant::now())
+    }
+
+    /// Yields when the read has run in place for [`TURN`] since the last turn.
+    pub(crate) async fn take(&mut self) {
+        if self.0.elapsed() >= TURN {
+            tokio::task::yield_now().await;
+            self.0 = std::time::Instant::now();
+        }
+    }
+}
 /// How many rows [`Query::stream`] reads per batch.
 const STREAM_BATCH: usize = 256;
 
@@ -284,9 +309,10 @@ impl Query {
     pub async fn run(&self) -> Result<Vec<Value>> {
         if self.is_keyed() {
             // Reads by primary key cost a lookup each: they run in place, a chunk at a time,
-            // giving the scheduler its turn in between (no thread handoff for a batched load).
+            // giving the scheduler a turn every 200 µs (no thread handoff for a batched load).
             let mut out = Vec::new();
             let mut rows = self.iter()?;
+            let mut turns = Turns::new();
             loop {
                 for _ in 0..KEYED_CHUNK {
                     match rows.next() {
@@ -294,7 +320,7 @@ impl Query {
                         None => return Ok(out),
                     }
                 }
-                tokio::task::yield_now().await;
+                turns.take().await;
             }
         }
         self.offload(|q| q.iter()?.collect()).await

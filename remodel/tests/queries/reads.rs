@@ -475,3 +475,35 @@ async fn an_iterator_over_a_dropped_table_ends_with_one_error() {
         assert!(it.next().is_none());
     }
 }
+
+/// A long `get_all` by primary keys runs in place but gives the scheduler turns as it goes:
+/// a timer of the same single-threaded runtime fires while it reads, not after.
+#[tokio::test(flavor = "current_thread")]
+async fn a_long_keyed_read_gives_the_scheduler_turns() {
+    let db = db().await;
+    db.create_table("t").await.unwrap();
+    let docs: Vec<Value> = (0..20_000).map(|i| json!({"id": i, "n": i})).collect();
+    db.table("t").insert_many(docs).await.unwrap();
+    let keys: Vec<Value> = (0..20_000).map(|i| json!(i)).collect();
+    let t = db.table("t");
+    let reader = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let mut reads = 0;
+        // Reads of every key again and again for 1.5 s: far longer than the timer.
+        while started.elapsed() < std::time::Duration::from_millis(1500) {
+            assert_eq!(t.get_all(keys.clone()).run().await.unwrap().len(), 20_000);
+            reads += 1;
+        }
+        reads
+    });
+    let started = std::time::Instant::now();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let late = started.elapsed();
+    assert!(reader.await.unwrap() > 0);
+    // One read of 20,000 keys takes several milliseconds: without turns inside it the
+    // timer would wait for a whole read (and on a loop of reads that never awaits, forever).
+    assert!(
+        late < std::time::Duration::from_millis(500),
+        "a 20 ms timer fired after {late:?}"
+    );
+}
