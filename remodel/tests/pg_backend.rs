@@ -715,8 +715,36 @@ async fn a_blocked_group_does_not_hold_up_the_writes_behind_it() {
         let db = db.clone();
         async move { db.table("locked").insert(json!({"id": 1})).await }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The first write's group waits for the lock on the server.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let waiting: i64 = admin
+                .query_one(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if waiting > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the first write waits for the table's lock");
     assert!(!blocked.is_finished(), "the lock holds the first write");
+    // More writes of the locked table queue behind it: a leader started because they wait
+    // must not take them to the lock too (with 2 connections, the writes of another table
+    // would then have none).
+    let more: Vec<_> = (2..6)
+        .map(|i| {
+            let db = db.clone();
+            tokio::spawn(async move { db.table("locked").insert(json!({"id": i})).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
     for i in 0..5 {
         tokio::time::timeout(
             Duration::from_secs(5),
@@ -740,6 +768,14 @@ async fn a_blocked_group_does_not_hold_up_the_writes_behind_it() {
         .unwrap()
         .unwrap();
     assert_eq!(r.inserted, 1);
+    for w in more {
+        let r = tokio::time::timeout(WAIT, w)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.inserted, 1);
+    }
     assert_eq!(db.table("free").count().await.unwrap(), 5);
-    assert_eq!(db.table("locked").count().await.unwrap(), 1);
+    assert_eq!(db.table("locked").count().await.unwrap(), 5);
 }

@@ -548,10 +548,16 @@ impl PgBackend {
         Ok(db)
     }
 
-    /// A connection for a commit (round robin); a closed one is replaced first.
+    /// A connection for a commit (round robin, passing over those a group commit leader
+    /// commits on while another is free: a statement queued behind a leader's group would
+    /// wait for it); a closed one is replaced first.
     async fn conn(&self) -> Result<Arc<Conn>> {
-        self.conn_at(self.next.fetch_add(1, Ordering::Relaxed))
-            .await
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let n = self.conns.len();
+        let free = (0..n)
+            .map(|k| start.wrapping_add(k))
+            .find(|&i| !self.groups.leads_on(i % n));
+        self.conn_at(free.unwrap_or(start)).await
     }
 
     /// Connection `n` (modulo their number); a closed one is replaced first. Each group

@@ -2,8 +2,9 @@
 //!
 //! Each write is staged on its own (against the replica, as always) and then queued here
 //! instead of being sent as a statement of its own. A *leader* (a task, at most one per
-//! commit connection; another starts when [`ANOTHER_LEADER_AT`] writes wait, or when a
-//! write has waited [`ANOTHER_LEADER_AFTER`] for its group) takes the queued writes of one
+//! commit connection, each on its own; another starts when [`ANOTHER_LEADER_AT`] writes
+//! wait, or when a write is still queued after [`ANOTHER_LEADER_AFTER`], and then starts
+//! with the writes of a table no group in flight is of) takes the queued writes of one
 //! table and durability whose keys do not
 //! overlap, up to [`MAX_COMMIT_CHANGES`] changes, and commits them with one execution of
 //! the table's prepared commit statement: one transaction, one commit record and flush, one
@@ -28,7 +29,7 @@ use super::backend::{Failure, PgBackend, MAX_COMMIT_CHANGES};
 use crate::{Error, Result};
 use parking_lot::Mutex;
 use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
@@ -39,10 +40,12 @@ use tokio::sync::oneshot;
 /// round): 8 gave 19,300 inserts/s, 32 gave 25,000/s, 48 (about one leader) 24,000-25,000/s.
 const ANOTHER_LEADER_AT: usize = 32;
 
-/// How long a write waits for its group before it starts another leader (on another
+/// How long a write waits in the queue before it starts another leader (on another
 /// connection, if one is free) whatever the queue's length: a leader whose group waits (for
-/// a table's lock that another process holds, a slow server) must not hold up every write
-/// queued behind it, of that table or any other.
+/// a table's lock that another process holds, a slow server) must not hold up the writes
+/// of other tables queued behind it. That leader starts with a table no group in flight is
+/// of ([`Pick::OtherTable`]), so that the leaders do not all end up waiting on one lock; a
+/// write already in a group starts none.
 const ANOTHER_LEADER_AFTER: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// A row of a single-table commit: key, document staged against (JSON text, `None`:
@@ -69,9 +72,22 @@ pub(super) struct TableCommit {
 /// write), `None`: a row is not what it was staged against (stage again).
 pub(super) type Outcome = Result<Option<i64>>;
 
+/// Which queued write a group starts with.
+#[derive(Clone, Copy)]
+enum Pick {
+    /// The oldest.
+    Oldest,
+    /// The oldest of a table with no group being committed: a leader started because the
+    /// others are slow must not wait on the same table's lock as they do.
+    OtherTable,
+}
+
 struct Queued {
     commit: TableCommit,
     done: oneshot::Sender<Outcome>,
+    /// Set when a leader takes the write into a group: from then on its caller waits for
+    /// the server, and starts no leader however long that takes.
+    taken: Arc<AtomicBool>,
 }
 
 /// The queue of writes waiting for a leader, and how many leaders run.
@@ -82,19 +98,39 @@ pub(super) struct GroupCommit {
     /// Which commit connections a leader commits on: each leader has its own, so that a
     /// group that waits on the server holds up no other leader's statements behind it.
     busy: Mutex<Vec<bool>>,
+    /// The tables of the groups being committed (one entry per group; taken under the
+    /// queue's lock, after it in lock order).
+    in_flight: Mutex<Vec<String>>,
 }
 
 impl GroupCommit {
-    /// Takes the next group: the first queued write, and every later one of the same table
-    /// and durability whose keys overlap none taken and none of an earlier write left
-    /// queued, while the group holds at most [`MAX_COMMIT_CHANGES`] changes. The others
-    /// stay queued, in order.
-    fn take_group(&self) -> Vec<Queued> {
+    /// Takes the next group: the first queued write (with `Pick::OtherTable`, the first of
+    /// a table with no group being committed), and every later one of the same table and
+    /// durability whose keys overlap none taken and none of an earlier write left queued,
+    /// while the group holds at most [`MAX_COMMIT_CHANGES`] changes. The others stay
+    /// queued, in order. The group's table counts as in flight until [`GroupCommit::landed`].
+    fn take_group(&self, pick: Pick) -> Vec<Queued> {
         let mut queue = self.queue.lock();
         // A write whose caller stopped waiting (its future dropped) is not sent: under a
         // caller that retries on a timeout, the queue would otherwise only grow.
         queue.retain(|q| !q.done.is_closed());
+        let at = match pick {
+            Pick::Oldest => 0,
+            Pick::OtherTable => {
+                let in_flight = self.in_flight.lock();
+                match queue
+                    .iter()
+                    .position(|q| !in_flight.contains(&q.commit.table))
+                {
+                    Some(at) => at,
+                    None => return Vec::new(),
+                }
+            }
+        };
+        // Those before it are of other tables: they keep their places.
+        let mut kept: VecDeque<Queued> = queue.drain(..at).collect();
         let Some(first) = queue.pop_front() else {
+            *queue = kept;
             return Vec::new();
         };
         let mut keys: HashSet<Vec<u8>> = first.commit.rows.iter().map(|r| r.key.clone()).collect();
@@ -103,7 +139,6 @@ impl GroupCommit {
         let mut passed: HashSet<Vec<u8>> = HashSet::new();
         let mut changes = first.commit.msgs.len();
         let mut group = vec![first];
-        let mut kept = VecDeque::with_capacity(queue.len());
         while let Some(next) = queue.pop_front() {
             let fits = next.commit.table == group[0].commit.table
                 && next.commit.hard == group[0].commit.hard
@@ -125,7 +160,24 @@ impl GroupCommit {
             }
         }
         *queue = kept;
+        for q in &group {
+            q.taken.store(true, Ordering::Release);
+        }
+        self.in_flight.lock().push(group[0].commit.table.clone());
         group
+    }
+
+    /// A group of `table` taken by [`GroupCommit::take_group`] has its outcome.
+    fn landed(&self, table: &str) {
+        let mut in_flight = self.in_flight.lock();
+        if let Some(at) = in_flight.iter().position(|t| t == table) {
+            in_flight.swap_remove(at);
+        }
+    }
+
+    /// Whether a leader commits on connection `conn`.
+    pub(super) fn leads_on(&self, conn: usize) -> bool {
+        self.busy.lock().get(conn).copied().unwrap_or(false)
     }
 
     /// Claims a leader's place if fewer than `max` lead: the connection (below `max`) that
@@ -150,18 +202,29 @@ impl GroupCommit {
     }
 }
 
-/// A leader's place while its task runs. A leader task that ends without giving it back
-/// (a panic, or its runtime shutting down while it waits on the server) gives it back when
-/// dropped; were it the last leader, the writes still queued would wait for one that never
-/// comes (a later write starts a leader only when none runs), so they get an error instead:
-/// they were never sent.
-struct LeaderPlace<'a> {
-    groups: &'a GroupCommit,
+/// A leader's place, from its claim until its task gives it back. A leader task that ends
+/// without giving it back (a panic, its runtime shutting down while it waits on the server,
+/// or before it ever ran) gives it back when dropped; were it the last leader, the writes
+/// still queued would wait for the next write's arrival or their own callers' timers to
+/// start another (on a runtime shutting down, never), so they get an error instead: they
+/// were never sent.
+struct LeaderPlace<G: std::ops::Deref<Target = GroupCommit>> {
+    groups: G,
     /// The leader's connection, while it holds the place.
     held: Option<usize>,
 }
 
-impl Drop for LeaderPlace<'_> {
+/// The group commit of a backend, owned (a spawned leader's place holds it).
+struct GroupsOf(Arc<PgBackend>);
+
+impl std::ops::Deref for GroupsOf {
+    type Target = GroupCommit;
+    fn deref(&self) -> &GroupCommit {
+        &self.0.groups
+    }
+}
+
+impl<G: std::ops::Deref<Target = GroupCommit>> Drop for LeaderPlace<G> {
     fn drop(&mut self) {
         let Some(conn) = self.held else {
             return;
@@ -183,13 +246,31 @@ impl Drop for LeaderPlace<'_> {
     }
 }
 
+/// Marks a group's table no longer in flight when dropped (also when its leader's task is
+/// dropped mid-commit).
+struct Landed<'a> {
+    groups: &'a GroupCommit,
+    table: String,
+}
+
+impl Drop for Landed<'_> {
+    fn drop(&mut self) {
+        self.groups.landed(&self.table);
+    }
+}
+
 impl PgBackend {
     /// Commits `commit` in a group with the writes of other tasks (see the module doc).
     pub(super) async fn commit_grouped(&self, commit: TableCommit) -> Outcome {
         let (done, result) = oneshot::channel();
+        let taken = Arc::new(AtomicBool::new(false));
         let queued = {
             let mut queue = self.groups.queue.lock();
-            queue.push_back(Queued { commit, done });
+            queue.push_back(Queued {
+                commit,
+                done,
+                taken: taken.clone(),
+            });
             queue.len()
         };
         // Another leader only for a queue worth a group of its own: more, smaller
@@ -197,7 +278,7 @@ impl PgBackend {
         let wanted =
             self.groups.leaders.load(Ordering::Acquire) == 0 || queued >= ANOTHER_LEADER_AT;
         if wanted {
-            self.start_leader()?;
+            self.start_leader(Pick::Oldest)?;
         }
         let mut result = result;
         loop {
@@ -205,63 +286,70 @@ impl PgBackend {
                 Ok(outcome) => {
                     return outcome.map_err(|_| self.failed().unwrap_or(Error::Closed))?
                 }
-                // The leaders are slow (a group waiting for a table's lock that another
-                // process holds, say): another connection takes the queue, if one is free.
-                Err(_) => self.start_leader()?,
+                // Still queued: the leaders are slow (a group waiting for a table's lock
+                // that another process holds, say), and another connection takes the
+                // queue's writes of other tables, if one is free.
+                Err(_) if !taken.load(Ordering::Acquire) => self.start_leader(Pick::OtherTable)?,
+                // In a group: waiting for the server, as its other writes are.
+                Err(_) => {}
             }
         }
     }
 
-    /// Starts a leader if fewer than one per connection lead.
-    fn start_leader(&self) -> Result<()> {
+    /// Starts a leader whose first group starts as `pick` says, if fewer than one per
+    /// connection lead.
+    fn start_leader(&self, pick: Pick) -> Result<()> {
+        let Some(me) = self.me() else {
+            return Err(Error::Closed);
+        };
         let Some(conn) = self.groups.claim(self.connections()) else {
             return Ok(());
         };
-        match self.me() {
-            Some(me) => {
-                tokio::spawn(async move { me.lead(conn).await });
-                Ok(())
-            }
-            None => {
-                self.groups.release(conn);
-                Err(Error::Closed)
-            }
-        }
-    }
-
-    /// A leader on commit connection `conn`: commits groups until the queue is empty.
-    async fn lead(self: Arc<Self>, mut conn: usize) {
-        let mut place = LeaderPlace {
-            groups: &self.groups,
+        // Made before the task: a task dropped before it ever runs gives the place back.
+        let place = LeaderPlace {
+            groups: GroupsOf(me.clone()),
             held: Some(conn),
         };
+        tokio::spawn(async move { me.lead(place, pick).await });
+        Ok(())
+    }
+
+    /// A leader: commits groups on its place's connection until the queue is empty (or,
+    /// started to relieve slow leaders, until no queued write is of a table that no group
+    /// in flight is of: it never takes a group to the table the others wait on).
+    async fn lead(self: Arc<Self>, mut place: LeaderPlace<GroupsOf>, pick: Pick) {
         loop {
-            let group = self.groups.take_group();
+            let Some(conn) = place.held else { return };
+            let group = self.groups.take_group(pick);
             if group.is_empty() {
                 place.held = None;
                 self.groups.release(conn);
                 // A write queued after the group was taken, by a task that found every
-                // leader's place taken, must not wait for a leader that is gone.
-                if self.groups.queue.lock().is_empty() {
+                // leader's place taken, must not wait for a leader that is gone. (A relief
+                // leader found nothing for it: the slow leaders it relieves are still there,
+                // and a write of theirs left waiting starts another relief after a while.)
+                if matches!(pick, Pick::OtherTable) || self.groups.queue.lock().is_empty() {
                     return;
                 }
                 match self.groups.claim(self.connections()) {
-                    Some(c) => {
-                        conn = c;
-                        place.held = Some(c);
-                    }
+                    Some(c) => place.held = Some(c),
                     None => return,
                 }
                 continue;
             }
+            let landed = Landed {
+                groups: &self.groups,
+                table: group[0].commit.table.clone(),
+            };
             self.commit_group(conn, group).await;
+            drop(landed);
         }
     }
 
     /// Commits a group as one transaction, or, when that fails, each write alone.
     async fn commit_group(&self, conn: usize, mut group: Vec<Queued>) {
         if group.len() == 1 {
-            if let Some(Queued { commit, done }) = group.pop() {
+            if let Some(Queued { commit, done, .. }) = group.pop() {
                 let _ = done.send(self.commit_table(conn, &commit).await);
             }
             return;
@@ -333,7 +421,14 @@ mod tests {
             msgs,
             hard,
         };
-        (Queued { commit, done }, rx)
+        (
+            Queued {
+                commit,
+                done,
+                taken: Arc::default(),
+            },
+            rx,
+        )
     }
 
     fn keys_of(group: &[Queued]) -> Vec<Vec<u8>> {
@@ -359,14 +454,51 @@ mod tests {
             groups.queue.lock().push_back(q);
             receivers.push(rx);
         }
-        assert_eq!(keys_of(&groups.take_group()), vec![vec![1, 2], vec![6]]);
+        assert_eq!(
+            keys_of(&groups.take_group(Pick::Oldest)),
+            vec![vec![1, 2], vec![6]]
+        );
         // Key 2 overlapped the first group, and key 4 a write left queued before it; the
         // next group starts with the oldest left.
-        assert_eq!(keys_of(&groups.take_group()), vec![vec![3]]);
-        assert_eq!(keys_of(&groups.take_group()), vec![vec![2, 4]]);
-        assert_eq!(keys_of(&groups.take_group()), vec![vec![5]]);
-        assert_eq!(keys_of(&groups.take_group()), vec![vec![4]]);
-        assert!(groups.take_group().is_empty());
+        assert_eq!(keys_of(&groups.take_group(Pick::Oldest)), vec![vec![3]]);
+        assert_eq!(keys_of(&groups.take_group(Pick::Oldest)), vec![vec![2, 4]]);
+        assert_eq!(keys_of(&groups.take_group(Pick::Oldest)), vec![vec![5]]);
+        assert_eq!(keys_of(&groups.take_group(Pick::Oldest)), vec![vec![4]]);
+        assert!(groups.take_group(Pick::Oldest).is_empty());
+    }
+
+    #[test]
+    fn a_relief_leader_takes_another_table_and_taken_writes_are_marked() {
+        let groups = GroupCommit::default();
+        let mut receivers = Vec::new();
+        let mut taken = Vec::new();
+        for (table, keys) in [
+            ("a", &[1u8][..]),
+            ("a", &[2][..]),
+            ("b", &[3][..]),
+            ("a", &[4][..]),
+        ] {
+            let (q, rx) = queued(table, keys, true);
+            taken.push(q.taken.clone());
+            groups.queue.lock().push_back(q);
+            receivers.push(rx);
+        }
+        // A group of `a` is being committed: a relief leader starts with `b`, and the
+        // writes of `a` before it keep their places.
+        let first = groups.take_group(Pick::Oldest);
+        assert_eq!(keys_of(&first), vec![vec![1], vec![2], vec![4]]);
+        assert!(taken[0].load(Ordering::Acquire) && !taken[2].load(Ordering::Acquire));
+        let (q, rx) = queued("a", &[5], true);
+        groups.queue.lock().push_back(q);
+        receivers.push(rx);
+        assert_eq!(keys_of(&groups.take_group(Pick::OtherTable)), vec![vec![3]]);
+        assert!(taken[2].load(Ordering::Acquire));
+        // Only `a` is left, and `a` is in flight: a relief leader takes nothing.
+        assert!(groups.take_group(Pick::OtherTable).is_empty());
+        groups.landed("a");
+        groups.landed("b");
+        assert_eq!(keys_of(&groups.take_group(Pick::OtherTable)), vec![vec![5]]);
+        assert!(groups.take_group(Pick::Oldest).is_empty());
     }
 
     #[test]
@@ -392,10 +524,14 @@ mod tests {
                 msgs,
                 hard: true,
             };
-            groups.queue.lock().push_back(Queued { commit, done });
+            groups.queue.lock().push_back(Queued {
+                commit,
+                done,
+                taken: Arc::default(),
+            });
         }
-        assert_eq!(groups.take_group().len(), 2);
-        assert_eq!(groups.take_group().len(), 1);
+        assert_eq!(groups.take_group(Pick::Oldest).len(), 2);
+        assert_eq!(groups.take_group(Pick::Oldest).len(), 1);
     }
 
     #[test]
@@ -450,7 +586,7 @@ mod tests {
         drop(rx);
         let (kept, _rx) = queued("a", &[2], false);
         groups.queue.lock().push_back(kept);
-        assert_eq!(keys_of(&groups.take_group()), vec![vec![2]]);
-        assert!(groups.take_group().is_empty());
+        assert_eq!(keys_of(&groups.take_group(Pick::Oldest)), vec![vec![2]]);
+        assert!(groups.take_group(Pick::Oldest).is_empty());
     }
 }
