@@ -1,16 +1,20 @@
 //! Group commit: the single-table writes of many tasks in one PostgreSQL transaction.
 //!
 //! Each write is staged on its own (against the replica, as always) and then queued here
-//! instead of being sent as a statement of its own. A *leader* (a task, at most one per
-//! commit connection, each on its own; another starts when [`ANOTHER_LEADER_AT`] writes
-//! wait, or when a write is still queued after [`ANOTHER_LEADER_AFTER`], and then starts
-//! with the writes of a table no group in flight is of) takes the queued writes of one
-//! table and durability whose keys do not
-//! overlap, up to [`MAX_COMMIT_CHANGES`] changes, and commits them with one execution of
-//! the table's prepared commit statement: one transaction, one commit record and flush, one
-//! batch for every process's pump to decode and apply. Writes that arrive while a group is
-//! being committed form the next group, so the groups grow with the load and an idle
-//! database commits a lone write at once, as before.
+//! instead of being sent as a statement of its own. A *leader* (a task committing on a
+//! connection of its own, at most one per commit connection) takes the queued writes of
+//! one table and durability whose keys do not overlap, up to [`MAX_COMMIT_CHANGES`]
+//! changes, and commits them with one execution of the table's prepared commit statement:
+//! one transaction, one commit record and flush, one batch for every process's pump to
+//! decode and apply. Writes that arrive while a group is being committed form the next
+//! group, so the groups grow with the load and an idle database commits a lone write at
+//! once, as before.
+//!
+//! Another leader starts when [`ANOTHER_LEADER_AT`] writes wait; and when a write is still
+//! queued after [`ANOTHER_LEADER_AFTER`], a *relief* leader starts that takes only writes
+//! of tables no group in flight is of, so that a group waiting on the server (for a table's
+//! lock another process holds) holds up neither the other tables' writes nor every
+//! connection.
 //!
 //! A group is all or nothing on the server, but its writes are not: when the server refuses
 //! a group (a row of one write is no longer what it was staged against, another process
