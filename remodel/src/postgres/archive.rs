@@ -541,9 +541,18 @@ impl PgBackend {
                 .await
                 .map_err(|e| pg_error(&e))?;
             let Some(meta) = meta else {
-                return Ok(Err(
-                    "no shared history is kept yet (no process archives)".into()
-                ));
+                // No flush yet: an archiver that has just been elected (or the process that
+                // took the cursor, archiving since a moment ago) makes its first within
+                // one flush interval; none at all is refused after the same wait as a
+                // history that lags.
+                drop(tx);
+                if begin.elapsed() > CATCH_UP_WAIT + TRY_EVERY {
+                    return Ok(Err(
+                        "no shared history is kept yet (no process archives)".into()
+                    ));
+                }
+                tokio::time::sleep(FLUSH_EVERY).await;
+                continue;
             };
             let bounds = Bounds {
                 upto: meta.get::<_, i64>(0) as u64,

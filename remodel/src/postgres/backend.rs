@@ -748,13 +748,6 @@ impl PgBackend {
                 .commit_rows_by_function(&conn, table, hard, rows, msgs)
                 .await;
         }
-        if !msgs.is_empty()
-            && rows
-                .iter()
-                .all(|r| r.write && r.old.is_none() && r.new.is_some())
-        {
-            return self.insert_rows(&conn, table, hard, rows, msgs).await;
-        }
         let keys: Vec<&[u8]> = rows.iter().map(|r| r.key.as_slice()).collect();
         let olds: Vec<Option<&str>> = rows.iter().map(|r| r.old.as_deref()).collect();
         let news: Vec<Option<&str>> = rows.iter().map(|r| r.new.as_deref()).collect();
@@ -791,27 +784,6 @@ impl PgBackend {
                 Err(failed(e))
             }
         }
-    }
-
-    /// [`PgBackend::commit_rows`] of rows that are all inserts, with the insert-only
-    /// statement ([`schema::insert_commit_sql`]): the most common commit, and the cheapest.
-    async fn insert_rows(
-        &self,
-        conn: &Conn,
-        table: &str,
-        hard: bool,
-        rows: &[&Row],
-        msgs: &[&[u8]],
-    ) -> std::result::Result<Option<i64>, CommitFailed> {
-        let keys: Vec<&[u8]> = rows.iter().map(|r| r.key.as_slice()).collect();
-        let news: Vec<Option<&str>> = rows.iter().map(|r| r.new.as_deref()).collect();
-        let (soft, lock) = (!hard, lock_name(&self.schema, table));
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
-            [&keys, &news, &soft, &lock, &msgs];
-        // Table names are letters, digits and `_`: no table's own key has a space.
-        let key = format!("insert {table}");
-        let sql = || schema::insert_commit_sql(&self.schema, table);
-        self.run_commit(conn, table, &key, sql, &params).await
     }
 
     /// [`PgBackend::commit_rows`] through the commit function, for rows that include a key
