@@ -241,7 +241,7 @@ fn open_storage(
         EngineConfig {
             path,
             temporary,
-            memory: temporary && config.in_memory,
+            memory: config.in_memory,
             cache_bytes: config.cache_bytes,
             flush_every_ms: Some(config.flush_interval.as_millis().max(1) as u64),
         },

@@ -540,39 +540,31 @@ impl PgBackend {
                 )
                 .await
                 .map_err(|e| pg_error(&e))?;
-            let Some(meta) = meta else {
-                // No flush yet: an archiver that has just been elected (or the process that
-                // took the cursor, archiving since a moment ago) makes its first within
-                // one flush interval; none at all is refused after the same wait as a
-                // history that lags.
-                drop(tx);
-                if begin.elapsed() > CATCH_UP_WAIT + TRY_EVERY {
-                    return Ok(Err(
-                        "no shared history is kept yet (no process archives)".into()
-                    ));
-                }
-                tokio::time::sleep(FLUSH_EVERY).await;
-                continue;
-            };
-            let bounds = Bounds {
-                upto: meta.get::<_, i64>(0) as u64,
-                floor: meta.get::<_, i64>(1) as u64,
-            };
-            if from < bounds.floor {
+            let bounds = meta.map(|m| Bounds {
+                upto: m.get::<_, i64>(0) as u64,
+                floor: m.get::<_, i64>(1) as u64,
+            });
+            if let Some(b) = bounds.as_ref().filter(|b| from < b.floor) {
                 return Ok(Err(format!(
                     "the shared history keeps only the changes from {:x} on",
-                    bounds.floor
+                    b.floor
                 )));
             }
-            if bounds.upto + 1 < to {
+            // Not there yet: no flush so far (an archiver just elected, or the process that
+            // took the cursor archiving since a moment ago, makes its first within one
+            // flush interval), or the history ends before `to`. Both are waited for.
+            if bounds.as_ref().is_none_or(|b| b.upto + 1 < to) {
                 drop(tx);
                 if begin.elapsed() > CATCH_UP_WAIT + TRY_EVERY {
-                    return Ok(Err(format!(
-                        "the shared history reaches only {:x}, not {:x} (no process archives \
-                         what this one needs)",
-                        bounds.upto,
-                        to - 1
-                    )));
+                    return Ok(Err(match bounds {
+                        None => "no shared history is kept yet (no process archives)".into(),
+                        Some(b) => format!(
+                            "the shared history reaches only {:x}, not {:x} (no process \
+                             archives what this one needs)",
+                            b.upto,
+                            to - 1
+                        ),
+                    }));
                 }
                 tokio::time::sleep(FLUSH_EVERY).await;
                 continue;

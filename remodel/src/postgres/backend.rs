@@ -755,32 +755,22 @@ impl PgBackend {
         let (soft, lock) = (!hard, lock_name(&self.schema, table));
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
             [&keys, &olds, &news, &msgs, &soft, &lock, &writes];
-        let sql = || schema::single_table_commit_sql(&self.schema, table);
-        self.run_commit(&conn, table, table, sql, &params).await
-    }
-
-    /// Runs a table's commit statement, prepared on `conn` under `key` (from `sql` the first
-    /// time), with `params`: the transaction id it returns, `None` to stage again, or the
-    /// failure (after which the statement is prepared anew: its table may have been dropped
-    /// and made again).
-    async fn run_commit(
-        &self,
-        conn: &Conn,
-        table: &str,
-        key: &str,
-        sql: impl FnOnce() -> String,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> std::result::Result<Option<i64>, CommitFailed> {
         let failed = |e: tokio_postgres::Error| CommitFailed {
             error: commit_error(&e, table),
             how: Failure::of(&e),
         };
-        let statement = conn.prepared(key, sql).await.map_err(failed)?;
-        match conn.client.query_one(&statement, params).await {
+        let statement = conn
+            .prepared(table, || {
+                schema::single_table_commit_sql(&self.schema, table)
+            })
+            .await
+            .map_err(failed)?;
+        match conn.client.query_one(&statement, &params).await {
             Ok(row) => Ok(self.committed(row.get(0))),
             Err(e) if is_restage(&e) => Ok(None),
             Err(e) => {
-                conn.prepared.lock().remove(key);
+                // A table dropped and made again: prepare anew next time.
+                conn.prepared.lock().remove(table);
                 Err(failed(e))
             }
         }

@@ -25,7 +25,6 @@ const CHUNK: usize = 64;
 const FIRST_CHUNK: usize = 4;
 
 /// The trees of one in-memory database, by name.
-#[derive(Default)]
 pub(crate) struct MemoryEngine {
     trees: Mutex<HashMap<String, Arc<MemoryTree>>>,
     folder: Option<Arc<Folder>>,
@@ -335,7 +334,7 @@ mod tests {
             steps in proptest::collection::vec(any::<bool>(), 0..400),
             prefix in key(),
         ) {
-            let engine = MemoryEngine::default();
+            let engine = MemoryEngine::new(None);
             let t = tree(&engine);
             let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
             for (k, v) in &writes {
@@ -393,7 +392,7 @@ mod tests {
             start in proptest::collection::btree_set(0u8..64, 0..40),
             steps in proptest::collection::vec((any::<bool>(), 0u8..64, any::<bool>()), 0..120),
         ) {
-            let engine = MemoryEngine::default();
+            let engine = MemoryEngine::new(None);
             let t = tree(&engine);
             for k in &start {
                 t.write(&[*k], Some(b"")).unwrap();
@@ -453,7 +452,7 @@ mod tests {
 
     #[test]
     fn an_iterator_sees_no_entry_twice_and_stays_in_order_under_writes() {
-        let engine = MemoryEngine::default();
+        let engine = MemoryEngine::new(None);
         let t = tree(&engine);
         for i in 0..1_000u32 {
             t.write(&(i * 2).to_be_bytes(), Some(b"v")).unwrap();
@@ -484,7 +483,7 @@ mod tests {
 
     #[test]
     fn a_dropped_tree_refuses_its_handles_and_a_new_one_starts_empty() {
-        let engine = MemoryEngine::default();
+        let engine = MemoryEngine::new(None);
         let t = tree(&engine);
         t.write(b"a", Some(b"1")).unwrap();
         let mut it = t.range(Bound::Unbounded, Bound::Unbounded);
@@ -505,7 +504,7 @@ mod tests {
         assert_eq!(successor(&[1, 0xff]), Some(vec![2]));
         assert_eq!(successor(&[0xff, 0xff]), None);
         assert_eq!(successor(&[]), None);
-        let engine = MemoryEngine::default();
+        let engine = MemoryEngine::new(None);
         let t = tree(&engine);
         for k in [&[0xfe][..], &[0xff], &[0xff, 0], &[0xff, 0xff, 1]] {
             t.write(k, Some(b"")).unwrap();
