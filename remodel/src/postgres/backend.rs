@@ -51,8 +51,9 @@
 //! commit is one) and writes staged again (`restaged`), whether
 //! this process archives (`archiving`), the history's end as it last saw it
 //! (`archived_upto`), and, archiving, the applied changes not yet in the history and how
-//! long the oldest has waited (`archive_lag_changes`, `archive_lag_ms`), and whether the
-//! replica still follows the database (`following`).
+//! long the oldest has waited (`archive_lag_changes`, `archive_lag_ms`), whether the
+//! replica still follows the database (`following`), and how many writes wait for it to
+//! catch up (`sync_waiters`).
 //!
 //! [`Cursor`]: crate::Cursor
 
@@ -667,10 +668,14 @@ impl PgBackend {
             a.token_waiters.insert(token.clone(), tx);
             rx
         };
-        if let Err(e) = emit_token(&client, &token).await {
-            self.applied.lock().token_waiters.remove(&token);
-            return Err(e);
-        }
+        // Whatever ends the wait (the token applied, an error, the caller dropping this
+        // future before the token was even sent) takes the waiter out: a token that never
+        // reaches the server is never applied, and its waiter would stay for good.
+        let _waiting = TokenWait {
+            applied: &self.applied,
+            token: &token,
+        };
+        emit_token(&client, &token).await?;
         match rx.await {
             Ok(()) => Ok(()),
             Err(_) => match self.failed() {
@@ -910,9 +915,9 @@ impl PgBackend {
             .get()
             .await
             .map_err(|e| Error::storage(format!("postgresql pool: {e}")))?;
-        // Until the locks are let go below, a cancelled write (its future dropped) closes
-        // this connection instead of returning it to the pool: its session, and every lock
-        // it holds or waits for, ends with it.
+        // Until the locks are let go below, a cancelled write (its future dropped) cancels
+        // its statement and closes this connection instead of returning it to the pool:
+        // its session, and every lock it holds or waits for, ends with it.
         let mut held = LockedConnection(Some(conn));
         let Some(client) = held.0.as_ref() else {
             return Err(Error::Unusable("the locked connection was lost".into()));
@@ -1174,13 +1179,38 @@ fn ddl_table(ddl: &Ddl) -> &String {
     }
 }
 
-/// A pooled connection that may hold session advisory locks: dropped while it still holds
-/// one, it is closed rather than returned to the pool.
+/// A pooled connection that may hold (or wait for) session advisory locks: dropped while
+/// it still does, its statement is cancelled and it is closed rather than returned to the
+/// pool.
 struct LockedConnection(Option<deadpool_postgres::Object>);
+
+/// A sync token's waiter, taken out of [`Applied::token_waiters`] when the wait ends
+/// (the pump takes it out first when it applies the token).
+struct TokenWait<'a> {
+    applied: &'a Mutex<Applied>,
+    token: &'a [u8],
+}
+
+impl Drop for TokenWait<'_> {
+    fn drop(&mut self) {
+        self.applied.lock().token_waiters.remove(self.token);
+    }
+}
 
 impl Drop for LockedConnection {
     fn drop(&mut self) {
         if let Some(conn) = self.0.take() {
+            // A session blocked waiting for a lock does not notice that its client closed
+            // the connection: it would stay queued, take the lock when its holder lets go,
+            // and hold up the table's writes until it tried to answer. Cancelling the
+            // statement (whatever it is: nothing else is sent on this connection) ends it
+            // at once; a session that is idle ignores the request.
+            let cancel = conn.cancel_token();
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = cancel.cancel_query(tokio_postgres::NoTls).await;
+                });
+            }
             drop(deadpool_postgres::Object::take(conn));
         }
     }
@@ -1267,6 +1297,9 @@ impl Backend for PgBackend {
             "archive_lag_changes": pending,
             "archive_lag_ms": waiting.as_secs_f64() * 1000.0,
             "following": self.applied.lock().error().is_none(),
+            // Writes waiting for this process's replica to catch up (each with a token of
+            // its own in flight): 0 when nothing is being written.
+            "sync_waiters": self.applied.lock().token_waiters.len(),
         })]
     }
 }
