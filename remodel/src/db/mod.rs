@@ -422,6 +422,9 @@ impl Database {
                 spec: spec.clone(),
             };
             b.clone().ddl(self.clone(), ddl).await?;
+            // The table as it is now: the one the index went to may not be `t` (another
+            // process dropped it and made another of the same name meanwhile).
+            let t = self.table_state(table)?;
             if t.indexes.read().iter().any(|i| i.name == name) {
                 return Ok(());
             }

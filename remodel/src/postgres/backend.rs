@@ -82,6 +82,10 @@ pub const MAX_COMMIT_CHANGES: usize = 1 << OP_BITS;
 /// How many times a write is staged again when the rows it read changed meanwhile, before it
 /// takes its table's lock instead (then it cannot be overtaken).
 const RESTAGES_BEFORE_LOCKING: usize = 8;
+
+/// How many times a write that selects its rows at commit takes its tables' locks again
+/// after PostgreSQL picked its wait as a deadlock's victim (see `commit_locked`).
+const LOCK_DEADLOCK_RETRIES: usize = 5;
 /// How many applied transaction ids are remembered for writers that ask after the fact, and
 /// for how long.
 const RECENT_XIDS: usize = 1 << 16;
@@ -269,6 +273,11 @@ impl Failure {
 }
 
 /// Whether the error means "staged against a stale row: stage again".
+/// Whether PostgreSQL ended the statement as a deadlock's victim.
+fn is_deadlock(e: &tokio_postgres::Error) -> bool {
+    e.code().map(|c| c.code()) == Some("40P01")
+}
+
 fn is_restage(e: &tokio_postgres::Error) -> bool {
     matches!(
         e.code().map(|c| c.code()),
@@ -923,19 +932,25 @@ impl PgBackend {
             return Err(Error::Unusable("the locked connection was lost".into()));
         };
         let client: &Client = client;
-        let mut locked = Ok(());
-        for t in &tables {
-            let lock = client
-                .execute(
-                    "SELECT pg_advisory_lock(hashtextextended($1, 0))",
-                    &[&lock_name(&self.schema, t)],
-                )
-                .await;
-            if let Err(e) = lock {
-                locked = Err(pg_error(&e));
-                break;
+        // PostgreSQL may pick a lock's wait as a deadlock's victim: a drop of the table
+        // holds its advisory lock and waits for the relation, while a grouped write holds
+        // the relation and waits behind this one. Nothing is held then but the locks
+        // already taken: let them go and take them all again.
+        let mut victims = 0;
+        let locked = loop {
+            match self.lock_tables(client, &tables).await {
+                Err(e) if is_deadlock(&e) && victims < LOCK_DEADLOCK_RETRIES => {
+                    victims += 1;
+                    if let Err(e) = client
+                        .batch_execute("SELECT pg_advisory_unlock_all()")
+                        .await
+                    {
+                        break Err(pg_error(&e));
+                    }
+                }
+                other => break other.map_err(|e| pg_error(&e)),
             }
-        }
+        };
         let result = match locked {
             Ok(()) => self.commit_selected(db, client, select, how).await,
             Err(e) => Err(e),
@@ -949,6 +964,23 @@ impl PgBackend {
         let result = result?;
         unlocked.map_err(|e| pg_error(&e))?;
         Ok(result)
+    }
+
+    /// Takes the advisory locks of `tables`, in order, on `client`'s session.
+    async fn lock_tables(
+        &self,
+        client: &Client,
+        tables: &[String],
+    ) -> std::result::Result<(), tokio_postgres::Error> {
+        for t in tables {
+            client
+                .execute(
+                    "SELECT pg_advisory_lock(hashtextextended($1, 0))",
+                    &[&lock_name(&self.schema, t)],
+                )
+                .await?;
+        }
+        Ok(())
     }
 
     async fn commit_selected(
@@ -1117,6 +1149,11 @@ impl PgBackend {
                     .await
                     .map_err(DdlFailure::of)?;
                 if n == 0 {
+                    // No row updated: the index is there, or the table is not (dropped by
+                    // another process while this waited for its lock).
+                    if !catalog_has(tx, &catalog, table).await? {
+                        return Err(no_table().into());
+                    }
                     return Err(Error::IndexExists {
                         table: table.clone(),
                         index: index.clone(),
@@ -1135,6 +1172,9 @@ impl PgBackend {
                     .await
                     .map_err(DdlFailure::of)?;
                 if n == 0 {
+                    if !catalog_has(tx, &catalog, table).await? {
+                        return Err(no_table().into());
+                    }
                     return Err(Error::NoSuchIndex {
                         table: table.clone(),
                         index: index.clone(),
@@ -1145,6 +1185,22 @@ impl PgBackend {
         }
         Ok(())
     }
+}
+
+/// Whether the catalog (`catalog`, the schema's catalog relation) has a row for `table`.
+async fn catalog_has(
+    tx: &tokio_postgres::Transaction<'_>,
+    catalog: &str,
+    table: &str,
+) -> std::result::Result<bool, DdlFailure> {
+    let rows = tx
+        .query(
+            &format!("SELECT 1 FROM {catalog} WHERE name = $1"),
+            &[&table],
+        )
+        .await
+        .map_err(DdlFailure::of)?;
+    Ok(!rows.is_empty())
 }
 
 /// Why a DDL transaction failed: as PostgreSQL's pick of a deadlock's victim (run it again),
