@@ -1155,7 +1155,7 @@ async fn rules_change_while_away() {
     .await;
     let mut pages = Vec::new();
     for user in ["u0", "u1"] {
-        let mut p = Page::new(format!("{user}"), user);
+        let mut p = Page::new(user.to_string(), user);
         p.add(1, "mine", json!(null));
         p.add(2, "grp_mine", json!({"grp": 0}));
         p.add(3, "grp", json!({"grp": 0}));

@@ -1022,3 +1022,90 @@ async fn a_dropped_locked_write_stops_waiting_for_the_lock() {
         json!(2)
     );
 }
+
+/// A write that read a key as absent and left it so (an update of a missing row: skipped)
+/// commits with that key only *checked*; it must never delete a row another process
+/// inserted under that key meanwhile. (The commit function checked its rows, then deleted
+/// every row staged with no new document, checked ones included, in a later statement whose
+/// snapshot could hold another process's insert made in between: acknowledged inserts
+/// vanished from PostgreSQL while every replica and the history kept them.) Here A's tasks
+/// update missing rows while B inserts and deletes them; at the end PostgreSQL, A, B and a
+/// fresh process must hold the same rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skipped_update_never_deletes_a_row_inserted_meanwhile() {
+    let Some(pg) = database("a_skipped_update_never_deletes_a_row_inserted_meanwhile").await else {
+        return;
+    };
+    let a = Connect::new(pg.url())
+        .connections(4)
+        .open()
+        .await
+        .expect("a connects");
+    let b = Connect::new(pg.url())
+        .connections(4)
+        .open()
+        .await
+        .expect("b connects");
+    a.create_table("t0").await.expect("a table");
+    b.sync().await.expect("b syncs");
+    const KEYS: usize = 4;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let (t, stop) = (a.table("t0"), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let key = format!("k{}", (n as usize + i) % KEYS);
+                // Skipped when the row is missing; an update when it is there.
+                let _ = t.get(key.as_str()).update(json!({"a": n})).await;
+            }
+        }));
+    }
+    for i in 0..4 {
+        let (t, stop) = (b.table("t0"), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let key = format!("k{}", (n as usize + i) % KEYS);
+                let _ = t
+                    .insert(json!({"id": key, "b": n}))
+                    .conflict(Conflict::Replace)
+                    .await;
+                if n.is_multiple_of(2) {
+                    let _ = t.get(key.as_str()).delete().await;
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, Ordering::Relaxed);
+    // (Before the fix, writes to a key whose row PostgreSQL had lost went on being staged
+    // again: the tasks did not end.)
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(20), t)
+            .await
+            .expect("every writing task ends within 20 s of the stop")
+            .expect("a task");
+    }
+    let admin = pg.connect().await.expect("a raw connection");
+    let in_pg: BTreeSet<String> = admin
+        .query("SELECT doc->>'id' FROM remodel.t_t0", &[])
+        .await
+        .expect("read back")
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect();
+    let c = Database::connect(pg.url()).await.expect("c connects");
+    for (name, db) in [("a", &a), ("b", &b), ("c", &c)] {
+        db.sync().await.expect("syncs");
+        let rows = db.table("t0").run().await.expect("read");
+        let ids: BTreeSet<String> = rows
+            .iter()
+            .filter_map(|r| r["id"].as_str().map(str::to_string))
+            .collect();
+        assert_eq!(ids, in_pg, "{name}'s replica against PostgreSQL");
+    }
+}

@@ -110,10 +110,14 @@ BEGIN
     END LOOP;
     FOR t IN SELECT DISTINCT x FROM unnest(tbls) AS x ORDER BY 1 LOOP
         rel := format('%I.%I', '{schema_text}', t);
+        -- Only rows staged present are deleted: a row staged absent and left so (only
+        -- checked) may have been inserted by another process since the check above, and
+        -- this statement's snapshot, newer than the check's, would see it.
         EXECUTE format(
-            'DELETE FROM %s AS d USING unnest($1::text[], $2::bytea[], $3::text[]) AS c(tb, k, new)
-             WHERE c.tb = $4 AND c.new IS NULL AND d.k = c.k', rel)
-        USING tbls, keys, news, t;
+            'DELETE FROM %s AS d
+             USING unnest($1::text[], $2::bytea[], $3::text[], $4::text[]) AS c(tb, k, old, new)
+             WHERE c.tb = $5 AND c.old IS NOT NULL AND c.new IS NULL AND d.k = c.k', rel)
+        USING tbls, keys, olds, news, t;
         EXECUTE format(
             'UPDATE %s AS d SET doc = c.new::json
              FROM unnest($1::text[], $2::bytea[], $3::text[], $4::text[]) AS c(tb, k, old, new)
