@@ -1109,3 +1109,59 @@ async fn a_skipped_update_never_deletes_a_row_inserted_meanwhile() {
         assert_eq!(ids, in_pg, "{name}'s replica against PostgreSQL");
     }
 }
+
+/// A row deleted in PostgreSQL behind Remodel's back (a write made outside it, which no
+/// replica hears of): writes of that key get a typed error, within seconds; they neither
+/// hang nor spin, and the other keys are written as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_deleted_outside_remodel_gives_writes_an_error_not_a_hang() {
+    let Some(pg) = database("a_row_deleted_outside_remodel_gives_writes_an_error_not_a_hang").await
+    else {
+        return;
+    };
+    let a = Database::connect(pg.url()).await.expect("a connects");
+    a.create_table("t0").await.expect("a table");
+    for id in ["k", "other"] {
+        a.table("t0")
+            .insert(json!({"id": id, "n": 0}))
+            .await
+            .expect("a row");
+    }
+    let admin = pg.connect().await.expect("a raw connection");
+    let gone = admin
+        .execute("DELETE FROM remodel.t_t0 WHERE doc->>'id' = 'k'", &[])
+        .await
+        .expect("deleted behind Remodel's back");
+    assert_eq!(gone, 1);
+    for (what, write) in [
+        (
+            "update",
+            a.table("t0").get("k").update(json!({"n": 1})).into_future(),
+        ),
+        ("delete", a.table("t0").get("k").delete().into_future()),
+        (
+            "replace",
+            a.table("t0")
+                .insert(json!({"id": "k", "n": 2}))
+                .conflict(Conflict::Replace)
+                .into_future(),
+        ),
+    ] {
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(Duration::from_secs(20), write).await;
+        println!("{what}: {outcome:?} after {:?}", started.elapsed());
+        assert!(
+            matches!(outcome, Ok(Err(_))),
+            "{what} of a row PostgreSQL lost: {outcome:?}"
+        );
+    }
+    let other = tokio::time::timeout(
+        Duration::from_secs(5),
+        a.table("t0")
+            .get("other")
+            .update(json!({"n": 3}))
+            .into_future(),
+    )
+    .await;
+    assert!(matches!(other, Ok(Ok(_))), "{other:?}");
+}
