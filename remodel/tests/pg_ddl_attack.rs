@@ -79,8 +79,11 @@
 //! varies).
 #![cfg(feature = "postgres")]
 
+mod pg_attack;
+
 use futures::StreamExt;
-use remodel::postgres::{Connect, TestCluster, TestDatabase};
+use pg_attack::{advisory_locks, database, seed, Rng};
+use remodel::postgres::Connect;
 use remodel::{field, ChangeKind, Database, Error, IndexSpec, WriteResult};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -104,25 +107,6 @@ const INDEX: &str = "ix_by";
 
 fn table_name(t: usize) -> String {
     format!("t{t}")
-}
-
-/// A small deterministic generator (splitmix64), one per task.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
 }
 
 /// One incarnation of the dropped table, as C saw it (times of its calls).
@@ -590,53 +574,6 @@ async fn feed_watcher(
     }
 }
 
-async fn database(test: &str) -> Option<TestDatabase> {
-    let cluster = TestCluster::shared_or_skip(test)?;
-    Some(cluster.create_database().await.expect("a test database"))
-}
-
-fn seed() -> u64 {
-    std::env::var("DDL_ATTACK_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        })
-}
-
-/// The tables' advisory locks held, and any advisory lock awaited, in the test database.
-/// (The archiver's session lock is not a table's.)
-async fn advisory_locks(client: &remodel::postgres::tokio_postgres::Client) -> Vec<String> {
-    let rows = client
-        .query(
-            "SELECT l.pid, l.granted, l.mode, coalesce(a.state, '?'), coalesce(a.query, '?') \
-             FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid \
-             WHERE l.locktype = 'advisory' AND l.database = \
-               (SELECT oid FROM pg_database WHERE datname = current_database()) \
-             AND (NOT l.granted OR ((l.classid::bigint << 32) | l.objid::bigint) = ANY( \
-               SELECT hashtextextended('remodel:remodel.t_t' || n, 0) \
-               FROM generate_series(0, $1::int - 1) AS n))",
-            &[&(TABLES as i32)],
-        )
-        .await
-        .expect("pg_locks");
-    rows.iter()
-        .map(|r| {
-            format!(
-                "pid {} granted {} mode {} state {} query {}",
-                r.get::<_, i32>(0),
-                r.get::<_, bool>(1),
-                r.get::<_, String>(2),
-                r.get::<_, String>(3),
-                r.get::<_, String>(4)
-            )
-        })
-        .collect()
-}
-
 /// How many advisory locks are awaited (not granted) in the test database.
 async fn awaited_advisory_locks(client: &remodel::postgres::tokio_postgres::Client) -> i64 {
     client
@@ -674,7 +611,7 @@ async fn drop_and_recreate_under_load() {
     let Some(pg) = database("drop_and_recreate_under_load").await else {
         return;
     };
-    let seed = seed();
+    let seed = seed("DDL_ATTACK_SEED");
     println!("DDL_ATTACK_SEED={seed}");
     let t_start = Instant::now();
 
@@ -1008,11 +945,11 @@ async fn drop_and_recreate_under_load() {
 
     // No table lock left held or awaited.
     let admin = pg.connect().await.expect("a raw connection");
-    let mut locks = advisory_locks(&admin).await;
+    let mut locks = advisory_locks(&admin, TABLES).await;
     let until = Instant::now() + LIVENESS;
     while !locks.is_empty() && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        locks = advisory_locks(&admin).await;
+        locks = advisory_locks(&admin, TABLES).await;
     }
     if !locks.is_empty() {
         failures.push(format!("advisory locks left after the storm: {locks:#?}"));

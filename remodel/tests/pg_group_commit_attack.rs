@@ -50,8 +50,11 @@
 //! The seed is printed; set `GC_ATTACK_SEED` to replay one (the interleaving still varies).
 #![cfg(feature = "postgres")]
 
+mod pg_attack;
+
 use futures::StreamExt;
-use remodel::postgres::{Connect, TestCluster, TestDatabase};
+use pg_attack::{advisory_locks, database, seed, Rng};
+use remodel::postgres::Connect;
 use remodel::{field, ChangeKind, Conflict, Database, Durability, WriteResult};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -74,25 +77,6 @@ const LIVE: &str = "live";
 
 fn table_name(t: usize) -> String {
     format!("t{t}")
-}
-
-/// A small deterministic generator (splitmix64), one per task.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
 }
 
 /// The states a key (or a hot document's field) may be in: `None` absent, `Some(seq)` the
@@ -543,61 +527,13 @@ async fn replay_feed(mut feed: remodel::Feed) -> Result<BTreeMap<String, Value>,
     }
 }
 
-async fn database(test: &str) -> Option<TestDatabase> {
-    let cluster = TestCluster::shared_or_skip(test)?;
-    Some(cluster.create_database().await.expect("a test database"))
-}
-
-fn seed() -> u64 {
-    std::env::var("GC_ATTACK_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        })
-}
-
-/// The tables' advisory locks (`remodel:<schema>.t_<table>`, see `schema::lock_name`) held,
-/// and any advisory lock awaited, in the test database, with their sessions. (The archiver's
-/// session lock, held by one process for as long as it runs, is not a table's.)
-async fn advisory_locks(client: &remodel::postgres::tokio_postgres::Client) -> Vec<String> {
-    let rows = client
-        .query(
-            "SELECT l.pid, l.granted, l.mode, coalesce(a.state, '?'), coalesce(a.query, '?') \
-             FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid \
-             WHERE l.locktype = 'advisory' AND l.database = \
-               (SELECT oid FROM pg_database WHERE datname = current_database()) \
-             AND (NOT l.granted OR ((l.classid::bigint << 32) | l.objid::bigint) = ANY( \
-               SELECT hashtextextended('remodel:remodel.t_t' || n, 0) \
-               FROM generate_series(0, $1::int - 1) AS n))",
-            &[&(TABLES as i32)],
-        )
-        .await
-        .expect("pg_locks");
-    rows.iter()
-        .map(|r| {
-            format!(
-                "pid {} granted {} mode {} state {} query {}",
-                r.get::<_, i32>(0),
-                r.get::<_, bool>(1),
-                r.get::<_, String>(2),
-                r.get::<_, String>(3),
-                r.get::<_, String>(4)
-            )
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_commit_storm_with_cancellations_locks_and_bad_input() {
     let Some(pg) = database("group_commit_storm_with_cancellations_locks_and_bad_input").await
     else {
         return;
     };
-    let seed = seed();
+    let seed = seed("GC_ATTACK_SEED");
     println!("GC_ATTACK_SEED={seed}");
     let t0 = Instant::now();
 
@@ -728,11 +664,11 @@ async fn group_commit_storm_with_cancellations_locks_and_bad_input() {
     // The burst updated t0's `live` (the other tables have none: skipped).
     // No advisory lock left held or awaited (a closed session's may take a moment to go).
     let admin = pg.connect().await.expect("a raw connection");
-    let mut locks = advisory_locks(&admin).await;
+    let mut locks = advisory_locks(&admin, TABLES).await;
     let until = Instant::now() + LIVENESS;
     while !locks.is_empty() && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        locks = advisory_locks(&admin).await;
+        locks = advisory_locks(&admin, TABLES).await;
     }
     if !locks.is_empty() {
         failures.push(format!("advisory locks left after the storm: {locks:#?}"));
@@ -987,11 +923,11 @@ async fn a_dropped_locked_write_stops_waiting_for_the_lock() {
     // The dropped write's session no longer waits for the lock (a moment for it to go).
     let admin = pg.connect().await.expect("a raw connection");
     let until = Instant::now() + Duration::from_secs(3);
-    let mut waiting = advisory_locks(&admin).await;
+    let mut waiting = advisory_locks(&admin, TABLES).await;
     waiting.retain(|l| l.contains("granted false"));
     while !waiting.is_empty() && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        waiting = advisory_locks(&admin).await;
+        waiting = advisory_locks(&admin, TABLES).await;
         waiting.retain(|l| l.contains("granted false"));
     }
     assert!(

@@ -69,9 +69,12 @@
 //! varies).
 #![cfg(feature = "postgres")]
 
+mod pg_attack;
+
 use futures::StreamExt;
+use pg_attack::{database, seed, Rng};
 use remodel::postgres::tokio_postgres::Client;
-use remodel::postgres::{Connect, TestCluster, TestDatabase};
+use remodel::postgres::Connect;
 use remodel::{field, Change, ChangeKind, Conflict, Cursor, Database, Error, IndexSpec, Order};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -87,43 +90,6 @@ const STORM: Duration = Duration::from_secs(8);
 const HANG: Duration = Duration::from_secs(40);
 /// After the storm, a feed that delivered nothing for this long (its handle synced) is done.
 const IDLE: Duration = Duration::from_millis(1500);
-
-/// A small deterministic generator (splitmix64).
-#[derive(Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
-
-fn seed() -> u64 {
-    std::env::var("REPL_ATTACK_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        })
-}
-
-async fn database(test: &str) -> Option<TestDatabase> {
-    let cluster = TestCluster::shared_or_skip(test)?;
-    Some(cluster.create_database().await.expect("a test database"))
-}
 
 fn key(k: u64) -> String {
     format!("k{k:02}")
@@ -514,7 +480,7 @@ async fn walsender_kills_during_a_write_storm() {
     let Some(pg) = database("walsender_kills_during_a_write_storm").await else {
         return;
     };
-    let seed = seed();
+    let seed = seed("REPL_ATTACK_SEED");
     println!("REPL_ATTACK_SEED={seed}");
     let t0 = Instant::now();
     let a = Connect::new(pg.url())
