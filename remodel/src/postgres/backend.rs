@@ -272,12 +272,12 @@ impl Failure {
     }
 }
 
-/// Whether the error means "staged against a stale row: stage again".
 /// Whether PostgreSQL ended the statement as a deadlock's victim.
 fn is_deadlock(e: &tokio_postgres::Error) -> bool {
     e.code().map(|c| c.code()) == Some("40P01")
 }
 
+/// Whether the error means "staged against a stale row: stage again".
 fn is_restage(e: &tokio_postgres::Error) -> bool {
     matches!(
         e.code().map(|c| c.code()),
