@@ -584,7 +584,10 @@ impl Batch {
     }
 
     /// Fails the whole batch with [`Error::NotFound`] if the document with this key is not
-    /// there when the batch commits (before the batch's own writes).
+    /// there when the batch commits (before the batch's own writes), or if another step of
+    /// the batch deletes it (what refers to it would be left behind). A requirement put
+    /// just before a write or delete of the same document is that write's own: the batch may
+    /// update a document and then delete it.
     ///
     /// ```
     /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -841,9 +844,19 @@ fn planned(q: &Query) -> Result<Plan> {
 }
 
 /// Turns the steps into writes, running their queries (under the commit lock).
+///
+/// A row a step requires must exist when the batch commits (stored). A row required as
+/// another's reference (a parent a child is added to, a side of a link) must also be
+/// deleted by no step of the batch, before or after it: a cascade selects the children that
+/// are stored, so a child the batch adds to a row it deletes would be left behind. (A
+/// requirement just before a write of the same row is that write's own: a batch may update
+/// a row and then delete it.)
 fn expand(steps: Vec<Step>) -> Result<Vec<(Arc<TableState>, WriteOp)>> {
     let mut ops = Vec::with_capacity(steps.len());
-    for step in steps {
+    // Each required row, and whether the step after its requirement writes that row.
+    let mut required = Vec::new();
+    let mut steps = steps.into_iter().peekable();
+    while let Some(step) = steps.next() {
         match step {
             Step::Write(t, op) => ops.push((t, op)),
             Step::Where(plan, patch) => {
@@ -882,16 +895,40 @@ fn expand(steps: Vec<Step>) -> Result<Vec<(Arc<TableState>, WriteOp)>> {
                 }
             }
             Step::RequireExists(table, enc, key) => {
-                if table.get_doc(&enc)?.is_none() {
-                    return Err(Error::NotFound {
-                        table: table.name.clone(),
-                        key,
-                    });
-                }
+                let own = match steps.peek() {
+                    Some(Step::DeleteCascading(_, t, k, _)) => t.name == table.name && *k == key,
+                    Some(Step::Write(t, op)) => t.name == table.name && op_key(op) == Some(&enc),
+                    _ => false,
+                };
+                required.push((table, enc, key, own));
             }
         }
     }
+    for (table, enc, key, own) in required {
+        let deleted = || {
+            ops.iter().any(|(t, op)| {
+                matches!(op, WriteOp::Delete { key } if *key == enc) && t.name == table.name
+            })
+        };
+        if (!own && deleted()) || table.get_doc(&enc)?.is_none() {
+            return Err(Error::NotFound {
+                table: table.name.clone(),
+                key,
+            });
+        }
+    }
     Ok(ops)
+}
+
+/// The key of the row a write names (an insert's is in its document).
+fn op_key(op: &WriteOp) -> Option<&Vec<u8>> {
+    match op {
+        WriteOp::Insert { .. } => None,
+        WriteOp::Update { key, .. }
+        | WriteOp::Replace { key, .. }
+        | WriteOp::ReplaceWith { key, .. }
+        | WriteOp::Delete { key } => Some(key),
+    }
 }
 
 impl IntoFuture for Batch {
