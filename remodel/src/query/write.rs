@@ -904,13 +904,18 @@ fn expand(steps: Vec<Step>) -> Result<Vec<(Arc<TableState>, WriteOp)>> {
             }
         }
     }
+    // The rows the batch deletes, by table and key (looked up once per requirement: a batch
+    // holds up to BATCH_MAX steps).
+    let deleted: std::collections::HashSet<(&str, &[u8])> = ops
+        .iter()
+        .filter_map(|(t, op)| match op {
+            WriteOp::Delete { key } => Some((t.name.as_str(), key.as_slice())),
+            _ => None,
+        })
+        .collect();
     for (table, enc, key, own) in required {
-        let deleted = || {
-            ops.iter().any(|(t, op)| {
-                matches!(op, WriteOp::Delete { key } if *key == enc) && t.name == table.name
-            })
-        };
-        if (!own && deleted()) || table.get_doc(&enc)?.is_none() {
+        let gone = !own && deleted.contains(&(table.name.as_str(), enc.as_slice()));
+        if gone || table.get_doc(&enc)?.is_none() {
             return Err(Error::NotFound {
                 table: table.name.clone(),
                 key,
