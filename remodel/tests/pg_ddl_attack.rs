@@ -82,7 +82,7 @@
 mod pg_attack;
 
 use futures::StreamExt;
-use pg_attack::{advisory_locks, database, seed, Rng};
+use pg_attack::{advisory_locks, assert_no_failures, database, seed, Rng};
 use remodel::postgres::Connect;
 use remodel::{field, ChangeKind, Database, Error, IndexSpec, WriteResult};
 use serde_json::{json, Value};
@@ -612,7 +612,6 @@ async fn drop_and_recreate_under_load() {
         return;
     };
     let seed = seed("DDL_ATTACK_SEED");
-    println!("DDL_ATTACK_SEED={seed}");
     let t_start = Instant::now();
 
     let a = Connect::new(pg.url())
@@ -964,17 +963,7 @@ async fn drop_and_recreate_under_load() {
         let _ = db.close().await;
     }
     failures.dedup();
-    assert!(
-        failures.is_empty(),
-        "DDL_ATTACK_SEED={seed}: {} failures:\n{}",
-        failures.len(),
-        failures
-            .iter()
-            .take(40)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    assert_no_failures(&format!("DDL_ATTACK_SEED={seed}"), &failures);
 }
 
 /// After t1 is dropped and re-created by another process, a handle whose connections all

@@ -53,7 +53,7 @@
 mod pg_attack;
 
 use futures::StreamExt;
-use pg_attack::{advisory_locks, database, seed, Rng};
+use pg_attack::{advisory_locks, assert_no_failures, database, seed, Rng};
 use remodel::postgres::Connect;
 use remodel::{field, ChangeKind, Conflict, Database, Durability, WriteResult};
 use serde_json::{json, Map, Value};
@@ -534,7 +534,6 @@ async fn group_commit_storm_with_cancellations_locks_and_bad_input() {
         return;
     };
     let seed = seed("GC_ATTACK_SEED");
-    println!("GC_ATTACK_SEED={seed}");
     let t0 = Instant::now();
 
     // A: the storm's handle (8 commit connections, so up to 8 leaders).
@@ -831,17 +830,7 @@ async fn group_commit_storm_with_cancellations_locks_and_bad_input() {
     for db in [&a, &b, &c, &d] {
         let _ = db.close().await;
     }
-    assert!(
-        failures.is_empty(),
-        "GC_ATTACK_SEED={seed}: {} oracle failures:\n{}",
-        failures.len(),
-        failures
-            .iter()
-            .take(40)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    assert_no_failures(&format!("GC_ATTACK_SEED={seed}"), &failures);
 }
 
 /// The number of sync tokens `db`'s replica still waits for (its stats' `sync_waiters`).

@@ -72,7 +72,7 @@
 mod pg_attack;
 
 use futures::StreamExt;
-use pg_attack::{database, seed, Rng};
+use pg_attack::{assert_no_failures, database, seed, Rng};
 use remodel::postgres::tokio_postgres::Client;
 use remodel::postgres::Connect;
 use remodel::{field, Change, ChangeKind, Conflict, Cursor, Database, Error, IndexSpec, Order};
@@ -481,7 +481,6 @@ async fn walsender_kills_during_a_write_storm() {
         return;
     };
     let seed = seed("REPL_ATTACK_SEED");
-    println!("REPL_ATTACK_SEED={seed}");
     let t0 = Instant::now();
     let a = Connect::new(pg.url())
         .connections(4)
@@ -975,15 +974,5 @@ async fn walsender_kills_during_a_write_storm() {
     if let Ok(path) = std::env::var("REPL_ATTACK_FAILURES") {
         let _ = std::fs::write(path, failures.join("\n"));
     }
-    assert!(
-        failures.is_empty(),
-        "REPL_ATTACK_SEED={seed}: {} oracle failures:\n{}",
-        failures.len(),
-        failures
-            .iter()
-            .take(40)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    assert_no_failures(&format!("REPL_ATTACK_SEED={seed}"), &failures);
 }

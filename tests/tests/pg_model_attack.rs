@@ -56,8 +56,13 @@
 //!
 //! Seeds: `PG_MODEL_ATTACK_SEED` replays a run (the seed is printed).
 
+// The PostgreSQL attack suites' shared helpers (a test database, the seed, the generator).
+#[path = "../../remodel/tests/pg_attack/mod.rs"]
+mod pg_attack;
+
+use pg_attack::{database, seed, Rng};
 use remodel::model::{create_schema, Id, ModelError};
-use remodel::postgres::{TestCluster, TestDatabase};
+use remodel::postgres::TestDatabase;
 use remodel::{Database, Error, Model};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -164,42 +169,6 @@ fn classify<T>(what: &str, r: &remodel::Result<T>) -> Out {
     }
 }
 
-/// splitmix64, one per task.
-#[derive(Clone)]
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-fn seed() -> u64 {
-    let s = std::env::var("PG_MODEL_ATTACK_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
-    eprintln!("PG_MODEL_ATTACK_SEED={s}");
-    s
-}
-
-/// A test database, or `None` (skipped) without PostgreSQL.
-async fn database(test: &str) -> Option<TestDatabase> {
-    let cluster = TestCluster::shared_or_skip(test)?;
-    Some(cluster.create_database().await.expect("a test database"))
-}
-
 /// Another app process on the database.
 async fn process(pg: &TestDatabase) -> Database {
     let db = Database::connect(pg.url()).await.expect("connects");
@@ -232,6 +201,31 @@ async fn replica_rows(db: &Database, table: &str) -> BTreeMap<String, Value> {
         .into_iter()
         .map(|d| (key_text(&d["id"]), d))
         .collect()
+}
+
+/// Every process's replica holds each table as `tables` says (PostgreSQL's rows).
+async fn assert_replicas(
+    ctx: &str,
+    processes: [&Database; 3],
+    tables: &[(&str, &BTreeMap<String, Value>)],
+) {
+    for (name, db) in ["a", "b", "c"].into_iter().zip(processes) {
+        for (t, rows) in tables {
+            assert_eq!(
+                &replica_rows(db, t).await,
+                *rows,
+                "{ctx}: replica of {name}, table {t}"
+            );
+        }
+    }
+}
+
+/// Runs an attack, failing the test (with its seed) when it does not finish in
+/// [`TIME_LIMIT`].
+async fn within_time_limit(seed: u64, attack: impl std::future::Future<Output = ()>) {
+    tokio::time::timeout(TIME_LIMIT, attack)
+        .await
+        .unwrap_or_else(|_| panic!("seed {seed}: the attack did not finish in {TIME_LIMIT:?}"));
 }
 
 /// A row's key as text: the string itself, or the JSON of another key (join rows' keys
@@ -291,10 +285,8 @@ async fn on_delete_selects_children_at_commit() {
     let Some(pg) = database("on_delete_selects_children_at_commit").await else {
         return;
     };
-    let seed = seed();
-    tokio::time::timeout(TIME_LIMIT, attack_on_delete(&pg, seed))
-        .await
-        .unwrap_or_else(|_| panic!("seed {seed}: the attack did not finish in {TIME_LIMIT:?}"));
+    let seed = seed("PG_MODEL_ATTACK_SEED");
+    within_time_limit(seed, attack_on_delete(&pg, seed)).await;
 }
 
 async fn attack_on_delete(pg: &TestDatabase, seed: u64) {
@@ -633,20 +625,17 @@ async fn attack_on_delete(pg: &TestDatabase, seed: u64) {
         );
     }
     // Every process's replica equals PostgreSQL once synced.
-    for (name, db) in [("a", &a), ("b", &b), ("c", &c)] {
-        for (t, rows) in [
+    assert_replicas(
+        &ctx,
+        [&a, &b, &c],
+        &[
             ("atk_parents", &parents),
             ("atk_kids", &kids),
             ("atk_pets", &pets),
             ("atk_debts", &debts),
-        ] {
-            assert_eq!(
-                &replica_rows(db, t).await,
-                rows,
-                "{ctx}: replica of {name}, table {t}"
-            );
-        }
-    }
+        ],
+    )
+    .await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -657,10 +646,8 @@ async fn stale_copies_merge_at_commit() {
     let Some(pg) = database("stale_copies_merge_at_commit").await else {
         return;
     };
-    let seed = seed();
-    tokio::time::timeout(TIME_LIMIT, attack_stale(&pg, seed))
-        .await
-        .unwrap_or_else(|_| panic!("seed {seed}: the attack did not finish in {TIME_LIMIT:?}"));
+    let seed = seed("PG_MODEL_ATTACK_SEED");
+    within_time_limit(seed, attack_stale(&pg, seed)).await;
 }
 
 async fn attack_stale(pg: &TestDatabase, seed: u64) {
@@ -882,13 +869,7 @@ async fn attack_stale(pg: &TestDatabase, seed: u64) {
         late.is_empty(),
         "{ctx}: writes to deleted rows acknowledged: {late:?}"
     );
-    for (name, db) in [("a", &a), ("b", &b), ("c", &c)] {
-        assert_eq!(
-            replica_rows(db, "atk_recs").await,
-            rows,
-            "{ctx}: replica of {name}"
-        );
-    }
+    assert_replicas(&ctx, [&a, &b, &c], &[("atk_recs", &rows)]).await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -899,10 +880,8 @@ async fn habtm_links_never_outlive_their_rows() {
     let Some(pg) = database("habtm_links_never_outlive_their_rows").await else {
         return;
     };
-    let seed = seed();
-    tokio::time::timeout(TIME_LIMIT, attack_habtm(&pg, seed))
-        .await
-        .unwrap_or_else(|_| panic!("seed {seed}: the attack did not finish in {TIME_LIMIT:?}"));
+    let seed = seed("PG_MODEL_ATTACK_SEED");
+    within_time_limit(seed, attack_habtm(&pg, seed)).await;
 }
 
 async fn attack_habtm(pg: &TestDatabase, seed: u64) {
@@ -1053,13 +1032,7 @@ async fn attack_habtm(pg: &TestDatabase, seed: u64) {
             );
         }
     }
-    for (name, db) in [("a", &a), ("b", &b), ("c", &c)] {
-        assert_eq!(
-            replica_rows(db, &join).await,
-            links,
-            "{ctx}: replica of {name}, join table"
-        );
-    }
+    assert_replicas(&ctx, [&a, &b, &c], &[(join.as_str(), &links)]).await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1087,10 +1060,8 @@ async fn delete_races_child_writes() {
     let Some(pg) = database("delete_races_child_writes").await else {
         return;
     };
-    let seed = seed();
-    tokio::time::timeout(TIME_LIMIT, attack_tight(&pg, seed))
-        .await
-        .unwrap_or_else(|_| panic!("seed {seed}: the attack did not finish in {TIME_LIMIT:?}"));
+    let seed = seed("PG_MODEL_ATTACK_SEED");
+    within_time_limit(seed, attack_tight(&pg, seed)).await;
 }
 
 async fn attack_tight(pg: &TestDatabase, seed: u64) {
@@ -1341,20 +1312,17 @@ async fn attack_tight(pg: &TestDatabase, seed: u64) {
             Out::NotFound => panic!("{what}: the only delete of a stored parent was NotFound"),
         }
     }
-    for (name, db) in [("a", &a), ("b", &b), ("c", &c)] {
-        for (t, rows) in [
+    assert_replicas(
+        &ctx,
+        [&a, &b, &c],
+        &[
             ("atk_parents", &parents),
             ("atk_kids", &kids),
             ("atk_pets", &pets),
             ("atk_debts", &debts),
-        ] {
-            assert_eq!(
-                &replica_rows(db, t).await,
-                rows,
-                "{ctx}: replica of {name}, table {t}"
-            );
-        }
-    }
+        ],
+    )
+    .await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1372,10 +1340,8 @@ async fn restrict_and_links_decided_at_commit() {
     let Some(pg) = database("restrict_and_links_decided_at_commit").await else {
         return;
     };
-    let seed = seed();
-    tokio::time::timeout(TIME_LIMIT, attack_restrict_links(&pg, seed))
-        .await
-        .unwrap_or_else(|_| panic!("seed {seed}: the attack did not finish in {TIME_LIMIT:?}"));
+    let seed = seed("PG_MODEL_ATTACK_SEED");
+    within_time_limit(seed, attack_restrict_links(&pg, seed)).await;
 }
 
 async fn attack_restrict_links(pg: &TestDatabase, seed: u64) {
@@ -1583,20 +1549,17 @@ async fn attack_restrict_links(pg: &TestDatabase, seed: u64) {
             "{what}: a link to the deleted tag"
         );
     }
-    for (name, db) in [("a", &a), ("b", &b), ("c", &c)] {
-        for (t, rows) in [
+    assert_replicas(
+        &ctx,
+        [&a, &b, &c],
+        &[
             ("atk_parents", &parents),
             ("atk_debts", &debts),
             ("atk_tags", &tags),
             (join.as_str(), &links),
-        ] {
-            assert_eq!(
-                &replica_rows(db, t).await,
-                rows,
-                "{ctx}: replica of {name}, table {t}"
-            );
-        }
-    }
+        ],
+    )
+    .await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1665,10 +1628,8 @@ async fn relation_rewrites_decided_at_commit() {
     let Some(pg) = database("relation_rewrites_decided_at_commit").await else {
         return;
     };
-    let seed = seed();
-    tokio::time::timeout(TIME_LIMIT, attack_rewrites(&pg, seed))
-        .await
-        .unwrap_or_else(|_| panic!("seed {seed}: the attack did not finish in {TIME_LIMIT:?}"));
+    let seed = seed("PG_MODEL_ATTACK_SEED");
+    within_time_limit(seed, attack_rewrites(&pg, seed)).await;
 }
 
 async fn attack_rewrites(pg: &TestDatabase, seed: u64) {
@@ -1858,15 +1819,12 @@ async fn attack_rewrites(pg: &TestDatabase, seed: u64) {
         );
     }
     eprintln!("{ctx}: z detached by a later set in {z_detached}/{ROUNDS} rounds");
-    for (name, db) in [("a", &a), ("b", &b), ("c", &c)] {
-        for (t, rows) in [("atk_pets", &pets), ("atk_tags", &tags)] {
-            assert_eq!(
-                &replica_rows(db, t).await,
-                rows,
-                "{ctx}: replica of {name}, table {t}"
-            );
-        }
-    }
+    assert_replicas(
+        &ctx,
+        [&a, &b, &c],
+        &[("atk_pets", &pets), ("atk_tags", &tags)],
+    )
+    .await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1883,10 +1841,8 @@ async fn transactions_decided_at_commit() {
     let Some(pg) = database("transactions_decided_at_commit").await else {
         return;
     };
-    let seed = seed();
-    tokio::time::timeout(TIME_LIMIT, attack_transactions(&pg, seed))
-        .await
-        .unwrap_or_else(|_| panic!("seed {seed}: the attack did not finish in {TIME_LIMIT:?}"));
+    let seed = seed("PG_MODEL_ATTACK_SEED");
+    within_time_limit(seed, attack_transactions(&pg, seed)).await;
 }
 
 async fn attack_transactions(pg: &TestDatabase, seed: u64) {
@@ -2202,10 +2158,8 @@ async fn nested_cascade_and_nullify_decided_at_commit() {
     let Some(pg) = database("nested_cascade_and_nullify_decided_at_commit").await else {
         return;
     };
-    let seed = seed();
-    tokio::time::timeout(TIME_LIMIT, attack_nested(&pg, seed))
-        .await
-        .unwrap_or_else(|_| panic!("seed {seed}: the attack did not finish in {TIME_LIMIT:?}"));
+    let seed = seed("PG_MODEL_ATTACK_SEED");
+    within_time_limit(seed, attack_nested(&pg, seed)).await;
 }
 
 async fn attack_nested(pg: &TestDatabase, seed: u64) {
@@ -2347,17 +2301,14 @@ async fn attack_nested(pg: &TestDatabase, seed: u64) {
             "{what}: the update put back the nullified key: {pet}"
         );
     }
-    for (name, db) in [("a", &a), ("b", &b), ("c", &c)] {
-        for (t, rows) in [
+    assert_replicas(
+        &ctx,
+        [&a, &b, &c],
+        &[
             ("atk_kids", &kids),
             ("atk_toys", &toys),
             ("atk_pets", &pets),
-        ] {
-            assert_eq!(
-                &replica_rows(db, t).await,
-                rows,
-                "{ctx}: replica of {name}, table {t}"
-            );
-        }
-    }
+        ],
+    )
+    .await;
 }

@@ -14,10 +14,10 @@ pub async fn database(test: &str) -> Option<TestDatabase> {
     Some(cluster.create_database().await.expect("a test database"))
 }
 
-/// The seed in the environment variable `var`, or one from the clock (printed by the
-/// suite, so that a failing run can be replayed).
+/// The seed in the environment variable `var`, or one from the clock; printed as
+/// `var=seed`, so that a failing run can be replayed.
 pub fn seed(var: &str) -> u64 {
-    std::env::var(var)
+    let seed = std::env::var(var)
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| {
@@ -25,7 +25,24 @@ pub fn seed(var: &str) -> u64 {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos() as u64)
                 .unwrap_or(1)
-        })
+        });
+    eprintln!("{var}={seed}");
+    seed
+}
+
+/// Fails the test with the first 40 of `failures`, if any (`what`: the run, e.g. its seed).
+pub fn assert_no_failures(what: &str, failures: &[String]) {
+    assert!(
+        failures.is_empty(),
+        "{what}: {} failures:\n{}",
+        failures.len(),
+        failures
+            .iter()
+            .take(40)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }
 
 /// A small deterministic generator (splitmix64), one per task.
