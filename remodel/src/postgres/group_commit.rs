@@ -62,6 +62,14 @@ pub(super) struct Row {
     pub write: bool,
 }
 
+impl Row {
+    /// A row absent when staged and written with a document: an insert, which the table's
+    /// unique key decides at commit.
+    pub fn is_insert(&self) -> bool {
+        self.write && self.old.is_none() && self.new.is_some()
+    }
+}
+
 /// One staged write of one table, ready to commit: its rows sorted by key, its change
 /// records in commit order.
 #[derive(Debug)]

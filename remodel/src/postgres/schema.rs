@@ -194,3 +194,29 @@ pub(crate) fn single_table_commit_sql(schema: &str, table: &str) -> String {
                 (SELECT count(*) FROM del) + (SELECT count(*) FROM upd) + (SELECT count(*) FROM ins)"
     )
 }
+
+/// The commit of a chunk that only inserts into one table (every row absent when staged,
+/// written, not deleted): [`single_table_commit_sql`] without the rows' locking and
+/// comparison, which for an insert decide nothing the unique key does not (a row inserted
+/// by another process since the write was staged makes the insert fail with a unique
+/// violation, and the caller stages again). The rows are inserted after the table's lock is
+/// taken, as every commit's are. Parameters: `$1` keys, `$2` the new documents, `$3` soft,
+/// `$4` the table's advisory lock name, `$5` the change records in commit order. Returns
+/// the transaction id.
+pub(crate) fn insert_commit_sql(schema: &str, table: &str) -> String {
+    let rel = docs_relation(schema, table);
+    format!(
+        "WITH lk AS (SELECT pg_advisory_xact_lock_shared(hashtextextended($4::text, 0)) AS l),
+         cfg AS (SELECT CASE WHEN $3::bool THEN set_config('synchronous_commit', 'off', true) END AS c),
+         ins AS (INSERT INTO {rel} (k, doc)
+                 SELECT u.k, u.new::json FROM unnest($1::bytea[], $2::text[]) AS u(k, new)
+                 WHERE (SELECT count(*) FROM lk) = 1
+                 RETURNING 1),
+         msg AS (SELECT count(*) AS n FROM (
+                   SELECT pg_logical_emit_message(true, 'remodel.v1', u.m)
+                   FROM unnest($5::bytea[]) WITH ORDINALITY AS u(m, o)
+                   WHERE (SELECT count(*) FROM lk) = 1 ORDER BY u.o) AS e)
+         SELECT pg_current_xact_id()::text::bigint,
+                (SELECT n FROM msg), (SELECT count(*) FROM cfg), (SELECT count(*) FROM ins)"
+    )
+}
