@@ -115,6 +115,7 @@ pub struct Connect {
     retention: ChangeLogRetention,
     durability: Durability,
     replica_in_memory: bool,
+    reconnect_for: Duration,
 }
 
 impl Connect {
@@ -128,6 +129,7 @@ impl Connect {
             retention: ChangeLogRetention::default(),
             durability: Durability::Hard,
             replica_in_memory: true,
+            reconnect_for: Duration::from_secs(30),
         }
     }
 
@@ -172,6 +174,18 @@ impl Connect {
     /// memory, for a database larger than the memory an app process may use.
     pub fn replica_in_memory(mut self, in_memory: bool) -> Self {
         self.replica_in_memory = in_memory;
+        self
+    }
+
+    /// How long a lost replication connection is tried again before this process gives up
+    /// bridging the gap (default 30 s, at least 100 ms). Within it, a server that comes back
+    /// (a restart, a failover) finds the process following on where it was, its feeds
+    /// uninterrupted when the shared history bridges what it missed. After it, every feed
+    /// ends with an error and writes fail until the server answers again; the replica is
+    /// then reloaded and the same handle works again (feeds opened anew, with
+    /// `include_initial`, see the state).
+    pub fn reconnect_for(mut self, window: Duration) -> Self {
+        self.reconnect_for = window.max(Duration::from_millis(100));
         self
     }
 
@@ -296,6 +310,9 @@ struct Applied {
     token_waiters: HashMap<Vec<u8>, oneshot::Sender<()>>,
     /// Why the replica stopped following the database (then nothing more is applied).
     failed: Option<String>,
+    /// Why the replica does not follow the database for now: the server was unreachable for
+    /// longer than the reconnect window. Cleared once the replica is reloaded.
+    down: Option<String>,
     /// It stopped because the database was closed (or dropped).
     closed: bool,
 }
@@ -306,9 +323,17 @@ impl Applied {
         if self.closed {
             return Some(Error::Closed);
         }
-        self.failed
-            .as_ref()
-            .map(|why| Error::storage(format!("no longer following PostgreSQL: {why}")))
+        if let Some(why) = &self.failed {
+            return Some(Error::storage(format!(
+                "no longer following PostgreSQL: {why}"
+            )));
+        }
+        self.down.as_ref().map(|why| {
+            Error::storage(format!(
+                "PostgreSQL is unreachable ({why}); this process reloads its replica once the \
+                 server answers again"
+            ))
+        })
     }
 
     /// Ends every wait (their senders are dropped: they see [`Applied::error`]).
@@ -468,6 +493,8 @@ pub(crate) struct PgBackend {
     pub(super) archive: Archive,
     /// The archiver task (awaited by `close`, for its last flush).
     archiver: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// How long a lost replication connection is tried again ([`Connect::reconnect_for`]).
+    pub(super) reconnect_for: Duration,
     me: Weak<PgBackend>,
 }
 
@@ -539,6 +566,7 @@ impl PgBackend {
             groups: GroupCommit::default(),
             archive: Archive::new(db.inner.with_commit_lock(|last| last), options.retention),
             archiver: Mutex::new(None),
+            reconnect_for: options.reconnect_for,
             me: me.clone(),
         });
         db.set_backend(backend.clone());
@@ -1453,6 +1481,20 @@ impl PgBackend {
     /// was closed).
     pub(super) fn ended(&self, why: String, closed: bool) {
         self.applied.lock().end(why, closed);
+    }
+
+    /// The server has been unreachable for longer than the reconnect window: writes and
+    /// syncs fail (and those waiting end) until [`PgBackend::up`].
+    pub(super) fn down(&self, why: String) {
+        let mut a = self.applied.lock();
+        a.down = Some(why);
+        a.xid_waiters.clear();
+        a.token_waiters.clear();
+    }
+
+    /// The replica was reloaded after the server was unreachable: writes go on.
+    pub(super) fn up(&self) {
+        self.applied.lock().down = None;
     }
 
     /// The replica follows the database through `pump` now (after a lost connection).

@@ -339,6 +339,54 @@ impl TestCluster {
     }
 
     /// Stops the server and removes its directory (a throwaway cluster; idempotent).
+    /// Stops this throwaway cluster's server and keeps its data, for tests of what a server
+    /// going away does to the processes connected to it: `immediate` is a crash (no shutdown
+    /// checkpoint, sessions cut), else a fast shutdown (sessions ended, a clean stop), what
+    /// an operator's restart does. [`TestCluster::start_server`] starts it again on the same
+    /// port. A server of `REMODEL_PG_URL` is not the tests' to stop: an error.
+    pub fn stop_server(&self, immediate: bool) -> Result<(), ClusterError> {
+        let owned = self.owned("stop")?;
+        let mode = if immediate { "immediate" } else { "fast" };
+        run(
+            owned
+                .command("pg_ctl")
+                .arg("-D")
+                .arg(owned.data())
+                .args(["stop", "-m", mode, "-w", "-t", "30"]),
+            Some(&owned.log()),
+        )
+    }
+
+    /// Starts the server [`TestCluster::stop_server`] stopped (and waits until it accepts
+    /// connections).
+    pub fn start_server(&self) -> Result<(), ClusterError> {
+        let owned = self.owned("start")?;
+        run(
+            owned
+                .command("pg_ctl")
+                .arg("-D")
+                .arg(owned.data())
+                .arg("-l")
+                .arg(owned.log())
+                .args(["-w", "-t", "30", "start"]),
+            Some(&owned.log()),
+        )
+    }
+
+    fn owned(&self, what: &str) -> Result<&Owned, ClusterError> {
+        match &self.server {
+            Server::Owned(owned) if !self.stopped.load(Ordering::Acquire) => Ok(owned),
+            Server::Owned(_) => Err(ClusterError::Command {
+                command: format!("pg_ctl {what}"),
+                output: "the test cluster was removed".into(),
+            }),
+            Server::External => Err(ClusterError::Command {
+                command: format!("pg_ctl {what}"),
+                output: format!("the server of {URL_VAR} is not the tests' to {what}"),
+            }),
+        }
+    }
+
     fn stop(&self) {
         if self.stopped.swap(true, Ordering::AcqRel) {
             return;

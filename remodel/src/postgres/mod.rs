@@ -41,7 +41,8 @@ pub mod writer;
 use backend::{pg_error, pump_error};
 pub use backend::{Connect, MAX_COMMIT_CHANGES};
 pub use cluster::{
-    suite_database, suites_on_postgres, ClusterError, TestCluster, TestDatabase, BACKEND_VAR,
+    skip_or_fail, suite_database, suites_on_postgres, ClusterError, TestCluster, TestDatabase,
+    BACKEND_VAR,
 };
 pub use lsn::Lsn;
 pub use pump::{CommitBatch, Pump, PumpConfig, PumpError, PumpHandle, PumpStatus};

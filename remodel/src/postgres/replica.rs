@@ -167,8 +167,8 @@ pub(super) fn position(lsn: u64) -> Result<u64> {
 /// the database, and silence would be a gap.
 pub(super) async fn follow(
     mut pump: Pump,
-    db: Weak<crate::db::DbInner>,
-    backend: Weak<PgBackend>,
+    db_weak: Weak<crate::db::DbInner>,
+    backend_weak: Weak<PgBackend>,
     mut stop: watch::Receiver<bool>,
 ) {
     let why = loop {
@@ -176,7 +176,7 @@ pub(super) async fn follow(
             _ = stop.changed() => break None,
             batch = pump.next_batch() => batch,
         };
-        let (Some(inner), Some(backend)) = (db.upgrade(), backend.upgrade()) else {
+        let (Some(inner), Some(backend)) = (db_weak.upgrade(), backend_weak.upgrade()) else {
             break None;
         };
         let db = Database { inner };
@@ -184,15 +184,28 @@ pub(super) async fn follow(
             Ok(batch) => batch,
             Err(e @ (PumpError::ConnectionLost { .. } | PumpError::Ended)) => {
                 let new = match reconnect(&db, &backend).await {
-                    Ok(new) => Ok(new),
-                    Err(why) => reload(&db, &backend, &format!("{e}; {why}")).await,
+                    Ok(new) => Some(new),
+                    Err(why) => match reload(&db, &backend, &format!("{e}; {why}")).await {
+                        Ok(new) => Some(new),
+                        Err(why) => {
+                            // Unreachable for longer than the window: down until it answers.
+                            backend.down(format!("{e}; {why}"));
+                            tracing::error!(
+                                "PostgreSQL is unreachable ({e}; {why}): feeds have ended and \
+                                 writes fail until it answers again"
+                            );
+                            drop((db, backend));
+                            reload_when_back(&db_weak, &backend_weak, &mut stop).await
+                        }
+                    },
                 };
                 match new {
-                    Ok(new) => {
+                    Some(new) => {
                         let _ = std::mem::replace(&mut pump, new).stop().await;
                         continue;
                     }
-                    Err(why) => break Some((db, backend, format!("{e}; {why}"))),
+                    // Closed (or dropped) while the server was unreachable.
+                    None => break None,
                 }
             }
             Err(e) => break Some((db, backend, pump_error(&e).to_string())),
@@ -215,7 +228,7 @@ pub(super) async fn follow(
         }
         // Closed or dropped: writes and syncs still waiting end with `Closed`.
         None => {
-            if let Some(backend) = backend.upgrade() {
+            if let Some(backend) = backend_weak.upgrade() {
                 backend.ended("the database was closed".into(), true);
             }
         }
@@ -223,8 +236,41 @@ pub(super) async fn follow(
     let _ = pump.stop().await;
 }
 
-/// How long a lost replication connection is tried again (the server restarting).
-const RECONNECT_FOR: Duration = Duration::from_secs(30);
+/// The longest wait between two tries to reload the replica while the server is
+/// unreachable.
+const RELOAD_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// While the server is unreachable past the reconnect window: tries to reload the replica,
+/// with a growing wait (at most [`RELOAD_BACKOFF_MAX`]), until it works (then writes go on:
+/// [`PgBackend::up`]) or the database is closed or dropped (`None`). Holds neither between
+/// tries, so that dropping every handle ends it.
+async fn reload_when_back(
+    db: &Weak<crate::db::DbInner>,
+    backend: &Weak<PgBackend>,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<Pump> {
+    let mut wait = Duration::from_millis(200);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return None,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let (Some(inner), Some(backend)) = (db.upgrade(), backend.upgrade()) else {
+            return None;
+        };
+        let db = Database { inner };
+        match reload(&db, &backend, "the server was unreachable").await {
+            Ok(pump) => {
+                backend.up();
+                return Some(pump);
+            }
+            Err(e) => {
+                tracing::debug!("PostgreSQL still unreachable: {e}");
+                wait = (wait * 2).min(RELOAD_BACKOFF_MAX);
+            }
+        }
+    }
+}
 
 /// After the replication connection was lost: a new pump (a new temporary slot, from its
 /// consistent point on), and the commits between the last one applied and that point,
@@ -240,7 +286,7 @@ async fn reconnect(db: &Database, backend: &Arc<PgBackend>) -> Result<Pump> {
     let pump = loop {
         match Pump::start(&backend.config, PumpConfig::default()).await {
             Ok(pump) => break pump,
-            Err(e) if begin.elapsed() < RECONNECT_FOR => {
+            Err(e) if begin.elapsed() < backend.reconnect_for => {
                 tracing::debug!("reconnecting the replication stream: {e}");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(1));
