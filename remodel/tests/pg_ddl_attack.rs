@@ -1375,3 +1375,65 @@ async fn a_locked_write_is_not_a_deadlock_victim_of_a_drop() {
         "the locked update racing the drop: {locked:?}"
     );
 }
+
+/// DDL and writes right after another process's DDL, with no `sync` in between: each is
+/// decided against the shared catalog, not against a replica that has not applied the DDL
+/// yet (a write to a table created a moment ago elsewhere succeeds; a drop of a table or
+/// index made elsewhere drops it; an index created elsewhere is not created twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ddl_and_writes_right_after_another_process_ddl() {
+    let Some(pg) = database("ddl_and_writes_right_after_another_process_ddl").await else {
+        return;
+    };
+    let b = Database::connect(pg.url()).await.expect("b connects");
+    let c = Database::connect(pg.url()).await.expect("c connects");
+    for i in 0..20 {
+        let name = format!("fresh{i}");
+        c.create_table(&name).await.expect("c creates");
+        // b, at once: a single insert, a keyed write and a batch.
+        b.table(&name)
+            .insert(json!({"id": "x", "n": 1}))
+            .await
+            .unwrap_or_else(|e| panic!("b inserts into {name} c created: {e}"));
+        c.table(&name)
+            .create_index("n", IndexSpec::field("n"))
+            .await
+            .expect("c indexes");
+        b.table(&name)
+            .get("x")
+            .update(json!({"n": 2}))
+            .await
+            .unwrap_or_else(|e| panic!("b updates in {name}: {e}"));
+        match b
+            .table(&name)
+            .create_index("n", IndexSpec::field("n"))
+            .await
+        {
+            Err(Error::IndexExists { .. }) => {}
+            other => panic!("b creates the index c created on {name}: {other:?}"),
+        }
+        b.table(&name)
+            .drop_index("n")
+            .await
+            .unwrap_or_else(|e| panic!("b drops the index c created on {name}: {e}"));
+        let other = format!("other{i}");
+        c.create_table(&other).await.expect("c creates another");
+        b.batch()
+            .insert(&other, json!({"id": "y"}))
+            .await
+            .unwrap_or_else(|e| panic!("b's batch into {other} c created: {e}"));
+        b.drop_table(&other)
+            .await
+            .unwrap_or_else(|e| panic!("b drops {other} c created: {e}"));
+    }
+    c.sync().await.unwrap();
+    for i in 0..20 {
+        let name = format!("fresh{i}");
+        assert_eq!(c.table(&name).get("x").await.unwrap().unwrap()["n"], 2);
+        assert!(c.table(&name).index_names().unwrap_or_default().is_empty());
+        assert!(matches!(
+            c.table(format!("other{i}")).get("y").await,
+            Err(Error::NoSuchTable(_))
+        ));
+    }
+}

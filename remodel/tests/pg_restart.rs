@@ -323,7 +323,8 @@ async fn outage_longer_than_the_reconnect_window() {
     b.sync().await.unwrap();
     let mut feed = b.table("t").changes().await.unwrap();
 
-    cluster.stop_server(true).expect("the server stops");
+    // (pg_ctl waits for the server: off the runtime's workers.)
+    tokio::task::block_in_place(|| cluster.stop_server(true)).expect("the server stops");
     // Down for several times the reconnect window: writes fail (none hangs), the feed ends.
     let begin = Instant::now();
     let mut failed = 0;
@@ -340,7 +341,7 @@ async fn outage_longer_than_the_reconnect_window() {
         Ok(Some(Err(e))) => eprintln!("the feed ended: {e}"),
         other => panic!("the feed did not end with an error while the server was down: {other:?}"),
     }
-    cluster.start_server().expect("the server starts again");
+    tokio::task::block_in_place(|| cluster.start_server()).expect("the server starts again");
 
     // The same handles work again.
     until_ok("A writes", HANG, || async {

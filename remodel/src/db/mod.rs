@@ -255,6 +255,28 @@ impl Database {
         self.inner.catalog_insert(&table.name, bytes)
     }
 
+    /// A check of this store's catalog made before DDL or a write goes to a backend. A
+    /// refusal (no such table or index, an index that exists) may only mean that the store
+    /// is behind the database of record: another process's DDL not applied here yet, or a
+    /// replication stream being reconnected. So the store catches up first
+    /// ([`Database::sync`], which fails while the server cannot be reached) and the check is
+    /// made again: DDL and writes are decided against the database of record's catalog, not
+    /// a stale copy. Without a backend the store is the record, and the first answer stands.
+    pub(crate) async fn checked_in_sync<T>(&self, check: impl Fn() -> Result<T>) -> Result<T> {
+        match check() {
+            Err(
+                e @ (Error::NoSuchTable(_) | Error::NoSuchIndex { .. } | Error::IndexExists { .. }),
+            ) => match self.backend() {
+                Some(b) => {
+                    b.sync().await?;
+                    check()
+                }
+                None => Err(e),
+            },
+            other => other,
+        }
+    }
+
     /// Creates a table whose primary key is `id`. Errors with [`Error::TableExists`] if it
     /// exists; see [`Database::ensure_table`] for the idempotent form.
     pub async fn create_table(&self, name: &str) -> Result<()> {
@@ -350,7 +372,7 @@ impl Database {
     pub async fn drop_table(&self, name: &str) -> Result<()> {
         check_not_in_patch()?;
         if let Some(b) = self.backend() {
-            self.table_state(name)?;
+            self.checked_in_sync(|| self.table_state(name)).await?;
             let ddl = backend::Ddl::DropTable {
                 table: name.to_string(),
             };
@@ -409,13 +431,17 @@ impl Database {
         check_name(name)?;
         spec.compile()?;
         if let Some(b) = self.backend() {
-            let t = self.table_state(table)?;
-            if name == t.primary_key || t.indexes.read().iter().any(|i| i.name == name) {
-                return Err(Error::IndexExists {
-                    table: table.to_string(),
-                    index: name.to_string(),
-                });
-            }
+            self.checked_in_sync(|| {
+                let t = self.table_state(table)?;
+                if name == t.primary_key || t.indexes.read().iter().any(|i| i.name == name) {
+                    return Err(Error::IndexExists {
+                        table: table.to_string(),
+                        index: name.to_string(),
+                    });
+                }
+                Ok(())
+            })
+            .await?;
             let ddl = backend::Ddl::CreateIndex {
                 table: table.to_string(),
                 index: name.to_string(),
@@ -573,13 +599,17 @@ impl Database {
     pub(crate) async fn drop_index(&self, table: &str, name: &str) -> Result<()> {
         check_not_in_patch()?;
         if let Some(b) = self.backend() {
-            let t = self.table_state(table)?;
-            if !t.indexes.read().iter().any(|i| i.name == name) {
-                return Err(Error::NoSuchIndex {
-                    table: table.to_string(),
-                    index: name.to_string(),
-                });
-            }
+            self.checked_in_sync(|| {
+                let t = self.table_state(table)?;
+                if !t.indexes.read().iter().any(|i| i.name == name) {
+                    return Err(Error::NoSuchIndex {
+                        table: table.to_string(),
+                        index: name.to_string(),
+                    });
+                }
+                Ok(())
+            })
+            .await?;
             let ddl = backend::Ddl::DropIndex {
                 table: table.to_string(),
                 index: name.to_string(),

@@ -1095,6 +1095,11 @@ impl PgBackend {
     /// the writes to its table, which take the table's relation lock before its advisory
     /// lock: the other order).
     async fn run_ddl(&self, ddl: Ddl) -> Result<()> {
+        // Not while the replica does not follow the database: the DDL would commit, and its
+        // caller be told it failed.
+        if let Some(e) = self.failed() {
+            return Err(e);
+        }
         let mut tries = 0;
         loop {
             match self.run_ddl_once(ddl.clone()).await {

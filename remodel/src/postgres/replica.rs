@@ -183,28 +183,14 @@ pub(super) async fn follow(
         let batch = match batch {
             Ok(batch) => batch,
             Err(e @ (PumpError::ConnectionLost { .. } | PumpError::Ended)) => {
-                let new = match reconnect(&db, &backend).await {
-                    Ok(new) => Some(new),
-                    Err(why) => match reload(&db, &backend, &format!("{e}; {why}")).await {
-                        Ok(new) => Some(new),
-                        Err(why) => {
-                            // Unreachable for longer than the window: down until it answers.
-                            backend.down(format!("{e}; {why}"));
-                            tracing::error!(
-                                "PostgreSQL is unreachable ({e}; {why}): feeds have ended and \
-                                 writes fail until it answers again"
-                            );
-                            drop((db, backend));
-                            reload_when_back(&db_weak, &backend_weak, &mut stop).await
-                        }
-                    },
-                };
-                match new {
+                // Nothing held while the stream is recovered: a close, or the drop of the
+                // last handle, ends the recovery (and this task).
+                drop((db, backend));
+                match recover(&db_weak, &backend_weak, &mut stop, &e).await {
                     Some(new) => {
                         let _ = std::mem::replace(&mut pump, new).stop().await;
                         continue;
                     }
-                    // Closed (or dropped) while the server was unreachable.
                     None => break None,
                 }
             }
@@ -251,6 +237,9 @@ async fn reload_when_back(
 ) -> Option<Pump> {
     let mut wait = Duration::from_millis(200);
     loop {
+        if stopped(stop) {
+            return None;
+        }
         tokio::select! {
             _ = stop.changed() => return None,
             _ = tokio::time::sleep(wait) => {}
@@ -272,28 +261,124 @@ async fn reload_when_back(
     }
 }
 
+/// Whether the database was closed (or dropped: the sender is gone with the backend).
+fn stopped(stop: &watch::Receiver<bool>) -> bool {
+    *stop.borrow() || stop.has_changed().is_err()
+}
+
+/// After the replication connection was lost: [`reconnect`], else [`reload`], else the
+/// server is unreachable and the backend is down until [`reload_when_back`] reloads the
+/// replica. `None`: the database was closed or dropped meanwhile (nothing more is opened or
+/// written on the server for it).
+async fn recover(
+    db: &Weak<crate::db::DbInner>,
+    backend: &Weak<PgBackend>,
+    stop: &mut watch::Receiver<bool>,
+    lost: &PumpError,
+) -> Option<Pump> {
+    let why = match reconnect(db, backend, stop).await {
+        Reconnected::Pump(pump) => return Some(pump),
+        Reconnected::Stopped => return None,
+        Reconnected::Failed(why) => why,
+    };
+    if stopped(stop) {
+        return None;
+    }
+    {
+        let (inner, backend) = (db.upgrade()?, backend.upgrade()?);
+        let db = Database { inner };
+        match reload(&db, &backend, &format!("{lost}; {why}")).await {
+            Ok(pump) => return Some(pump),
+            Err(why) => {
+                // Unreachable for longer than the window: down until it answers.
+                backend.down(format!("{lost}; {why}"));
+                tracing::error!(
+                    "PostgreSQL is unreachable ({lost}; {why}): feeds have ended and writes \
+                     fail until it answers again"
+                );
+            }
+        }
+    }
+    reload_when_back(db, backend, stop).await
+}
+
+/// What [`reconnect`] came to.
+enum Reconnected {
+    /// Following again, the gap bridged.
+    Pump(Pump),
+    /// The database was closed or dropped meanwhile.
+    Stopped,
+    /// The gap could not be bridged (or no stream was had within the window): why.
+    Failed(Error),
+}
+
 /// After the replication connection was lost: a new pump (a new temporary slot, from its
 /// consistent point on), and the commits between the last one applied and that point,
 /// applied from the shared history as they were committed, so that feeds go on with no gap
 /// and no duplicate. This process lets go of the archiver's lock first: it did not receive
 /// those commits, another process archives them. Fails (and the replica stops following)
 /// when the history cannot bridge the gap: no other process archives, or a table or index
-/// was created or dropped in it.
-async fn reconnect(db: &Database, backend: &Arc<PgBackend>) -> Result<Pump> {
-    backend.archive.resign();
+/// was created or dropped in it. Holds neither the database nor the backend while it waits
+/// for the server, and stops as soon as the database is closed or dropped.
+async fn reconnect(
+    db: &Weak<crate::db::DbInner>,
+    backend: &Weak<PgBackend>,
+    stop: &mut watch::Receiver<bool>,
+) -> Reconnected {
+    let Some((config, window)) = backend.upgrade().map(|b| {
+        b.archive.resign();
+        (b.config.clone(), b.reconnect_for)
+    }) else {
+        return Reconnected::Stopped;
+    };
     let begin = Instant::now();
     let mut wait = Duration::from_millis(50);
     let pump = loop {
-        match Pump::start(&backend.config, PumpConfig::default()).await {
+        if stopped(stop) {
+            return Reconnected::Stopped;
+        }
+        let started = tokio::select! {
+            _ = stop.changed() => return Reconnected::Stopped,
+            started = Pump::start(&config, PumpConfig::default()) => started,
+        };
+        match started {
             Ok(pump) => break pump,
-            Err(e) if begin.elapsed() < backend.reconnect_for => {
+            Err(e) if begin.elapsed() < window => {
                 tracing::debug!("reconnecting the replication stream: {e}");
-                tokio::time::sleep(wait).await;
+                tokio::select! {
+                    _ = stop.changed() => return Reconnected::Stopped,
+                    _ = tokio::time::sleep(wait) => {}
+                }
                 wait = (wait * 2).min(Duration::from_secs(1));
             }
-            Err(e) => return Err(pump_error(&e)),
+            Err(e) => return Reconnected::Failed(pump_error(&e)),
         }
     };
+    let (Some(inner), Some(backend)) = (db.upgrade(), backend.upgrade()) else {
+        let _ = pump.stop().await;
+        return Reconnected::Stopped;
+    };
+    let db = Database { inner };
+    let bridged = tokio::select! {
+        _ = stop.changed() => None,
+        bridged = bridge(&db, &backend, &pump) => Some(bridged),
+    };
+    match bridged {
+        Some(Ok(())) => Reconnected::Pump(pump),
+        Some(Err(e)) => {
+            let _ = pump.stop().await;
+            Reconnected::Failed(e)
+        }
+        None => {
+            let _ = pump.stop().await;
+            Reconnected::Stopped
+        }
+    }
+}
+
+/// Applies the commits between the last one the replica applied and the start of the new
+/// `pump` from the shared history (see [`reconnect`]).
+async fn bridge(db: &Database, backend: &Arc<PgBackend>, pump: &Pump) -> Result<()> {
     let last = db.inner.with_commit_lock(|last| last);
     let start = position(pump.handle().status().start_lsn.0)?;
     // The archiving process's history reaches a position only once it applies a commit at
@@ -302,13 +387,7 @@ async fn reconnect(db: &Database, backend: &Arc<PgBackend>) -> Result<Pump> {
     if let Err(e) = backend.emit_barrier().await {
         tracing::debug!("no commit after the new slot's start: {e}");
     }
-    let gap = match backend.read_gap(last, start).await {
-        Ok(gap) => gap,
-        Err(e) => {
-            let _ = pump.stop().await;
-            return Err(e);
-        }
-    };
+    let gap = backend.read_gap(last, start).await?;
     let commits = gap.len();
     for (first, changes) in gap {
         let mut group = Vec::with_capacity(changes.len());
@@ -320,12 +399,12 @@ async fn reconnect(db: &Database, backend: &Arc<PgBackend>) -> Result<Pump> {
     db.inner.advance_seq(start.saturating_sub(1));
     backend.archive.rejoin(start.saturating_sub(1));
     backend.bridged();
-    backend.reconnected(&pump);
+    backend.reconnected(pump);
     tracing::warn!(
         "the replication connection was lost; {commits} commits were applied from the shared \
          history and the replica follows the database again"
     );
-    Ok(pump)
+    Ok(())
 }
 
 /// When the gap after a lost replication connection cannot be bridged from the shared

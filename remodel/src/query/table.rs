@@ -64,6 +64,13 @@ impl Table {
         }
     }
 
+    /// [`Table::state`] for a write: a table this process's store lacks may be one another
+    /// process created that the store has not applied yet (see
+    /// [`Database::checked_in_sync`]).
+    pub(crate) async fn state_for_write(&self) -> Result<Arc<TableState>> {
+        self.db.checked_in_sync(|| self.state()).await
+    }
+
     /// The table's name.
     pub fn name(&self) -> &str {
         &self.name

@@ -122,7 +122,7 @@ impl Insert {
             return Err(crate::value::too_deep(&format!("document #{i}")));
         }
         let db = self.table.db.clone();
-        let t = self.table.state()?;
+        let t = self.table.state_for_write().await?;
         let mut generated = Vec::new();
         let ops = db.prepare_inserts(&t, self.docs, self.conflict, &mut generated)?;
         let mut result = db
@@ -260,7 +260,7 @@ impl Write {
         match self.target {
             Target::Key(table, key) => {
                 let db = table.db.clone();
-                let t = table.state()?;
+                let t = table.state_for_write().await?;
                 let enc = encode_key(&key)?;
                 let action = match self.action {
                     Action::Replace(doc) => Action::Replace(replacement(&t, &key, &enc, doc)?),
@@ -691,6 +691,15 @@ impl Batch {
             });
         }
         let db = self.db;
+        // A table this store lacks may be one another process created that it has not
+        // applied yet: caught up first (see `Database::checked_in_sync`).
+        if let Some(b) = db.backend() {
+            let missing =
+                |name: &String| matches!(db.table_state(name), Err(Error::NoSuchTable(_)));
+            if self.ops.iter().any(|(name, _)| missing(name)) {
+                b.sync().await?;
+            }
+        }
         let mut generated = Vec::new();
         let mut steps = Vec::with_capacity(self.ops.len());
         // Everything is checked before anything is written; queries are planned here and run
