@@ -1142,7 +1142,7 @@ async fn gone_while_down(test: &str, window: Option<Duration>, close: bool) {
                 failures.push("the process never said it stopped following".into());
             }
         }
-        // Reconnecting (its stats still say `following` meanwhile).
+        // Reconnecting (its stats say `following: false` meanwhile, as while down).
         None => tokio::time::sleep(Duration::from_millis(500)).await,
     }
     if close {

@@ -52,8 +52,9 @@
 //! this process archives (`archiving`), the history's end as it last saw it
 //! (`archived_upto`), and, archiving, the applied changes not yet in the history and how
 //! long the oldest has waited (`archive_lag_changes`, `archive_lag_ms`), whether the
-//! replica still follows the database (`following`), and how many writes wait for it to
-//! catch up (`sync_waiters`).
+//! replica follows the database (`following`: false while a lost replication connection is
+//! being recovered or the server is unreachable, and once it stopped), and how many writes
+//! wait for it to catch up (`sync_waiters`).
 //!
 //! [`Cursor`]: crate::Cursor
 
@@ -69,7 +70,7 @@ use crate::{Error, Result};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
@@ -495,6 +496,8 @@ pub(crate) struct PgBackend {
     archiver: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// How long a lost replication connection is tried again ([`Connect::reconnect_for`]).
     pub(super) reconnect_for: Duration,
+    /// A lost replication connection is being recovered (reconnected, bridged, reloaded).
+    pub(super) recovering: AtomicBool,
     me: Weak<PgBackend>,
 }
 
@@ -567,6 +570,7 @@ impl PgBackend {
             archive: Archive::new(db.inner.with_commit_lock(|last| last), options.retention),
             archiver: Mutex::new(None),
             reconnect_for: options.reconnect_for,
+            recovering: AtomicBool::new(false),
             me: me.clone(),
         });
         db.set_backend(backend.clone());
@@ -1424,7 +1428,8 @@ impl Backend for PgBackend {
             "archived_upto": format!("{archived:x}"),
             "archive_lag_changes": pending,
             "archive_lag_ms": waiting.as_secs_f64() * 1000.0,
-            "following": self.applied.lock().error().is_none(),
+            "following": self.applied.lock().error().is_none()
+                && !self.recovering.load(Ordering::Relaxed),
             // Writes waiting for this process's replica to catch up (each with a token of
             // its own in flight): 0 when nothing is being written.
             "sync_waiters": self.applied.lock().token_waiters.len(),

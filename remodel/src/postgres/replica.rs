@@ -276,6 +276,7 @@ async fn recover(
     stop: &mut watch::Receiver<bool>,
     lost: &PumpError,
 ) -> Option<Pump> {
+    let _recovering = Recovering::start(backend);
     let why = match reconnect(db, backend, stop).await {
         Reconnected::Pump(pump) => return Some(pump),
         Reconnected::Stopped => return None,
@@ -300,6 +301,28 @@ async fn recover(
         }
     }
     reload_when_back(db, backend, stop).await
+}
+
+/// The backend's `recovering` flag (in its stats), set while [`recover`] runs.
+struct Recovering(Weak<PgBackend>);
+
+impl Recovering {
+    fn start(backend: &Weak<PgBackend>) -> Self {
+        if let Some(b) = backend.upgrade() {
+            b.recovering
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        Recovering(backend.clone())
+    }
+}
+
+impl Drop for Recovering {
+    fn drop(&mut self) {
+        if let Some(b) = self.0.upgrade() {
+            b.recovering
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 /// What [`reconnect`] came to.
