@@ -97,13 +97,19 @@ pub(super) struct Routes {
     pub(super) table: RouteTable,
 }
 
+/// A watched key or index value (encoded) as a route map holds it: inline up to 16 bytes
+/// (most keys: an id, a short string or number), so that a lookup in a map of a million
+/// routes compares it in the map's own slot instead of following a pointer to a cache line
+/// of its own; smaller than a boxed key with its allocation, too.
+type RouteKey = smallvec::SmallVec<[u8; 16]>;
+
 /// The routes of a table's writes, one map per kind of [`Route`].
 #[derive(Default)]
 pub(super) struct RouteTable {
     /// Point and `get_all` groups by key, top-N groups by the keys of the rows in their sets.
-    by_key: HashMap<Box<[u8]>, Ids>,
+    by_key: HashMap<RouteKey, Ids>,
     by_index_value: HashMap<String, IndexRoutes>,
-    by_eq: HashMap<FieldPath, HashMap<Box<[u8]>, Ids>>,
+    by_eq: HashMap<FieldPath, HashMap<RouteKey, Ids>>,
     /// Range groups by the primary key range (`None`) or index key range they watch.
     by_range: HashMap<Option<String>, RangeRoutes>,
     /// Groups checked on every write of the table.
@@ -138,19 +144,19 @@ struct RangeRoutes {
 
 struct IndexRoutes {
     ix: Arc<crate::db::IndexState>,
-    values: HashMap<Box<[u8]>, Ids>,
+    values: HashMap<RouteKey, Ids>,
 }
 
-fn add_route(map: &mut HashMap<Box<[u8]>, Ids>, k: &[u8], g: GroupId) {
+fn add_route(map: &mut HashMap<RouteKey, Ids>, k: &[u8], g: GroupId) {
     match map.get_mut(k) {
         Some(ids) => ids.push(g),
         None => {
-            map.insert(k.into(), Ids::One(g));
+            map.insert(RouteKey::from_slice(k), Ids::One(g));
         }
     }
 }
 
-fn remove_route(map: &mut HashMap<Box<[u8]>, Ids>, k: &[u8], g: GroupId) {
+fn remove_route(map: &mut HashMap<RouteKey, Ids>, k: &[u8], g: GroupId) {
     if let Some(v) = map.get_mut(k) {
         if v.remove(g) {
             map.remove(k);
