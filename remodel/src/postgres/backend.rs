@@ -74,6 +74,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
 /// How many bits of a change number hold its place in its commit.
@@ -751,8 +752,7 @@ impl PgBackend {
         let olds: Vec<Option<&str>> = rows.iter().map(|r| r.2.as_deref()).collect();
         let news: Vec<Option<&str>> = rows.iter().map(|r| r.3.as_deref()).collect();
         let soft = !hard;
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
-            [&tbls, &keys, &olds, &news, &msgs, &soft];
+        let params: [&(dyn ToSql + Sync); 6] = [&tbls, &keys, &olds, &news, &msgs, &soft];
         let sql = schema::commit_call_sql(&self.schema);
         match client.query_one(sql.as_str(), &params).await {
             Ok(row) => Ok(self.committed(row.get(0))),
@@ -802,27 +802,10 @@ impl PgBackend {
         let news: Vec<Option<&str>> = rows.iter().map(|r| r.new.as_deref()).collect();
         let writes: Vec<bool> = rows.iter().map(|r| r.write).collect();
         let (soft, lock) = (!hard, lock_name(&self.schema, table));
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
-            [&keys, &olds, &news, &msgs, &soft, &lock, &writes];
-        let failed = |e: tokio_postgres::Error| CommitFailed {
-            error: commit_error(&e, table),
-            how: Failure::of(&e),
-        };
-        let statement = conn
-            .prepared(table, || {
-                schema::single_table_commit_sql(&self.schema, table)
-            })
+        let sql = || schema::single_table_commit_sql(&self.schema, table);
+        let params: [&(dyn ToSql + Sync); 7] = [&keys, &olds, &news, &msgs, &soft, &lock, &writes];
+        self.run_commit_statement(&conn, table, table, sql, &params)
             .await
-            .map_err(failed)?;
-        match conn.client.query_one(&statement, &params).await {
-            Ok(row) => Ok(self.committed(row.get(0))),
-            Err(e) if is_restage(&e) => Ok(None),
-            Err(e) => {
-                // A table dropped and made again: prepare anew next time.
-                conn.prepared.lock().remove(table);
-                Err(failed(e))
-            }
-        }
     }
 
     /// [`PgBackend::commit_rows`] of rows that are all inserts, with the insert-only
@@ -838,24 +821,36 @@ impl PgBackend {
         let keys: Vec<&[u8]> = rows.iter().map(|r| r.key.as_slice()).collect();
         let news: Vec<Option<&str>> = rows.iter().map(|r| r.new.as_deref()).collect();
         let (soft, lock) = (!hard, lock_name(&self.schema, table));
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
-            [&keys, &news, &soft, &lock, &msgs];
+        let sql = || schema::insert_commit_sql(&self.schema, table);
+        let params: [&(dyn ToSql + Sync); 5] = [&keys, &news, &soft, &lock, &msgs];
+        // Table names are letters, digits and `_`: no table's own statement key has a space.
+        let key = format!("insert {table}");
+        self.run_commit_statement(conn, table, &key, sql, &params)
+            .await
+    }
+
+    /// Runs a single-table commit statement, prepared on `conn` under `key` (from `sql()`
+    /// the first time): the commit's transaction id, or `None` when a row was not what it
+    /// was staged against (stage again).
+    async fn run_commit_statement(
+        &self,
+        conn: &Conn,
+        table: &str,
+        key: &str,
+        sql: impl FnOnce() -> String,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> std::result::Result<Option<i64>, CommitFailed> {
         let failed = |e: tokio_postgres::Error| CommitFailed {
             error: commit_error(&e, table),
             how: Failure::of(&e),
         };
-        // Table names are letters, digits and `_`: no table's own statement key has a space.
-        let key = format!("insert {table}");
-        let statement = conn
-            .prepared(&key, || schema::insert_commit_sql(&self.schema, table))
-            .await
-            .map_err(failed)?;
-        match conn.client.query_one(&statement, &params).await {
+        let statement = conn.prepared(key, sql).await.map_err(failed)?;
+        match conn.client.query_one(&statement, params).await {
             Ok(row) => Ok(self.committed(row.get(0))),
             Err(e) if is_restage(&e) => Ok(None),
             Err(e) => {
                 // A table dropped and made again: prepare anew next time.
-                conn.prepared.lock().remove(&key);
+                conn.prepared.lock().remove(key);
                 Err(failed(e))
             }
         }
@@ -883,8 +878,7 @@ impl PgBackend {
         // A checked row is written as it was (the function writes every row it is given).
         let news: Vec<Option<&str>> = rows.iter().map(|r| r.new.as_deref()).collect();
         let soft = !hard;
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
-            [&tbls, &keys, &olds, &news, &msgs, &soft];
+        let params: [&(dyn ToSql + Sync); 6] = [&tbls, &keys, &olds, &news, &msgs, &soft];
         let failed = |e: tokio_postgres::Error| CommitFailed {
             error: commit_error(&e, table),
             how: Failure::of(&e),
