@@ -395,7 +395,7 @@ fn one_table(staged: &BackendStaging, hard: bool) -> Result<Option<TableCommit>>
         .first()
         .map(|c| &c.0)
         .or(staged.checks.first().map(|c| &c.0));
-    let Some(table) = first.map(|t| t.name.clone()) else {
+    let Some((table, primary_key)) = first.map(|t| (t.name.clone(), t.primary_key.clone())) else {
         return Ok(None);
     };
     let one = staged.changes.iter().all(|c| c.0.name == table)
@@ -425,6 +425,7 @@ fn one_table(staged: &BackendStaging, hard: bool) -> Result<Option<TableCommit>>
     rows.sort_by(|a, b| a.key.cmp(&b.key));
     Ok(Some(TableCommit {
         table,
+        primary_key,
         rows,
         msgs,
         hard,
@@ -744,15 +745,18 @@ impl PgBackend {
         };
         let mut rows: Vec<_> = rows
             .into_iter()
-            .map(|(t, k, old, new)| (schema::relation_name(&t.name), k, old, new))
+            .map(|(t, k, old, new)| (schema::relation_name(&t.name), k, old, new, t))
             .collect();
         rows.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
         let tbls: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
         let keys: Vec<&[u8]> = rows.iter().map(|r| r.1).collect();
         let olds: Vec<Option<&str>> = rows.iter().map(|r| r.2.as_deref()).collect();
         let news: Vec<Option<&str>> = rows.iter().map(|r| r.3.as_deref()).collect();
+        let names: Vec<&str> = rows.iter().map(|r| r.4.name.as_str()).collect();
+        let pks: Vec<&str> = rows.iter().map(|r| r.4.primary_key.as_str()).collect();
         let soft = !hard;
-        let params: [&(dyn ToSql + Sync); 6] = [&tbls, &keys, &olds, &news, &msgs, &soft];
+        let params: [&(dyn ToSql + Sync); 8] =
+            [&tbls, &keys, &olds, &news, &msgs, &soft, &names, &pks];
         let sql = schema::commit_call_sql(&self.schema);
         match client.query_one(sql.as_str(), &params).await {
             Ok(row) => Ok(self.committed(row.get(0))),
@@ -770,9 +774,16 @@ impl PgBackend {
     ) -> Result<Option<i64>> {
         let rows: Vec<&Row> = commit.rows.iter().collect();
         let msgs: Vec<&[u8]> = commit.msgs.iter().map(Vec::as_slice).collect();
-        self.commit_rows(conn, &commit.table, commit.hard, &rows, &msgs)
-            .await
-            .map_err(|failed| failed.error)
+        self.commit_rows(
+            conn,
+            &commit.table,
+            &commit.primary_key,
+            commit.hard,
+            &rows,
+            &msgs,
+        )
+        .await
+        .map_err(|failed| failed.error)
     }
 
     /// [`PgBackend::commit_table`] of rows and records gathered by reference (rows sorted
@@ -781,6 +792,7 @@ impl PgBackend {
         &self,
         conn: usize,
         table: &str,
+        primary_key: &str,
         hard: bool,
         rows: &[&Row],
         msgs: &[&[u8]],
@@ -791,11 +803,13 @@ impl PgBackend {
         })?;
         if rows.iter().any(|r| !r.write && r.old.is_none()) {
             return self
-                .commit_rows_by_function(&conn, table, hard, rows, msgs)
+                .commit_rows_by_function(&conn, (table, primary_key), hard, rows, msgs)
                 .await;
         }
         if !msgs.is_empty() && rows.iter().all(|r| r.is_insert()) {
-            return self.insert_rows(&conn, table, hard, rows, msgs).await;
+            return self
+                .insert_rows(&conn, (table, primary_key), hard, rows, msgs)
+                .await;
         }
         let keys: Vec<&[u8]> = rows.iter().map(|r| r.key.as_slice()).collect();
         let olds: Vec<Option<&str>> = rows.iter().map(|r| r.old.as_deref()).collect();
@@ -803,7 +817,17 @@ impl PgBackend {
         let writes: Vec<bool> = rows.iter().map(|r| r.write).collect();
         let (soft, lock) = (!hard, lock_name(&self.schema, table));
         let sql = || schema::single_table_commit_sql(&self.schema, table);
-        let params: [&(dyn ToSql + Sync); 7] = [&keys, &olds, &news, &msgs, &soft, &lock, &writes];
+        let params: [&(dyn ToSql + Sync); 9] = [
+            &keys,
+            &olds,
+            &news,
+            &msgs,
+            &soft,
+            &lock,
+            &writes,
+            &table,
+            &primary_key,
+        ];
         self.run_commit_statement(&conn, table, table, sql, &params)
             .await
     }
@@ -813,7 +837,7 @@ impl PgBackend {
     async fn insert_rows(
         &self,
         conn: &Conn,
-        table: &str,
+        (table, primary_key): (&str, &str),
         hard: bool,
         rows: &[&Row],
         msgs: &[&[u8]],
@@ -822,7 +846,8 @@ impl PgBackend {
         let news: Vec<Option<&str>> = rows.iter().map(|r| r.new.as_deref()).collect();
         let (soft, lock) = (!hard, lock_name(&self.schema, table));
         let sql = || schema::insert_commit_sql(&self.schema, table);
-        let params: [&(dyn ToSql + Sync); 5] = [&keys, &news, &soft, &lock, &msgs];
+        let params: [&(dyn ToSql + Sync); 7] =
+            [&keys, &news, &soft, &lock, &msgs, &table, &primary_key];
         // Table names are letters, digits and `_`: no table's own statement key has a space.
         let key = format!("insert {table}");
         self.run_commit_statement(conn, table, &key, sql, &params)
@@ -866,7 +891,7 @@ impl PgBackend {
     async fn commit_rows_by_function(
         &self,
         conn: &Conn,
-        table: &str,
+        (table, primary_key): (&str, &str),
         hard: bool,
         rows: &[&Row],
         msgs: &[&[u8]],
@@ -877,8 +902,11 @@ impl PgBackend {
         let olds: Vec<Option<&str>> = rows.iter().map(|r| r.old.as_deref()).collect();
         // A checked row is written as it was (the function writes every row it is given).
         let news: Vec<Option<&str>> = rows.iter().map(|r| r.new.as_deref()).collect();
+        let names: Vec<&str> = rows.iter().map(|_| table).collect();
+        let pks: Vec<&str> = rows.iter().map(|_| primary_key).collect();
         let soft = !hard;
-        let params: [&(dyn ToSql + Sync); 6] = [&tbls, &keys, &olds, &news, &msgs, &soft];
+        let params: [&(dyn ToSql + Sync); 8] =
+            [&tbls, &keys, &olds, &news, &msgs, &soft, &names, &pks];
         let failed = |e: tokio_postgres::Error| CommitFailed {
             error: commit_error(&e, table),
             how: Failure::of(&e),
@@ -964,6 +992,11 @@ impl PgBackend {
                         restages += 1;
                         self.restaged.fetch_add(1, Ordering::Relaxed);
                         self.sync_now().await?;
+                        // The table it was staged for was dropped meanwhile (perhaps made
+                        // again, perhaps with another key): its keys were made for that one.
+                        if table.is_dropped() {
+                            return Err(Error::NoSuchTable(table.name.clone()));
+                        }
                     }
                 }
             };

@@ -75,6 +75,10 @@ impl Row {
 #[derive(Debug)]
 pub(super) struct TableCommit {
     pub table: String,
+    /// The table's primary key field as staged: a commit checks it against the catalog, so
+    /// that a write staged against a table dropped and made again with another key is
+    /// staged again instead of landing under a key of the old one.
+    pub primary_key: String,
     pub rows: Vec<Row>,
     pub msgs: Vec<Vec<u8>>,
     pub hard: bool,
@@ -153,6 +157,7 @@ impl GroupCommit {
         let mut group = vec![first];
         while let Some(next) = queue.pop_front() {
             let fits = next.commit.table == group[0].commit.table
+                && next.commit.primary_key == group[0].commit.primary_key
                 && next.commit.hard == group[0].commit.hard
                 && changes + next.commit.msgs.len() <= MAX_COMMIT_CHANGES
                 && next
@@ -376,7 +381,14 @@ impl PgBackend {
             .flat_map(|q| q.commit.msgs.iter().map(Vec::as_slice))
             .collect();
         let whole = self
-            .commit_rows(conn, &first.table, first.hard, &rows, &msgs)
+            .commit_rows(
+                conn,
+                &first.table,
+                &first.primary_key,
+                first.hard,
+                &rows,
+                &msgs,
+            )
             .await;
         drop((rows, msgs));
         match whole {
@@ -429,6 +441,7 @@ mod tests {
         let msgs = rows.iter().map(|r| r.key.clone()).collect();
         let commit = TableCommit {
             table: table.into(),
+            primary_key: "id".into(),
             rows,
             msgs,
             hard,
@@ -532,6 +545,7 @@ mod tests {
             let msgs = vec![Vec::new(); n];
             let commit = TableCommit {
                 table: "t".into(),
+                primary_key: "id".into(),
                 rows,
                 msgs,
                 hard: true,

@@ -81,7 +81,8 @@ pub(crate) fn setup_sql(schema: &str) -> String {
 /// with a unique violation (SQLSTATE 23505), which the caller treats as -1.
 const COMMIT_FN: &str = r#"
 CREATE OR REPLACE FUNCTION {schema}.commit(
-    tbls text[], keys bytea[], olds text[], news text[], msgs bytea[], soft boolean
+    tbls text[], keys bytea[], olds text[], news text[], msgs bytea[], soft boolean,
+    names text[], pks text[]
 ) RETURNS bigint LANGUAGE plpgsql AS $fn$
 DECLARE
     t text;
@@ -94,6 +95,16 @@ BEGIN
     END IF;
     FOR t IN SELECT DISTINCT x FROM unnest(tbls) AS x ORDER BY 1 LOOP
         PERFORM pg_advisory_xact_lock_shared(hashtextextended('remodel:{schema_text}.' || t, 0));
+        -- The table as staged (its name and primary key field) is the one in the catalog:
+        -- not dropped, nor made again with another key, since.
+        SELECT count(*) INTO bad FROM (
+            SELECT DISTINCT u.tn, u.tp FROM unnest(tbls, names, pks) AS u(tb, tn, tp)
+            WHERE u.tb = t) AS x
+        WHERE NOT EXISTS (SELECT 1 FROM {schema}.catalog c
+                          WHERE c.name = x.tn AND c.primary_key = x.tp);
+        IF bad > 0 THEN
+            RETURN -1;
+        END IF;
         rel := format('%I.%I', '{schema_text}', t);
         EXECUTE format(
             'SELECT count(*) FROM (SELECT 1 FROM %s WHERE k = ANY($1) ORDER BY k FOR UPDATE) AS l',
@@ -139,10 +150,11 @@ $fn$;
 "#;
 
 /// The call of the commit function ([`COMMIT_FN`]): parameters `tbls, keys, olds, news,
-/// msgs, soft`.
+/// msgs, soft, names, pks` (each row's table name and primary key field as staged).
 pub(crate) fn commit_call_sql(schema: &str) -> String {
     format!(
-        "SELECT {}.commit($1::text[], $2::bytea[], $3::text[], $4::text[], $5::bytea[], $6)",
+        "SELECT {}.commit($1::text[], $2::bytea[], $3::text[], $4::text[], $5::bytea[], $6, \
+         $7::text[], $8::text[])",
         ident(schema)
     )
 }
@@ -153,7 +165,8 @@ pub(crate) fn commit_call_sql(schema: &str) -> String {
 /// `$3` the new documents (NULL: deleted), `$4` the change records in commit order, `$5`
 /// soft (asynchronous commit), `$6` the table's advisory lock name ([`lock_name`]), `$7`
 /// whether each row is written (false: only checked, a key the write read and left as it
-/// was). Returns the transaction id (0 when nothing is written), or -1 (nothing written)
+/// was), `$8` the table's name and `$9` its primary key field as staged (a table dropped
+/// and made again with another key since is a row that differs: -1). Returns the transaction id (0 when nothing is written), or -1 (nothing written)
 /// when a row is not what was staged against.
 ///
 /// One snapshot serves the statement: the rows are locked `FOR UPDATE` (which reads their
@@ -165,6 +178,7 @@ pub(crate) fn commit_call_sql(schema: &str) -> String {
 /// snapshot after its lock.
 pub(crate) fn single_table_commit_sql(schema: &str, table: &str) -> String {
     let rel = docs_relation(schema, table);
+    let catalog = format!("{}.catalog", ident(schema));
     format!(
         "WITH lk AS (SELECT pg_advisory_xact_lock_shared(hashtextextended($6::text, 0)) AS l),
          cfg AS (SELECT CASE WHEN $5::bool THEN set_config('synchronous_commit', 'off', true) END AS c),
@@ -173,7 +187,10 @@ pub(crate) fn single_table_commit_sql(schema: &str, table: &str) -> String {
          locked AS (SELECT d.k, d.doc::text AS cur FROM {rel} d
                     WHERE d.k = ANY($1::bytea[]) AND (SELECT count(*) FROM lk) = 1
                     ORDER BY d.k FOR UPDATE),
-         bad AS (SELECT count(*) AS n FROM input i LEFT JOIN locked l ON l.k = i.k
+         cat AS (SELECT count(*) AS n FROM {catalog}
+                 WHERE name = $8 AND primary_key = $9 AND (SELECT count(*) FROM lk) = 1),
+         bad AS (SELECT count(*) + 1 - (SELECT n FROM cat) AS n
+                 FROM input i LEFT JOIN locked l ON l.k = i.k
                  WHERE l.cur IS DISTINCT FROM i.old),
          del AS (DELETE FROM {rel} d USING input i
                  WHERE (SELECT n FROM bad) = 0 AND i.w AND i.new IS NULL AND d.k = i.k RETURNING 1),
@@ -201,22 +218,29 @@ pub(crate) fn single_table_commit_sql(schema: &str, table: &str) -> String {
 /// by another process since the write was staged makes the insert fail with a unique
 /// violation, and the caller stages again). The rows are inserted after the table's lock is
 /// taken, as every commit's are. Parameters: `$1` keys, `$2` the new documents, `$3` soft,
-/// `$4` the table's advisory lock name, `$5` the change records in commit order. Returns
-/// the transaction id.
+/// `$4` the table's advisory lock name, `$5` the change records in commit order, `$6` the
+/// table's name and `$7` its primary key field as staged. Returns the transaction id, or
+/// -1 (nothing written) when the catalog has no such table with that key (dropped, or
+/// made again with another key, since the rows were staged: their keys are of the old
+/// one).
 pub(crate) fn insert_commit_sql(schema: &str, table: &str) -> String {
     let rel = docs_relation(schema, table);
+    let catalog = format!("{}.catalog", ident(schema));
     format!(
         "WITH lk AS (SELECT pg_advisory_xact_lock_shared(hashtextextended($4::text, 0)) AS l),
          cfg AS (SELECT CASE WHEN $3::bool THEN set_config('synchronous_commit', 'off', true) END AS c),
+         cat AS (SELECT count(*) AS n FROM {catalog}
+                 WHERE name = $6 AND primary_key = $7 AND (SELECT count(*) FROM lk) = 1),
          ins AS (INSERT INTO {rel} (k, doc)
                  SELECT u.k, u.new::json FROM unnest($1::bytea[], $2::text[]) AS u(k, new)
-                 WHERE (SELECT count(*) FROM lk) = 1
+                 WHERE (SELECT n FROM cat) = 1
                  RETURNING 1),
          msg AS (SELECT count(*) AS n FROM (
                    SELECT pg_logical_emit_message(true, 'remodel.v1', u.m)
                    FROM unnest($5::bytea[]) WITH ORDINALITY AS u(m, o)
-                   WHERE (SELECT count(*) FROM lk) = 1 ORDER BY u.o) AS e)
-         SELECT pg_current_xact_id()::text::bigint,
+                   WHERE (SELECT n FROM cat) = 1 ORDER BY u.o) AS e)
+         SELECT CASE WHEN (SELECT n FROM cat) = 1 THEN pg_current_xact_id()::text::bigint
+                     ELSE -1 END,
                 (SELECT n FROM msg), (SELECT count(*) FROM cfg), (SELECT count(*) FROM ins)"
     )
 }
