@@ -774,6 +774,38 @@ async fn process(url: &str, connections: usize) -> Database {
     .expect("a handle connects")
 }
 
+/// Two more writer processes (8 and `c_connections` commit connections) and a watcher
+/// process, caught up, with the watcher's feed of `table` (with its initial rows) being
+/// replayed.
+async fn writers_and_watcher(
+    url: &str,
+    table: &str,
+    c_connections: usize,
+) -> (
+    Database,
+    Database,
+    Database,
+    tokio::task::JoinHandle<Result<Replayed, String>>,
+) {
+    let b = process(url, 8).await;
+    let c = process(url, c_connections).await;
+    let watcher_db = process(url, 1).await;
+    for h in [&b, &c, &watcher_db] {
+        bounded("a sync", h.sync()).await.expect("sync");
+    }
+    let feed = bounded(
+        "a feed",
+        watcher_db
+            .table(table)
+            .changes()
+            .include_initial(true)
+            .into_future(),
+    )
+    .await
+    .expect("a feed");
+    (b, c, watcher_db, tokio::spawn(replay_feed(feed)))
+}
+
 /// The end of a storm on `table`: the sentinel written by `writer`, the watcher's feed
 /// replayed, the journal checked, and the table read by a fresh handle and by every handle.
 async fn check_storm(
@@ -926,23 +958,7 @@ async fn overlapping_storm(test: &str, kill: bool) {
     )
     .await
     .expect("seed rows");
-    let b = process(pg.url(), 8).await;
-    let c = process(pg.url(), 1).await;
-    let watcher_db = process(pg.url(), 1).await;
-    for h in [&b, &c, &watcher_db] {
-        bounded("a sync", h.sync()).await.expect("sync");
-    }
-    let feed = bounded(
-        "a feed",
-        watcher_db
-            .table(table)
-            .changes()
-            .include_initial(true)
-            .into_future(),
-    )
-    .await
-    .expect("a feed");
-    let watcher = tokio::spawn(replay_feed(feed));
+    let (b, c, watcher_db, watcher) = writers_and_watcher(pg.url(), table, 1).await;
 
     let keys: Arc<Vec<String>> = Arc::new((0..24).map(|i| format!("k{i}")).collect());
     let prefixes: Arc<Vec<String>> = Arc::new(vec!["k1".into(), "k2".into(), "k7".into()]);
@@ -1226,23 +1242,7 @@ async fn big_insert_many_with_duplicates_against_other_processes() {
     bounded("create", a.create_table(table))
         .await
         .expect("create");
-    let b = process(pg.url(), 8).await;
-    let c = process(pg.url(), 2).await;
-    let watcher_db = process(pg.url(), 1).await;
-    for h in [&b, &c, &watcher_db] {
-        bounded("a sync", h.sync()).await.expect("sync");
-    }
-    let feed = bounded(
-        "a feed",
-        watcher_db
-            .table(table)
-            .changes()
-            .include_initial(true)
-            .into_future(),
-    )
-    .await
-    .expect("a feed");
-    let watcher = tokio::spawn(replay_feed(feed));
+    let (b, c, watcher_db, watcher) = writers_and_watcher(pg.url(), table, 2).await;
 
     // The big writes' keys (drawn with repeats), and fresh ones a big write inserts in
     // order (all inserts: the insert-only statement, until another process takes a key).

@@ -53,7 +53,7 @@ mod pg_attack;
 
 use futures::StreamExt;
 use pg_attack::{assert_no_failures, seed, Rng};
-use remodel::postgres::{skip_or_fail, Connect, TestCluster};
+use remodel::postgres::{Connect, TestCluster};
 use remodel::{field, json, ChangeKind, Cursor, Database, Error, IndexSpec, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
@@ -70,17 +70,7 @@ const RECOVER: Duration = Duration::from_secs(40);
 const SHORT: Duration = Duration::from_millis(300);
 
 fn cluster(test: &str) -> Option<Arc<TestCluster>> {
-    match TestCluster::start() {
-        Ok(c) if !c.is_external() => Some(Arc::new(c)),
-        Ok(_) => {
-            eprintln!("{test}: skipped (an external server is not stopped by tests)");
-            None
-        }
-        Err(e) => {
-            skip_or_fail(test, &e);
-            None
-        }
-    }
+    pg_attack::own_cluster(test).map(Arc::new)
 }
 
 async fn open(url: &str, window: Option<Duration>) -> Database {
@@ -230,41 +220,34 @@ impl Watched {
 }
 
 /// Reads `feed` until it ends, or until `stop` is set and it has been idle for `idle`.
-async fn watch(
-    mut feed: remodel::Feed,
-    mut w: Watched,
-    stop: Arc<AtomicBool>,
-    idle: Duration,
-) -> Watched {
-    let mut idle_since = Instant::now();
-    loop {
-        match tokio::time::timeout(Duration::from_millis(50), feed.next()).await {
-            Ok(Some(Ok(c))) => {
-                idle_since = Instant::now();
-                w.apply(&c);
-            }
-            Ok(Some(Err(e))) => {
-                w.ended = Some(format!("{e} ({e:?})"));
-                return w;
-            }
-            Ok(None) => {
-                w.problems.push("the feed ended without an error".into());
-                return w;
-            }
-            Err(_) if stop.load(Ordering::Relaxed) && idle_since.elapsed() > idle => return w,
-            Err(_) => {}
-        }
-    }
+async fn watch(feed: remodel::Feed, w: Watched, stop: Arc<AtomicBool>, idle: Duration) -> Watched {
+    let done = move |_: &Watched, quiet: Duration| stop.load(Ordering::Relaxed) && quiet > idle;
+    let read = read_until(feed, w, done, None).await;
+    read.expect("no time limit")
 }
 
 /// Reads `feed` until it ends with an error, or until it has shown `marker` (a row whose
 /// `marker` field is it) and then been idle for a moment, or until `within` passes (then
 /// `None`: the feed neither ended nor showed the marker).
 async fn watch_for(
-    mut feed: remodel::Feed,
-    mut w: Watched,
+    feed: remodel::Feed,
+    w: Watched,
     marker: String,
     within: Duration,
+) -> Option<Watched> {
+    let done = move |w: &Watched, quiet: Duration| {
+        w.seen.contains(&marker) && quiet > Duration::from_millis(300)
+    };
+    read_until(feed, w, done, Some(within)).await
+}
+
+/// Reads `feed` into `w` until it ends, or `done(w, how long it has been idle)` holds while
+/// it is idle; `None` when `within` passes first.
+async fn read_until(
+    mut feed: remodel::Feed,
+    mut w: Watched,
+    done: impl Fn(&Watched, Duration) -> bool,
+    within: Option<Duration>,
 ) -> Option<Watched> {
     let begin = Instant::now();
     let mut idle_since = Instant::now();
@@ -282,14 +265,9 @@ async fn watch_for(
                 w.problems.push("the feed ended without an error".into());
                 return Some(w);
             }
-            Err(_) => {
-                if w.seen.contains(&marker) && idle_since.elapsed() > Duration::from_millis(300) {
-                    return Some(w);
-                }
-                if begin.elapsed() > within {
-                    return None;
-                }
-            }
+            Err(_) if done(&w, idle_since.elapsed()) => return Some(w),
+            Err(_) if within.is_some_and(|within| begin.elapsed() > within) => return None,
+            Err(_) => {}
         }
     }
 }

@@ -16,8 +16,12 @@
 //!
 //! Seeds: none (the writes are numbered); the server's log tail is printed on a failure.
 
+// The PostgreSQL attack suites' shared helpers (a cluster of the test's own).
+mod pg_attack;
+
 use futures::StreamExt;
-use remodel::postgres::{skip_or_fail, Connect, TestCluster};
+use pg_attack::own_cluster;
+use remodel::postgres::Connect;
 use remodel::{json, ChangeKind, Database, Value};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,21 +30,6 @@ use std::time::{Duration, Instant};
 
 /// How long anything may take before the test calls it a hang.
 const HANG: Duration = Duration::from_secs(90);
-
-fn cluster(test: &str) -> Option<TestCluster> {
-    match TestCluster::start() {
-        Ok(c) if !c.is_external() => Some(c),
-        // The server of REMODEL_PG_URL is not the tests' to stop.
-        Ok(_) => {
-            eprintln!("{test}: skipped (an external server is not stopped by tests)");
-            None
-        }
-        Err(e) => {
-            skip_or_fail(test, &e);
-            None
-        }
-    }
-}
 
 /// What a feed delivered: its rows replayed onto its initial ones, or how it ended.
 #[derive(Debug, Default)]
@@ -172,7 +161,7 @@ async fn writes(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_restart_during_writes() {
-    let Some(cluster) = cluster("server_restart_during_writes") else {
+    let Some(cluster) = own_cluster("server_restart_during_writes") else {
         return;
     };
     let cluster = Arc::new(cluster);
@@ -307,7 +296,7 @@ async fn server_restart_during_writes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outage_longer_than_the_reconnect_window() {
-    let Some(cluster) = cluster("outage_longer_than_the_reconnect_window") else {
+    let Some(cluster) = own_cluster("outage_longer_than_the_reconnect_window") else {
         return;
     };
     let pg = cluster.create_database().await.expect("a test database");

@@ -14,6 +14,23 @@ pub async fn database(test: &str) -> Option<TestDatabase> {
     Some(cluster.create_database().await.expect("a test database"))
 }
 
+/// A throwaway cluster of the test's own, for tests that stop its server (never the shared
+/// one), or `None` (the test is skipped) when PostgreSQL is not installed or the tests run
+/// against the server of `REMODEL_PG_URL`, which is not theirs to stop.
+pub fn own_cluster(test: &str) -> Option<TestCluster> {
+    match TestCluster::start() {
+        Ok(c) if !c.is_external() => Some(c),
+        Ok(_) => {
+            eprintln!("{test}: skipped (an external server is not stopped by tests)");
+            None
+        }
+        Err(e) => {
+            remodel::postgres::skip_or_fail(test, &e);
+            None
+        }
+    }
+}
+
 /// The seed in the environment variable `var`, or one from the clock; printed as
 /// `var=seed`, so that a failing run can be replayed.
 pub fn seed(var: &str) -> u64 {
