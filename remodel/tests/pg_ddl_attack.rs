@@ -1404,6 +1404,16 @@ async fn ddl_and_writes_right_after_another_process_ddl() {
             .update(json!({"n": 2}))
             .await
             .unwrap_or_else(|e| panic!("b updates in {name}: {e}"));
+        // A write by query, planned right after c made the table.
+        let q = format!("q{i}");
+        c.create_table(&q).await.expect("c creates a queried table");
+        let r = b
+            .table(&q)
+            .filter(field("n").eq(1))
+            .update(json!({"n": 3}))
+            .await
+            .unwrap_or_else(|e| panic!("b updates by query in {q} c created: {e}"));
+        assert_eq!(r.replaced, 0, "{q} is empty");
         match b
             .table(&name)
             .create_index("n", IndexSpec::field("n"))

@@ -280,7 +280,9 @@ impl Write {
                     return Err(Error::query("the stats table is read-only"));
                 }
                 let db = q.db.clone();
-                let plan = q.plan()?;
+                // Planned against the shared catalog, as every write is (see
+                // `Database::checked_in_sync`).
+                let plan = db.checked_in_sync(|| q.plan()).await?;
                 let patch = match self.action {
                     Action::Update(p) => Some(p),
                     _ => None,
