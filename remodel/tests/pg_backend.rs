@@ -779,3 +779,82 @@ async fn a_blocked_group_does_not_hold_up_the_writes_behind_it() {
     assert_eq!(db.table("free").count().await.unwrap(), 5);
     assert_eq!(db.table("locked").count().await.unwrap(), 5);
 }
+
+/// The sessions a database has on the server (but the one asking), as
+/// `application_name | backend_type | state | query`.
+async fn sessions_on(cluster: &TestCluster, db: &str) -> Vec<String> {
+    let admin = remodel::postgres::connect(cluster.admin_config())
+        .await
+        .expect("the admin connects");
+    admin
+        .query(
+            "SELECT coalesce(application_name, '') || ' | ' || coalesce(backend_type, '') \
+             || ' | ' || coalesce(state, '') || ' | ' || coalesce(query, '') \
+             FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            &[&db],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect()
+}
+
+/// `close()` with the server up leaves no session on it though the program keeps the handle
+/// (as a program may, in a struct that outlives the close): the commit, sync and pool
+/// connections end with the replication one, after the writes already sent have committed.
+/// (They stayed open until the handle was dropped.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_ends_every_session_though_the_handle_is_kept() {
+    let test = "close_ends_every_session_though_the_handle_is_kept";
+    let Some(cluster) = TestCluster::shared_or_skip(test) else {
+        return;
+    };
+    let pg = cluster.create_database().await.expect("a test database");
+    let db = remodel::postgres::Connect::new(pg.url())
+        .connections(3)
+        .open()
+        .await
+        .expect("connects");
+    db.create_table("t").await.unwrap();
+    let mut feed = db.table("t").changes().await.unwrap();
+    // Every kind of connection used: group commits (concurrent inserts), a multi-table
+    // batch (the pool), sync tokens.
+    let writes: Vec<_> = (0..32)
+        .map(|i| {
+            let t = db.table("t");
+            tokio::spawn(async move { t.insert(json!({"id": i})).await })
+        })
+        .collect();
+    for w in writes {
+        w.await.unwrap().unwrap();
+    }
+    db.batch().insert("t", json!({"id": "b"})).await.unwrap();
+    db.sync().await.unwrap();
+    assert!(next(&mut feed).await.is_some());
+    assert!(
+        !sessions_on(cluster, pg.name()).await.is_empty(),
+        "an open database has sessions"
+    );
+    db.close().await.unwrap();
+    let mut left = Vec::new();
+    for _ in 0..50 {
+        left = sessions_on(cluster, pg.name()).await;
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        left.is_empty(),
+        "5 s after close(), the kept handle still holds sessions: {left:#?}"
+    );
+    assert!(matches!(
+        db.table("t").insert(json!({"id": "late"})).await,
+        Err(Error::Closed)
+    ));
+    // What was acknowledged before the close is there.
+    let other = Database::connect(pg.url()).await.expect("another process");
+    assert_eq!(other.table("t").count().await.unwrap(), 33);
+    drop(db);
+}

@@ -488,6 +488,9 @@ pub(crate) struct PgBackend {
     /// Replication connections lost and bridged from the shared history.
     pub(super) reconnects: AtomicU64,
     stop: watch::Sender<bool>,
+    /// Ends the commit and sync connections (sent by `close` once the last commits and the
+    /// archiver's flush are done, and on drop): see [`super::connect_until`].
+    hang_up: watch::Sender<bool>,
     restaged: AtomicU64,
     commits: AtomicU64,
     /// Single-table writes waiting to be committed in a group.
@@ -525,9 +528,12 @@ impl PgBackend {
             .feed_queue_size(options.feed_queue_size)
             .open()
             .await?;
+        let (hang_up, _) = watch::channel(false);
         let mut conns = Vec::new();
         for _ in 0..options.connections {
-            let client = super::connect(&config).await.map_err(|e| pg_error(&e))?;
+            let client = super::connect_until(&config, hang_up.subscribe())
+                .await
+                .map_err(|e| pg_error(&e))?;
             conns.push(Mutex::new(Arc::new(Conn::new(client))));
         }
         // `Clean` recycling ends a returned connection's session state, advisory locks
@@ -539,7 +545,9 @@ impl PgBackend {
                 recycling_method: deadpool_postgres::RecyclingMethod::Clean,
             },
         );
-        let sync_client = super::connect(&config).await.map_err(|e| pg_error(&e))?;
+        let sync_client = super::connect_until(&config, hang_up.subscribe())
+            .await
+            .map_err(|e| pg_error(&e))?;
         let pool = deadpool_postgres::Pool::builder(manager)
             .max_size(options.connections.max(2))
             .build()
@@ -566,6 +574,7 @@ impl PgBackend {
             pump: Mutex::new(pump.handle()),
             reconnects: AtomicU64::new(0),
             stop,
+            hang_up,
             restaged: AtomicU64::new(0),
             commits: AtomicU64::new(0),
             groups: GroupCommit::default(),
@@ -612,9 +621,7 @@ impl PgBackend {
         if !conn.client.is_closed() {
             return Ok(conn);
         }
-        let client = super::connect(&self.config)
-            .await
-            .map_err(|e| pg_error(&e))?;
+        let client = self.connect_again().await?;
         let fresh = Arc::new(Conn::new(client));
         *slot.lock() = fresh.clone();
         Ok(fresh)
@@ -626,13 +633,20 @@ impl PgBackend {
         if !client.is_closed() {
             return Ok(client);
         }
-        let fresh = Arc::new(
-            super::connect(&self.config)
-                .await
-                .map_err(|e| pg_error(&e))?,
-        );
+        let fresh = Arc::new(self.connect_again().await?);
         *self.sync_client.lock() = fresh.clone();
         Ok(fresh)
+    }
+
+    /// A connection in place of a closed commit or sync connection; none once the database
+    /// is closed (its connections were ended on purpose).
+    async fn connect_again(&self) -> Result<Client> {
+        if *self.hang_up.borrow() {
+            return Err(Error::Closed);
+        }
+        super::connect_until(&self.config, self.hang_up.subscribe())
+            .await
+            .map_err(|e| pg_error(&e))
     }
 
     pub(super) fn failed(&self) -> Option<Error> {
@@ -1430,11 +1444,19 @@ impl Backend for PgBackend {
         let _ = self.stop.send(true);
         let archiver = self.archiver.lock().take();
         Box::pin(async move {
-            // The archiver's last flush (bounded: a server that does not answer does not
-            // hold up the close).
-            if let Some(archiver) = archiver {
-                let _ = tokio::time::timeout(CLOSE_FLUSH_WAIT, archiver).await;
-            }
+            // The archiver's last flush and the group commits already sent (bounded: a
+            // server that does not answer does not hold up the close).
+            let _ = tokio::time::timeout(CLOSE_FLUSH_WAIT, async {
+                if let Some(archiver) = archiver {
+                    let _ = archiver.await;
+                }
+                self.groups.until_no_leader().await;
+            })
+            .await;
+            // Then no session is left on the server, though the program may keep its
+            // handle: the commit and sync connections end, the pool's with them.
+            let _ = self.hang_up.send(true);
+            self.pool.close();
             Ok(())
         })
     }
@@ -1467,6 +1489,7 @@ impl Backend for PgBackend {
 impl Drop for PgBackend {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
+        let _ = self.hang_up.send(true);
     }
 }
 

@@ -64,6 +64,28 @@ pub async fn connect(
     Ok(client)
 }
 
+/// [`connect`], but the connection also ends (its socket closed, the server's session with
+/// it) once `hang_up` says so, though clones of the client may live on: a closed database
+/// keeps no session on the server while a program still holds its handle.
+pub(crate) async fn connect_until(
+    config: &tokio_postgres::Config,
+    mut hang_up: tokio::sync::watch::Receiver<bool>,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        tokio::select! {
+            ended = connection => {
+                if let Err(e) = ended {
+                    tracing::debug!("postgres connection ended: {e}");
+                }
+            }
+            // A sender dropped counts as hung up too (its backend is gone).
+            _ = hang_up.wait_for(|h| *h) => {}
+        }
+    });
+    Ok(client)
+}
+
 /// Starts a read-only transaction at repeatable read on `client`: every read of it sees one
 /// snapshot.
 pub(crate) async fn read_only_snapshot(
