@@ -45,6 +45,11 @@
 //! **Group commit.** Single-table writes of concurrent tasks go to PostgreSQL together, as
 //! one transaction (`group_commit.rs`), each with its own outcome.
 //!
+//! **Closing.** [`Database::close`] ends the process's feeds and replication stream, waits
+//! (at most 2 s) for the archiver's last flush and the group commits already sent, then ends
+//! every connection it holds: a closed database keeps no session on the server, though the
+//! program may keep its handle. Dropping the last handle does the same without the waits.
+//!
 //! **Stats.** [`Database::stats`] has a row `{"type": "postgres"}`: the replication slot,
 //! the replica's position (`position`) and how far the server's WAL is ahead of it
 //! (`lag_bytes`), PostgreSQL transactions this process committed (`commits`: a group
@@ -92,7 +97,7 @@ const LOCK_DEADLOCK_RETRIES: usize = 5;
 /// for how long.
 const RECENT_XIDS: usize = 1 << 16;
 const RECENT_FOR: Duration = Duration::from_secs(10);
-/// How long `close` waits for the archiver's last flush.
+/// How long `close` waits for the archiver's last flush and the group commits in flight.
 const CLOSE_FLUSH_WAIT: Duration = Duration::from_secs(2);
 /// How long a writer waits for its commit to be applied before it asks with a sync token.
 const APPLY_WAIT: Duration = Duration::from_secs(2);
