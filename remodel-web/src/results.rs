@@ -24,6 +24,11 @@ use std::collections::{BTreeMap, HashMap};
 /// ]}));
 /// assert_eq!(r.rows(1), vec![json!({"id": "c"})]);
 /// assert_eq!(r.cursor(1), Some("8-0"));
+/// // A reset in parts gives no cursor until its last part came.
+/// r.apply(&json!({"t": "reset", "sub": 1, "rows": [["d", {"id": "d"}]], "order": [], "cursor": "9-ffffffff", "more": true}));
+/// assert_eq!(r.cursor(1), None);
+/// r.apply(&json!({"t": "more", "sub": 1, "rows": [["e", {"id": "e"}]], "more": false}));
+/// assert_eq!(r.cursor(1), Some("9-ffffffff"));
 /// ```
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Results {
@@ -98,10 +103,16 @@ impl Results {
             .is_some_and(|r| r.rows.contains_key(&key.to_string()))
     }
 
-    /// The cursor to resume subscription `sub` from (`None` before any, or for a feed that
-    /// cannot resume).
+    /// The cursor to resume subscription `sub` from (`None` before any, for a feed that
+    /// cannot resume, and while a reset's `more` frames are still coming: resuming from the
+    /// reset's cursor would keep only the part of the result that came, as the JavaScript
+    /// client knows too).
     pub fn cursor(&self, sub: u32) -> Option<&str> {
-        self.subs.get(&sub)?.cursor.as_deref()
+        let r = self.subs.get(&sub)?;
+        if r.partial {
+            return None;
+        }
+        r.cursor.as_deref()
     }
 
     /// The refusal that ended subscription `sub`, if it ended.
