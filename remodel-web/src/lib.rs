@@ -243,6 +243,7 @@ impl<I: Clone + Send + Sync + 'static> WebBuilder<I> {
     pub fn build(self) -> Web<I> {
         Web {
             shared: Arc::new(Shared {
+                scope: self.db.identity(),
                 db: self.db,
                 publications: self.publications,
                 methods: self.methods,
@@ -261,6 +262,9 @@ impl<I: Clone + Send + Sync + 'static> WebBuilder<I> {
 /// What every connection shares.
 pub(crate) struct Shared<I> {
     pub(crate) db: Database,
+    /// The database's identity ([`Database::identity`]), in every cursor given to a client:
+    /// a cursor of another database is not resumed here.
+    pub(crate) scope: u64,
     pub(crate) publications: HashMap<String, Arc<PublishFn<I>>>,
     pub(crate) methods: HashMap<String, Arc<MethodFn<I>>>,
     pub(crate) limits: Limits,

@@ -37,7 +37,11 @@
 //! cursor of the newest change in it; a reconnecting client sends it back with `sub`, and gets
 //! exactly the changes after it (as `change` messages), or a `reset` when the server no longer
 //! holds them (the cursor expired, or the publication's feed cannot resume: top-N, aggregates,
-//! joins). Messages of one subscription arrive in commit order.
+//! joins). Cursors are opaque to clients: a position in the database's commit order, then the
+//! database's identity (`1f-0.9c2e41d07a3b5f18`), so that a cursor of another database (the
+//! server's database deleted and made again, another deployment, another database of the
+//! same PostgreSQL server) gets a `reset`, never a resume that would keep that database's
+//! rows. Messages of one subscription arrive in commit order.
 //!
 //! After an `unsub`, nothing more of that subscription is sent; frames of it already on their
 //! way may still arrive (a client that reuses the id ignores them until the new

@@ -72,6 +72,7 @@ impl Registry {
         live: Live,
         changes: Changes,
         queue: usize,
+        scope: u64,
     ) -> Arc<Handle> {
         // An ended result's handle, dropped after the lock (if it is the last one, its drop
         // takes the lock).
@@ -83,7 +84,7 @@ impl Registry {
             }
             _ended = Some(handle);
         }
-        let inner = Arc::new(Inner::new(&live, queue.max(1)));
+        let inner = Arc::new(Inner::new(&live, queue.max(1), scope));
         // The result's task reads its feed as changes come; a larger queue than a
         // subscription's own absorbs a moment without a worker (its overflow restarts every
         // member).
@@ -148,6 +149,8 @@ struct Inner {
     kept_batches: usize,
     /// The waiting list's round (see [`Waiting`]), readable without its lock.
     round: AtomicU64,
+    /// The database's identity, in the cursors it gives ([`text::cursor_text`]).
+    scope: u64,
 }
 
 /// The wakers of the members waiting for the next batch: emptied (all woken) by each batch
@@ -222,9 +225,10 @@ impl SharedBatch {
 }
 
 impl Inner {
-    fn new(live: &Live, kept_batches: usize) -> Self {
+    fn new(live: &Live, kept_batches: usize, scope: u64) -> Self {
         Inner {
             kept_batches,
+            scope,
             round: AtomicU64::new(0),
             seq: AtomicU64::new(0),
             ended: AtomicBool::new(false),
@@ -351,7 +355,7 @@ async fn follow(inner: &Inner, live: &Live, changes: Changes) -> Stop {
             let shared = SharedBatch {
                 parts,
                 cursor,
-                cursor_text: cursor.map(|c| c.to_string()),
+                cursor_text: cursor.map(|c| text::cursor_text(c, inner.scope)),
                 bytes,
                 frames: Mutex::new(Vec::new()),
             };
@@ -418,7 +422,8 @@ impl Handle {
                 .collect();
             (seq, rows, state.cursor)
         };
-        let frames = reset_frames(&rows, &self.inner.order, cursor_now, sub);
+        let cursor_now = cursor_now.map(|c| text::cursor_text(c, self.inner.scope));
+        let frames = reset_frames(&rows, &self.inner.order, cursor_now.as_deref(), sub);
         let mut state = lock(&self.inner.state);
         // Made for the rows as they stood at `seq`: kept only if they still do.
         let current = seq == state.first + state.kept.len() as u64 - 1;
@@ -507,12 +512,11 @@ fn cached_reset(state: &State, seq: u64, sub: u32) -> Option<Frames> {
 fn reset_frames(
     rows: &[(Arc<str>, Arc<str>)],
     order: &str,
-    cursor: Option<Cursor>,
+    cursor: Option<&str>,
     sub: u32,
 ) -> Frames {
     let parts = text::parts(rows.iter().map(|(k, r)| (&**k, Some(&**r))));
-    let cursor = cursor.map(|c| c.to_string());
-    text::reset_frames(sub, &parts, order, cursor.as_deref()).into()
+    text::reset_frames(sub, &parts, order, cursor).into()
 }
 
 impl Member {
@@ -624,7 +628,7 @@ mod tests {
             Some(Ok(changes)) => changes,
             _ => panic!("a feed"),
         };
-        let handle = registry.join((1, "{}".into(), "".into()), live, changes, 16);
+        let handle = registry.join((1, "{}".into(), "".into()), live, changes, 16, 0);
         (db, registry, handle)
     }
 

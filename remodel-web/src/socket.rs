@@ -32,6 +32,7 @@
 use crate::outbox::{text_len, Inbox, Item, Outbox, BYTES};
 use crate::protocol::{ClientFrame, Outcome, ServerFrame};
 use crate::subscription::{Following, Step, Stop, Subscription};
+use crate::text;
 use crate::{Caller, ErrorCode, Refusal, Shared};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures::stream::SplitSink;
@@ -662,8 +663,9 @@ impl<I: Clone + Send + Sync + 'static> Connection<I> {
             let why = Refusal::new(ErrorCode::UnknownPublication, "no such publication");
             return self.send(end(why)).await;
         };
-        let cursor = match cursor.map(|c| c.parse::<remodel::Cursor>()).transpose() {
-            Ok(cursor) => cursor,
+        let scope = self.shared.scope;
+        let cursor = match cursor.map(|c| text::parse_cursor(&c, scope)).transpose() {
+            Ok(cursor) => cursor.flatten(),
             Err(_) => {
                 let why = Refusal::new(ErrorCode::BadCursor, "not a cursor this server gave");
                 return self.send(end(why)).await;

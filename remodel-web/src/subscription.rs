@@ -268,7 +268,9 @@ impl<I: Clone + Send + Sync + 'static> Opening<I> {
         if guards_moved(&mut guards) {
             return Err(Stop::Restart);
         }
-        let cursor = feed.snapshot_cursor().map(|c| c.to_string());
+        let cursor = feed
+            .snapshot_cursor()
+            .map(|c| text::cursor_text(c, sub.shared.scope));
         let order = serde_json::to_string(&live.order).unwrap_or_else(|_| "[]".into());
         let rows = text::row_texts(rows.into_iter().map(|(key, row)| (key, Some(row))));
         let frames = text::reset_frames(sub.id, &text::parts_of(&rows), &order, cursor.as_deref());
@@ -307,7 +309,10 @@ impl<I: Clone + Send + Sync + 'static> Opening<I> {
         let queue = sub.shared.limits.feed_queue;
         // The result's task follows the feed with this decision's key, rules and view (equal
         // to every other member's: that is what declaring it shared says).
-        let result = sub.shared.results.join(key, live, changes, queue);
+        let result = sub
+            .shared
+            .results
+            .join(key, live, changes, queue, sub.shared.scope);
         if let Some(cursor) = resumable {
             if let Some(Joined::Resumed(member)) = result.clone().join(sub.id, Some(cursor)).await?
             {
@@ -537,7 +542,9 @@ impl<I: Clone + Send + Sync + 'static> Following<I> {
             *rejoin = None;
         }
         let rows = text::row_texts(batch.rows.into_values());
-        let cursor = batch.cursor.map(|c| c.to_string());
+        let cursor = batch
+            .cursor
+            .map(|c| text::cursor_text(c, self.sub.shared.scope));
         let frames = text::change_frames(self.sub.id, &text::parts_of(&rows), cursor.as_deref());
         if let Some(member) = member {
             self.source = Source::Shared(member);

@@ -9,7 +9,7 @@
 
 use crate::live::Shown;
 use axum::extract::ws::Message;
-use remodel::{Change, Value};
+use remodel::{Change, Cursor, Value};
 use std::cell::RefCell;
 use std::sync::Arc;
 
@@ -229,6 +229,33 @@ fn more_frame(sub: u32, rows: &str, more: bool) -> String {
 fn push_str_json(out: &mut String, s: &str) {
     // Writing a string as JSON cannot fail.
     out.push_str(&serde_json::to_string(s).unwrap_or_default());
+}
+
+/// A cursor as clients get it: the feed's cursor, then the database's identity
+/// ([`remodel::Database::identity`]), so that a cursor of another database (another
+/// deployment, a database made again, another database of the same PostgreSQL server, whose
+/// positions are of one space) is never resumed here.
+pub(crate) fn cursor_text(cursor: Cursor, scope: u64) -> String {
+    format!("{cursor}.{scope:x}")
+}
+
+/// Reads a client's cursor: `Err` when it is no cursor at all; `Ok(None)` when it is one of
+/// another database (or of a server that gave cursors without their database: a resume
+/// from it reads the result afresh, as from an expired one); `Ok(Some)` to resume from.
+pub(crate) fn parse_cursor(text: &str, scope: u64) -> Result<Option<Cursor>, ()> {
+    let (cursor, of) = match text.split_once('.') {
+        Some((cursor, of)) => (cursor, Some(of)),
+        None => (text, None),
+    };
+    let cursor = cursor.parse::<Cursor>().map_err(drop)?;
+    let of = match of {
+        None => return Ok(None),
+        Some(of) if !of.is_empty() && of.len() <= 16 => {
+            u64::from_str_radix(of, 16).map_err(drop)?
+        }
+        Some(_) => return Err(()),
+    };
+    Ok((of == scope).then_some(cursor))
 }
 
 #[cfg(test)]

@@ -98,6 +98,13 @@ pub(crate) trait Backend: Send + Sync + 'static {
     fn close(self: Arc<Self>) -> BoxFuture<'static, Result<()>>;
     /// Rows for the `stats` table (lag, positions).
     fn stats_rows(&self) -> Vec<Value>;
+
+    /// The identity of the database this backend stores ([`crate::Database::identity`]),
+    /// when it is not the local store's own (a replica's store is made afresh by each
+    /// process, the database it follows is not).
+    fn identity(&self) -> Option<u64> {
+        None
+    }
     /// The changes of `table` numbered from `from` up to (not including) `to`, from the
     /// database of record's history, for a feed resuming from a cursor older than the
     /// store's own change log. `Ok(Err(reason))` when the history does not hold them all

@@ -200,6 +200,8 @@ pub(crate) struct DbInner {
     closures: write::ClosureWatch,
     /// Sequence numbers up to here are reserved on disk (see `reserve_seq`).
     seq_reserved: std::sync::atomic::AtomicU64,
+    /// This store's identity, made at random when it was created ([`Database::identity`]).
+    identity: u64,
     /// Where the sequence reservation is kept.
     meta: Tree,
     /// The sequence numbers feeds may show (hard writes once on disk).
@@ -691,6 +693,35 @@ impl Database {
         self.inner.flush_committed().await
     }
 
+    /// The database's identity: made at random when the database is created and kept with
+    /// it, so every handle and process on the same database has the same, and another
+    /// database (or this one deleted and made again) another. Positions and [`Cursor`]s
+    /// carry none (they are short and compared as numbers), so what hands cursors to others
+    /// puts this beside them and checks it before resuming one: remodel-web's cursors do.
+    /// A temporary or in-memory database has one of its own each time it is opened; on
+    /// PostgreSQL it is the database's (its Remodel schema's), the same in every process.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let dir = std::env::temp_dir().join(format!("remodel-identity-doc-{}", std::process::id()));
+    /// let a = remodel::Database::open(&dir).await?;
+    /// let id = a.identity();
+    /// a.close().await?;
+    /// drop(a);
+    /// assert_eq!(remodel::Database::open(&dir).await?.identity(), id);
+    /// assert_ne!(remodel::Database::temporary().await?.identity(), id);
+    /// # let _ = std::fs::remove_dir_all(&dir);
+    /// # Ok::<(), remodel::Error>(())
+    /// # }).unwrap();
+    /// ```
+    ///
+    /// [`Cursor`]: crate::Cursor
+    pub fn identity(&self) -> u64 {
+        self.backend()
+            .and_then(|b| b.identity())
+            .unwrap_or(self.inner.identity)
+    }
+
     /// The database of record, when it is not this process's store.
     pub(crate) fn backend(&self) -> Option<Arc<dyn backend::Backend>> {
         self.inner.backend.get().cloned()
@@ -766,6 +797,8 @@ impl Database {
 /// The tree of database-wide settings, and the key of the sequence reservation in it.
 const META_TREE: &str = "__remodel_meta";
 const SEQ_RESERVED_KEY: &[u8] = b"seq_reserved";
+/// The key of the database's identity in the meta tree ([`Database::identity`]).
+const IDENTITY_KEY: &[u8] = b"identity";
 /// How many sequence numbers one reservation covers: a reservation is one small durable
 /// write, so this many commits pass between two of them.
 const SEQ_BLOCK: u64 = 1 << 20;

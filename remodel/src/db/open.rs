@@ -8,9 +8,9 @@ use super::stats::Stats;
 use super::table::TableMeta;
 use super::{
     write, Config, Database, DbInner, Durability, IndexState, TableState, Visibility, CATALOG_TREE,
-    META_TREE, SEQ_RESERVED_KEY,
+    IDENTITY_KEY, META_TREE, SEQ_RESERVED_KEY,
 };
-use crate::storage::{EngineConfig, Liveness, OpenFailure, Storage, Tree};
+use crate::storage::{EngineConfig, Liveness, OpenFailure, Storage, Tree, WriteBatch};
 use crate::{Error, Result};
 use parking_lot::{Mutex, MutexGuard, RwLock};
 use std::collections::HashMap;
@@ -135,6 +135,7 @@ impl DbInner {
         changelog: Option<Arc<ChangeLog>>,
     ) -> Result<Self> {
         let catalog = storage.tree(CATALOG_TREE)?;
+        let identity = identity_of(&storage, &meta)?;
         let stats_table = Arc::new(TableState::new(
             "stats".into(),
             "id".into(),
@@ -152,6 +153,7 @@ impl DbInner {
             handoffs: write::Handoffs::default(),
             closures: write::ClosureWatch::default(),
             seq_reserved: AtomicU64::new(seq),
+            identity,
             meta,
             visibility,
             sink: OnceLock::new(),
@@ -247,6 +249,23 @@ fn open_storage(
         },
         patience,
     )
+}
+
+/// The database's identity ([`Database::identity`]): the stored one, or one made at random
+/// and stored now (a database just created; made durable with the sequence reservation that
+/// follows at once).
+fn identity_of(storage: &Storage, meta: &Tree) -> Result<u64> {
+    if let Some(b) = meta.get(IDENTITY_KEY)? {
+        let bytes = b.as_ref().try_into();
+        return bytes
+            .map(u64::from_be_bytes)
+            .map_err(|_| Error::storage("the stored database identity is damaged"));
+    }
+    let id = uuid::Uuid::new_v4().as_u64_pair().0;
+    let mut batch = WriteBatch::default();
+    batch.insert(meta, IDENTITY_KEY.to_vec(), id.to_be_bytes().to_vec());
+    storage.apply(&batch)?;
+    Ok(id)
 }
 
 /// Where sequence numbers go on from: where the last run had reserved them (a crash may

@@ -506,6 +506,8 @@ pub(crate) struct PgBackend {
     archiver: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// How long a lost replication connection is tried again ([`Connect::reconnect_for`]).
     pub(super) reconnect_for: Duration,
+    /// The database's identity, shared by every process ([`Database::identity`]).
+    identity: u64,
     /// A lost replication connection is being recovered (reconnected, bridged, reloaded).
     pub(super) recovering: AtomicBool,
     me: Weak<PgBackend>,
@@ -519,7 +521,7 @@ impl PgBackend {
             .map_err(|e| Error::storage(format!("not a PostgreSQL connection string: {e}")))?;
         probe_dead_peers(&mut config);
         check_schema_name(&options.schema)?;
-        set_up_schema(&config, &options.schema).await?;
+        let identity = set_up_schema(&config, &options.schema).await?;
         // The replica's own writes are never waited for (it is rebuilt on every start); its
         // default durability is the one writes to PostgreSQL get.
         let store = if options.replica_in_memory {
@@ -586,6 +588,7 @@ impl PgBackend {
             archive: Archive::new(db.inner.with_commit_lock(|last| last), options.retention),
             archiver: Mutex::new(None),
             reconnect_for: options.reconnect_for,
+            identity,
             recovering: AtomicBool::new(false),
             me: me.clone(),
         });
@@ -1466,6 +1469,10 @@ impl Backend for PgBackend {
         })
     }
 
+    fn identity(&self) -> Option<u64> {
+        Some(self.identity)
+    }
+
     fn stats_rows(&self) -> Vec<Value> {
         let status = self.pump.lock().status();
         let (archiving, archived, pending, waiting) = self.archive.stats();
@@ -1518,7 +1525,7 @@ fn check_schema_name(name: &str) -> Result<()> {
 
 /// Creates Remodel's schema, catalog and commit function, once per database however many
 /// processes start together (under an advisory lock).
-async fn set_up_schema(config: &tokio_postgres::Config, schema_name: &str) -> Result<()> {
+async fn set_up_schema(config: &tokio_postgres::Config, schema_name: &str) -> Result<u64> {
     let mut client = super::connect(config).await.map_err(|e| pg_error(&e))?;
     let tx = client.transaction().await.map_err(|e| pg_error(&e))?;
     tx.execute(
@@ -1538,7 +1545,13 @@ async fn set_up_schema(config: &tokio_postgres::Config, schema_name: &str) -> Re
     ))
     .await
     .map_err(|e| pg_error(&e))?;
-    tx.commit().await.map_err(|e| pg_error(&e))
+    let identity: i64 = tx
+        .query_one(&schema::identity_sql(schema_name), &[])
+        .await
+        .map_err(|e| pg_error(&e))?
+        .get(0);
+    tx.commit().await.map_err(|e| pg_error(&e))?;
+    Ok(identity as u64)
 }
 
 impl PgBackend {

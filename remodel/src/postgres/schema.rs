@@ -43,11 +43,17 @@ pub(crate) fn relation_name(table: &str) -> String {
 /// The name of a table's advisory lock (hashed with `hashtextextended`): shared by every
 /// commit that writes the table, exclusive for DDL and for writes that select their rows
 /// when they commit.
+/// Reads the database's identity (made by [`setup_sql`]).
+pub(crate) fn identity_sql(schema: &str) -> String {
+    format!("SELECT id FROM {}.identity", ident(schema))
+}
+
 pub(crate) fn lock_name(schema: &str, table: &str) -> String {
     format!("remodel:{schema}.{}", relation_name(table))
 }
 
-/// Creates the schema, the catalog and the commit function (idempotent; `{schema}` is the
+/// Creates the schema, the catalog, the database's identity (made at random once: see
+/// [`crate::Database::identity`]) and the commit function (idempotent; `{schema}` is the
 /// quoted schema, `{schema_text}` its name as a string literal body).
 pub(crate) fn setup_sql(schema: &str) -> String {
     let q = ident(schema);
@@ -59,6 +65,13 @@ pub(crate) fn setup_sql(schema: &str) -> String {
              primary_key text NOT NULL,
              indexes jsonb NOT NULL DEFAULT '{{}}'::jsonb
          );
+         CREATE TABLE IF NOT EXISTS {q}.identity (
+             one boolean PRIMARY KEY DEFAULT true CHECK (one),
+             id bigint NOT NULL
+         );
+         INSERT INTO {q}.identity (id)
+             SELECT ('x' || substr(md5(random()::text || clock_timestamp()::text), 1, 16))::bit(64)::bigint
+             ON CONFLICT DO NOTHING;
          {commit}",
         commit = COMMIT_FN
             .replace("{schema}", &q)
