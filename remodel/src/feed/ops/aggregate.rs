@@ -72,7 +72,8 @@ impl Plan for AggPlan {
 
     fn check_live(&self) -> Result<()> {
         self.rows.check_live()?;
-        check_live(&self.rows.table, self.def.extreme.as_ref())
+        check_live(&self.rows.table, self.def.extreme.as_ref())?;
+        check_live(&self.rows.table, self.def.group_index())
     }
 
     fn load(self) -> Result<Box<Aggregate>> {
@@ -102,9 +103,13 @@ impl Operator for Aggregate {
         self.rows.routes(each);
     }
 
-    /// The index its rows are read by, and the one a live min/max refills from.
+    /// The index its rows are read by, the one a live min/max refills from, and the one
+    /// its rows are grouped by (`group_by_index`: its values are that index's definition,
+    /// which a drop and re-create may change).
     fn reads_index(&self, name: &str) -> bool {
-        self.rows.reads_index(name) || self.agg.extreme_index() == Some(name)
+        self.rows.reads_index(name)
+            || self.agg.extreme_index() == Some(name)
+            || self.agg.def.group_index().is_some_and(|ix| ix.name == name)
     }
 
     fn apply_commit(
@@ -144,6 +149,14 @@ pub(crate) struct AggDef {
 }
 
 impl AggDef {
+    /// The index the rows are grouped by (`group_by_index`), if they are.
+    pub(crate) fn group_index(&self) -> Option<&Arc<IndexState>> {
+        match &self.by {
+            Some(By::Index(ix)) => Some(ix),
+            _ => None,
+        }
+    }
+
     /// Checks the definition against the table and the rows' view; finds the index min/max
     /// need.
     pub(crate) fn resolve(
