@@ -19,9 +19,10 @@ use std::task::Waker;
 pub(crate) trait ChangeSink: Send + Sync + 'static {
     /// True when nothing watches anything: writers skip [`ChangeSink::publish`].
     fn is_idle(&self) -> bool;
-    /// One commit's changes to `table`, under the commit lock, in commit order. Consumers
-    /// to wake go to `wakes`; the writer wakes them once the lock is released.
-    fn publish(&self, table: &Arc<TableState>, changes: &[Committed], wakes: &mut Vec<Waker>);
+    /// One commit's changes (per table; a table may have none), under the commit lock, in
+    /// commit order. Consumers to wake go to `wakes`; the writer wakes them once the lock is
+    /// released.
+    fn publish(&self, committed: &[(Arc<TableState>, Vec<Committed>)], wakes: &mut Vec<Waker>);
     /// Every commit's changes (per table; `last`: its last change number), once they are
     /// durable and before they are published, under the commit lock and in commit order,
     /// whenever the database keeps a resumable change log, idle or not: the feed layer keeps

@@ -471,14 +471,12 @@ impl DbInner {
         self.persist(batch, record, committed, first, last)?;
         self.visibility.committed(last, hard);
         for (table, changes) in committed {
-            if !changes.is_empty() {
-                table
-                    .writes
-                    .fetch_add(changes.len() as u64, Ordering::Relaxed);
-                if let Some(sink) = self.sink().filter(|s| !s.is_idle()) {
-                    sink.publish(table, changes, wakes);
-                }
-            }
+            table
+                .writes
+                .fetch_add(changes.len() as u64, Ordering::Relaxed);
+        }
+        if let Some(sink) = self.sink().filter(|s| !s.is_idle()) {
+            sink.publish(committed, wakes);
         }
         Ok(())
     }

@@ -12,8 +12,8 @@ impl ChangeSink for Hub {
         Hub::is_idle(self)
     }
 
-    fn publish(&self, table: &Arc<TableState>, changes: &[Committed], wakes: &mut Vec<Waker>) {
-        Hub::publish(self, table, changes, wakes);
+    fn publish(&self, committed: &[(Arc<TableState>, Vec<Committed>)], wakes: &mut Vec<Waker>) {
+        Hub::publish(self, committed, wakes);
     }
 
     fn remember(&self, committed: &[(Arc<TableState>, Vec<Committed>)], last: u64) {

@@ -9,6 +9,13 @@
 //! 3. Groups that take a commit as one step get the changes that reached them together,
 //!    once all of them are routed ([`apply_commit`]), so that none of their items reflects
 //!    part of a commit; their route changes are made before the routes are released.
+//!
+//! A commit is published table by table, except for joins when it writes several tables
+//! ([`Joins`]): a join's changes of its left table (step 3) and of the right table it
+//! follows (step 1) are set aside, and once every table is published each join applies
+//! them together in commit order and delivers their items as one step. Published as they
+//! came, a commit that wrote both tables of a join gave its items table by table, out of
+//! their positions' order, and in two deliveries that a reader could see apart.
 
 use super::follow::FollowedEdits;
 use super::group::Group;
@@ -24,21 +31,53 @@ use std::sync::Arc;
 use std::task::Waker;
 
 impl Hub {
-    /// Delivers one commit's changes of a table to the feeds that watch them. Called by the
-    /// write path under the commit lock, in commit order. The consumers to wake are added
-    /// to `wakes`; the caller wakes them after releasing the commit lock, so that writers
-    /// do not hold it while tasks are scheduled.
+    /// Delivers one commit's changes (per table) to the feeds that watch them. Called by
+    /// the write path under the commit lock, in commit order. The consumers to wake are
+    /// added to `wakes`; the caller wakes them after releasing the commit lock, so that
+    /// writers do not hold it while tasks are scheduled.
     pub(crate) fn publish(
         &self,
-        table: &Arc<TableState>,
-        changes: &[Committed],
+        committed: &[(Arc<TableState>, Vec<Committed>)],
         wakes: &mut Vec<Waker>,
     ) {
         if self.is_idle() {
             return;
         }
+        let mut written = committed.iter().filter(|(_, c)| !c.is_empty());
+        let (Some(first), second) = (written.next(), written.next()) else {
+            return;
+        };
+        let Some(second) = second else {
+            // One table (most commits): published as it comes.
+            return self.publish_table(&first.0, &first.1, None, wakes);
+        };
+        let tables: Vec<&str> = [first, second]
+            .into_iter()
+            .chain(written)
+            .map(|(t, _)| t.name.as_str())
+            .collect();
+        let mut joins = Joins::default();
+        for (table, changes) in committed.iter().filter(|(_, c)| !c.is_empty()) {
+            let deferred = Deferred {
+                joins: &mut joins,
+                tables: &tables,
+            };
+            self.publish_table(table, changes, Some(deferred), wakes);
+        }
+        joins.apply(self, committed, wakes);
+    }
+
+    /// One table's changes of a commit; `defer`: of a commit that writes several tables,
+    /// whose joins are applied once all are published (see [`Joins`]).
+    fn publish_table<'c>(
+        &self,
+        table: &Arc<TableState>,
+        changes: &'c [Committed],
+        mut defer: Option<Deferred<'_, 'c>>,
+        wakes: &mut Vec<Waker>,
+    ) {
         if self.followers.any() {
-            self.publish_followed(table, changes, wakes);
+            self.publish_followed(table, changes, defer.as_mut().map(|d| &mut *d.joins), wakes);
         }
         let Some(feeds) = self.feeds_of(&table.name) else {
             return;
@@ -53,6 +92,19 @@ impl Hub {
         let position = changes.first().map_or(0, |c| c.commit);
         let mut followed = FollowedEdits::default();
         for (id, changes) in reached.groups {
+            if let Some(d) = &mut defer {
+                // A join that follows another table this commit writes: set aside.
+                let group = routes.groups.get(&id);
+                let joins_other = group.is_some_and(|g| {
+                    d.tables
+                        .iter()
+                        .any(|&t| t != table.name && g.op.follows(t, None))
+                });
+                if joins_other {
+                    d.joins.left(&table.name, id, changes);
+                    continue;
+                }
+            }
             let commit = Commit {
                 table,
                 changes: &changes,
@@ -65,16 +117,24 @@ impl Hub {
         self.followers.apply(&table.name, followed);
     }
 
-    /// Applies changes of a table to the groups (of other tables) that follow it.
-    fn publish_followed(
+    /// Applies changes of a table to the groups (of other tables) that follow it (or, in a
+    /// commit of several tables, sets them aside for [`Joins::apply`]).
+    fn publish_followed<'c>(
         &self,
         table: &Arc<TableState>,
-        changes: &[Committed],
+        changes: &'c [Committed],
+        mut joins: Option<&mut Joins<'c>>,
         wakes: &mut Vec<Waker>,
     ) {
         // The targets first, then the groups: the followers' routes and a table's routes
         // are never locked together in this order.
         let targets = self.followers.targets(&table.name, changes);
+        if let Some(joins) = &mut joins {
+            for (left, id, c) in targets {
+                joins.right(left, id, c);
+            }
+            return;
+        }
         let mut items = Vec::new();
         for (left, id, c) in targets {
             let Some(feeds) = self.feeds_of(&left) else {
@@ -90,6 +150,116 @@ impl Hub {
             }
             op.apply_followed(c, &mut items);
             members.deliver_step(std::mem::take(&mut items), || op.list(), wakes);
+        }
+    }
+}
+
+/// How a table of a commit that writes several tables is published: its joins' changes go
+/// to `joins` when the join follows another of the tables the commit writes (`tables`).
+struct Deferred<'j, 'c> {
+    joins: &'j mut Joins<'c>,
+    tables: &'j [&'j str],
+}
+
+/// The changes of a commit of several tables that reached joins, set aside until every table
+/// is published: each join then applies its left table's changes and its right table's in
+/// commit order (runs of left changes as one step, each right change on its own, as they
+/// would be published alone) and delivers all their items at once.
+#[derive(Default)]
+struct Joins<'c> {
+    /// Per join (its left table, its group): its changes.
+    groups: Vec<(String, GroupId, Vec<Side<'c>>)>,
+}
+
+/// A change that reached a join: of its left table (`true`) or of the right one.
+type Side<'c> = (bool, &'c Committed);
+
+impl<'c> Joins<'c> {
+    fn entry(&mut self, table: &str, id: GroupId) -> &mut Vec<Side<'c>> {
+        let at = match self
+            .groups
+            .iter()
+            .position(|(t, g, _)| *g == id && t == table)
+        {
+            Some(at) => at,
+            None => {
+                self.groups.push((table.to_owned(), id, Vec::new()));
+                self.groups.len() - 1
+            }
+        };
+        &mut self.groups[at].2
+    }
+
+    fn left(&mut self, table: &str, id: GroupId, changes: Vec<&'c Committed>) {
+        self.entry(table, id)
+            .extend(changes.into_iter().map(|c| (true, c)));
+    }
+
+    fn right(&mut self, table: String, id: GroupId, c: &'c Committed) {
+        self.entry(&table, id).push((false, c));
+    }
+
+    /// Applies each join's changes in commit order, delivers its items, makes its route
+    /// changes.
+    fn apply(
+        self,
+        hub: &Hub,
+        committed: &[(Arc<TableState>, Vec<Committed>)],
+        wakes: &mut Vec<Waker>,
+    ) {
+        for (left, id, mut changes) in self.groups {
+            let Some(feeds) = hub.feeds_of(&left) else {
+                continue;
+            };
+            // The left table's changes, if the commit wrote it (a join may have only right
+            // changes); their numbers as the table's would be published alone.
+            let mine = committed.iter().find(|(t, _)| t.name == left);
+            let last_seq = mine.and_then(|(_, c)| c.last()).map_or(0, |c| c.seq);
+            changes.sort_by_key(|(_, c)| c.seq);
+            let position = changes.first().map_or(0, |(_, c)| c.commit);
+            let mut followed = FollowedEdits::default();
+            {
+                let mut routes = feeds.routes.lock();
+                let routes = &mut *routes;
+                let Some(Group { op, members, .. }) = routes.groups.get_mut(&id).map(|g| &mut **g)
+                else {
+                    continue;
+                };
+                let mut edits = RouteEdits {
+                    table: &mut routes.table,
+                    id,
+                    followed: &mut followed,
+                };
+                let mut items = Vec::new();
+                let mut failed = None;
+                for run in changes.chunk_by(|a, b| a.0 && b.0) {
+                    if run[0].0 {
+                        // Left changes come from the left table's, so it is there.
+                        let Some((table, _)) = mine else { continue };
+                        let lefts: Vec<&Committed> = run.iter().map(|(_, c)| *c).collect();
+                        let commit = Commit {
+                            table,
+                            changes: &lefts,
+                            last_seq,
+                            position,
+                        };
+                        if let Err(e) = op.apply_commit(&commit, &mut items, &mut edits) {
+                            failed = Some(e);
+                            break;
+                        }
+                    } else {
+                        op.apply_followed(run[0].1, &mut items);
+                    }
+                }
+                match failed {
+                    None => members.deliver_step(items, || op.list(), wakes),
+                    Some(e) => members.close(&Error::FeedAborted(format!(
+                        "{} could not be maintained: {e}",
+                        op.name()
+                    ))),
+                }
+            }
+            hub.followers.apply(&left, followed);
         }
     }
 }

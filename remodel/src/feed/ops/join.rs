@@ -11,8 +11,10 @@
 //! Items are `{"left": .., "right": ..}` pairs: a pair appears when a left row starts to
 //! join a right row (either moved), changes when either row changes, and goes away when one
 //! leaves. The right rows under each routed key are kept as last reported, and pairs are
-//! made from them: a commit that writes both tables gives the same items whichever table is
-//! applied first, and a left row joining an already known key reads nothing.
+//! made from them, and a left row joining an already known key reads nothing. A commit that
+//! writes both tables reaches the join as one step: its changes of both, in commit order
+//! (runs of left changes, each right change on its own: `hub/publish.rs`), so its items
+//! come in their positions' order, each pair's `old_val` what the item before left it.
 //!
 //! The write path is kept to what a change needs (a join-row insert entering one of 1,000
 //! feeds costs about a fifth of the insert; `insert_1k_join_feeds_vs_none`):
@@ -308,8 +310,7 @@ struct LiveJoin {
     def: JoinDef,
     /// Join key -> the left rows joining on it and the right rows under it, as last
     /// reported (read from storage when a key gets its first left row, then kept up to date
-    /// by the right table's changes). Pairs are made from these, so a commit that writes
-    /// both tables gives the same items in whichever order its two tables are applied.
+    /// by the right table's changes). Pairs are made from these.
     keys: Map<Arc<[u8]>, Joined>,
     /// Reused for encoding the join keys of a left row before and after a change.
     bufs: [Vec<u8>; 2],
