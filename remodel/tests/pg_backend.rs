@@ -858,3 +858,72 @@ async fn close_ends_every_session_though_the_handle_is_kept() {
     assert_eq!(other.table("t").count().await.unwrap(), 33);
     drop(db);
 }
+
+/// A replication connection lost while a process opens (its walsender terminated while the
+/// replica loads, as a server's connection reset or an operator's kill would) does not fail
+/// the open: the replica is loaded again from a new slot. (`Database::connect` failed with
+/// the pump's error; seen as a rare failure of `pg_replication_attack`, whose fresh process
+/// connects while walsenders are being killed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replication_connection_lost_while_opening_is_opened_again() {
+    let Some(pg) = database("a_replication_connection_lost_while_opening_is_opened_again").await
+    else {
+        return;
+    };
+    let setup = Database::connect(pg.url()).await.expect("setup connects");
+    setup.create_table("t").await.unwrap();
+    // Rows enough that loading them takes a while: the kill lands during the load.
+    let docs: Vec<serde_json::Value> = (0..20_000)
+        .map(|i| json!({"id": i, "pad": "x".repeat(200)}))
+        .collect();
+    setup.table("t").insert_many(docs).await.unwrap();
+    setup.close().await.unwrap();
+    drop(setup);
+    let admin = pg.connect().await.expect("the admin connects");
+    for round in 0..3 {
+        // Terminates the first walsender of this database it sees (the opening process's),
+        // then stops.
+        let kills = async {
+            for _ in 0..5_000 {
+                let pids: Vec<i32> = admin
+                    .query(
+                        "SELECT pid FROM pg_stat_activity WHERE backend_type = 'walsender' \
+                         AND datname = current_database()",
+                        &[],
+                    )
+                    .await
+                    .expect("pg_stat_activity")
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                if let Some(pid) = pids.first() {
+                    admin
+                        .query_one("SELECT pg_terminate_backend($1)", &[pid])
+                        .await
+                        .expect("terminate");
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            false
+        };
+        let (db, killed) = tokio::join!(Database::connect(pg.url()), kills);
+        assert!(killed, "round {round}: no walsender was seen to kill");
+        let db = db.unwrap_or_else(|e| panic!("round {round}: connect failed: {e:?}"));
+        assert_eq!(
+            db.table("t").count().await.unwrap(),
+            20_000,
+            "round {round}"
+        );
+        // And it follows the database.
+        let mut feed = db.table("t").get(round).changes().await.unwrap();
+        db.table("t")
+            .get(round)
+            .update(json!({"round": round}))
+            .await
+            .unwrap();
+        let item = next(&mut feed).await.expect("an item").unwrap();
+        assert_eq!(item.new_val().unwrap()["round"], round);
+        db.close().await.unwrap();
+    }
+}

@@ -522,19 +522,6 @@ impl PgBackend {
         probe_dead_peers(&mut config);
         check_schema_name(&options.schema)?;
         let identity = set_up_schema(&config, &options.schema).await?;
-        // The replica's own writes are never waited for (it is rebuilt on every start); its
-        // default durability is the one writes to PostgreSQL get.
-        let store = if options.replica_in_memory {
-            Config::in_memory()
-        } else {
-            Config::temporary()
-        };
-        let db = store
-            .durability(options.durability)
-            .change_log(options.retention)
-            .feed_queue_size(options.feed_queue_size)
-            .open()
-            .await?;
         let (hang_up, _) = watch::channel(false);
         let mut conns = Vec::new();
         for _ in 0..options.connections {
@@ -560,13 +547,7 @@ impl PgBackend {
             .build()
             .map_err(|e| Error::storage(format!("postgresql pool: {e}")))?;
 
-        let pump = super::replica::pump_at_snapshot(
-            &db,
-            &config,
-            &options.schema,
-            super::replica::AtSnapshot::Load,
-        )
-        .await?;
+        let (db, pump) = loaded_replica(&options, &config).await?;
         let (stop, stop_rx) = watch::channel(false);
         let backend = Arc::new_cyclic(|me| PgBackend {
             schema: options.schema,
@@ -1502,6 +1483,45 @@ impl Drop for PgBackend {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
         let _ = self.hang_up.send(true);
+    }
+}
+
+/// How many times opening loads the replica before it gives up: a replication connection
+/// lost while the replica loads (a walsender terminated, a connection reset) is tried again
+/// on a fresh replica, as a running process reconnects.
+const LOAD_ATTEMPTS: usize = 3;
+
+/// A replica loaded with the database as of a new replication slot's snapshot, and the pump
+/// that follows the database from there.
+async fn loaded_replica(
+    options: &Connect,
+    config: &tokio_postgres::Config,
+) -> Result<(Database, Pump)> {
+    let mut attempt = 1;
+    loop {
+        // The replica's own writes are never waited for (it is rebuilt on every start);
+        // its default durability is the one writes to PostgreSQL get.
+        let store = if options.replica_in_memory {
+            Config::in_memory()
+        } else {
+            Config::temporary()
+        };
+        let db = store
+            .durability(options.durability)
+            .change_log(options.retention)
+            .feed_queue_size(options.feed_queue_size)
+            .open()
+            .await?;
+        let at = super::replica::AtSnapshot::Load;
+        match super::replica::pump_at_snapshot(&db, config, &options.schema, at).await {
+            Ok(pump) => return Ok((db, pump)),
+            Err(e) if attempt < LOAD_ATTEMPTS => {
+                tracing::warn!("loading the replica failed (attempt {attempt}), again: {e}");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
