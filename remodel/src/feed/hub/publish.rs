@@ -1,21 +1,23 @@
-//! Publishing a commit: the steps by which one commit's changes of a table reach the feeds.
+//! Publishing a commit: the steps by which one commit's changes reach the feeds, table by
+//! table.
 //!
-//! 1. Changes of the table that other tables' groups follow (a join's right rows) are applied
-//!    to those groups, a change at a time ([`Hub::publish_followed`]).
+//! 1. Changes of the table that other groups follow (a join's right rows) are set aside
+//!    for those joins ([`Joins`]).
 //! 2. Each change is routed to the groups it concerns; groups that take a change at a time
 //!    make their items, which are appended to their logs and queues right away; the readers
 //!    of every log that took an item are woken after one fence for all of them
 //!    ([`deliver_changes`]).
 //! 3. Groups that take a commit as one step get the changes that reached them together,
 //!    once all of them are routed ([`apply_commit`]), so that none of their items reflects
-//!    part of a commit; their route changes are made before the routes are released.
+//!    part of a commit; their route changes are made before the routes are released. A join
+//!    that follows a table the commit writes (another, or its own) sets them aside too.
+//! 4. Once every table is published, each join applies what was set aside for it, its left
+//!    and right changes together in commit order, and delivers their items as one step.
 //!
-//! A commit is published table by table, except for joins when it writes several tables
-//! ([`Joins`]): a join's changes of its left table (step 3) and of the right table it
-//! follows (step 1) are set aside, and once every table is published each join applies
-//! them together in commit order and delivers their items as one step. Published as they
-//! came, a commit that wrote both tables of a join gave its items table by table, out of
-//! their positions' order, and in two deliveries that a reader could see apart.
+//! Applied as they came (a join's right changes as each table was published, its left ones
+//! with its table), a commit that wrote both tables of a join gave its items out of their
+//! positions' order, in deliveries a reader could see apart; a join of a table with itself,
+//! even when the commit wrote only that table.
 
 use super::follow::FollowedEdits;
 use super::group::Group;
@@ -43,41 +45,29 @@ impl Hub {
         if self.is_idle() {
             return;
         }
-        let mut written = committed.iter().filter(|(_, c)| !c.is_empty());
-        let (Some(first), second) = (written.next(), written.next()) else {
-            return;
-        };
-        let Some(second) = second else {
-            // One table (most commits): published as it comes.
-            return self.publish_table(&first.0, &first.1, None, wakes);
-        };
-        let tables: Vec<&str> = [first, second]
-            .into_iter()
-            .chain(written)
-            .map(|(t, _)| t.name.as_str())
-            .collect();
         let mut joins = Joins::default();
         for (table, changes) in committed.iter().filter(|(_, c)| !c.is_empty()) {
-            let deferred = Deferred {
-                joins: &mut joins,
-                tables: &tables,
-            };
-            self.publish_table(table, changes, Some(deferred), wakes);
+            self.publish_table(table, changes, committed, &mut joins, wakes);
         }
-        joins.apply(self, committed, wakes);
+        if !joins.groups.is_empty() {
+            joins.apply(self, committed, wakes);
+        }
     }
 
-    /// One table's changes of a commit; `defer`: of a commit that writes several tables,
-    /// whose joins are applied once all are published (see [`Joins`]).
+    /// One table's changes of `commit`; the changes that reach joins following a table the
+    /// commit writes go to `joins` (see [`Joins`]).
     fn publish_table<'c>(
         &self,
         table: &Arc<TableState>,
         changes: &'c [Committed],
-        mut defer: Option<Deferred<'_, 'c>>,
+        commit: &[(Arc<TableState>, Vec<Committed>)],
+        joins: &mut Joins<'c>,
         wakes: &mut Vec<Waker>,
     ) {
         if self.followers.any() {
-            self.publish_followed(table, changes, defer.as_mut().map(|d| &mut *d.joins), wakes);
+            for (left, id, c) in self.followers.targets(&table.name, changes) {
+                joins.right(left, id, c);
+            }
         }
         let Some(feeds) = self.feeds_of(&table.name) else {
             return;
@@ -92,18 +82,16 @@ impl Hub {
         let position = changes.first().map_or(0, |c| c.commit);
         let mut followed = FollowedEdits::default();
         for (id, changes) in reached.groups {
-            if let Some(d) = &mut defer {
-                // A join that follows another table this commit writes: set aside.
-                let group = routes.groups.get(&id);
-                let joins_other = group.is_some_and(|g| {
-                    d.tables
-                        .iter()
-                        .any(|&t| t != table.name && g.op.follows(t, None))
-                });
-                if joins_other {
-                    d.joins.left(&table.name, id, changes);
-                    continue;
-                }
+            // A join that follows a table this commit writes (another, or its own: a join
+            // of a table with itself) applies its changes of both with the others'.
+            let joins_written = routes.groups.get(&id).is_some_and(|g| {
+                commit
+                    .iter()
+                    .any(|(t, c)| !c.is_empty() && g.op.follows(&t.name, None))
+            });
+            if joins_written {
+                joins.left(&table.name, id, changes);
+                continue;
             }
             let commit = Commit {
                 table,
@@ -116,87 +104,41 @@ impl Hub {
         // Under the table's routes, then the followers' (see `follow.rs`).
         self.followers.apply(&table.name, followed);
     }
-
-    /// Applies changes of a table to the groups (of other tables) that follow it (or, in a
-    /// commit of several tables, sets them aside for [`Joins::apply`]).
-    fn publish_followed<'c>(
-        &self,
-        table: &Arc<TableState>,
-        changes: &'c [Committed],
-        mut joins: Option<&mut Joins<'c>>,
-        wakes: &mut Vec<Waker>,
-    ) {
-        // The targets first, then the groups: the followers' routes and a table's routes
-        // are never locked together in this order.
-        let targets = self.followers.targets(&table.name, changes);
-        if let Some(joins) = &mut joins {
-            for (left, id, c) in targets {
-                joins.right(left, id, c);
-            }
-            return;
-        }
-        let mut items = Vec::new();
-        for (left, id, c) in targets {
-            let Some(feeds) = self.feeds_of(&left) else {
-                continue;
-            };
-            let mut routes = feeds.routes.lock();
-            let Some(Group { op, members, .. }) = routes.groups.get_mut(&id).map(|g| &mut **g)
-            else {
-                continue;
-            };
-            if !op.follows(&table.name, None) {
-                continue;
-            }
-            op.apply_followed(c, &mut items);
-            members.deliver_step(std::mem::take(&mut items), || op.list(), wakes);
-        }
-    }
 }
 
-/// How a table of a commit that writes several tables is published: its joins' changes go
-/// to `joins` when the join follows another of the tables the commit writes (`tables`).
-struct Deferred<'j, 'c> {
-    joins: &'j mut Joins<'c>,
-    tables: &'j [&'j str],
-}
-
-/// The changes of a commit of several tables that reached joins, set aside until every table
-/// is published: each join then applies its left table's changes and its right table's in
-/// commit order (runs of left changes as one step, each right change on its own, as they
-/// would be published alone) and delivers all their items at once.
+/// The changes of a commit that reached joins through the tables they follow (and, for a
+/// join that follows a table the commit writes, through their own), set aside until every
+/// table is published: each join then applies them in commit order (runs of left changes as
+/// one step, each right change on its own; a change of a join of a table with itself as a
+/// right change, then as a left one) and delivers all their items at once.
 #[derive(Default)]
 struct Joins<'c> {
     /// Per join (its left table, its group): its changes.
     groups: Vec<(String, GroupId, Vec<Side<'c>>)>,
+    /// Where each join is in `groups` (a right row of a popular key reaches thousands).
+    at: std::collections::HashMap<(String, GroupId), usize>,
 }
 
 /// A change that reached a join: of its left table (`true`) or of the right one.
 type Side<'c> = (bool, &'c Committed);
 
 impl<'c> Joins<'c> {
-    fn entry(&mut self, table: &str, id: GroupId) -> &mut Vec<Side<'c>> {
-        let at = match self
-            .groups
-            .iter()
-            .position(|(t, g, _)| *g == id && t == table)
-        {
-            Some(at) => at,
-            None => {
-                self.groups.push((table.to_owned(), id, Vec::new()));
-                self.groups.len() - 1
-            }
-        };
+    fn entry(&mut self, table: String, id: GroupId) -> &mut Vec<Side<'c>> {
+        let next = self.groups.len();
+        let at = *self.at.entry((table.clone(), id)).or_insert(next);
+        if at == next {
+            self.groups.push((table, id, Vec::new()));
+        }
         &mut self.groups[at].2
     }
 
     fn left(&mut self, table: &str, id: GroupId, changes: Vec<&'c Committed>) {
-        self.entry(table, id)
+        self.entry(table.to_owned(), id)
             .extend(changes.into_iter().map(|c| (true, c)));
     }
 
     fn right(&mut self, table: String, id: GroupId, c: &'c Committed) {
-        self.entry(&table, id).push((false, c));
+        self.entry(table, id).push((false, c));
     }
 
     /// Applies each join's changes in commit order, delivers its items, makes its route
