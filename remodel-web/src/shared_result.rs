@@ -476,24 +476,32 @@ impl Handle {
 }
 
 /// The number of the last batch that holds nothing after `cursor`, when every batch after
-/// it is kept. A client's cursor must not be past where the result stands (one from
-/// elsewhere, or forged: the caller's own feed from the change log tells); one of the
-/// server's own feeds may be (the result has not read that far yet: its member skips the
-/// batches that end at or before it, see [`Member::take`]).
+/// it is kept and holds nothing up to it: the cursor is where a kept batch ends (or where
+/// the first one starts). A cursor inside a batch (where another server's batches, or a
+/// feed of the subscription's own, ended) is not resumed from here: that batch would send
+/// again rows of changes the client has. A client's cursor must not be past where the
+/// result stands (one from elsewhere, or forged: the caller's own feed from the change log
+/// tells); one of the server's own feeds may be (the result has not read that far yet: its
+/// member skips the batches that end at or before it, see [`Member::take`]).
 fn resume_point(state: &State, cursor: Cursor, trusted: bool) -> Option<u64> {
     // A client from before what is kept misses what came between.
     if state.base? > cursor || (!trusted && state.cursor? < cursor) {
         return None;
     }
     let mut seen = state.first - 1;
+    let mut boundary = state.base;
     for batch in &state.kept {
         // A batch without a cursor (a feed that cannot resume): nothing to compare with.
         if batch.cursor? > cursor {
             break;
         }
         seen += 1;
+        boundary = batch.cursor;
     }
-    Some(seen)
+    // Past every kept batch (a feed of the server's own, ahead of the result): the member
+    // skips what it has; else the cursor must be where a batch ends.
+    let ahead = trusted && state.cursor.is_some_and(|c| c < cursor);
+    (ahead || boundary == Some(cursor)).then_some(seen)
 }
 
 /// The reset frames made for `sub` of the rows as they stand at batch `seq`, if any.
