@@ -82,7 +82,10 @@ impl Changes {
     /// Merge changes that pile up while the consumer is not reading: one item per row, with
     /// its oldest `old_val` and newest `new_val`; a row whose changes cancel out disappears.
     /// A top-N feed hands over the net difference between its set when the batch started and
-    /// when it is handed over (still valid list edits with `include_offsets`).
+    /// when it is handed over (still valid list edits with `include_offsets`). A merged item
+    /// takes the place (cursor, [`Change::position_in_commit`](crate::Change::position_in_commit)) of the last change it holds
+    /// and keeps the queue slot of its first, so squashed items are in the order their rows
+    /// first changed, not in their places' order.
     pub fn squash(mut self, yes: bool) -> Self {
         self.opts.squash = if yes { Squash::Merge } else { Squash::Off };
         self
