@@ -195,10 +195,7 @@ impl<'c> Joins<'c> {
                 }
                 match failed {
                     None => members.deliver_step(items, || op.list(), wakes),
-                    Some(e) => members.close(&Error::FeedAborted(format!(
-                        "{} could not be maintained: {e}",
-                        op.name()
-                    ))),
+                    Some(e) => members.close(&unmaintained(op, &e)),
                 }
             }
             hub.followers.apply(&left, followed);
@@ -288,12 +285,14 @@ fn apply_commit(
     let mut items = Vec::new();
     match op.apply_commit(commit, &mut items, &mut edits) {
         Ok(()) => members.deliver_step(items, || op.list(), wakes),
-        // A storage error while refilling a top-N set or a min/max, or a sum of a value
-        // that is not a number (the query itself now fails too): its feeds cannot go on
-        // correctly, so they end with the error.
-        Err(e) => members.close(&Error::FeedAborted(format!(
-            "{} could not be maintained: {e}",
-            op.name()
-        ))),
+        Err(e) => members.close(&unmaintained(op, &e)),
     }
+}
+
+/// How the feeds of a group end when a commit cannot be applied to it: a storage error
+/// while refilling a top-N set or a min/max (or reading a join's right rows), or a sum of a
+/// value that is not a number (the query itself now fails too): they cannot go on
+/// correctly, so they end with the error.
+fn unmaintained(op: &impl Operator, e: &Error) -> Error {
+    Error::FeedAborted(format!("{} could not be maintained: {e}", op.name()))
 }
