@@ -159,8 +159,8 @@ impl<'c> Joins<'c> {
             let last_seq = mine.and_then(|(_, c)| c.last()).map_or(0, |c| c.seq);
             changes.sort_by_key(|(_, c)| c.seq);
             let position = changes.first().map_or(0, |(_, c)| c.commit);
-            let mut followed = FollowedEdits::default();
             {
+                let mut followed = FollowedEdits::default();
                 let mut routes = feeds.routes.lock();
                 let routes = &mut *routes;
                 let Some(Group { op, members, .. }) = routes.groups.get_mut(&id).map(|g| &mut **g)
@@ -197,8 +197,11 @@ impl<'c> Joins<'c> {
                     None => members.deliver_step(items, || op.list(), wakes),
                     Some(e) => members.close(&unmaintained(op, &e)),
                 }
+                // Under the table's routes, then the followers' (see `follow.rs`): a group
+                // removed meanwhile (its last feed dropped) would otherwise get its followed
+                // routes back, for good.
+                hub.followers.apply(&left, followed);
             }
-            hub.followers.apply(&left, followed);
         }
     }
 }
