@@ -927,3 +927,73 @@ async fn a_replication_connection_lost_while_opening_is_opened_again() {
         db.close().await.unwrap();
     }
 }
+
+/// `close()` under concurrent writers: every write is acknowledged (and stored) or answered
+/// `Closed`; none gets the error of a connection cut under its statement (close waits for
+/// the writes on their way before it ends the connections), and every acknowledged write is
+/// in the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_racing_close_are_stored_or_closed() {
+    let Some(pg) = database("writes_racing_close_are_stored_or_closed").await else {
+        return;
+    };
+    let db = remodel::postgres::Connect::new(pg.url())
+        .connections(3)
+        .open()
+        .await
+        .expect("connects");
+    db.create_table("t").await.unwrap();
+    db.create_table("u").await.unwrap();
+    let writers: Vec<_> = (0..24u64)
+        .map(|w| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let (mut acked, mut odd) = (Vec::new(), Vec::new());
+                for i in 0.. {
+                    let id = w * 1_000_000 + i;
+                    // Single-table writes (group commits) and two-table batches.
+                    let r = if i % 3 == 0 {
+                        db.batch()
+                            .insert("t", json!({"id": id}))
+                            .insert("u", json!({"id": id}))
+                            .await
+                            .map(drop)
+                    } else {
+                        db.table("t").insert(json!({"id": id})).await.map(drop)
+                    };
+                    match r {
+                        Ok(()) => acked.push(id),
+                        Err(Error::Closed) => break,
+                        Err(e) => {
+                            odd.push(format!("write {id}: {e:?}"));
+                            break;
+                        }
+                    }
+                }
+                (acked, odd)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    db.close().await.unwrap();
+    let mut acked = Vec::new();
+    let mut odd = Vec::new();
+    for w in writers {
+        let (a, o) = w.await.unwrap();
+        acked.extend(a);
+        odd.extend(o);
+    }
+    assert!(odd.is_empty(), "writes racing close(): {odd:#?}");
+    assert!(
+        !acked.is_empty(),
+        "no write was acknowledged before the close"
+    );
+    let other = Database::connect(pg.url()).await.expect("another process");
+    let t = other.table("t");
+    for id in &acked {
+        assert!(
+            t.get(*id).await.unwrap().is_some(),
+            "acknowledged write {id} is not stored"
+        );
+    }
+}

@@ -529,7 +529,7 @@ impl PgBackend {
                          shared history"
                     ))
                 })?
-                .map_err(|e| Error::storage(format!("postgresql pool: {e}")))?;
+                .map_err(|e| super::backend::pool_error(&e))?;
             let tx = super::read_only_snapshot(&mut conn)
                 .await
                 .map_err(|e| pg_error(&e))?;

@@ -46,7 +46,7 @@
 //! one transaction (`group_commit.rs`), each with its own outcome.
 //!
 //! **Closing.** [`Database::close`] ends the process's feeds and replication stream, waits
-//! (at most 2 s) for the archiver's last flush and the group commits already sent, then ends
+//! (at most 2 s) for the archiver's last flush and the writes already on their way, then ends
 //! every connection it holds: a closed database keeps no session on the server, though the
 //! program may keep its handle. Dropping the last handle does the same without the waits.
 //!
@@ -219,6 +219,14 @@ pub(super) fn pg_error(e: &tokio_postgres::Error) -> Error {
 
 pub(super) fn pump_error(e: &PumpError) -> Error {
     Error::storage(format!("postgresql replication: {e}"))
+}
+
+/// A pool's error: `Closed` once the database was closed (its pool with it).
+pub(super) fn pool_error(e: &deadpool_postgres::PoolError) -> Error {
+    match e {
+        deadpool_postgres::PoolError::Closed => Error::Closed,
+        e => Error::storage(format!("postgresql pool: {e}")),
+    }
 }
 
 /// A commit's error: the table gone, or the server's message.
@@ -627,6 +635,18 @@ impl PgBackend {
         Ok(fresh)
     }
 
+    /// Whether no statement is on its way on a commit, sync or pool connection, and no write
+    /// waits for a group: what `close` waits for before it ends them (a statement cut off
+    /// may have committed, and its writer would not know).
+    fn nothing_in_flight(&self) -> bool {
+        let pool = self.pool.status();
+        self.groups.is_idle()
+            // Each connection in use is a clone of its slot's.
+            && self.conns.iter().all(|c| Arc::strong_count(&c.lock()) == 1)
+            && Arc::strong_count(&self.sync_client.lock()) == 1
+            && pool.size == pool.available
+    }
+
     /// A connection in place of a closed commit or sync connection; none once the database
     /// is closed (its connections were ended on purpose).
     async fn connect_again(&self) -> Result<Client> {
@@ -1020,11 +1040,7 @@ impl PgBackend {
         how: Commit,
     ) -> Result<WriteResult> {
         db.check_open()?;
-        let conn = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| Error::storage(format!("postgresql pool: {e}")))?;
+        let conn = self.pool.get().await.map_err(|e| pool_error(&e))?;
         // Until the locks are let go below, a cancelled write (its future dropped) cancels
         // its statement and closes this connection instead of returning it to the pool:
         // its session, and every lock it holds or waits for, ends with it.
@@ -1145,11 +1161,7 @@ impl PgBackend {
     }
 
     async fn run_ddl_once(&self, ddl: Ddl) -> std::result::Result<(), DdlFailure> {
-        let mut conn = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| Error::storage(format!("postgresql pool: {e}")))?;
+        let mut conn = self.pool.get().await.map_err(|e| pool_error(&e))?;
         let tx = conn.transaction().await.map_err(DdlFailure::of)?;
         let (table, record) = match &ddl {
             Ddl::CreateTable { table, primary_key } => (
@@ -1433,13 +1445,16 @@ impl Backend for PgBackend {
         let _ = self.stop.send(true);
         let archiver = self.archiver.lock().take();
         Box::pin(async move {
-            // The archiver's last flush and the group commits already sent (bounded: a
-            // server that does not answer does not hold up the close).
+            // The archiver's last flush and the writes on their way (bounded: a server that
+            // does not answer does not hold up the close).
             let _ = tokio::time::timeout(CLOSE_FLUSH_WAIT, async {
                 if let Some(archiver) = archiver {
                     let _ = archiver.await;
                 }
-                self.groups.until_no_leader().await;
+                // Polled: only a close waits for this, once.
+                while !self.nothing_in_flight() {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
             })
             .await;
             // Then no session is left on the server, though the program may keep its
@@ -1513,14 +1528,21 @@ async fn loaded_replica(
             .open()
             .await?;
         let at = super::replica::AtSnapshot::Load;
-        match super::replica::pump_at_snapshot(&db, config, &options.schema, at).await {
+        match super::replica::pump_or_why(&db, config, &options.schema, at).await {
             Ok(pump) => return Ok((db, pump)),
+            // A connection or session lost, or a step that failed with it (the load's
+            // snapshot is gone with the replication session that exported it): again. What
+            // cannot pass on a second try (an unsupported configuration; a slot that waited
+            // past its timeout for writing transactions) is reported at once.
+            Err(e @ (PumpError::Unsupported { .. } | PumpError::StartTimedOut { .. })) => {
+                return Err(pump_error(&e))
+            }
             Err(e) if attempt < LOAD_ATTEMPTS => {
                 tracing::warn!("loading the replica failed (attempt {attempt}), again: {e}");
                 attempt += 1;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(pump_error(&e)),
         }
     }
 }

@@ -197,11 +197,9 @@ impl GroupCommit {
         self.busy.lock().get(conn).copied().unwrap_or(false)
     }
 
-    /// Returns once no leader commits a group (polled: only `close` waits for this, once).
-    pub(super) async fn until_no_leader(&self) {
-        while self.leaders.load(Ordering::Acquire) > 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-        }
+    /// Whether no write waits in the queue and no leader commits a group.
+    pub(super) fn is_idle(&self) -> bool {
+        self.leaders.load(Ordering::Acquire) == 0 && self.queue.lock().is_empty()
     }
 
     /// Claims a leader's place if fewer than `max` lead: the connection (below `max`) that

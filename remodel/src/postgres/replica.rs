@@ -75,6 +75,18 @@ pub(super) async fn pump_at_snapshot(
     schema_name: &str,
     how: AtSnapshot,
 ) -> Result<Pump> {
+    pump_or_why(db, config, schema_name, how)
+        .await
+        .map_err(|e| pump_error(&e))
+}
+
+/// [`pump_at_snapshot`], its error as the pump's (what the caller may try again).
+pub(super) async fn pump_or_why(
+    db: &Database,
+    config: &tokio_postgres::Config,
+    schema_name: &str,
+    how: AtSnapshot,
+) -> std::result::Result<Pump, PumpError> {
     let options = PumpConfig {
         export_snapshot: true,
         ..PumpConfig::default()
@@ -91,8 +103,7 @@ pub(super) async fn pump_at_snapshot(
             message: e.to_string(),
         })
     })
-    .await
-    .map_err(|e| pump_error(&e))?;
+    .await?;
     Ok(pump)
 }
 

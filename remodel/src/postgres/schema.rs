@@ -40,14 +40,14 @@ pub(crate) fn relation_name(table: &str) -> String {
     format!("t_{}_{hash:016x}", &table[..40])
 }
 
-/// The name of a table's advisory lock (hashed with `hashtextextended`): shared by every
-/// commit that writes the table, exclusive for DDL and for writes that select their rows
-/// when they commit.
 /// Reads the database's identity (made by [`setup_sql`]).
 pub(crate) fn identity_sql(schema: &str) -> String {
     format!("SELECT id FROM {}.identity", ident(schema))
 }
 
+/// The name of a table's advisory lock (hashed with `hashtextextended`): shared by every
+/// commit that writes the table, exclusive for DDL and for writes that select their rows
+/// when they commit.
 pub(crate) fn lock_name(schema: &str, table: &str) -> String {
     format!("remodel:{schema}.{}", relation_name(table))
 }
