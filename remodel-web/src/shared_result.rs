@@ -373,9 +373,6 @@ pub(crate) struct Member {
     /// Where its driver's waker is in the waiting list, and in which round (see [`Waiting`]):
     /// it stays there until the round ends, so it is left once a round.
     slot: Option<(usize, u64)>,
-    /// Where the feed of its own it came from stood: batches that end at or before it are
-    /// not sent (their rows are older than what was), the first that ends after it is.
-    skip_to: Option<Cursor>,
 }
 
 /// How a member starts.
@@ -406,7 +403,7 @@ impl Handle {
             }
             let seq = state.first + state.kept.len() as u64 - 1;
             if let Some(cursor) = cursor {
-                let seen = resume_point(&state, cursor, false);
+                let seen = resume_point(&state, cursor);
                 drop(state);
                 return Ok(seen.map(|seen| Joined::Resumed(self.member(seen))));
             }
@@ -443,20 +440,17 @@ impl Handle {
         Ok(Some(Joined::Reset(frames, self.member(seq))))
     }
 
-    /// A member following from the first kept batch after `cursor` (where a subscription
-    /// that resumed on a feed of its own stands), if every batch since is kept.
+    /// A member following from the kept batch that ends at `cursor` (where a subscription
+    /// that resumed on a feed of its own stands), if there is one and every batch since is
+    /// kept.
     pub(crate) fn member_after(self: &Arc<Self>, cursor: Cursor) -> Option<Member> {
         let state = lock(&self.inner.state);
         if state.ending.is_some() {
             return None;
         }
-        let seen = resume_point(&state, cursor, true)?;
+        let seen = resume_point(&state, cursor)?;
         drop(state);
-        let mut member = self.member(seen);
-        // Batches the result has yet to read may end at or before `cursor`: the rows as they
-        // were then, older than what was sent.
-        member.skip_to = Some(cursor);
-        Some(member)
+        Some(self.member(seen))
     }
 
     /// Whether its feed ended or failed (its members stop).
@@ -470,7 +464,6 @@ impl Handle {
             handle: self.clone(),
             seen,
             slot: None,
-            skip_to: None,
         }
     }
 }
@@ -479,13 +472,12 @@ impl Handle {
 /// it is kept and holds nothing up to it: the cursor is where a kept batch ends (or where
 /// the first one starts). A cursor inside a batch (where another server's batches, or a
 /// feed of the subscription's own, ended) is not resumed from here: that batch would send
-/// again rows of changes the client has. A client's cursor must not be past where the
-/// result stands (one from elsewhere, or forged: the caller's own feed from the change log
-/// tells); one of the server's own feeds may be (the result has not read that far yet: its
-/// member skips the batches that end at or before it, see [`Member::take`]).
-fn resume_point(state: &State, cursor: Cursor, trusted: bool) -> Option<u64> {
+/// again rows of changes the client has; nor is one past where the result stands (one from
+/// elsewhere, or forged; or a feed of the server's own that read further: it tries again
+/// later, see `OwnFeed` in `subscription.rs`).
+fn resume_point(state: &State, cursor: Cursor) -> Option<u64> {
     // A client from before what is kept misses what came between.
-    if state.base? > cursor || (!trusted && state.cursor? < cursor) {
+    if state.base? > cursor || state.cursor? < cursor {
         return None;
     }
     let mut seen = state.first - 1;
@@ -498,10 +490,7 @@ fn resume_point(state: &State, cursor: Cursor, trusted: bool) -> Option<u64> {
         seen += 1;
         boundary = batch.cursor;
     }
-    // Past every kept batch (a feed of the server's own, ahead of the result): the member
-    // skips what it has; else the cursor must be where a batch ends.
-    let ahead = trusted && state.cursor.is_some_and(|c| c < cursor);
-    (ahead || boundary == Some(cursor)).then_some(seen)
+    (boundary == Some(cursor)).then_some(seen)
 }
 
 /// The reset frames made for `sub` of the rows as they stand at batch `seq`, if any.
@@ -595,12 +584,6 @@ impl Member {
         self.seen += batches.len() as u64;
         let mut frames = Vec::new();
         for batch in batches {
-            if let Some(skip_to) = self.skip_to {
-                if batch.cursor.is_some_and(|c| c <= skip_to) {
-                    continue;
-                }
-                self.skip_to = None;
-            }
             frames.extend(batch.frames(sub).iter().cloned());
         }
         Ok(frames)
@@ -690,24 +673,39 @@ mod tests {
         }
     }
 
+    /// The cursor of the change frame in `frames` (scope 0, as the registry above gives).
+    fn cursor_of(frames: &[Message]) -> Cursor {
+        let text = frames
+            .iter()
+            .find_map(|m| match m {
+                Message::Text(t) => Some(t.as_str().to_owned()),
+                _ => None,
+            })
+            .expect("a text frame");
+        let start = text.find(r#""cursor":""#).expect("a cursor") + 10;
+        let end = start + text[start..].find('"').expect("its end");
+        text::parse_cursor(&text[start..end], 0)
+            .ok()
+            .flatten()
+            .expect("a cursor of this database")
+    }
+
     #[tokio::test]
-    async fn a_member_joining_from_its_own_feed_ahead_of_the_result_sends_nothing_older() {
+    async fn a_member_from_a_feed_of_its_own_joins_only_where_a_batch_ends() {
         let (db, _registry, handle) = result().await;
         let Ok(Some(Joined::Reset(_, mut witness))) = handle.clone().join(1, None).await else {
             panic!("joined with the rows")
         };
-        // A feed of its own has sent the second of three writes to come; the result has
-        // read none of them.
+        // Past where the result stands (a feed of its own that read further): not yet.
         let now = db.position();
-        let sent: Cursor = format!(
-            "{:x}-ffffffff",
-            u64::from_str_radix(now.to_string().split('-').next().unwrap(), 16,).unwrap() + 2
+        let ahead: Cursor = format!(
+            "{:x}-0",
+            u64::from_str_radix(now.to_string().split('-').next().unwrap(), 16).unwrap() + 2
         )
         .parse()
         .unwrap();
-        let mut member = handle
-            .member_after(sent)
-            .expect("a trusted cursor ahead is followed");
+        assert!(handle.member_after(ahead).is_none());
+        let mut ends = Vec::new();
         for v in 1..=3 {
             db.table("t")
                 .insert(remodel::json!({"id": v, "v": v}))
@@ -715,8 +713,18 @@ mod tests {
                 .unwrap();
             // Each write a batch of its own.
             news(&witness).await;
-            assert!(witness.take(1).is_ok());
+            let Ok(frames) = witness.take(1) else {
+                panic!("the witness's batch")
+            };
+            ends.push(cursor_of(&frames));
         }
+        // Inside a batch (not where one ends): not from here.
+        let inside: Cursor = format!("{:x}-5", ends[1].seq()).parse().unwrap();
+        assert!(handle.member_after(inside).is_none());
+        // Where the second batch ends: the third only.
+        let mut member = handle
+            .member_after(ends[1])
+            .expect("joined where a batch ends");
         news(&member).await;
         let Ok(frames) = member.take(1) else {
             panic!("a batch")
@@ -728,11 +736,7 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(
-            text.len(),
-            1,
-            "only the batch after what was sent: {text:?}"
-        );
+        assert_eq!(text.len(), 1, "only the batch after it: {text:?}");
         assert!(text[0].contains(r#""v":3"#), "{text:?}");
     }
 }

@@ -321,7 +321,7 @@ impl<I: Clone + Send + Sync + 'static> Opening<I> {
             // Not held any more: exactly from the change log, on a feed of its own.
             if let Some((live, changes)) = private {
                 if let Some(feed) = resume_own(changes, cursor).await? {
-                    return Ok((Source::own_beside(live, feed, result), guards));
+                    return Ok((Source::own_beside(live, feed, result, cursor), guards));
                 }
             }
         }
@@ -388,8 +388,11 @@ pub(crate) struct OwnFeed {
     /// The first change of the next frame, read by `poll_ready`.
     first: Option<remodel::Change>,
     /// The shared result it resumed beside (on a feed of its own, since the result did not
-    /// hold what it missed): joined once a frame it sent reaches what the result holds.
+    /// hold what it missed, or its cursor was inside one of the result's batches): joined
+    /// when one of the result's batches ends where this feed's last frame did.
     rejoin: Option<Arc<Handle>>,
+    /// Where its client stands: the cursor it resumed from, then its last frame's.
+    sent: Option<Cursor>,
 }
 
 impl Source {
@@ -399,16 +402,19 @@ impl Source {
             feed,
             first: None,
             rejoin: None,
+            sent: None,
         }))
     }
 
-    /// A feed of its own beside the shared `result`, which it joins once it caught up.
-    fn own_beside(live: Live, feed: Feed, result: Arc<Handle>) -> Self {
+    /// A feed of its own, resumed after `cursor`, beside the shared `result`, which it joins
+    /// once it can (see [`OwnFeed::rejoin`]).
+    fn own_beside(live: Live, feed: Feed, result: Arc<Handle>, cursor: Cursor) -> Self {
         Source::Own(Box::new(OwnFeed {
             live,
             feed,
             first: None,
             rejoin: Some(result),
+            sent: Some(cursor),
         }))
     }
 }
@@ -499,6 +505,7 @@ impl<I: Clone + Send + Sync + 'static> Following<I> {
             feed,
             first,
             rejoin,
+            sent,
         } = match &mut self.source {
             Source::Own(own) => &mut **own,
             Source::Shared(member) => {
@@ -521,6 +528,19 @@ impl<I: Clone + Send + Sync + 'static> Following<I> {
         let Some(first) = first.take() else {
             return Step::Idle;
         };
+        // Back to the shared result it resumed beside when one of the result's batches ends
+        // where its client stands: the result's later batches hold exactly what the client
+        // lacks, the change just read included (dropped here). Tried when a change comes,
+        // when the result has most likely read past where the client stands (right after a
+        // frame of its own, the result may not have read that far: a batch of it that ends
+        // later may begin earlier, and would send rows the client has).
+        if let (Some(result), Some(at)) = (rejoin.as_ref(), *sent) {
+            if let Some(member) = result.member_after(at) {
+                drop(first);
+                self.source = Source::Shared(member);
+                return Step::Idle;
+            }
+        }
         let guards = &mut self.guards;
         let batch = match gather(feed, Some(Ok(first)), live, || guards_moved(guards)) {
             Ok(batch) => batch,
@@ -532,23 +552,16 @@ impl<I: Clone + Send + Sync + 'static> Following<I> {
         if batch.rows.is_empty() {
             return Step::Idle;
         }
-        // Caught up with the shared result it resumed beside: a member of it from here.
-        let member = match (rejoin.as_ref(), batch.cursor) {
-            (Some(result), Some(sent)) => result.member_after(sent),
-            _ => None,
-        };
         // A result that ended has no successor to find from here: the feed of its own stays.
         if rejoin.as_ref().is_some_and(|r| r.ended()) {
             *rejoin = None;
         }
+        *sent = batch.cursor;
         let rows = text::row_texts(batch.rows.into_values());
         let cursor = batch
             .cursor
             .map(|c| text::cursor_text(c, self.sub.shared.scope));
         let frames = text::change_frames(self.sub.id, &text::parts_of(&rows), cursor.as_deref());
-        if let Some(member) = member {
-            self.source = Source::Shared(member);
-        }
         Step::Frames(frames)
     }
 
