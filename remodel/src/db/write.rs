@@ -842,6 +842,73 @@ fn index_entries(
     }
 }
 
+/// The rows of a batch as its writes so far leave them, for the selections a later step of
+/// the same batch makes (a cascading delete selects the rows that refer to what it deletes
+/// as the batch has them then: a child the batch moved away earlier is not touched, one it
+/// moved onto the deleted row is). Each write is applied as staging will apply it, against
+/// the same current rows; one that staging would refuse changes nothing here (staging then
+/// refuses it, and the batch fails).
+pub(crate) struct Preview {
+    db: Arc<DbInner>,
+    staging: Staging,
+}
+
+impl Preview {
+    pub(crate) fn new(db: &Database) -> Self {
+        Preview {
+            db: db.inner.clone(),
+            staging: Staging::default(),
+        }
+    }
+
+    /// Applies one write of the batch (in the batch's order).
+    pub(crate) fn apply(&mut self, table: &Arc<TableState>, op: &WriteOp) -> Result<()> {
+        let key = match op {
+            WriteOp::Insert { doc, .. } => match table.key_of(doc) {
+                Ok(key) => key,
+                // Staging refuses it the same way.
+                Err(_) => return Ok(()),
+            },
+            WriteOp::Update { key, .. }
+            | WriteOp::Replace { key, .. }
+            | WriteOp::ReplaceWith { key, .. }
+            | WriteOp::Delete { key } => key.clone(),
+        };
+        let id = (self.staging.slot(table), key);
+        let current = self.staging.current(table, &id)?;
+        let mut scratch = WriteResult::default();
+        if let Some(next) = self
+            .db
+            .next_value(table, op.clone(), &current, &mut scratch)
+        {
+            self.staging.set(&id, next);
+        }
+        Ok(())
+    }
+
+    /// The rows of `table` the batch has written so far, each as the batch leaves it
+    /// (`None`: deleted).
+    pub(crate) fn written(&self, table: &TableState) -> Vec<(&[u8], Option<&Arc<Value>>)> {
+        let Some(slot) = self
+            .staging
+            .tables
+            .iter()
+            .position(|t| t.name == table.name)
+        else {
+            return Vec::new();
+        };
+        self.staging
+            .order
+            .iter()
+            .filter(|id| id.0 == slot)
+            .filter_map(|id| {
+                let (_, now, _) = self.staging.staged.get(id)?;
+                Some((id.1.as_slice(), now.as_ref()))
+            })
+            .collect()
+    }
+}
+
 /// The keys a chunk touched, per table: each one's document before the chunk and as staged
 /// by it, in the order they were first touched.
 #[derive(Default)]

@@ -7,7 +7,7 @@
 //! cascade follows the references of the rows it deletes, table by table, in that commit.
 
 use super::plan::Row;
-use crate::db::write::WriteOp;
+use crate::db::write::{Preview, WriteOp};
 use crate::db::{Database, Patch, TableState};
 use crate::{Error, Result};
 use serde_json::{json, Value};
@@ -118,16 +118,53 @@ impl References {
 }
 
 /// Under the commit lock: the writes that delete `key` of `table` and apply `refs` to
-/// what refers to it, recursively. Every selection reads the data as it was before the
-/// batch (nothing of it is written yet).
+/// what refers to it, recursively. Every selection reads the rows as stored, as the batch's
+/// earlier steps leave them when `batch` has those steps' writes.
 pub(crate) fn expand_delete(
     db: &Database,
     table: Arc<TableState>,
     key: Value,
     refs: &References,
+    batch: Option<&Preview>,
     ops: &mut Vec<(Arc<TableState>, WriteOp)>,
 ) -> Result<()> {
-    expand_deletes(db, table, vec![key], refs, ops)
+    expand_deletes(db, table, vec![key], refs, batch, ops)
+}
+
+/// The rows of the plan's table that hold one of `keys` in the indexed `field`: as stored,
+/// and as the batch's earlier writes leave them (a row the batch wrote is taken as written).
+fn referring_rows(
+    plan: &super::plan::Plan,
+    field: &str,
+    keys: &[Value],
+    batch: Option<&Preview>,
+) -> Result<Vec<Row>> {
+    let written = batch.map(|b| b.written(&plan.table)).unwrap_or_default();
+    let mut rows = Vec::new();
+    for row in plan.rows() {
+        let row = row?;
+        if !written.iter().any(|(k, _)| *k == &row.key[..]) {
+            rows.push(row);
+        }
+    }
+    if written.is_empty() {
+        return Ok(rows);
+    }
+    let ix = plan.table.index(field)?;
+    let wanted: HashSet<Vec<u8>> = keys.iter().map(crate::value::encode_value).collect();
+    for (key, doc) in written {
+        let Some(doc) = doc else { continue };
+        // Once per matching value, as the index has a row once per matching entry.
+        for v in ix.compiled.values(doc) {
+            if wanted.contains(&crate::value::encode_value(&v)) {
+                rows.push(Row {
+                    key: key.to_vec().into(),
+                    doc: (**doc).clone(),
+                });
+            }
+        }
+    }
+    Ok(rows)
 }
 
 /// [`expand_delete`] for several keys of one table at once (each row deleted once, however
@@ -137,6 +174,7 @@ pub(crate) fn expand_deletes(
     table: Arc<TableState>,
     keys: Vec<Value>,
     refs: &References,
+    batch: Option<&Preview>,
     ops: &mut Vec<(Arc<TableState>, WriteOp)>,
 ) -> Result<()> {
     let mut deleted: HashSet<(String, Vec<u8>)> = HashSet::new();
@@ -166,27 +204,22 @@ pub(crate) fn expand_deletes(
                 Err(e) => return Err(e),
             };
             let referring = &plan.table;
+            let rows = referring_rows(&plan, &r.field, &keys, batch)?;
             match &r.action {
                 ReferenceAction::Restrict { why } => {
-                    let mut rows = 0;
-                    for row in plan.rows() {
-                        row?;
-                        rows += 1;
-                    }
-                    if rows > 0 {
+                    if !rows.is_empty() {
                         return Err(Error::Restricted {
                             table: target.name.clone(),
                             referenced_by: r.table.clone(),
                             field: r.field.clone(),
-                            rows,
+                            rows: rows.len() as u64,
                             why: why.clone(),
                         });
                     }
                 }
                 ReferenceAction::Nullify => {
                     let patch = Patch::merge(json!({ r.field.as_str(): null }));
-                    for row in plan.rows() {
-                        let Row { key, .. } = row?;
+                    for Row { key, .. } in rows {
                         let op = WriteOp::Update {
                             key: key.to_vec(),
                             patch: patch.clone(),
@@ -196,8 +229,7 @@ pub(crate) fn expand_deletes(
                 }
                 ReferenceAction::Delete => {
                     let mut next = Vec::new();
-                    for row in plan.rows() {
-                        let Row { key, doc } = row?;
+                    for Row { key, doc } in rows {
                         if deleted.insert((referring.name.clone(), key.to_vec())) {
                             ops.push((referring.clone(), WriteOp::Delete { key: key.to_vec() }));
                             if let Some(k) = doc.get(&referring.primary_key) {

@@ -3,7 +3,7 @@
 use super::plan::Plan;
 use super::{Query, References, Table};
 use crate::db::backend::Job;
-use crate::db::write::{Commit, OnConflict, PatchKind, ReplaceFn, WriteOp};
+use crate::db::write::{Commit, OnConflict, PatchKind, Preview, ReplaceFn, WriteOp};
 use crate::db::{Conflict, Database, Durability, Patch, TableState, WriteResult};
 use crate::value::encode_key;
 use crate::{Error, Result};
@@ -522,7 +522,10 @@ impl Batch {
     /// Deletes the document with this key and applies `refs` to the rows that refer to it,
     /// recursively (nullify, delete, or fail the batch: see [`References`]). The rows are
     /// selected when the batch commits, in the same commit: none that refers to a deleted
-    /// row is left behind, whenever it was written.
+    /// row is left behind, whenever it was written. They are selected as the batch's earlier
+    /// steps leave them: a row an earlier step moved away from the deleted row is not
+    /// touched, one it moved onto it (or inserted referring to it) is. (`update_where` and
+    /// `delete_where` select from the rows as they were before the batch.)
     pub fn delete_cascading(self, table: &str, key: impl Into<Value>, refs: &References) -> Self {
         self.push(table, BatchOp::DeleteCascading(key.into(), refs.clone()))
     }
@@ -866,8 +869,18 @@ fn expand(steps: Vec<Step>) -> Result<Vec<(Arc<TableState>, WriteOp)>> {
     let mut ops = Vec::with_capacity(steps.len());
     // Each required row, and whether the step after its requirement writes that row.
     let mut required = Vec::new();
+    // A cascade after other writes selects from the rows as those leave them (its own
+    // writes are seen by the steps after it).
+    let mut batch = cascades_after_writes(&steps).map(Preview::new);
+    let mut applied = 0;
     let mut steps = steps.into_iter().peekable();
     while let Some(step) = steps.next() {
+        if let Some(batch) = &mut batch {
+            for (t, op) in &ops[applied..] {
+                batch.apply(t, op)?;
+            }
+            applied = ops.len();
+        }
         match step {
             Step::Write(t, op) => ops.push((t, op)),
             Step::Where(plan, patch) => {
@@ -887,7 +900,7 @@ fn expand(steps: Vec<Step>) -> Result<Vec<(Arc<TableState>, WriteOp)>> {
                 }
             }
             Step::DeleteCascading(db, table, key, refs) => {
-                super::cascade::expand_delete(&db, table, key, &refs, &mut ops)?
+                super::cascade::expand_delete(&db, table, key, &refs, batch.as_ref(), &mut ops)?
             }
             Step::WhereCascading(db, plan, refs) => {
                 let pk = plan.table.primary_key.clone();
@@ -898,7 +911,8 @@ fn expand(steps: Vec<Step>) -> Result<Vec<(Arc<TableState>, WriteOp)>> {
                         keys.push(k.clone());
                     }
                 }
-                super::cascade::expand_deletes(&db, plan.table.clone(), keys, &refs, &mut ops)?
+                let table = plan.table.clone();
+                super::cascade::expand_deletes(&db, table, keys, &refs, batch.as_ref(), &mut ops)?
             }
             Step::RequireEmpty(plan, why) => {
                 if plan.rows().next().transpose()?.is_some() {
@@ -934,6 +948,25 @@ fn expand(steps: Vec<Step>) -> Result<Vec<(Arc<TableState>, WriteOp)>> {
         }
     }
     Ok(ops)
+}
+
+/// The database of a cascading delete that comes after a step that writes (only then does
+/// a cascade need the batch's rows as they are at its step).
+fn cascades_after_writes(steps: &[Step]) -> Option<&Database> {
+    let mut wrote = false;
+    for step in steps {
+        match step {
+            Step::DeleteCascading(db, ..) | Step::WhereCascading(db, ..) if wrote => {
+                return Some(db)
+            }
+            Step::Write(..)
+            | Step::Where(..)
+            | Step::DeleteCascading(..)
+            | Step::WhereCascading(..) => wrote = true,
+            Step::RequireEmpty(..) | Step::RequireExists(..) => {}
+        }
+    }
+    None
 }
 
 /// The key of the row a write names (an insert's is in its document).

@@ -254,3 +254,99 @@ async fn a_batch_listing_too_many_writes_is_refused_with_its_own_error() {
     ));
     assert_eq!(db.table("t").count().await.unwrap(), 0);
 }
+
+/// A cascade in a batch selects the rows that refer to what it deletes as the batch's
+/// earlier steps leave them (every action): a row moved away from the deleted row earlier in
+/// the batch is left alone, a row moved onto it or inserted referring to it is reached.
+#[tokio::test]
+async fn a_cascade_sees_the_rows_as_the_batch_left_them() {
+    use remodel::{ReferenceAction, References};
+    let db = db().await;
+    db.create_table("ships").await.unwrap();
+    db.create_table("crew").await.unwrap();
+    db.table("crew")
+        .create_index("ship", IndexSpec::field("ship"))
+        .await
+        .unwrap();
+    for s in ["a", "b", "c", "d"] {
+        db.table("ships").insert(json!({"id": s})).await.unwrap();
+    }
+    let people = [("worf", "a"), ("troi", "a"), ("data", "b"), ("riker", "c")];
+    for (id, ship) in people {
+        db.table("crew")
+            .insert(json!({"id": id, "ship": ship}))
+            .await
+            .unwrap();
+    }
+    let ship_of = |id: &'static str| {
+        let db = db.clone();
+        async move {
+            db.table("crew")
+                .get(id)
+                .run()
+                .await
+                .unwrap()
+                .map(|d| d["ship"].clone())
+        }
+    };
+    let refs = |action: ReferenceAction| {
+        let mut refs = References::new();
+        refs.add("ships", "crew", "ship", action);
+        refs
+    };
+
+    // Worf moves to b, then a goes with its crew: Troi goes, Worf stays on b; Data, moved
+    // onto a before the delete, goes; Wesley, inserted onto a, goes.
+    db.batch()
+        .update("crew", "worf", json!({"ship": "b"}))
+        .update("crew", "data", json!({"ship": "a"}))
+        .insert("crew", json!({"id": "wesley", "ship": "a"}))
+        .delete_cascading("ships", "a", &refs(ReferenceAction::Delete))
+        .await
+        .unwrap();
+    assert_eq!(ship_of("worf").await, Some(json!("b")));
+    assert_eq!(ship_of("troi").await, None);
+    assert_eq!(ship_of("data").await, None);
+    assert_eq!(ship_of("wesley").await, None);
+
+    // Nullify: Riker, moved from c to d first, keeps d; Worf, moved onto c, is nulled.
+    db.batch()
+        .update("crew", "riker", json!({"ship": "d"}))
+        .update("crew", "worf", json!({"ship": "c"}))
+        .delete_cascading("ships", "c", &refs(ReferenceAction::Nullify))
+        .await
+        .unwrap();
+    assert_eq!(ship_of("riker").await, Some(json!("d")));
+    assert_eq!(ship_of("worf").await, Some(Value::Null));
+
+    // Restrict: d is free once Riker left it in the same batch; b is not once Worf joined.
+    let restrict = refs(ReferenceAction::Restrict {
+        why: "crew aboard".into(),
+    });
+    db.batch()
+        .update("crew", "riker", json!({"ship": "b"}))
+        .delete_cascading("ships", "d", &restrict)
+        .await
+        .unwrap();
+    assert_eq!(ship_of("riker").await, Some(json!("b")));
+    db.table("ships").insert(json!({"id": "e"})).await.unwrap();
+    let refused = db
+        .batch()
+        .update("crew", "riker", json!({"ship": "e"}))
+        .update("crew", "worf", json!({"ship": "e"}))
+        .delete_cascading("ships", "b", &restrict)
+        .await;
+    assert!(refused.is_ok(), "b has no crew once both left: {refused:?}");
+    let refused = db
+        .batch()
+        .update("crew", "worf", json!({"ship": "e"}))
+        .delete_cascading("ships", "e", &restrict)
+        .await;
+    assert!(
+        matches!(refused, Err(Error::Restricted { rows: 2, .. })),
+        "{refused:?}"
+    );
+    // Nothing of the refused batch was written.
+    assert_eq!(ship_of("worf").await, Some(json!("e")));
+    assert!(db.table("ships").get("e").run().await.unwrap().is_some());
+}

@@ -329,3 +329,44 @@ async fn relation_writes_to_rows_the_transaction_creates() -> remodel::Result<()
     assert_eq!(Crewmember::count(&db).await?, 3);
     Ok(())
 }
+
+/// A member moved from a ship to another in the transaction that deletes the first ship
+/// stays on the second (the delete's relations reach the rows as the transaction left them),
+/// and one moved onto the deleted ship is reached like its crew.
+#[tokio::test]
+async fn a_delete_reaches_the_children_as_the_transaction_left_them() -> remodel::Result<()> {
+    let db = db().await;
+    let defiant = ship("Defiant").create(&db).await?;
+    let voyager = ship("Voyager").create(&db).await?;
+    let mut worf = defiant
+        .crewmembers(&db)
+        .create(crew("Worf", "klingon"))
+        .await?;
+    let mut kim = voyager
+        .crewmembers(&db)
+        .create(crew("Kim", "human"))
+        .await?;
+
+    let mut tx = Transaction::new(&db);
+    tx.add(&voyager.crewmembers(&db), std::slice::from_mut(&mut worf))
+        .await?;
+    tx.update(&mut kim, |k| k.starship_id = defiant.id.clone())
+        .await?;
+    tx.delete(defiant.clone()).await?;
+    tx.commit().await?;
+
+    let worf = Crewmember::get(&db, worf.id.clone().unwrap())
+        .await?
+        .unwrap();
+    assert_eq!(
+        worf.starship_id, voyager.id,
+        "the moved member lost his ship"
+    );
+    // Kim joined the deleted ship in the same commit: its on_delete reached him.
+    let kim = Crewmember::get(&db, kim.id.clone().unwrap()).await?;
+    assert!(
+        kim.as_ref().is_none_or(|k| k.starship_id.is_none()),
+        "a member refers to a deleted ship: {kim:?}"
+    );
+    Ok(())
+}
