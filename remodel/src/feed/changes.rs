@@ -250,7 +250,9 @@ impl Changes {
                     sleep: None,
                 })
             }),
-            handed_first: opts.include_initial,
+            // Set once initial rows are queued: with none, the first batch is the first
+            // hand-over.
+            handed_first: false,
             done: false,
             visibility: db.inner.visibility().clone(),
             held: None,
@@ -327,6 +329,7 @@ impl Feed {
         };
         let initial = timer.diff(db.stats_rows());
         if include_initial {
+            self.handed_first = !initial.is_empty();
             self.front.extend(
                 initial
                     .into_iter()
@@ -347,6 +350,8 @@ impl Feed {
         states: bool,
     ) {
         if let Some(rows) = initial {
+            // A point feed's missing row is handed over as its `null`.
+            self.handed_first = !rows.is_empty() || point;
             if rows.is_empty() && point {
                 self.front.push_back(Change::initial(None, None));
             }

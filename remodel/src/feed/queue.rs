@@ -83,9 +83,11 @@ impl Subscriber {
     }
 
     /// Queues an item (called by writers; never blocks on the consumer). Returns true when
-    /// the consumer may be waiting for it: the queue was empty, so the caller must wake it
-    /// ([`Subscriber::take_waker`]; writers wake after releasing the commit lock). While
-    /// the queue holds items, an earlier push has already arranged a wake-up.
+    /// the consumer may be waiting for it, so the caller must wake it
+    /// ([`Subscriber::take_waker`]; writers wake after releasing the commit lock): the queue
+    /// was empty, or (a squash window's queue, whose consumer waits for the window's end
+    /// while items are queued) it just filled past half or overflowed, which are handed
+    /// over at once. Otherwise an earlier push has already arranged a wake-up.
     pub(crate) fn push(&self, item: Change) -> bool {
         let mut q = self.queue.lock();
         if q.closed.is_some() {
@@ -98,10 +100,12 @@ impl Subscriber {
             list.seq = item.stamp().or(list.seq);
             list.pending += 1;
             let first = list.pending == 1;
+            let waiting = queued + list.pending;
             if first && queued == 0 && timed {
                 q.since = Some(Instant::now());
             }
-            return first && queued == 0;
+            let past_half = waiting * 2 > self.capacity && (waiting - 1) * 2 <= self.capacity;
+            return (first && queued == 0) || (timed && past_half);
         }
         if let (Some(last), Some(key)) = (&q.scanned, item.key()) {
             if **key > **last {
@@ -112,7 +116,8 @@ impl Subscriber {
             return false;
         }
         let was_empty = q.live == 0 && q.skipped == 0;
-        if q.live >= self.capacity {
+        let overflows = q.live >= self.capacity;
+        if overflows {
             q.skipped += q.live as u64;
             q.base += q.items.len() as u64;
             q.items.clear();
@@ -130,7 +135,8 @@ impl Subscriber {
         }
         q.items.push_back(Some(item));
         q.live += 1;
-        was_empty
+        let past_half = q.live * 2 > self.capacity && (q.live - 1) * 2 <= self.capacity;
+        was_empty || (timed && (overflows || past_half))
     }
 
     /// Makes this (squashing) queue track a top-N set instead of queueing its changes,
