@@ -104,7 +104,10 @@ impl fmt::Display for Refusal {
 
 /// A store error in a publication, method or feed: `NotFound` and bad input are the caller's
 /// business ([`ErrorCode::NotFound`], [`ErrorCode::Invalid`]), a feed whose table went is
-/// [`ErrorCode::Aborted`]; anything else is the server's ([`ErrorCode::Internal`], logged).
+/// [`ErrorCode::Aborted`]; anything else is the server's ([`ErrorCode::Internal`]): logged
+/// with a reference number, and only the number goes to the client (a storage or
+/// PostgreSQL error's text names files, schemas and statements a browser has no business
+/// seeing).
 impl From<&remodel::Error> for Refusal {
     fn from(e: &remodel::Error) -> Self {
         use remodel::model::ModelError;
@@ -123,8 +126,14 @@ impl From<&remodel::Error> for Refusal {
             E::FeedAborted(why) => Refusal::new(ErrorCode::Aborted, why.clone()),
             E::NoSuchTable(_) | E::Closed => Refusal::new(ErrorCode::Aborted, e.to_string()),
             _ => {
-                tracing::warn!(error = %e, "a publication, method or feed failed");
-                Refusal::new(ErrorCode::Internal, e.to_string())
+                static REFERENCE: std::sync::atomic::AtomicU64 =
+                    std::sync::atomic::AtomicU64::new(1);
+                let reference = REFERENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(error = %e, reference, "a publication, method or feed failed");
+                Refusal::new(
+                    ErrorCode::Internal,
+                    format!("the server failed (reference {reference} in its log)"),
+                )
             }
         }
     }

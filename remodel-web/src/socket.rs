@@ -113,6 +113,13 @@ impl Bucket {
     }
 }
 
+/// `d` after `now`; a duration beyond what the clock holds (a limit set to `Duration::MAX`
+/// for "never") is a time that never comes (tokio's own timers do the same).
+fn after(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
+}
+
 /// Something for the driver to do.
 enum Event<I> {
     Item(Item<I>),
@@ -307,14 +314,18 @@ async fn drive<I: Clone + Send + Sync + 'static>(
             } else {
                 let timer = stall.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
                 if !armed {
-                    timer.as_mut().reset(Instant::now() + timeout);
+                    timer.as_mut().reset(after(Instant::now(), timeout));
                     armed = true;
                 }
                 if timer.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Event::End);
                 }
             }
-            if !queue_closed {
+            // The connection's own frames (answers to the client's: pongs, errors, results)
+            // are taken only while the byte budget has room: beyond it, the reader waits to
+            // queue its next answer and stops reading the client, whose own socket fills, so
+            // a client that sends and never reads costs the budget, not its answers.
+            if !queue_closed && out.bytes < BYTES {
                 match inbox.poll_next(cx) {
                     Poll::Ready(Some(item)) => return Poll::Ready(Event::Item(item)),
                     Poll::Ready(None) => queue_closed = true,
@@ -460,7 +471,7 @@ async fn drive<I: Clone + Send + Sync + 'static>(
                     // A window opens (the first, or the next after one that ended with
                     // something to send); its timer is armed once a held subscription has
                     // something for its end.
-                    window_end = Some(now + window);
+                    window_end = Some(after(now, window));
                     timer_armed = false;
                 } else if !sent && !open {
                     // Nothing went, and no window is open: idle, the next change goes at once.

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{handshake, start, App, Client};
+use common::{handshake, start, start_with, App, Client};
 use futures::{SinkExt, StreamExt};
 use remodel::json;
 use remodel_web::Limits;
@@ -433,4 +433,31 @@ async fn a_client_that_never_reads_slows_no_writer_and_no_other_client() {
     assert_eq!(app.web.stats().connections, 1, "the stalled client is gone");
     assert_eq!(app.web.stats().subscriptions, 1);
     drop(stalled.ws.next());
+}
+
+/// Limits and a window of `Duration::MAX` (a natural way to say "never") are times that
+/// never come, not a panic of the connection's driver the first time frames wait.
+#[tokio::test]
+async fn limits_and_windows_of_duration_max_mean_never() {
+    let limits = Limits {
+        write_timeout: Duration::MAX,
+        idle_timeout: Duration::MAX,
+        ..Limits::default()
+    };
+    let app = start_with(limits, Duration::MAX).await;
+    let mut c = Client::connect(&app, "kirk").await;
+    c.sub(1, "logs", json!({"member": "kirk"})).await;
+    c.until(|v| v["t"] == "reset").await;
+    for i in 0..3 {
+        app.db
+            .table("logs")
+            .insert(json!({"id": format!("m{i}"), "owner": "kirk", "at": i, "text": "x"}))
+            .await
+            .unwrap();
+    }
+    // The first change goes at once and opens a window that never ends.
+    c.until(|v| v["t"] == "change" || v["t"] == "batch").await;
+    c.send(json!({"op": "ping"})).await;
+    c.until(|v| v["t"] == "pong").await;
+    still_serves(&app).await;
 }
