@@ -216,6 +216,64 @@ impl Transaction {
         Ok(())
     }
 
+    /// Stages a check of `model`'s row, made at commit: the transaction commits only if the
+    /// row is still stored and `holds` is true of it as it is then; otherwise nothing is
+    /// written and the commit fails with [`crate::Error::Precondition`] (`why`), or
+    /// [`ModelError::NotFound`] for a row gone. Writes nothing itself.
+    ///
+    /// What a decision was made on is checked again in the commit that acts on it: a rule
+    /// checked against the signed-in user's row (still a captain, still of that ship), a
+    /// value a form was drawn with.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// # use remodel::model::{create_schema, Id, Transaction};
+    /// # use remodel::{Database, Error, Model};
+    /// # use serde::{Deserialize, Serialize};
+    /// #[derive(Model, Serialize, Deserialize, Debug, Clone)]
+    /// struct Officer { id: Option<Id>, name: String, rank: String }
+    /// # let db = Database::temporary().await?;
+    /// # create_schema(&db).await?;
+    /// let mut kirk = Officer { id: None, name: "Kirk".into(), rank: "captain".into() }
+    ///     .create(&db).await?;
+    /// let seen = kirk.clone();
+    /// // Meanwhile, another request demotes him.
+    /// kirk.update(&db, |k| k.rank = "admiral".into()).await?;
+    /// // A transaction decided on the row as it was no longer commits.
+    /// let mut tx = Transaction::new(&db);
+    /// tx.require(&seen, "no longer a captain", |now: &Officer| now.rank == "captain")?;
+    /// tx.create(Officer { id: None, name: "Sulu".into(), rank: "lieutenant".into() }).await?;
+    /// assert!(matches!(tx.commit().await, Err(Error::Precondition(_))));
+    /// assert_eq!(Officer::count(&db).await?, 1);
+    /// # Ok::<(), remodel::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn require<T: Model>(
+        &mut self,
+        model: &T,
+        why: impl Into<String>,
+        holds: impl Fn(&T) -> bool + Send + Sync + 'static,
+    ) -> Result<()> {
+        let schema = T::schema();
+        let key = model
+            .key_value()
+            .ok_or_else(|| ModelError::not_saved(schema, "require"))?;
+        let why = why.into();
+        self.stage(schema, |b| {
+            // A write that leaves the row as it is: nothing is written, and the closure runs
+            // against the row at commit.
+            b.require_exists(schema.table, key.clone()).replace_with(
+                schema.table,
+                key,
+                move |stored| match holds(&codec::decode_ref::<T>(stored)?) {
+                    true => Ok(stored.clone()),
+                    false => Err(crate::Error::Precondition(why.clone())),
+                },
+            )
+        });
+        Ok(())
+    }
+
     /// Stages [`HasMany::add`]: the children join the relation's parent (stored ones written
     /// back as `save` does); the parent must be stored at commit.
     pub async fn add<P: Model, C: Model>(

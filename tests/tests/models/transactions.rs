@@ -370,3 +370,77 @@ async fn a_delete_reaches_the_children_as_the_transaction_left_them() -> remodel
     );
     Ok(())
 }
+
+/// `Transaction::require` is decided at commit: 8 tasks each read a captain, and while he is
+/// one create a ship in a transaction that requires it; another task demotes him meanwhile.
+/// Every committed ship comes before the demotion in commit order (none was created on a
+/// rank he no longer had), every acknowledged one is stored, every refused one is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requirement_is_checked_against_the_row_at_commit() -> remodel::Result<()> {
+    use futures::StreamExt;
+    let db = db().await;
+    let mut kirk = crew("Kirk", "human");
+    kirk.rank = "captain".into();
+    let kirk = kirk.create(&db).await?;
+    let mut ships = Starship::table(&db).changes().await?;
+    let mut ranks = Crewmember::table(&db).changes().await?;
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let (db, key) = (db.clone(), kirk.id.clone().unwrap());
+        tasks.push(tokio::spawn(async move {
+            let mut outcomes = Vec::new();
+            for i in 0..40 {
+                let seen = Crewmember::get(&db, key.clone()).await.unwrap().unwrap();
+                if seen.rank != "captain" {
+                    break;
+                }
+                let mut tx = Transaction::new(&db);
+                tx.require(&seen, "no longer a captain", |now: &Crewmember| {
+                    now.rank == "captain"
+                })
+                .unwrap();
+                let name = format!("ship {t}-{i}");
+                tx.create(ship(&name)).await.unwrap();
+                outcomes.push((name, tx.commit().await));
+            }
+            outcomes
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let mut demoted = kirk.clone();
+    demoted.update(&db, |k| k.rank = "admiral".into()).await?;
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.extend(t.await.unwrap());
+    }
+    let demotion = ranks.next().await.unwrap()?;
+    let demotion_seq = demotion.seq().expect("a committed change has its position");
+    let stored: std::collections::HashSet<String> = Starship::all(&db)
+        .await?
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    let mut committed = 0;
+    for (name, outcome) in &outcomes {
+        match outcome {
+            Ok(_) => {
+                committed += 1;
+                assert!(stored.contains(name), "{name} acknowledged, not stored");
+            }
+            Err(Error::Precondition(why)) => {
+                assert_eq!(why, "no longer a captain");
+                assert!(!stored.contains(name), "{name} refused, yet stored");
+            }
+            Err(e) => panic!("{name}: {e:?}"),
+        }
+    }
+    assert_eq!(stored.len(), committed);
+    for _ in 0..committed {
+        let created = ships.next().await.unwrap()?;
+        assert!(
+            created.seq() < Some(demotion_seq),
+            "a ship committed after its captain's demotion"
+        );
+    }
+    Ok(())
+}
