@@ -43,8 +43,10 @@ pub enum ErrorCode {
 
 /// A typed refusal: a publication, rule or method said no, or the server refused a frame.
 /// Sent to the client as `{"code": …, "message": …}`. A store error the caller did not
-/// cause is [`ErrorCode::Internal`] with the store's words (logged too): a publication or
-/// method that must not show them maps its errors to refusals of its own.
+/// cause is [`ErrorCode::Internal`] with a reference number into the server's log, where its
+/// words are; a batch's or transaction's failed condition
+/// ([`remodel::Error::Precondition`]) is [`ErrorCode::Invalid`] with the condition's words
+/// (the app's own).
 ///
 /// ```
 /// use remodel_web::{ErrorCode, Refusal};
@@ -120,6 +122,7 @@ impl From<&remodel::Error> for Refusal {
             | E::InvalidDocument { .. }
             | E::InvalidKey { .. }
             | E::Restricted { .. }
+            | E::Precondition(_)
             | E::Model(ModelError::Restricted { .. } | ModelError::Rejected(_)) => {
                 Refusal::invalid(e.to_string())
             }

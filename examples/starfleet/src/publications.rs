@@ -25,8 +25,9 @@
 
 use crate::models::{Crewmember, Log, Starship, MAP_HEIGHT, MAP_WIDTH};
 use crate::routes::leaderboard::top_five;
+use crate::rules::Authority;
 use crate::session::Session;
-use remodel::model::Id;
+use remodel::model::{Id, Transaction};
 use remodel::{Database, Model};
 use remodel_web::{Caller, Live, NoParams, Refusal, Web};
 use serde::Deserialize;
@@ -165,6 +166,44 @@ fn now_ms() -> u64 {
     u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// A transaction of a write to `member`'s log by the signed-in member: the log's rule is
+/// checked now and decided again at commit (the member still there; a captain writing
+/// still the captain of the ship the member is still on). Gives the member whose log it is.
+async fn log_write(
+    db: &Database,
+    session: &Session,
+    member: &str,
+) -> Result<(Transaction, Crewmember), Refusal> {
+    let target = may_use_log(db, session, member).await?;
+    let mut tx = Transaction::new(db);
+    // The log's member, still there (an entry never outlives its member).
+    tx.require(&target, LOG_RULE_CHANGED, |_| true)
+        .map_err(|e| Refusal::from(&e))?;
+    if session.member.as_deref() != Some(member) {
+        let me = self::member(db, session.member.as_deref().unwrap_or_default()).await?;
+        // `may_use_log` let a captain in only as the captain of the member's ship.
+        let captain = target.starship_id.clone().map(Authority::Captain);
+        captain
+            .and_then(|c| c.require(&mut tx, &me, Some(&target)).ok())
+            .ok_or_else(|| Refusal::forbidden(LOG_RULE_CHANGED))?;
+    }
+    Ok((tx, target))
+}
+
+/// Why a log write is refused at commit.
+const LOG_RULE_CHANGED: &str =
+    "who may write this log changed since the request was checked (a rank or a ship)";
+
+/// Commits a log write: a rule that changed meanwhile is `forbidden`, a member (or entry)
+/// deleted meanwhile `not_found`.
+async fn commit_log_write(tx: Transaction) -> Result<(), Refusal> {
+    match tx.commit().await {
+        Ok(_) => Ok(()),
+        Err(remodel::Error::Precondition(why)) => Err(Refusal::forbidden(why)),
+        Err(e) => Err(Refusal::from(&e)),
+    }
+}
+
 /// Writes an entry to `member`'s log as the signed-in member, after the log's rule and the
 /// entry's checks (shared by the `add_log` method and the page's form).
 pub async fn add_log(
@@ -173,7 +212,7 @@ pub async fn add_log(
     member: &str,
     text: &str,
 ) -> Result<Log, Refusal> {
-    may_use_log(db, session, member).await?;
+    let (mut tx, _) = log_write(db, session, member).await?;
     let text = text.trim();
     if text.is_empty() || text.chars().count() > MAX_LOG || text.chars().any(char::is_control) {
         return Err(Refusal::invalid(format!(
@@ -187,7 +226,9 @@ pub async fn add_log(
         text: text.to_string(),
         at: now_ms(),
     };
-    Ok(log.create(db).await?)
+    let log = tx.create(log).await?;
+    commit_log_write(tx).await?;
+    Ok(log)
 }
 
 /// The app's publications and methods.
@@ -280,15 +321,15 @@ pub fn web(db: Database) -> Web<Session> {
         })
         .method("delete_log", |c, p: LogId| async move {
             let log = Log::get(&c.db, p.id.as_str()).await?;
-            let mut log = log.ok_or_else(|| Refusal::not_found("no such log entry"))?;
+            let log = log.ok_or_else(|| Refusal::not_found("no such log entry"))?;
             let owner = log
                 .crewmember_id
                 .as_ref()
                 .map(Id::as_str)
                 .unwrap_or_default();
-            may_use_log(&c.db, &c.identity, owner).await?;
-            log.delete(&c.db).await?;
-            Ok(())
+            let (mut tx, _) = log_write(&c.db, &c.identity, owner).await?;
+            tx.delete(log).await?;
+            commit_log_write(tx).await
         })
         .build()
 }

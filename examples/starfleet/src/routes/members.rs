@@ -13,7 +13,8 @@ use axum::extract::{Path, State};
 use axum::response::{Html, Redirect};
 use axum::Form;
 use minijinja::context;
-use remodel::{json, Model, Patch};
+use remodel::model::Transaction;
+use remodel::Model;
 use serde::Deserialize;
 
 /// `/member/{id}`: rank, species, the ship (a link back), the personal log (for the member and
@@ -56,6 +57,9 @@ pub struct EditForm {
     was_species: Option<String>,
 }
 
+/// Why an edit is refused when the member changed since its form was drawn.
+const FORM_CHANGED: &str = "someone else changed this member since the form was drawn";
+
 /// `POST /member/{id}`: changes name, rank and species, only if nobody changed them since the
 /// form was drawn (decided at commit, against the stored row): no silent overwrite. A form
 /// without the fields it was drawn with (an old page) writes as asked.
@@ -69,68 +73,59 @@ pub async fn edit(
     let Form(form) = form?;
     let (name, rank, species) = MemberForm::new(form.name, form.rank, form.species).fields()?;
     let me = rules::signed_in(&app.db, &session, "edit a member").await?;
-    rules::may_edit(&me, &member, rank != member.rank)?;
+    // A rank change is one the form asks for, against the rank it was drawn with: a rank
+    // given since is the conflict below, not this form's change.
+    let drawn_rank = form
+        .was_rank
+        .as_deref()
+        .map_or(member.rank.as_str(), str::trim);
+    let authority = rules::may_edit(&me, &member, rank != drawn_rank)?;
     let was = [form.was_name, form.was_rank, form.was_species];
-    let fields = json!({"name": name, "rank": rank, "species": species});
-    write_checked(&app.db, &member, fields, move |doc| {
-        let unchanged = ["name", "rank", "species"]
+    let mut tx = Transaction::new(&app.db);
+    authority.require(&mut tx, &me, Some(&member))?;
+    tx.require(&member, FORM_CHANGED, move |now: &Crewmember| {
+        [&now.name, &now.rank, &now.species]
             .iter()
             .zip(&was)
-            .all(|(field, was)| was.as_deref().is_none_or(|w| doc[*field] == w.trim()));
-        match unchanged {
-            true => Ok(()),
-            false => Err(format!(
-                "someone else changed this member since the form was drawn (now: {}, {}, {})",
-                doc["name"].as_str().unwrap_or_default(),
-                doc["rank"].as_str().unwrap_or_default(),
-                doc["species"].as_str().unwrap_or_default(),
-            )),
-        }
+            .all(|(now, was)| was.as_deref().is_none_or(|w| now.as_str() == w.trim()))
+    })?;
+    let mut written = member.clone();
+    tx.update(&mut written, |m| {
+        (m.name, m.rank, m.species) = (name, rank, species);
     })
     .await?;
+    match rules::commit(tx).await {
+        Err(AppError::Conflict(why)) if why.contains(FORM_CHANGED) => {
+            // What is there now, to say what changed.
+            let now = find_member(&app.db, &id).await?;
+            Err(AppError::Conflict(format!(
+                "Not saved: {FORM_CHANGED} (now: {}, {}, {}). Open the page again to see \
+                 what is there now.",
+                now.name, now.rank, now.species
+            )))
+        }
+        other => other,
+    }?;
     Ok(Redirect::to(&format!("/member/{}", member.id_str())))
 }
 
-/// Writes `fields` to `member`'s row, decided at commit against the stored row: only if the
-/// member's rank and ship are still those the rules were checked against (a new rank or a
-/// move since changes who may do this) and `check` passes; else a 409 page saying why, and
-/// nothing is written. A member deleted meanwhile is a 404. Only `fields` are written: a
-/// copy of the member read earlier never overwrites what others changed.
+/// Writes what `change` makes of `member` (only the fields it changes, at commit) as `me`,
+/// in a transaction that requires what the rule let `me` act as, and whatever `require`
+/// adds; else a 403 or 409 page saying why, and nothing is written. A member deleted
+/// meanwhile is a 404.
 async fn write_checked(
     db: &remodel::Database,
+    (me, authority): (&Crewmember, rules::Authority),
     member: &Crewmember,
-    fields: remodel::Value,
-    check: impl Fn(&remodel::Value) -> Result<(), String> + Send + Sync + 'static,
+    require: impl FnOnce(&mut Transaction) -> AppResult<()>,
+    change: impl FnOnce(&mut Crewmember),
 ) -> AppResult<()> {
-    let seen = (json!(member.rank), json!(member.starship_id));
-    let patch = Patch::with(move |doc| {
-        if (&doc["rank"], &doc["starship_id"]) != (&seen.0, &seen.1) {
-            let why = "the member's rank or ship changed since this request was checked";
-            return Err(remodel::Error::Precondition(why.into()));
-        }
-        check(doc).map_err(remodel::Error::Precondition)?;
-        Ok(fields.clone())
-    });
-    let written = Crewmember::table(db)
-        .get(member.id_str())
-        .update(patch)
-        .await;
-    // The closure's refusal is the write's error (per row, as every write reports them).
-    let written = written.and_then(|w| match w.first_error {
-        Some(e) => Err(e),
-        None => Ok(w),
-    });
-    match written {
-        Ok(w) if w.skipped > 0 => Err(AppError::NotFound(format!(
-            "The crew member `{}` was deleted meanwhile.",
-            member.id_str()
-        ))),
-        Ok(_) => Ok(()),
-        Err(remodel::Error::Precondition(why)) => Err(AppError::Conflict(format!(
-            "Not saved: {why}. Open the page again to see what is there now."
-        ))),
-        Err(e) => Err(e.into()),
-    }
+    let mut tx = Transaction::new(db);
+    authority.require(&mut tx, me, Some(member))?;
+    require(&mut tx)?;
+    let mut written = member.clone();
+    tx.update(&mut written, change).await?;
+    rules::commit(tx).await
 }
 
 /// The log form.
@@ -183,10 +178,22 @@ pub async fn move_to(
         ))
     })?;
     let me = rules::signed_in(&app.db, &session, "move a member").await?;
-    rules::may_move(&me, &member, ship.id.as_ref())?;
-    // The member's ship only: the member leaves its old crew.
-    let fields = json!({"starship_id": ship.id_str()});
-    write_checked(&app.db, &member, fields, |_| Ok(())).await?;
+    let authority = rules::may_move(&me, &member, ship.id.as_ref())?;
+    // The member's ship only (the member leaves its old crew), onto a ship still there; the
+    // member still where the rule saw them, and still no captain (captains are not moved).
+    let to = ship.id.clone();
+    let seen = member.starship_id.clone();
+    let require = |tx: &mut Transaction| -> AppResult<()> {
+        tx.require(&ship, "the ship is gone", |_| true)?;
+        tx.require(&member, rules::MEMBER_CHANGED, move |now: &Crewmember| {
+            now.starship_id == seen && !now.rank.eq_ignore_ascii_case("captain")
+        })?;
+        Ok(())
+    };
+    write_checked(&app.db, (&me, authority), &member, require, |m| {
+        m.starship_id = to
+    })
+    .await?;
     Ok(Redirect::to(&format!("/ship/{}", ship.id_str())))
 }
 
@@ -199,11 +206,12 @@ pub async fn remove_from_ship(
 ) -> AppResult<Redirect> {
     let member = find_member(&app.db, &id).await?;
     let me = rules::signed_in(&app.db, &session, "take a member off their ship").await?;
-    rules::may_release(&me, &member)?;
+    let authority = rules::may_release(&me, &member)?;
     let Some(ship) = member.starship(&app.db).await? else {
         return Ok(Redirect::to(&format!("/member/{}", member.id_str())));
     };
-    write_checked(&app.db, &member, json!({"starship_id": null}), |_| Ok(())).await?;
+    let me = (&me, authority);
+    write_checked(&app.db, me, &member, |_| Ok(()), |m| m.starship_id = None).await?;
     Ok(Redirect::to(&format!("/ship/{}", ship.id_str())))
 }
 
@@ -214,9 +222,12 @@ pub async fn delete(
     session: Session,
     Path(id): Path<String>,
 ) -> AppResult<Redirect> {
-    let mut member: Crewmember = find_member(&app.db, &id).await?;
+    let member: Crewmember = find_member(&app.db, &id).await?;
     let me = rules::signed_in(&app.db, &session, "delete a member").await?;
-    rules::may_release(&me, &member)?;
-    member.delete(&app.db).await?;
+    let authority = rules::may_release(&me, &member)?;
+    let mut tx = Transaction::new(&app.db);
+    authority.require(&mut tx, &me, Some(&member))?;
+    tx.delete(member).await?;
+    rules::commit(tx).await?;
     Ok(Redirect::to("/"))
 }

@@ -73,8 +73,16 @@ pub async fn add_member(
     let Form(form) = form?;
     let (name, rank, species) = form.fields()?;
     let me = crate::rules::signed_in(&app.db, &s, "add to a crew").await?;
-    crate::rules::may_add_to(&me, ship.id.as_ref())?;
-    let member = Crewmember::new(&name, &rank, &species);
-    ship.crewmembers(&app.db).create(member).await?;
+    let authority = crate::rules::may_add_to(&me, ship.id.as_ref())?;
+    // Still the ship's captain at commit, and the ship still there (the add requires it).
+    let mut tx = remodel::model::Transaction::new(&app.db);
+    authority.require(&mut tx, &me, None)?;
+    let mut member = Crewmember::new(&name, &rank, &species);
+    tx.add(
+        &ship.crewmembers(&app.db),
+        std::slice::from_mut(&mut member),
+    )
+    .await?;
+    crate::rules::commit(tx).await?;
     Ok(Redirect::to(&format!("/ship/{}", ship.id_str())))
 }
