@@ -556,7 +556,9 @@ impl<I: Clone + Send + Sync + 'static> Following<I> {
         if rejoin.as_ref().is_some_and(|r| r.ended()) {
             *rejoin = None;
         }
-        *sent = batch.cursor;
+        if batch.cursor.is_some() {
+            *sent = batch.cursor;
+        }
         let rows = text::row_texts(batch.rows.into_values());
         let cursor = batch
             .cursor
@@ -636,6 +638,11 @@ pub(crate) fn gather(
             Some(Ok(change)) => batch.add(live, &change).map_err(Stop::End)?,
         }
         if batch.len >= MOST_PER_FRAME {
+            // Cut short: more is ready. A squashing feed hands its rows over in no order of
+            // their cursors, so the greatest cursor taken so far may pass rows still queued;
+            // only a batch that took everything ready gives the client a cursor to resume
+            // from (`Change::cursor`). (A frame without one leaves the client's as it was.)
+            batch.cursor = None;
             return Ok(batch);
         }
         match feed.next().now_or_never() {
@@ -670,4 +677,53 @@ pub(crate) fn stop_for(e: &Error) -> Stop {
 /// A store error ending a subscription.
 fn refusal(e: &Error) -> Refusal {
     Refusal::from(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use remodel::{json, ChangeLogRetention, Config};
+
+    /// A squashing feed hands rows over in no order of their cursors: a batch cut short
+    /// must not give a cursor past rows it left queued (resumed from, it would skip them).
+    #[tokio::test]
+    async fn a_cut_batch_of_a_squashing_feed_gives_no_cursor_past_rows_it_left() {
+        let db = Config::temporary()
+            .change_log(ChangeLogRetention::default())
+            .open()
+            .await
+            .unwrap();
+        db.create_table("t").await.unwrap();
+        let t = db.table("t");
+        t.insert(json!({"id": "first"})).await.unwrap();
+        let mut feed = t.changes().squash(true).await.unwrap();
+        // The client's cursor before the burst: a frame without one leaves it so.
+        let before = db.position();
+        let rows = MOST_PER_FRAME as u64 + 1000;
+        t.insert_many((0..rows).map(|i| json!({"id": i})))
+            .await
+            .unwrap();
+        // Row 0 changes again: its queued item (first in the queue) takes the later cursor.
+        t.get(0).update(json!({"v": 1})).await.unwrap();
+        let live = Live::new(t.changes());
+        let first = feed.next().await;
+        let Ok(batch) = gather(&mut feed, first, &live, || false) else {
+            panic!("the feed stopped");
+        };
+        assert_eq!(batch.len, MOST_PER_FRAME, "cut short");
+        let mut seen: std::collections::HashSet<u64> = batch
+            .rows
+            .into_values()
+            .filter_map(|(k, _)| k.as_u64())
+            .collect();
+        let cursor = batch.cursor.unwrap_or(before);
+        let mut resumed = t.changes().resume_from(cursor).await.expect("resumes");
+        while let Ok(Some(Ok(c))) =
+            tokio::time::timeout(std::time::Duration::from_millis(300), resumed.next()).await
+        {
+            seen.extend(c.new_val().and_then(|v| v["id"].as_u64()));
+        }
+        let missed = (0..rows).filter(|i| !seen.contains(i)).count();
+        assert_eq!(missed, 0, "rows neither in the batch nor after its cursor");
+    }
 }
