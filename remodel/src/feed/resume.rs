@@ -6,7 +6,9 @@
 //! once: a key given twice to `get_all`, a multi index). A feed opened with
 //! `resume_from(cursor)` registers its subscription and reads the log after the cursor under
 //! the commit lock, exactly as `include_initial` reads its snapshot: no change is missed or
-//! delivered twice between the replayed items and the live ones.
+//! delivered twice between the replayed items and the live ones. A cursor far behind has
+//! most of its changes read first, without the lock (writers go on), up to where the
+//! database stood then, and only the rest under the lock.
 //!
 //! Row feeds resume (table, `get`, `get_all`, `between`, with `filter` / `pluck` /
 //! `without`): their items are a function of each change alone. Top-N and aggregate feeds
@@ -184,13 +186,30 @@ impl Feed {
             ));
         };
         let hub = db.inner.sink_as::<Hub>();
+        // Far behind: the log up to where the database stands now is read first, without
+        // the commit lock (writers go on meanwhile), and only the rest under it.
+        let early = read_early(db, log, &table, &replay, cursor)?;
         db.inner.with_commit_lock(|last| {
             db.check_open()?;
             let (start, first) = (log_start(log, &table), cursor.first_needed());
             // The changes before the log's start, from the shared history.
             let mut history: &[crate::db::write::Committed] = &[];
-            if log_short(log, &table, cursor) {
-                match older {
+            match &early {
+                // Read early from this table's log: the table is the one it was, and the log
+                // still goes on from where the early read ended.
+                Some(e) if log.created(&table) != e.created => {
+                    return Err(expired(format!(
+                        "table `{table}` was created again while the change log was read"
+                    )))
+                }
+                Some(e) if log.floor() > e.upto.saturating_add(1) => {
+                    return Err(expired(format!(
+                        "the change log keeps only the changes from {:x} on",
+                        log.floor()
+                    )))
+                }
+                Some(_) => {}
+                None if log_short(log, &table, cursor) => match older {
                     Some((from, Ok(changes))) if *from == start => history = changes,
                     Some((_, Err(reason))) => return Err(expired(reason.clone())),
                     Some(_) => {
@@ -213,7 +232,8 @@ impl Feed {
                             "table `{table}` was created after it (an earlier table of that name had it)"
                         )))
                     }
-                }
+                },
+                None => {}
             }
             if cursor.seq > last {
                 return Err(Error::feed_option(format!(
@@ -225,23 +245,7 @@ impl Feed {
             self.attach(sub);
             self.snapshot_seq = Some(cursor.seq);
             let mut items = Vec::new();
-            // From the cursor's own change on: the feed's later items for it come first.
             let front = &mut self.front;
-            let mut replayed = |c: &Logged<'_>, plain: Option<&Change>| {
-                if !plain_items(&replay, c, plain, &mut items) {
-                    Hub::replay_items(&replay, &c.committed(), &mut items);
-                }
-                if c.seq > cursor.seq {
-                    front.extend(items.drain(..));
-                } else {
-                    front.extend(
-                        items
-                            .drain(..)
-                            .filter(|item| item.cursor().is_some_and(|at| at > cursor)),
-                    );
-                }
-                Ok(())
-            };
             for c in history {
                 let logged = Logged {
                     seq: c.seq,
@@ -250,24 +254,109 @@ impl Feed {
                     old: c.old.as_ref(),
                     new: c.new.as_ref(),
                 };
-                replayed(&logged, None)?;
+                replay_one(&replay, &logged, None, cursor, &mut items, front);
             }
-            let from = first.max(start);
+            let from = match early {
+                Some(e) => {
+                    front.extend(e.items);
+                    e.upto.saturating_add(1).max(first)
+                }
+                None => first.max(start),
+            };
+            let mut replayed = |c: &Logged<'_>, plain: Option<&Change>| {
+                replay_one(&replay, c, plain, cursor, &mut items, front);
+                Ok(())
+            };
             // Recent changes are in the hub's tail, ready; older ones in the log.
             let kept = hub.for_each_kept(&table, from, |item| replayed(&logged(item), Some(item)));
             if let Some(read) = kept {
                 return read;
             }
             log.for_each_from(&table, from, |c| replayed(c, None))
-                // A segment damaged since the log was opened: the changes after the cursor
-                // cannot all be delivered (never some of them, with a gap).
-                .map_err(|e| match e {
-                    Error::Damaged { reason, .. } => {
-                        expired(format!("the change log is damaged: {reason}"))
-                    }
-                    e => e,
-                })
+                .map_err(|e| damaged_as_expired(e, cursor))
         })
+    }
+}
+
+/// How far behind a cursor is before its changes are read from the log first, outside the
+/// commit lock (a short replay is read under it at once: one lock, one read).
+const EARLY_READ_BEHIND: u64 = 1024;
+
+/// The items of a resume's changes read from the log before the commit lock is taken.
+struct Early {
+    /// Every change of the table numbered this or below (after the cursor) is in `items`.
+    upto: u64,
+    /// The table's incarnation in the log when they were read (`ChangeLog::created`).
+    created: u64,
+    items: Vec<Change>,
+}
+
+/// For a cursor far behind that this process's log alone serves: the items of the changes
+/// after it up to where the database stands now, read without the commit lock.
+fn read_early(
+    db: &Database,
+    log: &crate::db::changelog::ChangeLog,
+    table: &str,
+    replay: &FeedPlan,
+    cursor: Cursor,
+) -> Result<Option<Early>> {
+    if log_short(log, table, cursor) {
+        return Ok(None);
+    }
+    let created = log.created(table);
+    let upto = db.position().seq;
+    if upto.saturating_sub(cursor.seq) < EARLY_READ_BEHIND {
+        return Ok(None);
+    }
+    let from = cursor.first_needed().max(log_start(log, table));
+    let (mut items, mut out) = (Vec::new(), std::collections::VecDeque::new());
+    log.for_each_from(table, from, |c| {
+        if c.seq <= upto {
+            replay_one(replay, c, None, cursor, &mut items, &mut out);
+        }
+        Ok(())
+    })
+    .map_err(|e| damaged_as_expired(e, cursor))?;
+    Ok(Some(Early {
+        upto,
+        created,
+        items: out.into(),
+    }))
+}
+
+/// A segment damaged since the log was opened: the changes after the cursor cannot all be
+/// delivered (never some of them, with a gap).
+fn damaged_as_expired(e: Error, cursor: Cursor) -> Error {
+    match e {
+        Error::Damaged { reason, .. } => Error::CursorExpired {
+            cursor: cursor.to_string(),
+            reason: format!("the change log is damaged: {reason}"),
+        },
+        e => e,
+    }
+}
+
+/// Appends to `out` the feed's items of logged change `c` after `cursor` (`items`: scratch).
+fn replay_one(
+    replay: &FeedPlan,
+    c: &Logged<'_>,
+    plain: Option<&Change>,
+    cursor: Cursor,
+    items: &mut Vec<Change>,
+    out: &mut std::collections::VecDeque<Change>,
+) {
+    if !plain_items(replay, c, plain, items) {
+        Hub::replay_items(replay, &c.committed(), items);
+    }
+    // From the cursor's own change on: the feed's later items for it come first.
+    if c.seq > cursor.seq {
+        out.extend(items.drain(..));
+    } else {
+        out.extend(
+            items
+                .drain(..)
+                .filter(|item| item.cursor().is_some_and(|at| at > cursor)),
+        );
     }
 }
 
