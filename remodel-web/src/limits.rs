@@ -38,6 +38,10 @@ pub struct Limits {
     /// (default 1,024). Beyond it, the subscription resynchronises: the client gets the whole
     /// current result again once it reads. Writers never wait for a client.
     pub feed_queue: usize,
+    /// The most changes a subscription resumed from a client's cursor replays (default
+    /// 10,000): further behind, the client gets the whole current result again instead (a
+    /// replay reads that stretch of the change log, a reset reads the result once).
+    pub resume_changes: u64,
 }
 
 impl Default for Limits {
@@ -50,6 +54,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(10),
             feed_queue: 1024,
+            resume_changes: 10_000,
         }
     }
 }

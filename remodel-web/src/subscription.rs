@@ -198,16 +198,17 @@ impl<I: Clone + Send + Sync + 'static> Opening<I> {
     /// (guards cannot resume), the publication decides again once its guards watch.
     async fn open(&self, cursor: Option<Cursor>) -> Result<(Source, Vec<Feed>), Stop> {
         let sub = &self.sub;
-        let since = match cursor {
-            Some(cursor) => cursor,
-            // The position waits for a commit in progress: off the runtime's threads.
-            None => {
-                let db = sub.caller.db.clone();
-                tokio::task::spawn_blocking(move || db.position())
-                    .await
-                    .map_err(|_| Stop::End(Refusal::new(ErrorCode::Internal, "no position")))?
-            }
-        };
+        // The position waits for a commit in progress: off the runtime's threads.
+        let db = sub.caller.db.clone();
+        let now = tokio::task::spawn_blocking(move || db.position())
+            .await
+            .map_err(|_| Stop::End(Refusal::new(ErrorCode::Internal, "no position")))?;
+        // A cursor further behind than `Limits::resume_changes` gets the whole result again:
+        // replaying costs the server that whole stretch of the change log (for each guard
+        // too), which a page could ask for again and again; a reset costs one read.
+        let behind = |c: &Cursor| now.seq().saturating_sub(c.seq());
+        let cursor = cursor.filter(|c| behind(c) <= sub.shared.limits.resume_changes);
+        let since = cursor.unwrap_or(now);
         let mut live = self.decide().await?;
         let mut guards = Vec::new();
         let mut watched_late = false;

@@ -461,3 +461,43 @@ async fn limits_and_windows_of_duration_max_mean_never() {
     c.until(|v| v["t"] == "pong").await;
     still_serves(&app).await;
 }
+
+/// A page that resumes from a cursor further behind than `Limits::resume_changes` gets the
+/// whole result again (one read), not a replay of that stretch of the change log, which it
+/// could ask for again and again; nearer, it resumes. On both kinds of result.
+#[tokio::test]
+async fn a_cursor_far_behind_gets_the_result_again_not_a_replay() {
+    for name in ["logs", "shared_logs"] {
+        let limits = Limits {
+            resume_changes: 500,
+            ..Limits::default()
+        };
+        let app = start(limits).await;
+        let mut c = Client::connect(&app, "kirk").await;
+        c.sub(1, name, json!({"member": "kirk"})).await;
+        c.until(|v| v["t"] == "reset").await;
+        let write = |id: &str| json!({"id": id, "owner": "kirk", "text": "t", "at": 1});
+        app.db.table("logs").insert(write("k1")).await.unwrap();
+        c.until(|v| v["sub"] == 1 && v["t"] != "reset").await;
+        let cursor = c.cursor(1).expect("a change frame has a cursor");
+        // 400 changes nobody watches, then one of Kirk's: within the limit, a resume.
+        let others: Vec<_> = (0..400)
+            .map(|i| json!({"id": format!("s{i}"), "owner": "spock", "text": "t", "at": 1}))
+            .collect();
+        app.db.table("logs").insert_many(others).await.unwrap();
+        app.db.table("logs").insert(write("k2")).await.unwrap();
+        let sub = |id: u32, cursor: &str| json!({"op": "sub", "id": id, "name": name, "params": {"member": "kirk"}, "cursor": cursor});
+        c.send(sub(2, &cursor)).await;
+        let v = c.until(|v| v["sub"] == 2).await;
+        assert_ne!(v["t"], "reset", "{name}: resumed within the limit: {v}");
+        // 400 more: now 801 behind, past the limit: the whole result.
+        let more: Vec<_> = (400..800)
+            .map(|i| json!({"id": format!("s{i}"), "owner": "spock", "text": "t", "at": 1}))
+            .collect();
+        app.db.table("logs").insert_many(more).await.unwrap();
+        c.send(sub(3, &cursor)).await;
+        let v = c.until(|v| v["sub"] == 3).await;
+        assert_eq!(v["t"], "reset", "{name}: {v}");
+        assert_eq!(c.docs(3).len(), 2);
+    }
+}
