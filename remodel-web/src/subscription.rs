@@ -154,7 +154,8 @@ impl<I: Clone + Send + Sync + 'static> Opening<I> {
                     // The first goes at once (a resume that must be a reset, say).
                     if fruitless > 0 {
                         let step = self.sub.shared.window.max(Duration::from_millis(10));
-                        let wait = step * 2u32.pow(fruitless - 1);
+                        // Saturating: a window of `Duration::MAX` means "never", not a panic.
+                        let wait = step.saturating_mul(2u32.saturating_pow(fruitless - 1));
                         tokio::time::sleep(wait.min(Duration::from_secs(5))).await;
                     }
                     fruitless += 1;
@@ -203,12 +204,11 @@ impl<I: Clone + Send + Sync + 'static> Opening<I> {
         let now = tokio::task::spawn_blocking(move || db.position())
             .await
             .map_err(|_| Stop::End(Refusal::new(ErrorCode::Internal, "no position")))?;
-        // A cursor further behind than `Limits::resume_changes` gets the whole result again:
-        // replaying costs the server that whole stretch of the change log (for each guard
-        // too), which a page could ask for again and again; a reset costs one read.
-        let behind = |c: &Cursor| now.seq().saturating_sub(c.seq());
-        let cursor = cursor.filter(|c| behind(c) <= sub.shared.limits.resume_changes);
         let since = cursor.unwrap_or(now);
+        // A cursor with more changes after it than `Limits::resume_changes` gets the whole
+        // result again: a replay costs the server that stretch of the change log (for each
+        // guard too), which a page could ask for again and again; a reset costs one read.
+        let most = sub.shared.limits.resume_changes;
         let mut live = self.decide().await?;
         let mut guards = Vec::new();
         let mut watched_late = false;
@@ -221,7 +221,7 @@ impl<I: Clone + Send + Sync + 'static> Opening<I> {
                 .include_initial(false)
                 .include_states(false)
                 .squash(false);
-            let feed = match guard.clone().resume_from(since).await {
+            let feed = match guard.clone().resume_from(since).replay_at_most(most).await {
                 Ok(feed) => feed,
                 Err(_) => {
                     watched_late = true;
@@ -247,7 +247,7 @@ impl<I: Clone + Send + Sync + 'static> Opening<I> {
             return self.join(live, changes, cursor, watched_late, guards).await;
         }
         if let Some(cursor) = cursor.filter(|_| !watched_late && !guards_moved(&mut guards)) {
-            if let Some(feed) = resume_own(changes.clone(), cursor).await? {
+            if let Some(feed) = resume_own(changes.clone().replay_at_most(most), cursor).await? {
                 return Ok((Source::own(live, feed), guards));
             }
         }
@@ -306,7 +306,8 @@ impl<I: Clone + Send + Sync + 'static> Opening<I> {
         // Resumed only when no guard moved since the cursor (a guard's item taken here is
         // answered below, by deciding again).
         let resumable = cursor.filter(|_| !watched_late && !guards_moved(&mut guards));
-        let private = resumable.map(|_| (live.shown_copy(), changes.clone()));
+        let most = sub.shared.limits.resume_changes;
+        let private = resumable.map(|_| (live.shown_copy(), changes.clone().replay_at_most(most)));
         let queue = sub.shared.limits.feed_queue;
         // The result's task follows the feed with this decision's key, rules and view (equal
         // to every other member's: that is what declaring it shared says).
@@ -640,10 +641,13 @@ pub(crate) fn gather(
         }
         if batch.len >= MOST_PER_FRAME {
             // Cut short: more is ready. A squashing feed hands its rows over in no order of
-            // their cursors, so the greatest cursor taken so far may pass rows still queued;
-            // only a batch that took everything ready gives the client a cursor to resume
-            // from (`Change::cursor`). (A frame without one leaves the client's as it was.)
-            batch.cursor = None;
+            // their cursors, so the greatest cursor taken so far may pass rows still queued:
+            // only its batch that took everything ready gives the client a cursor to resume
+            // from (`Feed::in_cursor_order`). (A frame without one leaves the client's as it
+            // was.)
+            if !feed.in_cursor_order() {
+                batch.cursor = None;
+            }
             return Ok(batch);
         }
         match feed.next().now_or_never() {

@@ -663,3 +663,112 @@ async fn a_far_behind_cursor_resumes_exactly_while_writers_go_on() {
     assert_eq!(cursors(&got), cursors(&expected));
     assert_eq!(pairs(&got), pairs(&expected));
 }
+
+/// Resumes from cursors older than the in-memory tail and near the retention edge, while a
+/// writer goes on and the log drops its oldest segments: each resume is exact (the witness's
+/// items after the cursor, in order) or `CursorExpired`, never one with a gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumes_racing_the_retention_are_exact_or_expired() {
+    let db = Config::temporary()
+        .durability(Durability::Soft)
+        .change_log(ChangeLogRetention {
+            max_changes: Some(40_000),
+            max_age: None,
+        })
+        .open()
+        .await
+        .unwrap();
+    db.create_table("t").await.unwrap();
+    let t = db.table("t");
+    let mut witness = t.changes().queue_size(1_000_000).await.unwrap();
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<(Cursor, remodel::Value)>>> = Default::default();
+    let reader = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(c)) = witness.next().await {
+                let id = c.new_val().map(|v| v["id"].clone()).unwrap_or_default();
+                seen.lock().unwrap().push((c.cursor().unwrap(), id));
+            }
+        })
+    };
+    let writer = {
+        let t = t.clone();
+        tokio::spawn(async move {
+            for chunk in 0..240u64 {
+                let docs: Vec<_> = (0..500).map(|i| json!({"id": chunk * 500 + i})).collect();
+                t.insert_many(docs).await.unwrap();
+            }
+        })
+    };
+    let (mut exact, mut expired) = (0, 0);
+    while !writer.is_finished() {
+        let picked = {
+            let seen = seen.lock().unwrap();
+            // Older than the tail (16,384), at or past the retention's edge.
+            let back = 20_000 + (seen.len() * 7919) % 22_000;
+            let at = seen.len().saturating_sub(back);
+            (seen.len() >= 30_000).then(|| (seen[at].0, at + 1))
+        };
+        let Some((cursor, from)) = picked else {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        };
+        match t.changes().resume_from(cursor).await {
+            Ok(mut feed) => {
+                for i in 0..2_000 {
+                    let c = tokio::time::timeout(Duration::from_secs(10), feed.next())
+                        .await
+                        .expect("the resumed feed goes on")
+                        .unwrap()
+                        .unwrap();
+                    let got = (c.cursor().unwrap(), c.new_val().unwrap()["id"].clone());
+                    let want = loop {
+                        if let Some(w) = seen.lock().unwrap().get(from + i).cloned() {
+                            break w;
+                        }
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    };
+                    assert_eq!(got, want, "item {i} after {cursor}");
+                }
+                exact += 1;
+            }
+            Err(Error::CursorExpired { .. }) => expired += 1,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    drop(reader);
+    eprintln!("resumes: {exact} exact, {expired} expired");
+    assert!(exact > 0, "no resume was exact");
+}
+
+/// `replay_at_most(n)`: a cursor with more than `n` changes of the table after it has
+/// expired for that feed; one with `n` or fewer resumes exactly. (Changes of other tables
+/// do not count.)
+#[tokio::test]
+async fn a_replay_limit_counts_the_tables_changes() {
+    let db = logged_db().await;
+    db.create_table("t").await.unwrap();
+    db.create_table("other").await.unwrap();
+    let t = db.table("t");
+    t.insert(json!({"id": "start"})).await.unwrap();
+    let at = db.position();
+    let docs: Vec<_> = (0..400).map(|i| json!({"id": i})).collect();
+    t.insert_many(docs).await.unwrap();
+    let others: Vec<_> = (0..5_000).map(|i| json!({"id": i})).collect();
+    db.table("other").insert_many(others).await.unwrap();
+    let mut feed = t
+        .changes()
+        .resume_from(at)
+        .replay_at_most(400)
+        .await
+        .unwrap();
+    assert_eq!(take(&mut feed, 400).await.len(), 400);
+    quiet(&mut feed).await;
+    let err = t
+        .changes()
+        .resume_from(at)
+        .replay_at_most(399)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::CursorExpired { .. }), "{err:?}");
+}

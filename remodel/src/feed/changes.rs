@@ -33,6 +33,8 @@ pub struct Changes {
     point: bool,
     /// Resume after this cursor (`resume_from`).
     resume: Option<Cursor>,
+    /// The most changes a resume replays (`replay_at_most`).
+    replay_limit: Option<u64>,
     /// On a shared database, the changes after `resume` older than this process's change
     /// log, read from the database of record's history before the feed starts.
     history: Option<super::resume::Older>,
@@ -110,6 +112,15 @@ impl Changes {
     /// exclude each other).
     pub fn resume_from(mut self, cursor: Cursor) -> Self {
         self.resume = Some(cursor);
+        self
+    }
+
+    /// With [`Changes::resume_from`]: a cursor with more than `n` changes of the feed's
+    /// table after it is [`Error::CursorExpired`] (read the result again instead), found
+    /// after reading at most `n + 1` of them. A server resuming feeds for clients it does
+    /// not trust bounds what each resume costs it.
+    pub fn replay_at_most(mut self, n: u64) -> Self {
+        self.replay_limit = Some(n);
         self
     }
     /// Sets every option at once.
@@ -280,7 +291,8 @@ impl Changes {
         if let Some(cursor) = self.resume {
             let replay = FeedPlan::new(query.plan()?, false)?;
             let older = self.history.as_ref();
-            feed.subscribe_resumed(db, (plan, replay), delivery, cursor, older)?;
+            let resume = (cursor, self.replay_limit);
+            feed.subscribe_resumed(db, (plan, replay), delivery, resume, older)?;
             return Ok(None);
         }
         let include_initial = self.opts.include_initial;
@@ -406,6 +418,7 @@ impl Query {
             opts: FeedOptions::default(),
             point: false,
             resume: None,
+            replay_limit: None,
             history: None,
             of_rows: None,
         }

@@ -166,7 +166,7 @@ impl Feed {
         db: &Database,
         (plan, replay): (FeedPlan, FeedPlan),
         delivery: Delivery,
-        cursor: Cursor,
+        (cursor, limit): (Cursor, Option<u64>),
         older: Option<&Older>,
     ) -> Result<()> {
         let Some(rows) = replay.rows() else {
@@ -188,7 +188,8 @@ impl Feed {
         let hub = db.inner.sink_as::<Hub>();
         // Far behind: the log up to where the database stands now is read first, without
         // the commit lock (writers go on meanwhile), and only the rest under it.
-        let early = read_early(db, log, &table, &replay, cursor)?;
+        let mut count = Count::new(limit, cursor);
+        let early = read_early(db, (log, &hub), &table, &replay, cursor, &mut count)?;
         db.inner.with_commit_lock(|last| {
             db.check_open()?;
             let (start, first) = (log_start(log, &table), cursor.first_needed());
@@ -254,6 +255,7 @@ impl Feed {
                     old: c.old.as_ref(),
                     new: c.new.as_ref(),
                 };
+                count.one()?;
                 replay_one(&replay, &logged, None, cursor, &mut items, front);
             }
             let from = match early {
@@ -264,6 +266,7 @@ impl Feed {
                 None => first.max(start),
             };
             let mut replayed = |c: &Logged<'_>, plain: Option<&Change>| {
+                count.one()?;
                 replay_one(&replay, c, plain, cursor, &mut items, front);
                 Ok(())
             };
@@ -278,9 +281,37 @@ impl Feed {
     }
 }
 
-/// How far behind a cursor is before its changes are read from the log first, outside the
-/// commit lock (a short replay is read under it at once: one lock, one read).
-const EARLY_READ_BEHIND: u64 = 1024;
+/// The changes a resume replays, counted against its limit
+/// ([`crate::Changes::replay_at_most`]).
+struct Count {
+    left: Option<u64>,
+    cursor: Cursor,
+}
+
+impl Count {
+    fn new(limit: Option<u64>, cursor: Cursor) -> Self {
+        Count {
+            left: limit,
+            cursor,
+        }
+    }
+
+    /// One more change to replay: past the limit, the cursor has expired for this feed.
+    fn one(&mut self) -> Result<()> {
+        match &mut self.left {
+            None => Ok(()),
+            Some(0) => Err(Error::CursorExpired {
+                cursor: self.cursor.to_string(),
+                reason: "more changes after it than the feed replays (read the result again)"
+                    .into(),
+            }),
+            Some(n) => {
+                *n -= 1;
+                Ok(())
+            }
+        }
+    }
+}
 
 /// The items of a resume's changes read from the log before the commit lock is taken.
 struct Early {
@@ -291,32 +322,46 @@ struct Early {
     items: Vec<Change>,
 }
 
-/// For a cursor far behind that this process's log alone serves: the items of the changes
-/// after it up to where the database stands now, read without the commit lock.
+/// For a cursor older than the hub's tail that this process's log alone serves: the items
+/// of the changes after it up to where the database stands now, read from the log without
+/// the commit lock (writers go on meanwhile; the rest is read under it). `None` when the
+/// tail has them (read from memory under the lock at once) or the log does not.
 fn read_early(
     db: &Database,
-    log: &crate::db::changelog::ChangeLog,
+    (log, hub): (&crate::db::changelog::ChangeLog, &Hub),
     table: &str,
     replay: &FeedPlan,
     cursor: Cursor,
+    count: &mut Count,
 ) -> Result<Option<Early>> {
-    if log_short(log, table, cursor) {
-        return Ok(None);
-    }
+    let first = cursor.first_needed();
+    // Read once: the table's incarnation is checked again under the lock, and the log must
+    // still hold `first` once it has been read.
     let created = log.created(table);
-    let upto = db.position().seq;
-    if upto.saturating_sub(cursor.seq) < EARLY_READ_BEHIND {
+    if cursor.seq <= created || first < log.floor() || hub.keeps_from(first) {
         return Ok(None);
     }
-    let from = cursor.first_needed().max(log_start(log, table));
+    let upto = db.position().seq;
     let (mut items, mut out) = (Vec::new(), std::collections::VecDeque::new());
-    log.for_each_from(table, from, |c| {
+    let read = log.for_each_from(table, first, |c| {
         if c.seq <= upto {
+            count.one()?;
             replay_one(replay, c, None, cursor, &mut items, &mut out);
         }
         Ok(())
-    })
-    .map_err(|e| damaged_as_expired(e, cursor))?;
+    });
+    // Segments dropped past the retention while they were read (the read may then have
+    // started after `first`, or missed a file): the cursor expired meanwhile.
+    if log.floor() > first {
+        return Err(Error::CursorExpired {
+            cursor: cursor.to_string(),
+            reason: format!(
+                "the change log moved on past it (it keeps the changes from {:x} on)",
+                log.floor()
+            ),
+        });
+    }
+    read.map_err(|e| damaged_as_expired(e, cursor))?;
     Ok(Some(Early {
         upto,
         created,

@@ -813,7 +813,9 @@ impl ChangeLog {
     }
 
     /// Calls `f` with each change of `table` numbered `from` and above, in order, read from
-    /// the segments (the caller holds the commit lock, so nothing is appended meanwhile).
+    /// the segments as written when it starts (a caller holding the commit lock reads them
+    /// all; one that does not checks afterwards that the segments it needed were not dropped
+    /// meanwhile: see `feed::resume::read_early`).
     ///
     /// A segment read from the disk must be whole (a closed one up to the seal that names
     /// the next, the open one up to what was written): one damaged since the log was opened

@@ -80,6 +80,15 @@ impl Hub {
         self.tail.remember(!self.is_idle(), committed, last);
     }
 
+    /// Whether the tail holds every change numbered `from` and above (a resume from there
+    /// reads memory, not the change log).
+    pub(crate) fn keeps_from(&self, from: u64) -> bool {
+        let kept = self.tail.kept.lock();
+        kept.entries
+            .front()
+            .is_some_and(|e| e.item.change_seq().unwrap_or(0) <= from)
+    }
+
     /// Calls `f` with the plain item of each change of `table` numbered `from` and above, in
     /// order, when the tail holds them all; `None` when `from` is older than the tail (read
     /// the change log). The caller holds the commit lock, so nothing is appended meanwhile.
