@@ -134,7 +134,7 @@ pub(crate) fn parts_of(rows: &[RowText]) -> Vec<String> {
 }
 
 /// The `change` frames of rows cut in `parts`: all but the last say `more`, the last carries
-/// the cursor (`cursor` is its text, unquoted).
+/// the cursor if there is one (`cursor` is its text, unquoted).
 pub(crate) fn change_frames(sub: u32, parts: &[String], cursor: Option<&str>) -> Vec<Message> {
     let last = parts.len().saturating_sub(1);
     parts

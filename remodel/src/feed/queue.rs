@@ -78,6 +78,11 @@ impl Subscriber {
         }
     }
 
+    /// Whether it merges the changes of a row (squash).
+    pub(crate) fn squashes(&self) -> bool {
+        self.squash
+    }
+
     pub(crate) fn capacity(&self) -> usize {
         self.capacity
     }

@@ -325,6 +325,15 @@ impl Feed {
         self.snapshot_seq
     }
 
+    /// Whether the feed's changes come in the order of their cursors, so that the greatest
+    /// cursor it delivered is where a resume takes up, whatever was still queued: every
+    /// feed but a squashing one (its merged items come in the order of their rows' first
+    /// change, each with the cursor of its last: resume it from the greatest cursor
+    /// delivered only once its queue was empty, see [`Change::cursor`]).
+    pub fn in_cursor_order(&self) -> bool {
+        !matches!(&self.inbox, Inbox::Queue(sub) if sub.squashes())
+    }
+
     /// Where the feed's initial rows stand in the change order: a feed resumed from this
     /// cursor ([`crate::Changes::resume_from`]) gets every change after those rows, none of
     /// them twice. `None` for timer feeds (stats) and feeds opened without a snapshot.
