@@ -31,9 +31,9 @@ use remodel::{Database, Model};
 /// rule saw.
 pub const YOU_CHANGED: &str = "you are no longer the captain of that ship";
 
-/// Why a write is refused at commit when the member moved since the request was checked
-/// (who may change them moved with it).
-pub const MEMBER_CHANGED: &str = "the member's ship changed since this request was checked";
+/// Why a write is refused at commit when the member moved (or, for a move, became a
+/// captain) since the request was checked: who may change them changed with it.
+pub const MEMBER_CHANGED: &str = "the member's ship or rank changed since this request was checked";
 
 /// What a rule let the signed-in member act as, to be decided again at commit
 /// ([`Authority::require`]).

@@ -131,8 +131,9 @@ pub(crate) fn expand_delete(
     expand_deletes(db, table, vec![key], refs, batch, ops)
 }
 
-/// The rows of the plan's table that hold one of `keys` in the indexed `field`: as stored,
-/// and as the batch's earlier writes leave them (a row the batch wrote is taken as written).
+/// The rows of the plan's table that hold one of `keys` in the indexed `field`, each once
+/// (a multi index has a row once per matching value): as stored, and as the batch's earlier
+/// writes leave them (a row the batch wrote is taken as written).
 fn referring_rows(
     plan: &super::plan::Plan,
     field: &str,
@@ -140,10 +141,12 @@ fn referring_rows(
     batch: Option<&Preview>,
 ) -> Result<Vec<Row>> {
     let written = batch.map(|b| b.written(&plan.table)).unwrap_or_default();
+    let rewritten: HashSet<&[u8]> = written.iter().map(|(k, _)| *k).collect();
+    let mut once: HashSet<Vec<u8>> = HashSet::new();
     let mut rows = Vec::new();
     for row in plan.rows() {
         let row = row?;
-        if !written.iter().any(|(k, _)| *k == &row.key[..]) {
+        if !rewritten.contains(&row.key[..]) && once.insert(row.key.to_vec()) {
             rows.push(row);
         }
     }
@@ -154,14 +157,15 @@ fn referring_rows(
     let wanted: HashSet<Vec<u8>> = keys.iter().map(crate::value::encode_value).collect();
     for (key, doc) in written {
         let Some(doc) = doc else { continue };
-        // Once per matching value, as the index has a row once per matching entry.
-        for v in ix.compiled.values(doc) {
-            if wanted.contains(&crate::value::encode_value(&v)) {
-                rows.push(Row {
-                    key: key.to_vec().into(),
-                    doc: (**doc).clone(),
-                });
-            }
+        let values = ix.compiled.values(doc);
+        if values
+            .iter()
+            .any(|v| wanted.contains(&crate::value::encode_value(v)))
+        {
+            rows.push(Row {
+                key: key.to_vec().into(),
+                doc: (**doc).clone(),
+            });
         }
     }
     Ok(rows)

@@ -549,7 +549,9 @@ impl Batch {
 
     /// Deletes every row of `query` and applies `refs` to the rows that refer to them, as
     /// [`Batch::delete_cascading`] does for one key: the rows and what refers to them are
-    /// selected when the batch commits, in that commit.
+    /// selected when the batch commits, in that commit. The rows of `query` are selected as
+    /// they were before the batch (as `delete_where` selects them); the rows that refer to
+    /// them as the batch's earlier steps leave them (as `delete_cascading` selects them).
     ///
     /// ```
     /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -861,8 +863,9 @@ fn planned(q: &Query) -> Result<Plan> {
 ///
 /// A row a step requires must exist when the batch commits (stored). A row required as
 /// another's reference (a parent a child is added to, a side of a link) must also be
-/// deleted by no step of the batch, before or after it: a cascade selects the children that
-/// are stored, so a child the batch adds to a row it deletes would be left behind. (A
+/// deleted by no step of the batch, before or after it: a cascade selects the children as
+/// the steps before it leave them, so a child a later step adds to a row it deletes would be
+/// left behind. (A
 /// requirement just before a write of the same row is that write's own: a batch may update
 /// a row and then delete it.)
 fn expand(steps: Vec<Step>) -> Result<Vec<(Arc<TableState>, WriteOp)>> {
@@ -872,12 +875,20 @@ fn expand(steps: Vec<Step>) -> Result<Vec<(Arc<TableState>, WriteOp)>> {
     // A cascade after other writes selects from the rows as those leave them (its own
     // writes are seen by the steps after it).
     let mut batch = cascades_after_writes(&steps).map(Preview::new);
+    // Previewed up to the last cascade (a write's closures run once more for it, and only
+    // when a cascade comes after it).
+    let last_cascade = steps
+        .iter()
+        .rposition(|s| matches!(s, Step::DeleteCascading(..) | Step::WhereCascading(..)));
     let mut applied = 0;
-    let mut steps = steps.into_iter().peekable();
-    while let Some(step) = steps.next() {
-        if let Some(batch) = &mut batch {
+    let mut steps = steps.into_iter().enumerate().peekable();
+    while let Some((at, step)) = steps.next() {
+        if Some(at) > last_cascade {
+            batch = None;
+        }
+        if let Some(preview) = &mut batch {
             for (t, op) in &ops[applied..] {
-                batch.apply(t, op)?;
+                preview.apply(t, op)?;
             }
             applied = ops.len();
         }
@@ -921,8 +932,13 @@ fn expand(steps: Vec<Step>) -> Result<Vec<(Arc<TableState>, WriteOp)>> {
             }
             Step::RequireExists(table, enc, key) => {
                 let own = match steps.peek() {
-                    Some(Step::DeleteCascading(_, t, k, _)) => t.name == table.name && *k == key,
-                    Some(Step::Write(t, op)) => t.name == table.name && op_key(op) == Some(&enc),
+                    // Keys compared encoded (`1` and `1.0` are one key).
+                    Some((_, Step::DeleteCascading(_, t, k, _))) => {
+                        t.name == table.name && encode_key(k).is_ok_and(|k| k == enc)
+                    }
+                    Some((_, Step::Write(t, op))) => {
+                        t.name == table.name && op_key(op) == Some(&enc)
+                    }
                     _ => false,
                 };
                 required.push((table, enc, key, own));
