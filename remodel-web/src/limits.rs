@@ -38,9 +38,11 @@ pub struct Limits {
     /// (default 1,024). Beyond it, the subscription resynchronises: the client gets the whole
     /// current result again once it reads. Writers never wait for a client.
     pub feed_queue: usize,
-    /// The most changes a subscription resumed from a client's cursor replays (default
-    /// 10,000): further behind, the client gets the whole current result again instead (a
-    /// replay reads that stretch of the change log, a reset reads the result once).
+    /// The most changes a subscription resumed from a client's cursor reads from the change
+    /// log, for its feed and for each of its guards (default 10,000, counted over every table:
+    /// see `remodel::Changes::replay_at_most`): further behind, the client gets the whole
+    /// current result again instead (a replay reads that stretch of the change log, a reset
+    /// reads the result once).
     pub resume_changes: u64,
 }
 

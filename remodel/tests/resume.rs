@@ -741,34 +741,36 @@ async fn resumes_racing_the_retention_are_exact_or_expired() {
     assert!(exact > 0, "no resume was exact");
 }
 
-/// `replay_at_most(n)`: a cursor with more than `n` changes of the table after it has
-/// expired for that feed; one with `n` or fewer resumes exactly. (Changes of other tables
-/// do not count.)
+/// `replay_at_most(n)`: a resume that would read more than `n` changes after the cursor
+/// (of any table: the log holds them in order) is `CursorExpired`; `n` or fewer resume
+/// exactly. The cursor's own change (read again for its later items) does not count. From
+/// the in-memory tail and from the log alike.
 #[tokio::test]
-async fn a_replay_limit_counts_the_tables_changes() {
-    let db = logged_db().await;
-    db.create_table("t").await.unwrap();
-    db.create_table("other").await.unwrap();
-    let t = db.table("t");
-    t.insert(json!({"id": "start"})).await.unwrap();
-    let at = db.position();
-    let docs: Vec<_> = (0..400).map(|i| json!({"id": i})).collect();
-    t.insert_many(docs).await.unwrap();
-    let others: Vec<_> = (0..5_000).map(|i| json!({"id": i})).collect();
-    db.table("other").insert_many(others).await.unwrap();
-    let mut feed = t
-        .changes()
-        .resume_from(at)
-        .replay_at_most(400)
-        .await
-        .unwrap();
-    assert_eq!(take(&mut feed, 400).await.len(), 400);
-    quiet(&mut feed).await;
-    let err = t
-        .changes()
-        .resume_from(at)
-        .replay_at_most(399)
-        .await
-        .unwrap_err();
-    assert!(matches!(err, Error::CursorExpired { .. }), "{err:?}");
+async fn a_replay_limit_counts_the_changes_after_the_cursor() {
+    for from_disk in [false, true] {
+        let db = logged_db().await;
+        db.create_table("t").await.unwrap();
+        db.create_table("other").await.unwrap();
+        let t = db.table("t");
+        let mut feed = t.changes().await.unwrap();
+        t.insert(json!({"id": "start"})).await.unwrap();
+        let at = take(&mut feed, 1).await[0].cursor().unwrap();
+        if from_disk {
+            // Past the tail's 16,384 changes: the resume reads the change log.
+            let filler: Vec<_> = (0..17_000).map(|i| json!({"id": i})).collect();
+            db.table("other").insert_many(filler).await.unwrap();
+        }
+        let before = if from_disk { 17_000 } else { 0 };
+        let docs: Vec<_> = (0..300).map(|i| json!({"id": i})).collect();
+        t.insert_many(docs).await.unwrap();
+        let others: Vec<_> = (0..100).map(|i| json!({"id": 100_000 + i})).collect();
+        db.table("other").insert_many(others).await.unwrap();
+        let after = before + 300 + 100;
+        let resume = |n| t.changes().resume_from(at).replay_at_most(n);
+        let mut resumed = resume(after).await.unwrap();
+        assert_eq!(take(&mut resumed, 300).await.len(), 300);
+        quiet(&mut resumed).await;
+        let err = resume(after - 1).await.unwrap_err();
+        assert!(matches!(err, Error::CursorExpired { .. }), "{err:?}");
+    }
 }

@@ -108,11 +108,12 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// The changes of `table` numbered from `from` up to (not including) `to`, from the
     /// database of record's history, for a feed resuming from a cursor older than the
     /// store's own change log. `Ok(Err(reason))` when the history does not hold them all
-    /// (the cursor has expired).
+    /// (the cursor has expired), or holds more than `most` of them (read up to one more).
     fn history(
         self: Arc<Self>,
         table: String,
         from: u64,
         to: u64,
+        most: Option<u64>,
     ) -> BoxFuture<'static, Result<History>>;
 }

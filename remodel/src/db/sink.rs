@@ -23,12 +23,12 @@ pub(crate) trait ChangeSink: Send + Sync + 'static {
     /// commit order. Consumers to wake go to `wakes`; the writer wakes them once the lock is
     /// released.
     fn publish(&self, committed: &[(Arc<TableState>, Vec<Committed>)], wakes: &mut Vec<Waker>);
-    /// Every commit's changes (per table; `last`: its last change number), once they are
+    /// Every commit's changes (per table), once they are
     /// durable and before they are published, under the commit lock and in commit order,
     /// whenever the database keeps a resumable change log, idle or not: the feed layer keeps
     /// the newest ones ready for feeds that resume from a cursor (the log keeps records
     /// only).
-    fn remember(&self, committed: &[(Arc<TableState>, Vec<Committed>)], last: u64);
+    fn remember(&self, committed: &[(Arc<TableState>, Vec<Committed>)]);
     /// The table was dropped (what watches it ends).
     fn table_dropped(&self, table: &str, why: &str);
     /// The index was dropped (what reads it ends).

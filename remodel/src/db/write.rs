@@ -674,7 +674,7 @@ impl DbInner {
         // none was handed out.
         if log.resumable() {
             if let Some(sink) = self.sink() {
-                sink.remember(committed, last);
+                sink.remember(committed);
             }
         }
         let n = committed.iter().map(|(_, c)| c.len() as u64).sum();

@@ -115,10 +115,12 @@ impl Changes {
         self
     }
 
-    /// With [`Changes::resume_from`]: a cursor with more than `n` changes of the feed's
-    /// table after it is [`Error::CursorExpired`] (read the result again instead), found
-    /// after reading at most `n + 1` of them. A server resuming feeds for clients it does
-    /// not trust bounds what each resume costs it.
+    /// With [`Changes::resume_from`]: a resume that would read more than `n` changes after
+    /// the cursor is [`Error::CursorExpired`] (read the result again instead), found after
+    /// reading at most `n + 1` of them. They are counted as the change log holds them, every
+    /// table's in commit order (on a shared database, a cursor older than this process's log
+    /// counts its table's changes in the shared history first). A server resuming feeds for
+    /// clients it does not trust bounds what each resume costs it.
     pub fn replay_at_most(mut self, n: u64) -> Self {
         self.replay_limit = Some(n);
         self
@@ -389,7 +391,8 @@ impl IntoFuture for Changes {
             // read from the shared history.
             if let (Some(cursor), Some(backend)) = (self.resume, self.query.db.backend()) {
                 self.query.db.sync().await?;
-                self.history = super::resume::older(&self.query, cursor, backend).await?;
+                let resume = (cursor, self.replay_limit);
+                self.history = super::resume::older(&self.query, resume, backend).await?;
             }
             // Reading initial rows (or filling a top-N set) may read many rows: that runs on
             // a blocking thread, never on the async workers.

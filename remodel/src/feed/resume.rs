@@ -6,9 +6,11 @@
 //! once: a key given twice to `get_all`, a multi index). A feed opened with
 //! `resume_from(cursor)` registers its subscription and reads the log after the cursor under
 //! the commit lock, exactly as `include_initial` reads its snapshot: no change is missed or
-//! delivered twice between the replayed items and the live ones. A cursor far behind has
-//! most of its changes read first, without the lock (writers go on), up to where the
-//! database stood then, and only the rest under the lock.
+//! delivered twice between the replayed items and the live ones. A cursor older than the
+//! hub's in-memory tail has its changes read from the log first, without the lock (writers
+//! go on), up to where the database stood then, and only the rest under the lock.
+//! `replay_at_most(n)` bounds what a resume reads: past `n` changes after the cursor (of
+//! any table, as the log holds them in order), it stops with `CursorExpired`.
 //!
 //! Row feeds resume (table, `get`, `get_all`, `between`, with `filter` / `pluck` /
 //! `without`): their items are a function of each change alone. Top-N and aggregate feeds
@@ -140,7 +142,7 @@ fn log_short(log: &crate::db::changelog::ChangeLog, table: &str, cursor: Cursor)
 /// process that ran before this one started): `None` when the log holds them all.
 pub(super) async fn older(
     query: &crate::Query,
-    cursor: Cursor,
+    (cursor, most): (Cursor, Option<u64>),
     backend: Arc<dyn crate::db::backend::Backend>,
 ) -> Result<Option<Older>> {
     let Some(log) = query.db.inner.resumable_log() else {
@@ -150,17 +152,21 @@ pub(super) async fn older(
         return Ok(None);
     }
     let start = log_start(log, &query.table);
+    // The cursor's own change is read again (its later items), not counted.
+    let own = u64::from(cursor.first_needed() == cursor.seq);
+    let most = most.map(|m| m.saturating_add(own));
     let history = backend
-        .history(query.table.to_string(), cursor.first_needed(), start)
+        .history(query.table.to_string(), cursor.first_needed(), start, most)
         .await?;
     Ok(Some((start, history)))
 }
 
 impl Feed {
     /// Subscribes `plan` and queues the changes after `cursor` from the change log (and,
-    /// before the log's start, from `older`, the database of record's history), both under
-    /// the commit lock. `replay` is a second copy of the plan, used to make the items of
-    /// logged changes as the live path makes them.
+    /// before the log's start, from `older`, the database of record's history, read before
+    /// this), the last of them under the commit lock (see the module doc). `replay` is a
+    /// second copy of the plan, used to make the items of logged changes as the live path
+    /// makes them; `limit`: `replay_at_most`.
     pub(super) fn subscribe_resumed(
         &mut self,
         db: &Database,
@@ -186,8 +192,9 @@ impl Feed {
             ));
         };
         let hub = db.inner.sink_as::<Hub>();
-        // Far behind: the log up to where the database stands now is read first, without
-        // the commit lock (writers go on meanwhile), and only the rest under it.
+        // Older than the hub's tail: the log up to where the database stands now is read
+        // first, without the commit lock (writers go on meanwhile), and only the rest
+        // under it.
         let mut count = Count::new(limit, cursor);
         let early = read_early(db, (log, &hub), &table, &replay, cursor, &mut count)?;
         db.inner.with_commit_lock(|last| {
@@ -255,7 +262,7 @@ impl Feed {
                     old: c.old.as_ref(),
                     new: c.new.as_ref(),
                 };
-                count.one()?;
+                count.one(c.seq)?;
                 replay_one(&replay, &logged, None, cursor, &mut items, front);
             }
             let from = match early {
@@ -266,16 +273,18 @@ impl Feed {
                 None => first.max(start),
             };
             let mut replayed = |c: &Logged<'_>, plain: Option<&Change>| {
-                count.one()?;
                 replay_one(&replay, c, plain, cursor, &mut items, front);
                 Ok(())
             };
             // Recent changes are in the hub's tail, ready; older ones in the log.
-            let kept = hub.for_each_kept(&table, from, |item| replayed(&logged(item), Some(item)));
+            let read = |seq| count.one(seq);
+            let kept = hub.for_each_kept(&table, from, read, |item| {
+                replayed(&logged(item), Some(item))
+            });
             if let Some(read) = kept {
                 return read;
             }
-            log.for_each_from(&table, from, |c| replayed(c, None))
+            log.for_each_from(&table, from, |seq| count.one(seq), |c| replayed(c, None))
                 .map_err(|e| damaged_as_expired(e, cursor))
         })
     }
@@ -296,10 +305,13 @@ impl Count {
         }
     }
 
-    /// One more change to replay: past the limit, the cursor has expired for this feed.
-    fn one(&mut self) -> Result<()> {
+    /// One more change read (numbered `seq`, of any table; the cursor's own change, read
+    /// again for its later items, does not count): past the limit, the cursor has expired
+    /// for this feed.
+    fn one(&mut self, seq: u64) -> Result<()> {
         match &mut self.left {
             None => Ok(()),
+            Some(_) if seq <= self.cursor.seq => Ok(()),
             Some(0) => Err(Error::CursorExpired {
                 cursor: self.cursor.to_string(),
                 reason: "more changes after it than the feed replays (read the result again)"
@@ -343,9 +355,12 @@ fn read_early(
     }
     let upto = db.position().seq;
     let (mut items, mut out) = (Vec::new(), std::collections::VecDeque::new());
-    let read = log.for_each_from(table, first, |c| {
+    let counted = |seq| match seq <= upto {
+        true => count.one(seq),
+        false => Ok(()),
+    };
+    let read = log.for_each_from(table, first, counted, |c| {
         if c.seq <= upto {
-            count.one()?;
             replay_one(replay, c, None, cursor, &mut items, &mut out);
         }
         Ok(())

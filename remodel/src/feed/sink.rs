@@ -16,8 +16,8 @@ impl ChangeSink for Hub {
         Hub::publish(self, committed, wakes);
     }
 
-    fn remember(&self, committed: &[(Arc<TableState>, Vec<Committed>)], last: u64) {
-        Hub::remember(self, committed, last);
+    fn remember(&self, committed: &[(Arc<TableState>, Vec<Committed>)]) {
+        Hub::remember(self, committed);
     }
 
     fn table_dropped(&self, table: &str, why: &str) {

@@ -580,7 +580,10 @@ impl PgBackend {
         table: &str,
         from: u64,
         to: u64,
+        most: Option<u64>,
     ) -> Result<crate::db::backend::History> {
+        // One more than `most`: that many rows say there are more.
+        let limit = most.map_or(i64::MAX, |m| i64::try_from(m).unwrap_or(i64::MAX - 1) + 1);
         let read = async |tx: &tokio_postgres::Transaction<'_>, q: &str| {
             let ddl = tx
                 .query_opt(
@@ -600,12 +603,18 @@ impl PgBackend {
                 .query(
                     &format!(
                         "SELECT pos, commit_pos, key, old, new FROM {q}.history
-                         WHERE tbl = $1 AND kind = 0 AND pos >= $2 AND pos < $3 ORDER BY pos"
+                         WHERE tbl = $1 AND kind = 0 AND pos >= $2 AND pos < $3 ORDER BY pos
+                         LIMIT $4"
                     ),
-                    &[&table, &(from as i64), &(to as i64)],
+                    &[&table, &(from as i64), &(to as i64), &limit],
                 )
                 .await
                 .map_err(|e| pg_error(&e))?;
+            if most.is_some_and(|m| rows.len() as u64 > m) {
+                return Ok(Err(
+                    "more changes after it than the feed replays (read the result again)".into(),
+                ));
+            }
             let mut changes = Vec::with_capacity(rows.len());
             for row in rows {
                 changes.push(Committed {

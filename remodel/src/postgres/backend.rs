@@ -1434,8 +1434,9 @@ impl Backend for PgBackend {
         table: String,
         from: u64,
         to: u64,
+        most: Option<u64>,
     ) -> BoxFuture<'static, Result<History>> {
-        Box::pin(async move { self.read_history(&table, from, to).await })
+        Box::pin(async move { self.read_history(&table, from, to, most).await })
     }
 
     fn close(self: Arc<Self>) -> BoxFuture<'static, Result<()>> {

@@ -81,7 +81,7 @@
 //!
 //! # Reading
 //!
-//! [`ChangeLog::for_each_from`] reads the segments back (under the commit lock). The log keeps
+//! [`ChangeLog::for_each_from`] reads the segments back (as written when it starts). The log keeps
 //! records only: the newest changes are also kept in memory by the feed layer, as the items
 //! feeds deliver (told of every commit through [`super::ChangeSink::remember`]), and a
 //! resuming feed reads them there first.
@@ -820,10 +820,14 @@ impl ChangeLog {
     /// A segment read from the disk must be whole (a closed one up to the seal that names
     /// the next, the open one up to what was written): one damaged since the log was opened
     /// fails with [`Error::Damaged`] rather than ending the changes early.
+    ///
+    /// `read` is told the number of every change read at or after `from`, of any table (what
+    /// the read costs: a caller bounding it stops it with an error).
     pub(crate) fn for_each_from(
         &self,
         table: &str,
         from: u64,
+        mut read: impl FnMut(u64) -> Result<()>,
         mut f: impl FnMut(&Logged<'_>) -> Result<()>,
     ) -> Result<()> {
         let (firsts, open_len) = {
@@ -864,7 +868,11 @@ impl ChangeLog {
                 }
                 for e in c.entries() {
                     let e = e?;
-                    if e.seq < from || e.table != table.as_bytes() {
+                    if e.seq < from {
+                        continue;
+                    }
+                    read(e.seq)?;
+                    if e.table != table.as_bytes() {
                         continue;
                     }
                     let (old, new) = (e.old.map(parse).transpose()?, e.new.map(parse).transpose()?);

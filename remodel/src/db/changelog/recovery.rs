@@ -784,10 +784,15 @@ mod tests {
         assert_eq!(get(b"c"), None, "an aborted commit");
         assert_eq!(get(b"d"), None, "a torn record");
         let mut seqs = Vec::new();
-        log.for_each_from("t", 0, |c| {
-            seqs.push(c.seq);
-            Ok(())
-        })
+        log.for_each_from(
+            "t",
+            0,
+            |_| Ok(()),
+            |c| {
+                seqs.push(c.seq);
+                Ok(())
+            },
+        )
         .unwrap();
         assert_eq!(seqs, [1, 2, 3, 5]);
         drop((log, storage));
@@ -803,10 +808,15 @@ mod tests {
 
     fn seqs(log: &ChangeLog, table: &str) -> Vec<u64> {
         let mut seqs = Vec::new();
-        log.for_each_from(table, 0, |c| {
-            seqs.push(c.seq);
-            Ok(())
-        })
+        log.for_each_from(
+            table,
+            0,
+            |_| Ok(()),
+            |c| {
+                seqs.push(c.seq);
+                Ok(())
+            },
+        )
         .unwrap();
         seqs
     }

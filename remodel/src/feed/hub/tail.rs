@@ -29,8 +29,9 @@ const TAIL: usize = 16_384;
 #[derive(Default)]
 pub(super) struct Tail {
     kept: Mutex<Kept>,
-    /// The last change committed while a feed was open.
-    last_watched: AtomicU64,
+    /// Changes committed since the last commit made while a feed was open (counted, not
+    /// taken from change numbers: on PostgreSQL those are positions in the WAL, far apart).
+    unwatched: AtomicU64,
 }
 
 #[derive(Default)]
@@ -73,38 +74,48 @@ impl Kept {
 }
 
 impl Hub {
-    /// Keeps a commit's changes (`last`: its last change number) ready for resuming feeds,
-    /// while feeds are open or were lately (see the module doc). Called for every commit
-    /// under the commit lock, once its changes are durable.
-    pub(crate) fn remember(&self, committed: &[(Arc<TableState>, Vec<Committed>)], last: u64) {
-        self.tail.remember(!self.is_idle(), committed, last);
+    /// Keeps a commit's changes ready for resuming feeds, while feeds are open or were
+    /// lately (see the module doc). Called for every commit under the commit lock, once its
+    /// changes are durable.
+    pub(crate) fn remember(&self, committed: &[(Arc<TableState>, Vec<Committed>)]) {
+        self.tail.remember(!self.is_idle(), committed);
     }
 
-    /// Whether the tail holds every change numbered `from` and above (a resume from there
-    /// reads memory, not the change log).
+    /// Whether the tail holds every change numbered `from` and above, with a margin: a full
+    /// tail drops its oldest change at every commit, and a resume that finds `from` gone
+    /// when it reads (under the commit lock) reads the change log there instead.
     pub(crate) fn keeps_from(&self, from: u64) -> bool {
         let kept = self.tail.kept.lock();
+        let margin = if kept.entries.len() == TAIL {
+            TAIL / 4
+        } else {
+            0
+        };
         kept.entries
-            .front()
+            .get(margin)
             .is_some_and(|e| e.item.change_seq().unwrap_or(0) <= from)
     }
 
     /// Calls `f` with the plain item of each change of `table` numbered `from` and above, in
     /// order, when the tail holds them all; `None` when `from` is older than the tail (read
     /// the change log). The caller holds the commit lock, so nothing is appended meanwhile.
+    ///
+    /// `read` is told the number of every change read at or after `from`, of any table.
     pub(crate) fn for_each_kept(
         &self,
         table: &str,
         from: u64,
+        read: impl FnMut(u64) -> Result<()>,
         f: impl FnMut(&Change) -> Result<()>,
     ) -> Option<Result<()>> {
-        self.tail.for_each_from(table, from, f)
+        self.tail.for_each_from(table, from, read, f)
     }
 }
 
 impl Tail {
-    fn remember(&self, watched: bool, committed: &[(Arc<TableState>, Vec<Committed>)], last: u64) {
-        if !self.keep(watched, last) {
+    fn remember(&self, watched: bool, committed: &[(Arc<TableState>, Vec<Committed>)]) {
+        let n: usize = committed.iter().map(|(_, changes)| changes.len()).sum();
+        if !self.keep(watched, n as u64) {
             return;
         }
         let mut kept = self.kept.lock();
@@ -128,15 +139,15 @@ impl Tail {
         }
     }
 
-    /// Whether a commit whose last change is numbered `last` goes into the tail; `watched`:
-    /// a feed is open (see the module doc). When it does not, the tail is emptied: nothing
-    /// may be left with a gap after it.
-    fn keep(&self, watched: bool, last: u64) -> bool {
+    /// Whether a commit of `n` changes goes into the tail; `watched`: a feed is open (see
+    /// the module doc). When it does not, the tail is emptied: nothing may be left with a
+    /// gap after it.
+    fn keep(&self, watched: bool, n: u64) -> bool {
         if watched {
-            self.last_watched.store(last, Ordering::Relaxed);
+            self.unwatched.store(0, Ordering::Relaxed);
             return true;
         }
-        let since = last.saturating_sub(self.last_watched.load(Ordering::Relaxed));
+        let since = self.unwatched.fetch_add(n, Ordering::Relaxed) + n;
         if since < TAIL as u64 {
             return true;
         }
@@ -151,6 +162,7 @@ impl Tail {
         &self,
         table: &str,
         from: u64,
+        mut read: impl FnMut(u64) -> Result<()>,
         mut f: impl FnMut(&Change) -> Result<()>,
     ) -> Option<Result<()>> {
         let kept = self.kept.lock();
@@ -158,13 +170,17 @@ impl Tail {
         if kept.entries.front().is_none_or(|e| seq(e) > from) {
             return None;
         }
-        let Some(id) = kept.names.iter().position(|n| &**n == table) else {
-            return Some(Ok(()));
-        };
-        let id = id as u32;
+        let id = kept
+            .names
+            .iter()
+            .position(|n| &**n == table)
+            .map(|id| id as u32);
         let at = kept.entries.partition_point(|e| seq(e) < from);
         for e in kept.entries.range(at..) {
-            if e.table == id {
+            if let Err(e) = read(seq(e)) {
+                return Some(Err(e));
+            }
+            if Some(e.table) == id {
                 if let Err(e) = f(&e.item) {
                     return Some(Err(e));
                 }
