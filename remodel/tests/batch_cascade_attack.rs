@@ -16,10 +16,12 @@
 //!   of the step's start; the schema avoids the cases where that could matter), recursively;
 //! - `update_where`, `delete_where`, `require_empty` and the rows a `delete_where_cascading`
 //!   starts from select from the data as it was before the batch;
-//! - `require_exists` needs the row stored before the batch and deleted by no step, unless
-//!   the step right after it writes that same row;
-//! - errors: the first cascade/precondition error in step order, then the first missing
-//!   requirement, then the first refused write in write order.
+//! - `require_exists` needs the row stored before the batch and deleted by no step before
+//!   it (refused at its step), nor by a step after it unless the step right after it writes
+//!   that same row;
+//! - errors: the first cascade/precondition/requirement error in step order, then the first
+//!   requirement whose row a later step deletes, then the first refused write in write
+//!   order.
 //!
 //! Seeds: every random test prints its seed; `BATCH_CASCADE_SEED=<n>` replays one seed,
 //! `BATCH_CASCADE_SEEDS=<n>` changes how many run.
@@ -611,6 +613,13 @@ impl Model {
                     }
                 }
                 Step::RequireExists(t, k) => {
+                    // Missing before the batch, or deleted by a step before it (and not
+                    // inserted again): refused at this step.
+                    let deleted_before =
+                        deletes.contains(&(t.to_string(), ck(k))) && st.get(t, k).is_none();
+                    if before.get(t, k).is_none() || deleted_before {
+                        return Err(format!("NotFound {t} {k}"));
+                    }
                     let own = steps
                         .get(i + 1)
                         .and_then(Step::keyed)

@@ -200,6 +200,11 @@ impl Transaction {
     /// does (its `before_delete` runs now). A row missing at commit fails the transaction
     /// with [`ModelError::NotFound`]; a restricting relation with
     /// [`ModelError::Restricted`]. The model is consumed: once committed, it is gone.
+    ///
+    /// Its relations reach the rows as the writes staged before it leave them. A write
+    /// staged after it is applied as written: an update or `require` of a row it deleted
+    /// is `NotFound`, and a child saved with its key stores that key (references are
+    /// required by `add` and `relate`, not by `save` and `create`).
     pub async fn delete<T: Model>(&mut self, mut model: T) -> Result<()> {
         let schema = T::schema();
         let key = model

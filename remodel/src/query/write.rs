@@ -861,13 +861,13 @@ fn planned(q: &Query) -> Result<Plan> {
 
 /// Turns the steps into writes, running their queries (under the commit lock).
 ///
-/// A row a step requires must exist when the batch commits (stored). A row required as
-/// another's reference (a parent a child is added to, a side of a link) must also be
-/// deleted by no step of the batch, before or after it: a cascade selects the children as
-/// the steps before it leave them, so a child a later step adds to a row it deletes would be
-/// left behind. (A
-/// requirement just before a write of the same row is that write's own: a batch may update
-/// a row and then delete it.)
+/// A row a step requires must exist when the batch commits (stored), and not be deleted by
+/// a step before it (checked at its step: a batch's errors come in the order of its steps).
+/// A row required as another's reference (a parent a child is added to, a side of a link)
+/// must also be deleted by no step after it: a cascade selects the children as the steps
+/// before it leave them, so a child a later step adds to a row it deletes would be left
+/// behind. (A requirement just before a write of the same row is that write's own: a batch
+/// may update a row and then delete it.)
 fn expand(steps: Vec<Step>) -> Result<Vec<(Arc<TableState>, WriteOp)>> {
     let mut ops = Vec::with_capacity(steps.len());
     // Each required row, and whether the step after its requirement writes that row.
@@ -881,8 +881,12 @@ fn expand(steps: Vec<Step>) -> Result<Vec<(Arc<TableState>, WriteOp)>> {
         .iter()
         .rposition(|s| matches!(s, Step::DeleteCascading(..) | Step::WhereCascading(..)));
     let mut applied = 0;
+    // The rows the steps so far leave deleted: a requirement after a row's delete is not
+    // met, whether or not the step after it writes the row.
+    let mut gone = Gone::default();
     let mut steps = steps.into_iter().enumerate().peekable();
     while let Some((at, step)) = steps.next() {
+        gone.note(&ops);
         if Some(at) > last_cascade {
             batch = None;
         }
@@ -931,6 +935,14 @@ fn expand(steps: Vec<Step>) -> Result<Vec<(Arc<TableState>, WriteOp)>> {
                 }
             }
             Step::RequireExists(table, enc, key) => {
+                // Missing, or deleted by a step before: refused at this step (errors come in
+                // the order of the steps); deleted by a later step: below, once all are known.
+                if gone.has(&table, &enc) || table.get_doc(&enc)?.is_none() {
+                    return Err(Error::NotFound {
+                        table: table.name.clone(),
+                        key,
+                    });
+                }
                 let own = match steps.peek() {
                     // Keys compared encoded (`1` and `1.0` are one key).
                     Some((_, Step::DeleteCascading(_, t, k, _))) => {
@@ -955,8 +967,7 @@ fn expand(steps: Vec<Step>) -> Result<Vec<(Arc<TableState>, WriteOp)>> {
         })
         .collect();
     for (table, enc, key, own) in required {
-        let gone = !own && deleted.contains(&(table.name.as_str(), enc.as_slice()));
-        if gone || table.get_doc(&enc)?.is_none() {
+        if !own && deleted.contains(&(table.name.as_str(), enc.as_slice())) {
             return Err(Error::NotFound {
                 table: table.name.clone(),
                 key,
@@ -983,6 +994,39 @@ fn cascades_after_writes(steps: &[Step]) -> Option<&Database> {
         }
     }
     None
+}
+
+/// The rows a batch's steps so far leave deleted, by table and key (a delete, undone by an
+/// insert of the key after it: other writes of a missing row are skipped).
+#[derive(Default)]
+struct Gone {
+    rows: std::collections::HashSet<(String, Vec<u8>)>,
+    /// How many of the batch's writes it has looked at.
+    seen: usize,
+}
+
+impl Gone {
+    /// Takes in the writes added since it last looked.
+    fn note(&mut self, ops: &[(Arc<TableState>, WriteOp)]) {
+        for (t, op) in &ops[self.seen..] {
+            match op {
+                WriteOp::Delete { key } => {
+                    self.rows.insert((t.name.clone(), key.clone()));
+                }
+                WriteOp::Insert { doc, .. } if !self.rows.is_empty() => {
+                    if let Ok(key) = t.key_of(doc) {
+                        self.rows.remove(&(t.name.clone(), key));
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.seen = ops.len();
+    }
+
+    fn has(&self, table: &TableState, key: &[u8]) -> bool {
+        !self.rows.is_empty() && self.rows.contains(&(table.name.clone(), key.to_vec()))
+    }
 }
 
 /// The key of the row a write names (an insert's is in its document).
