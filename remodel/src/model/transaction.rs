@@ -211,6 +211,12 @@ impl Transaction {
             .key_value()
             .ok_or_else(|| ModelError::not_saved(schema, "delete"))?;
         model.before_delete(&self.db).await?;
+        // Deleted, no longer one this transaction creates: a relation write staged after it
+        // requires the row at commit (and is refused).
+        let row = (schema.table, codec::key_text(&key));
+        if self.created.contains(&row) {
+            std::sync::Arc::make_mut(&mut self.created).remove(&row);
+        }
         self.stage(schema, |b| {
             b.require_exists(schema.table, key.clone())
                 .delete_cascading(schema.table, key, relation::references())

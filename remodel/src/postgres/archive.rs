@@ -583,7 +583,9 @@ impl PgBackend {
         most: Option<u64>,
     ) -> Result<crate::db::backend::History> {
         // One more than `most`: that many rows say there are more.
-        let limit = most.map_or(i64::MAX, |m| i64::try_from(m).unwrap_or(i64::MAX - 1) + 1);
+        let limit = most.map_or(i64::MAX, |m| {
+            i64::try_from(m.saturating_add(1)).unwrap_or(i64::MAX)
+        });
         let read = async |tx: &tokio_postgres::Transaction<'_>, q: &str| {
             let ddl = tx
                 .query_opt(

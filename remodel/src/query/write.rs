@@ -593,8 +593,9 @@ impl Batch {
     /// Fails the whole batch with [`Error::NotFound`] if the document with this key is not
     /// there when the batch commits (before the batch's own writes), or if another step of
     /// the batch deletes it (what refers to it would be left behind). A requirement put
-    /// just before a write or delete of the same document is that write's own: the batch may
-    /// update a document and then delete it.
+    /// just before a write or delete of the same document is that write's own (the batch
+    /// may update a document and then delete it), unless a step before it deleted the
+    /// document: then it fails, at its step.
     ///
     /// ```
     /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {

@@ -444,3 +444,28 @@ async fn a_requirement_is_checked_against_the_row_at_commit() -> remodel::Result
     }
     Ok(())
 }
+
+/// A parent saved, deleted, then added to in one transaction: the add requires it at
+/// commit (the delete took it out of the rows the transaction creates), so the commit fails
+/// and no child is left referring to the deleted parent.
+#[tokio::test]
+async fn an_add_to_a_parent_saved_then_deleted_is_not_found() -> remodel::Result<()> {
+    let db = db().await;
+    let mut voyager = ship("Voyager").create(&db).await?;
+    let mut tx = Transaction::new(&db);
+    voyager.name = "USS Voyager".into();
+    tx.save(&mut voyager).await?;
+    tx.delete(voyager.clone()).await?;
+    let mut kim = [crew("Kim", "human")];
+    tx.add(&voyager.crewmembers(&db), &mut kim).await?;
+    let committed = tx.commit().await;
+    assert!(
+        matches!(committed, Err(Error::Model(ModelError::NotFound { .. }))),
+        "{committed:?}"
+    );
+    assert_eq!(Crewmember::count(&db).await?, 0);
+    assert!(Starship::get(&db, voyager.id.clone().unwrap())
+        .await?
+        .is_some());
+    Ok(())
+}

@@ -26,12 +26,21 @@ use std::sync::Arc;
 /// How many of the newest changes the tail keeps.
 const TAIL: usize = 16_384;
 
-#[derive(Default)]
 pub(super) struct Tail {
     kept: Mutex<Kept>,
     /// Changes committed since the last commit made while a feed was open (counted, not
     /// taken from change numbers: on PostgreSQL those are positions in the WAL, far apart).
     unwatched: AtomicU64,
+}
+
+impl Default for Tail {
+    fn default() -> Self {
+        Tail {
+            kept: Mutex::default(),
+            // No feed yet: nothing is kept until one opens.
+            unwatched: AtomicU64::new(TAIL as u64),
+        }
+    }
 }
 
 #[derive(Default)]
