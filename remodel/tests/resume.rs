@@ -14,9 +14,14 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 async fn logged_db() -> Database {
+    logged_db_keeping(ChangeLogRetention::default()).await
+}
+
+/// A temporary database (soft writes) whose change log keeps `retention`.
+async fn logged_db_keeping(retention: ChangeLogRetention) -> Database {
     Config::temporary()
         .durability(Durability::Soft)
-        .change_log(ChangeLogRetention::default())
+        .change_log(retention)
         .open()
         .await
         .unwrap()
@@ -167,15 +172,11 @@ async fn items_of_one_commit_have_distinct_cursors() {
 
 #[tokio::test]
 async fn expired_cursors_and_unresumable_feeds_are_refused() {
-    let db = Config::temporary()
-        .durability(Durability::Soft)
-        .change_log(ChangeLogRetention {
-            max_changes: Some(100),
-            max_age: None,
-        })
-        .open()
-        .await
-        .unwrap();
+    let db = logged_db_keeping(ChangeLogRetention {
+        max_changes: Some(100),
+        max_age: None,
+    })
+    .await;
     db.create_table("t").await.unwrap();
     let t = db.table("t");
     t.create_index("v", IndexSpec::field("v")).await.unwrap();
@@ -228,15 +229,11 @@ async fn expired_cursors_and_unresumable_feeds_are_refused() {
 
 #[tokio::test]
 async fn old_changes_expire_by_age() {
-    let db = Config::temporary()
-        .durability(Durability::Soft)
-        .change_log(ChangeLogRetention {
-            max_changes: None,
-            max_age: Some(Duration::from_millis(50)),
-        })
-        .open()
-        .await
-        .unwrap();
+    let db = logged_db_keeping(ChangeLogRetention {
+        max_changes: None,
+        max_age: Some(Duration::from_millis(50)),
+    })
+    .await;
     db.create_table("t").await.unwrap();
     let t = db.table("t");
     let mut feed = t.changes().await.unwrap();
@@ -669,15 +666,11 @@ async fn a_far_behind_cursor_resumes_exactly_while_writers_go_on() {
 /// items after the cursor, in order) or `CursorExpired`, never one with a gap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resumes_racing_the_retention_are_exact_or_expired() {
-    let db = Config::temporary()
-        .durability(Durability::Soft)
-        .change_log(ChangeLogRetention {
-            max_changes: Some(40_000),
-            max_age: None,
-        })
-        .open()
-        .await
-        .unwrap();
+    let db = logged_db_keeping(ChangeLogRetention {
+        max_changes: Some(40_000),
+        max_age: None,
+    })
+    .await;
     db.create_table("t").await.unwrap();
     let t = db.table("t");
     let mut witness = t.changes().queue_size(1_000_000).await.unwrap();

@@ -33,6 +33,19 @@ pub(crate) enum WriteOp {
     Delete { key: Vec<u8> },
 }
 
+impl WriteOp {
+    /// The key of the row it writes (an insert's, from its document).
+    fn row_key(&self, table: &TableState) -> Result<Vec<u8>> {
+        match self {
+            WriteOp::Insert { doc, .. } => table.key_of(doc),
+            WriteOp::Update { key, .. }
+            | WriteOp::Replace { key, .. }
+            | WriteOp::ReplaceWith { key, .. }
+            | WriteOp::Delete { key } => Ok(key.clone()),
+        }
+    }
+}
+
 impl std::fmt::Debug for WriteOp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -523,14 +536,7 @@ impl DbInner {
                 return Ok(());
             }
         }
-        let key = match &op {
-            WriteOp::Insert { doc, .. } => table.key_of(doc)?,
-            WriteOp::Update { key, .. }
-            | WriteOp::Replace { key, .. }
-            | WriteOp::ReplaceWith { key, .. }
-            | WriteOp::Delete { key } => key.clone(),
-        };
-        let id = (staging.slot(&table), key);
+        let id = (staging.slot(&table), op.row_key(&table)?);
         let current = staging.current(&table, &id)?;
         let Some(next) = self.next_value(&table, op, &current, result) else {
             return Ok(()); // refused or skipped: counted, nothing to write
@@ -863,16 +869,9 @@ impl Preview {
 
     /// Applies one write of the batch (in the batch's order).
     pub(crate) fn apply(&mut self, table: &Arc<TableState>, op: &WriteOp) -> Result<()> {
-        let key = match op {
-            WriteOp::Insert { doc, .. } => match table.key_of(doc) {
-                Ok(key) => key,
-                // Staging refuses it the same way.
-                Err(_) => return Ok(()),
-            },
-            WriteOp::Update { key, .. }
-            | WriteOp::Replace { key, .. }
-            | WriteOp::ReplaceWith { key, .. }
-            | WriteOp::Delete { key } => key.clone(),
+        let Ok(key) = op.row_key(table) else {
+            // Staging refuses it the same way.
+            return Ok(());
         };
         let id = (self.staging.slot(table), key);
         let current = self.staging.current(table, &id)?;

@@ -182,10 +182,7 @@ impl Feed {
             ));
         };
         let table = rows.table.name.clone();
-        let expired = |reason: String| Error::CursorExpired {
-            cursor: cursor.to_string(),
-            reason,
-        };
+        let expired = |reason: String| expired(cursor, reason);
         let Some(log) = db.inner.resumable_log() else {
             return Err(expired(
                 "the database keeps no change log (see Config::change_log)".into(),
@@ -312,11 +309,10 @@ impl Count {
         match &mut self.left {
             None => Ok(()),
             Some(_) if seq <= self.cursor.seq => Ok(()),
-            Some(0) => Err(Error::CursorExpired {
-                cursor: self.cursor.to_string(),
-                reason: "more changes after it than the feed replays (read the result again)"
-                    .into(),
-            }),
+            Some(0) => Err(expired(
+                self.cursor,
+                "more changes after it than the feed replays (read the result again)".into(),
+            )),
             Some(n) => {
                 *n -= 1;
                 Ok(())
@@ -368,13 +364,13 @@ fn read_early(
     // Segments dropped past the retention while they were read (the read may then have
     // started after `first`, or missed a file): the cursor expired meanwhile.
     if log.floor() > first {
-        return Err(Error::CursorExpired {
-            cursor: cursor.to_string(),
-            reason: format!(
+        return Err(expired(
+            cursor,
+            format!(
                 "the change log moved on past it (it keeps the changes from {:x} on)",
                 log.floor()
             ),
-        });
+        ));
     }
     read.map_err(|e| damaged_as_expired(e, cursor))?;
     Ok(Some(Early {
@@ -384,14 +380,21 @@ fn read_early(
     }))
 }
 
+/// `cursor` cannot resume: `reason`.
+fn expired(cursor: Cursor, reason: String) -> Error {
+    Error::CursorExpired {
+        cursor: cursor.to_string(),
+        reason,
+    }
+}
+
 /// A segment damaged since the log was opened: the changes after the cursor cannot all be
 /// delivered (never some of them, with a gap).
 fn damaged_as_expired(e: Error, cursor: Cursor) -> Error {
     match e {
-        Error::Damaged { reason, .. } => Error::CursorExpired {
-            cursor: cursor.to_string(),
-            reason: format!("the change log is damaged: {reason}"),
-        },
+        Error::Damaged { reason, .. } => {
+            expired(cursor, format!("the change log is damaged: {reason}"))
+        }
         e => e,
     }
 }

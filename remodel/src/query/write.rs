@@ -874,21 +874,26 @@ fn expand(steps: Vec<Step>) -> Result<Vec<(Arc<TableState>, WriteOp)>> {
     // Each required row, and whether the step after its requirement writes that row.
     let mut required = Vec::new();
     // A cascade after other writes selects from the rows as those leave them (its own
-    // writes are seen by the steps after it).
-    let mut batch = cascades_after_writes(&steps).map(Preview::new);
-    // Previewed up to the last cascade (a write's closures run once more for it, and only
-    // when a cascade comes after it).
-    let last_cascade = steps
-        .iter()
-        .rposition(|s| matches!(s, Step::DeleteCascading(..) | Step::WhereCascading(..)));
+    // writes are seen by the steps after it), previewed up to the last cascade (a write's
+    // closures run once more for it, and only when a cascade comes after it).
+    let (mut batch, last_cascade) = match previewed(&steps) {
+        Some((db, last)) => (Some(Preview::new(db)), last),
+        None => (None, 0),
+    };
     let mut applied = 0;
     // The rows the steps so far leave deleted: a requirement after a row's delete is not
-    // met, whether or not the step after it writes the row.
-    let mut gone = Gone::default();
+    // met, whether or not the step after it writes the row. (Kept only for a batch with
+    // requirements.)
+    let mut gone = steps
+        .iter()
+        .any(|s| matches!(s, Step::RequireExists(..)))
+        .then(Gone::default);
     let mut steps = steps.into_iter().enumerate().peekable();
     while let Some((at, step)) = steps.next() {
-        gone.note(&ops);
-        if Some(at) > last_cascade {
+        if let Some(gone) = &mut gone {
+            gone.note(&ops);
+        }
+        if at > last_cascade {
             batch = None;
         }
         if let Some(preview) = &mut batch {
@@ -938,7 +943,8 @@ fn expand(steps: Vec<Step>) -> Result<Vec<(Arc<TableState>, WriteOp)>> {
             Step::RequireExists(table, enc, key) => {
                 // Missing, or deleted by a step before: refused at this step (errors come in
                 // the order of the steps); deleted by a later step: below, once all are known.
-                if gone.has(&table, &enc) || table.get_doc(&enc)?.is_none() {
+                let deleted = gone.as_ref().is_some_and(|g| g.has(&table, &enc));
+                if deleted || table.get_doc(&enc)?.is_none() {
                     return Err(Error::NotFound {
                         table: table.name.clone(),
                         key,
@@ -978,30 +984,27 @@ fn expand(steps: Vec<Step>) -> Result<Vec<(Arc<TableState>, WriteOp)>> {
     Ok(ops)
 }
 
-/// The database of a cascading delete that comes after a step that writes (only then does
-/// a cascade need the batch's rows as they are at its step).
-fn cascades_after_writes(steps: &[Step]) -> Option<&Database> {
-    let mut wrote = false;
-    for step in steps {
-        match step {
-            Step::DeleteCascading(db, ..) | Step::WhereCascading(db, ..) if wrote => {
-                return Some(db)
-            }
-            Step::Write(..)
-            | Step::Where(..)
-            | Step::DeleteCascading(..)
-            | Step::WhereCascading(..) => wrote = true,
-            Step::RequireEmpty(..) | Step::RequireExists(..) => {}
-        }
-    }
-    None
+/// When a cascading delete comes after a step that writes (only then does a cascade need
+/// the batch's rows as they are at its step): the database, and the last cascade's step.
+fn previewed(steps: &[Step]) -> Option<(&Database, usize)> {
+    let cascade = |s: &Step| matches!(s, Step::DeleteCascading(..) | Step::WhereCascading(..));
+    let first_write = steps
+        .iter()
+        .position(|s| matches!(s, Step::Write(..) | Step::Where(..)) || cascade(s))?;
+    let last = steps.iter().rposition(cascade)?;
+    let db = steps[first_write + 1..=last].iter().find_map(|s| match s {
+        Step::DeleteCascading(db, ..) | Step::WhereCascading(db, ..) => Some(db),
+        _ => None,
+    })?;
+    Some((db, last))
 }
 
 /// The rows a batch's steps so far leave deleted, by table and key (a delete, undone by an
 /// insert of the key after it: other writes of a missing row are skipped).
 #[derive(Default)]
 struct Gone {
-    rows: std::collections::HashSet<(String, Vec<u8>)>,
+    /// Table name -> keys.
+    rows: std::collections::HashMap<String, std::collections::HashSet<Vec<u8>>>,
     /// How many of the batch's writes it has looked at.
     seen: usize,
 }
@@ -1012,11 +1015,14 @@ impl Gone {
         for (t, op) in &ops[self.seen..] {
             match op {
                 WriteOp::Delete { key } => {
-                    self.rows.insert((t.name.clone(), key.clone()));
+                    self.rows
+                        .entry(t.name.clone())
+                        .or_default()
+                        .insert(key.clone());
                 }
-                WriteOp::Insert { doc, .. } if !self.rows.is_empty() => {
-                    if let Ok(key) = t.key_of(doc) {
-                        self.rows.remove(&(t.name.clone(), key));
+                WriteOp::Insert { doc, .. } => {
+                    if let (Some(keys), Ok(key)) = (self.rows.get_mut(&t.name), t.key_of(doc)) {
+                        keys.remove(&key);
                     }
                 }
                 _ => {}
@@ -1026,7 +1032,9 @@ impl Gone {
     }
 
     fn has(&self, table: &TableState, key: &[u8]) -> bool {
-        !self.rows.is_empty() && self.rows.contains(&(table.name.clone(), key.to_vec()))
+        self.rows
+            .get(&table.name)
+            .is_some_and(|keys| keys.contains(key))
     }
 }
 
