@@ -6,11 +6,24 @@
 const STABLE_MS = 5000;
 /** Assumed until the server's `hello` says otherwise (so the first pings go every 10 s). */
 const DEFAULT_IDLE_MS = 30000;
+/** The longest frame the server takes, until its `hello` says otherwise. */
+const DEFAULT_MAX_FRAME_BYTES = 64 * 1024;
+/** The longest a timer can wait (setInterval takes a signed 32-bit delay). */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+/** Connection attempts refused in a row (never opened) before the page is told. */
+const REFUSED_ATTEMPTS = 3;
 
 /**
  * Opens the tab's connection to a remodel-web server.
- * @param {{url?: string, minBackoffMs?: number, maxBackoffMs?: number}} [options]
+ *
+ * Documents and keys are parsed with `JSON.parse`: numbers are JavaScript numbers, so
+ * integers beyond ±2^53 lose precision (two such keys can become one row): keep keys the
+ * page sees within that range, or make them strings.
+ * @param {{url?: string, minBackoffMs?: number, maxBackoffMs?: number, maxQueuedCalls?: number}} [options]
  *   `url` defaults to `ws(s)://<location.host>/remodel/ws` (wss when the page is https).
+ *   `maxQueuedCalls` (default 20, the server's default calls per second): method calls made
+ *   while disconnected wait for the connection, at most this many; more are rejected
+ *   (`queue_full`).
  * @returns {Live}
  */
 export function connect(options = {}) {
@@ -39,23 +52,76 @@ function callError(code, message) {
   return e;
 }
 
-// Total order on JSON values: null/undefined < booleans < numbers < strings < arrays <
-// objects. Strings compare by code unit (plain < and >), not by locale, like the server.
-const rank = (v) => (v == null ? 0 : typeof v === 'boolean' ? 1 : typeof v === 'number' ? 2
-  : typeof v === 'string' ? 3 : Array.isArray(v) ? 4 : 5);
+// Remodel's total order on JSON values (the server's, `remodel::value::compare`):
+// arrays < booleans < null < numbers < objects < strings. Arrays element by element (a
+// shorter prefix first), objects as their (key, value) pairs sorted by key, strings by code
+// point (the order of their UTF-8 bytes), not by locale.
+const rank = (v) => (Array.isArray(v) ? 0 : typeof v === 'boolean' ? 1 : v === null ? 2
+  : typeof v === 'number' ? 3 : typeof v === 'string' ? 5 : 4);
+// A UTF-16 code unit's place in code point order: surrogates (halves of the code points
+// above U+FFFF) after every other unit.
+const unitOrder = (u) => (u < 0xd800 ? u : u >= 0xe000 ? u - 0x800 : u + 0x2000);
+function compareStrings(a, b) {
+  const n = Math.min(a.length, b.length);
+  for (let i = 0; i < n; i++) {
+    const x = a.charCodeAt(i), y = b.charCodeAt(i);
+    if (x !== y) return unitOrder(x) - unitOrder(y);
+  }
+  return a.length - b.length;
+}
+/**
+ * Compares two JSON values in Remodel's total order (negative, 0 or positive), the order the
+ * server sorts in: `values.sort(compare)`.
+ * @param {*} a
+ * @param {*} b
+ * @returns {number}
+ */
+export function compare(a, b) { return compareValues(a, b); }
+
 function compareValues(a, b) {
   const ra = rank(a), rb = rank(b);
   if (ra !== rb) return ra - rb;
-  if (ra === 0) return 0;
-  if (ra === 4) { // composite keys: element by element, then shorter first
-    for (let i = 0; i < a.length && i < b.length; i++) {
-      const c = compareValues(a[i], b[i]);
-      if (c) return c;
+  switch (ra) {
+    case 0: { // arrays: element by element, then shorter first
+      for (let i = 0; i < a.length && i < b.length; i++) {
+        const c = compareValues(a[i], b[i]);
+        if (c) return c;
+      }
+      return a.length - b.length;
     }
-    return a.length - b.length;
+    case 1: return Number(a) - Number(b);
+    case 2: return 0;
+    case 3: return a < b ? -1 : a > b ? 1 : 0;
+    case 4: { // objects: their pairs sorted by key, pair by pair, then fewer first
+      const ka = Object.keys(a).sort(compareStrings), kb = Object.keys(b).sort(compareStrings);
+      for (let i = 0; i < ka.length && i < kb.length; i++) {
+        const c = compareStrings(ka[i], kb[i]) || compareValues(a[ka[i]], b[kb[i]]);
+        if (c) return c;
+      }
+      return ka.length - kb.length;
+    }
+    default: return compareStrings(a, b);
   }
-  if (ra === 5) { a = JSON.stringify(a); b = JSON.stringify(b); }
-  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+// The value at a dotted field path (`ship.name`), or undefined when a step is missing.
+function valueAt(doc, path) {
+  let cur = doc;
+  for (const step of path.split('.')) {
+    if (cur === null || typeof cur !== 'object' || Array.isArray(cur)) return undefined;
+    if (!Object.prototype.hasOwnProperty.call(cur, step)) return undefined;
+    cur = cur[step];
+  }
+  return cur;
+}
+
+function utf8Length(s) {
+  let n = 0;
+  for (let i = 0; i < s.length; i++) {
+    const u = s.charCodeAt(i);
+    n += u < 0x80 ? 1 : u < 0x800 ? 2 : u >= 0xd800 && u < 0xdc00 ? (i++, 4) : 3;
+  }
+  return n;
 }
 
 /**
@@ -86,15 +152,23 @@ class Subscription {
   /** @returns {Array<[*, *]>} `[key, document]` pairs in order. */
   entries() {
     if (!this._sorted) {
+      // As the server orders: by each field in turn (rows that lack it after those that
+      // have it, in either direction), then by key, descending when the first field is.
       const order = this._order || [];
+      const keyDir = order.length && order[0][1] === 'desc' ? -1 : 1;
       this._sorted = [...this._keys.entries()]
         .map(([mk, key]) => [key, this.byKey.get(mk)])
         .sort(([ka, da], [kb, db]) => {
           for (const [field, dir] of order) {
-            const c = compareValues(da?.[field], db?.[field]);
+            const va = valueAt(da, field), vb = valueAt(db, field);
+            if (va === undefined || vb === undefined) {
+              if (va !== vb) return va === undefined ? 1 : -1;
+              continue;
+            }
+            const c = compareValues(va, vb);
             if (c) return dir === 'desc' ? -c : c;
           }
-          return compareValues(ka, kb);
+          return keyDir * compareValues(ka, kb);
         });
     }
     return this._sorted;
@@ -189,8 +263,11 @@ class Live {
     this._errorFns = new Set();
     this._subs = new Map(); // id -> open Subscription
     this._nextSub = 1;
-    this._calls = new Map(); // id -> {frame, resolve, reject, sent}; unsent ones are queued
+    this._calls = new Map(); // id -> {frame, text, resolve, reject, sent}; unsent ones are queued
     this._nextCall = 1;
+    this._maxQueued = options.maxQueuedCalls ?? 20;
+    this._maxFrame = DEFAULT_MAX_FRAME_BYTES;
+    this._refused = 0; // attempts in a row that closed before they opened
     this._ws = null;
     this._isLive = false; // the socket is open
     this._everLive = false; // tells "connecting" from "reconnecting"
@@ -203,7 +280,11 @@ class Live {
     this._lastRecv = 0;
     this._openedAt = 0;
     // The network is back: don't sit out the backoff.
-    this._onOnline = () => { this._attempt = 0; if (!this._ws && !this._closed) this._open(); };
+    this._onOnline = () => {
+      this._attempt = 0;
+      if (!this._ws && !this._closed) this._open();
+      else this._updateState();
+    };
     // The network is gone: the socket is dead even if the browser has not noticed yet.
     this._onOffline = () => { if (this._ws) this._drop(); else this._updateState(); };
     if (typeof window !== 'undefined' && window.addEventListener) {
@@ -225,7 +306,11 @@ class Live {
    */
   subscribe(name, params = {}, onUpdate) {
     const sub = new Subscription(this, this._nextSub++, name, params, onUpdate);
+    // Written once here, so that parameters JSON cannot hold (a BigInt, a cycle) throw to
+    // the caller rather than on every reconnect.
+    sub._frame = JSON.stringify({ op: 'sub', id: sub.id, name, params });
     if (this._closed) sub.error = { code: 'closed', message: 'the connection was closed' };
+    else if (this._tooLarge(sub._frame)) sub.error = this._tooLargeError();
     else { this._subs.set(sub.id, sub); this._sendSub(sub); }
     return sub;
   }
@@ -240,11 +325,32 @@ class Live {
   call(name, params = {}) {
     if (this._closed) return Promise.reject(callError('closed', 'the connection was closed'));
     const id = this._nextCall++;
+    let text;
+    try { text = JSON.stringify({ op: 'call', id, name, params }); } catch (e) {
+      return Promise.reject(callError('bad_params', `the parameters are not JSON: ${e.message}`));
+    }
+    if (this._tooLarge(text)) {
+      const e = this._tooLargeError();
+      return Promise.reject(callError(e.code, e.message));
+    }
+    if (!this._isLive) {
+      let queued = 0;
+      for (const c of this._calls.values()) if (!c.sent) queued++;
+      if (queued >= this._maxQueued) {
+        return Promise.reject(callError('queue_full',
+          `${queued} method calls already wait for the connection`));
+      }
+    }
     return new Promise((resolve, reject) => {
-      const c = { frame: { op: 'call', id, name, params }, resolve, reject, sent: false };
+      const c = { text, resolve, reject, sent: false };
       this._calls.set(id, c);
-      if (this._isLive) { c.sent = true; this._send(c.frame); }
+      if (this._isLive) { c.sent = true; this._sendText(c.text); }
     });
+  }
+
+  _tooLarge(text) { return utf8Length(text) > this._maxFrame; }
+  _tooLargeError() {
+    return { code: 'frame_too_large', message: `frames are at most ${this._maxFrame} bytes` };
   }
 
   /** @param {(state: string) => void} fn @returns {() => void} unsubscribe */
@@ -288,12 +394,13 @@ class Live {
 
   _onOpen() {
     this._isLive = this._everLive = true;
+    this._refused = 0;
     this._openedAt = this._lastRecv = Date.now();
     this._idleMs = DEFAULT_IDLE_MS;
     this._startPing();
     // Resume every open subscription under its id, from its last cursor.
-    for (const sub of this._subs.values()) this._sendSub(sub);
-    for (const c of this._calls.values()) if (!c.sent) { c.sent = true; this._send(c.frame); }
+    for (const sub of [...this._subs.values()]) this._sendSub(sub);
+    for (const c of this._calls.values()) if (!c.sent) { c.sent = true; this._sendText(c.text); }
     this._updateState();
   }
 
@@ -306,6 +413,12 @@ class Live {
     ws.onopen = ws.onmessage = ws.onclose = null;
     try { ws.close(); } catch { /* already closing */ }
     clearInterval(this._pingTimer);
+    // Closed before it ever opened, again and again: the server refuses this page (its
+    // origin, or who is signed in) or is not there. The browser does not say which.
+    if (!this._openedAt && !this._closed && !offline() && ++this._refused === REFUSED_ATTEMPTS) {
+      this._emitError({ code: 'connect_failed',
+        message: `the server did not accept the connection (${REFUSED_ATTEMPTS} attempts); still trying` });
+    }
     if (this._openedAt && Date.now() - this._openedAt >= STABLE_MS) this._attempt = 0;
     this._openedAt = 0;
     for (const [id, c] of this._calls) {
@@ -329,7 +442,7 @@ class Live {
   _startPing() {
     clearInterval(this._pingTimer);
     this._pingSentAt = 0;
-    this._pingTimer = setInterval(() => this._tick(), this._idleMs / 3);
+    this._pingTimer = setInterval(() => this._tick(), Math.min(this._idleMs / 3, MAX_TIMER_MS));
   }
 
   _tick() {
@@ -347,14 +460,18 @@ class Live {
   }
 
   _sendSub(sub) {
-    const frame = { op: 'sub', id: sub.id, name: sub.name, params: sub.params };
-    if (sub.cursor != null) frame.cursor = sub.cursor;
-    this._send(frame);
+    let text = sub._frame;
+    if (sub.cursor != null) text = `${text.slice(0, -1)},"cursor":${JSON.stringify(sub.cursor)}}`;
+    // Sent again on every reconnect: one the server would refuse (it closes the connection
+    // on it) ends here instead of in a loop of reconnects.
+    if (this._tooLarge(text)) { sub._end({ error: this._tooLargeError() }); return; }
+    this._sendText(text);
   }
 
   // Frames are only sent on an open socket; subscriptions and calls are replayed on open.
-  _send(frame) {
-    if (this._isLive) this._ws.send(JSON.stringify(frame));
+  _send(frame) { this._sendText(JSON.stringify(frame)); }
+  _sendText(text) {
+    if (this._isLive) this._ws.send(text);
   }
 
   _onMessage(data) {
@@ -370,6 +487,9 @@ class Live {
   _dispatch(msg) {
     switch (msg?.t) {
       case 'hello':
+        if (typeof msg.max_frame_bytes === 'number' && msg.max_frame_bytes > 0) {
+          this._maxFrame = msg.max_frame_bytes;
+        }
         if (typeof msg.idle_ms === 'number' && msg.idle_ms > 0) {
           this._idleMs = msg.idle_ms;
           this._startPing();
@@ -402,16 +522,18 @@ class Live {
         else c.resolve(msg.ok);
         return;
       }
-      case 'error': {
-        const err = { code: msg.error?.code ?? 'unknown', message: msg.error?.message ?? '' };
-        if (!this._errorFns.size) console.warn('remodel: server error', err);
-        for (const fn of this._errorFns) {
-          try { fn(err); } catch (e) { console.error('remodel: onError listener threw', e); }
-        }
+      case 'error':
+        this._emitError({ code: msg.error?.code ?? 'unknown', message: msg.error?.message ?? '' });
         return;
-      }
       default:
         console.warn('remodel: unknown frame', msg);
+    }
+  }
+
+  _emitError(err) {
+    if (!this._errorFns.size) console.warn('remodel: server error', err);
+    for (const fn of this._errorFns) {
+      try { fn(err); } catch (e) { console.error('remodel: onError listener threw', e); }
     }
   }
 

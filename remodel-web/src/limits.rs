@@ -23,9 +23,11 @@ pub struct Limits {
     pub subscriptions: usize,
     /// Method calls per second per connection, with bursts of as many (default 20).
     pub calls_per_second: u32,
-    /// Subscriptions opened per second per connection, with bursts of as many (default 50):
-    /// each runs its publication and reads its whole result, so churning through them
-    /// (subscribe, unsubscribe, again) costs as much as holding many.
+    /// Subscriptions opened per second per connection (default 50), with bursts of as many
+    /// or of [`Limits::subscriptions`], whichever is more (a page that reconnects opens all
+    /// its subscriptions again at once): each runs its publication and reads its whole
+    /// result, so churning through them (subscribe, unsubscribe, again) costs as much as
+    /// holding many.
     pub subscribes_per_second: u32,
     /// A connection from which nothing came for this long is closed (default 30 s; the
     /// JavaScript client pings at a third of it).

@@ -123,7 +123,8 @@ impl Live {
         self
     }
 
-    /// Shows `f(row)` instead of the row (after the rules, which see the whole row).
+    /// Shows `f(row)` instead of the row (after the rules, which see the whole row). A view
+    /// that returns `null` hides the row, as a rule does.
     pub fn view(mut self, f: impl Fn(Value) -> Value + Send + Sync + 'static) -> Self {
         self.view = Some(Arc::new(f));
         self
@@ -247,7 +248,11 @@ impl Live {
         };
         let key = key.into_owned();
         let shown = match (&self.view, change.new_val()) {
-            (Some(view), Some(row)) => Shown::Owned(view(row.clone())),
+            // `null` is how a row leaves a client's result: a view that gives it hides the row.
+            (Some(view), Some(row)) => match view(row.clone()) {
+                Value::Null => return Ok(None),
+                shown => Shown::Owned(shown),
+            },
             _ => Shown::New(change.clone()),
         };
         Ok(Some((key, shown)))

@@ -34,6 +34,8 @@ pub(crate) struct Outgoing {
     pub(crate) message: Message,
     /// The subscription (id, generation) it belongs to, if any.
     pub(crate) from: Option<(u32, u64)>,
+    /// It is that subscription's `end`: the driver forgets the subscription as it sends it.
+    pub(crate) ends: bool,
     /// Its share of [`BYTES`], returned once it is written.
     _bytes: Option<OwnedSemaphorePermit>,
 }
@@ -119,7 +121,13 @@ impl<I> Outbox<I> {
 
     /// Queues a frame of the connection's own (hello, pong, a result, an error).
     pub(crate) async fn send(&self, frame: &ServerFrame<'_>) -> Result<(), Gone> {
-        self.queue(frame.message(), None, None).await
+        let out = Outgoing {
+            message: frame.message(),
+            from: None,
+            ends: false,
+            _bytes: None,
+        };
+        self.queue(out).await
     }
 
     /// Queues `message` if there is room now (closing frames: best effort).
@@ -127,18 +135,28 @@ impl<I> Outbox<I> {
         let _ = self.tx.try_send(Box::new(Item::Frame(Outgoing {
             message,
             from: None,
+            ends: false,
             _bytes: None,
         })));
     }
 
     /// Queues a frame of subscription `from` (id, generation), once its bytes fit.
     pub(crate) async fn send_from(&self, from: (u32, u64), message: Message) -> Result<(), Gone> {
-        self.send_sized(Some(from), message).await
+        self.send_sized(Some(from), message, false).await
+    }
+
+    /// Ends subscription `from` by itself with its `end` frame: from now on it no longer
+    /// counts as open (the client may reuse its id once the frame arrives), and the driver
+    /// forgets it when it sends the frame. Until then it stays known, so that its `end`
+    /// still goes out (a subscription forgotten sooner would have it dropped as stale).
+    pub(crate) async fn send_end(&self, from: (u32, u64), message: Message) -> Result<(), Gone> {
+        self.common.ended(from);
+        self.send_sized(Some(from), message, true).await
     }
 
     /// Queues a frame that may be large (a method's result), once its bytes fit.
     pub(crate) async fn send_result(&self, frame: &ServerFrame<'_>) -> Result<(), Gone> {
-        self.send_sized(None, frame.message()).await
+        self.send_sized(None, frame.message(), false).await
     }
 
     /// Hands an opened subscription to the driver, after the frames queued before.
@@ -147,7 +165,12 @@ impl<I> Outbox<I> {
         self.tx.send(item).await.map_err(|_| Gone)
     }
 
-    async fn send_sized(&self, from: Option<(u32, u64)>, message: Message) -> Result<(), Gone> {
+    async fn send_sized(
+        &self,
+        from: Option<(u32, u64)>,
+        message: Message,
+        ends: bool,
+    ) -> Result<(), Gone> {
         let size = text_len(&message);
         let permits = u32::try_from(size.clamp(1, BYTES)).unwrap_or(u32::MAX);
         let bytes = self
@@ -157,31 +180,26 @@ impl<I> Outbox<I> {
             .acquire_many_owned(permits)
             .await
             .map_err(|_| Gone)?;
-        self.queue(message, from, Some(bytes)).await
-    }
-
-    async fn queue(
-        &self,
-        message: Message,
-        from: Option<(u32, u64)>,
-        bytes: Option<OwnedSemaphorePermit>,
-    ) -> Result<(), Gone> {
         let out = Outgoing {
             message,
             from,
-            _bytes: bytes,
+            ends,
+            _bytes: Some(bytes),
         };
+        self.queue(out).await
+    }
+
+    async fn queue(&self, out: Outgoing) -> Result<(), Gone> {
         let item = Box::new(Item::Frame(out));
         self.tx.send(item).await.map_err(|_| Gone)
     }
 }
 
 impl Common {
-    /// The subscriptions the client has open, those that ended by themselves forgotten.
+    /// The subscriptions the client has open (not those that ended by themselves, whose
+    /// `end` frames are on their way).
     pub(crate) fn open_count(&self) -> usize {
-        let mut subs = self.lock();
-        subs.retain(|_, e| !e.ended);
-        subs.len()
+        self.lock().values().filter(|e| !e.ended).count()
     }
 
     pub(crate) fn is_open(&self, id: u32) -> bool {
@@ -221,11 +239,20 @@ impl Common {
     }
 
     /// Subscription `from` ended by itself (its `end` frame still goes out).
-    pub(crate) fn ended(&self, from: (u32, u64)) {
+    fn ended(&self, from: (u32, u64)) {
         let mut subs = self.lock();
         if let Some(entry) = subs.get_mut(&from.0).filter(|e| e.generation == from.1) {
             entry.ended = true;
             entry.task = None;
+        }
+    }
+
+    /// Forgets subscription `from`, whose `end` frame is going out now (not a later
+    /// subscription under the same id).
+    pub(crate) fn retire(&self, from: (u32, u64)) {
+        let mut subs = self.lock();
+        if subs.get(&from.0).is_some_and(|e| e.generation == from.1) {
+            subs.remove(&from.0);
         }
     }
 

@@ -14,7 +14,7 @@
 //!
 //! | frame | meaning |
 //! |---|---|
-//! | `{"t":"hello","idle_ms":30000}` | sent once on open: the client must send something (a `ping`) at least every `idle_ms` |
+//! | `{"t":"hello","idle_ms":30000,"max_frame_bytes":65536}` | sent once on open: the client must send something (a `ping`) at least every `idle_ms`, and no frame longer than `max_frame_bytes` (a longer one closes the connection) |
 //! | `{"t":"reset","sub":7,"rows":[["k1",{…}],…],"order":[["name","asc"]],"cursor":"1f-ffffffff"}` | the whole current result of subscription 7: replace what the client holds. `rows` are `[key, document]` pairs; `order` is how the publication sorts them (fields, `asc`/`desc`; ties by key); `cursor` (or `null` for a feed that cannot resume) is where the result stands |
 //! | `{"t":"more","sub":7,"rows":[…],"more":false}` | the rest of a large result: a `reset` whose rows do not fit in one frame says `"more":true`, and its rows continue in `more` frames until one says `"more":false`. The result is whole only then (show it then: a part of it was never a result) |
 //! | `{"t":"change","sub":7,"rows":[["k1",{…}],["k2",null]],"cursor":"20-1"}` | the net effect of one or more commits: each key's new document, or `null` when the row left the result. `cursor`: resume after it on reconnect (a change cut short of what a squashing publication had ready carries none: keep the one before). A large one comes in several `change` frames, all but the last saying `"more":true` and carrying no cursor: apply them all, show the result after the last |
@@ -84,6 +84,7 @@ pub(crate) enum ClientFrame {
 pub(crate) enum ServerFrame<'a> {
     Hello {
         idle_ms: u64,
+        max_frame_bytes: usize,
     },
     /// `Reset`, `More` and `Change` are written as text by `text` (rows as JSON text, cut in
     /// parts); these are their definitions, which its tests hold it to.

@@ -86,15 +86,19 @@ impl Drop for Counted<'_> {
 /// holding at most `rate`.
 struct Bucket {
     rate: f64,
+    /// The most tokens it holds (a burst).
+    burst: f64,
     tokens: f64,
     at: Instant,
 }
 
 impl Bucket {
-    fn new(rate: u32) -> Self {
+    fn new(rate: u32, burst: u32) -> Self {
+        let burst = f64::from(rate.max(burst));
         Bucket {
             rate: f64::from(rate),
-            tokens: f64::from(rate),
+            burst,
+            tokens: burst,
             at: Instant::now(),
         }
     }
@@ -102,7 +106,7 @@ impl Bucket {
     fn take(&mut self) -> bool {
         let now = Instant::now();
         let refill = now.duration_since(self.at).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + refill).min(self.rate);
+        self.tokens = (self.tokens + refill).min(self.burst);
         self.at = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -390,6 +394,9 @@ async fn drive<I: Clone + Send + Sync + 'static>(
                 while let Some(next) = item.take() {
                     match next {
                         Item::Frame(frame) if inbox.common.current(frame.from) => {
+                            if let (true, Some(from)) = (frame.ends, frame.from) {
+                                inbox.common.retire(from);
+                            }
                             let (message, permit) = frame.into_parts();
                             out.push(message, permit);
                         }
@@ -505,11 +512,19 @@ pub(crate) async fn serve<I: Clone + Send + Sync + 'static>(
         },
         shared: shared.clone(),
         out: out.clone(),
-        calls: Bucket::new(limits.calls_per_second),
-        subscribes: Bucket::new(limits.subscribes_per_second),
+        calls: Bucket::new(limits.calls_per_second, 0),
+        // A page that reconnects opens all its subscriptions again at once.
+        subscribes: Bucket::new(
+            limits.subscribes_per_second,
+            u32::try_from(limits.subscriptions).unwrap_or(u32::MAX),
+        ),
     };
     let idle_ms = u64::try_from(limits.idle_timeout.as_millis()).unwrap_or(u64::MAX);
-    let _ = out.send(&ServerFrame::Hello { idle_ms }).await;
+    let hello = ServerFrame::Hello {
+        idle_ms,
+        max_frame_bytes: limits.max_frame_bytes,
+    };
+    let _ = out.send(&hello).await;
     let mut cut = shared.cut.subscribe();
     let mut writer_done = false;
     loop {

@@ -104,13 +104,12 @@ impl<I: Clone + Send + Sync + 'static> Subscription<I> {
                 .await
                 .is_err()
             {
-                out.common.ended(from);
                 let why = Refusal::new(ErrorCode::Internal, "the publication failed");
                 let end = ServerFrame::End {
                     sub: id,
                     error: why,
                 };
-                let _ = out.send_from(from, end.message()).await;
+                let _ = out.send_end(from, end.message()).await;
             }
         });
         common.opening(from, task.abort_handle());
@@ -172,18 +171,12 @@ impl<I: Clone + Send + Sync + 'static> Opening<I> {
     /// Ends the subscription with `why` (the client may reuse its id on this frame).
     async fn end(&self, why: Refusal) -> Result<(), Stop> {
         let from = (self.sub.id, self.sub.generation);
-        self.out.common.ended(from);
-        self.send(ServerFrame::End {
+        let end = ServerFrame::End {
             sub: self.sub.id,
             error: why,
-        })
-        .await
-    }
-
-    async fn send(&self, frame: ServerFrame<'_>) -> Result<(), Stop> {
-        let from = (self.sub.id, self.sub.generation);
+        };
         self.out
-            .send_from(from, frame.message())
+            .send_end(from, end.message())
             .await
             .map_err(|_| Stop::Gone)
     }
@@ -578,7 +571,8 @@ impl<I: Clone + Send + Sync + 'static> Following<I> {
 
     /// Its `end` frame (it ended by itself: the client may reuse its id on it).
     pub(crate) fn end(self, inbox: &Inbox<I>, why: Refusal) -> Message {
-        inbox.common.ended(self.from());
+        // Sent by the driver now: forgotten at once.
+        inbox.common.retire(self.from());
         ServerFrame::End {
             sub: self.sub.id,
             error: why,

@@ -493,6 +493,53 @@ async fn a_client_that_never_reads_costs_bounded_memory() {
     drop(stalled);
 }
 
+/// A subscription refused by its publication (here: parameters of the wrong type) has its
+/// `end` frame queued behind whatever the client has not read yet. A `sub` that comes
+/// meanwhile counted the open subscriptions, and forgot the ended one: its `end`, once the
+/// driver got to it, was dropped as a frame of a subscription the client no longer had. The
+/// page never learned the subscription was refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_waiting_behind_unread_frames_still_arrives() {
+    let _serial = shared().await;
+    let app = start(Limits::default()).await;
+    let pad = "z".repeat(10_000);
+    let rows: Vec<Value> = (0..600)
+        .map(|i| json!({"id": format!("e{i}"), "name": format!("E{i}"), "ship": "none", "points": i, "bio": pad}))
+        .collect();
+    app.db.table("members").insert_many(rows).await.unwrap();
+    let mut c = Client::connect(&app, "kirk").await;
+    // A result of ~6 MB: more than the socket's buffers and the connection's 1 MiB of
+    // waiting frames hold.
+    c.sub(0, "members", json!(null)).await;
+    // Its first frame: it is being sent; the client now reads nothing for a while, and the
+    // rest of it fills the socket and the queue.
+    let first = c.frame().await.expect("open");
+    assert_eq!((&first["t"], &first["sub"]), (&json!("reset"), &json!(0)));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.sub(99, "logs", json!({"member": 5})).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for id in 1..4u32 {
+        c.sub(id, "members", json!(null)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut resets = 0;
+    loop {
+        // Frames as they come (a result's `more` parts and other frames interleave).
+        let v = tokio::time::timeout(Duration::from_secs(15), c.frame())
+            .await
+            .expect("the refusal of subscription 99 within 15 s")
+            .expect("open");
+        if v["t"] == "end" && v["sub"] == 99 {
+            assert_eq!(v["error"]["code"], "bad_params", "{v}");
+            break;
+        }
+        if v["t"] == "reset" {
+            resets += 1;
+            assert!(resets <= 3, "every reset came, but not the refusal of 99");
+        }
+    }
+}
+
 /// A subscription whose client fell behind (its feed overflowed: it is re-reading its whole
 /// result) is unsubscribed, and its id reused at once for another publication. The old task
 /// is aborted, but an abort does not stop a task in the middle of a poll: the resync's long

@@ -16,9 +16,29 @@ function redrawn(part) {
 // The connection badge: CSS colours it from <html data-remodel-state>; this sets its words.
 const badge = document.getElementById("live-state");
 const words = { live: "live", connecting: "connecting…", reconnecting: "reconnecting…", offline: "offline" };
-const showState = (state) => { if (badge) badge.textContent = words[state] || state; };
+const showState = (state) => {
+  if (badge && !badge.dataset.ended) badge.textContent = words[state] || state;
+};
 showState(live.state);
 live.onState(showState);
+
+/**
+ * Subscribes to `name` and draws each result with `draw(rows, sub)`. A subscription the
+ * server ended (refused, rate limited, or it failed) is said on the badge, and its emptied
+ * rows are not drawn as data: a list that went blank would read as "no crew" or "deleted".
+ */
+function watch(name, params, draw) {
+  return live.subscribe(name, params, (rows, sub) => {
+    if (sub.error) {
+      if (badge) {
+        badge.textContent = `stopped: ${sub.error.message || sub.error.code}. Reload the page`;
+        badge.dataset.ended = sub.error.code;
+      }
+      return;
+    }
+    draw(rows, sub);
+  });
+}
 
 /** A list's rows drawn into `el` (a <tbody> or <ul>), or `empty` when there are none. */
 function fill(el, html, empty = "") {
@@ -32,7 +52,7 @@ function options(items, selected) {
 const pages = {
   // The ship list: crew counts per ship (a live group + count).
   index() {
-    live.subscribe("ship_counts", {}, (rows) => {
+    watch("ship_counts", {}, (rows) => {
       const counts = new Map(rows.map((r) => [r.group ?? "", r.reduction]));
       document.querySelectorAll("[data-count]").forEach((el) => {
         el.textContent = counts.get(el.dataset.count) ?? 0;
@@ -68,10 +88,10 @@ const pages = {
       picker.innerHTML = options(members.filter((m) => !on.has(m.id)), keep);
       redrawn("away");
     };
-    live.subscribe("ships", {}, (rows) => { ships = rows; drawCrew(); });
-    live.subscribe("crew", { ship }, (rows) => { crew = rows; drawCrew(); });
-    live.subscribe("members", {}, (rows) => { members = rows; drawAway(); });
-    live.subscribe("away", { ship }, (rows) => { links = rows; drawAway(); });
+    watch("ships", {}, (rows) => { ships = rows; drawCrew(); });
+    watch("crew", { ship }, (rows) => { crew = rows; drawCrew(); });
+    watch("members", {}, (rows) => { members = rows; drawAway(); });
+    watch("away", { ship }, (rows) => { links = rows; drawAway(); });
   },
 
   // A member: details, missions, the personal log, and an edit form that says when someone
@@ -93,7 +113,7 @@ const pages = {
         on.map((s) => `<a href="/ship/${h(s.id)}">${h(s.name)}</a>`).join(", ") || "none";
       redrawn("member");
     };
-    live.subscribe("member", { member: id }, (rows) => {
+    watch("member", { member: id }, (rows) => {
       member = rows[0] || null;
       if (!member) {
         // Deleted: nothing here can be done any more.
@@ -119,8 +139,8 @@ const pages = {
       };
       drawDetails();
     });
-    live.subscribe("ships", {}, (rows) => { ships = rows; drawDetails(); });
-    live.subscribe("missions", { member: id }, (rows) => { missions = rows; drawDetails(); });
+    watch("ships", {}, (rows) => { ships = rows; drawDetails(); });
+    watch("missions", { member: id }, (rows) => { missions = rows; drawDetails(); });
 
     const log = document.getElementById("log");
     if (!log) return; // the rules do not let this viewer read the log
@@ -154,7 +174,7 @@ const pages = {
   // Crew by species: the bar chart, redrawn as in routes/species.rs.
   species() {
     const chart = document.getElementById("chart");
-    live.subscribe("species", {}, (rows) => {
+    watch("species", {}, (rows) => {
       const BAR = 28;
       const max = Math.max(1, ...rows.map((r) => r.reduction));
       const label = Math.min(400, Math.max(60, Math.floor(Math.max(0, ...rows.map((r) => String(r.group).length)) * 17 / 2) + 12));
@@ -184,7 +204,7 @@ const pages = {
     let lastSent = 0, timer = null;
     const place = (g, x, y) => g.setAttribute("transform", `translate(${x},${y})`);
     svg.querySelectorAll("g.ship").forEach((g) => shapes.set(g.dataset.ship, g));
-    live.subscribe("map", {}, (rows) => {
+    watch("map", {}, (rows) => {
       const seen = new Set();
       rows.forEach((s, i) => {
         seen.add(s.id);
@@ -252,7 +272,7 @@ const pages = {
     const chart = document.getElementById("stats-chart");
     const points = [];
     const W = 640, H = 240, PAD = 36, KEEP = 60;
-    live.subscribe("stats", {}, (rows) => {
+    watch("stats", {}, (rows) => {
       const d = rows.find((r) => r.type === "database");
       if (!d) return;
       points.push({ r: d.reads_per_sec || 0, w: d.writes_per_sec || 0 });
@@ -280,7 +300,7 @@ ${line("r", "#8fc1ff")}${line("w", "#ffcc66")}`;
   // The holodeck's top five.
   leaderboard() {
     const scores = document.getElementById("scores");
-    live.subscribe("leaderboard", {}, (rows) => {
+    watch("leaderboard", {}, (rows) => {
       const body = rows.map((s, i) => `<tr class="score"><td>${i + 1}</td><td>${h(s.player)}</td><td>${h(s.points)}</td></tr>`).join("")
         || `<tr><td colspan="3">No scores yet.</td></tr>`;
       scores.innerHTML = `<table><tr><th>#</th><th>Player</th><th>Points</th></tr>${body}</table>`;

@@ -196,6 +196,33 @@ async fn shows_live(client: &Client, what: &str, condition: &str) {
     println!("{what}: shown after {} ms", took.as_millis());
 }
 
+/// The client's `compare` (which keeps every page's rows in order) against the server's
+/// `remodel::value::compare`, on values of every type: mixed types, objects (compared by
+/// their sorted fields), strings beyond the basic plane, numbers of every kind.
+async fn client_orders_values_as_the_server_does(client: &Client) {
+    let values = json!([
+        "b", "a", "", "\u{ff5e}", "\u{1f600}", "\u{e000}", "\u{d7ff}", "ab", "a\u{0}",
+        [1, 2], [1], [], [[0]], ["a"], [null], [true],
+        true, false, null,
+        10, 2, -1, 0, 0.5, -0.0, 1e300, -1e300, 9007199254740991i64,
+        {"n": 10}, {"n": 2}, {"m": 1, "n": 1}, {}, {"a": {"b": 1}}, {"a": {"b": "x"}}, {"b": 0},
+    ]);
+    let mut want: Vec<Value> = values.as_array().unwrap().clone();
+    want.sort_by(remodel::value::compare);
+    let script = "const [values, done] = arguments; \
+                  import('/remodel/client.js').then((m) => done(values.slice().sort(m.compare)));";
+    let got = client.execute_async(script, vec![values]).await.unwrap();
+    let got = got.as_array().expect("sorted values").clone();
+    assert_eq!(got.len(), want.len());
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(
+            remodel::value::compare(g, w),
+            std::cmp::Ordering::Equal,
+            "#{i}: the client put {g} where the server puts {w}\nclient: {got:?}\nserver: {want:?}"
+        );
+    }
+}
+
 fn row_with(body: &str, text: &str) -> String {
     format!("[...document.querySelectorAll('#{body} tr')].some(tr => tr.textContent.includes({text:?}))")
 }
@@ -268,6 +295,8 @@ async fn pages_show_changes_without_reload() {
         json!("Kathryn Janeway|Kes|Neelix|Tuvok"),
         "the crew in name order"
     );
+
+    client_orders_values_as_the_server_does(&client).await;
 
     // An edit.
     post(
