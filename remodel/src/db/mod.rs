@@ -313,6 +313,14 @@ impl Database {
         if self.inner.tables.read().contains_key(name) {
             return Err(Error::TableExists(name.to_string()));
         }
+        // Storage work and the commit lock: on a blocking thread, never an async worker.
+        let (db, name_owned, key) = (self.clone(), name.to_string(), primary_key.to_string());
+        spawn_blocking(move || db.create_table_blocking(&name_owned, &key)).await?;
+        self.inner.storage.flush().await
+    }
+
+    /// The storage side of [`Database::create_table_local`], under its DDL lock.
+    fn create_table_blocking(&self, name: &str, primary_key: &str) -> Result<()> {
         let tree_name = docs_tree_name(name);
         // A tree left behind by a crash in the middle of a drop is cleared first.
         self.inner.storage.drop_tree(&tree_name)?;
@@ -331,7 +339,7 @@ impl Database {
         }
         self.save_meta(&table)?;
         self.inner.tables.write().insert(name.to_string(), table);
-        self.inner.storage.flush().await
+        Ok(())
     }
 
     /// Ends every feed of every table with `why` (the store stays open): for a replica
@@ -387,13 +395,15 @@ impl Database {
     pub(crate) async fn drop_table_local(&self, name: &str) -> Result<()> {
         let _ddl = self.inner.ddl.lock().await;
         let table = self.table_state(name)?;
-        {
+        let (db, dropped, name_owned) = (self.clone(), table.clone(), name.to_string());
+        spawn_blocking(move || {
             // Under the commit lock, so that no write is half-way through this table.
-            let _w = self.inner.writer.lock();
-            self.inner.tables.write().remove(name);
-            table.mark_dropped();
-            self.inner.catalog_remove(name)?;
-        }
+            let _w = db.inner.writer.lock();
+            db.inner.tables.write().remove(&name_owned);
+            dropped.mark_dropped();
+            db.inner.catalog_remove(&name_owned)
+        })
+        .await?;
         if let Some(sink) = self.inner.sink() {
             sink.table_dropped(name, &format!("table `{name}` was dropped"));
         }
@@ -481,27 +491,30 @@ impl Database {
         name: &str,
         spec: IndexSpec,
     ) -> Result<()> {
-        let ix;
-        let t;
-        {
+        let (t, ix) = {
             let _ddl = self.inner.ddl.lock().await;
-            t = self.table_state(table)?;
+            let t = self.table_state(table)?;
             if name == t.primary_key || t.indexes.read().iter().any(|i| i.name == name) {
                 return Err(Error::IndexExists {
                     table: table.to_string(),
                     index: name.to_string(),
                 });
             }
-            let tree_name = index_tree_name(table, name);
-            self.inner.storage.drop_tree(&tree_name)?;
-            let tree = self.inner.index_tree(table, name)?;
-            ix = Arc::new(IndexState::new(name.to_string(), spec, tree, false)?);
-            // From here on every write maintains the new index; the backfill below adds the
-            // documents that were there before.
-            let _w = self.inner.writer.lock();
-            t.indexes.write().push(ix.clone());
-            self.save_meta(&t)?;
-        }
+            let (db, name) = (self.clone(), name.to_string());
+            spawn_blocking(move || {
+                let tree_name = index_tree_name(&t.name, &name);
+                db.inner.storage.drop_tree(&tree_name)?;
+                let tree = db.inner.index_tree(&t.name, &name)?;
+                let ix = Arc::new(IndexState::new(name, spec, tree, false)?);
+                // From here on every write maintains the new index; the backfill below adds
+                // the documents that were there before.
+                let _w = db.inner.writer.lock();
+                t.indexes.write().push(ix.clone());
+                db.save_meta(&t)?;
+                Ok((t.clone(), ix))
+            })
+            .await?
+        };
         let db = self.clone();
         spawn_blocking(move || {
             let built = db.backfill_blocking(&t, &ix);
@@ -625,20 +638,22 @@ impl Database {
     pub(crate) async fn drop_index_local(&self, table: &str, name: &str) -> Result<()> {
         let _ddl = self.inner.ddl.lock().await;
         let t = self.table_state(table)?;
-        {
-            let _w = self.inner.writer.lock();
+        let (db, name_owned) = (self.clone(), name.to_string());
+        spawn_blocking(move || {
+            let _w = db.inner.writer.lock();
             let mut list = t.indexes.write();
-            let pos =
-                list.iter()
-                    .position(|i| i.name == name)
-                    .ok_or_else(|| Error::NoSuchIndex {
-                        table: table.to_string(),
-                        index: name.to_string(),
-                    })?;
+            let pos = list
+                .iter()
+                .position(|i| i.name == name_owned)
+                .ok_or_else(|| Error::NoSuchIndex {
+                    table: t.name.clone(),
+                    index: name_owned.clone(),
+                })?;
             list.remove(pos).mark_dropped();
             drop(list);
-            self.save_meta(&t)?;
-        }
+            db.save_meta(&t)
+        })
+        .await?;
         if let Some(sink) = self.inner.sink() {
             sink.index_dropped(
                 table,
@@ -738,13 +753,17 @@ impl Database {
     /// Closes the database: flushes it, ends every changefeed with [`Error::FeedAborted`],
     /// and makes every later call on any handle return [`Error::Closed`].
     pub async fn close(&self) -> Result<()> {
-        {
-            // Under the commit lock, where feeds are set up: a feed either sees the database
-            // closed, or is registered before `abort_all` below ends it.
-            let _w = self.inner.writer.lock();
-            if self.inner.closed.swap(true, Ordering::AcqRel) {
-                return Ok(());
-            }
+        // Under the commit lock, where feeds are set up: a feed either sees the database
+        // closed, or is registered before `abort_all` below ends it. (Waited for on a
+        // blocking thread: a large commit may hold it.)
+        let db = self.clone();
+        let was_closed = spawn_blocking(move || {
+            let _w = db.inner.writer.lock();
+            Ok(db.inner.closed.swap(true, Ordering::AcqRel))
+        })
+        .await?;
+        if was_closed {
+            return Ok(());
         }
         if let Some(sink) = self.inner.sink() {
             sink.closed("the database was closed");
@@ -902,11 +921,16 @@ pub(crate) fn in_patch<T>(f: impl FnOnce() -> T) -> T {
     f()
 }
 
+/// Whether this thread runs a `Patch::with` closure (and so holds the commit lock).
+pub(crate) fn patching() -> bool {
+    IN_PATCH.with(std::cell::Cell::get)
+}
+
 /// Fails when called from a `Patch::with` closure (see [`in_patch`]): every write and DDL
 /// entry point checks it before it takes the commit lock (on the caller's thread, before any
 /// hand-off to a blocking thread).
 pub(crate) fn check_not_in_patch() -> Result<()> {
-    if IN_PATCH.with(std::cell::Cell::get) {
+    if patching() {
         Err(Error::WriteInPatch)
     } else {
         Ok(())

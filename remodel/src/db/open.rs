@@ -245,7 +245,13 @@ fn open_storage(
             temporary,
             memory: config.in_memory,
             cache_bytes: config.cache_bytes,
-            flush_every_ms: Some(config.flush_interval.as_millis().max(1) as u64),
+            // Saturating: an interval beyond u64 milliseconds is "as rarely as can be", not
+            // a wrapped (tiny) one.
+            flush_every_ms: Some(
+                u64::try_from(config.flush_interval.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+            ),
         },
         patience,
     )

@@ -84,4 +84,17 @@ impl DbInner {
         let seq = self.writer.lock();
         f(*seq)
     }
+
+    /// The last committed sequence number, without the commit lock: for a caller that may
+    /// hold it already (a `Patch::with` closure asking for the database's position; the
+    /// lock is not reentrant). Exact when the lock is held, as no commit can move it then.
+    pub(crate) fn last_committed(&self) -> u64 {
+        self.visibility.last()
+    }
+
+    /// Whether a commit holds the lock now: an async caller about to take it for a moment
+    /// goes to a blocking thread instead of waiting on an async worker.
+    pub(crate) fn commit_lock_busy(&self) -> bool {
+        self.writer.is_locked()
+    }
 }

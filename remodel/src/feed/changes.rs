@@ -404,7 +404,11 @@ impl IntoFuture for Changes {
                     .steps
                     .iter()
                     .any(|s| matches!(s, crate::query::Step::Limit(_)));
-            if reads {
+            // Opening takes the commit lock for a moment: not on an async worker when a
+            // commit (which may be large) holds it now, and never from a `Patch::with`
+            // closure, which holds it already.
+            crate::db::check_not_in_patch()?;
+            if reads || self.query.db.inner.commit_lock_busy() {
                 crate::db::spawn_blocking(move || self.start()).await
             } else {
                 self.start()

@@ -45,6 +45,28 @@ struct Queue {
     list: Option<ListSquash>,
 }
 
+impl Queue {
+    /// Drops the squashed-away entries at either end (all of them once nothing is live), so
+    /// that a row that keeps entering and leaving the result while the consumer does not
+    /// read leaves no trail: every remaining hole lies between two live items, so the
+    /// queue holds fewer than twice its capacity.
+    fn trim(&mut self) {
+        if self.live == 0 {
+            self.base += self.items.len() as u64;
+            self.items.clear();
+            self.since = None;
+            return;
+        }
+        while matches!(self.items.back(), Some(None)) {
+            self.items.pop_back();
+        }
+        while matches!(self.items.front(), Some(None)) {
+            self.items.pop_front();
+            self.base += 1;
+        }
+    }
+}
+
 /// A squashing top-N feed's state: the list as its consumer will have it after the queued
 /// items, and the set as it is now (given by the hub after every commit that changes it, so
 /// it never drifts from the group's own set). The next batch is the edits between the two, so rows
@@ -196,6 +218,7 @@ impl Subscriber {
             q.items[idx] = None;
             q.live -= 1;
             q.by_key.remove(&key);
+            q.trim();
         } else {
             queued.squash_into(item);
         }
@@ -350,6 +373,26 @@ mod tests {
         assert!(matches!(s.pop(), Next::Empty));
         s.push(change("c", None, Some(1)));
         s.push(change("c", Some(1), None)); // insert then delete: nothing
+        assert!(matches!(s.pop(), Next::Empty));
+    }
+
+    /// A row that keeps entering and leaving the result while the consumer does not read
+    /// left one empty slot per round, without bound (the capacity counts live items only).
+    #[test]
+    fn rows_squashed_away_leave_no_trail() {
+        let s = Subscriber::new(4, true, true);
+        s.push(change("x", None, Some(1)));
+        for round in 0..10_000 {
+            s.push(change("a", None, Some(round)));
+            s.push(change("y", None, Some(round)));
+            s.push(change("a", Some(round), None));
+            s.push(change("y", Some(round), None));
+        }
+        let q = s.queue.lock();
+        assert_eq!(q.live, 1);
+        assert!(q.items.len() <= 2 * s.capacity, "{} slots", q.items.len());
+        drop(q);
+        assert_eq!(next_item(&s).unwrap().new_val(), Some(&json!(1)));
         assert!(matches!(s.pop(), Next::Empty));
     }
 

@@ -111,7 +111,13 @@ impl Database {
     /// # Ok::<(), remodel::Error>(())
     /// # }).unwrap();
     /// ```
+    ///
+    /// Called from a `Patch::with` closure (which runs under the commit lock), it gives the
+    /// position before the commit being decided.
     pub fn position(&self) -> Cursor {
+        if crate::db::patching() {
+            return Cursor::new(self.inner.last_committed(), u32::MAX);
+        }
         self.inner
             .with_commit_lock(|seq| Cursor::new(seq, u32::MAX))
     }

@@ -1255,7 +1255,7 @@ impl PgBackend {
                     .map_err(DdlFailure::of)?;
             }
             Ddl::CreateIndex { index, spec, .. } => {
-                let spec = serde_json::to_value(spec).map_err(Error::from)?;
+                let spec = super::replica::catalog_spec(spec)?;
                 let n = tx
                     .execute(
                         &format!(

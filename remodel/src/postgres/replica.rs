@@ -52,9 +52,33 @@ async fn read_catalog(
     for row in rows {
         let (name, primary_key, indexes): (String, String, String) =
             (row.get(0), row.get(1), row.get(2));
-        catalog.insert(name, (primary_key, serde_json::from_str(&indexes)?));
+        let indexes: HashMap<String, serde_json::Value> = serde_json::from_str(&indexes)?;
+        let indexes = indexes
+            .into_iter()
+            .map(|(index, spec)| Ok((index, spec_of_catalog(spec)?)))
+            .collect::<Result<_>>()?;
+        catalog.insert(name, (primary_key, indexes));
     }
     Ok(catalog)
+}
+
+/// An index's spec as the catalog (a `jsonb` column) holds it: the spec's JSON, or, when a
+/// field name in it holds a NUL (which `jsonb` refuses, and the embedded store accepts),
+/// the spec's JSON text as a string.
+pub(crate) fn catalog_spec(spec: &IndexSpec) -> Result<serde_json::Value> {
+    let text = serde_json::to_string(spec)?;
+    if text.contains("\\u0000") {
+        return Ok(serde_json::Value::String(text));
+    }
+    Ok(serde_json::from_str(&text)?)
+}
+
+/// The spec that [`catalog_spec`] stored.
+fn spec_of_catalog(stored: serde_json::Value) -> Result<IndexSpec> {
+    Ok(match stored {
+        serde_json::Value::String(text) => serde_json::from_str(&text)?,
+        spec => serde_json::from_value(spec)?,
+    })
 }
 
 /// How a replica is brought to a new slot's exported snapshot.

@@ -31,6 +31,21 @@ impl ExactSum {
     fn value(&self) -> f64 {
         ReduceKind::sum_value(&self.0)
     }
+    /// The sum as a JSON number, or an error when it is beyond the doubles' range (JSON
+    /// has no infinity: it would read as `null`, "no row has it").
+    fn finite(&self) -> Result<f64> {
+        let v = self.value();
+        if v.is_finite() {
+            Ok(v)
+        } else {
+            Err(Error::query(format!(
+                "the sum is beyond the range of a double ({v})"
+            )))
+        }
+    }
+    fn mean(&self, n: u64) -> f64 {
+        ReduceKind::sum_mean(&self.0, n)
+    }
 }
 
 /// The arithmetic of exact sums. The limbs are a plain `Vec` and the functions hang on
@@ -136,6 +151,49 @@ impl ReduceKind {
         } else {
             magnitude
         }
+    }
+
+    /// The mean of the `n` (> 0) numbers whose exact sum is in `limbs`: the rounded sum
+    /// divided by `n`, as a double average is; when that sum is beyond the doubles' range,
+    /// the exact sum divided by `n`, rounded once: the mean of finite numbers is finite
+    /// (two rows of `f64::MAX` average `f64::MAX`, not infinity).
+    pub(crate) fn sum_mean(limbs: &[u64], n: u64) -> f64 {
+        let sum = Self::sum_value(limbs);
+        if sum.is_finite() {
+            return sum / n as f64;
+        }
+        let Some(&last) = limbs.last() else {
+            return 0.0;
+        };
+        let negative = last >> 63 == 1;
+        let mut q = limbs.to_vec();
+        if negative {
+            negate(&mut q);
+        }
+        // Long division of the magnitude, most significant limb first; a remainder left
+        // sets the lowest bit (far below the 53 bits kept, unless the mean is subnormal),
+        // so that the rounding in `sum_value` sees the quotient is not exact.
+        let mut rem = 0u128;
+        for limb in q.iter_mut().rev() {
+            let cur = (rem << 64) | u128::from(*limb);
+            *limb = (cur / u128::from(n)) as u64;
+            rem = cur % u128::from(n);
+        }
+        if rem != 0 {
+            q[0] |= 1;
+        }
+        if negative {
+            negate(&mut q);
+        }
+        Self::sum_value(&q)
+    }
+}
+
+/// Two's complement negation of a multi-limb integer, least significant limb first.
+fn negate(limbs: &mut [u64]) {
+    let mut carry = true;
+    for limb in limbs.iter_mut() {
+        (*limb, carry) = (!*limb).overflowing_add(u64::from(carry));
     }
 }
 
@@ -277,13 +335,13 @@ impl Query {
         Ok(n)
     }
 
-    fn sum_now(&self, field: &str, how: ReduceKind) -> Result<(f64, u64)> {
+    fn sum_now(&self, field: &str, how: ReduceKind) -> Result<(ExactSum, u64)> {
         let path = FieldPath::parse(field)?;
         let (mut total, mut n) = (ExactSum::default(), 0);
         for row in self.plan()?.rows() {
             add_number(&mut total, &mut n, &row?.doc, &path, how)?;
         }
-        Ok((total.value(), n))
+        Ok((total, n))
     }
 
     fn extreme(&self, field: &str, how: ReduceKind) -> Result<Option<Value>> {
@@ -442,9 +500,10 @@ impl AggregateOutput for u64 {
 
 impl AggregateOutput for f64 {
     fn compute(a: &Aggregate<Self>) -> Result<Self> {
-        Ok(a.query
+        a.query
             .sum_now(a.field.as_deref().unwrap_or_default(), ReduceKind::Sum)?
-            .0)
+            .0
+            .finite()
     }
 }
 
@@ -453,7 +512,7 @@ impl AggregateOutput for Option<f64> {
         let (total, n) = a
             .query
             .sum_now(a.field.as_deref().unwrap_or_default(), ReduceKind::Avg)?;
-        Ok((n > 0).then(|| total / n as f64))
+        Ok((n > 0).then(|| total.mean(n)))
     }
 }
 
@@ -605,21 +664,23 @@ impl Grouped {
                 }
             }
         }
-        Ok(groups
+        groups
             .into_values()
-            .map(|a| Group {
-                reduction: match &how {
-                    Reduce::Count => json!(a.count),
-                    Reduce::Sum(_) => json!(a.total.value()),
-                    Reduce::Avg(_) if a.count == 0 => Value::Null,
-                    Reduce::Avg(_) => json!(a.total.value() / a.count as f64),
-                    Reduce::Min(_) | Reduce::Max(_) => {
-                        a.best.map(|(_, _, d)| d).unwrap_or(Value::Null)
-                    }
-                },
-                group: a.group,
+            .map(|a| {
+                Ok(Group {
+                    reduction: match &how {
+                        Reduce::Count => json!(a.count),
+                        Reduce::Sum(_) => json!(a.total.finite()?),
+                        Reduce::Avg(_) if a.count == 0 => Value::Null,
+                        Reduce::Avg(_) => json!(a.total.mean(a.count)),
+                        Reduce::Min(_) | Reduce::Max(_) => {
+                            a.best.map(|(_, _, d)| d).unwrap_or(Value::Null)
+                        }
+                    },
+                    group: a.group,
+                })
             })
-            .collect())
+            .collect()
     }
 }
 
@@ -642,6 +703,11 @@ impl Join {
     /// The joined rows, each `{"left": row, "right": matching row}`.
     pub async fn run(&self) -> Result<Vec<Value>> {
         let join = self.clone();
+        if self.index.is_some() {
+            // Each left row may match any number of right rows through a secondary index:
+            // however few the left rows, the read may be large.
+            return crate::db::spawn_blocking(move || join.run_blocking()).await;
+        }
         self.query.offload(move |_| join.run_blocking()).await
     }
 
@@ -666,8 +732,14 @@ impl Join {
                 }
                 Some(ix) => {
                     for entry in ix.tree.scan_prefix(&crate::value::encode_value(v)) {
-                        let (_, pk) = entry?;
-                        if let Some(right) = other.get_doc(&pk)? {
+                        let (entry, pk) = entry?;
+                        let Some(right) = other.get_doc(&pk)? else {
+                            continue;
+                        };
+                        // A commit between reading the entry and the row may have moved the
+                        // row elsewhere in the index: such a stale entry is no match.
+                        let current = ix.compiled.keys(&right, &pk);
+                        if current.iter().any(|k| k.as_slice() == &entry[..]) {
                             out.push(json!({"left": left.clone(), "right": right}));
                         }
                     }
@@ -719,6 +791,24 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn means_of_sums_beyond_the_range_are_finite() {
+        let mean = |xs: &[f64]| {
+            let mut s = ExactSum::default();
+            xs.iter().for_each(|&x| s.add(x));
+            s.mean(xs.len() as u64)
+        };
+        assert_eq!(mean(&[f64::MAX, f64::MAX]), f64::MAX);
+        assert_eq!(mean(&[f64::MAX; 7]), f64::MAX);
+        assert_eq!(mean(&[f64::MIN, f64::MIN, f64::MIN]), f64::MIN);
+        assert_eq!(mean(&[f64::MAX, f64::MAX, -f64::MAX]), f64::MAX / 3.0);
+        // 1.5 * MAX over 2, 3/4 of MAX: exact in doubles.
+        let m = mean(&[f64::MAX, f64::MAX / 2.0]);
+        assert_eq!(m, f64::MAX * 0.75);
+        // In range, a mean is the rounded sum over the count, as before.
+        assert_eq!(mean(&[0.1, 0.2, 0.3]), sum(&[0.1, 0.2, 0.3]) / 3.0);
     }
 
     #[test]

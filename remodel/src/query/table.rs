@@ -133,9 +133,16 @@ impl Table {
 
     /// The document with this primary key: `.await` it to read, or update, replace, delete it.
     pub fn get(&self, key: impl Into<Value>) -> Get {
+        let mut key = key.into();
+        // A key too deep to use is swapped at once for one just too deep (each use refuses
+        // it with `TooDeep`): cloning the handle, or a query made from it, would otherwise
+        // recurse through the whole value and overflow the stack.
+        if crate::value::deeper_than(&key, crate::value::MAX_DEPTH) {
+            crate::value::drop_deep(std::mem::replace(&mut key, too_deep_key()));
+        }
         Get {
             table: self.clone(),
-            key: key.into(),
+            key,
         }
     }
 
@@ -293,18 +300,10 @@ impl Get {
         t.get_doc(&encode_key(&self.key)?)
     }
 
-    /// The key for a write: a copy, or when the key is too deep to copy safely, a small
-    /// stand-in that the write refuses with [`crate::Error::TooDeep`] as it would the key.
+    /// The key for a write: a copy (never deeper than one level past the limit, see
+    /// [`Table::get`], so cheap to copy; a write refuses a too-deep one with `TooDeep`).
     pub(crate) fn key_for_write(&self) -> Value {
-        if crate::value::deeper_than(&self.key, crate::value::MAX_DEPTH) {
-            let mut v = Value::Null;
-            for _ in 0..=crate::value::MAX_DEPTH {
-                v = Value::Array(vec![v]);
-            }
-            v
-        } else {
-            self.key.clone()
-        }
+        self.key.clone()
     }
 
     /// Merges a patch into the document (see [`Patch`]); a missing document is skipped.
@@ -360,15 +359,6 @@ impl Get {
     }
 }
 
-impl Drop for Get {
-    fn drop(&mut self) {
-        // A key too deep to be used is also too deep to drop recursively.
-        if crate::value::deeper_than(&self.key, crate::value::MAX_DEPTH) {
-            crate::value::drop_deep(std::mem::take(&mut self.key));
-        }
-    }
-}
-
 impl IntoFuture for Get {
     type Output = Result<Option<Value>>;
     type IntoFuture = std::future::Ready<Self::Output>;
@@ -394,6 +384,16 @@ impl Get {
     pub fn without<S: Into<String>>(&self, fields: impl IntoIterator<Item = S>) -> PointQuery {
         PointQuery::of(self).without(fields)
     }
+}
+
+/// A key one level deeper than a key may be: what a too-deep key is replaced by, so that
+/// the error names the limit without anything walking the original.
+fn too_deep_key() -> Value {
+    let mut v = Value::Null;
+    for _ in 0..=crate::value::MAX_DEPTH {
+        v = Value::Array(vec![v]);
+    }
+    v
 }
 
 /// A document by primary key seen through `filter`, `pluck` or `without`: `run` reads it

@@ -335,6 +335,39 @@ async fn a_patch_closure_that_writes_gets_an_error_not_a_deadlock() {
     assert_eq!(db.table("log").count().await.unwrap(), 0);
 }
 
+/// A `Patch::with` closure that asks for the database's position gets the position before
+/// its commit, and one that opens a feed gets `WriteInPatch`: both took the commit lock its
+/// own thread holds, and every later write failed with `CommitStalled` (found by a
+/// read-only review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patch_closure_reading_the_position_or_opening_a_feed_does_not_deadlock() {
+    let db = crate::common::db().await;
+    db.create_table("t").await.unwrap();
+    let t = db.table("t");
+    t.insert(json!({"id": 1, "n": 0})).await.unwrap();
+    let before = db.position();
+    let (inner_db, table) = (db.clone(), db.table("t"));
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    let patch = Patch::with(move |doc| {
+        let at = inner_db.position();
+        let feed = futures::executor::block_on(table.changes().into_future());
+        seen2.lock().unwrap().push((at, feed.map(drop)));
+        Ok(json!({"n": doc["n"].as_i64().unwrap_or(0) + 1}))
+    });
+    let done = tokio::time::timeout(Duration::from_secs(10), t.get(1).update(patch)).await;
+    done.expect("deadlock: the update never finished").unwrap();
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    assert!(!seen.is_empty());
+    for (at, feed) in &seen {
+        assert_eq!(*at, before, "the position inside the patch");
+        assert!(matches!(feed, Err(Error::WriteInPatch)), "{feed:?}");
+    }
+    let later = tokio::time::timeout(Duration::from_secs(10), t.insert(json!({"id": 2}))).await;
+    later.expect("later writes wait forever").unwrap();
+    assert!(db.position() > before);
+}
+
 /// Pins issue 8, defect 7 (smaller defects).
 ///
 /// A loop of soft writes lets a timer of the same (single-threaded) runtime fire on time.

@@ -143,6 +143,13 @@ async fn very_deep_values_are_refused_on_every_path_without_a_stack_overflow() {
             assert!(too_deep(db.batch().delete("t", v()).await));
             assert!(too_deep(t.filter(field("v").eq(v())).changes().await));
             assert!(too_deep(t.get(v()).changes().await));
+            // A key seen through filter, pluck or without, and a copy of the handle: each
+            // copied the whole key, recursively (a stack overflow: the process aborted).
+            assert!(too_deep(t.get(v()).filter(field("v").eq(1)).run().await));
+            assert!(too_deep(t.get(v()).pluck(["v"]).run().await));
+            assert!(too_deep(t.get(v()).without(["v"]).changes().await));
+            let get = t.get(v());
+            assert!(too_deep(get.clone().run().await));
         }
         // Predicates nested 10,000 / 100,000 levels deep.
         let mut p = field("v").eq(1);

@@ -437,9 +437,15 @@ impl Shape {
                     .map_or(16_384, |m| (m / 16).clamp(64, 65_536)),
                 false => REDO_SEGMENT_ENTRIES,
             },
-            segment_ms: retention.max_age.map(|a| (a.as_millis() as u64 / 8).max(1)),
+            segment_ms: retention.max_age.map(|a| (millis(a) / 8).max(1)),
         }
     }
+}
+
+/// `d` in milliseconds, saturating: an age beyond u64 milliseconds keeps everything (a
+/// wrapping cast would make it a tiny age that deletes the history meant to be kept).
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl ChangeLog {
@@ -746,7 +752,7 @@ impl ChangeLog {
         let cutoff = self
             .retention
             .max_age
-            .map(|a| now.saturating_sub(a.as_millis() as u64));
+            .map(|a| now.saturating_sub(millis(a)));
         // The oldest segments past the retention (a redo-only log keeps no closed one).
         let (mut drop_n, mut total) = (0usize, w.total);
         let closed = w.segments.len() - 1;

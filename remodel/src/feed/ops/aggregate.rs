@@ -123,7 +123,9 @@ impl Operator for Aggregate {
     }
 
     fn initial(&self, _read: impl FnOnce() -> Result<Vec<Arc<Value>>>) -> Result<Vec<Arc<Value>>> {
-        Ok(self.agg.rows())
+        let rows = self.agg.rows();
+        rows.iter().try_for_each(|r| self.agg.check_sum(Some(r)))?;
+        Ok(rows)
     }
 
     fn name(&self) -> &'static str {
@@ -619,11 +621,30 @@ impl LiveAgg {
             ReduceKind::Count => json!(a.count),
             ReduceKind::Sum => json!(ReduceKind::sum_value(&a.total)),
             ReduceKind::Avg if a.count == 0 => Value::Null,
-            ReduceKind::Avg => json!(ReduceKind::sum_value(&a.total) / a.count as f64),
+            ReduceKind::Avg => json!(ReduceKind::sum_mean(&a.total, a.count)),
             ReduceKind::Min | ReduceKind::Max => {
                 a.best.as_ref().map_or(Value::Null, |b| (*b.doc).clone())
             }
         }
+    }
+
+    /// A sum beyond the doubles' range (which JSON shows as `null`, "no row has it") ends
+    /// the feed with the error the query gives for it.
+    fn check_sum(&self, row: Option<&Value>) -> Result<()> {
+        let Some(row) = row.filter(|_| self.def.reduce == ReduceKind::Sum) else {
+            return Ok(());
+        };
+        let reduction = if self.ungrouped() {
+            row
+        } else {
+            &row["reduction"]
+        };
+        if reduction.is_null() {
+            return Err(Error::query(
+                "the sum is beyond the range of a double (inf)",
+            ));
+        }
+        Ok(())
     }
 
     /// A group's row as a feed shows it: `{group, reduction}`, or the bare reduction when
@@ -696,6 +717,7 @@ impl LiveAgg {
         self.refill(matcher, view)?;
         for (k, old) in before {
             let new = self.reshow(&k);
+            self.check_sum(new.as_deref())?;
             if old == new {
                 continue;
             }
