@@ -20,6 +20,9 @@ pub enum AppError {
     Store(remodel::Error),
     /// A template failed to render: 500 (a bug in a template).
     Template(minijinja::Error),
+    /// A rule could not be decided (the store failed while checking it): 500, with the
+    /// reference the server logged.
+    Internal(String),
 }
 
 /// Handlers return this.
@@ -57,7 +60,9 @@ impl AppError {
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,
             AppError::Conflict(_) => StatusCode::CONFLICT,
-            AppError::Store(_) | AppError::Template(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            AppError::Store(_) | AppError::Template(_) | AppError::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 
@@ -69,6 +74,7 @@ impl AppError {
             | AppError::Conflict(m) => m.clone(),
             AppError::Store(e) => format!("the database failed: {e}"),
             AppError::Template(e) => format!("a page could not be drawn: {e}"),
+            AppError::Internal(m) => m.clone(),
         }
     }
 }

@@ -126,13 +126,21 @@ async fn traffic(db: &Database) -> Result<(), Refusal> {
 pub const MAX_LOG: usize = 500;
 
 async fn ship(db: &Database, id: &str) -> Result<Starship, Refusal> {
-    let ship = Starship::get(db, id).await.ok().flatten();
-    ship.ok_or_else(|| Refusal::not_found("no such starship"))
+    found(Starship::get(db, id).await)?.ok_or_else(|| Refusal::not_found("no such starship"))
 }
 
 async fn member(db: &Database, id: &str) -> Result<Crewmember, Refusal> {
-    let member = Crewmember::get(db, id).await.ok().flatten();
-    member.ok_or_else(|| Refusal::not_found("no such crew member"))
+    found(Crewmember::get(db, id).await)?.ok_or_else(|| Refusal::not_found("no such crew member"))
+}
+
+/// A row read by a key a page sent: a key the store refuses (too long, say) is no row; a
+/// failing store is the server's failure (an `internal` refusal), not "no such row".
+fn found<T>(row: remodel::Result<Option<T>>) -> Result<Option<T>, Refusal> {
+    match row {
+        Ok(row) => Ok(row),
+        Err(remodel::Error::InvalidKey { .. }) => Ok(None),
+        Err(e) => Err(Refusal::from(e)),
+    }
 }
 
 /// The rule of personal logs: who may read and write `member`'s log? The member, and the

@@ -10,6 +10,8 @@
 //!   captain; a member without a ship moves themself (or a captain takes them on), and a
 //!   member may leave their ship or delete themself. A captain is never moved (on another
 //!   ship they would be its captain, and read its crew's logs).
+//! - Away teams are the fleet's: any signed-in member assigns anyone to one, and releases
+//!   them (they grant no reading of logs, which follow ships and ranks only).
 //!
 //! A move writes the member's ship only, at commit, and only if their rank and ship are
 //! still those the rule saw.
@@ -91,7 +93,13 @@ pub async fn commit(tx: Transaction) -> AppResult<()> {
 /// The signed-in member, or a 403 saying what to do.
 pub async fn signed_in(db: &Database, session: &Session, to: &str) -> AppResult<Crewmember> {
     let me = match session.member.as_deref() {
-        Some(id) => Crewmember::get(db, id).await.ok().flatten(),
+        // A signed cookie names a member; one deleted since is no one. A failing store is
+        // a 500, not "sign in".
+        Some(id) => match Crewmember::get(db, id).await {
+            Ok(me) => me,
+            Err(remodel::Error::InvalidKey { .. }) => None,
+            Err(e) => return Err(e.into()),
+        },
         None => None,
     };
     me.ok_or_else(|| AppError::Forbidden(format!("Sign in to {to}.")))

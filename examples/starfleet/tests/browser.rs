@@ -338,7 +338,13 @@ async fn pages_show_changes_without_reload() {
         let html = client.execute("return document.getElementById('assign-member').outerHTML + JSON.stringify(window.starfleet.redraws) + JSON.stringify([...document.querySelectorAll('#away tr')].map(t => t.textContent));", vec![]).await.unwrap();
         panic!("picard is not in the picker: {html}");
     }
-    post(addr, None, "/ship/voyager/away", "member_id=picard").await;
+    post(
+        addr,
+        Some("janeway"),
+        "/ship/voyager/away",
+        "member_id=picard",
+    )
+    .await;
     shows_live(&client, "away team", &row_with("away", "Picard")).await;
     shows_live(&client, "away picker", &format!("!{in_picker}")).await;
     screenshot(&client, "ship-after").await;

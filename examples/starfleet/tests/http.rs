@@ -418,13 +418,17 @@ async fn the_leaderboard_keeps_the_top_five() {
 #[tokio::test]
 async fn away_teams_assign_and_release() {
     let app = app().await;
-    let r = app.post("/ship/voyager/away", "member_id=picard").await;
+    let r = app
+        .post_by("janeway", "/ship/voyager/away", "member_id=picard")
+        .await;
     assert_eq!(
         (r.status, r.location.as_deref()),
         (StatusCode::SEE_OTHER, Some("/ship/voyager"))
     );
-    app.post("/ship/voyager/away", "member_id=tuvok").await;
-    app.post("/ship/defiant/away", "member_id=tuvok").await;
+    app.post_by("janeway", "/ship/voyager/away", "member_id=tuvok")
+        .await;
+    app.post_by("janeway", "/ship/defiant/away", "member_id=tuvok")
+        .await;
     let voyager = app.get("/ship/voyager").await.body;
     assert!(voyager.contains("id=\"away-picard\"") && voyager.contains("id=\"away-tuvok\""));
     assert!(voyager.contains("action=\"/ship/voyager/away/picard/release\""));
@@ -440,7 +444,16 @@ async fn away_teams_assign_and_release() {
     // Picard's own crew is untouched.
     assert!(crew_of(&app.get("/ship/enterprise").await.body).contains("Jean-Luc Picard"));
 
-    let r = app.post("/ship/voyager/away/tuvok/release", "").await;
+    // No one signed in assigns or releases no one.
+    let r = app.post("/ship/voyager/away", "member_id=data").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = app.post("/ship/voyager/away/picard/release", "").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let voyager = app.get("/ship/voyager").await.body;
+    assert!(!voyager.contains("id=\"away-data\"") && voyager.contains("id=\"away-picard\""));
+    let r = app
+        .post_by("janeway", "/ship/voyager/away/tuvok/release", "")
+        .await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
     assert!(!app
         .get("/ship/voyager")

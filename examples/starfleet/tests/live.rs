@@ -47,7 +47,8 @@ async fn a_ship_page_follows_its_crew_and_away_team_and_resumes() {
     // The away team: links, joined with the members by the page.
     page.sub(2, "away", json!({"ship": "voyager"}), None).await;
     page.frame_of(2, |v| v["t"] == "reset").await;
-    app.post("/ship/voyager/away", "member_id=picard").await;
+    app.post_by("janeway", "/ship/voyager/away", "member_id=picard")
+        .await;
     page.until(2, |rows| {
         rows.iter().any(|l| l["crewmember_id"] == "picard")
     })

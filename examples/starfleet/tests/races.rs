@@ -767,11 +767,15 @@ async fn writes_racing_a_member_delete_leave_nothing_of_them() {
                 edit_form([&format!("{name}!"), "ensign", "vulcan"], &was),
             ),
             (
-                None,
+                Some(id.clone()),
                 "/ship/enterprise/away".into(),
                 format!("member_id={id}"),
             ),
-            (None, "/ship/voyager/away".into(), format!("member_id={id}")),
+            (
+                Some(id.clone()),
+                "/ship/voyager/away".into(),
+                format!("member_id={id}"),
+            ),
         ];
         for i in 0..4 {
             let who = if i % 2 == 0 {
@@ -889,13 +893,13 @@ async fn away_team_assignments_racing_releases_and_a_delete() {
             tasks.push(task!({
                 match release {
                     true => {
-                        h.post(None, &format!("/ship/{ship}/away/{id}/release"), "")
+                        h.post(Some(&id), &format!("/ship/{ship}/away/{id}/release"), "")
                             .await
                             .status
                     }
                     false => {
                         h.post(
-                            None,
+                            Some(&id),
                             &format!("/ship/{ship}/away"),
                             &format!("member_id={id}"),
                         )
@@ -1385,7 +1389,7 @@ async fn a_ship_deleted_while_members_join_it_leaves_no_orphans() {
                         }
                         _ => {
                             h.post(
-                                None,
+                                Some(&m),
                                 &format!("/ship/{ship}/away"),
                                 &format!("member_id={m}"),
                             )
@@ -1564,7 +1568,7 @@ async fn storm_op(h: &H, rng: &mut Rng, made: &std::sync::Mutex<Vec<String>>, ta
         6 => {
             let ship = *rng.pick(&ships);
             h.post(
-                None,
+                Some(&x),
                 &format!("/ship/{ship}/away"),
                 &format!("member_id={x}"),
             )
@@ -1572,7 +1576,7 @@ async fn storm_op(h: &H, rng: &mut Rng, made: &std::sync::Mutex<Vec<String>>, ta
         }
         7 => {
             let ship = *rng.pick(&ships);
-            h.post(None, &format!("/ship/{ship}/away/{x}/release"), "")
+            h.post(Some(&x), &format!("/ship/{ship}/away/{x}/release"), "")
                 .await;
         }
         8 => {

@@ -37,6 +37,10 @@ pub async fn show(
             logs.sort_by_key(|l| std::cmp::Reverse(l.at));
             Some(logs)
         }
+        // The server failing is not "you may not read it".
+        Err(why) if why.code() == remodel_web::ErrorCode::Internal => {
+            return Err(AppError::Internal(why.message().to_string()))
+        }
         Err(_) => None,
     };
     page(
@@ -171,12 +175,13 @@ pub async fn move_to(
 ) -> AppResult<Redirect> {
     let member = find_member(&app.db, &id).await?;
     let Form(form) = form?;
-    let ship = find_ship(&app.db, form.ship_id.trim()).await.map_err(|_| {
-        AppError::BadRequest(format!(
+    let ship = match find_ship(&app.db, form.ship_id.trim()).await {
+        Err(AppError::NotFound(_)) => Err(AppError::BadRequest(format!(
             "There is no starship `{}` to move to.",
             form.ship_id
-        ))
-    })?;
+        ))),
+        other => other,
+    }?;
     let me = rules::signed_in(&app.db, &session, "move a member").await?;
     let authority = rules::may_move(&me, &member, ship.id.as_ref())?;
     // The member's ship only (the member leaves its old crew), onto a ship still there; the
