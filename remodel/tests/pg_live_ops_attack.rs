@@ -1623,9 +1623,9 @@ async fn ddl_under_stateful_feeds_from_another_process() {
 
 /// `-0.0` and `0.0` are one number to the total order (`value::order::number_parts`), but
 /// not the same JSON: a row whose field goes from `0.0` to `-0.0` is another row as the
-/// query shows it. Stateful feeds compare rows with `Value`'s `==` (for which `-0.0 ==
-/// 0.0`) to decide whether anything changed (`join.rs` `same`, `edits.rs` `list_edits`,
-/// `aggregate.rs` `old == new`).
+/// query shows it. The store writes such a change (it was counted `unchanged`), and every
+/// stateful feed shows it: they decide whether anything changed bit for bit
+/// (`value::identical`), not with `Value`'s `==` (for which `-0.0 == 0.0`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn negative_zero_reaches_stateful_feeds() {
     let Some(pg) = database("negative_zero_reaches_stateful_feeds").await else {
@@ -1699,8 +1699,7 @@ async fn negative_zero_reaches_stateful_feeds() {
         }
         let last = items.iter().rev().find_map(|i| i.new.clone());
         let text = last.map(|v| v.to_string()).unwrap_or_default();
-        // What the stored rows say (a write that changes only the sign of a zero may be a
-        // no-op for the store, as `-0.0 == 0.0`): the feed must show the same text.
+        // What the stored rows say: the feed must show the same text.
         let l = c
             .table("zl")
             .get("a")

@@ -988,26 +988,6 @@ pub(crate) fn op_index_work(table: &TableState, op: &WriteOp) -> usize {
     }
 }
 
-/// Whether two documents are the same to the bit. `==` takes `-0.0` for `0.0`: a write of
-/// one over the other would be counted unchanged and dropped, though the store keeps each
-/// as written.
-fn identical(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => {
-            x == y && (!x.is_f64() || x.as_f64().map(f64::to_bits) == y.as_f64().map(f64::to_bits))
-        }
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| identical(a, b))
-        }
-        (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(k, a)| y.get(k).is_some_and(|b| identical(a, b)))
-        }
-        _ => a == b,
-    }
-}
-
 /// Whether two staged values are the same allocation (or both absent).
 fn same(a: &Option<Arc<Value>>, b: &Option<Arc<Value>>) -> bool {
     match (a, b) {
@@ -1020,7 +1000,7 @@ fn same(a: &Option<Arc<Value>>, b: &Option<Arc<Value>>) -> bool {
 /// Counts a replace of `cur` by `new`; returns the staged value (`cur` itself when unchanged,
 /// so that the caller sees that nothing changed).
 fn count_replace(result: &mut WriteResult, cur: &Arc<Value>, new: Value) -> Option<Arc<Value>> {
-    if identical(cur, &new) {
+    if crate::value::identical(cur, &new) {
         result.unchanged += 1;
         Some(cur.clone())
     } else {

@@ -114,10 +114,13 @@ impl PartialEq for Val {
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
             // Pairs are equal when their rows are (without making either).
+            // Bit for bit (`-0.0` is not `0.0` to a reader: see `value::identical`).
             (Val::Pair(a), Val::Pair(b)) => {
-                Arc::ptr_eq(a, b) || (a.left == b.left && a.right == b.right)
+                Arc::ptr_eq(a, b)
+                    || (crate::value::identical(&a.left, &b.left)
+                        && crate::value::identical(&a.right, &b.right))
             }
-            _ => self.arc() == other.arc(),
+            _ => crate::value::identical_rows(Some(&self.arc()), Some(&other.arc())),
         }
     }
 }

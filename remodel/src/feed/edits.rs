@@ -36,7 +36,7 @@ pub(crate) fn list_edits(before: &[ListRow], after: &[ListRow]) -> Vec<Change> {
         .enumerate()
         .filter_map(|(j, (pk, seen))| {
             let i = *old_pos.get(&**pk)?;
-            (before[i].1 == *seen).then_some((i, j))
+            crate::value::identical_rows(Some(&before[i].1), Some(seen)).then_some((i, j))
         })
         .collect();
     let mut stays_after = vec![false; after.len()];
@@ -69,7 +69,7 @@ pub(crate) fn list_edits(before: &[ListRow], after: &[ListRow]) -> Vec<Change> {
         };
         list.insert(new_offset, pk);
         let old = deleted.map(|i| &before[i].1);
-        if old == Some(seen) && old_offset == Some(new_offset) {
+        if crate::value::identical_rows(old, Some(seen)) && old_offset == Some(new_offset) {
             // Another row with the same value took this one's place: the consumer's list
             // looks the same, so there is nothing to say.
             continue;

@@ -214,7 +214,7 @@ impl Subscriber {
         };
         let old = queued.old_arc().cloned();
         let new = item.new_arc().cloned();
-        if old == new {
+        if crate::value::identical_rows(old.as_ref(), new.as_ref()) {
             q.items[idx] = None;
             q.live -= 1;
             q.by_key.remove(&key);

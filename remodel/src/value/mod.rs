@@ -14,4 +14,5 @@ pub use depth::{check_depth, drop_deep, MAX_DEPTH};
 #[doc(hidden)]
 pub use encoding::{decode_value, encode_key, encode_value, encode_value_into, MAX_KEY_BYTES};
 pub use order::{compare, type_rank};
+pub(crate) use order::{identical, identical_rows};
 pub use path::FieldPath;

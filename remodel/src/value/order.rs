@@ -60,6 +60,39 @@ pub fn compare(a: &Value, b: &Value) -> Ordering {
     }
 }
 
+/// Whether two values are the same JSON to the bit: `0.0` and `-0.0` are one number to
+/// [`compare`] (and to `Value`'s `==`), but not one value a reader sees. A write of one over
+/// the other is a change, and a feed that compares rows to decide whether anything changed
+/// must show it.
+pub(crate) fn identical(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            x == y && (!x.is_f64() || x.as_f64().map(f64::to_bits) == y.as_f64().map(f64::to_bits))
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| identical(a, b))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, a)| y.get(k).is_some_and(|b| identical(a, b)))
+        }
+        _ => a == b,
+    }
+}
+
+/// [`identical`] for optional shared rows (absent on both sides, or the same).
+pub(crate) fn identical_rows(
+    a: Option<&std::sync::Arc<Value>>,
+    b: Option<&std::sync::Arc<Value>>,
+) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => std::sync::Arc::ptr_eq(a, b) || identical(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
 fn compare_seq<'a>(
     mut x: impl Iterator<Item = &'a Value>,
     mut y: impl Iterator<Item = &'a Value>,

@@ -718,7 +718,7 @@ impl LiveAgg {
         for (k, old) in before {
             let new = self.reshow(&k);
             self.check_sum(new.as_deref())?;
-            if old == new {
+            if crate::value::identical_rows(old.as_ref(), new.as_ref()) {
                 continue;
             }
             out.push(commit.stamp(Change::row(Some(Arc::from(&k[..])), old, new)));

@@ -338,7 +338,7 @@ fn pair_key(l: &[u8], r: &[u8]) -> Arc<[u8]> {
 type Side<'a> = Option<(&'a Arc<Value>, &'a Arc<Value>, usize)>;
 
 fn same(a: &Arc<Value>, b: &Arc<Value>) -> bool {
-    Arc::ptr_eq(a, b) || a == b
+    crate::value::identical_rows(Some(a), Some(b))
 }
 
 /// Items for the pair of `lpk` and `rpk` as it was (`old`) and is (`new`), each place
