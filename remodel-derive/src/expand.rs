@@ -4,8 +4,8 @@
 //!
 //! The pieces: the struct of typed field names ([`fields_struct`]), the `Model` impl
 //! ([`model_impl`]: schema, keys, field access, hooks), the relation accessors and batched
-//! loaders ([`relation_methods`], shaped by [`RelationShape`]), compile-time checks of foreign
-//! keys ([`foreign_key_check`]) and the schema registration ([`registration`]).
+//! loaders ([`relation_methods`], shaped by [`RelationShape`]), the foreign keys' stored names
+//! ([`foreign_key_name`]) and the schema registration ([`registration`]).
 
 use crate::internals::ast::{Index, IndexKind, Model, OnDelete, Relation, RelationKind};
 use proc_macro2::TokenStream;
@@ -26,10 +26,12 @@ pub fn expand(m: &Model) -> TokenStream {
     }
 }
 
-/// `<Name>Fields`: one typed field name per stored field.
+/// `<Name>Fields`: one typed field name per stored field, except fields stored by a serde
+/// `with` function (a typed comparison would compare the Rust value with what that function
+/// stored: those fields have no typed name, so such a query does not compile).
 fn fields_struct(m: &Model) -> TokenStream {
     let (ident, vis, fields_ident) = (&m.ident, &m.vis, m.fields_ident());
-    let decls = m.stored_fields().map(|f| {
+    let decls = m.typed_fields().map(|f| {
         let (fi, ty) = (&f.ident, &f.ty);
         let doc = format!("The stored field `{}`.", f.stored);
         quote! { #[doc = #doc] pub #fi: ::remodel::model::Field<#ident, #ty> }
@@ -55,7 +57,7 @@ fn model_impl(m: &Model) -> TokenStream {
     let pk = m.primary_key();
     let (pk_ident, pk_stored) = (&pk.ident, &pk.stored);
     let schema = schema_static(m);
-    let field_inits = m.stored_fields().map(|f| {
+    let field_inits = m.typed_fields().map(|f| {
         let (fi, stored) = (&f.ident, &f.stored);
         quote! { #fi: ::remodel::model::Field::new(#stored) }
     });
@@ -71,9 +73,7 @@ fn model_impl(m: &Model) -> TokenStream {
                 #schema
             }
 
-            fn fields() -> #fields_ident {
-                #fields_ident { #(#field_inits,)* }
-            }
+            const FIELDS: #fields_ident = #fields_ident { #(#field_inits,)* };
 
             fn set_key(&mut self, key: ::remodel::Value) -> ::remodel::Result<()> {
                 self.#pk_ident = ::remodel::model::__private::field_from_value(#table, #pk_stored, key)?;
@@ -139,7 +139,7 @@ fn option_inner(ty: &syn::Type) -> Option<&syn::Type> {
 /// The body of `Model::schema`: a static `Schema` (table, key, fields, indexes, relations).
 fn schema_static(m: &Model) -> TokenStream {
     let model_name = m.ident.to_string();
-    let table = &m.table;
+    let (table, named_table) = (&m.table, m.named_table);
     let pk_stored = &m.primary_key().stored;
     let stored_names = m.stored_fields().map(|f| &f.stored);
     let indexes = m.indexes.iter().map(index_def);
@@ -150,6 +150,7 @@ fn schema_static(m: &Model) -> TokenStream {
         static SCHEMA: ::remodel::model::Schema = ::remodel::model::Schema {
             model: #model_name,
             table: #table,
+            named_table: #named_table,
             primary_key: #pk_stored,
             fields: &[#(#stored_names),*],
             indexes: &[#(#indexes),*],
@@ -180,7 +181,8 @@ fn index_def(ix: &Index) -> TokenStream {
 
 /// One `RelationDef`.
 fn relation_def(r: &Relation) -> TokenStream {
-    let (target, fk, assoc) = (&r.target, &r.foreign_key, &r.association_key);
+    let (target, assoc) = (&r.target, &r.association_key);
+    let fk = foreign_key_name(r);
     let accessor = r.accessor.to_string();
     let kind = format_ident!("{}", RelationShape::of(r.kind).variant);
     let on_delete = match r.on_delete {
@@ -205,6 +207,26 @@ fn relation_def(r: &Relation) -> TokenStream {
             association_key: #assoc,
             join_table: #join_table,
             on_delete: ::remodel::model::OnDelete::#on_delete,
+        }
+    }
+}
+
+/// The stored name of a relation's foreign key, as a constant expression. has_many /
+/// has_one name a field of the target, whose stored name (serde's `rename`) only the target's
+/// derive knows: it is read from the target's typed field names, so a field the target lacks
+/// (or has no typed name for) is a compile error at the relation attribute, listing the
+/// fields there are. belongs_to and many-to-many keys are known here.
+fn foreign_key_name(r: &Relation) -> TokenStream {
+    match (&r.target_field, r.kind) {
+        (Some(field), RelationKind::HasMany | RelationKind::HasOne) => {
+            let target = &r.target;
+            quote_spanned! {r.span=>
+                <#target as ::remodel::model::Model>::FIELDS.#field.name()
+            }
+        }
+        _ => {
+            let fk = &r.foreign_key;
+            quote!(#fk)
         }
     }
 }
@@ -235,7 +257,7 @@ impl RelationShape {
                 loader: "has_many",
                 many: true,
                 queries: "one store query",
-                doc: "rows of this `{model}` (has_many, through the index `{fk}`): query, all, \
+                doc: "rows of this `{model}` (has_many, through the index of `{fk}`): query, all, \
                       filter, get, count, create, create_many, add, remove, clear, set, \
                       get_or_create, changes.",
             },
@@ -244,7 +266,7 @@ impl RelationShape {
                 loader: "has_one",
                 many: false,
                 queries: "one store query",
-                doc: "of this `{model}` (has_one, through the index `{fk}`): `.await` it, or \
+                doc: "of this `{model}` (has_one, through the index of `{fk}`): `.await` it, or \
                       set, clear, changes.",
             },
             RelationKind::BelongsTo => RelationShape {
@@ -280,20 +302,12 @@ fn relation_methods(m: &Model) -> TokenStream {
         .iter()
         .enumerate()
         .map(|(i, r)| relation_accessors(m, i, r));
-    let checks = m
-        .relations
-        .iter()
-        .enumerate()
-        .filter_map(|(i, r)| foreign_key_check(i, r));
     quote! {
         // Generated for every relation: a program need not use them all.
         #[allow(dead_code)]
         impl #ident {
             #(#methods)*
         }
-        const _: () = {
-            #(#checks)*
-        };
     }
 }
 
@@ -355,27 +369,16 @@ fn belongs_to_setter(m: &Model, r: &Relation, rel: &TokenStream) -> TokenStream 
     }
 }
 
-/// has_many / has_one: the target must have the foreign-key field (a compile-time check,
-/// pointed at the relation attribute).
-fn foreign_key_check(i: usize, r: &Relation) -> Option<TokenStream> {
-    let (target, tf) = (&r.target, r.target_field.as_ref()?);
-    let check = format_ident!("__remodel_check_foreign_key_{}", i);
-    Some(quote_spanned! {r.span=>
-        #[allow(dead_code, non_snake_case)]
-        fn #check(f: <#target as ::remodel::model::Model>::Fields) {
-            let _ = f.#tf;
-        }
-    })
-}
-
 /// `field_value` / `set_field_value`: a field by its stored name (foreign keys, loaders).
+/// Only fields stored as their type serialises: the value of one stored by a serde `with`
+/// function would not be what is stored.
 fn field_access(m: &Model) -> TokenStream {
     let table = &m.table;
-    let get_arms = m.stored_fields().map(|f| {
+    let get_arms = m.typed_fields().map(|f| {
         let (fi, stored) = (&f.ident, &f.stored);
         quote! { #stored => ::remodel::model::__private::to_value(&self.#fi) }
     });
-    let set_arms = m.stored_fields().map(|f| {
+    let set_arms = m.typed_fields().map(|f| {
         let (fi, stored) = (&f.ident, &f.stored);
         quote! {
             #stored => {

@@ -14,6 +14,9 @@ pub struct Model {
     pub vis: Visibility,
     /// The table name (snake_case plural of the type, or `table = ".."`).
     pub table: String,
+    /// Whether the table was named with `table = ".."` (two models may share a table only
+    /// when both name it so: a default name shared by accident is refused by the schema).
+    pub named_table: bool,
     pub fields: Vec<Field>,
     /// Index into `fields`.
     pub primary_key: usize,
@@ -37,6 +40,11 @@ impl Model {
     pub fn stored_fields(&self) -> impl Iterator<Item = &Field> {
         self.fields.iter().filter(|f| !f.skipped)
     }
+
+    /// The fields with a typed field name (see [`Field::typed`]).
+    pub fn typed_fields(&self) -> impl Iterator<Item = &Field> {
+        self.fields.iter().filter(|f| f.typed())
+    }
 }
 
 /// One field of the struct.
@@ -49,6 +57,23 @@ pub struct Field {
     pub skipped: bool,
     /// serde's `alias` names: where older rows hold the field (a rename).
     pub aliases: Vec<String>,
+    /// serde's `with` / `serialize_with` / `deserialize_with` (its span): stored as a function
+    /// of the user's writes it, so it has no typed field name and cannot be a key or indexed.
+    pub custom: Option<Span>,
+}
+
+impl Field {
+    /// The field's Rust name, without `r#`: what attributes name it by.
+    pub fn rust_name(&self) -> String {
+        let s = self.ident.to_string();
+        s.strip_prefix("r#").map(str::to_string).unwrap_or(s)
+    }
+
+    /// Whether the field gets a typed field name (`<Name>Fields`): it is stored, and stored
+    /// as its Rust type serialises (what typed predicates compare with).
+    pub fn typed(&self) -> bool {
+        !self.skipped && self.custom.is_none()
+    }
 }
 
 /// What kind of secondary index.
@@ -94,14 +119,17 @@ pub struct Relation {
     pub target: Path,
     /// The method that reaches the relation (`crewmembers`, `starship`, ...).
     pub accessor: Ident,
-    /// has_many / has_one: the field of the target that holds this model's key;
-    /// belongs_to: this model's field holding the owner's key;
+    /// has_many / has_one: the Rust name of the target's field that holds this model's key
+    /// (the generated schema stores that field's stored name, see `target_field`);
+    /// belongs_to: the stored name of this model's field holding the owner's key;
     /// many-to-many: the join table column holding this model's key.
     pub foreign_key: String,
     /// belongs_to: this model's foreign-key field.
     pub own_field: Option<usize>,
-    /// has_many / has_one: the foreign key as a field of the target, checked at compile time
-    /// when it is a Rust identifier.
+    /// has_many / has_one: the target's foreign-key field. The target is another derive, so
+    /// its stored name is read from the target's typed field names when the schema is built
+    /// (`<Target as Model>::FIELDS.<field>.name()`, a constant): a field the target lacks is
+    /// a compile error at the relation attribute.
     pub target_field: Option<Ident>,
     /// many-to-many: the join table column holding the other model's key.
     pub association_key: String,

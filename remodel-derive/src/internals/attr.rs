@@ -333,19 +333,28 @@ impl FromMeta for CompoundIndexAttr {
 /// What serde's field attributes change about where a field is stored.
 #[derive(Default)]
 pub struct SerdeField {
-    /// `#[serde(rename = "..")]`.
-    pub rename: Option<String>,
+    /// `#[serde(rename = "..")]`, or `rename(serialize = "..", deserialize = "..")` with one
+    /// name for both directions (see [`serde_field`]). The span is the name's.
+    pub rename: Option<SpannedValue<String>>,
     /// `#[serde(alias = "..")]`: older names the field is read from (a renamed field).
     pub aliases: Vec<String>,
     /// `skip`, `skip_serializing` or `skip_deserializing`: a field that is not written (or
     /// not read) is not a stored field the model layer can rely on.
     pub skip: bool,
+    /// `with`, `serialize_with` or `deserialize_with` (the attribute's span): the field is
+    /// stored as a function of the user's writes it, not as its Rust type serialises, so
+    /// nothing that compares stored values with Rust values (keys, indexes, typed
+    /// predicates) can use it.
+    pub custom: Option<Span>,
 }
 
 /// Reads serde's field attributes; `flatten` is refused (its fields are stored at the top
-/// level under names the derive cannot see).
-pub fn serde_field(attrs: &[Attribute]) -> Result<SerdeField> {
+/// level under names the derive cannot see), and so is a `rename` list that writes the field
+/// under one name and reads it from another (the model layer reads and writes one name).
+/// `field` is the field's own name, which serde uses for a direction `rename` leaves out.
+pub fn serde_field(attrs: &[Attribute], field: &str) -> Result<SerdeField> {
     let mut out = SerdeField::default();
+    let mut errors = Error::accumulator();
     for attr in attrs.iter().filter(|a| a.path().is_ident("serde")) {
         let Meta::List(list) = &attr.meta else {
             continue;
@@ -360,17 +369,28 @@ pub fn serde_field(attrs: &[Attribute]) -> Result<SerdeField> {
                 || path.is_ident("skip_deserializing")
             {
                 out.skip = true;
+            } else if path.is_ident("with")
+                || path.is_ident("serialize_with")
+                || path.is_ident("deserialize_with")
+            {
+                out.custom = Some(path.span());
             } else if path.is_ident("flatten") {
-                return Err(Error::custom(
-                    "#[derive(Model)] does not follow `#[serde(flatten)]`: write the flattened \
-                     fields in the model, or keep them nested (without flatten)",
-                )
-                .with_span(&m));
+                errors.push(
+                    Error::custom(
+                        "#[derive(Model)] does not follow `#[serde(flatten)]`: write the flattened \
+                         fields in the model, or keep them nested (without flatten)",
+                    )
+                    .with_span(&m),
+                );
+            } else if let (Meta::List(l), true) = (&m, path.is_ident("rename")) {
+                if let Some(r) = errors.handle(rename_list(l, field)) {
+                    out.rename = Some(r);
+                }
             } else if let Meta::NameValue(nv) = &m {
                 if let Expr::Lit(l) = &nv.value {
                     if let Lit::Str(s) = &l.lit {
                         if nv.path.is_ident("rename") {
-                            out.rename = Some(s.value());
+                            out.rename = Some(SpannedValue::new(s.value(), s.span()));
                         } else if nv.path.is_ident("alias") {
                             out.aliases.push(s.value());
                         }
@@ -379,7 +399,56 @@ pub fn serde_field(attrs: &[Attribute]) -> Result<SerdeField> {
             }
         }
     }
-    Ok(out)
+    errors.finish_with(out)
+}
+
+/// `rename(serialize = "..", deserialize = "..")`: the one name the field is stored under.
+/// A direction left out keeps the field's own name (`field`), as serde does; two different
+/// names are refused.
+fn rename_list(list: &syn::MetaList, field: &str) -> Result<SpannedValue<String>> {
+    let mut serialize = None;
+    let mut deserialize = None;
+    for nested in NestedMeta::parse_meta_list(list.tokens.clone())? {
+        let slot = match &nested {
+            NestedMeta::Meta(Meta::NameValue(nv)) if nv.path.is_ident("serialize") => {
+                &mut serialize
+            }
+            NestedMeta::Meta(Meta::NameValue(nv)) if nv.path.is_ident("deserialize") => {
+                &mut deserialize
+            }
+            // serde reports anything else itself.
+            _ => continue,
+        };
+        if let NestedMeta::Meta(Meta::NameValue(nv)) = &nested {
+            if let Expr::Lit(syn::ExprLit {
+                lit: Lit::Str(s), ..
+            }) = &nv.value
+            {
+                *slot = Some(SpannedValue::new(s.value(), s.span()));
+            }
+        }
+    }
+    let written = serialize
+        .clone()
+        .unwrap_or_else(|| SpannedValue::new(field.to_string(), list.span()));
+    let read = deserialize.unwrap_or_else(|| SpannedValue::new(field.to_string(), list.span()));
+    if *written != *read {
+        let old = if *read == field || *read == *written {
+            String::new()
+        } else {
+            format!(
+                ", with `alias = \"{}\"` to read rows stored under the old name",
+                *read
+            )
+        };
+        return Err(Error::custom(format!(
+            "this field would be written as `{}` and read as `{}`, but a model stores each field \
+             under one name: write `#[serde(rename = \"{}\")]`{old}",
+            *written, *read, *written
+        ))
+        .with_span(list));
+    }
+    Ok(written)
 }
 
 /// Container-level serde attributes that change stored field names, which the model layer

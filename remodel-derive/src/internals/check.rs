@@ -3,6 +3,7 @@
 
 use super::ast::{Field, Index, IndexKind, Model, OnDelete, Relation, RelationKind};
 use super::attr::{self, ContainerAttr, RelationAttr};
+use darling::util::SpannedValue;
 use darling::{Error, FromDeriveInput, Result};
 use syn::spanned::Spanned;
 use syn::{Data, DeriveInput, Fields, Ident};
@@ -57,6 +58,7 @@ pub fn checked(input: &DeriveInput) -> Result<Model> {
         ident: container.ident.clone(),
         vis: container.vis.clone(),
         table,
+        named_table: container.table.is_some(),
         fields,
         primary_key: primary_key.expect("errors were reported"),
         indexes,
@@ -128,24 +130,50 @@ fn collect_fields(c: &ContainerAttr, errors: &mut darling::error::Accumulator) -
     let mut out = Vec::new();
     for f in fields {
         let ident = f.ident.clone().expect("named fields");
+        let own = ident.to_string();
+        let own = own.strip_prefix("r#").unwrap_or(&own).to_string();
         // A refused serde attribute is reported; the field still counts (so that no other
         // rule reports it missing).
         let serde = errors
-            .handle(attr::serde_field(&f.attrs))
+            .handle(attr::serde_field(&f.attrs, &own))
             .unwrap_or_default();
-        let stored = serde.rename.unwrap_or_else(|| {
-            let s = ident.to_string();
-            s.strip_prefix("r#").map(str::to_string).unwrap_or(s)
-        });
+        if let Some(r) = &serde.rename {
+            errors.handle(rule_stored_name(r));
+        }
         out.push(Field {
             ident,
             ty: f.ty.clone(),
-            stored,
+            stored: serde.rename.map_or(own, |r| r.as_str().to_string()),
             skipped: serde.skip,
             aliases: serde.aliases,
+            custom: serde.custom,
         });
     }
     out
+}
+
+/// Rule: a stored name (serde's `rename`) is one top-level field name: indexes, predicates
+/// and orders read a `.` as a step into a nested object, so a stored `"geo.lat"` would never
+/// be found by them; an empty name is no field at all.
+fn rule_stored_name(name: &SpannedValue<String>) -> Result<()> {
+    let why = if name.is_empty() {
+        "a field cannot be stored under an empty name"
+    } else if name.contains('.') {
+        "a stored field name cannot contain `.`: indexes and predicates read it as a path into \
+         a nested object, so this field would never be found by them"
+    } else {
+        return Ok(());
+    };
+    let suggestion = name.replace('.', "_");
+    let suggestion = if suggestion.is_empty() {
+        "name".to_string()
+    } else {
+        suggestion
+    };
+    Err(
+        Error::custom(format!("{why}: write e.g. `rename = \"{suggestion}\"`"))
+            .with_span(&name.span()),
+    )
 }
 
 /// Rule: the table name is the snake_case plural of the type unless given; a given one must
@@ -208,13 +236,10 @@ fn rule_indexes(
     let mut out: Vec<(Index, proc_macro2::Span)> = Vec::new();
     for (f, field) in raw.iter().zip(fields) {
         let Some(ix) = &f.index else { continue };
-        if field.skipped {
-            errors.push(
-                Error::custom("a field serde skips is not stored, so it cannot be indexed: remove `#[remodel(index)]` or the skip")
-                    .with_span(&ix.span.unwrap_or_else(|| field.ident.span())),
-            );
-        }
         let span = ix.span.unwrap_or_else(|| field.ident.span());
+        if let Some(e) = unindexable(field, "remove `#[remodel(index)]`") {
+            errors.push(e.with_span(&span));
+        }
         let (path, default_name) = match &ix.path {
             Some(p) => {
                 if p.is_empty() || p.split('.').any(str::is_empty) {
@@ -255,7 +280,13 @@ fn rule_indexes(
         let mut paths = Vec::new();
         for f in &ci.fields {
             match fields.iter().find(|x| x.ident == *f) {
-                Some(x) => paths.push(x.stored.clone()),
+                Some(x) => {
+                    let fix = format!("remove `{f}` from `fields(..)`");
+                    if let Some(e) = unindexable(x, &fix) {
+                        errors.push(e.with_span(f));
+                    }
+                    paths.push(x.stored.clone())
+                }
                 None => errors.push(
                     Error::custom(format!(
                         "`{}` has no field `{f}`: a compound index lists fields of the struct, \
@@ -309,6 +340,26 @@ fn rule_indexes(
     out.into_iter().map(|(i, _)| i).collect()
 }
 
+/// Why `field` cannot be in an index, if it cannot, ending with `fix`: a field serde skips
+/// is never stored (the index would hold no row), and one stored by a `with` function holds
+/// values that a lookup or order of its Rust type cannot meet.
+fn unindexable(field: &Field, fix: &str) -> Option<Error> {
+    if field.skipped {
+        Some(Error::custom(format!(
+            "a field serde skips is not stored, so it cannot be indexed: {fix} or the skip"
+        )))
+    } else if field.custom.is_some() {
+        Some(Error::custom(format!(
+            "a field serde writes or reads through a function of its own (`with`, \
+             `serialize_with`, `deserialize_with`) cannot be indexed: the index would hold what \
+             is stored, which typed lookups and orders (values of the field's type) do not \
+             meet; {fix}, or drop the function"
+        )))
+    } else {
+        None
+    }
+}
+
 fn last_ident(p: &syn::Path) -> String {
     p.segments
         .last()
@@ -357,7 +408,7 @@ fn rule_relations(
                 );
                 continue;
             };
-            let foreign_key = match (&r.foreign_key, kind) {
+            let mut foreign_key = match (&r.foreign_key, kind) {
                 (Some(f), _) => f.to_string(),
                 (None, RelationKind::BelongsTo) => foreign_key(&target),
                 (None, _) => foreign_key(&me),
@@ -414,25 +465,10 @@ fn rule_relations(
                 }
             }
             let own_field = if kind == RelationKind::BelongsTo {
-                let found = fields
-                    .iter()
-                    .position(|f| f.stored == foreign_key && !f.skipped)
-                    .or_else(|| fields.iter().position(|f| f.stored == foreign_key));
-                if found.is_none() {
-                    let hint = if r.foreign_key.is_some() {
-                        format!("add a field `{foreign_key}: Option<remodel::model::Id>` to `{me}`")
-                    } else {
-                        format!(
-                            "add a field `{foreign_key}: Option<remodel::model::Id>` to `{me}`, or \
-                             name the field that holds the key with `foreign_key = \"..\"`"
-                        )
-                    };
-                    errors.push(
-                        Error::custom(format!(
-                            "belongs_to({target}) needs a foreign-key field: {hint}"
-                        ))
-                        .with_span(&r.span),
-                    );
+                let found = own_foreign_key(&me, &target, r, &foreign_key, fields, errors);
+                if let Some(i) = found {
+                    // At run time relations read and write the field as it is stored.
+                    foreign_key = fields[i].stored.clone();
                 }
                 found
             } else {
@@ -447,9 +483,24 @@ fn rule_relations(
                     .with_span(&accessor_span),
                 );
             }
-            let target_field = matches!(kind, RelationKind::HasMany | RelationKind::HasOne)
-                .then(|| ident_from(&foreign_key, r.span))
-                .flatten();
+            let target_field = if matches!(kind, RelationKind::HasMany | RelationKind::HasOne) {
+                let field = ident_from(&foreign_key, r.span);
+                if field.is_none() {
+                    let span = r.foreign_key.as_ref().map_or(r.span, |f| f.span());
+                    errors.push(
+                        Error::custom(format!(
+                            "`{foreign_key}` is not a field name: `foreign_key` names the field \
+                             of `{target}` that holds the key by its Rust name (as it is written \
+                             in the struct, not as serde stores it), like `foreign_key = \"{}\"`",
+                            foreign_key_of(&me)
+                        ))
+                        .with_span(&span),
+                    );
+                }
+                field
+            } else {
+                None
+            };
             out.push(Relation {
                 kind,
                 target: r.target.clone(),
@@ -467,11 +518,61 @@ fn rule_relations(
     out
 }
 
+/// belongs_to: the field of this model (`me`) that holds the owner's key, named by
+/// `foreign_key`: its Rust name, or the name serde stores it under. Reports a missing field,
+/// and a name that is one field's Rust name and another's stored name.
+fn own_foreign_key(
+    me: &str,
+    target: &str,
+    r: &RelationAttr,
+    foreign_key: &str,
+    fields: &[Field],
+    errors: &mut darling::error::Accumulator,
+) -> Option<usize> {
+    let by_rust = fields.iter().position(|f| f.rust_name() == foreign_key);
+    let by_stored = fields.iter().position(|f| f.stored == foreign_key);
+    match (by_rust, by_stored) {
+        (Some(a), Some(b)) if a != b => {
+            errors.push(
+                Error::custom(format!(
+                    "`{foreign_key}` is the field `{foreign_key}` (stored as `{}`) and the stored \
+                     name of the field `{}`: rename one of them so that `foreign_key` names one \
+                     field",
+                    fields[a].stored,
+                    fields[b].rust_name()
+                ))
+                .with_span(&r.foreign_key.as_ref().map_or(r.span, |f| f.span())),
+            );
+            None
+        }
+        (Some(i), _) | (None, Some(i)) => Some(i),
+        (None, None) => {
+            let hint = if r.foreign_key.is_some() {
+                format!("add a field `{foreign_key}: Option<remodel::model::Id>` to `{me}`")
+            } else {
+                format!(
+                    "add a field `{foreign_key}: Option<remodel::model::Id>` to `{me}`, or \
+                     name the field that holds the key with `foreign_key = \"..\"`"
+                )
+            };
+            errors.push(
+                Error::custom(format!(
+                    "belongs_to({target}) needs a foreign-key field: {hint}"
+                ))
+                .with_span(&r.span),
+            );
+            None
+        }
+    }
+}
+
 fn foreign_key_of(target: &str) -> String {
     foreign_key(target)
 }
 
-/// Rule: the primary key and belongs_to foreign keys are stored fields (not `serde(skip)`).
+/// Rule: the primary key and belongs_to foreign keys are stored fields (not `serde(skip)`),
+/// stored as their type serialises (not by a serde `with` function): keys are looked up,
+/// compared and copied as the key type serialises, so a key stored otherwise is never found.
 fn rule_keys_are_stored(
     fields: &[Field],
     primary_key: Option<usize>,
@@ -482,13 +583,27 @@ fn rule_keys_are_stored(
         .into_iter()
         .chain(rels.iter().filter_map(|r| r.own_field));
     for i in keys {
-        if fields[i].skipped {
+        let f = &fields[i];
+        if f.skipped {
             errors.push(
                 Error::custom(format!(
                     "`{}` is a key, so it must be stored: remove its `#[serde(skip..)]`",
-                    fields[i].ident
+                    f.ident
                 ))
-                .with_span(&fields[i].ident),
+                .with_span(&f.ident),
+            );
+        }
+        if let Some(span) = f.custom {
+            errors.push(
+                Error::custom(format!(
+                    "`{}` is a key, so serde must write and read it as its type does: keys are \
+                     looked up and copied as their type serialises, which would not meet what a \
+                     `with` / `serialize_with` / `deserialize_with` function stores; remove the \
+                     function (a newtype key with its own `Serialize` / `Deserialize` can change \
+                     how it is stored)",
+                    f.ident
+                ))
+                .with_span(&span),
             );
         }
     }

@@ -1,7 +1,7 @@
 //! Typed field names: a field of model `M` holding a `T`, to build predicates and orders.
 
-use super::Id;
-use crate::{Order, Predicate};
+use super::{Id, Model, ModelError, RelationKind, Schema};
+use crate::{Order, Predicate, Result};
 use serde::Serialize;
 use serde_json::Value;
 use std::fmt;
@@ -10,6 +10,13 @@ use std::marker::PhantomData;
 /// A field of model `M` whose Rust type is `T`, from the derive's `<Model>Fields` struct:
 /// `Crewmember::fields().species.eq("human")`. A misspelt field is a compile error, and the
 /// value's type is checked against the field's.
+///
+/// A comparison with `None` (`f.sector.eq(None::<String>)`) holds of the rows that read as
+/// `None`: those storing `null` and those without the field (`skip_serializing_if`, rows of
+/// an older version), like [`Field::is_null`]; `ne(None)` is [`Field::exists`]. A value JSON
+/// cannot hold (a NaN or infinite float, an `i128` / `u128` past 64 bits) makes a predicate
+/// that fails the query with [`crate::Error::InvalidQuery`] when it runs, never a comparison
+/// with `null`.
 ///
 /// ```
 /// use remodel::model::{Field, Id};
@@ -44,28 +51,45 @@ impl<M, T> fmt::Debug for Field<M, T> {
     }
 }
 
-/// A value as JSON. Serializing a plain value cannot fail except for maps with non-string
-/// keys, which no comparison can use: those compare as `null`.
-fn json<V: Serialize>(v: V) -> Value {
-    serde_json::to_value(v).unwrap_or(Value::Null)
+/// A value as JSON, or an error for one JSON cannot hold: serde_json refuses integers past
+/// 64 bits, and writes a NaN or infinite float as `null`, which a comparison would then
+/// use in its place (every number is greater than `null`), so such floats are looked for.
+fn json<V: Serialize>(v: V) -> Result<Value> {
+    let invalid = |e: &dyn fmt::Display| crate::Error::from(ModelError::Invalid(e.to_string()));
+    let value = serde_json::to_value(&v).map_err(|e| invalid(&e))?;
+    if has_null(&value) {
+        super::finite::check(&v).map_err(|e| invalid(&e))?;
+    }
+    Ok(value)
+}
+
+/// Whether `v` holds a `null` anywhere (where a non-finite float may have become one).
+fn has_null(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Array(a) => a.iter().any(has_null),
+        Value::Object(m) => m.values().any(has_null),
+        _ => false,
+    }
 }
 
 /// A value that can be compared with a field holding a `T`: a `T`, a `T` for an
 /// `Option<T>` field, and `&str` / `&Id` / `&String` where the field holds a `String` or an
 /// [`Id`]. Integer and float literals take the field's type.
 pub trait FieldValue<T> {
-    /// The value as JSON.
-    fn into_json(self) -> Value;
+    /// The value as JSON; [`ModelError::Invalid`] for a value JSON cannot hold (a NaN or
+    /// infinite float, an integer past 64 bits).
+    fn into_json(self) -> Result<Value>;
 }
 
 impl<T: Serialize> FieldValue<T> for T {
-    fn into_json(self) -> Value {
+    fn into_json(self) -> Result<Value> {
         json(self)
     }
 }
 
 impl<T: Serialize> FieldValue<Option<T>> for T {
-    fn into_json(self) -> Value {
+    fn into_json(self) -> Result<Value> {
         json(self)
     }
 }
@@ -73,7 +97,7 @@ impl<T: Serialize> FieldValue<Option<T>> for T {
 macro_rules! borrowed {
     ($($from:ty => $to:ty),*) => {$(
         impl FieldValue<$to> for $from {
-            fn into_json(self) -> Value {
+            fn into_json(self) -> Result<Value> {
                 json(self)
             }
         }
@@ -89,14 +113,14 @@ macro_rules! comparisons {
     ($($(#[$doc:meta])* $name:ident),*) => {$(
         $(#[$doc])*
         pub fn $name(self, value: impl FieldValue<T>) -> Predicate {
-            self.raw().$name(value.into_json())
+            self.compare(value, stringify!($name), |f, v| f.$name(v))
         }
     )*};
 }
 
 impl<M, T> Field<M, T> {
-    /// The stored name of the field (also the name of its index, when it has one).
-    pub fn name(&self) -> &'static str {
+    /// The stored name of the field.
+    pub const fn name(&self) -> &'static str {
         self.name
     }
 }
@@ -120,11 +144,45 @@ impl<M, T: Serialize> Field<M, T> {
         crate::field(format!("{}.{sub}", self.name))
     }
 
+    /// `op(field, value)`, or a predicate that fails the query when `value` has no JSON form.
+    fn compare(
+        self,
+        value: impl FieldValue<T>,
+        what: &str,
+        op: impl FnOnce(crate::Field, Value) -> Predicate,
+    ) -> Predicate {
+        match value.into_json() {
+            Ok(v) => op(self.raw(), v),
+            Err(e) => Predicate::Invalid {
+                reason: format!(
+                    "`{}` cannot be compared ({what}) with this value: {e}",
+                    self.name
+                ),
+            },
+        }
+    }
+
+    /// `field == value`. With `None` (a `null`): the field is null or missing, as
+    /// [`Field::is_null`], since a row without the field reads as `None` too.
+    pub fn eq(self, value: impl FieldValue<T>) -> Predicate {
+        self.compare(
+            value,
+            "eq",
+            |f, v| if v.is_null() { !f.exists() } else { f.eq(v) },
+        )
+    }
+
+    /// `field != value`. With `None` (a `null`): the field is there and not null, as
+    /// [`Field::exists`].
+    pub fn ne(self, value: impl FieldValue<T>) -> Predicate {
+        self.compare(
+            value,
+            "ne",
+            |f, v| if v.is_null() { f.exists() } else { f.ne(v) },
+        )
+    }
+
     comparisons! {
-        /// `field == value`
-        eq,
-        /// `field != value`
-        ne,
         /// `field < value`
         lt,
         /// `field <= value`
@@ -136,12 +194,20 @@ impl<M, T: Serialize> Field<M, T> {
     }
 
     /// An assignment of this field, for [`super::ModelQuery::update`]:
-    /// `q.update(f.rank.set("captain").and(f.ship_id.set(None::<Id>)))`.
+    /// `q.update(f.rank.set("captain").and(f.ship_id.set(None::<Id>)))`. A value JSON
+    /// cannot hold fails the update with [`ModelError::Invalid`], and nothing is written.
     pub fn set(self, value: impl FieldValue<T>) -> Set<M> {
         let mut fields = serde_json::Map::new();
-        fields.insert(self.name.to_string(), value.into_json());
+        let error = match value.into_json() {
+            Ok(v) => {
+                fields.insert(self.name.to_string(), v);
+                None
+            }
+            Err(e) => Some(format!("`{}` cannot be set to this value: {e}", self.name)),
+        };
         Set {
             fields,
+            error,
             _model: PhantomData,
         }
     }
@@ -163,12 +229,8 @@ impl<M, T: Serialize> Field<M, T> {
         !self.raw().exists()
     }
 
-    /// Ascending order of the field's index (the index `#[remodel(index)]` made).
-    pub fn index(self) -> Order {
-        Order::index(self.name)
-    }
-
-    /// Ascending order of the field, sorted in memory.
+    /// Ascending order of the field, sorted in memory. Rows without the field (or with
+    /// `null`) are kept, and come last.
     pub fn asc(self) -> Order {
         crate::asc(self.name)
     }
@@ -179,10 +241,71 @@ impl<M, T: Serialize> Field<M, T> {
     }
 }
 
+impl<M: Model, T> Field<M, T> {
+    /// Ascending order of the field's own index, read from the index: the one
+    /// `#[remodel(index)]` (or `index(multi)`, or `index(name = "..")`, by that name) made on
+    /// this field, the index of a relation's foreign key, or the primary key. Chain `.desc()`
+    /// for descending.
+    ///
+    /// **Rows whose value is `null` or missing are not in the order**: an index leaves them
+    /// out (as RethinkDB's do), so for an `Option` field the rows holding `None` are not
+    /// returned. Use [`Field::asc`] (sorted in memory) to keep every row.
+    ///
+    /// A field without an index of its own fails the query with
+    /// [`crate::Error::NoSuchIndex`] when it runs, never ordering by another field's index.
+    pub fn index(self) -> Order {
+        match own_index(M::schema(), self.name) {
+            Some(index) => Order::index(index),
+            // Index names are ASCII letters, digits and `_` only, so this names no index the
+            // store can have: the query fails with NoSuchIndex, naming what is missing.
+            None => Order::index(format!("{} (the field has no index of its own)", self.name)),
+        }
+    }
+}
+
+/// The name of the index of the field stored as `field` in `schema`'s table: its declared
+/// simple or multi index, the primary key, or the index a relation made on it (a belongs_to
+/// of this model, or a has_many / has_one of any registered model pointing here).
+fn own_index(schema: &'static Schema, field: &str) -> Option<&'static str> {
+    if schema.primary_key == field {
+        return Some(schema.primary_key);
+    }
+    let declared = schema
+        .indexes
+        .iter()
+        .find(|ix| ix.kind != super::IndexKind::Compound && ix.paths == [field]);
+    if let Some(ix) = declared {
+        return Some(ix.name);
+    }
+    let belongs_to = schema
+        .relations
+        .iter()
+        .find(|r| r.kind == RelationKind::BelongsTo && r.foreign_key == field);
+    if let Some(r) = belongs_to {
+        return Some(r.foreign_key);
+    }
+    super::registered().into_iter().find_map(|owner| {
+        owner
+            .relations
+            .iter()
+            .find(|r| {
+                matches!(r.kind, RelationKind::HasMany | RelationKind::HasOne)
+                    && r.foreign_key == field
+                    && std::ptr::eq(r.target(), schema)
+            })
+            .map(|r| r.foreign_key)
+    })
+}
+
 impl<M, E: Serialize> Field<M, Vec<E>> {
     /// The array field has an element equal to `value`.
     pub fn contains(self, value: impl FieldValue<E>) -> Predicate {
-        self.raw().contains(value.into_json())
+        match value.into_json() {
+            Ok(v) => self.raw().contains(v),
+            Err(e) => Predicate::Invalid {
+                reason: format!("`{}` cannot be searched for this value: {e}", self.name),
+            },
+        }
     }
 }
 
@@ -203,6 +326,8 @@ impl<M> Field<M, String> {
 #[must_use = "an assignment does nothing until it is given to `update`"]
 pub struct Set<M> {
     fields: serde_json::Map<String, Value>,
+    /// Why an assignment has no value to write (a value JSON cannot hold): the update fails.
+    error: Option<String>,
     _model: PhantomData<fn() -> M>,
 }
 
@@ -210,12 +335,17 @@ impl<M> Set<M> {
     /// This assignment and another (of the same model; the later wins for one field).
     pub fn and(mut self, other: Set<M>) -> Set<M> {
         self.fields.extend(other.fields);
+        self.error = self.error.or(other.error);
         self
     }
 
-    /// The assignments as a merge patch of the stored documents.
-    pub(crate) fn into_patch(self) -> crate::Patch {
-        crate::Patch::merge(Value::Object(self.fields))
+    /// The assignments as a merge patch of the stored documents; [`ModelError::Invalid`]
+    /// when one of them has a value JSON cannot hold.
+    pub(crate) fn into_patch(self) -> Result<crate::Patch> {
+        match self.error {
+            Some(e) => Err(ModelError::Invalid(e).into()),
+            None => Ok(crate::Patch::merge(Value::Object(self.fields))),
+        }
     }
 }
 

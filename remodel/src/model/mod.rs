@@ -47,12 +47,18 @@
 //! | struct | `index(name = "..", fields(a, b))` | a compound index |
 //! | struct | `callbacks` | the hooks call the model's [`Callbacks`] impl |
 //! | field | `primary_key` | the primary key (default: the field `id`) |
-//! | field | `index`, `index(multi)`, `index(name = "..", path = "nested.path")` | a secondary index (named after the field) |
+//! | field | `index`, `index(multi)`, `index(name = "..", path = "nested.path")` | a secondary index (named after the field unless `name` is given; [`Field::index`] finds it either way) |
 //!
 //! `on_delete` is `"nullify"` (default), `"cascade"` or `"restrict"`. Foreign keys are
-//! indexed for you. serde's `rename` on a field is followed, `skip` makes a field unstored,
-//! `flatten` and `rename_all` are refused. Every mistake is a compile error at the attribute
-//! that says what to write instead.
+//! indexed for you, and named by the field's Rust name (a belongs_to's also by its stored
+//! name). serde's `rename` on a field is followed (in both its forms; not a name with `.`),
+//! `skip` makes a field unstored, `flatten` and `rename_all` are refused; a field with
+//! `with` / `serialize_with` / `deserialize_with` is stored as its function writes it, so it
+//! cannot be a key or indexed and has no typed field name (see the derive's docs). Every
+//! mistake is a compile error at the attribute that says what to write instead.
+//!
+//! Two models share a table only when both name it with `table = ".."` (two versions of a
+//! model); two whose default names meet are refused by [`create_schema`].
 //!
 //! ## What a model can do
 //!
@@ -102,6 +108,7 @@ mod codec;
 mod error;
 mod feed;
 mod field;
+mod finite;
 mod load;
 mod query;
 mod relation;
@@ -328,8 +335,16 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
     /// The model's table, key, indexes and relations.
     fn schema() -> &'static Schema;
 
+    /// The typed field names, as a constant (what [`Model::fields`] returns). The derive
+    /// reads a related model's stored field names from it when it builds a schema.
+    const FIELDS: Self::Fields;
+
     /// The typed field names, for predicates: `Crewmember::fields().species.eq("human")`.
-    fn fields() -> Self::Fields;
+    /// Every stored field has one, except a field stored by a serde `with`,
+    /// `serialize_with` or `deserialize_with` function (see the derive's docs).
+    fn fields() -> Self::Fields {
+        Self::FIELDS
+    }
 
     /// The model's key type: the primary-key field's own type (`u64`, `String`, a
     /// newtype), or `T` for an `Option<T>` field ([`Id`] for generated keys). [`Model::get`],
@@ -489,7 +504,7 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
             }
             let mut model = make();
             model.before_save(&db).await?;
-            codec::ensure_key(&mut model)?;
+            key_or_generated(&mut model)?;
             let doc = codec::to_doc(&model)?;
             let schema = Self::schema();
             let raw = q.raw()?;
@@ -507,18 +522,18 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
         ModelChanges::new(Ok(Self::table(db).changes()))
     }
 
-    /// Inserts the model and returns it saved, with its key (generated when it had none).
+    /// Inserts the model and returns it saved, with its key (generated when it had none:
+    /// an [`Id`], so a key field that cannot hold one, like an `Option<u64>`, must be given
+    /// its key, or the create is [`ModelError::Invalid`] and nothing is written).
     /// A model whose key exists already is an error ([`Error::KeyConflict`]).
     fn create(mut self, db: &Database) -> impl Future<Output = Result<Self>> + Send {
         let table = Self::table(db);
         let db = db.clone();
         async move {
             self.before_save(&db).await?;
+            key_or_generated(&mut self)?;
             let doc = codec::to_doc(&self)?;
-            let result = table.insert(doc).await?.check()?;
-            if let Some(key) = result.generated_keys.into_iter().next() {
-                self.set_key(key)?;
-            }
+            table.insert(doc).await?.check()?;
             self.after_save();
             Ok(self)
         }
@@ -532,15 +547,21 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
         let db = db.clone();
         async move {
             self.before_save(&db).await?;
-            let doc = codec::to_doc(self)?;
             match self.key_value() {
                 None => {
-                    let result = table.insert(doc).await?.check()?;
-                    if let Some(key) = result.generated_keys.into_iter().next() {
-                        self.set_key(key)?;
+                    key_or_generated(self)?;
+                    let written = match codec::to_doc(self) {
+                        Ok(doc) => table.insert(doc).await.and_then(|r| r.check()),
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = written {
+                        // Not stored: the model stays unsaved, as it was.
+                        self.clear_key();
+                        return Err(e);
                     }
                 }
                 Some(_) => {
+                    let doc = codec::to_doc(self)?;
                     let schema = Self::schema();
                     table
                         .insert(doc)
@@ -661,6 +682,31 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
     /// The document the model is stored as.
     fn to_json(&self) -> Result<Value> {
         codec::to_doc(self)
+    }
+}
+
+/// The model's key, generated (an [`Id`]) when it has none, before anything is written:
+/// the store would generate the same kind of key, and a model whose key field cannot hold
+/// it (an `Option<u64>`) would be committed and then fail to read its own key back. Such a
+/// model is refused here with [`ModelError::Invalid`] saying to give it a key.
+pub(crate) fn key_or_generated<T: Model>(model: &mut T) -> Result<Value> {
+    if let Some(key) = model.key_value() {
+        return Ok(key);
+    }
+    let key = Value::from(Id::generate());
+    match model.set_key(key.clone()) {
+        Ok(()) => Ok(key),
+        Err(Error::Model(ModelError::Decode { reason, .. })) => {
+            let schema = T::schema();
+            Err(ModelError::Invalid(format!(
+                "this {} has no key, and its key field `{}` cannot hold a generated one (a \
+                 UUID string: {reason}): give it its key before writing it, or make the field \
+                 an `Option<Id>`",
+                schema.model, schema.primary_key
+            ))
+            .into())
+        }
+        Err(e) => Err(e),
     }
 }
 

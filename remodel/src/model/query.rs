@@ -446,7 +446,7 @@ impl<T: Model> ModelQuery<T> {
         let r = self
             .db
             .batch()
-            .update_where(&q, set.into_patch())
+            .update_where(&q, set.into_patch()?)
             .await?
             .check()?;
         Ok(r.replaced)

@@ -11,6 +11,11 @@ pub struct Schema {
     pub model: &'static str,
     /// The table.
     pub table: &'static str,
+    /// Whether the table was named with `#[remodel(table = "..")]` rather than derived from
+    /// the type's name. Two models may share a table only when both name it (schema
+    /// evolution: two versions of one model); two models whose default names meet (the same
+    /// struct name in two modules) are refused by [`SchemaSet::plan`].
+    pub named_table: bool,
     /// The primary key's stored field name.
     pub primary_key: &'static str,
     /// Every stored field name of the struct.
@@ -248,8 +253,11 @@ impl SchemaSet {
     }
 
     /// The tables (models' and join tables) with their indexes, checking that every
-    /// relation's target is in the set.
+    /// relation's target is in the set, and that two models share a table only when both
+    /// named it with `table = ".."` ([`ModelError::Invalid`] otherwise: two structs of the
+    /// same name in two modules would silently read and write each other's rows).
     pub fn plan(&self) -> Result<Vec<TablePlan>> {
+        self.check_shared_tables()?;
         let mut tables: Vec<TablePlan> = Vec::new();
         fn table<'a>(
             tables: &'a mut Vec<TablePlan>,
@@ -331,6 +339,35 @@ impl SchemaSet {
             }
         }
         Ok(tables)
+    }
+
+    /// Refuses two models on one table unless both named it (see [`Schema::named_table`]).
+    fn check_shared_tables(&self) -> Result<()> {
+        for (i, m) in self.models.iter().enumerate() {
+            let Some(other) = self.models[..i].iter().find(|o| o.table == m.table) else {
+                continue;
+            };
+            if m.named_table && other.named_table {
+                continue;
+            }
+            let how = |s: &Schema| {
+                let why = if s.named_table {
+                    "named with `table = \"..\"`"
+                } else {
+                    "the default name of its type"
+                };
+                format!("`{}` ({why})", s.model)
+            };
+            return Err(ModelError::Invalid(format!(
+                "two models use the table `{}`: {} and {}; give one a table of its own with \
+                 `#[remodel(table = \"..\")]`, or name the table on both to share it on purpose",
+                m.table,
+                how(other),
+                how(m)
+            ))
+            .into());
+        }
+        Ok(())
     }
 
     /// Creates every table and index the set needs; what exists already is left as it is,

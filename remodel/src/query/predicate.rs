@@ -53,6 +53,10 @@ pub enum Predicate {
     Or { any: Vec<Predicate> },
     /// The condition does not hold.
     Not { not: Box<Predicate> },
+    /// A condition that could not be built (a typed field compared with a value JSON cannot
+    /// hold, like a NaN or an `i128` past 64 bits): running a query with it is
+    /// [`Error::InvalidQuery`] with `reason`, rather than a comparison with something else.
+    Invalid { reason: String },
 }
 
 /// A field of a document, to build predicates: `field("address.city").eq("Paris")`.
@@ -212,6 +216,7 @@ impl Predicate {
                     .collect::<Result<_>>()?,
             ),
             Predicate::Not { not } => Compiled::Not(Box::new(not.compile_checked()?)),
+            Predicate::Invalid { reason } => return Err(Error::query(reason.clone())),
         })
     }
 }
@@ -231,7 +236,7 @@ fn deeper_than(p: &Predicate, limit: usize) -> bool {
         Predicate::StartsWith { prefix: value, .. } | Predicate::Matches { pattern: value, .. } => {
             value_deeper(value, MAX_DEPTH)
         }
-        Predicate::HasFields { .. } => false,
+        Predicate::HasFields { .. } | Predicate::Invalid { .. } => false,
         Predicate::And { all: ps } | Predicate::Or { any: ps } => {
             limit == 0 || ps.iter().any(|p| deeper_than(p, limit - 1))
         }
@@ -263,7 +268,7 @@ pub(crate) fn drop_deep(p: Predicate) {
             | Predicate::Contains { value, .. }
             | Predicate::StartsWith { prefix: value, .. }
             | Predicate::Matches { pattern: value, .. } => crate::value::drop_deep(value),
-            Predicate::HasFields { .. } => {}
+            Predicate::HasFields { .. } | Predicate::Invalid { .. } => {}
             Predicate::And { all: ps } | Predicate::Or { any: ps } => stack.extend(ps),
             Predicate::Not { not } => stack.push(*not),
         }
@@ -418,6 +423,13 @@ mod tests {
         assert!(matches!(
             field("a..b").eq(1).compile(),
             Err(Error::InvalidName { .. })
+        ));
+        let invalid = Predicate::Invalid {
+            reason: "no operand".into(),
+        };
+        assert!(matches!(
+            field("a").eq(1).or(!invalid).compile(),
+            Err(Error::InvalidQuery(m)) if m == "no operand"
         ));
     }
 
