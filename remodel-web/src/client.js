@@ -6,8 +6,6 @@
 const STABLE_MS = 5000;
 /** Assumed until the server's `hello` says otherwise (so the first pings go every 10 s). */
 const DEFAULT_IDLE_MS = 30000;
-/** The longest frame the server takes, until its `hello` says otherwise. */
-const DEFAULT_MAX_FRAME_BYTES = 64 * 1024;
 /** The longest a timer can wait (setInterval takes a signed 32-bit delay). */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 /** Connection attempts refused in a row (never opened) before the page is told. */
@@ -266,7 +264,7 @@ class Live {
     this._calls = new Map(); // id -> {frame, text, resolve, reject, sent}; unsent ones are queued
     this._nextCall = 1;
     this._maxQueued = options.maxQueuedCalls ?? 20;
-    this._maxFrame = DEFAULT_MAX_FRAME_BYTES;
+    this._maxFrame = null; // the server's frame limit, once a `hello` said it
     this._refused = 0; // attempts in a row that closed before they opened
     this._ws = null;
     this._isLive = false; // the socket is open
@@ -310,8 +308,12 @@ class Live {
     // the caller rather than on every reconnect.
     sub._frame = JSON.stringify({ op: 'sub', id: sub.id, name, params });
     if (this._closed) sub.error = { code: 'closed', message: 'the connection was closed' };
-    else if (this._tooLarge(sub._frame)) sub.error = this._tooLargeError();
-    else { this._subs.set(sub.id, sub); this._sendSub(sub); }
+    else if (this._tooLarge(sub._frame)) {
+      // Said through `onUpdate` too, as a refusal from the server would be (after this
+      // call returns, so that the page holds the subscription when it hears of it).
+      sub.error = this._tooLargeError();
+      queueMicrotask(() => sub._changed());
+    } else { this._subs.set(sub.id, sub); this._sendSub(sub); }
     return sub;
   }
 
@@ -348,7 +350,9 @@ class Live {
     });
   }
 
-  _tooLarge(text) { return utf8Length(text) > this._maxFrame; }
+  // Only once the server said its limit: before that, the server decides (a frame it
+  // refuses closes the connection, and after the reconnect the limit is known).
+  _tooLarge(text) { return this._maxFrame != null && utf8Length(text) > this._maxFrame; }
   _tooLargeError() {
     return { code: 'frame_too_large', message: `frames are at most ${this._maxFrame} bytes` };
   }
@@ -399,7 +403,9 @@ class Live {
     this._idleMs = DEFAULT_IDLE_MS;
     this._startPing();
     // Resume every open subscription under its id, from its last cursor.
-    for (const sub of [...this._subs.values()]) this._sendSub(sub);
+    // (A copy: a subscription ended here may make the page close others, which are then
+    // not sent.)
+    for (const sub of [...this._subs.values()]) if (this._subs.get(sub.id) === sub) this._sendSub(sub);
     for (const c of this._calls.values()) if (!c.sent) { c.sent = true; this._sendText(c.text); }
     this._updateState();
   }

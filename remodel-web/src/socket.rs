@@ -94,7 +94,12 @@ struct Bucket {
 
 impl Bucket {
     fn new(rate: u32, burst: u32) -> Self {
-        let burst = f64::from(rate.max(burst));
+        // A rate of 0 allows nothing, burst or not.
+        let burst = if rate == 0 {
+            0.0
+        } else {
+            f64::from(rate.max(burst))
+        };
         Bucket {
             rate: f64::from(rate),
             burst,

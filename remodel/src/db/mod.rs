@@ -308,19 +308,17 @@ impl Database {
 
     /// Creates a table in this process's store (checked names).
     pub(crate) async fn create_table_local(&self, name: &str, primary_key: &str) -> Result<()> {
-        let _ddl = self.inner.ddl.lock().await;
+        let (db, name, key) = (self.clone(), name.to_string(), primary_key.to_string());
+        ddl_task(move || db.create_table_blocking(&name, &key)).await
+    }
+
+    /// [`Database::create_table_local`], on a blocking thread.
+    fn create_table_blocking(&self, name: &str, primary_key: &str) -> Result<()> {
+        let _ddl = self.inner.ddl.blocking_lock();
         self.check_open()?;
         if self.inner.tables.read().contains_key(name) {
             return Err(Error::TableExists(name.to_string()));
         }
-        // Storage work and the commit lock: on a blocking thread, never an async worker.
-        let (db, name_owned, key) = (self.clone(), name.to_string(), primary_key.to_string());
-        spawn_blocking(move || db.create_table_blocking(&name_owned, &key)).await?;
-        self.inner.storage.flush().await
-    }
-
-    /// The storage side of [`Database::create_table_local`], under its DDL lock.
-    fn create_table_blocking(&self, name: &str, primary_key: &str) -> Result<()> {
         let tree_name = docs_tree_name(name);
         // A tree left behind by a crash in the middle of a drop is cleared first.
         self.inner.storage.drop_tree(&tree_name)?;
@@ -339,7 +337,7 @@ impl Database {
         }
         self.save_meta(&table)?;
         self.inner.tables.write().insert(name.to_string(), table);
-        Ok(())
+        self.inner.storage.flush_blocking()
     }
 
     /// Ends every feed of every table with `why` (the store stays open): for a replica
@@ -393,36 +391,30 @@ impl Database {
 
     /// Drops a table of this process's store.
     pub(crate) async fn drop_table_local(&self, name: &str) -> Result<()> {
-        let _ddl = self.inner.ddl.lock().await;
+        let (db, name) = (self.clone(), name.to_string());
+        ddl_task(move || db.drop_table_blocking(&name)).await
+    }
+
+    /// [`Database::drop_table_local`], on a blocking thread.
+    fn drop_table_blocking(&self, name: &str) -> Result<()> {
+        let _ddl = self.inner.ddl.blocking_lock();
         let table = self.table_state(name)?;
-        let (db, dropped, name_owned) = (self.clone(), table.clone(), name.to_string());
-        spawn_blocking(move || {
+        {
             // Under the commit lock, so that no write is half-way through this table.
-            let _w = db.inner.writer.lock();
-            db.inner.tables.write().remove(&name_owned);
-            dropped.mark_dropped();
-            db.inner.catalog_remove(&name_owned)
-        })
-        .await?;
+            let _w = self.inner.writer.lock();
+            self.inner.tables.write().remove(name);
+            table.mark_dropped();
+            self.inner.catalog_remove(name)?;
+        }
         if let Some(sink) = self.inner.sink() {
             sink.table_dropped(name, &format!("table `{name}` was dropped"));
         }
-        let storage = self.inner.storage.clone();
-        let indexes: Vec<String> = table
-            .indexes
-            .read()
-            .iter()
-            .map(|i| i.name.clone())
-            .collect();
-        let name = name.to_string();
-        spawn_blocking(move || {
-            storage.drop_tree(&docs_tree_name(&name))?;
-            for ix in indexes {
-                storage.drop_tree(&index_tree_name(&name, &ix))?;
-            }
-            storage.flush_blocking()
-        })
-        .await
+        let storage = &self.inner.storage;
+        storage.drop_tree(&docs_tree_name(name))?;
+        for ix in table.indexes.read().iter() {
+            storage.drop_tree(&index_tree_name(name, &ix.name))?;
+        }
+        storage.flush_blocking()
     }
 
     /// The names of all tables, sorted.
@@ -491,32 +483,9 @@ impl Database {
         name: &str,
         spec: IndexSpec,
     ) -> Result<()> {
-        let (t, ix) = {
-            let _ddl = self.inner.ddl.lock().await;
-            let t = self.table_state(table)?;
-            if name == t.primary_key || t.indexes.read().iter().any(|i| i.name == name) {
-                return Err(Error::IndexExists {
-                    table: table.to_string(),
-                    index: name.to_string(),
-                });
-            }
-            let (db, name) = (self.clone(), name.to_string());
-            spawn_blocking(move || {
-                let tree_name = index_tree_name(&t.name, &name);
-                db.inner.storage.drop_tree(&tree_name)?;
-                let tree = db.inner.index_tree(&t.name, &name)?;
-                let ix = Arc::new(IndexState::new(name, spec, tree, false)?);
-                // From here on every write maintains the new index; the backfill below adds
-                // the documents that were there before.
-                let _w = db.inner.writer.lock();
-                t.indexes.write().push(ix.clone());
-                db.save_meta(&t)?;
-                Ok((t.clone(), ix))
-            })
-            .await?
-        };
-        let db = self.clone();
-        spawn_blocking(move || {
+        let (db, table, name) = (self.clone(), table.to_string(), name.to_string());
+        ddl_task(move || {
+            let (t, ix) = db.add_index_blocking(&table, name, spec)?;
             let built = db.backfill_blocking(&t, &ix);
             if built.is_err() {
                 // A failed build must not stay in the catalog (the next open would try it
@@ -526,6 +495,33 @@ impl Database {
             built
         })
         .await
+    }
+
+    /// Adds an empty index, not ready, that every write maintains from now on (the
+    /// backfill adds the documents that were there before), under the DDL lock.
+    fn add_index_blocking(
+        &self,
+        table: &str,
+        name: String,
+        spec: IndexSpec,
+    ) -> Result<(Arc<TableState>, Arc<IndexState>)> {
+        let _ddl = self.inner.ddl.blocking_lock();
+        let t = self.table_state(table)?;
+        if name == t.primary_key || t.indexes.read().iter().any(|i| i.name == name) {
+            return Err(Error::IndexExists {
+                table: table.to_string(),
+                index: name,
+            });
+        }
+        self.inner
+            .storage
+            .drop_tree(&index_tree_name(table, &name))?;
+        let tree = self.inner.index_tree(table, &name)?;
+        let ix = Arc::new(IndexState::new(name, spec, tree, false)?);
+        let _w = self.inner.writer.lock();
+        t.indexes.write().push(ix.clone());
+        self.save_meta(&t)?;
+        Ok((t, ix))
     }
 
     /// Removes an index whose build failed: from the table, the catalog and storage. Does
@@ -636,24 +632,28 @@ impl Database {
 
     /// Drops an index of this process's store.
     pub(crate) async fn drop_index_local(&self, table: &str, name: &str) -> Result<()> {
-        let _ddl = self.inner.ddl.lock().await;
+        let (db, table, name) = (self.clone(), table.to_string(), name.to_string());
+        ddl_task(move || db.drop_index_blocking(&table, &name)).await
+    }
+
+    /// [`Database::drop_index_local`], on a blocking thread.
+    fn drop_index_blocking(&self, table: &str, name: &str) -> Result<()> {
+        let _ddl = self.inner.ddl.blocking_lock();
         let t = self.table_state(table)?;
-        let (db, name_owned) = (self.clone(), name.to_string());
-        spawn_blocking(move || {
-            let _w = db.inner.writer.lock();
+        {
+            let _w = self.inner.writer.lock();
             let mut list = t.indexes.write();
-            let pos = list
-                .iter()
-                .position(|i| i.name == name_owned)
-                .ok_or_else(|| Error::NoSuchIndex {
-                    table: t.name.clone(),
-                    index: name_owned.clone(),
-                })?;
+            let pos =
+                list.iter()
+                    .position(|i| i.name == name)
+                    .ok_or_else(|| Error::NoSuchIndex {
+                        table: table.to_string(),
+                        index: name.to_string(),
+                    })?;
             list.remove(pos).mark_dropped();
             drop(list);
-            db.save_meta(&t)
-        })
-        .await?;
+            self.save_meta(&t)?;
+        }
         if let Some(sink) = self.inner.sink() {
             sink.index_dropped(
                 table,
@@ -661,13 +661,10 @@ impl Database {
                 &format!("index `{name}` of table `{table}` was dropped"),
             );
         }
-        let storage = self.inner.storage.clone();
-        let tree = index_tree_name(table, name);
-        spawn_blocking(move || {
-            storage.drop_tree(&tree)?;
-            storage.flush_blocking()
-        })
-        .await
+        self.inner
+            .storage
+            .drop_tree(&index_tree_name(table, name))?;
+        self.inner.storage.flush_blocking()
     }
 
     /// The name and spec of every secondary index of `table`, from the catalog in memory
@@ -756,17 +753,24 @@ impl Database {
         // Under the commit lock, where feeds are set up: a feed either sees the database
         // closed, or is registered before `abort_all` below ends it. (Waited for on a
         // blocking thread: a large commit may hold it.)
+        // Marked closed and the feeds ended in one task, which runs to its end even if the
+        // caller stops waiting: a later close must not find the flag set with feeds open.
         let db = self.clone();
-        let was_closed = spawn_blocking(move || {
-            let _w = db.inner.writer.lock();
-            Ok(db.inner.closed.swap(true, Ordering::AcqRel))
+        let was_closed = ddl_task(move || {
+            {
+                let _w = db.inner.writer.lock();
+                if db.inner.closed.swap(true, Ordering::AcqRel) {
+                    return Ok(true);
+                }
+            }
+            if let Some(sink) = db.inner.sink() {
+                sink.closed("the database was closed");
+            }
+            Ok(false)
         })
         .await?;
         if was_closed {
             return Ok(());
-        }
-        if let Some(sink) = self.inner.sink() {
-            sink.closed("the database was closed");
         }
         if let Some(b) = self.backend() {
             b.close().await?;
@@ -935,6 +939,14 @@ pub(crate) fn check_not_in_patch() -> Result<()> {
     } else {
         Ok(())
     }
+}
+
+/// Runs a schema change (or a close) on a blocking thread, whole: it takes the DDL lock
+/// there and does all its work (the commit lock, storage, ending feeds) in that one task,
+/// which runs to its end even when the caller stops waiting for it (a dropped future), so
+/// no change is ever left half-done, and no async worker waits on a lock or on storage.
+async fn ddl_task<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    spawn_blocking(f).await
 }
 
 /// Runs blocking storage work off the async worker threads.

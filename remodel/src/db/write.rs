@@ -627,7 +627,7 @@ impl DbInner {
         for (table, key, (old, new, rewritten)) in staged {
             // Each write was already compared with the value it replaced; only a key written
             // twice can come back to where it started.
-            if same(&old, &new) || (rewritten && old == new) {
+            if same(&old, &new) || (rewritten && identical_staged(&old, &new)) {
                 continue;
             }
             *seq += 1;
@@ -746,7 +746,7 @@ impl DbInner {
         let mut changes = Vec::new();
         let mut checks = Vec::new();
         for (t, k, (old, new, rewritten)) in staging.order_by_first_touch() {
-            if same(&old, &new) || (rewritten && old == new) {
+            if same(&old, &new) || (rewritten && identical_staged(&old, &new)) {
                 checks.push((t, k, old));
             } else {
                 changes.push((t, k, old, new));
@@ -986,6 +986,11 @@ pub(crate) fn op_index_work(table: &TableState, op: &WriteOp) -> usize {
             table.indexes.read().len()
         }
     }
+}
+
+/// Whether two staged values are the same document, bit for bit (see `value::identical`).
+fn identical_staged(a: &Option<Arc<Value>>, b: &Option<Arc<Value>>) -> bool {
+    crate::value::identical_rows(a.as_ref(), b.as_ref())
 }
 
 /// Whether two staged values are the same allocation (or both absent).

@@ -120,7 +120,7 @@ impl PartialEq for Val {
                     || (crate::value::identical(&a.left, &b.left)
                         && crate::value::identical(&a.right, &b.right))
             }
-            _ => crate::value::identical_rows(Some(&self.arc()), Some(&other.arc())),
+            _ => crate::value::identical_rows(Some(self.arc()), Some(other.arc())),
         }
     }
 }

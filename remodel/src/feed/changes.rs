@@ -385,6 +385,9 @@ impl IntoFuture for Changes {
     type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
     fn into_future(mut self) -> Self::IntoFuture {
         Box::pin(async move {
+            // Opening takes the commit lock (and on a shared database waits for the replica,
+            // which needs it): never from a `Patch::with` closure, which holds it already.
+            crate::db::check_not_in_patch()?;
             // On a shared database, a cursor from another process may be ahead of this
             // process's replica by a moment: catch up first (a cursor ahead of every change
             // is still refused below). A cursor from before this process's change log is
@@ -405,9 +408,8 @@ impl IntoFuture for Changes {
                     .iter()
                     .any(|s| matches!(s, crate::query::Step::Limit(_)));
             // Opening takes the commit lock for a moment: not on an async worker when a
-            // commit (which may be large) holds it now, and never from a `Patch::with`
-            // closure, which holds it already.
-            crate::db::check_not_in_patch()?;
+            // commit (which may be large) holds it now (a check, not a guarantee: a commit
+            // may start just after it, and opening then waits for that one commit).
             if reads || self.query.db.inner.commit_lock_busy() {
                 crate::db::spawn_blocking(move || self.start()).await
             } else {

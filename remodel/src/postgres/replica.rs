@@ -62,9 +62,10 @@ async fn read_catalog(
     Ok(catalog)
 }
 
-/// An index's spec as the catalog (a `jsonb` column) holds it: the spec's JSON, or, when a
-/// field name in it holds a NUL (which `jsonb` refuses, and the embedded store accepts),
-/// the spec's JSON text as a string.
+/// An index's spec as the catalog (a `jsonb` column) holds it: the spec's JSON, or, when its
+/// JSON text holds the escape `\u0000` (a NUL in a field name, which `jsonb` refuses and the
+/// embedded store accepts; also a name that spells the escape itself, harmlessly), the
+/// spec's JSON text as a string.
 pub(crate) fn catalog_spec(spec: &IndexSpec) -> Result<serde_json::Value> {
     let text = serde_json::to_string(spec)?;
     if text.contains("\\u0000") {

@@ -396,3 +396,72 @@ async fn stats_rows_are_queryable_and_read_only() {
         0
     );
 }
+
+/// A schema change whose caller stops waiting (a dropped future: a request cancelled, a
+/// timeout) is done whole or not at all: a dropped table's feeds end, an index gets built
+/// and is ready (on the embedded store the change has started once polled, and is done;
+/// on PostgreSQL it may not have reached the server). Cancelled half-way, the DDL lock was
+/// free while its work went on: feeds on a dropped table were left open forever, an index
+/// stayed not ready (a review found it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_changes_whose_caller_stops_waiting_are_done_whole() {
+    use futures::StreamExt;
+    use std::time::Duration;
+    let db = db().await;
+    db.create_table("gone").await.unwrap();
+    db.create_table("kept").await.unwrap();
+    let rows: Vec<_> = (0..2000).map(|i| json!({"id": i, "n": i % 7})).collect();
+    db.table("kept").insert_many(rows).await.unwrap();
+    let mut feed = db.table("gone").changes().await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_micros(1), db.drop_table("gone")).await;
+    let _ = tokio::time::timeout(
+        Duration::from_micros(1),
+        db.table("kept").create_index("n", IndexSpec::field("n")),
+    )
+    .await;
+    // Whatever was started settles.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    if db.table_names().unwrap().contains(&"gone".to_string()) {
+        // Not done at all: the feed goes on, and a drop now ends it.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), feed.next())
+                .await
+                .is_err()
+        );
+        db.drop_table("gone").await.unwrap();
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(10), feed.next())
+        .await
+        .expect("the dropped table's feed ends");
+    assert!(
+        matches!(ended, Some(Err(Error::FeedAborted(_)))),
+        "{ended:?}"
+    );
+    assert_eq!(db.table_names().unwrap(), vec!["kept"]);
+    let status = || {
+        let all = db.table("kept").index_status().unwrap();
+        all.into_iter().find(|s| s.name == "n").map(|s| s.ready)
+    };
+    if status().is_none() {
+        db.table("kept")
+            .create_index("n", IndexSpec::field("n"))
+            .await
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while status() != Some(true) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the index is never ready"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let three = db
+        .table("kept")
+        .get_all([3])
+        .index("n")
+        .count()
+        .await
+        .unwrap();
+    assert_eq!(three, (0..2000).filter(|i| i % 7 == 3).count() as u64);
+}

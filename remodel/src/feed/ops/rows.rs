@@ -140,7 +140,7 @@ impl Rows {
                 .nth(i)
                 .at(c.seq, c.commit)
         };
-        if old != new {
+        if !crate::value::identical_rows(old.as_ref(), new.as_ref()) {
             for i in 0..both {
                 out.push(item(old.clone(), new.clone(), i));
             }
