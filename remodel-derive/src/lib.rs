@@ -35,7 +35,7 @@
 //! - `skip` (and `skip_serializing` / `skip_deserializing`): the field is not stored, so it
 //!   has no typed field name and cannot be a key or in an index (simple or compound).
 //! - `alias = ".."`: older rows are read from that name; every write stores the new one.
-//! - `with`, `serialize_with`, `deserialize_with`: the field is stored as the function writes
+//! - `with`, `serialize_with`: the field is stored as the function writes
 //!   it, not as its type serialises, so nothing that compares stored values with values of
 //!   its type can use it. Such a field cannot be the primary key, a belongs_to foreign key
 //!   or in an index (compile errors), and has **no typed field name**: `fields().n.eq(7)`

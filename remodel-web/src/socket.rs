@@ -122,6 +122,16 @@ impl Bucket {
     }
 }
 
+/// A close frame's reason: at most 123 bytes (the frame's payload is 125, the code takes
+/// two), cut at a character boundary.
+fn close_reason(message: &str) -> String {
+    let mut end = message.len().min(123);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    message[..end].to_string()
+}
+
 /// `d` after `now`; a duration beyond what the clock holds (a limit set to `Duration::MAX`
 /// for "never") is a time that never comes (tokio's own timers do the same).
 fn after(now: Instant, d: Duration) -> Instant {
@@ -572,7 +582,7 @@ pub(crate) async fn serve<I: Clone + Send + Sync + 'static>(
             out.try_send(ServerFrame::Error { error: why.clone() }.message());
             out.try_send(Message::Close(Some(CloseFrame {
                 code: close_code(why.code()),
-                reason: why.message().chars().take(100).collect::<String>().into(),
+                reason: close_reason(why.message()).into(),
             })));
             break;
         }
@@ -754,5 +764,16 @@ impl<I: Clone + Send + Sync + 'static> Connection<I> {
     /// drops those it follows, and their feeds with them).
     fn end(&mut self) {
         self.out.common.close_all();
+    }
+}
+
+#[cfg(test)]
+mod close_reason_tests {
+    #[test]
+    fn close_reasons_fit_a_close_frame() {
+        let long = "é".repeat(100);
+        let r = super::close_reason(&long);
+        assert!(r.len() <= 123 && long.starts_with(&r), "{}", r.len());
+        assert_eq!(super::close_reason("short"), "short");
     }
 }

@@ -289,6 +289,49 @@ pub struct Stringly {
     pub n: u64,
 }
 
+fn lenient<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    // Reads a number, or a number written as text (rows of an older program).
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => s.parse().map_err(serde::de::Error::custom),
+        v => serde_json::from_value(v).map_err(serde::de::Error::custom),
+    }
+}
+
+/// `deserialize_with` only changes how a field is read: it is stored as its type writes
+/// it, so it keeps its typed name and may be indexed (only `with` / `serialize_with`, which
+/// change what is stored, are refused).
+#[derive(Model, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[remodel(table = "attack_lenient")]
+pub struct Lenient {
+    pub id: u64,
+    #[serde(deserialize_with = "lenient")]
+    #[remodel(index)]
+    pub n: u64,
+}
+
+#[tokio::test]
+async fn a_field_read_by_a_function_keeps_its_typed_name_and_index() -> remodel::Result<()> {
+    let db = db_with(SchemaSet::new().with::<Lenient>()).await?;
+    Lenient { id: 1, n: 7 }.create(&db).await?;
+    Lenient::table(&db)
+        .insert(json!({"id": 2, "n": "7"}))
+        .await?
+        .check()?;
+    let f = Lenient::fields();
+    let found = Lenient::filter(&db, f.n.eq(7u64)).run().await?;
+    assert_eq!(
+        found.len(),
+        1,
+        "the typed lookup meets what is stored as a number"
+    );
+    assert_eq!(Lenient::get(&db, 2u64).await?.map(|l| l.n), Some(7));
+    // The index holds what is stored: the number, then the text (numbers sort first).
+    let by_index = Lenient::query(&db).order_by(f.n.index()).run().await?;
+    let ids: Vec<u64> = by_index.iter().map(|l| l.id).collect();
+    assert_eq!(ids, [1, 2]);
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_field_with_a_custom_serializer_is_stored_as_serde_writes_it() -> remodel::Result<()> {
     let db = db_with(SchemaSet::new().with::<Stringly>()).await?;
@@ -399,6 +442,27 @@ async fn option_fields_some_values_match_the_oracle() -> remodel::Result<()> {
 }
 
 // `f.x.eq(None)` holds of every row that reads as `None`: null and missing alike.
+/// `ne(v)` holds of every row `eq(v)` does not, those without the field included (they
+/// read as `None`, which is not `v`), as the Rust view of the rows says.
+#[tokio::test]
+async fn option_fields_ne_holds_of_every_row_eq_does_not() -> remodel::Result<()> {
+    let db = db_with(SchemaSet::new().with::<Probe>()).await?;
+    let all = probes(&db).await?;
+    let f = Probe::fields();
+    for v in ["a", "b", "z"] {
+        let want: Vec<_> = all
+            .iter()
+            .filter(|p| p.sector.as_deref() != Some(v))
+            .cloned()
+            .collect();
+        let got = Probe::filter(&db, f.sector.ne(v)).run().await?;
+        assert_eq!(keys(&got), keys(&want), "ne({v})");
+        let eq = Probe::filter(&db, f.sector.eq(v)).count().await?;
+        assert_eq!(eq + got.len() as u64, all.len() as u64);
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn option_fields_eq_none_matches_every_row_that_reads_none() -> remodel::Result<()> {
     let db = db_with(SchemaSet::new().with::<Probe>()).await?;
@@ -775,24 +839,62 @@ async fn nan_and_infinity_are_refused_or_read_back() -> remodel::Result<()> {
     }
     .create(&db)
     .await?;
+    let mut stored = Reading {
+        id: None,
+        x: 2.0,
+        tag: 2,
+    };
+    stored.save(&db).await?;
     for x in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
-        match (Reading {
+        let refused = (Reading {
             id: None,
             x,
             tag: 1,
         })
         .create(&db)
-        .await
-        {
-            Err(e) => assert!(e.as_model().is_some(), "a typed model error: {e}"),
-            Ok(saved) => {
-                let back = Reading::get(&db, saved.id.clone().unwrap()).await?.unwrap();
-                assert_eq!(back.x.to_bits(), x.to_bits());
-            }
-        }
+        .await;
+        assert!(
+            matches!(&refused, Err(e) if matches!(e.as_model(), Some(ModelError::Invalid(_)))),
+            "{refused:?}"
+        );
+        // A save of a new one: refused, and it keeps no key it was never stored under.
+        let mut new = Reading {
+            id: None,
+            x,
+            tag: 1,
+        };
+        assert!(new.save(&db).await.is_err());
+        assert_eq!(new.id, None);
+        // In a transaction too, and an update of a stored one leaves it as it was.
+        let mut tx = Transaction::new(&db);
+        assert!(tx.save(&mut new).await.is_err());
+        assert_eq!(new.id, None);
+        let f = Reading::fields();
+        assert!(Reading::filter(&db, f.tag.eq(2))
+            .update(f.x.set(x))
+            .await
+            .is_err());
+        // Even where no row matches: the answer does not depend on the rows.
+        assert!(Reading::filter(&db, f.tag.eq(99))
+            .update(f.x.set(x))
+            .await
+            .is_err());
+        assert!(Reading::filter(&db, f.x.gt(x)).run().await.is_err());
+        assert!(Reading::filter(&db, f.tag.eq(99).and(f.x.gt(x)))
+            .run()
+            .await
+            .is_err());
     }
-    // The table stays readable.
-    Reading::all(&db).await?;
+    // Nothing was written, and the table stays readable.
+    let all = Reading::all(&db).await?;
+    assert_eq!(all.len(), 2);
+    assert_eq!(
+        Reading::get(&db, stored.id.clone().unwrap())
+            .await?
+            .unwrap()
+            .x,
+        2.0
+    );
     Ok(())
 }
 
@@ -1131,13 +1233,25 @@ pub struct Counter {
 async fn an_option_u64_key_left_empty_is_refused_before_anything_is_written() -> remodel::Result<()>
 {
     let db = db_with(SchemaSet::new().with::<Counter>()).await?;
-    match (Counter { id: None, n: 1 }).create(&db).await {
-        Ok(c) => assert!(c.id.is_some()),
-        Err(e) => {
-            assert!(e.as_model().is_some(), "{e}");
-            assert_eq!(Counter::count(&db).await?, 0, "nothing stored: {e}");
-        }
+    fn invalid<T>(r: &remodel::Result<T>) -> bool {
+        matches!(r, Err(e) if matches!(e.as_model(), Some(ModelError::Invalid(_))))
     }
+    let created = (Counter { id: None, n: 1 }).create(&db).await;
+    assert!(invalid(&created), "{created:?}");
+    let mut c = Counter { id: None, n: 2 };
+    let saved = c.save(&db).await;
+    assert!(invalid(&saved), "{saved:?}");
+    // In a transaction: refused when staged, the same way.
+    let mut tx = Transaction::new(&db);
+    let staged = tx.create(Counter { id: None, n: 3 }).await;
+    assert!(invalid(&staged), "{staged:?}");
+    let staged = tx.save(&mut c).await;
+    assert!(invalid(&staged), "{staged:?}");
+    tx.commit().await?;
+    assert_eq!(Counter::count(&db).await?, 0, "nothing stored");
+    // Given its key, it is stored.
+    Counter { id: Some(7), n: 4 }.create(&db).await?;
+    assert_eq!(Counter::count(&db).await?, 1);
     Ok(())
 }
 
@@ -1368,6 +1482,41 @@ async fn has_many_and_belongs_to_agree_on_a_renamed_foreign_key() -> remodel::Re
     assert_eq!(names, ["a", "b"], "has_many sees both children");
     let loaded = Fleet::load_vessels(&db, std::slice::from_ref(&fleet)).await?;
     assert_eq!(loaded[0].len(), 2);
+    Ok(())
+}
+
+#[derive(Model, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[remodel(table = "attack_docks")]
+pub struct Dock {
+    pub id: Option<Id>,
+}
+
+/// A belongs_to whose foreign key is stored as `dock_id` by a renamed field, beside an
+/// unstored field of that Rust name: the stored one holds the key (a skipped field is never
+/// it; this was refused as naming two fields).
+#[derive(Model, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[remodel(table = "attack_shuttles", belongs_to(Dock))]
+pub struct Shuttle {
+    pub id: Option<Id>,
+    #[serde(rename = "dock_id")]
+    pub berth: Option<Id>,
+    #[serde(skip)]
+    pub dock_id: Option<Id>,
+}
+
+#[tokio::test]
+async fn a_foreign_key_is_never_an_unstored_field() -> remodel::Result<()> {
+    let db = db_with(SchemaSet::new().with::<Dock>().with::<Shuttle>()).await?;
+    let dock = Dock { id: None }.create(&db).await?;
+    let mut s = Shuttle {
+        id: None,
+        berth: None,
+        dock_id: None,
+    };
+    s.set_dock(Some(&dock))?;
+    assert_eq!(s.berth, dock.id);
+    let s = s.create(&db).await?;
+    assert_eq!(s.dock(&db).await?.as_ref(), Some(&dock));
     Ok(())
 }
 

@@ -33,7 +33,7 @@ struct Stringly {
     #[serde(serialize_with = "as_text")]
     #[remodel(index)]
     n: u64,
-    #[serde(deserialize_with = "from_text")]
+    #[serde(serialize_with = "as_text")]
     m: u64,
 }
 

@@ -57,7 +57,7 @@ pub struct Field {
     pub skipped: bool,
     /// serde's `alias` names: where older rows hold the field (a rename).
     pub aliases: Vec<String>,
-    /// serde's `with` / `serialize_with` / `deserialize_with` (its span): stored as a function
+    /// serde's `with` / `serialize_with` (its span): stored as a function
     /// of the user's writes it, so it has no typed field name and cannot be a key or indexed.
     pub custom: Option<Span>,
 }

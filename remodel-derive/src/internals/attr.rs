@@ -341,7 +341,7 @@ pub struct SerdeField {
     /// `skip`, `skip_serializing` or `skip_deserializing`: a field that is not written (or
     /// not read) is not a stored field the model layer can rely on.
     pub skip: bool,
-    /// `with`, `serialize_with` or `deserialize_with` (the attribute's span): the field is
+    /// `with` or `serialize_with` (the attribute's span): the field is
     /// stored as a function of the user's writes it, not as its Rust type serialises, so
     /// nothing that compares stored values with Rust values (keys, indexes, typed
     /// predicates) can use it.
@@ -369,10 +369,9 @@ pub fn serde_field(attrs: &[Attribute], field: &str) -> Result<SerdeField> {
                 || path.is_ident("skip_deserializing")
             {
                 out.skip = true;
-            } else if path.is_ident("with")
-                || path.is_ident("serialize_with")
-                || path.is_ident("deserialize_with")
-            {
+            } else if path.is_ident("with") || path.is_ident("serialize_with") {
+                // Stored as the function writes it (`deserialize_with` only reads: the field
+                // is stored as its type serialises, and keeps its typed name).
                 out.custom = Some(path.span());
             } else if path.is_ident("flatten") {
                 errors.push(

@@ -350,8 +350,8 @@ fn unindexable(field: &Field, fix: &str) -> Option<Error> {
         )))
     } else if field.custom.is_some() {
         Some(Error::custom(format!(
-            "a field serde writes or reads through a function of its own (`with`, \
-             `serialize_with`, `deserialize_with`) cannot be indexed: the index would hold what \
+            "a field serde writes through a function of its own (`with`, \
+             `serialize_with`) cannot be indexed: the index would hold what \
              is stored, which typed lookups and orders (values of the field's type) do not \
              meet; {fix}, or drop the function"
         )))
@@ -368,9 +368,11 @@ fn last_ident(p: &syn::Path) -> String {
 }
 
 fn ident_from(name: &str, span: proc_macro2::Span) -> Option<Ident> {
-    syn::parse_str::<Ident>(name)
-        .ok()
-        .map(|i| Ident::new(&i.to_string(), span))
+    // Re-spanned, not rebuilt from its text: `Ident::new` panics on a raw `r#type`.
+    syn::parse_str::<Ident>(name).ok().map(|mut i| {
+        i.set_span(span);
+        i
+    })
 }
 
 /// Rules for each relation: defaults for accessor and keys, a belongs_to's foreign-key field
@@ -529,8 +531,13 @@ fn own_foreign_key(
     fields: &[Field],
     errors: &mut darling::error::Accumulator,
 ) -> Option<usize> {
-    let by_rust = fields.iter().position(|f| f.rust_name() == foreign_key);
-    let by_stored = fields.iter().position(|f| f.stored == foreign_key);
+    // Unstored fields hold no key (serde skips them): a stored field of that name is meant.
+    let by_rust = fields
+        .iter()
+        .position(|f| !f.skipped && f.rust_name() == foreign_key);
+    let by_stored = fields
+        .iter()
+        .position(|f| !f.skipped && f.stored == foreign_key);
     match (by_rust, by_stored) {
         (Some(a), Some(b)) if a != b => {
             errors.push(
@@ -547,6 +554,14 @@ fn own_foreign_key(
         }
         (Some(i), _) | (None, Some(i)) => Some(i),
         (None, None) => {
+            // Only an unstored field has that name: it is the one meant, and the rule that
+            // keys are stored says to remove its skip.
+            let unstored = fields
+                .iter()
+                .position(|f| f.rust_name() == foreign_key || f.stored == foreign_key);
+            if unstored.is_some() {
+                return unstored;
+            }
             let hint = if r.foreign_key.is_some() {
                 format!("add a field `{foreign_key}: Option<remodel::model::Id>` to `{me}`")
             } else {
@@ -598,7 +613,7 @@ fn rule_keys_are_stored(
                 Error::custom(format!(
                     "`{}` is a key, so serde must write and read it as its type does: keys are \
                      looked up and copied as their type serialises, which would not meet what a \
-                     `with` / `serialize_with` / `deserialize_with` function stores; remove the \
+                     `with` / `serialize_with` function stores; remove the \
                      function (a newtype key with its own `Serialize` / `Deserialize` can change \
                      how it is stored)",
                     f.ident

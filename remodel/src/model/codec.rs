@@ -105,8 +105,8 @@ pub(crate) fn decode_all<T: Model>(docs: Vec<Value>) -> Result<Vec<T>> {
     docs.into_iter().map(decode).collect()
 }
 
-/// The document a model is stored as: a JSON object, without a null primary key (so that the
-/// store generates one). A float JSON cannot hold (NaN, ±infinity) is refused: serde_json
+/// The document a model is stored as: a JSON object, without a null primary key (writes
+/// give a model its key first, see [`ensure_key`]). A float JSON cannot hold (NaN, ±infinity) is refused: serde_json
 /// would write it as `null`, losing the value and leaving a row the model cannot read.
 pub(crate) fn to_doc<T: Model>(model: &T) -> Result<Value> {
     let schema = T::schema();
@@ -147,8 +147,6 @@ fn has_null(v: &Value) -> bool {
     }
 }
 
-/// Gives a model without a key a new one ([`Id::generate`]), so that writes in one batch
-/// can refer to it.
 /// A typed key as the store holds it.
 pub(crate) fn key_to_value<T: Model>(key: &T::Key) -> Result<Value> {
     match serde_json::to_value(key) {
@@ -168,14 +166,28 @@ pub(crate) fn key_to_value<T: Model>(key: &T::Key) -> Result<Value> {
     }
 }
 
+/// The model's key, generated (an [`Id`]) when it has none, before anything is written:
+/// the store would generate the same kind of key, and a model whose key field cannot hold
+/// it (an `Option<u64>`) would be committed and then fail to read its own key back. Such a
+/// model is refused here with [`ModelError::Invalid`] saying to give it a key.
 pub(crate) fn ensure_key<T: Model>(model: &mut T) -> Result<Value> {
-    match model.key_value() {
-        Some(k) => Ok(k),
-        None => {
-            let k = Value::from(Id::generate());
-            model.set_key(k.clone())?;
-            Ok(k)
+    if let Some(key) = model.key_value() {
+        return Ok(key);
+    }
+    let key = Value::from(Id::generate());
+    match model.set_key(key.clone()) {
+        Ok(()) => Ok(key),
+        Err(Error::Model(ModelError::Decode { reason, .. })) => {
+            let schema = T::schema();
+            Err(ModelError::Invalid(format!(
+                "this {} has no key, and its key field `{}` cannot hold a generated one (a \
+                 UUID string: {reason}): give it its key before writing it, or make the field \
+                 an `Option<Id>`",
+                schema.model, schema.primary_key
+            ))
+            .into())
         }
+        Err(e) => Err(e),
     }
 }
 

@@ -172,16 +172,19 @@ impl<M, T: Serialize> Field<M, T> {
         )
     }
 
-    /// `field != value`. With `None` (a `null`): the field is there and not null, as
+    /// `field != value`: the rows [`Field::eq`] does not hold of, those without the field
+    /// (which read as `None`) included. With `None`: the field is there and not null, as
     /// [`Field::exists`].
     pub fn ne(self, value: impl FieldValue<T>) -> Predicate {
         self.compare(
             value,
             "ne",
-            |f, v| if v.is_null() { f.exists() } else { f.ne(v) },
+            |f, v| if v.is_null() { f.exists() } else { !f.eq(v) },
         )
     }
 
+    // The orderings compare stored values in Remodel's order (where a stored `null` is
+    // below every number and string); a row without the field is in none of them.
     comparisons! {
         /// `field < value`
         lt,

@@ -53,7 +53,7 @@
 //! indexed for you, and named by the field's Rust name (a belongs_to's also by its stored
 //! name). serde's `rename` on a field is followed (in both its forms; not a name with `.`),
 //! `skip` makes a field unstored, `flatten` and `rename_all` are refused; a field with
-//! `with` / `serialize_with` / `deserialize_with` is stored as its function writes it, so it
+//! `with` / `serialize_with` is stored as its function writes it, so it
 //! cannot be a key or indexed and has no typed field name (see the derive's docs). Every
 //! mistake is a compile error at the attribute that says what to write instead.
 //!
@@ -340,8 +340,8 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
     const FIELDS: Self::Fields;
 
     /// The typed field names, for predicates: `Crewmember::fields().species.eq("human")`.
-    /// Every stored field has one, except a field stored by a serde `with`,
-    /// `serialize_with` or `deserialize_with` function (see the derive's docs).
+    /// Every stored field has one, except a field stored by a serde `with` or
+    /// `serialize_with` function (see the derive's docs).
     fn fields() -> Self::Fields {
         Self::FIELDS
     }
@@ -504,7 +504,7 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
             }
             let mut model = make();
             model.before_save(&db).await?;
-            key_or_generated(&mut model)?;
+            codec::ensure_key(&mut model)?;
             let doc = codec::to_doc(&model)?;
             let schema = Self::schema();
             let raw = q.raw()?;
@@ -531,7 +531,7 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
         let db = db.clone();
         async move {
             self.before_save(&db).await?;
-            key_or_generated(&mut self)?;
+            codec::ensure_key(&mut self)?;
             let doc = codec::to_doc(&self)?;
             table.insert(doc).await?.check()?;
             self.after_save();
@@ -549,16 +549,19 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
             self.before_save(&db).await?;
             match self.key_value() {
                 None => {
-                    key_or_generated(self)?;
-                    let written = match codec::to_doc(self) {
-                        Ok(doc) => table.insert(doc).await.and_then(|r| r.check()),
-                        Err(e) => Err(e),
+                    codec::ensure_key(self)?;
+                    let doc = match codec::to_doc(self) {
+                        Ok(doc) => doc,
+                        Err(e) => {
+                            // Nothing was sent: the model stays unsaved, as it was.
+                            self.clear_key();
+                            return Err(e);
+                        }
                     };
-                    if let Err(e) = written {
-                        // Not stored: the model stays unsaved, as it was.
-                        self.clear_key();
-                        return Err(e);
-                    }
+                    // A failed insert keeps the key: a commit whose outcome is unknown (a
+                    // connection lost mid-commit) may have stored the row, and a retried
+                    // save then writes that row again rather than a second one.
+                    table.insert(doc).await?.check()?;
                 }
                 Some(_) => {
                     let doc = codec::to_doc(self)?;
@@ -682,31 +685,6 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
     /// The document the model is stored as.
     fn to_json(&self) -> Result<Value> {
         codec::to_doc(self)
-    }
-}
-
-/// The model's key, generated (an [`Id`]) when it has none, before anything is written:
-/// the store would generate the same kind of key, and a model whose key field cannot hold
-/// it (an `Option<u64>`) would be committed and then fail to read its own key back. Such a
-/// model is refused here with [`ModelError::Invalid`] saying to give it a key.
-pub(crate) fn key_or_generated<T: Model>(model: &mut T) -> Result<Value> {
-    if let Some(key) = model.key_value() {
-        return Ok(key);
-    }
-    let key = Value::from(Id::generate());
-    match model.set_key(key.clone()) {
-        Ok(()) => Ok(key),
-        Err(Error::Model(ModelError::Decode { reason, .. })) => {
-            let schema = T::schema();
-            Err(ModelError::Invalid(format!(
-                "this {} has no key, and its key field `{}` cannot hold a generated one (a \
-                 UUID string: {reason}): give it its key before writing it, or make the field \
-                 an `Option<Id>`",
-                schema.model, schema.primary_key
-            ))
-            .into())
-        }
-        Err(e) => Err(e),
     }
 }
 

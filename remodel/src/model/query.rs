@@ -323,6 +323,11 @@ impl<T: Model> ModelQuery<T> {
     /// The store query to run, read when the query runs: `None` when no row can match (no
     /// keys); a many-to-many relation's keys are read from its join table first.
     async fn resolve(&self) -> Result<Option<Query>> {
+        // A filter that cannot run (a comparison with a NaN, say) is an error whether or not
+        // any row could match: the answer must not depend on the rows.
+        if let Some(p) = &self.filter {
+            p.compile()?;
+        }
         if self.empty_source() {
             return Ok(None);
         }
@@ -440,15 +445,12 @@ impl<T: Model> ModelQuery<T> {
     /// # }).unwrap();
     /// ```
     pub async fn update(&self, set: super::field::Set<T>) -> Result<u64> {
+        // An assignment that cannot be written fails whether or not rows match.
+        let patch = set.into_patch()?;
         let Some(q) = self.resolve().await? else {
             return Ok(0);
         };
-        let r = self
-            .db
-            .batch()
-            .update_where(&q, set.into_patch()?)
-            .await?
-            .check()?;
+        let r = self.db.batch().update_where(&q, patch).await?.check()?;
         Ok(r.replaced)
     }
 

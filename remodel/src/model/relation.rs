@@ -108,7 +108,7 @@ async fn prepare_children<C: Model>(
             c.set_field_value(field, parent.clone())?;
         }
         c.before_save(db).await?;
-        let key = super::key_or_generated(c)?;
+        let key = codec::ensure_key(c)?;
         let mut doc = codec::to_doc(c)?;
         if let (Some((field, parent)), Value::Object(m)) = (fk, &mut doc) {
             // The key is written even when the struct has no field for it.

@@ -147,7 +147,16 @@ impl Transaction {
         model.before_save(&self.db).await?;
         let existing = model.key_value().is_some();
         codec::ensure_key(model)?;
-        let doc = codec::to_doc(model)?;
+        let doc = match codec::to_doc(model) {
+            Ok(doc) => doc,
+            Err(e) => {
+                // Nothing staged: a model that had no key stays without one.
+                if !existing {
+                    model.clear_key();
+                }
+                return Err(e);
+            }
+        };
         self.after_save::<T>(&doc)?;
         let schema = T::schema();
         if let Some(key) = model.key_value() {
