@@ -267,7 +267,7 @@ class Live {
     this._maxFrame = null; // the server's frame limit, once a `hello` said it
     this._refused = 0; // attempts in a row that closed before they opened
     this._ws = null;
-    this._isLive = false; // the socket is open
+    this._isLive = false; // the socket is open and the server said hello
     this._everLive = false; // tells "connecting" from "reconnecting"
     this._closed = false;
     this._attempt = 0;
@@ -312,7 +312,7 @@ class Live {
       // Said through `onUpdate` too, as a refusal from the server would be (after this
       // call returns, so that the page holds the subscription when it hears of it).
       sub.error = this._tooLargeError();
-      queueMicrotask(() => sub._changed());
+      queueMicrotask(() => { if (!sub._closed) sub._changed(); });
     } else { this._subs.set(sub.id, sub); this._sendSub(sub); }
     return sub;
   }
@@ -397,16 +397,32 @@ class Live {
   }
 
   _onOpen() {
-    this._isLive = this._everLive = true;
     this._refused = 0;
     this._openedAt = this._lastRecv = Date.now();
     this._idleMs = DEFAULT_IDLE_MS;
+    this._maxFrame = null; // this server's, said by its `hello`
     this._startPing();
-    // Resume every open subscription under its id, from its last cursor.
+  }
+
+  // The server said hello: the connection is live. Every open subscription resumes under
+  // its id, from its last cursor, and the queued calls go out, each checked against the
+  // limit the hello said.
+  _onHello() {
+    this._isLive = this._everLive = true;
     // (A copy: a subscription ended here may make the page close others, which are then
     // not sent.)
     for (const sub of [...this._subs.values()]) if (this._subs.get(sub.id) === sub) this._sendSub(sub);
-    for (const c of this._calls.values()) if (!c.sent) { c.sent = true; this._sendText(c.text); }
+    for (const [id, c] of this._calls) {
+      if (c.sent) continue;
+      if (this._tooLarge(c.text)) {
+        this._calls.delete(id);
+        const e = this._tooLargeError();
+        c.reject(callError(e.code, e.message));
+        continue;
+      }
+      c.sent = true;
+      this._sendText(c.text);
+    }
     this._updateState();
   }
 
@@ -416,6 +432,7 @@ class Live {
     if (!ws) return;
     this._ws = null;
     this._isLive = false;
+    this._maxFrame = null; // the next server says its own
     ws.onopen = ws.onmessage = ws.onclose = null;
     try { ws.close(); } catch { /* already closing */ }
     clearInterval(this._pingTimer);
@@ -462,7 +479,8 @@ class Live {
       return;
     }
     if (!unanswered) this._pingSentAt = now;
-    this._send({ op: 'ping' });
+    // On the open socket, live or not yet (a server that never says hello is found dead).
+    try { this._ws?.send(JSON.stringify({ op: 'ping' })); } catch { /* closing */ }
   }
 
   _sendSub(sub) {
@@ -500,6 +518,7 @@ class Live {
           this._idleMs = msg.idle_ms;
           this._startPing();
         }
+        if (!this._isLive) this._onHello();
         return;
       case 'pong':
         return;

@@ -216,6 +216,8 @@ pub(crate) struct DbInner {
     /// The (empty, never written) table that stands for the `stats` system table in plans.
     stats_table: Arc<TableState>,
     closed: AtomicBool,
+    /// The close in progress or done, which every `close` waits for (see `Database::close`).
+    closing: parking_lot::Mutex<Option<Closing>>,
     /// Serialises DDL (create/drop of tables and indexes).
     ddl: tokio::sync::Mutex<()>,
     /// The database of record when it is not this store (see `backend.rs`).
@@ -398,17 +400,20 @@ impl Database {
     /// [`Database::drop_table_local`], on a blocking thread.
     fn drop_table_blocking(&self, name: &str) -> Result<()> {
         let _ddl = self.inner.ddl.blocking_lock();
+        self.check_open()?;
         let table = self.table_state(name)?;
-        {
+        let removed = {
             // Under the commit lock, so that no write is half-way through this table.
             let _w = self.inner.writer.lock();
             self.inner.tables.write().remove(name);
             table.mark_dropped();
-            self.inner.catalog_remove(name)?;
-        }
+            self.inner.catalog_remove(name)
+        };
+        // Gone from this process whatever the catalog said: its feeds end.
         if let Some(sink) = self.inner.sink() {
             sink.table_dropped(name, &format!("table `{name}` was dropped"));
         }
+        removed?;
         let storage = &self.inner.storage;
         storage.drop_tree(&docs_tree_name(name))?;
         for ix in table.indexes.read().iter() {
@@ -506,6 +511,7 @@ impl Database {
         spec: IndexSpec,
     ) -> Result<(Arc<TableState>, Arc<IndexState>)> {
         let _ddl = self.inner.ddl.blocking_lock();
+        self.check_open()?;
         let t = self.table_state(table)?;
         if name == t.primary_key || t.indexes.read().iter().any(|i| i.name == name) {
             return Err(Error::IndexExists {
@@ -520,7 +526,12 @@ impl Database {
         let ix = Arc::new(IndexState::new(name, spec, tree, false)?);
         let _w = self.inner.writer.lock();
         t.indexes.write().push(ix.clone());
-        self.save_meta(&t)?;
+        if let Err(e) = self.save_meta(&t) {
+            // Not in the catalog: not in the table either (no write maintains it).
+            t.indexes.write().retain(|i| !Arc::ptr_eq(i, &ix));
+            ix.mark_dropped();
+            return Err(e);
+        }
         Ok((t, ix))
     }
 
@@ -575,6 +586,10 @@ impl Database {
         let mut from: Bound<Vec<u8>> = Bound::Unbounded;
         loop {
             let _w = self.inner.writer.lock();
+            if self.inner.closed.load(Ordering::Acquire) {
+                // Closed meanwhile: the build stops (the index is removed, as a failed one).
+                return Err(Error::Closed);
+            }
             if table.is_dropped() {
                 return Err(Error::NoSuchTable(table.name.clone()));
             }
@@ -639,8 +654,9 @@ impl Database {
     /// [`Database::drop_index_local`], on a blocking thread.
     fn drop_index_blocking(&self, table: &str, name: &str) -> Result<()> {
         let _ddl = self.inner.ddl.blocking_lock();
+        self.check_open()?;
         let t = self.table_state(table)?;
-        {
+        let saved = {
             let _w = self.inner.writer.lock();
             let mut list = t.indexes.write();
             let pos =
@@ -652,8 +668,9 @@ impl Database {
                     })?;
             list.remove(pos).mark_dropped();
             drop(list);
-            self.save_meta(&t)?;
-        }
+            self.save_meta(&t)
+        };
+        // Gone from this process whatever the catalog said: what reads it ends.
         if let Some(sink) = self.inner.sink() {
             sink.index_dropped(
                 table,
@@ -661,6 +678,7 @@ impl Database {
                 &format!("index `{name}` of table `{table}` was dropped"),
             );
         }
+        saved?;
         self.inner
             .storage
             .drop_tree(&index_tree_name(table, name))?;
@@ -749,17 +767,39 @@ impl Database {
 
     /// Closes the database: flushes it, ends every changefeed with [`Error::FeedAborted`],
     /// and makes every later call on any handle return [`Error::Closed`].
+    ///
+    /// The close runs once, in a task of its own, to its end even if the caller stops
+    /// waiting; every call (concurrent or later) waits for that one and gets its outcome.
     pub async fn close(&self) -> Result<()> {
-        // Under the commit lock, where feeds are set up: a feed either sees the database
-        // closed, or is registered before `abort_all` below ends it. (Waited for on a
-        // blocking thread: a large commit may hold it.)
-        // Marked closed and the feeds ended in one task, which runs to its end even if the
-        // caller stops waiting: a later close must not find the flag set with feeds open.
+        check_not_in_patch()?;
+        let closing = {
+            let mut slot = self.inner.closing.lock();
+            slot.get_or_insert_with(|| {
+                let db = self.clone();
+                let task = tokio::spawn(async move { db.close_once().await });
+                let done = async move {
+                    task.await
+                        .map_err(|e| Error::storage(format!("closing the database failed: {e}")))?
+                };
+                futures_util::FutureExt::shared(Box::pin(done) as ClosingFuture)
+            })
+            .clone()
+        };
+        closing.await
+    }
+
+    async fn close_once(&self) -> Result<()> {
         let db = self.clone();
         let was_closed = ddl_task(move || {
+            // After the schema change running now, if any (none starts after: each checks
+            // that the database is open under the DDL lock).
+            let _ddl = db.inner.ddl.blocking_lock();
             {
+                // Under the commit lock, where feeds are set up: a feed either sees the
+                // database closed, or is registered before the sink below ends it.
                 let _w = db.inner.writer.lock();
                 if db.inner.closed.swap(true, Ordering::AcqRel) {
+                    // Closed already (a shared database this process stopped following).
                     return Ok(true);
                 }
             }
@@ -941,10 +981,16 @@ pub(crate) fn check_not_in_patch() -> Result<()> {
     }
 }
 
+/// A close, shared by every caller of `Database::close`.
+type ClosingFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>;
+type Closing = futures_util::future::Shared<ClosingFuture>;
+
 /// Runs a schema change (or a close) on a blocking thread, whole: it takes the DDL lock
-/// there and does all its work (the commit lock, storage, ending feeds) in that one task,
-/// which runs to its end even when the caller stops waiting for it (a dropped future), so
-/// no change is ever left half-done, and no async worker waits on a lock or on storage.
+/// there and does its work (the commit lock, storage, ending feeds) in that one task, which
+/// runs to its end even when the caller stops waiting for it (a dropped future), so no
+/// change is ever left half-done, and no async worker waits on a lock or on storage. (An
+/// index's backfill runs in the same task after the DDL lock is released: writes go on
+/// meanwhile, and a close stops it.)
 async fn ddl_task<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     spawn_blocking(f).await
 }

@@ -160,6 +160,7 @@ impl DbInner {
             stats: Stats::default(),
             stats_table,
             closed: AtomicBool::new(false),
+            closing: Default::default(),
             backend: Default::default(),
             ddl: tokio::sync::Mutex::new(()),
         })

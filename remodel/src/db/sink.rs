@@ -85,6 +85,17 @@ impl DbInner {
         f(*seq)
     }
 
+    /// As [`DbInner::with_commit_lock`], then hands the lock to a writer waiting for it, if
+    /// any (a fair unlock): work done in steps under the lock (a table's initial rows, read
+    /// in chunks) lets writers in between its steps, rather than taking the lock straight
+    /// back before they wake.
+    pub(crate) fn with_commit_lock_fair<T>(&self, f: impl FnOnce(u64) -> T) -> T {
+        let seq = self.writer.lock();
+        let out = f(*seq);
+        parking_lot::MutexGuard::unlock_fair(seq);
+        out
+    }
+
     /// The last committed sequence number, without the commit lock: for a caller that may
     /// hold it already (a `Patch::with` closure asking for the database's position; the
     /// lock is not reentrant). Exact when the lock is held, as no commit can move it then.

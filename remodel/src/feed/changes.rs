@@ -270,6 +270,7 @@ impl Changes {
             visibility: db.inner.visibility().clone(),
             held: None,
             snapshot_seq: None,
+            snapshot_split: false,
         };
         // Without initial rows there is nothing to initialise: the first state is `ready`.
         if opts.include_states && opts.include_initial {

@@ -87,6 +87,9 @@ pub struct Feed {
     /// The sequence number the initial rows were read at: they are shown once it is
     /// visible (they may include hard writes not yet on disk).
     pub(super) snapshot_seq: Option<u64>,
+    /// The initial rows were read in chunks with commits between them: no one position
+    /// holds them all (see [`Feed::snapshot_cursor`]).
+    pub(super) snapshot_split: bool,
 }
 
 impl std::fmt::Debug for Feed {
@@ -176,7 +179,10 @@ impl Feed {
             // One chunk under the commit lock; writers run between chunks.
             let next = db
                 .inner
-                .with_commit_lock(|seq| -> Result<Option<Vec<u8>>> {
+                .with_commit_lock_fair(|seq| -> Result<Option<Vec<u8>>> {
+                    if self.snapshot_seq.is_some_and(|first| first != seq) {
+                        self.snapshot_split = true;
+                    }
                     self.snapshot_seq = Some(seq);
                     db.check_open()?;
                     if table.is_dropped() {
@@ -336,8 +342,15 @@ impl Feed {
 
     /// Where the feed's initial rows stand in the change order: a feed resumed from this
     /// cursor ([`crate::Changes::resume_from`]) gets every change after those rows, none of
-    /// them twice. `None` for timer feeds (stats) and feeds opened without a snapshot.
+    /// them twice. `None` for timer feeds (stats), feeds opened without a snapshot, and
+    /// feeds over a table or a primary key range whose rows were read in chunks while
+    /// commits went on between them: no one position holds those rows (the changes of
+    /// rows already read come first, as changes); resume from the cursor of the last change
+    /// received instead.
     pub fn snapshot_cursor(&self) -> Option<super::Cursor> {
+        if self.snapshot_split {
+            return None;
+        }
         self.snapshot_seq
             .map(|seq| super::Cursor::new(seq, u32::MAX))
     }

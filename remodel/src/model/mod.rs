@@ -558,10 +558,19 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
                             return Err(e);
                         }
                     };
-                    // A failed insert keeps the key: a commit whose outcome is unknown (a
-                    // connection lost mid-commit) may have stored the row, and a retried
-                    // save then writes that row again rather than a second one.
-                    table.insert(doc).await?.check()?;
+                    let stored = table.insert(doc).await.and_then(|r| r.check());
+                    match stored {
+                        Ok(_) => {}
+                        // A storage failure may come after the commit was sent (a connection
+                        // lost mid-commit): the row may be stored, so the key stays, and a
+                        // retried save writes that row again rather than a second one.
+                        Err(e @ Error::Storage { .. }) => return Err(e),
+                        // Refused: nothing stored, the model stays unsaved.
+                        Err(e) => {
+                            self.clear_key();
+                            return Err(e);
+                        }
+                    }
                 }
                 Some(_) => {
                     let doc = codec::to_doc(self)?;

@@ -147,7 +147,8 @@ impl Transaction {
         model.before_save(&self.db).await?;
         let existing = model.key_value().is_some();
         codec::ensure_key(model)?;
-        let doc = match codec::to_doc(model) {
+        let doc = codec::to_doc(model).and_then(|doc| self.after_save::<T>(&doc).map(|()| doc));
+        let doc = match doc {
             Ok(doc) => doc,
             Err(e) => {
                 // Nothing staged: a model that had no key stays without one.
@@ -157,7 +158,6 @@ impl Transaction {
                 return Err(e);
             }
         };
-        self.after_save::<T>(&doc)?;
         let schema = T::schema();
         if let Some(key) = model.key_value() {
             // Stored once this commits, whether inserted or written back.
