@@ -784,7 +784,11 @@ class FakeWebSocket {{
 }}
 globalThis.WebSocket = FakeWebSocket;
 const tick = (ms = 0) => new Promise((r) => setTimeout(r, ms));
-const open = (ws) => ws.onopen && ws.onopen();
+// Opened, and the server's hello (the client sends nothing before it).
+const open = (ws) => {{
+  if (ws.onopen) ws.onopen();
+  if (ws.onmessage) ws.onmessage({{ data: JSON.stringify({{ t: 'hello', idle_ms: 30000, max_frame_bytes: 65536 }}) }});
+}};
 const message = (ws, frame) => ws.onmessage && ws.onmessage({{ data: JSON.stringify(frame) }});
 const closed = (ws) => ws.onclose && ws.onclose();
 const main = async () => {{ {body} }};
