@@ -106,8 +106,9 @@ pub(crate) fn decode_all<T: Model>(docs: Vec<Value>) -> Result<Vec<T>> {
 }
 
 /// The document a model is stored as: a JSON object, without a null primary key (writes
-/// give a model its key first, see [`ensure_key`]). A float JSON cannot hold (NaN, ±infinity) is refused: serde_json
-/// would write it as `null`, losing the value and leaving a row the model cannot read.
+/// give a model its key first, see [`ensure_key`]). A float JSON cannot hold (NaN,
+/// ±infinity) is refused: serde_json would write it as `null`, losing the value and leaving
+/// a row the model cannot read.
 pub(crate) fn to_doc<T: Model>(model: &T) -> Result<Value> {
     let schema = T::schema();
     let invalid = |e: &dyn std::fmt::Display| {
@@ -116,11 +117,7 @@ pub(crate) fn to_doc<T: Model>(model: &T) -> Result<Value> {
             schema.model
         )))
     };
-    let mut doc = serde_json::to_value(model).map_err(|e| invalid(&e))?;
-    // Such a float became a null: only a document with one is walked again.
-    if has_null(&doc) {
-        super::finite::check(model).map_err(|e| invalid(&e))?;
-    }
+    let mut doc = super::finite::to_json(model).map_err(|e| invalid(&e))?;
     match &mut doc {
         Value::Object(m) => {
             if m.get(schema.primary_key).is_some_and(Value::is_null) {
@@ -138,25 +135,12 @@ pub(crate) fn to_doc<T: Model>(model: &T) -> Result<Value> {
     Ok(doc)
 }
 
-fn has_null(v: &Value) -> bool {
-    match v {
-        Value::Null => true,
-        Value::Array(a) => a.iter().any(has_null),
-        Value::Object(m) => m.values().any(has_null),
-        _ => false,
-    }
-}
-
 /// A typed key as the store holds it.
 pub(crate) fn key_to_value<T: Model>(key: &T::Key) -> Result<Value> {
-    match serde_json::to_value(key) {
+    match super::finite::to_json(key) {
         Ok(Value::Null) => {
             Err(ModelError::Invalid(format!("a {} key cannot be null", T::schema().model)).into())
         }
-        Ok(v) if has_null(&v) && super::finite::check(key).is_err() => Err(ModelError::Invalid(
-            format!("a {} key cannot hold NaN or infinity", T::schema().model),
-        )
-        .into()),
         Ok(v) => Ok(v),
         Err(e) => Err(ModelError::Invalid(format!(
             "a {} key cannot be stored: {e}",

@@ -55,22 +55,7 @@ impl<M, T> fmt::Debug for Field<M, T> {
 /// 64 bits, and writes a NaN or infinite float as `null`, which a comparison would then
 /// use in its place (every number is greater than `null`), so such floats are looked for.
 fn json<V: Serialize>(v: V) -> Result<Value> {
-    let invalid = |e: &dyn fmt::Display| crate::Error::from(ModelError::Invalid(e.to_string()));
-    let value = serde_json::to_value(&v).map_err(|e| invalid(&e))?;
-    if has_null(&value) {
-        super::finite::check(&v).map_err(|e| invalid(&e))?;
-    }
-    Ok(value)
-}
-
-/// Whether `v` holds a `null` anywhere (where a non-finite float may have become one).
-fn has_null(v: &Value) -> bool {
-    match v {
-        Value::Null => true,
-        Value::Array(a) => a.iter().any(has_null),
-        Value::Object(m) => m.values().any(has_null),
-        _ => false,
-    }
+    super::finite::to_json(&v).map_err(|e| ModelError::Invalid(e.to_string()).into())
 }
 
 /// A value that can be compared with a field holding a `T`: a `T`, a `T` for an

@@ -7,7 +7,29 @@
 //! nothing) and names the first such float's place, so the write is refused instead.
 
 use serde::ser::{self, Serialize};
+use serde_json::Value;
 use std::fmt;
+
+/// `value` as JSON, or why it cannot be: what serde_json refuses (an integer past 64 bits,
+/// a map with keys that are not strings), and the NaN and infinite floats it would write as
+/// `null` (only a value that came out holding a `null` is walked again, by [`check`]).
+pub(crate) fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<Value, NonFinite> {
+    let json = serde_json::to_value(value).map_err(|e| NonFinite(e.to_string()))?;
+    if has_null(&json) {
+        check(value)?;
+    }
+    Ok(json)
+}
+
+/// Whether `v` holds a `null` anywhere (where a non-finite float may have become one).
+fn has_null(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Array(a) => a.iter().any(has_null),
+        Value::Object(m) => m.values().any(has_null),
+        _ => false,
+    }
+}
 
 /// Where the first non-finite float of `value` is (`field.inner[2]`), if it has one.
 pub(crate) fn check<T: Serialize + ?Sized>(value: &T) -> Result<(), NonFinite> {
