@@ -1040,6 +1040,7 @@ impl PgBackend {
         how: Commit,
     ) -> Result<WriteResult> {
         db.check_open()?;
+        self.groups.wait_landed(&tables).await;
         let conn = self.pool.get().await.map_err(|e| pool_error(&e))?;
         // Until the locks are let go below, a cancelled write (its future dropped) cancels
         // its statement and closes this connection instead of returning it to the pool:

@@ -33,7 +33,7 @@ use super::backend::{Failure, PgBackend, MAX_COMMIT_CHANGES};
 use crate::{Error, Result};
 use parking_lot::Mutex;
 use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
@@ -114,45 +114,63 @@ pub(super) struct GroupCommit {
     /// Which commit connections a leader commits on: each leader has its own, so that a
     /// group that waits on the server holds up no other leader's statements behind it.
     busy: Mutex<Vec<bool>>,
-    /// The tables of the groups being committed (one entry per group; taken under the
-    /// queue's lock, after it in lock order).
-    in_flight: Mutex<Vec<String>>,
+    /// The groups being committed (taken under the queue's lock, after it in lock order).
+    in_flight: Mutex<Vec<InFlight>>,
+    /// The ticket of the next group taken.
+    tickets: AtomicU64,
+    /// Woken whenever a group lands.
+    landings: tokio::sync::Notify,
+}
+
+/// A group being committed: its table and keys, from the moment a leader takes it until its
+/// outcome is known. A queued write with one of its keys waits until then, even when the
+/// caller of the write in flight has stopped waiting: a write is never overtaken at the
+/// server by a write of the same key queued after it (a dropped insert landing after the
+/// same task's later delete found nothing would bring the row back).
+struct InFlight {
+    ticket: u64,
+    table: String,
+    keys: HashSet<Vec<u8>>,
+}
+
+impl InFlight {
+    /// Whether `commit` touches a key of this group.
+    fn blocks(&self, commit: &TableCommit) -> bool {
+        self.table == commit.table && commit.rows.iter().any(|r| self.keys.contains(&r.key))
+    }
 }
 
 impl GroupCommit {
-    /// Takes the next group: the first queued write (with `Pick::OtherTable`, the first of
-    /// a table with no group being committed), and every later one of the same table and
-    /// durability whose keys overlap none taken and none of an earlier write left queued,
-    /// while the group holds at most [`MAX_COMMIT_CHANGES`] changes. The others stay
-    /// queued, in order. The group's table counts as in flight until [`GroupCommit::landed`].
-    fn take_group(&self, pick: Pick) -> Vec<Queued> {
+    /// Takes the next group: the first queued write that no group being committed holds a
+    /// key of (with `Pick::OtherTable`, the first of a table with no group being committed),
+    /// and every later one of the same table and durability whose keys overlap none taken,
+    /// none of a group being committed and none of an earlier write left queued, while the
+    /// group holds at most [`MAX_COMMIT_CHANGES`] changes. The others stay queued, in order.
+    /// The group counts as in flight until [`GroupCommit::landed`] with its ticket.
+    fn take_group(&self, pick: Pick) -> (u64, Vec<Queued>) {
         let mut queue = self.queue.lock();
         // A write whose caller stopped waiting (its future dropped) is not sent: under a
         // caller that retries on a timeout, the queue would otherwise only grow.
         queue.retain(|q| !q.done.is_closed());
-        let at = match pick {
-            Pick::Oldest => 0,
-            Pick::OtherTable => {
-                let in_flight = self.in_flight.lock();
-                match queue
-                    .iter()
-                    .position(|q| !in_flight.contains(&q.commit.table))
-                {
-                    Some(at) => at,
-                    None => return Vec::new(),
-                }
-            }
+        let mut in_flight = self.in_flight.lock();
+        let blocked = |q: &Queued| in_flight.iter().any(|g| g.blocks(&q.commit));
+        let (Some(at), passed) = first_free(&queue, &in_flight, pick) else {
+            return (0, Vec::new());
         };
-        // Those before it are of other tables: they keep their places.
+        let table = queue[at].commit.table.clone();
+        let mut passed: HashSet<Vec<u8>> = passed
+            .into_iter()
+            .filter(|(t, _)| *t == table)
+            .map(|(_, k)| k.to_vec())
+            .collect();
+        // Those before it are of other tables, or wait for a group in flight or a write
+        // before them: they keep their places.
         let mut kept: VecDeque<Queued> = queue.drain(..at).collect();
         let Some(first) = queue.pop_front() else {
             *queue = kept;
-            return Vec::new();
+            return (0, Vec::new());
         };
         let mut keys: HashSet<Vec<u8>> = first.commit.rows.iter().map(|r| r.key.clone()).collect();
-        // Keys of the writes left queued: a later write of one of them is left too, so that
-        // writes of a key reach the server in the order they were queued.
-        let mut passed: HashSet<Vec<u8>> = HashSet::new();
         let mut changes = first.commit.msgs.len();
         let mut group = vec![first];
         while let Some(next) = queue.pop_front() {
@@ -164,7 +182,8 @@ impl GroupCommit {
                     .commit
                     .rows
                     .iter()
-                    .all(|r| !keys.contains(&r.key) && !passed.contains(&r.key));
+                    .all(|r| !keys.contains(&r.key) && !passed.contains(&r.key))
+                && !blocked(&next);
             if fits {
                 keys.extend(next.commit.rows.iter().map(|r| r.key.clone()));
                 changes += next.commit.msgs.len();
@@ -180,16 +199,60 @@ impl GroupCommit {
         for q in &group {
             q.taken.store(true, Ordering::Release);
         }
-        self.in_flight.lock().push(group[0].commit.table.clone());
-        group
+        let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
+        in_flight.push(InFlight {
+            ticket,
+            table: group[0].commit.table.clone(),
+            keys,
+        });
+        (ticket, group)
     }
 
-    /// A group of `table` taken by [`GroupCommit::take_group`] has its outcome.
-    fn landed(&self, table: &str) {
+    /// The group with `ticket` taken by [`GroupCommit::take_group`] has its outcome: the
+    /// writes queued behind its keys may go.
+    fn landed(&self, ticket: u64) {
         let mut in_flight = self.in_flight.lock();
-        if let Some(at) = in_flight.iter().position(|t| t == table) {
+        if let Some(at) = in_flight.iter().position(|g| g.ticket == ticket) {
             in_flight.swap_remove(at);
         }
+        drop(in_flight);
+        self.landings.notify_waiters();
+    }
+
+    /// Waits until every group of `tables` in flight now has landed (not those taken later:
+    /// a stream of groups cannot hold the caller up for ever). A write that selects its rows
+    /// at commit calls it first, so that a grouped write its caller stopped waiting for is
+    /// not committed after it.
+    pub(super) async fn wait_landed(&self, tables: &[String]) {
+        let tickets: Vec<u64> = self
+            .in_flight
+            .lock()
+            .iter()
+            .filter(|g| tables.contains(&g.table))
+            .map(|g| g.ticket)
+            .collect();
+        loop {
+            let landing = self.landings.notified();
+            tokio::pin!(landing);
+            landing.as_mut().enable();
+            if !self
+                .in_flight
+                .lock()
+                .iter()
+                .any(|g| tickets.contains(&g.ticket))
+            {
+                return;
+            }
+            landing.await;
+        }
+    }
+
+    /// Whether a queued write could be taken now: if not, each waits for a group in flight
+    /// (or a write queued before it that does), whose leader takes them once it lands.
+    fn has_takeable(&self) -> bool {
+        let queue = self.queue.lock();
+        let in_flight = self.in_flight.lock();
+        first_free(&queue, &in_flight, Pick::Oldest).0.is_some()
     }
 
     /// Whether a leader commits on connection `conn`.
@@ -222,6 +285,35 @@ impl GroupCommit {
         }
         self.leaders.fetch_sub(1, Ordering::AcqRel)
     }
+}
+
+/// Where a group taken now would start: the first queued write that is `pick`'s and that
+/// waits neither for a group in flight nor for a write queued before it with one of its keys
+/// (writes of a key reach the server in the order they were queued), with the keys of the
+/// writes before it, per table. (A write whose caller stopped waiting counts: it is only
+/// dropped under the queue's lock, by `take_group`.)
+fn first_free<'q>(
+    queue: &'q VecDeque<Queued>,
+    in_flight: &[InFlight],
+    pick: Pick,
+) -> (Option<usize>, HashSet<(&'q str, &'q [u8])>) {
+    let mut passed: HashSet<(&str, &[u8])> = HashSet::new();
+    let at = queue.iter().position(|q| {
+        let table = q.commit.table.as_str();
+        let free = match pick {
+            Pick::Oldest => !in_flight.iter().any(|g| g.blocks(&q.commit)),
+            Pick::OtherTable => !in_flight.iter().any(|g| g.table == table),
+        } && q
+            .commit
+            .rows
+            .iter()
+            .all(|r| !passed.contains(&(table, r.key.as_slice())));
+        if !free {
+            passed.extend(q.commit.rows.iter().map(|r| (table, r.key.as_slice())));
+        }
+        free
+    });
+    (at, passed)
 }
 
 /// A leader's place, from its claim until its task gives it back. A leader task that ends
@@ -268,16 +360,16 @@ impl<G: std::ops::Deref<Target = GroupCommit>> Drop for LeaderPlace<G> {
     }
 }
 
-/// Marks a group's table no longer in flight when dropped (also when its leader's task is
-/// dropped mid-commit).
+/// Marks a group no longer in flight when dropped (also when its leader's task is dropped
+/// mid-commit).
 struct Landed<'a> {
     groups: &'a GroupCommit,
-    table: String,
+    ticket: u64,
 }
 
 impl Drop for Landed<'_> {
     fn drop(&mut self) {
-        self.groups.landed(&self.table);
+        self.groups.landed(self.ticket);
     }
 }
 
@@ -342,15 +434,16 @@ impl PgBackend {
     async fn lead(self: Arc<Self>, mut place: LeaderPlace<GroupsOf>, pick: Pick) {
         loop {
             let Some(conn) = place.held else { return };
-            let group = self.groups.take_group(pick);
+            let (ticket, group) = self.groups.take_group(pick);
             if group.is_empty() {
                 place.held = None;
                 self.groups.release(conn);
                 // A write queued after the group was taken, by a task that found every
                 // leader's place taken, must not wait for a leader that is gone. (A relief
                 // leader found nothing for it: the slow leaders it relieves are still there,
-                // and a write of theirs left waiting starts another relief after a while.)
-                if matches!(pick, Pick::OtherTable) || self.groups.queue.lock().is_empty() {
+                // and a write of theirs left waiting starts another relief after a while. A
+                // write waiting for a group in flight is taken by that group's leader.)
+                if matches!(pick, Pick::OtherTable) || !self.groups.has_takeable() {
                     return;
                 }
                 match self.groups.claim(self.connections()) {
@@ -361,7 +454,7 @@ impl PgBackend {
             }
             let landed = Landed {
                 groups: &self.groups,
-                table: group[0].commit.table.clone(),
+                ticket,
             };
             self.commit_group(conn, group).await;
             drop(landed);
@@ -484,17 +577,20 @@ mod tests {
             groups.queue.lock().push_back(q);
             receivers.push(rx);
         }
-        assert_eq!(
-            keys_of(&groups.take_group(Pick::Oldest)),
-            vec![vec![1, 2], vec![6]]
-        );
+        // Each group lands before the next is taken.
+        let next = || {
+            let (ticket, group) = groups.take_group(Pick::Oldest);
+            groups.landed(ticket);
+            keys_of(&group)
+        };
+        assert_eq!(next(), vec![vec![1, 2], vec![6]]);
         // Key 2 overlapped the first group, and key 4 a write left queued before it; the
         // next group starts with the oldest left.
-        assert_eq!(keys_of(&groups.take_group(Pick::Oldest)), vec![vec![3]]);
-        assert_eq!(keys_of(&groups.take_group(Pick::Oldest)), vec![vec![2, 4]]);
-        assert_eq!(keys_of(&groups.take_group(Pick::Oldest)), vec![vec![5]]);
-        assert_eq!(keys_of(&groups.take_group(Pick::Oldest)), vec![vec![4]]);
-        assert!(groups.take_group(Pick::Oldest).is_empty());
+        assert_eq!(next(), vec![vec![3]]);
+        assert_eq!(next(), vec![vec![2, 4]]);
+        assert_eq!(next(), vec![vec![5]]);
+        assert_eq!(next(), vec![vec![4]]);
+        assert!(next().is_empty());
     }
 
     #[test]
@@ -515,20 +611,24 @@ mod tests {
         }
         // A group of `a` is being committed: a relief leader starts with `b`, and the
         // writes of `a` before it keep their places.
-        let first = groups.take_group(Pick::Oldest);
+        let (a, first) = groups.take_group(Pick::Oldest);
         assert_eq!(keys_of(&first), vec![vec![1], vec![2], vec![4]]);
         assert!(taken[0].load(Ordering::Acquire) && !taken[2].load(Ordering::Acquire));
         let (q, rx) = queued("a", &[5], true);
         groups.queue.lock().push_back(q);
         receivers.push(rx);
-        assert_eq!(keys_of(&groups.take_group(Pick::OtherTable)), vec![vec![3]]);
+        let (b, second) = groups.take_group(Pick::OtherTable);
+        assert_eq!(keys_of(&second), vec![vec![3]]);
         assert!(taken[2].load(Ordering::Acquire));
         // Only `a` is left, and `a` is in flight: a relief leader takes nothing.
-        assert!(groups.take_group(Pick::OtherTable).is_empty());
-        groups.landed("a");
-        groups.landed("b");
-        assert_eq!(keys_of(&groups.take_group(Pick::OtherTable)), vec![vec![5]]);
-        assert!(groups.take_group(Pick::Oldest).is_empty());
+        assert!(groups.take_group(Pick::OtherTable).1.is_empty());
+        groups.landed(a);
+        groups.landed(b);
+        assert_eq!(
+            keys_of(&groups.take_group(Pick::OtherTable).1),
+            vec![vec![5]]
+        );
+        assert!(groups.take_group(Pick::Oldest).1.is_empty());
     }
 
     #[test]
@@ -561,8 +661,8 @@ mod tests {
                 taken: Arc::default(),
             });
         }
-        assert_eq!(groups.take_group(Pick::Oldest).len(), 2);
-        assert_eq!(groups.take_group(Pick::Oldest).len(), 1);
+        assert_eq!(groups.take_group(Pick::Oldest).1.len(), 2);
+        assert_eq!(groups.take_group(Pick::Oldest).1.len(), 1);
     }
 
     #[test]
@@ -617,7 +717,42 @@ mod tests {
         drop(rx);
         let (kept, _rx) = queued("a", &[2], false);
         groups.queue.lock().push_back(kept);
-        assert_eq!(keys_of(&groups.take_group(Pick::Oldest)), vec![vec![2]]);
-        assert!(groups.take_group(Pick::Oldest).is_empty());
+        assert_eq!(keys_of(&groups.take_group(Pick::Oldest).1), vec![vec![2]]);
+        assert!(groups.take_group(Pick::Oldest).1.is_empty());
+    }
+
+    #[test]
+    fn a_write_waits_for_a_group_in_flight_with_one_of_its_keys() {
+        let groups = GroupCommit::default();
+        let push = |table: &str, keys: &[u8]| {
+            let (q, rx) = queued(table, keys, true);
+            groups.queue.lock().push_back(q);
+            rx
+        };
+        let gone = push("a", &[1]);
+        let (first, group) = groups.take_group(Pick::Oldest);
+        assert_eq!(keys_of(&group), vec![vec![1]]);
+        // The caller of the write in flight stops waiting; its next write of key 1 and
+        // another of keys 2 and 1 wait for the group; key 3 and the other table do not,
+        // and key 2 waits behind the write queued before it.
+        drop(gone);
+        let _receivers = [
+            push("a", &[1]),
+            push("a", &[2, 1]),
+            push("a", &[3]),
+            push("a", &[2]),
+            push("b", &[1]),
+        ];
+        assert!(groups.has_takeable());
+        let (second, group) = groups.take_group(Pick::Oldest);
+        assert_eq!(keys_of(&group), vec![vec![3]]);
+        let (third, group) = groups.take_group(Pick::Oldest);
+        assert_eq!(keys_of(&group), vec![vec![1]], "table b");
+        groups.landed(second);
+        groups.landed(third);
+        assert!(!groups.has_takeable(), "the rest wait for the first group");
+        assert!(groups.take_group(Pick::Oldest).1.is_empty());
+        groups.landed(first);
+        assert_eq!(keys_of(&groups.take_group(Pick::Oldest).1), vec![vec![1]]);
     }
 }
