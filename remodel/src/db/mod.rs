@@ -995,6 +995,48 @@ async fn ddl_task<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
     spawn_blocking(f).await
 }
 
+/// Set once the caller of a write running on a blocking thread stops waiting for it (its
+/// future dropped). The write looks at it under the commit lock, before each commit: so a
+/// write its caller gave up on is either never made or had begun to commit, and then it
+/// holds the lock until it is done, before any write its caller makes later. (Without it, a
+/// dropped write could land after the same task's next write of the same key: an insert
+/// after the delete that found nothing.)
+#[derive(Clone, Default)]
+pub(crate) struct Abandoned(Arc<std::sync::atomic::AtomicBool>);
+
+impl Abandoned {
+    /// `Err` once the caller stopped waiting (nobody reads the error).
+    pub(crate) fn check(&self) -> Result<()> {
+        match self.0.load(std::sync::atomic::Ordering::Acquire) {
+            true => Err(Error::storage("the write's caller stopped waiting for it")),
+            false => Ok(()),
+        }
+    }
+}
+
+/// Sets its [`Abandoned`] when dropped before [`Abandon::disarm`].
+struct Abandon(Option<Abandoned>);
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        if let Some(a) = self.0.take() {
+            a.0.store(true, std::sync::atomic::Ordering::Release);
+        }
+    }
+}
+
+/// Runs a write on a blocking thread (see [`Abandoned`], which `f` checks under the commit
+/// lock before each commit).
+pub(crate) async fn spawn_write<T: Send + 'static>(
+    f: impl FnOnce(&Abandoned) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let abandoned = Abandoned::default();
+    let mut guard = Abandon(Some(abandoned.clone()));
+    let result = spawn_blocking(move || f(&abandoned)).await;
+    guard.0 = None;
+    result
+}
+
 /// Runs blocking storage work off the async worker threads.
 pub(crate) async fn spawn_blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T> + Send + 'static,

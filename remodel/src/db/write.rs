@@ -188,6 +188,22 @@ struct Handoff {
     done: tokio::sync::oneshot::Sender<Result<WriteResult>>,
 }
 
+/// Takes back a handoff when its writer's future is dropped (a no-op once it was taken or
+/// its result came).
+struct Withdraw<'a> {
+    handoffs: &'a Handoffs,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for Withdraw<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.handoffs.withdraw(self.id);
+        }
+    }
+}
+
 /// The writes left for the commit lock's holder. Every commit looks whether there are any,
 /// so that look is one atomic load, not a lock.
 #[derive(Default)]
@@ -236,12 +252,15 @@ impl Handoffs {
 impl DbInner {
     /// Applies `ops` to `table`. Each chunk of up to 4,096 documents is atomic: its documents
     /// and index entries all reach storage together or not at all.
+    /// Stops before the next chunk once `abandoned` (its caller stopped waiting): each chunk
+    /// is a commit of its own.
     pub(crate) fn commit(
         &self,
         table: &Arc<TableState>,
         ops: Vec<WriteOp>,
         return_changes: bool,
         hard: bool,
+        abandoned: &super::Abandoned,
     ) -> Result<WriteResult> {
         let mut result = WriteResult::default();
         let mut ops = ops.into_iter().peekable();
@@ -260,7 +279,7 @@ impl DbInner {
                 chunk.push((table.clone(), ops.next().expect("peeked")));
             }
             self.commit_locked(
-                || Ok(chunk),
+                || abandoned.check().map(|()| chunk),
                 Commit {
                     return_changes,
                     all_or_nothing: false,
@@ -291,15 +310,27 @@ impl DbInner {
             hard,
             done,
         });
+        // A write whose caller stops waiting is taken back if no holder took it yet: a holder
+        // takes writes under the commit lock and commits them before letting it go, so the
+        // write is either never made or made before any later write of the caller.
+        let mut withdraw = Withdraw {
+            handoffs: &self.handoffs,
+            id,
+            armed: true,
+        };
         loop {
             // The holder may have let go before the write was left: then commit it here.
             self.drain_handoffs();
             match tokio::time::timeout(HANDOFF_RECHECK, &mut result).await {
-                Ok(Ok(result)) => return result,
+                Ok(Ok(result)) => {
+                    withdraw.armed = false;
+                    return result;
+                }
                 Ok(Err(_)) => {
+                    withdraw.armed = false;
                     return Err(Error::storage(
                         "a write left for the commit lock's holder was lost",
-                    ))
+                    ));
                 }
                 // Held by something that takes no handoffs (DDL, a feed opening, a stalled
                 // closure): look again, and give up behind a stalled closure unless the
@@ -1105,8 +1136,10 @@ impl Database {
             false => ops,
         };
         let inner = self.inner.clone();
-        let result =
-            super::spawn_blocking(move || inner.commit(&table, ops, return_changes, hard)).await;
+        let result = super::spawn_write(move |abandoned| {
+            inner.commit(&table, ops, return_changes, hard, abandoned)
+        })
+        .await;
         let result = result?;
         self.settle(durability).await?;
         Ok(result)

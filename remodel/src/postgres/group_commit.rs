@@ -231,6 +231,9 @@ impl GroupCommit {
             .filter(|g| tables.contains(&g.table))
             .map(|g| g.ticket)
             .collect();
+        if tickets.is_empty() {
+            return;
+        }
         loop {
             let landing = self.landings.notified();
             tokio::pin!(landing);
@@ -247,12 +250,13 @@ impl GroupCommit {
         }
     }
 
-    /// Whether a queued write could be taken now: if not, each waits for a group in flight
-    /// (or a write queued before it that does), whose leader takes them once it lands.
-    fn has_takeable(&self) -> bool {
+    /// Whether a group taken now with `pick` would hold a write: if not, each queued write
+    /// waits for a group in flight (or a write queued before it that does), whose leader
+    /// takes it once it lands.
+    fn could_take(&self, pick: Pick) -> bool {
         let queue = self.queue.lock();
         let in_flight = self.in_flight.lock();
-        first_free(&queue, &in_flight, Pick::Oldest).0.is_some()
+        first_free(&queue, &in_flight, pick).0.is_some()
     }
 
     /// Whether a leader commits on connection `conn`.
@@ -416,6 +420,11 @@ impl PgBackend {
         let Some(me) = self.me() else {
             return Err(Error::Closed);
         };
+        // None for a leader to take (every queued write waits for a group in flight, whose
+        // leader takes it once it lands): a leader would only look and go.
+        if !self.groups.could_take(pick) {
+            return Ok(());
+        }
         let Some(conn) = self.groups.claim(self.connections()) else {
             return Ok(());
         };
@@ -442,8 +451,10 @@ impl PgBackend {
                 // leader's place taken, must not wait for a leader that is gone. (A relief
                 // leader found nothing for it: the slow leaders it relieves are still there,
                 // and a write of theirs left waiting starts another relief after a while. A
-                // write waiting for a group in flight is taken by that group's leader.)
-                if matches!(pick, Pick::OtherTable) || !self.groups.has_takeable() {
+                // write waiting for a group in flight is taken by the leader of a group of its
+                // table when that lands: a relief leader's write may so wait for a slow
+                // group of its table, as every write of that table does.)
+                if matches!(pick, Pick::OtherTable) || !self.groups.could_take(Pick::Oldest) {
                     return;
                 }
                 match self.groups.claim(self.connections()) {
@@ -743,14 +754,17 @@ mod tests {
             push("a", &[2]),
             push("b", &[1]),
         ];
-        assert!(groups.has_takeable());
+        assert!(groups.could_take(Pick::Oldest));
         let (second, group) = groups.take_group(Pick::Oldest);
         assert_eq!(keys_of(&group), vec![vec![3]]);
         let (third, group) = groups.take_group(Pick::Oldest);
         assert_eq!(keys_of(&group), vec![vec![1]], "table b");
         groups.landed(second);
         groups.landed(third);
-        assert!(!groups.has_takeable(), "the rest wait for the first group");
+        assert!(
+            !groups.could_take(Pick::Oldest),
+            "the rest wait for the first group"
+        );
         assert!(groups.take_group(Pick::Oldest).1.is_empty());
         groups.landed(first);
         assert_eq!(keys_of(&groups.take_group(Pick::Oldest).1), vec![vec![1]]);

@@ -300,10 +300,14 @@ impl Write {
                     return backend.commit(db.clone(), job, how).await;
                 }
                 let inner = db.inner.clone();
-                let result = crate::db::spawn_blocking(move || {
+                let result = crate::db::spawn_write(move |abandoned| {
                     let mut result = WriteResult::default();
+                    let select = || {
+                        abandoned.check()?;
+                        expand(vec![Step::Where(plan, patch)])
+                    };
                     inner
-                        .commit_locked(|| expand(vec![Step::Where(plan, patch)]), how, &mut result)
+                        .commit_locked(select, how, &mut result)
                         .map(|()| result)
                 })
                 .await?;
@@ -799,10 +803,14 @@ impl Batch {
             return Ok(result);
         }
         let inner = db.inner.clone();
-        let mut result = crate::db::spawn_blocking(move || {
+        let mut result = crate::db::spawn_write(move |abandoned| {
             let mut result = WriteResult::default();
+            let select = || {
+                abandoned.check()?;
+                expand(steps)
+            };
             inner
-                .commit_locked(|| expand(steps), how, &mut result)
+                .commit_locked(select, how, &mut result)
                 .map(|()| result)
         })
         .await?;

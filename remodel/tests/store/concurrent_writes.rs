@@ -396,3 +396,86 @@ async fn a_loop_of_soft_writes_yields_to_the_scheduler() {
         "a 100 ms timer fired after {late:?}"
     );
 }
+
+/// A write whose caller stopped waiting may still be made (it was on its way: handed to the
+/// lock's holder, on a blocking thread, in a group on its way to PostgreSQL), but never after
+/// a write of the same key that its caller made later: a task that dropped an insert and then
+/// deleted the key (finding nothing) must not see the row come back. Inserts here are small
+/// (committed in place or handed off) or large (a blocking thread), dropped at random points;
+/// the write after each finds what the earlier ones left, and at the end no key is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_write_never_lands_after_a_later_write_of_its_key() {
+    let db = crate::common::soft_db().await;
+    db.create_table("d").await.unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tasks: Vec<_> = (0..32u64)
+        .map(|task| {
+            let (t, stop) = (db.table("d"), stop.clone());
+            tokio::spawn(async move {
+                let key = format!("k{task}");
+                let mut state = task.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                let mut below = |n: u64| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state % n
+                };
+                let (mut failures, mut dropped, mut round) = (Vec::new(), 0u64, 0u64);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    round += 1;
+                    // A large insert (filler rows of this task's own) goes to a blocking
+                    // thread on the embedded store.
+                    let mut docs = vec![json!({"id": key, "round": round})];
+                    if below(4) == 0 {
+                        docs.extend(
+                            (0..100).map(|i| json!({"id": format!("f{task}_{round}_{i}")})),
+                        );
+                    }
+                    let insert = t.insert_many(docs).into_future();
+                    let wait = Duration::from_micros(below(2_000));
+                    if tokio::time::timeout(wait, insert).await.is_err() {
+                        dropped += 1;
+                    }
+                    let delete = t.get(key.as_str()).delete().await;
+                    let again = t.get(key.as_str()).delete().await;
+                    match (delete, again) {
+                        (Ok(_), Ok(r)) if r.deleted != 0 => failures.push(format!(
+                            "task {task} round {round}: the row came back after a delete"
+                        )),
+                        (Ok(_), Ok(_)) => {}
+                        (a, b) => failures.push(format!("task {task} round {round}: {a:?} {b:?}")),
+                    }
+                }
+                (dropped, failures)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut dropped, mut failures) = (0, Vec::new());
+    for t in tasks {
+        let (d, f) = tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .expect("a task hung")
+            .unwrap();
+        dropped += d;
+        failures.extend(f);
+    }
+    db.sync().await.unwrap();
+    let keys = db
+        .table("d")
+        .filter(remodel::field("id").starts_with("k"))
+        .count()
+        .await
+        .unwrap();
+    assert!(
+        dropped > 20,
+        "too few writes were dropped to test ({dropped})"
+    );
+    assert!(
+        failures.is_empty() && keys == 0,
+        "{} failures, {keys} keys left: {:#?}",
+        failures.len(),
+        &failures[..failures.len().min(10)]
+    );
+}
