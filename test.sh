@@ -16,8 +16,10 @@ cargo test --workspace "$@"
 echo "== the same suites on PostgreSQL (REMODEL_TEST_BACKEND=postgres)"
 REMODEL_TEST_BACKEND=postgres cargo test --workspace \
   --test store --test queries --test feeds --test feed_oracle \
-  --test models --test relations --test model_races --test batched --test live_models "$@"
+  --test models --test relations --test model_races --test batched --test live_models \
+  --test cancel_attack "$@"
 echo "== the same suites on the in-memory engine (REMODEL_TEST_BACKEND=memory)"
 REMODEL_TEST_BACKEND=memory cargo test --workspace \
   --test store --test queries --test feeds --test feed_oracle \
-  --test models --test relations --test model_races --test batched --test live_models "$@"
+  --test models --test relations --test model_races --test batched --test live_models \
+  --test cancel_attack "$@"

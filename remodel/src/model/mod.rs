@@ -661,7 +661,14 @@ pub trait Model: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
             let table = Self::table(&db);
             codec::count_query();
             if table.get(key.clone()).await?.is_none() {
-                return Err(ModelError::missing(schema, key).into());
+                // Absent when read, but only a commit decides: a write of the row may still be
+                // on its way (one whose caller stopped waiting lands before any later write,
+                // not before a read). A check alone writes nothing.
+                db.batch()
+                    .require_exists(schema.table, key.clone())
+                    .await
+                    .map_err(|e| relation::missing_as_model(e, &[schema]))?
+                    .check()?;
             }
             self.before_delete(&db).await?;
             db.batch()
