@@ -1014,7 +1014,7 @@ impl Abandoned {
     }
 }
 
-/// Sets its [`Abandoned`] when dropped before [`Abandon::disarm`].
+/// Sets its [`Abandoned`] when dropped holding it (the write's result came: it holds none).
 struct Abandon(Option<Abandoned>);
 
 impl Drop for Abandon {

@@ -149,10 +149,14 @@ impl GroupCommit {
     /// The group counts as in flight until [`GroupCommit::landed`] with its ticket.
     fn take_group(&self, pick: Pick) -> (u64, Vec<Queued>) {
         let mut queue = self.queue.lock();
+        // Taken before the writes whose callers stopped waiting are let go, and held until
+        // the group is in flight: a write that selects its rows at commit, started after such
+        // a drop, looks at `in_flight` (`wait_landed`) either before (then this sees the
+        // drop) or after (then it sees the group).
+        let mut in_flight = self.in_flight.lock();
         // A write whose caller stopped waiting (its future dropped) is not sent: under a
         // caller that retries on a timeout, the queue would otherwise only grow.
         queue.retain(|q| !q.done.is_closed());
-        let mut in_flight = self.in_flight.lock();
         let blocked = |q: &Queued| in_flight.iter().any(|g| g.blocks(&q.commit));
         let (Some(at), passed) = first_free(&queue, &in_flight, pick) else {
             return (0, Vec::new());
@@ -248,6 +252,11 @@ impl GroupCommit {
             }
             landing.await;
         }
+    }
+
+    /// Whether a group of `table` is being committed.
+    fn in_flight_of(&self, table: &str) -> bool {
+        self.in_flight.lock().iter().any(|g| g.table == table)
     }
 
     /// Whether a group taken now with `pick` would hold a write: if not, each queued write
@@ -382,6 +391,7 @@ impl PgBackend {
     pub(super) async fn commit_grouped(&self, commit: TableCommit) -> Outcome {
         let (done, result) = oneshot::channel();
         let taken = Arc::new(AtomicBool::new(false));
+        let table = commit.table.clone();
         let queued = {
             let mut queue = self.groups.queue.lock();
             queue.push_back(Queued {
@@ -407,7 +417,11 @@ impl PgBackend {
                 // Still queued: the leaders are slow (a group waiting for a table's lock
                 // that another process holds, say), and another connection takes the
                 // queue's writes of other tables, if one is free.
-                Err(_) if !taken.load(Ordering::Acquire) => self.start_leader(Pick::OtherTable)?,
+                // (Not while a group of its own table is in flight: a relief could not take
+                // it, and the queued writes of other tables start their own.)
+                Err(_) if !taken.load(Ordering::Acquire) && !self.groups.in_flight_of(&table) => {
+                    self.start_leader(Pick::OtherTable)?
+                }
                 // In a group: waiting for the server, as its other writes are.
                 Err(_) => {}
             }
@@ -420,9 +434,12 @@ impl PgBackend {
         let Some(me) = self.me() else {
             return Err(Error::Closed);
         };
-        // None for a leader to take (every queued write waits for a group in flight, whose
-        // leader takes it once it lands): a leader would only look and go.
-        if !self.groups.could_take(pick) {
+        // Every connection has its leader; or none for a leader to take (every queued write
+        // waits for a group in flight, whose leader takes it once it lands): a leader would
+        // only look and go.
+        if self.groups.leaders.load(Ordering::Acquire) >= self.connections()
+            || !self.groups.could_take(pick)
+        {
             return Ok(());
         }
         let Some(conn) = self.groups.claim(self.connections()) else {
