@@ -123,17 +123,7 @@ fn on_pg() -> bool {
 }
 
 fn seed() -> u64 {
-    let seed = std::env::var("CANCEL_ATTACK_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
-    eprintln!("CANCEL_ATTACK_SEED={seed}");
-    seed
+    common::seed("CANCEL_ATTACK_SEED")
 }
 
 /// splitmix64.
@@ -924,6 +914,27 @@ async fn table_task(db: Database, task: u64, seed: u64, stop: Arc<AtomicBool>) -
 }
 
 type FinalWorlds<W> = std::sync::Mutex<BTreeMap<u64, (BTreeSet<W>, String)>>;
+
+/// The end of a storm: each task's stored rows (`by_task`, read after every task stopped)
+/// must be one of the worlds it ended with.
+fn check_finals<W: Ord + std::fmt::Debug>(
+    finals: &BTreeMap<u64, (BTreeSet<W>, String)>,
+    mut by_task: BTreeMap<u64, Vec<Value>>,
+    world_of: impl Fn(u64, &[Value]) -> Result<W, String>,
+    failures: &mut Vec<String>,
+) {
+    for (task, (worlds, history)) in finals {
+        let rows = by_task.remove(task).unwrap_or_default();
+        match world_of(*task, &rows) {
+            Ok(found) if worlds.contains(&found) => {}
+            Ok(found) => failures.push(format!(
+                "task {task} at the end: {}{history}",
+                not_in(&found, worlds)
+            )),
+            Err(e) => failures.push(format!("task {task} at the end: {e}")),
+        }
+    }
+}
 static FINAL_DOCS: FinalWorlds<DocWorld> = std::sync::Mutex::new(BTreeMap::new());
 
 /// Lets writes dropped on their way land (they may, until a later write), then catches up.
@@ -964,17 +975,12 @@ async fn dropped_table_writes_never_land_after_later_writes() {
             _ => failures.push(format!("a row of no task: {row}")),
         }
     }
-    for (task, (worlds, history)) in &finals {
-        let rows = by_task.remove(task).unwrap_or_default();
-        match doc_world(*task, rows.iter()) {
-            Ok(found) if worlds.contains(&found) => {}
-            Ok(found) => failures.push(format!(
-                "task {task} at the end: {}{history}",
-                not_in(&found, worlds)
-            )),
-            Err(e) => failures.push(format!("task {task} at the end: {e}")),
-        }
-    }
+    check_finals(
+        &finals,
+        by_task,
+        |t, rows| doc_world(t, rows.iter()),
+        &mut failures,
+    );
     println!("{acked} table writes acknowledged, {dropped} dropped");
     assert!(
         dropped > 100,
@@ -1667,17 +1673,12 @@ async fn dropped_model_writes_never_land_after_later_writes() {
         }
     }
     let finals = std::mem::take(&mut *FINAL_MODELS.lock().unwrap());
-    for (task, (worlds, history)) in &finals {
-        let rows = by_task.remove(task).unwrap_or_default();
-        match m_world(*task, rows.iter()) {
-            Ok(found) if worlds.contains(&found) => {}
-            Ok(found) => failures.push(format!(
-                "task {task} at the end: {}{history}",
-                not_in(&found, worlds)
-            )),
-            Err(e) => failures.push(format!("task {task} at the end: {e}")),
-        }
-    }
+    check_finals(
+        &finals,
+        by_task,
+        |t, rows| m_world(t, rows.iter()),
+        &mut failures,
+    );
     println!("{acked} model writes acknowledged, {dropped} dropped");
     assert!(
         dropped > 100,

@@ -182,17 +182,7 @@ fn on_pg() -> bool {
 }
 
 fn seed() -> u64 {
-    let seed = std::env::var("TX_ATTACK_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
-    eprintln!("TX_ATTACK_SEED={seed}");
-    seed
+    common::seed("TX_ATTACK_SEED")
 }
 
 /// splitmix64.

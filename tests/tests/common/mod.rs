@@ -142,3 +142,19 @@ pub fn names<T>(rows: &[T], f: impl Fn(&T) -> &str) -> Vec<String> {
     v.sort();
     v
 }
+
+/// A random test's seed: `var` from the environment (to replay a run), else the clock's
+/// nanoseconds; printed either way.
+pub fn seed(var: &str) -> u64 {
+    let seed = std::env::var(var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
+    eprintln!("{var}={seed}");
+    seed
+}
