@@ -17,9 +17,9 @@ echo "== the same suites on PostgreSQL (REMODEL_TEST_BACKEND=postgres)"
 REMODEL_TEST_BACKEND=postgres cargo test --workspace \
   --test store --test queries --test feeds --test feed_oracle \
   --test models --test relations --test model_races --test batched --test live_models \
-  --test cancel_attack "$@"
+  --test cancel_attack --test feed_churn_attack "$@"
 echo "== the same suites on the in-memory engine (REMODEL_TEST_BACKEND=memory)"
 REMODEL_TEST_BACKEND=memory cargo test --workspace \
   --test store --test queries --test feeds --test feed_oracle \
   --test models --test relations --test model_races --test batched --test live_models \
-  --test cancel_attack "$@"
+  --test cancel_attack --test feed_churn_attack "$@"
