@@ -15,6 +15,8 @@
 #[path = "common/mod.rs"]
 mod common;
 
+use common::canon;
+
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use rand::rngs::StdRng;
@@ -145,20 +147,6 @@ fn spawn_writers(
 // ---------------------------------------------------------------------------------------------
 // Feed kinds and the state their items build
 // ---------------------------------------------------------------------------------------------
-
-fn canon(v: &Value) -> String {
-    fn sorted(v: &Value) -> Value {
-        match v {
-            Value::Object(m) => {
-                let b: BTreeMap<_, _> = m.iter().map(|(k, v)| (k.clone(), sorted(v))).collect();
-                Value::Object(b.into_iter().collect())
-            }
-            Value::Array(a) => Value::Array(a.iter().map(sorted).collect()),
-            v => v.clone(),
-        }
-    }
-    sorted(v).to_string()
-}
 
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Shape {

@@ -11,6 +11,11 @@
 //! Seeded: each test prints its seed; `FEED_ATTACK_SEED=<n>` replays it (the writes are a
 //! function of the seed; the interleaving of the concurrent writers is not).
 
+#[path = "common/mod.rs"]
+mod common;
+
+use common::canon;
+
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use rand::rngs::StdRng;
@@ -183,20 +188,6 @@ fn spawn_writers(
 // ---------------------------------------------------------------------------------------------
 // What a consumer holds, and the per-item checks
 // ---------------------------------------------------------------------------------------------
-
-fn canon(v: &Value) -> String {
-    fn sorted(v: &Value) -> Value {
-        match v {
-            Value::Object(m) => {
-                let b: BTreeMap<_, _> = m.iter().map(|(k, v)| (k.clone(), sorted(v))).collect();
-                Value::Object(b.into_iter().collect())
-            }
-            Value::Array(a) => Value::Array(a.iter().map(sorted).collect()),
-            v => v.clone(),
-        }
-    }
-    sorted(v).to_string()
-}
 
 #[derive(Clone, Debug, PartialEq)]
 enum Held {

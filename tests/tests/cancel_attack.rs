@@ -54,6 +54,8 @@
 #[path = "common/mod.rs"]
 mod common;
 
+use common::Rng;
+
 use remodel::model::{create_schema, Id, ModelError, Transaction};
 use remodel::{field, Conflict, Database, Error, IndexSpec, Model, Patch, WriteResult};
 use serde::{Deserialize, Serialize};
@@ -124,27 +126,6 @@ fn on_pg() -> bool {
 
 fn seed() -> u64 {
     common::seed("CANCEL_ATTACK_SEED")
-}
-
-/// splitmix64.
-struct Rng(u64);
-impl Rng {
-    fn for_task(seed: u64, task: u64) -> Rng {
-        Rng(seed ^ task.wrapping_mul(0xD6E8_FEB8_6659_FD93))
-    }
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
 }
 
 /// How a write is run: to its end, or dropped at a random point.

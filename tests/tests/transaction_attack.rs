@@ -30,6 +30,8 @@
 #[path = "common/mod.rs"]
 mod common;
 
+use common::Rng;
+
 use futures::StreamExt;
 use remodel::model::{create_schema, Callbacks, Id, ModelError, Transaction};
 use remodel::{Database, Error, Model};
@@ -183,28 +185,6 @@ fn on_pg() -> bool {
 
 fn seed() -> u64 {
     common::seed("TX_ATTACK_SEED")
-}
-
-/// splitmix64.
-#[derive(Clone)]
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-    fn pick<T: Clone>(&mut self, v: &[T]) -> Option<T> {
-        (!v.is_empty()).then(|| v[self.below(v.len() as u64) as usize].clone())
-    }
 }
 
 /// The kind of a refusal at commit.

@@ -86,3 +86,21 @@ pub fn scaled_cases(cases: u32) -> u32 {
         cases
     }
 }
+
+/// A canonical text of a value (object keys sorted, recursively): equal values, whatever
+/// their keys' order, have equal texts.
+pub fn canon(v: &serde_json::Value) -> String {
+    fn sorted(v: &serde_json::Value) -> serde_json::Value {
+        use serde_json::Value;
+        match v {
+            Value::Object(m) => {
+                let b: std::collections::BTreeMap<_, _> =
+                    m.iter().map(|(k, v)| (k.clone(), sorted(v))).collect();
+                Value::Object(b.into_iter().collect())
+            }
+            Value::Array(a) => Value::Array(a.iter().map(sorted).collect()),
+            v => v.clone(),
+        }
+    }
+    sorted(v).to_string()
+}

@@ -158,3 +158,36 @@ pub fn seed(var: &str) -> u64 {
     eprintln!("{var}={seed}");
     seed
 }
+
+/// splitmix64: a small seeded generator for the random tests.
+#[derive(Clone)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// Task `task`'s generator of a run seeded with `seed`.
+    pub fn for_task(seed: u64, task: u64) -> Rng {
+        Rng(seed ^ task.wrapping_mul(0xD6E8_FEB8_6659_FD93))
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Below `n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+
+    /// One of `v`, if any.
+    pub fn pick<T: Clone>(&mut self, v: &[T]) -> Option<T> {
+        (!v.is_empty()).then(|| v[self.below(v.len() as u64) as usize].clone())
+    }
+}
