@@ -381,25 +381,24 @@ async fn poll_n<F: std::future::Future + Unpin>(mut fut: F, polls: usize) -> Opt
     None
 }
 
+/// What `db.stats()` counts open: feeds and their groups (shared results with their
+/// routes), in the database and per table.
 async fn open_feeds(db: &Database) -> (u64, Vec<(String, u64)>) {
     let rows = db.stats().run().await.unwrap();
-    let total = rows[0]["feeds"].as_u64().unwrap();
+    let open = |r: &Value| r["feeds"].as_u64().unwrap() + r["feed_groups"].as_u64().unwrap();
+    let total = open(&rows[0]);
     // Table rows only (PostgreSQL adds a `postgres` row).
     let tables = rows[1..]
         .iter()
         .filter(|r| r["type"] == "table")
-        .map(|r| {
-            (
-                r["table"].as_str().unwrap().to_string(),
-                r["feeds"].as_u64().unwrap(),
-            )
-        })
+        .map(|r| (r["table"].as_str().unwrap().to_string(), open(r)))
         .collect();
     (total, tables)
 }
 
-/// Waits (a bounded time) until `db.stats()` counts no open feed: openings cancelled on a
-/// blocking thread finish there and drop their feed.
+/// Waits (a bounded time) until `db.stats()` counts no open feed and no group (a group left
+/// behind would keep its routes, and every write would still visit it): openings cancelled
+/// on a blocking thread finish there and drop their feed.
 async fn assert_no_feeds_left(db: &Database, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -408,7 +407,7 @@ async fn assert_no_feeds_left(db: &Database, what: &str) {
             return;
         }
         if Instant::now() > deadline {
-            panic!("{what}: feeds still counted open after every feed was dropped: total {total}, tables {tables:?}");
+            panic!("{what}: feeds or groups still counted open after every feed was dropped: total {total}, tables {tables:?}");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

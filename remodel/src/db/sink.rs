@@ -37,6 +37,10 @@ pub(crate) trait ChangeSink: Send + Sync + 'static {
     fn closed(&self, why: &str);
     /// How many feeds are open on `table` (or anywhere), for the stats table.
     fn open_feeds(&self, table: Option<&str>) -> usize;
+    /// How many shared results (groups of feeds of one query, each with the routes writes
+    /// find it by) live on `table` (or anywhere), for the stats table: none once no feed is
+    /// open, or something was left behind.
+    fn open_groups(&self, table: Option<&str>) -> usize;
     /// For [`DbInner::sink_as`].
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
 }
@@ -63,6 +67,11 @@ impl DbInner {
     /// Open feeds on `table` (or anywhere): 0 when nothing watches.
     pub(crate) fn open_feeds(&self, table: Option<&str>) -> usize {
         self.sink().map_or(0, |s| s.open_feeds(table))
+    }
+
+    /// Groups of feeds on `table` (or anywhere): 0 when nothing watches.
+    pub(crate) fn open_groups(&self, table: Option<&str>) -> usize {
+        self.sink().map_or(0, |s| s.open_groups(table))
     }
 
     /// Runs `f` under the commit lock with the last committed sequence number: no commit

@@ -80,6 +80,7 @@ impl Stats {
             "writes_per_sec": w,
             "tables": tables.len(),
             "feeds": db.inner.open_feeds(None),
+            "feed_groups": db.inner.open_groups(None),
             // fsyncs that hard writes waited for (group commit shares them).
             "flushes_total": db.inner.flushes(),
         }));
@@ -97,6 +98,7 @@ impl Stats {
                 "reads_per_sec": r,
                 "writes_per_sec": w,
                 "feeds": db.inner.open_feeds(Some(name)),
+                "feed_groups": db.inner.open_groups(Some(name)),
             }));
         }
         rows

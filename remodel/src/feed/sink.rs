@@ -36,6 +36,10 @@ impl ChangeSink for Hub {
         self.feed_count(table)
     }
 
+    fn open_groups(&self, table: Option<&str>) -> usize {
+        self.group_count(table)
+    }
+
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
         self
     }

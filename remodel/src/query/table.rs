@@ -22,7 +22,9 @@ pub struct Table {
 impl Database {
     /// The read-only `stats` system table, as a query: one row for the database
     /// (`id: ["database"]`) and one per table (`id: ["table", name]`) with totals and
-    /// per-second rates of documents read and written, and the number of open changefeeds.
+    /// per-second rates of documents read and written, the number of open changefeeds
+    /// (`feeds`) and of the shared results they read (`feed_groups`: feeds of one query share
+    /// one; 0 once every feed is dropped).
     ///
     /// ```
     /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {

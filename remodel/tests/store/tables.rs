@@ -313,11 +313,12 @@ async fn stats_rows_are_queryable_and_read_only() {
             .unwrap(),
         vec![
             json!({"id": ["database"], "type": "database", "reads_total": 4, "writes_total": 4,
-                   "flushes_total": if pg { 0 } else { 2 }, "tables": 2, "feeds": 0}),
+                   "flushes_total": if pg { 0 } else { 2 }, "tables": 2, "feeds": 0,
+                   "feed_groups": 0}),
             json!({"id": ["table", "a"], "type": "table", "table": "a", "reads_total": 4,
-                   "writes_total": 3, "feeds": 0}),
+                   "writes_total": 3, "feeds": 0, "feed_groups": 0}),
             json!({"id": ["table", "b"], "type": "table", "table": "b", "reads_total": 0,
-                   "writes_total": 1, "feeds": 0}),
+                   "writes_total": 1, "feeds": 0, "feed_groups": 0}),
         ]
     );
     // Queried like a table.

@@ -298,6 +298,19 @@ impl Hub {
     }
 }
 
+impl Hub {
+    /// Groups on `table`, or in the whole database (each table's routes locked in turn:
+    /// for the stats table, not for writers).
+    pub(crate) fn group_count(&self, table: Option<&str>) -> usize {
+        let tables = self.tables.read();
+        let count = |f: &Arc<TableFeeds>| f.routes.lock().groups.len();
+        match table {
+            None => tables.values().map(count).sum(),
+            Some(t) => tables.get(t).map_or(0, count),
+        }
+    }
+}
+
 impl Drop for Registration {
     fn drop(&mut self) {
         let mut routes = self.table.routes.lock();
